@@ -1,0 +1,121 @@
+/** The command line: commands, flags, help and examples. Each action calls its command and prints its report. */
+import { Command, Option } from 'commander';
+import { createContext, Context } from './ui/progress';
+import { parseIntArg, parseSize } from './ui/parse';
+import { UsageError } from './errors';
+
+interface GlobalOpts {
+  debug?: boolean;
+}
+
+interface OutputOpts {
+  json?: boolean;
+}
+
+function context(cmd: Command, json: boolean | undefined): Context {
+  const g = cmd.optsWithGlobals() as GlobalOpts;
+  return createContext({ debug: g.debug, quiet: false, tty: json ? false : undefined });
+}
+
+/** Prints a report: one JSON object on stdout with --json, else the human text. */
+function emit<T extends object>(report: T, opts: OutputOpts, human: (r: T) => string): void {
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ ...report, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 }) + '\n');
+  } else {
+    process.stdout.write(human(report) + '\n');
+  }
+}
+
+export function buildCli(): Command {
+  const program = new Command();
+  program
+    .name('moe')
+    .description('Make Mixture-of-Experts models smaller: inspect, convert, calibrate, prune, merge, quantize and evaluate Hugging Face MoE checkpoints.')
+    .option('--debug', 'print stack traces on errors')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .exitOverride();
+
+  program
+    .command('inspect')
+    .description('show layers, experts, routing, parameters and bytes of a checkpoint (reads headers only)')
+    .argument('<model>', 'model folder (config.json + *.safetensors)')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe inspect ./Qwen3-30B-A3B\n  moe inspect ./Mixtral-8x7B --json | jq .params_active')
+    .action(async (model: string, opts: OutputOpts) => {
+      const { inspect, formatInspect } = await import('./commands/inspect');
+      emit(inspect({ model }), opts, formatInspect);
+    });
+
+  program
+    .command('convert')
+    .description('re-shard a checkpoint and optionally cast its floating tensors, streaming tensor by tensor')
+    .argument('<model>', 'model folder')
+    .requiredOption('-o, --output <dir>', 'destination folder (must not exist unless --force)')
+    .addOption(new Option('--dtype <dtype>', 'cast floating tensors').choices(['bf16', 'f16', 'f32']))
+    .option('--max-shard-size <size>', 'largest shard, e.g. 5GB, 500MB, 2GiB', '5GB')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', 'print what would be written and write nothing')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe convert ./model -o ./model-f32 --dtype f32\n  moe convert ./model -o ./model-resharded --max-shard-size 2GB')
+    .action(async (model: string, opts: OutputOpts & { output: string; dtype?: string; maxShardSize: string; force?: boolean; dryRun?: boolean }, cmd: Command) => {
+      const { convert, formatConvert } = await import('./commands/convert');
+      const report = await convert(
+        { model, output: opts.output, dtype: opts.dtype, maxShardBytes: parseSize(opts.maxShardSize, '--max-shard-size'), force: opts.force, dryRun: opts.dryRun },
+        context(cmd, opts.json),
+      );
+      emit(report, opts, formatConvert);
+    });
+
+  program
+    .command('synth')
+    .description('write a random checkpoint with the exact Hugging Face layout of a model type (for tests and benchmarks)')
+    .requiredOption('--arch <model_type>', 'mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2 or deepseek_v3')
+    .requiredOption('-o, --output <dir>', 'destination folder')
+    .option('--set <key=value...>', 'override config keys (JSON values), e.g. --set hidden_size=1024 num_hidden_layers=6')
+    .addOption(new Option('--dtype <dtype>', 'weight dtype').choices(['bf16', 'f16', 'f32']).default('f32'))
+    .option('--seed <n>', 'random seed', '0')
+    .option('--max-shard-size <size>', 'largest shard', '5GB')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe synth --arch qwen3_moe -o /tmp/tiny\n  moe synth --arch mixtral --set hidden_size=4096 intermediate_size=14336 num_hidden_layers=2 --dtype bf16 -o /tmp/big')
+    .action(async (opts: OutputOpts & { arch: string; output: string; set?: string[]; dtype: string; seed: string; maxShardSize: string; force?: boolean }, cmd: Command) => {
+      const { synthesize } = await import('./synth/generate');
+      const { PRESETS } = await import('./synth/presets');
+      const { CAST_TARGETS } = await import('./io/dtype');
+      const base = PRESETS[opts.arch];
+      if (!base) throw new UsageError(`--arch ${JSON.stringify(opts.arch)} is not one of ${Object.keys(PRESETS).join(', ')}`);
+      const config = { ...base, ...parseSets(opts.set ?? []) };
+      const report = await synthesize(
+        { config, output: opts.output, dtype: CAST_TARGETS[opts.dtype], seed: parseIntArg(opts.seed, '--seed'), maxShardBytes: parseSize(opts.maxShardSize, '--max-shard-size'), force: opts.force },
+        context(cmd, opts.json),
+      );
+      emit(report, opts, (r) => `wrote ${r.output}: ${r.model_type}, ${r.tensors} tensors in ${r.shards} shard(s)`);
+    });
+
+  program
+    .command('demo')
+    .description('run the bundled demo on the fixture model (what `npm start` runs)')
+    .option('--json', 'print one JSON object on stdout')
+    .action(async (opts: OutputOpts, cmd: Command) => {
+      const { demo, formatDemo } = await import('./commands/demo');
+      emit(await demo(context(cmd, opts.json)), opts, formatDemo);
+    });
+
+  return program;
+}
+
+function parseSets(items: string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const item of items) {
+    const eq = item.indexOf('=');
+    if (eq < 1) throw new UsageError(`--set ${JSON.stringify(item)} is not key=value`);
+    const value = item.slice(eq + 1);
+    try {
+      out[item.slice(0, eq)] = JSON.parse(value);
+    } catch {
+      out[item.slice(0, eq)] = value;
+    }
+  }
+  return out;
+}

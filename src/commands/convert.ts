@@ -1,0 +1,114 @@
+/** `moe convert MODEL -o OUT`: re-shard a checkpoint and optionally cast its floating tensors, tensor by tensor. */
+import * as path from 'node:path';
+import { UsageError } from '../errors';
+import { CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
+import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { withOutput } from '../io/output';
+import { tensorBytes } from '../io/safetensors';
+import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import { loadArchitecture } from '../model/registry';
+import type { Context } from '../ui/progress';
+import { formatBytes } from '../ui/progress';
+
+export const DEFAULT_MAX_SHARD_BYTES = 5e9;
+
+export interface ConvertOptions {
+  model: string;
+  output: string;
+  /** bf16, f16 or f32; floating tensors only. Default: keep each tensor's dtype. */
+  dtype?: string;
+  maxShardBytes?: number;
+  force?: boolean;
+  dryRun?: boolean;
+}
+
+export interface ConvertReport {
+  model: string;
+  output: string;
+  dry_run: boolean;
+  tensors: number;
+  cast: number;
+  shards: number;
+  bytes_in: number;
+  bytes_out: number;
+  dtype: string | null;
+  seconds: number;
+}
+
+function targetDType(opt: string | undefined): DType | undefined {
+  if (opt === undefined) return undefined;
+  const d = CAST_TARGETS[opt.toLowerCase()];
+  if (!d) throw new UsageError(`--dtype ${JSON.stringify(opt)} is not one of bf16, f16, f32`);
+  return d;
+}
+
+export async function convert(opts: ConvertOptions, ctx: Context): Promise<ConvertReport> {
+  const started = Date.now();
+  const cast = targetDType(opts.dtype);
+  const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
+  // Validate everything before the output folder exists.
+  const ckpt = openCheckpoint(opts.model);
+  loadArchitecture(ckpt);
+  const sources = [...ckpt.tensors.values()];
+  const plan: PlannedTensor[] = sources.map((t) => ({ name: t.name, shape: t.shape, dtype: cast && isFloatDType(t.dtype) ? cast : t.dtype }));
+  const casts = plan.filter((p, i) => p.dtype !== sources[i].dtype).length;
+  const bytesIn = sources.reduce((s, t) => s + tensorBytes(t), 0);
+  const bytesOut = plan.reduce((s, t) => s + tensorBytes(t), 0);
+  const report: ConvertReport = {
+    model: ckpt.dir,
+    output: path.resolve(opts.output),
+    dry_run: !!opts.dryRun,
+    tensors: plan.length,
+    cast: casts,
+    shards: planShards(plan, maxShardBytes).length,
+    bytes_in: bytesIn,
+    bytes_out: bytesOut,
+    dtype: cast ?? null,
+    seconds: 0,
+  };
+  if (opts.dryRun) {
+    ctx.log(`dry run: would write ${plan.length} tensors (${casts} cast to ${cast ?? '-'}) as ${report.shards} shard(s), ${formatBytes(bytesOut)}`);
+    return report;
+  }
+  await withOutput(opts.output, { force: opts.force }, (out) => {
+    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
+    const reader = new TensorReader(ckpt);
+    const progress = ctx.progress('convert', bytesIn, 'bytes');
+    try {
+      for (let i = 0; i < plan.length; i++) {
+        const src = sources[i];
+        const raw = reader.bytes(src.name);
+        writer.write(src.name, plan[i].dtype === src.dtype ? raw : fromFloat32(toFloat32(raw, src.dtype), plan[i].dtype));
+        progress.tick(raw.byteLength);
+      }
+      writer.finish();
+    } finally {
+      progress.done();
+      reader.close();
+    }
+    out.writeJson('config.json', cast ? withDType(ckpt.config, cast) : ckpt.config);
+    out.copyAuxFiles(ckpt.dir);
+  });
+  report.seconds = (Date.now() - started) / 1000;
+  return report;
+}
+
+/** The config with its dtype keys (`torch_dtype`, transformers 5's `dtype`) naming the new dtype. */
+function withDType(config: Record<string, unknown>, d: DType): Record<string, unknown> {
+  const name = TORCH_NAMES[d]!;
+  const out = { ...config };
+  let found = false;
+  for (const k of ['torch_dtype', 'dtype']) {
+    if (k in out) {
+      out[k] = name;
+      found = true;
+    }
+  }
+  if (!found) out.torch_dtype = name;
+  return out;
+}
+
+export function formatConvert(r: ConvertReport): string {
+  if (r.dry_run) return `dry run: ${r.tensors} tensors → ${r.shards} shard(s), ${formatBytes(r.bytes_out)} (nothing written)`;
+  return `wrote ${r.output}: ${r.tensors} tensors (${r.cast} cast${r.dtype ? ` to ${r.dtype}` : ''}) in ${r.shards} shard(s), ${formatBytes(r.bytes_out)}, ${r.seconds.toFixed(1)} s`;
+}

@@ -1,0 +1,154 @@
+/** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
+import * as path from 'node:path';
+import { openCheckpoint } from '../io/checkpoint';
+import { numel, tensorBytes } from '../io/safetensors';
+import { loadArchitecture } from '../model/registry';
+import type { RoutingRule } from '../model/arch';
+import { formatBytes } from '../ui/progress';
+
+export interface DTypeStats {
+  tensors: number;
+  params: number;
+  bytes: number;
+}
+
+export interface LayerSummary {
+  index: number;
+  kind: 'moe' | 'dense';
+  experts: number;
+  params: number;
+  bytes: number;
+}
+
+export interface InspectReport {
+  model: string;
+  model_type: string;
+  num_layers: number;
+  moe_layers: number[];
+  experts_per_layer: number[];
+  top_k: number;
+  shared_experts: number;
+  hidden_size: number;
+  expert_width: number;
+  vocab_size: number;
+  routing: RoutingRule;
+  params_total: number;
+  params_active: number;
+  params_experts: number;
+  bytes: number;
+  bytes_experts: number;
+  bytes_other: number;
+  dtypes: Record<string, DTypeStats>;
+  shards: number;
+  /** Tensors outside the architecture's schema (e.g. DeepSeek's MTP layer); kept as they are by every command. */
+  extra_tensors: number;
+  layers: LayerSummary[];
+  /** Bytes of the model folder's files read to produce this report. */
+  bytes_read: number;
+}
+
+export interface InspectOptions {
+  model: string;
+}
+
+export function inspect(opts: InspectOptions): InspectReport {
+  const ckpt = openCheckpoint(opts.model);
+  const arch = loadArchitecture(ckpt);
+  const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({
+    index,
+    kind: arch.isMoeLayer(index) ? 'moe' : 'dense',
+    experts: arch.isMoeLayer(index) ? arch.numExperts : 0,
+    params: 0,
+    bytes: 0,
+  }));
+  const dtypes: Record<string, DTypeStats> = {};
+  let paramsTotal = 0;
+  let paramsExperts = 0;
+  let bytes = 0;
+  let bytesExperts = 0;
+  let extra = 0;
+  for (const t of ckpt.tensors.values()) {
+    const n = numel(t.shape);
+    const b = tensorBytes(t);
+    paramsTotal += n;
+    bytes += b;
+    const d = (dtypes[t.dtype] ??= { tensors: 0, params: 0, bytes: 0 });
+    d.tensors++;
+    d.params += n;
+    d.bytes += b;
+    const role = arch.classify(t.name);
+    if (!role) extra++;
+    if (role && 'layer' in role) {
+      layers[role.layer].params += n;
+      layers[role.layer].bytes += b;
+    }
+    if (role?.kind === 'expert') {
+      paramsExperts += n;
+      bytesExperts += b;
+    }
+  }
+  const moeLayers = arch.moeLayers;
+  return {
+    model: ckpt.dir,
+    model_type: arch.modelType,
+    num_layers: arch.numLayers,
+    moe_layers: moeLayers,
+    experts_per_layer: moeLayers.map(() => arch.numExperts),
+    top_k: arch.topK,
+    shared_experts: arch.sharedExperts,
+    hidden_size: arch.hidden,
+    expert_width: arch.expertWidth,
+    vocab_size: arch.vocab,
+    routing: arch.routing,
+    params_total: paramsTotal,
+    // Per token, top_k of the routed experts run; everything else (embeddings included) is active.
+    params_active: paramsTotal - paramsExperts + Math.round((paramsExperts * arch.topK) / arch.numExperts),
+    params_experts: paramsExperts,
+    bytes,
+    bytes_experts: bytesExperts,
+    bytes_other: bytes - bytesExperts,
+    dtypes,
+    shards: ckpt.shards.length,
+    extra_tensors: extra,
+    layers,
+    bytes_read: ckpt.bytesRead.value,
+  };
+}
+
+function human(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)} B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)} K`;
+  return String(n);
+}
+
+export function formatInspect(r: InspectReport): string {
+  const pct = (a: number, b: number) => (b > 0 ? `${((100 * a) / b).toFixed(1)}%` : '-');
+  const routing = r.routing;
+  const routeText = [
+    routing.scoring,
+    `top-${routing.topK}`,
+    routing.normTopK ? 'renormalised' : 'not renormalised',
+    routing.nGroup > 1 ? `${routing.nGroup} groups, best ${routing.topkGroup}` : '',
+    routing.scalingFactor !== 1 ? `× ${routing.scalingFactor}` : '',
+    routing.correctionBias ? 'selection bias' : '',
+  ].filter(Boolean);
+  const lines = [
+    `model          ${path.basename(r.model)} (${r.model_type})`,
+    `layers         ${r.num_layers} (${r.moe_layers.length} MoE, ${r.num_layers - r.moe_layers.length} dense)`,
+    `experts        ${r.experts_per_layer[0] ?? 0} routed per MoE layer, width ${r.expert_width}, ${r.shared_experts} shared`,
+    `routing        ${routeText.join(', ')}`,
+    `hidden, vocab  ${r.hidden_size}, ${r.vocab_size}`,
+    `params         ${human(r.params_total)} total, ${human(r.params_active)} active per token (${pct(r.params_active, r.params_total)})`,
+    `bytes          ${formatBytes(r.bytes)} in ${r.shards} shard(s): experts ${formatBytes(r.bytes_experts)} (${pct(r.bytes_experts, r.bytes)}), rest ${formatBytes(r.bytes_other)}`,
+    `dtypes         ${Object.entries(r.dtypes)
+      .map(([d, s]) => `${d} ${formatBytes(s.bytes)} (${s.tensors} tensors)`)
+      .join(', ')}`,
+  ];
+  if (r.extra_tensors > 0) lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
+  lines.push('', 'layer  kind   experts      params        bytes');
+  for (const l of r.layers) {
+    lines.push(`${String(l.index).padStart(5)}  ${l.kind.padEnd(5)}  ${String(l.experts).padStart(7)}  ${human(l.params).padStart(10)}  ${formatBytes(l.bytes).padStart(11)}`);
+  }
+  return lines.join('\n');
+}

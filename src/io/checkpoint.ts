@@ -1,0 +1,165 @@
+/**
+ * A Hugging Face checkpoint folder opened by its config and safetensors headers only.
+ * Tensor data is read later, one tensor at a time, through `TensorReader`.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CheckpointError } from '../errors';
+import { DType, isFloatDType, toFloat32 } from './dtype';
+import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
+import { readIndex, INDEX_FILE } from './index-file';
+
+const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
+
+export type Config = Record<string, unknown>;
+
+export interface Checkpoint {
+  dir: string;
+  config: Config;
+  /** Tensor refs by name, in the order of the shards and their data. */
+  tensors: Map<string, TensorRef>;
+  /** Shard files, absolute, in order. */
+  shards: string[];
+  /** `__metadata__` of the first shard. */
+  metadata: Record<string, string>;
+  /** Whether the tensors came with a model.safetensors.index.json. */
+  indexed: boolean;
+  /** Bytes of files read so far (headers, config, tensors): lets tests prove that planning reads no data. */
+  bytesRead: { value: number };
+}
+
+export function readConfig(dir: string): Config {
+  const file = path.join(dir, 'config.json');
+  if (!fs.existsSync(file)) {
+    throw new CheckpointError('no config.json in the model folder', { file: dir, hint: 'point moe at a Hugging Face model folder (config.json plus *.safetensors)' });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new CheckpointError(`config.json is not valid JSON (${(e as Error).message})`, { file, hint: 'fix or re-save the config' });
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new CheckpointError('config.json is not a JSON object', { file });
+  return json as Config;
+}
+
+/** Resolves a shard name from an index, refusing names that leave the model folder (also through symlinks). */
+export function resolveInside(dir: string, name: string, what: string, file: string): string {
+  if (typeof name !== 'string' || name === '' || path.isAbsolute(name) || name.split(/[\\/]/).includes('..')) {
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} points outside the model folder`, { file, hint: 'shard names in the index must be plain file names inside the model folder' });
+  }
+  const full = path.resolve(dir, name);
+  let real: string;
+  try {
+    real = fs.realpathSync(full);
+  } catch {
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} does not exist`, { file, hint: 'the checkpoint is incomplete; re-download the missing shard' });
+  }
+  const realDir = fs.realpathSync(dir);
+  if (path.relative(realDir, real).startsWith('..') || path.isAbsolute(path.relative(realDir, real))) {
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside the model folder (to ${real})`, { file, hint: 'copy the shard into the model folder instead of linking it' });
+  }
+  return full;
+}
+
+function listShards(dir: string): { shards: string[]; weightMap?: Map<string, string> } {
+  const indexFile = path.join(dir, INDEX_FILE);
+  if (fs.existsSync(indexFile)) {
+    const { weightMap, shards } = readIndex(indexFile);
+    return { shards: shards.map((s) => resolveInside(dir, s, 'shard', indexFile)), weightMap };
+  }
+  const names = fs.readdirSync(dir);
+  const shards = names.filter((n) => n.endsWith('.safetensors')).sort();
+  if (shards.length === 0) {
+    const pickles = names.filter((n) => PICKLE_EXTENSIONS.includes(path.extname(n)));
+    if (pickles.length > 0) {
+      throw new CheckpointError(`only pickle weights found (${pickles.slice(0, 3).join(', ')}); moe reads safetensors only and never loads pickle`, {
+        file: dir,
+        hint: 'convert with transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)',
+      });
+    }
+    throw new CheckpointError('no *.safetensors files in the model folder', { file: dir, hint: 'point moe at a folder holding the model weights as safetensors' });
+  }
+  return { shards: shards.map((s) => resolveInside(dir, s, 'shard', dir)) };
+}
+
+/** Opens a checkpoint folder: config plus every shard's header. Reads no tensor data. */
+export function openCheckpoint(dir: string): Checkpoint {
+  const abs = path.resolve(dir);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(abs);
+  } catch {
+    throw new CheckpointError('model folder does not exist', { file: dir, hint: 'check the path' });
+  }
+  if (!st.isDirectory()) throw new CheckpointError('not a folder', { file: dir, hint: 'MODEL is the folder holding config.json and the *.safetensors files' });
+  const config = readConfig(abs);
+  const bytesRead = { value: 0 };
+  const { shards, weightMap } = listShards(abs);
+  const headers: SafetensorsHeader[] = shards.map((s) => readHeader(s, (n) => (bytesRead.value += n)));
+  const tensors = new Map<string, TensorRef>();
+  for (const h of headers) {
+    for (const t of h.tensors) {
+      const prev = tensors.get(t.name);
+      if (prev) throw new CheckpointError(`tensor "${t.name}" is stored twice (also in ${path.basename(prev.file)})`, { file: h.file, hint: 'the shards are inconsistent; re-download the checkpoint' });
+      tensors.set(t.name, t);
+    }
+  }
+  if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
+  return { dir: abs, config, tensors, shards, metadata: headers[0]?.metadata ?? {}, indexed: !!weightMap, bytesRead };
+}
+
+function checkIndexAgainstShards(indexFile: string, weightMap: Map<string, string>, tensors: Map<string, TensorRef>): void {
+  for (const [name, shard] of weightMap) {
+    const t = tensors.get(name);
+    if (!t) throw new CheckpointError(`the index lists tensor "${name}" in ${shard}, but no shard holds it`, { file: indexFile, hint: 'the checkpoint is incomplete or the index is stale; re-download it' });
+    if (path.basename(t.file) !== path.basename(shard)) {
+      throw new CheckpointError(`the index puts tensor "${name}" in ${shard}, but it is in ${path.basename(t.file)}`, { file: indexFile, hint: 'the index is stale; re-save the checkpoint' });
+    }
+  }
+  for (const name of tensors.keys()) {
+    if (!weightMap.has(name)) throw new CheckpointError(`tensor "${name}" is in a shard but not in the index`, { file: indexFile, hint: 'the index is stale; re-save the checkpoint' });
+  }
+}
+
+/** Reads tensors one at a time with positioned reads; keeps shard files open until close(). */
+export class TensorReader {
+  private fds = new Map<string, number>();
+
+  constructor(private readonly ckpt: Checkpoint) {}
+
+  ref(name: string): TensorRef {
+    const t = this.ckpt.tensors.get(name);
+    if (!t) throw new CheckpointError(`tensor "${name}" is missing`, { file: this.ckpt.dir, hint: 'the checkpoint is incomplete or of a different architecture' });
+    return t;
+  }
+
+  /** The raw little-endian bytes of a tensor. */
+  bytes(name: string): Uint8Array {
+    const t = this.ref(name);
+    let fd = this.fds.get(t.file);
+    if (fd === undefined) {
+      fd = fs.openSync(t.file, 'r');
+      this.fds.set(t.file, fd);
+    }
+    const out = readExact(fd, t.file, t.begin, t.end - t.begin);
+    this.ckpt.bytesRead.value += out.byteLength;
+    return out;
+  }
+
+  /** A floating tensor as float32. */
+  f32(name: string): Float32Array {
+    const t = this.ref(name);
+    if (!isFloatDType(t.dtype)) throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
+    return toFloat32(this.bytes(name), t.dtype);
+  }
+
+  dtype(name: string): DType {
+    return this.ref(name).dtype;
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) fs.closeSync(fd);
+    this.fds.clear();
+  }
+}

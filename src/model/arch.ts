@@ -1,0 +1,211 @@
+/**
+ * Architecture adapters: for one model_type, the full list of tensors a checkpoint holds (names, shapes and
+ * roles), the routing rule's parameters, and how to rewrite the config when experts are removed.
+ * Tensor names follow Hugging Face transformers' modeling files, which are the reference.
+ */
+import * as path from 'node:path';
+import { CheckpointError } from '../errors';
+import type { Checkpoint, Config } from '../io/checkpoint';
+import { ConfigReader, expertCount, withExpertCount } from './config';
+
+export type Proj = 'gate' | 'up' | 'down';
+export const PROJS: readonly Proj[] = ['gate', 'up', 'down'];
+
+export type TensorRole =
+  | { kind: 'embed' }
+  | { kind: 'lm_head' }
+  | { kind: 'final_norm' }
+  | { kind: 'norm'; layer: number; name: string }
+  | { kind: 'attn'; layer: number; name: string; bias?: boolean }
+  | { kind: 'router'; layer: number }
+  | { kind: 'router_bias'; layer: number }
+  | { kind: 'expert'; layer: number; expert: number; proj: Proj }
+  | { kind: 'shared'; layer: number; proj: Proj }
+  | { kind: 'shared_gate'; layer: number }
+  | { kind: 'dense_mlp'; layer: number; proj: Proj; bias?: boolean };
+
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+  role: TensorRole;
+}
+
+export interface RoutingRule {
+  /** How router logits become scores. */
+  scoring: 'softmax' | 'sigmoid';
+  topK: number;
+  /** Renormalise the selected weights to sum to 1. */
+  normTopK: boolean;
+  /** Group-limited selection (DeepSeek): experts split into nGroup groups, the best topkGroup groups kept. */
+  nGroup: number;
+  topkGroup: number;
+  /** How a group is scored: its best expert (DeepSeek-V2) or the sum of its best two (DeepSeek-V3). */
+  groupScore: 'max' | 'top2sum';
+  /** The selected weights are multiplied by this (DeepSeek). */
+  scalingFactor: number;
+  /** A per-expert bias added to the scores for selection only (DeepSeek-V3 e_score_correction_bias). */
+  correctionBias: boolean;
+}
+
+export abstract class Architecture {
+  abstract readonly modelType: string;
+  /** The expert-count key written when the config holds none (never happens for real checkpoints). */
+  protected abstract readonly expertCountKey: string;
+
+  readonly cfg: ConfigReader;
+  readonly numLayers: number;
+  readonly hidden: number;
+  readonly vocab: number;
+  readonly numExperts: number;
+  readonly topK: number;
+  readonly tieEmbeddings: boolean;
+  private specs?: TensorSpec[];
+  private byName?: Map<string, TensorSpec>;
+
+  constructor(
+    readonly config: Config,
+    readonly dir: string,
+  ) {
+    this.cfg = new ConfigReader(config, dir);
+    this.numLayers = this.cfg.int('num_hidden_layers');
+    this.hidden = this.cfg.int('hidden_size');
+    this.vocab = this.cfg.int('vocab_size');
+    this.numExperts = expertCount(this.cfg);
+    this.topK = this.cfg.int('num_experts_per_tok');
+    this.tieEmbeddings = this.cfg.bool('tie_word_embeddings', false);
+    if (this.numExperts < 1) throw this.cfg.error('the routed expert count is 0: this is a dense model');
+    if (this.topK < 1 || this.topK > this.numExperts) throw this.cfg.error(`num_experts_per_tok ${this.topK} is not between 1 and the expert count ${this.numExperts}`);
+  }
+
+  abstract isMoeLayer(layer: number): boolean;
+  /** Width of one routed expert (its intermediate size). */
+  abstract get expertWidth(): number;
+  /** Shared experts per MoE layer (as separate modules: Qwen2-MoE 1; DeepSeek n_shared_experts fused into one MLP). */
+  abstract get sharedExperts(): number;
+  abstract get routing(): RoutingRule;
+  /** Attention and norm tensors of one layer. */
+  protected abstract attentionSpecs(layer: number): TensorSpec[];
+  /** The MLP part of one layer that is not a routed expert: dense MLP, router, shared expert. */
+  protected abstract mlpSpecs(layer: number): TensorSpec[];
+
+  /** Prefix of the MoE block: `model.layers.L.mlp` (Mixtral: `block_sparse_moe`). */
+  moePrefix(layer: number): string {
+    return `model.layers.${layer}.mlp`;
+  }
+
+  projName(p: Proj): string {
+    return `${p}_proj`;
+  }
+
+  expertKey(layer: number, expert: number, p: Proj): string {
+    return `${this.moePrefix(layer)}.experts.${expert}.${this.projName(p)}.weight`;
+  }
+
+  routerKey(layer: number): string {
+    return `${this.moePrefix(layer)}.gate.weight`;
+  }
+
+  /** The selection bias that must be sliced with the router rows, if this model has one. */
+  correctionBiasKey(_layer: number): string | undefined {
+    return undefined;
+  }
+
+  get moeLayers(): number[] {
+    return [...Array(this.numLayers).keys()].filter((l) => this.isMoeLayer(l));
+  }
+
+  /** Every tensor a checkpoint with this config holds, in a stable order. */
+  schema(): TensorSpec[] {
+    if (this.specs) return this.specs;
+    const h = this.hidden;
+    const out: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [this.vocab, h], role: { kind: 'embed' } }];
+    for (let l = 0; l < this.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      out.push({ name: `${p}.input_layernorm.weight`, shape: [h], role: { kind: 'norm', layer: l, name: 'input_layernorm' } });
+      out.push(...this.attentionSpecs(l));
+      out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [h], role: { kind: 'norm', layer: l, name: 'post_attention_layernorm' } });
+      out.push(...this.mlpSpecs(l));
+      if (this.isMoeLayer(l)) {
+        const w = this.expertWidth;
+        for (let e = 0; e < this.numExperts; e++) {
+          for (const proj of PROJS) {
+            out.push({ name: this.expertKey(l, e, proj), shape: proj === 'down' ? [h, w] : [w, h], role: { kind: 'expert', layer: l, expert: e, proj } });
+          }
+        }
+      }
+    }
+    out.push({ name: 'model.norm.weight', shape: [h], role: { kind: 'final_norm' } });
+    if (!this.tieEmbeddings) out.push({ name: 'lm_head.weight', shape: [this.vocab, h], role: { kind: 'lm_head' } });
+    this.specs = out;
+    return out;
+  }
+
+  /** The role of a tensor, or undefined for tensors outside the schema (kept and copied as they are). */
+  classify(name: string): TensorRole | undefined {
+    if (!this.byName) this.byName = new Map(this.schema().map((s) => [s.name, s]));
+    return this.byName.get(name)?.role;
+  }
+
+  /** Checks that every tensor the config implies is present with the right shape. Reads headers only. */
+  validate(ckpt: Checkpoint): void {
+    for (const spec of this.schema()) {
+      const t = ckpt.tensors.get(spec.name);
+      if (!t) {
+        throw new CheckpointError(`missing tensor "${spec.name}" that config.json implies`, {
+          file: ckpt.dir,
+          hint: 'the checkpoint is incomplete or its config does not match the weights',
+        });
+      }
+      if (t.shape.length !== spec.shape.length || t.shape.some((d, i) => d !== spec.shape[i])) {
+        throw new CheckpointError(`tensor "${spec.name}" has shape [${t.shape}], config.json implies [${spec.shape}]`, {
+          file: path.basename(t.file) === t.file ? ckpt.dir : t.file,
+          hint: 'the config does not match the weights',
+        });
+      }
+    }
+  }
+
+  /** The config with `n` routed experts per MoE layer; every other key untouched. */
+  rewriteConfig(n: number): Config {
+    return withExpertCount(this.config, n, this.expertCountKey);
+  }
+}
+
+/** Helpers for the adapters. */
+export function linear(name: string, out: number, inp: number, role: TensorRole): TensorSpec {
+  return { name, shape: [out, inp], role };
+}
+
+export function vector(name: string, n: number, role: TensorRole): TensorSpec {
+  return { name, shape: [n], role };
+}
+
+/** A gate/up/down MLP under `prefix` (dense layers and shared experts). */
+export function mlp(prefix: string, hidden: number, width: number, role: (p: Proj) => TensorRole): TensorSpec[] {
+  return PROJS.map((p) => linear(`${prefix}.${p}_proj.weight`, p === 'down' ? hidden : width, p === 'down' ? width : hidden, role(p)));
+}
+
+/** Standard multi-head / grouped-query attention projections (Mixtral, Qwen, OLMoE). */
+export function gqaAttention(
+  layer: number,
+  hidden: number,
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+  bias: { qkv: boolean; o: boolean },
+): TensorSpec[] {
+  const p = `model.layers.${layer}.self_attn`;
+  const dims: Record<string, [number, number]> = {
+    q_proj: [heads * headDim, hidden],
+    k_proj: [kvHeads * headDim, hidden],
+    v_proj: [kvHeads * headDim, hidden],
+    o_proj: [hidden, heads * headDim],
+  };
+  const out: TensorSpec[] = [];
+  for (const [name, [o, i]] of Object.entries(dims)) {
+    out.push(linear(`${p}.${name}.weight`, o, i, { kind: 'attn', layer, name }));
+    const hasBias = name === 'o_proj' ? bias.o : bias.qkv;
+    if (hasBias) out.push(vector(`${p}.${name}.bias`, o, { kind: 'attn', layer, name, bias: true }));
+  }
+  return out;
+}

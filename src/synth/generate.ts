@@ -1,0 +1,86 @@
+/**
+ * Random checkpoints with the exact Hugging Face layout of a model_type, written tensor by tensor through the
+ * sharded writer (so a multi-GB checkpoint needs only one tensor in memory). For tests and benchmarks.
+ */
+import { DType, fromFloat32, isFloatDType } from '../io/dtype';
+import type { Config } from '../io/checkpoint';
+import { withOutput } from '../io/output';
+import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { architectureFor } from '../model/registry';
+import type { Context } from '../ui/progress';
+import { numel, tensorBytes } from '../io/safetensors';
+
+export interface SynthOptions {
+  config: Config;
+  output: string;
+  seed?: number;
+  dtype?: DType;
+  maxShardBytes?: number;
+  /** Spread of the weights (uniform with this standard deviation); norms are 1 ± this. */
+  std?: number;
+  force?: boolean;
+}
+
+export interface SynthReport {
+  output: string;
+  model_type: string;
+  tensors: number;
+  shards: number;
+  bytes: number;
+}
+
+/** mulberry32: a small, fast, seedable generator; good enough for test weights. */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function fill(n: number, rand: () => number, center: number, std: number): Float32Array {
+  const out = new Float32Array(n);
+  const half = std * Math.sqrt(3); // uniform[-a, a] has standard deviation a/√3
+  for (let i = 0; i < n; i++) out[i] = center + (2 * rand() - 1) * half;
+  return out;
+}
+
+/** Float bytes of `dtype` with fast truncation for BF16 (random data needs no rounding). */
+function encode(values: Float32Array, dtype: DType): Uint8Array {
+  if (dtype !== 'BF16') return fromFloat32(values, dtype);
+  const u32 = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = u32[i] >>> 16;
+  return new Uint8Array(out.buffer);
+}
+
+export async function synthesize(opts: SynthOptions, ctx: Context): Promise<SynthReport> {
+  const dtype = opts.dtype ?? 'F32';
+  if (!isFloatDType(dtype)) throw new TypeError(`synthesize: ${dtype} is not a floating dtype`);
+  const arch = architectureFor(opts.config, opts.output);
+  const specs = arch.schema();
+  const plan: PlannedTensor[] = specs.map((s) => ({ name: s.name, shape: s.shape, dtype }));
+  const std = opts.std ?? 0.05;
+  const rand = mulberry32(opts.seed ?? 0);
+  const total = plan.reduce((s, t) => s + tensorBytes(t), 0);
+  let shards = 0;
+  await withOutput(opts.output, { force: opts.force }, (out) => {
+    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
+    shards = writer.shardCount;
+    const progress = ctx.progress('synth', total, 'bytes');
+    for (const s of specs) {
+      const isNorm = s.role.kind === 'norm' || s.role.kind === 'final_norm';
+      const values = fill(numel(s.shape), rand, isNorm ? 1 : 0, isNorm ? 0.1 : std);
+      const bytes = encode(values, dtype);
+      writer.write(s.name, bytes);
+      progress.tick(bytes.byteLength);
+    }
+    progress.done();
+    writer.finish();
+    out.writeJson('config.json', { ...opts.config, torch_dtype: dtype === 'BF16' ? 'bfloat16' : dtype === 'F16' ? 'float16' : 'float32' });
+  });
+  return { output: opts.output, model_type: arch.modelType, tensors: plan.length, shards, bytes: total };
+}
