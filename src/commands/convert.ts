@@ -11,6 +11,12 @@ import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 
 export const DEFAULT_MAX_SHARD_BYTES = 5e9;
+/** Tensors are copied and cast in pieces of this size: memory stays flat whatever the largest tensor. */
+const CHUNK_BYTES = 16 * 1024 * 1024;
+
+function* mapPieces(pieces: Iterable<Uint8Array>, f: (p: Uint8Array) => Uint8Array): Generator<Uint8Array> {
+  for (const p of pieces) yield f(p);
+}
 
 export interface ConvertOptions {
   model: string;
@@ -77,9 +83,12 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     try {
       for (let i = 0; i < plan.length; i++) {
         const src = sources[i];
-        const raw = reader.bytes(src.name);
-        writer.write(src.name, plan[i].dtype === src.dtype ? raw : fromFloat32(toFloat32(raw, src.dtype), plan[i].dtype));
-        progress.tick(raw.byteLength);
+        const to = plan[i].dtype;
+        const pieces = reader.chunks(src.name, CHUNK_BYTES);
+        writer.writeChunks(src.name, mapPieces(pieces, (raw) => {
+          progress.tick(raw.byteLength);
+          return to === src.dtype ? raw : fromFloat32(toFloat32(raw, src.dtype), to);
+        }));
       }
       writer.finish();
     } finally {

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
-import { DType, isFloatDType, toFloat32 } from './dtype';
+import { DType, dtypeBytes, isFloatDType, toFloat32 } from './dtype';
 import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
 
@@ -137,14 +137,22 @@ export class TensorReader {
   /** The raw little-endian bytes of a tensor. */
   bytes(name: string): Uint8Array {
     const t = this.ref(name);
-    let fd = this.fds.get(t.file);
-    if (fd === undefined) {
-      fd = fs.openSync(t.file, 'r');
-      this.fds.set(t.file, fd);
-    }
-    const out = readExact(fd, t.file, t.begin, t.end - t.begin);
+    const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
+  }
+
+  /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
+  *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
+    const t = this.ref(name);
+    const size = dtypeBytes(t.dtype);
+    const step = Math.max(size, maxBytes - (maxBytes % size));
+    const fd = this.fd(t.file);
+    for (let at = t.begin; at < t.end; at += step) {
+      const piece = readExact(fd, t.file, at, Math.min(step, t.end - at));
+      this.ckpt.bytesRead.value += piece.byteLength;
+      yield piece;
+    }
   }
 
   /** A floating tensor as float32. */
@@ -152,6 +160,15 @@ export class TensorReader {
     const t = this.ref(name);
     if (!isFloatDType(t.dtype)) throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
     return toFloat32(this.bytes(name), t.dtype);
+  }
+
+  private fd(file: string): number {
+    let fd = this.fds.get(file);
+    if (fd === undefined) {
+      fd = fs.openSync(file, 'r');
+      this.fds.set(file, fd);
+    }
+    return fd;
   }
 
   dtype(name: string): DType {

@@ -114,16 +114,26 @@ export class ShardedWriter {
 
   /** Writes the next tensor of the plan; `name` and the byte length must match it. */
   write(name: string, bytes: Uint8Array): void {
+    this.writeChunks(name, [bytes]);
+  }
+
+  /** Writes the next tensor of the plan from pieces, so a huge tensor never has to be whole in memory. */
+  writeChunks(name: string, pieces: Iterable<Uint8Array>): void {
     if (this.state === 'finished' || this.state === 'failed') throw new InternalError(`ShardedWriter: write("${name}") after ${this.state}`);
     const slot = this.order[this.next];
     if (!slot) throw new InternalError(`ShardedWriter: write("${name}") but every planned tensor is written`);
     if (slot.tensor.name !== name) throw new InternalError(`ShardedWriter: expected tensor "${slot.tensor.name}" next, got "${name}"`);
     const want = tensorBytes(slot.tensor);
-    if (bytes.byteLength !== want) throw new InternalError(`ShardedWriter: "${name}" has ${bytes.byteLength} bytes, planned ${want}`);
     this.state = 'writing';
     try {
       if (slot.shard !== this.fdShard) this.openShard(slot.shard);
-      writeAll(this.fd!, bytes);
+      let written = 0;
+      for (const bytes of pieces) {
+        if (written + bytes.byteLength > want) throw new InternalError(`ShardedWriter: "${name}" has more than the ${want} bytes planned`);
+        writeAll(this.fd!, bytes);
+        written += bytes.byteLength;
+      }
+      if (written !== want) throw new InternalError(`ShardedWriter: "${name}" has ${written} bytes, planned ${want}`);
       this.next++;
     } catch (e) {
       this.fail();

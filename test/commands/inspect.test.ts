@@ -1,0 +1,89 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { inspect } from '../../src/commands/inspect';
+import { PRESETS } from '../../src/synth/presets';
+import { GOLDEN, makeSynth, rawHeader, runCli, tmpDir } from '../helpers';
+
+/** What inspect must report, computed from the raw headers and config without src/ code. */
+function independent(dir: string) {
+  const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
+  const shards = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors'));
+  let params = 0;
+  const experts = new Map<number, Set<number>>();
+  for (const s of shards) {
+    for (const [name, t] of Object.entries(rawHeader(path.join(dir, s)).json)) {
+      params += t.shape.reduce((a, b) => a * b, 1);
+      const m = /^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\./.exec(name);
+      if (m) {
+        if (!experts.has(Number(m[1]))) experts.set(Number(m[1]), new Set());
+        experts.get(Number(m[1]))!.add(Number(m[2]));
+      }
+    }
+  }
+  const layers = [...experts.keys()].sort((a, b) => a - b);
+  return {
+    params_total: params,
+    moe_layers: layers,
+    experts_per_layer: layers.map((l) => experts.get(l)!.size),
+    top_k: config.num_experts_per_tok,
+  };
+}
+
+const GOLDEN_CASES = fs.existsSync(GOLDEN) ? fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'config.json'))) : [];
+
+describe('moe inspect on transformers-saved checkpoints', () => {
+  test('the golden fixtures cover every supported model_type', () => {
+    const types = new Set(GOLDEN_CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type));
+    expect([...types].sort()).toEqual(Object.keys(PRESETS).sort());
+  });
+
+  test.each(GOLDEN_CASES)('%s: params_total, moe_layers, experts_per_layer and top_k are exact', (c) => {
+    const dir = path.join(GOLDEN, c);
+    const r = runCli(['inspect', dir, '--json']);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    const want = independent(dir);
+    expect({ params_total: report.params_total, moe_layers: report.moe_layers, experts_per_layer: report.experts_per_layer, top_k: report.top_k }).toEqual(want);
+    // And against what the Python script recorded from transformers' own model object.
+    const golden = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+    expect(report.params_total).toBe(golden.params_total);
+    expect(report.moe_layers).toEqual(golden.moe_layers);
+    expect(report.experts_per_layer).toEqual(golden.experts_per_layer);
+    expect(report.top_k).toBe(golden.top_k);
+    expect(report.extra_tensors).toBe(0);
+  });
+});
+
+describe('moe inspect on generated checkpoints', () => {
+  test.each(Object.keys(PRESETS))('%s: the report matches the headers and config', async (arch) => {
+    const dir = await makeSynth(arch, path.join(tmpDir(), 'm'), { maxShardBytes: 60_000 });
+    const report = inspect({ model: dir });
+    const want = independent(dir);
+    expect(report.params_total).toBe(want.params_total);
+    expect(report.moe_layers).toEqual(want.moe_layers);
+    expect(report.experts_per_layer).toEqual(want.experts_per_layer);
+    expect(report.top_k).toBe(want.top_k);
+    // Active params: everything but the routed experts, plus top_k of them per MoE layer.
+    const perExpert = report.params_experts / (want.moe_layers.length * report.experts_per_layer[0]);
+    expect(report.params_active).toBe(report.params_total - report.params_experts + perExpert * want.moe_layers.length * report.top_k);
+    expect(Object.values(report.dtypes).reduce((s, d) => s + d.bytes, 0)).toBe(report.bytes);
+  });
+
+  test('inspect reads headers only: bytes read are far below the file size', async () => {
+    const dir = await makeSynth('mixtral', path.join(tmpDir(), 'm'), { set: { hidden_size: 256, intermediate_size: 512 }, maxShardBytes: 2e6 });
+    const size = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+    const report = inspect({ model: dir });
+    expect(size).toBeGreaterThan(5e6);
+    expect(report.bytes_read).toBeGreaterThan(0);
+    expect(report.bytes_read).toBeLessThan(size / 500);
+  });
+
+  test('the human table names the layers, experts and routing', async () => {
+    const dir = await makeSynth('deepseek_v3', path.join(tmpDir(), 'm'));
+    const r = runCli(['inspect', dir]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/layers\s+3 \(2 MoE, 1 dense\)/);
+    expect(r.stdout).toMatch(/sigmoid, top-2, renormalised, 2 groups, best 1, × 2\.5, selection bias/);
+    expect(r.stdout).toMatch(/^\s+0\s+dense\s+0/m);
+  });
+});

@@ -1,0 +1,63 @@
+/** Shared test helpers: temporary folders, a quiet context, running the built CLI, raw safetensors files. */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Config } from '../src/io/checkpoint';
+import type { DType } from '../src/io/dtype';
+import { synthesize } from '../src/synth/generate';
+import { PRESETS } from '../src/synth/presets';
+import { createContext } from '../src/ui/progress';
+
+export const ROOT = path.join(__dirname, '..');
+export const GOLDEN = path.join(ROOT, 'fixtures', 'golden');
+export const quiet = createContext({ quiet: true });
+
+export function tmpDir(prefix = 'moe-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function runCli(args: string[], cwd = ROOT): CliResult {
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'moe.js'), ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: 'true' } });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export async function makeSynth(arch: string, dir: string, opts: { dtype?: DType; maxShardBytes?: number; seed?: number; set?: Config } = {}): Promise<string> {
+  await synthesize({ config: { ...PRESETS[arch], ...opts.set }, output: dir, dtype: opts.dtype, maxShardBytes: opts.maxShardBytes, seed: opts.seed ?? 1 }, quiet);
+  return dir;
+}
+
+/** Reads a safetensors header with a parser independent of src/io (for cross-checks). */
+export function rawHeader(file: string): { n: number; json: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> } {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const len = Buffer.alloc(8);
+    fs.readSync(fd, len, 0, 8, 0);
+    const n = Number(len.readBigUInt64LE(0));
+    const buf = Buffer.alloc(n);
+    fs.readSync(fd, buf, 0, n, 8);
+    const json = JSON.parse(buf.toString('utf8'));
+    delete json.__metadata__;
+    return { n, json };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Writes a safetensors file from a header object and a data buffer, with no validation at all. */
+export function writeRaw(file: string, header: unknown, data: Uint8Array, headerLenOverride?: bigint): void {
+  const text = Buffer.from(JSON.stringify(header), 'utf8');
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(headerLenOverride ?? BigInt(text.length));
+  fs.writeFileSync(file, Buffer.concat([len, text, Buffer.from(data)]));
+}
+
+export function listDir(dir: string): string[] {
+  return fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
+}
