@@ -13,8 +13,9 @@ export const ROOT = path.join(__dirname, '..');
 export const GOLDEN = path.join(ROOT, 'fixtures', 'golden');
 export const quiet = createContext({ quiet: true });
 
+/** A fresh folder under the run's root (removed by global-teardown). */
 export function tmpDir(prefix = 'moe-test-'): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  return fs.mkdtempSync(path.join(process.env.MOE_TEST_TMP ?? os.tmpdir(), prefix));
 }
 
 export interface CliResult {
