@@ -155,6 +155,36 @@ export class TensorReader {
     }
   }
 
+  /** Rows [start, start+count) of a 2-D floating tensor as float32 ([count, cols]). */
+  rowsF32(name: string, start: number, count: number): Float32Array {
+    const t = this.ref(name);
+    const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
+    const rowBytes = cols * dtypeBytes(t.dtype);
+    if (start < 0 || start + count > t.shape[0]) throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
+    const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
+    this.ckpt.bytesRead.value += bytes.byteLength;
+    return toFloat32(bytes, t.dtype);
+  }
+
+  /** Selected rows of a 2-D floating tensor (embedding lookups): [ids.length, cols], one positioned read per distinct id. */
+  gatherF32(name: string, ids: ArrayLike<number>): Float32Array {
+    const t = this.ref(name);
+    const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
+    const out = new Float32Array(ids.length * cols);
+    const cache = new Map<number, Float32Array>();
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= t.shape[0]) throw new CheckpointError(`token id ${id} is outside the vocabulary of ${t.shape[0]}`, { file: t.file, hint: 'the data was tokenized for another model' });
+      let row = cache.get(id);
+      if (!row) {
+        row = this.rowsF32(name, id, 1);
+        cache.set(id, row);
+      }
+      out.set(row, i * cols);
+    }
+    return out;
+  }
+
   /** A floating tensor as float32. */
   f32(name: string): Float32Array {
     const t = this.ref(name);

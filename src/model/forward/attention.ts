@@ -1,0 +1,183 @@
+/**
+ * Causal self-attention over windows that are run on their own (no cache, no padding): grouped-query attention
+ * (Mixtral, Qwen2/3-MoE, OLMoE) and DeepSeek's multi-head latent attention (MLA). Activations are rows of all
+ * windows' tokens, [tokens, features], with tokens = windows × T.
+ */
+import type { Backend } from '../../backend/backend';
+import { applyRope, RopeTables } from './rope';
+import { rmsNorm, rmsNormStrided } from './ops';
+
+export interface GqaSpec {
+  kind: 'gqa';
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Qwen3: RMSNorm per head of q and k; OLMoE: over the whole q and k projections. */
+  qkNorm: 'none' | 'head' | 'full';
+  /** OLMoE's optional clamp of q, k and v. */
+  clipQkv?: number;
+  scale: number;
+  eps: number;
+}
+
+export interface MlaSpec {
+  kind: 'mla';
+  heads: number;
+  qLoraRank?: number;
+  kvLoraRank: number;
+  nopeDim: number;
+  ropeDim: number;
+  vDim: number;
+  /** DeepSeek-V3 with rope_interleave and V2: rotate (2i, 2i+1) pairs; otherwise rotate-half. */
+  interleaved: boolean;
+  scale: number;
+  eps: number;
+}
+
+export type AttentionSpec = GqaSpec | MlaSpec;
+
+/** Attention weights of one layer by their name under `self_attn.` (e.g. "q_proj.weight"). */
+export type Weights = (name: string) => Float32Array | undefined;
+
+function need(w: Weights, name: string): Float32Array {
+  const t = w(name);
+  if (!t) throw new Error(`attention weight ${name} not loaded`);
+  return t;
+}
+
+/**
+ * Softmax(Q·Kᵀ·scale + causal mask)·V for each window. q [tokens, H, dk], k and v given per window as
+ * [H, T, dk] / [H, T, dv] by the callbacks. Returns [tokens, H, dv].
+ */
+async function causalAttention(
+  be: Backend,
+  q: Float32Array,
+  windows: number,
+  T: number,
+  H: number,
+  dk: number,
+  dv: number,
+  scale: number,
+  keys: (w: number) => Float32Array,
+  values: (w: number) => Float32Array,
+): Promise<Float32Array> {
+  const out = new Float32Array(windows * T * H * dv);
+  const qw = new Float32Array(H * T * dk);
+  for (let w = 0; w < windows; w++) {
+    // [T, H, dk] → [H, T, dk]
+    for (let t = 0; t < T; t++) {
+      for (let h = 0; h < H; h++) qw.set(q.subarray(((w * T + t) * H + h) * dk, ((w * T + t) * H + h + 1) * dk), (h * T + t) * dk);
+    }
+    const scores = await be.bmm(qw, keys(w), H, T, dk, T, true); // [H, T, T]
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < T; t++) {
+        const o = (h * T + t) * T;
+        let max = -Infinity;
+        for (let s = 0; s <= t; s++) {
+          const v = scores[o + s] * scale;
+          scores[o + s] = v;
+          if (v > max) max = v;
+        }
+        let sum = 0;
+        for (let s = 0; s <= t; s++) {
+          const e = Math.exp(scores[o + s] - max);
+          scores[o + s] = e;
+          sum += e;
+        }
+        for (let s = 0; s <= t; s++) scores[o + s] /= sum;
+        scores.fill(0, o + t + 1, o + T);
+      }
+    }
+    const ctx = await be.bmm(scores, values(w), H, T, T, dv, false); // [H, T, dv]
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < T; t++) out.set(ctx.subarray((h * T + t) * dv, (h * T + t + 1) * dv), ((w * T + t) * H + h) * dv);
+    }
+  }
+  return out;
+}
+
+/** Gathers one window of a [tokens, heads, stride] array into [H, T, dim] (head h reads source head map(h)). */
+function perHead(src: Float32Array, w: number, T: number, H: number, srcHeads: number, stride: number, offset: number, dim: number, map: (h: number) => number): Float32Array {
+  const out = new Float32Array(H * T * dim);
+  for (let h = 0; h < H; h++) {
+    const sh = map(h);
+    for (let t = 0; t < T; t++) {
+      const from = ((w * T + t) * srcHeads + sh) * stride + offset;
+      out.set(src.subarray(from, from + dim), (h * T + t) * dim);
+    }
+  }
+  return out;
+}
+
+export async function gqa(be: Backend, x: Float32Array, hidden: number, windows: number, T: number, spec: GqaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
+  const N = windows * T;
+  const { heads: H, kvHeads: KV, headDim: d } = spec;
+  const q = await be.linear(x, need(w, 'q_proj.weight'), N, hidden, H * d, w('q_proj.bias'));
+  const k = await be.linear(x, need(w, 'k_proj.weight'), N, hidden, KV * d, w('k_proj.bias'));
+  const v = await be.linear(x, need(w, 'v_proj.weight'), N, hidden, KV * d, w('v_proj.bias'));
+  if (spec.clipQkv !== undefined) {
+    const c = spec.clipQkv;
+    for (const a of [q, k, v]) for (let i = 0; i < a.length; i++) a[i] = Math.min(c, Math.max(-c, a[i]));
+  }
+  if (spec.qkNorm === 'full') {
+    rmsNorm(q, need(w, 'q_norm.weight'), H * d, spec.eps, q);
+    rmsNorm(k, need(w, 'k_norm.weight'), KV * d, spec.eps, k);
+  } else if (spec.qkNorm === 'head') {
+    rmsNormStrided(q, N * H, d, 0, d, need(w, 'q_norm.weight'), spec.eps);
+    rmsNormStrided(k, N * KV, d, 0, d, need(w, 'k_norm.weight'), spec.eps);
+  }
+  const pos = (n: number) => n % T;
+  applyRope(q, N, H, d, 0, rope, pos, false);
+  applyRope(k, N, KV, d, 0, rope, pos, false);
+  const group = H / KV;
+  const out = await causalAttention(
+    be,
+    q,
+    windows,
+    T,
+    H,
+    d,
+    d,
+    spec.scale,
+    (win) => perHead(k, win, T, H, KV, d, 0, d, (h) => Math.floor(h / group)),
+    (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => Math.floor(h / group)),
+  );
+  return be.linear(out, need(w, 'o_proj.weight'), N, H * d, hidden, w('o_proj.bias'));
+}
+
+export async function mla(be: Backend, x: Float32Array, hidden: number, windows: number, T: number, spec: MlaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
+  const N = windows * T;
+  const { heads: H, nopeDim, ropeDim, vDim, kvLoraRank } = spec;
+  const dk = nopeDim + ropeDim;
+  let q: Float32Array;
+  if (spec.qLoraRank) {
+    const qa = await be.linear(x, need(w, 'q_a_proj.weight'), N, hidden, spec.qLoraRank, w('q_a_proj.bias'));
+    rmsNorm(qa, need(w, 'q_a_layernorm.weight'), spec.qLoraRank, spec.eps, qa);
+    q = await be.linear(qa, need(w, 'q_b_proj.weight'), N, spec.qLoraRank, H * dk);
+  } else {
+    q = await be.linear(x, need(w, 'q_proj.weight'), N, hidden, H * dk);
+  }
+  const ckv = await be.linear(x, need(w, 'kv_a_proj_with_mqa.weight'), N, hidden, kvLoraRank + ropeDim, w('kv_a_proj_with_mqa.bias')); // [N, rank + rope]
+  const latent = new Float32Array(N * kvLoraRank);
+  for (let n = 0; n < N; n++) latent.set(ckv.subarray(n * (kvLoraRank + ropeDim), n * (kvLoraRank + ropeDim) + kvLoraRank), n * kvLoraRank);
+  rmsNorm(latent, need(w, 'kv_a_layernorm.weight'), kvLoraRank, spec.eps, latent);
+  const kv = await be.linear(latent, need(w, 'kv_b_proj.weight'), N, kvLoraRank, H * (nopeDim + vDim)); // [N, H, nope + v]
+  const pos = (n: number) => n % T;
+  applyRope(q, N, H, dk, nopeDim, rope, pos, spec.interleaved); // rotary part of each head of q
+  applyRope(ckv, N, 1, kvLoraRank + ropeDim, kvLoraRank, rope, pos, spec.interleaved); // the shared rotary key
+  const keys = (win: number) => {
+    const out = new Float32Array(H * T * dk); // [H, T, nope | rope]
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < T; t++) {
+        const n = win * T + t;
+        const o = (h * T + t) * dk;
+        out.set(kv.subarray((n * H + h) * (nopeDim + vDim), (n * H + h) * (nopeDim + vDim) + nopeDim), o);
+        out.set(ckv.subarray(n * (kvLoraRank + ropeDim) + kvLoraRank, (n + 1) * (kvLoraRank + ropeDim)), o + nopeDim);
+      }
+    }
+    return out;
+  };
+  const values = (win: number) => perHead(kv, win, T, H, H, nopeDim + vDim, nopeDim, vDim, (h) => h);
+  const out = await causalAttention(be, q, windows, T, H, dk, vDim, spec.scale, keys, values);
+  return be.linear(out, need(w, 'o_proj.weight'), N, H * vDim, hidden, w('o_proj.bias'));
+}

@@ -1,0 +1,112 @@
+/**
+ * The sparse MoE block: router scores, each model's top-k rule (transformers' router classes are the
+ * reference), the routed experts run on the tokens that chose them, and shared experts.
+ */
+import type { Backend } from '../../backend/backend';
+import type { RoutingRule } from '../arch';
+import { sigmoid, swiglu } from './ops';
+
+export interface Routing {
+  /** Router logits [tokens, E]. */
+  logits: Float32Array;
+  /** Selected experts [tokens, k], in the order top-k returns them. */
+  experts: Int32Array;
+  /** Their weights as the model applies them [tokens, k]. */
+  weights: Float32Array;
+  /** Router probabilities (softmax or sigmoid of the logits) [tokens, E]. */
+  probs: Float32Array;
+}
+
+/** Indices of the k largest values of v (ties: the lower index first, like torch.topk on CPU in practice). */
+function topk(v: Float64Array | Float32Array, k: number, from = 0, len = v.length): number[] {
+  const idx: number[] = [];
+  for (let i = 0; i < len; i++) {
+    const x = v[from + i];
+    let j = idx.length;
+    if (j === k && x <= v[from + idx[k - 1]]) continue;
+    if (j === k) idx.pop();
+    j = idx.length;
+    while (j > 0 && v[from + idx[j - 1]] < x) j--;
+    idx.splice(j, 0, i);
+  }
+  return idx;
+}
+
+/** Applies the routing rule to router logits [tokens, E]. */
+export function route(logits: Float32Array, tokens: number, E: number, rule: RoutingRule, correctionBias?: Float32Array): Routing {
+  const k = rule.topK;
+  const experts = new Int32Array(tokens * k);
+  const weights = new Float32Array(tokens * k);
+  const probs = new Float32Array(tokens * E);
+  const choice = new Float64Array(E);
+  const perGroup = E / rule.nGroup;
+  for (let n = 0; n < tokens; n++) {
+    const row = n * E;
+    if (rule.scoring === 'softmax') {
+      let max = -Infinity;
+      for (let e = 0; e < E; e++) max = Math.max(max, logits[row + e]);
+      let sum = 0;
+      for (let e = 0; e < E; e++) sum += Math.exp(logits[row + e] - max);
+      for (let e = 0; e < E; e++) probs[row + e] = Math.exp(logits[row + e] - max) / sum;
+    } else {
+      for (let e = 0; e < E; e++) probs[row + e] = sigmoid(logits[row + e]);
+    }
+    for (let e = 0; e < E; e++) choice[e] = probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
+    if (rule.nGroup > 1) {
+      // Keep the best topkGroup groups; the others' scores become 0 (masked_fill(…, 0.0) in transformers).
+      const groupScores = new Float64Array(rule.nGroup);
+      for (let g = 0; g < rule.nGroup; g++) {
+        const best = topk(choice, rule.groupScore === 'top2sum' ? 2 : 1, g * perGroup, perGroup);
+        groupScores[g] = best.reduce((s, i) => s + choice[g * perGroup + i], 0);
+      }
+      const keep = new Set(topk(groupScores, rule.topkGroup));
+      for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / perGroup))) choice[e] = 0;
+    }
+    const sel = topk(choice, k);
+    let sum = 0;
+    for (let j = 0; j < k; j++) {
+      experts[n * k + j] = sel[j];
+      // Selection may use the biased scores; the weights are always the unbiased ones.
+      weights[n * k + j] = rule.scoring === 'softmax' && rule.nGroup > 1 ? choice[sel[j]] : probs[row + sel[j]];
+      sum += weights[n * k + j];
+    }
+    const norm = rule.normTopK ? 1 / (sum + (rule.scoring === 'sigmoid' ? 1e-20 : 0)) : 1;
+    for (let j = 0; j < k; j++) weights[n * k + j] = weights[n * k + j] * norm * rule.scalingFactor;
+  }
+  return { logits, experts, weights, probs };
+}
+
+/** gate|up fused [2·width, hidden] and down [hidden, width] of one expert or MLP. */
+export interface MlpWeights {
+  gateUp: Float32Array;
+  down: Float32Array;
+  width: number;
+}
+
+/** down(silu(gate(x)) · up(x)) for x [rows, hidden]. */
+export async function runMlp(be: Backend, x: Float32Array, rows: number, hidden: number, w: MlpWeights): Promise<Float32Array> {
+  if (rows === 0) return new Float32Array(0);
+  const gu = await be.linear(x, w.gateUp, rows, hidden, 2 * w.width);
+  return be.linear(swiglu(gu, rows, w.width), w.down, rows, w.width, hidden);
+}
+
+/** Token lists per expert from a routing: for expert e, the token indices and the slot (0..k-1) they chose it in. */
+export function tokensPerExpert(r: Routing, tokens: number, k: number, E: number): { tokens: Int32Array; slots: Int32Array }[] {
+  const counts = new Int32Array(E);
+  for (let i = 0; i < tokens * k; i++) counts[r.experts[i]]++;
+  const lists = [...counts].map((c) => ({ tokens: new Int32Array(c), slots: new Int32Array(c), fill: 0 }));
+  for (let n = 0; n < tokens; n++) {
+    for (let j = 0; j < k; j++) {
+      const l = lists[r.experts[n * k + j]];
+      l.tokens[l.fill] = n;
+      l.slots[l.fill++] = j;
+    }
+  }
+  return lists.map(({ tokens: t, slots }) => ({ tokens: t, slots }));
+}
+
+export function gatherRows(x: Float32Array, cols: number, rows: Int32Array): Float32Array {
+  const out = new Float32Array(rows.length * cols);
+  for (let i = 0; i < rows.length; i++) out.set(x.subarray(rows[i] * cols, (rows[i] + 1) * cols), i * cols);
+  return out;
+}

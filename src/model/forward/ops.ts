@@ -1,0 +1,80 @@
+/** Small element-wise kernels of the forward pass (the matmuls live in the backend). Row-major float32. */
+
+/** RMSNorm over rows of `dim` (in place when out = x): x · rsqrt(mean(x²) + eps) · weight. */
+export function rmsNorm(x: Float32Array, weight: Float32Array, dim: number, eps: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
+  const rows = x.length / dim;
+  for (let r = 0; r < rows; r++) {
+    const o = r * dim;
+    let ss = 0;
+    for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
+    const inv = 1 / Math.sqrt(ss / dim + eps);
+    for (let i = 0; i < dim; i++) out[o + i] = Math.fround(x[o + i] * inv) * weight[i];
+  }
+  return out;
+}
+
+/**
+ * RMSNorm of a column block inside wider rows: rows of `stride`, normalising `dim` values from `offset`
+ * (per-head q/k norms, MLA's latent norm). In place.
+ */
+export function rmsNormStrided(x: Float32Array, rows: number, stride: number, offset: number, dim: number, weight: Float32Array, eps: number): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * stride + offset;
+    let ss = 0;
+    for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
+    const inv = 1 / Math.sqrt(ss / dim + eps);
+    for (let i = 0; i < dim; i++) x[o + i] = Math.fround(x[o + i] * inv) * weight[i];
+  }
+}
+
+export function silu(x: number): number {
+  return x / (1 + Math.exp(-x));
+}
+
+export function sigmoid(x: number): number {
+  return 1 / (1 + Math.exp(-x));
+}
+
+/**
+ * SwiGLU on a fused [rows, 2·width] gate|up product: out[r, i] = silu(gate[r, i]) · up[r, i] → [rows, width].
+ */
+export function swiglu(gateUp: Float32Array, rows: number, width: number): Float32Array {
+  const out = new Float32Array(rows * width);
+  for (let r = 0; r < rows; r++) {
+    const g = r * 2 * width;
+    const o = r * width;
+    for (let i = 0; i < width; i++) out[o + i] = silu(gateUp[g + i]) * gateUp[g + width + i];
+  }
+  return out;
+}
+
+/** a += b, element-wise. */
+export function addInPlace(a: Float32Array, b: Float32Array): void {
+  for (let i = 0; i < a.length; i++) a[i] += b[i];
+}
+
+/** Softmax over each row of `cols` (float64 sums), into `out`. */
+export function softmaxRows(x: Float32Array, cols: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
+  const rows = x.length / cols;
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    let max = -Infinity;
+    for (let i = 0; i < cols; i++) if (x[o + i] > max) max = x[o + i];
+    let sum = 0;
+    for (let i = 0; i < cols; i++) {
+      const e = Math.exp(x[o + i] - max);
+      out[o + i] = e;
+      sum += e;
+    }
+    for (let i = 0; i < cols; i++) out[o + i] /= sum;
+  }
+  return out;
+}
+
+/** Concatenates [rowsA, cols] and [rowsB, cols] row blocks: the fused gate|up weight. */
+export function concatRows(a: Float32Array, b: Float32Array): Float32Array {
+  const out = new Float32Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
+}

@@ -1,0 +1,138 @@
+/**
+ * Rotary position embeddings: inverse frequencies for the rope types these models use (default, linear,
+ * dynamic within the trained length, yarn, llama3), following transformers' modeling_rope_utils, and the two
+ * layouts: rotate-half (Llama/Qwen/Mixtral/OLMoE) and interleaved pairs (DeepSeek).
+ */
+import type { ConfigReader } from '../config';
+
+export interface RopeTables {
+  /** Rotary dimension (even). */
+  dim: number;
+  /** cos and sin of position·inv_freq, × attention factor: [positions, dim/2]. */
+  cos: Float32Array;
+  sin: Float32Array;
+  positions: number;
+}
+
+/** rope_parameters (transformers 5) merged over the older rope_theta + rope_scaling keys. */
+export function ropeParameters(cfg: ConfigReader): Record<string, unknown> {
+  const c = cfg.config;
+  const scaling = (c.rope_scaling ?? {}) as Record<string, unknown>;
+  const params = (c.rope_parameters ?? {}) as Record<string, unknown>;
+  const merged: Record<string, unknown> = { ...scaling, ...params };
+  merged.rope_theta ??= c.rope_theta ?? 10000;
+  merged.rope_type ??= merged.type ?? 'default';
+  return merged;
+}
+
+function yarnMscale(scale: number, mscale = 1): number {
+  return scale <= 1 ? 1 : 0.1 * mscale * Math.log(scale) + 1;
+}
+
+/** Inverse frequencies (float64) and the factor applied to cos/sin. */
+export function inverseFrequencies(p: Record<string, unknown>, dim: number, maxPositions: number): { invFreq: Float64Array; attentionFactor: number } {
+  const base = Number(p.rope_theta);
+  const half = dim / 2;
+  const invFreq = new Float64Array(half);
+  // transformers computes base ** (arange/dim) in float32; do the same so long contexts agree.
+  for (let i = 0; i < half; i++) invFreq[i] = Math.fround(1 / Math.fround(Math.pow(base, Math.fround((2 * i) / dim))));
+  const type = String(p.rope_type);
+  const factor = Number(p.factor ?? 1);
+  switch (type) {
+    case 'default':
+    case 'dynamic': // dynamic NTK changes nothing until the sequence exceeds the trained length
+      return { invFreq, attentionFactor: 1 };
+    case 'linear':
+      return { invFreq: invFreq.map((f) => f / factor), attentionFactor: 1 };
+    case 'llama3':
+      return { invFreq: llama3(invFreq, p), attentionFactor: 1 };
+    case 'yarn':
+      return yarn(invFreq, p, dim, base, maxPositions);
+    default:
+      throw new Error(`rope type "${type}" is not supported`);
+  }
+}
+
+function llama3(invFreq: Float64Array, p: Record<string, unknown>): Float64Array {
+  const factor = Number(p.factor);
+  const low = Number(p.low_freq_factor);
+  const high = Number(p.high_freq_factor);
+  const old = Number(p.original_max_position_embeddings);
+  return invFreq.map((f) => {
+    const wavelen = (2 * Math.PI) / f;
+    if (wavelen < old / high) return f;
+    if (wavelen > old / low) return f / factor;
+    const smooth = (old / wavelen - low) / (high - low);
+    return (1 - smooth) * (f / factor) + smooth * f;
+  });
+}
+
+function yarn(invFreq: Float64Array, p: Record<string, unknown>, dim: number, base: number, maxPositions: number): { invFreq: Float64Array; attentionFactor: number } {
+  const original = Number(p.original_max_position_embeddings ?? maxPositions);
+  const factor = p.factor !== undefined && p.factor !== null ? Number(p.factor) : maxPositions / original;
+  let attentionFactor = p.attention_factor as number | undefined;
+  if (attentionFactor === undefined || attentionFactor === null) {
+    const m = p.mscale as number | undefined;
+    const mAll = p.mscale_all_dim as number | undefined;
+    attentionFactor = m && mAll ? yarnMscale(factor, m) / yarnMscale(factor, mAll) : yarnMscale(factor);
+  }
+  const betaFast = Number(p.beta_fast || 32);
+  const betaSlow = Number(p.beta_slow || 1);
+  const truncate = p.truncate === undefined ? true : !!p.truncate;
+  const corrDim = (rot: number) => (dim * Math.log(original / (rot * 2 * Math.PI))) / (2 * Math.log(base));
+  let low = corrDim(betaFast);
+  let high = corrDim(betaSlow);
+  if (truncate) {
+    low = Math.floor(low);
+    high = Math.ceil(high);
+  }
+  low = Math.max(low, 0);
+  high = Math.min(high, dim - 1);
+  if (low === high) high += 0.001;
+  const out = new Float64Array(invFreq.length);
+  for (let i = 0; i < invFreq.length; i++) {
+    const ramp = Math.min(1, Math.max(0, (i - low) / (high - low)));
+    const extrapolation = 1 - ramp;
+    out[i] = (invFreq[i] / factor) * (1 - extrapolation) + invFreq[i] * extrapolation;
+  }
+  return { invFreq: out, attentionFactor };
+}
+
+export function ropeTables(p: Record<string, unknown>, dim: number, positions: number, maxPositions: number): RopeTables {
+  const { invFreq, attentionFactor } = inverseFrequencies(p, dim, maxPositions);
+  const half = dim / 2;
+  const cos = new Float32Array(positions * half);
+  const sin = new Float32Array(positions * half);
+  for (let t = 0; t < positions; t++) {
+    for (let i = 0; i < half; i++) {
+      const a = Math.fround(t * Math.fround(invFreq[i])); // float32 like transformers
+      cos[t * half + i] = Math.cos(a) * attentionFactor;
+      sin[t * half + i] = Math.sin(a) * attentionFactor;
+    }
+  }
+  return { dim, cos, sin, positions };
+}
+
+/**
+ * Rotates, in place, `heads` vectors of `stride` floats per token, each starting at `offset` within its head,
+ * for tokens at positions `pos[token]`. x: [tokens, heads, stride].
+ */
+export function applyRope(x: Float32Array, tokens: number, heads: number, stride: number, offset: number, tables: RopeTables, pos: (token: number) => number, interleaved: boolean): void {
+  const half = tables.dim / 2;
+  for (let n = 0; n < tokens; n++) {
+    const p = pos(n) * half;
+    for (let h = 0; h < heads; h++) {
+      const base = (n * heads + h) * stride + offset;
+      for (let i = 0; i < half; i++) {
+        const c = tables.cos[p + i];
+        const s = tables.sin[p + i];
+        const a = interleaved ? base + 2 * i : base + i;
+        const b = interleaved ? base + 2 * i + 1 : base + i + half;
+        const x1 = x[a];
+        const x2 = x[b];
+        x[a] = x1 * c - x2 * s;
+        x[b] = x2 * c + x1 * s;
+      }
+    }
+  }
+}
