@@ -10,6 +10,8 @@ import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetenso
 import { readIndex, INDEX_FILE } from './index-file';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
+const SINGLE_FILE = 'model.safetensors';
+const SHARD_NAME = /^model-\d+-of-\d+\.safetensors$/;
 
 export type Config = Record<string, unknown>;
 
@@ -69,7 +71,8 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
     return { shards: shards.map((s) => resolveInside(dir, s, 'shard', indexFile)), weightMap };
   }
   const names = fs.readdirSync(dir);
-  const shards = names.filter((n) => n.endsWith('.safetensors')).sort();
+  // Like transformers: without an index the weights are model.safetensors (or shards named as transformers names them).
+  let shards = names.includes(SINGLE_FILE) ? [SINGLE_FILE] : names.filter((n) => SHARD_NAME.test(n)).sort();
   if (shards.length === 0) {
     const pickles = names.filter((n) => PICKLE_EXTENSIONS.includes(path.extname(n)));
     if (pickles.length > 0) {
@@ -77,6 +80,10 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
         file: dir,
         hint: 'convert with transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)',
       });
+    }
+    const other = names.filter((n) => n.endsWith('.safetensors'));
+    if (other.length > 0) {
+      throw new CheckpointError(`no model.safetensors or ${INDEX_FILE} (found ${other.slice(0, 3).join(', ')})`, { file: dir, hint: 'name the weights model.safetensors, or add the index that lists the shards' });
     }
     throw new CheckpointError('no *.safetensors files in the model folder', { file: dir, hint: 'point moe at a folder holding the model weights as safetensors' });
   }
@@ -107,6 +114,13 @@ export function openCheckpoint(dir: string): Checkpoint {
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
   return { dir: abs, config, tensors, shards, metadata: headers[0]?.metadata ?? {}, indexed: !!weightMap, bytesRead };
+}
+
+/** A single safetensors file (stats, golden references, dumps) opened like a checkpoint with no config. */
+export function openTensorFile(file: string): Checkpoint {
+  const bytesRead = { value: 0 };
+  const h = readHeader(path.resolve(file), (n) => (bytesRead.value += n));
+  return { dir: path.dirname(h.file), config: {}, tensors: new Map(h.tensors.map((t) => [t.name, t])), shards: [h.file], metadata: h.metadata, indexed: false, bytesRead };
 }
 
 function checkIndexAgainstShards(indexFile: string, weightMap: Map<string, string>, tensors: Map<string, TensorRef>): void {

@@ -41,6 +41,8 @@ export interface RoutingRule {
   topkGroup: number;
   /** How a group is scored: its best expert (DeepSeek-V2) or the sum of its best two (DeepSeek-V3). */
   groupScore: 'max' | 'top2sum';
+  /** What the experts of dropped groups score: 0 (DeepSeek-V2's masked_fill 0.0) or −∞ (DeepSeek-V3). */
+  groupMask: 'zero' | 'neg_inf';
   /** The selected weights are multiplied by this (DeepSeek). */
   scalingFactor: number;
   /** A per-expert bias added to the scores for selection only (DeepSeek-V3 e_score_correction_bias). */

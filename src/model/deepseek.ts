@@ -41,6 +41,7 @@ export class DeepseekV2 extends Architecture {
       nGroup: this.nGroup,
       topkGroup: this.grouped() ? this.cfg.int('topk_group', 1) : 1,
       groupScore: 'max',
+      groupMask: 'zero',
       scalingFactor: this.cfg.num('routed_scaling_factor', 1),
       correctionBias: false,
     };
@@ -117,6 +118,7 @@ export class DeepseekV3 extends DeepseekV2 {
       nGroup: this.cfg.int('n_group', 1),
       topkGroup: this.cfg.int('topk_group', 1),
       groupScore: 'top2sum',
+      groupMask: 'neg_inf',
       scalingFactor: this.cfg.num('routed_scaling_factor', 1),
       correctionBias: true,
     };

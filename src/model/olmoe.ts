@@ -28,6 +28,7 @@ export class Olmoe extends Architecture {
       nGroup: 1,
       topkGroup: 1,
       groupScore: 'max',
+      groupMask: 'zero',
       scalingFactor: 1,
       correctionBias: false,
     };

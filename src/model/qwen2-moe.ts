@@ -31,6 +31,7 @@ export class Qwen2Moe extends Architecture {
       nGroup: 1,
       topkGroup: 1,
       groupScore: 'max',
+      groupMask: 'zero',
       scalingFactor: 1,
       correctionBias: false,
     };

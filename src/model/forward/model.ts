@@ -27,6 +27,14 @@ export interface ForwardObserver {
 /** Receives logits in blocks of rows × vocab range: logits [rows, count] for vocab ids [vocabStart, vocabStart+count). */
 export type LogitSink = (logits: Float32Array, rows: number, vocabStart: number, count: number) => void;
 
+export interface LogitBlock {
+  /** [rows, count] logits for vocab ids [start, start + count). */
+  logits: Float32Array;
+  rows: number;
+  start: number;
+  count: number;
+}
+
 /** lm_head rows per block: bounds the logits buffer and the weight slice for large vocabularies. */
 const VOCAB_BLOCK = 8192;
 
@@ -141,16 +149,20 @@ export class ForwardPass {
     return out;
   }
 
-  /** Final norm and lm_head (tied to the embeddings when the config says so), in vocab blocks. */
-  async head(hidden: Float32Array, N: number, sink: LogitSink): Promise<void> {
+  /** Final norm and lm_head (tied to the embeddings when the config says so), in blocks of the vocabulary. */
+  async *headBlocks(hidden: Float32Array, N: number): AsyncGenerator<LogitBlock> {
     const a = this.arch;
     const x = rmsNorm(hidden, this.f32('model.norm.weight'), a.hidden, this.spec.eps);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
-    for (let v = 0; v < a.vocab; v += VOCAB_BLOCK) {
-      const count = Math.min(VOCAB_BLOCK, a.vocab - v);
-      const w = this.reader.rowsF32(name, v, count);
-      sink(await this.be.linear(x, w, N, a.hidden, count), N, v, count);
+    for (let start = 0; start < a.vocab; start += VOCAB_BLOCK) {
+      const count = Math.min(VOCAB_BLOCK, a.vocab - start);
+      const w = this.reader.rowsF32(name, start, count);
+      yield { logits: await this.be.linear(x, w, N, a.hidden, count), rows: N, start, count };
     }
+  }
+
+  async head(hidden: Float32Array, N: number, sink: LogitSink): Promise<void> {
+    for await (const b of this.headBlocks(hidden, N)) sink(b.logits, b.rows, b.start, b.count);
   }
 
   /** Embeds, runs every layer and the head for windows of equal length T (ids: [windows × T]). */

@@ -53,14 +53,15 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
     }
     for (let e = 0; e < E; e++) choice[e] = probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
     if (rule.nGroup > 1) {
-      // Keep the best topkGroup groups; the others' scores become 0 (masked_fill(…, 0.0) in transformers).
+      // Keep the best topkGroup groups; the others' experts score 0 (V2) or −∞ (V3), as transformers masks them.
       const groupScores = new Float64Array(rule.nGroup);
       for (let g = 0; g < rule.nGroup; g++) {
         const best = topk(choice, rule.groupScore === 'top2sum' ? 2 : 1, g * perGroup, perGroup);
         groupScores[g] = best.reduce((s, i) => s + choice[g * perGroup + i], 0);
       }
       const keep = new Set(topk(groupScores, rule.topkGroup));
-      for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / perGroup))) choice[e] = 0;
+      const masked = rule.groupMask === 'zero' ? 0 : -Infinity;
+      for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / perGroup))) choice[e] = masked;
     }
     const sel = topk(choice, k);
     let sum = 0;

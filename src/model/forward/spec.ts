@@ -31,9 +31,9 @@ export function forwardSpec(arch: Architecture): ForwardSpec {
       const nope = c.int('qk_nope_head_dim');
       const ropeDim = c.int('qk_rope_head_dim');
       let scale = (nope + ropeDim) ** -0.5;
-      // transformers' yarn_apply_mscale: the softmax scale grows by mscale² when mscale_all_dim is set.
+      // transformers' yarn_apply_mscale: for any non-default rope with mscale_all_dim, the scale grows by mscale².
       const mAll = rope.mscale_all_dim as number | undefined;
-      if (rope.rope_type === 'yarn' && mAll) {
+      if (rope.rope_type !== 'default' && mAll) {
         const m = yarnMscale(Number(rope.factor), mAll);
         scale *= m * m;
       }

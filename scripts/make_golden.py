@@ -1,0 +1,920 @@
+#!/usr/bin/env python3
+"""Generate the golden reference checkpoints in fixtures/golden/.
+
+Run from the repository root:
+
+    .venv/bin/python scripts/make_golden.py
+
+For every case this builds a tiny random Mixture-of-Experts model with Hugging Face
+transformers, re-initialises its weights deterministically (larger std than the
+default so routing and logits are not degenerate), saves it with `save_pretrained`
+(safetensors), reloads it from disk in float32 and records transformers' logits and
+loss on fixed token ids:
+
+    fixtures/golden/<case>/config.json, generation_config.json,
+        model.safetensors  or  model-0000i-of-0000n.safetensors + model.safetensors.index.json
+    fixtures/golden/<case>/golden.safetensors   input_ids I64 [2,16], logits F32 [2,16,vocab]
+    fixtures/golden/<case>/golden.json          loss, hf_loss, dtype, params_total, moe_layers, ...
+    fixtures/golden/index.json                  list of cases (generated)
+
+Every case is also checked against an independent float64 re-implementation of the
+forward pass (`ref_forward` below) that only reads config.json and the saved tensors
+and follows the rules written in fixtures/golden/README.md. That check guards the
+README summary and makes sure no top-k selection sits on a near tie (seeds are bumped
+until every routing decision has a margin >= MIN_MARGIN).
+
+fixtures/golden/README.md is hand-written and is kept; everything else under
+fixtures/golden/ is deleted and regenerated. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from transformers import (  # noqa: E402
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
+
+try:  # tqdm progress bars of save_pretrained
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+except Exception:  # pragma: no cover
+    pass
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "fixtures" / "golden"
+
+VOCAB = 256
+BATCH, SEQ = 2, 16
+MIN_MARGIN = 3e-4  # minimum gap at every top-k / top-group boundary (score units)
+REF_TOL = 1e-4  # max |logits_ref64 - logits_hf32| accepted
+MAX_SEED_TRIES = 50
+
+torch.use_deterministic_algorithms(True)
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    name: str
+    config_cls: Any
+    model_cls: Any
+    config: dict
+    seed: int
+    save_dtype: torch.dtype = torch.float32
+    max_shard_size: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+    output_router_logits=False,
+    tie_word_embeddings=False,
+    use_cache=True,
+)
+
+MIXTRAL = dict(
+    COMMON,
+    intermediate_size=8,  # expert width
+    num_hidden_layers=2,
+    num_key_value_heads=2,  # GQA: 2 query heads per kv head
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
+
+CASES: list[Case] = [
+    Case(
+        "mixtral",
+        MixtralConfig,
+        MixtralForCausalLM,
+        MIXTRAL,
+        seed=1000,
+        notes=["GQA: 4 query heads, 2 kv heads (head_dim 16)."],
+    ),
+    Case(
+        "mixtral-bf16-sharded",
+        MixtralConfig,
+        MixtralForCausalLM,
+        MIXTRAL,
+        seed=2000,
+        save_dtype=torch.bfloat16,
+        max_shard_size="64KB",
+        notes=[
+            "Saved in bfloat16 with max_shard_size=64KB -> several shards + model.safetensors.index.json.",
+            "Golden logits come from from_pretrained(dir, dtype=torch.float32): the stored bf16 weights "
+            "upcast exactly to f32, everything computed in f32.",
+        ],
+    ),
+    Case(
+        "qwen2_moe",
+        Qwen2MoeConfig,
+        Qwen2MoeForCausalLM,
+        dict(
+            COMMON,
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            intermediate_size=32,  # dense MLP width (layer 1)
+            moe_intermediate_size=8,  # routed expert width
+            shared_expert_intermediate_size=16,  # shared expert width
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
+            mlp_only_layers=[1],
+            qkv_bias=True,
+            use_sliding_window=False,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        seed=3000,
+        notes=[
+            "Layer 1 is dense (mlp_only_layers=[1]); layers 0 and 2 are MoE with a shared expert "
+            "gated by sigmoid(shared_expert_gate).",
+            "norm_topk_prob=false: routing weights are the raw softmax probabilities of the top-k experts.",
+            "q/k/v have biases (config key qkv_bias), o_proj has none.",
+        ],
+    ),
+    Case(
+        "qwen3_moe",
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+        dict(
+            COMMON,
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            head_dim=24,  # != hidden/heads = 16
+            intermediate_size=48,  # unused (no dense layer) but written to config
+            moe_intermediate_size=8,
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            attention_bias=False,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        seed=4000,
+        notes=[
+            "head_dim=24 while hidden/heads=16: q_proj is [96,64], k_proj/v_proj [48,64], o_proj [64,96].",
+            "q_norm/k_norm are per-head RMSNorms with weight [head_dim], applied before RoPE.",
+        ],
+    ),
+    Case(
+        "qwen3_moe-rope-scaled",
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+        dict(
+            COMMON,
+            num_hidden_layers=1,
+            tie_word_embeddings=True,  # no lm_head.weight in the file: logits use embed_tokens.weight
+            num_key_value_heads=2,
+            head_dim=24,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            attention_bias=False,
+            rms_norm_eps=1e-6,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+        seed=5000,
+        notes=[
+            "Same architecture as qwen3_moe (but 1 layer, 4 experts of width 16) with YaRN RoPE scaling (factor 4, "
+            "original_max_position_embeddings 64, beta_fast/beta_slow defaults 32/1, truncate default true). "
+            "cos/sin are multiplied by attention_factor = 0.1*ln(4)+1.",
+            "tie_word_embeddings=true: the checkpoint has no lm_head.weight; logits = final_norm(x) @ embed_tokens.weight^T.",
+        ],
+    ),
+    Case(
+        "olmoe",
+        OlmoeConfig,
+        OlmoeForCausalLM,
+        dict(
+            COMMON,
+            num_hidden_layers=2,
+            num_key_value_heads=2,
+            intermediate_size=8,  # OLMoE: expert width is intermediate_size
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            attention_bias=False,
+            clip_qkv=None,
+            eos_token_id=2,  # OlmoeConfig defaults to 50279, outside our 256-token vocab
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        seed=6000,
+        notes=[
+            "q_norm weight [hidden=64] over the whole q projection, k_norm weight [kv_heads*head_dim=32] over "
+            "the whole k projection, applied before the head split and RoPE.",
+            "norm_topk_prob=false (as in allenai/OLMoE-1B-7B).",
+        ],
+    ),
+    Case(
+        "deepseek_v3",
+        DeepseekV3Config,
+        DeepseekV3ForCausalLM,
+        dict(
+            COMMON,
+            num_hidden_layers=3,
+            num_key_value_heads=4,
+            intermediate_size=16,  # dense MLP (layer 0)
+            moe_intermediate_size=8,  # routed + shared expert width
+            n_routed_experts=8,
+            n_shared_experts=1,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            first_k_dense_replace=1,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=16,
+            v_head_dim=12,
+            rope_interleave=True,
+            attention_bias=False,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        ),
+        seed=7000,
+        notes=[
+            "MLA with q_lora_rank=16 (q_a_proj, q_a_layernorm, q_b_proj), kv_lora_rank=16, "
+            "qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12 (!= qk_nope_head_dim).",
+            "Layer 0 dense (first_k_dense_replace=1); layers 1-2: 8 routed experts in n_group=2 groups, "
+            "topk_group=1, top-2, sigmoid scores + e_score_correction_bias (random, non-zero) for selection, "
+            "norm_topk_prob=true, routed_scaling_factor=2.5, 1 shared expert.",
+            "rope_interleave=true (transformers default for deepseek_v3): RoPE rotates adjacent pairs "
+            "(x[2i], x[2i+1]).",
+            "config.json carries num_nextn_predict_layers=1 (MTP) but transformers builds and saves no MTP layer.",
+        ],
+    ),
+    Case(
+        "deepseek_v2",
+        DeepseekV2Config,
+        DeepseekV2ForCausalLM,
+        dict(
+            COMMON,
+            num_hidden_layers=2,
+            num_key_value_heads=4,
+            intermediate_size=32,
+            moe_intermediate_size=8,
+            n_routed_experts=8,
+            n_shared_experts=2,  # shared expert width = 2*8 = 16
+            num_experts_per_tok=2,
+            topk_method="group_limited_greedy",
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=1.5,
+            norm_topk_prob=False,
+            first_k_dense_replace=1,
+            q_lora_rank=None,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=16,
+            v_head_dim=12,
+            attention_bias=False,
+            rms_norm_eps=1e-6,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "mscale": 1.0,
+                "mscale_all_dim": 0.5,
+            },
+        ),
+        seed=8000,
+        notes=[
+            "MLA without q LoRA (q_lora_rank=null -> plain self_attn.q_proj).",
+            "topk_method=group_limited_greedy, n_group=2, topk_group=1, softmax scores, no renormalisation "
+            "(transformers' DeepseekV2TopkRouter ignores norm_topk_prob; it is false here so both readings agree), "
+            "weights x routed_scaling_factor=1.5; n_shared_experts=2 -> shared expert width 2*8=16.",
+            "Layer 0 dense (first_k_dense_replace=1), layer 1 MoE; kv_lora_rank=16, qk_nope 16, qk_rope 8, v 12.",
+            "RoPE: interleaved pairs via complex multiplication (apply_rotary_emb), no rope_interleave key.",
+            "YaRN RoPE with DeepSeek mscale: factor 4, original_max_position_embeddings 64, mscale 1.0, "
+            "mscale_all_dim 0.5 (deliberately different so both effects show): cos/sin x "
+            "attention_factor = m(4,1.0)/m(4,0.5), softmax scale = qk_head_dim^-0.5 * m(4,0.5)^2, "
+            "m(s,k) = 0.1*k*ln(s)+1.",
+        ],
+    ),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Weight initialisation
+# --------------------------------------------------------------------------------------
+
+
+def init_std(name: str, tied: bool) -> float:
+    if name.endswith("embed_tokens.weight"):
+        return 0.35 if tied else 1.0  # tied: it is also the output projection
+    if name == "lm_head.weight":
+        return 0.35
+    if name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight"):
+        return 0.3  # router
+    return 0.1
+
+
+@torch.no_grad()
+def reinit(model: torch.nn.Module, seed: int) -> None:
+    """Deterministic re-initialisation of every parameter and persistent buffer."""
+    g = torch.Generator().manual_seed(seed)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    tensors = dict(model.named_parameters())
+    for name, buf in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):
+            tensors[name] = buf
+    for name in sorted(tensors):
+        t = tensors[name]
+        noise = torch.randn(t.shape, generator=g, dtype=torch.float32)
+        if name.endswith("e_score_correction_bias"):
+            val = 0.1 * noise
+        elif name.endswith("norm.weight"):  # every RMSNorm (layer, final, q/k, MLA latent)
+            val = 1.0 + 0.1 * noise
+        elif name.endswith(".bias"):
+            val = 0.1 * noise
+        else:
+            val = init_std(name, tied) * noise
+        t.copy_(val.to(t.dtype))
+
+
+# --------------------------------------------------------------------------------------
+# Independent float64 reference forward (reads only config.json + saved tensors)
+# --------------------------------------------------------------------------------------
+
+
+def load_saved_tensors(d: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    files = sorted(p.name for p in d.glob("model*.safetensors"))
+    out: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    for fn in files:
+        with safe_open(str(d / fn), "pt") as f:
+            for k in f.keys():
+                assert k not in out, f"duplicate tensor {k}"
+                t = f.get_tensor(k)
+                dtypes[k] = str(t.dtype).replace("torch.", "")
+                out[k] = t
+    return out, dtypes
+
+
+def expert_count(cfg: dict) -> int:
+    for k in ("num_local_experts", "num_experts", "n_routed_experts"):
+        if cfg.get(k) is not None:
+            return int(cfg[k])
+    raise KeyError("no expert-count key")
+
+
+def moe_layer_indices(cfg: dict) -> list[int]:
+    """MoE layers as determined from config.json alone (rules of each modeling file)."""
+    mt, n = cfg["model_type"], cfg["num_hidden_layers"]
+    if mt in ("mixtral", "olmoe"):
+        return list(range(n))
+    if mt in ("qwen2_moe", "qwen3_moe"):
+        only = cfg.get("mlp_only_layers") or []
+        step = cfg.get("decoder_sparse_step", 1) or 1
+        return [i for i in range(n) if i not in only and expert_count(cfg) > 0 and (i + 1) % step == 0]
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        k = cfg.get("first_k_dense_replace") or 0
+        return [i for i in range(n) if i >= k]
+    raise ValueError(mt)
+
+
+def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_freqs(cfg: dict, dim: int) -> tuple[torch.Tensor, float]:
+    """inv_freq [dim/2] (float64) and the cos/sin multiplier (attention_factor)."""
+    rp = dict(cfg.get("rope_parameters") or {})
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    rtype = rp.get("rope_type", rp.get("type", "default"))
+    idx = torch.arange(0, dim, 2, dtype=torch.float64)
+    pos_freqs = theta ** (idx / dim)
+    inv = 1.0 / pos_freqs
+    if rtype == "default":
+        return inv, 1.0
+    if rtype == "linear":
+        return inv / rp["factor"], 1.0
+    if rtype == "yarn":
+        factor = rp["factor"]
+        omax = rp.get("original_max_position_embeddings", cfg["max_position_embeddings"])
+        att = rp.get("attention_factor")
+        ms, msa = rp.get("mscale"), rp.get("mscale_all_dim")
+        if att is None:
+            att = yarn_get_mscale(factor, ms) / yarn_get_mscale(factor, msa) if (ms and msa) else yarn_get_mscale(factor)
+        beta_fast = rp.get("beta_fast") or 32
+        beta_slow = rp.get("beta_slow") or 1
+
+        def corr_dim(nrot: float) -> float:
+            return (dim * math.log(omax / (nrot * 2 * math.pi))) / (2 * math.log(theta))
+
+        low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+        if rp.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        extrap = 1 - ramp  # weight of the unscaled frequency
+        inv = (inv / factor) * (1 - extrap) + inv * extrap
+        return inv, float(att)
+    raise NotImplementedError(rtype)
+
+
+def rope_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """rotate_half layout: pairs (x[i], x[i+d/2]). x [..., T, d], cos/sin [T, d/2]."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """interleaved layout: pairs (x[2i], x[2i+1]); output keeps the interleaved layout."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x2 * cos + x1 * sin
+    return out
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [H,T,dq], k [H,T,dq], v [H,T,dv] (kv already repeated) -> [T, H*dv]."""
+    T = q.shape[1]
+    s = (q @ k.transpose(-1, -2)) * scale
+    mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+    s = s.masked_fill(mask, float("-inf"))
+    p = s.softmax(-1)
+    o = p @ v  # [H,T,dv]
+    return o.transpose(0, 1).reshape(T, -1)
+
+
+def lin(x: torch.Tensor, W: dict, name: str) -> torch.Tensor:
+    y = x @ W[name + ".weight"].T
+    if name + ".bias" in W:
+        y = y + W[name + ".bias"]
+    return y
+
+
+def swiglu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    return (F.silu(x @ gate.T) * (x @ up.T)) @ down.T
+
+
+class RoutingLog:
+    def __init__(self) -> None:
+        self.min_margin = float("inf")
+        self.layers: dict[int, dict] = {}
+
+    def margin(self, m: float) -> None:
+        self.min_margin = min(self.min_margin, m)
+
+
+def topk_margin(vals: torch.Tensor, k: int) -> float:
+    """Gap between the k-th and (k+1)-th largest finite values of each row, min over rows."""
+    s = vals.sort(-1, descending=True).values
+    if s.shape[-1] <= k:
+        return float("inf")
+    gap = s[:, k - 1] - s[:, k]
+    gap = gap[torch.isfinite(gap)]
+    return float(gap.min()) if gap.numel() else float("inf")
+
+
+def route(cfg: dict, W: dict, pre: str, x: torch.Tensor, layer: int, log: RoutingLog):
+    """Returns (indices [T,k], weights [T,k]) following the README rules."""
+    mt = cfg["model_type"]
+    E, k = expert_count(cfg), cfg["num_experts_per_tok"]
+    logits = x @ W[pre + "gate.weight"].T  # [T,E]
+    info: dict = {}
+    if mt in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
+        p = logits.softmax(-1)
+        top = p.topk(k, -1)
+        idx, w = top.indices, top.values
+        if mt == "mixtral" or cfg.get("norm_topk_prob"):
+            w = w / w.sum(-1, keepdim=True)
+        log.margin(topk_margin(p, k))
+    elif mt == "deepseek_v3":
+        s = logits.sigmoid()
+        choice = s + W[pre + "gate.e_score_correction_bias"]
+        G, TG = cfg["n_group"], cfg["topk_group"]
+        gs = choice.view(-1, G, E // G).topk(2, -1).values.sum(-1)  # [T,G]
+        log.margin(topk_margin(gs, TG))
+        gsel = gs.topk(TG, -1).indices
+        gmask = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gsel, True)
+        emask = gmask.unsqueeze(-1).expand(-1, G, E // G).reshape(-1, E)
+        masked = choice.masked_fill(~emask, float("-inf"))
+        log.margin(topk_margin(masked, k))
+        idx = masked.topk(k, -1).indices
+        w = s.gather(1, idx)
+        if cfg.get("norm_topk_prob"):
+            w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        w = w * cfg["routed_scaling_factor"]
+        # how often do the bias and the group limit change the selection?
+        plain = set_rows(s.topk(k, -1).indices)
+        no_group = set_rows(choice.topk(k, -1).indices)
+        chosen = set_rows(idx)
+        info["tokens_where_bias_or_group_changed_selection"] = sum(a != b for a, b in zip(plain, chosen))
+        info["tokens_where_group_limit_changed_selection"] = sum(a != b for a, b in zip(no_group, chosen))
+    elif mt == "deepseek_v2":
+        s = logits.softmax(-1)
+        method = cfg.get("topk_method", "greedy")
+        if method == "greedy":
+            sel = s
+        elif method == "group_limited_greedy":
+            G, TG = cfg["n_group"], cfg["topk_group"]
+            gs = s.view(-1, G, E // G).max(-1).values
+            log.margin(topk_margin(gs, TG))
+            gsel = gs.topk(TG, -1).indices
+            gmask = torch.zeros_like(gs, dtype=torch.bool).scatter_(1, gsel, True)
+            emask = gmask.unsqueeze(-1).expand(-1, G, E // G).reshape(-1, E)
+            sel = s.masked_fill(~emask, 0.0)
+            info["tokens_where_group_limit_changed_selection"] = sum(
+                a != b for a, b in zip(set_rows(s.topk(k, -1).indices), set_rows(sel.topk(k, -1).indices))
+            )
+        else:
+            raise NotImplementedError(method)
+        log.margin(topk_margin(sel, k))
+        top = sel.topk(k, -1)
+        idx, w = top.indices, top.values * cfg["routed_scaling_factor"]
+    else:
+        raise ValueError(mt)
+    counts = torch.bincount(idx.reshape(-1), minlength=E).tolist()
+    log.layers[layer] = dict(expert_token_counts=counts, **info)
+    return idx, w
+
+
+def set_rows(idx: torch.Tensor) -> list[frozenset]:
+    return [frozenset(r) for r in idx.tolist()]
+
+
+def expert_weights(W: dict, pre: str, mt: str, e: int):
+    if mt == "mixtral":
+        b = f"{pre}experts.{e}."
+        return W[b + "w1.weight"], W[b + "w3.weight"], W[b + "w2.weight"]
+    b = f"{pre}experts.{e}."
+    return W[b + "gate_proj.weight"], W[b + "up_proj.weight"], W[b + "down_proj.weight"]
+
+
+def moe_block(cfg: dict, W: dict, L: int, x: torch.Tensor, log: RoutingLog) -> torch.Tensor:
+    mt = cfg["model_type"]
+    pre = f"model.layers.{L}.block_sparse_moe." if mt == "mixtral" else f"model.layers.{L}.mlp."
+    idx, w = route(cfg, W, pre, x, L, log)
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            g, u, d = expert_weights(W, pre, mt, int(idx[t, j]))
+            out[t] += w[t, j] * swiglu(x[t : t + 1], g, u, d)[0]
+    if mt == "qwen2_moe":
+        sh = pre + "shared_expert."
+        y = swiglu(x, W[sh + "gate_proj.weight"], W[sh + "up_proj.weight"], W[sh + "down_proj.weight"])
+        out = out + torch.sigmoid(x @ W[pre + "shared_expert_gate.weight"].T) * y
+    elif mt in ("deepseek_v2", "deepseek_v3"):
+        sh = pre + "shared_experts."
+        out = out + swiglu(x, W[sh + "gate_proj.weight"], W[sh + "up_proj.weight"], W[sh + "down_proj.weight"])
+    return out
+
+
+def std_attention(cfg: dict, W: dict, L: int, x: torch.Tensor) -> torch.Tensor:
+    mt = cfg["model_type"]
+    p = f"model.layers.{L}.self_attn."
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D = cfg.get("head_dim") or cfg["hidden_size"] // H
+    eps = cfg["rms_norm_eps"]
+    T = x.shape[0]
+    q, k, v = lin(x, W, p + "q_proj"), lin(x, W, p + "k_proj"), lin(x, W, p + "v_proj")
+    if mt == "olmoe":  # norm over the whole projection, before the head split
+        q = rms(q, W[p + "q_norm.weight"], eps)
+        k = rms(k, W[p + "k_norm.weight"], eps)
+    q = q.view(T, H, D).transpose(0, 1)
+    k = k.view(T, KV, D).transpose(0, 1)
+    v = v.view(T, KV, D).transpose(0, 1)
+    if mt == "qwen3_moe":  # per-head norm, weight [head_dim]
+        q = rms(q, W[p + "q_norm.weight"], eps)
+        k = rms(k, W[p + "k_norm.weight"], eps)
+    inv, att = rope_freqs(cfg, D)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = ang.cos() * att, ang.sin() * att
+    q, k = rope_half(q, cos, sin), rope_half(k, cos, sin)
+    rep = H // KV
+    k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
+    return lin(attend(q, k, v, D**-0.5), W, p + "o_proj")
+
+
+def mla_attention(cfg: dict, W: dict, L: int, x: torch.Tensor) -> torch.Tensor:
+    mt = cfg["model_type"]
+    p = f"model.layers.{L}.self_attn."
+    H = cfg["num_attention_heads"]
+    dn, dr, dv, R = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
+    T = x.shape[0]
+    if cfg.get("q_lora_rank") is None:
+        q = lin(x, W, p + "q_proj")
+    else:  # q_a_layernorm uses the module default eps 1e-6, not rms_norm_eps
+        q = lin(rms(lin(x, W, p + "q_a_proj"), W[p + "q_a_layernorm.weight"], 1e-6), W, p + "q_b_proj")
+    q = q.view(T, H, dn + dr).transpose(0, 1)
+    q_nope, q_pe = q[..., :dn], q[..., dn:]
+    ckv = lin(x, W, p + "kv_a_proj_with_mqa")  # [T, R + dr]
+    c, k_pe = ckv[:, :R], ckv[:, R:]
+    c = rms(c, W[p + "kv_a_layernorm.weight"], 1e-6)
+    kv = lin(c, W, p + "kv_b_proj").view(T, H, dn + dv).transpose(0, 1)
+    k_nope, v = kv[..., :dn], kv[..., dn:]
+    inv, att = rope_freqs(cfg, dr)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = ang.cos() * att, ang.sin() * att
+    interleave = True if mt == "deepseek_v2" else bool(cfg.get("rope_interleave", True))
+    rot = rope_interleaved if interleave else rope_half
+    q_pe = rot(q_pe, cos, sin)
+    k_pe = rot(k_pe.unsqueeze(0), cos, sin).expand(H, T, dr)
+    qq = torch.cat([q_nope, q_pe], -1)
+    kk = torch.cat([k_nope, k_pe], -1)
+    scale = (dn + dr) ** -0.5
+    rp = cfg.get("rope_parameters") or {}
+    if rp.get("rope_type", "default") != "default" and rp.get("mscale_all_dim"):
+        m = yarn_get_mscale(rp["factor"], rp["mscale_all_dim"])
+        scale = scale * m * m
+    return lin(attend(qq, kk, v, scale), W, p + "o_proj")
+
+
+def ref_forward(d: Path, ids: torch.Tensor) -> tuple[torch.Tensor, RoutingLog]:
+    cfg = json.loads((d / "config.json").read_text())
+    raw, _ = load_saved_tensors(d)
+    W = {k: v.to(torch.float64) for k, v in raw.items()}
+    mt = cfg["model_type"]
+    eps = cfg["rms_norm_eps"]
+    moe = set(moe_layer_indices(cfg))
+    log = RoutingLog()
+    rows = []
+    for b in range(ids.shape[0]):
+        x = W["model.embed_tokens.weight"][ids[b]]
+        for L in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{L}."
+            h = rms(x, W[p + "input_layernorm.weight"], eps)
+            a = mla_attention(cfg, W, L, h) if mt.startswith("deepseek") else std_attention(cfg, W, L, h)
+            x = x + a
+            h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
+            if L in moe:
+                x = x + moe_block(cfg, W, L, h, log)
+            else:
+                m = p + "mlp."
+                x = x + swiglu(h, W[m + "gate_proj.weight"], W[m + "up_proj.weight"], W[m + "down_proj.weight"])
+        x = rms(x, W["model.norm.weight"], eps)
+        head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+        rows.append(x @ head.T)
+    return torch.stack(rows), log
+
+
+# --------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------
+
+
+def ce_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    lg = logits[:, :-1].to(torch.float64)
+    tgt = ids[:, 1:]
+    lp = lg.log_softmax(-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return float(-lp.mean())
+
+
+def build_and_save(case: Case, seed: int, d: Path):
+    cfg = case.config_cls(**case.config)
+    torch.manual_seed(seed)
+    model = case.model_cls(cfg).eval()
+    reinit(model, seed)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    to_save = model.to(case.save_dtype) if case.save_dtype != torch.float32 else model
+    kwargs = {} if case.max_shard_size is None else {"max_shard_size": case.max_shard_size}
+    to_save.save_pretrained(str(d), **kwargs)
+    return model
+
+
+@torch.no_grad()
+def make_case(case: Case) -> dict:
+    d = OUT / case.name
+    for attempt in range(MAX_SEED_TRIES):
+        seed = case.seed + attempt
+        mem_model = build_and_save(case, seed, d)
+        g = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g, dtype=torch.int64)
+
+        model = case.model_cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        out = model(input_ids=ids, use_cache=False)
+        logits = out.logits.float()
+        hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        sdpa = case.model_cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+        sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+        if case.save_dtype == torch.float32:
+            mem_diff = float((mem_model(input_ids=ids, use_cache=False).logits - logits).abs().max())
+            assert mem_diff < 1e-5, f"{case.name}: reloaded model differs from in-memory model by {mem_diff}"
+
+        ref, log = ref_forward(d, ids)
+        ref_diff = float((ref - logits.double()).abs().max())
+        ok = log.min_margin >= MIN_MARGIN and ref_diff <= REF_TOL
+        print(
+            f"[{case.name}] seed {seed}: min routing margin {log.min_margin:.3g}, "
+            f"|ref64 - hf32| {ref_diff:.3g}, |sdpa - eager| {sdpa_diff:.3g}"
+        )
+        if ok:
+            break
+        if ref_diff > REF_TOL and log.min_margin >= MIN_MARGIN:
+            raise SystemExit(f"{case.name}: reference forward disagrees with transformers ({ref_diff})")
+    else:
+        raise SystemExit(f"{case.name}: no seed with clean routing margins")
+
+    loss = ce_loss(logits, ids)
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+        str(d / "golden.safetensors"),
+        # a single key: safetensors writes metadata in hash-map order, several keys would make
+        # the file bytes differ from run to run
+        metadata={"golden": json.dumps({"case": case.name, "transformers_version": transformers.__version__})},
+    )
+
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, dtypes = load_saved_tensors(d)
+    params_total = sum(t.numel() for t in tensors.values())
+    moe_layers = moe_layer_indices(cfg_json)
+    E = expert_count(cfg_json)
+    # cross-check the config-derived layer kinds with the tensor names
+    for L in range(cfg_json["num_hidden_layers"]):
+        has_router = any(
+            k.startswith(f"model.layers.{L}.") and (k.endswith("mlp.gate.weight") or k.endswith("block_sparse_moe.gate.weight"))
+            for k in tensors
+        )
+        assert has_router == (L in moe_layers), f"{case.name}: layer {L} kind mismatch"
+        if has_router:
+            n = len({k.split(".experts.")[1].split(".")[0] for k in tensors if k.startswith(f"model.layers.{L}.") and ".experts." in k})
+            assert n == E, f"{case.name}: layer {L} has {n} experts, config says {E}"
+
+    weight_files = sorted(p.name for p in d.glob("model*.safetensors"))
+    files = sorted(p.name for p in d.iterdir())
+    dtype_set = sorted(set(dtypes.values()))
+    info = {
+        "case": case.name,
+        "model_type": cfg_json["model_type"],
+        "architecture": cfg_json["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seed": seed,
+        "loss": loss,
+        "hf_loss": hf_loss,
+        "dtype": str(case.save_dtype).replace("torch.", ""),
+        "stored_dtypes": dtype_set,
+        "params_total": params_total,
+        "num_layers": cfg_json["num_hidden_layers"],
+        "moe_layers": moe_layers,
+        "dense_layers": [i for i in range(cfg_json["num_hidden_layers"]) if i not in moe_layers],
+        "experts_per_layer": {str(L): E for L in moe_layers},
+        "top_k": cfg_json["num_experts_per_tok"],
+        "vocab_size": cfg_json["vocab_size"],
+        "input_shape": [BATCH, SEQ],
+        "weight_files": weight_files,
+        "files": files + (["golden.json"] if "golden.json" not in files else []),
+        "num_tensors": len(tensors),
+        "logits_stats": {
+            "min": float(logits.min()),
+            "max": float(logits.max()),
+            "std": float(logits.std()),
+            "mean_row_range": float((logits.max(-1).values - logits.min(-1).values).mean()),
+        },
+        "checks": {
+            "max_abs_diff_ref_float64_vs_golden": ref_diff,
+            "max_abs_diff_sdpa_vs_eager": sdpa_diff,
+            "min_routing_margin": log.min_margin,
+            "routing": {str(k): v for k, v in sorted(log.layers.items())},
+        },
+        "notes": case.notes,
+    }
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    describe(d)
+    return info
+
+
+def describe(d: Path) -> None:
+    """Print config.json and the saved tensor names (layer / expert indices collapsed)."""
+    import re
+
+    cfg = json.loads((d / "config.json").read_text())
+    print("  config.json:", json.dumps(cfg, sort_keys=True))
+    tensors, dtypes = load_saved_tensors(d)
+    pats: dict[str, tuple[list[int], set[int], list[int], str]] = {}
+    for k, t in tensors.items():
+        m = re.match(r"model\.layers\.(\d+)\.(.*)$", k)
+        layer, rest = (int(m.group(1)), m.group(2)) if m else (None, k)
+        e = re.search(r"\.experts\.(\d+)\.", rest)
+        if e:
+            rest = rest.replace(f".experts.{e.group(1)}.", ".experts.{E}.")
+        key = ("model.layers.{L}." + rest) if m else rest
+        ent = pats.setdefault(key, ([], set(), list(t.shape), dtypes[k]))
+        if layer is not None and layer not in ent[0]:
+            ent[0].append(layer)
+        if e:
+            ent[1].add(int(e.group(1)))
+    for key in sorted(pats):
+        layers, experts, shape, dt = pats[key]
+        where = f" L={sorted(layers)}" if layers else ""
+        where += f" E=0..{max(experts)}" if experts else ""
+        print(f"    {key:58s} {str(shape):12s} {dt}{where}")
+
+
+def dir_size(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
+    only = set(sys.argv[1:])
+    unknown = only - {c.name for c in CASES}
+    if unknown:
+        raise SystemExit(f"unknown case(s): {sorted(unknown)}; known: {[c.name for c in CASES]}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    for p in OUT.iterdir():  # recreate from scratch, keep the hand-written README
+        if p.name == "README.md" or (only and p.name not in only and p.name != "index.json"):
+            continue
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    for case in CASES:
+        if not only or case.name in only:
+            make_case(case)
+
+    results = [
+        json.loads((OUT / c.name / "golden.json").read_text()) for c in CASES if (OUT / c.name / "golden.json").exists()
+    ]
+    index = {
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "generator": "scripts/make_golden.py",
+        "cases": [
+            {k: r[k] for k in ("case", "model_type", "dtype", "loss", "params_total", "moe_layers", "top_k")}
+            for r in results
+        ],
+    }
+    (OUT / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    print()
+    print(f"{'case':24s} {'dtype':9s} {'files':>5s} {'bytes':>9s} {'params':>8s} {'loss':>9s} {'hf_loss':>9s} {'margin':>8s}")
+    for r in results:
+        d = OUT / r["case"]
+        print(
+            f"{r['case']:24s} {r['dtype']:9s} {len(r['weight_files']):5d} {dir_size(d):9d} {r['params_total']:8d} "
+            f"{r['loss']:9.5f} {r['hf_loss']:9.5f} {r['checks']['min_routing_margin']:8.2g}"
+        )
+    total = dir_size(OUT)
+    print(f"total fixtures/golden: {total} bytes ({total / 1e6:.2f} MB)")
+    if total > 3_000_000:
+        raise SystemExit("fixtures/golden exceeds 3 MB")
+
+
+if __name__ == "__main__":
+    main()

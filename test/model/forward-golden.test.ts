@@ -1,0 +1,62 @@
+/**
+ * The forward pass against transformers: each golden fixture holds a checkpoint saved by transformers, fixed
+ * token ids and transformers' logits (scripts/make_golden.py). Logits within 1e-3, loss within 1e-4.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RefBackend } from '../../src/backend/ref';
+import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
+import { ForwardPass, fullLogits } from '../../src/model/forward/model';
+import { loadArchitecture } from '../../src/model/registry';
+import { GOLDEN } from '../helpers';
+
+const CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
+
+/** Mean NLL of ids[t+1] under logits[t], over every window's first T−1 positions (float64). */
+export function lossOf(logits: Float32Array, ids: Int32Array, B: number, T: number, V: number): number {
+  let nll = 0;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T - 1; t++) {
+      const r = (b * T + t) * V;
+      let m = -Infinity;
+      for (let v = 0; v < V; v++) m = Math.max(m, logits[r + v]);
+      let s = 0;
+      for (let v = 0; v < V; v++) s += Math.exp(logits[r + v] - m);
+      nll += m + Math.log(s) - logits[r + ids[b * T + t + 1]];
+    }
+  }
+  return nll / (B * (T - 1));
+}
+
+test('golden fixtures cover mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2 and deepseek_v3', () => {
+  const types = new Set(CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type));
+  expect([...types].sort()).toEqual(['deepseek_v2', 'deepseek_v3', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe']);
+});
+
+describe.each(CASES)('%s', (c) => {
+  test('logits and loss equal transformers\'', async () => {
+    const dir = path.join(GOLDEN, c);
+    const golden = new TensorReader(openTensorFile(path.join(dir, 'golden.safetensors')));
+    const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
+    const want = golden.f32('logits');
+    const [B, T, V] = golden.ref('logits').shape;
+    golden.close();
+
+    const ckpt = openCheckpoint(dir);
+    const arch = loadArchitecture(ckpt);
+    const reader = new TensorReader(ckpt);
+    const fp = new ForwardPass(reader, arch, new RefBackend());
+    const { sink, logits } = fullLogits(B * T, V);
+    await fp.run(ids, B, T, sink);
+    reader.close();
+
+    let maxDiff = 0;
+    for (let i = 0; i < want.length; i++) maxDiff = Math.max(maxDiff, Math.abs(want[i] - logits[i]));
+    expect(maxDiff).toBeLessThanOrEqual(1e-3);
+    // The logits are not trivially small: a wrong layer would show.
+    expect(Math.max(...want.slice(0, V).map(Math.abs))).toBeGreaterThan(0.5);
+    const info = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+    expect(Math.abs(lossOf(logits, ids, B, T, V) - info.loss)).toBeLessThanOrEqual(1e-4);
+  });
+});
+
