@@ -68,6 +68,49 @@ export function buildCli(): Command {
     });
 
   program
+    .command('eval')
+    .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
+    .argument('<model>', 'model folder')
+    .requiredOption('--data <file>', '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)')
+    .option('--seq-len <n>', 'window length in tokens', '2048')
+    .option('--max-tokens <n>', 'use only the first N tokens of the data')
+    .option('--baseline <model>', 'compare against this model (usually the uncompressed one)')
+    .option('--max-ppl-increase <pct>', 'CI gate: exit 1 when perplexity is more than PCT % above the baseline\'s')
+    .option('--dump-logits <file>', 'write every position\'s logits to a safetensors file')
+    .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
+    .addOption(new Option('--device <device>', 'onnx device').choices(['cpu', 'cuda']).default('cpu'))
+    .option('--threads <n>', 'compute threads (default: all cores)')
+    .option('--batch-tokens <n>', 'tokens run through each layer at once (more is faster, uses more memory)', '4096')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  moe eval ./model --data wiki.test.txt --seq-len 512 --max-tokens 65536\n  moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json',
+    )
+    .action(async (model: string, opts: OutputOpts & Record<string, string | undefined>, cmd: Command) => {
+      const { evalCommand, formatEval, checkGate } = await import('./commands/eval');
+      const num = (v: string | undefined, flag: string, min: number) => (v === undefined ? undefined : parseIntArg(v, flag, min));
+      const pct = opts.maxPplIncrease === undefined ? undefined : Number(opts.maxPplIncrease);
+      const report = await evalCommand(
+        {
+          model,
+          data: opts.data!,
+          seqLen: num(opts.seqLen, '--seq-len', 2)!,
+          maxTokens: num(opts.maxTokens, '--max-tokens', 2),
+          baseline: opts.baseline,
+          maxPplIncrease: pct,
+          dumpLogits: opts.dumpLogits,
+          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
+          device: opts.device as 'cpu' | 'cuda',
+          threads: num(opts.threads, '--threads', 1),
+          batchTokens: num(opts.batchTokens, '--batch-tokens', 1),
+        },
+        context(cmd, opts.json as unknown as boolean),
+      );
+      emit(report, opts, formatEval);
+      checkGate(report);
+    });
+
+  program
     .command('synth')
     .description('write a random checkpoint with the exact Hugging Face layout of a model type (for tests and benchmarks)')
     .requiredOption('--arch <model_type>', 'mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2 or deepseek_v3')

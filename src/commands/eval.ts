@@ -1,0 +1,209 @@
+/**
+ * `moe eval MODEL --data FILE`: perplexity by DESIGN.md's rule, size, speed, and against `--baseline` the
+ * baseline's perplexity, mean KL(baseline‖model), top-1 agreement and per-layer routing agreement.
+ * `--max-ppl-increase PCT` turns it into a CI gate (exit 1 when the model is worse than allowed).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createBackend } from '../backend/index';
+import type { BackendName } from '../backend/backend';
+import { GateError, UsageError } from '../errors';
+import { loadWindows } from '../eval/data';
+import { evaluate, EvalTotals } from '../eval/perplexity';
+import { loadTokenizer } from '../eval/tokenizer';
+import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { encodeHeader } from '../io/writer';
+import { numel, tensorBytes } from '../io/safetensors';
+import { ForwardPass } from '../model/forward/model';
+import { loadArchitecture } from '../model/registry';
+import type { Architecture } from '../model/arch';
+import type { Context } from '../ui/progress';
+
+export interface EvalCommandOptions {
+  model: string;
+  data: string;
+  seqLen: number;
+  maxTokens?: number;
+  baseline?: string;
+  maxPplIncrease?: number;
+  dumpLogits?: string;
+  backend?: BackendName;
+  device?: 'cpu' | 'cuda';
+  threads?: number;
+  batchTokens?: number;
+}
+
+export interface SizeReport {
+  params: number;
+  bytes: number;
+  bits_per_param: number;
+}
+
+export interface EvalReport {
+  model: string;
+  data: string;
+  seq_len: number;
+  loss: number;
+  perplexity: number;
+  /** Tokens run through the model and positions predicted (seq_len − 1 per window). */
+  tokens: number;
+  positions: number;
+  windows: number;
+  size: SizeReport;
+  seconds: number;
+  tokens_per_second: number;
+  backend: string;
+  baseline?: {
+    model: string;
+    loss: number;
+    perplexity: number;
+    ppl_increase_pct: number;
+    kl_mean: number;
+    top1_agreement: number;
+    routing_agreement: { layer: number; agreement: number }[];
+    size: SizeReport;
+  };
+  gate?: { max_ppl_increase_pct: number; passed: boolean };
+}
+
+/** Largest --dump-logits file: beyond this the logits belong in a streaming consumer, not one file. */
+const MAX_DUMP_BYTES = 2 * 1024 ** 3;
+export const DEFAULT_BATCH_TOKENS = 4096;
+
+function size(arch: Architecture, dir: string): SizeReport {
+  const ckpt = openCheckpoint(dir);
+  let params = 0;
+  let bytes = 0;
+  for (const t of ckpt.tensors.values()) {
+    params += numel(t.shape);
+    bytes += tensorBytes(t);
+  }
+  return { params, bytes, bits_per_param: params ? (8 * bytes) / params : 0 };
+}
+
+function open(dir: string) {
+  const ckpt = openCheckpoint(dir);
+  const arch = loadArchitecture(ckpt);
+  return { ckpt, arch, reader: new TensorReader(ckpt) };
+}
+
+function validate(opts: EvalCommandOptions): void {
+  if (!Number.isInteger(opts.seqLen) || opts.seqLen < 2) throw new UsageError(`--seq-len ${opts.seqLen} must be an integer ≥ 2`);
+  if (opts.maxTokens !== undefined && (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2)) throw new UsageError(`--max-tokens ${opts.maxTokens} must be an integer ≥ 2`);
+  if (opts.maxPplIncrease !== undefined && !opts.baseline) throw new UsageError('--max-ppl-increase needs --baseline', { hint: 'pass the uncompressed model as --baseline' });
+  if (opts.maxPplIncrease !== undefined && !(opts.maxPplIncrease >= 0)) throw new UsageError(`--max-ppl-increase ${opts.maxPplIncrease} must be a number ≥ 0`);
+}
+
+export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promise<EvalReport> {
+  validate(opts);
+  const started = Date.now();
+  const m = open(opts.model);
+  const b = opts.baseline ? open(opts.baseline) : undefined;
+  if (b && b.arch.vocab !== m.arch.vocab) {
+    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, { file: opts.baseline, hint: 'compare models that share a tokenizer' });
+  }
+  const set = loadWindows(opts.data, () => loadTokenizer(m.ckpt.dir), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
+  const dump = opts.dumpLogits ? logitDump(opts.dumpLogits, set.windows, m.arch.vocab) : undefined;
+  const total = set.windows.reduce((s, w) => s + w.length, 0);
+  const progress = ctx.progress('eval', total, 'items');
+  let totals: EvalTotals;
+  try {
+    totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
+      batchTokens: opts.batchTokens ?? DEFAULT_BATCH_TOKENS,
+      baseline: b ? new ForwardPass(b.reader, b.arch, be) : undefined,
+      onLogits: dump?.add,
+      progress,
+    });
+    dump?.finish();
+  } finally {
+    progress.done();
+    m.reader.close();
+    b?.reader.close();
+    await be.dispose();
+  }
+  const seconds = (Date.now() - started) / 1000;
+  const loss = totals.nllSum / totals.positions;
+  const report: EvalReport = {
+    model: m.ckpt.dir,
+    data: path.resolve(opts.data),
+    seq_len: set.kind === 'text' ? opts.seqLen : Math.max(...set.windows.map((w) => w.length)),
+    loss,
+    perplexity: Math.exp(loss),
+    tokens: totals.tokens,
+    positions: totals.positions,
+    windows: totals.windows,
+    size: size(m.arch, m.ckpt.dir),
+    seconds,
+    tokens_per_second: totals.tokens / seconds,
+    backend: be.name,
+  };
+  if (b) {
+    const baseLoss = totals.baseNllSum! / totals.positions;
+    report.baseline = {
+      model: b.ckpt.dir,
+      loss: baseLoss,
+      perplexity: Math.exp(baseLoss),
+      ppl_increase_pct: 100 * (Math.exp(loss - baseLoss) - 1),
+      kl_mean: totals.klSum! / totals.positions,
+      top1_agreement: totals.top1Agree! / totals.positions,
+      routing_agreement: [...totals.routing!].sort((x, y) => x[0] - y[0]).map(([layer, r]) => ({ layer, agreement: r.overlap / r.tokens })),
+      size: size(b.arch, b.ckpt.dir),
+    };
+    if (opts.maxPplIncrease !== undefined) report.gate = { max_ppl_increase_pct: opts.maxPplIncrease, passed: report.baseline.ppl_increase_pct <= opts.maxPplIncrease };
+  }
+  return report;
+}
+
+/** Throws the CI gate's failure after the report is printed (main maps it to exit 1). */
+export function checkGate(r: EvalReport): void {
+  if (r.gate && !r.gate.passed) {
+    throw new GateError(`perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`, {
+      file: r.model,
+      hint: 'compress less, or raise --max-ppl-increase',
+    });
+  }
+}
+
+/** Collects logits of every position into one F32 safetensors file [windows, T, vocab] (equal-length windows). */
+function logitDump(file: string, windows: Int32Array[], vocab: number) {
+  const T = windows[0].length;
+  if (windows.some((w) => w.length !== T)) throw new UsageError('--dump-logits needs windows of equal length', { hint: 'use text data or equal-length pre-tokenized windows' });
+  const bytes = windows.length * T * vocab * 4;
+  if (bytes > MAX_DUMP_BYTES) throw new UsageError(`--dump-logits would write ${(bytes / 1e9).toFixed(1)} GB`, { hint: 'lower --max-tokens' });
+  if (fs.existsSync(file)) throw new UsageError('the --dump-logits file already exists', { file, hint: 'choose another path' });
+  const chunks: Float32Array[] = [];
+  return {
+    add: (logits: Float32Array) => chunks.push(logits),
+    finish: () => {
+      const { header } = encodeHeader([{ name: 'logits', dtype: 'F32', shape: [windows.length, T, vocab] }], { format: 'pt' });
+      const tmp = `${file}.moe-tmp-${process.pid}`;
+      const fd = fs.openSync(tmp, 'w');
+      try {
+        fs.writeSync(fd, header);
+        for (const c of chunks) fs.writeSync(fd, new Uint8Array(c.buffer, c.byteOffset, c.byteLength));
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, file);
+    },
+  };
+}
+
+export function formatEval(r: EvalReport): string {
+  const lines = [
+    `perplexity     ${r.perplexity.toFixed(4)} (loss ${r.loss.toFixed(5)}) over ${r.positions} predicted positions in ${r.windows} windows of ${r.seq_len}`,
+    `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${(r.size.bytes / 1e6).toFixed(2)} MB, ${r.size.bits_per_param.toFixed(2)} bits/param`,
+    `speed          ${r.tokens_per_second.toFixed(0)} tokens/s (${r.seconds.toFixed(1)} s, ${r.backend} backend)`,
+  ];
+  if (r.baseline) {
+    const bl = r.baseline;
+    lines.push(
+      `baseline       perplexity ${bl.perplexity.toFixed(4)}; this model is ${bl.ppl_increase_pct >= 0 ? '+' : ''}${bl.ppl_increase_pct.toFixed(2)}%`,
+      `agreement      KL(baseline‖model) ${bl.kl_mean.toFixed(5)} nats/token, top-1 ${(100 * bl.top1_agreement).toFixed(2)}%`,
+      `routing        ${bl.routing_agreement.map((x) => `L${x.layer} ${(100 * x.agreement).toFixed(1)}%`).join('  ')}`,
+    );
+  }
+  if (r.gate) lines.push(`gate           ${r.gate.passed ? 'passed' : 'FAILED'} (allowed +${r.gate.max_ppl_increase_pct}%)`);
+  return lines.join('\n');
+}

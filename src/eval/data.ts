@@ -1,0 +1,96 @@
+/**
+ * Evaluation and calibration data: plain text (.txt), JSON lines with a "text" field (.jsonl), or pre-tokenized
+ * windows (.json: an array of arrays of token ids). Text is tokenized whole, with no special tokens, and cut into
+ * consecutive non-overlapping windows (DESIGN.md, perplexity rule).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CheckpointError, UsageError } from '../errors';
+import type { TextTokenizer } from './tokenizer';
+
+export interface WindowSet {
+  /** Each window's token ids. Text gives windows of exactly seqLen; pre-tokenized input keeps its own lengths. */
+  windows: Int32Array[];
+  /** Tokens in the source before any cut. */
+  sourceTokens: number;
+  kind: 'text' | 'pretokenized';
+}
+
+export interface DataOptions {
+  seqLen: number;
+  maxTokens?: number;
+}
+
+function readText(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file, hint: 'check the --data path' });
+  }
+}
+
+function jsonlText(file: string): string {
+  const texts: string[] = [];
+  readText(file)
+    .split('\n')
+    .forEach((line, i) => {
+      if (!line.trim()) return;
+      let rec: unknown;
+      try {
+        rec = JSON.parse(line);
+      } catch {
+        throw new CheckpointError(`line ${i + 1} is not valid JSON`, { file, hint: 'each line must be an object with a "text" field' });
+      }
+      const t = (rec as { text?: unknown })?.text;
+      if (typeof t !== 'string') throw new CheckpointError(`line ${i + 1} has no string "text" field`, { file, hint: 'each line must be an object with a "text" field' });
+      texts.push(t);
+    });
+  // Records are joined by a blank line, then tokenized as one text.
+  return texts.join('\n\n');
+}
+
+function pretokenized(file: string, vocab: number, opts: DataOptions): WindowSet {
+  let json: unknown;
+  try {
+    json = JSON.parse(readText(file));
+  } catch (e) {
+    throw new CheckpointError(`not valid JSON (${(e as Error).message})`, { file, hint: 'pre-tokenized data is a JSON array of arrays of token ids' });
+  }
+  if (!Array.isArray(json)) throw new CheckpointError('not a JSON array', { file, hint: 'pre-tokenized data is a JSON array of arrays of token ids' });
+  const windows: Int32Array[] = [];
+  let total = 0;
+  let source = 0;
+  json.forEach((w, i) => {
+    if (!Array.isArray(w) || !w.every((id) => Number.isInteger(id) && id >= 0 && id < vocab)) {
+      throw new CheckpointError(`window ${i} is not an array of token ids below the vocabulary size ${vocab}`, { file, hint: 'tokenize with this model\'s tokenizer' });
+    }
+    source += w.length;
+    if (w.length < 2) return; // nothing to predict
+    if (opts.maxTokens !== undefined && total + w.length > opts.maxTokens) return;
+    total += w.length;
+    windows.push(Int32Array.from(w));
+  });
+  return { windows, sourceTokens: source, kind: 'pretokenized' };
+}
+
+/** Cuts ids into consecutive windows of seqLen, after keeping the first maxTokens; a last partial window is dropped. */
+export function cutWindows(ids: ArrayLike<number>, opts: DataOptions): Int32Array[] {
+  const n = Math.min(ids.length, opts.maxTokens ?? Infinity);
+  const windows: Int32Array[] = [];
+  for (let s = 0; s + opts.seqLen <= n; s += opts.seqLen) windows.push(Int32Array.from(Array.prototype.slice.call(ids, s, s + opts.seqLen)));
+  return windows;
+}
+
+export function loadWindows(file: string, tokenizer: () => TextTokenizer, vocab: number, opts: DataOptions): WindowSet {
+  if (!fs.existsSync(file)) throw new UsageError('the data file does not exist', { file, hint: 'check the --data path' });
+  if (opts.seqLen < 2) throw new UsageError(`--seq-len ${opts.seqLen} is too short; it must be at least 2`);
+  const ext = path.extname(file).toLowerCase();
+  if (ext === '.json') return pretokenized(file, vocab, opts);
+  const text = ext === '.jsonl' ? jsonlText(file) : readText(file);
+  const ids = tokenizer().encode(text);
+  const windows = cutWindows(ids, opts);
+  if (windows.length === 0) {
+    throw new UsageError(`the data gives ${ids.length} tokens, fewer than one window of --seq-len ${opts.seqLen}`, { file, hint: 'use a shorter --seq-len or more text' });
+  }
+  return { windows, sourceTokens: ids.length, kind: 'text' };
+}

@@ -1,0 +1,38 @@
+/** The model's own tokenizer, from its local tokenizer.json (and tokenizer_config.json); never the network. */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import { CheckpointError } from '../errors';
+
+export interface TextTokenizer {
+  /** Token ids of `text` with no special tokens added. */
+  encode(text: string): number[];
+  decode(ids: number[]): string;
+}
+
+function readJson(file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new CheckpointError(`cannot read ${path.basename(file)} (${(e as Error).message})`, { file, hint: 'fix or re-save the tokenizer files' });
+  }
+}
+
+export function loadTokenizer(modelDir: string): TextTokenizer {
+  const file = path.join(modelDir, 'tokenizer.json');
+  if (!fs.existsSync(file)) {
+    throw new CheckpointError('no tokenizer.json in the model folder', { file: modelDir, hint: 'copy the tokenizer files next to the weights, or pass pre-tokenized data (a .json array of id arrays)' });
+  }
+  const cfgFile = path.join(modelDir, 'tokenizer_config.json');
+  const config = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+  let tok: Tokenizer;
+  try {
+    tok = new Tokenizer(readJson(file), config);
+  } catch (e) {
+    throw new CheckpointError(`tokenizer.json is not supported (${(e as Error).message})`, { file, hint: 'pass pre-tokenized data instead' });
+  }
+  return {
+    encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
+    decode: (ids) => tok.decode(ids),
+  };
+}
