@@ -104,8 +104,14 @@ export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
   const n = bytes.byteLength / size;
   const out = new Float32Array(n);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  // Fast paths: typed-array views need aligned offsets (and this code assumes a little-endian host, as x86 and ARM are).
+  const aligned = bytes.byteOffset % size === 0;
   switch (dtype) {
     case 'F32':
+      if (aligned) {
+        out.set(new Float32Array(bytes.buffer, bytes.byteOffset, n));
+        return out;
+      }
       for (let i = 0; i < n; i++) out[i] = view.getFloat32(i * 4, true);
       return out;
     case 'F64':
@@ -113,6 +119,11 @@ export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
       return out;
     case 'BF16': {
       const o32 = new Uint32Array(out.buffer);
+      if (aligned) {
+        const u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+        for (let i = 0; i < n; i++) o32[i] = u16[i] << 16;
+        return out;
+      }
       for (let i = 0; i < n; i++) o32[i] = view.getUint16(i * 2, true) << 16;
       return out;
     }

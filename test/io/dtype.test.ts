@@ -60,3 +60,14 @@ describe('dtype conversion', () => {
     }
   });
 });
+
+test('aligned and unaligned buffers decode alike', () => {
+  const values = new Float32Array([1.5, -2.25, 3e-8, 65504]);
+  const f32 = new Uint8Array(values.buffer);
+  const bf16 = new Uint8Array(new Uint16Array([0x3fc0, 0xc010, 0x3300, 0x477f]).buffer);
+  for (const [bytes, d] of [[f32, 'F32'], [bf16, 'BF16']] as const) {
+    const shifted = new Uint8Array(bytes.length + 1).subarray(1);
+    shifted.set(bytes);
+    expect(Array.from(toFloat32(shifted, d))).toEqual(Array.from(toFloat32(bytes, d)));
+  }
+});
