@@ -36,8 +36,14 @@ export interface MlaSpec {
 
 export type AttentionSpec = GqaSpec | MlaSpec;
 
-/** Attention weights of one layer by their name under `self_attn.` (e.g. "q_proj.weight"). */
+/** Attention weights of one layer by their name under `self_attn.` (e.g. "q_norm.weight"). */
 export type Weights = (name: string) => Float32Array | undefined;
+
+/**
+ * Applies the projection `proj` (e.g. "q_proj": its weight and bias if any) to x [rows, inDim] → [rows, outDim].
+ * The forward pass supplies it, so it can load weights and show every linear's input to observers.
+ */
+export type Linear = (proj: string, x: Float32Array, rows: number, inDim: number, outDim: number) => Promise<Float32Array>;
 
 function need(w: Weights, name: string): Float32Array {
   const t = w(name);
@@ -109,12 +115,12 @@ function perHead(src: Float32Array, w: number, T: number, H: number, srcHeads: n
   return out;
 }
 
-export async function gqa(be: Backend, x: Float32Array, hidden: number, windows: number, T: number, spec: GqaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
+export async function gqa(be: Backend, lin: Linear, x: Float32Array, hidden: number, windows: number, T: number, spec: GqaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, kvHeads: KV, headDim: d } = spec;
-  const q = await be.linear(x, need(w, 'q_proj.weight'), N, hidden, H * d, w('q_proj.bias'));
-  const k = await be.linear(x, need(w, 'k_proj.weight'), N, hidden, KV * d, w('k_proj.bias'));
-  const v = await be.linear(x, need(w, 'v_proj.weight'), N, hidden, KV * d, w('v_proj.bias'));
+  const q = await lin('q_proj', x, N, hidden, H * d);
+  const k = await lin('k_proj', x, N, hidden, KV * d);
+  const v = await lin('v_proj', x, N, hidden, KV * d);
   if (spec.clipQkv !== undefined) {
     const c = spec.clipQkv;
     for (const a of [q, k, v]) for (let i = 0; i < a.length; i++) a[i] = Math.min(c, Math.max(-c, a[i]));
@@ -142,26 +148,26 @@ export async function gqa(be: Backend, x: Float32Array, hidden: number, windows:
     (win) => perHead(k, win, T, H, KV, d, 0, d, (h) => Math.floor(h / group)),
     (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => Math.floor(h / group)),
   );
-  return be.linear(out, need(w, 'o_proj.weight'), N, H * d, hidden, w('o_proj.bias'));
+  return lin('o_proj', out, N, H * d, hidden);
 }
 
-export async function mla(be: Backend, x: Float32Array, hidden: number, windows: number, T: number, spec: MlaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
+export async function mla(be: Backend, lin: Linear, x: Float32Array, hidden: number, windows: number, T: number, spec: MlaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, nopeDim, ropeDim, vDim, kvLoraRank } = spec;
   const dk = nopeDim + ropeDim;
   let q: Float32Array;
   if (spec.qLoraRank) {
-    const qa = await be.linear(x, need(w, 'q_a_proj.weight'), N, hidden, spec.qLoraRank, w('q_a_proj.bias'));
+    const qa = await lin('q_a_proj', x, N, hidden, spec.qLoraRank);
     rmsNorm(qa, need(w, 'q_a_layernorm.weight'), spec.qLoraRank, spec.eps, qa);
-    q = await be.linear(qa, need(w, 'q_b_proj.weight'), N, spec.qLoraRank, H * dk);
+    q = await lin('q_b_proj', qa, N, spec.qLoraRank, H * dk);
   } else {
-    q = await be.linear(x, need(w, 'q_proj.weight'), N, hidden, H * dk);
+    q = await lin('q_proj', x, N, hidden, H * dk);
   }
-  const ckv = await be.linear(x, need(w, 'kv_a_proj_with_mqa.weight'), N, hidden, kvLoraRank + ropeDim, w('kv_a_proj_with_mqa.bias')); // [N, rank + rope]
+  const ckv = await lin('kv_a_proj_with_mqa', x, N, hidden, kvLoraRank + ropeDim); // [N, rank + rope]
   const latent = new Float32Array(N * kvLoraRank);
   for (let n = 0; n < N; n++) latent.set(ckv.subarray(n * (kvLoraRank + ropeDim), n * (kvLoraRank + ropeDim) + kvLoraRank), n * kvLoraRank);
   rmsNorm(latent, need(w, 'kv_a_layernorm.weight'), kvLoraRank, spec.eps, latent);
-  const kv = await be.linear(latent, need(w, 'kv_b_proj.weight'), N, kvLoraRank, H * (nopeDim + vDim)); // [N, H, nope + v]
+  const kv = await lin('kv_b_proj', latent, N, kvLoraRank, H * (nopeDim + vDim)); // [N, H, nope + v]
   const pos = (n: number) => n % T;
   applyRope(q, N, H, dk, nopeDim, rope, pos, spec.interleaved); // rotary part of each head of q
   applyRope(ckv, N, 1, kvLoraRank + ropeDim, kvLoraRank, rope, pos, spec.interleaved); // the shared rotary key
@@ -179,5 +185,5 @@ export async function mla(be: Backend, x: Float32Array, hidden: number, windows:
   };
   const values = (win: number) => perHead(kv, win, T, H, H, nopeDim + vDim, nopeDim, vDim, (h) => h);
   const out = await causalAttention(be, q, windows, T, H, dk, vDim, spec.scale, keys, values);
-  return be.linear(out, need(w, 'o_proj.weight'), N, H * vDim, hidden, w('o_proj.bias'));
+  return lin('o_proj', out, N, H * vDim, hidden);
 }

@@ -1,31 +1,35 @@
 /**
- * The forward pass, one layer at a time: a layer's dense weights are loaded (as float32), every window of the
- * batch runs through it, and they are released before the next layer; routed experts are loaded one at a time.
- * Memory is one layer's attention and dense weights, one expert, and the activations.
+ * The forward pass, one layer at a time: a layer's weights are loaded (as float32) and every window of the batch
+ * runs through it. Between layers the weights are released. Within a layer, weights stay cached up to a byte
+ * budget, so a caller that runs many batches through the same layer (calibration) reads them once; routed
+ * experts beyond the budget are read again for each batch. Memory: attention and dense weights, the cached
+ * experts (at most the budget) and the activations.
  */
 import type { Backend } from '../../backend/backend';
 import { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
-import { gqa, mla } from './attention';
-import { gatherRows, MlpWeights, route, Routing, runMlp, tokensPerExpert } from './moe';
-import { addInPlace, concatRows, rmsNorm, sigmoid } from './ops';
+import { gqa, Linear, mla } from './attention';
+import { gatherRows, route, Routing, tokensPerExpert } from './moe';
+import { addInPlace, concatRows, rmsNorm, sigmoid, swiglu } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
 
 /** Observer hooks, for calibration and routing comparisons. Arrays are only valid during the call. */
 export interface ForwardObserver {
+  /**
+   * The input of a linear layer, named by its weight tensor, [rows, inDim]. For routed experts the rows are the
+   * tokens routed to it; gate_proj and up_proj share one input, reported once under gate_proj.
+   */
+  linear?(weight: string, x: Float32Array, rows: number, inDim: number): void;
   /** The router's decision in a MoE layer; `input` is the MoE block's input [tokens, hidden]. */
   router?(layer: number, routing: Routing, input: Float32Array, tokens: number): void;
-  /** One routed expert: its input rows, its (unweighted) output rows, and which tokens they are. */
-  expert?(layer: number, expert: number, input: Float32Array, output: Float32Array, tokens: Int32Array): void;
+  /** One routed expert: its output rows (before the routing weight) and which tokens they are. */
+  expert?(layer: number, expert: number, output: Float32Array, tokens: Int32Array, slots: Int32Array): void;
   /** The whole MoE block (routed + shared), [tokens, hidden] each. */
   moe?(layer: number, input: Float32Array, output: Float32Array, tokens: number): void;
   /** The residual stream after a layer, [tokens, hidden]. */
   layer?(layer: number, hidden: Float32Array, tokens: number): void;
 }
-
-/** Receives logits in blocks of rows × vocab range: logits [rows, count] for vocab ids [vocabStart, vocabStart+count). */
-export type LogitSink = (logits: Float32Array, rows: number, vocabStart: number, count: number) => void;
 
 export interface LogitBlock {
   /** [rows, count] logits for vocab ids [start, start + count). */
@@ -35,27 +39,72 @@ export interface LogitBlock {
   count: number;
 }
 
+/** Receives logits in blocks of rows × vocab range. */
+export type LogitSink = (logits: Float32Array, rows: number, vocabStart: number, count: number) => void;
+
 /** lm_head rows per block: bounds the logits buffer and the weight slice for large vocabularies. */
 const VOCAB_BLOCK = 8192;
+/** Default bytes of float32 weights kept per layer across batches. */
+export const DEFAULT_LAYER_CACHE_BYTES = 1 << 30;
+
+interface MlpWeights {
+  gateUp: Float32Array;
+  down: Float32Array;
+  width: number;
+}
+
+export interface ForwardOptions {
+  /** Bytes of a layer's float32 weights kept between batches (0: read them for every batch). */
+  cacheBytes?: number;
+}
 
 export class ForwardPass {
   readonly spec: ForwardSpec;
   private rope?: RopeTables;
+  private cache = new Map<string, Float32Array>();
+  private cacheLayer = -1;
+  private cached = 0;
+  private readonly cacheBytes: number;
 
   constructor(
     private readonly reader: TensorReader,
     readonly arch: Architecture,
     private readonly be: Backend,
+    opts: ForwardOptions = {},
   ) {
     this.spec = forwardSpec(arch);
+    this.cacheBytes = opts.cacheBytes ?? DEFAULT_LAYER_CACHE_BYTES;
   }
 
-  private f32(name: string): Float32Array {
-    return this.reader.f32(name);
+  /** A weight as float32, from the layer cache when it is there. */
+  private load(name: string, layer: number): Float32Array {
+    if (layer !== this.cacheLayer) this.release(layer);
+    const hit = this.cache.get(name);
+    if (hit) return hit;
+    const t = this.reader.f32(name);
+    if (this.cached + t.byteLength <= this.cacheBytes) {
+      this.cache.set(name, t);
+      this.cached += t.byteLength;
+    }
+    return t;
   }
 
-  private opt(name: string): Float32Array | undefined {
-    return this.arch.classify(name) ? this.reader.f32(name) : undefined;
+  private fused(key: string, layer: number, make: () => Float32Array): Float32Array {
+    const hit = this.cache.get(key);
+    if (hit && layer === this.cacheLayer) return hit;
+    const t = make();
+    if (layer === this.cacheLayer && this.cached + t.byteLength <= this.cacheBytes) {
+      this.cache.set(key, t);
+      this.cached += t.byteLength;
+    }
+    return t;
+  }
+
+  /** Drops the cached weights (called automatically when another layer starts). */
+  release(nextLayer = -1): void {
+    this.cache.clear();
+    this.cached = 0;
+    this.cacheLayer = nextLayer;
   }
 
   private ropeFor(T: number): RopeTables {
@@ -63,7 +112,7 @@ export class ForwardPass {
     return this.rope;
   }
 
-  /** Embeds `windows` equal-length windows of token ids: [windows × T, hidden]. */
+  /** Embeds windows of token ids: [tokens, hidden]. */
   embed(ids: Int32Array): Float32Array {
     return this.reader.gatherF32('model.embed_tokens.weight', ids);
   }
@@ -71,43 +120,57 @@ export class ForwardPass {
   /** Runs all layers over the hidden states of `windows` windows of length T, in place. */
   async layers(hidden: Float32Array, windows: number, T: number, observer?: ForwardObserver): Promise<void> {
     for (let l = 0; l < this.arch.numLayers; l++) await this.layer(l, hidden, windows, T, observer);
+    this.release();
+  }
+
+  /** y = x·Wᵀ + b for the weight `name` (bias `name` with .bias), telling the observer its input. */
+  private async linear(name: string, layer: number, x: Float32Array, rows: number, inDim: number, outDim: number, observer?: ForwardObserver): Promise<Float32Array> {
+    observer?.linear?.(name, x, rows, inDim);
+    const biasName = name.replace(/\.weight$/, '.bias');
+    const bias = this.arch.classify(biasName) ? this.load(biasName, layer) : undefined;
+    return this.be.linear(x, this.load(name, layer), rows, inDim, outDim, bias);
   }
 
   async layer(l: number, hidden: Float32Array, windows: number, T: number, observer?: ForwardObserver): Promise<void> {
     const h = this.arch.hidden;
     const N = windows * T;
     const p = `model.layers.${l}`;
-    const normed = rmsNorm(hidden, this.f32(`${p}.input_layernorm.weight`), h, this.spec.eps);
-    const attnWeights = new Map<string, Float32Array>();
+    if (l !== this.cacheLayer) this.release(l);
+    const normed = rmsNorm(hidden, this.load(`${p}.input_layernorm.weight`, l), h, this.spec.eps);
     const w = (name: string) => {
       const full = `${p}.self_attn.${name}`;
-      if (!attnWeights.has(full) && this.arch.classify(full)) attnWeights.set(full, this.f32(full));
-      return attnWeights.get(full);
+      return this.arch.classify(full) ? this.load(full, l) : undefined;
     };
+    const lin: Linear = (proj, x, rows, inDim, outDim) => this.linear(`${p}.self_attn.${proj}.weight`, l, x, rows, inDim, outDim, observer);
     const a = this.spec.attention;
     const rope = this.ropeFor(T);
-    const attn = a.kind === 'gqa' ? await gqa(this.be, normed, h, windows, T, a, w, rope) : await mla(this.be, normed, h, windows, T, a, w, rope);
-    attnWeights.clear();
+    const attn = a.kind === 'gqa' ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope) : await mla(this.be, lin, normed, h, windows, T, a, w, rope);
     addInPlace(hidden, attn);
-    const x = rmsNorm(hidden, this.f32(`${p}.post_attention_layernorm.weight`), h, this.spec.eps);
-    const out = this.arch.isMoeLayer(l) ? await this.moeBlock(l, x, N, observer) : await runMlp(this.be, x, N, h, this.mlpWeights(`${p}.mlp`));
+    const x = rmsNorm(hidden, this.load(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps);
+    const out = this.arch.isMoeLayer(l) ? await this.moeBlock(l, x, N, observer) : await this.mlp(`${p}.mlp`, l, x, N, observer);
     addInPlace(hidden, out);
     observer?.layer?.(l, hidden, N);
   }
 
-  private mlpWeights(prefix: string): MlpWeights {
-    const gate = this.f32(`${prefix}.gate_proj.weight`);
-    const width = gate.length / this.arch.hidden;
-    return { gateUp: concatRows(gate, this.f32(`${prefix}.up_proj.weight`)), down: this.f32(`${prefix}.down_proj.weight`), width };
+  private mlpWeights(gate: string, up: string, down: string, l: number): MlpWeights {
+    const gateUp = this.fused(`${gate}+up`, l, () => concatRows(this.reader.f32(gate), this.reader.f32(up)));
+    const d = this.load(down, l);
+    return { gateUp, down: d, width: d.length / this.arch.hidden };
   }
 
-  private expertWeights(l: number, e: number): MlpWeights {
-    const a = this.arch;
-    return {
-      gateUp: concatRows(this.f32(a.expertKey(l, e, 'gate')), this.f32(a.expertKey(l, e, 'up'))),
-      down: this.f32(a.expertKey(l, e, 'down')),
-      width: a.expertWidth,
-    };
+  /** down(silu(gate(x)) · up(x)) for x [rows, hidden], gate and up fused into one product. */
+  private async runMlp(w: MlpWeights, names: { gate: string; down: string }, x: Float32Array, rows: number, observer?: ForwardObserver): Promise<Float32Array> {
+    const h = this.arch.hidden;
+    if (rows === 0) return new Float32Array(0);
+    observer?.linear?.(names.gate, x, rows, h);
+    const act = swiglu(await this.be.linear(x, w.gateUp, rows, h, 2 * w.width), rows, w.width);
+    observer?.linear?.(names.down, act, rows, w.width);
+    return this.be.linear(act, w.down, rows, w.width, h);
+  }
+
+  private mlp(prefix: string, l: number, x: Float32Array, rows: number, observer?: ForwardObserver): Promise<Float32Array> {
+    const names = { gate: `${prefix}.gate_proj.weight`, up: `${prefix}.up_proj.weight`, down: `${prefix}.down_proj.weight` };
+    return this.runMlp(this.mlpWeights(names.gate, names.up, names.down, l), names, x, rows, observer);
   }
 
   private async moeBlock(l: number, x: Float32Array, N: number, observer?: ForwardObserver): Promise<Float32Array> {
@@ -115,18 +178,18 @@ export class ForwardPass {
     const h = a.hidden;
     const E = a.numExperts;
     const k = a.topK;
-    const logits = await this.be.linear(x, this.f32(a.routerKey(l)), N, h, E);
+    const logits = await this.linear(a.routerKey(l), l, x, N, h, E, observer);
     const biasKey = a.correctionBiasKey(l);
-    const routing = route(logits, N, E, a.routing, biasKey ? this.f32(biasKey) : undefined);
+    const routing = route(logits, N, E, a.routing, biasKey ? this.load(biasKey, l) : undefined);
     observer?.router?.(l, routing, x, N);
     const out = new Float32Array(N * h);
     const lists = tokensPerExpert(routing, N, k, E);
     for (let e = 0; e < E; e++) {
       const { tokens, slots } = lists[e];
       if (tokens.length === 0) continue;
-      const xe = gatherRows(x, h, tokens);
-      const ye = await runMlp(this.be, xe, tokens.length, h, this.expertWeights(l, e));
-      observer?.expert?.(l, e, xe, ye, tokens);
+      const names = { gate: a.expertKey(l, e, 'gate'), up: a.expertKey(l, e, 'up'), down: a.expertKey(l, e, 'down') };
+      const ye = await this.runMlp(this.mlpWeights(names.gate, names.up, names.down, l), names, gatherRows(x, h, tokens), tokens.length, observer);
+      observer?.expert?.(l, e, ye, tokens, slots);
       for (let i = 0; i < tokens.length; i++) {
         const g = routing.weights[tokens[i] * k + slots[i]];
         const o = tokens[i] * h;
@@ -134,10 +197,9 @@ export class ForwardPass {
       }
     }
     if (this.spec.shared !== 'none') {
-      const prefix = `model.layers.${l}.mlp.${this.spec.sharedPrefix}`;
-      const s = await runMlp(this.be, x, N, h, this.mlpWeights(prefix));
+      const s = await this.mlp(`model.layers.${l}.mlp.${this.spec.sharedPrefix}`, l, x, N, observer);
       if (this.spec.shared === 'gated') {
-        const gate = await this.be.linear(x, this.f32(`model.layers.${l}.mlp.shared_expert_gate.weight`), N, h, 1);
+        const gate = await this.linear(`model.layers.${l}.mlp.shared_expert_gate.weight`, l, x, N, h, 1, observer);
         for (let n = 0; n < N; n++) {
           const g = sigmoid(gate[n]);
           for (let j = 0; j < h; j++) s[n * h + j] *= g;
@@ -152,7 +214,7 @@ export class ForwardPass {
   /** Final norm and lm_head (tied to the embeddings when the config says so), in blocks of the vocabulary. */
   async *headBlocks(hidden: Float32Array, N: number): AsyncGenerator<LogitBlock> {
     const a = this.arch;
-    const x = rmsNorm(hidden, this.f32('model.norm.weight'), a.hidden, this.spec.eps);
+    const x = rmsNorm(hidden, this.reader.f32('model.norm.weight'), a.hidden, this.spec.eps);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     for (let start = 0; start < a.vocab; start += VOCAB_BLOCK) {
       const count = Math.min(VOCAB_BLOCK, a.vocab - start);

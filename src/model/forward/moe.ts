@@ -2,9 +2,8 @@
  * The sparse MoE block: router scores, each model's top-k rule (transformers' router classes are the
  * reference), the routed experts run on the tokens that chose them, and shared experts.
  */
-import type { Backend } from '../../backend/backend';
 import type { RoutingRule } from '../arch';
-import { sigmoid, swiglu } from './ops';
+import { sigmoid } from './ops';
 
 export interface Routing {
   /** Router logits [tokens, E]. */
@@ -75,20 +74,6 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
     for (let j = 0; j < k; j++) weights[n * k + j] = weights[n * k + j] * norm * rule.scalingFactor;
   }
   return { logits, experts, weights, probs };
-}
-
-/** gate|up fused [2·width, hidden] and down [hidden, width] of one expert or MLP. */
-export interface MlpWeights {
-  gateUp: Float32Array;
-  down: Float32Array;
-  width: number;
-}
-
-/** down(silu(gate(x)) · up(x)) for x [rows, hidden]. */
-export async function runMlp(be: Backend, x: Float32Array, rows: number, hidden: number, w: MlpWeights): Promise<Float32Array> {
-  if (rows === 0) return new Float32Array(0);
-  const gu = await be.linear(x, w.gateUp, rows, hidden, 2 * w.width);
-  return be.linear(swiglu(gu, rows, w.width), w.down, rows, w.width, hidden);
 }
 
 /** Token lists per expert from a routing: for expert e, the token indices and the slot (0..k-1) they chose it in. */
