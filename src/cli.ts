@@ -68,6 +68,52 @@ export function buildCli(): Command {
     });
 
   program
+    .command('calibrate')
+    .description('run the model once over calibration text and record the statistics prune, merge and quantize use')
+    .argument('<model>', 'model folder')
+    .requiredOption('-o, --output <dir>', 'stats folder to write (stats.safetensors + stats.json)')
+    .option('--data <file>', 'calibration data: .txt, .jsonl or pre-tokenized .json (default: the bundled generic text)')
+    .option('--seq-len <n>', 'window length in tokens', '2048')
+    .option('--max-tokens <n>', 'use the first N tokens of the data')
+    .option('--samples <n>', 'use N windows picked at random (seeded) from the data')
+    .option('--seed <n>', 'seed for --samples and the NAEE subsample', '0')
+    .option('--hessians', 'also record XᵀX of every linear input (needed by GPTQ; large)')
+    .option('--naee-tokens <n>', 'MoE-block inputs and outputs kept per layer for NAEE', '1024')
+    .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
+    .option('--threads <n>', 'compute threads (default: all cores)')
+    .option('--batch-tokens <n>', 'tokens run through a layer at once', '4096')
+    .option('--activation-memory <size>', 'hidden states kept in memory between layers; beyond this they spill to a temporary file', '2GB')
+    .option('--force', 'replace an existing stats folder')
+    .option('--dry-run', 'print what would be done and write nothing')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats\n  moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq')
+    .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
+      const { calibrate, formatCalibrate } = await import('./commands/calibrate');
+      const num = (v: unknown, flag: string, min: number) => (v === undefined ? undefined : parseIntArg(String(v), flag, min));
+      const report = await calibrate(
+        {
+          model,
+          output: String(opts.output),
+          data: opts.data as string | undefined,
+          seqLen: num(opts.seqLen, '--seq-len', 2)!,
+          maxTokens: num(opts.maxTokens, '--max-tokens', 2),
+          samples: num(opts.samples, '--samples', 1),
+          seed: num(opts.seed, '--seed', 0),
+          hessians: !!opts.hessians,
+          naeeTokens: num(opts.naeeTokens, '--naee-tokens', 0),
+          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
+          threads: num(opts.threads, '--threads', 1),
+          batchTokens: num(opts.batchTokens, '--batch-tokens', 1),
+          activationBudgetBytes: parseSize(String(opts.activationMemory), '--activation-memory'),
+          force: !!opts.force,
+          dryRun: !!opts.dryRun,
+        },
+        context(cmd, !!opts.json),
+      );
+      emit(report, opts, formatCalibrate);
+    });
+
+  program
     .command('eval')
     .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
     .argument('<model>', 'model folder')

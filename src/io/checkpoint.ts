@@ -142,6 +142,10 @@ export class TensorReader {
 
   constructor(private readonly ckpt: Checkpoint) {}
 
+  has(name: string): boolean {
+    return this.ckpt.tensors.has(name);
+  }
+
   ref(name: string): TensorRef {
     const t = this.ckpt.tensors.get(name);
     if (!t) throw new CheckpointError(`tensor "${name}" is missing`, { file: this.ckpt.dir, hint: 'the checkpoint is incomplete or of a different architecture' });

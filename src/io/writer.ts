@@ -20,6 +20,8 @@ export interface WriterOptions {
   /** Start a new shard before a tensor that would take the current one past this size. */
   maxShardBytes: number;
   metadata?: Record<string, string>;
+  /** File name when everything fits in one shard (default model.safetensors). */
+  singleFileName?: string;
 }
 
 interface Shard {
@@ -98,7 +100,8 @@ export class ShardedWriter {
     const groups = planShards(plan, opts.maxShardBytes);
     this.shards = groups.map((tensors, i) => {
       const { header, dataBytes } = encodeHeader(tensors, opts.metadata);
-      return { file: path.join(dir, shardName(i, groups.length)), tensors, header, dataBytes };
+      const name = groups.length === 1 && opts.singleFileName ? opts.singleFileName : shardName(i, groups.length);
+      return { file: path.join(dir, name), tensors, header, dataBytes };
     });
     this.shards.forEach((s, i) => s.tensors.forEach((tensor) => this.order.push({ shard: i, tensor })));
   }

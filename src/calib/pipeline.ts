@@ -1,0 +1,81 @@
+/**
+ * Sequential, layer-by-layer calibration: every window is embedded, then each layer's weights are read once
+ * (up to the layer cache) while all batches pass through it with the observers attached; the layer's statistics
+ * go to the stats file before the next layer starts.
+ */
+import type { Backend } from '../backend/backend';
+import { ForwardPass } from '../model/forward/model';
+import { batches } from '../eval/perplexity';
+import type { Context } from '../ui/progress';
+import { LayerCollector } from './collector';
+import { HiddenStore } from './hidden-store';
+
+export interface PipelineOptions {
+  batchTokens: number;
+  activationBudgetBytes: number;
+  hessians: boolean;
+  /** Global token indices sampled for NAEE (sorted). */
+  naeeTokens: number[];
+  spillDir?: string;
+}
+
+export interface LayerDone {
+  layer: number;
+  collector: LayerCollector;
+  seconds: number;
+}
+
+export async function calibrateLayers(
+  fp: ForwardPass,
+  be: Backend,
+  windows: Int32Array[],
+  inDims: Map<string, number>,
+  opts: PipelineOptions,
+  ctx: Context,
+  onLayer: (done: LayerDone) => void | Promise<void>,
+): Promise<{ spilled: boolean }> {
+  const groups = batches(windows, opts.batchTokens);
+  const h = fp.arch.hidden;
+  const store = new HiddenStore(
+    groups.map((g) => g.reduce((s, w) => s + w.length, 0) * h),
+    opts.activationBudgetBytes,
+    opts.spillDir,
+  );
+  const naeeRows = new Map(opts.naeeTokens.map((t, i) => [t, i]));
+  try {
+    groups.forEach((g, b) => store.put(b, fp.embed(concat(g))));
+    for (let l = 0; l < fp.arch.numLayers; l++) {
+      const t0 = Date.now();
+      const collector = new LayerCollector(fp.arch, l, be, opts.hessians, naeeRows, inDims);
+      const observer = collector.observer();
+      const progress = ctx.progress(`layer ${l + 1}/${fp.arch.numLayers}`, groups.length);
+      let start = 0;
+      for (let b = 0; b < groups.length; b++) {
+        const T = groups[b][0].length;
+        const hidden = store.get(b);
+        collector.batchStart = start;
+        await fp.layer(l, hidden, groups[b].length, T, observer);
+        await collector.settle();
+        store.put(b, hidden);
+        start += groups[b].length * T;
+        progress.tick();
+      }
+      progress.done();
+      fp.release();
+      await onLayer({ layer: l, collector, seconds: (Date.now() - t0) / 1000 });
+    }
+    return { spilled: store.spilled };
+  } finally {
+    store.close();
+  }
+}
+
+function concat(ws: Int32Array[]): Int32Array {
+  const out = new Int32Array(ws.reduce((s, w) => s + w.length, 0));
+  let at = 0;
+  for (const w of ws) {
+    out.set(w, at);
+    at += w.length;
+  }
+  return out;
+}

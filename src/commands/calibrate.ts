@@ -1,0 +1,179 @@
+/**
+ * `moe calibrate MODEL --data FILE -o STATS`: runs the model once over calibration text, layer by layer, and
+ * records what prune, merge and quantize need (see src/calib/stats.ts for the file).
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createBackend } from '../backend/index';
+import type { BackendName } from '../backend/backend';
+import { calibrateLayers } from '../calib/pipeline';
+import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
+import { UsageError } from '../errors';
+import { loadWindows } from '../eval/data';
+import { loadTokenizer } from '../eval/tokenizer';
+import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { withOutput } from '../io/output';
+import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { ForwardPass } from '../model/forward/model';
+import { loadArchitecture } from '../model/registry';
+import { mulberry32 } from '../synth/generate';
+import type { Context } from '../ui/progress';
+
+export const DEFAULT_CALIB_TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text', 'calib.txt');
+
+export interface CalibrateOptions {
+  model: string;
+  output: string;
+  data?: string;
+  seqLen: number;
+  maxTokens?: number;
+  samples?: number;
+  seed?: number;
+  hessians?: boolean;
+  naeeTokens?: number;
+  backend?: BackendName;
+  threads?: number;
+  batchTokens?: number;
+  activationBudgetBytes?: number;
+  force?: boolean;
+  dryRun?: boolean;
+}
+
+export interface LayerSummary {
+  layer: number;
+  seconds: number;
+  most_used?: { expert: number; frequency: number }[];
+  least_used?: { expert: number; frequency: number }[];
+}
+
+export interface CalibrateReport {
+  model: string;
+  output: string;
+  data: string;
+  windows: number;
+  tokens: number;
+  hessians: boolean;
+  naee_tokens: number;
+  spilled: boolean;
+  dry_run: boolean;
+  layers: LayerSummary[];
+  seconds: number;
+}
+
+/** Picks `samples` windows at random (seeded), keeping their order in the text. */
+function sample(windows: Int32Array[], samples: number | undefined, seed: number): Int32Array[] {
+  if (samples === undefined || samples >= windows.length) return windows;
+  const rand = mulberry32(seed);
+  const idx = windows.map((_, i) => i);
+  for (let i = idx.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx
+    .slice(0, samples)
+    .sort((a, b) => a - b)
+    .map((i) => windows[i]);
+}
+
+function naeeSample(tokens: number, n: number, seed: number): number[] {
+  const rand = mulberry32(seed ^ 0x5eed);
+  const picked = new Set<number>();
+  if (n >= tokens) return [...Array(tokens).keys()];
+  while (picked.size < n) picked.add(Math.floor(rand() * tokens));
+  return [...picked].sort((a, b) => a - b);
+}
+
+export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<CalibrateReport> {
+  const started = Date.now();
+  if (opts.samples !== undefined && opts.maxTokens !== undefined) throw new UsageError('give --max-tokens or --samples, not both');
+  const ckpt = openCheckpoint(opts.model);
+  const arch = loadArchitecture(ckpt);
+  const data = opts.data ?? DEFAULT_CALIB_TEXT;
+  if (!opts.data) ctx.warn(`no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`);
+  const seed = opts.seed ?? 0;
+  const set = loadWindows(data, () => loadTokenizer(ckpt.dir), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const windows = sample(set.windows, opts.samples, seed);
+  const tokens = windows.reduce((s, w) => s + w.length, 0);
+  const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
+  const hessians = !!opts.hessians;
+  const inDims = new Map([...ckpt.tensors.values()].filter((t) => t.shape.length === 2).map((t) => [t.name, t.shape[1]]));
+  const plans = [...Array(arch.numLayers).keys()].map((l) => layerPlan(arch, l, naee.length, hessians, inDims));
+  const report: CalibrateReport = {
+    model: ckpt.dir,
+    output: path.resolve(opts.output),
+    data: path.resolve(data),
+    windows: windows.length,
+    tokens,
+    hessians,
+    naee_tokens: naee.length,
+    spilled: false,
+    dry_run: !!opts.dryRun,
+    layers: [],
+    seconds: 0,
+  };
+  if (opts.dryRun) {
+    const bytes = plans.flat().reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'F64' ? 8 : 4), 0);
+    ctx.log(`dry run: would calibrate ${arch.numLayers} layers on ${windows.length} windows (${tokens} tokens) and write ${(bytes / 1e6).toFixed(1)} MB of stats`);
+    return report;
+  }
+  const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
+  const reader = new TensorReader(ckpt);
+  try {
+    await withOutput(opts.output, { force: opts.force }, async (out) => {
+      const writer = new ShardedWriter(out.tmp, plans.flat() as PlannedTensor[], { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: STATS_TENSORS, metadata: { format: STATS_FORMAT } });
+      const fp = new ForwardPass(reader, arch, be);
+      const { spilled } = await calibrateLayers(
+        fp,
+        be,
+        windows,
+        inDims,
+        { batchTokens: opts.batchTokens ?? 4096, activationBudgetBytes: opts.activationBudgetBytes ?? 2e9, hessians, naeeTokens: naee },
+        ctx,
+        ({ layer, collector, seconds }) => {
+          const tensors = collector.tensors(plans[layer]);
+          for (const t of plans[layer]) writer.write(t.name, tensors.get(t.name)!);
+          report.layers.push({ layer, seconds, ...usage(collector.count, tokens) });
+        },
+      );
+      writer.finish();
+      report.spilled = spilled;
+      report.seconds = (Date.now() - started) / 1000;
+      const json: StatsJson = {
+        format: STATS_FORMAT,
+        fingerprint: fingerprint(ckpt),
+        model: ckpt.dir,
+        data: { file: path.resolve(data), sha256: createHash('sha256').update(fs.readFileSync(data)).digest('hex'), windows: windows.length, tokens, seq_len: opts.seqLen, max_tokens: opts.maxTokens ?? null },
+        hessians,
+        naee_tokens: naee.length,
+        seed,
+        moe_layers: arch.moeLayers,
+        experts: arch.numExperts,
+        top_k: arch.topK,
+        linears: plans.flat().filter((t) => t.name.startsWith('imatrix/')).map((t) => t.name.slice('imatrix/'.length)),
+        seconds: report.seconds,
+      };
+      out.writeJson(STATS_JSON, json);
+    });
+  } finally {
+    reader.close();
+    await be.dispose();
+  }
+  return report;
+}
+
+function usage(count: Float64Array, tokens: number): Pick<LayerSummary, 'most_used' | 'least_used'> {
+  if (count.length === 0) return {};
+  const ranked = [...count].map((c, expert) => ({ expert, frequency: c / tokens })).sort((a, b) => b.frequency - a.frequency || a.expert - b.expert);
+  return { most_used: ranked.slice(0, 3), least_used: ranked.slice(-3).reverse() };
+}
+
+export function formatCalibrate(r: CalibrateReport): string {
+  if (r.dry_run) return `dry run: ${r.windows} windows, ${r.tokens} tokens (nothing written)`;
+  const lines = [`wrote ${r.output}: ${r.windows} windows, ${r.tokens} tokens, ${r.seconds.toFixed(1)} s${r.spilled ? ' (activations spilled to disk)' : ''}`];
+  for (const l of r.layers) {
+    const f = (x: { expert: number; frequency: number }) => `${x.expert}:${(100 * x.frequency).toFixed(1)}%`;
+    lines.push(`  layer ${String(l.layer).padStart(3)}  ${l.seconds.toFixed(1).padStart(6)} s${l.most_used ? `  most ${l.most_used.map(f).join(' ')}  least ${l.least_used!.map(f).join(' ')}` : '  dense'}`);
+  }
+  return lines.join('\n');
+}
