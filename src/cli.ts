@@ -114,6 +114,58 @@ export function buildCli(): Command {
     });
 
   program
+    .command('prune')
+    .description('drop routed experts (the same number in every MoE layer) and write a plain checkpoint')
+    .argument('<model>', 'model folder')
+    .requiredOption('--stats <dir>', 'calibration stats from moe calibrate on this model')
+    .addOption(new Option('--method <name>', 'how experts are chosen').choices(['frequency', 'soft-frequency', 'reap', 'naee', 'random']).makeOptionMandatory())
+    .option('--keep <k>', 'experts kept per MoE layer')
+    .option('--ratio <r>', 'share of experts kept per MoE layer, e.g. 0.5')
+    .requiredOption('-o, --output <dir>', 'destination folder')
+    .option('--protect-super-experts', 'never drop super experts (extreme down_proj outputs)')
+    .option('--super-factor <f>', 'super expert: largest |down_proj output| above F × the layer median', '5')
+    .option('--naee-limit <n>', 'NAEE tries every subset up to this many per layer, else searches greedily', '20000')
+    .option('--loss', 'report every layer\'s NAEE reconstruction loss for any method')
+    .option('--seed <n>', 'seed (random method)', '0')
+    .addOption(new Option('--backend <name>', 'matmul backend (NAEE)').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
+    .option('--max-shard-size <size>', 'largest shard', '5GB')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', 'print each layer\'s plan and write nothing')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50\n  moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run')
+    .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
+      const { prune, formatPrune } = await import('./commands/prune');
+      const num = (v: unknown, flag: string, min: number) => (v === undefined ? undefined : parseIntArg(String(v), flag, min));
+      const real = (v: unknown, flag: string) => {
+        if (v === undefined) return undefined;
+        const n = Number(v);
+        if (!Number.isFinite(n)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a number`);
+        return n;
+      };
+      const report = await prune(
+        {
+          model,
+          stats: String(opts.stats),
+          method: String(opts.method),
+          keep: num(opts.keep, '--keep', 1),
+          ratio: real(opts.ratio, '--ratio'),
+          output: String(opts.output),
+          protectSuperExperts: !!opts.protectSuperExperts,
+          superFactor: real(opts.superFactor, '--super-factor'),
+          naeeLimit: num(opts.naeeLimit, '--naee-limit', 1),
+          loss: !!opts.loss,
+          seed: num(opts.seed, '--seed', 0),
+          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
+          maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
+          force: !!opts.force,
+          dryRun: !!opts.dryRun,
+        },
+        context(cmd, !!opts.json),
+      );
+      emit(report, opts, formatPrune);
+    });
+
+  program
     .command('eval')
     .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
     .argument('<model>', 'model folder')

@@ -112,6 +112,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
       batchTokens: opts.batchTokens ?? DEFAULT_BATCH_TOKENS,
       baseline: b ? new ForwardPass(b.reader, b.arch, be) : undefined,
+      expertMap: b ? expertMapOf(m.ckpt.dir) : undefined,
       onLogits: dump?.add,
       progress,
     });
@@ -153,6 +154,18 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     if (opts.maxPplIncrease !== undefined) report.gate = { max_ppl_increase_pct: opts.maxPplIncrease, passed: report.baseline.ppl_increase_pct <= opts.maxPplIncrease };
   }
   return report;
+}
+
+/**
+ * After prune (or merge), expert i of a layer stands for old expert kept[layer][i]: routing agreement with the
+ * baseline compares old ids. Without moe-compression.json, ids are compared as they are.
+ */
+function expertMapOf(dir: string): ((layer: number, expert: number) => number) | undefined {
+  const file = path.join(dir, 'moe-compression.json');
+  if (!fs.existsSync(file)) return undefined;
+  const kept = (JSON.parse(fs.readFileSync(file, 'utf8')) as { kept?: Record<string, number[]> }).kept;
+  if (!kept) return undefined;
+  return (layer, expert) => kept[String(layer)]?.[expert] ?? expert;
 }
 
 /** Throws the CI gate's failure after the report is printed (main maps it to exit 1). */

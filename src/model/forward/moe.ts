@@ -31,8 +31,11 @@ function topk(v: Float64Array | Float32Array, k: number, from = 0, len = v.lengt
   return idx;
 }
 
-/** Applies the routing rule to router logits [tokens, E]. */
-export function route(logits: Float32Array, tokens: number, E: number, rule: RoutingRule, correctionBias?: Float32Array): Routing {
+/**
+ * Applies the routing rule to router logits [tokens, E]. With `allowed`, the other experts are masked out as if
+ * their logits were −∞ (NAEE's re-routing after dropping experts): they get probability 0 and are never selected.
+ */
+export function route(logits: Float32Array, tokens: number, E: number, rule: RoutingRule, correctionBias?: Float32Array, allowed?: Uint8Array): Routing {
   const k = rule.topK;
   const experts = new Int32Array(tokens * k);
   const weights = new Float32Array(tokens * k);
@@ -43,14 +46,14 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
     const row = n * E;
     if (rule.scoring === 'softmax') {
       let max = -Infinity;
-      for (let e = 0; e < E; e++) max = Math.max(max, logits[row + e]);
+      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) max = Math.max(max, logits[row + e]);
       let sum = 0;
-      for (let e = 0; e < E; e++) sum += Math.exp(logits[row + e] - max);
-      for (let e = 0; e < E; e++) probs[row + e] = Math.exp(logits[row + e] - max) / sum;
+      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) sum += Math.exp(logits[row + e] - max);
+      for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? Math.exp(logits[row + e] - max) / sum : 0;
     } else {
-      for (let e = 0; e < E; e++) probs[row + e] = sigmoid(logits[row + e]);
+      for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? sigmoid(logits[row + e]) : 0;
     }
-    for (let e = 0; e < E; e++) choice[e] = probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
+    for (let e = 0; e < E; e++) choice[e] = allowed && !allowed[e] ? -Infinity : probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
     if (rule.nGroup > 1) {
       // Keep the best topkGroup groups; the others' experts score 0 (V2) or −∞ (V3), as transformers masks them.
       const groupScores = new Float64Array(rule.nGroup);
@@ -60,7 +63,7 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
       }
       const keep = new Set(topk(groupScores, rule.topkGroup));
       const masked = rule.groupMask === 'zero' ? 0 : -Infinity;
-      for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / perGroup))) choice[e] = masked;
+      for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / perGroup)) && (!allowed || allowed[e])) choice[e] = masked;
     }
     const sel = topk(choice, k);
     let sum = 0;

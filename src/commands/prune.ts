@@ -1,0 +1,190 @@
+/**
+ * `moe prune MODEL --stats STATS --method M --keep K -o OUT`: drops the same number of routed experts in every
+ * MoE layer (a Hugging Face config holds one expert count) and writes a plain checkpoint with the kept experts
+ * renumbered 0..K−1, the router rows and biases sliced to match, and a moe-compression.json record.
+ */
+import * as path from 'node:path';
+import { createBackend } from '../backend/index';
+import type { Backend, BackendName } from '../backend/backend';
+import { CalibrationStats, fingerprint } from '../calib/stats';
+import { UsageError } from '../errors';
+import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { withOutput } from '../io/output';
+import type { Architecture } from '../model/arch';
+import { LayerReduction, writeReduced } from '../model/reduce';
+import { loadArchitecture } from '../model/registry';
+import { LayerChoice, PRUNE_METHODS, pruneMethod } from '../prune/methods';
+import { ReconstructionProblem } from '../prune/reconstruct';
+import { checkConstraints, KeepConstraints } from '../prune/select';
+import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
+import type { Context } from '../ui/progress';
+import { DEFAULT_MAX_SHARD_BYTES } from './convert';
+
+export const COMPRESSION_FILE = 'moe-compression.json';
+export const DEFAULT_NAEE_LIMIT = 20000;
+
+export interface PruneOptions {
+  model: string;
+  stats: string;
+  method: string;
+  keep?: number;
+  ratio?: number;
+  output: string;
+  protectSuperExperts?: boolean;
+  superFactor?: number;
+  naeeLimit?: number;
+  /** Also compute the NAEE reconstruction loss of the kept set for methods other than naee. */
+  loss?: boolean;
+  seed?: number;
+  backend?: BackendName;
+  maxShardBytes?: number;
+  force?: boolean;
+  dryRun?: boolean;
+}
+
+export interface PrunedLayer {
+  layer: number;
+  kept: number[];
+  dropped: number[];
+  super_experts: number[];
+  search: LayerChoice['search'];
+  scores?: number[];
+  /** Mean squared error of the layer's routed output on the calibration samples with only the kept experts. */
+  reconstruction_loss?: number;
+  evaluated?: number;
+}
+
+export interface PruneReport {
+  model: string;
+  output: string;
+  method: string;
+  experts_before: number;
+  experts_after: number;
+  top_k: number;
+  dry_run: boolean;
+  protect_super_experts: boolean;
+  layers: PrunedLayer[];
+  bytes_written: number;
+  seconds: number;
+}
+
+/** K from --keep or --ratio, checked against top-k and DeepSeek's routing groups before anything is read. */
+export function resolveKeep(arch: Architecture, keep: number | undefined, ratio: number | undefined): number {
+  const E = arch.numExperts;
+  if ((keep === undefined) === (ratio === undefined)) throw new UsageError('give exactly one of --keep K or --ratio R');
+  if (ratio !== undefined && !(ratio > 0 && ratio <= 1)) throw new UsageError(`--ratio ${ratio} must be in (0, 1]`);
+  const K = keep ?? Math.round(E * ratio!);
+  if (!Number.isInteger(K) || K < 1 || K > E) throw new UsageError(`keeping ${K} experts is impossible: the model has ${E} per MoE layer`);
+  if (K < arch.topK) throw new UsageError(`keeping ${K} experts is fewer than the ${arch.topK} each token routes to (num_experts_per_tok)`, { hint: `keep at least ${arch.topK}` });
+  const r = arch.routing;
+  if (r.nGroup > 1) {
+    const ok = (k: number) => k % r.nGroup === 0 && (r.groupScore !== 'top2sum' || k / r.nGroup >= 2) && r.topkGroup * (k / r.nGroup) >= arch.topK;
+    if (!ok(K)) {
+      let up = K;
+      while (up <= E && !ok(up)) up++;
+      throw new UsageError(`keeping ${K} experts breaks the ${r.nGroup} routing groups (n_group): each group must keep the same number${r.groupScore === 'top2sum' ? ', at least 2,' : ''} and topk_group × per-group count must reach top-k`, {
+        hint: up <= E ? `try --keep ${up}` : 'keep more experts',
+      });
+    }
+  }
+  return K;
+}
+
+export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneReport> {
+  const started = Date.now();
+  const method = pruneMethod(opts.method);
+  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}` });
+  const ckpt = openCheckpoint(opts.model);
+  const arch = loadArchitecture(ckpt);
+  const K = resolveKeep(arch, opts.keep, opts.ratio);
+  const stats = new CalibrationStats(opts.stats);
+  let be: Backend | undefined;
+  const reader = new TensorReader(ckpt);
+  try {
+    stats.checkModel(ckpt);
+    const needProblem = method.name === 'naee' || !!opts.loss;
+    if (needProblem) be = await createBackend(opts.backend ?? 'onnx');
+    const problems = new Map<number, ReconstructionProblem>();
+    const problem = async (layer: number) => {
+      if (!problems.has(layer)) {
+        const x = stats.f32(`layers.${layer}.moe.naee_in`);
+        problems.set(layer, await ReconstructionProblem.build(be!, reader, arch, layer, x, x.length / arch.hidden));
+      }
+      return problems.get(layer)!;
+    };
+    const layers: PrunedLayer[] = [];
+    const progress = ctx.progress(`prune (${method.name})`, arch.moeLayers.length);
+    for (const layer of arch.moeLayers) {
+      const supers = superExperts(stats, layer, opts.superFactor ?? SUPER_EXPERT_FACTOR);
+      const c: KeepConstraints = { experts: arch.numExperts, keep: K, groups: arch.routing.nGroup, protect: new Set(opts.protectSuperExperts ? supers : []) };
+      checkConstraints(c, layer);
+      const choice = await method.select(layer, c, { stats, seed: opts.seed ?? 0, naeeLimit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT, problem });
+      const kept = choice.kept;
+      layers.push({
+        layer,
+        kept,
+        dropped: [...Array(arch.numExperts).keys()].filter((e) => !kept.includes(e)),
+        super_experts: supers,
+        search: choice.search,
+        scores: choice.scores,
+        reconstruction_loss: needProblem ? (await problem(layer)).loss(kept) : undefined,
+        evaluated: choice.evaluated,
+      });
+      problems.delete(layer);
+      progress.tick();
+    }
+    progress.done();
+    if (layers.some((l) => l.search === 'greedy')) ctx.warn(`NAEE: more than ${opts.naeeLimit ?? DEFAULT_NAEE_LIMIT} subsets per layer, searched greedily (dropping one expert at a time)`);
+    const report: PruneReport = {
+      model: ckpt.dir,
+      output: path.resolve(opts.output),
+      method: method.name,
+      experts_before: arch.numExperts,
+      experts_after: K,
+      top_k: arch.topK,
+      dry_run: !!opts.dryRun,
+      protect_super_experts: !!opts.protectSuperExperts,
+      layers,
+      bytes_written: 0,
+      seconds: 0,
+    };
+    if (!opts.dryRun) {
+      await withOutput(opts.output, { force: opts.force }, (out) => {
+        const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
+        const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+        const bar = ctx.progress('write', total, 'bytes');
+        report.bytes_written = writeReduced(ckpt, arch, plan, K, out, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, (n) => bar.tick(n)).bytes;
+        bar.done();
+        out.writeJson(COMPRESSION_FILE, {
+          tool: 'moe',
+          operation: 'prune',
+          method: method.name,
+          paper: method.paper ?? null,
+          params: { keep: K, ratio: opts.ratio ?? null, protect_super_experts: !!opts.protectSuperExperts, super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR, seed: opts.seed ?? 0, naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT },
+          experts_before: arch.numExperts,
+          experts_after: K,
+          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
+          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+        });
+      });
+    }
+    report.seconds = (Date.now() - started) / 1000;
+    return report;
+  } finally {
+    reader.close();
+    stats.close();
+    await be?.dispose();
+  }
+}
+
+export function formatPrune(r: PruneReport): string {
+  const lines = [
+    `${r.dry_run ? 'dry run: would prune' : `wrote ${r.output}: pruned`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method}${r.dry_run ? '' : ` (${(r.bytes_written / 1e6).toFixed(1)} MB, ${r.seconds.toFixed(1)} s)`}`,
+  ];
+  for (const l of r.layers) {
+    const loss = l.reconstruction_loss !== undefined ? `  loss ${l.reconstruction_loss.toExponential(3)}` : '';
+    const supers = l.super_experts.length ? `  super ${l.super_experts.join(',')}` : '';
+    lines.push(`  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}`);
+  }
+  return lines.join('\n');
+}

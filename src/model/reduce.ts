@@ -1,0 +1,110 @@
+/**
+ * Writing a checkpoint with fewer routed experts per MoE layer (prune and merge): new expert i of a layer is a
+ * copy of an old expert (bit-exact) or a tensor computed by the caller (a merge). The router rows and the
+ * correction bias are sliced or supplied in the same order; every other tensor is copied bit-exact; the config's
+ * expert-count key(s) change. Streams tensor by tensor.
+ */
+import type { Checkpoint } from '../io/checkpoint';
+import { TensorReader } from '../io/checkpoint';
+import { dtypeBytes } from '../io/dtype';
+import { OutputFolder } from '../io/output';
+import { PlannedTensor, ShardedWriter } from '../io/writer';
+import type { Architecture, Proj } from './arch';
+import { PROJS } from './arch';
+
+/** Per MoE layer, what each new expert is made of. */
+export interface LayerReduction {
+  /** New expert i copies old expert copyOf[i] (its router row and bias entry too), unless computed below. */
+  copyOf: number[];
+  /** Computed tensors for new experts (raw bytes in the source dtype), by new index and projection. */
+  computed?: (newExpert: number, proj: Proj) => Uint8Array | undefined;
+  /** A computed router (rows for the new experts) or correction bias, raw bytes in the source dtype. */
+  router?: Uint8Array;
+  correctionBias?: Uint8Array;
+}
+
+const COPY_CHUNK_BYTES = 16 * 1024 * 1024;
+
+function sliceRows(bytes: Uint8Array, rowBytes: number, rows: number[]): Uint8Array {
+  const out = new Uint8Array(rows.length * rowBytes);
+  rows.forEach((r, i) => out.set(bytes.subarray(r * rowBytes, (r + 1) * rowBytes), i * rowBytes));
+  return out;
+}
+
+export interface ReducedWrite {
+  tensors: number;
+  bytes: number;
+}
+
+/** Writes the reduced checkpoint into `out` (an open OutputFolder); `keep` is the new expert count. */
+export function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, out: OutputFolder, maxShardBytes: number, onBytes?: (n: number) => void): ReducedWrite {
+  // Source name of every output tensor, in the source order; new experts take the place of the old ones.
+  const items: { name: string; src?: string; make?: () => Uint8Array; dtype: PlannedTensor['dtype']; shape: number[] }[] = [];
+  const reader = new TensorReader(ckpt);
+  const position = new Map([...ckpt.tensors.keys()].map((n, i) => [n, i]));
+  try {
+    for (const t of ckpt.tensors.values()) {
+      const role = arch.classify(t.name);
+      const layerPlan = role && 'layer' in role ? plan.get(role.layer) : undefined;
+      if (!layerPlan || !role) {
+        items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
+        continue;
+      }
+      if (role.kind === 'expert') {
+        // Emit the whole new expert set once, where old expert 0's first projection stood.
+        if (role.expert !== 0 || role.proj !== firstProj(arch, role.layer, position)) continue;
+        for (let i = 0; i < keep; i++) {
+          for (const proj of PROJS) {
+            const srcName = arch.expertKey(role.layer, layerPlan.copyOf[i], proj);
+            const src = ckpt.tensors.get(srcName)!;
+            const computed = layerPlan.computed?.(i, proj);
+            items.push({ name: arch.expertKey(role.layer, i, proj), src: computed ? undefined : srcName, make: computed ? () => computed : undefined, dtype: src.dtype, shape: src.shape });
+          }
+        }
+      } else if (role.kind === 'router' || role.kind === 'router_bias') {
+        const isRouter = role.kind === 'router';
+        const given = isRouter ? layerPlan.router : layerPlan.correctionBias;
+        const rowBytes = (t.shape.length === 2 ? t.shape[1] : 1) * dtypeBytes(t.dtype);
+        const shape = isRouter ? [keep, t.shape[1]] : [keep];
+        items.push({ name: t.name, make: () => given ?? sliceRows(reader.bytes(t.name), rowBytes, layerPlan.copyOf), dtype: t.dtype, shape });
+      } else {
+        items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
+      }
+    }
+    const writer = new ShardedWriter(out.tmp, items.map(({ name, dtype, shape }) => ({ name, dtype, shape })), { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
+    let bytes = 0;
+    for (const it of items) {
+      const pieces = it.src ? reader.chunks(it.src, COPY_CHUNK_BYTES) : [it.make!()];
+      writer.writeChunks(
+        it.name,
+        (function* () {
+          for (const p of pieces) {
+            bytes += p.byteLength;
+            onBytes?.(p.byteLength);
+            yield p;
+          }
+        })(),
+      );
+    }
+    writer.finish();
+    out.writeJson('config.json', arch.rewriteConfig(keep));
+    out.copyAuxFiles(ckpt.dir);
+    return { tensors: items.length, bytes };
+  } finally {
+    reader.close();
+  }
+}
+
+/** The projection of a layer's expert 0 that comes first in the checkpoint (where the new experts are written). */
+function firstProj(arch: Architecture, layer: number, position: Map<string, number>): Proj {
+  let best: Proj = 'gate';
+  let at = Infinity;
+  for (const p of PROJS) {
+    const i = position.get(arch.expertKey(layer, 0, p)) ?? Infinity;
+    if (i < at) {
+      at = i;
+      best = p;
+    }
+  }
+  return best;
+}
