@@ -89,7 +89,6 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExamples:\n  moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats\n  moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq')
     .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
       const { calibrate, formatCalibrate } = await import('./commands/calibrate');
-      const num = (v: unknown, flag: string, min: number) => (v === undefined ? undefined : parseIntArg(String(v), flag, min));
       const report = await calibrate(
         {
           model,
@@ -135,13 +134,6 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExamples:\n  moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50\n  moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run')
     .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
       const { prune, formatPrune } = await import('./commands/prune');
-      const num = (v: unknown, flag: string, min: number) => (v === undefined ? undefined : parseIntArg(String(v), flag, min));
-      const real = (v: unknown, flag: string) => {
-        if (v === undefined) return undefined;
-        const n = Number(v);
-        if (!Number.isFinite(n)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a number`);
-        return n;
-      };
       const report = await prune(
         {
           model,
@@ -186,8 +178,7 @@ export function buildCli(): Command {
     )
     .action(async (model: string, opts: OutputOpts & Record<string, string | undefined>, cmd: Command) => {
       const { evalCommand, formatEval, checkGate } = await import('./commands/eval');
-      const num = (v: string | undefined, flag: string, min: number) => (v === undefined ? undefined : parseIntArg(v, flag, min));
-      const pct = opts.maxPplIncrease === undefined ? undefined : Number(opts.maxPplIncrease);
+      const pct = real(opts.maxPplIncrease, '--max-ppl-increase');
       const report = await evalCommand(
         {
           model,
@@ -244,6 +235,19 @@ export function buildCli(): Command {
     });
 
   return program;
+}
+
+/** An optional integer flag value (undefined when absent). */
+function num(v: unknown, flag: string, min: number): number | undefined {
+  return v === undefined ? undefined : parseIntArg(String(v), flag, min);
+}
+
+/** An optional real-number flag value. */
+function real(v: unknown, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new UsageError(`${flag} ${JSON.stringify(v)} is not a number`);
+  return n;
 }
 
 function parseSets(items: string[]): Record<string, unknown> {

@@ -5,7 +5,7 @@
  */
 import type { Backend } from '../backend/backend';
 import { ForwardPass } from '../model/forward/model';
-import { batches } from '../eval/perplexity';
+import { batches, concat } from '../eval/perplexity';
 import type { Context } from '../ui/progress';
 import { LayerCollector } from './collector';
 import { HiddenStore } from './hidden-store';
@@ -68,14 +68,4 @@ export async function calibrateLayers(
   } finally {
     store.close();
   }
-}
-
-function concat(ws: Int32Array[]): Int32Array {
-  const out = new Int32Array(ws.reduce((s, w) => s + w.length, 0));
-  let at = 0;
-  for (const w of ws) {
-    out.set(w, at);
-    at += w.length;
-  }
-  return out;
 }

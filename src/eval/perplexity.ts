@@ -47,7 +47,8 @@ export function batches(windows: Int32Array[], batchTokens: number): Int32Array[
   return out;
 }
 
-function concat(ws: Int32Array[]): Int32Array {
+/** Windows laid end to end: the ids of one batch. */
+export function concat(ws: Int32Array[]): Int32Array {
   const out = new Int32Array(ws.reduce((s, w) => s + w.length, 0));
   let at = 0;
   for (const w of ws) {
