@@ -158,6 +158,51 @@ export function buildCli(): Command {
     });
 
   program
+    .command('merge')
+    .description('merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint')
+    .argument('<model>', 'model folder')
+    .requiredOption('--stats <dir>', 'calibration stats from moe calibrate on this model')
+    .addOption(new Option('--method <name>', 'how experts are grouped and merged').choices(['msmoe', 'hcsmoe', 'average']).makeOptionMandatory())
+    .option('--keep <k>', 'experts per MoE layer after merging')
+    .option('--ratio <r>', 'share of experts kept per MoE layer, e.g. 0.5')
+    .requiredOption('-o, --output <dir>', 'destination folder')
+    .addOption(new Option('--similarity <kind>', 'expert similarity (default: msmoe router-logits, hcsmoe expert-output)').choices(['router-logits', 'expert-output', 'weights']))
+    .addOption(new Option('--linkage <kind>', 'hcsmoe linkage').choices(['single', 'complete', 'average']).default('average'))
+    .addOption(new Option('--align <on|off>', 'neuron alignment before averaging (default: on for msmoe)').choices(['on', 'off']))
+    .addOption(new Option('--router <mode>', 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean').choices(['dominant', 'weighted']))
+    .option('--seed <n>', 'seed for the random projection of wide alignments', '0')
+    .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
+    .option('--max-shard-size <size>', 'largest shard', '5GB')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', 'print the groups and write nothing')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe merge ./model --stats ./stats --method msmoe --ratio 0.5 -o ./model-msmoe50\n  moe merge ./model --stats ./stats --method hcsmoe --keep 4 --linkage complete --dry-run')
+    .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
+      const { merge, formatMerge } = await import('./commands/merge');
+      const report = await merge(
+        {
+          model,
+          stats: String(opts.stats),
+          method: String(opts.method),
+          keep: num(opts.keep, '--keep', 1),
+          ratio: real(opts.ratio, '--ratio'),
+          output: String(opts.output),
+          similarity: opts.similarity as 'router-logits' | 'expert-output' | 'weights' | undefined,
+          linkage: opts.linkage as 'single' | 'complete' | 'average',
+          align: opts.align === undefined ? undefined : opts.align === 'on',
+          router: opts.router as 'dominant' | 'weighted' | undefined,
+          seed: num(opts.seed, '--seed', 0),
+          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
+          maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
+          force: !!opts.force,
+          dryRun: !!opts.dryRun,
+        },
+        context(cmd, !!opts.json),
+      );
+      emit(report, opts, formatMerge);
+    });
+
+  program
     .command('eval')
     .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
     .argument('<model>', 'model folder')

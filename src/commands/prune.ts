@@ -149,11 +149,11 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      await withOutput(opts.output, { force: opts.force }, (out) => {
+      await withOutput(opts.output, { force: opts.force }, async (out) => {
         const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
         const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
         const bar = ctx.progress('write', total, 'bytes');
-        report.bytes_written = writeReduced(ckpt, arch, plan, K, out, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, (n) => bar.tick(n)).bytes;
+        report.bytes_written = (await writeReduced(ckpt, arch, plan, K, out, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, (n) => bar.tick(n))).bytes;
         bar.done();
         out.writeJson(COMPRESSION_FILE, {
           tool: 'moe',

@@ -16,8 +16,9 @@ import { PROJS } from './arch';
 export interface LayerReduction {
   /** New expert i copies old expert copyOf[i] (its router row and bias entry too), unless computed below. */
   copyOf: number[];
-  /** Computed tensors for new experts (raw bytes in the source dtype), by new index and projection. */
-  computed?: (newExpert: number, proj: Proj) => Uint8Array | undefined;
+  /** New experts whose weights are computed (a merge), and how: raw bytes in the source dtype per projection. */
+  computed?: Set<number>;
+  compute?: (newExpert: number) => Promise<Record<Proj, Uint8Array>>;
   /** A computed router (rows for the new experts) or correction bias, raw bytes in the source dtype. */
   router?: Uint8Array;
   correctionBias?: Uint8Array;
@@ -37,9 +38,16 @@ export interface ReducedWrite {
 }
 
 /** Writes the reduced checkpoint into `out` (an open OutputFolder); `keep` is the new expert count. */
-export function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, out: OutputFolder, maxShardBytes: number, onBytes?: (n: number) => void): ReducedWrite {
+export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, out: OutputFolder, maxShardBytes: number, onBytes?: (n: number) => void): Promise<ReducedWrite> {
   // Source name of every output tensor, in the source order; new experts take the place of the old ones.
-  const items: { name: string; src?: string; make?: () => Uint8Array; dtype: PlannedTensor['dtype']; shape: number[] }[] = [];
+  const items: { name: string; src?: string; make?: () => Uint8Array | Promise<Uint8Array>; dtype: PlannedTensor['dtype']; shape: number[] }[] = [];
+  // Computed experts are made one at a time, when the writer reaches them.
+  let last: { key: string; value: Promise<Record<Proj, Uint8Array>> } | undefined;
+  const computedExpert = (layer: number, p: LayerReduction, i: number) => {
+    const key = `${layer}/${i}`;
+    if (last?.key !== key) last = { key, value: p.compute!(i) };
+    return last.value;
+  };
   const reader = new TensorReader(ckpt);
   const position = new Map([...ckpt.tensors.keys()].map((n, i) => [n, i]));
   try {
@@ -57,8 +65,15 @@ export function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<num
           for (const proj of PROJS) {
             const srcName = arch.expertKey(role.layer, layerPlan.copyOf[i], proj);
             const src = ckpt.tensors.get(srcName)!;
-            const computed = layerPlan.computed?.(i, proj);
-            items.push({ name: arch.expertKey(role.layer, i, proj), src: computed ? undefined : srcName, make: computed ? () => computed : undefined, dtype: src.dtype, shape: src.shape });
+            const computed = layerPlan.computed?.has(i);
+            const layer = role.layer;
+            items.push({
+              name: arch.expertKey(layer, i, proj),
+              src: computed ? undefined : srcName,
+              make: computed ? async () => (await computedExpert(layer, layerPlan, i))[proj] : undefined,
+              dtype: src.dtype,
+              shape: src.shape,
+            });
           }
         }
       } else if (role.kind === 'router' || role.kind === 'router_bias') {
@@ -74,7 +89,7 @@ export function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<num
     const writer = new ShardedWriter(out.tmp, items.map(({ name, dtype, shape }) => ({ name, dtype, shape })), { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     let bytes = 0;
     for (const it of items) {
-      const pieces = it.src ? reader.chunks(it.src, COPY_CHUNK_BYTES) : [it.make!()];
+      const pieces = it.src ? reader.chunks(it.src, COPY_CHUNK_BYTES) : [await it.make!()];
       writer.writeChunks(
         it.name,
         (function* () {

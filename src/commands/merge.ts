@@ -1,0 +1,206 @@
+/**
+ * `moe merge MODEL --stats STATS --method msmoe|hcsmoe|average --keep K -o OUT`: merges each MoE layer's routed
+ * experts into K, writing a plain checkpoint (the same contract as prune: experts renumbered, router rows
+ * chosen or averaged per group, config updated, moe-compression.json listing each group's members and weights).
+ */
+import * as path from 'node:path';
+import { createBackend } from '../backend/index';
+import type { BackendName } from '../backend/backend';
+import { CalibrationStats, fingerprint } from '../calib/stats';
+import { UsageError } from '../errors';
+import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { fromFloat32 } from '../io/dtype';
+import { withOutput } from '../io/output';
+import type { Architecture, Proj } from '../model/arch';
+import { LayerReduction, writeReduced } from '../model/reduce';
+import { loadArchitecture } from '../model/registry';
+import { alignExperts, ExpertWeights, permuteExpert } from '../merge/align';
+import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/grouping';
+import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
+import type { Context } from '../ui/progress';
+import { DEFAULT_MAX_SHARD_BYTES } from './convert';
+import { COMPRESSION_FILE, resolveKeep } from './prune';
+
+export interface MergeOptions {
+  model: string;
+  stats: string;
+  method: string;
+  keep?: number;
+  ratio?: number;
+  output: string;
+  similarity?: Similarity;
+  linkage?: Linkage;
+  align?: boolean;
+  router?: 'dominant' | 'weighted';
+  seed?: number;
+  backend?: BackendName;
+  maxShardBytes?: number;
+  force?: boolean;
+  dryRun?: boolean;
+}
+
+export interface MergedGroup extends MergeGroup {
+  weights: number[];
+  /** Per aligned member: the matching used and the mean neuron-feature cosine before and after. */
+  alignment?: { member: number; method: 'exact' | 'approximate'; score_before: number; score_after: number }[];
+}
+
+export interface MergeReport {
+  model: string;
+  output: string;
+  method: string;
+  similarity: Similarity;
+  align: boolean;
+  router: 'dominant' | 'weighted';
+  experts_before: number;
+  experts_after: number;
+  dry_run: boolean;
+  layers: { layer: number; groups: MergedGroup[] }[];
+  seconds: number;
+}
+
+/** Pairwise similarity of a layer's experts [E, E]. */
+function similarity(kind: Similarity, stats: CalibrationStats, reader: TensorReader, arch: Architecture, layer: number): Float64Array {
+  const E = arch.numExperts;
+  if (kind === 'router-logits') return stats.f64(`layers.${layer}.moe.router_cos`);
+  if (kind === 'expert-output') return cosineMatrix(stats.f32(`layers.${layer}.moe.out_mean`), E, arch.hidden);
+  // weights: cosine of the flattened [gate; up; down] of each pair, accumulated projection by projection.
+  const gram = new Float64Array(E * E);
+  for (const p of ['gate', 'up', 'down'] as Proj[]) {
+    const ws = [...Array(E).keys()].map((e) => reader.f32(arch.expertKey(layer, e, p)));
+    for (let a = 0; a < E; a++) {
+      for (let b = a; b < E; b++) {
+        let s = 0;
+        for (let i = 0; i < ws[a].length; i++) s += ws[a][i] * ws[b][i];
+        gram[a * E + b] += s;
+        if (a !== b) gram[b * E + a] += s;
+      }
+    }
+  }
+  const cos = new Float64Array(E * E);
+  for (let a = 0; a < E; a++) for (let b = 0; b < E; b++) cos[a * E + b] = gram[a * E + b] / Math.sqrt(gram[a * E + a] * gram[b * E + b] || 1);
+  return cos;
+}
+
+function loadExpert(reader: TensorReader, arch: Architecture, layer: number, e: number): ExpertWeights {
+  return { gate: reader.f32(arch.expertKey(layer, e, 'gate')), up: reader.f32(arch.expertKey(layer, e, 'up')), down: reader.f32(arch.expertKey(layer, e, 'down')) };
+}
+
+export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeReport> {
+  const started = Date.now();
+  const method = mergeMethod(opts.method);
+  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${MERGE_METHODS.map((m) => m.name).join(', ')}` });
+  const ckpt = openCheckpoint(opts.model);
+  const arch = loadArchitecture(ckpt);
+  const K = resolveKeep(arch, opts.keep, opts.ratio);
+  const sim = opts.similarity ?? method.defaults.similarity;
+  const align = opts.align ?? method.defaults.align;
+  const routerMode = opts.router ?? method.defaults.router;
+  const stats = new CalibrationStats(opts.stats);
+  const reader = new TensorReader(ckpt);
+  const be = await createBackend(opts.backend ?? 'onnx');
+  const h = arch.hidden;
+  const width = arch.expertWidth;
+  try {
+    stats.checkModel(ckpt);
+    const layers: MergeReport['layers'] = [];
+    const plan = new Map<number, LayerReduction>();
+    for (const layer of arch.moeLayers) {
+      const freq = stats.frequency(layer);
+      const groups = method.groups(freq, similarity(sim, stats, reader, arch, layer), arch.numExperts, K, arch.routing.nGroup, opts.linkage ?? 'average');
+      const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: memberWeights(freq, g.members, method.defaults.uniform) }));
+      layers.push({ layer, groups: merged });
+      plan.set(layer, reduction(layer, merged));
+    }
+    const report: MergeReport = {
+      model: ckpt.dir,
+      output: path.resolve(opts.output),
+      method: method.name,
+      similarity: sim,
+      align,
+      router: routerMode,
+      experts_before: arch.numExperts,
+      experts_after: K,
+      dry_run: !!opts.dryRun,
+      layers,
+      seconds: 0,
+    };
+    if (!opts.dryRun) {
+      await withOutput(opts.output, { force: opts.force }, async (out) => {
+        const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+        const bar = ctx.progress('merge', total, 'bytes');
+        await writeReduced(ckpt, arch, plan, K, out, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, (n) => bar.tick(n));
+        bar.done();
+        out.writeJson(COMPRESSION_FILE, {
+          tool: 'moe',
+          operation: 'merge',
+          method: method.name,
+          paper: method.paper ?? null,
+          params: { keep: K, similarity: sim, align, router: routerMode, linkage: opts.linkage ?? 'average', seed: opts.seed ?? 0 },
+          experts_before: arch.numExperts,
+          experts_after: K,
+          // For routing comparisons an expert stands for its representative.
+          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
+          groups: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null }))])),
+          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+        });
+      });
+    }
+    report.seconds = (Date.now() - started) / 1000;
+    return report;
+  } finally {
+    reader.close();
+    stats.close();
+    await be.dispose();
+  }
+
+  function reduction(layer: number, groups: MergedGroup[]): LayerReduction {
+    const computed = new Set(groups.map((g, i) => (g.members.length > 1 ? i : -1)).filter((i) => i >= 0));
+    const r: LayerReduction = {
+      copyOf: groups.map((g) => g.dominant),
+      computed,
+      compute: async (i) => {
+        const g = groups[i];
+        const dominant = loadExpert(reader, arch, layer, g.dominant);
+        const sum: ExpertWeights = { gate: new Float32Array(dominant.gate.length), up: new Float32Array(dominant.up.length), down: new Float32Array(dominant.down.length) };
+        g.alignment = [];
+        for (let m = 0; m < g.members.length; m++) {
+          let w = m === 0 ? dominant : loadExpert(reader, arch, layer, g.members[m]);
+          if (m > 0 && align) {
+            const a = await alignExperts(be, dominant, w, width, h, opts.seed ?? 0);
+            g.alignment.push({ member: g.members[m], method: a.method, score_before: a.scoreBefore, score_after: a.scoreAfter });
+            w = permuteExpert(w, a.perm, width, h);
+          }
+          for (const p of ['gate', 'up', 'down'] as Proj[]) for (let j = 0; j < sum[p].length; j++) sum[p][j] += g.weights[m] * w[p][j];
+        }
+        const dtype = (p: Proj) => reader.dtype(arch.expertKey(layer, g.dominant, p));
+        return { gate: fromFloat32(sum.gate, dtype('gate')), up: fromFloat32(sum.up, dtype('up')), down: fromFloat32(sum.down, dtype('down')) };
+      },
+    };
+    if (routerMode === 'weighted') {
+      const rows = reader.f32(arch.routerKey(layer));
+      const out = new Float32Array(groups.length * h);
+      groups.forEach((g, i) => g.members.forEach((e, m) => {
+        for (let j = 0; j < h; j++) out[i * h + j] += g.weights[m] * rows[e * h + j];
+      }));
+      r.router = fromFloat32(out, reader.dtype(arch.routerKey(layer)));
+      const biasKey = arch.correctionBiasKey(layer);
+      if (biasKey) {
+        const bias = reader.f32(biasKey);
+        r.correctionBias = fromFloat32(Float32Array.from(groups, (g) => g.members.reduce((s, e, m) => s + g.weights[m] * bias[e], 0)), reader.dtype(biasKey));
+      }
+    }
+    return r;
+  }
+}
+
+export function formatMerge(r: MergeReport): string {
+  const lines = [`${r.dry_run ? 'dry run: would merge' : `wrote ${r.output}: merged`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method} (similarity ${r.similarity}, alignment ${r.align ? 'on' : 'off'}, router ${r.router}, ${r.seconds.toFixed(1)} s)`];
+  for (const l of r.layers) {
+    const groups = l.groups.map((g) => `[${g.members.join(',')}]`).join(' ');
+    const aligned = l.groups.flatMap((g) => g.alignment ?? []);
+    const score = aligned.length ? `  alignment ${(aligned.reduce((s, a) => s + a.score_before, 0) / aligned.length).toFixed(3)} → ${(aligned.reduce((s, a) => s + a.score_after, 0) / aligned.length).toFixed(3)} (${aligned[0].method})` : '';
+    lines.push(`  layer ${String(l.layer).padStart(3)}  ${groups}${score}`);
+  }
+  return lines.join('\n');
+}
