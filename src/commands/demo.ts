@@ -1,6 +1,7 @@
 /**
- * `moe demo` (what `npm start` runs): the main job on the bundled trained fixture. For now it runs what exists:
- * inspect, then a streamed re-shard and cast round trip that is re-opened and checked bit for bit.
+ * `moe demo` (what `npm start` runs): the main job on the bundled trained fixture: inspect, calibrate on the
+ * calibration text, prune (REAP) and merge (M-SMoE) to half the experts, evaluate each against the original on
+ * the held-out text, and check a bf16 → f32 → bf16 round trip. Prints a summary table.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -9,38 +10,80 @@ import { InternalError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
-import { convert, ConvertReport } from './convert';
+import { calibrate } from './calibrate';
+import { convert } from './convert';
+import { evalCommand, EvalReport } from './eval';
 import { formatInspect, inspect, InspectReport } from './inspect';
+import { merge } from './merge';
+import { prune } from './prune';
 
 export const FIXTURE_MODEL = path.join(__dirname, '..', '..', 'fixtures', 'tiny-moe');
+const TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text');
+
+export interface DemoRow {
+  model: string;
+  params: number;
+  bytes: number;
+  perplexity: number;
+  ppl_increase_pct: number;
+  kl_mean: number;
+  top1_agreement: number;
+}
 
 export interface DemoReport {
   model: string;
   inspect: InspectReport;
   steps: { name: string; seconds: number; detail: string }[];
+  results: DemoRow[];
   round_trip_identical: boolean;
 }
 
 export async function demo(ctx: Context, model = FIXTURE_MODEL): Promise<DemoReport> {
   const steps: DemoReport['steps'] = [];
   const timed = async <T>(name: string, f: () => Promise<T> | T, detail: (r: T) => string): Promise<T> => {
+    ctx.log(`== ${name}`);
     const t0 = Date.now();
     const r = await f();
     steps.push({ name, seconds: (Date.now() - t0) / 1000, detail: detail(r) });
     return r;
   };
-  const info = await timed('inspect', () => inspect({ model }), (r) => `${r.params_total} params, ${r.moe_layers.length} MoE layers × ${r.experts_per_layer[0]} experts`);
+  const quietCtx: Context = { ...ctx, log: () => {} };
+  const info = await timed('inspect', () => inspect({ model }), (r) => `${(r.params_total / 1e6).toFixed(2)} M params, ${r.moe_layers.length} MoE layers × ${r.experts_per_layer[0]} experts, top-${r.top_k}`);
   ctx.log(formatInspect(info));
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-demo-'));
   try {
-    const f32 = path.join(work, 'f32-sharded');
+    const stats = path.join(work, 'stats');
+    const half = Math.max(info.top_k, Math.round(info.experts_per_layer[0] / 2));
+    await timed('calibrate (16k tokens)', () => calibrate({ model, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512 }, quietCtx), (r) => `${r.tokens} tokens`);
+    const pruned = path.join(work, 'prune-reap');
+    await timed(`prune: REAP → ${half} experts`, () => prune({ model, stats, method: 'reap', keep: half, output: pruned }, quietCtx), (r) => `kept ${r.layers.map((l) => `[${l.kept.join(',')}]`).join(' ')}`);
+    const merged = path.join(work, 'merge-msmoe');
+    await timed(`merge: M-SMoE → ${half} experts`, () => merge({ model, stats, method: 'msmoe', keep: half, output: merged }, quietCtx), (r) => `${r.layers[0].groups.map((g) => `[${g.members.join(',')}]`).join(' ')} in layer ${r.layers[0].layer}`);
+    const results: DemoRow[] = [];
+    const evalOne = async (name: string, dir: string) => {
+      const r: EvalReport = await timed(`eval ${name}`, () => evalCommand({ model: dir, baseline: dir === model ? undefined : model, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192 }, quietCtx), (e) => `perplexity ${e.perplexity.toFixed(2)}`);
+      results.push({
+        model: name,
+        params: r.size.params,
+        bytes: r.size.bytes,
+        perplexity: r.perplexity,
+        ppl_increase_pct: r.baseline?.ppl_increase_pct ?? 0,
+        kl_mean: r.baseline?.kl_mean ?? 0,
+        top1_agreement: r.baseline?.top1_agreement ?? 1,
+      });
+    };
+    await evalOne('original', model);
+    await evalOne(`prune REAP ${half}/${info.experts_per_layer[0]}`, pruned);
+    await evalOne(`merge M-SMoE ${half}/${info.experts_per_layer[0]}`, merged);
+    const f32 = path.join(work, 'f32');
     const back = path.join(work, 'bf16');
-    const maxShard = Math.ceil(info.bytes / 2); // cast to f32 doubles the size: expect about 4 shards
-    await timed('convert → f32, sharded', () => convert({ model, output: f32, dtype: 'f32', maxShardBytes: maxShard }, ctx), (r: ConvertReport) => `${r.shards} shards, ${formatBytes(r.bytes_out)}`);
-    await timed('convert → bf16, one file', () => convert({ model: f32, output: back, dtype: 'bf16', maxShardBytes: 5e9 }, ctx), (r: ConvertReport) => `${r.shards} shard, ${formatBytes(r.bytes_out)}`);
+    await timed('convert bf16 → f32 (sharded) → bf16', async () => {
+      await convert({ model, output: f32, dtype: 'f32', maxShardBytes: Math.ceil(info.bytes / 2) }, quietCtx);
+      return convert({ model: f32, output: back, dtype: 'bf16' }, quietCtx);
+    }, (r) => `${formatBytes(r.bytes_out)}`);
     const identical = await timed('verify round trip', () => sameTensors(model, back), (same) => (same ? 'every tensor bit-identical' : 'MISMATCH'));
     if (!identical) throw new InternalError('demo: the bf16 → f32 → bf16 round trip changed a tensor');
-    return { model, inspect: info, steps, round_trip_identical: identical };
+    return { model, inspect: info, steps, results, round_trip_identical: identical };
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }
@@ -67,7 +110,14 @@ export function sameTensors(a: string, b: string): boolean {
 }
 
 export function formatDemo(r: DemoReport): string {
-  const lines = ['', 'step                         seconds  result'];
-  for (const s of r.steps) lines.push(`${s.name.padEnd(28)} ${s.seconds.toFixed(2).padStart(7)}  ${s.detail}`);
+  const lines = ['', 'model                        params      size   perplexity      Δ   KL (nats)   top-1'];
+  for (const x of r.results) {
+    lines.push(
+      `${x.model.padEnd(26)} ${(x.params / 1e6).toFixed(2).padStart(6)} M ${formatBytes(x.bytes).padStart(9)} ${x.perplexity.toFixed(2).padStart(12)} ${`${x.ppl_increase_pct >= 0 ? '+' : ''}${x.ppl_increase_pct.toFixed(1)}%`.padStart(7)} ${x.kl_mean.toFixed(4).padStart(11)} ${(100 * x.top1_agreement).toFixed(1).padStart(6)}%`,
+    );
+  }
+  lines.push('', 'step                                       seconds  result');
+  for (const s of r.steps) lines.push(`${s.name.padEnd(42)} ${s.seconds.toFixed(2).padStart(7)}  ${s.detail}`);
+  lines.push('', 'eval: fixtures/text/eval.txt, first 8192 tokens, windows of 256; calibration: first 16384 tokens of calib.txt');
   return lines.join('\n');
 }
