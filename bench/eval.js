@@ -218,8 +218,11 @@ function main() {
     console.log(`machine: ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()}), load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
 
     const runs = [];
+    const busy = [];
     for (const T of o.threads) {
       const env = { OMP_NUM_THREADS: String(T), MKL_NUM_THREADS: String(T) };
+      const load = os.loadavg()[0];
+      if (load > 0.5) busy.push(`threads ${T}: load average ${load.toFixed(2)} when its runs started`);
       for (let rep = 0; rep < o.repeat; rep++) {
         console.error(`threads ${T}, round ${rep + 1}/${o.repeat}`);
         const moeArgs = [MOE, 'eval', model, '--data', ids, '--seq-len', String(o.seqLen), '--json', '--threads', String(T)];
@@ -304,6 +307,13 @@ function main() {
       const hfM = best(matchedWindows);
       if (matchedWindows > 1 && hfM) line += `; with moe's batching (${matchedWindows} windows/call): ${hfM.dtype} ${hfM.wall_seconds.toFixed(1)} s → ratio ${(hfM.wall_seconds / m).toFixed(2)}`;
       console.log(line);
+    }
+
+    if (busy.length) {
+      console.log(
+        `\nWARNING: other processes were using the CPU (${busy.join('; ')}). torch's OpenMP threads slow down far more than ` +
+          'onnxruntime when a core is taken (compare CPU s with wall s × threads): trust the 1-thread figures most, and run again.',
+      );
     }
 
     // Memory budget.

@@ -20,3 +20,38 @@ export interface Backend {
 }
 
 export type BackendName = 'onnx' | 'ref' | 'tfjs';
+
+/** Per-row statistics of one block of lm_head logits (see Backend.logitStats). */
+export interface LogitStats {
+  /** max over the block's logits, per row */
+  max: Float32Array;
+  /** Σ exp(logit − max) over the block, per row */
+  sumExp: Float32Array;
+  /** index (within the block) of the largest logit, per row */
+  argmax: Int32Array;
+  /** the logit of row r's target id when it lies in the block, else NaN */
+  target: Float32Array;
+}
+
+/**
+ * Fused operations: whole pieces of the forward pass in one call, so that no per-element work is left to
+ * JavaScript. Every backend implements them; RefBackend defines their exact meaning.
+ */
+export interface FusedOps {
+  /**
+   * Causal softmax attention of one window: softmax(q·kᵀ·scale + causal mask)·v per head, with q [H, T, dk],
+   * k [H, T, dk], v [H, T, dv] → [H, T, dv]. Position t attends to positions 0..t.
+   */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array>;
+  /**
+   * A SwiGLU MLP: act = silu(x·gateᵀ) ⊙ (x·upᵀ), out = act·downᵀ, with x [rows, hidden], gateUp [2·width, hidden]
+   * (gate rows first, then up rows), down [hidden, width] → out [rows, hidden]; act [rows, width] also when asked.
+   */
+  swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }>;
+  /**
+   * Statistics of logits = x·wᵀ for x [rows, hidden], w [count, hidden] (the lm_head rows of vocab ids
+   * start..start+count−1), without returning the logits: see LogitStats. targets [rows] holds absolute vocab ids
+   * (−1: none).
+   */
+  logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats>;
+}
