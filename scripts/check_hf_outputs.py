@@ -32,6 +32,8 @@ CASES = [
     ("prune-reap-50", ["prune", "--method", "reap", "--ratio", "0.5"]),
     ("prune-naee-50", ["prune", "--method", "naee", "--ratio", "0.5"]),
     ("prune-frequency-75", ["prune", "--method", "frequency", "--ratio", "0.75"]),
+    ("merge-msmoe-50", ["merge", "--method", "msmoe", "--ratio", "0.5"]),
+    ("merge-hcsmoe-50", ["merge", "--method", "hcsmoe", "--ratio", "0.5"]),
 ]
 
 

@@ -42,8 +42,17 @@ export interface LogitBlock {
 /** Receives logits in blocks of rows × vocab range. */
 export type LogitSink = (logits: Float32Array, rows: number, vocabStart: number, count: number) => void;
 
-/** lm_head rows per block: bounds the logits buffer and the weight slice for large vocabularies. */
+/** lm_head rows per block at most: bounds the weight slice for large vocabularies. */
 const VOCAB_BLOCK = 8192;
+/** Logits per block at most (rows × vocab ids): 32 MB of float32, whatever the batch size. */
+const LOGIT_BLOCK_FLOATS = 8 * 1024 * 1024;
+/** Fewer vocab rows than this per block would make the lm_head product call-bound. */
+const MIN_VOCAB_BLOCK = 256;
+
+/** Vocab rows per lm_head block for a batch of N positions. */
+export function vocabBlock(N: number, vocab: number): number {
+  return Math.min(vocab, VOCAB_BLOCK, Math.max(MIN_VOCAB_BLOCK, Math.floor(LOGIT_BLOCK_FLOATS / Math.max(1, N))));
+}
 /** Default bytes of float32 weights kept per layer across batches. */
 export const DEFAULT_LAYER_CACHE_BYTES = 1 << 30;
 
@@ -216,8 +225,9 @@ export class ForwardPass {
     const a = this.arch;
     const x = rmsNorm(hidden, this.reader.f32('model.norm.weight'), a.hidden, this.spec.eps);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
-    for (let start = 0; start < a.vocab; start += VOCAB_BLOCK) {
-      const count = Math.min(VOCAB_BLOCK, a.vocab - start);
+    const block = vocabBlock(N, a.vocab);
+    for (let start = 0; start < a.vocab; start += block) {
+      const count = Math.min(block, a.vocab - start);
       const w = this.reader.rowsF32(name, start, count);
       yield { logits: await this.be.linear(x, w, N, a.hidden, count), rows: N, start, count };
     }

@@ -1,0 +1,44 @@
+/**
+ * Pruned and merged checkpoints are real Hugging Face checkpoints: scripts/check_hf_outputs.py made them with
+ * moe, loaded them in transformers and committed transformers' perplexities (fixtures/reference). Here moe makes
+ * the same outputs again (the commands are deterministic) and moe eval must give the same perplexity.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { calibrate } from '../../src/commands/calibrate';
+import { evalCommand } from '../../src/commands/eval';
+import { merge } from '../../src/commands/merge';
+import { prune } from '../../src/commands/prune';
+import { quiet, ROOT, tmpDir } from '../helpers';
+
+const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
+const TEXT = path.join(ROOT, 'fixtures', 'text');
+const ref = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'compressed-ppl.json'), 'utf8'));
+
+function flag(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+describe('compressed checkpoints: moe eval equals transformers', () => {
+  let stats: string;
+
+  beforeAll(async () => {
+    stats = path.join(tmpDir(), 'stats');
+    const c: string[] = ref.calibrate;
+    await calibrate({ model: MODEL, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), naeeTokens: Number(flag(c, '--naee-tokens')) }, quiet);
+  }, 60_000);
+
+  test.each(Object.entries(ref.cases as Record<string, { args: string[]; perplexity: number; windows: number }>))('%s', async (_name, c) => {
+    let dir = MODEL;
+    if (c.args.length > 0) {
+      dir = path.join(tmpDir(), 'out');
+      const common = { model: MODEL, stats, method: flag(c.args, '--method')!, ratio: Number(flag(c.args, '--ratio')), output: dir };
+      if (c.args[0] === 'prune') await prune(common, quiet);
+      else await merge(common, quiet);
+    }
+    const r = await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens }, quiet);
+    expect(r.windows).toBe(c.windows);
+    expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-4);
+  });
+});
