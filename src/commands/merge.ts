@@ -5,7 +5,7 @@
  */
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
-import type { BackendName } from '../backend/backend';
+import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
@@ -14,6 +14,7 @@ import { withOutput } from '../io/output';
 import type { Architecture, Proj } from '../model/arch';
 import { LayerReduction, writeReduced } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
+import { concatRows, swiglu } from '../model/forward/ops';
 import { alignExperts, ExpertWeights, permuteExpert } from '../merge/align';
 import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/grouping';
 import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
@@ -59,11 +60,28 @@ export interface MergeReport {
   seconds: number;
 }
 
-/** Pairwise similarity of a layer's experts [E, E]. */
-function similarity(kind: Similarity, stats: CalibrationStats, reader: TensorReader, arch: Architecture, layer: number): Float64Array {
+/**
+ * Pairwise similarity of a layer's experts [E, E]:
+ *  - router-logits: cosine of the experts' router-logit columns over the calibration tokens (M-SMoE's default);
+ *  - expert-output: cosine of the experts' outputs on the same calibration tokens (every expert run on the
+ *    calibrated MoE-block input sample, as HC-SMoE compares experts by their outputs on common inputs);
+ *  - weights: cosine of the flattened weights.
+ */
+async function similarity(kind: Similarity, stats: CalibrationStats, reader: TensorReader, arch: Architecture, layer: number, be: Backend): Promise<Float64Array> {
   const E = arch.numExperts;
   if (kind === 'router-logits') return stats.f64(`layers.${layer}.moe.router_cos`);
-  if (kind === 'expert-output') return cosineMatrix(stats.f32(`layers.${layer}.moe.out_mean`), E, arch.hidden);
+  if (kind === 'expert-output') {
+    const x = stats.f32(`layers.${layer}.moe.naee_in`);
+    const n = x.length / arch.hidden;
+    if (n === 0) throw new UsageError('--similarity expert-output needs calibrated MoE-block samples, and these stats have none', { file: stats.dir, hint: 're-run moe calibrate with --naee-tokens > 0' });
+    const outputs = new Float32Array(E * n * arch.hidden);
+    for (let e = 0; e < E; e++) {
+      const w = loadExpert(reader, arch, layer, e);
+      const act = swiglu(await be.linear(x, concatRows(w.gate, w.up), n, arch.hidden, 2 * arch.expertWidth), n, arch.expertWidth);
+      outputs.set(await be.linear(act, w.down, n, arch.expertWidth, arch.hidden), e * n * arch.hidden);
+    }
+    return cosineMatrix(outputs, E, n * arch.hidden);
+  }
   // weights: cosine of the flattened [gate; up; down] of each pair, accumulated projection by projection.
   const gram = new Float64Array(E * E);
   for (const p of ['gate', 'up', 'down'] as Proj[]) {
@@ -107,7 +125,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
     const plan = new Map<number, LayerReduction>();
     for (const layer of arch.moeLayers) {
       const freq = stats.frequency(layer);
-      const groups = method.groups(freq, similarity(sim, stats, reader, arch, layer), arch.numExperts, K, arch.routing.nGroup, opts.linkage ?? 'average');
+      const groups = method.groups(freq, await similarity(sim, stats, reader, arch, layer, be), arch.numExperts, K, arch.routing.nGroup, opts.linkage ?? 'average');
       const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: memberWeights(freq, g.members, method.defaults.uniform) }));
       layers.push({ layer, groups: merged });
       plan.set(layer, reduction(layer, merged));
