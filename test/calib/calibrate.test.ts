@@ -10,7 +10,7 @@ import { calibrate } from '../../src/commands/calibrate';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { ForwardPass } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
-import { GOLDEN, listDir, quiet, runCli, tmpDir } from '../helpers';
+import { GOLDEN, listDir, quiet, ROOT, runCli, tmpDir } from '../helpers';
 
 /** Seeded windows of token ids below `vocab`. */
 function windows(n: number, T: number, vocab: number, seed = 1): number[][] {
@@ -85,6 +85,7 @@ async function direct(model: string, data: number[][], layer: number, expert: nu
 }
 
 const CASES: [string, string, number][] = [
+  ['the trained fixture', path.join(ROOT, 'fixtures', 'tiny-moe'), 1],
   ['qwen3_moe (golden)', path.join(GOLDEN, 'qwen3_moe'), 1],
   ['deepseek_v3 (golden: dense first layer, grouped routing, shared expert)', path.join(GOLDEN, 'deepseek_v3'), 2],
 ];
