@@ -1,5 +1,5 @@
 """Checks that checkpoints written by moe (prune, merge, ...) load in Hugging Face transformers and measures their
-perplexity there, by the same rule as `moe eval` (DESIGN.md): text tokenized whole without special tokens, the first
+perplexity there, by the same rule as `moe eval` (README): text tokenized whole without special tokens, the first
 MAX_TOKENS tokens cut into windows of SEQ_LEN, mean NLL over every predicted position in float64 from float32 logits.
 
 It first makes the outputs with moe itself (the commands below, deterministic), then evaluates each with transformers,

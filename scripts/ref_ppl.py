@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference perplexity of a Hugging Face checkpoint on a text file, by the DESIGN.md perplexity rule
+"""Reference perplexity of a Hugging Face checkpoint on a text file, by the perplexity rule of moe eval (README)
 (the rule `moe eval` implements), computed with transformers.
 
     .venv/bin/python scripts/ref_ppl.py MODEL_DIR TEXT --seq-len N [--max-tokens M] [--json OUT] [--batch B]
@@ -42,7 +42,7 @@ def dumps(obj) -> str:
 
 
 RULE = (
-    "DESIGN.md perplexity rule: tokenize the whole text with the model's tokenizer adding no special tokens; "
+    "moe eval's perplexity rule: tokenize the whole text with the model's tokenizer adding no special tokens; "
     "keep the first max_tokens tokens (null: all); consecutive non-overlapping windows of seq_len, last partial "
     "window dropped; each window run on its own; NLL = logsumexp(logits) - logits[target] in float64 from "
     "float32 logits (weights loaded as float32); loss = mean over the seq_len-1 predicted positions of every "

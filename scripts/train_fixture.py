@@ -270,7 +270,7 @@ def expert_usage(model_dir: str, ids: np.ndarray, seq_len: int = 256) -> dict:
 
 @torch.no_grad()
 def drop_one_ppl(model_dir: str, ids: np.ndarray, seq_len: int = 128, max_tokens: int = 4096) -> dict:
-    """Perplexity (DESIGN.md rule, first max_tokens tokens, windows of seq_len) with one expert of one
+    """Perplexity (moe eval's rule, first max_tokens tokens, windows of seq_len) with one expert of one
     layer removed: its router logit is set to -inf before softmax/top-k, so tokens re-route to the
     others (as pruning that expert and slicing its router row would)."""
     from transformers import AutoModelForCausalLM

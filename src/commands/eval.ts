@@ -1,5 +1,5 @@
 /**
- * `moe eval MODEL --data FILE`: perplexity by DESIGN.md's rule, size, speed, and against `--baseline` the
+ * `moe eval MODEL --data FILE`: perplexity by the README's rule, size, speed, and against `--baseline` the
  * baseline's perplexity, mean KL(baseline‖model), top-1 agreement and per-layer routing agreement.
  * `--max-ppl-increase PCT` turns it into a CI gate (exit 1 when the model is worse than allowed).
  */

@@ -1,7 +1,7 @@
 /**
  * Evaluation and calibration data: plain text (.txt), JSON lines with a "text" field (.jsonl), or pre-tokenized
  * windows (.json: an array of arrays of token ids). Text is tokenized whole, with no special tokens, and cut into
- * consecutive non-overlapping windows (DESIGN.md, perplexity rule).
+ * consecutive non-overlapping windows (the perplexity rule in the README).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
