@@ -112,95 +112,57 @@ export function buildCli(): Command {
       emit(report, opts, formatCalibrate);
     });
 
-  program
+  reductionOptions(program
     .command('prune')
     .description('drop routed experts (the same number in every MoE layer) and write a plain checkpoint')
     .argument('<model>', 'model folder')
-    .requiredOption('--stats <dir>', 'calibration stats from moe calibrate on this model')
     .addOption(new Option('--method <name>', 'how experts are chosen').choices(['frequency', 'soft-frequency', 'reap', 'naee', 'random']).makeOptionMandatory())
-    .option('--keep <k>', 'experts kept per MoE layer')
-    .option('--ratio <r>', 'share of experts kept per MoE layer, e.g. 0.5')
-    .requiredOption('-o, --output <dir>', 'destination folder')
     .option('--protect-super-experts', 'never drop super experts (extreme down_proj outputs)')
     .option('--super-factor <f>', 'super expert: largest |down_proj output| above F × the layer median', '5')
     .option('--naee-limit <n>', 'NAEE tries every subset up to this many per layer, else searches greedily', '20000')
     .option('--loss', 'report every layer\'s NAEE reconstruction loss for any method')
     .option('--seed <n>', 'seed (random method)', '0')
-    .addOption(new Option('--backend <name>', 'matmul backend (NAEE)').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
-    .option('--max-shard-size <size>', 'largest shard', '5GB')
-    .option('--force', 'replace an existing model folder at the destination')
-    .option('--dry-run', 'print each layer\'s plan and write nothing')
-    .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50\n  moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run')
     .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
       const { prune, formatPrune } = await import('./commands/prune');
       const report = await prune(
         {
-          model,
-          stats: String(opts.stats),
-          method: String(opts.method),
-          keep: num(opts.keep, '--keep', 1),
-          ratio: real(opts.ratio, '--ratio'),
-          output: String(opts.output),
+          ...reductionArgs(model, opts),
           protectSuperExperts: !!opts.protectSuperExperts,
           superFactor: real(opts.superFactor, '--super-factor'),
           naeeLimit: num(opts.naeeLimit, '--naee-limit', 1),
           loss: !!opts.loss,
-          seed: num(opts.seed, '--seed', 0),
-          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
-          maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
-          force: !!opts.force,
-          dryRun: !!opts.dryRun,
         },
         context(cmd, !!opts.json),
       );
       emit(report, opts, formatPrune);
-    });
+    }), 'print each layer\'s plan and write nothing');
 
-  program
+  reductionOptions(program
     .command('merge')
     .description('merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint')
     .argument('<model>', 'model folder')
-    .requiredOption('--stats <dir>', 'calibration stats from moe calibrate on this model')
     .addOption(new Option('--method <name>', 'how experts are grouped and merged').choices(['msmoe', 'hcsmoe', 'average']).makeOptionMandatory())
-    .option('--keep <k>', 'experts per MoE layer after merging')
-    .option('--ratio <r>', 'share of experts kept per MoE layer, e.g. 0.5')
-    .requiredOption('-o, --output <dir>', 'destination folder')
-    .addOption(new Option('--similarity <kind>', 'expert similarity (default: msmoe router-logits, hcsmoe expert-output)').choices(['router-logits', 'expert-output', 'weights']))
+    .addOption(new Option('--similarity <kind>', 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)').choices(['router-logits', 'expert-output', 'weights']))
     .addOption(new Option('--linkage <kind>', 'hcsmoe linkage').choices(['single', 'complete', 'average']).default('average'))
-    .addOption(new Option('--align <on|off>', 'neuron alignment before averaging (default: on for msmoe)').choices(['on', 'off']))
+    .addOption(new Option('--align <on|off>', 'neuron alignment before averaging (default: on for msmoe and hcsmoe)').choices(['on', 'off']))
     .addOption(new Option('--router <mode>', 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean').choices(['dominant', 'weighted']))
     .option('--seed <n>', 'seed for the random projection of wide alignments', '0')
-    .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
-    .option('--max-shard-size <size>', 'largest shard', '5GB')
-    .option('--force', 'replace an existing model folder at the destination')
-    .option('--dry-run', 'print the groups and write nothing')
-    .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe merge ./model --stats ./stats --method msmoe --ratio 0.5 -o ./model-msmoe50\n  moe merge ./model --stats ./stats --method hcsmoe --keep 4 --linkage complete --dry-run')
     .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
       const { merge, formatMerge } = await import('./commands/merge');
       const report = await merge(
         {
-          model,
-          stats: String(opts.stats),
-          method: String(opts.method),
-          keep: num(opts.keep, '--keep', 1),
-          ratio: real(opts.ratio, '--ratio'),
-          output: String(opts.output),
+          ...reductionArgs(model, opts),
           similarity: opts.similarity as 'router-logits' | 'expert-output' | 'weights' | undefined,
           linkage: opts.linkage as 'single' | 'complete' | 'average',
           align: opts.align === undefined ? undefined : opts.align === 'on',
           router: opts.router as 'dominant' | 'weighted' | undefined,
-          seed: num(opts.seed, '--seed', 0),
-          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
-          maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
-          force: !!opts.force,
-          dryRun: !!opts.dryRun,
         },
         context(cmd, !!opts.json),
       );
       emit(report, opts, formatMerge);
-    });
+    }), 'print the groups and write nothing');
 
   program
     .command('eval')
@@ -280,6 +242,36 @@ export function buildCli(): Command {
     });
 
   return program;
+}
+
+/** The options prune and merge share: stats, how many experts, the destination, backend and output flags. */
+function reductionOptions(cmd: Command, dryRun: string): Command {
+  return cmd
+    .requiredOption('--stats <dir>', 'calibration stats from moe calibrate on this model')
+    .option('--keep <k>', 'experts per MoE layer afterwards')
+    .option('--ratio <r>', 'share of experts kept per MoE layer, e.g. 0.5')
+    .requiredOption('-o, --output <dir>', 'destination folder')
+    .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
+    .option('--max-shard-size <size>', 'largest shard', '5GB')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', dryRun)
+    .option('--json', 'print one JSON object on stdout');
+}
+
+function reductionArgs(model: string, opts: Record<string, string | boolean | undefined>) {
+  return {
+    model,
+    stats: String(opts.stats),
+    method: String(opts.method),
+    keep: num(opts.keep, '--keep', 1),
+    ratio: real(opts.ratio, '--ratio'),
+    output: String(opts.output),
+    seed: num(opts.seed, '--seed', 0),
+    backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
+    maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
+    force: !!opts.force,
+    dryRun: !!opts.dryRun,
+  };
 }
 
 /** An optional integer flag value (undefined when absent). */

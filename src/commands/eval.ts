@@ -16,6 +16,7 @@ import { encodeHeader } from '../io/writer';
 import { numel, tensorBytes } from '../io/safetensors';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
+import { COMPRESSION_FILE } from '../model/reduce';
 import type { Architecture } from '../model/arch';
 import type { Context } from '../ui/progress';
 
@@ -161,7 +162,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
  * baseline compares old ids. Without moe-compression.json, ids are compared as they are.
  */
 function expertMapOf(dir: string): ((layer: number, expert: number) => number) | undefined {
-  const file = path.join(dir, 'moe-compression.json');
+  const file = path.join(dir, COMPRESSION_FILE);
   if (!fs.existsSync(file)) return undefined;
   const kept = (JSON.parse(fs.readFileSync(file, 'utf8')) as { kept?: Record<string, number[]> }).kept;
   if (!kept) return undefined;

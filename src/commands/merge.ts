@@ -10,9 +10,8 @@ import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { fromFloat32 } from '../io/dtype';
-import { withOutput } from '../io/output';
 import type { Architecture, Proj } from '../model/arch';
-import { LayerReduction, writeReduced } from '../model/reduce';
+import { LayerReduction, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { concatRows, swiglu } from '../model/forward/ops';
 import { alignExperts, ExpertWeights, permuteExpert } from '../merge/align';
@@ -20,7 +19,7 @@ import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/group
 import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
 import type { Context } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
-import { COMPRESSION_FILE, resolveKeep } from './prune';
+import { resolveKeep } from './prune';
 
 export interface MergeOptions {
   model: string;
@@ -144,25 +143,18 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      await withOutput(opts.output, { force: opts.force }, async (out) => {
-        const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
-        const bar = ctx.progress('merge', total, 'bytes');
-        await writeReduced(ckpt, arch, plan, K, out, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, (n) => bar.tick(n));
-        bar.done();
-        out.writeJson(COMPRESSION_FILE, {
-          tool: 'moe',
-          operation: 'merge',
-          method: method.name,
-          paper: method.paper ?? null,
-          params: { keep: K, similarity: sim, align, router: routerMode, linkage: opts.linkage ?? 'average', seed: opts.seed ?? 0 },
-          experts_before: arch.numExperts,
-          experts_after: K,
-          // For routing comparisons an expert stands for its representative.
-          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
-          groups: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null }))])),
-          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
-        });
-      });
+      await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
+        operation: 'merge',
+        method: method.name,
+        paper: method.paper ?? null,
+        params: { keep: K, similarity: sim, align, router: routerMode, linkage: opts.linkage ?? 'average', seed: opts.seed ?? 0 },
+        experts_before: arch.numExperts,
+        experts_after: K,
+        // For routing comparisons an expert stands for its representative.
+        kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
+        groups: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null }))])),
+        source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+      }));
     }
     report.seconds = (Date.now() - started) / 1000;
     return report;

@@ -9,9 +9,8 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { withOutput } from '../io/output';
 import type { Architecture } from '../model/arch';
-import { LayerReduction, writeReduced } from '../model/reduce';
+import { LayerReduction, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { LayerChoice, PRUNE_METHODS, pruneMethod } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
@@ -20,7 +19,6 @@ import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
 import type { Context } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 
-export const COMPRESSION_FILE = 'moe-compression.json';
 export const DEFAULT_NAEE_LIMIT = 20000;
 
 export interface PruneOptions {
@@ -149,24 +147,18 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      await withOutput(opts.output, { force: opts.force }, async (out) => {
-        const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
-        const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
-        const bar = ctx.progress('write', total, 'bytes');
-        report.bytes_written = (await writeReduced(ckpt, arch, plan, K, out, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, (n) => bar.tick(n))).bytes;
-        bar.done();
-        out.writeJson(COMPRESSION_FILE, {
-          tool: 'moe',
-          operation: 'prune',
-          method: method.name,
-          paper: method.paper ?? null,
-          params: { keep: K, ratio: opts.ratio ?? null, protect_super_experts: !!opts.protectSuperExperts, super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR, seed: opts.seed ?? 0, naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT },
-          experts_before: arch.numExperts,
-          experts_after: K,
-          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
-          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
-        });
-      });
+      const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
+      const written = await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
+        operation: 'prune',
+        method: method.name,
+        paper: method.paper ?? null,
+        params: { keep: K, ratio: opts.ratio ?? null, protect_super_experts: !!opts.protectSuperExperts, super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR, seed: opts.seed ?? 0, naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT },
+        experts_before: arch.numExperts,
+        experts_after: K,
+        kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
+        source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+      }));
+      report.bytes_written = written.bytes;
     }
     report.seconds = (Date.now() - started) / 1000;
     return report;

@@ -7,7 +7,8 @@
 import type { Checkpoint } from '../io/checkpoint';
 import { TensorReader } from '../io/checkpoint';
 import { dtypeBytes } from '../io/dtype';
-import { OutputFolder } from '../io/output';
+import { OutputFolder, withOutput } from '../io/output';
+import type { Context } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
@@ -25,6 +26,8 @@ export interface LayerReduction {
 }
 
 const COPY_CHUNK_BYTES = 16 * 1024 * 1024;
+/** The record of what a prune or merge kept, written beside the weights. */
+export const COMPRESSION_FILE = 'moe-compression.json';
 
 function sliceRows(bytes: Uint8Array, rowBytes: number, rows: number[]): Uint8Array {
   const out = new Uint8Array(rows.length * rowBytes);
@@ -122,4 +125,26 @@ function firstProj(arch: Architecture, layer: number, position: Map<string, numb
     }
   }
   return best;
+}
+
+export interface ReducedOutput {
+  output: string;
+  force?: boolean;
+  maxShardBytes: number;
+}
+
+/**
+ * Writes a reduced checkpoint atomically (temporary folder, renamed when complete) with a progress bar, and the
+ * `record` (moe-compression.json) beside it. `record` is called after the weights are written, so it can report
+ * what was measured while writing (e.g. alignment scores).
+ */
+export async function writeReducedOutput(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, dest: ReducedOutput, ctx: Context, record: () => object): Promise<ReducedWrite> {
+  return withOutput(dest.output, { force: dest.force }, async (out) => {
+    const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+    const bar = ctx.progress('write', total, 'bytes');
+    const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (n) => bar.tick(n));
+    bar.done();
+    out.writeJson(COMPRESSION_FILE, { tool: 'moe', ...record() });
+    return written;
+  });
 }
