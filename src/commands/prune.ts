@@ -100,7 +100,8 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const reader = new TensorReader(ckpt);
   try {
     stats.checkModel(ckpt);
-    const needProblem = method.name === 'naee' || !!opts.loss;
+    // The predicted loss is part of every dry-run plan; writing runs compute it only when asked (it runs every expert).
+    const needProblem = method.name === 'naee' || !!opts.loss || !!opts.dryRun;
     if (needProblem) be = await createBackend(opts.backend ?? 'onnx');
     const problems = new Map<number, ReconstructionProblem>();
     const problem = async (layer: number) => {
@@ -176,7 +177,8 @@ export function formatPrune(r: PruneReport): string {
   for (const l of r.layers) {
     const loss = l.reconstruction_loss !== undefined ? `  loss ${l.reconstruction_loss.toExponential(3)}` : '';
     const supers = l.super_experts.length ? `  super ${l.super_experts.join(',')}` : '';
-    lines.push(`  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}`);
+    const scores = l.scores ? `  scores ${l.scores.map((x) => x.toPrecision(3)).join(' ')}` : '';
+    lines.push(`  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}${scores}`);
   }
   return lines.join('\n');
 }
