@@ -13,8 +13,8 @@ import { fromFloat32 } from '../io/dtype';
 import type { Architecture, Proj } from '../model/arch';
 import { LayerReduction, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
-import { concatRows, swiglu } from '../model/forward/ops';
-import { alignExperts, ExpertWeights, permuteExpert } from '../merge/align';
+import { expertOutputs, ExpertWeights, loadExpert } from '../model/experts';
+import { alignExperts, permuteExpert } from '../merge/align';
 import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/grouping';
 import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
 import type { Context } from '../ui/progress';
@@ -74,11 +74,7 @@ async function similarity(kind: Similarity, stats: CalibrationStats, reader: Ten
     const n = x.length / arch.hidden;
     if (n === 0) throw new UsageError('--similarity expert-output needs calibrated MoE-block samples, and these stats have none', { file: stats.dir, hint: 're-run moe calibrate with --naee-tokens > 0' });
     const outputs = new Float32Array(E * n * arch.hidden);
-    for (let e = 0; e < E; e++) {
-      const w = loadExpert(reader, arch, layer, e);
-      const act = swiglu(await be.linear(x, concatRows(w.gate, w.up), n, arch.hidden, 2 * arch.expertWidth), n, arch.expertWidth);
-      outputs.set(await be.linear(act, w.down, n, arch.expertWidth, arch.hidden), e * n * arch.hidden);
-    }
+    (await expertOutputs(be, reader, arch, layer, x, n)).forEach((y, e) => outputs.set(y, e * n * arch.hidden));
     return cosineMatrix(outputs, E, n * arch.hidden);
   }
   // weights: cosine of the flattened [gate; up; down] of each pair, accumulated projection by projection.
@@ -97,10 +93,6 @@ async function similarity(kind: Similarity, stats: CalibrationStats, reader: Ten
   const cos = new Float64Array(E * E);
   for (let a = 0; a < E; a++) for (let b = 0; b < E; b++) cos[a * E + b] = gram[a * E + b] / Math.sqrt(gram[a * E + a] * gram[b * E + b] || 1);
   return cos;
-}
-
-function loadExpert(reader: TensorReader, arch: Architecture, layer: number, e: number): ExpertWeights {
-  return { gate: reader.f32(arch.expertKey(layer, e, 'gate')), up: reader.f32(arch.expertKey(layer, e, 'up')), down: reader.f32(arch.expertKey(layer, e, 'down')) };
 }
 
 export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeReport> {

@@ -8,6 +8,7 @@
  */
 import type { Backend } from '../backend/backend';
 import { mulberry32 } from '../synth/generate';
+import type { ExpertWeights } from '../model/experts';
 import { greedyDense, hungarianMax, sparseGreedyMatch } from './assignment';
 
 /** Widths matched exactly: the Hungarian method is O(n³), about a second at 1024 in plain TypeScript. */
@@ -21,13 +22,7 @@ const LEFTOVER_EXACT_MAX = 2048;
 /** Rows of the similarity matrix computed at once for wide experts (bounds memory). */
 const SIM_BLOCK_ROWS = 1024;
 
-export interface ExpertWeights {
-  /** [width, hidden] */
-  gate: Float32Array;
-  up: Float32Array;
-  /** [hidden, width] */
-  down: Float32Array;
-}
+export type { ExpertWeights } from '../model/experts';
 
 export interface Alignment {
   /** π: dominant neuron j takes member neuron perm[j]. */

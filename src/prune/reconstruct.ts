@@ -9,7 +9,7 @@ import type { Backend } from '../backend/backend';
 import { TensorReader } from '../io/checkpoint';
 import type { Architecture } from '../model/arch';
 import { route } from '../model/forward/moe';
-import { concatRows, swiglu } from '../model/forward/ops';
+import { expertOutputs } from '../model/experts';
 
 export class ReconstructionProblem {
   private readonly logits: Float32Array;
@@ -52,13 +52,7 @@ export class ReconstructionProblem {
   static async build(be: Backend, reader: TensorReader, arch: Architecture, layer: number, x: Float32Array, n: number): Promise<ReconstructionProblem> {
     const h = arch.hidden;
     const logits = await be.linear(x, reader.f32(arch.routerKey(layer)), n, h, arch.numExperts);
-    const outputs: Float32Array[] = [];
-    for (let e = 0; e < arch.numExperts; e++) {
-      const gateUp = concatRows(reader.f32(arch.expertKey(layer, e, 'gate')), reader.f32(arch.expertKey(layer, e, 'up')));
-      const w = arch.expertWidth;
-      const act = swiglu(await be.linear(x, gateUp, n, h, 2 * w), n, w);
-      outputs.push(await be.linear(act, reader.f32(arch.expertKey(layer, e, 'down')), n, w, h));
-    }
+    const outputs = await expertOutputs(be, reader, arch, layer, x, n);
     // Stack the outputs per sample, [n, E, h], and take every sample's E×E Gram matrix in one batched product.
     const E = arch.numExperts;
     const stacked = new Float32Array(n * E * h);
