@@ -4,7 +4,7 @@
  * Implementations: onnxruntime-node (default), a plain TypeScript reference (tests), tfjs (opt-in).
  */
 
-export interface Backend {
+export interface Backend extends FusedOps {
   readonly name: string;
   /**
    * y = x · wᵀ (+ bias): x [tokens, inDim], w [outDim, inDim], bias [outDim] → y [tokens, outDim].

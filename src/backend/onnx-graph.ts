@@ -1,10 +1,11 @@
 /**
  * Tiny ONNX models, encoded by hand: onnxruntime only runs ModelProto bytes, and the few graphs the
- * onnx backend needs (one Gemm, one batched MatMul) do not justify a protobuf dependency.
+ * onnx backend needs (one Gemm, one batched MatMul, the fused graphs of onnx-fused.ts) do not justify a protobuf
+ * dependency.
  *
  * Field numbers follow onnx/onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, ValueInfoProto,
- * TypeProto.Tensor, TensorShapeProto.Dimension). Every dimension is symbolic (`dim_param`), so one session
- * serves every shape.
+ * TensorProto, TypeProto.Tensor, TensorShapeProto.Dimension). Every size that varies is a symbolic dimension
+ * (`dim_param`), so one session serves every shape.
  */
 import { InternalError } from '../errors';
 
@@ -12,8 +13,12 @@ import { InternalError } from '../errors';
 export const IR_VERSION = 8;
 export const OPSET = 17;
 
-const ELEM_FLOAT = 1; // TensorProto.DataType.FLOAT
+/** TensorProto.DataType of the element types used here. */
+const ELEM_TYPE = { float32: 1, int32: 6, int64: 7 } as const;
+export type ElemType = keyof typeof ELEM_TYPE;
+
 const ATTR_INT = 2; // AttributeProto.AttributeType.INT
+const ATTR_TENSOR = 4; // AttributeProto.AttributeType.TENSOR
 const ATTR_INTS = 7; // AttributeProto.AttributeType.INTS
 
 const WIRE_VARINT = 0;
@@ -45,16 +50,25 @@ function fieldString(out: Bytes, field: number, s: string): void {
   fieldBytes(out, field, Array.from(Buffer.from(s, 'utf8')));
 }
 
-/** A graph input or output: float32, every dim symbolic. */
+/** A graph input or output: float32 unless `type` says otherwise; a string dim is symbolic, a number fixed. */
 export interface ValueSpec {
   name: string;
-  dims: string[];
+  dims: (string | number)[];
+  type?: ElemType;
+}
+
+/** A constant tensor (the `value` of a Constant node). */
+export interface TensorSpec {
+  type: ElemType;
+  dims: number[];
+  values: number[];
 }
 
 export interface AttrSpec {
   name: string;
   int?: number;
   ints?: number[];
+  tensor?: TensorSpec;
 }
 
 export interface NodeSpec {
@@ -75,17 +89,35 @@ function valueInfo(v: ValueSpec): Bytes {
   const shape: Bytes = [];
   for (const d of v.dims) {
     const dim: Bytes = [];
-    fieldString(dim, 2, d); // Dimension.dim_param
+    if (typeof d === 'number') fieldInt(dim, 1, d); // Dimension.dim_value
+    else fieldString(dim, 2, d); // Dimension.dim_param
     fieldBytes(shape, 1, dim); // TensorShapeProto.dim
   }
   const tensor: Bytes = [];
-  fieldInt(tensor, 1, ELEM_FLOAT); // TypeProto.Tensor.elem_type
+  fieldInt(tensor, 1, ELEM_TYPE[v.type ?? 'float32']); // TypeProto.Tensor.elem_type
   fieldBytes(tensor, 2, shape); // TypeProto.Tensor.shape
   const type: Bytes = [];
   fieldBytes(type, 1, tensor); // TypeProto.tensor_type
   const out: Bytes = [];
   fieldString(out, 1, v.name); // ValueInfoProto.name
   fieldBytes(out, 2, type); // ValueInfoProto.type
+  return out;
+}
+
+/** TensorProto with its values little-endian in raw_data. */
+function tensorProto(t: TensorSpec): Bytes {
+  const size = t.dims.reduce((a, b) => a * b, 1);
+  if (t.values.length !== size) throw new InternalError(`onnx-graph: a constant of shape [${t.dims.join(', ')}] needs ${size} values, got ${t.values.length}`);
+  const raw = Buffer.alloc(size * (t.type === 'int64' ? 8 : 4));
+  t.values.forEach((v, i) => {
+    if (t.type === 'float32') raw.writeFloatLE(v, 4 * i);
+    else if (t.type === 'int32') raw.writeInt32LE(v, 4 * i);
+    else raw.writeBigInt64LE(BigInt(v), 8 * i);
+  });
+  const out: Bytes = [];
+  for (const d of t.dims) fieldInt(out, 1, d); // TensorProto.dims
+  fieldInt(out, 2, ELEM_TYPE[t.type]); // TensorProto.data_type
+  fieldBytes(out, 9, Array.from(raw)); // TensorProto.raw_data
   return out;
 }
 
@@ -98,6 +130,9 @@ function attribute(a: AttrSpec): Bytes {
   } else if (a.ints !== undefined) {
     for (const i of a.ints) fieldInt(out, 8, i); // AttributeProto.ints (unpacked, as onnx writes them)
     fieldInt(out, 20, ATTR_INTS);
+  } else if (a.tensor !== undefined) {
+    fieldBytes(out, 5, tensorProto(a.tensor)); // AttributeProto.t
+    fieldInt(out, 20, ATTR_TENSOR);
   } else {
     throw new InternalError(`onnx-graph: attribute ${a.name} has no value`);
   }

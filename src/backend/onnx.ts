@@ -1,7 +1,8 @@
 /**
  * The default backend: onnxruntime-node's CPU kernels (MLAS sgemm), or its CUDA provider with `device: 'cuda'`.
- * Each product is a one-node ONNX graph (see onnx-graph.ts) with symbolic dimensions, loaded from memory into an
- * InferenceSession the first time it is needed and reused for every shape after that.
+ * Each product is a one-node ONNX graph (see onnx-graph.ts), and each fused operation a small graph (onnx-fused.ts),
+ * with symbolic dimensions, loaded from memory into an InferenceSession the first time it is needed and reused for
+ * every shape after that. A run fetches only the outputs the caller wants (swiglu's act only when asked).
  *
  * Copies: `new ort.Tensor('float32', data, dims)` wraps the caller's Float32Array (checked: `tensor.data === data`)
  * and onnxruntime-node 1.x runs on the calling thread over that memory, so inputs are not copied; the output
@@ -13,9 +14,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { InternalError, UsageError } from '../errors';
-import type { Backend } from './backend';
+import type { Backend, LogitStats } from './backend';
+import { attentionModel, logitStatsModel, swigluModel } from './onnx-fused';
 import { bmmModel, linearModel } from './onnx-graph';
-import { bmmRef, checkBmm, checkLinear, linearRef } from './ref';
+import {
+  attentionRef, bmmRef, CausalMasks, checkAttention, checkBmm, checkLinear, checkLogitStats, checkSwiglu, linearRef, logitStatsRef, swigluRef,
+} from './ref';
 
 /**
  * Products with fewer multiply-adds than this run in TypeScript. Measured on this project's 2-core machine
@@ -36,14 +40,19 @@ const ALLOW_SPINNING = '0';
 /** onnxruntime's log level 3 = errors only (its warnings about unused graph optimisations are noise here). */
 const ORT_LOG_ERRORS_ONLY = 3;
 
-type GraphKind = 'linear' | 'linearBias' | 'bmm' | 'bmmTransB';
+type GraphKind = 'linear' | 'linearBias' | 'bmm' | 'bmmTransB' | 'attention' | 'swiglu' | 'logitStats';
 
 const GRAPHS: Record<GraphKind, () => Uint8Array> = {
   linear: () => linearModel(false),
   linearBias: () => linearModel(true),
   bmm: () => bmmModel(false),
   bmmTransB: () => bmmModel(true),
+  attention: attentionModel,
+  swiglu: swigluModel,
+  logitStats: logitStatsModel,
 };
+
+type Outputs = Ort.InferenceSession.OnnxValueMapType;
 
 export interface OnnxOptions {
   device?: 'cpu' | 'cuda';
@@ -82,9 +91,21 @@ const CUDA_HINT =
   'the CUDA provider needs an NVIDIA GPU, CUDA 12 and onnxruntime-node installed with ONNXRUNTIME_NODE_INSTALL=cuda12 ' +
   '(its install step downloads the provider); or use --device cpu';
 
+const INT32_MAX = 0x7fffffff;
+
+/** The float32 output `name` of a run, checked for type and length. */
+function floatOutput(result: Outputs, kind: GraphKind, name: string, expected: number): Float32Array {
+  const data = result[name]?.data;
+  if (!(data instanceof Float32Array) || data.length !== expected) {
+    throw new InternalError(`onnxruntime returned ${data?.constructor.name ?? 'nothing'} of length ${String(data?.length)} for ${kind} ${name}, expected ${expected} float32`);
+  }
+  return data;
+}
+
 export class OnnxBackend implements Backend {
   readonly name = 'onnx';
   private readonly sessions = new Map<GraphKind, Promise<Ort.InferenceSession>>();
+  private readonly masks = new CausalMasks();
   private disposed = false;
 
   private constructor(
@@ -141,19 +162,18 @@ export class OnnxBackend implements Backend {
     return s;
   }
 
-  private async run(kind: GraphKind, feeds: Record<string, Ort.Tensor>, output: string, expected: number): Promise<Float32Array> {
+  /** Runs one graph and returns the outputs named in `fetches` (onnxruntime copies out only those). */
+  private async runGraph(kind: GraphKind, feeds: Record<string, Ort.Tensor>, fetches: string[]): Promise<Outputs> {
     const session = await this.session(kind);
-    let result: Ort.InferenceSession.OnnxValueMapType;
     try {
-      result = await session.run(feeds);
+      return await session.run(feeds, fetches);
     } catch (e) {
       throw new InternalError(`onnxruntime failed on ${kind}: ${firstLine(e)}`);
     }
-    const data = result[output]?.data;
-    if (!(data instanceof Float32Array) || data.length !== expected) {
-      throw new InternalError(`onnxruntime returned ${data?.constructor.name ?? 'nothing'} of length ${String(data?.length)} for ${kind}, expected ${expected} float32`);
-    }
-    return data;
+  }
+
+  private async run(kind: GraphKind, feeds: Record<string, Ort.Tensor>, output: string, expected: number): Promise<Float32Array> {
+    return floatOutput(await this.runGraph(kind, feeds, [output]), kind, output, expected);
   }
 
   private tensor(data: Float32Array, dims: number[]): Ort.Tensor {
@@ -173,6 +193,54 @@ export class OnnxBackend implements Backend {
     if (batch * m * k * n < TINY_PRODUCT_MACS) return bmmRef(a, b, batch, m, k, n, transB);
     const feeds = { A: this.tensor(a, [batch, m, k]), B: this.tensor(b, transB ? [batch, n, k] : [batch, k, n]) };
     return this.run(transB ? 'bmmTransB' : 'bmm', feeds, 'C', batch * m * n); // [batch, m, n]
+  }
+
+  async attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array> {
+    checkAttention(q, k, v, heads, T, dk, dv, scale);
+    if (heads * T * T * (dk + dv) < TINY_PRODUCT_MACS) return attentionRef(q, k, v, heads, T, dk, dv, scale);
+    const feeds = {
+      Q: this.tensor(q, [heads, T, dk]),
+      K: this.tensor(k, [heads, T, dk]),
+      V: this.tensor(v, [heads, T, dv]),
+      Scale: this.tensor(Float32Array.of(scale), []),
+      Mask: this.tensor(this.masks.get(T), [T, T]),
+    };
+    return this.run('attention', feeds, 'O', heads * T * dv); // [H, T, dv]
+  }
+
+  async swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }> {
+    checkSwiglu(x, gateUp, down, rows, hidden, width);
+    if (3 * rows * hidden * width < TINY_PRODUCT_MACS) {
+      const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width);
+      return wantAct ? { out, act } : { out };
+    }
+    const feeds = { X: this.tensor(x, [rows, hidden]), GateUp: this.tensor(gateUp, [2 * width, hidden]), Down: this.tensor(down, [hidden, width]) };
+    const result = await this.runGraph('swiglu', feeds, wantAct ? ['Out', 'Act'] : ['Out']);
+    const out = floatOutput(result, 'swiglu', 'Out', rows * hidden); // [rows, hidden]
+    return wantAct ? { out, act: floatOutput(result, 'swiglu', 'Act', rows * width) } : { out }; // act [rows, width]
+  }
+
+  async logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats> {
+    checkLogitStats(x, w, rows, hidden, count, targets, start);
+    if (start > INT32_MAX) throw new InternalError(`logitStats: start ${start} does not fit the graph's int32 index`);
+    if (rows * hidden * count < TINY_PRODUCT_MACS) return logitStatsRef(x, w, rows, hidden, count, targets, start);
+    const feeds = {
+      X: this.tensor(x, [rows, hidden]),
+      W: this.tensor(w, [count, hidden]),
+      Targets: new this.ort.Tensor('int32', targets, [rows, 1]),
+      Start: new this.ort.Tensor('int32', Int32Array.of(start), []),
+    };
+    const result = await this.runGraph('logitStats', feeds, ['Max', 'SumExp', 'ArgMax', 'Target']); // each [rows, 1]
+    const argmax = result.ArgMax?.data;
+    if (!(argmax instanceof Int32Array) || argmax.length !== rows) {
+      throw new InternalError(`onnxruntime returned ${argmax?.constructor.name ?? 'nothing'} of length ${String(argmax?.length)} for logitStats ArgMax, expected ${rows} int32`);
+    }
+    return {
+      max: floatOutput(result, 'logitStats', 'Max', rows),
+      sumExp: floatOutput(result, 'logitStats', 'SumExp', rows),
+      argmax,
+      target: floatOutput(result, 'logitStats', 'Target', rows),
+    };
   }
 
   async dispose(): Promise<void> {

@@ -4,7 +4,7 @@
  * a native call. Also home of the shape checks every backend runs before touching data.
  */
 import { InternalError } from '../errors';
-import type { Backend } from './backend';
+import type { Backend, LogitStats } from './backend';
 
 function checkDims(what: string, dims: Record<string, number>): void {
   for (const [name, v] of Object.entries(dims)) {
@@ -12,8 +12,8 @@ function checkDims(what: string, dims: Record<string, number>): void {
   }
 }
 
-function checkLength(what: string, name: string, a: Float32Array, expected: number, shape: string): void {
-  if (a.length !== expected) throw new InternalError(`${what}: ${name} should hold ${shape} = ${expected} floats, got ${a.length}`);
+function checkLength(what: string, name: string, a: Float32Array | Int32Array, expected: number, shape: string): void {
+  if (a.length !== expected) throw new InternalError(`${what}: ${name} should hold ${shape} = ${expected} values, got ${a.length}`);
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `linear` call. */
@@ -29,6 +29,31 @@ export function checkBmm(a: Float32Array, b: Float32Array, batch: number, m: num
   checkDims('bmm', { batch, m, k, n });
   checkLength('bmm', 'a', a, batch * m * k, `[${batch}, ${m}, ${k}]`);
   checkLength('bmm', 'b', b, batch * k * n, transB ? `[${batch}, ${n}, ${k}]` : `[${batch}, ${k}, ${n}]`);
+}
+
+/** Throws an InternalError (a caller bug) unless the arrays match the dimensions of an `attention` call. */
+export function checkAttention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): void {
+  checkDims('attention', { heads, T, dk, dv });
+  checkLength('attention', 'q', q, heads * T * dk, `[${heads}, ${T}, ${dk}]`);
+  checkLength('attention', 'k', k, heads * T * dk, `[${heads}, ${T}, ${dk}]`);
+  checkLength('attention', 'v', v, heads * T * dv, `[${heads}, ${T}, ${dv}]`);
+  if (!Number.isFinite(scale)) throw new InternalError(`attention: scale must be a finite number, got ${scale}`);
+}
+
+/** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `swiglu` call. */
+export function checkSwiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number): void {
+  checkDims('swiglu', { rows, hidden, width });
+  checkLength('swiglu', 'x', x, rows * hidden, `[${rows}, ${hidden}]`);
+  checkLength('swiglu', 'gateUp', gateUp, 2 * width * hidden, `[2·${width}, ${hidden}]`);
+  checkLength('swiglu', 'down', down, hidden * width, `[${hidden}, ${width}]`);
+}
+
+/** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `logitStats` call. */
+export function checkLogitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): void {
+  checkDims('logitStats', { rows, hidden, count, start });
+  checkLength('logitStats', 'x', x, rows * hidden, `[${rows}, ${hidden}]`);
+  checkLength('logitStats', 'w', w, count * hidden, `[${count}, ${hidden}]`);
+  checkLength('logitStats', 'targets', targets, rows, `[${rows}]`);
 }
 
 /**
@@ -83,6 +108,127 @@ export function bmmRef(a: Float32Array, b: Float32Array, batch: number, m: numbe
   return c;
 }
 
+/**
+ * softmax(q·kᵀ·scale + causal mask)·v per head: q, k [H, T, dk], v [H, T, dv] → [H, T, dv]. One query row at a
+ * time: its scores over positions 0..t (float64), the max subtracted before exp, then the weighted sum of v rows.
+ */
+export function attentionRef(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Float32Array {
+  const out = new Float32Array(heads * T * dv);
+  const p = new Float64Array(T); // scores, then probabilities, of one query row
+  const acc = new Float64Array(dv); // one output row
+  for (let h = 0; h < heads; h++) {
+    const base = h * T;
+    for (let t = 0; t < T; t++) {
+      const qRow = (base + t) * dk;
+      let max = -Infinity;
+      for (let s = 0; s <= t; s++) {
+        const kRow = (base + s) * dk;
+        let dot = 0;
+        for (let i = 0; i < dk; i++) dot += q[qRow + i] * k[kRow + i];
+        p[s] = dot * scale;
+        if (p[s] > max) max = p[s];
+      }
+      let sum = 0;
+      for (let s = 0; s <= t; s++) {
+        p[s] = Math.exp(p[s] - max);
+        sum += p[s];
+      }
+      acc.fill(0);
+      for (let s = 0; s <= t; s++) {
+        const weight = p[s] / sum;
+        const vRow = (base + s) * dv;
+        for (let j = 0; j < dv; j++) acc[j] += weight * v[vRow + j];
+      }
+      out.set(acc, (base + t) * dv); // float64 → float32
+    }
+  }
+  return out;
+}
+
+/**
+ * act [rows, width] = silu(x·gateᵀ) ⊙ (x·upᵀ), out [rows, hidden] = act·downᵀ. The two products are linearRef's
+ * (float32 results), and act is rounded to float32 before the second one: the same numbers the forward pass got
+ * from `linear` + its own swiglu loop + `linear`, so switching it to the fused call changes nothing on this backend.
+ */
+export function swigluRef(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number): { out: Float32Array; act: Float32Array } {
+  const gu = linearRef(x, gateUp, rows, hidden, 2 * width); // [rows, 2·width]: gate | up
+  const act = new Float32Array(rows * width);
+  for (let r = 0; r < rows; r++) {
+    const g = r * 2 * width;
+    for (let i = 0; i < width; i++) {
+      const gate = gu[g + i];
+      act[r * width + i] = (gate / (1 + Math.exp(-gate))) * gu[g + width + i]; // silu(gate) · up
+    }
+  }
+  return { out: linearRef(act, down, rows, width, hidden), act };
+}
+
+/**
+ * LogitStats of logits = x·wᵀ, one row at a time (never more than one row of logits). A logit is linearRef's:
+ * the float64 dot product rounded to float32, so max, argmax and target are values `linear` would have returned.
+ * Ties go to the lowest index (a later logit must be strictly larger); NaN logits are skipped by max and argmax.
+ * An empty block (count 0) gives max −∞, sumExp 0, argmax −1 and target NaN.
+ */
+export function logitStatsRef(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): LogitStats {
+  const stats: LogitStats = { max: new Float32Array(rows), sumExp: new Float32Array(rows), argmax: new Int32Array(rows), target: new Float32Array(rows) };
+  const logits = new Float32Array(count); // one row
+  for (let r = 0; r < rows; r++) {
+    const xRow = r * hidden;
+    let max = -Infinity;
+    let arg = -1;
+    for (let c = 0; c < count; c++) {
+      const wRow = c * hidden;
+      let dot = 0;
+      for (let i = 0; i < hidden; i++) dot += x[xRow + i] * w[wRow + i];
+      logits[c] = dot;
+      if (logits[c] > max) {
+        max = logits[c];
+        arg = c;
+      }
+    }
+    let sum = 0;
+    for (let c = 0; c < count; c++) sum += Math.exp(logits[c] - max);
+    const t = targets[r] - start;
+    stats.max[r] = max;
+    stats.sumExp[r] = sum;
+    stats.argmax[r] = arg;
+    stats.target[r] = t >= 0 && t < count ? logits[t] : NaN;
+  }
+  return stats;
+}
+
+/**
+ * The additive causal mask [T, T] that the onnx and tfjs backends add to the scaled scores before their softmax:
+ * 0 where a query may look (s ≤ t), −∞ above the diagonal. exp(−∞ − max) is exactly 0, and the diagonal keeps
+ * every row's max finite.
+ */
+export function causalMask(T: number): Float32Array {
+  const mask = new Float32Array(T * T);
+  for (let t = 0; t < T; t++) mask.fill(-Infinity, t * T + t + 1, (t + 1) * T);
+  return mask;
+}
+
+/**
+ * Causal masks kept for this many window lengths. The forward pass runs windows of one length (a shorter last
+ * window at most), so a cache holds one or two; the bound only keeps an unusual caller from growing it.
+ */
+const MASK_CACHE_SIZE = 4;
+
+/** causalMask(T), built once per window length. */
+export class CausalMasks {
+  private readonly masks = new Map<number, Float32Array>();
+
+  get(T: number): Float32Array {
+    let m = this.masks.get(T);
+    if (!m) {
+      if (this.masks.size >= MASK_CACHE_SIZE) this.masks.clear();
+      m = causalMask(T);
+      this.masks.set(T, m);
+    }
+    return m;
+  }
+}
+
 export class RefBackend implements Backend {
   readonly name = 'ref';
 
@@ -94,6 +240,22 @@ export class RefBackend implements Backend {
   async bmm(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): Promise<Float32Array> {
     checkBmm(a, b, batch, m, k, n, transB);
     return bmmRef(a, b, batch, m, k, n, transB);
+  }
+
+  async attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array> {
+    checkAttention(q, k, v, heads, T, dk, dv, scale);
+    return attentionRef(q, k, v, heads, T, dk, dv, scale);
+  }
+
+  async swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }> {
+    checkSwiglu(x, gateUp, down, rows, hidden, width);
+    const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width);
+    return wantAct ? { out, act } : { out };
+  }
+
+  async logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats> {
+    checkLogitStats(x, w, rows, hidden, count, targets, start);
+    return logitStatsRef(x, w, rows, hidden, count, targets, start);
   }
 
   async dispose(): Promise<void> {}

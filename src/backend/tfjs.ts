@@ -10,8 +10,10 @@
  */
 import * as path from 'node:path';
 import { InternalError, UsageError } from '../errors';
-import type { Backend } from './backend';
-import { checkBmm, checkLinear, linearRef, bmmRef } from './ref';
+import type { Backend, LogitStats } from './backend';
+import {
+  attentionRef, bmmRef, CausalMasks, checkAttention, checkBmm, checkLinear, checkLogitStats, checkSwiglu, linearRef, logitStatsRef, swigluRef,
+} from './ref';
 
 /** The part of a tfjs tensor this adapter uses. */
 export interface TfTensor {
@@ -21,10 +23,22 @@ export interface TfTensor {
 
 /** The part of the tfjs namespace (`import * as tf`) this adapter uses; any tfjs 4.x package provides it. */
 export interface TfLike {
-  tensor(values: Float32Array, shape: number[], dtype: 'float32'): TfTensor;
+  tensor(values: Float32Array | Int32Array, shape: number[], dtype: 'float32' | 'int32'): TfTensor;
   matMul(a: TfTensor, b: TfTensor, transposeA?: boolean, transposeB?: boolean): TfTensor;
   add(a: TfTensor, b: TfTensor): TfTensor;
+  mul(a: TfTensor, b: TfTensor | number): TfTensor;
+  div(a: TfTensor | number, b: TfTensor): TfTensor;
+  sigmoid(x: TfTensor): TfTensor;
+  softmax(logits: TfTensor, dim?: number): TfTensor;
+  max(x: TfTensor, axis?: number, keepDims?: boolean): TfTensor;
+  argMax(x: TfTensor, axis?: number): TfTensor;
+  slice(x: TfTensor, begin: number[], size: number[]): TfTensor;
+  reshape(x: TfTensor, shape: number[]): TfTensor;
+  gather(x: TfTensor, indices: TfTensor): TfTensor;
+  concat(tensors: TfTensor[], axis?: number): TfTensor;
   transpose(x: TfTensor, perm?: number[]): TfTensor;
+  /** Runs fn and frees every tensor made inside it except those it returns. */
+  tidy<T>(fn: () => T): T;
   getBackend(): string;
 }
 
@@ -93,6 +107,24 @@ function asFloat32(data: ArrayLike<number> | ArrayLike<string>, expected: number
   throw new InternalError(`tfjs returned ${Object.prototype.toString.call(data)} of length ${data.length} for ${what}, expected ${expected} float32`);
 }
 
+/** asFloat32 for int32 results (argMax). */
+function asInt32(data: ArrayLike<number> | ArrayLike<string>, expected: number, what: string): Int32Array {
+  if (data instanceof Int32Array && data.length === expected) return data;
+  if (ArrayBuffer.isView(data) && Object.prototype.toString.call(data) === '[object Int32Array]' && data.byteLength === expected * 4) {
+    return new Int32Array(data.buffer, data.byteOffset, expected);
+  }
+  throw new InternalError(`tfjs returned ${Object.prototype.toString.call(data)} of length ${data.length} for ${what}, expected ${expected} int32`);
+}
+
+/** Downloads each tensor, then frees them all (also when a download fails). */
+async function download(tensors: TfTensor[]): Promise<(ArrayLike<number> | ArrayLike<string>)[]> {
+  try {
+    return await Promise.all(tensors.map((t) => t.data()));
+  } finally {
+    for (const t of tensors) t.dispose();
+  }
+}
+
 /**
  * tfjs-backend-wasm multiplies fast (XNNPACK: 30–41 GFLOP/s measured here) only for one 2-D product whose right
  * operand is not transposed; a transposed or batched product runs a plain loop at ≈ 3.4 GFLOP/s (measured:
@@ -102,12 +134,19 @@ function asFloat32(data: ArrayLike<number> | ArrayLike<string>, expected: number
  */
 const WASM_TRANSPOSE_MIN_ROWS = 32;
 
+/** tfjs gathers with int32 indices: the flat index of a logit in [rows, count] must fit one. */
+const INT32_MAX = 0x7fffffff;
+
 type Keep = <T extends TfTensor>(t: T) => T;
+
+/** The `keep` to pass inside tf.tidy, which frees intermediates itself. */
+const inTidy: Keep = (t) => t;
 
 export class TfjsBackend implements Backend {
   readonly name = 'tfjs';
   /** tfjs-backend-wasm: use only its fast 2-D untransposed product (see WASM_TRANSPOSE_MIN_ROWS). */
   private readonly wasm: boolean;
+  private readonly masks = new CausalMasks();
 
   constructor(readonly tf: TfLike) {
     this.wasm = tf.getBackend() === 'wasm';
@@ -170,6 +209,86 @@ export class TfjsBackend implements Backend {
       c.set(part, s * m * n);
     }
     return c;
+  }
+
+  async attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array> {
+    checkAttention(q, k, v, heads, T, dk, dv, scale);
+    if (heads * T * dk * dv === 0) return attentionRef(q, k, v, heads, T, dk, dv, scale); // nothing to multiply
+    const tf = this.tf;
+    const mask = this.masks.get(T);
+    const [o] = await download([
+      tf.tidy(() => {
+        const tm = tf.tensor(mask, [T, T], 'float32');
+        const probs = (scores: TfTensor): TfTensor => tf.softmax(tf.add(tf.mul(scores, scale), tm)); // mask broadcasts over heads
+        if (!this.wasm) {
+          const s = tf.matMul(tf.tensor(q, [heads, T, dk], 'float32'), tf.tensor(k, [heads, T, dk], 'float32'), false, true); // [H, T, T]
+          return tf.matMul(probs(s), tf.tensor(v, [heads, T, dv], 'float32')); // [H, T, dv]
+        }
+        // wasm: 2-D products only (see WASM_TRANSPOSE_MIN_ROWS), one head at a time, concatenated to [H·T, dv].
+        const perHead: TfTensor[] = [];
+        for (let h = 0; h < heads; h++) {
+          const qh = tf.tensor(q.subarray(h * T * dk, (h + 1) * T * dk), [T, dk], 'float32');
+          const kh = tf.tensor(k.subarray(h * T * dk, (h + 1) * T * dk), [T, dk], 'float32');
+          const vh = tf.tensor(v.subarray(h * T * dv, (h + 1) * T * dv), [T, dv], 'float32');
+          perHead.push(tf.matMul(probs(this.timesTransposed(qh, kh, T, inTidy)), vh)); // [T, dv]
+        }
+        return tf.concat(perHead, 0);
+      }),
+    ]);
+    return asFloat32(o, heads * T * dv, 'attention');
+  }
+
+  async swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }> {
+    checkSwiglu(x, gateUp, down, rows, hidden, width);
+    if (rows * hidden * width === 0) {
+      const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width); // nothing to multiply
+      return wantAct ? { out, act } : { out };
+    }
+    const tf = this.tf;
+    const results = await download(
+      tf.tidy(() => {
+        const tx = tf.tensor(x, [rows, hidden], 'float32');
+        const gu = this.timesTransposed(tx, tf.tensor(gateUp, [2 * width, hidden], 'float32'), rows, inTidy); // [rows, 2·width]
+        const g = tf.slice(gu, [0, 0], [rows, width]);
+        const u = tf.slice(gu, [0, width], [rows, width]);
+        const act = tf.mul(tf.mul(g, tf.sigmoid(g)), u); // silu(g) · u, [rows, width]
+        const out = this.timesTransposed(act, tf.tensor(down, [hidden, width], 'float32'), rows, inTidy); // [rows, hidden]
+        return wantAct ? [out, act] : [out];
+      }),
+    );
+    const out = asFloat32(results[0], rows * hidden, 'swiglu out');
+    return wantAct ? { out, act: asFloat32(results[1], rows * width, 'swiglu act') } : { out };
+  }
+
+  async logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats> {
+    checkLogitStats(x, w, rows, hidden, count, targets, start);
+    if (rows * hidden * count === 0) return logitStatsRef(x, w, rows, hidden, count, targets, start); // nothing to multiply
+    if (rows * count > INT32_MAX) throw new InternalError(`logitStats: a [${rows}, ${count}] block is too large for tfjs's int32 indices; use smaller blocks`);
+    // Row r's target logit sits at r·count + (targets[r] − start) of the flattened logits; rows without one
+    // gather their first logit, replaced by NaN below.
+    const inside = (r: number): boolean => targets[r] - start >= 0 && targets[r] - start < count;
+    const flat = new Int32Array(rows);
+    for (let r = 0; r < rows; r++) flat[r] = r * count + (inside(r) ? targets[r] - start : 0);
+    const tf = this.tf;
+    const [max, sumExp, argmax, target] = await download(
+      tf.tidy(() => {
+        const tx = tf.tensor(x, [rows, hidden], 'float32');
+        const y = this.timesTransposed(tx, tf.tensor(w, [count, hidden], 'float32'), rows, inTidy); // [rows, count]
+        // Σ exp(y − max) = 1 / max(softmax(y)): the largest probability is exp(0) / Σ. Softmax is one vectorised
+        // kernel; exp is not on wasm (measured at [4096, 8192]: sub+exp+sum 680 ms, softmax+max 95 ms).
+        const s = tf.div(1, tf.max(tf.softmax(y), 1)); // [rows]
+        const picked = tf.gather(tf.reshape(y, [rows * count]), tf.tensor(flat, [rows], 'int32')); // [rows]
+        return [tf.max(y, 1), s, tf.argMax(y, 1), picked];
+      }),
+    );
+    const stats: LogitStats = {
+      max: asFloat32(max, rows, 'logitStats max'),
+      sumExp: asFloat32(sumExp, rows, 'logitStats sumExp'),
+      argmax: asInt32(argmax, rows, 'logitStats argmax'),
+      target: asFloat32(target, rows, 'logitStats target'),
+    };
+    for (let r = 0; r < rows; r++) if (!inside(r)) stats.target[r] = NaN;
+    return stats;
   }
 
   async dispose(): Promise<void> {

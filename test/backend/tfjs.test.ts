@@ -85,7 +85,7 @@ describe('TfjsBackend on a non-wasm tfjs (as tfjs-node-gpu would be)', () => {
       await tf.setBackend('wasm');
     }
     await tf.ready();
-    generic = new TfjsBackend({ tensor: tf.tensor, matMul: tf.matMul, add: tf.add, transpose: tf.transpose, getBackend: () => 'tensorflow' });
+    generic = new TfjsBackend({ ...tf, getBackend: () => 'tensorflow' } as TfLike);
   });
 
   test.each(BMM_SHAPES.slice(0, 5))('bmm %i×%i×%i×%i equals ref in one batched call', async (batch, m, k, n) => {
