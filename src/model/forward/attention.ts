@@ -74,27 +74,7 @@ async function causalAttention(
     for (let t = 0; t < T; t++) {
       for (let h = 0; h < H; h++) qw.set(q.subarray(((w * T + t) * H + h) * dk, ((w * T + t) * H + h + 1) * dk), (h * T + t) * dk);
     }
-    const scores = await be.bmm(qw, keys(w), H, T, dk, T, true); // [H, T, T]
-    for (let h = 0; h < H; h++) {
-      for (let t = 0; t < T; t++) {
-        const o = (h * T + t) * T;
-        let max = -Infinity;
-        for (let s = 0; s <= t; s++) {
-          const v = scores[o + s] * scale;
-          scores[o + s] = v;
-          if (v > max) max = v;
-        }
-        let sum = 0;
-        for (let s = 0; s <= t; s++) {
-          const e = Math.exp(scores[o + s] - max);
-          scores[o + s] = e;
-          sum += e;
-        }
-        for (let s = 0; s <= t; s++) scores[o + s] /= sum;
-        scores.fill(0, o + t + 1, o + T);
-      }
-    }
-    const ctx = await be.bmm(scores, values(w), H, T, T, dv, false); // [H, T, dv]
+    const ctx = await be.attention(qw, keys(w), values(w), H, T, dk, dv, scale); // [H, T, dv]
     for (let h = 0; h < H; h++) {
       for (let t = 0; t < T; t++) out.set(ctx.subarray((h * T + t) * dv, (h * T + t + 1) * dv), ((w * T + t) * H + h) * dv);
     }

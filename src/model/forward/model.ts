@@ -10,7 +10,7 @@ import { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
 import { gqa, Linear, mla } from './attention';
 import { gatherRows, route, Routing, tokensPerExpert } from './moe';
-import { addInPlace, concatRows, rmsNorm, sigmoid, swiglu } from './ops';
+import { addInPlace, concatRows, rmsNorm, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
 
@@ -172,9 +172,10 @@ export class ForwardPass {
     const h = this.arch.hidden;
     if (rows === 0) return new Float32Array(0);
     observer?.linear?.(names.gate, x, rows, h);
-    const act = swiglu(await this.be.linear(x, w.gateUp, rows, h, 2 * w.width), rows, w.width);
-    observer?.linear?.(names.down, act, rows, w.width);
-    return this.be.linear(act, w.down, rows, w.width, h);
+    const wantAct = !!observer?.linear;
+    const { out, act } = await this.be.swiglu(x, w.gateUp, w.down, rows, h, w.width, wantAct);
+    if (wantAct) observer!.linear!(names.down, act!, rows, w.width);
+    return out;
   }
 
   private mlp(prefix: string, l: number, x: Float32Array, rows: number, observer?: ForwardObserver): Promise<Float32Array> {
