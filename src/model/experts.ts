@@ -2,7 +2,7 @@
 import type { Backend } from '../backend/backend';
 import { TensorReader } from '../io/checkpoint';
 import type { Architecture } from './arch';
-import { concatRows, swiglu } from './forward/ops';
+import { concatRows } from './forward/ops';
 
 export interface ExpertWeights {
   /** [width, hidden] */
@@ -23,8 +23,7 @@ export async function expertOutputs(be: Backend, reader: TensorReader, arch: Arc
   const out: Float32Array[] = [];
   for (let e = 0; e < arch.numExperts; e++) {
     const ex = loadExpert(reader, arch, layer, e);
-    const act = swiglu(await be.linear(x, concatRows(ex.gate, ex.up), n, h, 2 * w), n, w);
-    out.push(await be.linear(act, ex.down, n, w, h));
+    out.push((await be.swiglu(x, concatRows(ex.gate, ex.up), ex.down, n, h, w, false)).out);
   }
   return out;
 }

@@ -53,24 +53,6 @@ export function addInPlace(a: Float32Array, b: Float32Array): void {
   for (let i = 0; i < a.length; i++) a[i] += b[i];
 }
 
-/** Softmax over each row of `cols` (float64 sums), into `out`. */
-export function softmaxRows(x: Float32Array, cols: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
-  const rows = x.length / cols;
-  for (let r = 0; r < rows; r++) {
-    const o = r * cols;
-    let max = -Infinity;
-    for (let i = 0; i < cols; i++) if (x[o + i] > max) max = x[o + i];
-    let sum = 0;
-    for (let i = 0; i < cols; i++) {
-      const e = Math.exp(x[o + i] - max);
-      out[o + i] = e;
-      sum += e;
-    }
-    for (let i = 0; i < cols; i++) out[o + i] /= sum;
-  }
-  return out;
-}
-
 /** Concatenates [rowsA, cols] and [rowsB, cols] row blocks: the fused gate|up weight. */
 export function concatRows(a: Float32Array, b: Float32Array): Float32Array {
   const out = new Float32Array(a.length + b.length);
