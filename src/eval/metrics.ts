@@ -3,6 +3,7 @@
  * log-sum-exp, the target's logit, the argmax, and (against a baseline) KL(baseline‖model) by the online
  * identity KL = Σ_v p_v·(a_v − b_v) − lse(a) + lse(b), with p = softmax(a), a the baseline's logits.
  */
+import type { LogitStats } from '../backend/backend';
 
 export class RowStats {
   readonly max: Float64Array;
@@ -49,6 +50,25 @@ export class RowStats {
       this.sum[r] += s;
       const t = this.targets[r];
       if (t >= start && t < start + count) this.target[r] = logits[o + t - start];
+    }
+  }
+
+  /** Folds in a backend's statistics of one block (Backend.logitStats), the same as update() on its logits. */
+  merge(b: LogitStats, start: number): void {
+    for (let r = 0; r < this.rows; r++) {
+      const blockMax = b.max[r];
+      if (blockMax > this.best[r]) {
+        this.best[r] = blockMax;
+        this.argmax[r] = start + b.argmax[r];
+      }
+      let m = this.max[r];
+      if (blockMax > m) {
+        this.sum[r] *= Math.exp(m - blockMax);
+        m = blockMax;
+        this.max[r] = m;
+      }
+      this.sum[r] += b.sumExp[r] * Math.exp(blockMax - m);
+      if (!Number.isNaN(b.target[r])) this.target[r] = b.target[r];
     }
   }
 

@@ -87,7 +87,9 @@ export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: 
     const keep = (b: LogitBlock) => {
       if (full) for (let r = 0; r < N; r++) full.set(b.logits.subarray(r * b.count, (r + 1) * b.count), r * vocab + b.start);
     };
-    if (!base) {
+    if (!base && !full) {
+      await model.headStats(hidden, N, targets, stats);
+    } else if (!base) {
       for await (const b of model.headBlocks(hidden, N)) {
         stats.update(b.logits, b.start, b.count);
         keep(b);

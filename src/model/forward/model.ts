@@ -5,7 +5,7 @@
  * experts beyond the budget are read again for each batch. Memory: attention and dense weights, the cached
  * experts (at most the budget) and the activations.
  */
-import type { Backend } from '../../backend/backend';
+import type { Backend, LogitStats } from '../../backend/backend';
 import { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
 import { gqa, Linear, mla } from './attention';
@@ -223,15 +223,30 @@ export class ForwardPass {
 
   /** Final norm and lm_head (tied to the embeddings when the config says so), in blocks of the vocabulary. */
   async *headBlocks(hidden: Float32Array, N: number): AsyncGenerator<LogitBlock> {
+    const { x, blocks } = this.headInput(hidden, N);
+    for (const { start, count, w } of blocks()) yield { logits: await this.be.linear(x, w(), N, this.arch.hidden, count), rows: N, start, count };
+  }
+
+  /** The final-normed hidden states and the lm_head's vocabulary blocks (rows loaded when asked). */
+  private headInput(hidden: Float32Array, N: number) {
     const a = this.arch;
     const x = rmsNorm(hidden, this.reader.f32('model.norm.weight'), a.hidden, this.spec.eps);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     const block = vocabBlock(N, a.vocab);
-    for (let start = 0; start < a.vocab; start += block) {
-      const count = Math.min(block, a.vocab - start);
-      const w = this.reader.rowsF32(name, start, count);
-      yield { logits: await this.be.linear(x, w, N, a.hidden, count), rows: N, start, count };
+    const reader = this.reader;
+    function* blocks() {
+      for (let start = 0; start < a.vocab; start += block) {
+        const count = Math.min(block, a.vocab - start);
+        yield { start, count, w: () => reader.rowsF32(name, start, count) };
+      }
     }
+    return { x, blocks };
+  }
+
+  /** Per-row logit statistics over the whole vocabulary (Backend.logitStats per block): the logits never leave the backend. */
+  async headStats(hidden: Float32Array, N: number, targets: Int32Array, into: { merge(b: LogitStats, start: number): void }): Promise<void> {
+    const { x, blocks } = this.headInput(hidden, N);
+    for (const { start, count, w } of blocks()) into.merge(await this.be.logitStats(x, w(), N, this.arch.hidden, count, targets, start), start);
   }
 
   async head(hidden: Float32Array, N: number, sink: LogitSink): Promise<void> {
