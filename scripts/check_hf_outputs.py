@@ -1,4 +1,4 @@
-"""Checks that checkpoints written by moe (prune, merge, ...) load in Hugging Face transformers and measures their
+"""Checks that checkpoints written by moe (prune, merge, quantize --format dequantized) load in Hugging Face transformers and measures their
 perplexity there, by the same rule as `moe eval` (README): text tokenized whole without special tokens, the first
 MAX_TOKENS tokens cut into windows of SEQ_LEN, mean NLL over every predicted position in float64 from float32 logits.
 
@@ -26,7 +26,7 @@ EVAL = os.path.join(ROOT, "fixtures", "text", "eval.txt")
 OUT = os.path.join(ROOT, "fixtures", "reference", "compressed-ppl.json")
 SEQ_LEN = 128
 MAX_TOKENS = 4096
-CALIB_ARGS = ["--seq-len", "128", "--max-tokens", "8192", "--naee-tokens", "512"]
+CALIB_ARGS = ["--seq-len", "128", "--max-tokens", "8192", "--naee-tokens", "512", "--hessians"]
 # (name, moe arguments after the model and stats)
 CASES = [
     ("prune-reap-50", ["prune", "--method", "reap", "--ratio", "0.5"]),
@@ -34,6 +34,12 @@ CASES = [
     ("prune-frequency-75", ["prune", "--method", "frequency", "--ratio", "0.75"]),
     ("merge-msmoe-50", ["merge", "--method", "msmoe", "--ratio", "0.5"]),
     ("merge-hcsmoe-50", ["merge", "--method", "hcsmoe", "--ratio", "0.5"]),
+    # Quantized outputs in the dequantized format (plain bf16 checkpoints); the test compares moe eval of the
+    # packed format, made with the same arguments, against these.
+    ("quantize-rtn-4", ["quantize", "--bits", "4", "--method", "rtn", "--format", "dequantized"]),
+    ("quantize-gptq-3", ["quantize", "--bits", "3", "--method", "gptq", "--format", "dequantized"]),
+    ("quantize-gptq-lp-3", ["quantize", "--bits", "3", "--method", "gptq", "--allocate", "lp", "--format", "dequantized"]),
+    ("quantize-rtn-lp-2.5", ["quantize", "--bits", "2.5", "--method", "rtn", "--allocate", "lp", "--format", "dequantized"]),
 ]
 
 

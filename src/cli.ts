@@ -165,6 +165,75 @@ export function buildCli(): Command {
     }), 'print the groups and write nothing');
 
   program
+    .command('quantize')
+    .description('quantize the decoder\'s linear weights (RTN or GPTQ), uniform or with bits allocated by a linear program')
+    .argument('<model>', 'model folder')
+    .requiredOption('--bits <b>', 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)')
+    .requiredOption('-o, --output <dir>', 'destination folder')
+    .option('--group-size <n>', 'weights per scale and zero point, along the input dimension', '128')
+    .addOption(new Option('--method <name>', 'quantizer (default: gptq when the stats hold Hessians, else rtn)').choices(['rtn', 'gptq']))
+    .option('--stats <dir>', 'calibration stats of this model (moe calibrate; --hessians for GPTQ)')
+    .addOption(new Option('--allocate <mode>', 'same bits everywhere, or bits per group by linear programming (MC-MoE)').choices(['uniform', 'lp']).default('uniform'))
+    .option('--bit-choices <list>', 'bit-widths the allocation may choose', '2,3,4,8')
+    .addOption(new Option('--granularity <g>', 'allocation group: one expert, one projection, or all experts of a layer').choices(['expert', 'projection', 'layer']).default('expert'))
+    .addOption(new Option('--budget-scope <s>', 'meet --bits over the whole model (bits move to the layers that need them) or in every layer').choices(['global', 'layer']).default('global'))
+    .option('--alpha <a>', 'exponent of expert frequency in the allocation weight', '1')
+    .option('--beta <b>', 'exponent of mean routing weight in the allocation weight', '1.5')
+    .option('--attn-bits <n>', 'fixed bits for attention (default: --bits, or at least 4 under lp)')
+    .option('--shared-expert-bits <n>', 'fixed bits for shared experts (default: --bits, or at least 4 under lp)')
+    .option('--keep-router-fp', 'leave the router unquantized (default: 8 bits)')
+    .option('--act-order', 'GPTQ: quantize columns in order of decreasing Hessian diagonal')
+    .option('--damp <f>', 'GPTQ dampening, a fraction of the mean Hessian diagonal', '0.01')
+    .addOption(new Option('--format <f>', 'packed integers with scales (moe eval runs them), or a plain checkpoint of dequantized weights').choices(['packed', 'dequantized']).default('packed'))
+    .option('--report <file>', 'write every group\'s bits and predicted error, the size and the solver\'s status as JSON')
+    .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
+    .option('--threads <n>', 'compute threads (default: all cores)')
+    .option('--max-shard-size <size>', 'largest shard', '5GB')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', 'allocate and report, write nothing')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  moe quantize ./model --bits 4 -o ./model-int4\n  moe calibrate ./model --data calib.txt --hessians -o ./stats\n  moe quantize ./model --stats ./stats --bits 2.5 --allocate lp --report alloc.json -o ./model-2.5bit\n  moe quantize ./model --stats ./stats --bits 4 --format dequantized -o ./model-q4-hf',
+    )
+    .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
+      const { quantize, formatQuantize, summary } = await import('./commands/quantize');
+      const { parseBitChoices } = await import('./quant/plan');
+      const choices = parseBitChoices(String(opts.bitChoices));
+      if (!choices) throw new UsageError(`--bit-choices ${JSON.stringify(opts.bitChoices)} is not a list of integers from 1 to 8`, { hint: 'e.g. --bit-choices 2,3,4,8' });
+      const report = await quantize(
+        {
+          model,
+          output: String(opts.output),
+          bits: real(opts.bits, '--bits')!,
+          groupSize: num(opts.groupSize, '--group-size', 1),
+          method: opts.method as 'rtn' | 'gptq' | undefined,
+          stats: opts.stats as string | undefined,
+          allocate: opts.allocate as 'uniform' | 'lp',
+          bitChoices: choices,
+          granularity: opts.granularity as 'expert' | 'projection' | 'layer',
+          budgetScope: opts.budgetScope as 'global' | 'layer',
+          alpha: real(opts.alpha, '--alpha'),
+          beta: real(opts.beta, '--beta'),
+          attnBits: num(opts.attnBits, '--attn-bits', 1),
+          sharedExpertBits: num(opts.sharedExpertBits, '--shared-expert-bits', 1),
+          keepRouterFp: !!opts.keepRouterFp,
+          actOrder: !!opts.actOrder,
+          damp: real(opts.damp, '--damp'),
+          format: opts.format as 'packed' | 'dequantized',
+          report: opts.report as string | undefined,
+          dryRun: !!opts.dryRun,
+          backend: opts.backend as 'onnx' | 'ref' | 'tfjs',
+          threads: num(opts.threads, '--threads', 1),
+          maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
+          force: !!opts.force,
+        },
+        context(cmd, !!opts.json),
+      );
+      emit(summary(report), opts, () => formatQuantize(report));
+    });
+
+  program
     .command('eval')
     .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
     .argument('<model>', 'model folder')

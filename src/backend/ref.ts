@@ -6,6 +6,9 @@
 import { InternalError } from '../errors';
 import type { Backend, LogitStats } from './backend';
 
+/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+const math = Math;
+
 function checkDims(what: string, dims: Record<string, number>): void {
   for (const [name, v] of Object.entries(dims)) {
     if (!Number.isSafeInteger(v) || v < 0) throw new InternalError(`${what}: ${name} must be a non-negative integer, got ${v}`);
@@ -130,7 +133,7 @@ export function attentionRef(q: Float32Array, k: Float32Array, v: Float32Array, 
       }
       let sum = 0;
       for (let s = 0; s <= t; s++) {
-        p[s] = Math.exp(p[s] - max);
+        p[s] = math.exp(p[s] - max);
         sum += p[s];
       }
       acc.fill(0);
@@ -157,7 +160,7 @@ export function swigluRef(x: Float32Array, gateUp: Float32Array, down: Float32Ar
     const g = r * 2 * width;
     for (let i = 0; i < width; i++) {
       const gate = gu[g + i];
-      act[r * width + i] = (gate / (1 + Math.exp(-gate))) * gu[g + width + i]; // silu(gate) · up
+      act[r * width + i] = (gate / (1 + math.exp(-gate))) * gu[g + width + i]; // silu(gate) · up
     }
   }
   return { out: linearRef(act, down, rows, width, hidden), act };
@@ -187,7 +190,7 @@ export function logitStatsRef(x: Float32Array, w: Float32Array, rows: number, hi
       }
     }
     let sum = 0;
-    for (let c = 0; c < count; c++) sum += Math.exp(logits[c] - max);
+    for (let c = 0; c < count; c++) sum += math.exp(logits[c] - max);
     const t = targets[r] - start;
     stats.max[r] = max;
     stats.sumExp[r] = sum;

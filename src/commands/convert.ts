@@ -7,6 +7,7 @@ import { withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
+import { withoutPackedConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 
@@ -95,7 +96,9 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
       progress.done();
       reader.close();
     }
-    out.writeJson('config.json', cast ? withDType(ckpt.config, cast) : ckpt.config);
+    // A packed model is read dequantized, so its output is a plain checkpoint.
+    const config = withoutPackedConfig(ckpt.config);
+    out.writeJson('config.json', cast ? withDType(config, cast) : config);
     out.copyAuxFiles(ckpt.dir);
   });
   report.seconds = (Date.now() - started) / 1000;

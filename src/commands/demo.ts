@@ -1,7 +1,8 @@
 /**
  * `moe demo` (what `npm start` runs): the main job on the bundled trained fixture: inspect, calibrate on the
- * calibration text, prune (REAP) and merge (M-SMoE) to half the experts, evaluate each against the original on
- * the held-out text, and check a bf16 → f32 → bf16 round trip. Prints a summary table.
+ * calibration text, prune (REAP) and merge (M-SMoE) to half the experts, quantize (GPTQ at 4 bits, GPTQ with bits
+ * allocated by the LP at 3 on average, and the pruned model by RTN at 4), evaluate each against the original on the
+ * held-out text, and check a bf16 → f32 → bf16 round trip. Prints a summary table.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -16,6 +17,7 @@ import { evalCommand, EvalReport } from './eval';
 import { formatInspect, inspect, InspectReport } from './inspect';
 import { merge } from './merge';
 import { prune } from './prune';
+import { quantize } from './quantize';
 
 export const FIXTURE_MODEL = path.join(__dirname, '..', '..', 'fixtures', 'tiny-moe');
 const TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text');
@@ -54,11 +56,18 @@ export async function demo(ctx: Context, model = FIXTURE_MODEL): Promise<DemoRep
   try {
     const stats = path.join(work, 'stats');
     const half = Math.max(info.top_k, Math.round(info.experts_per_layer[0] / 2));
-    await timed('calibrate (16k tokens)', () => calibrate({ model, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512 }, quietCtx), (r) => `${r.tokens} tokens`);
+    await timed('calibrate (16k tokens, Hessians)', () => calibrate({ model, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512, hessians: true }, quietCtx), (r) => `${r.tokens} tokens`);
     const pruned = path.join(work, 'prune-reap');
     await timed(`prune: REAP → ${half} experts`, () => prune({ model, stats, method: 'reap', keep: half, output: pruned }, quietCtx), (r) => `kept ${r.layers.map((l) => `[${l.kept.join(',')}]`).join(' ')}`);
     const merged = path.join(work, 'merge-msmoe');
     await timed(`merge: M-SMoE → ${half} experts`, () => merge({ model, stats, method: 'msmoe', keep: half, output: merged }, quietCtx), (r) => `${r.layers[0].groups.map((g) => `[${g.members.join(',')}]`).join(' ')} in layer ${r.layers[0].layer}`);
+    const q4 = path.join(work, 'gptq-4');
+    const bitsText = (r: { average_bits: number; stored_bits_per_weight: number }) => `${r.average_bits.toFixed(2)} bits average (${r.stored_bits_per_weight.toFixed(2)} with scales)`;
+    await timed('quantize: GPTQ 4-bit', () => quantize({ model, stats, bits: 4, output: q4 }, quietCtx), bitsText);
+    const lp3 = path.join(work, 'gptq-lp-3');
+    await timed('quantize: GPTQ, LP-allocated 3-bit average', () => quantize({ model, stats, bits: 3, allocate: 'lp', output: lp3 }, quietCtx), (r) => `${bitsText(r)}; ${Object.entries(r.bits_histogram).map(([b, n]) => `${b}-bit ${((100 * n) / r.quantized_params).toFixed(0)}%`).join(', ')}`);
+    const prunedQ4 = path.join(work, 'prune-reap-rtn-4');
+    await timed(`quantize: the REAP-pruned model, RTN 4-bit`, () => quantize({ model: pruned, bits: 4, method: 'rtn', output: prunedQ4 }, quietCtx), bitsText);
     const results: DemoRow[] = [];
     const evalOne = async (name: string, dir: string) => {
       const r: EvalReport = await timed(`eval ${name}`, () => evalCommand({ model: dir, baseline: dir === model ? undefined : model, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192 }, quietCtx), (e) => `perplexity ${e.perplexity.toFixed(2)}`);
@@ -75,6 +84,9 @@ export async function demo(ctx: Context, model = FIXTURE_MODEL): Promise<DemoRep
     await evalOne('original', model);
     await evalOne(`prune REAP ${half}/${info.experts_per_layer[0]}`, pruned);
     await evalOne(`merge M-SMoE ${half}/${info.experts_per_layer[0]}`, merged);
+    await evalOne('GPTQ 4-bit', q4);
+    await evalOne('GPTQ LP 3-bit average', lp3);
+    await evalOne(`REAP ${half}/${info.experts_per_layer[0]} + RTN 4-bit`, prunedQ4);
     const f32 = path.join(work, 'f32');
     const back = path.join(work, 'bf16');
     await timed('convert bf16 → f32 (sharded) → bf16', async () => {

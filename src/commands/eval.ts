@@ -13,7 +13,8 @@ import { evaluate, EvalTotals } from '../eval/perplexity';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { encodeHeader } from '../io/writer';
-import { numel, tensorBytes } from '../io/safetensors';
+import { numel } from '../io/safetensors';
+import { quantSummary, storedBytes } from '../quant/format';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -38,6 +39,8 @@ export interface SizeReport {
   params: number;
   bytes: number;
   bits_per_param: number;
+  /** Packed models: mean code bits of the quantized weights (moe quantize). */
+  quantized_average_bits?: number;
 }
 
 export interface EvalReport {
@@ -77,9 +80,9 @@ function size(arch: Architecture, dir: string): SizeReport {
   let bytes = 0;
   for (const t of ckpt.tensors.values()) {
     params += numel(t.shape);
-    bytes += tensorBytes(t);
+    bytes += storedBytes(t);
   }
-  return { params, bytes, bits_per_param: params ? (8 * bytes) / params : 0 };
+  return { params, bytes, bits_per_param: params ? (8 * bytes) / params : 0, quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits };
 }
 
 function open(dir: string) {
@@ -207,7 +210,7 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
 export function formatEval(r: EvalReport): string {
   const lines = [
     `perplexity     ${r.perplexity.toFixed(4)} (loss ${r.loss.toFixed(5)}) over ${r.positions} predicted positions in ${r.windows} windows of ${r.seq_len}`,
-    `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${(r.size.bytes / 1e6).toFixed(2)} MB, ${r.size.bits_per_param.toFixed(2)} bits/param`,
+    `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${(r.size.bytes / 1e6).toFixed(2)} MB, ${r.size.bits_per_param.toFixed(2)} bits/param${r.size.quantized_average_bits !== undefined ? ` (quantized weights: ${r.size.quantized_average_bits.toFixed(3)} bits)` : ''}`,
     `speed          ${r.tokens_per_second.toFixed(0)} tokens/s (${r.seconds.toFixed(1)} s, ${r.backend} backend)`,
   ];
   if (r.baseline) {

@@ -1,10 +1,11 @@
 /** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
 import * as path from 'node:path';
 import { openCheckpoint } from '../io/checkpoint';
-import { numel, tensorBytes } from '../io/safetensors';
+import { numel } from '../io/safetensors';
 import { loadArchitecture } from '../model/registry';
 import type { RoutingRule } from '../model/arch';
 import { formatBytes } from '../ui/progress';
+import { quantSummary, QuantSummary, storedBytes } from '../quant/format';
 
 export interface DTypeStats {
   tensors: number;
@@ -45,6 +46,8 @@ export interface InspectReport {
   layers: LayerSummary[];
   /** Bytes of the model folder's files read to produce this report. */
   bytes_read: number;
+  /** Packed weights (moe quantize --format packed): bits per tensor and the average; absent when none. */
+  quantization?: QuantSummary;
 }
 
 export interface InspectOptions {
@@ -69,10 +72,10 @@ export function inspect(opts: InspectOptions): InspectReport {
   let extra = 0;
   for (const t of ckpt.tensors.values()) {
     const n = numel(t.shape);
-    const b = tensorBytes(t);
+    const b = storedBytes(t);
     paramsTotal += n;
     bytes += b;
-    const d = (dtypes[t.dtype] ??= { tensors: 0, params: 0, bytes: 0 });
+    const d = (dtypes[t.packed ? `packed ${t.packed.info.bits}-bit` : t.dtype] ??= { tensors: 0, params: 0, bytes: 0 });
     d.tensors++;
     d.params += n;
     d.bytes += b;
@@ -112,6 +115,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     extra_tensors: extra,
     layers,
     bytes_read: ckpt.bytesRead.value,
+    quantization: quantSummary(ckpt.tensors),
   };
 }
 
@@ -145,6 +149,13 @@ export function formatInspect(r: InspectReport): string {
       .map(([d, s]) => `${d} ${formatBytes(s.bytes)} (${s.tensors} tensors)`)
       .join(', ')}`,
   ];
+  const q = r.quantization;
+  if (q) {
+    const hist = Object.entries(q.bits_histogram)
+      .map(([b, n]) => `${b}-bit ${pct(n, q.params)}`)
+      .join(', ');
+    lines.push(`quantized      ${q.tensors} weights, ${human(q.params)} params: ${q.average_bits.toFixed(3)} bits average (${q.stored_bits_per_weight.toFixed(3)} with scales and zeros); ${hist}`);
+  }
   if (r.extra_tensors > 0) lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
   lines.push('', 'layer  kind   experts      params        bytes');
   for (const l of r.layers) {

@@ -5,9 +5,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
-import { DType, dtypeBytes, isFloatDType, toFloat32 } from './dtype';
+import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
 import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
+import { logicalTensors, PackedParts, withoutPackedKeys } from '../quant/format';
+import { dequantizePacked } from '../quant/pack';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -22,7 +24,7 @@ export interface Checkpoint {
   tensors: Map<string, TensorRef>;
   /** Shard files, absolute, in order. */
   shards: string[];
-  /** `__metadata__` of the first shard. */
+  /** `__metadata__` of the first shard (without the packed weights' entries, which describe tensors). */
   metadata: Record<string, string>;
   /** Whether the tensors came with a model.safetensors.index.json. */
   indexed: boolean;
@@ -113,7 +115,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  return { dir: abs, config, tensors, shards, metadata: headers[0]?.metadata ?? {}, indexed: !!weightMap, bytesRead };
+  return { dir: abs, config, tensors: logicalTensors(headers, tensors), shards, metadata: withoutPackedKeys(headers[0]?.metadata ?? {}), indexed: !!weightMap, bytesRead };
 }
 
 /** A single safetensors file (stats, golden references, dumps) opened like a checkpoint with no config. */
@@ -152,9 +154,10 @@ export class TensorReader {
     return t;
   }
 
-  /** The raw little-endian bytes of a tensor. */
+  /** The raw little-endian bytes of a tensor (a packed weight: dequantized, in its original dtype). */
   bytes(name: string): Uint8Array {
     const t = this.ref(name);
+    if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -163,6 +166,10 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
+    if (t.packed) {
+      yield this.bytes(name);
+      return;
+    }
     const size = dtypeBytes(t.dtype);
     const step = Math.max(size, maxBytes - (maxBytes % size));
     const fd = this.fd(t.file);
@@ -179,6 +186,7 @@ export class TensorReader {
     const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
     const rowBytes = cols * dtypeBytes(t.dtype);
     if (start < 0 || start + count > t.shape[0]) throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
+    if (t.packed) return this.dequantized(t.packed, start, count);
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -207,7 +215,20 @@ export class TensorReader {
   f32(name: string): Float32Array {
     const t = this.ref(name);
     if (!isFloatDType(t.dtype)) throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
+    if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
     return toFloat32(this.bytes(name), t.dtype);
+  }
+
+  /** Rows [start, start+count) of a packed weight, dequantized to float32. */
+  private dequantized(p: PackedParts, start: number, count: number): Float32Array {
+    const [, cols] = p.info.shape;
+    const rowsOf = (t: TensorRef) => {
+      const rowBytes = t.end - t.begin === 0 ? 0 : (t.end - t.begin) / t.shape[0];
+      const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
+      this.ckpt.bytesRead.value += bytes.byteLength;
+      return bytes;
+    };
+    return dequantizePacked(rowsOf(p.qweight), rowsOf(p.scales), rowsOf(p.zeros), count, cols, p.info.bits, p.info.group_size);
   }
 
   private fd(file: string): number {

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, isDType } from './dtype';
+import type { PackedParts } from '../quant/format';
 
 /** A larger header is a corrupt or hostile file: real ones are well under 10 MiB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -18,9 +19,11 @@ export interface TensorRef {
   shape: number[];
   /** Absolute path of the shard holding it. */
   file: string;
-  /** Absolute byte range in the file. */
+  /** Absolute byte range in the file (of the qweight part, for a packed weight). */
   begin: number;
   end: number;
+  /** Set when the weight is stored quantized (src/quant/format.ts): its parts, read and dequantized by TensorReader. */
+  packed?: PackedParts;
 }
 
 export interface SafetensorsHeader {

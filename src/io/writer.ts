@@ -20,6 +20,8 @@ export interface WriterOptions {
   /** Start a new shard before a tensor that would take the current one past this size. */
   maxShardBytes: number;
   metadata?: Record<string, string>;
+  /** Extra `__metadata__` entries that go in the shard holding the named tensor (e.g. a packed weight's bits). */
+  tensorMetadata?: Map<string, Record<string, string>>;
   /** File name when everything fits in one shard (default model.safetensors). */
   singleFileName?: string;
 }
@@ -99,7 +101,12 @@ export class ShardedWriter {
     }
     const groups = planShards(plan, opts.maxShardBytes);
     this.shards = groups.map((tensors, i) => {
-      const { header, dataBytes } = encodeHeader(tensors, opts.metadata);
+      let metadata = opts.metadata;
+      for (const t of tensors) {
+        const extra = opts.tensorMetadata?.get(t.name);
+        if (extra) metadata = { ...metadata, ...extra };
+      }
+      const { header, dataBytes } = encodeHeader(tensors, metadata);
       const name = groups.length === 1 && opts.singleFileName ? opts.singleFileName : shardName(i, groups.length);
       return { file: path.join(dir, name), tensors, header, dataBytes };
     });

@@ -1,5 +1,5 @@
 /**
- * Pruned and merged checkpoints are real Hugging Face checkpoints: scripts/check_hf_outputs.py made them with
+ * Pruned, merged and (dequantized) quantized checkpoints are real Hugging Face checkpoints: scripts/check_hf_outputs.py made them with
  * moe, loaded them in transformers and committed transformers' perplexities (fixtures/reference). Here moe makes
  * the same outputs again (the commands are deterministic) and moe eval must give the same perplexity.
  */
@@ -9,6 +9,7 @@ import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
 import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
+import { quantize } from '../../src/commands/quantize';
 import { quiet, ROOT, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
@@ -26,7 +27,10 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
   beforeAll(async () => {
     stats = path.join(tmpDir(), 'stats');
     const c: string[] = ref.calibrate;
-    await calibrate({ model: MODEL, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), naeeTokens: Number(flag(c, '--naee-tokens')) }, quiet);
+    await calibrate(
+      { model: MODEL, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), naeeTokens: Number(flag(c, '--naee-tokens')), hessians: c.includes('--hessians') },
+      quiet,
+    );
   }, 60_000);
 
   test.each(Object.entries(ref.cases as Record<string, { args: string[]; perplexity: number; windows: number }>))('%s', async (_name, c) => {
@@ -35,7 +39,17 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
       dir = path.join(tmpDir(), 'out');
       const common = { model: MODEL, stats, method: flag(c.args, '--method')!, ratio: Number(flag(c.args, '--ratio')), output: dir };
       if (c.args[0] === 'prune') await prune(common, quiet);
-      else await merge(common, quiet);
+      else if (c.args[0] === 'merge') await merge(common, quiet);
+      else {
+        // transformers evaluated the dequantized format; moe evaluates the packed one made with the same arguments.
+        expect(flag(c.args, '--format')).toBe('dequantized');
+        const allocate = flag(c.args, '--allocate') as 'lp' | undefined;
+        await quantize({ model: MODEL, stats, output: dir, bits: Number(flag(c.args, '--bits')), method: flag(c.args, '--method') as 'rtn' | 'gptq', allocate, format: 'packed' }, quiet);
+        const r = await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens }, quiet);
+        expect(r.windows).toBe(c.windows);
+        expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-3);
+        return;
+      }
     }
     const r = await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens }, quiet);
     expect(r.windows).toBe(c.windows);

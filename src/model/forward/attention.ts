@@ -7,6 +7,9 @@ import type { Backend } from '../../backend/backend';
 import { applyRope, RopeTables } from './rope';
 import { rmsNorm, rmsNormStrided } from './ops';
 
+/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+const math = Math;
+
 export interface GqaSpec {
   kind: 'gqa';
   heads: number;
@@ -103,7 +106,7 @@ export async function gqa(be: Backend, lin: Linear, x: Float32Array, hidden: num
   const v = await lin('v_proj', x, N, hidden, KV * d);
   if (spec.clipQkv !== undefined) {
     const c = spec.clipQkv;
-    for (const a of [q, k, v]) for (let i = 0; i < a.length; i++) a[i] = Math.min(c, Math.max(-c, a[i]));
+    for (const a of [q, k, v]) for (let i = 0; i < a.length; i++) a[i] = math.min(c, math.max(-c, a[i]));
   }
   if (spec.qkNorm === 'full') {
     rmsNorm(q, need(w, 'q_norm.weight'), H * d, spec.eps, q);
@@ -125,8 +128,8 @@ export async function gqa(be: Backend, lin: Linear, x: Float32Array, hidden: num
     d,
     d,
     spec.scale,
-    (win) => perHead(k, win, T, H, KV, d, 0, d, (h) => Math.floor(h / group)),
-    (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => Math.floor(h / group)),
+    (win) => perHead(k, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
+    (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
   );
   return lin('o_proj', out, N, H * d, hidden);
 }

@@ -5,6 +5,9 @@
 import type { RoutingRule } from '../arch';
 import { sigmoid } from './ops';
 
+/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+const math = Math;
+
 export interface Routing {
   /** Router logits [tokens, E]. */
   logits: Float32Array;
@@ -46,10 +49,10 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
     const row = n * E;
     if (rule.scoring === 'softmax') {
       let max = -Infinity;
-      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) max = Math.max(max, logits[row + e]);
+      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) max = math.max(max, logits[row + e]);
       let sum = 0;
-      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) sum += Math.exp(logits[row + e] - max);
-      for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? Math.exp(logits[row + e] - max) / sum : 0;
+      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) sum += math.exp(logits[row + e] - max);
+      for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? math.exp(logits[row + e] - max) / sum : 0;
     } else {
       for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? sigmoid(logits[row + e]) : 0;
     }
@@ -63,7 +66,7 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
       }
       const keep = new Set(topk(groupScores, rule.topkGroup));
       const masked = rule.groupMask === 'zero' ? 0 : -Infinity;
-      for (let e = 0; e < E; e++) if (!keep.has(Math.floor(e / perGroup)) && (!allowed || allowed[e])) choice[e] = masked;
+      for (let e = 0; e < E; e++) if (!keep.has(math.floor(e / perGroup)) && (!allowed || allowed[e])) choice[e] = masked;
     }
     const sel = topk(choice, k);
     let sum = 0;

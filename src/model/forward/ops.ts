@@ -7,8 +7,8 @@ export function rmsNorm(x: Float32Array, weight: Float32Array, dim: number, eps:
     const o = r * dim;
     let ss = 0;
     for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
-    const inv = 1 / Math.sqrt(ss / dim + eps);
-    for (let i = 0; i < dim; i++) out[o + i] = Math.fround(x[o + i] * inv) * weight[i];
+    const inv = 1 / math.sqrt(ss / dim + eps);
+    for (let i = 0; i < dim; i++) out[o + i] = math.fround(x[o + i] * inv) * weight[i];
   }
   return out;
 }
@@ -17,22 +17,25 @@ export function rmsNorm(x: Float32Array, weight: Float32Array, dim: number, eps:
  * RMSNorm of a column block inside wider rows: rows of `stride`, normalising `dim` values from `offset`
  * (per-head q/k norms, MLA's latent norm). In place.
  */
+
+/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+const math = Math;
 export function rmsNormStrided(x: Float32Array, rows: number, stride: number, offset: number, dim: number, weight: Float32Array, eps: number): void {
   for (let r = 0; r < rows; r++) {
     const o = r * stride + offset;
     let ss = 0;
     for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
-    const inv = 1 / Math.sqrt(ss / dim + eps);
-    for (let i = 0; i < dim; i++) x[o + i] = Math.fround(x[o + i] * inv) * weight[i];
+    const inv = 1 / math.sqrt(ss / dim + eps);
+    for (let i = 0; i < dim; i++) x[o + i] = math.fround(x[o + i] * inv) * weight[i];
   }
 }
 
 export function silu(x: number): number {
-  return x / (1 + Math.exp(-x));
+  return x / (1 + math.exp(-x));
 }
 
 export function sigmoid(x: number): number {
-  return 1 / (1 + Math.exp(-x));
+  return 1 / (1 + math.exp(-x));
 }
 
 /**

@@ -5,6 +5,9 @@
  */
 import type { ConfigReader } from '../config';
 
+/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+const math = Math;
+
 export interface RopeTables {
   /** Rotary dimension (even). */
   dim: number;
@@ -26,7 +29,7 @@ export function ropeParameters(cfg: ConfigReader): Record<string, unknown> {
 }
 
 function yarnMscale(scale: number, mscale = 1): number {
-  return scale <= 1 ? 1 : 0.1 * mscale * Math.log(scale) + 1;
+  return scale <= 1 ? 1 : 0.1 * mscale * math.log(scale) + 1;
 }
 
 /** Inverse frequencies (float64) and the factor applied to cos/sin. */
@@ -35,7 +38,7 @@ export function inverseFrequencies(p: Record<string, unknown>, dim: number, maxP
   const half = dim / 2;
   const invFreq = new Float64Array(half);
   // transformers computes base ** (arange/dim) in float32; do the same so long contexts agree.
-  for (let i = 0; i < half; i++) invFreq[i] = Math.fround(1 / Math.fround(Math.pow(base, Math.fround((2 * i) / dim))));
+  for (let i = 0; i < half; i++) invFreq[i] = math.fround(1 / math.fround(math.pow(base, math.fround((2 * i) / dim))));
   const type = String(p.rope_type);
   const factor = Number(p.factor ?? 1);
   switch (type) {
@@ -59,7 +62,7 @@ function llama3(invFreq: Float64Array, p: Record<string, unknown>): Float64Array
   const high = Number(p.high_freq_factor);
   const old = Number(p.original_max_position_embeddings);
   return invFreq.map((f) => {
-    const wavelen = (2 * Math.PI) / f;
+    const wavelen = (2 * math.PI) / f;
     if (wavelen < old / high) return f;
     if (wavelen > old / low) return f / factor;
     const smooth = (old / wavelen - low) / (high - low);
@@ -79,19 +82,19 @@ function yarn(invFreq: Float64Array, p: Record<string, unknown>, dim: number, ba
   const betaFast = Number(p.beta_fast || 32);
   const betaSlow = Number(p.beta_slow || 1);
   const truncate = p.truncate === undefined ? true : !!p.truncate;
-  const corrDim = (rot: number) => (dim * Math.log(original / (rot * 2 * Math.PI))) / (2 * Math.log(base));
+  const corrDim = (rot: number) => (dim * math.log(original / (rot * 2 * math.PI))) / (2 * math.log(base));
   let low = corrDim(betaFast);
   let high = corrDim(betaSlow);
   if (truncate) {
-    low = Math.floor(low);
-    high = Math.ceil(high);
+    low = math.floor(low);
+    high = math.ceil(high);
   }
-  low = Math.max(low, 0);
-  high = Math.min(high, dim - 1);
+  low = math.max(low, 0);
+  high = math.min(high, dim - 1);
   if (low === high) high += 0.001;
   const out = new Float64Array(invFreq.length);
   for (let i = 0; i < invFreq.length; i++) {
-    const ramp = Math.min(1, Math.max(0, (i - low) / (high - low)));
+    const ramp = math.min(1, math.max(0, (i - low) / (high - low)));
     const extrapolation = 1 - ramp;
     out[i] = (invFreq[i] / factor) * (1 - extrapolation) + invFreq[i] * extrapolation;
   }
@@ -105,9 +108,9 @@ export function ropeTables(p: Record<string, unknown>, dim: number, positions: n
   const sin = new Float32Array(positions * half);
   for (let t = 0; t < positions; t++) {
     for (let i = 0; i < half; i++) {
-      const a = Math.fround(t * Math.fround(invFreq[i])); // float32 like transformers
-      cos[t * half + i] = Math.cos(a) * attentionFactor;
-      sin[t * half + i] = Math.sin(a) * attentionFactor;
+      const a = math.fround(t * math.fround(invFreq[i])); // float32 like transformers
+      cos[t * half + i] = math.cos(a) * attentionFactor;
+      sin[t * half + i] = math.sin(a) * attentionFactor;
     }
   }
   return { dim, cos, sin, positions };
