@@ -3,9 +3,11 @@
  * Transformers"): columns are quantized one at a time and each one's rounding error is spread over the columns
  * not yet quantized, weighted by the inverse Hessian, so the layer's output on the calibration inputs moves as
  * little as possible. Uses H = XᵀX from calibration (any positive scale), dampening a fraction of its mean
- * diagonal, the upper Cholesky factor of H⁻¹, blocks of 128 columns with lazy batch updates (a matrix product on
- * the backend), and optional act-order (columns by decreasing Hessian diagonal) with static groups: every group's
- * scale and zero point come from the original weights, so the stored layout stays in column order with no g_idx.
+ * diagonal, and the upper Cholesky factor of H⁻¹ (src/quant/linalg.ts). Columns go in blocks of 128 with lazy
+ * batch updates, and inside each block in sub-blocks of 16 whose error reaches the rest of the block in one
+ * product, so every O(n³) part is a matrix product on the backend. Optional act-order (columns by decreasing
+ * Hessian diagonal) uses static groups: every group's scale and zero point come from the original weights, so
+ * the stored layout stays in column order with no g_idx.
  * The grid is the one in rtn.ts.
  */
 import type { Backend } from '../backend/backend';
@@ -21,6 +23,8 @@ export interface GptqOptions {
   actOrder?: boolean;
 }
 
+/** Columns quantized one by one before the rest of their block is updated by a matrix product. */
+const SUB = 16;
 /** How many times the dampening is multiplied by 10 before giving up on a Hessian that will not factor. */
 const DAMP_RETRIES = 4;
 
@@ -80,55 +84,70 @@ export async function gptq(w: Float32Array, rows: number, cols: number, hIn: Flo
     const W1 = new Float32Array(rows * nb);
     for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i2), r * nb);
     const E1 = new Float32Array(rows * nb);
-    for (let i = 0; i < nb; i++) {
-      const col = i1 + i;
-      const orig = perm ? perm[col] : col;
-      const g = Math.floor(orig / gs);
-      if (!ready[g]) {
-        // Standard GPTQ: the group's grid from its current (error-updated) weights, when its first column comes up.
-        const end = Math.min(cols, (g + 1) * gs);
-        for (let r = 0; r < rows; r++) {
-          let lo = Infinity;
-          let hi = -Infinity;
-          for (let c = col; c < end; c++) {
-            const v = c < i2 ? W1[r * nb + (c - i1)] : Wp[r * cols + c];
-            if (v < lo) lo = v;
-            if (v > hi) hi = v;
+    for (let s1 = 0; s1 < nb; s1 += SUB) {
+      const s2 = Math.min(nb, s1 + SUB);
+      for (let i = s1; i < s2; i++) {
+        const col = i1 + i;
+        const orig = perm ? perm[col] : col;
+        const g = Math.floor(orig / gs);
+        if (!ready[g]) {
+          // Standard GPTQ: the group's grid from its current (error-updated) weights, when its first column comes up.
+          const end = Math.min(cols, (g + 1) * gs);
+          for (let r = 0; r < rows; r++) {
+            let lo = Infinity;
+            let hi = -Infinity;
+            for (let c = col; c < end; c++) {
+              const v = c < i2 ? W1[r * nb + (c - i1)] : Wp[r * cols + c];
+              if (v < lo) lo = v;
+              if (v > hi) hi = v;
+            }
+            const p = groupParams(lo, hi, maxq);
+            scales[r * ng + g] = p.scale;
+            zeros[r * ng + g] = p.zero;
           }
-          const p = groupParams(lo, hi, maxq);
-          scales[r * ng + g] = p.scale;
-          zeros[r * ng + g] = p.zero;
+          ready[g] = 1;
         }
-        ready[g] = 1;
+        const d = U[col * cols + col];
+        const urow = col * cols;
+        for (let r = 0; r < rows; r++) {
+          const at = r * nb;
+          const v = W1[at + i];
+          const s = scales[r * ng + g];
+          const z = zeros[r * ng + g];
+          const code = quantizeValue(v, s, z, maxq);
+          q.codes[r * cols + orig] = code;
+          const err = (v - (code - z) * s) / d;
+          E1[at + i] = err;
+          for (let j = i + 1; j < s2; j++) W1[at + j] -= err * U[urow + i1 + j];
+        }
       }
-      const d = U[col * cols + col];
-      const urow = col * cols;
-      for (let r = 0; r < rows; r++) {
-        const at = r * nb;
-        const v = W1[at + i];
-        const s = scales[r * ng + g];
-        const z = zeros[r * ng + g];
-        const code = quantizeValue(v, s, z, maxq);
-        q.codes[r * cols + orig] = code;
-        const err = (v - (code - z) * s) / d;
-        E1[at + i] = err;
-        for (let j = i + 1; j < nb; j++) W1[at + j] -= err * U[urow + i1 + j];
-      }
+      // The rest of the block: W1[:, s2:] −= E1[:, s1:s2] · U[i1+s1 : i1+s2, i1+s2 : i2], one product.
+      if (s2 < nb) await subtractProduct(W1, nb, s2, E1, nb, s1, s2 - s1, U, cols, i1 + s1, i1 + s2, nb - s2, rows, be);
     }
     // Lazy batch update of the columns after the block: W[:, i2:] −= E1 · U[i1:i2, i2:].
-    const rest = cols - i2;
-    if (rest > 0) {
-      const Ut = new Float32Array(rest * nb); // U[i1:i2, i2:]ᵀ as [rest, nb]
-      for (let i = 0; i < nb; i++) for (let c = 0; c < rest; c++) Ut[c * nb + i] = U[(i1 + i) * cols + i2 + c];
-      const upd = await matmulT(E1, Ut, rows, nb, rest, be);
-      for (let r = 0; r < rows; r++) {
-        const o = r * cols + i2;
-        const u = r * rest;
-        for (let c = 0; c < rest; c++) Wp[o + c] -= upd[u + c];
-      }
-    }
+    if (i2 < cols) await subtractProduct(Wp, cols, i2, E1, nb, 0, nb, U, cols, i1, i2, cols - i2, rows, be);
   }
   return q;
+}
+
+/**
+ * target[:, tc : tc+n] −= E[:, ec : ec+k] · U[u0 : u0+k, uc : uc+n] for row-major target [rows, tStride],
+ * E [rows, eStride] and U [·, uStride]: GPTQ's error propagation as one matrix product.
+ */
+async function subtractProduct(target: Float32Array, tStride: number, tc: number, E: Float32Array, eStride: number, ec: number, k: number, U: Float32Array, uStride: number, u0: number, uc: number, n: number, rows: number, be?: Backend): Promise<void> {
+  const e = new Float32Array(rows * k);
+  for (let r = 0; r < rows; r++) e.set(E.subarray(r * eStride + ec, r * eStride + ec + k), r * k);
+  const ut = new Float32Array(n * k); // U[u0:u0+k, uc:uc+n]ᵀ as [n, k]
+  for (let i = 0; i < k; i++) {
+    const row = (u0 + i) * uStride + uc;
+    for (let c = 0; c < n; c++) ut[c * k + i] = U[row + c];
+  }
+  const upd = await matmulT(e, ut, rows, k, n, be);
+  for (let r = 0; r < rows; r++) {
+    const o = r * tStride + tc;
+    const u = r * n;
+    for (let c = 0; c < n; c++) target[o + c] -= upd[u + c];
+  }
 }
 
 function permuteCols(w: Float32Array, rows: number, cols: number, perm: Int32Array): Float32Array {

@@ -127,6 +127,25 @@ describe('moe quantize', () => {
     expect(j.solver.status).toBe('optimal');
   }, 60_000);
 
+  test('--budget-scope layer meets the budget in every layer; global may move bits between layers', async () => {
+    const perLayer = (groups: { layer: number; bits: number; params: number }[]) => {
+      const m = new Map<number, [number, number]>();
+      for (const g of groups) {
+        const [b, p] = m.get(g.layer) ?? [0, 0];
+        m.set(g.layer, [b + g.bits * g.params, p + g.params]);
+      }
+      return [...m.values()].map(([b, p]) => b / p);
+    };
+    const layer = await run({ bits: 3, stats, allocate: 'lp', budgetScope: 'layer', dryRun: true });
+    expect(layer.solver?.problems).toBe(3);
+    expect(layer.solver?.status).toBe('optimal');
+    for (const avg of perLayer(layer.groups)) expect(avg).toBeLessThanOrEqual(3 + 1e-9);
+    const global = await run({ bits: 3, stats, allocate: 'lp', dryRun: true });
+    expect(global.solver?.problems).toBe(1);
+    // The global optimum is at least as good as the per-layer one (it is a relaxation of it).
+    expect(global.predicted_cost!).toBeLessThanOrEqual(layer.predicted_cost! * (1 + 1e-12));
+  }, 60_000);
+
   test('bad input: one line, the right exit code, nothing written', () => {
     const dest = path.join(tmpDir(), 'bad');
     const cases: [string[], number, RegExp][] = [
