@@ -168,7 +168,7 @@ export function buildCli(): Command {
     .command('quantize')
     .description('quantize the decoder\'s linear weights (RTN or GPTQ), uniform or with bits allocated by a linear program')
     .argument('<model>', 'model folder')
-    .requiredOption('--bits <b>', 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)')
+    .option('--bits <b>', 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)')
     .requiredOption('-o, --output <dir>', 'destination folder')
     .option('--group-size <n>', 'weights per scale and zero point, along the input dimension', '128')
     .addOption(new Option('--method <name>', 'quantizer (default: gptq when the stats hold Hessians, else rtn)').choices(['rtn', 'gptq']))
@@ -184,7 +184,10 @@ export function buildCli(): Command {
     .option('--keep-router-fp', 'leave the router unquantized (default: 8 bits)')
     .option('--act-order', 'GPTQ: quantize columns in order of decreasing Hessian diagonal')
     .option('--damp <f>', 'GPTQ dampening, a fraction of the mean Hessian diagonal', '0.01')
-    .addOption(new Option('--format <f>', 'packed integers with scales (moe eval runs them), or a plain checkpoint of dequantized weights').choices(['packed', 'dequantized']).default('packed'))
+    .addOption(new Option('--format <f>', 'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, or a llama.cpp GGUF file').choices(['packed', 'dequantized', 'gguf']).default('packed'))
+    .option('--type <t>', 'gguf: the ggml type of every weight (norms and routers stay F32): q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16, bf16', 'q8_0')
+    .option('--bpw <b>', 'gguf with --allocate lp: average bits per weight (blocks\' scales included), e.g. 4.5')
+    .option('--type-menu <list>', 'gguf with --allocate lp: the types the LP may choose', 'q2_k,q3_k,q4_k,q5_k,q6_k,q8_0')
     .option('--report <file>', 'write every group\'s bits and predicted error, the size and the solver\'s status as JSON')
     .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
     .option('--threads <n>', 'compute threads (default: all cores)')
@@ -194,9 +197,24 @@ export function buildCli(): Command {
     .option('--json', 'print one JSON object on stdout')
     .addHelpText(
       'after',
-      '\nExamples:\n  moe quantize ./model --bits 4 -o ./model-int4\n  moe calibrate ./model --data calib.txt --hessians -o ./stats\n  moe quantize ./model --stats ./stats --bits 2.5 --allocate lp --report alloc.json -o ./model-2.5bit\n  moe quantize ./model --stats ./stats --bits 4 --format dequantized -o ./model-q4-hf',
+      '\nExamples:\n  moe quantize ./model --bits 4 -o ./model-int4\n  moe quantize ./model --format gguf --type q4_k -o ./model-q4_k.gguf\n  moe quantize ./model --format gguf --allocate lp --bpw 4.5 --stats ./stats -o ./gguf\n  moe calibrate ./model --data calib.txt --hessians -o ./stats\n  moe quantize ./model --stats ./stats --bits 2.5 --allocate lp --report alloc.json -o ./model-2.5bit\n  moe quantize ./model --stats ./stats --bits 4 --format dequantized -o ./model-q4-hf',
     )
     .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
+      if (opts.format === 'gguf') {
+        const { exportGguf, formatGguf, parseGgmlType } = await import('./gguf/export');
+        const type = parseGgmlType(String(opts.type));
+        if (!type) throw new UsageError(`--type ${JSON.stringify(opts.type)} is not a GGUF type moe writes`, { hint: 'use q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16 or bf16' });
+        const menu = String(opts.typeMenu).split(',').map((x) => parseGgmlType(x.trim()));
+        if (menu.some((x) => !x)) throw new UsageError(`--type-menu ${JSON.stringify(opts.typeMenu)} holds a type moe does not write`);
+        if (opts.bits !== undefined) throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
+        const report = await exportGguf(
+          { model, output: String(opts.output), type, allocate: opts.allocate as 'uniform' | 'lp', bpw: real(opts.bpw, '--bpw'), menu: menu as NonNullable<(typeof menu)[number]>[], stats: opts.stats as string | undefined, alpha: real(opts.alpha, '--alpha'), beta: real(opts.beta, '--beta'), force: !!opts.force, dryRun: !!opts.dryRun },
+          context(cmd, !!opts.json),
+        );
+        emit({ ...report, tensors: report.tensors.length }, opts, () => formatGguf(report));
+        return;
+      }
+      if (opts.bits === undefined) throw new UsageError('--bits is required (or --format gguf with --type)', { hint: 'e.g. moe quantize MODEL --bits 4 -o OUT' });
       const { quantize, formatQuantize, summary } = await import('./commands/quantize');
       const { parseBitChoices } = await import('./quant/plan');
       const choices = parseBitChoices(String(opts.bitChoices));

@@ -54,7 +54,7 @@ export const TORCH_NAMES: Partial<Record<DType, string>> = {
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
-function halfToFloat(h: number): number {
+export function halfToFloat(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f;
   const frac = h & 0x3ff;

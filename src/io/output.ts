@@ -21,8 +21,17 @@ export const AUX_FILES = [
   'chat_template.json',
 ];
 
-/** Temporary folders not yet renamed into place; removed if the process is interrupted. */
+/** Temporary folders (and files) not yet renamed into place; removed if the process is interrupted. */
 const pending = new Set<string>();
+
+/** A temporary file or folder to remove if the process is interrupted before it is renamed into place. */
+export function registerPending(p: string): void {
+  pending.add(p);
+}
+
+export function unregisterPending(p: string): void {
+  pending.delete(p);
+}
 
 export function removePendingOutputs(): void {
   for (const dir of pending) fs.rmSync(dir, { recursive: true, force: true });
@@ -108,7 +117,8 @@ function checkDestination(abs: string, opts: OutputOptions): void {
   if (!st.isDirectory()) throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
   // --force replaces a model folder or an empty one, never an arbitrary folder the user may care about.
   const entries = fs.readdirSync(abs);
-  if (entries.length > 0 && !entries.includes('config.json')) {
+  // A folder moe wrote: a checkpoint (config.json) or a GGUF export (its moe-gguf.json record).
+  if (entries.length > 0 && !entries.includes('config.json') && !entries.includes('moe-gguf.json')) {
     throw new UsageError('--force replaces only a model folder, and this folder holds no config.json', { file: abs, hint: 'choose another -o' });
   }
 }
