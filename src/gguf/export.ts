@@ -89,6 +89,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   const arch = loadArchitecture(ckpt);
   const model = ggufModel(arch, new Map([...ckpt.tensors.values()].map((t) => [t.name, t.shape])));
   const vocab = vocabMetadata(ckpt.dir, arch.modelType, arch.vocab);
+  for (const w of model.warnings) ctx.warn(w);
   const mode = o.allocate ?? 'uniform';
   const stats = o.stats ? new CalibrationStats(o.stats) : undefined;
   const reader = new TensorReader(ckpt);
@@ -114,6 +115,18 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     };
     const loadPart = (t: GgufSource, i: number): Float32Array => {
       const w = reader.f32(t.from[i]);
+      if (t.splitKvB) {
+        // kv_b_proj [heads·(nope + v), kv_lora] → k_b [heads, kv_lora, nope] (transposed per head) or v_b [heads, v, kv_lora].
+        const { part, heads, nope, v } = t.splitKvB;
+        const kvl = ckpt.tensors.get(t.from[i])!.shape[1];
+        const out = new Float32Array(heads * (part === 'k' ? kvl * nope : v * kvl));
+        for (let h = 0; h < heads; h++) {
+          const base = h * (nope + v);
+          if (part === 'k') for (let c = 0; c < kvl; c++) for (let n = 0; n < nope; n++) out[(h * kvl + c) * nope + n] = w[(base + n) * kvl + c];
+          else out.set(w.subarray((base + nope) * kvl, (base + nope + v) * kvl), h * v * kvl);
+        }
+        return out;
+      }
       if (!t.permuteHeads) return w;
       const [rows, cols] = ckpt.tensors.get(t.from[i])!.shape;
       return permuteRows(w, rows, cols, t.permuteHeads);
