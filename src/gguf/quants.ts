@@ -207,6 +207,23 @@ function searchWeights(x: Float64Array, xo: number, n: number, imp: Float32Array
   for (let i = 0; i < n; i++) w[xo + i] = useImp ? imp[col0 + i] * math.sqrt(sigma2 + x[xo + i] * x[xo + i]) : plain(x[xo + i], av);
 }
 
+/** Symmetric scales of the 16 sub-blocks of 16 (Q3_K, Q6_K), and the one of largest magnitude. */
+function subBlockScales16(x: Float64Array, xo: number, imp: Float32Array | Float64Array | undefined, col0: number, nmax: number, L: Uint8Array, w: Float64Array): { scales: Float64Array; maxScale: number; maxAbs: number } {
+  const scales = new Float64Array(16);
+  let maxScale = 0;
+  let maxAbs = 0;
+  for (let j = 0; j < 16; j++) {
+    const o = xo + 16 * j;
+    searchWeights(x, o, 16, imp, col0 + 16 * j, (v) => v * v, w);
+    scales[j] = makeQx(16, nmax, x, o, L, 16 * j, w);
+    if (math.abs(scales[j]) > maxAbs) {
+      maxAbs = math.abs(scales[j]);
+      maxScale = scales[j];
+    }
+  }
+  return { scales, maxScale, maxAbs };
+}
+
 function encodeBlockK(t: GgmlType, x: Float64Array, xo: number, out: Uint8Array, at: number, imp: Float32Array | Float64Array | undefined, col0: number): void {
   const L = new Uint8Array(QK_K);
   const w = new Float64Array(x.length);
@@ -274,18 +291,7 @@ function encodeBlockK(t: GgmlType, x: Float64Array, xo: number, out: Uint8Array,
     return;
   }
   if (t === 'Q6_K') {
-    const scales = new Float64Array(16);
-    let maxScale = 0;
-    let maxAbs = 0;
-    for (let j = 0; j < 16; j++) {
-      const o = xo + 16 * j;
-      searchWeights(x, o, 16, imp, col0 + 16 * j, (v) => v * v, w);
-      scales[j] = makeQx(16, 32, x, o, L, 16 * j, w);
-      if (math.abs(scales[j]) > maxAbs) {
-        maxAbs = math.abs(scales[j]);
-        maxScale = scales[j];
-      }
-    }
+    const { scales, maxScale, maxAbs } = subBlockScales16(x, xo, imp, col0, 32, L, w);
     const ql = at;
     const qh = at + 128;
     const sc = at + 192;
@@ -356,18 +362,7 @@ function encodeBlockK(t: GgmlType, x: Float64Array, xo: number, out: Uint8Array,
     return;
   }
   // Q3_K
-  const scales = new Float64Array(16);
-  let maxScale = 0;
-  let maxAbs = 0;
-  for (let j = 0; j < 16; j++) {
-    const o = xo + 16 * j;
-    searchWeights(x, o, 16, imp, col0 + 16 * j, (v) => v * v, w);
-    scales[j] = makeQx(16, 4, x, o, L, 16 * j, w);
-    if (math.abs(scales[j]) > maxAbs) {
-      maxAbs = math.abs(scales[j]);
-      maxScale = scales[j];
-    }
-  }
+  const { scales, maxScale, maxAbs } = subBlockScales16(x, xo, imp, col0, 4, L, w);
   const hm = at;
   const qs = at + 32;
   const sc = at + 96;
