@@ -252,6 +252,18 @@ export function buildCli(): Command {
     });
 
   program
+    .command('run')
+    .description('run a recipe: calibrate → prune or merge → quantize → eval steps from a YAML file, resuming finished steps')
+    .argument('<recipe>', 'the recipe (YAML)')
+    .option('--fresh', 'run every step again, even those whose outputs are up to date')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml\n  moe run my-recipe.yaml --json > run.json\n\nSee recipes/demo.yaml for the format.')
+    .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean }, cmd: Command) => {
+      const { run, formatRun } = await import('./commands/run');
+      emit(await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh }), opts, formatRun);
+    });
+
+  program
     .command('eval')
     .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
     .argument('<model>', 'model folder')

@@ -1,0 +1,180 @@
+/**
+ * `moe run RECIPE.yaml`: runs a recipe's steps in order (src/recipe/recipe.ts), each writing into
+ * OUTPUT/NN-kind. A step whose output holds a record (moe-step.json) with the same key (its kind, options and the
+ * keys of its inputs) is skipped, so an interrupted or extended run resumes where it stopped. The resolved recipe
+ * is saved as OUTPUT/recipe.json.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { BackendName } from '../backend/backend';
+import { GateError } from '../errors';
+import { openCheckpoint } from '../io/checkpoint';
+import { loadRecipe, Recipe, Step } from '../recipe/recipe';
+import { fingerprint } from '../calib/stats';
+import type { Context } from '../ui/progress';
+import { calibrate } from './calibrate';
+import { evalCommand, EvalReport } from './eval';
+import { merge } from './merge';
+import { prune } from './prune';
+import { quantize } from './quantize';
+
+const STEP_RECORD = 'moe-step.json';
+const EVAL_FILE = 'eval.json';
+
+export interface StepReport {
+  step: number;
+  kind: string;
+  line: number;
+  output: string;
+  skipped: boolean;
+  seconds: number;
+  detail: string;
+  /** eval steps: the figures. */
+  eval?: { perplexity: number; baseline_perplexity?: number; ppl_increase_pct?: number; bytes: number; params: number; kl_mean?: number };
+}
+
+export interface RunReport {
+  recipe: string;
+  model: string;
+  output: string;
+  steps: StepReport[];
+  seconds: number;
+}
+
+const sha = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).digest('hex').slice(0, 32);
+
+/** The original model's key: its layout and its shards' sizes and modification times. */
+function modelKey(dir: string): string {
+  const ckpt = openCheckpoint(dir);
+  return sha({ fingerprint: fingerprint(ckpt), shards: ckpt.shards.map((s) => [path.basename(s), fs.statSync(s).size, fs.statSync(s).mtimeMs]) });
+}
+
+function folderBytes(dir: string): number {
+  return fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+}
+
+export async function run(file: string, ctx: Context, opts: { fresh?: boolean } = {}): Promise<RunReport> {
+  const started = Date.now();
+  const recipe: Recipe = loadRecipe(file);
+  fs.mkdirSync(recipe.output, { recursive: true });
+  fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
+  const backend = recipe.backend as BackendName | undefined;
+  let model = recipe.model;
+  let modelK = modelKey(model);
+  let stats: { dir: string; key: string; forModel: string } | undefined;
+  const reports: StepReport[] = [];
+  for (let i = 0; i < recipe.steps.length; i++) {
+    const s: Step = recipe.steps[i];
+    const out = path.join(recipe.output, `${String(i + 1).padStart(2, '0')}-${s.kind}`);
+    const useStats = (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.stats !== false)) && stats?.forModel === modelK ? stats : undefined;
+    const key = sha({ kind: s.kind, options: s.options, model: modelK, stats: useStats?.key ?? null, backend: backend ?? null, original: s.kind === 'eval' ? modelKey(recipe.model) : null });
+    const recordFile = path.join(out, STEP_RECORD);
+    const record = fs.existsSync(recordFile) ? (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { key: string; report: StepReport }) : undefined;
+    const t0 = Date.now();
+    let report: StepReport;
+    if (!opts.fresh && record?.key === key) {
+      report = { ...record.report, skipped: true, seconds: 0 };
+      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
+    } else {
+      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
+      report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
+      const o = s.options as Record<string, never>;
+      switch (s.kind) {
+        case 'calibrate': {
+          const r = await calibrate({ model, output: out, data: o.data, seqLen: o.seq_len ?? 512, maxTokens: o.max_tokens, samples: o.samples, hessians: o.hessians, naeeTokens: o.naee_tokens, seed: o.seed, backend, threads: recipe.threads, force: true }, ctx);
+          report.detail = `${r.tokens} tokens${o.hessians ? ', with Hessians' : ''}`;
+          break;
+        }
+        case 'prune':
+        case 'merge': {
+          const common = { model, stats: useStats!.dir, method: o.method, keep: o.keep, ratio: o.ratio, output: out, seed: o.seed, backend, force: true };
+          const r = s.kind === 'prune' ? await prune({ ...common, protectSuperExperts: o.protect_super_experts }, ctx) : await merge({ ...common, similarity: o.similarity, linkage: o.linkage, align: o.align, router: o.router }, ctx);
+          report.detail = `${r.method}: ${r.experts_before} → ${r.experts_after} experts`;
+          break;
+        }
+        case 'quantize': {
+          if (o.format === 'gguf') {
+            const { exportGguf, parseGgmlType } = await import('../gguf/export');
+            const r = await exportGguf({ model, output: out, type: o.type ? parseGgmlType(o.type) : undefined, allocate: o.allocate, bpw: o.bpw, stats: useStats?.dir, force: true }, ctx);
+            report.detail = `GGUF ${r.type ?? `LP ${r.bpw_target} bpw`}: ${r.bpw.toFixed(3)} bits/weight, ${(r.file_bytes / 1e6).toFixed(2)} MB`;
+          } else {
+            const r = await quantize(
+              {
+                model,
+                output: out,
+                bits: o.bits,
+                method: o.method,
+                stats: useStats?.dir,
+                allocate: o.allocate,
+                groupSize: o.group_size,
+                bitChoices: o.bit_choices,
+                granularity: o.granularity,
+                budgetScope: o.budget_scope,
+                alpha: o.alpha,
+                beta: o.beta,
+                attnBits: o.attn_bits,
+                sharedExpertBits: o.shared_expert_bits,
+                keepRouterFp: o.keep_router_fp,
+                actOrder: o.act_order,
+                format: o.format,
+                backend,
+                threads: recipe.threads,
+                force: true,
+              },
+              ctx,
+            );
+            report.detail = `${r.method}, ${r.allocate}: ${r.average_bits.toFixed(3)} bits average`;
+          }
+          break;
+        }
+        case 'eval': {
+          const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : path.resolve(path.dirname(recipe.file), o.baseline);
+          const r: EvalReport = await evalCommand({ model, data: o.data, seqLen: o.seq_len ?? 2048, maxTokens: o.max_tokens, baseline: base, maxPplIncrease: o.max_ppl_increase, backend, threads: recipe.threads }, ctx);
+          fs.mkdirSync(out, { recursive: true });
+          fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(r, null, 1) + '\n');
+          report.eval = { perplexity: r.perplexity, baseline_perplexity: r.baseline?.perplexity, ppl_increase_pct: r.baseline?.ppl_increase_pct, bytes: r.size.bytes, params: r.size.params, kl_mean: r.baseline?.kl_mean };
+          report.detail = `perplexity ${r.perplexity.toFixed(2)}${r.baseline ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)` : ''}`;
+          if (r.gate && !r.gate.passed) {
+            fs.writeFileSync(recordFile + '.failed', JSON.stringify(report) + '\n');
+            throw new GateError(`step ${i + 1} (line ${s.line}): perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`, { file: recipe.file, hint: 'compress less, or raise max_ppl_increase' });
+          }
+          break;
+        }
+      }
+      report.seconds = (Date.now() - t0) / 1000;
+      fs.writeFileSync(recordFile, JSON.stringify({ key, report }, null, 1) + '\n');
+    }
+    reports.push(report);
+    // What the next step receives.
+    if (s.kind === 'calibrate') stats = { dir: out, key, forModel: modelK };
+    if (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.format !== 'gguf')) {
+      model = out;
+      modelK = key;
+    }
+  }
+  return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000 };
+}
+
+export function formatRun(r: RunReport): string {
+  const lines = ['', 'step  kind        line   seconds  result'];
+  for (const s of r.steps) lines.push(`${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${s.skipped ? ' skipped' : s.seconds.toFixed(2).padStart(8)}  ${s.detail}`);
+  const evals = r.steps.filter((s) => s.eval);
+  if (evals.length) {
+    const first = evals[0].eval!;
+    const last = evals[evals.length - 1].eval!;
+    const before = first.baseline_perplexity ?? first.perplexity;
+    lines.push('', `perplexity before ${before.toFixed(2)}, after ${last.perplexity.toFixed(2)} (${last.ppl_increase_pct !== undefined ? `${last.ppl_increase_pct >= 0 ? '+' : ''}${last.ppl_increase_pct.toFixed(2)}%` : 'no baseline'})`);
+    lines.push(`size      before ${(folderBytesSafe(r.model) / 1e6).toFixed(2)} MB, after ${(last.bytes / 1e6).toFixed(2)} MB`);
+  }
+  lines.push(`outputs in ${r.output}; ${r.seconds.toFixed(1)} s`);
+  return lines.join('\n');
+}
+
+function folderBytesSafe(dir: string): number {
+  try {
+    return folderBytes(dir);
+  } catch {
+    return 0;
+  }
+}

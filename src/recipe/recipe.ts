@@ -1,0 +1,190 @@
+/**
+ * Recipes for `moe run`: a YAML file naming a model, an output folder, and steps that run in order, each on the
+ * model the previous one produced:
+ *
+ *   model: ../fixtures/tiny-moe        # paths are relative to the recipe file
+ *   output: runs/tiny
+ *   steps:
+ *     - calibrate: { data: ../fixtures/text/calib.txt, seq_len: 256, max_tokens: 16384, hessians: true }
+ *     - prune: { method: reap, keep: 6 }
+ *     - calibrate: { data: ../fixtures/text/calib.txt, seq_len: 256, max_tokens: 16384, hessians: true }
+ *     - quantize: { bits: 3, allocate: lp }
+ *     - eval: { data: ../fixtures/text/eval.txt, seq_len: 256, baseline: original, max_ppl_increase: 40 }
+ *
+ * prune and merge use the latest calibration, which must have been made on the model they receive (a
+ * calibrate step after every step that changes the model); quantize uses it when there is one. Every error names
+ * the recipe's line.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Document, isMap, isSeq, LineCounter, parseDocument, Scalar, YAMLMap } from 'yaml';
+import { UsageError } from '../errors';
+
+export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
+
+type OptionType = 'int' | 'number' | 'bool' | 'string' | 'path' | 'int-list' | { enum: string[] };
+
+const SCHEMA: Record<StepKind, Record<string, OptionType>> = {
+  calibrate: { data: 'path', seq_len: 'int', max_tokens: 'int', samples: 'int', hessians: 'bool', naee_tokens: 'int', seed: 'int' },
+  prune: { method: { enum: ['frequency', 'soft-frequency', 'reap', 'naee', 'random'] }, keep: 'int', ratio: 'number', protect_super_experts: 'bool', seed: 'int' },
+  merge: { method: { enum: ['msmoe', 'hcsmoe', 'average'] }, keep: 'int', ratio: 'number', similarity: { enum: ['router-logits', 'expert-output', 'weights'] }, linkage: { enum: ['single', 'complete', 'average'] }, align: 'bool', router: { enum: ['dominant', 'weighted'] }, seed: 'int' },
+  quantize: {
+    bits: 'number',
+    method: { enum: ['rtn', 'gptq'] },
+    allocate: { enum: ['uniform', 'lp'] },
+    group_size: 'int',
+    bit_choices: 'int-list',
+    granularity: { enum: ['expert', 'projection', 'layer'] },
+    budget_scope: { enum: ['global', 'layer'] },
+    alpha: 'number',
+    beta: 'number',
+    attn_bits: 'int',
+    shared_expert_bits: 'int',
+    keep_router_fp: 'bool',
+    act_order: 'bool',
+    format: { enum: ['packed', 'dequantized', 'gguf'] },
+    type: 'string',
+    bpw: 'number',
+    stats: 'bool',
+  },
+  eval: { data: 'path', seq_len: 'int', max_tokens: 'int', baseline: 'string', max_ppl_increase: 'number' },
+};
+
+const REQUIRED: Record<StepKind, string[]> = { calibrate: ['data'], prune: ['method'], merge: ['method'], quantize: [], eval: ['data'] };
+
+export interface Step {
+  kind: StepKind;
+  options: Record<string, unknown>;
+  /** 1-based line of the step in the recipe. */
+  line: number;
+}
+
+export interface Recipe {
+  file: string;
+  model: string;
+  output: string;
+  backend?: string;
+  threads?: number;
+  steps: Step[];
+}
+
+export function loadRecipe(file: string): Recipe {
+  const abs = path.resolve(file);
+  if (!fs.existsSync(abs)) throw new UsageError('the recipe does not exist', { file, hint: 'give the path of a YAML recipe' });
+  const lc = new LineCounter();
+  const doc: Document = parseDocument(fs.readFileSync(abs, 'utf8'), { lineCounter: lc, prettyErrors: false });
+  const at = (node: unknown): number => {
+    const r = (node as { range?: [number, number, number] } | null)?.range;
+    return r ? lc.linePos(r[0]).line : 1;
+  };
+  const fail = (line: number, what: string, hint?: string): never => {
+    throw new UsageError(`${path.basename(abs)} line ${line}: ${what}`, { file: abs, hint });
+  };
+  if (doc.errors.length) {
+    const e = doc.errors[0];
+    fail(lc.linePos(e.pos[0]).line, `not valid YAML (${e.message.split('\n')[0]})`);
+  }
+  const root = doc.contents;
+  if (!isMap(root)) fail(1, 'a recipe is a mapping with model, output and steps');
+  const top = root as YAMLMap;
+  const known = new Set(['model', 'output', 'steps', 'backend', 'threads']);
+  for (const item of top.items) {
+    const key = String((item.key as Scalar).value);
+    if (!known.has(key)) fail(at(item.key), `unknown key "${key}"`, `the top level takes ${[...known].join(', ')}`);
+  }
+  const dir = path.dirname(abs);
+  const str = (key: string, required: boolean): string | undefined => {
+    const node = top.get(key, true) as Scalar | undefined;
+    if (node === undefined) {
+      if (required) fail(1, `"${key}" is missing`);
+      return undefined;
+    }
+    if (typeof node.value !== 'string') fail(at(node), `"${key}" must be a string`);
+    return node.value as string;
+  };
+  const model = path.resolve(dir, str('model', true)!);
+  if (!fs.existsSync(model)) fail(at(top.get('model', true)), `the model folder ${model} does not exist`);
+  const output = path.resolve(dir, str('output', true)!);
+  const backend = str('backend', false);
+  if (backend !== undefined && !['onnx', 'ref', 'tfjs'].includes(backend)) fail(at(top.get('backend', true)), `backend "${backend}" is not onnx, ref or tfjs`);
+  const threadsNode = top.get('threads', true) as Scalar | undefined;
+  if (threadsNode && !(Number.isInteger(threadsNode.value) && (threadsNode.value as number) >= 1)) fail(at(threadsNode), 'threads must be a positive integer');
+  const stepsNode = top.get('steps', true);
+  if (!isSeq(stepsNode) || stepsNode.items.length === 0) fail(at(stepsNode ?? top), '"steps" must be a non-empty list');
+  const steps: Step[] = [];
+  for (const item of (stepsNode as unknown as { items: unknown[] }).items) {
+    if (!isMap(item) || item.items.length !== 1) fail(at(item), 'each step is one mapping, e.g. "- prune: { method: reap, keep: 4 }"');
+    const pair = (item as YAMLMap).items[0];
+    const kind = String((pair.key as Scalar).value);
+    if (!(kind in SCHEMA)) fail(at(pair.key), `unknown step "${kind}"`, `steps are ${Object.keys(SCHEMA).join(', ')}`);
+    const schema = SCHEMA[kind as StepKind];
+    const options: Record<string, unknown> = {};
+    const body = pair.value;
+    if (body !== null && body !== undefined && !(isMap(body) || (body as Scalar).value === null)) fail(at(body), `the options of "${kind}" must be a mapping`);
+    for (const opt of isMap(body) ? body.items : []) {
+      const name = String((opt.key as Scalar).value);
+      const type = schema[name];
+      const line = at(opt.key);
+      if (!type) fail(line, `"${kind}" has no option "${name}"`, `its options are ${Object.keys(schema).join(', ')}`);
+      options[name] = checkValue(opt.value, type, `${kind}.${name}`, line, dir, fail, at);
+    }
+    for (const r of REQUIRED[kind as StepKind]) if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
+    steps.push({ kind: kind as StepKind, options, line: at(pair.key) });
+  }
+  checkFlow(steps, fail);
+  return { file: abs, model, output, backend, threads: threadsNode?.value as number | undefined, steps };
+}
+
+function checkValue(node: unknown, type: OptionType, name: string, line: number, dir: string, fail: (line: number, what: string, hint?: string) => never, at: (n: unknown) => number): unknown {
+  const v = (node as Scalar | null)?.value;
+  const l = at(node) || line;
+  if (typeof type === 'object') {
+    if (typeof v !== 'string' || !type.enum.includes(v)) fail(l, `${name} is ${JSON.stringify(v)}; expected one of ${type.enum.join(', ')}`);
+    return v;
+  }
+  switch (type) {
+    case 'int':
+      if (!Number.isInteger(v)) fail(l, `${name} must be an integer, not ${JSON.stringify(v)}`);
+      return v;
+    case 'number':
+      if (typeof v !== 'number' || !Number.isFinite(v)) fail(l, `${name} must be a number, not ${JSON.stringify(v)}`);
+      return v;
+    case 'bool':
+      if (typeof v !== 'boolean') fail(l, `${name} must be true or false, not ${JSON.stringify(v)}`);
+      return v;
+    case 'string':
+      if (typeof v !== 'string') fail(l, `${name} must be a string, not ${JSON.stringify(v)}`);
+      return v;
+    case 'path': {
+      if (typeof v !== 'string') fail(l, `${name} must be a path, not ${JSON.stringify(v)}`);
+      const p = path.resolve(dir, v as string);
+      if (!fs.existsSync(p)) fail(l, `${name}: ${p} does not exist`);
+      return p;
+    }
+    case 'int-list': {
+      if (!isSeq(node) || !node.items.every((x) => Number.isInteger((x as Scalar).value))) fail(l, `${name} must be a list of integers, e.g. [2, 3, 4, 8]`);
+      return (node as { items: Scalar[] }).items.map((x) => x.value as number);
+    }
+  }
+}
+
+/** Statically checks that every prune and merge has a calibration of the model it receives. */
+function checkFlow(steps: Step[], fail: (line: number, what: string, hint?: string) => never): void {
+  let statsFresh = false;
+  let gguf: Step | undefined;
+  for (const s of steps) {
+    if (gguf) fail(s.line, `"${s.kind}" comes after a GGUF output (line ${gguf.line}), which moe cannot read`, 'make the GGUF quantize the last step');
+    if (s.kind === 'quantize' && s.options.format === 'gguf') gguf = s;
+    if (s.kind === 'calibrate') statsFresh = true;
+    if (s.kind === 'prune' || s.kind === 'merge') {
+      if (!statsFresh) fail(s.line, `"${s.kind}" needs a calibration of the model it receives`, 'add a calibrate step before it (after any step that changes the model)');
+      if ((s.options.keep === undefined) === (s.options.ratio === undefined)) fail(s.line, `"${s.kind}" takes exactly one of keep or ratio`);
+      statsFresh = false;
+    }
+    if (s.kind === 'quantize') {
+      if (s.options.stats === true && !statsFresh) fail(s.line, '"quantize" has stats: true but no calibration of the model it receives');
+      if (s.options.format !== 'gguf' && s.options.bits === undefined) fail(s.line, '"quantize" needs bits (or format: gguf with type or bpw)');
+      statsFresh = false;
+    }
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * `moe run`: recipes are validated with line-numbered messages before anything runs, steps chain their outputs,
+ * and a resumed run skips the steps whose inputs and options did not change.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { run } from '../../src/commands/run';
+import { loadRecipe } from '../../src/recipe/recipe';
+import { quiet, ROOT, runCli, tmpDir } from '../helpers';
+
+const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
+const TEXT = path.join(ROOT, 'fixtures', 'text');
+
+function recipe(dir: string, body: string): string {
+  const file = path.join(dir, 'recipe.yaml');
+  fs.writeFileSync(file, `model: ${MODEL}\noutput: ${path.join(dir, 'out')}\n${body}`);
+  return file;
+}
+
+const CALIB = `  - calibrate:\n      data: ${TEXT}/calib.txt\n      seq_len: 128\n      max_tokens: 2048\n`;
+const EVAL = `  - eval: { data: ${TEXT}/eval.txt, seq_len: 128, max_tokens: 1024, baseline: original }\n`;
+
+describe('recipes', () => {
+  test.each([
+    ['steps:\n  - squash: { keep: 4 }\n', 4, /unknown step "squash"/],
+    [`steps:\n${CALIB}  - prune: { method: reap, keep: four }\n`, 8, /prune\.keep must be an integer/],
+    [`steps:\n${CALIB}  - prune: { method: reap, keep: 4, speed: 3 }\n`, 8, /"prune" has no option "speed"/],
+    [`steps:\n  - eval: { data: ${TEXT}/missing.txt }\n`, 4, /eval\.data: .*missing\.txt does not exist/],
+    ['steps:\n  - prune: { method: reap, keep: 4 }\n', 4, /needs a calibration of the model it receives/],
+    [`steps:\n${CALIB}  - prune: { method: fastest, keep: 4 }\n`, 8, /prune\.method is "fastest"; expected one of/],
+    [`steps:\n  - quantize: { bits: 3 }\n  - quantize: { format: gguf, type: q4_k }\n  - eval: { data: ${TEXT}/eval.txt }\n`, 6, /comes after a GGUF output \(line 5\)/],
+    ['steps: [\n', 4, /not valid YAML/],
+  ])('%#: a line-numbered message, exit 2, nothing run', (body, line, re) => {
+    const dir = tmpDir();
+    const file = recipe(dir, body as string);
+    expect(() => loadRecipe(file)).toThrow(new RegExp(`line ${line}: `));
+    const r = runCli(['run', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(re as RegExp);
+    expect(r.stderr).toMatch(`line ${line}:`);
+    expect(fs.existsSync(path.join(dir, 'out'))).toBe(false);
+  });
+
+  test('a resumed run skips finished steps; a changed option reruns that step and the ones after it', async () => {
+    const dir = tmpDir();
+    const file = recipe(dir, `steps:\n${CALIB}  - prune: { method: frequency, keep: 6 }\n  - quantize: { bits: 4, method: rtn }\n${EVAL}`);
+    const first = await run(file, quiet);
+    expect(first.steps.map((s) => s.skipped)).toEqual([false, false, false, false]);
+    const ev = first.steps[3].eval!;
+    expect(ev.baseline_perplexity).toBeGreaterThan(0);
+    expect(ev.perplexity).toBeGreaterThan(ev.baseline_perplexity!);
+    // The chain: the quantized model is the pruned one, packed.
+    const q = JSON.parse(fs.readFileSync(path.join(dir, 'out', '03-quantize', 'config.json'), 'utf8'));
+    expect(q.num_local_experts ?? q.num_experts).toBe(6);
+    expect(q.quantization_config.bits).toBeGreaterThanOrEqual(4);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'out', 'recipe.json'), 'utf8')).steps).toHaveLength(4);
+    const second = await run(file, quiet);
+    expect(second.steps.map((s) => s.skipped)).toEqual([true, true, true, true]);
+    expect(second.steps[3].eval!.perplexity).toBe(ev.perplexity);
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('bits: 4', 'bits: 8'));
+    const third = await run(file, quiet);
+    expect(third.steps.map((s) => s.skipped)).toEqual([true, true, false, false]);
+    expect(third.steps[3].eval!.perplexity).toBeLessThan(ev.perplexity);
+  }, 120_000);
+});
