@@ -256,11 +256,29 @@ export function buildCli(): Command {
     .description('run a recipe: calibrate → prune or merge → quantize → eval steps from a YAML file, resuming finished steps')
     .argument('<recipe>', 'the recipe (YAML)')
     .option('--fresh', 'run every step again, even those whose outputs are up to date')
+    .option('--report-html <file>', 'also write the HTML report of the run (moe report)')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml\n  moe run my-recipe.yaml --json > run.json\n\nSee recipes/demo.yaml for the format.')
-    .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean }, cmd: Command) => {
+    .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean; reportHtml?: string }, cmd: Command) => {
       const { run, formatRun } = await import('./commands/run');
-      emit(await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh }), opts, formatRun);
+      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh });
+      let html: string | undefined;
+      if (opts.reportHtml) html = (await (await import('./report/report')).writeReport(report.output, opts.reportHtml)).file;
+      emit({ ...report, report_html: html ?? null }, opts, (r) => formatRun(r) + (html ? `\nreport: ${html}` : ''));
+    });
+
+  program
+    .command('report')
+    .description('a self-contained HTML report of a moe run output folder, with charts (expert usage, REAP saliency, bits, perplexity)')
+    .argument('<run-dir>', 'the output folder of moe run')
+    .option('-o, --output <file>', 'the HTML file (default: RUN-DIR/report.html)')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml && moe report .cache/demo-run')
+    .action(async (runDir: string, opts: OutputOpts & { output?: string }) => {
+      const path = await import('node:path');
+      const { writeReport } = await import('./report/report');
+      const r = await writeReport(runDir, opts.output ?? path.join(runDir, 'report.html'));
+      emit(r, opts, (x) => `wrote ${x.file}: ${x.charts.length} charts (${x.charts.join('; ')})`);
     });
 
   program
