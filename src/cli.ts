@@ -189,6 +189,7 @@ export function buildCli(): Command {
     .option('--bpw <b>', 'gguf with --allocate lp: average bits per weight (blocks\' scales included), e.g. 4.5')
     .option('--type-menu <list>', 'gguf with --allocate lp: the types the LP may choose', 'q2_k,q3_k,q4_k,q5_k,q6_k,q8_0')
     .option('--report <file>', 'write every group\'s bits and predicted error, the size and the solver\'s status as JSON')
+    .option('--layers <A-B>', 'only decoder layers A to B (the rest of the model with layer 0): a part for moe assemble')
     .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))
     .option('--threads <n>', 'compute threads (default: all cores)')
     .option('--max-shard-size <size>', 'largest shard', '5GB')
@@ -207,6 +208,7 @@ export function buildCli(): Command {
         const menu = String(opts.typeMenu).split(',').map((x) => parseGgmlType(x.trim()));
         if (menu.some((x) => !x)) throw new UsageError(`--type-menu ${JSON.stringify(opts.typeMenu)} holds a type moe does not write`);
         if (opts.bits !== undefined) throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
+        if (opts.layers !== undefined) throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', { hint: 'assemble the parts first, then write GGUF from the result' });
         const report = await exportGguf(
           { model, output: String(opts.output), type, allocate: opts.allocate as 'uniform' | 'lp', bpw: real(opts.bpw, '--bpw'), menu: menu as NonNullable<(typeof menu)[number]>[], stats: opts.stats as string | undefined, alpha: real(opts.alpha, '--alpha'), beta: real(opts.beta, '--beta'), force: !!opts.force, dryRun: !!opts.dryRun },
           context(cmd, !!opts.json),
@@ -245,6 +247,7 @@ export function buildCli(): Command {
           threads: num(opts.threads, '--threads', 1),
           maxShardBytes: parseSize(String(opts.maxShardSize), '--max-shard-size'),
           force: !!opts.force,
+          layers: opts.layers === undefined ? undefined : parseRange(String(opts.layers)),
         },
         context(cmd, !!opts.json),
       );
@@ -279,6 +282,19 @@ export function buildCli(): Command {
       const { writeReport } = await import('./report/report');
       const r = await writeReport(runDir, opts.output ?? path.join(runDir, 'report.html'));
       emit(r, opts, (x) => `wrote ${x.file}: ${x.charts.length} charts (${x.charts.join('; ')})`);
+    });
+
+  program
+    .command('assemble')
+    .description('join the parts written by moe quantize --layers A-B into one checkpoint, identical to a single run')
+    .argument('<parts...>', 'the part folders, in any order')
+    .requiredOption('-o, --output <dir>', 'destination folder')
+    .option('--force', 'replace an existing model folder at the destination')
+    .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe quantize ./model --bits 4 --layers 0-15 -o part-a   # on one machine\n  moe quantize ./model --bits 4 --layers 16-31 -o part-b  # on another\n  moe assemble part-a part-b -o ./model-int4')
+    .action(async (parts: string[], opts: OutputOpts & { output: string; force?: boolean }, cmd: Command) => {
+      const { assemble } = await import('./commands/assemble');
+      emit(await assemble(parts, { output: opts.output, force: opts.force }, context(cmd, !!opts.json)), opts, (r) => `wrote ${r.output}: ${r.parts} parts, ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e6).toFixed(1)} MB`);
     });
 
   program
@@ -389,6 +405,13 @@ function reductionArgs(model: string, opts: Record<string, string | boolean | un
     force: !!opts.force,
     dryRun: !!opts.dryRun,
   };
+}
+
+/** "A-B" (or "A") as an inclusive layer range. */
+function parseRange(v: string): [number, number] {
+  const m = /^(\d+)(?:-(\d+))?$/.exec(v.trim());
+  if (!m) throw new UsageError(`--layers ${JSON.stringify(v)} is not a range like 0-15`);
+  return [Number(m[1]), Number(m[2] ?? m[1])];
 }
 
 /** An optional integer flag value (undefined when absent). */

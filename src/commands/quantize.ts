@@ -19,7 +19,7 @@ import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { allocate, AllocGroup, AllocResult } from '../quant/allocate';
-import { metadataEntry, PACKED_FORMAT, packedPlan, QUANT_METHOD } from '../quant/format';
+import { metadataEntry, packedPlan, quantizationConfig } from '../quant/format';
 import { gptq } from '../quant/gptq';
 import { packCodes } from '../quant/pack';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
@@ -28,6 +28,26 @@ import type { Context } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 
 export const QUANT_RECORD_FILE = 'moe-quantization.json';
+/** A partial output of `--layers` (moe assemble joins them): its tensors in one file, and its record. */
+export const PART_FILE = 'part.safetensors';
+export const PART_RECORD = 'moe-partial.json';
+export const PART_FORMAT = 'moe-partial/1';
+
+export interface PartRecord {
+  format: string;
+  model: string;
+  fingerprint: ReturnType<typeof fingerprint>;
+  layers: [number, number];
+  num_layers: number;
+  /** The source checkpoint's tensor names in order: the single run's output order. */
+  order: string[];
+  config: Record<string, unknown>;
+  source_metadata: Record<string, string>;
+  options: { format: string; bits: number; group_size: number; method: string; allocate: string; budget_scope: string; granularity: string; max_shard_bytes: number };
+  /** Bits of every weight this part quantized. */
+  bits: Record<string, number>;
+  report: object;
+}
 export const DEFAULT_BIT_CHOICES = [2, 3, 4, 8];
 /** Router rows decide everything downstream: 8 bits unless --keep-router-fp keeps them as they are. */
 const ROUTER_BITS = 8;
@@ -60,6 +80,8 @@ export interface QuantizeOptions {
   threads?: number;
   maxShardBytes?: number;
   force?: boolean;
+  /** Only the decoder layers A..B (and, with layer 0, the tensors outside the layers): a partial output for `moe assemble`. */
+  layers?: [number, number];
 }
 
 export interface GroupReport {
@@ -169,8 +191,21 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const granularity = o.granularity ?? 'expert';
     const scope = o.budgetScope ?? 'global';
     const format = o.format ?? 'packed';
-    const targets = quantTargets(arch, ckpt.tensors, granularity, !!o.keepRouterFp);
-    if (targets.length === 0) throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
+    const layerRange = o.layers;
+    if (layerRange) {
+      const [a, b] = layerRange;
+      if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a <= b && b < arch.numLayers)) throw new UsageError(`--layers ${a}-${b} is not a range of layers 0-${arch.numLayers - 1}`);
+      if (allocateMode === 'lp' && scope === 'global') throw new UsageError('--layers with --allocate lp needs --budget-scope layer (a global budget needs every layer at once)');
+    }
+    /** Whether this run writes a tensor: all of them, or with --layers those of its layers (and the rest with layer 0). */
+    const owned = (name: string): boolean => {
+      if (!layerRange) return true;
+      const role = arch.classify(name);
+      if (role && 'layer' in role) return role.layer >= layerRange[0] && role.layer <= layerRange[1];
+      return layerRange[0] === 0;
+    };
+    const targets = quantTargets(arch, ckpt.tensors, granularity, !!o.keepRouterFp).filter((t) => owned(t.name));
+    if (targets.length === 0 && !layerRange) throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
     const groups = groupTargets(targets);
     be = await createBackend(o.backend ?? 'onnx', { threads: o.threads });
 
@@ -299,6 +334,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const plan: PlannedTensor[] = [];
     const tensorMetadata = new Map<string, Record<string, string>>();
     for (const ref of ckpt.tensors.values()) {
+      if (!owned(ref.name)) continue;
       const t = targetOf.get(ref.name);
       if (t && format === 'packed') {
         const parts = packedPlan(ref.name, t.rows, t.cols, groupBits(t), gs);
@@ -334,8 +370,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
       budget_scope: scope,
       alpha,
       beta,
-      average_bits: codeBits / quantizedParams,
-      stored_bits_per_weight: (codeBits + overheadBits) / quantizedParams,
+      average_bits: quantizedParams ? codeBits / quantizedParams : 0,
+      stored_bits_per_weight: quantizedParams ? (codeBits + overheadBits) / quantizedParams : 0,
       quantized_params: quantizedParams,
       total_params: [...ckpt.tensors.values()].reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1), 0),
       bits_histogram: histogram,
@@ -356,9 +392,13 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
 
     if (!o.dryRun) {
       await withOutput(o.output, { force: o.force }, async (out) => {
-        const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata });
+        const writerOptions = layerRange
+          ? { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: PART_FILE, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata }
+          : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata };
+        const writer = new ShardedWriter(out.tmp, plan, writerOptions);
         const bar = ctx.progress(`quantize (${method}, ${allocateMode})`, quantizedParams, 'items');
         for (const ref of ckpt.tensors.values()) {
+          if (!owned(ref.name)) continue;
           const t = targetOf.get(ref.name);
           if (!t) {
             writer.writeChunks(ref.name, reader.chunks(ref.name, COPY_CHUNK_BYTES));
@@ -380,24 +420,32 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         }
         writer.finish();
         bar.done();
-        const config = { ...ckpt.config };
-        if (format === 'packed') {
-          config.quantization_config = {
-            quant_method: QUANT_METHOD,
-            format: PACKED_FORMAT,
-            bits: report.average_bits,
-            group_size: gs,
-            method,
-            allocate: allocateMode,
-            layout: 'per weight P: P.qweight U8 [out, ceil(in*bits/8)] codes LSB-first per row; P.scales BF16 [out, groups]; P.qzeros U8 [out, groups]; w = (code - zero) * scale; bits per weight in the shard metadata key moe.quant.P.weight',
+        report.gptq_fallbacks = [...fallbacks].sort();
+        finishReport(report, groups, bitsOf, costAt, costOf, stats !== undefined);
+        if (layerRange) {
+          // A part for moe assemble: its tensors, and what assemble needs to rebuild the single run's checkpoint.
+          const part: PartRecord = {
+            format: PART_FORMAT,
+            model: ckpt.dir,
+            fingerprint: fingerprint(ckpt),
+            layers: layerRange,
+            num_layers: arch.numLayers,
+            order: [...ckpt.tensors.keys()],
+            config: ckpt.config,
+            source_metadata: ckpt.metadata,
+            options: { format, bits: o.bits, group_size: gs, method, allocate: allocateMode, budget_scope: scope, granularity, max_shard_bytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES },
+            bits: Object.fromEntries(targets.map((t) => [t.name, groupBits(t)])),
+            report: summary(report),
           };
+          out.writeJson(PART_RECORD, part);
+          return;
         }
+        const config = { ...ckpt.config };
+        if (format === 'packed') config.quantization_config = quantizationConfig(report.average_bits, gs, method, allocateMode);
         out.writeJson('config.json', config);
         out.copyAuxFiles(ckpt.dir);
         const prior = path.join(ckpt.dir, COMPRESSION_FILE);
         if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE)); // keeps eval's expert map after prune or merge
-        report.gptq_fallbacks = [...fallbacks].sort();
-        finishReport(report, groups, bitsOf, costAt, costOf, stats !== undefined);
         out.writeJson(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize', source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null }, ...summary(report), tensors: Object.fromEntries(targets.map((t) => [t.name, groupBits(t)])) });
       });
     } else {

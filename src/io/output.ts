@@ -117,8 +117,8 @@ function checkDestination(abs: string, opts: OutputOptions): void {
   if (!st.isDirectory()) throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
   // --force replaces a model folder or an empty one, never an arbitrary folder the user may care about.
   const entries = fs.readdirSync(abs);
-  // A folder moe wrote: a checkpoint (config.json) or a GGUF export (its moe-gguf.json record).
-  if (entries.length > 0 && !entries.includes('config.json') && !entries.includes('moe-gguf.json')) {
+  // A folder moe wrote: a checkpoint (config.json), a GGUF export (moe-gguf.json) or a --layers part (moe-partial.json).
+  if (entries.length > 0 && !['config.json', 'moe-gguf.json', 'moe-partial.json'].some((f) => entries.includes(f))) {
     throw new UsageError('--force replaces only a model folder, and this folder holds no config.json', { file: abs, hint: 'choose another -o' });
   }
 }

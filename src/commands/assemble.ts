@@ -1,0 +1,116 @@
+/**
+ * `moe assemble PART... -o OUT`: joins the partial outputs of `moe quantize --layers A-B` (run on several machines
+ * or jobs, one layer range each) into the checkpoint a single run would have written, byte for byte: the same
+ * tensors in the source order, the same shards, metadata and config.json.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { CheckpointError, UsageError } from '../errors';
+import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
+import { withOutput } from '../io/output';
+import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { COMPRESSION_FILE } from '../model/reduce';
+import { METADATA_PREFIX, partNames, quantizationConfig } from '../quant/format';
+import type { Context } from '../ui/progress';
+import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from './quantize';
+
+const COPY_CHUNK_BYTES = 16 * 1024 * 1024;
+
+export interface AssembleReport {
+  output: string;
+  parts: number;
+  layers: number;
+  tensors: number;
+  bytes: number;
+  seconds: number;
+}
+
+function readPart(dir: string): PartRecord {
+  const file = path.join(dir, PART_RECORD);
+  if (!fs.existsSync(file)) throw new CheckpointError(`not a partial output (no ${PART_RECORD})`, { file: dir, hint: 'give the outputs of moe quantize --layers A-B' });
+  const r = JSON.parse(fs.readFileSync(file, 'utf8')) as PartRecord;
+  if (r.format !== PART_FORMAT) throw new CheckpointError(`partial output format ${JSON.stringify(r.format)} is not ${PART_FORMAT}`, { file });
+  return r;
+}
+
+export async function assemble(parts: string[], o: { output: string; force?: boolean }, ctx: Context): Promise<AssembleReport> {
+  const started = Date.now();
+  if (parts.length === 0) throw new UsageError('give the partial outputs to join');
+  const records = parts.map(readPart);
+  const first = records[0];
+  const same = (r: PartRecord) => JSON.stringify([r.fingerprint, r.options, r.num_layers, r.order]) === JSON.stringify([first.fingerprint, first.options, first.num_layers, first.order]);
+  records.forEach((r, i) => {
+    if (!same(r)) throw new CheckpointError('this part was made from another model or with other options than the first part', { file: parts[i], hint: 'quantize every part from the same model with the same options' });
+  });
+  // The layer ranges must cover 0..L−1 once.
+  const cover = new Array(first.num_layers).fill(-1);
+  records.forEach((r, i) => {
+    for (let l = r.layers[0]; l <= r.layers[1]; l++) {
+      if (cover[l] >= 0) throw new UsageError(`layer ${l} is in two parts (${parts[cover[l]]} and ${parts[i]})`);
+      cover[l] = i;
+    }
+  });
+  const missing = cover.findIndex((c) => c < 0);
+  if (missing >= 0) throw new UsageError(`no part holds layer ${missing}`, { hint: `quantize the missing range with --layers and pass it too` });
+
+  const files: Checkpoint[] = parts.map((p) => openTensorFile(path.join(p, PART_FILE)));
+  const holder = new Map<string, number>();
+  files.forEach((f, i) => f.tensors.forEach((_, name) => holder.set(name, i)));
+  const plan: PlannedTensor[] = [];
+  const from: number[] = [];
+  const tensorMetadata = new Map<string, Record<string, string>>();
+  let codeBits = 0;
+  let params = 0;
+  for (const name of first.order) {
+    const key = METADATA_PREFIX + name;
+    const packedIn = files.findIndex((f) => key in f.metadata);
+    const names = packedIn >= 0 ? Object.values(partNames(name)) : [name];
+    if (packedIn >= 0) {
+      tensorMetadata.set(names[0], { [key]: files[packedIn].metadata[key] });
+      const info = JSON.parse(files[packedIn].metadata[key]) as { bits: number; shape: [number, number] };
+      codeBits += info.bits * info.shape[0] * info.shape[1];
+      params += info.shape[0] * info.shape[1];
+    }
+    for (const n of names) {
+      const i = holder.get(n);
+      if (i === undefined) throw new CheckpointError(`no part holds tensor ${n}`, { file: parts[0], hint: 'the parts are incomplete: re-run the part of its layer' });
+      const t = files[i].tensors.get(n)!;
+      plan.push({ name: n, dtype: t.dtype, shape: t.shape });
+      from.push(i);
+    }
+  }
+  const readers = files.map((f) => new TensorReader(f));
+  try {
+    const written = await withOutput(o.output, { force: o.force }, async (out) => {
+      const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: first.options.max_shard_bytes, metadata: { ...first.source_metadata, format: 'pt' }, tensorMetadata });
+      const bar = ctx.progress('assemble', plan.length);
+      let bytes = 0;
+      plan.forEach((t, k) => {
+        writer.writeChunks(t.name, (function* () {
+          for (const piece of readers[from[k]].chunks(t.name, COPY_CHUNK_BYTES)) {
+            bytes += piece.byteLength;
+            yield piece;
+          }
+        })());
+        bar.tick();
+      });
+      writer.finish();
+      bar.done();
+      const config = { ...first.config };
+      if (first.options.format === 'packed') config.quantization_config = quantizationConfig(params ? codeBits / params : 0, first.options.group_size, first.options.method, first.options.allocate);
+      out.writeJson('config.json', config);
+      if (fs.existsSync(first.model)) {
+        out.copyAuxFiles(first.model);
+        const prior = path.join(first.model, COMPRESSION_FILE);
+        if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE));
+      } else ctx.warn(`the source model ${first.model} is not here: tokenizer files not copied`);
+      const bits: Record<string, number> = {};
+      for (const r of records) Object.assign(bits, r.bits);
+      out.writeJson(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize (assembled)', source: { model: first.model, fingerprint: first.fingerprint }, parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })), average_bits: params ? codeBits / params : null, tensors: bits });
+      return bytes;
+    });
+    return { output: path.resolve(o.output), parts: parts.length, layers: first.num_layers, tensors: plan.length, bytes: written, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    readers.forEach((r) => r.close());
+  }
+}
