@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { CheckpointError, UsageError } from '../errors';
+import { CheckpointError, InternalError, UsageError } from '../errors';
 
 /** Files beside the weights that a written checkpoint keeps: the tokenizer, generation and chat settings. */
 export const AUX_FILES = [
@@ -128,6 +128,15 @@ export async function withOutput<T>(dest: string, opts: OutputOptions, body: (ou
   const out = OutputFolder.create(dest, opts);
   try {
     const result = await body(out);
+    // A checkpoint is re-opened and checked whole before it is renamed into place.
+    if (fs.existsSync(path.join(out.tmp, 'config.json'))) {
+      const { verifyCheckpoint } = await import('./verify');
+      try {
+        verifyCheckpoint(out.tmp);
+      } catch (e) {
+        throw new InternalError(`the checkpoint written to ${out.tmp} does not re-open: ${(e as Error).message}`);
+      }
+    }
     out.commit();
     return result;
   } catch (e) {
