@@ -220,6 +220,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     };
     const fallbacks = new Set<string>();
     const quantizeOne = async (w: Float32Array, t: Target, bits: number, inputs: Inputs | undefined): Promise<QuantizedMatrix> => {
+      requireFinite(w, t.name, ckpt.dir);
       if (method === 'gptq') {
         if (inputs?.full && inputs.rows > 0) {
           const q = await gptq(w, t.rows, t.cols, inputs.full, { bits, groupSize: gs }, { actOrder: !!o.actOrder, damp: o.damp ?? 0.01 }, be);
@@ -459,6 +460,15 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     reader.close();
     stats?.close();
     await be?.dispose();
+  }
+}
+
+/** NaN or Inf weights are refused: a grid over them is meaningless, and they mean the model is broken. */
+export function requireFinite(w: Float32Array, name: string, dir: string): void {
+  for (let i = 0; i < w.length; i++) {
+    if (!Number.isFinite(w[i])) {
+      throw new CheckpointError(`tensor ${name} holds a ${Number.isNaN(w[i]) ? 'NaN' : 'infinite'} value (at index ${i}); moe does not quantize non-finite weights`, { file: dir, hint: 'moe verify MODEL --nan lists every such tensor' });
+    }
   }
 }
 

@@ -13,6 +13,7 @@ import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
+import { requireFinite } from '../commands/quantize';
 import type { Context } from '../ui/progress';
 import { GgufSource, ggufModel, permuteRows } from './arch';
 import { bitsPerWeight, blockSize, dequantizeRows, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from './quants';
@@ -115,6 +116,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     };
     const loadPart = (t: GgufSource, i: number): Float32Array => {
       const w = reader.f32(t.from[i]);
+      requireFinite(w, t.from[i], ckpt.dir);
       if (t.splitKvB) {
         // kv_b_proj [heads·(nope + v), kv_lora] → k_b [heads, kv_lora, nope] (transposed per head) or v_b [heads, v, kv_lora].
         const { part, heads, nope, v } = t.splitKvB;
