@@ -266,7 +266,8 @@ export function buildCli(): Command {
       const { run, formatRun } = await import('./commands/run');
       const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh });
       let html: string | undefined;
-      if (opts.reportHtml) html = (await (await import('./report/report')).writeReport(report.output, opts.reportHtml)).file;
+      // A resumed run rewrites the report it wrote before.
+      if (opts.reportHtml) html = (await (await import('./report/report')).writeReport(report.output, opts.reportHtml, { force: true })).file;
       emit({ ...report, report_html: html ?? null }, opts, (r) => formatRun(r) + (html ? `\nreport: ${html}` : ''));
     });
 
@@ -274,13 +275,15 @@ export function buildCli(): Command {
     .command('report')
     .description('a self-contained HTML report of a moe run output folder, with charts (expert usage, REAP saliency, bits, perplexity)')
     .argument('<run-dir>', 'the output folder of moe run')
-    .option('-o, --output <file>', 'the HTML file (default: RUN-DIR/report.html)')
+    .option('-o, --output <file>', 'the HTML file (default: RUN-DIR/report.html, replaced on every call)')
+    .option('--force', 'replace an existing -o file')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml && moe report .cache/demo-run')
-    .action(async (runDir: string, opts: OutputOpts & { output?: string }) => {
+    .action(async (runDir: string, opts: OutputOpts & { output?: string; force?: boolean }) => {
       const path = await import('node:path');
       const { writeReport } = await import('./report/report');
-      const r = await writeReport(runDir, opts.output ?? path.join(runDir, 'report.html'));
+      // The default file lives in the run folder moe wrote, and is moe's to replace.
+      const r = await writeReport(runDir, opts.output ?? path.join(runDir, 'report.html'), { force: !!opts.force || opts.output === undefined });
       emit(r, opts, (x) => `wrote ${x.file}: ${x.charts.length} charts (${x.charts.join('; ')})`);
     });
 

@@ -57,3 +57,17 @@ export class GateError extends MoeError {
 export class InternalError extends MoeError {
   readonly exitCode = EXIT.internal;
 }
+
+/**
+ * A value from an input file, as JSON for a message: at most `max` characters, and never throwing. A hostile header
+ * can hold a value nested deeper than JSON.stringify's stack, or megabytes long.
+ */
+export function shown(value: unknown, max = 80): string {
+  let s: string;
+  try {
+    s = JSON.stringify(value) ?? String(value);
+  } catch {
+    s = Array.isArray(value) ? '[…nested too deep…]' : typeof value;
+  }
+  return s.length > max ? `${s.slice(0, max - 1)}…` : s;
+}

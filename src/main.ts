@@ -33,6 +33,11 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`moe: no space left on the device${err.path ? ` (${err.path})` : ''}; free space or choose another destination\n`);
       return EXIT.badInput;
     }
+    // Node ignores SIGXFSZ, so a write past `ulimit -f` fails with EFBIG instead of killing the process.
+    if (err?.code === 'EFBIG') {
+      process.stderr.write(`moe: a file reached the file size limit (ulimit -f)${err.path ? ` (${err.path})` : ''}; raise the limit or choose a smaller output\n`);
+      return EXIT.badInput;
+    }
     process.stderr.write(`moe: internal error: ${err?.message ?? String(e)}; please report this with the command and --debug output\n`);
     if (debug) process.stderr.write(`${err?.stack}\n`);
     return EXIT.internal;

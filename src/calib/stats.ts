@@ -36,7 +36,6 @@ export interface StatsJson {
   top_k: number;
   /** Linear weights with input statistics, in file order. */
   linears: string[];
-  seconds: number;
 }
 
 export interface Fingerprint {

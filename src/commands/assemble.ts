@@ -106,7 +106,7 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
       } else ctx.warn(`the source model ${first.model} is not here: tokenizer files not copied`);
       const bits: Record<string, number> = {};
       for (const r of records) Object.assign(bits, r.bits);
-      out.writeJson(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize (assembled)', source: { model: first.model, fingerprint: first.fingerprint }, parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })), average_bits: params ? codeBits / params : null, tensors: bits });
+      out.writeRecord(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize (assembled)', source: { model: first.model, fingerprint: first.fingerprint }, parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })), average_bits: params ? codeBits / params : null, tensors: bits });
       return bytes;
     });
     return { output: path.resolve(o.output), parts: parts.length, layers: first.num_layers, tensors: plan.length, bytes: written, seconds: (Date.now() - started) / 1000 };

@@ -151,9 +151,8 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
         experts: arch.numExperts,
         top_k: arch.topK,
         linears: plans.flat().filter((t) => t.name.startsWith('imatrix/')).map((t) => t.name.slice('imatrix/'.length)),
-        seconds: report.seconds,
       };
-      out.writeJson(STATS_JSON, json);
+      out.writeRecord(STATS_JSON, json);
     });
   } finally {
     reader.close();

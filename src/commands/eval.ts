@@ -12,6 +12,7 @@ import { loadWindows } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
 import { numel } from '../io/safetensors';
 import { quantSummary, storedBytes } from '../quant/format';
@@ -189,12 +190,15 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
   const bytes = windows.length * T * vocab * 4;
   if (bytes > MAX_DUMP_BYTES) throw new UsageError(`--dump-logits would write ${(bytes / 1e9).toFixed(1)} GB`, { hint: 'lower --max-tokens' });
   if (fs.existsSync(file)) throw new UsageError('the --dump-logits file already exists', { file, hint: 'choose another path' });
+  // Created now, so an unwritable destination fails before the evaluation runs; removed if the run fails.
+  const tmp = `${file}.moe-tmp-${process.pid}`;
+  createEmptyFile(tmp);
+  registerPending(tmp);
   const chunks: Float32Array[] = [];
   return {
     add: (logits: Float32Array) => chunks.push(logits),
     finish: () => {
       const { header } = encodeHeader([{ name: 'logits', dtype: 'F32', shape: [windows.length, T, vocab] }], { format: 'pt' });
-      const tmp = `${file}.moe-tmp-${process.pid}`;
       const fd = fs.openSync(tmp, 'w');
       try {
         fs.writeSync(fd, header);
@@ -203,6 +207,7 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
         fs.closeSync(fd);
       }
       fs.renameSync(tmp, file);
+      unregisterPending(tmp);
     },
   };
 }

@@ -6,14 +6,15 @@
  * (src/quant/format.ts) or a plain checkpoint of dequantized weights in the original dtype.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { fromFloat32 } from '../io/dtype';
-import { withOutput } from '../io/output';
+import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
+import { withOutput, withoutTimings } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -21,9 +22,10 @@ import { loadArchitecture } from '../model/registry';
 import { allocate, AllocGroup, AllocResult } from '../quant/allocate';
 import { metadataEntry, packedPlan, quantizationConfig } from '../quant/format';
 import { gptq } from '../quant/gptq';
-import { packCodes } from '../quant/pack';
+import { packCodes, packedRowBytes } from '../quant/pack';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { dequantize, outputError, QuantizedMatrix, quantizeRtn } from '../quant/rtn';
+import { RtnPool } from '../quant/rtn-pool';
 import type { Context } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 
@@ -181,6 +183,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
   const stats = o.stats ? new CalibrationStats(o.stats) : undefined;
   const reader = new TensorReader(ckpt);
   let be: Backend | undefined;
+  let pool: RtnPool | undefined;
   try {
     stats?.checkModel(ckpt);
     const { method, choices } = checkOptions(o, stats);
@@ -398,11 +401,52 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
           : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata };
         const writer = new ShardedWriter(out.tmp, plan, writerOptions);
         const bar = ctx.progress(`quantize (${method}, ${allocateMode})`, quantizedParams, 'items');
-        for (const ref of ckpt.tensors.values()) {
-          if (!owned(ref.name)) continue;
+        const refs = [...ckpt.tensors.values()].filter((ref) => owned(ref.name));
+        // Plain RTN into the packed format runs on worker threads straight from the stored bytes, one weight
+        // ahead: the next weight is read while this one is quantized, and written while the next is.
+        const fastRtn = method === 'rtn' && format === 'packed' && !(allocateMode === 'uniform' && stats);
+        pool = fastRtn ? new RtnPool(o.threads ?? os.availableParallelism()) : undefined;
+        const queue = refs.filter((ref) => targetOf.has(ref.name));
+        // Two sets of buffers, sized for the largest weight, used in turn: one weight computed, the other read or written.
+        const partBytes = (t: Target) => {
+          const ng = Math.ceil(t.cols / gs);
+          return { qweight: t.rows * packedRowBytes(t.cols, groupBits(t)), scales: t.rows * ng * 2, qzeros: t.rows * ng };
+        };
+        const most = (f: (t: Target) => number) => Math.max(0, ...queue.map((ref) => f(targetOf.get(ref.name)!)));
+        const slots = pool
+          ? [0, 1].map(() =>
+              pool!.slot(Math.max(0, ...queue.map((ref) => ref.end - ref.begin)), { qweight: most((t) => partBytes(t).qweight), scales: most((t) => partBytes(t).scales), qzeros: most((t) => partBytes(t).qzeros) }),
+            )
+          : [];
+        let turn = 0;
+        const launch = (ref: (typeof refs)[number]) => {
+          const t = targetOf.get(ref.name)!;
+          const slot = slots[turn++ % 2];
+          const size = partBytes(t);
+          const out = { qweight: slot.out.qweight.subarray(0, size.qweight), scales: slot.out.scales.subarray(0, size.scales), qzeros: slot.out.qzeros.subarray(0, size.qzeros) };
+          const src = reader.bytesInto(ref.name, slot.src);
+          const job = pool!.quantize(src, ref.dtype, t.rows, t.cols, { bits: groupBits(t), groupSize: gs }, out).then((bad) => ({ bad, out, src }));
+          job.catch(() => undefined); // awaited in turn; an early failure must not count as unhandled
+          return { name: ref.name, job };
+        };
+        let ahead: ReturnType<typeof launch> | undefined;
+        for (const ref of refs) {
           const t = targetOf.get(ref.name);
           if (!t) {
             writer.writeChunks(ref.name, reader.chunks(ref.name, COPY_CHUNK_BYTES));
+            continue;
+          }
+          if (pool) {
+            const current = ahead?.name === ref.name ? ahead : launch(ref);
+            const next = queue[queue.indexOf(ref) + 1];
+            ahead = next ? launch(next) : undefined;
+            const { out: parts, bad, src } = await current.job;
+            if (bad >= 0) requireFinite(toFloat32(src.subarray(bad * dtypeBytes(ref.dtype), (bad + 1) * dtypeBytes(ref.dtype)), ref.dtype), ref.name, ckpt.dir, bad);
+            const names = packedPlan(ref.name, t.rows, t.cols, groupBits(t), gs);
+            writer.write(names[0].name, parts.qweight);
+            writer.write(names[1].name, parts.scales);
+            writer.write(names[2].name, parts.qzeros);
+            bar.tick(t.rows * t.cols);
             continue;
           }
           const w = reader.f32(ref.name);
@@ -438,7 +482,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
             bits: Object.fromEntries(targets.map((t) => [t.name, groupBits(t)])),
             report: summary(report),
           };
-          out.writeJson(PART_RECORD, part);
+          out.writeRecord(PART_RECORD, part);
           return;
         }
         const config = { ...ckpt.config };
@@ -447,27 +491,28 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         out.copyAuxFiles(ckpt.dir);
         const prior = path.join(ckpt.dir, COMPRESSION_FILE);
         if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE)); // keeps eval's expert map after prune or merge
-        out.writeJson(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize', source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null }, ...summary(report), tensors: Object.fromEntries(targets.map((t) => [t.name, groupBits(t)])) });
+        out.writeRecord(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize', source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null }, ...summary(report), tensors: Object.fromEntries(targets.map((t) => [t.name, groupBits(t)])) });
       });
     } else {
       finishReport(report, groups, bitsOf, costAt, costOf, stats !== undefined && allocateMode === 'lp');
       report.gptq_fallbacks = [...fallbacks].sort();
     }
     report.seconds = (Date.now() - started) / 1000;
-    if (o.report) fs.writeFileSync(o.report, JSON.stringify(report, null, 1) + '\n');
+    if (o.report) fs.writeFileSync(o.report, JSON.stringify(withoutTimings(report), null, 1) + '\n');
     return report;
   } finally {
     reader.close();
     stats?.close();
     await be?.dispose();
+    await pool?.close();
   }
 }
 
 /** NaN or Inf weights are refused: a grid over them is meaningless, and they mean the model is broken. */
-export function requireFinite(w: Float32Array, name: string, dir: string): void {
+export function requireFinite(w: Float32Array, name: string, dir: string, offset = 0): void {
   for (let i = 0; i < w.length; i++) {
     if (!Number.isFinite(w[i])) {
-      throw new CheckpointError(`tensor ${name} holds a ${Number.isNaN(w[i]) ? 'NaN' : 'infinite'} value (at index ${i}); moe does not quantize non-finite weights`, { file: dir, hint: 'moe verify MODEL --nan lists every such tensor' });
+      throw new CheckpointError(`tensor ${name} holds ${Number.isNaN(w[i]) ? 'a NaN' : 'an infinite'} value (at index ${offset + i}); moe does not quantize non-finite weights`, { file: dir, hint: 'moe verify MODEL --nan lists every such tensor' });
     }
   }
 }

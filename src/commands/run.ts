@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import type { BackendName } from '../backend/backend';
 import { GateError } from '../errors';
 import { openCheckpoint } from '../io/checkpoint';
+import { createFolder, withoutTimings } from '../io/output';
 import { loadRecipe, Recipe, Step } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import type { Context } from '../ui/progress';
@@ -57,7 +58,7 @@ function folderBytes(dir: string): number {
 export async function run(file: string, ctx: Context, opts: { fresh?: boolean } = {}): Promise<RunReport> {
   const started = Date.now();
   const recipe: Recipe = loadRecipe(file);
-  fs.mkdirSync(recipe.output, { recursive: true });
+  createFolder(recipe.output);
   fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
   const backend = recipe.backend as BackendName | undefined;
   let model = recipe.model;
@@ -132,7 +133,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean } 
           const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : path.resolve(path.dirname(recipe.file), o.baseline);
           const r: EvalReport = await evalCommand({ model, data: o.data, seqLen: o.seq_len ?? 2048, maxTokens: o.max_tokens, baseline: base, maxPplIncrease: o.max_ppl_increase, backend, threads: recipe.threads }, ctx);
           fs.mkdirSync(out, { recursive: true });
-          fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(r, null, 1) + '\n');
+          fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(withoutTimings(r), null, 1) + '\n');
           report.eval = { perplexity: r.perplexity, baseline_perplexity: r.baseline?.perplexity, ppl_increase_pct: r.baseline?.ppl_increase_pct, bytes: r.size.bytes, params: r.size.params, kl_mean: r.baseline?.kl_mean };
           report.detail = `perplexity ${r.perplexity.toFixed(2)}${r.baseline ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)` : ''}`;
           if (r.gate && !r.gate.passed) {
@@ -143,7 +144,8 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean } 
         }
       }
       report.seconds = (Date.now() - t0) / 1000;
-      fs.writeFileSync(recordFile, JSON.stringify({ key, report }, null, 1) + '\n');
+      // The record holds no step duration (it is in the returned report): a re-run writes the same bytes.
+      fs.writeFileSync(recordFile, JSON.stringify(withoutTimings({ key, report }), null, 1) + '\n');
     }
     reports.push(report);
     // What the next step receives.

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CheckpointError } from '../errors';
+import { besideWeights } from '../io/checkpoint';
 
 export interface TextTokenizer {
   /** Token ids of `text` with no special tokens added. */
@@ -19,12 +20,12 @@ function readJson(file: string): Record<string, unknown> {
 }
 
 export function loadTokenizer(modelDir: string): TextTokenizer {
-  const file = path.join(modelDir, 'tokenizer.json');
-  if (!fs.existsSync(file)) {
+  const file = besideWeights(modelDir, 'tokenizer.json');
+  if (!file) {
     throw new CheckpointError('no tokenizer.json in the model folder', { file: modelDir, hint: 'copy the tokenizer files next to the weights, or pass pre-tokenized data (a .json array of id arrays)' });
   }
-  const cfgFile = path.join(modelDir, 'tokenizer_config.json');
-  const config = fs.existsSync(cfgFile) ? readJson(cfgFile) : {};
+  const cfgFile = besideWeights(modelDir, 'tokenizer_config.json');
+  const config = cfgFile ? readJson(cfgFile) : {};
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(readJson(file), config);

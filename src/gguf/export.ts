@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { registerPending, unregisterPending, withOutput } from '../io/output';
+import { createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
 import { requireFinite } from '../commands/quantize';
@@ -253,13 +253,14 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
       // A folder of its own: written beside, renamed into place, with the record.
       await withOutput(dest.dir, { force: o.force }, async (out) => {
         writeTo(path.join(out.tmp, dest.file));
-        out.writeJson('moe-gguf.json', record());
+        out.writeRecord('moe-gguf.json', record());
       });
     } else {
       // One file in an existing folder: a temporary file beside it, renamed into place when complete.
       const tmp = `${report.output}.tmp-${process.pid}`;
       registerPending(tmp);
       try {
+        createEmptyFile(tmp);
         writeTo(tmp);
         fs.renameSync(tmp, report.output);
       } finally {
@@ -288,6 +289,7 @@ function destination(output: string, modelDir: string, label: string, force: boo
     const file = path.resolve(output);
     const dir = path.dirname(file);
     if (!fs.existsSync(dir)) throw new UsageError('the folder of the .gguf output does not exist', { file: dir, hint: 'create it first, or give a folder as -o' });
+    if (!fs.statSync(dir).isDirectory()) throw new UsageError('the folder of the .gguf output is not a folder', { file: dir, hint: 'choose a destination inside a folder' });
     if (fs.existsSync(file) && !force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
     if (fs.existsSync(file) && !fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file });
     return { dir, file: path.basename(file), folder: false };

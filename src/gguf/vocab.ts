@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
+import { besideWeights } from '../io/checkpoint';
 import type { GgufValue } from './writer';
 
 /** llama.cpp's token types. */
@@ -23,7 +24,7 @@ interface TokenizerJson {
 }
 
 function readJson<T>(file: string): T | undefined {
-  if (!fs.existsSync(file)) return undefined;
+  if (!besideWeights(path.dirname(file), path.basename(file))) return undefined;
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
   } catch (e) {

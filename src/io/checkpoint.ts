@@ -33,8 +33,8 @@ export interface Checkpoint {
 }
 
 export function readConfig(dir: string): Config {
-  const file = path.join(dir, 'config.json');
-  if (!fs.existsSync(file)) {
+  const file = besideWeights(dir, 'config.json');
+  if (!file) {
     throw new CheckpointError('no config.json in the model folder', { file: dir, hint: 'point moe at a Hugging Face model folder (config.json plus *.safetensors)' });
   }
   let json: unknown;
@@ -61,9 +61,18 @@ export function resolveInside(dir: string, name: string, what: string, file: str
   }
   const realDir = fs.realpathSync(dir);
   if (path.relative(realDir, real).startsWith('..') || path.isAbsolute(path.relative(realDir, real))) {
-    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside the model folder (to ${real})`, { file, hint: 'copy the shard into the model folder instead of linking it' });
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside the model folder (to ${real})`, { file, hint: `copy the ${what} into the model folder instead of linking it` });
   }
   return full;
+}
+
+/**
+ * A file beside the weights (config, tokenizer, generation settings), or undefined when there is none. Like a
+ * shard, it is refused when a symlink takes it outside the model folder: moe reads and copies only the folder.
+ */
+export function besideWeights(dir: string, name: string): string | undefined {
+  const file = path.join(dir, name);
+  return fs.existsSync(file) ? resolveInside(dir, name, 'file', file) : undefined;
 }
 
 function listShards(dir: string): { shards: string[]; weightMap?: Map<string, string> } {
@@ -160,6 +169,16 @@ export class TensorReader {
     if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
+    return out;
+  }
+
+  /** An unpacked tensor's stored bytes read into the start of `into` (e.g. a buffer shared with worker threads). */
+  bytesInto(name: string, into: Uint8Array): Uint8Array {
+    const t = this.ref(name);
+    if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
+    const n = t.end - t.begin;
+    const out = readExact(this.fd(t.file), t.file, t.begin, n, into.subarray(0, n));
+    this.ckpt.bytesRead.value += n;
     return out;
   }
 

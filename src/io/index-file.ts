@@ -1,6 +1,6 @@
 /** model.safetensors.index.json: `{metadata: {total_size}, weight_map: {tensor: shard}}`. */
 import * as fs from 'node:fs';
-import { CheckpointError } from '../errors';
+import { CheckpointError, shown } from '../errors';
 
 export const INDEX_FILE = 'model.safetensors.index.json';
 
@@ -25,7 +25,7 @@ export function readIndex(file: string): ShardIndex {
   const weightMap = new Map<string, string>();
   const shards: string[] = [];
   for (const [name, shard] of Object.entries(wm)) {
-    if (typeof shard !== 'string') throw new CheckpointError(`index maps "${name}" to ${JSON.stringify(shard)}, not a file name`, { file });
+    if (typeof shard !== 'string') throw new CheckpointError(`index maps "${name}" to ${shown(shard)}, not a file name`, { file });
     weightMap.set(name, shard);
     if (!shards.includes(shard)) shards.push(shard);
   }

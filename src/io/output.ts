@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CheckpointError, InternalError, UsageError } from '../errors';
+import { besideWeights } from './checkpoint';
 
 /** Files beside the weights that a written checkpoint keeps: the tokenizer, generation and chat settings. */
 export const AUX_FILES = [
@@ -20,6 +21,19 @@ export const AUX_FILES = [
   'chat_template.jinja',
   'chat_template.json',
 ];
+
+/**
+ * Keys that hold wall-clock measurements. They belong in the report a command returns (stdout, --json), not in
+ * the files it writes: the same command twice must write byte-identical outputs (issue 11).
+ */
+const TIMING_KEYS = new Set(['seconds', 'tokens_per_second']);
+
+/** A copy of a JSON value with every timing key removed, at any depth. */
+export function withoutTimings<T>(value: T): T {
+  if (Array.isArray(value)) return value.map(withoutTimings) as T;
+  if (typeof value !== 'object' || value === null) return value;
+  return Object.fromEntries(Object.entries(value).filter(([k]) => !TIMING_KEYS.has(k)).map(([k, v]) => [k, withoutTimings(v)])) as T;
+}
 
 /** Temporary folders (and files) not yet renamed into place; removed if the process is interrupted. */
 const pending = new Set<string>();
@@ -38,6 +52,32 @@ export function removePendingOutputs(): void {
   pending.clear();
 }
 
+/**
+ * Creates a folder moe writes into over several runs (moe run's output) and its missing parents, one at a time:
+ * Node 20's recursive mkdirSync spins forever on a path under /proc.
+ */
+export function createFolder(dir: string): void {
+  const missing: string[] = [];
+  for (let d = path.resolve(dir); !fs.existsSync(d); d = path.dirname(d)) missing.unshift(d);
+  for (const d of missing) {
+    try {
+      fs.mkdirSync(d);
+    } catch (e) {
+      throw new UsageError(`cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: d, hint: 'choose a writable destination' });
+    }
+  }
+  if (!fs.statSync(dir).isDirectory()) throw new UsageError('the output exists and is not a folder', { file: dir, hint: 'choose another output' });
+}
+
+/** Creates the empty temporary file a single-file output is written to, so an unwritable folder is a usage error. */
+export function createEmptyFile(tmp: string): void {
+  try {
+    fs.closeSync(fs.openSync(tmp, 'wx'));
+  } catch (e) {
+    throw new UsageError(`cannot create the output file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path.dirname(tmp), hint: 'choose a writable destination' });
+  }
+}
+
 export interface OutputOptions {
   force?: boolean;
 }
@@ -54,6 +94,7 @@ export class OutputFolder {
   static create(dest: string, opts: OutputOptions = {}): OutputFolder {
     const abs = path.resolve(dest);
     checkDestination(abs, opts);
+    removeStaleTemps(abs);
     const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.moe-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
       fs.mkdirSync(tmp);
@@ -73,12 +114,17 @@ export class OutputFolder {
     fs.writeFileSync(this.file(name), JSON.stringify(value, null, 2) + '\n');
   }
 
+  /** A record of what a command did (moe-*.json, stats.json): without wall-clock timings, so equal runs write equal bytes. */
+  writeRecord(name: string, value: unknown): void {
+    this.writeJson(name, withoutTimings(value));
+  }
+
   /** Copies the tokenizer and generation files that exist in `srcDir`. */
   copyAuxFiles(srcDir: string): string[] {
     const copied: string[] = [];
     for (const name of AUX_FILES) {
-      const src = path.join(srcDir, name);
-      if (fs.existsSync(src)) {
+      const src = besideWeights(srcDir, name);
+      if (src) {
         fs.copyFileSync(src, this.file(name));
         copied.push(name);
       }
@@ -111,15 +157,50 @@ export class OutputFolder {
 function checkDestination(abs: string, opts: OutputOptions): void {
   const parent = path.dirname(abs);
   if (!fs.existsSync(parent)) throw new UsageError('the output folder\'s parent does not exist', { file: parent, hint: 'create it first' });
+  if (!fs.statSync(parent).isDirectory()) throw new UsageError('the output folder\'s parent is not a folder', { file: parent, hint: 'choose a destination inside a folder' });
   if (!fs.existsSync(abs)) return;
   if (!opts.force) throw new UsageError('the output already exists', { file: abs, hint: 'choose another -o or pass --force to replace it' });
   const st = fs.statSync(abs);
   if (!st.isDirectory()) throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
   // --force replaces a model folder or an empty one, never an arbitrary folder the user may care about.
   const entries = fs.readdirSync(abs);
-  // A folder moe wrote: a checkpoint (config.json), a GGUF export (moe-gguf.json) or a --layers part (moe-partial.json).
-  if (entries.length > 0 && !['config.json', 'moe-gguf.json', 'moe-partial.json'].some((f) => entries.includes(f))) {
-    throw new UsageError('--force replaces only a model folder, and this folder holds no config.json', { file: abs, hint: 'choose another -o' });
+  // A folder moe wrote: a checkpoint (config.json), a GGUF export (moe-gguf.json), a --layers part (moe-partial.json)
+  // or calibration stats (stats.json).
+  if (entries.length > 0 && !['config.json', 'moe-gguf.json', 'moe-partial.json', 'stats.json'].some((f) => entries.includes(f))) {
+    throw new UsageError('--force replaces only a folder moe wrote, and this folder holds no config.json, moe-gguf.json, moe-partial.json or stats.json', { file: abs, hint: 'choose another -o' });
+  }
+}
+
+/**
+ * A run killed with SIGKILL (or a power cut) cannot remove its temporary folder. The next write to the same
+ * destination removes the ones moe made for it: named `.NAME.moe-tmp-PID-HEX` (or `…-old`, a model being replaced
+ * at commit) whose process is gone. Anything else beside the destination is left alone: moe never deletes a folder
+ * it did not create, and a folder whose process still runs belongs to a concurrent write.
+ */
+export function removeStaleTemps(dest: string): string[] {
+  const parent = path.dirname(dest);
+  const escaped = path.basename(dest).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const pattern = new RegExp(`^\\.${escaped}\\.moe-tmp-(\\d+)-[0-9a-f]{8}(-old)?$`);
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(parent)) {
+    const m = pattern.exec(name);
+    if (!m || Number(m[1]) === process.pid || processAlive(Number(m[1]))) continue;
+    const full = path.join(parent, name);
+    // A concurrent run may remove it first; a symlink or file with that name is not moe's.
+    if (!fs.lstatSync(full, { throwIfNoEntry: false })?.isDirectory()) continue;
+    fs.rmSync(full, { recursive: true, force: true });
+    removed.push(full);
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: the process exists but belongs to another user.
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -143,6 +224,9 @@ export async function withOutput<T>(dest: string, opts: OutputOptions, body: (ou
     out.abort();
     if ((e as NodeJS.ErrnoException).code === 'ENOSPC') {
       throw new CheckpointError('no space left on the device while writing', { file: path.dirname(out.dest), hint: 'free space or choose another destination' });
+    }
+    if ((e as NodeJS.ErrnoException).code === 'EFBIG') {
+      throw new CheckpointError('a file reached the file size limit (ulimit -f) while writing', { file: path.dirname(out.dest), hint: 'raise the limit or choose a smaller output' });
     }
     throw e;
   }

@@ -4,7 +4,7 @@
  * A file is opened by its header only; tensors are read one at a time, never the whole file.
  */
 import * as fs from 'node:fs';
-import { CheckpointError } from '../errors';
+import { CheckpointError, shown } from '../errors';
 import { DType, dtypeBytes, isDType } from './dtype';
 import type { PackedParts } from '../quant/format';
 
@@ -69,6 +69,9 @@ function isNonNegInt(x: unknown): x is number {
 
 /** Parses and validates the header of one safetensors file. Reads only the header bytes. */
 export function readHeader(file: string, onRead?: (bytes: number) => void): SafetensorsHeader {
+  // A folder, FIFO or device named as a shard: opening a FIFO would block, reading a folder fails with EISDIR.
+  const st = fs.statSync(file, { throwIfNoEntry: false });
+  if (st && !st.isFile()) throw new CheckpointError('shard is not a regular file', { file, hint: 'the index or folder names something that is not a safetensors file' });
   let fd: number;
   try {
     fd = fs.openSync(file, 'r');
@@ -112,10 +115,10 @@ function validateHeader(file: string, fileSize: number, dataStart: number, json:
     }
     if (typeof v !== 'object' || v === null) throw bad(file, `tensor "${name}": entry is not an object`);
     const { dtype, shape, data_offsets: offsets } = v as Record<string, unknown>;
-    if (!isDType(dtype)) throw bad(file, `tensor "${name}": unknown dtype ${JSON.stringify(dtype)}`, 'moe reads F64 F32 F16 BF16 F8_E4M3 F8_E5M2 I64 I32 I16 I8 U8 BOOL');
-    if (!Array.isArray(shape) || !shape.every(isNonNegInt)) throw bad(file, `tensor "${name}": shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
+    if (!isDType(dtype)) throw bad(file, `tensor "${name}": unknown dtype ${shown(dtype)}`, 'moe reads F64 F32 F16 BF16 F8_E4M3 F8_E5M2 I64 I32 I16 I8 U8 BOOL');
+    if (!Array.isArray(shape) || !shape.every(isNonNegInt)) throw bad(file, `tensor "${name}": shape ${shown(shape)} is not a list of non-negative integers`);
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegInt) || offsets[0] > offsets[1]) {
-      throw bad(file, `tensor "${name}": data_offsets ${JSON.stringify(offsets)} are not [begin, end]`);
+      throw bad(file, `tensor "${name}": data_offsets ${shown(offsets)} are not [begin, end]`);
     }
     const [b, e] = offsets as number[];
     const want = numel(shape) * dtypeBytes(dtype);

@@ -144,7 +144,7 @@ export async function writeReducedOutput(ckpt: Checkpoint, arch: Architecture, p
     const bar = ctx.progress('write', total, 'bytes');
     const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (n) => bar.tick(n));
     bar.done();
-    out.writeJson(COMPRESSION_FILE, { tool: 'moe', ...record() });
+    out.writeRecord(COMPRESSION_FILE, { tool: 'moe', ...record() });
     return written;
   });
 }

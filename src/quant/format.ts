@@ -13,7 +13,7 @@
  * {"bits": b, "group_size": g, "shape": [out, in], "dtype": D, "method": "rtn"|"gptq"}. Every other tensor is
  * stored as in the source checkpoint. config.json carries a `quantization_config` (quant_method "moe-packed").
  */
-import { CheckpointError } from '../errors';
+import { CheckpointError, shown } from '../errors';
 import { DType, isDType } from '../io/dtype';
 import type { SafetensorsHeader, TensorRef } from '../io/safetensors';
 import type { PlannedTensor } from '../io/writer';
@@ -89,12 +89,14 @@ function parseInfo(value: string, key: string, file: string): PackedInfo {
   } catch {
     throw bad('is not valid JSON');
   }
+  if (typeof j !== 'object' || j === null || Array.isArray(j)) throw bad('is not a JSON object');
   const { bits, group_size, shape, dtype, method } = j;
-  if (!Number.isInteger(bits) || bits! < 1 || bits! > 8) throw bad(`has bits ${JSON.stringify(bits)} (1 to 8 expected)`);
-  if (!Number.isInteger(group_size) || group_size! < 1) throw bad(`has group_size ${JSON.stringify(group_size)}`);
-  if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d > 0)) throw bad(`has shape ${JSON.stringify(shape)}`);
-  if (!isDType(dtype)) throw bad(`has dtype ${JSON.stringify(dtype)}`);
-  return { bits: bits!, group_size: group_size!, shape: [shape[0], shape[1]], dtype, method: String(method ?? 'rtn') };
+  if (!Number.isInteger(bits) || bits! < 1 || bits! > 8) throw bad(`has bits ${shown(bits)} (1 to 8 expected)`);
+  if (!Number.isInteger(group_size) || group_size! < 1) throw bad(`has group_size ${shown(group_size)}`);
+  if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d > 0)) throw bad(`has shape ${shown(shape)}`);
+  if (!isDType(dtype)) throw bad(`has dtype ${shown(dtype)}`);
+  if (method !== undefined && typeof method !== 'string') throw bad(`has method ${shown(method)}`);
+  return { bits: bits!, group_size: group_size!, shape: [shape[0], shape[1]], dtype, method: method ?? 'rtn' };
 }
 
 /**

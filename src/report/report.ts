@@ -8,10 +8,11 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CalibrationStats } from '../calib/stats';
 import { UsageError } from '../errors';
+import { createEmptyFile } from '../io/output';
 import { COMPRESSION_FILE } from '../model/reduce';
 
 interface StepRecord {
-  report: { step: number; kind: string; line: number; output: string; skipped: boolean; seconds: number; detail: string; eval?: { perplexity: number; baseline_perplexity?: number; kl_mean?: number; bytes: number } };
+  report: { step: number; kind: string; line: number; output: string; skipped: boolean; detail: string; eval?: { perplexity: number; baseline_perplexity?: number; kl_mean?: number; bytes: number } };
 }
 
 type Spec = Record<string, unknown>;
@@ -34,10 +35,13 @@ export interface ReportResult {
   bytes: number;
 }
 
-export async function writeReport(runDir: string, file: string): Promise<ReportResult> {
+/** Writes the report of a run folder to `file`; an existing file is replaced only with `force`. */
+export async function writeReport(runDir: string, file: string, opts: { force?: boolean } = {}): Promise<ReportResult> {
   const dir = path.resolve(runDir);
   const recipeFile = path.join(dir, 'recipe.json');
   if (!fs.existsSync(recipeFile)) throw new UsageError('not a moe run output folder (no recipe.json)', { file: dir, hint: 'give the output folder of moe run' });
+  if (fs.existsSync(file) && !opts.force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
+  if (fs.existsSync(file) && !fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file, hint: 'choose another -o' });
   const recipe = JSON.parse(fs.readFileSync(recipeFile, 'utf8')) as { source: string; model: string; steps: { kind: string }[] };
   const steps: StepRecord['report'][] = [];
   recipe.steps.forEach((s, i) => {
@@ -111,21 +115,26 @@ export async function writeReport(runDir: string, file: string): Promise<ReportR
     });
   }
 
-  const rows = steps.map((s) => `<tr><td>${s.step}</td><td>${esc(s.kind)}</td><td>${s.line}</td><td>${s.skipped ? 'skipped' : s.seconds.toFixed(2)}</td><td>${esc(s.detail)}</td></tr>`).join('\n');
+  const rows = steps.map((s) => `<tr><td>${s.step}</td><td>${esc(s.kind)}</td><td>${s.line}</td><td>${s.skipped ? 'skipped' : 'ran'}</td><td>${esc(s.detail)}</td></tr>`).join('\n');
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>moe report: ${esc(path.basename(recipe.source))}</title>
 <style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}h2{font-size:1.1em;margin-top:2em}figure{margin:0}</style>
 </head><body>
 <h1>moe report</h1>
 <p>Recipe <code>${esc(recipe.source)}</code> on <code>${esc(recipe.model)}</code>; outputs in <code>${esc(dir)}</code>.</p>
-<table><thead><tr><th>step</th><th>kind</th><th>line</th><th>seconds</th><th>result</th></tr></thead><tbody>
+<table><thead><tr><th>step</th><th>kind</th><th>line</th><th>this run</th><th>result</th></tr></thead><tbody>
 ${rows}
 </tbody></table>
 ${charts.map((c) => `<h2>${esc(c.title)}</h2>\n<figure class="chart">${c.svg}</figure>`).join('\n')}
 </body></html>
 `;
   const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, html);
-  fs.renameSync(tmp, file);
+  createEmptyFile(tmp);
+  try {
+    fs.writeFileSync(tmp, html);
+    fs.renameSync(tmp, file);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
   return { file: path.resolve(file), charts: charts.map((c) => c.title), bytes: html.length };
 }

@@ -1,0 +1,121 @@
+/**
+ * Round-to-nearest from a weight's stored bytes straight to the packed layout (src/quant/format.ts), one row at a
+ * time: decode the row to float32, find each group's range, round every weight and pack its code, with no
+ * intermediate array of codes or of the whole tensor in float32. It is the same arithmetic as quantizeRtn
+ * (src/quant/rtn.ts: groupParams, then code = clamp(rint(fround(w / scale)) + zero)) followed by packCodes and
+ * BF16 scales, so its bytes are identical (test/quant/rtn-packed.test.ts); it only does the work in one pass.
+ *
+ * Rows [r0, r1) are written into buffers for the whole tensor, so that worker threads (src/quant/rtn-pool.ts) can
+ * each fill a range of rows of the same shared buffers.
+ */
+import { DType, dtypeBytes, toFloat32 } from '../io/dtype';
+import { packedRowBytes } from './pack';
+import { groupCount, groupParams, QuantSpec } from './rtn';
+
+/** The three stored parts of a packed weight: codes [rows, rowBytes], BF16 scales and U8 zeros [rows, ngroups]. */
+export interface PackedBuffers {
+  qweight: Uint8Array;
+  scales: Uint8Array;
+  qzeros: Uint8Array;
+}
+
+export function allocatePacked(rows: number, cols: number, spec: QuantSpec, shared = false): PackedBuffers {
+  const ng = groupCount(cols, spec.groupSize);
+  const make = (n: number) => new Uint8Array(shared ? new SharedArrayBuffer(n) : new ArrayBuffer(n));
+  return { qweight: make(rows * packedRowBytes(cols, spec.bits)), scales: make(rows * ng * 2), qzeros: make(rows * ng) };
+}
+
+/** 1.5·2⁵²: (x + M) − M rounds a double to an integer, half to even, for |x| < 2⁵¹ (the codes here are < 2⁹). */
+const RINT_MAGIC = 6755399441055744;
+const { fround } = Math;
+
+/**
+ * Quantizes rows [r0, r1) of a [rows, cols] weight held as `dtype` bytes in `src` into `out`.
+ * Returns −1, or the flat index of the first NaN or infinite weight (nothing sensible can be written then).
+ */
+export function rtnPackRows(src: Uint8Array, dtype: DType, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
+  const { bits, groupSize: gs } = spec;
+  const maxq = (1 << bits) - 1;
+  const ng = groupCount(cols, gs);
+  const rb = packedRowBytes(cols, bits);
+  const size = dtypeBytes(dtype);
+  const row = new Float32Array(cols);
+  const rowBits = new Uint32Array(row.buffer);
+  const f = new Float32Array(1);
+  const fBits = new Uint32Array(f.buffer);
+  const u16 = dtype === 'BF16' && src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, src.byteLength >>> 1) : null;
+  const codes = new Int32Array(cols);
+  const { qweight, scales, qzeros } = out;
+  for (let r = r0; r < r1; r++) {
+    // Decode the row (BF16: group by group, with the range below; other dtypes: whole).
+    const base = r * cols;
+    if (!u16) row.set(toFloat32(src.subarray(base * size, (base + cols) * size), dtype));
+    for (let g = 0; g < ng; g++) {
+      const a = g * gs;
+      const b = a + gs < cols ? a + gs : cols;
+      let lo = Infinity;
+      let hi = -Infinity;
+      let finite = 0; // stays 0 unless a value is NaN or ±Inf (then v·0 is NaN)
+      if (u16) for (let c = a; c < b; c++) rowBits[c] = u16[base + c] << 16;
+      for (let c = a; c < b; c++) {
+        const v = row[c];
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+        finite += v * 0;
+      }
+      if (finite !== 0) {
+        for (let c = a; c < b; c++) if (!Number.isFinite(row[c])) return r * cols + c;
+      }
+      const { scale, zero } = groupParams(lo, hi, maxq);
+      const k = r * ng + g;
+      f[0] = scale;
+      const sb = fBits[0] >>> 16; // scale is a bf16 value: its top half is exact
+      scales[2 * k] = sb & 0xff;
+      scales[2 * k + 1] = sb >>> 8;
+      qzeros[k] = zero;
+      // code = clamp(rint(w / scale) + zero, 0, maxq). Rounding is monotonic in w, so when the group's extremes
+      // land on the grid no weight needs the clamp (the usual case); otherwise it is branch-free on int32.
+      const qlo = ((fround(lo / scale) + RINT_MAGIC - RINT_MAGIC) | 0) + zero;
+      const qhi = ((fround(hi / scale) + RINT_MAGIC - RINT_MAGIC) | 0) + zero;
+      if (qlo >= 0 && qhi <= maxq) {
+        for (let c = a; c < b; c++) codes[c] = ((fround(row[c] / scale) + RINT_MAGIC - RINT_MAGIC) | 0) + zero;
+      } else {
+        for (let c = a; c < b; c++) {
+          let q = ((fround(row[c] / scale) + RINT_MAGIC - RINT_MAGIC) | 0) + zero;
+          q &= ~(q >> 31);
+          const over = q - maxq;
+          codes[c] = q - (over & ~(over >> 31));
+        }
+      }
+    }
+    packRow(codes, cols, bits, qweight, r * rb);
+  }
+  return -1;
+}
+
+/** One row of codes packed LSB-first from byte `p` on (the layout of src/quant/pack.ts). */
+function packRow(codes: Int32Array, cols: number, bits: number, dst: Uint8Array, p: number): void {
+  let c = 0;
+  if (bits === 8) {
+    for (; c < cols; c++) dst[p + c] = codes[c];
+    return;
+  }
+  if (bits === 4) {
+    for (; c + 1 < cols; c += 2) dst[p++] = codes[c] | (codes[c + 1] << 4);
+  } else if (bits === 2) {
+    for (; c + 3 < cols; c += 4) dst[p++] = codes[c] | (codes[c + 1] << 2) | (codes[c + 2] << 4) | (codes[c + 3] << 6);
+  }
+  // Any width (and the tail of a row): a bit accumulator.
+  let acc = 0;
+  let nb = 0;
+  for (; c < cols; c++) {
+    acc |= codes[c] << nb;
+    nb += bits;
+    while (nb >= 8) {
+      dst[p++] = acc & 0xff;
+      acc >>>= 8;
+      nb -= 8;
+    }
+  }
+  if (nb > 0) dst[p] = acc & 0xff;
+}
