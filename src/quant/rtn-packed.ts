@@ -11,6 +11,7 @@
 import { DType, dtypeBytes, toFloat32 } from '../io/dtype';
 import { packedRowBytes } from './pack';
 import { groupCount, groupParams, QuantSpec } from './rtn';
+import { RTN_SIMD_WASM } from './rtn-simd-wasm';
 
 /** The three stored parts of a packed weight: codes [rows, rowBytes], BF16 scales and U8 zeros [rows, ngroups]. */
 export interface PackedBuffers {
@@ -34,6 +35,73 @@ const { fround } = Math;
  * Returns −1, or the flat index of the first NaN or infinite weight (nothing sensible can be written then).
  */
 export function rtnPackRows(src: Uint8Array, dtype: DType, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
+  if (dtype === 'BF16' && spec.groupSize % 8 === 0 && cols % spec.groupSize === 0) {
+    const k = simdKernel();
+    if (k) return simdRows(k, src, cols, r0, r1, spec, out);
+  }
+  return scalarRows(src, dtype, cols, r0, r1, spec, out);
+}
+
+/** The part of the WebAssembly global used here (the project's TypeScript libs do not declare it). */
+declare const WebAssembly: {
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: object) => { exports: Record<string, unknown> };
+};
+
+interface WasmMemory {
+  readonly buffer: ArrayBuffer;
+  grow(pages: number): number;
+}
+
+interface SimdKernel {
+  memory: WasmMemory;
+  rtnRow: (src: number, cols: number, gs: number, maxq: number, codes: number, scales: number, zeros: number) => number;
+}
+
+let simd: SimdKernel | null | undefined;
+
+/** The WebAssembly SIMD kernel (src/quant/rtn-simd.wat), or null where WebAssembly SIMD is missing. */
+function simdKernel(): SimdKernel | null {
+  if (simd === undefined) {
+    try {
+      const instance = new WebAssembly.Instance(new WebAssembly.Module(RTN_SIMD_WASM), {});
+      simd = { memory: instance.exports.memory as WasmMemory, rtnRow: instance.exports.rtn_row as SimdKernel['rtnRow'] };
+    } catch {
+      simd = null;
+    }
+  }
+  return simd;
+}
+
+/** BF16 rows whose groups are whole and a multiple of 8 wide, through the SIMD kernel: the same bytes as scalarRows. */
+function simdRows(k: SimdKernel, src: Uint8Array, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
+  const { bits, groupSize: gs } = spec;
+  const ng = cols / gs;
+  const rb = packedRowBytes(cols, bits);
+  // wasm memory: the row's BF16 bytes, its codes, its scales, its zero points
+  const codesAt = cols * 2;
+  const scalesAt = codesAt + cols;
+  const zerosAt = scalesAt + ng * 2;
+  const need = zerosAt + ng;
+  if (k.memory.buffer.byteLength < need) k.memory.grow(Math.ceil((need - k.memory.buffer.byteLength) / 65536));
+  const mem = new Uint8Array(k.memory.buffer);
+  const codes = mem.subarray(codesAt, codesAt + cols);
+  const maxq = (1 << bits) - 1;
+  for (let r = r0; r < r1; r++) {
+    mem.set(src.subarray(r * cols * 2, (r + 1) * cols * 2), 0);
+    if (k.rtnRow(0, cols, gs, maxq, codesAt, scalesAt, zerosAt) !== 0) {
+      // a NaN or ±Inf in this row: the scalar kernel names the first one
+      const bad = scalarRows(src, 'BF16', cols, r, r + 1, spec, out);
+      if (bad >= 0) return bad;
+    }
+    packRow(codes, cols, bits, out.qweight, r * rb);
+    out.scales.set(mem.subarray(scalesAt, scalesAt + ng * 2), r * ng * 2);
+    out.qzeros.set(mem.subarray(zerosAt, zerosAt + ng), r * ng);
+  }
+  return -1;
+}
+
+function scalarRows(src: Uint8Array, dtype: DType, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
   const { bits, groupSize: gs } = spec;
   const maxq = (1 << bits) - 1;
   const ng = groupCount(cols, gs);
@@ -94,7 +162,7 @@ export function rtnPackRows(src: Uint8Array, dtype: DType, cols: number, r0: num
 }
 
 /** One row of codes packed LSB-first from byte `p` on (the layout of src/quant/pack.ts). */
-function packRow(codes: Int32Array, cols: number, bits: number, dst: Uint8Array, p: number): void {
+function packRow(codes: Int32Array | Uint8Array, cols: number, bits: number, dst: Uint8Array, p: number): void {
   let c = 0;
   if (bits === 8) {
     for (; c < cols; c++) dst[p + c] = codes[c];

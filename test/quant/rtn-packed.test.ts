@@ -1,6 +1,7 @@
 /**
- * The fused RTN kernel (stored bytes → packed parts, src/quant/rtn-packed.ts) against the two-step path it
- * replaces for plain RTN (quantizeRtn, then packCodes and BF16 scales): identical bytes for every bit-width, group
+ * The fused RTN kernels (stored bytes → packed parts, src/quant/rtn-packed.ts: WebAssembly SIMD for BF16 rows of
+ * whole groups, scalar TypeScript otherwise) against the two-step path they
+ * replace for plain RTN (quantizeRtn, then packCodes and BF16 scales): identical bytes for every bit-width, group
  * sizes that do and do not divide the row, each floating dtype, unaligned sources and row ranges; and the index of
  * the first NaN or infinite weight.
  */
@@ -67,8 +68,11 @@ describe('fused RTN to packed bytes', () => {
       const w = weights(rows * cols, 3);
       w[at] = value;
       w[at + 7] = NaN;
-      const stored = fromFloat32(w, 'F32');
-      expect(rtnPackRows(stored, 'F32', cols, 0, rows, { bits: 4, groupSize: 128 }, allocatePacked(rows, cols, { bits: 4, groupSize: 128 }))).toBe(at);
+      for (const dtype of ['F32', 'BF16'] as DType[]) {
+        // BF16 with whole groups takes the WebAssembly SIMD kernel, which hands a bad row to the scalar one
+        const stored = fromFloat32(w, dtype);
+        expect(rtnPackRows(stored, dtype, cols, 0, rows, { bits: 4, groupSize: 128 }, allocatePacked(rows, cols, { bits: 4, groupSize: 128 }))).toBe(at);
+      }
     }
   });
 
