@@ -1,13 +1,14 @@
 /**
  * Layer sharding: `moe quantize --layers A-B` parts joined by `moe assemble` give the single run's checkpoint byte
- * for byte (shards, index, config), for uniform RTN and for per-layer LP with GPTQ; bad part sets are refused.
+ * for byte (shards, index, config), for uniform RTN and for per-layer LP with GPTQ, and four parts through the CLI (worker threads); bad part sets
+ * are refused.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { assemble } from '../../src/commands/assemble';
 import { calibrate } from '../../src/commands/calibrate';
 import { quantize, QuantizeOptions } from '../../src/commands/quantize';
-import { quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 
@@ -42,6 +43,24 @@ describe('moe quantize --layers + moe assemble', () => {
     }
     const r = await assemble(parts, { output: path.join(dir, 'joined') }, quiet);
     expect(r.layers).toBe(3);
+    sameCheckpoint(path.join(dir, 'single'), path.join(dir, 'joined'));
+  }, 120_000);
+
+  test('four --layers parts through the CLI (RTN on worker threads) give the single run byte for byte', async () => {
+    const dir = tmpDir();
+    const model = await makeSynth('mixtral', path.join(dir, 'model'), { dtype: 'BF16', set: { num_hidden_layers: 6 } });
+    const args = ['--bits', '4', '--method', 'rtn', '--threads', '2', '--max-shard-size', '50KB'];
+    const run = (extra: string[]) => {
+      const r = runCli(['quantize', model, ...args, ...extra]);
+      expect(r.code).toBe(0);
+    };
+    run(['-o', path.join(dir, 'single')]);
+    const parts = ['0-1', '2-2', '3-4', '5-5'].map((range) => {
+      run(['--layers', range, '-o', path.join(dir, `part-${range}`)]);
+      return path.join(dir, `part-${range}`);
+    });
+    const r = runCli(['assemble', ...parts.reverse(), '-o', path.join(dir, 'joined')]);
+    expect(r.code).toBe(0);
     sameCheckpoint(path.join(dir, 'single'), path.join(dir, 'joined'));
   }, 120_000);
 
