@@ -1,7 +1,7 @@
 /**
  * Layer sharding: `moe quantize --layers A-B` parts joined by `moe assemble` give the single run's checkpoint byte
- * for byte (shards, index, config), for uniform RTN and for per-layer LP with GPTQ, and four parts through the CLI (worker threads); bad part sets
- * are refused.
+ * for byte (shards, index, config), for uniform RTN and for per-layer LP with GPTQ, and four parts through the
+ * CLI (RTN on worker threads); bad part sets are refused.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
