@@ -22,7 +22,7 @@ import { loadArchitecture } from '../model/registry';
 import { allocate, AllocGroup, AllocResult } from '../quant/allocate';
 import { metadataEntry, packedPlan, quantizationConfig } from '../quant/format';
 import { gptq } from '../quant/gptq';
-import { packCodes, packedRowBytes } from '../quant/pack';
+import { packCodes } from '../quant/pack';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { dequantize, outputError, QuantizedMatrix, quantizeRtn } from '../quant/rtn';
 import { RtnPool } from '../quant/rtn-pool';
@@ -408,27 +408,21 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         pool = fastRtn ? new RtnPool(o.threads ?? os.availableParallelism()) : undefined;
         const queue = refs.filter((ref) => targetOf.has(ref.name));
         // Two sets of buffers, sized for the largest weight, used in turn: one weight computed, the other read or written.
-        const partBytes = (t: Target) => {
-          const ng = Math.ceil(t.cols / gs);
-          return { qweight: t.rows * packedRowBytes(t.cols, groupBits(t)), scales: t.rows * ng * 2, qzeros: t.rows * ng };
-        };
-        const most = (f: (t: Target) => number) => Math.max(0, ...queue.map((ref) => f(targetOf.get(ref.name)!)));
-        const slots = pool
-          ? [0, 1].map(() =>
-              pool!.slot(Math.max(0, ...queue.map((ref) => ref.end - ref.begin)), { qweight: most((t) => partBytes(t).qweight), scales: most((t) => partBytes(t).scales), qzeros: most((t) => partBytes(t).qzeros) }),
-            )
-          : [];
+        const partsOf = (t: Target) => packedPlan(t.name, t.rows, t.cols, groupBits(t), gs);
+        const largest = (part: number) => Math.max(0, ...queue.map((ref) => tensorBytes(partsOf(targetOf.get(ref.name)!)[part])));
+        const slots = pool ? [0, 1].map(() => pool!.slot(Math.max(0, ...queue.map((ref) => ref.end - ref.begin)), { qweight: largest(0), scales: largest(1), qzeros: largest(2) })) : [];
         let turn = 0;
         const launch = (ref: (typeof refs)[number]) => {
           const t = targetOf.get(ref.name)!;
           const slot = slots[turn++ % 2];
-          const size = partBytes(t);
-          const out = { qweight: slot.out.qweight.subarray(0, size.qweight), scales: slot.out.scales.subarray(0, size.scales), qzeros: slot.out.qzeros.subarray(0, size.qzeros) };
+          const [qweight, scales, qzeros] = partsOf(t).map(tensorBytes);
+          const out = { qweight: slot.out.qweight.subarray(0, qweight), scales: slot.out.scales.subarray(0, scales), qzeros: slot.out.qzeros.subarray(0, qzeros) };
           const src = reader.bytesInto(ref.name, slot.src);
           const job = pool!.quantize(src, ref.dtype, t.rows, t.cols, { bits: groupBits(t), groupSize: gs }, out).then((bad) => ({ bad, out, src }));
           job.catch(() => undefined); // awaited in turn; an early failure must not count as unhandled
           return { name: ref.name, job };
         };
+        let queued = 0; // queue[queued] is the weight this loop reaches next
         let ahead: ReturnType<typeof launch> | undefined;
         for (const ref of refs) {
           const t = targetOf.get(ref.name);
@@ -438,11 +432,11 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
           }
           if (pool) {
             const current = ahead?.name === ref.name ? ahead : launch(ref);
-            const next = queue[queue.indexOf(ref) + 1];
+            const next = queue[++queued];
             ahead = next ? launch(next) : undefined;
             const { out: parts, bad, src } = await current.job;
             if (bad >= 0) requireFinite(toFloat32(src.subarray(bad * dtypeBytes(ref.dtype), (bad + 1) * dtypeBytes(ref.dtype)), ref.dtype), ref.name, ckpt.dir, bad);
-            const names = packedPlan(ref.name, t.rows, t.cols, groupBits(t), gs);
+            const names = partsOf(t);
             writer.write(names[0].name, parts.qweight);
             writer.write(names[1].name, parts.scales);
             writer.write(names[2].name, parts.qzeros);

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
+import { checkFileDestination, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
 import { requireFinite } from '../commands/quantize';
@@ -290,8 +290,7 @@ function destination(output: string, modelDir: string, label: string, force: boo
     const dir = path.dirname(file);
     if (!fs.existsSync(dir)) throw new UsageError('the folder of the .gguf output does not exist', { file: dir, hint: 'create it first, or give a folder as -o' });
     if (!fs.statSync(dir).isDirectory()) throw new UsageError('the folder of the .gguf output is not a folder', { file: dir, hint: 'choose a destination inside a folder' });
-    if (fs.existsSync(file) && !force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
-    if (fs.existsSync(file) && !fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file });
+    checkFileDestination(file, force);
     return { dir, file: path.basename(file), folder: false };
   }
   return { dir: path.resolve(output), file: `${path.basename(modelDir)}-${label}.gguf`.replace(/[^A-Za-z0-9._-]/g, '_'), folder: true };

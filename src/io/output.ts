@@ -69,6 +69,13 @@ export function createFolder(dir: string): void {
   if (!fs.statSync(dir).isDirectory()) throw new UsageError('the output exists and is not a folder', { file: dir, hint: 'choose another output' });
 }
 
+/** A single-file destination (a .gguf path, a report): an existing one is replaced only with `force`, and only if a file. */
+export function checkFileDestination(file: string, force: boolean): void {
+  if (!fs.existsSync(file)) return;
+  if (!force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
+  if (!fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file, hint: 'choose another -o' });
+}
+
 /** Creates the empty temporary file a single-file output is written to, so an unwritable folder is a usage error. */
 export function createEmptyFile(tmp: string): void {
   try {

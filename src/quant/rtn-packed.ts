@@ -20,10 +20,9 @@ export interface PackedBuffers {
   qzeros: Uint8Array;
 }
 
-export function allocatePacked(rows: number, cols: number, spec: QuantSpec, shared = false): PackedBuffers {
+export function allocatePacked(rows: number, cols: number, spec: QuantSpec): PackedBuffers {
   const ng = groupCount(cols, spec.groupSize);
-  const make = (n: number) => new Uint8Array(shared ? new SharedArrayBuffer(n) : new ArrayBuffer(n));
-  return { qweight: make(rows * packedRowBytes(cols, spec.bits)), scales: make(rows * ng * 2), qzeros: make(rows * ng) };
+  return { qweight: new Uint8Array(rows * packedRowBytes(cols, spec.bits)), scales: new Uint8Array(rows * ng * 2), qzeros: new Uint8Array(rows * ng) };
 }
 
 /** 1.5·2⁵²: (x + M) − M rounds a double to an integer, half to even, for |x| < 2⁵¹ (the codes here are < 2⁹). */
@@ -90,9 +89,10 @@ function simdRows(k: SimdKernel, src: Uint8Array, cols: number, r0: number, r1: 
   for (let r = r0; r < r1; r++) {
     mem.set(src.subarray(r * cols * 2, (r + 1) * cols * 2), 0);
     if (k.rtnRow(0, cols, gs, maxq, codesAt, scalesAt, zerosAt) !== 0) {
-      // a NaN or ±Inf in this row: the scalar kernel names the first one
+      // a NaN or ±Inf in this row (the SIMD kernel stopped at its group): the scalar kernel names the first one
       const bad = scalarRows(src, 'BF16', cols, r, r + 1, spec, out);
       if (bad >= 0) return bad;
+      continue; // not reached while both kernels agree on what is finite; if so, the scalar kernel wrote the row
     }
     packRow(codes, cols, bits, out.qweight, r * rb);
     out.scales.set(mem.subarray(scalesAt, scalesAt + ng * 2), r * ng * 2);

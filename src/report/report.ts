@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CalibrationStats } from '../calib/stats';
 import { UsageError } from '../errors';
-import { createEmptyFile } from '../io/output';
+import { checkFileDestination, createEmptyFile } from '../io/output';
 import { COMPRESSION_FILE } from '../model/reduce';
 
 interface StepRecord {
@@ -40,8 +40,7 @@ export async function writeReport(runDir: string, file: string, opts: { force?: 
   const dir = path.resolve(runDir);
   const recipeFile = path.join(dir, 'recipe.json');
   if (!fs.existsSync(recipeFile)) throw new UsageError('not a moe run output folder (no recipe.json)', { file: dir, hint: 'give the output folder of moe run' });
-  if (fs.existsSync(file) && !opts.force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
-  if (fs.existsSync(file) && !fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file, hint: 'choose another -o' });
+  checkFileDestination(file, !!opts.force);
   const recipe = JSON.parse(fs.readFileSync(recipeFile, 'utf8')) as { source: string; model: string; steps: { kind: string }[] };
   const steps: StepRecord['report'][] = [];
   recipe.steps.forEach((s, i) => {

@@ -10,24 +10,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { removeStaleTemps } from '../../src/io/output';
 import { verifyCheckpoint } from '../../src/io/verify';
+import { mulberry32 } from '../../src/synth/generate';
 import { listDir, ROOT, runCli, tmpDir } from '../helpers';
 
 const TRIALS = 20;
 const BIN = path.join(ROOT, 'bin', 'moe.js');
 /** Big enough (about 100 MB of BF16) that writing takes most of a run. */
 const SYNTH = ['--arch', 'qwen3_moe', '--set', 'hidden_size=512', '--set', 'moe_intermediate_size=256', '--set', 'num_hidden_layers=4', '--set', 'num_experts=16'];
-
-/** mulberry32: a small seeded PRNG, so a failing trial can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function hashes(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
@@ -86,7 +75,7 @@ describe('SIGKILL while writing', () => {
     const duration = ok(args(dest));
     const reference = hashes(dest);
     expect(Object.keys(reference)).toContain('config.json');
-    const random = prng(seed);
+    const random = mulberry32(seed); // seeded, so a failing trial can be replayed
     let killedWithTemp = 0;
     let complete = 0;
     for (let trial = 0; trial < TRIALS; trial++) {
