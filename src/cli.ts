@@ -1,8 +1,9 @@
 /** The command line: commands, flags, help and examples. Each action calls its command and prints its report. */
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { createContext, Context } from './ui/progress';
 import { parseIntArg, parseSize } from './ui/parse';
 import { UsageError } from './errors';
+import { moeVersion } from './version';
 
 interface GlobalOpts {
   debug?: boolean;
@@ -31,10 +32,15 @@ export function buildCli(): Command {
   program
     .name('moe')
     .description('Make Mixture-of-Experts models smaller: inspect, convert, calibrate, prune, merge, quantize and evaluate Hugging Face MoE checkpoints.')
+    .version(moeVersion(), '-V, --version', 'print moe\'s version')
     .option('--debug', 'print stack traces on errors')
-    .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
-    .exitOverride();
+    // commander's own errors are thrown as UsageError (below) and printed by main.ts in moe's one-line style.
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: () => {} })
+    .exitOverride(usageExit('moe'))
+    .addHelpText(
+      'after',
+      '\nExamples:\n  moe demo                                   # the whole job on the bundled tiny model\n  moe inspect ./Qwen3-30B-A3B\n  moe calibrate ./model --data calib.txt -o ./stats\n  moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50\n  moe quantize ./model-reap50 --bits 4 -o ./model-int4\n  moe eval ./model-int4 --baseline ./model --data eval.txt\n  moe run recipes/demo.yaml --dry-run\n\nRun moe <command> --help for a command\'s options and examples.',
+    );
 
   program
     .command('inspect')
@@ -386,12 +392,30 @@ export function buildCli(): Command {
     .command('demo')
     .description('run the bundled demo on the fixture model (what `npm start` runs)')
     .option('--json', 'print one JSON object on stdout')
+    .addHelpText('after', '\nExamples:\n  moe demo                            # inspect, calibrate, prune, merge, quantize and evaluate fixtures/tiny-moe\n  moe demo --json | jq \'.results[] | {model, perplexity}\'')
     .action(async (opts: OutputOpts, cmd: Command) => {
       const { demo, formatDemo } = await import('./commands/demo');
       emit(await demo(context(cmd, opts.json)), opts, formatDemo);
     });
 
+  for (const c of program.commands) c.exitOverride(usageExit(`moe ${c.name()}`));
   return program;
+}
+
+/** commander's exits that are not errors: help, version, and `moe` alone (help on stderr, exit 2 in main.ts). */
+const NOT_ERRORS = new Set(['commander.helpDisplayed', 'commander.help', 'commander.version', 'commander.executeSubCommandAsync']);
+
+/** Turns commander's own errors (unknown option, missing argument, invalid choice...) into one-line usage errors. */
+function usageExit(name: string): (e: CommanderError) => never {
+  return (e) => {
+    if (NOT_ERRORS.has(e.code)) throw e;
+    const message = e.message
+      .replace(/^error: /, '')
+      .replace(/\s*\n\s*\(Did you mean/, ' (did you mean')
+      .replace(/\s*\n\s*/g, ' ')
+      .replace(/\.$/, '');
+    throw new UsageError(message, { hint: `run ${name} --help` });
+  };
 }
 
 /** The options prune and merge share: stats, how many experts, the destination, backend and output flags. */

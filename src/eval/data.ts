@@ -25,7 +25,7 @@ function readText(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new UsageError(`cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file, hint: 'check the --data path' });
+    throw new CheckpointError(`cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file, hint: 'check the --data path' });
   }
 }
 
@@ -60,16 +60,22 @@ function pretokenized(file: string, vocab: number, opts: DataOptions): WindowSet
   const windows: Int32Array[] = [];
   let total = 0;
   let source = 0;
+  let usable = Infinity; // the shortest window with something to predict
   json.forEach((w, i) => {
     if (!Array.isArray(w) || !w.every((id) => Number.isInteger(id) && id >= 0 && id < vocab)) {
       throw new CheckpointError(`window ${i} is not an array of token ids below the vocabulary size ${vocab}`, { file, hint: 'tokenize with this model\'s tokenizer' });
     }
     source += w.length;
     if (w.length < 2) return; // nothing to predict
+    usable = Math.min(usable, w.length);
     if (opts.maxTokens !== undefined && total + w.length > opts.maxTokens) return;
     total += w.length;
     windows.push(Int32Array.from(w));
   });
+  if (windows.length === 0) {
+    if (usable === Infinity) throw new UsageError(`the data gives ${source} tokens, ${source < 2 ? 'fewer than one window of 2 tokens' : 'but no window of at least 2 tokens'}`, { file, hint: 'each pre-tokenized window needs at least 2 tokens; give longer windows' });
+    throw new UsageError(`--max-tokens ${opts.maxTokens} keeps fewer tokens than one window (the shortest holds ${usable})`, { file, hint: 'raise --max-tokens' });
+  }
   return { windows, sourceTokens: source, kind: 'pretokenized' };
 }
 
@@ -82,13 +88,16 @@ export function cutWindows(ids: ArrayLike<number>, opts: DataOptions): Int32Arra
 }
 
 export function loadWindows(file: string, tokenizer: () => TextTokenizer, vocab: number, opts: DataOptions): WindowSet {
-  if (!fs.existsSync(file)) throw new UsageError('the data file does not exist', { file, hint: 'check the --data path' });
+  if (!fs.existsSync(file)) throw new CheckpointError('the data file does not exist', { file, hint: 'check the --data path' });
   if (opts.seqLen < 2) throw new UsageError(`--seq-len ${opts.seqLen} is too short; it must be at least 2`);
   const ext = path.extname(file).toLowerCase();
   if (ext === '.json') return pretokenized(file, vocab, opts);
   const text = ext === '.jsonl' ? jsonlText(file) : readText(file);
   const ids = tokenizer().encode(text);
   const windows = cutWindows(ids, opts);
+  if (windows.length === 0 && opts.maxTokens !== undefined && opts.maxTokens < opts.seqLen && ids.length >= opts.seqLen) {
+    throw new UsageError(`--max-tokens ${opts.maxTokens} keeps fewer tokens than one window of --seq-len ${opts.seqLen}`, { file, hint: 'lower --seq-len or raise --max-tokens' });
+  }
   if (windows.length === 0) {
     throw new UsageError(`the data gives ${ids.length} tokens, fewer than one window of --seq-len ${opts.seqLen}`, { file, hint: 'use a shorter --seq-len or more text' });
   }

@@ -138,7 +138,7 @@ describe('moe eval', () => {
     expect(r1.code).toBe(3);
     expect(r1.stderr).toMatch(/window 0 is not an array of token ids below the vocabulary size 256/);
     const r2 = runCli(['eval', m, '--data', path.join(tmpDir(), 'missing.txt')]);
-    expect(r2.code).toBe(2);
+    expect(r2.code).toBe(3); // a missing data file is bad input, like a missing model folder
     const txt = path.join(tmpDir(), 'a.txt');
     fs.writeFileSync(txt, 'hello');
     const r3 = runCli(['eval', m, '--data', txt]);
