@@ -266,11 +266,18 @@ export function buildCli(): Command {
     .argument('<recipe>', 'the recipe (YAML)')
     .option('--fresh', 'run every step again, even those whose outputs are up to date')
     .option('--report-html <file>', 'also write the HTML report of the run (moe report)')
+    .option('--dry-run', 'print which steps would run and which outputs would be reused, and write nothing')
     .option('--json', 'print one JSON object on stdout')
-    .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml\n  moe run my-recipe.yaml --json > run.json\n\nSee recipes/demo.yaml for the format.')
-    .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean; reportHtml?: string }, cmd: Command) => {
-      const { run, formatRun } = await import('./commands/run');
-      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh });
+    .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml\n  moe run recipes/demo.yaml --dry-run\n  moe run my-recipe.yaml --json > run.json\n\nSee recipes/demo.yaml for the format.')
+    .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean; reportHtml?: string; dryRun?: boolean }, cmd: Command) => {
+      const { run, formatRun, formatRunPlan } = await import('./commands/run');
+      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh, dryRun: !!opts.dryRun });
+      if (opts.dryRun) {
+        const nodePath = await import('node:path');
+        const html = opts.reportHtml ? nodePath.resolve(opts.reportHtml) : null;
+        emit({ ...report, report_html: html }, opts, (r) => formatRunPlan(r) + (html ? `\nwould write the report ${html}` : ''));
+        return;
+      }
       let html: string | undefined;
       // A resumed run rewrites the report it wrote before.
       if (opts.reportHtml) html = (await (await import('./report/report')).writeReport(report.output, opts.reportHtml, { force: true })).file;
@@ -283,14 +290,15 @@ export function buildCli(): Command {
     .argument('<run-dir>', 'the output folder of moe run')
     .option('-o, --output <file>', 'the HTML file (default: RUN-DIR/report.html, replaced on every call)')
     .option('--force', 'replace an existing -o file')
+    .option('--dry-run', 'print the file and charts it would write, and write nothing')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml && moe report .cache/demo-run')
-    .action(async (runDir: string, opts: OutputOpts & { output?: string; force?: boolean }) => {
+    .action(async (runDir: string, opts: OutputOpts & { output?: string; force?: boolean; dryRun?: boolean }) => {
       const path = await import('node:path');
       const { writeReport } = await import('./report/report');
       // The default file lives in the run folder moe wrote, and is moe's to replace.
-      const r = await writeReport(runDir, opts.output ?? path.join(runDir, 'report.html'), { force: !!opts.force || opts.output === undefined });
-      emit(r, opts, (x) => `wrote ${x.file}: ${x.charts.length} charts (${x.charts.join('; ')})`);
+      const r = await writeReport(runDir, opts.output ?? path.join(runDir, 'report.html'), { force: !!opts.force || opts.output === undefined, dryRun: !!opts.dryRun });
+      emit(r, opts, (x) => `${x.dry_run ? 'dry run: would write' : 'wrote'} ${x.file}: ${x.charts.length} charts (${x.charts.join('; ')})${x.dry_run ? ' (nothing written)' : ''}`);
     });
 
   program
@@ -299,11 +307,12 @@ export function buildCli(): Command {
     .argument('<parts...>', 'the part folders, in any order')
     .requiredOption('-o, --output <dir>', 'destination folder')
     .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', 'print the parts, layers and output it would write, and write nothing')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe quantize ./model --bits 4 --layers 0-15 -o part-a   # on one machine\n  moe quantize ./model --bits 4 --layers 16-31 -o part-b  # on another\n  moe assemble part-a part-b -o ./model-int4')
-    .action(async (parts: string[], opts: OutputOpts & { output: string; force?: boolean }, cmd: Command) => {
-      const { assemble } = await import('./commands/assemble');
-      emit(await assemble(parts, { output: opts.output, force: opts.force }, context(cmd, !!opts.json)), opts, (r) => `wrote ${r.output}: ${r.parts} parts, ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e6).toFixed(1)} MB`);
+    .action(async (parts: string[], opts: OutputOpts & { output: string; force?: boolean; dryRun?: boolean }, cmd: Command) => {
+      const { assemble, formatAssemble } = await import('./commands/assemble');
+      emit(await assemble(parts, { output: opts.output, force: opts.force, dryRun: opts.dryRun }, context(cmd, !!opts.json)), opts, formatAssemble);
     });
 
   program
@@ -372,9 +381,10 @@ export function buildCli(): Command {
     .option('--seed <n>', 'random seed', '0')
     .option('--max-shard-size <size>', 'largest shard', '5GB')
     .option('--force', 'replace an existing model folder at the destination')
+    .option('--dry-run', 'print the config summary, tensors and bytes it would write, and write nothing')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe synth --arch qwen3_moe -o /tmp/tiny\n  moe synth --arch mixtral --set hidden_size=4096 intermediate_size=14336 num_hidden_layers=2 --dtype bf16 -o /tmp/big')
-    .action(async (opts: OutputOpts & { arch: string; output: string; set?: string[]; dtype: string; seed: string; maxShardSize: string; force?: boolean }, cmd: Command) => {
+    .action(async (opts: OutputOpts & { arch: string; output: string; set?: string[]; dtype: string; seed: string; maxShardSize: string; force?: boolean; dryRun?: boolean }, cmd: Command) => {
       const { synthesize } = await import('./synth/generate');
       const { PRESETS } = await import('./synth/presets');
       const { CAST_TARGETS } = await import('./io/dtype');
@@ -382,10 +392,11 @@ export function buildCli(): Command {
       if (!base) throw new UsageError(`--arch ${JSON.stringify(opts.arch)} is not one of ${Object.keys(PRESETS).join(', ')}`);
       const config = { ...base, ...parseSets(opts.set ?? []) };
       const report = await synthesize(
-        { config, output: opts.output, dtype: CAST_TARGETS[opts.dtype], seed: parseIntArg(opts.seed, '--seed'), maxShardBytes: parseSize(opts.maxShardSize, '--max-shard-size'), force: opts.force },
+        { config, output: opts.output, dtype: CAST_TARGETS[opts.dtype], seed: parseIntArg(opts.seed, '--seed'), maxShardBytes: parseSize(opts.maxShardSize, '--max-shard-size'), force: opts.force, dryRun: opts.dryRun },
         context(cmd, opts.json),
       );
-      emit(report, opts, (r) => `wrote ${r.output}: ${r.model_type}, ${r.tensors} tensors in ${r.shards} shard(s)`);
+      const summary = (r: typeof report) => `${r.model_type}, ${r.layers} layers, ${r.experts} experts, hidden ${r.hidden_size}, ${r.dtype}: ${r.tensors} tensors in ${r.shards} shard(s), ${(r.bytes / 1e6).toFixed(2)} MB`;
+      emit(report, opts, (r) => (r.dry_run ? `dry run: would write ${r.output}: ${summary(r)} (nothing written)` : `wrote ${r.output}: ${r.model_type}, ${r.tensors} tensors in ${r.shards} shard(s)`));
     });
 
   program

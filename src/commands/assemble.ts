@@ -9,6 +9,7 @@ import { CheckpointError, UsageError } from '../errors';
 import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
 import { withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { tensorBytes } from '../io/safetensors';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { METADATA_PREFIX, partNames, quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
@@ -23,6 +24,9 @@ export interface AssembleReport {
   tensors: number;
   bytes: number;
   seconds: number;
+  /** --dry-run: the parts and their layer ranges, in layer order; nothing was written. */
+  dry_run: boolean;
+  plan: { dir: string; layers: [number, number] }[];
 }
 
 function readPart(dir: string): PartRecord {
@@ -33,7 +37,7 @@ function readPart(dir: string): PartRecord {
   return r;
 }
 
-export async function assemble(parts: string[], o: { output: string; force?: boolean }, ctx: Context): Promise<AssembleReport> {
+export async function assemble(parts: string[], o: { output: string; force?: boolean; dryRun?: boolean }, ctx: Context): Promise<AssembleReport> {
   const started = Date.now();
   if (parts.length === 0) throw new UsageError('give the partial outputs to join');
   const records = parts.map(readPart);
@@ -79,6 +83,9 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
       from.push(i);
     }
   }
+  const partPlan = records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers })).sort((a, b) => a.layers[0] - b.layers[0]);
+  const summary = { output: path.resolve(o.output), parts: parts.length, layers: first.num_layers, tensors: plan.length, plan: partPlan };
+  if (o.dryRun) return { ...summary, bytes: plan.reduce((s, t) => s + tensorBytes(t), 0), seconds: (Date.now() - started) / 1000, dry_run: true };
   const readers = files.map((f) => new TensorReader(f));
   try {
     const written = await withOutput(o.output, { force: o.force }, async (out) => {
@@ -109,8 +116,14 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
       out.writeRecord(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize (assembled)', source: { model: first.model, fingerprint: first.fingerprint }, parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })), average_bits: params ? codeBits / params : null, tensors: bits });
       return bytes;
     });
-    return { output: path.resolve(o.output), parts: parts.length, layers: first.num_layers, tensors: plan.length, bytes: written, seconds: (Date.now() - started) / 1000 };
+    return { ...summary, bytes: written, seconds: (Date.now() - started) / 1000, dry_run: false };
   } finally {
     readers.forEach((r) => r.close());
   }
+}
+
+export function formatAssemble(r: AssembleReport): string {
+  const head = `${r.parts} parts, ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e6).toFixed(1)} MB`;
+  if (!r.dry_run) return `wrote ${r.output}: ${head}`;
+  return [`dry run: would write ${r.output}: ${head} (nothing written)`, ...r.plan.map((p) => `  layers ${p.layers[0]}-${p.layers[1]}  ${p.dir}`)].join('\n');
 }

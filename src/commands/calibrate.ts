@@ -10,7 +10,7 @@ import type { BackendName } from '../backend/backend';
 import { calibrateLayers } from '../calib/pipeline';
 import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
 import { UsageError } from '../errors';
-import { loadWindows } from '../eval/data';
+import { loadWindows, positionsWarning } from '../eval/data';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { withOutput } from '../io/output';
@@ -93,6 +93,8 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   if (!opts.data) ctx.warn(`no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`);
   const seed = opts.seed ?? 0;
   const set = loadWindows(data, () => loadTokenizer(ckpt.dir), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const positions = positionsWarning(set, opts.seqLen, ckpt.config);
+  if (positions) ctx.warn(positions);
   const windows = sample(set.windows, opts.samples, seed);
   const tokens = windows.reduce((s, w) => s + w.length, 0);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);

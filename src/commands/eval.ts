@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { BackendName } from '../backend/backend';
 import { GateError, UsageError } from '../errors';
-import { loadWindows } from '../eval/data';
+import { loadWindows, positionsWarning } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
@@ -108,6 +108,8 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, { file: opts.baseline, hint: 'compare models that share a tokenizer' });
   }
   const set = loadWindows(opts.data, () => loadTokenizer(m.ckpt.dir), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const positions = positionsWarning(set, opts.seqLen, m.ckpt.config);
+  if (positions) ctx.warn(positions);
   const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
   const dump = opts.dumpLogits ? logitDump(opts.dumpLogits, set.windows, m.arch.vocab) : undefined;
   const total = set.windows.reduce((s, w) => s + w.length, 0);

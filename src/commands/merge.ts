@@ -19,7 +19,7 @@ import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/group
 import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
 import type { Context } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
-import { resolveKeep } from './prune';
+import { keepAllWarning, resolveKeep } from './prune';
 
 export interface MergeOptions {
   model: string;
@@ -102,6 +102,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   const ckpt = openCheckpoint(opts.model);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
+  if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'merged'));
   const sim = opts.similarity ?? method.defaults.similarity;
   const align = opts.align ?? method.defaults.align;
   const routerMode = opts.router ?? method.defaults.router;

@@ -66,6 +66,11 @@ export interface PruneReport {
   seconds: number;
 }
 
+/** Keeping every expert is allowed (it gives a copy of the model), but rarely what was meant. */
+export function keepAllWarning(K: number, flag: string, verb: 'pruned' | 'merged'): string {
+  return `${flag} keeps all ${K} experts of every MoE layer: nothing is ${verb}, the output holds the same experts as the model; lower --keep or --ratio`;
+}
+
 /** K from --keep or --ratio, checked against top-k and DeepSeek's routing groups before anything is read. */
 export function resolveKeep(arch: Architecture, keep: number | undefined, ratio: number | undefined): number {
   const E = arch.numExperts;
@@ -95,6 +100,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const ckpt = openCheckpoint(opts.model);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
+  if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'pruned'));
   const stats = new CalibrationStats(opts.stats);
   let be: Backend | undefined;
   const reader = new TensorReader(ckpt);

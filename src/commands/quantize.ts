@@ -173,6 +173,12 @@ function checkOptions(o: QuantizeOptions, stats: CalibrationStats | undefined): 
   return { method, choices };
 }
 
+/** Below 2 bits moe still quantizes (1-bit codes are valid), but the model rarely survives it: said, not refused. */
+export function lowBitsWarning(bits: number, groupSize: number, allocate: string): string {
+  const what = allocate === 'lp' ? `an average of ${bits} bits gives many groups 1 bit, 2 levels per group of ${groupSize} weights` : `1 bit keeps 2 levels per group of ${groupSize} weights`;
+  return `--bits ${bits} is below 2: ${what}, which usually breaks the model (perplexity rises by orders of magnitude); 3 or 4 bits is the usual choice`;
+}
+
 export async function quantize(o: QuantizeOptions, ctx: Context): Promise<QuantizeReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
@@ -188,6 +194,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.checkModel(ckpt);
     const { method, choices } = checkOptions(o, stats);
     const gs = o.groupSize ?? 128;
+    if (o.bits < 2) ctx.warn(lowBitsWarning(o.bits, gs, o.allocate ?? 'uniform'));
     const alpha = o.alpha ?? 1;
     const beta = o.beta ?? 1.5;
     const allocateMode = o.allocate ?? 'uniform';

@@ -41,6 +41,8 @@ export interface RunReport {
   output: string;
   steps: StepReport[];
   seconds: number;
+  /** --dry-run: the steps' plan only (skipped = would be reused); nothing was written. */
+  dry_run?: boolean;
 }
 
 const sha = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).digest('hex').slice(0, 32);
@@ -55,11 +57,13 @@ function folderBytes(dir: string): number {
   return fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 }
 
-export async function run(file: string, ctx: Context, opts: { fresh?: boolean } = {}): Promise<RunReport> {
+export async function run(file: string, ctx: Context, opts: { fresh?: boolean; dryRun?: boolean } = {}): Promise<RunReport> {
   const started = Date.now();
   const recipe: Recipe = loadRecipe(file);
-  createFolder(recipe.output);
-  fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
+  if (!opts.dryRun) {
+    createFolder(recipe.output);
+    fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
+  }
   const backend = recipe.backend as BackendName | undefined;
   let model = recipe.model;
   let modelK = modelKey(model);
@@ -76,7 +80,11 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean } 
     let report: StepReport;
     if (!opts.fresh && record?.key === key) {
       report = { ...record.report, skipped: true, seconds: 0 };
-      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
+      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, ${opts.dryRun ? 'would be reused' : 'skipped'}`);
+    } else if (opts.dryRun) {
+      // The keys depend on options and input keys only, never on outputs: the plan is exact without running a step.
+      report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: record ? 'would run again (options or inputs changed)' : 'would run' };
+      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): ${report.detail}`);
     } else {
       ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
       report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
@@ -155,7 +163,14 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean } 
       modelK = key;
     }
   }
-  return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000 };
+  return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000, ...(opts.dryRun ? { dry_run: true } : {}) };
+}
+
+/** `moe run --dry-run`: each step, whether it would run or its output would be reused. */
+export function formatRunPlan(r: RunReport): string {
+  const lines = ['dry run: nothing written', 'step  kind        line  plan'];
+  for (const s of r.steps) lines.push(`${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${s.skipped ? `reuse ${s.output} (${s.detail})` : `${s.detail} → ${s.output}`}`);
+  return lines.join('\n');
 }
 
 export function formatRun(r: RunReport): string {

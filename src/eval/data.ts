@@ -103,3 +103,16 @@ export function loadWindows(file: string, tokenizer: () => TextTokenizer, vocab:
   }
   return { windows, sourceTokens: ids.length, kind: 'text' };
 }
+
+/**
+ * Windows longer than the model's max_position_embeddings still run (RoPE has no hard end), but positions past it
+ * were never trained: the warning to give, if any.
+ */
+export function positionsWarning(set: WindowSet, seqLen: number, config: Record<string, unknown>): string | undefined {
+  const max = Number(config.max_position_embeddings);
+  if (!Number.isFinite(max) || max <= 0) return undefined;
+  const longest = set.windows.reduce((m, w) => Math.max(m, w.length), 0);
+  if (longest <= max) return undefined;
+  const what = set.kind === 'text' ? `--seq-len ${seqLen}` : `a pre-tokenized window of ${longest} tokens`;
+  return `${what} is above the model's max_position_embeddings (${max}): positions past ${max} were never trained, so the figures will not reflect the model; use windows of at most ${max} tokens`;
+}

@@ -33,10 +33,12 @@ export interface ReportResult {
   file: string;
   charts: string[];
   bytes: number;
+  /** --dry-run: drawn in memory, not written. */
+  dry_run?: boolean;
 }
 
 /** Writes the report of a run folder to `file`; an existing file is replaced only with `force`. */
-export async function writeReport(runDir: string, file: string, opts: { force?: boolean } = {}): Promise<ReportResult> {
+export async function writeReport(runDir: string, file: string, opts: { force?: boolean; dryRun?: boolean } = {}): Promise<ReportResult> {
   const dir = path.resolve(runDir);
   const recipeFile = path.join(dir, 'recipe.json');
   if (!fs.existsSync(recipeFile)) throw new UsageError('not a moe run output folder (no recipe.json)', { file: dir, hint: 'give the output folder of moe run' });
@@ -127,6 +129,7 @@ ${rows}
 ${charts.map((c) => `<h2>${esc(c.title)}</h2>\n<figure class="chart">${c.svg}</figure>`).join('\n')}
 </body></html>
 `;
+  if (opts.dryRun) return { file: path.resolve(file), charts: charts.map((c) => c.title), bytes: html.length, dry_run: true };
   const tmp = `${file}.tmp-${process.pid}`;
   createEmptyFile(tmp);
   try {

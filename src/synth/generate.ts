@@ -5,7 +5,7 @@
 import { DType, fromFloat32, isFloatDType } from '../io/dtype';
 import type { Config } from '../io/checkpoint';
 import { withOutput } from '../io/output';
-import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { architectureFor } from '../model/registry';
 import type { Context } from '../ui/progress';
 import { numel, tensorBytes } from '../io/safetensors';
@@ -19,14 +19,21 @@ export interface SynthOptions {
   /** Spread of the weights (uniform with this standard deviation); norms are 1 ± this. */
   std?: number;
   force?: boolean;
+  /** Plan only: the report of what would be written, and nothing on disk. */
+  dryRun?: boolean;
 }
 
 export interface SynthReport {
   output: string;
   model_type: string;
+  layers: number;
+  experts: number;
+  hidden_size: number;
+  dtype: DType;
   tensors: number;
   shards: number;
   bytes: number;
+  dry_run: boolean;
 }
 
 /** mulberry32: a small, fast, seedable generator; good enough for test weights. */
@@ -66,6 +73,8 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const std = opts.std ?? 0.05;
   const rand = mulberry32(opts.seed ?? 0);
   const total = plan.reduce((s, t) => s + tensorBytes(t), 0);
+  const summary = { output: opts.output, model_type: arch.modelType, layers: arch.numLayers, experts: arch.numExperts, hidden_size: arch.hidden, dtype };
+  if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? 5e9).length, bytes: total, dry_run: true };
   let shards = 0;
   await withOutput(opts.output, { force: opts.force }, (out) => {
     const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
@@ -82,5 +91,5 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
     writer.finish();
     out.writeJson('config.json', { ...opts.config, torch_dtype: dtype === 'BF16' ? 'bfloat16' : dtype === 'F16' ? 'float16' : 'float32' });
   });
-  return { output: opts.output, model_type: arch.modelType, tensors: plan.length, shards, bytes: total };
+  return { ...summary, tensors: plan.length, shards, bytes: total, dry_run: false };
 }
