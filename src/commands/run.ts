@@ -80,11 +80,10 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
     let report: StepReport;
     if (!opts.fresh && record?.key === key) {
       report = { ...record.report, skipped: true, seconds: 0 };
-      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, ${opts.dryRun ? 'would be reused' : 'skipped'}`);
+      if (!opts.dryRun) ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
     } else if (opts.dryRun) {
       // The keys depend on options and input keys only, never on outputs: the plan is exact without running a step.
       report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: record ? 'would run again (options or inputs changed)' : 'would run' };
-      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): ${report.detail}`);
     } else {
       ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
       report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
