@@ -20,7 +20,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     removePendingOutputs();
     if (e instanceof CommanderError) {
-      // commander has already printed its message (or the help).
+      // Only help and --version get here (commander printed them); its errors arrive as UsageError (cli.ts).
       return e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.ok : EXIT.usage;
     }
     if (e instanceof MoeError) {
