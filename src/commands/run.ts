@@ -83,7 +83,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
       if (!opts.dryRun) ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
     } else if (opts.dryRun) {
       // The keys depend on options and input keys only, never on outputs: the plan is exact without running a step.
-      report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: record ? 'would run again (options or inputs changed)' : 'would run' };
+      report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: !record ? 'would run' : record.key === key ? 'would run again (--fresh)' : 'would run again (options or inputs changed)' };
     } else {
       ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
       report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };

@@ -298,6 +298,11 @@ describe('--dry-run writes nothing', () => {
       [false, 'would run'],
     ]);
     expect(tree(dir)).toEqual(after);
+    const fresh = await run(file, quiet, { dryRun: true, fresh: true });
+    expect(fresh.steps.map((s) => s.detail)).toEqual(['would run again (options or inputs changed)', 'would run']);
+    fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('bits: 4', 'bits: 8'));
+    expect((await run(file, quiet, { dryRun: true, fresh: true })).steps[0].detail).toBe('would run again (--fresh)');
+    expect(tree(dir)).toEqual(after);
 
     // report --dry-run on the run folder: the charts it would draw, no file.
     const rep = await moe(['report', out, '--dry-run', '--json']);
