@@ -121,11 +121,16 @@ function sameJson(a: unknown, b: unknown): boolean {
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
-/** A new value at `indent`; a number keeps the kind (int or float) of the value it replaces. */
-function format(value: unknown, indent: string, replacedRaw?: string): string {
-  if (typeof value === 'number' && Number.isInteger(value) && replacedRaw !== undefined && /^-?\d+(\.\d+|[eE])/.test(replacedRaw) && !/[.eE]/.test(String(value))) {
-    return `${value}.0`;
-  }
+/**
+ * Fields transformers 5.18 declares float-only (`configuration_<arch>.py` of the supported types): its strict
+ * validation refuses an int there, so an integral value is written as `1.0`.
+ */
+const FLOAT_KEYS = new Set(['initializer_range', 'rms_norm_eps', 'routed_scaling_factor', 'router_aux_loss_coef', 'router_jitter_noise', 'clip_qkv', 'attention_dropout']);
+
+/** A new value of `key` at `indent`; a number keeps the kind (int or float) of the value it replaces. */
+function format(value: unknown, indent: string, key: string, replacedRaw?: string): string {
+  const wasFloat = replacedRaw !== undefined && /^-?\d+(\.\d+|[eE])/.test(replacedRaw);
+  if (typeof value === 'number' && Number.isInteger(value) && !/[.eE]/.test(String(value)) && (wasFloat || FLOAT_KEYS.has(key))) return `${value}.0`;
   return JSON.stringify(value, null, 2).replace(/\n/g, `\n${indent}`);
 }
 
@@ -139,23 +144,23 @@ function lineIndent(text: string, pos: number): string {
   return /^[ \t]*/.exec(text.slice(text.lastIndexOf('\n', pos - 1) + 1))![0];
 }
 
-function edit(text: string, v: Value, value: unknown): string {
+function edit(text: string, v: Value, value: unknown, key = ''): string {
   const raw = text.slice(v.start, v.end);
   if (sameJson(JSON.parse(raw), value)) return raw;
-  if (!v.members || !isPlainObject(value)) return format(value, lineIndent(text, v.start), raw);
+  if (!v.members || !isPlainObject(value)) return format(value, lineIndent(text, v.start), key, raw);
   const parts: string[] = [];
   const seen = new Set<string>();
   for (const m of v.members) {
     seen.add(m.key);
     if (!(m.key in value) || value[m.key] === undefined) continue;
-    parts.push(m.lead + m.keyRaw + m.colon + edit(text, m.value, value[m.key]));
+    parts.push(m.lead + m.keyRaw + m.colon + edit(text, m.value, value[m.key], m.key));
   }
   const last = v.members[v.members.length - 1];
   const lead = last?.lead ?? `\n${lineIndent(text, v.start)}  `;
   const colon = last?.colon ?? ': ';
   for (const [k, x] of Object.entries(value)) {
     if (seen.has(k) || x === undefined) continue;
-    parts.push(lead + JSON.stringify(k) + colon + format(x, indentOf(lead)));
+    parts.push(lead + JSON.stringify(k) + colon + format(x, indentOf(lead), k));
   }
   const tail = v.members.length > 0 ? v.tail! : parts.length > 0 ? `\n${lineIndent(text, v.start)}` : v.tail!;
   return `{${parts.join(',')}${tail}}`;
@@ -176,7 +181,7 @@ export function readConfigText(dir: string): string | undefined {
   return file ? fs.readFileSync(file, 'utf8') : undefined;
 }
 
-/** config.json text for `config`: `source`'s text edited where they differ, or plain JSON when there is no source. */
+/** config.json text for `config`: `source`'s text edited where they differ, or (no source) JSON indented by 2 with float fields as floats. */
 export function configJson(config: unknown, source?: string): string {
   if (source !== undefined) {
     try {
@@ -185,7 +190,7 @@ export function configJson(config: unknown, source?: string): string {
       // The source was parsed once already (readConfig); a text this parser cannot follow falls back to plain JSON.
     }
   }
-  return JSON.stringify(config, null, 2) + '\n';
+  return editJsonText('{}\n', config);
 }
 
 /** Writes `config` as the output's config.json, keeping the text of `sourceDir`'s config.json where they agree. */

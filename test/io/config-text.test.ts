@@ -3,9 +3,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';
 import { prune } from '../../src/commands/prune';
-import { editJsonText } from '../../src/io/config-text';
+import { configJson, editJsonText } from '../../src/io/config-text';
 import { EXPERT_COUNT_KEYS } from '../../src/model/config';
-import { GOLDEN, quiet, ROOT, tmpDir } from '../helpers';
+import { GOLDEN, makeSynth, quiet, ROOT, tmpDir } from '../helpers';
 
 const CASES = ['mixtral', 'mixtral-bf16-sharded', 'qwen2_moe', 'qwen3_moe', 'qwen3_moe-rope-scaled', 'olmoe', 'deepseek_v2', 'deepseek_v3'];
 
@@ -35,6 +35,13 @@ describe('editJsonText', () => {
     );
     expect(JSON.parse(editJsonText(text, { ...v, n: [3], z: 2.5 }))).toEqual({ ...v, n: [3], z: 2.5 });
     expect(editJsonText('{}', { a: 1 })).toBe('{\n  "a": 1\n}');
+    // Without a source, fields transformers declares float get a float form (strict validation refuses an int).
+    expect(configJson({ routed_scaling_factor: 1, rms_norm_eps: 1e-6, n: 2, r: { x: [1] } })).toBe('{\n  "routed_scaling_factor": 1.0,\n  "rms_norm_eps": 0.000001,\n  "n": 2,\n  "r": {\n    "x": [\n      1\n    ]\n  }\n}\n');
+  });
+
+  test('moe synth writes float fields as floats', async () => {
+    const dir = await makeSynth('deepseek_v2', path.join(tmpDir(), 'synth'));
+    expect(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).toContain('"routed_scaling_factor": 1.0,');
   });
 });
 
