@@ -29,6 +29,8 @@ interface Value {
   tail?: string;
 }
 
+const SCALAR = /-?\d+(\.\d+)?([eE][+-]?\d+)?|true|false|null/y;
+
 class Parser {
   i = 0;
   constructor(readonly text: string) {}
@@ -71,7 +73,8 @@ class Parser {
       this.i++;
     } else if (c === '"') this.string();
     else {
-      const m = /^(-?\d+(\.\d+)?([eE][+-]?\d+)?|true|false|null)/.exec(this.text.slice(this.i, this.i + 64));
+      SCALAR.lastIndex = this.i;
+      const m = SCALAR.exec(this.text);
       if (!m) this.fail('expected a value');
       this.i += m[0].length;
     }

@@ -35,6 +35,10 @@ describe('editJsonText', () => {
     );
     expect(JSON.parse(editJsonText(text, { ...v, n: [3], z: 2.5 }))).toEqual({ ...v, n: [3], z: 2.5 });
     expect(editJsonText('{}', { a: 1 })).toBe('{\n  "a": 1\n}');
+    // A one-line source keeps its layout; long numbers keep every digit.
+    const compact = '{"a":0.0,"b":1,"p":0.123456789012345678901234567890123456789012345678901234567890123456789}';
+    expect(editJsonText(compact, { ...JSON.parse(compact), b: 2, c: 3 })).toBe(compact.replace('"b":1', '"b":2').replace(/}$/, ',"c":3}'));
+    expect(editJsonText(compact, { a: 0 })).toBe('{"a":0.0}');
     // Without a source, fields transformers declares float get a float form (strict validation refuses an int).
     expect(configJson({ routed_scaling_factor: 1, rms_norm_eps: 1e-6, n: 2, r: { x: [1] } })).toBe('{\n  "routed_scaling_factor": 1.0,\n  "rms_norm_eps": 0.000001,\n  "n": 2,\n  "r": {\n    "x": [\n      1\n    ]\n  }\n}\n');
   });
