@@ -62,6 +62,13 @@ describe('golden checkpoints: moe eval of its outputs equals transformers', () =
         await quantize({ model: src, stats: stats.get(model), output: dir, bits: Number(flag(c.args, '--bits')), method: flag(c.args, '--method') as 'rtn' | 'gptq', format: 'dequantized' }, quiet);
       }
     }
+    if (dir !== src) {
+      // The config transformers accepted: the source text, only the expert count changed (prune, merge).
+      const text = fs.readFileSync(path.join(src, 'config.json'), 'utf8');
+      const keep = flag(c.args, '--keep');
+      const want = keep === undefined ? text : text.replace(/("(?:num_experts|num_local_experts|n_routed_experts)": )\d+/, `$1${keep}`);
+      expect(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).toBe(want);
+    }
     const r = await evalCommand({ model: dir, data: path.join(DATA, 'eval.json'), seqLen: ref.seq_len }, quiet);
     expect([r.windows, r.positions]).toEqual([c.windows, c.positions]);
     // Measured: within 3e-7 on every case (the acceptance bound is 1e-3); 1e-5 still catches a wrong tensor or routing.
