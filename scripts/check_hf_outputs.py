@@ -6,7 +6,17 @@ It first makes the outputs with moe itself (the commands below, deterministic), 
 and writes fixtures/reference/compressed-ppl.json. test/reference/compressed.test.ts re-runs the same moe commands and
 compares moe eval's perplexity with these numbers.
 
-    npm run build && .venv/bin/python scripts/check_hf_outputs.py
+The second part does the same for every checkpoint in fixtures/golden (saved by transformers 5.18 itself: mixtral,
+qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a
+pruned (REAP), a merged (M-SMoE) and a 4-bit GPTQ dequantized output of each, loaded strictly (no missing, unexpected
+or mismatched tensor), with eager attention. These random models have no tokenizer, so calibration and evaluation
+use pre-tokenized windows (fixtures/reference/golden-data/{calib,eval}.json: 16 windows of 32 seeded random ids,
+written here when absent). Results: fixtures/reference/architectures-ppl.json, checked by
+test/reference/architectures.test.ts.
+
+    npm run build && .venv/bin/python scripts/check_hf_outputs.py            # both parts
+    npm run build && .venv/bin/python scripts/check_hf_outputs.py golden     # only the golden checkpoints (~1 min)
+    npm run build && .venv/bin/python scripts/check_hf_outputs.py tiny       # only the trained fixture
 """
 import json
 import math
@@ -62,8 +72,7 @@ def perplexity(model_dir):
     return {"loss": nll / n, "perplexity": math.exp(nll / n), "positions": n, "windows": len(windows)}
 
 
-def main():
-    torch.set_num_threads(2)
+def tiny():
     result = {"transformers_version": transformers.__version__, "seq_len": SEQ_LEN, "max_tokens": MAX_TOKENS, "calibrate": CALIB_ARGS, "cases": {}}
     with tempfile.TemporaryDirectory() as work:
         stats = os.path.join(work, "stats")
@@ -79,6 +88,92 @@ def main():
         json.dump(result, f, indent=2)
         f.write("\n")
     print(json.dumps(result, indent=2))
+
+
+GOLDEN = os.path.join(ROOT, "fixtures", "golden")
+GOLDEN_DATA = os.path.join(ROOT, "fixtures", "reference", "golden-data")
+GOLDEN_OUT = os.path.join(ROOT, "fixtures", "reference", "architectures-ppl.json")
+GOLDEN_SEQ_LEN = 32  # the pre-tokenized windows' length; moe eval takes the windows as given
+GOLDEN_CALIB_ARGS = ["--seq-len", str(GOLDEN_SEQ_LEN), "--hessians"]
+
+
+def golden_data():
+    """16 windows of 32 uniform random ids in [0, 256) each: seed 1 for calibration, seed 2 for evaluation."""
+    import random
+
+    os.makedirs(GOLDEN_DATA, exist_ok=True)
+    for name, seed in (("calib", 1), ("eval", 2)):
+        file = os.path.join(GOLDEN_DATA, name + ".json")
+        if os.path.exists(file):
+            continue
+        rng = random.Random(seed)
+        windows = [[rng.randrange(256) for _ in range(GOLDEN_SEQ_LEN)] for _ in range(16)]
+        with open(file, "w") as f:
+            f.write("[\n" + ",\n".join(json.dumps(w, separators=(",", ":")) for w in windows) + "\n]\n")
+
+
+def golden_cases(config):
+    """Per checkpoint: experts kept by prune and merge. Keep ≥ top-k, and (DeepSeek) a multiple of n_group that
+    leaves topk_group groups holding at least top-k experts."""
+    e = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
+    prune_keep = e - 1 if e <= 4 else e - 2
+    merge_keep = e - 1 if e <= 4 else e // 2
+    return [
+        ("prune-reap", ["prune", "--method", "reap", "--keep", str(prune_keep)]),
+        ("merge-msmoe", ["merge", "--method", "msmoe", "--keep", str(merge_keep)]),
+        ("quantize-gptq-4", ["quantize", "--bits", "4", "--method", "gptq", "--format", "dequantized"]),
+    ]
+
+
+def strict_load(model_dir):
+    model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v}
+    if bad:
+        raise SystemExit(f"{model_dir}: transformers did not load every tensor: {bad}")
+    return model.eval()
+
+
+def window_perplexity(model_dir, windows):
+    model = strict_load(model_dir)
+    nll, n = 0.0, 0
+    with torch.inference_mode():
+        for w in windows:
+            x = torch.tensor([w])
+            logp = torch.log_softmax(model(x).logits[0, :-1].float().double(), dim=-1)
+            nll -= logp.gather(1, x[0, 1:, None]).sum().item()
+            n += len(w) - 1
+    return {"loss": nll / n, "perplexity": math.exp(nll / n), "positions": n, "windows": len(windows)}
+
+
+def golden():
+    golden_data()
+    calib = os.path.join(GOLDEN_DATA, "calib.json")
+    windows = json.load(open(os.path.join(GOLDEN_DATA, "eval.json")))
+    names = [c["case"] for c in json.load(open(os.path.join(GOLDEN, "index.json")))["cases"]]
+    result = {"transformers_version": transformers.__version__, "torch_version": torch.__version__, "calibrate": GOLDEN_CALIB_ARGS, "seq_len": GOLDEN_SEQ_LEN, "models": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for name in names:
+            model = os.path.join(GOLDEN, name)
+            config = json.load(open(os.path.join(model, "config.json")))
+            stats = os.path.join(work, name + "-stats")
+            moe("calibrate", model, "--data", calib, *GOLDEN_CALIB_ARGS, "-o", stats)
+            cases = {"original": {"args": [], **window_perplexity(model, windows)}}
+            for case, args in golden_cases(config):
+                out = os.path.join(work, name + "-" + case)
+                moe(args[0], model, "--stats", stats, *args[1:], "-o", out)
+                cases[case] = {"args": args, **window_perplexity(out, windows)}
+                print(name, case, cases[case]["perplexity"], file=sys.stderr)
+            result["models"][name] = {"model_type": config["model_type"], "cases": cases}
+    with open(GOLDEN_OUT, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+
+def main():
+    torch.set_num_threads(2)
+    parts = sys.argv[1:] or ["tiny", "golden"]
+    for part in parts:
+        {"tiny": tiny, "golden": golden}[part]()
 
 
 if __name__ == "__main__":

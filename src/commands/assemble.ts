@@ -14,6 +14,7 @@ import { COMPRESSION_FILE } from '../model/reduce';
 import { METADATA_PREFIX, partNames, quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from './quantize';
+import { writeConfig } from '../io/config-text';
 
 const COPY_CHUNK_BYTES = 16 * 1024 * 1024;
 
@@ -105,7 +106,7 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
       bar.done();
       const config = { ...first.config };
       if (first.options.format === 'packed') config.quantization_config = quantizationConfig(params ? codeBits / params : 0, first.options.group_size, first.options.method, first.options.allocate);
-      out.writeJson('config.json', config);
+      writeConfig(out, config, fs.existsSync(first.model) ? first.model : undefined);
       if (fs.existsSync(first.model)) {
         out.copyAuxFiles(first.model);
         const prior = path.join(first.model, COMPRESSION_FILE);

@@ -10,6 +10,7 @@ import { loadArchitecture } from '../model/registry';
 import { withoutPackedConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
+import { writeConfig } from '../io/config-text';
 
 export const DEFAULT_MAX_SHARD_BYTES = 5e9;
 /** Tensors are copied and cast in pieces of this size: memory stays flat whatever the largest tensor. */
@@ -98,7 +99,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     }
     // A packed model is read dequantized, so its output is a plain checkpoint.
     const config = withoutPackedConfig(ckpt.config);
-    out.writeJson('config.json', cast ? withDType(config, cast) : config);
+    writeConfig(out, cast ? withDType(config, cast) : config, ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
   });
   report.seconds = (Date.now() - started) / 1000;

@@ -28,6 +28,7 @@ import { dequantize, outputError, QuantizedMatrix, quantizeRtn } from '../quant/
 import { RtnPool } from '../quant/rtn-pool';
 import type { Context } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
+import { writeConfig } from '../io/config-text';
 
 export const QUANT_RECORD_FILE = 'moe-quantization.json';
 /** A partial output of `--layers` (moe assemble joins them): its tensors in one file, and its record. */
@@ -488,7 +489,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         }
         const config = { ...ckpt.config };
         if (format === 'packed') config.quantization_config = quantizationConfig(report.average_bits, gs, method, allocateMode);
-        out.writeJson('config.json', config);
+        writeConfig(out, config, ckpt.dir);
         out.copyAuxFiles(ckpt.dir);
         const prior = path.join(ckpt.dir, COMPRESSION_FILE);
         if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE)); // keeps eval's expert map after prune or merge

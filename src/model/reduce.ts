@@ -12,6 +12,7 @@ import type { Context } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
+import { writeConfig } from '../io/config-text';
 
 /** Per MoE layer, what each new expert is made of. */
 export interface LayerReduction {
@@ -105,7 +106,7 @@ export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: M
       );
     }
     writer.finish();
-    out.writeJson('config.json', arch.rewriteConfig(keep));
+    writeConfig(out, arch.rewriteConfig(keep), ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
     return { tensors: items.length, bytes };
   } finally {

@@ -9,6 +9,7 @@ import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { architectureFor } from '../model/registry';
 import type { Context } from '../ui/progress';
 import { numel, tensorBytes } from '../io/safetensors';
+import { writeConfig } from '../io/config-text';
 
 export interface SynthOptions {
   config: Config;
@@ -89,7 +90,7 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
     }
     progress.done();
     writer.finish();
-    out.writeJson('config.json', { ...opts.config, torch_dtype: dtype === 'BF16' ? 'bfloat16' : dtype === 'F16' ? 'float16' : 'float32' });
+    writeConfig(out, { ...opts.config, torch_dtype: dtype === 'BF16' ? 'bfloat16' : dtype === 'F16' ? 'float16' : 'float32' });
   });
   return { ...summary, tensors: plan.length, shards, bytes: total, dry_run: false };
 }
