@@ -264,7 +264,7 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml\n  moe run my-recipe.yaml --json > run.json\n\nSee recipes/demo.yaml for the format.')
     .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean; reportHtml?: string }, cmd: Command) => {
       const { run, formatRun } = await import('./commands/run');
-      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh });
+      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh, reportHtml: opts.reportHtml });
       let html: string | undefined;
       // A resumed run rewrites the report it wrote before.
       if (opts.reportHtml) html = (await (await import('./report/report')).writeReport(report.output, opts.reportHtml, { force: true })).file;

@@ -67,7 +67,7 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const rand = mulberry32(opts.seed ?? 0);
   const total = plan.reduce((s, t) => s + tensorBytes(t), 0);
   let shards = 0;
-  await withOutput(opts.output, { force: opts.force }, (out) => {
+  await withOutput(opts.output, { force: opts.force, command: 'synth' }, (out) => {
     const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');
