@@ -13,7 +13,7 @@ import { UsageError } from '../errors';
 import { loadWindows } from '../eval/data';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkNotInput, withOutput } from '../io/output';
+import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
@@ -91,6 +91,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const arch = loadArchitecture(ckpt);
   const data = opts.data ?? DEFAULT_CALIB_TEXT;
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--data', path: data }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   if (!opts.data) ctx.warn(`no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`);
   const seed = opts.seed ?? 0;
   const set = loadWindows(data, () => loadTokenizer(ckpt.dir), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });

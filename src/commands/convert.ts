@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { UsageError } from '../errors';
 import { CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkNotInput, withOutput } from '../io/output';
+import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
@@ -56,6 +56,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
   // Validate everything before the output folder exists.
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   loadArchitecture(ckpt);
   const sources = [...ckpt.tensors.values()];
   const plan: PlannedTensor[] = sources.map((t) => ({ name: t.name, shape: t.shape, dtype: cast && isFloatDType(t.dtype) ? cast : t.dtype }));

@@ -9,7 +9,7 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkNotInput } from '../io/output';
+import { checkNotInput, checkOutputFolder } from '../io/output';
 import { fromFloat32 } from '../io/dtype';
 import type { Architecture, Proj } from '../model/arch';
 import { LayerReduction, writeReducedOutput } from '../model/reduce';
@@ -102,6 +102,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${MERGE_METHODS.map((m) => m.name).join(', ')}` });
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   const sim = opts.similarity ?? method.defaults.similarity;

@@ -9,7 +9,7 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkNotInput } from '../io/output';
+import { checkNotInput, checkOutputFolder } from '../io/output';
 import type { Architecture } from '../model/arch';
 import { LayerReduction, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -95,6 +95,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}` });
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   const stats = new CalibrationStats(opts.stats);

@@ -14,7 +14,7 @@ import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
-import { checkNotInput, withOutput, withoutTimings } from '../io/output';
+import { checkNotInput, checkOutputFolder, withOutput, withoutTimings } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -178,6 +178,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
   const ckpt = openCheckpoint(o.model);
   const inputs = [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: o.stats }];
   checkNotInput(o.output, inputs);
+  if (!o.dryRun) checkOutputFolder(o.output, o.force);
   checkNotInput(o.report, inputs, '--report');
   const arch = loadArchitecture(ckpt);
   for (const t of ckpt.tensors.values()) {

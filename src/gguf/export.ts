@@ -11,7 +11,7 @@ import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { GGUF_WRITER_KEY, WRITER } from '../io/ownership';
-import { checkFileDestination, checkNotInput, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
+import { checkFileDestination, checkNotInput, checkOutputFolder, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
 import { requireFinite } from '../commands/quantize';
@@ -89,6 +89,11 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
   checkNotInput(o.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: o.stats }]);
+  // The destination is checked again when written; here, before the vocabulary and the plan.
+  if (!o.dryRun) {
+    if (o.output.toLowerCase().endsWith('.gguf')) checkFileDestination(path.resolve(o.output), !!o.force);
+    else checkOutputFolder(o.output, o.force);
+  }
   const arch = loadArchitecture(ckpt);
   const model = ggufModel(arch, new Map([...ckpt.tensors.values()].map((t) => [t.name, t.shape])));
   const vocab = vocabMetadata(ckpt.dir, arch.modelType, arch.vocab);

@@ -116,7 +116,7 @@ export class OutputFolder {
   /** Checks the destination and creates the temporary folder. Call only after the inputs are validated. */
   static create(dest: string, opts: OutputOptions): OutputFolder {
     const abs = path.resolve(dest);
-    checkDestination(abs, opts);
+    checkOutputFolder(abs, opts.force);
     removeStaleTemps(abs);
     const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.moe-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
@@ -178,12 +178,17 @@ export class OutputFolder {
   }
 }
 
-function checkDestination(abs: string, opts: OutputOptions): void {
+/**
+ * Checks a folder destination: its parent exists; an existing one is replaced only with `force`, and only if moe
+ * wrote it or it is empty. Commands call it early (before long work) and OutputFolder.create again when writing.
+ */
+export function checkOutputFolder(dest: string, force: boolean | undefined): void {
+  const abs = path.resolve(dest);
   const parent = path.dirname(abs);
   if (!fs.existsSync(parent)) throw new UsageError('the output folder\'s parent does not exist', { file: parent, hint: 'create it first' });
   if (!fs.statSync(parent).isDirectory()) throw new UsageError('the output folder\'s parent is not a folder', { file: parent, hint: 'choose a destination inside a folder' });
   if (!fs.existsSync(abs)) return;
-  if (!opts.force) throw new UsageError('the output already exists', { file: abs, hint: 'choose another -o or pass --force to replace it' });
+  if (!force) throw new UsageError('the output already exists', { file: abs, hint: 'choose another -o or pass --force to replace it' });
   const st = fs.statSync(abs);
   if (!st.isDirectory()) throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
   // --force replaces a folder moe wrote (it holds moe-output.json) or an empty one, never a folder the user may care
