@@ -271,7 +271,7 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExamples:\n  moe run recipes/demo.yaml\n  moe run recipes/demo.yaml --dry-run\n  moe run my-recipe.yaml --json > run.json\n\nSee recipes/demo.yaml for the format.')
     .action(async (recipe: string, opts: OutputOpts & { fresh?: boolean; reportHtml?: string; dryRun?: boolean }, cmd: Command) => {
       const { run, formatRun, formatRunPlan } = await import('./commands/run');
-      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh, dryRun: !!opts.dryRun });
+      const report = await run(recipe, context(cmd, !!opts.json), { fresh: !!opts.fresh, dryRun: !!opts.dryRun, reportHtml: opts.reportHtml });
       if (opts.dryRun) {
         const nodePath = await import('node:path');
         const html = opts.reportHtml ? nodePath.resolve(opts.reportHtml) : null;

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError, UsageError } from '../errors';
 import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
-import { withOutput } from '../io/output';
+import { checkNotInput, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { tensorBytes } from '../io/safetensors';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -43,6 +43,8 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
   if (parts.length === 0) throw new UsageError('give the partial outputs to join');
   const records = parts.map(readPart);
   const first = records[0];
+  // The parts, and the source model whose tokenizer files are copied.
+  checkNotInput(o.output, [...parts.map((p) => ({ flag: 'PART', path: p })), { flag: 'the source model', path: fs.existsSync(first.model) ? first.model : undefined }]);
   const same = (r: PartRecord) => JSON.stringify([r.fingerprint, r.options, r.num_layers, r.order]) === JSON.stringify([first.fingerprint, first.options, first.num_layers, first.order]);
   records.forEach((r, i) => {
     if (!same(r)) throw new CheckpointError('this part was made from another model or with other options than the first part', { file: parts[i], hint: 'quantize every part from the same model with the same options' });
@@ -89,7 +91,7 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
   if (o.dryRun) return { ...summary, bytes: plan.reduce((s, t) => s + tensorBytes(t), 0), seconds: (Date.now() - started) / 1000, dry_run: true };
   const readers = files.map((f) => new TensorReader(f));
   try {
-    const written = await withOutput(o.output, { force: o.force }, async (out) => {
+    const written = await withOutput(o.output, { force: o.force, command: 'assemble' }, async (out) => {
       const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: first.options.max_shard_bytes, metadata: { ...first.source_metadata, format: 'pt' }, tensorMetadata });
       const bar = ctx.progress('assemble', plan.length);
       let bytes = 0;

@@ -13,7 +13,7 @@ import { UsageError } from '../errors';
 import { loadWindows, positionsWarning } from '../eval/data';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { withOutput } from '../io/output';
+import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
@@ -90,6 +90,8 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const ckpt = openCheckpoint(opts.model);
   const arch = loadArchitecture(ckpt);
   const data = opts.data ?? DEFAULT_CALIB_TEXT;
+  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--data', path: data }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   if (!opts.data) ctx.warn(`no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`);
   const seed = opts.seed ?? 0;
   const set = loadWindows(data, () => loadTokenizer(ckpt.dir), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
@@ -122,7 +124,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
   const reader = new TensorReader(ckpt);
   try {
-    await withOutput(opts.output, { force: opts.force }, async (out) => {
+    await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, async (out) => {
       const writer = new ShardedWriter(out.tmp, plans.flat() as PlannedTensor[], { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: STATS_TENSORS, metadata: { format: STATS_FORMAT } });
       const fp = new ForwardPass(reader, arch, be);
       const { spilled } = await calibrateLayers(

@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { UsageError } from '../errors';
 import { CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { withOutput } from '../io/output';
+import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
@@ -56,6 +56,8 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
   const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
   // Validate everything before the output folder exists.
   const ckpt = openCheckpoint(opts.model);
+  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   loadArchitecture(ckpt);
   const sources = [...ckpt.tensors.values()];
   const plan: PlannedTensor[] = sources.map((t) => ({ name: t.name, shape: t.shape, dtype: cast && isFloatDType(t.dtype) ? cast : t.dtype }));
@@ -78,7 +80,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     ctx.log(`dry run: would write ${plan.length} tensors (${casts} cast to ${cast ?? '-'}) as ${report.shards} shard(s), ${formatBytes(bytesOut)}`);
     return report;
   }
-  await withOutput(opts.output, { force: opts.force }, (out) => {
+  await withOutput(opts.output, { force: opts.force, command: 'convert' }, (out) => {
     const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const reader = new TensorReader(ckpt);
     const progress = ctx.progress('convert', bytesIn, 'bytes');

@@ -12,7 +12,7 @@ import { loadWindows, positionsWarning } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
 import { loadTokenizer } from '../eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { createEmptyFile, registerPending, unregisterPending } from '../io/output';
+import { checkNotInput, createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
 import { numel } from '../io/safetensors';
 import { quantSummary, storedBytes } from '../quant/format';
@@ -104,6 +104,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   const started = Date.now();
   const m = open(opts.model);
   const b = opts.baseline ? open(opts.baseline) : undefined;
+  checkNotInput(opts.dumpLogits, [{ flag: 'MODEL', path: m.ckpt.dir }, { flag: '--baseline', path: b?.ckpt.dir }, { flag: '--data', path: opts.data }], '--dump-logits');
   if (b && b.arch.vocab !== m.arch.vocab) {
     throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, { file: opts.baseline, hint: 'compare models that share a tokenizer' });
   }

@@ -9,6 +9,7 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { checkNotInput, checkOutputFolder } from '../io/output';
 import { fromFloat32 } from '../io/dtype';
 import type { Architecture, Proj } from '../model/arch';
 import { LayerReduction, writeReducedOutput } from '../model/reduce';
@@ -100,6 +101,8 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   const method = mergeMethod(opts.method);
   if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${MERGE_METHODS.map((m) => m.name).join(', ')}` });
   const ckpt = openCheckpoint(opts.model);
+  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'merged'));
@@ -136,7 +139,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
+      await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, command: 'merge', maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
         operation: 'merge',
         method: method.name,
         paper: method.paper ?? null,

@@ -9,6 +9,7 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { checkNotInput, checkOutputFolder } from '../io/output';
 import type { Architecture } from '../model/arch';
 import { LayerReduction, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -98,6 +99,8 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const method = pruneMethod(opts.method);
   if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}` });
   const ckpt = openCheckpoint(opts.model);
+  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'pruned'));
@@ -155,7 +158,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
     };
     if (!opts.dryRun) {
       const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
-      const written = await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
+      const written = await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, command: 'prune', maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
         operation: 'prune',
         method: method.name,
         paper: method.paper ?? null,

@@ -14,7 +14,7 @@ import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
-import { withOutput, withoutTimings } from '../io/output';
+import { checkNotInput, checkOutputFolder, withOutput, withoutTimings } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -183,6 +183,10 @@ export function lowBitsWarning(bits: number, groupSize: number, allocate: string
 export async function quantize(o: QuantizeOptions, ctx: Context): Promise<QuantizeReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
+  const inputs = [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: o.stats }];
+  checkNotInput(o.output, inputs);
+  if (!o.dryRun) checkOutputFolder(o.output, o.force);
+  checkNotInput(o.report, inputs, '--report');
   const arch = loadArchitecture(ckpt);
   for (const t of ckpt.tensors.values()) {
     if (t.packed) throw new CheckpointError(`the model is already quantized (${t.name} is packed to ${t.packed.info.bits} bits)`, { file: ckpt.dir, hint: 'quantize the original model' });
@@ -403,7 +407,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     }
 
     if (!o.dryRun) {
-      await withOutput(o.output, { force: o.force }, async (out) => {
+      await withOutput(o.output, { force: o.force, command: 'quantize' }, async (out) => {
         const writerOptions = layerRange
           ? { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: PART_FILE, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata }
           : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata };

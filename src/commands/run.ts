@@ -10,8 +10,9 @@ import * as path from 'node:path';
 import type { BackendName } from '../backend/backend';
 import { GateError } from '../errors';
 import { openCheckpoint } from '../io/checkpoint';
-import { createFolder, withoutTimings } from '../io/output';
-import { loadRecipe, Recipe, Step } from '../recipe/recipe';
+import { checkFileDestination, checkNotInput, createFolder, withoutTimings } from '../io/output';
+import { writeMarker } from '../io/ownership';
+import { loadRecipe, Recipe, recipeInputs, Step } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import type { Context } from '../ui/progress';
 import { calibrate } from './calibrate';
@@ -57,11 +58,16 @@ function folderBytes(dir: string): number {
   return fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 }
 
-export async function run(file: string, ctx: Context, opts: { fresh?: boolean; dryRun?: boolean } = {}): Promise<RunReport> {
+export async function run(file: string, ctx: Context, opts: { fresh?: boolean; dryRun?: boolean; reportHtml?: string } = {}): Promise<RunReport> {
   const started = Date.now();
   const recipe: Recipe = loadRecipe(file);
+  if (opts.reportHtml) {
+    // Checked before any step runs: the report is written at the end, over a report moe wrote only.
+    checkNotInput(opts.reportHtml, [{ flag: 'the recipe', path: recipe.file }, ...recipeInputs(recipe)], '--report-html');
+    checkFileDestination(opts.reportHtml, true);
+  }
   if (!opts.dryRun) {
-    createFolder(recipe.output);
+    createFolder(recipe.output, 'run');
     fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
   }
   const backend = recipe.backend as BackendName | undefined;
@@ -140,6 +146,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
           const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : path.resolve(path.dirname(recipe.file), o.baseline);
           const r: EvalReport = await evalCommand({ model, data: o.data, seqLen: o.seq_len ?? 2048, maxTokens: o.max_tokens, baseline: base, maxPplIncrease: o.max_ppl_increase, backend, threads: recipe.threads }, ctx);
           fs.mkdirSync(out, { recursive: true });
+          writeMarker(out, 'run (eval step)');
           fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(withoutTimings(r), null, 1) + '\n');
           report.eval = { perplexity: r.perplexity, baseline_perplexity: r.baseline?.perplexity, ppl_increase_pct: r.baseline?.ppl_increase_pct, bytes: r.size.bytes, params: r.size.params, kl_mean: r.baseline?.kl_mean };
           report.detail = `perplexity ${r.perplexity.toFixed(2)}${r.baseline ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)` : ''}`;

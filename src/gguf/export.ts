@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkFileDestination, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
+import { GGUF_WRITER_KEY, WRITER } from '../io/ownership';
+import { checkFileDestination, checkNotInput, checkOutputFolder, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
 import { requireFinite } from '../commands/quantize';
@@ -87,6 +88,12 @@ const rowsOf = (shape: number[]) => shape.slice(0, -1).reduce((a, b) => a * b, 1
 export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
+  checkNotInput(o.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: o.stats }]);
+  // The destination is checked again when written; here, before the vocabulary and the plan.
+  if (!o.dryRun) {
+    if (o.output.toLowerCase().endsWith('.gguf')) checkFileDestination(path.resolve(o.output), !!o.force);
+    else checkOutputFolder(o.output, o.force);
+  }
   const arch = loadArchitecture(ckpt);
   const model = ggufModel(arch, new Map([...ckpt.tensors.values()].map((t) => [t.name, t.shape])));
   const vocab = vocabMetadata(ckpt.dir, arch.modelType, arch.vocab);
@@ -204,7 +211,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     const counts = new Map<GgmlType, number>();
     for (const r of reports) if (weights.some((w) => w.name === r.name)) counts.set(r.type, (counts.get(r.type) ?? 0) + r.params);
     const main = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'F32';
-    const metadata = [...model.metadata, ['general.name', { type: 'string', value: path.basename(ckpt.dir) }] as const, ['general.file_type', { type: 'u32', value: FILE_TYPE[main] ?? 7 }] as const, ...vocab] as ConstructorParameters<typeof GgufWriter>[1];
+    const metadata = [...model.metadata, ['general.name', { type: 'string', value: path.basename(ckpt.dir) }] as const, ['general.file_type', { type: 'u32', value: FILE_TYPE[main] ?? 7 }] as const, [GGUF_WRITER_KEY, { type: 'string', value: WRITER }] as const, ...vocab] as ConstructorParameters<typeof GgufWriter>[1];
     const weightReports = reports.filter((r) => typeOf.has(r.name));
     const report: GgufReport = {
       model: ckpt.dir,
@@ -251,7 +258,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     if (o.dryRun) report.file_bytes = writerSize(metadata, plan);
     else if (dest.folder) {
       // A folder of its own: written beside, renamed into place, with the record.
-      await withOutput(dest.dir, { force: o.force }, async (out) => {
+      await withOutput(dest.dir, { force: o.force, command: 'quantize --format gguf' }, async (out) => {
         writeTo(path.join(out.tmp, dest.file));
         out.writeRecord('moe-gguf.json', record());
       });

@@ -7,6 +7,9 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CheckpointError, InternalError, UsageError } from '../errors';
 import { besideWeights } from './checkpoint';
+import { isMoeFile, isMoeFolder, notMoeFolder, writeMarker } from './ownership';
+
+export { checkNotInput } from './ownership';
 
 /** Files beside the weights that a written checkpoint keeps: the tokenizer, generation and chat settings. */
 export const AUX_FILES = [
@@ -54,9 +57,10 @@ export function removePendingOutputs(): void {
 
 /**
  * Creates a folder moe writes into over several runs (moe run's output) and its missing parents, one at a time:
- * Node 20's recursive mkdirSync spins forever on a path under /proc.
+ * Node 20's recursive mkdirSync spins forever on a path under /proc. An existing folder must be empty or hold
+ * moe's marker (moe run writes step folders into it and replaces them); the marker is written for `command`.
  */
-export function createFolder(dir: string): void {
+export function createFolder(dir: string, command: string): void {
   const missing: string[] = [];
   for (let d = path.resolve(dir); !fs.existsSync(d); d = path.dirname(d)) missing.unshift(d);
   for (const d of missing) {
@@ -67,13 +71,22 @@ export function createFolder(dir: string): void {
     }
   }
   if (!fs.statSync(dir).isDirectory()) throw new UsageError('the output exists and is not a folder', { file: dir, hint: 'choose another output' });
+  const abs = path.resolve(dir);
+  if (fs.readdirSync(abs).length > 0 && !isMoeFolder(abs)) throw notMoeFolder(abs);
+  if (!isMoeFolder(abs)) writeMarker(abs, command);
 }
 
-/** A single-file destination (a .gguf path, a report): an existing one is replaced only with `force`, and only if a file. */
+/**
+ * A single-file destination (a .gguf path, a report): an existing one is replaced only with `force`, only if a
+ * file, and only if moe wrote it (a GGUF naming moe in its metadata, a report carrying moe's generator meta).
+ */
 export function checkFileDestination(file: string, force: boolean): void {
   if (!fs.existsSync(file)) return;
   if (!force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
   if (!fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file, hint: 'choose another -o' });
+  if (!isMoeFile(file)) {
+    throw new UsageError('--force replaces only a file moe wrote, and this file does not name moe as its writer (GGUF key moe.writer, or the report\'s generator meta)', { file, hint: 'choose another -o (delete the file by hand if it is yours to lose)' });
+  }
 }
 
 /** Creates the empty temporary file a single-file output is written to, so an unwritable folder is a usage error. */
@@ -87,6 +100,8 @@ export function createEmptyFile(tmp: string): void {
 
 export interface OutputOptions {
   force?: boolean;
+  /** The command writing (moe-output.json names it). */
+  command: string;
 }
 
 export class OutputFolder {
@@ -95,12 +110,13 @@ export class OutputFolder {
   private constructor(
     readonly dest: string,
     readonly tmp: string,
+    readonly command: string,
   ) {}
 
   /** Checks the destination and creates the temporary folder. Call only after the inputs are validated. */
-  static create(dest: string, opts: OutputOptions = {}): OutputFolder {
+  static create(dest: string, opts: OutputOptions): OutputFolder {
     const abs = path.resolve(dest);
-    checkDestination(abs, opts);
+    checkOutputFolder(abs, opts.force);
     removeStaleTemps(abs);
     const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.moe-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
@@ -109,7 +125,7 @@ export class OutputFolder {
       throw new UsageError(`cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path.dirname(abs), hint: 'choose a writable destination' });
     }
     pending.add(tmp);
-    return new OutputFolder(abs, tmp);
+    return new OutputFolder(abs, tmp, opts.command);
   }
 
   file(name: string): string {
@@ -139,9 +155,10 @@ export class OutputFolder {
     return copied;
   }
 
-  /** Renames the finished folder into place (replacing a previous model folder only with --force). */
+  /** Writes moe's marker and renames the finished folder into place (replacing a folder moe wrote only with --force). */
   commit(): void {
     if (this.state !== 'open') throw new Error(`OutputFolder: commit() after ${this.state}`);
+    writeMarker(this.tmp, this.command);
     let old: string | undefined;
     if (fs.existsSync(this.dest)) {
       old = `${this.tmp}-old`;
@@ -161,21 +178,22 @@ export class OutputFolder {
   }
 }
 
-function checkDestination(abs: string, opts: OutputOptions): void {
+/**
+ * Checks a folder destination: its parent exists; an existing one is replaced only with `force`, and only if moe
+ * wrote it or it is empty. Commands call it early (before long work) and OutputFolder.create again when writing.
+ */
+export function checkOutputFolder(dest: string, force: boolean | undefined): void {
+  const abs = path.resolve(dest);
   const parent = path.dirname(abs);
   if (!fs.existsSync(parent)) throw new UsageError('the output folder\'s parent does not exist', { file: parent, hint: 'create it first' });
   if (!fs.statSync(parent).isDirectory()) throw new UsageError('the output folder\'s parent is not a folder', { file: parent, hint: 'choose a destination inside a folder' });
   if (!fs.existsSync(abs)) return;
-  if (!opts.force) throw new UsageError('the output already exists', { file: abs, hint: 'choose another -o or pass --force to replace it' });
+  if (!force) throw new UsageError('the output already exists', { file: abs, hint: 'choose another -o or pass --force to replace it' });
   const st = fs.statSync(abs);
   if (!st.isDirectory()) throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
-  // --force replaces a model folder or an empty one, never an arbitrary folder the user may care about.
-  const entries = fs.readdirSync(abs);
-  // A folder moe wrote: a checkpoint (config.json), a GGUF export (moe-gguf.json), a --layers part (moe-partial.json)
-  // or calibration stats (stats.json).
-  if (entries.length > 0 && !['config.json', 'moe-gguf.json', 'moe-partial.json', 'stats.json'].some((f) => entries.includes(f))) {
-    throw new UsageError('--force replaces only a folder moe wrote, and this folder holds no config.json, moe-gguf.json, moe-partial.json or stats.json', { file: abs, hint: 'choose another -o' });
-  }
+  // --force replaces a folder moe wrote (it holds moe-output.json) or an empty one, never a folder the user may care
+  // about: a downloaded model has config.json too. Outputs of a moe older than the marker are refused as well.
+  if (fs.readdirSync(abs).length > 0 && !isMoeFolder(abs)) throw notMoeFolder(abs);
 }
 
 /**

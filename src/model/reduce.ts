@@ -130,6 +130,8 @@ function firstProj(arch: Architecture, layer: number, position: Map<string, numb
 
 export interface ReducedOutput {
   output: string;
+  /** prune or merge (moe-output.json names it). */
+  command: string;
   force?: boolean;
   maxShardBytes: number;
 }
@@ -140,7 +142,7 @@ export interface ReducedOutput {
  * what was measured while writing (e.g. alignment scores).
  */
 export async function writeReducedOutput(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, dest: ReducedOutput, ctx: Context, record: () => object): Promise<ReducedWrite> {
-  return withOutput(dest.output, { force: dest.force }, async (out) => {
+  return withOutput(dest.output, { force: dest.force, command: dest.command }, async (out) => {
     const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
     const bar = ctx.progress('write', total, 'bytes');
     const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (n) => bar.tick(n));

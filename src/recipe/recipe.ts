@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Document, isMap, isSeq, LineCounter, parseDocument, Scalar, YAMLMap } from 'yaml';
 import { UsageError } from '../errors';
+import { overlap } from '../io/ownership';
 
 export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
 
@@ -132,7 +133,24 @@ export function loadRecipe(file: string): Recipe {
     steps.push({ kind: kind as StepKind, options, line: at(pair.key) });
   }
   checkFlow(steps, fail);
-  return { file: abs, model, output, backend, threads: threadsNode?.value as number | undefined, steps };
+  const recipe = { file: abs, model, output, backend, threads: threadsNode?.value as number | undefined, steps };
+  // moe run replaces its step folders: the output never is, holds or lies inside what the steps read.
+  for (const input of recipeInputs(recipe)) {
+    const rel = overlap(output, input.path);
+    if (rel) fail(input.line ?? at(top.get('output', true)), `the output folder ${output} ${rel} ${input.flag} ${input.path}, an input of the recipe`, 'choose an output folder apart from the model and the data');
+  }
+  return recipe;
+}
+
+/** What a recipe reads from outside its output folder: the model, and each step's data and baseline. */
+export function recipeInputs(recipe: Recipe): { flag: string; path: string; line?: number }[] {
+  const inputs: { flag: string; path: string; line?: number }[] = [{ flag: 'the model', path: recipe.model }];
+  for (const s of recipe.steps) {
+    if (typeof s.options.data === 'string') inputs.push({ flag: `the data of "${s.kind}"`, path: s.options.data, line: s.line });
+    const b = s.options.baseline;
+    if (typeof b === 'string' && b !== 'original') inputs.push({ flag: `the baseline of "${s.kind}"`, path: path.resolve(path.dirname(recipe.file), b), line: s.line });
+  }
+  return inputs;
 }
 
 function checkValue(node: unknown, type: OptionType, name: string, line: number, dir: string, fail: (line: number, what: string, hint?: string) => never, at: (n: unknown) => number): unknown {

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { CalibrationStats } from '../calib/stats';
 import { UsageError } from '../errors';
 import { checkFileDestination, createEmptyFile } from '../io/output';
+import { HTML_GENERATOR } from '../io/ownership';
 import { COMPRESSION_FILE } from '../model/reduce';
 
 interface StepRecord {
@@ -118,7 +119,7 @@ export async function writeReport(runDir: string, file: string, opts: { force?: 
 
   const rows = steps.map((s) => `<tr><td>${s.step}</td><td>${esc(s.kind)}</td><td>${s.line}</td><td>${s.skipped ? 'skipped' : 'ran'}</td><td>${esc(s.detail)}</td></tr>`).join('\n');
   const html = `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>moe report: ${esc(path.basename(recipe.source))}</title>
+<html lang="en"><head><meta charset="utf-8">${HTML_GENERATOR}<title>moe report: ${esc(path.basename(recipe.source))}</title>
 <style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}h2{font-size:1.1em;margin-top:2em}figure{margin:0}</style>
 </head><body>
 <h1>moe report</h1>

@@ -77,7 +77,7 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const summary = { output: opts.output, model_type: arch.modelType, layers: arch.numLayers, experts: arch.numExperts, hidden_size: arch.hidden, dtype };
   if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? 5e9).length, bytes: total, dry_run: true };
   let shards = 0;
-  await withOutput(opts.output, { force: opts.force }, (out) => {
+  await withOutput(opts.output, { force: opts.force, command: 'synth' }, (out) => {
     const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');

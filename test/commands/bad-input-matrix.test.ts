@@ -332,7 +332,7 @@ describe('destinations', () => {
     const r = runCli([...WRITERS.calibrate.args(dest), '--force']);
     expect(r.stderr).not.toMatch(/^moe: /m);
     expect(r.code).toBe(0);
-    expect(listDir(dest)).toEqual(['stats.json', 'stats.safetensors']);
+    expect(listDir(dest)).toEqual(['moe-output.json', 'stats.json', 'stats.safetensors']);
     expect(listDir(work)).toEqual(['stats']);
   });
 

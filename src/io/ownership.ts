@@ -1,0 +1,182 @@
+/**
+ * What moe may replace or write into (issue 16, "data loss must never happen"):
+ *  - a folder only if it holds moe-output.json, the record every command that writes a folder puts in it (a
+ *    downloaded model has config.json too, so no Hugging Face file can tell a folder moe wrote);
+ *  - a single file only if it names moe as its writer: a GGUF whose metadata key `moe.writer` starts with "moe"
+ *    (the GGUF spec asks community keys to live under their own prefix), or an HTML report whose head carries
+ *    `<meta name="generator" content="moe …">`;
+ *  - never a path that is, holds, or lies inside an input of the same command (the model, --stats, --data, …).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { UsageError } from '../errors';
+import { moeVersion } from '../version';
+
+/** The record only moe writes, in every folder it writes. */
+export const OUTPUT_MARKER = 'moe-output.json';
+/** GGUF metadata key naming the program that wrote the file ("moe 0.1.0"). */
+export const GGUF_WRITER_KEY = 'moe.writer';
+
+export const MOE_VERSION = moeVersion();
+export const WRITER = `moe ${MOE_VERSION}`;
+/** The line in a report's <head> that marks it as moe's. */
+export const HTML_GENERATOR = `<meta name="generator" content="${WRITER}">`;
+
+/** Files that outputs of moe before moe-output.json hold (a hint only: they never make a folder moe's). */
+const LEGACY_RECORDS = ['moe-compression.json', 'moe-quantization.json', 'moe-gguf.json', 'moe-partial.json', 'moe-step.json', 'stats.json', 'recipe.json'];
+
+/** The marker's bytes: no time, no path, so equal runs write equal files. */
+export function markerJson(command: string): string {
+  return JSON.stringify({ tool: 'moe', version: MOE_VERSION, command, note: 'written by moe; --force may replace this folder' }, null, 2) + '\n';
+}
+
+export function writeMarker(dir: string, command: string): void {
+  fs.writeFileSync(path.join(dir, OUTPUT_MARKER), markerJson(command));
+}
+
+/** A folder holding moe's marker: a regular file (not a link) whose JSON says tool "moe". */
+export function isMoeFolder(dir: string): boolean {
+  const file = path.join(dir, OUTPUT_MARKER);
+  if (!fs.lstatSync(file, { throwIfNoEntry: false })?.isFile()) return false;
+  try {
+    return (JSON.parse(fs.readFileSync(file, 'utf8')) as { tool?: unknown }).tool === 'moe';
+  } catch {
+    return false;
+  }
+}
+
+/** Why a non-empty folder is not replaced, and what the user can do. */
+export function notMoeFolder(dir: string): UsageError {
+  const legacy = fs.readdirSync(dir).some((f) => LEGACY_RECORDS.includes(f));
+  return new UsageError(`--force replaces only a folder moe wrote, and this folder holds no ${OUTPUT_MARKER}`, {
+    file: dir,
+    hint: legacy ? 'it may come from a moe older than the marker: check it and delete it by hand, or choose another -o' : 'choose another -o (delete the folder by hand if it is yours to lose)',
+  });
+}
+
+/** The first bytes of a file that moe reads to decide whether it wrote it. */
+const HTML_HEAD_BYTES = 16 * 1024;
+const GENERATOR_RE = /<meta\s+name="generator"\s+content="moe[ "]/;
+
+/** A file moe wrote: a GGUF naming moe in `moe.writer`, or an HTML page with moe's generator meta near the top. */
+export function isMoeFile(file: string): boolean {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const head = Buffer.alloc(HTML_HEAD_BYTES);
+    const n = fs.readSync(fd, head, 0, head.length, 0);
+    if (n >= 4 && head.toString('latin1', 0, 4) === 'GGUF') return String(ggufString(fd, GGUF_WRITER_KEY) ?? '').startsWith('moe');
+    return GENERATOR_RE.test(head.toString('utf8', 0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Bytes of each GGUF scalar value type (8, string, and 9, array, are read). */
+const GGUF_SIZES: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+const READ_CHUNK = 1 << 20;
+
+/**
+ * The string value of `key` in a GGUF v2/v3 header, read in chunks (a header's vocabulary can be megabytes), or
+ * undefined when absent or when the header is not readable.
+ */
+function ggufString(fd: number, key: string): string | undefined {
+  const size = fs.fstatSync(fd).size;
+  let buf = Buffer.alloc(0);
+  let base = 0; // file offset of buf[0]
+  let at = 0;
+  const need = (n: number): boolean => {
+    if (at + n <= base + buf.length) return true;
+    if (at + n > size) return false;
+    const len = Math.max(n, READ_CHUNK);
+    buf = Buffer.alloc(Math.min(len, size - at));
+    fs.readSync(fd, buf, 0, buf.length, at);
+    base = at;
+    return at + n <= base + buf.length;
+  };
+  const u32 = () => (need(4) ? ((at += 4), buf.readUInt32LE(at - 4 - base)) : undefined);
+  const u64 = () => (need(8) ? ((at += 8), Number(buf.readBigUInt64LE(at - 8 - base))) : undefined);
+  const str = (): string | undefined => {
+    const n = u64();
+    if (n === undefined || !need(n)) return undefined;
+    at += n;
+    return buf.toString('utf8', at - n - base, at - base);
+  };
+  const skip = (type: number): boolean => {
+    if (type === 8) return str() !== undefined;
+    const s = GGUF_SIZES[type];
+    if (s === undefined || at + s > size) return false;
+    at += s;
+    return true;
+  };
+  // magic, version (u32), tensor count and key-value count (u64 since version 2)
+  if (!need(24) || ![2, 3].includes(buf.readUInt32LE(4))) return undefined;
+  at = 16;
+  const nKv = u64();
+  if (nKv === undefined) return undefined;
+  for (let i = 0; i < nKv; i++) {
+    const k = str();
+    const type = u32();
+    if (k === undefined || type === undefined) return undefined;
+    if (k === key) return type === 8 ? str() : undefined;
+    if (type === 9) {
+      const of = u32();
+      const n = u64();
+      if (of === undefined || n === undefined) return undefined;
+      if (of !== 8 && GGUF_SIZES[of] !== undefined) {
+        at += n * GGUF_SIZES[of];
+        if (at > size) return undefined;
+      } else for (let j = 0; j < n; j++) if (!skip(of)) return undefined;
+    } else if (!skip(type)) return undefined;
+  }
+  return undefined;
+}
+
+/** The real path of `p`: symlinks resolved in the part that exists, the rest appended. */
+function realOf(p: string): string {
+  const abs = path.resolve(p);
+  const rest: string[] = [];
+  for (let d = abs; ; d = path.dirname(d)) {
+    try {
+      return path.join(fs.realpathSync(d), ...rest);
+    } catch {
+      if (path.dirname(d) === d) return abs;
+      rest.unshift(path.basename(d));
+    }
+  }
+}
+
+const within = (inner: string, outer: string) => inner !== outer && inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+
+/** How `output` relates to `input` on disk, after resolving links: the same path, holding it, inside it, or apart. */
+export function overlap(output: string, input: string): 'is' | 'contains' | 'lies inside' | undefined {
+  const o = realOf(output);
+  const i = realOf(input);
+  if (o === i) return 'is';
+  if (within(i, o)) return 'contains';
+  if (within(o, i)) return 'lies inside';
+  return undefined;
+}
+
+export interface NamedInput {
+  /** How the user gave it: MODEL, --stats, --data, … */
+  flag: string;
+  path: string | undefined;
+}
+
+/**
+ * Refuses an output (`flag`, e.g. -o) that is, holds or lies inside an input of the same command, whatever
+ * --force says: replacing it would destroy what the command reads. Call it before any work starts.
+ */
+export function checkNotInput(output: string | undefined, inputs: NamedInput[], flag = '-o'): void {
+  if (output === undefined) return;
+  for (const input of inputs) {
+    if (input.path === undefined) continue;
+    const rel = overlap(output, input.path);
+    if (rel) {
+      throw new UsageError(`${flag} ${rel} ${input.flag} ${realOf(input.path)}, an input of this command`, {
+        file: path.resolve(output),
+        hint: `write ${flag} outside every input; --force never replaces an input`,
+      });
+    }
+  }
+}
