@@ -14,7 +14,7 @@ import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
-import { checkNotInput, checkOutputFolder, withOutput, withoutTimings } from '../io/output';
+import { checkFileDestination, checkNotInput, checkOutputFolder, withOutput, withoutTimings } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -187,6 +187,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
   checkNotInput(o.output, inputs);
   if (!o.dryRun) checkOutputFolder(o.output, o.force);
   checkNotInput(o.report, inputs, '--report');
+  // An existing --report file is replaced only with --force, and only if moe wrote it (its first key is "tool": "moe").
+  if (o.report) checkFileDestination(o.report, !!o.force);
   const arch = loadArchitecture(ckpt);
   for (const t of ckpt.tensors.values()) {
     if (t.packed) throw new CheckpointError(`the model is already quantized (${t.name} is packed to ${t.packed.info.bits} bits)`, { file: ckpt.dir, hint: 'quantize the original model' });
@@ -504,7 +506,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
       report.gptq_fallbacks = [...fallbacks].sort();
     }
     report.seconds = (Date.now() - started) / 1000;
-    if (o.report) fs.writeFileSync(o.report, JSON.stringify(withoutTimings(report), null, 1) + '\n');
+    if (o.report) fs.writeFileSync(o.report, JSON.stringify({ tool: 'moe', ...withoutTimings(report) }, null, 1) + '\n');
     return report;
   } finally {
     reader.close();

@@ -57,15 +57,18 @@ export function notMoeFolder(dir: string): UsageError {
 /** The first bytes of a file that moe reads to decide whether it wrote it. */
 const HTML_HEAD_BYTES = 16 * 1024;
 const GENERATOR_RE = /<meta\s+name="generator"\s+content="moe[ "]/;
+/** A JSON record moe writes (quantize --report) opens with this key. */
+const JSON_RECORD_RE = /^\{\s*"tool":\s*"moe"/;
 
-/** A file moe wrote: a GGUF naming moe in `moe.writer`, or an HTML page with moe's generator meta near the top. */
+/** A file moe wrote: a GGUF naming moe in `moe.writer`, an HTML page with moe's generator meta near the top, or a JSON record opening with "tool": "moe". */
 export function isMoeFile(file: string): boolean {
   const fd = fs.openSync(file, 'r');
   try {
     const head = Buffer.alloc(HTML_HEAD_BYTES);
     const n = fs.readSync(fd, head, 0, head.length, 0);
     if (n >= 4 && head.toString('latin1', 0, 4) === 'GGUF') return String(ggufString(fd, GGUF_WRITER_KEY) ?? '').startsWith('moe');
-    return GENERATOR_RE.test(head.toString('utf8', 0, n));
+    const text = head.toString('utf8', 0, n);
+    return GENERATOR_RE.test(text) || JSON_RECORD_RE.test(text);
   } finally {
     fs.closeSync(fd);
   }

@@ -242,6 +242,22 @@ describe('--force replaces what moe wrote, and only that', () => {
     expect(() => checkFileDestination(theirs, false)).toThrow(/already exists/);
   });
 
+  test('quantize --report: an existing file is refused without --force, a file moe did not write even with it', async () => {
+    const dir = tmpDir();
+    const notes = path.join(dir, 'notes.json');
+    fs.writeFileSync(notes, '{"mine": true}\n');
+    const base = { model: TINY, bits: 4, method: 'rtn' as const, dryRun: true };
+    await expect(quantize({ ...base, output: path.join(dir, 'q1'), report: notes }, quiet)).rejects.toThrow(/already exists/);
+    await expect(quantize({ ...base, output: path.join(dir, 'q2'), report: notes, force: true }, quiet)).rejects.toThrow(/--force replaces only a file moe wrote/);
+    expect(fs.readFileSync(notes, 'utf8')).toBe('{"mine": true}\n');
+    const ours = path.join(dir, 'report.json');
+    await quantize({ ...base, output: path.join(dir, 'q3'), report: ours }, quiet);
+    expect(JSON.parse(fs.readFileSync(ours, 'utf8')).tool).toBe('moe');
+    expect(isMoeFile(ours)).toBe(true);
+    await quantize({ ...base, output: path.join(dir, 'q4'), report: ours, force: true }, quiet);
+    expect(JSON.parse(fs.readFileSync(ours, 'utf8')).output).toBe(path.join(dir, 'q4'));
+  });
+
   test('moe run writes the marker in its output and step folders, and refuses a folder it did not write (CLI)', () => {
     const dir = tmpDir();
     const out = path.join(dir, 'out');
