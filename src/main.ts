@@ -3,8 +3,10 @@ import { CommanderError } from 'commander';
 import { buildCli } from './cli';
 import { EXIT, MoeError } from './errors';
 import { removePendingOutputs } from './io/output';
+import { stopProgress } from './ui/progress';
 
 function onSignal(signal: NodeJS.Signals): void {
+  stopProgress();
   removePendingOutputs();
   process.stderr.write(`moe: interrupted by ${signal}; nothing was written at the destination\n`);
   process.exit(128 + (signal === 'SIGINT' ? 2 : 15));
@@ -18,6 +20,7 @@ export async function main(argv: string[]): Promise<number> {
     await buildCli().parseAsync(argv, { from: 'user' });
     return EXIT.ok;
   } catch (e) {
+    stopProgress(); // the error line goes below the bars, not into them
     removePendingOutputs();
     if (e instanceof CommanderError) {
       // Only help and --version get here (commander printed them); its errors arrive as UsageError (cli.ts).

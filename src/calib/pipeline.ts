@@ -6,7 +6,7 @@
 import type { Backend } from '../backend/backend';
 import { ForwardPass } from '../model/forward/model';
 import { batches, concat } from '../eval/perplexity';
-import type { Context } from '../ui/progress';
+import { Context, layerLabel } from '../ui/progress';
 import { LayerCollector } from './collector';
 import { HiddenStore } from './hidden-store';
 
@@ -42,13 +42,14 @@ export async function calibrateLayers(
     opts.spillDir,
   );
   const naeeRows = new Map(opts.naeeTokens.map((t, i) => [t, i]));
+  const tokens = groups.reduce((s, g) => s + g.length * g[0].length, 0);
   try {
     groups.forEach((g, b) => store.put(b, fp.embed(concat(g))));
     for (let l = 0; l < fp.arch.numLayers; l++) {
       const t0 = Date.now();
       const collector = new LayerCollector(fp.arch, l, be, opts.hessians, naeeRows, inDims);
       const observer = collector.observer();
-      const progress = ctx.progress(`layer ${l + 1}/${fp.arch.numLayers}`, groups.length);
+      const progress = ctx.progress(layerLabel(l, fp.arch.numLayers), tokens, 'tokens');
       let start = 0;
       for (let b = 0; b < groups.length; b++) {
         const T = groups[b][0].length;
@@ -58,7 +59,7 @@ export async function calibrateLayers(
         await collector.settle();
         store.put(b, hidden);
         start += groups[b].length * T;
-        progress.tick();
+        progress.tick(groups[b].length * T);
       }
       progress.done();
       fp.release();

@@ -93,7 +93,7 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
   try {
     const written = await withOutput(o.output, { force: o.force, command: 'assemble' }, async (out) => {
       const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: first.options.max_shard_bytes, metadata: { ...first.source_metadata, format: 'pt' }, tensorMetadata });
-      const bar = ctx.progress('assemble', plan.length);
+      const bar = ctx.progress('assemble', plan.length, 'tensors');
       let bytes = 0;
       plan.forEach((t, k) => {
         writer.writeChunks(t.name, (function* () {

@@ -18,7 +18,7 @@ import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { mulberry32 } from '../synth/generate';
-import type { Context } from '../ui/progress';
+import { announceTokenizing, Context } from '../ui/progress';
 
 export const DEFAULT_CALIB_TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text', 'calib.txt');
 
@@ -94,7 +94,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   if (!opts.data) ctx.warn(`no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`);
   const seed = opts.seed ?? 0;
-  const set = loadWindows(data, () => loadTokenizer(ckpt.dir), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const set = loadWindows(data, announceTokenizing(ctx, data, () => loadTokenizer(ckpt.dir)), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
   const positions = positionsWarning(set, opts.seqLen, ckpt.config);
   if (positions) ctx.warn(positions);
   const windows = sample(set.windows, opts.samples, seed);
@@ -123,6 +123,8 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   }
   const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
   const reader = new TensorReader(ckpt);
+  // Every token through every layer: the pipeline's phases are the layers, counted in tokens.
+  const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * tokens);
   try {
     await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, async (out) => {
       const writer = new ShardedWriter(out.tmp, plans.flat() as PlannedTensor[], { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: STATS_TENSORS, metadata: { format: STATS_FORMAT } });
@@ -159,6 +161,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
       out.writeRecord(STATS_JSON, json);
     });
   } finally {
+    task.done();
     reader.close();
     await be.dispose();
   }

@@ -20,7 +20,7 @@ import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
 import type { Architecture } from '../model/arch';
-import type { Context } from '../ui/progress';
+import { announceTokenizing, Context } from '../ui/progress';
 
 export interface EvalCommandOptions {
   model: string;
@@ -108,13 +108,14 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   if (b && b.arch.vocab !== m.arch.vocab) {
     throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, { file: opts.baseline, hint: 'compare models that share a tokenizer' });
   }
-  const set = loadWindows(opts.data, () => loadTokenizer(m.ckpt.dir), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const set = loadWindows(opts.data, announceTokenizing(ctx, opts.data, () => loadTokenizer(m.ckpt.dir)), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
   const positions = positionsWarning(set, opts.seqLen, m.ckpt.config);
   if (positions) ctx.warn(positions);
   const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
   const dump = opts.dumpLogits ? logitDump(opts.dumpLogits, set.windows, m.arch.vocab) : undefined;
   const total = set.windows.reduce((s, w) => s + w.length, 0);
-  const progress = ctx.progress('eval', total, 'items');
+  const task = ctx.task(`eval ${path.basename(m.ckpt.dir)}`, total);
+  const progress = ctx.progress(b ? 'perplexity and baseline' : 'perplexity', total, 'tokens');
   let totals: EvalTotals;
   try {
     totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
@@ -127,6 +128,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     dump?.finish();
   } finally {
     progress.done();
+    task.done();
     m.reader.close();
     b?.reader.close();
     await be.dispose();

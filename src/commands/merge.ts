@@ -12,13 +12,13 @@ import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { fromFloat32 } from '../io/dtype';
 import type { Architecture, Proj } from '../model/arch';
-import { LayerReduction, writeReducedOutput } from '../model/reduce';
+import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { expertOutputs, ExpertWeights, loadExpert } from '../model/experts';
 import { alignExperts, permuteExpert } from '../merge/align';
 import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/grouping';
 import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
-import type { Context } from '../ui/progress';
+import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { keepAllWarning, resolveKeep } from './prune';
 
@@ -114,8 +114,13 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   const be = await createBackend(opts.backend ?? 'onnx');
   const h = arch.hidden;
   const width = arch.expertWidth;
+  let task: Task | undefined;
   try {
     stats.checkModel(ckpt);
+    // Work in source bytes: grouping by weights or outputs reads every expert once; by the stats alone it is quick.
+    const groupWeight = sourceBytes(ckpt) * (sim === 'router-logits' ? SELECT_SHARE : 1);
+    task = ctx.task(`merge ${path.basename(ckpt.dir)}`, groupWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
+    const progress = ctx.progress(`group experts (${method.name})`, arch.moeLayers.length, 'layers', groupWeight);
     const layers: MergeReport['layers'] = [];
     const plan = new Map<number, LayerReduction>();
     for (const layer of arch.moeLayers) {
@@ -124,7 +129,9 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: memberWeights(freq, g.members, method.defaults.uniform) }));
       layers.push({ layer, groups: merged });
       plan.set(layer, reduction(layer, merged));
+      progress.tick();
     }
+    progress.done();
     const report: MergeReport = {
       model: ckpt.dir,
       output: path.resolve(opts.output),
@@ -155,6 +162,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
     report.seconds = (Date.now() - started) / 1000;
     return report;
   } finally {
+    task?.done();
     reader.close();
     stats.close();
     await be.dispose();

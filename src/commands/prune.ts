@@ -11,13 +11,13 @@ import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import type { Architecture } from '../model/arch';
-import { LayerReduction, writeReducedOutput } from '../model/reduce';
+import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { LayerChoice, PRUNE_METHODS, pruneMethod } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
 import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
-import type { Context } from '../ui/progress';
+import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 
 export const DEFAULT_NAEE_LIMIT = 20000;
@@ -107,10 +107,14 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const stats = new CalibrationStats(opts.stats);
   let be: Backend | undefined;
   const reader = new TensorReader(ckpt);
+  // The predicted loss is part of every dry-run plan; writing runs compute it only when asked (it runs every expert).
+  const needProblem = method.name === 'naee' || !!opts.loss || !!opts.dryRun;
+  // Work in source bytes: choosing from the stats alone is quick; running every expert costs about a full read.
+  const selectWeight = sourceBytes(ckpt) * (needProblem ? 1 : SELECT_SHARE);
+  let task: Task | undefined;
   try {
     stats.checkModel(ckpt);
-    // The predicted loss is part of every dry-run plan; writing runs compute it only when asked (it runs every expert).
-    const needProblem = method.name === 'naee' || !!opts.loss || !!opts.dryRun;
+    task = ctx.task(`prune ${path.basename(ckpt.dir)}`, selectWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
     if (needProblem) be = await createBackend(opts.backend ?? 'onnx');
     const problems = new Map<number, ReconstructionProblem>();
     const problem = async (layer: number) => {
@@ -121,7 +125,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       return problems.get(layer)!;
     };
     const layers: PrunedLayer[] = [];
-    const progress = ctx.progress(`prune (${method.name})`, arch.moeLayers.length);
+    const progress = ctx.progress(`select experts (${method.name})`, arch.moeLayers.length, 'layers', selectWeight);
     for (const layer of arch.moeLayers) {
       const supers = superExperts(stats, layer, opts.superFactor ?? SUPER_EXPERT_FACTOR);
       const c: KeepConstraints = { experts: arch.numExperts, keep: K, groups: arch.routing.nGroup, protect: new Set(opts.protectSuperExperts ? supers : []) };
@@ -173,6 +177,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
     report.seconds = (Date.now() - started) / 1000;
     return report;
   } finally {
+    task?.done();
     reader.close();
     stats.close();
     await be?.dispose();

@@ -26,7 +26,7 @@ import { packCodes } from '../quant/pack';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { dequantize, outputError, QuantizedMatrix, quantizeRtn } from '../quant/rtn';
 import { RtnPool } from '../quant/rtn-pool';
-import type { Context } from '../ui/progress';
+import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { writeConfig } from '../io/config-text';
 
@@ -197,6 +197,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
   const reader = new TensorReader(ckpt);
   let be: Backend | undefined;
   let pool: RtnPool | undefined;
+  let task: Task | undefined;
   try {
     stats?.checkModel(ckpt);
     const { method, choices } = checkOptions(o, stats);
@@ -225,6 +226,10 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     if (targets.length === 0 && !layerRange) throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
     const groups = groupTargets(targets);
     be = await createBackend(o.backend ?? 'onnx', { threads: o.threads });
+    // Work in weights quantized: measuring quantizes each at every allowed width, writing once more.
+    const params = targets.reduce((s, t) => s + t.rows * t.cols, 0);
+    const measureWeight = allocateMode === 'uniform' ? 0 : params * choices.length;
+    task = ctx.task(`quantize ${path.basename(ckpt.dir)}`, measureWeight + (o.dryRun ? 0 : params));
 
     const factors = new Map<number, { f: Float64Array; w: Float64Array }>();
     const inputsOf = (name: string): Inputs | undefined => {
@@ -280,7 +285,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         }
         return choices;
       };
-      const measure = ctx.progress(`measure error at ${choices.join('/')} bits`, targets.length);
+      const measure = ctx.progress(`measure error at ${choices.join('/')} bits`, targets.length, 'tensors', measureWeight);
       const byTarget = new Map<string, Map<number, number>>();
       const groupOf = new Map(groups.map((g) => [g.key, g]));
       for (const t of targets) {
@@ -414,7 +419,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
           ? { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: PART_FILE, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata }
           : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata };
         const writer = new ShardedWriter(out.tmp, plan, writerOptions);
-        const bar = ctx.progress(`quantize (${method}, ${allocateMode})`, quantizedParams, 'items');
+        const bar = ctx.progress(`quantize (${method}, ${allocateMode})`, quantizedParams, 'params');
         const refs = [...ckpt.tensors.values()].filter((ref) => owned(ref.name));
         // Plain RTN into the packed format runs on worker threads straight from the stored bytes, one weight
         // ahead: the next weight is read while this one is quantized, and written while the next is.
@@ -509,6 +514,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     if (o.report) fs.writeFileSync(o.report, JSON.stringify({ tool: 'moe', ...withoutTimings(report) }, null, 1) + '\n');
     return report;
   } finally {
+    task?.done();
     reader.close();
     stats?.close();
     await be?.dispose();

@@ -75,8 +75,11 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
   let modelK = modelKey(model);
   let stats: { dir: string; key: string; forModel: string } | undefined;
   const reports: StepReport[] = [];
+  // One bar for the whole recipe; each step's own phases show below it.
+  const task = ctx.task(`run ${path.basename(file)}`, recipe.steps.length);
   for (let i = 0; i < recipe.steps.length; i++) {
     const s: Step = recipe.steps[i];
+    const stepProgress = ctx.progress(`step ${i + 1} ${s.kind}`, 1, 'steps');
     const out = path.join(recipe.output, `${String(i + 1).padStart(2, '0')}-${s.kind}`);
     const useStats = (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.stats !== false)) && stats?.forModel === modelK ? stats : undefined;
     const key = sha({ kind: s.kind, options: s.options, model: modelK, stats: useStats?.key ?? null, backend: backend ?? null, original: s.kind === 'eval' ? modelKey(recipe.model) : null });
@@ -162,6 +165,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
       fs.writeFileSync(recordFile, JSON.stringify(withoutTimings({ key, report }), null, 1) + '\n');
     }
     reports.push(report);
+    stepProgress.done();
     // What the next step receives.
     if (s.kind === 'calibrate') stats = { dir: out, key, forModel: modelK };
     if (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.format !== 'gguf')) {
@@ -169,6 +173,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
       modelK = key;
     }
   }
+  task.done();
   return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000, ...(opts.dryRun ? { dry_run: true } : {}) };
 }
 

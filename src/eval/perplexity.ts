@@ -68,6 +68,11 @@ function routingRecorder(store: Map<number, Int32Array>): ForwardObserver {
   return { router: (layer: number, r: Routing) => store.set(layer, r.experts.slice()) };
 }
 
+/** The observer with a tick after every layer (progress moves layer by layer, not only batch by batch). */
+function ticking(observer: ForwardObserver | undefined, tick: () => void): ForwardObserver {
+  return { ...observer, layer: () => tick() };
+}
+
 export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: EvalOptions): Promise<EvalTotals> {
   const totals: EvalTotals = { nllSum: 0, positions: 0, windows: 0, tokens: 0 };
   const base = opts.baseline;
@@ -80,8 +85,11 @@ export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: 
     const ids = concat(batch);
     const targets = targetsOf(ids, W, T);
     const selModel = new Map<number, Int32Array>();
+    // Progress in tokens, spread over every layer and the head of each model run.
+    const steps = model.arch.numLayers + 1 + (base ? base.arch.numLayers + 1 : 0);
+    const step = () => opts.progress?.tick(N / steps);
     const hidden = model.embed(ids);
-    await model.layers(hidden, W, T, base ? routingRecorder(selModel) : undefined);
+    await model.layers(hidden, W, T, ticking(base ? routingRecorder(selModel) : undefined, step));
     const stats = new RowStats(N, targets);
     const full = opts.onLogits ? new Float32Array(N * vocab) : undefined;
     const keep = (b: LogitBlock) => {
@@ -97,7 +105,7 @@ export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: 
     } else {
       const selBase = new Map<number, Int32Array>();
       const baseHidden = base.embed(ids);
-      await base.layers(baseHidden, W, T, routingRecorder(selBase));
+      await base.layers(baseHidden, W, T, ticking(routingRecorder(selBase), step));
       const baseStats = new RowStats(N, targets);
       const kl = new KlAccumulator(baseStats, stats);
       const mine = model.headBlocks(hidden, N);
@@ -121,7 +129,8 @@ export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: 
     totals.positions += W * (T - 1);
     totals.windows += W;
     totals.tokens += N;
-    opts.progress?.tick(N);
+    step();
+    if (base) step();
   }
   return totals;
 }

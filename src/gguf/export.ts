@@ -15,7 +15,7 @@ import { checkFileDestination, checkNotInput, checkOutputFolder, createEmptyFile
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
 import { requireFinite } from '../commands/quantize';
-import type { Context } from '../ui/progress';
+import type { Context, Task } from '../ui/progress';
 import { GgufSource, ggufModel, permuteRows } from './arch';
 import { bitsPerWeight, blockSize, dequantizeRows, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from './quants';
 import { vocabMetadata } from './vocab';
@@ -101,12 +101,18 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   const mode = o.allocate ?? 'uniform';
   const stats = o.stats ? new CalibrationStats(o.stats) : undefined;
   const reader = new TensorReader(ckpt);
+  let task: Task | undefined;
   try {
     stats?.checkModel(ckpt);
     if (mode === 'lp' && !stats) throw new UsageError('--format gguf --allocate lp needs --stats (the imatrix that measures each type\'s error)', { hint: 'make them with moe calibrate MODEL --data FILE -o STATS' });
     if (mode === 'lp' && !(o.bpw && o.bpw > 0)) throw new UsageError('--format gguf --allocate lp needs --bpw B, the average bits per weight', { hint: 'e.g. --bpw 4.5' });
     const menu = o.menu ?? DEFAULT_GGUF_MENU;
     const weights = model.tensors.filter((t) => t.kind === 'weight');
+    // Work in weights: measuring quantizes each weight at every type of the menu, writing each tensor once more.
+    const paramsOf = (t: { shape: number[] }) => t.shape.reduce((a, b) => a * b, 1);
+    const allParams = model.tensors.reduce((s, t) => s + paramsOf(t), 0);
+    const measureWeight = mode === 'lp' ? weights.reduce((s, t) => s + paramsOf(t), 0) * menu.length : 0;
+    task = ctx.task(`quantize ${path.basename(ckpt.dir)} to GGUF`, measureWeight + (o.dryRun ? 0 : allParams));
     /** The imatrix of a weight's input as the mean of x² per column (per calibration row that reached it). */
     const importanceOf = (hf: string): Float64Array | undefined => {
       const src = inputStatsName(hf);
@@ -177,7 +183,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
         typeOf.set(t.name, type);
         fixedBits += bitsPerWeight(type) * rowsOf(t.shape) * t.shape[t.shape.length - 1];
       }
-      const bar = ctx.progress(`measure error of ${menu.join('/')}`, free.length);
+      const bar = ctx.progress(`measure error of ${menu.join('/')}`, free.length, 'tensors', measureWeight);
       const groups = free.map((t) => {
         const cols = t.shape[t.shape.length - 1];
         const cost = menu.map((type) => (cols % blockSize(type) === 0 ? errorAt(t, type) : Infinity));
@@ -234,7 +240,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     const record = () => ({ tool: 'moe', operation: 'quantize --format gguf', source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null }, ...report });
     const writeTo = (target: string) => {
       const writer = new GgufWriter(target, metadata, plan);
-      const bar = ctx.progress('write gguf', plan.length);
+      const bar = ctx.progress('write gguf', plan.reduce((s, t) => s + t.bytes, 0), 'bytes', allParams);
       try {
         model.tensors.forEach((t, i) => {
           const type = reports[i].type;
@@ -245,7 +251,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
             parts.push(type === 'F32' ? new Uint8Array(w.buffer, w.byteOffset, w.byteLength) : quantizeRows(w, w.length / cols, cols, type, importanceOf(t.from[j])));
           }
           writer.write(t.name, parts.length === 1 ? parts[0] : Buffer.concat(parts));
-          bar.tick();
+          bar.tick(plan[i].bytes);
         });
         writer.finish();
       } catch (e) {
@@ -278,6 +284,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     report.seconds = (Date.now() - started) / 1000;
     return report;
   } finally {
+    task?.done();
     reader.close();
     stats?.close();
   }

@@ -8,7 +8,8 @@ import type { Checkpoint } from '../io/checkpoint';
 import { TensorReader } from '../io/checkpoint';
 import { dtypeBytes } from '../io/dtype';
 import { OutputFolder, withOutput } from '../io/output';
-import type { Context } from '../ui/progress';
+import { tensorBytes } from '../io/safetensors';
+import type { Context, Progress } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
@@ -41,8 +42,11 @@ export interface ReducedWrite {
   bytes: number;
 }
 
-/** Writes the reduced checkpoint into `out` (an open OutputFolder); `keep` is the new expert count. */
-export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, out: OutputFolder, maxShardBytes: number, onBytes?: (n: number) => void): Promise<ReducedWrite> {
+/**
+ * Writes the reduced checkpoint into `out` (an open OutputFolder); `keep` is the new expert count. `progress` is
+ * started with the bytes the output will hold (not the source's, so it ends at 100%).
+ */
+export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, out: OutputFolder, maxShardBytes: number, progress?: (totalBytes: number) => Progress): Promise<ReducedWrite> {
   // Source name of every output tensor, in the source order; new experts take the place of the old ones.
   const items: { name: string; src?: string; make?: () => Uint8Array | Promise<Uint8Array>; dtype: PlannedTensor['dtype']; shape: number[] }[] = [];
   // Computed experts are made one at a time, when the writer reaches them.
@@ -90,7 +94,9 @@ export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: M
         items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
       }
     }
-    const writer = new ShardedWriter(out.tmp, items.map(({ name, dtype, shape }) => ({ name, dtype, shape })), { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
+    const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
+    const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
+    const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
     let bytes = 0;
     for (const it of items) {
       const pieces = it.src ? reader.chunks(it.src, COPY_CHUNK_BYTES) : [await it.make!()];
@@ -99,13 +105,14 @@ export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: M
         (function* () {
           for (const p of pieces) {
             bytes += p.byteLength;
-            onBytes?.(p.byteLength);
+            bar?.tick(p.byteLength);
             yield p;
           }
         })(),
       );
     }
     writer.finish();
+    bar?.done();
     writeConfig(out, arch.rewriteConfig(keep), ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
     return { tensors: items.length, bytes };
@@ -128,6 +135,14 @@ function firstProj(arch: Architecture, layer: number, position: Map<string, numb
   return best;
 }
 
+/** Choosing experts from the calibration stats alone, as a share of the work of writing the output. */
+export const SELECT_SHARE = 0.05;
+
+/** The bytes of the source checkpoint: the work unit of prune and merge (their write phase is worth this much). */
+export function sourceBytes(ckpt: Checkpoint): number {
+  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+}
+
 export interface ReducedOutput {
   output: string;
   /** prune or merge (moe-output.json names it). */
@@ -143,10 +158,8 @@ export interface ReducedOutput {
  */
 export async function writeReducedOutput(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, dest: ReducedOutput, ctx: Context, record: () => object): Promise<ReducedWrite> {
   return withOutput(dest.output, { force: dest.force, command: dest.command }, async (out) => {
-    const total = [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
-    const bar = ctx.progress('write', total, 'bytes');
-    const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (n) => bar.tick(n));
-    bar.done();
+    // Counted in output bytes; worth the source's bytes of the command's task (see sourceBytes).
+    const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (total) => ctx.progress('write', total, 'bytes', sourceBytes(ckpt)));
     out.writeRecord(COMPRESSION_FILE, { tool: 'moe', ...record() });
     return written;
   });
