@@ -105,11 +105,13 @@ export async function writeReport(runDir: string, file: string, opts: { force?: 
   const recipe = readJson<RecipeRecord>(path.join(dir, 'recipe.json'));
   if (!recipe) throw new UsageError('not a moe run output folder (no recipe.json)', { file: dir, hint: 'give the output folder of moe run' });
   checkFileDestination(file, !!opts.force);
-  const statuses = new Map((readJson<{ steps: { step: number; status: string }[] }>(path.join(dir, RUN_RECORD))?.steps ?? []).map((s) => [s.step, s.status]));
+  const latest = readJson<{ steps: { step: number; status: string }[] }>(path.join(dir, RUN_RECORD));
+  const statuses = new Map((latest?.steps ?? []).map((s) => [s.step, s.status]));
   const rows: Row[] = recipe.steps.map((s, i) => {
     const stepDir = path.join(dir, `${String(i + 1).padStart(2, '0')}-${s.kind}`);
     const record = readJson<{ report: StepRecord }>(path.join(stepDir, 'moe-step.json'))?.report;
-    const status = statuses.get(i + 1) ?? (record ? 'not in the latest run' : 'not run');
+    // Folders written before moe-run.json existed do not say what their latest run did.
+    const status = statuses.get(i + 1) ?? (!record ? 'not run' : latest ? 'not in the latest run' : '–');
     const size = WRITES_MODEL.has(s.kind) && record ? modelSize(stepDir) : undefined;
     return { step: i + 1, kind: s.kind, line: s.line, dir: stepDir, options: s.options, record, status, size };
   });
