@@ -273,7 +273,7 @@ export function buildCli(): Command {
 
   program
     .command('report')
-    .description('a self-contained HTML report of a moe run output folder, with charts (expert usage, REAP saliency, bits, perplexity)')
+    .description('a self-contained HTML report of a moe run output folder, with charts (size against perplexity, expert usage, REAP saliency, bits, perplexity)')
     .argument('<run-dir>', 'the output folder of moe run')
     .option('-o, --output <file>', 'the HTML file (default: RUN-DIR/report.html, replaced on every call)')
     .option('--force', 'replace an existing -o file')

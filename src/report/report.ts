@@ -145,7 +145,7 @@ export async function writeReport(runDir: string, file: string, opts: { force?: 
   const when = runDate(dir, opts.date);
   const html = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="generator" content="moe ${esc(VERSION)}"><title>moe report: ${esc(path.basename(recipe.source))}</title>
-<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td.size,td.bits{text-align:right}h2{font-size:1.1em;margin-top:2em}figure{margin:0}figcaption{color:#555;font-size:.9em}.headline{font-size:1.15em;font-family:ui-monospace,monospace;white-space:pre;background:#f4f6f8;padding:.6em 1em;border-radius:4px}.meta{color:#555}</style>
+<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}td.size,td.bits{text-align:right;white-space:nowrap}h2{font-size:1.1em;margin-top:2em}figure{margin:0}figcaption{color:#555;font-size:.9em}.headline{font-size:1.15em;font-family:ui-monospace,monospace;white-space:pre;background:#f4f6f8;padding:.6em 1em;border-radius:4px}.meta{color:#555}</style>
 </head><body>
 <h1>moe report</h1>
 <p class="meta">Recipe <code>${esc(rel(recipe.source))}</code> on <code>${esc(rel(recipe.model))}</code> (paths relative to the run folder <code>${esc(path.basename(dir))}</code>). Run of <span class="date">${when.toISOString().slice(0, 16).replace('T', ' ')} UTC</span>, written by <span class="version">moe ${esc(VERSION)}</span>.</p>
