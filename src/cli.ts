@@ -3,7 +3,7 @@ import { Command, CommanderError, Option } from 'commander';
 import { createContext, Context } from './ui/progress';
 import { parseIntArg, parseSize } from './ui/parse';
 import { UsageError } from './errors';
-import { moeVersion } from './version';
+import { VERSION } from './version';
 
 interface GlobalOpts {
   debug?: boolean;
@@ -32,7 +32,7 @@ export function buildCli(): Command {
   program
     .name('moe')
     .description('Make Mixture-of-Experts models smaller: inspect, convert, calibrate, prune, merge, quantize and evaluate Hugging Face MoE checkpoints.')
-    .version(moeVersion(), '-V, --version', 'print moe\'s version')
+    .version(VERSION, '-V, --version', 'print moe\'s version')
     .option('--debug', 'print stack traces on errors')
     // commander's own errors are thrown as UsageError (below) and printed by main.ts in moe's one-line style.
     .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: () => {} })
@@ -286,7 +286,7 @@ export function buildCli(): Command {
 
   program
     .command('report')
-    .description('a self-contained HTML report of a moe run output folder, with charts (expert usage, REAP saliency, bits, perplexity)')
+    .description('a self-contained HTML report of a moe run output folder, with charts (size against perplexity, expert usage, REAP saliency, bits, perplexity)')
     .argument('<run-dir>', 'the output folder of moe run')
     .option('-o, --output <file>', 'the HTML file (default: RUN-DIR/report.html, replaced on every call)')
     .option('--force', 'replace an existing -o file')

@@ -1,8 +1,6 @@
-/** moe's version: read at run time from the package.json one folder above this file (dist/ when built, src/ under jest). */
+/** moe's version, from package.json (one level above both src/ and the built dist/). */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-export function moeVersion(): string {
-  const file = path.join(__dirname, '..', 'package.json');
-  return (JSON.parse(fs.readFileSync(file, 'utf8')) as { version: string }).version;
-}
+export const VERSION: string = (JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string }).version;
+

@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { InternalError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { formatMB } from '../io/size';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { calibrate } from './calibrate';
@@ -125,7 +126,7 @@ export function formatDemo(r: DemoReport): string {
   const lines = ['', 'model                        params      size   perplexity      Δ   KL (nats)   top-1'];
   for (const x of r.results) {
     lines.push(
-      `${x.model.padEnd(26)} ${(x.params / 1e6).toFixed(2).padStart(6)} M ${formatBytes(x.bytes).padStart(9)} ${x.perplexity.toFixed(2).padStart(12)} ${`${x.ppl_increase_pct >= 0 ? '+' : ''}${x.ppl_increase_pct.toFixed(1)}%`.padStart(7)} ${x.kl_mean.toFixed(4).padStart(11)} ${(100 * x.top1_agreement).toFixed(1).padStart(6)}%`,
+      `${x.model.padEnd(26)} ${(x.params / 1e6).toFixed(2).padStart(6)} M ${formatMB(x.bytes).padStart(9)} ${x.perplexity.toFixed(2).padStart(12)} ${`${x.ppl_increase_pct >= 0 ? '+' : ''}${x.ppl_increase_pct.toFixed(1)}%`.padStart(7)} ${x.kl_mean.toFixed(4).padStart(11)} ${(100 * x.top1_agreement).toFixed(1).padStart(6)}%`,
     );
   }
   lines.push('', 'step                                       seconds  result');

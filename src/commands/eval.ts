@@ -15,7 +15,8 @@ import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
 import { numel } from '../io/safetensors';
-import { quantSummary, storedBytes } from '../quant/format';
+import { fileBytes, formatMB } from '../io/size';
+import { quantSummary } from '../quant/format';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -38,6 +39,7 @@ export interface EvalCommandOptions {
 
 export interface SizeReport {
   params: number;
+  /** The bytes of the weight files (src/io/size.ts). */
   bytes: number;
   bits_per_param: number;
   /** Packed models: mean code bits of the quantized weights (moe quantize). */
@@ -78,11 +80,8 @@ export const DEFAULT_BATCH_TOKENS = 4096;
 function size(arch: Architecture, dir: string): SizeReport {
   const ckpt = openCheckpoint(dir);
   let params = 0;
-  let bytes = 0;
-  for (const t of ckpt.tensors.values()) {
-    params += numel(t.shape);
-    bytes += storedBytes(t);
-  }
+  for (const t of ckpt.tensors.values()) params += numel(t.shape);
+  const bytes = fileBytes(ckpt.shards);
   return { params, bytes, bits_per_param: params ? (8 * bytes) / params : 0, quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits };
 }
 
@@ -220,7 +219,7 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
 export function formatEval(r: EvalReport): string {
   const lines = [
     `perplexity     ${r.perplexity.toFixed(4)} (loss ${r.loss.toFixed(5)}) over ${r.positions} predicted positions in ${r.windows} windows of ${r.seq_len}`,
-    `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${(r.size.bytes / 1e6).toFixed(2)} MB, ${r.size.bits_per_param.toFixed(2)} bits/param${r.size.quantized_average_bits !== undefined ? ` (quantized weights: ${r.size.quantized_average_bits.toFixed(3)} bits)` : ''}`,
+    `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${formatMB(r.size.bytes)}, ${r.size.bits_per_param.toFixed(2)} bits/param${r.size.quantized_average_bits !== undefined ? ` (quantized weights: ${r.size.quantized_average_bits.toFixed(3)} bits)` : ''}`,
     `speed          ${r.tokens_per_second.toFixed(0)} tokens/s (${r.seconds.toFixed(1)} s, ${r.backend} backend)`,
   ];
   if (r.baseline) {

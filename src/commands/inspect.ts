@@ -4,6 +4,7 @@ import { openCheckpoint } from '../io/checkpoint';
 import { numel } from '../io/safetensors';
 import { loadArchitecture } from '../model/registry';
 import type { RoutingRule } from '../model/arch';
+import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
 import { quantSummary, QuantSummary, storedBytes } from '../quant/format';
 
@@ -36,8 +37,12 @@ export interface InspectReport {
   params_total: number;
   params_active: number;
   params_experts: number;
+  /** The model's size: bytes of its weight files (src/io/size.ts). */
   bytes: number;
+  /** Bytes of tensor data (the files without their headers): the sum of `dtypes` and of `layers`. */
+  bytes_tensors: number;
   bytes_experts: number;
+  /** Everything in the files but the routed experts (headers included). */
   bytes_other: number;
   dtypes: Record<string, DTypeStats>;
   shards: number;
@@ -91,6 +96,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     }
   }
   const moeLayers = arch.moeLayers;
+  const files = fileBytes(ckpt.shards);
   return {
     model: ckpt.dir,
     model_type: arch.modelType,
@@ -107,9 +113,10 @@ export function inspect(opts: InspectOptions): InspectReport {
     // Per token, top_k of the routed experts run; everything else (embeddings included) is active.
     params_active: paramsTotal - paramsExperts + Math.round((paramsExperts * arch.topK) / arch.numExperts),
     params_experts: paramsExperts,
-    bytes,
+    bytes: files,
+    bytes_tensors: bytes,
     bytes_experts: bytesExperts,
-    bytes_other: bytes - bytesExperts,
+    bytes_other: files - bytesExperts,
     dtypes,
     shards: ckpt.shards.length,
     extra_tensors: extra,
@@ -144,7 +151,7 @@ export function formatInspect(r: InspectReport): string {
     `routing        ${routeText.join(', ')}`,
     `hidden, vocab  ${r.hidden_size}, ${r.vocab_size}`,
     `params         ${human(r.params_total)} total, ${human(r.params_active)} active per token (${pct(r.params_active, r.params_total)})`,
-    `bytes          ${formatBytes(r.bytes)} in ${r.shards} shard(s): experts ${formatBytes(r.bytes_experts)} (${pct(r.bytes_experts, r.bytes)}), rest ${formatBytes(r.bytes_other)}`,
+    `size           ${formatMB(r.bytes)} in ${r.shards} shard(s): experts ${formatMB(r.bytes_experts)} (${pct(r.bytes_experts, r.bytes)}), rest ${formatMB(r.bytes_other)}`,
     `dtypes         ${Object.entries(r.dtypes)
       .map(([d, s]) => `${d} ${formatBytes(s.bytes)} (${s.tensors} tensors)`)
       .join(', ')}`,

@@ -15,6 +15,7 @@ import { CheckpointError, UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
 import { checkFileDestination, checkNotInput, checkOutputFolder, withOutput, withoutTimings } from '../io/output';
+import { fileBytes } from '../io/size';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -478,6 +479,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         }
         writer.finish();
         bar.done();
+        // The size, as everywhere (src/io/size.ts): the bytes of the weight files written, headers included.
+        report.size_bytes = fileBytes(fs.readdirSync(out.tmp).filter((n) => n.endsWith('.safetensors')).map((n) => path.join(out.tmp, n)));
         report.gptq_fallbacks = [...fallbacks].sort();
         finishReport(report, groups, bitsOf, costAt, costOf, stats !== undefined);
         if (layerRange) {

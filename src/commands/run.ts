@@ -1,8 +1,9 @@
 /**
  * `moe run RECIPE.yaml`: runs a recipe's steps in order (src/recipe/recipe.ts), each writing into
  * OUTPUT/NN-kind. A step whose output holds a record (moe-step.json) with the same key (its kind, options and the
- * keys of its inputs) is skipped, so an interrupted or extended run resumes where it stopped. The resolved recipe
- * is saved as OUTPUT/recipe.json.
+ * keys of its inputs) is reused, so an interrupted or extended run resumes where it stopped. The resolved recipe
+ * is saved as OUTPUT/recipe.json, and which steps the latest run ran or reused as OUTPUT/moe-run.json (the report
+ * reads it; its modification time is the run's date).
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -12,8 +13,10 @@ import { GateError } from '../errors';
 import { openCheckpoint } from '../io/checkpoint';
 import { checkFileDestination, checkNotInput, createFolder, withoutTimings } from '../io/output';
 import { writeMarker } from '../io/ownership';
+import { weightBytes } from '../io/size';
 import { loadRecipe, Recipe, recipeInputs, Step } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
+import { finalModelStep, headlineLines, RunSize } from '../report/summary';
 import type { Context } from '../ui/progress';
 import { calibrate } from './calibrate';
 import { evalCommand, EvalReport } from './eval';
@@ -23,6 +26,8 @@ import { quantize } from './quantize';
 
 const STEP_RECORD = 'moe-step.json';
 const EVAL_FILE = 'eval.json';
+/** What the latest run did with each step: { steps: [{ step, kind, status: 'ran' | 'reused' }] }. */
+export const RUN_RECORD = 'moe-run.json';
 
 export interface StepReport {
   step: number;
@@ -41,6 +46,8 @@ export interface RunReport {
   model: string;
   output: string;
   steps: StepReport[];
+  /** The original's and the final model's weight files (src/io/size.ts); absent in a dry run. */
+  size?: RunSize;
   seconds: number;
   /** --dry-run: the steps' plan only (skipped = would be reused); nothing was written. */
   dry_run?: boolean;
@@ -52,10 +59,6 @@ const sha = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).diges
 function modelKey(dir: string): string {
   const ckpt = openCheckpoint(dir);
   return sha({ fingerprint: fingerprint(ckpt), shards: ckpt.shards.map((s) => [path.basename(s), fs.statSync(s).size, fs.statSync(s).mtimeMs]) });
-}
-
-function folderBytes(dir: string): number {
-  return fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 }
 
 export async function run(file: string, ctx: Context, opts: { fresh?: boolean; dryRun?: boolean; reportHtml?: string } = {}): Promise<RunReport> {
@@ -77,6 +80,8 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
   const reports: StepReport[] = [];
   // One bar for the whole recipe; each step's own phases show below it.
   const task = ctx.task(`run ${path.basename(file)}`, recipe.steps.length);
+  const runRecord = path.join(recipe.output, RUN_RECORD);
+  if (!opts.dryRun) fs.rmSync(runRecord, { force: true });
   for (let i = 0; i < recipe.steps.length; i++) {
     const s: Step = recipe.steps[i];
     const stepProgress = ctx.progress(`step ${i + 1} ${s.kind}`, 1, 'steps');
@@ -166,6 +171,8 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
     }
     reports.push(report);
     stepProgress.done();
+    // Rewritten after every step, so a run stopped by a failure records what it did.
+    if (!opts.dryRun) fs.writeFileSync(runRecord, JSON.stringify({ steps: reports.map((r) => ({ step: r.step, kind: r.kind, status: r.skipped ? 'reused' : 'ran' })) }, null, 1) + '\n');
     // What the next step receives.
     if (s.kind === 'calibrate') stats = { dir: out, key, forModel: modelK };
     if (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.format !== 'gguf')) {
@@ -174,7 +181,10 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
     }
   }
   task.done();
-  return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000, ...(opts.dryRun ? { dry_run: true } : {}) };
+  if (opts.dryRun) return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000, dry_run: true };
+  const last = finalModelStep(reports);
+  const size = { before: weightBytes(recipe.model), after: weightBytes(last < 0 ? recipe.model : reports[last].output) };
+  return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, size, seconds: (Date.now() - started) / 1000 };
 }
 
 /** `moe run --dry-run`: each step, whether it would run or its output would be reused. */
@@ -186,23 +196,9 @@ export function formatRunPlan(r: RunReport): string {
 
 export function formatRun(r: RunReport): string {
   const lines = ['', 'step  kind        line   seconds  result'];
-  for (const s of r.steps) lines.push(`${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${s.skipped ? ' skipped' : s.seconds.toFixed(2).padStart(8)}  ${s.detail}`);
-  const evals = r.steps.filter((s) => s.eval);
-  if (evals.length) {
-    const first = evals[0].eval!;
-    const last = evals[evals.length - 1].eval!;
-    const before = first.baseline_perplexity ?? first.perplexity;
-    lines.push('', `perplexity before ${before.toFixed(2)}, after ${last.perplexity.toFixed(2)} (${last.ppl_increase_pct !== undefined ? `${last.ppl_increase_pct >= 0 ? '+' : ''}${last.ppl_increase_pct.toFixed(2)}%` : 'no baseline'})`);
-    lines.push(`size      before ${(folderBytesSafe(r.model) / 1e6).toFixed(2)} MB, after ${(last.bytes / 1e6).toFixed(2)} MB`);
-  }
+  // A reused step shows "reused" where a step that ran shows its seconds.
+  for (const s of r.steps) lines.push(`${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${(s.skipped ? 'reused' : s.seconds.toFixed(2)).padStart(8)}  ${s.detail}`);
+  lines.push('', ...headlineLines(r.steps, r.size));
   lines.push(`outputs in ${r.output}; ${r.seconds.toFixed(1)} s`);
   return lines.join('\n');
-}
-
-function folderBytesSafe(dir: string): number {
-  try {
-    return folderBytes(dir);
-  } catch {
-    return 0;
-  }
 }

@@ -10,14 +10,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UsageError } from '../errors';
-import { moeVersion } from '../version';
+import { VERSION } from '../version';
 
 /** The record only moe writes, in every folder it writes. */
 export const OUTPUT_MARKER = 'moe-output.json';
 /** GGUF metadata key naming the program that wrote the file ("moe 0.1.0"). */
 export const GGUF_WRITER_KEY = 'moe.writer';
 
-export const MOE_VERSION = moeVersion();
+export const MOE_VERSION = VERSION;
 export const WRITER = `moe ${MOE_VERSION}`;
 /** The line in a report's <head> that marks it as moe's. */
 export const HTML_GENERATOR = `<meta name="generator" content="${WRITER}">`;

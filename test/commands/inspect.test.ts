@@ -67,7 +67,12 @@ describe('moe inspect on generated checkpoints', () => {
     // Active params: everything but the routed experts, plus top_k of them per MoE layer.
     const perExpert = report.params_experts / (want.moe_layers.length * report.experts_per_layer[0]);
     expect(report.params_active).toBe(report.params_total - report.params_experts + perExpert * want.moe_layers.length * report.top_k);
-    expect(Object.values(report.dtypes).reduce((s, d) => s + d.bytes, 0)).toBe(report.bytes);
+    // The size is the weight files' bytes (every shard, headers included); the dtype breakdown sums tensor data.
+    expect(Object.values(report.dtypes).reduce((s, d) => s + d.bytes, 0)).toBe(report.bytes_tensors);
+    const files = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors'));
+    expect(files.length).toBeGreaterThan(1);
+    expect(report.bytes).toBe(files.reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0));
+    expect(report.bytes - report.bytes_tensors).toBe(files.reduce((s, f) => s + 8 + rawHeader(path.join(dir, f)).n, 0));
   });
 
   test('inspect reads headers only: bytes read are far below the file size', async () => {
@@ -86,5 +91,8 @@ describe('moe inspect on generated checkpoints', () => {
     expect(r.stdout).toMatch(/layers\s+3 \(2 MoE, 1 dense\)/);
     expect(r.stdout).toMatch(/sigmoid, top-2, renormalised, 2 groups, best 1, × 2\.5, selection bias/);
     expect(r.stdout).toMatch(/^\s+0\s+dense\s+0/m);
+    // The size line: the weight file's bytes in decimal MB with two decimals.
+    const bytes = fs.statSync(path.join(dir, 'model.safetensors')).size;
+    expect(r.stdout).toContain(`size           ${(bytes / 1e6).toFixed(2)} MB in 1 shard(s)`);
   });
 });

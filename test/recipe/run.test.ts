@@ -4,7 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { run } from '../../src/commands/run';
+import { formatRun, run, RunReport } from '../../src/commands/run';
 import { loadRecipe } from '../../src/recipe/recipe';
 import { quiet, ROOT, runCli, tmpDir } from '../helpers';
 
@@ -18,6 +18,16 @@ function recipe(dir: string, body: string): string {
 }
 
 const CALIB = `  - calibrate:\n      data: ${TEXT}/calib.txt\n      seq_len: 128\n      max_tokens: 2048\n`;
+/** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
+const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+
+/** The latest run's record of each step, and the status column of its printed table. */
+function statuses(r: RunReport): { record: string[]; printed: string[] } {
+  const record = JSON.parse(fs.readFileSync(path.join(r.output, 'moe-run.json'), 'utf8')).steps.map((s: { status: string }) => s.status);
+  const printed = formatRun(r).split('\n').filter((l) => /^\s+\d+\s{2}\w/.test(l)).map((l) => l.trim().split(/\s+/)[3]);
+  return { record, printed };
+}
+
 const EVAL = `  - eval: { data: ${TEXT}/eval.txt, seq_len: 128, max_tokens: 1024, baseline: original }\n`;
 
 describe('recipes', () => {
@@ -55,12 +65,22 @@ describe('recipes', () => {
     expect(q.num_local_experts ?? q.num_experts).toBe(6);
     expect(q.quantization_config.bits).toBeGreaterThanOrEqual(4);
     expect(JSON.parse(fs.readFileSync(path.join(dir, 'out', 'recipe.json'), 'utf8')).steps).toHaveLength(4);
+    expect(statuses(first).record).toEqual(['ran', 'ran', 'ran', 'ran']);
+    // Sizes: the weight files' bytes, before = the original, after = the final model (the quantized one), in MB.
+    expect(first.size).toEqual({ before: filesBytes(MODEL), after: filesBytes(path.join(dir, 'out', '03-quantize')) });
+    expect(ev.bytes).toBe(first.size!.after);
+    expect(formatRun(first)).toContain(`size      before ${(filesBytes(MODEL) / 1e6).toFixed(2)} MB, after ${(first.size!.after / 1e6).toFixed(2)} MB`);
     const second = await run(file, quiet);
     expect(second.steps.map((s) => s.skipped)).toEqual([true, true, true, true]);
+    // A reused step is reported as reused (in the record the HTML report reads, and in the printed table), not ran.
+    expect(statuses(second)).toEqual({ record: ['reused', 'reused', 'reused', 'reused'], printed: ['reused', 'reused', 'reused', 'reused'] });
     expect(second.steps[3].eval!.perplexity).toBe(ev.perplexity);
     fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('bits: 4', 'bits: 8'));
     const third = await run(file, quiet);
     expect(third.steps.map((s) => s.skipped)).toEqual([true, true, false, false]);
+    expect(statuses(third).record).toEqual(['reused', 'reused', 'ran', 'ran']);
+    expect(statuses(third).printed.slice(0, 2)).toEqual(['reused', 'reused']);
+    expect(statuses(third).printed.slice(2).every((x) => /^\d+\.\d\d$/.test(x))).toBe(true);
     expect(third.steps[3].eval!.perplexity).toBeLessThan(ev.perplexity);
   }, 120_000);
 });
