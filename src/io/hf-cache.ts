@@ -34,6 +34,8 @@ export function parseRepoId(spec: string): RepoSpec | undefined {
   // huggingface_hub refuses "--" and ".." in ids; a revision never climbs out of refs/ or snapshots/.
   if ([org, name].some((s) => s.includes('--') || s.includes('..') || s.endsWith('.') || s.endsWith('-'))) return undefined;
   if (rev !== undefined && rev.split('/').some((p) => p === '' || p === '.' || p === '..')) return undefined;
+  // A missing `out/model.gguf` or `dir/model.safetensors` is a missing file, not a repository.
+  if (/\.(gguf|safetensors|json|bin)$/i.test(name)) return undefined;
   return { org, name, revision: rev ?? 'main', explicitRevision: rev !== undefined };
 }
 

@@ -65,7 +65,7 @@ describe('repository ids', () => {
   test('parsed as huggingface_hub spells them; paths are not ids', () => {
     expect(parseRepoId('Qwen/Qwen3-30B-A3B')).toEqual({ org: 'Qwen', name: 'Qwen3-30B-A3B', revision: 'main', explicitRevision: false });
     expect(parseRepoId('acme/tiny-moe@v1.0')).toEqual({ org: 'acme', name: 'tiny-moe', revision: 'v1.0', explicitRevision: true });
-    for (const notId of ['./nope', 'nope', '/abs/x', '../a/b', 'a/b/c', 'a--b/c', 'a/b@../x', 'a/..', 'a/b@']) expect(parseRepoId(notId)).toBeUndefined();
+    for (const notId of ['./nope', 'nope', '/abs/x', '../a/b', 'a/b/c', 'a--b/c', 'a/b@../x', 'a/..', 'a/b@', 'out/model.gguf', 'm/model.safetensors']) expect(parseRepoId(notId)).toBeUndefined();
   });
 
   test('the cache folder: HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub', () => {
