@@ -90,7 +90,7 @@ export function resolveModel(given: string, base = process.cwd()): string {
   const local = path.resolve(base, given);
   if (fs.existsSync(local)) return local;
   const spec = parseRepoId(given);
-  if (!spec) throw new CheckpointError('model folder does not exist', { file: given, hint: 'check the path, or give a repository id (ORG/NAME) that is in the Hugging Face cache' });
+  if (!spec) throw new CheckpointError('model folder does not exist', { file: given, hint: 'check the path' });
   return snapshotFor(spec, given, local);
 }
 
