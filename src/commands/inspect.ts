@@ -1,4 +1,5 @@
 /** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
+import * as path from 'node:path';
 import { openCheckpoint } from '../io/checkpoint';
 import { modelName } from '../io/hf-cache';
 import { numel } from '../io/safetensors';

@@ -11,7 +11,7 @@ import type { BackendName } from '../backend/backend';
 import { GateError } from '../errors';
 import { openCheckpoint } from '../io/checkpoint';
 import { createFolder, withoutTimings } from '../io/output';
-import { loadRecipe, Recipe, recipeModel, Step } from '../recipe/recipe';
+import { loadRecipe, Recipe, Step } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import type { Context } from '../ui/progress';
 import { calibrate } from './calibrate';
@@ -19,6 +19,7 @@ import { evalCommand, EvalReport } from './eval';
 import { merge } from './merge';
 import { prune } from './prune';
 import { quantize } from './quantize';
+import { modelNamedIn } from '../io/hf-cache';
 
 const STEP_RECORD = 'moe-step.json';
 const EVAL_FILE = 'eval.json';
@@ -130,7 +131,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean } 
           break;
         }
         case 'eval': {
-          const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : recipeModel(o.baseline, path.dirname(recipe.file), `step ${i + 1} (line ${s.line}): eval.baseline`, recipe.file);
+          const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : modelNamedIn(o.baseline, path.dirname(recipe.file), `step ${i + 1} (line ${s.line}): eval.baseline`, recipe.file);
           const r: EvalReport = await evalCommand({ model, data: o.data, seqLen: o.seq_len ?? 2048, maxTokens: o.max_tokens, baseline: base, maxPplIncrease: o.max_ppl_increase, backend, threads: recipe.threads }, ctx);
           fs.mkdirSync(out, { recursive: true });
           fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(withoutTimings(r), null, 1) + '\n');

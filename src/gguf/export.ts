@@ -10,7 +10,6 @@ import * as path from 'node:path';
 import { CalibrationStats, fingerprint, inputStatsName } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { modelName } from '../io/hf-cache';
 import { checkFileDestination, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
@@ -205,7 +204,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     const counts = new Map<GgmlType, number>();
     for (const r of reports) if (weights.some((w) => w.name === r.name)) counts.set(r.type, (counts.get(r.type) ?? 0) + r.params);
     const main = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'F32';
-    const metadata = [...model.metadata, ['general.name', { type: 'string', value: modelName(ckpt.dir) }] as const, ['general.file_type', { type: 'u32', value: FILE_TYPE[main] ?? 7 }] as const, ...vocab] as ConstructorParameters<typeof GgufWriter>[1];
+    const metadata = [...model.metadata, ['general.name', { type: 'string', value: path.basename(ckpt.dir) }] as const, ['general.file_type', { type: 'u32', value: FILE_TYPE[main] ?? 7 }] as const, ...vocab] as ConstructorParameters<typeof GgufWriter>[1];
     const weightReports = reports.filter((r) => typeOf.has(r.name));
     const report: GgufReport = {
       model: ckpt.dir,

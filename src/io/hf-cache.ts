@@ -95,6 +95,23 @@ export function resolveModel(given: string, base = process.cwd()): string {
 }
 
 /**
+ * A model named in a file such as a recipe (relative to `dir`, the file's folder): a folder, else a repository id in
+ * the local Hugging Face cache. A missing one is bad input (exit 3), its message starting with `where` (the line).
+ */
+export function modelNamedIn(given: string, dir: string, where: string, file: string): string {
+  const local = path.resolve(dir, given);
+  if (fs.existsSync(local)) return local;
+  const spec = parseRepoId(given);
+  if (!spec) throw new CheckpointError(`${where}: the model folder ${local} does not exist`, { file, hint: 'fix the path (relative to the folder of that file), or give a repository id (ORG/NAME) that is in the Hugging Face cache' });
+  try {
+    return snapshotFor(spec, given, local);
+  } catch (e) {
+    if (e instanceof CheckpointError) throw new CheckpointError(`${where}: ${e.message}`, { file, hint: e.hint });
+    throw e;
+  }
+}
+
+/**
  * When `realDir` (a real path) is a snapshot of a cached repository (…/models--ORG--NAME/snapshots/REV), the real
  * path of that repository's blobs/ folder, which its files link into; otherwise undefined.
  */

@@ -17,9 +17,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { modelNamedIn } from '../io/hf-cache';
 import { Document, isMap, isSeq, LineCounter, parseDocument, Scalar, YAMLMap } from 'yaml';
-import { CheckpointError, UsageError } from '../errors';
-import { parseRepoId, snapshotFor } from '../io/hf-cache';
+import { UsageError } from '../errors';
 
 export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
 
@@ -103,7 +103,7 @@ export function loadRecipe(file: string): Recipe {
     if (typeof node.value !== 'string') fail(at(node), `"${key}" must be a string`);
     return node.value as string;
   };
-  const model = recipeModel(str('model', true)!, dir, `${path.basename(abs)} line ${at(top.get('model', true))}`, abs);
+  const model = modelNamedIn(str('model', true)!, dir, `${path.basename(abs)} line ${at(top.get('model', true))}`, abs);
   const output = path.resolve(dir, str('output', true)!);
   const backend = str('backend', false);
   if (backend !== undefined && !['onnx', 'ref', 'tfjs'].includes(backend)) fail(at(top.get('backend', true)), `backend "${backend}" is not onnx, ref or tfjs`);
@@ -130,28 +130,11 @@ export function loadRecipe(file: string): Recipe {
     }
     for (const r of REQUIRED[kind as StepKind]) if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
     const baseline = options.baseline;
-    if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original') recipeModel(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);
+    if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original') modelNamedIn(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);
     steps.push({ kind: kind as StepKind, options, line: at(pair.key) });
   }
   checkFlow(steps, fail);
   return { file: abs, model, output, backend, threads: threadsNode?.value as number | undefined, steps };
-}
-
-/**
- * A model named in a recipe (relative to the recipe's folder): a folder, else a repository id in the local Hugging
- * Face cache. A missing one is bad input (exit 3), named with the recipe's line.
- */
-export function recipeModel(given: string, dir: string, where: string, file: string): string {
-  const local = path.resolve(dir, given);
-  if (fs.existsSync(local)) return local;
-  const spec = parseRepoId(given);
-  if (!spec) throw new CheckpointError(`${where}: the model folder ${local} does not exist`, { file, hint: 'fix the path (relative to the recipe), or give a repository id (ORG/NAME) that is in the Hugging Face cache' });
-  try {
-    return snapshotFor(spec, given, local);
-  } catch (e) {
-    if (e instanceof CheckpointError) throw new CheckpointError(`${where}: ${e.message}`, { file, hint: e.hint });
-    throw e;
-  }
 }
 
 function checkValue(node: unknown, type: OptionType, name: string, line: number, dir: string, fail: (line: number, what: string, hint?: string) => never, at: (n: unknown) => number): unknown {
