@@ -56,7 +56,7 @@ export function buildCli(): Command {
   program
     .command('convert')
     .description('re-shard a checkpoint and optionally cast its floating tensors, streaming tensor by tensor')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
     .requiredOption('-o, --output <dir>', 'destination folder (must not exist unless --force)')
     .addOption(new Option('--dtype <dtype>', 'cast floating tensors').choices(['bf16', 'f16', 'f32']))
     .option('--max-shard-size <size>', 'largest shard, e.g. 5GB, 500MB, 2GiB', '5GB')
@@ -76,7 +76,7 @@ export function buildCli(): Command {
   program
     .command('calibrate')
     .description('run the model once over calibration text and record the statistics prune, merge and quantize use')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
     .requiredOption('-o, --output <dir>', 'stats folder to write (stats.safetensors + stats.json)')
     .option('--data <file>', 'calibration data: .txt, .jsonl or pre-tokenized .json (default: the bundled generic text)')
     .option('--seq-len <n>', 'window length in tokens', '2048')
@@ -121,7 +121,7 @@ export function buildCli(): Command {
   reductionOptions(program
     .command('prune')
     .description('drop routed experts (the same number in every MoE layer) and write a plain checkpoint')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
     .addOption(new Option('--method <name>', 'how experts are chosen').choices(['frequency', 'soft-frequency', 'reap', 'naee', 'random']).makeOptionMandatory())
     .option('--protect-super-experts', 'never drop super experts (extreme down_proj outputs)')
     .option('--super-factor <f>', 'super expert: largest |down_proj output| above F × the layer median', '5')
@@ -147,7 +147,7 @@ export function buildCli(): Command {
   reductionOptions(program
     .command('merge')
     .description('merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
     .addOption(new Option('--method <name>', 'how experts are grouped and merged').choices(['msmoe', 'hcsmoe', 'average']).makeOptionMandatory())
     .addOption(new Option('--similarity <kind>', 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)').choices(['router-logits', 'expert-output', 'weights']))
     .addOption(new Option('--linkage <kind>', 'hcsmoe linkage').choices(['single', 'complete', 'average']).default('average'))
@@ -173,7 +173,7 @@ export function buildCli(): Command {
   program
     .command('quantize')
     .description('quantize the decoder\'s linear weights (RTN or GPTQ), uniform or with bits allocated by a linear program')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
     .option('--bits <b>', 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)')
     .requiredOption('-o, --output <dir>', 'destination folder')
     .option('--group-size <n>', 'weights per scale and zero point, along the input dimension', '128')
@@ -318,7 +318,7 @@ export function buildCli(): Command {
   program
     .command('verify')
     .description('re-open a checkpoint and check it whole: shards, index, config against tensors, packed weights; --nan: every value finite')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
     .option('--nan', 'also read every floating value and fail on NaN or Inf')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe verify ./model-int4\n  moe verify ./model --nan --json')
@@ -336,7 +336,7 @@ export function buildCli(): Command {
     .requiredOption('--data <file>', '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)')
     .option('--seq-len <n>', 'window length in tokens', '2048')
     .option('--max-tokens <n>', 'use only the first N tokens of the data')
-    .option('--baseline <model>', 'compare against this model (usually the uncompressed one)')
+    .option('--baseline <model>', 'compare against this model (usually the uncompressed one; a folder or ORG/NAME[@REV])')
     .option('--max-ppl-increase <pct>', 'CI gate: exit 1 when perplexity is more than PCT % above the baseline\'s')
     .option('--dump-logits <file>', 'write every position\'s logits to a safetensors file')
     .addOption(new Option('--backend <name>', 'matmul backend').choices(['onnx', 'ref', 'tfjs']).default('onnx'))

@@ -1,6 +1,7 @@
 /** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
 import * as path from 'node:path';
 import { openCheckpoint } from '../io/checkpoint';
+import { modelName } from '../io/hf-cache';
 import { numel } from '../io/safetensors';
 import { loadArchitecture } from '../model/registry';
 import type { RoutingRule } from '../model/arch';
@@ -145,7 +146,7 @@ export function formatInspect(r: InspectReport): string {
     routing.correctionBias ? 'selection bias' : '',
   ].filter(Boolean);
   const lines = [
-    `model          ${path.basename(r.model)} (${r.model_type})`,
+    `model          ${modelName(r.model)} (${r.model_type})`,
     `layers         ${r.num_layers} (${r.moe_layers.length} MoE, ${r.num_layers - r.moe_layers.length} dense)`,
     `experts        ${r.experts_per_layer[0] ?? 0} routed per MoE layer, width ${r.expert_width}, ${r.shared_experts} shared`,
     `routing        ${routeText.join(', ')}`,

@@ -23,6 +23,7 @@ import { evalCommand, EvalReport } from './eval';
 import { merge } from './merge';
 import { prune } from './prune';
 import { quantize } from './quantize';
+import { modelNamedIn } from '../io/hf-cache';
 
 const STEP_RECORD = 'moe-step.json';
 const EVAL_FILE = 'eval.json';
@@ -151,7 +152,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
           break;
         }
         case 'eval': {
-          const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : path.resolve(path.dirname(recipe.file), o.baseline);
+          const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : modelNamedIn(o.baseline, path.dirname(recipe.file), `step ${i + 1} (line ${s.line}): eval.baseline`, recipe.file);
           const r: EvalReport = await evalCommand({ model, data: o.data, seqLen: o.seq_len ?? 2048, maxTokens: o.max_tokens, baseline: base, maxPplIncrease: o.max_ppl_increase, backend, threads: recipe.threads }, ctx);
           fs.mkdirSync(out, { recursive: true });
           writeMarker(out, 'run (eval step)');

@@ -10,6 +10,8 @@ import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetenso
 import { readIndex, INDEX_FILE } from './index-file';
 import { logicalTensors, PackedParts, withoutPackedKeys } from '../quant/format';
 import { dequantizePacked } from '../quant/pack';
+import { resolveModel, snapshotBlobs } from './hf-cache';
+import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -47,7 +49,16 @@ export function readConfig(dir: string): Config {
   return json as Config;
 }
 
-/** Resolves a shard name from an index, refusing names that leave the model folder (also through symlinks). */
+const inside = (folder: string, p: string) => {
+  const rel = path.relative(folder, p);
+  return !rel.startsWith('..') && !path.isAbsolute(rel);
+};
+
+/**
+ * Resolves a shard name from an index, refusing names that leave the model folder (also through symlinks). In a
+ * Hugging Face cache snapshot (models--ORG--NAME/snapshots/REV) the files are links into the repository's blobs/
+ * folder: those are accepted, and every other link out of the folder is still refused.
+ */
 export function resolveInside(dir: string, name: string, what: string, file: string): string {
   if (typeof name !== 'string' || name === '' || path.isAbsolute(name) || name.split(/[\\/]/).includes('..')) {
     throw new CheckpointError(`${what} ${JSON.stringify(name)} points outside the model folder`, { file, hint: 'shard names in the index must be plain file names inside the model folder' });
@@ -60,8 +71,11 @@ export function resolveInside(dir: string, name: string, what: string, file: str
     throw new CheckpointError(`${what} ${JSON.stringify(name)} does not exist`, { file, hint: 'the checkpoint is incomplete; re-download the missing shard' });
   }
   const realDir = fs.realpathSync(dir);
-  if (path.relative(realDir, real).startsWith('..') || path.isAbsolute(path.relative(realDir, real))) {
-    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside the model folder (to ${real})`, { file, hint: `copy the ${what} into the model folder instead of linking it` });
+  if (!inside(realDir, real)) {
+    const blobs = snapshotBlobs(realDir);
+    if (blobs && inside(blobs, real)) return full;
+    const where = blobs ? "the model folder and its repository's blobs/ folder" : 'the model folder';
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside ${where} (to ${real})`, { file, hint: `copy the ${what} into the model folder instead of linking it` });
   }
   return full;
 }
@@ -76,8 +90,8 @@ export function besideWeights(dir: string, name: string): string | undefined {
 }
 
 function listShards(dir: string): { shards: string[]; weightMap?: Map<string, string> } {
-  const indexFile = path.join(dir, INDEX_FILE);
-  if (fs.existsSync(indexFile)) {
+  const indexFile = besideWeights(dir, INDEX_FILE);
+  if (indexFile) {
     const { weightMap, shards } = readIndex(indexFile);
     return { shards: shards.map((s) => resolveInside(dir, s, 'shard', indexFile)), weightMap };
   }
@@ -101,17 +115,16 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
   return { shards: shards.map((s) => resolveInside(dir, s, 'shard', dir)) };
 }
 
-/** Opens a checkpoint folder: config plus every shard's header. Reads no tensor data. */
+/**
+ * Opens a checkpoint: config plus every shard's header. Reads no tensor data. `dir` is a folder, or a repository id
+ * (ORG/NAME[@REVISION]) found in the local Hugging Face cache when no folder of that path exists (src/io/hf-cache.ts).
+ * A checkpoint stored quantized in a format moe does not decode is refused here, for every command.
+ */
 export function openCheckpoint(dir: string): Checkpoint {
-  const abs = path.resolve(dir);
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(abs);
-  } catch {
-    throw new CheckpointError('model folder does not exist', { file: dir, hint: 'check the path' });
-  }
-  if (!st.isDirectory()) throw new CheckpointError('not a folder', { file: dir, hint: 'MODEL is the folder holding config.json and the *.safetensors files' });
+  const abs = resolveModel(dir);
+  if (!fs.statSync(abs).isDirectory()) throw new CheckpointError('not a folder', { file: dir, hint: 'MODEL is the folder holding config.json and the *.safetensors files' });
   const config = readConfig(abs);
+  checkConfigNotQuantized(config, path.join(abs, 'config.json'));
   const bytesRead = { value: 0 };
   const { shards, weightMap } = listShards(abs);
   const headers: SafetensorsHeader[] = shards.map((s) => readHeader(s, (n) => (bytesRead.value += n)));
@@ -124,7 +137,9 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  return { dir: abs, config, tensors: logicalTensors(headers, tensors), shards, metadata: withoutPackedKeys(headers[0]?.metadata ?? {}), indexed: !!weightMap, bytesRead };
+  const logical = logicalTensors(headers, tensors);
+  checkTensorsNotQuantized(logical);
+  return { dir: abs, config, tensors: logical, shards, metadata: withoutPackedKeys(headers[0]?.metadata ?? {}), indexed: !!weightMap, bytesRead };
 }
 
 /** A single safetensors file (stats, golden references, dumps) opened like a checkpoint with no config. */

@@ -17,6 +17,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { modelNamedIn } from '../io/hf-cache';
 import { Document, isMap, isSeq, LineCounter, parseDocument, Scalar, YAMLMap } from 'yaml';
 import { UsageError } from '../errors';
 import { overlap } from '../io/ownership';
@@ -103,8 +104,7 @@ export function loadRecipe(file: string): Recipe {
     if (typeof node.value !== 'string') fail(at(node), `"${key}" must be a string`);
     return node.value as string;
   };
-  const model = path.resolve(dir, str('model', true)!);
-  if (!fs.existsSync(model)) fail(at(top.get('model', true)), `the model folder ${model} does not exist`);
+  const model = modelNamedIn(str('model', true)!, dir, `${path.basename(abs)} line ${at(top.get('model', true))}`, abs);
   const output = path.resolve(dir, str('output', true)!);
   const backend = str('backend', false);
   if (backend !== undefined && !['onnx', 'ref', 'tfjs'].includes(backend)) fail(at(top.get('backend', true)), `backend "${backend}" is not onnx, ref or tfjs`);
@@ -130,6 +130,8 @@ export function loadRecipe(file: string): Recipe {
       options[name] = checkValue(opt.value, type, `${kind}.${name}`, line, dir, fail, at);
     }
     for (const r of REQUIRED[kind as StepKind]) if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
+    const baseline = options.baseline;
+    if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original') modelNamedIn(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);
     steps.push({ kind: kind as StepKind, options, line: at(pair.key) });
   }
   checkFlow(steps, fail);

@@ -248,7 +248,7 @@ const CASES: Case[] = [
   ['a recipe with a wrong type (keep: four)', 2, /recipe\.yaml line 5: prune\.keep must be an integer, not "four"/, (work) => ['run', recipe(work, `${RECIPE_HEAD}  - prune: { method: frequency, keep: four }\n`)]],
   ['a recipe with an unknown step', 2, /recipe\.yaml line 5: unknown step "distill"/, (work) => ['run', recipe(work, `${RECIPE_HEAD}  - distill: { keep: 4 }\n`)]],
   ['a recipe with an unknown option', 2, /recipe\.yaml line 5: "prune" has no option "speed"/, (work) => ['run', recipe(work, `${RECIPE_HEAD}  - prune: { method: frequency, keep: 4, speed: fast }\n`)]],
-  ['a recipe whose model path is missing', 2, /recipe\.yaml line 1: the model folder .*nowhere does not exist/, (work) => ['run', recipe(work, RECIPE_HEAD.replace('MODEL', path.join(work, 'nowhere')))]],
+  ['a recipe whose model path is missing', 3, /recipe\.yaml line 1: the model folder .*nowhere does not exist/, (work) => ['run', recipe(work, RECIPE_HEAD.replace('MODEL', path.join(work, 'nowhere')))]],
   ['token ids outside the vocabulary (eval)', 3, /not an array of token ids below the vocabulary size 128/, (work) => {
     const f = path.join(work, 'ids.json');
     fs.writeFileSync(f, JSON.stringify([[1, 2, 3, 500, 4, 5]]));
