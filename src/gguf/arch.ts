@@ -182,3 +182,16 @@ export function permuteRows(w: Float32Array, rows: number, cols: number, heads: 
   }
   return out;
 }
+
+/** The inverse of permuteRows: llama.cpp's interleaved q/k rows back to HF's rotate-half order. */
+export function unpermuteRows(w: Float32Array, rows: number, cols: number, heads: number): Float32Array {
+  const d = rows / heads;
+  const out = new Float32Array(w.length);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < d / 2; i++) {
+      out.set(w.subarray((h * d + 2 * i) * cols, (h * d + 2 * i + 1) * cols), (h * d + i) * cols);
+      out.set(w.subarray((h * d + 2 * i + 1) * cols, (h * d + 2 * i + 2) * cols), (h * d + d / 2 + i) * cols);
+    }
+  }
+  return out;
+}
