@@ -75,6 +75,9 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
     if (rope.original_max_position_embeddings !== undefined) metadata.push([k('rope.scaling.original_context_length'), u32(Number(rope.original_max_position_embeddings))]);
     // DeepSeek's YaRN scales attention by mscale_all_dim (convert_hf_to_gguf.py: yarn_log_multiplier = 0.1 × mscale_all_dim).
     if (rope.rope_type === 'yarn' && att.kind === 'mla' && rope.mscale_all_dim !== undefined) metadata.push([k('rope.scaling.yarn_log_multiplier'), f32(0.1 * Number(rope.mscale_all_dim))]);
+    if (rope.rope_type === 'yarn' && att.kind === 'mla' && rope.mscale_all_dim !== undefined && Number(rope.mscale ?? 1) !== Number(rope.mscale_all_dim)) {
+      warnings.push(`GGUF keeps only mscale_all_dim (${rope.mscale_all_dim}) and llama.cpp takes mscale equal to it; this ${a.modelType} has mscale ${rope.mscale ?? 1}, so llama.cpp's rotary scale differs`);
+    }
   }
   if (att.kind === 'mla') {
     // llama.cpp runs MLA as multi-query attention over the compressed latent (convert_hf_to_gguf.py's DeepseekV2Model).
