@@ -170,7 +170,7 @@ function inspectGguf(file: string): InspectReport {
     shards: 1,
     extra_tensors: 0,
     layers,
-    bytes_read: g.gguf.dataStart,
+    bytes_read: g.gguf.bytesRead,
     gguf: { architecture: String(g.gguf.metadata.get('general.architecture')), file_bytes: g.gguf.fileSize, bits_per_weight: (8 * bytes) / params },
   };
 }

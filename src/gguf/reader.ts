@@ -31,6 +31,8 @@ export interface GgufFile {
   /** Where the tensor data starts (the header, padded to the alignment). */
   dataStart: number;
   fileSize: number;
+  /** Bytes of the file read to parse the header (whole chunks, at most a little past its end). */
+  bytesRead: number;
 }
 
 function bad(file: string, what: string): CheckpointError {
@@ -143,5 +145,5 @@ function parse(fd: number, file: string, fileSize: number): GgufFile {
   const alignment = Number(metadata.get('general.alignment') ?? GGUF_ALIGNMENT);
   if (!Number.isInteger(alignment) || alignment < 1) throw bad(file, `general.alignment ${alignment}`);
   const dataStart = Math.ceil(at / alignment) * alignment;
-  return { file, version, metadata, tensors: infos.map(({ rel, ...t }) => ({ ...t, offset: dataStart + rel })), dataStart, fileSize };
+  return { file, version, metadata, tensors: infos.map(({ rel, ...t }) => ({ ...t, offset: dataStart + rel })), dataStart, fileSize, bytesRead: buf.length };
 }
