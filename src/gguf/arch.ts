@@ -113,6 +113,12 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
       throw new CheckpointError(`GGUF output for olmoe with grouped-query attention (${att.kvHeads} key/value heads for ${att.heads}) is not supported by llama.cpp, whose OLMoE normalises k over all heads`, { file: a.dir });
     }
   }
+  // llama.cpp renormalises the top-k weights of qwen3moe and llama (Mixtral) and never of qwen2moe and olmoe
+  // (its build_moe_ffn calls); moe reads the file back the same way (src/gguf/config.ts).
+  const llamaNorm: Record<string, boolean> = { qwen3_moe: true, qwen2_moe: false, olmoe: false };
+  if (a.modelType in llamaNorm && a.routing.normTopK !== llamaNorm[a.modelType]) {
+    warnings.push(`llama.cpp ${llamaNorm[a.modelType] ? 'always' : 'never'} renormalises the top-k routing weights of ${arch}; this model has norm_topk_prob ${a.routing.normTopK}, so llama.cpp weighs the experts differently`);
+  }
   if (a.modelType === 'qwen2_moe' && a.moeLayers.length !== a.numLayers) {
     throw new CheckpointError('GGUF output for qwen2_moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by llama.cpp', { file: a.dir });
   }
