@@ -10,6 +10,7 @@ import { RefBackend } from '../../src/backend/ref';
 import { evalCommand } from '../../src/commands/eval';
 import { inspect } from '../../src/commands/inspect';
 import { loadTokenizer, tokenizerFromJson } from '../../src/eval/tokenizer';
+import { ggufModel } from '../../src/gguf/arch';
 import { exportGguf } from '../../src/gguf/export';
 import type { GgmlType } from '../../src/gguf/quants';
 import { readGguf } from '../../src/gguf/reader';
@@ -17,7 +18,8 @@ import { openGgufModel } from '../../src/gguf/source';
 import { ggufTokenizerJson } from '../../src/gguf/tokenizer';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
-import { loadArchitecture } from '../../src/model/registry';
+import { architectureFor, loadArchitecture } from '../../src/model/registry';
+import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
@@ -222,4 +224,16 @@ describe('every architecture read back from its F32 GGUF', () => {
     expect(d.g.arch.routing.nGroup).toBe(2);
     expect(maxDiff(d.got, d.want)).toBeLessThanOrEqual(1e-4);
   }, 30_000);
+
+  test('export warns where llama.cpp reads the file differently from the checkpoint', () => {
+    const warnings = (config: Record<string, unknown>) => {
+      const a = architectureFor(config, tmpDir());
+      return ggufModel(a, new Map(a.schema().map((t) => [t.name, t.shape]))).warnings.join('\n');
+    };
+    const ds = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'deepseek_v2', 'config.json'), 'utf8'));
+    expect(warnings(ds)).toMatch(/keeps only mscale_all_dim \(0\.5\).*mscale 1/);
+    expect(warnings({ ...ds, rope_parameters: { ...ds.rope_parameters, mscale: 0.5 } })).not.toMatch(/mscale/);
+    expect(warnings({ ...PRESETS.qwen3_moe, norm_topk_prob: false })).toMatch(/llama\.cpp always renormalises the top-k routing weights of qwen3moe/);
+    expect(warnings(PRESETS.qwen3_moe)).toBe('');
+  });
 });
