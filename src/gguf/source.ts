@@ -17,7 +17,7 @@ import type { Architecture } from '../model/arch';
 import { architectureFor } from '../model/registry';
 import { GgufSource, ggufModel, unpermuteRows } from './arch';
 import { configFromGguf } from './config';
-import { dequantizeRows, GGML_TYPE_ID, GgmlType, rowBytes } from './quants';
+import { blockSize, dequantizeRows, GGML_TYPE_ID, GgmlType, rowBytes } from './quants';
 import { GgufFile, GgufTensorInfo, readGguf, readRange } from './reader';
 
 const TYPE_BY_ID = new Map(Object.entries(GGML_TYPE_ID).map(([t, id]) => [id, t as GgmlType]));
@@ -68,7 +68,7 @@ function decodeInfo(g: GgufFile, t: GgufTensorInfo): GgufTensor {
   }
   const cols = t.shape[t.shape.length - 1] ?? 1;
   if (t.shape.length === 0 || t.shape.some((d) => !Number.isInteger(d) || d < 1)) throw new CheckpointError(`GGUF tensor "${t.name}" has shape [${t.shape}]`, { file: g.file, hint: 'the file is corrupt' });
-  if (ggml !== 'F32' && ggml !== 'F16' && ggml !== 'BF16' && cols % 32 !== 0) throw new CheckpointError(`GGUF tensor "${t.name}" is ${ggml} with rows of ${cols}, not whole blocks`, { file: g.file, hint: 'the file is corrupt' });
+  if (cols % blockSize(ggml) !== 0) throw new CheckpointError(`GGUF tensor "${t.name}" is ${ggml} with rows of ${cols}, not whole blocks`, { file: g.file, hint: 'the file is corrupt' });
   const bytes = rowsOf(t.shape) * rowBytes(ggml, cols);
   if (t.offset + bytes > g.fileSize) {
     throw new CheckpointError(`not a valid GGUF file: tensor "${t.name}" ends at byte ${t.offset + bytes}, past the end of the file (${g.fileSize} bytes)`, { file: g.file, hint: 'the file is truncated; write or download it again' });
