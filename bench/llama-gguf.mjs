@@ -12,8 +12,11 @@
  *
  *   npm run build && node bench/llama-gguf.mjs [--windows 8] [--seq-len 128] [--types q8_0,q4_k] [--bpw 4.5] [--json]
  *
+ * Each GGUF file is also evaluated by `moe eval FILE.gguf` (moe reading the GGUF back) on the same windows.
+ *
  * Acceptance (issue): on the Q8_0 file, argmax agreement ≥ 99% and perplexity within 1% of moe eval's; at the
- * --bpw budget the LP file has a lower llama.cpp perplexity than uniform Q4_K at the same or a smaller size.
+ * --bpw budget the LP file has a lower llama.cpp perplexity than uniform Q4_K at the same or a smaller size;
+ * for every file, `moe eval FILE.gguf` within 0.5% of llama.cpp's perplexity of it.
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -115,15 +118,27 @@ try {
     const { file, report } = make(label.replace(/[^a-z0-9.]/gi, '_'), argv);
     const e = await llamaEval(file);
     const agree = e.argmax.filter((a, i) => a === moeArgmax[i]).length / e.argmax.length;
-    rows.push({ label, bpw: report.bpw, file_bytes: fs.statSync(file).size, perplexity: e.perplexity, vs_moe_pct: 100 * (e.perplexity / mine.perplexity - 1), argmax_agreement: agree, seconds: e.seconds });
+    const g = JSON.parse(moe(['eval', file, '--data', idsFile, '--seq-len', String(T), '--json']));
+    rows.push({
+      label,
+      bpw: report.bpw,
+      file_bytes: fs.statSync(file).size,
+      perplexity: e.perplexity,
+      vs_moe_pct: 100 * (e.perplexity / mine.perplexity - 1),
+      argmax_agreement: agree,
+      seconds: e.seconds,
+      moe_gguf_perplexity: g.perplexity,
+      moe_gguf_vs_llama_pct: 100 * (g.perplexity / e.perplexity - 1),
+    });
   }
   const result = { windows: WINDOWS, seq_len: T, moe_perplexity: mine.perplexity, rows };
   if (JSON_OUT) console.log(JSON.stringify(result));
   else {
     console.log(`fixtures/tiny-moe, ${WINDOWS} windows × ${T} tokens of eval.txt; moe eval of the original (bf16): perplexity ${mine.perplexity.toFixed(3)}`);
-    console.log('| GGUF (llama.cpp) | bits/weight | file | perplexity | vs moe eval | argmax = moe eval |');
-    console.log('|---|---|---|---|---|---|');
-    for (const r of rows) console.log(`| ${r.label} | ${r.bpw.toFixed(3)} | ${(r.file_bytes / 1e6).toFixed(2)} MB | ${r.perplexity.toFixed(3)} | ${r.vs_moe_pct >= 0 ? '+' : ''}${r.vs_moe_pct.toFixed(2)}% | ${(100 * r.argmax_agreement).toFixed(1)}% |`);
+    const pct = (x, d = 2) => `${x >= 0 ? '+' : ''}${x.toFixed(d)}%`;
+    console.log('| GGUF (llama.cpp) | bits/weight | file | perplexity | vs moe eval | argmax = moe eval | moe eval of the GGUF | vs llama.cpp |');
+    console.log('|---|---|---|---|---|---|---|---|');
+    for (const r of rows) console.log(`| ${r.label} | ${r.bpw.toFixed(3)} | ${(r.file_bytes / 1e6).toFixed(2)} MB | ${r.perplexity.toFixed(3)} | ${pct(r.vs_moe_pct)} | ${(100 * r.argmax_agreement).toFixed(1)}% | ${r.moe_gguf_perplexity.toFixed(3)} | ${pct(r.moe_gguf_vs_llama_pct, 3)} |`);
   }
   const q8 = rows.find((r) => r.label === 'Q8_0');
   const q4 = rows.find((r) => r.label === 'Q4_K (imatrix)') ?? rows.find((r) => r.label === 'Q4_K');
@@ -131,6 +146,7 @@ try {
   let ok = true;
   if (q8 && (q8.argmax_agreement < 0.99 || Math.abs(q8.vs_moe_pct) > 1)) ok = false;
   if (q4 && lp && !(lp.perplexity < q4.perplexity && lp.file_bytes <= q4.file_bytes)) ok = false;
+  if (rows.some((r) => Math.abs(r.moe_gguf_vs_llama_pct) > 0.5)) ok = false;
   if (!JSON_OUT) console.log(ok ? 'checks passed' : 'FAILED: a check did not hold');
   if (!ok) process.exitCode = 1;
 } finally {

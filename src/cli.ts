@@ -45,7 +45,7 @@ export function buildCli(): Command {
   program
     .command('inspect')
     .description('show layers, experts, routing, parameters and bytes of a checkpoint (reads headers only)')
-    .argument('<model>', 'model folder (config.json + *.safetensors)')
+    .argument('<model>', 'model folder (config.json + *.safetensors) or a .gguf file')
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe inspect ./Qwen3-30B-A3B\n  moe inspect ./Mixtral-8x7B --json | jq .params_active')
     .action(async (model: string, opts: OutputOpts) => {
@@ -332,7 +332,7 @@ export function buildCli(): Command {
   program
     .command('eval')
     .description('perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed')
-    .argument('<model>', 'model folder')
+    .argument('<model>', 'model folder or a .gguf file')
     .requiredOption('--data <file>', '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)')
     .option('--seq-len <n>', 'window length in tokens', '2048')
     .option('--max-tokens <n>', 'use only the first N tokens of the data')

@@ -10,7 +10,9 @@ import type { BackendName } from '../backend/backend';
 import { GateError, UsageError } from '../errors';
 import { loadWindows, positionsWarning } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
-import { loadTokenizer } from '../eval/tokenizer';
+import { loadTokenizer, tokenizerFromJson } from '../eval/tokenizer';
+import { isGgufPath, openGgufModel } from '../gguf/source';
+import { ggufTokenizerJson } from '../gguf/tokenizer';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
@@ -85,10 +87,17 @@ function size(arch: Architecture, dir: string): SizeReport {
   return { params, bytes, bits_per_param: params ? (8 * bytes) / params : 0, quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits };
 }
 
+/** A model folder, or a .gguf file read back into the same shape (tensors by their Hugging Face names). */
 function open(dir: string) {
+  if (isGgufPath(dir)) {
+    const g = openGgufModel(dir);
+    const params = g.tensors.reduce((s, t) => s + t.params, 0);
+    const bytes = g.gguf.fileSize; // the size is the weight file's bytes (src/io/size.ts)
+    return { ckpt: g.ckpt, arch: g.arch, reader: g.reader as TensorReader, tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file), size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }) };
+  }
   const ckpt = openCheckpoint(dir);
   const arch = loadArchitecture(ckpt);
-  return { ckpt, arch, reader: new TensorReader(ckpt) };
+  return { ckpt, arch, reader: new TensorReader(ckpt), tokenizer: () => loadTokenizer(ckpt.dir), size: () => size(arch, dir) };
 }
 
 function validate(opts: EvalCommandOptions): void {
@@ -107,7 +116,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   if (b && b.arch.vocab !== m.arch.vocab) {
     throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, { file: opts.baseline, hint: 'compare models that share a tokenizer' });
   }
-  const set = loadWindows(opts.data, announceTokenizing(ctx, opts.data, () => loadTokenizer(m.ckpt.dir)), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const set = loadWindows(opts.data, announceTokenizing(ctx, opts.data, m.tokenizer), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
   const positions = positionsWarning(set, opts.seqLen, m.ckpt.config);
   if (positions) ctx.warn(positions);
   const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
@@ -143,7 +152,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     tokens: totals.tokens,
     positions: totals.positions,
     windows: totals.windows,
-    size: size(m.arch, m.ckpt.dir),
+    size: m.size(),
     seconds,
     tokens_per_second: totals.tokens / seconds,
     backend: be.name,
@@ -158,7 +167,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
       kl_mean: totals.klSum! / totals.positions,
       top1_agreement: totals.top1Agree! / totals.positions,
       routing_agreement: [...totals.routing!].sort((x, y) => x[0] - y[0]).map(([layer, r]) => ({ layer, agreement: r.overlap / r.tokens })),
-      size: size(b.arch, b.ckpt.dir),
+      size: b.size(),
     };
     if (opts.maxPplIncrease !== undefined) report.gate = { max_ppl_increase_pct: opts.maxPplIncrease, passed: report.baseline.ppl_increase_pct <= opts.maxPplIncrease };
   }

@@ -1,5 +1,6 @@
 /** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
 import * as path from 'node:path';
+import { isGgufPath, openGgufModel } from '../gguf/source';
 import { openCheckpoint } from '../io/checkpoint';
 import { modelName } from '../io/hf-cache';
 import { numel } from '../io/safetensors';
@@ -54,6 +55,8 @@ export interface InspectReport {
   bytes_read: number;
   /** Packed weights (moe quantize --format packed): bits per tensor and the average; absent when none. */
   quantization?: QuantSummary;
+  /** A .gguf file: its architecture name, file size and mean bits per weight over every tensor (dtypes are ggml types). */
+  gguf?: { architecture: string; file_bytes: number; bits_per_weight: number };
 }
 
 export interface InspectOptions {
@@ -61,6 +64,7 @@ export interface InspectOptions {
 }
 
 export function inspect(opts: InspectOptions): InspectReport {
+  if (isGgufPath(opts.model)) return inspectGguf(opts.model);
   const ckpt = openCheckpoint(opts.model);
   const arch = loadArchitecture(ckpt);
   const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({
@@ -127,6 +131,60 @@ export function inspect(opts: InspectOptions): InspectReport {
   };
 }
 
+/** A .gguf file, from its header: the architecture read back as moe eval runs it, sizes by ggml type. */
+function inspectGguf(file: string): InspectReport {
+  const g = openGgufModel(file);
+  g.reader.close();
+  const arch = g.arch;
+  const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({ index, kind: arch.isMoeLayer(index) ? 'moe' : 'dense', experts: arch.isMoeLayer(index) ? arch.numExperts : 0, params: 0, bytes: 0 }));
+  const dtypes: Record<string, DTypeStats> = {};
+  let [params, bytes, paramsExperts, bytesExperts] = [0, 0, 0, 0];
+  for (const t of g.tensors) {
+    params += t.params;
+    bytes += t.bytes;
+    const d = (dtypes[t.ggml] ??= { tensors: 0, params: 0, bytes: 0 });
+    d.tensors++;
+    d.params += t.params;
+    d.bytes += t.bytes;
+    const layer = /^blk\.(\d+)\./.exec(t.name);
+    if (layer) {
+      layers[Number(layer[1])].params += t.params;
+      layers[Number(layer[1])].bytes += t.bytes;
+    }
+    if (/_exps\.weight$/.test(t.name)) {
+      paramsExperts += t.params;
+      bytesExperts += t.bytes;
+    }
+  }
+  return {
+    model: g.file,
+    model_type: arch.modelType,
+    num_layers: arch.numLayers,
+    moe_layers: arch.moeLayers,
+    experts_per_layer: arch.moeLayers.map(() => arch.numExperts),
+    top_k: arch.topK,
+    shared_experts: arch.sharedExperts,
+    hidden_size: arch.hidden,
+    expert_width: arch.expertWidth,
+    vocab_size: arch.vocab,
+    routing: arch.routing,
+    params_total: params,
+    params_active: params - paramsExperts + Math.round((paramsExperts * arch.topK) / arch.numExperts),
+    params_experts: paramsExperts,
+    // The size is the file's bytes (src/io/size.ts), as for safetensors: "rest" holds the header.
+    bytes: g.gguf.fileSize,
+    bytes_tensors: bytes,
+    bytes_experts: bytesExperts,
+    bytes_other: g.gguf.fileSize - bytesExperts,
+    dtypes,
+    shards: 1,
+    extra_tensors: 0,
+    layers,
+    bytes_read: g.gguf.bytesRead,
+    gguf: { architecture: String(g.gguf.metadata.get('general.architecture')), file_bytes: g.gguf.fileSize, bits_per_weight: (8 * bytes) / params },
+  };
+}
+
 function human(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} B`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(2)} M`;
@@ -157,6 +215,7 @@ export function formatInspect(r: InspectReport): string {
       .map(([d, s]) => `${d} ${formatBytes(s.bytes)} (${s.tensors} tensors)`)
       .join(', ')}`,
   ];
+  if (r.gguf) lines.push(`gguf           ${r.gguf.architecture}, ${r.gguf.bits_per_weight.toFixed(3)} bits per weight, file ${formatBytes(r.gguf.file_bytes)}`);
   const q = r.quantization;
   if (q) {
     const hist = Object.entries(q.bits_histogram)

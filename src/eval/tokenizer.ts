@@ -25,10 +25,14 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
     throw new CheckpointError('no tokenizer.json in the model folder', { file: modelDir, hint: 'copy the tokenizer files next to the weights, or pass pre-tokenized data (a .json array of id arrays)' });
   }
   const cfgFile = besideWeights(modelDir, 'tokenizer_config.json');
-  const config = cfgFile ? readJson(cfgFile) : {};
+  return tokenizerFromJson(readJson(file), cfgFile ? readJson(cfgFile) : {}, file);
+}
+
+/** A tokenizer from a tokenizer.json object (a file's, or one rebuilt from a GGUF header); `file` names it in errors. */
+export function tokenizerFromJson(json: Record<string, unknown>, config: Record<string, unknown>, file: string): TextTokenizer {
   let tok: Tokenizer;
   try {
-    tok = new Tokenizer(readJson(file), config);
+    tok = new Tokenizer(json, config);
   } catch (e) {
     throw new CheckpointError(`tokenizer.json is not supported (${(e as Error).message})`, { file, hint: 'pass pre-tokenized data instead' });
   }

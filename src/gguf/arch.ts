@@ -75,6 +75,9 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
     if (rope.original_max_position_embeddings !== undefined) metadata.push([k('rope.scaling.original_context_length'), u32(Number(rope.original_max_position_embeddings))]);
     // DeepSeek's YaRN scales attention by mscale_all_dim (convert_hf_to_gguf.py: yarn_log_multiplier = 0.1 × mscale_all_dim).
     if (rope.rope_type === 'yarn' && att.kind === 'mla' && rope.mscale_all_dim !== undefined) metadata.push([k('rope.scaling.yarn_log_multiplier'), f32(0.1 * Number(rope.mscale_all_dim))]);
+    if (rope.rope_type === 'yarn' && att.kind === 'mla' && rope.mscale_all_dim !== undefined && Number(rope.mscale ?? 1) !== Number(rope.mscale_all_dim)) {
+      warnings.push(`GGUF keeps only mscale_all_dim (${rope.mscale_all_dim}) and llama.cpp takes mscale equal to it; this ${a.modelType} has mscale ${rope.mscale ?? 1}, so llama.cpp's rotary scale differs`);
+    }
   }
   if (att.kind === 'mla') {
     // llama.cpp runs MLA as multi-query attention over the compressed latent (convert_hf_to_gguf.py's DeepseekV2Model).
@@ -109,6 +112,12 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
     if (a.modelType === 'olmoe' && att.kvHeads !== att.heads) {
       throw new CheckpointError(`GGUF output for olmoe with grouped-query attention (${att.kvHeads} key/value heads for ${att.heads}) is not supported by llama.cpp, whose OLMoE normalises k over all heads`, { file: a.dir });
     }
+  }
+  // llama.cpp renormalises the top-k weights of qwen3moe and llama (Mixtral) and never of qwen2moe and olmoe
+  // (its build_moe_ffn calls); moe reads the file back the same way (src/gguf/config.ts).
+  const llamaNorm: Record<string, boolean> = { qwen3_moe: true, qwen2_moe: false, olmoe: false };
+  if (a.modelType in llamaNorm && a.routing.normTopK !== llamaNorm[a.modelType]) {
+    warnings.push(`llama.cpp ${llamaNorm[a.modelType] ? 'always' : 'never'} renormalises the top-k routing weights of ${arch}; this model has norm_topk_prob ${a.routing.normTopK}, so llama.cpp weighs the experts differently`);
   }
   if (a.modelType === 'qwen2_moe' && a.moeLayers.length !== a.numLayers) {
     throw new CheckpointError('GGUF output for qwen2_moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by llama.cpp', { file: a.dir });
@@ -178,6 +187,19 @@ export function permuteRows(w: Float32Array, rows: number, cols: number, heads: 
     for (let i = 0; i < d / 2; i++) {
       out.set(w.subarray((h * d + i) * cols, (h * d + i + 1) * cols), (h * d + 2 * i) * cols);
       out.set(w.subarray((h * d + d / 2 + i) * cols, (h * d + d / 2 + i + 1) * cols), (h * d + 2 * i + 1) * cols);
+    }
+  }
+  return out;
+}
+
+/** The inverse of permuteRows: llama.cpp's interleaved q/k rows back to HF's rotate-half order. */
+export function unpermuteRows(w: Float32Array, rows: number, cols: number, heads: number): Float32Array {
+  const d = rows / heads;
+  const out = new Float32Array(w.length);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < d / 2; i++) {
+      out.set(w.subarray((h * d + 2 * i) * cols, (h * d + 2 * i + 1) * cols), (h * d + i) * cols);
+      out.set(w.subarray((h * d + 2 * i + 1) * cols, (h * d + 2 * i + 2) * cols), (h * d + d / 2 + i) * cols);
     }
   }
   return out;
