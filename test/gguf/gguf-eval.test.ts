@@ -75,14 +75,19 @@ describe('the trained fixture as GGUF', () => {
     expect(f32.positions).toBe(base.positions);
     expect(Math.abs(f32.perplexity / base.perplexity - 1)).toBeLessThanOrEqual(1e-4);
     expect(f32.size.params).toBe(inspect({ model: MODEL }).params_total);
-    expect(f32.size.bits_per_param).toBe(32);
+    // The size is the file's bytes (header and tokenizer included), as for safetensors; the tensor data is 32 bits a weight.
+    expect(f32.size.bytes).toBe(fs.statSync(files.F32!).size);
+    expect(f32.size.bits_per_param).toBeCloseTo((8 * f32.size.bytes) / f32.size.params, 12);
+    expect(inspect({ model: files.F32! }).bytes_tensors).toBe(4 * f32.size.params);
     const q8 = await evalCommand({ model: files.Q8_0!, ...EVAL }, quiet);
     const q4 = await evalCommand({ model: files.Q4_K!, ...EVAL }, quiet);
     for (const r of [q8, q4]) expect(Number.isFinite(r.perplexity)).toBe(true);
     expect(Math.abs(q8.perplexity / base.perplexity - 1)).toBeLessThanOrEqual(0.005);
     expect(Math.abs(q4.perplexity / base.perplexity - 1)).toBeLessThanOrEqual(0.05);
-    expect(q8.size.bits_per_param).toBeLessThan(8.6);
-    expect(q4.size.bits_per_param).toBeLessThan(4.7);
+    // Bits per weight of the tensor data (the file's size also holds the header and the vocabulary).
+    expect(inspect({ model: files.Q8_0! }).gguf!.bits_per_weight).toBeLessThan(8.6);
+    expect(inspect({ model: files.Q4_K! }).gguf!.bits_per_weight).toBeLessThan(4.7);
+    expect(q8.size.bytes).toBe(fs.statSync(files.Q8_0!).size);
   }, 60_000);
 
   test('--baseline either way', async () => {
