@@ -13,7 +13,7 @@ import { GateError } from '../errors';
 import { openCheckpoint } from '../io/checkpoint';
 import { checkFileDestination, checkNotInput, createFolder, withoutTimings } from '../io/output';
 import { writeMarker } from '../io/ownership';
-import { weightBytes } from '../io/size';
+import { weightBytes, weightFiles } from '../io/size';
 import { loadRecipe, Recipe, recipeInputs, Step } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import { finalModelStep, headlineLines, RunSize } from '../report/summary';
@@ -176,8 +176,9 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
     if (!opts.dryRun) fs.writeFileSync(runRecord, JSON.stringify({ steps: reports.map((r) => ({ step: r.step, kind: r.kind, status: r.skipped ? 'reused' : 'ran' })) }, null, 1) + '\n');
     // What the next step receives.
     if (s.kind === 'calibrate') stats = { dir: out, key, forModel: modelK };
-    if (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.format !== 'gguf')) {
-      model = out;
+    if (s.kind === 'prune' || s.kind === 'merge' || s.kind === 'quantize') {
+      // After a GGUF export only eval steps follow (the recipe checks it): they evaluate the .gguf file itself.
+      model = s.kind === 'quantize' && s.options.format === 'gguf' && fs.existsSync(out) ? weightFiles(out)[0] : out;
       modelK = key;
     }
   }

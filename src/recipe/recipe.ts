@@ -193,7 +193,8 @@ function checkFlow(steps: Step[], fail: (line: number, what: string, hint?: stri
   let statsFresh = false;
   let gguf: Step | undefined;
   for (const s of steps) {
-    if (gguf) fail(s.line, `"${s.kind}" comes after a GGUF output (line ${gguf.line}), which moe cannot read`, 'make the GGUF quantize the last step');
+    // moe reads a GGUF back only to evaluate it (src/gguf/source.ts): an eval may follow, nothing else.
+    if (gguf && s.kind !== 'eval') fail(s.line, `"${s.kind}" comes after a GGUF output (line ${gguf.line}), which moe reads only to evaluate`, 'make the GGUF quantize the last step, or follow it with eval steps only');
     if (s.kind === 'quantize' && s.options.format === 'gguf') gguf = s;
     if (s.kind === 'calibrate') statsFresh = true;
     if (s.kind === 'prune' || s.kind === 'merge') {

@@ -4,6 +4,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { evalCommand } from '../../src/commands/eval';
 import { formatRun, run, RunReport } from '../../src/commands/run';
 import { loadRecipe } from '../../src/recipe/recipe';
 import { quiet, ROOT, runCli, tmpDir } from '../helpers';
@@ -38,7 +39,7 @@ describe('recipes', () => {
     [`steps:\n  - eval: { data: ${TEXT}/missing.txt }\n`, 4, /eval\.data: .*missing\.txt does not exist/],
     ['steps:\n  - prune: { method: reap, keep: 4 }\n', 4, /needs a calibration of the model it receives/],
     [`steps:\n${CALIB}  - prune: { method: fastest, keep: 4 }\n`, 8, /prune\.method is "fastest"; expected one of/],
-    [`steps:\n  - quantize: { bits: 3 }\n  - quantize: { format: gguf, type: q4_k }\n  - eval: { data: ${TEXT}/eval.txt }\n`, 6, /comes after a GGUF output \(line 5\)/],
+    [`steps:\n  - quantize: { bits: 3 }\n  - quantize: { format: gguf, type: q4_k }\n  - quantize: { bits: 4 }\n`, 6, /comes after a GGUF output \(line 5\)/],
     ['steps: [\n', 4, /not valid YAML/],
   ])('%#: a line-numbered message, exit 2, nothing run', (body, line, re) => {
     const dir = tmpDir();
@@ -50,6 +51,21 @@ describe('recipes', () => {
     expect(r.stderr).toMatch(re as RegExp);
     expect(r.stderr).toMatch(`line ${line}:`);
     expect(fs.existsSync(path.join(dir, 'out'))).toBe(false);
+  });
+
+  test('an eval after a GGUF export evaluates the .gguf file; the headline\'s after is the GGUF', async () => {
+    const dir = tmpDir();
+    const file = recipe(dir, `steps:\n  - quantize: { format: gguf, type: q8_0 }\n${EVAL}`);
+    const r = await run(file, quiet);
+    const gguf = path.join(dir, 'out', '01-quantize', fs.readdirSync(path.join(dir, 'out', '01-quantize')).find((f) => f.endsWith('.gguf'))!);
+    const direct = await evalCommand({ model: gguf, baseline: MODEL, data: path.join(TEXT, 'eval.txt'), seqLen: 128, maxTokens: 1024 }, quiet);
+    const ev = r.steps[1].eval!;
+    expect(ev.perplexity).toBe(direct.perplexity);
+    expect(ev.bytes).toBe(fs.statSync(gguf).size);
+    // Q8_0 is close to the original, but not equal to it (the eval did not run the safetensors model).
+    expect(ev.perplexity).not.toBe(ev.baseline_perplexity);
+    expect(Math.abs(ev.perplexity / ev.baseline_perplexity! - 1)).toBeLessThan(0.01);
+    expect(r.size!.after).toBe(fs.statSync(gguf).size);
   });
 
   test('a resumed run skips finished steps; a changed option reruns that step and the ones after it', async () => {
