@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError, UsageError } from '../errors';
 import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
+import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { tensorBytes } from '../io/safetensors';
@@ -24,6 +25,8 @@ export interface AssembleReport {
   layers: number;
   tensors: number;
   bytes: number;
+  /** The written weight files' bytes (src/io/size.ts); absent in a dry run. */
+  size_bytes?: number;
   seconds: number;
   /** --dry-run: the parts and their layer ranges, in layer order; nothing was written. */
   dry_run: boolean;
@@ -119,14 +122,14 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
       out.writeRecord(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize (assembled)', source: { model: first.model, fingerprint: first.fingerprint }, parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })), average_bits: params ? codeBits / params : null, tensors: bits });
       return bytes;
     });
-    return { ...summary, bytes: written, seconds: (Date.now() - started) / 1000, dry_run: false };
+    return { ...summary, bytes: written, size_bytes: weightBytes(o.output), seconds: (Date.now() - started) / 1000, dry_run: false };
   } finally {
     readers.forEach((r) => r.close());
   }
 }
 
 export function formatAssemble(r: AssembleReport): string {
-  const head = `${r.parts} parts, ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e6).toFixed(1)} MB`;
+  const head = `${r.parts} parts, ${r.layers} layers, ${r.tensors} tensors, ${formatMB(r.size_bytes ?? r.bytes)}`;
   if (!r.dry_run) return `wrote ${r.output}: ${head}`;
   return [`dry run: would write ${r.output}: ${head} (nothing written)`, ...r.plan.map((p) => `  layers ${p.layers[0]}-${p.layers[1]}  ${p.dir}`)].join('\n');
 }

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { UsageError } from '../errors';
 import { CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
@@ -41,6 +42,8 @@ export interface ConvertReport {
   bytes_out: number;
   dtype: string | null;
   seconds: number;
+  /** The written weight files' bytes (src/io/size.ts); absent in a dry run. */
+  size_bytes?: number;
 }
 
 function targetDType(opt: string | undefined): DType | undefined {
@@ -104,6 +107,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     writeConfig(out, cast ? withDType(config, cast) : config, ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
   });
+  report.size_bytes = weightBytes(opts.output);
   report.seconds = (Date.now() - started) / 1000;
   return report;
 }
@@ -125,5 +129,5 @@ function withDType(config: Record<string, unknown>, d: DType): Record<string, un
 
 export function formatConvert(r: ConvertReport): string {
   if (r.dry_run) return `dry run: ${r.tensors} tensors → ${r.shards} shard(s), ${formatBytes(r.bytes_out)} (nothing written)`;
-  return `wrote ${r.output}: ${r.tensors} tensors (${r.cast} cast${r.dtype ? ` to ${r.dtype}` : ''}) in ${r.shards} shard(s), ${formatBytes(r.bytes_out)}, ${r.seconds.toFixed(1)} s`;
+  return `wrote ${r.output}: ${r.tensors} tensors (${r.cast} cast${r.dtype ? ` to ${r.dtype}` : ''}) in ${r.shards} shard(s), ${formatMB(r.size_bytes ?? r.bytes_out)}, ${r.seconds.toFixed(1)} s`;
 }

@@ -9,6 +9,7 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { fromFloat32 } from '../io/dtype';
 import type { Architecture, Proj } from '../model/arch';
@@ -56,6 +57,8 @@ export interface MergeReport {
   experts_before: number;
   experts_after: number;
   dry_run: boolean;
+  /** The written weight files' bytes (src/io/size.ts); 0 in a dry run. */
+  size_bytes: number;
   layers: { layer: number; groups: MergedGroup[] }[];
   seconds: number;
 }
@@ -142,6 +145,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       experts_before: arch.numExperts,
       experts_after: K,
       dry_run: !!opts.dryRun,
+      size_bytes: 0,
       layers,
       seconds: 0,
     };
@@ -158,6 +162,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
         groups: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null }))])),
         source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
       }));
+      report.size_bytes = weightBytes(opts.output);
     }
     report.seconds = (Date.now() - started) / 1000;
     return report;
@@ -209,7 +214,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
 }
 
 export function formatMerge(r: MergeReport): string {
-  const lines = [`${r.dry_run ? 'dry run: would merge' : `wrote ${r.output}: merged`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method} (similarity ${r.similarity}, alignment ${r.align ? 'on' : 'off'}, router ${r.router}, ${r.seconds.toFixed(1)} s)`];
+  const lines = [`${r.dry_run ? 'dry run: would merge' : `wrote ${r.output}: merged`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method} (similarity ${r.similarity}, alignment ${r.align ? 'on' : 'off'}, router ${r.router}${r.dry_run ? '' : `, ${formatMB(r.size_bytes)}`}, ${r.seconds.toFixed(1)} s)`];
   for (const l of r.layers) {
     const groups = l.groups.map((g) => `[${g.members.join(',')}]`).join(' ');
     const aligned = l.groups.flatMap((g) => g.alignment ?? []);

@@ -9,6 +9,7 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import type { Architecture } from '../model/arch';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
@@ -64,6 +65,8 @@ export interface PruneReport {
   protect_super_experts: boolean;
   layers: PrunedLayer[];
   bytes_written: number;
+  /** The written weight files' bytes (src/io/size.ts); 0 in a dry run. */
+  size_bytes: number;
   seconds: number;
 }
 
@@ -158,6 +161,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       protect_super_experts: !!opts.protectSuperExperts,
       layers,
       bytes_written: 0,
+      size_bytes: 0,
       seconds: 0,
     };
     if (!opts.dryRun) {
@@ -173,6 +177,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
         source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
       }));
       report.bytes_written = written.bytes;
+      report.size_bytes = weightBytes(opts.output);
     }
     report.seconds = (Date.now() - started) / 1000;
     return report;
@@ -186,7 +191,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
 
 export function formatPrune(r: PruneReport): string {
   const lines = [
-    `${r.dry_run ? 'dry run: would prune' : `wrote ${r.output}: pruned`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method}${r.dry_run ? '' : ` (${(r.bytes_written / 1e6).toFixed(1)} MB, ${r.seconds.toFixed(1)} s)`}`,
+    `${r.dry_run ? 'dry run: would prune' : `wrote ${r.output}: pruned`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method}${r.dry_run ? '' : ` (${formatMB(r.size_bytes)}, ${r.seconds.toFixed(1)} s)`}`,
   ];
   for (const l of r.layers) {
     const loss = l.reconstruction_loss !== undefined ? `  loss ${l.reconstruction_loss.toExponential(3)}` : '';

@@ -10,6 +10,9 @@ import { calibrate } from '../../src/commands/calibrate';
 import { quantize, QuantizeOptions } from '../../src/commands/quantize';
 import { makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
 
+/** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
+const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 
 function sameCheckpoint(a: string, b: string): void {
@@ -42,6 +45,7 @@ describe('moe quantize --layers + moe assemble', () => {
       parts.push(out);
     }
     const r = await assemble(parts, { output: path.join(dir, 'joined') }, quiet);
+    expect(r.size_bytes).toBe(filesBytes(path.join(dir, 'joined')));
     expect(r.layers).toBe(3);
     sameCheckpoint(path.join(dir, 'single'), path.join(dir, 'joined'));
   }, 120_000);

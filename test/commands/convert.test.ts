@@ -7,6 +7,9 @@ import { floatToBf16Bits } from '../../src/io/dtype';
 import { planShards } from '../../src/io/writer';
 import { GOLDEN, listDir, makeSynth, quiet, rawHeader, runCli, tmpDir } from '../helpers';
 
+/** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
+const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+
 const SHARDED = path.join(GOLDEN, 'mixtral-bf16-sharded');
 
 /** Checks an output folder's index against its shards, with the independent header parser. */
@@ -73,6 +76,7 @@ describe('moe convert', () => {
     const src = await makeSynth('olmoe', path.join(tmpDir(), 'm'), { dtype: 'F32' });
     const out = path.join(tmpDir(), 'bf16');
     const report = await convert({ model: src, output: out, dtype: 'bf16' }, quiet);
+    expect(report.size_bytes).toBe(filesBytes(out));
     expect(report.cast).toBe(report.tensors);
     const a = new TensorReader(openCheckpoint(src));
     const b = new TensorReader(openCheckpoint(out));

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RefBackend } from '../../src/backend/ref';
 import { calibrate } from '../../src/commands/calibrate';
-import { merge } from '../../src/commands/merge';
+import { formatMerge, merge } from '../../src/commands/merge';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { loadArchitecture } from '../../src/model/registry';
 import { alignExperts, ExpertWeights, permuteExpert } from '../../src/merge/align';
@@ -10,6 +10,9 @@ import { greedyDense, hungarianMax } from '../../src/merge/assignment';
 import { hierarchicalGroups, msmoeGroups } from '../../src/merge/grouping';
 import { mulberry32 } from '../../src/synth/generate';
 import { GOLDEN, listDir, quiet, runCli, tmpDir } from '../helpers';
+
+/** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
+const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 
 function randomExpert(width: number, hidden: number, seed: number): ExpertWeights {
   const r = mulberry32(seed);
@@ -128,6 +131,8 @@ describe('moe merge', () => {
   test.each(['msmoe', 'hcsmoe', 'average'])('%s writes a checkpoint of merged experts that moe reads, with the groups recorded', async (method) => {
     const out = path.join(tmpDir(), method);
     const report = await merge({ model, stats, method, keep: 4, output: out, backend: 'ref' }, quiet);
+    expect(report.size_bytes).toBe(filesBytes(out));
+    expect(formatMerge(report)).toContain(`${(filesBytes(out) / 1e6).toFixed(2)} MB`);
     const src = openCheckpoint(model);
     const dst = openCheckpoint(out);
     const arch = loadArchitecture(src);

@@ -3,13 +3,16 @@ import * as path from 'node:path';
 import { RefBackend } from '../../src/backend/ref';
 import { CalibrationStats } from '../../src/calib/stats';
 import { calibrate } from '../../src/commands/calibrate';
-import { prune } from '../../src/commands/prune';
+import { formatPrune, prune } from '../../src/commands/prune';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { concatRows, swiglu } from '../../src/model/forward/ops';
 import { loadArchitecture } from '../../src/model/registry';
 import { ReconstructionProblem } from '../../src/prune/reconstruct';
 import { countKeepSets, keepSets } from '../../src/prune/select';
 import { GOLDEN, listDir, quiet, runCli, tmpDir } from '../helpers';
+
+/** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
+const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 
 function windows(n: number, T: number, vocab: number, seed: number): number[][] {
   let x = seed;
@@ -113,6 +116,9 @@ describe('the pruned checkpoint', () => {
   test('keeps the chosen experts bit-exact and renumbered, slices router and correction bias, updates the config', async () => {
     const out = path.join(tmpDir(), 'reap');
     const report = await prune({ model: DSV3, stats: dStats, method: 'reap', keep: 4, output: out }, quiet);
+    // The size: the written files' bytes, as everywhere (src/io/size.ts).
+    expect(report.size_bytes).toBe(filesBytes(out));
+    expect(formatPrune(report)).toContain(`${(filesBytes(out) / 1e6).toFixed(2)} MB`);
     const src = openCheckpoint(DSV3);
     const dst = openCheckpoint(out);
     const arch = loadArchitecture(src);
