@@ -2,13 +2,14 @@
  * `moe quantize` on the trained fixture: packed output re-opened and checked against the quantizer, eval of packed
  * models, the dequantized format, LP allocation against uniform bits, and bad inputs.
  */
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';
 import { convert } from '../../src/commands/convert';
 import { evalCommand } from '../../src/commands/eval';
 import { inspect } from '../../src/commands/inspect';
-import { quantize, QuantizeOptions } from '../../src/commands/quantize';
+import { QUANT_RECORD_FILE, quantize, QuantizeOptions } from '../../src/commands/quantize';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { quantizeRtn, dequantize } from '../../src/quant/rtn';
 import { listDir, quiet, rawHeader, ROOT, runCli, tmpDir } from '../helpers';
@@ -17,9 +18,18 @@ const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
 const EXPERT = 'model.layers.1.mlp.experts.3.down_proj.weight';
 
-async function ppl(dir: string, maxTokens?: number): Promise<number> {
-  const r = await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens }, quiet);
-  return r.perplexity;
+/**
+ * Perplexity on eval.txt. It depends only on the checkpoint's bytes, so checkpoints whose files are equal byte for
+ * byte (uniform 3-bit RTN written with either stats; uniform 3-bit GPTQ in two tests) are evaluated once. The key
+ * leaves out moe-quantization.json, a record eval does not read (it names the stats and the predicted cost).
+ */
+const pplCache = new Map<string, Promise<number>>();
+function ppl(dir: string, maxTokens?: number): Promise<number> {
+  const h = createHash('sha256').update(String(maxTokens));
+  for (const f of listDir(dir).filter((n) => n !== QUANT_RECORD_FILE)) h.update(f).update(fs.readFileSync(path.join(dir, f)));
+  const key = h.digest('hex');
+  if (!pplCache.has(key)) pplCache.set(key, evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens }, quiet).then((r) => r.perplexity));
+  return pplCache.get(key)!;
 }
 
 describe('moe quantize', () => {
