@@ -6,7 +6,7 @@
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import type { GgufFile } from './reader';
+import type { GgufFile } from '../io/gguf-reader';
 
 /** GGUF architecture → model_type (llama only with experts: a dense llama is not a MoE model). */
 export const GGUF_ARCHES = ['qwen3moe', 'qwen2moe', 'olmoe', 'llama', 'deepseek2'];

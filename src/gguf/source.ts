@@ -18,7 +18,7 @@ import { architectureFor } from '../model/registry';
 import { GgufSource, ggufModel, unpermuteRows } from './arch';
 import { configFromGguf } from './config';
 import { blockSize, dequantizeRows, GGML_TYPE_ID, GgmlType, rowBytes } from './quants';
-import { GgufFile, GgufTensorInfo, readGguf, readRange } from './reader';
+import { GgufFile, GgufTensorInfo, readGguf, readRange } from '../io/gguf-reader';
 
 const TYPE_BY_ID = new Map(Object.entries(GGML_TYPE_ID).map(([t, id]) => [id, t as GgmlType]));
 /** Names of ggml types moe does not decode, for the refusal message (ggml.h's enum ggml_type). */

@@ -6,7 +6,7 @@
  * the model's own tokenizer then, or pre-tokenized input.
  */
 import { CheckpointError } from '../errors';
-import type { GgufFile } from './reader';
+import type { GgufFile } from '../io/gguf-reader';
 
 /** llama.cpp's token types (./vocab.ts). */
 const CONTROL = 3;

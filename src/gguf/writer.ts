@@ -7,8 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { InternalError } from '../errors';
-
-export const GGUF_ALIGNMENT = 32;
+import { GGUF_ALIGNMENT } from '../io/gguf-reader';
 
 export type GgufValue =
   | { type: 'u8' | 'i8' | 'u16' | 'i16' | 'u32' | 'i32' | 'f32' | 'u64' | 'i64' | 'f64'; value: number }

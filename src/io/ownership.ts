@@ -9,7 +9,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { UsageError } from '../errors';
+import { CheckpointError, UsageError } from '../errors';
+import { readGguf } from './gguf-reader';
 import { VERSION } from '../version';
 
 /** The record only moe writes, in every folder it writes. */
@@ -17,8 +18,7 @@ export const OUTPUT_MARKER = 'moe-output.json';
 /** GGUF metadata key naming the program that wrote the file ("moe 0.1.0"). */
 export const GGUF_WRITER_KEY = 'moe.writer';
 
-export const MOE_VERSION = VERSION;
-export const WRITER = `moe ${MOE_VERSION}`;
+export const WRITER = `moe ${VERSION}`;
 /** The line in a report's <head> that marks it as moe's. */
 export const HTML_GENERATOR = `<meta name="generator" content="${WRITER}">`;
 
@@ -27,7 +27,7 @@ const LEGACY_RECORDS = ['moe-compression.json', 'moe-quantization.json', 'moe-gg
 
 /** The marker's bytes: no time, no path, so equal runs write equal files. */
 export function markerJson(command: string): string {
-  return JSON.stringify({ tool: 'moe', version: MOE_VERSION, command, note: 'written by moe; --force may replace this folder' }, null, 2) + '\n';
+  return JSON.stringify({ tool: 'moe', version: VERSION, command, note: 'written by moe; --force may replace this folder' }, null, 2) + '\n';
 }
 
 export function writeMarker(dir: string, command: string): void {
@@ -66,7 +66,7 @@ export function isMoeFile(file: string): boolean {
   try {
     const head = Buffer.alloc(HTML_HEAD_BYTES);
     const n = fs.readSync(fd, head, 0, head.length, 0);
-    if (n >= 4 && head.toString('latin1', 0, 4) === 'GGUF') return String(ggufString(fd, GGUF_WRITER_KEY) ?? '').startsWith('moe');
+    if (n >= 4 && head.toString('latin1', 0, 4) === 'GGUF') return ggufWriter(file).startsWith('moe');
     const text = head.toString('utf8', 0, n);
     return GENERATOR_RE.test(text) || JSON_RECORD_RE.test(text);
   } finally {
@@ -74,64 +74,14 @@ export function isMoeFile(file: string): boolean {
   }
 }
 
-/** Bytes of each GGUF scalar value type (8, string, and 9, array, are read). */
-const GGUF_SIZES: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
-const READ_CHUNK = 1 << 20;
-
-/**
- * The string value of `key` in a GGUF v2/v3 header, read in chunks (a header's vocabulary can be megabytes), or
- * undefined when absent or when the header is not readable.
- */
-function ggufString(fd: number, key: string): string | undefined {
-  const size = fs.fstatSync(fd).size;
-  let buf = Buffer.alloc(0);
-  let base = 0; // file offset of buf[0]
-  let at = 0;
-  const need = (n: number): boolean => {
-    if (at + n <= base + buf.length) return true;
-    if (at + n > size) return false;
-    const len = Math.max(n, READ_CHUNK);
-    buf = Buffer.alloc(Math.min(len, size - at));
-    fs.readSync(fd, buf, 0, buf.length, at);
-    base = at;
-    return at + n <= base + buf.length;
-  };
-  const u32 = () => (need(4) ? ((at += 4), buf.readUInt32LE(at - 4 - base)) : undefined);
-  const u64 = () => (need(8) ? ((at += 8), Number(buf.readBigUInt64LE(at - 8 - base))) : undefined);
-  const str = (): string | undefined => {
-    const n = u64();
-    if (n === undefined || !need(n)) return undefined;
-    at += n;
-    return buf.toString('utf8', at - n - base, at - base);
-  };
-  const skip = (type: number): boolean => {
-    if (type === 8) return str() !== undefined;
-    const s = GGUF_SIZES[type];
-    if (s === undefined || at + s > size) return false;
-    at += s;
-    return true;
-  };
-  // magic, version (u32), tensor count and key-value count (u64 since version 2)
-  if (!need(24) || ![2, 3].includes(buf.readUInt32LE(4))) return undefined;
-  at = 16;
-  const nKv = u64();
-  if (nKv === undefined) return undefined;
-  for (let i = 0; i < nKv; i++) {
-    const k = str();
-    const type = u32();
-    if (k === undefined || type === undefined) return undefined;
-    if (k === key) return type === 8 ? str() : undefined;
-    if (type === 9) {
-      const of = u32();
-      const n = u64();
-      if (of === undefined || n === undefined) return undefined;
-      if (of !== 8 && GGUF_SIZES[of] !== undefined) {
-        at += n * GGUF_SIZES[of];
-        if (at > size) return undefined;
-      } else for (let j = 0; j < n; j++) if (!skip(of)) return undefined;
-    } else if (!skip(type)) return undefined;
+/** The GGUF's `moe.writer` value, or '' when it has none or its header does not parse (then it is not moe's). */
+function ggufWriter(file: string): string {
+  try {
+    return String(readGguf(file).metadata.get(GGUF_WRITER_KEY) ?? '');
+  } catch (e) {
+    if (e instanceof CheckpointError) return '';
+    throw e;
   }
-  return undefined;
 }
 
 /** The real path of `p`: symlinks resolved in the part that exists, the rest appended. */

@@ -15,10 +15,11 @@ import { quantize } from '../../src/commands/quantize';
 import { assemble } from '../../src/commands/assemble';
 import { UsageError } from '../../src/errors';
 import { exportGguf } from '../../src/gguf/export';
-import { readGguf } from '../../src/gguf/reader';
+import { readGguf } from '../../src/io/gguf-reader';
 import { GgufWriter } from '../../src/gguf/writer';
 import { checkFileDestination } from '../../src/io/output';
-import { GGUF_WRITER_KEY, isMoeFile, isMoeFolder, MOE_VERSION, OUTPUT_MARKER } from '../../src/io/ownership';
+import { GGUF_WRITER_KEY, isMoeFile, isMoeFolder, OUTPUT_MARKER } from '../../src/io/ownership';
+import { VERSION } from '../../src/version';
 import { writeReport } from '../../src/report/report';
 import { listDir, makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
 
@@ -160,7 +161,7 @@ describe('--force replaces what moe wrote, and only that', () => {
     for (const [command, write] of cases) {
       const out = path.join(dir, command);
       await write(out, false);
-      expect(marker(out)).toEqual({ tool: 'moe', version: MOE_VERSION, command, note: 'written by moe; --force may replace this folder' });
+      expect(marker(out)).toEqual({ tool: 'moe', version: VERSION, command, note: 'written by moe; --force may replace this folder' });
       const first = hashes(out);
       fs.writeFileSync(path.join(out, 'scratch.txt'), 'moe may remove this');
       await write(out, true);
@@ -195,7 +196,7 @@ describe('--force replaces what moe wrote, and only that', () => {
     const file = path.join(dir, 'model.gguf');
     // Through the CLI: the compiled Q8_0 encoder is several times faster than jest's transformed one.
     expect(runCli(['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', file]).code).toBe(0);
-    expect(readGguf(file).metadata.get(GGUF_WRITER_KEY)).toBe(`moe ${MOE_VERSION}`);
+    expect(readGguf(file).metadata.get(GGUF_WRITER_KEY)).toBe(`moe ${VERSION}`);
     const first = hashes(dir);
     expect(runCli(['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', file, '--force']).code).toBe(0);
     expect(hashes(dir)).toEqual(first);
@@ -233,7 +234,7 @@ describe('--force replaces what moe wrote, and only that', () => {
     fs.writeFileSync(path.join(run, 'recipe.json'), JSON.stringify({ source: 'r.yaml', model: 'm', steps: [] }));
     const file = path.join(dir, 'report.html');
     await writeReport(run, file);
-    expect(fs.readFileSync(file, 'utf8')).toContain(`<meta name="generator" content="moe ${MOE_VERSION}">`);
+    expect(fs.readFileSync(file, 'utf8')).toContain(`<meta name="generator" content="moe ${VERSION}">`);
     await writeReport(run, file, { force: true });
     const theirs = path.join(dir, 'theirs.html');
     fs.writeFileSync(theirs, '<!doctype html><html><head><meta name="generator" content="Hugo 0.1"></head></html>');

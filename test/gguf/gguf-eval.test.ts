@@ -13,7 +13,7 @@ import { loadTokenizer, tokenizerFromJson } from '../../src/eval/tokenizer';
 import { ggufModel } from '../../src/gguf/arch';
 import { exportGguf } from '../../src/gguf/export';
 import type { GgmlType } from '../../src/gguf/quants';
-import { readGguf } from '../../src/gguf/reader';
+import { readGguf } from '../../src/io/gguf-reader';
 import { openGgufModel } from '../../src/gguf/source';
 import { ggufTokenizerJson } from '../../src/gguf/tokenizer';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';
 import { exportGguf, GgufOptions, parseGgmlType } from '../../src/gguf/export';
 import { dequantizeRows, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from '../../src/gguf/quants';
-import { readGguf } from '../../src/gguf/reader';
+import { readGguf } from '../../src/io/gguf-reader';
 import { quiet, ROOT, runCli, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');

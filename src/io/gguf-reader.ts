@@ -5,7 +5,9 @@
  */
 import * as fs from 'node:fs';
 import { CheckpointError } from '../errors';
-import { GGUF_ALIGNMENT } from './writer';
+
+/** GGUF's default data alignment (general.alignment when absent); the writer pads to it too. */
+export const GGUF_ALIGNMENT = 32;
 
 /** A larger header is a corrupt or hostile file: a 256k-token vocabulary takes a few MB. */
 const MAX_HEADER_BYTES = 512 * 1024 * 1024;
