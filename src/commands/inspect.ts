@@ -5,7 +5,7 @@ import { openCheckpoint } from '../io/checkpoint';
 import { modelName } from '../io/hf-cache';
 import { numel } from '../io/safetensors';
 import { loadArchitecture } from '../model/registry';
-import type { RoutingRule } from '../model/arch';
+import type { Architecture, RoutingRule } from '../model/arch';
 import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
 import { quantSummary, QuantSummary, storedBytes } from '../quant/format';
@@ -100,24 +100,10 @@ export function inspect(opts: InspectOptions): InspectReport {
       bytesExperts += b;
     }
   }
-  const moeLayers = arch.moeLayers;
   const files = fileBytes(ckpt.shards);
   return {
     model: ckpt.dir,
-    model_type: arch.modelType,
-    num_layers: arch.numLayers,
-    moe_layers: moeLayers,
-    experts_per_layer: moeLayers.map(() => arch.numExperts),
-    top_k: arch.topK,
-    shared_experts: arch.sharedExperts,
-    hidden_size: arch.hidden,
-    expert_width: arch.expertWidth,
-    vocab_size: arch.vocab,
-    routing: arch.routing,
-    params_total: paramsTotal,
-    // Per token, top_k of the routed experts run; everything else (embeddings included) is active.
-    params_active: paramsTotal - paramsExperts + Math.round((paramsExperts * arch.topK) / arch.numExperts),
-    params_experts: paramsExperts,
+    ...modelSummary(arch, paramsTotal, paramsExperts),
     bytes: files,
     bytes_tensors: bytes,
     bytes_experts: bytesExperts,
@@ -128,6 +114,26 @@ export function inspect(opts: InspectOptions): InspectReport {
     layers,
     bytes_read: ckpt.bytesRead.value,
     quantization: quantSummary(ckpt.tensors),
+  };
+}
+
+/** What inspect says of the architecture and its parameters, for a safetensors checkpoint and a GGUF alike. */
+function modelSummary(arch: Architecture, paramsTotal: number, paramsExperts: number) {
+  return {
+    model_type: arch.modelType,
+    num_layers: arch.numLayers,
+    moe_layers: arch.moeLayers,
+    experts_per_layer: arch.moeLayers.map(() => arch.numExperts),
+    top_k: arch.topK,
+    shared_experts: arch.sharedExperts,
+    hidden_size: arch.hidden,
+    expert_width: arch.expertWidth,
+    vocab_size: arch.vocab,
+    routing: arch.routing,
+    params_total: paramsTotal,
+    // Per token, top_k of the routed experts run; everything else (embeddings included) is active.
+    params_active: paramsTotal - paramsExperts + Math.round((paramsExperts * arch.topK) / arch.numExperts),
+    params_experts: paramsExperts,
   };
 }
 
@@ -158,19 +164,7 @@ function inspectGguf(file: string): InspectReport {
   }
   return {
     model: g.file,
-    model_type: arch.modelType,
-    num_layers: arch.numLayers,
-    moe_layers: arch.moeLayers,
-    experts_per_layer: arch.moeLayers.map(() => arch.numExperts),
-    top_k: arch.topK,
-    shared_experts: arch.sharedExperts,
-    hidden_size: arch.hidden,
-    expert_width: arch.expertWidth,
-    vocab_size: arch.vocab,
-    routing: arch.routing,
-    params_total: params,
-    params_active: params - paramsExperts + Math.round((paramsExperts * arch.topK) / arch.numExperts),
-    params_experts: paramsExperts,
+    ...modelSummary(arch, params, paramsExperts),
     // The size is the file's bytes (src/io/size.ts), as for safetensors: "rest" holds the header.
     bytes: g.gguf.fileSize,
     bytes_tensors: bytes,
