@@ -13,7 +13,7 @@ import { evaluate, EvalTotals } from '../eval/perplexity';
 import { loadTokenizer, tokenizerFromJson } from '../eval/tokenizer';
 import { isGgufPath, openGgufModel } from '../gguf/source';
 import { ggufTokenizerJson } from '../gguf/tokenizer';
-import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
 import { numel } from '../io/safetensors';
@@ -22,7 +22,6 @@ import { quantSummary } from '../quant/format';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
-import type { Architecture } from '../model/arch';
 import { announceTokenizing, Context } from '../ui/progress';
 
 export interface EvalCommandOptions {
@@ -79,8 +78,8 @@ export interface EvalReport {
 const MAX_DUMP_BYTES = 2 * 1024 ** 3;
 export const DEFAULT_BATCH_TOKENS = 4096;
 
-function size(arch: Architecture, dir: string): SizeReport {
-  const ckpt = openCheckpoint(dir);
+/** From the checkpoint already opened: parameters from its headers, bytes of its weight files. */
+function size(ckpt: Checkpoint): SizeReport {
   let params = 0;
   for (const t of ckpt.tensors.values()) params += numel(t.shape);
   const bytes = fileBytes(ckpt.shards);
@@ -97,7 +96,7 @@ function open(dir: string) {
   }
   const ckpt = openCheckpoint(dir);
   const arch = loadArchitecture(ckpt);
-  return { ckpt, arch, reader: new TensorReader(ckpt), tokenizer: () => loadTokenizer(ckpt.dir), size: () => size(arch, dir) };
+  return { ckpt, arch, reader: new TensorReader(ckpt), tokenizer: () => loadTokenizer(ckpt.dir), size: () => size(ckpt) };
 }
 
 function validate(opts: EvalCommandOptions): void {
