@@ -16,6 +16,7 @@ import { METADATA_PREFIX, partNames, quantizationConfig } from '../quant/format'
 import type { Context } from '../ui/progress';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from './quantize';
 import { writeConfig } from '../io/config-text';
+import { CommandSpec, dryRun, FORCE, JSON_OUTPUT, output } from './spec';
 
 const COPY_CHUNK_BYTES = 16 * 1024 * 1024;
 
@@ -133,3 +134,13 @@ export function formatAssemble(r: AssembleReport): string {
   if (!r.dry_run) return `wrote ${r.output}: ${head}`;
   return [`dry run: would write ${r.output}: ${head} (nothing written)`, ...r.plan.map((p) => `  layers ${p.layers[0]}-${p.layers[1]}  ${p.dir}`)].join('\n');
 }
+
+export const assembleSpec: CommandSpec<AssembleReport> = {
+  name: 'assemble',
+  summary: 'join the parts written by moe quantize --layers A-B into one checkpoint, identical to a single run',
+  args: [{ name: '<parts...>', description: 'the part folders, in any order' }],
+  options: [output('destination folder'), FORCE, dryRun('print the parts, layers and output it would write, and write nothing'), JSON_OUTPUT],
+  examples: ['moe quantize ./model --bits 4 --layers 0-15 -o part-a   # on one machine', 'moe quantize ./model --bits 4 --layers 16-31 -o part-b  # on another', 'moe assemble part-a part-b -o ./model-int4'],
+  run: (parts, o, ctx) => assemble(parts, o as { output: string; force?: boolean; dryRun?: boolean }, ctx),
+  format: formatAssemble,
+};

@@ -19,6 +19,7 @@ import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { mulberry32 } from '../synth/generate';
 import { announceTokenizing, Context } from '../ui/progress';
+import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MODEL_ARG, output } from './spec';
 
 export const DEFAULT_CALIB_TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text', 'calib.txt');
 
@@ -183,3 +184,28 @@ export function formatCalibrate(r: CalibrateReport): string {
   }
   return lines.join('\n');
 }
+
+export const calibrateSpec: CommandSpec<CalibrateReport> = {
+  name: 'calibrate',
+  summary: 'run the model once over calibration text and record the statistics prune, merge and quantize use',
+  args: [MODEL_ARG],
+  options: [
+    output('stats folder to write (stats.safetensors + stats.json)'),
+    { flag: '--data <file>', type: 'path', description: 'calibration data: .txt, .jsonl or pre-tokenized .json (default: the bundled generic text)' },
+    { flag: '--seq-len <n>', type: 'int', min: 2, default: '2048', description: 'window length in tokens' },
+    { flag: '--max-tokens <n>', type: 'int', min: 2, description: 'use the first N tokens of the data' },
+    { flag: '--samples <n>', type: 'int', min: 1, description: 'use N windows picked at random (seeded) from the data' },
+    { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for --samples and the NAEE subsample' },
+    { flag: '--hessians', type: 'bool', description: 'also record XᵀX of every linear input (needed by GPTQ; large)' },
+    { flag: '--naee-tokens <n>', type: 'int', default: '1024', description: 'MoE-block inputs and outputs kept per layer for NAEE' },
+    ...COMPUTE,
+    { flag: '--batch-tokens <n>', type: 'int', min: 1, default: '4096', description: 'tokens run through a layer at once' },
+    { flag: '--activation-memory <size>', key: 'activationBudgetBytes', type: 'size', default: '2GB', description: 'hidden states kept in memory between layers; beyond this they spill to a temporary file' },
+    { ...FORCE, description: 'replace an existing stats folder' },
+    dryRun('print what would be done and write nothing'),
+    JSON_OUTPUT,
+  ],
+  examples: ['moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats', 'moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq'],
+  run: ([model], o, ctx) => calibrate({ ...(o as Omit<CalibrateOptions, 'model'>), model }, ctx),
+  format: formatCalibrate,
+};

@@ -1,7 +1,7 @@
 /** `moe convert MODEL -o OUT`: re-shard a checkpoint and optionally cast its floating tensors, tensor by tensor. */
 import * as path from 'node:path';
 import { UsageError } from '../errors';
-import { CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
+import { CAST_CHOICES, CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
@@ -12,6 +12,7 @@ import { withoutPackedConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
+import { CommandSpec, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output } from './spec';
 
 export const DEFAULT_MAX_SHARD_BYTES = 5e9;
 /** Tensors are copied and cast in pieces of this size: memory stays flat whatever the largest tensor. */
@@ -131,3 +132,20 @@ export function formatConvert(r: ConvertReport): string {
   if (r.dry_run) return `dry run: ${r.tensors} tensors → ${r.shards} shard(s), ${formatBytes(r.bytes_out)} (nothing written)`;
   return `wrote ${r.output}: ${r.tensors} tensors (${r.cast} cast${r.dtype ? ` to ${r.dtype}` : ''}) in ${r.shards} shard(s), ${formatMB(r.size_bytes ?? r.bytes_out)}, ${r.seconds.toFixed(1)} s`;
 }
+
+export const convertSpec: CommandSpec<ConvertReport> = {
+  name: 'convert',
+  summary: 're-shard a checkpoint and optionally cast its floating tensors, streaming tensor by tensor',
+  args: [MODEL_ARG],
+  options: [
+    output('destination folder (must not exist unless --force)'),
+    { flag: '--dtype <dtype>', type: { choices: () => CAST_CHOICES }, description: 'cast floating tensors' },
+    { ...MAX_SHARD_SIZE, description: 'largest shard, e.g. 5GB, 500MB, 2GiB' },
+    FORCE,
+    dryRun('print what would be written and write nothing'),
+    JSON_OUTPUT,
+  ],
+  examples: ['moe convert ./model -o ./model-f32 --dtype f32', 'moe convert ./model -o ./model-resharded --max-shard-size 2GB'],
+  run: ([model], o, ctx) => convert({ ...(o as Omit<ConvertOptions, 'model'>), model }, ctx),
+  format: formatConvert,
+};

@@ -19,6 +19,8 @@ import { formatInspect, inspect, InspectReport } from './inspect';
 import { merge } from './merge';
 import { prune } from './prune';
 import { quantize } from './quantize';
+import { CommandSpec, COMPUTE, JSON_OUTPUT } from './spec';
+import type { BackendName } from '../backend/backend';
 
 export const FIXTURE_MODEL = path.join(__dirname, '..', '..', 'fixtures', 'tiny-moe');
 const TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text');
@@ -41,7 +43,8 @@ export interface DemoReport {
   round_trip_identical: boolean;
 }
 
-export async function demo(ctx: Context, model = FIXTURE_MODEL): Promise<DemoReport> {
+/** `compute`: the backend and threads every step that runs the model uses (--backend, --threads). */
+export async function demo(ctx: Context, model = FIXTURE_MODEL, compute: { backend?: BackendName; threads?: number } = {}): Promise<DemoReport> {
   const steps: DemoReport['steps'] = [];
   const timed = async <T>(name: string, f: () => Promise<T> | T, detail: (r: T) => string): Promise<T> => {
     ctx.log(`== ${name}`);
@@ -57,21 +60,21 @@ export async function demo(ctx: Context, model = FIXTURE_MODEL): Promise<DemoRep
   try {
     const stats = path.join(work, 'stats');
     const half = Math.max(info.top_k, Math.round(info.experts_per_layer[0] / 2));
-    await timed('calibrate (16k tokens, Hessians)', () => calibrate({ model, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512, hessians: true }, quietCtx), (r) => `${r.tokens} tokens`);
+    await timed('calibrate (16k tokens, Hessians)', () => calibrate({ model, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512, hessians: true, ...compute }, quietCtx), (r) => `${r.tokens} tokens`);
     const pruned = path.join(work, 'prune-reap');
-    await timed(`prune: REAP → ${half} experts`, () => prune({ model, stats, method: 'reap', keep: half, output: pruned }, quietCtx), (r) => `kept ${r.layers.map((l) => `[${l.kept.join(',')}]`).join(' ')}`);
+    await timed(`prune: REAP → ${half} experts`, () => prune({ model, stats, method: 'reap', keep: half, output: pruned, ...compute }, quietCtx), (r) => `kept ${r.layers.map((l) => `[${l.kept.join(',')}]`).join(' ')}`);
     const merged = path.join(work, 'merge-msmoe');
-    await timed(`merge: M-SMoE → ${half} experts`, () => merge({ model, stats, method: 'msmoe', keep: half, output: merged }, quietCtx), (r) => `${r.layers[0].groups.map((g) => `[${g.members.join(',')}]`).join(' ')} in layer ${r.layers[0].layer}`);
+    await timed(`merge: M-SMoE → ${half} experts`, () => merge({ model, stats, method: 'msmoe', keep: half, output: merged, ...compute }, quietCtx), (r) => `${r.layers[0].groups.map((g) => `[${g.members.join(',')}]`).join(' ')} in layer ${r.layers[0].layer}`);
     const q4 = path.join(work, 'gptq-4');
     const bitsText = (r: { average_bits: number; stored_bits_per_weight: number }) => `${r.average_bits.toFixed(2)} bits average (${r.stored_bits_per_weight.toFixed(2)} with scales)`;
-    await timed('quantize: GPTQ 4-bit', () => quantize({ model, stats, bits: 4, output: q4 }, quietCtx), bitsText);
+    await timed('quantize: GPTQ 4-bit', () => quantize({ model, stats, bits: 4, output: q4, ...compute }, quietCtx), bitsText);
     const lp3 = path.join(work, 'gptq-lp-3');
-    await timed('quantize: GPTQ, LP-allocated 3-bit average', () => quantize({ model, stats, bits: 3, allocate: 'lp', output: lp3 }, quietCtx), (r) => `${bitsText(r)}; ${Object.entries(r.bits_histogram).map(([b, n]) => `${b}-bit ${((100 * n) / r.quantized_params).toFixed(0)}%`).join(', ')}`);
+    await timed('quantize: GPTQ, LP-allocated 3-bit average', () => quantize({ model, stats, bits: 3, allocate: 'lp', output: lp3, ...compute }, quietCtx), (r) => `${bitsText(r)}; ${Object.entries(r.bits_histogram).map(([b, n]) => `${b}-bit ${((100 * n) / r.quantized_params).toFixed(0)}%`).join(', ')}`);
     const prunedQ4 = path.join(work, 'prune-reap-rtn-4');
-    await timed(`quantize: the REAP-pruned model, RTN 4-bit`, () => quantize({ model: pruned, bits: 4, method: 'rtn', output: prunedQ4 }, quietCtx), bitsText);
+    await timed(`quantize: the REAP-pruned model, RTN 4-bit`, () => quantize({ model: pruned, bits: 4, method: 'rtn', output: prunedQ4, ...compute }, quietCtx), bitsText);
     const results: DemoRow[] = [];
     const evalOne = async (name: string, dir: string) => {
-      const r: EvalReport = await timed(`eval ${name}`, () => evalCommand({ model: dir, baseline: dir === model ? undefined : model, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192 }, quietCtx), (e) => `perplexity ${e.perplexity.toFixed(2)}`);
+      const r: EvalReport = await timed(`eval ${name}`, () => evalCommand({ model: dir, baseline: dir === model ? undefined : model, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192, ...compute }, quietCtx), (e) => `perplexity ${e.perplexity.toFixed(2)}`);
       results.push({
         model: name,
         params: r.size.params,
@@ -134,3 +137,13 @@ export function formatDemo(r: DemoReport): string {
   lines.push('', 'eval: fixtures/text/eval.txt, first 8192 tokens, windows of 256; calibration: first 16384 tokens of calib.txt');
   return lines.join('\n');
 }
+
+export const demoSpec: CommandSpec<DemoReport> = {
+  name: 'demo',
+  summary: 'run the bundled demo on the fixture model (what `npm start` runs)',
+  args: [],
+  options: [...COMPUTE, JSON_OUTPUT],
+  examples: ['moe demo                            # inspect, calibrate, prune, merge, quantize and evaluate fixtures/tiny-moe', "moe demo --json | jq '.results[] | {model, perplexity}'"],
+  run: (_args, o, ctx) => demo(ctx, FIXTURE_MODEL, { backend: o.backend as BackendName, threads: o.threads as number | undefined }),
+  format: formatDemo,
+};

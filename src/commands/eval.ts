@@ -23,6 +23,7 @@ import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { announceTokenizing, Context } from '../ui/progress';
+import { BACKEND, CommandSpec, JSON_OUTPUT, THREADS } from './spec';
 
 export interface EvalCommandOptions {
   model: string;
@@ -241,3 +242,26 @@ export function formatEval(r: EvalReport): string {
   if (r.gate) lines.push(`gate           ${r.gate.passed ? 'passed' : 'FAILED'} (allowed +${r.gate.max_ppl_increase_pct}%)`);
   return lines.join('\n');
 }
+
+export const evalSpec: CommandSpec<EvalReport> = {
+  name: 'eval',
+  summary: 'perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed',
+  args: [{ name: '<model>', description: 'model folder or a .gguf file' }],
+  options: [
+    { flag: '--data <file>', type: 'path', required: true, description: '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)' },
+    { flag: '--seq-len <n>', type: 'int', min: 2, default: '2048', description: 'window length in tokens' },
+    { flag: '--max-tokens <n>', type: 'int', min: 2, description: 'use only the first N tokens of the data' },
+    { flag: '--baseline <model>', type: 'string', description: 'compare against this model (usually the uncompressed one; a folder or ORG/NAME[@REV])' },
+    { flag: '--max-ppl-increase <pct>', type: 'number', description: 'CI gate: exit 1 when perplexity is more than PCT % above the baseline\'s' },
+    { flag: '--dump-logits <file>', type: 'file', description: 'write every position\'s logits to a safetensors file' },
+    BACKEND,
+    { flag: '--device <device>', type: { choices: () => ['cpu', 'cuda'] }, default: 'cpu', description: 'onnx device' },
+    THREADS,
+    { flag: '--batch-tokens <n>', type: 'int', min: 1, default: '4096', description: 'tokens run through each layer at once (more is faster, uses more memory)' },
+    JSON_OUTPUT,
+  ],
+  examples: ['moe eval ./model --data wiki.test.txt --seq-len 512 --max-tokens 65536', 'moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json'],
+  run: ([model], o, ctx) => evalCommand({ ...(o as Omit<EvalCommandOptions, 'model'>), model }, ctx),
+  format: formatEval,
+  check: checkGate,
+};

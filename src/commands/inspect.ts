@@ -9,6 +9,7 @@ import type { Architecture, RoutingRule } from '../model/arch';
 import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
 import { quantSummary, QuantSummary, storedBytes } from '../quant/format';
+import { CommandSpec, JSON_OUTPUT } from './spec';
 
 export interface DTypeStats {
   tensors: number;
@@ -224,3 +225,13 @@ export function formatInspect(r: InspectReport): string {
   }
   return lines.join('\n');
 }
+
+export const inspectSpec: CommandSpec<InspectReport> = {
+  name: 'inspect',
+  summary: 'show layers, experts, routing, parameters and bytes of a checkpoint (reads headers only)',
+  args: [{ name: '<model>', description: 'model folder (config.json + *.safetensors) or a .gguf file' }],
+  options: [JSON_OUTPUT],
+  examples: ['moe inspect ./Qwen3-30B-A3B', 'moe inspect ./Mixtral-8x7B --json | jq .params_active'],
+  run: ([model]) => inspect({ model }),
+  format: formatInspect,
+};

@@ -22,6 +22,7 @@ import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
 import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { keepAllWarning, resolveKeep } from './prune';
+import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export interface MergeOptions {
   model: string;
@@ -36,6 +37,7 @@ export interface MergeOptions {
   router?: 'dominant' | 'weighted';
   seed?: number;
   backend?: BackendName;
+  threads?: number;
   maxShardBytes?: number;
   force?: boolean;
   dryRun?: boolean;
@@ -114,7 +116,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   const routerMode = opts.router ?? method.defaults.router;
   const stats = new CalibrationStats(opts.stats);
   const reader = new TensorReader(ckpt);
-  const be = await createBackend(opts.backend ?? 'onnx');
+  const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
   const h = arch.hidden;
   const width = arch.expertWidth;
   let task: Task | undefined;
@@ -223,3 +225,21 @@ export function formatMerge(r: MergeReport): string {
   }
   return lines.join('\n');
 }
+
+export const mergeSpec: CommandSpec<MergeReport> = {
+  name: 'merge',
+  summary: 'merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint',
+  args: [MODEL_ARG],
+  options: [
+    { flag: '--method <name>', type: { choices: () => MERGE_METHODS.map((m) => m.name) }, required: true, description: 'how experts are grouped and merged' },
+    { flag: '--similarity <kind>', type: { choices: () => ['router-logits', 'expert-output', 'weights'] }, description: 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)' },
+    { flag: '--linkage <kind>', type: { choices: () => ['single', 'complete', 'average'] }, default: 'average', description: 'hcsmoe linkage' },
+    { flag: '--align <on|off>', type: 'onoff', description: 'neuron alignment before averaging (default: on for msmoe and hcsmoe)' },
+    { flag: '--router <mode>', type: { choices: () => ['dominant', 'weighted'] }, description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean' },
+    { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for the random projection of wide alignments' },
+    ...reductionOptions('print the groups and write nothing'),
+  ],
+  examples: ['moe merge ./model --stats ./stats --method msmoe --ratio 0.5 -o ./model-msmoe50', 'moe merge ./model --stats ./stats --method hcsmoe --keep 4 --linkage complete --dry-run'],
+  run: ([model], o, ctx) => merge({ ...(o as Omit<MergeOptions, 'model'>), model }, ctx),
+  format: formatMerge,
+};

@@ -20,6 +20,7 @@ import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
 import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
+import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export const DEFAULT_NAEE_LIMIT = 20000;
 
@@ -37,6 +38,7 @@ export interface PruneOptions {
   loss?: boolean;
   seed?: number;
   backend?: BackendName;
+  threads?: number;
   maxShardBytes?: number;
   force?: boolean;
   dryRun?: boolean;
@@ -118,7 +120,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   try {
     stats.checkModel(ckpt);
     task = ctx.task(`prune ${path.basename(ckpt.dir)}`, selectWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
-    if (needProblem) be = await createBackend(opts.backend ?? 'onnx');
+    if (needProblem) be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
     const problems = new Map<number, ReconstructionProblem>();
     const problem = async (layer: number) => {
       if (!problems.has(layer)) {
@@ -201,3 +203,21 @@ export function formatPrune(r: PruneReport): string {
   }
   return lines.join('\n');
 }
+
+export const pruneSpec: CommandSpec<PruneReport> = {
+  name: 'prune',
+  summary: 'drop routed experts (the same number in every MoE layer) and write a plain checkpoint',
+  args: [MODEL_ARG],
+  options: [
+    { flag: '--method <name>', type: { choices: () => PRUNE_METHODS.map((m) => m.name) }, required: true, description: 'how experts are chosen' },
+    { flag: '--protect-super-experts', type: 'bool', description: 'never drop super experts (extreme down_proj outputs)' },
+    { flag: '--super-factor <f>', type: 'number', default: '5', description: 'super expert: largest |down_proj output| above F × the layer median' },
+    { flag: '--naee-limit <n>', type: 'int', min: 1, default: '20000', description: 'NAEE tries every subset up to this many per layer, else searches greedily' },
+    { flag: '--loss', type: 'bool', description: 'report every layer\'s NAEE reconstruction loss for any method' },
+    { flag: '--seed <n>', type: 'int', default: '0', description: 'seed (random method)' },
+    ...reductionOptions('print each layer\'s plan and write nothing'),
+  ],
+  examples: ['moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50', 'moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run'],
+  run: ([model], o, ctx) => prune({ ...(o as Omit<PruneOptions, 'model'>), model }, ctx),
+  format: formatPrune,
+};

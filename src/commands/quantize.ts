@@ -30,6 +30,10 @@ import { RtnPool } from '../quant/rtn-pool';
 import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { writeConfig } from '../io/config-text';
+import { formatGguf, GgufOptions, GgufReport, parseGgmlType } from '../gguf/export';
+import type { GgmlType } from '../gguf/quants';
+import { parseBitChoices } from '../quant/plan';
+import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output, Values } from './spec';
 
 export const QUANT_RECORD_FILE = 'moe-quantization.json';
 /** A partial output of `--layers` (moe assemble joins them): its tensors in one file, and its record. */
@@ -561,3 +565,83 @@ export function formatQuantize(r: QuantizeReport): string {
   return lines.join('\n');
 }
 
+
+/** What `moe quantize` wrote: a packed or dequantized checkpoint, or a GGUF file (--format gguf). */
+export type QuantizeResult = { packed: QuantizeReport } | { gguf: GgufReport };
+
+function ggmlType(text: string, name: string): GgmlType {
+  const t = parseGgmlType(text);
+  if (!t) throw new UsageError(`${name} ${JSON.stringify(text)} is not a GGUF type moe writes`, { hint: 'use q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16 or bf16' });
+  return t;
+}
+
+function typeMenu(text: string, name: string): GgmlType[] {
+  const menu = text.split(',').map((x) => parseGgmlType(x.trim()));
+  if (menu.some((x) => !x)) throw new UsageError(`${name} ${JSON.stringify(text)} holds a type moe does not write`);
+  return menu as GgmlType[];
+}
+
+function bitChoices(text: string, name: string): number[] {
+  const choices = parseBitChoices(text);
+  if (!choices) throw new UsageError(`${name} ${JSON.stringify(text)} is not a list of integers from 1 to 8`, { hint: 'e.g. --bit-choices 2,3,4,8' });
+  return choices;
+}
+
+async function runQuantize(model: string, o: Values, ctx: Context): Promise<QuantizeResult> {
+  if (o.format === 'gguf') {
+    if (o.bits !== undefined) throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
+    if (o.layers !== undefined) throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', { hint: 'assemble the parts first, then write GGUF from the result' });
+    const { exportGguf } = await import('../gguf/export');
+    const g = o as Omit<GgufOptions, 'model' | 'menu'> & { typeMenu: GgmlType[] };
+    const opts: GgufOptions = { model, output: g.output, type: g.type, allocate: g.allocate, bpw: g.bpw, menu: g.typeMenu, stats: g.stats, alpha: g.alpha, beta: g.beta, force: g.force, dryRun: g.dryRun };
+    return { gguf: await exportGguf(opts, ctx) };
+  }
+  if (o.bits === undefined) throw new UsageError('--bits is required (or --format gguf with --type)', { hint: 'e.g. moe quantize MODEL --bits 4 -o OUT' });
+  return { packed: await quantize({ ...(o as Omit<QuantizeOptions, 'model'>), model }, ctx) };
+}
+
+export const quantizeSpec: CommandSpec<QuantizeResult> = {
+  name: 'quantize',
+  summary: 'quantize the decoder\'s linear weights (RTN or GPTQ), uniform or with bits allocated by a linear program',
+  args: [MODEL_ARG],
+  options: [
+    { flag: '--bits <b>', type: 'number', description: 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)' },
+    output('destination folder'),
+    { flag: '--group-size <n>', type: 'int', min: 1, default: '128', description: 'weights per scale and zero point, along the input dimension' },
+    { flag: '--method <name>', type: { choices: () => ['rtn', 'gptq'] }, description: 'quantizer (default: gptq when the stats hold Hessians, else rtn)' },
+    { flag: '--stats <dir>', type: 'string', description: 'calibration stats of this model (moe calibrate; --hessians for GPTQ)', runner: true },
+    { flag: '--allocate <mode>', type: { choices: () => ['uniform', 'lp'] }, default: 'uniform', description: 'same bits everywhere, or bits per group by linear programming (MC-MoE)' },
+    { flag: '--bit-choices <list>', type: 'list', parse: bitChoices, default: '2,3,4,8', description: 'bit-widths the allocation may choose' },
+    { flag: '--granularity <g>', type: { choices: () => ['expert', 'projection', 'layer'] }, default: 'expert', description: 'allocation group: one expert, one projection, or all experts of a layer' },
+    { flag: '--budget-scope <s>', type: { choices: () => ['global', 'layer'] }, default: 'global', description: 'meet --bits over the whole model (bits move to the layers that need them) or in every layer' },
+    { flag: '--alpha <a>', type: 'number', default: '1', description: 'exponent of expert frequency in the allocation weight' },
+    { flag: '--beta <b>', type: 'number', default: '1.5', description: 'exponent of mean routing weight in the allocation weight' },
+    { flag: '--attn-bits <n>', type: 'int', min: 1, description: 'fixed bits for attention (default: --bits, or at least 4 under lp)' },
+    { flag: '--shared-expert-bits <n>', type: 'int', min: 1, description: 'fixed bits for shared experts (default: --bits, or at least 4 under lp)' },
+    { flag: '--keep-router-fp', type: 'bool', description: 'leave the router unquantized (default: 8 bits)' },
+    { flag: '--act-order', type: 'bool', description: 'GPTQ: quantize columns in order of decreasing Hessian diagonal' },
+    { flag: '--damp <f>', type: 'number', default: '0.01', description: 'GPTQ dampening, a fraction of the mean Hessian diagonal' },
+    { flag: '--format <f>', type: { choices: () => ['packed', 'dequantized', 'gguf'] }, default: 'packed', description: 'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, or a llama.cpp GGUF file' },
+    { flag: '--type <t>', type: 'string', parse: ggmlType, default: 'q8_0', description: 'gguf: the ggml type of every weight (norms and routers stay F32): q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16, bf16' },
+    { flag: '--bpw <b>', type: 'number', description: 'gguf with --allocate lp: average bits per weight (blocks\' scales included), e.g. 4.5' },
+    { flag: '--type-menu <list>', type: 'list', parse: typeMenu, default: 'q2_k,q3_k,q4_k,q5_k,q6_k,q8_0', description: 'gguf with --allocate lp: the types the LP may choose' },
+    { flag: '--report <file>', type: 'file', description: 'write every group\'s bits and predicted error, the size and the solver\'s status as JSON' },
+    { flag: '--layers <A-B>', type: 'range', description: 'only decoder layers A to B (the rest of the model with layer 0): a part for moe assemble' },
+    ...COMPUTE,
+    MAX_SHARD_SIZE,
+    FORCE,
+    dryRun('allocate and report, write nothing'),
+    JSON_OUTPUT,
+  ],
+  examples: [
+    'moe quantize ./model --bits 4 -o ./model-int4',
+    'moe quantize ./model --format gguf --type q4_k -o ./model-q4_k.gguf',
+    'moe quantize ./model --format gguf --allocate lp --bpw 4.5 --stats ./stats -o ./gguf',
+    'moe calibrate ./model --data calib.txt --hessians -o ./stats',
+    'moe quantize ./model --stats ./stats --bits 2.5 --allocate lp --report alloc.json -o ./model-2.5bit',
+    'moe quantize ./model --stats ./stats --bits 4 --format dequantized -o ./model-q4-hf',
+  ],
+  run: ([model], o, ctx) => runQuantize(model, o, ctx),
+  format: (r) => ('gguf' in r ? formatGguf(r.gguf) : formatQuantize(r.packed)),
+  json: (r) => ('gguf' in r ? { ...r.gguf, tensors: r.gguf.tensors.length } : summary(r.packed)),
+};

@@ -14,15 +14,16 @@ import { openCheckpoint } from '../io/checkpoint';
 import { checkFileDestination, checkNotInput, createFolder, withoutTimings } from '../io/output';
 import { writeMarker } from '../io/ownership';
 import { weightBytes, weightFiles } from '../io/size';
-import { loadRecipe, Recipe, recipeInputs, Step } from '../recipe/recipe';
+import { loadRecipe, Recipe, recipeInputs, Step, stepValues } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import { finalModelStep, headlineLines, RunSize } from '../report/summary';
 import type { Context } from '../ui/progress';
-import { calibrate } from './calibrate';
-import { evalCommand, EvalReport } from './eval';
-import { merge } from './merge';
-import { prune } from './prune';
-import { quantize } from './quantize';
+import { calibrateSpec } from './calibrate';
+import { EvalReport, evalSpec } from './eval';
+import { mergeSpec } from './merge';
+import { pruneSpec } from './prune';
+import { quantizeSpec } from './quantize';
+import { CommandSpec, COMPUTE, dryRun, JSON_OUTPUT, Values } from './spec';
 import { modelNamedIn } from '../io/hf-cache';
 
 const STEP_RECORD = 'moe-step.json';
@@ -62,7 +63,72 @@ function modelKey(dir: string): string {
   return sha({ fingerprint: fingerprint(ckpt), shards: ckpt.shards.map((s) => [path.basename(s), fs.statSync(s).size, fs.statSync(s).mtimeMs]) });
 }
 
-export async function run(file: string, ctx: Context, opts: { fresh?: boolean; dryRun?: boolean; reportHtml?: string } = {}): Promise<RunReport> {
+export interface RunOptions {
+  fresh?: boolean;
+  dryRun?: boolean;
+  reportHtml?: string;
+  /** Override the recipe's top-level backend and threads. */
+  backend?: BackendName;
+  threads?: number;
+}
+
+/** What the runner gives a step besides its recipe options. */
+interface StepInput {
+  model: string;
+  output: string;
+  stats?: string;
+  backend?: BackendName;
+  threads?: number;
+}
+
+/**
+ * Runs one step through its command's spec: the recipe's options (defaults filled in, src/recipe/recipe.ts) plus
+ * what the runner supplies. Fills the report's detail; returns the gate's failure of an eval step, if any.
+ */
+async function runStep(recipe: Recipe, s: Step, input: StepInput, report: StepReport, ctx: Context): Promise<GateError | undefined> {
+  const values = { ...stepValues(s), ...input, force: true, dryRun: false };
+  switch (s.kind) {
+    case 'calibrate': {
+      const r = await calibrateSpec.run([input.model], values, ctx);
+      report.detail = `${r.tokens} tokens${r.hessians ? ', with Hessians' : ''}`;
+      return;
+    }
+    case 'prune':
+    case 'merge': {
+      const r = await (s.kind === 'prune' ? pruneSpec : mergeSpec).run([input.model], values, ctx);
+      report.detail = `${r.method}: ${r.experts_before} → ${r.experts_after} experts`;
+      return;
+    }
+    case 'quantize': {
+      const r = await quantizeSpec.run([input.model], values, ctx);
+      if ('gguf' in r) report.detail = `GGUF ${r.gguf.type ?? `LP ${r.gguf.bpw_target} bpw`}: ${r.gguf.bpw.toFixed(3)} bits/weight, ${(r.gguf.file_bytes / 1e6).toFixed(2)} MB`;
+      else report.detail = `${r.packed.method}, ${r.packed.allocate}: ${r.packed.average_bits.toFixed(3)} bits average`;
+      return;
+    }
+    case 'eval':
+      return evalStep(recipe, s, values, report, ctx);
+  }
+}
+
+async function evalStep(recipe: Recipe, s: Step, values: Values, report: StepReport, ctx: Context): Promise<GateError | undefined> {
+  const b = values.baseline as string | undefined;
+  const where = `step ${report.step} (line ${s.line}): eval.baseline`;
+  const baseline = b === undefined ? undefined : b === 'original' ? recipe.model : modelNamedIn(b, path.dirname(recipe.file), where, recipe.file);
+  const r: EvalReport = await evalSpec.run([values.model as string], { ...values, baseline }, ctx);
+  const out = values.output as string;
+  fs.mkdirSync(out, { recursive: true });
+  writeMarker(out, 'run (eval step)');
+  fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(withoutTimings(r), null, 1) + '\n');
+  report.eval = { perplexity: r.perplexity, baseline_perplexity: r.baseline?.perplexity, ppl_increase_pct: r.baseline?.ppl_increase_pct, bytes: r.size.bytes, params: r.size.params, kl_mean: r.baseline?.kl_mean };
+  const base = r.baseline ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)` : '';
+  report.detail = `perplexity ${r.perplexity.toFixed(2)}${base}`;
+  if (r.gate && !r.gate.passed) {
+    const what = `step ${report.step} (line ${s.line}): perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`;
+    return new GateError(what, { file: recipe.file, hint: 'compress less, or raise max_ppl_increase' });
+  }
+}
+
+export async function run(file: string, ctx: Context, opts: RunOptions = {}): Promise<RunReport> {
   const started = Date.now();
   const recipe: Recipe = loadRecipe(file);
   if (opts.reportHtml) {
@@ -74,7 +140,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
     createFolder(recipe.output, 'run');
     fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
   }
-  const backend = recipe.backend as BackendName | undefined;
+  const backend = opts.backend ?? (recipe.backend as BackendName | undefined);
   let model = recipe.model;
   let modelK = modelKey(model);
   let stats: { dir: string; key: string; forModel: string } | undefined;
@@ -102,69 +168,11 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
     } else {
       ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
       report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
-      const o = s.options as Record<string, never>;
-      switch (s.kind) {
-        case 'calibrate': {
-          const r = await calibrate({ model, output: out, data: o.data, seqLen: o.seq_len ?? 512, maxTokens: o.max_tokens, samples: o.samples, hessians: o.hessians, naeeTokens: o.naee_tokens, seed: o.seed, backend, threads: recipe.threads, force: true }, ctx);
-          report.detail = `${r.tokens} tokens${o.hessians ? ', with Hessians' : ''}`;
-          break;
-        }
-        case 'prune':
-        case 'merge': {
-          const common = { model, stats: useStats!.dir, method: o.method, keep: o.keep, ratio: o.ratio, output: out, seed: o.seed, backend, force: true };
-          const r = s.kind === 'prune' ? await prune({ ...common, protectSuperExperts: o.protect_super_experts }, ctx) : await merge({ ...common, similarity: o.similarity, linkage: o.linkage, align: o.align, router: o.router }, ctx);
-          report.detail = `${r.method}: ${r.experts_before} → ${r.experts_after} experts`;
-          break;
-        }
-        case 'quantize': {
-          if (o.format === 'gguf') {
-            const { exportGguf, parseGgmlType } = await import('../gguf/export');
-            const r = await exportGguf({ model, output: out, type: o.type ? parseGgmlType(o.type) : undefined, allocate: o.allocate, bpw: o.bpw, stats: useStats?.dir, force: true }, ctx);
-            report.detail = `GGUF ${r.type ?? `LP ${r.bpw_target} bpw`}: ${r.bpw.toFixed(3)} bits/weight, ${(r.file_bytes / 1e6).toFixed(2)} MB`;
-          } else {
-            const r = await quantize(
-              {
-                model,
-                output: out,
-                bits: o.bits,
-                method: o.method,
-                stats: useStats?.dir,
-                allocate: o.allocate,
-                groupSize: o.group_size,
-                bitChoices: o.bit_choices,
-                granularity: o.granularity,
-                budgetScope: o.budget_scope,
-                alpha: o.alpha,
-                beta: o.beta,
-                attnBits: o.attn_bits,
-                sharedExpertBits: o.shared_expert_bits,
-                keepRouterFp: o.keep_router_fp,
-                actOrder: o.act_order,
-                format: o.format,
-                backend,
-                threads: recipe.threads,
-                force: true,
-              },
-              ctx,
-            );
-            report.detail = `${r.method}, ${r.allocate}: ${r.average_bits.toFixed(3)} bits average`;
-          }
-          break;
-        }
-        case 'eval': {
-          const base = o.baseline === undefined ? undefined : o.baseline === 'original' ? recipe.model : modelNamedIn(o.baseline, path.dirname(recipe.file), `step ${i + 1} (line ${s.line}): eval.baseline`, recipe.file);
-          const r: EvalReport = await evalCommand({ model, data: o.data, seqLen: o.seq_len ?? 2048, maxTokens: o.max_tokens, baseline: base, maxPplIncrease: o.max_ppl_increase, backend, threads: recipe.threads }, ctx);
-          fs.mkdirSync(out, { recursive: true });
-          writeMarker(out, 'run (eval step)');
-          fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(withoutTimings(r), null, 1) + '\n');
-          report.eval = { perplexity: r.perplexity, baseline_perplexity: r.baseline?.perplexity, ppl_increase_pct: r.baseline?.ppl_increase_pct, bytes: r.size.bytes, params: r.size.params, kl_mean: r.baseline?.kl_mean };
-          report.detail = `perplexity ${r.perplexity.toFixed(2)}${r.baseline ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)` : ''}`;
-          if (r.gate && !r.gate.passed) {
-            fs.writeFileSync(recordFile + '.failed', JSON.stringify(report) + '\n');
-            throw new GateError(`step ${i + 1} (line ${s.line}): perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`, { file: recipe.file, hint: 'compress less, or raise max_ppl_increase' });
-          }
-          break;
-        }
+      const step: StepInput = { model, output: out, stats: useStats?.dir, backend, threads: opts.threads ?? recipe.threads };
+      const failed = await runStep(recipe, s, step, report, ctx);
+      if (failed) {
+        fs.writeFileSync(recordFile + '.failed', JSON.stringify(report) + '\n');
+        throw failed;
       }
       report.seconds = (Date.now() - t0) / 1000;
       // The record holds no step duration (it is in the returned report): a re-run writes the same bytes.
@@ -204,3 +212,34 @@ export function formatRun(r: RunReport): string {
   lines.push(`outputs in ${r.output}; ${r.seconds.toFixed(1)} s`);
   return lines.join('\n');
 }
+
+export type RunResult = RunReport & { report_html: string | null };
+
+async function runCommand(file: string, o: Values, ctx: Context): Promise<RunResult> {
+  const reportHtml = o.reportHtml as string | undefined;
+  const report = await run(file, ctx, { fresh: !!o.fresh, dryRun: !!o.dryRun, reportHtml, backend: o.backend as BackendName | undefined, threads: o.threads as number | undefined });
+  if (o.dryRun) return { ...report, report_html: reportHtml ? path.resolve(reportHtml) : null };
+  // A resumed run rewrites the report it wrote before.
+  if (!reportHtml) return { ...report, report_html: null };
+  const { writeReport } = await import('../report/report');
+  return { ...report, report_html: (await writeReport(report.output, reportHtml, { force: true })).file };
+}
+
+export const runSpec: CommandSpec<RunResult> = {
+  name: 'run',
+  summary: 'run a recipe: calibrate → prune or merge → quantize → eval steps from a YAML file, resuming finished steps',
+  args: [{ name: '<recipe>', description: 'the recipe (YAML)' }],
+  options: [
+    { flag: '--fresh', type: 'bool', description: 'run every step again, even those whose outputs are up to date' },
+    { flag: '--report-html <file>', type: 'file', description: 'also write the HTML report of the run (moe report)' },
+    dryRun('print which steps would run and which outputs would be reused, and write nothing'),
+    // No default here: the recipe's top-level backend and threads apply unless these are given.
+    { ...COMPUTE[0], default: undefined, description: 'matmul backend (default: the recipe\'s backend, else onnx)' },
+    { ...COMPUTE[1], description: 'compute threads (default: the recipe\'s threads, else all cores)' },
+    JSON_OUTPUT,
+  ],
+  examples: ['moe run recipes/demo.yaml', 'moe run recipes/demo.yaml --dry-run', 'moe run my-recipe.yaml --json > run.json'],
+  epilog: '\n\nSee recipes/demo.yaml for the format.',
+  run: ([file], o, ctx) => runCommand(file, o, ctx),
+  format: (r) => (r.dry_run ? formatRunPlan(r) + (r.report_html ? `\nwould write the report ${r.report_html}` : '') : formatRun(r) + (r.report_html ? `\nreport: ${r.report_html}` : '')),
+};

@@ -44,6 +44,9 @@ export const CAST_TARGETS: Record<string, DType> = {
   float32: 'F32',
 };
 
+/** The --dtype values moe shows (CAST_TARGETS also takes the aliases). */
+export const CAST_CHOICES: readonly string[] = ['bf16', 'f16', 'f32'];
+
 /** The name config.json uses for a dtype (its `torch_dtype` / `dtype` key). */
 export const TORCH_NAMES: Partial<Record<DType, string>> = {
   BF16: 'bfloat16',

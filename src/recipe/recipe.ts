@@ -21,38 +21,56 @@ import { modelNamedIn } from '../io/hf-cache';
 import { Document, isMap, isSeq, LineCounter, parseDocument, Scalar, YAMLMap } from 'yaml';
 import { UsageError } from '../errors';
 import { overlap } from '../io/ownership';
+import { calibrateSpec } from '../commands/calibrate';
+import { evalSpec } from '../commands/eval';
+import { mergeSpec } from '../commands/merge';
+import { pruneSpec } from '../commands/prune';
+import { quantizeSpec } from '../commands/quantize';
+import { anySpec, BACKEND, choicesOf, CommandSpec, OptionSpec, parseOptions, parseText, recipeKey, Values } from '../commands/spec';
 
 export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
 
-type OptionType = 'int' | 'number' | 'bool' | 'string' | 'path' | 'int-list' | { enum: string[] };
+/**
+ * The commands a recipe step runs. A step's options are its command's options (src/commands/spec.ts) in
+ * snake_case, with the CLI's defaults and parsers, except what `moe run` supplies (output, stats, force, json,
+ * dry-run, backend, threads: the last two from the recipe's top level or moe run's flags).
+ */
+export const STEP_SPECS: Record<StepKind, CommandSpec> = { calibrate: anySpec(calibrateSpec), prune: anySpec(pruneSpec), merge: anySpec(mergeSpec), quantize: anySpec(quantizeSpec), eval: anySpec(evalSpec) };
 
-const SCHEMA: Record<StepKind, Record<string, OptionType>> = {
-  calibrate: { data: 'path', seq_len: 'int', max_tokens: 'int', samples: 'int', hessians: 'bool', naee_tokens: 'int', seed: 'int' },
-  prune: { method: { enum: ['frequency', 'soft-frequency', 'reap', 'naee', 'random'] }, keep: 'int', ratio: 'number', protect_super_experts: 'bool', seed: 'int' },
-  merge: { method: { enum: ['msmoe', 'hcsmoe', 'average'] }, keep: 'int', ratio: 'number', similarity: { enum: ['router-logits', 'expert-output', 'weights'] }, linkage: { enum: ['single', 'complete', 'average'] }, align: 'bool', router: { enum: ['dominant', 'weighted'] }, seed: 'int' },
-  quantize: {
-    bits: 'number',
-    method: { enum: ['rtn', 'gptq'] },
-    allocate: { enum: ['uniform', 'lp'] },
-    group_size: 'int',
-    bit_choices: 'int-list',
-    granularity: { enum: ['expert', 'projection', 'layer'] },
-    budget_scope: { enum: ['global', 'layer'] },
-    alpha: 'number',
-    beta: 'number',
-    attn_bits: 'int',
-    shared_expert_bits: 'int',
-    keep_router_fp: 'bool',
-    act_order: 'bool',
-    format: { enum: ['packed', 'dequantized', 'gguf'] },
-    type: 'string',
-    bpw: 'number',
-    stats: 'bool',
-  },
-  eval: { data: 'path', seq_len: 'int', max_tokens: 'int', baseline: 'string', max_ppl_increase: 'number' },
+/** Recipe keys without a CLI flag: quantize's stats: false quantizes without the latest calibration. */
+const RECIPE_ONLY: Partial<Record<StepKind, OptionSpec[]>> = {
+  quantize: [{ flag: '--stats', type: 'bool', description: 'use the latest calibration of the model (default: when there is one)' }],
 };
 
-const REQUIRED: Record<StepKind, string[]> = { calibrate: ['data'], prune: ['method'], merge: ['method'], quantize: [], eval: ['data'] };
+/** A recipe names its calibration data, so that a run says what it measured. */
+const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data'] };
+
+/** The options a step runs its command with, in the command's order. */
+export function stepOptionSpecs(kind: StepKind): OptionSpec[] {
+  return STEP_SPECS[kind].options.filter((o) => !o.runner);
+}
+
+/** Every recipe key of a step and its option. */
+function schema(kind: StepKind): Map<string, OptionSpec> {
+  return new Map([...stepOptionSpecs(kind), ...(RECIPE_ONLY[kind] ?? [])].map((o) => [recipeKey(o), o]));
+}
+
+function required(kind: StepKind): string[] {
+  return [...(RECIPE_REQUIRED[kind] ?? []), ...stepOptionSpecs(kind).filter((o) => o.required).map(recipeKey)];
+}
+
+/** A value as written in a recipe (after checkValue) as the text the CLI parser takes. */
+function recipeText(o: OptionSpec, v: unknown): unknown {
+  if (v === undefined || o.type === 'bool') return v;
+  if (Array.isArray(v)) return v.join(',');
+  if (o.type === 'onoff' && typeof v === 'boolean') return v ? 'on' : 'off';
+  return String(v);
+}
+
+/** A step's command options (camelCase keys, defaults filled in), from its recipe options. */
+export function stepValues(step: Step): Values {
+  return parseOptions(stepOptionSpecs(step.kind), (o) => recipeText(o, step.options[recipeKey(o)]), (o) => `${step.kind}.${recipeKey(o)}`);
+}
 
 export interface Step {
   kind: StepKind;
@@ -107,7 +125,8 @@ export function loadRecipe(file: string): Recipe {
   const model = modelNamedIn(str('model', true)!, dir, `${path.basename(abs)} line ${at(top.get('model', true))}`, abs);
   const output = path.resolve(dir, str('output', true)!);
   const backend = str('backend', false);
-  if (backend !== undefined && !['onnx', 'ref', 'tfjs'].includes(backend)) fail(at(top.get('backend', true)), `backend "${backend}" is not onnx, ref or tfjs`);
+  const backends = choicesOf(BACKEND)!;
+  if (backend !== undefined && !backends.includes(backend)) fail(at(top.get('backend', true)), `backend "${backend}" is not ${backends.slice(0, -1).join(', ')} or ${backends[backends.length - 1]}`);
   const threadsNode = top.get('threads', true) as Scalar | undefined;
   if (threadsNode && !(Number.isInteger(threadsNode.value) && (threadsNode.value as number) >= 1)) fail(at(threadsNode), 'threads must be a positive integer');
   const stepsNode = top.get('steps', true);
@@ -117,19 +136,19 @@ export function loadRecipe(file: string): Recipe {
     if (!isMap(item) || item.items.length !== 1) fail(at(item), 'each step is one mapping, e.g. "- prune: { method: reap, keep: 4 }"');
     const pair = (item as YAMLMap).items[0];
     const kind = String((pair.key as Scalar).value);
-    if (!(kind in SCHEMA)) fail(at(pair.key), `unknown step "${kind}"`, `steps are ${Object.keys(SCHEMA).join(', ')}`);
-    const schema = SCHEMA[kind as StepKind];
+    if (!(kind in STEP_SPECS)) fail(at(pair.key), `unknown step "${kind}"`, `steps are ${Object.keys(STEP_SPECS).join(', ')}`);
+    const keys = schema(kind as StepKind);
     const options: Record<string, unknown> = {};
     const body = pair.value;
     if (body !== null && body !== undefined && !(isMap(body) || (body as Scalar).value === null)) fail(at(body), `the options of "${kind}" must be a mapping`);
     for (const opt of isMap(body) ? body.items : []) {
       const name = String((opt.key as Scalar).value);
-      const type = schema[name];
+      const spec = keys.get(name);
       const line = at(opt.key);
-      if (!type) fail(line, `"${kind}" has no option "${name}"`, `its options are ${Object.keys(schema).join(', ')}`);
-      options[name] = checkValue(opt.value, type, `${kind}.${name}`, line, dir, fail, at);
+      if (!spec) fail(line, `"${kind}" has no option "${name}"`, `its options are ${[...keys.keys()].join(', ')}`);
+      options[name] = checkValue(opt.value, spec!, `${kind}.${name}`, line, dir, fail, at);
     }
-    for (const r of REQUIRED[kind as StepKind]) if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
+    for (const r of required(kind as StepKind)) if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
     const baseline = options.baseline;
     if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original') modelNamedIn(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);
     steps.push({ kind: kind as StepKind, options, line: at(pair.key) });
@@ -155,11 +174,33 @@ export function recipeInputs(recipe: Recipe): { flag: string; path: string; line
   return inputs;
 }
 
-function checkValue(node: unknown, type: OptionType, name: string, line: number, dir: string, fail: (line: number, what: string, hint?: string) => never, at: (n: unknown) => number): unknown {
+type Fail = (line: number, what: string, hint?: string) => never;
+
+/**
+ * A recipe value: its YAML type is checked here (the messages name the recipe key), then its text goes through
+ * the CLI's parser for the option, so a recipe refuses what the CLI refuses. Returns the value as written (paths
+ * resolved against the recipe's folder): the step key hashes it.
+ */
+function checkValue(node: unknown, o: OptionSpec, name: string, line: number, dir: string, fail: Fail, at: (n: unknown) => number): unknown {
   const v = (node as Scalar | null)?.value;
   const l = at(node) || line;
+  const written = writtenValue(node, v, o, name, l, dir, fail);
+  if (o.type !== 'bool') {
+    try {
+      parseText(o, String(recipeText(o, written)), name);
+    } catch (e) {
+      if (!(e instanceof UsageError)) throw e;
+      fail(l, e.message, e.hint);
+    }
+  }
+  return written;
+}
+
+function writtenValue(node: unknown, v: unknown, o: OptionSpec, name: string, l: number, dir: string, fail: Fail): unknown {
+  const type = o.type;
   if (typeof type === 'object') {
-    if (typeof v !== 'string' || !type.enum.includes(v)) fail(l, `${name} is ${JSON.stringify(v)}; expected one of ${type.enum.join(', ')}`);
+    const list = type.choices();
+    if (typeof v !== 'string' || !list.includes(v)) fail(l, `${name} is ${JSON.stringify(v)}; expected one of ${list.join(', ')}`);
     return v;
   }
   switch (type) {
@@ -172,24 +213,34 @@ function checkValue(node: unknown, type: OptionType, name: string, line: number,
     case 'bool':
       if (typeof v !== 'boolean') fail(l, `${name} must be true or false, not ${JSON.stringify(v)}`);
       return v;
-    case 'string':
-      if (typeof v !== 'string') fail(l, `${name} must be a string, not ${JSON.stringify(v)}`);
+    case 'onoff':
+      if (typeof v !== 'boolean' && v !== 'on' && v !== 'off') fail(l, `${name} must be true or false (on or off), not ${JSON.stringify(v)}`);
       return v;
-    case 'path': {
+    case 'size':
+    case 'range':
+      if (typeof v !== 'string' && typeof v !== 'number') fail(l, `${name} must be a string or a number, not ${JSON.stringify(v)}`);
+      return v;
+    case 'list': {
+      if (typeof v === 'string') return v;
+      const example = o.default ? ` e.g. [${o.default.split(',').join(', ')}]` : '';
+      if (!isSeq(node) || !node.items.every((x) => ['string', 'number'].includes(typeof (x as Scalar).value))) fail(l, `${name} must be a list,${example}`);
+      return (node as { items: Scalar[] }).items.map((x) => x.value);
+    }
+    case 'path':
+    case 'file': {
       if (typeof v !== 'string') fail(l, `${name} must be a path, not ${JSON.stringify(v)}`);
       const p = path.resolve(dir, v as string);
-      if (!fs.existsSync(p)) fail(l, `${name}: ${p} does not exist`);
+      if (type === 'path' && !fs.existsSync(p)) fail(l, `${name}: ${p} does not exist`);
       return p;
     }
-    case 'int-list': {
-      if (!isSeq(node) || !node.items.every((x) => Number.isInteger((x as Scalar).value))) fail(l, `${name} must be a list of integers, e.g. [2, 3, 4, 8]`);
-      return (node as { items: Scalar[] }).items.map((x) => x.value as number);
-    }
+    default:
+      if (typeof v !== 'string') fail(l, `${name} must be a string, not ${JSON.stringify(v)}`);
+      return v;
   }
 }
 
 /** Statically checks that every prune and merge has a calibration of the model it receives. */
-function checkFlow(steps: Step[], fail: (line: number, what: string, hint?: string) => never): void {
+function checkFlow(steps: Step[], fail: Fail): void {
   let statsFresh = false;
   let gguf: Step | undefined;
   for (const s of steps) {
