@@ -30,8 +30,8 @@ import { RtnPool } from '../quant/rtn-pool';
 import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { writeConfig } from '../io/config-text';
-import { formatGguf, GgufOptions, GgufReport, parseGgmlType } from '../gguf/export';
-import type { GgmlType } from '../gguf/quants';
+import type { GgufOptions, GgufReport } from '../gguf/export';
+import { GgmlType, ggmlTypeNamed } from '../gguf/quants';
 import { parseBitChoices } from '../quant/plan';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output, Values } from './spec';
 
@@ -567,16 +567,16 @@ export function formatQuantize(r: QuantizeReport): string {
 
 
 /** What `moe quantize` wrote: a packed or dequantized checkpoint, or a GGUF file (--format gguf). */
-export type QuantizeResult = { packed: QuantizeReport } | { gguf: GgufReport };
+export type QuantizeResult = { packed: QuantizeReport } | { gguf: GgufReport; text: string };
 
 function ggmlType(text: string, name: string): GgmlType {
-  const t = parseGgmlType(text);
+  const t = ggmlTypeNamed(text);
   if (!t) throw new UsageError(`${name} ${JSON.stringify(text)} is not a GGUF type moe writes`, { hint: 'use q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16 or bf16' });
   return t;
 }
 
 function typeMenu(text: string, name: string): GgmlType[] {
-  const menu = text.split(',').map((x) => parseGgmlType(x.trim()));
+  const menu = text.split(',').map((x) => ggmlTypeNamed(x.trim()));
   if (menu.some((x) => !x)) throw new UsageError(`${name} ${JSON.stringify(text)} holds a type moe does not write`);
   return menu as GgmlType[];
 }
@@ -591,10 +591,12 @@ async function runQuantize(model: string, o: Values, ctx: Context): Promise<Quan
   if (o.format === 'gguf') {
     if (o.bits !== undefined) throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
     if (o.layers !== undefined) throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', { hint: 'assemble the parts first, then write GGUF from the result' });
-    const { exportGguf } = await import('../gguf/export');
+    // Imported when used: src/gguf/export.ts imports from this file.
+    const { exportGguf, formatGguf } = await import('../gguf/export');
     const g = o as Omit<GgufOptions, 'model' | 'menu'> & { typeMenu: GgmlType[] };
     const opts: GgufOptions = { model, output: g.output, type: g.type, allocate: g.allocate, bpw: g.bpw, menu: g.typeMenu, stats: g.stats, alpha: g.alpha, beta: g.beta, force: g.force, dryRun: g.dryRun };
-    return { gguf: await exportGguf(opts, ctx) };
+    const gguf = await exportGguf(opts, ctx);
+    return { gguf, text: formatGguf(gguf) };
   }
   if (o.bits === undefined) throw new UsageError('--bits is required (or --format gguf with --type)', { hint: 'e.g. moe quantize MODEL --bits 4 -o OUT' });
   return { packed: await quantize({ ...(o as Omit<QuantizeOptions, 'model'>), model }, ctx) };
@@ -642,6 +644,6 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     'moe quantize ./model --stats ./stats --bits 4 --format dequantized -o ./model-q4-hf',
   ],
   run: ([model], o, ctx) => runQuantize(model, o, ctx),
-  format: (r) => ('gguf' in r ? formatGguf(r.gguf) : formatQuantize(r.packed)),
+  format: (r) => ('gguf' in r ? r.text : formatQuantize(r.packed)),
   json: (r) => ('gguf' in r ? { ...r.gguf, tensors: r.gguf.tensors.length } : summary(r.packed)),
 };

@@ -18,6 +18,12 @@ export type GgmlType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K
 
 export const GGML_TYPE_ID: Record<GgmlType, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 };
 
+/** The ggml type of a name (q4_k, Q4_K), if moe writes it. */
+export function ggmlTypeNamed(s: string): GgmlType | undefined {
+  const t = s.toUpperCase();
+  return t in GGML_TYPE_ID ? (t as GgmlType) : undefined;
+}
+
 const QK_K = 256;
 const BLOCK: Record<GgmlType, [number, number]> = {
   F32: [1, 4],

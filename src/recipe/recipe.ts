@@ -11,9 +11,12 @@
  *     - quantize: { bits: 3, allocate: lp }
  *     - eval: { data: ../fixtures/text/eval.txt, seq_len: 256, baseline: original, max_ppl_increase: 40 }
  *
+ * A step's options are its command's CLI options in snake_case, with the same defaults and the same parsers (the
+ * command specs, src/commands/spec.ts): only what `moe run` supplies is not a key (output, stats, force, json,
+ * dry-run; backend and threads come from the top level or moe run's flags). Lists are YAML lists or the CLI's text.
  * prune and merge use the latest calibration, which must have been made on the model they receive (a
- * calibrate step after every step that changes the model); quantize uses it when there is one. Every error names
- * the recipe's line.
+ * calibrate step after every step that changes the model); quantize uses it when there is one (`stats: false`:
+ * not). Every error names the recipe's line.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
