@@ -66,7 +66,11 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
 }
 
 /** The GGUF tensors, in llama.cpp's order: routed experts stacked per projection, absent tensors left out. */
-function ggufTensors(a: Architecture, shapes: Map<string, number[]>, attention: GgufMapping['attentionTensors']): GgufSource[] {
+function ggufTensors(
+  a: Architecture,
+  shapes: Map<string, number[]>,
+  attention: GgufMapping['attentionTensors'],
+): GgufSource[] {
   const tensors: GgufSource[] = [];
   const one = (name: string, from: string, kind: GgufSource['kind'], extra: Partial<GgufSource> = {}) => {
     if (!shapes.has(from)) return;
@@ -75,7 +79,9 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, attention: 
     tensors.push({ name, shape, from: [from], kind, ...extra });
   };
   const ffn = (b: string, l: number, prefix: string, names: Record<Proj, string>, key: (proj: Proj) => string) => {
-    for (const proj of ['gate', 'up', 'down'] as Proj[]) one(`${b}.${prefix}${names[proj]}.weight`, key(proj), 'weight', { layer: l, proj });
+    for (const proj of ['gate', 'up', 'down'] as Proj[]) {
+      one(`${b}.${prefix}${names[proj]}.weight`, key(proj), 'weight', { layer: l, proj });
+    }
   };
   one('token_embd.weight', 'model.embed_tokens.weight', 'weight', { proj: 'embed' });
   for (let l = 0; l < a.numLayers; l++) {
@@ -83,7 +89,8 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, attention: 
     const b = `blk.${l}`;
     one(`${b}.attn_norm.weight`, `${p}.input_layernorm.weight`, 'norm', { layer: l });
     for (const t of attention(l, b)) {
-      const extra: Partial<GgufSource> = { layer: l, ...(t.kind === 'weight' ? { proj: 'attn' as const } : {}), permuteHeads: t.permuteHeads, splitKvB: t.splitKvB };
+      const proj = t.kind === 'weight' ? { proj: 'attn' as const } : {};
+      const extra: Partial<GgufSource> = { layer: l, ...proj, permuteHeads: t.permuteHeads, splitKvB: t.splitKvB };
       if (t.shape) tensors.push({ name: t.name, shape: t.shape, from: [t.from], kind: t.kind, ...extra });
       else one(t.name, t.from, t.kind, extra);
     }
@@ -98,7 +105,8 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, attention: 
       }
       const bias = a.correctionBiasKey(l);
       if (bias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l });
-      ffn(b, l, 'ffn_', { gate: 'gate_shexp', up: 'up_shexp', down: 'down_shexp' }, (proj) => `${a.sharedExpertPrefix(l)}.${proj}_proj.weight`);
+      const shexp = { gate: 'gate_shexp', up: 'up_shexp', down: 'down_shexp' };
+      ffn(b, l, 'ffn_', shexp, (proj) => `${a.sharedExpertPrefix(l)}.${proj}_proj.weight`);
       one(`${b}.ffn_gate_inp_shexp.weight`, a.sharedGateKey(l), 'router', { layer: l });
     } else {
       ffn(b, l, 'ffn_', { gate: 'gate', up: 'up', down: 'down' }, (proj) => `${p}.mlp.${proj}_proj.weight`);

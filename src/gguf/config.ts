@@ -1,8 +1,9 @@
 /**
  * A Hugging Face config.json rebuilt from a GGUF file's `<arch>.*` metadata, for the architectures moe writes
  * (src/gguf/arch.ts): the common keys here, each family's own in its GgufReader (src/model/*.ts: qwen3moe,
- * qwen2moe, olmoe, llama with experts for Mixtral, deepseek2 for DeepSeek-V2 and -V3). Where a key is absent, llama.cpp's own default for that architecture
- * applies (e.g. whether the top-k weights are renormalised), since llama.cpp defines what the file means.
+ * qwen2moe, olmoe, llama with experts for Mixtral, deepseek2 for DeepSeek-V2 and -V3). Where a key is
+ * absent, llama.cpp's own default for that architecture applies (e.g. whether the top-k weights are
+ * renormalised), since llama.cpp defines what the file means.
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
@@ -27,13 +28,16 @@ function hparams(g: GgufFile, arch: string): GgufHparams {
     opt,
     num: (k, fallback) => {
       const v = opt(k) ?? fallback;
-      if (v === undefined) throw new CheckpointError(`the GGUF file has no ${key(k)}`, { file, hint: 'the file is incomplete or was not written for llama.cpp' });
+      const hint = 'the file is incomplete or was not written for llama.cpp';
+      if (v === undefined) throw new CheckpointError(`the GGUF file has no ${key(k)}`, { file, hint });
       return v;
     },
     bool: (k, fallback) => {
       const v = m.get(key(k));
       if (v === undefined) return fallback;
-      if (typeof v !== 'boolean') throw new CheckpointError(`GGUF metadata ${key(k)} is ${JSON.stringify(v)}, expected true or false`, { file });
+      if (typeof v !== 'boolean') {
+        throw new CheckpointError(`GGUF metadata ${key(k)} is ${JSON.stringify(v)}, expected true or false`, { file });
+      }
       return v;
     },
     hasTensor: (name) => g.tensors.some((t) => t.name === name),
@@ -46,10 +50,13 @@ function hparams(g: GgufFile, arch: string): GgufHparams {
 export function configFromGguf(g: GgufFile): Config {
   const file = g.file;
   const arch = g.metadata.get('general.architecture');
-  if (typeof arch !== 'string') throw new CheckpointError('the GGUF file has no general.architecture', { file, hint: 'this is not a model file' });
+  if (typeof arch !== 'string') {
+    throw new CheckpointError('the GGUF file has no general.architecture', { file, hint: 'this is not a model file' });
+  }
   const reader = architectures.ggufReader(arch);
   if (!reader) {
-    throw new CheckpointError(`GGUF architecture "${arch}" is not read by moe`, { file, hint: `moe reads the MoE architectures it writes: ${architectures.ggufArches().join(', ')} (llama with experts)` });
+    const hint = `moe reads the MoE architectures it writes: ${architectures.ggufArches().join(', ')} (llama with experts)`;
+    throw new CheckpointError(`GGUF architecture "${arch}" is not read by moe`, { file, hint });
   }
   const h = hparams(g, arch);
   const embd = g.tensors.find((t) => t.name === 'token_embd.weight');
@@ -57,7 +64,10 @@ export function configFromGguf(g: GgufFile): Config {
   const hidden = h.num('embedding_length');
   const heads = h.num('attention.head_count');
   const experts = h.num('expert_count', 0);
-  if (experts < 1) throw new CheckpointError(`the GGUF file's ${arch} model has no experts (${arch}.expert_count)`, { file, hint: 'moe evaluates Mixture-of-Experts models' });
+  if (experts < 1) {
+    const hint = 'moe evaluates Mixture-of-Experts models';
+    throw new CheckpointError(`the GGUF file's ${arch} model has no experts (${arch}.expert_count)`, { file, hint });
+  }
   const c: Config = {
     hidden_size: hidden,
     num_hidden_layers: h.num('block_count'),

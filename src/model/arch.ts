@@ -121,13 +121,18 @@ export abstract class Architecture {
   /** llama.cpp renormalises the top-k weights of some architectures always, of others never (build_moe_ffn). */
   protected normTopKWarnings(ggufArch: string, llamaNorm: boolean): string[] {
     if (this.routing.normTopK === llamaNorm) return [];
-    return [`llama.cpp ${llamaNorm ? 'always' : 'never'} renormalises the top-k routing weights of ${ggufArch}; this model has norm_topk_prob ${this.routing.normTopK}, so llama.cpp weighs the experts differently`];
+    const how = llamaNorm ? 'always' : 'never';
+    return [
+      `llama.cpp ${how} renormalises the top-k routing weights of ${ggufArch}; ` +
+        `this model has norm_topk_prob ${this.routing.normTopK}, so llama.cpp weighs the experts differently`,
+    ];
   }
 
   /** Grouped-query attention with these head sizes and q/k norm (Mixtral, Qwen, OLMoE). */
   protected gqaSpec(headDim: number, qkNorm: GqaSpec['qkNorm'], eps: number, clipQkv?: number): GqaSpec {
     const heads = this.cfg.int('num_attention_heads');
-    return { kind: 'gqa', heads, kvHeads: this.cfg.int('num_key_value_heads', heads), headDim, qkNorm, clipQkv, scale: headDim ** -0.5, eps };
+    const kvHeads = this.cfg.int('num_key_value_heads', heads);
+    return { kind: 'gqa', heads, kvHeads, headDim, qkNorm, clipQkv, scale: headDim ** -0.5, eps };
   }
 
   /** Prefix of the MoE block: `model.layers.L.mlp` (Mixtral: `block_sparse_moe`). */
@@ -246,7 +251,8 @@ export const SYNTH_COMMON: Config = {
 /** llama.cpp's names for the four GQA projections, with their biases; q and k permuted for "llama" models. */
 export function gqaGgufTensors(layer: number, blk: string, permute?: { q: number; k: number }): GgufAttentionTensor[] {
   const out: GgufAttentionTensor[] = [];
-  for (const [hf, gg] of [['q_proj', 'attn_q'], ['k_proj', 'attn_k'], ['v_proj', 'attn_v'], ['o_proj', 'attn_output']]) {
+  const names = [['q_proj', 'attn_q'], ['k_proj', 'attn_k'], ['v_proj', 'attn_v'], ['o_proj', 'attn_output']];
+  for (const [hf, gg] of names) {
     const permuteHeads = hf === 'q_proj' ? permute?.q : hf === 'k_proj' ? permute?.k : undefined;
     const from = `model.layers.${layer}.self_attn.${hf}`;
     out.push({ name: `${blk}.${gg}.weight`, from: `${from}.weight`, kind: 'weight', permuteHeads });

@@ -77,13 +77,19 @@ export class DeepseekV2 extends Architecture {
     const keys: [string, GgufScalar][] = [];
     const warnings: string[] = [];
     if (rope.rope_type === 'yarn' && rope.mscale_all_dim !== undefined) {
-      // DeepSeek's YaRN scales attention by mscale_all_dim (convert_hf_to_gguf.py: yarn_log_multiplier = 0.1 × mscale_all_dim).
+      // DeepSeek's YaRN scales attention by mscale_all_dim
+      // (convert_hf_to_gguf.py: yarn_log_multiplier = 0.1 × mscale_all_dim).
       keys.push(['rope.scaling.yarn_log_multiplier', f32(0.1 * Number(rope.mscale_all_dim))]);
       if (Number(rope.mscale ?? 1) !== Number(rope.mscale_all_dim)) {
-        warnings.push(`GGUF keeps only mscale_all_dim (${rope.mscale_all_dim}) and llama.cpp takes mscale equal to it; this ${this.modelType} has mscale ${rope.mscale ?? 1}, so llama.cpp's rotary scale differs`);
+        warnings.push(
+          `GGUF keeps only mscale_all_dim (${rope.mscale_all_dim}) and llama.cpp takes mscale equal to it; ` +
+            `this ${this.modelType} has mscale ${rope.mscale ?? 1}, so llama.cpp's rotary scale differs`,
+        );
       }
     }
-    if (!att.interleaved) throw new CheckpointError('GGUF output for DeepSeek needs the interleaved rotary layout (rope_interleave)', { file: this.dir });
+    if (!att.interleaved) {
+      throw new CheckpointError('GGUF output for DeepSeek needs the interleaved rotary layout (rope_interleave)', { file: this.dir });
+    }
     const r = this.routing;
     keys.push(
       ['attention.head_count_kv', u32(1)],
@@ -102,7 +108,12 @@ export class DeepseekV2 extends Architecture {
       ['expert_gating_func', u32(r.scoring === 'sigmoid' ? 2 : 1)],
     );
     if (r.nGroup > 1) keys.push(['expert_group_count', u32(r.nGroup)], ['expert_group_used_count', u32(r.topkGroup)]);
-    if (r.nGroup > 1 && r.groupScore !== 'top2sum') warnings.push(`llama.cpp scores routing groups by their two best experts (DeepSeek-V3); this ${this.modelType} scores them by the best one, so llama.cpp may route some tokens differently`);
+    if (r.nGroup > 1 && r.groupScore !== 'top2sum') {
+      warnings.push(
+        `llama.cpp scores routing groups by their two best experts (DeepSeek-V3); this ${this.modelType} scores ` +
+          'them by the best one, so llama.cpp may route some tokens differently',
+      );
+    }
     return {
       arch: 'deepseek2',
       feedForwardLength: this.cfg.int('intermediate_size', this.expertWidth),
@@ -174,7 +185,8 @@ export class DeepseekV2 extends Architecture {
     const bias = this.correctionBiasKey(layer);
     if (bias) out.push(vector(bias, this.numExperts, { kind: 'router_bias', layer }));
     if (this.sharedExperts > 0) {
-      out.push(...mlp(this.sharedExpertPrefix(layer), this.hidden, this.expertWidth * this.sharedExperts, (proj) => ({ kind: 'shared', layer, proj })));
+      const width = this.expertWidth * this.sharedExperts;
+      out.push(...mlp(this.sharedExpertPrefix(layer), this.hidden, width, (proj) => ({ kind: 'shared', layer, proj })));
     }
     return out;
   }
@@ -229,15 +241,23 @@ export class DeepseekV3 extends DeepseekV2 {
 function mlaGgufTensors(att: MlaSpec, layer: number, blk: string): GgufAttentionTensor[] {
   const sa = `model.layers.${layer}.self_attn`;
   const out: GgufAttentionTensor[] = [];
-  for (const [hf, gg] of [['q_proj', 'attn_q'], ['q_a_proj', 'attn_q_a'], ['q_b_proj', 'attn_q_b'], ['kv_a_proj_with_mqa', 'attn_kv_a_mqa']]) {
+  const names = [
+    ['q_proj', 'attn_q'],
+    ['q_a_proj', 'attn_q_a'],
+    ['q_b_proj', 'attn_q_b'],
+    ['kv_a_proj_with_mqa', 'attn_kv_a_mqa'],
+  ];
+  for (const [hf, gg] of names) {
     out.push({ name: `${blk}.${gg}.weight`, from: `${sa}.${hf}.weight`, kind: 'weight' });
   }
   out.push({ name: `${blk}.attn_q_a_norm.weight`, from: `${sa}.q_a_layernorm.weight`, kind: 'norm' });
   out.push({ name: `${blk}.attn_kv_a_norm.weight`, from: `${sa}.kv_a_layernorm.weight`, kind: 'norm' });
   const kvb = `${sa}.kv_b_proj.weight`;
   const split = { heads: att.heads, nope: att.nopeDim, v: att.vDim };
-  out.push({ name: `${blk}.attn_k_b.weight`, shape: [att.heads, att.kvLoraRank, att.nopeDim], from: kvb, kind: 'weight', splitKvB: { part: 'k', ...split } });
-  out.push({ name: `${blk}.attn_v_b.weight`, shape: [att.heads, att.vDim, att.kvLoraRank], from: kvb, kind: 'weight', splitKvB: { part: 'v', ...split } });
+  const kShape = [att.heads, att.kvLoraRank, att.nopeDim];
+  const vShape = [att.heads, att.vDim, att.kvLoraRank];
+  out.push({ name: `${blk}.attn_k_b.weight`, shape: kShape, from: kvb, kind: 'weight', splitKvB: { ...split, part: 'k' } });
+  out.push({ name: `${blk}.attn_v_b.weight`, shape: vShape, from: kvb, kind: 'weight', splitKvB: { ...split, part: 'v' } });
   out.push({ name: `${blk}.attn_output.weight`, from: `${sa}.o_proj.weight`, kind: 'weight' });
   return out;
 }
@@ -248,7 +268,10 @@ function deepseekFromGguf(h: GgufHparams, c: Config, experts: number): void {
   const ropeDim = h.num('rope.dimension_count');
   const kMla = h.opt('attention.key_length_mla');
   if (kMla === undefined || h.tensorNames().some((n) => n.endsWith('.attn_kv_b.weight'))) {
-    throw new CheckpointError('this deepseek2 GGUF has the older layout (attn_kv_b, no key_length_mla), which moe does not read', { file: h.file, hint: 'write it again with moe quantize --format gguf or a current convert_hf_to_gguf.py' });
+    throw new CheckpointError('this deepseek2 GGUF has the older layout (attn_kv_b, no key_length_mla), which moe does not read', {
+      file: h.file,
+      hint: 'write it again with moe quantize --format gguf or a current convert_hf_to_gguf.py',
+    });
   }
   const sigmoid = h.num('expert_gating_func', 1) === 2;
   const groups = h.num('expert_group_count', 1);

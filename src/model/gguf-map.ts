@@ -6,10 +6,19 @@
 import type { Config } from '../io/checkpoint';
 
 /** A GGUF metadata scalar (the scalar cases of src/gguf/writer's GgufValue). */
-export type GgufScalar = { type: 'u32' | 'f32'; value: number } | { type: 'bool'; value: boolean } | { type: 'string'; value: string };
+export type GgufScalar =
+  | { type: 'u32' | 'f32'; value: number }
+  | { type: 'bool'; value: boolean }
+  | { type: 'string'; value: string };
 
 export const u32 = (value: number): GgufScalar => ({ type: 'u32', value });
 export const f32 = (value: number): GgufScalar => ({ type: 'f32', value });
+
+/** attention.key_length and value_length, written when a head is not hidden / heads wide. */
+export const headLengthKeys = (headDim: number): [string, GgufScalar][] => [
+  ['attention.key_length', u32(headDim)],
+  ['attention.value_length', u32(headDim)],
+];
 
 export type GgufProj = 'gate' | 'up' | 'down' | 'attn' | 'embed' | 'output';
 

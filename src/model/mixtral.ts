@@ -1,8 +1,18 @@
 /** Mixtral (transformers models/mixtral): every layer sparse; softmax over all experts, top-k, renormalised. */
 import type { Config } from '../io/checkpoint';
-import { Architecture, ArchitectureFamily, gqaAttention, gqaGgufTensors, Proj, RoutingRule, SYNTH_COMMON, TensorSpec, linear } from './arch';
+import {
+  Architecture,
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  Proj,
+  RoutingRule,
+  SYNTH_COMMON,
+  TensorSpec,
+  linear,
+} from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
-import { GgufMapping, GgufScalar, u32 } from './gguf-map';
+import { GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
 
 const MIXTRAL_PROJ: Record<Proj, string> = { gate: 'w1', up: 'w3', down: 'w2' };
 
@@ -41,7 +51,8 @@ export class Mixtral extends Architecture {
 
   protected attentionSpecs(layer: number): TensorSpec[] {
     const heads = this.cfg.int('num_attention_heads');
-    return gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), this.headDim(), { qkv: false, o: false });
+    const kvHeads = this.cfg.int('num_key_value_heads', heads);
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), { qkv: false, o: false });
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {
@@ -59,7 +70,7 @@ export class Mixtral extends Architecture {
   override ggufMapping(spec: AttentionSpec): GgufMapping {
     const att = spec as GqaSpec;
     const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)]];
-    if (att.headDim * att.heads !== this.hidden) keys.push(['attention.key_length', u32(att.headDim)], ['attention.value_length', u32(att.headDim)]);
+    if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
     keys.push(['rope.dimension_count', u32(att.headDim)]);
     return {
       arch: 'llama',
@@ -74,7 +85,14 @@ export class Mixtral extends Architecture {
 export const mixtral: ArchitectureFamily = {
   modelType: 'mixtral',
   create: (c, d) => new Mixtral(c, d),
-  preset: { ...SYNTH_COMMON, model_type: 'mixtral', architectures: ['MixtralForCausalLM'], intermediate_size: 32, num_local_experts: 4, rope_theta: 1e6 },
+  preset: {
+    ...SYNTH_COMMON,
+    model_type: 'mixtral',
+    architectures: ['MixtralForCausalLM'],
+    intermediate_size: 32,
+    num_local_experts: 4,
+    rope_theta: 1e6,
+  },
   ggufReader: {
     arch: 'llama',
     normTopKDefault: true,
@@ -83,7 +101,8 @@ export const mixtral: ArchitectureFamily = {
       const heads = c.num_attention_heads as number;
       const hidden = c.hidden_size as number;
       const headDim = h.opt('attention.key_length') ?? h.opt('rope.dimension_count') ?? Math.floor(hidden / heads);
-      Object.assign(c, { model_type: 'mixtral', num_local_experts: experts, intermediate_size: h.num('feed_forward_length'), head_dim: headDim });
+      const intermediate_size = h.num('feed_forward_length');
+      Object.assign(c, { model_type: 'mixtral', num_local_experts: experts, intermediate_size, head_dim: headDim });
     },
   },
 };

@@ -3,9 +3,19 @@
  * are RMSNorms over the whole q and k projections (not per head).
  */
 import { CheckpointError } from '../errors';
-import { Architecture, ArchitectureFamily, gqaAttention, gqaGgufTensors, linear, RoutingRule, SYNTH_COMMON, TensorSpec, vector } from './arch';
+import {
+  Architecture,
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  linear,
+  RoutingRule,
+  SYNTH_COMMON,
+  TensorSpec,
+  vector,
+} from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
-import { GgufMapping, GgufScalar, u32 } from './gguf-map';
+import { GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
 
 export class Olmoe extends Architecture {
   readonly modelType: string = 'olmoe';
@@ -56,13 +66,14 @@ export class Olmoe extends Architecture {
 
   attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
     const c = this.cfg;
-    return this.gqaSpec(Math.floor(this.hidden / c.int('num_attention_heads')), 'full', eps, c.has('clip_qkv') ? c.num('clip_qkv') : undefined);
+    const clip = c.has('clip_qkv') ? c.num('clip_qkv') : undefined;
+    return this.gqaSpec(Math.floor(this.hidden / c.int('num_attention_heads')), 'full', eps, clip);
   }
 
   override ggufMapping(spec: AttentionSpec): GgufMapping {
     const att = spec as GqaSpec;
     const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)]];
-    if (att.headDim * att.heads !== this.hidden) keys.push(['attention.key_length', u32(att.headDim)], ['attention.value_length', u32(att.headDim)]);
+    if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
     if (att.kvHeads !== att.heads) {
       throw new CheckpointError(`GGUF output for olmoe with grouped-query attention (${att.kvHeads} key/value heads for ${att.heads}) is not supported by llama.cpp, whose OLMoE normalises k over all heads`, { file: this.dir });
     }
@@ -79,7 +90,16 @@ export class Olmoe extends Architecture {
 export const olmoe: ArchitectureFamily = {
   modelType: 'olmoe',
   create: (c, d) => new Olmoe(c, d),
-  preset: { ...SYNTH_COMMON, model_type: 'olmoe', architectures: ['OlmoeForCausalLM'], num_key_value_heads: 4, intermediate_size: 32, num_experts: 8, norm_topk_prob: false, rope_theta: 1e4 },
+  preset: {
+    ...SYNTH_COMMON,
+    model_type: 'olmoe',
+    architectures: ['OlmoeForCausalLM'],
+    num_key_value_heads: 4,
+    intermediate_size: 32,
+    num_experts: 8,
+    norm_topk_prob: false,
+    rope_theta: 1e4,
+  },
   ggufPreTokenizer: 'olmo',
   ggufReader: {
     arch: 'olmoe',
@@ -89,7 +109,8 @@ export const olmoe: ArchitectureFamily = {
       if (keyLength !== undefined && keyLength !== (c.hidden_size as number) / (c.num_attention_heads as number)) {
         throw new CheckpointError(`olmoe with key_length ${keyLength} ≠ embedding_length / head_count is not read by moe`, { file: h.file });
       }
-      Object.assign(c, { model_type: 'olmoe', num_experts: experts, intermediate_size: h.num('feed_forward_length'), attention_bias: false });
+      const intermediate_size = h.num('feed_forward_length');
+      Object.assign(c, { model_type: 'olmoe', num_experts: experts, intermediate_size, attention_bias: false });
       if (h.opt('attention.clamp_kqv') !== undefined) c.clip_qkv = h.opt('attention.clamp_kqv');
     },
   },

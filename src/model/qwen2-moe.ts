@@ -5,9 +5,19 @@
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import { Architecture, ArchitectureFamily, gqaAttention, gqaGgufTensors, linear, mlp, RoutingRule, SYNTH_COMMON, TensorSpec } from './arch';
+import {
+  Architecture,
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  linear,
+  mlp,
+  RoutingRule,
+  SYNTH_COMMON,
+  TensorSpec,
+} from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
-import { GgufHparams, GgufMapping, GgufScalar, u32 } from './gguf-map';
+import { GgufHparams, GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
 
 export class Qwen2Moe extends Architecture {
   readonly modelType: string = 'qwen2_moe';
@@ -71,9 +81,13 @@ export class Qwen2Moe extends Architecture {
 
   override ggufMapping(spec: AttentionSpec): GgufMapping {
     const att = spec as GqaSpec;
-    const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)], ['expert_feed_forward_length', u32(this.expertWidth)]];
-    if (this.sharedExperts > 0) keys.push(['expert_shared_feed_forward_length', u32(this.cfg.int('shared_expert_intermediate_size'))]);
-    if (att.headDim * att.heads !== this.hidden) keys.push(['attention.key_length', u32(att.headDim)], ['attention.value_length', u32(att.headDim)]);
+    const keys: [string, GgufScalar][] = [
+      ['attention.head_count_kv', u32(att.kvHeads)],
+      ['expert_feed_forward_length', u32(this.expertWidth)],
+    ];
+    const shared = this.cfg.int('shared_expert_intermediate_size', 0);
+    if (this.sharedExperts > 0) keys.push(['expert_shared_feed_forward_length', u32(shared)]);
+    if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
     if (this.moeLayers.length !== this.numLayers) {
       throw new CheckpointError('GGUF output for qwen2_moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by llama.cpp', { file: this.dir });
     }
@@ -93,7 +107,7 @@ export function qwenFromGguf(h: GgufHparams, c: Config, experts: number): void {
   Object.assign(c, {
     model_type: qwen3 ? 'qwen3_moe' : 'qwen2_moe',
     num_experts: experts,
-    head_dim: h.opt('attention.key_length') ?? Math.floor((c.hidden_size as number) / (c.num_attention_heads as number)),
+    head_dim: h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads)),
     intermediate_size: h.num('feed_forward_length'),
     moe_intermediate_size: h.num('expert_feed_forward_length'),
     decoder_sparse_step: 1,

@@ -3,9 +3,18 @@
  * q and k (q_norm/k_norm of size head_dim), optional attention biases, and head_dim that may differ from
  * hidden/heads.
  */
-import { ArchitectureFamily, gqaAttention, gqaGgufTensors, linear, mlp, SYNTH_COMMON, TensorSpec, vector } from './arch';
+import {
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  linear,
+  mlp,
+  SYNTH_COMMON,
+  TensorSpec,
+  vector,
+} from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
-import { GgufMapping, u32 } from './gguf-map';
+import { GgufMapping, headLengthKeys, u32 } from './gguf-map';
 import { Qwen2Moe, qwenFromGguf } from './qwen2-moe';
 
 export class Qwen3Moe extends Qwen2Moe {
@@ -46,8 +55,7 @@ export class Qwen3Moe extends Qwen2Moe {
       keys: [
         ['attention.head_count_kv', u32(att.kvHeads)],
         ['expert_feed_forward_length', u32(this.expertWidth)],
-        ['attention.key_length', u32(att.headDim)],
-        ['attention.value_length', u32(att.headDim)],
+        ...headLengthKeys(att.headDim),
       ],
       warnings: this.normTopKWarnings('qwen3moe', true),
       attentionTensors: (l, blk) => gqaGgufTensors(l, blk),

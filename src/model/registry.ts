@@ -21,7 +21,8 @@ export class ArchitectureRegistry {
 
   /** Adds a family; a model_type registered twice is a bug. */
   register(family: ArchitectureFamily): this {
-    if (this.byType.has(family.modelType)) throw new InternalError(`architecture ${family.modelType} is registered twice`);
+    const type = family.modelType;
+    if (this.byType.has(type)) throw new InternalError(`architecture ${type} is registered twice`);
     this.byType.set(family.modelType, family);
     return this;
   }

@@ -6,7 +6,8 @@
 import type { Config } from '../io/checkpoint';
 import { architectures } from '../model/registry';
 
-const presetOf = (key: string | symbol): Config | undefined => (typeof key === 'string' ? architectures.get(key)?.preset : undefined);
+const presetOf = (key: string | symbol): Config | undefined =>
+  typeof key === 'string' ? architectures.get(key)?.preset : undefined;
 
 export const PRESETS: Record<string, Config> = new Proxy({} as Record<string, Config>, {
   get: (_t, key) => presetOf(key),

@@ -37,7 +37,17 @@ export class ToyMoe extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return { scoring: 'softmax', topK: this.topK, normTopK: true, nGroup: 1, topkGroup: 1, groupScore: 'max', groupMask: 'zero', scalingFactor: 1, correctionBias: false };
+    return {
+      scoring: 'softmax',
+      topK: this.topK,
+      normTopK: true,
+      nGroup: 1,
+      topkGroup: 1,
+      groupScore: 'max',
+      groupMask: 'zero',
+      scalingFactor: 1,
+      correctionBias: false,
+    };
   }
 
   override moePrefix(layer: number): string {
@@ -58,7 +68,8 @@ export class ToyMoe extends Architecture {
 
   protected attentionSpecs(layer: number): TensorSpec[] {
     const heads = this.cfg.int('num_attention_heads');
-    return gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), this.headDim, { qkv: false, o: false });
+    const kvHeads = this.cfg.int('num_key_value_heads', heads);
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim, { qkv: false, o: false });
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {
@@ -71,7 +82,10 @@ export class ToyMoe extends Architecture {
 
   override ggufMapping(spec: AttentionSpec): GgufMapping {
     const att = spec as GqaSpec;
-    const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)], ['rope.dimension_count', u32(att.headDim)]];
+    const keys: [string, GgufScalar][] = [
+      ['attention.head_count_kv', u32(att.kvHeads)],
+      ['rope.dimension_count', u32(att.headDim)],
+    ];
     return {
       arch: 'toymoe',
       feedForwardLength: this.expertWidth,
@@ -85,12 +99,20 @@ export class ToyMoe extends Architecture {
 export const toyMoe: ArchitectureFamily = {
   modelType: 'toy_moe',
   create: (c, d) => new ToyMoe(c, d),
-  preset: { ...SYNTH_COMMON, model_type: 'toy_moe', architectures: ['ToyMoeForCausalLM'], intermediate_size: 32, num_local_experts: 4, rope_theta: 1e6 },
+  preset: {
+    ...SYNTH_COMMON,
+    model_type: 'toy_moe',
+    architectures: ['ToyMoeForCausalLM'],
+    intermediate_size: 32,
+    num_local_experts: 4,
+    rope_theta: 1e6,
+  },
   ggufReader: {
     arch: 'toymoe',
     normTopKDefault: true,
     complete(h, c: Config, experts) {
-      Object.assign(c, { model_type: 'toy_moe', num_local_experts: experts, intermediate_size: h.num('feed_forward_length') });
+      const intermediate = h.num('feed_forward_length');
+      Object.assign(c, { model_type: 'toy_moe', num_local_experts: experts, intermediate_size: intermediate });
     },
   },
 };

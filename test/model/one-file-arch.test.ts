@@ -38,7 +38,9 @@ async function moe(args: string[]): Promise<{ code: number; stdout: string; stde
   } finally {
     out.mockRestore();
     err.mockRestore();
-    for (const [sig, before] of signals) for (const l of process.listeners(sig as NodeJS.Signals)) if (!before.includes(l)) process.removeListener(sig, l);
+    for (const [sig, before] of signals) {
+      for (const l of process.listeners(sig as NodeJS.Signals)) if (!before.includes(l)) process.removeListener(sig, l);
+    }
   }
 }
 
@@ -63,14 +65,19 @@ function byteTokenizer(): Record<string, unknown> {
 /** The toy checkpoint as Mixtral: same bytes, Mixtral's tensor names and config keys. */
 function asMixtral(toy: string, dest: string): void {
   fs.mkdirSync(dest);
+  const proj: Record<string, string> = { gate: 'w1', up: 'w3', down: 'w2' };
   const rename = (n: string) =>
-    n.replace(/\.moe\.router\.weight$/, '.block_sparse_moe.gate.weight').replace(/\.moe\.experts\.(\d+)\.w_(gate|up|down)\./, (_m, e: string, p: string) => `.block_sparse_moe.experts.${e}.${{ gate: 'w1', up: 'w3', down: 'w2' }[p]}.`);
+    n
+      .replace(/\.moe\.router\.weight$/, '.block_sparse_moe.gate.weight')
+      .replace(/\.moe\.experts\.(\d+)\.w_(gate|up|down)\./,
+        (_m, e: string, p: string) => `.block_sparse_moe.experts.${e}.${proj[p]}.`);
   const file = path.join(toy, 'model.safetensors');
   const { n, json } = rawHeader(file);
   const header = Object.fromEntries(Object.entries(json).map(([k, v]) => [k === '__metadata__' ? k : rename(k), v]));
   writeRaw(path.join(dest, 'model.safetensors'), header, fs.readFileSync(file).subarray(8 + n));
   const config = JSON.parse(fs.readFileSync(path.join(toy, 'config.json'), 'utf8'));
-  fs.writeFileSync(path.join(dest, 'config.json'), JSON.stringify({ ...config, model_type: 'mixtral', architectures: ['MixtralForCausalLM'] }));
+  const mixtral = { ...config, model_type: 'mixtral', architectures: ['MixtralForCausalLM'] };
+  fs.writeFileSync(path.join(dest, 'config.json'), JSON.stringify(mixtral));
   fs.copyFileSync(path.join(toy, 'tokenizer.json'), path.join(dest, 'tokenizer.json'));
 }
 
@@ -89,13 +96,15 @@ describe('an architecture defined in test/ and registered with one call', () => 
   }, 30_000);
 
   test('is listed by the registry and the synth presets; synth wrote its own tensor names', () => {
-    expect(modelTypes()).toEqual(['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'deepseek_v3', 'toy_moe']);
+    const builtIn = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'deepseek_v3'];
+    expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');
     const names = Object.keys(rawHeader(path.join(toy, 'model.safetensors')).json);
     expect(names).toContain('model.layers.1.moe.experts.3.w_down.weight');
     expect(names).toContain('model.layers.0.moe.router.weight');
     expect(names.filter((n) => n.includes('block_sparse_moe') || n.includes('.w1.'))).toEqual([]);
-    expect(JSON.parse(fs.readFileSync(path.join(toy, 'config.json'), 'utf8'))).toMatchObject({ model_type: 'toy_moe', num_local_experts: 4 });
+    const config = JSON.parse(fs.readFileSync(path.join(toy, 'config.json'), 'utf8'));
+    expect(config).toMatchObject({ model_type: 'toy_moe', num_local_experts: 4 });
   });
 
   test('inspect, eval: the same parameters and perplexity as Mixtral on the same weights', async () => {
@@ -114,7 +123,8 @@ describe('an architecture defined in test/ and registered with one call', () => 
     const prune = ['--method', 'frequency', '--keep', '2', '--json'];
     for (const [m, name] of [[toy, 'toy'], [mix, 'mix']]) {
       await ok(['calibrate', m, ...cal, '-o', path.join(work, `${name}-stats`), '--json']);
-      await ok(['prune', m, '--stats', path.join(work, `${name}-stats`), ...prune, '-o', path.join(work, `${name}-k2`)]);
+      const stats = path.join(work, `${name}-stats`);
+      await ok(['prune', m, '--stats', stats, ...prune, '-o', path.join(work, `${name}-k2`)]);
     }
     const ckpt = openCheckpoint(path.join(work, 'toy-k2'));
     const arch = loadArchitecture(ckpt); // every tensor the config implies, with its shape
@@ -123,13 +133,18 @@ describe('an architecture defined in test/ and registered with one call', () => 
     expect(ckpt.config.num_local_experts).toBe(2);
     expect(ckpt.tensors.get('model.layers.0.moe.router.weight')!.shape).toEqual([2, 64]);
     expect(ckpt.tensors.has('model.layers.0.moe.experts.2.w_gate.weight')).toBe(false);
-    const [te, me] = [await ok(['eval', path.join(work, 'toy-k2'), ...EVAL]), await ok(['eval', path.join(work, 'mix-k2'), ...EVAL])];
+    const te = await ok(['eval', path.join(work, 'toy-k2'), ...EVAL]);
+    const me = await ok(['eval', path.join(work, 'mix-k2'), ...EVAL]);
     expect(te.perplexity).toBe(me.perplexity);
   }, 120_000);
 
   test('quantize --format gguf: its own llama.cpp architecture, read back by inspect and eval', async () => {
     const gguf = (m: string, type: string) => path.join(work, `${path.basename(m)}-${type}.gguf`);
-    for (const m of [toy, mix]) for (const type of ['f32', 'q8_0']) await ok(['quantize', m, '--format', 'gguf', '--type', type, '-o', gguf(m, type), '--json']);
+    for (const m of [toy, mix]) {
+      for (const type of ['f32', 'q8_0']) {
+        await ok(['quantize', m, '--format', 'gguf', '--type', type, '-o', gguf(m, type), '--json']);
+      }
+    }
     const g = readGguf(gguf(toy, 'q8_0'));
     expect(g.metadata.get('general.architecture')).toBe('toymoe');
     expect(g.metadata.get('toymoe.expert_count')).toBe(4);
@@ -137,7 +152,8 @@ describe('an architecture defined in test/ and registered with one call', () => 
     // The same tensors as Mixtral's GGUF: only the architecture name differs.
     const names = (f: string) => readGguf(f).tensors.map((t) => `${t.name} ${t.shape} ${t.type}`);
     expect(names(gguf(toy, 'q8_0'))).toEqual(names(gguf(mix, 'q8_0')));
-    expect(await ok(['inspect', gguf(toy, 'q8_0'), '--json'])).toMatchObject({ model_type: 'toy_moe', experts_per_layer: [4, 4] });
+    const inspected = await ok(['inspect', gguf(toy, 'q8_0'), '--json']);
+    expect(inspected).toMatchObject({ model_type: 'toy_moe', experts_per_layer: [4, 4] });
     const base = await ok(['eval', toy, ...EVAL]);
     const f32 = await ok(['eval', gguf(toy, 'f32'), ...EVAL]);
     expect(Math.abs((f32.perplexity as number) / (base.perplexity as number) - 1)).toBeLessThanOrEqual(1e-5);

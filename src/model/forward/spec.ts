@@ -1,4 +1,4 @@
-/** What the forward pass needs to know of each architecture beyond its tensor names (the family supplies its attention). */
+/** What the forward pass needs to know of each architecture beyond its tensor names (its attention from the family). */
 import type { Architecture } from '../arch';
 import type { AttentionSpec } from './attention';
 import { ropeParameters } from './rope';
@@ -21,6 +21,7 @@ export function forwardSpec(arch: Architecture): ForwardSpec {
   const maxPositions = c.int('max_position_embeddings', 4096);
   const attention = arch.attentionSpec(rope, eps);
   // MLA rotates its own rope part of each head; GQA the first partial_rotary_factor of it.
-  const ropeDim = attention.kind === 'mla' ? attention.ropeDim : Math.floor(attention.headDim * c.num('partial_rotary_factor', 1));
+  const ropeDim =
+    attention.kind === 'mla' ? attention.ropeDim : Math.floor(attention.headDim * c.num('partial_rotary_factor', 1));
   return { attention, ropeDim, rope, maxPositions, eps, shared: arch.sharedMode };
 }
