@@ -140,10 +140,8 @@ describe('an architecture defined in test/ and registered with one call', () => 
 
   test('quantize --format gguf: its own llama.cpp architecture, read back by inspect and eval', async () => {
     const gguf = (m: string, type: string) => path.join(work, `${path.basename(m)}-${type}.gguf`);
-    for (const m of [toy, mix]) {
-      for (const type of ['f32', 'q8_0']) {
-        await ok(['quantize', m, '--format', 'gguf', '--type', type, '-o', gguf(m, type), '--json']);
-      }
+    for (const [m, type] of [[toy, 'f32'], [toy, 'q8_0'], [mix, 'q8_0']]) {
+      await ok(['quantize', m, '--format', 'gguf', '--type', type, '-o', gguf(m, type), '--json']);
     }
     const g = readGguf(gguf(toy, 'q8_0'));
     expect(g.metadata.get('general.architecture')).toBe('toymoe');
