@@ -2,8 +2,10 @@
  * What llama.cpp expects of each architecture in a GGUF file: its architecture name, the hyperparameter keys,
  * and the tensor names, with the routed experts of a layer stacked into one tensor per projection
  * (ffn_{gate,up,down}_exps, [experts, out, in]). Names and keys follow llama.cpp's convert_hf_to_gguf.py and
- * gguf-py's constants; Mixtral is llama.cpp's "llama" architecture with experts, and its q/k rows are permuted
- * from Hugging Face's rotate-half RoPE layout to llama.cpp's interleaved one, as that converter does.
+ * gguf-py's constants. The keys and tensors every architecture shares are written here; each family gives its
+ * llama.cpp name, its own keys, warnings and attention tensors (Architecture.ggufMapping in src/model/*.ts: e.g.
+ * Mixtral is llama.cpp's "llama" with experts, its q/k rows permuted from Hugging Face's rotate-half RoPE layout
+ * to llama.cpp's interleaved one, as that converter does).
  */
 import { CheckpointError } from '../errors';
 import type { Architecture, Proj } from '../model/arch';
