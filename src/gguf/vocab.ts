@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { besideWeights } from '../io/checkpoint';
+import { architectures } from '../model/registry';
 import type { GgufValue } from './writer';
 
 /** llama.cpp's token types. */
@@ -32,13 +33,11 @@ function readJson<T>(file: string): T | undefined {
   }
 }
 
-/** llama.cpp's name for the pre-tokenizer (its regex split before BPE). */
+/** llama.cpp's name for the pre-tokenizer (its regex split before BPE): GPT-2's, else the family's own. */
 function preTokenizer(tok: TokenizerJson, modelType: string): string {
   const pre = tok.pre_tokenizer;
   if (pre?.type === 'ByteLevel' && pre.use_regex !== false) return 'gpt-2';
-  if (modelType.startsWith('qwen')) return 'qwen2';
-  if (modelType === 'olmoe') return 'olmo';
-  return 'default';
+  return architectures.get(modelType)?.ggufPreTokenizer ?? 'default';
 }
 
 export function vocabMetadata(dir: string, modelType: string, vocabSize: number): [string, GgufValue][] {

@@ -7,6 +7,8 @@ import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import { ConfigReader, expertCount, withExpertCount } from './config';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
+import type { GgufAttentionTensor, GgufMapping, GgufReader } from './gguf-map';
 
 export type Proj = 'gate' | 'up' | 'down';
 export const PROJS: readonly Proj[] = ['gate', 'up', 'down'];
@@ -90,6 +92,49 @@ export abstract class Architecture {
   /** The MLP part of one layer that is not a routed expert: dense MLP, router, shared expert. */
   protected abstract mlpSpecs(layer: number): TensorSpec[];
 
+  /** The attention of the forward pass (forward/spec.ts adds the rope tables, eps and positions). */
+  abstract attentionSpec(rope: Record<string, unknown>, eps: number): AttentionSpec;
+
+  /** How shared experts enter the MoE block: added (DeepSeek), scaled by sigmoid(shared_expert_gate·x) (Qwen2-MoE). */
+  get sharedMode(): 'none' | 'gated' | 'plain' {
+    return 'none';
+  }
+
+  /** Prefix of the shared expert's gate/up/down projections. */
+  sharedExpertPrefix(layer: number): string {
+    return `${this.moePrefix(layer)}.shared_expert`;
+  }
+
+  /** The shared expert's gate (sharedMode 'gated'). */
+  sharedGateKey(layer: number): string {
+    return `${this.moePrefix(layer)}.shared_expert_gate.weight`;
+  }
+
+  /**
+   * What llama.cpp calls this model in GGUF (src/gguf/arch.ts writes the common keys and tensors around it);
+   * undefined when it has no GGUF form. Throws CheckpointError for a config llama.cpp cannot run.
+   */
+  ggufMapping(_att: AttentionSpec, _rope: Record<string, unknown>): GgufMapping | undefined {
+    return undefined;
+  }
+
+  /** llama.cpp renormalises the top-k weights of some architectures always, of others never (build_moe_ffn). */
+  protected normTopKWarnings(ggufArch: string, llamaNorm: boolean): string[] {
+    if (this.routing.normTopK === llamaNorm) return [];
+    const how = llamaNorm ? 'always' : 'never';
+    return [
+      `llama.cpp ${how} renormalises the top-k routing weights of ${ggufArch}; ` +
+        `this model has norm_topk_prob ${this.routing.normTopK}, so llama.cpp weighs the experts differently`,
+    ];
+  }
+
+  /** Grouped-query attention with these head sizes and q/k norm (Mixtral, Qwen, OLMoE). */
+  protected gqaSpec(headDim: number, qkNorm: GqaSpec['qkNorm'], eps: number, clipQkv?: number): GqaSpec {
+    const heads = this.cfg.int('num_attention_heads');
+    const kvHeads = this.cfg.int('num_key_value_heads', heads);
+    return { kind: 'gqa', heads, kvHeads, headDim, qkNorm, clipQkv, scale: headDim ** -0.5, eps };
+  }
+
   /** Prefix of the MoE block: `model.layers.L.mlp` (Mixtral: `block_sparse_moe`). */
   moePrefix(layer: number): string {
     return `model.layers.${layer}.mlp`;
@@ -171,6 +216,49 @@ export abstract class Architecture {
   rewriteConfig(n: number): Config {
     return withExpertCount(this.config, n, this.expertCountKey);
   }
+}
+
+/**
+ * Everything moe knows of one model_type that does not depend on a config: how to build its Architecture, its
+ * synth preset, its tokenizer rule for GGUF and how a GGUF file of it is read back. One per family file,
+ * registered in ./registry.ts.
+ */
+export interface ArchitectureFamily {
+  modelType: string;
+  create(config: Config, dir: string): Architecture;
+  /** A tiny config with the keys and aliases transformers writes (`moe synth`, tests). */
+  preset: Config;
+  /** llama.cpp's tokenizer.ggml.pre for a byte-level BPE tokenizer without the GPT-2 regex (default: "default"). */
+  ggufPreTokenizer?: string;
+  /** How a GGUF file of this family's llama.cpp architecture becomes a config.json again. */
+  ggufReader?: GgufReader;
+}
+
+/** Keys every synth preset shares. */
+export const SYNTH_COMMON: Config = {
+  vocab_size: 128,
+  hidden_size: 64,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  num_experts_per_tok: 2,
+  rms_norm_eps: 1e-6,
+  max_position_embeddings: 512,
+  tie_word_embeddings: false,
+  hidden_act: 'silu',
+};
+
+/** llama.cpp's names for the four GQA projections, with their biases; q and k permuted for "llama" models. */
+export function gqaGgufTensors(layer: number, blk: string, permute?: { q: number; k: number }): GgufAttentionTensor[] {
+  const out: GgufAttentionTensor[] = [];
+  const names = [['q_proj', 'attn_q'], ['k_proj', 'attn_k'], ['v_proj', 'attn_v'], ['o_proj', 'attn_output']];
+  for (const [hf, gg] of names) {
+    const permuteHeads = hf === 'q_proj' ? permute?.q : hf === 'k_proj' ? permute?.k : undefined;
+    const from = `model.layers.${layer}.self_attn.${hf}`;
+    out.push({ name: `${blk}.${gg}.weight`, from: `${from}.weight`, kind: 'weight', permuteHeads });
+    out.push({ name: `${blk}.${gg}.bias`, from: `${from}.bias`, kind: 'norm' });
+  }
+  return out;
 }
 
 /** Helpers for the adapters. */

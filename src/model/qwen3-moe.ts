@@ -3,8 +3,19 @@
  * q and k (q_norm/k_norm of size head_dim), optional attention biases, and head_dim that may differ from
  * hidden/heads.
  */
-import { gqaAttention, linear, mlp, TensorSpec, vector } from './arch';
-import { Qwen2Moe } from './qwen2-moe';
+import {
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  linear,
+  mlp,
+  SYNTH_COMMON,
+  TensorSpec,
+  vector,
+} from './arch';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
+import { GgufMapping, headLengthKeys, u32 } from './gguf-map';
+import { Qwen2Moe, qwenFromGguf } from './qwen2-moe';
 
 export class Qwen3Moe extends Qwen2Moe {
   override readonly modelType: string = 'qwen3_moe';
@@ -31,4 +42,43 @@ export class Qwen3Moe extends Qwen2Moe {
     if (!this.isMoeLayer(layer)) return mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
     return [linear(this.routerKey(layer), this.numExperts, this.hidden, { kind: 'router', layer })];
   }
+
+  override attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
+    return this.gqaSpec(this.headDim(), 'head', eps);
+  }
+
+  override ggufMapping(spec: AttentionSpec): GgufMapping {
+    const att = spec as GqaSpec;
+    return {
+      arch: 'qwen3moe',
+      feedForwardLength: this.cfg.int('intermediate_size', this.expertWidth),
+      keys: [
+        ['attention.head_count_kv', u32(att.kvHeads)],
+        ['expert_feed_forward_length', u32(this.expertWidth)],
+        ...headLengthKeys(att.headDim),
+      ],
+      warnings: this.normTopKWarnings('qwen3moe', true),
+      attentionTensors: (l, blk) => gqaGgufTensors(l, blk),
+    };
+  }
 }
+
+export const qwen3Moe: ArchitectureFamily = {
+  modelType: 'qwen3_moe',
+  create: (c, d) => new Qwen3Moe(c, d),
+  preset: {
+    ...SYNTH_COMMON,
+    model_type: 'qwen3_moe',
+    architectures: ['Qwen3MoeForCausalLM'],
+    head_dim: 32,
+    intermediate_size: 96,
+    moe_intermediate_size: 32,
+    num_experts: 8,
+    norm_topk_prob: true,
+    decoder_sparse_step: 1,
+    mlp_only_layers: [],
+    rope_parameters: { rope_theta: 1e6, rope_type: 'default' },
+  },
+  ggufPreTokenizer: 'qwen2',
+  ggufReader: { arch: 'qwen3moe', normTopKDefault: true, complete: qwenFromGguf },
+};

@@ -1,24 +1,68 @@
-/** The supported architectures, by config.json model_type: an explicit list. */
+/**
+ * The supported architectures, by config.json model_type: an explicit registry. A family file (./mixtral.ts...)
+ * exports one ArchitectureFamily; adding an architecture is that file and one line in BUILT_IN.
+ */
 import * as path from 'node:path';
-import { CheckpointError } from '../errors';
+import { CheckpointError, InternalError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
-import type { Architecture } from './arch';
-import { DeepseekV2, DeepseekV3 } from './deepseek';
-import { Mixtral } from './mixtral';
-import { Olmoe } from './olmoe';
-import { Qwen2Moe } from './qwen2-moe';
-import { Qwen3Moe } from './qwen3-moe';
+import type { Architecture, ArchitectureFamily } from './arch';
+import { deepseekV2, deepseekV3 } from './deepseek';
+import type { GgufReader } from './gguf-map';
+import { mixtral } from './mixtral';
+import { olmoe } from './olmoe';
+import { qwen2Moe } from './qwen2-moe';
+import { qwen3Moe } from './qwen3-moe';
 
-type Factory = (config: Config, dir: string) => Architecture;
+/** The families built in, in the order they are listed to users. */
+const BUILT_IN: readonly ArchitectureFamily[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, deepseekV2, deepseekV3];
 
-export const ARCHITECTURES: Record<string, Factory> = {
-  mixtral: (c, d) => new Mixtral(c, d),
-  qwen2_moe: (c, d) => new Qwen2Moe(c, d),
-  qwen3_moe: (c, d) => new Qwen3Moe(c, d),
-  olmoe: (c, d) => new Olmoe(c, d),
-  deepseek_v2: (c, d) => new DeepseekV2(c, d),
-  deepseek_v3: (c, d) => new DeepseekV3(c, d),
-};
+export class ArchitectureRegistry {
+  private readonly byType = new Map<string, ArchitectureFamily>();
+
+  /** Adds a family; a model_type registered twice is a bug. */
+  register(family: ArchitectureFamily): this {
+    const type = family.modelType;
+    if (this.byType.has(type)) throw new InternalError(`architecture ${type} is registered twice`);
+    this.byType.set(family.modelType, family);
+    return this;
+  }
+
+  get(modelType: string): ArchitectureFamily | undefined {
+    return this.byType.get(modelType);
+  }
+
+  /** Every family, in registration order. */
+  families(): ArchitectureFamily[] {
+    return [...this.byType.values()];
+  }
+
+  modelTypes(): string[] {
+    return [...this.byType.keys()];
+  }
+
+  /** The reader of a llama.cpp architecture name (the first family registered with one). */
+  ggufReader(ggufArch: string): GgufReader | undefined {
+    return this.families().find((f) => f.ggufReader?.arch === ggufArch)?.ggufReader;
+  }
+
+  /** The llama.cpp architectures read back from GGUF, each once. */
+  ggufArches(): string[] {
+    return [...new Set(this.families().flatMap((f) => (f.ggufReader ? [f.ggufReader.arch] : [])))];
+  }
+}
+
+export const architectures = new ArchitectureRegistry();
+for (const f of BUILT_IN) architectures.register(f);
+
+/** Adds an architecture family (tests and extensions; the built-in ones are registered above). */
+export function registerArchitecture(family: ArchitectureFamily): void {
+  architectures.register(family);
+}
+
+/** The registered model_types (for `synth --arch` choices and help text). */
+export function modelTypes(): string[] {
+  return architectures.modelTypes();
+}
 
 /** Mixture-of-Experts families that moe knows of but does not handle yet. */
 const MOE_NOT_YET = ['phimoe', 'gpt_oss', 'dbrx', 'jamba', 'granitemoe', 'granitemoeshared', 'qwen3_next', 'llama4', 'jetmoe', 'minimax', 'glm4_moe', 'ernie4_5_moe', 'hunyuan_v1_moe', 'deepseek_v32', 'qwen3_vl_moe', 'switch_transformers', 'nllb_moe'];
@@ -30,9 +74,9 @@ export function architectureFor(config: Config, dir: string): Architecture {
   const file = path.join(dir, 'config.json');
   const type = config.model_type;
   if (typeof type !== 'string') throw new CheckpointError('config.json has no model_type', { file, hint: 'this does not look like a Hugging Face transformers config' });
-  const make = ARCHITECTURES[type];
-  if (make) return make(config, dir);
-  const supported = Object.keys(ARCHITECTURES).join(', ');
+  const family = architectures.get(type);
+  if (family) return family.create(config, dir);
+  const supported = modelTypes().join(', ');
   if (DENSE.includes(type)) throw new CheckpointError(`model_type "${type}" is a dense model with no experts`, { file, hint: `moe compresses Mixture-of-Experts models: ${supported}` });
   if (MOE_NOT_YET.includes(type)) throw new CheckpointError(`model_type "${type}" is not supported yet`, { file, hint: `supported: ${supported}` });
   throw new CheckpointError(`unknown model_type "${type}"`, { file, hint: `supported: ${supported}` });

@@ -1,94 +1,23 @@
 /**
- * Tiny configs, one per supported model_type, with the keys and aliases transformers writes. Used by tests and
- * `moe synth` to make random checkpoints with the exact Hugging Face tensor names.
+ * Tiny configs, one per registered model_type, with the keys and aliases transformers writes. Used by tests and
+ * `moe synth` to make random checkpoints with the exact Hugging Face tensor names. Each preset lives in its family
+ * file (src/model/*.ts); PRESETS is a live view of the registry, so a family registered later is listed too.
  */
 import type { Config } from '../io/checkpoint';
+import { architectures } from '../model/registry';
 
-const common = {
-  vocab_size: 128,
-  hidden_size: 64,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  num_experts_per_tok: 2,
-  rms_norm_eps: 1e-6,
-  max_position_embeddings: 512,
-  tie_word_embeddings: false,
-  hidden_act: 'silu',
-};
+const presetOf = (key: string | symbol): Config | undefined =>
+  typeof key === 'string' ? architectures.get(key)?.preset : undefined;
 
-export const PRESETS: Record<string, Config> = {
-  mixtral: { ...common, model_type: 'mixtral', architectures: ['MixtralForCausalLM'], intermediate_size: 32, num_local_experts: 4, rope_theta: 1e6 },
-  qwen2_moe: {
-    ...common,
-    model_type: 'qwen2_moe',
-    architectures: ['Qwen2MoeForCausalLM'],
-    num_hidden_layers: 3,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    shared_expert_intermediate_size: 48,
-    num_experts: 4,
-    mlp_only_layers: [1],
-    decoder_sparse_step: 1,
-    norm_topk_prob: false,
-    rope_theta: 1e6,
+export const PRESETS: Record<string, Config> = new Proxy({} as Record<string, Config>, {
+  get: (_t, key) => presetOf(key),
+  has: (_t, key) => presetOf(key) !== undefined,
+  ownKeys: () => architectures.modelTypes(),
+  getOwnPropertyDescriptor: (_t, key) => {
+    const value = presetOf(key);
+    return value === undefined ? undefined : { value, enumerable: true, configurable: true, writable: false };
   },
-  qwen3_moe: {
-    ...common,
-    model_type: 'qwen3_moe',
-    architectures: ['Qwen3MoeForCausalLM'],
-    head_dim: 32,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    num_experts: 8,
-    norm_topk_prob: true,
-    decoder_sparse_step: 1,
-    mlp_only_layers: [],
-    rope_parameters: { rope_theta: 1e6, rope_type: 'default' },
-  },
-  olmoe: { ...common, model_type: 'olmoe', architectures: ['OlmoeForCausalLM'], num_key_value_heads: 4, intermediate_size: 32, num_experts: 8, norm_topk_prob: false, rope_theta: 1e4 },
-  deepseek_v2: {
-    ...common,
-    model_type: 'deepseek_v2',
-    architectures: ['DeepseekV2ForCausalLM'],
-    num_hidden_layers: 3,
-    num_key_value_heads: 4,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    n_routed_experts: 8,
-    n_shared_experts: 1,
-    first_k_dense_replace: 1,
-    q_lora_rank: null,
-    kv_lora_rank: 32,
-    qk_nope_head_dim: 16,
-    qk_rope_head_dim: 8,
-    v_head_dim: 16,
-    topk_method: 'group_limited_greedy',
-    n_group: 4,
-    topk_group: 2,
-    routed_scaling_factor: 1.0,
-    rope_theta: 1e4,
-  },
-  deepseek_v3: {
-    ...common,
-    model_type: 'deepseek_v3',
-    architectures: ['DeepseekV3ForCausalLM'],
-    num_hidden_layers: 3,
-    num_key_value_heads: 4,
-    intermediate_size: 96,
-    moe_intermediate_size: 32,
-    n_routed_experts: 8,
-    n_shared_experts: 1,
-    first_k_dense_replace: 1,
-    q_lora_rank: 24,
-    kv_lora_rank: 32,
-    qk_nope_head_dim: 16,
-    qk_rope_head_dim: 8,
-    v_head_dim: 16,
-    n_group: 2,
-    topk_group: 1,
-    norm_topk_prob: true,
-    routed_scaling_factor: 2.5,
-    rope_theta: 1e4,
-  },
-};
+  set: () => false,
+  defineProperty: () => false,
+  deleteProperty: () => false,
+});

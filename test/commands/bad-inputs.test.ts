@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ShardedWriter } from '../../src/io/writer';
-import { architectureFor } from '../../src/model/registry';
+import { architectureFor, modelTypes } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
 import { listDir, makeSynth, runCli, tmpDir } from '../helpers';
 
@@ -183,6 +183,8 @@ describe('bad inputs give one clear line, a non-zero exit and no output', () => 
   });
 });
 
-test('the presets cover every supported architecture', () => {
-  expect(Object.keys(PRESETS).sort()).toEqual(['deepseek_v2', 'deepseek_v3', 'mixtral', 'olmoe', 'qwen2_moe', 'qwen3_moe']);
+test('the presets cover every registered architecture, each of its own model_type', () => {
+  expect(Object.keys(PRESETS)).toEqual(modelTypes());
+  expect(modelTypes().length).toBeGreaterThanOrEqual(6);
+  for (const t of modelTypes()) expect(PRESETS[t].model_type).toBe(t);
 });

@@ -207,9 +207,9 @@ export class ForwardPass {
       }
     }
     if (this.spec.shared !== 'none') {
-      const s = await this.mlp(`model.layers.${l}.mlp.${this.spec.sharedPrefix}`, l, x, N, observer);
+      const s = await this.mlp(a.sharedExpertPrefix(l), l, x, N, observer);
       if (this.spec.shared === 'gated') {
-        const gate = await this.linear(`model.layers.${l}.mlp.shared_expert_gate.weight`, l, x, N, h, 1, observer);
+        const gate = await this.linear(a.sharedGateKey(l), l, x, N, h, 1, observer);
         for (let n = 0; n < N; n++) {
           const g = sigmoid(gate[n]);
           for (let j = 0; j < h; j++) s[n * h + j] *= g;
