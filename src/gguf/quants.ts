@@ -34,6 +34,8 @@ const BLOCK: Record<GgmlType, [number, number]> = {
 
 /** Math as a module constant: per-element code never looks up a global (slow in vm contexts such as jest's). */
 const math = Math;
+/** Rounds to float32: ggml's C encoders compute in float, and ties decided in float64 can go the other way. */
+const f32 = Math.fround;
 const GROUP_MAX_EPS = 1e-15;
 
 export function blockSize(t: GgmlType): number {
@@ -436,12 +438,16 @@ export function quantizeRows(x: Float32Array, rows: number, cols: number, t: Ggm
       const at = r * rb + b * typeSize(t);
       const xo = b * bs;
       if (t === 'Q8_0') {
+        // float32 arithmetic as ggml's quantize_row_q8_0_ref; roundf rounds half away from zero (Math.round does not)
         let amax = 0;
         for (let i = 0; i < 32; i++) amax = math.max(amax, math.abs(row[xo + i]));
-        const d = amax / 127;
-        const id = d ? 1 / d : 0;
+        const d = f32(amax / 127);
+        const id = d ? f32(1 / d) : 0;
         putF16(out, at, d);
-        for (let i = 0; i < 32; i++) out[at + 2 + i] = math.round(row[xo + i] * id) & 0xff; // |q| ≤ 127: half away from zero is round() on |x|
+        for (let i = 0; i < 32; i++) {
+          const v = f32(row[xo + i] * id);
+          out[at + 2 + i] = (v < 0 ? -math.round(-v) : math.round(v)) & 0xff;
+        }
       } else if (t === 'Q4_0') {
         let amax = 0;
         let max = 0;
@@ -452,11 +458,12 @@ export function quantizeRows(x: Float32Array, rows: number, cols: number, t: Ggm
           }
         }
         const d = max / -8;
-        const id = d ? 1 / d : 0;
+        const id = d ? f32(1 / d) : 0;
         putF16(out, at, d);
         for (let j = 0; j < 16; j++) {
-          const q0 = math.min(15, math.trunc(row[xo + j] * id + 8.5));
-          const q1 = math.min(15, math.trunc(row[xo + j + 16] * id + 8.5));
+          // float32 arithmetic as ggml's quantize_row_q4_0_ref: (int8_t)(x·id + 8.5f)
+          const q0 = math.min(15, math.trunc(f32(f32(row[xo + j] * id) + 8.5)));
+          const q1 = math.min(15, math.trunc(f32(f32(row[xo + j + 16] * id) + 8.5)));
           out[at + 2 + j] = q0 | (q1 << 4);
         }
       } else {
