@@ -63,16 +63,16 @@ static void write_all(const char * dir, const char * name, const char * ext, con
     if (!f || fwrite(p, 1, n, f) != n || fclose(f)) { perror(path); exit(1); }
 }
 
-typedef void (*quant_ref_fn)(const float *, void *, int64_t);
+typedef void (*ref_fn)(const float *, void *, int64_t);
 typedef size_t (*quant_fn)(const float *, void *, int64_t, int64_t, const float *);
-typedef void (*dequant_fn)(const void *, float *, int64_t);
+typedef void (*dec_fn)(const void *, float *, int64_t);
 
 struct kind {
     const char * name;
     enum ggml_type type;
-    quant_ref_fn ref;
+    ref_fn ref;
     quant_fn imat; /* NULL: ggml has no importance path for it here */
-    dequant_fn dec;
+    dec_fn dec;
 };
 
 int main(int argc, char ** argv) {
@@ -96,13 +96,13 @@ int main(int argc, char ** argv) {
     write_all(out, "BF16", ".dec.f32", dec, (size_t) n * 4);
 
     const struct kind kinds[] = {
-        { "Q8_0", GGML_TYPE_Q8_0, (quant_ref_fn) quantize_row_q8_0_ref, NULL, (dequant_fn) dequantize_row_q8_0 },
-        { "Q4_0", GGML_TYPE_Q4_0, (quant_ref_fn) quantize_row_q4_0_ref, NULL, (dequant_fn) dequantize_row_q4_0 },
-        { "Q2_K", GGML_TYPE_Q2_K, (quant_ref_fn) quantize_row_q2_K_ref, quantize_q2_K, (dequant_fn) dequantize_row_q2_K },
-        { "Q3_K", GGML_TYPE_Q3_K, (quant_ref_fn) quantize_row_q3_K_ref, quantize_q3_K, (dequant_fn) dequantize_row_q3_K },
-        { "Q4_K", GGML_TYPE_Q4_K, (quant_ref_fn) quantize_row_q4_K_ref, quantize_q4_K, (dequant_fn) dequantize_row_q4_K },
-        { "Q5_K", GGML_TYPE_Q5_K, (quant_ref_fn) quantize_row_q5_K_ref, quantize_q5_K, (dequant_fn) dequantize_row_q5_K },
-        { "Q6_K", GGML_TYPE_Q6_K, (quant_ref_fn) quantize_row_q6_K_ref, quantize_q6_K, (dequant_fn) dequantize_row_q6_K },
+        { "Q8_0", GGML_TYPE_Q8_0, (ref_fn) quantize_row_q8_0_ref, NULL, (dec_fn) dequantize_row_q8_0 },
+        { "Q4_0", GGML_TYPE_Q4_0, (ref_fn) quantize_row_q4_0_ref, NULL, (dec_fn) dequantize_row_q4_0 },
+        { "Q2_K", GGML_TYPE_Q2_K, (ref_fn) quantize_row_q2_K_ref, quantize_q2_K, (dec_fn) dequantize_row_q2_K },
+        { "Q3_K", GGML_TYPE_Q3_K, (ref_fn) quantize_row_q3_K_ref, quantize_q3_K, (dec_fn) dequantize_row_q3_K },
+        { "Q4_K", GGML_TYPE_Q4_K, (ref_fn) quantize_row_q4_K_ref, quantize_q4_K, (dec_fn) dequantize_row_q4_K },
+        { "Q5_K", GGML_TYPE_Q5_K, (ref_fn) quantize_row_q5_K_ref, quantize_q5_K, (dec_fn) dequantize_row_q5_K },
+        { "Q6_K", GGML_TYPE_Q6_K, (ref_fn) quantize_row_q6_K_ref, quantize_q6_K, (dec_fn) dequantize_row_q6_K },
     };
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         const struct kind * t = &kinds[k];
@@ -117,7 +117,10 @@ int main(int argc, char ** argv) {
         write_all(out, t->name, ".dec.f32", dec, (size_t) n * 4);
         if (t->imat) {
             memset(q, 0, bytes);
-            if (t->imat(x, q, rows, cols, imp) != bytes) { fprintf(stderr, "%s: unexpected size\n", t->name); return 1; }
+            if (t->imat(x, q, rows, cols, imp) != bytes) {
+                fprintf(stderr, "%s: unexpected size\n", t->name);
+                return 1;
+            }
             t->dec(q, dec, n);
             snprintf(name, sizeof name, "%s-imatrix", t->name);
             write_all(out, name, ".bin", q, bytes);

@@ -5,7 +5,7 @@ Compiles driver.c with ggml-quants.c from a fetched ggml source tree (gcc -O2, a
 encoders on the rows of fixtures/reference/gguf-codecs/inputs.f32 (made by scripts/gguf_codec_reference.py) and writes
   fixtures/reference/gguf-codecs/kquants/<T>.bin, <T>-imatrix.bin   the bytes ggml wrote, ROWS × row bytes
   fixtures/reference/gguf-codecs/kquants.json   per type and mode: per-row mean squared error of ggml's round trip
-      (plain: mean (x − x̂)²; imatrix: mean imp[c]·(x − x̂)², the error ggml's imatrix path minimises), the sha256
+      (plain: mean (x − x̂)²; imatrix: mean imp[c]·(x − x̂)², what ggml's imatrix path minimises), the sha256
       of ggml's decoded values (float32 LE) and of its bytes, and the source commits
 It also checks that ggml's own F16 / BF16 / Q8_0 / Q4_0 encoders write the bytes gguf-py wrote (printed, recorded).
 
@@ -89,7 +89,7 @@ def main() -> None:
         'cols': cols,
         'inputs_sha256': info['sha256']['inputs'],
         'importance_sha256': info['sha256']['importance'],
-        'error': 'plain: mean over the row of (x - dequantized)^2; imatrix: mean of importance[col] * (x - dequantized)^2',
+        'error': 'plain: row mean of (x - dequantized)^2; imatrix: row mean of importance[col] * (x - dequantized)^2',
         'ggml_rows_equal_to_gguf_py': agree,
         'types': types,
     }

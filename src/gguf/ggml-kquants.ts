@@ -35,7 +35,16 @@ const getF16 = (b: Uint8Array, at: number) => halfToFloat(b[at] | (b[at + 1] << 
 type Vec = Float32Array;
 
 /** make_qx_quants with rmse_type 1: symmetric, L[i] = l + nmax in 0..2·nmax−1; weights qw, else x². */
-function makeQx(n: number, nmax: number, x: Vec, xo: number, L: Int8Array, lo: number, qw: Vec | null, qo: number): number {
+function makeQx(
+  n: number,
+  nmax: number,
+  x: Vec,
+  xo: number,
+  L: Int8Array,
+  lo: number,
+  qw: Vec | null,
+  qo: number,
+): number {
   let max = 0;
   let amax = 0;
   for (let i = 0; i < n; i++) {
@@ -133,10 +142,22 @@ function makeQ3(n: number, nmax: number, x: Vec, xo: number, L: Int8Array, lo: n
 }
 
 /**
- * make_qkx2_quants (and make_qkx3_quants, the same search when weights are given): scale and min with L in 0..nmax,
- * trying nstep+1 inverse scales (rmin + rdelta·is + nmax)/(max − min) and least squares for each; returns [scale, −min].
+ * make_qkx2_quants (and make_qkx3_quants, the same search when given weights): scale and min, L in 0..nmax, trying
+ * nstep+1 inverse scales (rmin + rdelta·is + nmax)/(max − min), least squares for each; returns [scale, −min].
  */
-function makeQkx(n: number, nmax: number, x: Vec, xo: number, w: Vec, L: Uint8Array, lo: number, rmin: number, rdelta: number, nstep: number, mad: boolean): [number, number] {
+function makeQkx(
+  n: number,
+  nmax: number,
+  x: Vec,
+  xo: number,
+  w: Vec,
+  L: Uint8Array,
+  lo: number,
+  rmin: number,
+  rdelta: number,
+  nstep: number,
+  mad: boolean,
+): [number, number] {
   let min = x[xo];
   let max = x[xo];
   let sumW = w[0];
@@ -284,7 +305,9 @@ function impWeights(x: Vec, xo: number, n: number, qw: Vec, s2: number, w: Vec):
 
 function packQs2(L: Uint8Array | Int8Array, out: Uint8Array, qs: number): void {
   for (let j = 0; j < QK_K; j += 128) {
-    for (let l = 0; l < 32; l++) out[qs + j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
+    for (let l = 0; l < 32; l++) {
+      out[qs + j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
+    }
   }
 }
 
@@ -300,7 +323,9 @@ function encodeQ2K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | un
     const o = xo + 16 * j;
     if (qw) sw[j] = impWeights(x, o, 16, qw, s2, w);
     else for (let l = 0; l < 16; l++) w[l] = math.abs(x[o + l]);
-    [scales[j], mins[j]] = qw ? makeQkx(16, 3, x, o, w, L, 16 * j, f(-0.9), f(0.05), 36, false) : makeQkx(16, 3, x, o, w, L, 16 * j, -0.5, F01, 15, true);
+    [scales[j], mins[j]] = qw
+      ? makeQkx(16, 3, x, o, w, L, 16 * j, f(-0.9), f(0.05), 36, false)
+      : makeQkx(16, 3, x, o, w, L, 16 * j, -0.5, F01, 15, true);
   }
   if (qw) {
     const Ls = new Uint8Array(16);
@@ -417,7 +442,15 @@ function scaleMinK4(j: number, q: Uint8Array, at: number): [number, number] {
 }
 
 /** Q4_K / Q5_K scales, mins and codes L (0..nmax) of 8 sub-blocks of 32; writes d, dmin and the 12 scale bytes. */
-function scalesK45(t: KType, x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined, L: Uint8Array): void {
+function scalesK45(
+  t: KType,
+  x: Vec,
+  xo: number,
+  out: Uint8Array,
+  at: number,
+  qw: Vec | undefined,
+  L: Uint8Array,
+): void {
   const five = t === 'Q5_K';
   const nmax = five ? 31 : 15;
   const w = new Float32Array(32);
@@ -480,7 +513,9 @@ function encodeQ45K(t: KType, x: Vec, xo: number, out: Uint8Array, at: number, q
   scalesK45(t, x, xo, out, at, qw, L);
   if (t === 'Q4_K') {
     const qs = at + 16;
-    for (let j = 0; j < QK_K; j += 64) for (let l = 0; l < 32; l++) out[qs + j / 2 + l] = L[j + l] | (L[j + l + 32] << 4);
+    for (let j = 0; j < QK_K; j += 64) {
+      for (let l = 0; l < 32; l++) out[qs + j / 2 + l] = L[j + l] | (L[j + l + 32] << 4);
+    }
     return;
   }
   const qh = at + 16;
@@ -549,7 +584,14 @@ function encodeQ6K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | un
  * Encodes the super-block of 256 values x[xo…] into out[at…] (zero-filled). qw: the importance of every column of
  * the row (indexed like x), or undefined for llama.cpp's reference path.
  */
-export function encodeKBlock(t: KType, x: Float32Array, xo: number, out: Uint8Array, at: number, qw: Float32Array | undefined): void {
+export function encodeKBlock(
+  t: KType,
+  x: Float32Array,
+  xo: number,
+  out: Uint8Array,
+  at: number,
+  qw: Float32Array | undefined,
+): void {
   if (t === 'Q2_K') encodeQ2K(x, xo, out, at, qw);
   else if (t === 'Q3_K') encodeQ3K(x, xo, out, at, qw);
   else if (t === 'Q6_K') encodeQ6K(x, xo, out, at, qw);

@@ -29,7 +29,8 @@ const floatsOf = (file: string) => {
   const b = bytesOf(file);
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 };
-const sha256 = (b: Uint8Array | Float32Array) => createHash('sha256').update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength)).digest('hex');
+const sha256 = (b: Uint8Array | Float32Array) =>
+  createHash('sha256').update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength)).digest('hex');
 const x = floatsOf(info.files.inputs);
 const importance = floatsOf(info.files.importance);
 
@@ -79,7 +80,8 @@ describe.each(['F16', 'BF16', 'Q8_0', 'Q4_0'] as GgmlType[])('%s: the bytes gguf
 });
 
 const K_TYPES: GgmlType[] = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'];
-describe.each(K_TYPES.flatMap((t) => ['plain', 'imatrix'].map((mode) => [t, mode] as const)))('%s %s: llama.cpp', (t, mode) => {
+const CASES = K_TYPES.flatMap((t) => ['plain', 'imatrix'].map((mode) => [t, mode] as const));
+describe.each(CASES)('%s %s: llama.cpp', (t, mode) => {
   const ref = kq.types[t][mode];
   const w = mode === 'imatrix' ? importance : undefined;
 
@@ -91,7 +93,8 @@ describe.each(K_TYPES.flatMap((t) => ['plain', 'imatrix'].map((mode) => [t, mode
     expect(sha256(decoded)).toBe(ref.decoded_sha256);
     // llama.cpp's error as recorded is the one of these values: the error below is measured the same way (numpy sums
     // in another order: equal to 1e-12 relative)
-    const off = rowErrors(decoded, w).flatMap((e, r) => (Math.abs(e - ref.mse_per_row[r]) > 1e-12 * ref.mse_per_row[r] ? [labels[r]] : []));
+    const want: number[] = ref.mse_per_row;
+    const off = rowErrors(decoded, w).flatMap((e, r) => (Math.abs(e - want[r]) > 1e-12 * want[r] ? [labels[r]] : []));
     expect(off).toEqual([]);
   });
 
@@ -100,7 +103,8 @@ describe.each(K_TYPES.flatMap((t) => ['plain', 'imatrix'].map((mode) => [t, mode
     // moe's K-quant encoders are llama.cpp's in float32 (src/gguf/ggml-kquants.ts): the same bytes
     expect(unequalRows(bytes, bytesOf(ref.bytes), t)).toEqual([]);
     const mine = rowErrors(dequantizeRows(bytes, rows, cols, t), w);
-    const worse = mine.flatMap((e, r) => (e > (1 + BAR) * ref.mse_per_row[r] ? [`${labels[r]}: ${e} vs ${ref.mse_per_row[r]}`] : []));
+    const want: number[] = ref.mse_per_row;
+    const worse = mine.flatMap((e, r) => (e > (1 + BAR) * want[r] ? [`${labels[r]}: ${e} vs ${want[r]}`] : []));
     expect(worse).toEqual([]);
   });
 });
