@@ -4,6 +4,8 @@ import { createContext, Context } from './ui/progress';
 import { parseIntArg, parseSize } from './ui/parse';
 import { UsageError } from './errors';
 import { VERSION } from './version';
+import { mergeMethodNames } from './merge/methods';
+import { pruneMethodNames } from './prune/methods';
 
 interface GlobalOpts {
   debug?: boolean;
@@ -122,7 +124,7 @@ export function buildCli(): Command {
     .command('prune')
     .description('drop routed experts (the same number in every MoE layer) and write a plain checkpoint')
     .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
-    .addOption(new Option('--method <name>', 'how experts are chosen').choices(['frequency', 'soft-frequency', 'reap', 'naee', 'random']).makeOptionMandatory())
+    .addOption(new Option('--method <name>', 'how experts are chosen').choices(pruneMethodNames()).makeOptionMandatory())
     .option('--protect-super-experts', 'never drop super experts (extreme down_proj outputs)')
     .option('--super-factor <f>', 'super expert: largest |down_proj output| above F × the layer median', '5')
     .option('--naee-limit <n>', 'NAEE tries every subset up to this many per layer, else searches greedily', '20000')
@@ -148,7 +150,7 @@ export function buildCli(): Command {
     .command('merge')
     .description('merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint')
     .argument('<model>', 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache')
-    .addOption(new Option('--method <name>', 'how experts are grouped and merged').choices(['msmoe', 'hcsmoe', 'average']).makeOptionMandatory())
+    .addOption(new Option('--method <name>', 'how experts are grouped and merged').choices(mergeMethodNames()).makeOptionMandatory())
     .addOption(new Option('--similarity <kind>', 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)').choices(['router-logits', 'expert-output', 'weights']))
     .addOption(new Option('--linkage <kind>', 'hcsmoe linkage').choices(['single', 'complete', 'average']).default('average'))
     .addOption(new Option('--align <on|off>', 'neuron alignment before averaging (default: on for msmoe and hcsmoe)').choices(['on', 'off']))

@@ -1,50 +1,117 @@
 /**
- * Expert-merging methods: an explicit registry.
+ * Expert-merging methods: the registry (registerMergeMethod) and the built-in methods. What a method declares
+ * and implements is in method.ts.
  *  - msmoe: M-SMoE (Li et al., ICLR 2024, "Merge, then Compress"): dominant experts by frequency, members by
  *    similarity, neurons aligned, frequency-weighted average.
  *  - hcsmoe: HC-SMoE (Chen et al., 2024): hierarchical clustering of expert outputs, frequency-weighted average
  *    of aligned experts.
  *  - average: M-SMoE's groups, plain uniform average, no alignment (a baseline).
  */
-import type { Linkage, MergeGroup } from './grouping';
-import { hierarchicalGroups, msmoeGroups } from './grouping';
+import { InternalError } from '../errors';
+import { averageExperts } from './average';
+import { hierarchicalGroups, Linkage, memberWeights, msmoeGroups } from './grouping';
+import type { MergeMethod, MergeParamDef, MergeParams } from './method';
+import { expertSimilarity, readsExperts, Similarity, SIMILARITIES } from './similarity';
 
-export interface MergeMethod {
-  name: string;
-  title: string;
-  paper?: string;
-  defaults: { similarity: Similarity; align: boolean; router: 'dominant' | 'weighted'; uniform: boolean };
-  groups(freq: ArrayLike<number>, sim: Float64Array, E: number, keep: number, routingGroups: number, linkage: Linkage): MergeGroup[];
+export type { Similarity } from './similarity';
+
+export const ROUTER_MODES = ['dominant', 'weighted'] as const;
+export type RouterMode = (typeof ROUTER_MODES)[number];
+export const LINKAGES: readonly Linkage[] = ['single', 'complete', 'average'];
+
+const similarityParam = (dflt: Similarity): MergeParamDef => ({
+  name: 'similarity',
+  type: 'choice',
+  choices: SIMILARITIES,
+  default: dflt,
+  description: 'expert similarity the groups are built from',
+});
+const alignParam = (dflt: boolean): MergeParamDef => ({
+  name: 'align',
+  type: 'boolean',
+  default: dflt,
+  description: 'neuron alignment before averaging',
+});
+const routerParam = (dflt: RouterMode): MergeParamDef => ({
+  name: 'router',
+  type: 'choice',
+  choices: ROUTER_MODES,
+  default: dflt,
+  description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean',
+});
+const linkageParam: MergeParamDef = {
+  name: 'linkage',
+  type: 'choice',
+  choices: LINKAGES,
+  default: 'average',
+  description: 'hcsmoe linkage',
+};
+
+/**
+ * The steps msmoe, hcsmoe and average share: similarity by the `similarity` parameter, the (aligned when `align`)
+ * weighted average, the router row by `router`.
+ */
+const shared: Pick<MergeMethod, 'similarity' | 'readsExperts' | 'merge' | 'routerWeights'> = {
+  similarity: (input, p) => expertSimilarity(p.similarity as Similarity, input),
+  readsExperts: (p) => readsExperts(p.similarity as Similarity),
+  merge: (group, input, p) => averageExperts(group, input, p.align === true),
+  routerWeights: (group, p) => (p.router === 'weighted' ? group.weights : undefined),
+};
+
+const msmoe: MergeMethod = {
+  ...shared,
+  name: 'msmoe',
+  summary: 'M-SMoE: dominant experts, aligned frequency-weighted merge',
+  paper: 'Li et al., ICLR 2024, "Merge, then Compress"',
+  // The paper's default similarity is router logits; on the trained fixture, grouping by expert outputs on
+  // common inputs measured better (bench/compression-table.js), so that is the default here.
+  parameters: [similarityParam('expert-output'), alignParam(true), routerParam('dominant')],
+  groups: (g) => msmoeGroups(g.freq, g.sim, g.E, g.keep, g.routingGroups),
+  weights: (freq, group) => memberWeights(freq, group.members),
+};
+
+const hcsmoe: MergeMethod = {
+  ...shared,
+  name: 'hcsmoe',
+  summary: 'HC-SMoE: hierarchical clustering of expert outputs, frequency-weighted merge',
+  paper: 'Chen et al., 2024, "Retraining-Free Merging of Sparse MoE via Hierarchical Clustering"',
+  // Alignment is optional in HC-SMoE; measured on the trained fixture it lowers perplexity a lot, so it is on.
+  parameters: [similarityParam('expert-output'), linkageParam, alignParam(true), routerParam('weighted')],
+  groups: (g, p: MergeParams) => hierarchicalGroups(g.freq, g.sim, g.E, g.keep, p.linkage as Linkage, g.routingGroups),
+  weights: (freq, group) => memberWeights(freq, group.members),
+};
+
+const average: MergeMethod = {
+  ...shared,
+  name: 'average',
+  summary: 'uniform average of M-SMoE groups (baseline)',
+  parameters: [similarityParam('router-logits'), alignParam(false), routerParam('dominant')],
+  groups: (g) => msmoeGroups(g.freq, g.sim, g.E, g.keep, g.routingGroups),
+  weights: (freq, group) => memberWeights(freq, group.members, true),
+};
+
+const REGISTRY = new Map<string, MergeMethod>();
+
+/** Adds a merge method: `moe merge --method <name>` accepts it from then on (one file and this one call). */
+export function registerMergeMethod(method: MergeMethod): void {
+  if (REGISTRY.has(method.name)) {
+    const what = `merge method ${JSON.stringify(method.name)} is registered twice`;
+    throw new InternalError(what, { hint: 'give it another name' });
+  }
+  REGISTRY.set(method.name, method);
 }
-
-export type Similarity = 'router-logits' | 'expert-output' | 'weights';
-
-export const MERGE_METHODS: MergeMethod[] = [
-  {
-    name: 'msmoe',
-    title: 'M-SMoE: dominant experts, aligned frequency-weighted merge',
-    paper: 'Li et al., ICLR 2024, "Merge, then Compress"',
-    // The paper's default similarity is router logits; on the trained fixture, grouping by expert outputs on
-    // common inputs measured better (bench/compression-table.js), so that is the default here.
-    defaults: { similarity: 'expert-output', align: true, router: 'dominant', uniform: false },
-    groups: (freq, sim, E, keep, g) => msmoeGroups(freq, sim, E, keep, g),
-  },
-  {
-    name: 'hcsmoe',
-    title: 'HC-SMoE: hierarchical clustering of expert outputs, frequency-weighted merge',
-    paper: 'Chen et al., 2024, "Retraining-Free Merging of Sparse MoE via Hierarchical Clustering"',
-    // Alignment is optional in HC-SMoE; measured on the trained fixture it lowers perplexity a lot, so it is on.
-    defaults: { similarity: 'expert-output', align: true, router: 'weighted', uniform: false },
-    groups: (freq, sim, E, keep, g, linkage) => hierarchicalGroups(freq, sim, E, keep, linkage, g),
-  },
-  {
-    name: 'average',
-    title: 'uniform average of M-SMoE groups (baseline)',
-    defaults: { similarity: 'router-logits', align: false, router: 'dominant', uniform: true },
-    groups: (freq, sim, E, keep, g) => msmoeGroups(freq, sim, E, keep, g),
-  },
-];
 
 export function mergeMethod(name: string): MergeMethod | undefined {
-  return MERGE_METHODS.find((m) => m.name === name);
+  return REGISTRY.get(name);
 }
+
+/** The registered merge methods in registration order (built-ins first): the --method choices. */
+export function mergeMethods(): MergeMethod[] {
+  return [...REGISTRY.values()];
+}
+
+export function mergeMethodNames(): string[] {
+  return [...REGISTRY.keys()];
+}
+
+for (const m of [msmoe, hcsmoe, average]) registerMergeMethod(m);

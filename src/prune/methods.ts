@@ -1,5 +1,5 @@
 /**
- * Expert-pruning methods: an explicit registry. Each picks the experts one MoE layer keeps, from the
+ * Expert-pruning methods: a registry (registerPruneMethod) with the built-in methods. Each picks the experts one MoE layer keeps, from the
  * calibration stats (and, for NAEE, the reconstruction loss on the calibrated MoE-block samples).
  *  - frequency: how often an expert is among a token's top-k (its share of routed tokens).
  *  - soft-frequency: its mean router probability over all tokens.
@@ -10,6 +10,7 @@
  *  - random: a seeded baseline.
  */
 import type { CalibrationStats } from '../calib/stats';
+import { InternalError } from '../errors';
 import { mulberry32 } from '../synth/generate';
 import type { ReconstructionProblem } from './reconstruct';
 import { countKeepSets, greedyKeep, keepSets, KeepConstraints, topByScore } from './select';
@@ -50,7 +51,7 @@ function byScore(name: string, title: string, paper: string | undefined, score: 
   };
 }
 
-export const PRUNE_METHODS: PruneMethod[] = [
+const BUILT_IN: PruneMethod[] = [
   byScore('frequency', 'routing frequency', undefined, (s, l) => s.vector(l, 'count')),
   byScore('soft-frequency', 'mean router probability', undefined, (s, l) => s.vector(l, 'soft_freq')),
   byScore('reap', 'REAP saliency', 'Lasby et al., 2025, "REAP the Experts"', (s, l) => s.vector(l, 'reap')),
@@ -84,6 +85,28 @@ export const PRUNE_METHODS: PruneMethod[] = [
   },
 ];
 
-export function pruneMethod(name: string): PruneMethod | undefined {
-  return PRUNE_METHODS.find((m) => m.name === name);
+const REGISTRY = new Map<string, PruneMethod>();
+
+/** Adds a pruning method: `moe prune --method <name>` accepts it from then on (one file and this one call). */
+export function registerPruneMethod(method: PruneMethod): void {
+  if (REGISTRY.has(method.name)) {
+    const what = `prune method ${JSON.stringify(method.name)} is registered twice`;
+    throw new InternalError(what, { hint: 'give it another name' });
+  }
+  REGISTRY.set(method.name, method);
 }
+
+export function pruneMethod(name: string): PruneMethod | undefined {
+  return REGISTRY.get(name);
+}
+
+/** The registered pruning methods in registration order (built-ins first): the --method choices. */
+export function pruneMethods(): PruneMethod[] {
+  return [...REGISTRY.values()];
+}
+
+export function pruneMethodNames(): string[] {
+  return [...REGISTRY.keys()];
+}
+
+for (const m of BUILT_IN) registerPruneMethod(m);
