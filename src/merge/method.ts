@@ -5,10 +5,26 @@
  * options against the declared parameters, loops over the layers and writes (src/commands/merge.ts). The registry,
  * with the built-in methods, is src/merge/methods.ts.
  */
+import type { Backend } from '../backend/backend';
+import type { CalibrationStats } from '../calib/stats';
 import { UsageError } from '../errors';
+import type { TensorReader } from '../io/checkpoint';
+import type { Architecture } from '../model/arch';
 import type { ExpertWeights } from '../model/experts';
 import type { MergeGroup } from './grouping';
-import type { LayerInput } from './similarity';
+
+/** The similarities of similarity.ts (router-logits is read from the stats; the others read every expert). */
+export const SIMILARITIES = ['router-logits', 'expert-output', 'weights'] as const;
+export type Similarity = (typeof SIMILARITIES)[number];
+
+/** What a merge method may read about one MoE layer while it groups that layer's experts. */
+export interface LayerInput {
+  layer: number;
+  stats: CalibrationStats;
+  reader: TensorReader;
+  arch: Architecture;
+  be: Backend;
+}
 
 export interface MergeParamDef {
   /** The option's name: `--<name>` on the command line, the recipe key, the key in moe-compression.json params. */

@@ -8,12 +8,10 @@
  *  - average: M-SMoE's groups, plain uniform average, no alignment (a baseline).
  */
 import { InternalError } from '../errors';
-import { averageExperts } from './average';
 import { hierarchicalGroups, Linkage, memberWeights, msmoeGroups } from './grouping';
-import type { MergeMethod, MergeParamDef, MergeParams } from './method';
-import { expertSimilarity, readsExperts, Similarity, SIMILARITIES } from './similarity';
+import { MergeMethod, MergeParamDef, MergeParams, Similarity, SIMILARITIES } from './method';
 
-export type { Similarity } from './similarity';
+export type { Similarity } from './method';
 
 export const ROUTER_MODES = ['dominant', 'weighted'] as const;
 export type RouterMode = (typeof ROUTER_MODES)[number];
@@ -49,12 +47,13 @@ const linkageParam: MergeParamDef = {
 
 /**
  * The steps msmoe, hcsmoe and average share: similarity by the `similarity` parameter, the (aligned when `align`)
- * weighted average, the router row by `router`.
+ * weighted average, the router row by `router`. The numeric modules load on first use: the command line reads this
+ * registry at start-up.
  */
 const shared: Pick<MergeMethod, 'similarity' | 'readsExperts' | 'merge' | 'routerWeights'> = {
-  similarity: (input, p) => expertSimilarity(p.similarity as Similarity, input),
-  readsExperts: (p) => readsExperts(p.similarity as Similarity),
-  merge: (group, input, p) => averageExperts(group, input, p.align === true),
+  similarity: async (input, p) => (await import('./similarity')).expertSimilarity(p.similarity as Similarity, input),
+  readsExperts: (p) => p.similarity !== 'router-logits',
+  merge: async (group, input, p) => (await import('./average')).averageExperts(group, input, p.align === true),
   routerWeights: (group, p) => (p.router === 'weighted' ? group.weights : undefined),
 };
 

@@ -5,30 +5,11 @@
  *    calibrated MoE-block input sample, as HC-SMoE compares experts by their outputs on common inputs);
  *  - weights: cosine of the flattened weights.
  */
-import type { Backend } from '../backend/backend';
-import type { CalibrationStats } from '../calib/stats';
 import { UsageError } from '../errors';
-import type { TensorReader } from '../io/checkpoint';
-import type { Architecture, Proj } from '../model/arch';
+import type { Proj } from '../model/arch';
 import { expertOutputs } from '../model/experts';
 import { cosineMatrix } from './grouping';
-
-export const SIMILARITIES = ['router-logits', 'expert-output', 'weights'] as const;
-export type Similarity = (typeof SIMILARITIES)[number];
-
-/** What a merge method may read about one MoE layer while it groups that layer's experts. */
-export interface LayerInput {
-  layer: number;
-  stats: CalibrationStats;
-  reader: TensorReader;
-  arch: Architecture;
-  be: Backend;
-}
-
-/** True when computing this similarity reads every expert's weights (not only the stats): progress weights. */
-export function readsExperts(kind: Similarity): boolean {
-  return kind !== 'router-logits';
-}
+import type { LayerInput, Similarity } from './method';
 
 export async function expertSimilarity(kind: Similarity, input: LayerInput): Promise<Float64Array> {
   const { layer, stats, reader, arch, be } = input;

@@ -1,6 +1,7 @@
 /**
- * Expert-pruning methods: a registry (registerPruneMethod) with the built-in methods. Each picks the experts one MoE layer keeps, from the
- * calibration stats (and, for NAEE, the reconstruction loss on the calibrated MoE-block samples).
+ * Expert-pruning methods: a registry (registerPruneMethod) with the built-in methods. Each picks the experts one
+ * MoE layer keeps, from the calibration stats (and, for NAEE, the reconstruction loss on the calibrated MoE-block
+ * samples).
  *  - frequency: how often an expert is among a token's top-k (its share of routed tokens).
  *  - soft-frequency: its mean router probability over all tokens.
  *  - reap: REAP (Lasby et al., 2025, "REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression"):
@@ -11,7 +12,6 @@
  */
 import type { CalibrationStats } from '../calib/stats';
 import { InternalError } from '../errors';
-import { mulberry32 } from '../synth/generate';
 import type { ReconstructionProblem } from './reconstruct';
 import { countKeepSets, greedyKeep, keepSets, KeepConstraints, topByScore } from './select';
 
@@ -78,6 +78,8 @@ const BUILT_IN: PruneMethod[] = [
     name: 'random',
     title: 'random (seeded baseline)',
     async select(layer, c, ctx) {
+      // Loaded on first use: the command line reads this registry at start-up.
+      const { mulberry32 } = await import('../synth/generate');
       const rand = mulberry32(ctx.seed * 7919 + layer);
       const scores = [...Array(c.experts)].map(() => rand());
       return { kept: topByScore(scores, c), search: 'random' };

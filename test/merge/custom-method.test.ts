@@ -76,7 +76,8 @@ const same = (a: TensorReader, ka: string, b: TensorReader, kb: string) =>
 
 test('a merge method from test/ runs through the CLI: each group keeps its most frequent expert', async () => {
   const out = path.join(tmpDir(), 'first');
-  const r = await cli(['merge', model, '--stats', stats, '--method', 'first', '--keep', '4', '-o', out, '--backend', 'ref']);
+  const args = ['merge', model, '--stats', stats, '--method', 'first', '--keep', '4', '-o', out, '--backend', 'ref'];
+  const r = await cli(args);
   expect(r.stderr).not.toMatch(/^moe:/m); // progress lines only: no warning, no error
   expect(r.code).toBe(0);
   const line = 'merged 8 → 4 experts per MoE layer by first (similarity router-logits, alignment off, router dominant';

@@ -3,8 +3,8 @@
  * logits or weights) and keeps each group's most frequent expert unchanged, with its router row.
  */
 import { msmoeGroups } from '../../src/merge/grouping';
-import type { MergeMethod } from '../../src/merge/method';
-import { expertSimilarity, Similarity } from '../../src/merge/similarity';
+import type { MergeMethod, Similarity } from '../../src/merge/method';
+import { expertSimilarity } from '../../src/merge/similarity';
 import { loadExpert } from '../../src/model/experts';
 
 export const first: MergeMethod = {
