@@ -14,7 +14,7 @@ import { checkNotInput, checkOutputFolder } from '../io/output';
 import type { Architecture } from '../model/arch';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
-import { LayerChoice, pruneMethod, pruneMethodNames } from '../prune/methods';
+import { LayerChoice, PRUNE_METHODS, pruneMethod } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
 import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
@@ -100,7 +100,7 @@ export function resolveKeep(arch: Architecture, keep: number | undefined, ratio:
 export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneReport> {
   const started = Date.now();
   const method = pruneMethod(opts.method);
-  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${pruneMethodNames().join(', ')}` });
+  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}` });
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);

@@ -89,28 +89,25 @@ const average: MergeMethod = {
   weights: (freq, group) => memberWeights(freq, group.members, true),
 };
 
-const REGISTRY = new Map<string, MergeMethod>();
+/** Every registered merge method, the built-ins first (registerMergeMethod appends). */
+export const MERGE_METHODS: MergeMethod[] = [];
 
 /** Adds a merge method: `moe merge --method <name>` accepts it from then on (one file and this one call). */
 export function registerMergeMethod(method: MergeMethod): void {
-  if (REGISTRY.has(method.name)) {
+  if (mergeMethod(method.name)) {
     const what = `merge method ${JSON.stringify(method.name)} is registered twice`;
     throw new InternalError(what, { hint: 'give it another name' });
   }
-  REGISTRY.set(method.name, method);
+  MERGE_METHODS.push(method);
 }
 
 export function mergeMethod(name: string): MergeMethod | undefined {
-  return REGISTRY.get(name);
+  return MERGE_METHODS.find((m) => m.name === name);
 }
 
-/** The registered merge methods in registration order (built-ins first): the --method choices. */
-export function mergeMethods(): MergeMethod[] {
-  return [...REGISTRY.values()];
-}
-
+/** The registered methods' names in registration order: the --method choices. */
 export function mergeMethodNames(): string[] {
-  return [...REGISTRY.keys()];
+  return MERGE_METHODS.map((m) => m.name);
 }
 
 for (const m of [msmoe, hcsmoe, average]) registerMergeMethod(m);

@@ -87,28 +87,25 @@ const BUILT_IN: PruneMethod[] = [
   },
 ];
 
-const REGISTRY = new Map<string, PruneMethod>();
+/** Every registered pruning method, the built-ins first (registerPruneMethod appends). */
+export const PRUNE_METHODS: PruneMethod[] = [];
 
 /** Adds a pruning method: `moe prune --method <name>` accepts it from then on (one file and this one call). */
 export function registerPruneMethod(method: PruneMethod): void {
-  if (REGISTRY.has(method.name)) {
+  if (pruneMethod(method.name)) {
     const what = `prune method ${JSON.stringify(method.name)} is registered twice`;
     throw new InternalError(what, { hint: 'give it another name' });
   }
-  REGISTRY.set(method.name, method);
+  PRUNE_METHODS.push(method);
 }
 
 export function pruneMethod(name: string): PruneMethod | undefined {
-  return REGISTRY.get(name);
+  return PRUNE_METHODS.find((m) => m.name === name);
 }
 
-/** The registered pruning methods in registration order (built-ins first): the --method choices. */
-export function pruneMethods(): PruneMethod[] {
-  return [...REGISTRY.values()];
-}
-
+/** The registered methods' names in registration order: the --method choices. */
 export function pruneMethodNames(): string[] {
-  return [...REGISTRY.keys()];
+  return PRUNE_METHODS.map((m) => m.name);
 }
 
 for (const m of BUILT_IN) registerPruneMethod(m);
