@@ -5,24 +5,25 @@
  */
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
-import type { Backend, BackendName } from '../backend/backend';
+import type { BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { fromFloat32 } from '../io/dtype';
-import type { Architecture, Proj } from '../model/arch';
+import type { Proj } from '../model/arch';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
-import { expertOutputs, ExpertWeights, loadExpert } from '../model/experts';
-import { alignExperts, permuteExpert } from '../merge/align';
-import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/grouping';
-import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
+import type { Linkage } from '../merge/grouping';
+import { GroupInput, MergedGroup, MergeMethod, MergeParams, resolveMergeParams, SIMILARITIES } from '../merge/method';
+import { LINKAGES, mergeMethod, mergeMethodNames, ROUTER_MODES, RouterMode, Similarity } from '../merge/methods';
 import type { Context, Task } from '../ui/progress';
 import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { keepAllWarning, resolveKeep } from './prune';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
+
+export type { MergedGroup } from '../merge/method';
 
 export interface MergeOptions {
   model: string;
@@ -34,7 +35,9 @@ export interface MergeOptions {
   similarity?: Similarity;
   linkage?: Linkage;
   align?: boolean;
-  router?: 'dominant' | 'weighted';
+  router?: RouterMode;
+  /** Further parameters a method declares (src/merge/method.ts), by name. */
+  params?: Record<string, string | boolean>;
   seed?: number;
   backend?: BackendName;
   threads?: number;
@@ -43,19 +46,15 @@ export interface MergeOptions {
   dryRun?: boolean;
 }
 
-export interface MergedGroup extends MergeGroup {
-  weights: number[];
-  /** Per aligned member: the matching used and the mean neuron-feature cosine before and after. */
-  alignment?: { member: number; method: 'exact' | 'approximate'; score_before: number; score_after: number }[];
-}
-
 export interface MergeReport {
   model: string;
   output: string;
   method: string;
-  similarity: Similarity;
+  /** The method's similarity parameter ('none' when it declares none). */
+  similarity: string;
   align: boolean;
-  router: 'dominant' | 'weighted';
+  /** dominant, or weighted when the method averages router rows. */
+  router: string;
   experts_before: number;
   experts_after: number;
   dry_run: boolean;
@@ -65,75 +64,38 @@ export interface MergeReport {
   seconds: number;
 }
 
-/**
- * Pairwise similarity of a layer's experts [E, E]:
- *  - router-logits: cosine of the experts' router-logit columns over the calibration tokens (M-SMoE's default);
- *  - expert-output: cosine of the experts' outputs on the same calibration tokens (every expert run on the
- *    calibrated MoE-block input sample, as HC-SMoE compares experts by their outputs on common inputs);
- *  - weights: cosine of the flattened weights.
- */
-async function similarity(kind: Similarity, stats: CalibrationStats, reader: TensorReader, arch: Architecture, layer: number, be: Backend): Promise<Float64Array> {
-  const E = arch.numExperts;
-  if (kind === 'router-logits') return stats.f64(`layers.${layer}.moe.router_cos`);
-  if (kind === 'expert-output') {
-    const x = stats.f32(`layers.${layer}.moe.naee_in`);
-    const n = x.length / arch.hidden;
-    if (n === 0) throw new UsageError('--similarity expert-output needs calibrated MoE-block samples, and these stats have none', { file: stats.dir, hint: 're-run moe calibrate with --naee-tokens > 0' });
-    const outputs = new Float32Array(E * n * arch.hidden);
-    (await expertOutputs(be, reader, arch, layer, x, n)).forEach((y, e) => outputs.set(y, e * n * arch.hidden));
-    return cosineMatrix(outputs, E, n * arch.hidden);
-  }
-  // weights: cosine of the flattened [gate; up; down] of each pair, accumulated projection by projection.
-  const gram = new Float64Array(E * E);
-  for (const p of ['gate', 'up', 'down'] as Proj[]) {
-    const ws = [...Array(E).keys()].map((e) => reader.f32(arch.expertKey(layer, e, p)));
-    for (let a = 0; a < E; a++) {
-      for (let b = a; b < E; b++) {
-        let s = 0;
-        for (let i = 0; i < ws[a].length; i++) s += ws[a][i] * ws[b][i];
-        gram[a * E + b] += s;
-        if (a !== b) gram[b * E + a] += s;
-      }
-    }
-  }
-  const cos = new Float64Array(E * E);
-  for (let a = 0; a < E; a++) for (let b = 0; b < E; b++) cos[a * E + b] = gram[a * E + b] / Math.sqrt(gram[a * E + a] * gram[b * E + b] || 1);
-  return cos;
-}
-
 export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeReport> {
   const started = Date.now();
   const method = mergeMethod(opts.method);
-  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${MERGE_METHODS.map((m) => m.name).join(', ')}` });
+  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${mergeMethodNames().join(', ')}` });
+  const params = resolveMergeParams(method, givenParams(opts));
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'merged'));
-  const sim = opts.similarity ?? method.defaults.similarity;
-  const align = opts.align ?? method.defaults.align;
-  const routerMode = opts.router ?? method.defaults.router;
   const stats = new CalibrationStats(opts.stats);
   const reader = new TensorReader(ckpt);
   const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
-  const h = arch.hidden;
-  const width = arch.expertWidth;
   let task: Task | undefined;
   try {
     stats.checkModel(ckpt);
     // Work in source bytes: grouping by weights or outputs reads every expert once; by the stats alone it is quick.
-    const groupWeight = sourceBytes(ckpt) * (sim === 'router-logits' ? SELECT_SHARE : 1);
+    const groupWeight = sourceBytes(ckpt) * (method.readsExperts?.(params) ?? true ? 1 : SELECT_SHARE);
     task = ctx.task(`merge ${path.basename(ckpt.dir)}`, groupWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
     const progress = ctx.progress(`group experts (${method.name})`, arch.moeLayers.length, 'layers', groupWeight);
     const layers: MergeReport['layers'] = [];
     const plan = new Map<number, LayerReduction>();
     for (const layer of arch.moeLayers) {
+      const input: GroupInput = { layer, stats, reader, arch, be, seed: opts.seed ?? 0 };
       const freq = stats.frequency(layer);
-      const groups = method.groups(freq, await similarity(sim, stats, reader, arch, layer, be), arch.numExperts, K, arch.routing.nGroup, opts.linkage ?? 'average');
-      const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: memberWeights(freq, g.members, method.defaults.uniform) }));
+      const sim = await method.similarity(input, params);
+      const grouping = { freq, sim, E: arch.numExperts, keep: K, routingGroups: arch.routing.nGroup };
+      const groups = method.groups(grouping, params);
+      const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: method.weights(freq, g, params) }));
       layers.push({ layer, groups: merged });
-      plan.set(layer, reduction(layer, merged));
+      plan.set(layer, layerReduction(method, params, input, merged));
       progress.tick();
     }
     progress.done();
@@ -141,9 +103,9 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       model: ckpt.dir,
       output: path.resolve(opts.output),
       method: method.name,
-      similarity: sim,
-      align,
-      router: routerMode,
+      similarity: String(params.similarity ?? 'none'),
+      align: params.align === true,
+      router: layers.some((l) => l.groups.some((g) => method.routerWeights(g, params))) ? 'weighted' : 'dominant',
       experts_before: arch.numExperts,
       experts_after: K,
       dry_run: !!opts.dryRun,
@@ -152,11 +114,22 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, command: 'merge', maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
+      const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
+      const write = { output: opts.output, force: opts.force, command: 'merge', maxShardBytes };
+      await writeReducedOutput(ckpt, arch, plan, K, write, ctx, () => ({
         operation: 'merge',
         method: method.name,
         paper: method.paper ?? null,
-        params: { keep: K, similarity: sim, align, router: routerMode, linkage: opts.linkage ?? 'average', seed: opts.seed ?? 0 },
+        // The same keys for every method, linkage included (as always recorded), then any further parameters.
+        params: {
+          keep: K,
+          similarity: report.similarity,
+          align: report.align,
+          router: report.router,
+          linkage: params.linkage ?? opts.linkage ?? 'average',
+          seed: opts.seed ?? 0,
+          ...params,
+        },
         experts_before: arch.numExperts,
         experts_after: K,
         // For routing comparisons an expert stands for its representative.
@@ -174,45 +147,53 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
     stats.close();
     await be.dispose();
   }
+}
 
-  function reduction(layer: number, groups: MergedGroup[]): LayerReduction {
-    const computed = new Set(groups.map((g, i) => (g.members.length > 1 ? i : -1)).filter((i) => i >= 0));
-    const r: LayerReduction = {
-      copyOf: groups.map((g) => g.dominant),
-      computed,
-      compute: async (i) => {
-        const g = groups[i];
-        const dominant = loadExpert(reader, arch, layer, g.dominant);
-        const sum: ExpertWeights = { gate: new Float32Array(dominant.gate.length), up: new Float32Array(dominant.up.length), down: new Float32Array(dominant.down.length) };
-        g.alignment = [];
-        for (let m = 0; m < g.members.length; m++) {
-          let w = m === 0 ? dominant : loadExpert(reader, arch, layer, g.members[m]);
-          if (m > 0 && align) {
-            const a = await alignExperts(be, dominant, w, width, h, opts.seed ?? 0);
-            g.alignment.push({ member: g.members[m], method: a.method, score_before: a.scoreBefore, score_after: a.scoreAfter });
-            w = permuteExpert(w, a.perm, width, h);
-          }
-          for (const p of ['gate', 'up', 'down'] as Proj[]) for (let j = 0; j < sum[p].length; j++) sum[p][j] += g.weights[m] * w[p][j];
-        }
-        const dtype = (p: Proj) => reader.dtype(arch.expertKey(layer, g.dominant, p));
-        return { gate: fromFloat32(sum.gate, dtype('gate')), up: fromFloat32(sum.up, dtype('up')), down: fromFloat32(sum.down, dtype('down')) };
-      },
-    };
-    if (routerMode === 'weighted') {
-      const rows = reader.f32(arch.routerKey(layer));
-      const out = new Float32Array(groups.length * h);
-      groups.forEach((g, i) => g.members.forEach((e, m) => {
-        for (let j = 0; j < h; j++) out[i * h + j] += g.weights[m] * rows[e * h + j];
-      }));
-      r.router = fromFloat32(out, reader.dtype(arch.routerKey(layer)));
-      const biasKey = arch.correctionBiasKey(layer);
-      if (biasKey) {
-        const bias = reader.f32(biasKey);
-        r.correctionBias = fromFloat32(Float32Array.from(groups, (g) => g.members.reduce((s, e, m) => s + g.weights[m] * bias[e], 0)), reader.dtype(biasKey));
-      }
-    }
-    return r;
+/** The merge options given (undefined left out), by parameter name, for resolveMergeParams. */
+function givenParams(opts: MergeOptions): Record<string, unknown> {
+  const named = { similarity: opts.similarity, linkage: opts.linkage, align: opts.align, router: opts.router };
+  return Object.fromEntries(Object.entries({ ...opts.params, ...named }).filter(([, v]) => v !== undefined));
+}
+
+/**
+ * One layer's plan for writeReducedOutput: expert i is a copy of its group's dominant expert, or, for a group of two
+ * or more, the method's merge in the dominant expert's dtype; router rows (and DeepSeek's correction bias) are the
+ * dominant's, or the weighted mean of the members' where the method gives router weights.
+ */
+function layerReduction(method: MergeMethod, params: MergeParams, input: GroupInput, groups: MergedGroup[]) {
+  const { reader, arch, layer } = input;
+  const r: LayerReduction = {
+    copyOf: groups.map((g) => g.dominant),
+    computed: new Set(groups.map((g, i) => (g.members.length > 1 ? i : -1)).filter((i) => i >= 0)),
+    compute: async (i) => {
+      const g = groups[i];
+      const merged = await method.merge(g, input, params);
+      g.alignment = merged.alignment;
+      const cast = (p: Proj) => fromFloat32(merged.expert[p], reader.dtype(arch.expertKey(layer, g.dominant, p)));
+      return { gate: cast('gate'), up: cast('up'), down: cast('down') };
+    },
+  };
+  const weights = groups.map((g) => method.routerWeights(g, params));
+  if (weights.every((w) => w === undefined)) return r;
+  const h = arch.hidden;
+  const rows = reader.f32(arch.routerKey(layer));
+  const out = new Float32Array(groups.length * h);
+  groups.forEach((g, i) => {
+    const w = weights[i];
+    if (!w) out.set(rows.subarray(g.dominant * h, (g.dominant + 1) * h), i * h);
+    else g.members.forEach((e, m) => {
+      for (let j = 0; j < h; j++) out[i * h + j] += w[m] * rows[e * h + j];
+    });
+  });
+  r.router = fromFloat32(out, reader.dtype(arch.routerKey(layer)));
+  const biasKey = arch.correctionBiasKey(layer);
+  if (biasKey) {
+    const bias = reader.f32(biasKey);
+    const merged = (g: MergedGroup, i: number) =>
+      weights[i]?.reduce((s, x, m) => s + x * bias[g.members[m]], 0) ?? bias[g.dominant];
+    r.correctionBias = fromFloat32(Float32Array.from(groups, merged), reader.dtype(biasKey));
   }
+  return r;
 }
 
 export function formatMerge(r: MergeReport): string {
@@ -231,11 +212,11 @@ export const mergeSpec: CommandSpec<MergeReport> = {
   summary: 'merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint',
   args: [MODEL_ARG],
   options: [
-    { flag: '--method <name>', type: { choices: () => MERGE_METHODS.map((m) => m.name) }, required: true, description: 'how experts are grouped and merged' },
-    { flag: '--similarity <kind>', type: { choices: () => ['router-logits', 'expert-output', 'weights'] }, description: 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)' },
-    { flag: '--linkage <kind>', type: { choices: () => ['single', 'complete', 'average'] }, default: 'average', description: 'hcsmoe linkage' },
+    { flag: '--method <name>', type: { choices: mergeMethodNames }, required: true, description: 'how experts are grouped and merged' },
+    { flag: '--similarity <kind>', type: { choices: () => SIMILARITIES }, description: 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)' },
+    { flag: '--linkage <kind>', type: { choices: () => LINKAGES }, default: 'average', description: 'hcsmoe linkage' },
     { flag: '--align <on|off>', type: 'onoff', description: 'neuron alignment before averaging (default: on for msmoe and hcsmoe)' },
-    { flag: '--router <mode>', type: { choices: () => ['dominant', 'weighted'] }, description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean' },
+    { flag: '--router <mode>', type: { choices: () => ROUTER_MODES }, description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean' },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for the random projection of wide alignments' },
     ...reductionOptions('print the groups and write nothing'),
   ],

@@ -14,7 +14,7 @@ import { checkNotInput, checkOutputFolder } from '../io/output';
 import type { Architecture } from '../model/arch';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
-import { LayerChoice, PRUNE_METHODS, pruneMethod } from '../prune/methods';
+import { LayerChoice, PRUNE_METHODS, pruneMethod, pruneMethodNames } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
 import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
@@ -209,7 +209,7 @@ export const pruneSpec: CommandSpec<PruneReport> = {
   summary: 'drop routed experts (the same number in every MoE layer) and write a plain checkpoint',
   args: [MODEL_ARG],
   options: [
-    { flag: '--method <name>', type: { choices: () => PRUNE_METHODS.map((m) => m.name) }, required: true, description: 'how experts are chosen' },
+    { flag: '--method <name>', type: { choices: pruneMethodNames }, required: true, description: 'how experts are chosen' },
     { flag: '--protect-super-experts', type: 'bool', description: 'never drop super experts (extreme down_proj outputs)' },
     { flag: '--super-factor <f>', type: 'number', default: '5', description: 'super expert: largest |down_proj output| above F × the layer median' },
     { flag: '--naee-limit <n>', type: 'int', min: 1, default: '20000', description: 'NAEE tries every subset up to this many per layer, else searches greedily' },

@@ -1,50 +1,113 @@
 /**
- * Expert-merging methods: an explicit registry.
+ * Expert-merging methods: the registry (registerMergeMethod) and the built-in methods. What a method declares
+ * and implements is in method.ts.
  *  - msmoe: M-SMoE (Li et al., ICLR 2024, "Merge, then Compress"): dominant experts by frequency, members by
  *    similarity, neurons aligned, frequency-weighted average.
  *  - hcsmoe: HC-SMoE (Chen et al., 2024): hierarchical clustering of expert outputs, frequency-weighted average
  *    of aligned experts.
  *  - average: M-SMoE's groups, plain uniform average, no alignment (a baseline).
  */
-import type { Linkage, MergeGroup } from './grouping';
-import { hierarchicalGroups, msmoeGroups } from './grouping';
+import { InternalError } from '../errors';
+import { hierarchicalGroups, Linkage, memberWeights, msmoeGroups } from './grouping';
+import { MergeMethod, MergeParamDef, MergeParams, Similarity, SIMILARITIES } from './method';
 
-export interface MergeMethod {
-  name: string;
-  title: string;
-  paper?: string;
-  defaults: { similarity: Similarity; align: boolean; router: 'dominant' | 'weighted'; uniform: boolean };
-  groups(freq: ArrayLike<number>, sim: Float64Array, E: number, keep: number, routingGroups: number, linkage: Linkage): MergeGroup[];
+export type { Similarity } from './method';
+
+export const ROUTER_MODES = ['dominant', 'weighted'] as const;
+export type RouterMode = (typeof ROUTER_MODES)[number];
+export const LINKAGES: readonly Linkage[] = ['single', 'complete', 'average'];
+
+const similarityParam = (dflt: Similarity): MergeParamDef => ({
+  name: 'similarity',
+  type: 'choice',
+  choices: SIMILARITIES,
+  default: dflt,
+  description: 'expert similarity the groups are built from',
+});
+const alignParam = (dflt: boolean): MergeParamDef => ({
+  name: 'align',
+  type: 'boolean',
+  default: dflt,
+  description: 'neuron alignment before averaging',
+});
+const routerParam = (dflt: RouterMode): MergeParamDef => ({
+  name: 'router',
+  type: 'choice',
+  choices: ROUTER_MODES,
+  default: dflt,
+  description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean',
+});
+const linkageParam: MergeParamDef = {
+  name: 'linkage',
+  type: 'choice',
+  choices: LINKAGES,
+  default: 'average',
+  description: 'hcsmoe linkage',
+};
+
+/**
+ * The steps msmoe, hcsmoe and average share: similarity by the `similarity` parameter, the (aligned when `align`)
+ * weighted average, the router row by `router`. The numeric modules load on first use: the command line reads this
+ * registry at start-up.
+ */
+const shared: Pick<MergeMethod, 'similarity' | 'readsExperts' | 'merge' | 'routerWeights'> = {
+  similarity: async (input, p) => (await import('./similarity')).expertSimilarity(p.similarity as Similarity, input),
+  readsExperts: (p) => p.similarity !== 'router-logits',
+  merge: async (group, input, p) => (await import('./average')).averageExperts(group, input, p.align === true),
+  routerWeights: (group, p) => (p.router === 'weighted' ? group.weights : undefined),
+};
+
+const msmoe: MergeMethod = {
+  ...shared,
+  name: 'msmoe',
+  summary: 'M-SMoE: dominant experts, aligned frequency-weighted merge',
+  paper: 'Li et al., ICLR 2024, "Merge, then Compress"',
+  // The paper's default similarity is router logits; on the trained fixture, grouping by expert outputs on
+  // common inputs measured better (bench/compression-table.js), so that is the default here.
+  parameters: [similarityParam('expert-output'), alignParam(true), routerParam('dominant')],
+  groups: (g) => msmoeGroups(g.freq, g.sim, g.E, g.keep, g.routingGroups),
+  weights: (freq, group) => memberWeights(freq, group.members),
+};
+
+const hcsmoe: MergeMethod = {
+  ...shared,
+  name: 'hcsmoe',
+  summary: 'HC-SMoE: hierarchical clustering of expert outputs, frequency-weighted merge',
+  paper: 'Chen et al., 2024, "Retraining-Free Merging of Sparse MoE via Hierarchical Clustering"',
+  // Alignment is optional in HC-SMoE; measured on the trained fixture it lowers perplexity a lot, so it is on.
+  parameters: [similarityParam('expert-output'), linkageParam, alignParam(true), routerParam('weighted')],
+  groups: (g, p: MergeParams) => hierarchicalGroups(g.freq, g.sim, g.E, g.keep, p.linkage as Linkage, g.routingGroups),
+  weights: (freq, group) => memberWeights(freq, group.members),
+};
+
+const average: MergeMethod = {
+  ...shared,
+  name: 'average',
+  summary: 'uniform average of M-SMoE groups (baseline)',
+  parameters: [similarityParam('router-logits'), alignParam(false), routerParam('dominant')],
+  groups: (g) => msmoeGroups(g.freq, g.sim, g.E, g.keep, g.routingGroups),
+  weights: (freq, group) => memberWeights(freq, group.members, true),
+};
+
+/** Every registered merge method, the built-ins first (registerMergeMethod appends). */
+export const MERGE_METHODS: MergeMethod[] = [];
+
+/** Adds a merge method: `moe merge --method <name>` accepts it from then on (one file and this one call). */
+export function registerMergeMethod(method: MergeMethod): void {
+  if (mergeMethod(method.name)) {
+    const what = `merge method ${JSON.stringify(method.name)} is registered twice`;
+    throw new InternalError(what, { hint: 'give it another name' });
+  }
+  MERGE_METHODS.push(method);
 }
-
-export type Similarity = 'router-logits' | 'expert-output' | 'weights';
-
-export const MERGE_METHODS: MergeMethod[] = [
-  {
-    name: 'msmoe',
-    title: 'M-SMoE: dominant experts, aligned frequency-weighted merge',
-    paper: 'Li et al., ICLR 2024, "Merge, then Compress"',
-    // The paper's default similarity is router logits; on the trained fixture, grouping by expert outputs on
-    // common inputs measured better (bench/compression-table.js), so that is the default here.
-    defaults: { similarity: 'expert-output', align: true, router: 'dominant', uniform: false },
-    groups: (freq, sim, E, keep, g) => msmoeGroups(freq, sim, E, keep, g),
-  },
-  {
-    name: 'hcsmoe',
-    title: 'HC-SMoE: hierarchical clustering of expert outputs, frequency-weighted merge',
-    paper: 'Chen et al., 2024, "Retraining-Free Merging of Sparse MoE via Hierarchical Clustering"',
-    // Alignment is optional in HC-SMoE; measured on the trained fixture it lowers perplexity a lot, so it is on.
-    defaults: { similarity: 'expert-output', align: true, router: 'weighted', uniform: false },
-    groups: (freq, sim, E, keep, g, linkage) => hierarchicalGroups(freq, sim, E, keep, linkage, g),
-  },
-  {
-    name: 'average',
-    title: 'uniform average of M-SMoE groups (baseline)',
-    defaults: { similarity: 'router-logits', align: false, router: 'dominant', uniform: true },
-    groups: (freq, sim, E, keep, g) => msmoeGroups(freq, sim, E, keep, g),
-  },
-];
 
 export function mergeMethod(name: string): MergeMethod | undefined {
   return MERGE_METHODS.find((m) => m.name === name);
 }
+
+/** The registered methods' names in registration order: the --method choices. */
+export function mergeMethodNames(): string[] {
+  return MERGE_METHODS.map((m) => m.name);
+}
+
+for (const m of [msmoe, hcsmoe, average]) registerMergeMethod(m);

@@ -1,6 +1,7 @@
 /**
- * Expert-pruning methods: an explicit registry. Each picks the experts one MoE layer keeps, from the
- * calibration stats (and, for NAEE, the reconstruction loss on the calibrated MoE-block samples).
+ * Expert-pruning methods: a registry (registerPruneMethod) with the built-in methods. Each picks the experts one
+ * MoE layer keeps, from the calibration stats (and, for NAEE, the reconstruction loss on the calibrated MoE-block
+ * samples).
  *  - frequency: how often an expert is among a token's top-k (its share of routed tokens).
  *  - soft-frequency: its mean router probability over all tokens.
  *  - reap: REAP (Lasby et al., 2025, "REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression"):
@@ -10,7 +11,7 @@
  *  - random: a seeded baseline.
  */
 import type { CalibrationStats } from '../calib/stats';
-import { mulberry32 } from '../synth/generate';
+import { InternalError } from '../errors';
 import type { ReconstructionProblem } from './reconstruct';
 import { countKeepSets, greedyKeep, keepSets, KeepConstraints, topByScore } from './select';
 
@@ -50,7 +51,7 @@ function byScore(name: string, title: string, paper: string | undefined, score: 
   };
 }
 
-export const PRUNE_METHODS: PruneMethod[] = [
+const BUILT_IN: PruneMethod[] = [
   byScore('frequency', 'routing frequency', undefined, (s, l) => s.vector(l, 'count')),
   byScore('soft-frequency', 'mean router probability', undefined, (s, l) => s.vector(l, 'soft_freq')),
   byScore('reap', 'REAP saliency', 'Lasby et al., 2025, "REAP the Experts"', (s, l) => s.vector(l, 'reap')),
@@ -77,6 +78,8 @@ export const PRUNE_METHODS: PruneMethod[] = [
     name: 'random',
     title: 'random (seeded baseline)',
     async select(layer, c, ctx) {
+      // Loaded on first use: the command line reads this registry at start-up.
+      const { mulberry32 } = await import('../synth/generate');
       const rand = mulberry32(ctx.seed * 7919 + layer);
       const scores = [...Array(c.experts)].map(() => rand());
       return { kept: topByScore(scores, c), search: 'random' };
@@ -84,6 +87,25 @@ export const PRUNE_METHODS: PruneMethod[] = [
   },
 ];
 
+/** Every registered pruning method, the built-ins first (registerPruneMethod appends). */
+export const PRUNE_METHODS: PruneMethod[] = [];
+
+/** Adds a pruning method: `moe prune --method <name>` accepts it from then on (one file and this one call). */
+export function registerPruneMethod(method: PruneMethod): void {
+  if (pruneMethod(method.name)) {
+    const what = `prune method ${JSON.stringify(method.name)} is registered twice`;
+    throw new InternalError(what, { hint: 'give it another name' });
+  }
+  PRUNE_METHODS.push(method);
+}
+
 export function pruneMethod(name: string): PruneMethod | undefined {
   return PRUNE_METHODS.find((m) => m.name === name);
 }
+
+/** The registered methods' names in registration order: the --method choices. */
+export function pruneMethodNames(): string[] {
+  return PRUNE_METHODS.map((m) => m.name);
+}
+
+for (const m of BUILT_IN) registerPruneMethod(m);
