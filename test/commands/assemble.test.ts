@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { assemble } from '../../src/commands/assemble';
 import { calibrate } from '../../src/commands/calibrate';
 import { quantize, QuantizeOptions } from '../../src/commands/quantize';
-import { makeSynth, quiet, ROOT, runMain, tmpDir } from '../helpers';
+import { makeSynth, quiet, ROOT, runCli, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
 const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
@@ -54,8 +54,9 @@ describe('moe quantize --layers + moe assemble', () => {
     const dir = tmpDir();
     const model = await makeSynth('mixtral', path.join(dir, 'model'), { dtype: 'BF16', set: { num_hidden_layers: 6 } });
     const args = ['--bits', '4', '--method', 'rtn', '--threads', '2', '--max-shard-size', '50KB'];
+    // The built CLI (a child process): under jest, src/ has no compiled rtn-worker.js, so runMain would not use the workers.
     const run = async (extra: string[]) => {
-      const r = await runMain(['quantize', model, ...args, ...extra]);
+      const r = runCli(['quantize', model, ...args, ...extra]);
       expect(r.code).toBe(0);
     };
     await run(['-o', path.join(dir, 'single')]);
