@@ -34,7 +34,8 @@ export function runCli(args: string[], cwd = ROOT): CliResult {
  * `moe ARGS` in this process through main() (the path bin/moe.js takes, without a child process's ~0.4 s of start-up):
  * exit code and what it wrote to stdout and stderr, with CI=true as runCli sets it. Nothing leaks into the test: the
  * writes are captured and restored, the SIGINT/SIGTERM handlers main() installs are removed, process.exitCode and the
- * working folder are put back.
+ * working folder are put back. One difference from the built CLI: src/quant/rtn-worker.js exists only in dist/, so
+ * plain RTN runs on the main thread here (the same bytes); use runCli where the worker threads are the point.
  */
 export async function runMain(args: string[], cwd = ROOT): Promise<CliResult> {
   let stdout = '';
