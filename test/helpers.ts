@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { CalibrateOptions } from '../src/commands/calibrate';
 import type { Config } from '../src/io/checkpoint';
 import type { DType } from '../src/io/dtype';
 import { synthesize } from '../src/synth/generate';
@@ -70,6 +71,21 @@ export async function runMain(args: string[], cwd = ROOT): Promise<CliResult> {
     process.exitCode = exitCode;
     if (process.cwd() !== dir) process.chdir(dir);
   }
+}
+
+/**
+ * The shared calibration of fixtures/tiny-moe (test/fixture-stats.js: compressed-ppl.json's options), made once by
+ * global setup; made here (once per test file) when the setup did not, e.g. in a run filtered by name.
+ */
+export async function fixtureStats(): Promise<string> {
+  const shared = process.env.MOE_FIXTURE_STATS;
+  if (shared && fs.existsSync(path.join(shared, 'stats.json'))) return shared;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { fixtureCalibration } = require('./fixture-stats') as { fixtureCalibration: () => { options: Record<string, unknown> } };
+  const { calibrate } = await import('../src/commands/calibrate');
+  const output = path.join(tmpDir('moe-fixture-stats-'), 'stats');
+  await calibrate({ ...(fixtureCalibration().options as Omit<CalibrateOptions, 'output'>), output }, quiet);
+  return output;
 }
 
 export async function makeSynth(arch: string, dir: string, opts: { dtype?: DType; maxShardBytes?: number; seed?: number; set?: Config } = {}): Promise<string> {

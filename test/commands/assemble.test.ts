@@ -6,9 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { assemble } from '../../src/commands/assemble';
-import { calibrate } from '../../src/commands/calibrate';
 import { quantize, QuantizeOptions } from '../../src/commands/quantize';
-import { makeSynth, quiet, ROOT, runCli, runMain, tmpDir } from '../helpers';
+import { fixtureStats, makeSynth, quiet, ROOT, runCli, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
 const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
@@ -25,8 +24,8 @@ function sameCheckpoint(a: string, b: string): void {
 describe('moe quantize --layers + moe assemble', () => {
   let stats: string;
   beforeAll(async () => {
-    stats = path.join(tmpDir(), 'stats');
-    await calibrate({ model: MODEL, data: path.join(ROOT, 'fixtures', 'text', 'calib.txt'), seqLen: 128, maxTokens: 4096, hessians: true, output: stats }, quiet);
+    // Any stats with Hessians will do (parts are compared with a single run on the same stats): the shared calibration.
+    stats = await fixtureStats();
   }, 60_000);
 
   test.each([

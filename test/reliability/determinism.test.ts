@@ -3,14 +3,14 @@
  * 1 and with 2 threads (where the command has --threads), and 1 thread writes what 2 threads write (the README
  * claims it). Each pair of runs writes to the same path (records name their inputs and output), so every file is
  * compared whole: sha256 per file, no field excluded. Written records hold no wall-clock time (src/io/output.ts
- * withoutTimings); timings are only in what a command prints. The first run of a pair is in this process (runMain),
- * the second a fresh process of the built CLI (runCli): no state carried between runs can make them agree.
+ * withoutTimings); timings are only in what a command prints. Every run is a fresh process of the built CLI
+ * (runCli), so no state carried between runs can make them agree (and plain RTN runs on its worker threads).
  * The model is a synth checkpoint with the trained fixture's tokenizer (text calibration and GGUF need one).
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CliResult, ROOT, runCli, runMain, tmpDir } from '../helpers';
+import { CliResult, ROOT, runCli, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
 /** tiny-moe's shapes with 2 layers of 4 experts (half its size, so 4 runs of each GGUF export stay fast), and its tokenizer. */
@@ -32,8 +32,8 @@ function hashes(p: string, rel = ''): Record<string, string> {
   return out;
 }
 
-async function ok(args: string[], inProcess = true): Promise<void> {
-  const r: CliResult = inProcess ? await runMain(args) : runCli(args);
+async function ok(args: string[]): Promise<void> {
+  const r: CliResult = runCli(args);
   if (r.code !== 0) throw new Error(`moe ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
 }
 
@@ -48,7 +48,7 @@ describe('the same command twice writes the same bytes', () => {
     for (let k = 0; k < 2; k++) {
       fs.rmSync(dest, { recursive: true, force: true });
       if (extra) fs.rmSync(extra, { force: true });
-      await ok(args(dest), k === 0);
+      await ok(args(dest));
       runs.push({ ...hashes(dest), ...(extra ? hashes(extra) : {}) });
     }
     return [runs[0], runs[1]];
