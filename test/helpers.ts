@@ -3,6 +3,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { CalibrateOptions } from '../src/commands/calibrate';
 import type { Config } from '../src/io/checkpoint';
 import type { DType } from '../src/io/dtype';
 import { synthesize } from '../src/synth/generate';
@@ -24,9 +25,67 @@ export interface CliResult {
   stderr: string;
 }
 
+/** `moe ARGS` in a child process (bin/moe.js over dist/): for signals, ulimit, a full disk, a TTY or exit behaviour. */
 export function runCli(args: string[], cwd = ROOT): CliResult {
   const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'moe.js'), ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: 'true' } });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/**
+ * `moe ARGS` in this process through main() (the path bin/moe.js takes, without a child process's ~0.4 s of start-up):
+ * exit code and what it wrote to stdout and stderr, with CI=true as runCli sets it. Nothing leaks into the test: the
+ * writes are captured and restored, the SIGINT/SIGTERM handlers main() installs are removed, process.exitCode and the
+ * working folder are put back. One difference from the built CLI: src/quant/rtn-worker.js exists only in dist/, so
+ * plain RTN runs on the main thread here (the same bytes); use runCli where the worker threads are the point.
+ */
+export async function runMain(args: string[], cwd = ROOT): Promise<CliResult> {
+  let stdout = '';
+  let stderr = '';
+  const streams = [process.stdout, process.stderr] as const;
+  const writes = streams.map((s) => s.write);
+  const capture =
+    (to: (s: string) => void) =>
+    (chunk: unknown, enc?: unknown, cb?: unknown): boolean => {
+      to(typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8'));
+      const done = typeof enc === 'function' ? enc : cb;
+      if (typeof done === 'function') process.nextTick(done as () => void);
+      return true;
+    };
+  process.stdout.write = capture((s) => (stdout += s)) as typeof process.stdout.write;
+  process.stderr.write = capture((s) => (stderr += s)) as typeof process.stderr.write;
+  const signals = (['SIGINT', 'SIGTERM'] as const).map((sig) => [sig, process.listeners(sig)] as const);
+  const env = process.env.CI;
+  const exitCode = process.exitCode;
+  const dir = process.cwd();
+  process.env.CI = 'true';
+  if (cwd !== dir) process.chdir(cwd);
+  try {
+    const { main } = await import('../src/main');
+    const code = await main(args);
+    return { code, stdout, stderr };
+  } finally {
+    streams.forEach((s, i) => (s.write = writes[i] as typeof s.write));
+    for (const [sig, before] of signals) for (const l of process.listeners(sig)) if (!before.includes(l)) process.removeListener(sig, l);
+    if (env === undefined) delete process.env.CI;
+    else process.env.CI = env;
+    process.exitCode = exitCode;
+    if (process.cwd() !== dir) process.chdir(dir);
+  }
+}
+
+/**
+ * The shared calibration of fixtures/tiny-moe (test/fixture-stats.js: compressed-ppl.json's options), made once by
+ * global setup; made here (once per test file) when the setup did not, e.g. in a run filtered by name.
+ */
+export async function fixtureStats(): Promise<string> {
+  const shared = process.env.MOE_FIXTURE_STATS;
+  if (shared && fs.existsSync(path.join(shared, 'stats.json'))) return shared;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { fixtureCalibration } = require('./fixture-stats') as { fixtureCalibration: () => { options: Record<string, unknown> } };
+  const { calibrate } = await import('../src/commands/calibrate');
+  const output = path.join(tmpDir('moe-fixture-stats-'), 'stats');
+  await calibrate({ ...(fixtureCalibration().options as Omit<CalibrateOptions, 'output'>), output }, quiet);
+  return output;
 }
 
 export async function makeSynth(arch: string, dir: string, opts: { dtype?: DType; maxShardBytes?: number; seed?: number; set?: Config } = {}): Promise<string> {

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CheckpointError, InternalError, UsageError } from '../errors';
 import { besideWeights } from './checkpoint';
+import { crashPoint } from './crash';
 import { isMoeFile, isMoeFolder, notMoeFolder, writeMarker } from './ownership';
 
 export { checkNotInput } from './ownership';
@@ -125,6 +126,7 @@ export class OutputFolder {
       throw new UsageError(`cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path.dirname(abs), hint: 'choose a writable destination' });
     }
     pending.add(tmp);
+    crashPoint('after-create');
     return new OutputFolder(abs, tmp, opts.command);
   }
 
@@ -159,15 +161,20 @@ export class OutputFolder {
   commit(): void {
     if (this.state !== 'open') throw new Error(`OutputFolder: commit() after ${this.state}`);
     writeMarker(this.tmp, this.command);
+    crashPoint('before-rename');
     let old: string | undefined;
     if (fs.existsSync(this.dest)) {
       old = `${this.tmp}-old`;
       fs.renameSync(this.dest, old);
+      crashPoint('between-renames');
     }
     fs.renameSync(this.tmp, this.dest);
     pending.delete(this.tmp);
     this.state = 'committed';
-    if (old) fs.rmSync(old, { recursive: true, force: true });
+    if (old) {
+      crashPoint('before-remove-old');
+      fs.rmSync(old, { recursive: true, force: true });
+    }
   }
 
   abort(): void {
@@ -234,6 +241,7 @@ export async function withOutput<T>(dest: string, opts: OutputOptions, body: (ou
   const out = OutputFolder.create(dest, opts);
   try {
     const result = await body(out);
+    crashPoint('before-verify');
     // A checkpoint is re-opened and checked whole before it is renamed into place.
     if (fs.existsSync(path.join(out.tmp, 'config.json'))) {
       const { verifyCheckpoint } = await import('./verify');

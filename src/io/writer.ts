@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { InternalError } from '../errors';
 import { DType } from './dtype';
+import { crashPoint } from './crash';
 import { indexJson, INDEX_FILE } from './index-file';
 import { tensorBytes } from './safetensors';
 
@@ -144,7 +145,7 @@ export class ShardedWriter {
         written += bytes.byteLength;
       }
       if (written !== want) throw new InternalError(`ShardedWriter: "${name}" has ${written} bytes, planned ${want}`);
-      this.next++;
+      if (this.next++ === 0) crashPoint('mid-shard');
     } catch (e) {
       this.fail();
       throw e;
@@ -169,6 +170,7 @@ export class ShardedWriter {
 
   private openShard(i: number): void {
     this.closeShard();
+    if (i === 1) crashPoint('after-first-shard');
     this.fd = fs.openSync(this.shards[i].file, 'w');
     this.fdShard = i;
     writeAll(this.fd, this.shards[i].header);

@@ -108,8 +108,8 @@ describe('TfjsBackend on a non-wasm tfjs (as tfjs-node-gpu would be)', () => {
 describe('loading tfjs', () => {
   const hasGpu = installed('@tensorflow/tfjs-node-gpu');
 
-  test('createBackend("tfjs") finds tfjs-core + wasm when tfjs-node-gpu is not installed', async () => {
-    if (hasGpu || installed('@tensorflow/tfjs-node')) return;
+  const native = hasGpu || installed('@tensorflow/tfjs-node');
+  (native ? test.skip : test)(`createBackend("tfjs") finds tfjs-core + wasm when tfjs-node-gpu is not installed${native ? ' (skipped: a native tfjs-node package is installed and takes precedence)' : ''}`, async () => {
     const b = await createBackend('tfjs');
     expect(b.name).toBe('tfjs');
     expect((b as TfjsBackend).tf.getBackend()).toBe('wasm');
@@ -119,8 +119,7 @@ describe('loading tfjs', () => {
     await b.dispose();
   });
 
-  test('device cuda without tfjs-node-gpu is a UsageError naming the package to install', async () => {
-    if (hasGpu) return;
+  (hasGpu ? test.skip : test)(`device cuda without tfjs-node-gpu is a UsageError naming the package to install${hasGpu ? ' (skipped: tfjs-node-gpu is installed)' : ''}`, async () => {
     const err = await loadTfjs('cuda').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UsageError);
     expect((err as UsageError).line()).toContain('npm install @tensorflow/tfjs-node-gpu');

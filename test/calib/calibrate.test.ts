@@ -10,7 +10,7 @@ import { calibrate } from '../../src/commands/calibrate';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { ForwardPass } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
-import { GOLDEN, listDir, quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { GOLDEN, listDir, quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 /** Seeded windows of token ids below `vocab`. */
 function windows(n: number, T: number, vocab: number, seed = 1): number[][] {
@@ -146,21 +146,21 @@ describe.each(CASES)('calibrate on %s', (_name, model, layer) => {
   });
 });
 
-test('calibrate --json summarises each layer; --dry-run writes nothing; the same seed gives the same file', () => {
+test('calibrate --json summarises each layer; --dry-run writes nothing; the same seed gives the same file', async () => {
   const model = path.join(GOLDEN, 'olmoe');
   const file = path.join(tmpDir(), 'd.json');
   fs.writeFileSync(file, JSON.stringify(windows(4, 16, 256, 7)));
   const work = tmpDir();
-  expect(runCli(['calibrate', model, '--data', file, '--seq-len', '16', '-o', path.join(work, 's'), '--dry-run']).code).toBe(0);
+  expect((await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '-o', path.join(work, 's'), '--dry-run'])).code).toBe(0);
   expect(listDir(work)).toEqual([]);
-  const r1 = runCli(['calibrate', model, '--data', file, '--seq-len', '16', '--samples', '3', '--seed', '5', '-o', path.join(work, 'a'), '--json']);
+  const r1 = await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '--samples', '3', '--seed', '5', '-o', path.join(work, 'a'), '--json']);
   expect(r1.code).toBe(0);
   const report = JSON.parse(r1.stdout);
   expect(report.windows).toBe(3);
   expect(report.layers).toHaveLength(2);
   expect(report.layers[0].most_used).toHaveLength(3);
   expect(report.layers[0].most_used[0].frequency).toBeGreaterThanOrEqual(report.layers[0].least_used[0].frequency);
-  const r2 = runCli(['calibrate', model, '--data', file, '--seq-len', '16', '--samples', '3', '--seed', '5', '-o', path.join(work, 'b')]);
+  const r2 = await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '--samples', '3', '--seed', '5', '-o', path.join(work, 'b')]);
   expect(r2.code).toBe(0);
   expect(fs.readFileSync(path.join(work, 'a', 'stats.safetensors')).equals(fs.readFileSync(path.join(work, 'b', 'stats.safetensors')))).toBe(true);
 });

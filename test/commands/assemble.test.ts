@@ -6,9 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { assemble } from '../../src/commands/assemble';
-import { calibrate } from '../../src/commands/calibrate';
 import { quantize, QuantizeOptions } from '../../src/commands/quantize';
-import { makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { fixtureStats, makeSynth, quiet, ROOT, runCli, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
 const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
@@ -25,8 +24,8 @@ function sameCheckpoint(a: string, b: string): void {
 describe('moe quantize --layers + moe assemble', () => {
   let stats: string;
   beforeAll(async () => {
-    stats = path.join(tmpDir(), 'stats');
-    await calibrate({ model: MODEL, data: path.join(ROOT, 'fixtures', 'text', 'calib.txt'), seqLen: 128, maxTokens: 4096, hessians: true, output: stats }, quiet);
+    // Any stats with Hessians will do (parts are compared with a single run on the same stats): the shared calibration.
+    stats = await fixtureStats();
   }, 60_000);
 
   test.each([
@@ -54,16 +53,18 @@ describe('moe quantize --layers + moe assemble', () => {
     const dir = tmpDir();
     const model = await makeSynth('mixtral', path.join(dir, 'model'), { dtype: 'BF16', set: { num_hidden_layers: 6 } });
     const args = ['--bits', '4', '--method', 'rtn', '--threads', '2', '--max-shard-size', '50KB'];
-    const run = (extra: string[]) => {
+    // The built CLI (a child process): under jest, src/ has no compiled rtn-worker.js, so runMain would not use the workers.
+    const run = async (extra: string[]) => {
       const r = runCli(['quantize', model, ...args, ...extra]);
       expect(r.code).toBe(0);
     };
-    run(['-o', path.join(dir, 'single')]);
-    const parts = ['0-1', '2-2', '3-4', '5-5'].map((range) => {
-      run(['--layers', range, '-o', path.join(dir, `part-${range}`)]);
-      return path.join(dir, `part-${range}`);
-    });
-    const r = runCli(['assemble', ...parts.reverse(), '-o', path.join(dir, 'joined')]);
+    await run(['-o', path.join(dir, 'single')]);
+    const parts: string[] = [];
+    for (const range of ['0-1', '2-2', '3-4', '5-5']) {
+      await run(['--layers', range, '-o', path.join(dir, `part-${range}`)]);
+      parts.push(path.join(dir, `part-${range}`));
+    }
+    const r = await runMain(['assemble', ...parts.reverse(), '-o', path.join(dir, 'joined')]);
     expect(r.code).toBe(0);
     sameCheckpoint(path.join(dir, 'single'), path.join(dir, 'joined'));
   }, 120_000);
@@ -86,13 +87,13 @@ describe('moe quantize --layers + moe assemble', () => {
       [[a, MODEL], 3, /not a partial output/],
     ];
     for (const [parts, code, re] of cases) {
-      const r = runCli(['assemble', ...parts, '-o', path.join(dir, 'out')]);
+      const r = await runMain(['assemble', ...parts, '-o', path.join(dir, 'out')]);
       expect(r.code).toBe(code);
       expect(r.stderr).toMatch(re);
       expect(fs.existsSync(path.join(dir, 'out'))).toBe(false);
     }
-    expect(runCli(['assemble', a, c, '-o', path.join(dir, 'ok')]).code).toBe(0);
-    const g = runCli(['quantize', MODEL, '--bits', '3', '--allocate', 'lp', '--stats', stats, '--layers', '0-1', '-o', path.join(dir, 'g')]);
+    expect((await runMain(['assemble', a, c, '-o', path.join(dir, 'ok')])).code).toBe(0);
+    const g = await runMain(['quantize', MODEL, '--bits', '3', '--allocate', 'lp', '--stats', stats, '--layers', '0-1', '-o', path.join(dir, 'g')]);
     expect(g.code).toBe(2);
     expect(g.stderr).toMatch(/needs --budget-scope layer/);
   }, 120_000);

@@ -30,7 +30,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CliResult, listDir, makeSynth, ROOT, runCli, tmpDir } from '../helpers';
+import { CliResult, listDir, makeSynth, ROOT, runCli, runMain, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
 const INDEX = 'model.safetensors.index.json';
@@ -95,8 +95,8 @@ let parts: string[]; // quantize --layers 0-0 and 1-1 of `model`
 let otherPart: string; // --layers 1-1 of `other`
 let runDir: string; // a moe run output folder
 
-function cli(args: string[]): CliResult {
-  const r = runCli(args);
+async function cli(args: string[]): Promise<CliResult> {
+  const r = await runMain(args);
   if (r.code !== 0) throw new Error(`setup failed: moe ${args.join(' ')}\n${r.stderr}`);
   return r;
 }
@@ -110,16 +110,16 @@ beforeAll(async () => {
   fs.writeFileSync(ids, JSON.stringify([0, 1, 2, 3].map((w) => Array.from({ length: 64 }, (_, i) => (i * 7 + w * 13) % 128))));
   stats = path.join(shared, 'stats');
   otherStats = path.join(shared, 'other-stats');
-  cli(['calibrate', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', stats]);
-  cli(['calibrate', other, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', otherStats]);
+  await cli(['calibrate', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', stats]);
+  await cli(['calibrate', other, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', otherStats]);
   parts = ['0-0', '1-1'].map((l) => path.join(shared, `part-${l}`));
-  parts.forEach((p, i) => cli(['quantize', model, '--bits', '4', '--group-size', '32', '--layers', `${i}-${i}`, '-o', p]));
+  for (const [i, p] of parts.entries()) await cli(['quantize', model, '--bits', '4', '--group-size', '32', '--layers', `${i}-${i}`, '-o', p]);
   otherPart = path.join(shared, 'other-part');
-  cli(['quantize', other, '--bits', '4', '--group-size', '32', '--layers', '1-1', '-o', otherPart]);
+  await cli(['quantize', other, '--bits', '4', '--group-size', '32', '--layers', '1-1', '-o', otherPart]);
   runDir = path.join(shared, 'run');
   const recipe = path.join(shared, 'recipe.yaml');
   fs.writeFileSync(recipe, `model: ${model}\noutput: ${runDir}\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`);
-  cli(['run', recipe]);
+  await cli(['run', recipe]);
 }, 120_000);
 
 /** A copy of a model inside `work`. */
@@ -265,7 +265,7 @@ describe('bad inputs: exit code, one line, nothing at the destination', () => {
     const out = path.join(work, 'out');
     const args = await setup(work, out);
     const before = listDir(work);
-    expectRefused(runCli(args), code, message);
+    expectRefused(await runMain(args), code, message);
     expect(listDir(work)).toEqual(before); // no output, no temporary folder or file beside it
   });
 });
@@ -300,7 +300,7 @@ function runArgs(dest: string): string[] {
 }
 
 describe('destinations', () => {
-  test.each(writers(() => true))('%s: an existing destination is refused without --force and left untouched', (_name, w) => {
+  test.each(writers(() => true))('%s: an existing destination is refused without --force and left untouched', async (_name, w) => {
     const work = tmpDir();
     const dest = path.join(work, `out${w.file ?? ''}`);
     if (w.file) fs.writeFileSync(dest, 'mine');
@@ -308,28 +308,28 @@ describe('destinations', () => {
       fs.mkdirSync(dest);
       fs.writeFileSync(path.join(dest, 'keep.txt'), 'mine');
     }
-    expectRefused(runCli(w.args(dest)), 2, /already exists/);
+    expectRefused(await runMain(w.args(dest)), 2, /already exists/);
     expect(fs.readFileSync(w.file ? dest : path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
     expect(listDir(work)).toEqual([path.basename(dest)]);
     if (!w.file) expect(listDir(dest)).toEqual(['keep.txt']);
   });
 
-  test.each(writers((w) => !!w.force))('%s: --force on a folder moe did not write is refused and the folder untouched', (_name, w) => {
+  test.each(writers((w) => !!w.force))('%s: --force on a folder moe did not write is refused and the folder untouched', async (_name, w) => {
     const work = tmpDir();
     const dest = path.join(work, `out${w.file ?? ''}`);
     fs.mkdirSync(dest);
     fs.writeFileSync(path.join(dest, 'keep.txt'), 'mine');
-    expectRefused(runCli([...w.args(dest), '--force']), 2, /--force replaces only a folder moe wrote|exists and is not a file/);
+    expectRefused(await runMain([...w.args(dest), '--force']), 2, /--force replaces only a folder moe wrote|exists and is not a file/);
     expect(listDir(work)).toEqual([path.basename(dest)]);
     expect(listDir(dest)).toEqual(['keep.txt']);
     expect(fs.readFileSync(path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
   });
 
-  test('calibrate --force replaces a stats folder it wrote', () => {
+  test('calibrate --force replaces a stats folder it wrote', async () => {
     const work = tmpDir();
     const dest = path.join(work, 'stats');
     fs.cpSync(stats, dest, { recursive: true });
-    const r = runCli([...WRITERS.calibrate.args(dest), '--force']);
+    const r = await runMain([...WRITERS.calibrate.args(dest), '--force']);
     expect(r.stderr).not.toMatch(/^moe: /m);
     expect(r.code).toBe(0);
     expect(listDir(dest)).toEqual(['moe-output.json', 'stats.json', 'stats.safetensors']);
@@ -338,33 +338,33 @@ describe('destinations', () => {
 
   const all: [string, (dest: string) => string[], string][] = [...writers(() => true).map(([n, w]) => [n, w.args, w.file ?? ''] as [string, (d: string) => string[], string]), ['run', runArgs, '']];
 
-  test.each(all)('%s: a destination whose parent is a regular file is refused (exit 2)', (_name, args, ext) => {
+  test.each(all)('%s: a destination whose parent is a regular file is refused (exit 2)', async (_name, args, ext) => {
     const work = tmpDir();
     fs.writeFileSync(path.join(work, 'afile'), 'mine');
-    expectRefused(runCli(args(path.join(work, 'afile', `out${ext}`))), 2, /not a folder|ENOTDIR/);
+    expectRefused(await runMain(args(path.join(work, 'afile', `out${ext}`))), 2, /not a folder|ENOTDIR/);
     expect(listDir(work)).toEqual(['afile']);
     expect(fs.readFileSync(path.join(work, 'afile'), 'utf8')).toBe('mine');
   });
 
   test.each(all.filter(([n]) => ['prune', 'quantize --format gguf (.gguf file)', 'report', 'eval --dump-logits', 'run', 'synth'].includes(n)))(
     '%s: a destination under /proc cannot be created (exit 2)',
-    (_name, args, ext) => {
+    async (_name, args, ext) => {
       const dest = `/proc/moe-bad-input-${process.pid}${ext}`;
-      expectRefused(runCli(args(dest)), 2, /cannot create the output/);
+      expectRefused(await runMain(args(dest)), 2, /cannot create the output/);
       expect(fs.existsSync(dest)).toBe(false);
       expect(fs.readdirSync('/proc').filter((f) => f.includes('moe'))).toEqual([]);
     },
   );
 
   const asRoot = process.getuid?.() === 0;
-  (asRoot ? test.skip : test)('a read-only parent folder (chmod 555) is refused (not run as root: root writes anyway)', () => {
+  (asRoot ? test.skip : test)('a read-only parent folder (chmod 555) is refused (not run as root: root writes anyway)', async () => {
     const work = tmpDir();
     const ro = path.join(work, 'ro');
     fs.mkdirSync(ro);
     fs.chmodSync(ro, 0o555);
     try {
-      expectRefused(runCli(WRITERS.prune.args(path.join(ro, 'out'))), 2, /cannot create the output folder: EACCES/);
-      expectRefused(runCli(WRITERS['quantize --format gguf (.gguf file)'].args(path.join(ro, 'out.gguf'))), 2, /cannot create the output file: EACCES/);
+      expectRefused(await runMain(WRITERS.prune.args(path.join(ro, 'out'))), 2, /cannot create the output folder: EACCES/);
+      expectRefused(await runMain(WRITERS['quantize --format gguf (.gguf file)'].args(path.join(ro, 'out.gguf'))), 2, /cannot create the output file: EACCES/);
       expect(listDir(ro)).toEqual([]);
     } finally {
       fs.chmodSync(ro, 0o755);

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { ShardedWriter } from '../../src/io/writer';
 import { architectureFor, modelTypes } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
-import { listDir, makeSynth, runCli, tmpDir } from '../helpers';
+import { listDir, makeSynth, runMain, tmpDir } from '../helpers';
 
 const SHARD = 'model.safetensors';
 
@@ -144,7 +144,7 @@ describe('bad inputs give one clear line, a non-zero exit and no output', () => 
     const file = await make(model);
     const dest = path.join(work, 'out');
     for (const args of [['inspect', model], ['convert', model, '-o', dest]]) {
-      const r = runCli(args);
+      const r = await runMain(args);
       expect(r.code).toBe(3);
       const lines = r.stderr.trimEnd().split('\n');
       expect(lines).toHaveLength(1);
@@ -157,7 +157,7 @@ describe('bad inputs give one clear line, a non-zero exit and no output', () => 
   });
 
   test('--debug adds the stack trace', async () => {
-    const r = runCli(['inspect', path.join(tmpDir(), 'nowhere'), '--debug']);
+    const r = await runMain(['inspect', path.join(tmpDir(), 'nowhere'), '--debug']);
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/\n\s+at /);
   });
@@ -167,19 +167,19 @@ describe('bad inputs give one clear line, a non-zero exit and no output', () => 
     const dest = path.join(work, 'out');
     fs.mkdirSync(dest);
     fs.writeFileSync(path.join(dest, 'keep.txt'), 'mine');
-    const r = runCli(['convert', pristine, '-o', dest]);
+    const r = await runMain(['convert', pristine, '-o', dest]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/already exists.*--force/);
-    const forced = runCli(['convert', pristine, '-o', dest, '--force']);
+    const forced = await runMain(['convert', pristine, '-o', dest, '--force']);
     expect(forced.code).toBe(2); // --force replaces only a model folder
     expect(fs.readFileSync(path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
     expect(listDir(work)).toEqual(['out']);
   });
 
-  test('usage errors exit 2', () => {
-    expect(runCli(['convert', pristine]).code).toBe(2); // no -o
-    expect(runCli(['convert', pristine, '-o', path.join(tmpDir(), 'x'), '--max-shard-size', 'huge']).code).toBe(2);
-    expect(runCli(['frobnicate']).code).toBe(2);
+  test('usage errors exit 2', async () => {
+    expect((await runMain(['convert', pristine])).code).toBe(2); // no -o
+    expect((await runMain(['convert', pristine, '-o', path.join(tmpDir(), 'x'), '--max-shard-size', 'huge'])).code).toBe(2);
+    expect((await runMain(['frobnicate'])).code).toBe(2);
   });
 });
 

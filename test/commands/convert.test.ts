@@ -5,7 +5,7 @@ import { sameTensors } from '../../src/commands/demo';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { floatToBf16Bits } from '../../src/io/dtype';
 import { planShards } from '../../src/io/writer';
-import { GOLDEN, listDir, makeSynth, quiet, rawHeader, runCli, tmpDir } from '../helpers';
+import { GOLDEN, listDir, makeSynth, quiet, rawHeader, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
 const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
@@ -55,11 +55,11 @@ describe('moe convert', () => {
     while (planShards(tensors, limit).length > 3) limit += 64;
     const three = path.join(work, 'three');
     const one = path.join(work, 'one');
-    const r1 = runCli(['convert', SHARDED, '-o', three, '--max-shard-size', String(limit), '--json']);
+    const r1 = await runMain(['convert', SHARDED, '-o', three, '--max-shard-size', String(limit), '--json']);
     expect(r1.code).toBe(0);
     expect(JSON.parse(r1.stdout).shards).toBe(3);
     checkIndex(three, 3);
-    const r2 = runCli(['convert', three, '-o', one, '--json']);
+    const r2 = await runMain(['convert', three, '-o', one, '--json']);
     expect(r2.code).toBe(0);
     checkIndex(one, 1);
     expect(sameTensors(SHARDED, three)).toBe(true);
@@ -91,7 +91,7 @@ describe('moe convert', () => {
   test('--dry-run writes nothing', async () => {
     const src = await makeSynth('qwen2_moe', path.join(tmpDir(), 'm'));
     const work = tmpDir();
-    const r = runCli(['convert', src, '-o', path.join(work, 'out'), '--dry-run', '--json']);
+    const r = await runMain(['convert', src, '-o', path.join(work, 'out'), '--dry-run', '--json']);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).dry_run).toBe(true);
     expect(listDir(work)).toEqual([]);

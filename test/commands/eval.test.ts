@@ -4,7 +4,7 @@ import { convert } from '../../src/commands/convert';
 import { evalCommand } from '../../src/commands/eval';
 import { cutWindows } from '../../src/eval/data';
 import { openTensorFile, TensorReader } from '../../src/io/checkpoint';
-import { GOLDEN, quiet, runCli, tmpDir } from '../helpers';
+import { GOLDEN, quiet, runMain, tmpDir } from '../helpers';
 
 function goldenIds(c: string): number[][] {
   const r = new TensorReader(openTensorFile(path.join(GOLDEN, c, 'golden.safetensors')));
@@ -40,7 +40,7 @@ function logSoftmax(x: Float32Array, o: number, V: number): Float64Array {
 describe('moe eval', () => {
   test.each(['qwen3_moe', 'deepseek_v3', 'qwen2_moe'])('%s: pre-tokenized windows give transformers\' loss (onnx backend)', async (c) => {
     const data = writeJson(goldenIds(c));
-    const r = runCli(['eval', path.join(GOLDEN, c), '--data', data, '--json']);
+    const r = await runMain(['eval', path.join(GOLDEN, c), '--data', data, '--json']);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     const want = JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'golden.json'), 'utf8')).loss;
@@ -89,9 +89,9 @@ describe('moe eval', () => {
     for (const x of report.baseline!.routing_agreement) expect(x.agreement).toBeGreaterThan(0.5);
   });
 
-  test('a model against itself: KL 0, full agreement, gate passes (exit 0)', () => {
+  test('a model against itself: KL 0, full agreement, gate passes (exit 0)', async () => {
     const m = path.join(GOLDEN, 'olmoe');
-    const r = runCli(['eval', m, '--baseline', m, '--data', writeJson(goldenIds('olmoe')), '--max-ppl-increase', '0', '--json']);
+    const r = await runMain(['eval', m, '--baseline', m, '--data', writeJson(goldenIds('olmoe')), '--max-ppl-increase', '0', '--json']);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.baseline.kl_mean).toBeCloseTo(0, 10);
@@ -111,13 +111,13 @@ describe('moe eval', () => {
     fs.writeSync(fd, Buffer.alloc(t.end - t.begin), 0, t.end - t.begin, t.begin);
     fs.closeSync(fd);
     const data = writeJson(goldenIds('mixtral'));
-    const r = runCli(['eval', worse, '--baseline', base, '--data', data, '--max-ppl-increase', '0.1', '--json']);
+    const r = await runMain(['eval', worse, '--baseline', base, '--data', data, '--max-ppl-increase', '0.1', '--json']);
     const report = JSON.parse(r.stdout); // the report is still printed in full
     expect(report.baseline.ppl_increase_pct).toBeGreaterThan(0.1);
     expect(report.gate).toEqual({ max_ppl_increase_pct: 0.1, passed: false });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/perplexity rose .* above the allowed 0.1%/);
-    const lenient = runCli(['eval', worse, '--baseline', base, '--data', data, '--max-ppl-increase', '1000000']);
+    const lenient = await runMain(['eval', worse, '--baseline', base, '--data', data, '--max-ppl-increase', '1000000']);
     expect(lenient.code).toBe(0);
   });
 
@@ -132,18 +132,18 @@ describe('moe eval', () => {
     expect(cutWindows(ids, { seqLen: 5, maxTokens: 12 }).length).toBe(2);
   });
 
-  test('bad data is a clear error', () => {
+  test('bad data is a clear error', async () => {
     const m = path.join(GOLDEN, 'mixtral');
-    const r1 = runCli(['eval', m, '--data', writeJson([[1, 2, 99999]])]);
+    const r1 = await runMain(['eval', m, '--data', writeJson([[1, 2, 99999]])]);
     expect(r1.code).toBe(3);
     expect(r1.stderr).toMatch(/window 0 is not an array of token ids below the vocabulary size 256/);
-    const r2 = runCli(['eval', m, '--data', path.join(tmpDir(), 'missing.txt')]);
+    const r2 = await runMain(['eval', m, '--data', path.join(tmpDir(), 'missing.txt')]);
     expect(r2.code).toBe(3); // a missing data file is bad input, like a missing model folder
     const txt = path.join(tmpDir(), 'a.txt');
     fs.writeFileSync(txt, 'hello');
-    const r3 = runCli(['eval', m, '--data', txt]);
+    const r3 = await runMain(['eval', m, '--data', txt]);
     expect(r3.code).toBe(3);
     expect(r3.stderr).toMatch(/no tokenizer\.json/);
-    expect(runCli(['eval', m, '--data', txt, '--max-ppl-increase', '5']).code).toBe(2); // gate needs a baseline
+    expect((await runMain(['eval', m, '--data', txt, '--max-ppl-increase', '5'])).code).toBe(2); // gate needs a baseline
   });
 });

@@ -21,7 +21,7 @@ import { checkFileDestination } from '../../src/io/output';
 import { GGUF_WRITER_KEY, isMoeFile, isMoeFolder, OUTPUT_MARKER } from '../../src/io/ownership';
 import { VERSION } from '../../src/version';
 import { writeReport } from '../../src/report/report';
-import { listDir, makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { listDir, makeSynth, quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
 const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
@@ -54,25 +54,25 @@ beforeAll(async () => {
 }, 60_000);
 
 describe('the issue\'s repros leave the folders byte-identical (CLI, exit 2)', () => {
-  test('calibrate -o a copied model with the user\'s notes, --force', () => {
+  test('calibrate -o a copied model with the user\'s notes, --force', async () => {
     const dir = tmpDir();
     const mine = path.join(dir, 'mymodel');
     fs.cpSync(TINY, mine, { recursive: true });
     fs.writeFileSync(path.join(mine, 'notes.txt'), '');
     const before = hashes(mine);
-    const r = runCli(['calibrate', TINY, '--data', CALIB, '--max-tokens', '2048', '-o', mine, '--force']);
+    const r = await runMain(['calibrate', TINY, '--data', CALIB, '--max-tokens', '2048', '-o', mine, '--force']);
     expect(r.code).toBe(2);
     expect(r.stderr.trim()).toBe(`moe: --force replaces only a folder moe wrote, and this folder holds no moe-output.json (${mine}); choose another -o (delete the folder by hand if it is yours to lose)`);
     expect(hashes(mine)).toEqual(before);
     expect(listDir(dir)).toEqual(['mymodel']); // no temporary folder beside it
   });
 
-  test('quantize self --bits 4 -o self --force', () => {
+  test('quantize self --bits 4 -o self --force', async () => {
     const dir = tmpDir();
     const self = path.join(dir, 'self');
     fs.cpSync(TINY, self, { recursive: true });
     const before = hashes(self);
-    const r = runCli(['quantize', 'self', '--bits', '4', '-o', 'self', '--force'], dir);
+    const r = await runMain(['quantize', 'self', '--bits', '4', '-o', 'self', '--force'], dir);
     expect(r.code).toBe(2);
     expect(r.stderr.trim()).toBe(`moe: -o is MODEL ${self}, an input of this command (${self}); write -o outside every input; --force never replaces an input`);
     expect(hashes(self)).toEqual(before);
@@ -115,14 +115,14 @@ describe('an output is never an input of the same command (before any work, --fo
     expect(hashes(part)).toEqual(before);
   });
 
-  test('a recipe whose output is its model, or holds its data: exit 2 before any step runs (CLI)', () => {
+  test('a recipe whose output is its model, or holds its data: exit 2 before any step runs (CLI)', async () => {
     const dir = tmpDir();
     const m = path.join(dir, 'm');
     fs.cpSync(model, m, { recursive: true });
     const before = hashes(m);
     const recipe = path.join(dir, 'r.yaml');
     fs.writeFileSync(recipe, `model: m\noutput: m\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`);
-    let r = runCli(['run', recipe]);
+    let r = await runMain(['run', recipe]);
     expect(r.code).toBe(2);
     expect(r.stderr.trim()).toBe(`moe: r.yaml line 2: the output folder ${m} is the model ${m}, an input of the recipe (${recipe}); choose an output folder apart from the model and the data`);
     expect(hashes(m)).toEqual(before);
@@ -130,18 +130,18 @@ describe('an output is never an input of the same command (before any work, --fo
     fs.mkdirSync(path.join(dir, 'out'));
     fs.copyFileSync(ids, path.join(dir, 'out', 'ids.json'));
     fs.writeFileSync(recipe, `model: m\noutput: out\nbackend: ref\nsteps:\n  - calibrate: { data: out/ids.json, seq_len: 64 }\n`);
-    r = runCli(['run', recipe]);
+    r = await runMain(['run', recipe]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/line 5: the output folder .*out contains the data of "calibrate" .*ids\.json, an input of the recipe/);
     expect(listDir(path.join(dir, 'out'))).toEqual(['ids.json']);
     // --report-html over the data file, and over a page moe did not write: refused before any step.
     fs.writeFileSync(recipe, `model: m\noutput: run\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`);
-    r = runCli(['run', recipe, '--report-html', ids]);
+    r = await runMain(['run', recipe, '--report-html', ids]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--report-html is the data of "calibrate"/);
     const page = path.join(dir, 'page.html');
     fs.writeFileSync(page, '<html><head><title>mine</title></head></html>');
-    r = runCli(['run', recipe, '--report-html', page]);
+    r = await runMain(['run', recipe, '--report-html', page]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--force replaces only a file moe wrote/);
     expect(fs.readFileSync(page, 'utf8')).toBe('<html><head><title>mine</title></head></html>');
@@ -195,10 +195,10 @@ describe('--force replaces what moe wrote, and only that', () => {
     const dir = tmpDir();
     const file = path.join(dir, 'model.gguf');
     // Through the CLI: the compiled Q8_0 encoder is several times faster than jest's transformed one.
-    expect(runCli(['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', file]).code).toBe(0);
+    expect((await runMain(['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', file])).code).toBe(0);
     expect(readGguf(file).metadata.get(GGUF_WRITER_KEY)).toBe(`moe ${VERSION}`);
     const first = hashes(dir);
-    expect(runCli(['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', file, '--force']).code).toBe(0);
+    expect((await runMain(['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', file, '--force'])).code).toBe(0);
     expect(hashes(dir)).toEqual(first);
     // A valid GGUF without moe.writer (another converter), and a file that is not GGUF at all.
     const foreign = path.join(dir, 'theirs.gguf');
@@ -259,20 +259,20 @@ describe('--force replaces what moe wrote, and only that', () => {
     expect(JSON.parse(fs.readFileSync(ours, 'utf8')).output).toBe(path.join(dir, 'q4'));
   });
 
-  test('moe run writes the marker in its output and step folders, and refuses a folder it did not write (CLI)', () => {
+  test('moe run writes the marker in its output and step folders, and refuses a folder it did not write (CLI)', async () => {
     const dir = tmpDir();
     const out = path.join(dir, 'out');
     const recipe = path.join(dir, 'r.yaml');
     fs.writeFileSync(recipe, `model: ${model}\noutput: out\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n  - eval: { data: ${ids}, seq_len: 64 }\n`);
-    const r = runCli(['run', recipe]);
+    const r = await runMain(['run', recipe]);
     expect(r.code).toBe(0);
     expect([marker(out).command, marker(path.join(out, '01-calibrate')).command, marker(path.join(out, '02-eval')).command]).toEqual(['run', 'calibrate', 'run (eval step)']);
-    expect(runCli(['run', recipe, '--fresh']).code).toBe(0); // replaces its own step folders
+    expect((await runMain(['run', recipe, '--fresh'])).code).toBe(0); // replaces its own step folders
     const mine = path.join(dir, 'mine');
     fs.mkdirSync(mine);
     fs.writeFileSync(path.join(mine, 'keep.txt'), 'mine');
     fs.writeFileSync(recipe, `model: ${model}\noutput: mine\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`);
-    const refused = runCli(['run', recipe]);
+    const refused = await runMain(['run', recipe]);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toMatch(/holds no moe-output\.json/);
     expect(listDir(mine)).toEqual(['keep.txt']);

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inspect } from '../../src/commands/inspect';
 import { PRESETS } from '../../src/synth/presets';
-import { GOLDEN, makeSynth, rawHeader, runCli, tmpDir } from '../helpers';
+import { GOLDEN, makeSynth, rawHeader, runMain, tmpDir } from '../helpers';
 
 /** What inspect must report, computed from the raw headers and config without src/ code. */
 function independent(dir: string) {
@@ -38,9 +38,9 @@ describe('moe inspect on transformers-saved checkpoints', () => {
     expect([...types].sort()).toEqual(Object.keys(PRESETS).sort());
   });
 
-  test.each(GOLDEN_CASES)('%s: params_total, moe_layers, experts_per_layer and top_k are exact', (c) => {
+  test.each(GOLDEN_CASES)('%s: params_total, moe_layers, experts_per_layer and top_k are exact', async (c) => {
     const dir = path.join(GOLDEN, c);
-    const r = runCli(['inspect', dir, '--json']);
+    const r = await runMain(['inspect', dir, '--json']);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     const want = independent(dir);
@@ -86,7 +86,7 @@ describe('moe inspect on generated checkpoints', () => {
 
   test('the human table names the layers, experts and routing', async () => {
     const dir = await makeSynth('deepseek_v3', path.join(tmpDir(), 'm'));
-    const r = runCli(['inspect', dir]);
+    const r = await runMain(['inspect', dir]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/layers\s+3 \(2 MoE, 1 dense\)/);
     expect(r.stdout).toMatch(/sigmoid, top-2, renormalised, 2 groups, best 1, × 2\.5, selection bias/);

@@ -12,7 +12,7 @@ import { inspect } from '../../src/commands/inspect';
 import { QUANT_RECORD_FILE, quantize, QuantizeOptions } from '../../src/commands/quantize';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { quantizeRtn, dequantize } from '../../src/quant/rtn';
-import { listDir, quiet, rawHeader, ROOT, runCli, tmpDir } from '../helpers';
+import { listDir, quiet, rawHeader, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
@@ -156,7 +156,7 @@ describe('moe quantize', () => {
     expect(global.predicted_cost!).toBeLessThanOrEqual(layer.predicted_cost! * (1 + 1e-12));
   }, 60_000);
 
-  test('bad input: one line, the right exit code, nothing written', () => {
+  test('bad input: one line, the right exit code, nothing written', async () => {
     const dest = path.join(tmpDir(), 'bad');
     const cases: [string[], number, RegExp][] = [
       [['--bits', '3', '--allocate', 'lp'], 2, /--allocate lp needs --stats/],
@@ -166,7 +166,7 @@ describe('moe quantize', () => {
       [['--bits', '1.5', '--allocate', 'lp', '--stats', stats], 2, /outside the bit choices/],
     ];
     for (const [args, code, msg] of cases) {
-      const r = runCli(['quantize', MODEL, ...args, '-o', dest]);
+      const r = await runMain(['quantize', MODEL, ...args, '-o', dest]);
       expect(r.code).toBe(code);
       expect(r.stderr.trim().split('\n')).toHaveLength(1);
       expect(r.stderr).toMatch(msg);
@@ -177,7 +177,7 @@ describe('moe quantize', () => {
   test('an already packed model is refused', async () => {
     const dir = out('p8');
     await quantize({ model: MODEL, output: dir, bits: 8 }, quiet);
-    const r = runCli(['quantize', dir, '--bits', '4', '-o', path.join(tmpDir(), 'again')]);
+    const r = await runMain(['quantize', dir, '--bits', '4', '-o', path.join(tmpDir(), 'again')]);
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/already quantized/);
   }, 60_000);

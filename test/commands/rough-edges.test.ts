@@ -15,34 +15,15 @@ import { quantize } from '../../src/commands/quantize';
 import { run } from '../../src/commands/run';
 import { synthesize } from '../../src/synth/generate';
 import { PRESETS } from '../../src/synth/presets';
-import { main } from '../../src/main';
 import { Context, createContext } from '../../src/ui/progress';
-import { listDir, makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { listDir, makeSynth, quiet, ROOT, runCli, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
 const VERSION = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
-/**
- * `moe ARGS` in this process through main() (the same path as bin/moe.js, without a child process): exit code and
- * what it wrote. A few tests below spawn the built CLI to check the real exit status.
- */
-async function moe(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = jest.spyOn(process.stdout, 'write').mockImplementation((s) => ((stdout += String(s)), true));
-  const err = jest.spyOn(process.stderr, 'write').mockImplementation((s) => ((stderr += String(s)), true));
-  const signals = ['SIGINT', 'SIGTERM'].map((sig) => [sig, process.listeners(sig as NodeJS.Signals)] as const);
-  try {
-    const code = await main(args);
-    return { code, stdout, stderr };
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-    // main() installs its signal handlers once per call; a test calls it many times.
-    for (const [sig, before] of signals) for (const l of process.listeners(sig as NodeJS.Signals)) if (!before.includes(l)) process.removeListener(sig, l);
-  }
-}
+/** `moe ARGS` in this process (runMain); a few tests below spawn the built CLI to check the real exit status. */
+const moe = runMain;
 
 /** A context that keeps only the warnings, as the lines a user would see. */
 function capture(): { ctx: Context; lines: string[] } {

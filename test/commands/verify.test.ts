@@ -1,7 +1,7 @@
 /** `moe verify`: a sound checkpoint passes; a NaN weight (with --nan), a truncated shard or a stale index fail with one line, exit 3. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { rawHeader, ROOT, runCli, tmpDir } from '../helpers';
+import { rawHeader, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 
@@ -11,8 +11,8 @@ function copyModel(): string {
   return dir;
 }
 
-test('a sound checkpoint passes, with every value read under --nan', () => {
-  const r = runCli(['verify', MODEL, '--nan', '--json']);
+test('a sound checkpoint passes, with every value read under --nan', async () => {
+  const r = await runMain(['verify', MODEL, '--nan', '--json']);
   expect(r.code).toBe(0);
   const j = JSON.parse(r.stdout);
   expect(j.ok).toBe(true);
@@ -20,7 +20,7 @@ test('a sound checkpoint passes, with every value read under --nan', () => {
   expect(j.tensors).toBe(102);
 });
 
-test('a NaN weight fails only with --nan; a truncated shard and a config that disagrees fail always', () => {
+test('a NaN weight fails only with --nan; a truncated shard and a config that disagrees fail always', async () => {
   const dir = copyModel();
   const file = path.join(dir, 'model.safetensors');
   const { n, json } = rawHeader(file);
@@ -28,26 +28,26 @@ test('a NaN weight fails only with --nan; a truncated shard and a config that di
   const buf = fs.readFileSync(file);
   buf.writeUInt16LE(0x7fc0, 8 + n + t.data_offsets[0] + 10); // bf16 NaN
   fs.writeFileSync(file, buf);
-  expect(runCli(['verify', dir]).code).toBe(0);
-  const nan = runCli(['verify', dir, '--nan']);
+  expect((await runMain(['verify', dir])).code).toBe(0);
+  const nan = await runMain(['verify', dir, '--nan']);
   expect(nan.code).toBe(3);
   expect(nan.stderr.trim().split('\n')).toHaveLength(1);
   expect(nan.stderr).toMatch(/NaN or Inf.*experts\.2\.up_proj.*1 values/);
   // quantize refuses non-finite weights (packed and GGUF), writing nothing.
   for (const args of [['--bits', '4'], ['--format', 'gguf', '--type', 'q8_0']]) {
-    const q = runCli(['quantize', dir, ...args, '-o', path.join(dir, '..', 'q')]);
+    const q = await runMain(['quantize', dir, ...args, '-o', path.join(dir, '..', 'q')]);
     expect(q.code).toBe(3);
     expect(q.stderr).toMatch(/experts\.2\.up_proj.*NaN value/);
     expect(fs.existsSync(path.join(dir, '..', 'q'))).toBe(false);
   }
   fs.truncateSync(file, buf.length - 100);
-  const cut = runCli(['verify', dir]);
+  const cut = await runMain(['verify', dir]);
   expect(cut.code).toBe(3);
   expect(cut.stderr.trim().split('\n')).toHaveLength(1);
   const dir2 = copyModel();
   const cfg = JSON.parse(fs.readFileSync(path.join(dir2, 'config.json'), 'utf8'));
   fs.writeFileSync(path.join(dir2, 'config.json'), JSON.stringify({ ...cfg, num_hidden_layers: 4 }));
-  const bad = runCli(['verify', dir2]);
+  const bad = await runMain(['verify', dir2]);
   expect(bad.code).toBe(3);
   expect(bad.stderr).toMatch(/layers\.3/);
 });

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { loadTokenizer } from '../../src/eval/tokenizer';
-import { ROOT, runCli } from '../helpers';
+import { ROOT, runMain } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const ref = JSON.parse(fs.readFileSync(path.join(MODEL, 'reference-ppl.json'), 'utf8'));
@@ -33,10 +33,10 @@ const runs: [number, number | null, Run][] = (ref.runs as Run[]).filter((r) => r
 
 test.each(runs)(
   'moe eval reproduces transformers\' perplexity on eval.txt (seq-len %d, max-tokens %s) within 0.1%%',
-  (seqLen, maxTokens, run) => {
+  async (seqLen, maxTokens, run) => {
     const args = ['eval', MODEL, '--data', path.join(ROOT, run.text), '--seq-len', String(seqLen), '--json'];
     if (maxTokens !== null) args.push('--max-tokens', String(maxTokens));
-    const r = runCli(args);
+    const r = await runMain(args);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.windows).toBe(run.windows);

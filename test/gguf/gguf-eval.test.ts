@@ -20,7 +20,7 @@ import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/check
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
-import { GOLDEN, makeSynth, quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { GOLDEN, makeSynth, quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const EVAL_TXT = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
@@ -126,7 +126,7 @@ describe('the trained fixture as GGUF', () => {
     expect(tokenizerFromJson(ggufTokenizerJson(g), {}, file).encode(text)).toEqual(want);
   });
 
-  test('inspect gives the source\'s parameters and the bytes by ggml type', () => {
+  test('inspect gives the source\'s parameters and the bytes by ggml type', async () => {
     const src = inspect({ model: MODEL });
     const g = inspect({ model: files.Q4_K! });
     for (const k of ['model_type', 'num_layers', 'moe_layers', 'experts_per_layer', 'top_k', 'hidden_size', 'expert_width', 'vocab_size', 'routing', 'params_total', 'params_active', 'params_experts'] as const) expect(g[k]).toEqual(src[k]);
@@ -139,7 +139,7 @@ describe('the trained fixture as GGUF', () => {
     expect(g.bytes_read).toBeGreaterThan(readGguf(files.Q4_K!).dataStart - 1);
     expect(g.bytes_read).toBeLessThanOrEqual(1 << 20);
     expect(g.gguf!.file_bytes).toBeGreaterThan(4 * (1 << 20));
-    const cli = runCli(['inspect', files.Q4_K!]);
+    const cli = await runMain(['inspect', files.Q4_K!]);
     expect(cli.code).toBe(0);
     expect(cli.stdout).toMatch(/gguf +qwen3moe, 4\.\d+ bits per weight/);
   });
@@ -149,7 +149,7 @@ describe('the trained fixture as GGUF', () => {
     const buf = fs.readFileSync(files.Q8_0!);
     const cut = path.join(dir, 'cut.gguf');
     fs.writeFileSync(cut, buf.subarray(0, buf.length - 1000));
-    const r0 = runCli(['eval', cut, '--data', EVAL_TXT]);
+    const r0 = await runMain(['eval', cut, '--data', EVAL_TXT]);
     expect(r0.code).toBe(3);
     expect(r0.stderr).toMatch(/^moe: not a valid GGUF file: tensor "output\.weight" ends at byte \d+, past the end of the file/m);
     expect(() => inspect({ model: cut })).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/tensor "output\.weight" ends at byte/) }));
@@ -165,7 +165,7 @@ describe('the trained fixture as GGUF', () => {
     odd.writeUInt32LE(16, at);
     const oddFile = path.join(dir, 'odd.gguf');
     fs.writeFileSync(oddFile, odd);
-    const r = runCli(['eval', oddFile, '--data', EVAL_TXT]);
+    const r = await runMain(['eval', oddFile, '--data', EVAL_TXT]);
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/GGUF tensor "blk\.0\.ffn_up_exps\.weight" has ggml type IQ2_XXS, which moe does not decode/);
 

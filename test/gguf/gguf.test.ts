@@ -11,7 +11,7 @@ import { calibrate } from '../../src/commands/calibrate';
 import { exportGguf, GgufOptions, parseGgmlType } from '../../src/gguf/export';
 import { dequantizeRows, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from '../../src/gguf/quants';
 import { readGguf } from '../../src/io/gguf-reader';
-import { quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const ref = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'gguf-dequant.json'), 'utf8'));
@@ -80,22 +80,22 @@ describe('GGUF output equals gguf-py\'s reading of it', () => {
     expect(m.get('qwen3moe.block_count')).toBe(3);
   });
 
-  test('a .gguf path, --dry-run, and bad input', () => {
+  test('a .gguf path, --dry-run, and bad input', async () => {
     const dir = tmpDir();
     const file = path.join(dir, 'sub', 'model-q8.gguf');
     fs.mkdirSync(path.dirname(file));
-    const dry = runCli(['quantize', MODEL, '--format', 'gguf', '--type', 'q6_k', '-o', file, '--dry-run', '--json']);
+    const dry = await runMain(['quantize', MODEL, '--format', 'gguf', '--type', 'q6_k', '-o', file, '--dry-run', '--json']);
     expect(dry.code).toBe(0);
     expect(fs.existsSync(file)).toBe(false);
     expect(JSON.parse(dry.stdout).bpw).toBeCloseTo(6.5625, 6);
-    expect(runCli(['quantize', MODEL, '--format', 'gguf', '--type', 'q6_k', '-o', file]).code).toBe(0);
+    expect((await runMain(['quantize', MODEL, '--format', 'gguf', '--type', 'q6_k', '-o', file])).code).toBe(0);
     expect(readGguf(file).tensors.length).toBe(39);
     for (const [args, re] of [
       [['--type', 'q9_k'], /--type "q9_k" is not a GGUF type/],
       [['--allocate', 'lp', '--bpw', '4.5'], /needs --stats/],
       [['--bits', '4'], /not --bits/],
     ] as [string[], RegExp][]) {
-      const r = runCli(['quantize', MODEL, '--format', 'gguf', ...args, '-o', path.join(dir, 'bad')]);
+      const r = await runMain(['quantize', MODEL, '--format', 'gguf', ...args, '-o', path.join(dir, 'bad')]);
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(re);
       expect(fs.existsSync(path.join(dir, 'bad'))).toBe(false);

@@ -13,7 +13,7 @@ import { formatInspect, inspect } from '../../src/commands/inspect';
 import { openCheckpoint } from '../../src/io/checkpoint';
 import { hubCacheDir, parseRepoId, resolveModel } from '../../src/io/hf-cache';
 import { loadRecipe } from '../../src/recipe/recipe';
-import { quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
 const EVAL_TEXT = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
@@ -103,7 +103,7 @@ describe('repository ids', () => {
     expect(a.size).toEqual(b.size);
     expect(a.baseline).toEqual({ ...b.baseline, model: snapshot });
     expect(a.baseline!.kl_mean).toBe(0);
-    const r = runCli(['eval', 'acme/tiny-moe@main', '--data', EVAL_TEXT, '--seq-len', '64', '--max-tokens', '256', '--baseline', 'acme/tiny-moe', '--json']);
+    const r = await runMain(['eval', 'acme/tiny-moe@main', '--data', EVAL_TEXT, '--seq-len', '64', '--max-tokens', '256', '--baseline', 'acme/tiny-moe', '--json']);
     expect(r.stderr).not.toMatch(/^moe: /m);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ model: snapshot, perplexity: b.perplexity });
@@ -129,9 +129,9 @@ describe('repository ids', () => {
 });
 
 describe('absent models', () => {
-  test('a repository id not in the cache: exit 3 naming every folder looked in and the command that downloads it; nothing downloaded', () => {
+  test('a repository id not in the cache: exit 3 naming every folder looked in and the command that downloads it; nothing downloaded', async () => {
     const work = tmpDir();
-    const r = runCli(['inspect', 'acme/absent'], work);
+    const r = await runMain(['inspect', 'acme/absent'], work);
     expect(r.code).toBe(3);
     expect(r.stderr.trim()).toBe(
       `moe: model acme/absent is not a folder, and acme/absent is not in the Hugging Face cache (looked in ${path.join(work, 'acme', 'absent')}, ${path.join(cache, 'models--acme--absent')}); moe never downloads: run \`hf download acme/absent\` (it fills the same cache), or give the model's folder`,
@@ -162,8 +162,8 @@ describe('absent models', () => {
     }
   });
 
-  test('a missing plain folder is bad input (exit 3)', () => {
-    const r = runCli(['inspect', './nope'], tmpDir());
+  test('a missing plain folder is bad input (exit 3)', async () => {
+    const r = await runMain(['inspect', './nope'], tmpDir());
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/^moe: model folder does not exist \(\.\/nope\); check the path/);
   });

@@ -19,7 +19,7 @@ import { openCheckpoint } from '../../src/io/checkpoint';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from '../../src/io/quantized';
 import type { TensorRef } from '../../src/io/safetensors';
 import { verifyCheckpoint } from '../../src/io/verify';
-import { listDir, makeSynth, quiet, ROOT, runCli, tmpDir, writeRaw } from '../helpers';
+import { listDir, makeSynth, quiet, ROOT, runMain, tmpDir, writeRaw } from '../helpers';
 
 const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
 const SUPPORTED = 'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
@@ -142,11 +142,11 @@ describe('checkpoints quantized in a format moe does not decode are refused', ()
     expect(listDir(path.dirname(out))).toEqual(before);
   });
 
-  test('through the CLI: exit 3 and the one line, for eval of FP8 and quantize of bitsandbytes', () => {
+  test('through the CLI: exit 3 and the one line, for eval of FP8 and quantize of bitsandbytes', async () => {
     const out = path.join(tmpDir(), 'q');
-    const e = runCli(['eval', models.fp8, '--data', CALIB, '--seq-len', '32', '--max-tokens', '64']);
+    const e = await runMain(['eval', models.fp8, '--data', CALIB, '--seq-len', '32', '--max-tokens', '64']);
     expect({ code: e.code, stderr: e.stderr.trim() }).toEqual({ code: 3, stderr: `moe: ${configMessage('fp8', 'quantization_config.quant_method "fp8", which moe does not decode yet')}` });
-    const q = runCli(['quantize', models.bnb, '--bits', '4', '-o', out]);
+    const q = await runMain(['quantize', models.bnb, '--bits', '4', '-o', out]);
     expect({ code: q.code, stderr: q.stderr.trim() }).toEqual({ code: 3, stderr: `moe: ${configMessage('bnb', 'quantization_config.quant_method "bitsandbytes", which moe does not decode')}` });
     expect(fs.existsSync(out)).toBe(false);
   });

@@ -9,7 +9,7 @@ import { alignExperts, ExpertWeights, permuteExpert } from '../../src/merge/alig
 import { greedyDense, hungarianMax } from '../../src/merge/assignment';
 import { hierarchicalGroups, msmoeGroups } from '../../src/merge/grouping';
 import { mulberry32 } from '../../src/synth/generate';
-import { GOLDEN, listDir, quiet, runCli, tmpDir } from '../helpers';
+import { GOLDEN, listDir, quiet, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
 const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
@@ -161,7 +161,7 @@ describe('moe merge', () => {
     expect(record).toMatchObject({ operation: 'merge', method, experts_after: 4 });
     expect(record.groups['0'].map((g: { members: number[] }) => g.members)).toEqual(report.layers[0].groups.map((g) => g.members));
     expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).num_local_experts).toBe(4);
-    const r = runCli(['inspect', out, '--json']);
+    const r = await runMain(['inspect', out, '--json']);
     expect(JSON.parse(r.stdout).experts_per_layer).toEqual([4, 4]);
     a.close();
     b.close();
@@ -178,7 +178,7 @@ describe('moe merge', () => {
       for (let j = 0; j < h; j++) expect(b[i * h + j]).toBeCloseTo(g.members.reduce((s, e, m) => s + g.weights[m] * a[e * h + j], 0), 6);
     });
     const work = tmpDir();
-    const dry = runCli(['merge', model, '--stats', stats, '--method', 'msmoe', '--keep', '4', '-o', path.join(work, 'x'), '--dry-run', '--json']);
+    const dry = await runMain(['merge', model, '--stats', stats, '--method', 'msmoe', '--keep', '4', '-o', path.join(work, 'x'), '--dry-run', '--json']);
     expect(dry.code).toBe(0);
     expect(JSON.parse(dry.stdout).layers[0].groups).toHaveLength(4);
     expect(listDir(work)).toEqual([]);

@@ -9,7 +9,7 @@ import { concatRows, swiglu } from '../../src/model/forward/ops';
 import { loadArchitecture } from '../../src/model/registry';
 import { ReconstructionProblem } from '../../src/prune/reconstruct';
 import { countKeepSets, keepSets } from '../../src/prune/select';
-import { GOLDEN, listDir, quiet, runCli, tmpDir } from '../helpers';
+import { GOLDEN, listDir, quiet, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
 const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
@@ -154,7 +154,7 @@ describe('the pruned checkpoint', () => {
     expect(record).toMatchObject({ operation: 'prune', method: 'reap', experts_before: 8, experts_after: 4 });
     expect(record.kept).toEqual(Object.fromEntries(report.layers.map((l) => [String(l.layer), l.kept])));
     // It is a model moe reads and evaluates.
-    const r = runCli(['inspect', out, '--json']);
+    const r = await runMain(['inspect', out, '--json']);
     expect(JSON.parse(r.stdout).experts_per_layer).toEqual([4, 4]);
     a.close();
     b.close();
@@ -169,25 +169,25 @@ describe('the pruned checkpoint', () => {
     }
   });
 
-  test('impossible requests fail before anything is written', () => {
+  test('impossible requests fail before anything is written', async () => {
     const work = tmpDir();
     const dest = path.join(work, 'out');
-    const low = runCli(['prune', QWEN3, '--stats', qStats, '--method', 'reap', '--keep', '1', '-o', dest]);
+    const low = await runMain(['prune', QWEN3, '--stats', qStats, '--method', 'reap', '--keep', '1', '-o', dest]);
     expect(low.code).toBe(2);
     expect(low.stderr).toMatch(/fewer than the 2 each token routes to/);
-    const groups = runCli(['prune', DSV3, '--stats', dStats, '--method', 'reap', '--keep', '3', '-o', dest]);
+    const groups = await runMain(['prune', DSV3, '--stats', dStats, '--method', 'reap', '--keep', '3', '-o', dest]);
     expect(groups.code).toBe(2);
     expect(groups.stderr).toMatch(/routing groups.*try --keep 4/);
-    const other = runCli(['prune', QWEN3, '--stats', dStats, '--method', 'reap', '--keep', '4', '-o', dest]);
+    const other = await runMain(['prune', QWEN3, '--stats', dStats, '--method', 'reap', '--keep', '4', '-o', dest]);
     expect(other.code).toBe(3);
     expect(other.stderr).toMatch(/stats were made from another model/);
-    expect(runCli(['prune', QWEN3, '--stats', qStats, '--method', 'reap', '--keep', '4', '--ratio', '0.5', '-o', dest]).code).toBe(2);
+    expect((await runMain(['prune', QWEN3, '--stats', qStats, '--method', 'reap', '--keep', '4', '--ratio', '0.5', '-o', dest])).code).toBe(2);
     expect(listDir(work)).toEqual([]);
   });
 
-  test('--dry-run --json prints each layer\'s plan and writes nothing', () => {
+  test('--dry-run --json prints each layer\'s plan and writes nothing', async () => {
     const work = tmpDir();
-    const r = runCli(['prune', QWEN3, '--stats', qStats, '--method', 'naee', '--ratio', '0.5', '-o', path.join(work, 'o'), '--dry-run', '--json', '--backend', 'ref']);
+    const r = await runMain(['prune', QWEN3, '--stats', qStats, '--method', 'naee', '--ratio', '0.5', '-o', path.join(work, 'o'), '--dry-run', '--json', '--backend', 'ref']);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.dry_run).toBe(true);

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { evalCommand } from '../../src/commands/eval';
 import { formatRun, run, RunReport } from '../../src/commands/run';
 import { loadRecipe } from '../../src/recipe/recipe';
-import { quiet, ROOT, runCli, tmpDir } from '../helpers';
+import { quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
@@ -41,11 +41,11 @@ describe('recipes', () => {
     [`steps:\n${CALIB}  - prune: { method: fastest, keep: 4 }\n`, 8, /prune\.method is "fastest"; expected one of/],
     [`steps:\n  - quantize: { bits: 3 }\n  - quantize: { format: gguf, type: q4_k }\n  - quantize: { bits: 4 }\n`, 6, /comes after a GGUF output \(line 5\)/],
     ['steps: [\n', 4, /not valid YAML/],
-  ])('%#: a line-numbered message, exit 2, nothing run', (body, line, re) => {
+  ])('%#: a line-numbered message, exit 2, nothing run', async (body, line, re) => {
     const dir = tmpDir();
     const file = recipe(dir, body as string);
     expect(() => loadRecipe(file)).toThrow(new RegExp(`line ${line}: `));
-    const r = runCli(['run', file]);
+    const r = await runMain(['run', file]);
     expect(r.code).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(re as RegExp);

@@ -5,12 +5,13 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
 import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
-import { quiet, ROOT, tmpDir } from '../helpers';
+import { fixtureStats, quiet, ROOT, tmpDir } from '../helpers';
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { fixtureCalibration } = require('../fixture-stats') as { fixtureCalibration: () => { options: Record<string, unknown> } };
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
@@ -25,13 +26,16 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
   let stats: string;
 
   beforeAll(async () => {
-    stats = path.join(tmpDir(), 'stats');
-    const c: string[] = ref.calibrate;
-    await calibrate(
-      { model: MODEL, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), naeeTokens: Number(flag(c, '--naee-tokens')), hessians: c.includes('--hessians') },
-      quiet,
-    );
+    // The shared calibration (test/fixture-stats.js) is made with ref.calibrate's flags; checked below.
+    stats = await fixtureStats();
   }, 60_000);
+
+  test('the shared stats were calibrated with the reference\'s options', () => {
+    const c: string[] = ref.calibrate;
+    expect(fixtureCalibration().options).toEqual({ model: MODEL, data: path.join(TEXT, 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), naeeTokens: Number(flag(c, '--naee-tokens')), hessians: c.includes('--hessians') });
+    const recorded = JSON.parse(fs.readFileSync(path.join(stats, 'stats.json'), 'utf8'));
+    expect(JSON.stringify(recorded)).toContain('"seq_len":' + flag(c, '--seq-len'));
+  });
 
   test.each(Object.entries(ref.cases as Record<string, { args: string[]; perplexity: number; windows: number }>))('%s', async (_name, c) => {
     let dir = MODEL;
