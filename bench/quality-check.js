@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * The quality claims of the tests, on both trained fixtures and on WikiText-2: one table.
- *   npm run build && node bench/quality-check.js [--max-tokens N] [--seq-len N] [--wikitext FILE] [--reference]
+ *   npm run build && node bench/quality-check.js [--max-tokens N] [--seq-len N] [--calib-tokens N] [--wikitext FILE]
+ *     [--reference] [--fixtures tiny-moe,tiny-dsv3] [--cache DIR]
  *
  * For each fixture (fixtures/tiny-moe: Qwen3-MoE on Moby-Dick; fixtures/tiny-dsv3: DeepSeek-V3 on State of the
  * Union addresses) one calibration with Hessians on its own calib.txt (--calib-tokens, windows of --seq-len), then
@@ -15,6 +16,8 @@
  * --reference also checks `moe eval` against each fixture's reference-ppl.json (every run, full texts included).
  * WikiText-2: --wikitext FILE, default ../shared/data/wikitext-2/test.txt beside the repository (CC BY-SA 3.0,
  * not shipped); its column is left out when the file is absent.
+ * --cache DIR keeps each fixture's perplexities in DIR/<fixture>.json (keyed by the settings) and reuses them, so the
+ * fixtures can be measured in separate runs and printed in one table.
  */
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -25,9 +28,9 @@ const path = require('node:path');
 const ROOT = path.join(__dirname, '..');
 const MOE = path.join(ROOT, 'bin', 'moe.js');
 const FIXTURES = [
-  { name: 'tiny-moe', model: path.join(ROOT, 'fixtures', 'tiny-moe'), text: path.join(ROOT, 'fixtures', 'text'), label: 'Moby-Dick' },
-  { name: 'tiny-dsv3', model: path.join(ROOT, 'fixtures', 'tiny-dsv3'), text: path.join(ROOT, 'fixtures', 'sotu'), label: 'SOTU' },
-];
+  { name: 'tiny-moe', text: 'text', label: 'Moby-Dick' },
+  { name: 'tiny-dsv3', text: 'sotu', label: 'SOTU' },
+].map((f) => ({ ...f, model: path.join(ROOT, 'fixtures', f.name), text: path.join(ROOT, 'fixtures', f.text) }));
 
 function option(name, fallback) {
   const i = process.argv.indexOf(name);
@@ -36,10 +39,13 @@ function option(name, fallback) {
 const MAX_TOKENS = Number(option('--max-tokens', '4096'));
 const SEQ_LEN = Number(option('--seq-len', '128'));
 const CALIB_TOKENS = Number(option('--calib-tokens', '16384'));
+const ONLY = option('--fixtures', FIXTURES.map((f) => f.name).join(',')).split(',');
+const CACHE = option('--cache');
 const WIKITEXT = path.resolve(option('--wikitext', path.join(ROOT, '..', 'shared', 'data', 'wikitext-2', 'test.txt')));
 
 function moe(args) {
-  const r = spawnSync(process.execPath, [MOE, ...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
+  const io = { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 };
+  const r = spawnSync(process.execPath, [MOE, ...args, '--json'], io);
   if (r.status !== 0) throw new Error(`moe ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
@@ -74,7 +80,9 @@ function checkReference(f) {
     if (run.max_tokens !== null) args.push('--max-tokens', String(run.max_tokens));
     const e = moe(args);
     const rel = e.perplexity / run.perplexity - 1;
-    console.log(`reference ${f.name} ${run.text} seq ${run.seq_len} max ${run.max_tokens}: moe ${e.perplexity.toFixed(4)} transformers ${run.perplexity.toFixed(4)} (${(rel * 100).toFixed(4)}%)`);
+    const what = `reference ${f.name} ${run.text} seq ${run.seq_len} max ${run.max_tokens}`;
+    const diff = `${(rel * 100).toFixed(4)}%`;
+    console.log(`${what}: moe ${e.perplexity.toFixed(4)}, transformers ${run.perplexity.toFixed(4)} (${diff})`);
   }
 }
 
@@ -89,10 +97,21 @@ const t0 = Date.now();
 try {
   if (!fs.existsSync(WIKITEXT)) console.log(`(no ${WIKITEXT}: WikiText-2 columns left out)`);
   const columns = []; // { title, ppl: { variant: perplexity } }
-  for (const f of FIXTURES) {
+  for (const f of FIXTURES.filter((x) => ONLY.includes(x.name))) {
     if (process.argv.includes('--reference')) checkReference(f);
+    const key = JSON.stringify({ MAX_TOKENS, SEQ_LEN, CALIB_TOKENS, texts: texts(f) });
+    const cached = CACHE && path.join(CACHE, `${f.name}.json`);
+    if (cached && fs.existsSync(cached)) {
+      const c = JSON.parse(fs.readFileSync(cached, 'utf8'));
+      if (c.key === key) {
+        columns.push(...c.columns);
+        continue;
+      }
+    }
     const stats = path.join(work, `${f.name}-stats`);
-    moe(['calibrate', f.model, '--data', path.join(f.text, 'calib.txt'), '--seq-len', String(SEQ_LEN), '--max-tokens', String(CALIB_TOKENS), '--naee-tokens', '512', '--hessians', '-o', stats]);
+    const calib = ['--data', path.join(f.text, 'calib.txt'), '--seq-len', String(SEQ_LEN)];
+    calib.push('--max-tokens', String(CALIB_TOKENS));
+    moe(['calibrate', f.model, ...calib, '--naee-tokens', '512', '--hessians', '-o', stats]);
     const cols = texts(f).map(([t, file]) => ({ title: `${f.name} / ${t}`, file, ppl: {} }));
     for (const [label, args] of Object.entries(variants(stats))) {
       let dir = f.model;
@@ -100,13 +119,20 @@ try {
         dir = path.join(work, `${f.name}-${label}`);
         moe([args[0], f.model, ...args.slice(1), '-o', dir]);
       }
-      for (const c of cols) c.ppl[label] = moe(['eval', dir, '--data', c.file, '--seq-len', String(SEQ_LEN), '--max-tokens', String(MAX_TOKENS)]).perplexity;
+      const window = ['--seq-len', String(SEQ_LEN), '--max-tokens', String(MAX_TOKENS)];
+      for (const c of cols) c.ppl[label] = moe(['eval', dir, '--data', c.file, ...window]).perplexity;
       if (args) fs.rmSync(dir, { recursive: true, force: true });
     }
     for (const c of cols) c.ppl.random = [0, 1, 2].reduce((s, i) => s + c.ppl[`random-${i}`], 0) / 3;
     columns.push(...cols);
+    if (cached) {
+      fs.mkdirSync(CACHE, { recursive: true });
+      fs.writeFileSync(cached, JSON.stringify({ key, columns }, null, 1));
+    }
   }
-  console.log(`eval: first ${MAX_TOKENS} tokens of each text, windows of ${SEQ_LEN}; calibration: ${CALIB_TOKENS} tokens of each fixture's calib.txt (Hessians); random = mean of seeds 0-2`);
+  console.log(`eval: first ${MAX_TOKENS} tokens of each text, windows of ${SEQ_LEN};`);
+  console.log(`calibration: ${CALIB_TOKENS} tokens`);
+  console.log("of each fixture's calib.txt (with Hessians); random = mean of seeds 0-2");
   console.log(`| claim | ${columns.map((c) => c.title).join(' | ')} |`);
   console.log(`|---|${columns.map(() => '---').join('|')}|`);
   console.log(`| original perplexity | ${columns.map((c) => c.ppl.original.toFixed(2)).join(' | ')} |`);
@@ -119,7 +145,8 @@ try {
     });
     console.log(`| ${claim} | ${cells.join(' | ')} |`);
   }
-  console.log(`${CLAIMS.length * columns.length - failed} of ${CLAIMS.length * columns.length} claims hold; ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+  const total = CLAIMS.length * columns.length;
+  console.log(`${total - failed} of ${total} claims hold; ${((Date.now() - t0) / 1000).toFixed(0)} s`);
 } finally {
   fs.rmSync(work, { recursive: true, force: true });
 }
