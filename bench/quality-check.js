@@ -130,9 +130,8 @@ try {
       fs.writeFileSync(cached, JSON.stringify({ key, columns }, null, 1));
     }
   }
-  console.log(`eval: first ${MAX_TOKENS} tokens of each text, windows of ${SEQ_LEN};`);
-  console.log(`calibration: ${CALIB_TOKENS} tokens`);
-  console.log("of each fixture's calib.txt (with Hessians); random = mean of seeds 0-2");
+  console.log(`eval: first ${MAX_TOKENS} tokens of each text, windows of ${SEQ_LEN}; random = mean of seeds 0-2`);
+  console.log(`calibration: ${CALIB_TOKENS} tokens of each fixture's calib.txt, with Hessians`);
   console.log(`| claim | ${columns.map((c) => c.title).join(' | ')} |`);
   console.log(`|---|${columns.map(() => '---').join('|')}|`);
   console.log(`| original perplexity | ${columns.map((c) => c.ppl.original.toFixed(2)).join(' | ')} |`);
