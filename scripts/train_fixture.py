@@ -54,16 +54,18 @@ ARCH_DEFAULTS = {
         "batch": 16,
         "warmup": 50,
         "lr": 1e-3,
+        "max_minutes": 30.0,
     },
     "deepseek_v3": {
         "out": os.path.join(REPO, "fixtures", "tiny-dsv3"),
         "text": os.path.join(REPO, "fixtures", "sotu"),
-        "steps": 250,
+        "steps": 140,
         "layers": 3,
         "threads": 1,
         "batch": 8,
-        "warmup": 25,
+        "warmup": 15,
         "lr": 1.5e-3,
+        "max_minutes": 45.0,
     },
 }
 EOT = "<|endoftext|>"
@@ -472,8 +474,8 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--batch", type=int, help="default 16 (qwen3_moe), 8 (deepseek_v3)")
-    ap.add_argument("--steps", type=int, help="default 600 (qwen3_moe), 250 (deepseek_v3)")
-    ap.add_argument("--warmup", type=int, help="default 50 (qwen3_moe), 25 (deepseek_v3)")
+    ap.add_argument("--steps", type=int, help="default 600 (qwen3_moe), 140 (deepseek_v3)")
+    ap.add_argument("--warmup", type=int, help="default 50 (qwen3_moe), 15 (deepseek_v3)")
     ap.add_argument("--lr", type=float, help="default 1e-3 (qwen3_moe), 1.5e-3 (deepseek_v3)")
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.1)
@@ -485,7 +487,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="default 2 (qwen3_moe), 1 (deepseek_v3)")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--max-minutes", type=float, default=30.0, help="wall-time guard; stops training early")
+    ap.add_argument("--max-minutes", type=float, help="wall-time guard, stops training early; default 30 (45 deepseek_v3)")
     ap.add_argument("--tokenizer-only", action="store_true")
     ap.add_argument("--usage-only", action="store_true")
     a = ap.parse_args()
