@@ -487,7 +487,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="default 2 (qwen3_moe), 1 (deepseek_v3)")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--max-minutes", type=float, help="wall-time guard, stops training early; default 30 (45 deepseek_v3)")
+    ap.add_argument("--max-minutes", type=float, help="wall-time guard, stops training early; default 30, 45 (dsv3)")
     ap.add_argument("--tokenizer-only", action="store_true")
     ap.add_argument("--usage-only", action="store_true")
     a = ap.parse_args()
