@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Train fixtures/tiny-moe: a small *trained* Qwen3-MoE on Moby-Dick, so that expert pruning,
-merging and quantization move a real perplexity.
+"""Train the trained fixtures, so that expert pruning, merging and quantization move a real perplexity:
+  --arch qwen3_moe (default): fixtures/tiny-moe, a small Qwen3-MoE on Moby-Dick (fixtures/text);
+  --arch deepseek_v3: fixtures/tiny-dsv3, a small DeepSeek-V3 (MLA, shared expert, sigmoid routing with
+     e_score_correction_bias and group-limited top-k, one dense first layer) on State of the Union
+     addresses (fixtures/sotu, made by scripts/prepare_text2.py).
 
 Steps (all offline, CPU, deterministic for a given machine / thread count):
   1. tokenizer: byte-level BPE (GPT-2 regex pre-tokenizer, ByteLevel decoder, no normalizer,
      one special token "<|endoftext|>" = id 0) trained with `tokenizers` on fixtures/text/calib.txt.
-  2. model: Qwen3MoeForCausalLM (transformers), float32 training on calib.txt tokens
-     (no special tokens), random windows, AdamW + linear warmup + cosine decay, cross-entropy
-     plus a per-layer Switch-Transformer load-balancing loss and a small router z-loss.
+  2. model: Qwen3MoeForCausalLM / DeepseekV3ForCausalLM (transformers), float32 training on calib.txt
+     tokens (no special tokens), random windows, AdamW + linear warmup + cosine decay, cross-entropy
+     plus a per-layer load-balancing loss and a small router z-loss (Switch-Transformer loss on softmax
+     scores for qwen3_moe; for deepseek_v3 the DeepSeek-V3 balance loss on normalised sigmoid scores plus
+     its aux-loss-free balancing: after every step e_score_correction_bias += gamma * sign(mean load - load)).
   3. save: bfloat16 safetensors via save_pretrained (per-expert tensors), tokenizer files,
      reload check, and per-layer expert usage on eval.txt (printed as JSON).
 
@@ -15,6 +20,7 @@ Usage (from the repository root, after scripts/prepare_text.py):
   .venv/bin/python scripts/train_fixture.py                 # everything (12.5 min here on 2 shared threads)
   .venv/bin/python scripts/train_fixture.py --tokenizer-only
   .venv/bin/python scripts/train_fixture.py --usage-only    # expert usage of the saved model
+  .venv/bin/python scripts/train_fixture.py --arch deepseek_v3 [--usage-only]   # fixtures/tiny-dsv3
 """
 from __future__ import annotations
 
@@ -35,8 +41,33 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = os.path.join(REPO, "fixtures", "text")
+TEXT = os.path.join(REPO, "fixtures", "text")  # set from --text in main()
 OUT = os.path.join(REPO, "fixtures", "tiny-moe")
+# per-architecture defaults: output folder, text folder, training steps and layers
+ARCH_DEFAULTS = {
+    "qwen3_moe": {
+        "out": OUT,
+        "text": TEXT,
+        "steps": 600,
+        "layers": 3,
+        "threads": 2,
+        "batch": 16,
+        "warmup": 50,
+        "lr": 1e-3,
+        "max_minutes": 30.0,
+    },
+    "deepseek_v3": {
+        "out": os.path.join(REPO, "fixtures", "tiny-dsv3"),
+        "text": os.path.join(REPO, "fixtures", "sotu"),
+        "steps": 140,
+        "layers": 3,
+        "threads": 1,
+        "batch": 8,
+        "warmup": 15,
+        "lr": 1.5e-3,
+        "max_minutes": 45.0,
+    },
+}
 EOT = "<|endoftext|>"
 
 
@@ -106,6 +137,8 @@ def encode_file(out_dir: str, name: str) -> np.ndarray:
 
 # ---------------------------------------------------------------- model
 def make_config(a):
+    if a.arch == "deepseek_v3":
+        return make_config_dsv3(a)
     from transformers import Qwen3MoeConfig
 
     return Qwen3MoeConfig(
@@ -136,6 +169,82 @@ def make_config(a):
         eos_token_id=0,
         pad_token_id=None,
     )
+
+
+def make_config_dsv3(a):
+    from transformers import DeepseekV3Config
+
+    return DeepseekV3Config(
+        vocab_size=a.vocab_size,
+        hidden_size=256,
+        intermediate_size=768,  # the dense MLP of layer 0
+        moe_intermediate_size=256,  # routed and shared experts
+        num_hidden_layers=a.layers,
+        first_k_dense_replace=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=128,
+        kv_lora_rank=128,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        rope_interleave=True,
+        n_routed_experts=a.experts,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=2.5,
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        initializer_range=0.02,
+        bos_token_id=None,
+        eos_token_id=0,
+        pad_token_id=None,
+    )
+
+
+class RouterTap:
+    """Forward hooks on DeepseekV3TopkRouter modules: keep (logits, selected indices) of the last forward
+    (transformers' DeepSeek-V3 has no output_router_logits)."""
+
+    def __init__(self, model):
+        self.out = []
+        self.gates = [l.mlp.gate for l in model.model.layers if hasattr(l.mlp, "gate")]
+        for g in self.gates:
+            g.register_forward_hook(lambda mod, inp, o: self.out.append((o[0], o[2])))
+
+    def take(self):
+        out, self.out = self.out, []
+        return out
+
+
+def dsv3_balance_loss(taps, num_experts: int, top_k: int) -> torch.Tensor:
+    """DeepSeek-V3's balance loss per layer (over the batch), averaged over layers: sum_j f_j * P_j with
+    f_j = E / (K T) * (selections of j), P_j = mean over tokens of s_j / sum_i s_i, s = sigmoid(logits)
+    (= 1.0 when perfectly balanced)."""
+    losses = []
+    for logits, sel in taps:
+        s = torch.sigmoid(logits.float())
+        p = (s / s.sum(-1, keepdim=True)).mean(0)
+        f = torch.bincount(sel.reshape(-1), minlength=num_experts).float() * num_experts / sel.numel()
+        losses.append(torch.sum(f * p))
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def dsv3_update_bias(model, taps, num_experts: int, gamma: float) -> None:
+    """DeepSeek-V3 auxiliary-loss-free balancing: raise the selection bias of under-loaded experts and
+    lower it for over-loaded ones by gamma per step."""
+    gates = [l.mlp.gate for l in model.model.layers if hasattr(l.mlp, "gate")]
+    for g, (_, sel) in zip(gates, taps):
+        load = torch.bincount(sel.reshape(-1), minlength=num_experts).float()
+        g.e_score_correction_bias += gamma * torch.sign(load.mean() - load)
 
 
 def load_balance_loss(router_logits, num_experts: int, top_k: int) -> torch.Tensor:
@@ -181,12 +290,14 @@ def lr_at(step: int, a) -> float:
 
 
 def train(a, calib: np.ndarray, evals: np.ndarray):
-    from transformers import Qwen3MoeForCausalLM
+    from transformers import DeepseekV3ForCausalLM, Qwen3MoeForCausalLM
 
     torch.manual_seed(a.seed)
     random.seed(a.seed)
     cfg = make_config(a)
-    model = Qwen3MoeForCausalLM(cfg).float()
+    dsv3 = a.arch == "deepseek_v3"
+    model = (DeepseekV3ForCausalLM if dsv3 else Qwen3MoeForCausalLM)(cfg).float()
+    tap = RouterTap(model) if dsv3 else None
     model.train()
     nparams = sum(p.numel() for p in model.parameters())
     print(f"params: {nparams}", file=sys.stderr)
@@ -208,18 +319,28 @@ def train(a, calib: np.ndarray, evals: np.ndarray):
             g["lr"] = lr_at(step, a)
         starts = torch.randint(0, hi + 1, (a.batch,), generator=gen)
         x = torch.stack([data[s : s + a.seq_len] for s in starts.tolist()])
-        out = model(input_ids=x, output_router_logits=True)
+        if dsv3:
+            tap.take()
+            out = model(input_ids=x)
+            taps = tap.take()
+            router_logits = [t[0] for t in taps]
+            lb = dsv3_balance_loss(taps, a.experts, 2)
+        else:
+            out = model(input_ids=x, output_router_logits=True)
+            router_logits = out.router_logits
+            lb = load_balance_loss(router_logits, a.experts, 2)
         logits = out.logits
         ce = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
         )
-        lb = load_balance_loss(out.router_logits, a.experts, 2)
-        zl = z_loss(out.router_logits)
+        zl = z_loss(router_logits)
         loss = ce + a.aux_coef * lb + a.z_coef * zl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
+        if dsv3:
+            dsv3_update_bias(model, taps, a.experts, a.bias_gamma)
         cev = float(ce.detach())
         ema = cev if ema is None else 0.95 * ema + 0.05 * cev
         if step % a.log_every == 0 or step == a.steps - 1:
@@ -229,6 +350,9 @@ def train(a, calib: np.ndarray, evals: np.ndarray):
                    "gnorm": round(float(gn), 3), "elapsed_s": round(el, 1)}
             if step % a.eval_every == 0 or step == a.steps - 1:
                 rec["eval_ce_16w"] = round(eval_loss(model, evals, 256, 16), 4)
+                if dsv3:
+                    tap.take()
+                    rec["bias"] = [[round(v, 4) for v in g.e_score_correction_bias.tolist()] for g in tap.gates]
             log.append(rec)
             print(json.dumps(rec), file=sys.stderr, flush=True)
         if time.time() - t0 > a.max_minutes * 60:
@@ -247,12 +371,24 @@ def expert_usage(model_dir: str, ids: np.ndarray, seq_len: int = 256) -> dict:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     cfg = model.config
-    E, k = cfg.num_experts, cfg.num_experts_per_tok
+    dsv3 = cfg.model_type == "deepseek_v3"
+    E = cfg.n_routed_experts if dsv3 else cfg.num_experts
+    k = cfg.num_experts_per_tok
+    tap = RouterTap(model) if dsv3 else None
+    layers = len(tap.gates) if dsv3 else cfg.num_hidden_layers  # MoE layers only
     n = len(ids) // seq_len
     x = torch.from_numpy(ids[: n * seq_len].reshape(n, seq_len))
-    counts = torch.zeros(cfg.num_hidden_layers, E, dtype=torch.float64)
-    soft = torch.zeros(cfg.num_hidden_layers, E, dtype=torch.float64)
+    counts = torch.zeros(layers, E, dtype=torch.float64)
+    soft = torch.zeros(layers, E, dtype=torch.float64)
     for i in range(0, n, 8):
+        if dsv3:
+            model(input_ids=x[i : i + 8])
+            for l, (rl, sel) in enumerate(tap.take()):
+                p = torch.sigmoid(rl.float())
+                p = p / p.sum(-1, keepdim=True)  # soft frequency of the normalised sigmoid scores
+                counts[l] += torch.bincount(sel.reshape(-1), minlength=E).double()
+                soft[l] += p.double().sum(0)
+            continue
         out = model(input_ids=x[i : i + 8], output_router_logits=True)
         for l, rl in enumerate(out.router_logits):
             p = torch.softmax(rl.float(), -1)
@@ -291,6 +427,20 @@ def drop_one_ppl(model_dir: str, ids: np.ndarray, seq_len: int = 128, max_tokens
 
     base = ppl()
     table = []
+    if cfg.model_type == "deepseek_v3":
+        # selection bias -inf for expert e: never selected (its group is scored by its other experts)
+        for layer in model.model.layers:
+            if not hasattr(layer.mlp, "gate"):
+                continue
+            bias = layer.mlp.gate.e_score_correction_bias
+            row = []
+            for e in range(cfg.n_routed_experts):
+                keep = float(bias[e])
+                bias[e] = float("-inf")
+                row.append(round(ppl(), 3))
+                bias[e] = keep
+            table.append(row)
+        return {"seq_len": seq_len, "max_tokens": max_tokens, "base_ppl": round(base, 3), "drop_one_ppl": table}
     for l, layer in enumerate(model.model.layers):
         router = layer.mlp.gate
         row = []
@@ -316,28 +466,36 @@ def drop_one_ppl(model_dir: str, ids: np.ndarray, seq_len: int = 128, max_tokens
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--arch", choices=sorted(ARCH_DEFAULTS), default="qwen3_moe")
+    ap.add_argument("--out", help="default: fixtures/tiny-moe (qwen3_moe), fixtures/tiny-dsv3 (deepseek_v3)")
+    ap.add_argument("--text", help="folder with calib.txt and eval.txt; default: fixtures/text, fixtures/sotu")
     ap.add_argument("--vocab-size", type=int, default=4096)
-    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--layers", type=int, help="default 3 (deepseek_v3: 1 dense + 2 MoE)")
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--warmup", type=int, default=50)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, help="default 16 (qwen3_moe), 8 (deepseek_v3)")
+    ap.add_argument("--steps", type=int, help="default 600 (qwen3_moe), 140 (deepseek_v3)")
+    ap.add_argument("--warmup", type=int, help="default 50 (qwen3_moe), 15 (deepseek_v3)")
+    ap.add_argument("--lr", type=float, help="default 1e-3 (qwen3_moe), 1.5e-3 (deepseek_v3)")
     ap.add_argument("--min-lr-ratio", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--aux-coef", type=float, default=0.01)
     ap.add_argument("--z-coef", type=float, default=0.001)
+    ap.add_argument("--bias-gamma", type=float, default=1e-3, help="deepseek_v3: bias update speed")
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="default 2 (qwen3_moe), 1 (deepseek_v3)")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--max-minutes", type=float, default=30.0, help="wall-time guard; stops training early")
+    ap.add_argument("--max-minutes", type=float, help="wall-time guard, stops training early; default 30, 45 (dsv3)")
     ap.add_argument("--tokenizer-only", action="store_true")
     ap.add_argument("--usage-only", action="store_true")
     a = ap.parse_args()
+    for key, value in ARCH_DEFAULTS[a.arch].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    global TEXT
+    TEXT = a.text
     torch.set_num_threads(a.threads)
 
     if a.usage_only:
@@ -363,6 +521,13 @@ def main() -> None:
     final_eval = eval_loss(model, evals, 256, 10 ** 9)
     model.config.output_router_logits = False
     model = model.to(torch.bfloat16)
+    if a.arch == "deepseek_v3":
+        # e_score_correction_bias stays float32, as in deepseek-ai/DeepSeek-V3 (transformers loads it
+        # as float32: _keep_in_fp32_modules_strict); a bf16 bias would move near-tie selections
+        for layer in model.model.layers:
+            if hasattr(layer.mlp, "gate"):
+                g = layer.mlp.gate
+                g.e_score_correction_bias = g.e_score_correction_bias.float()
     model.save_pretrained(tmp, safe_serialization=True)
     # keep the generation config minimal and explicit
     model.generation_config.eos_token_id = 0
@@ -379,7 +544,7 @@ def main() -> None:
     usage = expert_usage(a.out, evals)
     summary = {
         "params": nparams,
-        "settings": {k: v for k, v in vars(a).items() if k not in ("out", "tokenizer_only", "usage_only")},
+        "settings": {k: v for k, v in vars(a).items() if k not in ("out", "text", "tokenizer_only", "usage_only")},
         "steps_done": steps_done,
         "tokens_seen": steps_done * a.batch * a.seq_len,
         "wall_s": round(wall, 1),
