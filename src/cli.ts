@@ -323,7 +323,7 @@ export function buildCli(): Command {
     .option('--json', 'print one JSON object on stdout')
     .addHelpText('after', '\nExamples:\n  moe verify ./model-int4\n  moe verify ./model --nan --json')
     .action(async (model: string, opts: OutputOpts & { nan?: boolean }) => {
-      const { verifyCheckpoint, checkFinite } = await import('./io/verify');
+      const { verifyCheckpoint, checkFinite } = await import('./model/verify');
       const r = verifyCheckpoint(model, { nan: !!opts.nan });
       emit(r, opts, (x) => `ok: ${x.model} (${x.model_type}), ${x.tensors} tensors in ${x.shards} shard(s)${x.indexed ? ' with an index' : ''}, ${(x.bytes / 1e6).toFixed(1)} MB${x.values_checked !== null ? `; ${x.values_checked} values${x.nonfinite.length ? `, NaN/Inf in ${x.nonfinite.length} tensor(s)` : ', all finite'}` : ''}`);
       checkFinite(r);

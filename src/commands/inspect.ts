@@ -8,7 +8,7 @@ import { loadArchitecture } from '../model/registry';
 import type { Architecture, RoutingRule } from '../model/arch';
 import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
-import { quantSummary, QuantSummary, storedBytes } from '../quant/format';
+import { quantSummary, QuantSummary, storedBytes } from '../io/packed';
 
 export interface DTypeStats {
   tensors: number;

@@ -20,8 +20,10 @@ import { tensorBytes } from '../io/safetensors';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
+import { verifyWritten } from '../model/verify';
 import { allocate, AllocGroup, AllocResult } from '../quant/allocate';
 import { metadataEntry, packedPlan, quantizationConfig } from '../quant/format';
+import { requireFinite } from '../quant/finite';
 import { gptq } from '../quant/gptq';
 import { packCodes } from '../quant/pack';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
@@ -415,7 +417,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     }
 
     if (!o.dryRun) {
-      await withOutput(o.output, { force: o.force, command: 'quantize' }, async (out) => {
+      await withOutput(o.output, { force: o.force, command: 'quantize', verify: verifyWritten }, async (out) => {
         const writerOptions = layerRange
           ? { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: PART_FILE, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata }
           : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata };
@@ -522,15 +524,6 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.close();
     await be?.dispose();
     await pool?.close();
-  }
-}
-
-/** NaN or Inf weights are refused: a grid over them is meaningless, and they mean the model is broken. */
-export function requireFinite(w: Float32Array, name: string, dir: string, offset = 0): void {
-  for (let i = 0; i < w.length; i++) {
-    if (!Number.isFinite(w[i])) {
-      throw new CheckpointError(`tensor ${name} holds ${Number.isNaN(w[i]) ? 'a NaN' : 'an infinite'} value (at index ${offset + i}); moe does not quantize non-finite weights`, { file: dir, hint: 'moe verify MODEL --nan lists every such tensor' });
-    }
   }
 }
 

@@ -8,8 +8,7 @@ import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
 import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
-import { logicalTensors, PackedParts, withoutPackedKeys } from '../quant/format';
-import { dequantizePacked } from '../quant/pack';
+import { dequantizePacked, logicalTensors, PackedParts, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 

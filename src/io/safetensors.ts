@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import { CheckpointError, shown } from '../errors';
 import { DType, dtypeBytes, isDType } from './dtype';
-import type { PackedParts } from '../quant/format';
+import type { PackedParts } from './packed';
 
 /** A larger header is a corrupt or hostile file: real ones are well under 10 MiB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;

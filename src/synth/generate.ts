@@ -7,6 +7,7 @@ import type { Config } from '../io/checkpoint';
 import { withOutput } from '../io/output';
 import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { architectureFor } from '../model/registry';
+import { verifyWritten } from '../model/verify';
 import type { Context } from '../ui/progress';
 import { numel, tensorBytes } from '../io/safetensors';
 import { writeConfig } from '../io/config-text';
@@ -77,7 +78,7 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const summary = { output: opts.output, model_type: arch.modelType, layers: arch.numLayers, experts: arch.numExperts, hidden_size: arch.hidden, dtype };
   if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? 5e9).length, bytes: total, dry_run: true };
   let shards = 0;
-  await withOutput(opts.output, { force: opts.force, command: 'synth' }, (out) => {
+  await withOutput(opts.output, { force: opts.force, command: 'synth', verify: verifyWritten }, (out) => {
     const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { removeStaleTemps } from '../../src/io/output';
-import { verifyCheckpoint } from '../../src/io/verify';
+import { verifyCheckpoint } from '../../src/model/verify';
 import { mulberry32 } from '../../src/synth/generate';
 import { listDir, ROOT, runCli, tmpDir } from '../helpers';
 
