@@ -10,7 +10,7 @@
  *  - random: a seeded baseline.
  */
 import type { CalibrationStats } from '../calib/stats';
-import { mulberry32 } from '../synth/generate';
+import { mulberry32 } from '../util/random';
 import type { ReconstructionProblem } from './reconstruct';
 import { countKeepSets, greedyKeep, keepSets, KeepConstraints, topByScore } from './select';
 

@@ -8,6 +8,7 @@ import { withOutput } from '../io/output';
 import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { architectureFor } from '../model/registry';
 import { verifyWritten } from '../model/verify';
+import { mulberry32 } from '../util/random';
 import type { Context } from '../ui/progress';
 import { numel, tensorBytes } from '../io/safetensors';
 import { writeConfig } from '../io/config-text';
@@ -36,18 +37,6 @@ export interface SynthReport {
   shards: number;
   bytes: number;
   dry_run: boolean;
-}
-
-/** mulberry32: a small, fast, seedable generator; good enough for test weights. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function fill(n: number, rand: () => number, center: number, std: number): Float32Array {

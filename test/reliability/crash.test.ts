@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { removeStaleTemps } from '../../src/io/output';
 import { verifyCheckpoint } from '../../src/model/verify';
-import { mulberry32 } from '../../src/synth/generate';
+import { mulberry32 } from '../../src/util/random';
 import { listDir, ROOT, runCli, tmpDir } from '../helpers';
 
 const TRIALS = 20;
