@@ -16,7 +16,7 @@ import { verifyWritten } from '../model/verify';
 import { METADATA_PREFIX, partNames } from '../io/packed';
 import { quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
-import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from './quantize';
+import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import { writeConfig } from '../io/config-text';
 
 const COPY_CHUNK_BYTES = 16 * 1024 * 1024;

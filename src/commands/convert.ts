@@ -6,7 +6,7 @@ import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
-import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
 import { verifyWritten } from '../model/verify';
 import { withoutPackedConfig } from '../io/packed';
@@ -14,7 +14,6 @@ import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
 
-export const DEFAULT_MAX_SHARD_BYTES = 5e9;
 /** Tensors are copied and cast in pieces of this size: memory stays flat whatever the largest tensor. */
 const CHUNK_BYTES = 16 * 1024 * 1024;
 

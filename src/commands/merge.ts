@@ -11,6 +11,7 @@ import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
+import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { fromFloat32 } from '../io/dtype';
 import type { Architecture, Proj } from '../model/arch';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
@@ -20,8 +21,7 @@ import { alignExperts, permuteExpert } from '../merge/align';
 import { cosineMatrix, Linkage, memberWeights, MergeGroup } from '../merge/grouping';
 import { MERGE_METHODS, mergeMethod, Similarity } from '../merge/methods';
 import type { Context, Task } from '../ui/progress';
-import { DEFAULT_MAX_SHARD_BYTES } from './convert';
-import { keepAllWarning, resolveKeep } from './prune';
+import { keepAllWarning, resolveKeep } from '../prune/keep';
 
 export interface MergeOptions {
   model: string;

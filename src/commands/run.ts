@@ -14,6 +14,7 @@ import { openCheckpoint } from '../io/checkpoint';
 import { checkFileDestination, checkNotInput, createFolder, withoutTimings } from '../io/output';
 import { writeMarker } from '../io/ownership';
 import { weightBytes, weightFiles } from '../io/size';
+import { EVAL_FILE, RECIPE_RECORD, RUN_RECORD, STEP_RECORD, stepFolder } from '../recipe/layout';
 import { loadRecipe, Recipe, recipeInputs, Step } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import { finalModelStep, headlineLines, RunSize } from '../report/summary';
@@ -25,10 +26,6 @@ import { prune } from './prune';
 import { quantize } from './quantize';
 import { modelNamedIn } from '../io/hf-cache';
 
-const STEP_RECORD = 'moe-step.json';
-const EVAL_FILE = 'eval.json';
-/** What the latest run did with each step: { steps: [{ step, kind, status: 'ran' | 'reused' }] }. */
-export const RUN_RECORD = 'moe-run.json';
 
 export interface StepReport {
   step: number;
@@ -72,7 +69,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
   }
   if (!opts.dryRun) {
     createFolder(recipe.output, 'run');
-    fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
+    fs.writeFileSync(path.join(recipe.output, RECIPE_RECORD), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
   }
   const backend = recipe.backend as BackendName | undefined;
   let model = recipe.model;
@@ -86,7 +83,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
   for (let i = 0; i < recipe.steps.length; i++) {
     const s: Step = recipe.steps[i];
     const stepProgress = ctx.progress(`step ${i + 1} ${s.kind}`, 1, 'steps');
-    const out = path.join(recipe.output, `${String(i + 1).padStart(2, '0')}-${s.kind}`);
+    const out = stepFolder(recipe.output, i, s.kind);
     const useStats = (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.stats !== false)) && stats?.forModel === modelK ? stats : undefined;
     const key = sha({ kind: s.kind, options: s.options, model: modelK, stats: useStats?.key ?? null, backend: backend ?? null, original: s.kind === 'eval' ? modelKey(recipe.model) : null });
     const recordFile = path.join(out, STEP_RECORD);

@@ -6,9 +6,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
-import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
+import { PackedParts, readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
-import { dequantizePacked, logicalTensors, PackedParts, withoutPackedKeys } from './packed';
+import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 

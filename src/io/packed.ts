@@ -17,27 +17,11 @@
  */
 import { CheckpointError, shown } from '../errors';
 import { DType, isDType } from './dtype';
-import type { SafetensorsHeader, TensorRef } from './safetensors';
+import type { PackedInfo, PackedParts, SafetensorsHeader, TensorRef } from './safetensors';
 
 export const PACKED_FORMAT = 'moe-packed/1';
 export const QUANT_METHOD = 'moe-packed';
 export const METADATA_PREFIX = 'moe.quant.';
-
-export interface PackedInfo {
-  bits: number;
-  group_size: number;
-  shape: [number, number];
-  dtype: DType;
-  method: string;
-}
-
-/** Where a packed weight's parts live. */
-export interface PackedParts {
-  info: PackedInfo;
-  qweight: TensorRef;
-  scales: TensorRef;
-  zeros: TensorRef;
-}
 
 export function partNames(weight: string): { qweight: string; scales: string; zeros: string } {
   const base = weight.replace(/\.weight$/, '');

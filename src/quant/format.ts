@@ -3,8 +3,9 @@
  * of a quantized weight in write order, its shard metadata entry and the config's `quantization_config`.
  */
 import {
-  groupCount, METADATA_PREFIX, PACKED_FORMAT, PackedInfo, packedRowBytes, partNames, QUANT_METHOD,
+  groupCount, METADATA_PREFIX, PACKED_FORMAT, packedRowBytes, partNames, QUANT_METHOD,
 } from '../io/packed';
+import type { PackedInfo } from '../io/safetensors';
 import type { PlannedTensor } from '../io/writer';
 
 /** The three stored tensors of a weight [rows, cols] at `bits` with groups of `groupSize`, in write order. */

@@ -5,7 +5,7 @@
 import { DType, fromFloat32, isFloatDType } from '../io/dtype';
 import type { Config } from '../io/checkpoint';
 import { withOutput } from '../io/output';
-import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { architectureFor } from '../model/registry';
 import { verifyWritten } from '../model/verify';
 import { mulberry32 } from '../util/random';
@@ -65,10 +65,10 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const rand = mulberry32(opts.seed ?? 0);
   const total = plan.reduce((s, t) => s + tensorBytes(t), 0);
   const summary = { output: opts.output, model_type: arch.modelType, layers: arch.numLayers, experts: arch.numExperts, hidden_size: arch.hidden, dtype };
-  if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? 5e9).length, bytes: total, dry_run: true };
+  if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES).length, bytes: total, dry_run: true };
   let shards = 0;
   await withOutput(opts.output, { force: opts.force, command: 'synth', verify: verifyWritten }, (out) => {
-    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
+    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { format: 'pt' } });
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');
     for (const s of specs) {
