@@ -1,5 +1,4 @@
 /** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
-import * as path from 'node:path';
 import { isGgufPath, openGgufModel } from '../gguf/source';
 import { openCheckpoint } from '../io/checkpoint';
 import { modelName } from '../io/hf-cache';

@@ -96,7 +96,7 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
   }
   const names = fs.readdirSync(dir);
   // Like transformers: without an index the weights are model.safetensors (or shards named as transformers names them).
-  let shards = names.includes(SINGLE_FILE) ? [SINGLE_FILE] : names.filter((n) => SHARD_NAME.test(n)).sort();
+  const shards = names.includes(SINGLE_FILE) ? [SINGLE_FILE] : names.filter((n) => SHARD_NAME.test(n)).sort();
   if (shards.length === 0) {
     const pickles = names.filter((n) => PICKLE_EXTENSIONS.includes(path.extname(n)));
     if (pickles.length > 0) {
