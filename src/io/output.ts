@@ -242,7 +242,9 @@ export async function withOutput<T>(dest: string, opts: OutputOptions, body: (ou
     const result = await body(out);
     // A checkpoint is re-opened and checked whole before it is renamed into place.
     if (fs.existsSync(path.join(out.tmp, 'config.json'))) {
-      if (!opts.verify) throw new InternalError(`${opts.command} wrote a checkpoint to ${out.tmp} without a verify function`);
+      if (!opts.verify) {
+        throw new InternalError(`${opts.command} wrote a checkpoint to ${out.tmp} without a verify function`);
+      }
       try {
         opts.verify(out.tmp);
       } catch (e) {
