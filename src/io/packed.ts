@@ -18,6 +18,7 @@
 import { CheckpointError, shown } from '../errors';
 import { DType, isDType } from './dtype';
 import type { PackedInfo, PackedParts, SafetensorsHeader, TensorRef } from './safetensors';
+import type { PlannedTensor } from './writer';
 
 export const PACKED_FORMAT = 'moe-packed/1';
 export const QUANT_METHOD = 'moe-packed';
@@ -36,6 +37,17 @@ export function groupCount(cols: number, groupSize: number): number {
 /** Bytes of one row of `cols` codes at `bits`, packed LSB-first (see the header). */
 export function packedRowBytes(cols: number, bits: number): number {
   return Math.ceil((cols * bits) / 8);
+}
+
+/** The three stored tensors of a weight [rows, cols] at `bits` with groups of `groupSize`, in write order. */
+export function packedPlan(weight: string, rows: number, cols: number, bits: number, groupSize: number): PlannedTensor[] {
+  const n = partNames(weight);
+  const groups = groupCount(cols, groupSize);
+  return [
+    { name: n.qweight, dtype: 'U8', shape: [rows, packedRowBytes(cols, bits)] },
+    { name: n.scales, dtype: 'BF16', shape: [rows, groups] },
+    { name: n.zeros, dtype: 'U8', shape: [rows, groups] },
+  ];
 }
 
 /** Bytes a packed weight takes on disk. */
