@@ -12,47 +12,33 @@
  * Acceptance (issue 10): transformers wall time / moe wall time ≥ 1.5. Exit code 1 when it is not.
  */
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { flag, lcg, MOE, option, QWEN3_BENCH, ROOT, setArgs, tokenWindows, withWorkDir } = lib;
 
-const ROOT = path.join(__dirname, '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
-const args = process.argv.slice(2);
-const opt = (name, def) => (args.includes(name) ? args[args.indexOf(name) + 1] : def);
-const WINDOWS = Number(opt('--windows', '8'));
-const SEQ = Number(opt('--seq-len', '512'));
-const THREADS = opt('--threads', '2,1').split(',').map(Number);
-const PYTHON = opt('--python', path.join(ROOT, '.venv', 'bin', 'python'));
-const SET = { hidden_size: 1024, num_hidden_layers: 6, num_experts: 32, num_experts_per_tok: 4, moe_intermediate_size: 384, num_attention_heads: 16, num_key_value_heads: 4, head_dim: 64, vocab_size: 32768, max_position_embeddings: Math.max(512, SEQ) };
+const WINDOWS = Number(option('--windows', '8'));
+const SEQ = Number(option('--seq-len', '512'));
+const THREADS = option('--threads', '2,1').split(',').map(Number);
+const PYTHON = option('--python', lib.PYTHON);
+const SET = { ...QWEN3_BENCH, max_position_embeddings: Math.max(512, SEQ) };
 
 /** Wall seconds and peak RSS (GNU time) of a whole process whose stdout is one JSON object. */
 function timed(cmd, argv) {
-  const timeFile = path.join(os.tmpdir(), `moe-bench-cal-${process.pid}`);
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-o', timeFile, '-f', '%M', cmd, ...argv], { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, CI: 'true' } });
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const rss = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()) * 1024;
-  fs.rmSync(timeFile, { force: true });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  return { seconds, peak_rss_bytes: rss, out: JSON.parse(r.stdout) };
+  const r = lib.timed(cmd, argv, { env: { CI: 'true' } });
+  return { seconds: r.seconds, peak_rss_bytes: r.peak_rss_bytes, out: lib.parseJson(r.stdout, cmd) };
 }
 
 function main() {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-bench-cal-'));
-  try {
-    let model = opt('--model');
+  withWorkDir('moe-bench-cal-', (work) => {
+    let model = option('--model');
     if (!model) {
       model = path.join(work, 'model');
-      const set = Object.entries(SET).map(([k, v]) => `${k}=${v}`);
-      timed(process.execPath, [MOE, 'synth', '--arch', 'qwen3_moe', '--dtype', 'bf16', '--max-shard-size', '200MB', '-o', model, '--json', '--set', ...set]);
+      timed(process.execPath, [MOE, 'synth', '--arch', 'qwen3_moe', '--dtype', 'bf16', '--max-shard-size', '200MB', '-o', model, '--json', '--set', ...setArgs(SET)]);
     }
     const vocab = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8')).vocab_size;
-    let s = 12345;
-    const next = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s);
     const ids = path.join(work, 'ids.json');
-    fs.writeFileSync(ids, JSON.stringify(Array.from({ length: WINDOWS }, () => Array.from({ length: SEQ }, () => next() % vocab))));
+    fs.writeFileSync(ids, JSON.stringify(tokenWindows(WINDOWS, SEQ, vocab, lcg(12345))));
     const rows = [];
     for (const threads of THREADS) {
       fs.rmSync(path.join(work, 'stats'), { recursive: true, force: true });
@@ -61,7 +47,7 @@ function main() {
       rows.push({ threads, tokens: WINDOWS * SEQ, moe_seconds: m.seconds, moe_peak_rss_bytes: m.peak_rss_bytes, hf_seconds: h.seconds, hf_compute_seconds: h.out.seconds_compute, hf_peak_rss_bytes: h.peak_rss_bytes, ratio: h.seconds / m.seconds });
     }
     const ok = rows.every((r) => r.ratio >= 1.5);
-    if (args.includes('--json')) console.log(JSON.stringify({ rows, ok }));
+    if (flag('--json')) console.log(JSON.stringify({ rows, ok }));
     else {
       console.log(`calibration, ${WINDOWS} windows × ${SEQ} tokens, whole processes (transformers float32):`);
       for (const r of rows) {
@@ -69,9 +55,7 @@ function main() {
       }
     }
     if (!ok) process.exitCode = 1;
-  } finally {
-    fs.rmSync(work, { recursive: true, force: true });
-  }
+  });
 }
 
 main();

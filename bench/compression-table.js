@@ -5,25 +5,11 @@
  *   npm run build && node bench/compression-table.js [--markdown]
  */
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
+const { CALIB_TEXT: CALIB, EVAL_TEXT: EVAL, FIXTURE: MODEL, moe, withWorkDir } = require('./lib');
 
-const ROOT = path.join(__dirname, '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
-const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
-const EVAL = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
-const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
-
-function moe(args) {
-  const r = spawnSync(process.execPath, [MOE, ...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`moe ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return JSON.parse(r.stdout);
-}
-
-const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-table-'));
-try {
+withWorkDir('moe-table-', (work) => {
   const stats = path.join(work, 'stats');
   const cal = moe(['calibrate', MODEL, '--data', CALIB, '--seq-len', '256', '--max-tokens', '32768', '--naee-tokens', '1024', '-o', stats]);
   const evalOf = (dir) => moe(['eval', dir, '--baseline', MODEL, '--data', EVAL, '--seq-len', '256']);
@@ -55,6 +41,4 @@ try {
     const rnd = rows.filter((r) => r.keep === keep && r.label.startsWith('prune random'));
     console.log(`random pruning, mean of 3 seeds, ${keep}/8: ${(rnd.reduce((s, r) => s + r.perplexity, 0) / rnd.length).toFixed(2)}`);
   }
-} finally {
-  fs.rmSync(work, { recursive: true, force: true });
-}
+});

@@ -6,26 +6,15 @@
  * Needs about 7 GB of free disk in the temporary folder; deletes everything afterwards.
  */
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
+const { mb, MIXTRAL_WIDTH, moe: moeJson, setArgs, withWorkDir } = require('./lib');
 
-const MOE = path.join(__dirname, '..', 'bin', 'moe.js');
+const moe = (args) => moeJson(args, { progress: true });
 
-function moe(args) {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [MOE, ...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`moe ${args.join(' ')} exited ${r.status}`);
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  return { ...JSON.parse(r.stdout), wall_seconds: seconds };
-}
-
-const mb = (b) => (b / 1e6).toFixed(0);
-const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-bench-'));
-try {
+withWorkDir('moe-bench-', (work) => {
   const model = path.join(work, 'model');
-  const set = ['hidden_size=4096', 'intermediate_size=14336', 'num_hidden_layers=1', 'num_local_experts=8', 'num_attention_heads=32', 'num_key_value_heads=8', 'vocab_size=32000'];
+  const set = setArgs({ ...MIXTRAL_WIDTH, num_hidden_layers: 1, vocab_size: 32000 });
   const synth = moe(['synth', '--arch', 'mixtral', '--dtype', 'bf16', '--max-shard-size', '1GB', '-o', model, '--set', ...set]);
   const largest = 4096 * 14336 * 2;
   console.log(`generated ${mb(synth.bytes)} MB in ${synth.shards} shards (largest tensor ${mb(largest)} MB), ${synth.wall_seconds.toFixed(1)} s`);
@@ -45,6 +34,4 @@ try {
     fs.rmSync(args[3], { recursive: true, force: true });
     if (!ok) process.exitCode = 1;
   }
-} finally {
-  fs.rmSync(work, { recursive: true, force: true });
-}
+});

@@ -35,24 +35,12 @@ const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { MOE, QWEN3_BENCH, ROOT, setArgs, table, threadEnv, tokenWindows, withWorkDir, xorshift32 } = lib;
 
-const ROOT = path.join(__dirname, '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
 const HF_SCRIPT = path.join(ROOT, 'scripts', 'bench_eval_hf.py');
-const GNU_TIME = '/usr/bin/time';
 
-const MODEL_SET = {
-  hidden_size: 1024,
-  num_hidden_layers: 6,
-  num_experts: 32,
-  num_experts_per_tok: 4,
-  moe_intermediate_size: 384,
-  num_attention_heads: 16,
-  num_key_value_heads: 4,
-  head_dim: 64,
-  vocab_size: 32768,
-  norm_topk_prob: true,
-};
+const MODEL_SET = { ...QWEN3_BENCH, norm_topk_prob: true };
 const TARGET_RATIO = 1.5;
 const RSS_SLACK = 300e6;
 const F32_PPL_TOLERANCE = 1e-3;
@@ -62,7 +50,7 @@ const MOE_DEFAULT_BATCH_TOKENS = 4096;
 const RUN_TIMEOUT_MS = 30 * 60 * 1000;
 
 function parseArgs(argv) {
-  const o = { windows: 8, seqLen: 512, threads: [2, 1], repeat: 1, batchTokens: undefined, matched: true, hf: true, model: undefined, keep: undefined, python: path.join(ROOT, '.venv', 'bin', 'python'), out: undefined, seed: 1 };
+  const o = { windows: 8, seqLen: 512, threads: [2, 1], repeat: 1, batchTokens: undefined, matched: true, hf: true, model: undefined, keep: undefined, python: lib.PYTHON, out: undefined, seed: 1 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -101,56 +89,16 @@ function parseArgs(argv) {
  * CPU seconds (user + sys) and its own peak RSS. The child's stdout must be one JSON object.
  */
 function timed(label, cmd, args, env) {
-  const useTime = fs.existsSync(GNU_TIME);
-  const timeFile = path.join(os.tmpdir(), `moe-bench-time-${process.pid}-${Date.now()}`);
-  const argv = useTime ? [GNU_TIME, '-o', timeFile, '-f', '%e %U %S %M', cmd, ...args] : [cmd, ...args];
-  process.stderr.write(`  ${label} ... `);
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26, env: { ...process.env, ...env }, timeout: RUN_TIMEOUT_MS });
-  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  let cpu;
-  let timeRss;
-  if (useTime && fs.existsSync(timeFile)) {
-    const last = fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop().split(' ').map(Number);
-    if (last.length === 4 && last.every(Number.isFinite)) {
-      cpu = last[1] + last[2];
-      timeRss = last[3] * 1024;
-    }
-    fs.rmSync(timeFile, { force: true });
-  }
-  if (r.status !== 0) {
-    process.stderr.write('failed\n');
-    throw new Error(`${label}: \`${[cmd, ...args].join(' ')}\` exited ${r.status ?? r.signal}\n${(r.stderr || '').trim().split('\n').slice(-15).join('\n')}`);
-  }
-  let json;
-  try {
-    json = JSON.parse(r.stdout);
-  } catch {
-    throw new Error(`${label}: stdout is not one JSON object:\n${r.stdout.slice(0, 2000)}`);
-  }
-  process.stderr.write(`${wall.toFixed(1)} s\n`);
-  return { ...json, wall_seconds: wall, cpu_seconds: cpu, time_rss_bytes: timeRss };
+  const r = lib.timed(cmd, args, { env, label: `  ${label}`, timeoutMs: RUN_TIMEOUT_MS });
+  const json = lib.parseJson(r.stdout, label);
+  process.stderr.write(`${r.seconds.toFixed(1)} s\n`);
+  return { ...json, wall_seconds: r.seconds, cpu_seconds: r.cpu_seconds, time_rss_bytes: r.peak_rss_bytes };
 }
 
-function moe(args) {
-  const r = spawnSync(process.execPath, [MOE, ...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`moe ${args.join(' ')} exited ${r.status}\n${r.stderr}`);
-  return JSON.parse(r.stdout);
-}
+const moe = (args) => lib.moe(args);
 
 /** xorshift32 token ids in [0, vocab): the same windows on every run with the same seed. */
-function windowsOf(n, T, vocab, seed) {
-  let s = seed >>> 0 || 1;
-  const next = () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-  return Array.from({ length: n }, () => Array.from({ length: T }, () => next() % vocab));
-}
+const windowsOf = (n, T, vocab, seed) => tokenWindows(n, T, vocab, xorshift32(seed));
 
 /**
  * moe eval's memory budget: one layer's weights in float32 + activations + 300 MB. Activations are the larger of
@@ -175,27 +123,18 @@ function budget(info, cfg, batchTokens, T, windows) {
   return { layerParams, layerWeights, N, layerAct, headAct, activations, slack: RSS_SLACK, total: layerWeights + activations + RSS_SLACK };
 }
 
-const MB = (b) => (b / 1e6).toFixed(0);
-
-function table(header, rows) {
-  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => String(r[c]).length)));
-  const line = (cells) => cells.map((s, c) => (c === 0 ? String(s).padEnd(widths[c]) : String(s).padStart(widths[c]))).join('  ');
-  console.log(line(header));
-  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const r of rows) console.log(line(r));
-}
+const MB = lib.mb;
 
 function main() {
   const o = parseArgs(process.argv.slice(2));
   if (!fs.existsSync(path.join(ROOT, 'dist'))) throw new Error('dist/ is missing: run `npm run build` first');
   if (o.hf && !fs.existsSync(o.python)) throw new Error(`${o.python} not found: create the venv (scripts/README.md) or pass --python, or use --no-hf`);
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-bench-eval-'));
   const failures = [];
-  try {
+  withWorkDir('moe-bench-eval-', (work) => {
     const model = o.model ?? path.join(o.keep ?? work, 'model');
     if (!o.model) {
       if (o.keep) fs.mkdirSync(o.keep, { recursive: true });
-      const set = Object.entries({ ...MODEL_SET, max_position_embeddings: Math.max(512, o.seqLen) }).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
+      const set = setArgs({ ...MODEL_SET, max_position_embeddings: Math.max(512, o.seqLen) });
       const t0 = Date.now();
       const s = moe(['synth', '--arch', 'qwen3_moe', '--dtype', 'bf16', '--max-shard-size', '200MB', '-o', model, '--set', ...set]);
       console.log(`generated ${model}: ${MB(s.bytes)} MB bf16 in ${s.shards} shards, ${((Date.now() - t0) / 1000).toFixed(1)} s`);
@@ -220,7 +159,7 @@ function main() {
     const runs = [];
     const busy = [];
     for (const T of o.threads) {
-      const env = { OMP_NUM_THREADS: String(T), MKL_NUM_THREADS: String(T) };
+      const env = threadEnv(T);
       const load = os.loadavg()[0];
       if (load > 0.5) busy.push(`threads ${T}: load average ${load.toFixed(2)} when its runs started`);
       for (let rep = 0; rep < o.repeat; rep++) {
@@ -333,9 +272,7 @@ function main() {
       console.log(`\nFAILED:\n  ${failures.join('\n  ')}`);
       process.exitCode = 1;
     } else console.log('\nall checks passed');
-  } finally {
-    fs.rmSync(work, { recursive: true, force: true });
-  }
+  });
 }
 
 try {

@@ -10,8 +10,10 @@
 'use strict';
 const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { machineLine, randomFloats: random, run, table } = lib;
 
-const DIST = path.join(__dirname, '..', 'dist', 'backend');
+const DIST = path.join(lib.DIST, 'backend');
 const { OnnxBackend } = require(path.join(DIST, 'onnx.js'));
 const { TfjsBackend } = require(path.join(DIST, 'tfjs.js'));
 
@@ -22,36 +24,8 @@ const THREADS = opt('--threads', os.availableParallelism());
 const NO_TFJS = args.includes('--no-tfjs');
 const MIN_REPS = 3;
 
-function random(n, seed, scale = 1) {
-  // xorshift32: reproducible inputs in [-scale, scale)
-  let s = seed >>> 0 || 1;
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    a[i] = (s / 2147483648 - 1) * scale;
-  }
-  return a;
-}
-
-function median(xs) {
-  const s = [...xs].sort((p, q) => p - q);
-  return s[Math.floor(s.length / 2)];
-}
-
 /** Median ms per call. */
-async function timeCalls(fn) {
-  await fn();
-  const times = [];
-  const start = performance.now();
-  while (times.length < MIN_REPS || performance.now() - start < SECONDS * 1000) {
-    const t0 = performance.now();
-    await fn();
-    times.push(performance.now() - t0);
-  }
-  return median(times);
-}
+const timeCalls = async (fn) => 1000 * (await lib.timeCalls(fn, { seconds: SECONDS, minReps: MIN_REPS }));
 
 function maxRelDiff(a, b) {
   let d = 0;
@@ -172,20 +146,10 @@ const CASES = [
   },
 ];
 
-function table(header, rows) {
-  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
-  const line = (cells) => cells.map((s, c) => (c === 0 ? s.padEnd(widths[c]) : s.padStart(widths[c]))).join('  ');
-  console.log(line(header));
-  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const r of rows) console.log(line(r));
-}
-
 const mb = (bytes) => (bytes / 2 ** 20 < 1 ? `${(bytes / 1024).toFixed(0)} KiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`);
 
 async function main() {
-  const cpu = os.cpus()[0];
-  console.log(`node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}, ` +
-    `${os.availableParallelism()} cores (${cpu ? cpu.model : 'unknown cpu'}), load average ${os.loadavg()[0].toFixed(2)}`);
+  console.log(machineLine());
   const backends = [[`onnx ${THREADS} thr`, await OnnxBackend.create({ threads: THREADS })]];
   if (!NO_TFJS) {
     try {
@@ -215,7 +179,4 @@ async function main() {
   for (const line of traffic) console.log(line);
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+run(main);

@@ -12,13 +12,11 @@
  * exception other than a CheckpointError, or any hang. test/reliability/fuzz.test.ts runs 500 of the same cases.
  */
 'use strict';
-const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
 const { Worker, isMainThread, parentPort, workerData } = require('node:worker_threads');
 const lib = require('./fuzz-lib');
 
-const DIST = path.join(__dirname, '..', 'dist');
+const { DIST, flag, option: opt, withWorkDir } = require('./lib');
 
 function worker() {
   const { openCheckpoint, TensorReader } = require(path.join(DIST, 'io', 'checkpoint'));
@@ -57,17 +55,11 @@ async function makeBases(root) {
 }
 
 async function main() {
-  const args = process.argv.slice(2);
-  const opt = (name, def) => {
-    const i = args.indexOf(name);
-    return i >= 0 ? args[i + 1] : def;
-  };
   const cases = Number(opt('--cases', '10000'));
   const seed = Number(opt('--seed', '11'));
   const timeoutMs = Number(opt('--timeout-ms', '15000'));
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-fuzz-'));
   const started = Date.now();
-  try {
+  await withWorkDir('moe-fuzz-', async (root) => {
     const bases = await makeBases(root);
     const counts = { ok: 0, CheckpointError: 0, other: 0, hang: 0 };
     const classes = new Map();
@@ -104,7 +96,7 @@ async function main() {
     await w.terminate();
     const byClass = [...classes].sort((a, b) => b[1] - a[1]);
     const summary = { cases, seed, timeout_ms: timeoutMs, seconds: (Date.now() - started) / 1000, slowest_case: slowest, counts, error_classes: byClass.length, problems };
-    if (args.includes('--json')) console.log(JSON.stringify({ ...summary, by_class: Object.fromEntries(byClass) }, null, 1));
+    if (flag('--json')) console.log(JSON.stringify({ ...summary, by_class: Object.fromEntries(byClass) }, null, 1));
     else {
       console.log(`${cases} cases (seed ${seed}, ${timeoutMs} ms limit each) in ${summary.seconds.toFixed(1)} s; slowest case ${slowest.i}: ${slowest.ms} ms`);
       console.log(`  read fine ${counts.ok}, CheckpointError ${counts.CheckpointError}, other exception ${counts.other}, hang ${counts.hang}`);
@@ -113,9 +105,7 @@ async function main() {
       for (const p of problems.slice(0, 30)) console.log(`PROBLEM case ${p.i} (${p.kind} in ${p.target}): ${p.outcome} ${p.name ?? ''}: ${p.message ?? ''}`);
     }
     process.exitCode = problems.length ? 1 : 0;
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
+  });
 }
 
 if (isMainThread) {

@@ -12,16 +12,16 @@
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { DIST, lcg, ROOT, run, withWorkDir } = lib;
 
-const ROOT = path.join(__dirname, '..');
-const { createBackend } = require(path.join(ROOT, 'dist', 'backend', 'index.js'));
-const { gptq } = require(path.join(ROOT, 'dist', 'quant', 'gptq.js'));
-const { dequantize, outputError, quantizeRtn } = require(path.join(ROOT, 'dist', 'quant', 'rtn.js'));
+const { createBackend } = require(path.join(DIST, 'backend', 'index.js'));
+const { gptq } = require(path.join(DIST, 'quant', 'gptq.js'));
+const { dequantize, outputError, quantizeRtn } = require(path.join(DIST, 'quant', 'rtn.js'));
 
 function args(argv) {
-  const o = { rows: 2048, cols: 1408, bits: 4, groupSize: 128, threads: 2, repeat: 3, samples: 4096, json: false, python: path.join(ROOT, '.venv', 'bin', 'python') };
+  const o = { rows: 2048, cols: 1408, bits: 4, groupSize: 128, threads: 2, repeat: 3, samples: 4096, json: false, python: lib.PYTHON };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = () => Number(argv[++i]);
@@ -39,12 +39,10 @@ function args(argv) {
   return o;
 }
 
+/** Uniform in [0, 1) from the Numerical Recipes LCG. */
 function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 4294967296;
-  };
+  const next = lcg(seed);
+  return () => next() / 4294967296;
 }
 
 async function main() {
@@ -71,16 +69,13 @@ async function main() {
   await be.dispose();
   const result = { rows: o.rows, cols: o.cols, bits: o.bits, group_size: o.groupSize, threads: o.threads, moe_seconds: Math.min(...times), moe_all_seconds: times, moe_error: moeErr, rtn_error: rtnErr, torch: null };
   if (fs.existsSync(o.python)) {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-gptq-'));
-    try {
+    withWorkDir('moe-gptq-', (dir) => {
       fs.writeFileSync(path.join(dir, 'w.f32'), Buffer.from(W.buffer));
       fs.writeFileSync(path.join(dir, 'h.f32'), Buffer.from(H.buffer, H.byteOffset, H.byteLength));
       const p = spawnSync(o.python, [path.join(ROOT, 'scripts', 'gptq_reference.py'), '--w', path.join(dir, 'w.f32'), '--h', path.join(dir, 'h.f32'), '--rows', String(o.rows), '--cols', String(o.cols), '--bits', String(o.bits), '--group-size', String(o.groupSize), '--threads', String(o.threads), '--repeat', String(o.repeat)], { encoding: 'utf8' });
       if (p.status !== 0) throw new Error(`gptq_reference.py failed: ${p.stderr}`);
       result.torch = JSON.parse(p.stdout.trim().split('\n').pop());
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    });
   }
   const ratio = result.torch ? result.moe_seconds / result.torch.seconds : null;
   result.ratio = ratio;
@@ -96,7 +91,4 @@ async function main() {
   if (ratio !== null && ratio > 2) process.exitCode = 1;
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+run(main);

@@ -11,51 +11,34 @@
  * Acceptance (issue): every command completes with peak RSS < 4 GB.
  */
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { flag, folderBytes: dirBytes, lcg, MIXTRAL_WIDTH, MOE, option: opt, setArgs, tokenWindows, withWorkDir } = lib;
 
-const ROOT = path.join(__dirname, '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
 const LAYERS = Number(opt('--layers', '11'));
 const BASE = opt('--dir', os.tmpdir());
 const LIMIT = 4e9;
 
 function timed(label, argv) {
-  const timeFile = path.join(BASE, `moe-large-time-${process.pid}`);
-  process.stderr.write(`${label} ... `);
-  const t0 = Date.now();
-  const r = spawnSync('/usr/bin/time', ['-o', timeFile, '-f', '%M', process.execPath, MOE, ...argv], { encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, CI: 'true' } });
-  const seconds = (Date.now() - t0) / 1000;
-  const rss = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop()) * 1024;
-  fs.rmSync(timeFile, { force: true });
-  if (r.status !== 0) throw new Error(`moe ${argv.join(' ')} exited ${r.status}: ${r.stderr.slice(-2000)}`);
-  process.stderr.write(`${seconds.toFixed(1)} s, peak RSS ${(rss / 1e9).toFixed(2)} GB\n`);
-  return { label, seconds, peak_rss_bytes: rss, stdout: r.stdout };
+  const r = lib.timed(process.execPath, [MOE, ...argv], { env: { CI: 'true' }, label });
+  process.stderr.write(`${r.seconds.toFixed(1)} s, peak RSS ${(r.peak_rss_bytes / 1e9).toFixed(2)} GB\n`);
+  return { label, seconds: r.seconds, peak_rss_bytes: r.peak_rss_bytes, stdout: r.stdout };
 }
 
-function dirBytes(dir) {
-  return fs.readdirSync(dir).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
-}
-
-const work = fs.mkdtempSync(path.join(BASE, 'moe-large-'));
 const rows = [];
-try {
+withWorkDir('moe-large-', (work) => {
   const model = path.join(work, 'model');
-  const sets = ['hidden_size=4096', 'intermediate_size=14336', `num_hidden_layers=${LAYERS}`, 'num_local_experts=8', 'num_experts_per_tok=2', 'num_attention_heads=32', 'num_key_value_heads=8', 'vocab_size=32000', 'max_position_embeddings=4096'];
+  const sets = setArgs({
+    ...MIXTRAL_WIDTH, num_hidden_layers: LAYERS, num_experts_per_tok: 2, vocab_size: 32000, max_position_embeddings: 4096,
+  });
   rows.push(timed('synth', ['synth', '--arch', 'mixtral', '--set', ...sets, '--dtype', 'bf16', '--max-shard-size', '5GB', '-o', model, '--json']));
   const size = dirBytes(model);
   process.stderr.write(`model: ${(size / 1e9).toFixed(1)} GB on disk, RAM ${(os.totalmem() / 1e9).toFixed(1)} GB\n`);
   rows.push(timed('inspect', ['inspect', model, '--json']));
   const ids = path.join(work, 'ids.json');
-  let s = 1;
-  fs.writeFileSync(ids, JSON.stringify([[...Array(64)].map(() => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s % 32000))]));
+  fs.writeFileSync(ids, JSON.stringify(tokenWindows(1, 64, 32000, lcg(1))));
   const stats = path.join(work, 'stats');
   rows.push(timed('calibrate (64 tokens)', ['calibrate', model, '--data', ids, '--seq-len', '64', '--naee-tokens', '16', '-o', stats, '--json']));
   const pruned = path.join(work, 'pruned');
@@ -66,7 +49,7 @@ try {
   rows.push(timed('quantize --bits 4 --method rtn', ['quantize', model, '--bits', '4', '--method', 'rtn', '-o', quant, '--json']));
   rows.at(-1).output_bytes = dirBytes(quant);
   const result = { model_bytes: size, ram_bytes: os.totalmem(), layers: LAYERS, rows: rows.map(({ stdout, ...r }) => r) };
-  if (args.includes('--json')) console.log(JSON.stringify(result));
+  if (flag('--json')) console.log(JSON.stringify(result));
   else {
     console.log(`Mixtral-shaped bf16 checkpoint, ${LAYERS} layers × 8 experts of 4096 × 14336: ${(size / 1e9).toFixed(1)} GB on disk; machine RAM ${(os.totalmem() / 1e9).toFixed(1)} GB`);
     console.log('| command | wall s | peak RSS | output |');
@@ -78,6 +61,4 @@ try {
     console.log(`FAILED: peak RSS ≥ 4 GB for ${over.map((r) => r.label).join(', ')}`);
     process.exitCode = 1;
   }
-} finally {
-  if (!args.includes('--keep-model')) fs.rmSync(work, { recursive: true, force: true });
-}
+}, { base: BASE, keep: flag('--keep-model') });

@@ -23,22 +23,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import lib from './lib.js';
 
-const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
-const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
-const LLAMA = path.join(ROOT, '.cache', 'llama', 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
-
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
+const { FIXTURE: MODEL, flag, LLAMA, MOE, option: opt, ROOT } = lib;
 const WINDOWS = Number(opt('--windows', '8'));
 const T = Number(opt('--seq-len', '128'));
 const TYPES = opt('--types', 'q8_0,q4_k').split(',');
 const BPW = Number(opt('--bpw', '4.5'));
-const JSON_OUT = args.includes('--json');
+const JSON_OUT = flag('--json');
 
 function moe(argv) {
   const r = spawnSync(process.execPath, [MOE, ...argv], { encoding: 'utf8', maxBuffer: 1 << 28 });

@@ -18,10 +18,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import lib from './lib.js';
 
-const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
-const LLAMA = path.join(ROOT, '.cache', 'llama', 'node_modules', 'node-llama-cpp', 'dist', 'index.js');
+const { LLAMA, MOE, ROOT } = lib;
 const CASES = ['qwen3_moe', 'qwen3_moe-rope-scaled', 'mixtral', 'deepseek_v3', 'deepseek_v2', 'qwen2_moe', 'olmoe'];
 
 if (!fs.existsSync(LLAMA)) {
@@ -62,7 +61,7 @@ const SYNTH = {
 };
 
 function moe(args) {
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'moe.js'), ...args], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, [MOE, ...args], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(r.stderr.trim());
   return r.stdout;
 }
@@ -96,7 +95,7 @@ try {
     const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
     fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(standInTokenizer(config.vocab_size)));
     const out = path.join(work, `${path.basename(dir)}.gguf`);
-    const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'moe.js'), 'quantize', dir, '--format', 'gguf', '--type', 'f32', '-o', out], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [MOE, 'quantize', dir, '--format', 'gguf', '--type', 'f32', '-o', out], { encoding: 'utf8' });
     if (r.status !== 0) {
       rows.push({ name, error: r.stderr.trim() });
       continue;

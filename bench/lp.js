@@ -13,16 +13,15 @@
  */
 'use strict';
 const path = require('node:path');
-const { allocate } = require(path.join(__dirname, '..', 'dist', 'quant', 'allocate.js'));
+const { DIST, lcg, run } = require('./lib');
+const { allocate } = require(path.join(DIST, 'quant', 'allocate.js'));
 
 const CHOICES = [2, 3, 4, 8];
 
+/** Uniform in [0, 1) from the Numerical Recipes LCG. */
 function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 4294967296;
-  };
+  const next = lcg(seed);
+  return () => next() / 4294967296;
 }
 
 function gaussian(r) {
@@ -88,7 +87,4 @@ async function main() {
   if (!ok) process.exitCode = 1;
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+run(main);

@@ -7,10 +7,11 @@
  * backend, at ~1 GFLOP/s, gets one call per shape. Machines with other work running give noisy figures: run twice.
  */
 'use strict';
-const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { machineLine, median, randomFloats: random, run, table } = lib;
 
-const DIST = path.join(__dirname, '..', 'dist', 'backend');
+const DIST = path.join(lib.DIST, 'backend');
 const { OnnxBackend, TINY_PRODUCT_MACS } = require(path.join(DIST, 'onnx.js'));
 const { TfjsBackend } = require(path.join(DIST, 'tfjs.js'));
 const { RefBackend, linearRef } = require(path.join(DIST, 'ref.js'));
@@ -20,19 +21,6 @@ const args = process.argv.slice(2);
 const SKIP_REF = args.includes('--skip-ref');
 const SECONDS = args.includes('--seconds') ? Number(args[args.indexOf('--seconds') + 1]) : 1.5;
 const MIN_REPS = 3;
-
-function random(n, seed) {
-  // xorshift32: reproducible inputs in [-1, 1)
-  let s = seed >>> 0 || 1;
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    a[i] = s / 2147483648 - 1;
-  }
-  return a;
-}
 
 const SHAPES = [
   { label: 'linear x[2048,1024]·w[1024,1024]ᵀ', kind: 'linear', dims: [2048, 1024, 1024] },
@@ -54,23 +42,9 @@ function prepare(shape) {
   return { flops: 2 * batch * m * k * n, call: (be) => be.bmm(a, b, batch, m, k, n, shape.transB) };
 }
 
-function median(xs) {
-  const s = [...xs].sort((p, q) => p - q);
-  return s[Math.floor(s.length / 2)];
-}
-
 /** Median seconds per call. */
-async function timeCalls(fn, { seconds = SECONDS, warmup = 1, minReps = MIN_REPS } = {}) {
-  for (let i = 0; i < warmup; i++) await fn();
-  const times = [];
-  const start = performance.now();
-  while (times.length < minReps || performance.now() - start < seconds * 1000) {
-    const t0 = performance.now();
-    await fn();
-    times.push((performance.now() - t0) / 1000);
-  }
-  return median(times);
-}
+const timeCalls = (fn, { seconds = SECONDS, warmup = 1, minReps = MIN_REPS } = {}) =>
+  lib.timeCalls(fn, { seconds, warmup, minReps });
 
 /** Median µs per call for a fast call, timed in batches so the timer's resolution does not matter. */
 async function microseconds(fn, batch = 200, batches = 15) {
@@ -82,14 +56,6 @@ async function microseconds(fn, batch = 200, batches = 15) {
     per.push(((performance.now() - t0) * 1000) / batch);
   }
   return median(per);
-}
-
-function table(header, rows) {
-  const widths = header.map((h, c) => Math.max(h.length, ...rows.map((r) => r[c].length)));
-  const line = (cells) => cells.map((s, c) => (c === 0 ? s.padEnd(widths[c]) : s.padStart(widths[c]))).join('  ');
-  console.log(line(header));
-  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-  for (const r of rows) console.log(line(r));
 }
 
 async function throughput() {
@@ -155,14 +121,9 @@ async function overhead() {
 }
 
 async function main() {
-  const cpu = os.cpus()[0];
-  console.log(`node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}, ` +
-    `${os.availableParallelism()} cores (${cpu ? cpu.model : 'unknown cpu'}), load average ${os.loadavg()[0].toFixed(2)}`);
+  console.log(machineLine());
   await throughput();
   await overhead();
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+run(main);

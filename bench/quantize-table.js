@@ -6,30 +6,15 @@
  *   npm run build && node bench/quantize-table.js [--markdown]
  */
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { CALIB_TEXT: CALIB, EVAL_TEXT: EVAL, FIXTURE: MODEL, flag, moe, withWorkDir } = lib;
 
-const ROOT = path.join(__dirname, '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
-const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
-const EVAL = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
-const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
+const folderBytes = (dir) => lib.folderBytes(dir, { shardsOnly: true });
 
-function moe(args) {
-  const r = spawnSync(process.execPath, [MOE, ...args, '--json'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`moe ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  return JSON.parse(r.stdout);
-}
-
-function folderBytes(dir) {
-  return fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
-}
-
-const markdown = process.argv.includes('--markdown');
-const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-qtable-'));
-try {
+const markdown = flag('--markdown');
+withWorkDir('moe-qtable-', (work) => {
   const stats = path.join(work, 'stats');
   const cal = moe(['calibrate', MODEL, '--data', CALIB, '--seq-len', '256', '--max-tokens', '32768', '--hessians', '-o', stats]);
   const evalOf = (dir) => moe(['eval', dir, '--baseline', MODEL, '--data', EVAL, '--seq-len', '256']);
@@ -67,6 +52,4 @@ try {
       console.log(`${r.label.padEnd(40)} bits ${r.bits.toFixed(3).padStart(6)} (${r.stored.toFixed(3)} stored)  ${(r.bytes / 1e6).toFixed(2).padStart(6)} MB  ppl ${r.perplexity.toFixed(2).padStart(8)}  ${r.increase >= 0 ? '+' : ''}${r.increase.toFixed(2)}%  KL ${r.kl.toFixed(4)}  top-1 ${(100 * r.top1).toFixed(1)}%  ${r.seconds.toFixed(1)} s${solver}`);
     }
   }
-} finally {
-  fs.rmSync(work, { recursive: true, force: true });
-}
+});

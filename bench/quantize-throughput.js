@@ -10,34 +10,23 @@
  * Acceptance (issue): moe's throughput ≥ 50% of cp's.
  */
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
+const lib = require('./lib');
+const { flag, folderBytes, MIXTRAL_WIDTH, MOE, option: opt, setArgs, withWorkDir } = lib;
 
-const ROOT = path.join(__dirname, '..');
-const MOE = path.join(ROOT, 'bin', 'moe.js');
-const args = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : def;
-};
 const LAYERS = Number(opt('--layers', '2'));
 const BASE = opt('--dir', os.tmpdir());
 
-function time(cmd, argv) {
-  const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, argv, { encoding: 'utf8', maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')}: ${r.stderr}`);
-  return Number(process.hrtime.bigint() - t0) / 1e9;
-}
+/** Wall seconds of a whole process (not under GNU time: nothing but the program itself runs). */
+const time = (cmd, argv) => lib.timed(cmd, argv, { rss: false }).seconds;
 
-const work = fs.mkdtempSync(path.join(BASE, 'moe-qtp-'));
-try {
+withWorkDir('moe-qtp-', (work) => {
   const model = path.join(work, 'model');
-  const sets = ['hidden_size=4096', 'intermediate_size=14336', `num_hidden_layers=${LAYERS}`, 'num_local_experts=8', 'num_attention_heads=32', 'num_key_value_heads=8', 'vocab_size=32000'];
+  const sets = setArgs({ ...MIXTRAL_WIDTH, num_hidden_layers: LAYERS, vocab_size: 32000 });
   time(process.execPath, [MOE, 'synth', '--arch', 'mixtral', '--set', ...sets, '--dtype', 'bf16', '-o', model]);
-  const bytes = fs.readdirSync(model).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(model, f)).size, 0);
+  const bytes = folderBytes(model, { shardsOnly: true });
   time('sh', ['-c', `cat "${model}"/*.safetensors > /dev/null`]); // warm the page cache
   const cp = time('cp', ['-r', model, path.join(work, 'copy')]);
   fs.rmSync(path.join(work, 'copy'), { recursive: true, force: true });
@@ -45,12 +34,10 @@ try {
   if (opt('--threads')) qArgs.push('--threads', opt('--threads'));
   const moe = time(process.execPath, qArgs);
   const result = { source_bytes: bytes, cp_seconds: cp, moe_seconds: moe, cp_bytes_per_second: bytes / cp, moe_bytes_per_second: bytes / moe, ratio: cp / moe };
-  if (args.includes('--json')) console.log(JSON.stringify(result));
+  if (flag('--json')) console.log(JSON.stringify(result));
   else {
     console.log(`${(bytes / 1e9).toFixed(2)} GB of bf16 shards (page-cached): cp -r ${cp.toFixed(1)} s (${(bytes / cp / 1e9).toFixed(2)} GB/s), moe quantize --bits 4 --method rtn ${moe.toFixed(1)} s (${(bytes / moe / 1e9).toFixed(2)} GB/s)`);
     console.log(`moe / cp throughput = ${(100 * result.ratio).toFixed(0)}% (target ≥ 50%)`);
   }
   if (result.ratio < 0.5) process.exitCode = 1;
-} finally {
-  fs.rmSync(work, { recursive: true, force: true });
-}
+}, { base: BASE });

@@ -63,6 +63,7 @@ const INSTALL_HINT =
 /** `require(name)`, or undefined when that package is not installed. Other load failures become UsageErrors. */
 function optionalRequire<T>(name: string): T | undefined {
   try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- an optional package, loaded only when asked for
     return require(name) as T;
   } catch (e) {
     const err = e as NodeJS.ErrnoException;

@@ -12,9 +12,11 @@ import { checkNotInput, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { tensorBytes } from '../io/safetensors';
 import { COMPRESSION_FILE } from '../model/reduce';
-import { METADATA_PREFIX, partNames, quantizationConfig } from '../quant/format';
+import { verifyWritten } from '../model/verify';
+import { METADATA_PREFIX, partNames } from '../io/packed';
+import { quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
-import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from './quantize';
+import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import { writeConfig } from '../io/config-text';
 import { CommandSpec, dryRun, FORCE, JSON_OUTPUT, output } from './spec';
 
@@ -95,7 +97,7 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
   if (o.dryRun) return { ...summary, bytes: plan.reduce((s, t) => s + tensorBytes(t), 0), seconds: (Date.now() - started) / 1000, dry_run: true };
   const readers = files.map((f) => new TensorReader(f));
   try {
-    const written = await withOutput(o.output, { force: o.force, command: 'assemble' }, async (out) => {
+    const written = await withOutput(o.output, { force: o.force, command: 'assemble', verify: verifyWritten }, async (out) => {
       const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: first.options.max_shard_bytes, metadata: { ...first.source_metadata, format: 'pt' }, tensorMetadata });
       const bar = ctx.progress('assemble', plan.length, 'tensors');
       let bytes = 0;

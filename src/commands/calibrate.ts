@@ -17,7 +17,7 @@ import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
-import { mulberry32 } from '../synth/generate';
+import { mulberry32 } from '../util/random';
 import { announceTokenizing, Context } from '../ui/progress';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MODEL_ARG, output } from './spec';
 

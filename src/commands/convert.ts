@@ -6,15 +6,15 @@ import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
-import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
-import { withoutPackedConfig } from '../quant/format';
+import { verifyWritten } from '../model/verify';
+import { withoutPackedConfig } from '../io/packed';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
 import { CommandSpec, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output } from './spec';
 
-export const DEFAULT_MAX_SHARD_BYTES = 5e9;
 /** Tensors are copied and cast in pieces of this size: memory stays flat whatever the largest tensor. */
 const CHUNK_BYTES = 16 * 1024 * 1024;
 
@@ -84,7 +84,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     ctx.log(`dry run: would write ${plan.length} tensors (${casts} cast to ${cast ?? '-'}) as ${report.shards} shard(s), ${formatBytes(bytesOut)}`);
     return report;
   }
-  await withOutput(opts.output, { force: opts.force, command: 'convert' }, (out) => {
+  await withOutput(opts.output, { force: opts.force, command: 'convert', verify: verifyWritten }, (out) => {
     const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const reader = new TensorReader(ckpt);
     const progress = ctx.progress('convert', bytesIn, 'bytes');

@@ -18,7 +18,7 @@ import { checkNotInput, createEmptyFile, registerPending, unregisterPending } fr
 import { encodeHeader } from '../io/writer';
 import { numel } from '../io/safetensors';
 import { fileBytes, formatMB } from '../io/size';
-import { quantSummary } from '../quant/format';
+import { quantSummary } from '../io/packed';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';

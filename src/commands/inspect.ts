@@ -1,5 +1,4 @@
 /** `moe inspect MODEL`: what a checkpoint holds, from its config and headers only (no tensor data is read). */
-import * as path from 'node:path';
 import { isGgufPath, openGgufModel } from '../gguf/source';
 import { openCheckpoint } from '../io/checkpoint';
 import { modelName } from '../io/hf-cache';
@@ -8,7 +7,7 @@ import { loadArchitecture } from '../model/registry';
 import type { Architecture, RoutingRule } from '../model/arch';
 import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
-import { quantSummary, QuantSummary, storedBytes } from '../quant/format';
+import { quantSummary, QuantSummary, storedBytes } from '../io/packed';
 import { CommandSpec, JSON_OUTPUT } from './spec';
 
 export interface DTypeStats {

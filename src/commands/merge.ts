@@ -11,6 +11,7 @@ import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
+import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { fromFloat32 } from '../io/dtype';
 import type { Proj } from '../model/arch';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
@@ -19,8 +20,7 @@ import type { Linkage } from '../merge/grouping';
 import { GroupInput, MergedGroup, MergeMethod, MergeParams, resolveMergeParams, SIMILARITIES } from '../merge/method';
 import { LINKAGES, mergeMethod, mergeMethodNames, ROUTER_MODES, RouterMode, Similarity } from '../merge/methods';
 import type { Context, Task } from '../ui/progress';
-import { DEFAULT_MAX_SHARD_BYTES } from './convert';
-import { keepAllWarning, resolveKeep } from './prune';
+import { keepAllWarning, resolveKeep } from '../prune/keep';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export type { MergedGroup } from '../merge/method';

@@ -11,15 +11,15 @@ import { UsageError } from '../errors';
 import { openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
-import type { Architecture } from '../model/arch';
+import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
+import { keepAllWarning, resolveKeep } from '../prune/keep';
 import { LayerChoice, PRUNE_METHODS, pruneMethod, pruneMethodNames } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
 import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
 import type { Context, Task } from '../ui/progress';
-import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export const DEFAULT_NAEE_LIMIT = 20000;
@@ -70,33 +70,6 @@ export interface PruneReport {
   /** The written weight files' bytes (src/io/size.ts); 0 in a dry run. */
   size_bytes: number;
   seconds: number;
-}
-
-/** Keeping every expert is allowed (it gives a copy of the model), but rarely what was meant. */
-export function keepAllWarning(K: number, flag: string, verb: 'pruned' | 'merged'): string {
-  return `${flag} keeps all ${K} experts of every MoE layer: nothing is ${verb}, the output holds the same experts as the model; lower --keep or --ratio`;
-}
-
-/** K from --keep or --ratio, checked against top-k and DeepSeek's routing groups before anything is read. */
-export function resolveKeep(arch: Architecture, keep: number | undefined, ratio: number | undefined): number {
-  const E = arch.numExperts;
-  if ((keep === undefined) === (ratio === undefined)) throw new UsageError('give exactly one of --keep K or --ratio R');
-  if (ratio !== undefined && !(ratio > 0 && ratio <= 1)) throw new UsageError(`--ratio ${ratio} must be in (0, 1]`);
-  const K = keep ?? Math.round(E * ratio!);
-  if (!Number.isInteger(K) || K < 1 || K > E) throw new UsageError(`keeping ${K} experts is impossible: the model has ${E} per MoE layer`);
-  if (K < arch.topK) throw new UsageError(`keeping ${K} experts is fewer than the ${arch.topK} each token routes to (num_experts_per_tok)`, { hint: `keep at least ${arch.topK}` });
-  const r = arch.routing;
-  if (r.nGroup > 1) {
-    const ok = (k: number) => k % r.nGroup === 0 && (r.groupScore !== 'top2sum' || k / r.nGroup >= 2) && r.topkGroup * (k / r.nGroup) >= arch.topK;
-    if (!ok(K)) {
-      let up = K;
-      while (up <= E && !ok(up)) up++;
-      throw new UsageError(`keeping ${K} experts breaks the ${r.nGroup} routing groups (n_group): each group must keep the same number${r.groupScore === 'top2sum' ? ', at least 2,' : ''} and topk_group × per-group count must reach top-k`, {
-        hint: up <= E ? `try --keep ${up}` : 'keep more experts',
-      });
-    }
-  }
-  return K;
 }
 
 export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneReport> {

@@ -17,45 +17,27 @@ import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
 import { checkFileDestination, checkNotInput, checkOutputFolder, withOutput, withoutTimings } from '../io/output';
 import { fileBytes } from '../io/size';
 import { tensorBytes } from '../io/safetensors';
-import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter } from '../io/writer';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
+import { verifyWritten } from '../model/verify';
 import { allocate, AllocGroup, AllocResult } from '../quant/allocate';
-import { metadataEntry, packedPlan, quantizationConfig } from '../quant/format';
+import { packedPlan } from '../io/packed';
+import { metadataEntry, quantizationConfig } from '../quant/format';
+import { requireFinite } from '../quant/finite';
 import { gptq } from '../quant/gptq';
 import { packCodes } from '../quant/pack';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { dequantize, outputError, QuantizedMatrix, quantizeRtn } from '../quant/rtn';
+import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import { RtnPool } from '../quant/rtn-pool';
 import type { Context, Task } from '../ui/progress';
-import { DEFAULT_MAX_SHARD_BYTES } from './convert';
 import { writeConfig } from '../io/config-text';
 import type { GgufOptions, GgufReport } from '../gguf/export';
 import { GgmlType, ggmlTypeNamed } from '../gguf/quants';
 import { parseBitChoices } from '../quant/plan';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output, Values } from './spec';
 
-export const QUANT_RECORD_FILE = 'moe-quantization.json';
-/** A partial output of `--layers` (moe assemble joins them): its tensors in one file, and its record. */
-export const PART_FILE = 'part.safetensors';
-export const PART_RECORD = 'moe-partial.json';
-export const PART_FORMAT = 'moe-partial/1';
-
-export interface PartRecord {
-  format: string;
-  model: string;
-  fingerprint: ReturnType<typeof fingerprint>;
-  layers: [number, number];
-  num_layers: number;
-  /** The source checkpoint's tensor names in order: the single run's output order. */
-  order: string[];
-  config: Record<string, unknown>;
-  source_metadata: Record<string, string>;
-  options: { format: string; bits: number; group_size: number; method: string; allocate: string; budget_scope: string; granularity: string; max_shard_bytes: number };
-  /** Bits of every weight this part quantized. */
-  bits: Record<string, number>;
-  report: object;
-}
 export const DEFAULT_BIT_CHOICES = [2, 3, 4, 8];
 /** Router rows decide everything downstream: 8 bits unless --keep-router-fp keeps them as they are. */
 const ROUTER_BITS = 8;
@@ -419,7 +401,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     }
 
     if (!o.dryRun) {
-      await withOutput(o.output, { force: o.force, command: 'quantize' }, async (out) => {
+      await withOutput(o.output, { force: o.force, command: 'quantize', verify: verifyWritten }, async (out) => {
         const writerOptions = layerRange
           ? { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: PART_FILE, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata }
           : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { ...ckpt.metadata, format: 'pt' }, tensorMetadata };
@@ -526,15 +508,6 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.close();
     await be?.dispose();
     await pool?.close();
-  }
-}
-
-/** NaN or Inf weights are refused: a grid over them is meaningless, and they mean the model is broken. */
-export function requireFinite(w: Float32Array, name: string, dir: string, offset = 0): void {
-  for (let i = 0; i < w.length; i++) {
-    if (!Number.isFinite(w[i])) {
-      throw new CheckpointError(`tensor ${name} holds ${Number.isNaN(w[i]) ? 'a NaN' : 'an infinite'} value (at index ${offset + i}); moe does not quantize non-finite weights`, { file: dir, hint: 'moe verify MODEL --nan lists every such tensor' });
-    }
   }
 }
 

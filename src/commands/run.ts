@@ -14,6 +14,7 @@ import { openCheckpoint } from '../io/checkpoint';
 import { checkFileDestination, checkNotInput, createFolder, withoutTimings } from '../io/output';
 import { writeMarker } from '../io/ownership';
 import { weightBytes, weightFiles } from '../io/size';
+import { EVAL_FILE, RECIPE_RECORD, RUN_RECORD, STEP_RECORD, stepFolder } from '../recipe/layout';
 import { loadRecipe, Recipe, recipeInputs, Step, stepValues } from '../recipe/recipe';
 import { fingerprint } from '../calib/stats';
 import { finalModelStep, headlineLines, RunSize } from '../report/summary';
@@ -26,10 +27,6 @@ import { quantizeSpec } from './quantize';
 import { CommandSpec, COMPUTE, dryRun, JSON_OUTPUT, Values } from './spec';
 import { modelNamedIn } from '../io/hf-cache';
 
-const STEP_RECORD = 'moe-step.json';
-const EVAL_FILE = 'eval.json';
-/** What the latest run did with each step: { steps: [{ step, kind, status: 'ran' | 'reused' }] }. */
-export const RUN_RECORD = 'moe-run.json';
 
 export interface StepReport {
   step: number;
@@ -138,7 +135,7 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
   }
   if (!opts.dryRun) {
     createFolder(recipe.output, 'run');
-    fs.writeFileSync(path.join(recipe.output, 'recipe.json'), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
+    fs.writeFileSync(path.join(recipe.output, RECIPE_RECORD), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
   }
   const backend = opts.backend ?? (recipe.backend as BackendName | undefined);
   let model = recipe.model;
@@ -152,7 +149,7 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
   for (let i = 0; i < recipe.steps.length; i++) {
     const s: Step = recipe.steps[i];
     const stepProgress = ctx.progress(`step ${i + 1} ${s.kind}`, 1, 'steps');
-    const out = path.join(recipe.output, `${String(i + 1).padStart(2, '0')}-${s.kind}`);
+    const out = stepFolder(recipe.output, i, s.kind);
     const useStats = (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.stats !== false)) && stats?.forModel === modelK ? stats : undefined;
     const key = sha({ kind: s.kind, options: s.options, model: modelK, stats: useStats?.key ?? null, backend: backend ?? null, original: s.kind === 'eval' ? modelKey(recipe.model) : null });
     const recordFile = path.join(out, STEP_RECORD);

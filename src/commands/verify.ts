@@ -1,5 +1,5 @@
-/** `moe verify MODEL`: re-opens a checkpoint and checks it whole (src/io/verify.ts); --nan reads every value. */
-import { checkFinite, verifyCheckpoint, VerifyReport } from '../io/verify';
+/** `moe verify MODEL`: re-opens a checkpoint and checks it whole (src/model/verify.ts); --nan reads every value. */
+import { checkFinite, verifyCheckpoint, VerifyReport } from '../model/verify';
 import { CommandSpec, JSON_OUTPUT, MODEL_ARG } from './spec';
 
 function formatVerify(x: VerifyReport): string {

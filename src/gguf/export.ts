@@ -14,7 +14,7 @@ import { GGUF_WRITER_KEY, WRITER } from '../io/ownership';
 import { checkFileDestination, checkNotInput, checkOutputFolder, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { allocate } from '../quant/allocate';
-import { requireFinite } from '../commands/quantize';
+import { requireFinite } from '../quant/finite';
 import type { Context, Task } from '../ui/progress';
 import { GgufSource, ggufModel, permuteRows } from './arch';
 import { bitsPerWeight, blockSize, dequantizeRows, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from './quants';

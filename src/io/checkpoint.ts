@@ -6,10 +6,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
-import { readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
+import { PackedParts, readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
-import { logicalTensors, PackedParts, withoutPackedKeys } from '../quant/format';
-import { dequantizePacked } from '../quant/pack';
+import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 
@@ -97,7 +96,7 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
   }
   const names = fs.readdirSync(dir);
   // Like transformers: without an index the weights are model.safetensors (or shards named as transformers names them).
-  let shards = names.includes(SINGLE_FILE) ? [SINGLE_FILE] : names.filter((n) => SHARD_NAME.test(n)).sort();
+  const shards = names.includes(SINGLE_FILE) ? [SINGLE_FILE] : names.filter((n) => SHARD_NAME.test(n)).sort();
   if (shards.length === 0) {
     const pickles = names.filter((n) => PICKLE_EXTENSIONS.includes(path.extname(n)));
     if (pickles.length > 0) {

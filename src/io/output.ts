@@ -103,6 +103,12 @@ export interface OutputOptions {
   force?: boolean;
   /** The command writing (moe-output.json names it). */
   command: string;
+  /**
+   * Re-opens a checkpoint written to the temporary folder and throws if it is not whole (src/model/verify.ts
+   * `verifyWritten`: checking the config against the tensors needs the architecture, a layer above io).
+   * Required when the folder holds a config.json.
+   */
+  verify?: (dir: string) => void;
 }
 
 export class OutputFolder {
@@ -244,9 +250,11 @@ export async function withOutput<T>(dest: string, opts: OutputOptions, body: (ou
     crashPoint('before-verify');
     // A checkpoint is re-opened and checked whole before it is renamed into place.
     if (fs.existsSync(path.join(out.tmp, 'config.json'))) {
-      const { verifyCheckpoint } = await import('./verify');
+      if (!opts.verify) {
+        throw new InternalError(`${opts.command} wrote a checkpoint to ${out.tmp} without a verify function`);
+      }
       try {
-        verifyCheckpoint(out.tmp);
+        opts.verify(out.tmp);
       } catch (e) {
         throw new InternalError(`the checkpoint written to ${out.tmp} does not re-open: ${(e as Error).message}`);
       }

@@ -8,9 +8,8 @@
  *     part of moe's packed format (those parts are folded into logical tensors before this check).
  */
 import { CheckpointError, shown } from '../errors';
-import type { Config } from './checkpoint';
 import type { TensorRef } from './safetensors';
-import { QUANT_METHOD } from '../quant/format';
+import { QUANT_METHOD } from './packed';
 
 const SUPPORTED = 'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
 
@@ -38,7 +37,7 @@ function methodOf(q: unknown, fallback: string): string {
 }
 
 /** Refuses a config that declares a quantization moe does not decode (moe's own packed format passes). */
-export function checkConfigNotQuantized(config: Config, file: string): void {
+export function checkConfigNotQuantized(config: Record<string, unknown>, file: string): void {
   const places: [string, Record<string, unknown>][] = [['', config]];
   for (const [k, v] of Object.entries(config)) {
     if (typeof v === 'object' && v !== null && !Array.isArray(v)) places.push([`${k}.`, v as Record<string, unknown>]);

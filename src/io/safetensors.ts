@@ -6,7 +6,6 @@
 import * as fs from 'node:fs';
 import { CheckpointError, shown } from '../errors';
 import { DType, dtypeBytes, isDType } from './dtype';
-import type { PackedParts } from '../quant/format';
 
 /** A larger header is a corrupt or hostile file: real ones are well under 10 MiB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -22,8 +21,25 @@ export interface TensorRef {
   /** Absolute byte range in the file (of the qweight part, for a packed weight). */
   begin: number;
   end: number;
-  /** Set when the weight is stored quantized (src/quant/format.ts): its parts, read and dequantized by TensorReader. */
+  /** Set when the weight is stored quantized (src/io/packed.ts): its parts, read and dequantized by TensorReader. */
   packed?: PackedParts;
+}
+
+/** A packed weight's parameters, from its shard metadata (the layout: src/io/packed.ts). */
+export interface PackedInfo {
+  bits: number;
+  group_size: number;
+  shape: [number, number];
+  dtype: DType;
+  method: string;
+}
+
+/** Where a packed weight's parts live. */
+export interface PackedParts {
+  info: PackedInfo;
+  qweight: TensorRef;
+  scales: TensorRef;
+  zeros: TensorRef;
 }
 
 export interface SafetensorsHeader {

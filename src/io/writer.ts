@@ -11,6 +11,9 @@ import { crashPoint } from './crash';
 import { indexJson, INDEX_FILE } from './index-file';
 import { tensorBytes } from './safetensors';
 
+/** Shard size when none is asked for: transformers' save_pretrained default (max_shard_size "5GB"). */
+export const DEFAULT_MAX_SHARD_BYTES = 5e9;
+
 export interface PlannedTensor {
   name: string;
   dtype: DType;

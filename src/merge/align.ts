@@ -7,7 +7,7 @@
  * (PROJECTION_DIM) and a sparse greedy matching on each neuron's TOP_CANDIDATES best partners.
  */
 import type { Backend } from '../backend/backend';
-import { mulberry32 } from '../synth/generate';
+import { mulberry32 } from '../util/random';
 import type { ExpertWeights } from '../model/experts';
 import { greedyDense, hungarianMax, sparseGreedyMatch } from './assignment';
 

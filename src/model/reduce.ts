@@ -13,6 +13,7 @@ import type { Context, Progress } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
+import { verifyWritten } from './verify';
 import { writeConfig } from '../io/config-text';
 
 /** Per MoE layer, what each new expert is made of. */
@@ -157,7 +158,7 @@ export interface ReducedOutput {
  * what was measured while writing (e.g. alignment scores).
  */
 export async function writeReducedOutput(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, dest: ReducedOutput, ctx: Context, record: () => object): Promise<ReducedWrite> {
-  return withOutput(dest.output, { force: dest.force, command: dest.command }, async (out) => {
+  return withOutput(dest.output, { force: dest.force, command: dest.command, verify: verifyWritten }, async (out) => {
     // Counted in output bytes; worth the source's bytes of the command's task (see sourceBytes).
     const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (total) => ctx.progress('write', total, 'bytes', sourceBytes(ckpt)));
     out.writeRecord(COMPRESSION_FILE, { tool: 'moe', ...record() });

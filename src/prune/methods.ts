@@ -12,6 +12,7 @@
  */
 import type { CalibrationStats } from '../calib/stats';
 import { InternalError } from '../errors';
+import { mulberry32 } from '../util/random';
 import type { ReconstructionProblem } from './reconstruct';
 import { countKeepSets, greedyKeep, keepSets, KeepConstraints, topByScore } from './select';
 
@@ -79,7 +80,6 @@ const BUILT_IN: PruneMethod[] = [
     title: 'random (seeded baseline)',
     async select(layer, c, ctx) {
       // Loaded on first use: the command line reads this registry at start-up.
-      const { mulberry32 } = await import('../synth/generate');
       const rand = mulberry32(ctx.seed * 7919 + layer);
       const scores = [...Array(c.experts)].map(() => rand());
       return { kept: topByScore(scores, c), search: 'random' };

@@ -9,7 +9,7 @@
  * each fill a range of rows of the same shared buffers.
  */
 import { DType, dtypeBytes, toFloat32 } from '../io/dtype';
-import { packedRowBytes } from './pack';
+import { packedRowBytes } from '../io/packed';
 import { groupCount, groupParams, QuantSpec } from './rtn';
 import { RTN_SIMD_WASM } from './rtn-simd-wasm';
 

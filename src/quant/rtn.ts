@@ -14,6 +14,7 @@
  */
 import type { Backend } from '../backend/backend';
 import { floatToBf16Bits } from '../io/dtype';
+import { groupCount } from '../io/packed';
 
 export interface QuantSpec {
   bits: number;
@@ -52,9 +53,7 @@ export function rint(x: number): number {
   return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
-export function groupCount(cols: number, groupSize: number): number {
-  return Math.ceil(cols / groupSize);
-}
+export { groupCount }; // defined with the packed layout it sizes (src/io/packed.ts)
 
 /** A group's scale and zero point from its range (see the header). */
 export function groupParams(xmin: number, xmax: number, maxq: number): { scale: number; zero: number } {

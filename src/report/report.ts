@@ -17,6 +17,8 @@ import { HTML_GENERATOR } from '../io/ownership';
 import { numel } from '../io/safetensors';
 import { formatMB, weightBytes } from '../io/size';
 import { COMPRESSION_FILE } from '../model/reduce';
+import { QUANT_RECORD_FILE } from '../quant/records';
+import { RECIPE_RECORD, RUN_RECORD, STEP_RECORD, stepFolder } from '../recipe/layout';
 import { VERSION } from '../version';
 import { Cell, heatmap, Spec, svg } from './charts';
 import { finalModelStep, headlineLines, WRITES_MODEL } from './summary';
@@ -55,8 +57,6 @@ interface Row {
   size?: { bytes: number; params: number };
 }
 
-const RUN_RECORD = 'moe-run.json';
-
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 const readJson = <T>(file: string): T | undefined => (fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as T) : undefined);
 
@@ -78,7 +78,7 @@ function runDate(dir: string, date?: Date): Date {
   if (date) return date;
   const epoch = process.env.SOURCE_DATE_EPOCH;
   if (epoch && /^\d+$/.test(epoch)) return new Date(Number(epoch) * 1000);
-  const rec = [RUN_RECORD, 'recipe.json'].map((f) => path.join(dir, f)).find((f) => fs.existsSync(f))!;
+  const rec = [RUN_RECORD, RECIPE_RECORD].map((f) => path.join(dir, f)).find((f) => fs.existsSync(f))!;
   return fs.statSync(rec).mtime;
 }
 
@@ -105,14 +105,14 @@ function modelSize(model: string): { bytes: number; params: number } | undefined
 /** Writes the report of a run folder to `file`; an existing file is replaced only with `force`. */
 export async function writeReport(runDir: string, file: string, opts: { force?: boolean; dryRun?: boolean; date?: Date } = {}): Promise<ReportResult> {
   const dir = path.resolve(runDir);
-  const recipe = readJson<RecipeRecord>(path.join(dir, 'recipe.json'));
+  const recipe = readJson<RecipeRecord>(path.join(dir, RECIPE_RECORD));
   if (!recipe) throw new UsageError('not a moe run output folder (no recipe.json)', { file: dir, hint: 'give the output folder of moe run' });
   checkFileDestination(file, !!opts.force);
   const latest = readJson<{ steps: { step: number; status: string }[] }>(path.join(dir, RUN_RECORD));
   const statuses = new Map((latest?.steps ?? []).map((s) => [s.step, s.status]));
   const rows: Row[] = recipe.steps.map((s, i) => {
-    const stepDir = path.join(dir, `${String(i + 1).padStart(2, '0')}-${s.kind}`);
-    const record = readJson<{ report: StepRecord }>(path.join(stepDir, 'moe-step.json'))?.report;
+    const stepDir = stepFolder(dir, i, s.kind);
+    const record = readJson<{ report: StepRecord }>(path.join(stepDir, STEP_RECORD))?.report;
     // Folders written before moe-run.json existed do not say what their latest run did.
     const status = statuses.get(i + 1) ?? (!record ? 'not run' : latest ? 'not in the latest run' : '–');
     const size = WRITES_MODEL.has(s.kind) && record ? modelSize(stepDir) : undefined;
@@ -273,9 +273,9 @@ function originalIds(rows: Row[], before: number): Map<number, number[]> {
 
 /** Bits per quantized tensor, as a map of layers × experts (attention and shared parts as their own columns). */
 async function bitChart(rows: Row[]): Promise<Chart | undefined> {
-  const quant = [...rows].reverse().find((r) => r.kind === 'quantize' && r.record && fs.existsSync(path.join(r.dir, 'moe-quantization.json')));
+  const quant = [...rows].reverse().find((r) => r.kind === 'quantize' && r.record && fs.existsSync(path.join(r.dir, QUANT_RECORD_FILE)));
   if (!quant) return undefined;
-  const q = readJson<{ tensors: Record<string, number> }>(path.join(quant.dir, 'moe-quantization.json'))!;
+  const q = readJson<{ tensors: Record<string, number> }>(path.join(quant.dir, QUANT_RECORD_FILE))!;
   const ids = originalIds(rows, quant.step);
   const cells = new Map<string, { layer: number; part: string; expert?: number; bits: number; n: number }>();
   for (const [name, bits] of Object.entries(q.tensors)) {

@@ -5,8 +5,10 @@
 import { DType, fromFloat32, isFloatDType } from '../io/dtype';
 import type { Config } from '../io/checkpoint';
 import { withOutput } from '../io/output';
-import { PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { architectureFor } from '../model/registry';
+import { verifyWritten } from '../model/verify';
+import { mulberry32 } from '../util/random';
 import type { Context } from '../ui/progress';
 import { numel, tensorBytes } from '../io/safetensors';
 import { writeConfig } from '../io/config-text';
@@ -37,18 +39,6 @@ export interface SynthReport {
   dry_run: boolean;
 }
 
-/** mulberry32: a small, fast, seedable generator; good enough for test weights. */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function fill(n: number, rand: () => number, center: number, std: number): Float32Array {
   const out = new Float32Array(n);
   const half = std * Math.sqrt(3); // uniform[-a, a] has standard deviation a/√3
@@ -75,10 +65,10 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const rand = mulberry32(opts.seed ?? 0);
   const total = plan.reduce((s, t) => s + tensorBytes(t), 0);
   const summary = { output: opts.output, model_type: arch.modelType, layers: arch.numLayers, experts: arch.numExperts, hidden_size: arch.hidden, dtype };
-  if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? 5e9).length, bytes: total, dry_run: true };
+  if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES).length, bytes: total, dry_run: true };
   let shards = 0;
-  await withOutput(opts.output, { force: opts.force, command: 'synth' }, (out) => {
-    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? 5e9, metadata: { format: 'pt' } });
+  await withOutput(opts.output, { force: opts.force, command: 'synth', verify: verifyWritten }, (out) => {
+    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { format: 'pt' } });
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');
     for (const s of specs) {

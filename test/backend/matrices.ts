@@ -1,16 +1,9 @@
 /** Seeded random matrices and a norm-wise relative error, shared by the backend tests. */
 
-/** mulberry32: a small seeded generator, so a failing shape can be rerun exactly. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../../src/util/random';
+
+/** A seeded generator (mulberry32), so a failing shape can be rerun exactly. */
+export const rng = mulberry32;
 
 /** n floats uniform in [-1, 1). */
 export function randomMatrix(n: number, seed: number): Float32Array {

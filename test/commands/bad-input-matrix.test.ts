@@ -51,12 +51,14 @@ function runLimited(kb: number, args: string[]): CliResult {
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a raw safetensors header, edited freely by the tests
 function readShard(file: string): { header: Record<string, any>; data: Buffer } {
   const buf = fs.readFileSync(file);
   const n = Number(buf.readBigUInt64LE(0));
   return { header: JSON.parse(buf.subarray(8, 8 + n).toString('utf8')), data: buf.subarray(8 + n) };
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a raw safetensors header, edited freely by the tests
 function writeShard(file: string, header: Record<string, any>, data: Uint8Array): void {
   const text = Buffer.from(JSON.stringify(header), 'utf8');
   const len = Buffer.alloc(8);

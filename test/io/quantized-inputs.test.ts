@@ -18,7 +18,7 @@ import { exportGguf } from '../../src/gguf/export';
 import { openCheckpoint } from '../../src/io/checkpoint';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from '../../src/io/quantized';
 import type { TensorRef } from '../../src/io/safetensors';
-import { verifyCheckpoint } from '../../src/io/verify';
+import { verifyCheckpoint } from '../../src/model/verify';
 import { listDir, makeSynth, quiet, ROOT, runMain, tmpDir, writeRaw } from '../helpers';
 
 const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');

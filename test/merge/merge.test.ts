@@ -8,7 +8,7 @@ import { loadArchitecture } from '../../src/model/registry';
 import { alignExperts, ExpertWeights, permuteExpert } from '../../src/merge/align';
 import { greedyDense, hungarianMax } from '../../src/merge/assignment';
 import { hierarchicalGroups, msmoeGroups } from '../../src/merge/grouping';
-import { mulberry32 } from '../../src/synth/generate';
+import { mulberry32 } from '../../src/util/random';
 import { GOLDEN, listDir, quiet, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */

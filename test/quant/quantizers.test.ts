@@ -9,7 +9,8 @@ import type { Backend } from '../../src/backend/backend';
 import { floatToBf16Bits, fromFloat32 } from '../../src/io/dtype';
 import { gptq } from '../../src/quant/gptq';
 import { choleskyWithInverse, upperCholeskyOfInverse } from '../../src/quant/linalg';
-import { dequantizePacked, packCodes, unpackCodes } from '../../src/quant/pack';
+import { dequantizePacked, unpackCodes } from '../../src/io/packed';
+import { packCodes } from '../../src/quant/pack';
 import { dequantize, groupCount, outputError, quantizeRtn } from '../../src/quant/rtn';
 
 function rng(seed: number): () => number {

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CRASH_PHASES, CrashPhase } from '../../src/io/crash';
 import { removeStaleTemps } from '../../src/io/output';
-import { verifyCheckpoint } from '../../src/io/verify';
+import { verifyCheckpoint } from '../../src/model/verify';
 import { listDir, ROOT, runMain, tmpDir } from '../helpers';
 
 const BIN = path.join(ROOT, 'bin', 'moe.js');

@@ -30,6 +30,7 @@ function pty(args: string[]): PtyRun {
   delete env.CI;
   const cmd = `stty cols 100 rows 40; exec ${quote(process.execPath)} ${quote(path.join(ROOT, 'bin', 'moe.js'))} ${args.map(quote).join(' ')}`;
   const r = spawnSync(SCRIPT, ['-qfec', cmd, '/dev/null'], { cwd: ROOT, env, encoding: 'utf8', timeout: 60_000 });
+  // eslint-disable-next-line no-control-regex -- ANSI escape sequences are what the terminal output holds
   const text = (r.stdout ?? '').replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '\n');
   const frames = text
     .split(/[\r\n]+/)
@@ -138,6 +139,7 @@ function fakeTerminal(): Writable & { isTTY: boolean; columns: number; text: () 
   }) as Writable & { isTTY: boolean; columns: number; text: () => string; cursorTo: unknown; moveCursor: unknown; clearLine: unknown; clearScreenDown: unknown };
   s.isTTY = true;
   s.columns = 100;
+  // eslint-disable-next-line no-control-regex -- ANSI escape sequences are what the terminal output holds
   s.text = () => chunks.join('').replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '\n');
   return s;
 }

@@ -3,13 +3,14 @@
  * header and data range, the index against the shards, the config against the tensors (names, shapes, dtypes of
  * the architecture), packed weights against their metadata, and with --nan every floating value is finite.
  * Every command that writes a checkpoint runs the structural part on its temporary folder before renaming it
- * into place (src/io/output.ts).
+ * into place (it passes `verifyWritten` to withOutput, src/io/output.ts). It lives in the model layer because
+ * checking the config against the tensors needs the architecture; io only opens the stored format.
  */
 import * as fs from 'node:fs';
 import { CheckpointError } from '../errors';
-import { loadArchitecture } from '../model/registry';
-import { openCheckpoint, TensorReader } from './checkpoint';
-import { isFloatDType, toFloat32 } from './dtype';
+import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { isFloatDType, toFloat32 } from '../io/dtype';
+import { loadArchitecture } from './registry';
 
 const CHUNK_BYTES = 16 * 1024 * 1024;
 
@@ -62,4 +63,9 @@ export function checkFinite(r: VerifyReport): void {
     const first = r.nonfinite[0];
     throw new CheckpointError(`${r.nonfinite.length} tensor(s) hold NaN or Inf values, first ${first.tensor} (${first.count} values)`, { file: r.model, hint: 'the checkpoint is corrupt or diverged; do not compress it' });
   }
+}
+
+/** The structural check of a checkpoint just written to `dir` (withOutput's `verify`). */
+export function verifyWritten(dir: string): void {
+  verifyCheckpoint(dir);
 }

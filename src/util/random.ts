@@ -1,0 +1,16 @@
+/**
+ * Seeded randomness shared by every layer (synthetic weights, calibration sampling, prune and merge tie-breaks):
+ * the same seed gives the same numbers on every machine.
+ */
+
+/** mulberry32: a small, fast, seedable generator; good enough for test weights and sampling; [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
