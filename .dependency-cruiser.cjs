@@ -35,11 +35,12 @@ const layerRules = LAYERS.slice(0, -1).map(([name, path], i) => ({
 
 /**
  * The files that are a `moe VERB` command. A command does not import another one (shared constants and helpers
- * belong to the layer that owns them), except the orchestrators that run other commands in sequence (run, demo).
+ * belong to the layer that owns them), except the orchestrators that run other commands in sequence (run, demo) and
+ * the recipe loader, which derives a recipe's schema from the specs of the commands its steps run.
  * Helper modules of the commands layer (e.g. a shared option spec) are not in this list and may be imported.
  */
 const VERBS = 'assemble|calibrate|convert|demo|eval|inspect|merge|prune|quantize|report|run|synth|verify';
-const ORCHESTRATORS = 'run|demo';
+const ORCHESTRATORS = 'run|demo|recipe';
 
 module.exports = {
   forbidden: [
@@ -54,7 +55,7 @@ module.exports = {
     {
       name: 'command-imports-command',
       severity: 'error',
-      comment: `a command imports no other command (only the orchestrators ${ORCHESTRATORS} run others); move the shared constant down`,
+      comment: `a command imports no other command (only the orchestrators ${ORCHESTRATORS} run or describe others); move the shared constant down`,
       from: { path: '^src/commands/', pathNot: `^src/commands/(${ORCHESTRATORS})\\.ts$` },
       to: { path: `^src/commands/(${VERBS})\\.ts$` },
     },

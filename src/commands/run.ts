@@ -1,5 +1,5 @@
 /**
- * `moe run RECIPE.yaml`: runs a recipe's steps in order (src/recipe/recipe.ts), each writing into
+ * `moe run RECIPE.yaml`: runs a recipe's steps in order (src/commands/recipe.ts), each writing into
  * OUTPUT/NN-kind. A step whose output holds a record (moe-step.json) with the same key (its kind, options and the
  * keys of its inputs) is reused, so an interrupted or extended run resumes where it stopped. The resolved recipe
  * is saved as OUTPUT/recipe.json, and which steps the latest run ran or reused as OUTPUT/moe-run.json (the report
@@ -15,7 +15,7 @@ import { checkFileDestination, checkNotInput, createFolder, withoutTimings } fro
 import { writeMarker } from '../io/ownership';
 import { weightBytes, weightFiles } from '../io/size';
 import { EVAL_FILE, RECIPE_RECORD, RUN_RECORD, STEP_RECORD, stepFolder } from '../recipe/layout';
-import { loadRecipe, Recipe, recipeInputs, Step, stepValues } from '../recipe/recipe';
+import { loadRecipe, Recipe, recipeInputs, Step, stepValues } from './recipe';
 import { fingerprint } from '../calib/stats';
 import { finalModelStep, headlineLines, RunSize } from '../report/summary';
 import type { Context } from '../ui/progress';
@@ -79,7 +79,7 @@ interface StepInput {
 }
 
 /**
- * Runs one step through its command's spec: the recipe's options (defaults filled in, src/recipe/recipe.ts) plus
+ * Runs one step through its command's spec: the recipe's options (defaults filled in, src/commands/recipe.ts) plus
  * what the runner supplies. Fills the report's detail; returns the gate's failure of an eval step, if any.
  */
 async function runStep(recipe: Recipe, s: Step, input: StepInput, report: StepReport, ctx: Context): Promise<GateError | undefined> {

@@ -179,7 +179,6 @@ export class DeepseekV2 extends Architecture {
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {
-    const p = `model.layers.${layer}.mlp`;
     if (!this.isMoeLayer(layer)) return this.denseMlp(layer);
     const out = [linear(this.routerKey(layer), this.numExperts, this.hidden, { kind: 'router', layer })];
     const bias = this.correctionBiasKey(layer);

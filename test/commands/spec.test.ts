@@ -13,7 +13,7 @@ import { choicesOf, CommandSpec, longName, OptionSpec, optionKey, recipeKey } fr
 import { UsageError } from '../../src/errors';
 import { MERGE_METHODS } from '../../src/merge/methods';
 import { PRUNE_METHODS } from '../../src/prune/methods';
-import { loadRecipe, STEP_SPECS, StepKind, stepOptionSpecs, stepValues } from '../../src/recipe/recipe';
+import { loadRecipe, STEP_SPECS, StepKind, stepOptionSpecs, stepValues } from '../../src/commands/recipe';
 import { PRESETS } from '../../src/synth/presets';
 import { ROOT, tmpDir } from '../helpers';
 

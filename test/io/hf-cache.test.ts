@@ -12,7 +12,7 @@ import { evalCommand } from '../../src/commands/eval';
 import { formatInspect, inspect } from '../../src/commands/inspect';
 import { openCheckpoint } from '../../src/io/checkpoint';
 import { hubCacheDir, parseRepoId, resolveModel } from '../../src/io/hf-cache';
-import { loadRecipe } from '../../src/recipe/recipe';
+import { loadRecipe } from '../../src/commands/recipe';
 import { quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');

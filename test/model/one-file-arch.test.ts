@@ -56,7 +56,11 @@ function byteTokenizer(): Record<string, unknown> {
   const bs: number[] = [];
   for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) bs.push(b);
   const cs = [...bs];
-  for (let b = 0, n = 0; b < 256; b++) if (!bs.includes(b)) (bs.push(b), cs.push(256 + n++));
+  for (let b = 0, n = 0; b < 256; b++) {
+    if (bs.includes(b)) continue;
+    bs.push(b);
+    cs.push(256 + n++);
+  }
   const vocab = Object.fromEntries(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
   const byteLevel = { type: 'ByteLevel', add_prefix_space: false, use_regex: true };
   return { model: { type: 'BPE', vocab, merges: [] }, pre_tokenizer: byteLevel, decoder: byteLevel, added_tokens: [] };

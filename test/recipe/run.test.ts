@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { evalCommand } from '../../src/commands/eval';
 import { formatRun, run, RunReport } from '../../src/commands/run';
-import { loadRecipe } from '../../src/recipe/recipe';
+import { loadRecipe } from '../../src/commands/recipe';
 import { quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');

@@ -24,12 +24,12 @@ import { modelNamedIn } from '../io/hf-cache';
 import { Document, isMap, isSeq, LineCounter, parseDocument, Scalar, YAMLMap } from 'yaml';
 import { UsageError } from '../errors';
 import { overlap } from '../io/ownership';
-import { calibrateSpec } from '../commands/calibrate';
-import { evalSpec } from '../commands/eval';
-import { mergeSpec } from '../commands/merge';
-import { pruneSpec } from '../commands/prune';
-import { quantizeSpec } from '../commands/quantize';
-import { anySpec, BACKEND, choicesOf, CommandSpec, OptionSpec, parseOptions, parseText, recipeKey, Values } from '../commands/spec';
+import { calibrateSpec } from './calibrate';
+import { evalSpec } from './eval';
+import { mergeSpec } from './merge';
+import { pruneSpec } from './prune';
+import { quantizeSpec } from './quantize';
+import { anySpec, BACKEND, choicesOf, CommandSpec, OptionSpec, parseOptions, parseText, recipeKey, Values } from './spec';
 
 export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
 
