@@ -208,7 +208,7 @@ export function buildCli(): Command {
     )
     .action(async (model: string, opts: OutputOpts & Record<string, string | boolean | undefined>, cmd: Command) => {
       if (opts.format === 'gguf') {
-        const { exportGguf, formatGguf, parseGgmlType } = await import('./gguf/export');
+        const { exportGguf, formatGguf, parseGgmlType } = await import('./commands/gguf');
         const type = parseGgmlType(String(opts.type));
         if (!type) throw new UsageError(`--type ${JSON.stringify(opts.type)} is not a GGUF type moe writes`, { hint: 'use q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16 or bf16' });
         const menu = String(opts.typeMenu).split(',').map((x) => parseGgmlType(x.trim()));

@@ -118,7 +118,7 @@ export async function run(file: string, ctx: Context, opts: { fresh?: boolean; d
         }
         case 'quantize': {
           if (o.format === 'gguf') {
-            const { exportGguf, parseGgmlType } = await import('../gguf/export');
+            const { exportGguf, parseGgmlType } = await import('./gguf');
             const r = await exportGguf({ model, output: out, type: o.type ? parseGgmlType(o.type) : undefined, allocate: o.allocate, bpw: o.bpw, stats: useStats?.dir, force: true }, ctx);
             report.detail = `GGUF ${r.type ?? `LP ${r.bpw_target} bpw`}: ${r.bpw.toFixed(3)} bits/weight, ${(r.file_bytes / 1e6).toFixed(2)} MB`;
           } else {

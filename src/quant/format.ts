@@ -59,6 +59,14 @@ export function packedPlan(weight: string, rows: number, cols: number, bits: num
   ];
 }
 
+/**
+ * Bytes of a packed matrix [rows, cols] at `bits` with groups of `groupSize`: its codes, BF16 scales and U8 zero
+ * points (the one formula the plan, the writer, the report and the reader's checks share, through packedPlan).
+ */
+export function packedMatrixBytes(rows: number, cols: number, bits: number, groupSize: number): number {
+  return rows * (rowBytes(cols, bits) + 3 * groupCount(cols, groupSize));
+}
+
 /** The `quantization_config` of a packed checkpoint's config.json. */
 export function quantizationConfig(averageBits: number, groupSize: number, method: string, allocate: string): Record<string, unknown> {
   return {
@@ -111,7 +119,6 @@ export function logicalTensors(headers: SafetensorsHeader[], tensors: Map<string
       if (!key.startsWith(METADATA_PREFIX)) continue;
       const weight = key.slice(METADATA_PREFIX.length);
       const info = parseInfo(value, key, h.file);
-      const names = partNames(weight);
       const get = (name: string, dtype: DType, shape: number[]) => {
         const t = tensors.get(name);
         if (!t) throw new CheckpointError(`packed weight ${weight} has no tensor ${name}`, { file: h.file, hint: 'the checkpoint is incomplete; re-run moe quantize' });
@@ -122,13 +129,8 @@ export function logicalTensors(headers: SafetensorsHeader[], tensors: Map<string
         return t;
       };
       const [rows, cols] = info.shape;
-      const groups = groupCount(cols, info.group_size);
-      packed.set(weight, {
-        info,
-        qweight: get(names.qweight, 'U8', [rows, rowBytes(cols, info.bits)]),
-        scales: get(names.scales, 'BF16', [rows, groups]),
-        zeros: get(names.zeros, 'U8', [rows, groups]),
-      });
+      const [qweight, scales, zeros] = packedPlan(weight, rows, cols, info.bits, info.group_size).map((p) => get(p.name, p.dtype, p.shape));
+      packed.set(weight, { info, qweight, scales, zeros });
     }
   }
   if (packed.size === 0) return tensors;
