@@ -23,7 +23,7 @@ import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
-import { Granularity, groupTargets, quantTargets, TargetClass } from '../quant/plan';
+import { Granularity, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { BitRules, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
 import { Quantizer } from '../quant/quantizer';
 import { Weighting } from '../quant/weighting';
@@ -280,7 +280,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
 }
 
 /** The weighted error of weight t at each of `bits`. */
-async function errorsAt(quantizer: Quantizer, reader: TensorReader, t: Parameters<Quantizer['quantize']>[1], bits: number[]): Promise<Map<number, number>> {
+async function errorsAt(quantizer: Quantizer, reader: TensorReader, t: Target, bits: number[]): Promise<Map<number, number>> {
   const w = reader.f32(t.name);
   const inputs = quantizer.weighting.inputs(t.name);
   const errs = new Map<number, number>();
@@ -336,7 +336,8 @@ function writeRecords(out: OutputFolder, report: QuantizeReport, plan: QuantPlan
   writeConfig(out, config, ckpt.dir);
   out.copyAuxFiles(ckpt.dir);
   const prior = path.join(ckpt.dir, COMPRESSION_FILE);
-  if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE)); // keeps eval's expert map after prune or merge
+  // keeps eval's expert map after prune or merge
+  if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE));
   const source = { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null };
   out.writeRecord(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize', source, ...summary(report), tensors: bits });
 }

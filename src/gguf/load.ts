@@ -11,7 +11,8 @@ export function loadPart(ckpt: Checkpoint, reader: TensorReader, t: GgufSource, 
   const w = reader.f32(t.from[i]);
   requireFinite(w, t.from[i], ckpt.dir);
   if (t.splitKvB) {
-    // kv_b_proj [heads·(nope + v), kv_lora] → k_b [heads, kv_lora, nope] (transposed per head) or v_b [heads, v, kv_lora].
+    // kv_b_proj [heads·(nope + v), kv_lora] → k_b [heads, kv_lora, nope] (transposed per head)
+    // or v_b [heads, v, kv_lora].
     const { part, heads, nope, v } = t.splitKvB;
     const kvl = ckpt.tensors.get(t.from[i])!.shape[1];
     const out = new Float32Array(heads * (part === 'k' ? kvl * nope : v * kvl));

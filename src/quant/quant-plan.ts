@@ -13,7 +13,10 @@ import type { Granularity, Group, Target, TargetClass } from './plan';
 
 /** Router rows decide everything downstream: 8 bits unless --keep-router-fp keeps them as they are. */
 export const ROUTER_BITS = 8;
-/** Under --allocate lp, weights every token passes through (attention, shared experts, dense MLPs) take at least this many bits unless fixed by a flag (QuantMoE-Bench). */
+/**
+ * Under --allocate lp, weights every token passes through (attention, shared experts, dense MLPs) take at least
+ * this many bits unless fixed by a flag (QuantMoE-Bench).
+ */
 export const ALWAYS_ACTIVE_MIN_BITS = 4;
 
 export interface BitRules {

@@ -1,4 +1,7 @@
-/** The registry of ggml types moe encodes and decodes: one codec module per type. Adding a type is its module and one line here. */
+/**
+ * The registry of ggml types moe encodes and decodes: one codec module per type.
+ * Adding a type is its module and one line here.
+ */
 import type { Codec, GgmlType } from './codec';
 import { BF16, F16, F32 } from './floats';
 import { Q2_K } from './q2_k';

@@ -1,4 +1,7 @@
-/** Q2_K: super-blocks of 256, [16 B scales: 4-bit scale | 4-bit min][64 B 2-bit][f16 d][f16 dmin], 16 sub-blocks of 16. */
+/**
+ * Q2_K: super-blocks of 256, [16 B scales: 4-bit scale | 4-bit min][64 B 2-bit][f16 d][f16 dmin],
+ * 16 sub-blocks of 16.
+ */
 import type { BlockCodec } from './codec';
 import { clamp, getF16, makeQkx2, math, nearest, putF16, QK_K, searchWeights } from './common';
 

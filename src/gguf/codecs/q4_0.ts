@@ -1,4 +1,7 @@
-/** Q4_0: blocks of 32, [f16 d][16 B: element j low nibble, j+16 high], w = d·(q − 8), d = max / −8 (quantize_row_q4_0_ref). */
+/**
+ * Q4_0: blocks of 32, [f16 d][16 B: element j low nibble, j+16 high], w = d·(q − 8), d = max / −8
+ * (quantize_row_q4_0_ref).
+ */
 import type { BlockCodec } from './codec';
 import { getF16, math, putF16 } from './common';
 

@@ -1,4 +1,7 @@
-/** Q5_K: super-blocks of 256, [f16 d][f16 dmin][12 B scales and mins][32 B high bits][128 B 4-bit], 8 sub-blocks of 32. */
+/**
+ * Q5_K: super-blocks of 256, [f16 d][f16 dmin][12 B scales and mins][32 B high bits][128 B 4-bit],
+ * 8 sub-blocks of 32.
+ */
 import type { BlockCodec } from './codec';
 import { QK_K } from './common';
 import { decodeK4, encodeScalesK4 } from './k4';

@@ -15,7 +15,8 @@ export const Q8_0: BlockCodec = {
     const d = amax / 127;
     const id = d ? 1 / d : 0;
     putF16(out, at, d);
-    for (let i = 0; i < 32; i++) out[at + 2 + i] = math.round(row[xo + i] * id) & 0xff; // |q| ≤ 127: half away from zero is round() on |x|
+    // |q| ≤ 127: half away from zero is round() on |x|
+    for (let i = 0; i < 32; i++) out[at + 2 + i] = math.round(row[xo + i] * id) & 0xff;
   },
   decode(bytes, at, out, y) {
     const d = getF16(bytes, at);
