@@ -39,6 +39,14 @@ export function packedRowBytes(cols: number, bits: number): number {
   return Math.ceil((cols * bits) / 8);
 }
 
+/**
+ * Bytes of a packed matrix [rows, cols] at `bits` with groups of `groupSize`: its codes, BF16 scales and U8 zero
+ * points (the one formula the plan, the writer, the report and the reader's checks share, through packedPlan).
+ */
+export function packedMatrixBytes(rows: number, cols: number, bits: number, groupSize: number): number {
+  return rows * (packedRowBytes(cols, bits) + 3 * groupCount(cols, groupSize));
+}
+
 /** The three stored tensors of a weight [rows, cols] at `bits` with groups of `groupSize`, in write order. */
 export function packedPlan(weight: string, rows: number, cols: number, bits: number, groupSize: number): PlannedTensor[] {
   const n = partNames(weight);

@@ -128,6 +128,21 @@ export async function allocate(p: AllocProblem, opts: AllocOptions = {}): Promis
   }
 
   // 1. Greedy over lower convex hulls: the LP optimum and a feasible integer solution.
+  const { choice, bound, lambda, broke, used, steps } = greedyHulls(prep, G, least, budget);
+  if (!broke) return done({ choice, bound, status: 'optimal', method: steps.length ? 'lagrangian' : 'trivial', searched_groups: 0 });
+  // Fill what budget is left, cheapest first, with any single move that still fits (keeps feasibility).
+  greedyFill(choice, prep, budget, used);
+  const incumbent = choice.reduce((s, c, g) => s + prep.cost(g, c), 0);
+  const tol = opts.gapTolerance ?? 1e-9;
+  if (incumbent - bound <= tol * Math.max(Math.abs(incumbent), EPS)) return done({ choice, bound, status: 'optimal', method: 'lagrangian', searched_groups: 0 });
+
+  const exact = await exactStage(prep, choice, { bound, lambda, incumbent, budget }, opts);
+  return done({ choice, bound, status: exact.optimal ? 'optimal' : 'feasible', method: exact.method, searched_groups: exact.searched });
+}
+
+/** Stage 1: the greedy over each group's lower convex hull; the LP bound, λ* and a feasible integer solution. */
+function greedyHulls(prep: Prepared, G: number, least: number, budget: number) {
+  const { options } = prep;
   const hulls = options.map((o, g) => hull(o, g, prep));
   const pos = new Int32Array(G); // position on the hull
   let used = least;
@@ -163,13 +178,17 @@ export async function allocate(p: AllocProblem, opts: AllocOptions = {}): Promis
     }
   }
   const choice = Int32Array.from(pos, (k, g) => hulls[g][k]);
-  if (!broke) return done({ choice, bound, status: 'optimal', method: steps.length ? 'lagrangian' : 'trivial', searched_groups: 0 });
-  // Fill what budget is left, cheapest first, with any single move that still fits (keeps feasibility).
-  greedyFill(choice, prep, budget, used);
-  const incumbent = choice.reduce((s, c, g) => s + prep.cost(g, c), 0);
-  const tol = opts.gapTolerance ?? 1e-9;
-  if (incumbent - bound <= tol * Math.max(Math.abs(incumbent), EPS)) return done({ choice, bound, status: 'optimal', method: 'lagrangian', searched_groups: 0 });
+  return { choice, bound, lambda, broke, used, steps };
+}
 
+/**
+ * Stages 2 and 3: reduced-cost fixing at λ*, then the exact search (DP, else glpk) over the groups left free;
+ * improves `choice` in place.
+ */
+async function exactStage(prep: Prepared, choice: Int32Array, at: { bound: number; lambda: number; incumbent: number; budget: number }, opts: AllocOptions): Promise<{ optimal: boolean; method: AllocResult['method']; searched: number }> {
+  const { options } = prep;
+  const G = choice.length;
+  const { bound, lambda, incumbent, budget } = at;
   // 2. Reduced-cost fixing at λ*: only choices within the gap of their group's best can be in a better solution.
   const gap = incumbent - bound;
   const alive: number[][] = [];
@@ -229,7 +248,7 @@ export async function allocate(p: AllocProblem, opts: AllocOptions = {}): Promis
   } else if (proven && sub.status === 'infeasible') {
     optimal = true; // no solution within the gap uses only surviving choices: the incumbent is optimal
   }
-  return done({ choice, bound, status: optimal ? 'optimal' : 'feasible', method, searched_groups: subset.length });
+  return { optimal, method, searched: subset.length };
 }
 
 /** Allowed choices of group g on the lower convex hull of (bits, cost), by increasing bits, dominated ones dropped. */

@@ -28,6 +28,8 @@ const SUB = 16;
 /** How many times the dampening is multiplied by 10 before giving up on a Hessian that will not factor. */
 const DAMP_RETRIES = 4;
 
+// Exception to the 100-line rule (numeric kernel): the blocked column sweep shares its buffers and indices, and
+// splitting it would pass a dozen arrays between pieces of one loop.
 export async function gptq(w: Float32Array, rows: number, cols: number, hIn: Float32Array | Float64Array, spec: QuantSpec, opts: GptqOptions = {}, be?: Backend): Promise<QuantizedMatrix> {
   if (w.length !== rows * cols || hIn.length !== cols * cols) throw new RangeError(`gptq: W has ${w.length} values for [${rows}, ${cols}], H ${hIn.length} for [${cols}, ${cols}]`);
   const B = opts.blockSize ?? 128;

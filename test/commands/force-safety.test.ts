@@ -14,7 +14,7 @@ import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { assemble } from '../../src/commands/assemble';
 import { UsageError } from '../../src/errors';
-import { exportGguf } from '../../src/gguf/export';
+import { exportGguf } from '../../src/commands/gguf';
 import { readGguf } from '../../src/io/gguf-reader';
 import { GgufWriter } from '../../src/gguf/writer';
 import { checkFileDestination } from '../../src/io/output';

@@ -100,7 +100,7 @@ describe.each(CASES)('%s %s: llama.cpp', (t, mode) => {
 
   test(`moe's bytes are llama.cpp's, and its error within ${BAR * 100}% of llama.cpp's, on every row`, () => {
     const bytes = quantizeRows(x, rows, cols, t, w);
-    // moe's K-quant encoders are llama.cpp's in float32 (src/gguf/ggml-kquants.ts): the same bytes
+    // moe's K-quant encoders are llama.cpp's in float32 (src/gguf/codecs/kquants.ts): the same bytes
     expect(unequalRows(bytes, bytesOf(ref.bytes), t)).toEqual([]);
     const mine = rowErrors(dequantizeRows(bytes, rows, cols, t), w);
     const want: number[] = ref.mse_per_row;

@@ -11,7 +11,7 @@ import { evalCommand } from '../../src/commands/eval';
 import { inspect } from '../../src/commands/inspect';
 import { loadTokenizer, tokenizerFromJson } from '../../src/eval/tokenizer';
 import { ggufModel } from '../../src/gguf/arch';
-import { exportGguf } from '../../src/gguf/export';
+import { exportGguf } from '../../src/commands/gguf';
 import type { GgmlType } from '../../src/gguf/quants';
 import { readGguf } from '../../src/io/gguf-reader';
 import { openGgufModel } from '../../src/gguf/source';

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';
-import { exportGguf, GgufOptions, parseGgmlType } from '../../src/gguf/export';
+import { exportGguf, GgufOptions, parseGgmlType } from '../../src/commands/gguf';
 import { dequantizeRows, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from '../../src/gguf/quants';
 import { readGguf } from '../../src/io/gguf-reader';
 import { quiet, ROOT, runMain, tmpDir } from '../helpers';

@@ -14,7 +14,7 @@ import { inspect } from '../../src/commands/inspect';
 import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
-import { exportGguf } from '../../src/gguf/export';
+import { exportGguf } from '../../src/commands/gguf';
 import { openCheckpoint } from '../../src/io/checkpoint';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from '../../src/io/quantized';
 import type { TensorRef } from '../../src/io/safetensors';

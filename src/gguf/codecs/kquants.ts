@@ -1,6 +1,6 @@
 /**
  * The K-quant encoders (Q2_K … Q6_K) as llama.cpp computes them, so that moe writes the bytes llama.cpp's own
- * quantizers write (ggml/src/ggml-quants.c; test/gguf/codec-reference.test.ts compares with bytes and errors of that
+ * quantizers write (ggml/src/ggml-quants.c; each codec module (q2_k.ts … q6_k.ts) calls its encoder here; test/gguf/codec-reference.test.ts compares with bytes and errors of that
  * C code, compiled by scripts/ggml_ref/):
  *   without importance  quantize_row_<t>_ref: per sub-block scale (and min) searches make_qx_quants,
  *                       make_q3_quants, make_qkx2_quants; the block scale from the largest sub-block scale
@@ -11,7 +11,7 @@
  * Searches compare errors; done in float64 they decide near-ties differently, and the bytes differ.
  * The search helpers are numeric kernels transcribed from ggml; they keep its structure (and length).
  */
-import { floatToHalfBits, halfToFloat } from '../io/dtype';
+import { clamp, getF16, packScalesK4, putF16, scaleMinK4 } from './common';
 
 export type KType = 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K';
 
@@ -25,13 +25,6 @@ const AUX = new Uint8Array(32);
 
 /** nearest_int as ggml computes it: adding 1.5·2²³ in float32 rounds half to even (|x| < 2²², as ggml asserts). */
 const nearestInt = (x: number) => f(x + 12582912) - 12582912;
-const clamp = (v: number, lo: number, hi: number) => (v < lo ? lo : v > hi ? hi : v);
-function putF16(out: Uint8Array, at: number, x: number): void {
-  const h = floatToHalfBits(x);
-  out[at] = h & 0xff;
-  out[at + 1] = h >> 8;
-}
-const getF16 = (b: Uint8Array, at: number) => halfToFloat(b[at] | (b[at + 1] << 8));
 type Vec = Float32Array;
 
 /** make_qx_quants with rmse_type 1: symmetric, L[i] = l + nmax in 0..2·nmax−1; weights qw, else x². */
@@ -312,7 +305,7 @@ function packQs2(L: Uint8Array | Int8Array, out: Uint8Array, qs: number): void {
 }
 
 /** Q2_K [16 B scale | min<<4][64 B 2-bit][f16 d][f16 dmin]: quantize_row_q2_K_ref / quantize_row_q2_K_impl. */
-function encodeQ2K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
+export function encodeQ2K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
   const L = new Uint8Array(QK_K);
   const w = new Float32Array(16);
   const scales = new Float32Array(16);
@@ -363,7 +356,7 @@ function encodeQ2K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | un
 }
 
 /** Q3_K [32 B high bits][64 B 2-bit][12 B 6-bit scales][f16 d]: quantize_row_q3_K_ref / quantize_row_q3_K_impl. */
-function encodeQ3K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
+export function encodeQ3K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
   const L = new Int8Array(QK_K);
   const scales = new Float32Array(16);
   const sc = at + 96;
@@ -421,24 +414,6 @@ function encodeQ3K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | un
     }
   }
   packQs2(L, out, at + 32);
-}
-
-/** The 12-byte 6-bit scale/min packing of Q4_K and Q5_K (C stores through uint8_t: Uint8Array does the same). */
-function packScalesK4(ls: Uint8Array, lm: Uint8Array, out: Uint8Array, at: number): void {
-  for (let j = 0; j < 8; j++) {
-    if (j < 4) {
-      out[at + j] = ls[j];
-      out[at + j + 4] = lm[j];
-    } else {
-      out[at + j + 4] = (ls[j] & 0xf) | ((lm[j] & 0xf) << 4);
-      out[at + j - 4] |= (ls[j] >> 4) << 6;
-      out[at + j] |= (lm[j] >> 4) << 6;
-    }
-  }
-}
-function scaleMinK4(j: number, q: Uint8Array, at: number): [number, number] {
-  if (j < 4) return [q[at + j] & 63, q[at + j + 4] & 63];
-  return [(q[at + j + 4] & 0xf) | ((q[at + j - 4] >> 6) << 4), (q[at + j + 4] >> 4) | ((q[at + j] >> 6) << 4)];
 }
 
 /** Q4_K / Q5_K scales, mins and codes L (0..nmax) of 8 sub-blocks of 32; writes d, dmin and the 12 scale bytes. */
@@ -508,7 +483,7 @@ function scalesK45(
 }
 
 /** Q4_K [f16 d][f16 dmin][12 B scales][128 B 4-bit]; Q5_K adds [32 B high bits] before the 4-bit part. */
-function encodeQ45K(t: KType, x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
+export function encodeQ45K(t: KType, x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
   const L = new Uint8Array(QK_K);
   scalesK45(t, x, xo, out, at, qw, L);
   if (t === 'Q4_K') {
@@ -542,7 +517,7 @@ function encodeQ45K(t: KType, x: Vec, xo: number, out: Uint8Array, at: number, q
 }
 
 /** Q6_K [128 B low 4 bits][64 B high 2 bits][16 × i8 scales][f16 d]: quantize_row_q6_K_ref / _impl. */
-function encodeQ6K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
+export function encodeQ6K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
   const L = new Int8Array(QK_K);
   const scales = new Float32Array(16);
   let maxScale = 0;
@@ -578,22 +553,4 @@ function encodeQ6K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | un
       out[h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
     }
   }
-}
-
-/**
- * Encodes the super-block of 256 values x[xo…] into out[at…] (zero-filled). qw: the importance of every column of
- * the row (indexed like x), or undefined for llama.cpp's reference path.
- */
-export function encodeKBlock(
-  t: KType,
-  x: Float32Array,
-  xo: number,
-  out: Uint8Array,
-  at: number,
-  qw: Float32Array | undefined,
-): void {
-  if (t === 'Q2_K') encodeQ2K(x, xo, out, at, qw);
-  else if (t === 'Q3_K') encodeQ3K(x, xo, out, at, qw);
-  else if (t === 'Q6_K') encodeQ6K(x, xo, out, at, qw);
-  else encodeQ45K(t, x, xo, out, at, qw);
 }
