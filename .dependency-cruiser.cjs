@@ -28,9 +28,15 @@ const LAYERS = [
 const layerRules = LAYERS.slice(0, -1).map(([name, path], i) => ({
   name: `layer-${name}`,
   severity: 'error',
-  comment: `${name} (layer ${i}) imports only from its own layer or below: ${LAYERS.slice(0, i + 1).map(([n]) => n).join(', ')}`,
+  comment: `${name} (layer ${i}) imports only from its own layer or below: ${LAYERS.slice(0, i + 1)
+    .map(([n]) => n)
+    .join(', ')}`,
   from: { path },
-  to: { path: LAYERS.slice(i + 1).map(([, p]) => `(${p})`).join('|') },
+  to: {
+    path: LAYERS.slice(i + 1)
+      .map(([, p]) => `(${p})`)
+      .join('|'),
+  },
 }));
 
 /**

@@ -4,8 +4,14 @@ import tseslint from 'typescript-eslint';
 
 /** Node's CommonJS globals, for the few plain .js files under test/ (jest's global setup, transforms). */
 const COMMONJS_GLOBALS = {
-  require: 'readonly', module: 'writable', exports: 'writable', __dirname: 'readonly', __filename: 'readonly',
-  process: 'readonly', console: 'readonly', Buffer: 'readonly',
+  require: 'readonly',
+  module: 'writable',
+  exports: 'writable',
+  __dirname: 'readonly',
+  __filename: 'readonly',
+  process: 'readonly',
+  console: 'readonly',
+  Buffer: 'readonly',
 };
 
 export default tseslint.config(
@@ -16,14 +22,27 @@ export default tseslint.config(
     files: ['src/**/*.ts', 'test/**/*.ts', 'test/**/*.js'],
     rules: {
       // Warnings until the splits of issue 17 land; then errors.
-      'max-len': ['warn', {
-        code: 120, ignoreStrings: true, ignoreTemplateLiterals: true, ignoreRegExpLiterals: true, ignoreUrls: true,
-      }],
+      'max-len': [
+        'warn',
+        {
+          code: 120,
+          ignoreStrings: true,
+          ignoreTemplateLiterals: true,
+          ignoreRegExpLiterals: true,
+          ignoreUrls: true,
+        },
+      ],
       'max-lines-per-function': ['warn', { max: 100, skipBlankLines: true, skipComments: true }],
       // A leading underscore marks a parameter an interface requires but this implementation ignores.
-      '@typescript-eslint/no-unused-vars': ['error', {
-        argsIgnorePattern: '^_', varsIgnorePattern: '^_', ignoreRestSiblings: true, caughtErrors: 'none',
-      }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        {
+          argsIgnorePattern: '^_',
+          varsIgnorePattern: '^_',
+          ignoreRestSiblings: true,
+          caughtErrors: 'none',
+        },
+      ],
     },
   },
   {

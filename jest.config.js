@@ -4,7 +4,10 @@ module.exports = {
   testEnvironment: '<rootDir>/test/backend/ort-environment.js',
   roots: ['<rootDir>/test'],
   testMatch: ['**/*.test.ts'],
-  transform: { '^.+\\.tsx?$': ['@swc/jest', { jsc: { target: 'es2022' } }], 'glpk\\.js/dist/glpk\\.js$': '<rootDir>/test/esm-shim-transform.js' },
+  transform: {
+    '^.+\\.tsx?$': ['@swc/jest', { jsc: { target: 'es2022' } }],
+    'glpk\\.js/dist/glpk\\.js$': '<rootDir>/test/esm-shim-transform.js',
+  },
   // glpk.js is an ES module: let the shim above turn it into CommonJS for jest.
   transformIgnorePatterns: ['/node_modules/(?!glpk\\.js/)'],
   // CLI tests spawn the built entry point; build once before the suite.

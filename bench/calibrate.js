@@ -34,7 +34,21 @@ function main() {
     let model = option('--model');
     if (!model) {
       model = path.join(work, 'model');
-      timed(process.execPath, [MOE, 'synth', '--arch', 'qwen3_moe', '--dtype', 'bf16', '--max-shard-size', '200MB', '-o', model, '--json', '--set', ...setArgs(SET)]);
+      timed(process.execPath, [
+        MOE,
+        'synth',
+        '--arch',
+        'qwen3_moe',
+        '--dtype',
+        'bf16',
+        '--max-shard-size',
+        '200MB',
+        '-o',
+        model,
+        '--json',
+        '--set',
+        ...setArgs(SET),
+      ]);
     }
     const vocab = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8')).vocab_size;
     const ids = path.join(work, 'ids.json');
@@ -42,16 +56,46 @@ function main() {
     const rows = [];
     for (const threads of THREADS) {
       fs.rmSync(path.join(work, 'stats'), { recursive: true, force: true });
-      const m = timed(process.execPath, [MOE, 'calibrate', model, '--data', ids, '--seq-len', String(SEQ), '--threads', String(threads), '-o', path.join(work, 'stats'), '--json']);
-      const h = timed(PYTHON, [path.join(ROOT, 'scripts', 'bench_calibrate_hf.py'), model, ids, '--threads', String(threads)]);
-      rows.push({ threads, tokens: WINDOWS * SEQ, moe_seconds: m.seconds, moe_peak_rss_bytes: m.peak_rss_bytes, hf_seconds: h.seconds, hf_compute_seconds: h.out.seconds_compute, hf_peak_rss_bytes: h.peak_rss_bytes, ratio: h.seconds / m.seconds });
+      const m = timed(process.execPath, [
+        MOE,
+        'calibrate',
+        model,
+        '--data',
+        ids,
+        '--seq-len',
+        String(SEQ),
+        '--threads',
+        String(threads),
+        '-o',
+        path.join(work, 'stats'),
+        '--json',
+      ]);
+      const h = timed(PYTHON, [
+        path.join(ROOT, 'scripts', 'bench_calibrate_hf.py'),
+        model,
+        ids,
+        '--threads',
+        String(threads),
+      ]);
+      rows.push({
+        threads,
+        tokens: WINDOWS * SEQ,
+        moe_seconds: m.seconds,
+        moe_peak_rss_bytes: m.peak_rss_bytes,
+        hf_seconds: h.seconds,
+        hf_compute_seconds: h.out.seconds_compute,
+        hf_peak_rss_bytes: h.peak_rss_bytes,
+        ratio: h.seconds / m.seconds,
+      });
     }
     const ok = rows.every((r) => r.ratio >= 1.5);
     if (flag('--json')) console.log(JSON.stringify({ rows, ok }));
     else {
       console.log(`calibration, ${WINDOWS} windows × ${SEQ} tokens, whole processes (transformers float32):`);
       for (const r of rows) {
-        console.log(`  ${r.threads} thread(s): moe ${r.moe_seconds.toFixed(1)} s (${(r.tokens / r.moe_seconds).toFixed(0)} tokens/s, peak RSS ${(r.moe_peak_rss_bytes / 1e6).toFixed(0)} MB), transformers ${r.hf_seconds.toFixed(1)} s (${(r.tokens / r.hf_seconds).toFixed(0)} tokens/s; compute alone ${r.hf_compute_seconds.toFixed(1)} s) → ${r.ratio.toFixed(2)}× (need ≥ 1.5: ${r.ratio >= 1.5 ? 'ok' : 'FAILED'})`);
+        console.log(
+          `  ${r.threads} thread(s): moe ${r.moe_seconds.toFixed(1)} s (${(r.tokens / r.moe_seconds).toFixed(0)} tokens/s, peak RSS ${(r.moe_peak_rss_bytes / 1e6).toFixed(0)} MB), transformers ${r.hf_seconds.toFixed(1)} s (${(r.tokens / r.hf_seconds).toFixed(0)} tokens/s; compute alone ${r.hf_compute_seconds.toFixed(1)} s) → ${r.ratio.toFixed(2)}× (need ≥ 1.5: ${r.ratio >= 1.5 ? 'ok' : 'FAILED'})`,
+        );
       }
     }
     if (!ok) process.exitCode = 1;

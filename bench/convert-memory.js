@@ -15,12 +15,28 @@ const moe = (args) => moeJson(args, { progress: true });
 withWorkDir('moe-bench-', (work) => {
   const model = path.join(work, 'model');
   const set = setArgs({ ...MIXTRAL_WIDTH, num_hidden_layers: 1, vocab_size: 32000 });
-  const synth = moe(['synth', '--arch', 'mixtral', '--dtype', 'bf16', '--max-shard-size', '1GB', '-o', model, '--set', ...set]);
+  const synth = moe([
+    'synth',
+    '--arch',
+    'mixtral',
+    '--dtype',
+    'bf16',
+    '--max-shard-size',
+    '1GB',
+    '-o',
+    model,
+    '--set',
+    ...set,
+  ]);
   const largest = 4096 * 14336 * 2;
-  console.log(`generated ${mb(synth.bytes)} MB in ${synth.shards} shards (largest tensor ${mb(largest)} MB), ${synth.wall_seconds.toFixed(1)} s`);
+  console.log(
+    `generated ${mb(synth.bytes)} MB in ${synth.shards} shards (largest tensor ${mb(largest)} MB), ${synth.wall_seconds.toFixed(1)} s`,
+  );
 
   const ins = moe(['inspect', model]);
-  console.log(`inspect: read ${ins.bytes_read} bytes of ${mb(ins.bytes)} MB, peak RSS ${mb(ins.peak_rss_bytes)} MB, ${ins.wall_seconds.toFixed(2)} s`);
+  console.log(
+    `inspect: read ${ins.bytes_read} bytes of ${mb(ins.bytes)} MB, peak RSS ${mb(ins.peak_rss_bytes)} MB, ${ins.wall_seconds.toFixed(2)} s`,
+  );
 
   const limit = 2 * largest + 200e6;
   const rows = [
@@ -30,7 +46,9 @@ withWorkDir('moe-bench-', (work) => {
   for (const [label, args] of rows) {
     const r = moe(args);
     const ok = r.peak_rss_bytes < limit;
-    console.log(`${label}: peak RSS ${mb(r.peak_rss_bytes)} MB (limit 2×largest+200 MB = ${mb(limit)} MB: ${ok ? 'ok' : 'OVER'}), ${r.wall_seconds.toFixed(1)} s, ${(r.bytes_in / 1e6 / r.wall_seconds).toFixed(0)} MB/s`);
+    console.log(
+      `${label}: peak RSS ${mb(r.peak_rss_bytes)} MB (limit 2×largest+200 MB = ${mb(limit)} MB: ${ok ? 'ok' : 'OVER'}), ${r.wall_seconds.toFixed(1)} s, ${(r.bytes_in / 1e6 / r.wall_seconds).toFixed(0)} MB/s`,
+    );
     fs.rmSync(args[3], { recursive: true, force: true });
     if (!ok) process.exitCode = 1;
   }

@@ -50,7 +50,20 @@ const MOE_DEFAULT_BATCH_TOKENS = 4096;
 const RUN_TIMEOUT_MS = 30 * 60 * 1000;
 
 function parseArgs(argv) {
-  const o = { windows: 8, seqLen: 512, threads: [2, 1], repeat: 1, batchTokens: undefined, matched: true, hf: true, model: undefined, keep: undefined, python: lib.PYTHON, out: undefined, seed: 1 };
+  const o = {
+    windows: 8,
+    seqLen: 512,
+    threads: [2, 1],
+    repeat: 1,
+    batchTokens: undefined,
+    matched: true,
+    hf: true,
+    model: undefined,
+    keep: undefined,
+    python: lib.PYTHON,
+    out: undefined,
+    seed: 1,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -79,7 +92,8 @@ function parseArgs(argv) {
       process.exit(0);
     } else throw new Error(`unknown option ${a}`);
   }
-  if (o.threads.some((t) => !Number.isInteger(t) || t < 1)) throw new Error('--threads takes a comma-separated list of positive integers');
+  if (o.threads.some((t) => !Number.isInteger(t) || t < 1))
+    throw new Error('--threads takes a comma-separated list of positive integers');
   if (o.seqLen < 2) throw new Error('--seq-len must be at least 2');
   return o;
 }
@@ -120,7 +134,16 @@ function budget(info, cfg, batchTokens, T, windows) {
   const block = Math.min(cfg.vocab_size, MOE_VOCAB_BLOCK);
   const headAct = N * block * 4 + block * h * 4 + 2 * rowBuf;
   const activations = Math.max(layerAct, headAct);
-  return { layerParams, layerWeights, N, layerAct, headAct, activations, slack: RSS_SLACK, total: layerWeights + activations + RSS_SLACK };
+  return {
+    layerParams,
+    layerWeights,
+    N,
+    layerAct,
+    headAct,
+    activations,
+    slack: RSS_SLACK,
+    total: layerWeights + activations + RSS_SLACK,
+  };
 }
 
 const MB = lib.mb;
@@ -128,7 +151,8 @@ const MB = lib.mb;
 function main() {
   const o = parseArgs(process.argv.slice(2));
   if (!fs.existsSync(path.join(ROOT, 'dist'))) throw new Error('dist/ is missing: run `npm run build` first');
-  if (o.hf && !fs.existsSync(o.python)) throw new Error(`${o.python} not found: create the venv (scripts/README.md) or pass --python, or use --no-hf`);
+  if (o.hf && !fs.existsSync(o.python))
+    throw new Error(`${o.python} not found: create the venv (scripts/README.md) or pass --python, or use --no-hf`);
   const failures = [];
   withWorkDir('moe-bench-eval-', (work) => {
     const model = o.model ?? path.join(o.keep ?? work, 'model');
@@ -136,8 +160,22 @@ function main() {
       if (o.keep) fs.mkdirSync(o.keep, { recursive: true });
       const set = setArgs({ ...MODEL_SET, max_position_embeddings: Math.max(512, o.seqLen) });
       const t0 = Date.now();
-      const s = moe(['synth', '--arch', 'qwen3_moe', '--dtype', 'bf16', '--max-shard-size', '200MB', '-o', model, '--set', ...set]);
-      console.log(`generated ${model}: ${MB(s.bytes)} MB bf16 in ${s.shards} shards, ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      const s = moe([
+        'synth',
+        '--arch',
+        'qwen3_moe',
+        '--dtype',
+        'bf16',
+        '--max-shard-size',
+        '200MB',
+        '-o',
+        model,
+        '--set',
+        ...set,
+      ]);
+      console.log(
+        `generated ${model}: ${MB(s.bytes)} MB bf16 in ${s.shards} shards, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+      );
     }
     const cfg = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8'));
     const info = moe(['inspect', model]);
@@ -151,10 +189,17 @@ function main() {
     const tokens = o.windows * o.seqLen;
     const batchTokens = o.batchTokens ?? MOE_DEFAULT_BATCH_TOKENS;
     const matchedWindows = Math.min(o.windows, Math.max(1, Math.floor(batchTokens / o.seqLen)));
-    console.log(`data: ${o.windows} windows × ${o.seqLen} tokens (seed ${o.seed}); moe batches ${matchedWindows} window(s) per forward pass`);
+    console.log(
+      `data: ${o.windows} windows × ${o.seqLen} tokens (seed ${o.seed}); moe batches ${matchedWindows} window(s) per forward pass`,
+    );
     const head = spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout?.trim();
     if (head) console.log(`commit: ${head} (dist/ as built from the work tree)`);
-    console.log(`machine: ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()}), load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
+    console.log(
+      `machine: ${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()}), load average ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')}\n`,
+    );
 
     const runs = [];
     const busy = [];
@@ -164,7 +209,18 @@ function main() {
       if (load > 0.5) busy.push(`threads ${T}: load average ${load.toFixed(2)} when its runs started`);
       for (let rep = 0; rep < o.repeat; rep++) {
         console.error(`threads ${T}, round ${rep + 1}/${o.repeat}`);
-        const moeArgs = [MOE, 'eval', model, '--data', ids, '--seq-len', String(o.seqLen), '--json', '--threads', String(T)];
+        const moeArgs = [
+          MOE,
+          'eval',
+          model,
+          '--data',
+          ids,
+          '--seq-len',
+          String(o.seqLen),
+          '--json',
+          '--threads',
+          String(T),
+        ];
         if (o.batchTokens) moeArgs.push('--batch-tokens', String(o.batchTokens));
         const m = timed('moe eval', process.execPath, moeArgs, env);
         runs.push({ tool: 'moe', dtype: 'f32 (bf16 file)', batch: matchedWindows, threads: T, rep, ...m });
@@ -175,19 +231,44 @@ function main() {
         ];
         if (o.matched && matchedWindows > 1) variants.push(['float32', matchedWindows], ['auto', matchedWindows]);
         for (const [dtype, bw] of variants) {
-          const r = timed(`transformers ${dtype} ×${bw}`, o.python, [HF_SCRIPT, model, ids, '--threads', String(T), '--dtype', dtype, '--batch-windows', String(bw)], env);
+          const r = timed(
+            `transformers ${dtype} ×${bw}`,
+            o.python,
+            [HF_SCRIPT, model, ids, '--threads', String(T), '--dtype', dtype, '--batch-windows', String(bw)],
+            env,
+          );
           runs.push({ tool: 'transformers', dtype: r.dtype, batch: bw, threads: T, rep, ...r });
         }
       }
     }
-    if (o.out) fs.writeFileSync(o.out, JSON.stringify({ model: info, config: cfg, windows: o.windows, seq_len: o.seqLen, runs }, null, 2));
+    if (o.out)
+      fs.writeFileSync(
+        o.out,
+        JSON.stringify({ model: info, config: cfg, windows: o.windows, seq_len: o.seqLen, runs }, null, 2),
+      );
 
     // Table: every run.
-    const moeBest = (T) => Math.min(...runs.filter((r) => r.tool === 'moe' && r.threads === T).map((r) => r.wall_seconds));
+    const moeBest = (T) =>
+      Math.min(...runs.filter((r) => r.tool === 'moe' && r.threads === T).map((r) => r.wall_seconds));
     const moePpl = runs.find((r) => r.tool === 'moe').perplexity;
-    console.log('\nwhole process, wall clock from spawn to exit (CPU = user + sys of the process; compute = transformers forward passes + NLL only)');
+    console.log(
+      '\nwhole process, wall clock from spawn to exit (CPU = user + sys of the process; compute = transformers forward passes + NLL only)',
+    );
     table(
-      ['tool', 'dtype', 'windows/call', 'threads', 'wall s', 'tokens/s', 'CPU s', 'compute s', 'peak RSS MB', 'perplexity', 'Δppl vs moe', 'wall / moe'],
+      [
+        'tool',
+        'dtype',
+        'windows/call',
+        'threads',
+        'wall s',
+        'tokens/s',
+        'CPU s',
+        'compute s',
+        'peak RSS MB',
+        'perplexity',
+        'Δppl vs moe',
+        'wall / moe',
+      ],
       runs.map((r) => [
         r.tool,
         r.dtype,
@@ -208,11 +289,19 @@ function main() {
     console.log('');
     for (const r of runs.filter((x) => x.tool === 'transformers')) {
       const rel = Math.abs(r.perplexity - moePpl) / moePpl;
-      if (r.dtype === 'float32' && rel > F32_PPL_TOLERANCE) failures.push(`transformers float32 perplexity ${r.perplexity} differs from moe's ${moePpl} by ${rel.toExponential(2)} relative (> ${F32_PPL_TOLERANCE})`);
+      if (r.dtype === 'float32' && rel > F32_PPL_TOLERANCE)
+        failures.push(
+          `transformers float32 perplexity ${r.perplexity} differs from moe's ${moePpl} by ${rel.toExponential(2)} relative (> ${F32_PPL_TOLERANCE})`,
+        );
     }
-    const ppls = (dtype) => runs.filter((x) => x.tool === 'transformers' && x.dtype === dtype).map((x) => Math.abs(x.perplexity - moePpl) / moePpl);
+    const ppls = (dtype) =>
+      runs
+        .filter((x) => x.tool === 'transformers' && x.dtype === dtype)
+        .map((x) => Math.abs(x.perplexity - moePpl) / moePpl);
     if (o.hf) {
-      console.log(`perplexity: moe ${moePpl.toFixed(4)}; transformers float32 within ${Math.max(...ppls('float32')).toExponential(1)} relative (limit ${F32_PPL_TOLERANCE}), bfloat16 within ${Math.max(...ppls('bfloat16')).toExponential(1)}`);
+      console.log(
+        `perplexity: moe ${moePpl.toFixed(4)}; transformers float32 within ${Math.max(...ppls('float32')).toExponential(1)} relative (limit ${F32_PPL_TOLERANCE}), bfloat16 within ${Math.max(...ppls('bfloat16')).toExponential(1)}`,
+      );
       const rt = runs.find((x) => x.tool === 'transformers' && x.dtype === 'float32').routing ?? [];
       const maxShare = Math.max(...rt.map((x) => x.max_expert_share));
       const minShare = Math.min(...rt.map((x) => x.min_expert_share));
@@ -226,7 +315,10 @@ function main() {
       const k = cfg.num_experts_per_tok;
       const used = Math.min(...rt.map((x) => x.experts_used));
       console.log(`  experts that got at least one token: at least ${used} of ${cfg.num_experts} per layer`);
-      if (maxShare > 0.9 / k || used < 2 * k) failures.push(`routing is degenerate (busiest expert ${(100 * maxShare).toFixed(1)}% of slots, ${used} experts used)`);
+      if (maxShare > 0.9 / k || used < 2 * k)
+        failures.push(
+          `routing is degenerate (busiest expert ${(100 * maxShare).toFixed(1)}% of slots, ${used} experts used)`,
+        );
     }
 
     // Speed ratio per thread count: the faster transformers dtype, window by window (the issue's rule), and matched.
@@ -244,7 +336,8 @@ function main() {
       if (!ok) failures.push(`threads ${T}: transformers / moe = ${ratio.toFixed(2)} < ${TARGET_RATIO}`);
       let line = `threads ${T}: moe ${m.toFixed(1)} s (${(tokens / m).toFixed(0)} tokens/s); fastest transformers window by window: ${hf1.dtype} ${hf1.wall_seconds.toFixed(1)} s → ratio ${ratio.toFixed(2)} (need ≥ ${TARGET_RATIO}: ${ok ? 'ok' : 'FAIL'})`;
       const hfM = best(matchedWindows);
-      if (matchedWindows > 1 && hfM) line += `; with moe's batching (${matchedWindows} windows/call): ${hfM.dtype} ${hfM.wall_seconds.toFixed(1)} s → ratio ${(hfM.wall_seconds / m).toFixed(2)}`;
+      if (matchedWindows > 1 && hfM)
+        line += `; with moe's batching (${matchedWindows} windows/call): ${hfM.dtype} ${hfM.wall_seconds.toFixed(1)} s → ratio ${(hfM.wall_seconds / m).toFixed(2)}`;
       console.log(line);
     }
 

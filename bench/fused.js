@@ -75,7 +75,12 @@ async function swigluUnfused(be, x, gateUp, down, rows, hidden, width) {
 
 async function logitStatsUnfused(be, x, w, rows, hidden, count, targets, start) {
   const logits = await be.linear(x, w, rows, hidden, count); // [rows, count]
-  const stats = { max: new Float32Array(rows), sumExp: new Float32Array(rows), argmax: new Int32Array(rows), target: new Float32Array(rows) };
+  const stats = {
+    max: new Float32Array(rows),
+    sumExp: new Float32Array(rows),
+    argmax: new Int32Array(rows),
+    target: new Float32Array(rows),
+  };
   for (let r = 0; r < rows; r++) {
     const o = r * count;
     let max = -Infinity;
@@ -146,7 +151,8 @@ const CASES = [
   },
 ];
 
-const mb = (bytes) => (bytes / 2 ** 20 < 1 ? `${(bytes / 1024).toFixed(0)} KiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`);
+const mb = (bytes) =>
+  bytes / 2 ** 20 < 1 ? `${(bytes / 1024).toFixed(0)} KiB` : `${(bytes / 2 ** 20).toFixed(0)} MiB`;
 
 async function main() {
   console.log(machineLine());
@@ -168,7 +174,14 @@ async function main() {
       const unfused = await timeCalls(() => p.unfused(be));
       const fused = await timeCalls(() => p.fused(be));
       const diff = p.diff(await p.fused(be), await p.unfused(be));
-      rows.push([c.label, name, unfused.toFixed(1), fused.toFixed(1), `${(unfused / fused).toFixed(2)}×`, diff.toExponential(1)]);
+      rows.push([
+        c.label,
+        name,
+        unfused.toFixed(1),
+        fused.toFixed(1),
+        `${(unfused / fused).toFixed(2)}×`,
+        diff.toExponential(1),
+      ]);
       console.error(`  ${c.label} ${name}: unfused ${unfused.toFixed(1)} ms, fused ${fused.toFixed(1)} ms`);
     }
   }

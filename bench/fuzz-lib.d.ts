@@ -27,7 +27,12 @@ export function parseShard(buf: Buffer): Map<string, RawTensor> | undefined;
 export function tensorBytes(dtype: string, shape: number[]): number;
 export function split(buf: Buffer): { n: number; header: string; data: Buffer };
 export interface ReaderApi {
-  openCheckpoint(dir: string): { tensors: Map<string, { name: string; dtype: string; shape: number[]; file: string; begin: number; end: number; packed?: unknown }> };
+  openCheckpoint(dir: string): {
+    tensors: Map<
+      string,
+      { name: string; dtype: string; shape: number[]; file: string; begin: number; end: number; packed?: unknown }
+    >;
+  };
   TensorReader: new (ckpt: never) => { bytes(name: string): Uint8Array; close(): void };
   loadArchitecture(ckpt: never): unknown;
 }

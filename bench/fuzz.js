@@ -34,7 +34,13 @@ function worker() {
       parentPort.postMessage({ ...result, outcome: 'ok' });
     } catch (e) {
       const clean = e instanceof CheckpointError && !!e.file;
-      parentPort.postMessage({ ...result, outcome: clean ? 'CheckpointError' : 'other', name: e?.name ?? typeof e, message: String(e?.message ?? e).slice(0, 300), noFile: e instanceof CheckpointError && !e.file });
+      parentPort.postMessage({
+        ...result,
+        outcome: clean ? 'CheckpointError' : 'other',
+        name: e?.name ?? typeof e,
+        message: String(e?.message ?? e).slice(0, 300),
+        noFile: e instanceof CheckpointError && !e.file,
+      });
     }
   });
 }
@@ -95,14 +101,28 @@ async function main() {
     }
     await w.terminate();
     const byClass = [...classes].sort((a, b) => b[1] - a[1]);
-    const summary = { cases, seed, timeout_ms: timeoutMs, seconds: (Date.now() - started) / 1000, slowest_case: slowest, counts, error_classes: byClass.length, problems };
+    const summary = {
+      cases,
+      seed,
+      timeout_ms: timeoutMs,
+      seconds: (Date.now() - started) / 1000,
+      slowest_case: slowest,
+      counts,
+      error_classes: byClass.length,
+      problems,
+    };
     if (flag('--json')) console.log(JSON.stringify({ ...summary, by_class: Object.fromEntries(byClass) }, null, 1));
     else {
-      console.log(`${cases} cases (seed ${seed}, ${timeoutMs} ms limit each) in ${summary.seconds.toFixed(1)} s; slowest case ${slowest.i}: ${slowest.ms} ms`);
-      console.log(`  read fine ${counts.ok}, CheckpointError ${counts.CheckpointError}, other exception ${counts.other}, hang ${counts.hang}`);
+      console.log(
+        `${cases} cases (seed ${seed}, ${timeoutMs} ms limit each) in ${summary.seconds.toFixed(1)} s; slowest case ${slowest.i}: ${slowest.ms} ms`,
+      );
+      console.log(
+        `  read fine ${counts.ok}, CheckpointError ${counts.CheckpointError}, other exception ${counts.other}, hang ${counts.hang}`,
+      );
       console.log(`CheckpointError messages by class (${byClass.length} classes):`);
       for (const [k, n] of byClass) console.log(`${String(n).padStart(7)}  ${k}`);
-      for (const p of problems.slice(0, 30)) console.log(`PROBLEM case ${p.i} (${p.kind} in ${p.target}): ${p.outcome} ${p.name ?? ''}: ${p.message ?? ''}`);
+      for (const p of problems.slice(0, 30))
+        console.log(`PROBLEM case ${p.i} (${p.kind} in ${p.target}): ${p.outcome} ${p.name ?? ''}: ${p.message ?? ''}`);
     }
     process.exitCode = problems.length ? 1 : 0;
   });

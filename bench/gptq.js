@@ -21,7 +21,17 @@ const { gptq } = require(path.join(DIST, 'quant', 'gptq.js'));
 const { dequantize, outputError, quantizeRtn } = require(path.join(DIST, 'quant', 'rtn.js'));
 
 function args(argv) {
-  const o = { rows: 2048, cols: 1408, bits: 4, groupSize: 128, threads: 2, repeat: 3, samples: 4096, json: false, python: lib.PYTHON };
+  const o = {
+    rows: 2048,
+    cols: 1408,
+    bits: 4,
+    groupSize: 128,
+    threads: 2,
+    repeat: 3,
+    samples: 4096,
+    json: false,
+    python: lib.PYTHON,
+  };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const v = () => Number(argv[++i]);
@@ -51,7 +61,9 @@ async function main() {
   const W = Float32Array.from({ length: o.rows * o.cols }, () => (r() - 0.5) * 0.05 * (r() < 0.01 ? 6 : 1));
   // Inputs with correlated columns and a few outlier channels, like activations; H = XᵀX.
   const X = new Float32Array(o.samples * o.cols);
-  for (let t = 0; t < o.samples; t++) for (let c = 0; c < o.cols; c++) X[t * o.cols + c] = (r() - 0.5) * (c % 97 === 0 ? 8 : 1) + (c > 0 ? 0.5 * X[t * o.cols + c - 1] : 0);
+  for (let t = 0; t < o.samples; t++)
+    for (let c = 0; c < o.cols; c++)
+      X[t * o.cols + c] = (r() - 0.5) * (c % 97 === 0 ? 8 : 1) + (c > 0 ? 0.5 * X[t * o.cols + c - 1] : 0);
   const be = await createBackend('onnx', { threads: o.threads });
   const Xt = new Float32Array(o.cols * o.samples);
   for (let t = 0; t < o.samples; t++) for (let c = 0; c < o.cols; c++) Xt[c * o.samples + t] = X[t * o.cols + c];
@@ -65,14 +77,54 @@ async function main() {
     times.push(Number(process.hrtime.bigint() - t0) / 1e9);
   }
   const moeErr = await outputError(W, dequantize(q), o.rows, o.cols, { full: H }, be);
-  const rtnErr = await outputError(W, dequantize(quantizeRtn(W, o.rows, o.cols, spec)), o.rows, o.cols, { full: H }, be);
+  const rtnErr = await outputError(
+    W,
+    dequantize(quantizeRtn(W, o.rows, o.cols, spec)),
+    o.rows,
+    o.cols,
+    { full: H },
+    be,
+  );
   await be.dispose();
-  const result = { rows: o.rows, cols: o.cols, bits: o.bits, group_size: o.groupSize, threads: o.threads, moe_seconds: Math.min(...times), moe_all_seconds: times, moe_error: moeErr, rtn_error: rtnErr, torch: null };
+  const result = {
+    rows: o.rows,
+    cols: o.cols,
+    bits: o.bits,
+    group_size: o.groupSize,
+    threads: o.threads,
+    moe_seconds: Math.min(...times),
+    moe_all_seconds: times,
+    moe_error: moeErr,
+    rtn_error: rtnErr,
+    torch: null,
+  };
   if (fs.existsSync(o.python)) {
     withWorkDir('moe-gptq-', (dir) => {
       fs.writeFileSync(path.join(dir, 'w.f32'), Buffer.from(W.buffer));
       fs.writeFileSync(path.join(dir, 'h.f32'), Buffer.from(H.buffer, H.byteOffset, H.byteLength));
-      const p = spawnSync(o.python, [path.join(ROOT, 'scripts', 'gptq_reference.py'), '--w', path.join(dir, 'w.f32'), '--h', path.join(dir, 'h.f32'), '--rows', String(o.rows), '--cols', String(o.cols), '--bits', String(o.bits), '--group-size', String(o.groupSize), '--threads', String(o.threads), '--repeat', String(o.repeat)], { encoding: 'utf8' });
+      const p = spawnSync(
+        o.python,
+        [
+          path.join(ROOT, 'scripts', 'gptq_reference.py'),
+          '--w',
+          path.join(dir, 'w.f32'),
+          '--h',
+          path.join(dir, 'h.f32'),
+          '--rows',
+          String(o.rows),
+          '--cols',
+          String(o.cols),
+          '--bits',
+          String(o.bits),
+          '--group-size',
+          String(o.groupSize),
+          '--threads',
+          String(o.threads),
+          '--repeat',
+          String(o.repeat),
+        ],
+        { encoding: 'utf8' },
+      );
       if (p.status !== 0) throw new Error(`gptq_reference.py failed: ${p.stderr}`);
       result.torch = JSON.parse(p.stdout.trim().split('\n').pop());
     });
@@ -81,9 +133,16 @@ async function main() {
   result.ratio = ratio;
   if (o.json) console.log(JSON.stringify(result));
   else {
-    console.log(`GPTQ of a [${o.rows}, ${o.cols}] weight at ${o.bits} bits, groups of ${o.groupSize}, ${o.threads} thread(s); Hessian from ${o.samples} input rows`);
-    console.log(`  moe:   ${result.moe_seconds.toFixed(3)} s (runs: ${times.map((t) => t.toFixed(3)).join(', ')})  ‖(W−Q)X‖² = ${moeErr.toExponential(4)}`);
-    if (result.torch) console.log(`  torch: ${result.torch.seconds.toFixed(3)} s (runs: ${result.torch.all_seconds.map((t) => t.toFixed(3)).join(', ')})  ‖(W−Q)X‖² = ${result.torch.error.toExponential(4)}  (torch ${result.torch.torch})`);
+    console.log(
+      `GPTQ of a [${o.rows}, ${o.cols}] weight at ${o.bits} bits, groups of ${o.groupSize}, ${o.threads} thread(s); Hessian from ${o.samples} input rows`,
+    );
+    console.log(
+      `  moe:   ${result.moe_seconds.toFixed(3)} s (runs: ${times.map((t) => t.toFixed(3)).join(', ')})  ‖(W−Q)X‖² = ${moeErr.toExponential(4)}`,
+    );
+    if (result.torch)
+      console.log(
+        `  torch: ${result.torch.seconds.toFixed(3)} s (runs: ${result.torch.all_seconds.map((t) => t.toFixed(3)).join(', ')})  ‖(W−Q)X‖² = ${result.torch.error.toExponential(4)}  (torch ${result.torch.torch})`,
+      );
     else console.log(`  torch: skipped (no ${o.python}; see scripts/README.md)`);
     console.log(`  RTN:   ‖(W−Q)X‖² = ${rtnErr.toExponential(4)}`);
     if (ratio !== null) console.log(`  moe / torch = ${ratio.toFixed(2)} (need ≤ 2: ${ratio <= 2 ? 'ok' : 'FAILED'})`);

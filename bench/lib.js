@@ -61,7 +61,10 @@ function timed(cmd, argv, { env, rss = true, label, timeoutMs } = {}) {
   if (label) process.stderr.write(`${label} ... `);
   const t0 = process.hrtime.bigint();
   const r = spawnSync(full[0], full.slice(1), {
-    encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: MAX_BUFFER, env: { ...process.env, ...env },
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    maxBuffer: MAX_BUFFER,
+    env: { ...process.env, ...env },
     timeout: timeoutMs,
   });
   const seconds = secondsSince(t0);
@@ -78,7 +81,9 @@ function timed(cmd, argv, { env, rss = true, label, timeoutMs } = {}) {
   if (r.status !== 0) {
     if (label) process.stderr.write('failed\n');
     const tail = (r.stderr || '').trim().split('\n').slice(-15).join('\n');
-    throw new Error(`${label ? `${label}: ` : ''}\`${[cmd, ...argv].join(' ')}\` exited ${r.status ?? r.signal}\n${tail}`);
+    throw new Error(
+      `${label ? `${label}: ` : ''}\`${[cmd, ...argv].join(' ')}\` exited ${r.status ?? r.signal}\n${tail}`,
+    );
   }
   return { seconds, cpu_seconds: cpu, peak_rss_bytes: peak, stdout: r.stdout, stderr: r.stderr };
 }
@@ -116,11 +121,22 @@ function withWorkDir(prefix, body, { base = os.tmpdir(), keep = false } = {}) {
  * 4096, 8 experts of width 14336); each bench adds its layers, vocabulary and the rest.
  */
 const QWEN3_BENCH = {
-  hidden_size: 1024, num_hidden_layers: 6, num_experts: 32, num_experts_per_tok: 4, moe_intermediate_size: 384,
-  num_attention_heads: 16, num_key_value_heads: 4, head_dim: 64, vocab_size: 32768,
+  hidden_size: 1024,
+  num_hidden_layers: 6,
+  num_experts: 32,
+  num_experts_per_tok: 4,
+  moe_intermediate_size: 384,
+  num_attention_heads: 16,
+  num_key_value_heads: 4,
+  head_dim: 64,
+  vocab_size: 32768,
 };
 const MIXTRAL_WIDTH = {
-  hidden_size: 4096, intermediate_size: 14336, num_local_experts: 8, num_attention_heads: 32, num_key_value_heads: 8,
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  num_local_experts: 8,
+  num_attention_heads: 32,
+  num_key_value_heads: 8,
 };
 /** `--set` arguments from a config object. */
 const setArgs = (config) => Object.entries(config).map(([k, v]) => `${k}=${JSON.stringify(v)}`);
@@ -201,8 +217,10 @@ function folderBytes(dir, { shardsOnly = false } = {}) {
 /** node, onnxruntime-node, cores, CPU model and load average: the line the backend benches start with. */
 function machineLine() {
   const cpu = os.cpus()[0];
-  return `node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}, ` +
-    `${os.availableParallelism()} cores (${cpu ? cpu.model : 'unknown cpu'}), load average ${os.loadavg()[0].toFixed(2)}`;
+  return (
+    `node ${process.version}, onnxruntime-node ${require('onnxruntime-node/package.json').version}, ` +
+    `${os.availableParallelism()} cores (${cpu ? cpu.model : 'unknown cpu'}), load average ${os.loadavg()[0].toFixed(2)}`
+  );
 }
 
 /** Thread count for torch / OpenMP children (moe takes --threads). */
@@ -217,8 +235,36 @@ function run(main) {
 }
 
 module.exports = {
-  ROOT, MOE, DIST, FIXTURE, EVAL_TEXT, CALIB_TEXT, PYTHON, LLAMA, ARGS,
-  option, flag, secondsSince, moe, timed, parseJson, withWorkDir,
-  QWEN3_BENCH, MIXTRAL_WIDTH, setArgs, lcg, ansiLcg, xorshift32, randomFloats, tokenWindows,
-  median, timeCalls, table, mb, folderBytes, machineLine, threadEnv, run,
+  ROOT,
+  MOE,
+  DIST,
+  FIXTURE,
+  EVAL_TEXT,
+  CALIB_TEXT,
+  PYTHON,
+  LLAMA,
+  ARGS,
+  option,
+  flag,
+  secondsSince,
+  moe,
+  timed,
+  parseJson,
+  withWorkDir,
+  QWEN3_BENCH,
+  MIXTRAL_WIDTH,
+  setArgs,
+  lcg,
+  ansiLcg,
+  xorshift32,
+  randomFloats,
+  tokenWindows,
+  median,
+  timeCalls,
+  table,
+  mb,
+  folderBytes,
+  machineLine,
+  threadEnv,
+  run,
 };

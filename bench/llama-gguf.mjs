@@ -39,7 +39,9 @@ function moe(argv) {
 }
 
 if (!fs.existsSync(LLAMA)) {
-  console.error(`node-llama-cpp is not installed in .cache/llama; see the header of ${path.relative(process.cwd(), fileURLToPath(import.meta.url))}`);
+  console.error(
+    `node-llama-cpp is not installed in .cache/llama; see the header of ${path.relative(process.cwd(), fileURLToPath(import.meta.url))}`,
+  );
   process.exit(2);
 }
 const { getLlama } = await import(LLAMA);
@@ -53,13 +55,20 @@ try {
   fs.writeFileSync(idsFile, JSON.stringify(windows));
   // moe eval of the original, with every position's logits.
   const dump = path.join(work, 'logits.safetensors');
-  const mine = JSON.parse(moe(['eval', MODEL, '--data', idsFile, '--seq-len', String(T), '--dump-logits', dump, '--json']));
+  const mine = JSON.parse(
+    moe(['eval', MODEL, '--data', idsFile, '--seq-len', String(T), '--dump-logits', dump, '--json']),
+  );
   const header = fs.readFileSync(dump);
   const n = Number(header.readBigUInt64LE(0));
   const meta = JSON.parse(header.subarray(8, 8 + n).toString('utf8'));
   const entry = Object.entries(meta).find(([k]) => k !== '__metadata__')[1];
   const vocab = entry.shape[entry.shape.length - 1];
-  const logits = new Float32Array(header.buffer.slice(header.byteOffset + 8 + n + entry.data_offsets[0], header.byteOffset + 8 + n + entry.data_offsets[1]));
+  const logits = new Float32Array(
+    header.buffer.slice(
+      header.byteOffset + 8 + n + entry.data_offsets[0],
+      header.byteOffset + 8 + n + entry.data_offsets[1],
+    ),
+  );
   const moeArgmax = [];
   for (let r = 0; r < logits.length / vocab; r++) {
     let best = 0;
@@ -104,8 +113,23 @@ try {
     return { file: report.output, report };
   };
   const stats = path.join(work, 'stats');
-  moe(['calibrate', MODEL, '--data', path.join(ROOT, 'fixtures', 'text', 'calib.txt'), '--seq-len', '256', '--max-tokens', '32768', '-o', stats]);
-  const cases = [...TYPES.map((t) => [t.toUpperCase(), ['--type', t]]), ...TYPES.map((t) => [`${t.toUpperCase()} (imatrix)`, ['--type', t, '--stats', stats]]), [`LP ${BPW} bpw`, ['--allocate', 'lp', '--bpw', String(BPW), '--stats', stats]]];
+  moe([
+    'calibrate',
+    MODEL,
+    '--data',
+    path.join(ROOT, 'fixtures', 'text', 'calib.txt'),
+    '--seq-len',
+    '256',
+    '--max-tokens',
+    '32768',
+    '-o',
+    stats,
+  ]);
+  const cases = [
+    ...TYPES.map((t) => [t.toUpperCase(), ['--type', t]]),
+    ...TYPES.map((t) => [`${t.toUpperCase()} (imatrix)`, ['--type', t, '--stats', stats]]),
+    [`LP ${BPW} bpw`, ['--allocate', 'lp', '--bpw', String(BPW), '--stats', stats]],
+  ];
   for (const [label, argv] of cases) {
     const { file, report } = make(label.replace(/[^a-z0-9.]/gi, '_'), argv);
     const e = await llamaEval(file);
@@ -126,11 +150,18 @@ try {
   const result = { windows: WINDOWS, seq_len: T, moe_perplexity: mine.perplexity, rows };
   if (JSON_OUT) console.log(JSON.stringify(result));
   else {
-    console.log(`fixtures/tiny-moe, ${WINDOWS} windows × ${T} tokens of eval.txt; moe eval of the original (bf16): perplexity ${mine.perplexity.toFixed(3)}`);
+    console.log(
+      `fixtures/tiny-moe, ${WINDOWS} windows × ${T} tokens of eval.txt; moe eval of the original (bf16): perplexity ${mine.perplexity.toFixed(3)}`,
+    );
     const pct = (x, d = 2) => `${x >= 0 ? '+' : ''}${x.toFixed(d)}%`;
-    console.log('| GGUF (llama.cpp) | bits/weight | file | perplexity | vs moe eval | argmax = moe eval | moe eval of the GGUF | vs llama.cpp |');
+    console.log(
+      '| GGUF (llama.cpp) | bits/weight | file | perplexity | vs moe eval | argmax = moe eval | moe eval of the GGUF | vs llama.cpp |',
+    );
     console.log('|---|---|---|---|---|---|---|---|');
-    for (const r of rows) console.log(`| ${r.label} | ${r.bpw.toFixed(3)} | ${(r.file_bytes / 1e6).toFixed(2)} MB | ${r.perplexity.toFixed(3)} | ${pct(r.vs_moe_pct)} | ${(100 * r.argmax_agreement).toFixed(1)}% | ${r.moe_gguf_perplexity.toFixed(3)} | ${pct(r.moe_gguf_vs_llama_pct, 3)} |`);
+    for (const r of rows)
+      console.log(
+        `| ${r.label} | ${r.bpw.toFixed(3)} | ${(r.file_bytes / 1e6).toFixed(2)} MB | ${r.perplexity.toFixed(3)} | ${pct(r.vs_moe_pct)} | ${(100 * r.argmax_agreement).toFixed(1)}% | ${r.moe_gguf_perplexity.toFixed(3)} | ${pct(r.moe_gguf_vs_llama_pct, 3)} |`,
+      );
   }
   const q8 = rows.find((r) => r.label === 'Q8_0');
   const q4 = rows.find((r) => r.label === 'Q4_K (imatrix)') ?? rows.find((r) => r.label === 'Q4_K');

@@ -38,7 +38,10 @@ function safetensors(file) {
     const t = h[name];
     const raw = b.subarray(8 + n + t.data_offsets[0], 8 + n + t.data_offsets[1]);
     const copy = new Uint8Array(raw).buffer;
-    return { shape: t.shape, data: t.dtype === 'I64' ? Array.from(new BigInt64Array(copy), Number) : new Float32Array(copy) };
+    return {
+      shape: t.shape,
+      data: t.dtype === 'I64' ? Array.from(new BigInt64Array(copy), Number) : new Float32Array(copy),
+    };
   };
   return get;
 }
@@ -46,16 +49,30 @@ function safetensors(file) {
 /** A byte-level BPE tokenizer.json with `vocab` tokens: the 256 byte symbols, then merged pairs. */
 function standInTokenizer(vocab) {
   const bytes = [];
-  for (let i = 0; i < 256; i++) bytes.push(String.fromCodePoint(i < 33 || (i > 126 && i < 161) || i === 173 ? 256 + i : i));
+  for (let i = 0; i < 256; i++)
+    bytes.push(String.fromCodePoint(i < 33 || (i > 126 && i < 161) || i === 173 ? 256 + i : i));
   const v = {};
   bytes.slice(0, Math.min(256, vocab)).forEach((s, i) => (v[s] = i));
-  return { version: '1.0', added_tokens: [], normalizer: null, pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }, post_processor: null, decoder: { type: 'ByteLevel' }, model: { type: 'BPE', vocab: v, merges: [] } };
+  return {
+    version: '1.0',
+    added_tokens: [],
+    normalizer: null,
+    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
+    post_processor: null,
+    decoder: { type: 'ByteLevel' },
+    model: { type: 'BPE', vocab: v, merges: [] },
+  };
 }
 
 const SYNTH = {
   'qwen2_moe (synth, no dense layer)': ['qwen2_moe', ['mlp_only_layers=[]']],
   'olmoe (synth, kv heads = heads)': ['olmoe', []],
-  'deepseek_v2 (synth, yarn, mscale = mscale_all_dim)': ['deepseek_v2', ['rope_scaling={"type":"yarn","factor":4.0,"original_max_position_embeddings":64,"mscale":0.707,"mscale_all_dim":0.707,"beta_fast":32,"beta_slow":1}']],
+  'deepseek_v2 (synth, yarn, mscale = mscale_all_dim)': [
+    'deepseek_v2',
+    [
+      'rope_scaling={"type":"yarn","factor":4.0,"original_max_position_embeddings":64,"mscale":0.707,"mscale_all_dim":0.707,"beta_fast":32,"beta_slow":1}',
+    ],
+  ],
   'deepseek_v2 (synth, no yarn, no groups)': ['deepseek_v2', ['n_group=1', 'topk_group=1', 'topk_method="greedy"']],
   'deepseek_v2 (synth, no yarn, groups)': ['deepseek_v2', []],
 };
@@ -73,13 +90,27 @@ function synthCase(dir, arch, sets) {
   const B = 2;
   const T = 16;
   let s = 5;
-  const ids = [...Array(B)].map(() => [...Array(T)].map(() => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s % config.vocab_size)));
+  const ids = [...Array(B)].map(() =>
+    [...Array(T)].map(() => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0), s % config.vocab_size)),
+  );
   const idsFile = path.join(dir, '..', `${path.basename(dir)}-ids.json`);
   fs.writeFileSync(idsFile, JSON.stringify(ids));
   const dump = path.join(dir, '..', `${path.basename(dir)}-logits.safetensors`);
   moe(['eval', dir, '--data', idsFile, '--seq-len', String(T), '--dump-logits', dump, '--json']);
-  const logits = safetensors(dump)(Object.keys(JSON.parse(fs.readFileSync(dump).subarray(8, 8 + Number(fs.readFileSync(dump).readBigUInt64LE(0))).toString('utf8'))).find((k) => k !== '__metadata__'));
-  return (name) => (name === 'input_ids' ? { shape: [B, T], data: ids.flat() } : { shape: [B, T, config.vocab_size], data: logits.data });
+  const logits = safetensors(dump)(
+    Object.keys(
+      JSON.parse(
+        fs
+          .readFileSync(dump)
+          .subarray(8, 8 + Number(fs.readFileSync(dump).readBigUInt64LE(0)))
+          .toString('utf8'),
+      ),
+    ).find((k) => k !== '__metadata__'),
+  );
+  return (name) =>
+    name === 'input_ids'
+      ? { shape: [B, T], data: ids.flat() }
+      : { shape: [B, T, config.vocab_size], data: logits.data };
 }
 
 const rows = [];
@@ -95,7 +126,9 @@ try {
     const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
     fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(standInTokenizer(config.vocab_size)));
     const out = path.join(work, `${path.basename(dir)}.gguf`);
-    const r = spawnSync(process.execPath, [MOE, 'quantize', dir, '--format', 'gguf', '--type', 'f32', '-o', out], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, [MOE, 'quantize', dir, '--format', 'gguf', '--type', 'f32', '-o', out], {
+      encoding: 'utf8',
+    });
     if (r.status !== 0) {
       rows.push({ name, error: r.stderr.trim() });
       continue;
@@ -134,7 +167,13 @@ try {
       }
       await ctx.dispose();
       await model.dispose();
-      rows.push({ name, max_abs_logit_diff: maxDiff, max_abs_logit: maxRef, argmax_agreement: agree / (B * T), positions: B * T });
+      rows.push({
+        name,
+        max_abs_logit_diff: maxDiff,
+        max_abs_logit: maxRef,
+        argmax_agreement: agree / (B * T),
+        positions: B * T,
+      });
     } catch (e) {
       rows.push({ name, error: String(e.message ?? e).split('\n')[0] });
     }
@@ -143,4 +182,10 @@ try {
   fs.rmSync(work, { recursive: true, force: true });
 }
 if (process.argv.includes('--json')) console.log(JSON.stringify(rows));
-else for (const r of rows) console.log(r.error ? `${r.name}: ERROR ${r.error}` : `${r.name}: llama.cpp vs ${SYNTH[r.name] ? 'moe' : 'transformers'} max |Δlogit| ${r.max_abs_logit_diff.toExponential(2)} (logits up to ${r.max_abs_logit.toFixed(1)}), argmax agreement ${(100 * r.argmax_agreement).toFixed(1)}% of ${r.positions} positions`);
+else
+  for (const r of rows)
+    console.log(
+      r.error
+        ? `${r.name}: ERROR ${r.error}`
+        : `${r.name}: llama.cpp vs ${SYNTH[r.name] ? 'moe' : 'transformers'} max |Δlogit| ${r.max_abs_logit_diff.toExponential(2)} (logits up to ${r.max_abs_logit.toFixed(1)}), argmax agreement ${(100 * r.argmax_agreement).toFixed(1)}% of ${r.positions} positions`,
+    );

@@ -39,7 +39,10 @@ function layerGroups(r, extra = []) {
     const weight = f * Math.pow(w, 1.5);
     for (let p = 0; p < 3; p++) {
       const scale = Math.exp(0.8 * gaussian(r)) * (p === 2 ? 1.5 : 1);
-      groups.push({ params: 7168 * 2048, cost: CHOICES.map((b) => weight * scale * Math.pow(4, -b) * (1 + 0.25 * (r() - 0.5))) });
+      groups.push({
+        params: 7168 * 2048,
+        cost: CHOICES.map((b) => weight * scale * Math.pow(4, -b) * (1 + 0.25 * (r() - 0.5))),
+      });
     }
   }
   return groups.concat(extra);
@@ -59,7 +62,14 @@ async function main() {
       times.push(res.seconds);
       if (res.status !== 'optimal') allOptimal = false;
     }
-    const row = { groups: 768, budget, instances: times.length, max_seconds: Math.max(...times), mean_seconds: times.reduce((a, b) => a + b, 0) / times.length, all_proven_optimal: allOptimal };
+    const row = {
+      groups: 768,
+      budget,
+      instances: times.length,
+      max_seconds: Math.max(...times),
+      mean_seconds: times.reduce((a, b) => a + b, 0) / times.length,
+      all_proven_optimal: allOptimal,
+    };
     out.per_layer.push(row);
     if (!allOptimal || row.max_seconds > 1) ok = false;
   }
@@ -68,21 +78,43 @@ async function main() {
     let groups = [];
     for (let l = 0; l < 59; l++) {
       // Per layer also attention-sized groups (MLA projections), always-active: frequency 1.
-      const attn = [1536 * 7168, 24576 * 1536, 576 * 7168, 32768 * 512, 7168 * 16384].map((params) => ({ params, cost: CHOICES.map((b) => Math.exp(0.5 * gaussian(r)) * 4 * Math.pow(4, -b)) }));
+      const attn = [1536 * 7168, 24576 * 1536, 576 * 7168, 32768 * 512, 7168 * 16384].map((params) => ({
+        params,
+        cost: CHOICES.map((b) => Math.exp(0.5 * gaussian(r)) * 4 * Math.pow(4, -b)),
+      }));
       groups = groups.concat(layerGroups(r, attn));
     }
     groups = groups.slice(0, 45000);
     const total = groups.reduce((s, g) => s + g.params, 0);
     const res = await allocate({ choices: CHOICES, groups, budgetBits: budget * total });
-    const row = { groups: groups.length, budget, seconds: res.seconds, status: res.status, method: res.method, gap: res.gap, lp_gap: (res.objective - res.lp_bound) / res.objective, average_bits: res.bits / total };
+    const row = {
+      groups: groups.length,
+      budget,
+      seconds: res.seconds,
+      status: res.status,
+      method: res.method,
+      gap: res.gap,
+      lp_gap: (res.objective - res.lp_bound) / res.objective,
+      average_bits: res.bits / total,
+    };
     out.global.push(row);
     if (row.gap > 1e-3 || row.seconds > 10) ok = false;
   }
   if (json) console.log(JSON.stringify(out));
   else {
-    for (const r of out.per_layer) console.log(`per layer, ${r.groups} groups × 4, budget ${r.budget} bits: ${r.instances} instances, max ${(1000 * r.max_seconds).toFixed(0)} ms, mean ${(1000 * r.mean_seconds).toFixed(0)} ms, all proven optimal: ${r.all_proven_optimal}`);
-    for (const r of out.global) console.log(`global, ${r.groups} groups × 4, budget ${r.budget} bits: ${r.seconds.toFixed(2)} s, ${r.status} (${r.method}), proven gap ${(100 * r.gap).toFixed(5)}%, average ${r.average_bits.toFixed(4)} bits`);
-    console.log(ok ? 'all targets met' : 'FAILED: a target was missed (per layer: proven optimal ≤ 1 s; global: gap ≤ 0.1% in ≤ 10 s)');
+    for (const r of out.per_layer)
+      console.log(
+        `per layer, ${r.groups} groups × 4, budget ${r.budget} bits: ${r.instances} instances, max ${(1000 * r.max_seconds).toFixed(0)} ms, mean ${(1000 * r.mean_seconds).toFixed(0)} ms, all proven optimal: ${r.all_proven_optimal}`,
+      );
+    for (const r of out.global)
+      console.log(
+        `global, ${r.groups} groups × 4, budget ${r.budget} bits: ${r.seconds.toFixed(2)} s, ${r.status} (${r.method}), proven gap ${(100 * r.gap).toFixed(5)}%, average ${r.average_bits.toFixed(4)} bits`,
+      );
+    console.log(
+      ok
+        ? 'all targets met'
+        : 'FAILED: a target was missed (per layer: proven optimal ≤ 1 s; global: gap ≤ 0.1% in ≤ 10 s)',
+    );
   }
   if (!ok) process.exitCode = 1;
 }

@@ -103,12 +103,27 @@ async function overhead() {
   ];
   const backend = await OnnxBackend.create();
   const rows = [];
-  for (const [t, i, o] of [[1, 8, 8], [1, 32, 64], [1, 64, 64], [2, 64, 64], [4, 64, 64], [16, 64, 64], [1, 256, 256], [64, 64, 64]]) {
+  for (const [t, i, o] of [
+    [1, 8, 8],
+    [1, 32, 64],
+    [1, 64, 64],
+    [2, 64, 64],
+    [4, 64, 64],
+    [16, 64, 64],
+    [1, 256, 256],
+    [64, 64, 64],
+  ]) {
     const x = random(t * i, 5);
     const w = random(o * i, 6);
     const row = [`${t}×${i}×${o}`, String(t * i * o)];
     for (const [, s] of sessions) {
-      row.push((await microseconds(() => s.run({ X: new ort.Tensor('float32', x, [t, i]), W: new ort.Tensor('float32', w, [o, i]) }))).toFixed(1));
+      row.push(
+        (
+          await microseconds(() =>
+            s.run({ X: new ort.Tensor('float32', x, [t, i]), W: new ort.Tensor('float32', w, [o, i]) }),
+          )
+        ).toFixed(1),
+      );
     }
     row.push((await microseconds(async () => linearRef(x, w, t, i, o))).toFixed(1));
     row.push((await microseconds(() => backend.linear(x, w, t, i, o))).toFixed(1));
@@ -116,7 +131,9 @@ async function overhead() {
   }
   for (const [, s] of sessions) await s.release();
   await backend.dispose();
-  console.log(`\nPer-call time of y = x·wᵀ, tokens×in×out (µs, median); the onnx backend uses TS below ${TINY_PRODUCT_MACS} multiply-adds`);
+  console.log(
+    `\nPer-call time of y = x·wᵀ, tokens×in×out (µs, median); the onnx backend uses TS below ${TINY_PRODUCT_MACS} multiply-adds`,
+  );
   table(['shape', 'MACs', ...sessions.map(([n]) => n), 'TS loop µs', 'onnx backend µs'], rows);
 }
 

@@ -20,9 +20,24 @@ withWorkDir('moe-bench-merge-', (work) => {
   fs.writeFileSync(ids, JSON.stringify(tokenWindows(4, 64, 1024, ansiLcg(7))));
   const stats = path.join(work, 'stats');
   const cal = moe(['calibrate', model, '--data', ids, '--seq-len', '64', '--naee-tokens', '128', '-o', stats]);
-  console.log(`calibrate (256 tokens): ${cal.wall_seconds.toFixed(1)} s, peak RSS ${(cal.peak_rss_bytes / 1e6).toFixed(0)} MB`);
-  const m = moe(['merge', model, '--stats', stats, '--method', 'msmoe', '--keep', '4', '-o', path.join(work, 'merged')]);
+  console.log(
+    `calibrate (256 tokens): ${cal.wall_seconds.toFixed(1)} s, peak RSS ${(cal.peak_rss_bytes / 1e6).toFixed(0)} MB`,
+  );
+  const m = moe([
+    'merge',
+    model,
+    '--stats',
+    stats,
+    '--method',
+    'msmoe',
+    '--keep',
+    '4',
+    '-o',
+    path.join(work, 'merged'),
+  ]);
   const aligned = m.layers[0].groups.flatMap((g) => g.alignment || []);
-  console.log(`merge msmoe 8 → 4 at width 14336: ${m.wall_seconds.toFixed(1)} s for the layer (whole process), ${aligned.length} alignments (${aligned.map((a) => a.method).join(', ')}),` +
-    ` mean neuron-feature cosine ${aligned.map((a) => `${a.score_before.toFixed(3)} → ${a.score_after.toFixed(3)}`).join('; ')}, peak RSS ${(m.peak_rss_bytes / 1e6).toFixed(0)} MB`);
+  console.log(
+    `merge msmoe 8 → 4 at width 14336: ${m.wall_seconds.toFixed(1)} s for the layer (whole process), ${aligned.length} alignments (${aligned.map((a) => a.method).join(', ')}),` +
+      ` mean neuron-feature cosine ${aligned.map((a) => `${a.score_before.toFixed(3)} → ${a.score_after.toFixed(3)}`).join('; ')}, peak RSS ${(m.peak_rss_bytes / 1e6).toFixed(0)} MB`,
+  );
 });

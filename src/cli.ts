@@ -73,7 +73,11 @@ export function commanderOption(o: OptionSpec): Option {
 
 /** The options of a command as its spec's run takes them (the flag's text through the option's parser). */
 export function commandOptions(spec: CommandSpec, opts: Record<string, unknown>): Record<string, unknown> {
-  return parseOptions(spec.options, (o) => opts[attributeName(o)], (o) => `--${longName(o)}`);
+  return parseOptions(
+    spec.options,
+    (o) => opts[attributeName(o)],
+    (o) => `--${longName(o)}`,
+  );
 }
 
 function addCommand(program: Command, spec: CommandSpec): void {
@@ -96,20 +100,27 @@ export function buildCli(): Command {
   const program = new Command();
   program
     .name('moe')
-    .description('Make Mixture-of-Experts models smaller: inspect, convert, calibrate, prune, merge, quantize and evaluate Hugging Face MoE checkpoints.')
-    .version(VERSION, '-V, --version', 'print moe\'s version')
+    .description(
+      'Make Mixture-of-Experts models smaller: inspect, convert, calibrate, prune, merge, quantize and evaluate Hugging Face MoE checkpoints.',
+    )
+    .version(VERSION, '-V, --version', "print moe's version")
     .option('--debug', 'print stack traces on errors')
     // commander's own errors are thrown as UsageError (below) and printed by main.ts in moe's one-line style.
     .configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: () => {} })
     .exitOverride(usageExit('moe'))
-    .addHelpText('after', examples(EXAMPLES) + '\n\nRun moe <command> --help for a command\'s options and examples.');
+    .addHelpText('after', examples(EXAMPLES) + "\n\nRun moe <command> --help for a command's options and examples.");
   for (const spec of COMMANDS) addCommand(program, spec);
   for (const c of program.commands) c.exitOverride(usageExit(`moe ${c.name()}`));
   return program;
 }
 
 /** commander's exits that are not errors: help, version, and `moe` alone (help on stderr, exit 2 in main.ts). */
-const NOT_ERRORS = new Set(['commander.helpDisplayed', 'commander.help', 'commander.version', 'commander.executeSubCommandAsync']);
+const NOT_ERRORS = new Set([
+  'commander.helpDisplayed',
+  'commander.help',
+  'commander.version',
+  'commander.executeSubCommandAsync',
+]);
 
 /** Turns commander's own errors (unknown option, missing argument, invalid choice...) into one-line usage errors. */
 function usageExit(name: string): (e: CommanderError) => never {

@@ -24,7 +24,9 @@ export async function main(argv: string[]): Promise<number> {
     removePendingOutputs();
     if (e instanceof CommanderError) {
       // Only help and --version get here (commander printed them); its errors arrive as UsageError (cli.ts).
-      return e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? EXIT.ok : EXIT.usage;
+      return e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version'
+        ? EXIT.ok
+        : EXIT.usage;
     }
     if (e instanceof MoeError) {
       process.stderr.write(`moe: ${e.line()}\n`);
@@ -33,15 +35,21 @@ export async function main(argv: string[]): Promise<number> {
     }
     const err = e as NodeJS.ErrnoException;
     if (err?.code === 'ENOSPC') {
-      process.stderr.write(`moe: no space left on the device${err.path ? ` (${err.path})` : ''}; free space or choose another destination\n`);
+      process.stderr.write(
+        `moe: no space left on the device${err.path ? ` (${err.path})` : ''}; free space or choose another destination\n`,
+      );
       return EXIT.badInput;
     }
     // Node ignores SIGXFSZ, so a write past `ulimit -f` fails with EFBIG instead of killing the process.
     if (err?.code === 'EFBIG') {
-      process.stderr.write(`moe: a file reached the file size limit (ulimit -f)${err.path ? ` (${err.path})` : ''}; raise the limit or choose a smaller output\n`);
+      process.stderr.write(
+        `moe: a file reached the file size limit (ulimit -f)${err.path ? ` (${err.path})` : ''}; raise the limit or choose a smaller output\n`,
+      );
       return EXIT.badInput;
     }
-    process.stderr.write(`moe: internal error: ${err?.message ?? String(e)}; please report this with the command and --debug output\n`);
+    process.stderr.write(
+      `moe: internal error: ${err?.message ?? String(e)}; please report this with the command and --debug output\n`,
+    );
     if (debug) process.stderr.write(`${err?.stack}\n`);
     return EXIT.internal;
   }

@@ -10,8 +10,12 @@ module.exports = {
     const code = src
       .replace(/import\.meta\.url/g, "require('node:url').pathToFileURL(__filename).href")
       .replace(/await import\("module"\)/g, "require('node:module')")
-      .replace(/export\s*\{\s*(\w+)\s+as\s+default\s*\}\s*;?\s*$/, 'module.exports = { default: $1, __esModule: true };');
-    if (/\bexport\b\s*\{/.test(code.slice(-200))) throw new Error(`esm-shim-transform: unexpected exports left in ${filename}`);
+      .replace(
+        /export\s*\{\s*(\w+)\s+as\s+default\s*\}\s*;?\s*$/,
+        'module.exports = { default: $1, __esModule: true };',
+      );
+    if (/\bexport\b\s*\{/.test(code.slice(-200)))
+      throw new Error(`esm-shim-transform: unexpected exports left in ${filename}`);
     return { code };
   },
 };

@@ -16,7 +16,9 @@ function flag(args, name) {
 
 /** calibrate()'s options (without output) from the reference's command-line flags. */
 function fixtureCalibration() {
-  const args = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'compressed-ppl.json'), 'utf8')).calibrate;
+  const args = JSON.parse(
+    fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'compressed-ppl.json'), 'utf8'),
+  ).calibrate;
   return {
     args,
     options: {

@@ -27,7 +27,11 @@ export interface CliResult {
 
 /** `moe ARGS` in a child process (bin/moe.js over dist/): for signals, ulimit, a full disk, a TTY or exit behaviour. */
 export function runCli(args: string[], cwd = ROOT): CliResult {
-  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'moe.js'), ...args], { cwd, encoding: 'utf8', env: { ...process.env, CI: 'true' } });
+  const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'moe.js'), ...args], {
+    cwd,
+    encoding: 'utf8',
+    env: { ...process.env, CI: 'true' },
+  });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -65,7 +69,8 @@ export async function runMain(args: string[], cwd = ROOT): Promise<CliResult> {
     return { code, stdout, stderr };
   } finally {
     streams.forEach((s, i) => (s.write = writes[i] as typeof s.write));
-    for (const [sig, before] of signals) for (const l of process.listeners(sig)) if (!before.includes(l)) process.removeListener(sig, l);
+    for (const [sig, before] of signals)
+      for (const l of process.listeners(sig)) if (!before.includes(l)) process.removeListener(sig, l);
     if (env === undefined) delete process.env.CI;
     else process.env.CI = env;
     process.exitCode = exitCode;
@@ -81,20 +86,38 @@ export async function fixtureStats(): Promise<string> {
   const shared = process.env.MOE_FIXTURE_STATS;
   if (shared && fs.existsSync(path.join(shared, 'stats.json'))) return shared;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { fixtureCalibration } = require('./fixture-stats') as { fixtureCalibration: () => { options: Record<string, unknown> } };
+  const { fixtureCalibration } = require('./fixture-stats') as {
+    fixtureCalibration: () => { options: Record<string, unknown> };
+  };
   const { calibrate } = await import('../src/commands/calibrate');
   const output = path.join(tmpDir('moe-fixture-stats-'), 'stats');
   await calibrate({ ...(fixtureCalibration().options as Omit<CalibrateOptions, 'output'>), output }, quiet);
   return output;
 }
 
-export async function makeSynth(arch: string, dir: string, opts: { dtype?: DType; maxShardBytes?: number; seed?: number; set?: Config } = {}): Promise<string> {
-  await synthesize({ config: { ...PRESETS[arch], ...opts.set }, output: dir, dtype: opts.dtype, maxShardBytes: opts.maxShardBytes, seed: opts.seed ?? 1 }, quiet);
+export async function makeSynth(
+  arch: string,
+  dir: string,
+  opts: { dtype?: DType; maxShardBytes?: number; seed?: number; set?: Config } = {},
+): Promise<string> {
+  await synthesize(
+    {
+      config: { ...PRESETS[arch], ...opts.set },
+      output: dir,
+      dtype: opts.dtype,
+      maxShardBytes: opts.maxShardBytes,
+      seed: opts.seed ?? 1,
+    },
+    quiet,
+  );
   return dir;
 }
 
 /** Reads a safetensors header with a parser independent of src/io (for cross-checks). */
-export function rawHeader(file: string): { n: number; json: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> } {
+export function rawHeader(file: string): {
+  n: number;
+  json: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+} {
   const fd = fs.openSync(file, 'r');
   try {
     const len = Buffer.alloc(8);

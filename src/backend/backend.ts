@@ -9,12 +9,27 @@ export interface Backend extends FusedOps {
   /**
    * y = x · wᵀ (+ bias): x [tokens, inDim], w [outDim, inDim], bias [outDim] → y [tokens, outDim].
    */
-  linear(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, bias?: Float32Array): Promise<Float32Array>;
+  linear(
+    x: Float32Array,
+    w: Float32Array,
+    tokens: number,
+    inDim: number,
+    outDim: number,
+    bias?: Float32Array,
+  ): Promise<Float32Array>;
   /**
    * Batched product c[b] = a[b] · (transB ? b[b]ᵀ : b[b]):
    * a [batch, m, k]; b [batch, k, n] or, with transB, [batch, n, k] → c [batch, m, n].
    */
-  bmm(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): Promise<Float32Array>;
+  bmm(
+    a: Float32Array,
+    b: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transB: boolean,
+  ): Promise<Float32Array>;
   /** Frees native resources. */
   dispose(): Promise<void>;
 }
@@ -42,16 +57,41 @@ export interface FusedOps {
    * Causal softmax attention of one window: softmax(q·kᵀ·scale + causal mask)·v per head, with q [H, T, dk],
    * k [H, T, dk], v [H, T, dv] → [H, T, dv]. Position t attends to positions 0..t.
    */
-  attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array>;
+  attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    heads: number,
+    T: number,
+    dk: number,
+    dv: number,
+    scale: number,
+  ): Promise<Float32Array>;
   /**
    * A SwiGLU MLP: act = silu(x·gateᵀ) ⊙ (x·upᵀ), out = act·downᵀ, with x [rows, hidden], gateUp [2·width, hidden]
    * (gate rows first, then up rows), down [hidden, width] → out [rows, hidden]; act [rows, width] also when asked.
    */
-  swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }>;
+  swiglu(
+    x: Float32Array,
+    gateUp: Float32Array,
+    down: Float32Array,
+    rows: number,
+    hidden: number,
+    width: number,
+    wantAct: boolean,
+  ): Promise<{ out: Float32Array; act?: Float32Array }>;
   /**
    * Statistics of logits = x·wᵀ for x [rows, hidden], w [count, hidden] (the lm_head rows of vocab ids
    * start..start+count−1), without returning the logits: see LogitStats. targets [rows] holds absolute vocab ids
    * (−1: none).
    */
-  logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats>;
+  logitStats(
+    x: Float32Array,
+    w: Float32Array,
+    rows: number,
+    hidden: number,
+    count: number,
+    targets: Int32Array,
+    start: number,
+  ): Promise<LogitStats>;
 }

@@ -33,7 +33,10 @@ export async function createBackend(name: BackendName, opts: BackendOptions = {}
       return TfjsBackend.create(opts);
     }
     case 'ref': {
-      if (opts.device === 'cuda') throw new UsageError('the ref backend runs on the CPU only', { hint: 'use --backend onnx --device cuda, or drop --device' });
+      if (opts.device === 'cuda')
+        throw new UsageError('the ref backend runs on the CPU only', {
+          hint: 'use --backend onnx --device cuda, or drop --device',
+        });
       const { RefBackend } = await import('./ref');
       return new RefBackend();
     }

@@ -93,14 +93,39 @@ export function logitStatsModel(): Uint8Array {
       constant('Zero', { type: 'int32', dims: [], values: [0] }),
       constant('NaN', { type: 'float32', dims: [], values: [NaN] }),
       { op: 'Gemm', inputs: ['X', 'W'], outputs: ['Y'], attrs: [{ name: 'transB', int: 1 }] }, // [rows, count]
-      { op: 'ReduceMax', inputs: ['Y'], outputs: ['Max'], attrs: [{ name: 'axes', ints: [1] }, { name: 'keepdims', int: 1 }] },
+      {
+        op: 'ReduceMax',
+        inputs: ['Y'],
+        outputs: ['Max'],
+        attrs: [
+          { name: 'axes', ints: [1] },
+          { name: 'keepdims', int: 1 },
+        ],
+      },
       { op: 'Sub', inputs: ['Y', 'Max'], outputs: ['Shifted'] },
       { op: 'Exp', inputs: ['Shifted'], outputs: ['E'] },
       { op: 'ReduceSum', inputs: ['E', 'Axis1'], outputs: ['SumExp'], attrs: [{ name: 'keepdims', int: 1 }] },
-      { op: 'ArgMax', inputs: ['Y'], outputs: ['ArgMax64'], attrs: [{ name: 'axis', int: 1 }, { name: 'keepdims', int: 1 }, { name: 'select_last_index', int: 0 }] },
+      {
+        op: 'ArgMax',
+        inputs: ['Y'],
+        outputs: ['ArgMax64'],
+        attrs: [
+          { name: 'axis', int: 1 },
+          { name: 'keepdims', int: 1 },
+          { name: 'select_last_index', int: 0 },
+        ],
+      },
       { op: 'Cast', inputs: ['ArgMax64'], outputs: ['ArgMax'], attrs: [{ name: 'to', int: 6 }] }, // int32
       // Target: the column Targets − Start where it lies in [0, count), gathered from a clamped index.
-      { op: 'Shape', inputs: ['W'], outputs: ['Count64'], attrs: [{ name: 'start', int: 0 }, { name: 'end', int: 1 }] }, // [1]
+      {
+        op: 'Shape',
+        inputs: ['W'],
+        outputs: ['Count64'],
+        attrs: [
+          { name: 'start', int: 0 },
+          { name: 'end', int: 1 },
+        ],
+      }, // [1]
       { op: 'Cast', inputs: ['Count64'], outputs: ['Count'], attrs: [{ name: 'to', int: 6 }] },
       { op: 'Sub', inputs: ['Targets', 'Start'], outputs: ['Idx'] },
       { op: 'GreaterOrEqual', inputs: ['Idx', 'Zero'], outputs: ['AboveStart'] },

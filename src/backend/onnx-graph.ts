@@ -89,7 +89,8 @@ function valueInfo(v: ValueSpec): Bytes {
   const shape: Bytes = [];
   for (const d of v.dims) {
     const dim: Bytes = [];
-    if (typeof d === 'number') fieldInt(dim, 1, d); // Dimension.dim_value
+    if (typeof d === 'number')
+      fieldInt(dim, 1, d); // Dimension.dim_value
     else fieldString(dim, 2, d); // Dimension.dim_param
     fieldBytes(shape, 1, dim); // TensorShapeProto.dim
   }
@@ -107,7 +108,10 @@ function valueInfo(v: ValueSpec): Bytes {
 /** TensorProto with its values little-endian in raw_data. */
 function tensorProto(t: TensorSpec): Bytes {
   const size = t.dims.reduce((a, b) => a * b, 1);
-  if (t.values.length !== size) throw new InternalError(`onnx-graph: a constant of shape [${t.dims.join(', ')}] needs ${size} values, got ${t.values.length}`);
+  if (t.values.length !== size)
+    throw new InternalError(
+      `onnx-graph: a constant of shape [${t.dims.join(', ')}] needs ${size} values, got ${t.values.length}`,
+    );
   const raw = Buffer.alloc(size * (t.type === 'int64' ? 8 : 4));
   t.values.forEach((v, i) => {
     if (t.type === 'float32') raw.writeFloatLE(v, 4 * i);

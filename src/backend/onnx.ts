@@ -18,7 +18,17 @@ import type { Backend, LogitStats } from './backend';
 import { attentionModel, logitStatsModel, swigluModel } from './onnx-fused';
 import { bmmModel, linearModel } from './onnx-graph';
 import {
-  attentionRef, bmmRef, CausalMasks, checkAttention, checkBmm, checkLinear, checkLogitStats, checkSwiglu, linearRef, logitStatsRef, swigluRef,
+  attentionRef,
+  bmmRef,
+  CausalMasks,
+  checkAttention,
+  checkBmm,
+  checkLinear,
+  checkLogitStats,
+  checkSwiglu,
+  linearRef,
+  logitStatsRef,
+  swigluRef,
 } from './ref';
 
 /**
@@ -97,7 +107,9 @@ const INT32_MAX = 0x7fffffff;
 function floatOutput(result: Outputs, kind: GraphKind, name: string, expected: number): Float32Array {
   const data = result[name]?.data;
   if (!(data instanceof Float32Array) || data.length !== expected) {
-    throw new InternalError(`onnxruntime returned ${data?.constructor.name ?? 'nothing'} of length ${String(data?.length)} for ${kind} ${name}, expected ${expected} float32`);
+    throw new InternalError(
+      `onnxruntime returned ${data?.constructor.name ?? 'nothing'} of length ${String(data?.length)} for ${kind} ${name}, expected ${expected} float32`,
+    );
   }
   return data;
 }
@@ -118,8 +130,10 @@ export class OnnxBackend implements Backend {
   static async create(opts: OnnxOptions = {}): Promise<OnnxBackend> {
     const device = opts.device ?? 'cpu';
     const threads = opts.threads ?? os.availableParallelism();
-    if (!Number.isInteger(threads) || threads < 1) throw new UsageError(`--threads must be a positive integer, got ${threads}`);
-    if (device !== 'cpu' && device !== 'cuda') throw new UsageError(`unknown device ${String(device)}; use cpu or cuda`);
+    if (!Number.isInteger(threads) || threads < 1)
+      throw new UsageError(`--threads must be a positive integer, got ${threads}`);
+    if (device !== 'cpu' && device !== 'cuda')
+      throw new UsageError(`unknown device ${String(device)}; use cpu or cuda`);
     const ort = await loadOrt();
     const backend = new OnnxBackend(ort, device, threads);
     if (device === 'cuda') await backend.checkCuda();
@@ -129,7 +143,10 @@ export class OnnxBackend implements Backend {
   private async checkCuda(): Promise<void> {
     const lib = CUDA_PROVIDER_LIB[process.platform];
     if (!lib || !fs.existsSync(path.join(ortBinaryDir(), lib))) {
-      throw new UsageError(`the onnx backend has no CUDA provider on this machine (${lib ?? `none for ${process.platform}`} is not installed)`, { hint: CUDA_HINT });
+      throw new UsageError(
+        `the onnx backend has no CUDA provider on this machine (${lib ?? `none for ${process.platform}`} is not installed)`,
+        { hint: CUDA_HINT },
+      );
     }
     try {
       await this.session('linear');
@@ -176,7 +193,12 @@ export class OnnxBackend implements Backend {
     }
   }
 
-  private async run(kind: GraphKind, feeds: Record<string, Ort.Tensor>, output: string, expected: number): Promise<Float32Array> {
+  private async run(
+    kind: GraphKind,
+    feeds: Record<string, Ort.Tensor>,
+    output: string,
+    expected: number,
+  ): Promise<Float32Array> {
     return floatOutput(await this.runGraph(kind, feeds, [output]), kind, output, expected);
   }
 
@@ -184,22 +206,49 @@ export class OnnxBackend implements Backend {
     return new this.ort.Tensor('float32', data, dims);
   }
 
-  async linear(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, bias?: Float32Array): Promise<Float32Array> {
+  async linear(
+    x: Float32Array,
+    w: Float32Array,
+    tokens: number,
+    inDim: number,
+    outDim: number,
+    bias?: Float32Array,
+  ): Promise<Float32Array> {
     checkLinear(x, w, tokens, inDim, outDim, bias);
     if (tokens * inDim * outDim < TINY_PRODUCT_MACS) return linearRef(x, w, tokens, inDim, outDim, bias);
-    const feeds: Record<string, Ort.Tensor> = { X: this.tensor(x, [tokens, inDim]), W: this.tensor(w, [outDim, inDim]) };
+    const feeds: Record<string, Ort.Tensor> = {
+      X: this.tensor(x, [tokens, inDim]),
+      W: this.tensor(w, [outDim, inDim]),
+    };
     if (bias) feeds.B = this.tensor(bias, [outDim]);
     return this.run(bias ? 'linearBias' : 'linear', feeds, 'Y', tokens * outDim); // [tokens, outDim]
   }
 
-  async bmm(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): Promise<Float32Array> {
+  async bmm(
+    a: Float32Array,
+    b: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transB: boolean,
+  ): Promise<Float32Array> {
     checkBmm(a, b, batch, m, k, n, transB);
     if (batch * m * k * n < TINY_PRODUCT_MACS) return bmmRef(a, b, batch, m, k, n, transB);
     const feeds = { A: this.tensor(a, [batch, m, k]), B: this.tensor(b, transB ? [batch, n, k] : [batch, k, n]) };
     return this.run(transB ? 'bmmTransB' : 'bmm', feeds, 'C', batch * m * n); // [batch, m, n]
   }
 
-  async attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array> {
+  async attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    heads: number,
+    T: number,
+    dk: number,
+    dv: number,
+    scale: number,
+  ): Promise<Float32Array> {
     checkAttention(q, k, v, heads, T, dk, dv, scale);
     if (heads * T * T * (dk + dv) < TINY_PRODUCT_MACS) return attentionRef(q, k, v, heads, T, dk, dv, scale);
     const feeds = {
@@ -212,19 +261,39 @@ export class OnnxBackend implements Backend {
     return this.run('attention', feeds, 'O', heads * T * dv); // [H, T, dv]
   }
 
-  async swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }> {
+  async swiglu(
+    x: Float32Array,
+    gateUp: Float32Array,
+    down: Float32Array,
+    rows: number,
+    hidden: number,
+    width: number,
+    wantAct: boolean,
+  ): Promise<{ out: Float32Array; act?: Float32Array }> {
     checkSwiglu(x, gateUp, down, rows, hidden, width);
     if (3 * rows * hidden * width < TINY_PRODUCT_MACS) {
       const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width);
       return wantAct ? { out, act } : { out };
     }
-    const feeds = { X: this.tensor(x, [rows, hidden]), GateUp: this.tensor(gateUp, [2 * width, hidden]), Down: this.tensor(down, [hidden, width]) };
+    const feeds = {
+      X: this.tensor(x, [rows, hidden]),
+      GateUp: this.tensor(gateUp, [2 * width, hidden]),
+      Down: this.tensor(down, [hidden, width]),
+    };
     const result = await this.runGraph('swiglu', feeds, wantAct ? ['Out', 'Act'] : ['Out']);
     const out = floatOutput(result, 'swiglu', 'Out', rows * hidden); // [rows, hidden]
     return wantAct ? { out, act: floatOutput(result, 'swiglu', 'Act', rows * width) } : { out }; // act [rows, width]
   }
 
-  async logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats> {
+  async logitStats(
+    x: Float32Array,
+    w: Float32Array,
+    rows: number,
+    hidden: number,
+    count: number,
+    targets: Int32Array,
+    start: number,
+  ): Promise<LogitStats> {
     checkLogitStats(x, w, rows, hidden, count, targets, start);
     if (start > INT32_MAX) throw new InternalError(`logitStats: start ${start} does not fit the graph's int32 index`);
     if (rows * hidden * count < TINY_PRODUCT_MACS) return logitStatsRef(x, w, rows, hidden, count, targets, start);
@@ -237,7 +306,9 @@ export class OnnxBackend implements Backend {
     const result = await this.runGraph('logitStats', feeds, ['Max', 'SumExp', 'ArgMax', 'Target']); // each [rows, 1]
     const argmax = result.ArgMax?.data;
     if (!(argmax instanceof Int32Array) || argmax.length !== rows) {
-      throw new InternalError(`onnxruntime returned ${argmax?.constructor.name ?? 'nothing'} of length ${String(argmax?.length)} for logitStats ArgMax, expected ${rows} int32`);
+      throw new InternalError(
+        `onnxruntime returned ${argmax?.constructor.name ?? 'nothing'} of length ${String(argmax?.length)} for logitStats ArgMax, expected ${rows} int32`,
+      );
     }
     return {
       max: floatOutput(result, 'logitStats', 'Max', rows),

@@ -11,16 +11,25 @@ const math = Math;
 
 function checkDims(what: string, dims: Record<string, number>): void {
   for (const [name, v] of Object.entries(dims)) {
-    if (!Number.isSafeInteger(v) || v < 0) throw new InternalError(`${what}: ${name} must be a non-negative integer, got ${v}`);
+    if (!Number.isSafeInteger(v) || v < 0)
+      throw new InternalError(`${what}: ${name} must be a non-negative integer, got ${v}`);
   }
 }
 
 function checkLength(what: string, name: string, a: Float32Array | Int32Array, expected: number, shape: string): void {
-  if (a.length !== expected) throw new InternalError(`${what}: ${name} should hold ${shape} = ${expected} values, got ${a.length}`);
+  if (a.length !== expected)
+    throw new InternalError(`${what}: ${name} should hold ${shape} = ${expected} values, got ${a.length}`);
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `linear` call. */
-export function checkLinear(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, bias?: Float32Array): void {
+export function checkLinear(
+  x: Float32Array,
+  w: Float32Array,
+  tokens: number,
+  inDim: number,
+  outDim: number,
+  bias?: Float32Array,
+): void {
   checkDims('linear', { tokens, inDim, outDim });
   checkLength('linear', 'x', x, tokens * inDim, `[${tokens}, ${inDim}]`);
   checkLength('linear', 'w', w, outDim * inDim, `[${outDim}, ${inDim}]`);
@@ -28,14 +37,31 @@ export function checkLinear(x: Float32Array, w: Float32Array, tokens: number, in
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `bmm` call. */
-export function checkBmm(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): void {
+export function checkBmm(
+  a: Float32Array,
+  b: Float32Array,
+  batch: number,
+  m: number,
+  k: number,
+  n: number,
+  transB: boolean,
+): void {
   checkDims('bmm', { batch, m, k, n });
   checkLength('bmm', 'a', a, batch * m * k, `[${batch}, ${m}, ${k}]`);
   checkLength('bmm', 'b', b, batch * k * n, transB ? `[${batch}, ${n}, ${k}]` : `[${batch}, ${k}, ${n}]`);
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of an `attention` call. */
-export function checkAttention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): void {
+export function checkAttention(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  heads: number,
+  T: number,
+  dk: number,
+  dv: number,
+  scale: number,
+): void {
   checkDims('attention', { heads, T, dk, dv });
   checkLength('attention', 'q', q, heads * T * dk, `[${heads}, ${T}, ${dk}]`);
   checkLength('attention', 'k', k, heads * T * dk, `[${heads}, ${T}, ${dk}]`);
@@ -44,7 +70,14 @@ export function checkAttention(q: Float32Array, k: Float32Array, v: Float32Array
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `swiglu` call. */
-export function checkSwiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number): void {
+export function checkSwiglu(
+  x: Float32Array,
+  gateUp: Float32Array,
+  down: Float32Array,
+  rows: number,
+  hidden: number,
+  width: number,
+): void {
   checkDims('swiglu', { rows, hidden, width });
   checkLength('swiglu', 'x', x, rows * hidden, `[${rows}, ${hidden}]`);
   checkLength('swiglu', 'gateUp', gateUp, 2 * width * hidden, `[2·${width}, ${hidden}]`);
@@ -52,7 +85,15 @@ export function checkSwiglu(x: Float32Array, gateUp: Float32Array, down: Float32
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `logitStats` call. */
-export function checkLogitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): void {
+export function checkLogitStats(
+  x: Float32Array,
+  w: Float32Array,
+  rows: number,
+  hidden: number,
+  count: number,
+  targets: Int32Array,
+  start: number,
+): void {
   checkDims('logitStats', { rows, hidden, count, start });
   checkLength('logitStats', 'x', x, rows * hidden, `[${rows}, ${hidden}]`);
   checkLength('logitStats', 'w', w, count * hidden, `[${count}, ${hidden}]`);
@@ -63,7 +104,14 @@ export function checkLogitStats(x: Float32Array, w: Float32Array, rows: number, 
  * y [tokens, outDim] = x [tokens, inDim] · wᵀ (+ bias). Each output is the dot product of a row of x and a row
  * of w, both contiguous, so the inner loop walks memory in order.
  */
-export function linearRef(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, bias?: Float32Array): Float32Array {
+export function linearRef(
+  x: Float32Array,
+  w: Float32Array,
+  tokens: number,
+  inDim: number,
+  outDim: number,
+  bias?: Float32Array,
+): Float32Array {
   const y = new Float32Array(tokens * outDim);
   for (let t = 0; t < tokens; t++) {
     const xRow = t * inDim;
@@ -81,7 +129,15 @@ export function linearRef(x: Float32Array, w: Float32Array, tokens: number, inDi
  * c [batch, m, n] = a [batch, m, k] · b, b [batch, k, n] or with transB [batch, n, k]. Without transB the
  * loop is the i-p-j order (a row of c accumulates scaled rows of b) so that b is read row by row too.
  */
-export function bmmRef(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): Float32Array {
+export function bmmRef(
+  a: Float32Array,
+  b: Float32Array,
+  batch: number,
+  m: number,
+  k: number,
+  n: number,
+  transB: boolean,
+): Float32Array {
   const c = new Float32Array(batch * m * n);
   const acc = new Float64Array(n); // one row of c, in float64
   for (let s = 0; s < batch; s++) {
@@ -115,7 +171,16 @@ export function bmmRef(a: Float32Array, b: Float32Array, batch: number, m: numbe
  * softmax(q·kᵀ·scale + causal mask)·v per head: q, k [H, T, dk], v [H, T, dv] → [H, T, dv]. One query row at a
  * time: its scores over positions 0..t (float64), the max subtracted before exp, then the weighted sum of v rows.
  */
-export function attentionRef(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Float32Array {
+export function attentionRef(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  heads: number,
+  T: number,
+  dk: number,
+  dv: number,
+  scale: number,
+): Float32Array {
   const out = new Float32Array(heads * T * dv);
   const p = new Float64Array(T); // scores, then probabilities, of one query row
   const acc = new Float64Array(dv); // one output row
@@ -153,7 +218,14 @@ export function attentionRef(q: Float32Array, k: Float32Array, v: Float32Array, 
  * (float32 results), and act is rounded to float32 before the second one: the same numbers the forward pass got
  * from `linear` + its own swiglu loop + `linear`, so switching it to the fused call changes nothing on this backend.
  */
-export function swigluRef(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number): { out: Float32Array; act: Float32Array } {
+export function swigluRef(
+  x: Float32Array,
+  gateUp: Float32Array,
+  down: Float32Array,
+  rows: number,
+  hidden: number,
+  width: number,
+): { out: Float32Array; act: Float32Array } {
   const gu = linearRef(x, gateUp, rows, hidden, 2 * width); // [rows, 2·width]: gate | up
   const act = new Float32Array(rows * width);
   for (let r = 0; r < rows; r++) {
@@ -172,8 +244,21 @@ export function swigluRef(x: Float32Array, gateUp: Float32Array, down: Float32Ar
  * Ties go to the lowest index (a later logit must be strictly larger); NaN logits are skipped by max and argmax.
  * An empty block (count 0) gives max −∞, sumExp 0, argmax −1 and target NaN.
  */
-export function logitStatsRef(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): LogitStats {
-  const stats: LogitStats = { max: new Float32Array(rows), sumExp: new Float32Array(rows), argmax: new Int32Array(rows), target: new Float32Array(rows) };
+export function logitStatsRef(
+  x: Float32Array,
+  w: Float32Array,
+  rows: number,
+  hidden: number,
+  count: number,
+  targets: Int32Array,
+  start: number,
+): LogitStats {
+  const stats: LogitStats = {
+    max: new Float32Array(rows),
+    sumExp: new Float32Array(rows),
+    argmax: new Int32Array(rows),
+    target: new Float32Array(rows),
+  };
   const logits = new Float32Array(count); // one row
   for (let r = 0; r < rows; r++) {
     const xRow = r * hidden;
@@ -235,28 +320,68 @@ export class CausalMasks {
 export class RefBackend implements Backend {
   readonly name = 'ref';
 
-  async linear(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, bias?: Float32Array): Promise<Float32Array> {
+  async linear(
+    x: Float32Array,
+    w: Float32Array,
+    tokens: number,
+    inDim: number,
+    outDim: number,
+    bias?: Float32Array,
+  ): Promise<Float32Array> {
     checkLinear(x, w, tokens, inDim, outDim, bias);
     return linearRef(x, w, tokens, inDim, outDim, bias);
   }
 
-  async bmm(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): Promise<Float32Array> {
+  async bmm(
+    a: Float32Array,
+    b: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transB: boolean,
+  ): Promise<Float32Array> {
     checkBmm(a, b, batch, m, k, n, transB);
     return bmmRef(a, b, batch, m, k, n, transB);
   }
 
-  async attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array> {
+  async attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    heads: number,
+    T: number,
+    dk: number,
+    dv: number,
+    scale: number,
+  ): Promise<Float32Array> {
     checkAttention(q, k, v, heads, T, dk, dv, scale);
     return attentionRef(q, k, v, heads, T, dk, dv, scale);
   }
 
-  async swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }> {
+  async swiglu(
+    x: Float32Array,
+    gateUp: Float32Array,
+    down: Float32Array,
+    rows: number,
+    hidden: number,
+    width: number,
+    wantAct: boolean,
+  ): Promise<{ out: Float32Array; act?: Float32Array }> {
     checkSwiglu(x, gateUp, down, rows, hidden, width);
     const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width);
     return wantAct ? { out, act } : { out };
   }
 
-  async logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats> {
+  async logitStats(
+    x: Float32Array,
+    w: Float32Array,
+    rows: number,
+    hidden: number,
+    count: number,
+    targets: Int32Array,
+    start: number,
+  ): Promise<LogitStats> {
     checkLogitStats(x, w, rows, hidden, count, targets, start);
     return logitStatsRef(x, w, rows, hidden, count, targets, start);
   }

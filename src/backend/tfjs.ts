@@ -12,7 +12,17 @@ import * as path from 'node:path';
 import { InternalError, UsageError } from '../errors';
 import type { Backend, LogitStats } from './backend';
 import {
-  attentionRef, bmmRef, CausalMasks, checkAttention, checkBmm, checkLinear, checkLogitStats, checkSwiglu, linearRef, logitStatsRef, swigluRef,
+  attentionRef,
+  bmmRef,
+  CausalMasks,
+  checkAttention,
+  checkBmm,
+  checkLinear,
+  checkLogitStats,
+  checkSwiglu,
+  linearRef,
+  logitStatsRef,
+  swigluRef,
 } from './ref';
 
 /** The part of a tfjs tensor this adapter uses. */
@@ -68,7 +78,9 @@ function optionalRequire<T>(name: string): T | undefined {
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'MODULE_NOT_FOUND' && String(err.message).includes(`'${name}'`)) return undefined;
-    throw new UsageError(`${name} is installed but does not load: ${String(err.message).split('\n')[0]}`, { hint: INSTALL_HINT });
+    throw new UsageError(`${name} is installed but does not load: ${String(err.message).split('\n')[0]}`, {
+      hint: INSTALL_HINT,
+    });
   }
 }
 
@@ -90,10 +102,14 @@ export async function loadTfjs(device: 'cpu' | 'cuda' = 'cpu'): Promise<TfLike> 
   if (cpu) return cpu;
   const core = optionalRequire<TfCoreModule>(CORE);
   const wasm = core && optionalRequire<WasmBackendModule>(WASM);
-  if (!core || !wasm) throw new UsageError('the tfjs backend needs tfjs, and no usable tfjs package is installed', { hint: INSTALL_HINT });
+  if (!core || !wasm)
+    throw new UsageError('the tfjs backend needs tfjs, and no usable tfjs package is installed', {
+      hint: INSTALL_HINT,
+    });
   if (core.getBackend() !== 'wasm') {
     wasm.setWasmPaths(wasmDir());
-    if (!(await core.setBackend('wasm'))) throw new UsageError(`${WASM} did not start (see the messages above)`, { hint: INSTALL_HINT });
+    if (!(await core.setBackend('wasm')))
+      throw new UsageError(`${WASM} did not start (see the messages above)`, { hint: INSTALL_HINT });
   }
   await core.ready();
   return core;
@@ -102,19 +118,31 @@ export async function loadTfjs(device: 'cpu' | 'cuda' = 'cpu'): Promise<TfLike> 
 /** A Float32Array of this realm over the same memory (tfjs or a test sandbox may hand one from another realm). */
 function asFloat32(data: ArrayLike<number> | ArrayLike<string>, expected: number, what: string): Float32Array {
   if (data instanceof Float32Array && data.length === expected) return data;
-  if (ArrayBuffer.isView(data) && Object.prototype.toString.call(data) === '[object Float32Array]' && data.byteLength === expected * 4) {
+  if (
+    ArrayBuffer.isView(data) &&
+    Object.prototype.toString.call(data) === '[object Float32Array]' &&
+    data.byteLength === expected * 4
+  ) {
     return new Float32Array(data.buffer, data.byteOffset, expected);
   }
-  throw new InternalError(`tfjs returned ${Object.prototype.toString.call(data)} of length ${data.length} for ${what}, expected ${expected} float32`);
+  throw new InternalError(
+    `tfjs returned ${Object.prototype.toString.call(data)} of length ${data.length} for ${what}, expected ${expected} float32`,
+  );
 }
 
 /** asFloat32 for int32 results (argMax). */
 function asInt32(data: ArrayLike<number> | ArrayLike<string>, expected: number, what: string): Int32Array {
   if (data instanceof Int32Array && data.length === expected) return data;
-  if (ArrayBuffer.isView(data) && Object.prototype.toString.call(data) === '[object Int32Array]' && data.byteLength === expected * 4) {
+  if (
+    ArrayBuffer.isView(data) &&
+    Object.prototype.toString.call(data) === '[object Int32Array]' &&
+    data.byteLength === expected * 4
+  ) {
     return new Int32Array(data.buffer, data.byteOffset, expected);
   }
-  throw new InternalError(`tfjs returned ${Object.prototype.toString.call(data)} of length ${data.length} for ${what}, expected ${expected} int32`);
+  throw new InternalError(
+    `tfjs returned ${Object.prototype.toString.call(data)} of length ${data.length} for ${what}, expected ${expected} int32`,
+  );
 }
 
 /** Downloads each tensor, then frees them all (also when a download fails). */
@@ -176,7 +204,14 @@ export class TfjsBackend implements Backend {
     return keep(this.tf.matMul(a, b, false, true));
   }
 
-  async linear(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, bias?: Float32Array): Promise<Float32Array> {
+  async linear(
+    x: Float32Array,
+    w: Float32Array,
+    tokens: number,
+    inDim: number,
+    outDim: number,
+    bias?: Float32Array,
+  ): Promise<Float32Array> {
     checkLinear(x, w, tokens, inDim, outDim, bias);
     if (tokens * inDim * outDim === 0) return linearRef(x, w, tokens, inDim, outDim, bias); // nothing to multiply
     return this.scoped(async (keep) => {
@@ -188,7 +223,15 @@ export class TfjsBackend implements Backend {
     });
   }
 
-  async bmm(a: Float32Array, b: Float32Array, batch: number, m: number, k: number, n: number, transB: boolean): Promise<Float32Array> {
+  async bmm(
+    a: Float32Array,
+    b: Float32Array,
+    batch: number,
+    m: number,
+    k: number,
+    n: number,
+    transB: boolean,
+  ): Promise<Float32Array> {
     checkBmm(a, b, batch, m, k, n, transB);
     if (batch * m * k * n === 0) return bmmRef(a, b, batch, m, k, n, transB); // nothing to multiply
     if (!this.wasm) {
@@ -212,7 +255,16 @@ export class TfjsBackend implements Backend {
     return c;
   }
 
-  async attention(q: Float32Array, k: Float32Array, v: Float32Array, heads: number, T: number, dk: number, dv: number, scale: number): Promise<Float32Array> {
+  async attention(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    heads: number,
+    T: number,
+    dk: number,
+    dv: number,
+    scale: number,
+  ): Promise<Float32Array> {
     checkAttention(q, k, v, heads, T, dk, dv, scale);
     if (heads * T * dk * dv === 0) return attentionRef(q, k, v, heads, T, dk, dv, scale); // nothing to multiply
     const tf = this.tf;
@@ -222,7 +274,12 @@ export class TfjsBackend implements Backend {
         const tm = tf.tensor(mask, [T, T], 'float32');
         const probs = (scores: TfTensor): TfTensor => tf.softmax(tf.add(tf.mul(scores, scale), tm)); // mask broadcasts over heads
         if (!this.wasm) {
-          const s = tf.matMul(tf.tensor(q, [heads, T, dk], 'float32'), tf.tensor(k, [heads, T, dk], 'float32'), false, true); // [H, T, T]
+          const s = tf.matMul(
+            tf.tensor(q, [heads, T, dk], 'float32'),
+            tf.tensor(k, [heads, T, dk], 'float32'),
+            false,
+            true,
+          ); // [H, T, T]
           return tf.matMul(probs(s), tf.tensor(v, [heads, T, dv], 'float32')); // [H, T, dv]
         }
         // wasm: 2-D products only (see WASM_TRANSPOSE_MIN_ROWS), one head at a time, concatenated to [H·T, dv].
@@ -239,7 +296,15 @@ export class TfjsBackend implements Backend {
     return asFloat32(o, heads * T * dv, 'attention');
   }
 
-  async swiglu(x: Float32Array, gateUp: Float32Array, down: Float32Array, rows: number, hidden: number, width: number, wantAct: boolean): Promise<{ out: Float32Array; act?: Float32Array }> {
+  async swiglu(
+    x: Float32Array,
+    gateUp: Float32Array,
+    down: Float32Array,
+    rows: number,
+    hidden: number,
+    width: number,
+    wantAct: boolean,
+  ): Promise<{ out: Float32Array; act?: Float32Array }> {
     checkSwiglu(x, gateUp, down, rows, hidden, width);
     if (rows * hidden * width === 0) {
       const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width); // nothing to multiply
@@ -261,10 +326,21 @@ export class TfjsBackend implements Backend {
     return wantAct ? { out, act: asFloat32(results[1], rows * width, 'swiglu act') } : { out };
   }
 
-  async logitStats(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, targets: Int32Array, start: number): Promise<LogitStats> {
+  async logitStats(
+    x: Float32Array,
+    w: Float32Array,
+    rows: number,
+    hidden: number,
+    count: number,
+    targets: Int32Array,
+    start: number,
+  ): Promise<LogitStats> {
     checkLogitStats(x, w, rows, hidden, count, targets, start);
     if (rows * hidden * count === 0) return logitStatsRef(x, w, rows, hidden, count, targets, start); // nothing to multiply
-    if (rows * count > INT32_MAX) throw new InternalError(`logitStats: a [${rows}, ${count}] block is too large for tfjs's int32 indices; use smaller blocks`);
+    if (rows * count > INT32_MAX)
+      throw new InternalError(
+        `logitStats: a [${rows}, ${count}] block is too large for tfjs's int32 indices; use smaller blocks`,
+      );
     // Row r's target logit sits at r·count + (targets[r] − start) of the flattened logits; rows without one
     // gather their first logit, replaced by NaN below.
     const inside = (r: number): boolean => targets[r] - start >= 0 && targets[r] - start < count;

@@ -73,7 +73,12 @@ export class LayerCollector {
     this.naeeOut = new Float32Array(moe ? naeeRows.size * this.h : 0);
     for (const w of observedLinears(arch, layer)) {
       const d = inDims.get(w)!;
-      this.linears.set(w, { rows: 0, inDim: d, sumsq: new Float64Array(d), xtx: hessians ? new Float64Array(d * d) : undefined });
+      this.linears.set(w, {
+        rows: 0,
+        inDim: d,
+        sumsq: new Float64Array(d),
+        xtx: hessians ? new Float64Array(d * d) : undefined,
+      });
     }
   }
 
@@ -174,7 +179,9 @@ export class LayerCollector {
       out.set(`${p}.out_abs_max`, f64(this.outAbsMax));
       out.set(`${p}.act_abs_max`, f64(this.actAbsMax));
       const mean = new Float32Array(E * this.h);
-      for (let e = 0; e < E; e++) for (let j = 0; j < this.h; j++) mean[e * this.h + j] = this.count[e] > 0 ? this.outSum[e * this.h + j] / this.count[e] : 0;
+      for (let e = 0; e < E; e++)
+        for (let j = 0; j < this.h; j++)
+          mean[e * this.h + j] = this.count[e] > 0 ? this.outSum[e * this.h + j] / this.count[e] : 0;
       out.set(`${p}.out_mean`, fromFloat32(mean, 'F32'));
       const cos = new Float64Array(E * E);
       for (let a = 0; a < E; a++) {

@@ -9,7 +9,13 @@ export function transpose(x: Float32Array, rows: number, cols: number): Float32A
 }
 
 /** acc [cols, cols] (float64) += xᵀ·x for x [rows, cols]. */
-export async function addGram(be: Backend, acc: Float64Array, x: Float32Array, rows: number, cols: number): Promise<void> {
+export async function addGram(
+  be: Backend,
+  acc: Float64Array,
+  x: Float32Array,
+  rows: number,
+  cols: number,
+): Promise<void> {
   if (rows === 0) return;
   const xt = transpose(x, rows, cols); // [cols, rows]
   const g = await be.linear(xt, xt, cols, rows, cols); // xt · xtᵀ = xᵀx

@@ -39,7 +39,8 @@ export class HiddenStore {
     }
     const bytes = new Uint8Array(h.buffer, h.byteOffset, h.byteLength);
     let done = 0;
-    while (done < bytes.length) done += fs.writeSync(this.fd, bytes, done, bytes.length - done, this.offsets[batch] + done);
+    while (done < bytes.length)
+      done += fs.writeSync(this.fd, bytes, done, bytes.length - done, this.offsets[batch] + done);
   }
 
   get(batch: number): Float32Array {

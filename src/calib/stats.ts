@@ -20,7 +20,15 @@ export const STATS_TENSORS = 'stats.safetensors';
 export const STATS_JSON = 'stats.json';
 export const STATS_FORMAT = 'moe-calibration-stats/1';
 
-export const EXPERT_VECTORS = ['count', 'soft_freq', 'weight_sum', 'reap', 'out_abs_mean', 'out_abs_max', 'act_abs_max'] as const;
+export const EXPERT_VECTORS = [
+  'count',
+  'soft_freq',
+  'weight_sum',
+  'reap',
+  'out_abs_mean',
+  'out_abs_max',
+  'act_abs_max',
+] as const;
 export type ExpertVector = (typeof EXPERT_VECTORS)[number];
 
 export interface StatsJson {
@@ -65,7 +73,11 @@ export function fingerprint(ckpt: Checkpoint): Fingerprint {
   for (const k of VOLATILE_CONFIG_KEYS) delete config[k];
   const names = [...ckpt.tensors.values()].map((t) => `${t.name}:${t.shape.join('x')}`).sort();
   const sha = (s: string) => createHash('sha256').update(s).digest('hex');
-  return { model_type: String(ckpt.config.model_type), config_sha256: sha(canonical(config)), tensors_sha256: sha(names.join('\n')) };
+  return {
+    model_type: String(ckpt.config.model_type),
+    config_sha256: sha(canonical(config)),
+    tensors_sha256: sha(names.join('\n')),
+  };
 }
 
 /** Linear weights whose inputs calibration records, per layer, in forward order. */
@@ -76,7 +88,12 @@ export function observedLinears(arch: Architecture, layer: number): string[] {
     if (!('layer' in r) || r.layer !== layer) continue;
     if (r.kind === 'attn' && !r.bias) out.push(s.name);
     else if (r.kind === 'router' || r.kind === 'shared_gate') out.push(s.name);
-    else if ((r.kind === 'expert' || r.kind === 'shared' || r.kind === 'dense_mlp') && r.proj !== 'up' && !('bias' in r && r.bias)) out.push(s.name);
+    else if (
+      (r.kind === 'expert' || r.kind === 'shared' || r.kind === 'dense_mlp') &&
+      r.proj !== 'up' &&
+      !('bias' in r && r.bias)
+    )
+      out.push(s.name);
   }
   return out;
 }
@@ -87,7 +104,13 @@ export function inputStatsName(weight: string): string {
 }
 
 /** Every tensor of the stats file for one layer, in write order. */
-export function layerPlan(arch: Architecture, layer: number, naee: number, hessians: boolean, inDims: Map<string, number>): PlannedTensor[] {
+export function layerPlan(
+  arch: Architecture,
+  layer: number,
+  naee: number,
+  hessians: boolean,
+  inDims: Map<string, number>,
+): PlannedTensor[] {
   const plan: PlannedTensor[] = [];
   if (arch.isMoeLayer(layer)) {
     const E = arch.numExperts;
@@ -116,13 +139,24 @@ export class CalibrationStats {
 
   constructor(readonly dir: string) {
     const jsonFile = path.join(dir, STATS_JSON);
-    if (!fs.existsSync(jsonFile)) throw new CheckpointError('not a moe stats folder (no stats.json)', { file: dir, hint: 'make one with moe calibrate MODEL -o STATS' });
+    if (!fs.existsSync(jsonFile))
+      throw new CheckpointError('not a moe stats folder (no stats.json)', {
+        file: dir,
+        hint: 'make one with moe calibrate MODEL -o STATS',
+      });
     try {
       this.json = JSON.parse(fs.readFileSync(jsonFile, 'utf8'));
     } catch (e) {
-      throw new CheckpointError(`stats.json is not valid JSON (${(e as Error).message})`, { file: jsonFile, hint: 're-run moe calibrate' });
+      throw new CheckpointError(`stats.json is not valid JSON (${(e as Error).message})`, {
+        file: jsonFile,
+        hint: 're-run moe calibrate',
+      });
     }
-    if (this.json.format !== STATS_FORMAT) throw new CheckpointError(`stats format ${JSON.stringify(this.json.format)} is not ${STATS_FORMAT}`, { file: jsonFile, hint: 're-run moe calibrate with this version of moe' });
+    if (this.json.format !== STATS_FORMAT)
+      throw new CheckpointError(`stats format ${JSON.stringify(this.json.format)} is not ${STATS_FORMAT}`, {
+        file: jsonFile,
+        hint: 're-run moe calibrate with this version of moe',
+      });
     this.reader = new TensorReader(openTensorFile(path.join(dir, STATS_TENSORS)));
   }
 

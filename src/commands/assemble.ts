@@ -38,22 +38,40 @@ export interface AssembleReport {
 
 function readPart(dir: string): PartRecord {
   const file = path.join(dir, PART_RECORD);
-  if (!fs.existsSync(file)) throw new CheckpointError(`not a partial output (no ${PART_RECORD})`, { file: dir, hint: 'give the outputs of moe quantize --layers A-B' });
+  if (!fs.existsSync(file))
+    throw new CheckpointError(`not a partial output (no ${PART_RECORD})`, {
+      file: dir,
+      hint: 'give the outputs of moe quantize --layers A-B',
+    });
   const r = JSON.parse(fs.readFileSync(file, 'utf8')) as PartRecord;
-  if (r.format !== PART_FORMAT) throw new CheckpointError(`partial output format ${JSON.stringify(r.format)} is not ${PART_FORMAT}`, { file });
+  if (r.format !== PART_FORMAT)
+    throw new CheckpointError(`partial output format ${JSON.stringify(r.format)} is not ${PART_FORMAT}`, { file });
   return r;
 }
 
-export async function assemble(parts: string[], o: { output: string; force?: boolean; dryRun?: boolean }, ctx: Context): Promise<AssembleReport> {
+export async function assemble(
+  parts: string[],
+  o: { output: string; force?: boolean; dryRun?: boolean },
+  ctx: Context,
+): Promise<AssembleReport> {
   const started = Date.now();
   if (parts.length === 0) throw new UsageError('give the partial outputs to join');
   const records = parts.map(readPart);
   const first = records[0];
   // The parts, and the source model whose tokenizer files are copied.
-  checkNotInput(o.output, [...parts.map((p) => ({ flag: 'PART', path: p })), { flag: 'the source model', path: fs.existsSync(first.model) ? first.model : undefined }]);
-  const same = (r: PartRecord) => JSON.stringify([r.fingerprint, r.options, r.num_layers, r.order]) === JSON.stringify([first.fingerprint, first.options, first.num_layers, first.order]);
+  checkNotInput(o.output, [
+    ...parts.map((p) => ({ flag: 'PART', path: p })),
+    { flag: 'the source model', path: fs.existsSync(first.model) ? first.model : undefined },
+  ]);
+  const same = (r: PartRecord) =>
+    JSON.stringify([r.fingerprint, r.options, r.num_layers, r.order]) ===
+    JSON.stringify([first.fingerprint, first.options, first.num_layers, first.order]);
   records.forEach((r, i) => {
-    if (!same(r)) throw new CheckpointError('this part was made from another model or with other options than the first part', { file: parts[i], hint: 'quantize every part from the same model with the same options' });
+    if (!same(r))
+      throw new CheckpointError('this part was made from another model or with other options than the first part', {
+        file: parts[i],
+        hint: 'quantize every part from the same model with the same options',
+      });
   });
   // The layer ranges must cover 0..L−1 once.
   const cover = new Array(first.num_layers).fill(-1);
@@ -64,7 +82,10 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
     }
   });
   const missing = cover.findIndex((c) => c < 0);
-  if (missing >= 0) throw new UsageError(`no part holds layer ${missing}`, { hint: `quantize the missing range with --layers and pass it too` });
+  if (missing >= 0)
+    throw new UsageError(`no part holds layer ${missing}`, {
+      hint: `quantize the missing range with --layers and pass it too`,
+    });
 
   const files: Checkpoint[] = parts.map((p) => openTensorFile(path.join(p, PART_FILE)));
   const holder = new Map<string, number>();
@@ -86,46 +107,94 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
     }
     for (const n of names) {
       const i = holder.get(n);
-      if (i === undefined) throw new CheckpointError(`no part holds tensor ${n}`, { file: parts[0], hint: 'the parts are incomplete: re-run the part of its layer' });
+      if (i === undefined)
+        throw new CheckpointError(`no part holds tensor ${n}`, {
+          file: parts[0],
+          hint: 'the parts are incomplete: re-run the part of its layer',
+        });
       const t = files[i].tensors.get(n)!;
       plan.push({ name: n, dtype: t.dtype, shape: t.shape });
       from.push(i);
     }
   }
-  const partPlan = records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers })).sort((a, b) => a.layers[0] - b.layers[0]);
-  const summary = { output: path.resolve(o.output), parts: parts.length, layers: first.num_layers, tensors: plan.length, plan: partPlan };
-  if (o.dryRun) return { ...summary, bytes: plan.reduce((s, t) => s + tensorBytes(t), 0), seconds: (Date.now() - started) / 1000, dry_run: true };
+  const partPlan = records
+    .map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers }))
+    .sort((a, b) => a.layers[0] - b.layers[0]);
+  const summary = {
+    output: path.resolve(o.output),
+    parts: parts.length,
+    layers: first.num_layers,
+    tensors: plan.length,
+    plan: partPlan,
+  };
+  if (o.dryRun)
+    return {
+      ...summary,
+      bytes: plan.reduce((s, t) => s + tensorBytes(t), 0),
+      seconds: (Date.now() - started) / 1000,
+      dry_run: true,
+    };
   const readers = files.map((f) => new TensorReader(f));
   try {
-    const written = await withOutput(o.output, { force: o.force, command: 'assemble', verify: verifyWritten }, async (out) => {
-      const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: first.options.max_shard_bytes, metadata: { ...first.source_metadata, format: 'pt' }, tensorMetadata });
-      const bar = ctx.progress('assemble', plan.length, 'tensors');
-      let bytes = 0;
-      plan.forEach((t, k) => {
-        writer.writeChunks(t.name, (function* () {
-          for (const piece of readers[from[k]].chunks(t.name, COPY_CHUNK_BYTES)) {
-            bytes += piece.byteLength;
-            yield piece;
-          }
-        })());
-        bar.tick();
-      });
-      writer.finish();
-      bar.done();
-      const config = { ...first.config };
-      if (first.options.format === 'packed') config.quantization_config = quantizationConfig(params ? codeBits / params : 0, first.options.group_size, first.options.method, first.options.allocate);
-      writeConfig(out, config, fs.existsSync(first.model) ? first.model : undefined);
-      if (fs.existsSync(first.model)) {
-        out.copyAuxFiles(first.model);
-        const prior = path.join(first.model, COMPRESSION_FILE);
-        if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE));
-      } else ctx.warn(`the source model ${first.model} is not here: tokenizer files not copied`);
-      const bits: Record<string, number> = {};
-      for (const r of records) Object.assign(bits, r.bits);
-      out.writeRecord(QUANT_RECORD_FILE, { tool: 'moe', operation: 'quantize (assembled)', source: { model: first.model, fingerprint: first.fingerprint }, parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })), average_bits: params ? codeBits / params : null, tensors: bits });
-      return bytes;
-    });
-    return { ...summary, bytes: written, size_bytes: weightBytes(o.output), seconds: (Date.now() - started) / 1000, dry_run: false };
+    const written = await withOutput(
+      o.output,
+      { force: o.force, command: 'assemble', verify: verifyWritten },
+      async (out) => {
+        const writer = new ShardedWriter(out.tmp, plan, {
+          maxShardBytes: first.options.max_shard_bytes,
+          metadata: { ...first.source_metadata, format: 'pt' },
+          tensorMetadata,
+        });
+        const bar = ctx.progress('assemble', plan.length, 'tensors');
+        let bytes = 0;
+        plan.forEach((t, k) => {
+          writer.writeChunks(
+            t.name,
+            (function* () {
+              for (const piece of readers[from[k]].chunks(t.name, COPY_CHUNK_BYTES)) {
+                bytes += piece.byteLength;
+                yield piece;
+              }
+            })(),
+          );
+          bar.tick();
+        });
+        writer.finish();
+        bar.done();
+        const config = { ...first.config };
+        if (first.options.format === 'packed')
+          config.quantization_config = quantizationConfig(
+            params ? codeBits / params : 0,
+            first.options.group_size,
+            first.options.method,
+            first.options.allocate,
+          );
+        writeConfig(out, config, fs.existsSync(first.model) ? first.model : undefined);
+        if (fs.existsSync(first.model)) {
+          out.copyAuxFiles(first.model);
+          const prior = path.join(first.model, COMPRESSION_FILE);
+          if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE));
+        } else ctx.warn(`the source model ${first.model} is not here: tokenizer files not copied`);
+        const bits: Record<string, number> = {};
+        for (const r of records) Object.assign(bits, r.bits);
+        out.writeRecord(QUANT_RECORD_FILE, {
+          tool: 'moe',
+          operation: 'quantize (assembled)',
+          source: { model: first.model, fingerprint: first.fingerprint },
+          parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })),
+          average_bits: params ? codeBits / params : null,
+          tensors: bits,
+        });
+        return bytes;
+      },
+    );
+    return {
+      ...summary,
+      bytes: written,
+      size_bytes: weightBytes(o.output),
+      seconds: (Date.now() - started) / 1000,
+      dry_run: false,
+    };
   } finally {
     readers.forEach((r) => r.close());
   }
@@ -134,15 +203,27 @@ export async function assemble(parts: string[], o: { output: string; force?: boo
 export function formatAssemble(r: AssembleReport): string {
   const head = `${r.parts} parts, ${r.layers} layers, ${r.tensors} tensors, ${formatMB(r.size_bytes ?? r.bytes)}`;
   if (!r.dry_run) return `wrote ${r.output}: ${head}`;
-  return [`dry run: would write ${r.output}: ${head} (nothing written)`, ...r.plan.map((p) => `  layers ${p.layers[0]}-${p.layers[1]}  ${p.dir}`)].join('\n');
+  return [
+    `dry run: would write ${r.output}: ${head} (nothing written)`,
+    ...r.plan.map((p) => `  layers ${p.layers[0]}-${p.layers[1]}  ${p.dir}`),
+  ].join('\n');
 }
 
 export const assembleSpec: CommandSpec<AssembleReport> = {
   name: 'assemble',
   summary: 'join the parts written by moe quantize --layers A-B into one checkpoint, identical to a single run',
   args: [{ name: '<parts...>', description: 'the part folders, in any order' }],
-  options: [output('destination folder'), FORCE, dryRun('print the parts, layers and output it would write, and write nothing'), JSON_OUTPUT],
-  examples: ['moe quantize ./model --bits 4 --layers 0-15 -o part-a   # on one machine', 'moe quantize ./model --bits 4 --layers 16-31 -o part-b  # on another', 'moe assemble part-a part-b -o ./model-int4'],
+  options: [
+    output('destination folder'),
+    FORCE,
+    dryRun('print the parts, layers and output it would write, and write nothing'),
+    JSON_OUTPUT,
+  ],
+  examples: [
+    'moe quantize ./model --bits 4 --layers 0-15 -o part-a   # on one machine',
+    'moe quantize ./model --bits 4 --layers 16-31 -o part-b  # on another',
+    'moe assemble part-a part-b -o ./model-int4',
+  ],
   run: (parts, o, ctx) => assemble(parts, o as { output: string; force?: boolean; dryRun?: boolean }, ctx),
   format: formatAssemble,
 };

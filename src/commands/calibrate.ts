@@ -87,22 +87,36 @@ function naeeSample(tokens: number, n: number, seed: number): number[] {
 
 export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<CalibrateReport> {
   const started = Date.now();
-  if (opts.samples !== undefined && opts.maxTokens !== undefined) throw new UsageError('give --max-tokens or --samples, not both');
+  if (opts.samples !== undefined && opts.maxTokens !== undefined)
+    throw new UsageError('give --max-tokens or --samples, not both');
   const ckpt = openCheckpoint(opts.model);
   const arch = loadArchitecture(ckpt);
   const data = opts.data ?? DEFAULT_CALIB_TEXT;
-  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--data', path: data }]);
+  checkNotInput(opts.output, [
+    { flag: 'MODEL', path: ckpt.dir },
+    { flag: '--data', path: data },
+  ]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
-  if (!opts.data) ctx.warn(`no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`);
+  if (!opts.data)
+    ctx.warn(
+      `no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`,
+    );
   const seed = opts.seed ?? 0;
-  const set = loadWindows(data, announceTokenizing(ctx, data, () => loadTokenizer(ckpt.dir)), arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const set = loadWindows(
+    data,
+    announceTokenizing(ctx, data, () => loadTokenizer(ckpt.dir)),
+    arch.vocab,
+    { seqLen: opts.seqLen, maxTokens: opts.maxTokens },
+  );
   const positions = positionsWarning(set, opts.seqLen, ckpt.config);
   if (positions) ctx.warn(positions);
   const windows = sample(set.windows, opts.samples, seed);
   const tokens = windows.reduce((s, w) => s + w.length, 0);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
   const hessians = !!opts.hessians;
-  const inDims = new Map([...ckpt.tensors.values()].filter((t) => t.shape.length === 2).map((t) => [t.name, t.shape[1]]));
+  const inDims = new Map(
+    [...ckpt.tensors.values()].filter((t) => t.shape.length === 2).map((t) => [t.name, t.shape[1]]),
+  );
   const plans = [...Array(arch.numLayers).keys()].map((l) => layerPlan(arch, l, naee.length, hessians, inDims));
   const report: CalibrateReport = {
     model: ckpt.dir,
@@ -118,8 +132,12 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
     seconds: 0,
   };
   if (opts.dryRun) {
-    const bytes = plans.flat().reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'F64' ? 8 : 4), 0);
-    ctx.log(`dry run: would calibrate ${arch.numLayers} layers on ${windows.length} windows (${tokens} tokens) and write ${(bytes / 1e6).toFixed(1)} MB of stats`);
+    const bytes = plans
+      .flat()
+      .reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'F64' ? 8 : 4), 0);
+    ctx.log(
+      `dry run: would calibrate ${arch.numLayers} layers on ${windows.length} windows (${tokens} tokens) and write ${(bytes / 1e6).toFixed(1)} MB of stats`,
+    );
     return report;
   }
   const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
@@ -128,14 +146,23 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * tokens);
   try {
     await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, async (out) => {
-      const writer = new ShardedWriter(out.tmp, plans.flat() as PlannedTensor[], { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: STATS_TENSORS, metadata: { format: STATS_FORMAT } });
+      const writer = new ShardedWriter(out.tmp, plans.flat() as PlannedTensor[], {
+        maxShardBytes: Number.MAX_SAFE_INTEGER,
+        singleFileName: STATS_TENSORS,
+        metadata: { format: STATS_FORMAT },
+      });
       const fp = new ForwardPass(reader, arch, be);
       const { spilled } = await calibrateLayers(
         fp,
         be,
         windows,
         inDims,
-        { batchTokens: opts.batchTokens ?? 4096, activationBudgetBytes: opts.activationBudgetBytes ?? 2e9, hessians, naeeTokens: naee },
+        {
+          batchTokens: opts.batchTokens ?? 4096,
+          activationBudgetBytes: opts.activationBudgetBytes ?? 2e9,
+          hessians,
+          naeeTokens: naee,
+        },
         ctx,
         ({ layer, collector, seconds }) => {
           const tensors = collector.tensors(plans[layer]);
@@ -150,14 +177,24 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
         format: STATS_FORMAT,
         fingerprint: fingerprint(ckpt),
         model: ckpt.dir,
-        data: { file: path.resolve(data), sha256: createHash('sha256').update(fs.readFileSync(data)).digest('hex'), windows: windows.length, tokens, seq_len: opts.seqLen, max_tokens: opts.maxTokens ?? null },
+        data: {
+          file: path.resolve(data),
+          sha256: createHash('sha256').update(fs.readFileSync(data)).digest('hex'),
+          windows: windows.length,
+          tokens,
+          seq_len: opts.seqLen,
+          max_tokens: opts.maxTokens ?? null,
+        },
         hessians,
         naee_tokens: naee.length,
         seed,
         moe_layers: arch.moeLayers,
         experts: arch.numExperts,
         top_k: arch.topK,
-        linears: plans.flat().filter((t) => t.name.startsWith('imatrix/')).map((t) => t.name.slice('imatrix/'.length)),
+        linears: plans
+          .flat()
+          .filter((t) => t.name.startsWith('imatrix/'))
+          .map((t) => t.name.slice('imatrix/'.length)),
       };
       out.writeRecord(STATS_JSON, json);
     });
@@ -171,16 +208,22 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
 
 function usage(count: Float64Array, tokens: number): Pick<LayerSummary, 'most_used' | 'least_used'> {
   if (count.length === 0) return {};
-  const ranked = [...count].map((c, expert) => ({ expert, frequency: c / tokens })).sort((a, b) => b.frequency - a.frequency || a.expert - b.expert);
+  const ranked = [...count]
+    .map((c, expert) => ({ expert, frequency: c / tokens }))
+    .sort((a, b) => b.frequency - a.frequency || a.expert - b.expert);
   return { most_used: ranked.slice(0, 3), least_used: ranked.slice(-3).reverse() };
 }
 
 export function formatCalibrate(r: CalibrateReport): string {
   if (r.dry_run) return `dry run: ${r.windows} windows, ${r.tokens} tokens (nothing written)`;
-  const lines = [`wrote ${r.output}: ${r.windows} windows, ${r.tokens} tokens, ${r.seconds.toFixed(1)} s${r.spilled ? ' (activations spilled to disk)' : ''}`];
+  const lines = [
+    `wrote ${r.output}: ${r.windows} windows, ${r.tokens} tokens, ${r.seconds.toFixed(1)} s${r.spilled ? ' (activations spilled to disk)' : ''}`,
+  ];
   for (const l of r.layers) {
     const f = (x: { expert: number; frequency: number }) => `${x.expert}:${(100 * x.frequency).toFixed(1)}%`;
-    lines.push(`  layer ${String(l.layer).padStart(3)}  ${l.seconds.toFixed(1).padStart(6)} s${l.most_used ? `  most ${l.most_used.map(f).join(' ')}  least ${l.least_used!.map(f).join(' ')}` : '  dense'}`);
+    lines.push(
+      `  layer ${String(l.layer).padStart(3)}  ${l.seconds.toFixed(1).padStart(6)} s${l.most_used ? `  most ${l.most_used.map(f).join(' ')}  least ${l.least_used!.map(f).join(' ')}` : '  dense'}`,
+    );
   }
   return lines.join('\n');
 }
@@ -191,21 +234,50 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
   args: [MODEL_ARG],
   options: [
     output('stats folder to write (stats.safetensors + stats.json)'),
-    { flag: '--data <file>', type: 'path', description: 'calibration data: .txt, .jsonl or pre-tokenized .json (default: the bundled generic text)' },
+    {
+      flag: '--data <file>',
+      type: 'path',
+      description: 'calibration data: .txt, .jsonl or pre-tokenized .json (default: the bundled generic text)',
+    },
     { flag: '--seq-len <n>', type: 'int', min: 2, default: '2048', description: 'window length in tokens' },
     { flag: '--max-tokens <n>', type: 'int', min: 2, description: 'use the first N tokens of the data' },
-    { flag: '--samples <n>', type: 'int', min: 1, description: 'use N windows picked at random (seeded) from the data' },
+    {
+      flag: '--samples <n>',
+      type: 'int',
+      min: 1,
+      description: 'use N windows picked at random (seeded) from the data',
+    },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for --samples and the NAEE subsample' },
     { flag: '--hessians', type: 'bool', description: 'also record XᵀX of every linear input (needed by GPTQ; large)' },
-    { flag: '--naee-tokens <n>', type: 'int', default: '1024', description: 'MoE-block inputs and outputs kept per layer for NAEE' },
+    {
+      flag: '--naee-tokens <n>',
+      type: 'int',
+      default: '1024',
+      description: 'MoE-block inputs and outputs kept per layer for NAEE',
+    },
     ...COMPUTE,
-    { flag: '--batch-tokens <n>', type: 'int', min: 1, default: '4096', description: 'tokens run through a layer at once' },
-    { flag: '--activation-memory <size>', key: 'activationBudgetBytes', type: 'size', default: '2GB', description: 'hidden states kept in memory between layers; beyond this they spill to a temporary file' },
+    {
+      flag: '--batch-tokens <n>',
+      type: 'int',
+      min: 1,
+      default: '4096',
+      description: 'tokens run through a layer at once',
+    },
+    {
+      flag: '--activation-memory <size>',
+      key: 'activationBudgetBytes',
+      type: 'size',
+      default: '2GB',
+      description: 'hidden states kept in memory between layers; beyond this they spill to a temporary file',
+    },
     { ...FORCE, description: 'replace an existing stats folder' },
     dryRun('print what would be done and write nothing'),
     JSON_OUTPUT,
   ],
-  examples: ['moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats', 'moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq'],
+  examples: [
+    'moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats',
+    'moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq',
+  ],
   run: ([model], o, ctx) => calibrate({ ...(o as Omit<CalibrateOptions, 'model'>), model }, ctx),
   format: formatCalibrate,
 };

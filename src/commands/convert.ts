@@ -64,7 +64,11 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   loadArchitecture(ckpt);
   const sources = [...ckpt.tensors.values()];
-  const plan: PlannedTensor[] = sources.map((t) => ({ name: t.name, shape: t.shape, dtype: cast && isFloatDType(t.dtype) ? cast : t.dtype }));
+  const plan: PlannedTensor[] = sources.map((t) => ({
+    name: t.name,
+    shape: t.shape,
+    dtype: cast && isFloatDType(t.dtype) ? cast : t.dtype,
+  }));
   const casts = plan.filter((p, i) => p.dtype !== sources[i].dtype).length;
   const bytesIn = sources.reduce((s, t) => s + tensorBytes(t), 0);
   const bytesOut = plan.reduce((s, t) => s + tensorBytes(t), 0);
@@ -81,7 +85,9 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     seconds: 0,
   };
   if (opts.dryRun) {
-    ctx.log(`dry run: would write ${plan.length} tensors (${casts} cast to ${cast ?? '-'}) as ${report.shards} shard(s), ${formatBytes(bytesOut)}`);
+    ctx.log(
+      `dry run: would write ${plan.length} tensors (${casts} cast to ${cast ?? '-'}) as ${report.shards} shard(s), ${formatBytes(bytesOut)}`,
+    );
     return report;
   }
   await withOutput(opts.output, { force: opts.force, command: 'convert', verify: verifyWritten }, (out) => {
@@ -93,10 +99,13 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
         const src = sources[i];
         const to = plan[i].dtype;
         const pieces = reader.chunks(src.name, CHUNK_BYTES);
-        writer.writeChunks(src.name, mapPieces(pieces, (raw) => {
-          progress.tick(raw.byteLength);
-          return to === src.dtype ? raw : fromFloat32(toFloat32(raw, src.dtype), to);
-        }));
+        writer.writeChunks(
+          src.name,
+          mapPieces(pieces, (raw) => {
+            progress.tick(raw.byteLength);
+            return to === src.dtype ? raw : fromFloat32(toFloat32(raw, src.dtype), to);
+          }),
+        );
       }
       writer.finish();
     } finally {
@@ -129,7 +138,8 @@ function withDType(config: Record<string, unknown>, d: DType): Record<string, un
 }
 
 export function formatConvert(r: ConvertReport): string {
-  if (r.dry_run) return `dry run: ${r.tensors} tensors → ${r.shards} shard(s), ${formatBytes(r.bytes_out)} (nothing written)`;
+  if (r.dry_run)
+    return `dry run: ${r.tensors} tensors → ${r.shards} shard(s), ${formatBytes(r.bytes_out)} (nothing written)`;
   return `wrote ${r.output}: ${r.tensors} tensors (${r.cast} cast${r.dtype ? ` to ${r.dtype}` : ''}) in ${r.shards} shard(s), ${formatMB(r.size_bytes ?? r.bytes_out)}, ${r.seconds.toFixed(1)} s`;
 }
 
@@ -145,7 +155,10 @@ export const convertSpec: CommandSpec<ConvertReport> = {
     dryRun('print what would be written and write nothing'),
     JSON_OUTPUT,
   ],
-  examples: ['moe convert ./model -o ./model-f32 --dtype f32', 'moe convert ./model -o ./model-resharded --max-shard-size 2GB'],
+  examples: [
+    'moe convert ./model -o ./model-f32 --dtype f32',
+    'moe convert ./model -o ./model-resharded --max-shard-size 2GB',
+  ],
   run: ([model], o, ctx) => convert({ ...(o as Omit<ConvertOptions, 'model'>), model }, ctx),
   format: formatConvert,
 };

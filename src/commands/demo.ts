@@ -44,7 +44,11 @@ export interface DemoReport {
 }
 
 /** `compute`: the backend and threads every step that runs the model uses (--backend, --threads). */
-export async function demo(ctx: Context, model = FIXTURE_MODEL, compute: { backend?: BackendName; threads?: number } = {}): Promise<DemoReport> {
+export async function demo(
+  ctx: Context,
+  model = FIXTURE_MODEL,
+  compute: { backend?: BackendName; threads?: number } = {},
+): Promise<DemoReport> {
   const steps: DemoReport['steps'] = [];
   const timed = async <T>(name: string, f: () => Promise<T> | T, detail: (r: T) => string): Promise<T> => {
     ctx.log(`== ${name}`);
@@ -54,27 +58,88 @@ export async function demo(ctx: Context, model = FIXTURE_MODEL, compute: { backe
     return r;
   };
   const quietCtx: Context = { ...ctx, log: () => {} };
-  const info = await timed('inspect', () => inspect({ model }), (r) => `${(r.params_total / 1e6).toFixed(2)} M params, ${r.moe_layers.length} MoE layers × ${r.experts_per_layer[0]} experts, top-${r.top_k}`);
+  const info = await timed(
+    'inspect',
+    () => inspect({ model }),
+    (r) =>
+      `${(r.params_total / 1e6).toFixed(2)} M params, ${r.moe_layers.length} MoE layers × ${r.experts_per_layer[0]} experts, top-${r.top_k}`,
+  );
   ctx.log(formatInspect(info));
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-demo-'));
   try {
     const stats = path.join(work, 'stats');
     const half = Math.max(info.top_k, Math.round(info.experts_per_layer[0] / 2));
-    await timed('calibrate (16k tokens, Hessians)', () => calibrate({ model, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512, hessians: true, ...compute }, quietCtx), (r) => `${r.tokens} tokens`);
+    await timed(
+      'calibrate (16k tokens, Hessians)',
+      () =>
+        calibrate(
+          {
+            model,
+            output: stats,
+            data: path.join(TEXT, 'calib.txt'),
+            seqLen: 256,
+            maxTokens: 16384,
+            naeeTokens: 512,
+            hessians: true,
+            ...compute,
+          },
+          quietCtx,
+        ),
+      (r) => `${r.tokens} tokens`,
+    );
     const pruned = path.join(work, 'prune-reap');
-    await timed(`prune: REAP → ${half} experts`, () => prune({ model, stats, method: 'reap', keep: half, output: pruned, ...compute }, quietCtx), (r) => `kept ${r.layers.map((l) => `[${l.kept.join(',')}]`).join(' ')}`);
+    await timed(
+      `prune: REAP → ${half} experts`,
+      () => prune({ model, stats, method: 'reap', keep: half, output: pruned, ...compute }, quietCtx),
+      (r) => `kept ${r.layers.map((l) => `[${l.kept.join(',')}]`).join(' ')}`,
+    );
     const merged = path.join(work, 'merge-msmoe');
-    await timed(`merge: M-SMoE → ${half} experts`, () => merge({ model, stats, method: 'msmoe', keep: half, output: merged, ...compute }, quietCtx), (r) => `${r.layers[0].groups.map((g) => `[${g.members.join(',')}]`).join(' ')} in layer ${r.layers[0].layer}`);
+    await timed(
+      `merge: M-SMoE → ${half} experts`,
+      () => merge({ model, stats, method: 'msmoe', keep: half, output: merged, ...compute }, quietCtx),
+      (r) => `${r.layers[0].groups.map((g) => `[${g.members.join(',')}]`).join(' ')} in layer ${r.layers[0].layer}`,
+    );
     const q4 = path.join(work, 'gptq-4');
-    const bitsText = (r: { average_bits: number; stored_bits_per_weight: number }) => `${r.average_bits.toFixed(2)} bits average (${r.stored_bits_per_weight.toFixed(2)} with scales)`;
-    await timed('quantize: GPTQ 4-bit', () => quantize({ model, stats, bits: 4, output: q4, ...compute }, quietCtx), bitsText);
+    const bitsText = (r: { average_bits: number; stored_bits_per_weight: number }) =>
+      `${r.average_bits.toFixed(2)} bits average (${r.stored_bits_per_weight.toFixed(2)} with scales)`;
+    await timed(
+      'quantize: GPTQ 4-bit',
+      () => quantize({ model, stats, bits: 4, output: q4, ...compute }, quietCtx),
+      bitsText,
+    );
     const lp3 = path.join(work, 'gptq-lp-3');
-    await timed('quantize: GPTQ, LP-allocated 3-bit average', () => quantize({ model, stats, bits: 3, allocate: 'lp', output: lp3, ...compute }, quietCtx), (r) => `${bitsText(r)}; ${Object.entries(r.bits_histogram).map(([b, n]) => `${b}-bit ${((100 * n) / r.quantized_params).toFixed(0)}%`).join(', ')}`);
+    await timed(
+      'quantize: GPTQ, LP-allocated 3-bit average',
+      () => quantize({ model, stats, bits: 3, allocate: 'lp', output: lp3, ...compute }, quietCtx),
+      (r) =>
+        `${bitsText(r)}; ${Object.entries(r.bits_histogram)
+          .map(([b, n]) => `${b}-bit ${((100 * n) / r.quantized_params).toFixed(0)}%`)
+          .join(', ')}`,
+    );
     const prunedQ4 = path.join(work, 'prune-reap-rtn-4');
-    await timed(`quantize: the REAP-pruned model, RTN 4-bit`, () => quantize({ model: pruned, bits: 4, method: 'rtn', output: prunedQ4, ...compute }, quietCtx), bitsText);
+    await timed(
+      `quantize: the REAP-pruned model, RTN 4-bit`,
+      () => quantize({ model: pruned, bits: 4, method: 'rtn', output: prunedQ4, ...compute }, quietCtx),
+      bitsText,
+    );
     const results: DemoRow[] = [];
     const evalOne = async (name: string, dir: string) => {
-      const r: EvalReport = await timed(`eval ${name}`, () => evalCommand({ model: dir, baseline: dir === model ? undefined : model, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192, ...compute }, quietCtx), (e) => `perplexity ${e.perplexity.toFixed(2)}`);
+      const r: EvalReport = await timed(
+        `eval ${name}`,
+        () =>
+          evalCommand(
+            {
+              model: dir,
+              baseline: dir === model ? undefined : model,
+              data: path.join(TEXT, 'eval.txt'),
+              seqLen: 256,
+              maxTokens: 8192,
+              ...compute,
+            },
+            quietCtx,
+          ),
+        (e) => `perplexity ${e.perplexity.toFixed(2)}`,
+      );
       results.push({
         model: name,
         params: r.size.params,
@@ -93,11 +158,19 @@ export async function demo(ctx: Context, model = FIXTURE_MODEL, compute: { backe
     await evalOne(`REAP ${half}/${info.experts_per_layer[0]} + RTN 4-bit`, prunedQ4);
     const f32 = path.join(work, 'f32');
     const back = path.join(work, 'bf16');
-    await timed('convert bf16 → f32 (sharded) → bf16', async () => {
-      await convert({ model, output: f32, dtype: 'f32', maxShardBytes: Math.ceil(info.bytes / 2) }, quietCtx);
-      return convert({ model: f32, output: back, dtype: 'bf16' }, quietCtx);
-    }, (r) => `${formatBytes(r.bytes_out)}`);
-    const identical = await timed('verify round trip', () => sameTensors(model, back), (same) => (same ? 'every tensor bit-identical' : 'MISMATCH'));
+    await timed(
+      'convert bf16 → f32 (sharded) → bf16',
+      async () => {
+        await convert({ model, output: f32, dtype: 'f32', maxShardBytes: Math.ceil(info.bytes / 2) }, quietCtx);
+        return convert({ model: f32, output: back, dtype: 'bf16' }, quietCtx);
+      },
+      (r) => `${formatBytes(r.bytes_out)}`,
+    );
+    const identical = await timed(
+      'verify round trip',
+      () => sameTensors(model, back),
+      (same) => (same ? 'every tensor bit-identical' : 'MISMATCH'),
+    );
     if (!identical) throw new InternalError('demo: the bf16 → f32 → bf16 round trip changed a tensor');
     return { model, inspect: info, steps, results, round_trip_identical: identical };
   } finally {
@@ -134,7 +207,10 @@ export function formatDemo(r: DemoReport): string {
   }
   lines.push('', 'step                                       seconds  result');
   for (const s of r.steps) lines.push(`${s.name.padEnd(42)} ${s.seconds.toFixed(2).padStart(7)}  ${s.detail}`);
-  lines.push('', 'eval: fixtures/text/eval.txt, first 8192 tokens, windows of 256; calibration: first 16384 tokens of calib.txt');
+  lines.push(
+    '',
+    'eval: fixtures/text/eval.txt, first 8192 tokens, windows of 256; calibration: first 16384 tokens of calib.txt',
+  );
   return lines.join('\n');
 }
 
@@ -143,7 +219,11 @@ export const demoSpec: CommandSpec<DemoReport> = {
   summary: 'run the bundled demo on the fixture model (what `npm start` runs)',
   args: [],
   options: [...COMPUTE, JSON_OUTPUT],
-  examples: ['moe demo                            # inspect, calibrate, prune, merge, quantize and evaluate fixtures/tiny-moe', "moe demo --json | jq '.results[] | {model, perplexity}'"],
-  run: (_args, o, ctx) => demo(ctx, FIXTURE_MODEL, { backend: o.backend as BackendName, threads: o.threads as number | undefined }),
+  examples: [
+    'moe demo                            # inspect, calibrate, prune, merge, quantize and evaluate fixtures/tiny-moe',
+    "moe demo --json | jq '.results[] | {model, perplexity}'",
+  ],
+  run: (_args, o, ctx) =>
+    demo(ctx, FIXTURE_MODEL, { backend: o.backend as BackendName, threads: o.threads as number | undefined }),
   format: formatDemo,
 };

@@ -84,7 +84,12 @@ function size(ckpt: Checkpoint): SizeReport {
   let params = 0;
   for (const t of ckpt.tensors.values()) params += numel(t.shape);
   const bytes = fileBytes(ckpt.shards);
-  return { params, bytes, bits_per_param: params ? (8 * bytes) / params : 0, quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits };
+  return {
+    params,
+    bytes,
+    bits_per_param: params ? (8 * bytes) / params : 0,
+    quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits,
+  };
 }
 
 /** A model folder, or a .gguf file read back into the same shape (tensors by their Hugging Face names). */
@@ -93,18 +98,34 @@ function open(dir: string) {
     const g = openGgufModel(dir);
     const params = g.tensors.reduce((s, t) => s + t.params, 0);
     const bytes = g.gguf.fileSize; // the size is the weight file's bytes (src/io/size.ts)
-    return { ckpt: g.ckpt, arch: g.arch, reader: g.reader as TensorReader, tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file), size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }) };
+    return {
+      ckpt: g.ckpt,
+      arch: g.arch,
+      reader: g.reader as TensorReader,
+      tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file),
+      size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }),
+    };
   }
   const ckpt = openCheckpoint(dir);
   const arch = loadArchitecture(ckpt);
-  return { ckpt, arch, reader: new TensorReader(ckpt), tokenizer: () => loadTokenizer(ckpt.dir), size: () => size(ckpt) };
+  return {
+    ckpt,
+    arch,
+    reader: new TensorReader(ckpt),
+    tokenizer: () => loadTokenizer(ckpt.dir),
+    size: () => size(ckpt),
+  };
 }
 
 function validate(opts: EvalCommandOptions): void {
-  if (!Number.isInteger(opts.seqLen) || opts.seqLen < 2) throw new UsageError(`--seq-len ${opts.seqLen} must be an integer ≥ 2`);
-  if (opts.maxTokens !== undefined && (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2)) throw new UsageError(`--max-tokens ${opts.maxTokens} must be an integer ≥ 2`);
-  if (opts.maxPplIncrease !== undefined && !opts.baseline) throw new UsageError('--max-ppl-increase needs --baseline', { hint: 'pass the uncompressed model as --baseline' });
-  if (opts.maxPplIncrease !== undefined && !(opts.maxPplIncrease >= 0)) throw new UsageError(`--max-ppl-increase ${opts.maxPplIncrease} must be a number ≥ 0`);
+  if (!Number.isInteger(opts.seqLen) || opts.seqLen < 2)
+    throw new UsageError(`--seq-len ${opts.seqLen} must be an integer ≥ 2`);
+  if (opts.maxTokens !== undefined && (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 2))
+    throw new UsageError(`--max-tokens ${opts.maxTokens} must be an integer ≥ 2`);
+  if (opts.maxPplIncrease !== undefined && !opts.baseline)
+    throw new UsageError('--max-ppl-increase needs --baseline', { hint: 'pass the uncompressed model as --baseline' });
+  if (opts.maxPplIncrease !== undefined && !(opts.maxPplIncrease >= 0))
+    throw new UsageError(`--max-ppl-increase ${opts.maxPplIncrease} must be a number ≥ 0`);
 }
 
 export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promise<EvalReport> {
@@ -112,11 +133,25 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   const started = Date.now();
   const m = open(opts.model);
   const b = opts.baseline ? open(opts.baseline) : undefined;
-  checkNotInput(opts.dumpLogits, [{ flag: 'MODEL', path: m.ckpt.dir }, { flag: '--baseline', path: b?.ckpt.dir }, { flag: '--data', path: opts.data }], '--dump-logits');
+  checkNotInput(
+    opts.dumpLogits,
+    [
+      { flag: 'MODEL', path: m.ckpt.dir },
+      { flag: '--baseline', path: b?.ckpt.dir },
+      { flag: '--data', path: opts.data },
+    ],
+    '--dump-logits',
+  );
   if (b && b.arch.vocab !== m.arch.vocab) {
-    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, { file: opts.baseline, hint: 'compare models that share a tokenizer' });
+    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, {
+      file: opts.baseline,
+      hint: 'compare models that share a tokenizer',
+    });
   }
-  const set = loadWindows(opts.data, announceTokenizing(ctx, opts.data, m.tokenizer), m.arch.vocab, { seqLen: opts.seqLen, maxTokens: opts.maxTokens });
+  const set = loadWindows(opts.data, announceTokenizing(ctx, opts.data, m.tokenizer), m.arch.vocab, {
+    seqLen: opts.seqLen,
+    maxTokens: opts.maxTokens,
+  });
   const positions = positionsWarning(set, opts.seqLen, m.ckpt.config);
   if (positions) ctx.warn(positions);
   const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
@@ -166,10 +201,16 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
       ppl_increase_pct: 100 * (Math.exp(loss - baseLoss) - 1),
       kl_mean: totals.klSum! / totals.positions,
       top1_agreement: totals.top1Agree! / totals.positions,
-      routing_agreement: [...totals.routing!].sort((x, y) => x[0] - y[0]).map(([layer, r]) => ({ layer, agreement: r.overlap / r.tokens })),
+      routing_agreement: [...totals.routing!]
+        .sort((x, y) => x[0] - y[0])
+        .map(([layer, r]) => ({ layer, agreement: r.overlap / r.tokens })),
       size: b.size(),
     };
-    if (opts.maxPplIncrease !== undefined) report.gate = { max_ppl_increase_pct: opts.maxPplIncrease, passed: report.baseline.ppl_increase_pct <= opts.maxPplIncrease };
+    if (opts.maxPplIncrease !== undefined)
+      report.gate = {
+        max_ppl_increase_pct: opts.maxPplIncrease,
+        passed: report.baseline.ppl_increase_pct <= opts.maxPplIncrease,
+      };
   }
   return report;
 }
@@ -189,20 +230,28 @@ function expertMapOf(dir: string): ((layer: number, expert: number) => number) |
 /** Throws the CI gate's failure after the report is printed (main maps it to exit 1). */
 export function checkGate(r: EvalReport): void {
   if (r.gate && !r.gate.passed) {
-    throw new GateError(`perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`, {
-      file: r.model,
-      hint: 'compress less, or raise --max-ppl-increase',
-    });
+    throw new GateError(
+      `perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`,
+      {
+        file: r.model,
+        hint: 'compress less, or raise --max-ppl-increase',
+      },
+    );
   }
 }
 
 /** Collects logits of every position into one F32 safetensors file [windows, T, vocab] (equal-length windows). */
 function logitDump(file: string, windows: Int32Array[], vocab: number) {
   const T = windows[0].length;
-  if (windows.some((w) => w.length !== T)) throw new UsageError('--dump-logits needs windows of equal length', { hint: 'use text data or equal-length pre-tokenized windows' });
+  if (windows.some((w) => w.length !== T))
+    throw new UsageError('--dump-logits needs windows of equal length', {
+      hint: 'use text data or equal-length pre-tokenized windows',
+    });
   const bytes = windows.length * T * vocab * 4;
-  if (bytes > MAX_DUMP_BYTES) throw new UsageError(`--dump-logits would write ${(bytes / 1e9).toFixed(1)} GB`, { hint: 'lower --max-tokens' });
-  if (fs.existsSync(file)) throw new UsageError('the --dump-logits file already exists', { file, hint: 'choose another path' });
+  if (bytes > MAX_DUMP_BYTES)
+    throw new UsageError(`--dump-logits would write ${(bytes / 1e9).toFixed(1)} GB`, { hint: 'lower --max-tokens' });
+  if (fs.existsSync(file))
+    throw new UsageError('the --dump-logits file already exists', { file, hint: 'choose another path' });
   // Created now, so an unwritable destination fails before the evaluation runs; removed if the run fails.
   const tmp = `${file}.moe-tmp-${process.pid}`;
   createEmptyFile(tmp);
@@ -211,7 +260,9 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
   return {
     add: (logits: Float32Array) => chunks.push(logits),
     finish: () => {
-      const { header } = encodeHeader([{ name: 'logits', dtype: 'F32', shape: [windows.length, T, vocab] }], { format: 'pt' });
+      const { header } = encodeHeader([{ name: 'logits', dtype: 'F32', shape: [windows.length, T, vocab] }], {
+        format: 'pt',
+      });
       const fd = fs.openSync(tmp, 'w');
       try {
         fs.writeSync(fd, header);
@@ -239,7 +290,8 @@ export function formatEval(r: EvalReport): string {
       `routing        ${bl.routing_agreement.map((x) => `L${x.layer} ${(100 * x.agreement).toFixed(1)}%`).join('  ')}`,
     );
   }
-  if (r.gate) lines.push(`gate           ${r.gate.passed ? 'passed' : 'FAILED'} (allowed +${r.gate.max_ppl_increase_pct}%)`);
+  if (r.gate)
+    lines.push(`gate           ${r.gate.passed ? 'passed' : 'FAILED'} (allowed +${r.gate.max_ppl_increase_pct}%)`);
   return lines.join('\n');
 }
 
@@ -248,19 +300,41 @@ export const evalSpec: CommandSpec<EvalReport> = {
   summary: 'perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed',
   args: [{ name: '<model>', description: 'model folder or a .gguf file' }],
   options: [
-    { flag: '--data <file>', type: 'path', required: true, description: '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)' },
+    {
+      flag: '--data <file>',
+      type: 'path',
+      required: true,
+      description: '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)',
+    },
     { flag: '--seq-len <n>', type: 'int', min: 2, default: '2048', description: 'window length in tokens' },
     { flag: '--max-tokens <n>', type: 'int', min: 2, description: 'use only the first N tokens of the data' },
-    { flag: '--baseline <model>', type: 'string', description: 'compare against this model (usually the uncompressed one; a folder or ORG/NAME[@REV])' },
-    { flag: '--max-ppl-increase <pct>', type: 'number', description: 'CI gate: exit 1 when perplexity is more than PCT % above the baseline\'s' },
-    { flag: '--dump-logits <file>', type: 'file', description: 'write every position\'s logits to a safetensors file' },
+    {
+      flag: '--baseline <model>',
+      type: 'string',
+      description: 'compare against this model (usually the uncompressed one; a folder or ORG/NAME[@REV])',
+    },
+    {
+      flag: '--max-ppl-increase <pct>',
+      type: 'number',
+      description: "CI gate: exit 1 when perplexity is more than PCT % above the baseline's",
+    },
+    { flag: '--dump-logits <file>', type: 'file', description: "write every position's logits to a safetensors file" },
     BACKEND,
     { flag: '--device <device>', type: { choices: () => ['cpu', 'cuda'] }, default: 'cpu', description: 'onnx device' },
     THREADS,
-    { flag: '--batch-tokens <n>', type: 'int', min: 1, default: '4096', description: 'tokens run through each layer at once (more is faster, uses more memory)' },
+    {
+      flag: '--batch-tokens <n>',
+      type: 'int',
+      min: 1,
+      default: '4096',
+      description: 'tokens run through each layer at once (more is faster, uses more memory)',
+    },
     JSON_OUTPUT,
   ],
-  examples: ['moe eval ./model --data wiki.test.txt --seq-len 512 --max-tokens 65536', 'moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json'],
+  examples: [
+    'moe eval ./model --data wiki.test.txt --seq-len 512 --max-tokens 65536',
+    'moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json',
+  ],
   run: ([model], o, ctx) => evalCommand({ ...(o as Omit<EvalCommandOptions, 'model'>), model }, ctx),
   format: formatEval,
   check: checkGate,

@@ -12,13 +12,30 @@ import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { GGUF_WRITER_KEY, WRITER } from '../io/ownership';
-import { checkFileDestination, checkNotInput, checkOutputFolder, createEmptyFile, registerPending, unregisterPending, withOutput } from '../io/output';
+import {
+  checkFileDestination,
+  checkNotInput,
+  checkOutputFolder,
+  createEmptyFile,
+  registerPending,
+  unregisterPending,
+  withOutput,
+} from '../io/output';
 import { loadArchitecture } from '../model/registry';
 import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
 import { GgufModel, ggufModel } from '../gguf/arch';
 import { loadPart } from '../gguf/load';
-import { buildGgufPlan, chooseTypes, DEFAULT_GGUF_MENU, encodeTensor, GgufPlan, GgufTensorReport, PartLoader, typeErrors } from '../gguf/plan';
+import {
+  buildGgufPlan,
+  chooseTypes,
+  DEFAULT_GGUF_MENU,
+  encodeTensor,
+  GgufPlan,
+  GgufTensorReport,
+  PartLoader,
+  typeErrors,
+} from '../gguf/plan';
 import type { GgmlType } from '../gguf/quants';
 import { vocabMetadata } from '../gguf/vocab';
 import { GgufTensorPlan, GgufWriter } from '../gguf/writer';
@@ -65,7 +82,10 @@ const paramsOf = (t: { shape: number[] }) => t.shape.reduce((a, b) => a * b, 1);
 export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
-  checkNotInput(o.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: o.stats }]);
+  checkNotInput(o.output, [
+    { flag: 'MODEL', path: ckpt.dir },
+    { flag: '--stats', path: o.stats },
+  ]);
   // The destination is checked again when written; here, before the vocabulary and the plan.
   if (!o.dryRun) {
     if (o.output.toLowerCase().endsWith('.gguf')) checkFileDestination(path.resolve(o.output), !!o.force);
@@ -81,8 +101,14 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   let task: Task | undefined;
   try {
     stats?.checkModel(ckpt);
-    if (mode === 'lp' && !stats) throw new UsageError('--format gguf --allocate lp needs --stats (the imatrix that measures each type\'s error)', { hint: 'make them with moe calibrate MODEL --data FILE -o STATS' });
-    if (mode === 'lp' && !(o.bpw && o.bpw > 0)) throw new UsageError('--format gguf --allocate lp needs --bpw B, the average bits per weight', { hint: 'e.g. --bpw 4.5' });
+    if (mode === 'lp' && !stats)
+      throw new UsageError("--format gguf --allocate lp needs --stats (the imatrix that measures each type's error)", {
+        hint: 'make them with moe calibrate MODEL --data FILE -o STATS',
+      });
+    if (mode === 'lp' && !(o.bpw && o.bpw > 0))
+      throw new UsageError('--format gguf --allocate lp needs --bpw B, the average bits per weight', {
+        hint: 'e.g. --bpw 4.5',
+      });
     const menu = o.menu ?? DEFAULT_GGUF_MENU;
     const weights = model.tensors.filter((t) => t.kind === 'weight');
     // Work in weights: measuring quantizes each weight at every type of the menu, writing each tensor once more.
@@ -97,16 +123,31 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     let costs = new Map<string, number>();
     let solver: GgufReport['solver'] = null;
     if (mode === 'lp') {
-      const bar = ctx.progress(`measure error of ${menu.join('/')}`, weights.length - weights.filter((t) => t.proj === 'embed' || t.proj === 'output').length, 'tensors', measureWeight);
+      const bar = ctx.progress(
+        `measure error of ${menu.join('/')}`,
+        weights.length - weights.filter((t) => t.proj === 'embed' || t.proj === 'output').length,
+        'tensors',
+        measureWeight,
+      );
       const chosen = await chooseTypes(weights, menu, o.bpw!, (t) => {
         const errors = typeErrors(t, menu, load, weighting);
         bar.tick();
         return errors;
       });
       bar.done();
-      if (!chosen.ok) throw new UsageError(`--bpw ${o.bpw} is below what the type menu allows (${menu.join(', ')}) with the embeddings at Q4_K and the output at Q6_K`, { hint: 'raise --bpw or add smaller types' });
+      if (!chosen.ok)
+        throw new UsageError(
+          `--bpw ${o.bpw} is below what the type menu allows (${menu.join(', ')}) with the embeddings at Q4_K and the output at Q6_K`,
+          { hint: 'raise --bpw or add smaller types' },
+        );
       ({ types, costs } = chosen);
-      if (chosen.solver) solver = { status: chosen.solver.status, method: chosen.solver.method, seconds: chosen.solver.seconds, gap: chosen.solver.gap };
+      if (chosen.solver)
+        solver = {
+          status: chosen.solver.status,
+          method: chosen.solver.method,
+          seconds: chosen.solver.seconds,
+          gap: chosen.solver.gap,
+        };
     }
     const plan = buildGgufPlan(model, types, costs);
     const report: GgufReport = {
@@ -135,7 +176,12 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     if (o.dryRun) report.file_bytes = writerSize(plan.layout);
     else if (dest.folder) {
       // A folder of its own: written beside, renamed into place, with the record.
-      const record = () => ({ tool: 'moe', operation: 'quantize --format gguf', source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null }, ...report });
+      const record = () => ({
+        tool: 'moe',
+        operation: 'quantize --format gguf',
+        source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: o.stats ? path.resolve(o.stats) : null },
+        ...report,
+      });
       await withOutput(dest.dir, { force: o.force, command: 'quantize --format gguf' }, async (out) => {
         writeTo(path.join(out.tmp, dest.file));
         out.writeRecord('moe-gguf.json', record());
@@ -163,9 +209,20 @@ function fileMetadata(model: GgufModel, plan: GgufPlan, ckpt: Checkpoint, vocab:
 }
 
 /** Every tensor of the plan into a GGUF file at `target` (removed by the writer if anything fails). */
-function writeFile(target: string, metadata: Metadata, model: GgufModel, plan: GgufPlan, x: { ctx: Context; weighting: Weighting; load: PartLoader; allParams: number }): void {
+function writeFile(
+  target: string,
+  metadata: Metadata,
+  model: GgufModel,
+  plan: GgufPlan,
+  x: { ctx: Context; weighting: Weighting; load: PartLoader; allParams: number },
+): void {
   const writer = new GgufWriter(target, metadata, plan.layout);
-  const bar = x.ctx.progress('write gguf', plan.layout.reduce((s, t) => s + t.bytes, 0), 'bytes', x.allParams);
+  const bar = x.ctx.progress(
+    'write gguf',
+    plan.layout.reduce((s, t) => s + t.bytes, 0),
+    'bytes',
+    x.allParams,
+  );
   try {
     model.tensors.forEach((t, i) => {
       writer.write(t.name, encodeTensor(t, plan.tensors[i].type, x.load, x.weighting));
@@ -201,16 +258,33 @@ function writerSize(plan: GgufTensorPlan[]): number {
  * OUT is a folder (created, the file named after the model inside) or a path ending in .gguf (one file in an
  * existing folder). An existing destination is refused unless --force.
  */
-function destination(output: string, modelDir: string, label: string, force: boolean): { dir: string; file: string; folder: boolean } {
+function destination(
+  output: string,
+  modelDir: string,
+  label: string,
+  force: boolean,
+): { dir: string; file: string; folder: boolean } {
   if (output.toLowerCase().endsWith('.gguf')) {
     const file = path.resolve(output);
     const dir = path.dirname(file);
-    if (!fs.existsSync(dir)) throw new UsageError('the folder of the .gguf output does not exist', { file: dir, hint: 'create it first, or give a folder as -o' });
-    if (!fs.statSync(dir).isDirectory()) throw new UsageError('the folder of the .gguf output is not a folder', { file: dir, hint: 'choose a destination inside a folder' });
+    if (!fs.existsSync(dir))
+      throw new UsageError('the folder of the .gguf output does not exist', {
+        file: dir,
+        hint: 'create it first, or give a folder as -o',
+      });
+    if (!fs.statSync(dir).isDirectory())
+      throw new UsageError('the folder of the .gguf output is not a folder', {
+        file: dir,
+        hint: 'choose a destination inside a folder',
+      });
     checkFileDestination(file, force);
     return { dir, file: path.basename(file), folder: false };
   }
-  return { dir: path.resolve(output), file: `${path.basename(modelDir)}-${label}.gguf`.replace(/[^A-Za-z0-9._-]/g, '_'), folder: true };
+  return {
+    dir: path.resolve(output),
+    file: `${path.basename(modelDir)}-${label}.gguf`.replace(/[^A-Za-z0-9._-]/g, '_'),
+    folder: true,
+  };
 }
 
 export function formatGguf(r: GgufReport): string {
@@ -221,7 +295,10 @@ export function formatGguf(r: GgufReport): string {
     `${r.dry_run ? 'dry run: would write' : 'wrote'} ${r.output}: ${r.arch}, ${r.allocate === 'lp' ? `types by LP at ${r.bpw_target} bpw` : r.type}, ${r.bpw.toFixed(3)} bits per quantized weight (${r.bpw_all.toFixed(3)} overall), ${(r.file_bytes / 1e6).toFixed(2)} MB`,
     `  types: ${[...byType].map(([t, n]) => `${t} ${((100 * n) / total).toFixed(1)}%`).join(', ')}`,
   ];
-  if (r.solver) lines.push(`  solver: ${r.solver.status} (${r.solver.method}, gap ${(100 * r.solver.gap).toFixed(4)}%, ${r.solver.seconds.toFixed(2)} s)`);
+  if (r.solver)
+    lines.push(
+      `  solver: ${r.solver.status} (${r.solver.method}, gap ${(100 * r.solver.gap).toFixed(4)}%, ${r.solver.seconds.toFixed(2)} s)`,
+    );
   for (const t of r.tensors) if (t.fallback) lines.push(`  ${t.name}: ${t.fallback}`);
   return lines.join('\n');
 }

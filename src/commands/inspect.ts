@@ -142,7 +142,13 @@ function inspectGguf(file: string): InspectReport {
   const g = openGgufModel(file);
   g.reader.close();
   const arch = g.arch;
-  const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({ index, kind: arch.isMoeLayer(index) ? 'moe' : 'dense', experts: arch.isMoeLayer(index) ? arch.numExperts : 0, params: 0, bytes: 0 }));
+  const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({
+    index,
+    kind: arch.isMoeLayer(index) ? 'moe' : 'dense',
+    experts: arch.isMoeLayer(index) ? arch.numExperts : 0,
+    params: 0,
+    bytes: 0,
+  }));
   const dtypes: Record<string, DTypeStats> = {};
   let [params, bytes, paramsExperts, bytesExperts] = [0, 0, 0, 0];
   for (const t of g.tensors) {
@@ -175,7 +181,11 @@ function inspectGguf(file: string): InspectReport {
     extra_tensors: 0,
     layers,
     bytes_read: g.gguf.bytesRead,
-    gguf: { architecture: String(g.gguf.metadata.get('general.architecture')), file_bytes: g.gguf.fileSize, bits_per_weight: (8 * bytes) / params },
+    gguf: {
+      architecture: String(g.gguf.metadata.get('general.architecture')),
+      file_bytes: g.gguf.fileSize,
+      bits_per_weight: (8 * bytes) / params,
+    },
   };
 }
 
@@ -209,18 +219,26 @@ export function formatInspect(r: InspectReport): string {
       .map(([d, s]) => `${d} ${formatBytes(s.bytes)} (${s.tensors} tensors)`)
       .join(', ')}`,
   ];
-  if (r.gguf) lines.push(`gguf           ${r.gguf.architecture}, ${r.gguf.bits_per_weight.toFixed(3)} bits per weight, file ${formatBytes(r.gguf.file_bytes)}`);
+  if (r.gguf)
+    lines.push(
+      `gguf           ${r.gguf.architecture}, ${r.gguf.bits_per_weight.toFixed(3)} bits per weight, file ${formatBytes(r.gguf.file_bytes)}`,
+    );
   const q = r.quantization;
   if (q) {
     const hist = Object.entries(q.bits_histogram)
       .map(([b, n]) => `${b}-bit ${pct(n, q.params)}`)
       .join(', ');
-    lines.push(`quantized      ${q.tensors} weights, ${human(q.params)} params: ${q.average_bits.toFixed(3)} bits average (${q.stored_bits_per_weight.toFixed(3)} with scales and zeros); ${hist}`);
+    lines.push(
+      `quantized      ${q.tensors} weights, ${human(q.params)} params: ${q.average_bits.toFixed(3)} bits average (${q.stored_bits_per_weight.toFixed(3)} with scales and zeros); ${hist}`,
+    );
   }
-  if (r.extra_tensors > 0) lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
+  if (r.extra_tensors > 0)
+    lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
   lines.push('', 'layer  kind   experts      params        bytes');
   for (const l of r.layers) {
-    lines.push(`${String(l.index).padStart(5)}  ${l.kind.padEnd(5)}  ${String(l.experts).padStart(7)}  ${human(l.params).padStart(10)}  ${formatBytes(l.bytes).padStart(11)}`);
+    lines.push(
+      `${String(l.index).padStart(5)}  ${l.kind.padEnd(5)}  ${String(l.experts).padStart(7)}  ${human(l.params).padStart(10)}  ${formatBytes(l.bytes).padStart(11)}`,
+    );
   }
   return lines.join('\n');
 }

@@ -67,14 +67,21 @@ export interface MergeReport {
 export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeReport> {
   const started = Date.now();
   const method = mergeMethod(opts.method);
-  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${mergeMethodNames().join(', ')}` });
+  if (!method)
+    throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, {
+      hint: `use one of ${mergeMethodNames().join(', ')}`,
+    });
   const params = resolveMergeParams(method, givenParams(opts));
   const ckpt = openCheckpoint(opts.model);
-  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
+  checkNotInput(opts.output, [
+    { flag: 'MODEL', path: ckpt.dir },
+    { flag: '--stats', path: opts.stats },
+  ]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
-  if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'merged'));
+  if (K === arch.numExperts)
+    ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'merged'));
   const stats = new CalibrationStats(opts.stats);
   const reader = new TensorReader(ckpt);
   const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
@@ -82,7 +89,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   try {
     stats.checkModel(ckpt);
     // Work in source bytes: grouping by weights or outputs reads every expert once; by the stats alone it is quick.
-    const groupWeight = sourceBytes(ckpt) * (method.readsExperts?.(params) ?? true ? 1 : SELECT_SHARE);
+    const groupWeight = sourceBytes(ckpt) * ((method.readsExperts?.(params) ?? true) ? 1 : SELECT_SHARE);
     task = ctx.task(`merge ${path.basename(ckpt.dir)}`, groupWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
     const progress = ctx.progress(`group experts (${method.name})`, arch.moeLayers.length, 'layers', groupWeight);
     const layers: MergeReport['layers'] = [];
@@ -134,7 +141,12 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
         experts_after: K,
         // For routing comparisons an expert stands for its representative.
         kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
-        groups: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null }))])),
+        groups: Object.fromEntries(
+          layers.map((l) => [
+            String(l.layer),
+            l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null })),
+          ]),
+        ),
         source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
       }));
       report.size_bytes = weightBytes(opts.output);
@@ -181,9 +193,10 @@ function layerReduction(method: MergeMethod, params: MergeParams, input: GroupIn
   groups.forEach((g, i) => {
     const w = weights[i];
     if (!w) out.set(rows.subarray(g.dominant * h, (g.dominant + 1) * h), i * h);
-    else g.members.forEach((e, m) => {
-      for (let j = 0; j < h; j++) out[i * h + j] += w[m] * rows[e * h + j];
-    });
+    else
+      g.members.forEach((e, m) => {
+        for (let j = 0; j < h; j++) out[i * h + j] += w[m] * rows[e * h + j];
+      });
   });
   r.router = fromFloat32(out, reader.dtype(arch.routerKey(layer)));
   const biasKey = arch.correctionBiasKey(layer);
@@ -197,11 +210,15 @@ function layerReduction(method: MergeMethod, params: MergeParams, input: GroupIn
 }
 
 export function formatMerge(r: MergeReport): string {
-  const lines = [`${r.dry_run ? 'dry run: would merge' : `wrote ${r.output}: merged`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method} (similarity ${r.similarity}, alignment ${r.align ? 'on' : 'off'}, router ${r.router}${r.dry_run ? '' : `, ${formatMB(r.size_bytes)}`}, ${r.seconds.toFixed(1)} s)`];
+  const lines = [
+    `${r.dry_run ? 'dry run: would merge' : `wrote ${r.output}: merged`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method} (similarity ${r.similarity}, alignment ${r.align ? 'on' : 'off'}, router ${r.router}${r.dry_run ? '' : `, ${formatMB(r.size_bytes)}`}, ${r.seconds.toFixed(1)} s)`,
+  ];
   for (const l of r.layers) {
     const groups = l.groups.map((g) => `[${g.members.join(',')}]`).join(' ');
     const aligned = l.groups.flatMap((g) => g.alignment ?? []);
-    const score = aligned.length ? `  alignment ${(aligned.reduce((s, a) => s + a.score_before, 0) / aligned.length).toFixed(3)} → ${(aligned.reduce((s, a) => s + a.score_after, 0) / aligned.length).toFixed(3)} (${aligned[0].method})` : '';
+    const score = aligned.length
+      ? `  alignment ${(aligned.reduce((s, a) => s + a.score_before, 0) / aligned.length).toFixed(3)} → ${(aligned.reduce((s, a) => s + a.score_after, 0) / aligned.length).toFixed(3)} (${aligned[0].method})`
+      : '';
     lines.push(`  layer ${String(l.layer).padStart(3)}  ${groups}${score}`);
   }
   return lines.join('\n');
@@ -209,18 +226,39 @@ export function formatMerge(r: MergeReport): string {
 
 export const mergeSpec: CommandSpec<MergeReport> = {
   name: 'merge',
-  summary: 'merge each MoE layer\'s routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint',
+  summary:
+    "merge each MoE layer's routed experts into K (M-SMoE with neuron alignment, HC-SMoE) and write a plain checkpoint",
   args: [MODEL_ARG],
   options: [
-    { flag: '--method <name>', type: { choices: mergeMethodNames }, required: true, description: 'how experts are grouped and merged' },
-    { flag: '--similarity <kind>', type: { choices: () => SIMILARITIES }, description: 'expert similarity (default: expert-output, the experts\' outputs on the calibrated sample)' },
+    {
+      flag: '--method <name>',
+      type: { choices: mergeMethodNames },
+      required: true,
+      description: 'how experts are grouped and merged',
+    },
+    {
+      flag: '--similarity <kind>',
+      type: { choices: () => SIMILARITIES },
+      description: "expert similarity (default: expert-output, the experts' outputs on the calibrated sample)",
+    },
     { flag: '--linkage <kind>', type: { choices: () => LINKAGES }, default: 'average', description: 'hcsmoe linkage' },
-    { flag: '--align <on|off>', type: 'onoff', description: 'neuron alignment before averaging (default: on for msmoe and hcsmoe)' },
-    { flag: '--router <mode>', type: { choices: () => ROUTER_MODES }, description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean' },
+    {
+      flag: '--align <on|off>',
+      type: 'onoff',
+      description: 'neuron alignment before averaging (default: on for msmoe and hcsmoe)',
+    },
+    {
+      flag: '--router <mode>',
+      type: { choices: () => ROUTER_MODES },
+      description: "router row per merged expert: the dominant expert's or the frequency-weighted mean",
+    },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for the random projection of wide alignments' },
     ...reductionOptions('print the groups and write nothing'),
   ],
-  examples: ['moe merge ./model --stats ./stats --method msmoe --ratio 0.5 -o ./model-msmoe50', 'moe merge ./model --stats ./stats --method hcsmoe --keep 4 --linkage complete --dry-run'],
+  examples: [
+    'moe merge ./model --stats ./stats --method msmoe --ratio 0.5 -o ./model-msmoe50',
+    'moe merge ./model --stats ./stats --method hcsmoe --keep 4 --linkage complete --dry-run',
+  ],
   run: ([model], o, ctx) => merge({ ...(o as Omit<MergeOptions, 'model'>), model }, ctx),
   format: formatMerge,
 };

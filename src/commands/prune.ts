@@ -75,13 +75,20 @@ export interface PruneReport {
 export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneReport> {
   const started = Date.now();
   const method = pruneMethod(opts.method);
-  if (!method) throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, { hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}` });
+  if (!method)
+    throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, {
+      hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}`,
+    });
   const ckpt = openCheckpoint(opts.model);
-  checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: opts.stats }]);
+  checkNotInput(opts.output, [
+    { flag: 'MODEL', path: ckpt.dir },
+    { flag: '--stats', path: opts.stats },
+  ]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
-  if (K === arch.numExperts) ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'pruned'));
+  if (K === arch.numExperts)
+    ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'pruned'));
   const stats = new CalibrationStats(opts.stats);
   let be: Backend | undefined;
   const reader = new TensorReader(ckpt);
@@ -106,9 +113,19 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
     const progress = ctx.progress(`select experts (${method.name})`, arch.moeLayers.length, 'layers', selectWeight);
     for (const layer of arch.moeLayers) {
       const supers = superExperts(stats, layer, opts.superFactor ?? SUPER_EXPERT_FACTOR);
-      const c: KeepConstraints = { experts: arch.numExperts, keep: K, groups: arch.routing.nGroup, protect: new Set(opts.protectSuperExperts ? supers : []) };
+      const c: KeepConstraints = {
+        experts: arch.numExperts,
+        keep: K,
+        groups: arch.routing.nGroup,
+        protect: new Set(opts.protectSuperExperts ? supers : []),
+      };
       checkConstraints(c, layer);
-      const choice = await method.select(layer, c, { stats, seed: opts.seed ?? 0, naeeLimit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT, problem });
+      const choice = await method.select(layer, c, {
+        stats,
+        seed: opts.seed ?? 0,
+        naeeLimit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
+        problem,
+      });
       const kept = choice.kept;
       layers.push({
         layer,
@@ -124,7 +141,10 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       progress.tick();
     }
     progress.done();
-    if (layers.some((l) => l.search === 'greedy')) ctx.warn(`NAEE: more than ${opts.naeeLimit ?? DEFAULT_NAEE_LIMIT} subsets per layer, searched greedily (dropping one expert at a time)`);
+    if (layers.some((l) => l.search === 'greedy'))
+      ctx.warn(
+        `NAEE: more than ${opts.naeeLimit ?? DEFAULT_NAEE_LIMIT} subsets per layer, searched greedily (dropping one expert at a time)`,
+      );
     const report: PruneReport = {
       model: ckpt.dir,
       output: path.resolve(opts.output),
@@ -141,16 +161,36 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
     };
     if (!opts.dryRun) {
       const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
-      const written = await writeReducedOutput(ckpt, arch, plan, K, { output: opts.output, force: opts.force, command: 'prune', maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES }, ctx, () => ({
-        operation: 'prune',
-        method: method.name,
-        paper: method.paper ?? null,
-        params: { keep: K, ratio: opts.ratio ?? null, protect_super_experts: !!opts.protectSuperExperts, super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR, seed: opts.seed ?? 0, naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT },
-        experts_before: arch.numExperts,
-        experts_after: K,
-        kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
-        source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
-      }));
+      const written = await writeReducedOutput(
+        ckpt,
+        arch,
+        plan,
+        K,
+        {
+          output: opts.output,
+          force: opts.force,
+          command: 'prune',
+          maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
+        },
+        ctx,
+        () => ({
+          operation: 'prune',
+          method: method.name,
+          paper: method.paper ?? null,
+          params: {
+            keep: K,
+            ratio: opts.ratio ?? null,
+            protect_super_experts: !!opts.protectSuperExperts,
+            super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR,
+            seed: opts.seed ?? 0,
+            naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
+          },
+          experts_before: arch.numExperts,
+          experts_after: K,
+          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
+          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+        }),
+      );
       report.bytes_written = written.bytes;
       report.size_bytes = weightBytes(opts.output);
     }
@@ -172,7 +212,9 @@ export function formatPrune(r: PruneReport): string {
     const loss = l.reconstruction_loss !== undefined ? `  loss ${l.reconstruction_loss.toExponential(3)}` : '';
     const supers = l.super_experts.length ? `  super ${l.super_experts.join(',')}` : '';
     const scores = l.scores ? `  scores ${l.scores.map((x) => x.toPrecision(3)).join(' ')}` : '';
-    lines.push(`  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}${scores}`);
+    lines.push(
+      `  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}${scores}`,
+    );
   }
   return lines.join('\n');
 }
@@ -182,15 +224,38 @@ export const pruneSpec: CommandSpec<PruneReport> = {
   summary: 'drop routed experts (the same number in every MoE layer) and write a plain checkpoint',
   args: [MODEL_ARG],
   options: [
-    { flag: '--method <name>', type: { choices: pruneMethodNames }, required: true, description: 'how experts are chosen' },
-    { flag: '--protect-super-experts', type: 'bool', description: 'never drop super experts (extreme down_proj outputs)' },
-    { flag: '--super-factor <f>', type: 'number', default: '5', description: 'super expert: largest |down_proj output| above F × the layer median' },
-    { flag: '--naee-limit <n>', type: 'int', min: 1, default: '20000', description: 'NAEE tries every subset up to this many per layer, else searches greedily' },
-    { flag: '--loss', type: 'bool', description: 'report every layer\'s NAEE reconstruction loss for any method' },
+    {
+      flag: '--method <name>',
+      type: { choices: pruneMethodNames },
+      required: true,
+      description: 'how experts are chosen',
+    },
+    {
+      flag: '--protect-super-experts',
+      type: 'bool',
+      description: 'never drop super experts (extreme down_proj outputs)',
+    },
+    {
+      flag: '--super-factor <f>',
+      type: 'number',
+      default: '5',
+      description: 'super expert: largest |down_proj output| above F × the layer median',
+    },
+    {
+      flag: '--naee-limit <n>',
+      type: 'int',
+      min: 1,
+      default: '20000',
+      description: 'NAEE tries every subset up to this many per layer, else searches greedily',
+    },
+    { flag: '--loss', type: 'bool', description: "report every layer's NAEE reconstruction loss for any method" },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed (random method)' },
-    ...reductionOptions('print each layer\'s plan and write nothing'),
+    ...reductionOptions("print each layer's plan and write nothing"),
   ],
-  examples: ['moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50', 'moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run'],
+  examples: [
+    'moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50',
+    'moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run',
+  ],
   run: ([model], o, ctx) => prune({ ...(o as Omit<PruneOptions, 'model'>), model }, ctx),
   format: formatPrune,
 };

@@ -14,7 +14,14 @@ import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkFileDestination, checkNotInput, checkOutputFolder, OutputFolder, withOutput, withoutTimings } from '../io/output';
+import {
+  checkFileDestination,
+  checkNotInput,
+  checkOutputFolder,
+  OutputFolder,
+  withOutput,
+  withoutTimings,
+} from '../io/output';
 import { fileBytes } from '../io/size';
 import type { TensorRef } from '../io/safetensors';
 import type { Architecture } from '../model/arch';
@@ -100,7 +107,15 @@ export interface QuantizeReport {
   bits_histogram: Record<string, number>;
   by_class: Record<string, { params: number; average_bits: number }>;
   predicted_cost: number | null;
-  solver: { status: string; method: string; seconds: number; objective: number; bound: number; gap: number; problems: number } | null;
+  solver: {
+    status: string;
+    method: string;
+    seconds: number;
+    objective: number;
+    bound: number;
+    gap: number;
+    problems: number;
+  } | null;
   /** Weights quantized by RTN although GPTQ was asked (no calibrated rows, or a Hessian that would not factor). */
   gptq_fallbacks: string[];
   size_bytes: number;
@@ -109,33 +124,57 @@ export interface QuantizeReport {
   seconds: number;
 }
 
-function checkOptions(o: QuantizeOptions, stats: CalibrationStats | undefined): { method: 'rtn' | 'gptq'; choices: number[] } {
+function checkOptions(
+  o: QuantizeOptions,
+  stats: CalibrationStats | undefined,
+): { method: 'rtn' | 'gptq'; choices: number[] } {
   const choices = o.bitChoices ?? DEFAULT_BIT_CHOICES;
   const gs = o.groupSize ?? 128;
   if (!Number.isInteger(gs) || gs < 1) throw new UsageError(`--group-size ${gs} must be a positive integer`);
   if (!(o.bits > 0)) throw new UsageError(`--bits ${o.bits} must be positive`);
-  for (const [flag, b] of [['--attn-bits', o.attnBits], ['--shared-expert-bits', o.sharedExpertBits]] as const) {
-    if (b !== undefined && !(Number.isInteger(b) && b >= 1 && b <= 8)) throw new UsageError(`${flag} ${b} must be an integer from 1 to 8`);
+  for (const [flag, b] of [
+    ['--attn-bits', o.attnBits],
+    ['--shared-expert-bits', o.sharedExpertBits],
+  ] as const) {
+    if (b !== undefined && !(Number.isInteger(b) && b >= 1 && b <= 8))
+      throw new UsageError(`${flag} ${b} must be an integer from 1 to 8`);
   }
   const allocateMode = o.allocate ?? 'uniform';
   if (allocateMode === 'uniform' && !(Number.isInteger(o.bits) && o.bits >= 1 && o.bits <= 8)) {
-    throw new UsageError(`--bits ${o.bits} is not a whole number of bits from 1 to 8`, { hint: 'fractional averages need --allocate lp --stats STATS' });
+    throw new UsageError(`--bits ${o.bits} is not a whole number of bits from 1 to 8`, {
+      hint: 'fractional averages need --allocate lp --stats STATS',
+    });
   }
   if (allocateMode === 'lp') {
-    if (!stats) throw new UsageError('--allocate lp needs --stats (expert frequencies and the measured error of each bit-width)', { hint: 'make them with moe calibrate MODEL --data FILE -o STATS' });
-    if (o.bits < choices[0] || o.bits > choices[choices.length - 1]) throw new UsageError(`--bits ${o.bits} is outside the bit choices ${choices.join(',')}`, { hint: 'change --bits or --bit-choices' });
+    if (!stats)
+      throw new UsageError(
+        '--allocate lp needs --stats (expert frequencies and the measured error of each bit-width)',
+        { hint: 'make them with moe calibrate MODEL --data FILE -o STATS' },
+      );
+    if (o.bits < choices[0] || o.bits > choices[choices.length - 1])
+      throw new UsageError(`--bits ${o.bits} is outside the bit choices ${choices.join(',')}`, {
+        hint: 'change --bits or --bit-choices',
+      });
   }
   const hasHessians = !!stats?.json.hessians;
   const method = o.method ?? (hasHessians ? 'gptq' : 'rtn');
   if (method === 'gptq' && !hasHessians) {
-    throw new UsageError(stats ? `the stats in ${stats.dir} hold no Hessians, which GPTQ needs` : 'GPTQ needs calibrated Hessians (--stats)', { hint: 're-run moe calibrate with --hessians, or use --method rtn' });
+    throw new UsageError(
+      stats
+        ? `the stats in ${stats.dir} hold no Hessians, which GPTQ needs`
+        : 'GPTQ needs calibrated Hessians (--stats)',
+      { hint: 're-run moe calibrate with --hessians, or use --method rtn' },
+    );
   }
   return { method, choices };
 }
 
 /** Below 2 bits moe still quantizes (1-bit codes are valid), but the model rarely survives it: said, not refused. */
 export function lowBitsWarning(bits: number, groupSize: number, allocate: string): string {
-  const what = allocate === 'lp' ? `an average of ${bits} bits gives many groups 1 bit, 2 levels per group of ${groupSize} weights` : `1 bit keeps 2 levels per group of ${groupSize} weights`;
+  const what =
+    allocate === 'lp'
+      ? `an average of ${bits} bits gives many groups 1 bit, 2 levels per group of ${groupSize} weights`
+      : `1 bit keeps 2 levels per group of ${groupSize} weights`;
   return `--bits ${bits} is below 2: ${what}, which usually breaks the model (perplexity rises by orders of magnitude); 3 or 4 bits is the usual choice`;
 }
 
@@ -171,8 +210,12 @@ function settings(o: QuantizeOptions, stats: CalibrationStats | undefined, arch:
   };
   if (o.layers) {
     const [a, b] = o.layers;
-    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a <= b && b < arch.numLayers)) throw new UsageError(`--layers ${a}-${b} is not a range of layers 0-${arch.numLayers - 1}`);
-    if (s.allocate === 'lp' && s.scope === 'global') throw new UsageError('--layers with --allocate lp needs --budget-scope layer (a global budget needs every layer at once)');
+    if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a <= b && b < arch.numLayers))
+      throw new UsageError(`--layers ${a}-${b} is not a range of layers 0-${arch.numLayers - 1}`);
+    if (s.allocate === 'lp' && s.scope === 'global')
+      throw new UsageError(
+        '--layers with --allocate lp needs --budget-scope layer (a global budget needs every layer at once)',
+      );
   }
   return s;
 }
@@ -188,7 +231,10 @@ function ownedBy(arch: Architecture, range: [number, number] | undefined): (name
 }
 
 function checkDestinations(o: QuantizeOptions, ckpt: Checkpoint): void {
-  const inputs = [{ flag: 'MODEL', path: ckpt.dir }, { flag: '--stats', path: o.stats }];
+  const inputs = [
+    { flag: 'MODEL', path: ckpt.dir },
+    { flag: '--stats', path: o.stats },
+  ];
   checkNotInput(o.output, inputs);
   if (!o.dryRun) checkOutputFolder(o.output, o.force);
   checkNotInput(o.report, inputs, '--report');
@@ -202,7 +248,11 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
   checkDestinations(o, ckpt);
   const arch = loadArchitecture(ckpt);
   for (const t of ckpt.tensors.values()) {
-    if (t.packed) throw new CheckpointError(`the model is already quantized (${t.name} is packed to ${t.packed.info.bits} bits)`, { file: ckpt.dir, hint: 'quantize the original model' });
+    if (t.packed)
+      throw new CheckpointError(`the model is already quantized (${t.name} is packed to ${t.packed.info.bits} bits)`, {
+        file: ckpt.dir,
+        hint: 'quantize the original model',
+      });
   }
   const stats = o.stats ? new CalibrationStats(o.stats) : undefined;
   const reader = new TensorReader(ckpt);
@@ -213,37 +263,81 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const s = settings(o, stats, arch, ctx);
     const owned = ownedBy(arch, o.layers);
     const targets = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp).filter((t) => owned(t.name));
-    if (targets.length === 0 && !o.layers) throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
+    if (targets.length === 0 && !o.layers)
+      throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
     const groups = groupTargets(targets);
     be = await createBackend(o.backend ?? 'onnx', { threads: o.threads });
     // Work in weights quantized: measuring quantizes each at every allowed width, writing once more.
     const params = targets.reduce((sum, t) => sum + t.rows * t.cols, 0);
     const measureWeight = s.allocate === 'uniform' ? 0 : params * s.choices.length;
     task = ctx.task(`quantize ${path.basename(ckpt.dir)}`, measureWeight + (o.dryRun ? 0 : params));
-    const quantizer = new Quantizer({ method: s.method, groupSize: s.groupSize, actOrder: !!o.actOrder, damp: o.damp ?? 0.01, dir: ckpt.dir }, new Weighting(stats, s.alpha, s.beta), be);
+    const quantizer = new Quantizer(
+      { method: s.method, groupSize: s.groupSize, actOrder: !!o.actOrder, damp: o.damp ?? 0.01, dir: ckpt.dir },
+      new Weighting(stats, s.alpha, s.beta),
+      be,
+    );
 
     // Measure (lp): every group's weighted error at every allowed bit-width, one tensor in memory at a time.
     let measured: { costs: CostTable; byTarget: Map<string, Map<number, number>> } | undefined;
     if (s.allocate === 'lp') {
-      const bar = ctx.progress(`measure error at ${s.choices.join('/')} bits`, targets.length, 'tensors', measureWeight);
-      measured = await measureCosts(targets, groups, s.rules, (t, bits) => errorsAt(quantizer, reader, t, bits), () => bar.tick());
+      const bar = ctx.progress(
+        `measure error at ${s.choices.join('/')} bits`,
+        targets.length,
+        'tensors',
+        measureWeight,
+      );
+      measured = await measureCosts(
+        targets,
+        groups,
+        s.rules,
+        (t, bits) => errorsAt(quantizer, reader, t, bits),
+        () => bar.tick(),
+      );
       bar.done();
     }
     // Allocate: fixed groups take their bits out of the budget; the others choose.
     const chosen = await chooseBits(groups, s.rules, measured?.costs, s.scope);
     if (!chosen.ok) {
-      throw new UsageError(`--bits ${o.bits} is below the least average the constraints allow (${chosen.least.toFixed(3)} bits${s.scope === 'layer' ? ` in layer ${chosen.scope[0].layer}` : ''})`, {
-        hint: 'raise --bits, lower --attn-bits/--shared-expert-bits, or add smaller --bit-choices',
-      });
+      throw new UsageError(
+        `--bits ${o.bits} is below the least average the constraints allow (${chosen.least.toFixed(3)} bits${s.scope === 'layer' ? ` in layer ${chosen.scope[0].layer}` : ''})`,
+        {
+          hint: 'raise --bits, lower --attn-bits/--shared-expert-bits, or add smaller --bit-choices',
+        },
+      );
     }
     const refs = [...ckpt.tensors.values()].filter((ref) => owned(ref.name));
-    const plan = buildPlan({ format: s.format, method: s.method, groupSize: s.groupSize, granularity: s.granularity, tensors: refs, targets, groups, bits: chosen.bits, ...measured, solver: chosen.solver });
+    const plan = buildPlan({
+      format: s.format,
+      method: s.method,
+      groupSize: s.groupSize,
+      granularity: s.granularity,
+      tensors: refs,
+      targets,
+      groups,
+      bits: chosen.bits,
+      ...measured,
+      solver: chosen.solver,
+    });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
       await withOutput(o.output, { force: o.force, command: 'quantize', verify: verifyWritten }, async (out) => {
-        const costs = await writeTensors(out, plan, { o, s, ckpt, refs, reader, quantizer, measure: s.allocate === 'uniform' && !!stats, ctx });
+        const costs = await writeTensors(out, plan, {
+          o,
+          s,
+          ckpt,
+          refs,
+          reader,
+          quantizer,
+          measure: s.allocate === 'uniform' && !!stats,
+          ctx,
+        });
         // The size, as everywhere (src/io/size.ts): the bytes of the weight files written, headers included.
-        report.size_bytes = fileBytes(fs.readdirSync(out.tmp).filter((n) => n.endsWith('.safetensors')).map((n) => path.join(out.tmp, n)));
+        report.size_bytes = fileBytes(
+          fs
+            .readdirSync(out.tmp)
+            .filter((n) => n.endsWith('.safetensors'))
+            .map((n) => path.join(out.tmp, n)),
+        );
         report.gptq_fallbacks = [...quantizer.fallbacks].sort();
         finishReport(report, plan, new Map([...plan.predicted, ...costs]), stats !== undefined);
         writeRecords(out, report, plan, { o, s, ckpt, arch });
@@ -253,7 +347,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
       report.gptq_fallbacks = [...quantizer.fallbacks].sort();
     }
     report.seconds = (Date.now() - started) / 1000;
-    if (o.report) fs.writeFileSync(o.report, JSON.stringify({ tool: 'moe', ...withoutTimings(report) }, null, 1) + '\n');
+    if (o.report)
+      fs.writeFileSync(o.report, JSON.stringify({ tool: 'moe', ...withoutTimings(report) }, null, 1) + '\n');
     return report;
   } finally {
     task?.done();
@@ -264,11 +359,17 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
 }
 
 /** The weighted error of weight t at each of `bits`. */
-async function errorsAt(quantizer: Quantizer, reader: TensorReader, t: Target, bits: number[]): Promise<Map<number, number>> {
+async function errorsAt(
+  quantizer: Quantizer,
+  reader: TensorReader,
+  t: Target,
+  bits: number[],
+): Promise<Map<number, number>> {
   const w = reader.f32(t.name);
   const inputs = quantizer.weighting.inputs(t.name);
   const errs = new Map<number, number>();
-  for (const b of bits) errs.set(b, await quantizer.weightedError(w, await quantizer.quantize(w, t, b, inputs), t, inputs));
+  for (const b of bits)
+    errs.set(b, await quantizer.weightedError(w, await quantizer.quantize(w, t, b, inputs), t, inputs));
   return errs;
 }
 
@@ -279,22 +380,45 @@ interface Run {
 }
 
 /** The plan's tensors into the output's shards (or, with --layers, one part file); the measured costs when asked. */
-async function writeTensors(out: OutputFolder, plan: QuantPlan, x: Run & { refs: TensorRef[]; reader: TensorReader; quantizer: Quantizer; measure: boolean; ctx: Context }): Promise<Map<string, number>> {
+async function writeTensors(
+  out: OutputFolder,
+  plan: QuantPlan,
+  x: Run & { refs: TensorRef[]; reader: TensorReader; quantizer: Quantizer; measure: boolean; ctx: Context },
+): Promise<Map<string, number>> {
   const { o, ckpt } = x;
   const metadata = { ...ckpt.metadata, format: 'pt' };
   const writerOptions = o.layers
-    ? { maxShardBytes: Number.MAX_SAFE_INTEGER, singleFileName: PART_FILE, metadata, tensorMetadata: plan.tensorMetadata }
+    ? {
+        maxShardBytes: Number.MAX_SAFE_INTEGER,
+        singleFileName: PART_FILE,
+        metadata,
+        tensorMetadata: plan.tensorMetadata,
+      }
     : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata, tensorMetadata: plan.tensorMetadata };
   const writer = new ShardedWriter(out.tmp, plan.tensors, writerOptions);
   const bar = x.ctx.progress(`quantize (${plan.method}, ${x.s.allocate})`, plan.quantizedParams, 'params');
-  const costs = await writePlan({ plan, refs: x.refs, reader: x.reader, writer, quantizer: x.quantizer, measure: x.measure, threads: o.threads, bar });
+  const costs = await writePlan({
+    plan,
+    refs: x.refs,
+    reader: x.reader,
+    writer,
+    quantizer: x.quantizer,
+    measure: x.measure,
+    threads: o.threads,
+    bar,
+  });
   writer.finish();
   bar.done();
   return costs;
 }
 
 /** The part record (with --layers), or the config, auxiliary files and quantization record of a whole model. */
-function writeRecords(out: OutputFolder, report: QuantizeReport, plan: QuantPlan, x: Run & { arch: Architecture }): void {
+function writeRecords(
+  out: OutputFolder,
+  report: QuantizeReport,
+  plan: QuantPlan,
+  x: Run & { arch: Architecture },
+): void {
   const { o, s, ckpt } = x;
   const bits = Object.fromEntries(plan.weights.map((t) => [t.name, t.bits]));
   if (o.layers) {
@@ -308,7 +432,16 @@ function writeRecords(out: OutputFolder, report: QuantizeReport, plan: QuantPlan
       order: [...ckpt.tensors.keys()],
       config: ckpt.config,
       source_metadata: ckpt.metadata,
-      options: { format: s.format, bits: o.bits, group_size: s.groupSize, method: s.method, allocate: s.allocate, budget_scope: s.scope, granularity: s.granularity, max_shard_bytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES },
+      options: {
+        format: s.format,
+        bits: o.bits,
+        group_size: s.groupSize,
+        method: s.method,
+        allocate: s.allocate,
+        budget_scope: s.scope,
+        granularity: s.granularity,
+        max_shard_bytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
+      },
       bits,
       report: summary(report),
     };
@@ -316,7 +449,8 @@ function writeRecords(out: OutputFolder, report: QuantizeReport, plan: QuantPlan
     return;
   }
   const config = { ...ckpt.config };
-  if (s.format === 'packed') config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
+  if (s.format === 'packed')
+    config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   writeConfig(out, config, ckpt.dir);
   out.copyAuxFiles(ckpt.dir);
   const prior = path.join(ckpt.dir, COMPRESSION_FILE);
@@ -358,7 +492,15 @@ function reportOf(plan: QuantPlan, s: Settings, o: QuantizeOptions, ckpt: Checkp
 }
 
 function finishReport(r: QuantizeReport, plan: QuantPlan, costAt: Map<string, number>, measured: boolean): void {
-  r.groups = plan.groups.map((g) => ({ group: g.key, class: g.cls, layer: g.layer, params: g.params, bits: plan.bits.get(g.key)!, cost: measured ? (costAt.get(g.key) ?? 0) : null, costs: plan.costs.get(g.key) }));
+  r.groups = plan.groups.map((g) => ({
+    group: g.key,
+    class: g.cls,
+    layer: g.layer,
+    params: g.params,
+    bits: plan.bits.get(g.key)!,
+    cost: measured ? (costAt.get(g.key) ?? 0) : null,
+    costs: plan.costs.get(g.key),
+  }));
   r.predicted_cost = measured ? r.groups.reduce((sum, g) => sum + (g.cost ?? 0), 0) : null;
 }
 
@@ -371,26 +513,34 @@ export function formatQuantize(r: QuantizeReport): string {
   const mb = (b: number) => `${(b / 1e6).toFixed(2)} MB`;
   const lines = [
     `${r.dry_run ? 'dry run: would write' : `wrote ${r.output}:`} ${r.format}, ${r.method}, ${r.allocate} allocation, ${r.average_bits.toFixed(3)} bits average (${r.stored_bits_per_weight.toFixed(3)} with scales and zeros), ${mb(r.size_bytes)}`,
-    `  quantized ${(r.quantized_params / 1e6).toFixed(2)} M of ${(r.total_params / 1e6).toFixed(2)} M params; bits: ${Object.entries(r.bits_histogram)
+    `  quantized ${(r.quantized_params / 1e6).toFixed(2)} M of ${(r.total_params / 1e6).toFixed(2)} M params; bits: ${Object.entries(
+      r.bits_histogram,
+    )
       .map(([b, n]) => `${b}-bit ${((100 * n) / r.quantized_params).toFixed(1)}%`)
       .join(', ')}`,
     `  by class: ${Object.entries(r.by_class)
       .map(([c, v]) => `${c} ${v.average_bits.toFixed(2)}`)
       .join(', ')}`,
   ];
-  if (r.solver) lines.push(`  solver: ${r.solver.status} (${r.solver.method}, ${r.solver.problems} problem(s), gap ${(100 * r.solver.gap).toFixed(4)}%, ${r.solver.seconds.toFixed(2)} s)`);
+  if (r.solver)
+    lines.push(
+      `  solver: ${r.solver.status} (${r.solver.method}, ${r.solver.problems} problem(s), gap ${(100 * r.solver.gap).toFixed(4)}%, ${r.solver.seconds.toFixed(2)} s)`,
+    );
   if (r.predicted_cost !== null) lines.push(`  predicted weighted output error ${r.predicted_cost.toExponential(4)}`);
-  if (r.gptq_fallbacks.length) lines.push(`  RTN instead of GPTQ for ${r.gptq_fallbacks.length} weight(s) without calibrated inputs`);
+  if (r.gptq_fallbacks.length)
+    lines.push(`  RTN instead of GPTQ for ${r.gptq_fallbacks.length} weight(s) without calibrated inputs`);
   return lines.join('\n');
 }
-
 
 /** What `moe quantize` wrote: a packed or dequantized checkpoint, or a GGUF file (--format gguf). */
 export type QuantizeResult = { packed: QuantizeReport } | { gguf: GgufReport; text: string };
 
 function ggmlType(text: string, name: string): GgmlType {
   const t = parseGgmlType(text);
-  if (!t) throw new UsageError(`${name} ${JSON.stringify(text)} is not a GGUF type moe writes`, { hint: 'use q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16 or bf16' });
+  if (!t)
+    throw new UsageError(`${name} ${JSON.stringify(text)} is not a GGUF type moe writes`, {
+      hint: 'use q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16 or bf16',
+    });
   return t;
 }
 
@@ -402,51 +552,173 @@ function typeMenu(text: string, name: string): GgmlType[] {
 
 function bitChoices(text: string, name: string): number[] {
   const choices = parseBitChoices(text);
-  if (!choices) throw new UsageError(`${name} ${JSON.stringify(text)} is not a list of integers from 1 to 8`, { hint: 'e.g. --bit-choices 2,3,4,8' });
+  if (!choices)
+    throw new UsageError(`${name} ${JSON.stringify(text)} is not a list of integers from 1 to 8`, {
+      hint: 'e.g. --bit-choices 2,3,4,8',
+    });
   return choices;
 }
 
 async function runQuantize(model: string, o: Values, ctx: Context): Promise<QuantizeResult> {
   if (o.format === 'gguf') {
-    if (o.bits !== undefined) throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
-    if (o.layers !== undefined) throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', { hint: 'assemble the parts first, then write GGUF from the result' });
+    if (o.bits !== undefined)
+      throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
+    if (o.layers !== undefined)
+      throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', {
+        hint: 'assemble the parts first, then write GGUF from the result',
+      });
     const { exportGguf, formatGguf } = await import('./gguf');
     const g = o as Omit<GgufOptions, 'model' | 'menu'> & { typeMenu: GgmlType[] };
-    const opts: GgufOptions = { model, output: g.output, type: g.type, allocate: g.allocate, bpw: g.bpw, menu: g.typeMenu, stats: g.stats, alpha: g.alpha, beta: g.beta, force: g.force, dryRun: g.dryRun };
+    const opts: GgufOptions = {
+      model,
+      output: g.output,
+      type: g.type,
+      allocate: g.allocate,
+      bpw: g.bpw,
+      menu: g.typeMenu,
+      stats: g.stats,
+      alpha: g.alpha,
+      beta: g.beta,
+      force: g.force,
+      dryRun: g.dryRun,
+    };
     const gguf = await exportGguf(opts, ctx);
     return { gguf, text: formatGguf(gguf) };
   }
-  if (o.bits === undefined) throw new UsageError('--bits is required (or --format gguf with --type)', { hint: 'e.g. moe quantize MODEL --bits 4 -o OUT' });
+  if (o.bits === undefined)
+    throw new UsageError('--bits is required (or --format gguf with --type)', {
+      hint: 'e.g. moe quantize MODEL --bits 4 -o OUT',
+    });
   return { packed: await quantize({ ...(o as Omit<QuantizeOptions, 'model'>), model }, ctx) };
 }
 
 export const quantizeSpec: CommandSpec<QuantizeResult> = {
   name: 'quantize',
-  summary: 'quantize the decoder\'s linear weights (RTN or GPTQ), uniform or with bits allocated by a linear program',
+  summary: "quantize the decoder's linear weights (RTN or GPTQ), uniform or with bits allocated by a linear program",
   args: [MODEL_ARG],
   options: [
-    { flag: '--bits <b>', type: 'number', description: 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)' },
+    {
+      flag: '--bits <b>',
+      type: 'number',
+      description: 'bits per weight: exact with --allocate uniform, the average budget with --allocate lp (e.g. 2.5)',
+    },
     output('destination folder'),
-    { flag: '--group-size <n>', type: 'int', min: 1, default: '128', description: 'weights per scale and zero point, along the input dimension' },
-    { flag: '--method <name>', type: { choices: () => ['rtn', 'gptq'] }, description: 'quantizer (default: gptq when the stats hold Hessians, else rtn)' },
-    { flag: '--stats <dir>', type: 'string', description: 'calibration stats of this model (moe calibrate; --hessians for GPTQ)', runner: true },
-    { flag: '--allocate <mode>', type: { choices: () => ['uniform', 'lp'] }, default: 'uniform', description: 'same bits everywhere, or bits per group by linear programming (MC-MoE)' },
-    { flag: '--bit-choices <list>', type: 'list', parse: bitChoices, default: '2,3,4,8', description: 'bit-widths the allocation may choose' },
-    { flag: '--granularity <g>', type: { choices: () => ['expert', 'projection', 'layer'] }, default: 'expert', description: 'allocation group: one expert, one projection, or all experts of a layer' },
-    { flag: '--budget-scope <s>', type: { choices: () => ['global', 'layer'] }, default: 'global', description: 'meet --bits over the whole model (bits move to the layers that need them) or in every layer' },
-    { flag: '--alpha <a>', type: 'number', default: '1', description: 'exponent of expert frequency in the allocation weight' },
-    { flag: '--beta <b>', type: 'number', default: '1.5', description: 'exponent of mean routing weight in the allocation weight' },
-    { flag: '--attn-bits <n>', type: 'int', min: 1, description: 'fixed bits for attention (default: --bits, or at least 4 under lp)' },
-    { flag: '--shared-expert-bits <n>', type: 'int', min: 1, description: 'fixed bits for shared experts (default: --bits, or at least 4 under lp)' },
+    {
+      flag: '--group-size <n>',
+      type: 'int',
+      min: 1,
+      default: '128',
+      description: 'weights per scale and zero point, along the input dimension',
+    },
+    {
+      flag: '--method <name>',
+      type: { choices: () => ['rtn', 'gptq'] },
+      description: 'quantizer (default: gptq when the stats hold Hessians, else rtn)',
+    },
+    {
+      flag: '--stats <dir>',
+      type: 'string',
+      description: 'calibration stats of this model (moe calibrate; --hessians for GPTQ)',
+      runner: true,
+    },
+    {
+      flag: '--allocate <mode>',
+      type: { choices: () => ['uniform', 'lp'] },
+      default: 'uniform',
+      description: 'same bits everywhere, or bits per group by linear programming (MC-MoE)',
+    },
+    {
+      flag: '--bit-choices <list>',
+      type: 'list',
+      parse: bitChoices,
+      default: '2,3,4,8',
+      description: 'bit-widths the allocation may choose',
+    },
+    {
+      flag: '--granularity <g>',
+      type: { choices: () => ['expert', 'projection', 'layer'] },
+      default: 'expert',
+      description: 'allocation group: one expert, one projection, or all experts of a layer',
+    },
+    {
+      flag: '--budget-scope <s>',
+      type: { choices: () => ['global', 'layer'] },
+      default: 'global',
+      description: 'meet --bits over the whole model (bits move to the layers that need them) or in every layer',
+    },
+    {
+      flag: '--alpha <a>',
+      type: 'number',
+      default: '1',
+      description: 'exponent of expert frequency in the allocation weight',
+    },
+    {
+      flag: '--beta <b>',
+      type: 'number',
+      default: '1.5',
+      description: 'exponent of mean routing weight in the allocation weight',
+    },
+    {
+      flag: '--attn-bits <n>',
+      type: 'int',
+      min: 1,
+      description: 'fixed bits for attention (default: --bits, or at least 4 under lp)',
+    },
+    {
+      flag: '--shared-expert-bits <n>',
+      type: 'int',
+      min: 1,
+      description: 'fixed bits for shared experts (default: --bits, or at least 4 under lp)',
+    },
     { flag: '--keep-router-fp', type: 'bool', description: 'leave the router unquantized (default: 8 bits)' },
-    { flag: '--act-order', type: 'bool', description: 'GPTQ: quantize columns in order of decreasing Hessian diagonal' },
-    { flag: '--damp <f>', type: 'number', default: '0.01', description: 'GPTQ dampening, a fraction of the mean Hessian diagonal' },
-    { flag: '--format <f>', type: { choices: () => ['packed', 'dequantized', 'gguf'] }, default: 'packed', description: 'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, or a llama.cpp GGUF file' },
-    { flag: '--type <t>', type: 'string', parse: ggmlType, default: 'q8_0', description: 'gguf: the ggml type of every weight (norms and routers stay F32): q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16, bf16' },
-    { flag: '--bpw <b>', type: 'number', description: 'gguf with --allocate lp: average bits per weight (blocks\' scales included), e.g. 4.5' },
-    { flag: '--type-menu <list>', type: 'list', parse: typeMenu, default: 'q2_k,q3_k,q4_k,q5_k,q6_k,q8_0', description: 'gguf with --allocate lp: the types the LP may choose' },
-    { flag: '--report <file>', type: 'file', description: 'write every group\'s bits and predicted error, the size and the solver\'s status as JSON' },
-    { flag: '--layers <A-B>', type: 'range', description: 'only decoder layers A to B (the rest of the model with layer 0): a part for moe assemble' },
+    {
+      flag: '--act-order',
+      type: 'bool',
+      description: 'GPTQ: quantize columns in order of decreasing Hessian diagonal',
+    },
+    {
+      flag: '--damp <f>',
+      type: 'number',
+      default: '0.01',
+      description: 'GPTQ dampening, a fraction of the mean Hessian diagonal',
+    },
+    {
+      flag: '--format <f>',
+      type: { choices: () => ['packed', 'dequantized', 'gguf'] },
+      default: 'packed',
+      description:
+        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, or a llama.cpp GGUF file',
+    },
+    {
+      flag: '--type <t>',
+      type: 'string',
+      parse: ggmlType,
+      default: 'q8_0',
+      description:
+        'gguf: the ggml type of every weight (norms and routers stay F32): q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q4_0, f16, bf16',
+    },
+    {
+      flag: '--bpw <b>',
+      type: 'number',
+      description: "gguf with --allocate lp: average bits per weight (blocks' scales included), e.g. 4.5",
+    },
+    {
+      flag: '--type-menu <list>',
+      type: 'list',
+      parse: typeMenu,
+      default: 'q2_k,q3_k,q4_k,q5_k,q6_k,q8_0',
+      description: 'gguf with --allocate lp: the types the LP may choose',
+    },
+    {
+      flag: '--report <file>',
+      type: 'file',
+      description: "write every group's bits and predicted error, the size and the solver's status as JSON",
+    },
+    {
+      flag: '--layers <A-B>',
+      type: 'range',
+      description: 'only decoder layers A to B (the rest of the model with layer 0): a part for moe assemble',
+    },
     ...COMPUTE,
     MAX_SHARD_SIZE,
     FORCE,

@@ -29,7 +29,17 @@ import { evalSpec } from './eval';
 import { mergeSpec } from './merge';
 import { pruneSpec } from './prune';
 import { quantizeSpec } from './quantize';
-import { anySpec, BACKEND, choicesOf, CommandSpec, OptionSpec, parseOptions, parseText, recipeKey, Values } from './spec';
+import {
+  anySpec,
+  BACKEND,
+  choicesOf,
+  CommandSpec,
+  OptionSpec,
+  parseOptions,
+  parseText,
+  recipeKey,
+  Values,
+} from './spec';
 
 export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
 
@@ -38,11 +48,23 @@ export type StepKind = 'calibrate' | 'prune' | 'merge' | 'quantize' | 'eval';
  * snake_case, with the CLI's defaults and parsers, except what `moe run` supplies (output, stats, force, json,
  * dry-run, backend, threads: the last two from the recipe's top level or moe run's flags).
  */
-export const STEP_SPECS: Record<StepKind, CommandSpec> = { calibrate: anySpec(calibrateSpec), prune: anySpec(pruneSpec), merge: anySpec(mergeSpec), quantize: anySpec(quantizeSpec), eval: anySpec(evalSpec) };
+export const STEP_SPECS: Record<StepKind, CommandSpec> = {
+  calibrate: anySpec(calibrateSpec),
+  prune: anySpec(pruneSpec),
+  merge: anySpec(mergeSpec),
+  quantize: anySpec(quantizeSpec),
+  eval: anySpec(evalSpec),
+};
 
 /** Recipe keys without a CLI flag: quantize's stats: false quantizes without the latest calibration. */
 const RECIPE_ONLY: Partial<Record<StepKind, OptionSpec[]>> = {
-  quantize: [{ flag: '--stats', type: 'bool', description: 'use the latest calibration of the model (default: when there is one)' }],
+  quantize: [
+    {
+      flag: '--stats',
+      type: 'bool',
+      description: 'use the latest calibration of the model (default: when there is one)',
+    },
+  ],
 };
 
 /** A recipe names its calibration data, so that a run says what it measured. */
@@ -59,7 +81,12 @@ function schema(kind: StepKind): Map<string, OptionSpec> {
 }
 
 function required(kind: StepKind): string[] {
-  return [...(RECIPE_REQUIRED[kind] ?? []), ...stepOptionSpecs(kind).filter((o) => o.required).map(recipeKey)];
+  return [
+    ...(RECIPE_REQUIRED[kind] ?? []),
+    ...stepOptionSpecs(kind)
+      .filter((o) => o.required)
+      .map(recipeKey),
+  ];
 }
 
 /** A value as written in a recipe (after checkValue) as the text the CLI parser takes. */
@@ -72,7 +99,11 @@ function recipeText(o: OptionSpec, v: unknown): unknown {
 
 /** A step's command options (camelCase keys, defaults filled in), from its recipe options. */
 export function stepValues(step: Step): Values {
-  return parseOptions(stepOptionSpecs(step.kind), (o) => recipeText(o, step.options[recipeKey(o)]), (o) => `${step.kind}.${recipeKey(o)}`);
+  return parseOptions(
+    stepOptionSpecs(step.kind),
+    (o) => recipeText(o, step.options[recipeKey(o)]),
+    (o) => `${step.kind}.${recipeKey(o)}`,
+  );
 }
 
 export interface Step {
@@ -93,7 +124,8 @@ export interface Recipe {
 
 export function loadRecipe(file: string): Recipe {
   const abs = path.resolve(file);
-  if (!fs.existsSync(abs)) throw new UsageError('the recipe does not exist', { file, hint: 'give the path of a YAML recipe' });
+  if (!fs.existsSync(abs))
+    throw new UsageError('the recipe does not exist', { file, hint: 'give the path of a YAML recipe' });
   const lc = new LineCounter();
   const doc: Document = parseDocument(fs.readFileSync(abs, 'utf8'), { lineCounter: lc, prettyErrors: false });
   const at = (node: unknown): number => {
@@ -129,21 +161,29 @@ export function loadRecipe(file: string): Recipe {
   const output = path.resolve(dir, str('output', true)!);
   const backend = str('backend', false);
   const backends = choicesOf(BACKEND)!;
-  if (backend !== undefined && !backends.includes(backend)) fail(at(top.get('backend', true)), `backend "${backend}" is not ${backends.slice(0, -1).join(', ')} or ${backends[backends.length - 1]}`);
+  if (backend !== undefined && !backends.includes(backend))
+    fail(
+      at(top.get('backend', true)),
+      `backend "${backend}" is not ${backends.slice(0, -1).join(', ')} or ${backends[backends.length - 1]}`,
+    );
   const threadsNode = top.get('threads', true) as Scalar | undefined;
-  if (threadsNode && !(Number.isInteger(threadsNode.value) && (threadsNode.value as number) >= 1)) fail(at(threadsNode), 'threads must be a positive integer');
+  if (threadsNode && !(Number.isInteger(threadsNode.value) && (threadsNode.value as number) >= 1))
+    fail(at(threadsNode), 'threads must be a positive integer');
   const stepsNode = top.get('steps', true);
   if (!isSeq(stepsNode) || stepsNode.items.length === 0) fail(at(stepsNode ?? top), '"steps" must be a non-empty list');
   const steps: Step[] = [];
   for (const item of (stepsNode as unknown as { items: unknown[] }).items) {
-    if (!isMap(item) || item.items.length !== 1) fail(at(item), 'each step is one mapping, e.g. "- prune: { method: reap, keep: 4 }"');
+    if (!isMap(item) || item.items.length !== 1)
+      fail(at(item), 'each step is one mapping, e.g. "- prune: { method: reap, keep: 4 }"');
     const pair = (item as YAMLMap).items[0];
     const kind = String((pair.key as Scalar).value);
-    if (!(kind in STEP_SPECS)) fail(at(pair.key), `unknown step "${kind}"`, `steps are ${Object.keys(STEP_SPECS).join(', ')}`);
+    if (!(kind in STEP_SPECS))
+      fail(at(pair.key), `unknown step "${kind}"`, `steps are ${Object.keys(STEP_SPECS).join(', ')}`);
     const keys = schema(kind as StepKind);
     const options: Record<string, unknown> = {};
     const body = pair.value;
-    if (body !== null && body !== undefined && !(isMap(body) || (body as Scalar).value === null)) fail(at(body), `the options of "${kind}" must be a mapping`);
+    if (body !== null && body !== undefined && !(isMap(body) || (body as Scalar).value === null))
+      fail(at(body), `the options of "${kind}" must be a mapping`);
     for (const opt of isMap(body) ? body.items : []) {
       const name = String((opt.key as Scalar).value);
       const spec = keys.get(name);
@@ -151,9 +191,11 @@ export function loadRecipe(file: string): Recipe {
       if (!spec) fail(line, `"${kind}" has no option "${name}"`, `its options are ${[...keys.keys()].join(', ')}`);
       options[name] = checkValue(opt.value, spec!, `${kind}.${name}`, line, dir, fail, at);
     }
-    for (const r of required(kind as StepKind)) if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
+    for (const r of required(kind as StepKind))
+      if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
     const baseline = options.baseline;
-    if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original') modelNamedIn(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);
+    if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original')
+      modelNamedIn(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);
     steps.push({ kind: kind as StepKind, options, line: at(pair.key) });
   }
   checkFlow(steps, fail);
@@ -161,7 +203,12 @@ export function loadRecipe(file: string): Recipe {
   // moe run replaces its step folders: the output never is, holds or lies inside what the steps read.
   for (const input of recipeInputs(recipe)) {
     const rel = overlap(output, input.path);
-    if (rel) fail(input.line ?? at(top.get('output', true)), `the output folder ${output} ${rel} ${input.flag} ${input.path}, an input of the recipe`, 'choose an output folder apart from the model and the data');
+    if (rel)
+      fail(
+        input.line ?? at(top.get('output', true)),
+        `the output folder ${output} ${rel} ${input.flag} ${input.path}, an input of the recipe`,
+        'choose an output folder apart from the model and the data',
+      );
   }
   return recipe;
 }
@@ -170,9 +217,15 @@ export function loadRecipe(file: string): Recipe {
 export function recipeInputs(recipe: Recipe): { flag: string; path: string; line?: number }[] {
   const inputs: { flag: string; path: string; line?: number }[] = [{ flag: 'the model', path: recipe.model }];
   for (const s of recipe.steps) {
-    if (typeof s.options.data === 'string') inputs.push({ flag: `the data of "${s.kind}"`, path: s.options.data, line: s.line });
+    if (typeof s.options.data === 'string')
+      inputs.push({ flag: `the data of "${s.kind}"`, path: s.options.data, line: s.line });
     const b = s.options.baseline;
-    if (typeof b === 'string' && b !== 'original') inputs.push({ flag: `the baseline of "${s.kind}"`, path: path.resolve(path.dirname(recipe.file), b), line: s.line });
+    if (typeof b === 'string' && b !== 'original')
+      inputs.push({
+        flag: `the baseline of "${s.kind}"`,
+        path: path.resolve(path.dirname(recipe.file), b),
+        line: s.line,
+      });
   }
   return inputs;
 }
@@ -184,7 +237,15 @@ type Fail = (line: number, what: string, hint?: string) => never;
  * the CLI's parser for the option, so a recipe refuses what the CLI refuses. Returns the value as written (paths
  * resolved against the recipe's folder): the step key hashes it.
  */
-function checkValue(node: unknown, o: OptionSpec, name: string, line: number, dir: string, fail: Fail, at: (n: unknown) => number): unknown {
+function checkValue(
+  node: unknown,
+  o: OptionSpec,
+  name: string,
+  line: number,
+  dir: string,
+  fail: Fail,
+  at: (n: unknown) => number,
+): unknown {
   const v = (node as Scalar | null)?.value;
   const l = at(node) || line;
   const written = writtenValue(node, v, o, name, l, dir, fail);
@@ -199,11 +260,20 @@ function checkValue(node: unknown, o: OptionSpec, name: string, line: number, di
   return written;
 }
 
-function writtenValue(node: unknown, v: unknown, o: OptionSpec, name: string, l: number, dir: string, fail: Fail): unknown {
+function writtenValue(
+  node: unknown,
+  v: unknown,
+  o: OptionSpec,
+  name: string,
+  l: number,
+  dir: string,
+  fail: Fail,
+): unknown {
   const type = o.type;
   if (typeof type === 'object') {
     const list = type.choices();
-    if (typeof v !== 'string' || !list.includes(v)) fail(l, `${name} is ${JSON.stringify(v)}; expected one of ${list.join(', ')}`);
+    if (typeof v !== 'string' || !list.includes(v))
+      fail(l, `${name} is ${JSON.stringify(v)}; expected one of ${list.join(', ')}`);
     return v;
   }
   switch (type) {
@@ -217,16 +287,19 @@ function writtenValue(node: unknown, v: unknown, o: OptionSpec, name: string, l:
       if (typeof v !== 'boolean') fail(l, `${name} must be true or false, not ${JSON.stringify(v)}`);
       return v;
     case 'onoff':
-      if (typeof v !== 'boolean' && v !== 'on' && v !== 'off') fail(l, `${name} must be true or false (on or off), not ${JSON.stringify(v)}`);
+      if (typeof v !== 'boolean' && v !== 'on' && v !== 'off')
+        fail(l, `${name} must be true or false (on or off), not ${JSON.stringify(v)}`);
       return v;
     case 'size':
     case 'range':
-      if (typeof v !== 'string' && typeof v !== 'number') fail(l, `${name} must be a string or a number, not ${JSON.stringify(v)}`);
+      if (typeof v !== 'string' && typeof v !== 'number')
+        fail(l, `${name} must be a string or a number, not ${JSON.stringify(v)}`);
       return v;
     case 'list': {
       if (typeof v === 'string') return v;
       const example = o.default ? ` e.g. [${o.default.split(',').join(', ')}]` : '';
-      if (!isSeq(node) || !node.items.every((x) => ['string', 'number'].includes(typeof (x as Scalar).value))) fail(l, `${name} must be a list,${example}`);
+      if (!isSeq(node) || !node.items.every((x) => ['string', 'number'].includes(typeof (x as Scalar).value)))
+        fail(l, `${name} must be a list,${example}`);
       return (node as { items: Scalar[] }).items.map((x) => x.value);
     }
     case 'path':
@@ -248,17 +321,30 @@ function checkFlow(steps: Step[], fail: Fail): void {
   let gguf: Step | undefined;
   for (const s of steps) {
     // moe reads a GGUF back only to evaluate it (src/gguf/source.ts): an eval may follow, nothing else.
-    if (gguf && s.kind !== 'eval') fail(s.line, `"${s.kind}" comes after a GGUF output (line ${gguf.line}), which moe reads only to evaluate`, 'make the GGUF quantize the last step, or follow it with eval steps only');
+    if (gguf && s.kind !== 'eval')
+      fail(
+        s.line,
+        `"${s.kind}" comes after a GGUF output (line ${gguf.line}), which moe reads only to evaluate`,
+        'make the GGUF quantize the last step, or follow it with eval steps only',
+      );
     if (s.kind === 'quantize' && s.options.format === 'gguf') gguf = s;
     if (s.kind === 'calibrate') statsFresh = true;
     if (s.kind === 'prune' || s.kind === 'merge') {
-      if (!statsFresh) fail(s.line, `"${s.kind}" needs a calibration of the model it receives`, 'add a calibrate step before it (after any step that changes the model)');
-      if ((s.options.keep === undefined) === (s.options.ratio === undefined)) fail(s.line, `"${s.kind}" takes exactly one of keep or ratio`);
+      if (!statsFresh)
+        fail(
+          s.line,
+          `"${s.kind}" needs a calibration of the model it receives`,
+          'add a calibrate step before it (after any step that changes the model)',
+        );
+      if ((s.options.keep === undefined) === (s.options.ratio === undefined))
+        fail(s.line, `"${s.kind}" takes exactly one of keep or ratio`);
       statsFresh = false;
     }
     if (s.kind === 'quantize') {
-      if (s.options.stats === true && !statsFresh) fail(s.line, '"quantize" has stats: true but no calibration of the model it receives');
-      if (s.options.format !== 'gguf' && s.options.bits === undefined) fail(s.line, '"quantize" needs bits (or format: gguf with type or bpw)');
+      if (s.options.stats === true && !statsFresh)
+        fail(s.line, '"quantize" has stats: true but no calibration of the model it receives');
+      if (s.options.format !== 'gguf' && s.options.bits === undefined)
+        fail(s.line, '"quantize" needs bits (or format: gguf with type or bpw)');
       statsFresh = false;
     }
   }

@@ -27,7 +27,6 @@ import { quantizeSpec } from './quantize';
 import { CommandSpec, COMPUTE, dryRun, JSON_OUTPUT, Values } from './spec';
 import { modelNamedIn } from '../io/hf-cache';
 
-
 export interface StepReport {
   step: number;
   kind: string;
@@ -37,7 +36,14 @@ export interface StepReport {
   seconds: number;
   detail: string;
   /** eval steps: the figures. */
-  eval?: { perplexity: number; baseline_perplexity?: number; ppl_increase_pct?: number; bytes: number; params: number; kl_mean?: number };
+  eval?: {
+    perplexity: number;
+    baseline_perplexity?: number;
+    ppl_increase_pct?: number;
+    bytes: number;
+    params: number;
+    kl_mean?: number;
+  };
 }
 
 export interface RunReport {
@@ -57,7 +63,10 @@ const sha = (x: unknown) => createHash('sha256').update(JSON.stringify(x)).diges
 /** The original model's key: its layout and its shards' sizes and modification times. */
 function modelKey(dir: string): string {
   const ckpt = openCheckpoint(dir);
-  return sha({ fingerprint: fingerprint(ckpt), shards: ckpt.shards.map((s) => [path.basename(s), fs.statSync(s).size, fs.statSync(s).mtimeMs]) });
+  return sha({
+    fingerprint: fingerprint(ckpt),
+    shards: ckpt.shards.map((s) => [path.basename(s), fs.statSync(s).size, fs.statSync(s).mtimeMs]),
+  });
 }
 
 export interface RunOptions {
@@ -82,7 +91,13 @@ interface StepInput {
  * Runs one step through its command's spec: the recipe's options (defaults filled in, src/commands/recipe.ts) plus
  * what the runner supplies. Fills the report's detail; returns the gate's failure of an eval step, if any.
  */
-async function runStep(recipe: Recipe, s: Step, input: StepInput, report: StepReport, ctx: Context): Promise<GateError | undefined> {
+async function runStep(
+  recipe: Recipe,
+  s: Step,
+  input: StepInput,
+  report: StepReport,
+  ctx: Context,
+): Promise<GateError | undefined> {
   const values = { ...stepValues(s), ...input, force: true, dryRun: false };
   switch (s.kind) {
     case 'calibrate': {
@@ -98,7 +113,8 @@ async function runStep(recipe: Recipe, s: Step, input: StepInput, report: StepRe
     }
     case 'quantize': {
       const r = await quantizeSpec.run([input.model], values, ctx);
-      if ('gguf' in r) report.detail = `GGUF ${r.gguf.type ?? `LP ${r.gguf.bpw_target} bpw`}: ${r.gguf.bpw.toFixed(3)} bits/weight, ${(r.gguf.file_bytes / 1e6).toFixed(2)} MB`;
+      if ('gguf' in r)
+        report.detail = `GGUF ${r.gguf.type ?? `LP ${r.gguf.bpw_target} bpw`}: ${r.gguf.bpw.toFixed(3)} bits/weight, ${(r.gguf.file_bytes / 1e6).toFixed(2)} MB`;
       else report.detail = `${r.packed.method}, ${r.packed.allocate}: ${r.packed.average_bits.toFixed(3)} bits average`;
       return;
     }
@@ -107,17 +123,37 @@ async function runStep(recipe: Recipe, s: Step, input: StepInput, report: StepRe
   }
 }
 
-async function evalStep(recipe: Recipe, s: Step, values: Values, report: StepReport, ctx: Context): Promise<GateError | undefined> {
+async function evalStep(
+  recipe: Recipe,
+  s: Step,
+  values: Values,
+  report: StepReport,
+  ctx: Context,
+): Promise<GateError | undefined> {
   const b = values.baseline as string | undefined;
   const where = `step ${report.step} (line ${s.line}): eval.baseline`;
-  const baseline = b === undefined ? undefined : b === 'original' ? recipe.model : modelNamedIn(b, path.dirname(recipe.file), where, recipe.file);
+  const baseline =
+    b === undefined
+      ? undefined
+      : b === 'original'
+        ? recipe.model
+        : modelNamedIn(b, path.dirname(recipe.file), where, recipe.file);
   const r: EvalReport = await evalSpec.run([values.model as string], { ...values, baseline }, ctx);
   const out = values.output as string;
   fs.mkdirSync(out, { recursive: true });
   writeMarker(out, 'run (eval step)');
   fs.writeFileSync(path.join(out, EVAL_FILE), JSON.stringify(withoutTimings(r), null, 1) + '\n');
-  report.eval = { perplexity: r.perplexity, baseline_perplexity: r.baseline?.perplexity, ppl_increase_pct: r.baseline?.ppl_increase_pct, bytes: r.size.bytes, params: r.size.params, kl_mean: r.baseline?.kl_mean };
-  const base = r.baseline ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)` : '';
+  report.eval = {
+    perplexity: r.perplexity,
+    baseline_perplexity: r.baseline?.perplexity,
+    ppl_increase_pct: r.baseline?.ppl_increase_pct,
+    bytes: r.size.bytes,
+    params: r.size.params,
+    kl_mean: r.baseline?.kl_mean,
+  };
+  const base = r.baseline
+    ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)`
+    : '';
   report.detail = `perplexity ${r.perplexity.toFixed(2)}${base}`;
   if (r.gate && !r.gate.passed) {
     const what = `step ${report.step} (line ${s.line}): perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`;
@@ -130,12 +166,19 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
   const recipe: Recipe = loadRecipe(file);
   if (opts.reportHtml) {
     // Checked before any step runs: the report is written at the end, over a report moe wrote only.
-    checkNotInput(opts.reportHtml, [{ flag: 'the recipe', path: recipe.file }, ...recipeInputs(recipe)], '--report-html');
+    checkNotInput(
+      opts.reportHtml,
+      [{ flag: 'the recipe', path: recipe.file }, ...recipeInputs(recipe)],
+      '--report-html',
+    );
     checkFileDestination(opts.reportHtml, true);
   }
   if (!opts.dryRun) {
     createFolder(recipe.output, 'run');
-    fs.writeFileSync(path.join(recipe.output, RECIPE_RECORD), JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n');
+    fs.writeFileSync(
+      path.join(recipe.output, RECIPE_RECORD),
+      JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n',
+    );
   }
   const backend = opts.backend ?? (recipe.backend as BackendName | undefined);
   let model = recipe.model;
@@ -150,10 +193,23 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
     const s: Step = recipe.steps[i];
     const stepProgress = ctx.progress(`step ${i + 1} ${s.kind}`, 1, 'steps');
     const out = stepFolder(recipe.output, i, s.kind);
-    const useStats = (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.stats !== false)) && stats?.forModel === modelK ? stats : undefined;
-    const key = sha({ kind: s.kind, options: s.options, model: modelK, stats: useStats?.key ?? null, backend: backend ?? null, original: s.kind === 'eval' ? modelKey(recipe.model) : null });
+    const useStats =
+      (s.kind === 'prune' || s.kind === 'merge' || (s.kind === 'quantize' && s.options.stats !== false)) &&
+      stats?.forModel === modelK
+        ? stats
+        : undefined;
+    const key = sha({
+      kind: s.kind,
+      options: s.options,
+      model: modelK,
+      stats: useStats?.key ?? null,
+      backend: backend ?? null,
+      original: s.kind === 'eval' ? modelKey(recipe.model) : null,
+    });
     const recordFile = path.join(out, STEP_RECORD);
-    const record = fs.existsSync(recordFile) ? (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { key: string; report: StepReport }) : undefined;
+    const record = fs.existsSync(recordFile)
+      ? (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { key: string; report: StepReport })
+      : undefined;
     const t0 = Date.now();
     let report: StepReport;
     if (!opts.fresh && record?.key === key) {
@@ -161,11 +217,29 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
       if (!opts.dryRun) ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
     } else if (opts.dryRun) {
       // The keys depend on options and input keys only, never on outputs: the plan is exact without running a step.
-      report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: !record ? 'would run' : record.key === key ? 'would run again (--fresh)' : 'would run again (options or inputs changed)' };
+      report = {
+        step: i + 1,
+        kind: s.kind,
+        line: s.line,
+        output: out,
+        skipped: false,
+        seconds: 0,
+        detail: !record
+          ? 'would run'
+          : record.key === key
+            ? 'would run again (--fresh)'
+            : 'would run again (options or inputs changed)',
+      };
     } else {
       ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
       report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
-      const step: StepInput = { model, output: out, stats: useStats?.dir, backend, threads: opts.threads ?? recipe.threads };
+      const step: StepInput = {
+        model,
+        output: out,
+        stats: useStats?.dir,
+        backend,
+        threads: opts.threads ?? recipe.threads,
+      };
       const failed = await runStep(recipe, s, step, report, ctx);
       if (failed) {
         fs.writeFileSync(recordFile + '.failed', JSON.stringify(report) + '\n');
@@ -178,7 +252,15 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
     reports.push(report);
     stepProgress.done();
     // Rewritten after every step, so a run stopped by a failure records what it did.
-    if (!opts.dryRun) fs.writeFileSync(runRecord, JSON.stringify({ steps: reports.map((r) => ({ step: r.step, kind: r.kind, status: r.skipped ? 'reused' : 'ran' })) }, null, 1) + '\n');
+    if (!opts.dryRun)
+      fs.writeFileSync(
+        runRecord,
+        JSON.stringify(
+          { steps: reports.map((r) => ({ step: r.step, kind: r.kind, status: r.skipped ? 'reused' : 'ran' })) },
+          null,
+          1,
+        ) + '\n',
+      );
     // What the next step receives.
     if (s.kind === 'calibrate') stats = { dir: out, key, forModel: modelK };
     if (s.kind === 'prune' || s.kind === 'merge' || s.kind === 'quantize') {
@@ -188,23 +270,47 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
     }
   }
   task.done();
-  if (opts.dryRun) return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, seconds: (Date.now() - started) / 1000, dry_run: true };
+  if (opts.dryRun)
+    return {
+      recipe: path.resolve(file),
+      model: recipe.model,
+      output: recipe.output,
+      steps: reports,
+      seconds: (Date.now() - started) / 1000,
+      dry_run: true,
+    };
   const last = finalModelStep(reports);
-  const size = { before: weightBytes(recipe.model), after: weightBytes(last < 0 ? recipe.model : reports[last].output) };
-  return { recipe: path.resolve(file), model: recipe.model, output: recipe.output, steps: reports, size, seconds: (Date.now() - started) / 1000 };
+  const size = {
+    before: weightBytes(recipe.model),
+    after: weightBytes(last < 0 ? recipe.model : reports[last].output),
+  };
+  return {
+    recipe: path.resolve(file),
+    model: recipe.model,
+    output: recipe.output,
+    steps: reports,
+    size,
+    seconds: (Date.now() - started) / 1000,
+  };
 }
 
 /** `moe run --dry-run`: each step, whether it would run or its output would be reused. */
 export function formatRunPlan(r: RunReport): string {
   const lines = ['dry run: nothing written', 'step  kind        line  plan'];
-  for (const s of r.steps) lines.push(`${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${s.skipped ? `reuse ${s.output} (${s.detail})` : `${s.detail} → ${s.output}`}`);
+  for (const s of r.steps)
+    lines.push(
+      `${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${s.skipped ? `reuse ${s.output} (${s.detail})` : `${s.detail} → ${s.output}`}`,
+    );
   return lines.join('\n');
 }
 
 export function formatRun(r: RunReport): string {
   const lines = ['', 'step  kind        line   seconds  result'];
   // A reused step shows "reused" where a step that ran shows its seconds.
-  for (const s of r.steps) lines.push(`${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${(s.skipped ? 'reused' : s.seconds.toFixed(2)).padStart(8)}  ${s.detail}`);
+  for (const s of r.steps)
+    lines.push(
+      `${String(s.step).padStart(4)}  ${s.kind.padEnd(10)} ${String(s.line).padStart(5)}  ${(s.skipped ? 'reused' : s.seconds.toFixed(2)).padStart(8)}  ${s.detail}`,
+    );
   lines.push('', ...headlineLines(r.steps, r.size));
   lines.push(`outputs in ${r.output}; ${r.seconds.toFixed(1)} s`);
   return lines.join('\n');
@@ -214,7 +320,13 @@ export type RunResult = RunReport & { report_html: string | null };
 
 async function runCommand(file: string, o: Values, ctx: Context): Promise<RunResult> {
   const reportHtml = o.reportHtml as string | undefined;
-  const report = await run(file, ctx, { fresh: !!o.fresh, dryRun: !!o.dryRun, reportHtml, backend: o.backend as BackendName | undefined, threads: o.threads as number | undefined });
+  const report = await run(file, ctx, {
+    fresh: !!o.fresh,
+    dryRun: !!o.dryRun,
+    reportHtml,
+    backend: o.backend as BackendName | undefined,
+    threads: o.threads as number | undefined,
+  });
   if (o.dryRun) return { ...report, report_html: reportHtml ? path.resolve(reportHtml) : null };
   // A resumed run rewrites the report it wrote before.
   if (!reportHtml) return { ...report, report_html: null };
@@ -231,12 +343,19 @@ export const runSpec: CommandSpec<RunResult> = {
     { flag: '--report-html <file>', type: 'file', description: 'also write the HTML report of the run (moe report)' },
     dryRun('print which steps would run and which outputs would be reused, and write nothing'),
     // No default here: the recipe's top-level backend and threads apply unless these are given.
-    { ...COMPUTE[0], default: undefined, description: 'matmul backend (default: the recipe\'s backend, else onnx)' },
-    { ...COMPUTE[1], description: 'compute threads (default: the recipe\'s threads, else all cores)' },
+    { ...COMPUTE[0], default: undefined, description: "matmul backend (default: the recipe's backend, else onnx)" },
+    { ...COMPUTE[1], description: "compute threads (default: the recipe's threads, else all cores)" },
     JSON_OUTPUT,
   ],
-  examples: ['moe run recipes/demo.yaml', 'moe run recipes/demo.yaml --dry-run', 'moe run my-recipe.yaml --json > run.json'],
+  examples: [
+    'moe run recipes/demo.yaml',
+    'moe run recipes/demo.yaml --dry-run',
+    'moe run my-recipe.yaml --json > run.json',
+  ],
   epilog: '\n\nSee recipes/demo.yaml for the format.',
   run: ([file], o, ctx) => runCommand(file, o, ctx),
-  format: (r) => (r.dry_run ? formatRunPlan(r) + (r.report_html ? `\nwould write the report ${r.report_html}` : '') : formatRun(r) + (r.report_html ? `\nreport: ${r.report_html}` : '')),
+  format: (r) =>
+    r.dry_run
+      ? formatRunPlan(r) + (r.report_html ? `\nwould write the report ${r.report_html}` : '')
+      : formatRun(r) + (r.report_html ? `\nreport: ${r.report_html}` : ''),
 };

@@ -23,7 +23,8 @@ export interface Choices {
  * int, number, size (5GB, 2GiB), range (A-B), list (comma-separated; a YAML list in recipes), onoff (on|off on the
  * CLI, also true|false in recipes), path (an input that must exist, in recipes), file (a file moe writes).
  */
-export type OptionType = 'int' | 'number' | 'bool' | 'string' | 'path' | 'file' | 'size' | 'range' | 'list' | 'onoff' | Choices;
+export type OptionType =
+  'int' | 'number' | 'bool' | 'string' | 'path' | 'file' | 'size' | 'range' | 'list' | 'onoff' | Choices;
 
 export interface OptionSpec {
   /** As commander takes it: '--seq-len <n>', '-o, --output <dir>', '--hessians'. */
@@ -79,14 +80,17 @@ export function longName(o: OptionSpec): string {
 }
 
 /** commander's attribute name of an option: seqLen. */
-export const attributeName = (o: OptionSpec): string => longName(o).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+export const attributeName = (o: OptionSpec): string =>
+  longName(o).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 /** The key in the command's options object. */
 export const optionKey = (o: OptionSpec): string => o.key ?? attributeName(o);
 /** The recipe key: seq_len. */
 export const recipeKey = (o: OptionSpec): string => longName(o).replace(/-/g, '_');
-export const describe = (o: OptionSpec): string => (typeof o.description === 'function' ? o.description() : o.description);
+export const describe = (o: OptionSpec): string =>
+  typeof o.description === 'function' ? o.description() : o.description;
 export const isBool = (o: OptionSpec): boolean => o.type === 'bool';
-export const choicesOf = (o: OptionSpec): readonly string[] | undefined => (o.type === 'onoff' ? ['on', 'off'] : typeof o.type === 'object' ? o.type.choices() : undefined);
+export const choicesOf = (o: OptionSpec): readonly string[] | undefined =>
+  o.type === 'onoff' ? ['on', 'off'] : typeof o.type === 'object' ? o.type.choices() : undefined;
 
 /** A real number. */
 export function parseNumber(text: string, name: string): number {
@@ -131,7 +135,11 @@ export function parseText(o: OptionSpec, text: string, name: string): unknown {
  * Every option's value, in the order of the spec: `raw(o)` is the given text (a string, true for a flag, a string
  * array for a variadic option) or undefined; then the default applies. A flag not given is false.
  */
-export function parseOptions(options: OptionSpec[], raw: (o: OptionSpec) => unknown, name: (o: OptionSpec) => string): Values {
+export function parseOptions(
+  options: OptionSpec[],
+  raw: (o: OptionSpec) => unknown,
+  name: (o: OptionSpec) => string,
+): Values {
   const values: Values = {};
   for (const o of options) {
     const v = raw(o) ?? o.default;
@@ -144,21 +152,69 @@ export function parseOptions(options: OptionSpec[], raw: (o: OptionSpec) => unkn
 
 // Options several commands share, declared once.
 
-export const BACKEND: OptionSpec = { flag: '--backend <name>', type: { choices: () => [...BACKEND_NAMES].sort() }, default: 'onnx', description: 'matmul backend', runner: true };
-export const THREADS: OptionSpec = { flag: '--threads <n>', type: 'int', min: 1, description: 'compute threads (default: all cores)', runner: true };
+export const BACKEND: OptionSpec = {
+  flag: '--backend <name>',
+  type: { choices: () => [...BACKEND_NAMES].sort() },
+  default: 'onnx',
+  description: 'matmul backend',
+  runner: true,
+};
+export const THREADS: OptionSpec = {
+  flag: '--threads <n>',
+  type: 'int',
+  min: 1,
+  description: 'compute threads (default: all cores)',
+  runner: true,
+};
 /** What every command that computes takes. */
 export const COMPUTE: OptionSpec[] = [BACKEND, THREADS];
-export const JSON_OUTPUT: OptionSpec = { flag: '--json', type: 'bool', description: 'print one JSON object on stdout', runner: true };
-export const FORCE: OptionSpec = { flag: '--force', type: 'bool', description: 'replace an existing model folder at the destination', runner: true };
-export const MAX_SHARD_SIZE: OptionSpec = { flag: '--max-shard-size <size>', key: 'maxShardBytes', type: 'size', default: '5GB', description: 'largest shard' };
-export const dryRun = (description: string): OptionSpec => ({ flag: '--dry-run', type: 'bool', description, runner: true });
-export const output = (description: string, required = true): OptionSpec => ({ flag: '-o, --output <dir>', type: 'string', description, runner: true, ...(required ? { required: true } : {}) });
-export const MODEL_ARG: ArgSpec = { name: '<model>', description: 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache' };
+export const JSON_OUTPUT: OptionSpec = {
+  flag: '--json',
+  type: 'bool',
+  description: 'print one JSON object on stdout',
+  runner: true,
+};
+export const FORCE: OptionSpec = {
+  flag: '--force',
+  type: 'bool',
+  description: 'replace an existing model folder at the destination',
+  runner: true,
+};
+export const MAX_SHARD_SIZE: OptionSpec = {
+  flag: '--max-shard-size <size>',
+  key: 'maxShardBytes',
+  type: 'size',
+  default: '5GB',
+  description: 'largest shard',
+};
+export const dryRun = (description: string): OptionSpec => ({
+  flag: '--dry-run',
+  type: 'bool',
+  description,
+  runner: true,
+});
+export const output = (description: string, required = true): OptionSpec => ({
+  flag: '-o, --output <dir>',
+  type: 'string',
+  description,
+  runner: true,
+  ...(required ? { required: true } : {}),
+});
+export const MODEL_ARG: ArgSpec = {
+  name: '<model>',
+  description: 'model folder, or ORG/NAME[@REV] in the local Hugging Face cache',
+};
 
 /** The options prune and merge share, after their own: stats, how many experts, the destination, compute, output. */
 export function reductionOptions(dryRunText: string): OptionSpec[] {
   return [
-    { flag: '--stats <dir>', type: 'string', required: true, description: 'calibration stats from moe calibrate on this model', runner: true },
+    {
+      flag: '--stats <dir>',
+      type: 'string',
+      required: true,
+      description: 'calibration stats from moe calibrate on this model',
+      runner: true,
+    },
     { flag: '--keep <k>', type: 'int', min: 1, description: 'experts per MoE layer afterwards' },
     { flag: '--ratio <r>', type: 'number', description: 'share of experts kept per MoE layer, e.g. 0.5' },
     output('destination folder'),

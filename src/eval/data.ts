@@ -25,7 +25,10 @@ function readText(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new CheckpointError(`cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file, hint: 'check the --data path' });
+    throw new CheckpointError(
+      `cannot read the data file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      { file, hint: 'check the --data path' },
+    );
   }
 }
 
@@ -39,10 +42,17 @@ function jsonlText(file: string): string {
       try {
         rec = JSON.parse(line);
       } catch {
-        throw new CheckpointError(`line ${i + 1} is not valid JSON`, { file, hint: 'each line must be an object with a "text" field' });
+        throw new CheckpointError(`line ${i + 1} is not valid JSON`, {
+          file,
+          hint: 'each line must be an object with a "text" field',
+        });
       }
       const t = (rec as { text?: unknown })?.text;
-      if (typeof t !== 'string') throw new CheckpointError(`line ${i + 1} has no string "text" field`, { file, hint: 'each line must be an object with a "text" field' });
+      if (typeof t !== 'string')
+        throw new CheckpointError(`line ${i + 1} has no string "text" field`, {
+          file,
+          hint: 'each line must be an object with a "text" field',
+        });
       texts.push(t);
     });
   // Records are joined by a blank line, then tokenized as one text.
@@ -54,16 +64,26 @@ function pretokenized(file: string, vocab: number, opts: DataOptions): WindowSet
   try {
     json = JSON.parse(readText(file));
   } catch (e) {
-    throw new CheckpointError(`not valid JSON (${(e as Error).message})`, { file, hint: 'pre-tokenized data is a JSON array of arrays of token ids' });
+    throw new CheckpointError(`not valid JSON (${(e as Error).message})`, {
+      file,
+      hint: 'pre-tokenized data is a JSON array of arrays of token ids',
+    });
   }
-  if (!Array.isArray(json)) throw new CheckpointError('not a JSON array', { file, hint: 'pre-tokenized data is a JSON array of arrays of token ids' });
+  if (!Array.isArray(json))
+    throw new CheckpointError('not a JSON array', {
+      file,
+      hint: 'pre-tokenized data is a JSON array of arrays of token ids',
+    });
   const windows: Int32Array[] = [];
   let total = 0;
   let source = 0;
   let usable = Infinity; // the shortest window with something to predict
   json.forEach((w, i) => {
     if (!Array.isArray(w) || !w.every((id) => Number.isInteger(id) && id >= 0 && id < vocab)) {
-      throw new CheckpointError(`window ${i} is not an array of token ids below the vocabulary size ${vocab}`, { file, hint: 'tokenize with this model\'s tokenizer' });
+      throw new CheckpointError(`window ${i} is not an array of token ids below the vocabulary size ${vocab}`, {
+        file,
+        hint: "tokenize with this model's tokenizer",
+      });
     }
     source += w.length;
     if (w.length < 2) return; // nothing to predict
@@ -73,8 +93,15 @@ function pretokenized(file: string, vocab: number, opts: DataOptions): WindowSet
     windows.push(Int32Array.from(w));
   });
   if (windows.length === 0) {
-    if (usable === Infinity) throw new UsageError(`the data gives ${source} tokens, ${source < 2 ? 'fewer than one window of 2 tokens' : 'but no window of at least 2 tokens'}`, { file, hint: 'each pre-tokenized window needs at least 2 tokens; give longer windows' });
-    throw new UsageError(`--max-tokens ${opts.maxTokens} keeps fewer tokens than one window (the shortest holds ${usable})`, { file, hint: 'raise --max-tokens' });
+    if (usable === Infinity)
+      throw new UsageError(
+        `the data gives ${source} tokens, ${source < 2 ? 'fewer than one window of 2 tokens' : 'but no window of at least 2 tokens'}`,
+        { file, hint: 'each pre-tokenized window needs at least 2 tokens; give longer windows' },
+      );
+    throw new UsageError(
+      `--max-tokens ${opts.maxTokens} keeps fewer tokens than one window (the shortest holds ${usable})`,
+      { file, hint: 'raise --max-tokens' },
+    );
   }
   return { windows, sourceTokens: source, kind: 'pretokenized' };
 }
@@ -83,23 +110,36 @@ function pretokenized(file: string, vocab: number, opts: DataOptions): WindowSet
 export function cutWindows(ids: ArrayLike<number>, opts: DataOptions): Int32Array[] {
   const n = Math.min(ids.length, opts.maxTokens ?? Infinity);
   const windows: Int32Array[] = [];
-  for (let s = 0; s + opts.seqLen <= n; s += opts.seqLen) windows.push(Int32Array.from(Array.prototype.slice.call(ids, s, s + opts.seqLen)));
+  for (let s = 0; s + opts.seqLen <= n; s += opts.seqLen)
+    windows.push(Int32Array.from(Array.prototype.slice.call(ids, s, s + opts.seqLen)));
   return windows;
 }
 
 export function loadWindows(file: string, tokenizer: () => TextTokenizer, vocab: number, opts: DataOptions): WindowSet {
-  if (!fs.existsSync(file)) throw new CheckpointError('the data file does not exist', { file, hint: 'check the --data path' });
+  if (!fs.existsSync(file))
+    throw new CheckpointError('the data file does not exist', { file, hint: 'check the --data path' });
   if (opts.seqLen < 2) throw new UsageError(`--seq-len ${opts.seqLen} is too short; it must be at least 2`);
   const ext = path.extname(file).toLowerCase();
   if (ext === '.json') return pretokenized(file, vocab, opts);
   const text = ext === '.jsonl' ? jsonlText(file) : readText(file);
   const ids = tokenizer().encode(text);
   const windows = cutWindows(ids, opts);
-  if (windows.length === 0 && opts.maxTokens !== undefined && opts.maxTokens < opts.seqLen && ids.length >= opts.seqLen) {
-    throw new UsageError(`--max-tokens ${opts.maxTokens} keeps fewer tokens than one window of --seq-len ${opts.seqLen}`, { file, hint: 'lower --seq-len or raise --max-tokens' });
+  if (
+    windows.length === 0 &&
+    opts.maxTokens !== undefined &&
+    opts.maxTokens < opts.seqLen &&
+    ids.length >= opts.seqLen
+  ) {
+    throw new UsageError(
+      `--max-tokens ${opts.maxTokens} keeps fewer tokens than one window of --seq-len ${opts.seqLen}`,
+      { file, hint: 'lower --seq-len or raise --max-tokens' },
+    );
   }
   if (windows.length === 0) {
-    throw new UsageError(`the data gives ${ids.length} tokens, fewer than one window of --seq-len ${opts.seqLen}`, { file, hint: 'use a shorter --seq-len or more text' });
+    throw new UsageError(`the data gives ${ids.length} tokens, fewer than one window of --seq-len ${opts.seqLen}`, {
+      file,
+      hint: 'use a shorter --seq-len or more text',
+    });
   }
   return { windows, sourceTokens: ids.length, kind: 'text' };
 }

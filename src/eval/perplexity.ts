@@ -93,7 +93,8 @@ export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: 
     const stats = new RowStats(N, targets);
     const full = opts.onLogits ? new Float32Array(N * vocab) : undefined;
     const keep = (b: LogitBlock) => {
-      if (full) for (let r = 0; r < N; r++) full.set(b.logits.subarray(r * b.count, (r + 1) * b.count), r * vocab + b.start);
+      if (full)
+        for (let r = 0; r < N; r++) full.set(b.logits.subarray(r * b.count, (r + 1) * b.count), r * vocab + b.start);
     };
     if (!base && !full) {
       await model.headStats(hidden, N, targets, stats);

@@ -15,26 +15,39 @@ function readJson(file: string): Record<string, unknown> {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new CheckpointError(`cannot read ${path.basename(file)} (${(e as Error).message})`, { file, hint: 'fix or re-save the tokenizer files' });
+    throw new CheckpointError(`cannot read ${path.basename(file)} (${(e as Error).message})`, {
+      file,
+      hint: 'fix or re-save the tokenizer files',
+    });
   }
 }
 
 export function loadTokenizer(modelDir: string): TextTokenizer {
   const file = besideWeights(modelDir, 'tokenizer.json');
   if (!file) {
-    throw new CheckpointError('no tokenizer.json in the model folder', { file: modelDir, hint: 'copy the tokenizer files next to the weights, or pass pre-tokenized data (a .json array of id arrays)' });
+    throw new CheckpointError('no tokenizer.json in the model folder', {
+      file: modelDir,
+      hint: 'copy the tokenizer files next to the weights, or pass pre-tokenized data (a .json array of id arrays)',
+    });
   }
   const cfgFile = besideWeights(modelDir, 'tokenizer_config.json');
   return tokenizerFromJson(readJson(file), cfgFile ? readJson(cfgFile) : {}, file);
 }
 
 /** A tokenizer from a tokenizer.json object (a file's, or one rebuilt from a GGUF header); `file` names it in errors. */
-export function tokenizerFromJson(json: Record<string, unknown>, config: Record<string, unknown>, file: string): TextTokenizer {
+export function tokenizerFromJson(
+  json: Record<string, unknown>,
+  config: Record<string, unknown>,
+  file: string,
+): TextTokenizer {
   let tok: Tokenizer;
   try {
     tok = new Tokenizer(json, config);
   } catch (e) {
-    throw new CheckpointError(`tokenizer.json is not supported (${(e as Error).message})`, { file, hint: 'pass pre-tokenized data instead' });
+    throw new CheckpointError(`tokenizer.json is not supported (${(e as Error).message})`, {
+      file,
+      hint: 'pass pre-tokenized data instead',
+    });
   }
   return {
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,

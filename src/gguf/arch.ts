@@ -32,15 +32,21 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
   const spec = forwardSpec(a);
   const rope = spec.rope;
   const unsupported = () => {
-    const types = architectures.families().filter((f) => f.ggufReader).map((f) => f.modelType);
+    const types = architectures
+      .families()
+      .filter((f) => f.ggufReader)
+      .map((f) => f.modelType);
     return new CheckpointError(`GGUF output for ${a.modelType} is not supported yet (supported: ${types.join(', ')})`, {
       file: a.dir,
-      hint: 'write --format packed or dequantized, then use llama.cpp\'s convert_hf_to_gguf.py',
+      hint: "write --format packed or dequantized, then use llama.cpp's convert_hf_to_gguf.py",
     });
   };
   if (!architectures.get(a.modelType)?.ggufReader) throw unsupported();
   if (rope.rope_type && rope.rope_type !== 'default' && rope.rope_type !== 'yarn' && rope.rope_type !== 'linear') {
-    throw new CheckpointError(`GGUF output with rope_type ${JSON.stringify(rope.rope_type)} is not supported yet`, { file: a.dir, hint: 'default, linear and yarn RoPE are written to GGUF' });
+    throw new CheckpointError(`GGUF output with rope_type ${JSON.stringify(rope.rope_type)} is not supported yet`, {
+      file: a.dir,
+      hint: 'default, linear and yarn RoPE are written to GGUF',
+    });
   }
   const map = a.ggufMapping(spec.attention, rope);
   if (!map) throw unsupported();
@@ -60,8 +66,12 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
     [k('expert_used_count'), u32(a.topK)],
   ];
   if (rope.rope_type === 'yarn' || rope.rope_type === 'linear') {
-    metadata.push([k('rope.scaling.type'), { type: 'string', value: String(rope.rope_type) }], [k('rope.scaling.factor'), f32(Number(rope.factor ?? 1))]);
-    if (rope.original_max_position_embeddings !== undefined) metadata.push([k('rope.scaling.original_context_length'), u32(Number(rope.original_max_position_embeddings))]);
+    metadata.push(
+      [k('rope.scaling.type'), { type: 'string', value: String(rope.rope_type) }],
+      [k('rope.scaling.factor'), f32(Number(rope.factor ?? 1))],
+    );
+    if (rope.original_max_position_embeddings !== undefined)
+      metadata.push([k('rope.scaling.original_context_length'), u32(Number(rope.original_max_position_embeddings))]);
   }
   for (const [key, value] of map.keys) metadata.push([k(key), value]);
   return { arch, metadata, tensors: ggufTensors(a, shapes, map.attentionTensors), warnings: map.warnings };
@@ -101,9 +111,20 @@ function ggufTensors(
     one(`${b}.ffn_norm.weight`, `${p}.post_attention_layernorm.weight`, 'norm', { layer: l });
     if (a.isMoeLayer(l)) {
       one(`${b}.ffn_gate_inp.weight`, a.routerKey(l), 'router', { layer: l });
-      for (const [proj, gg] of [['gate', 'ffn_gate_exps'], ['up', 'ffn_up_exps'], ['down', 'ffn_down_exps']] as [Proj, string][]) {
+      for (const [proj, gg] of [
+        ['gate', 'ffn_gate_exps'],
+        ['up', 'ffn_up_exps'],
+        ['down', 'ffn_down_exps'],
+      ] as [Proj, string][]) {
         const from = [...Array(a.numExperts).keys()].map((e) => a.expertKey(l, e, proj));
-        tensors.push({ name: `${b}.${gg}.weight`, shape: [a.numExperts, ...shapes.get(from[0])!], from, kind: 'weight', layer: l, proj });
+        tensors.push({
+          name: `${b}.${gg}.weight`,
+          shape: [a.numExperts, ...shapes.get(from[0])!],
+          from,
+          kind: 'weight',
+          layer: l,
+          proj,
+        });
       }
       const bias = a.correctionBiasKey(l);
       if (bias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l });

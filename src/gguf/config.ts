@@ -19,7 +19,11 @@ function hparams(g: GgufFile, arch: string): GgufHparams {
   const opt = (k: string): number | undefined => {
     const v = m.get(key(k));
     if (v === undefined) return undefined;
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new CheckpointError(`GGUF metadata ${key(k)} is ${JSON.stringify(v)}, expected a number`, { file, hint: 'moe reads one value per model (not per layer)' });
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      throw new CheckpointError(`GGUF metadata ${key(k)} is ${JSON.stringify(v)}, expected a number`, {
+        file,
+        hint: 'moe reads one value per model (not per layer)',
+      });
     return v;
   };
   return {
@@ -60,7 +64,8 @@ export function configFromGguf(g: GgufFile): Config {
   }
   const h = hparams(g, arch);
   const embd = g.tensors.find((t) => t.name === 'token_embd.weight');
-  if (!embd || embd.shape.length !== 2) throw new CheckpointError('the GGUF file has no 2-D token_embd.weight', { file, hint: 'the file is incomplete' });
+  if (!embd || embd.shape.length !== 2)
+    throw new CheckpointError('the GGUF file has no 2-D token_embd.weight', { file, hint: 'the file is incomplete' });
   const hidden = h.num('embedding_length');
   const heads = h.num('attention.head_count');
   const experts = h.num('expert_count', 0);
@@ -92,7 +97,11 @@ function rope(g: GgufFile, arch: string, opt: (k: string) => number | undefined)
   const theta = opt('rope.freq_base') ?? 10000;
   const type = m.get(`${arch}.rope.scaling.type`) ?? 'none';
   if (type === 'none') return { rope_theta: theta, rope_type: 'default' };
-  if (type !== 'linear' && type !== 'yarn') throw new CheckpointError(`GGUF rope scaling "${String(type)}" is not read by moe`, { file: g.file, hint: 'moe reads none, linear and yarn' });
+  if (type !== 'linear' && type !== 'yarn')
+    throw new CheckpointError(`GGUF rope scaling "${String(type)}" is not read by moe`, {
+      file: g.file,
+      hint: 'moe reads none, linear and yarn',
+    });
   const out: Record<string, unknown> = { rope_theta: theta, rope_type: type, factor: opt('rope.scaling.factor') ?? 1 };
   const original = opt('rope.scaling.original_context_length');
   if (original !== undefined) out.original_max_position_embeddings = original;

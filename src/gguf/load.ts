@@ -18,7 +18,9 @@ export function loadPart(ckpt: Checkpoint, reader: TensorReader, t: GgufSource, 
     const out = new Float32Array(heads * (part === 'k' ? kvl * nope : v * kvl));
     for (let h = 0; h < heads; h++) {
       const base = h * (nope + v);
-      if (part === 'k') for (let c = 0; c < kvl; c++) for (let n = 0; n < nope; n++) out[(h * kvl + c) * nope + n] = w[(base + n) * kvl + c];
+      if (part === 'k')
+        for (let c = 0; c < kvl; c++)
+          for (let n = 0; n < nope; n++) out[(h * kvl + c) * nope + n] = w[(base + n) * kvl + c];
       else out.set(w.subarray((base + nope) * kvl, (base + nope + v) * kvl), h * v * kvl);
     }
     return out;

@@ -7,7 +7,16 @@
 import { assignBits, BitGroup, SolverSummary } from '../quant/assign';
 import type { Weighting } from '../quant/weighting';
 import type { GgufModel, GgufSource } from './arch';
-import { bitsPerWeight, blockSize, dequantizeRows, fileType, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from './quants';
+import {
+  bitsPerWeight,
+  blockSize,
+  dequantizeRows,
+  fileType,
+  GGML_TYPE_ID,
+  GgmlType,
+  quantizeRows,
+  rowBytes,
+} from './quants';
 import type { GgufTensorPlan } from './writer';
 
 export const DEFAULT_GGUF_MENU: GgmlType[] = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q8_0'];
@@ -46,26 +55,40 @@ export function typeErrors(t: GgufSource, menu: GgmlType[], load: PartLoader, we
       if (!Number.isFinite(total[k])) return;
       const d = dequantizeRows(quantizeRows(w, rows, cols, type, imp), rows, cols, type);
       let s = 0;
-      for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) s += (imp ? imp[c] : 1) * (w[r * cols + c] - d[r * cols + c]) ** 2;
+      for (let r = 0; r < rows; r++)
+        for (let c = 0; c < cols; c++) s += (imp ? imp[c] : 1) * (w[r * cols + c] - d[r * cols + c]) ** 2;
       total[k] += factor * s;
     });
   }
   return total;
 }
 
-export type TypeChoice = { ok: true; types: Map<string, GgmlType>; costs: Map<string, number>; solver: SolverSummary | null } | { ok: false };
+export type TypeChoice =
+  { ok: true; types: Map<string, GgmlType>; costs: Map<string, number>; solver: SolverSummary | null } | { ok: false };
 
 /** Every weight's type under the LP: the menu's error table, a budget of `bpw` bits per weight over all weights. */
-export async function chooseTypes(weights: GgufSource[], menu: GgmlType[], bpw: number, measure: (t: GgufSource) => number[]): Promise<TypeChoice> {
+export async function chooseTypes(
+  weights: GgufSource[],
+  menu: GgmlType[],
+  bpw: number,
+  measure: (t: GgufSource) => number[],
+): Promise<TypeChoice> {
   const groups: BitGroup[] = weights.map((t) => {
     const params = rowsOf(t.shape) * colsOf(t.shape);
     const fixed = FIXED[t.proj ?? ''];
     if (fixed) return { key: t.name, params, scope: 0, fixed: bitsPerWeight(fitting(fixed, colsOf(t.shape)).type) };
     return { key: t.name, params, scope: 0 };
   });
-  for (const g of groups) if (g.fixed === undefined) g.cost = measure(weights.find((t) => t.name === g.key)!).map((c) => (Number.isFinite(c) ? c : undefined));
+  for (const g of groups)
+    if (g.fixed === undefined)
+      g.cost = measure(weights.find((t) => t.name === g.key)!).map((c) => (Number.isFinite(c) ? c : undefined));
   // Bits per weight of a type, blocks' scales included, as the budget counts what the file holds.
-  const r = await assignBits(menu.map((t) => bitsPerWeight(t)), groups, bpw, false);
+  const r = await assignBits(
+    menu.map((t) => bitsPerWeight(t)),
+    groups,
+    bpw,
+    false,
+  );
   if (!r.ok) return { ok: false };
   const types = new Map<string, GgmlType>();
   const costs = new Map<string, number>();
@@ -117,7 +140,8 @@ export function buildGgufPlan(model: GgufModel, types: Map<string, GgmlType>, co
   const counts = new Map<GgmlType, number>();
   for (const r of weights) counts.set(r.type, (counts.get(r.type) ?? 0) + r.params);
   const main = [...counts].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'F32';
-  const bits = (rs: GgufTensorReport[]) => (8 * rs.reduce((s, r) => s + r.bytes, 0)) / rs.reduce((s, r) => s + r.params, 0);
+  const bits = (rs: GgufTensorReport[]) =>
+    (8 * rs.reduce((s, r) => s + r.bytes, 0)) / rs.reduce((s, r) => s + r.params, 0);
   return { tensors, layout, fileType: fileType(main) ?? 7, bpw: bits(weights), bpwAll: bits(tensors) };
 }
 
@@ -127,7 +151,11 @@ export function encodeTensor(t: GgufSource, type: GgmlType, load: PartLoader, we
   const parts: Uint8Array[] = [];
   for (let j = 0; j < t.from.length; j++) {
     const w = load(t, j);
-    parts.push(type === 'F32' ? new Uint8Array(w.buffer, w.byteOffset, w.byteLength) : quantizeRows(w, w.length / cols, cols, type, weighting.importance(t.from[j])));
+    parts.push(
+      type === 'F32'
+        ? new Uint8Array(w.buffer, w.byteOffset, w.byteLength)
+        : quantizeRows(w, w.length / cols, cols, type, weighting.importance(t.from[j])),
+    );
   }
   return parts.length === 1 ? parts[0] : Buffer.concat(parts);
 }

@@ -14,7 +14,9 @@ export type { GgmlType } from './codecs/index';
 export const GGUF_TYPES: GgmlType[] = CODECS.map((c) => c.type);
 
 /** ggml's type ids (enum ggml_type), in id order. */
-export const GGML_TYPE_ID = Object.fromEntries([...CODECS].sort((a, b) => a.id - b.id).map((c) => [c.type, c.id])) as Record<GgmlType, number>;
+export const GGML_TYPE_ID = Object.fromEntries(
+  [...CODECS].sort((a, b) => a.id - b.id).map((c) => [c.type, c.id]),
+) as Record<GgmlType, number>;
 
 export function parseGgmlType(s: string): GgmlType | undefined {
   const t = s.toUpperCase() as GgmlType;
@@ -38,7 +40,13 @@ export function fileType(t: GgmlType): number | undefined {
   return codec(t).fileType;
 }
 
-export function quantizeRows(x: Float32Array, rows: number, cols: number, t: GgmlType, importance?: Importance): Uint8Array {
+export function quantizeRows(
+  x: Float32Array,
+  rows: number,
+  cols: number,
+  t: GgmlType,
+  importance?: Importance,
+): Uint8Array {
   const c = codec(t);
   const bs = c.blockSize;
   if (cols % bs !== 0) throw new RangeError(`${t}: rows of ${cols} are not a multiple of its block of ${bs}`);

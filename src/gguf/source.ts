@@ -22,7 +22,30 @@ import { GgufFile, GgufTensorInfo, readGguf, readRange } from '../io/gguf-reader
 
 const TYPE_BY_ID = new Map(Object.entries(GGML_TYPE_ID).map(([t, id]) => [id, t as GgmlType]));
 /** Names of ggml types moe does not decode, for the refusal message (ggml.h's enum ggml_type). */
-const OTHER_TYPES: Record<number, string> = { 3: 'Q4_1', 6: 'Q5_0', 7: 'Q5_1', 9: 'Q8_1', 15: 'Q8_K', 16: 'IQ2_XXS', 17: 'IQ2_XS', 18: 'IQ3_XXS', 19: 'IQ1_S', 20: 'IQ4_NL', 21: 'IQ3_S', 22: 'IQ2_S', 23: 'IQ4_XS', 24: 'I8', 25: 'I16', 26: 'I32', 27: 'I64', 28: 'F64', 29: 'IQ1_M', 34: 'TQ1_0', 35: 'TQ2_0', 39: 'MXFP4' };
+const OTHER_TYPES: Record<number, string> = {
+  3: 'Q4_1',
+  6: 'Q5_0',
+  7: 'Q5_1',
+  9: 'Q8_1',
+  15: 'Q8_K',
+  16: 'IQ2_XXS',
+  17: 'IQ2_XS',
+  18: 'IQ3_XXS',
+  19: 'IQ1_S',
+  20: 'IQ4_NL',
+  21: 'IQ3_S',
+  22: 'IQ2_S',
+  23: 'IQ4_XS',
+  24: 'I8',
+  25: 'I16',
+  26: 'I32',
+  27: 'I64',
+  28: 'F64',
+  29: 'IQ1_M',
+  34: 'TQ1_0',
+  35: 'TQ2_0',
+  39: 'MXFP4',
+};
 
 export function isGgufPath(p: string): boolean {
   return p.toLowerCase().endsWith('.gguf') && !(fs.existsSync(p) && fs.statSync(p).isDirectory());
@@ -61,17 +84,31 @@ const rowsOf = (shape: number[]) => shape.slice(0, -1).reduce((a, b) => a * b, 1
 function decodeInfo(g: GgufFile, t: GgufTensorInfo): GgufTensor {
   const ggml = TYPE_BY_ID.get(t.type);
   if (!ggml) {
-    throw new CheckpointError(`GGUF tensor "${t.name}" has ggml type ${OTHER_TYPES[t.type] ?? `#${t.type}`}, which moe does not decode`, {
-      file: g.file,
-      hint: `moe reads ${Object.keys(GGML_TYPE_ID).join(', ')}; use llama.cpp's llama-perplexity for other types`,
-    });
+    throw new CheckpointError(
+      `GGUF tensor "${t.name}" has ggml type ${OTHER_TYPES[t.type] ?? `#${t.type}`}, which moe does not decode`,
+      {
+        file: g.file,
+        hint: `moe reads ${Object.keys(GGML_TYPE_ID).join(', ')}; use llama.cpp's llama-perplexity for other types`,
+      },
+    );
   }
   const cols = t.shape[t.shape.length - 1] ?? 1;
-  if (t.shape.length === 0 || t.shape.some((d) => !Number.isInteger(d) || d < 1)) throw new CheckpointError(`GGUF tensor "${t.name}" has shape [${t.shape}]`, { file: g.file, hint: 'the file is corrupt' });
-  if (cols % blockSize(ggml) !== 0) throw new CheckpointError(`GGUF tensor "${t.name}" is ${ggml} with rows of ${cols}, not whole blocks`, { file: g.file, hint: 'the file is corrupt' });
+  if (t.shape.length === 0 || t.shape.some((d) => !Number.isInteger(d) || d < 1))
+    throw new CheckpointError(`GGUF tensor "${t.name}" has shape [${t.shape}]`, {
+      file: g.file,
+      hint: 'the file is corrupt',
+    });
+  if (cols % blockSize(ggml) !== 0)
+    throw new CheckpointError(`GGUF tensor "${t.name}" is ${ggml} with rows of ${cols}, not whole blocks`, {
+      file: g.file,
+      hint: 'the file is corrupt',
+    });
   const bytes = rowsOf(t.shape) * rowBytes(ggml, cols);
   if (t.offset + bytes > g.fileSize) {
-    throw new CheckpointError(`not a valid GGUF file: tensor "${t.name}" ends at byte ${t.offset + bytes}, past the end of the file (${g.fileSize} bytes)`, { file: g.file, hint: 'the file is truncated; write or download it again' });
+    throw new CheckpointError(
+      `not a valid GGUF file: tensor "${t.name}" ends at byte ${t.offset + bytes}, past the end of the file (${g.fileSize} bytes)`,
+      { file: g.file, hint: 'the file is truncated; write or download it again' },
+    );
   }
   return { ...t, ggml, params: rowsOf(t.shape) * cols, bytes };
 }
@@ -93,10 +130,16 @@ export function openGgufModel(file: string): GgufModelSource {
     const t = byName.get(src.name);
     if (!t) {
       if (src.name === 'output.weight' && arch.tieEmbeddings) continue; // no output: llama.cpp uses token_embd
-      throw new CheckpointError(`GGUF tensor "${src.name}" is missing, which the ${gguf.metadata.get('general.architecture')} metadata implies`, { file: abs, hint: 'the file is incomplete or its metadata does not match its tensors' });
+      throw new CheckpointError(
+        `GGUF tensor "${src.name}" is missing, which the ${gguf.metadata.get('general.architecture')} metadata implies`,
+        { file: abs, hint: 'the file is incomplete or its metadata does not match its tensors' },
+      );
     }
     if (t.shape.length !== src.shape.length || t.shape.some((d, i) => d !== src.shape[i])) {
-      throw new CheckpointError(`GGUF tensor "${src.name}" has shape [${t.shape}], the metadata implies [${src.shape}]`, { file: abs, hint: 'the metadata does not match the tensors' });
+      throw new CheckpointError(
+        `GGUF tensor "${src.name}" has shape [${t.shape}], the metadata implies [${src.shape}]`,
+        { file: abs, hint: 'the metadata does not match the tensors' },
+      );
     }
     used.add(src.name);
     src.from.forEach((hf, index) => {
@@ -108,15 +151,35 @@ export function openGgufModel(file: string): GgufModelSource {
     });
   }
   const extra = tensors.find((t) => !used.has(t.name));
-  if (extra) throw new CheckpointError(`GGUF tensor "${extra.name}" is outside the layout moe reads for this architecture`, { file: abs, hint: 'moe reads the GGUF files it writes; this one holds tensors it would have to ignore' });
+  if (extra)
+    throw new CheckpointError(`GGUF tensor "${extra.name}" is outside the layout moe reads for this architecture`, {
+      file: abs,
+      hint: 'moe reads the GGUF files it writes; this one holds tensors it would have to ignore',
+    });
   const refs = new Map<string, TensorRef>();
   for (const s of schema) {
     const p = parts.get(s.name);
-    if (!p) throw new CheckpointError(`no GGUF tensor holds "${s.name}"`, { file: abs, hint: 'the file is incomplete' });
+    if (!p)
+      throw new CheckpointError(`no GGUF tensor holds "${s.name}"`, { file: abs, hint: 'the file is incomplete' });
     const size = p.tensor.bytes / p.of;
-    refs.set(s.name, { name: s.name, dtype: 'F32', shape: s.shape, file: abs, begin: p.tensor.offset + p.index * size, end: p.tensor.offset + (p.index + 1) * size });
+    refs.set(s.name, {
+      name: s.name,
+      dtype: 'F32',
+      shape: s.shape,
+      file: abs,
+      begin: p.tensor.offset + p.index * size,
+      end: p.tensor.offset + (p.index + 1) * size,
+    });
   }
-  const ckpt: Checkpoint = { dir: abs, config, tensors: refs, shards: [abs], metadata: {}, indexed: false, bytesRead: { value: 0 } };
+  const ckpt: Checkpoint = {
+    dir: abs,
+    config,
+    tensors: refs,
+    shards: [abs],
+    metadata: {},
+    indexed: false,
+    bytesRead: { value: 0 },
+  };
   return { file: abs, gguf, ckpt, arch, reader: new GgufTensorReader(ckpt, parts), tensors };
 }
 
@@ -158,7 +221,8 @@ export class GgufTensorReader extends TensorReader {
       const out = new Float32Array(heads * (nope + vd) * kvl);
       for (let h = 0; h < heads; h++) {
         const base = h * (nope + vd);
-        for (let c = 0; c < kvl; c++) for (let n = 0; n < nope; n++) out[(base + n) * kvl + c] = w[(h * kvl + c) * nope + n];
+        for (let c = 0; c < kvl; c++)
+          for (let n = 0; n < nope; n++) out[(base + n) * kvl + c] = w[(h * kvl + c) * nope + n];
         out.set(v.subarray(h * vd * kvl, (h + 1) * vd * kvl), (base + nope) * kvl);
       }
       return out;
@@ -170,7 +234,8 @@ export class GgufTensorReader extends TensorReader {
   override rowsF32(name: string, start: number, count: number): Float32Array {
     const ref = this.ref(name);
     const p = this.parts.get(name)!;
-    if (start < 0 || start + count > ref.shape[0]) throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${name} [${ref.shape}]`);
+    if (start < 0 || start + count > ref.shape[0])
+      throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${name} [${ref.shape}]`);
     if (p.of > 1 || p.src.splitKvB || p.src.permuteHeads || ref.shape.length !== 2) {
       const cols = ref.shape[1];
       return this.f32(name).slice(start * cols, (start + count) * cols);
@@ -183,7 +248,10 @@ export class GgufTensorReader extends TensorReader {
   }
 
   override bytesInto(name: string): Uint8Array {
-    throw new CheckpointError(`"${name}" is in a GGUF file, which moe reads for inspect and eval only`, { file: this.source.dir, hint: 'compress the original Hugging Face checkpoint instead' });
+    throw new CheckpointError(`"${name}" is in a GGUF file, which moe reads for inspect and eval only`, {
+      file: this.source.dir,
+      hint: 'compress the original Hugging Face checkpoint instead',
+    });
   }
 
   override *chunks(name: string): Generator<Uint8Array> {

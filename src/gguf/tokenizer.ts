@@ -16,7 +16,8 @@ const UNUSED = 5;
 /** GPT-2's split (llama.cpp LLAMA_VOCAB_PRE_TYPE_GPT2). */
 const BYTE_LEVEL = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
 /** Qwen2's split (llama.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2), case-insensitive contractions spelled out. */
-const QWEN2_REGEX = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const QWEN2_REGEX =
+  "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 const PRE_TOKENIZERS: Record<string, unknown> = {
   'gpt-2': BYTE_LEVEL,
@@ -34,15 +35,30 @@ export function ggufTokenizerJson(g: GgufFile): Record<string, unknown> {
   const m = g.metadata;
   const model = m.get('tokenizer.ggml.model');
   const hint = 'pass pre-tokenized data (a .json array of id arrays), or evaluate the original model folder';
-  if (model !== 'gpt2') throw new CheckpointError(`the GGUF tokenizer model ${JSON.stringify(model ?? null)} is not rebuilt by moe (it rebuilds byte-level BPE, "gpt2")`, { file: g.file, hint });
+  if (model !== 'gpt2')
+    throw new CheckpointError(
+      `the GGUF tokenizer model ${JSON.stringify(model ?? null)} is not rebuilt by moe (it rebuilds byte-level BPE, "gpt2")`,
+      { file: g.file, hint },
+    );
   const pre = String(m.get('tokenizer.ggml.pre') ?? 'default');
   const preTokenizer = PRE_TOKENIZERS[pre];
-  if (!preTokenizer) throw new CheckpointError(`the GGUF pre-tokenizer "${pre}" is not rebuilt by moe (it rebuilds ${Object.keys(PRE_TOKENIZERS).join(', ')})`, { file: g.file, hint });
+  if (!preTokenizer)
+    throw new CheckpointError(
+      `the GGUF pre-tokenizer "${pre}" is not rebuilt by moe (it rebuilds ${Object.keys(PRE_TOKENIZERS).join(', ')})`,
+      { file: g.file, hint },
+    );
   const tokens = m.get('tokenizer.ggml.tokens');
   const types = m.get('tokenizer.ggml.token_type');
   const merges = m.get('tokenizer.ggml.merges');
-  if (!Array.isArray(tokens) || !Array.isArray(merges) || (types !== undefined && (!Array.isArray(types) || types.length !== tokens.length))) {
-    throw new CheckpointError('the GGUF tokenizer metadata is incomplete (tokens, token_type, merges)', { file: g.file, hint });
+  if (
+    !Array.isArray(tokens) ||
+    !Array.isArray(merges) ||
+    (types !== undefined && (!Array.isArray(types) || types.length !== tokens.length))
+  ) {
+    throw new CheckpointError('the GGUF tokenizer metadata is incomplete (tokens, token_type, merges)', {
+      file: g.file,
+      hint,
+    });
   }
   const vocab: Record<string, number> = {};
   const added: Record<string, unknown>[] = [];
@@ -50,7 +66,16 @@ export function ggufTokenizerJson(g: GgufFile): Record<string, unknown> {
     const type = types ? Number(types[id]) : 1;
     if (type === UNUSED) return; // ids the original vocabulary did not use ([PADn])
     vocab[String(text)] = id;
-    if (type === CONTROL || type === USER_DEFINED) added.push({ id, content: String(text), single_word: false, lstrip: false, rstrip: false, normalized: false, special: type === CONTROL });
+    if (type === CONTROL || type === USER_DEFINED)
+      added.push({
+        id,
+        content: String(text),
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: type === CONTROL,
+      });
   });
   return {
     version: '1.0',

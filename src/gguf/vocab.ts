@@ -19,7 +19,13 @@ const UNUSED = 5;
 const BYTE = 6;
 
 interface TokenizerJson {
-  model: { type: string; vocab: Record<string, number>; merges?: (string | [string, string])[]; byte_fallback?: boolean; unk_token?: string | null };
+  model: {
+    type: string;
+    vocab: Record<string, number>;
+    merges?: (string | [string, string])[];
+    byte_fallback?: boolean;
+    unk_token?: string | null;
+  };
   added_tokens?: { id: number; content: string; special: boolean }[];
   pre_tokenizer?: { type: string; use_regex?: boolean; pretokenizers?: unknown[] } | null;
 }
@@ -43,8 +49,16 @@ function preTokenizer(tok: TokenizerJson, modelType: string): string {
 export function vocabMetadata(dir: string, modelType: string, vocabSize: number): [string, GgufValue][] {
   const file = path.join(dir, 'tokenizer.json');
   const tok = readJson<TokenizerJson>(file);
-  if (!tok) throw new CheckpointError('no tokenizer.json beside the model; GGUF needs the tokenizer', { file: dir, hint: 'copy the model\'s tokenizer.json into the folder' });
-  if (tok.model?.type !== 'BPE') throw new CheckpointError(`tokenizer model ${JSON.stringify(tok.model?.type)} is not BPE; GGUF output supports BPE tokenizers`, { file });
+  if (!tok)
+    throw new CheckpointError('no tokenizer.json beside the model; GGUF needs the tokenizer', {
+      file: dir,
+      hint: "copy the model's tokenizer.json into the folder",
+    });
+  if (tok.model?.type !== 'BPE')
+    throw new CheckpointError(
+      `tokenizer model ${JSON.stringify(tok.model?.type)} is not BPE; GGUF output supports BPE tokenizers`,
+      { file },
+    );
   const cfg = readJson<Record<string, unknown>>(path.join(dir, 'tokenizer_config.json')) ?? {};
   const tokens: string[] = new Array(vocabSize);
   const types: number[] = new Array(vocabSize).fill(UNUSED);
@@ -69,7 +83,12 @@ export function vocabMetadata(dir: string, modelType: string, vocabSize: number)
   }
   const idOf = (key: string): number | undefined => {
     const v = cfg[key];
-    const text = typeof v === 'string' ? v : v && typeof v === 'object' && 'content' in v ? String((v as { content: unknown }).content) : undefined;
+    const text =
+      typeof v === 'string'
+        ? v
+        : v && typeof v === 'object' && 'content' in v
+          ? String((v as { content: unknown }).content)
+          : undefined;
     if (text === undefined) return undefined;
     const i = tokens.indexOf(text);
     return i >= 0 ? i : undefined;
@@ -77,11 +96,20 @@ export function vocabMetadata(dir: string, modelType: string, vocabSize: number)
   const out: [string, GgufValue][] = [['tokenizer.ggml.model', { type: 'string', value: spm ? 'llama' : 'gpt2' }]];
   if (!spm) out.push(['tokenizer.ggml.pre', { type: 'string', value: preTokenizer(tok, modelType) }]);
   out.push(['tokenizer.ggml.tokens', { type: 'array', of: 'string', value: tokens }]);
-  if (spm) out.push(['tokenizer.ggml.scores', { type: 'array', of: 'f32', value: tokens.map((_, i) => (types[i] === NORMAL ? -i : 0)) }]);
+  if (spm)
+    out.push([
+      'tokenizer.ggml.scores',
+      { type: 'array', of: 'f32', value: tokens.map((_, i) => (types[i] === NORMAL ? -i : 0)) },
+    ]);
   out.push(['tokenizer.ggml.token_type', { type: 'array', of: 'i32', value: types }]);
   const merges = (tok.model.merges ?? []).map((m) => (Array.isArray(m) ? `${m[0]} ${m[1]}` : m));
   if (!spm) out.push(['tokenizer.ggml.merges', { type: 'array', of: 'string', value: merges }]);
-  for (const [key, name] of [['bos_token', 'bos'], ['eos_token', 'eos'], ['unk_token', 'unknown'], ['pad_token', 'padding']] as const) {
+  for (const [key, name] of [
+    ['bos_token', 'bos'],
+    ['eos_token', 'eos'],
+    ['unk_token', 'unknown'],
+    ['pad_token', 'padding'],
+  ] as const) {
     const id = idOf(key);
     if (id !== undefined) out.push([`tokenizer.ggml.${name}_token_id`, { type: 'u32', value: id }]);
   }

@@ -15,7 +15,21 @@ export type GgufValue =
   | { type: 'string'; value: string }
   | { type: 'array'; of: 'u8' | 'i32' | 'u32' | 'f32' | 'string' | 'bool'; value: (number | string | boolean)[] };
 
-const TYPE_ID = { u8: 0, i8: 1, u16: 2, i16: 3, u32: 4, i32: 5, f32: 6, bool: 7, string: 8, array: 9, u64: 10, i64: 11, f64: 12 } as const;
+const TYPE_ID = {
+  u8: 0,
+  i8: 1,
+  u16: 2,
+  i16: 3,
+  u32: 4,
+  i32: 5,
+  f32: 6,
+  bool: 7,
+  string: 8,
+  array: 9,
+  u64: 10,
+  i64: 11,
+  f64: 12,
+} as const;
 
 export interface GgufTensorPlan {
   name: string;
@@ -54,17 +68,39 @@ class Bytes {
     const size = { u8: 1, i8: 1, bool: 1, u16: 2, i16: 2, u32: 4, i32: 4, f32: 4, u64: 8, i64: 8, f64: 8 }[type];
     const b = Buffer.alloc(size);
     switch (type) {
-      case 'u8': b.writeUInt8(v as number); break;
-      case 'i8': b.writeInt8(v as number); break;
-      case 'bool': b.writeUInt8(v ? 1 : 0); break;
-      case 'u16': b.writeUInt16LE(v as number); break;
-      case 'i16': b.writeInt16LE(v as number); break;
-      case 'u32': b.writeUInt32LE(v as number); break;
-      case 'i32': b.writeInt32LE(v as number); break;
-      case 'f32': b.writeFloatLE(v as number); break;
-      case 'u64': b.writeBigUInt64LE(BigInt(v as number)); break;
-      case 'i64': b.writeBigInt64LE(BigInt(v as number)); break;
-      case 'f64': b.writeDoubleLE(v as number); break;
+      case 'u8':
+        b.writeUInt8(v as number);
+        break;
+      case 'i8':
+        b.writeInt8(v as number);
+        break;
+      case 'bool':
+        b.writeUInt8(v ? 1 : 0);
+        break;
+      case 'u16':
+        b.writeUInt16LE(v as number);
+        break;
+      case 'i16':
+        b.writeInt16LE(v as number);
+        break;
+      case 'u32':
+        b.writeUInt32LE(v as number);
+        break;
+      case 'i32':
+        b.writeInt32LE(v as number);
+        break;
+      case 'f32':
+        b.writeFloatLE(v as number);
+        break;
+      case 'u64':
+        b.writeBigUInt64LE(BigInt(v as number));
+        break;
+      case 'i64':
+        b.writeBigInt64LE(BigInt(v as number));
+        break;
+      case 'f64':
+        b.writeDoubleLE(v as number);
+        break;
     }
     this.push(b);
   }
@@ -122,7 +158,8 @@ export class GgufWriter {
     }
     const header = h.concat();
     this.dataStart = align(header.length);
-    this.totalBytes = this.dataStart + (tensors.length ? this.offsets[tensors.length - 1] + tensors[tensors.length - 1].bytes : 0);
+    this.totalBytes =
+      this.dataStart + (tensors.length ? this.offsets[tensors.length - 1] + tensors[tensors.length - 1].bytes : 0);
     this.fd = fs.openSync(file, 'w');
     writeAll(this.fd, header, 0);
     this.position = header.length;
@@ -134,8 +171,10 @@ export class GgufWriter {
 
   write(name: string, bytes: Uint8Array): void {
     const t = this.tensors[this.next];
-    if (!t || t.name !== name) throw new InternalError(`GgufWriter: expected ${t ? `tensor "${t.name}"` : 'no more tensors'}, got "${name}"`);
-    if (bytes.byteLength !== t.bytes) throw new InternalError(`GgufWriter: "${name}" has ${bytes.byteLength} bytes, planned ${t.bytes}`);
+    if (!t || t.name !== name)
+      throw new InternalError(`GgufWriter: expected ${t ? `tensor "${t.name}"` : 'no more tensors'}, got "${name}"`);
+    if (bytes.byteLength !== t.bytes)
+      throw new InternalError(`GgufWriter: "${name}" has ${bytes.byteLength} bytes, planned ${t.bytes}`);
     const at = this.dataStart + this.offsets[this.next];
     if (at > this.position) writeAll(this.fd, new Uint8Array(at - this.position), this.position);
     writeAll(this.fd, bytes, at);
@@ -144,7 +183,8 @@ export class GgufWriter {
   }
 
   finish(): void {
-    if (this.next !== this.tensors.length) throw new InternalError(`GgufWriter: finish() with ${this.tensors.length - this.next} tensors unwritten`);
+    if (this.next !== this.tensors.length)
+      throw new InternalError(`GgufWriter: finish() with ${this.tensors.length - this.next} tensors unwritten`);
     fs.fsyncSync(this.fd);
     fs.closeSync(this.fd);
   }
@@ -160,5 +200,6 @@ export class GgufWriter {
 
 function writeAll(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
-  while (done < bytes.byteLength) done += fs.writeSync(fd, bytes, done, Math.min(bytes.byteLength - done, 1 << 30), position + done);
+  while (done < bytes.byteLength)
+    done += fs.writeSync(fd, bytes, done, Math.min(bytes.byteLength - done, 1 << 30), position + done);
 }

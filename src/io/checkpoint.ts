@@ -36,15 +36,22 @@ export interface Checkpoint {
 export function readConfig(dir: string): Config {
   const file = besideWeights(dir, 'config.json');
   if (!file) {
-    throw new CheckpointError('no config.json in the model folder', { file: dir, hint: 'point moe at a Hugging Face model folder (config.json plus *.safetensors)' });
+    throw new CheckpointError('no config.json in the model folder', {
+      file: dir,
+      hint: 'point moe at a Hugging Face model folder (config.json plus *.safetensors)',
+    });
   }
   let json: unknown;
   try {
     json = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new CheckpointError(`config.json is not valid JSON (${(e as Error).message})`, { file, hint: 'fix or re-save the config' });
+    throw new CheckpointError(`config.json is not valid JSON (${(e as Error).message})`, {
+      file,
+      hint: 'fix or re-save the config',
+    });
   }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new CheckpointError('config.json is not a JSON object', { file });
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    throw new CheckpointError('config.json is not a JSON object', { file });
   return json as Config;
 }
 
@@ -60,21 +67,30 @@ const inside = (folder: string, p: string) => {
  */
 export function resolveInside(dir: string, name: string, what: string, file: string): string {
   if (typeof name !== 'string' || name === '' || path.isAbsolute(name) || name.split(/[\\/]/).includes('..')) {
-    throw new CheckpointError(`${what} ${JSON.stringify(name)} points outside the model folder`, { file, hint: 'shard names in the index must be plain file names inside the model folder' });
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} points outside the model folder`, {
+      file,
+      hint: 'shard names in the index must be plain file names inside the model folder',
+    });
   }
   const full = path.resolve(dir, name);
   let real: string;
   try {
     real = fs.realpathSync(full);
   } catch {
-    throw new CheckpointError(`${what} ${JSON.stringify(name)} does not exist`, { file, hint: 'the checkpoint is incomplete; re-download the missing shard' });
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} does not exist`, {
+      file,
+      hint: 'the checkpoint is incomplete; re-download the missing shard',
+    });
   }
   const realDir = fs.realpathSync(dir);
   if (!inside(realDir, real)) {
     const blobs = snapshotBlobs(realDir);
     if (blobs && inside(blobs, real)) return full;
     const where = blobs ? "the model folder and its repository's blobs/ folder" : 'the model folder';
-    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside ${where} (to ${real})`, { file, hint: `copy the ${what} into the model folder instead of linking it` });
+    throw new CheckpointError(`${what} ${JSON.stringify(name)} resolves outside ${where} (to ${real})`, {
+      file,
+      hint: `copy the ${what} into the model folder instead of linking it`,
+    });
   }
   return full;
 }
@@ -100,16 +116,25 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
   if (shards.length === 0) {
     const pickles = names.filter((n) => PICKLE_EXTENSIONS.includes(path.extname(n)));
     if (pickles.length > 0) {
-      throw new CheckpointError(`only pickle weights found (${pickles.slice(0, 3).join(', ')}); moe reads safetensors only and never loads pickle`, {
-        file: dir,
-        hint: 'convert with transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)',
-      });
+      throw new CheckpointError(
+        `only pickle weights found (${pickles.slice(0, 3).join(', ')}); moe reads safetensors only and never loads pickle`,
+        {
+          file: dir,
+          hint: 'convert with transformers: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(out, safe_serialization=True)',
+        },
+      );
     }
     const other = names.filter((n) => n.endsWith('.safetensors'));
     if (other.length > 0) {
-      throw new CheckpointError(`no model.safetensors or ${INDEX_FILE} (found ${other.slice(0, 3).join(', ')})`, { file: dir, hint: 'name the weights model.safetensors, or add the index that lists the shards' });
+      throw new CheckpointError(`no model.safetensors or ${INDEX_FILE} (found ${other.slice(0, 3).join(', ')})`, {
+        file: dir,
+        hint: 'name the weights model.safetensors, or add the index that lists the shards',
+      });
     }
-    throw new CheckpointError('no *.safetensors files in the model folder', { file: dir, hint: 'point moe at a folder holding the model weights as safetensors' });
+    throw new CheckpointError('no *.safetensors files in the model folder', {
+      file: dir,
+      hint: 'point moe at a folder holding the model weights as safetensors',
+    });
   }
   return { shards: shards.map((s) => resolveInside(dir, s, 'shard', dir)) };
 }
@@ -121,7 +146,11 @@ function listShards(dir: string): { shards: string[]; weightMap?: Map<string, st
  */
 export function openCheckpoint(dir: string): Checkpoint {
   const abs = resolveModel(dir);
-  if (!fs.statSync(abs).isDirectory()) throw new CheckpointError('not a folder', { file: dir, hint: 'MODEL is the folder holding config.json and the *.safetensors files' });
+  if (!fs.statSync(abs).isDirectory())
+    throw new CheckpointError('not a folder', {
+      file: dir,
+      hint: 'MODEL is the folder holding config.json and the *.safetensors files',
+    });
   const config = readConfig(abs);
   checkConfigNotQuantized(config, path.join(abs, 'config.json'));
   const bytesRead = { value: 0 };
@@ -131,33 +160,68 @@ export function openCheckpoint(dir: string): Checkpoint {
   for (const h of headers) {
     for (const t of h.tensors) {
       const prev = tensors.get(t.name);
-      if (prev) throw new CheckpointError(`tensor "${t.name}" is stored twice (also in ${path.basename(prev.file)})`, { file: h.file, hint: 'the shards are inconsistent; re-download the checkpoint' });
+      if (prev)
+        throw new CheckpointError(`tensor "${t.name}" is stored twice (also in ${path.basename(prev.file)})`, {
+          file: h.file,
+          hint: 'the shards are inconsistent; re-download the checkpoint',
+        });
       tensors.set(t.name, t);
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
   const logical = logicalTensors(headers, tensors);
   checkTensorsNotQuantized(logical);
-  return { dir: abs, config, tensors: logical, shards, metadata: withoutPackedKeys(headers[0]?.metadata ?? {}), indexed: !!weightMap, bytesRead };
+  return {
+    dir: abs,
+    config,
+    tensors: logical,
+    shards,
+    metadata: withoutPackedKeys(headers[0]?.metadata ?? {}),
+    indexed: !!weightMap,
+    bytesRead,
+  };
 }
 
 /** A single safetensors file (stats, golden references, dumps) opened like a checkpoint with no config. */
 export function openTensorFile(file: string): Checkpoint {
   const bytesRead = { value: 0 };
   const h = readHeader(path.resolve(file), (n) => (bytesRead.value += n));
-  return { dir: path.dirname(h.file), config: {}, tensors: new Map(h.tensors.map((t) => [t.name, t])), shards: [h.file], metadata: h.metadata, indexed: false, bytesRead };
+  return {
+    dir: path.dirname(h.file),
+    config: {},
+    tensors: new Map(h.tensors.map((t) => [t.name, t])),
+    shards: [h.file],
+    metadata: h.metadata,
+    indexed: false,
+    bytesRead,
+  };
 }
 
-function checkIndexAgainstShards(indexFile: string, weightMap: Map<string, string>, tensors: Map<string, TensorRef>): void {
+function checkIndexAgainstShards(
+  indexFile: string,
+  weightMap: Map<string, string>,
+  tensors: Map<string, TensorRef>,
+): void {
   for (const [name, shard] of weightMap) {
     const t = tensors.get(name);
-    if (!t) throw new CheckpointError(`the index lists tensor "${name}" in ${shard}, but no shard holds it`, { file: indexFile, hint: 'the checkpoint is incomplete or the index is stale; re-download it' });
+    if (!t)
+      throw new CheckpointError(`the index lists tensor "${name}" in ${shard}, but no shard holds it`, {
+        file: indexFile,
+        hint: 'the checkpoint is incomplete or the index is stale; re-download it',
+      });
     if (path.basename(t.file) !== path.basename(shard)) {
-      throw new CheckpointError(`the index puts tensor "${name}" in ${shard}, but it is in ${path.basename(t.file)}`, { file: indexFile, hint: 'the index is stale; re-save the checkpoint' });
+      throw new CheckpointError(`the index puts tensor "${name}" in ${shard}, but it is in ${path.basename(t.file)}`, {
+        file: indexFile,
+        hint: 'the index is stale; re-save the checkpoint',
+      });
     }
   }
   for (const name of tensors.keys()) {
-    if (!weightMap.has(name)) throw new CheckpointError(`tensor "${name}" is in a shard but not in the index`, { file: indexFile, hint: 'the index is stale; re-save the checkpoint' });
+    if (!weightMap.has(name))
+      throw new CheckpointError(`tensor "${name}" is in a shard but not in the index`, {
+        file: indexFile,
+        hint: 'the index is stale; re-save the checkpoint',
+      });
   }
 }
 
@@ -173,7 +237,11 @@ export class TensorReader {
 
   ref(name: string): TensorRef {
     const t = this.ckpt.tensors.get(name);
-    if (!t) throw new CheckpointError(`tensor "${name}" is missing`, { file: this.ckpt.dir, hint: 'the checkpoint is incomplete or of a different architecture' });
+    if (!t)
+      throw new CheckpointError(`tensor "${name}" is missing`, {
+        file: this.ckpt.dir,
+        hint: 'the checkpoint is incomplete or of a different architecture',
+      });
     return t;
   }
 
@@ -218,7 +286,8 @@ export class TensorReader {
     const t = this.ref(name);
     const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
     const rowBytes = cols * dtypeBytes(t.dtype);
-    if (start < 0 || start + count > t.shape[0]) throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
+    if (start < 0 || start + count > t.shape[0])
+      throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
     if (t.packed) return this.dequantized(t.packed, start, count);
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
@@ -233,7 +302,11 @@ export class TensorReader {
     const cache = new Map<number, Float32Array>();
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
-      if (!Number.isInteger(id) || id < 0 || id >= t.shape[0]) throw new CheckpointError(`token id ${id} is outside the vocabulary of ${t.shape[0]}`, { file: t.file, hint: 'the data was tokenized for another model' });
+      if (!Number.isInteger(id) || id < 0 || id >= t.shape[0])
+        throw new CheckpointError(`token id ${id} is outside the vocabulary of ${t.shape[0]}`, {
+          file: t.file,
+          hint: 'the data was tokenized for another model',
+        });
       let row = cache.get(id);
       if (!row) {
         row = this.rowsF32(name, id, 1);
@@ -247,7 +320,8 @@ export class TensorReader {
   /** A floating tensor as float32. */
   f32(name: string): Float32Array {
     const t = this.ref(name);
-    if (!isFloatDType(t.dtype)) throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
+    if (!isFloatDType(t.dtype))
+      throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
     if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
     return toFloat32(this.bytes(name), t.dtype);
   }
@@ -261,7 +335,15 @@ export class TensorReader {
       this.ckpt.bytesRead.value += bytes.byteLength;
       return bytes;
     };
-    return dequantizePacked(rowsOf(p.qweight), rowsOf(p.scales), rowsOf(p.zeros), count, cols, p.info.bits, p.info.group_size);
+    return dequantizePacked(
+      rowsOf(p.qweight),
+      rowsOf(p.scales),
+      rowsOf(p.zeros),
+      count,
+      cols,
+      p.info.bits,
+      p.info.group_size,
+    );
   }
 
   private fd(file: string): number {

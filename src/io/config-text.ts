@@ -116,24 +116,49 @@ class Parser {
 
 function sameJson(a: unknown, b: unknown): boolean {
   if (a === b) return true;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false;
+  if (
+    typeof a !== 'object' ||
+    typeof b !== 'object' ||
+    a === null ||
+    b === null ||
+    Array.isArray(a) !== Array.isArray(b)
+  )
+    return false;
   const ka = Object.keys(a);
   const kb = Object.keys(b);
-  return ka.length === kb.length && ka.every((k) => k in b && sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
+  return (
+    ka.length === kb.length &&
+    ka.every((k) => k in b && sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]))
+  );
 }
 
-const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isPlainObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
  * Fields transformers 5.18 declares float-only (`configuration_<arch>.py` of the supported types): its strict
  * validation refuses an int there, so an integral value is written as `1.0`.
  */
-const FLOAT_KEYS = new Set(['initializer_range', 'rms_norm_eps', 'routed_scaling_factor', 'router_aux_loss_coef', 'router_jitter_noise', 'clip_qkv', 'attention_dropout']);
+const FLOAT_KEYS = new Set([
+  'initializer_range',
+  'rms_norm_eps',
+  'routed_scaling_factor',
+  'router_aux_loss_coef',
+  'router_jitter_noise',
+  'clip_qkv',
+  'attention_dropout',
+]);
 
 /** A new value of `key` at `indent`; a number keeps the kind (int or float) of the value it replaces. */
 function format(value: unknown, indent: string, key: string, replacedRaw?: string): string {
   const wasFloat = replacedRaw !== undefined && /^-?\d+(\.\d+|[eE])/.test(replacedRaw);
-  if (typeof value === 'number' && Number.isInteger(value) && !/[.eE]/.test(String(value)) && (wasFloat || FLOAT_KEYS.has(key))) return `${value}.0`;
+  if (
+    typeof value === 'number' &&
+    Number.isInteger(value) &&
+    !/[.eE]/.test(String(value)) &&
+    (wasFloat || FLOAT_KEYS.has(key))
+  )
+    return `${value}.0`;
   return JSON.stringify(value, null, 2).replace(/\n/g, `\n${indent}`);
 }
 
@@ -198,5 +223,8 @@ export function configJson(config: unknown, source?: string): string {
 
 /** Writes `config` as the output's config.json, keeping the text of `sourceDir`'s config.json where they agree. */
 export function writeConfig(out: OutputFolder, config: unknown, sourceDir?: string): void {
-  fs.writeFileSync(out.file('config.json'), configJson(config, sourceDir === undefined ? undefined : readConfigText(sourceDir)));
+  fs.writeFileSync(
+    out.file('config.json'),
+    configJson(config, sourceDir === undefined ? undefined : readConfigText(sourceDir)),
+  );
 }

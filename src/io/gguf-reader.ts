@@ -38,7 +38,10 @@ export interface GgufFile {
 }
 
 function bad(file: string, what: string): CheckpointError {
-  return new CheckpointError(`not a valid GGUF file: ${what}`, { file, hint: 'the file is truncated or corrupt; write or download it again' });
+  return new CheckpointError(`not a valid GGUF file: ${what}`, {
+    file,
+    hint: 'the file is truncated or corrupt; write or download it again',
+  });
 }
 
 /** Reads exactly `length` bytes at `position` of an open GGUF file, or fails naming the file. */
@@ -47,7 +50,8 @@ export function readRange(fd: number, file: string, position: number, length: nu
   let done = 0;
   while (done < length) {
     const got = fs.readSync(fd, buf, done, Math.min(READ_CHUNK_BYTES, length - done), position + done);
-    if (got === 0) throw bad(file, `unexpected end of file at byte ${position + done} (wanted ${length} bytes at ${position})`);
+    if (got === 0)
+      throw bad(file, `unexpected end of file at byte ${position + done} (wanted ${length} bytes at ${position})`);
     done += got;
   }
   return buf;
@@ -58,7 +62,10 @@ export function readGguf(file: string): GgufFile {
   try {
     fd = fs.openSync(file, 'r');
   } catch (e) {
-    throw new CheckpointError(`cannot open the GGUF file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file, hint: 'check the path' });
+    throw new CheckpointError(
+      `cannot open the GGUF file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      { file, hint: 'check the path' },
+    );
   }
   try {
     return parse(fd, file, fs.fstatSync(fd).size);
@@ -102,19 +109,32 @@ function parse(fd: number, file: string, fileSize: number): GgufFile {
   };
   const scalar = (type: number): unknown => {
     switch (type) {
-      case 0: return (need(1), buf.readUInt8(at++));
-      case 1: return (need(1), buf.readInt8(at++));
-      case 2: return (need(2), (at += 2), buf.readUInt16LE(at - 2));
-      case 3: return (need(2), (at += 2), buf.readInt16LE(at - 2));
-      case 4: return u32();
-      case 5: return (need(4), (at += 4), buf.readInt32LE(at - 4));
-      case 6: return (need(4), (at += 4), buf.readFloatLE(at - 4));
-      case 7: return (need(1), buf.readUInt8(at++) !== 0);
-      case 8: return str();
-      case 10: return u64();
-      case 11: return (need(8), (at += 8), Number(buf.readBigInt64LE(at - 8)));
-      case 12: return (need(8), (at += 8), buf.readDoubleLE(at - 8));
-      default: throw bad(file, `value type ${type}`);
+      case 0:
+        return (need(1), buf.readUInt8(at++));
+      case 1:
+        return (need(1), buf.readInt8(at++));
+      case 2:
+        return (need(2), (at += 2), buf.readUInt16LE(at - 2));
+      case 3:
+        return (need(2), (at += 2), buf.readInt16LE(at - 2));
+      case 4:
+        return u32();
+      case 5:
+        return (need(4), (at += 4), buf.readInt32LE(at - 4));
+      case 6:
+        return (need(4), (at += 4), buf.readFloatLE(at - 4));
+      case 7:
+        return (need(1), buf.readUInt8(at++) !== 0);
+      case 8:
+        return str();
+      case 10:
+        return u64();
+      case 11:
+        return (need(8), (at += 8), Number(buf.readBigInt64LE(at - 8)));
+      case 12:
+        return (need(8), (at += 8), buf.readDoubleLE(at - 8));
+      default:
+        throw bad(file, `value type ${type}`);
     }
   };
   if (u32() !== 0x46554747) throw bad(file, 'no GGUF magic');
@@ -147,5 +167,13 @@ function parse(fd: number, file: string, fileSize: number): GgufFile {
   const alignment = Number(metadata.get('general.alignment') ?? GGUF_ALIGNMENT);
   if (!Number.isInteger(alignment) || alignment < 1) throw bad(file, `general.alignment ${alignment}`);
   const dataStart = Math.ceil(at / alignment) * alignment;
-  return { file, version, metadata, tensors: infos.map(({ rel, ...t }) => ({ ...t, offset: dataStart + rel })), dataStart, fileSize, bytesRead: buf.length };
+  return {
+    file,
+    version,
+    metadata,
+    tensors: infos.map(({ rel, ...t }) => ({ ...t, offset: dataStart + rel })),
+    dataStart,
+    fileSize,
+    bytesRead: buf.length,
+  };
 }

@@ -32,7 +32,8 @@ export function parseRepoId(spec: string): RepoSpec | undefined {
   if (!m) return undefined;
   const [, org, name, rev] = m;
   // huggingface_hub refuses "--" and ".." in ids; a revision never climbs out of refs/ or snapshots/.
-  if ([org, name].some((s) => s.includes('--') || s.includes('..') || s.endsWith('.') || s.endsWith('-'))) return undefined;
+  if ([org, name].some((s) => s.includes('--') || s.includes('..') || s.endsWith('.') || s.endsWith('-')))
+    return undefined;
   if (rev !== undefined && rev.split('/').some((p) => p === '' || p === '.' || p === '..')) return undefined;
   // A missing `out/model.gguf` or `dir/model.safetensors` is a missing file, not a repository.
   if (/\.(gguf|safetensors|json|bin)$/i.test(name)) return undefined;
@@ -62,7 +63,12 @@ const isDir = (p: string) => fs.statSync(p, { throwIfNoEntry: false })?.isDirect
  * The snapshot folder a repository id names in the cache, or a CheckpointError naming every folder looked in and
  * the command that downloads it.
  */
-export function snapshotFor(spec: RepoSpec, given: string, local: string, env: NodeJS.ProcessEnv = process.env): string {
+export function snapshotFor(
+  spec: RepoSpec,
+  given: string,
+  local: string,
+  env: NodeJS.ProcessEnv = process.env,
+): string {
   const id = `${spec.org}/${spec.name}`;
   const repo = repoFolder(hubCacheDir(env), spec);
   const download = `hf download ${id}${spec.explicitRevision ? ` --revision ${spec.revision}` : ''}`;
@@ -76,8 +82,13 @@ export function snapshotFor(spec: RepoSpec, given: string, local: string, env: N
   if (fs.statSync(ref, { throwIfNoEntry: false })?.isFile()) commit = fs.readFileSync(ref, 'utf8').trim();
   const snapshot = path.join(repo, 'snapshots', commit);
   if (commit === '' || commit.includes('/') || commit.includes('..') || !isDir(snapshot)) {
-    const which = commit === spec.revision ? `revision "${spec.revision}"` : `revision "${spec.revision}" (commit ${commit})`;
-    throw missing(`the Hugging Face cache holds no snapshot of ${id} at ${which}`, [local, ref, path.join(repo, 'snapshots', commit || spec.revision)]);
+    const which =
+      commit === spec.revision ? `revision "${spec.revision}"` : `revision "${spec.revision}" (commit ${commit})`;
+    throw missing(`the Hugging Face cache holds no snapshot of ${id} at ${which}`, [
+      local,
+      ref,
+      path.join(repo, 'snapshots', commit || spec.revision),
+    ]);
   }
   return snapshot;
 }
@@ -102,7 +113,11 @@ export function modelNamedIn(given: string, dir: string, where: string, file: st
   const local = path.resolve(dir, given);
   if (fs.existsSync(local)) return local;
   const spec = parseRepoId(given);
-  if (!spec) throw new CheckpointError(`${where}: the model folder ${local} does not exist`, { file, hint: 'fix the path (relative to the folder of that file), or give a repository id (ORG/NAME) that is in the Hugging Face cache' });
+  if (!spec)
+    throw new CheckpointError(`${where}: the model folder ${local} does not exist`, {
+      file,
+      hint: 'fix the path (relative to the folder of that file), or give a repository id (ORG/NAME) that is in the Hugging Face cache',
+    });
   try {
     return snapshotFor(spec, given, local);
   } catch (e) {

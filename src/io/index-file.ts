@@ -16,7 +16,10 @@ export function readIndex(file: string): ShardIndex {
   try {
     json = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new CheckpointError(`index is not valid JSON (${(e as Error).message})`, { file, hint: 'fix or re-save the checkpoint' });
+    throw new CheckpointError(`index is not valid JSON (${(e as Error).message})`, {
+      file,
+      hint: 'fix or re-save the checkpoint',
+    });
   }
   const wm = (json as { weight_map?: unknown })?.weight_map;
   if (typeof wm !== 'object' || wm === null || Array.isArray(wm)) {
@@ -25,11 +28,13 @@ export function readIndex(file: string): ShardIndex {
   const weightMap = new Map<string, string>();
   const shards: string[] = [];
   for (const [name, shard] of Object.entries(wm)) {
-    if (typeof shard !== 'string') throw new CheckpointError(`index maps "${name}" to ${shown(shard)}, not a file name`, { file });
+    if (typeof shard !== 'string')
+      throw new CheckpointError(`index maps "${name}" to ${shown(shard)}, not a file name`, { file });
     weightMap.set(name, shard);
     if (!shards.includes(shard)) shards.push(shard);
   }
-  if (shards.length === 0) throw new CheckpointError('index weight_map is empty', { file, hint: 'fix or re-save the checkpoint' });
+  if (shards.length === 0)
+    throw new CheckpointError('index weight_map is empty', { file, hint: 'fix or re-save the checkpoint' });
   const total = (json as { metadata?: { total_size?: unknown } }).metadata?.total_size;
   return { weightMap, shards, totalSize: typeof total === 'number' ? total : undefined };
 }

@@ -36,7 +36,11 @@ const TIMING_KEYS = new Set(['seconds', 'tokens_per_second']);
 export function withoutTimings<T>(value: T): T {
   if (Array.isArray(value)) return value.map(withoutTimings) as T;
   if (typeof value !== 'object' || value === null) return value;
-  return Object.fromEntries(Object.entries(value).filter(([k]) => !TIMING_KEYS.has(k)).map(([k, v]) => [k, withoutTimings(v)])) as T;
+  return Object.fromEntries(
+    Object.entries(value)
+      .filter(([k]) => !TIMING_KEYS.has(k))
+      .map(([k, v]) => [k, withoutTimings(v)]),
+  ) as T;
 }
 
 /** Temporary folders (and files) not yet renamed into place; removed if the process is interrupted. */
@@ -68,10 +72,14 @@ export function createFolder(dir: string, command: string): void {
     try {
       fs.mkdirSync(d);
     } catch (e) {
-      throw new UsageError(`cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: d, hint: 'choose a writable destination' });
+      throw new UsageError(
+        `cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+        { file: d, hint: 'choose a writable destination' },
+      );
     }
   }
-  if (!fs.statSync(dir).isDirectory()) throw new UsageError('the output exists and is not a folder', { file: dir, hint: 'choose another output' });
+  if (!fs.statSync(dir).isDirectory())
+    throw new UsageError('the output exists and is not a folder', { file: dir, hint: 'choose another output' });
   const abs = path.resolve(dir);
   if (fs.readdirSync(abs).length > 0 && !isMoeFolder(abs)) throw notMoeFolder(abs);
   if (!isMoeFolder(abs)) writeMarker(abs, command);
@@ -83,10 +91,18 @@ export function createFolder(dir: string, command: string): void {
  */
 export function checkFileDestination(file: string, force: boolean): void {
   if (!fs.existsSync(file)) return;
-  if (!force) throw new UsageError('the output already exists', { file, hint: 'choose another -o or pass --force to replace it' });
-  if (!fs.statSync(file).isFile()) throw new UsageError('the output exists and is not a file', { file, hint: 'choose another -o' });
+  if (!force)
+    throw new UsageError('the output already exists', {
+      file,
+      hint: 'choose another -o or pass --force to replace it',
+    });
+  if (!fs.statSync(file).isFile())
+    throw new UsageError('the output exists and is not a file', { file, hint: 'choose another -o' });
   if (!isMoeFile(file)) {
-    throw new UsageError('--force replaces only a file moe wrote, and this file does not name moe as its writer (GGUF key moe.writer, or the report\'s generator meta)', { file, hint: 'choose another -o (delete the file by hand if it is yours to lose)' });
+    throw new UsageError(
+      "--force replaces only a file moe wrote, and this file does not name moe as its writer (GGUF key moe.writer, or the report's generator meta)",
+      { file, hint: 'choose another -o (delete the file by hand if it is yours to lose)' },
+    );
   }
 }
 
@@ -95,7 +111,10 @@ export function createEmptyFile(tmp: string): void {
   try {
     fs.closeSync(fs.openSync(tmp, 'wx'));
   } catch (e) {
-    throw new UsageError(`cannot create the output file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path.dirname(tmp), hint: 'choose a writable destination' });
+    throw new UsageError(
+      `cannot create the output file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      { file: path.dirname(tmp), hint: 'choose a writable destination' },
+    );
   }
 }
 
@@ -125,11 +144,17 @@ export class OutputFolder {
     const abs = path.resolve(dest);
     checkOutputFolder(abs, opts.force);
     removeStaleTemps(abs);
-    const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.moe-tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    const tmp = path.join(
+      path.dirname(abs),
+      `.${path.basename(abs)}.moe-tmp-${process.pid}-${randomBytes(4).toString('hex')}`,
+    );
     try {
       fs.mkdirSync(tmp);
     } catch (e) {
-      throw new UsageError(`cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file: path.dirname(abs), hint: 'choose a writable destination' });
+      throw new UsageError(
+        `cannot create the output folder: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+        { file: path.dirname(abs), hint: 'choose a writable destination' },
+      );
     }
     pending.add(tmp);
     crashPoint('after-create');
@@ -198,12 +223,22 @@ export class OutputFolder {
 export function checkOutputFolder(dest: string, force: boolean | undefined): void {
   const abs = path.resolve(dest);
   const parent = path.dirname(abs);
-  if (!fs.existsSync(parent)) throw new UsageError('the output folder\'s parent does not exist', { file: parent, hint: 'create it first' });
-  if (!fs.statSync(parent).isDirectory()) throw new UsageError('the output folder\'s parent is not a folder', { file: parent, hint: 'choose a destination inside a folder' });
+  if (!fs.existsSync(parent))
+    throw new UsageError("the output folder's parent does not exist", { file: parent, hint: 'create it first' });
+  if (!fs.statSync(parent).isDirectory())
+    throw new UsageError("the output folder's parent is not a folder", {
+      file: parent,
+      hint: 'choose a destination inside a folder',
+    });
   if (!fs.existsSync(abs)) return;
-  if (!force) throw new UsageError('the output already exists', { file: abs, hint: 'choose another -o or pass --force to replace it' });
+  if (!force)
+    throw new UsageError('the output already exists', {
+      file: abs,
+      hint: 'choose another -o or pass --force to replace it',
+    });
   const st = fs.statSync(abs);
-  if (!st.isDirectory()) throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
+  if (!st.isDirectory())
+    throw new UsageError('the output exists and is not a folder', { file: abs, hint: 'choose another -o' });
   // --force replaces a folder moe wrote (it holds moe-output.json) or an empty one, never a folder the user may care
   // about: a downloaded model has config.json too. Outputs of a moe older than the marker are refused as well.
   if (fs.readdirSync(abs).length > 0 && !isMoeFolder(abs)) throw notMoeFolder(abs);
@@ -243,7 +278,11 @@ function processAlive(pid: number): boolean {
 }
 
 /** Wraps a write: aborts the folder on any error so nothing is left at the destination. */
-export async function withOutput<T>(dest: string, opts: OutputOptions, body: (out: OutputFolder) => Promise<T> | T): Promise<T> {
+export async function withOutput<T>(
+  dest: string,
+  opts: OutputOptions,
+  body: (out: OutputFolder) => Promise<T> | T,
+): Promise<T> {
   const out = OutputFolder.create(dest, opts);
   try {
     const result = await body(out);
@@ -264,10 +303,16 @@ export async function withOutput<T>(dest: string, opts: OutputOptions, body: (ou
   } catch (e) {
     out.abort();
     if ((e as NodeJS.ErrnoException).code === 'ENOSPC') {
-      throw new CheckpointError('no space left on the device while writing', { file: path.dirname(out.dest), hint: 'free space or choose another destination' });
+      throw new CheckpointError('no space left on the device while writing', {
+        file: path.dirname(out.dest),
+        hint: 'free space or choose another destination',
+      });
     }
     if ((e as NodeJS.ErrnoException).code === 'EFBIG') {
-      throw new CheckpointError('a file reached the file size limit (ulimit -f) while writing', { file: path.dirname(out.dest), hint: 'raise the limit or choose a smaller output' });
+      throw new CheckpointError('a file reached the file size limit (ulimit -f) while writing', {
+        file: path.dirname(out.dest),
+        hint: 'raise the limit or choose a smaller output',
+      });
     }
     throw e;
   }

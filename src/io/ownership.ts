@@ -23,11 +23,25 @@ export const WRITER = `moe ${VERSION}`;
 export const HTML_GENERATOR = `<meta name="generator" content="${WRITER}">`;
 
 /** Files that outputs of moe before moe-output.json hold (a hint only: they never make a folder moe's). */
-const LEGACY_RECORDS = ['moe-compression.json', 'moe-quantization.json', 'moe-gguf.json', 'moe-partial.json', 'moe-step.json', 'stats.json', 'recipe.json'];
+const LEGACY_RECORDS = [
+  'moe-compression.json',
+  'moe-quantization.json',
+  'moe-gguf.json',
+  'moe-partial.json',
+  'moe-step.json',
+  'stats.json',
+  'recipe.json',
+];
 
 /** The marker's bytes: no time, no path, so equal runs write equal files. */
 export function markerJson(command: string): string {
-  return JSON.stringify({ tool: 'moe', version: VERSION, command, note: 'written by moe; --force may replace this folder' }, null, 2) + '\n';
+  return (
+    JSON.stringify(
+      { tool: 'moe', version: VERSION, command, note: 'written by moe; --force may replace this folder' },
+      null,
+      2,
+    ) + '\n'
+  );
 }
 
 export function writeMarker(dir: string, command: string): void {
@@ -50,7 +64,9 @@ export function notMoeFolder(dir: string): UsageError {
   const legacy = fs.readdirSync(dir).some((f) => LEGACY_RECORDS.includes(f));
   return new UsageError(`--force replaces only a folder moe wrote, and this folder holds no ${OUTPUT_MARKER}`, {
     file: dir,
-    hint: legacy ? 'it may come from a moe older than the marker: check it and delete it by hand, or choose another -o' : 'choose another -o (delete the folder by hand if it is yours to lose)',
+    hint: legacy
+      ? 'it may come from a moe older than the marker: check it and delete it by hand, or choose another -o'
+      : 'choose another -o (delete the folder by hand if it is yours to lose)',
   });
 }
 
@@ -98,7 +114,8 @@ function realOf(p: string): string {
   }
 }
 
-const within = (inner: string, outer: string) => inner !== outer && inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+const within = (inner: string, outer: string) =>
+  inner !== outer && inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
 
 /** How `output` relates to `input` on disk, after resolving links: the same path, holding it, inside it, or apart. */
 export function overlap(output: string, input: string): 'is' | 'contains' | 'lies inside' | undefined {

@@ -48,7 +48,13 @@ export function packedMatrixBytes(rows: number, cols: number, bits: number, grou
 }
 
 /** The three stored tensors of a weight [rows, cols] at `bits` with groups of `groupSize`, in write order. */
-export function packedPlan(weight: string, rows: number, cols: number, bits: number, groupSize: number): PlannedTensor[] {
+export function packedPlan(
+  weight: string,
+  rows: number,
+  cols: number,
+  bits: number,
+  groupSize: number,
+): PlannedTensor[] {
   const n = partNames(weight);
   const groups = groupCount(cols, groupSize);
   return [
@@ -64,7 +70,11 @@ export function packedBytes(p: PackedParts): number {
 }
 
 function parseInfo(value: string, key: string, file: string): PackedInfo {
-  const bad = (what: string) => new CheckpointError(`packed weight metadata ${key} ${what}`, { file, hint: 're-run moe quantize; the file was not written by this version of moe or was edited' });
+  const bad = (what: string) =>
+    new CheckpointError(`packed weight metadata ${key} ${what}`, {
+      file,
+      hint: 're-run moe quantize; the file was not written by this version of moe or was edited',
+    });
   let j: Partial<PackedInfo>;
   try {
     j = JSON.parse(value);
@@ -75,7 +85,8 @@ function parseInfo(value: string, key: string, file: string): PackedInfo {
   const { bits, group_size, shape, dtype, method } = j;
   if (!Number.isInteger(bits) || bits! < 1 || bits! > 8) throw bad(`has bits ${shown(bits)} (1 to 8 expected)`);
   if (!Number.isInteger(group_size) || group_size! < 1) throw bad(`has group_size ${shown(group_size)}`);
-  if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d > 0)) throw bad(`has shape ${shown(shape)}`);
+  if (!Array.isArray(shape) || shape.length !== 2 || !shape.every((d) => Number.isInteger(d) && d > 0))
+    throw bad(`has shape ${shown(shape)}`);
   if (!isDType(dtype)) throw bad(`has dtype ${shown(dtype)}`);
   if (method !== undefined && typeof method !== 'string') throw bad(`has method ${shown(method)}`);
   return { bits: bits!, group_size: group_size!, shape: [shape[0], shape[1]], dtype, method: method ?? 'rtn' };
@@ -96,9 +107,16 @@ export function logicalTensors(headers: SafetensorsHeader[], tensors: Map<string
       const names = partNames(weight);
       const get = (name: string, dtype: DType, shape: number[]) => {
         const t = tensors.get(name);
-        if (!t) throw new CheckpointError(`packed weight ${weight} has no tensor ${name}`, { file: h.file, hint: 'the checkpoint is incomplete; re-run moe quantize' });
+        if (!t)
+          throw new CheckpointError(`packed weight ${weight} has no tensor ${name}`, {
+            file: h.file,
+            hint: 'the checkpoint is incomplete; re-run moe quantize',
+          });
         if (t.dtype !== dtype || t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-          throw new CheckpointError(`${name} is ${t.dtype} [${t.shape}], expected ${dtype} [${shape}] for ${info.bits}-bit groups of ${info.group_size}`, { file: t.file, hint: 'the checkpoint is corrupt; re-run moe quantize' });
+          throw new CheckpointError(
+            `${name} is ${t.dtype} [${t.shape}], expected ${dtype} [${shape}] for ${info.bits}-bit groups of ${info.group_size}`,
+            { file: t.file, hint: 'the checkpoint is corrupt; re-run moe quantize' },
+          );
         }
         partOf.set(name, weight);
         return t;
@@ -123,8 +141,20 @@ export function logicalTensors(headers: SafetensorsHeader[], tensors: Map<string
     }
     const parts = packed.get(weight)!;
     if (parts.qweight !== t) continue; // scales and zeros: the logical tensor stands where its qweight is
-    if (tensors.has(weight)) throw new CheckpointError(`${weight} is stored both packed and unpacked`, { file: t.file, hint: 'the checkpoint is corrupt; re-run moe quantize' });
-    out.set(weight, { name: weight, dtype: parts.info.dtype, shape: [...parts.info.shape], file: t.file, begin: t.begin, end: t.end, packed: parts });
+    if (tensors.has(weight))
+      throw new CheckpointError(`${weight} is stored both packed and unpacked`, {
+        file: t.file,
+        hint: 'the checkpoint is corrupt; re-run moe quantize',
+      });
+    out.set(weight, {
+      name: weight,
+      dtype: parts.info.dtype,
+      shape: [...parts.info.shape],
+      file: t.file,
+      begin: t.begin,
+      end: t.end,
+      packed: parts,
+    });
   }
   return out;
 }
@@ -180,12 +210,20 @@ export function quantSummary(tensors: Map<string, TensorRef>): QuantSummary | un
     per[t.name] = { bits: t.packed.info.bits, group_size: t.packed.info.group_size };
   }
   if (n === 0) return undefined;
-  return { tensors: n, params, average_bits: bits / params, stored_bits_per_weight: stored / params, bits_histogram: histogram, bits_per_tensor: per };
+  return {
+    tensors: n,
+    params,
+    average_bits: bits / params,
+    stored_bits_per_weight: stored / params,
+    bits_histogram: histogram,
+    bits_per_tensor: per,
+  };
 }
 
 export function unpackCodes(packed: Uint8Array, rows: number, cols: number, bits: number): Uint8Array {
   const rb = packedRowBytes(cols, bits);
-  if (packed.length < rows * rb) throw new RangeError(`unpackCodes: ${packed.length} bytes for [${rows}, ${cols}] at ${bits} bits`);
+  if (packed.length < rows * rb)
+    throw new RangeError(`unpackCodes: ${packed.length} bytes for [${rows}, ${cols}] at ${bits} bits`);
   const out = new Uint8Array(rows * cols);
   if (bits === 8) {
     out.set(packed.subarray(0, rows * cols));
@@ -210,10 +248,21 @@ export function unpackCodes(packed: Uint8Array, rows: number, cols: number, bits
  * From the stored tensors straight to float32 weights [rows, cols]: packed codes [rows, rowBytes], scales as raw
  * little-endian BF16 bytes [rows·ngroups·2], zero points [rows·ngroups].
  */
-export function dequantizePacked(packed: Uint8Array, scalesBf16: Uint8Array, zeros: Uint8Array, rows: number, cols: number, bits: number, groupSize: number): Float32Array {
+export function dequantizePacked(
+  packed: Uint8Array,
+  scalesBf16: Uint8Array,
+  zeros: Uint8Array,
+  rows: number,
+  cols: number,
+  bits: number,
+  groupSize: number,
+): Float32Array {
   const ng = groupCount(cols, groupSize);
   const rb = packedRowBytes(cols, bits);
-  if (packed.length < rows * rb || scalesBf16.length < rows * ng * 2 || zeros.length < rows * ng) throw new RangeError(`dequantizePacked: parts too short for [${rows}, ${cols}] at ${bits} bits, groups of ${groupSize}`);
+  if (packed.length < rows * rb || scalesBf16.length < rows * ng * 2 || zeros.length < rows * ng)
+    throw new RangeError(
+      `dequantizePacked: parts too short for [${rows}, ${cols}] at ${bits} bits, groups of ${groupSize}`,
+    );
   const out = new Float32Array(rows * cols);
   // bf16 → f32 is a 16-bit shift; read the scales once per row through a Uint32 view.
   const scaleBits = new Uint32Array(ng);

@@ -11,7 +11,8 @@ import { CheckpointError, shown } from '../errors';
 import type { TensorRef } from './safetensors';
 import { QUANT_METHOD } from './packed';
 
-const SUPPORTED = 'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
+const SUPPORTED =
+  'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
 
 /** Stored formats moe plans to decode (DESIGN.md: readers for them belong to src/io); the others it never will. */
 const PLANNED = new Set(['fp8', 'fbgemm_fp8', 'mxfp4', 'compressed-tensors']);
@@ -21,11 +22,20 @@ const notDecoded = (method: string) => `which moe does not decode${PLANNED.has(m
 /** Tensor names that only quantized checkpoints have, and the format they come from. */
 const SIDE_TENSORS: [RegExp, string][] = [
   [/\.weight_scale_inv$/, 'an FP8 block scale'],
-  [/\.(weight_scale|input_scale|output_scale|weight_global_scale|input_global_scale|weight_zero_point|input_zero_point|k_scale|v_scale)$/, 'a quantization scale or zero point (FP8, compressed-tensors)'],
+  [
+    /\.(weight_scale|input_scale|output_scale|weight_global_scale|input_global_scale|weight_zero_point|input_zero_point|k_scale|v_scale)$/,
+    'a quantization scale or zero point (FP8, compressed-tensors)',
+  ],
   [/\.(weight_packed|weight_shape|weight_g_idx)$/, 'a part of a compressed-tensors packed weight'],
-  [/\.(qweight|qzeros|scales|g_idx)$/, 'a part of a GPTQ/AWQ packed weight (or of a moe-packed one whose shard metadata is missing)'],
+  [
+    /\.(qweight|qzeros|scales|g_idx)$/,
+    'a part of a GPTQ/AWQ packed weight (or of a moe-packed one whose shard metadata is missing)',
+  ],
   [/_blocks$|_scales$/, 'MXFP4 blocks or scales'],
-  [/\.(absmax|quant_map|nested_absmax|nested_quant_map|SCB|weight_format)$|\.quant_state\./, 'bitsandbytes quantization state'],
+  [
+    /\.(absmax|quant_map|nested_absmax|nested_quant_map|SCB|weight_format)$|\.quant_state\./,
+    'bitsandbytes quantization state',
+  ],
 ];
 
 /** Dtypes that hold quantized codes, never the weights of a bf16/f16/f32 checkpoint. */
@@ -47,13 +57,18 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
     if (q !== undefined && q !== null) {
       const method = methodOf(q, '');
       if (prefix === '' && method === QUANT_METHOD) continue;
-      const what = method ? `${prefix}quantization_config.quant_method ${shown(method)}` : `${prefix}quantization_config (no quant_method: ${shown(q)})`;
+      const what = method
+        ? `${prefix}quantization_config.quant_method ${shown(method)}`
+        : `${prefix}quantization_config (no quant_method: ${shown(q)})`;
       throw new CheckpointError(`config.json declares ${what}, ${notDecoded(method)}`, { file, hint: SUPPORTED });
     }
     const cc = c.compression_config;
     if (cc !== undefined && cc !== null) {
       const method = methodOf(cc, 'compressed-tensors');
-      throw new CheckpointError(`config.json declares ${prefix}compression_config (quant_method ${shown(method)}), ${notDecoded(method)}`, { file, hint: SUPPORTED });
+      throw new CheckpointError(
+        `config.json declares ${prefix}compression_config (quant_method ${shown(method)}), ${notDecoded(method)}`,
+        { file, hint: SUPPORTED },
+      );
     }
   }
 }
@@ -71,5 +86,8 @@ export function checkTensorsNotQuantized(tensors: Map<string, TensorRef>): void 
   const { t, why } = found[0];
   const more = found.length > 1 ? ` (and ${found.length - 1} more such tensor${found.length > 2 ? 's' : ''})` : '';
   const fp8 = found.some((f) => f.t.dtype.startsWith('F8_') || f.t.name.endsWith('.weight_scale_inv'));
-  throw new CheckpointError(`tensor "${t.name}" ${why}${more}, which moe does not decode${fp8 ? ' yet' : ''}`, { file: t.file, hint: SUPPORTED });
+  throw new CheckpointError(`tensor "${t.name}" ${why}${more}, which moe does not decode${fp8 ? ' yet' : ''}`, {
+    file: t.file,
+    hint: SUPPORTED,
+  });
 }

@@ -62,7 +62,11 @@ export function tensorBytes(t: Pick<TensorRef, 'dtype' | 'shape'>): number {
   return numel(t.shape) * dtypeBytes(t.dtype);
 }
 
-function bad(file: string, why: string, hint = 'the file is corrupt or not a safetensors file; re-download or re-save it'): CheckpointError {
+function bad(
+  file: string,
+  why: string,
+  hint = 'the file is corrupt or not a safetensors file; re-download or re-save it',
+): CheckpointError {
   return new CheckpointError(`bad safetensors file: ${why}`, { file, hint });
 }
 
@@ -73,7 +77,12 @@ export function readExact(fd: number, file: string, position: number, length: nu
   while (done < length) {
     const want = Math.min(READ_CHUNK_BYTES, length - done);
     const got = fs.readSync(fd, buf, done, want, position + done);
-    if (got === 0) throw bad(file, `unexpected end of file at byte ${position + done} (wanted ${length} bytes at ${position})`, 'the file is truncated; re-download or re-save it');
+    if (got === 0)
+      throw bad(
+        file,
+        `unexpected end of file at byte ${position + done} (wanted ${length} bytes at ${position})`,
+        'the file is truncated; re-download or re-save it',
+      );
     done += got;
   }
   return buf;
@@ -87,12 +96,19 @@ function isNonNegInt(x: unknown): x is number {
 export function readHeader(file: string, onRead?: (bytes: number) => void): SafetensorsHeader {
   // A folder, FIFO or device named as a shard: opening a FIFO would block, reading a folder fails with EISDIR.
   const st = fs.statSync(file, { throwIfNoEntry: false });
-  if (st && !st.isFile()) throw new CheckpointError('shard is not a regular file', { file, hint: 'the index or folder names something that is not a safetensors file' });
+  if (st && !st.isFile())
+    throw new CheckpointError('shard is not a regular file', {
+      file,
+      hint: 'the index or folder names something that is not a safetensors file',
+    });
   let fd: number;
   try {
     fd = fs.openSync(file, 'r');
   } catch (e) {
-    throw new CheckpointError(`cannot open shard: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { file, hint: 'check the path and permissions' });
+    throw new CheckpointError(`cannot open shard: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, {
+      file,
+      hint: 'check the path and permissions',
+    });
   }
   try {
     const fileSize = fs.fstatSync(fd).size;
@@ -100,7 +116,12 @@ export function readHeader(file: string, onRead?: (bytes: number) => void): Safe
     const lenBytes = readExact(fd, file, 0, 8);
     const n = Number(new DataView(lenBytes.buffer).getBigUint64(0, true));
     if (n > MAX_HEADER_BYTES) throw bad(file, `header length ${n} is above the ${MAX_HEADER_BYTES}-byte cap`);
-    if (8 + n > fileSize) throw bad(file, `header length ${n} runs past the end of the ${fileSize}-byte file`, 'the file is truncated or corrupt; re-download or re-save it');
+    if (8 + n > fileSize)
+      throw bad(
+        file,
+        `header length ${n} runs past the end of the ${fileSize}-byte file`,
+        'the file is truncated or corrupt; re-download or re-save it',
+      );
     const headerBytes = readExact(fd, file, 8, n);
     onRead?.(8 + n);
     let json: unknown;
@@ -131,23 +152,43 @@ function validateHeader(file: string, fileSize: number, dataStart: number, json:
     }
     if (typeof v !== 'object' || v === null) throw bad(file, `tensor "${name}": entry is not an object`);
     const { dtype, shape, data_offsets: offsets } = v as Record<string, unknown>;
-    if (!isDType(dtype)) throw bad(file, `tensor "${name}": unknown dtype ${shown(dtype)}`, 'moe reads F64 F32 F16 BF16 F8_E4M3 F8_E5M2 I64 I32 I16 I8 U8 BOOL');
-    if (!Array.isArray(shape) || !shape.every(isNonNegInt)) throw bad(file, `tensor "${name}": shape ${shown(shape)} is not a list of non-negative integers`);
+    if (!isDType(dtype))
+      throw bad(
+        file,
+        `tensor "${name}": unknown dtype ${shown(dtype)}`,
+        'moe reads F64 F32 F16 BF16 F8_E4M3 F8_E5M2 I64 I32 I16 I8 U8 BOOL',
+      );
+    if (!Array.isArray(shape) || !shape.every(isNonNegInt))
+      throw bad(file, `tensor "${name}": shape ${shown(shape)} is not a list of non-negative integers`);
     if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(isNonNegInt) || offsets[0] > offsets[1]) {
       throw bad(file, `tensor "${name}": data_offsets ${shown(offsets)} are not [begin, end]`);
     }
     const [b, e] = offsets as number[];
     const want = numel(shape) * dtypeBytes(dtype);
-    if (e - b !== want) throw bad(file, `tensor "${name}": ${e - b} bytes for ${dtype}${JSON.stringify(shape)}, which needs ${want}`);
-    if (e > dataSize) throw bad(file, `tensor "${name}": data_offsets [${b}, ${e}] run past the ${dataSize} bytes of data`, 'the file is truncated or corrupt; re-download or re-save it');
+    if (e - b !== want)
+      throw bad(file, `tensor "${name}": ${e - b} bytes for ${dtype}${JSON.stringify(shape)}, which needs ${want}`);
+    if (e > dataSize)
+      throw bad(
+        file,
+        `tensor "${name}": data_offsets [${b}, ${e}] run past the ${dataSize} bytes of data`,
+        'the file is truncated or corrupt; re-download or re-save it',
+      );
     tensors.push({ name, dtype, shape: shape as number[], file, begin: dataStart + b, end: dataStart + e });
   }
   tensors.sort((x, y) => x.begin - y.begin || x.end - y.end);
   // The data must be covered exactly: no overlap, no hole, nothing after the last tensor.
   let at = dataStart;
   for (const t of tensors) {
-    if (t.begin < at) throw bad(file, `tensor "${t.name}" overlaps the tensor before it (data_offsets start at ${t.begin - dataStart}, previous ends at ${at - dataStart})`);
-    if (t.begin > at) throw bad(file, `hole in the data before tensor "${t.name}" (bytes ${at - dataStart}..${t.begin - dataStart} belong to no tensor)`);
+    if (t.begin < at)
+      throw bad(
+        file,
+        `tensor "${t.name}" overlaps the tensor before it (data_offsets start at ${t.begin - dataStart}, previous ends at ${at - dataStart})`,
+      );
+    if (t.begin > at)
+      throw bad(
+        file,
+        `hole in the data before tensor "${t.name}" (bytes ${at - dataStart}..${t.begin - dataStart} belong to no tensor)`,
+      );
     at = t.end;
   }
   if (at !== fileSize) throw bad(file, `${fileSize - at} bytes after the last tensor belong to no tensor`);

@@ -15,7 +15,10 @@ export function weightFiles(model: string): string[] {
   if (names.some((n) => n.endsWith('.safetensors'))) return openCheckpoint(model).shards;
   const gguf = names.filter((n) => n.toLowerCase().endsWith('.gguf'));
   if (gguf.length === 1) return [path.join(model, gguf[0])];
-  throw new CheckpointError(gguf.length ? `${gguf.length} .gguf files, expected one` : 'no .safetensors or .gguf weight file', { file: model, hint: 'give a model folder or a .gguf file' });
+  throw new CheckpointError(
+    gguf.length ? `${gguf.length} .gguf files, expected one` : 'no .safetensors or .gguf weight file',
+    { file: model, hint: 'give a model folder or a .gguf file' },
+  );
 }
 
 /** Total bytes of the weight files (symlinks, as in a Hugging Face cache snapshot, are followed). */

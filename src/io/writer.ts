@@ -67,7 +67,10 @@ export function planShards(plan: PlannedTensor[], maxShardBytes: number): Planne
 }
 
 /** The header bytes (8-byte length + JSON padded with spaces to a multiple of 8) for tensors laid out in order. */
-export function encodeHeader(tensors: PlannedTensor[], metadata?: Record<string, string>): { header: Uint8Array; dataBytes: number } {
+export function encodeHeader(
+  tensors: PlannedTensor[],
+  metadata?: Record<string, string>,
+): { header: Uint8Array; dataBytes: number } {
   const json: Record<string, unknown> = {};
   if (metadata && Object.keys(metadata).length > 0) json.__metadata__ = metadata;
   let at = 0;
@@ -133,17 +136,20 @@ export class ShardedWriter {
 
   /** Writes the next tensor of the plan from pieces, so a huge tensor never has to be whole in memory. */
   writeChunks(name: string, pieces: Iterable<Uint8Array>): void {
-    if (this.state === 'finished' || this.state === 'failed') throw new InternalError(`ShardedWriter: write("${name}") after ${this.state}`);
+    if (this.state === 'finished' || this.state === 'failed')
+      throw new InternalError(`ShardedWriter: write("${name}") after ${this.state}`);
     const slot = this.order[this.next];
     if (!slot) throw new InternalError(`ShardedWriter: write("${name}") but every planned tensor is written`);
-    if (slot.tensor.name !== name) throw new InternalError(`ShardedWriter: expected tensor "${slot.tensor.name}" next, got "${name}"`);
+    if (slot.tensor.name !== name)
+      throw new InternalError(`ShardedWriter: expected tensor "${slot.tensor.name}" next, got "${name}"`);
     const want = tensorBytes(slot.tensor);
     this.state = 'writing';
     try {
       if (slot.shard !== this.fdShard) this.openShard(slot.shard);
       let written = 0;
       for (const bytes of pieces) {
-        if (written + bytes.byteLength > want) throw new InternalError(`ShardedWriter: "${name}" has more than the ${want} bytes planned`);
+        if (written + bytes.byteLength > want)
+          throw new InternalError(`ShardedWriter: "${name}" has more than the ${want} bytes planned`);
         writeAll(this.fd!, bytes);
         written += bytes.byteLength;
       }
@@ -157,8 +163,12 @@ export class ShardedWriter {
 
   /** Closes the last shard and writes the index; every planned tensor must have been written. */
   finish(): WrittenCheckpoint {
-    if (this.state === 'finished' || this.state === 'failed') throw new InternalError(`ShardedWriter: finish() after ${this.state}`);
-    if (this.next !== this.order.length) throw new InternalError(`ShardedWriter: finish() with ${this.order.length - this.next} tensors unwritten (next "${this.expected()?.name}")`);
+    if (this.state === 'finished' || this.state === 'failed')
+      throw new InternalError(`ShardedWriter: finish() after ${this.state}`);
+    if (this.next !== this.order.length)
+      throw new InternalError(
+        `ShardedWriter: finish() with ${this.order.length - this.next} tensors unwritten (next "${this.expected()?.name}")`,
+      );
     if (this.order.length === 0) this.openShard(0); // an empty checkpoint is still a valid file
     this.closeShard();
     const totalSize = this.shards.reduce((s, x) => s + x.dataBytes, 0);

@@ -37,7 +37,13 @@ export interface Alignment {
 }
 
 /** Neuron features [width, 3·hidden] (or projected [width, dim]) of one expert. */
-async function features(be: Backend, w: ExpertWeights, width: number, hidden: number, projection?: Float32Array[]): Promise<Float32Array> {
+async function features(
+  be: Backend,
+  w: ExpertWeights,
+  width: number,
+  hidden: number,
+  projection?: Float32Array[],
+): Promise<Float32Array> {
   const downT = new Float32Array(width * hidden); // [width, hidden]
   for (let r = 0; r < hidden; r++) for (let c = 0; c < width; c++) downT[c * hidden + r] = w.down[r * width + c];
   if (!projection) {
@@ -52,7 +58,11 @@ async function features(be: Backend, w: ExpertWeights, width: number, hidden: nu
   // F·R = gate·R_g + up·R_u + downᵀ·R_d, each R_x given transposed as [dim, hidden] (nn.Linear layout).
   const dim = projection[0].length / hidden;
   const out = new Float32Array(width * dim);
-  for (const [part, r] of [[w.gate, projection[0]], [w.up, projection[1]], [downT, projection[2]]] as const) {
+  for (const [part, r] of [
+    [w.gate, projection[0]],
+    [w.up, projection[1]],
+    [downT, projection[2]],
+  ] as const) {
     const y = await be.linear(part, r, width, hidden, dim);
     for (let i = 0; i < out.length; i++) out[i] += y[i];
   }
@@ -70,7 +80,13 @@ function normalizeRows(f: Float32Array, rows: number, cols: number): Float32Arra
   return out;
 }
 
-function meanMatched(fd: Float32Array, fm: Float32Array, perm: Int32Array | undefined, width: number, cols: number): number {
+function meanMatched(
+  fd: Float32Array,
+  fm: Float32Array,
+  perm: Int32Array | undefined,
+  width: number,
+  cols: number,
+): number {
   let s = 0;
   for (let j = 0; j < width; j++) {
     const k = perm ? perm[j] : j;
@@ -88,7 +104,15 @@ function gaussianProjection(hidden: number, dim: number, seed: number): Float32A
 }
 
 /** Finds the permutation of `member`'s neurons that best matches `dominant`'s. */
-export async function alignExperts(be: Backend, dominant: ExpertWeights, member: ExpertWeights, width: number, hidden: number, seed = 0, exactMax = EXACT_MAX_WIDTH): Promise<Alignment> {
+export async function alignExperts(
+  be: Backend,
+  dominant: ExpertWeights,
+  member: ExpertWeights,
+  width: number,
+  hidden: number,
+  seed = 0,
+  exactMax = EXACT_MAX_WIDTH,
+): Promise<Alignment> {
   const exact = width <= exactMax;
   const projection = exact ? undefined : gaussianProjection(hidden, PROJECTION_DIM, seed);
   const cols = exact ? 3 * hidden : PROJECTION_DIM;
@@ -122,7 +146,12 @@ export async function alignExperts(be: Backend, dominant: ExpertWeights, member:
       return m <= LEFTOVER_EXACT_MAX ? hungarianMax(sub, m) : greedyDense(sub, m);
     });
   }
-  return { perm, method: exact ? 'exact' : 'approximate', scoreBefore: meanMatched(fd, fm, undefined, width, cols), scoreAfter: meanMatched(fd, fm, perm, width, cols) };
+  return {
+    perm,
+    method: exact ? 'exact' : 'approximate',
+    scoreBefore: meanMatched(fd, fm, undefined, width, cols),
+    scoreAfter: meanMatched(fd, fm, perm, width, cols),
+  };
 }
 
 function topIndices(row: Float32Array, k: number): Int32Array {

@@ -70,9 +70,14 @@ export interface SparseRows {
  * Approximate matching from each row's best candidates: greedy on edges by decreasing similarity, then the
  * leftover rows and columns matched by `leftover` (dense similarity on request).
  */
-export function sparseGreedyMatch(n: number, cand: SparseRows, leftover: (rows: number[], cols: number[]) => Int32Array): Int32Array {
+export function sparseGreedyMatch(
+  n: number,
+  cand: SparseRows,
+  leftover: (rows: number[], cols: number[]) => Int32Array,
+): Int32Array {
   const edges: { r: number; c: number; s: number }[] = [];
-  for (let r = 0; r < n; r++) for (let i = 0; i < cand.cols[r].length; i++) edges.push({ r, c: cand.cols[r][i], s: cand.sims[r][i] });
+  for (let r = 0; r < n; r++)
+    for (let i = 0; i < cand.cols[r].length; i++) edges.push({ r, c: cand.cols[r][i], s: cand.sims[r][i] });
   edges.sort((a, b) => b.s - a.s || a.r - b.r || a.c - b.c);
   const match = new Int32Array(n).fill(-1);
   const taken = new Uint8Array(n);

@@ -43,7 +43,13 @@ export function cosineMatrix(v: Float32Array | Float64Array, E: number, dim: num
   return out;
 }
 
-export function msmoeGroups(freq: ArrayLike<number>, sim: Float64Array, E: number, keep: number, groups = 1): MergeGroup[] {
+export function msmoeGroups(
+  freq: ArrayLike<number>,
+  sim: Float64Array,
+  E: number,
+  keep: number,
+  groups = 1,
+): MergeGroup[] {
   const out: MergeGroup[] = [];
   for (const members of routingGroups(E, groups)) {
     const quota = keep / groups;
@@ -63,7 +69,14 @@ export function msmoeGroups(freq: ArrayLike<number>, sim: Float64Array, E: numbe
   return out;
 }
 
-export function hierarchicalGroups(freq: ArrayLike<number>, sim: Float64Array, E: number, keep: number, linkage: Linkage, groups = 1): MergeGroup[] {
+export function hierarchicalGroups(
+  freq: ArrayLike<number>,
+  sim: Float64Array,
+  E: number,
+  keep: number,
+  linkage: Linkage,
+  groups = 1,
+): MergeGroup[] {
   const out: MergeGroup[] = [];
   for (const members of routingGroups(E, groups)) {
     let clusters = members.map((e) => [e]);

@@ -35,7 +35,7 @@ const routerParam = (dflt: RouterMode): MergeParamDef => ({
   type: 'choice',
   choices: ROUTER_MODES,
   default: dflt,
-  description: 'router row per merged expert: the dominant expert\'s or the frequency-weighted mean',
+  description: "router row per merged expert: the dominant expert's or the frequency-weighted mean",
 });
 const linkageParam: MergeParamDef = {
   name: 'linkage',

@@ -78,7 +78,8 @@ export abstract class Architecture {
     this.topK = this.cfg.int('num_experts_per_tok');
     this.tieEmbeddings = this.cfg.bool('tie_word_embeddings', false);
     if (this.numExperts < 1) throw this.cfg.error('the routed expert count is 0: this is a dense model');
-    if (this.topK < 1 || this.topK > this.numExperts) throw this.cfg.error(`num_experts_per_tok ${this.topK} is not between 1 and the expert count ${this.numExperts}`);
+    if (this.topK < 1 || this.topK > this.numExperts)
+      throw this.cfg.error(`num_experts_per_tok ${this.topK} is not between 1 and the expert count ${this.numExperts}`);
   }
 
   abstract isMoeLayer(layer: number): boolean;
@@ -168,15 +169,27 @@ export abstract class Architecture {
     const out: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [this.vocab, h], role: { kind: 'embed' } }];
     for (let l = 0; l < this.numLayers; l++) {
       const p = `model.layers.${l}`;
-      out.push({ name: `${p}.input_layernorm.weight`, shape: [h], role: { kind: 'norm', layer: l, name: 'input_layernorm' } });
+      out.push({
+        name: `${p}.input_layernorm.weight`,
+        shape: [h],
+        role: { kind: 'norm', layer: l, name: 'input_layernorm' },
+      });
       out.push(...this.attentionSpecs(l));
-      out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [h], role: { kind: 'norm', layer: l, name: 'post_attention_layernorm' } });
+      out.push({
+        name: `${p}.post_attention_layernorm.weight`,
+        shape: [h],
+        role: { kind: 'norm', layer: l, name: 'post_attention_layernorm' },
+      });
       out.push(...this.mlpSpecs(l));
       if (this.isMoeLayer(l)) {
         const w = this.expertWidth;
         for (let e = 0; e < this.numExperts; e++) {
           for (const proj of PROJS) {
-            out.push({ name: this.expertKey(l, e, proj), shape: proj === 'down' ? [h, w] : [w, h], role: { kind: 'expert', layer: l, expert: e, proj } });
+            out.push({
+              name: this.expertKey(l, e, proj),
+              shape: proj === 'down' ? [h, w] : [w, h],
+              role: { kind: 'expert', layer: l, expert: e, proj },
+            });
           }
         }
       }
@@ -251,7 +264,12 @@ export const SYNTH_COMMON: Config = {
 /** llama.cpp's names for the four GQA projections, with their biases; q and k permuted for "llama" models. */
 export function gqaGgufTensors(layer: number, blk: string, permute?: { q: number; k: number }): GgufAttentionTensor[] {
   const out: GgufAttentionTensor[] = [];
-  const names = [['q_proj', 'attn_q'], ['k_proj', 'attn_k'], ['v_proj', 'attn_v'], ['o_proj', 'attn_output']];
+  const names = [
+    ['q_proj', 'attn_q'],
+    ['k_proj', 'attn_k'],
+    ['v_proj', 'attn_v'],
+    ['o_proj', 'attn_output'],
+  ];
   for (const [hf, gg] of names) {
     const permuteHeads = hf === 'q_proj' ? permute?.q : hf === 'k_proj' ? permute?.k : undefined;
     const from = `model.layers.${layer}.self_attn.${hf}`;
@@ -272,7 +290,9 @@ export function vector(name: string, n: number, role: TensorRole): TensorSpec {
 
 /** A gate/up/down MLP under `prefix` (dense layers and shared experts). */
 export function mlp(prefix: string, hidden: number, width: number, role: (p: Proj) => TensorRole): TensorSpec[] {
-  return PROJS.map((p) => linear(`${prefix}.${p}_proj.weight`, p === 'down' ? hidden : width, p === 'down' ? width : hidden, role(p)));
+  return PROJS.map((p) =>
+    linear(`${prefix}.${p}_proj.weight`, p === 'down' ? hidden : width, p === 'down' ? width : hidden, role(p)),
+  );
 }
 
 /** Standard multi-head / grouped-query attention projections (Mixtral, Qwen, OLMoE). */

@@ -29,7 +29,8 @@ export class ConfigReader {
     for (const k of list) {
       const v = this.config[k];
       if (v === undefined || v === null) continue;
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw this.error(`"${k}" is ${JSON.stringify(v)}, expected a number`);
+      if (typeof v !== 'number' || !Number.isFinite(v))
+        throw this.error(`"${k}" is ${JSON.stringify(v)}, expected a number`);
       return v;
     }
     if (fallback !== undefined) return fallback;
@@ -39,7 +40,8 @@ export class ConfigReader {
   /** A positive integer (counts and sizes). */
   int(keys: string | readonly string[], fallback?: number): number {
     const v = this.num(keys, fallback);
-    if (!Number.isInteger(v) || v < 0) throw this.error(`"${typeof keys === 'string' ? keys : keys[0]}" is ${v}, expected a non-negative integer`);
+    if (!Number.isInteger(v) || v < 0)
+      throw this.error(`"${typeof keys === 'string' ? keys : keys[0]}" is ${v}, expected a non-negative integer`);
     return v;
   }
 
@@ -64,7 +66,8 @@ export class ConfigReader {
   intList(key: string): number[] {
     const v = this.config[key];
     if (v === undefined || v === null) return [];
-    if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x))) throw this.error(`"${key}" is ${JSON.stringify(v)}, expected a list of integers`);
+    if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x)))
+      throw this.error(`"${key}" is ${JSON.stringify(v)}, expected a list of integers`);
     return v as number[];
   }
 
@@ -76,7 +79,10 @@ export class ConfigReader {
   }
 
   error(why: string): CheckpointError {
-    return new CheckpointError(`bad config: ${why}`, { file: this.file, hint: 'fix config.json or re-save the model with transformers' });
+    return new CheckpointError(`bad config: ${why}`, {
+      file: this.file,
+      hint: 'fix config.json or re-save the model with transformers',
+    });
   }
 }
 

@@ -88,7 +88,9 @@ export class DeepseekV2 extends Architecture {
       }
     }
     if (!att.interleaved) {
-      throw new CheckpointError('GGUF output for DeepSeek needs the interleaved rotary layout (rope_interleave)', { file: this.dir });
+      throw new CheckpointError('GGUF output for DeepSeek needs the interleaved rotary layout (rope_interleave)', {
+        file: this.dir,
+      });
     }
     const r = this.routing;
     keys.push(
@@ -192,11 +194,21 @@ export class DeepseekV2 extends Architecture {
 
   protected denseMlp(layer: number): TensorSpec[] {
     const p = `model.layers.${layer}.mlp`;
-    const specs = mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
+    const specs = mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({
+      kind: 'dense_mlp',
+      layer,
+      proj,
+    }));
     if (!this.cfg.bool('mlp_bias', false)) return specs;
     const withBias: TensorSpec[] = [];
     for (const s of specs) {
-      withBias.push(s, vector(s.name.replace(/\.weight$/, '.bias'), s.shape[0], { ...(s.role as { kind: 'dense_mlp'; layer: number; proj: 'gate' }), bias: true }));
+      withBias.push(
+        s,
+        vector(s.name.replace(/\.weight$/, '.bias'), s.shape[0], {
+          ...(s.role as { kind: 'dense_mlp'; layer: number; proj: 'gate' }),
+          bias: true,
+        }),
+      );
     }
     return withBias;
   }
@@ -232,7 +244,11 @@ export class DeepseekV3 extends DeepseekV2 {
   }
 
   protected override denseMlp(layer: number): TensorSpec[] {
-    return mlp(`model.layers.${layer}.mlp`, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
+    return mlp(`model.layers.${layer}.mlp`, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({
+      kind: 'dense_mlp',
+      layer,
+      proj,
+    }));
   }
 }
 
@@ -255,8 +271,20 @@ function mlaGgufTensors(att: MlaSpec, layer: number, blk: string): GgufAttention
   const split = { heads: att.heads, nope: att.nopeDim, v: att.vDim };
   const kShape = [att.heads, att.kvLoraRank, att.nopeDim];
   const vShape = [att.heads, att.vDim, att.kvLoraRank];
-  out.push({ name: `${blk}.attn_k_b.weight`, shape: kShape, from: kvb, kind: 'weight', splitKvB: { ...split, part: 'k' } });
-  out.push({ name: `${blk}.attn_v_b.weight`, shape: vShape, from: kvb, kind: 'weight', splitKvB: { ...split, part: 'v' } });
+  out.push({
+    name: `${blk}.attn_k_b.weight`,
+    shape: kShape,
+    from: kvb,
+    kind: 'weight',
+    splitKvB: { ...split, part: 'k' },
+  });
+  out.push({
+    name: `${blk}.attn_v_b.weight`,
+    shape: vShape,
+    from: kvb,
+    kind: 'weight',
+    splitKvB: { ...split, part: 'v' },
+  });
   out.push({ name: `${blk}.attn_output.weight`, from: `${sa}.o_proj.weight`, kind: 'weight' });
   return out;
 }
@@ -267,10 +295,13 @@ function deepseekFromGguf(h: GgufHparams, c: Config, experts: number): void {
   const ropeDim = h.num('rope.dimension_count');
   const kMla = h.opt('attention.key_length_mla');
   if (kMla === undefined || h.tensorNames().some((n) => n.endsWith('.attn_kv_b.weight'))) {
-    throw new CheckpointError('this deepseek2 GGUF has the older layout (attn_kv_b, no key_length_mla), which moe does not read', {
-      file: h.file,
-      hint: 'write it again with moe quantize --format gguf or a current convert_hf_to_gguf.py',
-    });
+    throw new CheckpointError(
+      'this deepseek2 GGUF has the older layout (attn_kv_b, no key_length_mla), which moe does not read',
+      {
+        file: h.file,
+        hint: 'write it again with moe quantize --format gguf or a current convert_hf_to_gguf.py',
+      },
+    );
   }
   const sigmoid = h.num('expert_gating_func', 1) === 2;
   const groups = h.num('expert_group_count', 1);

@@ -13,11 +13,22 @@ export interface ExpertWeights {
 }
 
 export function loadExpert(reader: TensorReader, arch: Architecture, layer: number, e: number): ExpertWeights {
-  return { gate: reader.f32(arch.expertKey(layer, e, 'gate')), up: reader.f32(arch.expertKey(layer, e, 'up')), down: reader.f32(arch.expertKey(layer, e, 'down')) };
+  return {
+    gate: reader.f32(arch.expertKey(layer, e, 'gate')),
+    up: reader.f32(arch.expertKey(layer, e, 'up')),
+    down: reader.f32(arch.expertKey(layer, e, 'down')),
+  };
 }
 
 /** Every routed expert of `layer` applied to x [n, hidden]: one [n, hidden] output per expert (unweighted). */
-export async function expertOutputs(be: Backend, reader: TensorReader, arch: Architecture, layer: number, x: Float32Array, n: number): Promise<Float32Array[]> {
+export async function expertOutputs(
+  be: Backend,
+  reader: TensorReader,
+  arch: Architecture,
+  layer: number,
+  x: Float32Array,
+  n: number,
+): Promise<Float32Array[]> {
   const h = arch.hidden;
   const w = arch.expertWidth;
   const out: Float32Array[] = [];

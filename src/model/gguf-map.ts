@@ -7,9 +7,7 @@ import type { Config } from '../io/checkpoint';
 
 /** A GGUF metadata scalar (the scalar cases of src/gguf/writer's GgufValue). */
 export type GgufScalar =
-  | { type: 'u32' | 'f32'; value: number }
-  | { type: 'bool'; value: boolean }
-  | { type: 'string'; value: string };
+  { type: 'u32' | 'f32'; value: number } | { type: 'bool'; value: boolean } | { type: 'string'; value: string };
 
 export const u32 = (value: number): GgufScalar => ({ type: 'u32', value });
 export const f32 = (value: number): GgufScalar => ({ type: 'f32', value });

@@ -33,8 +33,17 @@ export class Mixtral extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return { scoring: 'softmax', topK: this.topK, normTopK: true, nGroup: 1, topkGroup: 1, groupScore: 'max',
-      groupMask: 'zero', scalingFactor: 1, correctionBias: false };
+    return {
+      scoring: 'softmax',
+      topK: this.topK,
+      normTopK: true,
+      nGroup: 1,
+      topkGroup: 1,
+      groupScore: 'max',
+      groupMask: 'zero',
+      scalingFactor: 1,
+      correctionBias: false,
+    };
   }
 
   override moePrefix(layer: number): string {

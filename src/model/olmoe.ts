@@ -75,7 +75,10 @@ export class Olmoe extends Architecture {
     const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)]];
     if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
     if (att.kvHeads !== att.heads) {
-      throw new CheckpointError(`GGUF output for olmoe with grouped-query attention (${att.kvHeads} key/value heads for ${att.heads}) is not supported by llama.cpp, whose OLMoE normalises k over all heads`, { file: this.dir });
+      throw new CheckpointError(
+        `GGUF output for olmoe with grouped-query attention (${att.kvHeads} key/value heads for ${att.heads}) is not supported by llama.cpp, whose OLMoE normalises k over all heads`,
+        { file: this.dir },
+      );
     }
     return {
       arch: 'olmoe',
@@ -107,7 +110,10 @@ export const olmoe: ArchitectureFamily = {
     complete(h, c, experts) {
       const keyLength = h.opt('attention.key_length');
       if (keyLength !== undefined && keyLength !== (c.hidden_size as number) / (c.num_attention_heads as number)) {
-        throw new CheckpointError(`olmoe with key_length ${keyLength} ≠ embedding_length / head_count is not read by moe`, { file: h.file });
+        throw new CheckpointError(
+          `olmoe with key_length ${keyLength} ≠ embedding_length / head_count is not read by moe`,
+          { file: h.file },
+        );
       }
       const intermediate_size = h.num('feed_forward_length');
       Object.assign(c, { model_type: 'olmoe', num_experts: experts, intermediate_size, attention_bias: false });

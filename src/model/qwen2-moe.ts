@@ -61,12 +61,16 @@ export class Qwen2Moe extends Architecture {
 
   protected attentionSpecs(layer: number): TensorSpec[] {
     const heads = this.cfg.int('num_attention_heads');
-    return gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), this.headDim(), { qkv: this.cfg.bool('qkv_bias', true), o: false });
+    return gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), this.headDim(), {
+      qkv: this.cfg.bool('qkv_bias', true),
+      o: false,
+    });
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {
     const p = `model.layers.${layer}.mlp`;
-    if (!this.isMoeLayer(layer)) return mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
+    if (!this.isMoeLayer(layer))
+      return mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
     const out = [linear(this.routerKey(layer), this.numExperts, this.hidden, { kind: 'router', layer })];
     // transformers builds the shared expert unconditionally; a width of 0 gives empty tensors.
     const width = this.cfg.int('shared_expert_intermediate_size', 0);
@@ -89,7 +93,10 @@ export class Qwen2Moe extends Architecture {
     if (this.sharedExperts > 0) keys.push(['expert_shared_feed_forward_length', u32(shared)]);
     if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
     if (this.moeLayers.length !== this.numLayers) {
-      throw new CheckpointError('GGUF output for qwen2_moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by llama.cpp', { file: this.dir });
+      throw new CheckpointError(
+        'GGUF output for qwen2_moe with dense layers (mlp_only_layers / decoder_sparse_step) is not supported by llama.cpp',
+        { file: this.dir },
+      );
     }
     return {
       arch: 'qwen2moe',

@@ -31,7 +31,10 @@ export class Qwen3Moe extends Qwen2Moe {
     const hd = this.headDim();
     const p = `model.layers.${layer}.self_attn`;
     return [
-      ...gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), hd, { qkv: bias, o: bias }),
+      ...gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), hd, {
+        qkv: bias,
+        o: bias,
+      }),
       vector(`${p}.q_norm.weight`, hd, { kind: 'norm', layer, name: 'q_norm' }),
       vector(`${p}.k_norm.weight`, hd, { kind: 'norm', layer, name: 'k_norm' }),
     ];
@@ -39,7 +42,8 @@ export class Qwen3Moe extends Qwen2Moe {
 
   protected override mlpSpecs(layer: number): TensorSpec[] {
     const p = `model.layers.${layer}.mlp`;
-    if (!this.isMoeLayer(layer)) return mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
+    if (!this.isMoeLayer(layer))
+      return mlp(p, this.hidden, this.cfg.int('intermediate_size'), (proj) => ({ kind: 'dense_mlp', layer, proj }));
     return [linear(this.routerKey(layer), this.numExperts, this.hidden, { kind: 'router', layer })];
   }
 

@@ -47,9 +47,23 @@ export interface ReducedWrite {
  * Writes the reduced checkpoint into `out` (an open OutputFolder); `keep` is the new expert count. `progress` is
  * started with the bytes the output will hold (not the source's, so it ends at 100%).
  */
-export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, out: OutputFolder, maxShardBytes: number, progress?: (totalBytes: number) => Progress): Promise<ReducedWrite> {
+export async function writeReduced(
+  ckpt: Checkpoint,
+  arch: Architecture,
+  plan: Map<number, LayerReduction>,
+  keep: number,
+  out: OutputFolder,
+  maxShardBytes: number,
+  progress?: (totalBytes: number) => Progress,
+): Promise<ReducedWrite> {
   // Source name of every output tensor, in the source order; new experts take the place of the old ones.
-  const items: { name: string; src?: string; make?: () => Uint8Array | Promise<Uint8Array>; dtype: PlannedTensor['dtype']; shape: number[] }[] = [];
+  const items: {
+    name: string;
+    src?: string;
+    make?: () => Uint8Array | Promise<Uint8Array>;
+    dtype: PlannedTensor['dtype'];
+    shape: number[];
+  }[] = [];
   // Computed experts are made one at a time, when the writer reaches them.
   let last: { key: string; value: Promise<Record<Proj, Uint8Array>> } | undefined;
   const computedExpert = (layer: number, p: LayerReduction, i: number) => {
@@ -90,7 +104,12 @@ export async function writeReduced(ckpt: Checkpoint, arch: Architecture, plan: M
         const given = isRouter ? layerPlan.router : layerPlan.correctionBias;
         const rowBytes = (t.shape.length === 2 ? t.shape[1] : 1) * dtypeBytes(t.dtype);
         const shape = isRouter ? [keep, t.shape[1]] : [keep];
-        items.push({ name: t.name, make: () => given ?? sliceRows(reader.bytes(t.name), rowBytes, layerPlan.copyOf), dtype: t.dtype, shape });
+        items.push({
+          name: t.name,
+          make: () => given ?? sliceRows(reader.bytes(t.name), rowBytes, layerPlan.copyOf),
+          dtype: t.dtype,
+          shape,
+        });
       } else {
         items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
       }
@@ -157,10 +176,20 @@ export interface ReducedOutput {
  * `record` (moe-compression.json) beside it. `record` is called after the weights are written, so it can report
  * what was measured while writing (e.g. alignment scores).
  */
-export async function writeReducedOutput(ckpt: Checkpoint, arch: Architecture, plan: Map<number, LayerReduction>, keep: number, dest: ReducedOutput, ctx: Context, record: () => object): Promise<ReducedWrite> {
+export async function writeReducedOutput(
+  ckpt: Checkpoint,
+  arch: Architecture,
+  plan: Map<number, LayerReduction>,
+  keep: number,
+  dest: ReducedOutput,
+  ctx: Context,
+  record: () => object,
+): Promise<ReducedWrite> {
   return withOutput(dest.output, { force: dest.force, command: dest.command, verify: verifyWritten }, async (out) => {
     // Counted in output bytes; worth the source's bytes of the command's task (see sourceBytes).
-    const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (total) => ctx.progress('write', total, 'bytes', sourceBytes(ckpt)));
+    const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (total) =>
+      ctx.progress('write', total, 'bytes', sourceBytes(ckpt)),
+    );
     out.writeRecord(COMPRESSION_FILE, { tool: 'moe', ...record() });
     return written;
   });

@@ -65,20 +65,66 @@ export function modelTypes(): string[] {
 }
 
 /** Mixture-of-Experts families that moe knows of but does not handle yet. */
-const MOE_NOT_YET = ['phimoe', 'gpt_oss', 'dbrx', 'jamba', 'granitemoe', 'granitemoeshared', 'qwen3_next', 'llama4', 'jetmoe', 'minimax', 'glm4_moe', 'ernie4_5_moe', 'hunyuan_v1_moe', 'deepseek_v32', 'qwen3_vl_moe', 'switch_transformers', 'nllb_moe'];
+const MOE_NOT_YET = [
+  'phimoe',
+  'gpt_oss',
+  'dbrx',
+  'jamba',
+  'granitemoe',
+  'granitemoeshared',
+  'qwen3_next',
+  'llama4',
+  'jetmoe',
+  'minimax',
+  'glm4_moe',
+  'ernie4_5_moe',
+  'hunyuan_v1_moe',
+  'deepseek_v32',
+  'qwen3_vl_moe',
+  'switch_transformers',
+  'nllb_moe',
+];
 
 /** Dense families people commonly point moe at by mistake. */
-const DENSE = ['llama', 'mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2', 'gemma3', 'gemma3_text', 'phi', 'phi3', 'gpt2', 'gpt_neox', 'olmo', 'olmo2', 'falcon', 'starcoder2', 'smollm3', 'granite'];
+const DENSE = [
+  'llama',
+  'mistral',
+  'qwen2',
+  'qwen3',
+  'gemma',
+  'gemma2',
+  'gemma3',
+  'gemma3_text',
+  'phi',
+  'phi3',
+  'gpt2',
+  'gpt_neox',
+  'olmo',
+  'olmo2',
+  'falcon',
+  'starcoder2',
+  'smollm3',
+  'granite',
+];
 
 export function architectureFor(config: Config, dir: string): Architecture {
   const file = path.join(dir, 'config.json');
   const type = config.model_type;
-  if (typeof type !== 'string') throw new CheckpointError('config.json has no model_type', { file, hint: 'this does not look like a Hugging Face transformers config' });
+  if (typeof type !== 'string')
+    throw new CheckpointError('config.json has no model_type', {
+      file,
+      hint: 'this does not look like a Hugging Face transformers config',
+    });
   const family = architectures.get(type);
   if (family) return family.create(config, dir);
   const supported = modelTypes().join(', ');
-  if (DENSE.includes(type)) throw new CheckpointError(`model_type "${type}" is a dense model with no experts`, { file, hint: `moe compresses Mixture-of-Experts models: ${supported}` });
-  if (MOE_NOT_YET.includes(type)) throw new CheckpointError(`model_type "${type}" is not supported yet`, { file, hint: `supported: ${supported}` });
+  if (DENSE.includes(type))
+    throw new CheckpointError(`model_type "${type}" is a dense model with no experts`, {
+      file,
+      hint: `moe compresses Mixture-of-Experts models: ${supported}`,
+    });
+  if (MOE_NOT_YET.includes(type))
+    throw new CheckpointError(`model_type "${type}" is not supported yet`, { file, hint: `supported: ${supported}` });
   throw new CheckpointError(`unknown model_type "${type}"`, { file, hint: `supported: ${supported}` });
 }
 

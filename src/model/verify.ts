@@ -31,7 +31,17 @@ export function verifyCheckpoint(dir: string, opts: { nan?: boolean } = {}): Ver
   const ckpt = openCheckpoint(dir);
   const arch = loadArchitecture(ckpt);
   const bytes = ckpt.shards.reduce((n, s) => n + fs.statSync(s).size, 0);
-  const report: VerifyReport = { model: ckpt.dir, model_type: arch.modelType, tensors: ckpt.tensors.size, shards: ckpt.shards.length, indexed: ckpt.indexed, bytes, values_checked: null, nonfinite: [], ok: true };
+  const report: VerifyReport = {
+    model: ckpt.dir,
+    model_type: arch.modelType,
+    tensors: ckpt.tensors.size,
+    shards: ckpt.shards.length,
+    indexed: ckpt.indexed,
+    bytes,
+    values_checked: null,
+    nonfinite: [],
+    ok: true,
+  };
   if (opts.nan) {
     const reader = new TensorReader(ckpt);
     let checked = 0;
@@ -61,7 +71,10 @@ export function verifyCheckpoint(dir: string, opts: { nan?: boolean } = {}): Ver
 export function checkFinite(r: VerifyReport): void {
   if (r.nonfinite.length) {
     const first = r.nonfinite[0];
-    throw new CheckpointError(`${r.nonfinite.length} tensor(s) hold NaN or Inf values, first ${first.tensor} (${first.count} values)`, { file: r.model, hint: 'the checkpoint is corrupt or diverged; do not compress it' });
+    throw new CheckpointError(
+      `${r.nonfinite.length} tensor(s) hold NaN or Inf values, first ${first.tensor} (${first.count} values)`,
+      { file: r.model, hint: 'the checkpoint is corrupt or diverged; do not compress it' },
+    );
   }
 }
 

@@ -13,17 +13,28 @@ export function resolveKeep(arch: Architecture, keep: number | undefined, ratio:
   if ((keep === undefined) === (ratio === undefined)) throw new UsageError('give exactly one of --keep K or --ratio R');
   if (ratio !== undefined && !(ratio > 0 && ratio <= 1)) throw new UsageError(`--ratio ${ratio} must be in (0, 1]`);
   const K = keep ?? Math.round(E * ratio!);
-  if (!Number.isInteger(K) || K < 1 || K > E) throw new UsageError(`keeping ${K} experts is impossible: the model has ${E} per MoE layer`);
-  if (K < arch.topK) throw new UsageError(`keeping ${K} experts is fewer than the ${arch.topK} each token routes to (num_experts_per_tok)`, { hint: `keep at least ${arch.topK}` });
+  if (!Number.isInteger(K) || K < 1 || K > E)
+    throw new UsageError(`keeping ${K} experts is impossible: the model has ${E} per MoE layer`);
+  if (K < arch.topK)
+    throw new UsageError(
+      `keeping ${K} experts is fewer than the ${arch.topK} each token routes to (num_experts_per_tok)`,
+      { hint: `keep at least ${arch.topK}` },
+    );
   const r = arch.routing;
   if (r.nGroup > 1) {
-    const ok = (k: number) => k % r.nGroup === 0 && (r.groupScore !== 'top2sum' || k / r.nGroup >= 2) && r.topkGroup * (k / r.nGroup) >= arch.topK;
+    const ok = (k: number) =>
+      k % r.nGroup === 0 &&
+      (r.groupScore !== 'top2sum' || k / r.nGroup >= 2) &&
+      r.topkGroup * (k / r.nGroup) >= arch.topK;
     if (!ok(K)) {
       let up = K;
       while (up <= E && !ok(up)) up++;
-      throw new UsageError(`keeping ${K} experts breaks the ${r.nGroup} routing groups (n_group): each group must keep the same number${r.groupScore === 'top2sum' ? ', at least 2,' : ''} and topk_group × per-group count must reach top-k`, {
-        hint: up <= E ? `try --keep ${up}` : 'keep more experts',
-      });
+      throw new UsageError(
+        `keeping ${K} experts breaks the ${r.nGroup} routing groups (n_group): each group must keep the same number${r.groupScore === 'top2sum' ? ', at least 2,' : ''} and topk_group × per-group count must reach top-k`,
+        {
+          hint: up <= E ? `try --keep ${up}` : 'keep more experts',
+        },
+      );
     }
   }
   return K;

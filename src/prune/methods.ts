@@ -40,7 +40,12 @@ export interface PruneMethod {
   select(layer: number, c: KeepConstraints, ctx: PruneContext): Promise<LayerChoice>;
 }
 
-function byScore(name: string, title: string, paper: string | undefined, score: (stats: CalibrationStats, layer: number) => ArrayLike<number>): PruneMethod {
+function byScore(
+  name: string,
+  title: string,
+  paper: string | undefined,
+  score: (stats: CalibrationStats, layer: number) => ArrayLike<number>,
+): PruneMethod {
   return {
     name,
     title,

@@ -49,14 +49,22 @@ export class ReconstructionProblem {
   }
 
   /** Runs the router and every expert of `layer` on the samples x [n, hidden]. */
-  static async build(be: Backend, reader: TensorReader, arch: Architecture, layer: number, x: Float32Array, n: number): Promise<ReconstructionProblem> {
+  static async build(
+    be: Backend,
+    reader: TensorReader,
+    arch: Architecture,
+    layer: number,
+    x: Float32Array,
+    n: number,
+  ): Promise<ReconstructionProblem> {
     const h = arch.hidden;
     const logits = await be.linear(x, reader.f32(arch.routerKey(layer)), n, h, arch.numExperts);
     const outputs = await expertOutputs(be, reader, arch, layer, x, n);
     // Stack the outputs per sample, [n, E, h], and take every sample's E×E Gram matrix in one batched product.
     const E = arch.numExperts;
     const stacked = new Float32Array(n * E * h);
-    for (let t = 0; t < n; t++) for (let e = 0; e < E; e++) stacked.set(outputs[e].subarray(t * h, (t + 1) * h), (t * E + e) * h);
+    for (let t = 0; t < n; t++)
+      for (let e = 0; e < E; e++) stacked.set(outputs[e].subarray(t * h, (t + 1) * h), (t * E + e) * h);
     const gram = await be.bmm(stacked, stacked, n, E, h, E, true);
     const biasKey = arch.correctionBiasKey(layer);
     return new ReconstructionProblem(arch, n, logits, gram, biasKey ? reader.f32(biasKey) : undefined);
@@ -77,7 +85,8 @@ export class ReconstructionProblem {
         const ei = r.experts[t * k + i];
         const wi = r.weights[t * k + i];
         wz += wi * this.cross[t * E + ei];
-        for (let j = 0; j < k; j++) ww += wi * r.weights[t * k + j] * this.gram[(t * E + ei) * E + r.experts[t * k + j]];
+        for (let j = 0; j < k; j++)
+          ww += wi * r.weights[t * k + j] * this.gram[(t * E + ei) * E + r.experts[t * k + j]];
       }
       total += Math.max(0, ww - 2 * wz + this.zz[t]);
     }

@@ -22,9 +22,12 @@ export function checkConstraints(c: KeepConstraints, layer: number): void {
   for (let g = 0; g < c.groups; g++) {
     const p = [...c.protect].filter((e) => groupOf(e, c) === g).length;
     if (p > perGroup) {
-      throw new UsageError(`layer ${layer}: ${p} protected super experts in routing group ${g}, but only ${perGroup} experts per group are kept`, {
-        hint: 'keep more experts, or drop --protect-super-experts',
-      });
+      throw new UsageError(
+        `layer ${layer}: ${p} protected super experts in routing group ${g}, but only ${perGroup} experts per group are kept`,
+        {
+          hint: 'keep more experts, or drop --protect-super-experts',
+        },
+      );
     }
   }
 }
@@ -35,7 +38,9 @@ export function topByScore(scores: ArrayLike<number>, c: KeepConstraints): numbe
   const kept: number[] = [];
   for (let g = 0; g < c.groups; g++) {
     const members = [...Array(c.experts).keys()].filter((e) => groupOf(e, c) === g);
-    const ranked = members.sort((a, b) => Number(c.protect.has(b)) - Number(c.protect.has(a)) || scores[b] - scores[a] || a - b);
+    const ranked = members.sort(
+      (a, b) => Number(c.protect.has(b)) - Number(c.protect.has(a)) || scores[b] - scores[a] || a - b,
+    );
     kept.push(...ranked.slice(0, perGroup));
   }
   return kept.sort((a, b) => a - b);
@@ -93,7 +98,10 @@ export function* keepSets(c: KeepConstraints): Generator<number[]> {
 }
 
 /** Drops one expert at a time, the one whose removal costs least, until `keep` remain. */
-export function greedyKeep(c: KeepConstraints, loss: (keep: number[]) => number): { kept: number[]; loss: number; evaluated: number } {
+export function greedyKeep(
+  c: KeepConstraints,
+  loss: (keep: number[]) => number,
+): { kept: number[]; loss: number; evaluated: number } {
   let kept = [...Array(c.experts).keys()];
   const perGroup = c.keep / c.groups;
   let best = loss(kept);

@@ -23,7 +23,10 @@ interface GLPK {
   GLP_OPT: number;
   GLP_FEAS: number;
   GLP_NOFEAS: number;
-  solve(lp: LP, options: { msglev: number; presol: boolean; tmlim: number }): { result: { status: number; z: number; vars: Record<string, number> } };
+  solve(
+    lp: LP,
+    options: { msglev: number; presol: boolean; tmlim: number },
+  ): { result: { status: number; z: number; vars: Record<string, number> } };
 }
 interface LP {
   name: string;
@@ -116,28 +119,65 @@ export async function allocate(p: AllocProblem, opts: AllocOptions = {}): Promis
       objective += prep.cost(g, r.choice[g]);
     }
     const gap = r.status === 'optimal' ? 0 : objective > 0 ? Math.max(0, (objective - r.bound) / objective) : 0;
-    return { ...r, lp_bound: r.bound, bound: r.status === 'optimal' ? objective : r.bound, bits, objective, gap, seconds: (Date.now() - started) / 1000 };
+    return {
+      ...r,
+      lp_bound: r.bound,
+      bound: r.status === 'optimal' ? objective : r.bound,
+      bits,
+      objective,
+      gap,
+      seconds: (Date.now() - started) / 1000,
+    };
   };
   const empty = options.findIndex((o) => o.length === 0);
-  if (empty >= 0) return done({ choice: new Int32Array(G).fill(-1), bound: Infinity, status: 'infeasible', method: 'trivial', searched_groups: 0, message: `group ${empty} allows no bit-width` });
+  if (empty >= 0)
+    return done({
+      choice: new Int32Array(G).fill(-1),
+      bound: Infinity,
+      status: 'infeasible',
+      method: 'trivial',
+      searched_groups: 0,
+      message: `group ${empty} allows no bit-width`,
+    });
   let least = 0;
   for (let g = 0; g < G; g++) least += prep.bitsOf(g, options[g][0]);
   const budget = p.budgetBits;
   if (least > budget * (1 + 1e-12) + EPS) {
-    return done({ choice: new Int32Array(G).fill(-1), bound: Infinity, status: 'infeasible', method: 'trivial', searched_groups: 0, message: `the fewest bits allowed (${least}) exceed the budget (${budget})` });
+    return done({
+      choice: new Int32Array(G).fill(-1),
+      bound: Infinity,
+      status: 'infeasible',
+      method: 'trivial',
+      searched_groups: 0,
+      message: `the fewest bits allowed (${least}) exceed the budget (${budget})`,
+    });
   }
 
   // 1. Greedy over lower convex hulls: the LP optimum and a feasible integer solution.
   const { choice, bound, lambda, broke, used, steps } = greedyHulls(prep, G, least, budget);
-  if (!broke) return done({ choice, bound, status: 'optimal', method: steps.length ? 'lagrangian' : 'trivial', searched_groups: 0 });
+  if (!broke)
+    return done({
+      choice,
+      bound,
+      status: 'optimal',
+      method: steps.length ? 'lagrangian' : 'trivial',
+      searched_groups: 0,
+    });
   // Fill what budget is left, cheapest first, with any single move that still fits (keeps feasibility).
   greedyFill(choice, prep, budget, used);
   const incumbent = choice.reduce((s, c, g) => s + prep.cost(g, c), 0);
   const tol = opts.gapTolerance ?? 1e-9;
-  if (incumbent - bound <= tol * Math.max(Math.abs(incumbent), EPS)) return done({ choice, bound, status: 'optimal', method: 'lagrangian', searched_groups: 0 });
+  if (incumbent - bound <= tol * Math.max(Math.abs(incumbent), EPS))
+    return done({ choice, bound, status: 'optimal', method: 'lagrangian', searched_groups: 0 });
 
   const exact = await exactStage(prep, choice, { bound, lambda, incumbent, budget }, opts);
-  return done({ choice, bound, status: exact.optimal ? 'optimal' : 'feasible', method: exact.method, searched_groups: exact.searched });
+  return done({
+    choice,
+    bound,
+    status: exact.optimal ? 'optimal' : 'feasible',
+    method: exact.method,
+    searched_groups: exact.searched,
+  });
 }
 
 /** Stage 1: the greedy over each group's lower convex hull; the LP bound, λ* and a feasible integer solution. */
@@ -185,7 +225,12 @@ function greedyHulls(prep: Prepared, G: number, least: number, budget: number) {
  * Stages 2 and 3: reduced-cost fixing at λ*, then the exact search (DP, else glpk) over the groups left free;
  * improves `choice` in place.
  */
-async function exactStage(prep: Prepared, choice: Int32Array, at: { bound: number; lambda: number; incumbent: number; budget: number }, opts: AllocOptions): Promise<{ optimal: boolean; method: AllocResult['method']; searched: number }> {
+async function exactStage(
+  prep: Prepared,
+  choice: Int32Array,
+  at: { bound: number; lambda: number; incumbent: number; budget: number },
+  opts: AllocOptions,
+): Promise<{ optimal: boolean; method: AllocResult['method']; searched: number }> {
   const { options } = prep;
   const G = choice.length;
   const { bound, lambda, incumbent, budget } = at;
@@ -225,7 +270,9 @@ async function exactStage(prep: Prepared, choice: Int32Array, at: { bound: numbe
       const slack = (g: number) => {
         const cur = prep.cost(g, choice[g]) + lambda * prep.bitsOf(g, choice[g]);
         let nearest = Infinity;
-        for (const c of alive[g]) if (c !== choice[g]) nearest = Math.min(nearest, Math.abs(prep.cost(g, c) + lambda * prep.bitsOf(g, c) - cur));
+        for (const c of alive[g])
+          if (c !== choice[g])
+            nearest = Math.min(nearest, Math.abs(prep.cost(g, c) + lambda * prep.bitsOf(g, c) - cur));
         return nearest;
       };
       subset = free
@@ -257,7 +304,8 @@ function hull(options: number[], g: number, p: Prepared): number[] {
   const pts: number[] = [];
   for (const c of options) {
     if (pts.length && p.cost(g, c) >= p.cost(g, pts[pts.length - 1]) - EPS * Math.abs(p.cost(g, c))) {
-      if (p.bitsOf(g, c) === p.bitsOf(g, pts[pts.length - 1]) && p.cost(g, c) < p.cost(g, pts[pts.length - 1])) pts[pts.length - 1] = c;
+      if (p.bitsOf(g, c) === p.bitsOf(g, pts[pts.length - 1]) && p.cost(g, c) < p.cost(g, pts[pts.length - 1]))
+        pts[pts.length - 1] = c;
       continue;
     }
     if (pts.length && p.bitsOf(g, c) === p.bitsOf(g, pts[pts.length - 1])) {
@@ -314,7 +362,12 @@ function gcd(a: number, b: number): number {
  * Exact minimum over some groups by dynamic programming on the budget, in units of the gcd of every choice's
  * extra bits over its group's fewest; undefined when that table would be too large or the sizes are not integers.
  */
-function solveByDp(groups: number[], options: number[][], p: Prepared, budget: number): { choice?: number[]; status: 'optimal' | 'infeasible' } | undefined {
+function solveByDp(
+  groups: number[],
+  options: number[][],
+  p: Prepared,
+  budget: number,
+): { choice?: number[]; status: 'optimal' | 'infeasible' } | undefined {
   let base = 0;
   let unit = 0;
   for (const g of groups) {
@@ -366,7 +419,14 @@ function solveByDp(groups: number[], options: number[][], p: Prepared, budget: n
 }
 
 /** The integer program over some groups (the rest fixed) with glpk; undefined when glpk finds nothing. */
-function solveSubset(glpk: GLPK, groups: number[], options: number[][], p: Prepared, budget: number, tmlim: number): { choice?: number[]; status: 'optimal' | 'feasible' | 'infeasible' | 'unknown' } {
+function solveSubset(
+  glpk: GLPK,
+  groups: number[],
+  options: number[][],
+  p: Prepared,
+  budget: number,
+  tmlim: number,
+): { choice?: number[]; status: 'optimal' | 'feasible' | 'infeasible' | 'unknown' } {
   if (budget < -EPS) return { status: 'infeasible' };
   if (groups.length === 0) return { choice: [], status: 'optimal' };
   // Scale costs and bits to O(1) for glpk's tolerances.
@@ -395,7 +455,12 @@ function solveSubset(glpk: GLPK, groups: number[], options: number[][], p: Prepa
     }
   });
   rows.push({ name: 'budget', vars: budgetRow, bnds: { type: glpk.GLP_UP, lb: 0, ub: budget / bitScale + 1e-9 } });
-  const lp: LP = { name: 'bits', objective: { direction: glpk.GLP_MIN, name: 'cost', vars: objective }, subjectTo: rows, binaries };
+  const lp: LP = {
+    name: 'bits',
+    objective: { direction: glpk.GLP_MIN, name: 'cost', vars: objective },
+    subjectTo: rows,
+    binaries,
+  };
   const r = glpk.solve(lp, { msglev: glpk.GLP_MSG_OFF, presol: true, tmlim });
   const s = r.result.status;
   if (s === glpk.GLP_NOFEAS) return { status: 'infeasible' };

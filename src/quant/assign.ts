@@ -27,12 +27,27 @@ export interface SolverSummary {
 }
 
 export type Assignment =
-  | { ok: true; /** Group key → index into the choices (-1 for a fixed group). */ choice: Map<string, number>; solver: SolverSummary | null }
-  | { ok: false; /** The groups of the scope no choice fits, and the least average bits they allow. */ scope: BitGroup[]; least: number };
+  | {
+      ok: true;
+      /** Group key → index into the choices (-1 for a fixed group). */ choice: Map<string, number>;
+      solver: SolverSummary | null;
+    }
+  | {
+      ok: false;
+      /** The groups of the scope no choice fits, and the least average bits they allow. */ scope: BitGroup[];
+      least: number;
+    };
 
 /** Each free group's choice, the fixed groups' bits counted against `average`·params of their scope. */
-export async function assignBits(choices: number[], groups: BitGroup[], average: number, perScope: boolean): Promise<Assignment> {
-  const scopes = perScope ? [...new Set(groups.map((g) => g.scope))].map((s) => groups.filter((g) => g.scope === s)) : [groups];
+export async function assignBits(
+  choices: number[],
+  groups: BitGroup[],
+  average: number,
+  perScope: boolean,
+): Promise<Assignment> {
+  const scopes = perScope
+    ? [...new Set(groups.map((g) => g.scope))].map((s) => groups.filter((g) => g.scope === s))
+    : [groups];
   const choice = new Map<string, number>();
   const results: AllocResult[] = [];
   for (const scoped of scopes) {
@@ -44,7 +59,11 @@ export async function assignBits(choices: number[], groups: BitGroup[], average:
     }
     const free = scoped.filter((g) => g.fixed === undefined);
     if (free.length === 0) continue;
-    const problem = free.map((g) => ({ params: g.params, cost: choices.map((_, i) => g.cost![i] ?? 0), allowed: choices.map((_, i) => g.cost![i] !== undefined) }));
+    const problem = free.map((g) => ({
+      params: g.params,
+      cost: choices.map((_, i) => g.cost![i] ?? 0),
+      allowed: choices.map((_, i) => g.cost![i] !== undefined),
+    }));
     const r = await allocate({ choices, groups: problem, budgetBits: budget });
     if (r.status === 'infeasible') return { ok: false, scope: scoped, least: leastAverage(choices, scoped) };
     free.forEach((g, i) => choice.set(g.key, r.choice[i]));

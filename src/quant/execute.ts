@@ -62,7 +62,8 @@ async function writeOne(x: Execution, ref: TensorRef, t: PlannedWeight, measured
   const w = x.reader.f32(ref.name);
   const inputs = x.quantizer.weighting.inputs(ref.name);
   const q = await x.quantizer.quantize(w, t, t.bits, inputs);
-  if (x.measure) measured.set(t.group, (measured.get(t.group) ?? 0) + (await x.quantizer.weightedError(w, q, t, inputs)));
+  if (x.measure)
+    measured.set(t.group, (measured.get(t.group) ?? 0) + (await x.quantizer.weightedError(w, q, t, inputs)));
   if (x.plan.format === 'packed') {
     const parts = packedPlan(ref.name, t.rows, t.cols, q.bits, x.plan.groupSize);
     x.writer.write(parts[0].name, packCodes(q.codes, t.rows, t.cols, q.bits));
@@ -90,7 +91,8 @@ class RtnPipeline {
     private readonly weightOf: Map<string, PlannedWeight>,
   ) {
     this.queue = x.refs.filter((ref) => weightOf.has(ref.name));
-    const largest = (part: number) => Math.max(0, ...this.queue.map((ref) => tensorBytes(this.partsOf(weightOf.get(ref.name)!)[part])));
+    const largest = (part: number) =>
+      Math.max(0, ...this.queue.map((ref) => tensorBytes(this.partsOf(weightOf.get(ref.name)!)[part])));
     const src = Math.max(0, ...this.queue.map((ref) => ref.end - ref.begin));
     this.slots = [0, 1].map(() => pool.slot(src, { qweight: largest(0), scales: largest(1), qzeros: largest(2) }));
   }
@@ -103,9 +105,15 @@ class RtnPipeline {
     const t = this.weightOf.get(ref.name)!;
     const slot = this.slots[this.turn++ % 2];
     const [qweight, scales, qzeros] = this.partsOf(t).map(tensorBytes);
-    const out = { qweight: slot.out.qweight.subarray(0, qweight), scales: slot.out.scales.subarray(0, scales), qzeros: slot.out.qzeros.subarray(0, qzeros) };
+    const out = {
+      qweight: slot.out.qweight.subarray(0, qweight),
+      scales: slot.out.scales.subarray(0, scales),
+      qzeros: slot.out.qzeros.subarray(0, qzeros),
+    };
     const src = this.x.reader.bytesInto(ref.name, slot.src);
-    const job = this.pool.quantize(src, ref.dtype, t.rows, t.cols, { bits: t.bits, groupSize: this.x.plan.groupSize }, out).then((bad) => ({ bad, out, src }));
+    const job = this.pool
+      .quantize(src, ref.dtype, t.rows, t.cols, { bits: t.bits, groupSize: this.x.plan.groupSize }, out)
+      .then((bad) => ({ bad, out, src }));
     job.catch(() => undefined); // awaited in turn; an early failure must not count as unhandled
     return { name: ref.name, job };
   }
@@ -116,7 +124,13 @@ class RtnPipeline {
     this.ahead = next ? this.launch(next) : undefined;
     const { out: parts, bad, src } = await current.job;
     const size = dtypeBytes(ref.dtype);
-    if (bad >= 0) requireFinite(toFloat32(src.subarray(bad * size, (bad + 1) * size), ref.dtype), ref.name, this.x.quantizer.o.dir, bad);
+    if (bad >= 0)
+      requireFinite(
+        toFloat32(src.subarray(bad * size, (bad + 1) * size), ref.dtype),
+        ref.name,
+        this.x.quantizer.o.dir,
+        bad,
+      );
     const names = this.partsOf(t);
     this.x.writer.write(names[0].name, parts.qweight);
     this.x.writer.write(names[1].name, parts.scales);

@@ -6,7 +6,12 @@ import { METADATA_PREFIX, PACKED_FORMAT, QUANT_METHOD } from '../io/packed';
 import type { PackedInfo } from '../io/safetensors';
 
 /** The `quantization_config` of a packed checkpoint's config.json. */
-export function quantizationConfig(averageBits: number, groupSize: number, method: string, allocate: string): Record<string, unknown> {
+export function quantizationConfig(
+  averageBits: number,
+  groupSize: number,
+  method: string,
+  allocate: string,
+): Record<string, unknown> {
   return {
     quant_method: QUANT_METHOD,
     format: PACKED_FORMAT,
@@ -14,7 +19,8 @@ export function quantizationConfig(averageBits: number, groupSize: number, metho
     group_size: groupSize,
     method,
     allocate,
-    layout: 'per weight P: P.qweight U8 [out, ceil(in*bits/8)] codes LSB-first per row; P.scales BF16 [out, groups]; P.qzeros U8 [out, groups]; w = (code - zero) * scale; bits per weight in the shard metadata key moe.quant.P.weight',
+    layout:
+      'per weight P: P.qweight U8 [out, ceil(in*bits/8)] codes LSB-first per row; P.scales BF16 [out, groups]; P.qzeros U8 [out, groups]; w = (code - zero) * scale; bits per weight in the shard metadata key moe.quant.P.weight',
   };
 }
 

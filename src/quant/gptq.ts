@@ -30,8 +30,19 @@ const DAMP_RETRIES = 4;
 
 // Exception to the 100-line rule (numeric kernel): the blocked column sweep shares its buffers and indices, and
 // splitting it would pass a dozen arrays between pieces of one loop.
-export async function gptq(w: Float32Array, rows: number, cols: number, hIn: Float32Array | Float64Array, spec: QuantSpec, opts: GptqOptions = {}, be?: Backend): Promise<QuantizedMatrix> {
-  if (w.length !== rows * cols || hIn.length !== cols * cols) throw new RangeError(`gptq: W has ${w.length} values for [${rows}, ${cols}], H ${hIn.length} for [${cols}, ${cols}]`);
+export async function gptq(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  hIn: Float32Array | Float64Array,
+  spec: QuantSpec,
+  opts: GptqOptions = {},
+  be?: Backend,
+): Promise<QuantizedMatrix> {
+  if (w.length !== rows * cols || hIn.length !== cols * cols)
+    throw new RangeError(
+      `gptq: W has ${w.length} values for [${rows}, ${cols}], H ${hIn.length} for [${cols}, ${cols}]`,
+    );
   const B = opts.blockSize ?? 128;
   const gs = spec.groupSize;
   const maxq = (1 << spec.bits) - 1;
@@ -73,7 +84,11 @@ export async function gptq(w: Float32Array, rows: number, cols: number, hIn: Flo
       if (!(e instanceof NotPositiveDefinite)) throw e;
     }
   }
-  if (!U) return { ...quantizeRtn(w, rows, cols, spec), fallback: 'the Hessian is not positive definite even with 10⁴× the dampening' };
+  if (!U)
+    return {
+      ...quantizeRtn(w, rows, cols, spec),
+      fallback: 'the Hessian is not positive definite even with 10⁴× the dampening',
+    };
 
   // Per (row, group) grid, filled as groups are reached (or up front with act-order).
   const scales = q.scales;
@@ -136,7 +151,22 @@ export async function gptq(w: Float32Array, rows: number, cols: number, hIn: Flo
  * target[:, tc : tc+n] −= E[:, ec : ec+k] · U[u0 : u0+k, uc : uc+n] for row-major target [rows, tStride],
  * E [rows, eStride] and U [·, uStride]: GPTQ's error propagation as one matrix product.
  */
-async function subtractProduct(target: Float32Array, tStride: number, tc: number, E: Float32Array, eStride: number, ec: number, k: number, U: Float32Array, uStride: number, u0: number, uc: number, n: number, rows: number, be?: Backend): Promise<void> {
+async function subtractProduct(
+  target: Float32Array,
+  tStride: number,
+  tc: number,
+  E: Float32Array,
+  eStride: number,
+  ec: number,
+  k: number,
+  U: Float32Array,
+  uStride: number,
+  u0: number,
+  uc: number,
+  n: number,
+  rows: number,
+  be?: Backend,
+): Promise<void> {
   const e = new Float32Array(rows * k);
   for (let r = 0; r < rows; r++) e.set(E.subarray(r * eStride + ec, r * eStride + ec + k), r * k);
   const ut = new Float32Array(n * k); // U[u0:u0+k, uc:uc+n]ᵀ as [n, k]
@@ -163,4 +193,3 @@ function permuteSym(h: Float32Array, n: number, perm: Int32Array): Float32Array 
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) out[i * n + j] = h[perm[i] * n + perm[j]];
   return out;
 }
-

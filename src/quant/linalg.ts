@@ -12,7 +12,14 @@ const LEAF = 96;
 export class NotPositiveDefinite extends Error {}
 
 /** x·wᵀ for x [m, k] and w [n, k]: on the backend when given, else in plain loops (tests, tiny sizes). */
-export async function matmulT(x: Float32Array, w: Float32Array, m: number, k: number, n: number, be?: Backend): Promise<Float32Array> {
+export async function matmulT(
+  x: Float32Array,
+  w: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  be?: Backend,
+): Promise<Float32Array> {
   if (be && m * k * n > 32768) return be.linear(x, w, m, k, n);
   const out = new Float32Array(m * n);
   for (let i = 0; i < m; i++) {
@@ -73,7 +80,11 @@ function leaf(a: Float32Array, n: number): { L: Float32Array; Li: Float32Array }
  * A = L·Lᵀ for symmetric positive definite A [n, n]: returns L and L⁻¹ (both lower). Throws NotPositiveDefinite.
  * [A11 A21ᵀ; A21 A22]: L11 = chol(A11), L21 = A21·L11⁻ᵀ, L22 = chol(A22 − L21·L21ᵀ), L⁻¹21 = −L22⁻¹·L21·L11⁻¹.
  */
-export async function choleskyWithInverse(a: Float32Array, n: number, be?: Backend): Promise<{ L: Float32Array; Li: Float32Array }> {
+export async function choleskyWithInverse(
+  a: Float32Array,
+  n: number,
+  be?: Backend,
+): Promise<{ L: Float32Array; Li: Float32Array }> {
   if (n <= LEAF) return leaf(a, n);
   const h = Math.floor(n / 2);
   const m = n - h;

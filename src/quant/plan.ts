@@ -26,7 +26,12 @@ export interface Target {
 export type Granularity = 'expert' | 'projection' | 'layer';
 
 /** Every 2-D weight moe quantizes, in checkpoint order: attention, router, routed and shared experts, dense MLPs. Embeddings, lm_head, norms, biases and the shared-expert gate stay as they are. */
-export function quantTargets(arch: Architecture, tensors: Map<string, TensorRef>, granularity: Granularity, keepRouterFp: boolean): Target[] {
+export function quantTargets(
+  arch: Architecture,
+  tensors: Map<string, TensorRef>,
+  granularity: Granularity,
+  keepRouterFp: boolean,
+): Target[] {
   const out: Target[] = [];
   for (const t of tensors.values()) {
     const role = arch.classify(t.name);
@@ -63,7 +68,15 @@ export function quantTargets(arch: Architecture, tensors: Map<string, TensorRef>
       default:
         continue;
     }
-    out.push({ name: t.name, rows: t.shape[0], cols: t.shape[1], cls, layer: L, expert, group: granularity === 'projection' || cls === 'router' ? t.name : unit });
+    out.push({
+      name: t.name,
+      rows: t.shape[0],
+      cols: t.shape[1],
+      cls,
+      layer: L,
+      expert,
+      group: granularity === 'projection' || cls === 'router' ? t.name : unit,
+    });
   }
   return out;
 }

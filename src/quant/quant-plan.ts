@@ -78,10 +78,16 @@ export async function measureCosts(
   return { costs, byTarget };
 }
 
-export type BitsChoice = { ok: true; bits: Map<string, number>; solver: SolverSummary | null } | { ok: false; scope: Group[]; least: number };
+export type BitsChoice =
+  { ok: true; bits: Map<string, number>; solver: SolverSummary | null } | { ok: false; scope: Group[]; least: number };
 
 /** Bits per group: --bits everywhere (fixed groups aside), or the LP over the cost table, per scope. */
-export async function chooseBits(groups: Group[], rules: BitRules, costs: CostTable | undefined, scope: 'global' | 'layer'): Promise<BitsChoice> {
+export async function chooseBits(
+  groups: Group[],
+  rules: BitRules,
+  costs: CostTable | undefined,
+  scope: 'global' | 'layer',
+): Promise<BitsChoice> {
   const bits = new Map<string, number>();
   if (!costs) {
     for (const g of groups) bits.set(g.key, fixedBits(g, rules) ?? rules.bits);
@@ -90,7 +96,13 @@ export async function chooseBits(groups: Group[], rules: BitRules, costs: CostTa
   const { choices } = rules;
   const problem: BitGroup[] = groups.map((g) => {
     const c = costs.get(g.key);
-    return { key: g.key, params: g.params, scope: g.layer, fixed: c ? undefined : allowedBits(g, rules)[0], cost: c && choices.map((b) => c[b]) };
+    return {
+      key: g.key,
+      params: g.params,
+      scope: g.layer,
+      fixed: c ? undefined : allowedBits(g, rules)[0],
+      cost: c && choices.map((b) => c[b]),
+    };
   });
   const r = await assignBits(choices, problem, rules.bits, scope === 'layer');
   if (!r.ok) return { ok: false, scope: groups.filter((g) => r.scope.some((s) => s.key === g.key)), least: r.least };
@@ -155,7 +167,12 @@ export function buildPlan(p: PlanInput): QuantPlan {
   const costs = p.costs ?? new Map();
   const weights: PlannedWeight[] = p.targets.map((t) => {
     const bits = p.bits.get(t.group)!;
-    return { ...t, bits, bytes: packedMatrixBytes(t.rows, t.cols, bits, gs), predicted: p.byTarget?.get(t.name)?.get(bits) ?? null };
+    return {
+      ...t,
+      bits,
+      bytes: packedMatrixBytes(t.rows, t.cols, bits, gs),
+      predicted: p.byTarget?.get(t.name)?.get(bits) ?? null,
+    };
   });
   const weightOf = new Map(weights.map((w) => [w.name, w]));
   const tensors: PlannedTensor[] = [];
@@ -165,7 +182,13 @@ export function buildPlan(p: PlanInput): QuantPlan {
     if (w && p.format === 'packed') {
       const parts = packedPlan(ref.name, w.rows, w.cols, w.bits, gs);
       tensors.push(...parts);
-      const [k, v] = metadataEntry(ref.name, { bits: w.bits, group_size: gs, shape: [w.rows, w.cols], dtype: ref.dtype, method: p.method });
+      const [k, v] = metadataEntry(ref.name, {
+        bits: w.bits,
+        group_size: gs,
+        shape: [w.rows, w.cols],
+        dtype: ref.dtype,
+        method: p.method,
+      });
       tensorMetadata.set(parts[0].name, { [k]: v });
     } else {
       const t = { name: ref.name, dtype: ref.dtype, shape: ref.shape };
@@ -178,10 +201,28 @@ export function buildPlan(p: PlanInput): QuantPlan {
     const c = costs.get(g.key);
     if (c) predicted.set(g.key, c[p.bits.get(g.key)!]);
   }
-  return { format: p.format, method: p.method, groupSize: gs, granularity: p.granularity, groups: p.groups, bits: p.bits, costs, predicted, solver: p.solver, weights, tensors, tensorMetadata, ...totals(weights, gs), tensorBytes: tensors.reduce((s, t) => s + tensorBytes(t), 0) };
+  return {
+    format: p.format,
+    method: p.method,
+    groupSize: gs,
+    granularity: p.granularity,
+    groups: p.groups,
+    bits: p.bits,
+    costs,
+    predicted,
+    solver: p.solver,
+    weights,
+    tensors,
+    tensorMetadata,
+    ...totals(weights, gs),
+    tensorBytes: tensors.reduce((s, t) => s + tensorBytes(t), 0),
+  };
 }
 
-function totals(weights: PlannedWeight[], gs: number): Pick<QuantPlan, 'quantizedParams' | 'averageBits' | 'storedBitsPerWeight' | 'bitsHistogram' | 'byClass'> {
+function totals(
+  weights: PlannedWeight[],
+  gs: number,
+): Pick<QuantPlan, 'quantizedParams' | 'averageBits' | 'storedBitsPerWeight' | 'bitsHistogram' | 'byClass'> {
   const quantizedParams = weights.reduce((s, t) => s + t.rows * t.cols, 0);
   const codeBits = weights.reduce((s, t) => s + t.bits * t.rows * t.cols, 0);
   const storedBits = weights.reduce((s, t) => s + 8 * packedMatrixBytes(t.rows, t.cols, t.bits, gs), 0);

@@ -34,7 +34,15 @@ export class Quantizer {
     const spec = { bits, groupSize: this.o.groupSize };
     if (this.o.method === 'gptq') {
       if (inputs?.full && inputs.rows > 0) {
-        const q = await gptq(w, t.rows, t.cols, inputs.full, spec, { actOrder: this.o.actOrder, damp: this.o.damp }, this.be);
+        const q = await gptq(
+          w,
+          t.rows,
+          t.cols,
+          inputs.full,
+          spec,
+          { actOrder: this.o.actOrder, damp: this.o.damp },
+          this.be,
+        );
         if (q.fallback) this.fallbacks.add(t.name);
         return q;
       }

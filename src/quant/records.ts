@@ -21,8 +21,14 @@ export interface PartRecord {
   config: Record<string, unknown>;
   source_metadata: Record<string, string>;
   options: {
-    format: string; bits: number; group_size: number; method: string; allocate: string; budget_scope: string;
-    granularity: string; max_shard_bytes: number;
+    format: string;
+    bits: number;
+    group_size: number;
+    method: string;
+    allocate: string;
+    budget_scope: string;
+    granularity: string;
+    max_shard_bytes: number;
   };
   /** Bits of every weight this part quantized. */
   bits: Record<string, number>;

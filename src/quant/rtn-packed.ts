@@ -22,7 +22,11 @@ export interface PackedBuffers {
 
 export function allocatePacked(rows: number, cols: number, spec: QuantSpec): PackedBuffers {
   const ng = groupCount(cols, spec.groupSize);
-  return { qweight: new Uint8Array(rows * packedRowBytes(cols, spec.bits)), scales: new Uint8Array(rows * ng * 2), qzeros: new Uint8Array(rows * ng) };
+  return {
+    qweight: new Uint8Array(rows * packedRowBytes(cols, spec.bits)),
+    scales: new Uint8Array(rows * ng * 2),
+    qzeros: new Uint8Array(rows * ng),
+  };
 }
 
 /** 1.5·2⁵²: (x + M) − M rounds a double to an integer, half to even, for |x| < 2⁵¹ (the codes here are < 2⁹). */
@@ -33,7 +37,15 @@ const { fround } = Math;
  * Quantizes rows [r0, r1) of a [rows, cols] weight held as `dtype` bytes in `src` into `out`.
  * Returns −1, or the flat index of the first NaN or infinite weight (nothing sensible can be written then).
  */
-export function rtnPackRows(src: Uint8Array, dtype: DType, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
+export function rtnPackRows(
+  src: Uint8Array,
+  dtype: DType,
+  cols: number,
+  r0: number,
+  r1: number,
+  spec: QuantSpec,
+  out: PackedBuffers,
+): number {
   if (dtype === 'BF16' && spec.groupSize % 8 === 0 && cols % spec.groupSize === 0) {
     const k = simdKernel();
     if (k) return simdRows(k, src, cols, r0, r1, spec, out);
@@ -64,7 +76,10 @@ function simdKernel(): SimdKernel | null {
   if (simd === undefined) {
     try {
       const instance = new WebAssembly.Instance(new WebAssembly.Module(RTN_SIMD_WASM), {});
-      simd = { memory: instance.exports.memory as WasmMemory, rtnRow: instance.exports.rtn_row as SimdKernel['rtnRow'] };
+      simd = {
+        memory: instance.exports.memory as WasmMemory,
+        rtnRow: instance.exports.rtn_row as SimdKernel['rtnRow'],
+      };
     } catch {
       simd = null;
     }
@@ -73,7 +88,15 @@ function simdKernel(): SimdKernel | null {
 }
 
 /** BF16 rows whose groups are whole and a multiple of 8 wide, through the SIMD kernel: the same bytes as scalarRows. */
-function simdRows(k: SimdKernel, src: Uint8Array, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
+function simdRows(
+  k: SimdKernel,
+  src: Uint8Array,
+  cols: number,
+  r0: number,
+  r1: number,
+  spec: QuantSpec,
+  out: PackedBuffers,
+): number {
   const { bits, groupSize: gs } = spec;
   const ng = cols / gs;
   const rb = packedRowBytes(cols, bits);
@@ -101,7 +124,15 @@ function simdRows(k: SimdKernel, src: Uint8Array, cols: number, r0: number, r1: 
   return -1;
 }
 
-function scalarRows(src: Uint8Array, dtype: DType, cols: number, r0: number, r1: number, spec: QuantSpec, out: PackedBuffers): number {
+function scalarRows(
+  src: Uint8Array,
+  dtype: DType,
+  cols: number,
+  r0: number,
+  r1: number,
+  spec: QuantSpec,
+  out: PackedBuffers,
+): number {
   const { bits, groupSize: gs } = spec;
   const maxq = (1 << bits) - 1;
   const ng = groupCount(cols, gs);
@@ -111,7 +142,10 @@ function scalarRows(src: Uint8Array, dtype: DType, cols: number, r0: number, r1:
   const rowBits = new Uint32Array(row.buffer);
   const f = new Float32Array(1);
   const fBits = new Uint32Array(f.buffer);
-  const u16 = dtype === 'BF16' && src.byteOffset % 2 === 0 ? new Uint16Array(src.buffer, src.byteOffset, src.byteLength >>> 1) : null;
+  const u16 =
+    dtype === 'BF16' && src.byteOffset % 2 === 0
+      ? new Uint16Array(src.buffer, src.byteOffset, src.byteLength >>> 1)
+      : null;
   const codes = new Int32Array(cols);
   const { qweight, scales, qzeros } = out;
   for (let r = r0; r < r1; r++) {

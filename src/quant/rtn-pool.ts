@@ -53,16 +53,29 @@ export class RtnPool {
    * worker's copy of a view keeps its buffer alive until that worker collects garbage, which, allocating almost
    * nothing, it seldom does, so fresh buffers per weight would pile up.
    */
-  slot(maxBytes: number, parts: { qweight: number; scales: number; qzeros: number }): { src: Uint8Array; out: PackedBuffers } {
+  slot(
+    maxBytes: number,
+    parts: { qweight: number; scales: number; qzeros: number },
+  ): { src: Uint8Array; out: PackedBuffers } {
     const make = (n: number) => new Uint8Array(this.workers.length ? new SharedArrayBuffer(n) : new ArrayBuffer(n));
-    return { src: make(maxBytes), out: { qweight: make(parts.qweight), scales: make(parts.scales), qzeros: make(parts.qzeros) } };
+    return {
+      src: make(maxBytes),
+      out: { qweight: make(parts.qweight), scales: make(parts.scales), qzeros: make(parts.qzeros) },
+    };
   }
 
   /**
    * Quantizes a [rows, cols] weight held as `dtype` bytes in `src` into `out` (both from slot(), every byte of the
    * parts' views is written). Resolves to −1, or the flat index of the first non-finite weight.
    */
-  async quantize(src: Uint8Array, dtype: DType, rows: number, cols: number, spec: QuantSpec, out: PackedBuffers): Promise<number> {
+  async quantize(
+    src: Uint8Array,
+    dtype: DType,
+    rows: number,
+    cols: number,
+    spec: QuantSpec,
+    out: PackedBuffers,
+  ): Promise<number> {
     if (this.workers.length === 0) return rtnPackRows(src, dtype, cols, 0, rows, spec, out);
     const n = this.workers.length;
     const jobs: Promise<number>[] = [];

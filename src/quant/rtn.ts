@@ -72,14 +72,23 @@ export function quantizeValue(w: number, scale: number, zero: number, maxq: numb
 }
 
 function checkSpec(spec: QuantSpec): void {
-  if (!Number.isInteger(spec.bits) || spec.bits < 1 || spec.bits > 8) throw new RangeError(`bits ${spec.bits}: 1 to 8 supported`);
+  if (!Number.isInteger(spec.bits) || spec.bits < 1 || spec.bits > 8)
+    throw new RangeError(`bits ${spec.bits}: 1 to 8 supported`);
   if (!Number.isInteger(spec.groupSize) || spec.groupSize < 1) throw new RangeError(`group size ${spec.groupSize}`);
 }
 
 export function emptyQuantized(rows: number, cols: number, spec: QuantSpec): QuantizedMatrix {
   checkSpec(spec);
   const ng = groupCount(cols, spec.groupSize);
-  return { rows, cols, bits: spec.bits, groupSize: spec.groupSize, codes: new Uint8Array(rows * cols), scales: new Float32Array(rows * ng), zeros: new Uint8Array(rows * ng) };
+  return {
+    rows,
+    cols,
+    bits: spec.bits,
+    groupSize: spec.groupSize,
+    codes: new Uint8Array(rows * cols),
+    scales: new Float32Array(rows * ng),
+    zeros: new Uint8Array(rows * ng),
+  };
 }
 
 export function quantizeRtn(w: Float32Array, rows: number, cols: number, spec: QuantSpec): QuantizedMatrix {
@@ -128,18 +137,32 @@ export function dequantize(q: QuantizedMatrix): Float32Array {
  * Σ over rows of Δ_r·H·Δ_rᵀ with Δ = w − wq: the output error ‖(W − Q)X‖² when h = XᵀX. With only the diagonal
  * (the imatrix, Σx² per input column) it is Σ Δ²·diag, the error when inputs are uncorrelated.
  */
-export async function outputError(w: Float32Array, wq: Float32Array, rows: number, cols: number, h: { diag: Float64Array } | { full: Float32Array | Float64Array }, backend?: Backend): Promise<number> {
+export async function outputError(
+  w: Float32Array,
+  wq: Float32Array,
+  rows: number,
+  cols: number,
+  h: { diag: Float64Array } | { full: Float32Array | Float64Array },
+  backend?: Backend,
+): Promise<number> {
   const delta = new Float32Array(rows * cols);
   for (let i = 0; i < delta.length; i++) delta[i] = w[i] - wq[i];
   if ('diag' in h) {
     let s = 0;
-    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) s += delta[r * cols + c] * delta[r * cols + c] * h.diag[c];
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) s += delta[r * cols + c] * delta[r * cols + c] * h.diag[c];
     return s;
   }
   // ΔH: [rows, cols] (H is symmetric, so Δ·Hᵀ = Δ·H), then the row-wise dot with Δ.
   let dh: Float32Array | Float64Array;
   if (backend) {
-    dh = await backend.linear(delta, h.full instanceof Float32Array ? h.full : Float32Array.from(h.full), rows, cols, cols);
+    dh = await backend.linear(
+      delta,
+      h.full instanceof Float32Array ? h.full : Float32Array.from(h.full),
+      rows,
+      cols,
+      cols,
+    );
   } else {
     dh = new Float64Array(rows * cols);
     for (let r = 0; r < rows; r++) {

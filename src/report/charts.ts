@@ -9,7 +9,10 @@ export async function svg(spec: Spec): Promise<string> {
   // vega and vega-lite load only when a report is drawn.
   const vega = await import('vega');
   const vl = await import('vega-lite');
-  const view = new vega.View(vega.parse(vl.compile({ $schema: 'https://vega.github.io/schema/vega-lite/v5.json', ...spec } as never).spec), { renderer: 'none' });
+  const view = new vega.View(
+    vega.parse(vl.compile({ $schema: 'https://vega.github.io/schema/vega-lite/v5.json', ...spec } as never).spec),
+    { renderer: 'none' },
+  );
   const out = await view.toSVG();
   view.finalize();
   return out;
@@ -59,7 +62,10 @@ const EMPTY_FILL = '#eeeeee';
  * A heatmap of `cells` with each cell's text on it. The colour scale is fixed here (scheme over [lo, hi], no nice
  * rounding) so the text colour can be chosen from the very colour Vega fills the cell with.
  */
-export async function heatmap(cells: Cell[], o: { scheme: string; title: string; xOrder: string[]; xTitle: string | null; width: number; labelAngle: number }): Promise<string> {
+export async function heatmap(
+  cells: Cell[],
+  o: { scheme: string; title: string; xOrder: string[]; xTitle: string | null; width: number; labelAngle: number },
+): Promise<string> {
   const vega = await import('vega');
   const interp = vega.scheme(o.scheme) as (t: number) => string;
   const vals = cells.filter((c) => c.value !== null).map((c) => c.value as number);
@@ -76,9 +82,29 @@ export async function heatmap(cells: Cell[], o: { scheme: string; title: string;
     // The text's colours are literal (scale: null); sharing one colour scale with the rects breaks vega-lite.
     resolve: { scale: { color: 'independent' } },
     layer: [
-      { transform: [{ filter: 'datum.value === null' }], mark: 'rect', encoding: { x, y, color: { value: EMPTY_FILL } } },
-      { transform: [{ filter: 'datum.value !== null' }], mark: 'rect', encoding: { x, y, color: { field: 'value', type: 'quantitative', title: o.title, scale: { scheme: o.scheme, domain: hi > lo ? [lo, hi] : [lo - 1, lo + 1], nice: false, zero: false } } } },
-      { mark: { type: 'text', fontSize: 10 }, encoding: { x, y, text: { field: 'text' }, color: { field: 'ink', type: 'nominal', scale: null } } },
+      {
+        transform: [{ filter: 'datum.value === null' }],
+        mark: 'rect',
+        encoding: { x, y, color: { value: EMPTY_FILL } },
+      },
+      {
+        transform: [{ filter: 'datum.value !== null' }],
+        mark: 'rect',
+        encoding: {
+          x,
+          y,
+          color: {
+            field: 'value',
+            type: 'quantitative',
+            title: o.title,
+            scale: { scheme: o.scheme, domain: hi > lo ? [lo, hi] : [lo - 1, lo + 1], nice: false, zero: false },
+          },
+        },
+      },
+      {
+        mark: { type: 'text', fontSize: 10 },
+        encoding: { x, y, text: { field: 'text' }, color: { field: 'ink', type: 'nominal', scale: null } },
+      },
     ],
   });
 }

@@ -35,7 +35,14 @@ interface StepRecord {
   kind: string;
   line: number;
   detail: string;
-  eval?: { perplexity: number; baseline_perplexity?: number; ppl_increase_pct?: number; kl_mean?: number; bytes: number; params: number };
+  eval?: {
+    perplexity: number;
+    baseline_perplexity?: number;
+    ppl_increase_pct?: number;
+    kl_mean?: number;
+    bytes: number;
+    params: number;
+  };
 }
 
 interface RecipeRecord {
@@ -58,7 +65,8 @@ interface Row {
 }
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
-const readJson = <T>(file: string): T | undefined => (fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as T) : undefined);
+const readJson = <T>(file: string): T | undefined =>
+  fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as T) : undefined;
 
 export interface ReportResult {
   file: string;
@@ -95,7 +103,9 @@ function shown(dir: string, p: string): string {
 function modelSize(model: string): { bytes: number; params: number } | undefined {
   try {
     const gguf = readJson<{ tensors: { params: number }[] }>(path.join(model, 'moe-gguf.json'));
-    const params = gguf ? gguf.tensors.reduce((s, t) => s + t.params, 0) : [...openCheckpoint(model).tensors.values()].reduce((s, t) => s + numel(t.shape), 0);
+    const params = gguf
+      ? gguf.tensors.reduce((s, t) => s + t.params, 0)
+      : [...openCheckpoint(model).tensors.values()].reduce((s, t) => s + numel(t.shape), 0);
     return { bytes: weightBytes(model), params };
   } catch {
     return undefined; // moved or deleted since the run: the page leaves the cell empty
@@ -103,10 +113,18 @@ function modelSize(model: string): { bytes: number; params: number } | undefined
 }
 
 /** Writes the report of a run folder to `file`; an existing file is replaced only with `force`. */
-export async function writeReport(runDir: string, file: string, opts: { force?: boolean; dryRun?: boolean; date?: Date } = {}): Promise<ReportResult> {
+export async function writeReport(
+  runDir: string,
+  file: string,
+  opts: { force?: boolean; dryRun?: boolean; date?: Date } = {},
+): Promise<ReportResult> {
   const dir = path.resolve(runDir);
   const recipe = readJson<RecipeRecord>(path.join(dir, RECIPE_RECORD));
-  if (!recipe) throw new UsageError('not a moe run output folder (no recipe.json)', { file: dir, hint: 'give the output folder of moe run' });
+  if (!recipe)
+    throw new UsageError('not a moe run output folder (no recipe.json)', {
+      file: dir,
+      hint: 'give the output folder of moe run',
+    });
   checkFileDestination(file, !!opts.force);
   const latest = readJson<{ steps: { step: number; status: string }[] }>(path.join(dir, RUN_RECORD));
   const statuses = new Map((latest?.steps ?? []).map((s) => [s.step, s.status]));
@@ -128,7 +146,10 @@ export async function writeReport(runDir: string, file: string, opts: { force?: 
   const done = rows.filter((r) => r.record);
   const last = finalModelStep(done);
   const finalSize = last < 0 ? original : done[last].size;
-  const headline = headlineLines(done.map((r) => ({ kind: r.kind, eval: r.record!.eval })), original && finalSize ? { before: original.bytes, after: finalSize.bytes } : undefined);
+  const headline = headlineLines(
+    done.map((r) => ({ kind: r.kind, eval: r.record!.eval })),
+    original && finalSize ? { before: original.bytes, after: finalSize.bytes } : undefined,
+  );
 
   const charts: Chart[] = [];
   const sizeChart = await sizePerplexityChart(rows, original);
@@ -140,10 +161,16 @@ export async function writeReport(runDir: string, file: string, opts: { force?: 
   if (evals) charts.push(evals);
 
   const rel = (p: string) => shown(dir, p);
-  const sizeCells = (s?: { bytes: number; params: number }) => (s ? `<td class="size">${formatMB(s.bytes)}</td><td class="bits">${((8 * s.bytes) / s.params).toFixed(2)}</td>` : '<td class="size">–</td><td class="bits">–</td>');
+  const sizeCells = (s?: { bytes: number; params: number }) =>
+    s
+      ? `<td class="size">${formatMB(s.bytes)}</td><td class="bits">${((8 * s.bytes) / s.params).toFixed(2)}</td>`
+      : '<td class="size">–</td><td class="bits">–</td>';
   const tableRows = [
     `<tr><td>0</td><td>model</td><td></td><td></td>${sizeCells(original)}<td>the original: <code>${esc(rel(recipe.model))}</code></td></tr>`,
-    ...rows.map((r) => `<tr><td>${r.step}</td><td>${esc(r.kind)}</td><td>${r.line}</td><td class="status">${esc(r.status)}</td>${sizeCells(r.size)}<td>${esc(r.record?.detail ?? '')}</td></tr>`),
+    ...rows.map(
+      (r) =>
+        `<tr><td>${r.step}</td><td>${esc(r.kind)}</td><td>${r.line}</td><td class="status">${esc(r.status)}</td>${sizeCells(r.size)}<td>${esc(r.record?.detail ?? '')}</td></tr>`,
+    ),
   ].join('\n');
   const when = runDate(dir, opts.date);
   const html = `<!doctype html>
@@ -159,7 +186,8 @@ ${tableRows}
 ${charts.map((c) => `<h2>${esc(c.title)}</h2>\n<figure class="chart">${c.svg}${c.note ? `<figcaption>${esc(c.note)}</figcaption>` : ''}</figure>`).join('\n')}
 </body></html>
 `;
-  if (opts.dryRun) return { file: path.resolve(file), charts: charts.map((c) => c.title), bytes: html.length, dry_run: true };
+  if (opts.dryRun)
+    return { file: path.resolve(file), charts: charts.map((c) => c.title), bytes: html.length, dry_run: true };
   const tmp = `${file}.tmp-${process.pid}`;
   createEmptyFile(tmp);
   try {
@@ -188,24 +216,39 @@ const perplexityScale = { zero: false, nice: true, padding: 12 };
 async function sizePerplexityChart(rows: Row[], original?: { bytes: number }): Promise<Chart | undefined> {
   const points = new Map<string, Spec>();
   const ev = evaluated(rows);
-  const base = ev.find((e) => e.row.record!.eval!.baseline_perplexity !== undefined)?.row.record!.eval!.baseline_perplexity;
-  if (original && base !== undefined) points.set('original', { model: 'original', mb: original.bytes / 1e6, perplexity: base });
-  for (const e of ev) if (e.size) points.set(e.model, { model: e.model, mb: e.size.bytes / 1e6, perplexity: e.row.record!.eval!.perplexity });
+  const base = ev.find((e) => e.row.record!.eval!.baseline_perplexity !== undefined)?.row.record!.eval!
+    .baseline_perplexity;
+  if (original && base !== undefined)
+    points.set('original', { model: 'original', mb: original.bytes / 1e6, perplexity: base });
+  for (const e of ev)
+    if (e.size)
+      points.set(e.model, { model: e.model, mb: e.size.bytes / 1e6, perplexity: e.row.record!.eval!.perplexity });
   if (!points.size) return undefined;
   // Models written but never measured (a GGUF export at the end, say) have a size and no perplexity.
   const unmeasured = rows.filter((r) => WRITES_MODEL.has(r.kind) && r.size && !points.has(`step ${r.step} ${r.kind}`));
-  const enc = { x: { field: 'mb', type: 'quantitative', title: 'size (MB)', scale: { zero: true } }, y: { field: 'perplexity', type: 'quantitative', scale: perplexityScale } };
-  const values = [...points.values()].map((p) => ({ ...p, label: `${p.model}: ${(p.perplexity as number).toFixed(2)}, ${(p.mb as number).toFixed(2)} MB` }));
+  const enc = {
+    x: { field: 'mb', type: 'quantitative', title: 'size (MB)', scale: { zero: true } },
+    y: { field: 'perplexity', type: 'quantitative', scale: perplexityScale },
+  };
+  const values = [...points.values()].map((p) => ({
+    ...p,
+    label: `${p.model}: ${(p.perplexity as number).toFixed(2)}, ${(p.mb as number).toFixed(2)} MB`,
+  }));
   return {
     title: 'Size against perplexity (lower left is better)',
-    note: unmeasured.length ? `Not plotted (no eval measured them): ${unmeasured.map((r) => `step ${r.step} ${r.kind}, ${formatMB(r.size!.bytes)}`).join('; ')}.` : undefined,
+    note: unmeasured.length
+      ? `Not plotted (no eval measured them): ${unmeasured.map((r) => `step ${r.step} ${r.kind}, ${formatMB(r.size!.bytes)}`).join('; ')}.`
+      : undefined,
     svg: await svg({
       data: { values },
       width: 520,
       height: 240,
       layer: [
         { mark: { type: 'point', filled: true, size: 90, color: '#4c78a8' }, encoding: enc },
-        { mark: { type: 'text', align: 'left', dx: 8, dy: -8, fontSize: 11 }, encoding: { ...enc, text: { field: 'label' } } },
+        {
+          mark: { type: 'text', align: 'left', dx: 8, dy: -8, fontSize: 11 },
+          encoding: { ...enc, text: { field: 'label' } },
+        },
       ],
     }),
   };
@@ -220,19 +263,40 @@ async function calibrationCharts(rows: Row[]): Promise<Chart[]> {
     const usage: Cell[] = [];
     const reap: Spec[] = [];
     const reduce = rows.find((r) => (r.kind === 'prune' || r.kind === 'merge') && r.step > calib.step && r.record);
-    const record = reduce ? readJson<{ operation: string; kept?: Record<string, number[]> }>(path.join(reduce.dir, COMPRESSION_FILE)) : undefined;
+    const record = reduce
+      ? readJson<{ operation: string; kept?: Record<string, number[]> }>(path.join(reduce.dir, COMPRESSION_FILE))
+      : undefined;
     let experts = 0;
     for (const layer of stats.json.moe_layers) {
       const f = stats.frequency(layer);
       const r = stats.vector(layer, 'reap');
       const kept = record?.kept?.[String(layer)];
       experts = Math.max(experts, f.length);
-      f.forEach((v, e) => usage.push({ x: String(e), y: `layer ${layer}`, value: v, text: `${(100 * v).toFixed(1)}%` }));
-      r.forEach((v, e) => reap.push({ layer: `layer ${layer}`, expert: e, reap: v, status: kept ? (kept.includes(e) ? 'kept' : record!.operation === 'merge' ? 'merged' : 'pruned') : 'all' }));
+      f.forEach((v, e) =>
+        usage.push({ x: String(e), y: `layer ${layer}`, value: v, text: `${(100 * v).toFixed(1)}%` }),
+      );
+      r.forEach((v, e) =>
+        reap.push({
+          layer: `layer ${layer}`,
+          expert: e,
+          reap: v,
+          status: kept ? (kept.includes(e) ? 'kept' : record!.operation === 'merge' ? 'merged' : 'pruned') : 'all',
+        }),
+      );
     }
     const data = typeof calib.options.data === 'string' ? path.basename(calib.options.data) : 'calibration data';
-    const usageChart = await heatmap(usage, { scheme: 'blues', title: 'share', xOrder: [...Array(experts).keys()].map(String), xTitle: 'expert', width: 40 * experts, labelAngle: 0 });
-    const enc = { x: { field: 'expert', type: 'ordinal', axis: { labelAngle: 0 } }, y: { field: 'reap', type: 'quantitative', title: 'REAP' } };
+    const usageChart = await heatmap(usage, {
+      scheme: 'blues',
+      title: 'share',
+      xOrder: [...Array(experts).keys()].map(String),
+      xTitle: 'expert',
+      width: 40 * experts,
+      labelAngle: 0,
+    });
+    const enc = {
+      x: { field: 'expert', type: 'ordinal', axis: { labelAngle: 0 } },
+      y: { field: 'reap', type: 'quantitative', title: 'REAP' },
+    };
     const reapChart = await svg({
       data: { values: reap },
       facet: { row: { field: 'layer', type: 'ordinal', title: null } },
@@ -240,14 +304,36 @@ async function calibrationCharts(rows: Row[]): Promise<Chart[]> {
         width: 40 * experts,
         height: 90,
         layer: [
-          { mark: 'bar', encoding: { ...enc, color: { field: 'status', type: 'nominal', scale: { domain: ['kept', 'pruned', 'merged', 'all'], range: ['#4c78a8', '#e45756', '#f58518', '#9d9d9d'] } } } },
-          { mark: { type: 'text', dy: -5, fontSize: 9, baseline: 'bottom' }, encoding: { ...enc, text: { field: 'reap', type: 'quantitative', format: '.2f' } } },
+          {
+            mark: 'bar',
+            encoding: {
+              ...enc,
+              color: {
+                field: 'status',
+                type: 'nominal',
+                scale: {
+                  domain: ['kept', 'pruned', 'merged', 'all'],
+                  range: ['#4c78a8', '#e45756', '#f58518', '#9d9d9d'],
+                },
+              },
+            },
+          },
+          {
+            mark: { type: 'text', dy: -5, fontSize: 9, baseline: 'bottom' },
+            encoding: { ...enc, text: { field: 'reap', type: 'quantitative', format: '.2f' } },
+          },
         ],
       },
     });
     return [
-      { title: `Expert usage: share of tokens routed to each expert (calibration of step ${calib.step}, ${data}, ${calib.record!.detail})`, svg: usageChart },
-      { title: `REAP saliency per expert (step ${calib.step})${reduce ? `, and what ${reduce.kind} (step ${reduce.step}) kept` : ''}`, svg: reapChart },
+      {
+        title: `Expert usage: share of tokens routed to each expert (calibration of step ${calib.step}, ${data}, ${calib.record!.detail})`,
+        svg: usageChart,
+      },
+      {
+        title: `REAP saliency per expert (step ${calib.step})${reduce ? `, and what ${reduce.kind} (step ${reduce.step}) kept` : ''}`,
+        svg: reapChart,
+      },
     ];
   } finally {
     stats.close();
@@ -265,7 +351,10 @@ function originalIds(rows: Row[], before: number): Map<number, number[]> {
     const kept = readJson<{ kept?: Record<string, number[]> }>(path.join(r.dir, COMPRESSION_FILE))?.kept ?? {};
     for (const [layer, list] of Object.entries(kept)) {
       const prev = ids.get(Number(layer));
-      ids.set(Number(layer), list.map((k) => (prev ? prev[k] : k)));
+      ids.set(
+        Number(layer),
+        list.map((k) => (prev ? prev[k] : k)),
+      );
     }
   }
   return ids;
@@ -273,7 +362,9 @@ function originalIds(rows: Row[], before: number): Map<number, number[]> {
 
 /** Bits per quantized tensor, as a map of layers × experts (attention and shared parts as their own columns). */
 async function bitChart(rows: Row[]): Promise<Chart | undefined> {
-  const quant = [...rows].reverse().find((r) => r.kind === 'quantize' && r.record && fs.existsSync(path.join(r.dir, QUANT_RECORD_FILE)));
+  const quant = [...rows]
+    .reverse()
+    .find((r) => r.kind === 'quantize' && r.record && fs.existsSync(path.join(r.dir, QUANT_RECORD_FILE)));
   if (!quant) return undefined;
   const q = readJson<{ tensors: Record<string, number> }>(path.join(quant.dir, QUANT_RECORD_FILE))!;
   const ids = originalIds(rows, quant.step);
@@ -284,23 +375,50 @@ async function bitChart(rows: Row[]): Promise<Chart | undefined> {
     const layer = Number(m[1]);
     const e = /experts\.(\d+)\./.exec(m[2]);
     const expert = e ? (ids.get(layer)?.[Number(e[1])] ?? Number(e[1])) : undefined;
-    const part = expert !== undefined ? `expert ${expert}` : m[2].includes('attn') ? 'attention' : m[2].includes('shared') ? 'shared' : m[2].includes('gate.') ? 'router' : 'mlp';
+    const part =
+      expert !== undefined
+        ? `expert ${expert}`
+        : m[2].includes('attn')
+          ? 'attention'
+          : m[2].includes('shared')
+            ? 'shared'
+            : m[2].includes('gate.')
+              ? 'router'
+              : 'mlp';
     const key = `${layer}/${part}`;
     const c = cells.get(key) ?? { layer, part, expert, bits: 0, n: 0 };
     c.bits += bits;
     c.n += 1;
     cells.set(key, c);
   }
-  const experts = [...new Set([...cells.values()].filter((c) => c.expert !== undefined).map((c) => c.expert!))].sort((a, b) => a - b);
+  const experts = [...new Set([...cells.values()].filter((c) => c.expert !== undefined).map((c) => c.expert!))].sort(
+    (a, b) => a - b,
+  );
   const layers = [...new Set([...cells.values()].map((c) => c.layer))].sort((a, b) => a - b);
-  const values: Cell[] = [...cells.values()].map((c) => ({ x: c.part, y: `layer ${c.layer}`, value: c.bits / c.n, text: (c.bits / c.n).toFixed(1) }));
+  const values: Cell[] = [...cells.values()].map((c) => ({
+    x: c.part,
+    y: `layer ${c.layer}`,
+    value: c.bits / c.n,
+    text: (c.bits / c.n).toFixed(1),
+  }));
   // Experts a prune removed from a layer: empty cells under their original ids.
-  for (const l of layers) for (const e of experts) if (!cells.has(`${l}/expert ${e}`)) values.push({ x: `expert ${e}`, y: `layer ${l}`, value: null, text: '–' });
-  const order = ['attention', 'shared', 'mlp', ...experts.map((e) => `expert ${e}`), 'router'].filter((p) => values.some((v) => v.x === p));
+  for (const l of layers)
+    for (const e of experts)
+      if (!cells.has(`${l}/expert ${e}`)) values.push({ x: `expert ${e}`, y: `layer ${l}`, value: null, text: '–' });
+  const order = ['attention', 'shared', 'mlp', ...experts.map((e) => `expert ${e}`), 'router'].filter((p) =>
+    values.some((v) => v.x === p),
+  );
   const renamed = ids.size > 0 ? '; experts under their original ids, – where pruned' : '';
   return {
     title: `Bit allocation (step ${quant.step}: ${quant.record!.detail}${renamed})`,
-    svg: await heatmap(values, { scheme: 'viridis', title: 'bits', xOrder: order, xTitle: null, width: 44 * order.length, labelAngle: -45 }),
+    svg: await heatmap(values, {
+      scheme: 'viridis',
+      title: 'bits',
+      xOrder: order,
+      xTitle: null,
+      width: 44 * order.length,
+      labelAngle: -45,
+    }),
   };
 }
 
@@ -310,22 +428,31 @@ async function evalChart(rows: Row[]): Promise<Chart | undefined> {
   if (!ev.length) return undefined;
   const values: Spec[] = [];
   const first = ev[0].row.record!.eval!;
-  if (first.baseline_perplexity !== undefined || ev[0].model !== 'original') values.push({ model: 'original', perplexity: first.baseline_perplexity ?? first.perplexity, kl: 0 });
-  for (const e of ev) if (e.model !== 'original' || !values.length) values.push({ model: e.model, perplexity: e.row.record!.eval!.perplexity, kl: e.row.record!.eval!.kl_mean ?? 0 });
+  if (first.baseline_perplexity !== undefined || ev[0].model !== 'original')
+    values.push({ model: 'original', perplexity: first.baseline_perplexity ?? first.perplexity, kl: 0 });
+  for (const e of ev)
+    if (e.model !== 'original' || !values.length)
+      values.push({ model: e.model, perplexity: e.row.record!.eval!.perplexity, kl: e.row.record!.eval!.kl_mean ?? 0 });
   const x = { field: 'model', type: 'nominal', sort: null, title: null, axis: { labelAngle: 0 } };
   const panel = (field: string, title: string, format: string, mark: Spec, scale: Spec) => ({
     width: 260,
     height: 200,
     layer: [
       { mark, encoding: { x, y: { field, type: 'quantitative', title, scale } } },
-      { mark: { type: 'text', dy: -10, fontSize: 11 }, encoding: { x, y: { field, type: 'quantitative', scale }, text: { field, type: 'quantitative', format } } },
+      {
+        mark: { type: 'text', dy: -10, fontSize: 11 },
+        encoding: { x, y: { field, type: 'quantitative', scale }, text: { field, type: 'quantitative', format } },
+      },
     ],
   });
   return {
     title: 'Perplexity and KL(original‖model) at each eval step',
     svg: await svg({
       data: { values },
-      hconcat: [panel('perplexity', 'perplexity', '.2f', { type: 'point', filled: true, size: 80 }, perplexityScale), panel('kl', 'KL (nats/token)', '.4f', { type: 'bar', width: 40 }, { zero: true })],
+      hconcat: [
+        panel('perplexity', 'perplexity', '.2f', { type: 'point', filled: true, size: 80 }, perplexityScale),
+        panel('kl', 'KL (nats/token)', '.4f', { type: 'bar', width: 40 }, { zero: true }),
+      ],
     }),
   };
 }

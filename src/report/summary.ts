@@ -33,8 +33,13 @@ export function headlineLines(steps: StepSummary[], size: RunSize | undefined): 
     const first = evals[0].eval!;
     const last = evals[evals.length - 1].eval!;
     const before = first.baseline_perplexity ?? first.perplexity;
-    lines.push(`perplexity before ${before.toFixed(2)}, after ${last.perplexity.toFixed(2)} (${last.ppl_increase_pct !== undefined ? `${last.ppl_increase_pct >= 0 ? '+' : ''}${last.ppl_increase_pct.toFixed(2)}%` : 'no baseline'})`);
+    lines.push(
+      `perplexity before ${before.toFixed(2)}, after ${last.perplexity.toFixed(2)} (${last.ppl_increase_pct !== undefined ? `${last.ppl_increase_pct >= 0 ? '+' : ''}${last.ppl_increase_pct.toFixed(2)}%` : 'no baseline'})`,
+    );
   }
-  if (size) lines.push(`size      before ${formatMB(size.before)}, after ${formatMB(size.after)} (${((100 * size.after) / size.before).toFixed(1)}%)`);
+  if (size)
+    lines.push(
+      `size      before ${formatMB(size.before)}, after ${formatMB(size.after)} (${((100 * size.after) / size.before).toFixed(1)}%)`,
+    );
   return lines;
 }

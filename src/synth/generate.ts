@@ -64,11 +64,28 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
   const std = opts.std ?? 0.05;
   const rand = mulberry32(opts.seed ?? 0);
   const total = plan.reduce((s, t) => s + tensorBytes(t), 0);
-  const summary = { output: opts.output, model_type: arch.modelType, layers: arch.numLayers, experts: arch.numExperts, hidden_size: arch.hidden, dtype };
-  if (opts.dryRun) return { ...summary, tensors: plan.length, shards: planShards(plan, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES).length, bytes: total, dry_run: true };
+  const summary = {
+    output: opts.output,
+    model_type: arch.modelType,
+    layers: arch.numLayers,
+    experts: arch.numExperts,
+    hidden_size: arch.hidden,
+    dtype,
+  };
+  if (opts.dryRun)
+    return {
+      ...summary,
+      tensors: plan.length,
+      shards: planShards(plan, opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES).length,
+      bytes: total,
+      dry_run: true,
+    };
   let shards = 0;
   await withOutput(opts.output, { force: opts.force, command: 'synth', verify: verifyWritten }, (out) => {
-    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata: { format: 'pt' } });
+    const writer = new ShardedWriter(out.tmp, plan, {
+      maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
+      metadata: { format: 'pt' },
+    });
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');
     for (const s of specs) {
@@ -80,7 +97,10 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
     }
     progress.done();
     writer.finish();
-    writeConfig(out, { ...opts.config, torch_dtype: dtype === 'BF16' ? 'bfloat16' : dtype === 'F16' ? 'float16' : 'float32' });
+    writeConfig(out, {
+      ...opts.config,
+      torch_dtype: dtype === 'BF16' ? 'bfloat16' : dtype === 'F16' ? 'float16' : 'float32',
+    });
   });
   return { ...summary, tensors: plan.length, shards, bytes: total, dry_run: false };
 }

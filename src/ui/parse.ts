@@ -18,7 +18,10 @@ const SIZE_UNITS: Record<string, number> = {
 export function parseSize(text: string, flag: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const unit = m ? SIZE_UNITS[m[2].toUpperCase()] : undefined;
-  if (!m || unit === undefined) throw new UsageError(`${flag} ${JSON.stringify(text)} is not a size`, { hint: 'use a number with an optional unit, e.g. 5GB, 500MB or 2GiB' });
+  if (!m || unit === undefined)
+    throw new UsageError(`${flag} ${JSON.stringify(text)} is not a size`, {
+      hint: 'use a number with an optional unit, e.g. 5GB, 500MB or 2GiB',
+    });
   const n = Math.floor(Number(m[1]) * unit);
   if (n < 1) throw new UsageError(`${flag} must be at least 1 byte`);
   return n;
@@ -26,6 +29,7 @@ export function parseSize(text: string, flag: string): number {
 
 export function parseIntArg(text: string, flag: string, min = 0): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} ${JSON.stringify(text)} is not an integer ≥ ${min}`);
+  if (!Number.isInteger(n) || n < min)
+    throw new UsageError(`${flag} ${JSON.stringify(text)} is not an integer ≥ ${min}`);
   return n;
 }

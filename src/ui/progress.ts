@@ -127,7 +127,12 @@ function phaseFraction(p: PhaseState): number {
 
 function taskFraction(t: TaskState): number {
   if (t.closed) return 1;
-  const f = t.weight > 0 ? (t.spent + (t.phase ? t.phase.weight * phaseFraction(t.phase) : 0)) / t.weight : t.phase ? phaseFraction(t.phase) : 0;
+  const f =
+    t.weight > 0
+      ? (t.spent + (t.phase ? t.phase.weight * phaseFraction(t.phase) : 0)) / t.weight
+      : t.phase
+        ? phaseFraction(t.phase)
+        : 0;
   return Math.min(1, f);
 }
 
@@ -216,7 +221,12 @@ class TtyView {
     const { phase, path } = innermost(this.root);
     if (!phase) return this.shown; // between phases (and at the end) the last one stays
     const f = phaseFraction(phase);
-    this.shown = barLine(`  ${path.join(' \u203a ')}`, f, `${pct(f)} | ${formatAmount(phase.value, phase.total, phase.unit)}`, maxWidth);
+    this.shown = barLine(
+      `  ${path.join(' \u203a ')}`,
+      f,
+      `${pct(f)} | ${formatAmount(phase.value, phase.total, phase.unit)}`,
+      maxWidth,
+    );
     return this.shown;
   }
 
@@ -319,7 +329,9 @@ export function createContext(opts: ContextOptions = {}): Context {
       let last = p.started;
       const line = () => {
         const f = phaseFraction(p);
-        stream.write(`${label}: ${pct(f)} (${formatAmount(p.value, p.total, unit)}, ${((Date.now() - p.started) / 1000).toFixed(1)} s${overall()})\n`);
+        stream.write(
+          `${label}: ${pct(f)} (${formatAmount(p.value, p.total, unit)}, ${((Date.now() - p.started) / 1000).toFixed(1)} s${overall()})\n`,
+        );
       };
       let finished = false;
       return {
@@ -356,7 +368,9 @@ export function announceTokenizing<T>(ctx: Context, file: string, load: () => T)
     } catch {
       // the data loader reports an unreadable file
     }
-    ctx.note(`tokenizing ${path.basename(file)} (${formatBytes(bytes)})…`, { plain: bytes >= PLAIN_TOKENIZE_NOTE_BYTES });
+    ctx.note(`tokenizing ${path.basename(file)} (${formatBytes(bytes)})…`, {
+      plain: bytes >= PLAIN_TOKENIZE_NOTE_BYTES,
+    });
     return load();
   };
 }

@@ -57,7 +57,7 @@ function targetsFor(rows: number, start: number, count: number, seed: number): I
  */
 function dyadicMatrix(n: number, seed: number, scale = 1): Float32Array {
   const r = rng(seed);
-  return Float32Array.from({ length: n }, () => (Math.floor(r() * 17) - 8) / 8 * scale);
+  return Float32Array.from({ length: n }, () => ((Math.floor(r() * 17) - 8) / 8) * scale);
 }
 
 /** max over rows of |got − want| / want, for positive values (sumExp ≥ 1). */
@@ -84,7 +84,14 @@ function expectRowSized(stats: LogitStats, rows: number): void {
 }
 
 /** Rows whose two largest ref logits are further apart than `gap`: their argmax is not a near-tie. */
-function clearArgmaxRows(x: Float32Array, w: Float32Array, rows: number, hidden: number, count: number, gap: number): number[] {
+function clearArgmaxRows(
+  x: Float32Array,
+  w: Float32Array,
+  rows: number,
+  hidden: number,
+  count: number,
+  gap: number,
+): number[] {
   const logits = linearRef(x, w, rows, hidden, count);
   const clear: number[] = [];
   for (let r = 0; r < rows; r++) {
@@ -117,12 +124,18 @@ function fusedSuite(get: () => Backend): void {
     const v = randomMatrix(H * T * dv, 6);
     const scores = linearRef(q.subarray(0, T * dk), k.subarray(0, T * dk), T, dk, T); // head 0, [T, T]
     expect(Math.max(...scores.filter((_, i) => i % T <= Math.floor(i / T)))).toBeGreaterThan(89); // a visible score whose exp is ∞ in float32
-    expect(relError(await get().attention(q, k, v, H, T, dk, dv, 1), attentionRef(q, k, v, H, T, dk, dv, 1))).toBeLessThan(ATTENTION_TOL);
+    expect(
+      relError(await get().attention(q, k, v, H, T, dk, dv, 1), attentionRef(q, k, v, H, T, dk, dv, 1)),
+    ).toBeLessThan(ATTENTION_TOL);
   });
 
   test('attention of zero heads or zero positions is empty', async () => {
-    expect((await get().attention(new Float32Array(0), new Float32Array(0), new Float32Array(0), 0, 5, 8, 8, 1)).length).toBe(0);
-    expect((await get().attention(new Float32Array(0), new Float32Array(0), new Float32Array(0), 4, 0, 8, 8, 1)).length).toBe(0);
+    expect(
+      (await get().attention(new Float32Array(0), new Float32Array(0), new Float32Array(0), 0, 5, 8, 8, 1)).length,
+    ).toBe(0);
+    expect(
+      (await get().attention(new Float32Array(0), new Float32Array(0), new Float32Array(0), 4, 0, 8, 8, 1)).length,
+    ).toBe(0);
   });
 
   test.each(SWIGLU_SHAPES)('swiglu rows=%i hidden=%i width=%i equals ref, act too', async (rows, hidden, width) => {
@@ -142,42 +155,60 @@ function fusedSuite(get: () => Backend): void {
 
   test('swiglu of zero rows is empty, act too', async () => {
     const [hidden, width] = [64, 32];
-    const r = await get().swiglu(new Float32Array(0), randomMatrix(2 * width * hidden, 1), randomMatrix(hidden * width, 2), 0, hidden, width, true);
+    const r = await get().swiglu(
+      new Float32Array(0),
+      randomMatrix(2 * width * hidden, 1),
+      randomMatrix(hidden * width, 2),
+      0,
+      hidden,
+      width,
+      true,
+    );
     expect(r.out.length).toBe(0);
     expect(r.act?.length).toBe(0);
   });
 
-  test.each(STATS_SHAPES)('logitStats rows=%i hidden=%i count=%i equals ref on float inputs', async (rows, hidden, count) => {
-    for (const [scale, start] of [[1, 0], [50, 5000]]) {
-      const x = randomMatrix(rows * hidden, 10 + rows).map((a) => scale * a);
-      const w = randomMatrix(count * hidden, 11 + count);
-      const targets = targetsFor(rows, start, count, 12);
+  test.each(STATS_SHAPES)(
+    'logitStats rows=%i hidden=%i count=%i equals ref on float inputs',
+    async (rows, hidden, count) => {
+      for (const [scale, start] of [
+        [1, 0],
+        [50, 5000],
+      ]) {
+        const x = randomMatrix(rows * hidden, 10 + rows).map((a) => scale * a);
+        const w = randomMatrix(count * hidden, 11 + count);
+        const targets = targetsFor(rows, start, count, 12);
+        const got = await get().logitStats(x, w, rows, hidden, count, targets, start);
+        const want = logitStatsRef(x, w, rows, hidden, count, targets, start);
+        expectRowSized(got, rows);
+        // Float32 logits differ from ref's (float64 dot products, then rounded) by a few ulps: close, not equal.
+        // sumExp's relative error is the logits' absolute error, which grows with their size: hence × scale.
+        expect(relError(got.max, want.max)).toBeLessThan(STATS_TOL);
+        expect(rowRelError(got.sumExp, want.sumExp)).toBeLessThan(STATS_TOL * scale);
+        expectTargets(got.target, want.target, STATS_TOL);
+        for (const r of clearArgmaxRows(x, w, rows, hidden, count, 1e-3 * scale))
+          expect([r, got.argmax[r]]).toEqual([r, want.argmax[r]]);
+      }
+    },
+  );
+
+  test.each(STATS_SHAPES)(
+    'logitStats rows=%i hidden=%i count=%i on exact inputs with logits in the hundreds: max, argmax, target exact',
+    async (rows, hidden, count) => {
+      const x = dyadicMatrix(rows * hidden, 13 + rows, 50); // logits up to ~±1000: exp overflows without the max subtracted
+      const w = dyadicMatrix(count * hidden, 14 + count);
+      const start = 300;
+      const targets = targetsFor(rows, start, count, 15);
       const got = await get().logitStats(x, w, rows, hidden, count, targets, start);
       const want = logitStatsRef(x, w, rows, hidden, count, targets, start);
       expectRowSized(got, rows);
-      // Float32 logits differ from ref's (float64 dot products, then rounded) by a few ulps: close, not equal.
-      // sumExp's relative error is the logits' absolute error, which grows with their size: hence × scale.
-      expect(relError(got.max, want.max)).toBeLessThan(STATS_TOL);
-      expect(rowRelError(got.sumExp, want.sumExp)).toBeLessThan(STATS_TOL * scale);
-      expectTargets(got.target, want.target, STATS_TOL);
-      for (const r of clearArgmaxRows(x, w, rows, hidden, count, 1e-3 * scale)) expect([r, got.argmax[r]]).toEqual([r, want.argmax[r]]);
-    }
-  });
-
-  test.each(STATS_SHAPES)('logitStats rows=%i hidden=%i count=%i on exact inputs with logits in the hundreds: max, argmax, target exact', async (rows, hidden, count) => {
-    const x = dyadicMatrix(rows * hidden, 13 + rows, 50); // logits up to ~±1000: exp overflows without the max subtracted
-    const w = dyadicMatrix(count * hidden, 14 + count);
-    const start = 300;
-    const targets = targetsFor(rows, start, count, 15);
-    const got = await get().logitStats(x, w, rows, hidden, count, targets, start);
-    const want = logitStatsRef(x, w, rows, hidden, count, targets, start);
-    expectRowSized(got, rows);
-    expect(Math.max(...want.max.map(Math.abs))).toBeGreaterThan(104); // exp(l) for |l| > 104 is ∞ or 0 in float32
-    expect(got.max).toEqual(want.max);
-    expect(got.argmax).toEqual(want.argmax);
-    expectTargets(got.target, want.target, 0);
-    expect(rowRelError(got.sumExp, want.sumExp)).toBeLessThan(STATS_TOL);
-  });
+      expect(Math.max(...want.max.map(Math.abs))).toBeGreaterThan(104); // exp(l) for |l| > 104 is ∞ or 0 in float32
+      expect(got.max).toEqual(want.max);
+      expect(got.argmax).toEqual(want.argmax);
+      expectTargets(got.target, want.target, 0);
+      expect(rowRelError(got.sumExp, want.sumExp)).toBeLessThan(STATS_TOL);
+    },
+  );
 
   test('logitStats ties go to the lowest index', async () => {
     const [rows, hidden, half] = [37, 64, 500];
@@ -194,7 +225,15 @@ function fusedSuite(get: () => Backend): void {
   });
 
   test('logitStats of zero rows is empty', async () => {
-    const stats = await get().logitStats(new Float32Array(0), randomMatrix(1000 * 64, 1), 0, 64, 1000, new Int32Array(0), 0);
+    const stats = await get().logitStats(
+      new Float32Array(0),
+      randomMatrix(1000 * 64, 1),
+      0,
+      64,
+      1000,
+      new Int32Array(0),
+      0,
+    );
     expectRowSized(stats, 0);
   });
 }
@@ -206,7 +245,16 @@ describe('RefBackend fused ops (hand-computed)', () => {
     const v = new Float32Array([0.5, -2, 7]);
     expect(await ref.attention(new Float32Array([1, 2]), new Float32Array([3, 4]), v, 1, 1, 2, 3, 0.7)).toEqual(v);
     // q1·k0 = 0, q1·k1 = 2·ln 3 with scale ½ → ln 3: softmax [¼, ¾]; row 0 sees only position 0.
-    const out = await ref.attention(new Float32Array([5, 1]), new Float32Array([0, 2 * Math.log(3)]), new Float32Array([4, 8]), 1, 2, 1, 1, 0.5);
+    const out = await ref.attention(
+      new Float32Array([5, 1]),
+      new Float32Array([0, 2 * Math.log(3)]),
+      new Float32Array([4, 8]),
+      1,
+      2,
+      1,
+      1,
+      0.5,
+    );
     expect(out[0]).toBe(4);
     expect(out[1]).toBeCloseTo(7, 5);
   });
@@ -222,7 +270,9 @@ describe('RefBackend fused ops (hand-computed)', () => {
     const r = await ref.swiglu(new Float32Array([2]), new Float32Array([1, 3]), new Float32Array([0.5]), 1, 1, 1, true);
     expect(r.act![0]).toBeCloseTo(act, 5);
     expect(r.out[0]).toBeCloseTo(act / 2, 5);
-    expect((await ref.swiglu(new Float32Array([2]), new Float32Array([1, 3]), new Float32Array([0.5]), 1, 1, 1, false)).act).toBeUndefined();
+    expect(
+      (await ref.swiglu(new Float32Array([2]), new Float32Array([1, 3]), new Float32Array([0.5]), 1, 1, 1, false)).act,
+    ).toBeUndefined();
   });
 
   test('logitStats: max, Σexp, first argmax, target in block or NaN; an empty block', async () => {
@@ -243,10 +293,18 @@ describe('RefBackend fused ops (hand-computed)', () => {
   });
 
   test('rejects arrays that do not match the dimensions', async () => {
-    await expect(ref.attention(new Float32Array(8), new Float32Array(8), new Float32Array(7), 1, 2, 4, 4, 1)).rejects.toThrow(/v should hold/);
-    await expect(ref.attention(new Float32Array(8), new Float32Array(8), new Float32Array(8), 1, 2, 4, 4, NaN)).rejects.toThrow(/scale/);
-    await expect(ref.swiglu(new Float32Array(4), new Float32Array(8), new Float32Array(3), 1, 4, 1, false)).rejects.toThrow(/down should hold/);
-    await expect(ref.logitStats(new Float32Array(4), new Float32Array(8), 1, 4, 2, new Int32Array(2), 0)).rejects.toThrow(/targets should hold/);
+    await expect(
+      ref.attention(new Float32Array(8), new Float32Array(8), new Float32Array(7), 1, 2, 4, 4, 1),
+    ).rejects.toThrow(/v should hold/);
+    await expect(
+      ref.attention(new Float32Array(8), new Float32Array(8), new Float32Array(8), 1, 2, 4, 4, NaN),
+    ).rejects.toThrow(/scale/);
+    await expect(
+      ref.swiglu(new Float32Array(4), new Float32Array(8), new Float32Array(3), 1, 4, 1, false),
+    ).rejects.toThrow(/down should hold/);
+    await expect(
+      ref.logitStats(new Float32Array(4), new Float32Array(8), 1, 4, 2, new Int32Array(2), 0),
+    ).rejects.toThrow(/targets should hold/);
   });
 });
 
@@ -265,7 +323,8 @@ describe('OnnxBackend fused ops', () => {
     expect(4 * 1 * 1 * (1024 + 1100)).toBeGreaterThan(TINY_PRODUCT_MACS); // T = 1 in onnxruntime
     expect(37 * 256 * 1).toBeGreaterThan(TINY_PRODUCT_MACS); // count = 1 in onnxruntime
     expect(1 * 1 * 1 * 16).toBeLessThan(TINY_PRODUCT_MACS);
-    const sessions = (onnx as unknown as { sessions: Map<string, Promise<{ outputNames: readonly string[] }>> }).sessions;
+    const sessions = (onnx as unknown as { sessions: Map<string, Promise<{ outputNames: readonly string[] }>> })
+      .sessions;
     expect([...sessions.keys()].sort()).toEqual(['attention', 'logitStats', 'swiglu']);
     // The logits are an intermediate of the graph, never one of its outputs.
     expect((await sessions.get('logitStats')!).outputNames).toEqual(['Max', 'SumExp', 'ArgMax', 'Target']);
@@ -276,7 +335,9 @@ describe('OnnxBackend fused ops', () => {
 async function startWasm(): Promise<TfLike> {
   const tf = require('@tensorflow/tfjs-core');
   if (tf.getBackend() !== 'wasm') {
-    require('@tensorflow/tfjs-backend-wasm').setWasmPaths(path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep);
+    require('@tensorflow/tfjs-backend-wasm').setWasmPaths(
+      path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep,
+    );
     expect(await tf.setBackend('wasm')).toBe(true);
   }
   await tf.ready();
@@ -295,9 +356,26 @@ describe('TfjsBackend fused ops on tfjs-backend-wasm', () => {
   test('frees every tensor it makes', async () => {
     const tf = require('@tensorflow/tfjs-core');
     const before = tf.memory().numTensors;
-    await tfjs.attention(randomMatrix(2 * 40 * 16, 1), randomMatrix(2 * 40 * 16, 2), randomMatrix(2 * 40 * 8, 3), 2, 40, 16, 8, 0.25);
+    await tfjs.attention(
+      randomMatrix(2 * 40 * 16, 1),
+      randomMatrix(2 * 40 * 16, 2),
+      randomMatrix(2 * 40 * 8, 3),
+      2,
+      40,
+      16,
+      8,
+      0.25,
+    );
     await tfjs.swiglu(randomMatrix(40 * 16, 1), randomMatrix(2 * 8 * 16, 2), randomMatrix(16 * 8, 3), 40, 16, 8, true);
-    await tfjs.logitStats(randomMatrix(40 * 16, 1), randomMatrix(50 * 16, 2), 40, 16, 50, new Int32Array(40).fill(3), 0);
+    await tfjs.logitStats(
+      randomMatrix(40 * 16, 1),
+      randomMatrix(50 * 16, 2),
+      40,
+      16,
+      50,
+      new Int32Array(40).fill(3),
+      0,
+    );
     expect(tf.memory().numTensors).toBe(before);
   });
 });
@@ -308,12 +386,17 @@ describe('TfjsBackend fused ops on a non-wasm tfjs (batched products, as tfjs-no
     generic = new TfjsBackend({ ...(await startWasm()), getBackend: () => 'tensorflow' });
   });
 
-  test.each(ATTENTION_SHAPES.filter(([, T]) => T > 1))('attention H=%i T=%i dk=%i dv=%i equals ref', async (H, T, dk, dv) => {
-    const q = randomMatrix(H * T * dk, 21);
-    const k = randomMatrix(H * T * dk, 22);
-    const v = randomMatrix(H * T * dv, 23);
-    expect(relError(await generic.attention(q, k, v, H, T, dk, dv, 0.125), attentionRef(q, k, v, H, T, dk, dv, 0.125))).toBeLessThan(ATTENTION_TOL);
-  });
+  test.each(ATTENTION_SHAPES.filter(([, T]) => T > 1))(
+    'attention H=%i T=%i dk=%i dv=%i equals ref',
+    async (H, T, dk, dv) => {
+      const q = randomMatrix(H * T * dk, 21);
+      const k = randomMatrix(H * T * dk, 22);
+      const v = randomMatrix(H * T * dv, 23);
+      expect(
+        relError(await generic.attention(q, k, v, H, T, dk, dv, 0.125), attentionRef(q, k, v, H, T, dk, dv, 0.125)),
+      ).toBeLessThan(ATTENTION_TOL);
+    },
+  );
 
   test('swiglu and logitStats equal ref', async () => {
     const [rows, hidden, width, count] = [40, 96, 72, 300];

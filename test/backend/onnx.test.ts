@@ -64,7 +64,11 @@ describe('OnnxBackend (CPU)', () => {
   test('one session per graph, reused across shapes', async () => {
     const b = await OnnxBackend.create({ threads: 1 });
     try {
-      for (const [t, i, o] of [[64, 128, 96], [100, 64, 200], [1, 1024, 512]]) {
+      for (const [t, i, o] of [
+        [64, 128, 96],
+        [100, 64, 200],
+        [1, 1024, 512],
+      ]) {
         const x = randomMatrix(t * i, 1);
         const w = randomMatrix(o * i, 2);
         expect(relError(await b.linear(x, w, t, i, o), linearRef(x, w, t, i, o))).toBeLessThan(TOL);
@@ -115,26 +119,38 @@ describe('OnnxBackend (CPU)', () => {
 });
 
 describe('OnnxBackend (CUDA)', () => {
-  const binDir = path.join(path.dirname(require.resolve('onnxruntime-node/package.json')), 'bin', 'napi-v6', process.platform, process.arch);
+  const binDir = path.join(
+    path.dirname(require.resolve('onnxruntime-node/package.json')),
+    'bin',
+    'napi-v6',
+    process.platform,
+    process.arch,
+  );
   const hasCudaLib = fs.existsSync(path.join(binDir, 'libonnxruntime_providers_cuda.so'));
 
-  (hasCudaLib ? test.skip : test)(`without the CUDA provider, device cuda is a UsageError that says what to install${hasCudaLib ? ' (skipped: the CUDA provider is installed; the next test checks it)' : ''}`, async () => {
-    const err = await OnnxBackend.create({ device: 'cuda' }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(UsageError);
-    expect((err as UsageError).line()).toMatch(/CUDA provider.*ONNXRUNTIME_NODE_INSTALL=cuda12.*--device cpu/);
-  });
+  (hasCudaLib ? test.skip : test)(
+    `without the CUDA provider, device cuda is a UsageError that says what to install${hasCudaLib ? ' (skipped: the CUDA provider is installed; the next test checks it)' : ''}`,
+    async () => {
+      const err = await OnnxBackend.create({ device: 'cuda' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UsageError);
+      expect((err as UsageError).line()).toMatch(/CUDA provider.*ONNXRUNTIME_NODE_INSTALL=cuda12.*--device cpu/);
+    },
+  );
 
-  (hasCudaLib ? test : test.skip)(`with the CUDA provider installed, results equal ref or creation fails with a UsageError${hasCudaLib ? '' : ' (skipped: no libonnxruntime_providers_cuda.so; ONNXRUNTIME_NODE_INSTALL=cuda12 installs it)'}`, async () => {
-    let b: OnnxBackend;
-    try {
-      b = await OnnxBackend.create({ device: 'cuda' });
-    } catch (e) {
-      expect(e).toBeInstanceOf(UsageError);
-      return;
-    }
-    const x = randomMatrix(64 * 256, 1);
-    const w = randomMatrix(128 * 256, 2);
-    expect(relError(await b.linear(x, w, 64, 256, 128), linearRef(x, w, 64, 256, 128))).toBeLessThan(TOL);
-    await b.dispose();
-  });
+  (hasCudaLib ? test : test.skip)(
+    `with the CUDA provider installed, results equal ref or creation fails with a UsageError${hasCudaLib ? '' : ' (skipped: no libonnxruntime_providers_cuda.so; ONNXRUNTIME_NODE_INSTALL=cuda12 installs it)'}`,
+    async () => {
+      let b: OnnxBackend;
+      try {
+        b = await OnnxBackend.create({ device: 'cuda' });
+      } catch (e) {
+        expect(e).toBeInstanceOf(UsageError);
+        return;
+      }
+      const x = randomMatrix(64 * 256, 1);
+      const w = randomMatrix(128 * 256, 2);
+      expect(relError(await b.linear(x, w, 64, 256, 128), linearRef(x, w, 64, 256, 128))).toBeLessThan(TOL);
+      await b.dispose();
+    },
+  );
 });

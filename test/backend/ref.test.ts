@@ -5,11 +5,12 @@ import { randomMatrix } from './matrices';
 /** An independent naive product c = a · b for row-major a [m, k], b [k, n], in float64. */
 function naive(a: ArrayLike<number>, b: ArrayLike<number>, m: number, k: number, n: number): number[] {
   const c: number[] = [];
-  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
-    let s = 0;
-    for (let p = 0; p < k; p++) s += a[i * k + p] * b[p * n + j];
-    c.push(s);
-  }
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += a[i * k + p] * b[p * n + j];
+      c.push(s);
+    }
   return c;
 }
 
@@ -64,8 +65,12 @@ describe('RefBackend', () => {
 
   test('rejects arrays that do not match the dimensions', async () => {
     await expect(ref.linear(new Float32Array(5), new Float32Array(6), 2, 3, 2)).rejects.toThrow(InternalError);
-    await expect(ref.linear(new Float32Array(6), new Float32Array(6), 2, 3, 2, new Float32Array(3))).rejects.toThrow(/bias/);
-    await expect(ref.bmm(new Float32Array(8), new Float32Array(11), 2, 2, 2, 3, false)).rejects.toThrow(/b should hold/);
+    await expect(ref.linear(new Float32Array(6), new Float32Array(6), 2, 3, 2, new Float32Array(3))).rejects.toThrow(
+      /bias/,
+    );
+    await expect(ref.bmm(new Float32Array(8), new Float32Array(11), 2, 2, 2, 3, false)).rejects.toThrow(
+      /b should hold/,
+    );
     await expect(ref.linear(new Float32Array(0), new Float32Array(0), -1, 0, 0)).rejects.toThrow(/non-negative/);
   });
 });

@@ -22,7 +22,9 @@ describe('TfjsBackend on tfjs-core + tfjs-backend-wasm', () => {
     // The same adapter tfjs-node-gpu would get, fed the wasm backend, with its .wasm read from node_modules.
     const tf = require('@tensorflow/tfjs-core');
     const wasm = require('@tensorflow/tfjs-backend-wasm');
-    wasm.setWasmPaths(path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep);
+    wasm.setWasmPaths(
+      path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep,
+    );
     expect(await tf.setBackend('wasm')).toBe(true);
     await tf.ready();
     tfjs = new TfjsBackend(tf as TfLike);
@@ -81,7 +83,9 @@ describe('TfjsBackend on a non-wasm tfjs (as tfjs-node-gpu would be)', () => {
     const tf = require('@tensorflow/tfjs-core');
     const wasm = require('@tensorflow/tfjs-backend-wasm');
     if (tf.getBackend() !== 'wasm') {
-      wasm.setWasmPaths(path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep);
+      wasm.setWasmPaths(
+        path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep,
+      );
       await tf.setBackend('wasm');
     }
     await tf.ready();
@@ -92,7 +96,9 @@ describe('TfjsBackend on a non-wasm tfjs (as tfjs-node-gpu would be)', () => {
     const a = randomMatrix(batch * m * k, 60 + m);
     const b = randomMatrix(batch * k * n, 70 + n);
     for (const transB of [false, true]) {
-      expect(relError(await generic.bmm(a, b, batch, m, k, n, transB), bmmRef(a, b, batch, m, k, n, transB))).toBeLessThan(TOL);
+      expect(
+        relError(await generic.bmm(a, b, batch, m, k, n, transB), bmmRef(a, b, batch, m, k, n, transB)),
+      ).toBeLessThan(TOL);
     }
   });
 
@@ -109,34 +115,51 @@ describe('loading tfjs', () => {
   const hasGpu = installed('@tensorflow/tfjs-node-gpu');
 
   const native = hasGpu || installed('@tensorflow/tfjs-node');
-  (native ? test.skip : test)(`createBackend("tfjs") finds tfjs-core + wasm when tfjs-node-gpu is not installed${native ? ' (skipped: a native tfjs-node package is installed and takes precedence)' : ''}`, async () => {
-    const b = await createBackend('tfjs');
-    expect(b.name).toBe('tfjs');
-    expect((b as TfjsBackend).tf.getBackend()).toBe('wasm');
-    const x = randomMatrix(3 * 5, 1);
-    const w = randomMatrix(2 * 5, 2);
-    expect(relError(await b.linear(x, w, 3, 5, 2), linearRef(x, w, 3, 5, 2))).toBeLessThan(TOL);
-    await b.dispose();
-  });
+  (native ? test.skip : test)(
+    `createBackend("tfjs") finds tfjs-core + wasm when tfjs-node-gpu is not installed${native ? ' (skipped: a native tfjs-node package is installed and takes precedence)' : ''}`,
+    async () => {
+      const b = await createBackend('tfjs');
+      expect(b.name).toBe('tfjs');
+      expect((b as TfjsBackend).tf.getBackend()).toBe('wasm');
+      const x = randomMatrix(3 * 5, 1);
+      const w = randomMatrix(2 * 5, 2);
+      expect(relError(await b.linear(x, w, 3, 5, 2), linearRef(x, w, 3, 5, 2))).toBeLessThan(TOL);
+      await b.dispose();
+    },
+  );
 
-  (hasGpu ? test.skip : test)(`device cuda without tfjs-node-gpu is a UsageError naming the package to install${hasGpu ? ' (skipped: tfjs-node-gpu is installed)' : ''}`, async () => {
-    const err = await loadTfjs('cuda').catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(UsageError);
-    expect((err as UsageError).line()).toContain('npm install @tensorflow/tfjs-node-gpu');
-  });
+  (hasGpu ? test.skip : test)(
+    `device cuda without tfjs-node-gpu is a UsageError naming the package to install${hasGpu ? ' (skipped: tfjs-node-gpu is installed)' : ''}`,
+    async () => {
+      const err = await loadTfjs('cuda').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UsageError);
+      expect((err as UsageError).line()).toContain('npm install @tensorflow/tfjs-node-gpu');
+    },
+  );
 
   test('with no tfjs at all, the UsageError says what to npm install', async () => {
     await jest.isolateModulesAsync(async () => {
-      for (const name of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node', '@tensorflow/tfjs-core', '@tensorflow/tfjs-backend-wasm']) {
-        jest.doMock(name, () => {
-          throw Object.assign(new Error(`Cannot find module '${name}'`), { code: 'MODULE_NOT_FOUND' });
-        }, { virtual: true });
+      for (const name of [
+        '@tensorflow/tfjs-node-gpu',
+        '@tensorflow/tfjs-node',
+        '@tensorflow/tfjs-core',
+        '@tensorflow/tfjs-backend-wasm',
+      ]) {
+        jest.doMock(
+          name,
+          () => {
+            throw Object.assign(new Error(`Cannot find module '${name}'`), { code: 'MODULE_NOT_FOUND' });
+          },
+          { virtual: true },
+        );
       }
       const { loadTfjs: load } = require('../../src/backend/tfjs');
       const { UsageError: IsolatedUsageError } = require('../../src/errors');
       const err = await load('cpu').catch((e: unknown) => e);
       expect(err).toBeInstanceOf(IsolatedUsageError);
-      expect(err.line()).toMatch(/npm install @tensorflow\/tfjs-node-gpu.*npm install @tensorflow\/tfjs-core @tensorflow\/tfjs-backend-wasm/);
+      expect(err.line()).toMatch(
+        /npm install @tensorflow\/tfjs-node-gpu.*npm install @tensorflow\/tfjs-core @tensorflow\/tfjs-backend-wasm/,
+      );
     });
   });
 });

@@ -48,7 +48,12 @@ async function direct(model: string, data: number[][], layer: number, expert: nu
   const fp = new ForwardPass(reader, arch, new RefBackend(), { cacheBytes: 0 });
   const E = arch.numExperts;
   const k = arch.topK;
-  const d: Direct = { count: new Float64Array(E), reap: new Float64Array(E), imatrix: new Map(), xtx: new Float64Array(arch.hidden * arch.hidden) };
+  const d: Direct = {
+    count: new Float64Array(E),
+    reap: new Float64Array(E),
+    imatrix: new Map(),
+    xtx: new Float64Array(arch.hidden * arch.hidden),
+  };
   const gate = arch.expertKey(layer, expert, 'gate');
   let weights: Float32Array = new Float32Array(0);
   for (const w of data) {
@@ -74,7 +79,9 @@ async function direct(model: string, data: number[][], layer: number, expert: nu
         for (let r = 0; r < rows; r++) for (let c = 0; c < inDim; c++) acc[c] += x[r * inDim + c] ** 2;
         d.imatrix.set(name, acc);
         if (name === gate) {
-          for (let r = 0; r < rows; r++) for (let a = 0; a < inDim; a++) for (let b = 0; b < inDim; b++) d.xtx[a * inDim + b] += x[r * inDim + a] * x[r * inDim + b];
+          for (let r = 0; r < rows; r++)
+            for (let a = 0; a < inDim; a++)
+              for (let b = 0; b < inDim; b++) d.xtx[a * inDim + b] += x[r * inDim + a] * x[r * inDim + b];
         }
       },
     });
@@ -101,14 +108,27 @@ describe.each(CASES)('calibrate on %s', (_name, model, layer) => {
     fs.writeFileSync(file, JSON.stringify(data));
     const out = path.join(tmpDir(), 'stats');
     // Small batches and a tiny activation budget: the pipeline spills and still must agree.
-    const report = await calibrate({ model, output: out, data: file, seqLen: 16, hessians: true, naeeTokens: 20, batchTokens: 32, activationBudgetBytes: 1000, backend: 'ref' }, quiet);
+    const report = await calibrate(
+      {
+        model,
+        output: out,
+        data: file,
+        seqLen: 16,
+        hessians: true,
+        naeeTokens: 20,
+        batchTokens: 32,
+        activationBudgetBytes: 1000,
+        backend: 'ref',
+      },
+      quiet,
+    );
     expect(report.spilled).toBe(true);
     stats = new CalibrationStats(out);
   });
 
   afterAll(() => stats.close());
 
-  test('frequency counts, REAP saliency, imatrix and one expert\'s XᵀX equal a direct forward pass', async () => {
+  test("frequency counts, REAP saliency, imatrix and one expert's XᵀX equal a direct forward pass", async () => {
     const expert = 1;
     const d = await direct(model, data, layer, expert);
     const tokens = data.length * data[0].length;
@@ -126,12 +146,13 @@ describe.each(CASES)('calibrate on %s', (_name, model, layer) => {
     expect(relErr(stats.f32(`hessian/${gate}`), d.xtx)).toBeLessThanOrEqual(1e-4);
   });
 
-  test('every MoE layer\'s counts sum to tokens × top_k; soft frequencies sum to 1', () => {
+  test("every MoE layer's counts sum to tokens × top_k; soft frequencies sum to 1", () => {
     const tokens = data.length * data[0].length;
     for (const l of arch.moeLayers) {
       expect(stats.vector(l, 'count').reduce((s, c) => s + c, 0)).toBe(tokens * arch.topK);
       // Softmax probabilities sum to 1 per token, so their means do too (float32 probabilities).
-      if (arch.routing.scoring === 'softmax') expect(stats.vector(l, 'soft_freq').reduce((s, c) => s + c, 0)).toBeCloseTo(1, 6);
+      if (arch.routing.scoring === 'softmax')
+        expect(stats.vector(l, 'soft_freq').reduce((s, c) => s + c, 0)).toBeCloseTo(1, 6);
       const cos = stats.f64(`layers.${l}.moe.router_cos`);
       for (let e = 0; e < arch.numExperts; e++) expect(cos[e * arch.numExperts + e]).toBeCloseTo(1, 9);
     }
@@ -151,16 +172,50 @@ test('calibrate --json summarises each layer; --dry-run writes nothing; the same
   const file = path.join(tmpDir(), 'd.json');
   fs.writeFileSync(file, JSON.stringify(windows(4, 16, 256, 7)));
   const work = tmpDir();
-  expect((await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '-o', path.join(work, 's'), '--dry-run'])).code).toBe(0);
+  expect(
+    (await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '-o', path.join(work, 's'), '--dry-run']))
+      .code,
+  ).toBe(0);
   expect(listDir(work)).toEqual([]);
-  const r1 = await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '--samples', '3', '--seed', '5', '-o', path.join(work, 'a'), '--json']);
+  const r1 = await runMain([
+    'calibrate',
+    model,
+    '--data',
+    file,
+    '--seq-len',
+    '16',
+    '--samples',
+    '3',
+    '--seed',
+    '5',
+    '-o',
+    path.join(work, 'a'),
+    '--json',
+  ]);
   expect(r1.code).toBe(0);
   const report = JSON.parse(r1.stdout);
   expect(report.windows).toBe(3);
   expect(report.layers).toHaveLength(2);
   expect(report.layers[0].most_used).toHaveLength(3);
   expect(report.layers[0].most_used[0].frequency).toBeGreaterThanOrEqual(report.layers[0].least_used[0].frequency);
-  const r2 = await runMain(['calibrate', model, '--data', file, '--seq-len', '16', '--samples', '3', '--seed', '5', '-o', path.join(work, 'b')]);
+  const r2 = await runMain([
+    'calibrate',
+    model,
+    '--data',
+    file,
+    '--seq-len',
+    '16',
+    '--samples',
+    '3',
+    '--seed',
+    '5',
+    '-o',
+    path.join(work, 'b'),
+  ]);
   expect(r2.code).toBe(0);
-  expect(fs.readFileSync(path.join(work, 'a', 'stats.safetensors')).equals(fs.readFileSync(path.join(work, 'b', 'stats.safetensors')))).toBe(true);
+  expect(
+    fs
+      .readFileSync(path.join(work, 'a', 'stats.safetensors'))
+      .equals(fs.readFileSync(path.join(work, 'b', 'stats.safetensors'))),
+  ).toBe(true);
 });

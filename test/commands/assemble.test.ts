@@ -10,15 +10,24 @@ import { quantize, QuantizeOptions } from '../../src/commands/quantize';
 import { fixtureStats, makeSynth, quiet, ROOT, runCli, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
-const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+const filesBytes = (dir: string) =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 
 function sameCheckpoint(a: string, b: string): void {
-  const files = (d: string) => fs.readdirSync(d).filter((f) => f.endsWith('.safetensors') || f === 'model.safetensors.index.json' || f === 'config.json').sort();
+  const files = (d: string) =>
+    fs
+      .readdirSync(d)
+      .filter((f) => f.endsWith('.safetensors') || f === 'model.safetensors.index.json' || f === 'config.json')
+      .sort();
   expect(files(b)).toEqual(files(a));
   expect(files(a).filter((f) => f.endsWith('.safetensors')).length).toBeGreaterThan(1); // sharded: the index and shard boundaries are checked too
-  for (const f of files(a)) expect(fs.readFileSync(path.join(b, f)).equals(fs.readFileSync(path.join(a, f)))).toBe(true);
+  for (const f of files(a))
+    expect(fs.readFileSync(path.join(b, f)).equals(fs.readFileSync(path.join(a, f)))).toBe(true);
 }
 
 describe('moe quantize --layers + moe assemble', () => {
@@ -30,24 +39,35 @@ describe('moe quantize --layers + moe assemble', () => {
 
   test.each([
     ['uniform RTN 4-bit, packed', { bits: 4, method: 'rtn' }],
-    ['per-layer LP GPTQ at 3 bits, dequantized', { bits: 3, method: 'gptq', allocate: 'lp', budgetScope: 'layer', format: 'dequantized' }],
-  ] as [string, Partial<QuantizeOptions>][])('%s: parts in any order give the single run byte for byte', async (_label, o) => {
-    const dir = tmpDir();
-    const common = { model: MODEL, stats, maxShardBytes: 2_000_000, ...o } as QuantizeOptions;
-    await quantize({ ...common, output: path.join(dir, 'single') }, quiet);
-    const ranges: [number, number][] = [[2, 2], [0, 0], [1, 1]];
-    const parts = [];
-    for (const r of ranges) {
-      const out = path.join(dir, `part-${r[0]}`);
-      await quantize({ ...common, output: out, layers: r }, quiet);
-      expect(fs.existsSync(path.join(out, 'config.json'))).toBe(false); // a part is not a model
-      parts.push(out);
-    }
-    const r = await assemble(parts, { output: path.join(dir, 'joined') }, quiet);
-    expect(r.size_bytes).toBe(filesBytes(path.join(dir, 'joined')));
-    expect(r.layers).toBe(3);
-    sameCheckpoint(path.join(dir, 'single'), path.join(dir, 'joined'));
-  }, 120_000);
+    [
+      'per-layer LP GPTQ at 3 bits, dequantized',
+      { bits: 3, method: 'gptq', allocate: 'lp', budgetScope: 'layer', format: 'dequantized' },
+    ],
+  ] as [string, Partial<QuantizeOptions>][])(
+    '%s: parts in any order give the single run byte for byte',
+    async (_label, o) => {
+      const dir = tmpDir();
+      const common = { model: MODEL, stats, maxShardBytes: 2_000_000, ...o } as QuantizeOptions;
+      await quantize({ ...common, output: path.join(dir, 'single') }, quiet);
+      const ranges: [number, number][] = [
+        [2, 2],
+        [0, 0],
+        [1, 1],
+      ];
+      const parts = [];
+      for (const r of ranges) {
+        const out = path.join(dir, `part-${r[0]}`);
+        await quantize({ ...common, output: out, layers: r }, quiet);
+        expect(fs.existsSync(path.join(out, 'config.json'))).toBe(false); // a part is not a model
+        parts.push(out);
+      }
+      const r = await assemble(parts, { output: path.join(dir, 'joined') }, quiet);
+      expect(r.size_bytes).toBe(filesBytes(path.join(dir, 'joined')));
+      expect(r.layers).toBe(3);
+      sameCheckpoint(path.join(dir, 'single'), path.join(dir, 'joined'));
+    },
+    120_000,
+  );
 
   test('four --layers parts through the CLI (RTN on worker threads) give the single run byte for byte', async () => {
     const dir = tmpDir();
@@ -93,7 +113,20 @@ describe('moe quantize --layers + moe assemble', () => {
       expect(fs.existsSync(path.join(dir, 'out'))).toBe(false);
     }
     expect((await runMain(['assemble', a, c, '-o', path.join(dir, 'ok')])).code).toBe(0);
-    const g = await runMain(['quantize', MODEL, '--bits', '3', '--allocate', 'lp', '--stats', stats, '--layers', '0-1', '-o', path.join(dir, 'g')]);
+    const g = await runMain([
+      'quantize',
+      MODEL,
+      '--bits',
+      '3',
+      '--allocate',
+      'lp',
+      '--stats',
+      stats,
+      '--layers',
+      '0-1',
+      '-o',
+      path.join(dir, 'g'),
+    ]);
     expect(g.code).toBe(2);
     expect(g.stderr).toMatch(/needs --budget-scope layer/);
   }, 120_000);

@@ -47,7 +47,11 @@ function expectRefused(r: CliResult, code: number, message: RegExp): void {
 
 /** moe through bash, under `ulimit -f KB` (a file size limit: a write past it fails with EFBIG). */
 function runLimited(kb: number, args: string[]): CliResult {
-  const r = spawnSync('bash', ['-c', `ulimit -f ${kb}; exec "$0" "$@"`, process.execPath, path.join(ROOT, 'bin', 'moe.js'), ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, CI: 'true' } });
+  const r = spawnSync(
+    'bash',
+    ['-c', `ulimit -f ${kb}; exec "$0" "$@"`, process.execPath, path.join(ROOT, 'bin', 'moe.js'), ...args],
+    { cwd: ROOT, encoding: 'utf8', env: { ...process.env, CI: 'true' } },
+  );
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -109,18 +113,25 @@ beforeAll(async () => {
   sharded = await makeSynth('qwen3_moe', path.join(shared, 'sharded'), { maxShardBytes: 100_000 });
   other = await makeSynth('qwen3_moe', path.join(shared, 'other'), { set: { num_experts: 4 } });
   ids = path.join(shared, 'ids.json');
-  fs.writeFileSync(ids, JSON.stringify([0, 1, 2, 3].map((w) => Array.from({ length: 64 }, (_, i) => (i * 7 + w * 13) % 128))));
+  fs.writeFileSync(
+    ids,
+    JSON.stringify([0, 1, 2, 3].map((w) => Array.from({ length: 64 }, (_, i) => (i * 7 + w * 13) % 128))),
+  );
   stats = path.join(shared, 'stats');
   otherStats = path.join(shared, 'other-stats');
   await cli(['calibrate', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', stats]);
   await cli(['calibrate', other, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', otherStats]);
   parts = ['0-0', '1-1'].map((l) => path.join(shared, `part-${l}`));
-  for (const [i, p] of parts.entries()) await cli(['quantize', model, '--bits', '4', '--group-size', '32', '--layers', `${i}-${i}`, '-o', p]);
+  for (const [i, p] of parts.entries())
+    await cli(['quantize', model, '--bits', '4', '--group-size', '32', '--layers', `${i}-${i}`, '-o', p]);
   otherPart = path.join(shared, 'other-part');
   await cli(['quantize', other, '--bits', '4', '--group-size', '32', '--layers', '1-1', '-o', otherPart]);
   runDir = path.join(shared, 'run');
   const recipe = path.join(shared, 'recipe.yaml');
-  fs.writeFileSync(recipe, `model: ${model}\noutput: ${runDir}\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`);
+  fs.writeFileSync(
+    recipe,
+    `model: ${model}\noutput: ${runDir}\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`,
+  );
   await cli(['run', recipe]);
 }, 120_000);
 
@@ -132,7 +143,12 @@ function copy(src: string, work: string, name = 'model'): string {
 }
 
 /** Each case builds its inputs in `work` and returns the arguments; the destination is `work/out`. */
-type Case = [name: string, code: number, message: RegExp, setup: (work: string, out: string) => string[] | Promise<string[]>];
+type Case = [
+  name: string,
+  code: number,
+  message: RegExp,
+  setup: (work: string, out: string) => string[] | Promise<string[]>,
+];
 
 const recipe = (work: string, body: string) => {
   const f = path.join(work, 'recipe.yaml');
@@ -142,122 +158,272 @@ const recipe = (work: string, body: string) => {
 const RECIPE_HEAD = 'model: MODEL\noutput: out\nsteps:\n  - calibrate: { data: IDS, seq_len: 64 }\n';
 
 const CASES: Case[] = [
-  ['an index naming a tensor no shard holds (prune)', 3, /the index lists tensor "model\.layers\.0\.mlp\.experts\.99\.up_proj\.weight" in .*, but no shard holds it/, (work, out) => {
-    const m = copy(sharded, work);
-    editIndex(m, (wm) => (wm['model.layers.0.mlp.experts.99.up_proj.weight'] = Object.values(wm)[0]));
-    return ['prune', m, '--stats', stats, '--method', 'frequency', '--keep', '4', '-o', out];
-  }],
-  ['an index naming a shard file that is missing (merge)', 3, /shard "model-00002-of-00007\.safetensors" does not exist/, (work, out) => {
-    const m = copy(sharded, work);
-    fs.rmSync(path.join(m, 'model-00002-of-00007.safetensors'));
-    return ['merge', m, '--stats', stats, '--method', 'average', '--keep', '4', '-o', out];
-  }],
-  ['a tensor in a shard but not in the index (quantize)', 3, /tensor "model\.embed_tokens\.weight" is in a shard but not in the index/, (work, out) => {
-    const m = copy(sharded, work);
-    editIndex(m, (wm) => delete wm['model.embed_tokens.weight']);
-    return ['quantize', m, '--bits', '4', '-o', out];
-  }],
-  ['the same tensor in two shards (calibrate)', 3, /tensor "model\.embed_tokens\.weight" is stored twice/, (work, out) => {
-    const m = copy(sharded, work);
-    const first = readShard(path.join(m, 'model-00001-of-00007.safetensors'));
-    const t = first.header['model.embed_tokens.weight'];
-    const bytes = first.data.subarray(t.data_offsets[0], t.data_offsets[1]);
-    const second = path.join(m, 'model-00002-of-00007.safetensors');
-    const { header, data } = readShard(second);
-    header['model.embed_tokens.weight'] = { dtype: t.dtype, shape: t.shape, data_offsets: [data.length, data.length + bytes.length] };
-    writeShard(second, header, Buffer.concat([data, bytes]));
-    return ['calibrate', m, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', out];
-  }],
-  ['an index whose shard names are absolute (verify)', 3, /shard "\/.*model-0000\d-of-00007\.safetensors" points outside the model folder/, (work) => {
-    const m = copy(sharded, work);
-    editIndex(m, (wm) => {
-      for (const k of Object.keys(wm)) wm[k] = path.join(m, wm[k]);
-    });
-    return ['verify', m];
-  }],
-  ['an index that is not valid JSON (verify)', 3, /index is not valid JSON/, (work) => {
-    const m = copy(sharded, work);
-    fs.writeFileSync(path.join(m, INDEX), '{"weight_map": {');
-    return ['verify', m];
-  }],
-  ['config.json symlinked out of the model folder (prune)', 3, /file "config\.json" resolves outside the model folder/, (work, out) => {
-    const m = copy(model, work);
-    const outside = path.join(tmpDir(), 'config.json');
-    fs.renameSync(path.join(m, 'config.json'), outside);
-    fs.symlinkSync(outside, path.join(m, 'config.json'));
-    return ['prune', m, '--stats', stats, '--method', 'frequency', '--keep', '4', '-o', out];
-  }],
-  ['tokenizer.json symlinked out of the model folder (quantize)', 3, /file "tokenizer\.json" resolves outside the model folder/, (work, out) => {
-    const m = copy(TINY, work);
-    const outside = path.join(tmpDir(), 'tokenizer.json');
-    fs.renameSync(path.join(m, 'tokenizer.json'), outside);
-    fs.symlinkSync(outside, path.join(m, 'tokenizer.json'));
-    return ['quantize', m, '--bits', '8', '-o', out];
-  }],
-  ['tokenizer.json symlinked out of the model folder (eval on text)', 3, /file "tokenizer\.json" resolves outside the model folder/, (work) => {
-    const m = copy(TINY, work);
-    const outside = path.join(tmpDir(), 'tokenizer.json');
-    fs.renameSync(path.join(m, 'tokenizer.json'), outside);
-    fs.symlinkSync(outside, path.join(m, 'tokenizer.json'));
-    return ['eval', m, '--data', path.join(ROOT, 'fixtures', 'text', 'calib.txt'), '--max-tokens', '128', '--seq-len', '64', '--backend', 'ref'];
-  }],
-  ['a dtype whose byte length does not match the data (merge)', 3, /8192 bytes for F16\[64,32\], which needs 4096/, (work, out) => {
-    const m = copy(model, work);
-    const f = path.join(m, 'model.safetensors');
-    const { header, data } = readShard(f);
-    header[EXPERT].dtype = 'F16';
-    writeShard(f, header, data);
-    return ['merge', m, '--stats', stats, '--method', 'average', '--keep', '4', '-o', out];
-  }],
-  ['an unknown dtype (eval)', 3, /unknown dtype "Q9"/, (work) => {
-    const m = copy(model, work);
-    const f = path.join(m, 'model.safetensors');
-    const { header, data } = readShard(f);
-    header[EXPERT].dtype = 'Q9';
-    writeShard(f, header, data);
-    return ['eval', m, '--data', ids, '--seq-len', '64', '--backend', 'ref'];
-  }],
-  ['a NaN weight (quantize, packed)', 3, /tensor model\.layers\.0\.mlp\.experts\.1\.down_proj\.weight holds a NaN value/, (work, out) => {
-    const m = copy(model, work);
-    poison(path.join(m, 'model.safetensors'), EXPERT, NaN);
-    return ['quantize', m, '--bits', '4', '--group-size', '32', '-o', out];
-  }],
-  ['an Inf weight (quantize --format gguf to a .gguf file)', 3, /tensor model\.layers\.0\.mlp\.experts\.1\.down_proj\.weight holds an infinite value/, (work, out) => {
-    const m = copy(TINY, work);
-    poison(path.join(m, 'model.safetensors'), EXPERT, Infinity);
-    return ['quantize', m, '--format', 'gguf', '--type', 'q8_0', '-o', `${out}.gguf`];
-  }],
-  ['a NaN weight (quantize --format gguf to a folder)', 3, /holds a NaN value/, (work, out) => {
-    const m = copy(TINY, work);
-    poison(path.join(m, 'model.safetensors'), EXPERT, NaN);
-    return ['quantize', m, '--format', 'gguf', '--type', 'q4_k', '-o', out];
-  }],
-  ['stats from another model (prune)', 3, /the stats were made from another model/, (_work, out) => ['prune', model, '--stats', otherStats, '--method', 'frequency', '--keep', '4', '-o', out]],
-  ['stats from another model (merge)', 3, /the stats were made from another model/, (_work, out) => ['merge', model, '--stats', otherStats, '--method', 'msmoe', '--keep', '4', '-o', out]],
-  ['stats from another model (quantize)', 3, /the stats were made from another model/, (_work, out) => ['quantize', model, '--bits', '4', '--stats', otherStats, '-o', out]],
-  ['a corrupt stats.json (prune)', 3, /stats\.json is not valid JSON/, (work, out) => {
-    const s = copy(stats, work, 'stats');
-    fs.writeFileSync(path.join(s, 'stats.json'), '{"format": ');
-    return ['prune', model, '--stats', s, '--method', 'frequency', '--keep', '4', '-o', out];
-  }],
-  ['a truncated stats.safetensors (quantize)', 3, /stats\.safetensors/, (work, out) => {
-    const s = copy(stats, work, 'stats');
-    const f = path.join(s, 'stats.safetensors');
-    fs.truncateSync(f, fs.statSync(f).size - 64);
-    return ['quantize', model, '--bits', '4', '--stats', s, '-o', out];
-  }],
-  ['a model folder given as --stats (merge)', 3, /not a moe stats folder \(no stats\.json\)/, (_work, out) => ['merge', model, '--stats', model, '--method', 'average', '--keep', '4', '-o', out]],
-  ['a recipe with a wrong type (keep: four)', 2, /recipe\.yaml line 5: prune\.keep must be an integer, not "four"/, (work) => ['run', recipe(work, `${RECIPE_HEAD}  - prune: { method: frequency, keep: four }\n`)]],
-  ['a recipe with an unknown step', 2, /recipe\.yaml line 5: unknown step "distill"/, (work) => ['run', recipe(work, `${RECIPE_HEAD}  - distill: { keep: 4 }\n`)]],
-  ['a recipe with an unknown option', 2, /recipe\.yaml line 5: "prune" has no option "speed"/, (work) => ['run', recipe(work, `${RECIPE_HEAD}  - prune: { method: frequency, keep: 4, speed: fast }\n`)]],
-  ['a recipe whose model path is missing', 3, /recipe\.yaml line 1: the model folder .*nowhere does not exist/, (work) => ['run', recipe(work, RECIPE_HEAD.replace('MODEL', path.join(work, 'nowhere')))]],
-  ['token ids outside the vocabulary (eval)', 3, /not an array of token ids below the vocabulary size 128/, (work) => {
-    const f = path.join(work, 'ids.json');
-    fs.writeFileSync(f, JSON.stringify([[1, 2, 3, 500, 4, 5]]));
-    return ['eval', model, '--data', f, '--seq-len', '6', '--backend', 'ref'];
-  }],
-  ['assemble: a part of another model', 3, /this part was made from another model/, (_work, out) => ['assemble', parts[0], otherPart, '-o', out]],
-  ['assemble: a folder that is not a part', 3, /not a partial output \(no moe-partial\.json\)/, (_work, out) => ['assemble', parts[0], model, '-o', out]],
+  [
+    'an index naming a tensor no shard holds (prune)',
+    3,
+    /the index lists tensor "model\.layers\.0\.mlp\.experts\.99\.up_proj\.weight" in .*, but no shard holds it/,
+    (work, out) => {
+      const m = copy(sharded, work);
+      editIndex(m, (wm) => (wm['model.layers.0.mlp.experts.99.up_proj.weight'] = Object.values(wm)[0]));
+      return ['prune', m, '--stats', stats, '--method', 'frequency', '--keep', '4', '-o', out];
+    },
+  ],
+  [
+    'an index naming a shard file that is missing (merge)',
+    3,
+    /shard "model-00002-of-00007\.safetensors" does not exist/,
+    (work, out) => {
+      const m = copy(sharded, work);
+      fs.rmSync(path.join(m, 'model-00002-of-00007.safetensors'));
+      return ['merge', m, '--stats', stats, '--method', 'average', '--keep', '4', '-o', out];
+    },
+  ],
+  [
+    'a tensor in a shard but not in the index (quantize)',
+    3,
+    /tensor "model\.embed_tokens\.weight" is in a shard but not in the index/,
+    (work, out) => {
+      const m = copy(sharded, work);
+      editIndex(m, (wm) => delete wm['model.embed_tokens.weight']);
+      return ['quantize', m, '--bits', '4', '-o', out];
+    },
+  ],
+  [
+    'the same tensor in two shards (calibrate)',
+    3,
+    /tensor "model\.embed_tokens\.weight" is stored twice/,
+    (work, out) => {
+      const m = copy(sharded, work);
+      const first = readShard(path.join(m, 'model-00001-of-00007.safetensors'));
+      const t = first.header['model.embed_tokens.weight'];
+      const bytes = first.data.subarray(t.data_offsets[0], t.data_offsets[1]);
+      const second = path.join(m, 'model-00002-of-00007.safetensors');
+      const { header, data } = readShard(second);
+      header['model.embed_tokens.weight'] = {
+        dtype: t.dtype,
+        shape: t.shape,
+        data_offsets: [data.length, data.length + bytes.length],
+      };
+      writeShard(second, header, Buffer.concat([data, bytes]));
+      return ['calibrate', m, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', out];
+    },
+  ],
+  [
+    'an index whose shard names are absolute (verify)',
+    3,
+    /shard "\/.*model-0000\d-of-00007\.safetensors" points outside the model folder/,
+    (work) => {
+      const m = copy(sharded, work);
+      editIndex(m, (wm) => {
+        for (const k of Object.keys(wm)) wm[k] = path.join(m, wm[k]);
+      });
+      return ['verify', m];
+    },
+  ],
+  [
+    'an index that is not valid JSON (verify)',
+    3,
+    /index is not valid JSON/,
+    (work) => {
+      const m = copy(sharded, work);
+      fs.writeFileSync(path.join(m, INDEX), '{"weight_map": {');
+      return ['verify', m];
+    },
+  ],
+  [
+    'config.json symlinked out of the model folder (prune)',
+    3,
+    /file "config\.json" resolves outside the model folder/,
+    (work, out) => {
+      const m = copy(model, work);
+      const outside = path.join(tmpDir(), 'config.json');
+      fs.renameSync(path.join(m, 'config.json'), outside);
+      fs.symlinkSync(outside, path.join(m, 'config.json'));
+      return ['prune', m, '--stats', stats, '--method', 'frequency', '--keep', '4', '-o', out];
+    },
+  ],
+  [
+    'tokenizer.json symlinked out of the model folder (quantize)',
+    3,
+    /file "tokenizer\.json" resolves outside the model folder/,
+    (work, out) => {
+      const m = copy(TINY, work);
+      const outside = path.join(tmpDir(), 'tokenizer.json');
+      fs.renameSync(path.join(m, 'tokenizer.json'), outside);
+      fs.symlinkSync(outside, path.join(m, 'tokenizer.json'));
+      return ['quantize', m, '--bits', '8', '-o', out];
+    },
+  ],
+  [
+    'tokenizer.json symlinked out of the model folder (eval on text)',
+    3,
+    /file "tokenizer\.json" resolves outside the model folder/,
+    (work) => {
+      const m = copy(TINY, work);
+      const outside = path.join(tmpDir(), 'tokenizer.json');
+      fs.renameSync(path.join(m, 'tokenizer.json'), outside);
+      fs.symlinkSync(outside, path.join(m, 'tokenizer.json'));
+      return [
+        'eval',
+        m,
+        '--data',
+        path.join(ROOT, 'fixtures', 'text', 'calib.txt'),
+        '--max-tokens',
+        '128',
+        '--seq-len',
+        '64',
+        '--backend',
+        'ref',
+      ];
+    },
+  ],
+  [
+    'a dtype whose byte length does not match the data (merge)',
+    3,
+    /8192 bytes for F16\[64,32\], which needs 4096/,
+    (work, out) => {
+      const m = copy(model, work);
+      const f = path.join(m, 'model.safetensors');
+      const { header, data } = readShard(f);
+      header[EXPERT].dtype = 'F16';
+      writeShard(f, header, data);
+      return ['merge', m, '--stats', stats, '--method', 'average', '--keep', '4', '-o', out];
+    },
+  ],
+  [
+    'an unknown dtype (eval)',
+    3,
+    /unknown dtype "Q9"/,
+    (work) => {
+      const m = copy(model, work);
+      const f = path.join(m, 'model.safetensors');
+      const { header, data } = readShard(f);
+      header[EXPERT].dtype = 'Q9';
+      writeShard(f, header, data);
+      return ['eval', m, '--data', ids, '--seq-len', '64', '--backend', 'ref'];
+    },
+  ],
+  [
+    'a NaN weight (quantize, packed)',
+    3,
+    /tensor model\.layers\.0\.mlp\.experts\.1\.down_proj\.weight holds a NaN value/,
+    (work, out) => {
+      const m = copy(model, work);
+      poison(path.join(m, 'model.safetensors'), EXPERT, NaN);
+      return ['quantize', m, '--bits', '4', '--group-size', '32', '-o', out];
+    },
+  ],
+  [
+    'an Inf weight (quantize --format gguf to a .gguf file)',
+    3,
+    /tensor model\.layers\.0\.mlp\.experts\.1\.down_proj\.weight holds an infinite value/,
+    (work, out) => {
+      const m = copy(TINY, work);
+      poison(path.join(m, 'model.safetensors'), EXPERT, Infinity);
+      return ['quantize', m, '--format', 'gguf', '--type', 'q8_0', '-o', `${out}.gguf`];
+    },
+  ],
+  [
+    'a NaN weight (quantize --format gguf to a folder)',
+    3,
+    /holds a NaN value/,
+    (work, out) => {
+      const m = copy(TINY, work);
+      poison(path.join(m, 'model.safetensors'), EXPERT, NaN);
+      return ['quantize', m, '--format', 'gguf', '--type', 'q4_k', '-o', out];
+    },
+  ],
+  [
+    'stats from another model (prune)',
+    3,
+    /the stats were made from another model/,
+    (_work, out) => ['prune', model, '--stats', otherStats, '--method', 'frequency', '--keep', '4', '-o', out],
+  ],
+  [
+    'stats from another model (merge)',
+    3,
+    /the stats were made from another model/,
+    (_work, out) => ['merge', model, '--stats', otherStats, '--method', 'msmoe', '--keep', '4', '-o', out],
+  ],
+  [
+    'stats from another model (quantize)',
+    3,
+    /the stats were made from another model/,
+    (_work, out) => ['quantize', model, '--bits', '4', '--stats', otherStats, '-o', out],
+  ],
+  [
+    'a corrupt stats.json (prune)',
+    3,
+    /stats\.json is not valid JSON/,
+    (work, out) => {
+      const s = copy(stats, work, 'stats');
+      fs.writeFileSync(path.join(s, 'stats.json'), '{"format": ');
+      return ['prune', model, '--stats', s, '--method', 'frequency', '--keep', '4', '-o', out];
+    },
+  ],
+  [
+    'a truncated stats.safetensors (quantize)',
+    3,
+    /stats\.safetensors/,
+    (work, out) => {
+      const s = copy(stats, work, 'stats');
+      const f = path.join(s, 'stats.safetensors');
+      fs.truncateSync(f, fs.statSync(f).size - 64);
+      return ['quantize', model, '--bits', '4', '--stats', s, '-o', out];
+    },
+  ],
+  [
+    'a model folder given as --stats (merge)',
+    3,
+    /not a moe stats folder \(no stats\.json\)/,
+    (_work, out) => ['merge', model, '--stats', model, '--method', 'average', '--keep', '4', '-o', out],
+  ],
+  [
+    'a recipe with a wrong type (keep: four)',
+    2,
+    /recipe\.yaml line 5: prune\.keep must be an integer, not "four"/,
+    (work) => ['run', recipe(work, `${RECIPE_HEAD}  - prune: { method: frequency, keep: four }\n`)],
+  ],
+  [
+    'a recipe with an unknown step',
+    2,
+    /recipe\.yaml line 5: unknown step "distill"/,
+    (work) => ['run', recipe(work, `${RECIPE_HEAD}  - distill: { keep: 4 }\n`)],
+  ],
+  [
+    'a recipe with an unknown option',
+    2,
+    /recipe\.yaml line 5: "prune" has no option "speed"/,
+    (work) => ['run', recipe(work, `${RECIPE_HEAD}  - prune: { method: frequency, keep: 4, speed: fast }\n`)],
+  ],
+  [
+    'a recipe whose model path is missing',
+    3,
+    /recipe\.yaml line 1: the model folder .*nowhere does not exist/,
+    (work) => ['run', recipe(work, RECIPE_HEAD.replace('MODEL', path.join(work, 'nowhere')))],
+  ],
+  [
+    'token ids outside the vocabulary (eval)',
+    3,
+    /not an array of token ids below the vocabulary size 128/,
+    (work) => {
+      const f = path.join(work, 'ids.json');
+      fs.writeFileSync(f, JSON.stringify([[1, 2, 3, 500, 4, 5]]));
+      return ['eval', model, '--data', f, '--seq-len', '6', '--backend', 'ref'];
+    },
+  ],
+  [
+    'assemble: a part of another model',
+    3,
+    /this part was made from another model/,
+    (_work, out) => ['assemble', parts[0], otherPart, '-o', out],
+  ],
+  [
+    'assemble: a folder that is not a part',
+    3,
+    /not a partial output \(no moe-partial\.json\)/,
+    (_work, out) => ['assemble', parts[0], model, '-o', out],
+  ],
   ['assemble: a layer no part holds', 2, /no part holds layer 1/, (_work, out) => ['assemble', parts[0], '-o', out]],
 ];
 
@@ -280,52 +446,88 @@ interface Writer {
 }
 
 const WRITERS: Record<string, Writer> = {
-  calibrate: { args: (d) => ['calibrate', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', d], force: true },
-  prune: { args: (d) => ['prune', model, '--stats', stats, '--method', 'frequency', '--keep', '4', '-o', d], force: true },
-  merge: { args: (d) => ['merge', model, '--stats', stats, '--method', 'average', '--keep', '4', '-o', d], force: true },
+  calibrate: {
+    args: (d) => ['calibrate', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '-o', d],
+    force: true,
+  },
+  prune: {
+    args: (d) => ['prune', model, '--stats', stats, '--method', 'frequency', '--keep', '4', '-o', d],
+    force: true,
+  },
+  merge: {
+    args: (d) => ['merge', model, '--stats', stats, '--method', 'average', '--keep', '4', '-o', d],
+    force: true,
+  },
   'quantize (packed)': { args: (d) => ['quantize', model, '--bits', '4', '--group-size', '32', '-o', d], force: true },
-  'quantize (dequantized)': { args: (d) => ['quantize', model, '--bits', '4', '--group-size', '32', '--format', 'dequantized', '-o', d], force: true },
-  'quantize --format gguf (folder)': { args: (d) => ['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', d], force: true },
-  'quantize --format gguf (.gguf file)': { args: (d) => ['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', d], file: '.gguf', force: true },
+  'quantize (dequantized)': {
+    args: (d) => ['quantize', model, '--bits', '4', '--group-size', '32', '--format', 'dequantized', '-o', d],
+    force: true,
+  },
+  'quantize --format gguf (folder)': {
+    args: (d) => ['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', d],
+    force: true,
+  },
+  'quantize --format gguf (.gguf file)': {
+    args: (d) => ['quantize', TINY, '--format', 'gguf', '--type', 'q8_0', '-o', d],
+    file: '.gguf',
+    force: true,
+  },
   assemble: { args: (d) => ['assemble', ...parts, '-o', d], force: true },
   synth: { args: (d) => ['synth', '--arch', 'qwen3_moe', '-o', d], force: true },
   report: { args: (d) => ['report', runDir, '-o', d], file: '.html', force: true },
-  'eval --dump-logits': { args: (d) => ['eval', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '--dump-logits', d], file: '.safetensors' },
+  'eval --dump-logits': {
+    args: (d) => ['eval', model, '--data', ids, '--seq-len', '64', '--backend', 'ref', '--dump-logits', d],
+    file: '.safetensors',
+  },
 };
-const writers = (pick: (w: Writer) => boolean) => Object.entries(WRITERS).filter(([, w]) => pick(w)) as [string, Writer][];
+const writers = (pick: (w: Writer) => boolean) =>
+  Object.entries(WRITERS).filter(([, w]) => pick(w)) as [string, Writer][];
 
 /** A recipe whose output is `dest` (moe run resumes into an existing output folder, so it is only in the unwritable cases). */
 function runArgs(dest: string): string[] {
   const f = path.join(tmpDir(), 'recipe.yaml');
-  fs.writeFileSync(f, `model: ${model}\noutput: ${dest}\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`);
+  fs.writeFileSync(
+    f,
+    `model: ${model}\noutput: ${dest}\nbackend: ref\nsteps:\n  - calibrate: { data: ${ids}, seq_len: 64 }\n`,
+  );
   return ['run', f];
 }
 
 describe('destinations', () => {
-  test.each(writers(() => true))('%s: an existing destination is refused without --force and left untouched', async (_name, w) => {
-    const work = tmpDir();
-    const dest = path.join(work, `out${w.file ?? ''}`);
-    if (w.file) fs.writeFileSync(dest, 'mine');
-    else {
+  test.each(writers(() => true))(
+    '%s: an existing destination is refused without --force and left untouched',
+    async (_name, w) => {
+      const work = tmpDir();
+      const dest = path.join(work, `out${w.file ?? ''}`);
+      if (w.file) fs.writeFileSync(dest, 'mine');
+      else {
+        fs.mkdirSync(dest);
+        fs.writeFileSync(path.join(dest, 'keep.txt'), 'mine');
+      }
+      expectRefused(await runMain(w.args(dest)), 2, /already exists/);
+      expect(fs.readFileSync(w.file ? dest : path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
+      expect(listDir(work)).toEqual([path.basename(dest)]);
+      if (!w.file) expect(listDir(dest)).toEqual(['keep.txt']);
+    },
+  );
+
+  test.each(writers((w) => !!w.force))(
+    '%s: --force on a folder moe did not write is refused and the folder untouched',
+    async (_name, w) => {
+      const work = tmpDir();
+      const dest = path.join(work, `out${w.file ?? ''}`);
       fs.mkdirSync(dest);
       fs.writeFileSync(path.join(dest, 'keep.txt'), 'mine');
-    }
-    expectRefused(await runMain(w.args(dest)), 2, /already exists/);
-    expect(fs.readFileSync(w.file ? dest : path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
-    expect(listDir(work)).toEqual([path.basename(dest)]);
-    if (!w.file) expect(listDir(dest)).toEqual(['keep.txt']);
-  });
-
-  test.each(writers((w) => !!w.force))('%s: --force on a folder moe did not write is refused and the folder untouched', async (_name, w) => {
-    const work = tmpDir();
-    const dest = path.join(work, `out${w.file ?? ''}`);
-    fs.mkdirSync(dest);
-    fs.writeFileSync(path.join(dest, 'keep.txt'), 'mine');
-    expectRefused(await runMain([...w.args(dest), '--force']), 2, /--force replaces only a folder moe wrote|exists and is not a file/);
-    expect(listDir(work)).toEqual([path.basename(dest)]);
-    expect(listDir(dest)).toEqual(['keep.txt']);
-    expect(fs.readFileSync(path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
-  });
+      expectRefused(
+        await runMain([...w.args(dest), '--force']),
+        2,
+        /--force replaces only a folder moe wrote|exists and is not a file/,
+      );
+      expect(listDir(work)).toEqual([path.basename(dest)]);
+      expect(listDir(dest)).toEqual(['keep.txt']);
+      expect(fs.readFileSync(path.join(dest, 'keep.txt'), 'utf8')).toBe('mine');
+    },
+  );
 
   test('calibrate --force replaces a stats folder it wrote', async () => {
     const work = tmpDir();
@@ -338,7 +540,10 @@ describe('destinations', () => {
     expect(listDir(work)).toEqual(['stats']);
   });
 
-  const all: [string, (dest: string) => string[], string][] = [...writers(() => true).map(([n, w]) => [n, w.args, w.file ?? ''] as [string, (d: string) => string[], string]), ['run', runArgs, '']];
+  const all: [string, (dest: string) => string[], string][] = [
+    ...writers(() => true).map(([n, w]) => [n, w.args, w.file ?? ''] as [string, (d: string) => string[], string]),
+    ['run', runArgs, ''],
+  ];
 
   test.each(all)('%s: a destination whose parent is a regular file is refused (exit 2)', async (_name, args, ext) => {
     const work = tmpDir();
@@ -348,30 +553,42 @@ describe('destinations', () => {
     expect(fs.readFileSync(path.join(work, 'afile'), 'utf8')).toBe('mine');
   });
 
-  test.each(all.filter(([n]) => ['prune', 'quantize --format gguf (.gguf file)', 'report', 'eval --dump-logits', 'run', 'synth'].includes(n)))(
-    '%s: a destination under /proc cannot be created (exit 2)',
-    async (_name, args, ext) => {
-      const dest = `/proc/moe-bad-input-${process.pid}${ext}`;
-      expectRefused(await runMain(args(dest)), 2, /cannot create the output/);
-      expect(fs.existsSync(dest)).toBe(false);
-      expect(fs.readdirSync('/proc').filter((f) => f.includes('moe'))).toEqual([]);
-    },
-  );
+  test.each(
+    all.filter(([n]) =>
+      ['prune', 'quantize --format gguf (.gguf file)', 'report', 'eval --dump-logits', 'run', 'synth'].includes(n),
+    ),
+  )('%s: a destination under /proc cannot be created (exit 2)', async (_name, args, ext) => {
+    const dest = `/proc/moe-bad-input-${process.pid}${ext}`;
+    expectRefused(await runMain(args(dest)), 2, /cannot create the output/);
+    expect(fs.existsSync(dest)).toBe(false);
+    expect(fs.readdirSync('/proc').filter((f) => f.includes('moe'))).toEqual([]);
+  });
 
   const asRoot = process.getuid?.() === 0;
-  (asRoot ? test.skip : test)('a read-only parent folder (chmod 555) is refused (not run as root: root writes anyway)', async () => {
-    const work = tmpDir();
-    const ro = path.join(work, 'ro');
-    fs.mkdirSync(ro);
-    fs.chmodSync(ro, 0o555);
-    try {
-      expectRefused(await runMain(WRITERS.prune.args(path.join(ro, 'out'))), 2, /cannot create the output folder: EACCES/);
-      expectRefused(await runMain(WRITERS['quantize --format gguf (.gguf file)'].args(path.join(ro, 'out.gguf'))), 2, /cannot create the output file: EACCES/);
-      expect(listDir(ro)).toEqual([]);
-    } finally {
-      fs.chmodSync(ro, 0o755);
-    }
-  });
+  (asRoot ? test.skip : test)(
+    'a read-only parent folder (chmod 555) is refused (not run as root: root writes anyway)',
+    async () => {
+      const work = tmpDir();
+      const ro = path.join(work, 'ro');
+      fs.mkdirSync(ro);
+      fs.chmodSync(ro, 0o555);
+      try {
+        expectRefused(
+          await runMain(WRITERS.prune.args(path.join(ro, 'out'))),
+          2,
+          /cannot create the output folder: EACCES/,
+        );
+        expectRefused(
+          await runMain(WRITERS['quantize --format gguf (.gguf file)'].args(path.join(ro, 'out.gguf'))),
+          2,
+          /cannot create the output file: EACCES/,
+        );
+        expect(listDir(ro)).toEqual([]);
+      } finally {
+        fs.chmodSync(ro, 0o755);
+      }
+    },
+  );
 });
 
 describe('a full disk', () => {
@@ -399,7 +616,11 @@ describe('a full disk', () => {
     expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', disk]).status).toBe(0);
     try {
       expectRefused(runCli(WRITERS.prune.args(path.join(disk, 'out'))), 3, /no space left on the device/);
-      expectRefused(runCli(WRITERS['quantize --format gguf (.gguf file)'].args(path.join(disk, 'out.gguf'))), 3, /no space left on the device/);
+      expectRefused(
+        runCli(WRITERS['quantize --format gguf (.gguf file)'].args(path.join(disk, 'out.gguf'))),
+        3,
+        /no space left on the device/,
+      );
       expect(listDir(disk)).toEqual([]);
     } finally {
       spawnSync('umount', [disk]);

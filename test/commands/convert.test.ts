@@ -8,7 +8,11 @@ import { planShards } from '../../src/io/writer';
 import { GOLDEN, listDir, makeSynth, quiet, rawHeader, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
-const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+const filesBytes = (dir: string) =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 
 const SHARDED = path.join(GOLDEN, 'mixtral-bf16-sharded');
 
@@ -64,11 +68,14 @@ describe('moe convert', () => {
     checkIndex(one, 1);
     expect(sameTensors(SHARDED, three)).toBe(true);
     expect(sameTensors(SHARDED, one)).toBe(true);
-    expect(new Set(Object.values(rawHeader(path.join(one, 'model.safetensors')).json).map((t) => t.dtype))).toEqual(new Set(['BF16']));
+    expect(new Set(Object.values(rawHeader(path.join(one, 'model.safetensors')).json).map((t) => t.dtype))).toEqual(
+      new Set(['BF16']),
+    );
     // Without --dtype the config is carried over unchanged, and generation_config.json is copied.
     const json = (d: string, f: string) => JSON.parse(fs.readFileSync(path.join(d, f), 'utf8'));
     expect(json(one, 'config.json')).toEqual(json(SHARDED, 'config.json'));
-    if (fs.existsSync(path.join(SHARDED, 'generation_config.json'))) expect(json(one, 'generation_config.json')).toEqual(json(SHARDED, 'generation_config.json'));
+    if (fs.existsSync(path.join(SHARDED, 'generation_config.json')))
+      expect(json(one, 'generation_config.json')).toEqual(json(SHARDED, 'generation_config.json'));
     expect(listDir(work)).toEqual(['one', 'three']); // no temporary folders left
   });
 

@@ -38,16 +38,19 @@ function logSoftmax(x: Float32Array, o: number, V: number): Float64Array {
 }
 
 describe('moe eval', () => {
-  test.each(['qwen3_moe', 'deepseek_v3', 'qwen2_moe'])('%s: pre-tokenized windows give transformers\' loss (onnx backend)', async (c) => {
-    const data = writeJson(goldenIds(c));
-    const r = await runMain(['eval', path.join(GOLDEN, c), '--data', data, '--json']);
-    expect(r.code).toBe(0);
-    const report = JSON.parse(r.stdout);
-    const want = JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'golden.json'), 'utf8')).loss;
-    expect(Math.abs(report.loss - want)).toBeLessThan(1e-4);
-    expect(report.perplexity).toBeCloseTo(Math.exp(report.loss), 6);
-    expect(report).toMatchObject({ windows: 2, tokens: 32, positions: 30, backend: 'onnx' });
-  });
+  test.each(['qwen3_moe', 'deepseek_v3', 'qwen2_moe'])(
+    "%s: pre-tokenized windows give transformers' loss (onnx backend)",
+    async (c) => {
+      const data = writeJson(goldenIds(c));
+      const r = await runMain(['eval', path.join(GOLDEN, c), '--data', data, '--json']);
+      expect(r.code).toBe(0);
+      const report = JSON.parse(r.stdout);
+      const want = JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'golden.json'), 'utf8')).loss;
+      expect(Math.abs(report.loss - want)).toBeLessThan(1e-4);
+      expect(report.perplexity).toBeCloseTo(Math.exp(report.loss), 6);
+      expect(report).toMatchObject({ windows: 2, tokens: 32, positions: 30, backend: 'onnx' });
+    },
+  );
 
   test('against a baseline: KL, top-1 agreement and perplexity match a direct computation from the dumped logits', async () => {
     const base = path.join(GOLDEN, 'qwen3_moe');
@@ -58,7 +61,10 @@ describe('moe eval', () => {
     const dumpA = path.join(work, 'a.safetensors');
     const dumpB = path.join(work, 'b.safetensors');
     await evalCommand({ model: base, data, seqLen: 16, backend: 'ref', dumpLogits: dumpA }, quiet);
-    const report = await evalCommand({ model: bf16, data, seqLen: 16, backend: 'ref', baseline: base, dumpLogits: dumpB }, quiet);
+    const report = await evalCommand(
+      { model: bf16, data, seqLen: 16, backend: 'ref', baseline: base, dumpLogits: dumpB },
+      quiet,
+    );
     const a = readLogits(dumpA);
     const b = readLogits(dumpB);
     const [W, T, V] = a.shape;
@@ -91,7 +97,17 @@ describe('moe eval', () => {
 
   test('a model against itself: KL 0, full agreement, gate passes (exit 0)', async () => {
     const m = path.join(GOLDEN, 'olmoe');
-    const r = await runMain(['eval', m, '--baseline', m, '--data', writeJson(goldenIds('olmoe')), '--max-ppl-increase', '0', '--json']);
+    const r = await runMain([
+      'eval',
+      m,
+      '--baseline',
+      m,
+      '--data',
+      writeJson(goldenIds('olmoe')),
+      '--max-ppl-increase',
+      '0',
+      '--json',
+    ]);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.baseline.kl_mean).toBeCloseTo(0, 10);

@@ -8,7 +8,9 @@ import { GOLDEN, makeSynth, rawHeader, runMain, tmpDir } from '../helpers';
 function independent(dir: string) {
   const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
   const index = path.join(dir, 'model.safetensors.index.json');
-  const shards = fs.existsSync(index) ? [...new Set(Object.values(JSON.parse(fs.readFileSync(index, 'utf8')).weight_map) as string[])] : ['model.safetensors'];
+  const shards = fs.existsSync(index)
+    ? [...new Set(Object.values(JSON.parse(fs.readFileSync(index, 'utf8')).weight_map) as string[])]
+    : ['model.safetensors'];
   let params = 0;
   const experts = new Map<number, Set<number>>();
   for (const s of shards) {
@@ -30,11 +32,15 @@ function independent(dir: string) {
   };
 }
 
-const GOLDEN_CASES = fs.existsSync(GOLDEN) ? fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'config.json'))) : [];
+const GOLDEN_CASES = fs.existsSync(GOLDEN)
+  ? fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'config.json')))
+  : [];
 
 describe('moe inspect on transformers-saved checkpoints', () => {
   test('the golden fixtures cover every supported model_type', () => {
-    const types = new Set(GOLDEN_CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type));
+    const types = new Set(
+      GOLDEN_CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type),
+    );
     expect([...types].sort()).toEqual(Object.keys(PRESETS).sort());
   });
 
@@ -44,7 +50,12 @@ describe('moe inspect on transformers-saved checkpoints', () => {
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     const want = independent(dir);
-    expect({ params_total: report.params_total, moe_layers: report.moe_layers, experts_per_layer: report.experts_per_layer, top_k: report.top_k }).toEqual(want);
+    expect({
+      params_total: report.params_total,
+      moe_layers: report.moe_layers,
+      experts_per_layer: report.experts_per_layer,
+      top_k: report.top_k,
+    }).toEqual(want);
     // And against what the Python script recorded from transformers' own model object.
     const golden = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
     expect(report.params_total).toBe(golden.params_total);
@@ -66,7 +77,9 @@ describe('moe inspect on generated checkpoints', () => {
     expect(report.top_k).toBe(want.top_k);
     // Active params: everything but the routed experts, plus top_k of them per MoE layer.
     const perExpert = report.params_experts / (want.moe_layers.length * report.experts_per_layer[0]);
-    expect(report.params_active).toBe(report.params_total - report.params_experts + perExpert * want.moe_layers.length * report.top_k);
+    expect(report.params_active).toBe(
+      report.params_total - report.params_experts + perExpert * want.moe_layers.length * report.top_k,
+    );
     // The size is the weight files' bytes (every shard, headers included); the dtype breakdown sums tensor data.
     expect(Object.values(report.dtypes).reduce((s, d) => s + d.bytes, 0)).toBe(report.bytes_tensors);
     const files = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors'));
@@ -76,8 +89,14 @@ describe('moe inspect on generated checkpoints', () => {
   });
 
   test('inspect reads headers only: bytes read are far below the file size', async () => {
-    const dir = await makeSynth('mixtral', path.join(tmpDir(), 'm'), { set: { hidden_size: 256, intermediate_size: 512 }, maxShardBytes: 2e6 });
-    const size = fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+    const dir = await makeSynth('mixtral', path.join(tmpDir(), 'm'), {
+      set: { hidden_size: 256, intermediate_size: 512 },
+      maxShardBytes: 2e6,
+    });
+    const size = fs
+      .readdirSync(dir)
+      .filter((f) => f.endsWith('.safetensors'))
+      .reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
     const report = inspect({ model: dir });
     expect(size).toBeGreaterThan(5e6);
     expect(report.bytes_read).toBeGreaterThan(0);

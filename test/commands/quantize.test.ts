@@ -27,9 +27,16 @@ const EXPERT = 'model.layers.1.mlp.experts.3.down_proj.weight';
 const pplCache = new Map<string, Promise<number>>();
 function ppl(dir: string, maxTokens?: number): Promise<number> {
   const h = createHash('sha256').update(String(maxTokens));
-  for (const f of listDir(dir).filter((n) => n !== QUANT_RECORD_FILE)) h.update(f).update(fs.readFileSync(path.join(dir, f)));
+  for (const f of listDir(dir).filter((n) => n !== QUANT_RECORD_FILE))
+    h.update(f).update(fs.readFileSync(path.join(dir, f)));
   const key = h.digest('hex');
-  if (!pplCache.has(key)) pplCache.set(key, evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens }, quiet).then((r) => r.perplexity));
+  if (!pplCache.has(key))
+    pplCache.set(
+      key,
+      evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens }, quiet).then(
+        (r) => r.perplexity,
+      ),
+    );
   return pplCache.get(key)!;
 }
 
@@ -38,7 +45,8 @@ describe('moe quantize', () => {
   let hStats: string;
   let original: number;
   const out = (name: string) => path.join(tmpDir(), name);
-  const run = (o: Partial<QuantizeOptions> & { bits: number }) => quantize({ model: MODEL, output: out('q'), ...o }, quiet);
+  const run = (o: Partial<QuantizeOptions> & { bits: number }) =>
+    quantize({ model: MODEL, output: out('q'), ...o }, quiet);
 
   beforeAll(async () => {
     stats = path.join(tmpDir(), 'stats');
@@ -49,14 +57,18 @@ describe('moe quantize', () => {
     original = await ppl(MODEL);
   }, 120_000);
 
-  test('8-bit RTN, packed: the file holds exactly the quantizer\'s codes, and perplexity stays within 0.5%', async () => {
+  test("8-bit RTN, packed: the file holds exactly the quantizer's codes, and perplexity stays within 0.5%", async () => {
     const dir = out('q8');
     const r = await quantize({ model: MODEL, output: dir, bits: 8 }, quiet);
     expect(r.method).toBe('rtn');
     expect(r.average_bits).toBe(8);
     // Re-open: config, metadata, and a weight read back equals dequantize(RTN(W)) bit for bit.
     const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
-    expect(config.quantization_config).toMatchObject({ quant_method: 'moe-packed', format: 'moe-packed/1', group_size: 128 });
+    expect(config.quantization_config).toMatchObject({
+      quant_method: 'moe-packed',
+      format: 'moe-packed/1',
+      group_size: 128,
+    });
     const header = rawHeader(path.join(dir, 'model.safetensors')).json;
     expect(header[EXPERT]).toBeUndefined();
     expect(header[EXPERT.replace('.weight', '.qweight')]).toMatchObject({ dtype: 'U8', shape: [256, 256] });
@@ -64,9 +76,15 @@ describe('moe quantize', () => {
     const src = new TensorReader(openCheckpoint(MODEL));
     const q = new TensorReader(openCheckpoint(dir));
     const w = src.f32(EXPERT);
-    expect(Buffer.from(q.f32(EXPERT).buffer).equals(Buffer.from(dequantize(quantizeRtn(w, 256, 256, { bits: 8, groupSize: 128 })).buffer))).toBe(true);
+    expect(
+      Buffer.from(q.f32(EXPERT).buffer).equals(
+        Buffer.from(dequantize(quantizeRtn(w, 256, 256, { bits: 8, groupSize: 128 })).buffer),
+      ),
+    ).toBe(true);
     // Unquantized tensors are copied bit-exact.
-    expect(Buffer.from(q.bytes('model.embed_tokens.weight')).equals(Buffer.from(src.bytes('model.embed_tokens.weight')))).toBe(true);
+    expect(
+      Buffer.from(q.bytes('model.embed_tokens.weight')).equals(Buffer.from(src.bytes('model.embed_tokens.weight'))),
+    ).toBe(true);
     src.close();
     q.close();
     // inspect reports bits per tensor; eval reports the average.
@@ -86,27 +104,38 @@ describe('moe quantize', () => {
     await quantize({ model: MODEL, output: deq, bits: 4, groupSize: 64, format: 'dequantized' }, quiet);
     const config = JSON.parse(fs.readFileSync(path.join(deq, 'config.json'), 'utf8'));
     expect(config.quantization_config).toBeUndefined();
-    expect(rawHeader(path.join(deq, 'model.safetensors')).json[EXPERT]).toMatchObject({ dtype: 'BF16', shape: [256, 256] });
+    expect(rawHeader(path.join(deq, 'model.safetensors')).json[EXPERT]).toMatchObject({
+      dtype: 'BF16',
+      shape: [256, 256],
+    });
     const conv = out('c4');
     await convert({ model: packed, output: conv }, quiet);
-    expect(fs.readFileSync(path.join(conv, 'model.safetensors')).equals(fs.readFileSync(path.join(deq, 'model.safetensors')))).toBe(true);
+    expect(
+      fs
+        .readFileSync(path.join(conv, 'model.safetensors'))
+        .equals(fs.readFileSync(path.join(deq, 'model.safetensors'))),
+    ).toBe(true);
     // Packed (float32 from codes) and dequantized (rounded to bf16) evaluate alike.
     const [a, b] = [await ppl(packed, 8192), await ppl(deq, 8192)];
     expect(Math.abs(a / b - 1)).toBeLessThan(1e-3);
   }, 60_000);
 
-  test.each(['rtn', 'gptq'] as const)('at 3 bits on average, LP allocation beats uniform 3-bit (%s)', async (method) => {
-    const s = method === 'gptq' ? hStats : stats;
-    const uniform = await run({ bits: 3, stats: s, method, output: out(`u3-${method}`) });
-    const lp = await run({ bits: 3, stats: s, method, allocate: 'lp', output: out(`lp3-${method}`) });
-    expect(lp.solver?.status).toBe('optimal');
-    expect(lp.average_bits).toBeLessThanOrEqual(3 + 1e-9);
-    expect(lp.average_bits).toBeGreaterThan(2.9);
-    // The objective the LP minimised is smaller, and so is the perplexity.
-    expect(lp.predicted_cost!).toBeLessThan(uniform.predicted_cost!);
-    const [pu, pl] = [await ppl(uniform.output), await ppl(lp.output)];
-    expect(pl).toBeLessThan(pu);
-  }, 120_000);
+  test.each(['rtn', 'gptq'] as const)(
+    'at 3 bits on average, LP allocation beats uniform 3-bit (%s)',
+    async (method) => {
+      const s = method === 'gptq' ? hStats : stats;
+      const uniform = await run({ bits: 3, stats: s, method, output: out(`u3-${method}`) });
+      const lp = await run({ bits: 3, stats: s, method, allocate: 'lp', output: out(`lp3-${method}`) });
+      expect(lp.solver?.status).toBe('optimal');
+      expect(lp.average_bits).toBeLessThanOrEqual(3 + 1e-9);
+      expect(lp.average_bits).toBeGreaterThan(2.9);
+      // The objective the LP minimised is smaller, and so is the perplexity.
+      expect(lp.predicted_cost!).toBeLessThan(uniform.predicted_cost!);
+      const [pu, pl] = [await ppl(uniform.output), await ppl(lp.output)];
+      expect(pl).toBeLessThan(pu);
+    },
+    120_000,
+  );
 
   test('GPTQ at 3 bits beats RTN at 3 bits on the same calibration', async () => {
     const rtn = await run({ bits: 3, stats: hStats, method: 'rtn', output: out('r3') });
@@ -117,17 +146,27 @@ describe('moe quantize', () => {
     expect(await ppl(g.output)).toBeLessThan(await ppl(rtn.output));
   }, 120_000);
 
-  test('--dry-run --report: the plan and every group\'s bits, nothing written at the destination', async () => {
+  test("--dry-run --report: the plan and every group's bits, nothing written at the destination", async () => {
     const dest = out('none');
     const report = path.join(tmpDir(), 'alloc.json');
-    const r = await run({ bits: 2.5, stats, allocate: 'lp', granularity: 'projection', dryRun: true, report, output: dest });
+    const r = await run({
+      bits: 2.5,
+      stats,
+      allocate: 'lp',
+      granularity: 'projection',
+      dryRun: true,
+      report,
+      output: dest,
+    });
     expect(fs.existsSync(dest)).toBe(false);
     expect(listDir(path.dirname(dest))).toEqual([]);
     const j = JSON.parse(fs.readFileSync(report, 'utf8'));
     expect(j.groups.length).toBe(r.groups.length);
     // Projection granularity: one group per expert projection, plus attention projections and routers.
     expect(j.groups.filter((g: { class: string }) => g.class === 'expert').length).toBe(3 * 8 * 3);
-    const bits = j.groups.reduce((s: number, g: { bits: number; params: number }) => s + g.bits * g.params, 0) / j.groups.reduce((s: number, g: { params: number }) => s + g.params, 0);
+    const bits =
+      j.groups.reduce((s: number, g: { bits: number; params: number }) => s + g.bits * g.params, 0) /
+      j.groups.reduce((s: number, g: { params: number }) => s + g.params, 0);
     expect(bits).toBeCloseTo(r.average_bits, 9);
     expect(bits).toBeLessThanOrEqual(2.5 + 1e-9);
     // Attention takes at least 4 bits, routers 8.

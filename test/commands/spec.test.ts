@@ -28,7 +28,15 @@ function goodText(o: OptionSpec): string {
   if (o.default !== undefined) return o.default;
   const choices = choicesOf(o);
   if (choices) return choices[choices.length - 1];
-  const byType: Record<string, string> = { int: String((o.min ?? 0) + 3), number: '0.5', size: '1GB', range: '0-1', path: EVAL, file: path.join(work, 'x.json'), string: 'original' };
+  const byType: Record<string, string> = {
+    int: String((o.min ?? 0) + 3),
+    number: '0.5',
+    size: '1GB',
+    range: '0-1',
+    path: EVAL,
+    file: path.join(work, 'x.json'),
+    string: 'original',
+  };
   return byType[o.type as string];
 }
 
@@ -45,7 +53,14 @@ function badTexts(o: OptionSpec): string[] {
 }
 
 /** The text as a YAML value: numbers and booleans bare, strings quoted, lists as lists. */
-const yaml = (o: OptionSpec, text: string): string => (o.type === 'bool' ? 'true' : o.type === 'list' && /^[\w,]+$/.test(text) && !text.includes('9') ? `[${text}]` : /^-?\d+(\.\d+)?$/.test(text) ? text : JSON.stringify(text));
+const yaml = (o: OptionSpec, text: string): string =>
+  o.type === 'bool'
+    ? 'true'
+    : o.type === 'list' && /^[\w,]+$/.test(text) && !text.includes('9')
+      ? `[${text}]`
+      : /^-?\d+(\.\d+)?$/.test(text)
+        ? text
+        : JSON.stringify(text);
 
 /** What each step needs in a valid recipe. */
 const BASE: Record<StepKind, Record<string, string>> = {
@@ -61,7 +76,12 @@ function recipeFile(kind: StepKind, extra: Record<string, string>): { file: stri
   const opts = { ...BASE[kind] };
   if ('ratio' in extra) delete opts.keep;
   Object.assign(opts, extra);
-  const steps = [...(kind === 'prune' || kind === 'merge' ? [`  - calibrate: { data: ${JSON.stringify(CALIB)} }`] : []), `  - ${kind}: { ${Object.entries(opts).map(([k, v]) => `${k}: ${v}`).join(', ')} }`];
+  const steps = [
+    ...(kind === 'prune' || kind === 'merge' ? [`  - calibrate: { data: ${JSON.stringify(CALIB)} }`] : []),
+    `  - ${kind}: { ${Object.entries(opts)
+      .map(([k, v]) => `${k}: ${v}`)
+      .join(', ')} }`,
+  ];
   const file = path.join(work, `r${Math.random().toString(36).slice(2)}.yaml`);
   fs.writeFileSync(file, `model: ${MODEL}\noutput: ${path.join(work, 'out')}\nsteps:\n${steps.join('\n')}\n`);
   return { file, line: 3 + steps.length };
@@ -69,7 +89,9 @@ function recipeFile(kind: StepKind, extra: Record<string, string>): { file: stri
 
 /** The command line the CLI needs besides `o`: its mandatory options. */
 function requiredArgs(spec: CommandSpec, except: OptionSpec): string[] {
-  return spec.options.filter((r) => r.required && r !== except).flatMap((r) => [`--${longName(r)}`, choicesOf(r)?.[0] ?? (r.type === 'path' ? EVAL : 'x')]);
+  return spec.options
+    .filter((r) => r.required && r !== except)
+    .flatMap((r) => [`--${longName(r)}`, choicesOf(r)?.[0] ?? (r.type === 'path' ? EVAL : 'x')]);
 }
 
 /** The options the CLI gives the command for this command line (parsed, not run). */
@@ -84,7 +106,18 @@ const cases = KINDS.flatMap((kind) => stepOptionSpecs(kind).map((o) => [kind, re
 describe('every option of a recipe-able command is a recipe key with the CLI default and validation', () => {
   test('the recipe-able commands have their options (none forgotten)', () => {
     expect(cases.length).toBeGreaterThan(50);
-    expect(cases.map(([k, key]) => `${k}.${key}`)).toEqual(expect.arrayContaining(['calibrate.batch_tokens', 'calibrate.activation_memory', 'prune.naee_limit', 'prune.max_shard_size', 'quantize.type_menu', 'quantize.damp', 'eval.device', 'eval.batch_tokens']));
+    expect(cases.map(([k, key]) => `${k}.${key}`)).toEqual(
+      expect.arrayContaining([
+        'calibrate.batch_tokens',
+        'calibrate.activation_memory',
+        'prune.naee_limit',
+        'prune.max_shard_size',
+        'quantize.type_menu',
+        'quantize.damp',
+        'eval.device',
+        'eval.batch_tokens',
+      ]),
+    );
   });
 
   test.each(cases)('%s.%s: accepted, same value as the CLI gives', (kind, key, o) => {
@@ -97,15 +130,18 @@ describe('every option of a recipe-able command is a recipe key with the CLI def
     expect(cli[optionKey(o)]).not.toBeUndefined();
   });
 
-  test.each(cases.filter(([kind, key, o]) => !o.required && !(key in BASE[kind])))('%s.%s: the recipe default is the CLI default', (kind, key, o) => {
-    const cmd = buildCli().commands.find((c) => c.name() === kind)!;
-    const flag = cmd.options.find((x) => x.long === `--${longName(o)}`)!;
-    expect(flag.defaultValue).toBe(o.default);
-    const step = loadRecipe(recipeFile(kind, {}).file).steps.at(-1)!;
-    const cli = cliValues(kind, requiredArgs(STEP_SPECS[kind], o));
-    expect(stepValues(step)[optionKey(o)]).toEqual(cli[optionKey(o)]);
-    if (o.type === 'bool') expect(cli[optionKey(o)]).toBe(false);
-  });
+  test.each(cases.filter(([kind, key, o]) => !o.required && !(key in BASE[kind])))(
+    '%s.%s: the recipe default is the CLI default',
+    (kind, key, o) => {
+      const cmd = buildCli().commands.find((c) => c.name() === kind)!;
+      const flag = cmd.options.find((x) => x.long === `--${longName(o)}`)!;
+      expect(flag.defaultValue).toBe(o.default);
+      const step = loadRecipe(recipeFile(kind, {}).file).steps.at(-1)!;
+      const cli = cliValues(kind, requiredArgs(STEP_SPECS[kind], o));
+      expect(stepValues(step)[optionKey(o)]).toEqual(cli[optionKey(o)]);
+      if (o.type === 'bool') expect(cli[optionKey(o)]).toBe(false);
+    },
+  );
 
   const rejects = cases.flatMap(([kind, key, o]) => badTexts(o).map((bad) => [kind, key, bad, o] as const));
   test.each(rejects)('%s.%s = %s: refused by the CLI and by the recipe', async (kind, key, bad, o) => {
@@ -133,20 +169,33 @@ describe('choices come from the registries', () => {
     expect(option(command(cli, 'prune'), '--method')!.argChoices).toEqual(PRUNE_METHODS.map((m) => m.name));
     expect(option(command(cli, 'merge'), '--method')!.argChoices).toEqual(MERGE_METHODS.map((m) => m.name));
     const withBackend = cli.commands.filter((c) => option(c, '--backend'));
-    expect(withBackend.map((c) => c.name()).sort()).toEqual(['calibrate', 'demo', 'eval', 'merge', 'prune', 'quantize', 'run']);
-    for (const c of withBackend) expect([...option(c, '--backend')!.argChoices!].sort()).toEqual([...BACKEND_NAMES].sort());
+    expect(withBackend.map((c) => c.name()).sort()).toEqual([
+      'calibrate',
+      'demo',
+      'eval',
+      'merge',
+      'prune',
+      'quantize',
+      'run',
+    ]);
+    for (const c of withBackend)
+      expect([...option(c, '--backend')!.argChoices!].sort()).toEqual([...BACKEND_NAMES].sort());
     for (const c of withBackend) expect(option(c, '--threads')).toBeDefined();
     const synth = COMMANDS.find((s) => s.name === 'synth')!;
     const arch = synth.options.find((o) => longName(o) === '--arch'.slice(2))!;
     expect(choicesOf(arch)).toEqual(Object.keys(PRESETS));
-    expect(option(command(cli, 'synth'), '--arch')!.description).toBe(Object.keys(PRESETS).slice(0, -1).join(', ') + ' or ' + Object.keys(PRESETS).at(-1));
+    expect(option(command(cli, 'synth'), '--arch')!.description).toBe(
+      Object.keys(PRESETS).slice(0, -1).join(', ') + ' or ' + Object.keys(PRESETS).at(-1),
+    );
   });
 
   test('a method registered at run time is a choice of the CLI and of recipes', () => {
     PRUNE_METHODS.push({ ...PRUNE_METHODS[0], name: 'test-method' });
     try {
       expect(option(command(buildCli(), 'prune'), '--method')!.argChoices).toContain('test-method');
-      expect(loadRecipe(recipeFile('prune', { method: 'test-method' }).file).steps[1].options.method).toBe('test-method');
+      expect(loadRecipe(recipeFile('prune', { method: 'test-method' }).file).steps[1].options.method).toBe(
+        'test-method',
+      );
     } finally {
       PRUNE_METHODS.pop();
     }
@@ -154,8 +203,12 @@ describe('choices come from the registries', () => {
 });
 
 describe('moe run --backend / --threads', () => {
-  test('refused like the other commands\' flags', async () => {
-    await expect(buildCli().parseAsync(['node', 'moe', 'run', 'r.yaml', '--threads', '0'])).rejects.toThrow('--threads "0" is not an integer ≥ 1');
-    await expect(buildCli().parseAsync(['node', 'moe', 'run', 'r.yaml', '--backend', 'gpu'])).rejects.toThrow(/option '--backend <name>' argument 'gpu' is invalid/);
+  test("refused like the other commands' flags", async () => {
+    await expect(buildCli().parseAsync(['node', 'moe', 'run', 'r.yaml', '--threads', '0'])).rejects.toThrow(
+      '--threads "0" is not an integer ≥ 1',
+    );
+    await expect(buildCli().parseAsync(['node', 'moe', 'run', 'r.yaml', '--backend', 'gpu'])).rejects.toThrow(
+      /option '--backend <name>' argument 'gpu' is invalid/,
+    );
   });
 });

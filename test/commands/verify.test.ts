@@ -34,7 +34,10 @@ test('a NaN weight fails only with --nan; a truncated shard and a config that di
   expect(nan.stderr.trim().split('\n')).toHaveLength(1);
   expect(nan.stderr).toMatch(/NaN or Inf.*experts\.2\.up_proj.*1 values/);
   // quantize refuses non-finite weights (packed and GGUF), writing nothing.
-  for (const args of [['--bits', '4'], ['--format', 'gguf', '--type', 'q8_0']]) {
+  for (const args of [
+    ['--bits', '4'],
+    ['--format', 'gguf', '--type', 'q8_0'],
+  ]) {
     const q = await runMain(['quantize', dir, ...args, '-o', path.join(dir, '..', 'q')]);
     expect(q.code).toBe(3);
     expect(q.stderr).toMatch(/experts\.2\.up_proj.*NaN value/);

@@ -50,17 +50,25 @@ describe('expert reduction on the second trained fixture (4 of 8 experts)', () =
     random = seeds.reduce((s, x) => s + x, 0) / seeds.length;
   }, 120_000);
 
-  test.each(['reap', 'naee', 'frequency'])('prune --method %s beats random pruning', async (method) => {
-    const out = path.join(tmpDir(), method);
-    await prune({ model: MODEL, stats, method, keep: KEEP, output: out }, quiet);
-    expect(await perplexity(out)).toBeLessThan(random);
-  }, 60_000);
+  test.each(['reap', 'naee', 'frequency'])(
+    'prune --method %s beats random pruning',
+    async (method) => {
+      const out = path.join(tmpDir(), method);
+      await prune({ model: MODEL, stats, method, keep: KEEP, output: out }, quiet);
+      expect(await perplexity(out)).toBeLessThan(random);
+    },
+    60_000,
+  );
 
-  test.each(['msmoe', 'hcsmoe'])('merge --method %s beats random pruning', async (method) => {
-    const out = path.join(tmpDir(), method);
-    await merge({ model: MODEL, stats, method, keep: KEEP, output: out }, quiet);
-    expect(await perplexity(out)).toBeLessThan(random);
-  }, 60_000);
+  test.each(['msmoe', 'hcsmoe'])(
+    'merge --method %s beats random pruning',
+    async (method) => {
+      const out = path.join(tmpDir(), method);
+      await merge({ model: MODEL, stats, method, keep: KEEP, output: out }, quiet);
+      expect(await perplexity(out)).toBeLessThan(random);
+    },
+    60_000,
+  );
 });
 
 describe('quantization on the second trained fixture', () => {
@@ -71,11 +79,14 @@ describe('quantization on the second trained fixture', () => {
     if (!done.has(key)) {
       const output = path.join(tmpDir(), key);
       const o: QuantizeOptions = { model: MODEL, stats, output, bits: 3, method, allocate };
-      done.set(key, quantize(o, quiet).then(async (r) => {
-        if (method === 'gptq') expect(r.gptq_fallbacks).toEqual([]);
-        const ppl = await perplexity(output);
-        return { ppl, cost: r.predicted_cost!, bits: r.average_bits, status: r.solver?.status };
-      }));
+      done.set(
+        key,
+        quantize(o, quiet).then(async (r) => {
+          if (method === 'gptq') expect(r.gptq_fallbacks).toEqual([]);
+          const ppl = await perplexity(output);
+          return { ppl, cost: r.predicted_cost!, bits: r.average_bits, status: r.solver?.status };
+        }),
+      );
     }
     return done.get(key)!;
   }
@@ -87,18 +98,26 @@ describe('quantization on the second trained fixture', () => {
   }, 300_000);
 
   const lpCost = 'at 3 bits on average, LP allocation has a lower predicted cost than uniform 3-bit (%s)';
-  test.each(['rtn', 'gptq'] as const)(lpCost, async (method) => {
-    const [uniform, lp] = [await run(method), await run(method, 'lp')];
-    expect(lp.status).toBe('optimal');
-    expect(lp.bits).toBeLessThanOrEqual(3 + 1e-9);
-    expect(lp.bits).toBeGreaterThan(2.9);
-    expect(lp.cost).toBeLessThan(uniform.cost);
-  }, 300_000);
+  test.each(['rtn', 'gptq'] as const)(
+    lpCost,
+    async (method) => {
+      const [uniform, lp] = [await run(method), await run(method, 'lp')];
+      expect(lp.status).toBe('optimal');
+      expect(lp.bits).toBeLessThanOrEqual(3 + 1e-9);
+      expect(lp.bits).toBeGreaterThan(2.9);
+      expect(lp.cost).toBeLessThan(uniform.cost);
+    },
+    300_000,
+  );
 
   // Known not to hold on this fixture (see the header); the tests above with the same runs assert that they succeed.
   const lpPpl = 'at 3 bits on average, LP allocation beats uniform 3-bit in perplexity (%s)';
-  test.failing.each(['rtn', 'gptq'] as const)(lpPpl, async (method) => {
-    const [uniform, lp] = [await run(method), await run(method, 'lp')];
-    expect(lp.ppl).toBeLessThan(uniform.ppl);
-  }, 300_000);
+  test.failing.each(['rtn', 'gptq'] as const)(
+    lpPpl,
+    async (method) => {
+      const [uniform, lp] = [await run(method), await run(method, 'lp')];
+      expect(lp.ppl).toBeLessThan(uniform.ppl);
+    },
+    300_000,
+  );
 });

@@ -10,7 +10,7 @@ import { ROOT, runMain } from '../helpers';
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const ref = JSON.parse(fs.readFileSync(path.join(MODEL, 'reference-ppl.json'), 'utf8'));
 
-test('the tokenizer gives transformers\' ids and token counts', () => {
+test("the tokenizer gives transformers' ids and token counts", () => {
   const tok = loadTokenizer(MODEL);
   for (const [file, ids] of Object.entries(ref.first_token_ids as Record<string, number[]>)) {
     const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
@@ -29,10 +29,12 @@ interface Run {
   perplexity: number;
 }
 
-const runs: [number, number | null, Run][] = (ref.runs as Run[]).filter((r) => r.text.endsWith('eval.txt')).map((r) => [r.seq_len, r.max_tokens, r]);
+const runs: [number, number | null, Run][] = (ref.runs as Run[])
+  .filter((r) => r.text.endsWith('eval.txt'))
+  .map((r) => [r.seq_len, r.max_tokens, r]);
 
 test.each(runs)(
-  'moe eval reproduces transformers\' perplexity on eval.txt (seq-len %d, max-tokens %s) within 0.1%%',
+  "moe eval reproduces transformers' perplexity on eval.txt (seq-len %d, max-tokens %s) within 0.1%%",
   async (seqLen, maxTokens, run) => {
     const args = ['eval', MODEL, '--data', path.join(ROOT, run.text), '--seq-len', String(seqLen), '--json'];
     if (maxTokens !== null) args.push('--max-tokens', String(maxTokens));

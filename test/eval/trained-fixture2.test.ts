@@ -13,7 +13,7 @@ import { quiet, ROOT } from '../helpers';
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-dsv3');
 const ref = JSON.parse(fs.readFileSync(path.join(MODEL, 'reference-ppl.json'), 'utf8'));
 
-test('the tokenizer gives transformers\' ids and token counts', () => {
+test("the tokenizer gives transformers' ids and token counts", () => {
   const tok = loadTokenizer(MODEL);
   const files = Object.entries(ref.first_token_ids as Record<string, number[]>);
   expect(files.map(([f]) => f).sort()).toEqual(['fixtures/sotu/calib.txt', 'fixtures/sotu/eval.txt']);
@@ -40,7 +40,7 @@ const runs: [number, number | null, Run][] = (ref.runs as Run[])
 test('reference-ppl.json holds a short held-out run for this test', () => expect(runs.length).toBeGreaterThan(0));
 
 test.each(runs)(
-  'moe eval reproduces transformers\' perplexity on eval.txt (seq-len %d, max-tokens %s) within 0.1%%',
+  "moe eval reproduces transformers' perplexity on eval.txt (seq-len %d, max-tokens %s) within 0.1%%",
   async (seqLen, maxTokens, run) => {
     const data = path.join(ROOT, run.text);
     const r = await evalCommand({ model: MODEL, data, seqLen, maxTokens: maxTokens! }, quiet);

@@ -30,7 +30,9 @@ const floatsOf = (file: string) => {
   return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
 };
 const sha256 = (b: Uint8Array | Float32Array) =>
-  createHash('sha256').update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength)).digest('hex');
+  createHash('sha256')
+    .update(new Uint8Array(b.buffer, b.byteOffset, b.byteLength))
+    .digest('hex');
 const x = floatsOf(info.files.inputs);
 const importance = floatsOf(info.files.importance);
 
@@ -85,7 +87,7 @@ describe.each(CASES)('%s %s: llama.cpp', (t, mode) => {
   const ref = kq.types[t][mode];
   const w = mode === 'imatrix' ? importance : undefined;
 
-  test('moe decodes llama.cpp\'s bytes to llama.cpp\'s values bit for bit', () => {
+  test("moe decodes llama.cpp's bytes to llama.cpp's values bit for bit", () => {
     const bytes = bytesOf(ref.bytes);
     expect(sha256(bytes)).toBe(ref.bytes_sha256);
     expect(bytes.length).toBe(rows * rowBytes(t, cols));

@@ -27,7 +27,8 @@ const EVAL_TXT = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
 const EVAL = { data: EVAL_TXT, seqLen: 64, maxTokens: 256 };
 
 async function exportTo(model: string, type: GgmlType, dir = tmpDir()): Promise<string> {
-  return (await exportGguf({ model, output: path.join(dir, `${path.basename(model)}-${type}.gguf`), type }, quiet)).output;
+  return (await exportGguf({ model, output: path.join(dir, `${path.basename(model)}-${type}.gguf`), type }, quiet))
+    .output;
 }
 
 /** A byte-level BPE tokenizer.json with no merges (GPT-2's byte → character map), for checkpoints that have none. */
@@ -35,12 +36,17 @@ function byteTokenizer(): Record<string, unknown> {
   const bs: number[] = [];
   for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) bs.push(b);
   const cs = [...bs];
-  for (let b = 0, n = 0; b < 256; b++) if (!bs.includes(b)) {
-    bs.push(b);
-    cs.push(256 + n++);
-  }
+  for (let b = 0, n = 0; b < 256; b++)
+    if (!bs.includes(b)) {
+      bs.push(b);
+      cs.push(256 + n++);
+    }
   const vocab = Object.fromEntries(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
-  return { model: { type: 'BPE', vocab, merges: [] }, pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true }, added_tokens: [] };
+  return {
+    model: { type: 'BPE', vocab, merges: [] },
+    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true },
+    added_tokens: [],
+  };
 }
 
 /** A copy of a checkpoint folder with a tokenizer (GGUF export needs one). */
@@ -51,7 +57,13 @@ function withTokenizer(src: string): string {
   return dir;
 }
 
-async function logitsOf(reader: TensorReader, arch: ReturnType<typeof loadArchitecture>, ids: Int32Array, B: number, T: number): Promise<Float32Array> {
+async function logitsOf(
+  reader: TensorReader,
+  arch: ReturnType<typeof loadArchitecture>,
+  ids: Int32Array,
+  B: number,
+  T: number,
+): Promise<Float32Array> {
   const { sink, logits } = fullLogits(B * T, arch.vocab);
   await new ForwardPass(reader, arch, new RefBackend()).run(ids, B, T, sink);
   reader.close();
@@ -73,7 +85,7 @@ describe('the trained fixture as GGUF', () => {
     base = await evalCommand({ model: MODEL, ...EVAL }, quiet);
   }, 60_000);
 
-  test('F32 evaluates to the safetensors model\'s perplexity; Q8_0 and Q4_K close to it', async () => {
+  test("F32 evaluates to the safetensors model's perplexity; Q8_0 and Q4_K close to it", async () => {
     const f32 = await evalCommand({ model: files.F32!, ...EVAL }, quiet);
     expect(f32.positions).toBe(base.positions);
     expect(Math.abs(f32.perplexity / base.perplexity - 1)).toBeLessThanOrEqual(1e-4);
@@ -104,7 +116,7 @@ describe('the trained fixture as GGUF', () => {
     expect(b.baseline!.routing_agreement.every((r) => r.agreement === 1)).toBe(true);
   }, 60_000);
 
-  test('the tokenizer rebuilt from the metadata gives the original\'s ids', () => {
+  test("the tokenizer rebuilt from the metadata gives the original's ids", () => {
     const text = fs.readFileSync(EVAL_TXT, 'utf8');
     const want = loadTokenizer(MODEL).encode(text);
     const got = tokenizerFromJson(ggufTokenizerJson(readGguf(files.Q8_0!)), {}, files.Q8_0!).encode(text);
@@ -117,8 +129,15 @@ describe('the trained fixture as GGUF', () => {
     fs.cpSync(MODEL, dir, { recursive: true });
     const tok = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
     // Qwen2's tokenizer.json pre-tokenizer, as the hub ships it.
-    const regex = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-    tok.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false }, { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false }] };
+    const regex =
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    tok.pre_tokenizer = {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+      ],
+    };
     fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
     const file = await exportTo(dir, 'Q8_0');
     const g = readGguf(file);
@@ -129,10 +148,24 @@ describe('the trained fixture as GGUF', () => {
     expect(tokenizerFromJson(ggufTokenizerJson(g), {}, file).encode(text)).toEqual(want);
   });
 
-  test('inspect gives the source\'s parameters and the bytes by ggml type', async () => {
+  test("inspect gives the source's parameters and the bytes by ggml type", async () => {
     const src = inspect({ model: MODEL });
     const g = inspect({ model: files.Q4_K! });
-    for (const k of ['model_type', 'num_layers', 'moe_layers', 'experts_per_layer', 'top_k', 'hidden_size', 'expert_width', 'vocab_size', 'routing', 'params_total', 'params_active', 'params_experts'] as const) expect(g[k]).toEqual(src[k]);
+    for (const k of [
+      'model_type',
+      'num_layers',
+      'moe_layers',
+      'experts_per_layer',
+      'top_k',
+      'hidden_size',
+      'expert_width',
+      'vocab_size',
+      'routing',
+      'params_total',
+      'params_active',
+      'params_experts',
+    ] as const)
+      expect(g[k]).toEqual(src[k]);
     expect(Object.keys(g.dtypes).sort()).toEqual(['F32', 'Q4_K']);
     expect(g.dtypes.Q4_K.bytes).toBe((g.dtypes.Q4_K.params / 256) * 144);
     expect(g.gguf!.file_bytes).toBe(fs.statSync(files.Q4_K!).size);
@@ -154,11 +187,20 @@ describe('the trained fixture as GGUF', () => {
     fs.writeFileSync(cut, buf.subarray(0, buf.length - 1000));
     const r0 = await runMain(['eval', cut, '--data', EVAL_TXT]);
     expect(r0.code).toBe(3);
-    expect(r0.stderr).toMatch(/^moe: not a valid GGUF file: tensor "output\.weight" ends at byte \d+, past the end of the file/m);
-    expect(() => inspect({ model: cut })).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/tensor "output\.weight" ends at byte/) }));
+    expect(r0.stderr).toMatch(
+      /^moe: not a valid GGUF file: tensor "output\.weight" ends at byte \d+, past the end of the file/m,
+    );
+    expect(() => inspect({ model: cut })).toThrow(
+      expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/tensor "output\.weight" ends at byte/) }),
+    );
     const head = path.join(dir, 'head.gguf');
     fs.writeFileSync(head, buf.subarray(0, 100));
-    expect(() => inspect({ model: head })).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/not a valid GGUF file: truncated header/) }));
+    expect(() => inspect({ model: head })).toThrow(
+      expect.objectContaining({
+        exitCode: 3,
+        message: expect.stringMatching(/not a valid GGUF file: truncated header/),
+      }),
+    );
 
     // blk.0.ffn_up_exps.weight as IQ2_XXS (16): name, dims (u32), 3 × u64, then the type.
     const odd = Buffer.from(buf);
@@ -170,7 +212,9 @@ describe('the trained fixture as GGUF', () => {
     fs.writeFileSync(oddFile, odd);
     const r = await runMain(['eval', oddFile, '--data', EVAL_TXT]);
     expect(r.code).toBe(3);
-    expect(r.stderr).toMatch(/GGUF tensor "blk\.0\.ffn_up_exps\.weight" has ggml type IQ2_XXS, which moe does not decode/);
+    expect(r.stderr).toMatch(
+      /GGUF tensor "blk\.0\.ffn_up_exps\.weight" has ggml type IQ2_XXS, which moe does not decode/,
+    );
 
     // tokenizer.ggml.model "gpt2" → "gpt3": text is refused, pre-tokenized ids still evaluate.
     const tok = Buffer.from(buf);
@@ -179,7 +223,10 @@ describe('the trained fixture as GGUF', () => {
     tok.write('gpt3', key);
     const tokFile = path.join(dir, 'tok.gguf');
     fs.writeFileSync(tokFile, tok);
-    await expect(evalCommand({ model: tokFile, ...EVAL }, quiet)).rejects.toMatchObject({ exitCode: 3, message: expect.stringMatching(/the GGUF tokenizer model "gpt3" is not rebuilt by moe/) });
+    await expect(evalCommand({ model: tokFile, ...EVAL }, quiet)).rejects.toMatchObject({
+      exitCode: 3,
+      message: expect.stringMatching(/the GGUF tokenizer model "gpt3" is not rebuilt by moe/),
+    });
     const ids = path.join(dir, 'ids.json');
     fs.writeFileSync(ids, JSON.stringify([[1, 2, 3, 4, 5, 6, 7, 8]]));
     expect((await evalCommand({ model: tokFile, data: ids, seqLen: 8 }, quiet)).positions).toBe(7);
@@ -189,19 +236,27 @@ describe('the trained fixture as GGUF', () => {
 describe('every architecture read back from its F32 GGUF', () => {
   // olmoe's golden has grouped-query attention, which llama.cpp's OLMoE cannot run (export refuses it): below, a synth one.
   const CASES = ['mixtral', 'qwen3_moe', 'qwen3_moe-rope-scaled', 'deepseek_v3'];
-  test.each(CASES)('%s: transformers\' logits', async (c) => {
-    const golden = new TensorReader(openTensorFile(path.join(GOLDEN, c, 'golden.safetensors')));
-    const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
-    const want = golden.f32('logits');
-    const [B, T] = golden.ref('logits').shape;
-    golden.close();
-    const g = openGgufModel(await exportTo(withTokenizer(path.join(GOLDEN, c)), 'F32'));
-    expect(g.arch.modelType).toBe(JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type);
-    expect(maxDiff(await logitsOf(g.reader, g.arch, ids, B, T), want)).toBeLessThanOrEqual(1e-3);
-  }, 30_000);
+  test.each(CASES)(
+    "%s: transformers' logits",
+    async (c) => {
+      const golden = new TensorReader(openTensorFile(path.join(GOLDEN, c, 'golden.safetensors')));
+      const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
+      const want = golden.f32('logits');
+      const [B, T] = golden.ref('logits').shape;
+      golden.close();
+      const g = openGgufModel(await exportTo(withTokenizer(path.join(GOLDEN, c)), 'F32'));
+      expect(g.arch.modelType).toBe(
+        JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type,
+      );
+      expect(maxDiff(await logitsOf(g.reader, g.arch, ids, B, T), want)).toBeLessThanOrEqual(1e-3);
+    },
+    30_000,
+  );
 
   /** The logits of a checkpoint's own forward pass (golden-checked in test/model) and of its F32 GGUF. */
-  async function both(dir: string): Promise<{ want: Float32Array; got: Float32Array; g: ReturnType<typeof openGgufModel> }> {
+  async function both(
+    dir: string,
+  ): Promise<{ want: Float32Array; got: Float32Array; g: ReturnType<typeof openGgufModel> }> {
     const ckpt = openCheckpoint(dir);
     const arch = loadArchitecture(ckpt);
     const ids = Int32Array.from({ length: 32 }, (_, i) => (i * 37) % arch.vocab);
@@ -210,8 +265,10 @@ describe('every architecture read back from its F32 GGUF', () => {
     return { want, got: await logitsOf(g.reader, g.arch, ids, 2, 16), g };
   }
 
-  test('qwen2_moe (shared expert, q/k/v biases; llama.cpp has no dense qwen2moe layers) and olmoe (no GQA): the safetensors model\'s logits', async () => {
-    const q = await both(withTokenizer(await makeSynth('qwen2_moe', path.join(tmpDir(), 'qwen2'), { set: { mlp_only_layers: [] } })));
+  test("qwen2_moe (shared expert, q/k/v biases; llama.cpp has no dense qwen2moe layers) and olmoe (no GQA): the safetensors model's logits", async () => {
+    const q = await both(
+      withTokenizer(await makeSynth('qwen2_moe', path.join(tmpDir(), 'qwen2'), { set: { mlp_only_layers: [] } })),
+    );
     expect(q.g.ckpt.config.shared_expert_intermediate_size).toBe(48);
     expect(maxDiff(q.got, q.want)).toBeLessThanOrEqual(1e-4);
     const o = await both(withTokenizer(await makeSynth('olmoe', path.join(tmpDir(), 'olmoe'))));
@@ -219,7 +276,7 @@ describe('every architecture read back from its F32 GGUF', () => {
     expect(maxDiff(o.got, o.want)).toBeLessThanOrEqual(1e-4);
   }, 30_000);
 
-  test('deepseek_v2 (YaRN, grouped routing): the checkpoint\'s logits with mscale = mscale_all_dim, all GGUF can say', async () => {
+  test("deepseek_v2 (YaRN, grouped routing): the checkpoint's logits with mscale = mscale_all_dim, all GGUF can say", async () => {
     // GGUF keeps only mscale_all_dim (yarn_log_multiplier); llama.cpp's DeepSeek graph takes mscale equal to it, as
     // DeepSeek's own configs have. The golden checkpoint has mscale 1 and mscale_all_dim 0.5, so it is compared
     // with itself under llama.cpp's reading.
@@ -242,7 +299,9 @@ describe('every architecture read back from its F32 GGUF', () => {
     const ds = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'deepseek_v2', 'config.json'), 'utf8'));
     expect(warnings(ds)).toMatch(/keeps only mscale_all_dim \(0\.5\).*mscale 1/);
     expect(warnings({ ...ds, rope_parameters: { ...ds.rope_parameters, mscale: 0.5 } })).not.toMatch(/mscale/);
-    expect(warnings({ ...PRESETS.qwen3_moe, norm_topk_prob: false })).toMatch(/llama\.cpp always renormalises the top-k routing weights of qwen3moe/);
+    expect(warnings({ ...PRESETS.qwen3_moe, norm_topk_prob: false })).toMatch(
+      /llama\.cpp always renormalises the top-k routing weights of qwen3moe/,
+    );
     expect(warnings(PRESETS.qwen3_moe)).toBe('');
   });
 });

@@ -22,7 +22,7 @@ function flag(args: string[], name: string): string | undefined {
   return i >= 0 ? args[i + 1] : undefined;
 }
 
-describe('GGUF output equals gguf-py\'s reading of it', () => {
+describe("GGUF output equals gguf-py's reading of it", () => {
   let stats: string;
   /** The q8_0 case's file: the metadata test reads it instead of exporting the same Q8_0 file again. */
   let q8File: string | undefined;
@@ -30,10 +30,32 @@ describe('GGUF output equals gguf-py\'s reading of it', () => {
     stats = path.join(tmpDir(), 'stats');
     const c: string[] = ref.calibrate;
     // The reference backend (flag(c, '--backend')): its imatrix is the same on every CPU, as the committed hashes need.
-    await calibrate({ model: MODEL, data: path.join(ROOT, 'fixtures', 'text', 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), backend: flag(c, '--backend') as 'ref', output: stats }, quiet);
+    await calibrate(
+      {
+        model: MODEL,
+        data: path.join(ROOT, 'fixtures', 'text', 'calib.txt'),
+        seqLen: Number(flag(c, '--seq-len')),
+        maxTokens: Number(flag(c, '--max-tokens')),
+        backend: flag(c, '--backend') as 'ref',
+        output: stats,
+      },
+      quiet,
+    );
   }, 60_000);
 
-  test.each(Object.entries(ref.cases as Record<string, { args: string[]; architecture: string; tensor_count: number; tensors: Record<string, { type: string; shape: number[]; sha256: string }> }>))(
+  test.each(
+    Object.entries(
+      ref.cases as Record<
+        string,
+        {
+          args: string[];
+          architecture: string;
+          tensor_count: number;
+          tensors: Record<string, { type: string; shape: number[]; sha256: string }>;
+        }
+      >,
+    ),
+  )(
     '%s',
     async (_name, c) => {
       const out = path.join(tmpDir(), 'gguf');
@@ -64,13 +86,15 @@ describe('GGUF output equals gguf-py\'s reading of it', () => {
   );
 
   test('tokenizer and hyperparameters llama.cpp needs are in the file', async () => {
-    const file = q8File ?? (await exportGguf({ model: MODEL, output: path.join(tmpDir(), 'g'), type: 'Q8_0' }, quiet)).output;
+    const file =
+      q8File ?? (await exportGguf({ model: MODEL, output: path.join(tmpDir(), 'g'), type: 'Q8_0' }, quiet)).output;
     const m = readGguf(file).metadata;
     const tok = JSON.parse(fs.readFileSync(path.join(MODEL, 'tokenizer.json'), 'utf8'));
     expect(m.get('tokenizer.ggml.model')).toBe('gpt2');
     const tokens = m.get('tokenizer.ggml.tokens') as string[];
     expect(tokens.length).toBe(4096);
-    for (const [text, id] of Object.entries(tok.model.vocab as Record<string, number>).slice(0, 50)) expect(tokens[id]).toBe(text);
+    for (const [text, id] of Object.entries(tok.model.vocab as Record<string, number>).slice(0, 50))
+      expect(tokens[id]).toBe(text);
     expect((m.get('tokenizer.ggml.merges') as string[]).length).toBe(tok.model.merges.length);
     expect(m.get('tokenizer.ggml.eos_token_id')).toBe(0);
     expect(m.get('qwen3moe.expert_count')).toBe(8);
@@ -84,7 +108,18 @@ describe('GGUF output equals gguf-py\'s reading of it', () => {
     const dir = tmpDir();
     const file = path.join(dir, 'sub', 'model-q8.gguf');
     fs.mkdirSync(path.dirname(file));
-    const dry = await runMain(['quantize', MODEL, '--format', 'gguf', '--type', 'q6_k', '-o', file, '--dry-run', '--json']);
+    const dry = await runMain([
+      'quantize',
+      MODEL,
+      '--format',
+      'gguf',
+      '--type',
+      'q6_k',
+      '-o',
+      file,
+      '--dry-run',
+      '--json',
+    ]);
     expect(dry.code).toBe(0);
     expect(fs.existsSync(file)).toBe(false);
     expect(JSON.parse(dry.stdout).bpw).toBeCloseTo(6.5625, 6);
@@ -127,19 +162,26 @@ describe('ggml codecs', () => {
     }
     for (const t of ['F16', 'BF16'] as GgmlType[]) {
       const once = dequantizeRows(quantizeRows(x, rows, cols, t), rows, cols, t);
-      expect(Buffer.from(dequantizeRows(quantizeRows(once, rows, cols, t), rows, cols, t).buffer).equals(Buffer.from(once.buffer))).toBe(true);
+      expect(
+        Buffer.from(dequantizeRows(quantizeRows(once, rows, cols, t), rows, cols, t).buffer).equals(
+          Buffer.from(once.buffer),
+        ),
+      ).toBe(true);
     }
   });
 
-  test.each(['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'] as GgmlType[])('%s: the imatrix lowers the importance-weighted error', (t) => {
-    const plain = dequantizeRows(quantizeRows(x, rows, cols, t), rows, cols, t);
-    const weighted = dequantizeRows(quantizeRows(x, rows, cols, t, imp), rows, cols, t);
-    let ePlain = 0;
-    let eWeighted = 0;
-    for (let i = 0; i < x.length; i++) {
-      ePlain += imp[i % cols] * (x[i] - plain[i]) ** 2;
-      eWeighted += imp[i % cols] * (x[i] - weighted[i]) ** 2;
-    }
-    expect(eWeighted).toBeLessThan(ePlain);
-  });
+  test.each(['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K'] as GgmlType[])(
+    '%s: the imatrix lowers the importance-weighted error',
+    (t) => {
+      const plain = dequantizeRows(quantizeRows(x, rows, cols, t), rows, cols, t);
+      const weighted = dequantizeRows(quantizeRows(x, rows, cols, t, imp), rows, cols, t);
+      let ePlain = 0;
+      let eWeighted = 0;
+      for (let i = 0; i < x.length; i++) {
+        ePlain += imp[i % cols] * (x[i] - plain[i]) ** 2;
+        eWeighted += imp[i % cols] * (x[i] - weighted[i]) ** 2;
+      }
+      expect(eWeighted).toBeLessThan(ePlain);
+    },
+  );
 });

@@ -54,7 +54,8 @@ describe('dtype conversion', () => {
     for (const d of ['BF16', 'F16'] as const) {
       const back = new Uint16Array(fromFloat32(toFloat32(bytes, d), d).buffer);
       for (let i = 0; i < 65536; i++) {
-        const isNaN = d === 'BF16' ? (i & 0x7f80) === 0x7f80 && (i & 0x7f) !== 0 : (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
+        const isNaN =
+          d === 'BF16' ? (i & 0x7f80) === 0x7f80 && (i & 0x7f) !== 0 : (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
         if (!isNaN && back[i] !== i) throw new Error(`${d} 0x${i.toString(16)} came back as 0x${back[i].toString(16)}`);
       }
     }
@@ -65,7 +66,10 @@ test('aligned and unaligned buffers decode alike', () => {
   const values = new Float32Array([1.5, -2.25, 3e-8, 65504]);
   const f32 = new Uint8Array(values.buffer);
   const bf16 = new Uint8Array(new Uint16Array([0x3fc0, 0xc010, 0x3300, 0x477f]).buffer);
-  for (const [bytes, d] of [[f32, 'F32'], [bf16, 'BF16']] as const) {
+  for (const [bytes, d] of [
+    [f32, 'F32'],
+    [bf16, 'BF16'],
+  ] as const) {
     const shifted = new Uint8Array(bytes.length + 1).subarray(1);
     shifted.set(bytes);
     expect(Array.from(toFloat32(shifted, d))).toEqual(Array.from(toFloat32(bytes, d)));

@@ -49,7 +49,11 @@ beforeAll(() => {
   snapshot = addRepo(cache, 'models--acme--tiny-moe', COMMIT, FILES);
   // A second, older snapshot reachable by its commit hash only (refs/main points at COMMIT).
   fs.mkdirSync(path.join(cache, 'models--acme--tiny-moe', 'snapshots', OLD_COMMIT));
-  for (const f of FILES) fs.symlinkSync(fs.readlinkSync(path.join(snapshot, f)), path.join(cache, 'models--acme--tiny-moe', 'snapshots', OLD_COMMIT, f));
+  for (const f of FILES)
+    fs.symlinkSync(
+      fs.readlinkSync(path.join(snapshot, f)),
+      path.join(cache, 'models--acme--tiny-moe', 'snapshots', OLD_COMMIT, f),
+    );
   process.env.HF_HUB_CACHE = cache;
   delete process.env.HUGGINGFACE_HUB_CACHE;
 });
@@ -63,9 +67,32 @@ afterAll(() => {
 
 describe('repository ids', () => {
   test('parsed as huggingface_hub spells them; paths are not ids', () => {
-    expect(parseRepoId('Qwen/Qwen3-30B-A3B')).toEqual({ org: 'Qwen', name: 'Qwen3-30B-A3B', revision: 'main', explicitRevision: false });
-    expect(parseRepoId('acme/tiny-moe@v1.0')).toEqual({ org: 'acme', name: 'tiny-moe', revision: 'v1.0', explicitRevision: true });
-    for (const notId of ['./nope', 'nope', '/abs/x', '../a/b', 'a/b/c', 'a--b/c', 'a/b@../x', 'a/..', 'a/b@', 'out/model.gguf', 'm/model.safetensors']) expect(parseRepoId(notId)).toBeUndefined();
+    expect(parseRepoId('Qwen/Qwen3-30B-A3B')).toEqual({
+      org: 'Qwen',
+      name: 'Qwen3-30B-A3B',
+      revision: 'main',
+      explicitRevision: false,
+    });
+    expect(parseRepoId('acme/tiny-moe@v1.0')).toEqual({
+      org: 'acme',
+      name: 'tiny-moe',
+      revision: 'v1.0',
+      explicitRevision: true,
+    });
+    for (const notId of [
+      './nope',
+      'nope',
+      '/abs/x',
+      '../a/b',
+      'a/b/c',
+      'a--b/c',
+      'a/b@../x',
+      'a/..',
+      'a/b@',
+      'out/model.gguf',
+      'm/model.safetensors',
+    ])
+      expect(parseRepoId(notId)).toBeUndefined();
   });
 
   test('the cache folder: HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub', () => {
@@ -79,7 +106,9 @@ describe('repository ids', () => {
   test('ORG/NAME, @main and @COMMIT resolve to the snapshot; a folder of that relative path wins', () => {
     expect(resolveModel('acme/tiny-moe')).toBe(snapshot);
     expect(resolveModel('acme/tiny-moe@main')).toBe(snapshot);
-    expect(resolveModel(`acme/tiny-moe@${OLD_COMMIT}`)).toBe(path.join(cache, 'models--acme--tiny-moe', 'snapshots', OLD_COMMIT));
+    expect(resolveModel(`acme/tiny-moe@${OLD_COMMIT}`)).toBe(
+      path.join(cache, 'models--acme--tiny-moe', 'snapshots', OLD_COMMIT),
+    );
     const base = tmpDir();
     fs.mkdirSync(path.join(base, 'acme', 'tiny-moe'), { recursive: true });
     expect(resolveModel('acme/tiny-moe', base)).toBe(path.join(base, 'acme', 'tiny-moe'));
@@ -93,7 +122,7 @@ describe('repository ids', () => {
     expect(formatInspect(a)).toContain(`model          acme/tiny-moe@${COMMIT.slice(0, 12)} (qwen3_moe)`);
   });
 
-  test('eval ORG/NAME@main gives the plain folder\'s numbers, in process and through the CLI', async () => {
+  test("eval ORG/NAME@main gives the plain folder's numbers, in process and through the CLI", async () => {
     const opts = { data: EVAL_TEXT, seqLen: 64, maxTokens: 256 };
     const a = await evalCommand({ ...opts, model: 'acme/tiny-moe@main', baseline: 'acme/tiny-moe' }, quiet);
     const b = await evalCommand({ ...opts, model: TINY, baseline: TINY }, quiet);
@@ -103,7 +132,19 @@ describe('repository ids', () => {
     expect(a.size).toEqual(b.size);
     expect(a.baseline).toEqual({ ...b.baseline, model: snapshot });
     expect(a.baseline!.kl_mean).toBe(0);
-    const r = await runMain(['eval', 'acme/tiny-moe@main', '--data', EVAL_TEXT, '--seq-len', '64', '--max-tokens', '256', '--baseline', 'acme/tiny-moe', '--json']);
+    const r = await runMain([
+      'eval',
+      'acme/tiny-moe@main',
+      '--data',
+      EVAL_TEXT,
+      '--seq-len',
+      '64',
+      '--max-tokens',
+      '256',
+      '--baseline',
+      'acme/tiny-moe',
+      '--json',
+    ]);
     expect(r.stderr).not.toMatch(/^moe: /m);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ model: snapshot, perplexity: b.perplexity });
@@ -115,16 +156,33 @@ describe('repository ids', () => {
     for (const f of fs.readdirSync(out)) expect([f, fs.lstatSync(path.join(out, f)).isFile()]).toEqual([f, true]);
     // Buffer.equals: jest's toEqual on megabytes of Buffer takes minutes.
     const same = (f: string) => fs.readFileSync(path.join(out, f)).equals(fs.readFileSync(path.join(TINY, f)));
-    expect(['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors'].filter((f) => !same(f))).toEqual([]);
+    expect(
+      ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'model.safetensors'].filter(
+        (f) => !same(f),
+      ),
+    ).toEqual([]);
   });
 
-  test('a recipe\'s model: and eval baseline: take repository ids', () => {
+  test("a recipe's model: and eval baseline: take repository ids", () => {
     const dir = tmpDir();
     const file = path.join(dir, 'r.yaml');
-    fs.writeFileSync(file, `model: acme/tiny-moe\noutput: out\nsteps:\n  - eval: { data: ${EVAL_TEXT}, baseline: acme/tiny-moe@${OLD_COMMIT} }\n`);
+    fs.writeFileSync(
+      file,
+      `model: acme/tiny-moe\noutput: out\nsteps:\n  - eval: { data: ${EVAL_TEXT}, baseline: acme/tiny-moe@${OLD_COMMIT} }\n`,
+    );
     expect(loadRecipe(file).model).toBe(snapshot);
-    fs.writeFileSync(file, `model: acme/tiny-moe\noutput: out\nsteps:\n  - eval: { data: ${EVAL_TEXT}, baseline: acme/gone }\n`);
-    expect(() => loadRecipe(file)).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/^r\.yaml line 4: eval\.baseline: model acme\/gone is not a folder, and acme\/gone is not in the Hugging Face cache \(looked in .*models--acme--gone\)/) }));
+    fs.writeFileSync(
+      file,
+      `model: acme/tiny-moe\noutput: out\nsteps:\n  - eval: { data: ${EVAL_TEXT}, baseline: acme/gone }\n`,
+    );
+    expect(() => loadRecipe(file)).toThrow(
+      expect.objectContaining({
+        exitCode: 3,
+        message: expect.stringMatching(
+          /^r\.yaml line 4: eval\.baseline: model acme\/gone is not a folder, and acme\/gone is not in the Hugging Face cache \(looked in .*models--acme--gone\)/,
+        ),
+      }),
+    );
   });
 });
 
@@ -156,7 +214,14 @@ describe('absent models', () => {
     fs.writeFileSync(path.join(c, 'models--acme--tiny-moe', 'refs', 'main'), 'f'.repeat(40));
     process.env.HF_HUB_CACHE = c;
     try {
-      expect(() => openCheckpoint('acme/tiny-moe')).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringContaining(`no snapshot of acme/tiny-moe at revision "main" (commit ${'f'.repeat(40)})`) }));
+      expect(() => openCheckpoint('acme/tiny-moe')).toThrow(
+        expect.objectContaining({
+          exitCode: 3,
+          message: expect.stringContaining(
+            `no snapshot of acme/tiny-moe at revision "main" (commit ${'f'.repeat(40)})`,
+          ),
+        }),
+      );
     } finally {
       process.env.HF_HUB_CACHE = cache;
     }
@@ -173,22 +238,44 @@ describe('links in a snapshot', () => {
   /** A copy of the snapshot in another repository of the same cache, with `file` linked to `target`. */
   function snapshotWith(file: string, target: (repo: string) => string): string {
     const repoName = `models--acme--bad${Math.random().toString(36).slice(2, 8)}`;
-    const snap = addRepo(cache, repoName, COMMIT, FILES.filter((f) => f !== file));
+    const snap = addRepo(
+      cache,
+      repoName,
+      COMMIT,
+      FILES.filter((f) => f !== file),
+    );
     fs.symlinkSync(target(path.join(cache, repoName)), path.join(snap, file));
     return snap;
   }
 
-  test('a link out of the repository\'s blobs/ is refused, naming the file and where it leads', () => {
+  test("a link out of the repository's blobs/ is refused, naming the file and where it leads", () => {
     const outside = path.join(tmpDir(), 'config.json');
     fs.copyFileSync(path.join(TINY, 'config.json'), outside);
     const snap = snapshotWith('config.json', () => outside);
-    expect(() => openCheckpoint(snap)).toThrow(expect.objectContaining({ exitCode: 3, message: `file "config.json" resolves outside the model folder and its repository's blobs/ folder (to ${fs.realpathSync(outside)})` }));
+    expect(() => openCheckpoint(snap)).toThrow(
+      expect.objectContaining({
+        exitCode: 3,
+        message: `file "config.json" resolves outside the model folder and its repository's blobs/ folder (to ${fs.realpathSync(outside)})`,
+      }),
+    );
   });
 
-  test('a link into another repository\'s blobs/ is refused', () => {
-    const otherBlob = path.join(cache, 'models--acme--tiny-moe', 'blobs', path.basename(fs.readlinkSync(path.join(snapshot, 'model.safetensors'))));
+  test("a link into another repository's blobs/ is refused", () => {
+    const otherBlob = path.join(
+      cache,
+      'models--acme--tiny-moe',
+      'blobs',
+      path.basename(fs.readlinkSync(path.join(snapshot, 'model.safetensors'))),
+    );
     const snap = snapshotWith('model.safetensors', () => otherBlob);
-    expect(() => openCheckpoint(snap)).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/^shard "model\.safetensors" resolves outside the model folder and its repository's blobs\/ folder/) }));
+    expect(() => openCheckpoint(snap)).toThrow(
+      expect.objectContaining({
+        exitCode: 3,
+        message: expect.stringMatching(
+          /^shard "model\.safetensors" resolves outside the model folder and its repository's blobs\/ folder/,
+        ),
+      }),
+    );
   });
 
   test('links into a folder named blobs/ beside a folder that is not a cache snapshot are refused', () => {
@@ -199,6 +286,11 @@ describe('links in a snapshot', () => {
       fs.copyFileSync(path.join(TINY, f), path.join(root, 'blobs', f));
       fs.symlinkSync(path.join('..', 'blobs', f), path.join(root, 'model', f));
     }
-    expect(() => openCheckpoint(path.join(root, 'model'))).toThrow(expect.objectContaining({ exitCode: 3, message: expect.stringMatching(/^file "config\.json" resolves outside the model folder \(to /) }));
+    expect(() => openCheckpoint(path.join(root, 'model'))).toThrow(
+      expect.objectContaining({
+        exitCode: 3,
+        message: expect.stringMatching(/^file "config\.json" resolves outside the model folder \(to /),
+      }),
+    );
   });
 });

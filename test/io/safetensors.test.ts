@@ -53,7 +53,13 @@ describe('safetensors writer and reader', () => {
     w.finish();
     const index = JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8'));
     expect(index.metadata.total_size).toBe(500);
-    expect(index.weight_map).toEqual({ t0: shardName(0, 3), t1: shardName(0, 3), t2: shardName(1, 3), t3: shardName(1, 3), t4: shardName(2, 3) });
+    expect(index.weight_map).toEqual({
+      t0: shardName(0, 3),
+      t1: shardName(0, 3),
+      t2: shardName(1, 3),
+      t3: shardName(1, 3),
+      t4: shardName(2, 3),
+    });
     expect(shardName(1, 3)).toBe('model-00002-of-00003.safetensors');
     fs.writeFileSync(path.join(dir, 'config.json'), '{}');
     const ckpt = openCheckpoint(dir);
@@ -87,18 +93,63 @@ describe('safetensors writer and reader', () => {
 describe('safetensors header validation', () => {
   const data = f32Bytes([1, 2, 3, 4]); // 16 bytes
   const cases: [string, unknown, Uint8Array, RegExp, bigint | null][] = [
-    ['offsets past the data', { a: { dtype: 'F32', shape: [8], data_offsets: [0, 32] } }, data, /run past the 16 bytes of data/, null],
-    ['overlapping tensors', { a: { dtype: 'F32', shape: [3], data_offsets: [0, 12] }, b: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } }, data, /overlaps/, null],
-    ['a hole', { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } }, data, /hole/, null],
+    [
+      'offsets past the data',
+      { a: { dtype: 'F32', shape: [8], data_offsets: [0, 32] } },
+      data,
+      /run past the 16 bytes of data/,
+      null,
+    ],
+    [
+      'overlapping tensors',
+      {
+        a: { dtype: 'F32', shape: [3], data_offsets: [0, 12] },
+        b: { dtype: 'F32', shape: [2], data_offsets: [8, 16] },
+      },
+      data,
+      /overlaps/,
+      null,
+    ],
+    [
+      'a hole',
+      { a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] }, b: { dtype: 'F32', shape: [2], data_offsets: [8, 16] } },
+      data,
+      /hole/,
+      null,
+    ],
     ['trailing bytes', { a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }, data, /after the last tensor/, null],
-    ['size not matching the shape', { a: { dtype: 'F32', shape: [3], data_offsets: [0, 16] } }, data, /16 bytes for F32\[3\], which needs 12/, null],
+    [
+      'size not matching the shape',
+      { a: { dtype: 'F32', shape: [3], data_offsets: [0, 16] } },
+      data,
+      /16 bytes for F32\[3\], which needs 12/,
+      null,
+    ],
     ['unknown dtype', { a: { dtype: 'F4', shape: [4], data_offsets: [0, 16] } }, data, /unknown dtype "F4"/, null],
     ['bad shape', { a: { dtype: 'F32', shape: [-4], data_offsets: [0, 16] } }, data, /shape/, null],
     ['begin after end', { a: { dtype: 'F32', shape: [4], data_offsets: [16, 0] } }, data, /not \[begin, end\]/, null],
-    ['non-string metadata', { __metadata__: { a: 1 }, a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, data, /__metadata__.a is not a string/, null],
+    [
+      'non-string metadata',
+      { __metadata__: { a: 1 }, a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } },
+      data,
+      /__metadata__.a is not a string/,
+      null,
+    ],
     ['a JSON array', [1, 2], data, /not a JSON object/, null],
-    ['a header length beyond the file', { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, data, /runs past the end/, 10_000n],
-    ['a header length above the cap', { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } }, data, /above the .*cap/, BigInt(MAX_HEADER_BYTES + 1)],
+    [
+      'a header length beyond the file',
+      { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } },
+      data,
+      /runs past the end/,
+      10_000n,
+    ],
+    [
+      'a header length above the cap',
+      { a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] } },
+      data,
+      /above the .*cap/,
+      BigInt(MAX_HEADER_BYTES + 1),
+    ],
   ];
   test.each(cases)('rejects %s with a CheckpointError naming the file', (_name, header, bytes, message, override) => {
     const file = path.join(tmpDir(), 'model.safetensors');

@@ -59,7 +59,10 @@ function expectedGroups(layer: number): number[][] {
   const cos = s.f64(`layers.${layer}.moe.router_cos`);
   s.close();
   const E = freq.length;
-  const lead = [...Array(E).keys()].sort((a, b) => freq[b] - freq[a] || a - b).slice(0, 4).sort((a, b) => a - b);
+  const lead = [...Array(E).keys()]
+    .sort((a, b) => freq[b] - freq[a] || a - b)
+    .slice(0, 4)
+    .sort((a, b) => a - b);
   const groups = lead.map((d) => [d]);
   for (let e = 0; e < E; e++) {
     if (lead.includes(e)) continue;
@@ -113,7 +116,7 @@ test('a merge method from test/ runs through the CLI: each group keeps its most 
   expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).num_local_experts).toBe(4);
 });
 
-test('the CLI offers registered methods and checks options against the method\'s declared parameters', async () => {
+test("the CLI offers registered methods and checks options against the method's declared parameters", async () => {
   const args = ['merge', model, '--stats', stats, '--keep', '4', '-o'];
   const unknown = await cli([...args, path.join(tmpDir(), 'x'), '--method', 'nope']);
   expect(unknown.code).toBe(2);
@@ -130,7 +133,10 @@ test('a pruning method registered here runs through the CLI', async () => {
   const out = path.join(tmpDir(), 'last');
   const r = await cli(['prune', model, '--stats', stats, '--method', 'last', '--keep', '3', '-o', out, '--json']);
   expect(r.code).toBe(0);
-  expect(JSON.parse(r.stdout).layers.map((l: { kept: number[] }) => l.kept)).toEqual([[5, 6, 7], [5, 6, 7]]);
+  expect(JSON.parse(r.stdout).layers.map((l: { kept: number[] }) => l.kept)).toEqual([
+    [5, 6, 7],
+    [5, 6, 7],
+  ]);
   const src = openCheckpoint(model);
   const arch = loadArchitecture(src);
   const a = new TensorReader(src);

@@ -29,12 +29,14 @@ export function lossOf(logits: Float32Array, ids: Int32Array, B: number, T: numb
 }
 
 test('golden fixtures cover every registered architecture', () => {
-  const types = new Set(CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type));
+  const types = new Set(
+    CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type),
+  );
   expect([...types].sort()).toEqual(modelTypes().sort());
 });
 
 describe.each(CASES)('%s', (c) => {
-  test('logits and loss equal transformers\'', async () => {
+  test("logits and loss equal transformers'", async () => {
     const dir = path.join(GOLDEN, c);
     const golden = new TensorReader(openTensorFile(path.join(dir, 'golden.safetensors')));
     const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
@@ -59,4 +61,3 @@ describe.each(CASES)('%s', (c) => {
     expect(Math.abs(lossOf(logits, ids, B, T, V) - info.loss)).toBeLessThanOrEqual(1e-4);
   });
 });
-

@@ -73,8 +73,10 @@ function asMixtral(toy: string, dest: string): void {
   const rename = (n: string) =>
     n
       .replace(/\.moe\.router\.weight$/, '.block_sparse_moe.gate.weight')
-      .replace(/\.moe\.experts\.(\d+)\.w_(gate|up|down)\./,
-        (_m, e: string, p: string) => `.block_sparse_moe.experts.${e}.${proj[p]}.`);
+      .replace(
+        /\.moe\.experts\.(\d+)\.w_(gate|up|down)\./,
+        (_m, e: string, p: string) => `.block_sparse_moe.experts.${e}.${proj[p]}.`,
+      );
   const file = path.join(toy, 'model.safetensors');
   const { n, json } = rawHeader(file);
   const header = Object.fromEntries(Object.entries(json).map(([k, v]) => [k === '__metadata__' ? k : rename(k), v]));
@@ -125,7 +127,10 @@ describe('an architecture defined in test/ and registered with one call', () => 
   test('calibrate and prune: the pruned toy has 2 experts per layer and evaluates as the pruned Mixtral', async () => {
     const cal = ['--data', byteWindows('calib.txt', 8, 32, path.join(work, 'calib.json')), '--backend', 'ref'];
     const prune = ['--method', 'frequency', '--keep', '2', '--json'];
-    for (const [m, name] of [[toy, 'toy'], [mix, 'mix']]) {
+    for (const [m, name] of [
+      [toy, 'toy'],
+      [mix, 'mix'],
+    ]) {
       await ok(['calibrate', m, ...cal, '-o', path.join(work, `${name}-stats`), '--json']);
       const stats = path.join(work, `${name}-stats`);
       await ok(['prune', m, '--stats', stats, ...prune, '-o', path.join(work, `${name}-k2`)]);
@@ -144,7 +149,11 @@ describe('an architecture defined in test/ and registered with one call', () => 
 
   test('quantize --format gguf: its own llama.cpp architecture, read back by inspect and eval', async () => {
     const gguf = (m: string, type: string) => path.join(work, `${path.basename(m)}-${type}.gguf`);
-    for (const [m, type] of [[toy, 'f32'], [toy, 'q8_0'], [mix, 'q8_0']]) {
+    for (const [m, type] of [
+      [toy, 'f32'],
+      [toy, 'q8_0'],
+      [mix, 'q8_0'],
+    ]) {
       await ok(['quantize', m, '--format', 'gguf', '--type', type, '-o', gguf(m, type), '--json']);
     }
     const g = readGguf(gguf(toy, 'q8_0'));

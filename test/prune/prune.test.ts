@@ -12,7 +12,11 @@ import { countKeepSets, keepSets } from '../../src/prune/select';
 import { GOLDEN, listDir, quiet, runMain, tmpDir } from '../helpers';
 
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
-const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+const filesBytes = (dir: string) =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 
 function windows(n: number, T: number, vocab: number, seed: number): number[][] {
   let x = seed;
@@ -43,7 +47,13 @@ beforeAll(async () => {
 });
 
 /** Qwen3-MoE's routed output for samples x with only `keep` experts (softmax over kept logits, top-k, renormalised). */
-async function maskedOutput(model: string, layer: number, x: Float32Array, n: number, keep: number[]): Promise<Float32Array> {
+async function maskedOutput(
+  model: string,
+  layer: number,
+  x: Float32Array,
+  n: number,
+  keep: number[],
+): Promise<Float32Array> {
   const ckpt = openCheckpoint(model);
   const arch = loadArchitecture(ckpt);
   const r = new TensorReader(ckpt);
@@ -59,8 +69,20 @@ async function maskedOutput(model: string, layer: number, x: Float32Array, n: nu
     for (let j = 0; j < top.length; j++) {
       const e = top[j];
       const xt = x.subarray(t * h, (t + 1) * h);
-      const gu = await be.linear(xt, concatRows(r.f32(arch.expertKey(layer, e, 'gate')), r.f32(arch.expertKey(layer, e, 'up'))), 1, h, 2 * arch.expertWidth);
-      const y = await be.linear(swiglu(gu, 1, arch.expertWidth), r.f32(arch.expertKey(layer, e, 'down')), 1, arch.expertWidth, h);
+      const gu = await be.linear(
+        xt,
+        concatRows(r.f32(arch.expertKey(layer, e, 'gate')), r.f32(arch.expertKey(layer, e, 'up'))),
+        1,
+        h,
+        2 * arch.expertWidth,
+      );
+      const y = await be.linear(
+        swiglu(gu, 1, arch.expertWidth),
+        r.f32(arch.expertKey(layer, e, 'down')),
+        1,
+        arch.expertWidth,
+        h,
+      );
       for (let i = 0; i < h; i++) out[t * h + i] += (z[j] / sum) * y[i];
     }
   }
@@ -78,7 +100,10 @@ describe('NAEE reconstruction loss', () => {
     const problem = await ReconstructionProblem.build(new RefBackend(), new TensorReader(ckpt), arch, 1, x, n);
     const all = [...Array(arch.numExperts).keys()];
     const full = await maskedOutput(QWEN3, 1, x, n, all);
-    for (const keep of [[0, 2, 5, 7], [1, 3]]) {
+    for (const keep of [
+      [0, 2, 5, 7],
+      [1, 3],
+    ]) {
       const part = await maskedOutput(QWEN3, 1, x, n, keep);
       let err = 0;
       for (let i = 0; i < full.length; i++) err += (full[i] - part[i]) ** 2;
@@ -90,12 +115,22 @@ describe('NAEE reconstruction loss', () => {
 
   test('moe prune --method naee picks the subset with the least loss of all C(E,K)', async () => {
     const out = path.join(tmpDir(), 'naee');
-    const report = await prune({ model: QWEN3, stats: qStats, method: 'naee', keep: 4, output: out, backend: 'ref', dryRun: true }, quiet);
+    const report = await prune(
+      { model: QWEN3, stats: qStats, method: 'naee', keep: 4, output: out, backend: 'ref', dryRun: true },
+      quiet,
+    );
     const stats = new CalibrationStats(qStats);
     const arch = loadArchitecture(openCheckpoint(QWEN3));
     for (const l of report.layers) {
       const x = stats.f32(`layers.${l.layer}.moe.naee_in`);
-      const problem = await ReconstructionProblem.build(new RefBackend(), new TensorReader(openCheckpoint(QWEN3)), arch, l.layer, x, x.length / arch.hidden);
+      const problem = await ReconstructionProblem.build(
+        new RefBackend(),
+        new TensorReader(openCheckpoint(QWEN3)),
+        arch,
+        l.layer,
+        x,
+        x.length / arch.hidden,
+      );
       const c = { experts: 8, keep: 4, groups: 1, protect: new Set<number>() };
       expect(countKeepSets(c)).toBe(70);
       const best = Math.min(...[...keepSets(c)].map((k) => problem.loss(k)));
@@ -107,7 +142,19 @@ describe('NAEE reconstruction loss', () => {
   });
 
   test('beyond --naee-limit it searches greedily, and says so', async () => {
-    const report = await prune({ model: QWEN3, stats: qStats, method: 'naee', keep: 4, output: path.join(tmpDir(), 'g'), backend: 'ref', dryRun: true, naeeLimit: 10 }, quiet);
+    const report = await prune(
+      {
+        model: QWEN3,
+        stats: qStats,
+        method: 'naee',
+        keep: 4,
+        output: path.join(tmpDir(), 'g'),
+        backend: 'ref',
+        dryRun: true,
+        naeeLimit: 10,
+      },
+      quiet,
+    );
     expect(report.layers.every((l) => l.search === 'greedy' && l.kept.length === 4)).toBe(true);
   });
 });
@@ -130,13 +177,18 @@ describe('the pruned checkpoint', () => {
       // Groups of 4 (n_group 2): each keeps 2.
       expect(l.kept.filter((e) => e < 4)).toHaveLength(2);
       l.kept.forEach((old, i) => {
-        for (const p of ['gate', 'up', 'down'] as const) expect(same(b.bytes(arch.expertKey(l.layer, i, p)), a.bytes(arch.expertKey(l.layer, old, p)))).toBe(true);
+        for (const p of ['gate', 'up', 'down'] as const)
+          expect(same(b.bytes(arch.expertKey(l.layer, i, p)), a.bytes(arch.expertKey(l.layer, old, p)))).toBe(true);
       });
       expect(dst.tensors.has(arch.expertKey(l.layer, 4, 'gate'))).toBe(false);
       const router = a.f32(arch.routerKey(l.layer));
       const sliced = b.f32(arch.routerKey(l.layer));
       const h = arch.hidden;
-      l.kept.forEach((old, i) => expect(Array.from(sliced.subarray(i * h, (i + 1) * h))).toEqual(Array.from(router.subarray(old * h, (old + 1) * h))));
+      l.kept.forEach((old, i) =>
+        expect(Array.from(sliced.subarray(i * h, (i + 1) * h))).toEqual(
+          Array.from(router.subarray(old * h, (old + 1) * h)),
+        ),
+      );
       const bias = a.f32(arch.correctionBiasKey(l.layer)!);
       expect(Array.from(b.f32(arch.correctionBiasKey(l.layer)!))).toEqual(l.kept.map((e) => bias[e]));
     }
@@ -161,7 +213,20 @@ describe('the pruned checkpoint', () => {
   });
 
   test('--protect-super-experts keeps the detected super experts', async () => {
-    const report = await prune({ model: QWEN3, stats: qStats, method: 'random', keep: 4, output: path.join(tmpDir(), 'x'), dryRun: true, protectSuperExperts: true, superFactor: 1.0001, seed: 3 }, quiet);
+    const report = await prune(
+      {
+        model: QWEN3,
+        stats: qStats,
+        method: 'random',
+        keep: 4,
+        output: path.join(tmpDir(), 'x'),
+        dryRun: true,
+        protectSuperExperts: true,
+        superFactor: 1.0001,
+        seed: 3,
+      },
+      quiet,
+    );
     for (const l of report.layers) {
       expect(l.super_experts.length).toBeGreaterThan(0);
       expect(l.super_experts.length).toBeLessThanOrEqual(4);
@@ -181,13 +246,45 @@ describe('the pruned checkpoint', () => {
     const other = await runMain(['prune', QWEN3, '--stats', dStats, '--method', 'reap', '--keep', '4', '-o', dest]);
     expect(other.code).toBe(3);
     expect(other.stderr).toMatch(/stats were made from another model/);
-    expect((await runMain(['prune', QWEN3, '--stats', qStats, '--method', 'reap', '--keep', '4', '--ratio', '0.5', '-o', dest])).code).toBe(2);
+    expect(
+      (
+        await runMain([
+          'prune',
+          QWEN3,
+          '--stats',
+          qStats,
+          '--method',
+          'reap',
+          '--keep',
+          '4',
+          '--ratio',
+          '0.5',
+          '-o',
+          dest,
+        ])
+      ).code,
+    ).toBe(2);
     expect(listDir(work)).toEqual([]);
   });
 
-  test('--dry-run --json prints each layer\'s plan and writes nothing', async () => {
+  test("--dry-run --json prints each layer's plan and writes nothing", async () => {
     const work = tmpDir();
-    const r = await runMain(['prune', QWEN3, '--stats', qStats, '--method', 'naee', '--ratio', '0.5', '-o', path.join(work, 'o'), '--dry-run', '--json', '--backend', 'ref']);
+    const r = await runMain([
+      'prune',
+      QWEN3,
+      '--stats',
+      qStats,
+      '--method',
+      'naee',
+      '--ratio',
+      '0.5',
+      '-o',
+      path.join(work, 'o'),
+      '--dry-run',
+      '--json',
+      '--backend',
+      'ref',
+    ]);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.dry_run).toBe(true);

@@ -14,7 +14,8 @@ const TEXT = path.join(ROOT, 'fixtures', 'text');
 const KEEP = 4; // of 8
 
 async function perplexity(dir: string): Promise<number> {
-  return (await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192 }, quiet)).perplexity;
+  return (await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: 256, maxTokens: 8192 }, quiet))
+    .perplexity;
 }
 
 describe('compression quality on the trained fixture (4 of 8 experts)', () => {
@@ -24,7 +25,17 @@ describe('compression quality on the trained fixture (4 of 8 experts)', () => {
 
   beforeAll(async () => {
     stats = path.join(tmpDir(), 'stats');
-    await calibrate({ model: MODEL, output: stats, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 16384, naeeTokens: 512 }, quiet);
+    await calibrate(
+      {
+        model: MODEL,
+        output: stats,
+        data: path.join(TEXT, 'calib.txt'),
+        seqLen: 256,
+        maxTokens: 16384,
+        naeeTokens: 512,
+      },
+      quiet,
+    );
     const seeds = [];
     for (const seed of [0, 1, 2]) {
       const out = path.join(tmpDir(), `random-${seed}`);

@@ -19,7 +19,10 @@ function problem(G: number, seed: number, sizes = [3, 4, 6]): AllocGroup[] {
   const r = rng(seed);
   return Array.from({ length: G }, (_, g) => {
     const scale = Math.exp((r() - 0.5) * 3) / Math.pow(1 + (g % 64), 1.1);
-    return { params: sizes[Math.floor(r() * sizes.length)] * 1000, cost: CHOICES.map((b) => scale * Math.pow(4, -b) * (1 + 0.5 * r())) };
+    return {
+      params: sizes[Math.floor(r() * sizes.length)] * 1000,
+      cost: CHOICES.map((b) => scale * Math.pow(4, -b) * (1 + 0.5 * r())),
+    };
   });
 }
 
@@ -89,7 +92,11 @@ describe('bit allocation', () => {
     const all = await allocate({ choices: CHOICES, groups, budgetBits: 8 * params });
     expect(all.status).toBe('optimal');
     expect(Array.from(all.choice)).toEqual(groups.map(() => 3));
-    const masked = await allocate({ choices: CHOICES, groups: groups.map((g) => ({ ...g, allowed: [false, false, false, false] })), budgetBits: 8 * params });
+    const masked = await allocate({
+      choices: CHOICES,
+      groups: groups.map((g) => ({ ...g, allowed: [false, false, false, false] })),
+      budgetBits: 8 * params,
+    });
     expect(masked.status).toBe('infeasible');
   });
 

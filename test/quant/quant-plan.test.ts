@@ -12,7 +12,15 @@ import { CODECS } from '../../src/gguf/codecs/index';
 import { bitsPerWeight, dequantizeRows, fileType, GGML_TYPE_ID, quantizeRows, rowBytes } from '../../src/gguf/quants';
 
 function target(name: string, layer: number, cls: Target['cls'], rows: number, cols: number, expert?: number): Target {
-  return { name, rows, cols, cls, layer, expert, group: cls === 'expert' ? `layers.${layer}.experts.${expert}` : `layers.${layer}.${cls}` };
+  return {
+    name,
+    rows,
+    cols,
+    cls,
+    layer,
+    expert,
+    group: cls === 'expert' ? `layers.${layer}.experts.${expert}` : `layers.${layer}.${cls}`,
+  };
 }
 function groups(targets: Target[]): Group[] {
   const by = new Map<string, Group>();
@@ -26,7 +34,13 @@ function groups(targets: Target[]): Group[] {
 }
 
 test('one packed-size formula: the bytes of the three parts the writer lays out', () => {
-  for (const [rows, cols, bits, gs] of [[4, 128, 4, 128], [3, 100, 3, 32], [5, 7, 1, 128], [2, 300, 8, 64], [1, 33, 5, 16]]) {
+  for (const [rows, cols, bits, gs] of [
+    [4, 128, 4, 128],
+    [3, 100, 3, 32],
+    [5, 7, 1, 128],
+    [2, 300, 8, 64],
+    [1, 33, 5, 16],
+  ]) {
     const parts = packedPlan('w.weight', rows, cols, bits, gs);
     expect(packedMatrixBytes(rows, cols, bits, gs)).toBe(parts.reduce((s, t) => s + tensorBytes(t), 0));
   }
@@ -67,11 +81,21 @@ test('assignBits: a global budget is met over all scopes, a per-layer one in eac
 });
 
 test('measure → choose → plan: the cost table, the bits and the totals the report prints', async () => {
-  const targets = [target('l0.attn', 0, 'attn', 4, 64), target('l0.router', 0, 'router', 2, 64), target('l0.e0', 0, 'expert', 8, 64, 0), target('l0.e1', 0, 'expert', 8, 64, 1)];
+  const targets = [
+    target('l0.attn', 0, 'attn', 4, 64),
+    target('l0.router', 0, 'router', 2, 64),
+    target('l0.e0', 0, 'expert', 8, 64, 0),
+    target('l0.e1', 0, 'expert', 8, 64, 1),
+  ];
   const gs = groups(targets);
   const rules = { bits: 3, choices: [2, 3, 4, 8] };
   const err: Record<string, number> = { 'l0.e0': 5, 'l0.e1': 1, 'l0.attn': 2 };
-  const measured = await measureCosts(targets, gs, rules, async (t, bits) => new Map(bits.map((b) => [b, err[t.name] / b])));
+  const measured = await measureCosts(
+    targets,
+    gs,
+    rules,
+    async (t, bits) => new Map(bits.map((b) => [b, err[t.name] / b])),
+  );
   // The router is fixed at 8 bits (not measured); attention may take 4 or 8 only.
   expect([...measured.costs.keys()]).toEqual(['layers.0.attn', 'layers.0.experts.0', 'layers.0.experts.1']);
   expect(measured.costs.get('layers.0.attn')).toEqual({ 4: 0.5, 8: 0.25 });
@@ -81,26 +105,87 @@ test('measure → choose → plan: the cost table, the bits and the totals the r
   expect(bits['layers.0.router']).toBe(8);
   expect(bits['layers.0.attn']).toBe(4);
   const tensors = targets.map((t) => ({ name: t.name, dtype: 'BF16' as const, shape: [t.rows, t.cols] }));
-  const plan = buildPlan({ format: 'packed', method: 'rtn', groupSize: 32, granularity: 'expert', tensors, targets, groups: gs, bits: chosen.bits, ...measured, solver: chosen.solver });
+  const plan = buildPlan({
+    format: 'packed',
+    method: 'rtn',
+    groupSize: 32,
+    granularity: 'expert',
+    tensors,
+    targets,
+    groups: gs,
+    bits: chosen.bits,
+    ...measured,
+    solver: chosen.solver,
+  });
   const params = targets.reduce((s, t) => s + t.rows * t.cols, 0);
   const code = plan.weights.reduce((s, w) => s + w.bits * w.rows * w.cols, 0);
   expect(code).toBeLessThanOrEqual(3 * params);
   expect(plan.averageBits).toBe(code / params);
   expect(plan.storedBitsPerWeight).toBe((8 * plan.weights.reduce((s, w) => s + w.bytes, 0)) / params);
   expect(plan.tensorBytes).toBe(plan.weights.reduce((s, w) => s + w.bytes, 0));
-  expect(plan.tensors.map((t) => t.name).slice(0, 4)).toEqual(['l0.attn.qweight', 'l0.attn.scales', 'l0.attn.qzeros', 'l0.router.qweight']);
+  expect(plan.tensors.map((t) => t.name).slice(0, 4)).toEqual([
+    'l0.attn.qweight',
+    'l0.attn.scales',
+    'l0.attn.qzeros',
+    'l0.router.qweight',
+  ]);
   for (const w of plan.weights) expect(w.predicted).toBe(measured.byTarget.get(w.name)!.get(w.bits) ?? null);
-  for (const g of gs) if (measured.costs.has(g.key)) expect(plan.predicted.get(g.key)).toBe(measured.costs.get(g.key)![chosen.bits.get(g.key)!]);
-  const deq = buildPlan({ format: 'dequantized', method: 'rtn', groupSize: 32, granularity: 'expert', tensors, targets, groups: gs, bits: chosen.bits, solver: null });
+  for (const g of gs)
+    if (measured.costs.has(g.key))
+      expect(plan.predicted.get(g.key)).toBe(measured.costs.get(g.key)![chosen.bits.get(g.key)!]);
+  const deq = buildPlan({
+    format: 'dequantized',
+    method: 'rtn',
+    groupSize: 32,
+    granularity: 'expert',
+    tensors,
+    targets,
+    groups: gs,
+    bits: chosen.bits,
+    solver: null,
+  });
   expect(deq.tensors).toEqual(tensors);
   expect(deq.weights.map((w) => w.bytes)).toEqual(targets.map((t) => 2 * t.rows * t.cols));
 });
 
 test('the GGUF codec registry: ggml ids, llama.cpp file types and sizes, one place per type', () => {
   // ggml.h enum ggml_type and llama.h enum llama_ftype.
-  expect(GGML_TYPE_ID).toEqual({ F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 });
-  expect(Object.fromEntries(CODECS.map((c) => [c.type, fileType(c.type)]))).toEqual({ F32: 0, F16: 1, BF16: 32, Q8_0: 7, Q4_0: 2, Q2_K: 10, Q3_K: 12, Q4_K: 15, Q5_K: 17, Q6_K: 18 });
-  expect(Object.fromEntries(CODECS.map((c) => [c.type, bitsPerWeight(c.type)]))).toEqual({ F32: 32, F16: 16, BF16: 16, Q8_0: 8.5, Q4_0: 4.5, Q2_K: 2.625, Q3_K: 3.4375, Q4_K: 4.5, Q5_K: 5.5, Q6_K: 6.5625 });
+  expect(GGML_TYPE_ID).toEqual({
+    F32: 0,
+    F16: 1,
+    Q4_0: 2,
+    Q8_0: 8,
+    Q2_K: 10,
+    Q3_K: 11,
+    Q4_K: 12,
+    Q5_K: 13,
+    Q6_K: 14,
+    BF16: 30,
+  });
+  expect(Object.fromEntries(CODECS.map((c) => [c.type, fileType(c.type)]))).toEqual({
+    F32: 0,
+    F16: 1,
+    BF16: 32,
+    Q8_0: 7,
+    Q4_0: 2,
+    Q2_K: 10,
+    Q3_K: 12,
+    Q4_K: 15,
+    Q5_K: 17,
+    Q6_K: 18,
+  });
+  expect(Object.fromEntries(CODECS.map((c) => [c.type, bitsPerWeight(c.type)]))).toEqual({
+    F32: 32,
+    F16: 16,
+    BF16: 16,
+    Q8_0: 8.5,
+    Q4_0: 4.5,
+    Q2_K: 2.625,
+    Q3_K: 3.4375,
+    Q4_K: 4.5,
+    Q5_K: 5.5,
+    Q6_K: 6.5625,
+  });
   const x = Float32Array.from({ length: 2 * 256 }, (_, i) => Math.sin(i * 0.37) * 0.05);
   for (const c of CODECS) {
     const bytes = quantizeRows(x, 2, 256, c.type);

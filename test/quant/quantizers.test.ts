@@ -31,7 +31,8 @@ function inputs(n: number, cols: number, seed: number): { X: Float32Array; H: Fl
   const r = rng(seed);
   const X = new Float32Array(n * cols);
   for (let t = 0; t < n; t++) {
-    for (let c = 0; c < cols; c++) X[t * cols + c] = (r() - 0.5) * (c % 17 === 0 ? 6 : 1) + (c > 0 ? 0.6 * X[t * cols + c - 1] : 0);
+    for (let c = 0; c < cols; c++)
+      X[t * cols + c] = (r() - 0.5) * (c % 17 === 0 ? 6 : 1) + (c > 0 ? 0.6 * X[t * cols + c - 1] : 0);
   }
   const H = new Float32Array(cols * cols);
   for (let i = 0; i < cols; i++) {
@@ -45,7 +46,14 @@ function inputs(n: number, cols: number, seed: number): { X: Float32Array; H: Fl
 }
 
 /** ‖(W − Q)Xᵀ‖² computed directly from the inputs. */
-function explicitError(w: Float32Array, q: Float32Array, X: Float32Array, rows: number, cols: number, n: number): number {
+function explicitError(
+  w: Float32Array,
+  q: Float32Array,
+  X: Float32Array,
+  rows: number,
+  cols: number,
+  n: number,
+): number {
   let s = 0;
   for (let r = 0; r < rows; r++) {
     for (let t = 0; t < n; t++) {
@@ -93,19 +101,22 @@ const SHAPES: [number, number, number][] = [
 ];
 
 describe('packed layout', () => {
-  test.each([2, 3, 4, 5, 8])('%i bits: unpack(pack(codes)) = codes and the packed decode equals dequantize bit for bit', (bits) => {
-    for (const [rows, cols, gs] of SHAPES) {
-      const q = quantizeRtn(matrix(rows, cols, bits * 31 + cols), rows, cols, { bits, groupSize: gs });
-      const packed = packCodes(q.codes, rows, cols, bits);
-      expect(packed.length).toBe(rows * Math.ceil((cols * bits) / 8));
-      expect(Buffer.from(unpackCodes(packed, rows, cols, bits)).equals(Buffer.from(q.codes))).toBe(true);
-      const fast = dequantizePacked(packed, fromFloat32(q.scales, 'BF16'), q.zeros, rows, cols, bits, gs);
-      expect(Buffer.from(fast.buffer).equals(Buffer.from(dequantize(q).buffer))).toBe(true);
-      // Scales survive the trip through BF16 exactly; zeros and codes lie on the grid.
-      expect(Buffer.from(fromFloat32(q.scales, 'BF16')).length).toBe(2 * rows * groupCount(cols, gs));
-      expect(Math.max(...q.codes)).toBeLessThanOrEqual(2 ** bits - 1);
-    }
-  });
+  test.each([2, 3, 4, 5, 8])(
+    '%i bits: unpack(pack(codes)) = codes and the packed decode equals dequantize bit for bit',
+    (bits) => {
+      for (const [rows, cols, gs] of SHAPES) {
+        const q = quantizeRtn(matrix(rows, cols, bits * 31 + cols), rows, cols, { bits, groupSize: gs });
+        const packed = packCodes(q.codes, rows, cols, bits);
+        expect(packed.length).toBe(rows * Math.ceil((cols * bits) / 8));
+        expect(Buffer.from(unpackCodes(packed, rows, cols, bits)).equals(Buffer.from(q.codes))).toBe(true);
+        const fast = dequantizePacked(packed, fromFloat32(q.scales, 'BF16'), q.zeros, rows, cols, bits, gs);
+        expect(Buffer.from(fast.buffer).equals(Buffer.from(dequantize(q).buffer))).toBe(true);
+        // Scales survive the trip through BF16 exactly; zeros and codes lie on the grid.
+        expect(Buffer.from(fromFloat32(q.scales, 'BF16')).length).toBe(2 * rows * groupCount(cols, gs));
+        expect(Math.max(...q.codes)).toBeLessThanOrEqual(2 ** bits - 1);
+      }
+    },
+  );
 });
 
 describe('RTN', () => {
@@ -147,10 +158,13 @@ describe('output error', () => {
     const q = dequantize(quantizeRtn(w, rows, cols, { bits: 3, groupSize: 16 }));
     const direct = explicitError(w, q, X, rows, cols, n);
     expect(Math.abs((await outputError(w, q, rows, cols, { full: H })) / direct - 1)).toBeLessThan(1e-5);
-    expect(Math.abs((await outputError(w, q, rows, cols, { full: H }, new RefBackend())) / direct - 1)).toBeLessThan(1e-5);
+    expect(Math.abs((await outputError(w, q, rows, cols, { full: H }, new RefBackend())) / direct - 1)).toBeLessThan(
+      1e-5,
+    );
     const diag = Float64Array.from({ length: cols }, (_, c) => H[c * cols + c]);
     let expected = 0;
-    for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) expected += (w[r * cols + c] - q[r * cols + c]) ** 2 * diag[c];
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) expected += (w[r * cols + c] - q[r * cols + c]) ** 2 * diag[c];
     expect(Math.abs((await outputError(w, q, rows, cols, { diag })) / expected - 1)).toBeLessThan(1e-12);
   });
 });
@@ -206,22 +220,27 @@ describe('GPTQ', () => {
     [12, 200, 64, 4],
     [8, 300, 128, 8],
   ];
-  test.each(cases)('[%i, %i] groups of %i at %i bits: smaller ‖WX − QX‖ than RTN, with and without act-order, on the backend and in plain JS', async (rows, cols, gs, bits) => {
-    const { X, H } = inputs(512, cols, rows + cols);
-    const w = matrix(rows, cols, bits * 13);
-    const rtn = await outputError(w, dequantize(quantizeRtn(w, rows, cols, { bits, groupSize: gs })), rows, cols, { full: H });
-    const js = await gptq(w, rows, cols, H, { bits, groupSize: gs });
-    const onBackend = await gptq(w, rows, cols, H, { bits, groupSize: gs }, {}, be);
-    const act = await gptq(w, rows, cols, H, { bits, groupSize: gs }, { actOrder: true }, be);
-    const eJs = await outputError(w, dequantize(js), rows, cols, { full: H });
-    const eBe = await outputError(w, dequantize(onBackend), rows, cols, { full: H });
-    const eAct = await outputError(w, dequantize(act), rows, cols, { full: H });
-    for (const e of [eJs, eBe, eAct]) expect(e).toBeLessThan(rtn);
-    expect(Math.abs(eBe / eJs - 1)).toBeLessThan(0.02);
-    expect(js.fallback).toBeUndefined();
-    // The measured error is the real one.
-    expect(Math.abs(eJs / explicitError(w, dequantize(js), X, rows, cols, 512) - 1)).toBeLessThan(1e-4);
-  });
+  test.each(cases)(
+    '[%i, %i] groups of %i at %i bits: smaller ‖WX − QX‖ than RTN, with and without act-order, on the backend and in plain JS',
+    async (rows, cols, gs, bits) => {
+      const { X, H } = inputs(512, cols, rows + cols);
+      const w = matrix(rows, cols, bits * 13);
+      const rtn = await outputError(w, dequantize(quantizeRtn(w, rows, cols, { bits, groupSize: gs })), rows, cols, {
+        full: H,
+      });
+      const js = await gptq(w, rows, cols, H, { bits, groupSize: gs });
+      const onBackend = await gptq(w, rows, cols, H, { bits, groupSize: gs }, {}, be);
+      const act = await gptq(w, rows, cols, H, { bits, groupSize: gs }, { actOrder: true }, be);
+      const eJs = await outputError(w, dequantize(js), rows, cols, { full: H });
+      const eBe = await outputError(w, dequantize(onBackend), rows, cols, { full: H });
+      const eAct = await outputError(w, dequantize(act), rows, cols, { full: H });
+      for (const e of [eJs, eBe, eAct]) expect(e).toBeLessThan(rtn);
+      expect(Math.abs(eBe / eJs - 1)).toBeLessThan(0.02);
+      expect(js.fallback).toBeUndefined();
+      // The measured error is the real one.
+      expect(Math.abs(eJs / explicitError(w, dequantize(js), X, rows, cols, 512) - 1)).toBeLessThan(1e-4);
+    },
+  );
 
   test('a column no input reached is zeroed and ignored; a zero Hessian falls back to RTN and says so', async () => {
     const rows = 8;
@@ -235,12 +254,18 @@ describe('GPTQ', () => {
     const q = await gptq(w, rows, cols, H, { bits: 4, groupSize: 32 });
     const d = dequantize(q);
     for (let r = 0; r < rows; r++) expect(d[r * cols + 5]).toBe(0);
-    expect(await outputError(w, d, rows, cols, { full: H })).toBeLessThan(await outputError(w, dequantize(quantizeRtn(w, rows, cols, { bits: 4, groupSize: 32 })), rows, cols, { full: H }));
+    expect(await outputError(w, d, rows, cols, { full: H })).toBeLessThan(
+      await outputError(w, dequantize(quantizeRtn(w, rows, cols, { bits: 4, groupSize: 32 })), rows, cols, { full: H }),
+    );
     const zero = await gptq(w, rows, cols, new Float32Array(cols * cols).fill(0), { bits: 4, groupSize: 32 });
     expect(zero.fallback).toBeUndefined(); // every column dead: H becomes I, plain rounding of zeroed weights
     const nan = new Float32Array(cols * cols).fill(NaN);
     const bad = await gptq(w, rows, cols, nan, { bits: 4, groupSize: 32 });
     expect(bad.fallback).toMatch(/not positive definite/);
-    expect(Buffer.from(dequantize(bad).buffer).equals(Buffer.from(dequantize(quantizeRtn(w, rows, cols, { bits: 4, groupSize: 32 })).buffer))).toBe(true);
+    expect(
+      Buffer.from(dequantize(bad).buffer).equals(
+        Buffer.from(dequantize(quantizeRtn(w, rows, cols, { bits: 4, groupSize: 32 })).buffer),
+      ),
+    ).toBe(true);
   });
 });

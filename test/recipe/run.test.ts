@@ -20,12 +20,21 @@ function recipe(dir: string, body: string): string {
 
 const CALIB = `  - calibrate:\n      data: ${TEXT}/calib.txt\n      seq_len: 128\n      max_tokens: 2048\n`;
 /** Bytes of a folder's .safetensors files, computed here independently of src/io/size.ts. */
-const filesBytes = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
+const filesBytes = (dir: string) =>
+  fs
+    .readdirSync(dir)
+    .filter((f) => f.endsWith('.safetensors'))
+    .reduce((s, f) => s + fs.statSync(path.join(dir, f)).size, 0);
 
 /** The latest run's record of each step, and the status column of its printed table. */
 function statuses(r: RunReport): { record: string[]; printed: string[] } {
-  const record = JSON.parse(fs.readFileSync(path.join(r.output, 'moe-run.json'), 'utf8')).steps.map((s: { status: string }) => s.status);
-  const printed = formatRun(r).split('\n').filter((l) => /^\s+\d+\s{2}\w/.test(l)).map((l) => l.trim().split(/\s+/)[3]);
+  const record = JSON.parse(fs.readFileSync(path.join(r.output, 'moe-run.json'), 'utf8')).steps.map(
+    (s: { status: string }) => s.status,
+  );
+  const printed = formatRun(r)
+    .split('\n')
+    .filter((l) => /^\s+\d+\s{2}\w/.test(l))
+    .map((l) => l.trim().split(/\s+/)[3]);
   return { record, printed };
 }
 
@@ -39,7 +48,11 @@ describe('recipes', () => {
     [`steps:\n  - eval: { data: ${TEXT}/missing.txt }\n`, 4, /eval\.data: .*missing\.txt does not exist/],
     ['steps:\n  - prune: { method: reap, keep: 4 }\n', 4, /needs a calibration of the model it receives/],
     [`steps:\n${CALIB}  - prune: { method: fastest, keep: 4 }\n`, 8, /prune\.method is "fastest"; expected one of/],
-    [`steps:\n  - quantize: { bits: 3 }\n  - quantize: { format: gguf, type: q4_k }\n  - quantize: { bits: 4 }\n`, 6, /comes after a GGUF output \(line 5\)/],
+    [
+      `steps:\n  - quantize: { bits: 3 }\n  - quantize: { format: gguf, type: q4_k }\n  - quantize: { bits: 4 }\n`,
+      6,
+      /comes after a GGUF output \(line 5\)/,
+    ],
     ['steps: [\n', 4, /not valid YAML/],
   ])('%#: a line-numbered message, exit 2, nothing run', async (body, line, re) => {
     const dir = tmpDir();
@@ -53,12 +66,20 @@ describe('recipes', () => {
     expect(fs.existsSync(path.join(dir, 'out'))).toBe(false);
   });
 
-  test('an eval after a GGUF export evaluates the .gguf file; the headline\'s after is the GGUF', async () => {
+  test("an eval after a GGUF export evaluates the .gguf file; the headline's after is the GGUF", async () => {
     const dir = tmpDir();
     const file = recipe(dir, `steps:\n  - quantize: { format: gguf, type: q8_0 }\n${EVAL}`);
     const r = await run(file, quiet);
-    const gguf = path.join(dir, 'out', '01-quantize', fs.readdirSync(path.join(dir, 'out', '01-quantize')).find((f) => f.endsWith('.gguf'))!);
-    const direct = await evalCommand({ model: gguf, baseline: MODEL, data: path.join(TEXT, 'eval.txt'), seqLen: 128, maxTokens: 1024 }, quiet);
+    const gguf = path.join(
+      dir,
+      'out',
+      '01-quantize',
+      fs.readdirSync(path.join(dir, 'out', '01-quantize')).find((f) => f.endsWith('.gguf'))!,
+    );
+    const direct = await evalCommand(
+      { model: gguf, baseline: MODEL, data: path.join(TEXT, 'eval.txt'), seqLen: 128, maxTokens: 1024 },
+      quiet,
+    );
     const ev = r.steps[1].eval!;
     expect(ev.perplexity).toBe(direct.perplexity);
     expect(ev.bytes).toBe(fs.statSync(gguf).size);
@@ -70,7 +91,10 @@ describe('recipes', () => {
 
   test('a resumed run skips finished steps; a changed option reruns that step and the ones after it', async () => {
     const dir = tmpDir();
-    const file = recipe(dir, `steps:\n${CALIB}  - prune: { method: frequency, keep: 6 }\n  - quantize: { bits: 4, method: rtn }\n${EVAL}`);
+    const file = recipe(
+      dir,
+      `steps:\n${CALIB}  - prune: { method: frequency, keep: 6 }\n  - quantize: { bits: 4, method: rtn }\n${EVAL}`,
+    );
     const first = await run(file, quiet);
     expect(first.steps.map((s) => s.skipped)).toEqual([false, false, false, false]);
     const ev = first.steps[3].eval!;
@@ -85,18 +109,27 @@ describe('recipes', () => {
     // Sizes: the weight files' bytes, before = the original, after = the final model (the quantized one), in MB.
     expect(first.size).toEqual({ before: filesBytes(MODEL), after: filesBytes(path.join(dir, 'out', '03-quantize')) });
     expect(ev.bytes).toBe(first.size!.after);
-    expect(formatRun(first)).toContain(`size      before ${(filesBytes(MODEL) / 1e6).toFixed(2)} MB, after ${(first.size!.after / 1e6).toFixed(2)} MB`);
+    expect(formatRun(first)).toContain(
+      `size      before ${(filesBytes(MODEL) / 1e6).toFixed(2)} MB, after ${(first.size!.after / 1e6).toFixed(2)} MB`,
+    );
     const second = await run(file, quiet);
     expect(second.steps.map((s) => s.skipped)).toEqual([true, true, true, true]);
     // A reused step is reported as reused (in the record the HTML report reads, and in the printed table), not ran.
-    expect(statuses(second)).toEqual({ record: ['reused', 'reused', 'reused', 'reused'], printed: ['reused', 'reused', 'reused', 'reused'] });
+    expect(statuses(second)).toEqual({
+      record: ['reused', 'reused', 'reused', 'reused'],
+      printed: ['reused', 'reused', 'reused', 'reused'],
+    });
     expect(second.steps[3].eval!.perplexity).toBe(ev.perplexity);
     fs.writeFileSync(file, fs.readFileSync(file, 'utf8').replace('bits: 4', 'bits: 8'));
     const third = await run(file, quiet);
     expect(third.steps.map((s) => s.skipped)).toEqual([true, true, false, false]);
     expect(statuses(third).record).toEqual(['reused', 'reused', 'ran', 'ran']);
     expect(statuses(third).printed.slice(0, 2)).toEqual(['reused', 'reused']);
-    expect(statuses(third).printed.slice(2).every((x) => /^\d+\.\d\d$/.test(x))).toBe(true);
+    expect(
+      statuses(third)
+        .printed.slice(2)
+        .every((x) => /^\d+\.\d\d$/.test(x)),
+    ).toBe(true);
     expect(third.steps[3].eval!.perplexity).toBeLessThan(ev.perplexity);
   }, 120_000);
 });

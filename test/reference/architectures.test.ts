@@ -31,12 +31,16 @@ function flag(args: string[], name: string): string | undefined {
   return i >= 0 ? args[i + 1] : undefined;
 }
 
-const rows = Object.entries(ref.models as Record<string, { model_type: string; cases: Record<string, Case> }>).flatMap(([model, m]) =>
-  Object.entries(m.cases).map(([name, c]) => [`${model} (${m.model_type}) ${name}`, model, c] as const),
+const rows = Object.entries(ref.models as Record<string, { model_type: string; cases: Record<string, Case> }>).flatMap(
+  ([model, m]) => Object.entries(m.cases).map(([name, c]) => [`${model} (${m.model_type}) ${name}`, model, c] as const),
 );
 
 test('every supported model_type is covered by pruned, merged and dequantized outputs', () => {
-  const covered = new Set(Object.values(ref.models as Record<string, { model_type: string; cases: Record<string, Case> }>).filter((m) => ['prune', 'merge', 'quantize'].every((v) => Object.values(m.cases).some((c) => c.args[0] === v))).map((m) => m.model_type));
+  const covered = new Set(
+    Object.values(ref.models as Record<string, { model_type: string; cases: Record<string, Case> }>)
+      .filter((m) => ['prune', 'merge', 'quantize'].every((v) => Object.values(m.cases).some((c) => c.args[0] === v)))
+      .map((m) => m.model_type),
+  );
   expect([...covered].sort()).toEqual(modelTypes().sort());
   expect(ref.transformers_version).toMatch(/^5\.18\./);
 });
@@ -45,34 +49,66 @@ describe('golden checkpoints: moe eval of its outputs equals transformers', () =
   const stats = new Map<string, string>();
   const work = tmpDir();
 
-  test.each(rows)('%s', async (_label, model, c) => {
-    const src = path.join(GOLDEN, model);
-    if (!stats.has(model)) {
-      const dir = path.join(work, `${model}-stats`);
-      await calibrate({ model: src, output: dir, data: path.join(DATA, 'calib.json'), seqLen: Number(flag(ref.calibrate, '--seq-len')), hessians: ref.calibrate.includes('--hessians') }, quiet);
-      stats.set(model, dir);
-    }
-    let dir = src;
-    if (c.args.length > 0) {
-      dir = path.join(work, `${model}-${c.args.join('_')}`);
-      const common = { model: src, stats: stats.get(model)!, method: flag(c.args, '--method')!, keep: Number(flag(c.args, '--keep')), output: dir };
-      if (c.args[0] === 'prune') await prune(common, quiet);
-      else if (c.args[0] === 'merge') await merge(common, quiet);
-      else {
-        expect(flag(c.args, '--format')).toBe('dequantized');
-        await quantize({ model: src, stats: stats.get(model), output: dir, bits: Number(flag(c.args, '--bits')), method: flag(c.args, '--method') as 'rtn' | 'gptq', format: 'dequantized' }, quiet);
+  test.each(rows)(
+    '%s',
+    async (_label, model, c) => {
+      const src = path.join(GOLDEN, model);
+      if (!stats.has(model)) {
+        const dir = path.join(work, `${model}-stats`);
+        await calibrate(
+          {
+            model: src,
+            output: dir,
+            data: path.join(DATA, 'calib.json'),
+            seqLen: Number(flag(ref.calibrate, '--seq-len')),
+            hessians: ref.calibrate.includes('--hessians'),
+          },
+          quiet,
+        );
+        stats.set(model, dir);
       }
-    }
-    if (dir !== src) {
-      // The config transformers accepted: the source text, only the expert count changed (prune, merge).
-      const text = fs.readFileSync(path.join(src, 'config.json'), 'utf8');
-      const keep = flag(c.args, '--keep');
-      const want = keep === undefined ? text : text.replace(/("(?:num_experts|num_local_experts|n_routed_experts)": )\d+/, `$1${keep}`);
-      expect(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).toBe(want);
-    }
-    const r = await evalCommand({ model: dir, data: path.join(DATA, 'eval.json'), seqLen: ref.seq_len }, quiet);
-    expect([r.windows, r.positions]).toEqual([c.windows, c.positions]);
-    // Measured: within 3e-7 on every case (the acceptance bound is 1e-3); 1e-5 still catches a wrong tensor or routing.
-    expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-5);
-  }, 30_000);
+      let dir = src;
+      if (c.args.length > 0) {
+        dir = path.join(work, `${model}-${c.args.join('_')}`);
+        const common = {
+          model: src,
+          stats: stats.get(model)!,
+          method: flag(c.args, '--method')!,
+          keep: Number(flag(c.args, '--keep')),
+          output: dir,
+        };
+        if (c.args[0] === 'prune') await prune(common, quiet);
+        else if (c.args[0] === 'merge') await merge(common, quiet);
+        else {
+          expect(flag(c.args, '--format')).toBe('dequantized');
+          await quantize(
+            {
+              model: src,
+              stats: stats.get(model),
+              output: dir,
+              bits: Number(flag(c.args, '--bits')),
+              method: flag(c.args, '--method') as 'rtn' | 'gptq',
+              format: 'dequantized',
+            },
+            quiet,
+          );
+        }
+      }
+      if (dir !== src) {
+        // The config transformers accepted: the source text, only the expert count changed (prune, merge).
+        const text = fs.readFileSync(path.join(src, 'config.json'), 'utf8');
+        const keep = flag(c.args, '--keep');
+        const want =
+          keep === undefined
+            ? text
+            : text.replace(/("(?:num_experts|num_local_experts|n_routed_experts)": )\d+/, `$1${keep}`);
+        expect(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).toBe(want);
+      }
+      const r = await evalCommand({ model: dir, data: path.join(DATA, 'eval.json'), seqLen: ref.seq_len }, quiet);
+      expect([r.windows, r.positions]).toEqual([c.windows, c.positions]);
+      // Measured: within 3e-7 on every case (the acceptance bound is 1e-3); 1e-5 still catches a wrong tensor or routing.
+      expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-5);
+    },
+    30_000,
+  );
 });

@@ -11,7 +11,9 @@ import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { fixtureStats, quiet, ROOT, tmpDir } from '../helpers';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { fixtureCalibration } = require('../fixture-stats') as { fixtureCalibration: () => { options: Record<string, unknown> } };
+const { fixtureCalibration } = require('../fixture-stats') as {
+  fixtureCalibration: () => { options: Record<string, unknown> };
+};
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
@@ -30,33 +32,66 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
     stats = await fixtureStats();
   }, 60_000);
 
-  test('the shared stats were calibrated with the reference\'s options', () => {
+  test("the shared stats were calibrated with the reference's options", () => {
     const c: string[] = ref.calibrate;
-    expect(fixtureCalibration().options).toEqual({ model: MODEL, data: path.join(TEXT, 'calib.txt'), seqLen: Number(flag(c, '--seq-len')), maxTokens: Number(flag(c, '--max-tokens')), naeeTokens: Number(flag(c, '--naee-tokens')), hessians: c.includes('--hessians') });
+    expect(fixtureCalibration().options).toEqual({
+      model: MODEL,
+      data: path.join(TEXT, 'calib.txt'),
+      seqLen: Number(flag(c, '--seq-len')),
+      maxTokens: Number(flag(c, '--max-tokens')),
+      naeeTokens: Number(flag(c, '--naee-tokens')),
+      hessians: c.includes('--hessians'),
+    });
     const recorded = JSON.parse(fs.readFileSync(path.join(stats, 'stats.json'), 'utf8'));
     expect(JSON.stringify(recorded)).toContain('"seq_len":' + flag(c, '--seq-len'));
   });
 
-  test.each(Object.entries(ref.cases as Record<string, { args: string[]; perplexity: number; windows: number }>))('%s', async (_name, c) => {
-    let dir = MODEL;
-    if (c.args.length > 0) {
-      dir = path.join(tmpDir(), 'out');
-      const common = { model: MODEL, stats, method: flag(c.args, '--method')!, ratio: Number(flag(c.args, '--ratio')), output: dir };
-      if (c.args[0] === 'prune') await prune(common, quiet);
-      else if (c.args[0] === 'merge') await merge(common, quiet);
-      else {
-        // transformers evaluated the dequantized format; moe evaluates the packed one made with the same arguments.
-        expect(flag(c.args, '--format')).toBe('dequantized');
-        const allocate = flag(c.args, '--allocate') as 'lp' | undefined;
-        await quantize({ model: MODEL, stats, output: dir, bits: Number(flag(c.args, '--bits')), method: flag(c.args, '--method') as 'rtn' | 'gptq', allocate, format: 'packed' }, quiet);
-        const r = await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens }, quiet);
-        expect(r.windows).toBe(c.windows);
-        expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-3);
-        return;
+  test.each(Object.entries(ref.cases as Record<string, { args: string[]; perplexity: number; windows: number }>))(
+    '%s',
+    async (_name, c) => {
+      let dir = MODEL;
+      if (c.args.length > 0) {
+        dir = path.join(tmpDir(), 'out');
+        const common = {
+          model: MODEL,
+          stats,
+          method: flag(c.args, '--method')!,
+          ratio: Number(flag(c.args, '--ratio')),
+          output: dir,
+        };
+        if (c.args[0] === 'prune') await prune(common, quiet);
+        else if (c.args[0] === 'merge') await merge(common, quiet);
+        else {
+          // transformers evaluated the dequantized format; moe evaluates the packed one made with the same arguments.
+          expect(flag(c.args, '--format')).toBe('dequantized');
+          const allocate = flag(c.args, '--allocate') as 'lp' | undefined;
+          await quantize(
+            {
+              model: MODEL,
+              stats,
+              output: dir,
+              bits: Number(flag(c.args, '--bits')),
+              method: flag(c.args, '--method') as 'rtn' | 'gptq',
+              allocate,
+              format: 'packed',
+            },
+            quiet,
+          );
+          const r = await evalCommand(
+            { model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens },
+            quiet,
+          );
+          expect(r.windows).toBe(c.windows);
+          expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-3);
+          return;
+        }
       }
-    }
-    const r = await evalCommand({ model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens }, quiet);
-    expect(r.windows).toBe(c.windows);
-    expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-4);
-  });
+      const r = await evalCommand(
+        { model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens },
+        quiet,
+      );
+      expect(r.windows).toBe(c.windows);
+      expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-4);
+    },
+  );
 });

@@ -18,7 +18,10 @@ const BIN = path.join(ROOT, 'bin', 'moe.js');
 
 function hashes(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const f of listDir(dir)) out[f] = createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex');
+  for (const f of listDir(dir))
+    out[f] = createHash('sha256')
+      .update(fs.readFileSync(path.join(dir, f)))
+      .digest('hex');
   return out;
 }
 
@@ -28,7 +31,10 @@ async function ok(args: string[]): Promise<void> {
 }
 
 /** Runs the built CLI in a child process that kills itself with SIGKILL at `phase`. */
-function runUntil(args: string[], phase: CrashPhase): { signal: NodeJS.Signals | null; code: number | null; stderr: string } {
+function runUntil(
+  args: string[],
+  phase: CrashPhase,
+): { signal: NodeJS.Signals | null; code: number | null; stderr: string } {
   const env = { ...process.env, CI: 'true', MOE_CRASH_AT: phase };
   const r = spawnSync(process.execPath, [BIN, ...args], { cwd: ROOT, env, encoding: 'utf8' });
   return { signal: r.signal, code: r.status, stderr: r.stderr };
@@ -37,9 +43,14 @@ function runUntil(args: string[], phase: CrashPhase): { signal: NodeJS.Signals |
 let work: string;
 let model: string;
 let stats: string;
-const COMMANDS: Record<'quantize' | 'prune', { args: (dest: string) => string[]; reference?: Record<string, string>; refDir?: string }> = {
+const COMMANDS: Record<
+  'quantize' | 'prune',
+  { args: (dest: string) => string[]; reference?: Record<string, string>; refDir?: string }
+> = {
   // --max-shard-size: several shards, so a kill can land between two of them.
-  quantize: { args: (dest) => ['quantize', model, '--bits', '4', '--method', 'rtn', '--max-shard-size', '60KB', '-o', dest] },
+  quantize: {
+    args: (dest) => ['quantize', model, '--bits', '4', '--method', 'rtn', '--max-shard-size', '60KB', '-o', dest],
+  },
   prune: { args: (dest) => ['prune', model, '--method', 'frequency', '--keep', '6', '--stats', stats, '-o', dest] },
 };
 
@@ -64,8 +75,12 @@ beforeAll(async () => {
 }, 60_000);
 
 test('the reference outputs: quantize writes several shards (so after-first-shard is reached), prune one', () => {
-  expect(Object.keys(COMMANDS.quantize.reference!)).toEqual(expect.arrayContaining(['config.json', 'model.safetensors.index.json']));
-  expect(Object.keys(COMMANDS.quantize.reference!).filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).length).toBeGreaterThan(1);
+  expect(Object.keys(COMMANDS.quantize.reference!)).toEqual(
+    expect.arrayContaining(['config.json', 'model.safetensors.index.json']),
+  );
+  expect(
+    Object.keys(COMMANDS.quantize.reference!).filter((f) => /^model-\d{5}-of-\d{5}\.safetensors$/.test(f)).length,
+  ).toBeGreaterThan(1);
   expect(Object.keys(COMMANDS.prune.reference!)).toEqual(expect.arrayContaining(['config.json', 'model.safetensors']));
 });
 
@@ -81,54 +96,73 @@ for (const name of ['quantize', 'prune'] as const) {
   }
 }
 
-test.each(TRIALS)('%s killed at %s (replacing a folder: %s): the destination is untouched, absent or whole; a re-run succeeds', async (name, phase, replace) => {
-  const c = COMMANDS[name];
-  // Every trial writes to the reference run's path (records name their output), in a folder emptied first.
-  const dir = path.join(work, `${name}-trials`);
-  const dest = path.join(dir, 'out');
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.mkdirSync(dir);
-  if (replace) fs.cpSync(c.refDir!, dest, { recursive: true });
-  // A folder beside the destination that moe did not make, and one named like moe's but owned by a live process (this one).
-  const foreign = ['.out.moe-tmp-x', `.out.moe-tmp-${process.pid}-0badcafe`].sort();
-  for (const f of foreign) fs.mkdirSync(path.join(dir, f));
+test.each(TRIALS)(
+  '%s killed at %s (replacing a folder: %s): the destination is untouched, absent or whole; a re-run succeeds',
+  async (name, phase, replace) => {
+    const c = COMMANDS[name];
+    // Every trial writes to the reference run's path (records name their output), in a folder emptied first.
+    const dir = path.join(work, `${name}-trials`);
+    const dest = path.join(dir, 'out');
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.mkdirSync(dir);
+    if (replace) fs.cpSync(c.refDir!, dest, { recursive: true });
+    // A folder beside the destination that moe did not make, and one named like moe's but owned by a live process (this one).
+    const foreign = ['.out.moe-tmp-x', `.out.moe-tmp-${process.pid}-0badcafe`].sort();
+    for (const f of foreign) fs.mkdirSync(path.join(dir, f));
 
-  const end = runUntil([...c.args(dest), ...(replace ? ['--force'] : [])], phase);
-  // Killed at the phase (so it was reached), with no error before it.
-  expect({ signal: end.signal, errors: end.stderr.split('\n').filter((l) => l.startsWith('moe:')) }).toEqual({ signal: 'SIGKILL', errors: [] });
-  // A SIGKILLed run leaves its temporary folder (or the replaced folder, moved aside) for the re-run to remove.
-  const stale = listDir(dir).filter((n) => /^\.out\.moe-tmp-\d+-[0-9a-f]{8}(-old)?$/.test(n) && !foreign.includes(n));
-  expect(stale.length).toBeGreaterThan(0);
-  if (!replace || phase === 'between-renames') {
-    expect(fs.existsSync(dest)).toBe(false);
-  } else {
-    // Never partial: the destination is the folder it replaced (or, after the rename, the new one): whole, the reference.
+    const end = runUntil([...c.args(dest), ...(replace ? ['--force'] : [])], phase);
+    // Killed at the phase (so it was reached), with no error before it.
+    expect({ signal: end.signal, errors: end.stderr.split('\n').filter((l) => l.startsWith('moe:')) }).toEqual({
+      signal: 'SIGKILL',
+      errors: [],
+    });
+    // A SIGKILLed run leaves its temporary folder (or the replaced folder, moved aside) for the re-run to remove.
+    const stale = listDir(dir).filter((n) => /^\.out\.moe-tmp-\d+-[0-9a-f]{8}(-old)?$/.test(n) && !foreign.includes(n));
+    expect(stale.length).toBeGreaterThan(0);
+    if (!replace || phase === 'between-renames') {
+      expect(fs.existsSync(dest)).toBe(false);
+    } else {
+      // Never partial: the destination is the folder it replaced (or, after the rename, the new one): whole, the reference.
+      expect(verifyCheckpoint(dest).ok).toBe(true);
+      expect(hashes(dest)).toEqual(c.reference);
+    }
+
+    const rerun = await runMain([...c.args(dest), ...(fs.existsSync(dest) ? ['--force'] : [])]);
+    expect({ code: rerun.code, stderr: rerun.stderr.split('\n').filter((l) => l.startsWith('moe:')) }).toEqual({
+      code: 0,
+      stderr: [],
+    });
     expect(verifyCheckpoint(dest).ok).toBe(true);
     expect(hashes(dest)).toEqual(c.reference);
-  }
-
-  const rerun = await runMain([...c.args(dest), ...(fs.existsSync(dest) ? ['--force'] : [])]);
-  expect({ code: rerun.code, stderr: rerun.stderr.split('\n').filter((l) => l.startsWith('moe:')) }).toEqual({ code: 0, stderr: [] });
-  expect(verifyCheckpoint(dest).ok).toBe(true);
-  expect(hashes(dest)).toEqual(c.reference);
-  // The re-run removed the dead run's temporary folders and left the others alone.
-  expect(listDir(dir)).toEqual([...foreign, 'out'].sort());
-});
+    // The re-run removed the dead run's temporary folders and left the others alone.
+    expect(listDir(dir)).toEqual([...foreign, 'out'].sort());
+  },
+);
 
 test('every named phase is covered by a trial', () => {
   expect([...new Set(TRIALS.map(([, phase]) => phase))].sort()).toEqual([...CRASH_PHASES].sort());
 });
 
-test('a re-run removes only moe\'s temporary folders for that destination whose process is gone', () => {
+test("a re-run removes only moe's temporary folders for that destination whose process is gone", () => {
   const dir = tmpDir();
   const dead = spawnSync(process.execPath, ['-e', '']).pid;
   const mine = [`.out.moe-tmp-${dead}-0123abcd`, `.out.moe-tmp-${dead}-0123abcd-old`];
-  const kept = [`.out.moe-tmp-${process.pid}-0123abcd`, `.other.moe-tmp-${dead}-0123abcd`, `.out.moe-tmp-${dead}-zzzz`, `.out.moe-tmp-${dead}-0123abcd-new`, 'out.moe-tmp-1-0123abcd'];
+  const kept = [
+    `.out.moe-tmp-${process.pid}-0123abcd`,
+    `.other.moe-tmp-${dead}-0123abcd`,
+    `.out.moe-tmp-${dead}-zzzz`,
+    `.out.moe-tmp-${dead}-0123abcd-new`,
+    'out.moe-tmp-1-0123abcd',
+  ];
   for (const d of [...mine, ...kept]) fs.mkdirSync(path.join(dir, d));
   // Named like moe's, but a file and a symlink: moe made neither.
   fs.writeFileSync(path.join(dir, `.out.moe-tmp-${dead}-00000000`), 'x');
   fs.symlinkSync(path.join(dir, kept[1]), path.join(dir, `.out.moe-tmp-${dead}-11111111`));
-  expect(removeStaleTemps(path.join(dir, 'out')).map((p) => path.basename(p)).sort()).toEqual(mine.sort());
+  expect(
+    removeStaleTemps(path.join(dir, 'out'))
+      .map((p) => path.basename(p))
+      .sort(),
+  ).toEqual(mine.sort());
   expect(listDir(dir)).toEqual([...kept, `.out.moe-tmp-${dead}-00000000`, `.out.moe-tmp-${dead}-11111111`].sort());
   expect(fs.existsSync(path.join(dir, kept[1]))).toBe(true);
 });

@@ -14,7 +14,14 @@ import { CliResult, ROOT, runCli, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
 /** tiny-moe's shapes with 2 layers of 4 experts (half its size, so 4 runs of each GGUF export stay fast), and its tokenizer. */
-const SHAPE = ['hidden_size=256', 'head_dim=64', 'moe_intermediate_size=256', 'num_experts=4', 'vocab_size=4096', 'num_hidden_layers=2'].flatMap((s) => ['--set', s]);
+const SHAPE = [
+  'hidden_size=256',
+  'head_dim=64',
+  'moe_intermediate_size=256',
+  'num_experts=4',
+  'vocab_size=4096',
+  'num_hidden_layers=2',
+].flatMap((s) => ['--set', s]);
 /**
  * Calibration text: the first 16 KB of fixtures/text/calib.txt (about 4,500 tokens, of which --max-tokens keeps 1,024),
  * written in beforeAll. moe tokenizes the whole --data file before keeping --max-tokens, and the whole 1.1 MB file
@@ -43,7 +50,11 @@ describe('the same command twice writes the same bytes', () => {
   let MODEL: string;
 
   /** Runs `args(dest)` twice into the same `dest` and returns the two runs' hashes (with the file `extra`, e.g. --report's). */
-  async function twice(args: (dest: string) => string[], dest: string, extra?: string): Promise<[Record<string, string>, Record<string, string>]> {
+  async function twice(
+    args: (dest: string) => string[],
+    dest: string,
+    extra?: string,
+  ): Promise<[Record<string, string>, Record<string, string>]> {
     const runs: Record<string, string>[] = [];
     for (let k = 0; k < 2; k++) {
       fs.rmSync(dest, { recursive: true, force: true });
@@ -84,28 +95,56 @@ describe('the same command twice writes the same bytes', () => {
     fs.writeFileSync(path.join(work, 'calib.txt'), text.slice(0, text.lastIndexOf('\n') + 1));
     CALIB = ['--data', path.join(work, 'calib.txt'), '--max-tokens', '1024', '--seq-len', '128'];
     await ok(['synth', '--arch', 'qwen3_moe', ...SHAPE, '--seed', '5', '-o', MODEL]);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(TINY, f), path.join(MODEL, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+      fs.copyFileSync(path.join(TINY, f), path.join(MODEL, f));
     await ok(['calibrate', MODEL, ...CALIB, '--hessians', '--naee-tokens', '256', '-o', stats]);
   }, 60_000);
 
-  test('convert', () => noThreads('convert', (d) => ['convert', MODEL, '--dtype', 'f32', '--max-shard-size', '10MB', '-o', d]), 60_000);
+  test(
+    'convert',
+    () => noThreads('convert', (d) => ['convert', MODEL, '--dtype', 'f32', '--max-shard-size', '10MB', '-o', d]),
+    60_000,
+  );
 
-  test('calibrate (with Hessians and NAEE samples)', () => withThreads('calibrate', (d) => ['calibrate', MODEL, ...CALIB, '--hessians', '--naee-tokens', '256', '-o', d]), 90_000);
+  test(
+    'calibrate (with Hessians and NAEE samples)',
+    () =>
+      withThreads('calibrate', (d) => ['calibrate', MODEL, ...CALIB, '--hessians', '--naee-tokens', '256', '-o', d]),
+    90_000,
+  );
 
   test.each([
     ['prune reap', ['prune', '--method', 'reap', '--keep', '3']],
     ['prune naee', ['prune', '--method', 'naee', '--keep', '3']],
     ['merge msmoe', ['merge', '--method', 'msmoe', '--keep', '2']],
     ['merge hcsmoe', ['merge', '--method', 'hcsmoe', '--keep', '2']],
-  ])('%s', (label, [cmd, ...rest]) => noThreads(label, (d) => [cmd, MODEL, ...rest, '--stats', stats, '-o', d]), 60_000);
+  ])(
+    '%s',
+    (label, [cmd, ...rest]) => noThreads(label, (d) => [cmd, MODEL, ...rest, '--stats', stats, '-o', d]),
+    60_000,
+  );
 
   test.each([
     ['quantize rtn packed', ['--bits', '4', '--method', 'rtn']],
-    ['quantize gptq lp packed', ['--bits', '3', '--method', 'gptq', '--allocate', 'lp', '--stats', '<stats>', '--report', '<report>']],
+    [
+      'quantize gptq lp packed',
+      ['--bits', '3', '--method', 'gptq', '--allocate', 'lp', '--stats', '<stats>', '--report', '<report>'],
+    ],
     ['quantize dequantized', ['--bits', '4', '--method', 'gptq', '--stats', '<stats>', '--format', 'dequantized']],
     ['quantize gguf q4_k', ['--format', 'gguf', '--type', 'q4_k']],
     ['quantize gguf lp 4.5', ['--format', 'gguf', '--allocate', 'lp', '--bpw', '4.5', '--stats', '<stats>']],
-  ])('%s', (label, rest) => withThreads(label, (d, report) => ['quantize', MODEL, ...rest.map((a) => (a === '<stats>' ? stats : a === '<report>' ? report : a)), '-o', d]), 120_000);
+  ])(
+    '%s',
+    (label, rest) =>
+      withThreads(label, (d, report) => [
+        'quantize',
+        MODEL,
+        ...rest.map((a) => (a === '<stats>' ? stats : a === '<report>' ? report : a)),
+        '-o',
+        d,
+      ]),
+    120_000,
+  );
 
   test('assemble (of quantize --layers parts)', async () => {
     const parts: string[] = [];
@@ -117,7 +156,22 @@ describe('the same command twice writes the same bytes', () => {
     await noThreads('assemble', (d) => ['assemble', ...parts, '-o', d]);
   }, 60_000);
 
-  test('synth', () => noThreads('synth', (d) => ['synth', '--arch', 'deepseek_v3', '--seed', '3', '--max-shard-size', '100KB', '-o', d]), 30_000);
+  test(
+    'synth',
+    () =>
+      noThreads('synth', (d) => [
+        'synth',
+        '--arch',
+        'deepseek_v3',
+        '--seed',
+        '3',
+        '--max-shard-size',
+        '100KB',
+        '-o',
+        d,
+      ]),
+    30_000,
+  );
 
   test('run (calibrate → prune → quantize)', async () => {
     const dir = path.join(work, 'run');
@@ -125,12 +179,31 @@ describe('the same command twice writes the same bytes', () => {
     const out = path.join(dir, 'out');
     const file = path.join(dir, 'recipe.yaml');
     const calib = `  - calibrate: { data: ${CALIB[1]}, seq_len: 128, max_tokens: 1024 }\n`;
-    fs.writeFileSync(file, `model: ${MODEL}\noutput: ${out}\nsteps:\n${calib}  - prune: { method: reap, keep: 3 }\n  - quantize: { bits: 4, method: rtn }\n`);
+    fs.writeFileSync(
+      file,
+      `model: ${MODEL}\noutput: ${out}\nsteps:\n${calib}  - prune: { method: reap, keep: 3 }\n  - quantize: { bits: 4, method: rtn }\n`,
+    );
     const [a, b] = await twice(() => ['run', file], out);
     expect(Object.keys(a).filter((f) => f.endsWith('model.safetensors'))).toHaveLength(2);
     expect(b).toEqual(a);
     await noThreads('report (of the run)', (d) => ['report', out, '-o', d]);
   }, 120_000);
 
-  test('eval --dump-logits', () => withThreads('eval --dump-logits', (d) => ['eval', MODEL, '--data', path.join(ROOT, 'fixtures', 'text', 'eval.txt'), '--max-tokens', '512', '--seq-len', '128', '--dump-logits', d]), 90_000);
+  test(
+    'eval --dump-logits',
+    () =>
+      withThreads('eval --dump-logits', (d) => [
+        'eval',
+        MODEL,
+        '--data',
+        path.join(ROOT, 'fixtures', 'text', 'eval.txt'),
+        '--max-tokens',
+        '512',
+        '--seq-len',
+        '128',
+        '--dump-logits',
+        d,
+      ]),
+    90_000,
+  );
 });

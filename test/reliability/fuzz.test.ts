@@ -29,7 +29,8 @@ describe('fuzzed headers and indexes', () => {
     bases = ['single', 'sharded', 'packed'].map((d) => readModel(path.join(root, d)));
     // The bases cover one file, an index over several shards, and packed weights.
     expect(Object.keys(bases[1].files).filter((f) => f.endsWith('.safetensors')).length).toBeGreaterThan(1);
-    for (const dir of ['single', 'sharded', 'packed']) readAll(path.join(root, dir), readModel(path.join(root, dir)).files, api);
+    for (const dir of ['single', 'sharded', 'packed'])
+      readAll(path.join(root, dir), readModel(path.join(root, dir)).files, api);
   }, 60_000);
 
   test(`${CASES} mutations: only CheckpointErrors naming a file, and successes read consistent data`, () => {
@@ -44,8 +45,12 @@ describe('fuzzed headers and indexes', () => {
         readAll(dir, c.files, api);
         ok++;
       } catch (e) {
-        if (e instanceof CheckpointError && e.file) classes.set(messageClass(e.message), (classes.get(messageClass(e.message)) ?? 0) + 1);
-        else others.push(`case ${i} (${c.kind} in ${c.target}): ${(e as Error).name}: ${(e as Error).message.slice(0, 200)}${e instanceof CheckpointError ? ' [no file named]' : ''}`);
+        if (e instanceof CheckpointError && e.file)
+          classes.set(messageClass(e.message), (classes.get(messageClass(e.message)) ?? 0) + 1);
+        else
+          others.push(
+            `case ${i} (${c.kind} in ${c.target}): ${(e as Error).name}: ${(e as Error).message.slice(0, 200)}${e instanceof CheckpointError ? ' [no file named]' : ''}`,
+          );
       }
     }
     expect(others).toEqual([]);
@@ -89,16 +94,45 @@ describe('fuzzed headers and indexes', () => {
 
   test('hostile cases the fuzzer found: a folder or FIFO as a shard, values nested deeper than the stack, null packed metadata', () => {
     rejects(1, (f) => setIndex(f, '.'), /shard is not a regular file/);
-    rejects(1, (f, dir) => {
-      expect(spawnSync('mkfifo', [path.join(dir, 'pipe.safetensors')]).status).toBe(0);
-      setIndex(f, 'pipe.safetensors');
-    }, /shard is not a regular file/);
-    rejects(0, (f) => setHeader(f, 'model.safetensors', (h) => h.replace(/"shape":\[[^\]]*\]/, `"shape":${deep(1_000_000)}`)), /shape \[…nested too deep…\] is not a list/);
-    rejects(1, (f) => {
-      const j = JSON.parse(f[INDEX].toString('utf8'));
-      f[INDEX] = Buffer.from(JSON.stringify(j).replace(/("weight_map":\{"[^"]*":)"[^"]*"/, (_m, key) => `${key}${deep(1_000_000)}`));
-    }, /not a file name/);
-    rejects(2, (f) => setHeader(f, 'model.safetensors', (h) => h.replace(/("moe\.quant\.[^"]*":)"(?:[^"\\]|\\.)*"/, '$1"null"')), /is not a JSON object/);
-    rejects(2, (f) => setHeader(f, 'model.safetensors', (h) => h.replace(/("moe\.quant\.[^"]*":)"(?:[^"\\]|\\.)*"/, (_m, key) => `${key}${JSON.stringify(JSON.stringify({ bits: 4, group_size: 32, shape: 'X', dtype: 'BF16' }).replace('"X"', deep(1_000_000)))}`)), /has shape/);
+    rejects(
+      1,
+      (f, dir) => {
+        expect(spawnSync('mkfifo', [path.join(dir, 'pipe.safetensors')]).status).toBe(0);
+        setIndex(f, 'pipe.safetensors');
+      },
+      /shard is not a regular file/,
+    );
+    rejects(
+      0,
+      (f) => setHeader(f, 'model.safetensors', (h) => h.replace(/"shape":\[[^\]]*\]/, `"shape":${deep(1_000_000)}`)),
+      /shape \[…nested too deep…\] is not a list/,
+    );
+    rejects(
+      1,
+      (f) => {
+        const j = JSON.parse(f[INDEX].toString('utf8'));
+        f[INDEX] = Buffer.from(
+          JSON.stringify(j).replace(/("weight_map":\{"[^"]*":)"[^"]*"/, (_m, key) => `${key}${deep(1_000_000)}`),
+        );
+      },
+      /not a file name/,
+    );
+    rejects(
+      2,
+      (f) => setHeader(f, 'model.safetensors', (h) => h.replace(/("moe\.quant\.[^"]*":)"(?:[^"\\]|\\.)*"/, '$1"null"')),
+      /is not a JSON object/,
+    );
+    rejects(
+      2,
+      (f) =>
+        setHeader(f, 'model.safetensors', (h) =>
+          h.replace(
+            /("moe\.quant\.[^"]*":)"(?:[^"\\]|\\.)*"/,
+            (_m, key) =>
+              `${key}${JSON.stringify(JSON.stringify({ bits: 4, group_size: 32, shape: 'X', dtype: 'BF16' }).replace('"X"', deep(1_000_000)))}`,
+          ),
+        ),
+      /has shape/,
+    );
   });
 });

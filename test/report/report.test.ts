@@ -26,7 +26,9 @@ const RUN_DATE = new Date('2026-01-02T03:04:05Z');
 /** Independent of src: bytes of a folder's weight files (every .safetensors, or its one .gguf). */
 function filesBytes(dir: string): number {
   const names = fs.readdirSync(dir);
-  const weights = names.some((n) => n.endsWith('.safetensors')) ? names.filter((n) => n.endsWith('.safetensors')) : names.filter((n) => n.endsWith('.gguf'));
+  const weights = names.some((n) => n.endsWith('.safetensors'))
+    ? names.filter((n) => n.endsWith('.safetensors'))
+    : names.filter((n) => n.endsWith('.gguf'));
   expect(weights.length).toBeGreaterThan(0);
   return weights.reduce((s, n) => s + fs.statSync(path.join(dir, n)).size, 0);
 }
@@ -44,12 +46,26 @@ function wcag(a: string, b: string): number {
   return (x + 0.05) / (y + 0.05);
 }
 
-const figures = (html: string) => html.split('<figure class="chart">').slice(1).map((f) => f.split('</figure>')[0]);
+const figures = (html: string) =>
+  html
+    .split('<figure class="chart">')
+    .slice(1)
+    .map((f) => f.split('</figure>')[0]);
 const headings = (html: string) => [...html.matchAll(/<h2>([^<]*)<\/h2>/g)].map((m) => m[1]);
 /** The text marks of a chart: their aria-label, fill and position. */
-const texts = (svg: string) => [...svg.matchAll(/<text aria-label="([^"]*)"[^>]*transform="translate\(([-\d.]+),([-\d.]+)\)"[^>]*fill="([^"]+)"[^>]*>([^<]*)<\/text>/g)].map((m) => ({ label: m[1], x: Number(m[2]), y: Number(m[3]), fill: m[4], text: m[5] }));
+const texts = (svg: string) =>
+  [
+    ...svg.matchAll(
+      /<text aria-label="([^"]*)"[^>]*transform="translate\(([-\d.]+),([-\d.]+)\)"[^>]*fill="([^"]+)"[^>]*>([^<]*)<\/text>/g,
+    ),
+  ].map((m) => ({ label: m[1], x: Number(m[2]), y: Number(m[3]), fill: m[4], text: m[5] }));
 /** The rect marks of a chart (Vega draws them as paths "Mx,yhWvHh-WZ"). */
-const rects = (svg: string) => [...svg.matchAll(/<path aria-label="[^"]*"[^>]*d="M([-\d.]+),([-\d.]+)h([-\d.]+)v([-\d.]+)h[-\d.]+Z"[^>]*fill="([^"]+)"/g)].map((m) => ({ x: Number(m[1]), y: Number(m[2]), w: Number(m[3]), h: Number(m[4]), fill: m[5] }));
+const rects = (svg: string) =>
+  [
+    ...svg.matchAll(
+      /<path aria-label="[^"]*"[^>]*d="M([-\d.]+),([-\d.]+)h([-\d.]+)v([-\d.]+)h[-\d.]+Z"[^>]*fill="([^"]+)"/g,
+    ),
+  ].map((m) => ({ x: Number(m[1]), y: Number(m[2]), w: Number(m[3]), h: Number(m[4]), fill: m[5] }));
 /** The tick labels of the y axis titled `title`. */
 function yTicks(svg: string, title: string): number[] {
   const at = svg.indexOf(`aria-label="Y-axis titled '${title}'`);
@@ -64,7 +80,10 @@ function checkPage(html: string, r: RunReport, statuses: string): void {
   const ev = steps.find((s) => s.eval)!.eval!;
   const gguf = path.join(r.output, '06-quantize');
   // The headline, exactly the lines `moe run` prints.
-  const headline = [`perplexity before ${ev.baseline_perplexity!.toFixed(2)}, after ${ev.perplexity.toFixed(2)} (+${ev.ppl_increase_pct!.toFixed(2)}%)`, `size      before ${mb(filesBytes(MODEL))}, after ${mb(filesBytes(gguf))}`];
+  const headline = [
+    `perplexity before ${ev.baseline_perplexity!.toFixed(2)}, after ${ev.perplexity.toFixed(2)} (+${ev.ppl_increase_pct!.toFixed(2)}%)`,
+    `size      before ${mb(filesBytes(MODEL))}, after ${mb(filesBytes(gguf))}`,
+  ];
   for (const line of headline) expect(formatRun(r)).toContain(line);
   const shown = /<p class="headline">([^<]*)<\/p>/.exec(html)![1];
   expect(shown.split('\n')[0]).toBe(headline[0]);
@@ -72,11 +91,22 @@ function checkPage(html: string, r: RunReport, statuses: string): void {
 
   // The step table: the latest run's status, the size and bits per parameter of each model written or measured.
   expect(html).toMatch(/<th[^>]*>size<\/th><th[^>]*>bits\/param<\/th>/);
-  const rows = [...html.matchAll(/<tr><td>(\d+)<\/td><td>(\w+)<\/td><td>\d*<\/td><td class="status">([^<]*)<\/td><td class="size">([^<]*)<\/td><td class="bits">([^<]*)<\/td>/g)];
+  const rows = [
+    ...html.matchAll(
+      /<tr><td>(\d+)<\/td><td>(\w+)<\/td><td>\d*<\/td><td class="status">([^<]*)<\/td><td class="size">([^<]*)<\/td><td class="bits">([^<]*)<\/td>/g,
+    ),
+  ];
   expect(rows.map((m) => m[3])).toEqual(steps.map(() => statuses));
-  const model = (dir: string) => ({ bytes: filesBytes(dir), params: [...openCheckpoint(dir).tensors.values()].reduce((s, t) => s + numel(t.shape), 0) });
+  const model = (dir: string) => ({
+    bytes: filesBytes(dir),
+    params: [...openCheckpoint(dir).tensors.values()].reduce((s, t) => s + numel(t.shape), 0),
+  });
   const quantized = model(path.join(r.output, '04-quantize'));
-  const expected: Record<number, { bytes: number; params: number } | undefined> = { 2: model(path.join(r.output, '02-prune')), 4: quantized, 5: quantized };
+  const expected: Record<number, { bytes: number; params: number } | undefined> = {
+    2: model(path.join(r.output, '02-prune')),
+    4: quantized,
+    5: quantized,
+  };
   for (const [, step, , , size, bits] of rows) {
     const want = expected[Number(step)];
     if (want) {
@@ -104,13 +134,17 @@ function checkPage(html: string, r: RunReport, statuses: string): void {
     expect(ticks.length).toBeGreaterThan(1);
     expect(Math.min(...ticks)).toBeGreaterThan(0);
     // The axis (its domain, from Vega's aria-label) starts below the lowest value and well above 0.
-    const from = Number(new RegExp("Y-axis titled 'perplexity' for a linear scale with values from ([\\d.]+) to").exec(f)![1]);
+    const from = Number(
+      new RegExp("Y-axis titled 'perplexity' for a linear scale with values from ([\\d.]+) to").exec(f)![1],
+    );
     expect(from).toBeLessThanOrEqual(ev.baseline_perplexity!);
     expect(from).toBeGreaterThan(ev.baseline_perplexity! / 2);
   }
   // Value labels: perplexity and KL at each eval step, REAP saliency on every bar.
   const evalLabels = texts(figs[4]).map((t) => t.text);
-  expect(evalLabels).toEqual(expect.arrayContaining([ev.baseline_perplexity!.toFixed(2), ev.perplexity.toFixed(2), ev.kl_mean!.toFixed(4)]));
+  expect(evalLabels).toEqual(
+    expect.arrayContaining([ev.baseline_perplexity!.toFixed(2), ev.perplexity.toFixed(2), ev.kl_mean!.toFixed(4)]),
+  );
   expect(texts(figs[2]).filter((t) => /^\d+\.\d\d$/.test(t.text))).toHaveLength(24);
 
   // The usage heatmap names its calibration; every cell of both heatmaps carries text that contrasts with it.
@@ -127,13 +161,26 @@ function checkPage(html: string, r: RunReport, statuses: string): void {
     expect(new Set(marks.map((t) => t.fill)).size).toBe(2); // black on light cells, white on dark ones
   }
   // The bit map names experts by their original ids: exactly the ones each layer kept, "–" where pruned.
-  const kept = JSON.parse(fs.readFileSync(path.join(r.output, '02-prune', 'moe-compression.json'), 'utf8')).kept as Record<string, number[]>;
+  const kept = JSON.parse(fs.readFileSync(path.join(r.output, '02-prune', 'moe-compression.json'), 'utf8'))
+    .kept as Record<string, number[]>;
   const union = [...new Set(Object.values(kept).flat())].sort((a, b) => a - b);
   expect(Math.max(...union)).toBeGreaterThanOrEqual(6); // the pruned model's own ids stop at 5
   for (const [layer, ids] of Object.entries(kept)) {
-    const inLayer = texts(figs[3]).filter((t) => t.label.includes(`y: layer ${layer};`) && t.label.includes('x: expert '));
-    expect(inLayer.filter((t) => t.text !== '–').map((t) => Number(/x: expert (\d+)/.exec(t.label)![1])).sort((a, b) => a - b)).toEqual(ids);
-    expect(inLayer.filter((t) => t.text === '–').map((t) => Number(/x: expert (\d+)/.exec(t.label)![1])).sort((a, b) => a - b)).toEqual(union.filter((e) => !ids.includes(e)));
+    const inLayer = texts(figs[3]).filter(
+      (t) => t.label.includes(`y: layer ${layer};`) && t.label.includes('x: expert '),
+    );
+    expect(
+      inLayer
+        .filter((t) => t.text !== '–')
+        .map((t) => Number(/x: expert (\d+)/.exec(t.label)![1]))
+        .sort((a, b) => a - b),
+    ).toEqual(ids);
+    expect(
+      inLayer
+        .filter((t) => t.text === '–')
+        .map((t) => Number(/x: expert (\d+)/.exec(t.label)![1]))
+        .sort((a, b) => a - b),
+    ).toEqual(union.filter((e) => !ids.includes(e)));
   }
 
   // moe's version (also as the generator marker) and the run's date.
@@ -179,7 +226,9 @@ describe('moe report', () => {
   test('a second run reuses every step: the page and the printed table say "reused", not "ran"', () => {
     expect(r.steps.every((s) => s.skipped)).toBe(true);
     checkPage(html, r, 'reused');
-    const table = formatRun(r).split('\n').filter((l) => /^\s+\d+\s{2}\w/.test(l));
+    const table = formatRun(r)
+      .split('\n')
+      .filter((l) => /^\s+\d+\s{2}\w/.test(l));
     expect(table).toHaveLength(6);
     for (const line of table) expect(line).toMatch(/^\s+\d+\s+\w+\s+\d+\s+reused\s/);
   });
@@ -199,13 +248,28 @@ describe('moe report', () => {
     expect(figs[2]).toContain('pruned');
   });
 
-  (CHROMIUM ? test : test.skip)(`opens in headless Chromium without console errors, with every mark${CHROMIUM ? '' : " (skipped: no chromium; .ci/run installs Debian's package)"}`, () => {
-    const c = spawnSync(CHROMIUM!, ['--headless=new', '--no-sandbox', '--disable-gpu', '--enable-logging=stderr', '--v=0', '--dump-dom', `file://${file}`], { encoding: 'utf8', timeout: 60_000 });
-    expect(c.status).toBe(0);
-    const consoleLines = c.stderr.split('\n').filter((l) => /CONSOLE/.test(l));
-    expect(consoleLines).toEqual([]);
-    expect((c.stdout.match(/<svg /g) ?? []).length).toBe(5);
-    // The DOM Chromium serialises writes empty elements open and closed; the checks read both forms.
-    checkPage(c.stdout, r, 'reused');
-  });
+  (CHROMIUM ? test : test.skip)(
+    `opens in headless Chromium without console errors, with every mark${CHROMIUM ? '' : " (skipped: no chromium; .ci/run installs Debian's package)"}`,
+    () => {
+      const c = spawnSync(
+        CHROMIUM!,
+        [
+          '--headless=new',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--enable-logging=stderr',
+          '--v=0',
+          '--dump-dom',
+          `file://${file}`,
+        ],
+        { encoding: 'utf8', timeout: 60_000 },
+      );
+      expect(c.status).toBe(0);
+      const consoleLines = c.stderr.split('\n').filter((l) => /CONSOLE/.test(l));
+      expect(consoleLines).toEqual([]);
+      expect((c.stdout.match(/<svg /g) ?? []).length).toBe(5);
+      // The DOM Chromium serialises writes empty elements open and closed; the checks read both forms.
+      checkPage(c.stdout, r, 'reused');
+    },
+  );
 });

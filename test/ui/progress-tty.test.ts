@@ -40,7 +40,8 @@ function pty(args: string[]): PtyRun {
 }
 
 /** Lines of the whole-command bar (they start with its title) and of the phase bar (indented in the raw output). */
-const topLines = (frames: string[], title: string) => frames.filter((f) => f.startsWith(`${title} `) && /\d+% \|/.test(f));
+const topLines = (frames: string[], title: string) =>
+  frames.filter((f) => f.startsWith(`${title} `) && /\d+% \|/.test(f));
 
 function expectWholeCommandBar(frames: string[], title: string): string[] {
   const top = topLines(frames, title);
@@ -61,72 +62,90 @@ function tensorBytes(dir: string): number {
   return fs
     .readdirSync(dir)
     .filter((f) => f.endsWith('.safetensors'))
-    .reduce((s, f) => s + Object.values(rawHeader(path.join(dir, f)).json).reduce((a, t) => a + t.data_offsets[1] - t.data_offsets[0], 0), 0);
+    .reduce(
+      (s, f) =>
+        s +
+        Object.values(rawHeader(path.join(dir, f)).json).reduce((a, t) => a + t.data_offsets[1] - t.data_offsets[0], 0),
+      0,
+    );
 }
 
-(HAS_SCRIPT ? describe : describe.skip)(`progress on a terminal (${HAS_SCRIPT ? SCRIPT : `skipped: ${SCRIPT} (util-linux) is not installed`})`, () => {
-  let work: string;
-  let stats: string;
+(HAS_SCRIPT ? describe : describe.skip)(
+  `progress on a terminal (${HAS_SCRIPT ? SCRIPT : `skipped: ${SCRIPT} (util-linux) is not installed`})`,
+  () => {
+    let work: string;
+    let stats: string;
 
-  beforeAll(() => {
-    work = tmpDir();
-  });
+    beforeAll(() => {
+      work = tmpDir();
+    });
 
-  test('eval: the tokenizing line first, then one bar for the command with eta -- and the tokens below it', () => {
-    const r = pty(['eval', MODEL, '--data', EVAL_TXT, '--seq-len', '128', '--max-tokens', '256']);
-    expect(r.code).toBe(0);
-    expect(r.frames[0]).toBe(`tokenizing eval.txt (${formatBytes(fs.statSync(EVAL_TXT).size)})…`);
-    expect(r.frames[0]).toBe('tokenizing eval.txt (123 KB)…');
-    expectWholeCommandBar(r.frames, 'eval tiny-moe');
-    const detail = r.frames.filter((f) => f.startsWith('perplexity ') && /\d+% \|/.test(f));
-    expect(detail[detail.length - 1]).toMatch(/ 100% \| 256\/256 tokens$/);
-    expect(r.frames.some((f) => /^perplexity\s+\d+\.\d{4} \(loss/.test(f))).toBe(true); // the report follows the bars
-  });
+    test('eval: the tokenizing line first, then one bar for the command with eta -- and the tokens below it', () => {
+      const r = pty(['eval', MODEL, '--data', EVAL_TXT, '--seq-len', '128', '--max-tokens', '256']);
+      expect(r.code).toBe(0);
+      expect(r.frames[0]).toBe(`tokenizing eval.txt (${formatBytes(fs.statSync(EVAL_TXT).size)})…`);
+      expect(r.frames[0]).toBe('tokenizing eval.txt (123 KB)…');
+      expectWholeCommandBar(r.frames, 'eval tiny-moe');
+      const detail = r.frames.filter((f) => f.startsWith('perplexity ') && /\d+% \|/.test(f));
+      expect(detail[detail.length - 1]).toMatch(/ 100% \| 256\/256 tokens$/);
+      expect(r.frames.some((f) => /^perplexity\s+\d+\.\d{4} \(loss/.test(f))).toBe(true); // the report follows the bars
+    });
 
-  test('run: the whole recipe on top with an ETA once known; layers 0-based; tokens, tensors and params below', () => {
-    const recipe = path.join(work, 'r.yaml');
-    fs.writeFileSync(
-      recipe,
-      `model: ${MODEL}\noutput: ${path.join(work, 'run')}\nsteps:\n` +
-        `  - calibrate: { data: ${EVAL_TXT}, seq_len: 128, max_tokens: 512 }\n` +
-        `  - quantize: { bits: 3, allocate: lp, method: rtn }\n`,
-    );
-    const r = pty(['run', recipe]);
-    expect(r.code).toBe(0);
-    stats = path.join(work, 'run', '01-calibrate');
-    const top = expectWholeCommandBar(r.frames, 'run r.yaml');
-    // An estimate replaces "eta --" once work is done, before the end.
-    expect(top.some((l) => / eta (\d+m)?\d+s$/.test(l) && !/ 100% /.test(l))).toBe(true);
-    const first = (re: RegExp) => r.frames.findIndex((f) => re.test(f));
-    // The step line, then the tokenizing line, before calibrate's first layer.
-    expect(first(/^== step 1 calibrate/)).toBeGreaterThanOrEqual(0);
-    expect(first(/^tokenizing eval\.txt \(123 KB\)…$/)).toBeGreaterThan(first(/^== step 1 calibrate/));
-    expect(first(/layer 0 of 0-2/)).toBeGreaterThan(first(/^tokenizing eval\.txt/));
-    // Layers as in the tensor names (model.layers.0-2), in order, never 1-based.
-    const layers = r.frames.map((f) => /^step 1 calibrate › layer (\d+) of 0-2 .* (\d+)\/512 tokens$/.exec(f)).filter(Boolean) as RegExpExecArray[];
-    expect([...new Set(layers.map((m) => Number(m[1])))]).toEqual([0, 1, 2]);
-    expect(r.frames.some((f) => /layer 3\b/.test(f))).toBe(false);
-    // Units on every count.
-    expect(r.frames.some((f) => /^step 2 quantize › measure error at [\d/]+ bits .* \d+\/\d+ tensors$/.test(f))).toBe(true);
-    expect(r.frames.some((f) => /^step 2 quantize › quantize \(rtn, lp\) .* 100% \| ([\d.]+[kMG]?)\/\1 params$/.test(f))).toBe(true);
-  });
+    test('run: the whole recipe on top with an ETA once known; layers 0-based; tokens, tensors and params below', () => {
+      const recipe = path.join(work, 'r.yaml');
+      fs.writeFileSync(
+        recipe,
+        `model: ${MODEL}\noutput: ${path.join(work, 'run')}\nsteps:\n` +
+          `  - calibrate: { data: ${EVAL_TXT}, seq_len: 128, max_tokens: 512 }\n` +
+          `  - quantize: { bits: 3, allocate: lp, method: rtn }\n`,
+      );
+      const r = pty(['run', recipe]);
+      expect(r.code).toBe(0);
+      stats = path.join(work, 'run', '01-calibrate');
+      const top = expectWholeCommandBar(r.frames, 'run r.yaml');
+      // An estimate replaces "eta --" once work is done, before the end.
+      expect(top.some((l) => / eta (\d+m)?\d+s$/.test(l) && !/ 100% /.test(l))).toBe(true);
+      const first = (re: RegExp) => r.frames.findIndex((f) => re.test(f));
+      // The step line, then the tokenizing line, before calibrate's first layer.
+      expect(first(/^== step 1 calibrate/)).toBeGreaterThanOrEqual(0);
+      expect(first(/^tokenizing eval\.txt \(123 KB\)…$/)).toBeGreaterThan(first(/^== step 1 calibrate/));
+      expect(first(/layer 0 of 0-2/)).toBeGreaterThan(first(/^tokenizing eval\.txt/));
+      // Layers as in the tensor names (model.layers.0-2), in order, never 1-based.
+      const layers = r.frames
+        .map((f) => /^step 1 calibrate › layer (\d+) of 0-2 .* (\d+)\/512 tokens$/.exec(f))
+        .filter(Boolean) as RegExpExecArray[];
+      expect([...new Set(layers.map((m) => Number(m[1])))]).toEqual([0, 1, 2]);
+      expect(r.frames.some((f) => /layer 3\b/.test(f))).toBe(false);
+      // Units on every count.
+      expect(r.frames.some((f) => /^step 2 quantize › measure error at [\d/]+ bits .* \d+\/\d+ tensors$/.test(f))).toBe(
+        true,
+      );
+      expect(
+        r.frames.some((f) => /^step 2 quantize › quantize \(rtn, lp\) .* 100% \| ([\d.]+[kMG]?)\/\1 params$/.test(f)),
+      ).toBe(true);
+    });
 
-  test.each(['prune', 'merge'])('%s: the write bar ends at 100%% of the bytes written', (verb) => {
-    expect(stats).toBeDefined();
-    const out = path.join(work, verb);
-    const args = ['--method', verb === 'prune' ? 'reap' : 'average'];
-    const r = pty([verb, MODEL, '--stats', stats, ...args, '--keep', '4', '-o', out]);
-    expect(r.code).toBe(0);
-    expectWholeCommandBar(r.frames, `${verb} tiny-moe`);
-    const written = formatBytes(tensorBytes(out));
-    const writes = r.frames.filter((f) => /^write .*\d+% \|/.test(f));
-    expect(writes[writes.length - 1]).toBe(writes[writes.length - 1].replace(/ \d+% \| .*$/, '') + ` 100% | ${written}/${written}`);
-    // The source is larger: a bar counted in source bytes would stop short of 100%.
-    expect(tensorBytes(MODEL)).toBeGreaterThan(tensorBytes(out));
-    const select = r.frames.filter((f) => new RegExp(`^${verb === 'prune' ? 'select' : 'group'} experts .* \\d+% \\| \\d+/3 layers$`).test(f));
-    expect(select[select.length - 1]).toMatch(/ 100% \| 3\/3 layers$/);
-  });
-});
+    test.each(['prune', 'merge'])('%s: the write bar ends at 100%% of the bytes written', (verb) => {
+      expect(stats).toBeDefined();
+      const out = path.join(work, verb);
+      const args = ['--method', verb === 'prune' ? 'reap' : 'average'];
+      const r = pty([verb, MODEL, '--stats', stats, ...args, '--keep', '4', '-o', out]);
+      expect(r.code).toBe(0);
+      expectWholeCommandBar(r.frames, `${verb} tiny-moe`);
+      const written = formatBytes(tensorBytes(out));
+      const writes = r.frames.filter((f) => /^write .*\d+% \|/.test(f));
+      expect(writes[writes.length - 1]).toBe(
+        writes[writes.length - 1].replace(/ \d+% \| .*$/, '') + ` 100% | ${written}/${written}`,
+      );
+      // The source is larger: a bar counted in source bytes would stop short of 100%.
+      expect(tensorBytes(MODEL)).toBeGreaterThan(tensorBytes(out));
+      const select = r.frames.filter((f) =>
+        new RegExp(`^${verb === 'prune' ? 'select' : 'group'} experts .* \\d+% \\| \\d+/3 layers$`).test(f),
+      );
+      expect(select[select.length - 1]).toMatch(/ 100% \| 3\/3 layers$/);
+    });
+  },
+);
 
 /** A stream that says it is a terminal and keeps what is written. */
 function fakeTerminal(): Writable & { isTTY: boolean; columns: number; text: () => string } {
@@ -136,7 +155,15 @@ function fakeTerminal(): Writable & { isTTY: boolean; columns: number; text: () 
       chunks.push(String(chunk));
       cb();
     },
-  }) as Writable & { isTTY: boolean; columns: number; text: () => string; cursorTo: unknown; moveCursor: unknown; clearLine: unknown; clearScreenDown: unknown };
+  }) as Writable & {
+    isTTY: boolean;
+    columns: number;
+    text: () => string;
+    cursorTo: unknown;
+    moveCursor: unknown;
+    clearLine: unknown;
+    clearScreenDown: unknown;
+  };
   s.isTTY = true;
   s.columns = 100;
   // eslint-disable-next-line no-control-regex -- ANSI escape sequences are what the terminal output holds
@@ -154,7 +181,12 @@ describe('progress in-process', () => {
     const ctx = createContext({ tty: true, stream });
     const task = ctx.task('job', 100);
     const a = ctx.progress('select', 10, 'layers', 20); // 20% of the work
-    const lastTop = () => stream.text().split(/[\r\n]+/).filter((l) => l.startsWith('job ')).pop()!;
+    const lastTop = () =>
+      stream
+        .text()
+        .split(/[\r\n]+/)
+        .filter((l) => l.startsWith('job '))
+        .pop()!;
     now += 100; // too early for an estimate, and nothing done
     a.tick(0);
     ctx.log('a line above the bars');

@@ -21,7 +21,9 @@ export const Q3_K: BlockCodec = {
       for (let j = 0, shift = 0; j < 4; j++, shift += 2) {
         for (const half of [0, 16]) {
           const dl = d * scs[is++];
-          for (let l = 0; l < 16; l++) out[y + n0 + 32 * j + half + l] = dl * (((bytes[q + half + l] >> shift) & 3) - (bytes[at + half + l] & m ? 0 : 4));
+          for (let l = 0; l < 16; l++)
+            out[y + n0 + 32 * j + half + l] =
+              dl * (((bytes[q + half + l] >> shift) & 3) - (bytes[at + half + l] & m ? 0 : 4));
         }
         m <<= 1;
       }

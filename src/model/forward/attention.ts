@@ -46,7 +46,13 @@ export type Weights = (name: string) => Float32Array | undefined;
  * Applies the projection `proj` (e.g. "q_proj": its weight and bias if any) to x [rows, inDim] → [rows, outDim].
  * The forward pass supplies it, so it can load weights and show every linear's input to observers.
  */
-export type Linear = (proj: string, x: Float32Array, rows: number, inDim: number, outDim: number) => Promise<Float32Array>;
+export type Linear = (
+  proj: string,
+  x: Float32Array,
+  rows: number,
+  inDim: number,
+  outDim: number,
+) => Promise<Float32Array>;
 
 function need(w: Weights, name: string): Float32Array {
   const t = w(name);
@@ -75,18 +81,30 @@ async function causalAttention(
   for (let w = 0; w < windows; w++) {
     // [T, H, dk] → [H, T, dk]
     for (let t = 0; t < T; t++) {
-      for (let h = 0; h < H; h++) qw.set(q.subarray(((w * T + t) * H + h) * dk, ((w * T + t) * H + h + 1) * dk), (h * T + t) * dk);
+      for (let h = 0; h < H; h++)
+        qw.set(q.subarray(((w * T + t) * H + h) * dk, ((w * T + t) * H + h + 1) * dk), (h * T + t) * dk);
     }
     const ctx = await be.attention(qw, keys(w), values(w), H, T, dk, dv, scale); // [H, T, dv]
     for (let h = 0; h < H; h++) {
-      for (let t = 0; t < T; t++) out.set(ctx.subarray((h * T + t) * dv, (h * T + t + 1) * dv), ((w * T + t) * H + h) * dv);
+      for (let t = 0; t < T; t++)
+        out.set(ctx.subarray((h * T + t) * dv, (h * T + t + 1) * dv), ((w * T + t) * H + h) * dv);
     }
   }
   return out;
 }
 
 /** Gathers one window of a [tokens, heads, stride] array into [H, T, dim] (head h reads source head map(h)). */
-function perHead(src: Float32Array, w: number, T: number, H: number, srcHeads: number, stride: number, offset: number, dim: number, map: (h: number) => number): Float32Array {
+function perHead(
+  src: Float32Array,
+  w: number,
+  T: number,
+  H: number,
+  srcHeads: number,
+  stride: number,
+  offset: number,
+  dim: number,
+  map: (h: number) => number,
+): Float32Array {
   const out = new Float32Array(H * T * dim);
   for (let h = 0; h < H; h++) {
     const sh = map(h);
@@ -98,7 +116,17 @@ function perHead(src: Float32Array, w: number, T: number, H: number, srcHeads: n
   return out;
 }
 
-export async function gqa(be: Backend, lin: Linear, x: Float32Array, hidden: number, windows: number, T: number, spec: GqaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
+export async function gqa(
+  be: Backend,
+  lin: Linear,
+  x: Float32Array,
+  hidden: number,
+  windows: number,
+  T: number,
+  spec: GqaSpec,
+  w: Weights,
+  rope: RopeTables,
+): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, kvHeads: KV, headDim: d } = spec;
   const q = await lin('q_proj', x, N, hidden, H * d);
@@ -134,7 +162,17 @@ export async function gqa(be: Backend, lin: Linear, x: Float32Array, hidden: num
   return lin('o_proj', out, N, H * d, hidden);
 }
 
-export async function mla(be: Backend, lin: Linear, x: Float32Array, hidden: number, windows: number, T: number, spec: MlaSpec, w: Weights, rope: RopeTables): Promise<Float32Array> {
+export async function mla(
+  be: Backend,
+  lin: Linear,
+  x: Float32Array,
+  hidden: number,
+  windows: number,
+  T: number,
+  spec: MlaSpec,
+  w: Weights,
+  rope: RopeTables,
+): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, nopeDim, ropeDim, vDim, kvLoraRank } = spec;
   const dk = nopeDim + ropeDim;
@@ -148,7 +186,8 @@ export async function mla(be: Backend, lin: Linear, x: Float32Array, hidden: num
   }
   const ckv = await lin('kv_a_proj_with_mqa', x, N, hidden, kvLoraRank + ropeDim); // [N, rank + rope]
   const latent = new Float32Array(N * kvLoraRank);
-  for (let n = 0; n < N; n++) latent.set(ckv.subarray(n * (kvLoraRank + ropeDim), n * (kvLoraRank + ropeDim) + kvLoraRank), n * kvLoraRank);
+  for (let n = 0; n < N; n++)
+    latent.set(ckv.subarray(n * (kvLoraRank + ropeDim), n * (kvLoraRank + ropeDim) + kvLoraRank), n * kvLoraRank);
   rmsNorm(latent, need(w, 'kv_a_layernorm.weight'), kvLoraRank, spec.eps, latent);
   const kv = await lin('kv_b_proj', latent, N, kvLoraRank, H * (nopeDim + vDim)); // [N, H, nope + v]
   const pos = (n: number) => n % T;

@@ -117,7 +117,8 @@ export class ForwardPass {
   }
 
   private ropeFor(T: number): RopeTables {
-    if (!this.rope || this.rope.positions < T) this.rope = ropeTables(this.spec.rope, this.spec.ropeDim, T, this.spec.maxPositions);
+    if (!this.rope || this.rope.positions < T)
+      this.rope = ropeTables(this.spec.rope, this.spec.ropeDim, T, this.spec.maxPositions);
     return this.rope;
   }
 
@@ -133,7 +134,15 @@ export class ForwardPass {
   }
 
   /** y = x·Wᵀ + b for the weight `name` (bias `name` with .bias), telling the observer its input. */
-  private async linear(name: string, layer: number, x: Float32Array, rows: number, inDim: number, outDim: number, observer?: ForwardObserver): Promise<Float32Array> {
+  private async linear(
+    name: string,
+    layer: number,
+    x: Float32Array,
+    rows: number,
+    inDim: number,
+    outDim: number,
+    observer?: ForwardObserver,
+  ): Promise<Float32Array> {
     observer?.linear?.(name, x, rows, inDim);
     const biasName = name.replace(/\.weight$/, '.bias');
     const bias = this.arch.classify(biasName) ? this.load(biasName, layer) : undefined;
@@ -150,13 +159,19 @@ export class ForwardPass {
       const full = `${p}.self_attn.${name}`;
       return this.arch.classify(full) ? this.load(full, l) : undefined;
     };
-    const lin: Linear = (proj, x, rows, inDim, outDim) => this.linear(`${p}.self_attn.${proj}.weight`, l, x, rows, inDim, outDim, observer);
+    const lin: Linear = (proj, x, rows, inDim, outDim) =>
+      this.linear(`${p}.self_attn.${proj}.weight`, l, x, rows, inDim, outDim, observer);
     const a = this.spec.attention;
     const rope = this.ropeFor(T);
-    const attn = a.kind === 'gqa' ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope) : await mla(this.be, lin, normed, h, windows, T, a, w, rope);
+    const attn =
+      a.kind === 'gqa'
+        ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope)
+        : await mla(this.be, lin, normed, h, windows, T, a, w, rope);
     addInPlace(hidden, attn);
     const x = rmsNorm(hidden, this.load(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps);
-    const out = this.arch.isMoeLayer(l) ? await this.moeBlock(l, x, N, observer) : await this.mlp(`${p}.mlp`, l, x, N, observer);
+    const out = this.arch.isMoeLayer(l)
+      ? await this.moeBlock(l, x, N, observer)
+      : await this.mlp(`${p}.mlp`, l, x, N, observer);
     addInPlace(hidden, out);
     observer?.layer?.(l, hidden, N);
   }
@@ -168,7 +183,13 @@ export class ForwardPass {
   }
 
   /** down(silu(gate(x)) · up(x)) for x [rows, hidden], gate and up fused into one product. */
-  private async runMlp(w: MlpWeights, names: { gate: string; down: string }, x: Float32Array, rows: number, observer?: ForwardObserver): Promise<Float32Array> {
+  private async runMlp(
+    w: MlpWeights,
+    names: { gate: string; down: string },
+    x: Float32Array,
+    rows: number,
+    observer?: ForwardObserver,
+  ): Promise<Float32Array> {
     const h = this.arch.hidden;
     if (rows === 0) return new Float32Array(0);
     observer?.linear?.(names.gate, x, rows, h);
@@ -178,8 +199,18 @@ export class ForwardPass {
     return out;
   }
 
-  private mlp(prefix: string, l: number, x: Float32Array, rows: number, observer?: ForwardObserver): Promise<Float32Array> {
-    const names = { gate: `${prefix}.gate_proj.weight`, up: `${prefix}.up_proj.weight`, down: `${prefix}.down_proj.weight` };
+  private mlp(
+    prefix: string,
+    l: number,
+    x: Float32Array,
+    rows: number,
+    observer?: ForwardObserver,
+  ): Promise<Float32Array> {
+    const names = {
+      gate: `${prefix}.gate_proj.weight`,
+      up: `${prefix}.up_proj.weight`,
+      down: `${prefix}.down_proj.weight`,
+    };
     return this.runMlp(this.mlpWeights(names.gate, names.up, names.down, l), names, x, rows, observer);
   }
 
@@ -198,7 +229,13 @@ export class ForwardPass {
       const { tokens, slots } = lists[e];
       if (tokens.length === 0) continue;
       const names = { gate: a.expertKey(l, e, 'gate'), up: a.expertKey(l, e, 'up'), down: a.expertKey(l, e, 'down') };
-      const ye = await this.runMlp(this.mlpWeights(names.gate, names.up, names.down, l), names, gatherRows(x, h, tokens), tokens.length, observer);
+      const ye = await this.runMlp(
+        this.mlpWeights(names.gate, names.up, names.down, l),
+        names,
+        gatherRows(x, h, tokens),
+        tokens.length,
+        observer,
+      );
       observer?.expert?.(l, e, ye, tokens, slots);
       for (let i = 0; i < tokens.length; i++) {
         const g = routing.weights[tokens[i] * k + slots[i]];
@@ -224,7 +261,8 @@ export class ForwardPass {
   /** Final norm and lm_head (tied to the embeddings when the config says so), in blocks of the vocabulary. */
   async *headBlocks(hidden: Float32Array, N: number): AsyncGenerator<LogitBlock> {
     const { x, blocks } = this.headInput(hidden, N);
-    for (const { start, count, w } of blocks()) yield { logits: await this.be.linear(x, w(), N, this.arch.hidden, count), rows: N, start, count };
+    for (const { start, count, w } of blocks())
+      yield { logits: await this.be.linear(x, w(), N, this.arch.hidden, count), rows: N, start, count };
   }
 
   /** The final-normed hidden states and the lm_head's vocabulary blocks (rows loaded when asked). */
@@ -244,9 +282,15 @@ export class ForwardPass {
   }
 
   /** Per-row logit statistics over the whole vocabulary (Backend.logitStats per block): the logits never leave the backend. */
-  async headStats(hidden: Float32Array, N: number, targets: Int32Array, into: { merge(b: LogitStats, start: number): void }): Promise<void> {
+  async headStats(
+    hidden: Float32Array,
+    N: number,
+    targets: Int32Array,
+    into: { merge(b: LogitStats, start: number): void },
+  ): Promise<void> {
     const { x, blocks } = this.headInput(hidden, N);
-    for (const { start, count, w } of blocks()) into.merge(await this.be.logitStats(x, w(), N, this.arch.hidden, count, targets, start), start);
+    for (const { start, count, w } of blocks())
+      into.merge(await this.be.logitStats(x, w(), N, this.arch.hidden, count, targets, start), start);
   }
 
   async head(hidden: Float32Array, N: number, sink: LogitSink): Promise<void> {

@@ -38,7 +38,14 @@ function topk(v: Float64Array | Float32Array, k: number, from = 0, len = v.lengt
  * Applies the routing rule to router logits [tokens, E]. With `allowed`, the other experts are masked out as if
  * their logits were −∞ (NAEE's re-routing after dropping experts): they get probability 0 and are never selected.
  */
-export function route(logits: Float32Array, tokens: number, E: number, rule: RoutingRule, correctionBias?: Float32Array, allowed?: Uint8Array): Routing {
+export function route(
+  logits: Float32Array,
+  tokens: number,
+  E: number,
+  rule: RoutingRule,
+  correctionBias?: Float32Array,
+  allowed?: Uint8Array,
+): Routing {
   const k = rule.topK;
   const experts = new Int32Array(tokens * k);
   const weights = new Float32Array(tokens * k);
@@ -56,7 +63,11 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
     } else {
       for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? sigmoid(logits[row + e]) : 0;
     }
-    for (let e = 0; e < E; e++) choice[e] = allowed && !allowed[e] ? -Infinity : probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
+    for (let e = 0; e < E; e++)
+      choice[e] =
+        allowed && !allowed[e]
+          ? -Infinity
+          : probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
     if (rule.nGroup > 1) {
       // Keep the best topkGroup groups; the others' experts score 0 (V2) or −∞ (V3), as transformers masks them.
       const groupScores = new Float64Array(rule.nGroup);
@@ -66,7 +77,8 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
       }
       const keep = new Set(topk(groupScores, rule.topkGroup));
       const masked = rule.groupMask === 'zero' ? 0 : -Infinity;
-      for (let e = 0; e < E; e++) if (!keep.has(math.floor(e / perGroup)) && (!allowed || allowed[e])) choice[e] = masked;
+      for (let e = 0; e < E; e++)
+        if (!keep.has(math.floor(e / perGroup)) && (!allowed || allowed[e])) choice[e] = masked;
     }
     const sel = topk(choice, k);
     let sum = 0;
@@ -83,7 +95,12 @@ export function route(logits: Float32Array, tokens: number, E: number, rule: Rou
 }
 
 /** Token lists per expert from a routing: for expert e, the token indices and the slot (0..k-1) they chose it in. */
-export function tokensPerExpert(r: Routing, tokens: number, k: number, E: number): { tokens: Int32Array; slots: Int32Array }[] {
+export function tokensPerExpert(
+  r: Routing,
+  tokens: number,
+  k: number,
+  E: number,
+): { tokens: Int32Array; slots: Int32Array }[] {
   const counts = new Int32Array(E);
   for (let i = 0; i < tokens * k; i++) counts[r.experts[i]]++;
   const lists = [...counts].map((c) => ({ tokens: new Int32Array(c), slots: new Int32Array(c), fill: 0 }));

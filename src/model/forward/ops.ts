@@ -1,7 +1,13 @@
 /** Small element-wise kernels of the forward pass (the matmuls live in the backend). Row-major float32. */
 
 /** RMSNorm over rows of `dim` (in place when out = x): x · rsqrt(mean(x²) + eps) · weight. */
-export function rmsNorm(x: Float32Array, weight: Float32Array, dim: number, eps: number, out: Float32Array = new Float32Array(x.length)): Float32Array {
+export function rmsNorm(
+  x: Float32Array,
+  weight: Float32Array,
+  dim: number,
+  eps: number,
+  out: Float32Array = new Float32Array(x.length),
+): Float32Array {
   const rows = x.length / dim;
   for (let r = 0; r < rows; r++) {
     const o = r * dim;
@@ -20,7 +26,15 @@ export function rmsNorm(x: Float32Array, weight: Float32Array, dim: number, eps:
 
 /** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
 const math = Math;
-export function rmsNormStrided(x: Float32Array, rows: number, stride: number, offset: number, dim: number, weight: Float32Array, eps: number): void {
+export function rmsNormStrided(
+  x: Float32Array,
+  rows: number,
+  stride: number,
+  offset: number,
+  dim: number,
+  weight: Float32Array,
+  eps: number,
+): void {
   for (let r = 0; r < rows; r++) {
     const o = r * stride + offset;
     let ss = 0;

@@ -33,7 +33,11 @@ function yarnMscale(scale: number, mscale = 1): number {
 }
 
 /** Inverse frequencies (float64) and the factor applied to cos/sin. */
-export function inverseFrequencies(p: Record<string, unknown>, dim: number, maxPositions: number): { invFreq: Float64Array; attentionFactor: number } {
+export function inverseFrequencies(
+  p: Record<string, unknown>,
+  dim: number,
+  maxPositions: number,
+): { invFreq: Float64Array; attentionFactor: number } {
   const base = Number(p.rope_theta);
   const half = dim / 2;
   const invFreq = new Float64Array(half);
@@ -70,7 +74,13 @@ function llama3(invFreq: Float64Array, p: Record<string, unknown>): Float64Array
   });
 }
 
-function yarn(invFreq: Float64Array, p: Record<string, unknown>, dim: number, base: number, maxPositions: number): { invFreq: Float64Array; attentionFactor: number } {
+function yarn(
+  invFreq: Float64Array,
+  p: Record<string, unknown>,
+  dim: number,
+  base: number,
+  maxPositions: number,
+): { invFreq: Float64Array; attentionFactor: number } {
   const original = Number(p.original_max_position_embeddings ?? maxPositions);
   const factor = p.factor !== undefined && p.factor !== null ? Number(p.factor) : maxPositions / original;
   let attentionFactor = p.attention_factor as number | undefined;
@@ -101,7 +111,12 @@ function yarn(invFreq: Float64Array, p: Record<string, unknown>, dim: number, ba
   return { invFreq: out, attentionFactor };
 }
 
-export function ropeTables(p: Record<string, unknown>, dim: number, positions: number, maxPositions: number): RopeTables {
+export function ropeTables(
+  p: Record<string, unknown>,
+  dim: number,
+  positions: number,
+  maxPositions: number,
+): RopeTables {
   const { invFreq, attentionFactor } = inverseFrequencies(p, dim, maxPositions);
   const half = dim / 2;
   const cos = new Float32Array(positions * half);
@@ -120,7 +135,16 @@ export function ropeTables(p: Record<string, unknown>, dim: number, positions: n
  * Rotates, in place, `heads` vectors of `stride` floats per token, each starting at `offset` within its head,
  * for tokens at positions `pos[token]`. x: [tokens, heads, stride].
  */
-export function applyRope(x: Float32Array, tokens: number, heads: number, stride: number, offset: number, tables: RopeTables, pos: (token: number) => number, interleaved: boolean): void {
+export function applyRope(
+  x: Float32Array,
+  tokens: number,
+  heads: number,
+  stride: number,
+  offset: number,
+  tables: RopeTables,
+  pos: (token: number) => number,
+  interleaved: boolean,
+): void {
   const half = tables.dim / 2;
   for (let n = 0; n < tokens; n++) {
     const p = pos(n) * half;
