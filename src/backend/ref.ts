@@ -6,7 +6,9 @@
 import { InternalError } from '../errors';
 import type { Backend, LogitStats } from './backend';
 
-/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
 const math = Math;
 
 function checkDims(what: string, dims: Record<string, number>): void {

@@ -272,7 +272,8 @@ export class TfjsBackend implements Backend {
     const [o] = await download([
       tf.tidy(() => {
         const tm = tf.tensor(mask, [T, T], 'float32');
-        const probs = (scores: TfTensor): TfTensor => tf.softmax(tf.add(tf.mul(scores, scale), tm)); // mask broadcasts over heads
+        // mask broadcasts over heads
+        const probs = (scores: TfTensor): TfTensor => tf.softmax(tf.add(tf.mul(scores, scale), tm));
         if (!this.wasm) {
           const s = tf.matMul(
             tf.tensor(q, [heads, T, dk], 'float32'),
@@ -336,7 +337,8 @@ export class TfjsBackend implements Backend {
     start: number,
   ): Promise<LogitStats> {
     checkLogitStats(x, w, rows, hidden, count, targets, start);
-    if (rows * hidden * count === 0) return logitStatsRef(x, w, rows, hidden, count, targets, start); // nothing to multiply
+    // nothing to multiply
+    if (rows * hidden * count === 0) return logitStatsRef(x, w, rows, hidden, count, targets, start);
     if (rows * count > INT32_MAX)
       throw new InternalError(
         `logitStats: a [${rows}, ${count}] block is too large for tfjs's int32 indices; use smaller blocks`,

@@ -13,7 +13,9 @@ import type { Routing } from '../model/forward/moe';
 import { addGram, addSumSquares } from './gram';
 import { observedLinears } from './stats';
 
-/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
 const math = Math;
 
 interface LinearAcc {

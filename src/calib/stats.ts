@@ -50,7 +50,9 @@ export interface Fingerprint {
   model_type: string;
   /** sha256 of config.json's canonical JSON. */
   config_sha256: string;
-  /** sha256 of the sorted tensor names with their shapes (dtype excluded: a bf16 and an f32 copy are the same model). */
+  /**
+   * sha256 of the sorted tensor names with their shapes (dtype excluded: a bf16 and an f32 copy are the same model).
+   */
   tensors_sha256: string;
 }
 

@@ -55,7 +55,9 @@ export interface InspectReport {
   bytes_read: number;
   /** Packed weights (moe quantize --format packed): bits per tensor and the average; absent when none. */
   quantization?: QuantSummary;
-  /** A .gguf file: its architecture name, file size and mean bits per weight over every tensor (dtypes are ggml types). */
+  /**
+   * A .gguf file: its architecture name, file size and mean bits per weight over every tensor (dtypes are ggml types).
+   */
   gguf?: { architecture: string; file_bytes: number; bits_per_weight: number };
 }
 

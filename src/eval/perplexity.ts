@@ -1,5 +1,6 @@
 /**
- * Perplexity by the project's rule (README, "Data for eval and calibrate"), and the comparison against a baseline model: windows run on their own, in
+ * Perplexity by the project's rule (README, "Data for eval and calibrate"), and the comparison against a baseline
+ * model: windows run on their own, in
  * batches of equal length; each batch goes through every layer, then the lm_head in vocabulary blocks.
  * NLL is averaged over every predicted position in float64.
  */

@@ -34,7 +34,9 @@ export function loadTokenizer(modelDir: string): TextTokenizer {
   return tokenizerFromJson(readJson(file), cfgFile ? readJson(cfgFile) : {}, file);
 }
 
-/** A tokenizer from a tokenizer.json object (a file's, or one rebuilt from a GGUF header); `file` names it in errors. */
+/**
+ * A tokenizer from a tokenizer.json object (a file's, or one rebuilt from a GGUF header); `file` names it in errors.
+ */
 export function tokenizerFromJson(
   json: Record<string, unknown>,
   config: Record<string, unknown>,

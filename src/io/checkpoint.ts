@@ -294,7 +294,10 @@ export class TensorReader {
     return toFloat32(bytes, t.dtype);
   }
 
-  /** Selected rows of a 2-D floating tensor (embedding lookups): [ids.length, cols], one positioned read per distinct id. */
+  /**
+   * Selected rows of a 2-D floating tensor (embedding lookups): [ids.length, cols], one positioned read per distinct
+   * id.
+   */
   gatherF32(name: string, ids: ArrayLike<number>): Float32Array {
     const t = this.ref(name);
     const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);

@@ -209,7 +209,10 @@ export function readConfigText(dir: string): string | undefined {
   return file ? fs.readFileSync(file, 'utf8') : undefined;
 }
 
-/** config.json text for `config`: `source`'s text edited where they differ, or (no source) JSON indented by 2 with float fields as floats. */
+/**
+ * config.json text for `config`: `source`'s text edited where they differ, or (no source) JSON indented by 2 with float
+ * fields as floats.
+ */
 export function configJson(config: unknown, source?: string): string {
   if (source !== undefined) {
     try {

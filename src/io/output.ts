@@ -170,7 +170,10 @@ export class OutputFolder {
     fs.writeFileSync(this.file(name), JSON.stringify(value, null, 2) + '\n');
   }
 
-  /** A record of what a command did (moe-*.json, stats.json): without wall-clock timings, so equal runs write equal bytes. */
+  /**
+   * A record of what a command did (moe-*.json, stats.json): without wall-clock timings, so equal runs write equal
+   * bytes.
+   */
   writeRecord(name: string, value: unknown): void {
     this.writeJson(name, withoutTimings(value));
   }
@@ -188,7 +191,9 @@ export class OutputFolder {
     return copied;
   }
 
-  /** Writes moe's marker and renames the finished folder into place (replacing a folder moe wrote only with --force). */
+  /**
+   * Writes moe's marker and renames the finished folder into place (replacing a folder moe wrote only with --force).
+   */
   commit(): void {
     if (this.state !== 'open') throw new Error(`OutputFolder: commit() after ${this.state}`);
     writeMarker(this.tmp, this.command);

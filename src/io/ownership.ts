@@ -76,7 +76,10 @@ const GENERATOR_RE = /<meta\s+name="generator"\s+content="moe[ "]/;
 /** A JSON record moe writes (quantize --report) opens with this key. */
 const JSON_RECORD_RE = /^\{\s*"tool":\s*"moe"/;
 
-/** A file moe wrote: a GGUF naming moe in `moe.writer`, an HTML page with moe's generator meta near the top, or a JSON record opening with "tool": "moe". */
+/**
+ * A file moe wrote: a GGUF naming moe in `moe.writer`, an HTML page with moe's generator meta near the top, or a JSON
+ * record opening with "tool": "moe".
+ */
 export function isMoeFile(file: string): boolean {
   const fd = fs.openSync(file, 'r');
   try {

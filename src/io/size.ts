@@ -8,7 +8,10 @@ import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { openCheckpoint } from './checkpoint';
 
-/** The weight files of a model: a .gguf file itself; in a folder, the shards its checkpoint reads, or else its one .gguf. */
+/**
+ * The weight files of a model: a .gguf file itself; in a folder, the shards its checkpoint reads, or else its one
+ * .gguf.
+ */
 export function weightFiles(model: string): string[] {
   if (fs.statSync(model).isFile()) return [model];
   const names = fs.readdirSync(model).sort();

@@ -11,7 +11,9 @@ import { mulberry32 } from '../util/random';
 import type { ExpertWeights } from '../model/experts';
 import { greedyDense, hungarianMax, sparseGreedyMatch } from './assignment';
 
-/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
 const math = Math;
 
 /** Widths matched exactly: the Hungarian method is O(n³), about a second at 1024 in plain TypeScript. */

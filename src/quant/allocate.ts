@@ -53,7 +53,10 @@ export interface AllocProblem {
 }
 
 export interface AllocOptions {
-  /** glpk is given at most this many groups at once (default 400: groups at the margin are near-ties, much harder for glpk than random ones of the same size). */
+  /**
+   * glpk is given at most this many groups at once (default 400: groups at the margin are near-ties, much harder for
+   * glpk than random ones of the same size).
+   */
   exactLimit?: number;
   /** Relative gap at which the search stops (default 1e-9: proven optimal up to rounding). */
   gapTolerance?: number;

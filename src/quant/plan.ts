@@ -25,7 +25,10 @@ export interface Target {
 
 export type Granularity = 'expert' | 'projection' | 'layer';
 
-/** Every 2-D weight moe quantizes, in checkpoint order: attention, router, routed and shared experts, dense MLPs. Embeddings, lm_head, norms, biases and the shared-expert gate stay as they are. */
+/**
+ * Every 2-D weight moe quantizes, in checkpoint order: attention, router, routed and shared experts, dense MLPs.
+ * Embeddings, lm_head, norms, biases and the shared-expert gate stay as they are.
+ */
 export function quantTargets(
   arch: Architecture,
   tensors: Map<string, TensorRef>,

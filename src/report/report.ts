@@ -90,7 +90,9 @@ function runDate(dir: string, date?: Date): Date {
   return fs.statSync(rec).mtime;
 }
 
-/** Levels above the run folder a path may climb and still be shown relative to it (the demo's model: ../../fixtures). */
+/**
+ * Levels above the run folder a path may climb and still be shown relative to it (the demo's model: ../../fixtures).
+ */
 const MAX_UP = 2;
 
 /** A path as the page shows it: relative to the run folder when near it, else its base name; never absolute. */

@@ -123,7 +123,8 @@ function fusedSuite(get: () => Backend): void {
     const k = dyadicMatrix(H * T * dk, 5);
     const v = randomMatrix(H * T * dv, 6);
     const scores = linearRef(q.subarray(0, T * dk), k.subarray(0, T * dk), T, dk, T); // head 0, [T, T]
-    expect(Math.max(...scores.filter((_, i) => i % T <= Math.floor(i / T)))).toBeGreaterThan(89); // a visible score whose exp is ∞ in float32
+    // a visible score whose exp is ∞ in float32
+    expect(Math.max(...scores.filter((_, i) => i % T <= Math.floor(i / T)))).toBeGreaterThan(89);
     expect(
       relError(await get().attention(q, k, v, H, T, dk, dv, 1), attentionRef(q, k, v, H, T, dk, dv, 1)),
     ).toBeLessThan(ATTENTION_TOL);
@@ -195,7 +196,8 @@ function fusedSuite(get: () => Backend): void {
   test.each(STATS_SHAPES)(
     'logitStats rows=%i hidden=%i count=%i on exact inputs with logits in the hundreds: max, argmax, target exact',
     async (rows, hidden, count) => {
-      const x = dyadicMatrix(rows * hidden, 13 + rows, 50); // logits up to ~±1000: exp overflows without the max subtracted
+      // logits up to ~±1000: exp overflows without the max subtracted
+      const x = dyadicMatrix(rows * hidden, 13 + rows, 50);
       const w = dyadicMatrix(count * hidden, 14 + count);
       const start = 300;
       const targets = targetsFor(rows, start, count, 15);

@@ -12,7 +12,8 @@
  *   1 an index naming a tensor no shard holds (prune)        2 an index naming a missing shard file (merge)
  *   3 a tensor in a shard but not in the index (quantize)    4 the same tensor in two shards (calibrate)
  *   5 an index whose shard name is absolute (verify)         6 an index that is not valid JSON (verify)
- *   7 config.json symlinked out of the folder (prune)        8 tokenizer.json symlinked out of the folder (quantize, eval)
+ *   7 config.json symlinked out of the folder (prune)
+ *   8 tokenizer.json symlinked out of the folder (quantize, eval)
  *   9 a dtype whose byte length does not match (merge)      10 an unknown dtype (eval)
  *  11 a NaN weight (quantize packed)                        12 an Inf weight (quantize --format gguf)
  *  13-15 stats from another model (prune, merge, quantize)  16 a corrupt stats.json (prune)
@@ -24,8 +25,10 @@
  *  27 an existing destination without --force (every writing command but convert, covered there)
  *  28 --force on a folder moe did not write (every command with --force but convert)
  *  29 a destination whose parent is a regular file (ENOTDIR; every writing command, moe run included)
- *  30 a destination under /proc (cannot be created)         31 a destination in a read-only folder (chmod; skipped as root)
- *  32 a full disk: a file size limit (ulimit -f → EFBIG)    33 a full disk: a 256 KB tmpfs (ENOSPC; skipped when mount is not permitted)
+ *  30 a destination under /proc (cannot be created)
+ *  31 a destination in a read-only folder (chmod; skipped as root)
+ *  32 a full disk: a file size limit (ulimit -f → EFBIG)
+ *  33 a full disk: a 256 KB tmpfs (ENOSPC; skipped when mount is not permitted)
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -483,7 +486,10 @@ const WRITERS: Record<string, Writer> = {
 const writers = (pick: (w: Writer) => boolean) =>
   Object.entries(WRITERS).filter(([, w]) => pick(w)) as [string, Writer][];
 
-/** A recipe whose output is `dest` (moe run resumes into an existing output folder, so it is only in the unwritable cases). */
+/**
+ * A recipe whose output is `dest` (moe run resumes into an existing output folder, so it is only in the unwritable
+ * cases).
+ */
 function runArgs(dest: string): string[] {
   const f = path.join(tmpDir(), 'recipe.yaml');
   fs.writeFileSync(

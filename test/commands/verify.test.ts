@@ -1,4 +1,7 @@
-/** `moe verify`: a sound checkpoint passes; a NaN weight (with --nan), a truncated shard or a stale index fail with one line, exit 3. */
+/**
+ * `moe verify`: a sound checkpoint passes; a NaN weight (with --nan), a truncated shard or a stale index fail with one
+ * line, exit 3.
+ */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { rawHeader, ROOT, runMain, tmpDir } from '../helpers';

@@ -90,7 +90,8 @@ describe('the trained fixture as GGUF', () => {
     expect(f32.positions).toBe(base.positions);
     expect(Math.abs(f32.perplexity / base.perplexity - 1)).toBeLessThanOrEqual(1e-4);
     expect(f32.size.params).toBe(inspect({ model: MODEL }).params_total);
-    // The size is the file's bytes (header and tokenizer included), as for safetensors; the tensor data is 32 bits a weight.
+    // The size is the file's bytes (header and tokenizer included), as for safetensors; the tensor data is 32 bits a
+    // weight.
     expect(f32.size.bytes).toBe(fs.statSync(files.F32!).size);
     expect(f32.size.bits_per_param).toBeCloseTo((8 * f32.size.bytes) / f32.size.params, 12);
     expect(inspect({ model: files.F32! }).bytes_tensors).toBe(4 * f32.size.params);
@@ -234,7 +235,8 @@ describe('the trained fixture as GGUF', () => {
 });
 
 describe('every architecture read back from its F32 GGUF', () => {
-  // olmoe's golden has grouped-query attention, which llama.cpp's OLMoE cannot run (export refuses it): below, a synth one.
+  // olmoe's golden has grouped-query attention, which llama.cpp's OLMoE cannot run (export refuses it): below, a synth
+  // one.
   const CASES = ['mixtral', 'qwen3_moe', 'qwen3_moe-rope-scaled', 'deepseek_v3'];
   test.each(CASES)(
     "%s: transformers' logits",

@@ -1,4 +1,6 @@
-/** config.json rewriting keeps the exact text of every key moe does not change (transformers 5 refuses `0` for a float). */
+/**
+ * config.json rewriting keeps the exact text of every key moe does not change (transformers 5 refuses `0` for a float).
+ */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';

@@ -90,7 +90,8 @@ describe('neuron alignment', () => {
     const dominant = randomExpert(width, hidden, 4);
     const perm = shuffled(width, 5);
     const member = permuteExpert(dominant, perm, width, hidden);
-    const a = await alignExperts(be, dominant, member, width, hidden, 0, 8); // exact only up to width 8: force the approximation
+    // exact only up to width 8: force the approximation
+    const a = await alignExperts(be, dominant, member, width, hidden, 0, 8);
     expect(a.method).toBe('approximate');
     // Member neuron j is dominant neuron perm[j], so dominant neuron j must take member neuron perm⁻¹[j].
     const inverse = new Int32Array(width);

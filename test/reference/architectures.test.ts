@@ -106,7 +106,8 @@ describe('golden checkpoints: moe eval of its outputs equals transformers', () =
       }
       const r = await evalCommand({ model: dir, data: path.join(DATA, 'eval.json'), seqLen: ref.seq_len }, quiet);
       expect([r.windows, r.positions]).toEqual([c.windows, c.positions]);
-      // Measured: within 3e-7 on every case (the acceptance bound is 1e-3); 1e-5 still catches a wrong tensor or routing.
+      // Measured: within 3e-7 on every case (the acceptance bound is 1e-3); 1e-5 still catches a wrong tensor or
+      // routing.
       expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-5);
     },
     30_000,

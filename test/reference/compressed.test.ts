@@ -1,5 +1,6 @@
 /**
- * Pruned, merged and (dequantized) quantized checkpoints are real Hugging Face checkpoints: scripts/check_hf_outputs.py made them with
+ * Pruned, merged and (dequantized) quantized checkpoints are real Hugging Face checkpoints: scripts/check_hf_outputs.py
+ * made them with
  * moe, loaded them in transformers and committed transformers' perplexities (fixtures/reference). Here moe makes
  * the same outputs again (the commands are deterministic) and moe eval must give the same perplexity.
  */

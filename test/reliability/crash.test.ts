@@ -106,7 +106,8 @@ test.each(TRIALS)(
     fs.rmSync(dir, { recursive: true, force: true });
     fs.mkdirSync(dir);
     if (replace) fs.cpSync(c.refDir!, dest, { recursive: true });
-    // A folder beside the destination that moe did not make, and one named like moe's but owned by a live process (this one).
+    // A folder beside the destination that moe did not make, and one named like moe's but owned by a live process (this
+    // one).
     const foreign = ['.out.moe-tmp-x', `.out.moe-tmp-${process.pid}-0badcafe`].sort();
     for (const f of foreign) fs.mkdirSync(path.join(dir, f));
 
@@ -122,7 +123,8 @@ test.each(TRIALS)(
     if (!replace || phase === 'between-renames') {
       expect(fs.existsSync(dest)).toBe(false);
     } else {
-      // Never partial: the destination is the folder it replaced (or, after the rename, the new one): whole, the reference.
+      // Never partial: the destination is the folder it replaced (or, after the rename, the new one): whole, the
+      // reference.
       expect(verifyCheckpoint(dest).ok).toBe(true);
       expect(hashes(dest)).toEqual(c.reference);
     }

@@ -13,7 +13,10 @@ import * as path from 'node:path';
 import { CliResult, ROOT, runCli, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
-/** tiny-moe's shapes with 2 layers of 4 experts (half its size, so 4 runs of each GGUF export stay fast), and its tokenizer. */
+/**
+ * tiny-moe's shapes with 2 layers of 4 experts (half its size, so 4 runs of each GGUF export stay fast), and its
+ * tokenizer.
+ */
 const SHAPE = [
   'hidden_size=256',
   'head_dim=64',
@@ -49,7 +52,10 @@ describe('the same command twice writes the same bytes', () => {
   let stats: string;
   let MODEL: string;
 
-  /** Runs `args(dest)` twice into the same `dest` and returns the two runs' hashes (with the file `extra`, e.g. --report's). */
+  /**
+   * Runs `args(dest)` twice into the same `dest` and returns the two runs' hashes (with the file `extra`, e.g.
+   * --report's).
+   */
   async function twice(
     args: (dest: string) => string[],
     dest: string,

@@ -59,7 +59,10 @@ describe('fuzzed headers and indexes', () => {
     expect(classes.size).toBeGreaterThan(20);
   }, 120_000);
 
-  /** `edit` changes a copy of base `b`'s files in a fresh folder; the reader must fail with a CheckpointError naming a file. */
+  /**
+   * `edit` changes a copy of base `b`'s files in a fresh folder; the reader must fail with a CheckpointError naming a
+   * file.
+   */
   function rejects(b: number, edit: (files: Record<string, Buffer>, dir: string) => void, re: RegExp): void {
     const dir = path.join(tmpDir(), 'm');
     const files = { ...bases[b].files };

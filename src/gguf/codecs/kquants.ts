@@ -1,6 +1,7 @@
 /**
  * The K-quant encoders (Q2_K … Q6_K) as llama.cpp computes them, so that moe writes the bytes llama.cpp's own
- * quantizers write (ggml/src/ggml-quants.c; each codec module (q2_k.ts … q6_k.ts) calls its encoder here; test/gguf/codec-reference.test.ts compares with bytes and errors of that
+ * quantizers write (ggml/src/ggml-quants.c; each codec module (q2_k.ts … q6_k.ts) calls its encoder here;
+ * test/gguf/codec-reference.test.ts compares with bytes and errors of that
  * C code, compiled by scripts/ggml_ref/):
  *   without importance  quantize_row_<t>_ref: per sub-block scale (and min) searches make_qx_quants,
  *                       make_q3_quants, make_qkx2_quants; the block scale from the largest sub-block scale

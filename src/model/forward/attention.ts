@@ -7,7 +7,9 @@ import type { Backend } from '../../backend/backend';
 import { applyRope, RopeTables } from './rope';
 import { rmsNorm, rmsNormStrided } from './ops';
 
-/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
 const math = Math;
 
 export interface GqaSpec {

@@ -281,7 +281,10 @@ export class ForwardPass {
     return { x, blocks };
   }
 
-  /** Per-row logit statistics over the whole vocabulary (Backend.logitStats per block): the logits never leave the backend. */
+  /**
+   * Per-row logit statistics over the whole vocabulary (Backend.logitStats per block): the logits never leave the
+   * backend.
+   */
   async headStats(
     hidden: Float32Array,
     N: number,

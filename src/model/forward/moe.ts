@@ -5,7 +5,9 @@
 import type { RoutingRule } from '../arch';
 import { sigmoid } from './ops';
 
-/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
 const math = Math;
 
 export interface Routing {

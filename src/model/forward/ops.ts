@@ -24,7 +24,9 @@ export function rmsNorm(
  * (per-head q/k norms, MLA's latent norm). In place.
  */
 
-/** Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's). */
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
 const math = Math;
 export function rmsNormStrided(
   x: Float32Array,
