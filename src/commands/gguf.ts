@@ -79,6 +79,53 @@ export interface GgufReport {
 
 const paramsOf = (t: { shape: number[] }) => t.shape.reduce((a, b) => a * b, 1);
 
+/** What --allocate lp needs besides the menu: the stats (the imatrix) and a positive --bpw. */
+function checkLpOptions(o: GgufOptions, mode: 'uniform' | 'lp', stats: CalibrationStats | undefined): void {
+  if (mode === 'lp' && !stats)
+    throw new UsageError("--format gguf --allocate lp needs --stats (the imatrix that measures each type's error)", {
+      hint: 'make them with moe calibrate MODEL --data FILE -o STATS',
+    });
+  if (mode === 'lp' && !(o.bpw && o.bpw > 0))
+    throw new UsageError('--format gguf --allocate lp needs --bpw B, the average bits per weight', {
+      hint: 'e.g. --bpw 4.5',
+    });
+}
+
+/** --allocate lp: every weight's error measured at each type of the menu, then the type of each by the LP. */
+async function lpTypes(
+  weights: GgufModel['tensors'],
+  menu: GgmlType[],
+  bpw: number,
+  x: { ctx: Context; weighting: Weighting; load: PartLoader; measureWeight: number },
+): Promise<{ types: Map<string, GgmlType>; costs: Map<string, number>; solver: GgufReport['solver'] }> {
+  const bar = x.ctx.progress(
+    `measure error of ${menu.join('/')}`,
+    weights.length - weights.filter((t) => t.proj === 'embed' || t.proj === 'output').length,
+    'tensors',
+    x.measureWeight,
+  );
+  const chosen = await chooseTypes(weights, menu, bpw, (t) => {
+    const errors = typeErrors(t, menu, x.load, x.weighting);
+    bar.tick();
+    return errors;
+  });
+  bar.done();
+  if (!chosen.ok)
+    throw new UsageError(
+      `--bpw ${bpw} is below what the type menu allows (${menu.join(', ')}) with the embeddings at Q4_K and the output at Q6_K`,
+      { hint: 'raise --bpw or add smaller types' },
+    );
+  const solver = chosen.solver
+    ? {
+        status: chosen.solver.status,
+        method: chosen.solver.method,
+        seconds: chosen.solver.seconds,
+        gap: chosen.solver.gap,
+      }
+    : null;
+  return { types: chosen.types, costs: chosen.costs, solver };
+}
+
 export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
@@ -101,14 +148,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   let task: Task | undefined;
   try {
     stats?.checkModel(ckpt);
-    if (mode === 'lp' && !stats)
-      throw new UsageError("--format gguf --allocate lp needs --stats (the imatrix that measures each type's error)", {
-        hint: 'make them with moe calibrate MODEL --data FILE -o STATS',
-      });
-    if (mode === 'lp' && !(o.bpw && o.bpw > 0))
-      throw new UsageError('--format gguf --allocate lp needs --bpw B, the average bits per weight', {
-        hint: 'e.g. --bpw 4.5',
-      });
+    checkLpOptions(o, mode, stats);
     const menu = o.menu ?? DEFAULT_GGUF_MENU;
     const weights = model.tensors.filter((t) => t.kind === 'weight');
     // Work in weights: measuring quantizes each weight at every type of the menu, writing each tensor once more.
@@ -119,36 +159,14 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     const load: PartLoader = (t, i) => loadPart(ckpt, reader, t, i);
 
     // Types: uniform, or per tensor by the LP over the menu.
-    let types = new Map(weights.map((w) => [w.name, o.type ?? 'Q8_0']));
-    let costs = new Map<string, number>();
-    let solver: GgufReport['solver'] = null;
-    if (mode === 'lp') {
-      const bar = ctx.progress(
-        `measure error of ${menu.join('/')}`,
-        weights.length - weights.filter((t) => t.proj === 'embed' || t.proj === 'output').length,
-        'tensors',
-        measureWeight,
-      );
-      const chosen = await chooseTypes(weights, menu, o.bpw!, (t) => {
-        const errors = typeErrors(t, menu, load, weighting);
-        bar.tick();
-        return errors;
-      });
-      bar.done();
-      if (!chosen.ok)
-        throw new UsageError(
-          `--bpw ${o.bpw} is below what the type menu allows (${menu.join(', ')}) with the embeddings at Q4_K and the output at Q6_K`,
-          { hint: 'raise --bpw or add smaller types' },
-        );
-      ({ types, costs } = chosen);
-      if (chosen.solver)
-        solver = {
-          status: chosen.solver.status,
-          method: chosen.solver.method,
-          seconds: chosen.solver.seconds,
-          gap: chosen.solver.gap,
-        };
-    }
+    const { types, costs, solver } =
+      mode === 'lp'
+        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight })
+        : {
+            types: new Map(weights.map((w) => [w.name, o.type ?? 'Q8_0'])),
+            costs: new Map<string, number>(),
+            solver: null,
+          };
     const plan = buildGgufPlan(model, types, costs);
     const report: GgufReport = {
       model: ckpt.dir,

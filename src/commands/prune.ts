@@ -8,11 +8,12 @@ import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { UsageError } from '../errors';
-import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
+import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
 import { LayerChoice, PRUNE_METHODS, pruneMethod, pruneMethodNames } from '../prune/methods';
@@ -72,6 +73,102 @@ export interface PruneReport {
   seconds: number;
 }
 
+/** What the steps of one prune run share. */
+interface PruneRun {
+  opts: PruneOptions;
+  method: NonNullable<ReturnType<typeof pruneMethod>>;
+  ckpt: Checkpoint;
+  arch: Architecture;
+  K: number;
+  stats: CalibrationStats;
+  reader: TensorReader;
+  needProblem: boolean;
+  ctx: Context;
+}
+
+/** Each MoE layer's kept experts (and, when a reconstruction problem is needed, its loss), one layer at a time. */
+async function selectLayers(x: PruneRun, be: Backend | undefined, selectWeight: number): Promise<PrunedLayer[]> {
+  const { opts, method, arch, K, stats, reader, needProblem, ctx } = x;
+  const problems = new Map<number, ReconstructionProblem>();
+  const problem = async (layer: number) => {
+    if (!problems.has(layer)) {
+      const xs = stats.f32(`layers.${layer}.moe.naee_in`);
+      problems.set(layer, await ReconstructionProblem.build(be!, reader, arch, layer, xs, xs.length / arch.hidden));
+    }
+    return problems.get(layer)!;
+  };
+  const layers: PrunedLayer[] = [];
+  const progress = ctx.progress(`select experts (${method.name})`, arch.moeLayers.length, 'layers', selectWeight);
+  for (const layer of arch.moeLayers) {
+    const supers = superExperts(stats, layer, opts.superFactor ?? SUPER_EXPERT_FACTOR);
+    const c: KeepConstraints = {
+      experts: arch.numExperts,
+      keep: K,
+      groups: arch.routing.nGroup,
+      protect: new Set(opts.protectSuperExperts ? supers : []),
+    };
+    checkConstraints(c, layer);
+    const choice = await method.select(layer, c, {
+      stats,
+      seed: opts.seed ?? 0,
+      naeeLimit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
+      problem,
+    });
+    const kept = choice.kept;
+    layers.push({
+      layer,
+      kept,
+      dropped: [...Array(arch.numExperts).keys()].filter((e) => !kept.includes(e)),
+      super_experts: supers,
+      search: choice.search,
+      scores: choice.scores,
+      reconstruction_loss: needProblem ? (await problem(layer)).loss(kept) : undefined,
+      evaluated: choice.evaluated,
+    });
+    problems.delete(layer);
+    progress.tick();
+  }
+  progress.done();
+  return layers;
+}
+
+/** The checkpoint with only the kept experts, and its moe-compression.json record; the bytes written. */
+async function writePruned(x: PruneRun, layers: PrunedLayer[]): Promise<number> {
+  const { opts, method, ckpt, arch, K, ctx } = x;
+  const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
+  const written = await writeReducedOutput(
+    ckpt,
+    arch,
+    plan,
+    K,
+    {
+      output: opts.output,
+      force: opts.force,
+      command: 'prune',
+      maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
+    },
+    ctx,
+    () => ({
+      operation: 'prune',
+      method: method.name,
+      paper: method.paper ?? null,
+      params: {
+        keep: K,
+        ratio: opts.ratio ?? null,
+        protect_super_experts: !!opts.protectSuperExperts,
+        super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR,
+        seed: opts.seed ?? 0,
+        naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
+      },
+      experts_before: arch.numExperts,
+      experts_after: K,
+      kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
+      source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+    }),
+  );
+  return written.bytes;
+}
+
 export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneReport> {
   const started = Date.now();
   const method = pruneMethod(opts.method);
@@ -96,51 +193,13 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const needProblem = method.name === 'naee' || !!opts.loss || !!opts.dryRun;
   // Work in source bytes: choosing from the stats alone is quick; running every expert costs about a full read.
   const selectWeight = sourceBytes(ckpt) * (needProblem ? 1 : SELECT_SHARE);
+  const run: PruneRun = { opts, method, ckpt, arch, K, stats, reader, needProblem, ctx };
   let task: Task | undefined;
   try {
     stats.checkModel(ckpt);
     task = ctx.task(`prune ${path.basename(ckpt.dir)}`, selectWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
     if (needProblem) be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
-    const problems = new Map<number, ReconstructionProblem>();
-    const problem = async (layer: number) => {
-      if (!problems.has(layer)) {
-        const x = stats.f32(`layers.${layer}.moe.naee_in`);
-        problems.set(layer, await ReconstructionProblem.build(be!, reader, arch, layer, x, x.length / arch.hidden));
-      }
-      return problems.get(layer)!;
-    };
-    const layers: PrunedLayer[] = [];
-    const progress = ctx.progress(`select experts (${method.name})`, arch.moeLayers.length, 'layers', selectWeight);
-    for (const layer of arch.moeLayers) {
-      const supers = superExperts(stats, layer, opts.superFactor ?? SUPER_EXPERT_FACTOR);
-      const c: KeepConstraints = {
-        experts: arch.numExperts,
-        keep: K,
-        groups: arch.routing.nGroup,
-        protect: new Set(opts.protectSuperExperts ? supers : []),
-      };
-      checkConstraints(c, layer);
-      const choice = await method.select(layer, c, {
-        stats,
-        seed: opts.seed ?? 0,
-        naeeLimit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
-        problem,
-      });
-      const kept = choice.kept;
-      layers.push({
-        layer,
-        kept,
-        dropped: [...Array(arch.numExperts).keys()].filter((e) => !kept.includes(e)),
-        super_experts: supers,
-        search: choice.search,
-        scores: choice.scores,
-        reconstruction_loss: needProblem ? (await problem(layer)).loss(kept) : undefined,
-        evaluated: choice.evaluated,
-      });
-      problems.delete(layer);
-      progress.tick();
-    }
-    progress.done();
+    const layers = await selectLayers(run, be, selectWeight);
     if (layers.some((l) => l.search === 'greedy'))
       ctx.warn(
         `NAEE: more than ${opts.naeeLimit ?? DEFAULT_NAEE_LIMIT} subsets per layer, searched greedily (dropping one expert at a time)`,
@@ -160,38 +219,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
-      const written = await writeReducedOutput(
-        ckpt,
-        arch,
-        plan,
-        K,
-        {
-          output: opts.output,
-          force: opts.force,
-          command: 'prune',
-          maxShardBytes: opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
-        },
-        ctx,
-        () => ({
-          operation: 'prune',
-          method: method.name,
-          paper: method.paper ?? null,
-          params: {
-            keep: K,
-            ratio: opts.ratio ?? null,
-            protect_super_experts: !!opts.protectSuperExperts,
-            super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR,
-            seed: opts.seed ?? 0,
-            naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
-          },
-          experts_before: arch.numExperts,
-          experts_after: K,
-          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
-          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
-        }),
-      );
-      report.bytes_written = written.bytes;
+      report.bytes_written = await writePruned(run, layers);
       report.size_bytes = weightBytes(opts.output);
     }
     report.seconds = (Date.now() - started) / 1000;

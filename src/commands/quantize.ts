@@ -29,8 +29,8 @@ import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
-import { Granularity, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
-import { BitRules, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
+import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
+import { BitRules, BitsChoice, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
 import { Quantizer } from '../quant/quantizer';
 import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
@@ -69,7 +69,10 @@ export interface QuantizeOptions {
   threads?: number;
   maxShardBytes?: number;
   force?: boolean;
-  /** Only the decoder layers A..B (and, with layer 0, the tensors outside the layers): a partial output for `moe assemble`. */
+  /**
+   * Only the decoder layers A..B (and, with layer 0, the tensors outside the layers): a partial output for
+   * `moe assemble`.
+   */
   layers?: [number, number];
 }
 
@@ -242,11 +245,8 @@ function checkDestinations(o: QuantizeOptions, ckpt: Checkpoint): void {
   if (o.report) checkFileDestination(o.report, !!o.force);
 }
 
-export async function quantize(o: QuantizeOptions, ctx: Context): Promise<QuantizeReport> {
-  const started = Date.now();
-  const ckpt = openCheckpoint(o.model);
-  checkDestinations(o, ckpt);
-  const arch = loadArchitecture(ckpt);
+/** A checkpoint moe already packed is refused: quantization starts from the original weights. */
+function checkNotPacked(ckpt: Checkpoint): void {
   for (const t of ckpt.tensors.values()) {
     if (t.packed)
       throw new CheckpointError(`the model is already quantized (${t.name} is packed to ${t.packed.info.bits} bits)`, {
@@ -254,6 +254,56 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
         hint: 'quantize the original model',
       });
   }
+}
+
+/** --allocate lp: every group's weighted error at every allowed bit-width, one tensor in memory at a time. */
+async function measureLp(
+  targets: Target[],
+  groups: Group[],
+  x: { s: Settings; quantizer: Quantizer; reader: TensorReader; ctx: Context; measureWeight: number },
+): Promise<{ costs: CostTable; byTarget: Map<string, Map<number, number>> }> {
+  const bar = x.ctx.progress(
+    `measure error at ${x.s.choices.join('/')} bits`,
+    targets.length,
+    'tensors',
+    x.measureWeight,
+  );
+  const measured = await measureCosts(
+    targets,
+    groups,
+    x.s.rules,
+    (t, bits) => errorsAt(x.quantizer, x.reader, t, bits),
+    () => bar.tick(),
+  );
+  bar.done();
+  return measured;
+}
+
+/** Allocate: fixed groups take their bits out of the budget; the others choose. Refused below the least average. */
+async function allocateBits(
+  groups: Group[],
+  costs: CostTable | undefined,
+  o: QuantizeOptions,
+  s: Settings,
+): Promise<Extract<BitsChoice, { ok: true }>> {
+  const chosen = await chooseBits(groups, s.rules, costs, s.scope);
+  if (!chosen.ok) {
+    throw new UsageError(
+      `--bits ${o.bits} is below the least average the constraints allow (${chosen.least.toFixed(3)} bits${s.scope === 'layer' ? ` in layer ${chosen.scope[0].layer}` : ''})`,
+      {
+        hint: 'raise --bits, lower --attn-bits/--shared-expert-bits, or add smaller --bit-choices',
+      },
+    );
+  }
+  return chosen;
+}
+
+export async function quantize(o: QuantizeOptions, ctx: Context): Promise<QuantizeReport> {
+  const started = Date.now();
+  const ckpt = openCheckpoint(o.model);
+  checkDestinations(o, ckpt);
+  const arch = loadArchitecture(ckpt);
+  checkNotPacked(ckpt);
   const stats = o.stats ? new CalibrationStats(o.stats) : undefined;
   const reader = new TensorReader(ckpt);
   let be: Backend | undefined;
@@ -278,33 +328,9 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     );
 
     // Measure (lp): every group's weighted error at every allowed bit-width, one tensor in memory at a time.
-    let measured: { costs: CostTable; byTarget: Map<string, Map<number, number>> } | undefined;
-    if (s.allocate === 'lp') {
-      const bar = ctx.progress(
-        `measure error at ${s.choices.join('/')} bits`,
-        targets.length,
-        'tensors',
-        measureWeight,
-      );
-      measured = await measureCosts(
-        targets,
-        groups,
-        s.rules,
-        (t, bits) => errorsAt(quantizer, reader, t, bits),
-        () => bar.tick(),
-      );
-      bar.done();
-    }
-    // Allocate: fixed groups take their bits out of the budget; the others choose.
-    const chosen = await chooseBits(groups, s.rules, measured?.costs, s.scope);
-    if (!chosen.ok) {
-      throw new UsageError(
-        `--bits ${o.bits} is below the least average the constraints allow (${chosen.least.toFixed(3)} bits${s.scope === 'layer' ? ` in layer ${chosen.scope[0].layer}` : ''})`,
-        {
-          hint: 'raise --bits, lower --attn-bits/--shared-expert-bits, or add smaller --bit-choices',
-        },
-      );
-    }
+    const measured =
+      s.allocate === 'lp' ? await measureLp(targets, groups, { s, quantizer, reader, ctx, measureWeight }) : undefined;
+    const chosen = await allocateBits(groups, measured?.costs, o, s);
     const refs = [...ckpt.tensors.values()].filter((ref) => owned(ref.name));
     const plan = buildPlan({
       format: s.format,

@@ -161,9 +161,8 @@ async function evalStep(
   }
 }
 
-export async function run(file: string, ctx: Context, opts: RunOptions = {}): Promise<RunReport> {
-  const started = Date.now();
-  const recipe: Recipe = loadRecipe(file);
+/** Before any step: the --report-html destination checked, the output folder made and the recipe saved in it. */
+function prepareRun(recipe: Recipe, opts: RunOptions): void {
   if (opts.reportHtml) {
     // Checked before any step runs: the report is written at the end, over a report moe wrote only.
     checkNotInput(
@@ -180,6 +179,75 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
       JSON.stringify({ source: recipe.file, ...recipe }, null, 1) + '\n',
     );
   }
+}
+
+/** One step of a run: where it writes, its key, and what the runner gives it. */
+interface StepPlan {
+  i: number;
+  s: Step;
+  out: string;
+  key: string;
+  input: StepInput;
+}
+
+/** A step reused (its record has the same key), planned (--dry-run), or run and recorded. */
+async function doStep(recipe: Recipe, p: StepPlan, opts: RunOptions, ctx: Context): Promise<StepReport> {
+  const { i, s, out, key } = p;
+  const recordFile = path.join(out, STEP_RECORD);
+  const record = fs.existsSync(recordFile)
+    ? (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { key: string; report: StepReport })
+    : undefined;
+  const t0 = Date.now();
+  let report: StepReport;
+  if (!opts.fresh && record?.key === key) {
+    report = { ...record.report, skipped: true, seconds: 0 };
+    if (!opts.dryRun) ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
+  } else if (opts.dryRun) {
+    // The keys depend on options and input keys only, never on outputs: the plan is exact without running a step.
+    report = {
+      step: i + 1,
+      kind: s.kind,
+      line: s.line,
+      output: out,
+      skipped: false,
+      seconds: 0,
+      detail: !record
+        ? 'would run'
+        : record.key === key
+          ? 'would run again (--fresh)'
+          : 'would run again (options or inputs changed)',
+    };
+  } else {
+    ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
+    report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
+    const failed = await runStep(recipe, s, p.input, report, ctx);
+    if (failed) {
+      fs.writeFileSync(recordFile + '.failed', JSON.stringify(report) + '\n');
+      throw failed;
+    }
+    report.seconds = (Date.now() - t0) / 1000;
+    // The record holds no step duration (it is in the returned report): a re-run writes the same bytes.
+    fs.writeFileSync(recordFile, JSON.stringify(withoutTimings({ key, report }), null, 1) + '\n');
+  }
+  return report;
+}
+
+/** OUTPUT/moe-run.json: which steps the run so far ran and which it reused. */
+function writeRunRecord(runRecord: string, reports: StepReport[]): void {
+  fs.writeFileSync(
+    runRecord,
+    JSON.stringify(
+      { steps: reports.map((r) => ({ step: r.step, kind: r.kind, status: r.skipped ? 'reused' : 'ran' })) },
+      null,
+      1,
+    ) + '\n',
+  );
+}
+
+export async function run(file: string, ctx: Context, opts: RunOptions = {}): Promise<RunReport> {
+  const started = Date.now();
+  const recipe: Recipe = loadRecipe(file);
+  prepareRun(recipe, opts);
   const backend = opts.backend ?? (recipe.backend as BackendName | undefined);
   let model = recipe.model;
   let modelK = modelKey(model);
@@ -206,61 +274,17 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
       backend: backend ?? null,
       original: s.kind === 'eval' ? modelKey(recipe.model) : null,
     });
-    const recordFile = path.join(out, STEP_RECORD);
-    const record = fs.existsSync(recordFile)
-      ? (JSON.parse(fs.readFileSync(recordFile, 'utf8')) as { key: string; report: StepReport })
-      : undefined;
-    const t0 = Date.now();
-    let report: StepReport;
-    if (!opts.fresh && record?.key === key) {
-      report = { ...record.report, skipped: true, seconds: 0 };
-      if (!opts.dryRun) ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line}): unchanged, skipped`);
-    } else if (opts.dryRun) {
-      // The keys depend on options and input keys only, never on outputs: the plan is exact without running a step.
-      report = {
-        step: i + 1,
-        kind: s.kind,
-        line: s.line,
-        output: out,
-        skipped: false,
-        seconds: 0,
-        detail: !record
-          ? 'would run'
-          : record.key === key
-            ? 'would run again (--fresh)'
-            : 'would run again (options or inputs changed)',
-      };
-    } else {
-      ctx.log(`== step ${i + 1} ${s.kind} (line ${s.line})`);
-      report = { step: i + 1, kind: s.kind, line: s.line, output: out, skipped: false, seconds: 0, detail: '' };
-      const step: StepInput = {
-        model,
-        output: out,
-        stats: useStats?.dir,
-        backend,
-        threads: opts.threads ?? recipe.threads,
-      };
-      const failed = await runStep(recipe, s, step, report, ctx);
-      if (failed) {
-        fs.writeFileSync(recordFile + '.failed', JSON.stringify(report) + '\n');
-        throw failed;
-      }
-      report.seconds = (Date.now() - t0) / 1000;
-      // The record holds no step duration (it is in the returned report): a re-run writes the same bytes.
-      fs.writeFileSync(recordFile, JSON.stringify(withoutTimings({ key, report }), null, 1) + '\n');
-    }
-    reports.push(report);
+    const input: StepInput = {
+      model,
+      output: out,
+      stats: useStats?.dir,
+      backend,
+      threads: opts.threads ?? recipe.threads,
+    };
+    reports.push(await doStep(recipe, { i, s, out, key, input }, opts, ctx));
     stepProgress.done();
     // Rewritten after every step, so a run stopped by a failure records what it did.
-    if (!opts.dryRun)
-      fs.writeFileSync(
-        runRecord,
-        JSON.stringify(
-          { steps: reports.map((r) => ({ step: r.step, kind: r.kind, status: r.skipped ? 'reused' : 'ran' })) },
-          null,
-          1,
-        ) + '\n',
-      );
+    if (!opts.dryRun) writeRunRecord(runRecord, reports);
     // What the next step receives.
     if (s.kind === 'calibrate') stats = { dir: out, key, forModel: modelK };
     if (s.kind === 'prune' || s.kind === 'merge' || s.kind === 'quantize') {
