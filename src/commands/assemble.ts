@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { CheckpointError, UsageError } from '../errors';
 import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
-import { checkNotInput, withOutput } from '../io/output';
+import { checkNotInput, OutputFolder, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import { tensorBytes } from '../io/safetensors';
 import { COMPRESSION_FILE } from '../model/reduce';
@@ -49,20 +49,9 @@ function readPart(dir: string): PartRecord {
   return r;
 }
 
-export async function assemble(
-  parts: string[],
-  o: { output: string; force?: boolean; dryRun?: boolean },
-  ctx: Context,
-): Promise<AssembleReport> {
-  const started = Date.now();
-  if (parts.length === 0) throw new UsageError('give the partial outputs to join');
-  const records = parts.map(readPart);
+/** Every part comes from the same model and options as the first, and their layer ranges cover 0..L−1 once. */
+function checkParts(parts: string[], records: PartRecord[]): void {
   const first = records[0];
-  // The parts, and the source model whose tokenizer files are copied.
-  checkNotInput(o.output, [
-    ...parts.map((p) => ({ flag: 'PART', path: p })),
-    { flag: 'the source model', path: fs.existsSync(first.model) ? first.model : undefined },
-  ]);
   const same = (r: PartRecord) =>
     JSON.stringify([r.fingerprint, r.options, r.num_layers, r.order]) ===
     JSON.stringify([first.fingerprint, first.options, first.num_layers, first.order]);
@@ -86,24 +75,30 @@ export async function assemble(
     throw new UsageError(`no part holds layer ${missing}`, {
       hint: `quantize the missing range with --layers and pass it too`,
     });
+}
 
-  const files: Checkpoint[] = parts.map((p) => openTensorFile(path.join(p, PART_FILE)));
+/** The tensors to write in the source order, the part each is read from, and the packed tensors' metadata and bits. */
+interface AssemblePlan {
+  plan: PlannedTensor[];
+  from: number[];
+  tensorMetadata: Map<string, Record<string, string>>;
+  codeBits: number;
+  params: number;
+}
+
+function planTensors(parts: string[], first: PartRecord, files: Checkpoint[]): AssemblePlan {
   const holder = new Map<string, number>();
   files.forEach((f, i) => f.tensors.forEach((_, name) => holder.set(name, i)));
-  const plan: PlannedTensor[] = [];
-  const from: number[] = [];
-  const tensorMetadata = new Map<string, Record<string, string>>();
-  let codeBits = 0;
-  let params = 0;
+  const p: AssemblePlan = { plan: [], from: [], tensorMetadata: new Map(), codeBits: 0, params: 0 };
   for (const name of first.order) {
     const key = METADATA_PREFIX + name;
     const packedIn = files.findIndex((f) => key in f.metadata);
     const names = packedIn >= 0 ? Object.values(partNames(name)) : [name];
     if (packedIn >= 0) {
-      tensorMetadata.set(names[0], { [key]: files[packedIn].metadata[key] });
+      p.tensorMetadata.set(names[0], { [key]: files[packedIn].metadata[key] });
       const info = JSON.parse(files[packedIn].metadata[key]) as { bits: number; shape: [number, number] };
-      codeBits += info.bits * info.shape[0] * info.shape[1];
-      params += info.shape[0] * info.shape[1];
+      p.codeBits += info.bits * info.shape[0] * info.shape[1];
+      p.params += info.shape[0] * info.shape[1];
     }
     for (const n of names) {
       const i = holder.get(n);
@@ -113,10 +108,92 @@ export async function assemble(
           hint: 'the parts are incomplete: re-run the part of its layer',
         });
       const t = files[i].tensors.get(n)!;
-      plan.push({ name: n, dtype: t.dtype, shape: t.shape });
-      from.push(i);
+      p.plan.push({ name: n, dtype: t.dtype, shape: t.shape });
+      p.from.push(i);
     }
   }
+  return p;
+}
+
+/** What the write step needs: the parts, their records and readers, and the plan. */
+interface AssembleWrite {
+  parts: string[];
+  records: PartRecord[];
+  readers: TensorReader[];
+  p: AssemblePlan;
+  ctx: Context;
+}
+
+/** Copies the tensors into the shards, then writes config.json, the tokenizer files and the quantization record. */
+function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
+  const { parts, records, readers, p, ctx } = w;
+  const first = records[0];
+  const writer = new ShardedWriter(out.tmp, p.plan, {
+    maxShardBytes: first.options.max_shard_bytes,
+    metadata: { ...first.source_metadata, format: 'pt' },
+    tensorMetadata: p.tensorMetadata,
+  });
+  const bar = ctx.progress('assemble', p.plan.length, 'tensors');
+  let bytes = 0;
+  p.plan.forEach((t, k) => {
+    writer.writeChunks(
+      t.name,
+      (function* () {
+        for (const piece of readers[p.from[k]].chunks(t.name, COPY_CHUNK_BYTES)) {
+          bytes += piece.byteLength;
+          yield piece;
+        }
+      })(),
+    );
+    bar.tick();
+  });
+  writer.finish();
+  bar.done();
+  const config = { ...first.config };
+  if (first.options.format === 'packed')
+    config.quantization_config = quantizationConfig(
+      p.params ? p.codeBits / p.params : 0,
+      first.options.group_size,
+      first.options.method,
+      first.options.allocate,
+    );
+  writeConfig(out, config, fs.existsSync(first.model) ? first.model : undefined);
+  if (fs.existsSync(first.model)) {
+    out.copyAuxFiles(first.model);
+    const prior = path.join(first.model, COMPRESSION_FILE);
+    if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE));
+  } else ctx.warn(`the source model ${first.model} is not here: tokenizer files not copied`);
+  const bits: Record<string, number> = {};
+  for (const r of records) Object.assign(bits, r.bits);
+  out.writeRecord(QUANT_RECORD_FILE, {
+    tool: 'moe',
+    operation: 'quantize (assembled)',
+    source: { model: first.model, fingerprint: first.fingerprint },
+    parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })),
+    average_bits: p.params ? p.codeBits / p.params : null,
+    tensors: bits,
+  });
+  return bytes;
+}
+
+export async function assemble(
+  parts: string[],
+  o: { output: string; force?: boolean; dryRun?: boolean },
+  ctx: Context,
+): Promise<AssembleReport> {
+  const started = Date.now();
+  if (parts.length === 0) throw new UsageError('give the partial outputs to join');
+  const records = parts.map(readPart);
+  const first = records[0];
+  // The parts, and the source model whose tokenizer files are copied.
+  checkNotInput(o.output, [
+    ...parts.map((p) => ({ flag: 'PART', path: p })),
+    { flag: 'the source model', path: fs.existsSync(first.model) ? first.model : undefined },
+  ]);
+  checkParts(parts, records);
+
+  const files: Checkpoint[] = parts.map((p) => openTensorFile(path.join(p, PART_FILE)));
+  const p = planTensors(parts, first, files);
   const partPlan = records
     .map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers }))
     .sort((a, b) => a.layers[0] - b.layers[0]);
@@ -124,13 +201,13 @@ export async function assemble(
     output: path.resolve(o.output),
     parts: parts.length,
     layers: first.num_layers,
-    tensors: plan.length,
+    tensors: p.plan.length,
     plan: partPlan,
   };
   if (o.dryRun)
     return {
       ...summary,
-      bytes: plan.reduce((s, t) => s + tensorBytes(t), 0),
+      bytes: p.plan.reduce((s, t) => s + tensorBytes(t), 0),
       seconds: (Date.now() - started) / 1000,
       dry_run: true,
     };
@@ -139,54 +216,7 @@ export async function assemble(
     const written = await withOutput(
       o.output,
       { force: o.force, command: 'assemble', verify: verifyWritten },
-      async (out) => {
-        const writer = new ShardedWriter(out.tmp, plan, {
-          maxShardBytes: first.options.max_shard_bytes,
-          metadata: { ...first.source_metadata, format: 'pt' },
-          tensorMetadata,
-        });
-        const bar = ctx.progress('assemble', plan.length, 'tensors');
-        let bytes = 0;
-        plan.forEach((t, k) => {
-          writer.writeChunks(
-            t.name,
-            (function* () {
-              for (const piece of readers[from[k]].chunks(t.name, COPY_CHUNK_BYTES)) {
-                bytes += piece.byteLength;
-                yield piece;
-              }
-            })(),
-          );
-          bar.tick();
-        });
-        writer.finish();
-        bar.done();
-        const config = { ...first.config };
-        if (first.options.format === 'packed')
-          config.quantization_config = quantizationConfig(
-            params ? codeBits / params : 0,
-            first.options.group_size,
-            first.options.method,
-            first.options.allocate,
-          );
-        writeConfig(out, config, fs.existsSync(first.model) ? first.model : undefined);
-        if (fs.existsSync(first.model)) {
-          out.copyAuxFiles(first.model);
-          const prior = path.join(first.model, COMPRESSION_FILE);
-          if (fs.existsSync(prior)) fs.copyFileSync(prior, path.join(out.tmp, COMPRESSION_FILE));
-        } else ctx.warn(`the source model ${first.model} is not here: tokenizer files not copied`);
-        const bits: Record<string, number> = {};
-        for (const r of records) Object.assign(bits, r.bits);
-        out.writeRecord(QUANT_RECORD_FILE, {
-          tool: 'moe',
-          operation: 'quantize (assembled)',
-          source: { model: first.model, fingerprint: first.fingerprint },
-          parts: records.map((r, i) => ({ dir: path.resolve(parts[i]), layers: r.layers, report: r.report })),
-          average_bits: params ? codeBits / params : null,
-          tensors: bits,
-        });
-        return bytes;
-      },
+      async (out) => writeAssembled(out, { parts, records, readers, p, ctx }),
     );
     return {
       ...summary,

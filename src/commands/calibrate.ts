@@ -6,15 +6,16 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
-import type { BackendName } from '../backend/backend';
+import type { Backend, BackendName } from '../backend/backend';
 import { calibrateLayers } from '../calib/pipeline';
 import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
 import { UsageError } from '../errors';
 import { loadWindows, positionsWarning } from '../eval/data';
 import { loadTokenizer } from '../eval/tokenizer';
-import { openCheckpoint, TensorReader } from '../io/checkpoint';
-import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
+import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
+import { checkNotInput, checkOutputFolder, OutputFolder, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
+import type { Architecture } from '../model/arch';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
 import { mulberry32 } from '../util/random';
@@ -85,6 +86,85 @@ function naeeSample(tokens: number, n: number, seed: number): number[] {
   return [...picked].sort((a, b) => a - b);
 }
 
+/** What the write step needs: the options, the model, the sampled windows and the stats plan of every layer. */
+interface CalibrateRun {
+  opts: CalibrateOptions;
+  ckpt: Checkpoint;
+  arch: Architecture;
+  be: Backend;
+  reader: TensorReader;
+  data: string;
+  windows: Int32Array[];
+  tokens: number;
+  naee: number[];
+  seed: number;
+  inDims: Map<string, number>;
+  plans: PlannedTensor[][];
+  report: CalibrateReport;
+  ctx: Context;
+}
+
+/** Runs the layers over the windows, writing each layer's stats as it is done, then the stats record. */
+async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): Promise<void> {
+  const { opts, plans, report, tokens } = r;
+  const writer = new ShardedWriter(out.tmp, plans.flat(), {
+    maxShardBytes: Number.MAX_SAFE_INTEGER,
+    singleFileName: STATS_TENSORS,
+    metadata: { format: STATS_FORMAT },
+  });
+  const fp = new ForwardPass(r.reader, r.arch, r.be);
+  const { spilled } = await calibrateLayers(
+    fp,
+    r.be,
+    r.windows,
+    r.inDims,
+    {
+      batchTokens: opts.batchTokens ?? 4096,
+      activationBudgetBytes: opts.activationBudgetBytes ?? 2e9,
+      hessians: report.hessians,
+      naeeTokens: r.naee,
+    },
+    r.ctx,
+    ({ layer, collector, seconds }) => {
+      const tensors = collector.tensors(plans[layer]);
+      for (const t of plans[layer]) writer.write(t.name, tensors.get(t.name)!);
+      report.layers.push({ layer, seconds, ...usage(collector.count, tokens) });
+    },
+  );
+  writer.finish();
+  report.spilled = spilled;
+  report.seconds = (Date.now() - started) / 1000;
+  out.writeRecord(STATS_JSON, statsJson(r));
+}
+
+/** The stats file's record: where the stats come from (model, text, sampling) and what they hold. */
+function statsJson(r: CalibrateRun): StatsJson {
+  const { opts, arch } = r;
+  return {
+    format: STATS_FORMAT,
+    fingerprint: fingerprint(r.ckpt),
+    model: r.ckpt.dir,
+    data: {
+      file: path.resolve(r.data),
+      sha256: createHash('sha256').update(fs.readFileSync(r.data)).digest('hex'),
+      windows: r.windows.length,
+      tokens: r.tokens,
+      seq_len: opts.seqLen,
+      max_tokens: opts.maxTokens ?? null,
+    },
+    hessians: r.report.hessians,
+    naee_tokens: r.naee.length,
+    seed: r.seed,
+    moe_layers: arch.moeLayers,
+    experts: arch.numExperts,
+    top_k: arch.topK,
+    linears: r.plans
+      .flat()
+      .filter((t) => t.name.startsWith('imatrix/'))
+      .map((t) => t.name.slice('imatrix/'.length)),
+  };
+}
+
 export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<CalibrateReport> {
   const started = Date.now();
   if (opts.samples !== undefined && opts.maxTokens !== undefined)
@@ -145,59 +225,13 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   // Every token through every layer: the pipeline's phases are the layers, counted in tokens.
   const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * tokens);
   try {
-    await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, async (out) => {
-      const writer = new ShardedWriter(out.tmp, plans.flat() as PlannedTensor[], {
-        maxShardBytes: Number.MAX_SAFE_INTEGER,
-        singleFileName: STATS_TENSORS,
-        metadata: { format: STATS_FORMAT },
-      });
-      const fp = new ForwardPass(reader, arch, be);
-      const { spilled } = await calibrateLayers(
-        fp,
-        be,
-        windows,
-        inDims,
-        {
-          batchTokens: opts.batchTokens ?? 4096,
-          activationBudgetBytes: opts.activationBudgetBytes ?? 2e9,
-          hessians,
-          naeeTokens: naee,
-        },
-        ctx,
-        ({ layer, collector, seconds }) => {
-          const tensors = collector.tensors(plans[layer]);
-          for (const t of plans[layer]) writer.write(t.name, tensors.get(t.name)!);
-          report.layers.push({ layer, seconds, ...usage(collector.count, tokens) });
-        },
-      );
-      writer.finish();
-      report.spilled = spilled;
-      report.seconds = (Date.now() - started) / 1000;
-      const json: StatsJson = {
-        format: STATS_FORMAT,
-        fingerprint: fingerprint(ckpt),
-        model: ckpt.dir,
-        data: {
-          file: path.resolve(data),
-          sha256: createHash('sha256').update(fs.readFileSync(data)).digest('hex'),
-          windows: windows.length,
-          tokens,
-          seq_len: opts.seqLen,
-          max_tokens: opts.maxTokens ?? null,
-        },
-        hessians,
-        naee_tokens: naee.length,
-        seed,
-        moe_layers: arch.moeLayers,
-        experts: arch.numExperts,
-        top_k: arch.topK,
-        linears: plans
-          .flat()
-          .filter((t) => t.name.startsWith('imatrix/'))
-          .map((t) => t.name.slice('imatrix/'.length)),
-      };
-      out.writeRecord(STATS_JSON, json);
-    });
+    await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, (out) =>
+      writeStats(
+        out,
+        { opts, ckpt, arch, be, reader, data, windows, tokens, naee, seed, inDims, plans, report, ctx },
+        started,
+      ),
+    );
   } finally {
     task.done();
     reader.close();

@@ -74,11 +74,19 @@ export function readGguf(file: string): GgufFile {
   }
 }
 
-function parse(fd: number, file: string, fileSize: number): GgufFile {
-  // The header's bytes [0, loaded), grown by positioned reads as the parser needs them.
-  let buf = Buffer.alloc(0);
-  let at = 0;
-  const need = (n: number) => {
+/** A cursor over the header's bytes [0, loaded), grown by positioned reads as the parser needs them. */
+class HeaderCursor {
+  buf = Buffer.alloc(0);
+  at = 0;
+
+  constructor(
+    private readonly fd: number,
+    private readonly file: string,
+    private readonly fileSize: number,
+  ) {}
+
+  need(n: number): void {
+    const { buf, at, file, fileSize } = this;
     if (at + n <= buf.length) return;
     if (at + n > fileSize) throw bad(file, `truncated header (wanted ${at + n} bytes, the file has ${fileSize})`);
     if (at + n > MAX_HEADER_BYTES) throw bad(file, `header larger than ${MAX_HEADER_BYTES} bytes`);
@@ -87,86 +95,107 @@ function parse(fd: number, file: string, fileSize: number): GgufFile {
     buf.copy(more);
     let done = buf.length;
     while (done < want) {
-      const got = fs.readSync(fd, more, done, want - done, done);
+      const got = fs.readSync(this.fd, more, done, want - done, done);
       if (got === 0) throw bad(file, 'unexpected end of file in the header');
       done += got;
     }
-    buf = more;
-  };
-  const u32 = () => (need(4), (at += 4), buf.readUInt32LE(at - 4));
-  const u64 = () => {
-    need(8);
-    at += 8;
-    const v = buf.readBigUInt64LE(at - 8);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(file, `a count or size of ${v} at byte ${at - 8}`);
+    this.buf = more;
+  }
+
+  /** Advances by `n` bytes (read in first), returning the offset they start at. */
+  private take(n: number): number {
+    this.need(n);
+    this.at += n;
+    return this.at - n;
+  }
+
+  /** The next `n` bytes, read in first (so never a view of the buffer before it grew). */
+  private next(n: number): Buffer {
+    const start = this.take(n);
+    return this.buf.subarray(start, start + n);
+  }
+
+  u32(): number {
+    return this.next(4).readUInt32LE(0);
+  }
+
+  u64(): number {
+    const start = this.take(8);
+    const v = this.buf.readBigUInt64LE(start);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(this.file, `a count or size of ${v} at byte ${start}`);
     return Number(v);
-  };
-  const str = () => {
-    const n = u64();
-    need(n);
-    at += n;
-    return buf.toString('utf8', at - n, at);
-  };
-  const scalar = (type: number): unknown => {
+  }
+
+  str(): string {
+    const n = this.u64();
+    const start = this.take(n);
+    return this.buf.toString('utf8', start, start + n);
+  }
+
+  scalar(type: number): unknown {
     switch (type) {
       case 0:
-        return (need(1), buf.readUInt8(at++));
+        return this.next(1).readUInt8(0);
       case 1:
-        return (need(1), buf.readInt8(at++));
+        return this.next(1).readInt8(0);
       case 2:
-        return (need(2), (at += 2), buf.readUInt16LE(at - 2));
+        return this.next(2).readUInt16LE(0);
       case 3:
-        return (need(2), (at += 2), buf.readInt16LE(at - 2));
+        return this.next(2).readInt16LE(0);
       case 4:
-        return u32();
+        return this.u32();
       case 5:
-        return (need(4), (at += 4), buf.readInt32LE(at - 4));
+        return this.next(4).readInt32LE(0);
       case 6:
-        return (need(4), (at += 4), buf.readFloatLE(at - 4));
+        return this.next(4).readFloatLE(0);
       case 7:
-        return (need(1), buf.readUInt8(at++) !== 0);
+        return this.next(1).readUInt8(0) !== 0;
       case 8:
-        return str();
+        return this.str();
       case 10:
-        return u64();
+        return this.u64();
       case 11:
-        return (need(8), (at += 8), Number(buf.readBigInt64LE(at - 8)));
+        return Number(this.next(8).readBigInt64LE(0));
       case 12:
-        return (need(8), (at += 8), buf.readDoubleLE(at - 8));
+        return this.next(8).readDoubleLE(0);
       default:
-        throw bad(file, `value type ${type}`);
+        throw bad(this.file, `value type ${type}`);
     }
-  };
-  if (u32() !== 0x46554747) throw bad(file, 'no GGUF magic');
-  const version = u32();
+  }
+}
+
+function parse(fd: number, file: string, fileSize: number): GgufFile {
+  const c = new HeaderCursor(fd, file, fileSize);
+  if (c.u32() !== 0x46554747) throw bad(file, 'no GGUF magic');
+  const version = c.u32();
   if (version !== 3) throw bad(file, `version ${version}, expected 3`);
-  const nTensors = u64();
-  const nKv = u64();
+  const nTensors = c.u64();
+  const nKv = c.u64();
   const metadata = new Map<string, unknown>();
   for (let i = 0; i < nKv; i++) {
-    const key = str();
-    const type = u32();
+    const key = c.str();
+    const type = c.u32();
     if (type === 9) {
-      const of = u32();
-      const n = u64();
+      const of = c.u32();
+      const n = c.u64();
       const arr: unknown[] = [];
-      for (let j = 0; j < n; j++) arr.push(scalar(of));
+      for (let j = 0; j < n; j++) arr.push(c.scalar(of));
       metadata.set(key, arr);
-    } else metadata.set(key, scalar(type));
+    } else metadata.set(key, c.scalar(type));
   }
   const infos: { name: string; shape: number[]; type: number; rel: number }[] = [];
   for (let i = 0; i < nTensors; i++) {
-    const name = str();
-    const dims = u32();
+    const name = c.str();
+    const dims = c.u32();
     if (dims > 4) throw bad(file, `tensor "${name}" has ${dims} dimensions`);
     const ne: number[] = [];
-    for (let d = 0; d < dims; d++) ne.push(u64());
-    const type = u32();
-    infos.push({ name, shape: ne.reverse(), type, rel: u64() });
+    for (let d = 0; d < dims; d++) ne.push(c.u64());
+    const type = c.u32();
+    infos.push({ name, shape: ne.reverse(), type, rel: c.u64() });
   }
   const alignment = Number(metadata.get('general.alignment') ?? GGUF_ALIGNMENT);
   if (!Number.isInteger(alignment) || alignment < 1) throw bad(file, `general.alignment ${alignment}`);
-  const dataStart = Math.ceil(at / alignment) * alignment;
+  const dataStart = Math.ceil(c.at / alignment) * alignment;
   return {
     file,
     version,
@@ -174,6 +203,6 @@ function parse(fd: number, file: string, fileSize: number): GgufFile {
     tensors: infos.map(({ rel, ...t }) => ({ ...t, offset: dataStart + rel })),
     dataStart,
     fileSize,
-    bytesRead: buf.length,
+    bytesRead: c.buf.length,
   };
 }

@@ -38,7 +38,10 @@ export interface Task {
 export interface Context {
   log(msg: string): void;
   warn(msg: string): void;
-  /** A line shown before a long step that cannot report progress (tokenizing); on a TTY always, in plain mode when `plain`. */
+  /**
+   * A line shown before a long step that cannot report progress (tokenizing); on a TTY always, in plain mode when
+   * `plain`.
+   */
   note(msg: string, opts?: { plain?: boolean }): void;
   /** Declares the whole command (or, inside a running phase, that phase's work): `weight` work units in all. */
   task(title: string, weight: number): Task;
@@ -249,6 +252,52 @@ class TtyView {
   }
 }
 
+/** What a phase's progress needs from its context: the stream, the live view, and how the phase ends. */
+interface PhaseHooks {
+  stream: NodeJS.WritableStream;
+  /** One plain line per phase (no TTY view, not quiet). */
+  plain: boolean;
+  /** The TTY view while one is shown. */
+  view: () => TtyView | undefined;
+  /** The whole command's share after a plain line. */
+  overall: () => string;
+  /** Closes the phase in its task (and the task, when the phase opened it). */
+  end: () => void;
+}
+
+/** The `Progress` of one phase: redraws the TTY view, or writes a plain line at most every `PLAIN_EVERY_MS`. */
+function phaseProgress(p: PhaseState, h: PhaseHooks): Progress {
+  let last = p.started;
+  const line = () => {
+    const f = phaseFraction(p);
+    h.stream.write(
+      `${p.label}: ${pct(f)} (${formatAmount(p.value, p.total, p.unit)}, ${((Date.now() - p.started) / 1000).toFixed(1)} s${h.overall()})\n`,
+    );
+  };
+  let finished = false;
+  return {
+    tick(n = 1) {
+      if (finished) return;
+      p.value += n;
+      const view = h.view();
+      if (view) return view.redraw();
+      const now = Date.now();
+      if (h.plain && now - last >= PLAIN_EVERY_MS && p.value < p.total) {
+        last = now;
+        line();
+      }
+    },
+    done() {
+      if (finished) return;
+      finished = true;
+      p.value = Math.max(p.value, p.total);
+      if (h.plain) line();
+      h.view()?.redraw(true);
+      h.end();
+    },
+  };
+}
+
 export function createContext(opts: ContextOptions = {}): Context {
   const stream = opts.stream ?? process.stderr;
   const tty = opts.tty ?? (!!stream.isTTY && !process.env.CI && process.env.TERM !== 'dumb');
@@ -326,35 +375,16 @@ export function createContext(opts: ContextOptions = {}): Context {
       const p: PhaseState = { label, total, unit, weight: weight ?? total, value: 0, started: Date.now() };
       t.phase = p;
       view?.redraw(true);
-      let last = p.started;
-      const line = () => {
-        const f = phaseFraction(p);
-        stream.write(
-          `${label}: ${pct(f)} (${formatAmount(p.value, p.total, unit)}, ${((Date.now() - p.started) / 1000).toFixed(1)} s${overall()})\n`,
-        );
-      };
-      let finished = false;
-      return {
-        tick(n = 1) {
-          if (finished) return;
-          p.value += n;
-          if (view) return redraw();
-          const now = Date.now();
-          if (!tty && !opts.quiet && now - last >= PLAIN_EVERY_MS && p.value < p.total) {
-            last = now;
-            line();
-          }
-        },
-        done() {
-          if (finished) return;
-          finished = true;
-          p.value = Math.max(p.value, p.total);
-          if (!tty && !opts.quiet) line();
-          view?.redraw(true);
+      return phaseProgress(p, {
+        stream,
+        plain: !tty && !opts.quiet,
+        view: () => view,
+        overall,
+        end: () => {
           endPhase(t, p);
           if (t.implicit) closeTask(t);
         },
-      };
+      });
     },
   };
 }
