@@ -85,7 +85,6 @@ export async function runMain(args: string[], cwd = ROOT): Promise<CliResult> {
 export async function fixtureStats(): Promise<string> {
   const shared = process.env.MOE_FIXTURE_STATS;
   if (shared && fs.existsSync(path.join(shared, 'stats.json'))) return shared;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { fixtureCalibration } = require('./fixture-stats') as {
     fixtureCalibration: () => { options: Record<string, unknown> };
   };

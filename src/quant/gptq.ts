@@ -30,6 +30,7 @@ const DAMP_RETRIES = 4;
 
 // Exception to the 100-line rule (numeric kernel): the blocked column sweep shares its buffers and indices, and
 // splitting it would pass a dozen arrays between pieces of one loop.
+// eslint-disable-next-line max-lines-per-function
 export async function gptq(
   w: Float32Array,
   rows: number,

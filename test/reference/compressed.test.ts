@@ -11,7 +11,6 @@ import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { fixtureStats, quiet, ROOT, tmpDir } from '../helpers';
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const { fixtureCalibration } = require('../fixture-stats') as {
   fixtureCalibration: () => { options: Record<string, unknown> };
 };
