@@ -8,7 +8,6 @@ import { floatToHalfBits, halfToFloat } from '../../io/dtype';
 export const math = Math;
 /** Rounds to float32: ggml's C encoders compute in float, and ties decided in float64 can go the other way. */
 export const f32 = Math.fround;
-export const GROUP_MAX_EPS = 1e-15;
 export const QK_K = 256;
 
 /** Round half to even, as llama.cpp's nearest_int. */

@@ -1,8 +1,8 @@
 /**
- * The K-quant encoders (Q2_K … Q6_K) as llama.cpp computes them, so that moe writes the bytes llama.cpp's own
- * quantizers write (ggml/src/ggml-quants.c; each codec module (q2_k.ts … q6_k.ts) calls its encoder here;
- * test/gguf/codec-reference.test.ts compares with bytes and errors of that
- * C code, compiled by scripts/ggml_ref/):
+ * The scale searches the K-quant encoders share (each encoder is in its type's codec module: q2_k.ts, q3_k.ts,
+ * k4.ts for Q4_K and Q5_K, q6_k.ts), computed as llama.cpp computes them, so that moe writes the bytes llama.cpp's
+ * own quantizers write (ggml/src/ggml-quants.c, MIT licence, the ggml authors; test/gguf/codec-reference.test.ts
+ * compares with bytes and errors of that C code, compiled by scripts/ggml_ref/):
  *   without importance  quantize_row_<t>_ref: per sub-block scale (and min) searches make_qx_quants,
  *                       make_q3_quants, make_qkx2_quants; the block scale from the largest sub-block scale
  *   with importance     quantize_row_<t>_impl (llama-quantize --imatrix): searches weighted by
@@ -12,24 +12,24 @@
  * Searches compare errors; done in float64 they decide near-ties differently, and the bytes differ.
  * The search helpers are numeric kernels transcribed from ggml; they keep its structure (and length).
  */
-import { clamp, getF16, packScalesK4, putF16, scaleMinK4 } from './common';
+import { clamp } from './common';
 
 export type KType = 'Q2_K' | 'Q3_K' | 'Q4_K' | 'Q5_K' | 'Q6_K';
 
-const f = Math.fround;
-const math = Math;
-const QK_K = 256;
-const GROUP_MAX_EPS = f(1e-15);
-const F01 = f(0.1);
+export const f = Math.fround;
+export const math = Math;
+export const QK_K = 256;
+export const GROUP_MAX_EPS = f(1e-15);
+export const F01 = f(0.1);
 /** Scratch codes of makeQkx's trial scales (sub-blocks of at most 32); module scope: no allocation per call. */
 const AUX = new Uint8Array(32);
 
 /** nearest_int as ggml computes it: adding 1.5·2²³ in float32 rounds half to even (|x| < 2²², as ggml asserts). */
-const nearestInt = (x: number) => f(x + 12582912) - 12582912;
-type Vec = Float32Array;
+export const nearestInt = (x: number) => f(x + 12582912) - 12582912;
+export type Vec = Float32Array;
 
 /** make_qx_quants with rmse_type 1: symmetric, L[i] = l + nmax in 0..2·nmax−1; weights qw, else x². */
-function makeQx(
+export function makeQx(
   n: number,
   nmax: number,
   x: Vec,
@@ -82,7 +82,7 @@ function makeQx(
 }
 
 /** make_q3_quants with do_rmse: a start from the largest value, then up to 5 passes moving single values. */
-function makeQ3(n: number, nmax: number, x: Vec, xo: number, L: Int8Array, lo: number): number {
+export function makeQ3(n: number, nmax: number, x: Vec, xo: number, L: Int8Array, lo: number): number {
   let max = 0;
   let amax = 0;
   for (let i = 0; i < n; i++) {
@@ -139,7 +139,7 @@ function makeQ3(n: number, nmax: number, x: Vec, xo: number, L: Int8Array, lo: n
  * make_qkx2_quants (and make_qkx3_quants, the same search when given weights): scale and min, L in 0..nmax, trying
  * nstep+1 inverse scales (rmin + rdelta·is + nmax)/(max − min), least squares for each; returns [scale, −min].
  */
-function makeQkx(
+export function makeQkx(
   n: number,
   nmax: number,
   x: Vec,
@@ -219,7 +219,7 @@ function makeQkx(
 }
 
 /** make_qp_quants: non-negative values x (sub-block scales or mins) on 0..nmax, weighted by qw; returns the scale. */
-function makeQp(n: number, nmax: number, x: Vec, L: Uint8Array, qw: Vec): number {
+export function makeQp(n: number, nmax: number, x: Vec, L: Uint8Array, qw: Vec): number {
   let max = 0;
   for (let i = 0; i < n; i++) max = max > x[i] ? max : x[i];
   if (max < GROUP_MAX_EPS) {
@@ -283,275 +283,24 @@ function makeQp(n: number, nmax: number, x: Vec, L: Uint8Array, qw: Vec): number
 }
 
 /** σ² of a super-block as the _impl functions take it: Σx²/256, doubled for Q3_K…Q5_K. */
-function sigma2(x: Vec, xo: number, twice: boolean): number {
+export function sigma2(x: Vec, xo: number, twice: boolean): number {
   let s = 0;
   for (let j = 0; j < QK_K; j++) s = f(s + f(x[xo + j] * x[xo + j]));
   return twice ? f(f(2 * s) / QK_K) : f(s / QK_K);
 }
 
 /** Sub-block weights importance·√(σ² + x²); returns their sum. */
-function impWeights(x: Vec, xo: number, n: number, qw: Vec, s2: number, w: Vec): number {
+export function impWeights(x: Vec, xo: number, n: number, qw: Vec, s2: number, w: Vec): number {
   let sum = 0;
   for (let l = 0; l < n; l++) w[l] = f(qw[xo + l] * f(math.sqrt(f(s2 + f(x[xo + l] * x[xo + l])))));
   for (let l = 0; l < n; l++) sum = f(sum + w[l]);
   return sum;
 }
 
-function packQs2(L: Uint8Array | Int8Array, out: Uint8Array, qs: number): void {
+export function packQs2(L: Uint8Array | Int8Array, out: Uint8Array, qs: number): void {
   for (let j = 0; j < QK_K; j += 128) {
     for (let l = 0; l < 32; l++) {
       out[qs + j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
-    }
-  }
-}
-
-/** Q2_K [16 B scale | min<<4][64 B 2-bit][f16 d][f16 dmin]: quantize_row_q2_K_ref / quantize_row_q2_K_impl. */
-export function encodeQ2K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
-  const L = new Uint8Array(QK_K);
-  const w = new Float32Array(16);
-  const scales = new Float32Array(16);
-  const mins = new Float32Array(16);
-  const sw = new Float32Array(16);
-  const s2 = qw ? sigma2(x, xo, false) : 0;
-  for (let j = 0; j < 16; j++) {
-    const o = xo + 16 * j;
-    if (qw) sw[j] = impWeights(x, o, 16, qw, s2, w);
-    else for (let l = 0; l < 16; l++) w[l] = math.abs(x[o + l]);
-    [scales[j], mins[j]] = qw
-      ? makeQkx(16, 3, x, o, w, L, 16 * j, f(-0.9), f(0.05), 36, false)
-      : makeQkx(16, 3, x, o, w, L, 16 * j, -0.5, F01, 15, true);
-  }
-  if (qw) {
-    const Ls = new Uint8Array(16);
-    const Lm = new Uint8Array(16);
-    putF16(out, at + 80, makeQp(16, 15, scales, Ls, sw));
-    putF16(out, at + 82, makeQp(16, 15, mins, Lm, sw));
-    for (let j = 0; j < 16; j++) out[at + j] = Ls[j] | (Lm[j] << 4);
-  } else {
-    let maxScale = 0;
-    let maxMin = 0;
-    for (let j = 0; j < 16; j++) {
-      if (scales[j] > maxScale) maxScale = scales[j];
-      if (mins[j] > maxMin) maxMin = mins[j];
-    }
-    if (maxScale > 0) {
-      const iscale = f(15 / maxScale);
-      for (let j = 0; j < 16; j++) out[at + j] = nearestInt(f(iscale * scales[j]));
-    }
-    putF16(out, at + 80, maxScale > 0 ? f(maxScale / 15) : 0);
-    if (maxMin > 0) {
-      const iscale = f(15 / maxMin);
-      for (let j = 0; j < 16; j++) out[at + j] |= nearestInt(f(iscale * mins[j])) << 4;
-    }
-    putF16(out, at + 82, maxMin > 0 ? f(maxMin / 15) : 0);
-  }
-  const d = getF16(out, at + 80);
-  const dmin = getF16(out, at + 82);
-  for (let j = 0; j < 16; j++) {
-    const dj = f(d * (out[at + j] & 0xf));
-    if (!dj) continue;
-    const dm = f(dmin * (out[at + j] >> 4));
-    for (let i = 0; i < 16; i++) L[16 * j + i] = clamp(nearestInt(f(f(x[xo + 16 * j + i] + dm) / dj)), 0, 3);
-  }
-  packQs2(L, out, at + 16);
-}
-
-/** Q3_K [32 B high bits][64 B 2-bit][12 B 6-bit scales][f16 d]: quantize_row_q3_K_ref / quantize_row_q3_K_impl. */
-export function encodeQ3K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
-  const L = new Int8Array(QK_K);
-  const scales = new Float32Array(16);
-  const sc = at + 96;
-  const putScale = (j: number, l: number) => {
-    if (j < 8) out[sc + j] = l & 0xf;
-    else out[sc + j - 8] |= (l & 0xf) << 4;
-    out[sc + (j % 4) + 8] |= (l >> 4) << (2 * math.floor(j / 4));
-  };
-  if (qw) {
-    const w = new Float32Array(16);
-    const sw = new Float32Array(16);
-    const s2 = sigma2(x, xo, true);
-    for (let j = 0; j < 16; j++) {
-      sw[j] = impWeights(x, xo + 16 * j, 16, qw, s2, w);
-      scales[j] = makeQx(16, 4, x, xo + 16 * j, L, 16 * j, w, 0);
-    }
-    const Ls = new Int8Array(16);
-    const dBlock = makeQx(16, 32, scales, 0, Ls, 0, sw, 0);
-    for (let j = 0; j < 16; j++) putScale(j, Ls[j]);
-    putF16(out, at + 108, dBlock);
-  } else {
-    let maxScale = 0;
-    let amax = 0;
-    for (let j = 0; j < 16; j++) {
-      scales[j] = makeQ3(16, 4, x, xo + 16 * j, L, 16 * j);
-      if (math.abs(scales[j]) > amax) {
-        amax = math.abs(scales[j]);
-        maxScale = scales[j];
-      }
-    }
-    if (maxScale) {
-      const iscale = f(-32 / maxScale);
-      for (let j = 0; j < 16; j++) putScale(j, clamp((nearestInt(f(iscale * scales[j])) << 24) >> 24, -32, 31) + 32);
-      putF16(out, at + 108, f(1 / iscale));
-    }
-  }
-  const d = getF16(out, at + 108);
-  for (let j = 0; j < 16; j++) {
-    const low = j < 8 ? out[sc + j] & 0xf : out[sc + j - 8] >> 4;
-    const s = (low | (((out[sc + 8 + (j % 4)] >> (2 * math.floor(j / 4))) & 3) << 4)) - 32;
-    const dj = f(d * s);
-    if (!dj) continue;
-    for (let i = 0; i < 16; i++) L[16 * j + i] = clamp(nearestInt(f(x[xo + 16 * j + i] / dj)), -4, 3) + 4;
-  }
-  let m = 0;
-  let hbit = 1;
-  for (let j = 0; j < QK_K; j++) {
-    if (L[j] > 3) {
-      out[at + m] |= hbit;
-      L[j] -= 4;
-    }
-    if (++m === 32) {
-      m = 0;
-      hbit <<= 1;
-    }
-  }
-  packQs2(L, out, at + 32);
-}
-
-/** Q4_K / Q5_K scales, mins and codes L (0..nmax) of 8 sub-blocks of 32; writes d, dmin and the 12 scale bytes. */
-function scalesK45(
-  t: KType,
-  x: Vec,
-  xo: number,
-  out: Uint8Array,
-  at: number,
-  qw: Vec | undefined,
-  L: Uint8Array,
-): void {
-  const five = t === 'Q5_K';
-  const nmax = five ? 31 : 15;
-  const w = new Float32Array(32);
-  const scales = new Float32Array(8);
-  const mins = new Float32Array(8);
-  const sw = new Float32Array(8);
-  const ls = new Uint8Array(8);
-  const lm = new Uint8Array(8);
-  const s2 = qw ? sigma2(x, xo, true) : 0;
-  for (let j = 0; j < 8; j++) {
-    const o = xo + 32 * j;
-    if (qw) {
-      sw[j] = impWeights(x, o, 32, qw, s2, w);
-      [scales[j], mins[j]] = makeQkx(32, nmax, x, o, w, L, 32 * j, f(-0.9), f(0.05), 36, false);
-      continue;
-    }
-    let sum2 = 0;
-    for (let l = 0; l < 32; l++) sum2 = f(sum2 + f(x[o + l] * x[o + l]));
-    const av = f(math.sqrt(f(sum2 / 32)));
-    for (let l = 0; l < 32; l++) w[l] = f(av + math.abs(x[o + l]));
-    [scales[j], mins[j]] = makeQkx(32, nmax, x, o, w, L, 32 * j, five ? -0.5 : -1, F01, five ? 15 : 20, false);
-  }
-  if (qw) {
-    putF16(out, at, makeQp(8, 63, scales, ls, sw));
-    putF16(out, at + 2, makeQp(8, 63, mins, lm, sw));
-    if (five) for (let j = 0; j < 8; j++) [ls[j], lm[j]] = [math.min(63, ls[j]), math.min(63, lm[j])];
-  } else {
-    let maxScale = 0;
-    let maxMin = 0;
-    for (let j = 0; j < 8; j++) {
-      if (scales[j] > maxScale) maxScale = scales[j];
-      if (mins[j] > maxMin) maxMin = mins[j];
-    }
-    const invScale = maxScale > 0 ? f(63 / maxScale) : 0;
-    const invMin = maxMin > 0 ? f(63 / maxMin) : 0;
-    for (let j = 0; j < 8; j++) {
-      ls[j] = nearestInt(f(invScale * scales[j]));
-      lm[j] = nearestInt(f(invMin * mins[j]));
-      ls[j] = math.min(63, ls[j]);
-      lm[j] = math.min(63, lm[j]);
-    }
-    putF16(out, at, f(maxScale / 63));
-    putF16(out, at + 2, f(maxMin / 63));
-  }
-  packScalesK4(ls, lm, out, at + 4);
-  const d = getF16(out, at);
-  const dmin = getF16(out, at + 2);
-  for (let j = 0; j < 8; j++) {
-    const [sc, m] = scaleMinK4(j, out, at + 4);
-    const dj = f(d * sc);
-    if (!dj) continue;
-    const dm = f(dmin * m);
-    for (let i = 0; i < 32; i++) L[32 * j + i] = clamp(nearestInt(f(f(x[xo + 32 * j + i] + dm) / dj)), 0, nmax);
-  }
-}
-
-/** Q4_K [f16 d][f16 dmin][12 B scales][128 B 4-bit]; Q5_K adds [32 B high bits] before the 4-bit part. */
-export function encodeQ45K(t: KType, x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
-  const L = new Uint8Array(QK_K);
-  scalesK45(t, x, xo, out, at, qw, L);
-  if (t === 'Q4_K') {
-    const qs = at + 16;
-    for (let j = 0; j < QK_K; j += 64) {
-      for (let l = 0; l < 32; l++) out[qs + j / 2 + l] = L[j + l] | (L[j + l + 32] << 4);
-    }
-    return;
-  }
-  const qh = at + 16;
-  const qs = at + 48;
-  let m1 = 1;
-  let m2 = 2;
-  for (let n = 0; n < QK_K; n += 64) {
-    for (let j = 0; j < 32; j++) {
-      let l1 = L[n + j];
-      if (l1 > 15) {
-        l1 -= 16;
-        out[qh + j] |= m1;
-      }
-      let l2 = L[n + j + 32];
-      if (l2 > 15) {
-        l2 -= 16;
-        out[qh + j] |= m2;
-      }
-      out[qs + n / 2 + j] = l1 | (l2 << 4);
-    }
-    m1 <<= 2;
-    m2 <<= 2;
-  }
-}
-
-/** Q6_K [128 B low 4 bits][64 B high 2 bits][16 × i8 scales][f16 d]: quantize_row_q6_K_ref / _impl. */
-export function encodeQ6K(x: Vec, xo: number, out: Uint8Array, at: number, qw: Vec | undefined): void {
-  const L = new Int8Array(QK_K);
-  const scales = new Float32Array(16);
-  let maxScale = 0;
-  let maxAbs = 0;
-  for (let j = 0; j < 16; j++) {
-    scales[j] = makeQx(16, 32, x, xo + 16 * j, L, 16 * j, qw ?? null, xo + 16 * j);
-    if (math.abs(scales[j]) > maxAbs) {
-      maxAbs = math.abs(scales[j]);
-      maxScale = scales[j];
-    }
-  }
-  if (maxAbs < GROUP_MAX_EPS) return; // all zero: codes, scales and d 0
-  const sc = at + 192;
-  const iscale = f(-128 / maxScale);
-  putF16(out, at + 208, f(1 / iscale));
-  for (let j = 0; j < 16; j++) out[sc + j] = math.min(127, nearestInt(f(iscale * scales[j])));
-  const d = getF16(out, at + 208);
-  for (let j = 0; j < 16; j++) {
-    const dj = f(d * ((out[sc + j] << 24) >> 24));
-    if (!dj) continue;
-    for (let i = 0; i < 16; i++) L[16 * j + i] = clamp(nearestInt(f(x[xo + 16 * j + i] / dj)), -32, 31) + 32;
-  }
-  for (let j = 0; j < QK_K; j += 128) {
-    const b = at + j / 2;
-    const h = at + 128 + j / 4;
-    for (let l = 0; l < 32; l++) {
-      const q1 = L[j + l];
-      const q2 = L[j + l + 32];
-      const q3 = L[j + l + 64];
-      const q4 = L[j + l + 96];
-      out[b + l] = (q1 & 0xf) | ((q3 & 0xf) << 4);
-      out[b + l + 32] = (q2 & 0xf) | ((q4 & 0xf) << 4);
-      out[h + l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
     }
   }
 }

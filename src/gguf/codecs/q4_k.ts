@@ -1,8 +1,7 @@
 /** Q4_K: super-blocks of 256, [f16 d][f16 dmin][12 B 6-bit scales and mins][128 B 4-bit], 8 sub-blocks of 32. */
 import type { BlockCodec } from './codec';
 import { QK_K } from './common';
-import { encodeQ45K } from './kquants';
-import { decodeK4 } from './k4';
+import { decodeK4, encodeQ45K } from './k4';
 
 export const Q4_K: BlockCodec = {
   kind: 'block',

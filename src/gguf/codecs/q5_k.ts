@@ -4,8 +4,7 @@
  */
 import type { BlockCodec } from './codec';
 import { QK_K } from './common';
-import { encodeQ45K } from './kquants';
-import { decodeK4 } from './k4';
+import { decodeK4, encodeQ45K } from './k4';
 
 export const Q5_K: BlockCodec = {
   kind: 'block',
