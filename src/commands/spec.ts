@@ -1,9 +1,8 @@
 /**
  * One spec per command: its name, summary, arguments, options (type, default, validation), examples, run and the
  * format of its text output. Each src/commands/<verb>.ts exports its spec; the CLI (src/cli.ts), the recipe schema
- * and recipe validation (src/commands/recipe.ts) and recipe execution (src/commands/run.ts) are derived from them, so
- * an
- * option is declared once. Nothing here imports commander: only src/cli.ts does.
+ * and recipe validation (src/commands/recipe.ts) and recipe execution (src/commands/run.ts) are derived from them,
+ * so an option is declared once. Nothing here imports commander: only src/cli.ts does.
  *
  * Values arrive as text (a CLI flag, or a recipe value turned into text) and go through the same parser, so the CLI
  * and a recipe accept and refuse the same values. Defaults are written as the CLI shows them ("2048", "5GB").

@@ -295,8 +295,7 @@ export class TensorReader {
   }
 
   /**
-   * Selected rows of a 2-D floating tensor (embedding lookups): [ids.length, cols], one positioned read per distinct
-   * id.
+   * Selected rows of a 2-D floating tensor (embedding lookups): [ids.length, cols], one read per distinct id.
    */
   gatherF32(name: string, ids: ArrayLike<number>): Float32Array {
     const t = this.ref(name);

@@ -107,8 +107,7 @@ export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
   const n = bytes.byteLength / size;
   const out = new Float32Array(n);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  // Fast paths: typed-array views need aligned offsets (and this code assumes a little-endian host, as x86 and ARM
-  // are).
+  // Fast paths: typed-array views need aligned offsets (and this code assumes a little-endian host: x86, ARM).
   const aligned = bytes.byteOffset % size === 0;
   switch (dtype) {
     case 'F32':

@@ -171,8 +171,7 @@ export class OutputFolder {
   }
 
   /**
-   * A record of what a command did (moe-*.json, stats.json): without wall-clock timings, so equal runs write equal
-   * bytes.
+   * A record of what a command did (moe-*.json, stats.json): no wall-clock timings, so equal runs write equal bytes.
    */
   writeRecord(name: string, value: unknown): void {
     this.writeJson(name, withoutTimings(value));

@@ -9,8 +9,7 @@ import { CheckpointError } from '../errors';
 import { openCheckpoint } from './checkpoint';
 
 /**
- * The weight files of a model: a .gguf file itself; in a folder, the shards its checkpoint reads, or else its one
- * .gguf.
+ * The weight files of a model: a .gguf file itself; in a folder, the shards its checkpoint reads, else its .gguf.
  */
 export function weightFiles(model: string): string[] {
   if (fs.statSync(model).isFile()) return [model];

@@ -73,8 +73,7 @@ describe('moe quantize --layers + moe assemble', () => {
     const dir = tmpDir();
     const model = await makeSynth('mixtral', path.join(dir, 'model'), { dtype: 'BF16', set: { num_hidden_layers: 6 } });
     const args = ['--bits', '4', '--method', 'rtn', '--threads', '2', '--max-shard-size', '50KB'];
-    // The built CLI (a child process): under jest, src/ has no compiled rtn-worker.js, so runMain would not use the
-    // workers.
+    // The built CLI (a child process): under jest, src/ has no compiled rtn-worker.js for runMain's workers.
     const run = async (extra: string[]) => {
       const r = runCli(['quantize', model, ...args, ...extra]);
       expect(r.code).toBe(0);

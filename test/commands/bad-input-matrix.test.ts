@@ -487,8 +487,7 @@ const writers = (pick: (w: Writer) => boolean) =>
   Object.entries(WRITERS).filter(([, w]) => pick(w)) as [string, Writer][];
 
 /**
- * A recipe whose output is `dest` (moe run resumes into an existing output folder, so it is only in the unwritable
- * cases).
+ * A recipe whose output is `dest` (moe run resumes into an existing output folder: only the unwritable cases).
  */
 function runArgs(dest: string): string[] {
   const f = path.join(tmpDir(), 'recipe.yaml');

@@ -282,8 +282,7 @@ export class ForwardPass {
   }
 
   /**
-   * Per-row logit statistics over the whole vocabulary (Backend.logitStats per block): the logits never leave the
-   * backend.
+   * Per-row logit statistics over the whole vocabulary (Backend.logitStats per block); logits stay in the backend.
    */
   async headStats(
     hidden: Float32Array,
