@@ -65,17 +65,22 @@ export interface InspectOptions {
   model: string;
 }
 
-export function inspect(opts: InspectOptions): InspectReport {
-  if (isGgufPath(opts.model)) return inspectGguf(opts.model);
-  const ckpt = openCheckpoint(opts.model);
-  const arch = loadArchitecture(ckpt);
-  const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({
+/** One empty summary per decoder layer (params and bytes are added as the tensors are read). */
+function layerSummaries(arch: Architecture): LayerSummary[] {
+  return [...Array(arch.numLayers).keys()].map((index) => ({
     index,
     kind: arch.isMoeLayer(index) ? 'moe' : 'dense',
     experts: arch.isMoeLayer(index) ? arch.numExperts : 0,
     params: 0,
     bytes: 0,
   }));
+}
+
+export function inspect(opts: InspectOptions): InspectReport {
+  if (isGgufPath(opts.model)) return inspectGguf(opts.model);
+  const ckpt = openCheckpoint(opts.model);
+  const arch = loadArchitecture(ckpt);
+  const layers = layerSummaries(arch);
   const dtypes: Record<string, DTypeStats> = {};
   let paramsTotal = 0;
   let paramsExperts = 0;
@@ -144,13 +149,7 @@ function inspectGguf(file: string): InspectReport {
   const g = openGgufModel(file);
   g.reader.close();
   const arch = g.arch;
-  const layers: LayerSummary[] = [...Array(arch.numLayers).keys()].map((index) => ({
-    index,
-    kind: arch.isMoeLayer(index) ? 'moe' : 'dense',
-    experts: arch.isMoeLayer(index) ? arch.numExperts : 0,
-    params: 0,
-    bytes: 0,
-  }));
+  const layers = layerSummaries(arch);
   const dtypes: Record<string, DTypeStats> = {};
   let [params, bytes, paramsExperts, bytesExperts] = [0, 0, 0, 0];
   for (const t of g.tensors) {

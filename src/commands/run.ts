@@ -250,7 +250,9 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
   prepareRun(recipe, opts);
   const backend = opts.backend ?? (recipe.backend as BackendName | undefined);
   let model = recipe.model;
-  let modelK = modelKey(model);
+  // The original's key, computed once: eval steps compare against the original, whatever the model they receive.
+  const originalK = modelKey(recipe.model);
+  let modelK = originalK;
   let stats: { dir: string; key: string; forModel: string } | undefined;
   const reports: StepReport[] = [];
   // One bar for the whole recipe; each step's own phases show below it.
@@ -272,7 +274,7 @@ export async function run(file: string, ctx: Context, opts: RunOptions = {}): Pr
       model: modelK,
       stats: useStats?.key ?? null,
       backend: backend ?? null,
-      original: s.kind === 'eval' ? modelKey(recipe.model) : null,
+      original: s.kind === 'eval' ? originalK : null,
     });
     const input: StepInput = {
       model,
