@@ -51,6 +51,21 @@ export interface RoutingRule {
   correctionBias: boolean;
 }
 
+/** Softmax over the router logits, top-k, no groups, no scaling (Mixtral, Qwen2/3-MoE, OLMoE). */
+export function softmaxTopK(topK: number, normTopK: boolean): RoutingRule {
+  return {
+    scoring: 'softmax',
+    topK,
+    normTopK,
+    nGroup: 1,
+    topkGroup: 1,
+    groupScore: 'max',
+    groupMask: 'zero',
+    scalingFactor: 1,
+    correctionBias: false,
+  };
+}
+
 export abstract class Architecture {
   abstract readonly modelType: string;
   /** The expert-count key written when the config holds none (never happens for real checkpoints). */

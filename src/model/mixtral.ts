@@ -5,11 +5,12 @@ import {
   ArchitectureFamily,
   gqaAttention,
   gqaGgufTensors,
+  linear,
   Proj,
   RoutingRule,
+  softmaxTopK,
   SYNTH_COMMON,
   TensorSpec,
-  linear,
 } from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
@@ -33,17 +34,7 @@ export class Mixtral extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return {
-      scoring: 'softmax',
-      topK: this.topK,
-      normTopK: true,
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'zero',
-      scalingFactor: 1,
-      correctionBias: false,
-    };
+    return softmaxTopK(this.topK, true);
   }
 
   override moePrefix(layer: number): string {

@@ -10,6 +10,7 @@ import {
   gqaGgufTensors,
   linear,
   RoutingRule,
+  softmaxTopK,
   SYNTH_COMMON,
   TensorSpec,
   vector,
@@ -34,17 +35,7 @@ export class Olmoe extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return {
-      scoring: 'softmax',
-      topK: this.topK,
-      normTopK: this.cfg.bool('norm_topk_prob', false),
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'zero',
-      scalingFactor: 1,
-      correctionBias: false,
-    };
+    return softmaxTopK(this.topK, this.cfg.bool('norm_topk_prob', false));
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {

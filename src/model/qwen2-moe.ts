@@ -13,6 +13,7 @@ import {
   linear,
   mlp,
   RoutingRule,
+  softmaxTopK,
   SYNTH_COMMON,
   TensorSpec,
 } from './arch';
@@ -42,17 +43,7 @@ export class Qwen2Moe extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return {
-      scoring: 'softmax',
-      topK: this.topK,
-      normTopK: this.cfg.bool('norm_topk_prob', false),
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'zero',
-      scalingFactor: 1,
-      correctionBias: false,
-    };
+    return softmaxTopK(this.topK, this.cfg.bool('norm_topk_prob', false));
   }
 
   protected headDim(): number {

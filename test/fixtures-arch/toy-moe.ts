@@ -14,6 +14,7 @@ import {
   linear,
   Proj,
   RoutingRule,
+  softmaxTopK,
   SYNTH_COMMON,
   TensorSpec,
 } from '../../src/model/arch';
@@ -37,17 +38,7 @@ export class ToyMoe extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return {
-      scoring: 'softmax',
-      topK: this.topK,
-      normTopK: true,
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'zero',
-      scalingFactor: 1,
-      correctionBias: false,
-    };
+    return softmaxTopK(this.topK, true);
   }
 
   override moePrefix(layer: number): string {
