@@ -16,7 +16,7 @@ import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '.
 import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
-import { LayerChoice, PRUNE_METHODS, pruneMethod, pruneMethodNames } from '../prune/methods';
+import { LayerChoice, pruneMethod, pruneMethodNames } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
 import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
@@ -174,7 +174,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const method = pruneMethod(opts.method);
   if (!method)
     throw new UsageError(`unknown --method ${JSON.stringify(opts.method)}`, {
-      hint: `use one of ${PRUNE_METHODS.map((m) => m.name).join(', ')}`,
+      hint: `use one of ${pruneMethodNames().join(', ')}`,
     });
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [

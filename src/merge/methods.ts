@@ -7,9 +7,9 @@
  *    of aligned experts.
  *  - average: M-SMoE's groups, plain uniform average, no alignment (a baseline).
  */
-import { InternalError } from '../errors';
 import { hierarchicalGroups, Linkage, memberWeights, msmoeGroups } from './grouping';
 import { MergeMethod, MergeParamDef, MergeParams, Similarity, SIMILARITIES } from './method';
+import { Registry } from '../util/registry';
 
 export type { Similarity } from './method';
 
@@ -89,25 +89,21 @@ const average: MergeMethod = {
   weights: (freq, group) => memberWeights(freq, group.members, true),
 };
 
-/** Every registered merge method, the built-ins first (registerMergeMethod appends). */
-export const MERGE_METHODS: MergeMethod[] = [];
+/** Every registered merge method, the built-ins first, by name. */
+const REGISTRY = new Registry<MergeMethod>('merge method', (m) => m.name);
 
 /** Adds a merge method: `moe merge --method <name>` accepts it from then on (one file and this one call). */
 export function registerMergeMethod(method: MergeMethod): void {
-  if (mergeMethod(method.name)) {
-    const what = `merge method ${JSON.stringify(method.name)} is registered twice`;
-    throw new InternalError(what, { hint: 'give it another name' });
-  }
-  MERGE_METHODS.push(method);
+  REGISTRY.register(method);
 }
 
 export function mergeMethod(name: string): MergeMethod | undefined {
-  return MERGE_METHODS.find((m) => m.name === name);
+  return REGISTRY.get(name);
 }
 
 /** The registered methods' names in registration order: the --method choices. */
 export function mergeMethodNames(): string[] {
-  return MERGE_METHODS.map((m) => m.name);
+  return REGISTRY.keys();
 }
 
 for (const m of [msmoe, hcsmoe, average]) registerMergeMethod(m);

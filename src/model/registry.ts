@@ -3,7 +3,7 @@
  * exports one ArchitectureFamily; adding an architecture is that file and one line in BUILT_IN.
  */
 import * as path from 'node:path';
-import { CheckpointError, InternalError } from '../errors';
+import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
@@ -12,18 +12,17 @@ import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
 import { qwen2Moe } from './qwen2-moe';
 import { qwen3Moe } from './qwen3-moe';
+import { Registry } from '../util/registry';
 
 /** The families built in, in the order they are listed to users. */
 const BUILT_IN: readonly ArchitectureFamily[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, deepseekV2, deepseekV3];
 
 export class ArchitectureRegistry {
-  private readonly byType = new Map<string, ArchitectureFamily>();
+  private readonly byType = new Registry<ArchitectureFamily>('architecture', (f) => f.modelType);
 
   /** Adds a family; a model_type registered twice is a bug. */
   register(family: ArchitectureFamily): this {
-    const type = family.modelType;
-    if (this.byType.has(type)) throw new InternalError(`architecture ${type} is registered twice`);
-    this.byType.set(family.modelType, family);
+    this.byType.register(family);
     return this;
   }
 
@@ -33,11 +32,11 @@ export class ArchitectureRegistry {
 
   /** Every family, in registration order. */
   families(): ArchitectureFamily[] {
-    return [...this.byType.values()];
+    return this.byType.values();
   }
 
   modelTypes(): string[] {
-    return [...this.byType.keys()];
+    return this.byType.keys();
   }
 
   /** The reader of a llama.cpp architecture name (the first family registered with one). */

@@ -11,7 +11,7 @@
  *  - random: a seeded baseline.
  */
 import type { CalibrationStats } from '../calib/stats';
-import { InternalError } from '../errors';
+import { Registry } from '../util/registry';
 import { mulberry32 } from '../util/random';
 import type { ReconstructionProblem } from './reconstruct';
 import { countKeepSets, greedyKeep, keepSets, KeepConstraints, topByScore } from './select';
@@ -92,25 +92,21 @@ const BUILT_IN: PruneMethod[] = [
   },
 ];
 
-/** Every registered pruning method, the built-ins first (registerPruneMethod appends). */
-export const PRUNE_METHODS: PruneMethod[] = [];
+/** Every registered pruning method, the built-ins first, by name. */
+const REGISTRY = new Registry<PruneMethod>('prune method', (m) => m.name);
 
 /** Adds a pruning method: `moe prune --method <name>` accepts it from then on (one file and this one call). */
 export function registerPruneMethod(method: PruneMethod): void {
-  if (pruneMethod(method.name)) {
-    const what = `prune method ${JSON.stringify(method.name)} is registered twice`;
-    throw new InternalError(what, { hint: 'give it another name' });
-  }
-  PRUNE_METHODS.push(method);
+  REGISTRY.register(method);
 }
 
 export function pruneMethod(name: string): PruneMethod | undefined {
-  return PRUNE_METHODS.find((m) => m.name === name);
+  return REGISTRY.get(name);
 }
 
 /** The registered methods' names in registration order: the --method choices. */
 export function pruneMethodNames(): string[] {
-  return PRUNE_METHODS.map((m) => m.name);
+  return REGISTRY.keys();
 }
 
 for (const m of BUILT_IN) registerPruneMethod(m);

@@ -11,8 +11,8 @@ import { BACKEND_NAMES } from '../../src/backend';
 import { buildCli, commandOptions, COMMANDS } from '../../src/cli';
 import { choicesOf, CommandSpec, longName, OptionSpec, optionKey, recipeKey } from '../../src/commands/spec';
 import { UsageError } from '../../src/errors';
-import { MERGE_METHODS } from '../../src/merge/methods';
-import { PRUNE_METHODS } from '../../src/prune/methods';
+import { mergeMethodNames } from '../../src/merge/methods';
+import { pruneMethod, pruneMethodNames, registerPruneMethod } from '../../src/prune/methods';
 import { loadRecipe, STEP_SPECS, StepKind, stepOptionSpecs, stepValues } from '../../src/commands/recipe';
 import { PRESETS } from '../../src/synth/presets';
 import { ROOT, tmpDir } from '../helpers';
@@ -166,8 +166,8 @@ describe('choices come from the registries', () => {
 
   test('--method of prune and merge, --backend everywhere, --arch of synth', () => {
     const cli = buildCli();
-    expect(option(command(cli, 'prune'), '--method')!.argChoices).toEqual(PRUNE_METHODS.map((m) => m.name));
-    expect(option(command(cli, 'merge'), '--method')!.argChoices).toEqual(MERGE_METHODS.map((m) => m.name));
+    expect(option(command(cli, 'prune'), '--method')!.argChoices).toEqual(pruneMethodNames());
+    expect(option(command(cli, 'merge'), '--method')!.argChoices).toEqual(mergeMethodNames());
     const withBackend = cli.commands.filter((c) => option(c, '--backend'));
     expect(withBackend.map((c) => c.name()).sort()).toEqual([
       'calibrate',
@@ -190,15 +190,10 @@ describe('choices come from the registries', () => {
   });
 
   test('a method registered at run time is a choice of the CLI and of recipes', () => {
-    PRUNE_METHODS.push({ ...PRUNE_METHODS[0], name: 'test-method' });
-    try {
-      expect(option(command(buildCli(), 'prune'), '--method')!.argChoices).toContain('test-method');
-      expect(loadRecipe(recipeFile('prune', { method: 'test-method' }).file).steps[1].options.method).toBe(
-        'test-method',
-      );
-    } finally {
-      PRUNE_METHODS.pop();
-    }
+    // Registered for the rest of this file (jest gives each test file its own modules).
+    registerPruneMethod({ ...pruneMethod('frequency')!, name: 'test-method' });
+    expect(option(command(buildCli(), 'prune'), '--method')!.argChoices).toContain('test-method');
+    expect(loadRecipe(recipeFile('prune', { method: 'test-method' }).file).steps[1].options.method).toBe('test-method');
   });
 });
 
