@@ -29,19 +29,17 @@ import { loadPart } from '../gguf/load';
 import {
   buildGgufPlan,
   chooseTypes,
-  DEFAULT_GGUF_MENU,
   encodeTensor,
   GgufPlan,
   GgufTensorReport,
   PartLoader,
   typeErrors,
 } from '../gguf/plan';
-import type { GgmlType } from '../gguf/quants';
+import { DEFAULT_GGUF_MENU, GgmlType } from '../gguf/quants';
 import { vocabMetadata } from '../gguf/vocab';
 import { GgufTensorPlan, GgufWriter } from '../gguf/writer';
 
-export { GGUF_TYPES, parseGgmlType } from '../gguf/quants';
-export { DEFAULT_GGUF_MENU } from '../gguf/plan';
+export { DEFAULT_GGUF_MENU, GGUF_TYPES, parseGgmlType } from '../gguf/quants';
 export type { GgufTensorReport } from '../gguf/plan';
 
 export interface GgufOptions {

@@ -39,7 +39,7 @@ import { DEFAULT_MAX_SHARD_BYTES, ShardedWriter } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import type { GgufOptions, GgufReport } from './gguf';
-import { GgmlType, parseGgmlType } from '../gguf/quants';
+import { DEFAULT_GGUF_MENU, GgmlType, parseGgmlType } from '../gguf/quants';
 import { parseBitChoices } from '../quant/plan';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output, Values } from './spec';
 
@@ -657,7 +657,7 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
       flag: '--bit-choices <list>',
       type: 'list',
       parse: bitChoices,
-      default: '2,3,4,8',
+      default: DEFAULT_BIT_CHOICES.join(','),
       description: 'bit-widths the allocation may choose',
     },
     {
@@ -732,7 +732,7 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
       flag: '--type-menu <list>',
       type: 'list',
       parse: typeMenu,
-      default: 'q2_k,q3_k,q4_k,q5_k,q6_k,q8_0',
+      default: DEFAULT_GGUF_MENU.join(',').toLowerCase(),
       description: 'gguf with --allocate lp: the types the LP may choose',
     },
     {

@@ -19,7 +19,6 @@ import {
 } from './quants';
 import type { GgufTensorPlan } from './writer';
 
-export const DEFAULT_GGUF_MENU: GgmlType[] = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q8_0'];
 /**
  * Under the LP, the embeddings and the output head (no imatrix: a lookup, and a product moe calibrate does not
  * record) take llama-quantize's Q4_K_M choices, Q4_K and Q6_K, and their bits count against the budget.

@@ -13,6 +13,9 @@ export type { GgmlType } from './codecs/index';
 /** Every type moe writes, in the order the CLI lists them. */
 export const GGUF_TYPES: GgmlType[] = CODECS.map((c) => c.type);
 
+/** The types `--allocate lp` may choose from unless --type-menu says otherwise. */
+export const DEFAULT_GGUF_MENU: GgmlType[] = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q8_0'];
+
 /** ggml's type ids (enum ggml_type), in id order. */
 export const GGML_TYPE_ID = Object.fromEntries(
   [...CODECS].sort((a, b) => a.id - b.id).map((c) => [c.type, c.id]),
