@@ -88,7 +88,14 @@ export function encodeHeader(
   return { header, dataBytes: at };
 }
 
-export class ShardedWriter {
+/** What writes a checkpoint's tensors in plan order: ShardedWriter, or a writer that re-lays them out (fused experts). */
+export interface TensorSink {
+  write(name: string, bytes: Uint8Array): void;
+  writeChunks(name: string, pieces: Iterable<Uint8Array>): void;
+  finish(): WrittenCheckpoint;
+}
+
+export class ShardedWriter implements TensorSink {
   private state: 'ready' | 'writing' | 'finished' | 'failed' = 'ready';
   private readonly shards: Shard[];
   private readonly order: { shard: number; tensor: PlannedTensor }[] = [];

@@ -5,7 +5,10 @@
  * orientation [out, in]), so a fused checkpoint is opened as per-expert views of its stored tensors (one expert is
  * read at a time, by positioned reads of its slice) and written back fused from per-expert tensors.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { CheckpointError } from '../errors';
+import { PlannedTensor, ShardedWriter, TensorSink, WrittenCheckpoint, WriterOptions } from '../io/writer';
 import type { Checkpoint } from '../io/checkpoint';
 import { dtypeBytes } from '../io/dtype';
 import type { SliceView, TensorRef } from '../io/safetensors';
@@ -89,6 +92,14 @@ function viewsOf(arch: Architecture, f: FusedTensor, t: TensorRef, e: number, in
 export function applyFusedViews(ckpt: Checkpoint, arch: Architecture): void {
   const layout = arch.fusedExperts;
   if (!layout || ckpt.stored) return;
+  // moe's packed format keeps one tensor per expert: such a checkpoint is already in the per-expert form.
+  const first = arch.moeLayers[0];
+  if (
+    first !== undefined &&
+    !ckpt.tensors.has(layout.gateUp(first)) &&
+    ckpt.tensors.has(arch.expertKey(first, 0, 'gate'))
+  )
+    return;
   const E = arch.numExperts;
   const H = arch.hidden;
   const I = arch.expertWidth;
@@ -202,12 +213,7 @@ export function fuseOutput(arch: Architecture, items: LogicalOut[], experts: num
     const size = dtypeBytes(first.dtype);
     const slice = (e: number) => membersOf(arch, f, e).map((m) => byName.get(m)!);
     const perExpert = first.shape.reduce((a, b) => a * b, 1) * (f.kind === 'gateUp' || f.kind === 'gateUpBias' ? 2 : 1);
-    const rest = {
-      gateUp: [arch.hidden, 2 * arch.expertWidth],
-      gateUpBias: [2 * arch.expertWidth],
-      down: [arch.expertWidth, arch.hidden],
-      downBias: [arch.hidden],
-    }[f.kind];
+    const rest = sliceShape(arch, f);
     if (rest.reduce((a, b) => a * b, 1) !== perExpert)
       throw new Error(`fuseOutput: ${f.name} members do not fill a slice`);
     out.push({
@@ -223,4 +229,126 @@ export function fuseOutput(arch: Architecture, items: LogicalOut[], experts: num
     });
   }
   return out;
+}
+
+/** Where a staged per-expert tensor's bytes are in the staging file. */
+interface Staged {
+  at: number;
+  bytes: number;
+}
+
+const STAGING_FILE = '.moe-fusing';
+
+/**
+ * A TensorSink for commands that write per-expert tensors in checkpoint order (quantize, convert) when the model
+ * stores its experts fused: the members of a stored tensor are staged in a file beside the shards as they come,
+ * and the stored tensor is written, one expert's slice at a time, once its last member has arrived (where it is
+ * planned). Memory stays one expert; the staging file holds at most the experts of one layer and is removed.
+ */
+export class FusingWriter implements TensorSink {
+  private readonly inner: ShardedWriter;
+  private readonly owner = new Map<string, FusedTensor>();
+  private readonly fused = new Map<string, { f: FusedTensor; dtype: DType }>();
+  private readonly staged = new Map<string, Staged>();
+  private readonly staging: string;
+  private fd: number | undefined;
+  private end = 0;
+
+  constructor(
+    private readonly dir: string,
+    private readonly arch: Architecture,
+    plan: PlannedTensor[],
+    opts: WriterOptions,
+    private readonly experts = arch.numExperts,
+  ) {
+    const layout = arch.fusedExperts;
+    if (!layout) throw new Error('FusingWriter: the architecture does not fuse its experts');
+    const logical = new Map(plan.map((t) => [t.name, t]));
+    const last = new Map<string, string>();
+    for (const layer of arch.moeLayers)
+      for (const f of storedTensors(layout, layer))
+        for (let e = 0; e < experts; e++)
+          for (const m of membersOf(arch, f, e)) {
+            this.owner.set(m, f);
+            last.set(f.name, m);
+          }
+    const stored: PlannedTensor[] = [];
+    for (const t of plan) {
+      const f = this.owner.get(t.name);
+      if (!f) stored.push(t);
+      else if (last.get(f.name) === t.name) {
+        const first = logical.get(membersOf(arch, f, 0)[0])!;
+        this.fused.set(f.name, { f, dtype: first.dtype });
+        stored.push({ name: f.name, dtype: first.dtype, shape: [experts, ...sliceShape(arch, f)] });
+      }
+    }
+    this.inner = new ShardedWriter(dir, stored, opts);
+    this.staging = path.join(dir, STAGING_FILE);
+  }
+
+  write(name: string, bytes: Uint8Array): void {
+    this.writeChunks(name, [bytes]);
+  }
+
+  writeChunks(name: string, pieces: Iterable<Uint8Array>): void {
+    if (!this.owner.has(name)) {
+      this.inner.writeChunks(name, pieces);
+      return;
+    }
+    this.fd ??= fs.openSync(this.staging, 'w+');
+    const at = this.end;
+    for (const p of pieces) {
+      fs.writeSync(this.fd, p, 0, p.byteLength, this.end);
+      this.end += p.byteLength;
+    }
+    this.staged.set(name, { at, bytes: this.end - at });
+    this.flush();
+  }
+
+  /** Writes every stored tensor that is due next and whose members are all staged. */
+  private flush(): void {
+    for (let next = this.inner.expected(); next && this.fused.has(next.name); next = this.inner.expected()) {
+      const { f } = this.fused.get(next.name)!;
+      const members = (e: number) => membersOf(this.arch, f, e);
+      if (![...Array(this.experts).keys()].every((e) => members(e).every((m) => this.staged.has(m)))) return;
+      const size = dtypeBytes(next.dtype);
+      const { hidden, expertWidth } = this.arch;
+      const interleaved = this.arch.fusedExperts!.interleaved;
+      const read = (m: string) => {
+        const s = this.staged.get(m)!;
+        const buf = new Uint8Array(s.bytes);
+        fs.readSync(this.fd!, buf, 0, s.bytes, s.at);
+        this.staged.delete(m);
+        return buf;
+      };
+      const self = this;
+      this.inner.writeChunks(
+        next.name,
+        (function* () {
+          for (let e = 0; e < self.experts; e++)
+            yield fuseSlice(f, members(e).map(read), size, hidden, expertWidth, interleaved);
+        })(),
+      );
+      if (this.staged.size === 0) {
+        fs.ftruncateSync(this.fd!, 0);
+        this.end = 0;
+      }
+    }
+  }
+
+  finish(): WrittenCheckpoint {
+    this.flush();
+    if (this.fd !== undefined) {
+      fs.closeSync(this.fd);
+      fs.rmSync(this.staging, { force: true });
+      this.fd = undefined;
+    }
+    return this.inner.finish();
+  }
+}
+
+/** One expert's slice shape of a stored fused tensor. */
+function sliceShape(arch: Architecture, f: FusedTensor): number[] {
+  const [H, I] = [arch.hidden, arch.expertWidth];
+  return { gateUp: [H, 2 * I], gateUpBias: [2 * I], down: [I, H], downBias: [H] }[f.kind];
 }

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { fromFloat32 } from '../../src/io/dtype';
 import { FusedExpertLayout, Proj } from '../../src/model/arch';
-import { applyFusedViews, FusedOut, fuseOutput, LogicalOut } from '../../src/model/fused';
+import { applyFusedViews, FusedOut, fuseOutput, FusingWriter, LogicalOut } from '../../src/model/fused';
 import { ToyMoe } from '../fixtures-arch/toy-moe';
 import { tmpDir } from './../helpers';
 import { ShardedWriter } from '../../src/io/writer';
@@ -147,6 +147,31 @@ describe.each([true, false])('fused experts (interleaved %s)', (interleaved) => 
       expect(t).toBeGreaterThanOrEqual(0);
     }
   });
+});
+
+test('FusingWriter: per-expert tensors written in checkpoint order come out fused, byte for byte', () => {
+  const src = tmpDir('moe-fused-src-');
+  writeStored(src, 'BF16');
+  const ckpt = openCheckpoint(src);
+  const arch = new FusedToy(ckpt.config, ckpt.dir, layoutOf(true));
+  applyFusedViews(ckpt, arch);
+  const reader = new TensorReader(ckpt);
+  const dest = tmpDir('moe-fused-out-');
+  const plan = [...ckpt.tensors.values()].map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape }));
+  const w = new FusingWriter(dest, arch, plan, { maxShardBytes: 1e9 });
+  for (const t of plan) w.write(t.name, reader.bytes(t.name));
+  w.finish();
+  expect(fs.readdirSync(dest)).toEqual(['model.safetensors']);
+  fs.writeFileSync(path.join(dest, 'config.json'), JSON.stringify(config));
+  const again = openCheckpoint(dest);
+  const r2 = new TensorReader(again);
+  for (const [name] of stored) {
+    const a = ckpt.stored!.get(name)!;
+    expect(again.tensors.get(name)!.shape).toEqual(a.shape);
+    expect(Buffer.from(r2.bytes(name)).equals(Buffer.concat([0, 1, 2].map((e) => reader.rawSlice(a, e))))).toBe(true);
+  }
+  r2.close();
+  reader.close();
 });
 
 test('a stored fused tensor of the wrong shape is refused with its name', () => {
