@@ -88,7 +88,7 @@ export function encodeHeader(
   return { header, dataBytes: at };
 }
 
-/** What writes a checkpoint's tensors in plan order: ShardedWriter, or a writer that re-lays them out (fused experts). */
+/** What writes a checkpoint's tensors in plan order: ShardedWriter, or one that re-lays them out (fused experts). */
 export interface TensorSink {
   write(name: string, bytes: Uint8Array): void;
   writeChunks(name: string, pieces: Iterable<Uint8Array>): void;

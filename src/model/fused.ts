@@ -321,14 +321,18 @@ export class FusingWriter implements TensorSink {
         this.staged.delete(m);
         return buf;
       };
-      const self = this;
-      this.inner.writeChunks(
-        next.name,
-        (function* () {
-          for (let e = 0; e < self.experts; e++)
-            yield fuseSlice(f, members(e).map(read), size, hidden, expertWidth, interleaved);
-        })(),
-      );
+      const slices: Iterable<Uint8Array> = {
+        [Symbol.iterator]: () => {
+          let e = 0;
+          return {
+            next: () =>
+              e < this.experts
+                ? { done: false, value: fuseSlice(f, members(e++).map(read), size, hidden, expertWidth, interleaved) }
+                : { done: true, value: undefined },
+          };
+        },
+      };
+      this.inner.writeChunks(next.name, slices);
       if (this.staged.size === 0) {
         fs.ftruncateSync(this.fd!, 0);
         this.end = 0;
