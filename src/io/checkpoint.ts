@@ -11,6 +11,7 @@ import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
+import { decodeMxfp4Transposed, foldMxfp4 } from './mxfp4';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -169,7 +170,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  const logical = logicalTensors(headers, tensors);
+  const logical = foldMxfp4(config, logicalTensors(headers, tensors), path.join(abs, 'config.json'));
   checkTensorsNotQuantized(logical);
   return {
     dir: abs,
@@ -249,6 +250,7 @@ export class TensorReader {
   bytes(name: string): Uint8Array {
     const t = this.ref(name);
     if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
+    if (t.mxfp4) return fromFloat32(this.rowsF32(name, 0, t.shape[0]), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -258,6 +260,7 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
+    if (t.mxfp4) throw new RangeError(`bytesInto: ${name} is MXFP4`);
     const n = t.end - t.begin;
     const out = readExact(this.fd(t.file), t.file, t.begin, n, into.subarray(0, n));
     this.ckpt.bytesRead.value += n;
@@ -267,7 +270,7 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed) {
+    if (t.packed || t.mxfp4) {
       yield this.bytes(name);
       return;
     }
@@ -289,6 +292,11 @@ export class TensorReader {
     if (start < 0 || start + count > t.shape[0])
       throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
     if (t.packed) return this.dequantized(t.packed, start, count);
+    if (t.mxfp4) {
+      const out = new Float32Array(count * cols);
+      for (let i = 0; i < count; i++) out.set(this.mxfp4Slice(t, start + i), i * cols);
+      return out;
+    }
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -325,7 +333,38 @@ export class TensorReader {
     if (!isFloatDType(t.dtype))
       throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
     if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
+    if (t.mxfp4) return this.rowsF32(name, 0, t.shape[0]);
     return toFloat32(this.bytes(name), t.dtype);
+  }
+
+  /**
+   * t[index] as float32: the slice along the first axis (one expert [in, out] of a fused expert tensor), read by
+   * positioned reads of that slice only (a fused tensor can exceed RAM).
+   */
+  sliceF32(name: string, index: number): Float32Array {
+    const t = this.ref(name);
+    if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
+      throw new RangeError(`sliceF32: index ${index} outside ${t.name} [${t.shape}]`);
+    if (t.mxfp4) return this.mxfp4Slice(t, index);
+    return this.rowsF32(name, index, 1);
+  }
+
+  /** The stored bytes of part[index] (a slice along the first axis), e.g. one expert's MXFP4 blocks, bit-exact. */
+  rawSlice(part: TensorRef, index: number): Uint8Array {
+    if (!Number.isInteger(index) || index < 0 || index >= part.shape[0])
+      throw new RangeError(`rawSlice: index ${index} outside ${part.name} [${part.shape}]`);
+    const n = (part.end - part.begin) / part.shape[0];
+    const out = readExact(this.fd(part.file), part.file, part.begin + index * n, n);
+    this.ckpt.bytesRead.value += n;
+    return out;
+  }
+
+  /** One expert of an MXFP4 tensor [E, in, out], decoded from its blocks [E, out, in/32, 16] and scales. */
+  private mxfp4Slice(t: TensorRef, index: number): Float32Array {
+    const { blocks, scales } = t.mxfp4!;
+    const [, outDim, groups] = blocks.shape;
+    const b = this.rawSlice(blocks, index);
+    return decodeMxfp4Transposed(b, this.rawSlice(scales, index), outDim, groups);
   }
 
   /** Rows [start, start+count) of a packed weight, dequantized to float32. */

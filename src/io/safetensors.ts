@@ -23,6 +23,8 @@ export interface TensorRef {
   end: number;
   /** Set when the weight is stored quantized (src/io/packed.ts): its parts, read and dequantized by TensorReader. */
   packed?: PackedParts;
+  /** Set when the weight is stored as MXFP4 (src/io/mxfp4.ts): its blocks and scales, decoded by TensorReader. */
+  mxfp4?: { blocks: TensorRef; scales: TensorRef };
 }
 
 /** A packed weight's parameters, from its shard metadata (the layout: src/io/packed.ts). */
