@@ -270,8 +270,13 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed || t.mxfp4) {
+    if (t.packed) {
       yield this.bytes(name);
+      return;
+    }
+    if (t.mxfp4) {
+      // One expert at a time, decoded to the logical dtype: bounded memory whatever the fused tensor's size.
+      for (let e = 0; e < t.shape[0]; e++) yield fromFloat32(this.mxfp4Slice(t, e), t.dtype);
       return;
     }
     const size = dtypeBytes(t.dtype);
