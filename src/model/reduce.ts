@@ -49,7 +49,7 @@ export interface ReducedWrite {
 }
 
 /** An output tensor: a bit-exact copy of `src` (streamed in chunks) or bytes made when the writer reaches it. */
-type OutItem = LogicalOut & { src?: string };
+type OutItem = LogicalOut;
 
 /**
  * Computed experts, made once each when the writer first reaches one of their tensors and dropped when the last is
@@ -168,7 +168,7 @@ export async function writeReduced(
 ): Promise<ReducedWrite> {
   const reader = new TensorReader(ckpt);
   try {
-    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep);
+    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep, { ckpt, reader });
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
     const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
