@@ -12,12 +12,14 @@ import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
 import { OnnxBackend } from '../../src/backend/onnx';
 import { linearRef, RefBackend, swigluRef } from '../../src/backend/ref';
+import { formatInspect, inspect } from '../../src/commands/inspect';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
 import type { AttentionSpec } from '../../src/model/forward/attention';
 import { ForwardObserver, ForwardPass, fullLogits } from '../../src/model/forward/model';
 import type { Routing } from '../../src/model/forward/moe';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
+import { ReconstructionProblem } from '../../src/prune/reconstruct';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, rawHeader, tmpDir } from '../helpers';
 
@@ -129,6 +131,9 @@ describe('the golden gpt_oss checkpoint', () => {
     expect(Math.max(...bias.map(Math.abs))).toBeGreaterThan(0.1);
     const want = linearRef(x, reader.f32('model.layers.1.mlp.router.weight'), n, arch.hidden, E, bias);
     expect(maxDiff(r.logits, want)).toBeLessThan(1e-6);
+    // NAEE's reconstruction problem routes by the same logits
+    const naee = await ReconstructionProblem.build(new RefBackend(), reader, arch, 1, x, n);
+    expect(maxDiff((naee as unknown as { logits: Float32Array }).logits, want)).toBeLessThan(1e-6);
     for (let t = 0; t < n; t++) {
       const sel = Array.from(r.experts.subarray(t * k, (t + 1) * k), (e) => r.logits[t * E + e]);
       const z = sel.reduce((s, v) => s + Math.exp(v - sel[0]), 0);
@@ -185,6 +190,15 @@ describe('the golden gpt_oss checkpoint', () => {
 });
 
 describe('the gpt_oss architecture', () => {
+  test('moe inspect: the stored fused experts are counted as experts, the routing line names the router bias', () => {
+    const r = inspect({ model: DIR });
+    expect(r.params_total).toBe(info.params_total);
+    // per layer: 8 experts × (gate, up [16, 64], down [64, 16] and their biases 16 + 16 + 64)
+    expect(r.params_experts).toBe(3 * 8 * (3 * 16 * 64 + 96));
+    expect(r.extra_tensors).toBe(0);
+    expect(formatInspect(r)).toMatch(/routing\s+softmax, top-4, renormalised, router bias\n/);
+  });
+
   test('reads layer_types, sliding_window and the routing rule from config.json', () => {
     const a = architectureFor(require(path.join(DIR, 'config.json')), DIR);
     expect([0, 1, 2].map((l) => a.slidingWindow(l))).toEqual([4, undefined, 4]);
