@@ -8,6 +8,7 @@ import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
+import { FusingWriter } from '../model/fused';
 import { verifyWritten } from '../model/verify';
 import { withoutPackedConfig } from '../io/packed';
 import type { Context } from '../ui/progress';
@@ -62,7 +63,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
   const ckpt = openCheckpoint(opts.model);
   checkNotInput(opts.output, [{ flag: 'MODEL', path: ckpt.dir }]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
-  loadArchitecture(ckpt);
+  const arch = loadArchitecture(ckpt);
   const sources = [...ckpt.tensors.values()];
   const plan: PlannedTensor[] = sources.map((t) => ({
     name: t.name,
@@ -91,7 +92,10 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     return report;
   }
   await withOutput(opts.output, { force: opts.force, command: 'convert', verify: verifyWritten }, (out) => {
-    const writer = new ShardedWriter(out.tmp, plan, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
+    const options = { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } };
+    const writer = arch.fusedExperts
+      ? new FusingWriter(out.tmp, arch, plan, options)
+      : new ShardedWriter(out.tmp, plan, options);
     const reader = new TensorReader(ckpt);
     const progress = ctx.progress('convert', bytesIn, 'bytes');
     try {

@@ -27,6 +27,7 @@ import type { TensorRef } from '../io/safetensors';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
+import { FusingWriter } from '../model/fused';
 import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
@@ -351,6 +352,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
           o,
           s,
           ckpt,
+          arch,
           refs,
           reader,
           quantizer,
@@ -409,7 +411,14 @@ interface Run {
 async function writeTensors(
   out: OutputFolder,
   plan: QuantPlan,
-  x: Run & { refs: TensorRef[]; reader: TensorReader; quantizer: Quantizer; measure: boolean; ctx: Context },
+  x: Run & {
+    arch: Architecture;
+    refs: TensorRef[];
+    reader: TensorReader;
+    quantizer: Quantizer;
+    measure: boolean;
+    ctx: Context;
+  },
 ): Promise<Map<string, number>> {
   const { o, ckpt } = x;
   const metadata = { ...ckpt.metadata, format: 'pt' };
@@ -421,7 +430,12 @@ async function writeTensors(
         tensorMetadata: plan.tensorMetadata,
       }
     : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata, tensorMetadata: plan.tensorMetadata };
-  const writer = new ShardedWriter(out.tmp, plan.tensors, writerOptions);
+  // A plain checkpoint of a model that stores its experts fused is written fused (transformers' layout); moe's
+  // packed format and --layers parts keep one tensor per expert.
+  const fuse = x.arch.fusedExperts && plan.format === 'dequantized' && !o.layers;
+  const writer = fuse
+    ? new FusingWriter(out.tmp, x.arch, plan.tensors, writerOptions)
+    : new ShardedWriter(out.tmp, plan.tensors, writerOptions);
   const bar = x.ctx.progress(`quantize (${plan.method}, ${x.s.allocate})`, plan.quantizedParams, 'params');
   const costs = await writePlan({
     plan,

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
-import { PackedParts, readExact, readHeader, SafetensorsHeader, TensorRef } from './safetensors';
+import { PackedParts, readExact, readHeader, SafetensorsHeader, SliceView, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
@@ -29,6 +29,10 @@ export interface Checkpoint {
   metadata: Record<string, string>;
   /** Whether the tensors came with a model.safetensors.index.json. */
   indexed: boolean;
+  /**
+   * Stored tensors that `tensors` shows as per-expert views (fused experts, src/model/fused.ts), by stored name.
+   */
+  stored?: Map<string, TensorRef>;
   /** Bytes of files read so far (headers, config, tensors): lets tests prove that planning reads no data. */
   bytesRead: { value: number };
 }
@@ -245,10 +249,11 @@ export class TensorReader {
     return t;
   }
 
-  /** The raw little-endian bytes of a tensor (a packed weight: dequantized, in its original dtype). */
+  /** The raw little-endian bytes of a tensor (a packed weight or a view: decoded, in its logical dtype). */
   bytes(name: string): Uint8Array {
     const t = this.ref(name);
     if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
+    if (t.view) return fromFloat32(this.viewF32(t.view), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -258,6 +263,11 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
+    if (t.view) {
+      const b = this.bytes(name);
+      into.set(b);
+      return into.subarray(0, b.byteLength);
+    }
     const n = t.end - t.begin;
     const out = readExact(this.fd(t.file), t.file, t.begin, n, into.subarray(0, n));
     this.ckpt.bytesRead.value += n;
@@ -267,7 +277,7 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed) {
+    if (t.packed || t.view) {
       yield this.bytes(name);
       return;
     }
@@ -289,6 +299,7 @@ export class TensorReader {
     if (start < 0 || start + count > t.shape[0])
       throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
     if (t.packed) return this.dequantized(t.packed, start, count);
+    if (t.view) return this.viewF32(t.view).slice(start * cols, (start + count) * cols);
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -325,7 +336,45 @@ export class TensorReader {
     if (!isFloatDType(t.dtype))
       throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
     if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
+    if (t.view) return this.viewF32(t.view);
     return toFloat32(this.bytes(name), t.dtype);
+  }
+
+  /** The float32 values of t[index], the slice along the first axis (one expert of a fused tensor). */
+  sliceF32(name: string, index: number): Float32Array {
+    return this.sliceOf(this.ref(name), index);
+  }
+
+  /** The stored bytes of t[index] (a bit-exact copy of one expert of a fused tensor). */
+  rawSlice(t: TensorRef, index: number): Uint8Array {
+    if (t.packed || t.view) throw new RangeError(`rawSlice: ${t.name} is not stored plainly`);
+    const bytes = (t.end - t.begin) / t.shape[0];
+    if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
+      throw new RangeError(`rawSlice: index ${index} outside ${t.name} [${t.shape}]`);
+    const out = readExact(this.fd(t.file), t.file, t.begin + index * bytes, bytes);
+    this.ckpt.bytesRead.value += out.byteLength;
+    return out;
+  }
+
+  private sliceOf(t: TensorRef, index: number): Float32Array {
+    if (t.shape.length < 2) throw new RangeError(`sliceF32: ${t.name} [${t.shape}] has no slices`);
+    return toFloat32(this.rawSlice(t, index), t.dtype);
+  }
+
+  /** A view's values: the slice, its selected columns, transposed when asked. */
+  private viewF32(v: SliceView): Float32Array {
+    const s = this.sliceOf(v.source, v.index);
+    const rest = v.source.shape.slice(1);
+    const b = rest[rest.length - 1];
+    const a = s.length / b;
+    const { start, step, count: n } = v.cols ?? { start: 0, step: 1, count: b };
+    const out = new Float32Array(a * n);
+    if (v.transpose) {
+      for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[j * a + r] = s[r * b + start + j * step];
+    } else {
+      for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[r * n + j] = s[r * b + start + j * step];
+    }
+    return out;
   }
 
   /** Rows [start, start+count) of a packed weight, dequantized to float32. */

@@ -23,6 +23,20 @@ export interface TensorRef {
   end: number;
   /** Set when the weight is stored quantized (src/io/packed.ts): its parts, read and dequantized by TensorReader. */
   packed?: PackedParts;
+  /** Set when the tensor is a view of one slice of a fused tensor (per-expert views: src/model/fused.ts). */
+  view?: SliceView;
+}
+
+/**
+ * One expert's tensor inside a fused tensor whose first axis is the experts: the slice source[index] ([a, b], or
+ * [b] read as [1, b]), then `cols.count` columns, every `cols.step`-th from `cols.start`, then transposed when
+ * `transpose`.
+ */
+export interface SliceView {
+  source: TensorRef;
+  index: number;
+  cols?: { start: number; step: number; count: number };
+  transpose: boolean;
 }
 
 /** A packed weight's parameters, from its shard metadata (the layout: src/io/packed.ts). */

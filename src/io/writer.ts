@@ -88,7 +88,14 @@ export function encodeHeader(
   return { header, dataBytes: at };
 }
 
-export class ShardedWriter {
+/** What writes a checkpoint's tensors in plan order: ShardedWriter, or one that re-lays them out (fused experts). */
+export interface TensorSink {
+  write(name: string, bytes: Uint8Array): void;
+  writeChunks(name: string, pieces: Iterable<Uint8Array>): void;
+  finish(): WrittenCheckpoint;
+}
+
+export class ShardedWriter implements TensorSink {
   private state: 'ready' | 'writing' | 'finished' | 'failed' = 'ready';
   private readonly shards: Shard[];
   private readonly order: { shard: number; tensor: PlannedTensor }[] = [];
@@ -136,29 +143,60 @@ export class ShardedWriter {
 
   /** Writes the next tensor of the plan from pieces, so a huge tensor never has to be whole in memory. */
   writeChunks(name: string, pieces: Iterable<Uint8Array>): void {
+    const slot = this.begin(name);
+    try {
+      let written = 0;
+      for (const bytes of pieces) written = this.put(name, slot.want, written, bytes);
+      this.end(name, slot.want, written);
+    } catch (e) {
+      this.fail();
+      throw e;
+    }
+  }
+
+  /** writeChunks from pieces made asynchronously (e.g. one expert of a fused tensor at a time); `seen` sees each. */
+  async writeAsync(name: string, pieces: AsyncIterable<Uint8Array>, seen?: (p: Uint8Array) => void): Promise<void> {
+    const slot = this.begin(name);
+    try {
+      let written = 0;
+      for await (const bytes of pieces) {
+        seen?.(bytes);
+        written = this.put(name, slot.want, written, bytes);
+      }
+      this.end(name, slot.want, written);
+    } catch (e) {
+      this.fail();
+      throw e;
+    }
+  }
+
+  private begin(name: string): { want: number } {
     if (this.state === 'finished' || this.state === 'failed')
       throw new InternalError(`ShardedWriter: write("${name}") after ${this.state}`);
     const slot = this.order[this.next];
     if (!slot) throw new InternalError(`ShardedWriter: write("${name}") but every planned tensor is written`);
     if (slot.tensor.name !== name)
       throw new InternalError(`ShardedWriter: expected tensor "${slot.tensor.name}" next, got "${name}"`);
-    const want = tensorBytes(slot.tensor);
     this.state = 'writing';
     try {
       if (slot.shard !== this.fdShard) this.openShard(slot.shard);
-      let written = 0;
-      for (const bytes of pieces) {
-        if (written + bytes.byteLength > want)
-          throw new InternalError(`ShardedWriter: "${name}" has more than the ${want} bytes planned`);
-        writeAll(this.fd!, bytes);
-        written += bytes.byteLength;
-      }
-      if (written !== want) throw new InternalError(`ShardedWriter: "${name}" has ${written} bytes, planned ${want}`);
-      if (this.next++ === 0) crashPoint('mid-shard');
     } catch (e) {
       this.fail();
       throw e;
     }
+    return { want: tensorBytes(slot.tensor) };
+  }
+
+  private put(name: string, want: number, written: number, bytes: Uint8Array): number {
+    if (written + bytes.byteLength > want)
+      throw new InternalError(`ShardedWriter: "${name}" has more than the ${want} bytes planned`);
+    writeAll(this.fd!, bytes);
+    return written + bytes.byteLength;
+  }
+
+  private end(name: string, want: number, written: number): void {
+    if (written !== want) throw new InternalError(`ShardedWriter: "${name}" has ${written} bytes, planned ${want}`);
+    if (this.next++ === 0) crashPoint('mid-shard');
   }
 
   /** Closes the last shard and writes the index; every planned tensor must have been written. */

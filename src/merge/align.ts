@@ -183,5 +183,13 @@ export function permuteExpert(w: ExpertWeights, perm: Int32Array, width: number,
     up.set(w.up.subarray(perm[j] * hidden, (perm[j] + 1) * hidden), j * hidden);
   }
   for (let r = 0; r < hidden; r++) for (let j = 0; j < width; j++) down[r * width + j] = w.down[r * width + perm[j]];
-  return { gate, up, down };
+  if (!w.bias) return { gate, up, down };
+  // The gate and up biases belong to the permuted neurons; the down bias is per output and stays.
+  const b = w.bias;
+  const bias = {
+    gate: Float32Array.from(perm, (p) => b.gate[p]),
+    up: Float32Array.from(perm, (p) => b.up[p]),
+    down: b.down,
+  };
+  return { gate, up, down, bias };
 }

@@ -17,6 +17,15 @@ export async function averageExperts(g: MergedGroup, input: GroupInput, align: b
     up: new Float32Array(dominant.up.length),
     down: new Float32Array(dominant.down.length),
   };
+  // Biases merge like the weights: the same member weights, after the same alignment.
+  if (dominant.bias) {
+    const b = dominant.bias;
+    sum.bias = {
+      gate: new Float32Array(b.gate.length),
+      up: new Float32Array(b.up.length),
+      down: new Float32Array(b.down.length),
+    };
+  }
   const alignment: AlignmentRecord[] = [];
   for (let m = 0; m < g.members.length; m++) {
     let w = m === 0 ? dominant : loadExpert(reader, arch, layer, g.members[m]);
@@ -28,6 +37,8 @@ export async function averageExperts(g: MergedGroup, input: GroupInput, align: b
     }
     for (const p of ['gate', 'up', 'down'] as Proj[]) {
       for (let j = 0; j < sum[p].length; j++) sum[p][j] += g.weights[m] * w[p][j];
+      const [sb, wb] = [sum.bias?.[p], w.bias?.[p]];
+      if (sb && wb) for (let j = 0; j < sb.length; j++) sb[j] += g.weights[m] * wb[j];
     }
   }
   return { expert: sum, alignment };

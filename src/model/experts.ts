@@ -1,7 +1,7 @@
 /** Running a layer's routed experts directly on given inputs (NAEE's reconstruction, merge similarity). */
 import type { Backend, GluOptions } from '../backend/backend';
 import { TensorReader } from '../io/checkpoint';
-import type { Architecture } from './arch';
+import type { Architecture, Proj } from './arch';
 import { concatRows } from './forward/ops';
 
 export interface ExpertWeights {
@@ -10,14 +10,27 @@ export interface ExpertWeights {
   up: Float32Array;
   /** [hidden, width] */
   down: Float32Array;
+  /** The projections' biases ([width], [width], [hidden]) for experts that have them (gpt-oss). */
+  bias?: Record<Proj, Float32Array>;
+}
+
+/** Whether the routed experts of `layer` have biases in this checkpoint. */
+export function expertsHaveBias(reader: TensorReader, arch: Architecture, layer: number): boolean {
+  const key = arch.expertBiasKey(layer, 0, 'gate');
+  return key !== undefined && reader.has(key);
 }
 
 export function loadExpert(reader: TensorReader, arch: Architecture, layer: number, e: number): ExpertWeights {
-  return {
+  const w: ExpertWeights = {
     gate: reader.f32(arch.expertKey(layer, e, 'gate')),
     up: reader.f32(arch.expertKey(layer, e, 'up')),
     down: reader.f32(arch.expertKey(layer, e, 'down')),
   };
+  if (expertsHaveBias(reader, arch, layer)) {
+    const b = (p: Proj) => reader.f32(arch.expertBiasKey(layer, e, p)!);
+    w.bias = { gate: b('gate'), up: b('up'), down: b('down') };
+  }
+  return w;
 }
 
 /**

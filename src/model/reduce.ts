@@ -11,10 +11,15 @@ import { OutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import type { Context, Progress } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
+import type { TensorRef } from '../io/safetensors';
+import { fuseOutput, LogicalOut } from './fused';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
 import { verifyWritten } from './verify';
 import { writeConfig } from '../io/config-text';
+
+/** A computed expert: raw bytes in the source dtype per projection, and per bias when the experts have biases. */
+export type ComputedExpert = Record<Proj, Uint8Array> & { bias?: Record<Proj, Uint8Array> };
 
 /** Per MoE layer, what each new expert is made of. */
 export interface LayerReduction {
@@ -22,7 +27,7 @@ export interface LayerReduction {
   copyOf: number[];
   /** New experts whose weights are computed (a merge), and how: raw bytes in the source dtype per projection. */
   computed?: Set<number>;
-  compute?: (newExpert: number) => Promise<Record<Proj, Uint8Array>>;
+  compute?: (newExpert: number) => Promise<ComputedExpert>;
   /** A computed router (rows for the new experts) or correction bias, raw bytes in the source dtype. */
   router?: Uint8Array;
   correctionBias?: Uint8Array;
@@ -43,6 +48,111 @@ export interface ReducedWrite {
   bytes: number;
 }
 
+/** An output tensor: a bit-exact copy of `src` (streamed in chunks) or bytes made when the writer reaches it. */
+type OutItem = LogicalOut & { src?: string };
+
+/**
+ * Computed experts, made once each when the writer first reaches one of their tensors and dropped when the last is
+ * written (a fused layer writes every expert's gate and up before any down: those wait here).
+ */
+class ComputedExperts {
+  private made = new Map<string, { value: Promise<ComputedExpert>; left: number }>();
+
+  get(layer: number, p: LayerReduction, i: number, parts: number, take: (c: ComputedExpert) => Uint8Array) {
+    const key = `${layer}/${i}`;
+    let entry = this.made.get(key);
+    if (!entry) {
+      entry = { value: p.compute!(i), left: parts };
+      this.made.set(key, entry);
+    }
+    const e = entry;
+    if (--e.left === 0) this.made.delete(key);
+    return e.value.then(take);
+  }
+}
+
+/** The output items of one MoE layer's new expert set (weights, then biases where the experts have them). */
+function expertItems(
+  ckpt: Checkpoint,
+  arch: Architecture,
+  layer: number,
+  p: LayerReduction,
+  keep: number,
+  computed: ComputedExperts,
+): OutItem[] {
+  const items: OutItem[] = [];
+  const hasBias = PROJS.some((proj) => ckpt.tensors.has(arch.expertBiasKey(layer, 0, proj) ?? ''));
+  const parts = hasBias ? 2 * PROJS.length : PROJS.length;
+  for (let i = 0; i < keep; i++) {
+    const made = p.computed?.has(i);
+    for (const bias of hasBias ? [false, true] : [false]) {
+      for (const proj of PROJS) {
+        const key = (e: number) => (bias ? arch.expertBiasKey(layer, e, proj)! : arch.expertKey(layer, e, proj));
+        const src = ckpt.tensors.get(key(p.copyOf[i]))!;
+        const take = (c: ComputedExpert) => {
+          const out = bias ? c.bias?.[proj] : c[proj];
+          if (!out) throw new Error(`merge computed no ${bias ? 'bias' : 'weight'} for ${key(i)}`);
+          return out;
+        };
+        items.push({
+          name: key(i),
+          src: made ? undefined : src.name,
+          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => new Uint8Array(0),
+          dtype: src.dtype,
+          shape: src.shape,
+        });
+      }
+    }
+  }
+  return items;
+}
+
+/** Every output tensor, in the source order; new experts take the place of the old ones. */
+function reducedItems(
+  ckpt: Checkpoint,
+  arch: Architecture,
+  plan: Map<number, LayerReduction>,
+  keep: number,
+  reader: TensorReader,
+): OutItem[] {
+  const items: OutItem[] = [];
+  const computed = new ComputedExperts();
+  const position = new Map([...ckpt.tensors.keys()].map((n, i) => [n, i]));
+  const copy = (t: TensorRef): OutItem => ({
+    name: t.name,
+    src: t.name,
+    bytes: () => reader.bytes(t.name),
+    dtype: t.dtype,
+    shape: t.shape,
+  });
+  for (const t of ckpt.tensors.values()) {
+    const role = arch.classify(t.name);
+    const layerPlan = role && 'layer' in role ? plan.get(role.layer) : undefined;
+    if (!layerPlan || !role) {
+      items.push(copy(t));
+    } else if (role.kind === 'expert') {
+      // Emit the whole new expert set once, where old expert 0's first projection stood.
+      if (role.expert === 0 && role.proj === firstProj(arch, role.layer, position))
+        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed));
+    } else if (role.kind === 'expert_bias') {
+      continue; // written with the expert set
+    } else if (role.kind === 'router' || role.kind === 'router_bias') {
+      const isRouter = role.kind === 'router';
+      const given = isRouter ? layerPlan.router : layerPlan.correctionBias;
+      const rowBytes = (t.shape.length === 2 ? t.shape[1] : 1) * dtypeBytes(t.dtype);
+      items.push({
+        name: t.name,
+        bytes: () => given ?? sliceRows(reader.bytes(t.name), rowBytes, layerPlan.copyOf),
+        dtype: t.dtype,
+        shape: isRouter ? [keep, t.shape[1]] : [keep],
+      });
+    } else {
+      items.push(copy(t));
+    }
+  }
+  return items;
+}
+
 /**
  * Writes the reduced checkpoint into `out` (an open OutputFolder); `keep` is the new expert count. `progress` is
  * started with the bytes the output will hold (not the source's, so it ends at 100%).
@@ -56,78 +166,29 @@ export async function writeReduced(
   maxShardBytes: number,
   progress?: (totalBytes: number) => Progress,
 ): Promise<ReducedWrite> {
-  // Source name of every output tensor, in the source order; new experts take the place of the old ones.
-  const items: {
-    name: string;
-    src?: string;
-    make?: () => Uint8Array | Promise<Uint8Array>;
-    dtype: PlannedTensor['dtype'];
-    shape: number[];
-  }[] = [];
-  // Computed experts are made one at a time, when the writer reaches them.
-  let last: { key: string; value: Promise<Record<Proj, Uint8Array>> } | undefined;
-  const computedExpert = (layer: number, p: LayerReduction, i: number) => {
-    const key = `${layer}/${i}`;
-    if (last?.key !== key) last = { key, value: p.compute!(i) };
-    return last.value;
-  };
   const reader = new TensorReader(ckpt);
-  const position = new Map([...ckpt.tensors.keys()].map((n, i) => [n, i]));
   try {
-    for (const t of ckpt.tensors.values()) {
-      const role = arch.classify(t.name);
-      const layerPlan = role && 'layer' in role ? plan.get(role.layer) : undefined;
-      if (!layerPlan || !role) {
-        items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
-        continue;
-      }
-      if (role.kind === 'expert') {
-        // Emit the whole new expert set once, where old expert 0's first projection stood.
-        if (role.expert !== 0 || role.proj !== firstProj(arch, role.layer, position)) continue;
-        for (let i = 0; i < keep; i++) {
-          for (const proj of PROJS) {
-            const srcName = arch.expertKey(role.layer, layerPlan.copyOf[i], proj);
-            const src = ckpt.tensors.get(srcName)!;
-            const computed = layerPlan.computed?.has(i);
-            const layer = role.layer;
-            items.push({
-              name: arch.expertKey(layer, i, proj),
-              src: computed ? undefined : srcName,
-              make: computed ? async () => (await computedExpert(layer, layerPlan, i))[proj] : undefined,
-              dtype: src.dtype,
-              shape: src.shape,
-            });
-          }
-        }
-      } else if (role.kind === 'router' || role.kind === 'router_bias') {
-        const isRouter = role.kind === 'router';
-        const given = isRouter ? layerPlan.router : layerPlan.correctionBias;
-        const rowBytes = (t.shape.length === 2 ? t.shape[1] : 1) * dtypeBytes(t.dtype);
-        const shape = isRouter ? [keep, t.shape[1]] : [keep];
-        items.push({
-          name: t.name,
-          make: () => given ?? sliceRows(reader.bytes(t.name), rowBytes, layerPlan.copyOf),
-          dtype: t.dtype,
-          shape,
-        });
-      } else {
-        items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
-      }
-    }
+    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep);
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
     const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
     let bytes = 0;
+    const counted = (p: Uint8Array) => {
+      bytes += p.byteLength;
+      bar?.tick(p.byteLength);
+      return p;
+    };
     for (const it of items) {
-      const pieces = it.src ? reader.chunks(it.src, COPY_CHUNK_BYTES) : [await it.make!()];
+      if ('pieces' in it) {
+        await writer.writeAsync(it.name, it.pieces(), counted);
+        continue;
+      }
+      const src = (it as OutItem).src;
+      const pieces = src ? reader.chunks(src, COPY_CHUNK_BYTES) : [await it.bytes()];
       writer.writeChunks(
         it.name,
         (function* () {
-          for (const p of pieces) {
-            bytes += p.byteLength;
-            bar?.tick(p.byteLength);
-            yield p;
-          }
+          for (const p of pieces) yield counted(p);
         })(),
       );
     }

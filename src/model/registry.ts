@@ -7,6 +7,7 @@ import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
+import { applyFusedViews } from './fused';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
 import { mixtral } from './mixtral';
@@ -130,6 +131,7 @@ export function architectureFor(config: Config, dir: string): Architecture {
 /** The architecture of an opened checkpoint, with every tensor the config implies checked against the headers. */
 export function loadArchitecture(ckpt: Checkpoint): Architecture {
   const arch = architectureFor(ckpt.config, ckpt.dir);
+  applyFusedViews(ckpt, arch);
   arch.validate(ckpt);
   return arch;
 }

@@ -9,7 +9,7 @@ import type { TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
 import type { TensorRef } from '../io/safetensors';
 import { tensorBytes } from '../io/safetensors';
-import type { ShardedWriter } from '../io/writer';
+import type { TensorSink } from '../io/writer';
 import type { Progress } from '../ui/progress';
 import { requireFinite } from './finite';
 import { packedPlan } from '../io/packed';
@@ -27,7 +27,7 @@ export interface Execution {
   /** The tensors this run writes, in checkpoint order. */
   refs: TensorRef[];
   reader: TensorReader;
-  writer: ShardedWriter;
+  writer: TensorSink;
   quantizer: Quantizer;
   /** Measure each weight's weighted error as it is written (uniform bits with stats): the report's costs. */
   measure: boolean;
