@@ -58,19 +58,6 @@ export interface RoutingRule {
 }
 
 /**
- * Routed experts stored fused: one 3-D tensor per projection whose first axis is the experts (stored names, e.g.
- * `model.layers.L.mlp.experts.gate_up_proj`). The schema lists per-expert tensors; src/model/fused.ts maps them.
- */
-export interface FusedExpertLayout {
-  gateUp(layer: number): string;
-  gateUpBias?(layer: number): string;
-  down(layer: number): string;
-  downBias?(layer: number): string;
-  /** gate/up alternate on the last axis (gpt-oss) or gate is the first half. */
-  interleaved: boolean;
-}
-
-/**
  * gpt-oss's clamped SwiGLU of a routed expert (transformers GptOssExperts._apply_gate): gate = min(gate, limit),
  * up = clamp(up, −limit, limit), act = (up + 1) · gate · σ(alpha · gate).
  */
@@ -121,8 +108,6 @@ export abstract class Architecture {
   readonly numExperts: number;
   readonly topK: number;
   readonly tieEmbeddings: boolean;
-  /** How routed experts are stored when fused (gpt-oss); undefined: one tensor per expert and projection. */
-  readonly fusedExperts?: FusedExpertLayout;
   private specs?: TensorSpec[];
   private byName?: Map<string, TensorSpec>;
 
@@ -215,11 +200,6 @@ export abstract class Architecture {
 
   expertKey(layer: number, expert: number, p: Proj): string {
     return `${this.moePrefix(layer)}.experts.${expert}.${this.projName(p)}.weight`;
-  }
-
-  /** The bias of a routed expert's projection (gpt-oss), in the per-expert view; undefined: none. */
-  expertBiasKey(_layer: number, _expert: number, _p: Proj): string | undefined {
-    return undefined;
   }
 
   /** The routed experts' activation when it is gpt-oss's clamped SwiGLU; undefined: silu(gate) · up. */
