@@ -50,6 +50,20 @@ export interface RoutingRule {
   scalingFactor: number;
   /** A per-expert bias added to the scores for selection only (DeepSeek-V3 e_score_correction_bias). */
   correctionBias: boolean;
+  /**
+   * The router is a linear layer with a bias (gpt-oss: `mlp.router.bias`, named by correctionBiasKey so that it is
+   * sliced with the router rows): the bias is part of the logits, which the router's linear returns.
+   */
+  logitBias: boolean;
+}
+
+/**
+ * gpt-oss's clamped SwiGLU of a routed expert (transformers GptOssExperts._apply_gate): gate = min(gate, limit),
+ * up = clamp(up, −limit, limit), act = (up + 1) · gate · σ(alpha · gate).
+ */
+export interface ClampedGlu {
+  alpha: number;
+  limit: number;
 }
 
 /** Softmax over the router logits, top-k, no groups, no scaling (Mixtral, Qwen2/3-MoE, OLMoE). */
@@ -64,6 +78,7 @@ export function softmaxTopK(topK: number, normTopK: boolean): RoutingRule {
     groupMask: 'zero',
     scalingFactor: 1,
     correctionBias: false,
+    logitBias: false,
   };
 }
 
@@ -187,6 +202,16 @@ export abstract class Architecture {
     return `${this.moePrefix(layer)}.experts.${expert}.${this.projName(p)}.weight`;
   }
 
+  /** The routed experts' activation when it is gpt-oss's clamped SwiGLU; undefined: silu(gate) · up. */
+  get expertGlu(): ClampedGlu | undefined {
+    return undefined;
+  }
+
+  /** The sliding window of a layer's attention (a token sees itself and the window − 1 before it); undefined: all. */
+  slidingWindow(_layer: number): number | undefined {
+    return undefined;
+  }
+
   routerKey(layer: number): string {
     return `${this.moePrefix(layer)}.gate.weight`;
   }
@@ -228,6 +253,13 @@ export abstract class Architecture {
               shape: proj === 'down' ? [h, w] : [w, h],
               role: { kind: 'expert', layer: l, expert: e, proj },
             });
+            const bias = this.expertBiasKey(l, e, proj);
+            if (bias)
+              out.push({
+                name: bias,
+                shape: [proj === 'down' ? h : w],
+                role: { kind: 'expert_bias', layer: l, expert: e, proj },
+              });
           }
         }
       }
