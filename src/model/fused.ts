@@ -167,6 +167,9 @@ export function fuseSlice(
   I: number,
   interleaved: boolean,
 ): Uint8Array {
+  const want = { gateUp: I * H, gateUpBias: I, down: H * I, downBias: H }[f.kind] * size;
+  if (members.some((m) => m.byteLength !== want))
+    throw new Error(`fuseSlice: ${f.name} members of ${members.map((m) => m.byteLength)} bytes, expected ${want}`);
   if (f.kind === 'downBias') return members[0];
   if (f.kind === 'down') {
     const out = new Uint8Array(members[0].byteLength);

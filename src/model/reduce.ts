@@ -79,6 +79,7 @@ function expertItems(
   p: LayerReduction,
   keep: number,
   computed: ComputedExperts,
+  reader: TensorReader,
 ): OutItem[] {
   const items: OutItem[] = [];
   const hasBias = PROJS.some((proj) => ckpt.tensors.has(arch.expertBiasKey(layer, 0, proj) ?? ''));
@@ -97,7 +98,7 @@ function expertItems(
         items.push({
           name: key(i),
           src: made ? undefined : src.name,
-          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => new Uint8Array(0),
+          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => reader.bytes(src.name),
           dtype: src.dtype,
           shape: src.shape,
         });
@@ -133,7 +134,7 @@ function reducedItems(
     } else if (role.kind === 'expert') {
       // Emit the whole new expert set once, where old expert 0's first projection stood.
       if (role.expert === 0 && role.proj === firstProj(arch, role.layer, position))
-        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed));
+        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed, reader));
     } else if (role.kind === 'expert_bias') {
       continue; // written with the expert set
     } else if (role.kind === 'router' || role.kind === 'router_bias') {
