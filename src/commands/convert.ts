@@ -10,6 +10,7 @@ import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } fro
 import { loadArchitecture } from '../model/registry';
 import { verifyWritten } from '../model/verify';
 import { withoutPackedConfig } from '../io/packed';
+import { withoutFp8Config } from '../io/fp8';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
@@ -112,8 +113,8 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
       progress.done();
       reader.close();
     }
-    // A packed model is read dequantized, so its output is a plain checkpoint.
-    const config = withoutPackedConfig(ckpt.config);
+    // A packed or FP8 model is read dequantized, so its output is a plain checkpoint.
+    const config = withoutFp8Config(withoutPackedConfig(ckpt.config));
     writeConfig(out, cast ? withDType(config, cast) : config, ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
   });

@@ -8,6 +8,7 @@ import type { Architecture, RoutingRule } from '../model/arch';
 import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
 import { quantSummary, QuantSummary, storedBytes } from '../io/packed';
+import { fp8Bytes, fp8Storage } from '../io/fp8';
 import { CommandSpec, JSON_OUTPUT } from './spec';
 
 export interface DTypeStats {
@@ -56,6 +57,12 @@ export interface InspectReport {
   /** Packed weights (moe quantize --format packed): bits per tensor and the average; absent when none. */
   quantization?: QuantSummary;
   /**
+   * FP8 block-scaled weights (quant_method "fp8"): how many, their parameters, and the dtype every command reads
+   * them as (dequantized on read); absent when none. `dtypes` names their storage, e.g. "F8_E4M3 + F32 block
+   * scales 128×128".
+   */
+  fp8?: { tensors: number; params: number; bytes: number; storage: string[]; read_as: string };
+  /**
    * A .gguf file: its architecture name, file size and mean bits per weight over every tensor (dtypes are ggml types).
    */
   gguf?: { architecture: string; file_bytes: number; bits_per_weight: number };
@@ -87,12 +94,21 @@ export function inspect(opts: InspectOptions): InspectReport {
   let bytes = 0;
   let bytesExperts = 0;
   let extra = 0;
+  let fp8: InspectReport['fp8'];
   for (const t of ckpt.tensors.values()) {
     const n = numel(t.shape);
-    const b = storedBytes(t);
+    const b = t.fp8 ? fp8Bytes(t.fp8) : storedBytes(t);
     paramsTotal += n;
     bytes += b;
-    const d = (dtypes[t.packed ? `packed ${t.packed.info.bits}-bit` : t.dtype] ??= { tensors: 0, params: 0, bytes: 0 });
+    if (t.fp8) {
+      fp8 ??= { tensors: 0, params: 0, bytes: 0, storage: [], read_as: t.dtype };
+      fp8.tensors++;
+      fp8.params += n;
+      fp8.bytes += b;
+      if (!fp8.storage.includes(fp8Storage(t.fp8))) fp8.storage.push(fp8Storage(t.fp8));
+    }
+    const kind = t.packed ? `packed ${t.packed.info.bits}-bit` : t.fp8 ? fp8Storage(t.fp8) : t.dtype;
+    const d = (dtypes[kind] ??= { tensors: 0, params: 0, bytes: 0 });
     d.tensors++;
     d.params += n;
     d.bytes += b;
@@ -121,6 +137,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     layers,
     bytes_read: ckpt.bytesRead.value,
     quantization: quantSummary(ckpt.tensors),
+    ...(fp8 ? { fp8 } : {}),
   };
 }
 
@@ -233,6 +250,10 @@ export function formatInspect(r: InspectReport): string {
       `quantized      ${q.tensors} weights, ${human(q.params)} params: ${q.average_bits.toFixed(3)} bits average (${q.stored_bits_per_weight.toFixed(3)} with scales and zeros); ${hist}`,
     );
   }
+  if (r.fp8)
+    lines.push(
+      `fp8            ${r.fp8.tensors} weights, ${human(r.fp8.params)} params stored as ${r.fp8.storage.join(', ')}; read dequantized to ${r.fp8.read_as}`,
+    );
   if (r.extra_tensors > 0)
     lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
   lines.push('', 'layer  kind   experts      params        bytes');

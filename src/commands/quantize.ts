@@ -24,6 +24,7 @@ import {
 } from '../io/output';
 import { fileBytes } from '../io/size';
 import type { TensorRef } from '../io/safetensors';
+import { withoutFp8Config } from '../io/fp8';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -474,7 +475,8 @@ function writeRecords(
     out.writeRecord(PART_RECORD, part);
     return;
   }
-  const config = { ...ckpt.config };
+  // FP8 sources are read dequantized: every tensor not quantized here is written in the compute dtype.
+  const config = withoutFp8Config({ ...ckpt.config });
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   writeConfig(out, config, ckpt.dir);

@@ -11,6 +11,7 @@ import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
+import { dequantizeFp8, foldFp8, parseFp8Config } from './fp8';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -153,6 +154,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     });
   const config = readConfig(abs);
   checkConfigNotQuantized(config, path.join(abs, 'config.json'));
+  const fp8 = parseFp8Config(config, path.join(abs, 'config.json'));
   const bytesRead = { value: 0 };
   const { shards, weightMap } = listShards(abs);
   const headers: SafetensorsHeader[] = shards.map((s) => readHeader(s, (n) => (bytesRead.value += n)));
@@ -169,7 +171,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  const logical = logicalTensors(headers, tensors);
+  const logical = foldFp8(logicalTensors(headers, tensors), fp8);
   checkTensorsNotQuantized(logical);
   return {
     dir: abs,
@@ -249,6 +251,7 @@ export class TensorReader {
   bytes(name: string): Uint8Array {
     const t = this.ref(name);
     if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
+    if (t.fp8) return fromFloat32(this.fp8Rows(t, 0, t.shape[0]), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -258,6 +261,11 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
+    if (t.fp8) {
+      const b = this.bytes(name);
+      into.set(b);
+      return into.subarray(0, b.byteLength);
+    }
     const n = t.end - t.begin;
     const out = readExact(this.fd(t.file), t.file, t.begin, n, into.subarray(0, n));
     this.ckpt.bytesRead.value += n;
@@ -267,7 +275,7 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed) {
+    if (t.packed || t.fp8) {
       yield this.bytes(name);
       return;
     }
@@ -289,6 +297,7 @@ export class TensorReader {
     if (start < 0 || start + count > t.shape[0])
       throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
     if (t.packed) return this.dequantized(t.packed, start, count);
+    if (t.fp8) return this.fp8Rows(t, start, count);
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -325,6 +334,7 @@ export class TensorReader {
     if (!isFloatDType(t.dtype))
       throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
     if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
+    if (t.fp8) return this.fp8Rows(t, 0, t.shape[0]);
     return toFloat32(this.bytes(name), t.dtype);
   }
 
@@ -346,6 +356,35 @@ export class TensorReader {
       p.info.bits,
       p.info.group_size,
     );
+  }
+
+  /** The stored bytes of a tensor as it is in its shard (e.g. an FP8 weight's codes or scales), in pieces. */
+  *storedChunks(t: TensorRef, maxBytes: number): Generator<Uint8Array> {
+    const size = dtypeBytes(t.dtype);
+    const step = Math.max(size, maxBytes - (maxBytes % size));
+    for (let at = t.begin; at < t.end; at += step) {
+      const piece = readExact(this.fd(t.file), t.file, at, Math.min(step, t.end - at));
+      this.ckpt.bytesRead.value += piece.byteLength;
+      yield piece;
+    }
+  }
+
+  /** Rows [start, start+count) of an FP8 weight, dequantized to float32 (rounded to its logical dtype). */
+  private fp8Rows(t: TensorRef, start: number, count: number): Float32Array {
+    const { weight, scale, block } = t.fp8!;
+    const cols = t.shape[1];
+    const sc = scale.shape[1];
+    const br0 = Math.floor(start / block[0]);
+    const br1 = count > 0 ? Math.floor((start + count - 1) / block[0]) + 1 : br0;
+    const read = (p: TensorRef, at: number, n: number) => {
+      const bytes = readExact(this.fd(p.file), p.file, p.begin + at, n);
+      this.ckpt.bytesRead.value += n;
+      return bytes;
+    };
+    const codes = read(weight, start * cols, count * cols);
+    const sb = dtypeBytes(scale.dtype);
+    const scales = toFloat32(read(scale, br0 * sc * sb, (br1 - br0) * sc * sb), scale.dtype);
+    return dequantizeFp8(codes, scales, start, count, cols, block, t.dtype);
   }
 
   private fd(file: string): number {

@@ -6,9 +6,10 @@
  */
 import type { Checkpoint } from '../io/checkpoint';
 import { TensorReader } from '../io/checkpoint';
-import { dtypeBytes } from '../io/dtype';
+import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
+import { encodeFp8, fp8Bytes, scaleName } from '../io/fp8';
 import { OutputFolder, withOutput } from '../io/output';
-import { tensorBytes } from '../io/safetensors';
+import { tensorBytes, TensorRef } from '../io/safetensors';
 import type { Context, Progress } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { Architecture, Proj } from './arch';
@@ -57,13 +58,7 @@ export async function writeReduced(
   progress?: (totalBytes: number) => Progress,
 ): Promise<ReducedWrite> {
   // Source name of every output tensor, in the source order; new experts take the place of the old ones.
-  const items: {
-    name: string;
-    src?: string;
-    make?: () => Uint8Array | Promise<Uint8Array>;
-    dtype: PlannedTensor['dtype'];
-    shape: number[];
-  }[] = [];
+  const items: Item[] = [];
   // Computed experts are made one at a time, when the writer reaches them.
   let last: { key: string; value: Promise<Record<Proj, Uint8Array>> } | undefined;
   const computedExpert = (layer: number, p: LayerReduction, i: number) => {
@@ -78,7 +73,7 @@ export async function writeReduced(
       const role = arch.classify(t.name);
       const layerPlan = role && 'layer' in role ? plan.get(role.layer) : undefined;
       if (!layerPlan || !role) {
-        items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
+        items.push(...copied(t, t.name));
         continue;
       }
       if (role.kind === 'expert') {
@@ -88,15 +83,10 @@ export async function writeReduced(
           for (const proj of PROJS) {
             const srcName = arch.expertKey(role.layer, layerPlan.copyOf[i], proj);
             const src = ckpt.tensors.get(srcName)!;
-            const computed = layerPlan.computed?.has(i);
             const layer = role.layer;
-            items.push({
-              name: arch.expertKey(layer, i, proj),
-              src: computed ? undefined : srcName,
-              make: computed ? async () => (await computedExpert(layer, layerPlan, i))[proj] : undefined,
-              dtype: src.dtype,
-              shape: src.shape,
-            });
+            const name = arch.expertKey(layer, i, proj);
+            if (!layerPlan.computed?.has(i)) items.push(...copied(src, name));
+            else items.push(...computedItems(src, name, async () => (await computedExpert(layer, layerPlan, i))[proj]));
           }
         }
       } else if (role.kind === 'router' || role.kind === 'router_bias') {
@@ -111,7 +101,7 @@ export async function writeReduced(
           shape,
         });
       } else {
-        items.push({ name: t.name, src: t.name, dtype: t.dtype, shape: t.shape });
+        items.push(...copied(t, t.name));
       }
     }
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
@@ -119,7 +109,11 @@ export async function writeReduced(
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
     let bytes = 0;
     for (const it of items) {
-      const pieces = it.src ? reader.chunks(it.src, COPY_CHUNK_BYTES) : [await it.make!()];
+      const pieces = it.part
+        ? reader.storedChunks(it.part, COPY_CHUNK_BYTES)
+        : it.src
+          ? reader.chunks(it.src, COPY_CHUNK_BYTES)
+          : [await it.make!()];
       writer.writeChunks(
         it.name,
         (function* () {
@@ -141,6 +135,49 @@ export async function writeReduced(
   }
 }
 
+/** One tensor of the output: copied from a source tensor or a stored part of one, or made when written. */
+interface Item {
+  name: string;
+  src?: string;
+  /** A stored part copied as it is (an FP8 weight's codes or scales). */
+  part?: TensorRef;
+  make?: () => Uint8Array | Promise<Uint8Array>;
+  dtype: PlannedTensor['dtype'];
+  shape: number[];
+}
+
+/** The output tensor(s) copying `t` under `name`: an FP8 weight keeps its codes and scales bit-exact. */
+function copied(t: TensorRef, name: string): Item[] {
+  if (!t.fp8) return [{ name, src: t.name, dtype: t.dtype, shape: t.shape }];
+  const { weight, scale } = t.fp8;
+  return [
+    { name, part: weight, dtype: weight.dtype, shape: weight.shape },
+    { name: scaleName(name), part: scale, dtype: scale.dtype, shape: scale.shape },
+  ];
+}
+
+/**
+ * The output tensor(s) of a computed weight shaped like `src`; `make` gives it as raw bytes in `src`'s dtype. A
+ * weight whose source is FP8 is re-encoded as FP8 in the same blocks (src/io/fp8.ts: scale_inv = block amax / 448).
+ */
+function computedItems(src: TensorRef, name: string, make: () => Promise<Uint8Array>): Item[] {
+  if (!src.fp8) return [{ name, make, dtype: src.dtype, shape: src.shape }];
+  const { weight, scale, block, ue8m0 } = src.fp8;
+  const [rows, cols] = src.shape;
+  let encoded: Promise<{ codes: Uint8Array; scales: Float32Array }> | undefined;
+  const encode = () =>
+    (encoded ??= make().then((b) => encodeFp8(toFloat32(b, src.dtype), rows, cols, block, ue8m0, scale.dtype)));
+  return [
+    { name, make: async () => (await encode()).codes, dtype: weight.dtype, shape: weight.shape },
+    {
+      name: scaleName(name),
+      make: async () => fromFloat32((await encode()).scales, scale.dtype),
+      dtype: scale.dtype,
+      shape: scale.shape,
+    },
+  ];
+}
+
 /** The projection of a layer's expert 0 that comes first in the checkpoint (where the new experts are written). */
 function firstProj(arch: Architecture, layer: number, position: Map<string, number>): Proj {
   let best: Proj = 'gate';
@@ -160,7 +197,7 @@ export const SELECT_SHARE = 0.05;
 
 /** The bytes of the source checkpoint: the work unit of prune and merge (their write phase is worth this much). */
 export function sourceBytes(ckpt: Checkpoint): number {
-  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.fp8 ? fp8Bytes(t.fp8) : t.end - t.begin), 0);
 }
 
 export interface ReducedOutput {
