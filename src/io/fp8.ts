@@ -13,7 +13,7 @@
  * At open, each weight and its scale fold into ONE logical tensor (name P.weight, the compute dtype, the weight's
  * shape) with `fp8` parts, read dequantized by TensorReader: every command sees floating weights. Writers that
  * keep the format (prune, merge) copy the parts bit-exact or re-encode by `encodeFp8`: transformers' Fp8Quantize
- * rule, scale_inv = block amax / 448 (computed as 1 / (448 / amax) in float32), codes = e4m3(w × 448 / amax) with
+ * rule, scale_inv = block amax / 448 (computed as 1 / ((1 / amax) × 448) in float32, as torch does), codes = e4m3(w × 448 / amax) with
  * round-to-nearest-even and saturation at ±448; with `scale_fmt: "ue8m0"` (DeepSeek-V3.1/V3.2) scale_inv is first
  * rounded up to a power of two.
  *
@@ -113,7 +113,7 @@ export function foldFp8(tensors: Map<string, TensorRef>, cfg: Fp8Config | undefi
   for (const [name, t] of tensors) {
     if (name.endsWith(SCALE_SUFFIX)) {
       const w = tensors.get(name.slice(0, -SCALE_SUFFIX.length) + '.weight');
-      if (w?.dtype === 'F8_E4M3') continue; // folded with its weight
+      if (w?.dtype === 'F8_E4M3' || w?.dtype === 'F8_E5M2') continue; // folded with (or refused by) its weight
       throw new CheckpointError(`tensor "${name}" is an FP8 block scale without its F8_E4M3 weight`, {
         file: t.file,
         hint: 'the checkpoint is incomplete or was edited; re-download it',
@@ -266,7 +266,8 @@ export function encodeFp8(
       let amax = 0;
       for (let r = i * bm; r < r1; r++)
         for (let c = j * bn; c < c1; c++) amax = Math.max(amax, Math.abs(w[r * cols + c]));
-      let s = amax > 0 ? f(E4M3_MAX / amax) : 1; // the forward scale; a zero block keeps scale 1
+      // The forward scale 448 / amax as torch computes a scalar over a tensor: reciprocal, then product (float32).
+      let s = amax > 0 ? f(f(1 / amax) * E4M3_MAX) : 1; // a zero block keeps scale 1
       let inv = f(1 / s);
       if (ue8m0) inv = powerOfTwoAtLeast(Math.max(inv, 2 ** -126));
       else if (scaleDType === 'BF16')

@@ -15,6 +15,7 @@ function independent(dir: string) {
   const experts = new Map<number, Set<number>>();
   for (const s of shards) {
     for (const [name, t] of Object.entries(rawHeader(path.join(dir, s)).json)) {
+      if (name.endsWith('.weight_scale_inv')) continue; // an FP8 weight's block scales: bytes, not parameters
       params += t.shape.reduce((a, b) => a * b, 1);
       const m = /^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\./.exec(name);
       if (m) {
