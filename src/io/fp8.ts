@@ -13,9 +13,9 @@
  * At open, each weight and its scale fold into ONE logical tensor (name P.weight, the compute dtype, the weight's
  * shape) with `fp8` parts, read dequantized by TensorReader: every command sees floating weights. Writers that
  * keep the format (prune, merge) copy the parts bit-exact or re-encode by `encodeFp8`: transformers' Fp8Quantize
- * rule, scale_inv = block amax / 448 (computed as 1 / ((1 / amax) × 448) in float32, as torch does), codes = e4m3(w × 448 / amax) with
- * round-to-nearest-even and saturation at ±448; with `scale_fmt: "ue8m0"` (DeepSeek-V3.1/V3.2) scale_inv is first
- * rounded up to a power of two.
+ * rule, scale_inv = block amax / 448 (computed as 1 / ((1 / amax) × 448) in float32, as torch does), codes =
+ * e4m3(w × 448 / amax) with round-to-nearest-even and saturation at ±448; with `scale_fmt: "ue8m0"`
+ * (DeepSeek-V3.1/V3.2) scale_inv is first rounded up to a power of two and the codes are w / scale_inv.
  *
  * Accepted: activation_scheme "dynamic" (activations are quantized on the fly by the FP8 kernels; moe computes in
  * float32 and needs nothing); fmt "e4m3"; scale_fmt "float" or "ue8m0"; modules_to_not_convert (those modules are
