@@ -14,6 +14,7 @@ import { convert } from '../../src/commands/convert';
 import { inspect } from '../../src/commands/inspect';
 import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
+import { quantize } from '../../src/commands/quantize';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import { fromFloat32, toFloat32 } from '../../src/io/dtype';
 import { dequantizeFp8, E4M3_MAX, encodeFp8, floatToE4M3, scaleName } from '../../src/io/fp8';
@@ -254,6 +255,33 @@ describe('prune, merge and convert of FP8 checkpoints', () => {
     expect(reencoded).toBeGreaterThan(0);
     expect(copied).toBeGreaterThan(0);
   });
+});
+
+test('quantize starts from the dequantized values; its outputs carry no fp8 quantization_config', async () => {
+  const work = tmpDir('moe-fp8-q-');
+  const packed = path.join(work, 'packed');
+  await quantize({ model: QWEN, output: packed, bits: 8 }, quiet); // RTN through the worker pool (bytesInto)
+  const q = openCheckpoint(packed);
+  expect(q.config.quantization_config).toEqual(expect.objectContaining({ quant_method: 'moe-packed' }));
+  const src = new TensorReader(openCheckpoint(QWEN));
+  const out = new TensorReader(q);
+  const name = 'model.layers.0.self_attn.k_proj.weight';
+  expect(q.tensors.get(name)?.packed?.info.bits).toBe(8);
+  const a = src.f32(name);
+  const b = out.f32(name);
+  const amax = a.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+  a.forEach((x, i) => expect(Math.abs(x - b[i])).toBeLessThan(amax / 100)); // 8-bit groups of the FP8 values
+  out.close();
+  const deq = path.join(work, 'dequantized');
+  await quantize({ model: QWEN, output: deq, bits: 4, format: 'dequantized' }, quiet);
+  const d = openCheckpoint(deq);
+  expect(d.config.quantization_config).toBeUndefined();
+  expect(new Set([...d.tensors.values()].map((t) => t.dtype))).toEqual(new Set(['F32']));
+  const { json } = rawHeader(path.join(deq, 'model.safetensors'));
+  expect(Object.keys(json).filter((k) => k.endsWith('_scale_inv'))).toEqual([]);
+  // Tensors quantize leaves alone are the source's values.
+  expect(new TensorReader(d).f32('model.norm.weight')).toEqual(src.f32('model.norm.weight'));
+  src.close();
 });
 
 describe('refusals', () => {
