@@ -18,7 +18,7 @@
  * (DeepSeek-V3.1/V3.2) scale_inv is first rounded up to a power of two and the codes are w / scale_inv.
  *
  * Accepted: activation_scheme "dynamic" (activations are quantized on the fly by the FP8 kernels; moe computes in
- * float32 and needs nothing); fmt "e4m3"; scale_fmt "float" or "ue8m0"; modules_to_not_convert (those modules are
+ * float32 and needs nothing); fmt "e4m3" (or "float8_e4m3fn"); scale_fmt "float" or "ue8m0"; modules_to_not_convert (those modules are
  * stored in bf16/f16/f32 and read as stored). Refused, each with its reason: activation_scheme "static" (its
  * per-tensor input scales change the activations and moe does not apply them), F8_E5M2 weights, per-tensor FP8
  * (weight_block_size null), FP8 embeddings (modules_to_convert), a scale of another dtype or shape, a weight
@@ -35,6 +35,8 @@ export const E4M3_MAX = 448;
 const DEFAULT_BLOCK: [number, number] = [128, 128];
 const SCALE_SUFFIX = '.weight_scale_inv';
 const SCALE_DTYPES: DType[] = ['F32', 'BF16'];
+/** `fmt` as DeepSeek, Kimi and Qwen write it, and as MiniMax-M2 does (torch's dtype name). */
+const E4M3_NAMES = ['e4m3', 'float8_e4m3fn'];
 
 export interface Fp8Config {
   block: [number, number];
@@ -77,7 +79,8 @@ export function parseFp8Config(config: Record<string, unknown>, file: string): F
       'whose static input scales moe does not apply (only "dynamic" is read)',
     );
   const fmt = q.fmt ?? 'e4m3';
-  if (fmt !== 'e4m3') throw refuse(`fmt ${shown(fmt)}`, 'which moe does not decode (only "e4m3" is read)');
+  if (!E4M3_NAMES.includes(fmt as string))
+    throw refuse(`fmt ${shown(fmt)}`, 'which moe does not decode (only "e4m3" is read)');
   const scaleFmt = q.scale_fmt ?? 'float';
   if (scaleFmt !== 'float' && scaleFmt !== 'ue8m0')
     throw refuse(`scale_fmt ${shown(scaleFmt)}`, 'which moe does not decode ("float" or "ue8m0" are read)');

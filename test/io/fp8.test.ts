@@ -74,6 +74,19 @@ describe('decoding', () => {
     expect(E4M3_MAX).toBe(all[0x7e]);
   });
 
+  test('encoding with BF16 scales: the scales are bf16 values and the codes are computed from them', () => {
+    const w = Float32Array.from({ length: 6 * 5 }, (_, i) => Math.sin(i * 1.7) * (i % 7) * 0.013);
+    const e = encodeFp8(w, 6, 5, [4, 3], false, 'BF16');
+    expect(e.scales.length).toBe(4);
+    expect(toFloat32(fromFloat32(e.scales, 'BF16'), 'BF16')).toEqual(e.scales);
+    const back = dequantizeFp8(e.codes, e.scales, 0, 6, 5, [4, 3], 'F32');
+    // e4m3 keeps 3 mantissa bits: within half a step (2^-4 relative), or a subnormal step, of every value
+    w.forEach((x, i) => {
+      const scale = e.scales[Math.floor(i / 5 / 4) * 2 + Math.floor((i % 5) / 3)];
+      expect(Math.abs(back[i] - x)).toBeLessThanOrEqual(Math.abs(x) / 16 + scale * 2 ** -10);
+    });
+  });
+
   test("the FP8 goldens' logical tensors read as codes × block scales, whole, by rows and by gathered rows", () => {
     const ckpt = openCheckpoint(QWEN);
     const reader = new TensorReader(ckpt);
