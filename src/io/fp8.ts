@@ -18,11 +18,11 @@
  * (DeepSeek-V3.1/V3.2) scale_inv is first rounded up to a power of two and the codes are w / scale_inv.
  *
  * Accepted: activation_scheme "dynamic" (activations are quantized on the fly by the FP8 kernels; moe computes in
- * float32 and needs nothing); fmt "e4m3" (or "float8_e4m3fn"); scale_fmt "float" or "ue8m0"; modules_to_not_convert
- * (those modules are stored in bf16/f16/f32 and read as stored). Refused, each with its reason: activation_scheme "static" (its
- * per-tensor input scales change the activations and moe does not apply them), F8_E5M2 weights, per-tensor FP8
- * (weight_block_size null), FP8 embeddings (modules_to_convert), a scale of another dtype or shape, a weight
- * without its scale and a scale without its weight.
+ * float32 and needs nothing); fmt "e4m3" (or "float8_e4m3fn"); scale_fmt "float" or "ue8m0";
+ * modules_to_not_convert (those modules are stored in bf16/f16/f32 and read as stored). Refused, each with its
+ * reason: activation_scheme "static" (its per-tensor input scales change the activations and moe does not apply
+ * them), F8_E5M2 weights, per-tensor FP8 (weight_block_size null), FP8 embeddings (modules_to_convert), a scale of
+ * another dtype or shape, a weight without its scale and a scale without its weight.
  */
 import { CheckpointError, shown } from '../errors';
 import { DType, floatToBf16Bits, floatToHalfBits, TORCH_NAMES, toFloat32 } from './dtype';
