@@ -10,10 +10,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture, modelTypes } from '../../src/model/registry';
 import { GOLDEN } from '../helpers';
 
-const ALL_CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
-/** Goldens whose architecture this branch does not have yet (gpt_oss, issue 18): skipped, see the end of the file. */
-const NEEDS_ARCH = new Set(['gpt_oss-mxfp4']);
-const CASES = ALL_CASES.filter((c) => !NEEDS_ARCH.has(c));
+const CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
 
 /** Mean NLL of ids[t+1] under logits[t], over every window's first T−1 positions (float64). */
 export function lossOf(logits: Float32Array, ids: Int32Array, B: number, T: number, V: number): number {
@@ -65,10 +62,9 @@ describe.each(CASES)('%s', (c) => {
   });
 });
 
-// The lead enables this after merging the gpt_oss architecture: remove NEEDS_ARCH (the case then runs above) and
-// this skip. The router top-k check is the issue's acceptance: equal to transformers' router_logits top-k on every
-// token (fixtures/golden/gpt_oss-mxfp4/golden.json router_topk, per layer [tokens][k]).
-test.skip('gpt_oss-mxfp4: router top-k equal to transformers on every token (needs gpt_oss architecture)', async () => {
+// The router top-k check is the issue's acceptance: equal to transformers' router_logits top-k on every token
+// (fixtures/golden/gpt_oss-mxfp4/golden.json router_topk, per layer [tokens][k]; gpt_oss: test/model/gpt-oss.test.ts).
+test('gpt_oss-mxfp4: router top-k equal to transformers on every token', async () => {
   const dir = path.join(GOLDEN, 'gpt_oss-mxfp4');
   const golden = new TensorReader(openTensorFile(path.join(dir, 'golden.safetensors')));
   const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
