@@ -128,7 +128,7 @@ describe('moe inspect states the storage', () => {
   });
 
   // The lead enables this after merging the gpt_oss architecture (inspect needs it to classify the tensors).
-  // With the architecture merged (wt-gptoss) it fails: inspect lists the per-expert views, not the stored MXFP4 tensors.
+  // With the architecture merged (wt-gptoss) it fails: inspect lists the per-expert views, not the stored MXFP4 ones.
   test.skip('inspect on the golden (needs gpt_oss architecture)', () => {
     const r = inspect({ model: DIR });
     expect(r.dtypes[MXFP4]).toEqual({
