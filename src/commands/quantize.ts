@@ -24,6 +24,7 @@ import {
 } from '../io/output';
 import { fileBytes } from '../io/size';
 import type { TensorRef } from '../io/safetensors';
+import { withoutFp8Config } from '../io/fp8';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -36,6 +37,7 @@ import { Quantizer } from '../quant/quantizer';
 import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
+import { withoutMxfp4Config } from '../io/mxfp4';
 import { DEFAULT_MAX_SHARD_BYTES, ShardedWriter } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
@@ -488,7 +490,8 @@ function writeRecords(
     out.writeRecord(PART_RECORD, part);
     return;
   }
-  const config = { ...ckpt.config };
+  // Every tensor written is plain or moe-packed: a source's FP8 or MXFP4 declaration does not describe the output.
+  const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   writeConfig(out, config, ckpt.dir);

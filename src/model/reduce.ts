@@ -6,13 +6,14 @@
  */
 import type { Checkpoint } from '../io/checkpoint';
 import { TensorReader } from '../io/checkpoint';
-import { dtypeBytes } from '../io/dtype';
+import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
+import { encodeFp8, fp8Bytes, scaleName } from '../io/fp8';
 import { OutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import type { Context, Progress } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { TensorRef } from '../io/safetensors';
-import { fuseOutput, LogicalOut } from './fused';
+import { FusedOut, fuseOutput, LogicalOut } from './fused';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
 import { verifyWritten } from './verify';
@@ -48,8 +49,44 @@ export interface ReducedWrite {
   bytes: number;
 }
 
-/** An output tensor: a bit-exact copy of `src` (streamed in chunks) or bytes made when the writer reaches it. */
-type OutItem = LogicalOut & { src?: string };
+/**
+ * An output tensor: a bit-exact copy of `src` (streamed in chunks), a stored part copied as it is (an FP8 weight's
+ * codes or scales), or bytes made when the writer reaches it; `like` is the source tensor a made one is stored as.
+ */
+type OutItem = LogicalOut & { part?: TensorRef; like?: TensorRef };
+
+/**
+ * FP8 sources stay FP8: a copied weight is its codes and scales copied as they are, a computed one (a merged
+ * expert) is encoded by the published rule (scale = block amax / 448) into codes and scales.
+ */
+function expandFp8(items: (OutItem | FusedOut)[], ckpt: Checkpoint): (OutItem | FusedOut)[] {
+  return items.flatMap((it): (OutItem | FusedOut)[] => {
+    if ('pieces' in it) return [it];
+    const t = it.src ? ckpt.tensors.get(it.src) : it.like;
+    if (!t?.fp8) return [it];
+    const { weight, scale, block, ue8m0 } = t.fp8;
+    if (it.src)
+      return [
+        { name: it.name, part: weight, dtype: weight.dtype, shape: weight.shape, bytes: it.bytes },
+        { name: scaleName(it.name), part: scale, dtype: scale.dtype, shape: scale.shape, bytes: it.bytes },
+      ];
+    const [rows, cols] = t.shape;
+    let encoded: Promise<{ codes: Uint8Array; scales: Float32Array }> | undefined;
+    const encode = () =>
+      (encoded ??= Promise.resolve(it.bytes()).then((b) =>
+        encodeFp8(toFloat32(b, t.dtype), rows, cols, block, ue8m0, scale.dtype),
+      ));
+    return [
+      { name: it.name, bytes: async () => (await encode()).codes, dtype: weight.dtype, shape: weight.shape },
+      {
+        name: scaleName(it.name),
+        bytes: async () => fromFloat32((await encode()).scales, scale.dtype),
+        dtype: scale.dtype,
+        shape: scale.shape,
+      },
+    ];
+  });
+}
 
 /**
  * Computed experts, made once each when the writer first reaches one of their tensors and dropped when the last is
@@ -79,6 +116,7 @@ function expertItems(
   p: LayerReduction,
   keep: number,
   computed: ComputedExperts,
+  reader: TensorReader,
 ): OutItem[] {
   const items: OutItem[] = [];
   const hasBias = PROJS.some((proj) => ckpt.tensors.has(arch.expertBiasKey(layer, 0, proj) ?? ''));
@@ -97,7 +135,8 @@ function expertItems(
         items.push({
           name: key(i),
           src: made ? undefined : src.name,
-          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => new Uint8Array(0),
+          like: src,
+          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => reader.bytes(src.name),
           dtype: src.dtype,
           shape: src.shape,
         });
@@ -133,7 +172,7 @@ function reducedItems(
     } else if (role.kind === 'expert') {
       // Emit the whole new expert set once, where old expert 0's first projection stood.
       if (role.expert === 0 && role.proj === firstProj(arch, role.layer, position))
-        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed));
+        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed, reader));
     } else if (role.kind === 'expert_bias') {
       continue; // written with the expert set
     } else if (role.kind === 'router' || role.kind === 'router_bias') {
@@ -168,7 +207,10 @@ export async function writeReduced(
 ): Promise<ReducedWrite> {
   const reader = new TensorReader(ckpt);
   try {
-    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep);
+    const items = expandFp8(
+      fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep, { ckpt, reader }),
+      ckpt,
+    );
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
     const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
@@ -183,8 +225,12 @@ export async function writeReduced(
         await writer.writeAsync(it.name, it.pieces(), counted);
         continue;
       }
-      const src = (it as OutItem).src;
-      const pieces = src ? reader.chunks(src, COPY_CHUNK_BYTES) : [await it.bytes()];
+      const { src, part } = it as OutItem;
+      const pieces = part
+        ? reader.storedChunks(part, COPY_CHUNK_BYTES)
+        : src
+          ? reader.chunks(src, COPY_CHUNK_BYTES)
+          : [await it.bytes()];
       writer.writeChunks(
         it.name,
         (function* () {
@@ -200,6 +246,49 @@ export async function writeReduced(
   } finally {
     reader.close();
   }
+}
+
+/** One tensor of the output: copied from a source tensor or a stored part of one, or made when written. */
+interface Item {
+  name: string;
+  src?: string;
+  /** A stored part copied as it is (an FP8 weight's codes or scales). */
+  part?: TensorRef;
+  make?: () => Uint8Array | Promise<Uint8Array>;
+  dtype: PlannedTensor['dtype'];
+  shape: number[];
+}
+
+/** The output tensor(s) copying `t` under `name`: an FP8 weight keeps its codes and scales bit-exact. */
+function copied(t: TensorRef, name: string): Item[] {
+  if (!t.fp8) return [{ name, src: t.name, dtype: t.dtype, shape: t.shape }];
+  const { weight, scale } = t.fp8;
+  return [
+    { name, part: weight, dtype: weight.dtype, shape: weight.shape },
+    { name: scaleName(name), part: scale, dtype: scale.dtype, shape: scale.shape },
+  ];
+}
+
+/**
+ * The output tensor(s) of a computed weight shaped like `src`; `make` gives it as raw bytes in `src`'s dtype. A
+ * weight whose source is FP8 is re-encoded as FP8 in the same blocks (src/io/fp8.ts: scale_inv = block amax / 448).
+ */
+function computedItems(src: TensorRef, name: string, make: () => Promise<Uint8Array>): Item[] {
+  if (!src.fp8) return [{ name, make, dtype: src.dtype, shape: src.shape }];
+  const { weight, scale, block, ue8m0 } = src.fp8;
+  const [rows, cols] = src.shape;
+  let encoded: Promise<{ codes: Uint8Array; scales: Float32Array }> | undefined;
+  const encode = () =>
+    (encoded ??= make().then((b) => encodeFp8(toFloat32(b, src.dtype), rows, cols, block, ue8m0, scale.dtype)));
+  return [
+    { name, make: async () => (await encode()).codes, dtype: weight.dtype, shape: weight.shape },
+    {
+      name: scaleName(name),
+      make: async () => fromFloat32((await encode()).scales, scale.dtype),
+      dtype: scale.dtype,
+      shape: scale.shape,
+    },
+  ];
 }
 
 /** The projection of a layer's expert 0 that comes first in the checkpoint (where the new experts are written). */
@@ -221,7 +310,7 @@ export const SELECT_SHARE = 0.05;
 
 /** The bytes of the source checkpoint: the work unit of prune and merge (their write phase is worth this much). */
 export function sourceBytes(ckpt: Checkpoint): number {
-  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.fp8 ? fp8Bytes(t.fp8) : t.end - t.begin), 0);
 }
 
 export interface ReducedOutput {

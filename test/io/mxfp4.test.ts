@@ -128,8 +128,7 @@ describe('moe inspect states the storage', () => {
   });
 
   // The lead enables this after merging the gpt_oss architecture (inspect needs it to classify the tensors).
-  // With the architecture merged (wt-gptoss) it fails: inspect lists the per-expert views, not the stored MXFP4 ones.
-  test.skip('inspect on the golden (needs gpt_oss architecture)', () => {
+  test('inspect on the golden', () => {
     const r = inspect({ model: DIR });
     expect(r.dtypes[MXFP4]).toEqual({
       tensors: 4,
@@ -141,6 +140,7 @@ describe('moe inspect states the storage', () => {
   });
 });
 
+// The lead enables this after merging the gpt_oss architecture (convert loads it to validate the checkpoint).
 test('moe convert writes the bf16 checkpoint the MXFP4 one stands for', async () => {
   const out = path.join(tmpDir(), 'bf16');
   await convert({ model: DIR, output: out }, quiet);
