@@ -154,7 +154,18 @@ def hf_fp8_cpu_patch():
 
 
 def strict_load(model_dir):
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    extra = {}
+    q = json.load(open(os.path.join(model_dir, "config.json"))).get("quantization_config") or {}
+    if q.get("quant_method") == "mxfp4":
+        # transformers' CPU path for gpt-oss's MXFP4 experts: decoded to bf16 on load (exact: every MXFP4 value is a
+        # bf16 value), then the model in float32 like the others.
+        from transformers import Mxfp4Config
+
+        extra["quantization_config"] = Mxfp4Config(dequantize=True)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **extra
+    )
+    model = model.float()
     bad = {k: v for k, v in info.items() if v}
     if bad:
         raise SystemExit(f"{model_dir}: transformers did not load every tensor: {bad}")

@@ -98,8 +98,9 @@ describe('golden checkpoints: moe eval of its outputs equals transformers', () =
         // The config transformers accepted: the source text, only the expert count changed (prune, merge).
         const text = fs.readFileSync(path.join(src, 'config.json'), 'utf8');
         const keep = flag(c.args, '--keep');
-        if (keep === undefined && JSON.parse(text).quantization_config?.quant_method === 'fp8') {
-          // An FP8 source quantized: every tensor is written floating, so the fp8 quantization_config goes.
+        const method = JSON.parse(text).quantization_config?.quant_method;
+        if (keep === undefined && (method === 'fp8' || method === 'mxfp4')) {
+          // An FP8 or MXFP4 source quantized: every tensor is written floating, so its quantization_config goes.
           const { quantization_config: _, ...want } = JSON.parse(text);
           expect(JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'))).toEqual(want);
         } else {
