@@ -248,49 +248,6 @@ export async function writeReduced(
   }
 }
 
-/** One tensor of the output: copied from a source tensor or a stored part of one, or made when written. */
-interface Item {
-  name: string;
-  src?: string;
-  /** A stored part copied as it is (an FP8 weight's codes or scales). */
-  part?: TensorRef;
-  make?: () => Uint8Array | Promise<Uint8Array>;
-  dtype: PlannedTensor['dtype'];
-  shape: number[];
-}
-
-/** The output tensor(s) copying `t` under `name`: an FP8 weight keeps its codes and scales bit-exact. */
-function copied(t: TensorRef, name: string): Item[] {
-  if (!t.fp8) return [{ name, src: t.name, dtype: t.dtype, shape: t.shape }];
-  const { weight, scale } = t.fp8;
-  return [
-    { name, part: weight, dtype: weight.dtype, shape: weight.shape },
-    { name: scaleName(name), part: scale, dtype: scale.dtype, shape: scale.shape },
-  ];
-}
-
-/**
- * The output tensor(s) of a computed weight shaped like `src`; `make` gives it as raw bytes in `src`'s dtype. A
- * weight whose source is FP8 is re-encoded as FP8 in the same blocks (src/io/fp8.ts: scale_inv = block amax / 448).
- */
-function computedItems(src: TensorRef, name: string, make: () => Promise<Uint8Array>): Item[] {
-  if (!src.fp8) return [{ name, make, dtype: src.dtype, shape: src.shape }];
-  const { weight, scale, block, ue8m0 } = src.fp8;
-  const [rows, cols] = src.shape;
-  let encoded: Promise<{ codes: Uint8Array; scales: Float32Array }> | undefined;
-  const encode = () =>
-    (encoded ??= make().then((b) => encodeFp8(toFloat32(b, src.dtype), rows, cols, block, ue8m0, scale.dtype)));
-  return [
-    { name, make: async () => (await encode()).codes, dtype: weight.dtype, shape: weight.shape },
-    {
-      name: scaleName(name),
-      make: async () => fromFloat32((await encode()).scales, scale.dtype),
-      dtype: scale.dtype,
-      shape: scale.shape,
-    },
-  ];
-}
-
 /** The projection of a layer's expert 0 that comes first in the checkpoint (where the new experts are written). */
 function firstProj(arch: Architecture, layer: number, position: Map<string, number>): Proj {
   let best: Proj = 'gate';
