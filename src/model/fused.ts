@@ -227,18 +227,26 @@ export function fuseOutput(
     const rest = sliceShape(arch, f);
     if (rest.reduce((a, b) => a * b, 1) !== perExpert)
       throw new Error(`fuseOutput: ${f.name} members do not fill a slice`);
-    const mx = source?.ckpt.stored?.get(f.name)?.mxfp4;
-    if (mx && source) {
-      out.push(...mxfp4Output(arch, f, experts, slice, mx, source));
+    const stored = source?.ckpt.stored?.get(f.name);
+    if (stored?.mxfp4 && source) {
+      out.push(...mxfp4Output(arch, f, experts, slice, stored.mxfp4, source));
       continue;
     }
     const size = dtypeBytes(first.dtype);
+    // An expert copied whole from a plainly stored source is its source slice, bit-exact and without decoding.
+    const plain = stored && !stored.mxfp4 && !stored.packed && stored.dtype === first.dtype ? stored : undefined;
+    const copied = (e: number) => (plain && source ? copiedFrom(source.ckpt, slice(e)) : undefined);
     out.push({
       name: f.name,
       dtype: first.dtype,
       shape: [experts, ...rest],
       pieces: async function* () {
         for (let e = 0; e < experts; e++) {
+          const from = copied(e);
+          if (from !== undefined) {
+            yield source!.reader.rawSlice(plain!, from);
+            continue;
+          }
           const members = await Promise.all(slice(e).map((m) => m.bytes()));
           yield fuseSlice(f, members, size, arch.hidden, arch.expertWidth, layout.interleaved);
         }
@@ -246,6 +254,12 @@ export function fuseOutput(
     });
   }
   return out;
+}
+
+/** The source expert whose whole slice an output expert copies (every member a copy of that expert), if any. */
+function copiedFrom(ckpt: Checkpoint, members: LogicalOut[]): number | undefined {
+  const idx = members.map((m) => (m.src ? ckpt.tensors.get(m.src)?.view?.index : undefined));
+  return idx.every((i) => i !== undefined && i === idx[0]) ? idx[0] : undefined;
 }
 
 /**
@@ -261,10 +275,6 @@ function mxfp4Output(
   mx: { blocks: TensorRef; scales: TensorRef },
   { ckpt, reader }: { ckpt: Checkpoint; reader: TensorReader },
 ): FusedOut[] {
-  const copiedFrom = (e: number): number | undefined => {
-    const idx = slice(e).map((m) => (m.src ? ckpt.tensors.get(m.src)?.view?.index : undefined));
-    return idx.every((i) => i !== undefined && i === idx[0]) ? idx[0] : undefined;
-  };
   const [H, I] = [arch.hidden, arch.expertWidth];
   const interleaved = arch.fusedExperts!.interleaved;
   // The stored orientation [out, in]: gate/up rows side by side (interleaved or halves), down as it is.
@@ -286,7 +296,7 @@ function mxfp4Output(
       shape: [experts, ...mx.blocks.shape.slice(1)],
       pieces: async function* () {
         for (let e = 0; e < experts; e++) {
-          const from = copiedFrom(e);
+          const from = copiedFrom(ckpt, slice(e));
           if (from !== undefined) yield reader.rawSlice(mx.blocks, from);
           else {
             const q = await encode(e);
@@ -302,7 +312,7 @@ function mxfp4Output(
       shape: [experts, ...mx.scales.shape.slice(1)],
       pieces: async function* () {
         for (let e = 0; e < experts; e++) {
-          const from = copiedFrom(e);
+          const from = copiedFrom(ckpt, slice(e));
           if (from !== undefined) yield reader.rawSlice(mx.scales, from);
           else {
             const s = encodedScales.get(e);
