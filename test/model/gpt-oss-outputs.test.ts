@@ -126,3 +126,31 @@ test('merging MXFP4 experts encodes what the same merge computes on the bf16 con
   merged.close();
   expect(encoded).toBeGreaterThan(0);
 });
+
+describe.each(['qwen3_moe-fp8', 'deepseek_v3-fp8'])('%s: every prune and merge method keeps FP8 storage', (name) => {
+  const model = path.join(GOLDEN, name);
+  let fp8Stats: string;
+  beforeAll(async () => {
+    fp8Stats = path.join(work, `${name}-stats`);
+    await calibrate({ model, output: fp8Stats, data: DATA, seqLen: 32, backend: 'ref' }, quiet);
+  });
+  const expertWeights = (dir: string) => {
+    const { ckpt } = reopen(dir);
+    return [...ckpt.tensors.values()].filter((t) => /\.experts\.\d+\./.test(t.name));
+  };
+
+  test.each([
+    ...pruneMethodNames().map((m) => ['prune', m] as const),
+    ...mergeMethodNames().map((m) => ['merge', m] as const),
+  ])('%s --method %s', async (command, method) => {
+    const out = path.join(work, `${name}-${command}-${method}`);
+    const opts = { model, stats: fp8Stats, method, ratio: 0.5, output: out, backend: 'ref' as const };
+    await (command === 'prune' ? prune(opts, quiet) : merge(opts, quiet));
+    const { config } = reopen(out);
+    expect(config.quantization_config.quant_method).toBe('fp8');
+    const experts = expertWeights(out);
+    expect(experts.length).toBeGreaterThan(0);
+    // Every routed expert weight is still F8_E4M3 codes with block scales, copied or encoded.
+    for (const t of experts) expect(t.fp8?.weight.dtype).toBe('F8_E4M3');
+  });
+});
