@@ -53,6 +53,8 @@ from transformers import (  # noqa: E402
     DeepseekV2ForCausalLM,
     DeepseekV3Config,
     DeepseekV3ForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -98,6 +100,10 @@ class Case:
     save_dtype: torch.dtype = torch.float32
     max_shard_size: str | None = None
     notes: list[str] = field(default_factory=list)
+    # init std by tensor-name suffix (overrides init_std; first match wins)
+    std: dict[str, float] = field(default_factory=dict)
+    # record the top-k of transformers' router_logits (output_router_logits=True) as golden `router_topk`
+    record_router: bool = False
 
 
 COMMON = dict(
@@ -349,6 +355,66 @@ CASES: list[Case] = [
 ]
 
 
+# ---- gpt_oss (bf16) ------------------------------------------------------------------
+
+GPT_OSS = dict(
+    COMMON,
+    max_position_embeddings=131072,  # as published: YaRN factor 32 over 4096
+    num_hidden_layers=3,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=16,  # expert width
+    num_local_experts=8,
+    num_experts_per_tok=4,
+    sliding_window=4,  # matters on 16 tokens
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    attention_bias=True,
+    rms_norm_eps=1e-5,
+    rope_parameters={
+        "rope_type": "yarn",
+        "rope_theta": 150000.0,
+        "factor": 32.0,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": False,
+        "original_max_position_embeddings": 4096,
+    },
+)
+
+CASES.append(
+    Case(
+        "gpt_oss",
+        GptOssConfig,
+        GptOssForCausalLM,
+        GPT_OSS,
+        seed=9000,
+        save_dtype=torch.bfloat16,
+        record_router=True,
+        std={
+            "self_attn.sinks": 1.0,  # sink logits of the size of the scores: they take a visible share
+            "mlp.router.weight": 0.3,  # decisive routing
+            "mlp.router.bias": 0.3,
+            "experts.gate_up_proj": 0.5,  # gate/up values beyond +-7: the SwiGLU clamp takes effect
+            "experts.gate_up_proj_bias": 0.5,
+            "experts.down_proj_bias": 0.3,
+        },
+        notes=[
+            "Saved in bfloat16 by transformers' own save_pretrained: experts fused as mlp.experts.gate_up_proj "
+            "[E, H, 2I] (gate = even columns, up = odd columns), gate_up_proj_bias [E, 2I], down_proj [E, I, H], "
+            "down_proj_bias [E, H]; golden logits from from_pretrained(dir, dtype=torch.float32).",
+            "3 layers: layer_types sliding/full/sliding with sliding_window=4 (a token sees itself and the 3 before "
+            "it); attention sinks (self_attn.sinks, std 1.0); q/k/v/o biases; GQA 4 heads / 2 kv heads, head_dim 16.",
+            "Router: linear with bias, top-4 of 8 on the logits, softmax over the 4; golden router_topk [layers, "
+            "tokens, 4] = topk of transformers' router_logits (output_router_logits=True), in topk order.",
+            "Experts: clamped SwiGLU (alpha 1.702, limit 7: gate_up_proj std 0.5 so the clamp takes effect), "
+            "out = ((up + 1) * gate * sigmoid(1.702 * gate)) @ down + down_bias, times the routing weight.",
+            "YaRN RoPE as published: rope_theta 150000, factor 32, original_max_position_embeddings 4096, "
+            "beta_fast 32, beta_slow 1, truncate false; cos/sin x attention_factor 0.1*ln(32)+1.",
+        ],
+    )
+)
+
+
 # --------------------------------------------------------------------------------------
 # Weight initialisation
 # --------------------------------------------------------------------------------------
@@ -365,7 +431,7 @@ def init_std(name: str, tied: bool) -> float:
 
 
 @torch.no_grad()
-def reinit(model: torch.nn.Module, seed: int) -> None:
+def reinit(model: torch.nn.Module, seed: int, std: dict[str, float] | None = None) -> None:
     """Deterministic re-initialisation of every parameter and persistent buffer."""
     g = torch.Generator().manual_seed(seed)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -376,7 +442,10 @@ def reinit(model: torch.nn.Module, seed: int) -> None:
     for name in sorted(tensors):
         t = tensors[name]
         noise = torch.randn(t.shape, generator=g, dtype=torch.float32)
-        if name.endswith("e_score_correction_bias"):
+        override = next((v for k, v in (std or {}).items() if name.endswith(k)), None)
+        if override is not None:
+            val = override * noise
+        elif name.endswith("e_score_correction_bias"):
             val = 0.1 * noise
         elif name.endswith("norm.weight"):  # every RMSNorm (layer, final, q/k, MLA latent)
             val = 1.0 + 0.1 * noise
@@ -416,7 +485,7 @@ def expert_count(cfg: dict) -> int:
 def moe_layer_indices(cfg: dict) -> list[int]:
     """MoE layers as determined from config.json alone (rules of each modeling file)."""
     mt, n = cfg["model_type"], cfg["num_hidden_layers"]
-    if mt in ("mixtral", "olmoe"):
+    if mt in ("mixtral", "olmoe", "gpt_oss"):
         return list(range(n))
     if mt in ("qwen2_moe", "qwen3_moe"):
         only = cfg.get("mlp_only_layers") or []
@@ -685,6 +754,66 @@ def mla_attention(cfg: dict, W: dict, L: int, x: torch.Tensor) -> torch.Tensor:
     return lin(attend(qq, kk, v, scale), W, p + "o_proj")
 
 
+# ---- gpt_oss reference (float64) ----------------------------------------------------
+
+
+def gptoss_attention(cfg: dict, W: dict, L: int, x: torch.Tensor) -> torch.Tensor:
+    """GQA with q/k/v/o biases, YaRN rope (rotate-half), a per-head sink logit in the softmax denominator, and a
+    sliding window (kv > q - sliding_window) on the layers layer_types names sliding_attention."""
+    p = f"model.layers.{L}.self_attn."
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D = cfg.get("head_dim") or cfg["hidden_size"] // H
+    T = x.shape[0]
+    q = lin(x, W, p + "q_proj").view(T, H, D).transpose(0, 1)
+    k = lin(x, W, p + "k_proj").view(T, KV, D).transpose(0, 1)
+    v = lin(x, W, p + "v_proj").view(T, KV, D).transpose(0, 1)
+    inv, att = rope_freqs(cfg, D)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]
+    cos, sin = ang.cos() * att, ang.sin() * att
+    q, k = rope_half(q, cos, sin), rope_half(k, cos, sin)
+    rep = H // KV
+    k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
+    s = (q @ k.transpose(-1, -2)) * D**-0.5  # [H, T, T]
+    qi = torch.arange(T)[:, None]
+    ki = torch.arange(T)[None, :]
+    allowed = ki <= qi
+    if cfg["layer_types"][L] == "sliding_attention":
+        allowed = allowed & (ki > qi - cfg["sliding_window"])
+    s = s.masked_fill(~allowed, float("-inf"))
+    sink = W[p + "sinks"].view(H, 1, 1).expand(H, T, 1)
+    probs = torch.cat([s, sink], -1).softmax(-1)[..., :-1]
+    o = (probs @ v).transpose(0, 1).reshape(T, -1)
+    return lin(o, W, p + "o_proj")
+
+
+def gptoss_moe(cfg: dict, W: dict, L: int, x: torch.Tensor, log: RoutingLog) -> torch.Tensor:
+    """Router = linear with bias, top-k of the logits, softmax over the k; experts read from the fused stored
+    tensors (gate = even, up = odd columns of gate_up_proj [E, H, 2I]) with the clamped SwiGLU."""
+    pre = f"model.layers.{L}.mlp."
+    E, k = expert_count(cfg), cfg["num_experts_per_tok"]
+    logits = x @ W[pre + "router.weight"].T + W[pre + "router.bias"]
+    log.margin(topk_margin(logits, k))
+    top = logits.topk(k, -1)
+    idx, w = top.indices, top.values.softmax(-1)
+    gu, gub = W[pre + "experts.gate_up_proj"], W[pre + "experts.gate_up_proj_bias"]
+    dn, dnb = W[pre + "experts.down_proj"], W[pre + "experts.down_proj_bias"]
+    limit, alpha = 7.0, 1.702
+    out = torch.zeros_like(x)
+    clamped = 0
+    for t in range(x.shape[0]):
+        for j in range(k):
+            e = int(idx[t, j])
+            h = x[t] @ gu[e] + gub[e]
+            gate, up = h[0::2], h[1::2]
+            clamped += int((gate > limit).sum() + (up.abs() > limit).sum())
+            gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+            y = ((up + 1) * gate * torch.sigmoid(alpha * gate)) @ dn[e] + dnb[e]
+            out[t] += w[t, j] * y
+    counts = torch.bincount(idx.reshape(-1), minlength=E).tolist()
+    log.layers[L] = dict(expert_token_counts=counts, clamped_gate_up_values=clamped)
+    return out
+
+
 def ref_forward(d: Path, ids: torch.Tensor) -> tuple[torch.Tensor, RoutingLog]:
     cfg = json.loads((d / "config.json").read_text())
     raw, _ = load_saved_tensors(d)
@@ -699,10 +828,15 @@ def ref_forward(d: Path, ids: torch.Tensor) -> tuple[torch.Tensor, RoutingLog]:
         for L in range(cfg["num_hidden_layers"]):
             p = f"model.layers.{L}."
             h = rms(x, W[p + "input_layernorm.weight"], eps)
-            a = mla_attention(cfg, W, L, h) if mt.startswith("deepseek") else std_attention(cfg, W, L, h)
+            if mt == "gpt_oss":
+                a = gptoss_attention(cfg, W, L, h)
+            else:
+                a = mla_attention(cfg, W, L, h) if mt.startswith("deepseek") else std_attention(cfg, W, L, h)
             x = x + a
             h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
-            if L in moe:
+            if mt == "gpt_oss":
+                x = x + gptoss_moe(cfg, W, L, h, log)
+            elif L in moe:
                 x = x + moe_block(cfg, W, L, h, log)
             else:
                 m = p + "mlp."
@@ -729,7 +863,7 @@ def build_and_save(case: Case, seed: int, d: Path):
     cfg = case.config_cls(**case.config)
     torch.manual_seed(seed)
     model = case.model_cls(cfg).eval()
-    reinit(model, seed)
+    reinit(model, seed, case.std)
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
@@ -737,6 +871,24 @@ def build_and_save(case: Case, seed: int, d: Path):
     kwargs = {} if case.max_shard_size is None else {"max_shard_size": case.max_shard_size}
     to_save.save_pretrained(str(d), **kwargs)
     return model
+
+
+@torch.no_grad()
+def golden_extras(case: Case, model, ids: torch.Tensor, logits: torch.Tensor) -> dict:
+    """router_topk I64 [layers, tokens, k]: torch.topk of transformers' router_logits on every token, in topk order;
+    and (as checks) how far the eager experts implementation is from the default one."""
+    out = model(input_ids=ids, use_cache=False, output_router_logits=True)
+    k = model.config.num_experts_per_tok
+    topk = torch.stack([r.reshape(ids.numel(), -1).topk(k, -1).indices for r in out.router_logits])
+    assert (out.logits - logits).abs().max() == 0, "output_router_logits changed the logits"
+    info: dict = {"router_topk": topk.to(torch.int64).contiguous()}
+    d = OUT / case.name
+    eager = case.model_cls.from_pretrained(
+        str(d), dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    info["experts_implementation"] = model.config._experts_implementation
+    info["max_abs_diff_eager_experts_vs_golden"] = float((eager(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    return info
 
 
 @torch.no_grad()
@@ -752,8 +904,11 @@ def make_case(case: Case) -> dict:
         out = model(input_ids=ids, use_cache=False)
         logits = out.logits.float()
         hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
-        sdpa = case.model_cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-        sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+        sdpa_diff = None  # gpt_oss has no sdpa attention (_supports_sdpa = False)
+        if getattr(case.model_cls, "_supports_sdpa", True):
+            sdpa = case.model_cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+            sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+        extra = golden_extras(case, model, ids, logits) if case.record_router else {}
         if case.save_dtype == torch.float32:
             mem_diff = float((mem_model(input_ids=ids, use_cache=False).logits - logits).abs().max())
             assert mem_diff < 1e-5, f"{case.name}: reloaded model differs from in-memory model by {mem_diff}"
@@ -763,7 +918,7 @@ def make_case(case: Case) -> dict:
         ok = log.min_margin >= MIN_MARGIN and ref_diff <= REF_TOL
         print(
             f"[{case.name}] seed {seed}: min routing margin {log.min_margin:.3g}, "
-            f"|ref64 - hf32| {ref_diff:.3g}, |sdpa - eager| {sdpa_diff:.3g}"
+            f"|ref64 - hf32| {ref_diff:.3g}, |sdpa - eager| {sdpa_diff if sdpa_diff is None else f'{sdpa_diff:.3g}'}"
         )
         if ok:
             break
@@ -773,8 +928,10 @@ def make_case(case: Case) -> dict:
         raise SystemExit(f"{case.name}: no seed with clean routing margins")
 
     loss = ce_loss(logits, ids)
+    golden_tensors = {"input_ids": ids.contiguous(), "logits": logits.contiguous()}
+    golden_tensors.update({k: v for k, v in extra.items() if isinstance(v, torch.Tensor)})
     save_file(
-        {"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+        golden_tensors,
         str(d / "golden.safetensors"),
         # a single key: safetensors writes metadata in hash-map order, several keys would make
         # the file bytes differ from run to run
@@ -789,11 +946,15 @@ def make_case(case: Case) -> dict:
     # cross-check the config-derived layer kinds with the tensor names
     for L in range(cfg_json["num_hidden_layers"]):
         has_router = any(
-            k.startswith(f"model.layers.{L}.") and (k.endswith("mlp.gate.weight") or k.endswith("block_sparse_moe.gate.weight"))
+            k.startswith(f"model.layers.{L}.")
+            and (k.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight", "mlp.router.weight")))
             for k in tensors
         )
         assert has_router == (L in moe_layers), f"{case.name}: layer {L} kind mismatch"
-        if has_router:
+        fused = f"model.layers.{L}.mlp.experts.gate_up_proj"
+        if has_router and fused in tensors:  # experts stored fused: the first axis
+            assert tensors[fused].shape[0] == E, f"{case.name}: layer {L} has {tensors[fused].shape[0]} experts"
+        elif has_router:
             n = len({k.split(".experts.")[1].split(".")[0] for k in tensors if k.startswith(f"model.layers.{L}.") and ".experts." in k})
             assert n == E, f"{case.name}: layer {L} has {n} experts, config says {E}"
 
@@ -833,6 +994,7 @@ def make_case(case: Case) -> dict:
             "max_abs_diff_sdpa_vs_eager": sdpa_diff,
             "min_routing_margin": log.min_margin,
             "routing": {str(k): v for k, v in sorted(log.layers.items())},
+            **{k: v for k, v in extra.items() if not isinstance(v, torch.Tensor)},
         },
         "notes": case.notes,
     }
@@ -874,7 +1036,12 @@ def dir_size(d: Path) -> int:
 
 def main() -> None:
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    only = set(sys.argv[1:])
+    args = sys.argv[1:]
+    if args[:1] == ["--only"] and len(args) == 2:  # --only NAME[,NAME]: regenerate only these cases
+        args = args[1].split(",")
+    elif any(a.startswith("-") for a in args):
+        raise SystemExit("usage: make_golden.py [--only NAME[,NAME]] | [NAME ...]")
+    only = set(args)
     unknown = only - {c.name for c in CASES}
     if unknown:
         raise SystemExit(f"unknown case(s): {sorted(unknown)}; known: {[c.name for c in CASES]}")
@@ -912,8 +1079,8 @@ def main() -> None:
         )
     total = dir_size(OUT)
     print(f"total fixtures/golden: {total} bytes ({total / 1e6:.2f} MB)")
-    if total > 3_000_000:
-        raise SystemExit("fixtures/golden exceeds 3 MB")
+    if total > 4_000_000:  # 3 MB until the 2026 cases (gpt_oss, FP8, MXFP4) of a few hundred KB each
+        raise SystemExit("fixtures/golden exceeds 4 MB")
 
 
 if __name__ == "__main__":

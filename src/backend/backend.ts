@@ -48,6 +48,27 @@ export interface LogitStats {
   target: Float32Array;
 }
 
+/** What some attentions add to the causal softmax (gpt-oss). */
+export interface AttentionOptions {
+  /** Sliding window: position t attends to positions max(0, t − window + 1)..t (transformers' sliding_window). */
+  window?: number;
+  /**
+   * Per-head sink logits [heads]: one more logit in each row's softmax, with no value (gpt-oss `self_attn.sinks`):
+   * p_s = exp(a_s − m) / (Σ_s' exp(a_s' − m) + exp(sink − m)), m the max over the row's scores and the sink.
+   */
+  sinks?: Float32Array;
+}
+
+/** What some gated MLPs add to silu(gate) · up (gpt-oss's experts). */
+export interface GluOptions {
+  /** [2·width]: gate biases, then up biases (the order of gateUp's rows). */
+  gateUpBias?: Float32Array;
+  /** [hidden] */
+  downBias?: Float32Array;
+  /** gate = min(gate, limit), up = clamp(up, −limit, limit), act = (up + 1) · gate · σ(alpha · gate). */
+  clamp?: { alpha: number; limit: number };
+}
+
 /**
  * Fused operations: whole pieces of the forward pass in one call, so that no per-element work is left to
  * JavaScript. Every backend implements them; RefBackend defines their exact meaning.
@@ -55,7 +76,8 @@ export interface LogitStats {
 export interface FusedOps {
   /**
    * Causal softmax attention of one window: softmax(q·kᵀ·scale + causal mask)·v per head, with q [H, T, dk],
-   * k [H, T, dk], v [H, T, dv] → [H, T, dv]. Position t attends to positions 0..t.
+   * k [H, T, dk], v [H, T, dv] → [H, T, dv]. Position t attends to positions 0..t (with opts.window, the last
+   * `window` of them), and opts.sinks adds a per-head logit to each softmax denominator.
    */
   attention(
     q: Float32Array,
@@ -66,10 +88,12 @@ export interface FusedOps {
     dk: number,
     dv: number,
     scale: number,
+    opts?: AttentionOptions,
   ): Promise<Float32Array>;
   /**
    * A SwiGLU MLP: act = silu(x·gateᵀ) ⊙ (x·upᵀ), out = act·downᵀ, with x [rows, hidden], gateUp [2·width, hidden]
    * (gate rows first, then up rows), down [hidden, width] → out [rows, hidden]; act [rows, width] also when asked.
+   * opts adds biases to both products and gpt-oss's clamped activation (GluOptions).
    */
   swiglu(
     x: Float32Array,
@@ -79,6 +103,7 @@ export interface FusedOps {
     hidden: number,
     width: number,
     wantAct: boolean,
+    opts?: GluOptions,
   ): Promise<{ out: Float32Array; act?: Float32Array }>;
   /**
    * Statistics of logits = x·wᵀ for x [rows, hidden], w [count, hidden] (the lm_head rows of vocab ids

@@ -40,6 +40,51 @@ export function attentionModel(): Uint8Array {
 }
 
 /**
+ * Attention with a per-head sink logit (gpt-oss; ref.ts attentionRef with opts.sinks): Sinks [H, 1, 1] joins each
+ * row's max M = max(max_s A_s, sink) and its denominator Z = Σ_s exp(A_s − M) + exp(sink − M), where A = Q·Kᵀ·Scale
+ * + Mask; O = (exp(A − M)·V) / Z. Dividing after the product divides [H, T, dv] instead of [H, T, T].
+ */
+export function attentionSinksModel(): Uint8Array {
+  return encodeModel({
+    name: 'attention_sinks',
+    inputs: [
+      { name: 'Q', dims: ['heads', 'T', 'dk'] },
+      { name: 'K', dims: ['heads', 'T', 'dk'] },
+      { name: 'V', dims: ['heads', 'T', 'dv'] },
+      { name: 'Scale', dims: [] },
+      { name: 'Mask', dims: ['T', 'T'] },
+      { name: 'Sinks', dims: ['heads', 1, 1] },
+    ],
+    outputs: [{ name: 'O', dims: ['heads', 'T', 'dv'] }],
+    nodes: [
+      constant('Axis2', { type: 'int64', dims: [1], values: [2] }),
+      { op: 'Transpose', inputs: ['K'], outputs: ['KT'], attrs: [{ name: 'perm', ints: [0, 2, 1] }] },
+      { op: 'MatMul', inputs: ['Q', 'KT'], outputs: ['S'] }, // [H, T, T]
+      { op: 'Mul', inputs: ['S', 'Scale'], outputs: ['Scaled'] },
+      { op: 'Add', inputs: ['Scaled', 'Mask'], outputs: ['Masked'] },
+      {
+        op: 'ReduceMax',
+        inputs: ['Masked'],
+        outputs: ['RowMax'],
+        attrs: [
+          { name: 'axes', ints: [2] },
+          { name: 'keepdims', int: 1 },
+        ],
+      }, // [H, T, 1]
+      { op: 'Max', inputs: ['RowMax', 'Sinks'], outputs: ['M'] },
+      { op: 'Sub', inputs: ['Masked', 'M'], outputs: ['Shifted'] },
+      { op: 'Exp', inputs: ['Shifted'], outputs: ['E'] },
+      { op: 'ReduceSum', inputs: ['E', 'Axis2'], outputs: ['Sum'], attrs: [{ name: 'keepdims', int: 1 }] },
+      { op: 'Sub', inputs: ['Sinks', 'M'], outputs: ['SinkShifted'] },
+      { op: 'Exp', inputs: ['SinkShifted'], outputs: ['SinkE'] },
+      { op: 'Add', inputs: ['Sum', 'SinkE'], outputs: ['Z'] },
+      { op: 'MatMul', inputs: ['E', 'V'], outputs: ['EV'] }, // [H, T, dv]
+      { op: 'Div', inputs: ['EV', 'Z'], outputs: ['O'] },
+    ],
+  });
+}
+
+/**
  * Act [rows, width] = silu(G) ⊙ U with [G | U] = X·GateUpᵀ, Out [rows, hidden] = Act·Downᵀ, for X [rows, hidden],
  * GateUp [2·width, hidden] (gate rows, then up rows) and Down [hidden, width]. Split with two outputs and no sizes
  * halves the axis (opset 13–17), so width needs no input of its own; silu(g) = g·sigmoid(g).
@@ -134,6 +179,46 @@ export function logitStatsModel(): Uint8Array {
       { op: 'Where', inputs: ['Inside', 'Idx', 'Zero'], outputs: ['Col'] },
       { op: 'GatherElements', inputs: ['Y', 'Col'], outputs: ['Picked'], attrs: [{ name: 'axis', int: 1 }] },
       { op: 'Where', inputs: ['Inside', 'Picked', 'NaN'], outputs: ['Target'] },
+    ],
+  });
+}
+
+/**
+ * The gated MLP with biases and gpt-oss's clamped activation (ref.ts swigluRef with GluOptions):
+ * [G | U] = X·GateUpᵀ + GateUpBias, Act = (min(U, Limit) ∨ −Limit + Plus) ⊙ Gc·σ(Alpha·Gc) with Gc = min(G, Limit),
+ * Out = Act·Downᵀ + DownBias. Alpha 1, Limit +∞ and Plus 0 give silu(G) ⊙ U, so one graph serves biases alone too.
+ */
+export function gluModel(): Uint8Array {
+  return encodeModel({
+    name: 'glu',
+    inputs: [
+      { name: 'X', dims: ['rows', 'hidden'] },
+      { name: 'GateUp', dims: ['width2', 'hidden'] },
+      { name: 'GateUpBias', dims: ['width2'] },
+      { name: 'Down', dims: ['hidden', 'width'] },
+      { name: 'DownBias', dims: ['hidden'] },
+      { name: 'Alpha', dims: [] },
+      { name: 'Limit', dims: [] },
+      { name: 'Plus', dims: [] },
+    ],
+    outputs: [
+      { name: 'Out', dims: ['rows', 'hidden'] },
+      { name: 'Act', dims: ['rows', 'width'] },
+    ],
+    nodes: [
+      // [rows, 2·width]
+      { op: 'Gemm', inputs: ['X', 'GateUp', 'GateUpBias'], outputs: ['GU'], attrs: [{ name: 'transB', int: 1 }] },
+      { op: 'Split', inputs: ['GU'], outputs: ['G', 'U'], attrs: [{ name: 'axis', int: 1 }] },
+      { op: 'Neg', inputs: ['Limit'], outputs: ['NegLimit'] },
+      { op: 'Min', inputs: ['G', 'Limit'], outputs: ['Gc'] },
+      { op: 'Min', inputs: ['U', 'Limit'], outputs: ['UcHigh'] },
+      { op: 'Max', inputs: ['UcHigh', 'NegLimit'], outputs: ['Uc'] },
+      { op: 'Mul', inputs: ['Gc', 'Alpha'], outputs: ['AlphaG'] },
+      { op: 'Sigmoid', inputs: ['AlphaG'], outputs: ['SigG'] },
+      { op: 'Mul', inputs: ['Gc', 'SigG'], outputs: ['Glu'] },
+      { op: 'Add', inputs: ['Uc', 'Plus'], outputs: ['UpPlus'] },
+      { op: 'Mul', inputs: ['UpPlus', 'Glu'], outputs: ['Act'] },
+      { op: 'Gemm', inputs: ['Act', 'Down', 'DownBias'], outputs: ['Out'], attrs: [{ name: 'transB', int: 1 }] },
     ],
   });
 }

@@ -14,8 +14,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { InternalError, UsageError } from '../errors';
-import type { Backend, LogitStats } from './backend';
-import { attentionModel, logitStatsModel, swigluModel } from './onnx-fused';
+import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
+import { attentionModel, attentionSinksModel, gluModel, logitStatsModel, swigluModel } from './onnx-fused';
 import { bmmModel, linearModel } from './onnx-graph';
 import {
   attentionRef,
@@ -50,7 +50,8 @@ const ALLOW_SPINNING = '0';
 /** onnxruntime's log level 3 = errors only (its warnings about unused graph optimisations are noise here). */
 const ORT_LOG_ERRORS_ONLY = 3;
 
-type GraphKind = 'linear' | 'linearBias' | 'bmm' | 'bmmTransB' | 'attention' | 'swiglu' | 'logitStats';
+type GraphKind =
+  'linear' | 'linearBias' | 'bmm' | 'bmmTransB' | 'attention' | 'attentionSinks' | 'swiglu' | 'glu' | 'logitStats';
 
 const GRAPHS: Record<GraphKind, () => Uint8Array> = {
   linear: () => linearModel(false),
@@ -58,7 +59,9 @@ const GRAPHS: Record<GraphKind, () => Uint8Array> = {
   bmm: () => bmmModel(false),
   bmmTransB: () => bmmModel(true),
   attention: attentionModel,
+  attentionSinks: attentionSinksModel,
   swiglu: swigluModel,
+  glu: gluModel,
   logitStats: logitStatsModel,
 };
 
@@ -248,17 +251,20 @@ export class OnnxBackend implements Backend {
     dk: number,
     dv: number,
     scale: number,
+    opts: AttentionOptions = {},
   ): Promise<Float32Array> {
-    checkAttention(q, k, v, heads, T, dk, dv, scale);
-    if (heads * T * T * (dk + dv) < TINY_PRODUCT_MACS) return attentionRef(q, k, v, heads, T, dk, dv, scale);
-    const feeds = {
+    checkAttention(q, k, v, heads, T, dk, dv, scale, opts);
+    if (heads * T * T * (dk + dv) < TINY_PRODUCT_MACS) return attentionRef(q, k, v, heads, T, dk, dv, scale, opts);
+    const feeds: Record<string, Ort.Tensor> = {
       Q: this.tensor(q, [heads, T, dk]),
       K: this.tensor(k, [heads, T, dk]),
       V: this.tensor(v, [heads, T, dv]),
       Scale: this.tensor(Float32Array.of(scale), []),
-      Mask: this.tensor(this.masks.get(T), [T, T]),
+      Mask: this.tensor(this.masks.get(T, opts.window), [T, T]),
     };
-    return this.run('attention', feeds, 'O', heads * T * dv); // [H, T, dv]
+    if (!opts.sinks) return this.run('attention', feeds, 'O', heads * T * dv); // [H, T, dv]
+    feeds.Sinks = this.tensor(opts.sinks, [heads, 1, 1]);
+    return this.run('attentionSinks', feeds, 'O', heads * T * dv); // [H, T, dv]
   }
 
   async swiglu(
@@ -269,20 +275,30 @@ export class OnnxBackend implements Backend {
     hidden: number,
     width: number,
     wantAct: boolean,
+    opts?: GluOptions,
   ): Promise<{ out: Float32Array; act?: Float32Array }> {
-    checkSwiglu(x, gateUp, down, rows, hidden, width);
+    checkSwiglu(x, gateUp, down, rows, hidden, width, opts);
     if (3 * rows * hidden * width < TINY_PRODUCT_MACS) {
-      const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width);
+      const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width, opts);
       return wantAct ? { out, act } : { out };
     }
-    const feeds = {
+    const feeds: Record<string, Ort.Tensor> = {
       X: this.tensor(x, [rows, hidden]),
       GateUp: this.tensor(gateUp, [2 * width, hidden]),
       Down: this.tensor(down, [hidden, width]),
     };
-    const result = await this.runGraph('swiglu', feeds, wantAct ? ['Out', 'Act'] : ['Out']);
-    const out = floatOutput(result, 'swiglu', 'Out', rows * hidden); // [rows, hidden]
-    return wantAct ? { out, act: floatOutput(result, 'swiglu', 'Act', rows * width) } : { out }; // act [rows, width]
+    const kind: GraphKind = opts && (opts.gateUpBias || opts.downBias || opts.clamp) ? 'glu' : 'swiglu';
+    if (kind === 'glu') {
+      const c = opts?.clamp;
+      feeds.GateUpBias = this.tensor(opts?.gateUpBias ?? new Float32Array(2 * width), [2 * width]);
+      feeds.DownBias = this.tensor(opts?.downBias ?? new Float32Array(hidden), [hidden]);
+      feeds.Alpha = this.tensor(Float32Array.of(c ? c.alpha : 1), []);
+      feeds.Limit = this.tensor(Float32Array.of(c ? c.limit : Infinity), []);
+      feeds.Plus = this.tensor(Float32Array.of(c ? 1 : 0), []);
+    }
+    const result = await this.runGraph(kind, feeds, wantAct ? ['Out', 'Act'] : ['Out']);
+    const out = floatOutput(result, kind, 'Out', rows * hidden); // [rows, hidden]
+    return wantAct ? { out, act: floatOutput(result, kind, 'Act', rows * width) } : { out }; // act [rows, width]
   }
 
   async logitStats(

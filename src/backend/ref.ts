@@ -4,7 +4,7 @@
  * a native call. Also home of the shape checks every backend runs before touching data.
  */
 import { InternalError } from '../errors';
-import type { Backend, LogitStats } from './backend';
+import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
 
 /**
  * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
@@ -63,12 +63,16 @@ export function checkAttention(
   dk: number,
   dv: number,
   scale: number,
+  opts: AttentionOptions = {},
 ): void {
   checkDims('attention', { heads, T, dk, dv });
   checkLength('attention', 'q', q, heads * T * dk, `[${heads}, ${T}, ${dk}]`);
   checkLength('attention', 'k', k, heads * T * dk, `[${heads}, ${T}, ${dk}]`);
   checkLength('attention', 'v', v, heads * T * dv, `[${heads}, ${T}, ${dv}]`);
   if (!Number.isFinite(scale)) throw new InternalError(`attention: scale must be a finite number, got ${scale}`);
+  if (opts.sinks) checkLength('attention', 'sinks', opts.sinks, heads, `[${heads}]`);
+  if (opts.window !== undefined && !(Number.isSafeInteger(opts.window) && opts.window > 0))
+    throw new InternalError(`attention: window must be a positive integer, got ${opts.window}`);
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `swiglu` call. */
@@ -79,11 +83,14 @@ export function checkSwiglu(
   rows: number,
   hidden: number,
   width: number,
+  opts: GluOptions = {},
 ): void {
   checkDims('swiglu', { rows, hidden, width });
   checkLength('swiglu', 'x', x, rows * hidden, `[${rows}, ${hidden}]`);
   checkLength('swiglu', 'gateUp', gateUp, 2 * width * hidden, `[2·${width}, ${hidden}]`);
   checkLength('swiglu', 'down', down, hidden * width, `[${hidden}, ${width}]`);
+  if (opts.gateUpBias) checkLength('swiglu', 'gateUpBias', opts.gateUpBias, 2 * width, `[2·${width}]`);
+  if (opts.downBias) checkLength('swiglu', 'downBias', opts.downBias, hidden, `[${hidden}]`);
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `logitStats` call. */
@@ -171,7 +178,9 @@ export function bmmRef(
 
 /**
  * softmax(q·kᵀ·scale + causal mask)·v per head: q, k [H, T, dk], v [H, T, dv] → [H, T, dv]. One query row at a
- * time: its scores over positions 0..t (float64), the max subtracted before exp, then the weighted sum of v rows.
+ * time: its scores over positions 0..t (float64; the last opts.window of them), the max subtracted before exp, then
+ * the weighted sum of v rows. A sink (opts.sinks[h]) takes part in the max and the denominator only, as in
+ * transformers' gpt-oss eager_attention_forward.
  */
 export function attentionRef(
   q: Float32Array,
@@ -182,29 +191,33 @@ export function attentionRef(
   dk: number,
   dv: number,
   scale: number,
+  opts: AttentionOptions = {},
 ): Float32Array {
   const out = new Float32Array(heads * T * dv);
   const p = new Float64Array(T); // scores, then probabilities, of one query row
   const acc = new Float64Array(dv); // one output row
+  const window = opts.window ?? T;
   for (let h = 0; h < heads; h++) {
     const base = h * T;
+    const sink = opts.sinks ? opts.sinks[h] : -Infinity;
     for (let t = 0; t < T; t++) {
       const qRow = (base + t) * dk;
-      let max = -Infinity;
-      for (let s = 0; s <= t; s++) {
+      const first = math.max(0, t - window + 1);
+      let max = sink;
+      for (let s = first; s <= t; s++) {
         const kRow = (base + s) * dk;
         let dot = 0;
         for (let i = 0; i < dk; i++) dot += q[qRow + i] * k[kRow + i];
         p[s] = dot * scale;
         if (p[s] > max) max = p[s];
       }
-      let sum = 0;
-      for (let s = 0; s <= t; s++) {
+      let sum = opts.sinks ? math.exp(sink - max) : 0;
+      for (let s = first; s <= t; s++) {
         p[s] = math.exp(p[s] - max);
         sum += p[s];
       }
       acc.fill(0);
-      for (let s = 0; s <= t; s++) {
+      for (let s = first; s <= t; s++) {
         const weight = p[s] / sum;
         const vRow = (base + s) * dv;
         for (let j = 0; j < dv; j++) acc[j] += weight * v[vRow + j];
@@ -219,6 +232,7 @@ export function attentionRef(
  * act [rows, width] = silu(x·gateᵀ) ⊙ (x·upᵀ), out [rows, hidden] = act·downᵀ. The two products are linearRef's
  * (float32 results), and act is rounded to float32 before the second one: the same numbers the forward pass got
  * from `linear` + its own swiglu loop + `linear`, so switching it to the fused call changes nothing on this backend.
+ * opts adds the biases to the products and replaces the activation by gpt-oss's clamped one (GluOptions).
  */
 export function swigluRef(
   x: Float32Array,
@@ -227,17 +241,26 @@ export function swigluRef(
   rows: number,
   hidden: number,
   width: number,
+  opts: GluOptions = {},
 ): { out: Float32Array; act: Float32Array } {
-  const gu = linearRef(x, gateUp, rows, hidden, 2 * width); // [rows, 2·width]: gate | up
+  const gu = linearRef(x, gateUp, rows, hidden, 2 * width, opts.gateUpBias); // [rows, 2·width]: gate | up
   const act = new Float32Array(rows * width);
+  const c = opts.clamp;
   for (let r = 0; r < rows; r++) {
     const g = r * 2 * width;
     for (let i = 0; i < width; i++) {
       const gate = gu[g + i];
-      act[r * width + i] = (gate / (1 + math.exp(-gate))) * gu[g + width + i]; // silu(gate) · up
+      const up = gu[g + width + i];
+      if (!c)
+        act[r * width + i] = (gate / (1 + math.exp(-gate))) * up; // silu(gate) · up
+      else {
+        const gc = math.min(gate, c.limit);
+        const uc = math.min(math.max(up, -c.limit), c.limit);
+        act[r * width + i] = (uc + 1) * (gc / (1 + math.exp(-c.alpha * gc)));
+      }
     }
   }
-  return { out: linearRef(act, down, rows, width, hidden), act };
+  return { out: linearRef(act, down, rows, width, hidden, opts.downBias), act };
 }
 
 /**
@@ -289,31 +312,36 @@ export function logitStatsRef(
 
 /**
  * The additive causal mask [T, T] that the onnx and tfjs backends add to the scaled scores before their softmax:
- * 0 where a query may look (s ≤ t), −∞ above the diagonal. exp(−∞ − max) is exactly 0, and the diagonal keeps
- * every row's max finite.
+ * 0 where a query may look (s ≤ t, and t − s < window when given), −∞ elsewhere. exp(−∞ − max) is exactly 0, and
+ * the diagonal keeps every row's max finite.
  */
-export function causalMask(T: number): Float32Array {
+export function causalMask(T: number, window?: number): Float32Array {
   const mask = new Float32Array(T * T);
-  for (let t = 0; t < T; t++) mask.fill(-Infinity, t * T + t + 1, (t + 1) * T);
+  for (let t = 0; t < T; t++) {
+    mask.fill(-Infinity, t * T + t + 1, (t + 1) * T);
+    if (window !== undefined && t - window + 1 > 0) mask.fill(-Infinity, t * T, t * T + t - window + 1);
+  }
   return mask;
 }
 
 /**
- * Causal masks kept for this many window lengths. The forward pass runs windows of one length (a shorter last
- * window at most), so a cache holds one or two; the bound only keeps an unusual caller from growing it.
+ * Causal masks kept for this many (window length, sliding window) pairs. The forward pass runs windows of one
+ * length (a shorter last window at most), with at most two attention kinds (full and sliding), so a cache holds a
+ * few; the bound only keeps an unusual caller from growing it.
  */
-const MASK_CACHE_SIZE = 4;
+const MASK_CACHE_SIZE = 8;
 
-/** causalMask(T), built once per window length. */
+/** causalMask(T, window), built once per window length and sliding window. */
 export class CausalMasks {
-  private readonly masks = new Map<number, Float32Array>();
+  private readonly masks = new Map<string, Float32Array>();
 
-  get(T: number): Float32Array {
-    let m = this.masks.get(T);
+  get(T: number, window?: number): Float32Array {
+    const key = `${T}:${window ?? ''}`;
+    let m = this.masks.get(key);
     if (!m) {
       if (this.masks.size >= MASK_CACHE_SIZE) this.masks.clear();
-      m = causalMask(T);
-      this.masks.set(T, m);
+      m = causalMask(T, window);
+      this.masks.set(key, m);
     }
     return m;
   }
@@ -356,9 +384,10 @@ export class RefBackend implements Backend {
     dk: number,
     dv: number,
     scale: number,
+    opts?: AttentionOptions,
   ): Promise<Float32Array> {
-    checkAttention(q, k, v, heads, T, dk, dv, scale);
-    return attentionRef(q, k, v, heads, T, dk, dv, scale);
+    checkAttention(q, k, v, heads, T, dk, dv, scale, opts);
+    return attentionRef(q, k, v, heads, T, dk, dv, scale, opts);
   }
 
   async swiglu(
@@ -369,9 +398,10 @@ export class RefBackend implements Backend {
     hidden: number,
     width: number,
     wantAct: boolean,
+    opts?: GluOptions,
   ): Promise<{ out: Float32Array; act?: Float32Array }> {
-    checkSwiglu(x, gateUp, down, rows, hidden, width);
-    const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width);
+    checkSwiglu(x, gateUp, down, rows, hidden, width, opts);
+    const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width, opts);
     return wantAct ? { out, act } : { out };
   }
 

@@ -10,7 +10,7 @@
  */
 import * as path from 'node:path';
 import { InternalError, UsageError } from '../errors';
-import type { Backend, LogitStats } from './backend';
+import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
 import {
   attentionRef,
   bmmRef,
@@ -35,8 +35,12 @@ export interface TfTensor {
 export interface TfLike {
   tensor(values: Float32Array | Int32Array, shape: number[], dtype: 'float32' | 'int32'): TfTensor;
   matMul(a: TfTensor, b: TfTensor, transposeA?: boolean, transposeB?: boolean): TfTensor;
-  add(a: TfTensor, b: TfTensor): TfTensor;
+  add(a: TfTensor, b: TfTensor | number): TfTensor;
+  sub(a: TfTensor, b: TfTensor): TfTensor;
   mul(a: TfTensor, b: TfTensor | number): TfTensor;
+  minimum(a: TfTensor, b: TfTensor | number): TfTensor;
+  maximum(a: TfTensor, b: TfTensor | number): TfTensor;
+  logSumExp(x: TfTensor, axis?: number, keepDims?: boolean): TfTensor;
   div(a: TfTensor | number, b: TfTensor): TfTensor;
   sigmoid(x: TfTensor): TfTensor;
   softmax(logits: TfTensor, dim?: number): TfTensor;
@@ -264,16 +268,23 @@ export class TfjsBackend implements Backend {
     dk: number,
     dv: number,
     scale: number,
+    opts: AttentionOptions = {},
   ): Promise<Float32Array> {
-    checkAttention(q, k, v, heads, T, dk, dv, scale);
-    if (heads * T * dk * dv === 0) return attentionRef(q, k, v, heads, T, dk, dv, scale); // nothing to multiply
+    checkAttention(q, k, v, heads, T, dk, dv, scale, opts);
+    // nothing to multiply
+    if (heads * T * dk * dv === 0) return attentionRef(q, k, v, heads, T, dk, dv, scale, opts);
     const tf = this.tf;
-    const mask = this.masks.get(T);
+    const mask = this.masks.get(T, opts.window);
+    const sinks = opts.sinks;
     const [o] = await download([
       tf.tidy(() => {
         const tm = tf.tensor(mask, [T, T], 'float32');
-        // mask broadcasts over heads
-        const probs = (scores: TfTensor): TfTensor => tf.softmax(tf.add(tf.mul(scores, scale), tm));
+        // mask broadcasts over heads. A sink s scales softmax(a) by Σ exp(a) / (Σ exp(a) + exp(s)) = σ(lse(a) − s).
+        const probs = (scores: TfTensor, sink?: TfTensor): TfTensor => {
+          const a = tf.add(tf.mul(scores, scale), tm);
+          const p = tf.softmax(a);
+          return sink ? tf.mul(p, tf.sigmoid(tf.sub(tf.logSumExp(a, -1, true), sink))) : p;
+        };
         if (!this.wasm) {
           const s = tf.matMul(
             tf.tensor(q, [heads, T, dk], 'float32'),
@@ -281,7 +292,8 @@ export class TfjsBackend implements Backend {
             false,
             true,
           ); // [H, T, T]
-          return tf.matMul(probs(s), tf.tensor(v, [heads, T, dv], 'float32')); // [H, T, dv]
+          const sink = sinks ? tf.tensor(sinks, [heads, 1, 1], 'float32') : undefined;
+          return tf.matMul(probs(s, sink), tf.tensor(v, [heads, T, dv], 'float32')); // [H, T, dv]
         }
         // wasm: 2-D products only (see WASM_TRANSPOSE_MIN_ROWS), one head at a time, concatenated to [H·T, dv].
         const perHead: TfTensor[] = [];
@@ -289,12 +301,23 @@ export class TfjsBackend implements Backend {
           const qh = tf.tensor(q.subarray(h * T * dk, (h + 1) * T * dk), [T, dk], 'float32');
           const kh = tf.tensor(k.subarray(h * T * dk, (h + 1) * T * dk), [T, dk], 'float32');
           const vh = tf.tensor(v.subarray(h * T * dv, (h + 1) * T * dv), [T, dv], 'float32');
-          perHead.push(tf.matMul(probs(this.timesTransposed(qh, kh, T, inTidy)), vh)); // [T, dv]
+          const sink = sinks ? tf.tensor(sinks.subarray(h, h + 1), [1, 1], 'float32') : undefined;
+          perHead.push(tf.matMul(probs(this.timesTransposed(qh, kh, T, inTidy), sink), vh)); // [T, dv]
         }
         return tf.concat(perHead, 0);
       }),
     ]);
     return asFloat32(o, heads * T * dv, 'attention');
+  }
+
+  /** The activation of swiglu from gate and up [rows, width]: silu(g)·u, or gpt-oss's clamped form. */
+  private glu(g: TfTensor, u: TfTensor, opts?: GluOptions): TfTensor {
+    const tf = this.tf;
+    const c = opts?.clamp;
+    if (!c) return tf.mul(tf.mul(g, tf.sigmoid(g)), u); // silu(g) · u
+    const gc = tf.minimum(g, c.limit);
+    const uc = tf.maximum(tf.minimum(u, c.limit), -c.limit);
+    return tf.mul(tf.add(uc, 1), tf.mul(gc, tf.sigmoid(tf.mul(gc, c.alpha))));
   }
 
   async swiglu(
@@ -305,21 +328,32 @@ export class TfjsBackend implements Backend {
     hidden: number,
     width: number,
     wantAct: boolean,
+    opts?: GluOptions,
   ): Promise<{ out: Float32Array; act?: Float32Array }> {
-    checkSwiglu(x, gateUp, down, rows, hidden, width);
+    checkSwiglu(x, gateUp, down, rows, hidden, width, opts);
     if (rows * hidden * width === 0) {
-      const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width); // nothing to multiply
+      const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width, opts); // nothing to multiply
       return wantAct ? { out, act } : { out };
     }
     const tf = this.tf;
+    const bias = (b: Float32Array | undefined, n: number, y: TfTensor) =>
+      b ? tf.add(y, tf.tensor(b, [n], 'float32')) : y;
     const results = await download(
       tf.tidy(() => {
         const tx = tf.tensor(x, [rows, hidden], 'float32');
-        const gu = this.timesTransposed(tx, tf.tensor(gateUp, [2 * width, hidden], 'float32'), rows, inTidy); // [rows, 2·width]
+        const gu = bias(
+          opts?.gateUpBias,
+          2 * width,
+          this.timesTransposed(tx, tf.tensor(gateUp, [2 * width, hidden], 'float32'), rows, inTidy),
+        ); // [rows, 2·width]
         const g = tf.slice(gu, [0, 0], [rows, width]);
         const u = tf.slice(gu, [0, width], [rows, width]);
-        const act = tf.mul(tf.mul(g, tf.sigmoid(g)), u); // silu(g) · u, [rows, width]
-        const out = this.timesTransposed(act, tf.tensor(down, [hidden, width], 'float32'), rows, inTidy); // [rows, hidden]
+        const act = this.glu(g, u, opts); // [rows, width]
+        const out = bias(
+          opts?.downBias,
+          hidden,
+          this.timesTransposed(act, tf.tensor(down, [hidden, width], 'float32'), rows, inTidy),
+        ); // [rows, hidden]
         return wantAct ? [out, act] : [out];
       }),
     );

@@ -102,7 +102,7 @@ export function inspect(opts: InspectOptions): InspectReport {
       layers[role.layer].params += n;
       layers[role.layer].bytes += b;
     }
-    if (role?.kind === 'expert') {
+    if (role?.kind === 'expert' || role?.kind === 'expert_bias') {
       paramsExperts += n;
       bytesExperts += b;
     }
@@ -207,6 +207,7 @@ export function formatInspect(r: InspectReport): string {
     routing.nGroup > 1 ? `${routing.nGroup} groups, best ${routing.topkGroup}` : '',
     routing.scalingFactor !== 1 ? `× ${routing.scalingFactor}` : '',
     routing.correctionBias ? 'selection bias' : '',
+    routing.logitBias ? 'router bias' : '',
   ].filter(Boolean);
   const lines = [
     `model          ${modelName(r.model)} (${r.model_type})`,

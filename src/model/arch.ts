@@ -50,6 +50,33 @@ export interface RoutingRule {
   scalingFactor: number;
   /** A per-expert bias added to the scores for selection only (DeepSeek-V3 e_score_correction_bias). */
   correctionBias: boolean;
+  /**
+   * The router is a linear layer with a bias (gpt-oss: `mlp.router.bias`, named by correctionBiasKey so that it is
+   * sliced with the router rows): the bias is part of the logits, which the router's linear returns.
+   */
+  logitBias: boolean;
+}
+
+/**
+ * Routed experts stored fused: one 3-D tensor per projection whose first axis is the experts (stored names, e.g.
+ * `model.layers.L.mlp.experts.gate_up_proj`). The schema lists per-expert tensors; src/model/fused.ts maps them.
+ */
+export interface FusedExpertLayout {
+  gateUp(layer: number): string;
+  gateUpBias?(layer: number): string;
+  down(layer: number): string;
+  downBias?(layer: number): string;
+  /** gate/up alternate on the last axis (gpt-oss) or gate is the first half. */
+  interleaved: boolean;
+}
+
+/**
+ * gpt-oss's clamped SwiGLU of a routed expert (transformers GptOssExperts._apply_gate): gate = min(gate, limit),
+ * up = clamp(up, −limit, limit), act = (up + 1) · gate · σ(alpha · gate).
+ */
+export interface ClampedGlu {
+  alpha: number;
+  limit: number;
 }
 
 /** Softmax over the router logits, top-k, no groups, no scaling (Mixtral, Qwen2/3-MoE, OLMoE). */
@@ -64,6 +91,7 @@ export function softmaxTopK(topK: number, normTopK: boolean): RoutingRule {
     groupMask: 'zero',
     scalingFactor: 1,
     correctionBias: false,
+    logitBias: false,
   };
 }
 
@@ -93,6 +121,8 @@ export abstract class Architecture {
   readonly numExperts: number;
   readonly topK: number;
   readonly tieEmbeddings: boolean;
+  /** How routed experts are stored when fused (gpt-oss); undefined: one tensor per expert and projection. */
+  readonly fusedExperts?: FusedExpertLayout;
   private specs?: TensorSpec[];
   private byName?: Map<string, TensorSpec>;
 
@@ -187,6 +217,21 @@ export abstract class Architecture {
     return `${this.moePrefix(layer)}.experts.${expert}.${this.projName(p)}.weight`;
   }
 
+  /** The bias of a routed expert's projection (gpt-oss), in the per-expert view; undefined: none. */
+  expertBiasKey(_layer: number, _expert: number, _p: Proj): string | undefined {
+    return undefined;
+  }
+
+  /** The routed experts' activation when it is gpt-oss's clamped SwiGLU; undefined: silu(gate) · up. */
+  get expertGlu(): ClampedGlu | undefined {
+    return undefined;
+  }
+
+  /** The sliding window of a layer's attention (a token sees itself and the window − 1 before it); undefined: all. */
+  slidingWindow(_layer: number): number | undefined {
+    return undefined;
+  }
+
   routerKey(layer: number): string {
     return `${this.moePrefix(layer)}.gate.weight`;
   }
@@ -228,6 +273,13 @@ export abstract class Architecture {
               shape: proj === 'down' ? [h, w] : [w, h],
               role: { kind: 'expert', layer: l, expert: e, proj },
             });
+            const bias = this.expertBiasKey(l, e, proj);
+            if (bias)
+              out.push({
+                name: bias,
+                shape: [proj === 'down' ? h : w],
+                role: { kind: 'expert_bias', layer: l, expert: e, proj },
+              });
           }
         }
       }

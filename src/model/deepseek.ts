@@ -145,6 +145,7 @@ export class DeepseekV2 extends Architecture {
       groupMask: 'zero',
       scalingFactor: this.cfg.num('routed_scaling_factor', 1),
       correctionBias: false,
+      logitBias: false,
     };
   }
 
@@ -236,6 +237,7 @@ export class DeepseekV3 extends DeepseekV2 {
       groupMask: 'neg_inf',
       scalingFactor: this.cfg.num('routed_scaling_factor', 1),
       correctionBias: true,
+      logitBias: false,
     };
   }
 

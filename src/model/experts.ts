@@ -1,5 +1,5 @@
 /** Running a layer's routed experts directly on given inputs (NAEE's reconstruction, merge similarity). */
-import type { Backend } from '../backend/backend';
+import type { Backend, GluOptions } from '../backend/backend';
 import { TensorReader } from '../io/checkpoint';
 import type { Architecture, Proj } from './arch';
 import { concatRows } from './forward/ops';
@@ -33,6 +33,30 @@ export function loadExpert(reader: TensorReader, arch: Architecture, layer: numb
   return w;
 }
 
+/**
+ * What a routed expert adds to silu(gate)·up (gpt-oss: biases on gate/up and down, the clamped SwiGLU), with the
+ * biases read through `f32`; undefined for the plain MLP.
+ */
+export function expertGluOptions(
+  arch: Architecture,
+  layer: number,
+  e: number,
+  f32: (name: string) => Float32Array,
+): GluOptions | undefined {
+  const clamp = arch.expertGlu;
+  const gate = arch.expertBiasKey(layer, e, 'gate');
+  const up = arch.expertBiasKey(layer, e, 'up');
+  const down = arch.expertBiasKey(layer, e, 'down');
+  if (!clamp && !gate && !up && !down) return undefined;
+  // gate and up biases in the order of the fused gate|up rows; one without the other is 0.
+  const width = arch.expertWidth;
+  const gateUpBias =
+    gate || up
+      ? concatRows(gate ? f32(gate) : new Float32Array(width), up ? f32(up) : new Float32Array(width))
+      : undefined;
+  return { clamp, gateUpBias, downBias: down ? f32(down) : undefined };
+}
+
 /** Every routed expert of `layer` applied to x [n, hidden]: one [n, hidden] output per expert (unweighted). */
 export async function expertOutputs(
   be: Backend,
@@ -47,7 +71,8 @@ export async function expertOutputs(
   const out: Float32Array[] = [];
   for (let e = 0; e < arch.numExperts; e++) {
     const ex = loadExpert(reader, arch, layer, e);
-    out.push((await be.swiglu(x, concatRows(ex.gate, ex.up), ex.down, n, h, w, false)).out);
+    const opts = expertGluOptions(arch, layer, e, (name) => reader.f32(name));
+    out.push((await be.swiglu(x, concatRows(ex.gate, ex.up), ex.down, n, h, w, false, opts)).out);
   }
   return out;
 }

@@ -9,6 +9,7 @@ import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
 import { applyFusedViews } from './fused';
 import type { GgufReader } from './gguf-map';
+import { gptOss } from './gpt-oss';
 import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
 import { qwen2Moe } from './qwen2-moe';
@@ -16,7 +17,7 @@ import { qwen3Moe } from './qwen3-moe';
 import { Registry } from '../util/registry';
 
 /** The families built in, in the order they are listed to users. */
-const BUILT_IN: readonly ArchitectureFamily[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, deepseekV2, deepseekV3];
+const BUILT_IN: readonly ArchitectureFamily[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, deepseekV2, deepseekV3, gptOss];
 
 export class ArchitectureRegistry {
   private readonly byType = new Registry<ArchitectureFamily>('architecture', (f) => f.modelType);
@@ -67,7 +68,6 @@ export function modelTypes(): string[] {
 /** Mixture-of-Experts families that moe knows of but does not handle yet. */
 const MOE_NOT_YET = [
   'phimoe',
-  'gpt_oss',
   'dbrx',
   'jamba',
   'granitemoe',

@@ -58,7 +58,11 @@ export class ReconstructionProblem {
     n: number,
   ): Promise<ReconstructionProblem> {
     const h = arch.hidden;
-    const logits = await be.linear(x, reader.f32(arch.routerKey(layer)), n, h, arch.numExperts);
+    const biasKey = arch.correctionBiasKey(layer);
+    const bias = biasKey ? reader.f32(biasKey) : undefined;
+    // gpt-oss's router bias is part of its logits; DeepSeek-V3's is added to the scores by route().
+    const logitBias = arch.routing.logitBias ? bias : undefined;
+    const logits = await be.linear(x, reader.f32(arch.routerKey(layer)), n, h, arch.numExperts, logitBias);
     const outputs = await expertOutputs(be, reader, arch, layer, x, n);
     // Stack the outputs per sample, [n, E, h], and take every sample's E×E Gram matrix in one batched product.
     const E = arch.numExperts;
@@ -66,8 +70,7 @@ export class ReconstructionProblem {
     for (let t = 0; t < n; t++)
       for (let e = 0; e < E; e++) stacked.set(outputs[e].subarray(t * h, (t + 1) * h), (t * E + e) * h);
     const gram = await be.bmm(stacked, stacked, n, E, h, E, true);
-    const biasKey = arch.correctionBiasKey(layer);
-    return new ReconstructionProblem(arch, n, logits, gram, biasKey ? reader.f32(biasKey) : undefined);
+    return new ReconstructionProblem(arch, n, logits, gram, bias);
   }
 
   /** Mean over samples of ‖z − z'‖² when only the experts in `keep` remain. */

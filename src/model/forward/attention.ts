@@ -3,7 +3,7 @@
  * (Mixtral, Qwen2/3-MoE, OLMoE) and DeepSeek's multi-head latent attention (MLA). Activations are rows of all
  * windows' tokens, [tokens, features], with tokens = windows × T.
  */
-import type { Backend } from '../../backend/backend';
+import type { AttentionOptions, Backend } from '../../backend/backend';
 import { applyRope, RopeTables } from './rope';
 import { rmsNorm, rmsNormStrided } from './ops';
 
@@ -21,6 +21,8 @@ export interface GqaSpec {
   qkNorm: 'none' | 'head' | 'full';
   /** OLMoE's optional clamp of q, k and v. */
   clipQkv?: number;
+  /** gpt-oss: a learned per-head logit in every softmax denominator (`self_attn.sinks` [heads]). */
+  sinks?: boolean;
   scale: number;
   eps: number;
 }
@@ -77,6 +79,7 @@ async function causalAttention(
   scale: number,
   keys: (w: number) => Float32Array,
   values: (w: number) => Float32Array,
+  opts?: AttentionOptions,
 ): Promise<Float32Array> {
   const out = new Float32Array(windows * T * H * dv);
   const qw = new Float32Array(H * T * dk);
@@ -86,7 +89,7 @@ async function causalAttention(
       for (let h = 0; h < H; h++)
         qw.set(q.subarray(((w * T + t) * H + h) * dk, ((w * T + t) * H + h + 1) * dk), (h * T + t) * dk);
     }
-    const ctx = await be.attention(qw, keys(w), values(w), H, T, dk, dv, scale); // [H, T, dv]
+    const ctx = await be.attention(qw, keys(w), values(w), H, T, dk, dv, scale, opts); // [H, T, dv]
     for (let h = 0; h < H; h++) {
       for (let t = 0; t < T; t++)
         out.set(ctx.subarray((h * T + t) * dv, (h * T + t + 1) * dv), ((w * T + t) * H + h) * dv);
@@ -128,6 +131,7 @@ export async function gqa(
   spec: GqaSpec,
   w: Weights,
   rope: RopeTables,
+  slidingWindow?: number,
 ): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, kvHeads: KV, headDim: d } = spec;
@@ -160,6 +164,7 @@ export async function gqa(
     spec.scale,
     (win) => perHead(k, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
     (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
+    { window: slidingWindow, sinks: spec.sinks ? need(w, 'sinks') : undefined },
   );
   return lin('o_proj', out, N, H * d, hidden);
 }

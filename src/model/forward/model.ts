@@ -5,9 +5,10 @@
  * experts beyond the budget are read again for each batch. Memory: attention and dense weights, the cached
  * experts (at most the budget) and the activations.
  */
-import type { Backend, LogitStats } from '../../backend/backend';
+import type { Backend, GluOptions, LogitStats } from '../../backend/backend';
 import { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
+import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla } from './attention';
 import { gatherRows, route, Routing, tokensPerExpert } from './moe';
 import { addInPlace, concatRows, rmsNorm, sigmoid } from './ops';
@@ -60,6 +61,8 @@ interface MlpWeights {
   gateUp: Float32Array;
   down: Float32Array;
   width: number;
+  /** Biases and activation of gpt-oss's experts. */
+  opts?: GluOptions;
 }
 
 export interface ForwardOptions {
@@ -165,7 +168,7 @@ export class ForwardPass {
     const rope = this.ropeFor(T);
     const attn =
       a.kind === 'gqa'
-        ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope)
+        ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope, this.arch.slidingWindow(l))
         : await mla(this.be, lin, normed, h, windows, T, a, w, rope);
     addInPlace(hidden, attn);
     const x = rmsNorm(hidden, this.load(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps);
@@ -194,7 +197,7 @@ export class ForwardPass {
     if (rows === 0) return new Float32Array(0);
     observer?.linear?.(names.gate, x, rows, h);
     const wantAct = !!observer?.linear;
-    const { out, act } = await this.be.swiglu(x, w.gateUp, w.down, rows, h, w.width, wantAct);
+    const { out, act } = await this.be.swiglu(x, w.gateUp, w.down, rows, h, w.width, wantAct, w.opts);
     if (wantAct) observer!.linear!(names.down, act!, rows, w.width);
     return out;
   }
@@ -229,13 +232,10 @@ export class ForwardPass {
       const { tokens, slots } = lists[e];
       if (tokens.length === 0) continue;
       const names = { gate: a.expertKey(l, e, 'gate'), up: a.expertKey(l, e, 'up'), down: a.expertKey(l, e, 'down') };
-      const ye = await this.runMlp(
-        this.mlpWeights(names.gate, names.up, names.down, l),
-        names,
-        gatherRows(x, h, tokens),
-        tokens.length,
-        observer,
-      );
+      const weights = this.mlpWeights(names.gate, names.up, names.down, l);
+      weights.opts = expertGluOptions(a, l, e, (name) => this.load(name, l));
+      // ye includes the down bias (gpt-oss): the routing weight scales it too, and observers see it (REAP).
+      const ye = await this.runMlp(weights, names, gatherRows(x, h, tokens), tokens.length, observer);
       observer?.expert?.(l, e, ye, tokens, slots);
       for (let i = 0; i < tokens.length; i++) {
         const g = routing.weights[tokens[i] * k + slots[i]];
