@@ -416,6 +416,262 @@ CASES.append(
 
 
 # --------------------------------------------------------------------------------------
+# gpt_oss-mxfp4: gpt-oss with its experts stored as MXFP4, as openai/gpt-oss-* publish them
+# (issue 18; the MXFP4 layout and the encoding rule: src/io/mxfp4.ts)
+# --------------------------------------------------------------------------------------
+
+MXFP4_CASE = "gpt_oss-mxfp4"
+MXFP4_SEED = 1800
+MXFP4_MIN_MARGIN = 0.05  # router logits: gap at every top-k boundary
+GPT_OSS_MXFP4 = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=64,  # a multiple of 32: down_proj's input is stored in blocks of 32
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    sliding_window=8,
+    max_position_embeddings=256,
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+    output_router_logits=False,
+    use_cache=True,
+)
+# As openai/gpt-oss-20b's config.json has it.
+MXFP4_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+E2M1_MIDPOINTS = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=torch.float64)
+E2M1_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def mxfp4_encode(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., out, in] -> blocks U8 [..., out, in/32, 16] (element 2j in byte j's low nibble), scales U8
+    [..., out, in/32] (E8M0), by the OCP MX rule: shared exponent floor(log2 amax) - 2 clamped to [-127, 127]
+    (-127 for an all-zero block), values rounded to the nearest E2M1 value with ties to the even code, saturating
+    at 6, a zero magnitude stored as code 0. Our own code, the same rule as src/io/mxfp4.ts."""
+    x = w.to(torch.float64)
+    *pre, rows, n = x.shape
+    assert n % 32 == 0, f"in = {n} is not a multiple of 32"
+    x = x.reshape(*pre, rows, n // 32, 32)
+    amax = x.abs().amax(-1)
+    _, ex = torch.frexp(amax)  # amax = m * 2^ex with m in [0.5, 1): floor(log2 amax) = ex - 1
+    e = torch.where(amax > 0, ex.to(torch.int64) - 3, torch.full_like(ex, -127, dtype=torch.int64)).clamp(-127, 127)
+    q = x / torch.pow(2.0, e.to(torch.float64)).unsqueeze(-1)  # exact: a power of two
+    a = q.abs().contiguous()
+    code = torch.searchsorted(E2M1_MIDPOINTS, a)  # how many midpoints lie below a (a tie: the lower code)
+    tie = (code < 7) & (a == E2M1_MIDPOINTS[code.clamp(max=6)])
+    code = code + (tie & (code % 2 == 1)).to(code.dtype)
+    code = torch.where((q < 0) & (code > 0), code | 8, code).to(torch.uint8)
+    blocks = code[..., 0::2] | (code[..., 1::2] << 4)
+    return blocks.contiguous(), (e + 127).to(torch.uint8).contiguous()
+
+
+def mxfp4_decode(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """blocks [..., out, G, 16], scales [..., out, G] -> float64 [..., out, G*32] (our own decoder, for checks)."""
+    lut = torch.tensor(E2M1_VALUES, dtype=torch.float64)
+    codes = torch.stack([blocks & 15, blocks >> 4], -1).reshape(*blocks.shape[:-1], 32).long()
+    v = lut[codes] * torch.pow(2.0, scales.to(torch.float64) - 127).unsqueeze(-1)
+    return v.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)
+
+
+def sha256_f32(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def build_gpt_oss_mxfp4(seed: int, d: Path):
+    """A tiny gpt-oss in bf16 whose expert weights are then stored as MXFP4; returns the bf16 state dict (experts
+    replaced by their decoded values) that the MXFP4 folder stands for."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    cfg = GptOssConfig(**GPT_OSS_MXFP4)
+    torch.manual_seed(seed)
+    model = GptOssForCausalLM(cfg).eval()
+    reinit(model, seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mlp.router.weight"):
+                p.mul_(10.0)  # std 1: routing is decisive
+    model = model.to(torch.bfloat16)
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    tensors: dict[str, torch.Tensor] = {}
+    bf16: dict[str, torch.Tensor] = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("mlp.experts.gate_up_proj") or name.endswith("mlp.experts.down_proj"):
+            # transformers' orientation [E, in, out]; stored transposed, [E, out, in/32, 16]
+            blocks, scales = mxfp4_encode(p.float().transpose(-1, -2))
+            tensors[f"{name}_blocks"] = blocks
+            tensors[f"{name}_scales"] = scales
+            bf16[name] = mxfp4_decode(blocks, scales).transpose(-1, -2).to(torch.bfloat16)
+            # the rule keeps a block's largest value within one E2M1 step of the bf16 weight
+            assert float((bf16[name].float() - p.float()).abs().max()) < float(p.float().abs().max()) / 2
+        else:
+            tensors[name] = p.detach().contiguous()
+            bf16[name] = p.detach()
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records it
+    model.config.save_pretrained(str(d))
+    model.generation_config.save_pretrained(str(d))
+    cfg_json = json.loads((d / "config.json").read_text())
+    cfg_json["quantization_config"] = {"modules_to_not_convert": MXFP4_NOT_CONVERTED, "quant_method": "mxfp4"}
+    cfg_json["dtype"] = "bfloat16"
+    (d / "config.json").write_text(json.dumps(cfg_json, indent=2, sort_keys=True) + "\n")
+    return bf16
+
+
+def mxfp4_encode_rows() -> torch.Tensor:
+    """Awkward rows of 64 float32 values (two blocks each) for the encoder check: ties at every E2M1 midpoint (both
+    signs), saturation, all-zero blocks, exponents at and beyond E8M0's clamps, powers of two and their neighbours."""
+    g = torch.Generator().manual_seed(4242)
+    rows = []
+    mids = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
+    for k in (0, -3, 5):  # ties: amax 4 * 2^k fixes the exponent at k, the values sit on midpoints * 2^k
+        r = torch.tensor([4.0] + mids + [-m for m in mids] + [0.0] * 17, dtype=torch.float64) * 2.0**k
+        rows.append(torch.cat([r, -r]))
+    rows.append(torch.cat([torch.linspace(-7.99, 7.99, 32, dtype=torch.float64), torch.zeros(32, dtype=torch.float64)]))
+    rows.append(torch.zeros(64, dtype=torch.float64))
+    rows.append(torch.full((64,), 2.0**-140, dtype=torch.float64) * torch.arange(64))  # below E8M0: clamped to -127
+    rows.append(torch.full((64,), 3.0e38, dtype=torch.float64) * torch.linspace(-1, 1, 64, dtype=torch.float64))
+    for k in (0, 7, -9):  # amax exactly a power of two, and the float32 just below it
+        r = torch.randn(64, generator=g, dtype=torch.float64) * 2.0 ** (k - 2)
+        r[0], r[32] = 2.0**k, float(torch.nextafter(torch.tensor(2.0**k, dtype=torch.float32), torch.tensor(0.0)))
+        rows.append(r)
+    for std in (1.0, 0.02, 300.0):
+        rows.append(torch.randn(64, generator=g, dtype=torch.float64) * std)
+    heavy = torch.randn(64, generator=g, dtype=torch.float64)
+    heavy[5] = 50.0
+    rows.append(heavy)
+    return torch.stack(rows).to(torch.float32)
+
+
+def save_mxfp4_encode_reference(d: Path) -> None:
+    """mxfp4-encode.safetensors: rows x F32 [R, 64] and what mxfp4_encode makes of them (blocks, scales); the TS
+    encoder (src/io/mxfp4.ts) must write the same bytes."""
+    x = mxfp4_encode_rows()
+    blocks, scales = mxfp4_encode(x)
+    # decoding is the identity on what was encoded, and re-encoding the decoded values gives the same bytes
+    again = mxfp4_encode(mxfp4_decode(blocks, scales).to(torch.float32))
+    assert torch.equal(again[0], blocks) and torch.equal(again[1], scales)
+    save_file({"x": x.contiguous(), "blocks": blocks, "scales": scales}, str(d / "mxfp4-encode.safetensors"))
+
+
+@torch.no_grad()
+def make_gpt_oss_mxfp4() -> dict:
+    from transformers import GptOssConfig, GptOssForCausalLM, Mxfp4Config
+
+    d = OUT / MXFP4_CASE
+    for attempt in range(MAX_SEED_TRIES):
+        seed = MXFP4_SEED + attempt
+        bf16 = build_gpt_oss_mxfp4(seed, d)
+        g = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g, dtype=torch.int64)
+        # Mxfp4Config(dequantize=True): transformers' CPU path, its MXFP4 decoding to bf16 on load (without it,
+        # the quantizer asks for accelerate and the triton kernels before falling back to the same decoding).
+        model = GptOssForCausalLM.from_pretrained(
+            str(d), dtype=torch.float32, attn_implementation="eager", quantization_config=Mxfp4Config(dequantize=True)
+        ).eval()
+        # It leaves the dequantized experts in bf16 (and runs them so); every other weight is float32, as in the
+        # other goldens. In float32 the decoded values are the same (they are exact in bf16).
+        as_loaded = model(input_ids=ids, use_cache=False).logits.float()
+        loaded_dtypes = {n: str(p.dtype).replace("torch.", "") for n, p in model.named_parameters()}
+        model = model.float()
+        out = model(input_ids=ids, use_cache=False, output_router_logits=True)
+        logits = out.logits.float()
+        hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        margins, topk = [], {}
+        for L, rl in enumerate(out.router_logits):
+            rl = rl.reshape(-1, rl.shape[-1]).double()
+            v, idx = rl.topk(GPT_OSS_MXFP4["num_experts_per_tok"] + 1, dim=-1)
+            margins.append(float((v[:, -2] - v[:, -1]).min()))
+            topk[str(L)] = idx[:, :-1].tolist()
+        # transformers' dequantized experts are exactly our decoding of the blocks
+        sd = model.state_dict()
+        hashes = {}
+        for name, t in bf16.items():
+            if name.endswith("_proj") and ".experts." in name:
+                assert torch.equal(sd[name].float(), t.float()), f"{name}: transformers' dequantization differs"
+                hashes[name] = {
+                    "shape": list(sd[name].shape),
+                    "dtype_as_loaded": loaded_dtypes[name],
+                    "sha256_f32": sha256_f32(sd[name]),
+                    "sum_abs": float(sd[name].double().abs().sum()),
+                }
+        # the same model built from the bf16 tensors gives the same logits
+        ref = GptOssForCausalLM(GptOssConfig(**GPT_OSS_MXFP4)).eval()
+        ref.load_state_dict({k: v.float() for k, v in bf16.items()}, strict=True)
+        ref.config._attn_implementation = "eager"
+        bf16_diff = float((ref(input_ids=ids, use_cache=False).logits - logits).abs().max())
+        as_loaded_diff = float((as_loaded - logits).abs().max())
+        print(f"[{MXFP4_CASE}] seed {seed}: min router margin {min(margins):.3g}, |bf16 model - mxfp4 load| {bf16_diff:.3g}")
+        if min(margins) >= MXFP4_MIN_MARGIN:
+            break
+    else:
+        raise SystemExit(f"{MXFP4_CASE}: no seed with clean routing margins")
+    assert bf16_diff < 1e-5, f"{MXFP4_CASE}: the bf16 model differs from the MXFP4 load by {bf16_diff}"
+
+    save_mxfp4_encode_reference(d)
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+        str(d / "golden.safetensors"),
+        metadata={"golden": json.dumps({"case": MXFP4_CASE, "transformers_version": transformers.__version__})},
+    )
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, dtypes = load_saved_tensors(d)
+    info = {
+        "case": MXFP4_CASE,
+        "model_type": cfg_json["model_type"],
+        "architecture": cfg_json["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seed": seed,
+        "loss": ce_loss(logits, ids),
+        "hf_loss": hf_loss,
+        "dtype": "mxfp4",
+        "stored_dtypes": sorted(set(dtypes.values())),
+        "params_total": sum(t.numel() for t in bf16.values()),
+        "num_layers": cfg_json["num_hidden_layers"],
+        "moe_layers": list(range(cfg_json["num_hidden_layers"])),
+        "dense_layers": [],
+        "experts_per_layer": {str(L): cfg_json["num_local_experts"] for L in range(cfg_json["num_hidden_layers"])},
+        "top_k": cfg_json["num_experts_per_tok"],
+        "vocab_size": cfg_json["vocab_size"],
+        "input_shape": [BATCH, SEQ],
+        "weight_files": ["model.safetensors"],
+        "files": sorted([p.name for p in d.iterdir()] + ["golden.json"]),
+        "num_tensors": len(tensors),
+        "router_topk": topk,
+        "mxfp4": {
+            "dequantized": hashes,
+            "note": "transformers' dequantized expert tensors (loaded on CPU with Mxfp4Config(dequantize=True)): "
+            "sha256 of their values as float32 little-endian, [E, in, out]",
+            "encode_reference": "mxfp4-encode.safetensors: awkward rows x and their blocks and scales by mxfp4_encode",
+        },
+        "checks": {
+            "min_router_margin": min(margins),
+            "max_abs_diff_bf16_model_vs_mxfp4_load": bf16_diff,
+            "max_abs_diff_experts_run_in_bf16_vs_golden": as_loaded_diff,
+        },
+        "notes": [
+            "gpt-oss with MXFP4 experts: *_blocks U8 [E, out, in/32, 16] and *_scales U8 [E, out, in/32], encoded from "
+            "the bf16 weights by the OCP MX rule (scripts/make_golden.py mxfp4_encode = src/io/mxfp4.ts).",
+            "Reference: transformers loading this folder on CPU with Mxfp4Config(dequantize=True) (it decodes MXFP4 "
+            "to bf16 expert tensors), then .float(): logits in float32, eager attention; router top-k from its "
+            "router_logits; the router weights have std 1 so routing is decisive.",
+        ],
+    }
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES = {MXFP4_CASE: make_gpt_oss_mxfp4}
+
+
+# --------------------------------------------------------------------------------------
 # Weight initialisation
 # --------------------------------------------------------------------------------------
 
@@ -1037,14 +1293,13 @@ def dir_size(d: Path) -> int:
 def main() -> None:
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     args = sys.argv[1:]
-    if args[:1] == ["--only"] and len(args) == 2:  # --only NAME[,NAME]: regenerate only these cases
-        args = args[1].split(",")
-    elif any(a.startswith("-") for a in args):
-        raise SystemExit("usage: make_golden.py [--only NAME[,NAME]] | [NAME ...]")
+    if args[:1] == ["--only"] and len(args) > 1:  # --only NAME[,NAME]: regenerate only those cases
+        args = args[1].split(",") + args[2:]
     only = set(args)
-    unknown = only - {c.name for c in CASES}
+    known = [c.name for c in CASES] + list(EXTRA_CASES)
+    unknown = only - set(known)
     if unknown:
-        raise SystemExit(f"unknown case(s): {sorted(unknown)}; known: {[c.name for c in CASES]}")
+        raise SystemExit(f"unknown case(s): {sorted(unknown)}; known: {known}")
     OUT.mkdir(parents=True, exist_ok=True)
     for p in OUT.iterdir():  # recreate from scratch, keep the hand-written README
         if p.name == "README.md" or (only and p.name not in only and p.name != "index.json"):
@@ -1054,9 +1309,14 @@ def main() -> None:
     for case in CASES:
         if not only or case.name in only:
             make_case(case)
+    for name, make in EXTRA_CASES.items():
+        if not only or name in only:
+            make()
 
     results = [
-        json.loads((OUT / c.name / "golden.json").read_text()) for c in CASES if (OUT / c.name / "golden.json").exists()
+        json.loads((OUT / n / "golden.json").read_text())
+        for n in known
+        if (OUT / n / "golden.json").exists()
     ]
     index = {
         "transformers_version": transformers.__version__,
@@ -1075,7 +1335,7 @@ def main() -> None:
         d = OUT / r["case"]
         print(
             f"{r['case']:24s} {r['dtype']:9s} {len(r['weight_files']):5d} {dir_size(d):9d} {r['params_total']:8d} "
-            f"{r['loss']:9.5f} {r['hf_loss']:9.5f} {r['checks']['min_routing_margin']:8.2g}"
+            f"{r['loss']:9.5f} {r['hf_loss']:9.5f} {r['checks'].get('min_routing_margin', r['checks'].get('min_router_margin')):8.2g}"
         )
     total = dir_size(OUT)
     print(f"total fixtures/golden: {total} bytes ({total / 1e6:.2f} MB)")

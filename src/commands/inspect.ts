@@ -8,6 +8,8 @@ import type { Architecture, RoutingRule } from '../model/arch';
 import { fileBytes, formatMB } from '../io/size';
 import { formatBytes } from '../ui/progress';
 import { quantSummary, QuantSummary, storedBytes } from '../io/packed';
+import { MXFP4_STORAGE } from '../io/mxfp4';
+import type { TensorRef } from '../io/safetensors';
 import { CommandSpec, JSON_OUTPUT } from './spec';
 
 export interface DTypeStats {
@@ -76,6 +78,13 @@ function layerSummaries(arch: Architecture): LayerSummary[] {
   }));
 }
 
+/** What a tensor is stored as (the key of `dtypes`): its dtype, or the quantized format it is decoded from. */
+export function storedAs(t: TensorRef): string {
+  if (t.packed) return `packed ${t.packed.info.bits}-bit`;
+  if (t.mxfp4) return MXFP4_STORAGE;
+  return t.dtype;
+}
+
 export function inspect(opts: InspectOptions): InspectReport {
   if (isGgufPath(opts.model)) return inspectGguf(opts.model);
   const ckpt = openCheckpoint(opts.model);
@@ -92,7 +101,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     const b = storedBytes(t);
     paramsTotal += n;
     bytes += b;
-    const d = (dtypes[t.packed ? `packed ${t.packed.info.bits}-bit` : t.dtype] ??= { tensors: 0, params: 0, bytes: 0 });
+    const d = (dtypes[storedAs(t)] ??= { tensors: 0, params: 0, bytes: 0 });
     d.tensors++;
     d.params += n;
     d.bytes += b;

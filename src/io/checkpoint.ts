@@ -11,6 +11,7 @@ import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
+import { decodeMxfp4Transposed, foldMxfp4 } from './mxfp4';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -173,7 +174,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  const logical = logicalTensors(headers, tensors);
+  const logical = foldMxfp4(config, logicalTensors(headers, tensors), path.join(abs, 'config.json'));
   checkTensorsNotQuantized(logical);
   return {
     dir: abs,
@@ -254,6 +255,7 @@ export class TensorReader {
     const t = this.ref(name);
     if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
     if (t.view) return fromFloat32(this.viewF32(t.view), t.dtype);
+    if (t.mxfp4) return fromFloat32(this.rowsF32(name, 0, t.shape[0]), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -263,6 +265,7 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
+    if (t.mxfp4) throw new RangeError(`bytesInto: ${name} is MXFP4`);
     if (t.view) {
       const b = this.bytes(name);
       into.set(b);
@@ -277,7 +280,7 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed || t.view) {
+    if (t.packed || t.view || t.mxfp4) {
       yield this.bytes(name);
       return;
     }
@@ -300,6 +303,11 @@ export class TensorReader {
       throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
     if (t.packed) return this.dequantized(t.packed, start, count);
     if (t.view) return this.viewF32(t.view).slice(start * cols, (start + count) * cols);
+    if (t.mxfp4) {
+      const out = new Float32Array(count * cols);
+      for (let i = 0; i < count; i++) out.set(this.mxfp4Slice(t, start + i), i * cols);
+      return out;
+    }
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -337,6 +345,7 @@ export class TensorReader {
       throw new CheckpointError(`tensor "${name}" is ${t.dtype}, expected a floating dtype`, { file: t.file });
     if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
     if (t.view) return this.viewF32(t.view);
+    if (t.mxfp4) return this.rowsF32(name, 0, t.shape[0]);
     return toFloat32(this.bytes(name), t.dtype);
   }
 
@@ -347,7 +356,7 @@ export class TensorReader {
 
   /** The stored bytes of t[index] (a bit-exact copy of one expert of a fused tensor). */
   rawSlice(t: TensorRef, index: number): Uint8Array {
-    if (t.packed || t.view) throw new RangeError(`rawSlice: ${t.name} is not stored plainly`);
+    if (t.packed || t.view || t.mxfp4) throw new RangeError(`rawSlice: ${t.name} is not stored plainly`);
     const bytes = (t.end - t.begin) / t.shape[0];
     if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
       throw new RangeError(`rawSlice: index ${index} outside ${t.name} [${t.shape}]`);
@@ -358,6 +367,11 @@ export class TensorReader {
 
   private sliceOf(t: TensorRef, index: number): Float32Array {
     if (t.shape.length < 2) throw new RangeError(`sliceF32: ${t.name} [${t.shape}] has no slices`);
+    if (t.mxfp4) {
+      if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
+        throw new RangeError(`sliceF32: index ${index} outside ${t.name} [${t.shape}]`);
+      return this.mxfp4Slice(t, index);
+    }
     return toFloat32(this.rawSlice(t, index), t.dtype);
   }
 
@@ -375,6 +389,14 @@ export class TensorReader {
       for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[r * n + j] = s[r * b + start + j * step];
     }
     return out;
+  }
+
+  /** One expert of an MXFP4 tensor [E, in, out], decoded from its blocks [E, out, in/32, 16] and scales. */
+  private mxfp4Slice(t: TensorRef, index: number): Float32Array {
+    const { blocks, scales } = t.mxfp4!;
+    const [, outDim, groups] = blocks.shape;
+    const b = this.rawSlice(blocks, index);
+    return decodeMxfp4Transposed(b, this.rawSlice(scales, index), outDim, groups);
   }
 
   /** Rows [start, start+count) of a packed weight, dequantized to float32. */

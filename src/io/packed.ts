@@ -19,6 +19,7 @@ import { CheckpointError, shown } from '../errors';
 import { DType, isDType } from './dtype';
 import type { PackedInfo, PackedParts, SafetensorsHeader, TensorRef } from './safetensors';
 import type { PlannedTensor } from './writer';
+import { mxfp4Bytes } from './mxfp4';
 
 export const PACKED_FORMAT = 'moe-packed/1';
 export const QUANT_METHOD = 'moe-packed';
@@ -173,8 +174,9 @@ export function withoutPackedConfig(config: Record<string, unknown>): Record<str
   return out;
 }
 
-/** Bytes a tensor takes on disk: its packed parts when packed. */
+/** Bytes a tensor takes on disk: its packed parts when packed, its blocks and scales when MXFP4. */
 export function storedBytes(t: TensorRef): number {
+  if (t.mxfp4) return mxfp4Bytes(t.mxfp4);
   return t.packed ? packedBytes(t.packed) : t.end - t.begin;
 }
 

@@ -10,6 +10,7 @@
 import { CheckpointError, shown } from '../errors';
 import type { TensorRef } from './safetensors';
 import { QUANT_METHOD } from './packed';
+import { MXFP4_METHOD } from './mxfp4';
 
 const SUPPORTED =
   'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
@@ -57,6 +58,7 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
     if (q !== undefined && q !== null) {
       const method = methodOf(q, '');
       if (prefix === '' && method === QUANT_METHOD) continue;
+      if (prefix === '' && method === MXFP4_METHOD) continue; // decoded: src/io/mxfp4.ts
       const what = method
         ? `${prefix}quantization_config.quant_method ${shown(method)}`
         : `${prefix}quantization_config (no quant_method: ${shown(q)})`;
@@ -78,6 +80,7 @@ export function checkTensorsNotQuantized(tensors: Map<string, TensorRef>): void 
   const found: { t: TensorRef; why: string }[] = [];
   for (const t of tensors.values()) {
     if (t.packed) continue;
+    if (t.mxfp4) continue;
     const side = SIDE_TENSORS.find(([re]) => re.test(t.name));
     if (side) found.push({ t, why: `is ${side[1]}` });
     else if (QUANTIZED_DTYPES.has(t.dtype)) found.push({ t, why: `is stored as ${t.dtype}, a quantized weight` });

@@ -23,6 +23,8 @@ export interface TensorRef {
   end: number;
   /** Set when the weight is stored quantized (src/io/packed.ts): its parts, read and dequantized by TensorReader. */
   packed?: PackedParts;
+  /** Set when the weight is stored as MXFP4 (src/io/mxfp4.ts): its blocks and scales, decoded by TensorReader. */
+  mxfp4?: { blocks: TensorRef; scales: TensorRef };
   /** Set when the tensor is a view of one slice of a fused tensor (per-expert views: src/model/fused.ts). */
   view?: SliceView;
 }

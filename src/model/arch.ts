@@ -95,20 +95,6 @@ export function softmaxTopK(topK: number, normTopK: boolean): RoutingRule {
   };
 }
 
-/** The stored names of one MoE layer's fused experts (Architecture.fusedExperts; views and writing: ./fused.ts). */
-export interface FusedExpertLayout {
-  /** [E, H, 2I]: gate and up projections, transposed ([in, out]), side by side on the last axis. */
-  gateUp(layer: number): string;
-  /** [E, 2I], in the same order as gateUp's last axis. */
-  gateUpBias?(layer: number): string;
-  /** [E, I, H]: the down projection, transposed. */
-  down(layer: number): string;
-  /** [E, H]. */
-  downBias?(layer: number): string;
-  /** Gate and up alternate on the last axis (gpt-oss); otherwise gate is the first half. */
-  interleaved: boolean;
-}
-
 export abstract class Architecture {
   abstract readonly modelType: string;
   /** The expert-count key written when the config holds none (never happens for real checkpoints). */
@@ -203,14 +189,6 @@ export abstract class Architecture {
 
   projName(p: Proj): string {
     return `${p}_proj`;
-  }
-
-  /** How routed experts are stored when fused into one tensor per projection (gpt-oss); undefined: one per expert. */
-  readonly fusedExperts?: FusedExpertLayout;
-
-  /** The bias of an expert's projection, for experts with biases (gpt-oss); undefined: no biases. */
-  expertBiasKey(_layer: number, _expert: number, _p: Proj): string | undefined {
-    return undefined;
   }
 
   expertKey(layer: number, expert: number, p: Proj): string {

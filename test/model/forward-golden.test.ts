@@ -10,7 +10,10 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture, modelTypes } from '../../src/model/registry';
 import { GOLDEN } from '../helpers';
 
-const CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
+const ALL_CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
+/** Goldens whose architecture this branch does not have yet (gpt_oss, issue 18): skipped, see the end of the file. */
+const NEEDS_ARCH = new Set(['gpt_oss-mxfp4']);
+const CASES = ALL_CASES.filter((c) => !NEEDS_ARCH.has(c));
 
 /** Mean NLL of ids[t+1] under logits[t], over every window's first T−1 positions (float64). */
 export function lossOf(logits: Float32Array, ids: Int32Array, B: number, T: number, V: number): number {
@@ -60,4 +63,29 @@ describe.each(CASES)('%s', (c) => {
     const info = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
     expect(Math.abs(lossOf(logits, ids, B, T, V) - info.loss)).toBeLessThanOrEqual(1e-4);
   });
+});
+
+// The lead enables this after merging the gpt_oss architecture: remove NEEDS_ARCH (the case then runs above) and
+// this skip. The router top-k check is the issue's acceptance: equal to transformers' router_logits top-k on every
+// token (fixtures/golden/gpt_oss-mxfp4/golden.json router_topk, per layer [tokens][k]).
+test.skip('gpt_oss-mxfp4: router top-k equal to transformers on every token (needs gpt_oss architecture)', async () => {
+  const dir = path.join(GOLDEN, 'gpt_oss-mxfp4');
+  const golden = new TensorReader(openTensorFile(path.join(dir, 'golden.safetensors')));
+  const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
+  const [B, T, V] = golden.ref('logits').shape;
+  golden.close();
+  const info = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
+  const ckpt = openCheckpoint(dir);
+  const reader = new TensorReader(ckpt);
+  const fp = new ForwardPass(reader, loadArchitecture(ckpt), new RefBackend());
+  const got: Record<string, number[][]> = {};
+  const { sink } = fullLogits(B * T, V);
+  await fp.run(ids, B, T, sink, {
+    router: (layer, routing, _x, tokens) => {
+      const k = routing.experts.length / tokens;
+      got[String(layer)] = [...Array(tokens).keys()].map((t) => Array.from(routing.experts.subarray(t * k, t * k + k)));
+    },
+  });
+  reader.close();
+  expect(got).toEqual(info.router_topk);
 });
