@@ -4,8 +4,10 @@
 Writes fixtures/reference/gguf-codecs/:
   inputs.f32       ROWS × COLS float32 little-endian, the rows below (row-major)
   importance.f32   COLS float32, a per-column importance (what an imatrix holds) for the K-quant imatrix cases
-  F16.bin BF16.bin Q8_0.bin Q4_0.bin   gguf.quants.quantize(rows, type) bytes, ROWS × row bytes
-  gguf-py.json     rows, cols, row labels, gguf-py / numpy versions, sha256 of every file above
+  F16.bin BF16.bin Q8_0.bin Q4_0.bin MXFP4.bin   gguf.quants.quantize(rows, type) bytes, ROWS × row bytes
+  gguf-py.json     rows, cols, row labels, gguf-py / numpy versions, sha256 of every file above; for MXFP4 also
+                   the sha256 of gguf-py's dequantization of MXFP4.bin and of gpt-oss's MXFP4 experts (the golden
+                   fixtures/golden/gpt_oss-mxfp4) repacked into ggml's layout (mxfp4_repack below)
 
 test/gguf/codec-reference.test.ts runs moe's quantizeRows on inputs.f32 and compares bytes. The K-quant references
 (kquants.json) come from llama.cpp's own C code: scripts/ggml_ref/ggml_reference.py, run after this script.
@@ -28,7 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, 'fixtures', 'reference', 'gguf-codecs')
 COLS = 512  # two K-quant super-blocks, sixteen Q8_0/Q4_0 blocks per row
 F16_MAX = 65504.0
-GGUF_PY_TYPES = ['F16', 'BF16', 'Q8_0', 'Q4_0']
+GGUF_PY_TYPES = ['F16', 'BF16', 'Q8_0', 'Q4_0', 'MXFP4']
+MXFP4_GOLDEN = os.path.join(ROOT, 'fixtures', 'golden', 'gpt_oss-mxfp4')
 
 
 def rows() -> list[tuple[str, np.ndarray]]:
@@ -90,6 +93,38 @@ def importance() -> np.ndarray:
     return ((np.where(c % 7 == 0, 50.0, 1.0) * (0.5 + rng.random(COLS))) ** 1).astype(np.float32)
 
 
+def mxfp4_repack(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """gpt-oss's MXFP4 (blocks [..., 16]: element 2j in byte j's low nibble; scales [...]) as ggml block_mxfp4
+    [..., 17] (e, then element j in byte j's low nibble and element j+16 in its high nibble). Our own numpy code
+    (llama.cpp does this in convert_hf_to_gguf's GptOssModel.transform_nibble_layout / repack_mxfp4)."""
+    codes = np.stack([blocks & 15, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
+    qs = codes[..., :16] | (codes[..., 16:] << 4)
+    return np.concatenate([scales[..., None], qs], axis=-1).astype(np.uint8)
+
+
+def mxfp4_references(n_rows: int) -> dict:
+    """sha256 of gguf-py's dequantization of MXFP4.bin, and of the golden's experts repacked (every row of each
+    *_blocks tensor, [E, out, in/32, 17]), checked here against gguf-py's decoder and our plain E2M1 decoding."""
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    q = np.fromfile(os.path.join(OUT, 'MXFP4.bin'), dtype=np.uint8)
+    dq = dequantize(q.reshape(n_rows, -1), T.MXFP4).astype('<f4')
+    out = {'MXFP4_decoded': hashlib.sha256(dq.tobytes()).hexdigest(), 'repacked': {}}
+    with safe_open(os.path.join(MXFP4_GOLDEN, 'model.safetensors'), 'np') as f:  # the U8 parts (numpy has no bf16)
+        t = {k: f.get_tensor(k) for k in f.keys() if k.endswith(('_blocks', '_scales'))}
+    e2m1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float64)
+    for name in sorted(k for k in t if k.endswith('_blocks')):
+        b, s = t[name], t[name.replace('_blocks', '_scales')]
+        ggml = mxfp4_repack(b, s)
+        codes = np.stack([b & 15, b >> 4], -1).reshape(*b.shape[:-1], 32)
+        mine = e2m1[codes] * 2.0 ** (s.astype(np.float64) - 127)[..., None]
+        theirs = dequantize(ggml.reshape(-1, ggml.shape[-2] * 17), T.MXFP4).reshape(mine.shape)
+        assert np.array_equal(theirs.astype(np.float64), mine), name
+        out['repacked'][name[: -len('_blocks')]] = hashlib.sha256(ggml.tobytes()).hexdigest()
+    return out
+
+
 def sha(path: str) -> str:
     with open(path, 'rb') as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -116,6 +151,7 @@ def main() -> None:
         'labels': [label for label, _ in rs],
         'files': files,
         'sha256': {k: sha(os.path.join(OUT, f)) for k, f in files.items()},
+        'mxfp4': mxfp4_references(len(rs)),
     }
     with open(os.path.join(OUT, 'gguf-py.json'), 'w') as f:
         json.dump(info, f, indent=2)

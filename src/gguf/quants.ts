@@ -10,8 +10,8 @@ import { codec, CODECS, GgmlType, Importance } from './codecs/index';
 
 export type { GgmlType } from './codecs/index';
 
-/** Every type moe writes, in the order the CLI lists them. */
-export const GGUF_TYPES: GgmlType[] = CODECS.map((c) => c.type);
+/** Every type moe writes for --type, in the order the CLI lists them (MXFP4 only as stored: storedOnly). */
+export const GGUF_TYPES: GgmlType[] = CODECS.filter((c) => !c.storedOnly).map((c) => c.type);
 
 /** The types `--allocate lp` may choose from unless --type-menu says otherwise. */
 export const DEFAULT_GGUF_MENU: GgmlType[] = ['Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K', 'Q8_0'];

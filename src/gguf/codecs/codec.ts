@@ -2,7 +2,7 @@
  * One ggml type: its block layout (ggml-common.h), its ids in GGUF files, and its encoder and decoder side by side.
  * Element types (F32, F16, BF16) convert whole arrays; block types encode and decode one block at a time.
  */
-export type GgmlType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'Q3_K' | 'Q2_K';
+export type GgmlType = 'F32' | 'F16' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K' | 'Q5_K' | 'Q6_K' | 'Q3_K' | 'Q2_K' | 'MXFP4';
 
 /** Per-column importance (the calibration imatrix), indexed by column. */
 export type Importance = Float32Array | Float64Array;
@@ -17,6 +17,8 @@ interface CodecBase {
   blockSize: number;
   /** Bytes per block. */
   typeSize: number;
+  /** Written only for weights stored in this type (gpt-oss's MXFP4 experts, repacked): not a --type choice. */
+  storedOnly?: boolean;
 }
 
 export interface ElementCodec extends CodecBase {
