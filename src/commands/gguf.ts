@@ -36,6 +36,7 @@ import {
   typeErrors,
 } from '../gguf/plan';
 import { DEFAULT_GGUF_MENU, GgmlType } from '../gguf/quants';
+import { isStoredMxfp4, repackStoredMxfp4 } from '../gguf/stored';
 import { vocabMetadata } from '../gguf/vocab';
 import { GgufTensorPlan, GgufWriter } from '../gguf/writer';
 
@@ -148,7 +149,9 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     stats?.checkModel(ckpt);
     checkLpOptions(o, mode, stats);
     const menu = o.menu ?? DEFAULT_GGUF_MENU;
-    const weights = model.tensors.filter((t) => t.kind === 'weight');
+    // Weights stored as MXFP4 (gpt-oss's experts) stay MXFP4, repacked bit-exactly; the others take the type(s).
+    const stored = new Set(model.tensors.filter((t) => isStoredMxfp4(ckpt, t)).map((t) => t.name));
+    const weights = model.tensors.filter((t) => t.kind === 'weight' && !stored.has(t.name));
     // Work in weights: measuring quantizes each weight at every type of the menu, writing each tensor once more.
     const allParams = model.tensors.reduce((s, t) => s + paramsOf(t), 0);
     const measureWeight = mode === 'lp' ? weights.reduce((s, t) => s + paramsOf(t), 0) * menu.length : 0;
@@ -165,6 +168,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
             costs: new Map<string, number>(),
             solver: null,
           };
+    for (const name of stored) types.set(name, 'MXFP4');
     const plan = buildGgufPlan(model, types, costs);
     const report: GgufReport = {
       model: ckpt.dir,
@@ -186,7 +190,9 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     report.output = path.join(dest.dir, dest.file);
     const metadata = fileMetadata(model, plan, ckpt, vocab);
     const writeTo = (target: string) => {
-      writeFile(target, metadata, model, plan, { ctx, weighting, load, allParams });
+      const encode = (t: GgufModel['tensors'][number], type: GgmlType) =>
+        stored.has(t.name) ? repackStoredMxfp4(ckpt, reader, t) : encodeTensor(t, type, load, weighting);
+      writeFile(target, metadata, model, plan, { ctx, encode, allParams });
       report.file_bytes = fs.statSync(target).size;
     };
     if (o.dryRun) report.file_bytes = writerSize(plan.layout);
@@ -230,7 +236,7 @@ function writeFile(
   metadata: Metadata,
   model: GgufModel,
   plan: GgufPlan,
-  x: { ctx: Context; weighting: Weighting; load: PartLoader; allParams: number },
+  x: { ctx: Context; encode: (t: GgufModel['tensors'][number], type: GgmlType) => Uint8Array; allParams: number },
 ): void {
   const writer = new GgufWriter(target, metadata, plan.layout);
   const bar = x.ctx.progress(
@@ -241,7 +247,7 @@ function writeFile(
   );
   try {
     model.tensors.forEach((t, i) => {
-      writer.write(t.name, encodeTensor(t, plan.tensors[i].type, x.load, x.weighting));
+      writer.write(t.name, x.encode(t, plan.tensors[i].type));
       bar.tick(plan.layout[i].bytes);
     });
     writer.finish();
