@@ -3,7 +3,9 @@
  * one ggml type: the same everywhere (`--type q8_0`), or chosen per tensor by the bit-allocation LP under an
  * average bits-per-weight budget (`--allocate lp --bpw 4.5 --stats S`), from the imatrix-weighted error of each
  * type measured on the tensor itself. The calibration imatrix also weights the rounding of every type that
- * supports it. Tensors stream one at a time (a stacked expert tensor, expert by expert).
+ * supports it. Weights stored as MXFP4 (gpt-oss's experts) stay MXFP4: their blocks and scales are repacked into
+ * ggml's MXFP4 bit-exactly (src/gguf/stored.ts), whatever --type says, and the LP's budget counts the other weights.
+ * Tensors stream one at a time (a stacked expert tensor, expert by expert).
  * This file checks options and the destination and orchestrates; the plan is src/gguf/plan.ts.
  */
 import * as fs from 'node:fs';

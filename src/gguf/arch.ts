@@ -5,7 +5,9 @@
  * gguf-py's constants. The keys and tensors every architecture shares are written here; each family gives its
  * llama.cpp name, its own keys, warnings and attention tensors (Architecture.ggufMapping in src/model/*.ts: e.g.
  * Mixtral is llama.cpp's "llama" with experts, its q/k rows permuted from Hugging Face's rotate-half RoPE layout
- * to llama.cpp's interleaved one, as that converter does).
+ * to llama.cpp's interleaved one, as that converter does). Experts with biases (gpt-oss) get them stacked the same
+ * way (ffn_{gate,up,down}_exps.bias, [experts, out], F32); a router whose bias is part of its logits (gpt-oss)
+ * writes it as ffn_gate_inp.bias, a selection-only bias (DeepSeek-V3) as exp_probs_b.bias.
  */
 import { CheckpointError } from '../errors';
 import type { Architecture, Proj } from '../model/arch';
