@@ -1295,6 +1295,8 @@ def main() -> None:
     args = sys.argv[1:]
     if args[:1] == ["--only"] and len(args) > 1:  # --only NAME[,NAME]: regenerate only those cases
         args = args[1].split(",") + args[2:]
+    elif any(a.startswith("-") for a in args):
+        raise SystemExit("usage: make_golden.py [--only NAME[,NAME]] | [NAME ...]")
     only = set(args)
     known = [c.name for c in CASES] + list(EXTRA_CASES)
     unknown = only - set(known)

@@ -96,7 +96,12 @@ export function inspect(opts: InspectOptions): InspectReport {
   let bytes = 0;
   let bytesExperts = 0;
   let extra = 0;
-  for (const t of ckpt.tensors.values()) {
+  const seen = new Set<string>();
+  for (const view of ckpt.tensors.values()) {
+    // A per-expert view of a fused tensor (src/model/fused.ts) counts as the stored tensor, once.
+    const t = view.view?.source ?? view;
+    if (view.view && seen.has(t.name)) continue;
+    seen.add(t.name);
     const n = numel(t.shape);
     const b = storedBytes(t);
     paramsTotal += n;
@@ -105,7 +110,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     d.tensors++;
     d.params += n;
     d.bytes += b;
-    const role = arch.classify(t.name);
+    const role = arch.classify(view.name);
     if (!role) extra++;
     if (role && 'layer' in role) {
       layers[role.layer].params += n;

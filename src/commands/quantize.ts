@@ -36,6 +36,7 @@ import { Quantizer } from '../quant/quantizer';
 import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
+import { withoutMxfp4Config } from '../io/mxfp4';
 import { DEFAULT_MAX_SHARD_BYTES, ShardedWriter } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
@@ -488,7 +489,8 @@ function writeRecords(
     out.writeRecord(PART_RECORD, part);
     return;
   }
-  const config = { ...ckpt.config };
+  // Every tensor written is plain or moe-packed: a source's MXFP4 declaration does not describe the output.
+  const config = withoutMxfp4Config({ ...ckpt.config });
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   writeConfig(out, config, ckpt.dir);

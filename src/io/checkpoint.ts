@@ -265,8 +265,7 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
-    if (t.mxfp4) throw new RangeError(`bytesInto: ${name} is MXFP4`);
-    if (t.view) {
+    if (t.view || t.mxfp4) {
       const b = this.bytes(name);
       into.set(b);
       return into.subarray(0, b.byteLength);
@@ -280,8 +279,13 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed || t.view || t.mxfp4) {
+    if (t.packed || t.view) {
       yield this.bytes(name);
+      return;
+    }
+    if (t.mxfp4) {
+      // One expert at a time, decoded to the logical dtype: bounded memory whatever the fused tensor's size.
+      for (let e = 0; e < t.shape[0]; e++) yield fromFloat32(this.mxfp4Slice(t, e), t.dtype);
       return;
     }
     const size = dtypeBytes(t.dtype);
@@ -349,30 +353,39 @@ export class TensorReader {
     return toFloat32(this.bytes(name), t.dtype);
   }
 
-  /** The float32 values of t[index], the slice along the first axis (one expert of a fused tensor). */
+  /**
+   * t[index] as float32: the slice along the first axis (one expert of a fused expert tensor), read by positioned
+   * reads of that slice only (a fused tensor can exceed RAM).
+   */
   sliceF32(name: string, index: number): Float32Array {
     return this.sliceOf(this.ref(name), index);
   }
 
-  /** The stored bytes of t[index] (a bit-exact copy of one expert of a fused tensor). */
-  rawSlice(t: TensorRef, index: number): Uint8Array {
-    if (t.packed || t.view || t.mxfp4) throw new RangeError(`rawSlice: ${t.name} is not stored plainly`);
-    const bytes = (t.end - t.begin) / t.shape[0];
-    if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
-      throw new RangeError(`rawSlice: index ${index} outside ${t.name} [${t.shape}]`);
-    const out = readExact(this.fd(t.file), t.file, t.begin + index * bytes, bytes);
-    this.ckpt.bytesRead.value += out.byteLength;
+  /** The stored bytes of part[index] (a slice along the first axis), e.g. one expert's MXFP4 blocks, bit-exact. */
+  rawSlice(part: TensorRef, index: number): Uint8Array {
+    if (part.packed || part.view || part.mxfp4) throw new RangeError(`rawSlice: ${part.name} is not stored plainly`);
+    if (!Number.isInteger(index) || index < 0 || index >= part.shape[0])
+      throw new RangeError(`rawSlice: index ${index} outside ${part.name} [${part.shape}]`);
+    const n = (part.end - part.begin) / part.shape[0];
+    const out = readExact(this.fd(part.file), part.file, part.begin + index * n, n);
+    this.ckpt.bytesRead.value += n;
     return out;
   }
 
   private sliceOf(t: TensorRef, index: number): Float32Array {
     if (t.shape.length < 2) throw new RangeError(`sliceF32: ${t.name} [${t.shape}] has no slices`);
-    if (t.mxfp4) {
-      if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
-        throw new RangeError(`sliceF32: index ${index} outside ${t.name} [${t.shape}]`);
-      return this.mxfp4Slice(t, index);
-    }
+    if (!Number.isInteger(index) || index < 0 || index >= t.shape[0])
+      throw new RangeError(`sliceF32: index ${index} outside ${t.name} [${t.shape}]`);
+    if (t.mxfp4) return this.mxfp4Slice(t, index);
     return toFloat32(this.rawSlice(t, index), t.dtype);
+  }
+
+  /** One expert of an MXFP4 tensor [E, in, out], decoded from its blocks [E, out, in/32, 16] and scales. */
+  private mxfp4Slice(t: TensorRef, index: number): Float32Array {
+    const { blocks, scales } = t.mxfp4!;
+    const [, outDim, groups] = blocks.shape;
+    const b = this.rawSlice(blocks, index);
+    return decodeMxfp4Transposed(b, this.rawSlice(scales, index), outDim, groups);
   }
 
   /** A view's values: the slice, its selected columns, transposed when asked. */
@@ -389,14 +402,6 @@ export class TensorReader {
       for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[r * n + j] = s[r * b + start + j * step];
     }
     return out;
-  }
-
-  /** One expert of an MXFP4 tensor [E, in, out], decoded from its blocks [E, out, in/32, 16] and scales. */
-  private mxfp4Slice(t: TensorRef, index: number): Float32Array {
-    const { blocks, scales } = t.mxfp4!;
-    const [, outDim, groups] = blocks.shape;
-    const b = this.rawSlice(blocks, index);
-    return decodeMxfp4Transposed(b, this.rawSlice(scales, index), outDim, groups);
   }
 
   /** Rows [start, start+count) of a packed weight, dequantized to float32. */

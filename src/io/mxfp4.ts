@@ -152,6 +152,14 @@ export function isMxfp4Config(config: Record<string, unknown>): boolean {
   return q?.quant_method === MXFP4_METHOD;
 }
 
+/** A config without its MXFP4 quantization_config, for a checkpoint written with every MXFP4 tensor decoded. */
+export function withoutMxfp4Config(config: Record<string, unknown>): Record<string, unknown> {
+  if (!isMxfp4Config(config)) return config;
+  const out = { ...config };
+  delete out.quantization_config;
+  return out;
+}
+
 const BLOCKS = /_blocks$/;
 const SCALES = /_scales$/;
 

@@ -58,19 +58,6 @@ export interface RoutingRule {
 }
 
 /**
- * Routed experts stored fused: one 3-D tensor per projection whose first axis is the experts (stored names, e.g.
- * `model.layers.L.mlp.experts.gate_up_proj`). The schema lists per-expert tensors; src/model/fused.ts maps them.
- */
-export interface FusedExpertLayout {
-  gateUp(layer: number): string;
-  gateUpBias?(layer: number): string;
-  down(layer: number): string;
-  downBias?(layer: number): string;
-  /** gate/up alternate on the last axis (gpt-oss) or gate is the first half. */
-  interleaved: boolean;
-}
-
-/**
  * gpt-oss's clamped SwiGLU of a routed expert (transformers GptOssExperts._apply_gate): gate = min(gate, limit),
  * up = clamp(up, −limit, limit), act = (up + 1) · gate · σ(alpha · gate).
  */
@@ -95,6 +82,20 @@ export function softmaxTopK(topK: number, normTopK: boolean): RoutingRule {
   };
 }
 
+/** The stored names of one MoE layer's fused experts (Architecture.fusedExperts; views and writing: ./fused.ts). */
+export interface FusedExpertLayout {
+  /** [E, H, 2I]: gate and up projections, transposed ([in, out]), side by side on the last axis. */
+  gateUp(layer: number): string;
+  /** [E, 2I], in the same order as gateUp's last axis. */
+  gateUpBias?(layer: number): string;
+  /** [E, I, H]: the down projection, transposed. */
+  down(layer: number): string;
+  /** [E, H]. */
+  downBias?(layer: number): string;
+  /** Gate and up alternate on the last axis (gpt-oss); otherwise gate is the first half. */
+  interleaved: boolean;
+}
+
 export abstract class Architecture {
   abstract readonly modelType: string;
   /** The expert-count key written when the config holds none (never happens for real checkpoints). */
@@ -107,8 +108,6 @@ export abstract class Architecture {
   readonly numExperts: number;
   readonly topK: number;
   readonly tieEmbeddings: boolean;
-  /** How routed experts are stored when fused (gpt-oss); undefined: one tensor per expert and projection. */
-  readonly fusedExperts?: FusedExpertLayout;
   private specs?: TensorSpec[];
   private byName?: Map<string, TensorSpec>;
 
@@ -191,13 +190,16 @@ export abstract class Architecture {
     return `${p}_proj`;
   }
 
-  expertKey(layer: number, expert: number, p: Proj): string {
-    return `${this.moePrefix(layer)}.experts.${expert}.${this.projName(p)}.weight`;
-  }
+  /** How routed experts are stored when fused into one tensor per projection (gpt-oss); undefined: one per expert. */
+  readonly fusedExperts?: FusedExpertLayout;
 
-  /** The bias of a routed expert's projection (gpt-oss), in the per-expert view; undefined: none. */
+  /** The bias of an expert's projection, for experts with biases (gpt-oss); undefined: no biases. */
   expertBiasKey(_layer: number, _expert: number, _p: Proj): string | undefined {
     return undefined;
+  }
+
+  expertKey(layer: number, expert: number, p: Proj): string {
+    return `${this.moePrefix(layer)}.experts.${expert}.${this.projName(p)}.weight`;
   }
 
   /** The routed experts' activation when it is gpt-oss's clamped SwiGLU; undefined: silu(gate) · up. */

@@ -9,8 +9,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { PlannedTensor, ShardedWriter, TensorSink, WrittenCheckpoint, WriterOptions } from '../io/writer';
-import type { Checkpoint } from '../io/checkpoint';
-import { dtypeBytes } from '../io/dtype';
+import type { Checkpoint, TensorReader } from '../io/checkpoint';
+import { encodeMxfp4, mxfp4PartNames } from '../io/mxfp4';
+import { dtypeBytes, toFloat32 } from '../io/dtype';
 import type { SliceView, TensorRef } from '../io/safetensors';
 import type { DType } from '../io/dtype';
 import type { Architecture, FusedExpertLayout, Proj } from './arch';
@@ -134,6 +135,8 @@ export function applyFusedViews(ckpt: Checkpoint, arch: Architecture): void {
 /** A per-expert output tensor: its bytes in `dtype`, made when the writer reaches it. */
 export interface LogicalOut {
   name: string;
+  /** The source tensor it is a bit-exact copy of, if it is one. */
+  src?: string;
   dtype: DType;
   shape: number[];
   bytes: () => Uint8Array | Promise<Uint8Array>;
@@ -164,6 +167,9 @@ export function fuseSlice(
   I: number,
   interleaved: boolean,
 ): Uint8Array {
+  const want = { gateUp: I * H, gateUpBias: I, down: H * I, downBias: H }[f.kind] * size;
+  if (members.some((m) => m.byteLength !== want))
+    throw new Error(`fuseSlice: ${f.name} members of ${members.map((m) => m.byteLength)} bytes, expected ${want}`);
   if (f.kind === 'downBias') return members[0];
   if (f.kind === 'down') {
     const out = new Uint8Array(members[0].byteLength);
@@ -188,9 +194,15 @@ export function fuseSlice(
 /**
  * The output tensors in stored form: for every fused layer, the per-expert items of `items` are replaced by the
  * stored tensors (each where its first member stood), made expert by expert. Every other item is passed through.
- * `experts` is the expert count of the output.
+ * `experts` is the expert count of the output. When the source stores that tensor as MXFP4 (`ckpt.stored`), the
+ * output does too: a copied expert's blocks and scales bit-exact, a computed (merged) one encoded by the OCP rule.
  */
-export function fuseOutput(arch: Architecture, items: LogicalOut[], experts: number): (LogicalOut | FusedOut)[] {
+export function fuseOutput(
+  arch: Architecture,
+  items: LogicalOut[],
+  experts: number,
+  source?: { ckpt: Checkpoint; reader: TensorReader },
+): (LogicalOut | FusedOut)[] {
   const layout = arch.fusedExperts;
   if (!layout) return items;
   const byName = new Map(items.map((it) => [it.name, it]));
@@ -210,12 +222,17 @@ export function fuseOutput(arch: Architecture, items: LogicalOut[], experts: num
     emitted.add(f.name);
     const first = byName.get(membersOf(arch, f, 0)[0]);
     if (!first) throw new Error(`fuseOutput: ${f.name} has no expert 0`);
-    const size = dtypeBytes(first.dtype);
     const slice = (e: number) => membersOf(arch, f, e).map((m) => byName.get(m)!);
     const perExpert = first.shape.reduce((a, b) => a * b, 1) * (f.kind === 'gateUp' || f.kind === 'gateUpBias' ? 2 : 1);
     const rest = sliceShape(arch, f);
     if (rest.reduce((a, b) => a * b, 1) !== perExpert)
       throw new Error(`fuseOutput: ${f.name} members do not fill a slice`);
+    const mx = source?.ckpt.stored?.get(f.name)?.mxfp4;
+    if (mx && source) {
+      out.push(...mxfp4Output(arch, f, experts, slice, mx, source));
+      continue;
+    }
+    const size = dtypeBytes(first.dtype);
     out.push({
       name: f.name,
       dtype: first.dtype,
@@ -229,6 +246,74 @@ export function fuseOutput(arch: Architecture, items: LogicalOut[], experts: num
     });
   }
   return out;
+}
+
+/**
+ * A fused tensor stored as MXFP4 (blocks [E, out, in/32, 16], scales [E, out, in/32]): expert e copies its source
+ * expert's blocks and scales when all its members are copies of one source expert, else (a merged expert) its
+ * members' values are encoded; the scales of encoded experts wait (1/16 of the blocks) until the scales are written.
+ */
+function mxfp4Output(
+  arch: Architecture,
+  f: FusedTensor,
+  experts: number,
+  slice: (e: number) => LogicalOut[],
+  mx: { blocks: TensorRef; scales: TensorRef },
+  { ckpt, reader }: { ckpt: Checkpoint; reader: TensorReader },
+): FusedOut[] {
+  const copiedFrom = (e: number): number | undefined => {
+    const idx = slice(e).map((m) => (m.src ? ckpt.tensors.get(m.src)?.view?.index : undefined));
+    return idx.every((i) => i !== undefined && i === idx[0]) ? idx[0] : undefined;
+  };
+  const [H, I] = [arch.hidden, arch.expertWidth];
+  const interleaved = arch.fusedExperts!.interleaved;
+  // The stored orientation [out, in]: gate/up rows side by side (interleaved or halves), down as it is.
+  const encode = async (e: number) => {
+    const members = (await Promise.all(slice(e).map((m) => m.bytes()))).map((b, k) => toFloat32(b, slice(e)[k].dtype));
+    if (f.kind === 'down') return encodeMxfp4(members[0], H, I);
+    const x = new Float32Array(2 * I * H);
+    members.forEach((m, k) => {
+      for (let i = 0; i < I; i++) x.set(m.subarray(i * H, (i + 1) * H), (interleaved ? 2 * i + k : k * I + i) * H);
+    });
+    return encodeMxfp4(x, 2 * I, H);
+  };
+  const encodedScales = new Map<number, Uint8Array>();
+  const names = mxfp4PartNames(f.name);
+  return [
+    {
+      name: names.blocks,
+      dtype: 'U8',
+      shape: [experts, ...mx.blocks.shape.slice(1)],
+      pieces: async function* () {
+        for (let e = 0; e < experts; e++) {
+          const from = copiedFrom(e);
+          if (from !== undefined) yield reader.rawSlice(mx.blocks, from);
+          else {
+            const q = await encode(e);
+            encodedScales.set(e, q.scales);
+            yield q.blocks;
+          }
+        }
+      },
+    },
+    {
+      name: names.scales,
+      dtype: 'U8',
+      shape: [experts, ...mx.scales.shape.slice(1)],
+      pieces: async function* () {
+        for (let e = 0; e < experts; e++) {
+          const from = copiedFrom(e);
+          if (from !== undefined) yield reader.rawSlice(mx.scales, from);
+          else {
+            const s = encodedScales.get(e);
+            if (!s) throw new Error(`fuseOutput: ${names.scales} expert ${e} written before its blocks`);
+            encodedScales.delete(e);
+            yield s;
+          }
+        }
+      },
+    },
+  ];
 }
 
 /** Where a staged per-expert tensor's bytes are in the staging file. */

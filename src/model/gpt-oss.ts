@@ -205,6 +205,7 @@ export const gptOss: ArchitectureFamily = {
     attention_bias: true,
     layer_types: ['sliding_attention', 'full_attention'],
     sliding_window: 8,
+    max_position_embeddings: 131072, // YaRN factor 32 over 4096, as published (transformers warns otherwise)
     rms_norm_eps: 1e-5,
     swiglu_limit: 7.0,
     router_aux_loss_coef: 0.001,

@@ -49,7 +49,7 @@ export interface ReducedWrite {
 }
 
 /** An output tensor: a bit-exact copy of `src` (streamed in chunks) or bytes made when the writer reaches it. */
-type OutItem = LogicalOut & { src?: string };
+type OutItem = LogicalOut;
 
 /**
  * Computed experts, made once each when the writer first reaches one of their tensors and dropped when the last is
@@ -79,6 +79,7 @@ function expertItems(
   p: LayerReduction,
   keep: number,
   computed: ComputedExperts,
+  reader: TensorReader,
 ): OutItem[] {
   const items: OutItem[] = [];
   const hasBias = PROJS.some((proj) => ckpt.tensors.has(arch.expertBiasKey(layer, 0, proj) ?? ''));
@@ -97,7 +98,7 @@ function expertItems(
         items.push({
           name: key(i),
           src: made ? undefined : src.name,
-          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => new Uint8Array(0),
+          bytes: made ? () => computed.get(layer, p, i, parts, take) : () => reader.bytes(src.name),
           dtype: src.dtype,
           shape: src.shape,
         });
@@ -133,7 +134,7 @@ function reducedItems(
     } else if (role.kind === 'expert') {
       // Emit the whole new expert set once, where old expert 0's first projection stood.
       if (role.expert === 0 && role.proj === firstProj(arch, role.layer, position))
-        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed));
+        items.push(...expertItems(ckpt, arch, role.layer, layerPlan, keep, computed, reader));
     } else if (role.kind === 'expert_bias') {
       continue; // written with the expert set
     } else if (role.kind === 'router' || role.kind === 'router_bias') {
@@ -168,7 +169,7 @@ export async function writeReduced(
 ): Promise<ReducedWrite> {
   const reader = new TensorReader(ckpt);
   try {
-    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep);
+    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep, { ckpt, reader });
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
     const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));

@@ -6,6 +6,7 @@ import { DType, fromFloat32, isFloatDType } from '../io/dtype';
 import type { Config } from '../io/checkpoint';
 import { withOutput } from '../io/output';
 import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import type { Architecture, TensorRole } from '../model/arch';
 import { architectureFor } from '../model/registry';
 import { verifyWritten } from '../model/verify';
 import { mulberry32 } from '../util/random';
@@ -55,11 +56,35 @@ function encode(values: Float32Array, dtype: DType): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
+/**
+ * The tensors as a checkpoint stores them: the schema, with the per-expert tensors of each MoE layer replaced by
+ * the fused 3-D tensors of Architecture.fusedExperts (gpt-oss) where the layer's first expert tensor stood. Random
+ * values need no fusing: the stored tensors are filled directly.
+ */
+function storedSpecs(arch: Architecture): { name: string; shape: number[]; role?: TensorRole }[] {
+  const layout = arch.fusedExperts;
+  if (!layout) return arch.schema();
+  const [E, H, I] = [arch.numExperts, arch.hidden, arch.expertWidth];
+  const out: { name: string; shape: number[]; role?: TensorRole }[] = [];
+  for (const s of arch.schema()) {
+    const r = s.role;
+    if (r.kind !== 'expert' && r.kind !== 'expert_bias') out.push(s);
+    else if (r.kind === 'expert' && r.expert === 0 && r.proj === 'gate') {
+      const l = r.layer;
+      out.push({ name: layout.gateUp(l), shape: [E, H, 2 * I] });
+      if (layout.gateUpBias) out.push({ name: layout.gateUpBias(l), shape: [E, 2 * I] });
+      out.push({ name: layout.down(l), shape: [E, I, H] });
+      if (layout.downBias) out.push({ name: layout.downBias(l), shape: [E, H] });
+    }
+  }
+  return out;
+}
+
 export async function synthesize(opts: SynthOptions, ctx: Context): Promise<SynthReport> {
   const dtype = opts.dtype ?? 'F32';
   if (!isFloatDType(dtype)) throw new TypeError(`synthesize: ${dtype} is not a floating dtype`);
   const arch = architectureFor(opts.config, opts.output);
-  const specs = arch.schema();
+  const specs = storedSpecs(arch);
   const plan: PlannedTensor[] = specs.map((s) => ({ name: s.name, shape: s.shape, dtype }));
   const std = opts.std ?? 0.05;
   const rand = mulberry32(opts.seed ?? 0);
@@ -89,7 +114,7 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
     shards = writer.shardCount;
     const progress = ctx.progress('synth', total, 'bytes');
     for (const s of specs) {
-      const isNorm = s.role.kind === 'norm' || s.role.kind === 'final_norm';
+      const isNorm = s.role?.kind === 'norm' || s.role?.kind === 'final_norm';
       const values = fill(numel(s.shape), rand, isNorm ? 1 : 0, isNorm ? 0.1 : std);
       const bytes = encode(values, dtype);
       writer.write(s.name, bytes);

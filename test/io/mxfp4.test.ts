@@ -17,9 +17,10 @@ import {
   decodeMxfp4Transposed,
   mxfp4ScaleByte,
 } from '../../src/io/mxfp4';
+import { convert } from '../../src/commands/convert';
 import { inspect, storedAs } from '../../src/commands/inspect';
 import { storedBytes } from '../../src/io/packed';
-import { GOLDEN, rawHeader, tmpDir, writeRaw } from '../helpers';
+import { GOLDEN, quiet, rawHeader, tmpDir, writeRaw } from '../helpers';
 
 const DIR = path.join(GOLDEN, 'gpt_oss-mxfp4');
 const info = JSON.parse(fs.readFileSync(path.join(DIR, 'golden.json'), 'utf8'));
@@ -78,6 +79,10 @@ describe('the golden gpt-oss with MXFP4 experts', () => {
       expect(slice).toEqual(whole.subarray(e * per, (e + 1) * per));
     }
     expect(reader.rowsF32(name, 2, 3)).toEqual(whole.subarray(2 * per, 5 * per));
+    // chunks() streams the BF16 bytes one expert at a time (what convert and verify read).
+    const pieces = [...reader.chunks(name, 1 << 20)];
+    expect(pieces.map((p) => p.length)).toEqual(new Array(t.shape[0]).fill(per * 2));
+    expect(Buffer.concat(pieces).equals(Buffer.from(reader.bytes(name)))).toBe(true);
     expect(() => reader.sliceF32(name, 8)).toThrow(RangeError);
     reader.close();
   });
@@ -123,7 +128,7 @@ describe('moe inspect states the storage', () => {
   });
 
   // The lead enables this after merging the gpt_oss architecture (inspect needs it to classify the tensors).
-  test.skip('inspect on the golden (needs gpt_oss architecture)', () => {
+  test('inspect on the golden', () => {
     const r = inspect({ model: DIR });
     expect(r.dtypes[MXFP4]).toEqual({
       tensors: 4,
@@ -133,6 +138,24 @@ describe('moe inspect states the storage', () => {
     expect(r.params_total).toBe(info.params_total);
     expect(r.bytes_experts).toBe(r.dtypes[MXFP4].bytes + 2 * 2 * (8 * 128 + 8 * 64)); // + the BF16 biases
   });
+});
+
+// The lead enables this after merging the gpt_oss architecture (convert loads it to validate the checkpoint).
+test('moe convert writes the bf16 checkpoint the MXFP4 one stands for', async () => {
+  const out = path.join(tmpDir(), 'bf16');
+  await convert({ model: DIR, output: out }, quiet);
+  const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+  expect(config.quantization_config).toBeUndefined();
+  const a = new TensorReader(openCheckpoint(DIR));
+  const b = new TensorReader(openCheckpoint(out));
+  for (const name of EXPERTS) {
+    expect(b.ref(name).mxfp4).toBeUndefined();
+    expect(b.ref(name).shape).toEqual(info.mxfp4.dequantized[name].shape);
+    expect(sha256(b.f32(name))).toBe(sha256(a.f32(name)));
+  }
+  expect(b.has(`${EXPERTS[0]}_blocks`)).toBe(false);
+  a.close();
+  b.close();
 });
 
 describe('the encoder', () => {

@@ -12,7 +12,7 @@ import { GOLDEN } from '../helpers';
 
 const ALL_CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
 /** Goldens whose architecture this branch does not have yet (gpt_oss, issue 18): skipped, see the end of the file. */
-const NEEDS_ARCH = new Set(['gpt_oss-mxfp4']);
+const NEEDS_ARCH = new Set<string>([]);
 const CASES = ALL_CASES.filter((c) => !NEEDS_ARCH.has(c));
 
 /** Mean NLL of ids[t+1] under logits[t], over every window's first T−1 positions (float64). */
@@ -68,7 +68,7 @@ describe.each(CASES)('%s', (c) => {
 // The lead enables this after merging the gpt_oss architecture: remove NEEDS_ARCH (the case then runs above) and
 // this skip. The router top-k check is the issue's acceptance: equal to transformers' router_logits top-k on every
 // token (fixtures/golden/gpt_oss-mxfp4/golden.json router_topk, per layer [tokens][k]).
-test.skip('gpt_oss-mxfp4: router top-k equal to transformers on every token (needs gpt_oss architecture)', async () => {
+test('gpt_oss-mxfp4: router top-k equal to transformers on every token', async () => {
   const dir = path.join(GOLDEN, 'gpt_oss-mxfp4');
   const golden = new TensorReader(openTensorFile(path.join(dir, 'golden.safetensors')));
   const ids = Int32Array.from(new BigInt64Array(golden.bytes('input_ids').slice().buffer), Number);
