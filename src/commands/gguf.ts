@@ -4,7 +4,7 @@
  * average bits-per-weight budget (`--allocate lp --bpw 4.5 --stats S`), from the imatrix-weighted error of each
  * type measured on the tensor itself. The calibration imatrix also weights the rounding of every type that
  * supports it. Weights stored as MXFP4 (gpt-oss's experts) stay MXFP4: their blocks and scales are repacked into
- * ggml's MXFP4 bit-exactly (src/gguf/stored.ts), whatever --type says, and the LP's budget counts the other weights.
+ * ggml's MXFP4 bit-exactly (src/gguf/stored.ts), whatever --type says; the LP's budget counts them at MXFP4's bits.
  * Tensors stream one at a time (a stacked expert tensor, expert by expert).
  * This file checks options and the destination and orchestrates; the plan is src/gguf/plan.ts.
  */
@@ -97,19 +97,21 @@ async function lpTypes(
   weights: GgufModel['tensors'],
   menu: GgmlType[],
   bpw: number,
-  x: { ctx: Context; weighting: Weighting; load: PartLoader; measureWeight: number },
+  x: { ctx: Context; weighting: Weighting; load: PartLoader; measureWeight: number; stored: Set<string> },
 ): Promise<{ types: Map<string, GgmlType>; costs: Map<string, number>; solver: GgufReport['solver'] }> {
   const bar = x.ctx.progress(
     `measure error of ${menu.join('/')}`,
-    weights.length - weights.filter((t) => t.proj === 'embed' || t.proj === 'output').length,
+    weights.filter((t) => t.proj !== 'embed' && t.proj !== 'output' && !x.stored.has(t.name)).length,
     'tensors',
     x.measureWeight,
   );
-  const chosen = await chooseTypes(weights, menu, bpw, (t) => {
+  const stored = new Map([...x.stored].map((n) => [n, 'MXFP4' as GgmlType]));
+  const measure = (t: GgufModel['tensors'][number]) => {
     const errors = typeErrors(t, menu, x.load, x.weighting);
     bar.tick();
     return errors;
-  });
+  };
+  const chosen = await chooseTypes(weights, menu, bpw, measure, stored);
   bar.done();
   if (!chosen.ok)
     throw new UsageError(
@@ -153,10 +155,11 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     const menu = o.menu ?? DEFAULT_GGUF_MENU;
     // Weights stored as MXFP4 (gpt-oss's experts) stay MXFP4, repacked bit-exactly; the others take the type(s).
     const stored = new Set(model.tensors.filter((t) => isStoredMxfp4(ckpt, t)).map((t) => t.name));
-    const weights = model.tensors.filter((t) => t.kind === 'weight' && !stored.has(t.name));
+    const weights = model.tensors.filter((t) => t.kind === 'weight');
     // Work in weights: measuring quantizes each weight at every type of the menu, writing each tensor once more.
     const allParams = model.tensors.reduce((s, t) => s + paramsOf(t), 0);
-    const measureWeight = mode === 'lp' ? weights.reduce((s, t) => s + paramsOf(t), 0) * menu.length : 0;
+    const measured = weights.filter((t) => !stored.has(t.name));
+    const measureWeight = mode === 'lp' ? measured.reduce((s, t) => s + paramsOf(t), 0) * menu.length : 0;
     task = ctx.task(`quantize ${path.basename(ckpt.dir)} to GGUF`, measureWeight + (o.dryRun ? 0 : allParams));
     const weighting = new Weighting(stats, o.alpha ?? 1, o.beta ?? 1.5);
     const load: PartLoader = (t, i) => loadPart(ckpt, reader, t, i);
@@ -164,7 +167,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     // Types: uniform, or per tensor by the LP over the menu.
     const { types, costs, solver } =
       mode === 'lp'
-        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight })
+        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight, stored })
         : {
             types: new Map(weights.map((w) => [w.name, o.type ?? 'Q8_0'])),
             costs: new Map<string, number>(),

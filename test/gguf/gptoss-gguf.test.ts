@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { calibrate } from '../../src/commands/calibrate';
 import { exportGguf } from '../../src/commands/gguf';
 import { repackMxfp4 } from '../../src/gguf/codecs/mxfp4';
 import { GGML_TYPE_ID, GgmlType, rowBytes } from '../../src/gguf/quants';
@@ -197,6 +198,28 @@ describe('gpt-oss with MXFP4 experts to GGUF', () => {
     } finally {
       reader.close();
     }
+  });
+
+  test('--allocate lp: the MXFP4 experts stay MXFP4 and count in the budget at their 4.25 bits', async () => {
+    const stats = path.join(tmpDir(), 'stats');
+    const data = path.join(tmpDir(), 'ids.json'); // pre-tokenized: 4 windows of 64 ids
+    fs.writeFileSync(
+      data,
+      JSON.stringify([0, 1, 2, 3].map((w) => Array.from({ length: 64 }, (_, i) => (w * 97 + i * 31) % 256))),
+    );
+    await calibrate({ model, data, seqLen: 64, maxTokens: 256, backend: 'ref', output: stats }, quiet);
+    const ctx = { ...quiet, warn: () => undefined } as typeof quiet;
+    const o = { model, stats, allocate: 'lp' as const, menu: ['Q4_0', 'Q8_0'] as GgmlType[] };
+    const r = await exportGguf({ ...o, output: path.join(tmpDir(), 'lp.gguf'), bpw: 5 }, ctx);
+    const exps = r.tensors.filter((t) => /_exps\.weight$/.test(t.name));
+    expect(exps.length).toBe(6);
+    expect(exps.every((t) => t.type === 'MXFP4')).toBe(true);
+    // The experts hold 78% of the weights at 4.25 bits; the rest alone could not average 5 bits (the embeddings and
+    // the output fall back to Q8_0 at 8.5: at least 6.8 over the rest), so the budget must count the experts.
+    expect(r.bpw).toBeLessThanOrEqual(5 + 1e-9);
+    expect(r.bpw).toBeGreaterThan(4.8);
+    const rest = r.tensors.filter((t) => !exps.includes(t) && ['Q4_0', 'Q8_0'].includes(t.type));
+    expect(new Set(rest.map((t) => t.type))).toEqual(new Set(['Q4_0', 'Q8_0']));
   });
 
   test('moe reads the file back: the config, and every tensor equal to the source (nothing quantized)', () => {
