@@ -17,6 +17,14 @@ test/reference/architectures.test.ts.
     npm run build && .venv/bin/python scripts/check_hf_outputs.py            # both parts
     npm run build && .venv/bin/python scripts/check_hf_outputs.py golden     # only the golden checkpoints (~1 min)
     npm run build && .venv/bin/python scripts/check_hf_outputs.py tiny       # only the trained fixture
+    npm run build && .venv/bin/python scripts/check_hf_outputs.py golden --only deepseek_v3-fp8,qwen3_moe-fp8
+                                    # only these golden checkpoints (the others' numbers in the JSON are kept)
+
+FP8 checkpoints (quantization_config.quant_method "fp8": the *-fp8 goldens and their pruned and merged outputs,
+which stay FP8) are loaded with transformers' FineGrainedFP8Config(dequantize=True), its only CPU path, patched in
+two places (hf_fp8_cpu_patch): its check for the `accelerate` package, which that path does not use, is skipped,
+and its Fp8Dequantize takes the block from weight_block_size, because as shipped it derives the block as
+rows // scale_rows, which is wrong for partial edge blocks (measured on qwen3_moe-fp8: logits off by 1.06).
 """
 import json
 import math
@@ -129,8 +137,35 @@ def golden_cases(config):
     ]
 
 
+def hf_fp8_cpu_patch():
+    """See the module docstring: lets transformers 5.18 dequantize FP8 block-scaled checkpoints on CPU correctly."""
+    import transformers.integrations.finegrained_fp8 as ff
+    import transformers.quantizers.quantizer_finegrained_fp8 as qf
+
+    qf.is_accelerate_available = lambda: True
+
+    def _dequantize_one(self, quantized, scales, output_dtype=None):
+        bm, bn = self.hf_quantizer.quantization_config.weight_block_size
+        rows, cols = quantized.shape[-2:]
+        s = scales.to(torch.float32).repeat_interleave(bm, -2).repeat_interleave(bn, -1)[..., :rows, :cols]
+        return (quantized.to(torch.float32) * s).to(output_dtype or torch.float32)
+
+    ff.Fp8Dequantize._dequantize_one = _dequantize_one
+
+
 def strict_load(model_dir):
-    model, info = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    extra = {}
+    q = json.load(open(os.path.join(model_dir, "config.json"))).get("quantization_config") or {}
+    if q.get("quant_method") == "mxfp4":
+        # transformers' CPU path for gpt-oss's MXFP4 experts: decoded to bf16 on load (exact: every MXFP4 value is a
+        # bf16 value), then the model in float32 like the others.
+        from transformers import Mxfp4Config
+
+        extra["quantization_config"] = Mxfp4Config(dequantize=True)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **extra
+    )
+    model = model.float()
     bad = {k: v for k, v in info.items() if v}
     if bad:
         raise SystemExit(f"{model_dir}: transformers did not load every tensor: {bad}")
@@ -141,12 +176,19 @@ def window_perplexity(model_dir, windows):
     return windows_nll(strict_load(model_dir), windows)
 
 
-def golden():
+def golden(only=None):
     golden_data()
     calib = os.path.join(GOLDEN_DATA, "calib.json")
     windows = json.load(open(os.path.join(GOLDEN_DATA, "eval.json")))
     names = [c["case"] for c in json.load(open(os.path.join(GOLDEN, "index.json")))["cases"]]
     result = {"transformers_version": transformers.__version__, "torch_version": torch.__version__, "calibrate": GOLDEN_CALIB_ARGS, "seq_len": GOLDEN_SEQ_LEN, "models": {}}
+    if only:
+        unknown = set(only) - set(names)
+        if unknown:
+            raise SystemExit(f"unknown golden checkpoint(s): {sorted(unknown)}")
+        kept = json.load(open(GOLDEN_OUT))["models"]
+        result["models"] = {n: m for n, m in kept.items() if n not in only}
+        names = only
     with tempfile.TemporaryDirectory() as work:
         for name in names:
             model = os.path.join(GOLDEN, name)
@@ -160,6 +202,7 @@ def golden():
                 cases[case] = {"args": args, **window_perplexity(out, windows)}
                 print(name, case, cases[case]["perplexity"], file=sys.stderr)
             result["models"][name] = {"model_type": config["model_type"], "cases": cases}
+    result["models"] = {n: result["models"][n] for n in [c["case"] for c in json.load(open(os.path.join(GOLDEN, "index.json")))["cases"]] if n in result["models"]}
     with open(GOLDEN_OUT, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -167,9 +210,16 @@ def golden():
 
 def main():
     torch.set_num_threads(2)
-    parts = sys.argv[1:] or ["tiny", "golden"]
+    hf_fp8_cpu_patch()  # changes nothing for checkpoints without an fp8 quantization_config
+    args = sys.argv[1:]
+    only = None
+    if "--only" in args:
+        i = args.index("--only")
+        only = args[i + 1].split(",")
+        args = args[:i] + args[i + 2 :]
+    parts = args or ["tiny", "golden"]
     for part in parts:
-        {"tiny": tiny, "golden": golden}[part]()
+        golden(only) if part == "golden" else {"tiny": tiny}[part]()
 
 
 if __name__ == "__main__":

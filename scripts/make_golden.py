@@ -1286,6 +1286,280 @@ def describe(d: Path) -> None:
         print(f"    {key:58s} {str(shape):12s} {dt}{where}")
 
 
+
+# --------------------------------------------------------------------------------------
+# FP8 block-scaled variants (issue 18): made from an existing golden case's float32 weights
+# --------------------------------------------------------------------------------------
+#
+# Every linear weight under model.layers.* (routers and the modules listed in `keep` excepted) is stored as
+# F8_E4M3 plus a float32 `<module>.weight_scale_inv` [ceil(rows/bm), ceil(cols/bn)], by transformers'
+# Fp8Quantize rule (scale_inv = 1 / (448 / block amax) in float32, codes = e4m3(clamp(w * 448 / amax)); with
+# scale_fmt ue8m0 the scale_inv is first rounded up to a power of two). Blocks are chosen so that the edges hold
+# partial blocks. Reference logits: transformers 5.18 cannot run FP8 matmuls on CPU, and its CPU dequantize path
+# (FineGrainedFP8Config(dequantize=True) -> Fp8Dequantize) derives the block as rows // scale_rows, which is wrong
+# for partial edge blocks; so the weights are dequantized here by the published rule (DeepSeek's weight_dequant:
+# block floor(r/bm), floor(c/bn)) and loaded into the float32 model. What transformers' own CPU dequantize gives
+# is recorded in golden.json (checks.transformers_fp8_dequantize_*).
+
+
+@dataclass
+class Fp8Case:
+    name: str
+    base: str
+    model_cls: Any
+    block: tuple[int, int]
+    scale_fmt: str | None
+    keep: list[str]  # modules stored in float32 (and listed in modules_to_not_convert)
+    notes: list[str] = field(default_factory=list)
+
+
+FP8_CASES: list[Fp8Case] = [
+    Fp8Case(
+        "deepseek_v3-fp8",
+        "deepseek_v3",
+        DeepseekV3ForCausalLM,
+        (32, 32),
+        "ue8m0",
+        [],
+        notes=[
+            "The deepseek_v3 case's float32 weights with every linear weight of model.layers.* (routers excepted) "
+            "stored as F8_E4M3 + float32 weight_scale_inv in blocks of 32x32, scale_fmt ue8m0 (power-of-two "
+            "scales, DeepSeek-V3.1 style). Partial edge blocks: kv_b_proj [112,16] (rows 96..111), o_proj [64,48] "
+            "(cols 32..47), kv_a_proj_with_mqa [24,64], experts [8,64] and [64,8].",
+        ],
+    ),
+    Fp8Case(
+        "qwen3_moe-fp8",
+        "qwen3_moe",
+        Qwen3MoeForCausalLM,
+        (32, 48),
+        None,
+        ["lm_head", "model.layers.0.mlp.gate", "model.layers.1.mlp.gate", "model.layers.1.self_attn.o_proj"],
+        notes=[
+            "The qwen3_moe case's float32 weights with every linear weight of model.layers.* stored as F8_E4M3 + "
+            "float32 weight_scale_inv in blocks of 32x48 (rows x cols), except the routers and "
+            "model.layers.1.self_attn.o_proj, kept float32 and listed in modules_to_not_convert (with lm_head), "
+            "as Qwen3-*-FP8 list theirs. Partial edge blocks: k_proj/v_proj [48,64] in both axes, q_proj [96,64] "
+            "(cols 48..63), experts [8,64] and [64,8].",
+        ],
+    ),
+]
+
+FP8_MAX = 448.0
+
+
+def fp8_quantize(w: torch.Tensor, block: tuple[int, int], ue8m0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' Fp8Quantize._quantize_one on a weight padded with zeros to whole blocks (zeros change no amax)."""
+    rows, cols = w.shape
+    bm, bn = block
+    sr, sc = -(-rows // bm), -(-cols // bn)
+    pad = torch.zeros(sr * bm, sc * bn, dtype=torch.float32)
+    pad[:rows, :cols] = w.to(torch.float32)
+    r = pad.reshape(sr, bm, sc, bn)
+    amax = r.abs().amax(dim=(1, 3))
+    safe = torch.where(amax > 0, amax, torch.ones_like(amax))
+    scales = FP8_MAX / safe
+    scales = torch.where(amax > 0, scales, torch.ones_like(scales))
+    inv = (1.0 / scales).to(torch.float32)
+    if ue8m0:
+        inv = torch.pow(2.0, torch.ceil(torch.log2(inv.clamp(min=torch.finfo(torch.float32).tiny))))
+        scales = 1.0 / inv
+    q = torch.clamp(r * scales[:, None, :, None], min=-FP8_MAX, max=FP8_MAX).to(torch.float8_e4m3fn)
+    return q.reshape(sr * bm, sc * bn)[:rows, :cols].contiguous(), inv.contiguous()
+
+
+def fp8_dequantize(q: torch.Tensor, inv: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """The published rule: w[r, c] = q[r, c] * inv[r // bm, c // bn], in float32."""
+    bm, bn = block
+    s = inv.to(torch.float32).repeat_interleave(bm, 0).repeat_interleave(bn, 1)[: q.shape[0], : q.shape[1]]
+    return q.to(torch.float32) * s
+
+
+def hf_fp8_cpu_patch(fix_edges: bool):
+    """Lets transformers 5.18 load an FP8 checkpoint on CPU with FineGrainedFP8Config(dequantize=True): its check
+    for the `accelerate` package (absent here, unused by the dequantize path) is skipped, and with `fix_edges` its
+    Fp8Dequantize takes the block from weight_block_size (partial edge blocks) instead of rows // scale_rows.
+    Returns the function that undoes the patch."""
+    import transformers.integrations.finegrained_fp8 as ff
+    import transformers.quantizers.quantizer_finegrained_fp8 as qf
+
+    saved = (qf.is_accelerate_available, ff.Fp8Dequantize._dequantize_one)
+    qf.is_accelerate_available = lambda: True
+    if fix_edges:
+
+        def _dequantize_one(self, quantized, scales, output_dtype=None):
+            bm, bn = self.hf_quantizer.quantization_config.weight_block_size
+            rows, cols = quantized.shape[-2:]
+            s = scales.to(torch.float32).repeat_interleave(bm, -2).repeat_interleave(bn, -1)[..., :rows, :cols]
+            return (quantized.to(torch.float32) * s).to(output_dtype or torch.float32)
+
+        ff.Fp8Dequantize._dequantize_one = _dequantize_one
+
+    def undo() -> None:
+        qf.is_accelerate_available, ff.Fp8Dequantize._dequantize_one = saved
+
+    return undo
+
+
+def fp8_targets(tensors: dict[str, torch.Tensor], keep: list[str]) -> list[str]:
+    out = []
+    for k, t in tensors.items():
+        module = k[: -len(".weight")]
+        if not k.startswith("model.layers.") or not k.endswith(".weight") or t.dim() != 2:
+            continue
+        if k.endswith("mlp.gate.weight") or module in keep:
+            continue
+        out.append(k)
+    return out
+
+
+def router_topk(model, ids: torch.Tensor, moe_layers: list[int]) -> dict[str, torch.Tensor]:
+    """The experts transformers' router selects on every token: router.L I64 [tokens, k] (the gate's last output)."""
+    got: dict[str, torch.Tensor] = {}
+    hooks = []
+    for L in moe_layers:
+        gate = model.model.layers[L].mlp.gate
+
+        def hook(_m, _inp, out, L=L):
+            got[f"router.{L}"] = out[-1].detach().to(torch.int64).reshape(-1, out[-1].shape[-1]).contiguous()
+
+        hooks.append(gate.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
+
+
+@torch.no_grad()
+def make_fp8_case(case: Fp8Case) -> dict:
+    import tempfile
+
+    from transformers import FineGrainedFP8Config
+
+    base = OUT / case.base
+    if not (base / "golden.safetensors").exists():
+        raise SystemExit(f"{case.name}: make the base case {case.base} first")
+    d = OUT / case.name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    cfg = json.loads((base / "config.json").read_text())
+    qc = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "weight_block_size": list(case.block),
+    }
+    if case.scale_fmt:
+        qc["scale_fmt"] = case.scale_fmt
+    if case.keep:
+        qc["modules_to_not_convert"] = case.keep
+    raw, _ = load_saved_tensors(base)
+    targets = set(fp8_targets(raw, case.keep))
+    stored: dict[str, torch.Tensor] = {}
+    dequant: dict[str, torch.Tensor] = {}
+    for k, t in raw.items():
+        if k in targets:
+            q, inv = fp8_quantize(t, case.block, case.scale_fmt == "ue8m0")
+            stored[k] = q
+            stored[k[: -len(".weight")] + ".weight_scale_inv"] = inv
+            dequant[k] = fp8_dequantize(q, inv, case.block)
+        else:
+            stored[k] = t.contiguous()
+            dequant[k] = t.contiguous()
+    save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}, indent=2, sort_keys=True) + "\n")
+    shutil.copy(base / "generation_config.json", d / "generation_config.json")
+
+    with safe_open(str(base / "golden.safetensors"), "pt") as f:
+        ids = f.get_tensor("input_ids")
+    moe_layers = moe_layer_indices(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        td = Path(tmp)
+        save_file(dequant, str(td / "model.safetensors"), metadata={"format": "pt"})
+        (td / "config.json").write_text(json.dumps(cfg))
+        model = case.model_cls.from_pretrained(str(td), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        routers = router_topk(model, ids, moe_layers)
+        ref, log = ref_forward(td, ids)
+    ref_diff = float((ref - logits.double()).abs().max())
+    print(f"[{case.name}] min routing margin {log.min_margin:.3g}, |ref64 - hf32| {ref_diff:.3g}")
+    if ref_diff > REF_TOL or log.min_margin < MIN_MARGIN:
+        raise SystemExit(f"{case.name}: reference disagrees ({ref_diff}) or routing margin too small ({log.min_margin})")
+
+    # What transformers itself gives from the FP8 folder on CPU (dequantize=True): as shipped, and with its
+    # dequantize op given the partial edge blocks (hf_fp8_cpu_patch).
+    tf: dict[str, Any] = {}
+    for key, fixed in (("transformers_fp8_dequantize", False), ("transformers_fp8_dequantize_edge_fixed", True)):
+        undo = hf_fp8_cpu_patch(fixed)
+        try:
+            fm = case.model_cls.from_pretrained(
+                str(d),
+                dtype=torch.float32,
+                attn_implementation="eager",
+                quantization_config=FineGrainedFP8Config(dequantize=True),
+            ).eval()
+            tf[f"{key}_max_abs_logit_diff"] = float(
+                (fm(input_ids=ids, use_cache=False).logits.float() - logits).abs().max()
+            )
+        except Exception as e:  # recorded, not fatal: see the comment above FP8_CASES
+            tf[f"{key}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        finally:
+            undo()
+    print(f"[{case.name}] transformers' own CPU dequantize: {tf}")
+
+    loss = ce_loss(logits, ids)
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous(), **routers},
+        str(d / "golden.safetensors"),
+        metadata={"golden": json.dumps({"case": case.name, "transformers_version": transformers.__version__})},
+    )
+    logical = sum(t.numel() for k, t in stored.items() if not k.endswith("_scale_inv"))
+    E = expert_count(cfg)
+    info = {
+        "case": case.name,
+        "model_type": cfg["model_type"],
+        "architecture": cfg["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "base_case": case.base,
+        "loss": loss,
+        "hf_loss": hf_loss,
+        "dtype": "float32",
+        "stored_dtypes": sorted({str(t.dtype).replace("torch.", "") for t in stored.values()}),
+        "quantization_config": qc,
+        "fp8_weights": len(targets),
+        "fp8_params": sum(raw[k].numel() for k in targets),
+        "params_total": logical,
+        "num_layers": cfg["num_hidden_layers"],
+        "moe_layers": moe_layers,
+        "dense_layers": [i for i in range(cfg["num_hidden_layers"]) if i not in moe_layers],
+        "experts_per_layer": {str(L): E for L in moe_layers},
+        "top_k": cfg["num_experts_per_tok"],
+        "vocab_size": cfg["vocab_size"],
+        "input_shape": [BATCH, SEQ],
+        "weight_files": ["model.safetensors"],
+        "files": sorted(p.name for p in d.iterdir()) + ["golden.json"],
+        "num_tensors": len(stored),
+        "checks": {
+            "max_abs_diff_ref_float64_vs_golden": ref_diff,
+            "min_routing_margin": log.min_margin,
+            "max_abs_dequantized_minus_base_weight": max(
+                float((dequant[k] - raw[k]).abs().max()) for k in targets
+            ),
+            **tf,
+            "routing": {str(k): v for k, v in sorted(log.layers.items())},
+        },
+        "notes": case.notes,
+    }
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    describe(d)
+    return info
+
+
 def dir_size(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
 
@@ -1293,12 +1567,13 @@ def dir_size(d: Path) -> int:
 def main() -> None:
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     args = sys.argv[1:]
-    if args[:1] == ["--only"] and len(args) > 1:  # --only NAME[,NAME]: regenerate only those cases
-        args = args[1].split(",") + args[2:]
+    if "--only" in args:  # --only NAME[,NAME]: regenerate these cases only (as the bare names do)
+        i = args.index("--only")
+        args = args[:i] + args[i + 1].split(",") + args[i + 2 :]
     elif any(a.startswith("-") for a in args):
         raise SystemExit("usage: make_golden.py [--only NAME[,NAME]] | [NAME ...]")
     only = set(args)
-    known = [c.name for c in CASES] + list(EXTRA_CASES)
+    known = [c.name for c in CASES] + [c.name for c in FP8_CASES] + list(EXTRA_CASES)
     unknown = only - set(known)
     if unknown:
         raise SystemExit(f"unknown case(s): {sorted(unknown)}; known: {known}")
@@ -1311,6 +1586,9 @@ def main() -> None:
     for case in CASES:
         if not only or case.name in only:
             make_case(case)
+    for fcase in FP8_CASES:
+        if not only or fcase.name in only:
+            make_fp8_case(fcase)
     for name, make in EXTRA_CASES.items():
         if not only or name in only:
             make()

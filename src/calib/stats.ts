@@ -88,7 +88,8 @@ export function observedLinears(arch: Architecture, layer: number): string[] {
   for (const s of arch.schema()) {
     const r = s.role;
     if (!('layer' in r) || r.layer !== layer) continue;
-    if (r.kind === 'attn' && !r.bias && s.shape.length === 2) out.push(s.name); // not gpt-oss's sinks [heads]
+    // attention projections only: gpt-oss's sinks [heads] are attention tensors but no linear
+    if (r.kind === 'attn' && !r.bias && s.shape.length === 2) out.push(s.name);
     else if (r.kind === 'router' || r.kind === 'shared_gate') out.push(s.name);
     else if (
       (r.kind === 'expert' || r.kind === 'shared' || r.kind === 'dense_mlp') &&

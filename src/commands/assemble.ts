@@ -14,6 +14,7 @@ import { tensorBytes } from '../io/safetensors';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { verifyWritten } from '../model/verify';
 import { METADATA_PREFIX, partNames } from '../io/packed';
+import { withoutFp8Config } from '../io/fp8';
 import { quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
@@ -149,7 +150,7 @@ function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
   });
   writer.finish();
   bar.done();
-  const config = { ...first.config };
+  const config = withoutFp8Config({ ...first.config });
   if (first.options.format === 'packed')
     config.quantization_config = quantizationConfig(
       p.params ? p.codeBits / p.params : 0,

@@ -12,6 +12,7 @@ import { FusingWriter } from '../model/fused';
 import { verifyWritten } from '../model/verify';
 import { withoutPackedConfig } from '../io/packed';
 import { withoutMxfp4Config } from '../io/mxfp4';
+import { withoutFp8Config } from '../io/fp8';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
@@ -117,8 +118,8 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
       progress.done();
       reader.close();
     }
-    // A packed model is read dequantized, so its output is a plain checkpoint (MXFP4 experts too: decoded to BF16).
-    const config = withoutMxfp4Config(withoutPackedConfig(ckpt.config));
+    // A packed, FP8 or MXFP4 model is read dequantized, so its output is a plain checkpoint.
+    const config = withoutFp8Config(withoutMxfp4Config(withoutPackedConfig(ckpt.config)));
     writeConfig(out, cast ? withDType(config, cast) : config, ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
   });

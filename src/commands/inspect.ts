@@ -10,6 +10,7 @@ import { formatBytes } from '../ui/progress';
 import { quantSummary, QuantSummary, storedBytes } from '../io/packed';
 import { MXFP4_STORAGE } from '../io/mxfp4';
 import type { TensorRef } from '../io/safetensors';
+import { fp8Bytes, fp8Storage } from '../io/fp8';
 import { CommandSpec, JSON_OUTPUT } from './spec';
 
 export interface DTypeStats {
@@ -58,6 +59,12 @@ export interface InspectReport {
   /** Packed weights (moe quantize --format packed): bits per tensor and the average; absent when none. */
   quantization?: QuantSummary;
   /**
+   * FP8 block-scaled weights (quant_method "fp8"): how many, their parameters, and the dtype every command reads
+   * them as (dequantized on read); absent when none. `dtypes` names their storage, e.g. "F8_E4M3 + F32 block
+   * scales 128×128".
+   */
+  fp8?: { tensors: number; params: number; bytes: number; storage: string[]; read_as: string };
+  /**
    * A .gguf file: its architecture name, file size and mean bits per weight over every tensor (dtypes are ggml types).
    */
   gguf?: { architecture: string; file_bytes: number; bits_per_weight: number };
@@ -82,6 +89,7 @@ function layerSummaries(arch: Architecture): LayerSummary[] {
 export function storedAs(t: TensorRef): string {
   if (t.packed) return `packed ${t.packed.info.bits}-bit`;
   if (t.mxfp4) return MXFP4_STORAGE;
+  if (t.fp8) return fp8Storage(t.fp8);
   return t.dtype;
 }
 
@@ -96,6 +104,7 @@ export function inspect(opts: InspectOptions): InspectReport {
   let bytes = 0;
   let bytesExperts = 0;
   let extra = 0;
+  let fp8: InspectReport['fp8'];
   const seen = new Set<string>();
   for (const view of ckpt.tensors.values()) {
     // A per-expert view of a fused tensor (src/model/fused.ts) counts as the stored tensor, once.
@@ -103,9 +112,16 @@ export function inspect(opts: InspectOptions): InspectReport {
     if (view.view && seen.has(t.name)) continue;
     seen.add(t.name);
     const n = numel(t.shape);
-    const b = storedBytes(t);
+    const b = t.fp8 ? fp8Bytes(t.fp8) : storedBytes(t);
     paramsTotal += n;
     bytes += b;
+    if (t.fp8) {
+      fp8 ??= { tensors: 0, params: 0, bytes: 0, storage: [], read_as: t.dtype };
+      fp8.tensors++;
+      fp8.params += n;
+      fp8.bytes += b;
+      if (!fp8.storage.includes(fp8Storage(t.fp8))) fp8.storage.push(fp8Storage(t.fp8));
+    }
     const d = (dtypes[storedAs(t)] ??= { tensors: 0, params: 0, bytes: 0 });
     d.tensors++;
     d.params += n;
@@ -135,6 +151,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     layers,
     bytes_read: ckpt.bytesRead.value,
     quantization: quantSummary(ckpt.tensors),
+    ...(fp8 ? { fp8 } : {}),
   };
 }
 
@@ -248,6 +265,10 @@ export function formatInspect(r: InspectReport): string {
       `quantized      ${q.tensors} weights, ${human(q.params)} params: ${q.average_bits.toFixed(3)} bits average (${q.stored_bits_per_weight.toFixed(3)} with scales and zeros); ${hist}`,
     );
   }
+  if (r.fp8)
+    lines.push(
+      `fp8            ${r.fp8.tensors} weights, ${human(r.fp8.params)} params stored as ${r.fp8.storage.join(', ')}; read dequantized to ${r.fp8.read_as}`,
+    );
   if (r.extra_tensors > 0)
     lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
   lines.push('', 'layer  kind   experts      params        bytes');

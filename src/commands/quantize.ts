@@ -24,6 +24,7 @@ import {
 } from '../io/output';
 import { fileBytes } from '../io/size';
 import type { TensorRef } from '../io/safetensors';
+import { withoutFp8Config } from '../io/fp8';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -489,8 +490,8 @@ function writeRecords(
     out.writeRecord(PART_RECORD, part);
     return;
   }
-  // Every tensor written is plain or moe-packed: a source's MXFP4 declaration does not describe the output.
-  const config = withoutMxfp4Config({ ...ckpt.config });
+  // Every tensor written is plain or moe-packed: a source's FP8 or MXFP4 declaration does not describe the output.
+  const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   writeConfig(out, config, ckpt.dir);

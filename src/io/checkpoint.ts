@@ -12,6 +12,7 @@ import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 import { decodeMxfp4Transposed, foldMxfp4 } from './mxfp4';
+import { dequantizeFp8, foldFp8, parseFp8Config } from './fp8';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -158,6 +159,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     });
   const config = readConfig(abs);
   checkConfigNotQuantized(config, path.join(abs, 'config.json'));
+  const fp8 = parseFp8Config(config, path.join(abs, 'config.json'));
   const bytesRead = { value: 0 };
   const { shards, weightMap } = listShards(abs);
   const headers: SafetensorsHeader[] = shards.map((s) => readHeader(s, (n) => (bytesRead.value += n)));
@@ -174,7 +176,7 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  const logical = foldMxfp4(config, logicalTensors(headers, tensors), path.join(abs, 'config.json'));
+  const logical = foldMxfp4(config, foldFp8(logicalTensors(headers, tensors), fp8), path.join(abs, 'config.json'));
   checkTensorsNotQuantized(logical);
   return {
     dir: abs,
@@ -256,6 +258,7 @@ export class TensorReader {
     if (t.packed) return fromFloat32(this.dequantized(t.packed, 0, t.shape[0]), t.dtype);
     if (t.view) return fromFloat32(this.viewF32(t.view), t.dtype);
     if (t.mxfp4) return fromFloat32(this.rowsF32(name, 0, t.shape[0]), t.dtype);
+    if (t.fp8) return fromFloat32(this.fp8Rows(t, 0, t.shape[0]), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -265,7 +268,7 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
-    if (t.view || t.mxfp4) {
+    if (t.view || t.mxfp4 || t.fp8) {
       const b = this.bytes(name);
       into.set(b);
       return into.subarray(0, b.byteLength);
@@ -279,7 +282,7 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed || t.view) {
+    if (t.packed || t.view || t.fp8) {
       yield this.bytes(name);
       return;
     }
@@ -312,6 +315,7 @@ export class TensorReader {
       for (let i = 0; i < count; i++) out.set(this.mxfp4Slice(t, start + i), i * cols);
       return out;
     }
+    if (t.fp8) return this.fp8Rows(t, start, count);
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -350,6 +354,7 @@ export class TensorReader {
     if (t.packed) return this.dequantized(t.packed, 0, t.shape[0]);
     if (t.view) return this.viewF32(t.view);
     if (t.mxfp4) return this.rowsF32(name, 0, t.shape[0]);
+    if (t.fp8) return this.fp8Rows(t, 0, t.shape[0]);
     return toFloat32(this.bytes(name), t.dtype);
   }
 
@@ -363,7 +368,8 @@ export class TensorReader {
 
   /** The stored bytes of part[index] (a slice along the first axis), e.g. one expert's MXFP4 blocks, bit-exact. */
   rawSlice(part: TensorRef, index: number): Uint8Array {
-    if (part.packed || part.view || part.mxfp4) throw new RangeError(`rawSlice: ${part.name} is not stored plainly`);
+    if (part.packed || part.view || part.mxfp4 || part.fp8)
+      throw new RangeError(`rawSlice: ${part.name} is not stored plainly`);
     if (!Number.isInteger(index) || index < 0 || index >= part.shape[0])
       throw new RangeError(`rawSlice: index ${index} outside ${part.name} [${part.shape}]`);
     const n = (part.end - part.begin) / part.shape[0];
@@ -422,6 +428,35 @@ export class TensorReader {
       p.info.bits,
       p.info.group_size,
     );
+  }
+
+  /** The stored bytes of a tensor as it is in its shard (e.g. an FP8 weight's codes or scales), in pieces. */
+  *storedChunks(t: TensorRef, maxBytes: number): Generator<Uint8Array> {
+    const size = dtypeBytes(t.dtype);
+    const step = Math.max(size, maxBytes - (maxBytes % size));
+    for (let at = t.begin; at < t.end; at += step) {
+      const piece = readExact(this.fd(t.file), t.file, at, Math.min(step, t.end - at));
+      this.ckpt.bytesRead.value += piece.byteLength;
+      yield piece;
+    }
+  }
+
+  /** Rows [start, start+count) of an FP8 weight, dequantized to float32 (rounded to its logical dtype). */
+  private fp8Rows(t: TensorRef, start: number, count: number): Float32Array {
+    const { weight, scale, block } = t.fp8!;
+    const cols = t.shape[1];
+    const sc = scale.shape[1];
+    const br0 = Math.floor(start / block[0]);
+    const br1 = count > 0 ? Math.floor((start + count - 1) / block[0]) + 1 : br0;
+    const read = (p: TensorRef, at: number, n: number) => {
+      const bytes = readExact(this.fd(p.file), p.file, p.begin + at, n);
+      this.ckpt.bytesRead.value += n;
+      return bytes;
+    };
+    const codes = read(weight, start * cols, count * cols);
+    const sb = dtypeBytes(scale.dtype);
+    const scales = toFloat32(read(scale, br0 * sc * sb, (br1 - br0) * sc * sb), scale.dtype);
+    return dequantizeFp8(codes, scales, start, count, cols, block, t.dtype);
   }
 
   private fd(file: string): number {

@@ -11,6 +11,7 @@ import { CheckpointError, shown } from '../errors';
 import type { TensorRef } from './safetensors';
 import { QUANT_METHOD } from './packed';
 import { MXFP4_METHOD } from './mxfp4';
+import { FP8_QUANT_METHOD } from './fp8';
 
 const SUPPORTED =
   'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
@@ -57,8 +58,7 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
     const q = c.quantization_config;
     if (q !== undefined && q !== null) {
       const method = methodOf(q, '');
-      if (prefix === '' && method === QUANT_METHOD) continue;
-      if (prefix === '' && method === MXFP4_METHOD) continue; // decoded: src/io/mxfp4.ts
+      if (prefix === '' && [QUANT_METHOD, FP8_QUANT_METHOD, MXFP4_METHOD].includes(method)) continue; // decoded
       const what = method
         ? `${prefix}quantization_config.quant_method ${shown(method)}`
         : `${prefix}quantization_config (no quant_method: ${shown(q)})`;
@@ -79,8 +79,7 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
 export function checkTensorsNotQuantized(tensors: Map<string, TensorRef>): void {
   const found: { t: TensorRef; why: string }[] = [];
   for (const t of tensors.values()) {
-    if (t.packed) continue;
-    if (t.mxfp4) continue;
+    if (t.packed || t.fp8 || t.mxfp4) continue;
     const side = SIDE_TENSORS.find(([re]) => re.test(t.name));
     if (side) found.push({ t, why: `is ${side[1]}` });
     else if (QUANTIZED_DTYPES.has(t.dtype)) found.push({ t, why: `is stored as ${t.dtype}, a quantized weight` });
@@ -88,8 +87,13 @@ export function checkTensorsNotQuantized(tensors: Map<string, TensorRef>): void 
   if (found.length === 0) return;
   const { t, why } = found[0];
   const more = found.length > 1 ? ` (and ${found.length - 1} more such tensor${found.length > 2 ? 's' : ''})` : '';
-  const fp8 = found.some((f) => f.t.dtype.startsWith('F8_') || f.t.name.endsWith('.weight_scale_inv'));
-  throw new CheckpointError(`tensor "${t.name}" ${why}${more}, which moe does not decode${fp8 ? ' yet' : ''}`, {
+  // FP8 weights and scales are decoded when config.json says how (src/io/fp8.ts): here it does not.
+  if (found.some((f) => f.t.dtype === 'F8_E4M3' || f.t.name.endsWith('.weight_scale_inv')))
+    throw new CheckpointError(
+      `tensor "${t.name}" ${why}${more}, but config.json declares no quantization_config with quant_method "fp8"`,
+      { file: t.file, hint: 'add the quantization_config the checkpoint was published with, or dequantize it first' },
+    );
+  throw new CheckpointError(`tensor "${t.name}" ${why}${more}, which moe does not decode`, {
     file: t.file,
     hint: SUPPORTED,
   });

@@ -23,6 +23,8 @@ export interface TensorRef {
   end: number;
   /** Set when the weight is stored quantized (src/io/packed.ts): its parts, read and dequantized by TensorReader. */
   packed?: PackedParts;
+  /** Set when the weight is stored as FP8 with block scales (src/io/fp8.ts): read dequantized by TensorReader. */
+  fp8?: Fp8Parts;
   /** Set when the weight is stored as MXFP4 (src/io/mxfp4.ts): its blocks and scales, decoded by TensorReader. */
   mxfp4?: { blocks: TensorRef; scales: TensorRef };
   /** Set when the tensor is a view of one slice of a fused tensor (per-expert views: src/model/fused.ts). */
@@ -56,6 +58,17 @@ export interface PackedParts {
   qweight: TensorRef;
   scales: TensorRef;
   zeros: TensorRef;
+}
+
+/** Where an FP8 weight's parts live (the layout: src/io/fp8.ts); the logical tensor has the compute dtype. */
+export interface Fp8Parts {
+  /** F8_E4M3 [rows, cols]. */
+  weight: TensorRef;
+  /** F32 or BF16 [ceil(rows / block[0]), ceil(cols / block[1])]. */
+  scale: TensorRef;
+  block: [number, number];
+  /** Scales are powers of two (quantization_config.scale_fmt "ue8m0"): kept so when re-encoding. */
+  ue8m0: boolean;
 }
 
 export interface SafetensorsHeader {

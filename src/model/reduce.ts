@@ -6,13 +6,14 @@
  */
 import type { Checkpoint } from '../io/checkpoint';
 import { TensorReader } from '../io/checkpoint';
-import { dtypeBytes } from '../io/dtype';
+import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
+import { encodeFp8, fp8Bytes, scaleName } from '../io/fp8';
 import { OutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import type { Context, Progress } from '../ui/progress';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { TensorRef } from '../io/safetensors';
-import { fuseOutput, LogicalOut } from './fused';
+import { FusedOut, fuseOutput, LogicalOut } from './fused';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
 import { verifyWritten } from './verify';
@@ -48,8 +49,44 @@ export interface ReducedWrite {
   bytes: number;
 }
 
-/** An output tensor: a bit-exact copy of `src` (streamed in chunks) or bytes made when the writer reaches it. */
-type OutItem = LogicalOut;
+/**
+ * An output tensor: a bit-exact copy of `src` (streamed in chunks), a stored part copied as it is (an FP8 weight's
+ * codes or scales), or bytes made when the writer reaches it; `like` is the source tensor a made one is stored as.
+ */
+type OutItem = LogicalOut & { part?: TensorRef; like?: TensorRef };
+
+/**
+ * FP8 sources stay FP8: a copied weight is its codes and scales copied as they are, a computed one (a merged
+ * expert) is encoded by the published rule (scale = block amax / 448) into codes and scales.
+ */
+function expandFp8(items: (OutItem | FusedOut)[], ckpt: Checkpoint): (OutItem | FusedOut)[] {
+  return items.flatMap((it): (OutItem | FusedOut)[] => {
+    if ('pieces' in it) return [it];
+    const t = it.src ? ckpt.tensors.get(it.src) : it.like;
+    if (!t?.fp8) return [it];
+    const { weight, scale, block, ue8m0 } = t.fp8;
+    if (it.src)
+      return [
+        { name: it.name, part: weight, dtype: weight.dtype, shape: weight.shape, bytes: it.bytes },
+        { name: scaleName(it.name), part: scale, dtype: scale.dtype, shape: scale.shape, bytes: it.bytes },
+      ];
+    const [rows, cols] = t.shape;
+    let encoded: Promise<{ codes: Uint8Array; scales: Float32Array }> | undefined;
+    const encode = () =>
+      (encoded ??= Promise.resolve(it.bytes()).then((b) =>
+        encodeFp8(toFloat32(b, t.dtype), rows, cols, block, ue8m0, scale.dtype),
+      ));
+    return [
+      { name: it.name, bytes: async () => (await encode()).codes, dtype: weight.dtype, shape: weight.shape },
+      {
+        name: scaleName(it.name),
+        bytes: async () => fromFloat32((await encode()).scales, scale.dtype),
+        dtype: scale.dtype,
+        shape: scale.shape,
+      },
+    ];
+  });
+}
 
 /**
  * Computed experts, made once each when the writer first reaches one of their tensors and dropped when the last is
@@ -98,6 +135,7 @@ function expertItems(
         items.push({
           name: key(i),
           src: made ? undefined : src.name,
+          like: src,
           bytes: made ? () => computed.get(layer, p, i, parts, take) : () => reader.bytes(src.name),
           dtype: src.dtype,
           shape: src.shape,
@@ -169,7 +207,10 @@ export async function writeReduced(
 ): Promise<ReducedWrite> {
   const reader = new TensorReader(ckpt);
   try {
-    const items = fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep, { ckpt, reader });
+    const items = expandFp8(
+      fuseOutput(arch, reducedItems(ckpt, arch, plan, keep, reader), keep, { ckpt, reader }),
+      ckpt,
+    );
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
     const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
@@ -184,8 +225,12 @@ export async function writeReduced(
         await writer.writeAsync(it.name, it.pieces(), counted);
         continue;
       }
-      const src = (it as OutItem).src;
-      const pieces = src ? reader.chunks(src, COPY_CHUNK_BYTES) : [await it.bytes()];
+      const { src, part } = it as OutItem;
+      const pieces = part
+        ? reader.storedChunks(part, COPY_CHUNK_BYTES)
+        : src
+          ? reader.chunks(src, COPY_CHUNK_BYTES)
+          : [await it.bytes()];
       writer.writeChunks(
         it.name,
         (function* () {
@@ -222,7 +267,7 @@ export const SELECT_SHARE = 0.05;
 
 /** The bytes of the source checkpoint: the work unit of prune and merge (their write phase is worth this much). */
 export function sourceBytes(ckpt: Checkpoint): number {
-  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.end - t.begin), 0);
+  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.fp8 ? fp8Bytes(t.fp8) : t.end - t.begin), 0);
 }
 
 export interface ReducedOutput {

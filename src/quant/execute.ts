@@ -93,7 +93,7 @@ class RtnPipeline {
     this.queue = x.refs.filter((ref) => weightOf.has(ref.name));
     const largest = (part: number) =>
       Math.max(0, ...this.queue.map((ref) => tensorBytes(this.partsOf(weightOf.get(ref.name)!)[part])));
-    const src = Math.max(0, ...this.queue.map((ref) => ref.end - ref.begin));
+    const src = Math.max(0, ...this.queue.map((ref) => tensorBytes(ref)));
     this.slots = [0, 1].map(() => pool.slot(src, { qweight: largest(0), scales: largest(1), qzeros: largest(2) }));
   }
 

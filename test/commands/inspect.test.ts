@@ -17,6 +17,7 @@ function independent(dir: string) {
     for (const [name, t] of Object.entries(rawHeader(path.join(dir, s)).json)) {
       // MXFP4 (gpt-oss): a *_blocks byte holds two parameters; its *_scales are not parameters of the model.
       if (/_scales$/.test(name) && config.quantization_config?.quant_method === 'mxfp4') continue;
+      if (name.endsWith('.weight_scale_inv')) continue; // an FP8 weight's block scales: bytes, not parameters
       const perElement = /_blocks$/.test(name) && config.quantization_config?.quant_method === 'mxfp4' ? 2 : 1;
       params += perElement * t.shape.reduce((a, b) => a * b, 1);
       const m = /^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\./.exec(name);

@@ -237,7 +237,8 @@ describe('the trained fixture as GGUF', () => {
 describe('every architecture read back from its F32 GGUF', () => {
   // olmoe's golden has grouped-query attention, which llama.cpp's OLMoE cannot run (export refuses it): below, a synth
   // one.
-  const CASES = ['mixtral', 'qwen3_moe', 'qwen3_moe-rope-scaled', 'deepseek_v3'];
+  // The FP8 goldens are read dequantized (src/io/fp8.ts) and written as F32.
+  const CASES = ['mixtral', 'qwen3_moe', 'qwen3_moe-rope-scaled', 'deepseek_v3', 'qwen3_moe-fp8', 'deepseek_v3-fp8'];
   test.each(CASES)(
     "%s: transformers' logits",
     async (c) => {

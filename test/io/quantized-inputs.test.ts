@@ -4,6 +4,8 @@
  * every command with exit 3, naming the method and what moe reads, and nothing is written. moe's own packed format
  * still opens. Made from a synth model: bitsandbytes (a method moe will never read) by its config, FP8 (as
  * DeepSeek-V3 and Qwen3-*-FP8 ship it: an F8_E4M3 weight with a float32 weight_scale_inv) by config and tensors.
+ * FP8 with dynamic activation scaling is decoded since issue 18 (test/io/fp8.test.ts): here it opens, and FP8 with
+ * activation_scheme "static" (input scales moe does not apply) stands for the refused FP8 settings.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -15,7 +17,7 @@ import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { exportGguf } from '../../src/commands/gguf';
-import { openCheckpoint } from '../../src/io/checkpoint';
+import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from '../../src/io/quantized';
 import type { TensorRef } from '../../src/io/safetensors';
 import { verifyCheckpoint } from '../../src/model/verify';
@@ -25,6 +27,8 @@ const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
 const SUPPORTED =
   'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
 const FP8_WEIGHT = 'model.layers.0.mlp.experts.0.down_proj.weight';
+const FP8_HINT =
+  'dequantize the checkpoint first (transformers: FineGrainedFP8Config(dequantize=True)), or use the unquantized original';
 
 type Header = Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
 
@@ -105,18 +109,19 @@ beforeAll(async () => {
         bnb_4bit_compute_dtype: 'bfloat16',
       }),
   );
+  const fp8Config = (scheme: string) => (c: Record<string, unknown>) =>
+    (c.quantization_config = {
+      quant_method: 'fp8',
+      fmt: 'e4m3',
+      activation_scheme: scheme,
+      weight_block_size: [128, 128],
+    });
   const fp8 = copy('fp8');
-  editConfig(
-    fp8,
-    (c) =>
-      (c.quantization_config = {
-        quant_method: 'fp8',
-        fmt: 'e4m3',
-        activation_scheme: 'dynamic',
-        weight_block_size: [128, 128],
-      }),
-  );
+  editConfig(fp8, fp8Config('dynamic'));
   addFp8Weight(fp8);
+  const fp8Static = copy('fp8-static');
+  editConfig(fp8Static, fp8Config('static'));
+  addFp8Weight(fp8Static);
   addFp8Weight(copy('fp8-no-config'));
   editConfig(copy('nested'), (c) => (c.text_config = { quantization_config: { quant_method: 'gptq', bits: 4 } }));
   editConfig(
@@ -131,27 +136,44 @@ const configMessage = (name: string, what: string) =>
 describe('checkpoints quantized in a format moe does not decode are refused', () => {
   test.each([
     ['bnb', 'quantization_config.quant_method "bitsandbytes", which moe does not decode'],
-    ['fp8', 'quantization_config.quant_method "fp8", which moe does not decode yet'],
+    [
+      'fp8-static',
+      'quantization_config.quant_method "fp8" with activation_scheme "static", whose static input scales moe does not apply (only "dynamic" is read)',
+    ],
     ['nested', 'text_config.quantization_config.quant_method "gptq", which moe does not decode'],
     ['compressed', 'compression_config (quant_method "compressed-tensors"), which moe does not decode yet'],
   ])('%s: by its config.json', (name, what) => {
     expect(() => openCheckpoint(models[name])).toThrow(
-      expect.objectContaining({ exitCode: 3, message: `config.json declares ${what}`, hint: SUPPORTED }),
+      expect.objectContaining({
+        exitCode: 3,
+        message: `config.json declares ${what}`,
+        hint: name === 'fp8-static' ? FP8_HINT : SUPPORTED,
+      }),
     );
+  });
+
+  test('FP8 with dynamic activation scaling opens: the weight reads as codes × its block scale', () => {
+    const ckpt = openCheckpoint(models.fp8);
+    expect(ckpt.tensors.get(FP8_WEIGHT)?.fp8?.block).toEqual([128, 128]);
+    expect(ckpt.tensors.has(FP8_WEIGHT.replace(/weight$/, 'weight_scale_inv'))).toBe(false);
+    const reader = new TensorReader(ckpt);
+    const w = reader.f32(FP8_WEIGHT);
+    reader.close();
+    expect(w.every((x) => x === Math.fround(0.01))).toBe(true); // code 0x38 is 1.0
   });
 
   test('FP8 tensors without any quantization_config: by the F8_E4M3 weight and its scale', () => {
     expect(() => openCheckpoint(models['fp8-no-config'])).toThrow(
       expect.objectContaining({
         exitCode: 3,
-        message: `tensor "${FP8_WEIGHT}" is stored as F8_E4M3, a quantized weight (and 1 more such tensor), which moe does not decode yet`,
+        message: `tensor "${FP8_WEIGHT}" is stored as F8_E4M3, a quantized weight (and 1 more such tensor), but config.json declares no quantization_config with quant_method "fp8"`,
         file: path.join(models['fp8-no-config'], 'model.safetensors'),
-        hint: SUPPORTED,
+        hint: 'add the quantization_config the checkpoint was published with, or dequantize it first',
       }),
     );
   });
 
-  test.each(['bnb', 'fp8'])(
+  test.each(['bnb', 'fp8-static'])(
     '%s: inspect, eval, calibrate, prune, merge, quantize (packed and GGUF), convert and verify refuse it and write nothing',
     async (name) => {
       const dir = models[name];
@@ -207,12 +229,12 @@ describe('checkpoints quantized in a format moe does not decode are refused', ()
     },
   );
 
-  test('through the CLI: exit 3 and the one line, for eval of FP8 and quantize of bitsandbytes', async () => {
+  test('through the CLI: exit 3 and the one line, for eval of static FP8 and quantize of bitsandbytes', async () => {
     const out = path.join(tmpDir(), 'q');
-    const e = await runMain(['eval', models.fp8, '--data', CALIB, '--seq-len', '32', '--max-tokens', '64']);
+    const e = await runMain(['eval', models['fp8-static'], '--data', CALIB, '--seq-len', '32', '--max-tokens', '64']);
     expect({ code: e.code, stderr: e.stderr.trim() }).toEqual({
       code: 3,
-      stderr: `moe: ${configMessage('fp8', 'quantization_config.quant_method "fp8", which moe does not decode yet')}`,
+      stderr: `moe: config.json declares quantization_config.quant_method "fp8" with activation_scheme "static", whose static input scales moe does not apply (only "dynamic" is read) (${path.join(models['fp8-static'], 'config.json')}); ${FP8_HINT}`,
     });
     const q = await runMain(['quantize', models.bnb, '--bits', '4', '-o', out]);
     expect({ code: q.code, stderr: q.stderr.trim() }).toEqual({

@@ -12,6 +12,9 @@ import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
 import { OnnxBackend } from '../../src/backend/onnx';
 import { linearRef, RefBackend, swigluRef } from '../../src/backend/ref';
+import * as fs from 'node:fs';
+import { CalibrationStats } from '../../src/calib/stats';
+import { calibrate } from '../../src/commands/calibrate';
 import { formatInspect, inspect } from '../../src/commands/inspect';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
@@ -21,7 +24,7 @@ import type { Routing } from '../../src/model/forward/moe';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { ReconstructionProblem } from '../../src/prune/reconstruct';
 import { PRESETS } from '../../src/synth/presets';
-import { GOLDEN, makeSynth, rawHeader, tmpDir } from '../helpers';
+import { GOLDEN, makeSynth, quiet, rawHeader, tmpDir } from '../helpers';
 
 const DIR = path.join(GOLDEN, 'gpt_oss');
 const info = require(path.join(DIR, 'golden.json'));
@@ -187,6 +190,49 @@ describe('the golden gpt_oss checkpoint', () => {
     expect(maxDiff(block!.subarray(0, h), Float32Array.from(sum))).toBeLessThan(1e-5);
     reader.close();
   });
+});
+
+test("calibrate: REAP's score is g · ‖expert output‖ with the output's down bias; sinks get no input statistics", async () => {
+  const work = tmpDir();
+  const data = path.join(work, 'ids.json');
+  const { ids, B, T } = golden;
+  fs.writeFileSync(data, JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))));
+  await calibrate({ model: DIR, output: path.join(work, 'stats'), data, seqLen: T }, quiet);
+  const stats = new CalibrationStats(path.join(work, 'stats'));
+  expect(stats.reader.has('imatrix/model.layers.0.self_attn.q_proj.weight')).toBe(true);
+  expect(stats.reader.has('imatrix/model.layers.0.self_attn.sinks')).toBe(false);
+  const reap = stats.vector(2, 'reap');
+  stats.reader.close();
+  // the same scores from the forward's observers, with and without the down bias
+  const E = 8;
+  const k = 4;
+  const seen: { e: number; y: Float32Array; g: number[] }[] = [];
+  let routing: Routing | undefined;
+  const { arch, reader } = await run(new RefBackend(), {
+    router: (l, r) => {
+      if (l === 2) routing = r;
+    },
+    expert: (l, e, y, tokens, slots) => {
+      if (l === 2) seen.push({ e, y: y.slice(), g: Array.from(tokens, (t, i) => routing!.weights[t * k + slots[i]]) });
+    },
+  });
+  const [withBias, noBias, count] = [new Float64Array(E), new Float64Array(E), new Float64Array(E)];
+  for (const { e, y, g } of seen) {
+    const b = reader.f32(arch.expertBiasKey(2, e, 'down')!);
+    const h = b.length;
+    g.forEach((gi, i) => {
+      let [sq, sq0] = [0, 0];
+      for (let j = 0; j < h; j++) [sq, sq0] = [sq + y[i * h + j] ** 2, sq0 + (y[i * h + j] - b[j]) ** 2];
+      withBias[e] += gi * Math.sqrt(sq);
+      noBias[e] += gi * Math.sqrt(sq0);
+      count[e]++;
+    });
+  }
+  reader.close();
+  for (let e = 0; e < E; e++) {
+    expect(Math.abs(reap[e] / (withBias[e] / count[e]) - 1)).toBeLessThan(1e-5); // calibrate ran on onnx
+    expect(Math.abs(reap[e] - noBias[e] / count[e])).toBeGreaterThan(1e-3);
+  }
 });
 
 describe('the gpt_oss architecture', () => {
