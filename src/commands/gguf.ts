@@ -3,7 +3,9 @@
  * one ggml type: the same everywhere (`--type q8_0`), or chosen per tensor by the bit-allocation LP under an
  * average bits-per-weight budget (`--allocate lp --bpw 4.5 --stats S`), from the imatrix-weighted error of each
  * type measured on the tensor itself. The calibration imatrix also weights the rounding of every type that
- * supports it. Tensors stream one at a time (a stacked expert tensor, expert by expert).
+ * supports it. Weights stored as MXFP4 (gpt-oss's experts) stay MXFP4: their blocks and scales are repacked into
+ * ggml's MXFP4 bit-exactly (src/gguf/stored.ts), whatever --type says; the LP's budget counts them at MXFP4's bits.
+ * Tensors stream one at a time (a stacked expert tensor, expert by expert).
  * This file checks options and the destination and orchestrates; the plan is src/gguf/plan.ts.
  */
 import * as fs from 'node:fs';
@@ -36,6 +38,7 @@ import {
   typeErrors,
 } from '../gguf/plan';
 import { DEFAULT_GGUF_MENU, GgmlType } from '../gguf/quants';
+import { isStoredMxfp4, repackStoredMxfp4 } from '../gguf/stored';
 import { vocabMetadata } from '../gguf/vocab';
 import { GgufTensorPlan, GgufWriter } from '../gguf/writer';
 
@@ -94,19 +97,21 @@ async function lpTypes(
   weights: GgufModel['tensors'],
   menu: GgmlType[],
   bpw: number,
-  x: { ctx: Context; weighting: Weighting; load: PartLoader; measureWeight: number },
+  x: { ctx: Context; weighting: Weighting; load: PartLoader; measureWeight: number; stored: Set<string> },
 ): Promise<{ types: Map<string, GgmlType>; costs: Map<string, number>; solver: GgufReport['solver'] }> {
   const bar = x.ctx.progress(
     `measure error of ${menu.join('/')}`,
-    weights.length - weights.filter((t) => t.proj === 'embed' || t.proj === 'output').length,
+    weights.filter((t) => t.proj !== 'embed' && t.proj !== 'output' && !x.stored.has(t.name)).length,
     'tensors',
     x.measureWeight,
   );
-  const chosen = await chooseTypes(weights, menu, bpw, (t) => {
+  const stored = new Map([...x.stored].map((n) => [n, 'MXFP4' as GgmlType]));
+  const measure = (t: GgufModel['tensors'][number]) => {
     const errors = typeErrors(t, menu, x.load, x.weighting);
     bar.tick();
     return errors;
-  });
+  };
+  const chosen = await chooseTypes(weights, menu, bpw, measure, stored);
   bar.done();
   if (!chosen.ok)
     throw new UsageError(
@@ -148,10 +153,13 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     stats?.checkModel(ckpt);
     checkLpOptions(o, mode, stats);
     const menu = o.menu ?? DEFAULT_GGUF_MENU;
+    // Weights stored as MXFP4 (gpt-oss's experts) stay MXFP4, repacked bit-exactly; the others take the type(s).
+    const stored = new Set(model.tensors.filter((t) => isStoredMxfp4(ckpt, t)).map((t) => t.name));
     const weights = model.tensors.filter((t) => t.kind === 'weight');
     // Work in weights: measuring quantizes each weight at every type of the menu, writing each tensor once more.
     const allParams = model.tensors.reduce((s, t) => s + paramsOf(t), 0);
-    const measureWeight = mode === 'lp' ? weights.reduce((s, t) => s + paramsOf(t), 0) * menu.length : 0;
+    const measured = weights.filter((t) => !stored.has(t.name));
+    const measureWeight = mode === 'lp' ? measured.reduce((s, t) => s + paramsOf(t), 0) * menu.length : 0;
     task = ctx.task(`quantize ${path.basename(ckpt.dir)} to GGUF`, measureWeight + (o.dryRun ? 0 : allParams));
     const weighting = new Weighting(stats, o.alpha ?? 1, o.beta ?? 1.5);
     const load: PartLoader = (t, i) => loadPart(ckpt, reader, t, i);
@@ -159,12 +167,13 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     // Types: uniform, or per tensor by the LP over the menu.
     const { types, costs, solver } =
       mode === 'lp'
-        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight })
+        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight, stored })
         : {
             types: new Map(weights.map((w) => [w.name, o.type ?? 'Q8_0'])),
             costs: new Map<string, number>(),
             solver: null,
           };
+    for (const name of stored) types.set(name, 'MXFP4');
     const plan = buildGgufPlan(model, types, costs);
     const report: GgufReport = {
       model: ckpt.dir,
@@ -186,7 +195,9 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     report.output = path.join(dest.dir, dest.file);
     const metadata = fileMetadata(model, plan, ckpt, vocab);
     const writeTo = (target: string) => {
-      writeFile(target, metadata, model, plan, { ctx, weighting, load, allParams });
+      const encode = (t: GgufModel['tensors'][number], type: GgmlType) =>
+        stored.has(t.name) ? repackStoredMxfp4(ckpt, reader, t) : encodeTensor(t, type, load, weighting);
+      writeFile(target, metadata, model, plan, { ctx, encode, allParams });
       report.file_bytes = fs.statSync(target).size;
     };
     if (o.dryRun) report.file_bytes = writerSize(plan.layout);
@@ -230,7 +241,7 @@ function writeFile(
   metadata: Metadata,
   model: GgufModel,
   plan: GgufPlan,
-  x: { ctx: Context; weighting: Weighting; load: PartLoader; allParams: number },
+  x: { ctx: Context; encode: (t: GgufModel['tensors'][number], type: GgmlType) => Uint8Array; allParams: number },
 ): void {
   const writer = new GgufWriter(target, metadata, plan.layout);
   const bar = x.ctx.progress(
@@ -241,7 +252,7 @@ function writeFile(
   );
   try {
     model.tensors.forEach((t, i) => {
-      writer.write(t.name, encodeTensor(t, plan.tensors[i].type, x.load, x.weighting));
+      writer.write(t.name, x.encode(t, plan.tensors[i].type));
       bar.tick(plan.layout[i].bytes);
     });
     writer.finish();

@@ -5,7 +5,9 @@
  * gguf-py's constants. The keys and tensors every architecture shares are written here; each family gives its
  * llama.cpp name, its own keys, warnings and attention tensors (Architecture.ggufMapping in src/model/*.ts: e.g.
  * Mixtral is llama.cpp's "llama" with experts, its q/k rows permuted from Hugging Face's rotate-half RoPE layout
- * to llama.cpp's interleaved one, as that converter does).
+ * to llama.cpp's interleaved one, as that converter does). Experts with biases (gpt-oss) get them stacked the same
+ * way (ffn_{gate,up,down}_exps.bias, [experts, out], F32); a router whose bias is part of its logits (gpt-oss)
+ * writes it as ffn_gate_inp.bias, a selection-only bias (DeepSeek-V3) as exp_probs_b.bias.
  */
 import { CheckpointError } from '../errors';
 import type { Architecture, Proj } from '../model/arch';
@@ -74,15 +76,11 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
       metadata.push([k('rope.scaling.original_context_length'), u32(Number(rope.original_max_position_embeddings))]);
   }
   for (const [key, value] of map.keys) metadata.push([k(key), value]);
-  return { arch, metadata, tensors: ggufTensors(a, shapes, map.attentionTensors), warnings: map.warnings };
+  return { arch, metadata, tensors: ggufTensors(a, shapes, map), warnings: map.warnings };
 }
 
 /** The GGUF tensors, in llama.cpp's order: routed experts stacked per projection, absent tensors left out. */
-function ggufTensors(
-  a: Architecture,
-  shapes: Map<string, number[]>,
-  attention: GgufMapping['attentionTensors'],
-): GgufSource[] {
+function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMapping): GgufSource[] {
   const tensors: GgufSource[] = [];
   const one = (name: string, from: string, kind: GgufSource['kind'], extra: Partial<GgufSource> = {}) => {
     if (!shapes.has(from)) return;
@@ -100,7 +98,7 @@ function ggufTensors(
     const p = `model.layers.${l}`;
     const b = `blk.${l}`;
     one(`${b}.attn_norm.weight`, `${p}.input_layernorm.weight`, 'norm', { layer: l });
-    for (const t of attention(l, b)) {
+    for (const t of map.attentionTensors(l, b)) {
       const proj = t.kind === 'weight' ? { proj: 'attn' as const } : {};
       const extra: Partial<GgufSource> = { layer: l, ...proj, permuteHeads: t.permuteHeads, splitKvB: t.splitKvB };
       if (t.shape) tensors.push({ name: t.name, shape: t.shape, from: [t.from], kind: t.kind, ...extra });
@@ -108,26 +106,34 @@ function ggufTensors(
     }
     one(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`, 'norm', { layer: l });
     one(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`, 'norm', { layer: l });
-    one(`${b}.ffn_norm.weight`, `${p}.post_attention_layernorm.weight`, 'norm', { layer: l });
+    one(`${b}.${map.postAttentionNorm ?? 'ffn_norm'}.weight`, `${p}.post_attention_layernorm.weight`, 'norm', {
+      layer: l,
+    });
     if (a.isMoeLayer(l)) {
       one(`${b}.ffn_gate_inp.weight`, a.routerKey(l), 'router', { layer: l });
+      // A router with a bias in its logits (gpt-oss) has ffn_gate_inp.bias; a selection-only bias is exp_probs_b.
+      const bias = a.correctionBiasKey(l);
+      if (bias && a.routing.logitBias) one(`${b}.ffn_gate_inp.bias`, bias, 'router', { layer: l });
       for (const [proj, gg] of [
         ['gate', 'ffn_gate_exps'],
         ['up', 'ffn_up_exps'],
         ['down', 'ffn_down_exps'],
       ] as [Proj, string][]) {
         const from = [...Array(a.numExperts).keys()].map((e) => a.expertKey(l, e, proj));
-        tensors.push({
-          name: `${b}.${gg}.weight`,
-          shape: [a.numExperts, ...shapes.get(from[0])!],
-          from,
-          kind: 'weight',
-          layer: l,
-          proj,
-        });
+        const shape = [a.numExperts, ...shapes.get(from[0])!];
+        tensors.push({ name: `${b}.${gg}.weight`, shape, from, kind: 'weight', layer: l, proj });
+        // Expert biases (gpt-oss): [E, out], F32, stacked like the weights.
+        const biases = [...Array(a.numExperts).keys()].map((e) => a.expertBiasKey(l, e, proj));
+        if (biases.every((k): k is string => k !== undefined && shapes.has(k)))
+          tensors.push({
+            name: `${b}.${gg}.bias`,
+            shape: [a.numExperts, shape[1]],
+            from: biases,
+            kind: 'norm',
+            layer: l,
+          });
       }
-      const bias = a.correctionBiasKey(l);
-      if (bias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l });
+      if (bias && !a.routing.logitBias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l });
       const shexp = { gate: 'gate_shexp', up: 'up_shexp', down: 'down_shexp' };
       ffn(b, l, 'ffn_', shexp, (proj) => `${a.sharedExpertPrefix(l)}.${proj}_proj.weight`);
       one(`${b}.ffn_gate_inp_shexp.weight`, a.sharedGateKey(l), 'router', { layer: l });

@@ -65,15 +65,21 @@ export function typeErrors(t: GgufSource, menu: GgmlType[], load: PartLoader, we
 export type TypeChoice =
   { ok: true; types: Map<string, GgmlType>; costs: Map<string, number>; solver: SolverSummary | null } | { ok: false };
 
-/** Every weight's type under the LP: the menu's error table, a budget of `bpw` bits per weight over all weights. */
+/**
+ * Every weight's type under the LP: the menu's error table, a budget of `bpw` bits per weight over all weights.
+ * `stored`: weights whose type is given (MXFP4 experts kept as stored), counted in the budget at that type.
+ */
 export async function chooseTypes(
   weights: GgufSource[],
   menu: GgmlType[],
   bpw: number,
   measure: (t: GgufSource) => number[],
+  stored: Map<string, GgmlType> = new Map(),
 ): Promise<TypeChoice> {
   const groups: BitGroup[] = weights.map((t) => {
     const params = rowsOf(t.shape) * colsOf(t.shape);
+    const given = stored.get(t.name);
+    if (given) return { key: t.name, params, scope: 0, fixed: bitsPerWeight(given) };
     const fixed = FIXED[t.proj ?? ''];
     if (fixed) return { key: t.name, params, scope: 0, fixed: bitsPerWeight(fitting(fixed, colsOf(t.shape)).type) };
     return { key: t.name, params, scope: 0 };
@@ -93,6 +99,7 @@ export async function chooseTypes(
   const costs = new Map<string, number>();
   weights.forEach((t, i) => {
     const g = groups[i];
+    if (stored.has(t.name)) return types.set(t.name, stored.get(t.name)!);
     if (g.fixed !== undefined) return types.set(t.name, fitting(FIXED[t.proj!], colsOf(t.shape)).type);
     const c = r.choice.get(t.name)!;
     types.set(t.name, menu[c]);

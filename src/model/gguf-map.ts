@@ -62,6 +62,8 @@ export interface GgufMapping {
   warnings: string[];
   /** The attention tensors of one layer (between attn_norm and attn_q_norm), in the order written. */
   attentionTensors(layer: number, blk: string): GgufAttentionTensor[];
+  /** llama.cpp's name of post_attention_layernorm (`ffn_norm` unless given; gpt-oss: `post_attention_norm`). */
+  postAttentionNorm?: string;
 }
 
 /** A GGUF file's `<arch>.*` metadata as the reverse mapping reads it (src/gguf/config.ts supplies it). */

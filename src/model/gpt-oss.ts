@@ -20,6 +20,7 @@ import {
   FusedExpertLayout,
   gqaAttention,
   linear,
+  gqaGgufTensors,
   Proj,
   RoutingRule,
   softmaxTopK,
@@ -27,7 +28,9 @@ import {
   TensorSpec,
   vector,
 } from './arch';
-import type { AttentionSpec } from './forward/attention';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
+import type { Config } from '../io/checkpoint';
+import { GgufHparams, GgufMapping, headLengthKeys, u32 } from './gguf-map';
 
 /**
  * transformers' GptOssExperts fixes alpha 1.702 and limit 7.0; it does not read the config's `swiglu_limit` (7.0 in
@@ -81,7 +84,7 @@ export class GptOss extends Architecture {
   }
 
   /** transformers' default when the config has no layer_types: sliding on even layers, full on odd ones. */
-  private layerType(layer: number): string {
+  protected layerType(layer: number): string {
     const types = this.config.layer_types;
     if (Array.isArray(types) && typeof types[layer] === 'string') return types[layer] as string;
     return layer % 2 === 0 ? 'sliding_attention' : 'full_attention';
@@ -117,11 +120,79 @@ export class GptOss extends Architecture {
   attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
     return { ...this.gqaSpec(this.headDim(), 'none', eps), sinks: true };
   }
+
+  /**
+   * llama.cpp's "gpt-oss" (LLM_ARCH_OPENAI_MOE; convert_hf_to_gguf.py GptOssModel): q/k/v/o with biases, attn_sinks,
+   * post_attention_norm, ffn_gate_inp with its bias, gate and up split from gate_up_proj, expert biases; the
+   * sliding window, and which layers slide as a period (llama.cpp's default 2: the even layers).
+   */
+  override ggufMapping(spec: AttentionSpec, rope: Record<string, unknown>): GgufMapping {
+    const att = spec as GqaSpec;
+    const keys: GgufMapping['keys'] = [
+      ['attention.head_count_kv', u32(att.kvHeads)],
+      ['expert_feed_forward_length', u32(this.expertWidth)],
+      ['attention.sliding_window', u32(this.cfg.int('sliding_window'))],
+      ...headLengthKeys(att.headDim),
+    ];
+    const warnings: string[] = [];
+    const sliding = [...Array(this.numLayers).keys()].map((l) => this.layerType(l) === 'sliding_attention');
+    const slides = (p: number, l: number) => l % p < p - 1; // llama_hparams::set_swa_pattern
+    const periods = [GGUF_SWA_PERIOD, ...[...Array(this.numLayers + 1).keys()].map((p) => p + 1)];
+    const period = periods.find((p) => sliding.every((s, l) => s === slides(p, l)));
+    if (period === undefined)
+      warnings.push(
+        `llama.cpp slides the attention of every n-th layer but the last (by default the even layers); ` +
+          `this model's layer_types follow no such period, so llama.cpp attends differently on some layers`,
+      );
+    else if (period !== GGUF_SWA_PERIOD) keys.push(['attention.sliding_window_pattern', u32(period)]);
+    if (rope.rope_type === 'yarn' && rope.truncate === false)
+      warnings.push(
+        "llama.cpp rounds YaRN's correction range to whole dimensions (truncate: true); this model has truncate " +
+          'false, so llama.cpp rotates a few dimensions slightly differently',
+      );
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: this.expertWidth,
+      keys,
+      warnings,
+      attentionTensors: (l, blk) => [
+        ...gqaGgufTensors(l, blk),
+        { name: `${blk}.attn_sinks.weight`, from: `model.layers.${l}.self_attn.sinks`, kind: 'norm' },
+      ],
+      postAttentionNorm: 'post_attention_norm',
+    };
+  }
+}
+
+const GGUF_ARCH = 'gpt-oss';
+/** llama.cpp's attention.sliding_window_pattern when absent for gpt-oss: layer l slides when l % 2 < 1. */
+const GGUF_SWA_PERIOD = 2;
+
+/** The config of a gpt-oss GGUF file: what llama.cpp runs (its YaRN always truncates the correction range). */
+function gptOssFromGguf(h: GgufHparams, c: Config, experts: number): void {
+  const period = h.num('attention.sliding_window_pattern', GGUF_SWA_PERIOD);
+  const layers = Number(c.num_hidden_layers);
+  const rope = c.rope_parameters as Record<string, unknown>;
+  if (rope.rope_type === 'yarn') Object.assign(rope, { beta_fast: 32, beta_slow: 1, truncate: true });
+  Object.assign(c, {
+    model_type: 'gpt_oss',
+    architectures: ['GptOssForCausalLM'],
+    num_local_experts: experts,
+    intermediate_size: h.num('expert_feed_forward_length'),
+    head_dim: h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads)),
+    attention_bias: h.hasTensor('blk.0.attn_q.bias'),
+    sliding_window: h.num('attention.sliding_window'),
+    layer_types: [...Array(layers).keys()].map((l) =>
+      period === 0 || l % period < period - 1 ? 'sliding_attention' : 'full_attention',
+    ),
+  });
 }
 
 export const gptOss: ArchitectureFamily = {
   modelType: 'gpt_oss',
   create: (c, d) => new GptOss(c, d),
+  ggufPreTokenizer: 'gpt-4o',
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: true, complete: gptOssFromGguf },
   preset: {
     ...SYNTH_COMMON,
     model_type: 'gpt_oss',

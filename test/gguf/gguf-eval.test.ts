@@ -294,6 +294,25 @@ describe('every architecture read back from its F32 GGUF', () => {
     expect(maxDiff(d.got, d.want)).toBeLessThanOrEqual(1e-4);
   }, 30_000);
 
+  test.each(['gpt_oss', 'gpt_oss-mxfp4'])(
+    "%s (YaRN with truncate false): the checkpoint's logits with truncate true, as llama.cpp's YaRN always rounds",
+    async (c) => {
+      // llama.cpp has no key for YaRN's truncate (ggml_rope_yarn_corr_dims floors and ceils the correction range),
+      // so the file means truncate true and moe reads it so: compared with the checkpoint under that reading.
+      const dir = withTokenizer(path.join(GOLDEN, c));
+      const cfgFile = path.join(dir, 'config.json');
+      const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+      expect(cfg.rope_parameters.truncate).toBe(false);
+      cfg.rope_parameters.truncate = true;
+      fs.writeFileSync(cfgFile, JSON.stringify(cfg));
+      const d = await both(dir);
+      expect(d.g.arch.modelType).toBe('gpt_oss');
+      expect(d.g.ckpt.config.rope_parameters).toMatchObject({ rope_type: 'yarn', truncate: true });
+      expect(maxDiff(d.got, d.want)).toBeLessThanOrEqual(1e-4);
+    },
+    30_000,
+  );
+
   test('export warns where llama.cpp reads the file differently from the checkpoint', () => {
     const warnings = (config: Record<string, unknown>) => {
       const a = architectureFor(config, tmpDir());
