@@ -161,6 +161,7 @@ test('the GGUF codec registry: ggml ids, llama.cpp file types and sizes, one pla
     Q5_K: 13,
     Q6_K: 14,
     BF16: 30,
+    MXFP4: 39, // read from GGUF and written only for experts stored as MXFP4 (not a --type choice)
   });
   expect(Object.fromEntries(CODECS.map((c) => [c.type, fileType(c.type)]))).toEqual({
     F32: 0,
