@@ -15,6 +15,9 @@ import { COMPRESSION_FILE } from '../model/reduce';
 import { verifyWritten } from '../model/verify';
 import { METADATA_PREFIX, partNames } from '../io/packed';
 import { withoutFp8Config } from '../io/fp8';
+import { withoutMxfp4Config } from '../io/mxfp4';
+import { FusingWriter } from '../model/fused';
+import { architectureFor } from '../model/registry';
 import { quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
@@ -129,11 +132,17 @@ interface AssembleWrite {
 function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
   const { parts, records, readers, p, ctx } = w;
   const first = records[0];
-  const writer = new ShardedWriter(out.tmp, p.plan, {
+  const options = {
     maxShardBytes: first.options.max_shard_bytes,
     metadata: { ...first.source_metadata, format: 'pt' },
     tensorMetadata: p.tensorMetadata,
-  });
+  };
+  // Parts hold one tensor per expert; a dequantized model whose family stores its experts fused is written fused.
+  const arch = architectureFor(first.config, first.model);
+  const writer =
+    arch.fusedExperts && first.options.format === 'dequantized'
+      ? new FusingWriter(out.tmp, arch, p.plan, options)
+      : new ShardedWriter(out.tmp, p.plan, options);
   const bar = ctx.progress('assemble', p.plan.length, 'tensors');
   let bytes = 0;
   p.plan.forEach((t, k) => {
@@ -150,7 +159,7 @@ function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
   });
   writer.finish();
   bar.done();
-  const config = withoutFp8Config({ ...first.config });
+  const config = withoutFp8Config(withoutMxfp4Config({ ...first.config }));
   if (first.options.format === 'packed')
     config.quantization_config = quantizationConfig(
       p.params ? p.codeBits / p.params : 0,

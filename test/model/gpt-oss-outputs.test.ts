@@ -6,6 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { assemble } from '../../src/commands/assemble';
 import { calibrate } from '../../src/commands/calibrate';
 import { convert } from '../../src/commands/convert';
 import { merge } from '../../src/commands/merge';
@@ -153,4 +154,24 @@ describe.each(['qwen3_moe-fp8', 'deepseek_v3-fp8'])('%s: every prune and merge m
     // Every routed expert weight is still F8_E4M3 codes with block scales, copied or encoded.
     for (const t of experts) expect(t.fp8?.weight.dtype).toBe('F8_E4M3');
   });
+});
+
+test('quantize --layers parts of the MXFP4 model assemble into the single dequantized run, fused, byte for byte', async () => {
+  const common = { model: MX, bits: 4, method: 'rtn' as const, format: 'dequantized' as const };
+  const single = path.join(work, 'mx-single');
+  await quantize({ ...common, output: single }, quiet);
+  const parts = [];
+  for (const layers of [[1, 1] as [number, number], [0, 0] as [number, number]]) {
+    const out = path.join(work, `mx-part-${layers[0]}`);
+    await quantize({ ...common, output: out, layers }, quiet);
+    parts.push(out);
+  }
+  const joined = path.join(work, 'mx-joined');
+  await assemble(parts, { output: joined }, quiet);
+  const file = (d: string) => fs.readFileSync(path.join(d, 'model.safetensors'));
+  expect(file(joined).equals(file(single))).toBe(true);
+  expect(fs.readFileSync(path.join(joined, 'config.json'), 'utf8')).toBe(
+    fs.readFileSync(path.join(single, 'config.json'), 'utf8'),
+  );
+  expect(reopen(joined).ckpt.stored?.has(`${L0}.experts.gate_up_proj`)).toBe(true);
 });

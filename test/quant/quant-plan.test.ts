@@ -174,6 +174,7 @@ test('the GGUF codec registry: ggml ids, llama.cpp file types and sizes, one pla
     Q4_K: 15,
     Q5_K: 17,
     Q6_K: 18,
+    MXFP4: 38, // llama.h LLAMA_FTYPE_MOSTLY_MXFP4_MOE
   });
   expect(Object.fromEntries(CODECS.map((c) => [c.type, bitsPerWeight(c.type)]))).toEqual({
     F32: 32,
@@ -186,6 +187,7 @@ test('the GGUF codec registry: ggml ids, llama.cpp file types and sizes, one pla
     Q4_K: 4.5,
     Q5_K: 5.5,
     Q6_K: 6.5625,
+    MXFP4: 4.25,
   });
   const x = Float32Array.from({ length: 2 * 256 }, (_, i) => Math.sin(i * 0.37) * 0.05);
   for (const c of CODECS) {
