@@ -11,7 +11,7 @@ import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
-import { decodeMxfp4Transposed, foldMxfp4 } from './mxfp4';
+import { decodeMxfp4, decodeMxfp4Transposed, foldMxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES } from './mxfp4';
 import { dequantizeFp8, foldFp8, parseFp8Config } from './fp8';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
@@ -396,16 +396,41 @@ export class TensorReader {
 
   /** A view's values: the slice, its selected columns, transposed when asked. */
   private viewF32(v: SliceView): Float32Array {
-    const s = this.sliceOf(v.source, v.index);
     const rest = v.source.shape.slice(1);
     const b = rest[rest.length - 1];
-    const a = s.length / b;
+    const a = rest.length === 1 ? 1 : rest[0];
     const { start, step, count: n } = v.cols ?? { start: 0, step: 1, count: b };
+    if (v.source.mxfp4 && v.transpose) return this.mxfp4Rows(v.source, v.index, start, step, n);
+    // BF16 is widened while it is picked (its bits are a float32's high half): only the view's values are touched.
     const out = new Float32Array(a * n);
-    if (v.transpose) {
-      for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[j * a + r] = s[r * b + start + j * step];
-    } else {
-      for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[r * n + j] = s[r * b + start + j * step];
+    const pick = { a, b, start, step, n, transpose: v.transpose };
+    if (!v.source.mxfp4 && !v.source.fp8 && v.source.dtype === 'BF16') {
+      const raw = this.rawSlice(v.source, v.index);
+      pickBf16(new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2), new Uint32Array(out.buffer), pick);
+    } else pickF32(this.sliceOf(v.source, v.index), out, pick);
+    return out;
+  }
+
+  /**
+   * Rows start, start+step, ... (count of them) of one expert of an MXFP4 tensor in its stored orientation [out, in]
+   * (a transposed view of the [in, out] tensor: no transpose at all).
+   */
+  private mxfp4Rows(t: TensorRef, index: number, start: number, step: number, count: number): Float32Array {
+    const { blocks, scales } = t.mxfp4!;
+    const [, , groups] = blocks.shape;
+    const b = this.rawSlice(blocks, index);
+    const sc = this.rawSlice(scales, index);
+    const rowBlocks = groups * MXFP4_BLOCK_BYTES;
+    const out = new Float32Array(count * groups * MXFP4_BLOCK);
+    for (let j = 0; j < count; j++) {
+      const r = start + j * step;
+      const row = decodeMxfp4(
+        b.subarray(r * rowBlocks, (r + 1) * rowBlocks),
+        sc.subarray(r * groups, (r + 1) * groups),
+        1,
+        groups,
+      );
+      out.set(row, j * row.length);
     }
     return out;
   }
@@ -475,5 +500,46 @@ export class TensorReader {
   close(): void {
     for (const fd of this.fds.values()) fs.closeSync(fd);
     this.fds.clear();
+  }
+}
+
+interface Pick {
+  /** The slice [a, b]; `n` columns from `start` every `step`; transposed or not. */
+  a: number;
+  b: number;
+  start: number;
+  step: number;
+  n: number;
+  transpose: boolean;
+}
+
+/**
+ * A view's values from float32 (one element type per function: the loops stay monomorphic). Transposed, each output
+ * row is gathered from one column: sequential writes, strided reads (measured faster here than tiled copies).
+ */
+function pickF32(s: Float32Array, out: Float32Array, p: Pick): void {
+  const { a, b, start, step, n } = p;
+  if (!p.transpose) {
+    for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[r * n + j] = s[r * b + start + j * step];
+    return;
+  }
+  for (let j = 0; j < n; j++) {
+    const o = j * a;
+    const c = start + j * step;
+    for (let r = 0; r < a; r++) out[o + r] = s[r * b + c];
+  }
+}
+
+/** A view's values from BF16 bits, widened to float32 bits (`out` is the float32 result's Uint32 view). */
+function pickBf16(s: Uint16Array, out: Uint32Array, p: Pick): void {
+  const { a, b, start, step, n } = p;
+  if (!p.transpose) {
+    for (let r = 0; r < a; r++) for (let j = 0; j < n; j++) out[r * n + j] = s[r * b + start + j * step] << 16;
+    return;
+  }
+  for (let j = 0; j < n; j++) {
+    const o = j * a;
+    const c = start + j * step;
+    for (let r = 0; r < a; r++) out[o + r] = s[r * b + c] << 16;
   }
 }
