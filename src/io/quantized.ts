@@ -14,7 +14,7 @@ import { MXFP4_METHOD } from './mxfp4';
 import { FP8_QUANT_METHOD } from './fp8';
 
 const SUPPORTED =
-  'moe reads bf16, f16 and f32 safetensors and its own packed format: dequantize the checkpoint first, or use the unquantized original';
+  'moe reads bf16, f16 and f32 safetensors, block-scaled FP8, gpt-oss MXFP4 experts and its own packed format: dequantize the checkpoint first, or use the unquantized original';
 
 /** Stored formats moe plans to decode (DESIGN.md: readers for them belong to src/io); the others it never will. */
 const PLANNED = new Set(['fp8', 'fbgemm_fp8', 'mxfp4', 'compressed-tensors']);
