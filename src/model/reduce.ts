@@ -2,7 +2,8 @@
  * Writing a checkpoint with fewer routed experts per MoE layer (prune and merge): new expert i of a layer is a
  * copy of an old expert (bit-exact) or a tensor computed by the caller (a merge). The router rows and the
  * correction bias are sliced or supplied in the same order; every other tensor is copied bit-exact; the config's
- * expert-count key(s) change. Streams tensor by tensor.
+ * expert-count key(s) change. Streams tensor by tensor. An FP8 weight (src/io/fp8.ts) is copied as its stored codes
+ * and block scales, and a computed one whose source is FP8 is re-encoded in the same blocks.
  */
 import type { Checkpoint } from '../io/checkpoint';
 import { TensorReader } from '../io/checkpoint';
