@@ -153,6 +153,11 @@ describe('the qwen3_next architecture', () => {
     const ckpt = openCheckpoint(dir);
     const arch = loadArchitecture(ckpt);
     const reader = new TensorReader(ckpt);
+    // the (1 + weight) norms are written zero-centred, the gated norm around 1
+    const mean = (n: string) => reader.f32(n).reduce((a, b) => a + b, 0) / reader.f32(n).length;
+    expect(Math.abs(mean('model.layers.0.input_layernorm.weight'))).toBeLessThan(0.05);
+    expect(Math.abs(mean('model.norm.weight'))).toBeLessThan(0.05);
+    expect(Math.abs(mean('model.layers.0.linear_attn.norm.weight') - 1)).toBeLessThan(0.1);
     const { sink, logits } = fullLogits(2 * 12, arch.vocab);
     const ids = Int32Array.from({ length: 24 }, (_, i) => (i * 37) % arch.vocab);
     await new ForwardPass(reader, arch, new RefBackend()).run(ids, 2, 12, sink);
