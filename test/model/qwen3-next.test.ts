@@ -5,7 +5,7 @@
  * Qwen3-Next against transformers 5.18 (fixtures/golden/qwen3_next, made by scripts/make_golden.py --only qwen3_next
  * from transformers' own save_pretrained: 3 Gated DeltaNet layers and 1 gated full-attention layer, bf16): router
  * top-k on every token and layer, logits and loss on the onnx backend (forward-golden checks the reference
- * backend), each Qwen3-Next rule changes the logits, calibration observes the linear attention's projections, and
+ * backend), and on tfjs, each Qwen3-Next rule changes the logits, calibration observes the linear attention's projections, and
  * calibrate / prune / merge / quantize outputs re-open.
  */
 import * as fs from 'node:fs';
@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
 import { OnnxBackend } from '../../src/backend/onnx';
 import { RefBackend } from '../../src/backend/ref';
+import { TfjsBackend, type TfLike } from '../../src/backend/tfjs';
 import { CalibrationStats } from '../../src/calib/stats';
 import { calibrate } from '../../src/commands/calibrate';
 import { formatInspect, inspect } from '../../src/commands/inspect';
@@ -96,6 +97,20 @@ describe('the golden qwen3_next checkpoint', () => {
 
   test('onnx backend (linear attention in JS, projections on onnx): logits within 1e-3, loss within 2e-4', async () => {
     const logits = await run(onnx);
+    expect(maxDiff(logits, golden.logits)).toBeLessThanOrEqual(1e-3);
+    expect(Math.abs(lossOf(logits, golden.ids, golden.B, golden.T, golden.V) - info.loss)).toBeLessThanOrEqual(2e-4);
+  });
+
+  test('tfjs backend (wasm): logits within 1e-3, loss within 2e-4', async () => {
+    const tf = require('@tensorflow/tfjs-core');
+    if (tf.getBackend() !== 'wasm') {
+      require('@tensorflow/tfjs-backend-wasm').setWasmPaths(
+        path.join(path.dirname(require.resolve('@tensorflow/tfjs-backend-wasm/package.json')), 'dist') + path.sep,
+      );
+      expect(await tf.setBackend('wasm')).toBe(true);
+    }
+    await tf.ready();
+    const logits = await run(new TfjsBackend(tf as TfLike));
     expect(maxDiff(logits, golden.logits)).toBeLessThanOrEqual(1e-3);
     expect(Math.abs(lossOf(logits, golden.ids, golden.B, golden.T, golden.V) - info.loss)).toBeLessThanOrEqual(2e-4);
   });
