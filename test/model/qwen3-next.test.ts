@@ -4,9 +4,9 @@
 /**
  * Qwen3-Next against transformers 5.18 (fixtures/golden/qwen3_next, made by scripts/make_golden.py --only qwen3_next
  * from transformers' own save_pretrained: 3 Gated DeltaNet layers and 1 gated full-attention layer, bf16): router
- * top-k on every token and layer, logits and loss on the onnx backend (forward-golden checks the reference
- * backend), and on tfjs, each Qwen3-Next rule changes the logits, calibration observes the linear attention's projections, and
- * calibrate / prune / merge / quantize outputs re-open.
+ * top-k on every token and layer, logits and loss on the onnx and tfjs backends (forward-golden checks the
+ * reference backend), each Qwen3-Next rule changes the logits, calibration observes the linear attention's
+ * projections, and prune / merge / quantize outputs re-open.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
