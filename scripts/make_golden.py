@@ -63,6 +63,8 @@ from transformers import (  # noqa: E402
     Qwen2MoeForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
+    Qwen3NextConfig,
+    Qwen3NextForCausalLM,
 )
 
 try:  # tqdm progress bars of save_pretrained
@@ -669,6 +671,135 @@ def make_gpt_oss_mxfp4() -> dict:
 
 
 EXTRA_CASES = {MXFP4_CASE: make_gpt_oss_mxfp4}
+
+
+# --------------------------------------------------------------------------------------
+# qwen3_next (issue 19): hybrid Gated DeltaNet linear attention + gated full attention, shared expert
+# Golden from transformers' own forward (its torch fallbacks: causal_conv1d_fn, torch_chunk_gated_delta_rule);
+# no independent float64 reference yet: the routing margin is measured on transformers' router probabilities.
+QWEN3_NEXT_CASE = "qwen3_next"
+QWEN3_NEXT = dict(
+    COMMON,
+    num_hidden_layers=4,
+    layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+    num_key_value_heads=2,
+    head_dim=16,
+    partial_rotary_factor=0.25,  # rotary dim 4 of 16
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    linear_conv_kernel_dim=4,
+    num_experts=8,
+    num_experts_per_tok=2,
+    moe_intermediate_size=8,
+    shared_expert_intermediate_size=16,
+    intermediate_size=48,
+    norm_topk_prob=True,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
+QWEN3_NEXT_STD = {
+    "mlp.gate.weight": 1.0,  # decisive routing
+    "linear_attn.conv1d.weight": 0.5,  # the conv mixes visibly
+    "linear_attn.A_log": 0.5,
+    "linear_attn.dt_bias": 0.5,
+}
+
+
+@torch.no_grad()
+def make_qwen3_next() -> dict:
+    d = OUT / QWEN3_NEXT_CASE
+    cfg = Qwen3NextConfig(**QWEN3_NEXT)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 19000 + attempt
+        torch.manual_seed(seed)
+        model = Qwen3NextForCausalLM(cfg).eval()
+        reinit(model, seed, QWEN3_NEXT_STD)
+        g = torch.Generator().manual_seed(seed + 777)
+        for name, t in model.named_parameters():
+            # Qwen3NextRMSNorm applies (1 + weight): zero-centred weights; the gated norm applies weight itself
+            if name.endswith("norm.weight") and "linear_attn.norm" not in name:
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        model.float()
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = Qwen3NextForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        out = hf(input_ids=ids, use_cache=False, output_router_logits=True)
+        logits = out.logits.float()
+        k = cfg.num_experts_per_tok
+        # the logits' top-k gap (softmax is monotone; saturated probabilities would hide the gap)
+        margin = min(topk_margin(r.reshape(ids.numel(), -1), k) for r in out.router_logits)
+        print(f"[{QWEN3_NEXT_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("qwen3_next: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = Qwen3NextForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    topk = torch.stack([r.reshape(ids.numel(), -1).topk(k, -1).indices for r in out.router_logits])
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous(), "router_topk": topk.to(torch.int64).contiguous()},
+        str(d / "golden.safetensors"),
+        metadata={"golden": json.dumps({"case": QWEN3_NEXT_CASE, "transformers_version": transformers.__version__})},
+    )
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, dtypes = load_saved_tensors(d)
+    moe_layers = list(range(cfg_json["num_hidden_layers"]))
+    info = {
+        "case": QWEN3_NEXT_CASE,
+        "model_type": cfg_json["model_type"],
+        "architecture": cfg_json["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seed": seed,
+        "loss": ce_loss(logits, ids),
+        "hf_loss": hf_loss,
+        "dtype": "bfloat16",
+        "stored_dtypes": sorted(set(dtypes.values())),
+        "params_total": sum(t.numel() for t in tensors.values()),
+        "num_layers": cfg_json["num_hidden_layers"],
+        "moe_layers": moe_layers,
+        "dense_layers": [],
+        "experts_per_layer": {str(L): cfg_json["num_experts"] for L in moe_layers},
+        "top_k": k,
+        "vocab_size": cfg_json["vocab_size"],
+        "input_shape": [BATCH, SEQ],
+        "weight_files": sorted(p.name for p in d.glob("model*.safetensors")),
+        "files": sorted([p.name for p in d.iterdir()] + ["golden.json"]),
+        "num_tensors": len(tensors),
+        "logits_stats": {
+            "min": float(logits.min()),
+            "max": float(logits.max()),
+            "std": float(logits.std()),
+            "mean_row_range": float((logits.max(-1).values - logits.min(-1).values).mean()),
+        },
+        "checks": {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin},
+        "notes": [
+            "4 layers: layer_types linear/linear/linear/full. Linear layers: Gated DeltaNet (in_proj_qkvz, in_proj_ba, "
+            "causal depthwise conv1d kernel 4 + silu, l2-normed q/k, gated delta rule with g = -exp(A_log) * "
+            "softplus(a + dt_bias), beta = sigmoid(b), gated RMSNorm (weight, silu(z)), out_proj); 2 key heads, "
+            "4 value heads, head dims 8.",
+            "Full layer: q_proj gives query and an output gate per head ([q_h | gate_h] per head), per-head q/k "
+            "RMSNorm, partial rotary 0.25 (4 of 16 dims, rotate-half), attn * sigmoid(gate) before o_proj.",
+            "Qwen3NextRMSNorm (input/post-attention/final/q/k norms) multiplies by (1 + weight): weights are "
+            "zero-centred (std 0.1); the gated norm multiplies by weight (1 + 0.1 noise).",
+            "MoE on every layer: softmax top-2 of 8 renormalised (norm_topk_prob), shared expert times "
+            "sigmoid(shared_expert_gate); router std 1.0; router_topk [layers, tokens, 2] from router_logits.",
+            "Saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, dtype=torch.float32).",
+            "transformers runs its torch fallbacks (no fla / causal-conv1d kernels): torch_chunk_gated_delta_rule.",
+        ],
+    }
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[QWEN3_NEXT_CASE] = make_qwen3_next
 
 
 # --------------------------------------------------------------------------------------
@@ -1528,7 +1659,7 @@ def make_fp8_case(case: Fp8Case) -> dict:
         "base_case": case.base,
         "loss": loss,
         "hf_loss": hf_loss,
-        "dtype": "float32",
+        "dtype": "bfloat16",
         "stored_dtypes": sorted({str(t.dtype).replace("torch.", "") for t in stored.values()}),
         "quantization_config": qc,
         "fp8_weights": len(targets),
@@ -1619,8 +1750,9 @@ def main() -> None:
         )
     total = dir_size(OUT)
     print(f"total fixtures/golden: {total} bytes ({total / 1e6:.2f} MB)")
-    if total > 4_000_000:  # 3 MB until the 2026 cases (gpt_oss, FP8, MXFP4) of a few hundred KB each
-        raise SystemExit("fixtures/golden exceeds 4 MB")
+    # 3 MB until the 2026 cases (gpt_oss, FP8, MXFP4) of a few hundred KB each; 4.5 MB with qwen3_next
+    if total > 4_500_000:
+        raise SystemExit("fixtures/golden exceeds 4.5 MB")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import { ConfigReader, expertCount, withExpertCount } from './config';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
+import type { DeltaNetSpec } from './forward/deltanet';
 import type { GgufAttentionTensor, GgufMapping, GgufReader } from './gguf-map';
 
 export type Proj = 'gate' | 'up' | 'down';
@@ -205,6 +206,16 @@ export abstract class Architecture {
   /** The routed experts' activation when it is gpt-oss's clamped SwiGLU; undefined: silu(gate) · up. */
   get expertGlu(): ClampedGlu | undefined {
     return undefined;
+  }
+
+  /** The linear attention (Gated DeltaNet) of a layer, when it has one instead of self-attention (Qwen3-Next). */
+  linearAttention(_layer: number): DeltaNetSpec | undefined {
+    return undefined;
+  }
+
+  /** Added to every RMSNorm weight but the linear attention's gated norm (Qwen3-Next's zero-centred norms: 1). */
+  get normOffset(): number {
+    return 0;
   }
 
   /** The sliding window of a layer's attention (a token sees itself and the window − 1 before it); undefined: all. */

@@ -14,10 +14,20 @@ import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
 import { qwen2Moe } from './qwen2-moe';
 import { qwen3Moe } from './qwen3-moe';
+import { qwen3Next } from './qwen3-next';
 import { Registry } from '../util/registry';
 
 /** The families built in, in the order they are listed to users. */
-const BUILT_IN: readonly ArchitectureFamily[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, deepseekV2, deepseekV3, gptOss];
+const BUILT_IN: readonly ArchitectureFamily[] = [
+  mixtral,
+  qwen2Moe,
+  qwen3Moe,
+  olmoe,
+  deepseekV2,
+  deepseekV3,
+  gptOss,
+  qwen3Next,
+];
 
 export class ArchitectureRegistry {
   private readonly byType = new Registry<ArchitectureFamily>('architecture', (f) => f.modelType);
@@ -72,7 +82,6 @@ const MOE_NOT_YET = [
   'jamba',
   'granitemoe',
   'granitemoeshared',
-  'qwen3_next',
   'llama4',
   'jetmoe',
   'minimax',

@@ -115,7 +115,10 @@ export async function synthesize(opts: SynthOptions, ctx: Context): Promise<Synt
     const progress = ctx.progress('synth', total, 'bytes');
     for (const s of specs) {
       const isNorm = s.role?.kind === 'norm' || s.role?.kind === 'final_norm';
-      const values = fill(numel(s.shape), rand, isNorm ? 1 : 0, isNorm ? 0.1 : std);
+      // zero-centred norms (Qwen3-Next's 1 + weight) are 0 ± 0.1; its linear attention's gated norm 1 ± 0.1
+      const gated = s.role?.kind === 'attn' && s.role.name === 'norm';
+      const centre = gated ? 1 : isNorm ? 1 - arch.normOffset : 0;
+      const values = fill(numel(s.shape), rand, centre, isNorm || gated ? 0.1 : std);
       const bytes = encode(values, dtype);
       writer.write(s.name, bytes);
       progress.tick(bytes.byteLength);

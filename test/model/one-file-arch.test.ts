@@ -102,7 +102,16 @@ describe('an architecture defined in test/ and registered with one call', () => 
   }, 30_000);
 
   test('is listed by the registry and the synth presets; synth wrote its own tensor names', () => {
-    const builtIn = ['mixtral', 'qwen2_moe', 'qwen3_moe', 'olmoe', 'deepseek_v2', 'deepseek_v3', 'gpt_oss'];
+    const builtIn = [
+      'mixtral',
+      'qwen2_moe',
+      'qwen3_moe',
+      'olmoe',
+      'deepseek_v2',
+      'deepseek_v3',
+      'gpt_oss',
+      'qwen3_next',
+    ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');
     const names = Object.keys(rawHeader(path.join(toy, 'model.safetensors')).json);

@@ -23,6 +23,11 @@ export interface GqaSpec {
   clipQkv?: number;
   /** gpt-oss: a learned per-head logit in every softmax denominator (`self_attn.sinks` [heads]). */
   sinks?: boolean;
+  /**
+   * Qwen3-Next: q_proj gives per head [query (headDim) | gate (headDim)]; the attention output is multiplied by
+   * sigmoid(gate) before o_proj.
+   */
+  outputGate?: boolean;
   scale: number;
   eps: number;
 }
@@ -121,6 +126,17 @@ function perHead(
   return out;
 }
 
+/** Splits rows of [first (d) | second (d)] into two [rows, d] arrays. */
+function splitHeads(x: Float32Array, rows: number, d: number): [Float32Array, Float32Array] {
+  const a = new Float32Array(rows * d);
+  const b = new Float32Array(rows * d);
+  for (let r = 0; r < rows; r++) {
+    a.set(x.subarray(2 * r * d, (2 * r + 1) * d), r * d);
+    b.set(x.subarray((2 * r + 1) * d, (2 * r + 2) * d), r * d);
+  }
+  return [a, b];
+}
+
 export async function gqa(
   be: Backend,
   lin: Linear,
@@ -135,7 +151,9 @@ export async function gqa(
 ): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, kvHeads: KV, headDim: d } = spec;
-  const q = await lin('q_proj', x, N, hidden, H * d);
+  let q = await lin('q_proj', x, N, hidden, (spec.outputGate ? 2 : 1) * H * d);
+  let gate: Float32Array | undefined;
+  if (spec.outputGate) [q, gate] = splitHeads(q, N * H, d);
   const k = await lin('k_proj', x, N, hidden, KV * d);
   const v = await lin('v_proj', x, N, hidden, KV * d);
   if (spec.clipQkv !== undefined) {
@@ -166,6 +184,7 @@ export async function gqa(
     (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
     { window: slidingWindow, sinks: spec.sinks ? need(w, 'sinks') : undefined },
   );
+  if (gate) for (let i = 0; i < out.length; i++) out[i] *= 1 / (1 + math.exp(-gate[i]));
   return lin('o_proj', out, N, H * d, hidden);
 }
 

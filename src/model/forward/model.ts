@@ -10,6 +10,7 @@ import { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
 import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla } from './attention';
+import { gatedDeltaNet } from './deltanet';
 import { gatherRows, route, Routing, tokensPerExpert } from './moe';
 import { addInPlace, concatRows, rmsNorm, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
@@ -157,26 +158,38 @@ export class ForwardPass {
     const N = windows * T;
     const p = `model.layers.${l}`;
     if (l !== this.cacheLayer) this.release(l);
-    const normed = rmsNorm(hidden, this.load(`${p}.input_layernorm.weight`, l), h, this.spec.eps);
+    const normed = rmsNorm(hidden, this.normWeight(`${p}.input_layernorm.weight`, l), h, this.spec.eps);
+    const linear = this.arch.linearAttention(l);
+    const mixer = linear ? 'linear_attn' : 'self_attn';
     const w = (name: string) => {
-      const full = `${p}.self_attn.${name}`;
-      return this.arch.classify(full) ? this.load(full, l) : undefined;
+      const full = `${p}.${mixer}.${name}`;
+      if (!this.arch.classify(full)) return undefined;
+      // the gated norm of the linear attention is not zero-centred; q_norm / k_norm are
+      return !linear && name.endsWith('norm.weight') ? this.normWeight(full, l) : this.load(full, l);
     };
     const lin: Linear = (proj, x, rows, inDim, outDim) =>
-      this.linear(`${p}.self_attn.${proj}.weight`, l, x, rows, inDim, outDim, observer);
+      this.linear(`${p}.${mixer}.${proj}.weight`, l, x, rows, inDim, outDim, observer);
     const a = this.spec.attention;
     const rope = this.ropeFor(T);
-    const attn =
-      a.kind === 'gqa'
+    const attn = linear
+      ? await gatedDeltaNet(lin, normed, h, windows, T, linear, w)
+      : a.kind === 'gqa'
         ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope, this.arch.slidingWindow(l))
         : await mla(this.be, lin, normed, h, windows, T, a, w, rope);
     addInPlace(hidden, attn);
-    const x = rmsNorm(hidden, this.load(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps);
+    const x = rmsNorm(hidden, this.normWeight(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps);
     const out = this.arch.isMoeLayer(l)
       ? await this.moeBlock(l, x, N, observer)
       : await this.mlp(`${p}.mlp`, l, x, N, observer);
     addInPlace(hidden, out);
     observer?.layer?.(l, hidden, N);
+  }
+
+  /** An RMSNorm weight plus the architecture's offset (Qwen3-Next's zero-centred norms apply 1 + weight). */
+  private normWeight(name: string, layer: number): Float32Array {
+    const off = this.arch.normOffset;
+    if (off === 0) return this.load(name, layer);
+    return this.fused(`${name}+${off}`, layer, () => this.reader.f32(name).map((v) => v + off));
   }
 
   private mlpWeights(gate: string, up: string, down: string, l: number): MlpWeights {
@@ -268,7 +281,9 @@ export class ForwardPass {
   /** The final-normed hidden states and the lm_head's vocabulary blocks (rows loaded when asked). */
   private headInput(hidden: Float32Array, N: number) {
     const a = this.arch;
-    const x = rmsNorm(hidden, this.reader.f32('model.norm.weight'), a.hidden, this.spec.eps);
+    const off = a.normOffset;
+    const final = this.reader.f32('model.norm.weight').map((v) => v + off);
+    const x = rmsNorm(hidden, final, a.hidden, this.spec.eps);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     const block = vocabBlock(N, a.vocab);
     const reader = this.reader;

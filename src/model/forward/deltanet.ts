@@ -1,0 +1,183 @@
+/**
+ * Qwen3-Next's linear attention (transformers Qwen3NextGatedDeltaNet), run as the plain per-token recurrence in
+ * float64 (transformers' torch_chunk_gated_delta_rule computes the same sums chunk by chunk). Per window:
+ *
+ * - in_proj_qkvz [N, Hk·(2dk + 2r·dv)], r = Hv / Hk: per key head g, [q (dk) | k (dk) | v (r·dv) | z (r·dv)];
+ *   in_proj_ba [N, Hk·2r]: per key head, [b (r) | a (r)]; value head g·r + j belongs to key head g.
+ * - conv1d: causal depthwise over the channels [q of every head | k | v] (weight [C, 1, K], zero history), then
+ *   silu.
+ * - q and k l2-normed per head (x · rsqrt(Σx² + 1e-6)), q also × dk^−½; beta = σ(b); g = −exp(A_log) ·
+ *   softplus(a + dt_bias).
+ * - state S [dk, dv] per value head, from 0: S ← S·exp(g_t); S ← S + k_t ⊗ (v_t − Sᵀk_t)·beta_t; o_t = Sᵀq_t.
+ * - gated RMSNorm per value head: o · rsqrt(mean(o²) + eps) · norm.weight · silu(z); then out_proj.
+ *
+ * Cost: O(N · Hv · dk · dv) scalar JS work per layer, on every backend (the projections use the backend's linear).
+ */
+import type { Linear, Weights } from './attention';
+
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
+const math = Math;
+
+export interface DeltaNetSpec {
+  kind: 'gated_deltanet';
+  keyHeads: number;
+  valueHeads: number;
+  keyDim: number;
+  valueDim: number;
+  convKernel: number;
+  eps: number;
+}
+
+function need(w: Weights, name: string): Float32Array {
+  const t = w(name);
+  if (!t) throw new Error(`linear attention weight ${name} not loaded`);
+  return t;
+}
+
+function softplus(x: number): number {
+  return x > 20 ? x : math.log1p(math.exp(x)); // torch's threshold 20
+}
+
+function silu(x: number): number {
+  return x / (1 + math.exp(-x));
+}
+
+/** The conv input [N, C] (C = 2·Hk·dk + Hv·dv), z [N, Hv·dv], b and a [N, Hv] from the two projections. */
+function unpack(spec: DeltaNetSpec, qkvz: Float32Array, ba: Float32Array, N: number) {
+  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
+  const r = Hv / Hk;
+  const C = 2 * Hk * dk + Hv * dv;
+  const group = 2 * dk + 2 * r * dv;
+  const mixed = new Float32Array(N * C);
+  const z = new Float32Array(N * Hv * dv);
+  const b = new Float32Array(N * Hv);
+  const a = new Float32Array(N * Hv);
+  for (let n = 0; n < N; n++) {
+    for (let g = 0; g < Hk; g++) {
+      const s = n * Hk * group + g * group;
+      mixed.set(qkvz.subarray(s, s + dk), n * C + g * dk);
+      mixed.set(qkvz.subarray(s + dk, s + 2 * dk), n * C + Hk * dk + g * dk);
+      mixed.set(qkvz.subarray(s + 2 * dk, s + 2 * dk + r * dv), n * C + 2 * Hk * dk + g * r * dv);
+      z.set(qkvz.subarray(s + 2 * dk + r * dv, s + group), (n * Hv + g * r) * dv);
+      for (let j = 0; j < r; j++) {
+        b[n * Hv + g * r + j] = ba[n * Hk * 2 * r + g * 2 * r + j];
+        a[n * Hv + g * r + j] = ba[n * Hk * 2 * r + g * 2 * r + r + j];
+      }
+    }
+  }
+  return { mixed, z, b, a, C };
+}
+
+/** Causal depthwise conv1d over each window's T tokens, then silu. x [N, C], weight [C, K]. */
+function causalConv(x: Float32Array, weight: Float32Array, windows: number, T: number, C: number, K: number) {
+  const out = new Float32Array(x.length);
+  for (let w = 0; w < windows; w++) {
+    for (let t = 0; t < T; t++) {
+      const o = (w * T + t) * C;
+      for (let c = 0; c < C; c++) {
+        let s = 0;
+        for (let i = 0; i < K; i++) {
+          const src = t - (K - 1) + i;
+          if (src >= 0) s += weight[c * K + i] * x[(w * T + src) * C + c];
+        }
+        out[o + c] = silu(math.fround(s));
+      }
+    }
+  }
+  return out;
+}
+
+/** Copies `dim` values from `src` at `from` into a float64 vector, l2-normalised (× extra). */
+function l2(src: Float32Array, from: number, dim: number, extra: number, into: Float64Array): void {
+  let ss = 0;
+  for (let i = 0; i < dim; i++) ss += src[from + i] * src[from + i];
+  const inv = extra / math.sqrt(ss + 1e-6);
+  for (let i = 0; i < dim; i++) into[i] = src[from + i] * inv;
+}
+
+/** The gated delta rule over each window: the core output [N, Hv·dv] before the gated norm. */
+function recurrence(
+  spec: DeltaNetSpec,
+  conv: Float32Array,
+  beta: Float64Array,
+  decay: Float64Array,
+  windows: number,
+  T: number,
+  C: number,
+) {
+  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
+  const r = Hv / Hk;
+  const out = new Float32Array(windows * T * Hv * dv);
+  const S = new Float64Array(dk * dv);
+  const q = new Float64Array(dk);
+  const k = new Float64Array(dk);
+  const delta = new Float64Array(dv);
+  for (let w = 0; w < windows; w++) {
+    for (let h = 0; h < Hv; h++) {
+      const g = math.floor(h / r);
+      S.fill(0);
+      for (let t = 0; t < T; t++) {
+        const n = w * T + t;
+        l2(conv, n * C + g * dk, dk, 1 / math.sqrt(dk), q);
+        l2(conv, n * C + Hk * dk + g * dk, dk, 1, k);
+        const vo = n * C + 2 * Hk * dk + h * dv;
+        const e = math.exp(decay[n * Hv + h]);
+        const bt = beta[n * Hv + h];
+        for (let i = 0; i < dk * dv; i++) S[i] *= e;
+        for (let j = 0; j < dv; j++) {
+          let m = 0;
+          for (let i = 0; i < dk; i++) m += S[i * dv + j] * k[i];
+          delta[j] = (conv[vo + j] - m) * bt;
+        }
+        for (let i = 0; i < dk; i++) for (let j = 0; j < dv; j++) S[i * dv + j] += k[i] * delta[j];
+        const o = (n * Hv + h) * dv;
+        for (let j = 0; j < dv; j++) {
+          let s = 0;
+          for (let i = 0; i < dk; i++) s += S[i * dv + j] * q[i];
+          out[o + j] = s;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+export async function gatedDeltaNet(
+  lin: Linear,
+  x: Float32Array,
+  hidden: number,
+  windows: number,
+  T: number,
+  spec: DeltaNetSpec,
+  w: Weights,
+): Promise<Float32Array> {
+  const N = windows * T;
+  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
+  const qkvz = await lin('in_proj_qkvz', x, N, hidden, 2 * Hk * dk + 2 * Hv * dv);
+  const ba = await lin('in_proj_ba', x, N, hidden, 2 * Hv);
+  const { mixed, z, b, a, C } = unpack(spec, qkvz, ba, N);
+  const conv = causalConv(mixed, need(w, 'conv1d.weight'), windows, T, C, spec.convKernel);
+  const aLog = need(w, 'A_log');
+  const dtBias = need(w, 'dt_bias');
+  const beta = new Float64Array(N * Hv);
+  const decay = new Float64Array(N * Hv);
+  for (let n = 0; n < N; n++) {
+    for (let h = 0; h < Hv; h++) {
+      const i = n * Hv + h;
+      beta[i] = 1 / (1 + math.exp(-b[i]));
+      decay[i] = -math.exp(aLog[h]) * softplus(math.fround(a[i] + dtBias[h]));
+    }
+  }
+  const core = recurrence(spec, conv, beta, decay, windows, T, C);
+  const norm = need(w, 'norm.weight');
+  for (let row = 0; row < N * Hv; row++) {
+    const o = row * dv;
+    let ss = 0;
+    for (let j = 0; j < dv; j++) ss += core[o + j] * core[o + j];
+    const inv = 1 / math.sqrt(ss / dv + spec.eps);
+    for (let j = 0; j < dv; j++) core[o + j] = math.fround(core[o + j] * inv) * norm[j] * silu(z[o + j]);
+  }
+  return lin('out_proj', core, N, Hv * dv, hidden);
+}
