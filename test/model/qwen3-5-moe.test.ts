@@ -11,6 +11,9 @@ import { RefBackend } from '../../src/backend/ref';
 import { CalibrationStats } from '../../src/calib/stats';
 import { calibrate } from '../../src/commands/calibrate';
 import { formatInspect, inspect } from '../../src/commands/inspect';
+import { merge } from '../../src/commands/merge';
+import { quantize } from '../../src/commands/quantize';
+import { mergeMethodNames } from '../../src/merge/methods';
 import { prune } from '../../src/commands/prune';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
@@ -155,4 +158,63 @@ describe('commands on the golden', () => {
     a.close();
     b.close();
   });
+});
+
+describe('qwen3_5_moe: the text model under text_config beside a vision tower', () => {
+  const NESTED = path.join(GOLDEN, 'qwen3_5_moe');
+  const work = tmpDir('moe-q35-nested-');
+  const stats = path.join(work, 'stats');
+  const stored = (dir: string) => rawHeader(path.join(dir, 'model.safetensors')).json as Record<string, unknown>;
+  const outer = JSON.parse(fs.readFileSync(path.join(NESTED, 'config.json'), 'utf8'));
+  beforeAll(async () => {
+    const data = path.join(work, 'ids.json');
+    const { ids, B, T } = golden;
+    fs.writeFileSync(
+      data,
+      JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))),
+    );
+    await calibrate({ model: NESTED, output: stats, data, seqLen: T, backend: 'ref' }, quiet);
+  });
+
+  test('is read as its text model: text_config, model.language_model.* shown as model.*, the tower kept aside', () => {
+    const ckpt = openCheckpoint(NESTED);
+    expect(outer.model_type).toBe('qwen3_5_moe');
+    expect(ckpt.config).toMatchObject({ model_type: 'qwen3_5_moe_text', num_experts: 8, hidden_size: 64 });
+    expect(ckpt.tensors.has('model.layers.0.linear_attn.in_proj_qkv.weight')).toBe(true);
+    expect([...ckpt.tensors.keys()].filter((n) => n.includes('language_model'))).toEqual([]);
+    const r = inspect({ model: NESTED });
+    const visual = Object.keys(stored(NESTED)).filter((n) => n.startsWith('model.visual.'));
+    expect(visual.length).toBeGreaterThan(0);
+    expect(r.extra_tensors).toBe(visual.length);
+    expect(r.params_total).toBe(info.params_total + (require(path.join(NESTED, 'golden.json')).params_total - 140432));
+  });
+
+  for (const cmd of ['prune', 'merge', 'quantize'] as const) {
+    test(`${cmd}: the tower and lm_head copied bit-exact under their names, only text_config's expert count rewritten`, async () => {
+      const out = path.join(work, cmd);
+      if (cmd === 'prune')
+        await prune({ model: NESTED, stats, ratio: 0.5, output: out, backend: 'ref', method: 'frequency' }, quiet);
+      else if (cmd === 'merge')
+        await merge(
+          { model: NESTED, stats, ratio: 0.5, output: out, backend: 'ref', method: mergeMethodNames()[0] },
+          quiet,
+        );
+      else await quantize({ model: NESTED, output: out, bits: 4, method: 'rtn', format: 'dequantized' }, quiet);
+      const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+      const experts = cmd === 'quantize' ? 8 : 4;
+      expect(config).toEqual({ ...outer, text_config: { ...outer.text_config, num_experts: experts } });
+      const names = Object.keys(stored(out)).filter((n) => n !== '__metadata__');
+      const before = Object.keys(stored(NESTED)).filter((n) => n !== '__metadata__');
+      const lm = (n: string) => n.startsWith('model.language_model.');
+      expect(names.filter((n) => !lm(n)).sort()).toEqual(before.filter((n) => !lm(n)).sort());
+      expect(names.filter(lm).length).toBe(before.filter(lm).length - (8 - experts) * 4 * 3);
+      const a = new TensorReader(openTensorFile(path.join(out, 'model.safetensors')));
+      const b = new TensorReader(openTensorFile(path.join(NESTED, 'model.safetensors')));
+      for (const n of [...before.filter((x) => x.startsWith('model.visual.')), 'lm_head.weight'])
+        expect(Buffer.from(a.bytes(n))).toEqual(Buffer.from(b.bytes(n)));
+      a.close();
+      b.close();
+      expect(loadArchitecture(openCheckpoint(out)).numExperts).toBe(experts);
+    });
+  }
 });
