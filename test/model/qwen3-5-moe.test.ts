@@ -98,6 +98,9 @@ describe('the qwen3_5_moe_text architecture', () => {
     for (const name of ['in_proj_qkv', 'in_proj_z', 'in_proj_b', 'in_proj_a'])
       expect(a.classify(`${p}.${name}.weight`)).toEqual({ kind: 'attn', layer: 0, name });
     expect(a.classify(`${p}.in_proj_qkvz.weight`)).toBeUndefined();
+    expect(() => a.ggufMapping(a.attentionSpec({}, 1e-6), {})).toThrow(
+      'GGUF output for qwen3_5_moe_text is not supported yet',
+    );
   });
 
   test('moe synth --arch qwen3_5_moe_text writes the tensors transformers saves, and the forward runs', async () => {
