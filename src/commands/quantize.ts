@@ -13,7 +13,14 @@ import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
-import { Checkpoint, nestedConfig, openCheckpoint, storedName, TensorReader } from '../io/checkpoint';
+import {
+  Checkpoint,
+  nestedConfig,
+  openCheckpoint,
+  storedName,
+  storedTensorMetadata,
+  TensorReader,
+} from '../io/checkpoint';
 import {
   checkFileDestination,
   checkNotInput,
@@ -434,7 +441,7 @@ async function writeTensors(
     : {
         maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
         metadata,
-        tensorMetadata: plan.tensorMetadata,
+        tensorMetadata: storedTensorMetadata(ckpt, plan.tensorMetadata),
         storedName: storedName(ckpt),
       };
   // A plain checkpoint of a model that stores its experts fused is written fused (transformers' layout); moe's

@@ -8,7 +8,7 @@ import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
 import { PackedParts, readExact, readHeader, SafetensorsHeader, SliceView, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
-import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
+import { dequantizePacked, logicalTensors, METADATA_PREFIX, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 import { decodeMxfp4, decodeMxfp4Transposed, foldMxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES } from './mxfp4';
@@ -91,6 +91,20 @@ export function storedName(ckpt: Checkpoint): ((name: string) => string) | undef
   const n = ckpt.nesting;
   if (!n) return undefined;
   return (name) => (name.startsWith('model.') && !n.beside.has(module(name)) ? n.prefix + name.slice(6) : name);
+}
+
+/** Per-tensor `__metadata__` entries (a packed weight's `moe.quant.<name>`) under the stored names. */
+export function storedTensorMetadata(
+  ckpt: Checkpoint,
+  metadata: Map<string, Record<string, string>>,
+): Map<string, Record<string, string>> {
+  const stored = storedName(ckpt);
+  if (!stored) return metadata;
+  const key = (k: string) =>
+    k.startsWith(METADATA_PREFIX) ? METADATA_PREFIX + stored(k.slice(METADATA_PREFIX.length)) : k;
+  return new Map(
+    [...metadata].map(([name, e]) => [name, Object.fromEntries(Object.entries(e).map(([k, v]) => [key(k), v]))]),
+  );
 }
 
 /** The config.json to write for `config` (a rewritten text config): nested back under text_config. */

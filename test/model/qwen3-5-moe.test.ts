@@ -220,4 +220,21 @@ describe('qwen3_5_moe: the text model under text_config beside a vision tower', 
       expect(loadArchitecture(openCheckpoint(out)).numExperts).toBe(experts);
     });
   }
+
+  test('quantize --format packed: the packed parts and their metadata under the stored names, re-opens', async () => {
+    const out = path.join(work, 'packed');
+    await quantize({ model: NESTED, output: out, bits: 4, method: 'rtn', format: 'packed' }, quiet);
+    const header = stored(out);
+    const w = 'model.language_model.layers.0.linear_attn.in_proj_qkv';
+    expect(Object.keys(header)).toContain(`${w}.qweight`);
+    expect(Object.keys(openTensorFile(path.join(out, 'model.safetensors')).metadata)).toContain(
+      `moe.quant.${w}.weight`,
+    );
+    const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect(config.quantization_config.quant_method).toBe('moe-packed');
+    expect(config.text_config.quantization_config).toBeUndefined();
+    const ckpt = openCheckpoint(out);
+    expect(ckpt.tensors.get('model.layers.0.linear_attn.in_proj_qkv.weight')?.packed?.info.bits).toBe(4);
+    expect(loadArchitecture(ckpt).numExperts).toBe(8);
+  });
 });
