@@ -3,7 +3,8 @@
  * scripts/make_golden.py --only qwen3_5_moe_text from Qwen3_5MoeForCausalLM's own save_pretrained: 3 Gated DeltaNet
  * layers with separate in_proj_qkv / in_proj_z / in_proj_b / in_proj_a, 1 gated full-attention layer, bf16): router
  * top-k on every token and layer, inspect, the split projections' layout, synth, calibration and prune.
- * forward-golden checks logits and loss on the reference backend.
+ * forward-golden checks logits and loss on the reference backend. fixtures/golden/qwen3_5_moe holds the same text
+ * model under text_config beside a vision tower: read as its text model, and prune / merge / quantize keep the tower.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -190,6 +191,26 @@ describe('qwen3_5_moe: the text model under text_config beside a vision tower', 
     expect(visual.length).toBeGreaterThan(0);
     expect(r.extra_tensors).toBe(visual.length);
     expect(r.params_total).toBe(info.params_total + (require(path.join(NESTED, 'golden.json')).params_total - 140432));
+  });
+
+  test("router top-k equals transformers' on every token of every layer (the language model alone on text)", async () => {
+    const r = new TensorReader(openTensorFile(path.join(NESTED, 'golden.safetensors')));
+    const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
+    const [B, T, V] = r.ref('logits').shape;
+    const [L, N, k] = r.ref('router_topk').shape;
+    const want = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
+    const wantLogits = r.f32('logits');
+    r.close();
+    const ckpt = openCheckpoint(NESTED);
+    const reader = new TensorReader(ckpt);
+    const { sink, logits } = fullLogits(B * T, V);
+    const got: Int32Array[] = [];
+    const observer = { router: (l: number, x: { experts: Int32Array }) => (got[l] = x.experts.slice()) };
+    await new ForwardPass(reader, loadArchitecture(ckpt), new RefBackend()).run(ids, B, T, sink, observer);
+    reader.close();
+    expect(maxDiff(logits, wantLogits)).toBeLessThanOrEqual(1e-3);
+    for (let l = 0; l < L; l++)
+      expect(Array.from(got[l])).toEqual(Array.from(want.subarray(l * N * k, (l + 1) * N * k)));
   });
 
   for (const cmd of ['prune', 'merge', 'quantize'] as const) {
