@@ -7,7 +7,8 @@ and writes fixtures/reference/compressed-ppl.json. test/reference/compressed.tes
 compares moe eval's perplexity with these numbers.
 
 The second part does the same for every checkpoint in fixtures/golden (saved by transformers 5.18 itself: mixtral,
-qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, gpt_oss, qwen3_next, plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a
+qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, gpt_oss, qwen3_next, qwen3_5_moe_text, qwen3_5_moe (loaded as
+Qwen3_5MoeForConditionalGeneration, its vision tower included), plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a
 pruned (REAP), a merged (M-SMoE) and a 4-bit GPTQ dequantized output of each, loaded strictly (no missing, unexpected
 or mismatched tensor), with eager attention. These random models have no tokenizer, so calibration and evaluation
 use pre-tokenized windows (fixtures/reference/golden-data/{calib,eval}.json: 16 windows of 32 seeded random ids,
@@ -127,6 +128,7 @@ def golden_data():
 def golden_cases(config):
     """Per checkpoint: experts kept by prune and merge. Keep ≥ top-k, and (DeepSeek) a multiple of n_group that
     leaves topk_group groups holding at least top-k experts."""
+    config = config.get("text_config", config)  # a nested language model (qwen3_5_moe): its text config
     e = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
     prune_keep = e - 1 if e <= 4 else e - 2
     merge_keep = e - 1 if e <= 4 else e // 2
@@ -162,7 +164,11 @@ def strict_load(model_dir):
         from transformers import Mxfp4Config
 
         extra["quantization_config"] = Mxfp4Config(dequantize=True)
-    model, info = AutoModelForCausalLM.from_pretrained(
+    cls = AutoModelForCausalLM
+    if json.load(open(os.path.join(model_dir, "config.json")))["model_type"] == "qwen3_5_moe":
+        # the text model beside its vision tower: the whole model, so the tower's tensors are checked too
+        cls = transformers.Qwen3_5MoeForConditionalGeneration
+    model, info = cls.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **extra
     )
     model = model.float()
@@ -201,7 +207,9 @@ def golden(only=None):
                 moe(args[0], model, "--stats", stats, *args[1:], "-o", out)
                 cases[case] = {"args": args, **window_perplexity(out, windows)}
                 print(name, case, cases[case]["perplexity"], file=sys.stderr)
-            result["models"][name] = {"model_type": config["model_type"], "cases": cases}
+            # the model_type moe works on (a nested language model's: its text_config's)
+            model_type = config.get("text_config", config)["model_type"]
+            result["models"][name] = {"model_type": model_type, "cases": cases}
     result["models"] = {n: result["models"][n] for n in [c["case"] for c in json.load(open(os.path.join(GOLDEN, "index.json")))["cases"]] if n in result["models"]}
     with open(GOLDEN_OUT, "w") as f:
         json.dump(result, f, indent=2)

@@ -803,6 +803,157 @@ EXTRA_CASES[QWEN3_NEXT_CASE] = make_qwen3_next
 
 
 # --------------------------------------------------------------------------------------
+# qwen3_5_moe_text (issue 19): Qwen3.5-MoE's text model. Against qwen3_next: separate in_proj_qkv (flat
+# [q of every key head | k | v]) / in_proj_z / in_proj_b / in_proj_a instead of the per-head fused in_proj_qkvz /
+# in_proj_ba, MoE on every layer (router always renormalised), mrope (identical on text positions)
+QWEN3_5_MOE_TEXT_CASE = "qwen3_5_moe_text"
+QWEN3_5_MOE_TEXT = {
+    k: v
+    for k, v in QWEN3_NEXT.items()
+    if k not in ("intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers")
+}
+QWEN3_5_MOE_TEXT["rope_parameters"] = {
+    "rope_type": "default",
+    "rope_theta": 10000.0,
+    "partial_rotary_factor": 0.25,
+    "mrope_section": [1, 1, 0],
+    "mrope_interleaved": True,
+}
+
+
+# the nested case: Qwen3_5MoeForConditionalGeneration, the same text model under text_config beside a 1-block
+# vision tower (never run on text input; its tensors model.visual.* are kept as they are)
+QWEN3_5_MOE_CASE = "qwen3_5_moe"
+QWEN3_5_MOE_VISION = dict(
+    depth=1,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=4,
+    num_position_embeddings=16,
+    temporal_patch_size=2,
+    spatial_merge_size=2,
+)
+
+
+@torch.no_grad()
+def make_qwen3_5_moe_text(nested: bool = False) -> dict:
+    from transformers import (
+        Qwen3_5MoeConfig,
+        Qwen3_5MoeForCausalLM,
+        Qwen3_5MoeForConditionalGeneration,
+        Qwen3_5MoeTextConfig,
+    )
+
+    case = QWEN3_5_MOE_CASE if nested else QWEN3_5_MOE_TEXT_CASE
+    d = OUT / case
+    if nested:
+        cls = Qwen3_5MoeForConditionalGeneration
+        top = Qwen3_5MoeConfig(
+            text_config=dict(QWEN3_5_MOE_TEXT),
+            vision_config=QWEN3_5_MOE_VISION,
+            image_token_id=VOCAB - 4,
+            video_token_id=VOCAB - 3,
+            vision_start_token_id=VOCAB - 2,
+            vision_end_token_id=VOCAB - 1,
+        )
+        cfg = top.text_config
+    else:
+        cls = Qwen3_5MoeForCausalLM
+        top = cfg = Qwen3_5MoeTextConfig(**QWEN3_5_MOE_TEXT)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = (19700 if nested else 19500) + attempt
+        torch.manual_seed(seed)
+        model = cls(top).eval()
+        reinit(model, seed, QWEN3_NEXT_STD)
+        g = torch.Generator().manual_seed(seed + 777)
+        for name, t in model.named_parameters():
+            # (1 + weight) norms zero-centred; the gated norm applies weight itself
+            if name.endswith("norm.weight") and "linear_attn.norm" not in name:
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        out = hf(input_ids=ids, use_cache=False, output_router_logits=True)
+        logits = out.logits.float()
+        k = cfg.num_experts_per_tok
+        margin = min(topk_margin(r.reshape(ids.numel(), -1), k) for r in out.router_logits)
+        print(f"[{case}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("qwen3_5_moe_text: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    topk = torch.stack([r.reshape(ids.numel(), -1).topk(k, -1).indices for r in out.router_logits])
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous(), "router_topk": topk.to(torch.int64).contiguous()},
+        str(d / "golden.safetensors"),
+        metadata={
+            "golden": json.dumps({"case": case, "transformers_version": transformers.__version__})
+        },
+    )
+    top_json = json.loads((d / "config.json").read_text())
+    cfg_json = top_json.get("text_config", top_json)
+    tensors, dtypes = load_saved_tensors(d)
+    moe_layers = list(range(cfg_json["num_hidden_layers"]))
+    info = {
+        "case": case,
+        "model_type": top_json["model_type"],
+        "architecture": top_json["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seed": seed,
+        "loss": ce_loss(logits, ids),
+        "hf_loss": hf_loss,
+        "dtype": "bfloat16",
+        "stored_dtypes": sorted(set(dtypes.values())),
+        "params_total": sum(t.numel() for t in tensors.values()),
+        "num_layers": cfg_json["num_hidden_layers"],
+        "moe_layers": moe_layers,
+        "dense_layers": [],
+        "experts_per_layer": {str(L): cfg_json["num_experts"] for L in moe_layers},
+        "top_k": k,
+        "vocab_size": cfg_json["vocab_size"],
+        "input_shape": [BATCH, SEQ],
+        "weight_files": sorted(p.name for p in d.glob("model*.safetensors")),
+        "files": sorted([p.name for p in d.iterdir()] + ["golden.json"]),
+        "num_tensors": len(tensors),
+        "logits_stats": {
+            "min": float(logits.min()),
+            "max": float(logits.max()),
+            "std": float(logits.std()),
+            "mean_row_range": float((logits.max(-1).values - logits.min(-1).values).mean()),
+        },
+        "checks": {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin},
+        "notes": (["Qwen3_5MoeForConditionalGeneration: the text model below under text_config (tensors "
+                   "model.language_model.*, lm_head.weight at the top) beside a 1-block vision tower (model.visual.*, "
+                   "not run on text input)."] if nested else []) + [
+            "Qwen3_5MoeForCausalLM (text only), 4 layers linear/linear/linear/full, sizes as the qwen3_next case.",
+            "Linear layers: separate in_proj_qkv ([q of every key head | k | v], the conv1d channel order), "
+            "in_proj_z, in_proj_b, in_proj_a; the rest of the Gated DeltaNet as qwen3_next.",
+            "Full layer as qwen3_next (output gate, per-head q/k (1 + weight) RMSNorm, partial rotary 0.25); "
+            "mrope_section [1, 1, 0] interleaved: text positions are equal on every axis, so plain rotary.",
+            "MoE on every layer: softmax top-2 of 8 always renormalised, shared expert times "
+            "sigmoid(shared_expert_gate); router std 1.0; router_topk [layers, tokens, 2] from router_logits.",
+            "Saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, dtype=torch.float32).",
+        ],
+    }
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[QWEN3_5_MOE_TEXT_CASE] = make_qwen3_5_moe_text
+EXTRA_CASES[QWEN3_5_MOE_CASE] = lambda: make_qwen3_5_moe_text(nested=True)
+
+
+# --------------------------------------------------------------------------------------
 # Weight initialisation
 # --------------------------------------------------------------------------------------
 
@@ -1750,9 +1901,10 @@ def main() -> None:
         )
     total = dir_size(OUT)
     print(f"total fixtures/golden: {total} bytes ({total / 1e6:.2f} MB)")
-    # 3 MB until the 2026 cases (gpt_oss, FP8, MXFP4) of a few hundred KB each; 4.5 MB with qwen3_next
-    if total > 4_500_000:
-        raise SystemExit("fixtures/golden exceeds 4.5 MB")
+    # 3 MB until the 2026 cases (gpt_oss, FP8, MXFP4) of a few hundred KB each; 4.5 MB with qwen3_next;
+    # 5.5 MB with qwen3_5_moe_text and qwen3_5_moe
+    if total > 5_500_000:
+        raise SystemExit("fixtures/golden exceeds 5.5 MB")
 
 
 if __name__ == "__main__":

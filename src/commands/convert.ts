@@ -2,7 +2,7 @@
 import * as path from 'node:path';
 import { UsageError } from '../errors';
 import { CAST_CHOICES, CAST_TARGETS, DType, fromFloat32, isFloatDType, toFloat32, TORCH_NAMES } from '../io/dtype';
-import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { nestedConfig, openCheckpoint, storedName, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
@@ -94,7 +94,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     return report;
   }
   await withOutput(opts.output, { force: opts.force, command: 'convert', verify: verifyWritten }, (out) => {
-    const options = { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } };
+    const options = { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' }, storedName: storedName(ckpt) };
     const writer = arch.fusedExperts
       ? new FusingWriter(out.tmp, arch, plan, options)
       : new ShardedWriter(out.tmp, plan, options);
@@ -120,7 +120,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     }
     // A packed, FP8 or MXFP4 model is read dequantized, so its output is a plain checkpoint.
     const config = withoutFp8Config(withoutMxfp4Config(withoutPackedConfig(ckpt.config)));
-    writeConfig(out, cast ? withDType(config, cast) : config, ckpt.dir);
+    writeConfig(out, nestedConfig(ckpt, cast ? withDType(config, cast) : config), ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
   });
   report.size_bytes = weightBytes(opts.output);

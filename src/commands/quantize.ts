@@ -13,7 +13,14 @@ import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { CheckpointError, UsageError } from '../errors';
-import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
+import {
+  Checkpoint,
+  nestedConfig,
+  openCheckpoint,
+  storedName,
+  storedTensorMetadata,
+  TensorReader,
+} from '../io/checkpoint';
 import {
   checkFileDestination,
   checkNotInput,
@@ -431,7 +438,12 @@ async function writeTensors(
         metadata,
         tensorMetadata: plan.tensorMetadata,
       }
-    : { maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES, metadata, tensorMetadata: plan.tensorMetadata };
+    : {
+        maxShardBytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
+        metadata,
+        tensorMetadata: storedTensorMetadata(ckpt, plan.tensorMetadata),
+        storedName: storedName(ckpt),
+      };
   // A plain checkpoint of a model that stores its experts fused is written fused (transformers' layout); moe's
   // packed format and --layers parts keep one tensor per expert.
   const fuse = x.arch.fusedExperts && plan.format === 'dequantized' && !o.layers;
@@ -494,7 +506,7 @@ function writeRecords(
   const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
-  writeConfig(out, config, ckpt.dir);
+  writeConfig(out, nestedConfig(ckpt, config), ckpt.dir);
   out.copyAuxFiles(ckpt.dir);
   const prior = path.join(ckpt.dir, COMPRESSION_FILE);
   // keeps eval's expert map after prune or merge

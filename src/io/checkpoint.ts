@@ -8,7 +8,7 @@ import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
 import { PackedParts, readExact, readHeader, SafetensorsHeader, SliceView, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
-import { dequantizePacked, logicalTensors, withoutPackedKeys } from './packed';
+import { dequantizePacked, logicalTensors, METADATA_PREFIX, withoutPackedKeys } from './packed';
 import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 import { decodeMxfp4, decodeMxfp4Transposed, foldMxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES } from './mxfp4';
@@ -37,6 +37,85 @@ export interface Checkpoint {
   stored?: Map<string, TensorRef>;
   /** Bytes of files read so far (headers, config, tensors): lets tests prove that planning reads no data. */
   bytesRead: { value: number };
+  /** Set when the language model is nested beside other towers (see `unnest`). */
+  nesting?: Nesting;
+}
+
+/**
+ * A multimodal checkpoint (Qwen3.5-MoE with its vision tower) keeps its language model's config under
+ * `text_config` and its tensors under `model.language_model.` (lm_head.weight stays at the top). moe shows it as a
+ * plain text model: `config` is the text config, those tensors are named `model.…`; every other tensor
+ * (`model.visual.…`) keeps its name, is outside any schema and is copied as it is. Outputs store the names and the
+ * config back (`storedName`, `nestedConfig`), with only the text config rewritten.
+ */
+export interface Nesting {
+  /** config.json as stored. */
+  outer: Config;
+  /** The stored prefix of the language model's tensors, shown as `model.`. */
+  prefix: string;
+  /** The modules stored under `model.` beside the language model (`visual`): their names are kept. */
+  beside: Set<string>;
+}
+
+const TEXT_PREFIX = 'model.language_model.';
+
+/** `visual` of `model.visual.blocks.0…`. */
+function module(name: string): string {
+  return name.split('.')[1] ?? '';
+}
+
+function unnest(config: Config, tensors: Map<string, TensorRef>, file: string) {
+  const text = config.text_config;
+  if (typeof text !== 'object' || text === null || Array.isArray(text)) return { config, tensors };
+  if (![...tensors.keys()].some((n) => n.startsWith(TEXT_PREFIX))) return { config, tensors };
+  const flat: Config = { ...(text as Config) };
+  if (config.quantization_config !== undefined) flat.quantization_config = config.quantization_config;
+  const shown = new Map<string, TensorRef>();
+  for (const [name, t] of tensors) {
+    const as = name.startsWith(TEXT_PREFIX) ? `model.${name.slice(TEXT_PREFIX.length)}` : name;
+    if (shown.has(as))
+      throw new CheckpointError(`tensor "${name}" is stored both inside and outside ${TEXT_PREFIX}`, {
+        file,
+        hint: 'the checkpoint mixes two layouts; re-save it with transformers',
+      });
+    shown.set(as, as === name ? t : { ...t, name: as });
+  }
+  const beside = new Set(
+    [...tensors.keys()].filter((n) => n.startsWith('model.') && !n.startsWith(TEXT_PREFIX)).map(module),
+  );
+  return { config: flat, tensors: shown, nesting: { outer: config, prefix: TEXT_PREFIX, beside } };
+}
+
+/** The stored name of a tensor of `ckpt` (undefined for a plain checkpoint: names are stored as shown). */
+export function storedName(ckpt: Checkpoint): ((name: string) => string) | undefined {
+  const n = ckpt.nesting;
+  if (!n) return undefined;
+  return (name) => (name.startsWith('model.') && !n.beside.has(module(name)) ? n.prefix + name.slice(6) : name);
+}
+
+/** Per-tensor `__metadata__` entries (a packed weight's `moe.quant.<name>`) under the stored names. */
+export function storedTensorMetadata(
+  ckpt: Checkpoint,
+  metadata: Map<string, Record<string, string>>,
+): Map<string, Record<string, string>> {
+  const stored = storedName(ckpt);
+  if (!stored) return metadata;
+  const key = (k: string) =>
+    k.startsWith(METADATA_PREFIX) ? METADATA_PREFIX + stored(k.slice(METADATA_PREFIX.length)) : k;
+  return new Map(
+    [...metadata].map(([name, e]) => [name, Object.fromEntries(Object.entries(e).map(([k, v]) => [key(k), v]))]),
+  );
+}
+
+/** The config.json to write for `config` (a rewritten text config): nested back under text_config. */
+export function nestedConfig(ckpt: Checkpoint, config: Config): Config {
+  const n = ckpt.nesting;
+  if (!n) return config;
+  const { quantization_config: q, ...text } = config;
+  const outer: Config = { ...n.outer, text_config: text };
+  delete outer.quantization_config;
+  if (q !== undefined) outer.quantization_config = q;
+  return outer;
 }
 
 export function readConfig(dir: string): Config {
@@ -178,10 +257,12 @@ export function openCheckpoint(dir: string): Checkpoint {
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
   const logical = foldMxfp4(config, foldFp8(logicalTensors(headers, tensors), fp8), path.join(abs, 'config.json'));
   checkTensorsNotQuantized(logical);
+  const text = unnest(config, logical, path.join(abs, 'config.json'));
   return {
     dir: abs,
-    config,
-    tensors: logical,
+    config: text.config,
+    tensors: text.tensors,
+    nesting: text.nesting,
     shards,
     metadata: withoutPackedKeys(headers[0]?.metadata ?? {}),
     indexed: !!weightMap,

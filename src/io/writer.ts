@@ -28,6 +28,8 @@ export interface WriterOptions {
   tensorMetadata?: Map<string, Record<string, string>>;
   /** File name when everything fits in one shard (default model.safetensors). */
   singleFileName?: string;
+  /** The name stored in the headers and the index for a tensor's name (a nested language model's prefix). */
+  storedName?: (name: string) => string;
 }
 
 interface Shard {
@@ -102,6 +104,7 @@ export class ShardedWriter implements TensorSink {
   private next = 0;
   private fd: number | undefined;
   private fdShard = -1;
+  private readonly storedName: (name: string) => string;
 
   constructor(
     private readonly dir: string,
@@ -120,11 +123,16 @@ export class ShardedWriter implements TensorSink {
         const extra = opts.tensorMetadata?.get(t.name);
         if (extra) metadata = { ...metadata, ...extra };
       }
-      const { header, dataBytes } = encodeHeader(tensors, metadata);
+      const stored = opts.storedName;
+      const { header, dataBytes } = encodeHeader(
+        stored ? tensors.map((t) => ({ ...t, name: stored(t.name) })) : tensors,
+        metadata,
+      );
       const name = groups.length === 1 && opts.singleFileName ? opts.singleFileName : shardName(i, groups.length);
       return { file: path.join(dir, name), tensors, header, dataBytes };
     });
     this.shards.forEach((s, i) => s.tensors.forEach((tensor) => this.order.push({ shard: i, tensor })));
+    this.storedName = opts.storedName ?? ((n) => n);
   }
 
   /** The tensor the writer expects next, or undefined when all are written. */
@@ -212,7 +220,8 @@ export class ShardedWriter implements TensorSink {
     const totalSize = this.shards.reduce((s, x) => s + x.dataBytes, 0);
     if (this.shards.length > 1) {
       const map: [string, string][] = [];
-      for (const s of this.shards) for (const t of s.tensors) map.push([t.name, path.basename(s.file)]);
+      for (const s of this.shards)
+        for (const t of s.tensors) map.push([this.storedName(t.name), path.basename(s.file)]);
       fs.writeFileSync(path.join(this.dir, INDEX_FILE), indexJson(map, totalSize));
     }
     this.state = 'finished';

@@ -103,9 +103,9 @@ export class Qwen3Next extends Qwen2Moe {
     return { ...this.gqaSpec(this.headDim(), 'head', eps), outputGate: true };
   }
 
-  /** llama.cpp's qwen3next export is not written yet. */
+  /** llama.cpp's qwen3next (and qwen35moe) export is not written yet. */
   override ggufMapping(): GgufMapping {
-    throw new CheckpointError('GGUF output for qwen3_next is not supported yet', {
+    throw new CheckpointError(`GGUF output for ${this.modelType} is not supported yet`, {
       file: this.dir,
       hint: 'write safetensors (the default output)',
     });

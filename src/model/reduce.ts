@@ -6,7 +6,7 @@
  * and block scales, and a computed one whose source is FP8 is re-encoded in the same blocks.
  */
 import type { Checkpoint } from '../io/checkpoint';
-import { TensorReader } from '../io/checkpoint';
+import { nestedConfig, storedName, TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
 import { encodeFp8, fp8Bytes, scaleName } from '../io/fp8';
 import { OutputFolder, withOutput } from '../io/output';
@@ -213,7 +213,11 @@ export async function writeReduced(
       ckpt,
     );
     const planned: PlannedTensor[] = items.map(({ name, dtype, shape }) => ({ name, dtype, shape }));
-    const writer = new ShardedWriter(out.tmp, planned, { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' } });
+    const writer = new ShardedWriter(out.tmp, planned, {
+      maxShardBytes,
+      metadata: { ...ckpt.metadata, format: 'pt' },
+      storedName: storedName(ckpt),
+    });
     const bar = progress?.(planned.reduce((s, t) => s + tensorBytes(t), 0));
     let bytes = 0;
     const counted = (p: Uint8Array) => {
@@ -241,7 +245,7 @@ export async function writeReduced(
     }
     writer.finish();
     bar?.done();
-    writeConfig(out, arch.rewriteConfig(keep), ckpt.dir);
+    writeConfig(out, nestedConfig(ckpt, arch.rewriteConfig(keep)), ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
     return { tensors: items.length, bytes };
   } finally {

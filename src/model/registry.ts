@@ -14,6 +14,7 @@ import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
 import { qwen2Moe } from './qwen2-moe';
 import { qwen3Moe } from './qwen3-moe';
+import { qwen3_5MoeText } from './qwen3-5-moe';
 import { qwen3Next } from './qwen3-next';
 import { Registry } from '../util/registry';
 
@@ -27,6 +28,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   deepseekV3,
   gptOss,
   qwen3Next,
+  qwen3_5MoeText,
 ];
 
 export class ArchitectureRegistry {

@@ -12,6 +12,7 @@ function independent(dir: string) {
     ? [...new Set(Object.values(JSON.parse(fs.readFileSync(index, 'utf8')).weight_map) as string[])]
     : ['model.safetensors'];
   let params = 0;
+  let visual = 0;
   const experts = new Map<number, Set<number>>();
   for (const s of shards) {
     for (const [name, t] of Object.entries(rawHeader(path.join(dir, s)).json)) {
@@ -20,7 +21,9 @@ function independent(dir: string) {
       if (name.endsWith('.weight_scale_inv')) continue; // an FP8 weight's block scales: bytes, not parameters
       const perElement = /_blocks$/.test(name) && config.quantization_config?.quant_method === 'mxfp4' ? 2 : 1;
       params += perElement * t.shape.reduce((a, b) => a * b, 1);
-      const m = /^model\.layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\./.exec(name);
+      if (name.startsWith('model.visual.')) visual++; // a vision tower beside the language model (qwen3_5_moe)
+      // a nested language model (qwen3_5_moe) stores its layers under model.language_model.
+      const m = /^model\.(?:language_model\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\./.exec(name);
       if (m) {
         if (!experts.has(Number(m[1]))) experts.set(Number(m[1]), new Set());
         experts.get(Number(m[1]))!.add(Number(m[2]));
@@ -35,7 +38,8 @@ function independent(dir: string) {
     params_total: params,
     moe_layers: layers,
     experts_per_layer: layers.map((l) => experts.get(l)!.size),
-    top_k: config.num_experts_per_tok,
+    top_k: (config.text_config ?? config).num_experts_per_tok,
+    extra_tensors: visual,
   };
 }
 
@@ -51,7 +55,10 @@ const GOLDEN_CASES = fs.existsSync(GOLDEN)
 describe('moe inspect on transformers-saved checkpoints', () => {
   test('the golden fixtures cover every supported model_type', () => {
     const types = new Set(
-      GOLDEN_CASES.map((c) => JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8')).model_type),
+      GOLDEN_CASES.map((c) => {
+        const config = JSON.parse(fs.readFileSync(path.join(GOLDEN, c, 'config.json'), 'utf8'));
+        return (config.text_config ?? config).model_type; // a nested language model's own (qwen3_5_moe)
+      }),
     );
     expect([...types].sort()).toEqual(Object.keys(PRESETS).sort());
   });
@@ -67,6 +74,7 @@ describe('moe inspect on transformers-saved checkpoints', () => {
       moe_layers: report.moe_layers,
       experts_per_layer: report.experts_per_layer,
       top_k: report.top_k,
+      extra_tensors: report.extra_tensors,
     }).toEqual(want);
     // And against what the Python script recorded from transformers' own model object.
     const golden = JSON.parse(fs.readFileSync(path.join(dir, 'golden.json'), 'utf8'));
@@ -74,7 +82,7 @@ describe('moe inspect on transformers-saved checkpoints', () => {
     expect(report.moe_layers).toEqual(golden.moe_layers);
     expect(report.experts_per_layer).toEqual(golden.moe_layers.map((l: number) => golden.experts_per_layer[String(l)]));
     expect(report.top_k).toBe(golden.top_k);
-    expect(report.extra_tensors).toBe(0);
+    expect(report.extra_tensors).toBe(want.extra_tensors); // 0 but for a vision tower
   });
 });
 

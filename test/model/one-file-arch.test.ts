@@ -111,6 +111,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'deepseek_v3',
       'gpt_oss',
       'qwen3_next',
+      'qwen3_5_moe_text',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');

@@ -4,6 +4,8 @@
  *
  * - in_proj_qkvz [N, Hk·(2dk + 2r·dv)], r = Hv / Hk: per key head g, [q (dk) | k (dk) | v (r·dv) | z (r·dv)];
  *   in_proj_ba [N, Hk·2r]: per key head, [b (r) | a (r)]; value head g·r + j belongs to key head g.
+ * - Qwen3.5-MoE stores them apart (`split`): in_proj_qkv [N, C] already in the conv's channel order, in_proj_z
+ *   [N, Hv·dv], in_proj_b and in_proj_a [N, Hv] each in value-head order.
  * - conv1d: causal depthwise over the channels [q of every head | k | v] (weight [C, 1, K], zero history), then
  *   silu.
  * - q and k l2-normed per head (x · rsqrt(Σx² + 1e-6)), q also × dk^−½; beta = σ(b); g = −exp(A_log) ·
@@ -28,6 +30,8 @@ export interface DeltaNetSpec {
   valueDim: number;
   convKernel: number;
   eps: number;
+  /** Separate in_proj_qkv / in_proj_z / in_proj_b / in_proj_a (Qwen3.5-MoE) instead of in_proj_qkvz / in_proj_ba. */
+  split?: boolean;
 }
 
 function need(w: Weights, name: string): Float32Array {
@@ -67,6 +71,17 @@ function unpack(spec: DeltaNetSpec, qkvz: Float32Array, ba: Float32Array, N: num
       }
     }
   }
+  return { mixed, z, b, a, C };
+}
+
+/** The same from the four separate projections (Qwen3.5-MoE): nothing to reorder. */
+async function project(lin: Linear, x: Float32Array, hidden: number, N: number, spec: DeltaNetSpec) {
+  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
+  const C = 2 * Hk * dk + Hv * dv;
+  const mixed = await lin('in_proj_qkv', x, N, hidden, C);
+  const z = await lin('in_proj_z', x, N, hidden, Hv * dv);
+  const b = await lin('in_proj_b', x, N, hidden, Hv);
+  const a = await lin('in_proj_a', x, N, hidden, Hv);
   return { mixed, z, b, a, C };
 }
 
@@ -155,9 +170,14 @@ export async function gatedDeltaNet(
 ): Promise<Float32Array> {
   const N = windows * T;
   const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
-  const qkvz = await lin('in_proj_qkvz', x, N, hidden, 2 * Hk * dk + 2 * Hv * dv);
-  const ba = await lin('in_proj_ba', x, N, hidden, 2 * Hv);
-  const { mixed, z, b, a, C } = unpack(spec, qkvz, ba, N);
+  const { mixed, z, b, a, C } = spec.split
+    ? await project(lin, x, hidden, N, spec)
+    : unpack(
+        spec,
+        await lin('in_proj_qkvz', x, N, hidden, 2 * Hk * dk + 2 * Hv * dv),
+        await lin('in_proj_ba', x, N, hidden, 2 * Hv),
+        N,
+      );
   const conv = causalConv(mixed, need(w, 'conv1d.weight'), windows, T, C, spec.convKernel);
   const aLog = need(w, 'A_log');
   const dtBias = need(w, 'dt_bias');
