@@ -27,6 +27,7 @@
 import { CheckpointError, shown } from '../errors';
 import { DType, floatToBf16Bits, floatToHalfBits, TORCH_NAMES, toFloat32 } from './dtype';
 import type { Fp8Parts, TensorRef } from './safetensors';
+import { withoutQuantMethod } from './quant-config';
 
 export const FP8_QUANT_METHOD = 'fp8';
 /** The largest finite e4m3fn value. */
@@ -97,11 +98,7 @@ export function parseFp8Config(config: Record<string, unknown>, file: string): F
 
 /** A config without an fp8 quantization_config (for an output whose weights are all written floating). */
 export function withoutFp8Config(config: Record<string, unknown>): Record<string, unknown> {
-  const q = config.quantization_config as { quant_method?: unknown } | undefined;
-  if (q?.quant_method !== FP8_QUANT_METHOD) return config;
-  const out = { ...config };
-  delete out.quantization_config;
-  return out;
+  return withoutQuantMethod(config, FP8_QUANT_METHOD);
 }
 
 /**

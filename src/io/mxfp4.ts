@@ -18,6 +18,7 @@
  */
 import { CheckpointError } from '../errors';
 import type { TensorRef } from './safetensors';
+import { withoutQuantMethod } from './quant-config';
 
 export const MXFP4_METHOD = 'mxfp4';
 /** Values per block (one scale each) and bytes of codes per block. */
@@ -154,10 +155,7 @@ export function isMxfp4Config(config: Record<string, unknown>): boolean {
 
 /** A config without its MXFP4 quantization_config, for a checkpoint written with every MXFP4 tensor decoded. */
 export function withoutMxfp4Config(config: Record<string, unknown>): Record<string, unknown> {
-  if (!isMxfp4Config(config)) return config;
-  const out = { ...config };
-  delete out.quantization_config;
-  return out;
+  return withoutQuantMethod(config, MXFP4_METHOD);
 }
 
 const BLOCKS = /_blocks$/;

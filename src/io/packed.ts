@@ -20,6 +20,7 @@ import { DType, isDType } from './dtype';
 import type { PackedInfo, PackedParts, SafetensorsHeader, TensorRef } from './safetensors';
 import type { PlannedTensor } from './writer';
 import { mxfp4Bytes } from './mxfp4';
+import { withoutQuantMethod } from './quant-config';
 
 export const PACKED_FORMAT = 'moe-packed/1';
 export const QUANT_METHOD = 'moe-packed';
@@ -167,11 +168,7 @@ export function withoutPackedKeys(metadata: Record<string, string>): Record<stri
 
 /** A config without a moe-packed quantization_config (for a checkpoint written dequantized). */
 export function withoutPackedConfig(config: Record<string, unknown>): Record<string, unknown> {
-  const q = config.quantization_config as { quant_method?: unknown } | undefined;
-  if (q?.quant_method !== QUANT_METHOD) return config;
-  const out = { ...config };
-  delete out.quantization_config;
-  return out;
+  return withoutQuantMethod(config, QUANT_METHOD);
 }
 
 /** Bytes a tensor takes on disk: its packed parts when packed, its blocks and scales when MXFP4. */
