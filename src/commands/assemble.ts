@@ -9,14 +9,14 @@ import { CheckpointError, UsageError } from '../errors';
 import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, OutputFolder, withOutput } from '../io/output';
-import { PlannedTensor, ShardedWriter } from '../io/writer';
+import { PlannedTensor } from '../io/writer';
 import { tensorBytes } from '../io/safetensors';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { verifyWritten } from '../model/verify';
 import { METADATA_PREFIX, partNames } from '../io/packed';
 import { withoutFp8Config } from '../io/fp8';
 import { withoutMxfp4Config } from '../io/mxfp4';
-import { FusingWriter } from '../model/fused';
+import { plainWriter } from '../model/fused';
 import { architectureFor } from '../model/registry';
 import { quantizationConfig } from '../quant/format';
 import type { Context } from '../ui/progress';
@@ -139,10 +139,7 @@ function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
   };
   // Parts hold one tensor per expert; a dequantized model whose family stores its experts fused is written fused.
   const arch = architectureFor(first.config, first.model);
-  const writer =
-    arch.fusedExperts && first.options.format === 'dequantized'
-      ? new FusingWriter(out.tmp, arch, p.plan, options)
-      : new ShardedWriter(out.tmp, p.plan, options);
+  const writer = plainWriter(out.tmp, arch, p.plan, options, first.options.format !== 'dequantized');
   const bar = ctx.progress('assemble', p.plan.length, 'tensors');
   let bytes = 0;
   p.plan.forEach((t, k) => {

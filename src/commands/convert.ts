@@ -6,9 +6,9 @@ import { nestedConfig, openCheckpoint, storedName, TensorReader } from '../io/ch
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
-import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor, planShards } from '../io/writer';
 import { loadArchitecture } from '../model/registry';
-import { FusingWriter } from '../model/fused';
+import { plainWriter } from '../model/fused';
 import { verifyWritten } from '../model/verify';
 import { withoutPackedConfig } from '../io/packed';
 import { withoutMxfp4Config } from '../io/mxfp4';
@@ -95,9 +95,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
   }
   await withOutput(opts.output, { force: opts.force, command: 'convert', verify: verifyWritten }, (out) => {
     const options = { maxShardBytes, metadata: { ...ckpt.metadata, format: 'pt' }, storedName: storedName(ckpt) };
-    const writer = arch.fusedExperts
-      ? new FusingWriter(out.tmp, arch, plan, options)
-      : new ShardedWriter(out.tmp, plan, options);
+    const writer = plainWriter(out.tmp, arch, plan, options);
     const reader = new TensorReader(ckpt);
     const progress = ctx.progress('convert', bytesIn, 'bytes');
     try {

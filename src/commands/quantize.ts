@@ -35,7 +35,7 @@ import { withoutFp8Config } from '../io/fp8';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
-import { FusingWriter } from '../model/fused';
+import { plainWriter } from '../model/fused';
 import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
@@ -45,7 +45,7 @@ import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
 import { withoutMxfp4Config } from '../io/mxfp4';
-import { DEFAULT_MAX_SHARD_BYTES, ShardedWriter } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import type { GgufOptions, GgufReport } from './gguf';
@@ -446,10 +446,7 @@ async function writeTensors(
       };
   // A plain checkpoint of a model that stores its experts fused is written fused (transformers' layout); moe's
   // packed format and --layers parts keep one tensor per expert.
-  const fuse = x.arch.fusedExperts && plan.format === 'dequantized' && !o.layers;
-  const writer = fuse
-    ? new FusingWriter(out.tmp, x.arch, plan.tensors, writerOptions)
-    : new ShardedWriter(out.tmp, plan.tensors, writerOptions);
+  const writer = plainWriter(out.tmp, x.arch, plan.tensors, writerOptions, plan.format !== 'dequantized' || !!o.layers);
   const bar = x.ctx.progress(`quantize (${plan.method}, ${x.s.allocate})`, plan.quantizedParams, 'params');
   const costs = await writePlan({
     plan,

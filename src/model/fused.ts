@@ -451,3 +451,17 @@ function sliceShape(arch: Architecture, f: FusedTensor): number[] {
   const [H, I] = [arch.hidden, arch.expertWidth];
   return { gateUp: [H, 2 * I], gateUpBias: [2 * I], down: [I, H], downBias: [H] }[f.kind];
 }
+
+/**
+ * The writer of a plain checkpoint of `arch`: fused when the family stores its experts fused (transformers' layout)
+ * and `perExpert` is not asked (moe's packed format and --layers parts keep one tensor per expert).
+ */
+export function plainWriter(
+  dir: string,
+  arch: Architecture,
+  plan: PlannedTensor[],
+  opts: WriterOptions,
+  perExpert = false,
+): TensorSink {
+  return arch.fusedExperts && !perExpert ? new FusingWriter(dir, arch, plan, opts) : new ShardedWriter(dir, plan, opts);
+}
