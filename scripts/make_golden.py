@@ -954,6 +954,301 @@ EXTRA_CASES[QWEN3_5_MOE_CASE] = lambda: make_qwen3_5_moe_text(nested=True)
 
 
 # --------------------------------------------------------------------------------------
+# minimax_m2 (issue 20): MiniMax-M2 / M2.1, and minimax_m2-fp8 (the same weights stored block-scaled FP8)
+# --------------------------------------------------------------------------------------
+
+MINIMAX_M2_CASE = "minimax_m2"
+MINIMAX_M2_FP8_CASE = "minimax_m2-fp8"
+MINIMAX_M2 = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,  # heads x head_dim = 64 != hidden 32, as MiniMax-M2 (48 x 128 vs 3072)
+    intermediate_size=16,  # expert width
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    initializer_range=0.1,
+    tie_word_embeddings=False,
+    output_router_logits=False,
+    use_cache=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    rotary_dim=8,  # the released checkpoints' legacy key: transformers 5.18 reads it as partial_rotary_factor 0.5
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    # keys MiniMaxAI/MiniMax-M2's config.json carries that transformers' MiniMaxM2 does not use (kept as written)
+    qk_norm_type="per_layer",
+    use_qk_norm=True,
+    scoring_func="sigmoid",
+    use_routing_bias=True,
+    shared_intermediate_size=0,
+    use_mtp=True,
+    num_mtp_modules=3,
+    mtp_transformer_layers=1,
+    attn_type_list=[1, 1],
+)
+MINIMAX_M2_STD = {"mlp.gate.weight": 0.5}  # routers: sigmoid scores spread, not saturated
+# MiniMaxAI/MiniMax-M2's own FP8 settings, with a block that leaves partial edge blocks in every weight
+MINIMAX_M2_FP8_BLOCK = (24, 24)
+MINIMAX_M2_FP8_QC = {
+    "activation_scheme": "dynamic",
+    "fmt": "float8_e4m3fn",
+    "quant_method": "fp8",
+    "weight_block_size": list(MINIMAX_M2_FP8_BLOCK),
+    "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"],
+}
+
+
+def minimax_router(model, ids: torch.Tensor) -> tuple[dict[int, torch.Tensor], float]:
+    """transformers' MiniMaxM2TopKRouter on every token of every layer: the chosen experts ordered by their biased
+    score (sigmoid + e_score_correction_bias, highest first; torch.topk there is unsorted) [tokens, k], and the
+    smallest gap at the top-k boundary of the biased scores."""
+    got: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = []
+    for L, layer in enumerate(model.model.layers):
+
+        def hook(_m, inp, out, L=L):
+            got[L] = (out[0].detach().double(), out[2].detach(), inp[1].detach().double())
+
+        hooks.append(layer.mlp.gate.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    k = model.config.num_experts_per_tok
+    topk, margin = {}, float("inf")
+    for L, (logits, idx, bias) in sorted(got.items()):
+        score = logits.sigmoid() + bias  # [tokens, E]
+        ordered = score.topk(k, -1).indices
+        assert torch.equal(ordered.sort(-1).values, idx.sort(-1).values), f"layer {L}: top-k differs from the router"
+        topk[L] = ordered
+        margin = min(margin, topk_margin(score, k))
+    return topk, margin
+
+
+def minimax_info(case: str, d: Path, cfg_json: dict, ids, logits, hf_loss, seed, dtype, params, checks, notes) -> dict:
+    tensors, dtypes = load_saved_tensors(d)
+    layers = list(range(cfg_json["num_hidden_layers"]))
+    return {
+        "case": case,
+        "model_type": cfg_json["model_type"],
+        "architecture": cfg_json["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "seed": seed,
+        "loss": ce_loss(logits, ids),
+        "hf_loss": hf_loss,
+        "dtype": dtype,
+        "stored_dtypes": sorted(set(dtypes.values())),
+        "params_total": params,
+        "num_layers": cfg_json["num_hidden_layers"],
+        "moe_layers": layers,
+        "dense_layers": [],
+        "experts_per_layer": {str(L): cfg_json["num_local_experts"] for L in layers},
+        "top_k": cfg_json["num_experts_per_tok"],
+        "vocab_size": cfg_json["vocab_size"],
+        "input_shape": [BATCH, SEQ],
+        "weight_files": sorted(p.name for p in d.glob("model*.safetensors")),
+        "files": sorted([p.name for p in d.iterdir()] + ["golden.json"]),
+        "num_tensors": len(tensors),
+        "logits_stats": {
+            "min": float(logits.min()),
+            "max": float(logits.max()),
+            "std": float(logits.std()),
+            "mean_row_range": float((logits.max(-1).values - logits.min(-1).values).mean()),
+        },
+        "checks": checks,
+        "notes": notes,
+    }
+
+
+def save_minimax_golden(d: Path, case: str, ids, logits, topk: dict[int, torch.Tensor]) -> None:
+    save_file(
+        {
+            "input_ids": ids.contiguous(),
+            "logits": logits.contiguous(),
+            "router_topk": torch.stack([topk[L] for L in sorted(topk)]).to(torch.int64).contiguous(),
+        },
+        str(d / "golden.safetensors"),
+        metadata={"golden": json.dumps({"case": case, "transformers_version": transformers.__version__})},
+    )
+
+
+@torch.no_grad()
+def make_minimax_m2() -> dict:
+    from transformers import MiniMaxM2Config, MiniMaxM2ForCausalLM
+
+    d = OUT / MINIMAX_M2_CASE
+    cfg = MiniMaxM2Config(**MINIMAX_M2)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 20200 + attempt
+        torch.manual_seed(seed)
+        model = MiniMaxM2ForCausalLM(cfg).eval()
+        reinit(model, seed, MINIMAX_M2_STD)
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = MiniMaxM2ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        topk, margin = minimax_router(hf, ids)
+        print(f"[{MINIMAX_M2_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("minimax_m2: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = MiniMaxM2ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    # the selection bias matters: without it some tokens choose other experts
+    plain = 0
+    for L, layer in enumerate(hf.model.layers):
+        layer.mlp.e_score_correction_bias.zero_()
+    topk0, _ = minimax_router(hf, ids)
+    plain = sum(int((topk0[L].sort(-1).values != topk[L].sort(-1).values).any(-1).sum()) for L in topk)
+    save_minimax_golden(d, MINIMAX_M2_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    info = minimax_info(
+        MINIMAX_M2_CASE,
+        d,
+        cfg_json,
+        ids,
+        logits,
+        hf_loss,
+        seed,
+        "bfloat16",
+        sum(t.numel() for t in tensors.values()),
+        {
+            "max_abs_diff_sdpa_vs_eager": sdpa_diff,
+            "min_routing_margin": margin,
+            "tokens_where_the_selection_bias_changed_the_choice": plain,
+        },
+        [
+            "MiniMaxM2ForCausalLM saved in bfloat16 by save_pretrained: Mixtral's names block_sparse_moe.gate.weight, "
+            "block_sparse_moe.experts.E.w1/w3/w2 (gate/up/down) and block_sparse_moe.e_score_correction_bias "
+            "(random, std 0.1); golden logits from from_pretrained(dir, dtype=torch.float32), eager attention.",
+            "Routing: sigmoid of the router logits (router std 1.0); top-2 of 8 chosen on sigmoid + "
+            "e_score_correction_bias; weights = the unbiased sigmoids of the chosen two, renormalised; no scaling. "
+            "router_topk [layers, tokens, 2]: the chosen experts by biased score, highest first.",
+            "Attention: 4 heads, 2 kv heads, head_dim 16 (heads x head_dim 64 != hidden 32); q_norm [64] and k_norm "
+            "[32] are RMSNorms over the whole q and k projections before the head split (qk_norm_type per_layer); "
+            "rotate-half RoPE on the first 8 dims of each head (rotary_dim 8 -> partial_rotary_factor 0.5).",
+            "config.json keeps MiniMax-M2's extra keys (use_mtp, num_mtp_modules, qk_norm_type, scoring_func, ...); "
+            "transformers builds no MTP module and saves no MTP tensor.",
+        ],
+    )
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+@torch.no_grad()
+def make_minimax_m2_fp8() -> dict:
+    import tempfile
+
+    from transformers import FineGrainedFP8Config, MiniMaxM2ForCausalLM
+
+    base = OUT / MINIMAX_M2_CASE
+    if not (base / "golden.safetensors").exists():
+        raise SystemExit(f"{MINIMAX_M2_FP8_CASE}: make the base case {MINIMAX_M2_CASE} first")
+    d = OUT / MINIMAX_M2_FP8_CASE
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["dtype"] = "float32"  # weights not stored FP8 are the base's bf16 values in float32
+    raw, _ = load_saved_tensors(base)
+    raw = {k: t.to(torch.float32) for k, t in raw.items()}
+    targets = sorted(
+        k
+        for k, t in raw.items()
+        if k.startswith("model.layers.") and k.endswith(".weight") and t.dim() == 2 and not k.endswith(".gate.weight")
+    )
+    stored: dict[str, torch.Tensor] = {}
+    dequant: dict[str, torch.Tensor] = {}
+    for k, t in raw.items():
+        if k in targets:
+            q, inv = fp8_quantize(t, MINIMAX_M2_FP8_BLOCK, False)
+            stored[k] = q
+            stored[k[: -len(".weight")] + ".weight_scale_inv"] = inv
+            dequant[k] = fp8_dequantize(q, inv, MINIMAX_M2_FP8_BLOCK)
+        else:
+            stored[k] = dequant[k] = t.contiguous()
+    save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(
+        json.dumps({**cfg, "quantization_config": MINIMAX_M2_FP8_QC}, indent=2, sort_keys=True) + "\n"
+    )
+    shutil.copy(base / "generation_config.json", d / "generation_config.json")
+    with safe_open(str(base / "golden.safetensors"), "pt") as f:
+        ids = f.get_tensor("input_ids")
+    with tempfile.TemporaryDirectory() as tmp:
+        td = Path(tmp)
+        save_file(dequant, str(td / "model.safetensors"), metadata={"format": "pt"})
+        (td / "config.json").write_text(json.dumps(cfg))
+        model = MiniMaxM2ForCausalLM.from_pretrained(str(td), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        topk, margin = minimax_router(model, ids)
+    print(f"[{MINIMAX_M2_FP8_CASE}] min routing margin {margin:.3g}")
+    if margin < MIN_MARGIN:
+        raise SystemExit(f"{MINIMAX_M2_FP8_CASE}: routing margin too small ({margin})")
+    # transformers' own CPU path from the FP8 folder (FineGrainedFP8Config(dequantize=True)), edge blocks fixed
+    undo = hf_fp8_cpu_patch(True)
+    try:
+        fm = MiniMaxM2ForCausalLM.from_pretrained(
+            str(d),
+            dtype=torch.float32,
+            attn_implementation="eager",
+            quantization_config=FineGrainedFP8Config(dequantize=True),
+        ).eval()
+        tf_diff = float((fm(input_ids=ids, use_cache=False).logits.float() - logits).abs().max())
+    finally:
+        undo()
+    print(f"[{MINIMAX_M2_FP8_CASE}] transformers' own CPU dequantize (edges fixed): max |dlogits| {tf_diff:.3g}")
+    save_minimax_golden(d, MINIMAX_M2_FP8_CASE, ids, logits, topk)
+    info = minimax_info(
+        MINIMAX_M2_FP8_CASE,
+        d,
+        {**cfg, "quantization_config": MINIMAX_M2_FP8_QC},
+        ids,
+        logits,
+        hf_loss,
+        None,
+        "float32",
+        sum(t.numel() for k, t in stored.items() if not k.endswith("_scale_inv")),
+        {
+            "min_routing_margin": margin,
+            "transformers_fp8_dequantize_edge_fixed_max_abs_logit_diff": tf_diff,
+            "max_abs_dequantized_minus_base_weight": max(float((dequant[k] - raw[k]).abs().max()) for k in targets),
+        },
+        [
+            "The minimax_m2 case's weights (bf16 values, stored float32) with every linear weight of model.layers.* "
+            "but the routers (block_sparse_moe.gate) stored as F8_E4M3 + float32 weight_scale_inv in blocks of "
+            "24x24, scale_fmt float, fmt float8_e4m3fn and modules_to_not_convert [gate, e_score_correction_bias, "
+            "lm_head] as MiniMaxAI/MiniMax-M2 publishes them. Partial edge blocks in every weight: q_proj [64,32], "
+            "k/v_proj [32,32], o_proj [32,64], w1/w3 [16,32], w2 [32,16].",
+            "Golden logits: the weights dequantized by the published rule (w = code x scale_inv[r // 24, c // 24], "
+            "float32) loaded into MiniMaxM2ForCausalLM in float32.",
+        ],
+    )
+    info["base_case"] = MINIMAX_M2_CASE
+    info["quantization_config"] = MINIMAX_M2_FP8_QC
+    info["fp8_weights"] = len(targets)
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[MINIMAX_M2_CASE] = make_minimax_m2
+EXTRA_CASES[MINIMAX_M2_FP8_CASE] = make_minimax_m2_fp8
+
+
+# --------------------------------------------------------------------------------------
 # Weight initialisation
 # --------------------------------------------------------------------------------------
 

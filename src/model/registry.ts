@@ -10,6 +10,7 @@ import { deepseekV2, deepseekV3 } from './deepseek';
 import { applyFusedViews } from './fused';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
+import { minimaxM2 } from './minimax-m2';
 import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
 import { qwen2Moe } from './qwen2-moe';
@@ -29,6 +30,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   gptOss,
   qwen3Next,
   qwen3_5MoeText,
+  minimaxM2,
 ];
 
 export class ArchitectureRegistry {

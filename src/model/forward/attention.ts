@@ -28,6 +28,8 @@ export interface GqaSpec {
    * sigmoid(gate) before o_proj.
    */
   outputGate?: boolean;
+  /** Rotated dimensions of each head when the family fixes them itself (MiniMax-M2's rotary_dim). */
+  rotaryDim?: number;
   scale: number;
   eps: number;
 }
