@@ -8,7 +8,7 @@ compares moe eval's perplexity with these numbers.
 
 The second part does the same for every checkpoint in fixtures/golden (saved by transformers 5.18 itself: mixtral,
 qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, gpt_oss, qwen3_next, qwen3_5_moe_text, qwen3_5_moe (loaded as
-Qwen3_5MoeForConditionalGeneration, its vision tower included), plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a
+Qwen3_5MoeForConditionalGeneration, its vision tower included), minimax_m2 and minimax_m2-fp8, plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a
 pruned (REAP), a merged (M-SMoE) and a 4-bit GPTQ dequantized output of each, loaded strictly (no missing, unexpected
 or mismatched tensor), with eager attention. These random models have no tokenizer, so calibration and evaluation
 use pre-tokenized windows (fixtures/reference/golden-data/{calib,eval}.json: 16 windows of 32 seeded random ids,
