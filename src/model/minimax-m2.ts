@@ -50,6 +50,7 @@ export class MinimaxM2 extends Architecture {
       throw c.error('MiniMax-M2 without its per_layer q/k norm (use_qk_norm / qk_norm_type) is not supported');
     if (c.num('shared_intermediate_size', 0) > 0)
       throw c.error('shared_intermediate_size > 0: MiniMax-M2 as transformers builds it has no shared expert');
+    this.rotaryDim(); // checked before any tensor is read
   }
 
   isMoeLayer(): boolean {

@@ -112,6 +112,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'gpt_oss',
       'qwen3_next',
       'qwen3_5_moe_text',
+      'minimax_m2',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');
