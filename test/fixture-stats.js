@@ -7,7 +7,11 @@ const path = require('node:path');
 
 const ROOT = path.join(__dirname, '..');
 /** The test files that use it: the setup calibrates only when the run includes one of them. */
-const USERS = ['test/reference/compressed.test.ts', 'test/commands/assemble.test.ts'].map((f) => path.join(ROOT, f));
+const USERS = [
+  'test/reference/compressed.test.ts',
+  'test/commands/assemble.test.ts',
+  'test/commands/quantize.test.ts',
+].map((f) => path.join(ROOT, f));
 
 function flag(args, name) {
   const i = args.indexOf(name);

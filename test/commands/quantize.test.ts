@@ -13,7 +13,7 @@ import { quantize, QuantizeOptions } from '../../src/commands/quantize';
 import { QUANT_RECORD_FILE } from '../../src/quant/records';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { quantizeRtn, dequantize } from '../../src/quant/rtn';
-import { listDir, quiet, rawHeader, ROOT, runMain, tmpDir } from '../helpers';
+import { fixtureStats, listDir, quiet, rawHeader, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TEXT = path.join(ROOT, 'fixtures', 'text');
@@ -21,7 +21,7 @@ const EXPERT = 'model.layers.1.mlp.experts.3.down_proj.weight';
 
 /**
  * Perplexity on eval.txt. It depends only on the checkpoint's bytes, so checkpoints whose files are equal byte for
- * byte (uniform 3-bit RTN written with either stats; uniform 3-bit GPTQ in two tests) are evaluated once. The key
+ * byte (uniform 3-bit RTN and uniform 3-bit GPTQ, each written in two tests) are evaluated once. The key
  * leaves out moe-quantization.json, a record eval does not read (it names the stats and the predicted cost).
  */
 const pplCache = new Map<string, Promise<number>>();
@@ -42,18 +42,19 @@ function ppl(dir: string, maxTokens?: number): Promise<number> {
 
 describe('moe quantize', () => {
   let stats: string;
-  let hStats: string;
+  let noHessians: string;
   let original: number;
   const out = (name: string) => path.join(tmpDir(), name);
   const run = (o: Partial<QuantizeOptions> & { bits: number }) =>
     quantize({ model: MODEL, output: out('q'), ...o }, quiet);
 
   beforeAll(async () => {
-    stats = path.join(tmpDir(), 'stats');
-    hStats = path.join(tmpDir(), 'stats-h');
-    const common = { model: MODEL, data: path.join(TEXT, 'calib.txt'), seqLen: 256, maxTokens: 32768, naeeTokens: 64 };
-    await calibrate({ ...common, output: stats }, quiet);
-    await calibrate({ ...common, output: hStats, hessians: true }, quiet);
+    // The suite's shared calibration of the fixture (with Hessians: GPTQ and the full-H error weighting use them), and
+    // a small one without Hessians for the refusal of GPTQ on such stats.
+    stats = await fixtureStats();
+    noHessians = path.join(tmpDir(), 'stats');
+    const small = { model: MODEL, data: path.join(TEXT, 'calib.txt'), seqLen: 128, maxTokens: 512, naeeTokens: 64 };
+    await calibrate({ ...small, output: noHessians }, quiet);
     original = await ppl(MODEL);
   }, 120_000);
 
@@ -123,9 +124,8 @@ describe('moe quantize', () => {
   test.each(['rtn', 'gptq'] as const)(
     'at 3 bits on average, LP allocation beats uniform 3-bit (%s)',
     async (method) => {
-      const s = method === 'gptq' ? hStats : stats;
-      const uniform = await run({ bits: 3, stats: s, method, output: out(`u3-${method}`) });
-      const lp = await run({ bits: 3, stats: s, method, allocate: 'lp', output: out(`lp3-${method}`) });
+      const uniform = await run({ bits: 3, stats, method, output: out(`u3-${method}`) });
+      const lp = await run({ bits: 3, stats, method, allocate: 'lp', output: out(`lp3-${method}`) });
       expect(lp.solver?.status).toBe('optimal');
       expect(lp.average_bits).toBeLessThanOrEqual(3 + 1e-9);
       expect(lp.average_bits).toBeGreaterThan(2.9);
@@ -138,8 +138,8 @@ describe('moe quantize', () => {
   );
 
   test('GPTQ at 3 bits beats RTN at 3 bits on the same calibration', async () => {
-    const rtn = await run({ bits: 3, stats: hStats, method: 'rtn', output: out('r3') });
-    const g = await run({ bits: 3, stats: hStats, method: 'gptq', output: out('g3') });
+    const rtn = await run({ bits: 3, stats, method: 'rtn', output: out('r3') });
+    const g = await run({ bits: 3, stats, method: 'gptq', output: out('g3') });
     expect(g.method).toBe('gptq');
     expect(g.gptq_fallbacks).toEqual([]);
     expect(g.predicted_cost!).toBeLessThan(rtn.predicted_cost!);
@@ -152,6 +152,7 @@ describe('moe quantize', () => {
     const r = await run({
       bits: 2.5,
       stats,
+      method: 'rtn',
       allocate: 'lp',
       granularity: 'projection',
       dryRun: true,
@@ -186,11 +187,11 @@ describe('moe quantize', () => {
       }
       return [...m.values()].map(([b, p]) => b / p);
     };
-    const layer = await run({ bits: 3, stats, allocate: 'lp', budgetScope: 'layer', dryRun: true });
+    const layer = await run({ bits: 3, stats, method: 'rtn', allocate: 'lp', budgetScope: 'layer', dryRun: true });
     expect(layer.solver?.problems).toBe(3);
     expect(layer.solver?.status).toBe('optimal');
     for (const avg of perLayer(layer.groups)) expect(avg).toBeLessThanOrEqual(3 + 1e-9);
-    const global = await run({ bits: 3, stats, allocate: 'lp', dryRun: true });
+    const global = await run({ bits: 3, stats, method: 'rtn', allocate: 'lp', dryRun: true });
     expect(global.solver?.problems).toBe(1);
     // The global optimum is at least as good as the per-layer one (it is a relaxation of it).
     expect(global.predicted_cost!).toBeLessThanOrEqual(layer.predicted_cost! * (1 + 1e-12));
@@ -201,7 +202,7 @@ describe('moe quantize', () => {
     const cases: [string[], number, RegExp][] = [
       [['--bits', '3', '--allocate', 'lp'], 2, /--allocate lp needs --stats/],
       [['--bits', '2.5'], 2, /not a whole number of bits/],
-      [['--bits', '4', '--method', 'gptq', '--stats', stats], 2, /hold no Hessians/],
+      [['--bits', '4', '--method', 'gptq', '--stats', noHessians], 2, /hold no Hessians/],
       [['--bits', '4', '--bit-choices', '2,x'], 2, /--bit-choices/],
       [['--bits', '1.5', '--allocate', 'lp', '--stats', stats], 2, /outside the bit choices/],
     ];

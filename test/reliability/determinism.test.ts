@@ -5,7 +5,8 @@
  * compared whole: sha256 per file, no field excluded. Written records hold no wall-clock time (src/io/output.ts
  * withoutTimings); timings are only in what a command prints. Every run is a fresh process of the built CLI
  * (runCli), so no state carried between runs can make them agree (and plain RTN runs on its worker threads).
- * The model is a synth checkpoint with the trained fixture's tokenizer (text calibration and GGUF need one).
+ * The model is a synth checkpoint with the trained fixture's tokenizer cut to 512 tokens (text calibration and GGUF
+ * need one).
  */
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -13,18 +14,36 @@ import * as path from 'node:path';
 import { CliResult, ROOT, runCli, tmpDir } from '../helpers';
 
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
+/** Tokens of the model's vocabulary: the first VOCAB of tiny-moe's byte-level BPE (see smallTokenizer). */
+const VOCAB = 512;
 /**
- * tiny-moe's shapes with 2 layers of 4 experts (half its size, so 4 runs of each GGUF export stay fast), and its
- * tokenizer.
+ * tiny-moe's widths (K-quant rows need 256 columns) with 2 layers of 4 experts and a 512-token vocabulary: about a
+ * third of its weights (the embeddings and output head of a 4,096-token vocabulary were over half of the model's),
+ * so 4 runs of each GGUF export and GPTQ allocation stay fast.
  */
 const SHAPE = [
   'hidden_size=256',
   'head_dim=64',
   'moe_intermediate_size=256',
   'num_experts=4',
-  'vocab_size=4096',
+  `vocab_size=${VOCAB}`,
   'num_hidden_layers=2',
 ].flatMap((s) => ['--set', s]);
+
+/**
+ * tiny-moe's tokenizer cut to its first `n` tokens: ids 0…256 are <|endoftext|> and the 256 bytes, and each merge
+ * adds the next id, so the tokens below n and the merges that make them are a complete byte-level BPE.
+ */
+function smallTokenizer(n: number): string {
+  const tok = JSON.parse(fs.readFileSync(path.join(TINY, 'tokenizer.json'), 'utf8'));
+  const vocab = Object.fromEntries(
+    Object.entries(tok.model.vocab as Record<string, number>).filter(([, id]) => id < n),
+  );
+  const merges = (tok.model.merges as [string, string][]).filter(([a, b]) => vocab[a + b] !== undefined);
+  expect(Object.keys(vocab)).toHaveLength(n);
+  expect(merges).toHaveLength(n - 257);
+  return JSON.stringify({ ...tok, model: { ...tok.model, vocab, merges } });
+}
 /**
  * Calibration text: the first 16 KB of fixtures/text/calib.txt (about 4,500 tokens, of which --max-tokens keeps 1,024),
  * written in beforeAll. moe tokenizes the whole --data file before keeping --max-tokens, and the whole 1.1 MB file
@@ -101,8 +120,8 @@ describe('the same command twice writes the same bytes', () => {
     fs.writeFileSync(path.join(work, 'calib.txt'), text.slice(0, text.lastIndexOf('\n') + 1));
     CALIB = ['--data', path.join(work, 'calib.txt'), '--max-tokens', '1024', '--seq-len', '128'];
     await ok(['synth', '--arch', 'qwen3_moe', ...SHAPE, '--seed', '5', '-o', MODEL]);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
-      fs.copyFileSync(path.join(TINY, f), path.join(MODEL, f));
+    fs.copyFileSync(path.join(TINY, 'tokenizer_config.json'), path.join(MODEL, 'tokenizer_config.json'));
+    fs.writeFileSync(path.join(MODEL, 'tokenizer.json'), smallTokenizer(VOCAB));
     await ok(['calibrate', MODEL, ...CALIB, '--hessians', '--naee-tokens', '256', '-o', stats]);
   }, 60_000);
 
