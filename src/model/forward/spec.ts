@@ -22,6 +22,8 @@ export function forwardSpec(arch: Architecture): ForwardSpec {
   const attention = arch.attentionSpec(rope, eps);
   // MLA rotates its own rope part of each head; GQA the first partial_rotary_factor of it.
   const ropeDim =
-    attention.kind === 'mla' ? attention.ropeDim : Math.floor(attention.headDim * c.num('partial_rotary_factor', 1));
+    attention.kind === 'mla'
+      ? attention.ropeDim
+      : (attention.ropeDim ?? Math.floor(attention.headDim * c.num('partial_rotary_factor', 1)));
   return { attention, ropeDim, rope, maxPositions, eps, shared: arch.sharedMode };
 }
