@@ -107,7 +107,7 @@ export class Glm4Moe extends DeepseekV3 {
 
 const GGUF_ARCH = 'glm4moe';
 
-/** A glm4moe GGUF back to a config: what llama.cpp runs (expert_weights_norm absent: llama.cpp does not renormalise). */
+/** A glm4moe GGUF back to a config, as llama.cpp runs it (without expert_weights_norm it does not renormalise). */
 function glm4MoeFromGguf(h: GgufHparams, c: Config, experts: number): void {
   const headDim = h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads));
   const partial = h.num('rope.dimension_count', headDim) / headDim;
