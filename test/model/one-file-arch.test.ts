@@ -112,6 +112,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'gpt_oss',
       'qwen3_next',
       'qwen3_5_moe_text',
+      'glm4_moe',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');
