@@ -21,7 +21,17 @@ import * as path from 'node:path';
 import lib from './lib.js';
 
 const { LLAMA, MOE, ROOT } = lib;
-const CASES = ['qwen3_moe', 'qwen3_moe-rope-scaled', 'mixtral', 'deepseek_v3', 'deepseek_v2', 'qwen2_moe', 'olmoe'];
+const CASES = [
+  'qwen3_moe',
+  'qwen3_moe-rope-scaled',
+  'mixtral',
+  'deepseek_v3',
+  'deepseek_v2',
+  'qwen2_moe',
+  'olmoe',
+  'glm4_moe',
+  'glm4_moe-fp8',
+];
 
 if (!fs.existsSync(LLAMA)) {
   console.error('node-llama-cpp is not installed in .cache/llama; see bench/llama-gguf.mjs');
