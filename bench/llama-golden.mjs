@@ -31,6 +31,8 @@ const CASES = [
   'olmoe',
   'minimax_m2',
   'minimax_m2-fp8',
+  'glm4_moe',
+  'glm4_moe-fp8',
 ];
 
 if (!fs.existsSync(LLAMA)) {

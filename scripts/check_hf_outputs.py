@@ -8,8 +8,9 @@ compares moe eval's perplexity with these numbers.
 
 The second part does the same for every checkpoint in fixtures/golden (saved by transformers 5.18 itself: mixtral,
 qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, gpt_oss, qwen3_next, qwen3_5_moe_text, qwen3_5_moe (loaded as
-Qwen3_5MoeForConditionalGeneration, its vision tower included), minimax_m2 and minimax_m2-fp8, plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a
-pruned (REAP), a merged (M-SMoE) and a 4-bit GPTQ dequantized output of each, loaded strictly (no missing, unexpected
+Qwen3_5MoeForConditionalGeneration, its vision tower included), minimax_m2, glm4_moe (each also block-scaled FP8),
+plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a pruned (REAP), a merged (M-SMoE) and a 4-bit GPTQ
+dequantized output of each, loaded strictly (no missing, unexpected
 or mismatched tensor), with eager attention. These random models have no tokenizer, so calibration and evaluation
 use pre-tokenized windows (fixtures/reference/golden-data/{calib,eval}.json: 16 windows of 32 seeded random ids,
 written here when absent). Results: fixtures/reference/architectures-ppl.json, checked by
@@ -25,7 +26,10 @@ FP8 checkpoints (quantization_config.quant_method "fp8": the *-fp8 goldens and t
 which stay FP8) are loaded with transformers' FineGrainedFP8Config(dequantize=True), its only CPU path, patched in
 two places (hf_fp8_cpu_patch): its check for the `accelerate` package, which that path does not use, is skipped,
 and its Fp8Dequantize takes the block from weight_block_size, because as shipped it derives the block as
-rows // scale_rows, which is wrong for partial edge blocks (measured on qwen3_moe-fp8: logits off by 1.06).
+rows // scale_rows, which is wrong for partial edge blocks (measured on qwen3_moe-fp8: logits off by 1.06). They are
+loaded at their config's dtype (the dequantized weights rounded to it, as transformers does unless told otherwise and
+as moe reads them; bf16 for glm4_moe-fp8: loaded as float32 instead, its perplexity is 3e-4 off moe's), then run in
+float32.
 """
 import json
 import math
@@ -164,12 +168,18 @@ def strict_load(model_dir):
         from transformers import Mxfp4Config
 
         extra["quantization_config"] = Mxfp4Config(dequantize=True)
+    dtype = torch.float32
+    if q.get("quant_method") == "fp8":
+        # FP8 weights dequantized into the checkpoint's own dtype (bf16 for glm4_moe-fp8), as transformers does when
+        # the dtype is not forced, and as moe reads them (README, FP8 checkpoints); then the model in float32
+        cfg = json.load(open(os.path.join(model_dir, "config.json")))
+        dtype = getattr(torch, cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16")
     cls = AutoModelForCausalLM
     if json.load(open(os.path.join(model_dir, "config.json")))["model_type"] == "qwen3_5_moe":
         # the text model beside its vision tower: the whole model, so the tower's tensors are checked too
         cls = transformers.Qwen3_5MoeForConditionalGeneration
     model, info = cls.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, **extra
+        model_dir, dtype=dtype, attn_implementation="eager", output_loading_info=True, **extra
     )
     model = model.float()
     bad = {k: v for k, v in info.items() if v}

@@ -131,7 +131,7 @@ export class MinimaxM2 extends Architecture {
   }
 
   attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
-    return { ...this.gqaSpec(this.headDim(), 'full', eps), rotaryDim: this.rotaryDim() };
+    return { ...this.gqaSpec(this.headDim(), 'full', eps), ropeDim: this.rotaryDim() };
   }
 
   override ggufMapping(spec: AttentionSpec): GgufMapping {
@@ -142,7 +142,7 @@ export class MinimaxM2 extends Architecture {
       keys: [
         ['attention.head_count_kv', u32(att.kvHeads)],
         ...headLengthKeys(att.headDim),
-        ['rope.dimension_count', u32(att.rotaryDim ?? att.headDim)],
+        ['rope.dimension_count', u32(att.ropeDim ?? att.headDim)],
         ['expert_feed_forward_length', u32(this.expertWidth)],
         ['expert_gating_func', u32(GGUF_GATING_SIGMOID)],
       ],

@@ -8,6 +8,7 @@ import type { Checkpoint, Config } from '../io/checkpoint';
 import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
 import { applyFusedViews } from './fused';
+import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
 import { minimaxM2 } from './minimax-m2';
@@ -31,6 +32,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   qwen3Next,
   qwen3_5MoeText,
   minimaxM2,
+  glm4Moe,
 ];
 
 export class ArchitectureRegistry {
@@ -89,7 +91,6 @@ const MOE_NOT_YET = [
   'llama4',
   'jetmoe',
   'minimax',
-  'glm4_moe',
   'ernie4_5_moe',
   'hunyuan_v1_moe',
   'deepseek_v32',

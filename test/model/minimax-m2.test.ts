@@ -145,7 +145,7 @@ describe('MiniMax-M2 rules', () => {
       a.attentionSpec = (rope, eps) => ({ ...(spec(rope, eps) as GqaSpec), ...change });
     };
     const g = golden('minimax_m2');
-    for (const patch of [noBias, withSpec({ rotaryDim: 16 }), withSpec({ qkNorm: 'head' })]) {
+    for (const patch of [noBias, withSpec({ ropeDim: 16 }), withSpec({ qkNorm: 'head' })]) {
       const { logits, experts } = await run(dir, new RefBackend(), patch);
       expect(maxDiff(logits, g.logits)).toBeGreaterThan(0.05);
       if (patch === noBias) {

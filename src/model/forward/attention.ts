@@ -28,8 +28,11 @@ export interface GqaSpec {
    * sigmoid(gate) before o_proj.
    */
   outputGate?: boolean;
-  /** Rotated dimensions of each head when the family fixes them itself (MiniMax-M2's rotary_dim). */
-  rotaryDim?: number;
+  /**
+   * Rotary dimensions of each head when the family decides them (GLM-4.5: partial_rotary_factor, default 0.5);
+   * otherwise head_dim × partial_rotary_factor (default 1).
+   */
+  ropeDim?: number;
   scale: number;
   eps: number;
 }

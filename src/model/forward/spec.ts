@@ -24,6 +24,6 @@ export function forwardSpec(arch: Architecture): ForwardSpec {
   const ropeDim =
     attention.kind === 'mla'
       ? attention.ropeDim
-      : (attention.rotaryDim ?? Math.floor(attention.headDim * c.num('partial_rotary_factor', 1)));
+      : (attention.ropeDim ?? Math.floor(attention.headDim * c.num('partial_rotary_factor', 1)));
   return { attention, ropeDim, rope, maxPositions, eps, shared: arch.sharedMode };
 }
