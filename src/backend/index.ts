@@ -14,7 +14,7 @@ export const DEFAULT_BACKEND: BackendName = 'onnx';
 export interface BackendOptions {
   /** 'cuda' asks onnx for its CUDA provider, or tfjs for tfjs-node-gpu; default 'cpu'. */
   device?: 'cpu' | 'cuda';
-  /** Threads for the onnx backend (default: os.availableParallelism()). */
+  /** Threads for the onnx backend (default: defaultThreads(): MOE_THREADS, else every core). */
   threads?: number;
 }
 

@@ -10,13 +10,13 @@
  * either way for a 64 MB result).
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { InternalError, UsageError } from '../errors';
 import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
 import { attentionModel, attentionSinksModel, gluModel, logitStatsModel, swigluModel } from './onnx-fused';
 import { bmmModel, linearModel } from './onnx-graph';
+import { defaultThreads } from './threads';
 import {
   attentionRef,
   bmmRef,
@@ -69,7 +69,7 @@ type Outputs = Ort.InferenceSession.OnnxValueMapType;
 
 export interface OnnxOptions {
   device?: 'cpu' | 'cuda';
-  /** onnxruntime's intraOpNumThreads; default: os.availableParallelism(). */
+  /** onnxruntime's intraOpNumThreads; default: defaultThreads() (MOE_THREADS, else every core). */
   threads?: number;
 }
 
@@ -132,7 +132,7 @@ export class OnnxBackend implements Backend {
   /** Loads onnxruntime-node; with `device: 'cuda'` also opens one session now, so a missing GPU fails early. */
   static async create(opts: OnnxOptions = {}): Promise<OnnxBackend> {
     const device = opts.device ?? 'cpu';
-    const threads = opts.threads ?? os.availableParallelism();
+    const threads = opts.threads ?? defaultThreads();
     if (!Number.isInteger(threads) || threads < 1)
       throw new UsageError(`--threads must be a positive integer, got ${threads}`);
     if (device !== 'cpu' && device !== 'cuda')

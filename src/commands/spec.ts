@@ -163,7 +163,7 @@ export const THREADS: OptionSpec = {
   flag: '--threads <n>',
   type: 'int',
   min: 1,
-  description: 'compute threads (default: all cores)',
+  description: 'compute threads (default: $MOE_THREADS, else all cores)',
   runner: true,
 };
 /** What every command that computes takes. */

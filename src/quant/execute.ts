@@ -4,7 +4,7 @@
  * Plain RTN into the packed layout runs on worker threads straight from the stored bytes (src/quant/rtn-pool.ts),
  * one weight ahead: the next weight is read while this one is quantized, and written while the next is.
  */
-import * as os from 'node:os';
+import { defaultThreads } from '../backend/threads';
 import type { TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
 import type { TensorRef } from '../io/safetensors';
@@ -41,7 +41,7 @@ export async function writePlan(x: Execution): Promise<Map<string, number>> {
   const { plan } = x;
   const weightOf = new Map(plan.weights.map((w) => [w.name, w]));
   const fast = plan.method === 'rtn' && plan.format === 'packed' && !x.measure;
-  const pipeline = fast ? new RtnPipeline(x, new RtnPool(x.threads ?? os.availableParallelism()), weightOf) : undefined;
+  const pipeline = fast ? new RtnPipeline(x, new RtnPool(x.threads ?? defaultThreads()), weightOf) : undefined;
   const measured = new Map<string, number>();
   try {
     for (const ref of x.refs) {
