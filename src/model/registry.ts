@@ -7,6 +7,7 @@ import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
+import { deepseekV32 } from './deepseek-v32';
 import { applyFusedViews } from './fused';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
@@ -26,6 +27,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   olmoe,
   deepseekV2,
   deepseekV3,
+  deepseekV32,
   gptOss,
   qwen3Next,
   qwen3_5MoeText,
