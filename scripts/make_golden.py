@@ -984,7 +984,7 @@ DSV32 = dict(
     qk_nope_head_dim=16,
     v_head_dim=12,
     index_n_heads=2,
-    index_head_dim=16,
+    index_head_dim=64,  # llama.cpp rotates the indexer q/k by a Hadamard matrix: a power of two >= 64
     index_topk=32,
     attention_bias=False,
     rms_norm_eps=1e-6,
@@ -1081,16 +1081,38 @@ DSV32_NOTES = [
     "RoPE always interleaved, config.json has no rope_interleave), layer 0 dense (mlp_layer_types dense/sparse/"
     "sparse), 8 routed experts in 2 groups, topk_group 1, top-2, sigmoid + e_score_correction_bias, "
     "norm_topk_prob, routed_scaling_factor 2.5, 1 shared expert; router std 1.0.",
-    "DSA lightning indexer per layer: self_attn.indexer.wq_b [index_n_heads*index_head_dim=32, q_lora_rank=16], "
-    "wk [16, 64], k_norm.weight/bias [16] (LayerNorm), weights_proj [2, 64]; index_topk 32 >= every window here "
+    "DSA lightning indexer per layer: self_attn.indexer.wq_b [index_n_heads*index_head_dim=128, q_lora_rank=16], "
+    "wk [64, 64], k_norm.weight/bias [64] (LayerNorm), weights_proj [2, 64]; index_topk 32 >= every window here "
     "(16 golden, 32 in fixtures/reference/golden-data), so every earlier token is selected and attention is dense "
     "MLA (the indexer weights do not change these logits). checks.max_abs_diff_sparse_vs_dense_3x_topk: what the "
     "indexer changes on windows of 3 x index_topk tokens (why moe refuses windows longer than index_topk).",
 ]
 
 
+DSV32_FP8_BLOCK = (32, 32)
+
+
+def dsv32_fp8(raw: dict[str, torch.Tensor]):
+    """The FP8 variant's stored tensors, their dequantized values (published rule) and the FP8 targets."""
+    targets = {k for k in fp8_targets(raw, []) if not k.endswith("indexer.weights_proj.weight")}
+    stored: dict[str, torch.Tensor] = {}
+    dequant: dict[str, torch.Tensor] = {}
+    for k, t in raw.items():
+        if k in targets:
+            q, inv = fp8_quantize(t.float(), DSV32_FP8_BLOCK, True)
+            stored[k] = q
+            stored[k[: -len(".weight")] + ".weight_scale_inv"] = inv
+            dequant[k] = fp8_dequantize(q, inv, DSV32_FP8_BLOCK)
+        else:
+            stored[k] = t.contiguous()
+            dequant[k] = t.float().contiguous()
+    return stored, dequant, targets
+
+
 @torch.no_grad()
 def make_deepseek_v32() -> dict:
+    import tempfile
+
     from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
 
     d = OUT / DSV32_CASE
@@ -1113,8 +1135,15 @@ def make_deepseek_v32() -> dict:
         hf = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         margin, routers = dsv32_gate_margin(hf, ids)
-        print(f"[{DSV32_CASE}] seed {seed}: min routing margin {margin:.3g}")
-        if margin >= MIN_MARGIN:
+        # the FP8 variant (made from these weights) must route with a margin too
+        _, dequant, _ = dsv32_fp8(load_saved_tensors(d)[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(dequant, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+            shutil.copy(d / "config.json", Path(tmp) / "config.json")
+            fp8 = DeepseekV32ForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager")
+            fp8_margin, _ = dsv32_gate_margin(fp8.eval(), ids)
+        print(f"[{DSV32_CASE}] seed {seed}: min routing margin {margin:.3g} (FP8 variant {fp8_margin:.3g})")
+        if min(margin, fp8_margin) >= MIN_MARGIN:
             break
     else:
         raise SystemExit("deepseek_v32: no seed with clean routing margins")
@@ -1161,7 +1190,7 @@ def make_deepseek_v32_fp8() -> dict:
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    block = (32, 32)
+    block = DSV32_FP8_BLOCK
     cfg = json.loads((base / "config.json").read_text())
     qc = {
         "activation_scheme": "dynamic",
@@ -1171,18 +1200,7 @@ def make_deepseek_v32_fp8() -> dict:
         "weight_block_size": list(block),
     }
     raw, _ = load_saved_tensors(base)
-    targets = {k for k in fp8_targets(raw, []) if not k.endswith("indexer.weights_proj.weight")}
-    stored: dict[str, torch.Tensor] = {}
-    dequant: dict[str, torch.Tensor] = {}
-    for k, t in raw.items():
-        if k in targets:
-            q, inv = fp8_quantize(t.float(), block, True)
-            stored[k] = q
-            stored[k[: -len(".weight")] + ".weight_scale_inv"] = inv
-            dequant[k] = fp8_dequantize(q, inv, block)
-        else:
-            stored[k] = t.contiguous()
-            dequant[k] = t.float().contiguous()
+    stored, dequant, targets = dsv32_fp8(raw)
     save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
     (d / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}, indent=2, sort_keys=True) + "\n")
     shutil.copy(base / "generation_config.json", d / "generation_config.json")
@@ -1230,7 +1248,7 @@ def make_deepseek_v32_fp8() -> dict:
     notes = DSV32_NOTES + [
         "The deepseek_v32 case's weights with every 2-D weight of model.layers.* but the routers and "
         "indexer.weights_proj (kept bfloat16, as deepseek-ai/DeepSeek-V3.2 stores it) as F8_E4M3 + float32 "
-        "weight_scale_inv in blocks of 32x32, scale_fmt ue8m0; indexer.wq_b [32,16] and wk [16,64] are FP8 like the "
+        "weight_scale_inv in blocks of 32x32, scale_fmt ue8m0; indexer.wq_b [128,16] and wk [64,64] are FP8 like the "
         "published checkpoint. Reference logits: transformers on the dequantized weights (published rule).",
     ]
     info = dsv32_info(d, DSV32_FP8_CASE, logits, ids, hf_loss, "bfloat16", checks, notes)

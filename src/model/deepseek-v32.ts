@@ -14,7 +14,7 @@
  * rounding would change, and deepseek-ai's own FP8 release keeps weights_proj in bf16 (transformers keeps it in
  * float32). GGUF: llama.cpp's deepseek32 (convert_hf_to_gguf.py DeepseekV32Model, src/models/deepseek32.cpp).
  */
-import { UsageError } from '../errors';
+import { CheckpointError, UsageError } from '../errors';
 import type { Config } from '../io/checkpoint';
 import { ArchitectureFamily, linear, SYNTH_COMMON, TensorSpec, vector } from './arch';
 import { deepseekFromGguf, DeepseekV3 } from './deepseek';
@@ -74,13 +74,22 @@ export class DeepseekV32 extends DeepseekV3 {
   override ggufMapping(spec: AttentionSpec, rope: Record<string, unknown>): GgufMapping {
     const base = super.ggufMapping(spec, rope);
     const c = this.cfg;
+    const dim = c.int('index_head_dim', 128);
+    if (dim < 64 || (dim & (dim - 1)) !== 0) {
+      // llama.cpp multiplies the indexer's q and k by a Hadamard matrix of the largest power of two ≥ 64 dividing
+      // index_head_dim (llama_kv_cache::build_input_k_rot) and aborts when that is not index_head_dim itself
+      throw new CheckpointError(`GGUF output for deepseek_v32 needs index_head_dim a power of two ≥ 64, not ${dim}`, {
+        file: this.cfg.file,
+        hint: "llama.cpp's deepseek32 rotates the indexer's query and key by a Hadamard matrix of that size",
+      });
+    }
     return {
       ...base,
       arch: 'deepseek32',
       keys: [
         ...base.keys,
         ['attention.indexer.head_count', u32(c.int('index_n_heads', 64))],
-        ['attention.indexer.key_length', u32(c.int('index_head_dim', 128))],
+        ['attention.indexer.key_length', u32(dim)],
         ['attention.indexer.top_k', u32(this.indexTopK)],
       ],
       attentionTensors: (l, blk) => [...base.attentionTensors(l, blk), ...indexerGgufTensors(l, blk)],
