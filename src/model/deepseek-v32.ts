@@ -97,7 +97,7 @@ export class DeepseekV32 extends DeepseekV3 {
   }
 }
 
-/** convert_hf_to_gguf.py's names (gguf-py tensor_mapping: INDEXER_*); weights_proj stays F32 as transformers keeps it. */
+/** convert_hf_to_gguf.py's names (gguf-py INDEXER_*); weights_proj stays F32, as transformers keeps it in float32. */
 function indexerGgufTensors(layer: number, blk: string): GgufAttentionTensor[] {
   const p = `model.layers.${layer}.self_attn.indexer`;
   return [
