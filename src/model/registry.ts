@@ -92,7 +92,6 @@ const MOE_NOT_YET = [
   'glm4_moe',
   'ernie4_5_moe',
   'hunyuan_v1_moe',
-  'deepseek_v32',
   'qwen3_vl_moe',
   'switch_transformers',
   'nllb_moe',
