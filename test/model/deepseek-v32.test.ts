@@ -94,6 +94,12 @@ function stored(dir: string, name: string): { dtype: string; bytes: Buffer } | u
   return { dtype: t.dtype, bytes };
 }
 
+/** One onnx backend for both goldens. */
+let onnx: OnnxBackend | undefined;
+afterAll(async () => {
+  await onnx?.dispose();
+});
+
 describe.each([
   ['deepseek_v32', DIR],
   ['deepseek_v32-fp8', FP8],
@@ -109,14 +115,10 @@ describe.each([
   });
 
   test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    const be = await OnnxBackend.create({ threads: 2 });
-    try {
-      const { logits } = await run(dir, be, g);
-      expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
-      expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.info.loss)).toBeLessThanOrEqual(2e-4);
-    } finally {
-      await be.dispose();
-    }
+    onnx ??= await OnnxBackend.create({ threads: 2 });
+    const { logits } = await run(dir, onnx, g);
+    expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
+    expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.info.loss)).toBeLessThanOrEqual(2e-4);
   });
 
   test('moe inspect: parameters as transformers counts them, the indexer in its layer, no extra tensor', () => {
