@@ -12,7 +12,7 @@
  * every golden case, test/model/forward-golden.test.ts).
  *
  * Needs node-llama-cpp in .cache/llama (see bench/llama-gguf.mjs).
- *   npm run build && node bench/llama-golden.mjs [--json]
+ *   npm run build && node bench/llama-golden.mjs [--json] [--only deepseek_v32,deepseek_v32-fp8]
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -33,7 +33,12 @@ const CASES = [
   'minimax_m2-fp8',
   'glm4_moe',
   'glm4_moe-fp8',
+  'deepseek_v32',
+  'deepseek_v32-fp8',
 ];
+// --only NAME[,NAME]: these golden cases only (no synth ones)
+const onlyAt = process.argv.indexOf('--only');
+const ONLY = onlyAt >= 0 ? process.argv[onlyAt + 1].split(',') : undefined;
 
 if (!fs.existsSync(LLAMA)) {
   console.error('node-llama-cpp is not installed in .cache/llama; see bench/llama-gguf.mjs');
@@ -128,7 +133,7 @@ function synthCase(dir, arch, sets) {
 const rows = [];
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-llama-golden-'));
 try {
-  for (const name of [...CASES, ...Object.keys(SYNTH)]) {
+  for (const name of ONLY ?? [...CASES, ...Object.keys(SYNTH)]) {
     const synth = SYNTH[name];
     const src = path.join(ROOT, 'fixtures', 'golden', name);
     const dir = path.join(work, name.replace(/[^a-z0-9_]/gi, '_'));

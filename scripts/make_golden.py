@@ -1554,6 +1554,317 @@ EXTRA_CASES[GLM4_MOE_FP8_CASE] = make_glm4_moe_fp8
 
 
 # --------------------------------------------------------------------------------------
+# deepseek_v32 (issue 20): DeepSeek-V3.2 = DeepSeek-V3 (MLA, sigmoid group routing with correction bias, routed
+# scaling, shared expert, first dense layer) plus the DSA lightning indexer (self_attn.indexer.wq_b, wk,
+# k_norm (LayerNorm with bias), weights_proj). The indexer keeps each query's index_topk best earlier tokens; with
+# index_topk >= the window every earlier token is kept and attention is dense MLA: index_topk 32 covers the golden
+# windows (16) and the 32-token windows of fixtures/reference/golden-data. Golden from transformers' own forward;
+# routing margins measured on the gate's scores (the float64 ref_forward does not know this family).
+# The FP8 variant stores wq_b and wk as FP8 like deepseek-ai/DeepSeek-V3.2 and keeps weights_proj in high
+# precision (transformers' _keep_in_fp32_modules); see make_deepseek_v32_fp8.
+DSV32_CASE = "deepseek_v32"
+DSV32_FP8_CASE = "deepseek_v32-fp8"
+DSV32 = dict(
+    COMMON,
+    num_hidden_layers=3,
+    num_key_value_heads=4,
+    intermediate_size=16,  # dense MLP (layer 0)
+    moe_intermediate_size=8,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    n_group=2,
+    topk_group=1,
+    routed_scaling_factor=2.5,
+    norm_topk_prob=True,
+    first_k_dense_replace=1,
+    q_lora_rank=16,
+    kv_lora_rank=16,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=16,
+    v_head_dim=12,
+    index_n_heads=2,
+    index_head_dim=64,  # llama.cpp rotates the indexer q/k by a Hadamard matrix: a power of two >= 64
+    index_topk=32,
+    attention_bias=False,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+)
+DSV32_STD = {"mlp.gate.weight": 1.0}  # decisive routing
+
+
+def dsv32_gate_margin(model, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    """Top-k / top-group margins of every MoE layer's selection scores (sigmoid + correction bias), and the experts
+    the gate selects on every token (router.L I64 [tokens, k], the gate's topk_indices)."""
+    cfg = model.config
+    got: dict[str, torch.Tensor] = {}
+    margins: list[float] = []
+    hooks = []
+    for L, layer in enumerate(model.model.layers):
+        if cfg.mlp_layer_types[L] != "sparse":
+            continue
+        gate = layer.mlp.gate
+
+        def hook(m, inp, out, L=L):
+            logits = out[0].float()
+            s = logits.sigmoid() + m.e_score_correction_bias
+            g = s.view(-1, m.num_group, m.num_experts // m.num_group).topk(2, -1).values.sum(-1)
+            margins.append(topk_margin(g, m.topk_group))
+            keep = g.topk(m.topk_group, -1).indices
+            mask = torch.zeros_like(g).scatter(1, keep, 1).bool()
+            mask = mask.unsqueeze(-1).expand(-1, m.num_group, m.num_experts // m.num_group).reshape(s.shape)
+            margins.append(topk_margin(s.masked_fill(~mask, float("-inf")), m.top_k))
+            got[f"router.{L}"] = out[-1].detach().to(torch.int64).contiguous()
+
+        hooks.append(gate.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return min(margins), got
+
+
+def dsv32_sparse_diff(d: Path, ids: torch.Tensor) -> float:
+    """How far transformers' logits move when the window (ids repeated to 3 x index_topk tokens) is longer than
+    index_topk: the indexer then drops tokens, so moe refuses such windows."""
+    from transformers import DeepseekV32ForCausalLM
+
+    model = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+    topk = model.config.index_topk
+    long = ids.repeat(1, -(-3 * topk // ids.shape[1]))[:, : 3 * topk]
+    sparse = model(input_ids=long, use_cache=False).logits
+    for layer in model.model.layers:
+        layer.self_attn.indexer.index_topk = long.shape[1]
+    dense = model(input_ids=long, use_cache=False).logits
+    return float((sparse - dense).abs().max())
+
+
+def dsv32_info(d: Path, case: str, logits, ids, hf_loss: float, dtype: str, extra_checks: dict, notes: list[str]) -> dict:
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, dtypes = load_saved_tensors(d)
+    moe_layers = [i for i, t in enumerate(cfg_json["mlp_layer_types"]) if t == "sparse"]
+    return {
+        "case": case,
+        "model_type": cfg_json["model_type"],
+        "architecture": cfg_json["architectures"][0],
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "loss": ce_loss(logits, ids),
+        "hf_loss": hf_loss,
+        "dtype": dtype,
+        "stored_dtypes": sorted(set(dtypes.values())),
+        "params_total": sum(t.numel() for k, t in tensors.items() if not k.endswith("_scale_inv")),
+        "num_layers": cfg_json["num_hidden_layers"],
+        "moe_layers": moe_layers,
+        "dense_layers": [i for i in range(cfg_json["num_hidden_layers"]) if i not in moe_layers],
+        "experts_per_layer": {str(L): cfg_json["n_routed_experts"] for L in moe_layers},
+        "top_k": cfg_json["num_experts_per_tok"],
+        "vocab_size": cfg_json["vocab_size"],
+        "input_shape": list(ids.shape),
+        "weight_files": sorted(p.name for p in d.glob("model*.safetensors")),
+        "files": sorted([p.name for p in d.iterdir()] + ["golden.json"]),
+        "num_tensors": len(tensors),
+        "logits_stats": {
+            "min": float(logits.min()),
+            "max": float(logits.max()),
+            "std": float(logits.std()),
+            "mean_row_range": float((logits.max(-1).values - logits.min(-1).values).mean()),
+        },
+        "checks": extra_checks,
+        "notes": notes,
+    }
+
+
+DSV32_NOTES = [
+    "DeepseekV32ForCausalLM: MLA as the deepseek_v3 case (q_lora_rank 16, kv_lora_rank 16, nope 16, rope 8, v 12; "
+    "RoPE always interleaved, config.json has no rope_interleave), layer 0 dense (mlp_layer_types dense/sparse/"
+    "sparse), 8 routed experts in 2 groups, topk_group 1, top-2, sigmoid + e_score_correction_bias, "
+    "norm_topk_prob, routed_scaling_factor 2.5, 1 shared expert; router std 1.0.",
+    "DSA lightning indexer per layer: self_attn.indexer.wq_b [index_n_heads*index_head_dim=128, q_lora_rank=16], "
+    "wk [64, 64], k_norm.weight/bias [64] (LayerNorm), weights_proj [2, 64]; index_topk 32 >= every window here "
+    "(16 golden, 32 in fixtures/reference/golden-data), so every earlier token is selected and attention is dense "
+    "MLA (the indexer weights do not change these logits). checks.max_abs_diff_sparse_vs_dense_3x_topk: what the "
+    "indexer changes on windows of 3 x index_topk tokens (why moe refuses windows longer than index_topk).",
+]
+
+
+DSV32_FP8_BLOCK = (32, 32)
+
+
+def dsv32_fp8(raw: dict[str, torch.Tensor]):
+    """The FP8 variant's stored tensors, their dequantized values (published rule) and the FP8 targets."""
+    targets = {k for k in fp8_targets(raw, []) if not k.endswith("indexer.weights_proj.weight")}
+    stored: dict[str, torch.Tensor] = {}
+    dequant: dict[str, torch.Tensor] = {}
+    for k, t in raw.items():
+        if k in targets:
+            q, inv = fp8_quantize(t.float(), DSV32_FP8_BLOCK, True)
+            stored[k] = q
+            stored[k[: -len(".weight")] + ".weight_scale_inv"] = inv
+            dequant[k] = fp8_dequantize(q, inv, DSV32_FP8_BLOCK)
+        else:
+            stored[k] = t.contiguous()
+            dequant[k] = t.float().contiguous()
+    return stored, dequant, targets
+
+
+@torch.no_grad()
+def make_deepseek_v32() -> dict:
+    import tempfile
+
+    from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
+
+    d = OUT / DSV32_CASE
+    cfg = DeepseekV32Config(**DSV32)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 20300 + attempt
+        torch.manual_seed(seed)
+        model = DeepseekV32ForCausalLM(cfg).eval()
+        reinit(model, seed, DSV32_STD)
+        g = torch.Generator().manual_seed(seed + 777)
+        for name, t in model.named_parameters():
+            if name.endswith("indexer.k_norm.bias"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        margin, routers = dsv32_gate_margin(hf, ids)
+        # the FP8 variant (made from these weights) must route with a margin too
+        _, dequant, _ = dsv32_fp8(load_saved_tensors(d)[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(dequant, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+            shutil.copy(d / "config.json", Path(tmp) / "config.json")
+            fp8 = DeepseekV32ForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="eager")
+            fp8_margin, _ = dsv32_gate_margin(fp8.eval(), ids)
+        print(f"[{DSV32_CASE}] seed {seed}: min routing margin {margin:.3g} (FP8 variant {fp8_margin:.3g})")
+        if min(margin, fp8_margin) >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("deepseek_v32: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    sparse_diff = dsv32_sparse_diff(d, ids)
+    print(f"[{DSV32_CASE}] |sdpa - eager| {sdpa_diff:.3g}, sparse vs dense at 3 x index_topk {sparse_diff:.3g}")
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous(), **routers},
+        str(d / "golden.safetensors"),
+        metadata={"golden": json.dumps({"case": DSV32_CASE, "transformers_version": transformers.__version__})},
+    )
+    checks = {
+        "max_abs_diff_sdpa_vs_eager": sdpa_diff,
+        "min_routing_margin": margin,
+        "max_abs_diff_sparse_vs_dense_3x_topk": sparse_diff,
+    }
+    notes = DSV32_NOTES + [
+        "Saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, dtype=torch.float32), eager "
+        "attention; router.L [tokens, 2]: the experts the gate selects (its topk_indices) on every token.",
+    ]
+    info = dsv32_info(d, DSV32_CASE, logits, ids, hf_loss, "bfloat16", checks, notes)
+    info["seed"] = seed
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    describe(d)
+    return info
+
+
+@torch.no_grad()
+def make_deepseek_v32_fp8() -> dict:
+    """The deepseek_v32 case's weights with every 2-D weight of model.layers.* stored as F8_E4M3 + weight_scale_inv
+    (blocks 32x32, ue8m0), except the routers and indexer.weights_proj (deepseek-ai/DeepSeek-V3.2 stores it in
+    bf16; transformers keeps it in float32 and does not convert it). Reference: transformers on the dequantized
+    weights (the published rule), as make_fp8_case."""
+    import tempfile
+
+    from transformers import DeepseekV32ForCausalLM, FineGrainedFP8Config
+
+    base = OUT / DSV32_CASE
+    if not (base / "golden.safetensors").exists():
+        raise SystemExit(f"{DSV32_FP8_CASE}: make the base case {DSV32_CASE} first")
+    d = OUT / DSV32_FP8_CASE
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    block = DSV32_FP8_BLOCK
+    cfg = json.loads((base / "config.json").read_text())
+    qc = {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "quant_method": "fp8",
+        "scale_fmt": "ue8m0",
+        "weight_block_size": list(block),
+    }
+    raw, _ = load_saved_tensors(base)
+    stored, dequant, targets = dsv32_fp8(raw)
+    save_file(stored, str(d / "model.safetensors"), metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps({**cfg, "quantization_config": qc}, indent=2, sort_keys=True) + "\n")
+    shutil.copy(base / "generation_config.json", d / "generation_config.json")
+    with safe_open(str(base / "golden.safetensors"), "pt") as f:
+        ids = f.get_tensor("input_ids")
+    with tempfile.TemporaryDirectory() as tmp:
+        td = Path(tmp)
+        save_file(dequant, str(td / "model.safetensors"), metadata={"format": "pt"})
+        (td / "config.json").write_text(json.dumps(cfg))
+        model = DeepseekV32ForCausalLM.from_pretrained(str(td), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
+        margin, routers = dsv32_gate_margin(model, ids)
+    print(f"[{DSV32_FP8_CASE}] min routing margin {margin:.3g}")
+    if margin < MIN_MARGIN:
+        raise SystemExit(f"{DSV32_FP8_CASE}: routing margin too small ({margin})")
+    tf: dict[str, Any] = {}
+    for key, fixed in (("transformers_fp8_dequantize", False), ("transformers_fp8_dequantize_edge_fixed", True)):
+        undo = hf_fp8_cpu_patch(fixed)
+        try:
+            fm = DeepseekV32ForCausalLM.from_pretrained(
+                str(d),
+                dtype=torch.float32,
+                attn_implementation="eager",
+                quantization_config=FineGrainedFP8Config(dequantize=True),
+            ).eval()
+            tf[f"{key}_max_abs_logit_diff"] = float(
+                (fm(input_ids=ids, use_cache=False).logits.float() - logits).abs().max()
+            )
+        except Exception as e:  # recorded, not fatal: see the comment above FP8_CASES
+            tf[f"{key}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        finally:
+            undo()
+    print(f"[{DSV32_FP8_CASE}] transformers' own CPU dequantize: {tf}")
+    save_file(
+        {"input_ids": ids.contiguous(), "logits": logits.contiguous(), **routers},
+        str(d / "golden.safetensors"),
+        metadata={"golden": json.dumps({"case": DSV32_FP8_CASE, "transformers_version": transformers.__version__})},
+    )
+    checks = {
+        "min_routing_margin": margin,
+        "max_abs_dequantized_minus_base_weight": max(float((dequant[k] - raw[k].float()).abs().max()) for k in targets),
+        **tf,
+    }
+    notes = DSV32_NOTES + [
+        "The deepseek_v32 case's weights with every 2-D weight of model.layers.* but the routers and "
+        "indexer.weights_proj (kept bfloat16, as deepseek-ai/DeepSeek-V3.2 stores it) as F8_E4M3 + float32 "
+        "weight_scale_inv in blocks of 32x32, scale_fmt ue8m0; indexer.wq_b [128,16] and wk [64,64] are FP8 like the "
+        "published checkpoint. Reference logits: transformers on the dequantized weights (published rule).",
+    ]
+    info = dsv32_info(d, DSV32_FP8_CASE, logits, ids, hf_loss, "bfloat16", checks, notes)
+    info["base_case"] = DSV32_CASE
+    info["quantization_config"] = qc
+    info["fp8_weights"] = len(targets)
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    describe(d)
+    return info
+
+
+EXTRA_CASES[DSV32_CASE] = make_deepseek_v32
+EXTRA_CASES[DSV32_FP8_CASE] = make_deepseek_v32_fp8
+
+
+# --------------------------------------------------------------------------------------
 # Weight initialisation
 # --------------------------------------------------------------------------------------
 

@@ -190,6 +190,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   );
   const positions = positionsWarning(set, opts.seqLen, ckpt.config);
   if (positions) ctx.warn(positions);
+  arch.checkWindow(set.windows.reduce((n, w) => Math.max(n, w.length), 0)); // before any tensor is read
   const windows = sample(set.windows, opts.samples, seed);
   const tokens = windows.reduce((s, w) => s + w.length, 0);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
@@ -273,7 +274,14 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
       type: 'path',
       description: 'calibration data: .txt, .jsonl or pre-tokenized .json (default: the bundled generic text)',
     },
-    { flag: '--seq-len <n>', type: 'int', min: 2, default: '2048', description: 'window length in tokens' },
+    {
+      flag: '--seq-len <n>',
+      type: 'int',
+      min: 2,
+      default: '2048',
+      description:
+        'window length in tokens (deepseek_v32: at most its index_topk; longer windows are refused until sparse attention is implemented)',
+    },
     { flag: '--max-tokens <n>', type: 'int', min: 2, description: 'use the first N tokens of the data' },
     {
       flag: '--samples <n>',

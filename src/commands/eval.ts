@@ -154,6 +154,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   });
   const positions = positionsWarning(set, opts.seqLen, m.ckpt.config);
   if (positions) ctx.warn(positions);
+  m.arch.checkWindow(set.windows.reduce((n, w) => Math.max(n, w.length), 0)); // before any tensor is read
   const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
   const dump = opts.dumpLogits ? logitDump(opts.dumpLogits, set.windows, m.arch.vocab) : undefined;
   const total = set.windows.reduce((s, w) => s + w.length, 0);
@@ -306,7 +307,14 @@ export const evalSpec: CommandSpec<EvalReport> = {
       required: true,
       description: '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)',
     },
-    { flag: '--seq-len <n>', type: 'int', min: 2, default: '2048', description: 'window length in tokens' },
+    {
+      flag: '--seq-len <n>',
+      type: 'int',
+      min: 2,
+      default: '2048',
+      description:
+        'window length in tokens (deepseek_v32: at most its index_topk; longer windows are refused until sparse attention is implemented)',
+    },
     { flag: '--max-tokens <n>', type: 'int', min: 2, description: 'use only the first N tokens of the data' },
     {
       flag: '--baseline <model>',

@@ -20,6 +20,8 @@ export type TensorRole =
   | { kind: 'final_norm' }
   | { kind: 'norm'; layer: number; name: string }
   | { kind: 'attn'; layer: number; name: string; bias?: boolean }
+  /** A tensor that does not change the dense forward (DeepSeek-V3.2's DSA indexer): kept as stored by every command. */
+  | { kind: 'aux'; layer: number; name: string }
   | { kind: 'router'; layer: number }
   | { kind: 'router_bias'; layer: number }
   | { kind: 'expert'; layer: number; expert: number; proj: Proj }
@@ -222,6 +224,9 @@ export abstract class Architecture {
   slidingWindow(_layer: number): number | undefined {
     return undefined;
   }
+
+  /** Refuses a window of `tokens` tokens that the forward pass would not run as the model does; default: any. */
+  checkWindow(_tokens: number): void {}
 
   routerKey(layer: number): string {
     return `${this.moePrefix(layer)}.gate.weight`;

@@ -255,7 +255,7 @@ export class DeepseekV3 extends DeepseekV2 {
 }
 
 /** llama.cpp's MLA tensors: kv_b_proj split per head into k_b (transposed) and v_b. */
-function mlaGgufTensors(att: MlaSpec, layer: number, blk: string): GgufAttentionTensor[] {
+export function mlaGgufTensors(att: MlaSpec, layer: number, blk: string): GgufAttentionTensor[] {
   const sa = `model.layers.${layer}.self_attn`;
   const out: GgufAttentionTensor[] = [];
   const names = [
@@ -292,7 +292,7 @@ function mlaGgufTensors(att: MlaSpec, layer: number, blk: string): GgufAttention
 }
 
 /** deepseek2 back to a config: softmax gating is V2, sigmoid (expert_gating_func 2) V3. Only the current MLA layout. */
-function deepseekFromGguf(h: GgufHparams, c: Config, experts: number): void {
+export function deepseekFromGguf(h: GgufHparams, c: Config, experts: number): void {
   const heads = c.num_attention_heads as number;
   const ropeDim = h.num('rope.dimension_count');
   const kMla = h.opt('attention.key_length_mla');

@@ -7,6 +7,7 @@ import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
+import { deepseekV32 } from './deepseek-v32';
 import { applyFusedViews } from './fused';
 import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
@@ -28,6 +29,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   olmoe,
   deepseekV2,
   deepseekV3,
+  deepseekV32,
   gptOss,
   qwen3Next,
   qwen3_5MoeText,
@@ -93,7 +95,6 @@ const MOE_NOT_YET = [
   'minimax',
   'ernie4_5_moe',
   'hunyuan_v1_moe',
-  'deepseek_v32',
   'qwen3_vl_moe',
   'switch_transformers',
   'nllb_moe',

@@ -109,6 +109,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'olmoe',
       'deepseek_v2',
       'deepseek_v3',
+      'deepseek_v32',
       'gpt_oss',
       'qwen3_next',
       'qwen3_5_moe_text',

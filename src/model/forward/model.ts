@@ -157,6 +157,7 @@ export class ForwardPass {
     const h = this.arch.hidden;
     const N = windows * T;
     const p = `model.layers.${l}`;
+    this.arch.checkWindow(T); // e.g. DeepSeek-V3.2: dense attention is exact only up to index_topk tokens
     if (l !== this.cacheLayer) this.release(l);
     const normed = rmsNorm(hidden, this.normWeight(`${p}.input_layernorm.weight`, l), h, this.spec.eps);
     const linear = this.arch.linearAttention(l);
