@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { RefBackend } from '../../src/backend/ref';
 import { evalCommand } from '../../src/commands/eval';
 import { exportGguf } from '../../src/commands/gguf';
+import { inspect } from '../../src/commands/inspect';
 import { ggufModel } from '../../src/gguf/arch';
 import { GGML_TYPE_ID, GgmlType } from '../../src/gguf/quants';
 import { openGgufModel } from '../../src/gguf/source';
@@ -246,6 +247,12 @@ describe.each(CASES)('%s', (c) => {
       // 1 + w and −exp(A_log) undone in float32: within an ulp of 1
       const far = names.filter((n) => maxDiff(gg.reader.f32(n), r.f32(n)) > 2e-7);
       expect(far).toEqual([]);
+      if (c !== 'qwen3_5_moe') {
+        // inspect FILE.gguf: the source's layout and parameters (the nested source also counts its vision tower)
+        const [want, got] = [inspect({ model: files[c]!.dir }), inspect({ model: files[c]!.q8 })];
+        for (const k of ['model_type', 'num_layers', 'moe_layers', 'top_k', 'params_total', 'params_experts'] as const)
+          expect([k, got[k]]).toEqual([k, want[k]]);
+      }
       const { ids, logits, B, T } = golden(c);
       const { sink, logits: got } = fullLogits(B * T, gg.arch.vocab);
       await new ForwardPass(gg.reader, gg.arch, new RefBackend()).run(ids, B, T, sink);
