@@ -145,6 +145,11 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   const model = ggufModel(arch, new Map([...ckpt.tensors.values()].map((t) => [t.name, t.shape])));
   const vocab = vocabMetadata(ckpt.dir, arch.modelType, arch.vocab);
   for (const w of model.warnings) ctx.warn(w);
+  if (ckpt.nesting)
+    ctx.warn(
+      `the vision tower (${[...ckpt.nesting.beside].map((m) => `model.${m}.*`).join(', ')}) is not written: ` +
+        'the GGUF file holds the text model (llama.cpp reads a vision tower from a separate mmproj file)',
+    );
   const mode = o.allocate ?? 'uniform';
   const stats = o.stats ? new CalibrationStats(o.stats) : undefined;
   const reader = new TensorReader(ckpt);

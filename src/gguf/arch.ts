@@ -94,20 +94,24 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMa
     }
   };
   one('token_embd.weight', 'model.embed_tokens.weight', 'weight', { proj: 'embed' });
+  // Zero-centred RMSNorms (Qwen3-Next: x · (1 + w)) are stored as 1 + w: llama.cpp multiplies by the weight.
+  const norm: Partial<GgufSource> = a.normOffset ? { transform: { add: a.normOffset } } : {};
   for (let l = 0; l < a.numLayers; l++) {
     const p = `model.layers.${l}`;
     const b = `blk.${l}`;
-    one(`${b}.attn_norm.weight`, `${p}.input_layernorm.weight`, 'norm', { layer: l });
+    one(`${b}.attn_norm.weight`, `${p}.input_layernorm.weight`, 'norm', { layer: l, ...norm });
     for (const t of map.attentionTensors(l, b)) {
       const proj = t.kind === 'weight' ? { proj: 'attn' as const } : {};
-      const extra: Partial<GgufSource> = { layer: l, ...proj, permuteHeads: t.permuteHeads, splitKvB: t.splitKvB };
+      const { permuteHeads, splitKvB, transform } = t;
+      const extra: Partial<GgufSource> = { layer: l, ...proj, permuteHeads, splitKvB, transform };
       if (t.shape) tensors.push({ name: t.name, shape: t.shape, from: [t.from], kind: t.kind, ...extra });
       else one(t.name, t.from, t.kind, extra);
     }
-    one(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`, 'norm', { layer: l });
-    one(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`, 'norm', { layer: l });
+    one(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`, 'norm', { layer: l, ...norm });
+    one(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`, 'norm', { layer: l, ...norm });
     one(`${b}.${map.postAttentionNorm ?? 'ffn_norm'}.weight`, `${p}.post_attention_layernorm.weight`, 'norm', {
       layer: l,
+      ...norm,
     });
     if (a.isMoeLayer(l)) {
       one(`${b}.ffn_gate_inp.weight`, a.routerKey(l), 'router', { layer: l });
@@ -141,7 +145,7 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMa
       ffn(b, l, 'ffn_', { gate: 'gate', up: 'up', down: 'down' }, (proj) => `${p}.mlp.${proj}_proj.weight`);
     }
   }
-  one('output_norm.weight', 'model.norm.weight', 'norm');
+  one('output_norm.weight', 'model.norm.weight', 'norm', norm);
   one('output.weight', a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight', 'weight', { proj: 'output' });
   return tensors;
 }

@@ -44,6 +44,13 @@ function hparams(g: GgufFile, arch: string): GgufHparams {
       }
       return v;
     },
+    array: (k) => {
+      const v = m.get(key(k));
+      if (v === undefined) return undefined;
+      if (!Array.isArray(v))
+        throw new CheckpointError(`GGUF metadata ${key(k)} is ${JSON.stringify(v)}, expected an array`, { file });
+      return v;
+    },
     hasTensor: (name) => g.tensors.some((t) => t.name === name),
     tensorShape: (name) => g.tensors.find((t) => t.name === name)?.shape,
     tensorNames: () => g.tensors.map((t) => t.name),

@@ -1,11 +1,13 @@
 /**
  * The float32 values of one part of a GGUF tensor (one HF tensor; a stacked expert tensor has one per expert), in
- * llama.cpp's layout: rows permuted from HF's rotate-half RoPE order, DeepSeek's kv_b_proj split per head.
+ * llama.cpp's layout: rows permuted from HF's rotate-half RoPE order, DeepSeek's kv_b_proj split per head, rows,
+ * columns and values as an architecture's GgufTransform says (./transform.ts).
  * Non-finite weights are refused (src/quant/finite.ts).
  */
 import type { Checkpoint, TensorReader } from '../io/checkpoint';
 import { requireFinite } from '../quant/finite';
 import { GgufSource, permuteRows } from './arch';
+import { toGguf } from './transform';
 
 export function loadPart(ckpt: Checkpoint, reader: TensorReader, t: GgufSource, i: number): Float32Array {
   const w = reader.f32(t.from[i]);
@@ -25,7 +27,8 @@ export function loadPart(ckpt: Checkpoint, reader: TensorReader, t: GgufSource, 
     }
     return out;
   }
+  const shape = ckpt.tensors.get(t.from[i])!.shape;
+  if (t.transform) return toGguf(w, shape, t.transform);
   if (!t.permuteHeads) return w;
-  const [rows, cols] = ckpt.tensors.get(t.from[i])!.shape;
-  return permuteRows(w, rows, cols, t.permuteHeads);
+  return permuteRows(w, shape[0], shape[1], t.permuteHeads);
 }

@@ -28,6 +28,13 @@ const FIXED: Record<string, GgmlType> = { embed: 'Q4_K', output: 'Q6_K' };
 export const rowsOf = (shape: number[]) => shape.slice(0, -1).reduce((a, b) => a * b, 1);
 const colsOf = (shape: number[]) => shape[shape.length - 1];
 
+/** The imatrix of part `i` of `t`, its columns in the GGUF tensor's order. */
+function importance(t: GgufSource, i: number, weighting: Weighting): Float64Array | undefined {
+  const imp = weighting.importance(t.from[i]);
+  const cols = t.transform?.cols;
+  return imp && cols ? Float64Array.from(cols, (c) => imp[c]) : imp;
+}
+
 /** A part of a tensor in llama.cpp's layout (src/gguf/load.ts). */
 export type PartLoader = (t: GgufSource, i: number) => Float32Array;
 
@@ -48,7 +55,7 @@ export function typeErrors(t: GgufSource, menu: GgmlType[], load: PartLoader, we
   for (let i = 0; i < t.from.length; i++) {
     const w = load(t, i);
     const rows = w.length / cols;
-    const imp = weighting.importance(t.from[i]);
+    const imp = importance(t, i, weighting);
     const factor = weighting.factor(t.layer, t.from.length === 1 ? undefined : i);
     menu.forEach((type, k) => {
       if (!Number.isFinite(total[k])) return;
@@ -160,7 +167,7 @@ export function encodeTensor(t: GgufSource, type: GgmlType, load: PartLoader, we
     parts.push(
       type === 'F32'
         ? new Uint8Array(w.buffer, w.byteOffset, w.byteLength)
-        : quantizeRows(w, w.length / cols, cols, type, weighting.importance(t.from[j])),
+        : quantizeRows(w, w.length / cols, cols, type, importance(t, j, weighting)),
     );
   }
   return parts.length === 1 ? parts[0] : Buffer.concat(parts);

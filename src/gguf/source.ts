@@ -3,7 +3,8 @@
  * from the metadata (./config.ts), and every Hugging Face tensor the architecture implies is mapped back to the
  * GGUF tensor it was written to, by inverting moe's own export mapping (./arch.ts `ggufModel`): stacked experts
  * ffn_*_exps [E, out, in] are sliced per expert, Mixtral's q/k rows un-permuted, DeepSeek's kv_b_proj rebuilt
- * from k_b (transposed per head) and v_b, Qwen2-MoE's shared-expert gate given back its [1, hidden] shape.
+ * from k_b (transposed per head) and v_b, Qwen2-MoE's shared-expert gate given back its [1, hidden] shape, an
+ * architecture's GgufTransform undone (./transform.ts; Qwen3-Next's in_proj_qkvz gathered from attn_qkv and attn_gate).
  * Tensors are dequantized to float32 one at a time, with positioned reads. A ggml type moe does not decode, a
  * tensor outside the layout or data past the end of the file is refused, never read approximately.
  */
@@ -17,6 +18,7 @@ import type { Architecture } from '../model/arch';
 import { architectureFor } from '../model/registry';
 import { GgufSource, ggufModel, unpermuteRows } from './arch';
 import { configFromGguf } from './config';
+import { fromGguf } from './transform';
 import { blockSize, dequantizeRows, GGML_TYPE_ID, GgmlType, rowBytes } from './quants';
 import { GgufFile, GgufTensorInfo, readGguf, readRange } from '../io/gguf-reader';
 
@@ -67,6 +69,8 @@ interface Part {
   src: GgufSource;
   /** DeepSeek: the v_b half of kv_b_proj (the k_b half is `tensor`). */
   vb?: GgufTensor;
+  /** Other GGUF tensors holding rows of the same HF tensor (each with its GgufTransform). */
+  more?: Part[];
 }
 
 export interface GgufModelSource {
@@ -147,7 +151,10 @@ export function openGgufModel(file: string): GgufModelSource {
         parts.get(hf)!.vb = t;
         return;
       }
-      parts.set(hf, { tensor: t, index, of: src.from.length, src });
+      const part = { tensor: t, index, of: src.from.length, src };
+      const first = parts.get(hf);
+      if (first?.src.transform && src.transform) (first.more ??= []).push(part);
+      else parts.set(hf, part);
     });
   }
   const extra = tensors.find((t) => !used.has(t.name));
@@ -211,6 +218,12 @@ export class GgufTensorReader extends TensorReader {
   override f32(name: string): Float32Array {
     const ref = this.ref(name);
     const p = this.parts.get(name)!;
+    if (p.src.transform) {
+      const out = new Float32Array(ref.shape.reduce((a, b) => a * b, 1));
+      for (const q of [p, ...(p.more ?? [])])
+        fromGguf(this.partRows(q.tensor, q.index, q.of), out, ref.shape, q.src.transform!);
+      return out;
+    }
     const w = this.partRows(p.tensor, p.index, p.of);
     const kv = p.src.splitKvB;
     if (kv) {
@@ -236,7 +249,7 @@ export class GgufTensorReader extends TensorReader {
     const p = this.parts.get(name)!;
     if (start < 0 || start + count > ref.shape[0])
       throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${name} [${ref.shape}]`);
-    if (p.of > 1 || p.src.splitKvB || p.src.permuteHeads || ref.shape.length !== 2) {
+    if (p.of > 1 || p.src.splitKvB || p.src.permuteHeads || p.src.transform || ref.shape.length !== 2) {
       const cols = ref.shape[1];
       return this.f32(name).slice(start * cols, (start + count) * cols);
     }

@@ -44,7 +44,9 @@ function storedPart(ckpt: Checkpoint, name: string): StoredPart | undefined {
 
 /** Whether every part of a GGUF weight is stored as MXFP4 (it is then written as ggml MXFP4, repacked). */
 export function isStoredMxfp4(ckpt: Checkpoint, t: GgufSource): boolean {
-  return t.kind === 'weight' && !t.permuteHeads && !t.splitKvB && t.from.every((f) => storedPart(ckpt, f));
+  return (
+    t.kind === 'weight' && !t.permuteHeads && !t.splitKvB && !t.transform && t.from.every((f) => storedPart(ckpt, f))
+  );
 }
 
 /** A stored-MXFP4 weight's bytes as ggml MXFP4 rows, expert after expert, from the stored bytes only. */

@@ -18,17 +18,22 @@ const BYTE_LEVEL = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: t
 /** Qwen2's split (llama.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2), case-insensitive contractions spelled out. */
 const QWEN2_REGEX =
   "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+/** Qwen3.5's split (llama.cpp LLAMA_VOCAB_PRE_TYPE_QWEN35): Qwen2's with combining marks (\p{M}) in words. */
+const QWEN35_REGEX =
+  "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const splitThenBytes = (regex: string) => ({
+  type: 'Sequence',
+  pretokenizers: [
+    { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+    { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+  ],
+});
 
 const PRE_TOKENIZERS: Record<string, unknown> = {
   'gpt-2': BYTE_LEVEL,
   olmo: BYTE_LEVEL,
-  qwen2: {
-    type: 'Sequence',
-    pretokenizers: [
-      { type: 'Split', pattern: { Regex: QWEN2_REGEX }, behavior: 'Isolated', invert: false },
-      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
-    ],
-  },
+  qwen2: splitThenBytes(QWEN2_REGEX),
+  qwen35: splitThenBytes(QWEN35_REGEX),
 };
 
 export function ggufTokenizerJson(g: GgufFile): Record<string, unknown> {

@@ -5,9 +5,12 @@
  */
 import type { Config } from '../io/checkpoint';
 
-/** A GGUF metadata scalar (the scalar cases of src/gguf/writer's GgufValue). */
+/** A GGUF metadata value an architecture writes (cases of src/gguf/writer's GgufValue): a scalar or a short array. */
 export type GgufScalar =
-  { type: 'u32' | 'f32'; value: number } | { type: 'bool'; value: boolean } | { type: 'string'; value: string };
+  | { type: 'u32' | 'f32'; value: number }
+  | { type: 'bool'; value: boolean }
+  | { type: 'string'; value: string }
+  | { type: 'array'; of: 'i32' | 'u32' | 'bool'; value: (number | boolean)[] };
 
 export const u32 = (value: number): GgufScalar => ({ type: 'u32', value });
 export const f32 = (value: number): GgufScalar => ({ type: 'f32', value });
@@ -19,6 +22,21 @@ export const headLengthKeys = (headDim: number): [string, GgufScalar][] => [
 ];
 
 export type GgufProj = 'gate' | 'up' | 'down' | 'attn' | 'embed' | 'output';
+
+/**
+ * Values moved or changed on the way from the checkpoint to llama.cpp's layout (applied by src/gguf/load.ts,
+ * undone by src/gguf/source.ts). The HF tensor is seen as rows × its last axis (a vector: one value per row).
+ */
+export interface GgufTransform {
+  /** GGUF row i is HF row rows[i] (a subset: one HF tensor split into several GGUF tensors; or a reordering). */
+  rows?: number[];
+  /** GGUF column j is HF column cols[j]. */
+  cols?: number[];
+  /** Added to every value: zero-centred RMSNorm weights stored as 1 + w, as convert_hf_to_gguf.py does. */
+  add?: number;
+  /** −exp(value): Gated DeltaNet's A_log stored as llama.cpp's ssm_a. */
+  negExp?: boolean;
+}
 
 /** How a GGUF tensor is made from the checkpoint. */
 export interface GgufSource {
@@ -33,6 +51,7 @@ export interface GgufSource {
   permuteHeads?: number;
   /** DeepSeek's kv_b_proj split per head into llama.cpp's k_b (transposed) or v_b. */
   splitKvB?: { part: 'k' | 'v'; heads: number; nope: number; v: number };
+  transform?: GgufTransform;
   layer?: number;
   proj?: GgufProj;
 }
@@ -48,6 +67,7 @@ export interface GgufAttentionTensor {
   shape?: number[];
   permuteHeads?: number;
   splitKvB?: GgufSource['splitKvB'];
+  transform?: GgufTransform;
 }
 
 /** What an architecture writes to GGUF beyond the common keys and tensors (src/gguf/arch.ts). */
@@ -75,6 +95,8 @@ export interface GgufHparams {
   /** A number, the fallback when absent, else CheckpointError. */
   num(key: string, fallback?: number): number;
   bool(key: string, fallback: boolean): boolean;
+  /** An array value, or undefined when absent. */
+  array(key: string): unknown[] | undefined;
   hasTensor(name: string): boolean;
   tensorShape(name: string): number[] | undefined;
   tensorNames(): string[];

@@ -99,8 +99,13 @@ describe('the qwen3_5_moe_text architecture', () => {
     for (const name of ['in_proj_qkv', 'in_proj_z', 'in_proj_b', 'in_proj_a'])
       expect(a.classify(`${p}.${name}.weight`)).toEqual({ kind: 'attn', layer: 0, name });
     expect(a.classify(`${p}.in_proj_qkvz.weight`)).toBeUndefined();
-    expect(() => a.ggufMapping(a.attentionSpec({}, 1e-6), {})).toThrow(
-      'GGUF output for qwen3_5_moe_text is not supported yet',
+    // llama.cpp's qwen35moe (test/gguf/qwen-hybrid-gguf.test.ts): in_proj_qkv as attn_qkv, in_proj_b as ssm_beta
+    const names = a.ggufMapping(a.attentionSpec({}, 1e-6), {})!.attentionTensors(0, 'blk.0');
+    expect(names.map((t) => [t.name, t.from.slice(p.length + 1)])).toEqual(
+      expect.arrayContaining([
+        ['blk.0.attn_qkv.weight', 'in_proj_qkv.weight'],
+        ['blk.0.ssm_beta.weight', 'in_proj_b.weight'],
+      ]),
     );
   });
 
