@@ -112,6 +112,47 @@ function l2(src: Float32Array, from: number, dim: number, extra: number, into: F
   for (let i = 0; i < dim; i++) into[i] = src[from + i] * inv;
 }
 
+/**
+ * One token of one value head, in two row-major passes over S [dk, dv] (each sum over i in the same order as the
+ * textbook loops, so the results are the same to the bit): S ← S·e and m = Sᵀk; delta = (v − m)·beta;
+ * S ← S + k ⊗ delta and o = Sᵀq. `delta` returns o.
+ */
+function step(
+  S: Float64Array,
+  q: Float64Array,
+  k: Float64Array,
+  conv: Float32Array,
+  vo: number,
+  e: number,
+  bt: number,
+  m: Float64Array,
+  delta: Float64Array,
+  dk: number,
+  dv: number,
+): void {
+  m.fill(0);
+  for (let i = 0, row = 0; i < dk; i++, row += dv) {
+    const ki = k[i];
+    for (let j = 0; j < dv; j++) {
+      const s = S[row + j] * e;
+      S[row + j] = s;
+      m[j] += s * ki;
+    }
+  }
+  for (let j = 0; j < dv; j++) delta[j] = (conv[vo + j] - m[j]) * bt;
+  m.fill(0);
+  for (let i = 0, row = 0; i < dk; i++, row += dv) {
+    const ki = k[i];
+    const qi = q[i];
+    for (let j = 0; j < dv; j++) {
+      const s = S[row + j] + ki * delta[j];
+      S[row + j] = s;
+      m[j] += s * qi;
+    }
+  }
+  delta.set(m);
+}
+
 /** The gated delta rule over each window: the core output [N, Hv·dv] before the gated norm. */
 function recurrence(
   spec: DeltaNetSpec,
@@ -129,6 +170,7 @@ function recurrence(
   const q = new Float64Array(dk);
   const k = new Float64Array(dk);
   const delta = new Float64Array(dv);
+  const m = new Float64Array(dv);
   for (let w = 0; w < windows; w++) {
     for (let h = 0; h < Hv; h++) {
       const g = math.floor(h / r);
@@ -138,21 +180,8 @@ function recurrence(
         l2(conv, n * C + g * dk, dk, 1 / math.sqrt(dk), q);
         l2(conv, n * C + Hk * dk + g * dk, dk, 1, k);
         const vo = n * C + 2 * Hk * dk + h * dv;
-        const e = math.exp(decay[n * Hv + h]);
-        const bt = beta[n * Hv + h];
-        for (let i = 0; i < dk * dv; i++) S[i] *= e;
-        for (let j = 0; j < dv; j++) {
-          let m = 0;
-          for (let i = 0; i < dk; i++) m += S[i * dv + j] * k[i];
-          delta[j] = (conv[vo + j] - m) * bt;
-        }
-        for (let i = 0; i < dk; i++) for (let j = 0; j < dv; j++) S[i * dv + j] += k[i] * delta[j];
-        const o = (n * Hv + h) * dv;
-        for (let j = 0; j < dv; j++) {
-          let s = 0;
-          for (let i = 0; i < dk; i++) s += S[i * dv + j] * q[i];
-          out[o + j] = s;
-        }
+        step(S, q, k, conv, vo, math.exp(decay[n * Hv + h]), beta[n * Hv + h], m, delta, dk, dv);
+        out.set(delta, (n * Hv + h) * dv);
       }
     }
   }
