@@ -492,7 +492,10 @@ function hybridMain(o) {
       }
     }
     if (o.out) fs.writeFileSync(o.out, JSON.stringify({ config: HYBRID_SET, params, runs }, null, 2));
-    console.log('\nmoe eval: tokens/s = tokens / its own seconds (model opening, forward, loss); RSS of the process');
+    console.log(
+      '\nmoe eval: tokens/s = tokens / its own seconds (model opening, forward, loss); CPU s (user + sys) and peak RSS ' +
+        'of the whole process (other work on the machine slows the wall clock, less the CPU seconds)',
+    );
     const cell = (m, b, T) => runs.find((r) => r.model === m && r.backend === b && r.seq_len === T);
     const rows = [];
     for (const backend of o.backends)
@@ -506,6 +509,8 @@ function hybridMain(o) {
           h.tokens_per_second.toFixed(0),
           f.tokens_per_second.toFixed(0),
           (h.tokens_per_second / f.tokens_per_second).toFixed(2),
+          h.cpu_seconds === undefined ? '-' : h.cpu_seconds.toFixed(1),
+          f.cpu_seconds === undefined ? '-' : f.cpu_seconds.toFixed(1),
           MB(h.peak_rss_bytes),
           MB(f.peak_rss_bytes),
           h.perplexity.toFixed(1),
@@ -519,6 +524,8 @@ function hybridMain(o) {
         'hybrid tok/s',
         'all-attn tok/s',
         'hybrid / all-attn',
+        'hybrid CPU s',
+        'all-attn CPU s',
         'hybrid RSS MB',
         'all-attn RSS MB',
         'hybrid ppl',
