@@ -29,6 +29,23 @@
  * every thread count, and moe's peak RSS ≤ one layer's weights in float32 + activations + 300 MB (see budget()).
  * The exit code is 1 when a check fails. Other work on the machine slows either side at random: run twice.
  * Needs ~1 GB of free disk in the temporary folder and ~5 GB of RAM (transformers float32, batched).
+ *
+ * Hybrid linear attention (issue 19): `node bench/eval.js --hybrid [options]` instead measures moe eval's forward
+ * tokens/s and peak RSS of a Qwen3-Next hybrid (3 Gated DeltaNet layers, then 1 gated full-attention layer: one
+ * block of Qwen3-Next's 3:1 pattern) against the same model with every layer full attention (`layer_types` all
+ * "full_attention"; same model_type, so embeddings, norms, MoE, shared expert and head are identical and only the
+ * token mixer differs). Dims follow Qwen3-Next's heads at hidden 1024: full attention 8 × 128 query heads (+ the
+ * output gate) and 2 KV heads; linear attention 4 key heads and 8 value heads of 128 (the same state size per value
+ * head as the real model), conv kernel 4; 32 experts of width 384, top-4, shared expert 384; vocab 8192; bf16.
+ *
+ *   --seq-lens LIST      window lengths (default 128,512,2048)
+ *   --tokens N           tokens per run: N / T windows of T (default 2048)
+ *   --ref-tokens N       the same for the ref backend, whose pure-TS matmuls are ~100× slower (default 512; at
+ *                        least one window)
+ *   --backends LIST      moe eval backends (default ref,onnx; tfjs runs tfjs-node if installed, else wasm)
+ *   --threads LIST       the first value is moe's --threads (default 2)
+ *   --repeat N           runs per cell, the fastest is shown (default 1)
+ *   --keep DIR / --out FILE as above
  */
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -149,6 +166,7 @@ function budget(info, cfg, batchTokens, T, windows) {
 const MB = lib.mb;
 
 function main() {
+  if (process.argv.includes('--hybrid')) return hybridMain(parseHybridArgs(process.argv.slice(2)));
   const o = parseArgs(process.argv.slice(2));
   if (!fs.existsSync(path.join(ROOT, 'dist'))) throw new Error('dist/ is missing: run `npm run build` first');
   if (o.hf && !fs.existsSync(o.python))
@@ -365,6 +383,155 @@ function main() {
       console.log(`\nFAILED:\n  ${failures.join('\n  ')}`);
       process.exitCode = 1;
     } else console.log('\nall checks passed');
+  });
+}
+
+/** The --hybrid bench's model: see the header. Only layer_types differs between the two. */
+const HYBRID_SET = {
+  hidden_size: 1024,
+  num_hidden_layers: 4,
+  num_experts: 32,
+  num_experts_per_tok: 4,
+  moe_intermediate_size: 384,
+  shared_expert_intermediate_size: 384,
+  num_attention_heads: 8,
+  num_key_value_heads: 2,
+  head_dim: 128,
+  linear_num_key_heads: 4,
+  linear_num_value_heads: 8,
+  linear_key_head_dim: 128,
+  linear_value_head_dim: 128,
+  linear_conv_kernel_dim: 4,
+  vocab_size: 8192,
+};
+const HYBRID_MODELS = [
+  ['hybrid', ['linear_attention', 'linear_attention', 'linear_attention', 'full_attention']],
+  ['all-attention', ['full_attention', 'full_attention', 'full_attention', 'full_attention']],
+];
+
+function parseHybridArgs(argv) {
+  const o = {
+    seqLens: [128, 512, 2048],
+    tokens: 2048,
+    refTokens: 512,
+    backends: ['ref', 'onnx'],
+    threads: 2,
+    repeat: 1,
+    seed: 1,
+  };
+  const list = (v) => v.split(',').map((x) => x.trim());
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--hybrid') continue;
+    else if (a === '--seq-lens') o.seqLens = list(next()).map(Number);
+    else if (a === '--tokens') o.tokens = Number(next());
+    else if (a === '--ref-tokens') o.refTokens = Number(next());
+    else if (a === '--backends') o.backends = list(next());
+    else if (a === '--threads') o.threads = Number(list(next())[0]);
+    else if (a === '--repeat') o.repeat = Number(next());
+    else if (a === '--seed') o.seed = Number(next());
+    else if (a === '--keep') o.keep = path.resolve(next());
+    else if (a === '--out') o.out = path.resolve(next());
+    else throw new Error(`unknown option ${a} with --hybrid`);
+  }
+  const ints = [...o.seqLens, o.tokens, o.refTokens, o.threads, o.repeat];
+  if (ints.some((v) => !Number.isInteger(v) || v < 1)) throw new Error('--hybrid options need positive integers');
+  if (o.seqLens.some((T) => T < 2 || T > o.tokens)) throw new Error('every --seq-lens value must be in 2..--tokens');
+  return o;
+}
+
+/** One cell: moe eval of `model` on `ids` with `backend`, the fastest of `repeat` runs. */
+function hybridRun(o, model, ids, T, backend) {
+  let best;
+  for (let rep = 0; rep < o.repeat; rep++) {
+    const args = [MOE, 'eval', model, '--data', ids, '--seq-len', String(T), '--json'];
+    args.push('--backend', backend, '--threads', String(o.threads));
+    const r = timed(`${path.basename(model)} ${backend} T=${T}`, process.execPath, args, threadEnv(o.threads));
+    if (!best || r.tokens_per_second > best.tokens_per_second) best = r;
+  }
+  return best;
+}
+
+function hybridMain(o) {
+  if (!fs.existsSync(path.join(ROOT, 'dist'))) throw new Error('dist/ is missing: run `npm run build` first');
+  withWorkDir('moe-bench-hybrid-', (work) => {
+    const base = o.keep ?? work;
+    fs.mkdirSync(base, { recursive: true });
+    const maxT = Math.max(...o.seqLens);
+    const params = {};
+    for (const [name, types] of HYBRID_MODELS) {
+      const dir = path.join(base, name);
+      if (!fs.existsSync(path.join(dir, 'config.json'))) {
+        const set = setArgs({ ...HYBRID_SET, layer_types: types, max_position_embeddings: Math.max(4096, maxT) });
+        moe(['synth', '--arch', 'qwen3_next', '--dtype', 'bf16', '-o', dir, '--force', '--set', ...set]);
+      }
+      const info = moe(['inspect', dir]);
+      params[name] = info;
+      console.log(
+        `${name}: qwen3_next, ${types.map((t) => (t === 'full_attention' ? 'F' : 'L')).join('')}, ` +
+          `${(info.params_total / 1e6).toFixed(1)} M params (${(info.params_active / 1e6).toFixed(1)} M active)`,
+      );
+    }
+    console.log(
+      `${lib.machineLine()}; moe --threads ${o.threads}; ${o.tokens} tokens per run (ref: ${o.refTokens}, ≥ 1 window)\n`,
+    );
+    const runs = [];
+    for (const T of o.seqLens) {
+      for (const backend of o.backends) {
+        const n = Math.max(1, Math.floor((backend === 'ref' ? o.refTokens : o.tokens) / T));
+        const ids = path.join(work, `ids-${T}-${n}.json`);
+        if (!fs.existsSync(ids)) fs.writeFileSync(ids, JSON.stringify(windowsOf(n, T, HYBRID_SET.vocab_size, o.seed)));
+        for (const [name] of HYBRID_MODELS) {
+          const r = hybridRun(o, path.join(base, name), ids, T, backend);
+          runs.push({ ...r, model: name, backend, seq_len: T });
+        }
+      }
+    }
+    if (o.out) fs.writeFileSync(o.out, JSON.stringify({ config: HYBRID_SET, params, runs }, null, 2));
+    console.log(
+      '\nmoe eval: tokens/s = tokens / its own seconds (model opening, forward, loss); CPU s (user + sys) and peak RSS ' +
+        'of the whole process (other work on the machine slows the wall clock, less the CPU seconds)',
+    );
+    const cell = (m, b, T) => runs.find((r) => r.model === m && r.backend === b && r.seq_len === T);
+    const rows = [];
+    for (const backend of o.backends)
+      for (const T of o.seqLens) {
+        const h = cell('hybrid', backend, T);
+        const f = cell('all-attention', backend, T);
+        rows.push([
+          backend,
+          T,
+          h.tokens,
+          h.tokens_per_second.toFixed(0),
+          f.tokens_per_second.toFixed(0),
+          (h.tokens_per_second / f.tokens_per_second).toFixed(2),
+          h.cpu_seconds === undefined ? '-' : h.cpu_seconds.toFixed(1),
+          f.cpu_seconds === undefined ? '-' : f.cpu_seconds.toFixed(1),
+          MB(h.peak_rss_bytes),
+          MB(f.peak_rss_bytes),
+          h.perplexity.toFixed(1),
+        ]);
+      }
+    table(
+      [
+        'backend',
+        'seq len',
+        'tokens',
+        'hybrid tok/s',
+        'all-attn tok/s',
+        'hybrid / all-attn',
+        'hybrid CPU s',
+        'all-attn CPU s',
+        'hybrid RSS MB',
+        'all-attn RSS MB',
+        'hybrid ppl',
+      ],
+      rows,
+    );
   });
 }
 

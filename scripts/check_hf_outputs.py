@@ -192,6 +192,28 @@ def window_perplexity(model_dir, windows):
     return windows_nll(strict_load(model_dir), windows)
 
 
+def assembled(model, config, stats, work, name, windows, cases):
+    """A nested language model (qwen3_5_moe): the quantize case again as two `quantize --layers` parts joined by
+    `moe assemble`. It must load strictly (names and config nested back as the single run writes them) and give the
+    single run's perplexity exactly (the files are the same bytes; test/model/qwen3-5-nested-outputs.test.ts)."""
+    args = dict(golden_cases(config))["quantize-gptq-4"]
+    layers = config["text_config"]["num_hidden_layers"]
+    half = layers // 2
+    parts = []
+    for a, b in ((0, half - 1), (half, layers - 1)):
+        out = os.path.join(work, f"{name}-part-{a}-{b}")
+        moe(args[0], model, "--stats", stats, *args[1:], "--layers", f"{a}-{b}", "-o", out)
+        parts.append(out)
+    out = os.path.join(work, name + "-assembled")
+    moe("assemble", *parts, "-o", out)
+    r = {"args": args + ["--layers", f"0-{half - 1}", f"{half}-{layers - 1}"], **window_perplexity(out, windows)}
+    single = cases["quantize-gptq-4"]["perplexity"]
+    if r["perplexity"] != single:
+        raise SystemExit(f"{name}: assembled parts give perplexity {r['perplexity']}, the single run {single}")
+    print(name, "assembled", r["perplexity"], file=sys.stderr)
+    return r
+
+
 def golden(only=None):
     golden_data()
     calib = os.path.join(GOLDEN_DATA, "calib.json")
@@ -220,6 +242,8 @@ def golden(only=None):
             # the model_type moe works on (a nested language model's: its text_config's)
             model_type = config.get("text_config", config)["model_type"]
             result["models"][name] = {"model_type": model_type, "cases": cases}
+            if "text_config" in config:
+                result["models"][name]["assembled"] = assembled(model, config, stats, work, name, windows, cases)
     result["models"] = {n: result["models"][n] for n in [c["case"] for c in json.load(open(os.path.join(GOLDEN, "index.json")))["cases"]] if n in result["models"]}
     with open(GOLDEN_OUT, "w") as f:
         json.dump(result, f, indent=2)

@@ -6,7 +6,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError, UsageError } from '../errors';
-import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
+import {
+  Checkpoint,
+  Nested,
+  nestedConfig,
+  openTensorFile,
+  storedName,
+  storedTensorMetadata,
+  TensorReader,
+} from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, OutputFolder, withOutput } from '../io/output';
 import { PlannedTensor } from '../io/writer';
@@ -132,10 +140,13 @@ interface AssembleWrite {
 function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
   const { parts, records, readers, p, ctx } = w;
   const first = records[0];
+  // Parts name tensors as moe shows them; a nested language model is stored back under its prefix.
+  const nest: Nested = { nesting: first.nesting && { ...first.nesting, beside: new Set(first.nesting.beside) } };
   const options = {
     maxShardBytes: first.options.max_shard_bytes,
     metadata: { ...first.source_metadata, format: 'pt' },
-    tensorMetadata: p.tensorMetadata,
+    tensorMetadata: storedTensorMetadata(nest, p.tensorMetadata),
+    storedName: storedName(nest),
   };
   // Parts hold one tensor per expert; a dequantized model whose family stores its experts fused is written fused.
   const arch = architectureFor(first.config, first.model);
@@ -164,7 +175,7 @@ function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
       first.options.method,
       first.options.allocate,
     );
-  writeConfig(out, config, fs.existsSync(first.model) ? first.model : undefined);
+  writeConfig(out, nestedConfig(nest, config), fs.existsSync(first.model) ? first.model : undefined);
   if (fs.existsSync(first.model)) {
     out.copyAuxFiles(first.model);
     const prior = path.join(first.model, COMPRESSION_FILE);

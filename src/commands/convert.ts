@@ -118,7 +118,9 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
     }
     // A packed, FP8 or MXFP4 model is read dequantized, so its output is a plain checkpoint.
     const config = withoutFp8Config(withoutMxfp4Config(withoutPackedConfig(ckpt.config)));
-    writeConfig(out, nestedConfig(ckpt, cast ? withDType(config, cast) : config), ckpt.dir);
+    // The dtype key lives in the outer config of a nested model (its text_config gets one only if it had one).
+    const nested = nestedConfig(ckpt, cast ? withDType(config, cast, !ckpt.nesting) : config);
+    writeConfig(out, cast && ckpt.nesting ? withDType(nested, cast) : nested, ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
   });
   report.size_bytes = weightBytes(opts.output);
@@ -127,7 +129,7 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
 }
 
 /** The config with its dtype keys (`torch_dtype`, transformers 5's `dtype`) naming the new dtype. */
-function withDType(config: Record<string, unknown>, d: DType): Record<string, unknown> {
+function withDType(config: Record<string, unknown>, d: DType, add = true): Record<string, unknown> {
   const name = TORCH_NAMES[d]!;
   const out = { ...config };
   let found = false;
@@ -137,7 +139,7 @@ function withDType(config: Record<string, unknown>, d: DType): Record<string, un
       found = true;
     }
   }
-  if (!found) out.torch_dtype = name;
+  if (!found && add) out.torch_dtype = name;
   return out;
 }
 

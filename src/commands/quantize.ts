@@ -496,6 +496,8 @@ function writeRecords(
       bits,
       report: summary(report),
     };
+    const n = ckpt.nesting;
+    if (n) part.nesting = { outer: n.outer, prefix: n.prefix, beside: [...n.beside] };
     out.writeRecord(PART_RECORD, part);
     return;
   }

@@ -86,8 +86,13 @@ function unnest(config: Config, tensors: Map<string, TensorRef>, file: string) {
   return { config: flat, tensors: shown, nesting: { outer: config, prefix: TEXT_PREFIX, beside } };
 }
 
+/** Where the nesting of an output comes from: the source checkpoint, or a part record of `moe quantize --layers`. */
+export interface Nested {
+  nesting?: Nesting;
+}
+
 /** The stored name of a tensor of `ckpt` (undefined for a plain checkpoint: names are stored as shown). */
-export function storedName(ckpt: Checkpoint): ((name: string) => string) | undefined {
+export function storedName(ckpt: Nested): ((name: string) => string) | undefined {
   const n = ckpt.nesting;
   if (!n) return undefined;
   return (name) => (name.startsWith('model.') && !n.beside.has(module(name)) ? n.prefix + name.slice(6) : name);
@@ -95,7 +100,7 @@ export function storedName(ckpt: Checkpoint): ((name: string) => string) | undef
 
 /** Per-tensor `__metadata__` entries (a packed weight's `moe.quant.<name>`) under the stored names. */
 export function storedTensorMetadata(
-  ckpt: Checkpoint,
+  ckpt: Nested,
   metadata: Map<string, Record<string, string>>,
 ): Map<string, Record<string, string>> {
   const stored = storedName(ckpt);
@@ -108,7 +113,7 @@ export function storedTensorMetadata(
 }
 
 /** The config.json to write for `config` (a rewritten text config): nested back under text_config. */
-export function nestedConfig(ckpt: Checkpoint, config: Config): Config {
+export function nestedConfig(ckpt: Nested, config: Config): Config {
   const n = ckpt.nesting;
   if (!n) return config;
   const { quantization_config: q, ...text } = config;
