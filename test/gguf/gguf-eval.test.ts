@@ -21,6 +21,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, ROOT, runMain, tmpDir } from '../helpers';
+import { maxDiff } from '../golden-math';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const EVAL_TXT = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
@@ -68,13 +69,6 @@ async function logitsOf(
   await new ForwardPass(reader, arch, new RefBackend()).run(ids, B, T, sink);
   reader.close();
   return logits;
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 describe('the trained fixture as GGUF', () => {

@@ -18,6 +18,7 @@ import { GgufFile, readGguf } from '../../src/io/gguf-reader';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
+import { maxDiff } from '../golden-math';
 
 const TYPE_BY_ID = new Map(Object.entries(GGML_TYPE_ID).map(([k, v]) => [v, k as GgmlType]));
 
@@ -50,13 +51,6 @@ function golden(c: string) {
   const logits = r.f32('logits');
   r.close();
   return { ids, B, T, logits };
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 describe('glm4_moe to GGUF F32', () => {

@@ -23,6 +23,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
+import { maxDiff } from '../golden-math';
 
 const TYPE_BY_ID = new Map(Object.entries(GGML_TYPE_ID).map(([k, v]) => [v, k as GgmlType]));
 const CASES = ['qwen3_next', 'qwen3_5_moe_text', 'qwen3_5_moe'] as const;
@@ -52,13 +53,6 @@ function golden(c: Case): { ids: Int32Array; logits: Float32Array; B: number; T:
   const [B, T] = g.ref('logits').shape;
   g.close();
   return { ids, logits, B, T };
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
 }
 
 const files: Partial<Record<Case, { dir: string; f32: string; q8: string; warnings: string[] }>> = {};

@@ -21,6 +21,7 @@ import type { Architecture } from '../../src/model/arch';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, makeSynth, quiet, rawHeader, tmpDir } from '../helpers';
+import { maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'qwen3_5_moe_text');
 const info = require(path.join(DIR, 'golden.json'));
@@ -35,12 +36,6 @@ const golden = (() => {
   r.close();
   return { ids, logits, B, T, V, L, N, k, topk };
 })();
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 async function run(patch?: (a: Architecture) => void, router?: (l: number, e: Int32Array) => void) {
   const ckpt = openCheckpoint(DIR);

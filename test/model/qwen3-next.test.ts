@@ -27,6 +27,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, rawHeader, tmpDir } from '../helpers';
+import { lossOf, maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'qwen3_next');
 const info = require(path.join(DIR, 'golden.json'));
@@ -41,28 +42,6 @@ const golden = (() => {
   r.close();
   return { ids, logits, B, T, V, L, N, k, topk };
 })();
-
-/** Mean NLL of ids[t+1] under logits[t] over every window's first T−1 positions (float64), as forward-golden. */
-function lossOf(logits: Float32Array, ids: Int32Array, B: number, T: number, V: number): number {
-  let nll = 0;
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < T - 1; t++) {
-      const r = (b * T + t) * V;
-      let m = -Infinity;
-      for (let v = 0; v < V; v++) m = Math.max(m, logits[r + v]);
-      let s = 0;
-      for (let v = 0; v < V; v++) s += Math.exp(logits[r + v] - m);
-      nll += m + Math.log(s) - logits[r + ids[b * T + t + 1]];
-    }
-  }
-  return nll / (B * (T - 1));
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
-  return m;
-}
 
 async function run(be: Backend, patch?: (a: Architecture) => void, router?: (l: number, e: Int32Array) => void) {
   const ckpt = openCheckpoint(DIR);
