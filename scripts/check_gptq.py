@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPTQMODEL_COMMIT = 'f4c327a17'
 REFERENCE = os.path.join(ROOT, 'fixtures', 'reference', 'gptq.json')
-LP = ['--allocate', 'lp', '--bits', '3.5', '--bit-choices', '2,3,4,8', '--method', 'rtn']
+LP = ['--allocate', 'lp', '--bits', '3', '--bit-choices', '2,4', '--method', 'rtn']
 CASES = [
     (f'{name}-{bits}bit', model, ['--bits', str(bits)])
     for name, model in [

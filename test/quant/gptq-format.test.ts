@@ -23,7 +23,9 @@ interface Case {
 const REF = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'gptq.json'), 'utf8')) as {
   cases: Record<string, Case>;
 };
-const CASES = ['tiny-moe-4bit', 'tiny-moe-lp', 'qwen3_moe-3bit', 'qwen3_moe-8bit', 'mixtral-4bit', 'mixtral-3bit'];
+// The fixture through its LP case (every width); the goldens at each width (the 3-bit ones leave the experts,
+// whose 8-wide dimensions GPTQ cannot pack at 3 bits, unquantized).
+const CASES = ['tiny-moe-lp', 'qwen3_moe-3bit', 'qwen3_moe-4bit', 'qwen3_moe-8bit', 'mixtral-3bit', 'mixtral-8bit'];
 
 /** The reference's command-line flags as quantize() options. */
 async function options(c: Case): Promise<Omit<QuantizeOptions, 'output' | 'format'>> {
@@ -32,6 +34,7 @@ async function options(c: Case): Promise<Omit<QuantizeOptions, 'output' | 'forma
   return {
     model: path.join(ROOT, c.model),
     bits: Number(flag('--bits')),
+    backend: lp ? undefined : ('ref' as const), // uniform RTN without stats never calls the backend
     ...(lp
       ? {
           allocate: 'lp' as const,
@@ -54,22 +57,27 @@ describe('moe quantize --format gptq', () => {
       const gq = path.join(tmp, `${name}-gptq`);
       const pk = path.join(tmp, `${name}-packed`);
       await quantize({ ...o, output: gq, format: 'gptq' }, quiet);
-      await quantize({ ...o, output: pk, format: 'packed' }, quiet);
+      // The LP's measuring pass is the slow part: its case is checked by the reference's hash (which check_gptq.py
+      // found equal to moe's dequantized weights), without a second run in the packed layout.
+      const compare = !o.allocate;
+      if (compare) await quantize({ ...o, output: pk, format: 'packed' }, quiet);
       const config = JSON.parse(fs.readFileSync(path.join(gq, 'config.json'), 'utf8'));
       expect(config.quantization_config).toEqual(c.quantization_config);
       const modules = gptqModules(gq).sort((a, b) => (a.weight < b.weight ? -1 : 1));
       expect(modules.length).toBe(c.modules);
       const h = createHash('sha256');
-      const reader = new TensorReader(openCheckpoint(pk));
+      const reader = compare ? new TensorReader(openCheckpoint(pk)) : undefined;
       try {
         for (const m of modules) {
           const w = readGptqWeight(m);
-          const want = reader.f32(m.weight);
-          expect(Buffer.from(w.buffer).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength))).toBe(true);
+          if (reader) {
+            const want = reader.f32(m.weight);
+            expect(Buffer.from(w.buffer).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength))).toBe(true);
+          }
           h.update(Buffer.from(w.buffer));
         }
       } finally {
-        reader.close();
+        reader?.close();
       }
       expect(h.digest('hex')).toBe(c.decoded_sha256);
     },
