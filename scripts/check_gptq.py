@@ -12,7 +12,9 @@ with mixed bits on the fixture) this runs moe twice with the same options, once 
   stubbed, nothing is installed. Every decoded weight must equal moe's dequantized weight exactly (float32).
 - checks the config the way vLLM reads it: vllm/model_executor/layers/quantization/gptq.py `GPTQConfig.from_config`
   reads `bits`, `group_size`, `desc_act` (required), `lm_head` (default False) and `dynamic` (default {}), and
-  gptq_marlin.py `GPTQMarlinConfig.from_config` also `sym` and `checkpoint_format`; the per-module overrides are
+  gptq_marlin.py `GPTQMarlinConfig` also `sym` (its TYPE_MAP has symmetric types only, so moe's asymmetric output
+  stays on vLLM's gptq kernels); GPTQModel decides v1 zero points from `checkpoint_format` ("gptq", model_dequant.py
+  `_uses_gptq_v1_qzeros`). The per-module overrides are
   resolved by vllm/model_executor/layers/quantization/utils/gptq_utils.py `get_dynamic_override`: the first key
   whose pattern (after "-:" or "+:") `re.match`es the module name wins, "-:" meaning not quantized and "+:" giving
   overrides such as bits. That rule is re-implemented here (a few lines) and must give, for every module, the bits
