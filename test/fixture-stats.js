@@ -11,6 +11,7 @@ const USERS = [
   'test/reference/compressed.test.ts',
   'test/commands/assemble.test.ts',
   'test/commands/quantize.test.ts',
+  'test/quant/gptq-format.test.ts',
 ].map((f) => path.join(ROOT, f));
 
 function flag(args, name) {

@@ -38,6 +38,8 @@ import { loadArchitecture } from '../model/registry';
 import { plainWriter } from '../model/fused';
 import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
+import * as gptqFormat from '../quant/gptq-format';
+import { verifyGptq } from '../io/gptq';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { BitRules, BitsChoice, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
 import { Quantizer } from '../quant/quantizer';
@@ -70,7 +72,7 @@ export interface QuantizeOptions {
   attnBits?: number;
   sharedExpertBits?: number;
   keepRouterFp?: boolean;
-  format?: 'packed' | 'dequantized';
+  format?: 'packed' | 'dequantized' | 'gptq';
   actOrder?: boolean;
   damp?: number;
   report?: string;
@@ -101,7 +103,7 @@ export interface GroupReport {
 export interface QuantizeReport {
   model: string;
   output: string;
-  format: 'packed' | 'dequantized';
+  format: 'packed' | 'dequantized' | 'gptq';
   method: 'rtn' | 'gptq';
   allocate: 'uniform' | 'lp';
   bits_target: number;
@@ -201,7 +203,7 @@ interface Settings {
   allocate: 'uniform' | 'lp';
   granularity: Granularity;
   scope: 'global' | 'layer';
-  format: 'packed' | 'dequantized';
+  format: 'packed' | 'dequantized' | 'gptq';
   rules: BitRules;
 }
 
@@ -322,7 +324,12 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.checkModel(ckpt);
     const s = settings(o, stats, arch, ctx);
     const owned = ownedBy(arch, o.layers);
-    const targets = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp).filter((t) => owned(t.name));
+    const gptq = s.format === 'gptq';
+    if (gptq) gptqFormat.checkGptqOptions(o);
+    if (gptq) gptqFormat.checkNotFused(arch, ckpt.tensors, ckpt.dir);
+    // GPTQ leaves the router unquantized, and the weights its packing cannot hold ("-:" in the config's dynamic).
+    const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || gptq).filter((t) => owned(t.name));
+    const targets = gptq ? gptqFormat.gptqTargets(all, o) : all;
     if (targets.length === 0 && !o.layers)
       throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
     const groups = groupTargets(targets);
@@ -356,7 +363,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      await withOutput(o.output, { force: o.force, command: 'quantize', verify: verifyWritten }, async (out) => {
+      const verify = s.format === 'gptq' ? verifyGptq : verifyWritten;
+      await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
           s,
@@ -448,7 +456,9 @@ async function writeTensors(
   // packed format and --layers parts keep one tensor per expert.
   const writer = plainWriter(out.tmp, x.arch, plan.tensors, writerOptions, plan.format !== 'dequantized' || !!o.layers);
   const bar = x.ctx.progress(`quantize (${plan.method}, ${x.s.allocate})`, plan.quantizedParams, 'params');
+  const gptq = plan.format === 'gptq' ? { inexact: 0, zeroZeros: 0 } : undefined;
   const costs = await writePlan({
+    gptq,
     plan,
     refs: x.refs,
     reader: x.reader,
@@ -460,6 +470,7 @@ async function writeTensors(
   });
   writer.finish();
   bar.done();
+  if (gptq) gptqFormat.warnings(gptq).forEach((w) => x.ctx.warn(w));
   return costs;
 }
 
@@ -505,6 +516,13 @@ function writeRecords(
   const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
+  const quantized = new Set(plan.weights.map((w) => w.name));
+  if (s.format === 'gptq')
+    config.quantization_config = gptqFormat.gptqConfig(
+      plan.weights,
+      gptqFormat.gptqSkipped(x.arch, ckpt.tensors, quantized),
+      s.groupSize,
+    );
   writeConfig(out, nestedConfig(ckpt, config), ckpt.dir);
   out.copyAuxFiles(ckpt.dir);
   const prior = path.join(ckpt.dir, COMPRESSION_FILE);
@@ -738,10 +756,10 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     },
     {
       flag: '--format <f>',
-      type: { choices: () => ['packed', 'dequantized', 'gguf'] },
+      type: { choices: () => ['packed', 'dequantized', 'gguf', 'gptq'] },
       default: 'packed',
       description:
-        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, or a llama.cpp GGUF file',
+        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, a llama.cpp GGUF file, or GPTQ v1 (GPTQModel, vLLM, transformers; 2/3/4/8 bits)',
     },
     {
       flag: '--type <t>',

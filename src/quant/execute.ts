@@ -19,6 +19,8 @@ import type { Quantizer } from './quantizer';
 import { dequantize } from './rtn';
 import type { PackedBuffers } from './rtn-packed';
 import { RtnPool } from './rtn-pool';
+import { encodeGptq } from './gptq-format';
+import { gptqPartNames } from '../io/gptq';
 
 const COPY_CHUNK_BYTES = 16 * 1024 * 1024;
 
@@ -34,6 +36,8 @@ export interface Execution {
   threads?: number;
   /** Counts quantized params. */
   bar: Progress;
+  /** --format gptq: scales FP16 had to round, and groups whose zero point is 0 (src/quant/gptq-format.ts). */
+  gptq?: { inexact: number; zeroZeros: number };
 }
 
 /** Writes every tensor of the plan; returns the measured cost of each group when `measure`. */
@@ -69,6 +73,20 @@ async function writeOne(x: Execution, ref: TensorRef, t: PlannedWeight, measured
     x.writer.write(parts[0].name, packCodes(q.codes, t.rows, t.cols, q.bits));
     x.writer.write(parts[1].name, fromFloat32(q.scales, 'BF16'));
     x.writer.write(parts[2].name, q.zeros);
+  } else if (x.plan.format === 'gptq') {
+    const e = encodeGptq(q, ref.name);
+    const n = gptqPartNames(ref.name);
+    for (const [name, bytes] of [
+      [n.qweight, e.qweight],
+      [n.qzeros, e.qzeros],
+      [n.scales, e.scales],
+      [n.gIdx, e.gIdx],
+    ] as const)
+      x.writer.write(name, bytes);
+    if (x.gptq) {
+      x.gptq.inexact += e.inexact;
+      x.gptq.zeroZeros += e.zeroZeros;
+    }
   } else {
     x.writer.write(ref.name, fromFloat32(dequantize(q), ref.dtype));
   }

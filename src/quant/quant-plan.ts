@@ -10,6 +10,7 @@ import type { PlannedTensor } from '../io/writer';
 import { assignBits, BitGroup, SolverSummary } from './assign';
 import { packedMatrixBytes, packedPlan } from '../io/packed';
 import { metadataEntry } from './format';
+import { gptqBytes, gptqPlan } from '../io/gptq';
 import type { Granularity, Group, Target, TargetClass } from './plan';
 
 /** Router rows decide everything downstream: 8 bits unless --keep-router-fp keeps them as they are. */
@@ -120,7 +121,7 @@ export interface PlannedWeight extends Target {
 }
 
 export interface QuantPlan {
-  format: 'packed' | 'dequantized';
+  format: 'packed' | 'dequantized' | 'gptq';
   method: 'rtn' | 'gptq';
   groupSize: number;
   granularity: Granularity;
@@ -148,7 +149,7 @@ export interface QuantPlan {
 }
 
 export interface PlanInput {
-  format: 'packed' | 'dequantized';
+  format: 'packed' | 'dequantized' | 'gptq';
   method: 'rtn' | 'gptq';
   groupSize: number;
   granularity: Granularity;
@@ -190,6 +191,9 @@ export function buildPlan(p: PlanInput): QuantPlan {
         method: p.method,
       });
       tensorMetadata.set(parts[0].name, { [k]: v });
+    } else if (w && p.format === 'gptq') {
+      tensors.push(...gptqPlan(ref.name, w.rows, w.cols, w.bits, gs));
+      w.bytes = gptqBytes(w.rows, w.cols, w.bits, gs);
     } else {
       const t = { name: ref.name, dtype: ref.dtype, shape: ref.shape };
       if (w) w.bytes = tensorBytes(t);
