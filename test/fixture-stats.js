@@ -11,6 +11,7 @@ const USERS = [
   'test/reference/compressed.test.ts',
   'test/commands/assemble.test.ts',
   'test/commands/quantize.test.ts',
+  'test/eval/tasks.test.ts',
 ].map((f) => path.join(ROOT, f));
 
 function flag(args, name) {
