@@ -6,6 +6,7 @@ fixtures/reference/tasks-lm-eval.json: per model, acc, acc_norm (and their stder
 and lm-eval's items per second.
 
     .venv/bin/python scripts/check_tasks.py        # needs lm-eval in the venv (see below) and dist/ built
+    .venv/bin/python scripts/check_tasks.py --bench BATCH   # lm-eval only, original fixture, JSON on stdout
 
 lm-eval is installed from pip's local store with --no-deps plus dill, datasets, jinja2, more-itertools, zstandard,
 sacrebleu, scikit-learn; its table printer needs pytablewriter, absent, so simple_evaluate is called from Python.
@@ -96,7 +97,20 @@ def lm_eval_run(model_dir, name, tasks_dir):
     }
 
 
+def bench(batch):
+    """bench/tasks.js: lm-eval alone on the original fixture, one JSON line on stdout (no references written)."""
+    global BATCH
+    BATCH = batch
+    name = os.path.splitext(os.path.basename(TASK))[0]
+    with tempfile.TemporaryDirectory() as work:
+        task_yaml(work, name, TASK)
+        r = lm_eval_run(MODEL, name, work)
+    print(json.dumps({k: v for k, v in r.items() if k != "acc_per_item" and k != "acc_norm_per_item"}))
+
+
 def main():
+    if "--bench" in sys.argv:
+        return bench(int(sys.argv[sys.argv.index("--bench") + 1]))
     import lm_eval
     import torch
     import transformers

@@ -16,7 +16,8 @@ import { fixtureStats, quiet, ROOT, runMain, tmpDir } from '../helpers';
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const TASK = path.join(ROOT, 'fixtures', 'tasks', 'moby-cloze.jsonl');
 const ref = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'tasks-lm-eval.json'), 'utf8'));
-const LIMIT = 24;
+// 20 items: enough for every code path, and the REAP output loses one of them (the gate at 0 points fails).
+const LIMIT = 20;
 
 interface RefModel {
   args: string[];
