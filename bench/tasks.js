@@ -49,7 +49,11 @@ function main() {
     const report = JSON.parse(moe.stdout).tasks['moby-cloze'];
     const lm = timed(python, ['scripts/check_tasks.py', '--bench', batch], env);
     const ref = JSON.parse(lm.stdout.trim().split('\n').pop());
-    const mine = fs.readFileSync(samples, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const mine = fs
+      .readFileSync(samples, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     let maxDiff = 0;
     mine.forEach((s, i) =>
       s.loglikelihoods.forEach((ll, c) => (maxDiff = Math.max(maxDiff, Math.abs(ll - ref.loglikelihoods[i][c])))),
@@ -63,7 +67,9 @@ function main() {
     for (const [name, s, ips, acc] of rows)
       console.log(`${name.padEnd(34)} ${s.toFixed(1).padStart(7)} s ${ips.toFixed(2).padStart(8)} items/s  acc ${acc}`);
     const ratio = lm.seconds / moe.seconds;
-    console.log(`moe / lm-eval speed: ${ratio.toFixed(2)}× (goal ≥ 2×); max |Δ log-likelihood| ${maxDiff.toExponential(2)}`);
+    console.log(
+      `moe / lm-eval speed: ${ratio.toFixed(2)}× (goal ≥ 2×); max |Δ log-likelihood| ${maxDiff.toExponential(2)}`,
+    );
     const ok = maxDiff < 1e-3 && report.acc === ref.acc;
     if (!ok) console.log('FAILED: moe and lm-eval disagree');
     process.exitCode = ok ? 0 : 1;
