@@ -478,6 +478,7 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
     {
       flag: '--task <file...>',
       type: 'list',
+      parse: (text) => text.split(','),
       description:
         'multiple-choice task, JSON lines {"context", "choices", "answer"}, scored as lm-evaluation-harness does (repeatable)',
     },
