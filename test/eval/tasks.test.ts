@@ -136,6 +136,23 @@ describe('moe eval --task equals lm-evaluation-harness', () => {
     expectSamples(samples, c);
   }, 30_000);
 
+  test('--data and --task together: perplexity, then the tasks; the text report', async () => {
+    const data = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
+    const r = await runMain(
+      ['eval', MODEL, '--data', data, '--seq-len', '64', '--max-tokens', '128'].concat([
+        '--task',
+        TASK,
+        '--limit',
+        '4',
+      ]),
+    );
+    expect(r.code).toBe(0);
+    const acc = mean(models.original.acc_per_item.slice(0, 4));
+    expect(r.stdout).toMatch(/^perplexity /);
+    expect(r.stdout).toContain(`task moby-cloze  acc ${(100 * acc).toFixed(2)}% ± `);
+    expect(r.stdout).toContain('(4 items, ');
+  });
+
   test('usage errors', async () => {
     const none = await runMain(['eval', MODEL]);
     expect(none.code).toBe(2);
