@@ -12,6 +12,7 @@ const USERS = [
   'test/commands/assemble.test.ts',
   'test/commands/quantize.test.ts',
   'test/quant/gptq-format.test.ts',
+  'test/eval/tasks.test.ts',
 ].map((f) => path.join(ROOT, f));
 
 function flag(args, name) {

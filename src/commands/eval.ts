@@ -2,6 +2,8 @@
  * `moe eval MODEL --data FILE`: perplexity by the README's rule, size, speed, and against `--baseline` the
  * baseline's perplexity, mean KL(baseline‖model), top-1 agreement and per-layer routing agreement.
  * `--max-ppl-increase PCT` turns it into a CI gate (exit 1 when the model is worse than allowed).
+ * `--task FILE.jsonl` adds multiple-choice accuracy as lm-evaluation-harness scores it (src/eval/tasks.ts), with or
+ * without --data; `--max-acc-drop POINTS` gates each task's accuracy against the baseline's.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,6 +12,7 @@ import type { BackendName } from '../backend/backend';
 import { GateError, UsageError } from '../errors';
 import { loadWindows, positionsWarning } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
+import { checkTaskNames, loadMcTask, maxLengthOf, runTasks, TaskReport, TaskRun, writeSamples } from '../eval/tasks';
 import { loadTokenizer, tokenizerFromJson } from '../eval/tokenizer';
 import { isGgufPath, openGgufModel } from '../gguf/source';
 import { ggufTokenizerJson } from '../gguf/tokenizer';
@@ -28,6 +31,11 @@ import { BACKEND, CommandSpec, JSON_OUTPUT, THREADS } from './spec';
 export interface EvalCommandOptions {
   model: string;
   data: string;
+  /** Multiple-choice task files (.jsonl), scored after the perplexity. */
+  task?: string[];
+  limit?: number;
+  logSamples?: string;
+  maxAccDrop?: number;
   seqLen: number;
   maxTokens?: number;
   baseline?: string;
@@ -73,6 +81,21 @@ export interface EvalReport {
     size: SizeReport;
   };
   gate?: { max_ppl_increase_pct: number; passed: boolean };
+  /** --task: per task (file basename), lm-eval's multiple-choice metrics. */
+  tasks?: Record<string, TaskReport>;
+  /** --max-acc-drop: every task's accuracy within POINTS of the baseline's. */
+  acc_gate?: { max_acc_drop: number; passed: boolean };
+}
+
+/** `moe eval MODEL --task FILE` without --data: the tasks only. */
+export interface TaskEvalReport {
+  model: string;
+  tasks: Record<string, TaskReport>;
+  size: SizeReport;
+  seconds: number;
+  backend: string;
+  baseline?: { model: string; size: SizeReport };
+  acc_gate?: { max_acc_drop: number; passed: boolean };
 }
 
 /** Largest --dump-logits file: beyond this the logits belong in a streaming consumer, not one file. */
@@ -126,6 +149,112 @@ function validate(opts: EvalCommandOptions): void {
     throw new UsageError('--max-ppl-increase needs --baseline', { hint: 'pass the uncompressed model as --baseline' });
   if (opts.maxPplIncrease !== undefined && !(opts.maxPplIncrease >= 0))
     throw new UsageError(`--max-ppl-increase ${opts.maxPplIncrease} must be a number ≥ 0`);
+  validateTasks(opts);
+}
+
+function validateTasks(opts: TaskOptions): void {
+  const tasks = opts.task ?? [];
+  const hint = 'pass one or more --task FILE.jsonl';
+  if (opts.limit !== undefined && !tasks.length) throw new UsageError('--limit needs --task', { hint });
+  if (opts.logSamples !== undefined && !tasks.length) throw new UsageError('--log-samples needs --task', { hint });
+  if (opts.maxAccDrop !== undefined && !tasks.length) throw new UsageError('--max-acc-drop needs --task', { hint });
+  if (opts.maxAccDrop !== undefined && !opts.baseline)
+    throw new UsageError('--max-acc-drop needs --baseline', { hint: 'pass the uncompressed model as --baseline' });
+  if (opts.maxAccDrop !== undefined && !(opts.maxAccDrop >= 0))
+    throw new UsageError(`--max-acc-drop ${opts.maxAccDrop} must be a number ≥ 0`);
+  if (opts.limit !== undefined && !(Number.isInteger(opts.limit) && opts.limit >= 1))
+    throw new UsageError(`--limit ${opts.limit} must be an integer ≥ 1`);
+  checkTaskNames(tasks);
+}
+
+type Opened = ReturnType<typeof open>;
+/** What the tasks need of the options (a tasks-only run has no --data nor --seq-len). */
+type TaskOptions = Omit<EvalCommandOptions, 'data' | 'seqLen'> & { data?: string };
+
+/** --log-samples must not overwrite an input. */
+function checkLogSamples(opts: TaskOptions, m: Opened, b: Opened | undefined): void {
+  checkNotInput(
+    opts.logSamples,
+    [
+      { flag: 'MODEL', path: m.ckpt.dir },
+      { flag: '--baseline', path: b?.ckpt.dir },
+      { flag: '--data', path: opts.data },
+      ...(opts.task ?? []).map((f) => ({ flag: '--task', path: f })),
+    ],
+    '--log-samples',
+  );
+}
+
+/** --task: loads the task files and scores them on the model (and the baseline) with the backend given. */
+async function scoreTasks(
+  opts: TaskOptions,
+  m: Opened,
+  b: Opened | undefined,
+  be: Awaited<ReturnType<typeof createBackend>>,
+  ctx: Context,
+): Promise<TaskRun | undefined> {
+  if (!opts.task?.length) return undefined;
+  const tasks = opts.task.map((f) => loadMcTask(f, opts.limit));
+  const maxLen = (o: Opened) => maxLengthOf(o.ckpt.config as Record<string, unknown>);
+  m.arch.checkWindow(maxLen(m));
+  const items = tasks.reduce((s, t) => s + t.items.length, 0);
+  const progress = ctx.progress('tasks', items * (b ? 2 : 1), 'items');
+  try {
+    const run = await runTasks(
+      tasks,
+      { forward: new ForwardPass(m.reader, m.arch, be), tokenizer: m.tokenizer(), maxLength: maxLen(m) },
+      b
+        ? { forward: new ForwardPass(b.reader, b.arch, be), tokenizer: b.tokenizer(), maxLength: maxLen(b) }
+        : undefined,
+      { batchTokens: opts.batchTokens ?? DEFAULT_BATCH_TOKENS, progress },
+    );
+    if (opts.logSamples) writeSamples(opts.logSamples, run);
+    return run;
+  } finally {
+    progress.done();
+  }
+}
+
+function accGate(opts: TaskOptions, tasks: Record<string, TaskReport>) {
+  if (opts.maxAccDrop === undefined) return undefined;
+  const worst = Math.max(...Object.values(tasks).map((t) => t.baseline!.acc_drop));
+  return { max_acc_drop: opts.maxAccDrop, passed: worst <= opts.maxAccDrop };
+}
+
+/** `moe eval MODEL --task FILE …` without --data. */
+export async function evalTasksCommand(opts: TaskOptions, ctx: Context): Promise<TaskEvalReport> {
+  if (!opts.task?.length)
+    throw new UsageError('moe eval needs --data or --task', {
+      hint: 'pass --data FILE for perplexity, --task FILE.jsonl for multiple-choice accuracy, or both',
+    });
+  validateTasks(opts);
+  const started = Date.now();
+  const m = open(opts.model);
+  const b = opts.baseline ? open(opts.baseline) : undefined;
+  checkLogSamples(opts, m, b);
+  if (b && b.arch.vocab !== m.arch.vocab)
+    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, {
+      file: opts.baseline,
+      hint: 'compare models that share a tokenizer',
+    });
+  const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
+  let run: TaskRun;
+  try {
+    run = (await scoreTasks(opts, m, b, be, ctx))!;
+  } finally {
+    m.reader.close();
+    b?.reader.close();
+    await be.dispose();
+  }
+  return {
+    model: m.ckpt.dir,
+    tasks: run.reports,
+    size: m.size(),
+    seconds: (Date.now() - started) / 1000,
+    backend: be.name,
+    baseline: b ? { model: b.ckpt.dir, size: b.size() } : undefined,
+    acc_gate: accGate(opts, run.reports),
+  };
 }
 
 export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promise<EvalReport> {
@@ -142,6 +271,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     ],
     '--dump-logits',
   );
+  checkLogSamples(opts, m, b);
   if (b && b.arch.vocab !== m.arch.vocab) {
     throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, {
       file: opts.baseline,
@@ -161,6 +291,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   const task = ctx.task(`eval ${path.basename(m.ckpt.dir)}`, total);
   const progress = ctx.progress(b ? 'perplexity and baseline' : 'perplexity', total, 'tokens');
   let totals: EvalTotals;
+  let run: TaskRun | undefined;
   try {
     totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
       batchTokens: opts.batchTokens ?? DEFAULT_BATCH_TOKENS,
@@ -170,6 +301,8 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
       progress,
     });
     dump?.finish();
+    progress.done();
+    run = await scoreTasks(opts, m, b, be, ctx);
   } finally {
     progress.done();
     task.done();
@@ -213,6 +346,10 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
         passed: report.baseline.ppl_increase_pct <= opts.maxPplIncrease,
       };
   }
+  if (run) {
+    report.tasks = run.reports;
+    report.acc_gate = accGate(opts, run.reports);
+  }
   return report;
 }
 
@@ -229,7 +366,8 @@ function expertMapOf(dir: string): ((layer: number, expert: number) => number) |
 }
 
 /** Throws the CI gate's failure after the report is printed (main maps it to exit 1). */
-export function checkGate(r: EvalReport): void {
+export function checkGate(out: EvalReport | TaskEvalReport): void {
+  const r = out as EvalReport;
   if (r.gate && !r.gate.passed) {
     throw new GateError(
       `perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`,
@@ -237,6 +375,13 @@ export function checkGate(r: EvalReport): void {
         file: r.model,
         hint: 'compress less, or raise --max-ppl-increase',
       },
+    );
+  }
+  if (out.acc_gate && !out.acc_gate.passed) {
+    const [name, t] = Object.entries(out.tasks!).sort((x, y) => y[1].baseline!.acc_drop - x[1].baseline!.acc_drop)[0];
+    throw new GateError(
+      `accuracy on task ${name} dropped ${t.baseline!.acc_drop.toFixed(2)} points below the baseline's, more than the allowed ${out.acc_gate.max_acc_drop}`,
+      { file: out.model, hint: 'compress less, or raise --max-acc-drop' },
     );
   }
 }
@@ -277,7 +422,29 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
   };
 }
 
-export function formatEval(r: EvalReport): string {
+function formatTasks(r: { tasks?: Record<string, TaskReport>; acc_gate?: EvalReport['acc_gate'] }): string[] {
+  const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+  const lines: string[] = [];
+  for (const [name, t] of Object.entries(r.tasks ?? {})) {
+    lines.push(
+      `task ${name}  acc ${pct(t.acc)} ± ${pct(t.acc_stderr)}, acc_norm ${pct(t.acc_norm)} ± ${pct(t.acc_norm_stderr)} (${t.n} items, ${t.items_per_second.toFixed(1)} items/s)`,
+    );
+    const bl = t.baseline;
+    if (bl)
+      lines.push(
+        `  baseline     acc ${pct(bl.acc)} (drop ${bl.acc_drop.toFixed(2)} points), acc_norm ${pct(bl.acc_norm)} (drop ${bl.acc_norm_drop.toFixed(2)}); same answer ${pct(bl.same_pred)}`,
+      );
+  }
+  if (r.acc_gate)
+    lines.push(
+      `gate           ${r.acc_gate.passed ? 'passed' : 'FAILED'} (allowed accuracy drop ${r.acc_gate.max_acc_drop} points)`,
+    );
+  return lines;
+}
+
+export function formatEval(out: EvalReport | TaskEvalReport): string {
+  if (!('perplexity' in out)) return formatTasks(out).join('\n');
+  const r = out;
   const lines = [
     `perplexity     ${r.perplexity.toFixed(4)} (loss ${r.loss.toFixed(5)}) over ${r.positions} predicted positions in ${r.windows} windows of ${r.seq_len}`,
     `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${formatMB(r.size.bytes)}, ${r.size.bits_per_param.toFixed(2)} bits/param${r.size.quantized_average_bits !== undefined ? ` (quantized weights: ${r.size.quantized_average_bits.toFixed(3)} bits)` : ''}`,
@@ -293,10 +460,11 @@ export function formatEval(r: EvalReport): string {
   }
   if (r.gate)
     lines.push(`gate           ${r.gate.passed ? 'passed' : 'FAILED'} (allowed +${r.gate.max_ppl_increase_pct}%)`);
+  lines.push(...formatTasks(r));
   return lines.join('\n');
 }
 
-export const evalSpec: CommandSpec<EvalReport> = {
+export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
   name: 'eval',
   summary: 'perplexity on a text (and against a baseline: KL, top-1 and routing agreement), size and speed',
   args: [{ name: '<model>', description: 'model folder or a .gguf file' }],
@@ -304,9 +472,18 @@ export const evalSpec: CommandSpec<EvalReport> = {
     {
       flag: '--data <file>',
       type: 'path',
-      required: true,
-      description: '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window)',
+      description:
+        '.txt, .jsonl (field "text") or .json (array of token-id arrays, used window by window); needed unless --task is given',
     },
+    {
+      flag: '--task <file...>',
+      type: 'list',
+      parse: (text) => text.split(','),
+      description:
+        'multiple-choice task, JSON lines {"context", "choices", "answer"}, scored as lm-evaluation-harness does (repeatable)',
+    },
+    { flag: '--limit <n>', type: 'int', min: 1, description: 'use only the first N items of each task' },
+    { flag: '--log-samples <file>', type: 'file', description: 'write one JSON line per task item' },
     {
       flag: '--seq-len <n>',
       type: 'int',
@@ -326,6 +503,11 @@ export const evalSpec: CommandSpec<EvalReport> = {
       type: 'number',
       description: "CI gate: exit 1 when perplexity is more than PCT % above the baseline's",
     },
+    {
+      flag: '--max-acc-drop <points>',
+      type: 'number',
+      description: "CI gate: exit 1 when a task's accuracy is more than POINTS below the baseline's",
+    },
     { flag: '--dump-logits <file>', type: 'file', description: "write every position's logits to a safetensors file" },
     BACKEND,
     { flag: '--device <device>', type: { choices: () => ['cpu', 'cuda'] }, default: 'cpu', description: 'onnx device' },
@@ -342,8 +524,12 @@ export const evalSpec: CommandSpec<EvalReport> = {
   examples: [
     'moe eval ./model --data wiki.test.txt --seq-len 512 --max-tokens 65536',
     'moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json',
+    'moe eval ./pruned --baseline ./model --task fixtures/tasks/moby-cloze.jsonl --max-acc-drop 5',
   ],
-  run: ([model], o, ctx) => evalCommand({ ...(o as Omit<EvalCommandOptions, 'model'>), model }, ctx),
+  run: ([model], o, ctx) => {
+    const opts = { ...(o as Omit<EvalCommandOptions, 'model'>), model };
+    return opts.data ? evalCommand(opts, ctx) : evalTasksCommand(opts, ctx);
+  },
   format: formatEval,
   check: checkGate,
 };

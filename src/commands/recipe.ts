@@ -67,8 +67,11 @@ const RECIPE_ONLY: Partial<Record<StepKind, OptionSpec[]>> = {
   ],
 };
 
-/** A recipe names its calibration data, so that a run says what it measured. */
-const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data'] };
+/**
+ * A recipe names its calibration data, so that a run says what it measured. An eval step still needs its data (its
+ * report is the perplexity; task accuracy in recipes is not wired yet), though `moe eval --task` alone does not.
+ */
+const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data'], eval: ['data'] };
 
 /** The options a step runs its command with, in the command's order. */
 export function stepOptionSpecs(kind: StepKind): OptionSpec[] {

@@ -138,7 +138,7 @@ async function evalStep(
       : b === 'original'
         ? recipe.model
         : modelNamedIn(b, path.dirname(recipe.file), where, recipe.file);
-  const r: EvalReport = await evalSpec.run([values.model as string], { ...values, baseline }, ctx);
+  const r = (await evalSpec.run([values.model as string], { ...values, baseline }, ctx)) as EvalReport;
   const out = values.output as string;
   fs.mkdirSync(out, { recursive: true });
   writeMarker(out, 'run (eval step)');

@@ -8,6 +8,8 @@ import { besideWeights } from '../io/checkpoint';
 export interface TextTokenizer {
   /** Token ids of `text` with no special tokens added. */
   encode(text: string): number[];
+  /** Token ids with the tokenizer's own special tokens (its post-processor's BOS …), as `tokenizer.encode` in HF. */
+  encodeWithSpecial?(text: string): number[];
   decode(ids: number[]): string;
 }
 
@@ -53,6 +55,7 @@ export function tokenizerFromJson(
   }
   return {
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
+    encodeWithSpecial: (text) => tok.encode(text).ids,
     decode: (ids) => tok.decode(ids),
   };
 }

@@ -34,6 +34,7 @@ function goodText(o: OptionSpec): string {
     size: '1GB',
     range: '0-1',
     path: EVAL,
+    list: EVAL, // eval --task (a list of files; one here)
     file: path.join(work, 'x.json'),
     string: 'original',
   };
