@@ -40,6 +40,8 @@ import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { BitRules, BitsChoice, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
+import type { QuantFormat } from '../quant/quant-plan';
+import { checkCtRun, checkCtWeight, ctQuantizationConfig, verifyCtWritten } from '../quant/compressed-tensors';
 import { Quantizer } from '../quant/quantizer';
 import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
@@ -70,7 +72,9 @@ export interface QuantizeOptions {
   attnBits?: number;
   sharedExpertBits?: number;
   keepRouterFp?: boolean;
-  format?: 'packed' | 'dequantized';
+  format?: QuantFormat;
+  /** Symmetric grids (zero point 2^(bits−1)): the default of compressed-tensors, asymmetric elsewhere. */
+  grid?: 'symmetric' | 'asymmetric';
   actOrder?: boolean;
   damp?: number;
   report?: string;
@@ -101,7 +105,7 @@ export interface GroupReport {
 export interface QuantizeReport {
   model: string;
   output: string;
-  format: 'packed' | 'dequantized';
+  format: QuantFormat;
   method: 'rtn' | 'gptq';
   allocate: 'uniform' | 'lp';
   bits_target: number;
@@ -201,7 +205,7 @@ interface Settings {
   allocate: 'uniform' | 'lp';
   granularity: Granularity;
   scope: 'global' | 'layer';
-  format: 'packed' | 'dequantized';
+  format: QuantFormat;
   rules: BitRules;
 }
 
@@ -322,7 +326,13 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.checkModel(ckpt);
     const s = settings(o, stats, arch, ctx);
     const owned = ownedBy(arch, o.layers);
-    const targets = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp).filter((t) => owned(t.name));
+    const ct = s.format === 'compressed-tensors';
+    if (ct) checkCtRun(!!arch.fusedExperts, arch.modelType, !!o.layers, ckpt.dir);
+    // compressed-tensors: the router stays unquantized (engines run it in the model's dtype; it is in `ignore`).
+    const targets = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || ct).filter((t) =>
+      owned(t.name),
+    );
+    if (ct) targets.forEach((t) => checkCtWeight(t.name, t.cols, s.groupSize, ckpt.dir));
     if (targets.length === 0 && !o.layers)
       throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
     const groups = groupTargets(targets);
@@ -331,8 +341,16 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const params = targets.reduce((sum, t) => sum + t.rows * t.cols, 0);
     const measureWeight = s.allocate === 'uniform' ? 0 : params * s.choices.length;
     task = ctx.task(`quantize ${path.basename(ckpt.dir)}`, measureWeight + (o.dryRun ? 0 : params));
+    const symmetric = (o.grid ?? (ct ? 'symmetric' : 'asymmetric')) === 'symmetric';
     const quantizer = new Quantizer(
-      { method: s.method, groupSize: s.groupSize, actOrder: !!o.actOrder, damp: o.damp ?? 0.01, dir: ckpt.dir },
+      {
+        method: s.method,
+        groupSize: s.groupSize,
+        actOrder: !!o.actOrder,
+        damp: o.damp ?? 0.01,
+        dir: ckpt.dir,
+        symmetric,
+      },
       new Weighting(stats, s.alpha, s.beta),
       be,
     );
@@ -346,6 +364,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
       format: s.format,
       method: s.method,
       groupSize: s.groupSize,
+      symmetric,
       granularity: s.granularity,
       tensors: refs,
       targets,
@@ -356,7 +375,10 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      await withOutput(o.output, { force: o.force, command: 'quantize', verify: verifyWritten }, async (out) => {
+      // moe does not read compressed-tensors yet: the tensors are checked against the plan (and the format by
+      // scripts/check_compressed_tensors.py).
+      const verify = ct ? (dir: string) => verifyCtWritten(dir, plan.tensors) : verifyWritten;
+      await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
           s,
@@ -503,6 +525,17 @@ function writeRecords(
   const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
+  if (s.format === 'compressed-tensors') {
+    const quantized = new Set(plan.weights.map((t) => t.name));
+    const linear = [...ckpt.tensors.values()].filter((t) => t.shape.length === 2 && t.name.endsWith('.weight'));
+    const ignore = linear.filter((t) => !quantized.has(t.name)).map((t) => t.name);
+    config.quantization_config = ctQuantizationConfig(
+      new Map(Object.entries(bits)),
+      ignore,
+      s.groupSize,
+      plan.symmetric,
+    );
+  }
   writeConfig(out, nestedConfig(ckpt, config), ckpt.dir);
   out.copyAuxFiles(ckpt.dir);
   const prior = path.join(ckpt.dir, COMPRESSION_FILE);
@@ -736,10 +769,16 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     },
     {
       flag: '--format <f>',
-      type: { choices: () => ['packed', 'dequantized', 'gguf'] },
+      type: { choices: () => ['packed', 'dequantized', 'compressed-tensors', 'gguf'] },
       default: 'packed',
       description:
-        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, or a llama.cpp GGUF file',
+        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, compressed-tensors pack-quantized (transformers, vLLM, SGLang), or a llama.cpp GGUF file',
+    },
+    {
+      flag: '--grid <g>',
+      type: { choices: () => ['symmetric', 'asymmetric'] },
+      description:
+        'symmetric (zero point 2^(bits-1), what fused-MoE kernels run) or asymmetric grids; default: symmetric for compressed-tensors, else asymmetric',
     },
     {
       flag: '--type <t>',

@@ -10,10 +10,14 @@ import type { PlannedTensor } from '../io/writer';
 import { assignBits, BitGroup, SolverSummary } from './assign';
 import { packedMatrixBytes, packedPlan } from '../io/packed';
 import { metadataEntry } from './format';
+import { ctParts } from './compressed-tensors';
 import type { Granularity, Group, Target, TargetClass } from './plan';
 
 /** Router rows decide everything downstream: 8 bits unless --keep-router-fp keeps them as they are. */
 export const ROUTER_BITS = 8;
+
+/** The safetensors layouts of `moe quantize` (GGUF is written by src/gguf). */
+export type QuantFormat = 'packed' | 'dequantized' | 'compressed-tensors';
 /**
  * Under --allocate lp, weights every token passes through (attention, shared experts, dense MLPs) take at least
  * this many bits unless fixed by a flag (QuantMoE-Bench).
@@ -120,7 +124,9 @@ export interface PlannedWeight extends Target {
 }
 
 export interface QuantPlan {
-  format: 'packed' | 'dequantized';
+  format: QuantFormat;
+  /** compressed-tensors: symmetric grids. */
+  symmetric: boolean;
   method: 'rtn' | 'gptq';
   groupSize: number;
   granularity: Granularity;
@@ -148,9 +154,11 @@ export interface QuantPlan {
 }
 
 export interface PlanInput {
-  format: 'packed' | 'dequantized';
+  format: QuantFormat;
   method: 'rtn' | 'gptq';
   groupSize: number;
+  /** compressed-tensors: symmetric grids (no zero points stored). */
+  symmetric?: boolean;
   granularity: Granularity;
   /** The tensors this run writes, in checkpoint order. */
   tensors: { name: string; dtype: DType; shape: number[] }[];
@@ -190,6 +198,10 @@ export function buildPlan(p: PlanInput): QuantPlan {
         method: p.method,
       });
       tensorMetadata.set(parts[0].name, { [k]: v });
+    } else if (w && p.format === 'compressed-tensors') {
+      const parts = ctParts(ref.name, w.rows, w.cols, w.bits, gs, ref.dtype, !!p.symmetric);
+      w.bytes = parts.reduce((s, t) => s + tensorBytes(t), 0);
+      tensors.push(...parts);
     } else {
       const t = { name: ref.name, dtype: ref.dtype, shape: ref.shape };
       if (w) w.bytes = tensorBytes(t);
@@ -203,6 +215,7 @@ export function buildPlan(p: PlanInput): QuantPlan {
   }
   return {
     format: p.format,
+    symmetric: !!p.symmetric,
     method: p.method,
     groupSize: gs,
     granularity: p.granularity,
