@@ -46,20 +46,39 @@ MOE = [os.path.join(ROOT, "bin", "moe.js")]
 REFERENCE = os.path.join(ROOT, "fixtures", "reference", "compressed-tensors.json")
 CALIBRATE = ["--seq-len", "128", "--max-tokens", "8192", "--naee-tokens", "512", "--hessians"]
 
-# name, model (relative to the repo), moe quantize options, whether transformers can load it, eval windows
+# name, model (relative to the repo), moe quantize options (STATS: a calibration of that model), whether
+# transformers can load it, whether the jest test re-writes it (the tiny-moe cases take seconds each, the goldens
+# a fraction of one)
 CASES = [
-    ("tiny-4", "fixtures/tiny-moe", ["--bits", "4"], True),
-    ("tiny-4-attn8-g64", "fixtures/tiny-moe", ["--bits", "4", "--attn-bits", "8", "--group-size", "64"], True),
-    ("tiny-3-asym", "fixtures/tiny-moe", ["--bits", "3", "--grid", "asymmetric"], False),
+    ("tiny-4", "fixtures/tiny-moe", ["--bits", "4"], True, True),
+    ("tiny-4-attn8-g64", "fixtures/tiny-moe", ["--bits", "4", "--attn-bits", "8", "--group-size", "64"], True, False),
+    ("tiny-3-asym", "fixtures/tiny-moe", ["--bits", "3", "--grid", "asymmetric"], False, False),
     (
         "tiny-lp-3.5",
         "fixtures/tiny-moe",
         ["--allocate", "lp", "--bits", "3.5", "--bit-choices", "3,4,5", "--stats", "STATS"],
         False,
+        False,
     ),
-    ("qwen3_moe-4", "fixtures/golden/qwen3_moe", ["--bits", "4", "--group-size", "32"], True),
-    ("mixtral-4", "fixtures/golden/mixtral", ["--bits", "4", "--group-size", "32"], True),
-    ("mixtral-6-asym", "fixtures/golden/mixtral", ["--bits", "6", "--group-size", "32", "--grid", "asymmetric"], False),
+    ("qwen3_moe-4", "fixtures/golden/qwen3_moe", ["--bits", "4", "--group-size", "32"], True, True),
+    (
+        "qwen3_moe-4-attn8",
+        "fixtures/golden/qwen3_moe",
+        ["--bits", "4", "--attn-bits", "8", "--group-size", "32"],
+        True,
+        True,
+    ),
+    (
+        "qwen3_moe-gptq-lp-3.8",
+        "fixtures/golden/qwen3_moe",
+        ["--method", "gptq", "--allocate", "lp", "--bits", "3.8", "--bit-choices", "3,4,5", "--group-size", "32"]
+        + ["--stats", "STATS"],
+        False,
+        True,
+    ),
+    ("qwen3_moe-3-asym", "fixtures/golden/qwen3_moe", ["--bits", "3", "--group-size", "32", "--grid", "asymmetric"], False, True),
+    ("mixtral-4", "fixtures/golden/mixtral", ["--bits", "4", "--group-size", "32"], True, True),
+    ("mixtral-6-asym", "fixtures/golden/mixtral", ["--bits", "6", "--group-size", "32", "--grid", "asymmetric"], False, True),
 ]
 SEQ_LEN = 64
 WINDOWS = 8
@@ -171,15 +190,23 @@ def main() -> None:
     os.makedirs(work, exist_ok=True)
     ref = json.load(open(REFERENCE)) if os.path.exists(REFERENCE) else {}
     cases = ref.get("cases", {})
-    stats = None
-    for name, model, opts, loadable in CASES:
+    for name, model, opts, loadable, jest in CASES:
         if only and name not in only:
             continue
+        calibration = stats = None
         if "STATS" in opts:
-            stats = stats or os.path.join(work, "stats")
-            if not os.path.exists(os.path.join(stats, "stats.json")):
-                data = os.path.join(ROOT, "fixtures", "text", "calib.txt")
-                run(["calibrate", model, "--data", data, *CALIBRATE, "-o", stats, "--force"])
+            stats = os.path.join(work, name + "-stats")
+            if model == "fixtures/tiny-moe":
+                data, args = os.path.join(ROOT, "fixtures", "text", "calib.txt"), CALIBRATE
+                calibration = {"text": "fixtures/text/calib.txt", "args": CALIBRATE}
+            else:
+                g = torch.Generator().manual_seed(7)
+                wins = torch.randint(0, 256, (16, SEQ_LEN), generator=g).tolist()
+                data, args = os.path.join(work, name + "-calib.json"), ["--seq-len", str(SEQ_LEN), "--hessians"]
+                with open(data, "w") as f:
+                    json.dump(wins, f)
+                calibration = {"windows": wins, "args": args}
+            run(["calibrate", model, "--data", data, *args, "-o", stats, "--force"])
             opts = [stats if o == "STATS" else o for o in opts]
         ct, dq = os.path.join(work, name + "-ct"), os.path.join(work, name + "-dq")
         grid = ["--grid", "asymmetric"] if "asymmetric" in opts else ["--grid", "symmetric"]
@@ -192,9 +219,12 @@ def main() -> None:
             sys.exit(f"{name}: the library's decompression differs from moe's dequantized weights by {worst}")
         entry = {
             "model": model,
-            "options": [o if o != stats else "FIXTURE_STATS" for o in opts],
+            "options": [o if o != stats else "STATS" for o in opts],
+            "calibration": calibration,
+            "jest": jest,
             "bits_histogram": report["bits_histogram"],
             "safetensors_sha256": sha256_file(os.path.join(ct, "model.safetensors")),
+            "quantization_config": json.load(open(os.path.join(ct, "config.json")))["quantization_config"],
             "decompressed_sha256": digest,
             "modules": n,
             "max_abs_diff": worst,
