@@ -42,6 +42,8 @@ import * as gptqFormat from '../quant/gptq-format';
 import { verifyGptq } from '../io/gptq';
 import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
 import { BitRules, BitsChoice, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
+import type { QuantFormat } from '../quant/quant-plan';
+import { checkCtRun, checkCtWeight, ctQuantizationConfig, verifyCtWritten } from '../quant/compressed-tensors';
 import { Quantizer } from '../quant/quantizer';
 import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
@@ -72,7 +74,9 @@ export interface QuantizeOptions {
   attnBits?: number;
   sharedExpertBits?: number;
   keepRouterFp?: boolean;
-  format?: 'packed' | 'dequantized' | 'gptq';
+  format?: QuantFormat;
+  /** Symmetric grids (zero point 2^(bits−1)): the default of compressed-tensors, asymmetric elsewhere. */
+  grid?: 'symmetric' | 'asymmetric';
   actOrder?: boolean;
   damp?: number;
   report?: string;
@@ -103,7 +107,7 @@ export interface GroupReport {
 export interface QuantizeReport {
   model: string;
   output: string;
-  format: 'packed' | 'dequantized' | 'gptq';
+  format: QuantFormat;
   method: 'rtn' | 'gptq';
   allocate: 'uniform' | 'lp';
   bits_target: number;
@@ -203,7 +207,7 @@ interface Settings {
   allocate: 'uniform' | 'lp';
   granularity: Granularity;
   scope: 'global' | 'layer';
-  format: 'packed' | 'dequantized' | 'gptq';
+  format: QuantFormat;
   rules: BitRules;
 }
 
@@ -310,6 +314,23 @@ async function allocateBits(
   return chosen;
 }
 
+/**
+ * The weights this run quantizes, with the engine formats' checks: GPTQ and compressed-tensors leave the router
+ * unquantized (engines run it in the model's dtype); GPTQ also the weights its packing cannot hold ("-:" in the
+ * config's dynamic), compressed-tensors lists them in `ignore`.
+ */
+function formatTargets(o: QuantizeOptions, s: Settings, arch: Architecture, ckpt: Checkpoint): Target[] {
+  const gptq = s.format === 'gptq';
+  const ct = s.format === 'compressed-tensors';
+  if (gptq) gptqFormat.checkGptqOptions(o);
+  if (gptq) gptqFormat.checkNotFused(arch, ckpt.tensors, ckpt.dir);
+  if (ct) checkCtRun(!!arch.fusedExperts, arch.modelType, !!o.layers, ckpt.dir);
+  const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || gptq || ct);
+  const targets = gptq ? gptqFormat.gptqTargets(all, o) : all;
+  if (ct) targets.forEach((t) => checkCtWeight(t.name, t.cols, s.groupSize, ckpt.dir));
+  return targets;
+}
+
 export async function quantize(o: QuantizeOptions, ctx: Context): Promise<QuantizeReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
@@ -324,12 +345,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.checkModel(ckpt);
     const s = settings(o, stats, arch, ctx);
     const owned = ownedBy(arch, o.layers);
-    const gptq = s.format === 'gptq';
-    if (gptq) gptqFormat.checkGptqOptions(o);
-    if (gptq) gptqFormat.checkNotFused(arch, ckpt.tensors, ckpt.dir);
-    // GPTQ leaves the router unquantized, and the weights its packing cannot hold ("-:" in the config's dynamic).
-    const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || gptq).filter((t) => owned(t.name));
-    const targets = gptq ? gptqFormat.gptqTargets(all, o) : all;
+    const ct = s.format === 'compressed-tensors';
+    const targets = formatTargets(o, s, arch, ckpt).filter((t) => owned(t.name));
     if (targets.length === 0 && !o.layers)
       throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
     const groups = groupTargets(targets);
@@ -338,8 +355,16 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const params = targets.reduce((sum, t) => sum + t.rows * t.cols, 0);
     const measureWeight = s.allocate === 'uniform' ? 0 : params * s.choices.length;
     task = ctx.task(`quantize ${path.basename(ckpt.dir)}`, measureWeight + (o.dryRun ? 0 : params));
+    const symmetric = (o.grid ?? (ct ? 'symmetric' : 'asymmetric')) === 'symmetric';
     const quantizer = new Quantizer(
-      { method: s.method, groupSize: s.groupSize, actOrder: !!o.actOrder, damp: o.damp ?? 0.01, dir: ckpt.dir },
+      {
+        method: s.method,
+        groupSize: s.groupSize,
+        actOrder: !!o.actOrder,
+        damp: o.damp ?? 0.01,
+        dir: ckpt.dir,
+        symmetric,
+      },
       new Weighting(stats, s.alpha, s.beta),
       be,
     );
@@ -353,6 +378,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
       format: s.format,
       method: s.method,
       groupSize: s.groupSize,
+      symmetric,
       granularity: s.granularity,
       tensors: refs,
       targets,
@@ -363,7 +389,10 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      const verify = s.format === 'gptq' ? verifyGptq : verifyWritten;
+      // moe does not read compressed-tensors yet: the tensors are checked against the plan (and the format by
+      // scripts/check_compressed_tensors.py).
+      const verify =
+        s.format === 'gptq' ? verifyGptq : ct ? (dir: string) => verifyCtWritten(dir, plan.tensors) : verifyWritten;
       await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
@@ -523,6 +552,17 @@ function writeRecords(
       gptqFormat.gptqSkipped(x.arch, ckpt.tensors, quantized),
       s.groupSize,
     );
+  if (s.format === 'compressed-tensors') {
+    const quantized = new Set(plan.weights.map((t) => t.name));
+    const linear = [...ckpt.tensors.values()].filter((t) => t.shape.length === 2 && t.name.endsWith('.weight'));
+    const ignore = linear.filter((t) => !quantized.has(t.name)).map((t) => t.name);
+    config.quantization_config = ctQuantizationConfig(
+      new Map(Object.entries(bits)),
+      ignore,
+      s.groupSize,
+      plan.symmetric,
+    );
+  }
   writeConfig(out, nestedConfig(ckpt, config), ckpt.dir);
   out.copyAuxFiles(ckpt.dir);
   const prior = path.join(ckpt.dir, COMPRESSION_FILE);
@@ -756,10 +796,16 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     },
     {
       flag: '--format <f>',
-      type: { choices: () => ['packed', 'dequantized', 'gguf', 'gptq'] },
+      type: { choices: () => ['packed', 'dequantized', 'compressed-tensors', 'gguf', 'gptq'] },
       default: 'packed',
       description:
-        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, a llama.cpp GGUF file, or GPTQ v1 (GPTQModel, vLLM, transformers; 2/3/4/8 bits)',
+        'packed integers with scales (moe eval runs them), a plain checkpoint of dequantized weights, compressed-tensors pack-quantized (transformers, vLLM, SGLang), a llama.cpp GGUF file, or GPTQ v1 (GPTQModel, vLLM, transformers; 2/3/4/8 bits)',
+    },
+    {
+      flag: '--grid <g>',
+      type: { choices: () => ['symmetric', 'asymmetric'] },
+      description:
+        'symmetric (zero point 2^(bits-1), what fused-MoE kernels run) or asymmetric grids; default: symmetric for compressed-tensors, else asymmetric',
     },
     {
       flag: '--type <t>',

@@ -14,6 +14,7 @@ import type { Progress } from '../ui/progress';
 import { requireFinite } from './finite';
 import { packedPlan } from '../io/packed';
 import { packCodes } from './pack';
+import { ctParts, ctTensors } from './compressed-tensors';
 import type { PlannedWeight, QuantPlan } from './quant-plan';
 import type { Quantizer } from './quantizer';
 import { dequantize } from './rtn';
@@ -44,7 +45,7 @@ export interface Execution {
 export async function writePlan(x: Execution): Promise<Map<string, number>> {
   const { plan } = x;
   const weightOf = new Map(plan.weights.map((w) => [w.name, w]));
-  const fast = plan.method === 'rtn' && plan.format === 'packed' && !x.measure;
+  const fast = plan.method === 'rtn' && plan.format === 'packed' && !x.measure && !plan.symmetric;
   const pipeline = fast ? new RtnPipeline(x, new RtnPool(x.threads ?? defaultThreads()), weightOf) : undefined;
   const measured = new Map<string, number>();
   try {
@@ -87,6 +88,10 @@ async function writeOne(x: Execution, ref: TensorRef, t: PlannedWeight, measured
       x.gptq.inexact += e.inexact;
       x.gptq.zeroZeros += e.zeroZeros;
     }
+  } else if (x.plan.format === 'compressed-tensors') {
+    const sym = x.plan.symmetric;
+    const parts = ctParts(ref.name, t.rows, t.cols, q.bits, x.plan.groupSize, ref.dtype, sym);
+    ctTensors(q, ref.dtype, sym).forEach((bytes, i) => x.writer.write(parts[i].name, bytes));
   } else {
     x.writer.write(ref.name, fromFloat32(dequantize(q), ref.dtype));
   }

@@ -119,7 +119,7 @@ export async function gptq(
               if (v < lo) lo = v;
               if (v > hi) hi = v;
             }
-            const p = groupParams(lo, hi, maxq);
+            const p = groupParams(lo, hi, maxq, spec.symmetric);
             scales[r * ng + g] = p.scale;
             zeros[r * ng + g] = p.zero;
           }

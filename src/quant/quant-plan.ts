@@ -11,10 +11,14 @@ import { assignBits, BitGroup, SolverSummary } from './assign';
 import { packedMatrixBytes, packedPlan } from '../io/packed';
 import { metadataEntry } from './format';
 import { gptqBytes, gptqPlan } from '../io/gptq';
+import { ctParts } from './compressed-tensors';
 import type { Granularity, Group, Target, TargetClass } from './plan';
 
 /** Router rows decide everything downstream: 8 bits unless --keep-router-fp keeps them as they are. */
 export const ROUTER_BITS = 8;
+
+/** The safetensors layouts of `moe quantize` (GGUF is written by src/gguf). */
+export type QuantFormat = 'packed' | 'dequantized' | 'compressed-tensors' | 'gptq';
 /**
  * Under --allocate lp, weights every token passes through (attention, shared experts, dense MLPs) take at least
  * this many bits unless fixed by a flag (QuantMoE-Bench).
@@ -121,7 +125,9 @@ export interface PlannedWeight extends Target {
 }
 
 export interface QuantPlan {
-  format: 'packed' | 'dequantized' | 'gptq';
+  format: QuantFormat;
+  /** compressed-tensors: symmetric grids. */
+  symmetric: boolean;
   method: 'rtn' | 'gptq';
   groupSize: number;
   granularity: Granularity;
@@ -149,9 +155,11 @@ export interface QuantPlan {
 }
 
 export interface PlanInput {
-  format: 'packed' | 'dequantized' | 'gptq';
+  format: QuantFormat;
   method: 'rtn' | 'gptq';
   groupSize: number;
+  /** compressed-tensors: symmetric grids (no zero points stored). */
+  symmetric?: boolean;
   granularity: Granularity;
   /** The tensors this run writes, in checkpoint order. */
   tensors: { name: string; dtype: DType; shape: number[] }[];
@@ -194,6 +202,10 @@ export function buildPlan(p: PlanInput): QuantPlan {
     } else if (w && p.format === 'gptq') {
       tensors.push(...gptqPlan(ref.name, w.rows, w.cols, w.bits, gs));
       w.bytes = gptqBytes(w.rows, w.cols, w.bits, gs);
+    } else if (w && p.format === 'compressed-tensors') {
+      const parts = ctParts(ref.name, w.rows, w.cols, w.bits, gs, ref.dtype, !!p.symmetric);
+      w.bytes = parts.reduce((s, t) => s + tensorBytes(t), 0);
+      tensors.push(...parts);
     } else {
       const t = { name: ref.name, dtype: ref.dtype, shape: ref.shape };
       if (w) w.bytes = tensorBytes(t);
@@ -207,6 +219,7 @@ export function buildPlan(p: PlanInput): QuantPlan {
   }
   return {
     format: p.format,
+    symmetric: !!p.symmetric,
     method: p.method,
     groupSize: gs,
     granularity: p.granularity,

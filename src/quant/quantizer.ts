@@ -15,6 +15,8 @@ export interface QuantizerOptions {
   groupSize: number;
   actOrder: boolean;
   damp: number;
+  /** Symmetric grids (zero point 2^(bits−1)): compressed-tensors output. */
+  symmetric?: boolean;
   /** The model's folder, named by errors. */
   dir: string;
 }
@@ -31,7 +33,7 @@ export class Quantizer {
 
   async quantize(w: Float32Array, t: Target, bits: number, inputs: Inputs | undefined): Promise<QuantizedMatrix> {
     requireFinite(w, t.name, this.o.dir);
-    const spec = { bits, groupSize: this.o.groupSize };
+    const spec = { bits, groupSize: this.o.groupSize, symmetric: this.o.symmetric };
     if (this.o.method === 'gptq') {
       if (inputs?.full && inputs.rows > 0) {
         const q = await gptq(

@@ -19,6 +19,8 @@ import { groupCount } from '../io/packed';
 export interface QuantSpec {
   bits: number;
   groupSize: number;
+  /** zero = 2^(bits−1) and scale = bf16(2·max|w| / maxq) (compressed-tensors and GPTQ `sym`); else the header's. */
+  symmetric?: boolean;
 }
 
 export interface QuantizedMatrix {
@@ -56,7 +58,17 @@ export function rint(x: number): number {
 export { groupCount }; // defined with the packed layout it sizes (src/io/packed.ts)
 
 /** A group's scale and zero point from its range (see the header). */
-export function groupParams(xmin: number, xmax: number, maxq: number): { scale: number; zero: number } {
+export function groupParams(
+  xmin: number,
+  xmax: number,
+  maxq: number,
+  symmetric = false,
+): { scale: number; zero: number } {
+  if (symmetric) {
+    let scale = bf16Round(fround((2 * max(-xmin, xmax, 0)) / maxq));
+    if (scale === 0) scale = 1;
+    return { scale, zero: (maxq + 1) / 2 };
+  }
   const lo = min(0, xmin);
   const hi = max(0, xmax);
   let scale = bf16Round(fround((hi - lo) / maxq));
@@ -109,7 +121,7 @@ export function quantizeRtn(w: Float32Array, rows: number, cols: number, spec: Q
         if (v < lo) lo = v;
         if (v > hi) hi = v;
       }
-      const { scale, zero } = groupParams(lo, hi, maxq);
+      const { scale, zero } = groupParams(lo, hi, maxq, spec.symmetric);
       q.scales[r * ng + g] = scale;
       q.zeros[r * ng + g] = zero;
       for (let c = a; c < b; c++) q.codes[row + c] = quantizeValue(w[row + c], scale, zero, maxq);

@@ -211,7 +211,7 @@ describe('the command line', () => {
     const r = runCli(['quantize', MODEL, '--bits', '4', '-o', 'x', '--format', 'zip']);
     expect(r.code).toBe(2);
     expect(oneLine(r.stderr)).toBe(
-      "moe: option '--format <f>' argument 'zip' is invalid. Allowed choices are packed, dequantized, gguf, gptq; run moe quantize --help",
+      "moe: option '--format <f>' argument 'zip' is invalid. Allowed choices are packed, dequantized, compressed-tensors, gguf, gptq; run moe quantize --help",
     );
   });
 

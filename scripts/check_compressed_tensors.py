@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""Checks `moe quantize --format compressed-tensors` against the compressed-tensors library and transformers, and
+writes fixtures/reference/compressed-tensors.json (what test/reference/compressed-tensors.test.ts compares with).
+
+    .venv/bin/python scripts/check_compressed_tensors.py [--only CASE[,CASE]] [--keep DIR]
+
+The library: compressed-tensors at tag CT_TAG, built from its source (the `fetch` tool brings
+vllm-project/compressed-tensors; `git checkout CT_TAG` into a folder, then
+`SETUPTOOLS_SCM_PRETEND_VERSION=CT_TAG .venv/bin/pip install --no-build-isolation --no-deps DIR`, plus pydantic,
+loguru, psutil and setuptools-scm from the local index). 3-, 5-, 6- and 7-bit packing changed between releases:
+the check refuses any other version.
+
+For every case: moe writes the model twice with the same options, as compressed-tensors and as a plain checkpoint
+of dequantized weights (--format dequantized, same grid, router kept), then
+  (a) the library's own PackedQuantizationCompressor.decompress of every quantized module, with the scheme of the
+      config group the library's matcher assigns to it, equals moe's dequantized weight exactly (float32 compare);
+      every other tensor is stored unchanged;
+  (b) where transformers can load the output (symmetric, one scheme for all experts: transformers 5.18 dequantizes
+      fused experts with one scheme and no zero points), AutoModelForCausalLM on CPU gives the perplexity of
+      `moe eval` of the dequantized checkpoint (the same weights, by (a)) on the same token windows, within 1e-3
+      relative.
+The reference records the sha256 of moe's compressed-tensors safetensors file, of the decompressed weights
+(float32, module order) and both perplexities.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+CT_TAG = "0.18.0"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MOE = [os.path.join(ROOT, "bin", "moe.js")]
+REFERENCE = os.path.join(ROOT, "fixtures", "reference", "compressed-tensors.json")
+CALIBRATE = ["--seq-len", "128", "--max-tokens", "8192", "--naee-tokens", "512", "--hessians"]
+
+# name, model (relative to the repo), moe quantize options (STATS: a calibration of that model), whether
+# transformers can load it, whether the jest test re-writes it (the tiny-moe cases take seconds each, the goldens
+# a fraction of one)
+CASES = [
+    ("tiny-4", "fixtures/tiny-moe", ["--bits", "4"], True, True),
+    ("tiny-4-attn8-g64", "fixtures/tiny-moe", ["--bits", "4", "--attn-bits", "8", "--group-size", "64"], True, False),
+    ("tiny-3-asym", "fixtures/tiny-moe", ["--bits", "3", "--grid", "asymmetric"], False, False),
+    (
+        "tiny-lp-3.5",
+        "fixtures/tiny-moe",
+        ["--allocate", "lp", "--bits", "3.5", "--bit-choices", "3,4,5", "--stats", "STATS"],
+        False,
+        False,
+    ),
+    ("qwen3_moe-4", "fixtures/golden/qwen3_moe", ["--bits", "4", "--group-size", "32"], True, True),
+    (
+        "qwen3_moe-4-attn8",
+        "fixtures/golden/qwen3_moe",
+        ["--bits", "4", "--attn-bits", "8", "--group-size", "32"],
+        True,
+        True,
+    ),
+    (
+        "qwen3_moe-gptq-lp-3.8",
+        "fixtures/golden/qwen3_moe",
+        ["--method", "gptq", "--allocate", "lp", "--bits", "3.8", "--bit-choices", "3,4,5", "--group-size", "32"]
+        + ["--stats", "STATS"],
+        False,
+        True,
+    ),
+    ("qwen3_moe-3-asym", "fixtures/golden/qwen3_moe", ["--bits", "3", "--group-size", "32", "--grid", "asymmetric"], False, True),
+    ("mixtral-4", "fixtures/golden/mixtral", ["--bits", "4", "--group-size", "32"], True, True),
+    ("mixtral-6-asym", "fixtures/golden/mixtral", ["--bits", "6", "--group-size", "32", "--grid", "asymmetric"], False, True),
+]
+SEQ_LEN = 64
+WINDOWS = 8
+
+
+def run(args: list[str]) -> str:
+    r = subprocess.run(["node", *MOE, *args], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"moe {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout
+
+
+def sha256_file(p: str) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def windows_for(model: str, vocab: int) -> list[list[int]]:
+    """Token windows: the fixture's eval text through its tokenizer, else seeded random ids (goldens have none)."""
+    if os.path.exists(os.path.join(ROOT, model, "tokenizer.json")):
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(os.path.join(ROOT, model))
+        with open(os.path.join(ROOT, "fixtures", "text", "eval.txt"), encoding="utf-8") as f:
+            ids = tok(f.read(), add_special_tokens=False)["input_ids"]
+    else:
+        g = torch.Generator().manual_seed(22)
+        ids = torch.randint(0, vocab, (SEQ_LEN * WINDOWS,), generator=g).tolist()
+    return [ids[i * SEQ_LEN : (i + 1) * SEQ_LEN] for i in range(WINDOWS)]
+
+
+def hf_perplexity(model_dir: str, windows: list[list[int]]) -> float:
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    # Decompressed in the checkpoint's dtype (the scales' dtype, as the library decodes), then upcast to float32 as
+    # the perplexity rule loads weights: loading straight into float32 would decode (code - zero) * scale in
+    # float32, finer than the model's dtype that moe's dequantized weights (and any bf16 engine) are rounded to.
+    with open(os.path.join(model_dir, "config.json")) as f:
+        dtype = getattr(torch, json.load(f).get("dtype", "float32"))
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, device_map="cpu", quantization_config=CompressedTensorsConfig(dequantize=True)
+    ).float()
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            logits = model(torch.tensor([w])).logits[0, :-1].float().double()
+            target = torch.tensor(w[1:])
+            nll = torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None])[:, 0]
+            total += nll.sum().item()
+            n += len(w) - 1
+    return math.exp(total / n)
+
+
+def decompress_all(ct_dir: str, dq_dir: str) -> tuple[str, int, float]:
+    """(a): the library's decompression of every module against moe's dequantized weights."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+    from compressed_tensors.utils.match import match_name
+
+    with open(os.path.join(ct_dir, "config.json")) as f:
+        qc = QuantizationConfig.model_validate(json.load(f)["quantization_config"])
+    stored = load_file(os.path.join(ct_dir, "model.safetensors"))
+    plain = load_file(os.path.join(dq_dir, "model.safetensors"))
+    modules = sorted(k[: -len(".weight_packed")] for k in stored if k.endswith(".weight_packed"))
+    h = hashlib.sha256()
+    worst = 0.0
+    for m in modules:
+        hits = [
+            s
+            for s in qc.config_groups.values()
+            # "Linear" is a class target: every packed module is a linear layer in the checkpoint's layout
+            if any(t == "Linear" or match_name(m, t) for t in s.targets) and not any(match_name(m, i) for i in qc.ignore)
+        ]
+        if len(hits) != 1:
+            sys.exit(f"{m}: {len(hits)} config groups match it")
+        scheme = hits[0]
+        compressor = BaseCompressor.get_value_from_registry(scheme.format or qc.format)
+        sd = {k[len(m) + 1 :]: v for k, v in stored.items() if k.startswith(m + ".weight_")}
+        w = compressor.decompress(sd, scheme)["weight"].float()
+        ref = plain[m + ".weight"].float()
+        if w.shape != ref.shape:
+            sys.exit(f"{m}: decompressed {tuple(w.shape)}, moe {tuple(ref.shape)}")
+        worst = max(worst, (w - ref).abs().max().item())
+        h.update(w.contiguous().numpy().tobytes())
+    rest = sorted(k for k in stored if ".weight_" not in k)
+    for k in rest:
+        if not torch.equal(stored[k], plain[k]):
+            sys.exit(f"{k}: stored changed")
+    if set(plain) != set(rest) | {m + ".weight" for m in modules}:
+        sys.exit("the two outputs hold different modules")
+    return h.hexdigest(), len(modules), worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--keep", default=None, help="write the outputs under this folder (default: a temporary one)")
+    a = ap.parse_args()
+    import compressed_tensors
+    import transformers
+
+    if compressed_tensors.__version__.split("+")[0] != CT_TAG:
+        sys.exit(f"compressed-tensors {compressed_tensors.__version__} installed; this check pins {CT_TAG}")
+    only = set(a.only.split(",")) if a.only else None
+    work = a.keep or tempfile.mkdtemp(prefix="moe-ct-")
+    os.makedirs(work, exist_ok=True)
+    ref = json.load(open(REFERENCE)) if os.path.exists(REFERENCE) else {}
+    cases = ref.get("cases", {})
+    for name, model, opts, loadable, jest in CASES:
+        if only and name not in only:
+            continue
+        calibration = stats = None
+        if "STATS" in opts:
+            stats = os.path.join(work, name + "-stats")
+            if model == "fixtures/tiny-moe":
+                data, args = os.path.join(ROOT, "fixtures", "text", "calib.txt"), CALIBRATE
+                calibration = {"text": "fixtures/text/calib.txt", "args": CALIBRATE}
+            else:
+                g = torch.Generator().manual_seed(7)
+                wins = torch.randint(0, 256, (16, SEQ_LEN), generator=g).tolist()
+                data, args = os.path.join(work, name + "-calib.json"), ["--seq-len", str(SEQ_LEN), "--hessians"]
+                with open(data, "w") as f:
+                    json.dump(wins, f)
+                calibration = {"windows": wins, "args": args}
+            run(["calibrate", model, "--data", data, *args, "-o", stats, "--force"])
+            opts = [stats if o == "STATS" else o for o in opts]
+        ct, dq = os.path.join(work, name + "-ct"), os.path.join(work, name + "-dq")
+        grid = ["--grid", "asymmetric"] if "asymmetric" in opts else ["--grid", "symmetric"]
+        q = ["quantize", model, "--force", "--json"]
+        report = json.loads(run([*q, *opts, "--format", "compressed-tensors", "-o", ct]))
+        run([*q, *[o for o in opts if o not in ("--grid", "asymmetric")], *grid, "--keep-router-fp"]
+            + ["--format", "dequantized", "-o", dq])
+        digest, n, worst = decompress_all(ct, dq)
+        if worst != 0:
+            sys.exit(f"{name}: the library's decompression differs from moe's dequantized weights by {worst}")
+        entry = {
+            "model": model,
+            "options": [o if o != stats else "STATS" for o in opts],
+            "calibration": calibration,
+            "jest": jest,
+            "bits_histogram": report["bits_histogram"],
+            "safetensors_sha256": sha256_file(os.path.join(ct, "model.safetensors")),
+            "quantization_config": json.load(open(os.path.join(ct, "config.json")))["quantization_config"],
+            "decompressed_sha256": digest,
+            "modules": n,
+            "max_abs_diff": worst,
+        }
+        if loadable:
+            with open(os.path.join(ROOT, model, "config.json")) as f:
+                vocab = json.load(f)["vocab_size"]
+            wins = windows_for(model, vocab)
+            data = os.path.join(work, name + "-windows.json")
+            with open(data, "w") as f:
+                json.dump(wins, f)
+            hf = hf_perplexity(ct, wins)
+            ev = json.loads(run(["eval", dq, "--data", data, "--seq-len", str(SEQ_LEN), "--json"]))
+            moe = ev["perplexity"] if "perplexity" in ev else ev["model"]["perplexity"]
+            rel = abs(hf - moe) / moe
+            if rel > 1e-3:
+                sys.exit(f"{name}: transformers perplexity {hf} vs moe eval {moe} ({rel:.2e} relative)")
+            entry.update({"windows": wins, "ppl_transformers": hf, "ppl_moe_eval": moe, "ppl_rel_diff": rel})
+        cases[name] = entry
+        print(f"{name}: {n} modules decompress exactly" + (f"; ppl {entry['ppl_transformers']:.6f} (transformers) vs {entry['ppl_moe_eval']:.6f} (moe eval)" if loadable else ""))
+    out = {
+        "generator": "scripts/check_compressed_tensors.py",
+        "compressed_tensors": CT_TAG,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "calibrate": CALIBRATE,
+        "cases": cases,
+    }
+    with open(REFERENCE, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
