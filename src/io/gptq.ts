@@ -18,6 +18,7 @@ import { CheckpointError } from '../errors';
 import { DType, toFloat32 } from './dtype';
 import { readExact, readHeader, TensorRef } from './safetensors';
 import type { PlannedTensor } from './writer';
+import { readField } from '../util/bitfield';
 
 export const GPTQ_QUANT_METHOD = 'gptq';
 export const GPTQ_CHECKPOINT_FORMAT = 'gptq';
@@ -57,25 +58,6 @@ export function gptqPlan(weight: string, rows: number, cols: number, bits: numbe
 export function gptqBytes(rows: number, cols: number, bits: number, groupSize: number): number {
   const groups = Math.ceil(cols / groupSize);
   return (cols * bits * rows) / 8 + (groups * rows * bits) / 8 + 2 * groups * rows + 4 * cols;
-}
-
-/** Field i of a little-endian bit stream of b-bit fields over 32-bit words. */
-export function readField(words: Uint32Array, stride: number, at: number, i: number, bits: number): number {
-  const bit = i * bits;
-  const w = bit >>> 5;
-  const s = bit & 31;
-  let v = words[w * stride + at] >>> s;
-  if (s + bits > 32) v |= words[(w + 1) * stride + at] << (32 - s);
-  return v & ((1 << bits) - 1);
-}
-
-/** Writes field i (see readField); the words start zeroed. */
-export function writeField(words: Uint32Array, stride: number, at: number, i: number, bits: number, v: number): void {
-  const bit = i * bits;
-  const w = bit >>> 5;
-  const s = bit & 31;
-  words[w * stride + at] |= v << s;
-  if (s + bits > 32) words[(w + 1) * stride + at] |= v >>> (32 - s);
 }
 
 export interface GptqTensors {

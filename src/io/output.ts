@@ -9,6 +9,7 @@ import { CheckpointError, InternalError, UsageError } from '../errors';
 import { besideWeights } from './checkpoint';
 import { crashPoint } from './crash';
 import { isMoeFile, isMoeFolder, notMoeFolder, writeMarker } from './ownership';
+import { escapeRegExp } from '../util/regexp';
 
 export { checkNotInput } from './ownership';
 
@@ -256,7 +257,7 @@ export function checkOutputFolder(dest: string, force: boolean | undefined): voi
  */
 export function removeStaleTemps(dest: string): string[] {
   const parent = path.dirname(dest);
-  const escaped = path.basename(dest).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const escaped = escapeRegExp(path.basename(dest));
   const pattern = new RegExp(`^\\.${escaped}\\.moe-tmp-(\\d+)-[0-9a-f]{8}(-old)?$`);
   const removed: string[] = [];
   for (const name of fs.readdirSync(parent)) {

@@ -21,6 +21,8 @@ import { groupCount } from '../io/packed';
 import { readHeader } from '../io/safetensors';
 import type { PlannedTensor } from '../io/writer';
 import type { QuantizedMatrix } from './rtn';
+import { writeField } from '../util/bitfield';
+import { escapeRegExp } from '../util/regexp';
 
 /** The compressed-tensors release whose packing this writes (scripts/check_compressed_tensors.py installs it). */
 export const CT_VERSION = '0.18.0';
@@ -63,34 +65,15 @@ export function checkCtWeight(name: string, cols: number, groupSize: number, dir
     );
 }
 
-/** `n` values of `bits` from `get(i)` into the little-endian word stream at out[at + k·stride] (k-th word). */
-function packStream(
-  get: (i: number) => number,
-  n: number,
-  bits: number,
-  out: Int32Array,
-  at: number,
-  stride: number,
-): void {
-  for (let i = 0; i < n; i++) {
-    const bit = i * bits;
-    const w = bit >>> 5;
-    const shift = bit & 31;
-    const v = get(i);
-    out[at + w * stride] |= v << shift;
-    if (shift + bits > 32) out[at + (w + 1) * stride] |= v >>> (32 - shift);
-  }
-}
-
 /** The stored tensors' bytes of one quantized weight (the order of ctParts). */
 export function ctTensors(q: QuantizedMatrix, dtype: DType, symmetric: boolean): Uint8Array[] {
   const { rows, cols, bits } = q;
   const ng = q.scales.length / rows;
   const wpr = packedWords(cols, bits);
-  const packed = new Int32Array(rows * wpr);
+  const packed = new Uint32Array(rows * wpr);
   for (let r = 0; r < rows; r++) {
     const row = r * cols;
-    packStream((i) => q.codes[row + i], cols, bits, packed, r * wpr, 1);
+    for (let i = 0; i < cols; i++) writeField(packed, 1, r * wpr, i, bits, q.codes[row + i]);
   }
   const scales = fromFloat32(q.scales, dtype);
   const back = toFloat32(scales, dtype);
@@ -104,16 +87,12 @@ export function ctTensors(q: QuantizedMatrix, dtype: DType, symmetric: boolean):
       );
   const out = [new Uint8Array(packed.buffer), scales];
   if (!symmetric) {
-    const zp = new Int32Array(packedWords(rows, bits) * ng);
-    for (let g = 0; g < ng; g++) packStream((r) => q.zeros[r * ng + g], rows, bits, zp, g, ng);
+    const zp = new Uint32Array(packedWords(rows, bits) * ng);
+    for (let g = 0; g < ng; g++) for (let r = 0; r < rows; r++) writeField(zp, ng, g, r, bits, q.zeros[r * ng + g]);
     out.push(new Uint8Array(zp.buffer));
   }
   out.push(new Uint8Array(new BigInt64Array([BigInt(rows), BigInt(cols)]).buffer));
   return out;
-}
-
-function escape(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 const EXPERT = /^(.*\.experts\.)(\d+)(\..*)$/;
@@ -135,9 +114,9 @@ export function targetsOf(names: string[], every: string[]): string[] {
     const m = EXPERT.exec(n);
     const key = m ? m[1] + '\u0000' + m[3] : '';
     if (m && byKey.get(key)!.every((e) => inSet.has(e))) {
-      if (!done.has(key)) out.push(`re:^${escape(m[1])}\\d+${escape(m[3])}$`);
+      if (!done.has(key)) out.push(`re:^${escapeRegExp(m[1])}\\d+${escapeRegExp(m[3])}$`);
       done.add(key);
-    } else out.push(`re:^${escape(n)}$`);
+    } else out.push(`re:^${escapeRegExp(n)}$`);
   }
   return out;
 }

@@ -9,7 +9,9 @@
  */
 import { CheckpointError, UsageError } from '../errors';
 import { fromFloat32, halfToFloat, floatToHalfBits } from '../io/dtype';
-import { GPTQ_BITS, GPTQ_CHECKPOINT_FORMAT, GPTQ_QUANT_METHOD, gptqFits, gptqUnit, writeField } from '../io/gptq';
+import { GPTQ_BITS, GPTQ_CHECKPOINT_FORMAT, GPTQ_QUANT_METHOD, gptqFits, gptqUnit } from '../io/gptq';
+import { writeField } from '../util/bitfield';
+import { escapeRegExp } from '../util/regexp';
 import type { TensorRef } from '../io/safetensors';
 import type { Architecture } from '../model/arch';
 import type { QuantizedMatrix } from './rtn';
@@ -107,9 +109,8 @@ export function encodeGptq(q: QuantizedMatrix, name: string): GptqEncoded {
   };
 }
 
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const moduleOf = (weight: string) => weight.replace(/\.weight$/, '');
-const anchored = (names: string[]) => `^(?:${names.map((n) => escape(moduleOf(n))).join('|')})$`;
+const anchored = (names: string[]) => `^(?:${names.map((n) => escapeRegExp(moduleOf(n))).join('|')})$`;
 
 /**
  * The config's quantization_config: the base bits are the width most weights (by parameters) have; `skipped` are
