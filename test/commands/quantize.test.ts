@@ -49,6 +49,9 @@ describe('moe quantize', () => {
   const out = (name: string) => path.join(tmpDir(), name);
   const run = (o: Partial<QuantizeOptions> & { bits: number }) =>
     quantize({ model: MODEL, output: out('q'), ...o }, quiet);
+  /** 3-bit LP allocation with RTN, written: shared by the LP-vs-uniform and the budget-scope tests. */
+  let lpRtn: ReturnType<typeof run> | undefined;
+  const lp3Rtn = () => (lpRtn ??= run({ bits: 3, stats, method: 'rtn', allocate: 'lp', output: out('lp3-rtn') }));
 
   beforeAll(async () => {
     // The suite's shared calibration of the fixture (with Hessians: GPTQ and the full-H error weighting use them), and
@@ -127,7 +130,9 @@ describe('moe quantize', () => {
     'at 3 bits on average, LP allocation beats uniform 3-bit (%s)',
     async (method) => {
       const uniform = await run({ bits: 3, stats, method, output: out(`u3-${method}`) });
-      const lp = await run({ bits: 3, stats, method, allocate: 'lp', output: out(`lp3-${method}`) });
+      const lp = await (method === 'rtn'
+        ? lp3Rtn()
+        : run({ bits: 3, stats, method, allocate: 'lp', output: out(`lp3-${method}`) }));
       expect(lp.solver?.status).toBe('optimal');
       expect(lp.average_bits).toBeLessThanOrEqual(3 + 1e-9);
       expect(lp.average_bits).toBeGreaterThan(2.9);
@@ -193,7 +198,7 @@ describe('moe quantize', () => {
     expect(layer.solver?.problems).toBe(3);
     expect(layer.solver?.status).toBe('optimal');
     for (const avg of perLayer(layer.groups)) expect(avg).toBeLessThanOrEqual(3 + 1e-9);
-    const global = await run({ bits: 3, stats, method: 'rtn', allocate: 'lp', dryRun: true });
+    const global = await lp3Rtn();
     expect(global.solver?.problems).toBe(1);
     // The global optimum is at least as good as the per-layer one (it is a relaxation of it).
     expect(global.predicted_cost!).toBeLessThanOrEqual(layer.predicted_cost! * (1 + 1e-12));
