@@ -29,6 +29,16 @@ OUT = os.path.join(ROOT, "fixtures", "reference", "tasks-lm-eval.json")
 CALIB_ARGS = ["--seq-len", "128", "--max-tokens", "8192", "--naee-tokens", "512", "--hessians"]
 # lm-eval batch size: its padded batches give the same log-likelihoods (within float32 noise) much faster.
 BATCH = 32
+# name: (model, calibration text, task, reference written)
+PAIRS = {
+    "tiny-moe": (MODEL, CALIB, TASK, OUT),
+    "tiny-dsv3": (
+        os.path.join(ROOT, "fixtures", "tiny-dsv3"),
+        os.path.join(ROOT, "fixtures", "sotu", "calib.txt"),
+        os.path.join(ROOT, "fixtures", "tasks", "sotu-cloze.jsonl"),
+        os.path.join(ROOT, "fixtures", "reference", "tasks-lm-eval-sotu.json"),
+    ),
+}
 CASES = [
     ("prune-reap-50", ["prune", "--method", "reap", "--ratio", "0.5"]),
     ("quantize-rtn-4", ["quantize", "--bits", "4", "--method", "rtn", "--format", "dequantized"]),
@@ -111,16 +121,23 @@ def bench(batch):
 def main():
     if "--bench" in sys.argv:
         return bench(int(sys.argv[sys.argv.index("--bench") + 1]))
-    import lm_eval
     import torch
-    import transformers
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    name = os.path.splitext(os.path.basename(TASK))[0]
+    for pair in sys.argv[1:] or list(PAIRS):
+        check_pair(*PAIRS[pair])
+
+
+def check_pair(model, calib, task, out_file):
+    import lm_eval
+    import transformers
+
+    name = os.path.splitext(os.path.basename(task))[0]
     result = {
         "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "",
         "transformers_version": transformers.__version__,
-        "task": os.path.relpath(TASK, ROOT),
+        "model": os.path.relpath(model, ROOT),
+        "task": os.path.relpath(task, ROOT),
         "calibrate": CALIB_ARGS,
         "batch_size": BATCH,
         "models": {},
@@ -128,20 +145,20 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         tasks_dir = os.path.join(work, "tasks")
         os.makedirs(tasks_dir)
-        task_yaml(tasks_dir, name, TASK)
+        task_yaml(tasks_dir, name, task)
         stats = os.path.join(work, "stats")
-        moe("calibrate", MODEL, "--data", CALIB, *CALIB_ARGS, "-o", stats)
-        models = [("original", [], MODEL)]
+        moe("calibrate", model, "--data", calib, *CALIB_ARGS, "-o", stats)
+        models = [("original", [], model)]
         for case, args in CASES:
             out = os.path.join(work, case)
             extra = ["--stats", stats] if args[0] == "prune" else []
-            moe(args[0], MODEL, *extra, *args[1:], "-o", out)
+            moe(args[0], model, *extra, *args[1:], "-o", out)
             models.append((case, args, out))
         for case, args, folder in models:
             r = lm_eval_run(folder, name, tasks_dir)
             result["models"][case] = {"args": args, **r}
             print(case, {k: v for k, v in r.items() if not isinstance(v, list)}, file=sys.stderr)
-    with open(OUT, "w") as f:
+    with open(out_file, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
 

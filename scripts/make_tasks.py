@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Bundled multiple-choice tasks for `moe eval --task`, built from fixtures/text/eval.txt (the held-out chapters of
-Moby-Dick that the trained fixtures never saw). Standard library only, deterministic (seeded).
+"""Bundled multiple-choice tasks for `moe eval --task`, built from the held-out text of each trained fixture (text it
+never saw). Standard library only, deterministic (seeded).
 
-    python3 scripts/make_tasks.py [--text fixtures/text/eval.txt] [--out fixtures/tasks] [--items 200]
+    python3 scripts/make_tasks.py [--out fixtures/tasks] [--items 200]
 
 Writes, one JSON object {"context", "choices", "answer"} per line:
-- moby-cloze.jsonl: the text before a held-out word; which of four words comes next (the true word, three other
-  words of the held-out text of the same length in characters as distractors).
+- moby-cloze.jsonl, from fixtures/text/eval.txt (the held-out chapters of Moby-Dick; fixtures/tiny-moe): the text
+  before a held-out word; which of four words comes next (the true word, three other words of the held-out text of
+  the same length in characters as distractors).
+- sotu-cloze.jsonl, from fixtures/sotu/eval.txt (the held-out State of the Union addresses, 2019-2021;
+  fixtures/tiny-dsv3): the same construction.
 
 A "which of four sentences follows this passage" task (distractors: other held-out sentences of similar length) was
 tried first and dropped: fixtures/tiny-moe scored 17.5% acc / 22.5% acc_norm on it, no better than chance (25%).
@@ -58,16 +61,22 @@ def cloze(paras, n, rng):
     return items
 
 
+# (name, held-out text, construction, seed)
+TASKS = (
+    ('moby-cloze', 'fixtures/text/eval.txt', cloze, 22),
+    ('sotu-cloze', 'fixtures/sotu/eval.txt', cloze, 21),
+)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument('--text', default='fixtures/text/eval.txt')
     ap.add_argument('--out', default='fixtures/tasks')
     ap.add_argument('--items', type=int, default=200)
     args = ap.parse_args()
-    with open(args.text, encoding='utf-8') as f:
-        paras = sentences(f.read())
     os.makedirs(args.out, exist_ok=True)
-    for name, make, seed in (('moby-cloze', cloze, 22),):
+    for name, text, make, seed in TASKS:
+        with open(text, encoding='utf-8') as f:
+            paras = sentences(f.read())
         items = make(paras, args.items, random.Random(seed))
         path = os.path.join(args.out, name + '.jsonl')
         with open(path, 'w', encoding='utf-8') as f:

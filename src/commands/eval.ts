@@ -478,6 +478,8 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
     {
       flag: '--task <file...>',
       type: 'list',
+      recipeName: 'tasks',
+      listOf: 'path',
       parse: (text) => text.split(','),
       description:
         'multiple-choice task, JSON lines {"context", "choices", "answer"}, scored as lm-evaluation-harness does (repeatable)',

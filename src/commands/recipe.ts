@@ -68,8 +68,8 @@ const RECIPE_ONLY: Partial<Record<StepKind, OptionSpec[]>> = {
 };
 
 /**
- * A recipe names its calibration data, so that a run says what it measured. An eval step still needs its data (its
- * report is the perplexity; task accuracy in recipes is not wired yet), though `moe eval --task` alone does not.
+ * A recipe names its calibration data, so that a run says what it measured. An eval step needs its data (its report
+ * and the run's headline are the perplexity; `tasks` add accuracy beside it), though `moe eval --task` alone does not.
  */
 const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data'], eval: ['data'] };
 
@@ -222,6 +222,8 @@ export function recipeInputs(recipe: Recipe): { flag: string; path: string; line
   for (const s of recipe.steps) {
     if (typeof s.options.data === 'string')
       inputs.push({ flag: `the data of "${s.kind}"`, path: s.options.data, line: s.line });
+    for (const t of (s.options.tasks as string[] | undefined) ?? [])
+      inputs.push({ flag: `a task of "${s.kind}"`, path: t, line: s.line });
     const b = s.options.baseline;
     if (typeof b === 'string' && b !== 'original')
       inputs.push({
@@ -299,6 +301,7 @@ function writtenValue(
         fail(l, `${name} must be a string or a number, not ${JSON.stringify(v)}`);
       return v;
     case 'list': {
+      if (o.listOf === 'path') return pathList(node, v, name, l, dir, fail);
       if (typeof v === 'string') return v;
       const example = o.default ? ` e.g. [${o.default.split(',').join(', ')}]` : '';
       if (!isSeq(node) || !node.items.every((x) => ['string', 'number'].includes(typeof (x as Scalar).value)))
@@ -318,11 +321,33 @@ function writtenValue(
   }
 }
 
+/** Input paths (a YAML list, or the CLI's comma-separated text), each resolved against the recipe's folder. */
+function pathList(node: unknown, v: unknown, name: string, l: number, dir: string, fail: Fail): string[] {
+  const items = typeof v === 'string' ? v.split(',') : isSeq(node) ? node.items.map((x) => (x as Scalar).value) : [];
+  if (!items.length || items.some((x) => typeof x !== 'string' || !x))
+    fail(l, `${name} must be a list of paths, e.g. [../fixtures/tasks/moby-cloze.jsonl]`);
+  return (items as string[]).map((x) => {
+    const p = path.resolve(dir, x);
+    if (!fs.existsSync(p)) fail(l, `${name}: ${p} does not exist`);
+    return p;
+  });
+}
+
+/** An eval step's accuracy gate compares its tasks against a baseline: both must be there. */
+function checkEvalStep(s: Step, fail: Fail): void {
+  if (s.kind !== 'eval' || s.options.max_acc_drop === undefined) return;
+  if (s.options.tasks === undefined) fail(s.line, '"eval" has max_acc_drop but no tasks', 'add tasks: [FILE.jsonl]');
+  if (s.options.baseline === undefined)
+    fail(s.line, '"eval" has max_acc_drop but no baseline', 'add baseline: original');
+  if (!((s.options.max_acc_drop as number) >= 0)) fail(s.line, 'eval.max_acc_drop must be a number ≥ 0');
+}
+
 /** Statically checks that every prune and merge has a calibration of the model it receives. */
 function checkFlow(steps: Step[], fail: Fail): void {
   let statsFresh = false;
   let gguf: Step | undefined;
   for (const s of steps) {
+    checkEvalStep(s, fail);
     // moe reads a GGUF back only to evaluate it (src/gguf/source.ts): an eval may follow, nothing else.
     if (gguf && s.kind !== 'eval')
       fail(

@@ -17,7 +17,7 @@ import { weightBytes, weightFiles } from '../io/size';
 import { EVAL_FILE, RECIPE_RECORD, RUN_RECORD, STEP_RECORD, stepFolder } from '../recipe/layout';
 import { loadRecipe, Recipe, recipeInputs, Step, stepValues } from './recipe';
 import { fingerprint } from '../calib/stats';
-import { finalModelStep, headlineLines, RunSize } from '../report/summary';
+import { finalModelStep, headlineLines, RunSize, StepTaskResult, stepTasks, taskDetail } from '../report/summary';
 import type { Context } from '../ui/progress';
 import { calibrateSpec } from './calibrate';
 import { EvalReport, evalSpec } from './eval';
@@ -43,6 +43,8 @@ export interface StepReport {
     bytes: number;
     params: number;
     kl_mean?: number;
+    /** tasks: per task, the accuracy (and the baseline's). */
+    tasks?: Record<string, StepTaskResult>;
   };
 }
 
@@ -155,10 +157,23 @@ async function evalStep(
     ? ` (baseline ${r.baseline.perplexity.toFixed(2)}, ${r.baseline.ppl_increase_pct >= 0 ? '+' : ''}${r.baseline.ppl_increase_pct.toFixed(2)}%)`
     : '';
   report.detail = `perplexity ${r.perplexity.toFixed(2)}${base}`;
+  if (r.tasks) {
+    report.eval.tasks = stepTasks(r.tasks);
+    report.detail += taskDetail(report.eval.tasks);
+  }
   if (r.gate && !r.gate.passed) {
     const what = `step ${report.step} (line ${s.line}): perplexity rose ${r.baseline!.ppl_increase_pct.toFixed(2)}% over the baseline, above the allowed ${r.gate.max_ppl_increase_pct}%`;
     return new GateError(what, { file: recipe.file, hint: 'compress less, or raise max_ppl_increase' });
   }
+  return accGateFailure(recipe, s, report, r);
+}
+
+/** An eval step's max_acc_drop gate: the task that dropped most, when it dropped more than allowed. */
+function accGateFailure(recipe: Recipe, s: Step, report: StepReport, r: EvalReport): GateError | undefined {
+  if (!r.acc_gate || r.acc_gate.passed) return undefined;
+  const [name, t] = Object.entries(r.tasks!).sort((x, y) => y[1].baseline!.acc_drop - x[1].baseline!.acc_drop)[0];
+  const what = `step ${report.step} (line ${s.line}): accuracy on task ${name} dropped ${t.baseline!.acc_drop.toFixed(2)} points below the baseline's, more than the allowed ${r.acc_gate.max_acc_drop}`;
+  return new GateError(what, { file: recipe.file, hint: 'compress less, or raise max_acc_drop' });
 }
 
 /** Before any step: the --report-html destination checked, the output folder made and the recipe saved in it. */

@@ -42,6 +42,10 @@ export interface OptionSpec {
   required?: true;
   /** Supplied by `moe run` itself (output, stats, force, json, dry-run, backend, threads): not a recipe key. */
   runner?: true;
+  /** The recipe key when it is not the long flag in snake_case (eval's --task FILE... is `tasks: [FILE, ...]`). */
+  recipeName?: string;
+  /** list: its items are input paths (in recipes: resolved against the recipe's folder, and must exist). */
+  listOf?: 'path';
 }
 
 export interface ArgSpec {
@@ -85,7 +89,7 @@ export const attributeName = (o: OptionSpec): string =>
 /** The key in the command's options object. */
 export const optionKey = (o: OptionSpec): string => o.key ?? attributeName(o);
 /** The recipe key: seq_len. */
-export const recipeKey = (o: OptionSpec): string => longName(o).replace(/-/g, '_');
+export const recipeKey = (o: OptionSpec): string => o.recipeName ?? longName(o).replace(/-/g, '_');
 export const describe = (o: OptionSpec): string =>
   typeof o.description === 'function' ? o.description() : o.description;
 export const isBool = (o: OptionSpec): boolean => o.type === 'bool';

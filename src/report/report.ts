@@ -21,13 +21,15 @@ import { QUANT_RECORD_FILE } from '../quant/records';
 import { RECIPE_RECORD, RUN_RECORD, STEP_RECORD, stepFolder } from '../recipe/layout';
 import { VERSION } from '../version';
 import { Cell, heatmap, Spec, svg } from './charts';
-import { finalModelStep, headlineLines, WRITES_MODEL } from './summary';
+import { finalModelStep, headlineLines, StepTaskResult, WRITES_MODEL } from './summary';
 
 interface Chart {
   title: string;
   svg: string;
   /** A line under the chart. */
   note?: string;
+  /** HTML after the chart (a table of its values). */
+  table?: string;
 }
 
 interface StepRecord {
@@ -42,6 +44,7 @@ interface StepRecord {
     kl_mean?: number;
     bytes: number;
     params: number;
+    tasks?: Record<string, StepTaskResult>;
   };
 }
 
@@ -161,6 +164,8 @@ export async function writeReport(
   if (bits) charts.push(bits);
   const evals = await evalChart(rows);
   if (evals) charts.push(evals);
+  const tasks = await taskChart(rows);
+  if (tasks) charts.push(tasks);
 
   const rel = (p: string) => shown(dir, p);
   const sizeCells = (s?: { bytes: number; params: number }) =>
@@ -185,7 +190,7 @@ ${headline.length ? `<p class="headline">${headline.map(esc).join('\n')}</p>` : 
 <table><thead><tr><th>step</th><th>kind</th><th>line</th><th>latest run</th><th title="bytes of the weight files, decimal MB">size</th><th title="8 × size ÷ parameters (embeddings, scales and headers included)">bits/param</th><th>result</th></tr></thead><tbody>
 ${tableRows}
 </tbody></table>
-${charts.map((c) => `<h2>${esc(c.title)}</h2>\n<figure class="chart">${c.svg}${c.note ? `<figcaption>${esc(c.note)}</figcaption>` : ''}</figure>`).join('\n')}
+${charts.map((c) => `<h2>${esc(c.title)}</h2>\n<figure class="chart">${c.svg}${c.note ? `<figcaption>${esc(c.note)}</figcaption>` : ''}</figure>${c.table ?? ''}`).join('\n')}
 </body></html>
 `;
   if (opts.dryRun)
@@ -456,5 +461,70 @@ async function evalChart(rows: Row[]): Promise<Chart | undefined> {
         panel('kl', 'KL (nats/token)', '.4f', { type: 'bar', width: 40 }, { zero: true }),
       ],
     }),
+  };
+}
+
+/**
+ * Accuracy on each task (`tasks:` of eval steps) at every eval step that scored it, with ± one standard error, and
+ * the baseline's accuracy as "original" when the step has one; the table under it also gives the drop in points and
+ * the share of items where the model picks the baseline's answer.
+ */
+async function taskChart(rows: Row[]): Promise<Chart | undefined> {
+  const ev = evaluated(rows).filter((e) => e.row.record!.eval!.tasks);
+  if (!ev.length) return undefined;
+  const pct = (x: number) => 100 * x;
+  const values: Spec[] = [];
+  const seen = new Set<string>();
+  const add = (model: string, task: string, acc: number, stderr: number) => {
+    if (seen.has(`${model}\t${task}`)) return;
+    seen.add(`${model}\t${task}`);
+    values.push({ model, task, acc: pct(acc), lo: pct(acc - stderr), hi: pct(acc + stderr) });
+  };
+  for (const e of ev)
+    for (const [task, t] of Object.entries(e.row.record!.eval!.tasks!)) {
+      if (t.baseline_acc !== undefined) add('original', task, t.baseline_acc, 0);
+      add(e.model, task, t.acc, t.acc_stderr);
+    }
+  const x = { field: 'model', type: 'nominal', sort: null, title: null, axis: { labelAngle: 0 } };
+  const y = {
+    field: 'acc',
+    type: 'quantitative',
+    title: 'accuracy (%)',
+    scale: { zero: false, nice: true, padding: 12 },
+  };
+  const color = { field: 'task', type: 'nominal', title: 'task' };
+  const svgText = await svg({
+    data: { values },
+    width: 420,
+    height: 220,
+    layer: [
+      { mark: 'rule', encoding: { x, y: { field: 'lo', type: 'quantitative' }, y2: { field: 'hi' }, color } },
+      { mark: { type: 'point', filled: true, size: 80 }, encoding: { x, y, color } },
+      {
+        mark: { type: 'text', dx: 14, align: 'left', fontSize: 11 },
+        encoding: { x, y, text: { field: 'acc', type: 'quantitative', format: '.1f' }, color },
+      },
+    ],
+  });
+  const cell = (t: StepTaskResult) =>
+    `${(100 * t.acc).toFixed(2)}% ± ${(100 * t.acc_stderr).toFixed(2)}` +
+    (t.acc_drop !== undefined
+      ? ` (baseline ${(100 * t.baseline_acc!).toFixed(2)}%, drop ${t.acc_drop.toFixed(2)} points, same answer ${(100 * t.same_pred!).toFixed(1)}%)`
+      : '');
+  const names = [...new Set(ev.flatMap((e) => Object.keys(e.row.record!.eval!.tasks!)))];
+  const body = ev
+    .map((e) => {
+      const tasks = e.row.record!.eval!.tasks!;
+      const cells = names.map((n) => `<td>${tasks[n] ? esc(cell(tasks[n])) : '–'}</td>`).join('');
+      return `<tr><td>${e.row.step}</td><td>${esc(e.model)}</td>${cells}</tr>`;
+    })
+    .join('\n');
+  const n = (name: string) => ev.map((e) => e.row.record!.eval!.tasks![name]?.n).find((v) => v !== undefined);
+  const head = names.map((name) => `<th>${esc(name)} (${n(name)} items): acc</th>`).join('');
+  return {
+    title: 'Task accuracy at each eval step',
+    svg: svgText,
+    note: 'Points: accuracy (acc, as lm-evaluation-harness scores multiple choice); bars: ± one standard error.',
+    table: `<table class="tasks"><thead><tr><th>step</th><th>model</th>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`,
   };
 }

@@ -5,9 +5,64 @@
  */
 import { formatMB } from '../io/size';
 
+/** One task's accuracy at an eval step (`tasks:`), and the baseline's when the step has one. */
+export interface StepTaskResult {
+  n: number;
+  acc: number;
+  acc_stderr: number;
+  acc_norm: number;
+  baseline_acc?: number;
+  acc_drop?: number;
+  same_pred?: number;
+}
+
 export interface StepSummary {
   kind: string;
-  eval?: { perplexity: number; baseline_perplexity?: number; ppl_increase_pct?: number };
+  eval?: {
+    perplexity: number;
+    baseline_perplexity?: number;
+    ppl_increase_pct?: number;
+    tasks?: Record<string, StepTaskResult>;
+  };
+}
+
+/** What a run records of each task of an eval step (from `moe eval`'s report of the task). */
+export function stepTasks(
+  tasks: Record<
+    string,
+    {
+      n: number;
+      acc: number;
+      acc_stderr: number;
+      acc_norm: number;
+      baseline?: { acc: number; acc_drop: number; same_pred: number };
+    }
+  >,
+): Record<string, StepTaskResult> {
+  const out: Record<string, StepTaskResult> = {};
+  for (const [name, t] of Object.entries(tasks))
+    out[name] = {
+      n: t.n,
+      acc: t.acc,
+      acc_stderr: t.acc_stderr,
+      acc_norm: t.acc_norm,
+      baseline_acc: t.baseline?.acc,
+      acc_drop: t.baseline?.acc_drop,
+      same_pred: t.baseline?.same_pred,
+    };
+  return out;
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+
+/** ", moby-cloze acc 64.50% (baseline 65.00%)" for a step's result line. */
+export function taskDetail(tasks: Record<string, StepTaskResult>): string {
+  return Object.entries(tasks)
+    .map(
+      ([name, t]) =>
+        `, ${name} acc ${pct(t.acc)}${t.baseline_acc !== undefined ? ` (baseline ${pct(t.baseline_acc)})` : ''}`,
+    )
+    .join('');
 }
 
 export interface RunSize {
@@ -37,9 +92,23 @@ export function headlineLines(steps: StepSummary[], size: RunSize | undefined): 
       `perplexity before ${before.toFixed(2)}, after ${last.perplexity.toFixed(2)} (${last.ppl_increase_pct !== undefined ? `${last.ppl_increase_pct >= 0 ? '+' : ''}${last.ppl_increase_pct.toFixed(2)}%` : 'no baseline'})`,
     );
   }
+  lines.push(...taskHeadline(evals));
   if (size)
     lines.push(
       `size      before ${formatMB(size.before)}, after ${formatMB(size.after)} (${((100 * size.after) / size.before).toFixed(1)}%)`,
     );
   return lines;
+}
+
+/** Per task: its accuracy at the first eval step that scored it (or that step's baseline) and at the last. */
+function taskHeadline(evals: StepSummary[]): string[] {
+  const names = [...new Set(evals.flatMap((s) => Object.keys(s.eval!.tasks ?? {})))];
+  return names.map((name) => {
+    const with_ = evals.filter((s) => s.eval!.tasks?.[name]).map((s) => s.eval!.tasks![name]);
+    const first = with_[0];
+    const last = with_[with_.length - 1];
+    const before = first.baseline_acc ?? first.acc;
+    const drop = 100 * (before - last.acc);
+    return `${name} acc before ${pct(before)}, after ${pct(last.acc)} (${drop > 0 ? '-' : '+'}${Math.abs(drop).toFixed(2)} points)`;
+  });
 }

@@ -20,6 +20,7 @@ import { ROOT, tmpDir } from '../helpers';
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
 const EVAL = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
+const TASK = path.join(ROOT, 'fixtures', 'tasks', 'moby-cloze.jsonl');
 const KINDS = Object.keys(STEP_SPECS) as StepKind[];
 const work = tmpDir('moe-spec-');
 
@@ -76,6 +77,9 @@ const BASE: Record<StepKind, Record<string, string>> = {
 function recipeFile(kind: StepKind, extra: Record<string, string>): { file: string; line: number } {
   const opts = { ...BASE[kind] };
   if ('ratio' in extra) delete opts.keep;
+  // An accuracy gate needs tasks and a baseline (checked when the recipe is loaded).
+  if (kind === 'eval' && 'max_acc_drop' in extra)
+    Object.assign(opts, { tasks: `[${JSON.stringify(TASK)}]`, baseline: 'original' });
   Object.assign(opts, extra);
   const steps = [
     ...(kind === 'prune' || kind === 'merge' ? [`  - calibrate: { data: ${JSON.stringify(CALIB)} }`] : []),

@@ -3,6 +3,8 @@
  * Hugging Face backend, float32) on the bundled task fixtures/tasks/moby-cloze.jsonl for fixtures/tiny-moe, a REAP
  * 50% pruned and a 4-bit RTN dequantized output, and committed every item's log-likelihoods
  * (fixtures/reference/tasks-lm-eval.json). Here moe makes the same outputs and scores the first LIMIT items.
+ * The second bundled task, fixtures/tasks/sotu-cloze.jsonl, is checked the same way on the second trained fixture,
+ * fixtures/tiny-dsv3 (fixtures/reference/tasks-lm-eval-sotu.json; the original only, on its first items).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -33,13 +35,13 @@ interface RefModel {
 const models = ref.models as Record<string, RefModel>;
 const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
 
-function expectSamples(file: string, r: RefModel, task = 'moby-cloze') {
+function expectSamples(file: string, r: RefModel, task = 'moby-cloze', limit = LIMIT) {
   const lines = fs
     .readFileSync(file, 'utf8')
     .trim()
     .split('\n')
     .map((l) => JSON.parse(l));
-  expect(lines).toHaveLength(LIMIT);
+  expect(lines).toHaveLength(limit);
   lines.forEach((s, i) => {
     expect(s.task).toBe(task);
     expect(s.doc_id).toBe(i);
@@ -166,4 +168,37 @@ describe('moe eval --task equals lm-evaluation-harness', () => {
     expect(r.code).toBe(3);
     expect(r.stderr).toContain('line 1: "answer" must be an integer index into "choices" (0 to 1)');
   });
+});
+
+describe('the second bundled task, sotu-cloze on fixtures/tiny-dsv3, equals lm-evaluation-harness', () => {
+  const MODEL2 = path.join(ROOT, 'fixtures', 'tiny-dsv3');
+  const TASK2 = path.join(ROOT, 'fixtures', 'tasks', 'sotu-cloze.jsonl');
+  const ref2 = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'tasks-lm-eval-sotu.json'), 'utf8'));
+  const models2 = ref2.models as Record<string, RefModel>;
+  const LIMIT2 = 5;
+
+  test('200 items, informative: the fixture ≥ 3 standard errors above chance; metrics from its log-likelihoods', () => {
+    expect(ref2.model).toBe('fixtures/tiny-dsv3');
+    const t = loadMcTask(TASK2);
+    expect(t.items).toHaveLength(200);
+    expect(models2.original.n).toBe(200);
+    const chance = mean(t.items.map((it) => 1 / it.choices.length));
+    expect((models2.original.acc - chance) / models2.original.acc_stderr).toBeGreaterThan(3);
+    for (const r of Object.values(models2)) {
+      const m = mcResult(mcSamples(t.items, r.loglikelihoods));
+      expect(m.acc).toBeCloseTo(r.acc, 12);
+      expect(m.acc_norm).toBeCloseTo(r.acc_norm, 12);
+      expect(m.acc_stderr).toBeCloseTo(r.acc_stderr, 12);
+    }
+  });
+
+  test('original: every item log-likelihood within 1e-3, acc and acc_norm', async () => {
+    const samples = path.join(tmpDir('moe-tasks2-'), 'original.jsonl');
+    const r = await evalTasksCommand({ model: MODEL2, task: [TASK2], limit: LIMIT2, logSamples: samples }, quiet);
+    const t = r.tasks['sotu-cloze'];
+    expect(t.n).toBe(LIMIT2);
+    expect(t.acc).toBeCloseTo(mean(models2.original.acc_per_item.slice(0, LIMIT2)), 12);
+    expect(t.acc_norm).toBeCloseTo(mean(models2.original.acc_norm_per_item.slice(0, LIMIT2)), 12);
+    expectSamples(samples, models2.original, 'sotu-cloze', LIMIT2);
+  }, 30_000);
 });
