@@ -32,6 +32,7 @@ import {
 import { fileBytes } from '../io/size';
 import type { TensorRef } from '../io/safetensors';
 import { withoutFp8Config } from '../io/fp8';
+import { withoutIntQuantConfig } from '../io/intquant';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -542,7 +543,7 @@ function writeRecords(
     return;
   }
   // Every tensor written is plain or moe-packed: a source's FP8 or MXFP4 declaration does not describe the output.
-  const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
+  const config = withoutIntQuantConfig(withoutFp8Config(withoutMxfp4Config({ ...ckpt.config })));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   const quantized = new Set(plan.weights.map((w) => w.name));
