@@ -276,7 +276,7 @@ export function formatInspect(r: InspectReport): string {
     );
   if (r.int_quant) {
     const s = Object.entries(r.int_quant.schemes).map(([k, v]) => `${k}: ${v.tensors} weights`);
-    lines.push(`${r.int_quant.format.padEnd(14)} ${s.join('; ')}; read dequantized to ${r.int_quant.read_as}`);
+    lines.push(`int weights    ${s.join('; ')}; read dequantized to ${r.int_quant.read_as}`);
   }
   if (r.extra_tensors > 0)
     lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
