@@ -20,7 +20,8 @@ fixtures/quantized/gptq-lib  GPTQ v1 (checkpoint_format "gptq"): the same golden
                              {"bits": 8}}. The packing is AutoGPTQ's (qweight: 32/b codes per int32 along the input,
                              LSB first; qzeros: zero − 1 packed along the output), written here in numpy and LABELLED
                              as such: GPTQModel's own packer needs its compiled extensions. The reference values are
-                             GPTQModel's decoder `convert_gptq_file` (imported by path, see scripts/check_gptq.py).
+                             GPTQModel's decoder `convert_gptq_file` to float16, the config's dtype (imported by
+                             path, see scripts/check_gptq.py).
 
     .venv/bin/python scripts/check_quantized_inputs.py --gptqmodel /work/.mirror/ModelCloud+GPTQModel/repo
 """
@@ -219,7 +220,7 @@ def make_gptq(gptqmodel: str) -> dict:
             mods = [m for m, b in bits_of.items() if b == bits]
             part = os.path.join(tmp, f"{bits}.safetensors")
             save_file({f"{m}.{k}": out[f"{m}.{k}"] for m in mods for k in ("qweight", "qzeros", "scales", "g_idx")}, part)
-            dec = md.convert_gptq_file(part, torch.float32, {**q, "bits": bits}, "cpu")
+            dec = md.convert_gptq_file(part, torch.float16, {**q, "bits": bits}, "cpu")
             for m in mods:
                 modules[m + ".weight"] = {"bits": bits, "shape": list(dec[m + ".weight"].shape), "sha256": sha(dec[m + ".weight"])}
     print(f"gptq-lib: {len(modules)} modules, bits {sorted(set(bits_of.values()))}, {excluded} kept f16")

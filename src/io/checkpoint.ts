@@ -573,7 +573,7 @@ export class TensorReader {
         this.ckpt.bytesRead.value += b.byteLength;
         return b;
       };
-      this.lastIntq = { name: t.name, values: decodeIntQuant(t.intq!, t.shape[0], t.shape[1], read) };
+      this.lastIntq = { name: t.name, values: decodeIntQuant(t.intq!, t.shape[0], t.shape[1], t.dtype, read) };
     }
     return this.lastIntq.values;
   }

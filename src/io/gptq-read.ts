@@ -8,7 +8,7 @@
  * "+:") re.matches the module name wins, "-:" meaning the module is not quantized, "+:" (or no prefix) overriding
  * bits / group_size. Refused, one line each: other checkpoint formats (marlin, bitblas, gptq_p, ...), other pack
  * dtypes, other bit widths, a module stored quantized that `dynamic` excludes, parts of the wrong shape.
- * The logical weight has the config's dtype (torch_dtype / dtype, f16 when absent) and reads as float32.
+ * The logical weight has the config's dtype (torch_dtype / dtype, f16 when absent): its values are rounded to it.
  */
 import { CheckpointError, shown } from '../errors';
 import { DType, TORCH_NAMES } from './dtype';

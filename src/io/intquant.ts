@@ -6,8 +6,11 @@
  * dequantized weight:
  *   compressed-tensors  w = (v − zp) · scale computed as the library does, in the scale's dtype: the exact product
  *                       rounded once to that dtype (its `dequantize` of PackedQuantizationCompressor.decompress)
- *   GPTQ                w = (code − zero) · scale in float32 (GPTQModel's model_dequant to float32), the zero
- *                       point stored minus one (v1) or as it is (gptq_v2)
+ *   GPTQ                w = (code − zero) · scale rounded once to the model's dtype (config torch_dtype / dtype,
+ *                       f16 when absent), as GPTQModel's model_dequant decodes to that dtype; the zero point
+ *                       stored minus one (v1) or as it is (gptq_v2)
+ * Both are rounded to the logical dtype, so eval, calibrate (float32 reads) and convert (bytes of that dtype) see
+ * the same values.
  * Writers that rewrite such a model (convert, prune, merge, quantize) write plain tensors and drop the
  * quantization_config (`withoutIntQuantConfig`).
  */
@@ -90,7 +93,13 @@ function decodeCt(p: IntQuantParts, rows: number, cols: number, read: (t: Tensor
 }
 
 /** A GPTQ weight [rows = out, cols = in] (see the header and src/io/gptq.ts for the layout). */
-function decodeGptq(p: IntQuantParts, rows: number, cols: number, read: (t: TensorRef) => Uint8Array): Float32Array {
+function decodeGptq(
+  p: IntQuantParts,
+  rows: number,
+  cols: number,
+  dtype: DType,
+  read: (t: TensorRef) => Uint8Array,
+): Float32Array {
   const { bits } = p;
   const maxq = (1 << bits) - 1;
   const scales = toFloat32(read(p.scale), p.scale.dtype);
@@ -111,17 +120,21 @@ function decodeGptq(p: IntQuantParts, rows: number, cols: number, read: (t: Tens
       out[o * cols + i] = Math.fround((code - zeros[g * rows + o]) * scales[g * rows + o]);
     }
   }
-  return out;
+  return roundTo(out, dtype);
 }
 
-/** The weight [rows, cols] a compressed-tensors or GPTQ module stands for, in float32; `read` gives a part's bytes. */
+/**
+ * The weight [rows, cols] a compressed-tensors or GPTQ module stands for, as float32 values of `dtype` (the logical
+ * tensor's); `read` gives a part's bytes.
+ */
 export function decodeIntQuant(
   p: IntQuantParts,
   rows: number,
   cols: number,
+  dtype: DType,
   read: (t: TensorRef) => Uint8Array,
 ): Float32Array {
-  return p.format === 'gptq' ? decodeGptq(p, rows, cols, read) : decodeCt(p, rows, cols, read);
+  return p.format === 'gptq' ? decodeGptq(p, rows, cols, dtype, read) : decodeCt(p, rows, cols, read);
 }
 
 /** Python's `re.match(pattern, name)`: the pattern anchored at the start (named groups as JS spells them). */
