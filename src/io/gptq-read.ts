@@ -54,7 +54,11 @@ export function parseGptqConfig(config: Obj, file: string): GptqConfig | undefin
   if (!isObj(q) || q.quant_method !== GPTQ_METHOD) return undefined;
   const format = q.checkpoint_format ?? q.format ?? 'gptq';
   if (!FORMATS.includes(format as string))
-    throw refuse(file, q.checkpoint_format !== undefined ? 'checkpoint_format' : 'format', `is ${shown(format)}, which moe does not decode`);
+    throw refuse(
+      file,
+      q.checkpoint_format !== undefined ? 'checkpoint_format' : 'format',
+      `is ${shown(format)}, which moe does not decode`,
+    );
   const pack = q.pack_dtype ?? 'int32';
   if (pack !== 'int32' && pack !== 'torch.int32')
     throw refuse(file, 'pack_dtype', `is ${shown(pack)}, which moe does not decode (int32)`);
@@ -84,7 +88,8 @@ export function gptqOverrides(c: GptqConfig, module: string): Obj | false {
   for (const [key, v] of c.dynamic) {
     const neg = key.startsWith('-:');
     const pattern = neg || key.startsWith('+:') ? key.slice(2) : key;
-    if (pyMatch(pattern, module, c.file, `quantization_config.dynamic key ${JSON.stringify(key)}`)) return neg ? false : v;
+    if (pyMatch(pattern, module, c.file, `quantization_config.dynamic key ${JSON.stringify(key)}`))
+      return neg ? false : v;
   }
   return {};
 }

@@ -59,7 +59,8 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
     const q = c.quantization_config;
     if (q !== undefined && q !== null) {
       const method = methodOf(q, '');
-      if (prefix === '' && [QUANT_METHOD, FP8_QUANT_METHOD, MXFP4_METHOD, CT_METHOD, GPTQ_METHOD].includes(method)) continue; // decoded
+      if (prefix === '' && [QUANT_METHOD, FP8_QUANT_METHOD, MXFP4_METHOD, CT_METHOD, GPTQ_METHOD].includes(method))
+        continue; // decoded
       const what = method
         ? `${prefix}quantization_config.quant_method ${shown(method)}`
         : `${prefix}quantization_config (no quant_method: ${shown(q)})`;
