@@ -390,10 +390,12 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      // moe does not read compressed-tensors yet: the tensors are checked against the plan (and the format by
+      // compressed-tensors: the tensors are checked against the plan, under their stored names (and the format by
       // scripts/check_compressed_tensors.py).
+      const sn = storedName(ckpt) ?? ((n: string) => n);
+      const storedPlan = plan.tensors.map((t) => ({ ...t, name: sn(t.name) }));
       const verify =
-        s.format === 'gptq' ? verifyGptq : ct ? (dir: string) => verifyCtWritten(dir, plan.tensors) : verifyWritten;
+        s.format === 'gptq' ? verifyGptq : ct ? (dir: string) => verifyCtWritten(dir, storedPlan) : verifyWritten;
       await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
@@ -547,18 +549,20 @@ function writeRecords(
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   const quantized = new Set(plan.weights.map((w) => w.name));
+  // Module names in the config are the stored ones (a nested language model's `model.language_model.…`).
+  const sn = storedName(ckpt) ?? ((n: string) => n);
   if (s.format === 'gptq')
     config.quantization_config = gptqFormat.gptqConfig(
-      plan.weights,
-      gptqFormat.gptqSkipped(x.arch, ckpt.tensors, quantized),
+      plan.weights.map((w) => ({ ...w, name: sn(w.name) })),
+      gptqFormat.gptqSkipped(x.arch, ckpt.tensors, quantized).map(sn),
       s.groupSize,
     );
   if (s.format === 'compressed-tensors') {
     const quantized = new Set(plan.weights.map((t) => t.name));
     const linear = [...ckpt.tensors.values()].filter((t) => t.shape.length === 2 && t.name.endsWith('.weight'));
-    const ignore = linear.filter((t) => !quantized.has(t.name)).map((t) => t.name);
+    const ignore = linear.filter((t) => !quantized.has(t.name)).map((t) => sn(t.name));
     config.quantization_config = ctQuantizationConfig(
-      new Map(Object.entries(bits)),
+      new Map(Object.entries(bits).map(([n, b]) => [sn(n), b])),
       ignore,
       s.groupSize,
       plan.symmetric,
