@@ -56,17 +56,24 @@ describe('compressed-tensors output matches the library-checked references', () 
   it('pins the library tag and checked every case exactly, perplexities within 1e-3', () => {
     expect(REF.compressed_tensors).toBe('0.18.0');
     const cases = Object.values(REF.cases);
-    expect(cases.length).toBeGreaterThanOrEqual(10);
-    // the fixture and both goldens, mixed bit widths (LP, --attn-bits), asymmetric, GPTQ
-    expect(new Set(cases.map((c) => c.model))).toEqual(
-      new Set(['fixtures/tiny-moe', 'fixtures/golden/qwen3_moe', 'fixtures/golden/mixtral']),
+    expect(cases.length).toBeGreaterThanOrEqual(20);
+    // the fixture and one golden of every architecture whose experts are separate modules (gpt_oss's are fused:
+    // refused below), mixed bit widths (LP, --attn-bits), asymmetric, GPTQ
+    const index = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'index.json'), 'utf8')) as {
+      cases: { model_type: string }[];
+    };
+    const typeOf = (model: string) =>
+      (JSON.parse(fs.readFileSync(path.join(ROOT, model, 'config.json'), 'utf8')) as { model_type: string }).model_type;
+    expect(new Set(cases.map((c) => typeOf(c.model)))).toEqual(
+      new Set(index.cases.map((c) => c.model_type).filter((t) => t !== 'gpt_oss')),
     );
+    expect(cases.map((c) => c.model)).toContain('fixtures/tiny-moe');
     for (const c of cases) {
       expect(c.max_abs_diff).toBe(0);
       if (c.ppl_transformers !== undefined)
         expect(Math.abs(c.ppl_transformers - c.ppl_moe_eval!) / c.ppl_moe_eval!).toBeLessThan(1e-3);
     }
-    expect(cases.filter((c) => c.ppl_transformers !== undefined).length).toBeGreaterThanOrEqual(4);
+    expect(cases.filter((c) => c.ppl_transformers !== undefined).length).toBeGreaterThanOrEqual(13);
     // Mixed widths: one config group per width, the experts' targets one regex per layer and projection.
     const mixed = REF.cases['qwen3_moe-4-attn8'].quantization_config as {
       config_groups: Record<string, { targets: string[]; weights: { num_bits: number } }>;
