@@ -14,6 +14,10 @@ fixtures/quantized/ct-lib    compressed-tensors (tag CT_TAG, see scripts/check_c
                                                                        over "Linear")
                              ignore: lm_head and the routers ("re:.*mlp\\.gate$").
                              Reference: the library's PackedQuantizationCompressor.decompress of every module.
+fixtures/quantized/ct-w8a8   compressed-tensors W8A8 int (`int-quantized`): I8 weights with per-channel scales and
+                             dynamic int8 activations, compressed and decompressed by the library's own
+                             NaiveQuantizationCompressor (moe reads the weights exactly; the activations it computes
+                             in float32, which inspect says).
 fixtures/quantized/gptq-lib  GPTQ v1 (checkpoint_format "gptq"): the same golden in f16, quantized min-max
                              asymmetric at 4 bits, group 32, desc_act (g_idx from a random column order), with
                              `dynamic` {"-:...experts\\.0\\.down_proj$": {} (kept f16), "+:...self_attn\\.o_proj$":
@@ -155,6 +159,57 @@ def make_ct() -> dict:
     return {"compressed_tensors": CT_TAG, "modules": modules}
 
 
+def make_w8a8() -> dict:
+    """compressed-tensors W8A8 int (`int-quantized`: I8 weights, per-channel symmetric bf16 scales, dynamic
+    per-token int8 activations), every linear layer but the routers, compressed by the library's own
+    NaiveQuantizationCompressor.compress and decoded by its decompress."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    q = {
+        "quant_method": "compressed-tensors",
+        "format": "int-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel", "dynamic": False},
+                "input_activations": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token",
+                                      "dynamic": True},
+                "output_activations": None,
+                "format": "int-quantized",
+            }
+        },
+        "ignore": ["lm_head", "re:.*mlp\\.gate$"],
+        "kv_cache_scheme": None,
+        "version": CT_TAG,
+    }
+    qc = QuantizationConfig.model_validate(q)
+    scheme = qc.config_groups["group_0"]
+    comp = BaseCompressor.get_value_from_registry("int-quantized")
+    sd = {k: v.to(torch.bfloat16) for k, v in load_file(os.path.join(SRC, "model.safetensors")).items()}
+    out = dict(sd)
+    mods = [m for m in linear_modules(sd) if not m.endswith("mlp.gate")]
+    for m in mods:
+        w = sd[m + ".weight"]
+        scale, _ = calculate_qparams(w.float().amin(1, keepdim=True), w.float().amax(1, keepdim=True), scheme.weights)
+        c = comp.compress({"weight": w, "weight_scale": scale.to(torch.bfloat16)}, scheme)
+        out[m + ".weight"], out[m + ".weight_scale"] = c["weight"], c["weight_scale"]
+        assert c["weight"].dtype == torch.int8 and "weight_zero_point" not in c
+    dst = os.path.join(OUT, "ct-w8a8")
+    shutil.rmtree(dst, ignore_errors=True)
+    copy_aux(dst, "bfloat16", q)
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    stored = load_file(os.path.join(dst, "model.safetensors"))
+    modules = {}
+    for m in sorted(mods):
+        w = comp.decompress({"weight": stored[m + ".weight"], "weight_scale": stored[m + ".weight_scale"]}, scheme)["weight"]
+        modules[m + ".weight"] = {"shape": list(w.shape), "sha256": sha(w)}
+    print(f"ct-w8a8: {len(modules)} modules")
+    return {"compressed_tensors": CT_TAG, "modules": modules}
+
+
 def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     """AutoGPTQ's pack along dim 0: int32 row k holds codes[k·32/b .. ] LSB first (bits 2, 4, 8)."""
     per = 32 // bits
@@ -231,7 +286,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gptqmodel", required=True, help="git directory of a ModelCloud/GPTQModel checkout")
     a = ap.parse_args()
-    ref = {"generator": "scripts/check_quantized_inputs.py", "ct-lib": make_ct(), "gptq-lib": make_gptq(a.gptqmodel)}
+    ref = {"generator": "scripts/check_quantized_inputs.py", "ct-lib": make_ct(), "ct-w8a8": make_w8a8(),
+           "gptq-lib": make_gptq(a.gptqmodel)}
     with open(REFERENCE, "w") as f:
         json.dump(ref, f, indent=1)
         f.write("\n")

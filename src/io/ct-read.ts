@@ -41,6 +41,8 @@ interface CtScheme {
   groupSize?: number;
   symmetric: boolean;
   format: string;
+  /** Dynamic input activations the engine quantizes (W4A8, W8A8): "int8", "float8"; moe computes them in float. */
+  activations?: string;
 }
 
 export interface CtConfig {
@@ -94,6 +96,7 @@ function parseScheme(name: string, g: Obj, format: string, file: string): CtSche
     groupSize: strategy === 'group' ? (gs as number) : undefined,
     symmetric,
     format: fmt,
+    activations: isObj(act) ? `${act.type === 'float' ? 'float' : 'int'}${act.num_bits ?? ''}` : undefined,
   };
 }
 
@@ -202,7 +205,7 @@ function foldModule(m: string, s: CtScheme, tensors: Map<string, TensorRef>, use
     zero,
     gIdx,
     shape: shapeT,
-    scheme: `compressed-tensors int${s.bits} ${s.groupSize ? `group ${s.groupSize}` : 'channel'} ${s.symmetric ? 'symmetric' : 'asymmetric'}${gIdx ? ' act-order' : ''}`,
+    scheme: `compressed-tensors int${s.bits} ${s.groupSize ? `group ${s.groupSize}` : 'channel'} ${s.symmetric ? 'symmetric' : 'asymmetric'}${gIdx ? ' act-order' : ''}${s.activations ? `, ${s.activations} dynamic activations (not applied: moe computes them in float32)` : ''}`,
   };
   return { ...codes, name: `${m}.weight`, dtype: scale.dtype, shape: [rows, cols], intq };
 }

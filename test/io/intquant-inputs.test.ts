@@ -1,7 +1,7 @@
 /**
  * compressed-tensors and GPTQ checkpoints as INPUT (issue 22): src/io/ct-read.ts and gptq-read.ts fold their parts
  * into logical weights that every command reads dequantized.
- *   - fixtures/quantized/ct-lib and gptq-lib were quantized and packed by the libraries' own code
+ *   - fixtures/quantized/ct-lib, ct-w8a8 and gptq-lib were quantized and packed by the libraries' own code
  *     (scripts/check_quantized_inputs.py; three compressed-tensors config groups resolved by regex, exact name and
  *     class, g_idx, asymmetric packed zero points; GPTQ v1 desc_act with "-:" / "+:" dynamic overrides): every
  *     weight moe reads equals the library's decode (fixtures/reference/quantized-inputs.json), bit for bit;
@@ -44,7 +44,7 @@ async function moe(args: string[]): Promise<string> {
 }
 
 describe('checkpoints quantized by the libraries read as their decode', () => {
-  test.each(['ct-lib', 'gptq-lib'])('%s: every weight equals the library decode bit for bit', (name) => {
+  test.each(['ct-lib', 'ct-w8a8', 'gptq-lib'])('%s: every weight equals the library decode bit for bit', (name) => {
     const ckpt = openCheckpoint(path.join(Q, name));
     const reader = new TensorReader(ckpt);
     const modules = Object.entries(REF[name].modules);
@@ -69,6 +69,11 @@ describe('checkpoints quantized by the libraries read as their decode', () => {
         'compressed-tensors int4 group 8 symmetric act-order': { tensors: 47, params: expect.any(Number) },
         'compressed-tensors int3 group 16 asymmetric': { tensors: 1, params: 512 },
       },
+    });
+    // W8A8: the weights are exact; the activations the engine quantizes are computed in float32, and inspect says so
+    expect(inspect({ model: path.join(Q, 'ct-w8a8') }).int_quant?.schemes).toEqual({
+      'compressed-tensors int8 channel symmetric, int8 dynamic activations (not applied: moe computes them in float32)':
+        { tensors: 56, params: expect.any(Number) },
     });
     const gq = inspect({ model: path.join(Q, 'gptq-lib') });
     expect(gq.int_quant?.schemes).toEqual({
