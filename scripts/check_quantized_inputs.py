@@ -18,6 +18,8 @@ fixtures/quantized/ct-w8a8   compressed-tensors W8A8 int (`int-quantized`): I8 w
                              dynamic int8 activations, compressed and decompressed by the library's own
                              NaiveQuantizationCompressor (moe reads the weights exactly; the activations it computes
                              in float32, which inspect says).
+fixtures/quantized/ct-gpt_oss  gpt_oss as llm-compressor writes it: the fused experts linearized into per-expert
+                             Linear modules (its modeling/moe/gpt_oss.py), int4 group 16 packed by the library.
 fixtures/quantized/gptq-lib  GPTQ v1 (checkpoint_format "gptq"): the same golden in f16, quantized min-max
                              asymmetric at 4 bits, group 32, desc_act (g_idx from a random column order), with
                              `dynamic` {"-:...experts\\.0\\.down_proj$": {} (kept f16), "+:...self_attn\\.o_proj$":
@@ -210,6 +212,87 @@ def make_w8a8() -> dict:
     return {"compressed_tensors": CT_TAG, "modules": modules}
 
 
+def make_gpt_oss() -> dict:
+    """gpt_oss as llm-compressor writes it: its fused experts linearized (modeling/moe/gpt_oss.py GptOssExpertMLP:
+    gate = gate_up_proj[e][:, 0::2]ᵀ, up = gate_up_proj[e][:, 1::2]ᵀ, down = down_proj[e]ᵀ, biases likewise) into
+    per-expert Linear modules model.layers.L.mlp.experts.E.{gate,up,down}_proj, every Linear but the router
+    int4 group 16 symmetric pack-quantized by the library (quantize + pack_to_int32), decoded by its decompress."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from compressed_tensors.quantization import QuantizationConfig
+    from compressed_tensors.quantization.lifecycle.forward import quantize
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    q = {
+        "quant_method": "compressed-tensors",
+        "format": "pack-quantized",
+        "quantization_status": "compressed",
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 16,
+                            "dynamic": False, "observer": "minmax"},
+                "input_activations": None,
+                "output_activations": None,
+                "format": "pack-quantized",
+            }
+        },
+        "ignore": ["lm_head", "re:.*mlp\\.router$"],
+        "kv_cache_scheme": None,
+        "version": CT_TAG,
+    }
+    qc = QuantizationConfig.model_validate(q)
+    scheme = qc.config_groups["group_0"]
+    src = os.path.join(ROOT, "fixtures", "golden", "gpt_oss")
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    lin = {}
+    for k, v in sd.items():
+        if k.endswith("mlp.experts.gate_up_proj"):
+            p = k[: -len("gate_up_proj")]
+            gu, gub = v, sd[p + "gate_up_proj_bias"]
+            dn, dnb = sd[p + "down_proj"], sd[p + "down_proj_bias"]
+            for e in range(v.shape[0]):
+                lin[f"{p}{e}.gate_proj.weight"], lin[f"{p}{e}.gate_proj.bias"] = gu[e][:, 0::2].T, gub[e][0::2]
+                lin[f"{p}{e}.up_proj.weight"], lin[f"{p}{e}.up_proj.bias"] = gu[e][:, 1::2].T, gub[e][1::2]
+                lin[f"{p}{e}.down_proj.weight"], lin[f"{p}{e}.down_proj.bias"] = dn[e].T, dnb[e]
+        elif ".mlp.experts." not in k:
+            lin[k] = v
+    out, mods = {}, []
+    for k, w in lin.items():
+        m = k[: -len(".weight")]
+        if not (".layers." in k and k.endswith(".weight") and w.ndim == 2) or m.endswith("mlp.router"):
+            out[k] = w.contiguous()
+            continue
+        rows, cols = w.shape
+        g = w.float().reshape(rows, cols // 16, 16)
+        scale, zp = calculate_qparams(g.amin(2), g.amax(2), scheme.weights)
+        scale = scale.to(torch.bfloat16)
+        x_q = quantize(w, scale, zp, scheme.weights, dtype=torch.int8)
+        out[m + ".weight_packed"] = pack_to_int32(x_q, 4)
+        out[m + ".weight_scale"] = scale
+        out[m + ".weight_shape"] = torch.tensor([rows, cols], dtype=torch.int64)
+        mods.append(m)
+    dst = os.path.join(OUT, "ct-gpt_oss")
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    with open(os.path.join(src, "config.json")) as f:
+        config = json.load(f)
+    config["quantization_config"] = q
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    stored = load_file(os.path.join(dst, "model.safetensors"))
+    comp = BaseCompressor.get_value_from_registry("pack-quantized")
+    modules = {}
+    for m in sorted(mods):
+        local = {k[len(m) + 1 :]: v for k, v in stored.items() if k.startswith(m + ".weight_")}
+        w = comp.decompress(local, scheme)["weight"]
+        modules[m + ".weight"] = {"shape": list(w.shape), "sha256": sha(w)}
+    print(f"ct-gpt_oss: {len(modules)} modules (experts linearized as llm-compressor does)")
+    return {"compressed_tensors": CT_TAG, "modules": modules}
+
+
 def pack_rows(codes: np.ndarray, bits: int) -> np.ndarray:
     """AutoGPTQ's pack along dim 0: int32 row k holds codes[k·32/b .. ] LSB first (bits 2, 4, 8)."""
     per = 32 // bits
@@ -287,6 +370,7 @@ def main() -> None:
     ap.add_argument("--gptqmodel", required=True, help="git directory of a ModelCloud/GPTQModel checkout")
     a = ap.parse_args()
     ref = {"generator": "scripts/check_quantized_inputs.py", "ct-lib": make_ct(), "ct-w8a8": make_w8a8(),
+           "ct-gpt_oss": make_gpt_oss(),
            "gptq-lib": make_gptq(a.gptqmodel)}
     with open(REFERENCE, "w") as f:
         json.dump(ref, f, indent=1)

@@ -1,7 +1,8 @@
 /**
  * compressed-tensors and GPTQ checkpoints as INPUT (issue 22): src/io/ct-read.ts and gptq-read.ts fold their parts
  * into logical weights that every command reads dequantized.
- *   - fixtures/quantized/ct-lib, ct-w8a8 and gptq-lib were quantized and packed by the libraries' own code
+ *   - fixtures/quantized/ct-lib, ct-w8a8, ct-gpt_oss (llm-compressor's linearized experts) and gptq-lib were
+ *     quantized and packed by the libraries' own code
  *     (scripts/check_quantized_inputs.py; three compressed-tensors config groups resolved by regex, exact name and
  *     class, g_idx, asymmetric packed zero points; GPTQ v1 desc_act with "-:" / "+:" dynamic overrides): every
  *     weight moe reads equals the library's decode (fixtures/reference/quantized-inputs.json), bit for bit;
@@ -16,6 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { inspect } from '../../src/commands/inspect';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
+import { readHeader } from '../../src/io/safetensors';
 import { GOLDEN, ROOT, runMain, tmpDir } from '../helpers';
 
 const Q = path.join(ROOT, 'fixtures', 'quantized');
@@ -44,20 +46,25 @@ async function moe(args: string[]): Promise<string> {
 }
 
 describe('checkpoints quantized by the libraries read as their decode', () => {
-  test.each(['ct-lib', 'ct-w8a8', 'gptq-lib'])('%s: every weight equals the library decode bit for bit', (name) => {
-    const ckpt = openCheckpoint(path.join(Q, name));
-    const reader = new TensorReader(ckpt);
-    const modules = Object.entries(REF[name].modules);
-    expect(modules.length).toBeGreaterThan(50);
-    expect([...ckpt.tensors.values()].filter((t) => t.intq).length).toBe(modules.length);
-    for (const [weight, m] of modules) {
-      expect(ckpt.tensors.get(weight)?.shape).toEqual(m.shape);
-      expect([weight, sha(reader.f32(weight))]).toEqual([weight, m.sha256]);
-    }
-    // no side tensor is left over; the excluded GPTQ module and the routers are plain
-    expect([...ckpt.tensors.keys()].filter((n) => !n.endsWith('.weight') && !n.endsWith('_bias'))).toEqual([]);
-    reader.close();
-  });
+  test.each(['ct-lib', 'ct-w8a8', 'ct-gpt_oss', 'gptq-lib'])(
+    '%s: every weight equals the library decode bit for bit',
+    (name) => {
+      const ckpt = openCheckpoint(path.join(Q, name));
+      const reader = new TensorReader(ckpt);
+      const modules = Object.entries(REF[name].modules);
+      expect(modules.length).toBeGreaterThan(50);
+      expect([...ckpt.tensors.values()].filter((t) => t.intq).length).toBe(modules.length);
+      for (const [weight, m] of modules) {
+        expect(ckpt.tensors.get(weight)?.shape).toEqual(m.shape);
+        expect([weight, sha(reader.f32(weight))]).toEqual([weight, m.sha256]);
+      }
+      // no side tensor is left over; the excluded GPTQ module and the routers are plain
+      const parts =
+        /\.(weight_packed|weight_scale|weight_zero_point|weight_shape|weight_g_idx|qweight|qzeros|scales|g_idx)$/;
+      expect([...ckpt.tensors.keys()].filter((n) => parts.test(n))).toEqual([]);
+      reader.close();
+    },
+  );
 
   test('inspect names the format and the scheme of each group of weights', () => {
     const ct = inspect({ model: path.join(Q, 'ct-lib') });
@@ -119,12 +126,12 @@ describe('commands on compressed-tensors and GPTQ inputs', () => {
       }
     ).perplexity;
 
-  // prune and quantize go through the same reader for both formats: run once, on the compressed-tensors input
+  // quantize goes through the same reader for both formats: run once, on the compressed-tensors input
   test.each([
     ['ct-lib', true],
     ['gptq-lib', false],
   ])(
-    '%s: eval equals eval of its convert --dtype f32 (plain, without its config); prune and quantize: %s',
+    '%s: eval equals eval of its convert --dtype f32 (plain, without its config); quantize: %s',
     async (name, full) => {
       const model = path.join(Q, name);
       const conv = path.join(OUT, `${name}-f32`);
@@ -133,24 +140,34 @@ describe('commands on compressed-tensors and GPTQ inputs', () => {
       expect(config.quantization_config).toBeUndefined();
       expect(await ppl(model)).toBe(await ppl(conv));
       if (!full) return;
-      const stats = path.join(OUT, `${name}-stats`);
-      await moe(['calibrate', model, '--data', WINDOWS, '--seq-len', '32', '--backend', 'ref', '-o', stats]);
-      const pruned = path.join(OUT, `${name}-pruned`);
-      await moe(['prune', model, '--stats', stats, '--method', 'random', '--keep', '4', '-o', pruned]);
-      const p = openCheckpoint(pruned);
-      expect(p.config.quantization_config).toBeUndefined();
-      expect(p.config.num_experts ?? p.config.num_local_experts).toBe(4);
-      expect([...p.tensors.values()].filter((t) => t.intq || t.dtype.startsWith('I'))).toEqual([]);
-      // the attention weights are copied: their dequantized values, in the model's dtype
-      const w = 'model.layers.1.self_attn.o_proj.weight';
-      const src = new TensorReader(openCheckpoint(model)).f32(w);
-      expect(sha(new TensorReader(p).f32(w))).toBe(sha(src));
       const packed = path.join(OUT, `${name}-packed`);
       await moe(['quantize', model, '--bits', '4', '--format', 'packed', '-o', packed]);
       const qc = JSON.parse(fs.readFileSync(path.join(packed, 'config.json'), 'utf8')).quantization_config;
       expect(qc.quant_method).toBe('moe-packed');
     },
   );
+
+  test('prune of gpt_oss as llm-compressor writes it (experts linearized): plain, fused as transformers stores them, without its config', async () => {
+    const model = path.join(Q, 'ct-gpt_oss');
+    const stats = path.join(OUT, 'gpt_oss-stats');
+    await moe(['calibrate', model, '--data', WINDOWS, '--seq-len', '32', '--backend', 'ref', '-o', stats]);
+    const pruned = path.join(OUT, 'gpt_oss-pruned');
+    await moe(['prune', model, '--stats', stats, '--method', 'random', '--keep', '4', '-o', pruned]);
+    const p = openCheckpoint(pruned);
+    expect(p.config.quantization_config).toBeUndefined();
+    expect(p.config.num_local_experts).toBe(4);
+    const stored = readHeader(path.join(pruned, 'model.safetensors')).tensors;
+    expect(stored.find((t) => t.name === 'model.layers.0.mlp.experts.gate_up_proj')).toMatchObject({
+      dtype: 'BF16',
+      shape: [4, 64, 32],
+    });
+    expect(stored.filter((t) => t.name.includes('.experts.0.'))).toEqual([]);
+    expect([...p.tensors.values()].filter((t) => t.intq || t.dtype.startsWith('I'))).toEqual([]);
+    // copied weights are their dequantized values, in the model's dtype
+    const w = 'model.layers.1.self_attn.o_proj.weight';
+    const src = new TensorReader(openCheckpoint(model)).f32(w);
+    expect(sha(new TensorReader(p).f32(w))).toBe(sha(src));
+  });
 });
 
 /** The parts of a quantization_config the refusal cases edit. */
