@@ -390,12 +390,20 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      // compressed-tensors: the tensors are checked against the plan, under their stored names (and the format by
-      // scripts/check_compressed_tensors.py).
+      // compressed-tensors and GPTQ: the tensors are checked against the plan (under their stored names), then the
+      // output is re-opened by moe's reader of the format, which resolves every module's scheme from the config.
       const sn = storedName(ckpt) ?? ((n: string) => n);
       const storedPlan = plan.tensors.map((t) => ({ ...t, name: sn(t.name) }));
+      const reopen = (check: (dir: string) => void) => (dir: string) => {
+        check(dir);
+        openCheckpoint(dir);
+      };
       const verify =
-        s.format === 'gptq' ? verifyGptq : ct ? (dir: string) => verifyCtWritten(dir, storedPlan) : verifyWritten;
+        s.format === 'gptq'
+          ? reopen(verifyGptq)
+          : ct
+            ? reopen((dir) => verifyCtWritten(dir, storedPlan))
+            : verifyWritten;
       await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
