@@ -50,7 +50,7 @@ import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
 import { withoutMxfp4Config } from '../io/mxfp4';
-import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import type { GgufOptions, GgufReport } from './gguf';
@@ -262,6 +262,23 @@ function checkDestinations(o: QuantizeOptions, ckpt: Checkpoint): void {
   if (o.report) checkFileDestination(o.report, !!o.force);
 }
 
+/**
+ * How a written output is checked. compressed-tensors and GPTQ: the tensors against the plan (under their stored
+ * names), then the output re-opened by moe's reader of the format, which resolves every module's scheme from the
+ * config.
+ */
+function verifierOf(format: string, ckpt: Checkpoint, planned: PlannedTensor[]): (dir: string) => void {
+  const sn = storedName(ckpt) ?? ((n: string) => n);
+  const storedPlan = planned.map((t) => ({ ...t, name: sn(t.name) }));
+  const reopen = (check: (dir: string) => void) => (dir: string) => {
+    check(dir);
+    openCheckpoint(dir);
+  };
+  if (format === 'gptq') return reopen(verifyGptq);
+  if (format === 'compressed-tensors') return reopen((dir) => verifyCtWritten(dir, storedPlan));
+  return verifyWritten;
+}
+
 /** A checkpoint moe already packed is refused: quantization starts from the original weights. */
 function checkNotPacked(ckpt: Checkpoint): void {
   for (const t of ckpt.tensors.values()) {
@@ -390,20 +407,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      // compressed-tensors and GPTQ: the tensors are checked against the plan (under their stored names), then the
-      // output is re-opened by moe's reader of the format, which resolves every module's scheme from the config.
-      const sn = storedName(ckpt) ?? ((n: string) => n);
-      const storedPlan = plan.tensors.map((t) => ({ ...t, name: sn(t.name) }));
-      const reopen = (check: (dir: string) => void) => (dir: string) => {
-        check(dir);
-        openCheckpoint(dir);
-      };
-      const verify =
-        s.format === 'gptq'
-          ? reopen(verifyGptq)
-          : ct
-            ? reopen((dir) => verifyCtWritten(dir, storedPlan))
-            : verifyWritten;
+      const verify = verifierOf(s.format, ckpt, plan.tensors);
       await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
