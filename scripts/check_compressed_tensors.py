@@ -92,7 +92,9 @@ CASES += [
      g in LOADABLE_ARCH, True)
     for g in ARCH_GOLDENS
 ]
-# gpt_oss stores its experts fused: --format compressed-tensors refuses it, naming GGUF (tested in jest).
+# gpt_oss stores its experts fused: moe writes them linearized, one Linear module per expert and projection, as
+# llm-compressor does (transformers cannot load that layout into its fused GptOssExperts: decompression only).
+CASES.append(("gpt_oss-4", "fixtures/golden/gpt_oss", ["--bits", "4", "--group-size", "16"], False, True))
 SEQ_LEN = 64
 WINDOWS = 8
 
@@ -148,6 +150,24 @@ def hf_perplexity(model_dir: str, windows: list[list[int]]) -> float:
     return math.exp(total / n)
 
 
+def linearized(sd: dict) -> dict:
+    """Fused gpt_oss experts (mlp.experts.gate_up_proj [E, H, 2I] gate/up interleaved, down_proj [E, I, H], and
+    their biases) as llm-compressor linearizes them (modeling/moe/gpt_oss.py GptOssExpertMLP.copy_from_experts_module):
+    mlp.experts.E.gate_proj.weight = gate_up_proj[E][:, 0::2]ᵀ, up_proj = [:, 1::2]ᵀ, down_proj = down_proj[E]ᵀ."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("mlp.experts.gate_up_proj"):
+            p = k[: -len("gate_up_proj")]
+            gub, dn, dnb = sd[p + "gate_up_proj_bias"], sd[p + "down_proj"], sd[p + "down_proj_bias"]
+            for e in range(v.shape[0]):
+                out[f"{p}{e}.gate_proj.weight"], out[f"{p}{e}.gate_proj.bias"] = v[e][:, 0::2].T, gub[e][0::2]
+                out[f"{p}{e}.up_proj.weight"], out[f"{p}{e}.up_proj.bias"] = v[e][:, 1::2].T, gub[e][1::2]
+                out[f"{p}{e}.down_proj.weight"], out[f"{p}{e}.down_proj.bias"] = dn[e].T, dnb[e]
+        elif not any(k.endswith(f"mlp.experts.{n}") for n in ("gate_up_proj_bias", "down_proj", "down_proj_bias")):
+            out[k] = v
+    return out
+
+
 def decompress_all(ct_dir: str, dq_dir: str) -> tuple[str, int, float]:
     """(a): the library's decompression of every module against moe's dequantized weights."""
     from compressed_tensors.compressors import BaseCompressor
@@ -157,7 +177,8 @@ def decompress_all(ct_dir: str, dq_dir: str) -> tuple[str, int, float]:
     with open(os.path.join(ct_dir, "config.json")) as f:
         qc = QuantizationConfig.model_validate(json.load(f)["quantization_config"])
     stored = load_file(os.path.join(ct_dir, "model.safetensors"))
-    plain = load_file(os.path.join(dq_dir, "model.safetensors"))
+    # --format dequantized writes gpt_oss's experts fused (transformers' layout): compared linearized
+    plain = linearized(load_file(os.path.join(dq_dir, "model.safetensors")))
     modules = sorted(k[: -len(".weight_packed")] for k in stored if k.endswith(".weight_packed"))
     h = hashlib.sha256()
     worst = 0.0

@@ -342,7 +342,7 @@ function formatTargets(o: QuantizeOptions, s: Settings, arch: Architecture, ckpt
   const ct = s.format === 'compressed-tensors';
   if (gptq) gptqFormat.checkGptqOptions(o);
   if (gptq) gptqFormat.checkNotFused(arch, ckpt.tensors, ckpt.dir);
-  if (ct) checkCtRun(!!arch.fusedExperts, arch.modelType, !!o.layers, ckpt.dir);
+  if (ct) checkCtRun(!!o.layers, ckpt.dir);
   const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || gptq || ct);
   const targets = gptq ? gptqFormat.gptqTargets(all, o) : all;
   if (ct) targets.forEach((t) => checkCtWeight(t.name, t.cols, s.groupSize, ckpt.dir));
