@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { inspect } from '../../src/commands/inspect';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { readHeader } from '../../src/io/safetensors';
+import { loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, ROOT, runMain, tmpDir } from '../helpers';
 
 const Q = path.join(ROOT, 'fixtures', 'quantized');
@@ -96,6 +97,8 @@ describe("moe's own compressed-tensors and GPTQ outputs read back as its dequant
     ['ct', 'qwen3_moe', ['--bits', '4', '--group-size', '32', '--grid', 'symmetric'], 'compressed-tensors'],
     ['ct-asym', 'mixtral', ['--bits', '3', '--group-size', '32', '--grid', 'asymmetric'], 'compressed-tensors'],
     ['gptq', 'mixtral-bf16-sharded', ['--bits', '4'], 'gptq'],
+    // written linearized as llm-compressor does; the dequantized output is fused (read as per-expert views)
+    ['ct-linearized', 'gpt_oss', ['--bits', '4', '--group-size', '16', '--grid', 'symmetric'], 'compressed-tensors'],
   ])('%s of %s', async (name, golden, opts, format) => {
     const model = path.join(GOLDEN, golden);
     const q = path.join(OUT, `${name}-q`);
@@ -104,6 +107,7 @@ describe("moe's own compressed-tensors and GPTQ outputs read back as its dequant
     await moe(['quantize', model, ...opts, '--format', 'dequantized', '--keep-router-fp', '-o', dq]);
     const a = openCheckpoint(q);
     const b = openCheckpoint(dq);
+    loadArchitecture(b); // fused experts as per-expert views
     const [ra, rb] = [new TensorReader(a), new TensorReader(b)];
     const quantized = [...a.tensors.values()].filter((t) => t.intq);
     expect(quantized.length).toBeGreaterThanOrEqual(32);
