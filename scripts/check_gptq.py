@@ -56,7 +56,12 @@ CASES = [
         ('mixtral', 'fixtures/golden/mixtral'),
     ]
     for bits in (4, 3, 8)
-] + [('tiny-moe-lp', 'fixtures/tiny-moe', LP)]
+] + [('tiny-moe-lp', 'fixtures/tiny-moe', LP)] + [
+    # one golden of every other architecture at 4 bits (gpt_oss stores its experts fused: refused, naming GGUF)
+    (f'{g}-4bit', f'fixtures/golden/{g}', ['--bits', '4'])
+    for g in ('deepseek_v2', 'deepseek_v3', 'deepseek_v32', 'glm4_moe', 'minimax_m2', 'olmoe', 'qwen2_moe',
+              'qwen3_5_moe', 'qwen3_5_moe_text', 'qwen3_next')
+]
 
 
 def load_gptqmodel(git_dir, tmp):

@@ -23,6 +23,7 @@ import { COMPRESSION_FILE } from '../model/reduce';
 import { verifyWritten } from '../model/verify';
 import { METADATA_PREFIX, partNames } from '../io/packed';
 import { withoutFp8Config } from '../io/fp8';
+import { withoutIntQuantConfig } from '../io/intquant';
 import { withoutMxfp4Config } from '../io/mxfp4';
 import { plainWriter } from '../model/fused';
 import { architectureFor } from '../model/registry';
@@ -167,7 +168,7 @@ function writeAssembled(out: OutputFolder, w: AssembleWrite): number {
   });
   writer.finish();
   bar.done();
-  const config = withoutFp8Config(withoutMxfp4Config({ ...first.config }));
+  const config = withoutIntQuantConfig(withoutFp8Config(withoutMxfp4Config({ ...first.config })));
   if (first.options.format === 'packed')
     config.quantization_config = quantizationConfig(
       p.params ? p.codeBits / p.params : 0,

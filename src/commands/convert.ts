@@ -13,6 +13,7 @@ import { verifyWritten } from '../model/verify';
 import { withoutPackedConfig } from '../io/packed';
 import { withoutMxfp4Config } from '../io/mxfp4';
 import { withoutFp8Config } from '../io/fp8';
+import { withoutIntQuantConfig } from '../io/intquant';
 import type { Context } from '../ui/progress';
 import { formatBytes } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
@@ -116,8 +117,8 @@ export async function convert(opts: ConvertOptions, ctx: Context): Promise<Conve
       progress.done();
       reader.close();
     }
-    // A packed, FP8 or MXFP4 model is read dequantized, so its output is a plain checkpoint.
-    const config = withoutFp8Config(withoutMxfp4Config(withoutPackedConfig(ckpt.config)));
+    // A packed, FP8, MXFP4, compressed-tensors or GPTQ model is read dequantized: its output is a plain checkpoint.
+    const config = withoutIntQuantConfig(withoutFp8Config(withoutMxfp4Config(withoutPackedConfig(ckpt.config))));
     // The dtype key lives in the outer config of a nested model (its text_config gets one only if it had one).
     const nested = nestedConfig(ckpt, cast ? withDType(config, cast, !ckpt.nesting) : config);
     writeConfig(out, cast && ckpt.nesting ? withDType(nested, cast) : nested, ckpt.dir);

@@ -11,6 +11,7 @@ import { quantSummary, QuantSummary, storedBytes } from '../io/packed';
 import { MXFP4_STORAGE } from '../io/mxfp4';
 import type { TensorRef } from '../io/safetensors';
 import { fp8Bytes, fp8Storage } from '../io/fp8';
+import { intQuantSummary, IntQuantSummary } from '../io/intquant';
 import { CommandSpec, JSON_OUTPUT } from './spec';
 
 export interface DTypeStats {
@@ -64,6 +65,8 @@ export interface InspectReport {
    * scales 128×128".
    */
   fp8?: { tensors: number; params: number; bytes: number; storage: string[]; read_as: string };
+  /** compressed-tensors or GPTQ weights (read dequantized): the format and the weights of each scheme. */
+  int_quant?: IntQuantSummary;
   /**
    * A .gguf file: its architecture name, file size and mean bits per weight over every tensor (dtypes are ggml types).
    */
@@ -90,6 +93,7 @@ export function storedAs(t: TensorRef): string {
   if (t.packed) return `packed ${t.packed.info.bits}-bit`;
   if (t.mxfp4) return MXFP4_STORAGE;
   if (t.fp8) return fp8Storage(t.fp8);
+  if (t.intq) return t.intq.scheme;
   return t.dtype;
 }
 
@@ -152,6 +156,7 @@ export function inspect(opts: InspectOptions): InspectReport {
     bytes_read: ckpt.bytesRead.value,
     quantization: quantSummary(ckpt.tensors),
     ...(fp8 ? { fp8 } : {}),
+    ...(intQuantSummary(ckpt.tensors) ? { int_quant: intQuantSummary(ckpt.tensors) } : {}),
   };
 }
 
@@ -269,6 +274,10 @@ export function formatInspect(r: InspectReport): string {
     lines.push(
       `fp8            ${r.fp8.tensors} weights, ${human(r.fp8.params)} params stored as ${r.fp8.storage.join(', ')}; read dequantized to ${r.fp8.read_as}`,
     );
+  if (r.int_quant) {
+    const s = Object.entries(r.int_quant.schemes).map(([k, v]) => `${k}: ${v.tensors} weights`);
+    lines.push(`int weights    ${s.join('; ')}; read dequantized to ${r.int_quant.read_as}`);
+  }
   if (r.extra_tensors > 0)
     lines.push(`other tensors  ${r.extra_tensors} outside the ${r.model_type} layout (kept as they are)`);
   lines.push('', 'layer  kind   experts      params        bytes');

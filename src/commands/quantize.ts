@@ -32,6 +32,7 @@ import {
 import { fileBytes } from '../io/size';
 import type { TensorRef } from '../io/safetensors';
 import { withoutFp8Config } from '../io/fp8';
+import { withoutIntQuantConfig } from '../io/intquant';
 import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
@@ -49,7 +50,7 @@ import { Weighting } from '../quant/weighting';
 import type { Context, Task } from '../ui/progress';
 import { writeConfig } from '../io/config-text';
 import { withoutMxfp4Config } from '../io/mxfp4';
-import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
+import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import type { GgufOptions, GgufReport } from './gguf';
@@ -261,6 +262,23 @@ function checkDestinations(o: QuantizeOptions, ckpt: Checkpoint): void {
   if (o.report) checkFileDestination(o.report, !!o.force);
 }
 
+/**
+ * How a written output is checked. compressed-tensors and GPTQ: the tensors against the plan (under their stored
+ * names), then the output re-opened by moe's reader of the format, which resolves every module's scheme from the
+ * config.
+ */
+function verifierOf(format: string, ckpt: Checkpoint, planned: PlannedTensor[]): (dir: string) => void {
+  const sn = storedName(ckpt) ?? ((n: string) => n);
+  const storedPlan = planned.map((t) => ({ ...t, name: sn(t.name) }));
+  const reopen = (check: (dir: string) => void) => (dir: string) => {
+    check(dir);
+    openCheckpoint(dir);
+  };
+  if (format === 'gptq') return reopen(verifyGptq);
+  if (format === 'compressed-tensors') return reopen((dir) => verifyCtWritten(dir, storedPlan));
+  return verifyWritten;
+}
+
 /** A checkpoint moe already packed is refused: quantization starts from the original weights. */
 function checkNotPacked(ckpt: Checkpoint): void {
   for (const t of ckpt.tensors.values()) {
@@ -324,7 +342,7 @@ function formatTargets(o: QuantizeOptions, s: Settings, arch: Architecture, ckpt
   const ct = s.format === 'compressed-tensors';
   if (gptq) gptqFormat.checkGptqOptions(o);
   if (gptq) gptqFormat.checkNotFused(arch, ckpt.tensors, ckpt.dir);
-  if (ct) checkCtRun(!!arch.fusedExperts, arch.modelType, !!o.layers, ckpt.dir);
+  if (ct) checkCtRun(!!o.layers, ckpt.dir);
   const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || gptq || ct);
   const targets = gptq ? gptqFormat.gptqTargets(all, o) : all;
   if (ct) targets.forEach((t) => checkCtWeight(t.name, t.cols, s.groupSize, ckpt.dir));
@@ -389,10 +407,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     });
     const report = reportOf(plan, s, o, ckpt);
     if (!o.dryRun) {
-      // moe does not read compressed-tensors yet: the tensors are checked against the plan (and the format by
-      // scripts/check_compressed_tensors.py).
-      const verify =
-        s.format === 'gptq' ? verifyGptq : ct ? (dir: string) => verifyCtWritten(dir, plan.tensors) : verifyWritten;
+      const verify = verifierOf(s.format, ckpt, plan.tensors);
       await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
         const costs = await writeTensors(out, plan, {
           o,
@@ -542,22 +557,24 @@ function writeRecords(
     return;
   }
   // Every tensor written is plain or moe-packed: a source's FP8 or MXFP4 declaration does not describe the output.
-  const config = withoutFp8Config(withoutMxfp4Config({ ...ckpt.config }));
+  const config = withoutIntQuantConfig(withoutFp8Config(withoutMxfp4Config({ ...ckpt.config })));
   if (s.format === 'packed')
     config.quantization_config = quantizationConfig(report.average_bits, s.groupSize, s.method, s.allocate);
   const quantized = new Set(plan.weights.map((w) => w.name));
+  // Module names in the config are the stored ones (a nested language model's `model.language_model.…`).
+  const sn = storedName(ckpt) ?? ((n: string) => n);
   if (s.format === 'gptq')
     config.quantization_config = gptqFormat.gptqConfig(
-      plan.weights,
-      gptqFormat.gptqSkipped(x.arch, ckpt.tensors, quantized),
+      plan.weights.map((w) => ({ ...w, name: sn(w.name) })),
+      gptqFormat.gptqSkipped(x.arch, ckpt.tensors, quantized).map(sn),
       s.groupSize,
     );
   if (s.format === 'compressed-tensors') {
     const quantized = new Set(plan.weights.map((t) => t.name));
     const linear = [...ckpt.tensors.values()].filter((t) => t.shape.length === 2 && t.name.endsWith('.weight'));
-    const ignore = linear.filter((t) => !quantized.has(t.name)).map((t) => t.name);
+    const ignore = linear.filter((t) => !quantized.has(t.name)).map((t) => sn(t.name));
     config.quantization_config = ctQuantizationConfig(
-      new Map(Object.entries(bits)),
+      new Map(Object.entries(bits).map(([n, b]) => [sn(n), b])),
       ignore,
       s.groupSize,
       plan.symmetric,

@@ -13,6 +13,9 @@ import { resolveModel, snapshotBlobs } from './hf-cache';
 import { checkConfigNotQuantized, checkTensorsNotQuantized } from './quantized';
 import { decodeMxfp4, decodeMxfp4Transposed, foldMxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES } from './mxfp4';
 import { dequantizeFp8, foldFp8, parseFp8Config } from './fp8';
+import { foldCt, parseCtConfig } from './ct-read';
+import { foldGptq, parseGptqConfig } from './gptq-read';
+import { decodeIntQuant } from './intquant';
 
 const PICKLE_EXTENSIONS = ['.bin', '.pt', '.pth', '.ckpt', '.pkl'];
 const SINGLE_FILE = 'model.safetensors';
@@ -244,6 +247,8 @@ export function openCheckpoint(dir: string): Checkpoint {
   const config = readConfig(abs);
   checkConfigNotQuantized(config, path.join(abs, 'config.json'));
   const fp8 = parseFp8Config(config, path.join(abs, 'config.json'));
+  const ct = parseCtConfig(config, path.join(abs, 'config.json'));
+  const gptq = parseGptqConfig(config, path.join(abs, 'config.json'));
   const bytesRead = { value: 0 };
   const { shards, weightMap } = listShards(abs);
   const headers: SafetensorsHeader[] = shards.map((s) => readHeader(s, (n) => (bytesRead.value += n)));
@@ -260,7 +265,8 @@ export function openCheckpoint(dir: string): Checkpoint {
     }
   }
   if (weightMap) checkIndexAgainstShards(path.join(abs, INDEX_FILE), weightMap, tensors);
-  const logical = foldMxfp4(config, foldFp8(logicalTensors(headers, tensors), fp8), path.join(abs, 'config.json'));
+  const ints = foldGptq(foldCt(logicalTensors(headers, tensors), ct), gptq);
+  const logical = foldMxfp4(config, foldFp8(ints, fp8), path.join(abs, 'config.json'));
   checkTensorsNotQuantized(logical);
   const text = unnest(config, logical, path.join(abs, 'config.json'));
   return {
@@ -321,6 +327,7 @@ function checkIndexAgainstShards(
 /** Reads tensors one at a time with positioned reads; keeps shard files open until close(). */
 export class TensorReader {
   private fds = new Map<string, number>();
+  private lastIntq?: { name: string; values: Float32Array };
 
   constructor(private readonly ckpt: Checkpoint) {}
 
@@ -345,6 +352,7 @@ export class TensorReader {
     if (t.view) return fromFloat32(this.viewF32(t.view), t.dtype);
     if (t.mxfp4) return fromFloat32(this.rowsF32(name, 0, t.shape[0]), t.dtype);
     if (t.fp8) return fromFloat32(this.fp8Rows(t, 0, t.shape[0]), t.dtype);
+    if (t.intq) return fromFloat32(this.intqF32(t), t.dtype);
     const out = readExact(this.fd(t.file), t.file, t.begin, t.end - t.begin);
     this.ckpt.bytesRead.value += out.byteLength;
     return out;
@@ -354,7 +362,7 @@ export class TensorReader {
   bytesInto(name: string, into: Uint8Array): Uint8Array {
     const t = this.ref(name);
     if (t.packed) throw new RangeError(`bytesInto: ${name} is packed`);
-    if (t.view || t.mxfp4 || t.fp8) {
+    if (t.view || t.mxfp4 || t.fp8 || t.intq) {
       const b = this.bytes(name);
       into.set(b);
       return into.subarray(0, b.byteLength);
@@ -368,7 +376,7 @@ export class TensorReader {
   /** A tensor's bytes in pieces of at most `maxBytes` (whole elements), so huge tensors stream in bounded memory. */
   *chunks(name: string, maxBytes: number): Generator<Uint8Array> {
     const t = this.ref(name);
-    if (t.packed || t.view || t.fp8) {
+    if (t.packed || t.view || t.fp8 || t.intq) {
       yield this.bytes(name);
       return;
     }
@@ -402,6 +410,7 @@ export class TensorReader {
       return out;
     }
     if (t.fp8) return this.fp8Rows(t, start, count);
+    if (t.intq) return this.intqF32(t).slice(start * cols, (start + count) * cols);
     const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
     this.ckpt.bytesRead.value += bytes.byteLength;
     return toFloat32(bytes, t.dtype);
@@ -441,6 +450,7 @@ export class TensorReader {
     if (t.view) return this.viewF32(t.view);
     if (t.mxfp4) return this.rowsF32(name, 0, t.shape[0]);
     if (t.fp8) return this.fp8Rows(t, 0, t.shape[0]);
+    if (t.intq) return this.intqF32(t).slice();
     return toFloat32(this.bytes(name), t.dtype);
   }
 
@@ -454,7 +464,7 @@ export class TensorReader {
 
   /** The stored bytes of part[index] (a slice along the first axis), e.g. one expert's MXFP4 blocks, bit-exact. */
   rawSlice(part: TensorRef, index: number): Uint8Array {
-    if (part.packed || part.view || part.mxfp4 || part.fp8)
+    if (part.packed || part.view || part.mxfp4 || part.fp8 || part.intq)
       throw new RangeError(`rawSlice: ${part.name} is not stored plainly`);
     if (!Number.isInteger(index) || index < 0 || index >= part.shape[0])
       throw new RangeError(`rawSlice: index ${index} outside ${part.name} [${part.shape}]`);
@@ -550,6 +560,22 @@ export class TensorReader {
       this.ckpt.bytesRead.value += piece.byteLength;
       yield piece;
     }
+  }
+
+  /**
+   * A compressed-tensors or GPTQ weight dequantized whole (src/io/intquant.ts); the last one is kept, so reading
+   * it row by row (embedding lookups) decodes it once. Callers get copies.
+   */
+  private intqF32(t: TensorRef): Float32Array {
+    if (this.lastIntq?.name !== t.name) {
+      const read = (p: TensorRef) => {
+        const b = readExact(this.fd(p.file), p.file, p.begin, p.end - p.begin);
+        this.ckpt.bytesRead.value += b.byteLength;
+        return b;
+      };
+      this.lastIntq = { name: t.name, values: decodeIntQuant(t.intq!, t.shape[0], t.shape[1], t.dtype, read) };
+    }
+    return this.lastIntq.values;
   }
 
   /** Rows [start, start+count) of an FP8 weight, dequantized to float32 (rounded to its logical dtype). */

@@ -20,6 +20,7 @@ import { DType, isDType } from './dtype';
 import type { PackedInfo, PackedParts, SafetensorsHeader, TensorRef } from './safetensors';
 import type { PlannedTensor } from './writer';
 import { mxfp4Bytes } from './mxfp4';
+import { intQuantBytes } from './intquant';
 import { withoutQuantMethod } from './quant-config';
 
 export const PACKED_FORMAT = 'moe-packed/1';
@@ -174,6 +175,7 @@ export function withoutPackedConfig(config: Record<string, unknown>): Record<str
 /** Bytes a tensor takes on disk: its packed parts when packed, its blocks and scales when MXFP4. */
 export function storedBytes(t: TensorRef): number {
   if (t.mxfp4) return mxfp4Bytes(t.mxfp4);
+  if (t.intq) return intQuantBytes(t.intq);
   return t.packed ? packedBytes(t.packed) : t.end - t.begin;
 }
 

@@ -12,9 +12,10 @@ import type { TensorRef } from './safetensors';
 import { QUANT_METHOD } from './packed';
 import { MXFP4_METHOD } from './mxfp4';
 import { FP8_QUANT_METHOD } from './fp8';
+import { CT_METHOD, GPTQ_METHOD } from './intquant';
 
 const SUPPORTED =
-  'moe reads bf16, f16 and f32 safetensors, block-scaled FP8, gpt-oss MXFP4 experts and its own packed format: dequantize the checkpoint first, or use the unquantized original';
+  'moe reads bf16, f16 and f32 safetensors, block-scaled FP8, gpt-oss MXFP4 experts, compressed-tensors int weights, GPTQ and its own packed format: dequantize the checkpoint first, or use the unquantized original';
 
 /** Stored formats moe plans to decode (DESIGN.md: readers for them belong to src/io); the others it never will. */
 const PLANNED = new Set(['fp8', 'fbgemm_fp8', 'mxfp4', 'compressed-tensors']);
@@ -58,7 +59,8 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
     const q = c.quantization_config;
     if (q !== undefined && q !== null) {
       const method = methodOf(q, '');
-      if (prefix === '' && [QUANT_METHOD, FP8_QUANT_METHOD, MXFP4_METHOD].includes(method)) continue; // decoded
+      if (prefix === '' && [QUANT_METHOD, FP8_QUANT_METHOD, MXFP4_METHOD, CT_METHOD, GPTQ_METHOD].includes(method))
+        continue; // decoded
       const what = method
         ? `${prefix}quantization_config.quant_method ${shown(method)}`
         : `${prefix}quantization_config (no quant_method: ${shown(q)})`;
@@ -79,7 +81,7 @@ export function checkConfigNotQuantized(config: Record<string, unknown>, file: s
 export function checkTensorsNotQuantized(tensors: Map<string, TensorRef>): void {
   const found: { t: TensorRef; why: string }[] = [];
   for (const t of tensors.values()) {
-    if (t.packed || t.fp8 || t.mxfp4) continue;
+    if (t.packed || t.fp8 || t.mxfp4 || t.intq) continue;
     const side = SIDE_TENSORS.find(([re]) => re.test(t.name));
     if (side) found.push({ t, why: `is ${side[1]}` });
     else if (QUANTIZED_DTYPES.has(t.dtype)) found.push({ t, why: `is stored as ${t.dtype}, a quantized weight` });

@@ -27,6 +27,8 @@ export interface TensorRef {
   fp8?: Fp8Parts;
   /** Set when the weight is stored as MXFP4 (src/io/mxfp4.ts): its blocks and scales, decoded by TensorReader. */
   mxfp4?: { blocks: TensorRef; scales: TensorRef };
+  /** Set when the weight is stored as compressed-tensors or GPTQ integer codes (src/io/intquant.ts). */
+  intq?: IntQuantParts;
   /** Set when the tensor is a view of one slice of a fused tensor (per-expert views: src/model/fused.ts). */
   view?: SliceView;
 }
@@ -69,6 +71,32 @@ export interface Fp8Parts {
   block: [number, number];
   /** Scales are powers of two (quantization_config.scale_fmt "ue8m0"): kept so when re-encoding. */
   ue8m0: boolean;
+}
+
+/**
+ * Where a compressed-tensors or GPTQ weight's parts live (the layouts: src/io/ct-read.ts, src/io/gptq-read.ts);
+ * the logical tensor [out, in] has the model's dtype and is read dequantized.
+ */
+export interface IntQuantParts {
+  format: 'compressed-tensors' | 'gptq';
+  bits: number;
+  /** Input columns per group (the whole row for per-channel scales). */
+  groupSize: number;
+  symmetric: boolean;
+  /** Codes: CT weight_packed [out, words] (or I8 [out, in] for int-quantized), GPTQ qweight [in·b/32, out]. */
+  codes: TensorRef;
+  /** CT weight_scale [out, groups], GPTQ scales [groups, out]. */
+  scale: TensorRef;
+  /** CT weight_zero_point (packed along dim 0; absent when symmetric), GPTQ qzeros. */
+  zero?: TensorRef;
+  /** The group of each input column (CT weight_g_idx, GPTQ g_idx); absent: column / groupSize. */
+  gIdx?: TensorRef;
+  /** CT weight_shape, read for the shape at open (kept so writers can skip it). */
+  shape?: TensorRef;
+  /** GPTQ v1 (checkpoint_format "gptq") stores each zero point minus one; gptq_v2 stores it as it is. */
+  zeroMinusOne?: boolean;
+  /** What inspect shows: "compressed-tensors int4 group 128 symmetric". */
+  scheme: string;
 }
 
 export interface SafetensorsHeader {

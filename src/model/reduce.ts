@@ -9,6 +9,7 @@ import type { Checkpoint } from '../io/checkpoint';
 import { nestedConfig, storedName, TensorReader } from '../io/checkpoint';
 import { dtypeBytes, fromFloat32, toFloat32 } from '../io/dtype';
 import { encodeFp8, fp8Bytes, scaleName } from '../io/fp8';
+import { intQuantBytes, withoutIntQuantConfig } from '../io/intquant';
 import { OutputFolder, withOutput } from '../io/output';
 import { tensorBytes } from '../io/safetensors';
 import type { Context, Progress } from '../ui/progress';
@@ -245,7 +246,8 @@ export async function writeReduced(
     }
     writer.finish();
     bar?.done();
-    writeConfig(out, nestedConfig(ckpt, arch.rewriteConfig(keep)), ckpt.dir);
+    // compressed-tensors and GPTQ weights are written dequantized (plain), so their quantization_config goes.
+    writeConfig(out, nestedConfig(ckpt, withoutIntQuantConfig(arch.rewriteConfig(keep))), ckpt.dir);
     out.copyAuxFiles(ckpt.dir);
     return { tensors: items.length, bytes };
   } finally {
@@ -272,7 +274,8 @@ export const SELECT_SHARE = 0.05;
 
 /** The bytes of the source checkpoint: the work unit of prune and merge (their write phase is worth this much). */
 export function sourceBytes(ckpt: Checkpoint): number {
-  return [...ckpt.tensors.values()].reduce((s, t) => s + (t.fp8 ? fp8Bytes(t.fp8) : t.end - t.begin), 0);
+  const bytes = (t: TensorRef) => (t.fp8 ? fp8Bytes(t.fp8) : t.intq ? intQuantBytes(t.intq) : t.end - t.begin);
+  return [...ckpt.tensors.values()].reduce((s, t) => s + bytes(t), 0);
 }
 
 export interface ReducedOutput {

@@ -165,16 +165,12 @@ export function ctQuantizationConfig(
   };
 }
 
-/** What compressed-tensors output refuses: fused experts (llm-compressor's layout unverified) and --layers parts. */
-export function checkCtRun(fusedExperts: boolean, modelType: string, layers: boolean, dir: string): void {
-  if (fusedExperts)
-    throw new UsageError(
-      `--format compressed-tensors: ${modelType} stores its experts fused, which moe does not write as compressed-tensors`,
-      {
-        file: dir,
-        hint: 'use --format gguf (llama.cpp) or --format packed',
-      },
-    );
+/**
+ * What compressed-tensors output refuses: --layers parts. Experts stored fused (gpt_oss) are written as
+ * llm-compressor writes them: linearized, one Linear module per expert and projection
+ * (`mlp.experts.E.{gate,up,down}_proj`, weights [out, in], biases beside them; its modeling/moe/gpt_oss.py).
+ */
+export function checkCtRun(layers: boolean, dir: string): void {
   if (layers)
     throw new UsageError('--format compressed-tensors writes a whole model; --layers writes parts for moe assemble', {
       file: dir,
@@ -183,8 +179,8 @@ export function checkCtRun(fusedExperts: boolean, modelType: string, layers: boo
 }
 
 /**
- * The structural check of a written compressed-tensors folder (moe does not read the format back yet): its
- * config parses and its shards hold exactly the planned tensors, with their dtypes and shapes.
+ * The structural check of a written compressed-tensors folder: its config parses and its shards hold exactly the
+ * planned tensors, with their dtypes and shapes (quantize then re-opens it with src/io/ct-read.ts).
  */
 export function verifyCtWritten(dir: string, planned: PlannedTensor[]): void {
   const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));

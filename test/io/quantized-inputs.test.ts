@@ -25,7 +25,7 @@ import { listDir, makeSynth, quiet, ROOT, runMain, tmpDir, writeRaw } from '../h
 
 const CALIB = path.join(ROOT, 'fixtures', 'text', 'calib.txt');
 const SUPPORTED =
-  'moe reads bf16, f16 and f32 safetensors, block-scaled FP8, gpt-oss MXFP4 experts and its own packed format: dequantize the checkpoint first, or use the unquantized original';
+  'moe reads bf16, f16 and f32 safetensors, block-scaled FP8, gpt-oss MXFP4 experts, compressed-tensors int weights, GPTQ and its own packed format: dequantize the checkpoint first, or use the unquantized original';
 const FP8_WEIGHT = 'model.layers.0.mlp.experts.0.down_proj.weight';
 const FP8_HINT =
   'dequantize the checkpoint first (transformers: FineGrainedFP8Config(dequantize=True)), or use the unquantized original';

@@ -25,7 +25,20 @@ const REF = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 
 };
 // The fixture through its LP case (every width); the goldens at each width (the 3-bit ones leave the experts,
 // whose 8-wide dimensions GPTQ cannot pack at 3 bits, unquantized).
-const CASES = ['tiny-moe-lp', 'qwen3_moe-3bit', 'qwen3_moe-4bit', 'qwen3_moe-8bit', 'mixtral-3bit', 'mixtral-8bit'];
+// One golden of every other architecture at 4 bits (gpt_oss's fused experts are refused below).
+const ARCHS = ['deepseek_v2', 'deepseek_v3', 'deepseek_v32', 'glm4_moe', 'minimax_m2', 'olmoe', 'qwen2_moe'].concat([
+  'qwen3_5_moe',
+  'qwen3_5_moe_text',
+  'qwen3_next',
+]);
+const CASES = [
+  'tiny-moe-lp',
+  'qwen3_moe-3bit',
+  'qwen3_moe-4bit',
+  'qwen3_moe-8bit',
+  'mixtral-3bit',
+  'mixtral-8bit',
+].concat(ARCHS.map((a) => `${a}-4bit`));
 
 /** The reference's command-line flags as quantize() options. */
 async function options(c: Case): Promise<Omit<QuantizeOptions, 'output' | 'format'>> {
@@ -71,7 +84,8 @@ describe('moe quantize --format gptq', () => {
         for (const m of modules) {
           const w = readGptqWeight(m);
           if (reader) {
-            const want = reader.f32(m.weight);
+            // stored names (a nested language model's model.language_model.…) as the reader shows them
+            const want = reader.f32(m.weight.replace(/^model\.language_model\./, 'model.'));
             expect(Buffer.from(w.buffer).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength))).toBe(true);
           }
           h.update(Buffer.from(w.buffer));

@@ -56,17 +56,22 @@ describe('compressed-tensors output matches the library-checked references', () 
   it('pins the library tag and checked every case exactly, perplexities within 1e-3', () => {
     expect(REF.compressed_tensors).toBe('0.18.0');
     const cases = Object.values(REF.cases);
-    expect(cases.length).toBeGreaterThanOrEqual(10);
-    // the fixture and both goldens, mixed bit widths (LP, --attn-bits), asymmetric, GPTQ
-    expect(new Set(cases.map((c) => c.model))).toEqual(
-      new Set(['fixtures/tiny-moe', 'fixtures/golden/qwen3_moe', 'fixtures/golden/mixtral']),
-    );
+    expect(cases.length).toBeGreaterThanOrEqual(20);
+    // the fixture and one golden of every architecture (gpt_oss's fused experts written linearized), mixed bit
+    // widths (LP, --attn-bits), asymmetric, GPTQ
+    const index = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'index.json'), 'utf8')) as {
+      cases: { model_type: string }[];
+    };
+    const typeOf = (model: string) =>
+      (JSON.parse(fs.readFileSync(path.join(ROOT, model, 'config.json'), 'utf8')) as { model_type: string }).model_type;
+    expect(new Set(cases.map((c) => typeOf(c.model)))).toEqual(new Set(index.cases.map((c) => c.model_type)));
+    expect(cases.map((c) => c.model)).toContain('fixtures/tiny-moe');
     for (const c of cases) {
       expect(c.max_abs_diff).toBe(0);
       if (c.ppl_transformers !== undefined)
         expect(Math.abs(c.ppl_transformers - c.ppl_moe_eval!) / c.ppl_moe_eval!).toBeLessThan(1e-3);
     }
-    expect(cases.filter((c) => c.ppl_transformers !== undefined).length).toBeGreaterThanOrEqual(4);
+    expect(cases.filter((c) => c.ppl_transformers !== undefined).length).toBeGreaterThanOrEqual(13);
     // Mixed widths: one config group per width, the experts' targets one regex per layer and projection.
     const mixed = REF.cases['qwen3_moe-4-attn8'].quantization_config as {
       config_groups: Record<string, { targets: string[]; weights: { num_bits: number } }>;
@@ -134,22 +139,18 @@ describe('compressed-tensors output matches the library-checked references', () 
     expect(new Set(expected.zeros)).toEqual(new Set([8]));
   });
 
-  it('refuses fused experts (naming GGUF), --layers and a group size that does not divide the inputs', async () => {
-    const gptOss = await runMain([
-      'quantize',
-      path.join(GOLDEN, 'gpt_oss'),
-      '--bits',
-      '4',
-      '--format',
-      'compressed-tensors',
-      '-o',
-      path.join(OUT, 'g'),
-    ]);
-    expect(gptOss.code).toBe(2);
-    expect(gptOss.stderr).toContain(
-      'moe: --format compressed-tensors: gpt_oss stores its experts fused, which moe does not write as compressed-tensors',
-    );
-    expect(gptOss.stderr).toContain('use --format gguf (llama.cpp) or --format packed');
+  it('writes fused experts (gpt_oss) linearized as llm-compressor does: one module per expert and projection', async () => {
+    // gpt_oss-4 above re-wrote it byte for byte; here its layout: per-expert Linear modules with their biases
+    const out = path.join(OUT, 'gpt_oss-4');
+    if (!fs.existsSync(out)) await write('gpt_oss-4', REF.cases['gpt_oss-4']);
+    const names = readHeader(path.join(out, 'model.safetensors')).tensors.map((t) => t.name);
+    expect(names).toContain('model.layers.0.mlp.experts.7.gate_proj.weight_packed');
+    expect(names).toContain('model.layers.0.mlp.experts.7.down_proj.bias');
+    expect(names.filter((n) => /experts\.(gate_up_proj|down_proj)/.test(n))).toEqual([]);
+    expect(REF.cases['gpt_oss-4'].quantization_config.ignore).toContain('model.layers.0.mlp.router');
+  });
+
+  it('refuses --layers and a group size that does not divide the inputs', async () => {
     const tiny = path.join(ROOT, 'fixtures', 'tiny-moe');
     const layers = await runMain([
       'quantize',

@@ -1,0 +1,173 @@
+/**
+ * Integer group-quantized weights published by other tools, read as floating weights: compressed-tensors
+ * `pack-quantized` / `int-quantized` (llm-compressor; src/io/ct-read.ts folds them) and GPTQ v1/v2 (GPTQModel,
+ * AutoGPTQ; src/io/gptq-read.ts). At open each weight's parts fold into ONE logical tensor (P.weight, the model's
+ * dtype, [out, in]) carrying `intq`; TensorReader decodes it whole with `decodeIntQuant`, so every command sees the
+ * dequantized weight:
+ *   compressed-tensors  w = (v − zp) · scale computed as the library does, in the scale's dtype: the exact product
+ *                       rounded once to that dtype (its `dequantize` of PackedQuantizationCompressor.decompress)
+ *   GPTQ                w = (code − zero) · scale rounded once to the model's dtype (config torch_dtype / dtype,
+ *                       f16 when absent), as GPTQModel's model_dequant decodes to that dtype; the zero point
+ *                       stored minus one (v1) or as it is (gptq_v2)
+ * Both are rounded to the logical dtype, so eval, calibrate (float32 reads) and convert (bytes of that dtype) see
+ * the same values.
+ * Writers that rewrite such a model (convert, prune, merge, quantize) write plain tensors and drop the
+ * quantization_config (`withoutIntQuantConfig`).
+ */
+import { CheckpointError } from '../errors';
+import { DType, floatToBf16Bits, floatToHalfBits, toFloat32 } from './dtype';
+import type { IntQuantParts, TensorRef } from './safetensors';
+import { readField } from '../util/bitfield';
+
+export const CT_METHOD = 'compressed-tensors';
+export const GPTQ_METHOD = 'gptq';
+
+/** A config without a compressed-tensors or GPTQ quantization_config (an output whose weights are all plain). */
+export function withoutIntQuantConfig(config: Record<string, unknown>): Record<string, unknown> {
+  const q = config.quantization_config as { quant_method?: unknown } | undefined;
+  if (q?.quant_method !== CT_METHOD && q?.quant_method !== GPTQ_METHOD) return config;
+  const out = { ...config };
+  delete out.quantization_config;
+  return out;
+}
+
+/** Bytes the weight takes on disk: every part. */
+export function intQuantBytes(p: IntQuantParts): number {
+  return [p.codes, p.scale, p.zero, p.gIdx, p.shape].reduce((s, t) => s + (t ? t.end - t.begin : 0), 0);
+}
+
+const u32 = (b: Uint8Array) => new Uint32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+
+/** A g_idx tensor (I32 or I64) as group numbers, each checked against the number of groups. */
+function groupsOf(t: TensorRef, b: Uint8Array, cols: number, groups: number): Int32Array {
+  const out = new Int32Array(cols);
+  const copy = b.slice();
+  const v = t.dtype === 'I64' ? Array.from(new BigInt64Array(copy.buffer), Number) : new Int32Array(copy.buffer);
+  for (let i = 0; i < cols; i++) {
+    const g = v[i];
+    if (!(g >= 0 && g < groups))
+      throw new CheckpointError(`${t.name}[${i}] is ${g}, outside the ${groups} groups of the scales`, {
+        file: t.file,
+        hint: 'the checkpoint is corrupt; re-download it',
+      });
+    out[i] = g;
+  }
+  return out;
+}
+
+/** float32 values rounded to what `dtype` holds (bf16, f16; f32 unchanged), in place. */
+function roundTo(values: Float32Array, dtype: DType): Float32Array {
+  if (dtype === 'BF16') {
+    const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
+    for (let i = 0; i < values.length; i++) u[i] = floatToBf16Bits(values[i]) << 16;
+  } else if (dtype === 'F16') {
+    const bits = new Uint16Array(values.length);
+    for (let i = 0; i < values.length; i++) bits[i] = floatToHalfBits(values[i]);
+    values.set(toFloat32(new Uint8Array(bits.buffer), 'F16'));
+  }
+  return values;
+}
+
+/** A compressed-tensors weight [rows, cols] (see the header). */
+function decodeCt(p: IntQuantParts, rows: number, cols: number, read: (t: TensorRef) => Uint8Array): Float32Array {
+  const { bits } = p;
+  const scales = toFloat32(read(p.scale), p.scale.dtype);
+  const ng = scales.length / rows;
+  const off = 1 << (bits - 1);
+  const gIdx = p.gIdx ? groupsOf(p.gIdx, read(p.gIdx), cols, ng) : undefined;
+  const zp = p.zero ? u32(read(p.zero)) : undefined;
+  const out = new Float32Array(rows * cols);
+  const raw = read(p.codes);
+  const i8 = p.codes.dtype === 'I8' ? new Int8Array(raw.buffer, raw.byteOffset, raw.byteLength) : undefined;
+  const packed = i8 ? undefined : u32(raw);
+  const wpr = packed ? packed.length / rows : 0;
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < cols; i++) {
+      const g = gIdx ? gIdx[i] : Math.floor(i / p.groupSize);
+      const v = i8 ? i8[r * cols + i] : readField(packed!, 1, r * wpr, i, bits) - off;
+      const z = zp ? readField(zp, ng, g, r, bits) - off : 0;
+      out[r * cols + i] = Math.fround((v - z) * scales[r * ng + g]);
+    }
+  }
+  return roundTo(out, p.scale.dtype);
+}
+
+/** A GPTQ weight [rows = out, cols = in] (see the header and src/io/gptq.ts for the layout). */
+function decodeGptq(
+  p: IntQuantParts,
+  rows: number,
+  cols: number,
+  dtype: DType,
+  read: (t: TensorRef) => Uint8Array,
+): Float32Array {
+  const { bits } = p;
+  const maxq = (1 << bits) - 1;
+  const scales = toFloat32(read(p.scale), p.scale.dtype);
+  const groups = scales.length / rows;
+  const qzeros = u32(read(p.zero!));
+  const zw = qzeros.length / groups;
+  const zeros = new Int32Array(groups * rows);
+  const add = p.zeroMinusOne ? 1 : 0;
+  for (let g = 0; g < groups; g++)
+    for (let o = 0; o < rows; o++) zeros[g * rows + o] = (readField(qzeros, 1, g * zw, o, bits) + add) & maxq;
+  const gIdx = p.gIdx ? groupsOf(p.gIdx, read(p.gIdx), cols, groups) : undefined;
+  const qweight = u32(read(p.codes));
+  const out = new Float32Array(rows * cols);
+  for (let i = 0; i < cols; i++) {
+    const g = gIdx ? gIdx[i] : Math.floor(i / p.groupSize);
+    for (let o = 0; o < rows; o++) {
+      const code = readField(qweight, rows, o, i, bits);
+      out[o * cols + i] = Math.fround((code - zeros[g * rows + o]) * scales[g * rows + o]);
+    }
+  }
+  return roundTo(out, dtype);
+}
+
+/**
+ * The weight [rows, cols] a compressed-tensors or GPTQ module stands for, as float32 values of `dtype` (the logical
+ * tensor's); `read` gives a part's bytes.
+ */
+export function decodeIntQuant(
+  p: IntQuantParts,
+  rows: number,
+  cols: number,
+  dtype: DType,
+  read: (t: TensorRef) => Uint8Array,
+): Float32Array {
+  return p.format === 'gptq' ? decodeGptq(p, rows, cols, dtype, read) : decodeCt(p, rows, cols, read);
+}
+
+/** Python's `re.match(pattern, name)`: the pattern anchored at the start (named groups as JS spells them). */
+export function pyMatch(pattern: string, name: string, file: string, key: string): boolean {
+  let re: RegExp;
+  try {
+    re = new RegExp(`^(?:${pattern.replace(/\(\?P</g, '(?<').replace(/\(\?P=(\w+)\)/g, '\\k<$1>')})`);
+  } catch (e) {
+    throw new CheckpointError(`config.json ${key} ${JSON.stringify(pattern)} is not a regex moe reads`, {
+      file,
+      hint: `${(e as Error).message}; rewrite the pattern`,
+    });
+  }
+  return re.test(name);
+}
+
+/** What inspect says of a compressed-tensors or GPTQ checkpoint: its format and the weights of each scheme. */
+export interface IntQuantSummary {
+  format: string;
+  /** Per scheme ("gptq 4-bit group 128"): weights and parameters. */
+  schemes: Record<string, { tensors: number; params: number }>;
+  /** The dtype the weights are read as (dequantized on read). */
+  read_as: string;
+}
+
+export function intQuantSummary(tensors: Map<string, TensorRef>): IntQuantSummary | undefined {
+  let out: IntQuantSummary | undefined;
+  for (const t of tensors.values()) {
+    if (!t.intq) continue;
+    out ??= { format: t.intq.format, schemes: {}, read_as: t.dtype };
+    const s = (out.schemes[t.intq.scheme] ??= { tensors: 0, params: 0 });
+    s.tensors++;
+    s.params += t.shape[0] * t.shape[1];
+  }
+  return out;
+}
