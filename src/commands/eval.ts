@@ -168,6 +168,8 @@ function validateTasks(opts: TaskOptions): void {
 }
 
 type Opened = ReturnType<typeof open>;
+/** The model opening of eval, for moe generate. */
+export { open as openModel };
 /** What the tasks need of the options (a tasks-only run has no --data nor --seq-len). */
 type TaskOptions = Omit<EvalCommandOptions, 'data' | 'seqLen'> & { data?: string };
 
