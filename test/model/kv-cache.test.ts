@@ -1,7 +1,7 @@
 /**
  * Incremental decoding (src/model/forward/decode.ts) against full recomputation: on every architecture's golden
  * model, a 6-token prefill then 8 decode steps (each feeding the greedy token); at every step the cached logits equal
- * the window forward's last-row logits of the whole prefix within 1e-4. gpt_oss's sliding windows (4 and 8) are
+ * the window forward's logits of the whole prefix within 1e-4. gpt_oss's sliding windows (4 and 8) are
  * shorter than the 14 tokens. Also a packed 4-bit output and a GGUF file of a golden.
  */
 import * as fs from 'node:fs';
@@ -16,6 +16,7 @@ import { Decoder } from '../../src/model/forward/decode';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
+import { byteTokenizer } from './byte-tokenizer';
 
 const CASES = fs.readdirSync(GOLDEN).filter((d) => fs.existsSync(path.join(GOLDEN, d, 'golden.safetensors')));
 const PROMPT = 6;
@@ -34,45 +35,30 @@ function argmax(v: Float32Array): number {
   return best;
 }
 
-/** The largest |cached − recomputed| over the prefill's last row and every decode step. */
+/**
+ * The largest |cached − recomputed| over the prefill's last row and every decode step. The recomputation is one
+ * window forward over the final sequence: causal attention makes its row t the full recomputation of the prefix
+ * ending at t.
+ */
 async function maxStepDiff(reader: TensorReader, arch: Architecture, prompt: Int32Array, cacheBytes?: number) {
   const be = new RefBackend();
-  const full = new ForwardPass(reader, arch, be);
   const dec = new Decoder(reader, arch, be, { cacheBytes });
   const ids = Array.from(prompt);
-  let cached = await dec.extend(prompt);
-  let worst = 0;
-  for (let step = 0; step <= STEPS; step++) {
-    const T = ids.length;
-    const { sink, logits } = fullLogits(T, arch.vocab);
-    await full.run(Int32Array.from(ids), 1, T, sink);
-    const want = logits.subarray((T - 1) * arch.vocab);
-    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - cached[i]));
-    if (step === STEPS) break;
-    const next = argmax(cached);
-    ids.push(next);
-    cached = await dec.extend(Int32Array.of(next));
+  const steps = [await dec.extend(prompt)];
+  for (let step = 0; step < STEPS; step++) {
+    ids.push(argmax(steps[steps.length - 1]));
+    steps.push(await dec.extend(Int32Array.of(ids[ids.length - 1])));
   }
   expect(dec.length).toBe(PROMPT + STEPS);
+  const T = ids.length;
+  const { sink, logits } = fullLogits(T, arch.vocab);
+  await new ForwardPass(reader, arch, be).run(Int32Array.from(ids), 1, T, sink);
+  let worst = 0;
+  steps.forEach((cached, i) => {
+    const want = logits.subarray((PROMPT - 1 + i) * arch.vocab, (PROMPT + i) * arch.vocab);
+    for (let j = 0; j < want.length; j++) worst = Math.max(worst, Math.abs(want[j] - cached[j]));
+  });
   return worst;
-}
-
-/** A byte-level BPE tokenizer.json with no merges (GGUF export needs a tokenizer; the goldens have none). */
-function byteTokenizer(): Record<string, unknown> {
-  const bs: number[] = [];
-  for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) bs.push(b);
-  const cs = [...bs];
-  for (let b = 0, n = 0; b < 256; b++)
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  const vocab = Object.fromEntries(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
-  return {
-    model: { type: 'BPE', vocab, merges: [] },
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true },
-    added_tokens: [],
-  };
 }
 
 describe.each(CASES)('%s', (c) => {
