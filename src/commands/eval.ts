@@ -13,20 +13,16 @@ import { GateError, UsageError } from '../errors';
 import { loadWindows, positionsWarning } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
 import { checkTaskNames, loadMcTask, maxLengthOf, runTasks, TaskReport, TaskRun, writeSamples } from '../eval/tasks';
-import { loadTokenizer, tokenizerFromJson } from '../eval/tokenizer';
-import { isGgufPath, openGgufModel } from '../gguf/source';
-import { ggufTokenizerJson } from '../gguf/tokenizer';
-import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
-import { numel } from '../io/safetensors';
-import { fileBytes, formatMB } from '../io/size';
-import { quantSummary } from '../io/packed';
+import { formatMB } from '../io/size';
 import { ForwardPass } from '../model/forward/model';
-import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { announceTokenizing, Context } from '../ui/progress';
+import { openModel as open, SizeReport } from './open-model';
 import { BACKEND, CommandSpec, JSON_OUTPUT, THREADS } from './spec';
+
+export type { SizeReport } from './open-model';
 
 export interface EvalCommandOptions {
   model: string;
@@ -45,15 +41,6 @@ export interface EvalCommandOptions {
   device?: 'cpu' | 'cuda';
   threads?: number;
   batchTokens?: number;
-}
-
-export interface SizeReport {
-  params: number;
-  /** The bytes of the weight files (src/io/size.ts). */
-  bytes: number;
-  bits_per_param: number;
-  /** Packed models: mean code bits of the quantized weights (moe quantize). */
-  quantized_average_bits?: number;
 }
 
 export interface EvalReport {
@@ -102,44 +89,6 @@ export interface TaskEvalReport {
 const MAX_DUMP_BYTES = 2 * 1024 ** 3;
 export const DEFAULT_BATCH_TOKENS = 4096;
 
-/** From the checkpoint already opened: parameters from its headers, bytes of its weight files. */
-function size(ckpt: Checkpoint): SizeReport {
-  let params = 0;
-  for (const t of ckpt.tensors.values()) params += numel(t.shape);
-  const bytes = fileBytes(ckpt.shards);
-  return {
-    params,
-    bytes,
-    bits_per_param: params ? (8 * bytes) / params : 0,
-    quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits,
-  };
-}
-
-/** A model folder, or a .gguf file read back into the same shape (tensors by their Hugging Face names). */
-function open(dir: string) {
-  if (isGgufPath(dir)) {
-    const g = openGgufModel(dir);
-    const params = g.tensors.reduce((s, t) => s + t.params, 0);
-    const bytes = g.gguf.fileSize; // the size is the weight file's bytes (src/io/size.ts)
-    return {
-      ckpt: g.ckpt,
-      arch: g.arch,
-      reader: g.reader as TensorReader,
-      tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file),
-      size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }),
-    };
-  }
-  const ckpt = openCheckpoint(dir);
-  const arch = loadArchitecture(ckpt);
-  return {
-    ckpt,
-    arch,
-    reader: new TensorReader(ckpt),
-    tokenizer: () => loadTokenizer(ckpt.dir),
-    size: () => size(ckpt),
-  };
-}
-
 function validate(opts: EvalCommandOptions): void {
   if (!Number.isInteger(opts.seqLen) || opts.seqLen < 2)
     throw new UsageError(`--seq-len ${opts.seqLen} must be an integer ≥ 2`);
@@ -168,8 +117,6 @@ function validateTasks(opts: TaskOptions): void {
 }
 
 type Opened = ReturnType<typeof open>;
-/** The model opening of eval, for moe generate. */
-export { open as openModel };
 /** What the tasks need of the options (a tasks-only run has no --data nor --seq-len). */
 type TaskOptions = Omit<EvalCommandOptions, 'data' | 'seqLen'> & { data?: string };
 

@@ -16,7 +16,7 @@ import { readGguf } from '../io/gguf-reader';
 import { besideWeights } from '../io/checkpoint';
 import { Decoder } from '../model/forward/decode';
 import type { Context } from '../ui/progress';
-import { openModel } from './eval';
+import { openModel } from './open-model';
 import { BACKEND, CommandSpec, JSON_OUTPUT, THREADS } from './spec';
 
 export interface GenerateCommandOptions {

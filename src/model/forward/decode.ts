@@ -35,7 +35,7 @@ interface AttentionCache {
   dv: number;
 }
 
-/** One linear-attention layer's state: S per value head (float64 [dk, dv]) and the conv's last K − 1 inputs [K − 1, C]. */
+/** A linear-attention layer's state: S per value head (float64 [dk, dv]), the conv's last K − 1 inputs [K − 1, C]. */
 interface DeltaState {
   S: Float64Array[];
   conv: Float32Array;

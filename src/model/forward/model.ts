@@ -196,7 +196,7 @@ export class ForwardPass {
     observer?.layer?.(l, hidden, N);
   }
 
-  /** Layer l's attention (or linear attention) of its normed input [windows × T, hidden]; the decoder's uses a cache. */
+  /** Layer l's attention (or linear attention) of its normed input [windows × T, hidden]; the decoder's caches. */
   protected mixer(
     l: number,
     x: Float32Array,
