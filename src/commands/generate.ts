@@ -4,16 +4,12 @@
  * seeded sampling otherwise; stops at the model's EOS (generation_config.json, else config.json; GGUF: its
  * tokenizer.ggml.eos_token_id), a --stop string (cut before it) or --max-new-tokens.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { BackendName } from '../backend/backend';
 import { UsageError } from '../errors';
-import { generate, StopReason } from '../eval/generate';
-import type { TextTokenizer } from '../eval/tokenizer';
+import { generate, promptIds, StopReason } from '../eval/generate';
 import { isGgufPath } from '../gguf/source';
-import { readGguf } from '../io/gguf-reader';
-import { besideWeights } from '../io/checkpoint';
 import { Decoder } from '../model/forward/decode';
 import type { Context } from '../ui/progress';
 import { openModel } from './open-model';
@@ -47,27 +43,12 @@ export interface GenerateReport {
   backend: string;
 }
 
-const ids = (v: unknown): number[] =>
-  (Array.isArray(v) ? v : [v]).filter((x) => x !== null && x !== undefined).map(Number);
-
-/** The end-of-sequence ids: generation_config.json's eos_token_id (one or a list), else config.json's. */
-export function eosIds(model: string, config: Record<string, unknown>): number[] {
-  if (isGgufPath(model)) return ids(readGguf(model).metadata.get('tokenizer.ggml.eos_token_id'));
-  const file = besideWeights(model, 'generation_config.json');
-  if (file) {
-    const gen = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-    if (gen.eos_token_id !== undefined) return ids(gen.eos_token_id);
-  }
-  const text = (config.text_config ?? {}) as Record<string, unknown>;
-  return ids(config.eos_token_id ?? text.eos_token_id);
-}
-
 /**
- * The token ids of the prompt, with the tokenizer's own special tokens (as transformers' tokenizer(prompt) gives
- * them). `--chat` builds its text here (the chat template), before encoding.
+ * The text the model continues. `--chat` (src/eval/chat.ts) goes here: applyChatTemplate(model folder,
+ * [{ role: 'user', content: o.prompt }], { addGenerationPrompt: true }) instead of the plain prompt.
  */
-export function promptIds(tok: TextTokenizer, prompt: string): number[] {
-  return tok.encodeWithSpecial ? tok.encodeWithSpecial(prompt) : tok.encode(prompt);
+function promptText(o: GenerateCommandOptions): string {
+  return o.prompt;
 }
 
 function validate(o: GenerateCommandOptions): void {
@@ -89,7 +70,7 @@ export async function generateCommand(o: GenerateCommandOptions, _ctx?: Context)
   const m = openModel(o.model);
   try {
     const tok = m.tokenizer();
-    const prompt = promptIds(tok, o.prompt);
+    const prompt = promptIds(tok, promptText(o));
     if (!prompt.length) throw new UsageError('the prompt encodes to no tokens', { hint: 'pass a longer --prompt' });
     const bad = prompt.find((id) => id < 0 || id >= m.arch.vocab);
     if (bad !== undefined)
@@ -107,7 +88,7 @@ export async function generateCommand(o: GenerateCommandOptions, _ctx?: Context)
         topP: o.topP,
         seed: o.seed,
         stop: o.stop,
-        eos: eosIds(o.model, m.ckpt.config as Record<string, unknown>),
+        eos: m.eos(),
       });
       const steps = Math.max(0, g.ids.length - 1);
       return {

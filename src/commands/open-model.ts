@@ -1,8 +1,9 @@
 /** Opening a model for the commands that run it (eval, generate): a folder or a .gguf file, its tokenizer and size. */
+import * as fs from 'node:fs';
 import { tokenizerFromJson, loadTokenizer } from '../eval/tokenizer';
 import { isGgufPath, openGgufModel } from '../gguf/source';
 import { ggufTokenizerJson } from '../gguf/tokenizer';
-import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
+import { besideWeights, Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { quantSummary } from '../io/packed';
 import { numel } from '../io/safetensors';
 import { fileBytes } from '../io/size';
@@ -41,6 +42,7 @@ export function openModel(dir: string) {
       arch: g.arch,
       reader: g.reader as TensorReader,
       tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file),
+      eos: () => ids(g.gguf.metadata.get('tokenizer.ggml.eos_token_id')),
       size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }),
     };
   }
@@ -51,6 +53,21 @@ export function openModel(dir: string) {
     arch,
     reader: new TensorReader(ckpt),
     tokenizer: () => loadTokenizer(ckpt.dir),
+    eos: () => eosIds(ckpt.dir, ckpt.config as Record<string, unknown>),
     size: () => size(ckpt),
   };
+}
+
+const ids = (v: unknown): number[] =>
+  (Array.isArray(v) ? v : [v]).filter((x) => x !== null && x !== undefined).map(Number);
+
+/** A model folder's end-of-sequence ids: generation_config.json's eos_token_id (one or a list), else config.json's. */
+function eosIds(model: string, config: Record<string, unknown>): number[] {
+  const file = besideWeights(model, 'generation_config.json');
+  if (file) {
+    const gen = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    if (gen.eos_token_id !== undefined) return ids(gen.eos_token_id);
+  }
+  const text = (config.text_config ?? {}) as Record<string, unknown>;
+  return ids(config.eos_token_id ?? text.eos_token_id);
 }

@@ -33,6 +33,14 @@ export interface Generation {
   decodeSeconds: number;
 }
 
+/**
+ * The token ids of the prompt, with the tokenizer's own special tokens (as transformers' tokenizer(prompt) gives
+ * them). `moe generate --chat` builds the prompt's text (the chat template) before this.
+ */
+export function promptIds(tok: TextTokenizer, prompt: string): number[] {
+  return tok.encodeWithSpecial ? tok.encodeWithSpecial(prompt) : tok.encode(prompt);
+}
+
 /** Index of the largest value (the first of equal maxima). */
 export function argmax(v: Float32Array): number {
   let best = 0;

@@ -6,8 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RefBackend } from '../../src/backend/ref';
-import { promptIds } from '../../src/commands/generate';
-import { generate, sample } from '../../src/eval/generate';
+import { generate, promptIds, sample } from '../../src/eval/generate';
 import { loadTokenizer } from '../../src/eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { Decoder } from '../../src/model/forward/decode';
