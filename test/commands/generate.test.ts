@@ -1,11 +1,13 @@
+/** @jest-environment ./test/backend/ort-environment.js */
 /**
  * `moe generate`: greedy decoding equals transformers' greedy generate token for token for 32 new tokens on the two
  * trained fixtures (fixtures/reference/generate-hf.json, scripts/check_generate.py; EOS disabled on both sides), the
- * CLI's --json report, EOS and --stop handling, seeded top-p sampling, and bad input exit codes.
+ * CLI's --json report, EOS and --stop handling, seeded top-p sampling, and bad input exit codes (the onnx
+ * backend throughout).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { RefBackend } from '../../src/backend/ref';
+import { createBackend } from '../../src/backend/index';
 import { generate, promptIds, sample } from '../../src/eval/generate';
 import { loadTokenizer } from '../../src/eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
@@ -33,7 +35,8 @@ describe.each(Object.keys(REF.models))('%s', (name) => {
     const ckpt = openCheckpoint(dir);
     const reader = new TensorReader(ckpt);
     const tok = loadTokenizer(dir);
-    const dec = new Decoder(reader, loadArchitecture(ckpt), new RefBackend());
+    const be = await createBackend('onnx', { threads: 1 });
+    const dec = new Decoder(reader, loadArchitecture(ckpt), be);
     try {
       for (const c of REF.models[name]) {
         const ids = promptIds(tok, c.prompt);
@@ -45,15 +48,17 @@ describe.each(Object.keys(REF.models))('%s', (name) => {
       }
     } finally {
       reader.close();
+      await be.dispose();
     }
   });
 });
 
-/** tiny-moe on the ref backend, opened once for the tests below. */
-function tinyDecoder() {
+/** tiny-moe on the onnx backend. */
+async function tinyDecoder() {
   const ckpt = openCheckpoint(TINY);
   const reader = new TensorReader(ckpt);
-  return { reader, tok: loadTokenizer(TINY), dec: new Decoder(reader, loadArchitecture(ckpt), new RefBackend()) };
+  const be = await createBackend('onnx', { threads: 1 });
+  return { reader, be, tok: loadTokenizer(TINY), dec: new Decoder(reader, loadArchitecture(ckpt), be) };
 }
 
 test('--json: the report of a greedy run; EOS and --stop end it; seeded sampling repeats', async () => {
@@ -65,8 +70,8 @@ test('--json: the report of a greedy run; EOS and --stop end it; seeded sampling
     c.prompt,
     '--max-new-tokens',
     '12',
-    '--backend',
-    'ref',
+    '--threads',
+    '1',
     '--json',
   ]);
   expect(r.code).toBe(0);
@@ -77,11 +82,11 @@ test('--json: the report of a greedy run; EOS and --stop end it; seeded sampling
     token_ids: c.new_ids.slice(0, 12),
     new_tokens: 12,
     stop_reason: 'length',
-    backend: 'ref',
+    backend: 'onnx',
   });
   expect(out.text).toBe(c.text.slice(0, out.text.length));
   expect(out.tokens_per_second).toBeGreaterThan(0);
-  const { reader, tok, dec } = tinyDecoder();
+  const { reader, be, tok, dec } = await tinyDecoder();
   try {
     // a stop string: the text is cut before its first occurrence (here '"', within the 32 reference tokens)
     const stopped = await generate(dec, tok, c.input_ids, { maxNewTokens: 32, stop: ['"'], eos: [] });
@@ -93,12 +98,13 @@ test('--json: the report of a greedy run; EOS and --stop end it; seeded sampling
     expect(g.ids).toEqual(c.new_ids.slice(0, c.new_ids.indexOf(c.new_ids[3]) + 1));
     expect(g.text).toBe(tok.decode(g.ids.slice(0, -1)));
     // sampling: the same seed gives the same tokens, another seed other ones
-    const o = { maxNewTokens: 8, temperature: 1, eos: [] };
+    const o = { maxNewTokens: 6, temperature: 1, eos: [] };
     const a = await generate(dec, tok, c.input_ids, { ...o, seed: 3 });
     expect((await generate(dec, tok, c.input_ids, { ...o, seed: 3 })).ids).toEqual(a.ids);
     expect((await generate(dec, tok, c.input_ids, { ...o, seed: 4 })).ids).not.toEqual(a.ids);
   } finally {
     reader.close();
+    await be.dispose();
   }
 });
 

@@ -1,3 +1,4 @@
+/** @jest-environment ./test/backend/ort-environment.js */
 /**
  * Generative tasks in `moe eval --task`: a five-item task on fixtures/tiny-moe whose expected generations come from
  * transformers' greedy references (fixtures/reference/generate-hf.json), cut at each item's `until` string (or, for
@@ -47,7 +48,7 @@ test('exact_match and contains equal the values from the transformers references
   expect(isGenerativeTask(path.join(ROOT, 'fixtures', 'tasks', 'moby-cloze.jsonl'))).toBe(false);
   const samples = path.join(dir, 'samples.jsonl');
   const r = await evalTasksCommand(
-    { model: TINY, task: [file], maxNewTokens: NEW, logSamples: samples, baseline: TINY, backend: 'ref' },
+    { model: TINY, task: [file], maxNewTokens: NEW, logSamples: samples, baseline: TINY, threads: 1 },
     quiet,
   );
   const t = r.tasks['gen-mini'] as GenTaskReport;
