@@ -3,12 +3,16 @@
  * Generative tasks in `moe eval --task`: a five-item task on fixtures/tiny-moe whose expected generations come from
  * transformers' greedy references (fixtures/reference/generate-hf.json), cut at each item's `until` string (or, for
  * the item without one, the first 12 reference tokens decoded). exact_match, contains, their stderr, --log-samples,
- * and --baseline's same-generation share.
+ * and --baseline's drops and same-generation share.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { evalTasksCommand } from '../../src/commands/eval';
-import { GenTaskReport, isGenerativeTask, loadGenTask } from '../../src/eval/gen-tasks';
+import { createBackend } from '../../src/backend/index';
+import { GenTaskReport, isGenerativeTask, loadGenTask, runGenTasks } from '../../src/eval/gen-tasks';
+import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
+import { Decoder } from '../../src/model/forward/decode';
+import { loadArchitecture } from '../../src/model/registry';
 import { loadTokenizer } from '../../src/eval/tokenizer';
 import { quiet, ROOT, tmpDir } from '../helpers';
 
@@ -48,7 +52,7 @@ test('exact_match and contains equal the values from the transformers references
   expect(isGenerativeTask(path.join(ROOT, 'fixtures', 'tasks', 'moby-cloze.jsonl'))).toBe(false);
   const samples = path.join(dir, 'samples.jsonl');
   const r = await evalTasksCommand(
-    { model: TINY, task: [file], maxNewTokens: NEW, logSamples: samples, baseline: TINY, threads: 1 },
+    { model: TINY, task: [file], maxNewTokens: NEW, logSamples: samples, threads: 1 },
     quiet,
   );
   const t = r.tasks['gen-mini'] as GenTaskReport;
@@ -60,7 +64,6 @@ test('exact_match and contains equal the values from the transformers references
   expect(t.contains).toBeCloseTo(mean(contains), 12);
   expect(t.exact_match_stderr).toBeCloseTo(stderr(exact), 12);
   expect(t.contains_stderr).toBeCloseTo(stderr(contains), 12);
-  expect(t.baseline).toMatchObject({ same_pred: 1, acc_drop: 0, contains_drop: 0 });
   const lines = fs
     .readFileSync(samples, 'utf8')
     .trim()
@@ -73,6 +76,54 @@ test('exact_match and contains equal the values from the transformers references
   expect(lines[0].pred).toBe(generations[0].trim());
   expect(lines[1].answer).toEqual(['the whale', 'the sea']);
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test('--baseline: drops in points and the share of equal generations', async () => {
+  const [a, , c] = REF;
+  const task = {
+    name: 'two',
+    file: 'two.jsonl',
+    items: [
+      { prompt: a.prompt, targets: ['the sea'], until: [','] }, // " the sea": exact
+      { prompt: c.prompt, targets: ['the old man'], until: [','] }, // " and the old man": contains only
+    ],
+  };
+  const ckpt = openCheckpoint(TINY);
+  const reader = new TensorReader(ckpt);
+  const be = await createBackend('onnx', { threads: 1 });
+  const model = { decoder: new Decoder(reader, loadArchitecture(ckpt), be), tokenizer: loadTokenizer(TINY), eos: [0] };
+  try {
+    const run = await runGenTasks(
+      [task],
+      { ...model, maxLength: 2048 },
+      { ...model, maxLength: 2048 },
+      {
+        maxNewTokens: NEW,
+      },
+    );
+    expect(run.reports.two).toMatchObject({ n: 2, exact_match: 0.5, contains: 1 });
+    expect(run.reports.two.baseline).toEqual({
+      exact_match: 0.5,
+      contains: 1,
+      acc_drop: 0,
+      exact_match_drop: 0,
+      contains_drop: 0,
+      same_pred: 1,
+    });
+    // the baseline's generations differ when its length leaves no room: its prompt is cut to the last token
+    const cut = await runGenTasks(
+      [task],
+      { ...model, maxLength: 2048 },
+      { ...model, maxLength: NEW + 1 },
+      {
+        maxNewTokens: NEW,
+      },
+    );
+    expect(cut.reports.two.baseline!.same_pred).toBeLessThan(1);
+  } finally {
+    reader.close();
+    await be.dispose();
+  }
 });
 
 test('a malformed generative line: one clear error', () => {
