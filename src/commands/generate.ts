@@ -51,6 +51,11 @@ function promptText(o: GenerateCommandOptions): string {
   return o.prompt;
 }
 
+/** --stop text as typed on a command line: \n, \t and \\ stand for a newline, a tab and a backslash. */
+export function unescapeStop(text: string): string {
+  return text.replace(/\\([nt\\])/g, (_, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : '\\'));
+}
+
 function validate(o: GenerateCommandOptions): void {
   if (typeof o.prompt !== 'string' || !o.prompt)
     throw new UsageError('--prompt is empty', { hint: 'pass the text to continue, e.g. --prompt "Once upon a time"' });
@@ -87,7 +92,7 @@ export async function generateCommand(o: GenerateCommandOptions, _ctx?: Context)
         temperature: o.temperature ?? 0,
         topP: o.topP,
         seed: o.seed,
-        stop: o.stop,
+        stop: o.stop?.map(unescapeStop),
         eos: m.eos(),
       });
       const steps = Math.max(0, g.ids.length - 1);
@@ -151,7 +156,7 @@ export const generateSpec: CommandSpec<GenerateReport> = {
     {
       flag: '--stop <text...>',
       type: 'list',
-      description: 'stop when the text contains one of these strings (cut before it); repeatable',
+      description: 'stop when the text contains one of these strings (cut before it; \\n is a newline); repeatable',
     },
     BACKEND,
     THREADS,

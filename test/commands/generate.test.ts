@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createBackend } from '../../src/backend/index';
+import { unescapeStop } from '../../src/commands/generate';
 import { generate, promptIds, sample } from '../../src/eval/generate';
 import { loadTokenizer } from '../../src/eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
@@ -106,6 +107,10 @@ test('--json: the report of a greedy run; EOS and --stop end it; seeded sampling
     reader.close();
     await be.dispose();
   }
+});
+
+test('--stop escapes: \\n, \\t and \\\\', () => {
+  expect(unescapeStop('a\\nb\\tc\\\\n')).toBe('a\nb\tc\\n');
 });
 
 test('top-p keeps the nucleus', () => {
