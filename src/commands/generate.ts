@@ -158,6 +158,13 @@ export const generateSpec: CommandSpec<GenerateReport> = {
       type: 'list',
       description: 'stop when the text contains one of these strings (cut before it; \\n is a newline); repeatable',
     },
+    {
+      flag: '--weight-cache <size>',
+      key: 'cacheBytes',
+      type: 'size',
+      default: '1GiB',
+      description: 'float32 weights kept in memory across decoding steps; the rest are read again at every step',
+    },
     BACKEND,
     THREADS,
     JSON_OUTPUT,
