@@ -234,7 +234,7 @@ export class Decoder extends ForwardPass {
     const a = this.spec.attention;
     const hidden = this.arch.hidden;
     const past = this.past;
-    const rope = this.ropeFor(past + N);
+    const rope = this.ropeFor(this.capacity); // ≥ past + N, grown by doubling: the tables are not rebuilt per step
     const pos = (n: number) => past + n;
     let heads: number;
     let dk: number;
