@@ -45,7 +45,7 @@ const layerRules = LAYERS.slice(0, -1).map(([name, path], i) => ({
  * the recipe loader, which derives a recipe's schema from the specs of the commands its steps run.
  * Helper modules of the commands layer (e.g. a shared option spec) are not in this list and may be imported.
  */
-const VERBS = 'assemble|calibrate|convert|demo|eval|inspect|merge|prune|quantize|report|run|synth|verify';
+const VERBS = 'assemble|calibrate|convert|demo|eval|generate|inspect|merge|prune|quantize|report|run|synth|verify';
 const ORCHESTRATORS = 'run|demo|recipe';
 
 module.exports = {

@@ -5,6 +5,7 @@ import { calibrateSpec } from './commands/calibrate';
 import { convertSpec } from './commands/convert';
 import { demoSpec } from './commands/demo';
 import { evalSpec } from './commands/eval';
+import { generateSpec } from './commands/generate';
 import { inspectSpec } from './commands/inspect';
 import { mergeSpec } from './commands/merge';
 import { pruneSpec } from './commands/prune';
@@ -31,6 +32,7 @@ export const COMMANDS: CommandSpec[] = [
   assembleSpec,
   verifySpec,
   evalSpec,
+  generateSpec,
   synthSpec,
   demoSpec,
 ].map((s) => anySpec(s as CommandSpec<object>));

@@ -12,21 +12,20 @@ import type { BackendName } from '../backend/backend';
 import { GateError, UsageError } from '../errors';
 import { loadWindows, positionsWarning } from '../eval/data';
 import { evaluate, EvalTotals } from '../eval/perplexity';
-import { checkTaskNames, loadMcTask, maxLengthOf, runTasks, TaskReport, TaskRun, writeSamples } from '../eval/tasks';
-import { loadTokenizer, tokenizerFromJson } from '../eval/tokenizer';
-import { isGgufPath, openGgufModel } from '../gguf/source';
-import { ggufTokenizerJson } from '../gguf/tokenizer';
-import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
+import { checkTaskNames, loadMcTask, maxLengthOf, runTasks, TaskReport } from '../eval/tasks';
+import { DEFAULT_TASK_NEW_TOKENS, runGenerativeTasks } from './eval-gen';
+import type { GenTaskReport } from '../eval/gen-tasks';
+import { formatGenTask, isGenerativeTask, writeTaskSamples } from '../eval/gen-tasks';
 import { checkNotInput, createEmptyFile, registerPending, unregisterPending } from '../io/output';
 import { encodeHeader } from '../io/writer';
-import { numel } from '../io/safetensors';
-import { fileBytes, formatMB } from '../io/size';
-import { quantSummary } from '../io/packed';
+import { formatMB } from '../io/size';
 import { ForwardPass } from '../model/forward/model';
-import { loadArchitecture } from '../model/registry';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { announceTokenizing, Context } from '../ui/progress';
+import { openModel as open, SizeReport } from './open-model';
 import { BACKEND, CommandSpec, JSON_OUTPUT, THREADS } from './spec';
+
+export type { SizeReport } from './open-model';
 
 export interface EvalCommandOptions {
   model: string;
@@ -35,6 +34,8 @@ export interface EvalCommandOptions {
   task?: string[];
   limit?: number;
   logSamples?: string;
+  /** Generative tasks: tokens generated per item at most. */
+  maxNewTokens?: number;
   maxAccDrop?: number;
   seqLen: number;
   maxTokens?: number;
@@ -45,15 +46,6 @@ export interface EvalCommandOptions {
   device?: 'cpu' | 'cuda';
   threads?: number;
   batchTokens?: number;
-}
-
-export interface SizeReport {
-  params: number;
-  /** The bytes of the weight files (src/io/size.ts). */
-  bytes: number;
-  bits_per_param: number;
-  /** Packed models: mean code bits of the quantized weights (moe quantize). */
-  quantized_average_bits?: number;
 }
 
 export interface EvalReport {
@@ -82,7 +74,7 @@ export interface EvalReport {
   };
   gate?: { max_ppl_increase_pct: number; passed: boolean };
   /** --task: per task (file basename), lm-eval's multiple-choice metrics. */
-  tasks?: Record<string, TaskReport>;
+  tasks?: Record<string, TaskReport | GenTaskReport>;
   /** --max-acc-drop: every task's accuracy within POINTS of the baseline's. */
   acc_gate?: { max_acc_drop: number; passed: boolean };
 }
@@ -90,7 +82,7 @@ export interface EvalReport {
 /** `moe eval MODEL --task FILE` without --data: the tasks only. */
 export interface TaskEvalReport {
   model: string;
-  tasks: Record<string, TaskReport>;
+  tasks: Record<string, TaskReport | GenTaskReport>;
   size: SizeReport;
   seconds: number;
   backend: string;
@@ -101,44 +93,6 @@ export interface TaskEvalReport {
 /** Largest --dump-logits file: beyond this the logits belong in a streaming consumer, not one file. */
 const MAX_DUMP_BYTES = 2 * 1024 ** 3;
 export const DEFAULT_BATCH_TOKENS = 4096;
-
-/** From the checkpoint already opened: parameters from its headers, bytes of its weight files. */
-function size(ckpt: Checkpoint): SizeReport {
-  let params = 0;
-  for (const t of ckpt.tensors.values()) params += numel(t.shape);
-  const bytes = fileBytes(ckpt.shards);
-  return {
-    params,
-    bytes,
-    bits_per_param: params ? (8 * bytes) / params : 0,
-    quantized_average_bits: quantSummary(ckpt.tensors)?.average_bits,
-  };
-}
-
-/** A model folder, or a .gguf file read back into the same shape (tensors by their Hugging Face names). */
-function open(dir: string) {
-  if (isGgufPath(dir)) {
-    const g = openGgufModel(dir);
-    const params = g.tensors.reduce((s, t) => s + t.params, 0);
-    const bytes = g.gguf.fileSize; // the size is the weight file's bytes (src/io/size.ts)
-    return {
-      ckpt: g.ckpt,
-      arch: g.arch,
-      reader: g.reader as TensorReader,
-      tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file),
-      size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }),
-    };
-  }
-  const ckpt = openCheckpoint(dir);
-  const arch = loadArchitecture(ckpt);
-  return {
-    ckpt,
-    arch,
-    reader: new TensorReader(ckpt),
-    tokenizer: () => loadTokenizer(ckpt.dir),
-    size: () => size(ckpt),
-  };
-}
 
 function validate(opts: EvalCommandOptions): void {
   if (!Number.isInteger(opts.seqLen) || opts.seqLen < 2)
@@ -168,6 +122,8 @@ function validateTasks(opts: TaskOptions): void {
 }
 
 type Opened = ReturnType<typeof open>;
+/** Multiple-choice and generative tasks' results. */
+type TaskRun = { reports: Record<string, TaskReport | GenTaskReport>; samples: Record<string, object[]> };
 /** What the tasks need of the options (a tasks-only run has no --data nor --seq-len). */
 type TaskOptions = Omit<EvalCommandOptions, 'data' | 'seqLen'> & { data?: string };
 
@@ -194,7 +150,13 @@ async function scoreTasks(
   ctx: Context,
 ): Promise<TaskRun | undefined> {
   if (!opts.task?.length) return undefined;
-  const tasks = opts.task.map((f) => loadMcTask(f, opts.limit));
+  const generative = opts.task.filter(isGenerativeTask);
+  const tasks = opts.task.filter((f) => !generative.includes(f)).map((f) => loadMcTask(f, opts.limit));
+  const gen = await runGenerativeTasks(generative, opts, m, b, be, ctx);
+  if (!tasks.length) {
+    if (opts.logSamples) writeTaskSamples(opts.logSamples, [gen]);
+    return gen;
+  }
   const maxLen = (o: Opened) => maxLengthOf(o.ckpt.config as Record<string, unknown>);
   m.arch.checkWindow(maxLen(m));
   const items = tasks.reduce((s, t) => s + t.items.length, 0);
@@ -208,14 +170,14 @@ async function scoreTasks(
         : undefined,
       { batchTokens: opts.batchTokens ?? DEFAULT_BATCH_TOKENS, progress },
     );
-    if (opts.logSamples) writeSamples(opts.logSamples, run);
-    return run;
+    if (opts.logSamples) writeTaskSamples(opts.logSamples, [run, gen]);
+    return { reports: { ...run.reports, ...gen.reports }, samples: { ...run.samples, ...gen.samples } };
   } finally {
     progress.done();
   }
 }
 
-function accGate(opts: TaskOptions, tasks: Record<string, TaskReport>) {
+function accGate(opts: TaskOptions, tasks: TaskRun['reports']) {
   if (opts.maxAccDrop === undefined) return undefined;
   const worst = Math.max(...Object.values(tasks).map((t) => t.baseline!.acc_drop));
   return { max_acc_drop: opts.maxAccDrop, passed: worst <= opts.maxAccDrop };
@@ -422,10 +384,14 @@ function logitDump(file: string, windows: Int32Array[], vocab: number) {
   };
 }
 
-function formatTasks(r: { tasks?: Record<string, TaskReport>; acc_gate?: EvalReport['acc_gate'] }): string[] {
+function formatTasks(r: { tasks?: TaskRun['reports']; acc_gate?: EvalReport['acc_gate'] }): string[] {
   const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
   const lines: string[] = [];
   for (const [name, t] of Object.entries(r.tasks ?? {})) {
+    if ('exact_match' in t) {
+      lines.push(...formatGenTask(name, t));
+      continue;
+    }
     lines.push(
       `task ${name}  acc ${pct(t.acc)} ± ${pct(t.acc_stderr)}, acc_norm ${pct(t.acc_norm)} ± ${pct(t.acc_norm_stderr)} (${t.n} items, ${t.items_per_second.toFixed(1)} items/s)`,
     );
@@ -482,10 +448,17 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
       listOf: 'path',
       parse: (text) => text.split(','),
       description:
-        'multiple-choice task, JSON lines {"context", "choices", "answer"}, scored as lm-evaluation-harness does (repeatable)',
+        'task, JSON lines: multiple choice {"context", "choices", "answer"} scored as lm-evaluation-harness does, or generative {"prompt", "target" or "targets", optional "until"} (repeatable)',
     },
     { flag: '--limit <n>', type: 'int', min: 1, description: 'use only the first N items of each task' },
     { flag: '--log-samples <file>', type: 'file', description: 'write one JSON line per task item' },
+    {
+      flag: '--max-new-tokens <n>',
+      type: 'int',
+      min: 1,
+      default: String(DEFAULT_TASK_NEW_TOKENS),
+      description: 'generative tasks: tokens generated per item at most (greedy, KV cache)',
+    },
     {
       flag: '--seq-len <n>',
       type: 'int',

@@ -178,6 +178,7 @@ describe('choices come from the registries', () => {
       'calibrate',
       'demo',
       'eval',
+      'generate',
       'merge',
       'prune',
       'quantize',

@@ -78,7 +78,7 @@ function need(w: Weights, name: string): Float32Array {
  * Softmax(Q·Kᵀ·scale + causal mask)·V for each window. q [tokens, H, dk], k and v given per window as
  * [H, T, dk] / [H, T, dv] by the callbacks. Returns [tokens, H, dv].
  */
-async function causalAttention(
+export async function causalAttention(
   be: Backend,
   q: Float32Array,
   windows: number,
@@ -109,7 +109,7 @@ async function causalAttention(
 }
 
 /** Gathers one window of a [tokens, heads, stride] array into [H, T, dim] (head h reads source head map(h)). */
-function perHead(
+export function perHead(
   src: Float32Array,
   w: number,
   T: number,
@@ -142,19 +142,17 @@ function splitHeads(x: Float32Array, rows: number, d: number): [Float32Array, Fl
   return [a, b];
 }
 
-export async function gqa(
-  be: Backend,
+/** q, k and v of x [N, hidden] for tokens at positions pos(n): projected, clipped, q/k-normed and rotated. */
+export async function gqaProject(
   lin: Linear,
   x: Float32Array,
   hidden: number,
-  windows: number,
-  T: number,
+  N: number,
   spec: GqaSpec,
   w: Weights,
   rope: RopeTables,
-  slidingWindow?: number,
-): Promise<Float32Array> {
-  const N = windows * T;
+  pos: (n: number) => number,
+): Promise<{ q: Float32Array; k: Float32Array; v: Float32Array; gate?: Float32Array }> {
   const { heads: H, kvHeads: KV, headDim: d } = spec;
   let q = await lin('q_proj', x, N, hidden, (spec.outputGate ? 2 : 1) * H * d);
   let gate: Float32Array | undefined;
@@ -172,9 +170,39 @@ export async function gqa(
     rmsNormStrided(q, N * H, d, 0, d, need(w, 'q_norm.weight'), spec.eps);
     rmsNormStrided(k, N * KV, d, 0, d, need(w, 'k_norm.weight'), spec.eps);
   }
-  const pos = (n: number) => n % T;
   applyRope(q, N, H, d, 0, rope, pos, false);
   applyRope(k, N, KV, d, 0, rope, pos, false);
+  return { q, k, v, gate };
+}
+
+/** Qwen3-Next's output gate (out × sigmoid(gate), in place) and o_proj. */
+export function gqaOutput(
+  lin: Linear,
+  out: Float32Array,
+  gate: Float32Array | undefined,
+  N: number,
+  spec: GqaSpec,
+  hidden: number,
+): Promise<Float32Array> {
+  if (gate) for (let i = 0; i < out.length; i++) out[i] *= 1 / (1 + math.exp(-gate[i]));
+  return lin('o_proj', out, N, spec.heads * spec.headDim, hidden);
+}
+
+export async function gqa(
+  be: Backend,
+  lin: Linear,
+  x: Float32Array,
+  hidden: number,
+  windows: number,
+  T: number,
+  spec: GqaSpec,
+  w: Weights,
+  rope: RopeTables,
+  slidingWindow?: number,
+): Promise<Float32Array> {
+  const N = windows * T;
+  const { heads: H, kvHeads: KV, headDim: d } = spec;
+  const { q, k, v, gate } = await gqaProject(lin, x, hidden, N, spec, w, rope, (n) => n % T);
   const group = H / KV;
   const out = await causalAttention(
     be,
@@ -189,22 +217,23 @@ export async function gqa(
     (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
     { window: slidingWindow, sinks: spec.sinks ? need(w, 'sinks') : undefined },
   );
-  if (gate) for (let i = 0; i < out.length; i++) out[i] *= 1 / (1 + math.exp(-gate[i]));
-  return lin('o_proj', out, N, H * d, hidden);
+  return gqaOutput(lin, out, gate, N, spec, hidden);
 }
 
-export async function mla(
-  be: Backend,
+/**
+ * MLA's q [N, H, nope | rope] and per-head keys [N, H, nope | rope] and values [N, H, v] of x [N, hidden] for
+ * tokens at positions pos(n), the rotary parts rotated.
+ */
+export async function mlaProject(
   lin: Linear,
   x: Float32Array,
   hidden: number,
-  windows: number,
-  T: number,
+  N: number,
   spec: MlaSpec,
   w: Weights,
   rope: RopeTables,
-): Promise<Float32Array> {
-  const N = windows * T;
+  pos: (n: number) => number,
+): Promise<{ q: Float32Array; k: Float32Array; v: Float32Array }> {
   const { heads: H, nopeDim, ropeDim, vDim, kvLoraRank } = spec;
   const dk = nopeDim + ropeDim;
   let q: Float32Array;
@@ -221,22 +250,39 @@ export async function mla(
     latent.set(ckv.subarray(n * (kvLoraRank + ropeDim), n * (kvLoraRank + ropeDim) + kvLoraRank), n * kvLoraRank);
   rmsNorm(latent, need(w, 'kv_a_layernorm.weight'), kvLoraRank, spec.eps, latent);
   const kv = await lin('kv_b_proj', latent, N, kvLoraRank, H * (nopeDim + vDim)); // [N, H, nope + v]
-  const pos = (n: number) => n % T;
   applyRope(q, N, H, dk, nopeDim, rope, pos, spec.interleaved); // rotary part of each head of q
   applyRope(ckv, N, 1, kvLoraRank + ropeDim, kvLoraRank, rope, pos, spec.interleaved); // the shared rotary key
-  const keys = (win: number) => {
-    const out = new Float32Array(H * T * dk); // [H, T, nope | rope]
+  const k = new Float32Array(N * H * dk);
+  const v = new Float32Array(N * H * vDim);
+  for (let n = 0; n < N; n++) {
+    const rot = ckv.subarray(n * (kvLoraRank + ropeDim) + kvLoraRank, (n + 1) * (kvLoraRank + ropeDim));
     for (let h = 0; h < H; h++) {
-      for (let t = 0; t < T; t++) {
-        const n = win * T + t;
-        const o = (h * T + t) * dk;
-        out.set(kv.subarray((n * H + h) * (nopeDim + vDim), (n * H + h) * (nopeDim + vDim) + nopeDim), o);
-        out.set(ckv.subarray(n * (kvLoraRank + ropeDim) + kvLoraRank, (n + 1) * (kvLoraRank + ropeDim)), o + nopeDim);
-      }
+      const from = (n * H + h) * (nopeDim + vDim);
+      k.set(kv.subarray(from, from + nopeDim), (n * H + h) * dk);
+      k.set(rot, (n * H + h) * dk + nopeDim);
+      v.set(kv.subarray(from + nopeDim, from + nopeDim + vDim), (n * H + h) * vDim);
     }
-    return out;
-  };
-  const values = (win: number) => perHead(kv, win, T, H, H, nopeDim + vDim, nopeDim, vDim, (h) => h);
+  }
+  return { q, k, v };
+}
+
+export async function mla(
+  be: Backend,
+  lin: Linear,
+  x: Float32Array,
+  hidden: number,
+  windows: number,
+  T: number,
+  spec: MlaSpec,
+  w: Weights,
+  rope: RopeTables,
+): Promise<Float32Array> {
+  const N = windows * T;
+  const { heads: H, vDim } = spec;
+  const dk = spec.nopeDim + spec.ropeDim;
+  const { q, k, v } = await mlaProject(lin, x, hidden, N, spec, w, rope, (n) => n % T);
+  const keys = (win: number) => perHead(k, win, T, H, H, dk, 0, dk, (h) => h);
+  const values = (win: number) => perHead(v, win, T, H, H, vDim, 0, vDim, (h) => h);
   const out = await causalAttention(be, q, windows, T, H, dk, vDim, spec.scale, keys, values);
   return lin('o_proj', out, N, H * vDim, hidden);
 }

@@ -49,7 +49,7 @@ function softplus(x: number): number {
   return x > 20 ? x : math.log1p(math.exp(x)); // torch's threshold 20
 }
 
-function silu(x: number): number {
+export function deltaSilu(x: number): number {
   return x / (1 + math.exp(-x));
 }
 
@@ -102,7 +102,7 @@ function causalConv(x: Float32Array, weight: Float32Array, windows: number, T: n
           const src = t - (K - 1) + i;
           if (src >= 0) s += weight[c * K + i] * x[(w * T + src) * C + c];
         }
-        out[o + c] = silu(math.fround(s));
+        out[o + c] = deltaSilu(math.fround(s));
       }
     }
   }
@@ -110,7 +110,7 @@ function causalConv(x: Float32Array, weight: Float32Array, windows: number, T: n
 }
 
 /** Copies `dim` values from `src` at `from` into a float64 vector, l2-normalised (× extra). */
-function l2(src: Float32Array, from: number, dim: number, extra: number, into: Float64Array): void {
+export function l2(src: Float32Array, from: number, dim: number, extra: number, into: Float64Array): void {
   let ss = 0;
   for (let i = 0; i < dim; i++) ss += src[from + i] * src[from + i];
   const inv = extra / math.sqrt(ss + 1e-6);
@@ -122,7 +122,7 @@ function l2(src: Float32Array, from: number, dim: number, extra: number, into: F
  * textbook loops, so the results are the same to the bit): S ← S·e and m = Sᵀk; delta = (v − m)·beta;
  * S ← S + k ⊗ delta and o = Sᵀq. `delta` returns o.
  */
-function step(
+export function step(
   S: Float64Array,
   q: Float64Array,
   k: Float64Array,
@@ -193,6 +193,58 @@ function recurrence(
   return out;
 }
 
+/** The conv input [N, C], z, b and a of x [N, hidden] (either projection layout). */
+export async function deltaInputs(lin: Linear, x: Float32Array, hidden: number, N: number, spec: DeltaNetSpec) {
+  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
+  return spec.split
+    ? project(lin, x, hidden, N, spec)
+    : unpack(
+        spec,
+        await lin('in_proj_qkvz', x, N, hidden, 2 * Hk * dk + 2 * Hv * dv),
+        await lin('in_proj_ba', x, N, hidden, 2 * Hv),
+        N,
+      );
+}
+
+/** beta = σ(b) and the log-decay g = −exp(A_log) · softplus(a + dt_bias), [N, Hv] each. */
+export function deltaGates(spec: DeltaNetSpec, w: Weights, b: Float32Array, a: Float32Array, N: number) {
+  const Hv = spec.valueHeads;
+  const aLog = need(w, 'A_log');
+  const dtBias = need(w, 'dt_bias');
+  const beta = new Float64Array(N * Hv);
+  const decay = new Float64Array(N * Hv);
+  for (let n = 0; n < N; n++) {
+    for (let h = 0; h < Hv; h++) {
+      const i = n * Hv + h;
+      beta[i] = 1 / (1 + math.exp(-b[i]));
+      decay[i] = -math.exp(aLog[h]) * softplus(math.fround(a[i] + dtBias[h]));
+    }
+  }
+  return { beta, decay };
+}
+
+/** The gated RMSNorm of the core output [N, Hv·dv] (in place) and out_proj. */
+export function deltaOutput(
+  lin: Linear,
+  core: Float32Array,
+  z: Float32Array,
+  N: number,
+  hidden: number,
+  spec: DeltaNetSpec,
+  w: Weights,
+): Promise<Float32Array> {
+  const { valueHeads: Hv, valueDim: dv } = spec;
+  const norm = need(w, 'norm.weight');
+  for (let row = 0; row < N * Hv; row++) {
+    const o = row * dv;
+    let ss = 0;
+    for (let j = 0; j < dv; j++) ss += core[o + j] * core[o + j];
+    const inv = 1 / math.sqrt(ss / dv + spec.eps);
+    for (let j = 0; j < dv; j++) core[o + j] = math.fround(core[o + j] * inv) * norm[j] * deltaSilu(z[o + j]);
+  }
+  return lin('out_proj', core, N, Hv * dv, hidden);
+}
+
 export async function gatedDeltaNet(
   lin: Linear,
   x: Float32Array,
@@ -205,36 +257,11 @@ export async function gatedDeltaNet(
 ): Promise<Float32Array> {
   const N = windows * T;
   const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
-  const { mixed, z, b, a, C } = spec.split
-    ? await project(lin, x, hidden, N, spec)
-    : unpack(
-        spec,
-        await lin('in_proj_qkvz', x, N, hidden, 2 * Hk * dk + 2 * Hv * dv),
-        await lin('in_proj_ba', x, N, hidden, 2 * Hv),
-        N,
-      );
+  const { mixed, z, b, a, C } = await deltaInputs(lin, x, hidden, N, spec);
   const conv = causalConv(mixed, need(w, 'conv1d.weight'), windows, T, C, spec.convKernel);
-  const aLog = need(w, 'A_log');
-  const dtBias = need(w, 'dt_bias');
-  const beta = new Float64Array(N * Hv);
-  const decay = new Float64Array(N * Hv);
-  for (let n = 0; n < N; n++) {
-    for (let h = 0; h < Hv; h++) {
-      const i = n * Hv + h;
-      beta[i] = 1 / (1 + math.exp(-b[i]));
-      decay[i] = -math.exp(aLog[h]) * softplus(math.fround(a[i] + dtBias[h]));
-    }
-  }
+  const { beta, decay } = deltaGates(spec, w, b, a, N);
   const core = be
     ? await chunkedDeltaRule(be, { conv, beta, decay, windows, T, C, Hk, Hv, dk, dv })
     : recurrence(spec, conv, beta, decay, windows, T, C);
-  const norm = need(w, 'norm.weight');
-  for (let row = 0; row < N * Hv; row++) {
-    const o = row * dv;
-    let ss = 0;
-    for (let j = 0; j < dv; j++) ss += core[o + j] * core[o + j];
-    const inv = 1 / math.sqrt(ss / dv + spec.eps);
-    for (let j = 0; j < dv; j++) core[o + j] = math.fround(core[o + j] * inv) * norm[j] * silu(z[o + j]);
-  }
-  return lin('out_proj', core, N, Hv * dv, hidden);
+  return deltaOutput(lin, core, z, N, hidden, spec, w);
 }

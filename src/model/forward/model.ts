@@ -9,7 +9,7 @@ import type { Backend, GluOptions, LogitStats } from '../../backend/backend';
 import { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
 import { expertGluOptions } from '../experts';
-import { gqa, Linear, mla } from './attention';
+import { gqa, Linear, mla, Weights } from './attention';
 import { gatedDeltaNet } from './deltanet';
 import { gatherRows, route, Routing, tokensPerExpert } from './moe';
 import { addInPlace, concatRows, rmsNorm, sigmoid } from './ops';
@@ -69,6 +69,11 @@ interface MlpWeights {
 export interface ForwardOptions {
   /** Bytes of a layer's float32 weights kept between batches (0: read them for every batch). */
   cacheBytes?: number;
+  /**
+   * Keep weights of every layer (not only the current one) within cacheBytes: the decoder runs all layers for each
+   * token, so the first layers' weights stay in memory and the rest are read again per step.
+   */
+  allLayers?: boolean;
 }
 
 export class ForwardPass {
@@ -77,16 +82,18 @@ export class ForwardPass {
   private cache = new Map<string, Float32Array>();
   private cacheLayer = -1;
   private cached = 0;
-  private readonly cacheBytes: number;
+  protected readonly cacheBytes: number;
+  private readonly allLayers: boolean;
 
   constructor(
-    private readonly reader: TensorReader,
+    protected readonly reader: TensorReader,
     readonly arch: Architecture,
-    private readonly be: Backend,
+    protected readonly be: Backend,
     opts: ForwardOptions = {},
   ) {
     this.spec = forwardSpec(arch);
     this.cacheBytes = opts.cacheBytes ?? DEFAULT_LAYER_CACHE_BYTES;
+    this.allLayers = !!opts.allLayers;
   }
 
   /**
@@ -99,8 +106,8 @@ export class ForwardPass {
   }
 
   /** A weight as float32, from the layer cache when it is there. */
-  private load(name: string, layer: number): Float32Array {
-    if (layer !== this.cacheLayer) this.release(layer);
+  protected load(name: string, layer: number): Float32Array {
+    if (!this.allLayers && layer !== this.cacheLayer) this.release(layer);
     const hit = this.cache.get(name);
     if (hit) return hit;
     const t = this.reader.f32(name);
@@ -112,10 +119,11 @@ export class ForwardPass {
   }
 
   private fused(key: string, layer: number, make: () => Float32Array): Float32Array {
+    const same = this.allLayers || layer === this.cacheLayer;
     const hit = this.cache.get(key);
-    if (hit && layer === this.cacheLayer) return hit;
+    if (hit && same) return hit;
     const t = make();
-    if (layer === this.cacheLayer && this.cached + t.byteLength <= this.cacheBytes) {
+    if (same && this.cached + t.byteLength <= this.cacheBytes) {
       this.cache.set(key, t);
       this.cached += t.byteLength;
     }
@@ -129,7 +137,7 @@ export class ForwardPass {
     this.cacheLayer = nextLayer;
   }
 
-  private ropeFor(T: number): RopeTables {
+  protected ropeFor(T: number): RopeTables {
     if (!this.rope || this.rope.positions < T)
       this.rope = ropeTables(this.spec.rope, this.spec.ropeDim, T, this.spec.maxPositions);
     return this.rope;
@@ -167,7 +175,7 @@ export class ForwardPass {
     const N = windows * T;
     const p = `model.layers.${l}`;
     this.arch.checkWindow(T); // e.g. DeepSeek-V3.2: dense attention is exact only up to index_topk tokens
-    if (l !== this.cacheLayer) this.release(l);
+    if (!this.allLayers && l !== this.cacheLayer) this.release(l);
     const normed = rmsNorm(hidden, this.normWeight(`${p}.input_layernorm.weight`, l), h, this.spec.eps);
     const linear = this.arch.linearAttention(l);
     const mixer = linear ? 'linear_attn' : 'self_attn';
@@ -179,20 +187,32 @@ export class ForwardPass {
     };
     const lin: Linear = (proj, x, rows, inDim, outDim) =>
       this.linear(`${p}.${mixer}.${proj}.weight`, l, x, rows, inDim, outDim, observer);
-    const a = this.spec.attention;
-    const rope = this.ropeFor(T);
-    const attn = linear
-      ? await gatedDeltaNet(lin, normed, h, windows, T, linear, w, this.chunkedOn)
-      : a.kind === 'gqa'
-        ? await gqa(this.be, lin, normed, h, windows, T, a, w, rope, this.arch.slidingWindow(l))
-        : await mla(this.be, lin, normed, h, windows, T, a, w, rope);
-    addInPlace(hidden, attn);
+    addInPlace(hidden, await this.mixer(l, normed, windows, T, lin, w));
     const x = rmsNorm(hidden, this.normWeight(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps);
     const out = this.arch.isMoeLayer(l)
       ? await this.moeBlock(l, x, N, observer)
       : await this.mlp(`${p}.mlp`, l, x, N, observer);
     addInPlace(hidden, out);
     observer?.layer?.(l, hidden, N);
+  }
+
+  /** Layer l's attention (or linear attention) of its normed input [windows × T, hidden]; the decoder's caches. */
+  protected mixer(
+    l: number,
+    x: Float32Array,
+    windows: number,
+    T: number,
+    lin: Linear,
+    w: Weights,
+  ): Promise<Float32Array> {
+    const h = this.arch.hidden;
+    const linear = this.arch.linearAttention(l);
+    if (linear) return gatedDeltaNet(lin, x, h, windows, T, linear, w, this.chunkedOn);
+    const a = this.spec.attention;
+    const rope = this.ropeFor(T);
+    return a.kind === 'gqa'
+      ? gqa(this.be, lin, x, h, windows, T, a, w, rope, this.arch.slidingWindow(l))
+      : mla(this.be, lin, x, h, windows, T, a, w, rope);
   }
 
   /** An RMSNorm weight plus the architecture's offset (Qwen3-Next's zero-centred norms apply 1 + weight). */

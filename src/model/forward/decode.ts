@@ -1,0 +1,310 @@
+/**
+ * Incremental decoding with a KV cache: `extend` runs new tokens after the ones already cached (the prompt in one
+ * prefill pass, then one token per step) through every layer, the same layer code as the window forward pass
+ * (model.ts) with the token mixer replaced:
+ * - attention (GQA and MLA): q, k and v of the new tokens at their absolute positions; k and v are appended to the
+ *   layer's cache and each new query attends to the cached keys up to its own position (gpt-oss: within its
+ *   sliding window, with the sinks). MLA caches the per-head keys and values (not the latent).
+ * - Qwen3-Next / Qwen3.5 gated delta-net: the recurrent state S [dk, dv] per value head and the causal conv's last
+ *   K − 1 inputs carry over between calls.
+ * - MoE layers route each token as the window forward does.
+ * Weights: all layers' float32 weights stay cached within the byte budget (ForwardOptions.cacheBytes); beyond it
+ * they are read again at every step, so memory stays bounded. DeepSeek-V3.2 runs dense attention, exact while the
+ * total length is at most index_topk (arch.checkWindow refuses more).
+ */
+import type { AttentionOptions, Backend } from '../../backend/backend';
+import { InternalError } from '../../errors';
+import type { TensorReader } from '../../io/checkpoint';
+import type { Architecture } from '../arch';
+import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, perHead, Weights } from './attention';
+import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, l2, step } from './deltanet';
+import { ForwardOptions, ForwardPass, fullLogits } from './model';
+import { rmsNorm } from './ops';
+
+/**
+ * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
+ */
+const math = Math;
+
+/** One attention layer's cache: keys [capacity, heads, dk] and values [capacity, heads, dv]. */
+interface AttentionCache {
+  k: Float32Array;
+  v: Float32Array;
+  heads: number;
+  dk: number;
+  dv: number;
+}
+
+/** A linear-attention layer's state: S per value head (float64 [dk, dv]), the conv's last K − 1 inputs [K − 1, C]. */
+interface DeltaState {
+  S: Float64Array[];
+  conv: Float32Array;
+}
+
+function need(w: Weights, name: string): Float32Array {
+  const t = w(name);
+  if (!t) throw new InternalError(`decoder: weight ${name} not loaded`);
+  return t;
+}
+
+/**
+ * Softmax attention of N new queries q [N, H, dk] (absolute positions past..past+N−1) over the cached keys and
+ * values of positions 0..past+N−1; query head h reads cache head ⌊h / (H / heads)⌋. Float64 sums as the ref
+ * backend's attention. Returns [N, H, dv].
+ */
+export function attendCached(
+  q: Float32Array,
+  c: AttentionCache,
+  past: number,
+  N: number,
+  H: number,
+  scale: number,
+  opts: AttentionOptions = {},
+): Float32Array {
+  const { heads: KV, dk, dv } = c;
+  const group = H / KV;
+  const out = new Float32Array(N * H * dv);
+  const p = new Float64Array(past + N);
+  const acc = new Float64Array(dv);
+  for (let n = 0; n < N; n++) {
+    const t = past + n;
+    const first = opts.window ? math.max(0, t - opts.window + 1) : 0;
+    for (let h = 0; h < H; h++) {
+      const kh = math.floor(h / group);
+      const qRow = (n * H + h) * dk;
+      const sink = opts.sinks ? opts.sinks[h] : -Infinity;
+      let max = sink;
+      for (let s = first; s <= t; s++) {
+        const kRow = (s * KV + kh) * dk;
+        let dot = 0;
+        for (let i = 0; i < dk; i++) dot += q[qRow + i] * c.k[kRow + i];
+        p[s] = dot * scale;
+        if (p[s] > max) max = p[s];
+      }
+      let sum = opts.sinks ? math.exp(sink - max) : 0;
+      for (let s = first; s <= t; s++) {
+        p[s] = math.exp(p[s] - max);
+        sum += p[s];
+      }
+      acc.fill(0);
+      for (let s = first; s <= t; s++) {
+        const weight = p[s] / sum;
+        const vRow = (s * KV + kh) * dv;
+        for (let j = 0; j < dv; j++) acc[j] += weight * c.v[vRow + j];
+      }
+      out.set(acc, (n * H + h) * dv);
+    }
+  }
+  return out;
+}
+
+/** Causal depthwise conv of N new rows x [N, C] after the K − 1 previous inputs in `state` (updated), then silu. */
+function convStep(x: Float32Array, weight: Float32Array, state: Float32Array, N: number, C: number, K: number) {
+  const out = new Float32Array(N * C);
+  const src = (j: number, c: number) => (j >= 0 ? x[j * C + c] : state[(K - 1 + j) * C + c]);
+  for (let t = 0; t < N; t++) {
+    for (let c = 0; c < C; c++) {
+      let s = 0;
+      for (let i = 0; i < K; i++) {
+        s += weight[c * K + i] * src(t - (K - 1) + i, c); // a fresh state's zeros add nothing, as the window's start
+      }
+      out[t * C + c] = deltaSilu(math.fround(s));
+    }
+  }
+  const next = new Float32Array(state.length);
+  for (let r = 0; r < K - 1; r++) {
+    const j = N - (K - 1) + r;
+    for (let c = 0; c < C; c++) next[r * C + c] = src(j, c);
+  }
+  state.set(next);
+  return out;
+}
+
+/** The gated delta rule over N new tokens from the states S (updated): the core output [N, Hv·dv]. */
+function recurrenceStep(
+  spec: DeltaNetSpec,
+  conv: Float32Array,
+  beta: Float64Array,
+  decay: Float64Array,
+  N: number,
+  C: number,
+  states: Float64Array[],
+) {
+  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
+  const r = Hv / Hk;
+  const out = new Float32Array(N * Hv * dv);
+  const q = new Float64Array(dk);
+  const k = new Float64Array(dk);
+  const delta = new Float64Array(dv);
+  const m = new Float64Array(dv);
+  for (let h = 0; h < Hv; h++) {
+    const g = math.floor(h / r);
+    const S = states[h];
+    for (let n = 0; n < N; n++) {
+      l2(conv, n * C + g * dk, dk, 1 / math.sqrt(dk), q);
+      l2(conv, n * C + Hk * dk + g * dk, dk, 1, k);
+      const vo = n * C + 2 * Hk * dk + h * dv;
+      step(S, q, k, conv, vo, math.exp(decay[n * Hv + h]), beta[n * Hv + h], m, delta, dk, dv);
+      out.set(delta, (n * Hv + h) * dv);
+    }
+  }
+  return out;
+}
+
+export class Decoder extends ForwardPass {
+  private attention: (AttentionCache | undefined)[] = [];
+  private deltas: (DeltaState | undefined)[] = [];
+  private past = 0;
+  private capacity = 0;
+
+  constructor(reader: TensorReader, arch: Architecture, be: Backend, opts: ForwardOptions = {}) {
+    super(reader, arch, be, { ...opts, allLayers: true });
+  }
+
+  /** Tokens in the cache. */
+  get length(): number {
+    return this.past;
+  }
+
+  /** Forgets the cached tokens (the weights stay cached). */
+  reset(): void {
+    this.attention = [];
+    this.deltas = [];
+    this.past = 0;
+    this.capacity = 0;
+  }
+
+  /**
+   * Runs `ids` after the cached tokens and caches them. Returns the logits [vocab] of the last new position, or of
+   * every new position [N, vocab] with `all`.
+   */
+  async extend(ids: Int32Array, all = false): Promise<Float32Array> {
+    const N = ids.length;
+    if (N === 0) throw new InternalError('decoder: extend needs at least one token');
+    this.arch.checkWindow(this.past + N);
+    this.reserve(this.past + N);
+    const hidden = this.embed(ids);
+    for (let l = 0; l < this.arch.numLayers; l++) await this.layer(l, hidden, 1, N);
+    this.past += N;
+    const h = this.arch.hidden;
+    return all ? this.logits(hidden, N) : this.logits(hidden.subarray((N - 1) * h), 1);
+  }
+
+  /** Grows every attention cache to hold `tokens` positions (doubling). */
+  private reserve(tokens: number): void {
+    if (tokens <= this.capacity) return;
+    const cap = math.max(tokens, 2 * this.capacity, 64);
+    for (const c of this.attention) {
+      if (!c) continue;
+      const k = new Float32Array(cap * c.heads * c.dk);
+      k.set(c.k);
+      const v = new Float32Array(cap * c.heads * c.dv);
+      v.set(c.v);
+      c.k = k;
+      c.v = v;
+    }
+    this.capacity = cap;
+  }
+
+  private cacheOf(l: number, heads: number, dk: number, dv: number): AttentionCache {
+    const cap = this.capacity;
+    this.attention[l] ??= {
+      heads,
+      dk,
+      dv,
+      k: new Float32Array(cap * heads * dk),
+      v: new Float32Array(cap * heads * dv),
+    };
+    return this.attention[l];
+  }
+
+  protected override mixer(
+    l: number,
+    x: Float32Array,
+    _windows: number,
+    T: number,
+    lin: Linear,
+    w: Weights,
+  ): Promise<Float32Array> {
+    const linear = this.arch.linearAttention(l);
+    return linear ? this.deltaMixer(l, x, T, linear, lin, w) : this.attentionMixer(l, x, T, lin, w);
+  }
+
+  private async attentionMixer(l: number, x: Float32Array, N: number, lin: Linear, w: Weights) {
+    const a = this.spec.attention;
+    const hidden = this.arch.hidden;
+    const past = this.past;
+    const rope = this.ropeFor(this.capacity); // ≥ past + N, grown by doubling: the tables are not rebuilt per step
+    const pos = (n: number) => past + n;
+    let heads: number;
+    let dk: number;
+    let dv: number;
+    let kvHeads: number;
+    let p: { q: Float32Array; k: Float32Array; v: Float32Array; gate?: Float32Array };
+    let opts: AttentionOptions = {};
+    if (a.kind === 'gqa') {
+      p = await gqaProject(lin, x, hidden, N, a, w, rope, pos);
+      [heads, kvHeads, dk, dv] = [a.heads, a.kvHeads, a.headDim, a.headDim];
+      opts = { window: this.arch.slidingWindow(l), sinks: a.sinks ? need(w, 'sinks') : undefined };
+    } else {
+      p = await mlaProject(lin, x, hidden, N, a, w, rope, pos);
+      [heads, kvHeads, dk, dv] = [a.heads, a.heads, a.nopeDim + a.ropeDim, a.vDim];
+    }
+    const c = this.cacheOf(l, kvHeads, dk, dv);
+    c.k.set(p.k, past * kvHeads * dk);
+    c.v.set(p.v, past * kvHeads * dv);
+    let out: Float32Array;
+    if (past === 0 && N > 1) {
+      // the prefill: the window forward's attention on the backend
+      const group = heads / kvHeads;
+      const map = (h: number) => math.floor(h / group);
+      out = await causalAttention(
+        this.be,
+        p.q,
+        1,
+        N,
+        heads,
+        dk,
+        dv,
+        a.scale,
+        () => perHead(p.k, 0, N, heads, kvHeads, dk, 0, dk, map),
+        () => perHead(p.v, 0, N, heads, kvHeads, dv, 0, dv, map),
+        opts,
+      );
+    } else {
+      out = attendCached(p.q, c, past, N, heads, a.scale, opts);
+    }
+    if (a.kind === 'gqa') return gqaOutput(lin, out, p.gate, N, a, hidden);
+    return lin('o_proj', out, N, heads * dv, hidden);
+  }
+
+  private async deltaMixer(l: number, x: Float32Array, N: number, spec: DeltaNetSpec, lin: Linear, w: Weights) {
+    const hidden = this.arch.hidden;
+    const { mixed, z, b, a, C } = await deltaInputs(lin, x, hidden, N, spec);
+    const K = spec.convKernel;
+    const s = (this.deltas[l] ??= {
+      S: Array.from({ length: spec.valueHeads }, () => new Float64Array(spec.keyDim * spec.valueDim)),
+      conv: new Float32Array((K - 1) * C),
+    });
+    const conv = convStep(mixed, need(w, 'conv1d.weight'), s.conv, N, C, K);
+    const { beta, decay } = deltaGates(spec, w, b, a, N);
+    const core = recurrenceStep(spec, conv, beta, decay, N, C, s.S);
+    return deltaOutput(lin, core, z, N, hidden, spec, w);
+  }
+
+  /** Final norm and lm_head of rows x [rows, hidden] → [rows, vocab]; lm_head kept within the budget when it fits. */
+  private async logits(x: Float32Array, rows: number): Promise<Float32Array> {
+    const a = this.arch;
+    const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    if (a.vocab * a.hidden * 4 > this.cacheBytes) {
+      const { sink, logits } = fullLogits(rows, a.vocab);
+      await this.head(x, rows, sink);
+      return logits;
+    }
+    const norm = this.load('model.norm.weight', -1);
+    const off = a.normOffset;
+    const final = off === 0 ? norm : norm.map((v) => v + off);
+    const normed = rmsNorm(x, final, a.hidden, this.spec.eps);
+    return this.be.linear(normed, this.load(name, -1), rows, a.hidden, a.vocab);
+  }
+}
