@@ -3,7 +3,8 @@
 tokens on the two trained fixtures, fixtures/tiny-moe and fixtures/tiny-dsv3, for a few prompts from each one's
 held-out evaluation text. EOS is disabled (generation_config.eos_token_id = None) so exactly 32 tokens come out;
 moe's side passes no EOS ids. Writes fixtures/reference/generate-hf.json: per model, each prompt, its input ids
-(tokenizer(prompt), special tokens as the tokenizer adds them), the 32 new ids and their decoded text.
+(tokenizer(prompt), special tokens as the tokenizer adds them), the 32 new ids and their decoded text; under "chat",
+the same for a prompt sent as a user message through tiny-dsv3's chat template (`moe generate --chat`).
 
     .venv/bin/python scripts/check_generate.py
     .venv/bin/python scripts/check_generate.py --bench MODEL PROMPT N   # tokens/s of greedy generate, JSON on stdout
@@ -83,6 +84,23 @@ def main():
             cases.append({"prompt": p, "input_ids": ids, "new_ids": new, "text": tok.decode(new)})
             print(f"{name}: {p!r} -> {tok.decode(new)!r}", file=sys.stderr)
         result["models"][name] = cases
+    # `moe generate --chat`: the prompt as one user message through the model's chat template (tiny-dsv3 has one),
+    # encoded as apply_chat_template encodes it (the template writes the special tokens itself).
+    result["chat"] = {}
+    for name, text_file in MODELS[1:]:
+        tok, model = load(name)
+        cases = []
+        for p in prompts(text_file)[:1]:
+            text = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+            ids = tok(text, add_special_tokens=False, return_tensors="pt").input_ids
+            with torch.no_grad():
+                out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+            new = out[0, ids.shape[1]:].tolist()
+            assert len(new) == NEW_TOKENS, (name, p, len(new))
+            cases.append({"prompt": p, "chat_text": text, "input_ids": ids[0].tolist(), "new_ids": new,
+                          "text": tok.decode(new)})
+            print(f"{name} chat: {p!r} -> {tok.decode(new)!r}", file=sys.stderr)
+        result["chat"][name] = cases
     with open(OUT, "w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")

@@ -2,13 +2,16 @@
  * `moe generate MODEL --prompt TEXT`: text after a prompt with the KV-cache decoder (src/model/forward/decode.ts),
  * on every input `moe eval` reads (model folders incl. FP8 / MXFP4 / packed, GGUF files). Greedy at temperature 0,
  * seeded sampling otherwise; stops at the model's EOS (generation_config.json, else config.json; GGUF: its
- * tokenizer.ggml.eos_token_id), a --stop string (cut before it) or --max-new-tokens.
+ * tokenizer.ggml.eos_token_id), a --stop string (cut before it) or --max-new-tokens. --chat sends the prompt through
+ * the model's chat template.
  */
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { BackendName } from '../backend/backend';
 import { UsageError } from '../errors';
+import { applyChatTemplate } from '../eval/chat';
 import { generate, promptIds, StopReason } from '../eval/generate';
+import type { TextTokenizer } from '../eval/tokenizer';
 import { isGgufPath } from '../gguf/source';
 import { Decoder } from '../model/forward/decode';
 import type { Context } from '../ui/progress';
@@ -23,6 +26,8 @@ export interface GenerateCommandOptions {
   topP?: number;
   seed?: number;
   stop?: string[];
+  /** Send the prompt as a user message through the model's chat template. */
+  chat?: boolean;
   /** Bytes of float32 weights kept in memory across steps (default: the forward pass's layer budget). */
   cacheBytes?: number;
   backend?: BackendName;
@@ -44,11 +49,13 @@ export interface GenerateReport {
 }
 
 /**
- * The text the model continues. `--chat` (src/eval/chat.ts) goes here: applyChatTemplate(model folder,
- * [{ role: 'user', content: o.prompt }], { addGenerationPrompt: true }) instead of the plain prompt.
+ * The prompt's token ids. With --chat, the prompt is one user message rendered by the model's chat template
+ * (src/eval/chat.ts) and encoded as transformers' apply_chat_template encodes it: the template writes the special
+ * tokens itself, so none are added.
  */
-function promptText(o: GenerateCommandOptions): string {
-  return o.prompt;
+function promptTokens(o: GenerateCommandOptions, tok: TextTokenizer, dir: string): number[] {
+  if (!o.chat) return promptIds(tok, o.prompt);
+  return tok.encode(applyChatTemplate(dir, [{ role: 'user', content: o.prompt }], { addGenerationPrompt: true }));
 }
 
 /** --stop text as typed on a command line: \n, \t and \\ stand for a newline, a tab and a backslash. */
@@ -75,7 +82,7 @@ export async function generateCommand(o: GenerateCommandOptions, _ctx?: Context)
   const m = openModel(o.model);
   try {
     const tok = m.tokenizer();
-    const prompt = promptIds(tok, promptText(o));
+    const prompt = promptTokens(o, tok, m.ckpt.dir);
     if (!prompt.length) throw new UsageError('the prompt encodes to no tokens', { hint: 'pass a longer --prompt' });
     const bad = prompt.find((id) => id < 0 || id >= m.arch.vocab);
     if (bad !== undefined)
@@ -159,6 +166,11 @@ export const generateSpec: CommandSpec<GenerateReport> = {
       description: 'stop when the text contains one of these strings (cut before it; \\n is a newline); repeatable',
     },
     {
+      flag: '--chat',
+      type: 'bool',
+      description: "send the prompt as a user message through the model's chat template (tokenizer_config.json)",
+    },
+    {
       flag: '--weight-cache <size>',
       key: 'cacheBytes',
       type: 'size',
@@ -173,6 +185,7 @@ export const generateSpec: CommandSpec<GenerateReport> = {
     'moe generate fixtures/tiny-moe --prompt "The whale" --max-new-tokens 32',
     'moe generate ./model-int4 --prompt "Q: 2+2=" --stop "\\n" --json',
     'moe generate model.gguf --prompt "Call me" --temperature 0.8 --top-p 0.95 --seed 7',
+    'moe generate ./Qwen3-30B-A3B-pruned --prompt "Name three whales." --chat --stop "<|im_end|>"',
   ],
   run: ([model], o, ctx) => generateCommand({ ...(o as Omit<GenerateCommandOptions, 'model'>), model }, ctx),
   format: formatGenerate,

@@ -8,6 +8,8 @@ import { formatMB } from '../io/size';
 /** One task's accuracy at an eval step (`tasks:`), and the baseline's when the step has one. */
 export interface StepTaskResult {
   n: number;
+  /** What `acc` measures: multiple-choice accuracy, or a generative task's exact_match. */
+  metric?: 'acc' | 'exact_match';
   acc: number;
   acc_stderr: number;
   acc_norm: number;
@@ -26,30 +28,51 @@ export interface StepSummary {
   };
 }
 
-/** What a run records of each task of an eval step (from `moe eval`'s report of the task). */
-export function stepTasks(
-  tasks: Record<
-    string,
-    {
-      n: number;
-      acc: number;
-      acc_stderr: number;
-      acc_norm: number;
-      baseline?: { acc: number; acc_drop: number; same_pred: number };
-    }
-  >,
-): Record<string, StepTaskResult> {
+/** `moe eval`'s report of a multiple-choice task, as far as a run records it. */
+interface McTaskReport {
+  n: number;
+  acc: number;
+  acc_stderr: number;
+  acc_norm: number;
+  baseline?: { acc: number; acc_drop: number; same_pred: number };
+}
+
+/** `moe eval`'s report of a generative task (its gate and drop are on exact_match). */
+interface GenTaskReport {
+  n: number;
+  exact_match: number;
+  exact_match_stderr: number;
+  baseline?: { exact_match: number; acc_drop: number; same_pred: number };
+}
+
+/**
+ * What a run records of each task of an eval step (from `moe eval`'s report of the task): accuracy for a
+ * multiple-choice task, exact_match for a generative one (`metric` says which).
+ */
+export function stepTasks(tasks: Record<string, McTaskReport | GenTaskReport>): Record<string, StepTaskResult> {
   const out: Record<string, StepTaskResult> = {};
   for (const [name, t] of Object.entries(tasks))
-    out[name] = {
-      n: t.n,
-      acc: t.acc,
-      acc_stderr: t.acc_stderr,
-      acc_norm: t.acc_norm,
-      baseline_acc: t.baseline?.acc,
-      acc_drop: t.baseline?.acc_drop,
-      same_pred: t.baseline?.same_pred,
-    };
+    out[name] =
+      'exact_match' in t
+        ? {
+            n: t.n,
+            metric: 'exact_match',
+            acc: t.exact_match,
+            acc_stderr: t.exact_match_stderr,
+            acc_norm: t.exact_match,
+            baseline_acc: t.baseline?.exact_match,
+            acc_drop: t.baseline?.acc_drop,
+            same_pred: t.baseline?.same_pred,
+          }
+        : {
+            n: t.n,
+            acc: t.acc,
+            acc_stderr: t.acc_stderr,
+            acc_norm: t.acc_norm,
+            baseline_acc: t.baseline?.acc,
+            acc_drop: t.baseline?.acc_drop,
+            same_pred: t.baseline?.same_pred,
+          };
   return out;
 }
 
@@ -60,7 +83,7 @@ export function taskDetail(tasks: Record<string, StepTaskResult>): string {
   return Object.entries(tasks)
     .map(
       ([name, t]) =>
-        `, ${name} acc ${pct(t.acc)}${t.baseline_acc !== undefined ? ` (baseline ${pct(t.baseline_acc)})` : ''}`,
+        `, ${name} ${t.metric ?? 'acc'} ${pct(t.acc)}${t.baseline_acc !== undefined ? ` (baseline ${pct(t.baseline_acc)})` : ''}`,
     )
     .join('');
 }
@@ -109,6 +132,6 @@ function taskHeadline(evals: StepSummary[]): string[] {
     const last = with_[with_.length - 1];
     const before = first.baseline_acc ?? first.acc;
     const drop = 100 * (before - last.acc);
-    return `${name} acc before ${pct(before)}, after ${pct(last.acc)} (${drop > 0 ? '-' : '+'}${Math.abs(drop).toFixed(2)} points)`;
+    return `${name} ${last.metric ?? 'acc'} before ${pct(before)}, after ${pct(last.acc)} (${drop > 0 ? '-' : '+'}${Math.abs(drop).toFixed(2)} points)`;
   });
 }

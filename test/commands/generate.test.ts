@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createBackend } from '../../src/backend/index';
-import { unescapeStop } from '../../src/commands/generate';
+import { generateCommand, unescapeStop } from '../../src/commands/generate';
 import { generate, promptIds, sample } from '../../src/eval/generate';
 import { loadTokenizer } from '../../src/eval/tokenizer';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
@@ -27,6 +27,7 @@ interface HfCase {
 const REF = JSON.parse(fs.readFileSync(path.join(ROOT, 'fixtures', 'reference', 'generate-hf.json'), 'utf8')) as {
   new_tokens: number;
   models: Record<string, HfCase[]>;
+  chat: Record<string, HfCase[]>;
 };
 const TINY = path.join(ROOT, 'fixtures', 'tiny-moe');
 
@@ -52,6 +53,28 @@ describe.each(Object.keys(REF.models))('%s', (name) => {
       await be.dispose();
     }
   });
+});
+
+test("--chat: the prompt as a user message through the chat template, as transformers' apply_chat_template", async () => {
+  const [name, cases] = Object.entries(REF.chat)[0];
+  const c = cases[0];
+  const r = await generateCommand({
+    model: path.join(ROOT, 'fixtures', name),
+    prompt: c.prompt,
+    chat: true,
+    maxNewTokens: REF.new_tokens,
+    threads: 1,
+  });
+  expect(r.prompt_tokens).toBe(c.input_ids.length);
+  expect(r.token_ids).toEqual(c.new_ids);
+  expect(r.text).toBe(c.text);
+  // Without the template the prompt is other tokens (transformers' tokenizer(prompt) of the plain text).
+  expect(r.prompt_tokens).toBeGreaterThan(promptIds(loadTokenizer(path.join(ROOT, 'fixtures', name)), c.prompt).length);
+  // A model without a chat template: one line, exit 2.
+  const bad = await runMain(['generate', TINY, '--prompt', 'Call me', '--chat']);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr.trim().split('\n')).toHaveLength(1);
+  expect(bad.stderr).toMatch(/no chat template .*drop --chat/);
 });
 
 /** tiny-moe on the onnx backend. */
