@@ -40,7 +40,13 @@ import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
 import * as gptqFormat from '../quant/gptq-format';
 import { verifyGptq } from '../io/gptq';
-import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
+import { GRANULARITIES, Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
+import {
+  checkGgufGranularity,
+  defaultGranularity,
+  engineGranularityWarning,
+  GRANULARITY_HELP,
+} from '../quant/granularity';
 import { BitRules, BitsChoice, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
 import type { QuantFormat } from '../quant/quant-plan';
 import { checkCtRun, checkCtWeight, ctQuantizationConfig, verifyCtWritten } from '../quant/compressed-tensors';
@@ -222,11 +228,13 @@ function settings(o: QuantizeOptions, stats: CalibrationStats | undefined, arch:
     alpha: o.alpha ?? 1,
     beta: o.beta ?? 1.5,
     allocate: o.allocate ?? 'uniform',
-    granularity: o.granularity ?? 'expert',
+    granularity: o.granularity ?? defaultGranularity(o.format ?? 'packed'),
     scope: o.budgetScope ?? 'global',
     format: o.format ?? 'packed',
     rules: { bits: o.bits, choices, attnBits: o.attnBits, sharedExpertBits: o.sharedExpertBits },
   };
+  const engineWarning = engineGranularityWarning(s.format, s.granularity, s.allocate);
+  if (engineWarning) ctx.warn(engineWarning);
   if (o.layers) {
     const [a, b] = o.layers;
     if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a <= b && b < arch.numLayers))
@@ -624,7 +632,7 @@ export function summary(r: QuantizeReport): Omit<QuantizeReport, 'groups'> & { g
 export function formatQuantize(r: QuantizeReport): string {
   const mb = (b: number) => `${(b / 1e6).toFixed(2)} MB`;
   const lines = [
-    `${r.dry_run ? 'dry run: would write' : `wrote ${r.output}:`} ${r.format}, ${r.method}, ${r.allocate} allocation, ${r.average_bits.toFixed(3)} bits average (${r.stored_bits_per_weight.toFixed(3)} with scales and zeros), ${mb(r.size_bytes)}`,
+    `${r.dry_run ? 'dry run: would write' : `wrote ${r.output}:`} ${r.format}, ${r.method}, ${r.allocate} allocation${r.allocate === 'lp' ? ` (${r.granularity} groups)` : ''}, ${r.average_bits.toFixed(3)} bits average (${r.stored_bits_per_weight.toFixed(3)} with scales and zeros), ${mb(r.size_bytes)}`,
     `  quantized ${(r.quantized_params / 1e6).toFixed(2)} M of ${(r.total_params / 1e6).toFixed(2)} M params; bits: ${Object.entries(
       r.bits_histogram,
     )
@@ -679,6 +687,7 @@ async function runQuantize(model: string, o: Values, ctx: Context): Promise<Quan
       throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', {
         hint: 'assemble the parts first, then write GGUF from the result',
       });
+    checkGgufGranularity(o.granularity as Granularity | undefined);
     const { exportGguf, formatGguf } = await import('./gguf');
     const g = o as Omit<GgufOptions, 'model' | 'menu'> & { typeMenu: GgmlType[] };
     const opts: GgufOptions = {
@@ -748,9 +757,8 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     },
     {
       flag: '--granularity <g>',
-      type: { choices: () => ['expert', 'projection', 'layer'] },
-      default: 'expert',
-      description: 'allocation group: one expert, one projection, or all experts of a layer',
+      type: { choices: () => GRANULARITIES },
+      description: GRANULARITY_HELP,
     },
     {
       flag: '--budget-scope <s>',

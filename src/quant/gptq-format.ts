@@ -4,14 +4,15 @@
  * transformers read: quant_method "gptq", bits (the most common width), group_size, desc_act false (moe's
  * act-order keeps groups in column order, so g_idx is i / G), sym false, checkpoint_format "gptq", and `dynamic`
  * per-module overrides: "-:regex" for the decoder's linear weights left unquantized (routers, and weights whose
- * dimensions the packing cannot hold) and "+:regex" {bits} for weights at another width. Matching is re.match
+ * dimensions the packing cannot hold) and "+:regex" {bits} for weights at another width (the experts of a layer
+ * projection that all take it, as under --granularity layer-projection, as one `experts\.\d+\.` pattern). Matching is re.match
  * in the order written (vLLM's gptq_utils.get_dynamic_override), so every pattern is anchored with ^…$.
  */
 import { CheckpointError, UsageError } from '../errors';
 import { fromFloat32, halfToFloat, floatToHalfBits } from '../io/dtype';
 import { GPTQ_BITS, GPTQ_CHECKPOINT_FORMAT, GPTQ_QUANT_METHOD, gptqFits, gptqUnit } from '../io/gptq';
 import { writeField } from '../util/bitfield';
-import { escapeRegExp } from '../util/regexp';
+import { escapeRegExp, modulePatterns } from '../util/regexp';
 import type { TensorRef } from '../io/safetensors';
 import type { Architecture } from '../model/arch';
 import type { QuantizedMatrix } from './rtn';
@@ -111,6 +112,9 @@ export function encodeGptq(q: QuantizedMatrix, name: string): GptqEncoded {
 
 const moduleOf = (weight: string) => weight.replace(/\.weight$/, '');
 const anchored = (names: string[]) => `^(?:${names.map((n) => escapeRegExp(moduleOf(n))).join('|')})$`;
+/** As `anchored`, the experts of a layer projection that all take these bits as one `\d+` pattern. */
+const anchoredModules = (names: string[], every: string[]) =>
+  `^(?:${modulePatterns(names.map(moduleOf), every.map(moduleOf)).join('|')})$`;
 
 /**
  * The config's quantization_config: the base bits are the width most weights (by parameters) have; `skipped` are
@@ -128,7 +132,13 @@ export function gptqConfig(
   if (skipped.length) dynamic[`-:${anchored(skipped)}`] = {};
   for (const b of [...byBits.keys()].sort((x, y) => x - y)) {
     if (b === base) continue;
-    dynamic[`+:${anchored(weights.filter((w) => w.bits === b).map((w) => w.name))}`] = { bits: b };
+    const names = weights.filter((w) => w.bits === b).map((w) => w.name);
+    dynamic[
+      `+:${anchoredModules(
+        names,
+        weights.map((w) => w.name),
+      )}`
+    ] = { bits: b };
   }
   return {
     quant_method: GPTQ_QUANT_METHOD,
