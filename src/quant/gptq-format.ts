@@ -5,8 +5,9 @@
  * act-order keeps groups in column order, so g_idx is i / G), sym false, checkpoint_format "gptq", and `dynamic`
  * per-module overrides: "-:regex" for the decoder's linear weights left unquantized (routers, and weights whose
  * dimensions the packing cannot hold) and "+:regex" {bits} for weights at another width (the experts of a layer
- * projection that all take it, as under --granularity layer-projection, as one `experts\.\d+\.` pattern). Matching is re.match
- * in the order written (vLLM's gptq_utils.get_dynamic_override), so every pattern is anchored with ^…$.
+ * projection that all take it, as under --granularity layer-projection, as one `experts\.\d+\.` pattern).
+ * Matching is re.match in the order written (vLLM's gptq_utils.get_dynamic_override), so every pattern is anchored
+ * with ^…$.
  */
 import { CheckpointError, UsageError } from '../errors';
 import { fromFloat32, halfToFloat, floatToHalfBits } from '../io/dtype';
