@@ -42,7 +42,7 @@ export function checkGgufGranularity(g: Granularity | undefined): void {
     : 'the LP chooses one type per tensor, not per layer';
   throw new UsageError(
     `--format gguf stores each layer's routed experts as one tensor per projection (ffn_{gate,up,down}_exps, one type each): --granularity ${g} is refused, ${why}`,
-    { hint: 'use --granularity layer-projection (the default for gguf), or --format packed for per-expert bits' },
+    { hint: `use --granularity layer-projection (the default for gguf), or --format packed for --granularity ${g}` },
   );
 }
 

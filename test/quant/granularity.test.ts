@@ -175,7 +175,7 @@ test('GGUF refuses per-expert granularity (one type per ffn_*_exps tensor) with 
     const r = await runMain(['quantize', MODEL, '--format', 'gguf', '--granularity', g, '--type', 'q8_0', '-o', out]);
     expect(r.code).toBe(2);
     expect(r.stderr.trim()).toBe(
-      `moe: --format gguf stores each layer's routed experts as one tensor per projection (ffn_{gate,up,down}_exps, one type each): --granularity ${g} is refused, per-expert bits cannot be expressed; use --granularity layer-projection (the default for gguf), or --format packed for per-expert bits`,
+      `moe: --format gguf stores each layer's routed experts as one tensor per projection (ffn_{gate,up,down}_exps, one type each): --granularity ${g} is refused, per-expert bits cannot be expressed; use --granularity layer-projection (the default for gguf), or --format packed for --granularity ${g}`,
     );
     expect(fs.existsSync(out)).toBe(false);
   }
