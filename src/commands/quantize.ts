@@ -233,8 +233,6 @@ function settings(o: QuantizeOptions, stats: CalibrationStats | undefined, arch:
     format: o.format ?? 'packed',
     rules: { bits: o.bits, choices, attnBits: o.attnBits, sharedExpertBits: o.sharedExpertBits },
   };
-  const engineWarning = engineGranularityWarning(s.format, s.granularity, s.allocate);
-  if (engineWarning) ctx.warn(engineWarning);
   if (o.layers) {
     const [a, b] = o.layers;
     if (!(Number.isInteger(a) && Number.isInteger(b) && a >= 0 && a <= b && b < arch.numLayers))
@@ -381,6 +379,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const measured =
       s.allocate === 'lp' ? await measureLp(targets, groups, { s, quantizer, reader, ctx, measureWeight }) : undefined;
     const chosen = await allocateBits(groups, measured?.costs, o, s);
+    const mixed = engineGranularityWarning(s.format, s.granularity, targets, chosen.bits);
+    if (mixed) ctx.warn(mixed);
     const refs = [...ckpt.tensors.values()].filter((ref) => owned(ref.name));
     const plan = buildPlan({
       format: s.format,

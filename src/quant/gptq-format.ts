@@ -113,9 +113,39 @@ export function encodeGptq(q: QuantizedMatrix, name: string): GptqEncoded {
 
 const moduleOf = (weight: string) => weight.replace(/\.weight$/, '');
 const anchored = (names: string[]) => `^(?:${names.map((n) => escapeRegExp(moduleOf(n))).join('|')})$`;
-/** As `anchored`, the experts of a layer projection that all take these bits as one `\d+` pattern. */
-const anchoredModules = (names: string[], every: string[]) =>
-  `^(?:${modulePatterns(names.map(moduleOf), every.map(moduleOf)).join('|')})$`;
+const MOE_LAYER = /^(.*\.experts)\.\d+\.(.+)$/;
+
+/**
+ * As `anchored`, with the routed experts collapsed: all experts of a MoE layer at these bits as one pattern that
+ * also matches the layer's own prefix (`….mlp.experts`, which vLLM's fused-MoE method looks `dynamic` up by), else
+ * the experts of a layer projection as one `\d+` pattern (src/util/regexp.ts).
+ */
+function anchoredModules(weights: string[], every: string[]): string {
+  const names = weights.map(moduleOf);
+  const all = every.map(moduleOf);
+  const inSet = new Set(names);
+  const whole = new Map<string, Set<string>>();
+  for (const n of all) {
+    const m = MOE_LAYER.exec(n);
+    if (m) whole.set(m[1], (whole.get(m[1]) ?? new Set()).add(m[2]));
+  }
+  const complete = new Set(
+    [...whole.keys()].filter((p) => all.every((n) => MOE_LAYER.exec(n)?.[1] !== p || inSet.has(n))),
+  );
+  const parts: string[] = [];
+  const rest: string[] = [];
+  const done = new Set<string>();
+  for (const n of names) {
+    const p = MOE_LAYER.exec(n)?.[1];
+    if (p === undefined || !complete.has(p)) rest.push(n);
+    else if (!done.has(p)) {
+      done.add(p);
+      const projs = [...whole.get(p)!].sort().map(escapeRegExp).join('|');
+      parts.push(`${escapeRegExp(p)}(?:\\.\\d+\\.(?:${projs}))?`);
+    }
+  }
+  return `^(?:${[...parts, ...modulePatterns(rest, all)].join('|')})$`;
+}
 
 /**
  * The config's quantization_config: the base bits are the width most weights (by parameters) have; `skipped` are

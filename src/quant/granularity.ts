@@ -1,24 +1,26 @@
 /**
  * Which allocation granularity each output format can express, and the default per format.
  *
- * Fused-MoE kernels run every routed expert of a layer's projection in one call with one quantization scheme:
- * vLLM's and SGLang's MoE methods for compressed-tensors and GPTQ (one weight config per FusedMoE layer), and
- * llama.cpp, whose GGUF stores a layer's experts as one tensor per projection (ffn_{gate,up,down}_exps, one type
- * each). So `layer-projection` (all experts of a layer share the bits of each of gate/up/down) is the default for
- * those formats, while moe's packed and the dequantized layouts keep per-expert allocation.
+ * Fused-MoE kernels run all routed experts of a layer in one call, so they need those experts to share a scheme:
+ * llama.cpp's GGUF stores a layer's experts as one tensor per projection (ffn_{gate,up,down}_exps, one type each),
+ * and vLLM builds one fused-MoE method per layer (for compressed-tensors it compares expert 0's gate/up/down
+ * schemes and refuses a mix, CompressedTensorsMoEMethod.get_moe_method; for GPTQ it takes one width per layer from
+ * `dynamic` matched against the layer's prefix `….mlp.experts`), so it also needs gate/up/down to agree.
+ * `layer-projection` (all experts of a layer share the bits of each of gate/up/down) is the default for the engine
+ * formats; moe's packed and the dequantized layouts keep per-expert allocation.
  *   - packed, dequantized: any granularity.
- *   - compressed-tensors, gptq: per-expert widths are valid files (config_groups / `dynamic` name every module),
- *     but the engines' fused-MoE kernels need layer-projection: allowed, with a warning.
+ *   - compressed-tensors, gptq: any (config_groups / `dynamic` name every module); a warning when the LP gives the
+ *     experts of a layer more than one width (vLLM runs them with --granularity layer or uniform bits).
  *   - gguf: one type per ffn_*_exps tensor, which is layer-projection; finer or coarser groups are refused.
  */
 import { UsageError } from '../errors';
-import type { Granularity } from './plan';
+import type { Granularity, Target } from './plan';
 import type { QuantFormat } from './quant-plan';
 
 /** Granularities under which experts of one layer projection may take different widths. */
 const PER_EXPERT: readonly Granularity[] = ['expert', 'projection'];
 
-/** The engine formats, whose serving kernels want one scheme per layer projection. */
+/** The engine formats, whose fused-MoE kernels want one scheme for the experts of a layer (projection). */
 const ENGINE_FORMATS: readonly string[] = ['compressed-tensors', 'gptq', 'gguf'];
 
 export function defaultGranularity(format: QuantFormat | 'gguf'): Granularity {
@@ -30,9 +32,9 @@ export const GRANULARITY_HELP =
   'allocation group under --allocate lp: expert (its projections together), projection (each weight), layer (all ' +
   'experts of a layer), or layer-projection (all experts of a layer, per gate/up/down: one scheme per fused-MoE ' +
   'kernel). Default: layer-projection for compressed-tensors, gptq and gguf, expert for packed and dequantized. ' +
-  'packed and dequantized express any; compressed-tensors and gptq store per-expert widths (warned: vLLM and ' +
-  "SGLang's fused-MoE kernels need one scheme per layer projection); gguf only layer-projection (one type per " +
-  'ffn_*_exps tensor)';
+  "packed, dequantized, compressed-tensors and gptq express any (the last two warn when a MoE layer's experts get " +
+  "several widths: vLLM's fused-MoE kernels run one scheme per layer, --granularity layer); gguf only " +
+  'layer-projection (one type per ffn_*_exps tensor)';
 
 /** --format gguf: the LP chooses one type per GGUF tensor, so each layer's experts per projection (refused else). */
 export function checkGgufGranularity(g: Granularity | undefined): void {
@@ -46,14 +48,27 @@ export function checkGgufGranularity(g: Granularity | undefined): void {
   );
 }
 
-/** The one-line warning for per-expert widths in an engine format under the LP (undefined: nothing to say). */
+/**
+ * The one-line warning of an engine-format run whose LP gave the routed experts of a MoE layer more than one bit
+ * width (undefined: none did). The file stores that, but vLLM builds one fused-MoE method per layer: for
+ * compressed-tensors it compares expert 0's gate/up/down schemes and refuses a mix
+ * (CompressedTensorsMoEMethod.get_moe_method), for GPTQ it takes one width per layer from `dynamic` matched against
+ * the layer's prefix (`….mlp.experts`).
+ */
 export function engineGranularityWarning(
   format: QuantFormat,
   g: Granularity,
-  allocate: 'uniform' | 'lp',
+  targets: Target[],
+  bitsOf: Map<string, number>,
 ): string | undefined {
-  if (allocate !== 'lp' || !ENGINE_FORMATS.includes(format) || !PER_EXPERT.includes(g)) return undefined;
-  // README: transformers 5.18 decodes every expert of a layer with one compressed-tensors scheme.
-  const also = format === 'compressed-tensors' ? ' (nor transformers 5.18)' : '';
-  return `--granularity ${g} with --format ${format}: experts of one layer projection may get different bits, which the file stores per module but vLLM's and SGLang's fused-MoE kernels do not run${also}: they need one scheme per layer projection; use --granularity layer-projection (the default) to serve with them`;
+  if (format !== 'compressed-tensors' && format !== 'gptq') return undefined;
+  const widths = new Map<number, Set<number>>();
+  for (const t of targets)
+    if (t.cls === 'expert') widths.set(t.layer, (widths.get(t.layer) ?? new Set()).add(bitsOf.get(t.group)!));
+  if (![...widths.values()].some((w) => w.size > 1)) return undefined;
+  return mixedWidthsWarning(format, g);
+}
+
+export function mixedWidthsWarning(format: 'compressed-tensors' | 'gptq', g: Granularity): string {
+  return `--format ${format}: the LP gave the routed experts of a MoE layer more than one bit width (--granularity ${g}); the file stores that, but vLLM's fused-MoE kernels run one scheme per MoE layer (all experts, gate/up/down together): use --granularity layer to serve with vLLM`;
 }

@@ -11,7 +11,7 @@ import { calibrate } from '../../src/commands/calibrate';
 import { quantize, QuantizeOptions, QuantizeReport } from '../../src/commands/quantize';
 import { openCheckpoint } from '../../src/io/checkpoint';
 import { loadArchitecture } from '../../src/model/registry';
-import { defaultGranularity } from '../../src/quant/granularity';
+import { defaultGranularity, engineGranularityWarning, mixedWidthsWarning } from '../../src/quant/granularity';
 import { groupTargets, quantTargets } from '../../src/quant/plan';
 import { GOLDEN, quiet, runMain, tmpDir } from '../helpers';
 
@@ -146,28 +146,53 @@ test('compressed-tensors (default layer-projection): one config-group target per
   }
 }, 30_000);
 
-test("GPTQ (default layer-projection): dynamic's overrides name a layer projection's experts with one regex", async () => {
-  const out = path.join(tmp, 'gptq');
-  const r = await lp({ output: out, dryRun: false, format: 'gptq', bits: 5, bitChoices: [4, 8] });
-  expect(r.granularity).toBe('layer-projection');
-  const q = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config;
-  const overrides = Object.entries(q.dynamic as Record<string, { bits?: number }>).filter(([k]) => k.startsWith('+:'));
-  expect(overrides.length).toBe(1);
-  expect(overrides[0][0]).toMatch(/experts\\\.\\d\+\\\.(gate|up|down)_proj/);
-  expect(overrides[0][0]).not.toMatch(/experts\\\.\d/);
-  // vLLM's rule (the first matching override, else the base bits) gives every module its planned bits
-  const record = JSON.parse(fs.readFileSync(path.join(out, 'moe-quantization.json'), 'utf8')).tensors;
-  const widths = new Map<string, number>();
-  for (const name of Object.keys(record)) {
-    const module = name.replace(/\.weight$/, '');
-    const hit = overrides.find(([k]) => new RegExp(k.slice(2)).test(module));
-    widths.set(name, hit ? hit[1].bits! : q.bits);
-  }
-  expect(Object.fromEntries(widths)).toEqual(record);
-  const byLp = widthsByLayerProjection(widths);
-  expect(byLp.size).toBe(LAYERS * 3);
-  for (const w of byLp.values()) expect(w.size).toBe(1);
-}, 30_000);
+/** GPTQ `dynamic` as vLLM reads it: the first "+:" override whose regex matches the name, else the base bits. */
+function gptqWidth(q: { bits: number; dynamic: Record<string, { bits?: number }> }, module: string): number {
+  const hit = Object.entries(q.dynamic).find(([k]) => k.startsWith('+:') && new RegExp(k.slice(2)).test(module));
+  return hit ? hit[1].bits! : q.bits;
+}
+
+test.each(['layer-projection', 'layer'] as const)(
+  "GPTQ at %s: dynamic's overrides name experts by layer (projection), as vLLM looks them up",
+  async (granularity) => {
+    const out = path.join(tmp, `gptq-${granularity}`);
+    const o = { output: out, dryRun: false, format: 'gptq' as const, bits: 5, bitChoices: [4, 8] };
+    const r = await lp(granularity === 'layer' ? { ...o, granularity } : o);
+    expect(r.granularity).toBe(granularity);
+    const q = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config;
+    const keys = Object.keys(q.dynamic).filter((k) => k.startsWith('+:'));
+    expect(keys.length).toBe(1);
+    expect(keys[0]).not.toMatch(/experts\\\.\d/); // no expert named by its number
+    // every module gets its planned bits
+    const record = JSON.parse(fs.readFileSync(path.join(out, 'moe-quantization.json'), 'utf8')).tensors;
+    const widths = new Map(Object.keys(record).map((n) => [n, gptqWidth(q, n.replace(/\.weight$/, ''))]));
+    expect(Object.fromEntries(widths)).toEqual(record);
+    const byLp = widthsByLayerProjection(widths);
+    expect(byLp.size).toBe(LAYERS * 3);
+    for (const w of byLp.values()) expect(w.size).toBe(1);
+    if (granularity === 'layer') {
+      // vLLM's fused-MoE method looks the whole layer up by its prefix: the experts' width
+      for (let l = 0; l < LAYERS; l++) {
+        const expert0 = widths.get(`model.layers.${l}.mlp.experts.0.up_proj.weight`);
+        expect(gptqWidth(q, `model.layers.${l}.mlp.experts`)).toBe(expert0);
+      }
+      expect(new Set([...byLp.values()].map((w) => [...w][0])).size).toBe(2); // one layer at 4 bits, one at 8
+    }
+  },
+  30_000,
+);
+
+test('the engine formats warn, once, when a MoE layer mixes widths; not at --granularity layer', () => {
+  const ckpt = openCheckpoint(MODEL);
+  const targets = quantTargets(loadArchitecture(ckpt), ckpt.tensors, 'layer-projection', false);
+  const bits = new Map(groupTargets(targets).map((g) => [g.key, g.key.endsWith('experts.down') ? 8 : 4]));
+  const warning = mixedWidthsWarning('gptq', 'layer-projection');
+  expect(engineGranularityWarning('gptq', 'layer-projection', targets, bits)).toBe(warning);
+  expect(warning).toContain('use --granularity layer to serve with vLLM');
+  expect(engineGranularityWarning('packed', 'layer-projection', targets, bits)).toBeUndefined();
+  const even = new Map([...bits.keys()].map((k) => [k, 4]));
+  expect(engineGranularityWarning('compressed-tensors', 'layer-projection', targets, even)).toBeUndefined();
+});
 
 test('GGUF refuses per-expert granularity (one type per ffn_*_exps tensor) with exit 2, before reading', async () => {
   for (const g of ['expert', 'projection']) {
