@@ -8,8 +8,9 @@
  *
  * For each trained fixture (tiny-moe: Qwen3-MoE on Moby-Dick; tiny-dsv3: DeepSeek-V3 on State of the Union
  * addresses) one calibration with Hessians on its calib.txt (windows of 256, as bench/quantize-table.js), then at
- * each --bits: uniform bits, and the LP (--allocate lp, GPTQ since the stats hold Hessians) at
- * --granularity layer-projection and expert, all written as moe-packed. Each model is evaluated by `moe eval`
+ * each --bits: uniform bits, and the LP (--allocate lp, GPTQ since the stats hold Hessians) at --granularity
+ * layer (what vLLM's fused-MoE kernels run: one scheme per MoE layer), layer-projection (GGUF's ffn_*_exps) and
+ * expert, all written as moe-packed. Each model is evaluated by `moe eval`
  * against the original on the fixture's held-out eval.txt (all of it) and on WikiText-2 test (the first
  * --wikitext-tokens tokens; default ../shared/data/wikitext-2/test.txt beside the repository, CC BY-SA 3.0, not
  * shipped; its columns are left out when the file is absent), windows of 256. Size: the safetensors shards.
@@ -40,6 +41,7 @@ const folderBytes = (dir) => lib.folderBytes(dir, { shardsOnly: true });
 /** Allocation label → moe quantize arguments at `bits`. */
 const ALLOCATIONS = {
   uniform: (bits) => ['--bits', String(bits)],
+  'LP layer': (bits) => ['--bits', String(bits), '--allocate', 'lp', '--granularity', 'layer'],
   'LP layer-projection': (bits) => ['--bits', String(bits), '--allocate', 'lp', '--granularity', 'layer-projection'],
   'LP per expert': (bits) => ['--bits', String(bits), '--allocate', 'lp', '--granularity', 'expert'],
 };
