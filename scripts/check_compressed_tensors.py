@@ -46,6 +46,8 @@ MOE = [os.path.join(ROOT, "bin", "moe.js")]
 REFERENCE = os.path.join(ROOT, "fixtures", "reference", "compressed-tensors.json")
 CALIBRATE = ["--seq-len", "128", "--max-tokens", "8192", "--naee-tokens", "512", "--hessians"]
 
+# The LP cases allocate per expert (--granularity expert, the default before layer-projection became this
+# format's): mixed widths within a layer projection.
 # name, model (relative to the repo), moe quantize options (STATS: a calibration of that model), whether
 # transformers can load it, whether the jest test re-writes it (the tiny-moe cases take seconds each, the goldens
 # a fraction of one)
@@ -56,7 +58,7 @@ CASES = [
     (
         "tiny-lp-3.5",
         "fixtures/tiny-moe",
-        ["--allocate", "lp", "--bits", "3.5", "--bit-choices", "3,4,5", "--stats", "STATS"],
+        ["--allocate", "lp", "--bits", "3.5", "--bit-choices", "3,4,5", "--granularity", "expert", "--stats", "STATS"],
         False,
         False,
     ),
@@ -72,7 +74,7 @@ CASES = [
         "qwen3_moe-gptq-lp-3.8",
         "fixtures/golden/qwen3_moe",
         ["--method", "gptq", "--allocate", "lp", "--bits", "3.8", "--bit-choices", "3,4,5", "--group-size", "32"]
-        + ["--stats", "STATS"],
+        + ["--granularity", "expert", "--stats", "STATS"],
         False,
         True,
     ),

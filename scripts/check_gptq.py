@@ -47,7 +47,8 @@ from safetensors.torch import save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPTQMODEL_COMMIT = 'f4c327a17'
 REFERENCE = os.path.join(ROOT, 'fixtures', 'reference', 'gptq.json')
-LP = ['--allocate', 'lp', '--bits', '3', '--bit-choices', '2,4', '--method', 'rtn']
+# per expert, the default before --granularity layer-projection became gptq's (the reference was made so)
+LP = ['--allocate', 'lp', '--bits', '3', '--bit-choices', '2,4', '--method', 'rtn', '--granularity', 'expert']
 CASES = [
     (f'{name}-{bits}bit', model, ['--bits', str(bits)])
     for name, model in [

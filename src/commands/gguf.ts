@@ -64,6 +64,8 @@ export interface GgufReport {
   output: string;
   arch: string;
   allocate: 'uniform' | 'lp';
+  /** One type per GGUF tensor: each layer's routed experts per projection (ffn_{gate,up,down}_exps). */
+  granularity: 'layer-projection';
   type: GgmlType | null;
   bpw_target: number | null;
   /** Mean bits per weight over the tensors that take a quantization type. */
@@ -185,6 +187,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
       output: '',
       arch: model.arch,
       allocate: mode,
+      granularity: 'layer-projection',
       type: mode === 'uniform' ? (o.type ?? 'Q8_0') : null,
       bpw_target: mode === 'lp' ? o.bpw! : null,
       bpw: plan.bpw,
@@ -324,7 +327,7 @@ export function formatGguf(r: GgufReport): string {
   for (const t of r.tensors) byType.set(t.type, (byType.get(t.type) ?? 0) + t.params);
   const total = r.tensors.reduce((s, t) => s + t.params, 0);
   const lines = [
-    `${r.dry_run ? 'dry run: would write' : 'wrote'} ${r.output}: ${r.arch}, ${r.allocate === 'lp' ? `types by LP at ${r.bpw_target} bpw` : r.type}, ${r.bpw.toFixed(3)} bits per quantized weight (${r.bpw_all.toFixed(3)} overall), ${(r.file_bytes / 1e6).toFixed(2)} MB`,
+    `${r.dry_run ? 'dry run: would write' : 'wrote'} ${r.output}: ${r.arch}, ${r.allocate === 'lp' ? `types by LP at ${r.bpw_target} bpw (one per tensor: layer-projection groups)` : r.type}, ${r.bpw.toFixed(3)} bits per quantized weight (${r.bpw_all.toFixed(3)} overall), ${(r.file_bytes / 1e6).toFixed(2)} MB`,
     `  types: ${[...byType].map(([t, n]) => `${t} ${((100 * n) / total).toFixed(1)}%`).join(', ')}`,
   ];
   if (r.solver)

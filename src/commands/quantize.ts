@@ -41,7 +41,13 @@ import { writePlan } from '../quant/execute';
 import { quantizationConfig } from '../quant/format';
 import * as gptqFormat from '../quant/gptq-format';
 import { verifyGptq } from '../io/gptq';
-import { Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
+import { GRANULARITIES, Granularity, Group, groupTargets, quantTargets, Target, TargetClass } from '../quant/plan';
+import {
+  checkGgufGranularity,
+  defaultGranularity,
+  engineGranularityWarning,
+  GRANULARITY_HELP,
+} from '../quant/granularity';
 import { BitRules, BitsChoice, buildPlan, chooseBits, CostTable, measureCosts, QuantPlan } from '../quant/quant-plan';
 import type { QuantFormat } from '../quant/quant-plan';
 import { checkCtRun, checkCtWeight, ctQuantizationConfig, verifyCtWritten } from '../quant/compressed-tensors';
@@ -223,7 +229,7 @@ function settings(o: QuantizeOptions, stats: CalibrationStats | undefined, arch:
     alpha: o.alpha ?? 1,
     beta: o.beta ?? 1.5,
     allocate: o.allocate ?? 'uniform',
-    granularity: o.granularity ?? 'expert',
+    granularity: o.granularity ?? defaultGranularity(o.format ?? 'packed'),
     scope: o.budgetScope ?? 'global',
     format: o.format ?? 'packed',
     rules: { bits: o.bits, choices, attnBits: o.attnBits, sharedExpertBits: o.sharedExpertBits },
@@ -391,6 +397,8 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     const measured =
       s.allocate === 'lp' ? await measureLp(targets, groups, { s, quantizer, reader, ctx, measureWeight }) : undefined;
     const chosen = await allocateBits(groups, measured?.costs, o, s);
+    const mixed = engineGranularityWarning(s.format, s.granularity, targets, chosen.bits);
+    if (mixed) ctx.warn(mixed);
     const refs = [...ckpt.tensors.values()].filter((ref) => owned(ref.name));
     const plan = buildPlan({
       format: s.format,
@@ -641,7 +649,7 @@ export function summary(r: QuantizeReport): Omit<QuantizeReport, 'groups'> & { g
 export function formatQuantize(r: QuantizeReport): string {
   const mb = (b: number) => `${(b / 1e6).toFixed(2)} MB`;
   const lines = [
-    `${r.dry_run ? 'dry run: would write' : `wrote ${r.output}:`} ${r.format}, ${r.method}, ${r.allocate} allocation, ${r.average_bits.toFixed(3)} bits average (${r.stored_bits_per_weight.toFixed(3)} with scales and zeros), ${mb(r.size_bytes)}`,
+    `${r.dry_run ? 'dry run: would write' : `wrote ${r.output}:`} ${r.format}, ${r.method}, ${r.allocate} allocation${r.allocate === 'lp' ? ` (${r.granularity} groups)` : ''}, ${r.average_bits.toFixed(3)} bits average (${r.stored_bits_per_weight.toFixed(3)} with scales and zeros), ${mb(r.size_bytes)}`,
     `  quantized ${(r.quantized_params / 1e6).toFixed(2)} M of ${(r.total_params / 1e6).toFixed(2)} M params; bits: ${Object.entries(
       r.bits_histogram,
     )
@@ -696,6 +704,7 @@ async function runQuantize(model: string, o: Values, ctx: Context): Promise<Quan
       throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', {
         hint: 'assemble the parts first, then write GGUF from the result',
       });
+    checkGgufGranularity(o.granularity as Granularity | undefined);
     const { exportGguf, formatGguf } = await import('./gguf');
     const g = o as Omit<GgufOptions, 'model' | 'menu'> & { typeMenu: GgmlType[] };
     const opts: GgufOptions = {
@@ -765,9 +774,8 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     },
     {
       flag: '--granularity <g>',
-      type: { choices: () => ['expert', 'projection', 'layer'] },
-      default: 'expert',
-      description: 'allocation group: one expert, one projection, or all experts of a layer',
+      type: { choices: () => GRANULARITIES },
+      description: GRANULARITY_HELP,
     },
     {
       flag: '--budget-scope <s>',

@@ -22,7 +22,7 @@ import { readHeader } from '../io/safetensors';
 import type { PlannedTensor } from '../io/writer';
 import type { QuantizedMatrix } from './rtn';
 import { writeField } from '../util/bitfield';
-import { escapeRegExp } from '../util/regexp';
+import { modulePatterns } from '../util/regexp';
 
 /** The compressed-tensors release whose packing this writes (scripts/check_compressed_tensors.py installs it). */
 export const CT_VERSION = '0.18.0';
@@ -95,30 +95,12 @@ export function ctTensors(q: QuantizedMatrix, dtype: DType, symmetric: boolean):
   return out;
 }
 
-const EXPERT = /^(.*\.experts\.)(\d+)(\..*)$/;
-
 /**
  * Module-name regexes ("re:…", matched from the start) covering exactly `names`: the experts of one layer and
  * projection collapse to `\d+` when all of them (all of `every`) are in `names`.
  */
 export function targetsOf(names: string[], every: string[]): string[] {
-  const inSet = new Set(names);
-  const byKey = new Map<string, string[]>();
-  for (const n of every) {
-    const m = EXPERT.exec(n);
-    if (m) byKey.set(m[1] + '\u0000' + m[3], [...(byKey.get(m[1] + '\u0000' + m[3]) ?? []), n]);
-  }
-  const out: string[] = [];
-  const done = new Set<string>();
-  for (const n of names) {
-    const m = EXPERT.exec(n);
-    const key = m ? m[1] + '\u0000' + m[3] : '';
-    if (m && byKey.get(key)!.every((e) => inSet.has(e))) {
-      if (!done.has(key)) out.push(`re:^${escapeRegExp(m[1])}\\d+${escapeRegExp(m[3])}$`);
-      done.add(key);
-    } else out.push(`re:^${escapeRegExp(n)}$`);
-  }
-  return out;
+  return modulePatterns(names, every).map((p) => `re:^${p}$`);
 }
 
 /**

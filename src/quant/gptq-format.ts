@@ -4,14 +4,16 @@
  * transformers read: quant_method "gptq", bits (the most common width), group_size, desc_act false (moe's
  * act-order keeps groups in column order, so g_idx is i / G), sym false, checkpoint_format "gptq", and `dynamic`
  * per-module overrides: "-:regex" for the decoder's linear weights left unquantized (routers, and weights whose
- * dimensions the packing cannot hold) and "+:regex" {bits} for weights at another width. Matching is re.match
- * in the order written (vLLM's gptq_utils.get_dynamic_override), so every pattern is anchored with ^…$.
+ * dimensions the packing cannot hold) and "+:regex" {bits} for weights at another width (the experts of a layer
+ * projection that all take it, as under --granularity layer-projection, as one `experts\.\d+\.` pattern).
+ * Matching is re.match in the order written (vLLM's gptq_utils.get_dynamic_override), so every pattern is anchored
+ * with ^…$.
  */
 import { CheckpointError, UsageError } from '../errors';
 import { fromFloat32, halfToFloat, floatToHalfBits } from '../io/dtype';
 import { GPTQ_BITS, GPTQ_CHECKPOINT_FORMAT, GPTQ_QUANT_METHOD, gptqFits, gptqUnit } from '../io/gptq';
 import { writeField } from '../util/bitfield';
-import { escapeRegExp } from '../util/regexp';
+import { escapeRegExp, modulePatterns } from '../util/regexp';
 import type { TensorRef } from '../io/safetensors';
 import type { Architecture } from '../model/arch';
 import type { QuantizedMatrix } from './rtn';
@@ -111,6 +113,39 @@ export function encodeGptq(q: QuantizedMatrix, name: string): GptqEncoded {
 
 const moduleOf = (weight: string) => weight.replace(/\.weight$/, '');
 const anchored = (names: string[]) => `^(?:${names.map((n) => escapeRegExp(moduleOf(n))).join('|')})$`;
+const MOE_LAYER = /^(.*\.experts)\.\d+\.(.+)$/;
+
+/**
+ * As `anchored`, with the routed experts collapsed: all experts of a MoE layer at these bits as one pattern that
+ * also matches the layer's own prefix (`….mlp.experts`, which vLLM's fused-MoE method looks `dynamic` up by), else
+ * the experts of a layer projection as one `\d+` pattern (src/util/regexp.ts).
+ */
+function anchoredModules(weights: string[], every: string[]): string {
+  const names = weights.map(moduleOf);
+  const all = every.map(moduleOf);
+  const inSet = new Set(names);
+  const whole = new Map<string, Set<string>>();
+  for (const n of all) {
+    const m = MOE_LAYER.exec(n);
+    if (m) whole.set(m[1], (whole.get(m[1]) ?? new Set()).add(m[2]));
+  }
+  const complete = new Set(
+    [...whole.keys()].filter((p) => all.every((n) => MOE_LAYER.exec(n)?.[1] !== p || inSet.has(n))),
+  );
+  const parts: string[] = [];
+  const rest: string[] = [];
+  const done = new Set<string>();
+  for (const n of names) {
+    const p = MOE_LAYER.exec(n)?.[1];
+    if (p === undefined || !complete.has(p)) rest.push(n);
+    else if (!done.has(p)) {
+      done.add(p);
+      const projs = [...whole.get(p)!].sort().map(escapeRegExp).join('|');
+      parts.push(`${escapeRegExp(p)}(?:\\.\\d+\\.(?:${projs}))?`);
+    }
+  }
+  return `^(?:${[...parts, ...modulePatterns(rest, all)].join('|')})$`;
+}
 
 /**
  * The config's quantization_config: the base bits are the width most weights (by parameters) have; `skipped` are
@@ -128,7 +163,13 @@ export function gptqConfig(
   if (skipped.length) dynamic[`-:${anchored(skipped)}`] = {};
   for (const b of [...byBits.keys()].sort((x, y) => x - y)) {
     if (b === base) continue;
-    dynamic[`+:${anchored(weights.filter((w) => w.bits === b).map((w) => w.name))}`] = { bits: b };
+    const names = weights.filter((w) => w.bits === b).map((w) => w.name);
+    dynamic[
+      `+:${anchoredModules(
+        names,
+        weights.map((w) => w.name),
+      )}`
+    ] = { bits: b };
   }
   return {
     quant_method: GPTQ_QUANT_METHOD,

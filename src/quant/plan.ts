@@ -6,7 +6,7 @@
  * imatrix; f the expert's activation frequency and w its mean routing weight per token; f = w = 1 for weights
  * every token passes through).
  */
-import type { Architecture } from '../model/arch';
+import type { Architecture, Proj } from '../model/arch';
 import type { TensorRef } from '../io/safetensors';
 
 /** Why a weight is quantized the way it is. */
@@ -23,7 +23,13 @@ export interface Target {
   group: string;
 }
 
-export type Granularity = 'expert' | 'projection' | 'layer';
+/**
+ * How routed experts form allocation groups: each expert (its projections together), each weight, all experts of a
+ * layer, or all experts of a layer per projection (one scheme per fused-MoE kernel call: vLLM, SGLang, llama.cpp's
+ * ffn_*_exps). Attention, shared experts and dense MLPs are one group per layer except at `projection`.
+ */
+export type Granularity = 'expert' | 'projection' | 'layer' | 'layer-projection';
+export const GRANULARITIES: readonly Granularity[] = ['expert', 'projection', 'layer', 'layer-projection'];
 
 /**
  * Every 2-D weight moe quantizes, in checkpoint order: attention, router, routed and shared experts, dense MLPs.
@@ -57,7 +63,7 @@ export function quantTargets(
       case 'expert':
         cls = 'expert';
         expert = role.expert;
-        unit = granularity === 'layer' ? `layers.${L}.experts` : `layers.${L}.experts.${role.expert}`;
+        unit = expertUnit(arch, L, role.expert, role.proj, granularity);
         break;
       case 'shared':
         cls = 'shared';
@@ -82,6 +88,15 @@ export function quantTargets(
     });
   }
   return out;
+}
+
+/** The allocation group of a routed expert's weight (`projection` aside: every weight is its own group). */
+function expertUnit(arch: Architecture, layer: number, expert: number, proj: Proj, g: Granularity): string {
+  if (g === 'layer') return `layers.${layer}.experts`;
+  // A fused layout stores gate and up of every expert in one tensor (gate_up_proj, w13): one group.
+  if (g === 'layer-projection')
+    return `layers.${layer}.experts.${arch.fusedExperts && proj !== 'down' ? 'gate_up' : proj}`;
+  return `layers.${layer}.experts.${expert}`;
 }
 
 export interface Group {

@@ -53,6 +53,7 @@ async function options(c: Case): Promise<Omit<QuantizeOptions, 'output' | 'forma
           allocate: 'lp' as const,
           bitChoices: flag('--bit-choices').split(',').map(Number),
           method: flag('--method') as 'rtn',
+          granularity: flag('--granularity') as 'expert',
           stats: await fixtureStats(),
         }
       : {}),
