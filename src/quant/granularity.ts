@@ -6,8 +6,9 @@
  * and vLLM builds one fused-MoE method per layer (for compressed-tensors it compares expert 0's gate/up/down
  * schemes and refuses a mix, CompressedTensorsMoEMethod.get_moe_method; for GPTQ it takes one width per layer from
  * `dynamic` matched against the layer's prefix `….mlp.experts`), so it also needs gate/up/down to agree.
- * `layer-projection` (all experts of a layer share the bits of each of gate/up/down) is the default for the engine
- * formats; moe's packed and the dequantized layouts keep per-expert allocation.
+ * Defaults: `layer` (all experts of a MoE layer at one width, gate/up/down together) for compressed-tensors and gptq,
+ * what vLLM runs; `layer-projection` (all experts of a layer share the bits of each of gate/up/down) for gguf, what
+ * llama.cpp stores; moe's packed and the dequantized layouts keep per-expert allocation.
  *   - packed, dequantized: any granularity.
  *   - compressed-tensors, gptq: any (config_groups / `dynamic` name every module); a warning when the LP gives the
  *     experts of a layer more than one width (vLLM runs them with --granularity layer or uniform bits).
@@ -20,18 +21,21 @@ import type { QuantFormat } from './quant-plan';
 /** Granularities under which experts of one layer projection may take different widths. */
 const PER_EXPERT: readonly Granularity[] = ['expert', 'projection'];
 
-/** The engine formats, whose fused-MoE kernels want one scheme for the experts of a layer (projection). */
-const ENGINE_FORMATS: readonly string[] = ['compressed-tensors', 'gptq', 'gguf'];
-
+/**
+ * The default per format: what the engine that loads it runs. vLLM's fused-MoE path wants one scheme per MoE layer
+ * (compressed-tensors, gptq); llama.cpp one type per ffn_*_exps tensor (gguf); moe's own formats take any.
+ */
 export function defaultGranularity(format: QuantFormat | 'gguf'): Granularity {
-  return ENGINE_FORMATS.includes(format) ? 'layer-projection' : 'expert';
+  if (format === 'gguf') return 'layer-projection';
+  return format === 'compressed-tensors' || format === 'gptq' ? 'layer' : 'expert';
 }
 
 /** What --help says about --granularity. */
 export const GRANULARITY_HELP =
   'allocation group under --allocate lp: expert (its projections together), projection (each weight), layer (all ' +
   'experts of a layer), or layer-projection (all experts of a layer, per gate/up/down: one scheme per fused-MoE ' +
-  'kernel). Default: layer-projection for compressed-tensors, gptq and gguf, expert for packed and dequantized. ' +
+  'kernel). Default: layer for compressed-tensors and gptq (what vLLM runs), layer-projection for gguf, expert ' +
+  'for packed and dequantized. ' +
   "packed, dequantized, compressed-tensors and gptq express any (the last two warn when a MoE layer's experts get " +
   "several widths: vLLM's fused-MoE kernels run one scheme per layer, --granularity layer); gguf only " +
   'layer-projection (one type per ffn_*_exps tensor)';

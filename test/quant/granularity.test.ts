@@ -67,10 +67,10 @@ function weightBits(report: QuantizeReport, granularity: 'layer-projection' | 'e
   return new Map(targets.map((t) => [t.name, byGroup.get(t.group)!]));
 }
 
-test('defaults: layer-projection for the engine formats, per expert for packed and dequantized', () => {
+test("defaults: what each format's engine runs (vLLM per MoE layer, llama.cpp per layer projection), else per expert", () => {
   expect(
     ['compressed-tensors', 'gptq', 'gguf', 'packed', 'dequantized'].map((f) => defaultGranularity(f as 'gptq')),
-  ).toEqual(['layer-projection', 'layer-projection', 'layer-projection', 'expert', 'expert']);
+  ).toEqual(['layer', 'layer', 'layer-projection', 'expert', 'expert']);
 });
 
 test('layer-projection groups: all experts of a layer per projection; gate and up as one when stored fused', () => {
@@ -124,9 +124,16 @@ test('the LP at layer-projection: one width per layer projection, within budget,
   expect(cost('expert')).toBeLessThanOrEqual(cost('layer') * eps);
 }, 30_000);
 
-test('compressed-tensors (default layer-projection): one config-group target per layer projection of experts', async () => {
+test('compressed-tensors at layer-projection: one config-group target per layer projection of experts', async () => {
   const out = path.join(tmp, 'ct');
-  const r = await lp({ output: out, dryRun: false, format: 'compressed-tensors', bits: 4, bitChoices: [3, 4, 5] });
+  const r = await lp({
+    output: out,
+    dryRun: false,
+    format: 'compressed-tensors',
+    bits: 4,
+    bitChoices: [3, 4, 5],
+    granularity: 'layer-projection',
+  });
   expect(r.granularity).toBe('layer-projection');
   const q = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config;
   const groups = Object.values(q.config_groups) as { targets: string[]; weights: { num_bits: number } }[];
@@ -157,7 +164,7 @@ test.each(['layer-projection', 'layer'] as const)(
   async (granularity) => {
     const out = path.join(tmp, `gptq-${granularity}`);
     const o = { output: out, dryRun: false, format: 'gptq' as const, bits: 5, bitChoices: [4, 8] };
-    const r = await lp(granularity === 'layer' ? { ...o, granularity } : o);
+    const r = await lp(granularity === 'layer-projection' ? { ...o, granularity } : o); // layer: gptq's default
     expect(r.granularity).toBe(granularity);
     const q = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).quantization_config;
     const keys = Object.keys(q.dynamic).filter((k) => k.startsWith('+:'));
