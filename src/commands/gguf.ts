@@ -138,11 +138,10 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     { flag: 'MODEL', path: ckpt.dir },
     { flag: '--stats', path: o.stats },
   ]);
-  // The destination is checked again when written; here, before the vocabulary and the plan.
-  if (!o.dryRun) {
-    if (o.output.toLowerCase().endsWith('.gguf')) checkFileDestination(path.resolve(o.output), !!o.force);
-    else checkOutputFolder(o.output, o.force);
-  }
+  // The destination is checked again when written; here, before the vocabulary and the plan (a dry run refuses an
+  // existing destination too, so it says so before the LP's long cost measurement, not after).
+  if (o.output.toLowerCase().endsWith('.gguf')) checkFileDestination(path.resolve(o.output), !!o.force);
+  else checkOutputFolder(o.output, o.force);
   const arch = loadArchitecture(ckpt);
   const model = ggufModel(arch, new Map([...ckpt.tensors.values()].map((t) => [t.name, t.shape])));
   const vocab = vocabMetadata(ckpt.dir, arch.modelType, arch.vocab);

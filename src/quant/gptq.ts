@@ -23,6 +23,13 @@ export interface GptqOptions {
   actOrder?: boolean;
 }
 
+/**
+ * Math and Infinity as module constants: per-element code then never looks up a global (slow inside vm contexts such
+ * as jest's).
+ */
+const math = Math;
+const INF = Infinity;
+
 /** Columns quantized one by one before the rest of their block is updated by a matrix product. */
 const SUB = 16;
 /** How many times the dampening is multiplied by 10 before giving up on a Hessian that will not factor. */
@@ -96,24 +103,24 @@ export async function gptq(
   const zeros = q.zeros;
   const ready = new Uint8Array(ng).fill(perm ? 1 : 0);
   for (let i1 = 0; i1 < cols; i1 += B) {
-    const i2 = Math.min(cols, i1 + B);
+    const i2 = math.min(cols, i1 + B);
     const nb = i2 - i1;
     // The block as rows × nb (contiguous per row), its error, and U's diagonal block.
     const W1 = new Float32Array(rows * nb);
     for (let r = 0; r < rows; r++) W1.set(Wp.subarray(r * cols + i1, r * cols + i2), r * nb);
     const E1 = new Float32Array(rows * nb);
     for (let s1 = 0; s1 < nb; s1 += SUB) {
-      const s2 = Math.min(nb, s1 + SUB);
+      const s2 = math.min(nb, s1 + SUB);
       for (let i = s1; i < s2; i++) {
         const col = i1 + i;
         const orig = perm ? perm[col] : col;
-        const g = Math.floor(orig / gs);
+        const g = math.floor(orig / gs);
         if (!ready[g]) {
           // Standard GPTQ: the group's grid from its current (error-updated) weights, when its first column comes up.
-          const end = Math.min(cols, (g + 1) * gs);
+          const end = math.min(cols, (g + 1) * gs);
           for (let r = 0; r < rows; r++) {
-            let lo = Infinity;
-            let hi = -Infinity;
+            let lo = INF;
+            let hi = -INF;
             for (let c = col; c < end; c++) {
               const v = c < i2 ? W1[r * nb + (c - i1)] : Wp[r * cols + c];
               if (v < lo) lo = v;
