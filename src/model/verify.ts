@@ -53,7 +53,7 @@ export function verifyCheckpoint(dir: string, opts: { nan?: boolean } = {}): Ver
         const pieces = t.packed ? [reader.bytes(t.name)] : reader.chunks(t.name, CHUNK_BYTES);
         for (const piece of pieces) {
           const v = toFloat32(piece, t.dtype);
-          for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) bad++;
+          for (let i = 0; i < v.length; i++) if (v[i] - v[i] !== 0) bad++; // NaN for NaN and ±Inf, 0 otherwise
           checked += v.length;
         }
         if (bad) report.nonfinite.push({ tensor: t.name, count: bad });
