@@ -22,6 +22,7 @@ import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, ROOT, runMain, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
+import { byteTokenizer } from '../model/byte-tokenizer';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const EVAL_TXT = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
@@ -30,24 +31,6 @@ const EVAL = { data: EVAL_TXT, seqLen: 64, maxTokens: 256 };
 async function exportTo(model: string, type: GgmlType, dir = tmpDir()): Promise<string> {
   return (await exportGguf({ model, output: path.join(dir, `${path.basename(model)}-${type}.gguf`), type }, quiet))
     .output;
-}
-
-/** A byte-level BPE tokenizer.json with no merges (GPT-2's byte → character map), for checkpoints that have none. */
-function byteTokenizer(): Record<string, unknown> {
-  const bs: number[] = [];
-  for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) bs.push(b);
-  const cs = [...bs];
-  for (let b = 0, n = 0; b < 256; b++)
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  const vocab = Object.fromEntries(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
-  return {
-    model: { type: 'BPE', vocab, merges: [] },
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true },
-    added_tokens: [],
-  };
 }
 
 /** A copy of a checkpoint folder with a tokenizer (GGUF export needs one). */

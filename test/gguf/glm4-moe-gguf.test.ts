@@ -19,30 +19,9 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
+import { withByteTokenizer } from '../model/byte-tokenizer';
 
 const TYPE_BY_ID = new Map(Object.entries(GGML_TYPE_ID).map(([k, v]) => [v, k as GgmlType]));
-
-/** A byte-level BPE tokenizer.json with no merges (GPT-2's byte → character map): GGUF export needs one. */
-function withTokenizer(src: string): string {
-  const dir = path.join(tmpDir(), path.basename(src));
-  fs.cpSync(src, dir, { recursive: true });
-  const bs: number[] = [];
-  for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) bs.push(b);
-  const cs = [...bs];
-  for (let b = 0, n = 0; b < 256; b++)
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  const vocab = Object.fromEntries(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
-  const tok = {
-    model: { type: 'BPE', vocab, merges: [] },
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true },
-    added_tokens: [],
-  };
-  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
-  return dir;
-}
 
 function golden(c: string) {
   const r = new TensorReader(openTensorFile(path.join(GOLDEN, c, 'golden.safetensors')));
@@ -54,7 +33,7 @@ function golden(c: string) {
 }
 
 describe('glm4_moe to GGUF F32', () => {
-  const model = withTokenizer(path.join(GOLDEN, 'glm4_moe'));
+  const model = withByteTokenizer(path.join(GOLDEN, 'glm4_moe'));
   let file: string;
   let g: GgufFile;
   let warnings: string[];
@@ -175,7 +154,7 @@ describe('glm4_moe to GGUF F32', () => {
     const a = await evalCommand({ model, ...opts }, quiet);
     const b = await evalCommand({ model: file, ...opts }, quiet);
     expect(Math.abs(b.perplexity / a.perplexity - 1)).toBeLessThan(1e-6);
-    const fp8 = withTokenizer(path.join(GOLDEN, 'glm4_moe-fp8'));
+    const fp8 = withByteTokenizer(path.join(GOLDEN, 'glm4_moe-fp8'));
     const out = await exportGguf({ model: fp8, output: path.join(tmpDir(), 'fp8.gguf'), type: 'F32' }, quiet);
     const c = await evalCommand({ model: fp8, ...opts }, quiet);
     const d = await evalCommand({ model: out.output, ...opts }, quiet);

@@ -1,3 +1,7 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { tmpDir } from '../helpers';
+
 /** A byte-level BPE tokenizer.json with no merges (GPT-2's byte → character map), for goldens that have none. */
 export function byteTokenizer(): Record<string, unknown> {
   const bs: number[] = [];
@@ -17,4 +21,12 @@ export function byteTokenizer(): Record<string, unknown> {
     post_processor: null,
     added_tokens: [],
   };
+}
+
+/** A copy of the checkpoint `src` with byteTokenizer() as its tokenizer.json (GGUF export needs a tokenizer). */
+export function withByteTokenizer(src: string): string {
+  const dir = path.join(tmpDir(), path.basename(src));
+  fs.cpSync(src, dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(byteTokenizer()));
+  return dir;
 }

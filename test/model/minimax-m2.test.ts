@@ -32,6 +32,7 @@ import { forwardSpec } from '../../src/model/forward/spec';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
+import { withByteTokenizer } from './byte-tokenizer';
 
 const CASES = ['minimax_m2', 'minimax_m2-fp8'];
 
@@ -60,28 +61,6 @@ async function run(dir: string, be: Backend, patch?: (a: Architecture) => void) 
   });
   reader.close();
   return { logits, experts, g };
-}
-
-/** A byte-level BPE tokenizer.json with no merges (GGUF export needs a tokenizer; the goldens have none). */
-function withTokenizer(src: string): string {
-  const dir = path.join(tmpDir(), path.basename(src));
-  fs.cpSync(src, dir, { recursive: true });
-  const bs: number[] = [];
-  for (let b = 0; b < 256; b++) if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) bs.push(b);
-  const cs = [...bs];
-  for (let b = 0, n = 0; b < 256; b++)
-    if (!bs.includes(b)) {
-      bs.push(b);
-      cs.push(256 + n++);
-    }
-  const vocab = Object.fromEntries(bs.map((b, i) => [String.fromCharCode(cs[i]), b]));
-  const tok = {
-    model: { type: 'BPE', vocab, merges: [] },
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, use_regex: true },
-    added_tokens: [],
-  };
-  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
-  return dir;
 }
 
 describe.each(CASES)('the golden %s checkpoint', (c) => {
@@ -259,7 +238,7 @@ describe('commands on the goldens', () => {
 describe('GGUF (llama.cpp minimax-m2)', () => {
   let file: string;
   let warnings: string[];
-  const src = withTokenizer(path.join(GOLDEN, 'minimax_m2'));
+  const src = withByteTokenizer(path.join(GOLDEN, 'minimax_m2'));
   beforeAll(async () => {
     warnings = [];
     const ctx = { ...quiet, warn: (w: string) => warnings.push(w) } as typeof quiet;
@@ -349,7 +328,10 @@ describe('GGUF (llama.cpp minimax-m2)', () => {
 
   test('the FP8 golden exports F32 with its dequantized weights', async () => {
     const out = path.join(tmpDir(), 'fp8.gguf');
-    await exportGguf({ model: withTokenizer(path.join(GOLDEN, 'minimax_m2-fp8')), output: out, type: 'F32' }, quiet);
+    await exportGguf(
+      { model: withByteTokenizer(path.join(GOLDEN, 'minimax_m2-fp8')), output: out, type: 'F32' },
+      quiet,
+    );
     const g = openGgufModel(out);
     const gd = golden('minimax_m2-fp8');
     const { sink, logits } = fullLogits(gd.B * gd.T, gd.V);
