@@ -27,7 +27,7 @@ import { CheckpointError, shown } from '../errors';
 import { isFloatDType } from './dtype';
 import type { IntQuantParts, TensorRef } from './safetensors';
 import { readExact } from './safetensors';
-import { CT_METHOD, pyMatch } from './intquant';
+import { CT_METHOD, pyMatch, withFolded } from './intquant';
 
 const PACKED = 'pack-quantized';
 const INT8 = ['int-quantized', 'naive-quantized'];
@@ -235,11 +235,5 @@ export function foldCt(tensors: Map<string, TensorRef>, c: CtConfig | undefined)
       });
     folded.set(name, foldModule(m, s, tensors, used));
   }
-  const out = new Map<string, TensorRef>();
-  for (const [name, t] of tensors) {
-    const f = folded.get(name);
-    if (f) out.set(f.name, f);
-    else if (!used.has(name)) out.set(name, t);
-  }
-  return out;
+  return withFolded(tensors, folded, used);
 }

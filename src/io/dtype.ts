@@ -202,3 +202,16 @@ export function fromFloat32(values: Float32Array, dtype: DType): Uint8Array {
       throw new TypeError(`fromFloat32: cannot encode ${dtype}`);
   }
 }
+
+/** float32 values rounded to what `dtype` holds (bf16, f16; f32 and f64 unchanged), in place. */
+export function roundToDtype(values: Float32Array, dtype: DType): Float32Array {
+  if (dtype === 'BF16') {
+    const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
+    for (let i = 0; i < values.length; i++) u[i] = floatToBf16Bits(values[i]) << 16;
+  } else if (dtype === 'F16') {
+    const bits = new Uint16Array(values.length);
+    for (let i = 0; i < values.length; i++) bits[i] = floatToHalfBits(values[i]);
+    values.set(toFloat32(new Uint8Array(bits.buffer), 'F16'));
+  }
+  return values;
+}

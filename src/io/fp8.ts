@@ -25,7 +25,7 @@
  * another dtype or shape, a weight without its scale and a scale without its weight.
  */
 import { CheckpointError, shown } from '../errors';
-import { DType, floatToBf16Bits, floatToHalfBits, TORCH_NAMES, toFloat32 } from './dtype';
+import { DType, floatToBf16Bits, roundToDtype, TORCH_NAMES, toFloat32 } from './dtype';
 import type { Fp8Parts, TensorRef } from './safetensors';
 import { withoutQuantMethod } from './quant-config';
 
@@ -168,19 +168,6 @@ export function fp8Bytes(p: Fp8Parts): number {
   return p.weight.end - p.weight.begin + (p.scale.end - p.scale.begin);
 }
 
-/** float32 values rounded to what `dtype` holds (bf16, f16; f32 and f64 unchanged), in place. */
-function roundTo(values: Float32Array, dtype: DType): Float32Array {
-  if (dtype === 'BF16') {
-    const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
-    for (let i = 0; i < values.length; i++) u[i] = floatToBf16Bits(values[i]) << 16;
-  } else if (dtype === 'F16') {
-    const bits = new Uint16Array(values.length);
-    for (let i = 0; i < values.length; i++) bits[i] = floatToHalfBits(values[i]);
-    values.set(toFloat32(new Uint8Array(bits.buffer), 'F16'));
-  }
-  return values;
-}
-
 /**
  * Rows [start, start+count) of an FP8 weight [*, cols] dequantized: `codes` are those rows' e4m3 bytes, `scales`
  * the block-scale rows floor(start/bm) .. floor((start+count−1)/bm), [·, ceil(cols/bn)] as float32. The result is
@@ -204,7 +191,7 @@ export function dequantizeFp8(
     const row = r * cols;
     for (let c = 0; c < cols; c++) values[row + c] *= scales[srow + Math.floor(c / bn)];
   }
-  return roundTo(values, dtype);
+  return roundToDtype(values, dtype);
 }
 
 /** Round half to even of a non-negative double. */

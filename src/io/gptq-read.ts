@@ -13,7 +13,7 @@
 import { CheckpointError, shown } from '../errors';
 import { DType, TORCH_NAMES } from './dtype';
 import type { IntQuantParts, TensorRef } from './safetensors';
-import { GPTQ_METHOD, pyMatch } from './intquant';
+import { GPTQ_METHOD, pyMatch, withFolded } from './intquant';
 
 const BITS = [2, 3, 4, 8];
 const FORMATS = ['gptq', 'gptq_v2'];
@@ -149,11 +149,5 @@ export function foldGptq(tensors: Map<string, TensorRef>, c: GptqConfig | undefi
   const used = new Set<string>();
   for (const name of tensors.keys())
     if (name.endsWith('.qweight')) folded.set(name, foldModule(name.slice(0, -'.qweight'.length), c, tensors, used));
-  const out = new Map<string, TensorRef>();
-  for (const [name, t] of tensors) {
-    const f = folded.get(name);
-    if (f) out.set(f.name, f);
-    else if (!used.has(name)) out.set(name, t);
-  }
-  return out;
+  return withFolded(tensors, folded, used);
 }

@@ -15,7 +15,7 @@
  * quantization_config (`withoutIntQuantConfig`).
  */
 import { CheckpointError } from '../errors';
-import { DType, floatToBf16Bits, floatToHalfBits, toFloat32 } from './dtype';
+import { DType, roundToDtype, toFloat32 } from './dtype';
 import type { IntQuantParts, TensorRef } from './safetensors';
 import { readField } from '../util/bitfield';
 
@@ -55,19 +55,6 @@ function groupsOf(t: TensorRef, b: Uint8Array, cols: number, groups: number): In
   return out;
 }
 
-/** float32 values rounded to what `dtype` holds (bf16, f16; f32 unchanged), in place. */
-function roundTo(values: Float32Array, dtype: DType): Float32Array {
-  if (dtype === 'BF16') {
-    const u = new Uint32Array(values.buffer, values.byteOffset, values.length);
-    for (let i = 0; i < values.length; i++) u[i] = floatToBf16Bits(values[i]) << 16;
-  } else if (dtype === 'F16') {
-    const bits = new Uint16Array(values.length);
-    for (let i = 0; i < values.length; i++) bits[i] = floatToHalfBits(values[i]);
-    values.set(toFloat32(new Uint8Array(bits.buffer), 'F16'));
-  }
-  return values;
-}
-
 /** A compressed-tensors weight [rows, cols] (see the header). */
 function decodeCt(p: IntQuantParts, rows: number, cols: number, read: (t: TensorRef) => Uint8Array): Float32Array {
   const { bits } = p;
@@ -89,7 +76,7 @@ function decodeCt(p: IntQuantParts, rows: number, cols: number, read: (t: Tensor
       out[r * cols + i] = Math.fround((v - z) * scales[r * ng + g]);
     }
   }
-  return roundTo(out, p.scale.dtype);
+  return roundToDtype(out, p.scale.dtype);
 }
 
 /** A GPTQ weight [rows = out, cols = in] (see the header and src/io/gptq.ts for the layout). */
@@ -120,7 +107,7 @@ function decodeGptq(
       out[o * cols + i] = Math.fround((code - zeros[g * rows + o]) * scales[g * rows + o]);
     }
   }
-  return roundTo(out, dtype);
+  return roundToDtype(out, dtype);
 }
 
 /**
@@ -168,6 +155,24 @@ export function intQuantSummary(tensors: Map<string, TensorRef>): IntQuantSummar
     const s = (out.schemes[t.intq.scheme] ??= { tensors: 0, params: 0 });
     s.tensors++;
     s.params += t.shape[0] * t.shape[1];
+  }
+  return out;
+}
+
+/**
+ * The tensor list with each folded module in place of its stored parts: `folded` maps the stored tensor a module is
+ * listed under to its logical weight; parts in `used` are dropped.
+ */
+export function withFolded(
+  tensors: Map<string, TensorRef>,
+  folded: Map<string, TensorRef>,
+  used: Set<string>,
+): Map<string, TensorRef> {
+  const out = new Map<string, TensorRef>();
+  for (const [name, t] of tensors) {
+    const f = folded.get(name);
+    if (f) out.set(f.name, f);
+    else if (!used.has(name)) out.set(name, t);
   }
   return out;
 }
