@@ -9,7 +9,6 @@ import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { BackendName } from '../backend/backend';
 import { UsageError } from '../errors';
-import { applyChatTemplate } from '../eval/chat';
 import { generate, promptIds, StopReason } from '../eval/generate';
 import type { TextTokenizer } from '../eval/tokenizer';
 import { isGgufPath } from '../gguf/source';
@@ -53,9 +52,9 @@ export interface GenerateReport {
  * (src/eval/chat.ts) and encoded as transformers' apply_chat_template encodes it: the template writes the special
  * tokens itself, so none are added.
  */
-function promptTokens(o: GenerateCommandOptions, tok: TextTokenizer, dir: string): number[] {
+function promptTokens(o: GenerateCommandOptions, tok: TextTokenizer, m: ReturnType<typeof openModel>): number[] {
   if (!o.chat) return promptIds(tok, o.prompt);
-  return tok.encode(applyChatTemplate(dir, [{ role: 'user', content: o.prompt }], { addGenerationPrompt: true }));
+  return tok.encode(m.chat([{ role: 'user', content: o.prompt }], { addGenerationPrompt: true }));
 }
 
 /** --stop text as typed on a command line: \n, \t and \\ stand for a newline, a tab and a backslash. */
@@ -82,7 +81,7 @@ export async function generateCommand(o: GenerateCommandOptions, _ctx?: Context)
   const m = openModel(o.model);
   try {
     const tok = m.tokenizer();
-    const prompt = promptTokens(o, tok, m.ckpt.dir);
+    const prompt = promptTokens(o, tok, m);
     if (!prompt.length) throw new UsageError('the prompt encodes to no tokens', { hint: 'pass a longer --prompt' });
     const bad = prompt.find((id) => id < 0 || id >= m.arch.vocab);
     if (bad !== undefined)

@@ -40,6 +40,7 @@ import {
 import { DEFAULT_GGUF_MENU, GgmlType } from '../gguf/quants';
 import { isStoredMxfp4, repackStoredMxfp4 } from '../gguf/stored';
 import { vocabMetadata } from '../gguf/vocab';
+import { chatTemplateOf } from '../eval/chat';
 import { GgufTensorPlan, GgufWriter } from '../gguf/writer';
 
 export { DEFAULT_GGUF_MENU, GGUF_TYPES, parseGgmlType } from '../gguf/quants';
@@ -145,6 +146,9 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   const arch = loadArchitecture(ckpt);
   const model = ggufModel(arch, new Map([...ckpt.tensors.values()].map((t) => [t.name, t.shape])));
   const vocab = vocabMetadata(ckpt.dir, arch.modelType, arch.vocab);
+  // The chat template as llama.cpp's converter stores it (llama.cpp and `moe generate FILE.gguf --chat` use it).
+  const chatTemplate = chatTemplateOf(ckpt.dir);
+  if (chatTemplate !== undefined) vocab.push(['tokenizer.chat_template', { type: 'string', value: chatTemplate }]);
   for (const w of model.warnings) ctx.warn(w);
   if (ckpt.nesting)
     ctx.warn(

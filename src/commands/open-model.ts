@@ -1,6 +1,8 @@
 /** Opening a model for the commands that run it (eval, generate): a folder or a .gguf file, its tokenizer and size. */
 import * as fs from 'node:fs';
+import { applyChatTemplate, ChatMessage, renderChatTemplate } from '../eval/chat';
 import { tokenizerFromJson, loadTokenizer } from '../eval/tokenizer';
+import { UsageError } from '../errors';
 import { isGgufPath, openGgufModel } from '../gguf/source';
 import { ggufTokenizerJson } from '../gguf/tokenizer';
 import { besideWeights, Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
@@ -43,6 +45,13 @@ export function openModel(dir: string) {
       reader: g.reader as TensorReader,
       tokenizer: () => tokenizerFromJson(ggufTokenizerJson(g.gguf), {}, g.file),
       eos: () => ids(g.gguf.metadata.get('tokenizer.ggml.eos_token_id')),
+      chat: (messages: ChatMessage[], opts: { addGenerationPrompt: boolean }) =>
+        renderChatTemplate(
+          ggufChatTemplate(g.gguf.metadata, g.file),
+          ggufSpecialTokens(g.gguf.metadata),
+          messages,
+          opts,
+        ),
       size: (): SizeReport => ({ params, bytes, bits_per_param: (8 * bytes) / params }),
     };
   }
@@ -54,6 +63,8 @@ export function openModel(dir: string) {
     reader: new TensorReader(ckpt),
     tokenizer: () => loadTokenizer(ckpt.dir),
     eos: () => eosIds(ckpt.dir, ckpt.config as Record<string, unknown>),
+    chat: (messages: ChatMessage[], opts: { addGenerationPrompt: boolean }) =>
+      applyChatTemplate(ckpt.dir, messages, opts),
     size: () => size(ckpt),
   };
 }
@@ -70,4 +81,29 @@ function eosIds(model: string, config: Record<string, unknown>): number[] {
   }
   const text = (config.text_config ?? {}) as Record<string, unknown>;
   return ids(config.eos_token_id ?? text.eos_token_id);
+}
+
+/** A GGUF file's chat template (tokenizer.chat_template, as llama.cpp's converter and moe's export write it). */
+function ggufChatTemplate(m: Map<string, unknown>, file: string): { template: string; file: string } {
+  const t = m.get('tokenizer.chat_template');
+  if (typeof t !== 'string' || !t)
+    throw new UsageError('the GGUF file has no chat template (no tokenizer.chat_template)', {
+      file,
+      hint: 'drop --chat',
+    });
+  return { template: t, file };
+}
+
+/** bos_token and eos_token as a template sees them: the texts of the GGUF's BOS and EOS ids. */
+function ggufSpecialTokens(m: Map<string, unknown>): Record<string, string> {
+  const tokens = m.get('tokenizer.ggml.tokens') as string[] | undefined;
+  const out: Record<string, string> = {};
+  for (const [key, name] of [
+    ['tokenizer.ggml.bos_token_id', 'bos_token'],
+    ['tokenizer.ggml.eos_token_id', 'eos_token'],
+  ]) {
+    const id = m.get(key);
+    if (tokens && typeof id === 'number' && tokens[id] !== undefined) out[name] = tokens[id];
+  }
+  return out;
 }

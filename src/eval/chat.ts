@@ -147,6 +147,12 @@ function specialTokens(modelDir: string, config: Record<string, unknown>): Recor
   return out;
 }
 
+/** The model folder's default chat template (the raw Jinja text), or undefined when it has none. */
+export function chatTemplateOf(modelDir: string): string | undefined {
+  const configFile = besideWeights(modelDir, CONFIG);
+  return findTemplate(modelDir, configFile ? readJson(configFile) : {}, configFile)?.template;
+}
+
 /** The conversation rendered with the model's chat template, as transformers' apply_chat_template(tokenize=False). */
 export function applyChatTemplate(
   modelDir: string,
@@ -162,6 +168,19 @@ export function applyChatTemplate(
       hint: 'drop --chat',
     });
   }
+  return renderChatTemplate(found, specialTokens(modelDir, config), messages, opts);
+}
+
+/**
+ * A chat template (from `file`: a model folder's, or a GGUF file's tokenizer.chat_template) rendered with the given
+ * special tokens (bos_token, eos_token, …).
+ */
+export function renderChatTemplate(
+  found: { template: string; file: string },
+  tokens: Record<string, string>,
+  messages: { role: string; content: string }[],
+  opts: { addGenerationPrompt: boolean },
+): string {
   if (!messages.length) throw new UsageError('the conversation is empty', { hint: 'give at least one message' });
   let template: Template;
   try {
@@ -174,7 +193,7 @@ export function applyChatTemplate(
   }
   try {
     return template.render({
-      ...specialTokens(modelDir, config),
+      ...tokens,
       messages,
       tools: null,
       documents: null,

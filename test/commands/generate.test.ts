@@ -15,7 +15,9 @@ import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { Decoder } from '../../src/model/forward/decode';
 import { loadArchitecture } from '../../src/model/registry';
 import { mulberry32 } from '../../src/util/random';
-import { ROOT, runMain, tmpDir } from '../helpers';
+import { exportGguf } from '../../src/commands/gguf';
+import { readGguf } from '../../src/io/gguf-reader';
+import { quiet, ROOT, runMain, tmpDir } from '../helpers';
 import { byteTokenizer } from '../model/byte-tokenizer';
 
 interface HfCase {
@@ -76,6 +78,22 @@ test("--chat: the prompt as a user message through the chat template, as transfo
   expect(bad.stderr.trim().split('\n')).toHaveLength(1);
   expect(bad.stderr).toMatch(/no chat template .*drop --chat/);
 });
+
+test('--chat on a GGUF file: the export stores the chat template (tokenizer.chat_template) and generate uses it', async () => {
+  const [name, cases] = Object.entries(REF.chat)[0];
+  const dir = path.join(ROOT, 'fixtures', name);
+  const file = (await exportGguf({ model: dir, output: path.join(tmpDir(), 'chat.gguf'), type: 'Q8_0' }, quiet)).output;
+  const template = readGguf(file).metadata.get('tokenizer.chat_template');
+  expect(template).toBe(JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8')).chat_template);
+  const r = await generateCommand({ model: file, prompt: cases[0].prompt, chat: true, maxNewTokens: 2, threads: 1 });
+  expect(r.prompt_tokens).toBe(cases[0].input_ids.length); // the same rendering and tokens as transformers'
+  // A GGUF without a template: one line, exit 2.
+  const plain = (await exportGguf({ model: TINY, output: path.join(tmpDir(), 'plain.gguf'), type: 'Q8_0' }, quiet))
+    .output;
+  const bad = await runMain(['generate', plain, '--prompt', 'Call me', '--chat']);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/GGUF file has no chat template .*drop --chat/);
+}, 60_000);
 
 /** tiny-moe on the onnx backend. */
 async function tinyDecoder() {
