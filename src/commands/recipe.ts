@@ -333,9 +333,13 @@ function pathList(node: unknown, v: unknown, name: string, l: number, dir: strin
   });
 }
 
-/** An eval step's accuracy gate compares its tasks against a baseline: both must be there. */
+/** An eval step's task options need tasks; its accuracy gate compares them against a baseline: both must be there. */
 function checkEvalStep(s: Step, fail: Fail): void {
-  if (s.kind !== 'eval' || s.options.max_acc_drop === undefined) return;
+  if (s.kind !== 'eval') return;
+  for (const key of ['limit', 'log_samples'])
+    if (s.options[key] !== undefined && s.options.tasks === undefined)
+      fail(s.line, `"eval" has ${key} but no tasks`, 'add tasks: [FILE.jsonl]');
+  if (s.options.max_acc_drop === undefined) return;
   if (s.options.tasks === undefined) fail(s.line, '"eval" has max_acc_drop but no tasks', 'add tasks: [FILE.jsonl]');
   if (s.options.baseline === undefined)
     fail(s.line, '"eval" has max_acc_drop but no baseline', 'add baseline: original');

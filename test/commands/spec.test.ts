@@ -77,8 +77,8 @@ const BASE: Record<StepKind, Record<string, string>> = {
 function recipeFile(kind: StepKind, extra: Record<string, string>): { file: string; line: number } {
   const opts = { ...BASE[kind] };
   if ('ratio' in extra) delete opts.keep;
-  // An accuracy gate needs tasks and a baseline (checked when the recipe is loaded).
-  if (kind === 'eval' && 'max_acc_drop' in extra)
+  // Task options need tasks, an accuracy gate also a baseline (checked when the recipe is loaded).
+  if (kind === 'eval' && ['max_acc_drop', 'limit', 'log_samples'].some((k) => k in extra))
     Object.assign(opts, { tasks: `[${JSON.stringify(TASK)}]`, baseline: 'original' });
   Object.assign(opts, extra);
   const steps = [

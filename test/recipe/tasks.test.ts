@@ -41,6 +41,8 @@ describe('recipes: eval tasks and max_acc_drop', () => {
     [`  - eval: { ${DATA}, tasks: [missing.jsonl] }\n`, /line 4: eval\.tasks: .*missing\.jsonl does not exist/],
     [`  - eval: { ${DATA}, tasks: [] }\n`, /line 4: eval\.tasks must be a list of paths/],
     [`  - eval: { ${DATA}, baseline: original, max_acc_drop: 2 }\n`, /line 4: "eval" has max_acc_drop but no tasks/],
+    [`  - eval: { ${DATA}, limit: 10 }\n`, /line 4: "eval" has limit but no tasks/],
+    [`  - eval: { ${DATA}, log_samples: s.jsonl }\n`, /line 4: "eval" has log_samples but no tasks/],
     [`  - eval: { ${DATA}, tasks: [${TASK}], max_acc_drop: 2 }\n`, /line 4: "eval" has max_acc_drop but no baseline/],
     [
       `  - eval: { ${DATA}, tasks: [${TASK}], baseline: original, max_acc_drop: -1 }\n`,
