@@ -40,6 +40,8 @@ import {
 import { DEFAULT_GGUF_MENU, GgmlType } from '../gguf/quants';
 import { isStoredMxfp4, repackStoredMxfp4 } from '../gguf/stored';
 import { vocabMetadata } from '../gguf/vocab';
+import { TypeErrorPool } from '../gguf/error-pool';
+import { defaultThreads } from '../backend/threads';
 import { chatTemplateOf } from '../eval/chat';
 import { GgufTensorPlan, GgufWriter } from '../gguf/writer';
 
@@ -58,6 +60,8 @@ export interface GgufOptions {
   beta?: number;
   force?: boolean;
   dryRun?: boolean;
+  /** Threads measuring the LP's errors (default: $MOE_THREADS, else every core); the result does not depend on it. */
+  threads?: number;
 }
 
 export interface GgufReport {
@@ -100,7 +104,14 @@ async function lpTypes(
   weights: GgufModel['tensors'],
   menu: GgmlType[],
   bpw: number,
-  x: { ctx: Context; weighting: Weighting; load: PartLoader; measureWeight: number; stored: Set<string> },
+  x: {
+    ctx: Context;
+    weighting: Weighting;
+    load: PartLoader;
+    measureWeight: number;
+    stored: Set<string>;
+    threads?: number;
+  },
 ): Promise<{ types: Map<string, GgmlType>; costs: Map<string, number>; solver: GgufReport['solver'] }> {
   const bar = x.ctx.progress(
     `measure error of ${menu.join('/')}`,
@@ -109,12 +120,18 @@ async function lpTypes(
     x.measureWeight,
   );
   const stored = new Map([...x.stored].map((n) => [n, 'MXFP4' as GgmlType]));
-  const measure = (t: GgufModel['tensors'][number]) => {
-    const errors = typeErrors(t, menu, x.load, x.weighting);
+  const pool = new TypeErrorPool(x.threads ?? defaultThreads());
+  const measure = async (t: GgufModel['tensors'][number]) => {
+    const errors = await typeErrors(t, menu, x.load, x.weighting, pool);
     bar.tick();
     return errors;
   };
-  const chosen = await chooseTypes(weights, menu, bpw, measure, stored);
+  let chosen: Awaited<ReturnType<typeof chooseTypes>>;
+  try {
+    chosen = await chooseTypes(weights, menu, bpw, measure, stored);
+  } finally {
+    await pool.close();
+  }
   bar.done();
   if (!chosen.ok)
     throw new UsageError(
@@ -177,7 +194,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
     // Types: uniform, or per tensor by the LP over the menu.
     const { types, costs, solver } =
       mode === 'lp'
-        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight, stored })
+        ? await lpTypes(weights, menu, o.bpw!, { ctx, weighting, load, measureWeight, stored, threads: o.threads })
         : {
             types: new Map(weights.map((w) => [w.name, o.type ?? 'Q8_0'])),
             costs: new Map<string, number>(),

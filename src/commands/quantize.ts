@@ -719,6 +719,7 @@ async function runQuantize(model: string, o: Values, ctx: Context): Promise<Quan
       beta: g.beta,
       force: g.force,
       dryRun: g.dryRun,
+      threads: o.threads as number | undefined,
     };
     const gguf = await exportGguf(opts, ctx);
     return { gguf, text: formatGguf(gguf) };

@@ -7,16 +7,8 @@
 import { assignBits, BitGroup, SolverSummary } from '../quant/assign';
 import type { Weighting } from '../quant/weighting';
 import type { GgufModel, GgufSource } from './arch';
-import {
-  bitsPerWeight,
-  blockSize,
-  dequantizeRows,
-  fileType,
-  GGML_TYPE_ID,
-  GgmlType,
-  quantizeRows,
-  rowBytes,
-} from './quants';
+import type { TypeErrorPool } from './error-pool';
+import { bitsPerWeight, blockSize, fileType, GGML_TYPE_ID, GgmlType, quantizeRows, rowBytes } from './quants';
 import type { GgufTensorPlan } from './writer';
 
 /**
@@ -47,25 +39,31 @@ export function fitting(t: GgmlType, cols: number): { type: GgmlType; fallback?:
 
 /**
  * Importance-weighted squared error of a tensor at each type of the menu (Infinity where its blocks do not fit):
- * Σ over parts of f^α·w^β · Σ imatrix[c]·Δ². One part in memory at a time.
+ * Σ over parts of f^α·w^β · Σ imatrix[c]·Δ² (src/gguf/type-error.ts), the types of a part measured on the pool's
+ * threads. One part in memory at a time.
  */
-export function typeErrors(t: GgufSource, menu: GgmlType[], load: PartLoader, weighting: Weighting): number[] {
+export async function typeErrors(
+  t: GgufSource,
+  menu: GgmlType[],
+  load: PartLoader,
+  weighting: Weighting,
+  pool: TypeErrorPool,
+): Promise<number[]> {
   const cols = colsOf(t.shape);
   const total = menu.map((type) => (cols % blockSize(type) === 0 ? 0 : Infinity));
+  const types = menu.map((type, k) => (Number.isFinite(total[k]) ? type : null));
+  // Parts in flight: a few at a time, so every thread has work (a part's types take unequal times), and the sums
+  // are added in part order afterwards (the same sum on any number of threads).
+  const parts: Promise<number[]>[] = [];
   for (let i = 0; i < t.from.length; i++) {
     const w = load(t, i);
-    const rows = w.length / cols;
-    const imp = importance(t, i, weighting);
     const factor = weighting.factor(t.layer, t.from.length === 1 ? undefined : i);
-    menu.forEach((type, k) => {
-      if (!Number.isFinite(total[k])) return;
-      const d = dequantizeRows(quantizeRows(w, rows, cols, type, imp), rows, cols, type);
-      let s = 0;
-      for (let r = 0; r < rows; r++)
-        for (let c = 0; c < cols; c++) s += (imp ? imp[c] : 1) * (w[r * cols + c] - d[r * cols + c]) ** 2;
-      total[k] += factor * s;
-    });
+    parts.push(
+      pool.errors(w, w.length / cols, cols, types, importance(t, i, weighting)).then((e) => e.map((s) => factor * s)),
+    );
+    if (i >= pool.width) await parts[i - pool.width];
   }
+  for (const p of parts) (await p).forEach((s, k) => (total[k] += s));
   return total;
 }
 
@@ -80,7 +78,7 @@ export async function chooseTypes(
   weights: GgufSource[],
   menu: GgmlType[],
   bpw: number,
-  measure: (t: GgufSource) => number[],
+  measure: (t: GgufSource) => number[] | Promise<number[]>,
   stored: Map<string, GgmlType> = new Map(),
 ): Promise<TypeChoice> {
   const groups: BitGroup[] = weights.map((t) => {
@@ -93,7 +91,7 @@ export async function chooseTypes(
   });
   for (const g of groups)
     if (g.fixed === undefined)
-      g.cost = measure(weights.find((t) => t.name === g.key)!).map((c) => (Number.isFinite(c) ? c : undefined));
+      g.cost = (await measure(weights.find((t) => t.name === g.key)!)).map((c) => (Number.isFinite(c) ? c : undefined));
   // Bits per weight of a type, blocks' scales included, as the budget counts what the file holds.
   const r = await assignBits(
     menu.map((t) => bitsPerWeight(t)),
