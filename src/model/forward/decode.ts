@@ -17,7 +17,7 @@ import { InternalError } from '../../errors';
 import type { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
 import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, perHead, Weights } from './attention';
-import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, l2, step } from './deltanet';
+import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, recurrenceFrom } from './deltanet';
 import { ForwardOptions, ForwardPass, fullLogits } from './model';
 import { rmsNorm } from './ops';
 
@@ -117,37 +117,6 @@ function convStep(x: Float32Array, weight: Float32Array, state: Float32Array, N:
     for (let c = 0; c < C; c++) next[r * C + c] = src(j, c);
   }
   state.set(next);
-  return out;
-}
-
-/** The gated delta rule over N new tokens from the states S (updated): the core output [N, Hv·dv]. */
-function recurrenceStep(
-  spec: DeltaNetSpec,
-  conv: Float32Array,
-  beta: Float64Array,
-  decay: Float64Array,
-  N: number,
-  C: number,
-  states: Float64Array[],
-) {
-  const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
-  const r = Hv / Hk;
-  const out = new Float32Array(N * Hv * dv);
-  const q = new Float64Array(dk);
-  const k = new Float64Array(dk);
-  const delta = new Float64Array(dv);
-  const m = new Float64Array(dv);
-  for (let h = 0; h < Hv; h++) {
-    const g = math.floor(h / r);
-    const S = states[h];
-    for (let n = 0; n < N; n++) {
-      l2(conv, n * C + g * dk, dk, 1 / math.sqrt(dk), q);
-      l2(conv, n * C + Hk * dk + g * dk, dk, 1, k);
-      const vo = n * C + 2 * Hk * dk + h * dv;
-      step(S, q, k, conv, vo, math.exp(decay[n * Hv + h]), beta[n * Hv + h], m, delta, dk, dv);
-      out.set(delta, (n * Hv + h) * dv);
-    }
-  }
   return out;
 }
 
@@ -288,7 +257,8 @@ export class Decoder extends ForwardPass {
     });
     const conv = convStep(mixed, need(w, 'conv1d.weight'), s.conv, N, C, K);
     const { beta, decay } = deltaGates(spec, w, b, a, N);
-    const core = recurrenceStep(spec, conv, beta, decay, N, C, s.S);
+    const core = new Float32Array(N * spec.valueHeads * spec.valueDim);
+    recurrenceFrom(spec, conv, beta, decay, 0, N, C, (h) => s.S[h], core);
     return deltaOutput(lin, core, z, N, hidden, spec, w);
   }
 

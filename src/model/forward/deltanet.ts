@@ -158,7 +158,7 @@ export function step(
   delta.set(m);
 }
 
-/** The gated delta rule over each window: the core output [N, Hv·dv] before the gated norm. */
+/** The gated delta rule over each window, each from a zero state: the core output [N, Hv·dv] before the gated norm. */
 function recurrence(
   spec: DeltaNetSpec,
   conv: Float32Array,
@@ -168,29 +168,45 @@ function recurrence(
   T: number,
   C: number,
 ) {
+  const out = new Float32Array(windows * T * spec.valueHeads * spec.valueDim);
+  const S = new Float64Array(spec.keyDim * spec.valueDim);
+  for (let w = 0; w < windows; w++) recurrenceFrom(spec, conv, beta, decay, w * T, T, C, () => S.fill(0), out);
+  return out;
+}
+
+/**
+ * The gated delta rule over the `count` tokens from row `first` of conv [rows, C], each value head h from the state
+ * `state(h)` [dk, dv] (updated in place), its output written to the same rows of out [rows, Hv·dv]. The window
+ * forward starts every window from a zero state; the decoder carries each head's state from step to step.
+ */
+export function recurrenceFrom(
+  spec: DeltaNetSpec,
+  conv: Float32Array,
+  beta: Float64Array,
+  decay: Float64Array,
+  first: number,
+  count: number,
+  C: number,
+  state: (h: number) => Float64Array,
+  out: Float32Array,
+): void {
   const { keyHeads: Hk, valueHeads: Hv, keyDim: dk, valueDim: dv } = spec;
   const r = Hv / Hk;
-  const out = new Float32Array(windows * T * Hv * dv);
-  const S = new Float64Array(dk * dv);
   const q = new Float64Array(dk);
   const k = new Float64Array(dk);
   const delta = new Float64Array(dv);
   const m = new Float64Array(dv);
-  for (let w = 0; w < windows; w++) {
-    for (let h = 0; h < Hv; h++) {
-      const g = math.floor(h / r);
-      S.fill(0);
-      for (let t = 0; t < T; t++) {
-        const n = w * T + t;
-        l2(conv, n * C + g * dk, dk, 1 / math.sqrt(dk), q);
-        l2(conv, n * C + Hk * dk + g * dk, dk, 1, k);
-        const vo = n * C + 2 * Hk * dk + h * dv;
-        step(S, q, k, conv, vo, math.exp(decay[n * Hv + h]), beta[n * Hv + h], m, delta, dk, dv);
-        out.set(delta, (n * Hv + h) * dv);
-      }
+  for (let h = 0; h < Hv; h++) {
+    const g = math.floor(h / r);
+    const S = state(h);
+    for (let n = first; n < first + count; n++) {
+      l2(conv, n * C + g * dk, dk, 1 / math.sqrt(dk), q);
+      l2(conv, n * C + Hk * dk + g * dk, dk, 1, k);
+      const vo = n * C + 2 * Hk * dk + h * dv;
+      step(S, q, k, conv, vo, math.exp(decay[n * Hv + h]), beta[n * Hv + h], m, delta, dk, dv);
+      out.set(delta, (n * Hv + h) * dv);
     }
   }
-  return out;
 }
 
 /** The conv input [N, C], z, b and a of x [N, hidden] (either projection layout). */
