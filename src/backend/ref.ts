@@ -201,31 +201,75 @@ export function attentionRef(
     const base = h * T;
     const sink = opts.sinks ? opts.sinks[h] : -Infinity;
     for (let t = 0; t < T; t++) {
-      const qRow = (base + t) * dk;
-      const first = math.max(0, t - window + 1);
-      let max = sink;
-      for (let s = first; s <= t; s++) {
-        const kRow = (base + s) * dk;
-        let dot = 0;
-        for (let i = 0; i < dk; i++) dot += q[qRow + i] * k[kRow + i];
-        p[s] = dot * scale;
-        if (p[s] > max) max = p[s];
-      }
-      let sum = opts.sinks ? math.exp(sink - max) : 0;
-      for (let s = first; s <= t; s++) {
-        p[s] = math.exp(p[s] - max);
-        sum += p[s];
-      }
-      acc.fill(0);
-      for (let s = first; s <= t; s++) {
-        const weight = p[s] / sum;
-        const vRow = (base + s) * dv;
-        for (let j = 0; j < dv; j++) acc[j] += weight * v[vRow + j];
-      }
+      const rows = { k, kBase: base * dk, kStep: dk, v, vBase: base * dv, vStep: dv };
+      attendRow(
+        q,
+        (base + t) * dk,
+        rows,
+        dk,
+        dv,
+        math.max(0, t - window + 1),
+        t,
+        scale,
+        sink,
+        opts.sinks !== undefined,
+        p,
+        acc,
+      );
       out.set(acc, (base + t) * dv); // float64 → float32
     }
   }
   return out;
+}
+
+/** Where the key and value rows of one head sit: position s's row starts at base + s·step. */
+export interface KvRows {
+  k: Float32Array;
+  kBase: number;
+  kStep: number;
+  v: Float32Array;
+  vBase: number;
+  vStep: number;
+}
+
+/**
+ * One query row's attention into acc [dv]: its scores (float64) over positions first..last, the max (and the sink,
+ * when `hasSink`) subtracted before exp, then the weighted sum of the value rows. `p` holds at least last + 1 scores.
+ * Shared by attentionRef and the decoder's cached attention (src/model/forward/decode.ts).
+ */
+export function attendRow(
+  q: Float32Array,
+  qRow: number,
+  r: KvRows,
+  dk: number,
+  dv: number,
+  first: number,
+  last: number,
+  scale: number,
+  sink: number,
+  hasSink: boolean,
+  p: Float64Array,
+  acc: Float64Array,
+): void {
+  let max = sink;
+  for (let s = first; s <= last; s++) {
+    const kRow = r.kBase + s * r.kStep;
+    let dot = 0;
+    for (let i = 0; i < dk; i++) dot += q[qRow + i] * r.k[kRow + i];
+    p[s] = dot * scale;
+    if (p[s] > max) max = p[s];
+  }
+  let sum = hasSink ? math.exp(sink - max) : 0;
+  for (let s = first; s <= last; s++) {
+    p[s] = math.exp(p[s] - max);
+    sum += p[s];
+  }
+  acc.fill(0);
+  for (let s = first; s <= last; s++) {
+    const weight = p[s] / sum;
+    const vRow = r.vBase + s * r.vStep;
+    for (let j = 0; j < dv; j++) acc[j] += weight * r.v[vRow + j];
+  }
 }
 
 /**

@@ -13,6 +13,7 @@
  * total length is at most index_topk (arch.checkWindow refuses more).
  */
 import type { AttentionOptions, Backend } from '../../backend/backend';
+import { attendRow } from '../../backend/ref';
 import { InternalError } from '../../errors';
 import type { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
@@ -71,27 +72,9 @@ export function attendCached(
     const first = opts.window ? math.max(0, t - opts.window + 1) : 0;
     for (let h = 0; h < H; h++) {
       const kh = math.floor(h / group);
-      const qRow = (n * H + h) * dk;
+      const rows = { k: c.k, kBase: kh * dk, kStep: KV * dk, v: c.v, vBase: kh * dv, vStep: KV * dv };
       const sink = opts.sinks ? opts.sinks[h] : -Infinity;
-      let max = sink;
-      for (let s = first; s <= t; s++) {
-        const kRow = (s * KV + kh) * dk;
-        let dot = 0;
-        for (let i = 0; i < dk; i++) dot += q[qRow + i] * c.k[kRow + i];
-        p[s] = dot * scale;
-        if (p[s] > max) max = p[s];
-      }
-      let sum = opts.sinks ? math.exp(sink - max) : 0;
-      for (let s = first; s <= t; s++) {
-        p[s] = math.exp(p[s] - max);
-        sum += p[s];
-      }
-      acc.fill(0);
-      for (let s = first; s <= t; s++) {
-        const weight = p[s] / sum;
-        const vRow = (s * KV + kh) * dv;
-        for (let j = 0; j < dv; j++) acc[j] += weight * c.v[vRow + j];
-      }
+      attendRow(q, (n * H + h) * dk, rows, dk, dv, first, t, scale, sink, opts.sinks !== undefined, p, acc);
       out.set(acc, (n * H + h) * dv);
     }
   }
