@@ -16,7 +16,7 @@ import { CheckpointError } from '../errors';
 import type { Decoder } from '../model/forward/decode';
 import type { Progress } from '../ui/progress';
 import { generate, promptIds } from './generate';
-import { meanStderr } from './tasks';
+import { meanStderr, readTaskLines } from './tasks';
 import type { TextTokenizer } from './tokenizer';
 
 export interface GenItem {
@@ -33,20 +33,9 @@ export interface GenTask {
 
 const HINT = 'each line must be {"prompt": str, "target": str} or {"prompt": str, "targets": [str, ...]}';
 
-function readLines(file: string): string[] {
-  try {
-    return fs.readFileSync(file, 'utf8').split('\n');
-  } catch (e) {
-    throw new CheckpointError(
-      `cannot read the task file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
-      { file, hint: 'check the --task path' },
-    );
-  }
-}
-
 /** A task file is generative when its first item has a "prompt" key (multiple choice: "context"). */
 export function isGenerativeTask(file: string): boolean {
-  const first = readLines(file).find((l) => l.trim());
+  const first = readTaskLines(file).find((l) => l.trim());
   if (!first) return false;
   try {
     const rec = JSON.parse(first) as unknown;
@@ -60,7 +49,7 @@ const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) =
 
 /** A generative task file's items (the first `limit` when given); the task's name is the file's basename. */
 export function loadGenTask(file: string, limit?: number): GenTask {
-  const lines = readLines(file);
+  const lines = readTaskLines(file);
   const items: GenItem[] = [];
   for (let i = 0; i < lines.length && (limit === undefined || items.length < limit); i++) {
     if (!lines[i].trim()) continue;

@@ -33,19 +33,22 @@ export interface McTask {
 
 const HINT = 'each line must be {"context": str, "choices": [str, ...], "answer": int}';
 
-/** A task file's items (the first `limit` when given); the task's name is the file's basename. */
-export function loadMcTask(file: string, limit?: number): McTask {
-  let text: string;
+/** A task file's lines (multiple-choice or generative); an unreadable file is one clear error. */
+export function readTaskLines(file: string): string[] {
   try {
-    text = fs.readFileSync(file, 'utf8');
+    return fs.readFileSync(file, 'utf8').split('\n');
   } catch (e) {
     throw new CheckpointError(
       `cannot read the task file (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
       { file, hint: 'check the --task path' },
     );
   }
+}
+
+/** A task file's items (the first `limit` when given); the task's name is the file's basename. */
+export function loadMcTask(file: string, limit?: number): McTask {
   const items: McItem[] = [];
-  const lines = text.split('\n');
+  const lines = readTaskLines(file);
   for (let i = 0; i < lines.length && (limit === undefined || items.length < limit); i++) {
     if (!lines[i].trim()) continue;
     let rec: Partial<McItem>;
