@@ -7,7 +7,8 @@
 export interface Backend extends FusedOps {
   readonly name: string;
   /**
-   * y = x · wᵀ (+ bias): x [tokens, inDim], w [outDim, inDim], bias [outDim] → y [tokens, outDim].
+   * y = x · wᵀ (+ bias): x [tokens, inDim], w [outDim, inDim], bias [outDim] → y [tokens, outDim]; written into
+   * `into` (tokens × outDim values) and returned when given, so a caller can reuse one buffer.
    */
   linear(
     x: Float32Array,
@@ -16,6 +17,7 @@ export interface Backend extends FusedOps {
     inDim: number,
     outDim: number,
     bias?: Float32Array,
+    into?: Float32Array,
   ): Promise<Float32Array>;
   /**
    * Batched product c[b] = a[b] · (transB ? b[b]ᵀ : b[b]):
@@ -93,7 +95,8 @@ export interface FusedOps {
   /**
    * A SwiGLU MLP: act = silu(x·gateᵀ) ⊙ (x·upᵀ), out = act·downᵀ, with x [rows, hidden], gateUp [2·width, hidden]
    * (gate rows first, then up rows), down [hidden, width] → out [rows, hidden]; act [rows, width] also when asked.
-   * opts adds biases to both products and gpt-oss's clamped activation (GluOptions).
+   * opts adds biases to both products and gpt-oss's clamped activation (GluOptions). `into` (rows × hidden values)
+   * receives out when given.
    */
   swiglu(
     x: Float32Array,
@@ -104,6 +107,7 @@ export interface FusedOps {
     width: number,
     wantAct: boolean,
     opts?: GluOptions,
+    into?: Float32Array,
   ): Promise<{ out: Float32Array; act?: Float32Array }>;
   /**
    * Statistics of logits = x·wᵀ for x [rows, hidden], w [count, hidden] (the lm_head rows of vocab ids

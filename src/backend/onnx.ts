@@ -26,6 +26,7 @@ import {
   checkLinear,
   checkLogitStats,
   checkSwiglu,
+  intoOr,
   linearRef,
   logitStatsRef,
   swigluRef,
@@ -165,9 +166,12 @@ export class OnnxBackend implements Backend {
       interOpNumThreads: 1,
       executionMode: 'sequential',
       graphOptimizationLevel: 'all',
-      // No arena and no memory pattern: onnxruntime's arena keeps its peak (every batch and expert shape it has
-      // seen) for the life of the session, ~190 MB more peak RSS on bench/eval.js for no measurable speed.
-      enableCpuMemArena: false,
+      // The arena keeps the memory of earlier runs for the next ones. Without it every run's outputs and
+      // intermediates are fresh pages from the OS: on this project's machine a first touch costs ~13 µs per 4 KB
+      // page, which made the lm_head's logit statistics 3.4× slower (762 against 222 ms per 1,024 tokens) and the
+      // attention 2.3×. Its cost is its peak per session, bounded by the blocks the forward pass hands over
+      // (model.ts LOGIT_BLOCK_FLOATS). No memory pattern: shapes change from call to call.
+      enableCpuMemArena: true,
       enableMemPattern: false,
       logSeverityLevel: ORT_LOG_ERRORS_ONLY,
       extra: { session: { intra_op: { allow_spinning: ALLOW_SPINNING } } },
@@ -186,11 +190,18 @@ export class OnnxBackend implements Backend {
     return s;
   }
 
-  /** Runs one graph and returns the outputs named in `fetches` (onnxruntime copies out only those). */
-  private async runGraph(kind: GraphKind, feeds: Record<string, Ort.Tensor>, fetches: string[]): Promise<Outputs> {
+  /**
+   * Runs one graph and returns the outputs named in `fetches` (onnxruntime copies out only those), or writes them
+   * into the tensors given there.
+   */
+  private async runGraph(
+    kind: GraphKind,
+    feeds: Record<string, Ort.Tensor>,
+    fetches: string[] | Record<string, Ort.Tensor>,
+  ): Promise<Outputs> {
     const session = await this.session(kind);
     try {
-      return await session.run(feeds, fetches);
+      return await session.run(feeds, fetches as Ort.InferenceSession.FetchesType);
     } catch (e) {
       throw new InternalError(`onnxruntime failed on ${kind}: ${firstLine(e)}`);
     }
@@ -201,8 +212,11 @@ export class OnnxBackend implements Backend {
     feeds: Record<string, Ort.Tensor>,
     output: string,
     expected: number,
+    into?: { data: Float32Array; dims: number[] },
   ): Promise<Float32Array> {
-    return floatOutput(await this.runGraph(kind, feeds, [output]), kind, output, expected);
+    if (!into) return floatOutput(await this.runGraph(kind, feeds, [output]), kind, output, expected);
+    await this.runGraph(kind, feeds, { [output]: this.tensor(into.data, into.dims) });
+    return into.data; // written in place (the result's tensor is another view of it)
   }
 
   private tensor(data: Float32Array, dims: number[]): Ort.Tensor {
@@ -216,15 +230,17 @@ export class OnnxBackend implements Backend {
     inDim: number,
     outDim: number,
     bias?: Float32Array,
+    into?: Float32Array,
   ): Promise<Float32Array> {
-    checkLinear(x, w, tokens, inDim, outDim, bias);
-    if (tokens * inDim * outDim < TINY_PRODUCT_MACS) return linearRef(x, w, tokens, inDim, outDim, bias);
+    checkLinear(x, w, tokens, inDim, outDim, bias, into);
+    if (tokens * inDim * outDim < TINY_PRODUCT_MACS) return intoOr(into, linearRef(x, w, tokens, inDim, outDim, bias));
     const feeds: Record<string, Ort.Tensor> = {
       X: this.tensor(x, [tokens, inDim]),
       W: this.tensor(w, [outDim, inDim]),
     };
     if (bias) feeds.B = this.tensor(bias, [outDim]);
-    return this.run(bias ? 'linearBias' : 'linear', feeds, 'Y', tokens * outDim); // [tokens, outDim]
+    const out = into && { data: into, dims: [tokens, outDim] };
+    return this.run(bias ? 'linearBias' : 'linear', feeds, 'Y', tokens * outDim, out); // [tokens, outDim]
   }
 
   async bmm(
@@ -276,11 +292,12 @@ export class OnnxBackend implements Backend {
     width: number,
     wantAct: boolean,
     opts?: GluOptions,
+    into?: Float32Array,
   ): Promise<{ out: Float32Array; act?: Float32Array }> {
-    checkSwiglu(x, gateUp, down, rows, hidden, width, opts);
+    checkSwiglu(x, gateUp, down, rows, hidden, width, opts, into);
     if (3 * rows * hidden * width < TINY_PRODUCT_MACS) {
       const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width, opts);
-      return wantAct ? { out, act } : { out };
+      return wantAct ? { out: intoOr(into, out), act } : { out: intoOr(into, out) };
     }
     const feeds: Record<string, Ort.Tensor> = {
       X: this.tensor(x, [rows, hidden]),
@@ -296,8 +313,14 @@ export class OnnxBackend implements Backend {
       feeds.Limit = this.tensor(Float32Array.of(c ? c.limit : Infinity), []);
       feeds.Plus = this.tensor(Float32Array.of(c ? 1 : 0), []);
     }
-    const result = await this.runGraph(kind, feeds, wantAct ? ['Out', 'Act'] : ['Out']);
-    const out = floatOutput(result, kind, 'Out', rows * hidden); // [rows, hidden]
+    // with `into`, onnxruntime writes Out there (and allocates Act, when asked, itself)
+    const fetches = into
+      ? { Out: this.tensor(into, [rows, hidden]), ...(wantAct ? { Act: null as unknown as Ort.Tensor } : {}) }
+      : wantAct
+        ? ['Out', 'Act']
+        : ['Out'];
+    const result = await this.runGraph(kind, feeds, fetches);
+    const out = into ?? floatOutput(result, kind, 'Out', rows * hidden); // [rows, hidden]
     return wantAct ? { out, act: floatOutput(result, kind, 'Act', rows * width) } : { out }; // act [rows, width]
   }
 

@@ -31,11 +31,20 @@ export function checkLinear(
   inDim: number,
   outDim: number,
   bias?: Float32Array,
+  into?: Float32Array,
 ): void {
   checkDims('linear', { tokens, inDim, outDim });
   checkLength('linear', 'x', x, tokens * inDim, `[${tokens}, ${inDim}]`);
   checkLength('linear', 'w', w, outDim * inDim, `[${outDim}, ${inDim}]`);
   if (bias) checkLength('linear', 'bias', bias, outDim, `[${outDim}]`);
+  if (into) checkLength('linear', 'into', into, tokens * outDim, `[${tokens}, ${outDim}]`);
+}
+
+/** The result written into `into` when given (a backend method's reusable output buffer), else itself. */
+export function intoOr(into: Float32Array | undefined, result: Float32Array): Float32Array {
+  if (!into) return result;
+  into.set(result);
+  return into;
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `bmm` call. */
@@ -84,8 +93,10 @@ export function checkSwiglu(
   hidden: number,
   width: number,
   opts: GluOptions = {},
+  into?: Float32Array,
 ): void {
   checkDims('swiglu', { rows, hidden, width });
+  if (into) checkLength('swiglu', 'into', into, rows * hidden, `[${rows}, ${hidden}]`);
   checkLength('swiglu', 'x', x, rows * hidden, `[${rows}, ${hidden}]`);
   checkLength('swiglu', 'gateUp', gateUp, 2 * width * hidden, `[2·${width}, ${hidden}]`);
   checkLength('swiglu', 'down', down, hidden * width, `[${hidden}, ${width}]`);
@@ -401,9 +412,10 @@ export class RefBackend implements Backend {
     inDim: number,
     outDim: number,
     bias?: Float32Array,
+    into?: Float32Array,
   ): Promise<Float32Array> {
-    checkLinear(x, w, tokens, inDim, outDim, bias);
-    return linearRef(x, w, tokens, inDim, outDim, bias);
+    checkLinear(x, w, tokens, inDim, outDim, bias, into);
+    return intoOr(into, linearRef(x, w, tokens, inDim, outDim, bias));
   }
 
   async bmm(
@@ -443,10 +455,11 @@ export class RefBackend implements Backend {
     width: number,
     wantAct: boolean,
     opts?: GluOptions,
+    into?: Float32Array,
   ): Promise<{ out: Float32Array; act?: Float32Array }> {
-    checkSwiglu(x, gateUp, down, rows, hidden, width, opts);
+    checkSwiglu(x, gateUp, down, rows, hidden, width, opts, into);
     const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width, opts);
-    return wantAct ? { out, act } : { out };
+    return wantAct ? { out: intoOr(into, out), act } : { out: intoOr(into, out) };
   }
 
   async logitStats(

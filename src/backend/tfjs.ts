@@ -20,6 +20,7 @@ import {
   checkLinear,
   checkLogitStats,
   checkSwiglu,
+  intoOr,
   linearRef,
   logitStatsRef,
   swigluRef,
@@ -215,16 +216,18 @@ export class TfjsBackend implements Backend {
     inDim: number,
     outDim: number,
     bias?: Float32Array,
+    into?: Float32Array,
   ): Promise<Float32Array> {
-    checkLinear(x, w, tokens, inDim, outDim, bias);
-    if (tokens * inDim * outDim === 0) return linearRef(x, w, tokens, inDim, outDim, bias); // nothing to multiply
-    return this.scoped(async (keep) => {
+    checkLinear(x, w, tokens, inDim, outDim, bias, into);
+    if (tokens * inDim * outDim === 0) return intoOr(into, linearRef(x, w, tokens, inDim, outDim, bias)); // nothing to multiply
+    const y = await this.scoped(async (keep) => {
       const tx = keep(this.tf.tensor(x, [tokens, inDim], 'float32'));
       const tw = keep(this.tf.tensor(w, [outDim, inDim], 'float32'));
       let y = this.timesTransposed(tx, tw, tokens, keep); // [tokens, outDim]
       if (bias) y = keep(this.tf.add(y, keep(this.tf.tensor(bias, [outDim], 'float32'))));
       return asFloat32(await y.data(), tokens * outDim, 'linear');
     });
+    return intoOr(into, y);
   }
 
   async bmm(
@@ -329,11 +332,12 @@ export class TfjsBackend implements Backend {
     width: number,
     wantAct: boolean,
     opts?: GluOptions,
+    into?: Float32Array,
   ): Promise<{ out: Float32Array; act?: Float32Array }> {
-    checkSwiglu(x, gateUp, down, rows, hidden, width, opts);
+    checkSwiglu(x, gateUp, down, rows, hidden, width, opts, into);
     if (rows * hidden * width === 0) {
       const { out, act } = swigluRef(x, gateUp, down, rows, hidden, width, opts); // nothing to multiply
-      return wantAct ? { out, act } : { out };
+      return wantAct ? { out: intoOr(into, out), act } : { out: intoOr(into, out) };
     }
     const tf = this.tf;
     const bias = (b: Float32Array | undefined, n: number, y: TfTensor) =>
@@ -357,7 +361,7 @@ export class TfjsBackend implements Backend {
         return wantAct ? [out, act] : [out];
       }),
     );
-    const out = asFloat32(results[0], rows * hidden, 'swiglu out');
+    const out = intoOr(into, asFloat32(results[0], rows * hidden, 'swiglu out'));
     return wantAct ? { out, act: asFloat32(results[1], rows * width, 'swiglu act') } : { out };
   }
 

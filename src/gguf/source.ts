@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
-import { Checkpoint, TensorReader } from '../io/checkpoint';
+import { Checkpoint, copyInto, TensorReader } from '../io/checkpoint';
 import { fromFloat32 } from '../io/dtype';
 import type { TensorRef } from '../io/safetensors';
 import type { Architecture } from '../model/arch';
@@ -254,6 +254,14 @@ export class GgufTensorReader extends TensorReader {
       return this.f32(name).slice(start * cols, (start + count) * cols);
     }
     return this.read(p.tensor, p.tensor.offset + start * rowBytes(p.tensor.ggml, ref.shape[1]), count);
+  }
+
+  override f32Into(name: string, into: Float32Array): Float32Array {
+    return copyInto(this.f32(name), into);
+  }
+
+  override rowsF32Into(name: string, start: number, count: number, into: Float32Array): Float32Array {
+    return copyInto(this.rowsF32(name, start, count), into);
   }
 
   override bytes(name: string): Uint8Array {

@@ -324,10 +324,21 @@ function checkIndexAgainstShards(
   }
 }
 
+/** Reads of more bytes than this allocate their own buffer instead of growing the reader's scratch buffer. */
+const SCRATCH_MAX_BYTES = 64 << 20;
+
+/** src copied into `into` (the same length), returned. */
+export function copyInto(src: Float32Array, into: Float32Array): Float32Array {
+  if (src.length !== into.length) throw new RangeError(`${src.length} values into an array of ${into.length}`);
+  into.set(src);
+  return into;
+}
+
 /** Reads tensors one at a time with positioned reads; keeps shard files open until close(). */
 export class TensorReader {
   private fds = new Map<string, number>();
   private lastIntq?: { name: string; values: Float32Array };
+  private scratch?: Uint8Array;
 
   constructor(private readonly ckpt: Checkpoint) {}
 
@@ -411,9 +422,44 @@ export class TensorReader {
     }
     if (t.fp8) return this.fp8Rows(t, start, count);
     if (t.intq) return this.intqF32(t).slice(start * cols, (start + count) * cols);
-    const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
-    this.ckpt.bytesRead.value += bytes.byteLength;
-    return toFloat32(bytes, t.dtype);
+    return this.plainF32(t, t.begin + start * rowBytes, count * rowBytes);
+  }
+
+  /** rowsF32 decoded into `into` (count × cols values): a reused buffer instead of fresh memory. */
+  rowsF32Into(name: string, start: number, count: number, into: Float32Array): Float32Array {
+    const t = this.ref(name);
+    if (t.packed || t.view || t.mxfp4 || t.fp8 || t.intq) return copyInto(this.rowsF32(name, start, count), into);
+    const rowBytes = (t.shape.slice(1).reduce((a, b) => a * b, 1) * dtypeBytes(t.dtype)) | 0;
+    if (start < 0 || start + count > t.shape[0])
+      throw new RangeError(`rowsF32Into: rows ${start}..${start + count} outside ${t.name} [${t.shape}]`);
+    return this.plainF32(t, t.begin + start * rowBytes, count * rowBytes, into);
+  }
+
+  /**
+   * Stored bytes [at, at + length) of an unpacked floating tensor as float32, into `into` when given. Float32 is read
+   * straight into the result; other dtypes through one scratch buffer the reader keeps (fresh memory per read costs
+   * page faults that outweigh the decoding).
+   */
+  private plainF32(t: TensorRef, at: number, length: number, into?: Float32Array): Float32Array {
+    const fd = this.fd(t.file);
+    const n = length / dtypeBytes(t.dtype);
+    if (into && into.length !== n) throw new RangeError(`${t.name}: ${n} values into an array of ${into.length}`);
+    let out: Float32Array;
+    if (t.dtype === 'F32') {
+      out = into ?? new Float32Array(n);
+      readExact(fd, t.file, at, length, new Uint8Array(out.buffer, out.byteOffset, length));
+    } else {
+      out = toFloat32(readExact(fd, t.file, at, length, this.scratchOf(length)), t.dtype, into);
+    }
+    this.ckpt.bytesRead.value += length;
+    return out;
+  }
+
+  /** The reader's scratch buffer for `length` bytes (grown on demand), or undefined above SCRATCH_MAX_BYTES. */
+  private scratchOf(length: number): Uint8Array | undefined {
+    if (length > SCRATCH_MAX_BYTES) return undefined;
+    if (!this.scratch || this.scratch.byteLength < length) this.scratch = new Uint8Array(length);
+    return this.scratch.subarray(0, length);
   }
 
   /**
@@ -451,7 +497,15 @@ export class TensorReader {
     if (t.mxfp4) return this.rowsF32(name, 0, t.shape[0]);
     if (t.fp8) return this.fp8Rows(t, 0, t.shape[0]);
     if (t.intq) return this.intqF32(t).slice();
-    return toFloat32(this.bytes(name), t.dtype);
+    return this.plainF32(t, t.begin, t.end - t.begin);
+  }
+
+  /** f32 decoded into `into` (exactly the tensor's size). */
+  f32Into(name: string, into: Float32Array): Float32Array {
+    const t = this.ref(name);
+    if (!isFloatDType(t.dtype) || t.packed || t.view || t.mxfp4 || t.fp8 || t.intq)
+      return copyInto(this.f32(name), into);
+    return this.plainF32(t, t.begin, t.end - t.begin, into);
   }
 
   /**

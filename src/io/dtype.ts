@@ -101,11 +101,15 @@ function f8LUT(d: 'F8_E4M3' | 'F8_E5M2'): Float32Array {
   return t;
 }
 
-/** Decodes little-endian tensor bytes of a floating dtype into float32 values. */
-export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
+/**
+ * Decodes little-endian tensor bytes of a floating dtype into float32 values, into `out` when given (exactly as many
+ * elements; reusing a buffer saves the page faults of a fresh one, which cost more than the decoding itself).
+ */
+export function toFloat32(bytes: Uint8Array, dtype: DType, into?: Float32Array): Float32Array {
   const size = dtypeBytes(dtype);
   const n = bytes.byteLength / size;
-  const out = new Float32Array(n);
+  if (into && into.length !== n) throw new RangeError(`toFloat32: ${n} values into an array of ${into.length}`);
+  const out = into ?? new Float32Array(n);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   // Fast paths: typed-array views need aligned offsets (and this code assumes a little-endian host: x86, ARM).
   const aligned = bytes.byteOffset % size === 0;
@@ -121,7 +125,20 @@ export function toFloat32(bytes: Uint8Array, dtype: DType): Float32Array {
       for (let i = 0; i < n; i++) out[i] = view.getFloat64(i * 8, true);
       return out;
     case 'BF16': {
-      const o32 = new Uint32Array(out.buffer);
+      const o32 = new Uint32Array(out.buffer, out.byteOffset, n);
+      if (bytes.byteOffset % 4 === 0) {
+        // Two values per 32-bit load (little-endian: the first value is the low half): 1.7× faster than a 16-bit
+        // load per value (measured, 226 M values: 140 against 240 ms).
+        const pairs = n >> 1;
+        const w32 = new Uint32Array(bytes.buffer, bytes.byteOffset, pairs);
+        for (let i = 0, j = 0; i < pairs; i++, j += 2) {
+          const w = w32[i];
+          o32[j] = w << 16;
+          o32[j + 1] = w & 0xffff0000;
+        }
+        if (n & 1) o32[n - 1] = view.getUint16(2 * (n - 1), true) << 16;
+        return out;
+      }
       if (aligned) {
         const u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
         for (let i = 0; i < n; i++) o32[i] = u16[i] << 16;

@@ -75,3 +75,18 @@ test('aligned and unaligned buffers decode alike', () => {
     expect(Array.from(toFloat32(shifted, d))).toEqual(Array.from(toFloat32(bytes, d)));
   }
 });
+
+test('BF16 decodes alike on every path (pairs of values per 32-bit load, odd counts, 2-byte offsets, into a buffer)', () => {
+  const bits = [0x3f80, 0xc000, 0x7f80, 0x0001, 0x8000, 0xff80, 0x3fc0];
+  const expected = bits.map((b) => new Float32Array(new Uint32Array([b << 16]).buffer)[0]);
+  for (const n of [1, 2, 3, 7]) {
+    const src = bytesOfU16(bits.slice(0, n));
+    const atTwo = new Uint8Array(src.length + 2).subarray(2); // byteOffset % 4 === 2: one value per 16-bit load
+    atTwo.set(src);
+    const into = new Float32Array(n + 2).subarray(1, n + 1);
+    for (const out of [toFloat32(src, 'BF16'), toFloat32(atTwo, 'BF16'), toFloat32(src, 'BF16', into)])
+      expect(Array.from(out)).toEqual(expected.slice(0, n));
+    expect(toFloat32(src, 'BF16', into)).toBe(into);
+  }
+  expect(() => toFloat32(bytesOfU16([1, 2]), 'BF16', new Float32Array(3))).toThrow(RangeError);
+});

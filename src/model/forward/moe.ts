@@ -116,8 +116,9 @@ export function tokensPerExpert(
   return lists.map(({ tokens: t, slots }) => ({ tokens: t, slots }));
 }
 
-export function gatherRows(x: Float32Array, cols: number, rows: Int32Array): Float32Array {
-  const out = new Float32Array(rows.length * cols);
+/** Rows `rows` of x [?, cols], into `into` when given (rows.length × cols values). */
+export function gatherRows(x: Float32Array, cols: number, rows: Int32Array, into?: Float32Array): Float32Array {
+  const out = into ?? new Float32Array(rows.length * cols);
   for (let i = 0; i < rows.length; i++) out.set(x.subarray(rows[i] * cols, (rows[i] + 1) * cols), i * cols);
   return out;
 }
