@@ -219,7 +219,8 @@ export class TfjsBackend implements Backend {
     into?: Float32Array,
   ): Promise<Float32Array> {
     checkLinear(x, w, tokens, inDim, outDim, bias, into);
-    if (tokens * inDim * outDim === 0) return intoOr(into, linearRef(x, w, tokens, inDim, outDim, bias)); // nothing to multiply
+    // nothing to multiply
+    if (tokens * inDim * outDim === 0) return intoOr(into, linearRef(x, w, tokens, inDim, outDim, bias));
     const y = await this.scoped(async (keep) => {
       const tx = keep(this.tf.tensor(x, [tokens, inDim], 'float32'));
       const tw = keep(this.tf.tensor(w, [outDim, inDim], 'float32'));
