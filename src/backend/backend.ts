@@ -93,6 +93,24 @@ export interface FusedOps {
     opts?: AttentionOptions,
   ): Promise<Float32Array>;
   /**
+   * attention() on token-major operands of one window, as the projections give them: q [T, H, dk], k [T, KV, dk],
+   * v [T, KV, dv] → [T, H, dv], query head h attending with key/value head ⌊h / (H / KV)⌋ (grouped-query
+   * attention; KV = H for one key/value head per query head). The result goes into `into` when given.
+   */
+  attentionTokens(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    heads: number,
+    kvHeads: number,
+    dk: number,
+    dv: number,
+    scale: number,
+    opts?: AttentionOptions,
+    into?: Float32Array,
+  ): Promise<Float32Array>;
+  /**
    * A SwiGLU MLP: act = silu(x·gateᵀ) ⊙ (x·upᵀ), out = act·downᵀ, with x [rows, hidden], gateUp [2·width, hidden]
    * (gate rows first, then up rows), down [hidden, width] → out [rows, hidden]; act [rows, width] also when asked.
    * opts adds biases to both products and gpt-oss's clamped activation (GluOptions). `into` (rows × hidden values)

@@ -40,6 +40,48 @@ export function attentionModel(): Uint8Array {
 }
 
 /**
+ * attentionModel on token-major operands (Backend.attentionTokens): Q [T, H, dk], K [T, KV, dk], V [T, KV, dv] →
+ * O [T, H, dv]. The query heads of one key/value head are G = H / KV consecutive heads, so Q's head-major
+ * [H, T, dk] is [KV, G·T, dk]: one product per key/value head, no copy of K or V per query head, and the mask
+ * broadcast over G by viewing the scores as [KV, G, T, T]. The views' shapes come in as int64 inputs: QShape
+ * [KV, G·T, dk], SShape [KV, G, T, T], PShape [KV, G·T, T], OShape [H, T, dv]. Same operations in the same order
+ * as attentionModel on each score.
+ */
+export function attentionTokensModel(): Uint8Array {
+  const shape = (name: string, n: number) => ({ name, dims: [n], type: 'int64' as const });
+  return encodeModel({
+    name: 'attention_tokens',
+    inputs: [
+      { name: 'Q', dims: ['T', 'heads', 'dk'] },
+      { name: 'K', dims: ['T', 'kv', 'dk'] },
+      { name: 'V', dims: ['T', 'kv', 'dv'] },
+      { name: 'Scale', dims: [] },
+      { name: 'Mask', dims: ['T', 'T'] },
+      shape('QShape', 3),
+      shape('SShape', 4),
+      shape('PShape', 3),
+      shape('OShape', 3),
+    ],
+    outputs: [{ name: 'O', dims: ['T', 'heads', 'dv'] }],
+    nodes: [
+      { op: 'Transpose', inputs: ['Q'], outputs: ['QH'], attrs: [{ name: 'perm', ints: [1, 0, 2] }] }, // [H, T, dk]
+      { op: 'Reshape', inputs: ['QH', 'QShape'], outputs: ['QG'] }, // [KV, G·T, dk]
+      { op: 'Transpose', inputs: ['K'], outputs: ['KT'], attrs: [{ name: 'perm', ints: [1, 2, 0] }] }, // [KV, dk, T]
+      { op: 'MatMul', inputs: ['QG', 'KT'], outputs: ['S'] }, // [KV, G·T, T]
+      { op: 'Mul', inputs: ['S', 'Scale'], outputs: ['Scaled'] },
+      { op: 'Reshape', inputs: ['Scaled', 'SShape'], outputs: ['S4'] }, // [KV, G, T, T]
+      { op: 'Add', inputs: ['S4', 'Mask'], outputs: ['Masked'] },
+      { op: 'Softmax', inputs: ['Masked'], outputs: ['P'], attrs: [{ name: 'axis', int: 3 }] },
+      { op: 'Reshape', inputs: ['P', 'PShape'], outputs: ['P3'] }, // [KV, G·T, T]
+      { op: 'Transpose', inputs: ['V'], outputs: ['VT'], attrs: [{ name: 'perm', ints: [1, 0, 2] }] }, // [KV, T, dv]
+      { op: 'MatMul', inputs: ['P3', 'VT'], outputs: ['O3'] }, // [KV, G·T, dv]
+      { op: 'Reshape', inputs: ['O3', 'OShape'], outputs: ['OH'] }, // [H, T, dv]
+      { op: 'Transpose', inputs: ['OH'], outputs: ['O'], attrs: [{ name: 'perm', ints: [1, 0, 2] }] }, // [T, H, dv]
+    ],
+  });
+}
+
+/**
  * Attention with a per-head sink logit (gpt-oss; ref.ts attentionRef with opts.sinks): Sinks [H, 1, 1] joins each
  * row's max M = max(max_s A_s, sink) and its denominator Z = Σ_s exp(A_s − M) + exp(sink − M), where A = Q·Kᵀ·Scale
  * + Mask; O = (exp(A − M)·V) / Z. Dividing after the product divides [H, T, dv] instead of [H, T, T].

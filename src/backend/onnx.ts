@@ -14,11 +14,21 @@ import * as path from 'node:path';
 import type * as Ort from 'onnxruntime-node';
 import { InternalError, UsageError } from '../errors';
 import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
-import { attentionModel, attentionSinksModel, gluModel, logitStatsModel, swigluModel } from './onnx-fused';
+import {
+  attentionModel,
+  attentionSinksModel,
+  attentionTokensModel,
+  gluModel,
+  logitStatsModel,
+  swigluModel,
+} from './onnx-fused';
 import { bmmModel, linearModel } from './onnx-graph';
 import { defaultThreads } from './threads';
 import {
   attentionRef,
+  attentionTokensByHeads,
+  attentionTokensRef,
+  checkAttentionTokens,
   bmmRef,
   CausalMasks,
   checkAttention,
@@ -52,7 +62,16 @@ const ALLOW_SPINNING = '0';
 const ORT_LOG_ERRORS_ONLY = 3;
 
 type GraphKind =
-  'linear' | 'linearBias' | 'bmm' | 'bmmTransB' | 'attention' | 'attentionSinks' | 'swiglu' | 'glu' | 'logitStats';
+  | 'linear'
+  | 'linearBias'
+  | 'bmm'
+  | 'bmmTransB'
+  | 'attention'
+  | 'attentionSinks'
+  | 'attentionTokens'
+  | 'swiglu'
+  | 'glu'
+  | 'logitStats';
 
 const GRAPHS: Record<GraphKind, () => Uint8Array> = {
   linear: () => linearModel(false),
@@ -61,6 +80,7 @@ const GRAPHS: Record<GraphKind, () => Uint8Array> = {
   bmmTransB: () => bmmModel(true),
   attention: attentionModel,
   attentionSinks: attentionSinksModel,
+  attentionTokens: attentionTokensModel,
   swiglu: swigluModel,
   glu: gluModel,
   logitStats: logitStatsModel,
@@ -281,6 +301,41 @@ export class OnnxBackend implements Backend {
     if (!opts.sinks) return this.run('attention', feeds, 'O', heads * T * dv); // [H, T, dv]
     feeds.Sinks = this.tensor(opts.sinks, [heads, 1, 1]);
     return this.run('attentionSinks', feeds, 'O', heads * T * dv); // [H, T, dv]
+  }
+
+  async attentionTokens(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    heads: number,
+    kvHeads: number,
+    dk: number,
+    dv: number,
+    scale: number,
+    opts: AttentionOptions = {},
+    into?: Float32Array,
+  ): Promise<Float32Array> {
+    checkAttentionTokens(q, k, v, T, heads, kvHeads, dk, dv, scale, opts, into);
+    if (heads * T * T * (dk + dv) < TINY_PRODUCT_MACS)
+      return intoOr(into, attentionTokensRef(q, k, v, T, heads, kvHeads, dk, dv, scale, opts));
+    // sinks: the head-major graph has them
+    if (opts.sinks) return attentionTokensByHeads(this, q, k, v, T, heads, kvHeads, dk, dv, scale, opts, into);
+    const G = heads / kvHeads;
+    const int64 = (dims: number[]) => new this.ort.Tensor('int64', BigInt64Array.from(dims, BigInt), [dims.length]);
+    const feeds: Record<string, Ort.Tensor> = {
+      Q: this.tensor(q, [T, heads, dk]),
+      K: this.tensor(k, [T, kvHeads, dk]),
+      V: this.tensor(v, [T, kvHeads, dv]),
+      Scale: this.tensor(Float32Array.of(scale), []),
+      Mask: this.tensor(this.masks.get(T, opts.window), [T, T]),
+      QShape: int64([kvHeads, G * T, dk]),
+      SShape: int64([kvHeads, G, T, T]),
+      PShape: int64([kvHeads, G * T, T]),
+      OShape: int64([heads, T, dv]),
+    };
+    const out = into && { data: into, dims: [T, heads, dv] };
+    return this.run('attentionTokens', feeds, 'O', T * heads * dv, out); // [T, H, dv]
   }
 
   async swiglu(

@@ -233,6 +233,116 @@ export function attentionRef(
   return out;
 }
 
+export function checkAttentionTokens(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  T: number,
+  heads: number,
+  kvHeads: number,
+  dk: number,
+  dv: number,
+  scale: number,
+  opts: AttentionOptions = {},
+  into?: Float32Array,
+): void {
+  checkDims('attentionTokens', { T, heads, kvHeads, dk, dv });
+  if (heads % kvHeads !== 0)
+    throw new InternalError(`attentionTokens: ${heads} query heads do not divide into ${kvHeads} key/value heads`);
+  checkLength('attentionTokens', 'q', q, T * heads * dk, `[${T}, ${heads}, ${dk}]`);
+  checkLength('attentionTokens', 'k', k, T * kvHeads * dk, `[${T}, ${kvHeads}, ${dk}]`);
+  checkLength('attentionTokens', 'v', v, T * kvHeads * dv, `[${T}, ${kvHeads}, ${dv}]`);
+  if (into) checkLength('attentionTokens', 'into', into, T * heads * dv, `[${T}, ${heads}, ${dv}]`);
+  checkAttention(new Float32Array(0), new Float32Array(0), new Float32Array(0), 0, 0, 0, 0, scale, {
+    ...opts,
+    sinks: undefined,
+  });
+  if (opts.sinks) checkLength('attentionTokens', 'sinks', opts.sinks, heads, `[${heads}]`);
+}
+
+/**
+ * Backend.attentionTokens by the definition: each query row attends over its key/value head's rows where they lie
+ * (row s of head j at (s·KV + j)·d), as attentionRef does head-major.
+ */
+export function attentionTokensRef(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  T: number,
+  heads: number,
+  kvHeads: number,
+  dk: number,
+  dv: number,
+  scale: number,
+  opts: AttentionOptions = {},
+): Float32Array {
+  const out = new Float32Array(T * heads * dv);
+  const p = new Float64Array(T);
+  const acc = new Float64Array(dv);
+  const window = opts.window ?? T;
+  const group = heads / kvHeads;
+  for (let h = 0; h < heads; h++) {
+    const j = math.floor(h / group);
+    const rows = { k, kBase: j * dk, kStep: kvHeads * dk, v, vBase: j * dv, vStep: kvHeads * dv };
+    const sink = opts.sinks ? opts.sinks[h] : -Infinity;
+    for (let t = 0; t < T; t++) {
+      const at = (t * heads + h) * dk;
+      attendRow(q, at, rows, dk, dv, math.max(0, t - window + 1), t, scale, sink, opts.sinks !== undefined, p, acc);
+      out.set(acc, (t * heads + h) * dv);
+    }
+  }
+  return out;
+}
+
+/** [T, srcHeads, d] → [H, T, d], head h reading source head ⌊h / (H / srcHeads)⌋. */
+export function headMajor(x: Float32Array, T: number, H: number, srcHeads: number, d: number): Float32Array {
+  const out = new Float32Array(H * T * d);
+  const group = H / srcHeads;
+  for (let h = 0; h < H; h++) {
+    const j = math.floor(h / group);
+    for (let t = 0; t < T; t++)
+      out.set(x.subarray((t * srcHeads + j) * d, (t * srcHeads + j + 1) * d), (h * T + t) * d);
+  }
+  return out;
+}
+
+/** [H, T, d] → [T, H, d], into `into` when given. */
+export function tokenMajor(x: Float32Array, T: number, H: number, d: number, into?: Float32Array): Float32Array {
+  const out = into ?? new Float32Array(T * H * d);
+  for (let h = 0; h < H; h++)
+    for (let t = 0; t < T; t++) out.set(x.subarray((h * T + t) * d, (h * T + t + 1) * d), (t * H + h) * d);
+  return out;
+}
+
+/** attentionTokens through a backend's head-major attention (the operands transposed here). */
+export async function attentionTokensByHeads(
+  be: Pick<Backend, 'attention'>,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  T: number,
+  heads: number,
+  kvHeads: number,
+  dk: number,
+  dv: number,
+  scale: number,
+  opts: AttentionOptions = {},
+  into?: Float32Array,
+): Promise<Float32Array> {
+  const o = await be.attention(
+    headMajor(q, T, heads, heads, dk),
+    headMajor(k, T, heads, kvHeads, dk),
+    headMajor(v, T, heads, kvHeads, dv),
+    heads,
+    T,
+    dk,
+    dv,
+    scale,
+    opts,
+  );
+  return tokenMajor(o, T, heads, dv, into);
+}
+
 /** Where the key and value rows of one head sit: position s's row starts at base + s·step. */
 export interface KvRows {
   k: Float32Array;
@@ -404,6 +514,23 @@ export class CausalMasks {
 
 export class RefBackend implements Backend {
   readonly name = 'ref';
+
+  async attentionTokens(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    heads: number,
+    kvHeads: number,
+    dk: number,
+    dv: number,
+    scale: number,
+    opts: AttentionOptions = {},
+    into?: Float32Array,
+  ): Promise<Float32Array> {
+    checkAttentionTokens(q, k, v, T, heads, kvHeads, dk, dv, scale, opts, into);
+    return intoOr(into, attentionTokensRef(q, k, v, T, heads, kvHeads, dk, dv, scale, opts));
+  }
 
   async linear(
     x: Float32Array,

@@ -13,6 +13,8 @@ import { InternalError, UsageError } from '../errors';
 import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
 import {
   attentionRef,
+  attentionTokensByHeads,
+  checkAttentionTokens,
   bmmRef,
   CausalMasks,
   checkAttention,
@@ -322,6 +324,23 @@ export class TfjsBackend implements Backend {
     const gc = tf.minimum(g, c.limit);
     const uc = tf.maximum(tf.minimum(u, c.limit), -c.limit);
     return tf.mul(tf.add(uc, 1), tf.mul(gc, tf.sigmoid(tf.mul(gc, c.alpha))));
+  }
+
+  async attentionTokens(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    heads: number,
+    kvHeads: number,
+    dk: number,
+    dv: number,
+    scale: number,
+    opts: AttentionOptions = {},
+    into?: Float32Array,
+  ): Promise<Float32Array> {
+    checkAttentionTokens(q, k, v, T, heads, kvHeads, dk, dv, scale, opts, into);
+    return attentionTokensByHeads(this, q, k, v, T, heads, kvHeads, dk, dv, scale, opts, into);
   }
 
   async swiglu(

@@ -4,7 +4,16 @@
 import * as path from 'node:path';
 import type { Backend, LogitStats } from '../../src/backend/backend';
 import { OnnxBackend, TINY_PRODUCT_MACS } from '../../src/backend/onnx';
-import { attentionRef, causalMask, linearRef, logitStatsRef, RefBackend, swigluRef } from '../../src/backend/ref';
+import {
+  attentionRef,
+  causalMask,
+  headMajor,
+  linearRef,
+  logitStatsRef,
+  RefBackend,
+  swigluRef,
+  tokenMajor,
+} from '../../src/backend/ref';
 import { TfjsBackend, type TfLike } from '../../src/backend/tfjs';
 import { randomMatrix, relError, rng } from './matrices';
 
@@ -130,6 +139,33 @@ function fusedSuite(get: () => Backend): void {
     ).toBeLessThan(ATTENTION_TOL);
   });
 
+  test.each([
+    [8, 2, 33, 64, 64, {}],
+    [6, 6, 20, 48, 32, {}],
+    [4, 1, 33, 32, 32, { window: 5 }],
+    [4, 2, 17, 16, 16, { sinks: Float32Array.of(0.5, -1, 2, 0) }],
+  ])('attentionTokens H=%i KV=%i T=%i dk=%i dv=%i %j equals head-major ref', async (H, KV, T, dk, dv, opts) => {
+    const q = randomMatrix(T * H * dk, 7 + T);
+    const k = randomMatrix(T * KV * dk, 8 + T);
+    const v = randomMatrix(T * KV * dv, 9 + T);
+    const scale = 1 / Math.sqrt(dk);
+    // the definition: head-major operands, head h reading key/value head ⌊h / (H / KV)⌋
+    const heads = (x: Float32Array, n: number, d: number) => headMajor(x, T, H, n, d);
+    const want = tokenMajor(
+      attentionRef(heads(q, H, dk), heads(k, KV, dk), heads(v, KV, dv), H, T, dk, dv, scale, opts),
+      T,
+      H,
+      dv,
+    );
+    const into = new Float32Array(T * H * dv + 3).subarray(1, 1 + T * H * dv);
+    const got = await get().attentionTokens(q, k, v, T, H, KV, dk, dv, scale, opts, into);
+    expect(got).toBe(into);
+    expect(relError(got, want)).toBeLessThan(ATTENTION_TOL);
+    expect(relError(await get().attentionTokens(q, k, v, T, H, KV, dk, dv, scale, opts), want)).toBeLessThan(
+      ATTENTION_TOL,
+    );
+  });
+
   test('attention of zero heads or zero positions is empty', async () => {
     expect(
       (await get().attention(new Float32Array(0), new Float32Array(0), new Float32Array(0), 0, 5, 8, 8, 1)).length,
@@ -243,6 +279,16 @@ function fusedSuite(get: () => Backend): void {
 describe('RefBackend fused ops (hand-computed)', () => {
   const ref = new RefBackend();
 
+  test('attentionTokens is the head-major attention of the regrouped heads, exactly', async () => {
+    const [H, KV, T, d] = [6, 2, 9, 8];
+    const [q, k, v] = [H, KV, KV].map((n, i) => randomMatrix(T * n * d, 20 + i));
+    const hm = (x: Float32Array, n: number) => headMajor(x, T, H, n, d);
+    const opts = { window: 4, sinks: Float32Array.of(1, 0, -1, 2, 0.5, 0) };
+    const want = tokenMajor(attentionRef(hm(q, H), hm(k, KV), hm(v, KV), H, T, d, d, 0.3, opts), T, H, d);
+    expect(await ref.attentionTokens(q, k, v, T, H, KV, d, d, 0.3, opts)).toEqual(want);
+    await expect(ref.attentionTokens(q, k, v, T, H, 4, d, d, 0.3)).rejects.toThrow(/do not divide/);
+  });
+
   test('attention: T = 1 returns v; T = 2 weighs by the softmax of the scaled scores', async () => {
     const v = new Float32Array([0.5, -2, 7]);
     expect(await ref.attention(new Float32Array([1, 2]), new Float32Array([3, 4]), v, 1, 1, 2, 3, 0.7)).toEqual(v);
@@ -327,7 +373,13 @@ describe('OnnxBackend fused ops', () => {
     expect(1 * 1 * 1 * 16).toBeLessThan(TINY_PRODUCT_MACS);
     const sessions = (onnx as unknown as { sessions: Map<string, Promise<{ outputNames: readonly string[] }>> })
       .sessions;
-    expect([...sessions.keys()].sort()).toEqual(['attention', 'logitStats', 'swiglu']);
+    expect([...sessions.keys()].sort()).toEqual([
+      'attention',
+      'attentionSinks',
+      'attentionTokens',
+      'logitStats',
+      'swiglu',
+    ]);
     // The logits are an intermediate of the graph, never one of its outputs.
     expect((await sessions.get('logitStats')!).outputNames).toEqual(['Max', 'SumExp', 'ArgMax', 'Target']);
   });

@@ -75,58 +75,39 @@ function need(w: Weights, name: string): Float32Array {
 }
 
 /**
- * Softmax(Q·Kᵀ·scale + causal mask)·V for each window. q [tokens, H, dk], k and v given per window as
- * [H, T, dk] / [H, T, dv] by the callbacks. Returns [tokens, H, dv].
+ * Softmax(Q·Kᵀ·scale + causal mask)·V for each window, token-major as the projections give them: q [tokens, H, dk],
+ * k [tokens, KV, dk], v [tokens, KV, dv] → [tokens, H, dv]; query head h reads key/value head ⌊h / (H / KV)⌋.
  */
 export async function causalAttention(
   be: Backend,
   q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
   windows: number,
   T: number,
   H: number,
+  KV: number,
   dk: number,
   dv: number,
   scale: number,
-  keys: (w: number) => Float32Array,
-  values: (w: number) => Float32Array,
   opts?: AttentionOptions,
 ): Promise<Float32Array> {
   const out = new Float32Array(windows * T * H * dv);
-  const qw = new Float32Array(H * T * dk);
   for (let w = 0; w < windows; w++) {
-    // [T, H, dk] → [H, T, dk]
-    for (let t = 0; t < T; t++) {
-      for (let h = 0; h < H; h++)
-        qw.set(q.subarray(((w * T + t) * H + h) * dk, ((w * T + t) * H + h + 1) * dk), (h * T + t) * dk);
-    }
-    const ctx = await be.attention(qw, keys(w), values(w), H, T, dk, dv, scale, opts); // [H, T, dv]
-    for (let h = 0; h < H; h++) {
-      for (let t = 0; t < T; t++)
-        out.set(ctx.subarray((h * T + t) * dv, (h * T + t + 1) * dv), ((w * T + t) * H + h) * dv);
-    }
-  }
-  return out;
-}
-
-/** Gathers one window of a [tokens, heads, stride] array into [H, T, dim] (head h reads source head map(h)). */
-export function perHead(
-  src: Float32Array,
-  w: number,
-  T: number,
-  H: number,
-  srcHeads: number,
-  stride: number,
-  offset: number,
-  dim: number,
-  map: (h: number) => number,
-): Float32Array {
-  const out = new Float32Array(H * T * dim);
-  for (let h = 0; h < H; h++) {
-    const sh = map(h);
-    for (let t = 0; t < T; t++) {
-      const from = ((w * T + t) * srcHeads + sh) * stride + offset;
-      out.set(src.subarray(from, from + dim), (h * T + t) * dim);
-    }
+    const rows = (n: number, d: number) => [w * T * n * d, (w + 1) * T * n * d] as const;
+    await be.attentionTokens(
+      q.subarray(...rows(H, dk)),
+      k.subarray(...rows(KV, dk)),
+      v.subarray(...rows(KV, dv)),
+      T,
+      H,
+      KV,
+      dk,
+      dv,
+      scale,
+      opts,
+      out.subarray(...rows(H, dv)),
+    );
   }
   return out;
 }
@@ -203,20 +184,10 @@ export async function gqa(
   const N = windows * T;
   const { heads: H, kvHeads: KV, headDim: d } = spec;
   const { q, k, v, gate } = await gqaProject(lin, x, hidden, N, spec, w, rope, (n) => n % T);
-  const group = H / KV;
-  const out = await causalAttention(
-    be,
-    q,
-    windows,
-    T,
-    H,
-    d,
-    d,
-    spec.scale,
-    (win) => perHead(k, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
-    (win) => perHead(v, win, T, H, KV, d, 0, d, (h) => math.floor(h / group)),
-    { window: slidingWindow, sinks: spec.sinks ? need(w, 'sinks') : undefined },
-  );
+  const out = await causalAttention(be, q, k, v, windows, T, H, KV, d, d, spec.scale, {
+    window: slidingWindow,
+    sinks: spec.sinks ? need(w, 'sinks') : undefined,
+  });
   return gqaOutput(lin, out, gate, N, spec, hidden);
 }
 
@@ -281,8 +252,6 @@ export async function mla(
   const { heads: H, vDim } = spec;
   const dk = spec.nopeDim + spec.ropeDim;
   const { q, k, v } = await mlaProject(lin, x, hidden, N, spec, w, rope, (n) => n % T);
-  const keys = (win: number) => perHead(k, win, T, H, H, dk, 0, dk, (h) => h);
-  const values = (win: number) => perHead(v, win, T, H, H, vDim, 0, vDim, (h) => h);
-  const out = await causalAttention(be, q, windows, T, H, dk, vDim, spec.scale, keys, values);
+  const out = await causalAttention(be, q, k, v, windows, T, H, H, dk, vDim, spec.scale);
   return lin('o_proj', out, N, H * vDim, hidden);
 }

@@ -17,7 +17,7 @@ import { attendRow } from '../../backend/ref';
 import { InternalError } from '../../errors';
 import type { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
-import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, perHead, Weights } from './attention';
+import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, Weights } from './attention';
 import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, recurrenceFrom } from './deltanet';
 import { ForwardOptions, ForwardPass, fullLogits } from './model';
 import { rmsNorm } from './ops';
@@ -208,21 +208,7 @@ export class Decoder extends ForwardPass {
     let out: Float32Array;
     if (past === 0 && N > 1) {
       // the prefill: the window forward's attention on the backend
-      const group = heads / kvHeads;
-      const map = (h: number) => math.floor(h / group);
-      out = await causalAttention(
-        this.be,
-        p.q,
-        1,
-        N,
-        heads,
-        dk,
-        dv,
-        a.scale,
-        () => perHead(p.k, 0, N, heads, kvHeads, dk, 0, dk, map),
-        () => perHead(p.v, 0, N, heads, kvHeads, dv, 0, dv, map),
-        opts,
-      );
+      out = await causalAttention(this.be, p.q, p.k, p.v, 1, N, heads, kvHeads, dk, dv, a.scale, opts);
     } else {
       out = attendCached(p.q, c, past, N, heads, a.scale, opts);
     }

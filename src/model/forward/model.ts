@@ -11,7 +11,7 @@ import type { Architecture } from '../arch';
 import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla, Weights } from './attention';
 import { gatedDeltaNet } from './deltanet';
-import { gatherRows, route, Routing, tokensPerExpert } from './moe';
+import { gatherRows, route, Routing, scatterAdd, tokensPerExpert } from './moe';
 import { addInPlace, rmsNorm, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
@@ -378,11 +378,7 @@ export class ForwardPass {
       const ye = await this.runMlp(weights, names, xe, rows, observer, this.scratch('expertOut', rows * h));
       this.recycle();
       observer?.expert?.(l, e, ye, tokens, slots);
-      for (let i = 0; i < tokens.length; i++) {
-        const g = routing.weights[tokens[i] * k + slots[i]];
-        const o = tokens[i] * h;
-        for (let j = 0; j < h; j++) out[o + j] += g * ye[i * h + j];
-      }
+      scatterAdd(out, ye, h, tokens, slots, routing.weights, k);
     }
     if (this.spec.shared !== 'none') {
       const s = await this.mlp(a.sharedExpertPrefix(l), l, x, N, observer);

@@ -122,3 +122,25 @@ export function gatherRows(x: Float32Array, cols: number, rows: Int32Array, into
   for (let i = 0; i < rows.length; i++) out.set(x.subarray(rows[i] * cols, (rows[i] + 1) * cols), i * cols);
   return out;
 }
+
+/**
+ * out[tokens[i]] += weights[tokens[i]·k + slots[i]] · ye[i] for each row i of ye [rows, cols]: an expert's output
+ * added to its tokens with their routing weights. A function of its own, so that V8 optimises the loop on its own
+ * (inside the forward's large async function it ran ~10× slower).
+ */
+export function scatterAdd(
+  out: Float32Array,
+  ye: Float32Array,
+  cols: number,
+  tokens: Int32Array,
+  slots: Int32Array,
+  weights: Float32Array,
+  k: number,
+): void {
+  for (let i = 0; i < tokens.length; i++) {
+    const g = weights[tokens[i] * k + slots[i]];
+    const o = tokens[i] * cols;
+    const from = i * cols;
+    for (let j = 0; j < cols; j++) out[o + j] += g * ye[from + j];
+  }
+}
