@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
+import { arenaOf } from './wasm-arena';
 import { PackedParts, readExact, readHeader, SafetensorsHeader, SliceView, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, METADATA_PREFIX, withoutPackedKeys } from './packed';
@@ -445,9 +446,14 @@ export class TensorReader {
     const n = length / dtypeBytes(t.dtype);
     if (into && into.length !== n) throw new RangeError(`${t.name}: ${n} values into an array of ${into.length}`);
     let out: Float32Array;
+    const arena = into && t.dtype === 'BF16' ? arenaOf(into) : undefined;
+    const wasmScratch = arena?.scratch(length);
     if (t.dtype === 'F32') {
       out = into ?? new Float32Array(n);
       readExact(fd, t.file, at, length, new Uint8Array(out.buffer, out.byteOffset, length));
+    } else if (wasmScratch) {
+      // into lives in a WebAssembly arena: the bytes are read next to it and decoded by its SIMD loop
+      out = arena!.bf16(readExact(fd, t.file, at, length, wasmScratch), into!);
     } else {
       out = toFloat32(readExact(fd, t.file, at, length, this.scratchOf(length)), t.dtype, into);
     }

@@ -7,6 +7,7 @@
  */
 import type { Backend, GluOptions, LogitStats } from '../../backend/backend';
 import { TensorReader } from '../../io/checkpoint';
+import { WasmArena } from '../../io/wasm-arena';
 import type { Architecture } from '../arch';
 import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla, Weights } from './attention';
@@ -88,24 +89,34 @@ export interface ForwardOptions {
 class BufferPool {
   private free = new Map<number, Float32Array[]>();
   private bytes = 0;
+  /** Where new buffers come from while it has room: bf16 weights decode into them by SIMD (io/wasm-arena.ts). */
+  private readonly arena: WasmArena | undefined;
 
-  constructor(private readonly maxBytes: number) {}
+  constructor(private readonly maxBytes: number) {
+    this.arena = WasmArena.create(maxBytes + ARENA_SCRATCH_BYTES);
+  }
 
   take(n: number): Float32Array {
     const a = this.free.get(n)?.pop();
-    if (!a) return new Float32Array(n);
+    if (!a) return this.arena?.alloc(n) ?? new Float32Array(n);
     this.bytes -= a.byteLength;
     return a;
   }
 
   give(a: Float32Array): void {
-    if (this.bytes + a.byteLength > this.maxBytes) return;
+    if (this.bytes + a.byteLength > this.maxBytes) {
+      this.arena?.dispose(a); // the arena keeps it for the next alloc of that size
+      return;
+    }
     const list = this.free.get(a.length);
     if (list) list.push(a);
     else this.free.set(a.length, [a]);
     this.bytes += a.byteLength;
   }
 }
+
+/** Arena room beyond the pool's: the raw bytes of the tensor being decoded (checkpoint.ts reads ≤ 64 MB at once). */
+const ARENA_SCRATCH_BYTES = 80 << 20;
 
 /** Pool room beyond the layer cache: the weights read again for each batch (experts beyond the cache, lm_head). */
 const POOL_SLACK_BYTES = 64 << 20;
