@@ -121,6 +121,11 @@ const ARENA_SCRATCH_BYTES = 80 << 20;
 /** Pool room beyond the layer cache: the weights read again for each batch (experts beyond the cache, lm_head). */
 const POOL_SLACK_BYTES = 64 << 20;
 
+/** A weight's name without its layer (model.layers.3.self_attn.q_proj.weight → self_attn.q_proj.weight). */
+function roleOf(name: string): string {
+  return name.replace(/^model\.layers\.\d+\./, '');
+}
+
 export class ForwardPass {
   readonly spec: ForwardSpec;
   private rope?: RopeTables;
@@ -253,11 +258,14 @@ export class ForwardPass {
     inDim: number,
     outDim: number,
     observer?: ForwardObserver,
+    reuse = false,
   ): Promise<Float32Array> {
     observer?.linear?.(name, x, rows, inDim);
     const biasName = name.replace(/\.weight$/, '.bias');
     const bias = this.arch.classify(biasName) ? this.load(biasName, layer) : undefined;
-    return this.be.linear(x, this.load(name, layer), rows, inDim, outDim, bias);
+    // reuse: the output is dead once the layer is done, so it goes to the same buffer in every layer
+    const into = reuse ? this.scratch(roleOf(name), rows * outDim) : undefined;
+    return this.be.linear(x, this.load(name, layer), rows, inDim, outDim, bias, into);
   }
 
   async layer(l: number, hidden: Float32Array, windows: number, T: number, observer?: ForwardObserver): Promise<void> {
@@ -278,7 +286,7 @@ export class ForwardPass {
       return !linear && name.endsWith('norm.weight') ? this.normWeight(full, l) : this.load(full, l);
     };
     const lin: Linear = (proj, x, rows, inDim, outDim) =>
-      this.linear(`${p}.${mixer}.${proj}.weight`, l, x, rows, inDim, outDim, observer);
+      this.linear(`${p}.${mixer}.${proj}.weight`, l, x, rows, inDim, outDim, observer, true);
     addInPlace(hidden, await this.mixer(l, normed, windows, T, lin, w));
     this.recycle();
     const x = rmsNorm(hidden, this.normWeight(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps, normBuf);
@@ -363,7 +371,8 @@ export class ForwardPass {
       up: `${prefix}.up_proj.weight`,
       down: `${prefix}.down_proj.weight`,
     };
-    return this.runMlp(this.mlpWeights(names.gate, names.up, names.down, l), names, x, rows, observer);
+    const w = this.mlpWeights(names.gate, names.up, names.down, l);
+    return this.runMlp(w, names, x, rows, observer, this.scratch(roleOf(prefix), rows * this.arch.hidden));
   }
 
   private async moeBlock(l: number, x: Float32Array, N: number, observer?: ForwardObserver): Promise<Float32Array> {
