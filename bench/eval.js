@@ -61,8 +61,9 @@ const MODEL_SET = { ...QWEN3_BENCH, norm_topk_prob: true };
 const TARGET_RATIO = 1.5;
 const RSS_SLACK = 300e6;
 const F32_PPL_TOLERANCE = 1e-3;
-/** lm_head rows per block in moe's forward pass (src/model/forward/model.ts VOCAB_BLOCK). */
-const MOE_VOCAB_BLOCK = 8192;
+/** lm_head rows per block in moe's forward pass (src/model/forward/model.ts vocabBlock()). */
+const moeVocabBlock = (N, vocab) =>
+  Math.min(vocab, 8192, Math.max(256, Math.floor((2 * 1024 * 1024) / Math.max(1, N))));
 const MOE_DEFAULT_BATCH_TOKENS = 4096;
 const RUN_TIMEOUT_MS = 30 * 60 * 1000;
 
@@ -148,7 +149,7 @@ function budget(info, cfg, batchTokens, T, windows) {
   const H = cfg.num_attention_heads;
   const rowBuf = N * h * 4;
   const layerAct = 6 * rowBuf + 2 * H * T * T * 4;
-  const block = Math.min(cfg.vocab_size, MOE_VOCAB_BLOCK);
+  const block = moeVocabBlock(N, cfg.vocab_size);
   const headAct = N * block * 4 + block * h * 4 + 2 * rowBuf;
   const activations = Math.max(layerAct, headAct);
   return {
