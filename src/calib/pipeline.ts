@@ -45,6 +45,7 @@ export async function calibrateLayers(
   const tokens = groups.reduce((s, g) => s + g.length * g[0].length, 0);
   try {
     groups.forEach((g, b) => store.put(b, fp.embed(concat(g))));
+    fp.streamWeights(groups.length === 1); // one batch: no weight is used twice
     for (let l = 0; l < fp.arch.numLayers; l++) {
       const t0 = Date.now();
       const collector = new LayerCollector(fp.arch, l, be, opts.hessians, naeeRows, inDims);
@@ -67,6 +68,7 @@ export async function calibrateLayers(
     }
     return { spilled: store.spilled };
   } finally {
+    fp.streamWeights(false);
     store.close();
   }
 }

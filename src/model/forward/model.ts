@@ -240,13 +240,21 @@ export class ForwardPass {
   async layers(hidden: Float32Array, windows: number, T: number, observer?: ForwardObserver): Promise<void> {
     // Each layer runs once here, so caching its weights gains nothing: every weight goes back to the pool as soon as
     // it is used, and the pool hands the same few buffers round (a smaller working set, no fresh memory per layer).
-    this.streaming = !this.allLayers;
+    this.streamWeights(true);
     try {
       for (let l = 0; l < this.arch.numLayers; l++) await this.layer(l, hidden, windows, T, observer);
     } finally {
-      this.streaming = false;
+      this.streamWeights(false);
     }
     this.release();
+  }
+
+  /**
+   * Whether each layer runs one batch only (layers(), or a calibration of one batch): its weights are then used
+   * once, so they go back to the pool as soon as they are used instead of filling the layer cache.
+   */
+  streamWeights(on: boolean): void {
+    this.streaming = on && !this.allLayers;
   }
 
   /** y = x·Wᵀ + b for the weight `name` (bias `name` with .bias), telling the observer its input. */
