@@ -188,6 +188,17 @@ function fusedSuite(get: () => Backend): void {
     expect(relError(withAct.out, want.out)).toBeLessThan(SWIGLU_TOL);
     expect(withAct.act).toBeInstanceOf(Float32Array);
     expect(relError(withAct.act!, want.act)).toBeLessThan(SWIGLU_TOL);
+    // into a caller's buffer (a view inside a larger array): written there and returned, act still its own
+    const room = new Float32Array(rows * hidden + 2).fill(7);
+    const into = room.subarray(1, 1 + rows * hidden);
+    const given = await get().swiglu(x, gateUp, down, rows, hidden, width, true, undefined, into);
+    expect(given.out).toBe(into);
+    expect(relError(into, want.out)).toBeLessThan(SWIGLU_TOL);
+    expect([room[0], room[room.length - 1]]).toEqual([7, 7]);
+    expect(relError(given.act!, want.act)).toBeLessThan(SWIGLU_TOL);
+    const y = new Float32Array(rows * width);
+    expect(await get().linear(x, gateUp.subarray(0, width * hidden), rows, hidden, width, undefined, y)).toBe(y);
+    expect(relError(y, linearRef(x, gateUp.subarray(0, width * hidden), rows, hidden, width))).toBeLessThan(SWIGLU_TOL);
   });
 
   test('swiglu of zero rows is empty, act too', async () => {
