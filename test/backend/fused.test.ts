@@ -388,6 +388,7 @@ describe('OnnxBackend fused ops', () => {
       'attention',
       'attentionSinks',
       'attentionTokens',
+      'linear',
       'logitStats',
       'swiglu',
     ]);
