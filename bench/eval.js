@@ -158,6 +158,7 @@ function budget(info, cfg, batchTokens, T, windows) {
     N,
     layerAct,
     headAct,
+    block,
     activations,
     slack: RSS_SLACK,
     total: layerWeights + activations + RSS_SLACK,
@@ -375,7 +376,7 @@ function main() {
       `\nmoe peak RSS ${MB(moeRss)} MB (highest of its runs) vs budget ${MB(b.total)} MB: ${rssOk ? 'ok' : 'OVER'}\n` +
         `  one layer's weights in float32: ${(b.layerParams / 1e6).toFixed(2)} M params × 4 = ${MB(b.layerWeights)} MB\n` +
         `  activations for N = ${b.N} tokens per batch: max(layers ${MB(b.layerAct)} MB = 6 × N × hidden × 4 + 2 × heads × T² × 4, ` +
-        `head ${MB(b.headAct)} MB = N × 8192 × 4 logits + 8192 × hidden × 4 lm_head slice + 2 × N × hidden × 4) = ${MB(b.activations)} MB\n` +
+        `head ${MB(b.headAct)} MB = N × ${b.block} × 4 logits + ${b.block} × hidden × 4 lm_head slice + 2 × N × hidden × 4) = ${MB(b.activations)} MB\n` +
         `  + ${MB(b.slack)} MB`,
     );
     if (!rssOk) failures.push(`moe peak RSS ${MB(moeRss)} MB is over the budget of ${MB(b.total)} MB`);
