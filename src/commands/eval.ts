@@ -61,6 +61,12 @@ export interface EvalReport {
   size: SizeReport;
   seconds: number;
   tokens_per_second: number;
+  /**
+   * The perplexity pass alone (every batch through the layers and the lm_head, weights read as it goes): what
+   * start-up, opening the model and tokenizing leave out of `seconds`. With a baseline, both models' passes.
+   */
+  forward_seconds: number;
+  forward_tokens_per_second: number;
   backend: string;
   baseline?: {
     model: string;
@@ -254,7 +260,9 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   const progress = ctx.progress(b ? 'perplexity and baseline' : 'perplexity', total, 'tokens');
   let totals: EvalTotals;
   let run: TaskRun | undefined;
+  let forwardSeconds = 0;
   try {
+    const forwardStart = Date.now();
     totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
       batchTokens: opts.batchTokens ?? DEFAULT_BATCH_TOKENS,
       baseline: b ? new ForwardPass(b.reader, b.arch, be) : undefined,
@@ -262,6 +270,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
       onLogits: dump?.add,
       progress,
     });
+    forwardSeconds = (Date.now() - forwardStart) / 1000;
     dump?.finish();
     progress.done();
     run = await scoreTasks(opts, m, b, be, ctx);
@@ -286,6 +295,8 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     size: m.size(),
     seconds,
     tokens_per_second: totals.tokens / seconds,
+    forward_seconds: forwardSeconds,
+    forward_tokens_per_second: forwardSeconds > 0 ? totals.tokens / forwardSeconds : 0,
     backend: be.name,
   };
   if (b) {
@@ -414,7 +425,7 @@ export function formatEval(out: EvalReport | TaskEvalReport): string {
   const lines = [
     `perplexity     ${r.perplexity.toFixed(4)} (loss ${r.loss.toFixed(5)}) over ${r.positions} predicted positions in ${r.windows} windows of ${r.seq_len}`,
     `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${formatMB(r.size.bytes)}, ${r.size.bits_per_param.toFixed(2)} bits/param${r.size.quantized_average_bits !== undefined ? ` (quantized weights: ${r.size.quantized_average_bits.toFixed(3)} bits)` : ''}`,
-    `speed          ${r.tokens_per_second.toFixed(0)} tokens/s (${r.seconds.toFixed(1)} s, ${r.backend} backend)`,
+    `speed          ${r.tokens_per_second.toFixed(0)} tokens/s (${r.seconds.toFixed(1)} s, ${r.backend} backend); the forward pass alone ${r.forward_tokens_per_second.toFixed(0)} tokens/s (${r.forward_seconds.toFixed(2)} s)`,
   ];
   if (r.baseline) {
     const bl = r.baseline;

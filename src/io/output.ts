@@ -31,7 +31,7 @@ export const AUX_FILES = [
  * Keys that hold wall-clock measurements. They belong in the report a command returns (stdout, --json), not in
  * the files it writes: the same command twice must write byte-identical outputs (issue 11).
  */
-const TIMING_KEYS = new Set(['seconds', 'tokens_per_second']);
+const TIMING_KEYS = new Set(['seconds', 'tokens_per_second', 'forward_seconds', 'forward_tokens_per_second']);
 
 /** A copy of a JSON value with every timing key removed, at any depth. */
 export function withoutTimings<T>(value: T): T {

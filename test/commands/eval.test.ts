@@ -49,6 +49,10 @@ describe('moe eval', () => {
       expect(Math.abs(report.loss - want)).toBeLessThan(1e-4);
       expect(report.perplexity).toBeCloseTo(Math.exp(report.loss), 6);
       expect(report).toMatchObject({ windows: 2, tokens: 32, positions: 30, backend: 'onnx' });
+      // the forward pass alone: part of the whole run, and its tokens/s from the same token count
+      expect(report.forward_seconds).toBeGreaterThan(0);
+      expect(report.forward_seconds).toBeLessThanOrEqual(report.seconds);
+      expect(report.forward_tokens_per_second).toBeCloseTo(32 / report.forward_seconds, 6);
     },
   );
 
