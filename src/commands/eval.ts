@@ -260,7 +260,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   const progress = ctx.progress(b ? 'perplexity and baseline' : 'perplexity', total, 'tokens');
   let totals: EvalTotals;
   let run: TaskRun | undefined;
-  let forwardSeconds = 0;
+  let forwardSeconds: number;
   try {
     const forwardStart = Date.now();
     totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
