@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import { DType, dtypeBytes, fromFloat32, isFloatDType, toFloat32 } from './dtype';
-import { arenaOf } from './wasm-arena';
+import { arenaOf, WasmArena } from './wasm-arena';
 import { PackedParts, readExact, readHeader, SafetensorsHeader, SliceView, TensorRef } from './safetensors';
 import { readIndex, INDEX_FILE } from './index-file';
 import { dequantizePacked, logicalTensors, METADATA_PREFIX, withoutPackedKeys } from './packed';
@@ -429,6 +429,7 @@ export class TensorReader {
   /** rowsF32 decoded into `into` (count × cols values): a reused buffer instead of fresh memory. */
   rowsF32Into(name: string, start: number, count: number, into: Float32Array): Float32Array {
     const t = this.ref(name);
+    if (t.packed && start >= 0 && start + count <= t.shape[0]) return this.dequantized(t.packed, start, count, into);
     if (t.packed || t.view || t.mxfp4 || t.fp8 || t.intq) return copyInto(this.rowsF32(name, start, count), into);
     const rowBytes = (t.shape.slice(1).reduce((a, b) => a * b, 1) * dtypeBytes(t.dtype)) | 0;
     if (start < 0 || start + count > t.shape[0])
@@ -509,6 +510,7 @@ export class TensorReader {
   /** f32 decoded into `into` (exactly the tensor's size). */
   f32Into(name: string, into: Float32Array): Float32Array {
     const t = this.ref(name);
+    if (isFloatDType(t.dtype) && t.packed) return this.dequantized(t.packed, 0, t.shape[0], into);
     if (!isFloatDType(t.dtype) || t.packed || t.view || t.mxfp4 || t.fp8 || t.intq)
       return copyInto(this.f32(name), into);
     return this.plainF32(t, t.begin, t.end - t.begin, into);
@@ -592,23 +594,57 @@ export class TensorReader {
   }
 
   /** Rows [start, start+count) of a packed weight, dequantized to float32. */
-  private dequantized(p: PackedParts, start: number, count: number): Float32Array {
+  private dequantized(p: PackedParts, start: number, count: number, into?: Float32Array): Float32Array {
     const [, cols] = p.info.shape;
-    const rowsOf = (t: TensorRef) => {
+    // the three parts side by side in the reader's scratch buffer (fresh memory per read costs page faults)
+    const parts = [p.qweight, p.scales, p.zeros].map((t) => {
       const rowBytes = t.end - t.begin === 0 ? 0 : (t.end - t.begin) / t.shape[0];
-      const bytes = readExact(this.fd(t.file), t.file, t.begin + start * rowBytes, count * rowBytes);
-      this.ckpt.bytesRead.value += bytes.byteLength;
+      return { t, at: t.begin + start * rowBytes, length: count * rowBytes };
+    });
+    const { bits, group_size: gs } = p.info;
+    const arena = into && bits === 4 && gs % 32 === 0 && cols % gs === 0 ? arenaOf(into) : undefined;
+    if (arena) {
+      const q = this.q4InArena(arena, parts, count * (cols / gs), into!, gs);
+      if (q) return q;
+    }
+    const scratch = this.scratchOf(parts.reduce((n, x) => n + x.length, 0));
+    let offset = 0;
+    const [codes, scales, zeros] = parts.map(({ t, at, length }) => {
+      const bytes = readExact(this.fd(t.file), t.file, at, length, scratch?.subarray(offset, offset + length));
+      offset += length;
+      this.ckpt.bytesRead.value += length;
       return bytes;
+    });
+    return dequantizePacked(codes, scales, zeros, count, cols, p.info.bits, p.info.group_size, into);
+  }
+
+  /**
+   * Packed 4-bit rows decoded by the arena's SIMD loop into `into` (an arena buffer): the codes read next to it, the
+   * groups' bf16 scales and zero points widened to float32 there; undefined when the arena has no room.
+   */
+  private q4InArena(
+    arena: WasmArena,
+    parts: { t: TensorRef; at: number; length: number }[],
+    groups: number,
+    into: Float32Array,
+    groupSize: number,
+  ): Float32Array | undefined {
+    const [codes, scales, zeros] = parts;
+    const codeBytes = Math.ceil(codes.length / 16) * 16;
+    const room = arena.scratch(codeBytes + 8 * groups);
+    if (!room) return undefined;
+    const read = ({ t, at, length }: (typeof parts)[number], buf?: Uint8Array) => {
+      this.ckpt.bytesRead.value += length;
+      return readExact(this.fd(t.file), t.file, at, length, buf);
     };
-    return dequantizePacked(
-      rowsOf(p.qweight),
-      rowsOf(p.scales),
-      rowsOf(p.zeros),
-      count,
-      cols,
-      p.info.bits,
-      p.info.group_size,
-    );
+    const code = read(codes, room.subarray(0, codes.length));
+    const s32 = new Float32Array(room.buffer, room.byteOffset + codeBytes, groups);
+    const z32 = new Float32Array(room.buffer, room.byteOffset + codeBytes + 4 * groups, groups);
+    const small = this.scratchOf(scales.length + zeros.length);
+    toFloat32(read(scales, small?.subarray(0, scales.length)), 'BF16', s32);
+    const z = read(zeros, small?.subarray(scales.length));
+    for (let g = 0; g < groups; g++) z32[g] = z[g];
+    return arena.q4(code, s32, z32, into, groupSize);
   }
 
   /** The stored bytes of a tensor as it is in its shard (e.g. an FP8 weight's codes or scales), in pieces. */

@@ -45,33 +45,114 @@ function leb(n: number): number[] {
 const section = (id: number, payload: number[]) => [id, ...leb(payload.length), ...payload];
 const name = (s: string) => [s.length, ...Array.from(Buffer.from(s, 'ascii'))];
 
+/** SIMD instructions: the 0xfd prefix and the opcode as LEB128. */
+const simd = (op: number) => [0xfd, ...leb(op)];
+const V128_LOAD = 0x00;
+const V128_STORE = 0x0b;
+const I8X16_SHUFFLE = 0x0d;
+const I8X16_SPLAT = 0x0f;
+const F32X4_SPLAT = 0x13;
+const V128_AND = 0x4e;
+const I8X16_SHR_U = 0x6d;
+const I16X8_EXTEND_LOW_I8X16_U = 0x89;
+const I16X8_EXTEND_HIGH_I8X16_U = 0x8a;
+const I32X4_EXTEND_LOW_I16X8_U = 0xa9;
+const I32X4_EXTEND_HIGH_I16X8_U = 0xaa;
+const I32X4_SHL = 0xab;
+const F32X4_SUB = 0xe5;
+const F32X4_MUL = 0xe6;
+const F32X4_CONVERT_I32X4_U = 0xfb;
+const get = (i: number) => [0x20, i];
+const set = (i: number) => [0x21, i];
+const i32 = (v: number) => [0x41, ...leb(v)];
+const add = [0x6a];
+const sub = [0x6b];
+const memarg = (offset: number) => [0x04, ...leb(offset)]; // align 16, offset
+/** x += step for the i32 local x. */
+const bump = (x: number, step: number) => [...get(x), ...i32(step), ...add, ...set(x)];
+/** x -= 1, and loop while it is not 0 (the end of a `loop` body). */
+const countDown = (x: number) => [...get(x), ...i32(1), ...sub, 0x22, x, 0x0d, 0x00, 0x0b];
+
 /**
  * bf16(src, dst, groups): for each group of eight bf16 values at src (16 bytes), their float32 values at dst
  * (32 bytes): widened to 32 bits (i32x4.extend_{low,high}_i16x8_u) and shifted into the high half (i32x4.shl 16).
- * groups ≥ 1. The memory is imported, of any size.
+ * groups ≥ 1.
  */
-function moduleBytes(): Uint8Array {
-  const load = [0x20, 0x01, 0x20, 0x00, 0xfd, 0x00, 0x04, 0x00]; // dst; v128.load (src), align 16
-  const shl16 = [0x41, 0x10, 0xfd, 0xab, 0x01]; // i32.const 16; i32x4.shl
-  // prettier-ignore
-  const body = [
+function bf16Body(): number[] {
+  const [src, dst, groups] = [0, 1, 2];
+  const half = (extend: number, offset: number) => [
+    ...get(dst), ...get(src), ...simd(V128_LOAD), ...memarg(0), ...simd(extend),
+    ...i32(16), ...simd(I32X4_SHL), ...simd(V128_STORE), ...memarg(offset),
+  ]; // prettier-ignore
+  return [
     0x00, // no locals
     0x03, 0x40, // loop
-    ...load, 0xfd, 0xa9, 0x01, ...shl16, 0xfd, 0x0b, 0x04, 0x00, // extend_low_i16x8_u; v128.store dst+0
-    ...load, 0xfd, 0xaa, 0x01, ...shl16, 0xfd, 0x0b, 0x04, 0x10, // extend_high_i16x8_u; v128.store dst+16
-    0x20, 0x00, 0x41, 0x10, 0x6a, 0x21, 0x00, // src += 16
-    0x20, 0x01, 0x41, 0x20, 0x6a, 0x21, 0x01, // dst += 32
-    0x20, 0x02, 0x41, 0x01, 0x6b, 0x22, 0x02, 0x0d, 0x00, // groups -= 1; loop while groups ≠ 0
-    0x0b, // end loop
+    ...half(I32X4_EXTEND_LOW_I16X8_U, 0),
+    ...half(I32X4_EXTEND_HIGH_I16X8_U, 16),
+    ...bump(src, 16),
+    ...bump(dst, 32),
+    ...countDown(groups),
     0x0b, // end function
+  ]; // prettier-ignore
+}
+
+/**
+ * q4(codes, scales, zeros, dst, groups, chunks): 4-bit codes, two per byte (low nibble first), in groups sharing a
+ * float32 scale and zero point (scales[g], zeros[g]); each group is `chunks` runs of 16 bytes (32 values). Each value
+ * is (code − zero)·scale in float32 (one rounding, as dequantizePacked computes it). groups, chunks ≥ 1.
+ */
+function q4Body(): number[] {
+  const [codes, scales, zeros, dst, groups, chunks] = [0, 1, 2, 3, 4, 5];
+  const [c, sv, zv, lo, hi, x] = [6, 7, 8, 9, 10, 11];
+  // the 16 values of x (bytes 0–15) as float32 at dst + offset .. + 63
+  const store4 = (ext8: number, ext16: number, offset: number) => [
+    ...get(dst), ...get(x), ...simd(ext8), ...simd(ext16), ...simd(F32X4_CONVERT_I32X4_U),
+    ...get(zv), ...simd(F32X4_SUB), ...get(sv), ...simd(F32X4_MUL), ...simd(V128_STORE), ...memarg(offset),
+  ]; // prettier-ignore
+  const store16 = (offset: number) => [
+    ...store4(I16X8_EXTEND_LOW_I8X16_U, I32X4_EXTEND_LOW_I16X8_U, offset),
+    ...store4(I16X8_EXTEND_LOW_I8X16_U, I32X4_EXTEND_HIGH_I16X8_U, offset + 16),
+    ...store4(I16X8_EXTEND_HIGH_I8X16_U, I32X4_EXTEND_LOW_I16X8_U, offset + 32),
+    ...store4(I16X8_EXTEND_HIGH_I8X16_U, I32X4_EXTEND_HIGH_I16X8_U, offset + 48),
   ];
+  // byte i's low nibble is value 2i, its high nibble value 2i + 1
+  const interleave = (from: number) =>
+    Array.from({ length: 16 }, (_, i) => (i % 2 === 0 ? from + i / 2 : 16 + from + (i - 1) / 2));
+  return [
+    0x02, 0x01, 0x7f, 0x05, 0x7b, // locals: 1 i32 (c), 5 v128 (sv, zv, lo, hi, x)
+    0x03, 0x40, // loop over groups
+    ...get(scales), 0x2a, 0x02, 0x00, ...simd(F32X4_SPLAT), ...set(sv), // sv = splat(f32.load scales)
+    ...get(zeros), 0x2a, 0x02, 0x00, ...simd(F32X4_SPLAT), ...set(zv),
+    ...get(chunks), ...set(c),
+    0x03, 0x40, // loop over the group's 16-byte runs
+    ...get(codes), ...simd(V128_LOAD), ...memarg(0), ...set(hi),
+    ...get(hi), ...i32(15), ...simd(I8X16_SPLAT), ...simd(V128_AND), ...set(lo),
+    ...get(hi), ...i32(4), ...simd(I8X16_SHR_U), ...set(hi),
+    ...get(lo), ...get(hi), ...simd(I8X16_SHUFFLE), ...interleave(0), ...set(x),
+    ...store16(0),
+    ...get(lo), ...get(hi), ...simd(I8X16_SHUFFLE), ...interleave(8), ...set(x),
+    ...store16(64),
+    ...bump(codes, 16),
+    ...bump(dst, 128),
+    ...countDown(c),
+    ...bump(scales, 4),
+    ...bump(zeros, 4),
+    ...countDown(groups),
+    0x0b, // end function
+  ]; // prettier-ignore
+}
+
+/** The module: memory imported as env.mem (any size), bf16 and q4 exported. */
+function moduleBytes(): Uint8Array {
+  const bodies = [bf16Body(), q4Body()];
+  const i32x = (n: number) => Array<number>(n).fill(0x7f);
   return Uint8Array.from([
     ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
-    ...section(1, [0x01, 0x60, 0x03, 0x7f, 0x7f, 0x7f, 0x00]), // type: (i32, i32, i32) → ()
+    ...section(1, [0x02, 0x60, 0x03, ...i32x(3), 0x00, 0x60, 0x06, ...i32x(6), 0x00]), // types: (3 i32), (6 i32)
     ...section(2, [0x01, ...name('env'), ...name('mem'), 0x02, 0x00, ...leb(1)]), // memory, ≥ 1 page
-    ...section(3, [0x01, 0x00]), // one function of type 0
-    ...section(7, [0x01, ...name('bf16'), 0x00, 0x00]), // exported as "bf16"
-    ...section(10, [0x01, ...leb(body.length), ...body]),
+    ...section(3, [0x02, 0x00, 0x01]), // bf16: type 0, q4: type 1
+    ...section(7, [0x02, ...name('bf16'), 0x00, 0x00, ...name('q4'), 0x00, 0x01]),
+    ...section(10, [0x02, ...bodies.flatMap((b) => [...leb(b.length), ...b])]),
   ]);
 }
 
@@ -101,6 +182,7 @@ export function arenaOf(a: ArrayBufferView): WasmArena | undefined {
 export class WasmArena {
   private readonly memory: WasmMemory;
   private readonly decode: (src: number, dst: number, groups: number) => void;
+  private readonly decode4: (codes: number, scales: number, zeros: number, dst: number, g: number, c: number) => void;
   private top = 0;
   private readonly free = new Map<number, number[]>();
   private scratchAt = -1;
@@ -110,6 +192,7 @@ export class WasmArena {
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
     const inst = new WebAssembly.Instance(mod, { env: { mem: this.memory } });
     this.decode = inst.exports.bf16 as (src: number, dst: number, groups: number) => void;
+    this.decode4 = inst.exports.q4 as WasmArena['decode4'];
     owners.set(this.memory.buffer, this);
   }
 
@@ -176,6 +259,19 @@ export class WasmArena {
     if (groups > 0) this.decode(src.byteOffset, dst.byteOffset, groups);
     const o32 = new Uint32Array(dst.buffer, dst.byteOffset, n);
     for (let i = groups << 3; i < n; i++) o32[i] = (src[2 * i] | (src[2 * i + 1] << 8)) << 16;
+    return dst;
+  }
+
+  /**
+   * 4-bit codes into float32: `groups` groups of `groupSize` values (a multiple of 32), group g's values
+   * (code − zeros[g])·scales[g]; codes, scales, zeros and dst all in this arena. Returns dst.
+   */
+  q4(codes: Uint8Array, scales: Float32Array, zeros: Float32Array, dst: Float32Array, groupSize: number): Float32Array {
+    const groups = scales.length;
+    if (groupSize % 32 !== 0 || zeros.length !== groups || dst.length !== groups * groupSize)
+      throw new RangeError(`q4: ${groups} groups of ${groupSize} do not fit ${dst.length} values`);
+    if (groups > 0)
+      this.decode4(codes.byteOffset, scales.byteOffset, zeros.byteOffset, dst.byteOffset, groups, groupSize / 32);
     return dst;
   }
 }

@@ -1,4 +1,5 @@
 import { toFloat32 } from '../../src/io/dtype';
+import { dequantizePacked } from '../../src/io/packed';
 import { arenaOf, WasmArena } from '../../src/io/wasm-arena';
 
 describe('WasmArena', () => {
@@ -20,6 +21,30 @@ describe('WasmArena', () => {
       const want = new Uint32Array(toFloat32(bytes, 'BF16').buffer);
       expect(Buffer.compare(Buffer.from(got.buffer, got.byteOffset, 4 * n), Buffer.from(want.buffer))).toBe(0);
       arena.dispose(dst);
+    }
+  });
+
+  test('SIMD 4-bit decoding equals dequantizePacked bit for bit (every byte value, groups of 32 and 128)', () => {
+    for (const [rows, cols, gs] of [
+      [3, 256, 128],
+      [2, 512, 32],
+    ]) {
+      const ng = cols / gs;
+      const codes = arena.scratch(rows * (cols / 2))!;
+      for (let i = 0; i < codes.length; i++) codes[i] = (i * 97 + 13) & 255; // every byte value
+      const scalesBf16 = new Uint8Array(2 * rows * ng);
+      const zeros = new Uint8Array(rows * ng);
+      const s32 = arena.alloc(rows * ng)!;
+      const z32 = arena.alloc(rows * ng)!;
+      for (let g = 0; g < rows * ng; g++) {
+        const bits = 0x3c00 + g * 37; // bf16 scales around 2^-7 .. 2^-6
+        [scalesBf16[2 * g], scalesBf16[2 * g + 1]] = [bits & 255, bits >> 8];
+        s32[g] = toFloat32(scalesBf16.subarray(2 * g, 2 * g + 2), 'BF16')[0];
+        zeros[g] = z32[g] = g % 16;
+      }
+      const want = dequantizePacked(codes.slice(), scalesBf16, zeros, rows, cols, 4, gs);
+      const got = arena.q4(codes, s32, z32, arena.alloc(rows * cols)!, gs);
+      expect(Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(want.buffer))).toBe(true);
     }
   });
 
