@@ -14,7 +14,7 @@ export const IR_VERSION = 8;
 export const OPSET = 17;
 
 /** TensorProto.DataType of the element types used here. */
-const ELEM_TYPE = { float32: 1, int32: 6, int64: 7 } as const;
+const ELEM_TYPE = { float32: 1, uint8: 2, int32: 6, int64: 7 } as const;
 export type ElemType = keyof typeof ELEM_TYPE;
 
 const ATTR_INT = 2; // AttributeProto.AttributeType.INT
@@ -76,6 +76,8 @@ export interface NodeSpec {
   inputs: string[];
   outputs: string[];
   attrs?: AttrSpec[];
+  /** An operator set other than the default one, e.g. onnxruntime's 'com.microsoft' (version 1). */
+  domain?: string;
 }
 
 export interface GraphSpec {
@@ -112,6 +114,7 @@ function tensorProto(t: TensorSpec): Bytes {
     throw new InternalError(
       `onnx-graph: a constant of shape [${t.dims.join(', ')}] needs ${size} values, got ${t.values.length}`,
     );
+  if (t.type === 'uint8') throw new InternalError('onnx-graph: uint8 constants are not encoded');
   const raw = Buffer.alloc(size * (t.type === 'int64' ? 8 : 4));
   t.values.forEach((v, i) => {
     if (t.type === 'float32') raw.writeFloatLE(v, 4 * i);
@@ -150,6 +153,7 @@ function node(n: NodeSpec, index: number): Bytes {
   fieldString(out, 3, `${n.op.toLowerCase()}_${index}`); // NodeProto.name
   fieldString(out, 4, n.op); // NodeProto.op_type
   for (const a of n.attrs ?? []) fieldBytes(out, 5, attribute(a)); // NodeProto.attribute
+  if (n.domain) fieldString(out, 7, n.domain); // NodeProto.domain
   return out;
 }
 
@@ -170,6 +174,12 @@ export function encodeModel(spec: GraphSpec): Uint8Array {
   fieldString(model, 2, 'moe'); // ModelProto.producer_name
   fieldBytes(model, 7, graph); // ModelProto.graph
   fieldBytes(model, 8, opset); // ModelProto.opset_import
+  for (const domain of new Set(spec.nodes.flatMap((n) => (n.domain ? [n.domain] : [])))) {
+    const extra: Bytes = [];
+    fieldString(extra, 1, domain);
+    fieldInt(extra, 2, 1); // version 1 (onnxruntime's contrib operators)
+    fieldBytes(model, 8, extra);
+  }
   return Uint8Array.from(model);
 }
 
