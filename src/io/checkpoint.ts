@@ -511,6 +511,7 @@ export class TensorReader {
   f32Into(name: string, into: Float32Array): Float32Array {
     const t = this.ref(name);
     if (isFloatDType(t.dtype) && t.packed) return this.dequantized(t.packed, 0, t.shape[0], into);
+    if (t.intq && t.shape.length === 2 && this.lastIntq?.name !== t.name) return this.intqF32(t, into);
     if (!isFloatDType(t.dtype) || t.packed || t.view || t.mxfp4 || t.fp8 || t.intq)
       return copyInto(this.f32(name), into);
     return this.plainF32(t, t.begin, t.end - t.begin, into);
@@ -662,15 +663,16 @@ export class TensorReader {
    * A compressed-tensors or GPTQ weight dequantized whole (src/io/intquant.ts); the last one is kept, so reading
    * it row by row (embedding lookups) decodes it once. Callers get copies.
    */
-  private intqF32(t: TensorRef): Float32Array {
-    if (this.lastIntq?.name !== t.name) {
-      const read = (p: TensorRef) => {
-        const b = readExact(this.fd(p.file), p.file, p.begin, p.end - p.begin);
-        this.ckpt.bytesRead.value += b.byteLength;
-        return b;
-      };
+  private intqF32(t: TensorRef, into?: Float32Array): Float32Array {
+    const read = (p: TensorRef) => {
+      const b = readExact(this.fd(p.file), p.file, p.begin, p.end - p.begin);
+      this.ckpt.bytesRead.value += b.byteLength;
+      return b;
+    };
+    // decoded into a caller's buffer: used once, not kept
+    if (into) return decodeIntQuant(t.intq!, t.shape[0], t.shape[1], t.dtype, read, into);
+    if (this.lastIntq?.name !== t.name)
       this.lastIntq = { name: t.name, values: decodeIntQuant(t.intq!, t.shape[0], t.shape[1], t.dtype, read) };
-    }
     return this.lastIntq.values;
   }
 

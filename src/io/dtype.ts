@@ -125,12 +125,12 @@ export function toFloat32(bytes: Uint8Array, dtype: DType, into?: Float32Array):
       for (let i = 0; i < n; i++) out[i] = view.getFloat64(i * 8, true);
       return out;
     case 'BF16': {
-      const o32 = new Uint32Array(out.buffer, out.byteOffset, n);
+      const o32 = new Int32Array(out.buffer, out.byteOffset, n);
       if (bytes.byteOffset % 4 === 0) {
         // Two values per 32-bit load (little-endian: the first value is the low half): 1.7× faster than a 16-bit
-        // load per value (measured, 226 M values: 140 against 240 ms).
+        // load per value (measured, 226 M values: 140 against 240 ms). Signed views: V8 keeps int32 unboxed.
         const pairs = n >> 1;
-        const w32 = new Uint32Array(bytes.buffer, bytes.byteOffset, pairs);
+        const w32 = new Int32Array(bytes.buffer, bytes.byteOffset, pairs);
         for (let i = 0, j = 0; i < pairs; i++, j += 2) {
           const w = w32[i];
           o32[j] = w << 16;
@@ -221,6 +221,13 @@ export function fromFloat32(values: Float32Array, dtype: DType): Uint8Array {
 }
 
 /** float32 values rounded to what `dtype` holds (bf16, f16; f32 and f64 unchanged), in place. */
+/** The float32 bits (as an int32) of x rounded to `dtype` (BF16, F16; any other dtype: float32) and widened back. */
+export function roundedBits(x: number, dtype: DType): number {
+  if (dtype === 'BF16') return floatToBf16Bits(x) << 16;
+  f32[0] = dtype === 'F16' ? halfLUT()[floatToHalfBits(x)] : x;
+  return u32[0] | 0;
+}
+
 export function roundToDtype(values: Float32Array, dtype: DType): Float32Array {
   if (dtype === 'BF16') {
     const u = new Uint32Array(values.buffer, values.byteOffset, values.length);

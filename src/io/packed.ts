@@ -335,8 +335,8 @@ function dequantizeByTable(
   const mask = levels - 1;
   const table = new Float32Array(levels);
   // values are copied as their 32 bits: integer moves, no float conversions on the way
-  const bitsOf = new Uint32Array(table.buffer);
-  const o32 = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  const bitsOf = new Int32Array(table.buffer); // signed: V8 keeps int32 values unboxed
+  const o32 = new Int32Array(out.buffer, out.byteOffset, out.length);
   for (let r = 0; r < rows; r++) {
     for (let g = 0; g < ng; g++) {
       const o = 2 * (r * ng + g);
