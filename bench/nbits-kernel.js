@@ -2,7 +2,7 @@
 /**
  * 4-bit weights on the CPU: onnxruntime's MatMulNBits (com.microsoft, the int4 kernel the issue names; accuracy
  * levels 0 and 1 compute in float32, 4 with int8 activations) against what `moe eval` does with a packed 4-bit
- * weight: decode it to float32 with the WebAssembly SIMD loop (src/io/wasm-arena.ts q4) and run onnxruntime's
+ * weight: decode it to float32 with the WebAssembly SIMD loop (src/io/wasm-arena.ts groups) and run onnxruntime's
  * float32 product (MLAS sgemm). Shapes of the bench model (bench/lib.js QWEN3_BENCH): an expert's gate (or up) and
  * down projections for the ~128 tokens a layer routes to it, and q_proj over a 1,024-token batch; groups of 128.
  *
@@ -57,7 +57,7 @@ async function main() {
       }
     const w = arena.alloc(N * K);
     const x = Float32Array.from({ length: M * K }, () => (next() % 2001) / 1000 - 1);
-    arena.q4(codes, scales, zeros, w, GROUP);
+    arena.groups(4, codes, scales, zeros, w, GROUP);
     const want = await be.linear(x, w, M, K, N);
     const relError = (y) => {
       let e = 0;
@@ -67,7 +67,7 @@ async function main() {
     };
     const y = new Float32Array(M * N);
     const moeMs = 1000 * (await timeCalls(async () => {
-      arena.q4(codes, scales, zeros, w, GROUP);
+      arena.groups(4, codes, scales, zeros, w, GROUP);
       await be.linear(x, w, M, K, N, undefined, y);
     }, { seconds: 1 })); // prettier-ignore
     const sgemmMs = 1000 * (await timeCalls(() => be.linear(x, w, M, K, N, undefined, y), { seconds: 1 }));

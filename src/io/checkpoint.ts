@@ -603,9 +603,10 @@ export class TensorReader {
       return { t, at: t.begin + start * rowBytes, length: count * rowBytes };
     });
     const { bits, group_size: gs } = p.info;
-    const arena = into && bits === 4 && gs % 32 === 0 && cols % gs === 0 ? arenaOf(into) : undefined;
+    const simd = (bits === 4 && gs % 32 === 0) || (bits === 8 && gs % 16 === 0);
+    const arena = into && simd && cols % gs === 0 ? arenaOf(into) : undefined;
     if (arena) {
-      const q = this.q4InArena(arena, parts, count * (cols / gs), into!, gs);
+      const q = this.groupsInArena(arena, bits as 4 | 8, parts, count * (cols / gs), into!, gs);
       if (q) return q;
     }
     const scratch = this.scratchOf(parts.reduce((n, x) => n + x.length, 0));
@@ -620,11 +621,12 @@ export class TensorReader {
   }
 
   /**
-   * Packed 4-bit rows decoded by the arena's SIMD loop into `into` (an arena buffer): the codes read next to it, the
-   * groups' bf16 scales and zero points widened to float32 there; undefined when the arena has no room.
+   * Packed 4- or 8-bit rows decoded by the arena's SIMD loop into `into` (an arena buffer): the codes read next to
+   * it, the groups' bf16 scales and zero points widened to float32 there; undefined when the arena has no room.
    */
-  private q4InArena(
+  private groupsInArena(
     arena: WasmArena,
+    bits: 4 | 8,
     parts: { t: TensorRef; at: number; length: number }[],
     groups: number,
     into: Float32Array,
@@ -645,7 +647,7 @@ export class TensorReader {
     toFloat32(read(scales, small?.subarray(0, scales.length)), 'BF16', s32);
     const z = read(zeros, small?.subarray(scales.length));
     for (let g = 0; g < groups; g++) z32[g] = z[g];
-    return arena.q4(code, s32, z32, into, groupSize);
+    return arena.groups(bits, code, s32, z32, into, groupSize);
   }
 
   /** The stored bytes of a tensor as it is in its shard (e.g. an FP8 weight's codes or scales), in pieces. */

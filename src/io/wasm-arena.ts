@@ -64,7 +64,18 @@ const F32X4_MUL = 0xe6;
 const F32X4_CONVERT_I32X4_U = 0xfb;
 const get = (i: number) => [0x20, i];
 const set = (i: number) => [0x21, i];
-const i32 = (v: number) => [0x41, ...leb(v)];
+/** i32.const: its immediate is signed LEB128 (64 needs two bytes: a lone 0x40 would read as −64). */
+const i32 = (v: number) => [0x41, ...sleb(v)];
+
+function sleb(v: number): number[] {
+  const out: number[] = [];
+  for (;;) {
+    const b = v & 0x7f;
+    v >>= 7;
+    if ((v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0)) return [...out, b];
+    out.push(b | 0x80);
+  }
+}
 const add = [0x6a];
 const sub = [0x6b];
 const memarg = (offset: number) => [0x04, ...leb(offset)]; // align 16, offset
@@ -97,11 +108,12 @@ function bf16Body(): number[] {
 }
 
 /**
- * q4(codes, scales, zeros, dst, groups, chunks): 4-bit codes, two per byte (low nibble first), in groups sharing a
- * float32 scale and zero point (scales[g], zeros[g]); each group is `chunks` runs of 16 bytes (32 values). Each value
- * is (code − zero)·scale in float32 (one rounding, as dequantizePacked computes it). groups, chunks ≥ 1.
+ * q4 / q8(codes, scales, zeros, dst, groups, chunks): 4-bit codes two per byte (low nibble first), or 8-bit codes
+ * one per byte, in groups sharing a float32 scale and zero point (scales[g], zeros[g]); each group is `chunks` runs
+ * of 16 bytes (32 or 16 values). Each value is (code − zero)·scale in float32 (one rounding, as dequantizePacked
+ * computes it). groups, chunks ≥ 1.
  */
-function q4Body(): number[] {
+function groupsBody(bits: 4 | 8): number[] {
   const [codes, scales, zeros, dst, groups, chunks] = [0, 1, 2, 3, 4, 5];
   const [c, sv, zv, lo, hi, x] = [6, 7, 8, 9, 10, 11];
   // the 16 values of x (bytes 0–15) as float32 at dst + offset .. + 63
@@ -118,6 +130,18 @@ function q4Body(): number[] {
   // byte i's low nibble is value 2i, its high nibble value 2i + 1
   const interleave = (from: number) =>
     Array.from({ length: 16 }, (_, i) => (i % 2 === 0 ? from + i / 2 : 16 + from + (i - 1) / 2));
+  const run = bits === 8
+    ? [...get(codes), ...simd(V128_LOAD), ...memarg(0), ...set(x), ...store16(0), ...bump(dst, 64)]
+    : [
+        ...get(codes), ...simd(V128_LOAD), ...memarg(0), ...set(hi),
+        ...get(hi), ...i32(15), ...simd(I8X16_SPLAT), ...simd(V128_AND), ...set(lo),
+        ...get(hi), ...i32(4), ...simd(I8X16_SHR_U), ...set(hi),
+        ...get(lo), ...get(hi), ...simd(I8X16_SHUFFLE), ...interleave(0), ...set(x),
+        ...store16(0),
+        ...get(lo), ...get(hi), ...simd(I8X16_SHUFFLE), ...interleave(8), ...set(x),
+        ...store16(64),
+        ...bump(dst, 128),
+      ]; // prettier-ignore
   return [
     0x02, 0x01, 0x7f, 0x05, 0x7b, // locals: 1 i32 (c), 5 v128 (sv, zv, lo, hi, x)
     0x03, 0x40, // loop over groups
@@ -125,15 +149,8 @@ function q4Body(): number[] {
     ...get(zeros), 0x2a, 0x02, 0x00, ...simd(F32X4_SPLAT), ...set(zv),
     ...get(chunks), ...set(c),
     0x03, 0x40, // loop over the group's 16-byte runs
-    ...get(codes), ...simd(V128_LOAD), ...memarg(0), ...set(hi),
-    ...get(hi), ...i32(15), ...simd(I8X16_SPLAT), ...simd(V128_AND), ...set(lo),
-    ...get(hi), ...i32(4), ...simd(I8X16_SHR_U), ...set(hi),
-    ...get(lo), ...get(hi), ...simd(I8X16_SHUFFLE), ...interleave(0), ...set(x),
-    ...store16(0),
-    ...get(lo), ...get(hi), ...simd(I8X16_SHUFFLE), ...interleave(8), ...set(x),
-    ...store16(64),
+    ...run,
     ...bump(codes, 16),
-    ...bump(dst, 128),
     ...countDown(c),
     ...bump(scales, 4),
     ...bump(zeros, 4),
@@ -142,17 +159,17 @@ function q4Body(): number[] {
   ]; // prettier-ignore
 }
 
-/** The module: memory imported as env.mem (any size), bf16 and q4 exported. */
+/** The module: memory imported as env.mem (any size), bf16, q4 and q8 exported. */
 function moduleBytes(): Uint8Array {
-  const bodies = [bf16Body(), q4Body()];
+  const bodies = [bf16Body(), groupsBody(4), groupsBody(8)];
   const i32x = (n: number) => Array<number>(n).fill(0x7f);
   return Uint8Array.from([
     ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
     ...section(1, [0x02, 0x60, 0x03, ...i32x(3), 0x00, 0x60, 0x06, ...i32x(6), 0x00]), // types: (3 i32), (6 i32)
     ...section(2, [0x01, ...name('env'), ...name('mem'), 0x02, 0x00, ...leb(1)]), // memory, ≥ 1 page
-    ...section(3, [0x02, 0x00, 0x01]), // bf16: type 0, q4: type 1
-    ...section(7, [0x02, ...name('bf16'), 0x00, 0x00, ...name('q4'), 0x00, 0x01]),
-    ...section(10, [0x02, ...bodies.flatMap((b) => [...leb(b.length), ...b])]),
+    ...section(3, [0x03, 0x00, 0x01, 0x01]), // bf16: type 0, q4 and q8: type 1
+    ...section(7, [0x03, ...name('bf16'), 0x00, 0x00, ...name('q4'), 0x00, 0x01, ...name('q8'), 0x00, 0x02]),
+    ...section(10, [0x03, ...bodies.flatMap((b) => [...leb(b.length), ...b])]),
   ]);
 }
 
@@ -182,7 +199,10 @@ export function arenaOf(a: ArrayBufferView): WasmArena | undefined {
 export class WasmArena {
   private readonly memory: WasmMemory;
   private readonly decode: (src: number, dst: number, groups: number) => void;
-  private readonly decode4: (codes: number, scales: number, zeros: number, dst: number, g: number, c: number) => void;
+  private readonly decodeGroups: Record<
+    4 | 8,
+    (codes: number, scales: number, zeros: number, dst: number, g: number, c: number) => void
+  >;
   private top = 0;
   private readonly free = new Map<number, number[]>();
   private scratchAt = -1;
@@ -192,7 +212,7 @@ export class WasmArena {
     this.memory = new WebAssembly.Memory({ initial: pages, maximum: pages });
     const inst = new WebAssembly.Instance(mod, { env: { mem: this.memory } });
     this.decode = inst.exports.bf16 as (src: number, dst: number, groups: number) => void;
-    this.decode4 = inst.exports.q4 as WasmArena['decode4'];
+    this.decodeGroups = { 4: inst.exports.q4, 8: inst.exports.q8 } as WasmArena['decodeGroups'];
     owners.set(this.memory.buffer, this);
   }
 
@@ -263,15 +283,30 @@ export class WasmArena {
   }
 
   /**
-   * 4-bit codes into float32: `groups` groups of `groupSize` values (a multiple of 32), group g's values
-   * (code − zeros[g])·scales[g]; codes, scales, zeros and dst all in this arena. Returns dst.
+   * 4- or 8-bit codes into float32: `groups` groups of `groupSize` values (a multiple of 32 for 4 bits, of 16 for
+   * 8), group g's values (code − zeros[g])·scales[g]; codes, scales, zeros and dst all in this arena. Returns dst.
    */
-  q4(codes: Uint8Array, scales: Float32Array, zeros: Float32Array, dst: Float32Array, groupSize: number): Float32Array {
+  groups(
+    bits: 4 | 8,
+    codes: Uint8Array,
+    scales: Float32Array,
+    zeros: Float32Array,
+    dst: Float32Array,
+    groupSize: number,
+  ): Float32Array {
     const groups = scales.length;
-    if (groupSize % 32 !== 0 || zeros.length !== groups || dst.length !== groups * groupSize)
-      throw new RangeError(`q4: ${groups} groups of ${groupSize} do not fit ${dst.length} values`);
+    const run = bits === 4 ? 32 : 16;
+    if (groupSize % run !== 0 || zeros.length !== groups || dst.length !== groups * groupSize)
+      throw new RangeError(`${bits}-bit groups: ${groups} groups of ${groupSize} do not fit ${dst.length} values`);
     if (groups > 0)
-      this.decode4(codes.byteOffset, scales.byteOffset, zeros.byteOffset, dst.byteOffset, groups, groupSize / 32);
+      this.decodeGroups[bits](
+        codes.byteOffset,
+        scales.byteOffset,
+        zeros.byteOffset,
+        dst.byteOffset,
+        groups,
+        groupSize / run,
+      );
     return dst;
   }
 }

@@ -43,7 +43,31 @@ describe('WasmArena', () => {
         zeros[g] = z32[g] = g % 16;
       }
       const want = dequantizePacked(codes.slice(), scalesBf16, zeros, rows, cols, 4, gs);
-      const got = arena.q4(codes, s32, z32, arena.alloc(rows * cols)!, gs);
+      const got = arena.groups(4, codes, s32, z32, arena.alloc(rows * cols)!, gs);
+      expect(Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(want.buffer))).toBe(true);
+    }
+  });
+
+  test('SIMD 8-bit decoding equals dequantizePacked bit for bit (every byte value, groups of 16 and 128)', () => {
+    for (const [rows, cols, gs] of [
+      [3, 256, 128],
+      [2, 64, 16],
+    ]) {
+      const ng = cols / gs;
+      const codes = arena.scratch(rows * cols)!;
+      for (let i = 0; i < codes.length; i++) codes[i] = (i * 97 + 13) & 255;
+      const scalesBf16 = new Uint8Array(2 * rows * ng);
+      const zeros = new Uint8Array(rows * ng);
+      const s32 = arena.alloc(rows * ng)!;
+      const z32 = arena.alloc(rows * ng)!;
+      for (let g = 0; g < rows * ng; g++) {
+        const bits = 0x3b80 + g * 41;
+        [scalesBf16[2 * g], scalesBf16[2 * g + 1]] = [bits & 255, bits >> 8];
+        s32[g] = toFloat32(scalesBf16.subarray(2 * g, 2 * g + 2), 'BF16')[0];
+        zeros[g] = z32[g] = (g * 37) % 256;
+      }
+      const want = dequantizePacked(codes.slice(), scalesBf16, zeros, rows, cols, 8, gs);
+      const got = arena.groups(8, codes, s32, z32, arena.alloc(rows * cols)!, gs);
       expect(Buffer.from(got.buffer, got.byteOffset, got.byteLength).equals(Buffer.from(want.buffer))).toBe(true);
     }
   });
