@@ -8,8 +8,9 @@ import type { Backend } from '../backend/backend';
 import type { PlannedTensor } from '../io/writer';
 import { fromFloat32 } from '../io/dtype';
 import type { Architecture } from '../model/arch';
-import type { ForwardObserver } from '../model/forward/model';
+import type { ExpertRows, ForwardObserver } from '../model/forward/model';
 import type { Routing } from '../model/forward/moe';
+import { HessianWeighting, scaleRowsBySqrt } from './affinity';
 import { addGram, addSumSquares } from './gram';
 import { observedLinears } from './stats';
 
@@ -55,6 +56,10 @@ export class LayerCollector {
     /** Global token index → row of the NAEE sample (absent: not sampled). */
     private readonly naeeRows: Map<number, number>,
     inDims: Map<string, number>,
+    /** calibrate --all-experts: every expert also sees the tokens not routed to it (linear inputs only). */
+    private readonly allExperts = false,
+    /** calibrate --hessian-weighting (src/calib/affinity.ts). */
+    private readonly weighting: HessianWeighting = 'none',
   ) {
     this.E = arch.numExperts;
     this.h = arch.hidden;
@@ -86,7 +91,8 @@ export class LayerCollector {
 
   observer(): ForwardObserver {
     return {
-      linear: (w, x, rows, inDim) => this.onLinear(w, x, rows, inDim),
+      linear: (w, x, rows, inDim, expertRows) => this.onLinear(w, x, rows, inDim, expertRows),
+      allExperts: this.allExperts,
       router: (_l, r, _x, tokens) => this.onRouter(r, tokens),
       expert: (_l, e, y, tokens, slots) => this.onExpert(e, y, tokens, slots),
       moe: (_l, input, output, tokens) => this.onMoe(input, output, tokens),
@@ -102,15 +108,19 @@ export class LayerCollector {
     this.pending = [];
   }
 
-  private onLinear(w: string, x: Float32Array, rows: number, inDim: number): void {
+  private onLinear(w: string, x: Float32Array, rows: number, inDim: number, expertRows?: ExpertRows): void {
     const acc = this.linears.get(w);
     if (!acc) return;
     acc.rows += rows;
     addSumSquares(acc.sumsq, x, rows, inDim);
-    if (acc.xtx) this.pending.push(addGram(this.be, acc.xtx, x.slice(0, rows * inDim), rows, inDim));
-    // down_proj's input is the expert's activation: its largest magnitude marks super experts.
+    if (acc.xtx) {
+      const copy = x.slice(0, rows * inDim);
+      if (this.weighting === 'gate' && expertRows) scaleRowsBySqrt(copy, rows, inDim, expertRows.weights);
+      this.pending.push(addGram(this.be, acc.xtx, copy, rows, inDim));
+    }
+    // down_proj's input is the expert's activation: its largest magnitude (on routed tokens) marks super experts.
     const role = this.arch.classify(w);
-    if (role?.kind === 'expert' && role.proj === 'down') {
+    if (role?.kind === 'expert' && role.proj === 'down' && expertRows?.routed !== false) {
       let m = this.actAbsMax[role.expert];
       for (let i = 0; i < rows * inDim; i++) m = math.max(m, math.abs(x[i]));
       this.actAbsMax[role.expert] = m;

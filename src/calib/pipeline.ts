@@ -7,6 +7,7 @@ import type { Backend } from '../backend/backend';
 import { ForwardPass } from '../model/forward/model';
 import { batches, concat } from '../eval/perplexity';
 import { Context, layerLabel } from '../ui/progress';
+import type { HessianWeighting } from './affinity';
 import { LayerCollector } from './collector';
 import { HiddenStore } from './hidden-store';
 
@@ -14,6 +15,10 @@ export interface PipelineOptions {
   batchTokens: number;
   activationBudgetBytes: number;
   hessians: boolean;
+  /** --all-experts: every routed expert also sees the tokens not routed to it (linear inputs only). */
+  allExperts?: boolean;
+  /** --hessian-weighting (src/calib/affinity.ts). */
+  weighting?: HessianWeighting;
   /** Global token indices sampled for NAEE (sorted). */
   naeeTokens: number[];
   spillDir?: string;
@@ -48,7 +53,16 @@ export async function calibrateLayers(
     fp.streamWeights(groups.length === 1); // one batch: no weight is used twice
     for (let l = 0; l < fp.arch.numLayers; l++) {
       const t0 = Date.now();
-      const collector = new LayerCollector(fp.arch, l, be, opts.hessians, naeeRows, inDims);
+      const collector = new LayerCollector(
+        fp.arch,
+        l,
+        be,
+        opts.hessians,
+        naeeRows,
+        inDims,
+        opts.allExperts,
+        opts.weighting,
+      );
       const observer = collector.observer();
       const progress = ctx.progress(layerLabel(l, fp.arch.numLayers), tokens, 'tokens');
       let start = 0;

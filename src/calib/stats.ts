@@ -5,7 +5,10 @@
  *   layers.L.moe.out_mean [E, hidden] F32        layers.L.moe.{router_cos, coact} [E, E] F64
  *   layers.L.moe.naee_in / naee_out [n, hidden] F32  (a seeded subsample of MoE-block inputs and outputs)
  *   imatrix/<weight> [in] F64: Σ x² per input column       rows/<weight> [1] F64: input rows seen
- *   hessian/<weight> [in, in] F32: XᵀX (with --hessians)
+ *   hessian/<weight> [in, in] F32: XᵀX (with --hessians; Σ c·x xᵀ with --hessian-weighting gate, calib/affinity.ts)
+ * Routed experts' statistics cover the tokens routed to them; with --all-experts their linear inputs (imatrix, rows,
+ * hessian) cover every token, while count, soft_freq, weight_sum, reap, out_*, act_abs_max, router_cos, coact and
+ * the NAEE sample stay exactly those of the routed pass.
  * Routed experts' up_proj shares gate_proj's input, so only gate_proj's input statistics are stored.
  */
 import { createHash } from 'node:crypto';
@@ -15,6 +18,7 @@ import { CheckpointError } from '../errors';
 import { Checkpoint, openTensorFile, TensorReader } from '../io/checkpoint';
 import type { PlannedTensor } from '../io/writer';
 import type { Architecture } from '../model/arch';
+import type { HessianWeighting } from './affinity';
 
 export const STATS_TENSORS = 'stats.safetensors';
 export const STATS_JSON = 'stats.json';
@@ -37,6 +41,10 @@ export interface StatsJson {
   model: string;
   data: { file: string; sha256: string; windows: number; tokens: number; seq_len: number; max_tokens: number | null };
   hessians: boolean;
+  /** calibrate --all-experts (absent in older files: false). */
+  all_experts?: boolean;
+  /** calibrate --hessian-weighting (absent in older files: 'none'). */
+  hessian_weighting?: HessianWeighting;
   naee_tokens: number;
   seed: number;
   moe_layers: number[];

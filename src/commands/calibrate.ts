@@ -7,6 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
+import { HESSIAN_WEIGHTINGS, HessianWeighting } from '../calib/affinity';
+import type { LayerCollector } from '../calib/collector';
 import { calibrateLayers } from '../calib/pipeline';
 import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
 import { UsageError } from '../errors';
@@ -33,6 +35,8 @@ export interface CalibrateOptions {
   samples?: number;
   seed?: number;
   hessians?: boolean;
+  allExperts?: boolean;
+  hessianWeighting?: HessianWeighting;
   naeeTokens?: number;
   backend?: BackendName;
   threads?: number;
@@ -47,6 +51,9 @@ export interface LayerSummary {
   seconds: number;
   most_used?: { expert: number; frequency: number }[];
   least_used?: { expert: number; frequency: number }[];
+  /** MoE layers: tokens routed to each expert, and the tokens its linear inputs saw (all of them: --all-experts). */
+  routed_tokens?: number[];
+  observed_tokens?: number[];
 }
 
 export interface CalibrateReport {
@@ -56,6 +63,8 @@ export interface CalibrateReport {
   windows: number;
   tokens: number;
   hessians: boolean;
+  all_experts: boolean;
+  hessian_weighting: HessianWeighting;
   naee_tokens: number;
   spilled: boolean;
   dry_run: boolean;
@@ -122,13 +131,15 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
       batchTokens: opts.batchTokens ?? 4096,
       activationBudgetBytes: opts.activationBudgetBytes ?? 2e9,
       hessians: report.hessians,
+      allExperts: report.all_experts,
+      weighting: report.hessian_weighting,
       naeeTokens: r.naee,
     },
     r.ctx,
     ({ layer, collector, seconds }) => {
       const tensors = collector.tensors(plans[layer]);
       for (const t of plans[layer]) writer.write(t.name, tensors.get(t.name)!);
-      report.layers.push({ layer, seconds, ...usage(collector.count, tokens) });
+      report.layers.push({ layer, seconds, ...usage(collector, r.arch, tokens) });
     },
   );
   writer.finish();
@@ -153,6 +164,8 @@ function statsJson(r: CalibrateRun): StatsJson {
       max_tokens: opts.maxTokens ?? null,
     },
     hessians: r.report.hessians,
+    all_experts: r.report.all_experts,
+    hessian_weighting: r.report.hessian_weighting,
     naee_tokens: r.naee.length,
     seed: r.seed,
     moe_layers: arch.moeLayers,
@@ -195,6 +208,11 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const tokens = windows.reduce((s, w) => s + w.length, 0);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
   const hessians = !!opts.hessians;
+  const weighting = opts.hessianWeighting ?? 'none';
+  if (weighting !== 'none' && !hessians)
+    throw new UsageError(`--hessian-weighting ${weighting} weighs the Hessians: it needs --hessians`, {
+      hint: 'add --hessians, or drop --hessian-weighting',
+    });
   const inDims = new Map(
     [...ckpt.tensors.values()].filter((t) => t.shape.length === 2).map((t) => [t.name, t.shape[1]]),
   );
@@ -206,6 +224,8 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
     windows: windows.length,
     tokens,
     hessians,
+    all_experts: !!opts.allExperts,
+    hessian_weighting: weighting,
     naee_tokens: naee.length,
     spilled: false,
     dry_run: !!opts.dryRun,
@@ -241,12 +261,22 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   return report;
 }
 
-function usage(count: Float64Array, tokens: number): Pick<LayerSummary, 'most_used' | 'least_used'> {
+function usage(collector: LayerCollector, arch: Architecture, tokens: number): Omit<LayerSummary, 'layer' | 'seconds'> {
+  const count = collector.count;
   if (count.length === 0) return {};
   const ranked = [...count]
     .map((c, expert) => ({ expert, frequency: c / tokens }))
     .sort((a, b) => b.frequency - a.frequency || a.expert - b.expert);
-  return { most_used: ranked.slice(0, 3), least_used: ranked.slice(-3).reverse() };
+  // the rows gate_proj's input statistics saw (up_proj shares them)
+  const observed = [...count].map(
+    (_, e) => collector.linears.get(arch.expertKey(collector.layer, e, 'gate'))?.rows ?? 0,
+  );
+  return {
+    most_used: ranked.slice(0, 3),
+    least_used: ranked.slice(-3).reverse(),
+    routed_tokens: [...count],
+    observed_tokens: observed,
+  };
 }
 
 export function formatCalibrate(r: CalibrateReport): string {
@@ -256,8 +286,9 @@ export function formatCalibrate(r: CalibrateReport): string {
   ];
   for (const l of r.layers) {
     const f = (x: { expert: number; frequency: number }) => `${x.expert}:${(100 * x.frequency).toFixed(1)}%`;
+    const seen = l.observed_tokens?.length ? `  observed ≥ ${Math.min(...l.observed_tokens)} tokens each` : '';
     lines.push(
-      `  layer ${String(l.layer).padStart(3)}  ${l.seconds.toFixed(1).padStart(6)} s${l.most_used ? `  most ${l.most_used.map(f).join(' ')}  least ${l.least_used!.map(f).join(' ')}` : '  dense'}`,
+      `  layer ${String(l.layer).padStart(3)}  ${l.seconds.toFixed(1).padStart(6)} s${l.most_used ? `  most ${l.most_used.map(f).join(' ')}  least ${l.least_used!.map(f).join(' ')}${seen}` : '  dense'}`,
     );
   }
   return lines.join('\n');
@@ -292,6 +323,19 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for --samples and the NAEE subsample' },
     { flag: '--hessians', type: 'bool', description: 'also record XᵀX of every linear input (needed by GPTQ; large)' },
     {
+      flag: '--all-experts',
+      type: 'bool',
+      description:
+        "every routed expert's input statistics (imatrix, Hessian) also cover the tokens not routed to it; the forward and the routing statistics stay the routed ones (costs E/k times the experts' compute)",
+    },
+    {
+      flag: '--hessian-weighting <rule>',
+      type: { choices: () => HESSIAN_WEIGHTINGS },
+      default: 'none',
+      description:
+        "gate: each token counts in a routed expert's Hessian by its routing weight (its router probability when not routed to it), MoEQuant's AGQ; needs --hessians",
+    },
+    {
       flag: '--naee-tokens <n>',
       type: 'int',
       default: '1024',
@@ -319,6 +363,7 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
   examples: [
     'moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats',
     'moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq',
+    'moe calibrate ./model --data calib.txt --hessians --all-experts --hessian-weighting gate -o ./stats-agq',
   ],
   run: ([model], o, ctx) => calibrate({ ...(o as Omit<CalibrateOptions, 'model'>), model }, ctx),
   format: formatCalibrate,

@@ -17,13 +17,30 @@ import { addInPlace, rmsNorm, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
 
+/** The rows a routed expert's linear layer runs on (ForwardObserver.linear). */
+export interface ExpertRows {
+  /** True: tokens routed to the expert; false: the others (ForwardObserver.allExperts). */
+  routed: boolean;
+  /**
+   * [rows]: each routed token's routing weight as the forward applies it, or each other token's router probability
+   * for the expert (softmax or sigmoid score).
+   */
+  weights: Float32Array;
+}
+
 /** Observer hooks, for calibration and routing comparisons. Arrays are only valid during the call. */
 export interface ForwardObserver {
   /**
    * The input of a linear layer, named by its weight tensor, [rows, inDim]. For routed experts the rows are the
-   * tokens routed to it; gate_proj and up_proj share one input, reported once under gate_proj.
+   * tokens routed to it (with `allExperts`, then also the others); gate_proj and up_proj share one input, reported
+   * once under gate_proj. `expertRows`, for routed experts only, says what the rows are.
    */
-  linear?(weight: string, x: Float32Array, rows: number, inDim: number): void;
+  linear?(weight: string, x: Float32Array, rows: number, inDim: number, expertRows?: ExpertRows): void;
+  /**
+   * Every routed expert also runs on the tokens not routed to it, for `linear` only (calibration's --all-experts):
+   * the block's output, `expert` and every routed statistic stay those of the routed tokens.
+   */
+  allExperts?: boolean;
   /** The router's decision in a MoE layer; `input` is the MoE block's input [tokens, hidden]. */
   router?(layer: number, routing: Routing, input: Float32Array, tokens: number): void;
   /** One routed expert: its output rows (before the routing weight) and which tokens they are. */
@@ -124,6 +141,18 @@ const POOL_SLACK_BYTES = 64 << 20;
 /** A weight's name without its layer (model.layers.3.self_attn.q_proj.weight → self_attn.q_proj.weight). */
 function roleOf(name: string): string {
   return name.replace(/^model\.layers\.\d+\./, '');
+}
+
+/** The token indices in [0, N) not in `sorted` (ascending). */
+function complement(sorted: Int32Array, N: number): Int32Array {
+  const out = new Int32Array(N - sorted.length);
+  let j = 0;
+  let o = 0;
+  for (let t = 0; t < N; t++) {
+    if (j < sorted.length && sorted[j] === t) j++;
+    else out[o++] = t;
+  }
+  return out;
 }
 
 export class ForwardPass {
@@ -357,13 +386,14 @@ export class ForwardPass {
     rows: number,
     observer?: ForwardObserver,
     into?: Float32Array,
+    expertRows?: ExpertRows,
   ): Promise<Float32Array> {
     const h = this.arch.hidden;
     if (rows === 0) return new Float32Array(0);
-    observer?.linear?.(names.gate, x, rows, h);
+    observer?.linear?.(names.gate, x, rows, h, expertRows);
     const wantAct = !!observer?.linear;
     const { out, act } = await this.be.swiglu(x, w.gateUp, w.down, rows, h, w.width, wantAct, w.opts, into);
-    if (wantAct) observer!.linear!(names.down, act!, rows, w.width);
+    if (wantAct) observer!.linear!(names.down, act!, rows, w.width, expertRows);
     return out;
   }
 
@@ -383,6 +413,31 @@ export class ForwardPass {
     return this.runMlp(w, names, x, rows, observer, this.scratch(roleOf(prefix), rows * this.arch.hidden));
   }
 
+  /**
+   * --all-experts: expert e on the tokens the router did not send it, for the linear observers only (their rows
+   * weighted by the router probability); the output is dropped, so the forward and the routed statistics are those
+   * of a plain pass.
+   */
+  private async observeUnrouted(
+    weights: MlpWeights,
+    names: { gate: string; down: string },
+    x: Float32Array,
+    N: number,
+    routed: Int32Array,
+    probs: Float32Array,
+    e: number,
+    observer: ForwardObserver,
+  ): Promise<void> {
+    const h = this.arch.hidden;
+    const E = this.arch.numExperts;
+    const others = complement(routed, N);
+    if (others.length === 0) return;
+    const rows = others.length;
+    const xo = gatherRows(x, h, others, this.scratch('expertIn', rows * h));
+    const p = { routed: false, weights: Float32Array.from(others, (t) => probs[t * E + e]) };
+    await this.runMlp(weights, names, xo, rows, observer, this.scratch('expertOut', rows * h), p);
+  }
+
   private async moeBlock(l: number, x: Float32Array, N: number, observer?: ForwardObserver): Promise<Float32Array> {
     const a = this.arch;
     const h = a.hidden;
@@ -394,19 +449,26 @@ export class ForwardPass {
     observer?.router?.(l, routing, x, N);
     const out = this.scratch('moe', N * h).fill(0);
     const lists = tokensPerExpert(routing, N, k, E);
+    const allExperts = !!observer?.linear && !!observer.allExperts;
     for (let e = 0; e < E; e++) {
       const { tokens, slots } = lists[e];
-      if (tokens.length === 0) continue;
+      if (tokens.length === 0 && (!allExperts || N === 0)) continue;
       const names = { gate: a.expertKey(l, e, 'gate'), up: a.expertKey(l, e, 'up'), down: a.expertKey(l, e, 'down') };
       const weights = this.mlpWeights(names.gate, names.up, names.down, l);
       weights.opts = expertGluOptions(a, l, e, (name) => this.load(name, l));
-      // ye includes the down bias (gpt-oss): the routing weight scales it too, and observers see it (REAP).
       const rows = tokens.length;
-      const xe = gatherRows(x, h, tokens, this.scratch('expertIn', rows * h));
-      const ye = await this.runMlp(weights, names, xe, rows, observer, this.scratch('expertOut', rows * h));
+      if (rows > 0) {
+        // ye includes the down bias (gpt-oss): the routing weight scales it too, and observers see it (REAP).
+        const xe = gatherRows(x, h, tokens, this.scratch('expertIn', rows * h));
+        const gates = observer?.linear
+          ? { routed: true, weights: Float32Array.from(tokens, (t, i) => routing.weights[t * k + slots[i]]) }
+          : undefined;
+        const ye = await this.runMlp(weights, names, xe, rows, observer, this.scratch('expertOut', rows * h), gates);
+        observer?.expert?.(l, e, ye, tokens, slots);
+        scatterAdd(out, ye, h, tokens, slots, routing.weights, k);
+      }
+      if (allExperts) await this.observeUnrouted(weights, names, x, N, tokens, routing.probs, e, observer!);
       this.recycle();
-      observer?.expert?.(l, e, ye, tokens, slots);
-      scatterAdd(out, ye, h, tokens, slots, routing.weights, k);
     }
     if (this.spec.shared !== 'none') {
       const s = await this.mlp(a.sharedExpertPrefix(l), l, x, N, observer);
