@@ -12,7 +12,7 @@ import type { LayerCollector } from '../calib/collector';
 import { calibrateLayers } from '../calib/pipeline';
 import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
 import { UsageError } from '../errors';
-import { loadWindows, positionsWarning } from '../eval/data';
+import { loadWindows, positionsWarning, sampleWindows } from '../eval/data';
 import { loadTokenizer } from '../eval/tokenizer';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, checkOutputFolder, OutputFolder, withOutput } from '../io/output';
@@ -70,21 +70,6 @@ export interface CalibrateReport {
   dry_run: boolean;
   layers: LayerSummary[];
   seconds: number;
-}
-
-/** Picks `samples` windows at random (seeded), keeping their order in the text. */
-function sample(windows: Int32Array[], samples: number | undefined, seed: number): Int32Array[] {
-  if (samples === undefined || samples >= windows.length) return windows;
-  const rand = mulberry32(seed);
-  const idx = windows.map((_, i) => i);
-  for (let i = idx.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [idx[i], idx[j]] = [idx[j], idx[i]];
-  }
-  return idx
-    .slice(0, samples)
-    .sort((a, b) => a - b)
-    .map((i) => windows[i]);
 }
 
 function naeeSample(tokens: number, n: number, seed: number): number[] {
@@ -204,7 +189,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const positions = positionsWarning(set, opts.seqLen, ckpt.config);
   if (positions) ctx.warn(positions);
   arch.checkWindow(set.windows.reduce((n, w) => Math.max(n, w.length), 0)); // before any tensor is read
-  const windows = sample(set.windows, opts.samples, seed);
+  const windows = sampleWindows(set.windows, opts.samples, seed);
   const tokens = windows.reduce((s, w) => s + w.length, 0);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
   const hessians = !!opts.hessians;

@@ -60,6 +60,7 @@ import { DEFAULT_MAX_SHARD_BYTES, PlannedTensor } from '../io/writer';
 import { verifyWritten } from '../model/verify';
 import { PART_FILE, PART_FORMAT, PART_RECORD, PartRecord, QUANT_RECORD_FILE } from '../quant/records';
 import type { GgufOptions, GgufReport } from './gguf';
+import { alignWrittenRouters, RouterAlignmentReport } from './quantize-align';
 import { DEFAULT_GGUF_MENU, GgmlType, parseGgmlType } from '../gguf/quants';
 import { parseBitChoices } from '../quant/plan';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MAX_SHARD_SIZE, MODEL_ARG, output, Values } from './spec';
@@ -81,6 +82,8 @@ export interface QuantizeOptions {
   attnBits?: number;
   sharedExpertBits?: number;
   keepRouterFp?: boolean;
+  /** Refit each router to the original's routing after quantizing (src/quant/router-align.ts); needs stats. */
+  alignRouter?: boolean;
   format?: QuantFormat;
   /** Symmetric grids (zero point 2^(bits−1)): the default of compressed-tensors, asymmetric elsewhere. */
   grid?: 'symmetric' | 'asymmetric';
@@ -144,6 +147,8 @@ export interface QuantizeReport {
   } | null;
   /** Weights quantized by RTN although GPTQ was asked (no calibrated rows, or a Hessian that would not factor). */
   gptq_fallbacks: string[];
+  /** --align-router: routing agreement with the original on the calibration tokens, before and after the fit. */
+  router_alignment?: RouterAlignmentReport;
   size_bytes: number;
   dry_run: boolean;
   groups: GroupReport[];
@@ -182,6 +187,14 @@ function checkOptions(
         hint: 'change --bits or --bit-choices',
       });
   }
+  if (o.alignRouter && !stats)
+    throw new UsageError('--align-router refits the routers on the calibration tokens: it needs --stats', {
+      hint: 'make them with moe calibrate MODEL --data FILE -o STATS',
+    });
+  if (o.alignRouter && o.layers)
+    throw new UsageError('--align-router needs every layer in order; --layers writes one part', {
+      hint: 'quantize the whole model, or drop --align-router',
+    });
   const hasHessians = !!stats?.json.hessians;
   const method = o.method ?? (hasHessians ? 'gptq' : 'rtn');
   if (method === 'gptq' && !hasHessians) {
@@ -349,7 +362,7 @@ function formatTargets(o: QuantizeOptions, s: Settings, arch: Architecture, ckpt
   if (gptq) gptqFormat.checkGptqOptions(o);
   if (gptq) gptqFormat.checkNotFused(arch, ckpt.tensors, ckpt.dir);
   if (ct) checkCtRun(!!o.layers, ckpt.dir);
-  const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || gptq || ct);
+  const all = quantTargets(arch, ckpt.tensors, s.granularity, !!o.keepRouterFp || !!o.alignRouter || gptq || ct);
   const targets = gptq ? gptqFormat.gptqTargets(all, o) : all;
   if (ct) targets.forEach((t) => checkCtWeight(t.name, t.cols, s.groupSize, ckpt.dir));
   return targets;
@@ -428,16 +441,16 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
           measure: s.allocate === 'uniform' && !!stats,
           ctx,
         });
-        // The size, as everywhere (src/io/size.ts): the bytes of the weight files written, headers included.
-        report.size_bytes = fileBytes(
-          fs
-            .readdirSync(out.tmp)
-            .filter((n) => n.endsWith('.safetensors'))
-            .map((n) => path.join(out.tmp, n)),
-        );
+        report.size_bytes = shardBytes(out.tmp);
         report.gptq_fallbacks = [...quantizer.fallbacks].sort();
         finishReport(report, plan, new Map([...plan.predicted, ...costs]), stats !== undefined);
         writeRecords(out, report, plan, { o, s, ckpt, arch });
+        if (o.alignRouter) {
+          // the written checkpoint is read back (config included), its routers refitted in place
+          const run = { ckpt, arch, reader, stats: stats!, be: be!, ctx };
+          report.router_alignment = await alignWrittenRouters(out.tmp, run);
+          writeRecords(out, report, plan, { o, s, ckpt, arch });
+        }
       });
     } else {
       finishReport(report, plan, plan.predicted, stats !== undefined && s.allocate === 'lp');
@@ -453,6 +466,16 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.close();
     await be?.dispose();
   }
+}
+
+/** The size, as everywhere (src/io/size.ts): the bytes of the weight files written, headers included. */
+function shardBytes(dir: string): number {
+  return fileBytes(
+    fs
+      .readdirSync(dir)
+      .filter((n) => n.endsWith('.safetensors'))
+      .map((n) => path.join(dir, n)),
+  );
 }
 
 /** The weighted error of weight t at each of `bits`. */
@@ -666,6 +689,11 @@ export function formatQuantize(r: QuantizeReport): string {
   if (r.predicted_cost !== null) lines.push(`  predicted weighted output error ${r.predicted_cost.toExponential(4)}`);
   if (r.gptq_fallbacks.length)
     lines.push(`  RTN instead of GPTQ for ${r.gptq_fallbacks.length} weight(s) without calibrated inputs`);
+  const a = r.router_alignment;
+  if (a)
+    lines.push(
+      `  routers refitted: routing agreement ${(100 * a.before).toFixed(1)}% → ${(100 * a.after).toFixed(1)}% on ${a.tokens} calibration tokens (mean over MoE layers)`,
+    );
   return lines.join('\n');
 }
 
@@ -705,6 +733,10 @@ async function runQuantize(model: string, o: Values, ctx: Context): Promise<Quan
         hint: 'assemble the parts first, then write GGUF from the result',
       });
     checkGgufGranularity(o.granularity as Granularity | undefined);
+    if (o.alignRouter)
+      throw new UsageError('--align-router writes safetensors checkpoints; --format gguf does not take it yet', {
+        hint: 'quantize with --align-router to packed or dequantized, or drop it',
+      });
     const { exportGguf, formatGguf } = await import('./gguf');
     const g = o as Omit<GgufOptions, 'model' | 'menu'> & { typeMenu: GgmlType[] };
     const opts: GgufOptions = {
@@ -809,6 +841,12 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
       description: 'fixed bits for shared experts (default: --bits, or at least 4 under lp)',
     },
     { flag: '--keep-router-fp', type: 'bool', description: 'leave the router unquantized (default: 8 bits)' },
+    {
+      flag: '--align-router',
+      type: 'bool',
+      description:
+        "keep the router unquantized and refit it, layer by layer, so the quantized model routes the calibration tokens as the original does (EAQuant's router alignment; needs --stats)",
+    },
     {
       flag: '--act-order',
       type: 'bool',

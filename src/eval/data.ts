@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CheckpointError, UsageError } from '../errors';
+import { mulberry32 } from '../util/random';
 import type { TextTokenizer } from './tokenizer';
 
 export interface WindowSet {
@@ -155,4 +156,19 @@ export function positionsWarning(set: WindowSet, seqLen: number, config: Record<
   if (longest <= max) return undefined;
   const what = set.kind === 'text' ? `--seq-len ${seqLen}` : `a pre-tokenized window of ${longest} tokens`;
   return `${what} is above the model's max_position_embeddings (${max}): positions past ${max} were never trained, so the figures will not reflect the model; use windows of at most ${max} tokens`;
+}
+
+/** Picks `samples` windows at random (seeded), keeping their order in the text (calibrate --samples). */
+export function sampleWindows(windows: Int32Array[], samples: number | undefined, seed: number): Int32Array[] {
+  if (samples === undefined || samples >= windows.length) return windows;
+  const rand = mulberry32(seed);
+  const idx = windows.map((_, i) => i);
+  for (let i = idx.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx
+    .slice(0, samples)
+    .sort((a, b) => a - b)
+    .map((i) => windows[i]);
 }

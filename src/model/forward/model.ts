@@ -168,6 +168,8 @@ export class ForwardPass {
   private loose: Float32Array[] = [];
   /** Inside layers(): weights are used once, not cached. */
   private streaming = false;
+  /** Weights used instead of the reader's, by tensor name (router alignment, src/quant/router-align.ts). */
+  readonly weightOverrides = new Map<string, Float32Array>();
   /** Activation buffers reused from layer to layer, by role (see scratch()). */
   private scratchBufs = new Map<string, Float32Array>();
 
@@ -195,6 +197,8 @@ export class ForwardPass {
   /** A weight as float32, from the layer cache when it is there. */
   protected load(name: string, layer: number): Float32Array {
     if (!this.allLayers && layer !== this.cacheLayer) this.release(layer);
+    const given = this.weightOverrides.get(name);
+    if (given) return given;
     const hit = this.cache.get(name);
     if (hit) return hit;
     return this.keep(name, true, this.reader.f32Into(name, this.pool.take(this.numel(name))));
