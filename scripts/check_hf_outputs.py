@@ -63,6 +63,10 @@ CASES = [
     ("quantize-gptq-3", ["quantize", "--bits", "3", "--method", "gptq", "--format", "dequantized"]),
     ("quantize-gptq-lp-3", ["quantize", "--bits", "3", "--method", "gptq", "--allocate", "lp", "--format", "dequantized"]),
     ("quantize-rtn-lp-2.5", ["quantize", "--bits", "2.5", "--method", "rtn", "--allocate", "lp", "--format", "dequantized"]),
+    # MoE-aware quantization (issue 24): routers refitted in place (--align-router); GPTQ from MoE-aware stats (a
+    # third element: the calibration's extra flags, the test calibrates with them too)
+    ("quantize-gptq-3-align-router", ["quantize", "--bits", "3", "--method", "gptq", "--align-router", "--format", "dequantized"]),
+    ("quantize-gptq-3-all-experts-agq", ["quantize", "--bits", "3", "--method", "gptq", "--format", "dequantized"], ["--all-experts", "--hessian-weighting", "gate"]),
 ]
 
 
@@ -92,13 +96,21 @@ def windows_nll(model, windows):
 def tiny():
     result = {"transformers_version": transformers.__version__, "seq_len": SEQ_LEN, "max_tokens": MAX_TOKENS, "calibrate": CALIB_ARGS, "cases": {}}
     with tempfile.TemporaryDirectory() as work:
-        stats = os.path.join(work, "stats")
-        moe("calibrate", MODEL, "--data", CALIB, *CALIB_ARGS, "-o", stats)
+        stats_by_extra = {}
+
+        def stats_for(extra):
+            key = tuple(extra)
+            if key not in stats_by_extra:
+                stats_by_extra[key] = os.path.join(work, "stats-" + str(len(stats_by_extra)))
+                moe("calibrate", MODEL, "--data", CALIB, *CALIB_ARGS, *extra, "-o", stats_by_extra[key])
+            return stats_by_extra[key]
+
         result["cases"]["original"] = {"args": [], **perplexity(MODEL)}
-        for name, args in CASES:
+        for name, args, *extra in CASES:
+            extra = extra[0] if extra else []
             out = os.path.join(work, name)
-            moe(args[0], MODEL, "--stats", stats, *args[1:], "-o", out)
-            result["cases"][name] = {"args": args, **perplexity(out)}
+            moe(args[0], MODEL, "--stats", stats_for(extra), *args[1:], "-o", out)
+            result["cases"][name] = {"args": args, **({"calibrate_extra": extra} if extra else {}), **perplexity(out)}
             print(name, result["cases"][name], file=sys.stderr)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:

@@ -6,6 +6,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import type { HessianWeighting } from '../../src/calib/affinity';
+import { calibrate, CalibrateOptions } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
 import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
@@ -46,7 +48,29 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
     expect(JSON.stringify(recorded)).toContain('"seq_len":' + flag(c, '--seq-len'));
   });
 
-  test.each(Object.entries(ref.cases as Record<string, { args: string[]; perplexity: number; windows: number }>))(
+  /** Stats calibrated with the shared options plus `extra` (a case's calibrate_extra), made once per set. */
+  const extraStats = new Map<string, string>();
+  async function statsFor(extra: string[] | undefined): Promise<string> {
+    if (!extra?.length) return stats;
+    const key = extra.join(' ');
+    if (!extraStats.has(key)) {
+      const out = path.join(tmpDir(), 'stats');
+      await calibrate(
+        {
+          ...(fixtureCalibration().options as unknown as CalibrateOptions),
+          output: out,
+          allExperts: extra.includes('--all-experts'),
+          hessianWeighting: flag(extra, '--hessian-weighting') as HessianWeighting | undefined,
+        },
+        quiet,
+      );
+      extraStats.set(key, out);
+    }
+    return extraStats.get(key)!;
+  }
+
+  type Case = { args: string[]; calibrate_extra?: string[]; perplexity: number; windows: number };
+  test.each(Object.entries(ref.cases as Record<string, Case>))(
     '%s',
     async (_name, c) => {
       let dir = MODEL;
@@ -68,11 +92,12 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
           await quantize(
             {
               model: MODEL,
-              stats,
+              stats: await statsFor(c.calibrate_extra),
               output: dir,
               bits: Number(flag(c.args, '--bits')),
               method: flag(c.args, '--method') as 'rtn' | 'gptq',
               allocate,
+              alignRouter: c.args.includes('--align-router'),
               format: 'packed',
             },
             quiet,
