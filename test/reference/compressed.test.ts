@@ -70,53 +70,50 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
   }
 
   type Case = { args: string[]; calibrate_extra?: string[]; perplexity: number; windows: number };
-  test.each(Object.entries(ref.cases as Record<string, Case>))(
-    '%s',
-    async (_name, c) => {
-      let dir = MODEL;
-      if (c.args.length > 0) {
-        dir = path.join(tmpDir(), 'out');
-        const common = {
-          model: MODEL,
-          stats,
-          method: flag(c.args, '--method')!,
-          ratio: Number(flag(c.args, '--ratio')),
-          output: dir,
-        };
-        if (c.args[0] === 'prune') await prune(common, quiet);
-        else if (c.args[0] === 'merge') await merge(common, quiet);
-        else {
-          // transformers evaluated the dequantized format; moe evaluates the packed one made with the same arguments.
-          expect(flag(c.args, '--format')).toBe('dequantized');
-          const allocate = flag(c.args, '--allocate') as 'lp' | undefined;
-          await quantize(
-            {
-              model: MODEL,
-              stats: await statsFor(c.calibrate_extra),
-              output: dir,
-              bits: Number(flag(c.args, '--bits')),
-              method: flag(c.args, '--method') as 'rtn' | 'gptq',
-              allocate,
-              alignRouter: c.args.includes('--align-router'),
-              format: 'packed',
-            },
-            quiet,
-          );
-          const r = await evalCommand(
-            { model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens },
-            quiet,
-          );
-          expect(r.windows).toBe(c.windows);
-          expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-3);
-          return;
-        }
+  test.each(Object.entries(ref.cases as Record<string, Case>))('%s', async (_name, c) => {
+    let dir = MODEL;
+    if (c.args.length > 0) {
+      dir = path.join(tmpDir(), 'out');
+      const common = {
+        model: MODEL,
+        stats,
+        method: flag(c.args, '--method')!,
+        ratio: Number(flag(c.args, '--ratio')),
+        output: dir,
+      };
+      if (c.args[0] === 'prune') await prune(common, quiet);
+      else if (c.args[0] === 'merge') await merge(common, quiet);
+      else {
+        // transformers evaluated the dequantized format; moe evaluates the packed one made with the same arguments.
+        expect(flag(c.args, '--format')).toBe('dequantized');
+        const allocate = flag(c.args, '--allocate') as 'lp' | undefined;
+        await quantize(
+          {
+            model: MODEL,
+            stats: await statsFor(c.calibrate_extra),
+            output: dir,
+            bits: Number(flag(c.args, '--bits')),
+            method: flag(c.args, '--method') as 'rtn' | 'gptq',
+            allocate,
+            alignRouter: c.args.includes('--align-router'),
+            format: 'packed',
+          },
+          quiet,
+        );
+        const r = await evalCommand(
+          { model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens },
+          quiet,
+        );
+        expect(r.windows).toBe(c.windows);
+        expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-3);
+        return;
       }
-      const r = await evalCommand(
-        { model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens },
-        quiet,
-      );
-      expect(r.windows).toBe(c.windows);
-      expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-4);
-    },
-  );
+    }
+    const r = await evalCommand(
+      { model: dir, data: path.join(TEXT, 'eval.txt'), seqLen: ref.seq_len, maxTokens: ref.max_tokens },
+      quiet,
+    );
+    expect(r.windows).toBe(c.windows);
+    expect(Math.abs(r.perplexity / c.perplexity - 1)).toBeLessThan(1e-4);
+  });
 });
