@@ -13,6 +13,7 @@ const USERS = [
   'test/commands/quantize.test.ts',
   'test/quant/gptq-format.test.ts',
   'test/quant/awq.test.ts',
+  'test/commands/quantize-awq.test.ts',
   'test/eval/tasks.test.ts',
 ].map((f) => path.join(ROOT, f));
 
