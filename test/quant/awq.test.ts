@@ -18,7 +18,7 @@ import { fromFloat32 } from '../../src/io/dtype';
 import { ShardedWriter } from '../../src/io/writer';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
-import { AwqFold, searchAwq } from '../../src/quant/awq';
+import { AwqFold, roundTripScaled, searchAwq } from '../../src/quant/awq';
 import { scaleGroups } from '../../src/quant/awq-groups';
 import { dequantize, outputError, quantizeRtn } from '../../src/quant/rtn';
 import { Weighting } from '../../src/quant/weighting';
@@ -76,6 +76,21 @@ function relDiff(a: Float32Array, b: Float32Array): number {
 }
 
 const bitsOf = () => 3;
+
+test("the search's fused round trip equals rtn.ts's dequantize(quantizeRtn(W·diag(s)))·diag(s)⁻¹ bit for bit", () => {
+  const [rows, cols] = [7, 100]; // the last group of each row shorter than the group
+  const w = Float32Array.from({ length: rows * cols }, (_, i) => Math.sin(i * 1.7) * (1 + (i % 13)));
+  const s = Float32Array.from({ length: cols }, (_, i) => 0.25 + ((i * 37) % 11) / 7);
+  for (const spec of [
+    { bits: 3, groupSize: 32, symmetric: false },
+    { bits: 4, groupSize: 64, symmetric: true },
+    { bits: 8, groupSize: 128, symmetric: false },
+  ]) {
+    const ws = w.map((v, i) => v * s[i % cols]);
+    const ref = dequantize(quantizeRtn(ws, rows, cols, spec)).map((v, i) => v / s[i % cols]);
+    expect(Buffer.from(roundTripScaled(w, rows, cols, s, spec).buffer).equals(Buffer.from(ref.buffer))).toBe(true);
+  }
+});
 
 describe('AWQ fold on F32 models', () => {
   const cases: [string, Record<string, unknown>][] = [
