@@ -233,6 +233,43 @@ export function roundTripScaled(
   return out;
 }
 
+/** Bytes of the stacked differences one backend product takes (the candidates go in chunks below it). */
+const STACK_BYTES = 32 << 20;
+
+/**
+ * scaledError at each candidate scale. With a full Hessian and a backend, the candidates' ΔW are stacked into one
+ * [k·rows, cols] operand per product: one call instead of k (the call, not the arithmetic, dominates small weights).
+ */
+export async function candidateErrors(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  scales: Float32Array[],
+  spec: { bits: number; groupSize: number; symmetric: boolean },
+  h: { diag: Float64Array } | { full: Float32Array },
+  be?: Backend,
+): Promise<number[]> {
+  if (!('full' in h) || !be) return Promise.all(scales.map((s) => scaledError(w, rows, cols, s, spec, h, be)));
+  const n = rows * cols;
+  const per = Math.max(1, Math.floor(STACK_BYTES / (4 * n)));
+  const out: number[] = [];
+  for (let a0 = 0; a0 < scales.length; a0 += per) {
+    const k = Math.min(per, scales.length - a0);
+    const delta = new Float32Array(k * n); // [k·rows, cols]
+    for (let a = 0; a < k; a++) {
+      const dq = roundTripScaled(w, rows, cols, scales[a0 + a], spec);
+      for (let i = 0; i < n; i++) delta[a * n + i] = w[i] - dq[i];
+    }
+    const dh = await be.linear(delta, h.full, k * rows, cols, cols);
+    for (let a = 0; a < k; a++) {
+      let e = 0;
+      for (let i = a * n; i < (a + 1) * n; i++) e += delta[i] * dh[i];
+      out.push(e);
+    }
+  }
+  return out;
+}
+
 /** L(α) at each candidate α, one consumer read at a time. */
 async function groupLosses(
   g: ScaleGroup,
@@ -252,10 +289,9 @@ async function groupLosses(
     const w = reader.f32(c);
     const h = x.full ? { full: x.full } : { diag: x.diag! };
     const spec = { bits, groupSize: o.groupSize, symmetric: o.symmetric };
-    for (let a = 0; a < candidates.length; a++) {
-      const s = g.expand ? Float32Array.from(g.expand, (j) => candidates[a][j]) : candidates[a];
-      loss[a] += await scaledError(w, rows, cols, s, spec, h, o.backend);
-    }
+    const scales = candidates.map((s) => (g.expand ? Float32Array.from(g.expand, (j) => s[j]) : s));
+    const errs = await candidateErrors(w, rows, cols, scales, spec, h, o.backend);
+    errs.forEach((e, a) => (loss[a] += e));
   }
   return loss;
 }

@@ -4,18 +4,20 @@
 /**
  * `moe quantize --awq` on the trained fixture: the CLI's report (α per group in --report, a summary in --json), the
  * output re-opened with its folded norms checked against the fold recomputed from the reported α, perplexity finite;
- * GPTQ into compressed-tensors (the router left unquantized, so stored rescaled); and the refusals.
+ * GPTQ into compressed-tensors, GPTQ and dequantized on a small qwen2_moe (unquantized router and shared-expert
+ * gate stored rescaled); and the refusals.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CalibrationStats } from '../../src/calib/stats';
+import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
 import { quantize } from '../../src/commands/quantize';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
-import { fromFloat32, toFloat32 } from '../../src/io/dtype';
+import { fromFloat32 } from '../../src/io/dtype';
 import { scalesAt } from '../../src/quant/awq';
 import { Weighting } from '../../src/quant/weighting';
-import { fixtureStats, quiet, ROOT, runMain, tmpDir } from '../helpers';
+import { fixtureStats, makeSynth, quiet, ROOT, runMain, tmpDir } from '../helpers';
 
 const MODEL = path.join(ROOT, 'fixtures', 'tiny-moe');
 const EVAL = path.join(ROOT, 'fixtures', 'text', 'eval.txt');
@@ -23,6 +25,20 @@ const norm = (l: number, which: 'input' | 'post_attention') => `model.layers.${l
 
 const ppl = async (dir: string) =>
   (await evalCommand({ model: dir, data: EVAL, seqLen: 256, maxTokens: 2048 }, quiet)).perplexity;
+
+/** A random F32 qwen2_moe with its calibration (Hessians) and pre-tokenized data, made once. */
+let synthMade: Promise<{ dir: string; stats: string; data: string }> | undefined;
+function synth() {
+  return (synthMade ??= (async () => {
+    const dir = await makeSynth('qwen2_moe', path.join(tmpDir(), 'qwen2'), { dtype: 'F32' });
+    const data = path.join(tmpDir(), 'ids.json');
+    const ids = [...Array(8)].map((_, w) => [...Array(16)].map((_, i) => (w * 31 + i * 7) % 128));
+    fs.writeFileSync(data, JSON.stringify(ids));
+    const stats = path.join(tmpDir(), 'stats');
+    await calibrate({ model: dir, output: stats, data, seqLen: 16, hessians: true }, quiet);
+    return { dir, stats, data };
+  })());
+}
 
 describe('moe quantize --awq', () => {
   let stats: string;
@@ -71,33 +87,43 @@ describe('moe quantize --awq', () => {
     expect(Number.isFinite(await ppl(out))).toBe(true);
   }, 60_000);
 
-  test('GPTQ 3-bit into compressed-tensors: the unquantized router is stored rescaled; the output loads', async () => {
-    const out = path.join(tmpDir(), 'ct');
-    const r = await quantize(
-      { model: MODEL, output: out, stats, bits: 3, method: 'gptq', format: 'compressed-tensors', awq: true },
-      quiet,
-    );
-    expect(r.awq!.groups).toBe(33);
-    const q = new TensorReader(openCheckpoint(out));
-    const router = 'model.layers.1.mlp.gate.weight';
-    const mlpIn = r.awq!.by_group!.find((g) => g.group === 'layers.1.mlp_in')!;
-    const folded = toFloat32(q.bytes(router), q.dtype(router));
-    // W·diag(s) with the norm divided by s: the product of a router column and its norm weight is unchanged
-    const cols = 256;
-    const n0 = original.f32(norm(1, 'post_attention'));
-    const n1 = q.f32(norm(1, 'post_attention'));
-    const w0 = original.f32(router);
-    let worst = 0;
-    for (let i = 0; i < folded.length; i++) {
-      const c = i % cols;
-      const ref = w0[i] * n0[c];
-      worst = Math.max(worst, Math.abs(folded[i] * n1[c] - ref) / (Math.abs(ref) + 1e-3));
-    }
-    expect(worst).toBeLessThan(1e-2); // bf16 rounding of the rescaled router
-    if (mlpIn.alpha > 0) expect(Buffer.from(q.bytes(router)).equals(Buffer.from(original.bytes(router)))).toBe(false);
-    q.close();
-    expect(Number.isFinite(await ppl(out))).toBe(true);
-  }, 60_000);
+  test.each(['compressed-tensors', 'gptq', 'dequantized'] as const)(
+    'qwen2_moe (F32, shared expert and its gate, qkv biases, a dense layer), GPTQ 4-bit, %s: unquantized consumers stored rescaled, the output loads',
+    async (format) => {
+      const { dir, stats: st, data } = await synth();
+      const out = path.join(tmpDir(), format);
+      const r = await quantize(
+        { model: dir, output: out, stats: st, bits: 4, groupSize: 16, method: 'gptq', format, awq: true },
+        quiet,
+      );
+      expect(r.awq!.groups).toBeGreaterThan(10);
+      const src = new TensorReader(openCheckpoint(dir));
+      const q = new TensorReader(openCheckpoint(out));
+      // The router (unquantized in these engine formats) and the shared-expert gate (never quantized) take W·diag(s)
+      // while post_attention_layernorm takes w / s: each column times its norm weight is unchanged (F32: to 1e-6).
+      expect(r.awq!.by_group!.some((g) => g.alpha > 0)).toBe(true);
+      for (const l of [0, 2]) {
+        const alpha = r.awq!.by_group!.find((g) => g.group === `layers.${l}.mlp_in`)!.alpha;
+        const unquantized = [`model.layers.${l}.mlp.shared_expert_gate.weight`];
+        if (format !== 'dequantized') unquantized.push(`model.layers.${l}.mlp.gate.weight`);
+        const n0 = src.f32(norm(l, 'post_attention'));
+        const n1 = q.f32(norm(l, 'post_attention'));
+        if (alpha > 0) expect(n1).not.toEqual(n0);
+        for (const name of unquantized) {
+          const [w0, w1] = [src.f32(name), q.f32(name)];
+          const cols = n0.length;
+          for (let i = 0; i < w0.length; i++)
+            expect(Math.abs(w1[i] * n1[i % cols] - w0[i] * n0[i % cols])).toBeLessThanOrEqual(
+              1e-6 * (1 + Math.abs(w0[i])),
+            );
+        }
+      }
+      src.close();
+      q.close();
+      const e = await evalCommand({ model: out, data, seqLen: 16 }, quiet);
+      expect(Number.isFinite(e.perplexity)).toBe(true);
+    },
+  );
 
   test('refused: --awq without --stats (usage), and with --format gguf', async () => {
     const out = path.join(tmpDir(), 'x');

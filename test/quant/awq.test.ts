@@ -183,7 +183,7 @@ describe('AWQ search on the trained fixture (layer 0)', () => {
     const w = reader.f32(o);
     const dq = dequantize(quantizeRtn(w, rows, cols, { bits: 3, groupSize: 128 }));
     const plain = await outputError(w, dq, rows, cols, { full: stats.f32(`hessian/${o}`) }, onnx);
-    expect(Math.abs(byKey.get('layers.0.v_o')!.loss_alpha0 - plain)).toBeLessThanOrEqual(1e-12 * plain);
+    expect(Math.abs(byKey.get('layers.0.v_o')!.loss_alpha0 - plain)).toBeLessThanOrEqual(1e-6 * plain);
     // The Hessian the quantizer sees is diag(s)⁻¹·H·diag(s)⁻¹ (o_proj's columns scaled by s when α > 0).
     if (byKey.get('layers.0.v_o')!.alpha > 0) expect(fold.has(o)).toBe(true);
   });
