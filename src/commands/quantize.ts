@@ -39,7 +39,7 @@ import { loadArchitecture } from '../model/registry';
 import { plainWriter } from '../model/fused';
 import { sourceWeight, writePlan } from '../quant/execute';
 import type { Fold } from '../quant/execute';
-import { awqReport, AwqReport, AwqRun, runAwq } from '../quant/awq-run';
+import { awqReport, AwqReport, AwqRun, layerRanges, runAwq } from '../quant/awq-run';
 import type { AwqFold } from '../quant/awq';
 import { quantizationConfig } from '../quant/format';
 import * as gptqFormat from '../quant/gptq-format';
@@ -712,7 +712,7 @@ export function formatQuantize(r: QuantizeReport): string {
   if (r.predicted_cost !== null) lines.push(`  predicted weighted output error ${r.predicted_cost.toExponential(4)}`);
   if (r.awq)
     lines.push(
-      `  AWQ: ${r.awq.groups} scale groups, mean α ${r.awq.mean_alpha.toFixed(3)}, searched output error ${r.awq.loss.toExponential(4)} (α = 0: ${r.awq.loss_alpha0.toExponential(4)})${r.awq.skipped.length ? `; not formed: ${r.awq.skipped.map((k) => `${k.kind} (${k.reason}; layers ${k.layers.join(',')})`).join(', ')}` : ''}`,
+      `  AWQ: ${r.awq.groups} scale groups, mean α ${r.awq.mean_alpha.toFixed(3)}, searched output error ${r.awq.loss.toExponential(4)} (α = 0: ${r.awq.loss_alpha0.toExponential(4)})${r.awq.skipped.length ? `; not formed: ${r.awq.skipped.map((k) => `${k.kind} (${k.reason}; layers ${layerRanges(k.layers)})`).join(', ')}` : ''}`,
     );
   if (r.gptq_fallbacks.length)
     lines.push(`  RTN instead of GPTQ for ${r.gptq_fallbacks.length} weight(s) without calibrated inputs`);

@@ -87,8 +87,21 @@ export async function runAwq(x: AwqRun): Promise<{ fold: AwqFold; weighting: Awq
       hint: 'quantize without --awq',
     });
   for (const k of awqReport(fold).skipped)
-    x.ctx.warn(`AWQ: no ${k.kind} scales in layer(s) ${k.layers.join(',')}: ${k.reason}`);
+    x.ctx.warn(`AWQ: no ${k.kind} scales in layer(s) ${layerRanges(k.layers)}: ${k.reason}`);
   return { fold, weighting: new AwqWeighting(x.weighting, fold) };
+}
+
+/** 0,1,2,5,7,8 → "0-2,5,7-8". */
+export function layerRanges(layers: number[]): string {
+  const out: string[] = [];
+  const sorted = [...layers].sort((a, b) => a - b);
+  for (let i = 0; i < sorted.length;) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j] + 1) j++;
+    out.push(j > i ? `${sorted[i]}-${sorted[j]}` : `${sorted[i]}`);
+    i = j + 1;
+  }
+  return out.join(',');
 }
 
 export function awqReport(fold: AwqFold): AwqReport {

@@ -18,7 +18,9 @@ import { fromFloat32 } from '../../src/io/dtype';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { plainWriter } from '../../src/model/fused';
 import { loadArchitecture } from '../../src/model/registry';
-import { AwqFold, roundTripScaled, searchAwq } from '../../src/quant/awq';
+import { AwqFold, searchAwq } from '../../src/quant/awq';
+import { roundTripScaled } from '../../src/quant/awq-loss';
+import { layerRanges } from '../../src/quant/awq-run';
 import { scaleGroups } from '../../src/quant/awq-groups';
 import { dequantize, outputError, quantizeRtn } from '../../src/quant/rtn';
 import { Weighting } from '../../src/quant/weighting';
@@ -91,6 +93,10 @@ test("the search's fused round trip equals rtn.ts's dequantize(quantizeRtn(W·di
     const ref = dequantize(quantizeRtn(ws, rows, cols, spec)).map((v, i) => v / s[i % cols]);
     expect(Buffer.from(roundTripScaled(w, rows, cols, s, spec).buffer).equals(Buffer.from(ref.buffer))).toBe(true);
   }
+});
+
+test('groups not formed are reported by layer ranges', () => {
+  expect(layerRanges([7, 0, 1, 2, 5, 8])).toBe('0-2,5,7-8');
 });
 
 describe('AWQ fold on F32 models', () => {
