@@ -125,6 +125,36 @@ describe('moe quantize --awq', () => {
     },
   );
 
+  test('qwen2_moe: --allocate lp allocates over the folded model; --dry-run reports the search and writes nothing', async () => {
+    const { dir, stats: st, data } = await synth();
+    const out = path.join(tmpDir(), 'lp');
+    const o = { model: dir, output: out, stats: st, bits: 3, groupSize: 16, method: 'rtn' as const, awq: true };
+    const r = await quantize({ ...o, bits: 3.5, allocate: 'lp' }, quiet); // attention, shared, dense: ≥ 4 bits
+    expect(r.solver).not.toBeNull();
+    expect(r.awq!.groups).toBeGreaterThan(10);
+    expect(Number.isFinite(r.predicted_cost!)).toBe(true);
+    expect(Number.isFinite((await evalCommand({ model: out, data, seqLen: 16 }, quiet)).perplexity)).toBe(true);
+    const dry = path.join(tmpDir(), 'dry');
+    const d = await runMain([
+      'quantize',
+      dir,
+      '--stats',
+      st,
+      '--bits',
+      '3',
+      '--group-size',
+      '16',
+      '--awq',
+      '--dry-run',
+      '--json',
+      '-o',
+      dry,
+    ]);
+    expect(d.code).toBe(0);
+    expect(JSON.parse(d.stdout).awq).toMatchObject({ groups: r.awq!.groups, skipped: [] });
+    expect(fs.existsSync(dry)).toBe(false);
+  });
+
   test('refused: --awq without --stats (usage), and with --format gguf', async () => {
     const out = path.join(tmpDir(), 'x');
     const a = await runMain(['quantize', MODEL, '--bits', '4', '--awq', '-o', out]);
