@@ -3,9 +3,10 @@
  */
 /**
  * AWQ (src/quant/awq.ts): the fold alone leaves an F32 model's logits unchanged within 1e-5 (and leaving one norm
- * unfolded does not: the check can fail), on architectures with a shared expert and qkv biases, w1/w2/w3 experts,
- * zero-centred norms with linear attention and a gated attention output, and clip_qkv; α = 0 is the identity and
- * the searched loss is never above plain quantization's, whose value is recomputed independently.
+ * unfolded does not: the check can fail) on nine architectures (shared experts gated or plain, qkv and expert biases,
+ * fused experts, w1/w2/w3 names, zero-centred norms, linear attention, MLA, clip_qkv, dense layers); α = 0 is the
+ * identity; the searched loss is never above plain quantization's, whose value is recomputed independently; the
+ * search's fused round trip is bit-identical to rtn.ts.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -107,6 +108,9 @@ describe('AWQ fold on F32 models', () => {
     ['olmoe', { clip_qkv: 8 }], // clip_qkv: v_o not formed
     ['deepseek_v3', {}], // MLA (attention groups not formed), plain shared experts, a dense first layer
     ['gpt_oss', {}], // fused experts with biases, router bias, sinks; clamped SwiGLU: up_down not formed
+    ['glm4_moe', {}], // partial rotary, shared experts, a dense first layer
+    ['minimax_m2', {}], // q/k norm over the whole projection
+    ['qwen3_5_moe_text', {}], // zero-centred norms, linear attention, gated shared expert
   ];
   test.each(cases)('%s: folded logits equal the original within 1e-5 relative', async (type, set) => {
     const dir = await makeSynth(type, path.join(tmpDir(), 'model'), { dtype: 'F32', set });
