@@ -12,6 +12,8 @@ const USERS = [
   'test/commands/assemble.test.ts',
   'test/commands/quantize.test.ts',
   'test/quant/gptq-format.test.ts',
+  'test/quant/awq.test.ts',
+  'test/commands/quantize-awq.test.ts',
   'test/eval/tasks.test.ts',
 ].map((f) => path.join(ROOT, f));
 

@@ -37,7 +37,10 @@ import type { Architecture } from '../model/arch';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { loadArchitecture } from '../model/registry';
 import { plainWriter } from '../model/fused';
-import { writePlan } from '../quant/execute';
+import { sourceWeight, writePlan } from '../quant/execute';
+import type { Fold } from '../quant/execute';
+import { awqReport, AwqReport, AwqRun, layerRanges, runAwq } from '../quant/awq-run';
+import type { AwqFold } from '../quant/awq';
 import { quantizationConfig } from '../quant/format';
 import * as gptqFormat from '../quant/gptq-format';
 import { verifyGptq } from '../io/gptq';
@@ -89,6 +92,8 @@ export interface QuantizeOptions {
   grid?: 'symmetric' | 'asymmetric';
   actOrder?: boolean;
   damp?: number;
+  /** AWQ: per-input-channel scales searched on the stats and folded into norms and producers (src/quant/awq.ts). */
+  awq?: boolean;
   report?: string;
   dryRun?: boolean;
   backend?: BackendName;
@@ -149,6 +154,8 @@ export interface QuantizeReport {
   gptq_fallbacks: string[];
   /** --align-router: routing agreement with the original on the calibration tokens, before and after the fit. */
   router_alignment?: RouterAlignmentReport;
+  /** --awq: the scale groups searched (α and loss per group in --report FILE), and those not formed with why. */
+  awq: AwqReport | null;
   size_bytes: number;
   dry_run: boolean;
   groups: GroupReport[];
@@ -194,6 +201,10 @@ function checkOptions(
   if (o.alignRouter && o.layers)
     throw new UsageError('--align-router needs every layer in order; --layers writes one part', {
       hint: 'quantize the whole model, or drop --align-router',
+    });
+  if (o.awq && !stats)
+    throw new UsageError('--awq needs --stats (AWQ searches its scales on calibrated activations)', {
+      hint: 'make them with moe calibrate MODEL --data FILE -o STATS (--hessians for the full output error)',
     });
   const hasHessians = !!stats?.json.hessians;
   const method = o.method ?? (hasHessians ? 'gptq' : 'rtn');
@@ -313,7 +324,7 @@ function checkNotPacked(ckpt: Checkpoint): void {
 async function measureLp(
   targets: Target[],
   groups: Group[],
-  x: { s: Settings; quantizer: Quantizer; reader: TensorReader; ctx: Context; measureWeight: number },
+  x: { s: Settings; quantizer: Quantizer; reader: TensorReader; ctx: Context; measureWeight: number; fold?: Fold },
 ): Promise<{ costs: CostTable; byTarget: Map<string, Map<number, number>> }> {
   const bar = x.ctx.progress(
     `measure error at ${x.s.choices.join('/')} bits`,
@@ -325,7 +336,7 @@ async function measureLp(
     targets,
     groups,
     x.s.rules,
-    (t, bits) => errorsAt(x.quantizer, x.reader, t, bits),
+    (t, bits) => errorsAt(x.quantizer, x, t, bits),
     () => bar.tick(),
   );
   bar.done();
@@ -368,6 +379,28 @@ function formatTargets(o: QuantizeOptions, s: Settings, arch: Architecture, ckpt
   return targets;
 }
 
+/** The quantizer of a run; with --awq, the scales searched first and the quantizer reading through their fold. */
+async function quantizerOf(
+  o: QuantizeOptions,
+  s: Settings,
+  x: Omit<AwqRun, 'rules' | 'allocate' | 'groupSize'> & { dir: string },
+): Promise<{ quantizer: Quantizer; awq?: { fold: AwqFold; weighting: Weighting } }> {
+  const awq = o.awq ? await runAwq({ ...x, rules: s.rules, allocate: s.allocate, groupSize: s.groupSize }) : undefined;
+  const quantizer = new Quantizer(
+    {
+      method: s.method,
+      groupSize: s.groupSize,
+      actOrder: !!o.actOrder,
+      damp: o.damp ?? 0.01,
+      dir: x.dir,
+      symmetric: x.symmetric,
+    },
+    awq?.weighting ?? x.weighting,
+    x.be,
+  );
+  return { quantizer, awq };
+}
+
 export async function quantize(o: QuantizeOptions, ctx: Context): Promise<QuantizeReport> {
   const started = Date.now();
   const ckpt = openCheckpoint(o.model);
@@ -382,7 +415,6 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     stats?.checkModel(ckpt);
     const s = settings(o, stats, arch, ctx);
     const owned = ownedBy(arch, o.layers);
-    const ct = s.format === 'compressed-tensors';
     const targets = formatTargets(o, s, arch, ckpt).filter((t) => owned(t.name));
     if (targets.length === 0 && !o.layers)
       throw new CheckpointError('the model has no linear weights moe can quantize', { file: ckpt.dir });
@@ -391,24 +423,28 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
     // Work in weights quantized: measuring quantizes each at every allowed width, writing once more.
     const params = targets.reduce((sum, t) => sum + t.rows * t.cols, 0);
     const measureWeight = s.allocate === 'uniform' ? 0 : params * s.choices.length;
-    task = ctx.task(`quantize ${path.basename(ckpt.dir)}`, measureWeight + (o.dryRun ? 0 : params));
-    const symmetric = (o.grid ?? (ct ? 'symmetric' : 'asymmetric')) === 'symmetric';
-    const quantizer = new Quantizer(
-      {
-        method: s.method,
-        groupSize: s.groupSize,
-        actOrder: !!o.actOrder,
-        damp: o.damp ?? 0.01,
-        dir: ckpt.dir,
-        symmetric,
-      },
-      new Weighting(stats, s.alpha, s.beta),
+    const awqWeight = o.awq ? params : 0; // the search rounds each weight at 20 scales, about one quantization
+    task = ctx.task(`quantize ${path.basename(ckpt.dir)}`, awqWeight + measureWeight + (o.dryRun ? 0 : params));
+    const symmetric = (o.grid ?? (s.format === 'compressed-tensors' ? 'symmetric' : 'asymmetric')) === 'symmetric';
+    const { quantizer, awq } = await quantizerOf(o, s, {
+      arch,
+      reader,
+      weighting: new Weighting(stats, s.alpha, s.beta),
+      targets,
+      groups,
+      symmetric,
+      owned,
       be,
-    );
+      ctx,
+      weight: awqWeight,
+      dir: ckpt.dir,
+    });
 
     // Measure (lp): every group's weighted error at every allowed bit-width, one tensor in memory at a time.
     const measured =
-      s.allocate === 'lp' ? await measureLp(targets, groups, { s, quantizer, reader, ctx, measureWeight }) : undefined;
+      s.allocate === 'lp'
+        ? await measureLp(targets, groups, { s, quantizer, reader, ctx, measureWeight, fold: awq?.fold })
+        : undefined;
     const chosen = await allocateBits(groups, measured?.costs, o, s);
     const mixed = engineGranularityWarning(s.format, s.granularity, targets, chosen.bits);
     if (mixed) ctx.warn(mixed);
@@ -427,6 +463,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
       solver: chosen.solver,
     });
     const report = reportOf(plan, s, o, ckpt);
+    report.awq = awq ? awqReport(awq.fold) : null;
     if (!o.dryRun) {
       const verify = verifierOf(s.format, ckpt, plan.tensors);
       await withOutput(o.output, { force: o.force, command: 'quantize', verify }, async (out) => {
@@ -440,6 +477,7 @@ export async function quantize(o: QuantizeOptions, ctx: Context): Promise<Quanti
           quantizer,
           measure: s.allocate === 'uniform' && !!stats,
           ctx,
+          fold: awq?.fold,
         });
         report.size_bytes = shardBytes(out.tmp);
         report.gptq_fallbacks = [...quantizer.fallbacks].sort();
@@ -481,11 +519,11 @@ function shardBytes(dir: string): number {
 /** The weighted error of weight t at each of `bits`. */
 async function errorsAt(
   quantizer: Quantizer,
-  reader: TensorReader,
+  src: { reader: TensorReader; fold?: Fold },
   t: Target,
   bits: number[],
 ): Promise<Map<number, number>> {
-  const w = reader.f32(t.name);
+  const w = sourceWeight(src, t.name);
   const inputs = quantizer.weighting.inputs(t.name);
   const errs = new Map<number, number>();
   for (const b of bits)
@@ -510,6 +548,7 @@ async function writeTensors(
     quantizer: Quantizer;
     measure: boolean;
     ctx: Context;
+    fold?: Fold;
   },
 ): Promise<Map<string, number>> {
   const { o, ckpt } = x;
@@ -542,6 +581,7 @@ async function writeTensors(
     measure: x.measure,
     threads: o.threads,
     bar,
+    fold: x.fold,
   });
   writer.finish();
   bar.done();
@@ -578,6 +618,7 @@ function writeRecords(
         budget_scope: s.scope,
         granularity: s.granularity,
         max_shard_bytes: o.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
+        ...(o.awq ? { awq: true } : {}),
       },
       bits,
       report: summary(report),
@@ -644,6 +685,7 @@ function reportOf(plan: QuantPlan, s: Settings, o: QuantizeOptions, ckpt: Checkp
     predicted_cost: null,
     solver: plan.solver,
     gptq_fallbacks: [],
+    awq: null,
     size_bytes: plan.tensorBytes,
     dry_run: !!o.dryRun,
     groups: [],
@@ -665,8 +707,12 @@ function finishReport(r: QuantizeReport, plan: QuantPlan, costAt: Map<string, nu
 }
 
 /** The report without the per-group list (what --json prints; --report FILE has everything). */
-export function summary(r: QuantizeReport): Omit<QuantizeReport, 'groups'> & { groups: number } {
-  return { ...r, groups: r.groups.length };
+export function summary(
+  r: QuantizeReport,
+): Omit<QuantizeReport, 'groups' | 'awq'> & { groups: number; awq: Omit<AwqReport, 'by_group'> | null } {
+  const awq = r.awq && { ...r.awq, by_group: undefined };
+  if (awq) delete awq.by_group;
+  return { ...r, groups: r.groups.length, awq };
 }
 
 export function formatQuantize(r: QuantizeReport): string {
@@ -687,6 +733,10 @@ export function formatQuantize(r: QuantizeReport): string {
       `  solver: ${r.solver.status} (${r.solver.method}, ${r.solver.problems} problem(s), gap ${(100 * r.solver.gap).toFixed(4)}%, ${r.solver.seconds.toFixed(2)} s)`,
     );
   if (r.predicted_cost !== null) lines.push(`  predicted weighted output error ${r.predicted_cost.toExponential(4)}`);
+  if (r.awq)
+    lines.push(
+      `  AWQ: ${r.awq.groups} scale groups, mean α ${r.awq.mean_alpha.toFixed(3)}, searched output error ${r.awq.loss.toExponential(4)} (α = 0: ${r.awq.loss_alpha0.toExponential(4)})${r.awq.skipped.length ? `; not formed: ${r.awq.skipped.map((k) => `${k.kind} (${k.reason}; layers ${layerRanges(k.layers)})`).join(', ')}` : ''}`,
+    );
   if (r.gptq_fallbacks.length)
     lines.push(`  RTN instead of GPTQ for ${r.gptq_fallbacks.length} weight(s) without calibrated inputs`);
   const a = r.router_alignment;
@@ -728,6 +778,10 @@ async function runQuantize(model: string, o: Values, ctx: Context): Promise<Quan
   if (o.format === 'gguf') {
     if (o.bits !== undefined)
       throw new UsageError('--format gguf takes --type (uniform) or --allocate lp --bpw B, not --bits');
+    if (o.awq)
+      throw new UsageError('--awq is not implemented for --format gguf', {
+        hint: 'use --awq with --format packed, dequantized, compressed-tensors or gptq',
+      });
     if (o.layers !== undefined)
       throw new UsageError('--layers writes parts of a safetensors checkpoint; --format gguf writes one file', {
         hint: 'assemble the parts first, then write GGUF from the result',
@@ -853,6 +907,12 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
       description: 'GPTQ: quantize columns in order of decreasing Hessian diagonal',
     },
     {
+      flag: '--awq',
+      type: 'bool',
+      description:
+        'AWQ: search per-input-channel scales on the stats (--stats) and fold them into the norms and producing projections before quantizing (RTN or GPTQ)',
+    },
+    {
       flag: '--damp <f>',
       type: 'number',
       default: '0.01',
@@ -914,6 +974,7 @@ export const quantizeSpec: CommandSpec<QuantizeResult> = {
     'moe calibrate ./model --data calib.txt --hessians -o ./stats',
     'moe quantize ./model --stats ./stats --bits 2.5 --allocate lp --report alloc.json -o ./model-2.5bit',
     'moe quantize ./model --stats ./stats --bits 4 --format dequantized -o ./model-q4-hf',
+    'moe quantize ./model --stats ./stats --bits 3 --awq --method rtn -o ./model-awq-3bit',
   ],
   run: ([model], o, ctx) => runQuantize(model, o, ctx),
   format: (r) => ('gguf' in r ? r.text : formatQuantize(r.packed)),

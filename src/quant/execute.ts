@@ -39,19 +39,34 @@ export interface Execution {
   bar: Progress;
   /** --format gptq: scales FP16 had to round, and groups whose zero point is 0 (src/quant/gptq-format.ts). */
   gptq?: { inexact: number; zeroZeros: number };
+  /** AWQ (src/quant/awq.ts): the tensors it folds are written as folded, quantized or not. */
+  fold?: Fold;
+}
+
+/** Tensors rewritten before quantization (AWQ's scales). */
+export interface Fold {
+  has(name: string): boolean;
+  weight(name: string, reader: TensorReader): Float32Array;
+}
+
+/** A weight as the quantizer sees it: folded when the fold changes it, else as stored. */
+export function sourceWeight(x: { fold?: Fold; reader: TensorReader }, name: string): Float32Array {
+  return x.fold?.has(name) ? x.fold.weight(name, x.reader) : x.reader.f32(name);
 }
 
 /** Writes every tensor of the plan; returns the measured cost of each group when `measure`. */
 export async function writePlan(x: Execution): Promise<Map<string, number>> {
   const { plan } = x;
   const weightOf = new Map(plan.weights.map((w) => [w.name, w]));
-  const fast = plan.method === 'rtn' && plan.format === 'packed' && !x.measure && !plan.symmetric;
+  const fast = plan.method === 'rtn' && plan.format === 'packed' && !x.measure && !plan.symmetric && !x.fold;
   const pipeline = fast ? new RtnPipeline(x, new RtnPool(x.threads ?? defaultThreads()), weightOf) : undefined;
   const measured = new Map<string, number>();
   try {
     for (const ref of x.refs) {
       const w = weightOf.get(ref.name);
-      if (!w) x.writer.writeChunks(ref.name, x.reader.chunks(ref.name, COPY_CHUNK_BYTES));
+      if (!w && x.fold?.has(ref.name))
+        x.writer.write(ref.name, fromFloat32(x.fold.weight(ref.name, x.reader), ref.dtype));
+      else if (!w) x.writer.writeChunks(ref.name, x.reader.chunks(ref.name, COPY_CHUNK_BYTES));
       else if (pipeline) await pipeline.write(ref, w);
       else await writeOne(x, ref, w, measured);
       if (w) x.bar.tick(w.rows * w.cols);
@@ -64,7 +79,7 @@ export async function writePlan(x: Execution): Promise<Map<string, number>> {
 
 /** One weight quantized in this thread (GPTQ, or RTN with its error measured, or into the dequantized layout). */
 async function writeOne(x: Execution, ref: TensorRef, t: PlannedWeight, measured: Map<string, number>): Promise<void> {
-  const w = x.reader.f32(ref.name);
+  const w = sourceWeight(x, ref.name);
   const inputs = x.quantizer.weighting.inputs(ref.name);
   const q = await x.quantizer.quantize(w, t, t.bits, inputs);
   if (x.measure)

@@ -6,9 +6,10 @@
  * fitted so that its logits on the quantized inputs match the original router's logits on the original inputs, over
  * the calibration tokens:
  *
- *   W̃ = argmin Σ_t ‖W·x_t − W̃·x̃_t‖² + λ‖W̃ − W‖²  ⇒  W̃ᵀ = (X̃ᵀX̃ + λI)⁻¹ (X̃ᵀX·Wᵀ + λWᵀ),
+ *   W̃ = argmin Σ_t ‖W·x_t − W̃·x̃_t‖² + λ‖W̃ − W₀‖²  ⇒  W̃ᵀ = (X̃ᵀX̃ + λI)⁻¹ (X̃ᵀX·Wᵀ + λW₀ᵀ),
  *
- * λ = `damp` × the mean diagonal of X̃ᵀX̃ (as GPTQ dampens; λ → ∞ keeps W). Matching the logits (least squares, a
+ * W₀ the router as the quantized checkpoint holds it (W itself, or W·diag(s) after AWQ's fold), λ = `damp` × the
+ * mean diagonal of X̃ᵀX̃ (as GPTQ dampens; λ → ∞ keeps W₀). Matching the logits (least squares, a
  * closed form) stands in for the paper's KL between routing distributions: equal logits give equal distributions
  * under softmax and sigmoid scoring alike, and the fit needs no learning rate. Each layer's fit sees the quantized
  * model with every earlier router already aligned. The router's bias (gpt-oss) is left as it is: it adds the same
@@ -61,9 +62,10 @@ async function addCross(be: Backend, acc: Float64Array, a: Float32Array, b: Floa
   for (let i = 0; i < g.length; i++) acc[i] += g[i];
 }
 
-/** W̃ [E, h] from the Grams (see the header). */
+/** W̃ [E, h] from the Grams (see the header): w the original router, w0 the quantized model's. */
 export async function fitRouter(
   w: Float32Array,
+  w0: Float32Array,
   E: number,
   h: number,
   qq: Float64Array,
@@ -77,9 +79,9 @@ export async function fitRouter(
   const lambda = damp * (mean > 0 ? mean : 1);
   const a = Float32Array.from(qq);
   for (let i = 0; i < h; i++) a[i * h + i] += lambda;
-  // Bᵀ = W·(X̃ᵀX)ᵀ + λW  [E, h]
+  // Bᵀ = W·(X̃ᵀX)ᵀ + λW₀  [E, h]
   const bt = await matmulT(w, Float32Array.from(qo), E, h, h, be);
-  for (let i = 0; i < bt.length; i++) bt[i] += lambda * w[i];
+  for (let i = 0; i < bt.length; i++) bt[i] += lambda * w0[i];
   // W̃ = Bᵀ·A⁻¹ with A⁻¹ = L⁻ᵀ·L⁻¹
   const { Li } = await choleskyWithInverse(a, h, be);
   const t1 = await matmulT(bt, Li, E, h, h, be); // Bᵀ·L⁻ᵀ
@@ -160,8 +162,7 @@ export async function alignRouters(
       progress.done();
       if (!moe) continue;
       const key = arch.routerKey(l);
-      const w = original.f32(key);
-      const fitted = await fitRouter(w, E, h, qq!, qo!, opts.damp ?? 0.01, be);
+      const fitted = await fitRouter(original.f32(key), quantized.f32(key), E, h, qq!, qo!, opts.damp ?? 0.01, be);
       routers.set(key, fitted);
       fpQ.weightOverrides.set(key, fitted);
       const after: Seen[] = [];

@@ -27,12 +27,18 @@ function cross(a: Float32Array, b: Float32Array, rows: number, n: number): Float
   return g;
 }
 
-test('fitRouter: no drift keeps W; a drift x̃ = M·x is undone (logits match) as λ → 0', async () => {
+test('fitRouter: no drift keeps W (also folded, W₀ = W·diag(s)); a drift x̃ = M·x is undone (logits match) as λ → 0', async () => {
   const [E, h, rows] = [5, 12, 200];
   const w = seeded(E * h, 1);
   const x = seeded(rows * h, 2);
-  const same = await fitRouter(w, E, h, cross(x, x, rows, h), cross(x, x, rows, h), 0.01);
+  const same = await fitRouter(w, w, E, h, cross(x, x, rows, h), cross(x, x, rows, h), 0.01);
   for (let i = 0; i < w.length; i++) expect(Math.abs(same[i] - w[i])).toBeLessThan(1e-5);
+  // an exact fold (AWQ: inputs ÷ s, router columns × s) is already a perfect fit: the written router W₀ is kept
+  const s = Float32Array.from({ length: h }, (_, j) => 0.5 + j / h);
+  const xs = x.map((v, i) => v / s[i % h]);
+  const w0 = w.map((v, i) => v * s[i % h]);
+  const folded = await fitRouter(w, w0, E, h, cross(xs, xs, rows, h), cross(xs, x, rows, h), 0.01);
+  for (let i = 0; i < w.length; i++) expect(Math.abs(folded[i] - w0[i])).toBeLessThan(1e-4);
   // x̃_t = M·x_t with M = I + 0.3·R
   const m = seeded(h * h, 3).map((v, i) => (i % (h + 1) === 0 ? 1 : 0) + 0.3 * v);
   const xq = new Float32Array(rows * h);
@@ -42,7 +48,7 @@ test('fitRouter: no drift keeps W; a drift x̃ = M·x is undone (logits match) a
       for (let j = 0; j < h; j++) s += m[i * h + j] * x[r * h + j];
       xq[r * h + i] = s;
     }
-  const fitted = await fitRouter(w, E, h, cross(xq, xq, rows, h), cross(xq, x, rows, h), 1e-7);
+  const fitted = await fitRouter(w, w, E, h, cross(xq, xq, rows, h), cross(xq, x, rows, h), 1e-7);
   let err = 0;
   let scale = 0;
   let before = 0;
