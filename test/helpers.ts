@@ -14,6 +14,17 @@ export const ROOT = path.join(__dirname, '..');
 export const GOLDEN = path.join(ROOT, 'fixtures', 'golden');
 export const quiet = createContext({ quiet: true });
 
+/** n seeded windows of T token ids below `vocab` (an LCG: the same ids on every run). */
+export function seededWindows(n: number, T: number, vocab: number, seed = 1): number[][] {
+  let x = seed;
+  return [...Array(n)].map(() =>
+    [...Array(T)].map(() => {
+      x = (x * 1103515245 + 12345) % 2147483648;
+      return x % vocab;
+    }),
+  );
+}
+
 /** A fresh folder under the run's root (removed by global-teardown). */
 export function tmpDir(prefix = 'moe-test-'): string {
   return fs.mkdtempSync(path.join(process.env.MOE_TEST_TMP ?? os.tmpdir(), prefix));

@@ -12,22 +12,11 @@ import { quantize } from '../../src/commands/quantize';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import { ForwardPass } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
-import { GOLDEN, quiet, runMain, tmpDir } from '../helpers';
-
-/** Seeded windows of token ids below `vocab`. */
-function windows(n: number, T: number, vocab: number, seed = 3): number[][] {
-  let x = seed;
-  return [...Array(n)].map(() =>
-    [...Array(T)].map(() => {
-      x = (x * 1103515245 + 12345) % 2147483648;
-      return x % vocab;
-    }),
-  );
-}
+import { GOLDEN, quiet, runMain, seededWindows, tmpDir } from '../helpers';
 
 function dataFile(vocab: number, n = 4): string {
   const file = path.join(tmpDir(), 'data.json');
-  fs.writeFileSync(file, JSON.stringify(windows(n, 16, vocab)));
+  fs.writeFileSync(file, JSON.stringify(seededWindows(n, 16, vocab, 3)));
   return file;
 }
 

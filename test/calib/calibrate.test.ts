@@ -10,18 +10,7 @@ import { calibrate } from '../../src/commands/calibrate';
 import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import { ForwardPass } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
-import { GOLDEN, listDir, quiet, ROOT, runMain, tmpDir } from '../helpers';
-
-/** Seeded windows of token ids below `vocab`. */
-function windows(n: number, T: number, vocab: number, seed = 1): number[][] {
-  let x = seed;
-  return [...Array(n)].map(() =>
-    [...Array(T)].map(() => {
-      x = (x * 1103515245 + 12345) % 2147483648;
-      return x % vocab;
-    }),
-  );
-}
+import { GOLDEN, listDir, quiet, ROOT, runMain, seededWindows as windows, tmpDir } from '../helpers';
 
 function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let num = 0;
