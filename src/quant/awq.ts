@@ -114,8 +114,10 @@ export class AwqFold {
       this.norms.set(g.producer.name, folded);
       eff = scale;
     } else {
-      this.rows.set(g.producer.name, s);
-      if (g.producer.bias) this.rows.set(g.producer.bias, s);
+      const map = g.producer.rows;
+      const div = map ? Float32Array.from(map, (j) => (j < 0 ? 1 : s[j])) : s;
+      this.rows.set(g.producer.name, div);
+      if (g.producer.bias) this.rows.set(g.producer.bias, div);
     }
     const expanded = g.expand ? Float32Array.from(g.expand, (j) => eff[j]) : eff;
     for (const c of g.consumers) this.cols.set(c, expanded);
