@@ -83,6 +83,8 @@ CASES = [
     ("mixtral-6-asym", "fixtures/golden/mixtral", ["--bits", "6", "--group-size", "32", "--grid", "asymmetric"], False, True),
     # MoE-aware quantization (issue 24): GPTQ with routers refitted to the original's routing (--align-router)
     ("tiny-gptq-4-align-router", "fixtures/tiny-moe", ["--method", "gptq", "--bits", "4", "--align-router", "--stats", "STATS"], True, False),
+    # AWQ: folded norms and the rescaled (unquantized) router stored in the model's dtype
+    ("tiny-gptq-4-awq", "fixtures/tiny-moe", ["--method", "gptq", "--bits", "4", "--awq", "--stats", "STATS"], True, False),
 ]
 # One golden of every other supported architecture (issue 22), 4 bits symmetric; the deepseek family's o_proj has
 # 48 inputs, so groups of 16. Not loaded by transformers: qwen3_5_moe (AutoModelForCausalLM builds the text model,

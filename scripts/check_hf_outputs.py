@@ -67,6 +67,7 @@ CASES = [
     # third element: the calibration's extra flags, the test calibrates with them too)
     ("quantize-gptq-3-align-router", ["quantize", "--bits", "3", "--method", "gptq", "--align-router", "--format", "dequantized"]),
     ("quantize-gptq-3-all-experts-agq", ["quantize", "--bits", "3", "--method", "gptq", "--format", "dequantized"], ["--all-experts", "--hessian-weighting", "gate"]),
+    ("quantize-gptq-3-awq", ["quantize", "--bits", "3", "--method", "gptq", "--awq", "--format", "dequantized"]),
 ]
 
 

@@ -96,6 +96,7 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
             method: flag(c.args, '--method') as 'rtn' | 'gptq',
             allocate,
             alignRouter: c.args.includes('--align-router'),
+            awq: c.args.includes('--awq'),
             format: 'packed',
           },
           quiet,
