@@ -9,16 +9,23 @@ export function transpose(x: Float32Array, rows: number, cols: number): Float32A
 }
 
 /** acc [cols, cols] (float64) += xᵀ·x for x [rows, cols]. */
-export async function addGram(
+export function addGram(be: Backend, acc: Float64Array, x: Float32Array, rows: number, cols: number): Promise<void> {
+  return addCross(be, acc, x, x, rows, cols);
+}
+
+/** acc [cols, cols] (float64) += aᵀ·b for a, b [rows, cols] (b may be a: transposed once). */
+export async function addCross(
   be: Backend,
   acc: Float64Array,
-  x: Float32Array,
+  a: Float32Array,
+  b: Float32Array,
   rows: number,
   cols: number,
 ): Promise<void> {
   if (rows === 0) return;
-  const xt = transpose(x, rows, cols); // [cols, rows]
-  const g = await be.linear(xt, xt, cols, rows, cols); // xt · xtᵀ = xᵀx
+  const at = transpose(a, rows, cols); // [cols, rows]
+  const bt = b === a ? at : transpose(b, rows, cols);
+  const g = await be.linear(at, bt, cols, rows, cols); // aᵀ·(bᵀ)ᵀ = aᵀb
   for (let i = 0; i < g.length; i++) acc[i] += g[i];
 }
 

@@ -710,8 +710,8 @@ function finishReport(r: QuantizeReport, plan: QuantPlan, costAt: Map<string, nu
 export function summary(
   r: QuantizeReport,
 ): Omit<QuantizeReport, 'groups' | 'awq'> & { groups: number; awq: Omit<AwqReport, 'by_group'> | null } {
-  const awq = r.awq && { ...r.awq, by_group: undefined };
-  if (awq) delete awq.by_group;
+  if (!r.awq) return { ...r, groups: r.groups.length, awq: null };
+  const { by_group, ...awq } = r.awq;
   return { ...r, groups: r.groups.length, awq };
 }
 

@@ -17,6 +17,7 @@
  * tokens before and after.
  */
 import type { Backend } from '../backend/backend';
+import { addCross } from '../calib/gram';
 import { HiddenStore } from '../calib/hidden-store';
 import { batches, concat } from '../eval/perplexity';
 import type { TensorReader } from '../io/checkpoint';
@@ -55,13 +56,6 @@ export function topkOverlap(a: Int32Array, b: Int32Array, k: number): number {
   return hits / (tokens * k);
 }
 
-/** acc [n, n] (float64) += aᵀ·b for a, b [rows, n]. */
-async function addCross(be: Backend, acc: Float64Array, a: Float32Array, b: Float32Array, rows: number, n: number) {
-  if (rows === 0) return;
-  const g = await be.linear(transpose(a, rows, n), transpose(b, rows, n), n, rows, n);
-  for (let i = 0; i < g.length; i++) acc[i] += g[i];
-}
-
 /** W̃ [E, h] from the Grams (see the header): w the original router, w0 the quantized model's. */
 export async function fitRouter(
   w: Float32Array,
@@ -88,16 +82,21 @@ export async function fitRouter(
   return matmulT(t1, transpose(Li, h, h), E, h, h, be); // ·L⁻¹
 }
 
-/** The router inputs and decisions of one layer's pass, per batch. */
+/**
+ * One model's pass over a layer: the routers' decisions per batch (kept for the agreement) and, when `input` is
+ * asked, the router input of the last batch (consumed by the Grams before the next batch runs).
+ */
 interface Seen {
-  x: Float32Array;
-  experts: Int32Array;
+  experts: Int32Array[];
+  input?: Float32Array;
 }
 
-function watch(layer: number, h: number, into: Seen[]): ForwardObserver {
+function watch(layer: number, h: number, seen: Seen, input: boolean): ForwardObserver {
   return {
     router: (l: number, r: Routing, x: Float32Array, n: number) => {
-      if (l === layer) into.push({ x: x.slice(0, n * h), experts: r.experts.slice() });
+      if (l !== layer) return;
+      seen.experts.push(r.experts.slice());
+      if (input) seen.input = x.slice(0, n * h);
     },
   };
 }
@@ -137,19 +136,19 @@ export async function alignRouters(
       const moe = arch.isMoeLayer(l);
       const qq = moe ? new Float64Array(h * h) : undefined;
       const qo = moe ? new Float64Array(h * h) : undefined;
-      const origSeen: Seen[] = [];
-      const quantSeen: Seen[] = [];
+      const origSeen: Seen = { experts: [] };
+      const quantSeen: Seen = { experts: [] };
       for (let b = 0; b < groups.length; b++) {
         const T = groups[b][0].length;
         const n = groups[b].length;
         const hO = stores[0].get(b);
-        await fpO.layer(l, hO, n, T, moe ? watch(l, h, origSeen) : undefined);
+        await fpO.layer(l, hO, n, T, moe ? watch(l, h, origSeen, true) : undefined);
         stores[0].put(b, hO);
         if (moe) {
           // the quantized layer's router input does not depend on the router: a throwaway pass collects it
-          await fpQ.layer(l, stores[1].get(b).slice(), n, T, watch(l, h, quantSeen));
+          await fpQ.layer(l, stores[1].get(b).slice(), n, T, watch(l, h, quantSeen, true));
           const rows = n * T;
-          const [o, q] = [origSeen[b].x, quantSeen[b].x];
+          const [o, q] = [origSeen.input!, quantSeen.input!];
           await addCross(be, qq!, q, q, rows, h);
           await addCross(be, qo!, q, o, rows, h);
         } else {
@@ -165,21 +164,21 @@ export async function alignRouters(
       const fitted = await fitRouter(original.f32(key), quantized.f32(key), E, h, qq!, qo!, opts.damp ?? 0.01, be);
       routers.set(key, fitted);
       fpQ.weightOverrides.set(key, fitted);
-      const after: Seen[] = [];
+      const after: Seen = { experts: [] };
       for (let b = 0; b < groups.length; b++) {
         const hQ = stores[1].get(b);
-        await fpQ.layer(l, hQ, groups[b].length, groups[b][0].length, watch(l, h, after));
+        await fpQ.layer(l, hQ, groups[b].length, groups[b][0].length, watch(l, h, after, false));
         stores[1].put(b, hQ);
       }
-      const agreement = (seen: Seen[]) => {
+      const agreement = (seen: Seen) => {
         let sum = 0;
-        let tokens = 0;
-        seen.forEach((s, b) => {
-          const t = s.experts.length / k;
-          sum += topkOverlap(origSeen[b].experts, s.experts, k) * t;
-          tokens += t;
+        let counted = 0;
+        seen.experts.forEach((experts, b) => {
+          const t = experts.length / k;
+          sum += topkOverlap(origSeen.experts[b], experts, k) * t;
+          counted += t;
         });
-        return tokens ? sum / tokens : 1;
+        return counted ? sum / counted : 1;
       };
       layers.push({ layer: l, before: agreement(quantSeen), after: agreement(after) });
       fpO.release();
