@@ -9,24 +9,12 @@
 const path = require('node:path');
 const fs = require('node:fs');
 const lib = require('./lib');
-const { CALIB_TEXT: CALIB, EVAL_TEXT: EVAL, FIXTURE: MODEL, flag, moe, withWorkDir } = lib;
+const { EVAL_TEXT: EVAL, FIXTURE: MODEL, flag, moe, withWorkDir } = lib;
 
 const markdown = flag('--markdown');
 withWorkDir('moe-awq-', (work) => {
   const stats = path.join(work, 'stats');
-  const cal = moe([
-    'calibrate',
-    MODEL,
-    '--data',
-    CALIB,
-    '--seq-len',
-    '256',
-    '--max-tokens',
-    '32768',
-    '--hessians',
-    '-o',
-    stats,
-  ]);
+  const cal = lib.calibrateFixture(stats, ['--hessians']);
   const rows = [];
   for (const bits of ['4', '3'])
     for (const method of ['rtn', 'gptq'])

@@ -7,24 +7,12 @@
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
-const { CALIB_TEXT: CALIB, EVAL_TEXT: EVAL, FIXTURE: MODEL, moe, withWorkDir } = require('./lib');
+const lib = require('./lib');
+const { EVAL_TEXT: EVAL, FIXTURE: MODEL, moe, withWorkDir } = lib;
 
 withWorkDir('moe-table-', (work) => {
   const stats = path.join(work, 'stats');
-  const cal = moe([
-    'calibrate',
-    MODEL,
-    '--data',
-    CALIB,
-    '--seq-len',
-    '256',
-    '--max-tokens',
-    '32768',
-    '--naee-tokens',
-    '1024',
-    '-o',
-    stats,
-  ]);
+  const cal = lib.calibrateFixture(stats, ['--naee-tokens', '1024']);
   const evalOf = (dir) => moe(['eval', dir, '--baseline', MODEL, '--data', EVAL, '--seq-len', '256']);
   const base = evalOf(MODEL);
   const rows = [];

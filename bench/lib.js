@@ -116,6 +116,26 @@ function withWorkDir(prefix, body, { base = os.tmpdir(), keep = false } = {}) {
 }
 
 /**
+ * The README tables' calibration of the trained fixture: 32,768 tokens of its calib.txt in windows of 256 (plus
+ * `extra` flags), written to `out`; returns calibrate's report.
+ */
+function calibrateFixture(out, extra = []) {
+  return moe([
+    'calibrate',
+    FIXTURE,
+    '--data',
+    CALIB_TEXT,
+    '--seq-len',
+    '256',
+    '--max-tokens',
+    '32768',
+    ...extra,
+    '-o',
+    out,
+  ]);
+}
+
+/**
  * The bench models' configs (synth --set). QWEN3_BENCH: the ~300 M-parameter Qwen3-MoE (32 experts, top-4,
  * hidden 1024, 6 layers) of the calibrate and eval benches; MIXTRAL_WIDTH: Mixtral-8x7B's layer shapes (hidden
  * 4096, 8 experts of width 14336); each bench adds its layers, vocabulary and the rest.
@@ -251,6 +271,7 @@ module.exports = {
   timed,
   parseJson,
   withWorkDir,
+  calibrateFixture,
   QWEN3_BENCH,
   MIXTRAL_WIDTH,
   setArgs,

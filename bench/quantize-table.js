@@ -9,26 +9,14 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const lib = require('./lib');
-const { CALIB_TEXT: CALIB, EVAL_TEXT: EVAL, FIXTURE: MODEL, flag, moe, withWorkDir } = lib;
+const { EVAL_TEXT: EVAL, FIXTURE: MODEL, flag, moe, withWorkDir } = lib;
 
 const folderBytes = (dir) => lib.folderBytes(dir, { shardsOnly: true });
 
 const markdown = flag('--markdown');
 withWorkDir('moe-qtable-', (work) => {
   const stats = path.join(work, 'stats');
-  const cal = moe([
-    'calibrate',
-    MODEL,
-    '--data',
-    CALIB,
-    '--seq-len',
-    '256',
-    '--max-tokens',
-    '32768',
-    '--hessians',
-    '-o',
-    stats,
-  ]);
+  const cal = lib.calibrateFixture(stats, ['--hessians']);
   const evalOf = (dir) => moe(['eval', dir, '--baseline', MODEL, '--data', EVAL, '--seq-len', '256']);
   const base = evalOf(MODEL);
   const rows = [
