@@ -11,9 +11,12 @@
  * Their time and peak RSS are printed. Then each quantization at 4 and 3 bits (uniform) and 2.5 bits on average (LP
  * allocation, MC-MoE, expert granularity): RTN, GPTQ, GPTQ from each MoE-aware calibration, GPTQ with the router
  * kept unquantized (--keep-router-fp) or refitted (--align-router, EAQuant's router alignment; the same size), RTN and
- * GPTQ with AWQ (--awq), and everything at once (--methods KEY,... picks rows: rtn, gptq, all, agq, all-agq, kept,
- * aligned, rtn-awq, awq, every). Each model is evaluated by `moe eval --baseline FIXTURE` on the fixture's held-out
- * eval.txt (all of it) and on the first --wiki-tokens tokens of WikiText-2 test (windows of --seq-len): perplexity,
+ * GPTQ with AWQ (--awq), everything at once, and GPTQ calibrated on text the model writes itself (--self-sample,
+ * MoEQuant's EBSS: as many tokens as the text calibrations, in sequences of --seq-len; alone and with AGQ)
+ * (--methods KEY,... picks rows: rtn, gptq, all, agq, all-agq, kept, aligned, rtn-awq, awq, every, ebss, ebss-agq).
+ * The calibration table gives each calibration set's expert imbalance (mean over MoE layers of the coefficient of
+ * variation of the routed counts; 0: every expert got as many tokens). Each model is evaluated by
+ * `moe eval --baseline FIXTURE` on the fixture's held-out eval.txt (all of it) and on the first --wiki-tokens tokens of WikiText-2 test (windows of --seq-len): perplexity,
  * KL(original‖model) per token, top-1 agreement, routing agreement (top-k set overlap, mean over MoE layers); and
  * by `moe eval --task` on the fixture's 200-item cloze (accuracy; one standard error ≈ 3.5 points). Size: the
  * safetensors files. Time: the quantize command's wall clock (its calibration excluded).
@@ -41,11 +44,17 @@ function moe(argv) {
   return { ...lib.parseJson(r.stdout, `moe ${argv.join(' ')}`), wall: r.seconds, rss: r.peak_rss_bytes };
 }
 
+/**
+ * label → calibrate arguments (beside --hessians); data: 'self' self-samples as many tokens as the text calibrations
+ * read (EBSS), 'ebss' reuses those sequences (the self-sample.json of that calibration).
+ */
 const CALIBRATIONS = {
-  plain: [],
-  'all-experts': ['--all-experts'],
-  gate: ['--hessian-weighting', 'gate'],
-  'all-experts + gate': ['--all-experts', '--hessian-weighting', 'gate'],
+  plain: { args: [] },
+  'all-experts': { args: ['--all-experts'] },
+  gate: { args: ['--hessian-weighting', 'gate'] },
+  'all-experts + gate': { args: ['--all-experts', '--hessian-weighting', 'gate'] },
+  ebss: { args: [], data: 'self' },
+  'ebss + gate': { args: ['--hessian-weighting', 'gate'], data: 'ebss' },
 };
 
 /** key → [label, calibration, quantize arguments] */
@@ -60,6 +69,8 @@ const ALL_METHODS = {
   'rtn-awq': ['RTN + AWQ', 'plain', ['--method', 'rtn', '--awq']],
   awq: ['GPTQ + AWQ', 'plain', ['--method', 'gptq', '--awq']],
   every: ['GPTQ + AWQ, AGQ, router aligned', 'gate', ['--method', 'gptq', '--awq', '--align-router']],
+  ebss: ['GPTQ, EBSS', 'ebss', ['--method', 'gptq']],
+  'ebss-agq': ['GPTQ, EBSS + AGQ', 'ebss + gate', ['--method', 'gptq']],
 };
 const METHODS = option('--methods', Object.keys(ALL_METHODS).join(','))
   .split(',')
@@ -99,24 +110,18 @@ function fixtureRows(name, work) {
   const wiki = fs.existsSync(WIKITEXT);
   const calib = {};
   const needed = new Set(METHODS.map((m) => m[1]));
-  for (const [label, extra] of Object.entries(CALIBRATIONS)) {
+  if (needed.has('ebss + gate')) needed.add('ebss');
+  for (const [label, { args, data }] of Object.entries(CALIBRATIONS)) {
     if (!needed.has(label)) continue;
     const out = path.join(work, `${name}-stats-${label.replace(/\W+/g, '-')}`);
-    const r = moe([
-      'calibrate',
-      model,
-      '--data',
-      path.join(texts, 'calib.txt'),
-      '--seq-len',
-      SEQ,
-      '--max-tokens',
-      CALIB_TOKENS,
-      '--hessians',
-      ...extra,
-      '-o',
-      out,
-    ]);
-    calib[label] = { dir: out, seconds: r.wall, rss: r.rss };
+    const source =
+      data === 'self'
+        ? ['--self-sample', String(Math.floor(Number(CALIB_TOKENS) / Number(SEQ)))]
+        : data === 'ebss'
+          ? ['--data', path.join(calib.ebss.dir, 'self-sample.json')]
+          : ['--data', path.join(texts, 'calib.txt'), '--max-tokens', CALIB_TOKENS];
+    const r = moe(['calibrate', model, ...source, '--seq-len', SEQ, '--hessians', ...args, '-o', out]);
+    calib[label] = { dir: out, seconds: r.wall, rss: r.rss, imbalance: r.imbalance };
     process.stderr.write(`${name}: calibration ${label}: ${r.wall.toFixed(1)} s\n`);
   }
   const original = {
@@ -151,8 +156,8 @@ function print(name, { calib, rows, wiki }) {
   const pct = (x) => `${(100 * x).toFixed(1)}%`;
   console.log(`\n${name}: calibration (${CALIB_TOKENS} tokens, windows of ${SEQ}, with Hessians)\n`);
   table(
-    ['calibration', 'seconds', 'peak RSS MB'],
-    Object.entries(calib).map(([k, c]) => [k, c.seconds.toFixed(1), (c.rss / 1e6).toFixed(0)]),
+    ['calibration', 'seconds', 'peak RSS MB', 'expert imbalance'],
+    Object.entries(calib).map(([k, c]) => [k, c.seconds.toFixed(1), (c.rss / 1e6).toFixed(0), c.imbalance.toFixed(3)]),
   );
   const header = ['bits', 'method', 'ppl', 'KL', 'top-1', 'routing'];
   if (wiki) header.push('WikiText-2 ppl', 'Wiki KL', 'Wiki routing');

@@ -13,7 +13,9 @@ import { calibrateLayers } from '../calib/pipeline';
 import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
 import { UsageError } from '../errors';
 import { loadWindows, positionsWarning, sampleWindows } from '../eval/data';
-import { loadTokenizer } from '../eval/tokenizer';
+import { loadTokenizer, TextTokenizer } from '../eval/tokenizer';
+import { imbalance, SelfSample, selfSample } from '../calib/ebss';
+import { Decoder } from '../model/forward/decode';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { checkNotInput, checkOutputFolder, OutputFolder, withOutput } from '../io/output';
 import { PlannedTensor, ShardedWriter } from '../io/writer';
@@ -37,6 +39,10 @@ export interface CalibrateOptions {
   hessians?: boolean;
   allExperts?: boolean;
   hessianWeighting?: HessianWeighting;
+  /** Calibrate on N sequences the model generates itself (EBSS, src/calib/ebss.ts) instead of --data. */
+  selfSample?: number;
+  sampleWidth?: number;
+  sampleTau?: number;
   naeeTokens?: number;
   backend?: BackendName;
   threads?: number;
@@ -56,12 +62,30 @@ export interface LayerSummary {
   observed_tokens?: number[];
 }
 
+/** What --self-sample generated. */
+export interface SelfSampleReport {
+  sequences: number;
+  length: number;
+  width: number;
+  tau: number | null;
+  /** Mean over sequences: the chosen tokens' mean log-probability, and the imbalance (src/calib/ebss.ts). */
+  mean_log_prob: number;
+  imbalance: number;
+  seconds: number;
+}
+
 export interface CalibrateReport {
   model: string;
   output: string;
   data: string;
+  self_sample?: SelfSampleReport;
   windows: number;
   tokens: number;
+  /**
+   * Mean over MoE layers of the coefficient of variation of the routed counts (std / mean over experts): 0 when
+   * every expert got as many tokens.
+   */
+  imbalance: number | null;
   hessians: boolean;
   all_experts: boolean;
   hessian_weighting: HessianWeighting;
@@ -88,7 +112,13 @@ interface CalibrateRun {
   be: Backend;
   reader: TensorReader;
   data: string;
+  /** sha256 of the data file (self-sampling: of the file written). */
+  dataSha?: string;
   windows: Int32Array[];
+  /** --self-sample: how to generate the windows (then empty until generated). */
+  selfSample?: SelfSampleSpec;
+  /** The task's work units the self-sampling phase is worth. */
+  sampleWeight: number;
   tokens: number;
   naee: number[];
   seed: number;
@@ -98,8 +128,59 @@ interface CalibrateRun {
   ctx: Context;
 }
 
+interface SelfSampleSpec {
+  sequences: number;
+  width: number;
+  tau: number;
+  tokenizer: TextTokenizer;
+}
+
+/** The file --self-sample writes in the stats folder: the generated windows, pre-tokenized (a --data input). */
+export const SELF_SAMPLE_FILE = 'self-sample.json';
+
+/** Generates the self-sampled windows (EBSS) and writes them to the stats folder being written. */
+async function generateWindows(out: OutputFolder, r: CalibrateRun, spec: SelfSampleSpec): Promise<void> {
+  const { arch, opts } = r;
+  const tok = spec.tokenizer;
+  const special = new Set(tok.specialIds?.() ?? []);
+  const allowed = new Uint8Array(arch.vocab);
+  for (let i = 0; i < arch.vocab; i++) allowed[i] = !special.has(i) && (tok.hasId?.(i) ?? true) ? 1 : 0;
+  const prefix = tok.encodeWithSpecial ? tok.encodeWithSpecial('') : [];
+  const started = Date.now();
+  const progress = r.ctx.progress('self-sampling', spec.sequences * opts.seqLen, 'tokens', r.sampleWeight);
+  const dec = new Decoder(r.reader, arch, r.be);
+  const samples = await selfSample(dec, {
+    samples: spec.sequences,
+    length: opts.seqLen,
+    width: spec.width,
+    tau: spec.tau,
+    seed: r.seed,
+    prefix,
+    allowed,
+    moeLayers: arch.moeLayers,
+    experts: arch.numExperts,
+    onToken: () => progress.tick(),
+  });
+  progress.done();
+  r.windows = samples.map((s) => s.ids);
+  const bytes = Buffer.from(`[\n${r.windows.map((w) => `[${w.join(',')}]`).join(',\n')}\n]\n`);
+  fs.writeFileSync(path.join(out.tmp, SELF_SAMPLE_FILE), bytes);
+  r.dataSha = createHash('sha256').update(bytes).digest('hex');
+  const mean = (f: (s: SelfSample) => number) => samples.reduce((a, s) => a + f(s), 0) / samples.length;
+  r.report.self_sample = {
+    sequences: spec.sequences,
+    length: opts.seqLen,
+    width: spec.width,
+    tau: Number.isFinite(spec.tau) ? spec.tau : null,
+    mean_log_prob: mean((s) => s.meanLogProb),
+    imbalance: mean((s) => s.sigma),
+    seconds: (Date.now() - started) / 1000,
+  };
+}
+
 /** Runs the layers over the windows, writing each layer's stats as it is done, then the stats record. */
 async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): Promise<void> {
+  if (r.selfSample) await generateWindows(out, r, r.selfSample);
   const { opts, plans, report, tokens } = r;
   const writer = new ShardedWriter(out.tmp, plans.flat(), {
     maxShardBytes: Number.MAX_SAFE_INTEGER,
@@ -128,6 +209,10 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
     },
   );
   writer.finish();
+  const moe = report.layers.filter((l) => l.routed_tokens);
+  report.imbalance = moe.length
+    ? imbalance(Float64Array.from(moe.flatMap((l) => l.routed_tokens!)), moe.length, r.arch.numExperts)
+    : null;
   report.spilled = spilled;
   report.seconds = (Date.now() - started) / 1000;
   out.writeRecord(STATS_JSON, statsJson(r));
@@ -142,11 +227,18 @@ function statsJson(r: CalibrateRun): StatsJson {
     model: r.ckpt.dir,
     data: {
       file: path.resolve(r.data),
-      sha256: createHash('sha256').update(fs.readFileSync(r.data)).digest('hex'),
+      sha256: r.dataSha ?? createHash('sha256').update(fs.readFileSync(r.data)).digest('hex'),
       windows: r.windows.length,
       tokens: r.tokens,
       seq_len: opts.seqLen,
       max_tokens: opts.maxTokens ?? null,
+      ...(r.selfSample && {
+        self_sample: {
+          width: r.selfSample.width,
+          tau: Number.isFinite(r.selfSample.tau) ? r.selfSample.tau : null,
+          imbalance: r.report.self_sample!.imbalance,
+        },
+      }),
     },
     hessians: r.report.hessians,
     all_experts: r.report.all_experts,
@@ -163,23 +255,59 @@ function statsJson(r: CalibrateRun): StatsJson {
   };
 }
 
-export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<CalibrateReport> {
-  const started = Date.now();
-  if (opts.samples !== undefined && opts.maxTokens !== undefined)
-    throw new UsageError('give --max-tokens or --samples, not both');
-  const ckpt = openCheckpoint(opts.model);
-  const arch = loadArchitecture(ckpt);
-  const data = opts.data ?? DEFAULT_CALIB_TEXT;
-  checkNotInput(opts.output, [
-    { flag: 'MODEL', path: ckpt.dir },
-    { flag: '--data', path: data },
-  ]);
-  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
-  if (!opts.data)
-    ctx.warn(
-      `no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`,
+/** The --self-sample options, checked against the data options they replace. */
+function selfSampleOptions(opts: CalibrateOptions): { width: number; tau: number } | undefined {
+  if (opts.selfSample === undefined) {
+    const tuned =
+      opts.sampleWidth !== undefined ? '--sample-width' : opts.sampleTau !== undefined ? '--sample-tau' : '';
+    if (tuned) throw new UsageError(`${tuned} tunes --self-sample`, { hint: 'add --self-sample N, or drop it' });
+    return undefined;
+  }
+  if (opts.data !== undefined)
+    throw new UsageError('give --data or --self-sample, not both', {
+      hint: 'self-sampling generates the calibration text itself',
+    });
+  if (opts.samples !== undefined || opts.maxTokens !== undefined)
+    throw new UsageError(`${opts.samples !== undefined ? '--samples' : '--max-tokens'} picks from --data`, {
+      hint: '--self-sample N generates N sequences of --seq-len tokens',
+    });
+  const tau = opts.sampleTau ?? 1.2;
+  if (!(tau > 0)) throw new UsageError(`--sample-tau ${tau} must be above 0`, { hint: 'Infinity: likelihood only' });
+  return { width: opts.sampleWidth ?? 4, tau };
+}
+
+/**
+ * What calibrate runs on: the windows of --data (sampled), or, with --self-sample, the plan of the sequences to
+ * generate (the windows come once the model is open for writing).
+ */
+function calibrationSource(
+  opts: CalibrateOptions,
+  ckpt: Checkpoint,
+  arch: Architecture,
+  data: string,
+  sampling: { width: number; tau: number } | undefined,
+  seed: number,
+  ctx: Context,
+): { windows: Int32Array[]; sampler?: SelfSampleSpec } {
+  if (sampling) {
+    if (arch.moeLayers.length === 0)
+      throw new UsageError('--self-sample balances the experts, and this model has no MoE layer', {
+        file: ckpt.dir,
+        hint: 'calibrate on --data',
+      });
+    const tokenizer = loadTokenizer(ckpt.dir);
+    const prefix = tokenizer.encodeWithSpecial ? tokenizer.encodeWithSpecial('').length : 0;
+    if (opts.seqLen <= prefix)
+      throw new UsageError(`--seq-len ${opts.seqLen} leaves no token after the tokenizer's ${prefix} leading ones`);
+    const positions = positionsWarning(
+      { windows: [new Int32Array(opts.seqLen)], sourceTokens: 0, kind: 'text' },
+      opts.seqLen,
+      ckpt.config,
     );
-  const seed = opts.seed ?? 0;
+    if (positions) ctx.warn(positions);
+    arch.checkWindow(opts.seqLen);
+    return { windows: [], sampler: { sequences: opts.selfSample!, ...sampling, tokenizer } };
+  }
   const set = loadWindows(
     data,
     announceTokenizing(ctx, data, () => loadTokenizer(ckpt.dir)),
@@ -189,8 +317,29 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const positions = positionsWarning(set, opts.seqLen, ckpt.config);
   if (positions) ctx.warn(positions);
   arch.checkWindow(set.windows.reduce((n, w) => Math.max(n, w.length), 0)); // before any tensor is read
-  const windows = sampleWindows(set.windows, opts.samples, seed);
-  const tokens = windows.reduce((s, w) => s + w.length, 0);
+  return { windows: sampleWindows(set.windows, opts.samples, seed) };
+}
+
+export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<CalibrateReport> {
+  const started = Date.now();
+  if (opts.samples !== undefined && opts.maxTokens !== undefined)
+    throw new UsageError('give --max-tokens or --samples, not both');
+  const sampling = selfSampleOptions(opts);
+  const ckpt = openCheckpoint(opts.model);
+  const arch = loadArchitecture(ckpt);
+  const data = sampling ? path.join(path.resolve(opts.output), SELF_SAMPLE_FILE) : (opts.data ?? DEFAULT_CALIB_TEXT);
+  checkNotInput(opts.output, [
+    { flag: 'MODEL', path: ckpt.dir },
+    ...(sampling ? [] : [{ flag: '--data', path: data }]),
+  ]);
+  if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
+  if (!opts.data && !sampling)
+    ctx.warn(
+      `no --data: calibrating on the bundled generic text (${path.relative(process.cwd(), data)}); use text like your model's real inputs`,
+    );
+  const seed = opts.seed ?? 0;
+  const { windows, sampler } = calibrationSource(opts, ckpt, arch, data, sampling, seed, ctx);
+  const tokens = sampler ? sampler.sequences * opts.seqLen : windows.reduce((s, w) => s + w.length, 0);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
   const hessians = !!opts.hessians;
   const weighting = opts.hessianWeighting ?? 'none';
@@ -206,8 +355,9 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
     model: ckpt.dir,
     output: path.resolve(opts.output),
     data: path.resolve(data),
-    windows: windows.length,
+    windows: sampler ? sampler.sequences : windows.length,
     tokens,
+    imbalance: null,
     hessians,
     all_experts: !!opts.allExperts,
     hessian_weighting: weighting,
@@ -221,20 +371,42 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
     const bytes = plans
       .flat()
       .reduce((s, t) => s + t.shape.reduce((a, b) => a * b, 1) * (t.dtype === 'F64' ? 8 : 4), 0);
+    const source = sampler
+      ? `${sampler.sequences} self-sampled sequences of ${opts.seqLen} tokens (beam width ${sampler.width})`
+      : `${windows.length} windows (${tokens} tokens)`;
     ctx.log(
-      `dry run: would calibrate ${arch.numLayers} layers on ${windows.length} windows (${tokens} tokens) and write ${(bytes / 1e6).toFixed(1)} MB of stats`,
+      `dry run: would calibrate ${arch.numLayers} layers on ${source} and write ${(bytes / 1e6).toFixed(1)} MB of stats`,
     );
     return report;
   }
   const be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
   const reader = new TensorReader(ckpt);
-  // Every token through every layer: the pipeline's phases are the layers, counted in tokens.
-  const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * tokens);
+  // Every token through every layer: the pipeline's phases are the layers, counted in tokens. Self-sampling runs
+  // every token of every beam through every layer, one at a time.
+  const sampleWeight = sampler ? arch.numLayers * tokens * sampler.width : 0;
+  const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * tokens + sampleWeight);
   try {
     await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, (out) =>
       writeStats(
         out,
-        { opts, ckpt, arch, be, reader, data, windows, tokens, naee, seed, inDims, plans, report, ctx },
+        {
+          opts,
+          ckpt,
+          arch,
+          be,
+          reader,
+          data,
+          windows,
+          selfSample: sampler,
+          sampleWeight,
+          tokens,
+          naee,
+          seed,
+          inDims,
+          plans,
+          report,
+          ctx,
+        },
         started,
       ),
     );
@@ -269,6 +441,14 @@ export function formatCalibrate(r: CalibrateReport): string {
   const lines = [
     `wrote ${r.output}: ${r.windows} windows, ${r.tokens} tokens, ${r.seconds.toFixed(1)} s${r.spilled ? ' (activations spilled to disk)' : ''}`,
   ];
+  const s = r.self_sample;
+  if (s)
+    lines.push(
+      `  self-sampled ${s.sequences} sequences of ${s.length} tokens (beam width ${s.width}, tau ${s.tau ?? 'inf'}) in ${s.seconds.toFixed(1)} s: ` +
+        `mean log-prob ${s.mean_log_prob.toFixed(3)}, imbalance ${s.imbalance.toFixed(3)} per sequence`,
+    );
+  if (r.imbalance !== null)
+    lines.push(`  expert imbalance ${r.imbalance.toFixed(3)} (coefficient of variation of the routed counts; 0: even)`);
   for (const l of r.layers) {
     const f = (x: { expert: number; frequency: number }) => `${x.expert}:${(100 * x.frequency).toFixed(1)}%`;
     const seen = l.observed_tokens?.length ? `  observed ≥ ${Math.min(...l.observed_tokens)} tokens each` : '';
@@ -321,6 +501,25 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
         "gate: each token counts in a routed expert's Hessian by its routing weight (its router probability when not routed to it), MoEQuant's AGQ; needs --hessians",
     },
     {
+      flag: '--self-sample <n>',
+      type: 'int',
+      min: 1,
+      description:
+        "calibrate on N sequences of --seq-len tokens the model writes itself, steered toward using every expert evenly (MoEQuant's EBSS); written to the stats folder as self-sample.json; replaces --data",
+    },
+    {
+      flag: '--sample-width <w>',
+      type: 'int',
+      min: 1,
+      description: 'beams of --self-sample (default 4; each token costs w single-token passes)',
+    },
+    {
+      flag: '--sample-tau <t>',
+      type: 'number',
+      description:
+        'balance temperature of --self-sample (default 1.2): lower favours expert balance, higher likelihood (Infinity: likelihood only)',
+    },
+    {
       flag: '--naee-tokens <n>',
       type: 'int',
       default: '1024',
@@ -349,6 +548,7 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
     'moe calibrate ./model --data calib.txt --seq-len 512 --max-tokens 65536 -o ./stats',
     'moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq',
     'moe calibrate ./model --data calib.txt --hessians --all-experts --hessian-weighting gate -o ./stats-agq',
+    'moe calibrate ./model --self-sample 128 --seq-len 512 --hessians -o ./stats-ebss',
   ],
   run: ([model], o, ctx) => calibrate({ ...(o as Omit<CalibrateOptions, 'model'>), model }, ctx),
   format: formatCalibrate,

@@ -68,10 +68,11 @@ const RECIPE_ONLY: Partial<Record<StepKind, OptionSpec[]>> = {
 };
 
 /**
- * A recipe names its calibration data, so that a run says what it measured. An eval step needs its data (its report
+ * A recipe names its calibration data (a file, or self_sample: the model writes it), so that a run says what it
+ * measured. An eval step needs its data (its report
  * and the run's headline are the perplexity; `tasks` add accuracy beside it), though `moe eval --task` alone does not.
  */
-const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data'], eval: ['data'] };
+const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data|self_sample'], eval: ['data'] };
 
 /** The options a step runs its command with, in the command's order. */
 export function stepOptionSpecs(kind: StepKind): OptionSpec[] {
@@ -194,8 +195,11 @@ export function loadRecipe(file: string): Recipe {
       if (!spec) fail(line, `"${kind}" has no option "${name}"`, `its options are ${[...keys.keys()].join(', ')}`);
       options[name] = checkValue(opt.value, spec!, `${kind}.${name}`, line, dir, fail, at);
     }
-    for (const r of required(kind as StepKind))
-      if (!(r in options)) fail(at(pair.key), `"${kind}" needs the option "${r}"`);
+    for (const r of required(kind as StepKind)) {
+      const any = r.split('|'); // one of these
+      if (!any.some((k) => k in options))
+        fail(at(pair.key), `"${kind}" needs the option ${any.map((k) => `"${k}"`).join(' or ')}`);
+    }
     const baseline = options.baseline;
     if (kind === 'eval' && typeof baseline === 'string' && baseline !== 'original')
       modelNamedIn(baseline, dir, `${path.basename(abs)} line ${at(pair.key)}: eval.baseline`, abs);

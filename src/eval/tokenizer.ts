@@ -11,6 +11,10 @@ export interface TextTokenizer {
   /** Token ids with the tokenizer's own special tokens (its post-processor's BOS …), as `tokenizer.encode` in HF. */
   encodeWithSpecial?(text: string): number[];
   decode(ids: number[]): string;
+  /** Ids of the special added tokens (BOS, EOS, chat markers …). */
+  specialIds?(): number[];
+  /** Whether `id` is a token of the tokenizer (models often have embedding rows past the tokenizer's last id). */
+  hasId?(id: number): boolean;
 }
 
 function readJson(file: string): Record<string, unknown> {
@@ -57,5 +61,7 @@ export function tokenizerFromJson(
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
     encodeWithSpecial: (text) => tok.encode(text).ids,
     decode: (ids) => tok.decode(ids),
+    specialIds: () => [...tok.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id),
+    hasId: (id) => tok.id_to_token(id) !== undefined,
   };
 }

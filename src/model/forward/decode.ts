@@ -19,7 +19,7 @@ import type { TensorReader } from '../../io/checkpoint';
 import type { Architecture } from '../arch';
 import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, Weights } from './attention';
 import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, recurrenceFrom } from './deltanet';
-import { ForwardOptions, ForwardPass, fullLogits } from './model';
+import { ForwardObserver, ForwardOptions, ForwardPass, fullLogits } from './model';
 import { rmsNorm } from './ops';
 
 /**
@@ -103,6 +103,18 @@ function convStep(x: Float32Array, weight: Float32Array, state: Float32Array, N:
   return out;
 }
 
+/**
+ * What a decoder has cached: every layer's keys and values or recurrent state, and how many tokens. Opaque outside;
+ * `Decoder.state` hands the live one out (extend mutates it), `Decoder.fork` copies it, so that several sequences
+ * sharing a prefix (beam search: src/calib/ebss.ts) each run on their own from one decoder and its weight cache.
+ */
+export interface DecoderState {
+  readonly attention: (AttentionCache | undefined)[];
+  readonly deltas: (DeltaState | undefined)[];
+  readonly past: number;
+  readonly capacity: number;
+}
+
 export class Decoder extends ForwardPass {
   private attention: (AttentionCache | undefined)[] = [];
   private deltas: (DeltaState | undefined)[] = [];
@@ -118,6 +130,29 @@ export class Decoder extends ForwardPass {
     return this.past;
   }
 
+  /** The live cache (not a copy: the next extend changes it). */
+  get state(): DecoderState {
+    return { attention: this.attention, deltas: this.deltas, past: this.past, capacity: this.capacity };
+  }
+
+  /** Continues from `s` (taken from `state` or `fork`; it is not copied, so later extends change it). */
+  set state(s: DecoderState) {
+    this.attention = s.attention;
+    this.deltas = s.deltas;
+    this.past = s.past;
+    this.capacity = s.capacity;
+  }
+
+  /** A copy of `s` (default: the live cache) that later extends of the original leave alone. */
+  fork(s: DecoderState = this.state): DecoderState {
+    return {
+      attention: s.attention.map((c) => c && { ...c, k: c.k.slice(), v: c.v.slice() }),
+      deltas: s.deltas.map((d) => d && { S: d.S.map((m) => m.slice()), conv: d.conv.slice() }),
+      past: s.past,
+      capacity: s.capacity,
+    };
+  }
+
   /** Forgets the cached tokens (the weights stay cached). */
   reset(): void {
     this.attention = [];
@@ -128,15 +163,16 @@ export class Decoder extends ForwardPass {
 
   /**
    * Runs `ids` after the cached tokens and caches them. Returns the logits [vocab] of the last new position, or of
-   * every new position [N, vocab] with `all`.
+   * every new position [N, vocab] with `all`. The observer sees the new tokens' layers as the window forward
+   * reports them (the router's decisions, …).
    */
-  async extend(ids: Int32Array, all = false): Promise<Float32Array> {
+  async extend(ids: Int32Array, all = false, observer?: ForwardObserver): Promise<Float32Array> {
     const N = ids.length;
     if (N === 0) throw new InternalError('decoder: extend needs at least one token');
     this.arch.checkWindow(this.past + N);
     this.reserve(this.past + N);
     const hidden = this.embed(ids);
-    for (let l = 0; l < this.arch.numLayers; l++) await this.layer(l, hidden, 1, N);
+    for (let l = 0; l < this.arch.numLayers; l++) await this.layer(l, hidden, 1, N, observer);
     this.past += N;
     const h = this.arch.hidden;
     return all ? this.logits(hidden, N) : this.logits(hidden.subarray((N - 1) * h), 1);
