@@ -1,5 +1,5 @@
 /**
- * Affinity-guided Hessians (MoEQuant's AGQ: Chen et al., 2025, "MoEQuant: Enhancing Quantization for
+ * Affinity-guided Hessians (MoEQuant's AGQ: Hu et al., ICML 2025, "MoEQuant: Enhancing Quantization for
  * Mixture-of-Experts Large Language Models via Expert-Balanced Sampling and Affinity Guidance"): a routed expert's
  * GPTQ Hessian counts each calibration token by how strongly the router ties it to the expert,
  *
