@@ -3,7 +3,7 @@
  * MoE-aware quantization (issue 24) against plain GPTQ and RTN, on both trained fixtures and on WikiText-2:
  *
  *   npm run build && node bench/moe-quant.js [--fixtures tiny-moe,tiny-dsv3] [--calib-tokens 32768]
- *     [--seq-len 256] [--wiki-tokens 16384] [--wikitext FILE] [--methods rtn,gptq,...] [--markdown]
+ *     [--seq-len 256] [--wiki-tokens 16384] [--wikitext FILE] [--methods rtn,gptq,...] [--ebss-args "..."] [--markdown]
  *
  * Per fixture (fixtures/tiny-moe: Qwen3-MoE, 8 experts top-2, on Moby-Dick; fixtures/tiny-dsv3: DeepSeek-V3, sigmoid
  * routing, shared expert, on State of the Union addresses), calibrations on the fixture's calib.txt with Hessians:
@@ -38,6 +38,8 @@ const SEQ = option('--seq-len', '256');
 const WIKI_TOKENS = option('--wiki-tokens', '16384');
 const WIKITEXT = path.resolve(option('--wikitext', path.join(ROOT, '..', 'shared', 'data', 'wikitext-2', 'test.txt')));
 const MARKDOWN = flag('--markdown');
+/** Extra calibrate arguments of the self-sampled calibration, e.g. "--sample-no-repeat 4". */
+const EBSS_ARGS = option('--ebss-args', '').split(' ').filter(Boolean);
 
 function moe(argv) {
   const r = lib.timed(process.execPath, [MOE, ...argv, '--json']);
@@ -116,7 +118,7 @@ function fixtureRows(name, work) {
     const out = path.join(work, `${name}-stats-${label.replace(/\W+/g, '-')}`);
     const source =
       data === 'self'
-        ? ['--self-sample', String(Math.floor(Number(CALIB_TOKENS) / Number(SEQ)))]
+        ? ['--self-sample', String(Math.floor(Number(CALIB_TOKENS) / Number(SEQ))), ...EBSS_ARGS]
         : data === 'ebss'
           ? ['--data', path.join(calib.ebss.dir, 'self-sample.json')]
           : ['--data', path.join(texts, 'calib.txt'), '--max-tokens', CALIB_TOKENS];

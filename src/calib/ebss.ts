@@ -49,6 +49,8 @@ export interface SelfSampleOptions {
   /** MoE layer indices and routed experts per layer. */
   moeLayers: number[];
   experts: number;
+  /** Never repeat an n-gram of this many tokens within a sequence (0: off). */
+  noRepeat?: number;
   /** Called after each token position of a sequence is decided. */
   onToken?: () => void;
 }
@@ -117,10 +119,10 @@ function logSumExp(v: Float32Array): number {
 }
 
 /** The n allowed ids of largest logit, best first (ties: the lower id). */
-function topAllowed(logits: Float32Array, allowed: Uint8Array, n: number): number[] {
+function topAllowed(logits: Float32Array, allowed: Uint8Array, n: number, banned?: Set<number>): number[] {
   const best: number[] = [];
   for (let i = 0; i < logits.length; i++) {
-    if (!allowed[i] || (best.length === n && !(logits[i] > logits[best[n - 1]]))) continue;
+    if (!allowed[i] || (best.length === n && !(logits[i] > logits[best[n - 1]])) || banned?.has(i)) continue;
     if (best.length === n) best.pop();
     let j = best.length;
     best.push(i);
@@ -128,6 +130,19 @@ function topAllowed(logits: Float32Array, allowed: Uint8Array, n: number): numbe
     best[j] = i;
   }
   return best;
+}
+
+/** The tokens that would repeat an n-gram of `ids` (its last n − 1 tokens followed by them occur before). */
+function repeats(ids: number[], n: number): Set<number> | undefined {
+  if (n < 1 || ids.length < n - 1) return undefined;
+  const out = new Set<number>();
+  const tail = ids.slice(ids.length - (n - 1));
+  for (let s = 0; s + n <= ids.length; s++) {
+    let same = true;
+    for (let j = 0; j < n - 1 && same; j++) same = ids[s + j] === tail[j];
+    if (same) out.add(ids[s + n - 1]);
+  }
+  return out;
 }
 
 /** One sequence: a random first token, then beam search on likelihood and balance. */
@@ -149,7 +164,7 @@ async function sequence(dec: Decoder, o: SelfSampleOptions, rand: () => number):
     beams.forEach((b, parent) => {
       const lse = logSumExp(b.logits);
       const penalty = o.tau === Infinity ? 0 : imbalance(b.counts, L, E) / o.tau;
-      for (const id of topAllowed(b.logits, o.allowed, o.width)) {
+      for (const id of topAllowed(b.logits, o.allowed, o.width, repeats(b.ids, o.noRepeat ?? 0))) {
         const lp = b.logits[id] - lse;
         children.push({ cost: -(b.logProb + lp) / (b.chosen + 1) + penalty, parent, id, lp });
       }

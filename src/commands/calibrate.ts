@@ -43,6 +43,7 @@ export interface CalibrateOptions {
   selfSample?: number;
   sampleWidth?: number;
   sampleTau?: number;
+  sampleNoRepeat?: number;
   naeeTokens?: number;
   backend?: BackendName;
   threads?: number;
@@ -68,6 +69,8 @@ export interface SelfSampleReport {
   length: number;
   width: number;
   tau: number | null;
+  /** n-grams of this many tokens never repeat within a sequence (0: no rule). */
+  no_repeat: number;
   /** Mean over sequences: the chosen tokens' mean log-probability, and the imbalance (src/calib/ebss.ts). */
   mean_log_prob: number;
   imbalance: number;
@@ -132,6 +135,7 @@ interface SelfSampleSpec {
   sequences: number;
   width: number;
   tau: number;
+  noRepeat: number;
   tokenizer: TextTokenizer;
 }
 
@@ -154,6 +158,7 @@ async function generateWindows(out: OutputFolder, r: CalibrateRun, spec: SelfSam
     length: opts.seqLen,
     width: spec.width,
     tau: spec.tau,
+    noRepeat: spec.noRepeat,
     seed: r.seed,
     prefix,
     allowed,
@@ -172,6 +177,7 @@ async function generateWindows(out: OutputFolder, r: CalibrateRun, spec: SelfSam
     length: opts.seqLen,
     width: spec.width,
     tau: Number.isFinite(spec.tau) ? spec.tau : null,
+    no_repeat: spec.noRepeat,
     mean_log_prob: mean((s) => s.meanLogProb),
     imbalance: mean((s) => s.sigma),
     seconds: (Date.now() - started) / 1000,
@@ -236,6 +242,7 @@ function statsJson(r: CalibrateRun): StatsJson {
         self_sample: {
           width: r.selfSample.width,
           tau: Number.isFinite(r.selfSample.tau) ? r.selfSample.tau : null,
+          no_repeat: r.selfSample.noRepeat,
           imbalance: r.report.self_sample!.imbalance,
         },
       }),
@@ -256,10 +263,12 @@ function statsJson(r: CalibrateRun): StatsJson {
 }
 
 /** The --self-sample options, checked against the data options they replace. */
-function selfSampleOptions(opts: CalibrateOptions): { width: number; tau: number } | undefined {
+function selfSampleOptions(opts: CalibrateOptions): { width: number; tau: number; noRepeat: number } | undefined {
   if (opts.selfSample === undefined) {
-    const tuned =
-      opts.sampleWidth !== undefined ? '--sample-width' : opts.sampleTau !== undefined ? '--sample-tau' : '';
+    const given = { '--sample-width': opts.sampleWidth, '--sample-tau': opts.sampleTau };
+    const tuned = Object.entries({ ...given, '--sample-no-repeat': opts.sampleNoRepeat }).find(
+      ([, v]) => v !== undefined,
+    )?.[0];
     if (tuned) throw new UsageError(`${tuned} tunes --self-sample`, { hint: 'add --self-sample N, or drop it' });
     return undefined;
   }
@@ -273,7 +282,7 @@ function selfSampleOptions(opts: CalibrateOptions): { width: number; tau: number
     });
   const tau = opts.sampleTau ?? 1.2;
   if (!(tau > 0)) throw new UsageError(`--sample-tau ${tau} must be above 0`, { hint: 'Infinity: likelihood only' });
-  return { width: opts.sampleWidth ?? 4, tau };
+  return { width: opts.sampleWidth ?? 4, tau, noRepeat: opts.sampleNoRepeat ?? 0 };
 }
 
 /**
@@ -285,7 +294,7 @@ function calibrationSource(
   ckpt: Checkpoint,
   arch: Architecture,
   data: string,
-  sampling: { width: number; tau: number } | undefined,
+  sampling: { width: number; tau: number; noRepeat: number } | undefined,
   seed: number,
   ctx: Context,
 ): { windows: Int32Array[]; sampler?: SelfSampleSpec } {
@@ -518,6 +527,13 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
       type: 'number',
       description:
         'balance temperature of --self-sample (default 1.2): lower favours expert balance, higher likelihood (Infinity: likelihood only)',
+    },
+    {
+      flag: '--sample-no-repeat <n>',
+      type: 'int',
+      min: 0,
+      description:
+        'never repeat an n-gram of N tokens within a self-sampled sequence, as beam search often loops (default 0: off, as in the paper)',
     },
     {
       flag: '--naee-tokens <n>',

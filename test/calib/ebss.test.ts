@@ -124,6 +124,13 @@ describe('selfSample on the trained tiny-moe', () => {
     }
   });
 
+  it('never repeats an n-gram within a sequence with noRepeat', async () => {
+    const ngrams = (ids: Int32Array, n: number) => [...ids.slice(n - 1)].map((_, i) => ids.slice(i, i + n).join());
+    const repeated = (ids: Int32Array, n: number) => new Set(ngrams(ids, n)).size < ngrams(ids, n).length;
+    expect(plain.some((s) => repeated(s.ids, 3))).toBe(true); // beam search loops on this model
+    for (const s of await run({ noRepeat: 3 })) expect(repeated(s.ids, 3)).toBe(false);
+  });
+
   it('uses the experts more evenly at a low τ than on likelihood alone, at a likelihood cost', async () => {
     const likelihood = await run({ tau: Infinity });
     const balanced = await run({ tau: 0.1 });
