@@ -15,10 +15,19 @@ import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { fromFloat32 } from '../io/dtype';
 import type { Proj } from '../model/arch';
 import { ComputedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
-import { expertsHaveBias } from '../model/experts';
+import { ExpertWeights, expertsHaveBias, loadExpert } from '../model/experts';
+import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
 import type { Linkage } from '../merge/grouping';
-import { GroupInput, MergedGroup, MergeMethod, MergeParams, resolveMergeParams, SIMILARITIES } from '../merge/method';
+import {
+  GroupInput,
+  LayerRouter,
+  MergedGroup,
+  MergeMethod,
+  MergeParams,
+  resolveMergeParams,
+  SIMILARITIES,
+} from '../merge/method';
 import { LINKAGES, mergeMethod, mergeMethodNames, ROUTER_MODES, RouterMode, Similarity } from '../merge/methods';
 import type { Context, Task } from '../ui/progress';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
@@ -37,6 +46,9 @@ export interface MergeOptions {
   linkage?: Linkage;
   align?: boolean;
   router?: RouterMode;
+  dominantWeight?: number;
+  refit?: boolean;
+  refitRidge?: number;
   /** Further parameters a method declares (src/merge/method.ts), by name. */
   params?: Record<string, string | boolean>;
   seed?: number;
@@ -61,7 +73,8 @@ export interface MergeReport {
   dry_run: boolean;
   /** The written weight files' bytes (src/io/size.ts); 0 in a dry run. */
   size_bytes: number;
-  layers: { layer: number; groups: MergedGroup[] }[];
+  /** Per layer: the groups, and with --refit the relative output error on the calibration samples before/after. */
+  layers: { layer: number; groups: MergedGroup[]; refit?: { error_before: number; error_after: number } }[];
   seconds: number;
 }
 
@@ -99,11 +112,13 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       const input: GroupInput = { layer, stats, reader, arch, be, seed: opts.seed ?? 0 };
       const freq = stats.frequency(layer);
       const sim = await method.similarity(input, params);
-      const grouping = { freq, sim, E: arch.numExperts, keep: K, routingGroups: arch.routing.nGroup };
+      const reap = stats.vector(layer, 'reap');
+      const grouping = { freq, reap, sim, E: arch.numExperts, keep: K, routingGroups: arch.routing.nGroup };
       const groups = method.groups(grouping, params);
-      const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: method.weights(freq, g, params) }));
-      layers.push({ layer, groups: merged });
-      plan.set(layer, layerReduction(method, params, input, merged));
+      const merged: MergedGroup[] = groups.map((g) => ({ ...g, weights: method.weights(freq, g, params, grouping) }));
+      const entry = { layer, groups: merged };
+      layers.push(entry);
+      plan.set(layer, layerReduction(method, params, input, merged, entry));
       progress.tick();
     }
     progress.done();
@@ -164,36 +179,83 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
 
 /** The merge options given (undefined left out), by parameter name, for resolveMergeParams. */
 function givenParams(opts: MergeOptions): Record<string, unknown> {
-  const named = { similarity: opts.similarity, linkage: opts.linkage, align: opts.align, router: opts.router };
+  const named = {
+    similarity: opts.similarity,
+    linkage: opts.linkage,
+    align: opts.align,
+    router: opts.router,
+    'dominant-weight': opts.dominantWeight,
+    refit: opts.refit,
+    'refit-ridge': opts.refitRidge,
+  };
   return Object.fromEntries(Object.entries({ ...opts.params, ...named }).filter(([, v]) => v !== undefined));
 }
 
 /**
  * One layer's plan for writeReducedOutput: expert i is a copy of its group's dominant expert, or, for a group of two
- * or more, the method's merge in the dominant expert's dtype; router rows (and DeepSeek's correction bias) are the
- * dominant's, or the weighted mean of the members' where the method gives router weights.
+ * or more members of nonzero weight, the method's merge in the dominant expert's dtype; router rows (and DeepSeek's
+ * correction bias) are the dominant's, or the weighted mean of the members' where the method gives router weights.
+ * When the method refines the layer (refineLayer, e.g. --refit), every expert is computed: the layer's experts are
+ * merged once, refined together, and written from that.
  */
-function layerReduction(method: MergeMethod, params: MergeParams, input: GroupInput, groups: MergedGroup[]) {
+function layerReduction(
+  method: MergeMethod,
+  params: MergeParams,
+  input: GroupInput,
+  groups: MergedGroup[],
+  entry: MergeReport['layers'][number],
+) {
   const { reader, arch, layer } = input;
+  const routerWeights = groups.map((g) => method.routerWeights(g, params));
+  const router = routerOf(reader, arch, layer, groups, routerWeights);
+  const refines = !!method.refineLayer && (method.refines?.(params) ?? true);
+  const merges = (g: MergedGroup) => g.members.filter((_, m) => m === 0 || g.weights[m] !== 0).length > 1;
+  const mergeOne = async (g: MergedGroup): Promise<ExpertWeights> => {
+    if (!merges(g)) return loadExpert(reader, arch, layer, g.dominant);
+    const merged = await method.merge(g, input, params);
+    g.alignment = merged.alignment;
+    return merged.expert;
+  };
+  let all: Promise<ExpertWeights[]> | undefined;
+  const refined = () =>
+    (all ??= (async () => {
+      const experts: ExpertWeights[] = [];
+      for (const g of groups) experts.push(await mergeOne(g));
+      const r = await method.refineLayer!(experts, router, input, params);
+      entry.refit = { error_before: r.errorBefore, error_after: r.errorAfter };
+      return r.experts;
+    })());
   const r: LayerReduction = {
     copyOf: groups.map((g) => g.dominant),
-    computed: new Set(groups.map((g, i) => (g.members.length > 1 ? i : -1)).filter((i) => i >= 0)),
+    computed: new Set(groups.map((g, i) => (refines || merges(g) ? i : -1)).filter((i) => i >= 0)),
     compute: async (i) => {
       const g = groups[i];
-      const merged = await method.merge(g, input, params);
-      g.alignment = merged.alignment;
-      const cast = (p: Proj) => fromFloat32(merged.expert[p], reader.dtype(arch.expertKey(layer, g.dominant, p)));
+      const expert = refines ? (await refined())[i] : await mergeOne(g);
+      const cast = (p: Proj) => fromFloat32(expert[p], reader.dtype(arch.expertKey(layer, g.dominant, p)));
       const out: ComputedExpert = { gate: cast('gate'), up: cast('up'), down: cast('down') };
       if (!expertsHaveBias(reader, arch, layer)) return out;
-      const bias = merged.expert.bias;
+      const bias = expert.bias;
       if (!bias) throw new InternalError(`merge method ${method.name} returned no expert biases for layer ${layer}`);
       const castBias = (p: Proj) => fromFloat32(bias[p], reader.dtype(arch.expertBiasKey(layer, g.dominant, p)!));
       out.bias = { gate: castBias('gate'), up: castBias('up'), down: castBias('down') };
       return out;
     },
   };
-  const weights = groups.map((g) => method.routerWeights(g, params));
-  if (weights.every((w) => w === undefined)) return r;
+  if (routerWeights.every((w) => w === undefined)) return r;
+  r.router = fromFloat32(router.rows, reader.dtype(arch.routerKey(layer)));
+  const biasKey = arch.correctionBiasKey(layer);
+  if (biasKey && router.bias) r.correctionBias = fromFloat32(router.bias, reader.dtype(biasKey));
+  return r;
+}
+
+/** The merged layer's router rows [K, hidden] and correction bias in float32: dominant rows or weighted means. */
+function routerOf(
+  reader: TensorReader,
+  arch: Architecture,
+  layer: number,
+  groups: MergedGroup[],
+  weights: (number[] | undefined)[],
+): LayerRouter {
   const h = arch.hidden;
   const rows = reader.f32(arch.routerKey(layer));
   const out = new Float32Array(groups.length * h);
@@ -205,15 +267,12 @@ function layerReduction(method: MergeMethod, params: MergeParams, input: GroupIn
         for (let j = 0; j < h; j++) out[i * h + j] += w[m] * rows[e * h + j];
       });
   });
-  r.router = fromFloat32(out, reader.dtype(arch.routerKey(layer)));
   const biasKey = arch.correctionBiasKey(layer);
-  if (biasKey) {
-    const bias = reader.f32(biasKey);
-    const merged = (g: MergedGroup, i: number) =>
-      weights[i]?.reduce((s, x, m) => s + x * bias[g.members[m]], 0) ?? bias[g.dominant];
-    r.correctionBias = fromFloat32(Float32Array.from(groups, merged), reader.dtype(biasKey));
-  }
-  return r;
+  if (!biasKey) return { rows: out };
+  const bias = reader.f32(biasKey);
+  const merged = (g: MergedGroup, i: number) =>
+    weights[i]?.reduce((s, x, m) => s + x * bias[g.members[m]], 0) ?? bias[g.dominant];
+  return { rows: out, bias: Float32Array.from(groups, merged) };
 }
 
 export function formatMerge(r: MergeReport): string {
@@ -226,7 +285,10 @@ export function formatMerge(r: MergeReport): string {
     const score = aligned.length
       ? `  alignment ${(aligned.reduce((s, a) => s + a.score_before, 0) / aligned.length).toFixed(3)} → ${(aligned.reduce((s, a) => s + a.score_after, 0) / aligned.length).toFixed(3)} (${aligned[0].method})`
       : '';
-    lines.push(`  layer ${String(l.layer).padStart(3)}  ${groups}${score}`);
+    const refit = l.refit
+      ? `  refit error ${l.refit.error_before.toFixed(4)} → ${l.refit.error_after.toFixed(4)}`
+      : '';
+    lines.push(`  layer ${String(l.layer).padStart(3)}  ${groups}${score}${refit}`);
   }
   return lines.join('\n');
 }
@@ -258,6 +320,21 @@ export const mergeSpec: CommandSpec<MergeReport> = {
       flag: '--router <mode>',
       type: { choices: () => ROUTER_MODES },
       description: "router row per merged expert: the dominant expert's or the frequency-weighted mean",
+    },
+    {
+      flag: '--dominant-weight <w>',
+      type: 'number',
+      description: "anchored: the dominant expert's weight in its group's merge, 0 to 1 (default 0.9; 1 is REAP's prune)",
+    },
+    {
+      flag: '--refit <on|off>',
+      type: 'onoff',
+      description: "least-squares refit of the merged experts' down projections to the layer's calibrated output",
+    },
+    {
+      flag: '--refit-ridge <r>',
+      type: 'number',
+      description: 'refit ridge as a share of the mean activation Gram diagonal (default 0.1)',
     },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for the random projection of wide alignments' },
     ...reductionOptions('print the groups and write nothing'),

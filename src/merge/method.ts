@@ -29,15 +29,18 @@ export interface LayerInput {
 export interface MergeParamDef {
   /** The option's name: `--<name>` on the command line, the recipe key, the key in moe-compression.json params. */
   name: string;
-  type: 'choice' | 'boolean';
+  type: 'choice' | 'boolean' | 'number';
   /** For type choice: the accepted values. */
   choices?: readonly string[];
-  default: string | boolean;
+  /** For type number: the accepted range (inclusive). */
+  min?: number;
+  max?: number;
+  default: string | boolean | number;
   description: string;
 }
 
 /** A method's parameters, resolved: every declared parameter has its value (given, or its default). */
-export type MergeParams = Readonly<Record<string, string | boolean>>;
+export type MergeParams = Readonly<Record<string, string | boolean | number>>;
 
 export interface AlignmentRecord {
   member: number;
@@ -65,10 +68,25 @@ export interface MergeResult {
   alignment?: AlignmentRecord[];
 }
 
+/** A refined layer: its experts, and the relative output error on the calibration samples before and after. */
+export interface RefineResult {
+  experts: ExpertWeights[];
+  errorBefore: number;
+  errorAfter: number;
+}
+
+/** The merged layer's router as it will be written (float32): rows [K, hidden] and the correction bias [K]. */
+export interface LayerRouter {
+  rows: Float32Array;
+  bias?: Float32Array;
+}
+
 /** The grouping step's input for one layer. */
 export interface GroupingInput {
   /** Each expert's routing frequency (the calibration's share of tokens). */
   freq: ArrayLike<number>;
+  /** Each expert's REAP saliency (mean over its tokens of gate weight × output norm; stats vector reap). */
+  reap: ArrayLike<number>;
   /** The method's similarity [E, E]. */
   sim: Float64Array;
   /** Experts before and after. */
@@ -90,9 +108,16 @@ export interface MergeMethod {
   /** `keep` groups of the layer's experts. */
   groups(input: GroupingInput, params: MergeParams): MergeGroup[];
   /** Each member's weight in the merge (summing to 1), in the order of `group.members`. */
-  weights(freq: ArrayLike<number>, group: MergeGroup, params: MergeParams): number[];
+  weights(freq: ArrayLike<number>, group: MergeGroup, params: MergeParams, input: GroupingInput): number[];
   /** The group's experts merged into one (only called for groups of two or more; a single expert is copied). */
   merge(group: MergedGroup, input: GroupInput, params: MergeParams): Promise<MergeResult>;
+  /**
+   * A step over the whole layer after every group is merged (e.g. refit.ts's least-squares refit of the down
+   * projections against the layer's calibrated output); absent, the merged experts are written as merged.
+   */
+  refineLayer?(experts: ExpertWeights[], router: LayerRouter, input: GroupInput, params: MergeParams): Promise<RefineResult>;
+  /** Whether refineLayer applies with these parameters (then every expert of the layer is recomputed). */
+  refines?(params: MergeParams): boolean;
   /**
    * Weights of the members' router rows (and correction biases) in the merged expert's row, or undefined to keep
    * the dominant expert's row.
@@ -105,7 +130,7 @@ export interface MergeMethod {
  * its type and choices) or its default. Options the method does not declare are left out (they do not apply).
  */
 export function resolveMergeParams(method: MergeMethod, given: Readonly<Record<string, unknown>>): MergeParams {
-  const out: Record<string, string | boolean> = {};
+  const out: Record<string, string | boolean | number> = {};
   for (const p of method.parameters) {
     const v = given[p.name];
     if (v === undefined) {
@@ -116,6 +141,13 @@ export function resolveMergeParams(method: MergeMethod, given: Readonly<Record<s
         throw new UsageError(`--${p.name} ${JSON.stringify(v)} is not on or off`, { hint: 'use on or off' });
       }
       out[p.name] = on;
+    } else if (p.type === 'number') {
+      const x = typeof v === 'number' ? v : Number(v);
+      if (typeof v === 'boolean' || !Number.isFinite(x) || x < (p.min ?? -Infinity) || x > (p.max ?? Infinity)) {
+        const hint = `use a number from ${p.min ?? '-∞'} to ${p.max ?? '∞'}`;
+        throw new UsageError(`--${p.name} ${JSON.stringify(v)} is out of range for --method ${method.name}`, { hint });
+      }
+      out[p.name] = x;
     } else {
       if (typeof v !== 'string' || !(p.choices ?? []).includes(v)) {
         const hint = `use one of ${(p.choices ?? []).join(', ')}`;

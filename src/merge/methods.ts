@@ -8,54 +8,15 @@
  *  - average: M-SMoE's groups, plain uniform average, no alignment (a baseline).
  */
 import { hierarchicalGroups, Linkage, memberWeights, msmoeGroups } from './grouping';
-import { MergeMethod, MergeParamDef, MergeParams, Similarity, SIMILARITIES } from './method';
+import type { MergeMethod, MergeParams } from './method';
+import { alignParam, linkageParam, refitParams, routerParam, shared, similarityParam } from './steps';
 import { Registry } from '../util/registry';
+import { anchored } from './anchored';
 
 export type { Similarity } from './method';
 
-export const ROUTER_MODES = ['dominant', 'weighted'] as const;
-export type RouterMode = (typeof ROUTER_MODES)[number];
-export const LINKAGES: readonly Linkage[] = ['single', 'complete', 'average'];
-
-const similarityParam = (dflt: Similarity): MergeParamDef => ({
-  name: 'similarity',
-  type: 'choice',
-  choices: SIMILARITIES,
-  default: dflt,
-  description: 'expert similarity the groups are built from',
-});
-const alignParam = (dflt: boolean): MergeParamDef => ({
-  name: 'align',
-  type: 'boolean',
-  default: dflt,
-  description: 'neuron alignment before averaging',
-});
-const routerParam = (dflt: RouterMode): MergeParamDef => ({
-  name: 'router',
-  type: 'choice',
-  choices: ROUTER_MODES,
-  default: dflt,
-  description: "router row per merged expert: the dominant expert's or the frequency-weighted mean",
-});
-const linkageParam: MergeParamDef = {
-  name: 'linkage',
-  type: 'choice',
-  choices: LINKAGES,
-  default: 'average',
-  description: 'hcsmoe linkage',
-};
-
-/**
- * The steps msmoe, hcsmoe and average share: similarity by the `similarity` parameter, the (aligned when `align`)
- * weighted average, the router row by `router`. The numeric modules load on first use: the command line reads this
- * registry at start-up.
- */
-const shared: Pick<MergeMethod, 'similarity' | 'readsExperts' | 'merge' | 'routerWeights'> = {
-  similarity: async (input, p) => (await import('./similarity')).expertSimilarity(p.similarity as Similarity, input),
-  readsExperts: (p) => p.similarity !== 'router-logits',
-  merge: async (group, input, p) => (await import('./average')).averageExperts(group, input, p.align === true),
-  routerWeights: (group, p) => (p.router === 'weighted' ? group.weights : undefined),
-};
+export { LINKAGES, ROUTER_MODES } from './steps';
+export type { RouterMode } from './steps';
 
 const msmoe: MergeMethod = {
   ...shared,
@@ -64,7 +25,7 @@ const msmoe: MergeMethod = {
   paper: 'Li et al., ICLR 2024, "Merge, then Compress"',
   // The paper's default similarity is router logits; on the trained fixture, grouping by expert outputs on
   // common inputs measured better (bench/compression-table.js), so that is the default here.
-  parameters: [similarityParam('expert-output'), alignParam(true), routerParam('dominant')],
+  parameters: [similarityParam('expert-output'), alignParam(true), routerParam('dominant'), ...refitParams(false)],
   groups: (g) => msmoeGroups(g.freq, g.sim, g.E, g.keep, g.routingGroups),
   weights: (freq, group) => memberWeights(freq, group.members),
 };
@@ -75,7 +36,13 @@ const hcsmoe: MergeMethod = {
   summary: 'HC-SMoE: hierarchical clustering of expert outputs, frequency-weighted merge',
   paper: 'Chen et al., 2024, "Retraining-Free Merging of Sparse MoE via Hierarchical Clustering"',
   // Alignment is optional in HC-SMoE; measured on the trained fixture it lowers perplexity a lot, so it is on.
-  parameters: [similarityParam('expert-output'), linkageParam, alignParam(true), routerParam('weighted')],
+  parameters: [
+    similarityParam('expert-output'),
+    linkageParam,
+    alignParam(true),
+    routerParam('weighted'),
+    ...refitParams(false),
+  ],
   groups: (g, p: MergeParams) => hierarchicalGroups(g.freq, g.sim, g.E, g.keep, p.linkage as Linkage, g.routingGroups),
   weights: (freq, group) => memberWeights(freq, group.members),
 };
@@ -107,3 +74,5 @@ export function mergeMethodNames(): string[] {
 }
 
 for (const m of [msmoe, hcsmoe, average]) registerMergeMethod(m);
+// After the built-ins (anchored.ts reuses their shared steps).
+registerMergeMethod(anchored);
