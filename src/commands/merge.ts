@@ -193,7 +193,7 @@ function givenParams(opts: MergeOptions): Record<string, unknown> {
 
 /**
  * One layer's plan for writeReducedOutput: expert i is a copy of its group's dominant expert, or, for a group of two
- * or more members of nonzero weight, the method's merge in the dominant expert's dtype; router rows (and DeepSeek's
+ * or more, the method's merge in the dominant expert's dtype; router rows (and DeepSeek's
  * correction bias) are the dominant's, or the weighted mean of the members' where the method gives router weights.
  * When the method refines the layer (refineLayer, e.g. --refit), every expert is computed: the layer's experts are
  * merged once, refined together, and written from that.
@@ -209,7 +209,7 @@ function layerReduction(
   const routerWeights = groups.map((g) => method.routerWeights(g, params));
   const router = routerOf(reader, arch, layer, groups, routerWeights);
   const refines = !!method.refineLayer && (method.refines?.(params) ?? true);
-  const merges = (g: MergedGroup) => g.members.filter((_, m) => m === 0 || g.weights[m] !== 0).length > 1;
+  const merges = (g: MergedGroup) => g.members.length > 1;
   const mergeOne = async (g: MergedGroup): Promise<ExpertWeights> => {
     if (!merges(g)) return loadExpert(reader, arch, layer, g.dominant);
     const merged = await method.merge(g, input, params);
@@ -285,9 +285,7 @@ export function formatMerge(r: MergeReport): string {
     const score = aligned.length
       ? `  alignment ${(aligned.reduce((s, a) => s + a.score_before, 0) / aligned.length).toFixed(3)} → ${(aligned.reduce((s, a) => s + a.score_after, 0) / aligned.length).toFixed(3)} (${aligned[0].method})`
       : '';
-    const refit = l.refit
-      ? `  refit error ${l.refit.error_before.toFixed(4)} → ${l.refit.error_after.toFixed(4)}`
-      : '';
+    const refit = l.refit ? `  refit error ${l.refit.error_before.toFixed(4)} → ${l.refit.error_after.toFixed(4)}` : '';
     lines.push(`  layer ${String(l.layer).padStart(3)}  ${groups}${score}${refit}`);
   }
   return lines.join('\n');
@@ -324,7 +322,8 @@ export const mergeSpec: CommandSpec<MergeReport> = {
     {
       flag: '--dominant-weight <w>',
       type: 'number',
-      description: "anchored: the dominant expert's weight in its group's merge, 0 to 1 (default 0.9; 1 is REAP's prune)",
+      description:
+        "anchored: the dominant expert's weight in its group's merge, 0 to 1 (default 0.9; 1 is REAP's prune)",
     },
     {
       flag: '--refit <on|off>',

@@ -12,6 +12,7 @@
  *  - optionally (--refit on) the down projections are refitted by least squares to the layer's calibrated output
  *    (refit.ts, MergeMoE-style), which also accounts for the dropped experts' tokens being re-routed.
  */
+import { loadExpert } from '../model/experts';
 import { msmoeGroups } from './grouping';
 import type { GroupingInput, MergeMethod } from './method';
 import { alignParam, refitParams, routerParam, shared, similarityParam } from './steps';
@@ -45,4 +46,9 @@ export const anchored: MergeMethod = {
   ],
   groups: (g: GroupingInput) => msmoeGroups(g.reap, g.sim, g.E, g.keep, g.routingGroups),
   weights: (_freq, group, p, g) => anchoredWeights(g.reap, group.members, p['dominant-weight'] as number),
+  // With every other weight 0 the merge is the dominant itself (not 1·θ_d + 0·θ_m, whose −0 would become +0).
+  merge: async (group, input, p) =>
+    group.weights.slice(1).every((w) => w === 0)
+      ? { expert: loadExpert(input.reader, input.arch, input.layer, group.dominant) }
+      : shared.merge(group, input, p),
 };

@@ -28,8 +28,6 @@ export async function averageExperts(g: MergedGroup, input: GroupInput, align: b
   }
   const alignment: AlignmentRecord[] = [];
   for (let m = 0; m < g.members.length; m++) {
-    // A member of weight 0 adds nothing (and with a dominant of weight 1 the merge is exactly the dominant).
-    if (m > 0 && g.weights[m] === 0) continue;
     let w = m === 0 ? dominant : loadExpert(reader, arch, layer, g.members[m]);
     if (m > 0 && align) {
       const a = await alignExperts(be, dominant, w, width, h, input.seed);

@@ -115,7 +115,12 @@ export interface MergeMethod {
    * A step over the whole layer after every group is merged (e.g. refit.ts's least-squares refit of the down
    * projections against the layer's calibrated output); absent, the merged experts are written as merged.
    */
-  refineLayer?(experts: ExpertWeights[], router: LayerRouter, input: GroupInput, params: MergeParams): Promise<RefineResult>;
+  refineLayer?(
+    experts: ExpertWeights[],
+    router: LayerRouter,
+    input: GroupInput,
+    params: MergeParams,
+  ): Promise<RefineResult>;
   /** Whether refineLayer applies with these parameters (then every expert of the layer is recomputed). */
   refines?(params: MergeParams): boolean;
   /**

@@ -68,4 +68,3 @@ export const shared: Pick<
   refineLayer: async (experts, router, input, p) =>
     (await import('./refit')).refitLayer(experts, router, input, p['refit-ridge'] as number),
 };
-

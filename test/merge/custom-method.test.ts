@@ -120,7 +120,7 @@ test("the CLI offers registered methods and checks options against the method's 
   const args = ['merge', model, '--stats', stats, '--keep', '4', '-o'];
   const unknown = await cli([...args, path.join(tmpDir(), 'x'), '--method', 'nope']);
   expect(unknown.code).toBe(2);
-  expect(unknown.stderr).toContain('Allowed choices are msmoe, hcsmoe, average, first');
+  expect(unknown.stderr).toContain('Allowed choices are msmoe, hcsmoe, average, anchored, first');
   const out = path.join(tmpDir(), 'y');
   const bad = await cli([...args, out, '--method', 'first', '--similarity', 'expert-output']);
   expect(bad.code).toBe(2);
