@@ -24,18 +24,19 @@ const SEEDS = [0, 1, 2, 3, 4];
 
 const VARIANTS = [
   ['prune reap', 'prune', ['--method', 'reap']],
+  ['prune frequency (M-SMoE dominants alone)', 'prune', ['--method', 'frequency']],
   ['merge msmoe', 'merge', ['--method', 'msmoe']],
   ['merge hcsmoe', 'merge', ['--method', 'hcsmoe']],
-  ['merge anchored α=0.9', 'merge', ['--method', 'anchored']],
-  ['merge anchored α=0.75', 'merge', ['--method', 'anchored', '--dominant-weight', '0.75']],
-  ['merge anchored α=0.5', 'merge', ['--method', 'anchored', '--dominant-weight', '0.5']],
+  ['merge anchored α=0.9', 'merge', ['--method', 'anchored', '--dominant-weight', '0.9', '--refit', 'off']],
+  ['merge anchored α=0.75', 'merge', ['--method', 'anchored', '--dominant-weight', '0.75', '--refit', 'off']],
+  ['merge anchored α=0.5', 'merge', ['--method', 'anchored', '--dominant-weight', '0.5', '--refit', 'off']],
   ['merge msmoe --refit on', 'merge', ['--method', 'msmoe', '--refit', 'on']],
   [
     'REAP + refit (anchored α=1 --refit on)',
     'merge',
     ['--method', 'anchored', '--dominant-weight', '1', '--refit', 'on'],
   ],
-  ['merge anchored α=0.9 --refit on', 'merge', ['--method', 'anchored', '--refit', 'on']],
+  ['merge anchored α=0.9 --refit on', 'merge', ['--method', 'anchored', '--dominant-weight', '0.9', '--refit', 'on']],
   ['merge anchored α=0.5 --refit on', 'merge', ['--method', 'anchored', '--dominant-weight', '0.5', '--refit', 'on']],
 ];
 

@@ -92,14 +92,13 @@ export function relativeError(a: Float32Array, b: Float32Array): number {
 }
 
 /** Refuses experts the refit does not model (biases, gpt-oss's clamped activation). */
-export function checkRefittable(reader: TensorReader, arch: Architecture, layer: number): void {
+export function checkRefittable(arch: Architecture, layer: number): void {
   const biased = (['gate', 'up', 'down'] as const).some((p) => arch.expertBiasKey(layer, 0, p));
   if (arch.expertGlu || biased) {
     throw new UsageError(`--refit supports plain SwiGLU experts; ${arch.modelType} experts have biases or a clamp`, {
       hint: 'merge with --refit off',
     });
   }
-  void reader;
 }
 
 export interface RefitResult {
@@ -223,7 +222,7 @@ export async function refitLayer(
   ridge: number,
 ): Promise<RefitResult> {
   const { reader, arch, layer, be, stats } = input;
-  checkRefittable(reader, arch, layer);
+  checkRefittable(arch, layer);
   const x = stats.f32(`layers.${layer}.moe.naee_in`);
   const n = x.length / arch.hidden;
   if (n === 0) {
