@@ -22,6 +22,7 @@ import { ExpertWeights, loadExpert } from '../model/experts';
 import { route, Routing } from '../model/forward/moe';
 import { concatRows } from '../model/forward/ops';
 import type { TensorReader } from '../io/checkpoint';
+import { choleskyWithInverse, matmulT, transpose } from '../quant/linalg';
 import type { GroupInput, LayerRouter } from './method';
 
 /** The routed output of one MoE layer [n, hidden] with the given router and experts, and each expert's parts. */
@@ -154,21 +155,17 @@ export async function refitDownProjections(
       for (let c = 0; c < w; c++) aT[c * m + s] = g * cur.act[i][t * w + c];
       for (let c = 0; c < h; c++) rT[c * m + s] = target[t * h + c] - (pred[t * h + c] - g * yi[t * h + c]);
     });
-    const G = Float64Array.from(await be.linear(aT, aT, w, m, w));
+    const G = await be.linear(aT, aT, w, m, w);
     const C = await be.linear(rT, aT, h, m, w);
     let trace = 0;
     for (let c = 0; c < w; c++) trace += G[c * w + c];
     const lambda = Math.max((ridge * trace) / w, 1e-12);
     for (let c = 0; c < w; c++) G[c * w + c] += lambda;
-    const L = cholesky(G, w);
+    // D = (C + λ·D⁰)·G⁻¹ = ((C + λ·D⁰)·L⁻ᵀ)·L⁻¹ with G = L·Lᵀ: two products on the backend.
     const d0 = experts[i].down; // [h, w]
-    const down = new Float32Array(h * w);
-    const rhs = new Float64Array(w);
-    for (let r = 0; r < h; r++) {
-      for (let c = 0; c < w; c++) rhs[c] = C[r * w + c] + lambda * d0[r * w + c];
-      choleskySolve(L, w, rhs);
-      for (let c = 0; c < w; c++) down[r * w + c] = rhs[c];
-    }
+    for (let q = 0; q < C.length; q++) C[q] += lambda * d0[q];
+    const { Li } = await choleskyWithInverse(G, w, be);
+    const down = await matmulT(await matmulT(C, Li, h, w, w, be), transpose(Li, w, w), h, w, w, be);
     const next = { ...experts[i], down };
     out.push(next);
     // Update the prediction with the refitted expert's output on its tokens.
@@ -184,34 +181,6 @@ export async function refitDownProjections(
   }
   const after = await layerOutput(be, arch, x, n, router, out);
   return { experts: out, errorBefore, errorAfter: relativeError(after.out, target) };
-}
-
-/** Lower Cholesky factor of a symmetric positive definite A [n, n] (float64, in a new array). */
-function cholesky(a: Float64Array, n: number): Float64Array {
-  const L = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j <= i; j++) {
-      let s = a[i * n + j];
-      for (let p = 0; p < j; p++) s -= L[i * n + p] * L[j * n + p];
-      if (i === j) L[i * n + i] = Math.sqrt(Math.max(s, 1e-300));
-      else L[i * n + j] = s / L[j * n + j];
-    }
-  }
-  return L;
-}
-
-/** Solves L·Lᵀ·x = b in place. */
-function choleskySolve(L: Float64Array, n: number, b: Float64Array): void {
-  for (let i = 0; i < n; i++) {
-    let s = b[i];
-    for (let p = 0; p < i; p++) s -= L[i * n + p] * b[p];
-    b[i] = s / L[i * n + i];
-  }
-  for (let i = n - 1; i >= 0; i--) {
-    let s = b[i];
-    for (let p = i + 1; p < n; p++) s -= L[p * n + i] * b[p];
-    b[i] = s / L[i * n + i];
-  }
 }
 
 /** refineLayer of the shared steps: the refit of one reduced layer against the original layer's routed output. */
