@@ -20,6 +20,7 @@ import { checkNotInput, createEmptyFile, registerPending, unregisterPending } fr
 import { encodeHeader } from '../io/writer';
 import { formatMB } from '../io/size';
 import { ForwardPass } from '../model/forward/model';
+import { withTopK } from '../model/top-k';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { announceTokenizing, Context } from '../ui/progress';
 import { openModel as open, SizeReport } from './open-model';
@@ -46,6 +47,8 @@ export interface EvalCommandOptions {
   device?: 'cpu' | 'cuda';
   threads?: number;
   batchTokens?: number;
+  /** Routed experts per token in place of the model's own (src/model/top-k.ts). */
+  topK?: number;
 }
 
 export interface EvalReport {
@@ -128,6 +131,11 @@ function validateTasks(opts: TaskOptions): void {
 }
 
 type Opened = ReturnType<typeof open>;
+/** The evaluated model, run with --top-k experts per token when given (the baseline keeps its own). */
+function openWithTopK(dir: string, topK: number | undefined): Opened {
+  const m = open(dir);
+  return topK === undefined ? m : { ...m, arch: withTopK(m.arch, topK) };
+}
 /** Multiple-choice and generative tasks' results. */
 type TaskRun = { reports: Record<string, TaskReport | GenTaskReport>; samples: Record<string, object[]> };
 /** What the tasks need of the options (a tasks-only run has no --data nor --seq-len). */
@@ -197,7 +205,7 @@ export async function evalTasksCommand(opts: TaskOptions, ctx: Context): Promise
     });
   validateTasks(opts);
   const started = Date.now();
-  const m = open(opts.model);
+  const m = openWithTopK(opts.model, opts.topK);
   const b = opts.baseline ? open(opts.baseline) : undefined;
   checkLogSamples(opts, m, b);
   if (b && b.arch.vocab !== m.arch.vocab)
@@ -228,7 +236,7 @@ export async function evalTasksCommand(opts: TaskOptions, ctx: Context): Promise
 export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promise<EvalReport> {
   validate(opts);
   const started = Date.now();
-  const m = open(opts.model);
+  const m = openWithTopK(opts.model, opts.topK);
   const b = opts.baseline ? open(opts.baseline) : undefined;
   checkNotInput(
     opts.dumpLogits,
@@ -494,6 +502,13 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
       type: 'number',
       description: "CI gate: exit 1 when a task's accuracy is more than POINTS below the baseline's",
     },
+    {
+      flag: '--top-k <k>',
+      type: 'int',
+      min: 1,
+      description:
+        "route each token to K experts instead of the model's num_experts_per_tok (the baseline keeps its own)",
+    },
     { flag: '--dump-logits <file>', type: 'file', description: "write every position's logits to a safetensors file" },
     BACKEND,
     { flag: '--device <device>', type: { choices: () => ['cpu', 'cuda'] }, default: 'cpu', description: 'onnx device' },
@@ -511,6 +526,7 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
     'moe eval ./model --data wiki.test.txt --seq-len 512 --max-tokens 65536',
     'moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json',
     'moe eval ./pruned --baseline ./model --task fixtures/tasks/moby-cloze.jsonl --max-acc-drop 5',
+    'moe eval ./model --top-k 1 --baseline ./model --data eval.txt',
   ],
   run: ([model], o, ctx) => {
     const opts = { ...(o as Omit<EvalCommandOptions, 'model'>), model };
