@@ -31,6 +31,8 @@ import {
 import { LINKAGES, mergeMethod, mergeMethodNames, ROUTER_MODES, RouterMode, Similarity } from '../merge/methods';
 import type { Context, Task } from '../ui/progress';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
+import type { RecalibrationMode } from '../prune/router-recal';
+import { formatRecalibration, RECALIBRATE_OPTION, recalibrateWritten, RouterRecalibrationReport } from './reduce-recal';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export type { MergedGroup } from '../merge/method';
@@ -52,6 +54,8 @@ export interface MergeOptions {
   /** Further parameters a method declares (src/merge/method.ts), by name. */
   params?: Record<string, string | boolean>;
   seed?: number;
+  /** Refit the merged routers toward the original's routing after writing (src/prune/router-recal.ts). */
+  recalibrateRouter?: RecalibrationMode;
   backend?: BackendName;
   threads?: number;
   maxShardBytes?: number;
@@ -75,6 +79,7 @@ export interface MergeReport {
   size_bytes: number;
   /** Per layer: the groups, and with --refit the relative output error on the calibration samples before/after. */
   layers: { layer: number; groups: MergedGroup[]; refit?: { error_before: number; error_after: number } }[];
+  router_recalibration?: RouterRecalibrationReport;
   seconds: number;
 }
 
@@ -139,32 +144,58 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
     if (!opts.dryRun) {
       const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
       const write = { output: opts.output, force: opts.force, command: 'merge', maxShardBytes };
-      await writeReducedOutput(ckpt, arch, plan, K, write, ctx, () => ({
-        operation: 'merge',
-        method: method.name,
-        paper: method.paper ?? null,
-        // The same keys for every method, linkage included (as always recorded), then any further parameters.
-        params: {
-          keep: K,
-          similarity: report.similarity,
-          align: report.align,
-          router: report.router,
-          linkage: params.linkage ?? opts.linkage ?? 'average',
-          seed: opts.seed ?? 0,
-          ...params,
-        },
-        experts_before: arch.numExperts,
-        experts_after: K,
-        // For routing comparisons an expert stands for its representative.
-        kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
-        groups: Object.fromEntries(
-          layers.map((l) => [
-            String(l.layer),
-            l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null })),
-          ]),
-        ),
-        source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
-      }));
+      const mode = opts.recalibrateRouter ?? 'off';
+      const recalibrate =
+        mode === 'off'
+          ? undefined
+          : async (dir: string) => {
+              const members = new Map(layers.map((l) => [l.layer, l.groups.map((g) => g.members)]));
+              report.router_recalibration = await recalibrateWritten(dir, mode, members, {
+                ckpt,
+                arch,
+                reader,
+                stats,
+                be,
+                ctx,
+              });
+            };
+      await writeReducedOutput(
+        ckpt,
+        arch,
+        plan,
+        K,
+        write,
+        ctx,
+        () => ({
+          operation: 'merge',
+          method: method.name,
+          paper: method.paper ?? null,
+          // The same keys for every method, linkage included (as always recorded), then any further parameters.
+          params: {
+            keep: K,
+            similarity: report.similarity,
+            align: report.align,
+            router: report.router,
+            linkage: params.linkage ?? opts.linkage ?? 'average',
+            seed: opts.seed ?? 0,
+            recalibrate_router: mode,
+            ...params,
+          },
+          experts_before: arch.numExperts,
+          experts_after: K,
+          // For routing comparisons an expert stands for its representative.
+          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
+          groups: Object.fromEntries(
+            layers.map((l) => [
+              String(l.layer),
+              l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null })),
+            ]),
+          ),
+          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+          router_recalibration: report.router_recalibration ?? null,
+        }),
+        recalibrate,
+      );
       report.size_bytes = weightBytes(opts.output);
     }
     report.seconds = (Date.now() - started) / 1000;
@@ -288,6 +319,7 @@ export function formatMerge(r: MergeReport): string {
     const refit = l.refit ? `  refit error ${l.refit.error_before.toFixed(4)} → ${l.refit.error_after.toFixed(4)}` : '';
     lines.push(`  layer ${String(l.layer).padStart(3)}  ${groups}${score}${refit}`);
   }
+  if (r.router_recalibration) lines.push(formatRecalibration(r.router_recalibration));
   return lines.join('\n');
 }
 
@@ -336,11 +368,13 @@ export const mergeSpec: CommandSpec<MergeReport> = {
       description: 'refit ridge as a share of the mean activation Gram diagonal (default 0.1)',
     },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed for the random projection of wide alignments' },
+    RECALIBRATE_OPTION,
     ...reductionOptions('print the groups and write nothing'),
   ],
   examples: [
     'moe merge ./model --stats ./stats --method msmoe --ratio 0.5 -o ./model-msmoe50',
     'moe merge ./model --stats ./stats --method hcsmoe --keep 4 --linkage complete --dry-run',
+    'moe merge ./model --stats ./stats --method anchored --keep 4 --refit on --recalibrate-router ls -o ./model-anchored4',
   ],
   run: ([model], o, ctx) => merge({ ...(o as Omit<MergeOptions, 'model'>), model }, ctx),
   format: formatMerge,

@@ -21,6 +21,8 @@ import { ReconstructionProblem } from '../prune/reconstruct';
 import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
 import type { Context, Task } from '../ui/progress';
+import type { RecalibrationMode } from '../prune/router-recal';
+import { formatRecalibration, RECALIBRATE_OPTION, recalibrateWritten, RouterRecalibrationReport } from './reduce-recal';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export const DEFAULT_NAEE_LIMIT = 20000;
@@ -43,6 +45,8 @@ export interface PruneOptions {
   maxShardBytes?: number;
   force?: boolean;
   dryRun?: boolean;
+  /** Refit the kept routers toward the original's routing after writing (src/prune/router-recal.ts). */
+  recalibrateRouter?: RecalibrationMode;
 }
 
 export interface PrunedLayer {
@@ -68,6 +72,7 @@ export interface PruneReport {
   protect_super_experts: boolean;
   layers: PrunedLayer[];
   bytes_written: number;
+  router_recalibration?: RouterRecalibrationReport;
   /** The written weight files' bytes (src/io/size.ts); 0 in a dry run. */
   size_bytes: number;
   seconds: number;
@@ -84,6 +89,8 @@ interface PruneRun {
   reader: TensorReader;
   needProblem: boolean;
   ctx: Context;
+  be?: Backend;
+  report?: PruneReport;
 }
 
 /** Each MoE layer's kept experts (and, when a reconstruction problem is needed, its loss), one layer at a time. */
@@ -135,6 +142,7 @@ async function selectLayers(x: PruneRun, be: Backend | undefined, selectWeight: 
 /** The checkpoint with only the kept experts, and its moe-compression.json record; the bytes written. */
 async function writePruned(x: PruneRun, layers: PrunedLayer[]): Promise<number> {
   const { opts, method, ckpt, arch, K, ctx } = x;
+  const mode = opts.recalibrateRouter ?? 'off';
   const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
   const written = await writeReducedOutput(
     ckpt,
@@ -159,12 +167,20 @@ async function writePruned(x: PruneRun, layers: PrunedLayer[]): Promise<number> 
         super_factor: opts.superFactor ?? SUPER_EXPERT_FACTOR,
         seed: opts.seed ?? 0,
         naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
+        recalibrate_router: mode,
       },
       experts_before: arch.numExperts,
       experts_after: K,
       kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.kept])),
       source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+      router_recalibration: x.report?.router_recalibration ?? null,
     }),
+    mode === 'off'
+      ? undefined
+      : async (dir) => {
+          const members = new Map(layers.map((l) => [l.layer, l.kept.map((e) => [e])]));
+          x.report!.router_recalibration = await recalibrateWritten(dir, mode, members, { ...x, be: x.be! });
+        },
   );
   return written.bytes;
 }
@@ -193,12 +209,14 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const needProblem = method.name === 'naee' || !!opts.loss || !!opts.dryRun;
   // Work in source bytes: choosing from the stats alone is quick; running every expert costs about a full read.
   const selectWeight = sourceBytes(ckpt) * (needProblem ? 1 : SELECT_SHARE);
+  const recalibrate = !opts.dryRun && (opts.recalibrateRouter ?? 'off') !== 'off';
   const run: PruneRun = { opts, method, ckpt, arch, K, stats, reader, needProblem, ctx };
   let task: Task | undefined;
   try {
     stats.checkModel(ckpt);
     task = ctx.task(`prune ${path.basename(ckpt.dir)}`, selectWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
-    if (needProblem) be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
+    if (needProblem || recalibrate) be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
+    run.be = be;
     const layers = await selectLayers(run, be, selectWeight);
     if (layers.some((l) => l.search === 'greedy'))
       ctx.warn(
@@ -218,6 +236,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       size_bytes: 0,
       seconds: 0,
     };
+    run.report = report;
     if (!opts.dryRun) {
       report.bytes_written = await writePruned(run, layers);
       report.size_bytes = weightBytes(opts.output);
@@ -244,6 +263,7 @@ export function formatPrune(r: PruneReport): string {
       `  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}${scores}`,
     );
   }
+  if (r.router_recalibration) lines.push(formatRecalibration(r.router_recalibration));
   return lines.join('\n');
 }
 
@@ -278,11 +298,13 @@ export const pruneSpec: CommandSpec<PruneReport> = {
     },
     { flag: '--loss', type: 'bool', description: "report every layer's NAEE reconstruction loss for any method" },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed (random method)' },
+    RECALIBRATE_OPTION,
     ...reductionOptions("print each layer's plan and write nothing"),
   ],
   examples: [
     'moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50',
     'moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run',
+    'moe prune ./model --stats ./stats --method reap --keep 4 --recalibrate-router ls -o ./model-reap4-recal',
   ],
   run: ([model], o, ctx) => prune({ ...(o as Omit<PruneOptions, 'model'>), model }, ctx),
   format: formatPrune,

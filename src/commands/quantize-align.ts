@@ -27,7 +27,12 @@ export interface RouterAlignmentReport {
 }
 
 /** The calibration windows the stats were made from, re-read from their text (refused if the text changed). */
-function calibrationWindows(stats: CalibrationStats, ckpt: Checkpoint, vocab: number): Int32Array[] {
+export function calibrationWindows(
+  stats: CalibrationStats,
+  ckpt: Checkpoint,
+  vocab: number,
+  flag = '--align-router',
+): Int32Array[] {
   const d = stats.json.data;
   const problem = !fs.existsSync(d.file)
     ? 'is gone'
@@ -35,7 +40,7 @@ function calibrationWindows(stats: CalibrationStats, ckpt: Checkpoint, vocab: nu
       ? 'has changed since calibration'
       : undefined;
   if (problem)
-    throw new CheckpointError(`--align-router refits routers on the calibration text, which ${problem}`, {
+    throw new CheckpointError(`${flag} refits routers on the calibration text, which ${problem}`, {
       file: d.file,
       hint: `re-run moe calibrate (its stats are in ${stats.dir})`,
     });
@@ -47,13 +52,13 @@ function calibrationWindows(stats: CalibrationStats, ckpt: Checkpoint, vocab: nu
 }
 
 /** Writes `values` over the stored bytes of the plain tensor `name` of a checkpoint. */
-function overwrite(ckpt: Checkpoint, name: string, values: Float32Array): void {
+export function overwrite(ckpt: Checkpoint, name: string, values: Float32Array): void {
   const ref = ckpt.tensors.get(name);
   if (!ref || ref.packed || ref.intq || ref.fp8 || ref.mxfp4 || ref.view)
-    throw new InternalError(`router alignment: ${name} is not a plain tensor of the written checkpoint`);
+    throw new InternalError(`router refit: ${name} is not a plain tensor of the written checkpoint`);
   const bytes = fromFloat32(values, ref.dtype);
   if (bytes.byteLength !== ref.end - ref.begin)
-    throw new InternalError(`router alignment: ${name} holds ${ref.end - ref.begin} bytes, not ${bytes.byteLength}`);
+    throw new InternalError(`router refit: ${name} holds ${ref.end - ref.begin} bytes, not ${bytes.byteLength}`);
   const fd = fs.openSync(ref.file, 'r+');
   try {
     fs.writeSync(fd, bytes, 0, bytes.byteLength, ref.begin);

@@ -289,7 +289,8 @@ export interface ReducedOutput {
 /**
  * Writes a reduced checkpoint atomically (temporary folder, renamed when complete) with a progress bar, and the
  * `record` (moe-compression.json) beside it. `record` is called after the weights are written, so it can report
- * what was measured while writing (e.g. alignment scores).
+ * what was measured while writing (e.g. alignment scores); `afterWrite` runs on the written weights in the
+ * temporary folder before the record (router recalibration rewrites routers there).
  */
 export async function writeReducedOutput(
   ckpt: Checkpoint,
@@ -299,12 +300,14 @@ export async function writeReducedOutput(
   dest: ReducedOutput,
   ctx: Context,
   record: () => object,
+  afterWrite?: (dir: string) => Promise<void>,
 ): Promise<ReducedWrite> {
   return withOutput(dest.output, { force: dest.force, command: dest.command, verify: verifyWritten }, async (out) => {
     // Counted in output bytes; worth the source's bytes of the command's task (see sourceBytes).
     const written = await writeReduced(ckpt, arch, plan, keep, out, dest.maxShardBytes, (total) =>
       ctx.progress('write', total, 'bytes', sourceBytes(ckpt)),
     );
+    await afterWrite?.(out.tmp);
     out.writeRecord(COMPRESSION_FILE, { tool: 'moe', ...record() });
     return written;
   });
