@@ -5,10 +5,10 @@
  */
 import * as path from 'node:path';
 import { createBackend } from '../backend/index';
-import type { BackendName } from '../backend/backend';
+import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
 import { InternalError, UsageError } from '../errors';
-import { openCheckpoint, TensorReader } from '../io/checkpoint';
+import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
@@ -142,60 +142,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
       seconds: 0,
     };
     if (!opts.dryRun) {
-      const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
-      const write = { output: opts.output, force: opts.force, command: 'merge', maxShardBytes };
-      const mode = opts.recalibrateRouter ?? 'off';
-      const recalibrate =
-        mode === 'off'
-          ? undefined
-          : async (dir: string) => {
-              const members = new Map(layers.map((l) => [l.layer, l.groups.map((g) => g.members)]));
-              report.router_recalibration = await recalibrateWritten(dir, mode, members, {
-                ckpt,
-                arch,
-                reader,
-                stats,
-                be,
-                ctx,
-              });
-            };
-      await writeReducedOutput(
-        ckpt,
-        arch,
-        plan,
-        K,
-        write,
-        ctx,
-        () => ({
-          operation: 'merge',
-          method: method.name,
-          paper: method.paper ?? null,
-          // The same keys for every method, linkage included (as always recorded), then any further parameters.
-          params: {
-            keep: K,
-            similarity: report.similarity,
-            align: report.align,
-            router: report.router,
-            linkage: params.linkage ?? opts.linkage ?? 'average',
-            seed: opts.seed ?? 0,
-            recalibrate_router: mode,
-            ...params,
-          },
-          experts_before: arch.numExperts,
-          experts_after: K,
-          // For routing comparisons an expert stands for its representative.
-          kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
-          groups: Object.fromEntries(
-            layers.map((l) => [
-              String(l.layer),
-              l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null })),
-            ]),
-          ),
-          source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
-          router_recalibration: report.router_recalibration ?? null,
-        }),
-        recalibrate,
-      );
+      await writeMerged({ opts, method, params, ckpt, arch, K, plan, reader, stats, be, ctx }, report);
       report.size_bytes = weightBytes(opts.output);
     }
     report.seconds = (Date.now() - started) / 1000;
@@ -206,6 +153,81 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
     stats.close();
     await be.dispose();
   }
+}
+
+/** What writing a merge needs from the run. */
+interface MergeWrite {
+  opts: MergeOptions;
+  method: MergeMethod;
+  params: MergeParams;
+  ckpt: Checkpoint;
+  arch: Architecture;
+  K: number;
+  plan: Map<number, LayerReduction>;
+  reader: TensorReader;
+  stats: CalibrationStats;
+  be: Backend;
+  ctx: Context;
+}
+
+/** The merged checkpoint, its moe-compression.json record and, when asked, the recalibrated routers. */
+async function writeMerged(x: MergeWrite, report: MergeReport): Promise<void> {
+  const { opts, method, params, ckpt, arch, K, plan, reader, stats, be, ctx } = x;
+  const layers = report.layers;
+  const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
+  const write = { output: opts.output, force: opts.force, command: 'merge', maxShardBytes };
+  const mode = opts.recalibrateRouter ?? 'off';
+  const recalibrate =
+    mode === 'off'
+      ? undefined
+      : async (dir: string) => {
+          const members = new Map(layers.map((l) => [l.layer, l.groups.map((g) => g.members)]));
+          report.router_recalibration = await recalibrateWritten(dir, mode, members, {
+            ckpt,
+            arch,
+            reader,
+            stats,
+            be,
+            ctx,
+          });
+        };
+  await writeReducedOutput(
+    ckpt,
+    arch,
+    plan,
+    K,
+    write,
+    ctx,
+    () => ({
+      operation: 'merge',
+      method: method.name,
+      paper: method.paper ?? null,
+      // The same keys for every method, linkage included (as always recorded), then any further parameters.
+      params: {
+        keep: K,
+        similarity: report.similarity,
+        align: report.align,
+        router: report.router,
+        linkage: params.linkage ?? opts.linkage ?? 'average',
+        seed: opts.seed ?? 0,
+        recalibrate_router: mode,
+        ...params,
+      },
+      experts_before: arch.numExperts,
+      experts_after: K,
+      // For routing comparisons an expert stands for its representative.
+      kept: Object.fromEntries(layers.map((l) => [String(l.layer), l.groups.map((g) => g.dominant)])),
+      groups: Object.fromEntries(
+        layers.map((l) => [
+          String(l.layer),
+          l.groups.map((g) => ({ members: g.members, weights: g.weights, alignment: g.alignment ?? null })),
+        ]),
+      ),
+      source: { model: ckpt.dir, fingerprint: fingerprint(ckpt), stats: path.resolve(opts.stats) },
+      router_recalibration: report.router_recalibration ?? null,
+    }),
+    recalibrate,
+  );
 }
 
 /** The merge options given (undefined left out), by parameter name, for resolveMergeParams. */

@@ -183,6 +183,42 @@ interface Batch {
 }
 
 /**
+ * The reduced layer's throwaway pass over one batch (its router input does not depend on its router): the logit
+ * residual enters the least-squares system; the routings are kept for the agreement.
+ */
+async function measure(
+  fpR: ForwardPass,
+  be: Backend,
+  l: number,
+  hidden: Float32Array,
+  [n, T]: [number, number],
+  target: Float32Array,
+  sys: RidgeSystem,
+  keep: ((x: Float32Array) => void) | undefined,
+  corr: Float32Array | undefined,
+): Promise<Batch> {
+  const rows = n * T;
+  const { h, E } = sys;
+  let x: Float32Array | undefined;
+  let mine: Float32Array | undefined;
+  await fpR.layer(l, hidden, n, T, {
+    router: (_l, r, input) => {
+      x = input.slice(0, rows * h);
+      mine = r.logits.slice();
+    },
+  });
+  const residual = new Float32Array(rows * E);
+  for (let i = 0; i < residual.length; i++) residual[i] = target[i] - mine![i];
+  await sys.add(be, x!, residual, rows);
+  keep?.(x!);
+  return {
+    target: route(target, rows, E, fpR.arch.routing, corr).experts,
+    before: route(mine!, rows, E, fpR.arch.routing, corr).experts,
+    logits: keep ? target : undefined,
+  };
+}
+
+/**
  * Refits every MoE layer's router of the reduced model (read by `reduced`, its architecture `archR`) toward the
  * original's routing on `windows`, in layer order. `members.get(layer)[i]` lists the original experts new expert i
  * of that layer stands for. Returns the fitted routers by tensor name and each layer's agreement.
@@ -244,25 +280,9 @@ export async function recalibrateRouters(
           await fpR.layer(l, hR, n, T);
           stores[1].put(b, hR);
         } else {
-          let x: Float32Array | undefined;
-          let mine: Float32Array | undefined;
-          // The reduced layer's router input does not depend on its router: a throwaway pass collects it.
-          await fpR.layer(l, stores[1].get(b).slice(), n, T, {
-            router: (_l, r, input) => {
-              x = input.slice(0, rows * h);
-              mine = r.logits.slice();
-            },
-          });
           const target = targetLogits(orig!, rows, E, layerMembers!, scoring);
-          const residual = new Float32Array(rows * En);
-          for (let i = 0; i < residual.length; i++) residual[i] = target[i] - mine![i];
-          await sys!.add(be, x!, residual, rows);
-          inputs?.put(b, x!);
-          seen.push({
-            target: route(target, rows, En, archR.routing, corr).experts,
-            before: route(mine!, rows, En, archR.routing, corr).experts,
-            logits: inputs ? target : undefined,
-          });
+          const keep = inputs ? (x: Float32Array) => inputs.put(b, x) : undefined;
+          seen.push(await measure(fpR, be, l, stores[1].get(b).slice(), [n, T], target, sys!, keep, corr));
         }
         progress.tick(rows);
       }
