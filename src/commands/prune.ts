@@ -7,12 +7,11 @@ import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
-import { UsageError } from '../errors';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
-import { LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
+import { ComputedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
@@ -22,6 +21,10 @@ import { checkConstraints, KeepConstraints } from '../prune/select';
 import { SUPER_EXPERT_FACTOR, superExperts } from '../prune/super-experts';
 import type { Context, Task } from '../ui/progress';
 import type { RecalibrationMode } from '../prune/router-recal';
+import { DEFAULT_RECOMBINE_THRESHOLD, recombineLayer, RecombinedLayer } from '../prune/dern';
+import { InternalError, UsageError } from '../errors';
+import { fromFloat32 } from '../io/dtype';
+import type { Proj } from '../model/arch';
 import { formatRecalibration, RECALIBRATE_OPTION, recalibrateWritten, RouterRecalibrationReport } from './reduce-recal';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
@@ -45,6 +48,10 @@ export interface PruneOptions {
   maxShardBytes?: number;
   force?: boolean;
   dryRun?: boolean;
+  /** Recombine the dropped experts' neurons into the kept experts after any selection (src/prune/dern.ts). */
+  recombine?: boolean;
+  /** DERN's compatibility threshold τ in chance spreads (default DEFAULT_RECOMBINE_THRESHOLD). */
+  recombineThreshold?: number;
   /** Refit the kept routers toward the original's routing after writing (src/prune/router-recal.ts). */
   recalibrateRouter?: RecalibrationMode;
 }
@@ -59,6 +66,8 @@ export interface PrunedLayer {
   /** Mean squared error of the layer's routed output on the calibration samples with only the kept experts. */
   reconstruction_loss?: number;
   evaluated?: number;
+  /** Neuron recombination (dern, --recombine): the dropped experts' segments merged in, of how many. */
+  recombined?: { segments: number; merged: number; experts_changed: number[] };
 }
 
 export interface PruneReport {
@@ -91,6 +100,7 @@ interface PruneRun {
   ctx: Context;
   be?: Backend;
   report?: PruneReport;
+  recombine: boolean;
 }
 
 /** Each MoE layer's kept experts (and, when a reconstruction problem is needed, its loss), one layer at a time. */
@@ -133,17 +143,77 @@ async function selectLayers(x: PruneRun, be: Backend | undefined, selectWeight: 
       evaluated: choice.evaluated,
     });
     problems.delete(layer);
+    if (x.recombine) layers[layers.length - 1].recombined = await recombination(x, layer, kept, be!);
     progress.tick();
   }
   progress.done();
   return layers;
 }
 
+const recombineThreshold = (opts: PruneOptions) => opts.recombineThreshold ?? DEFAULT_RECOMBINE_THRESHOLD;
+
+/** One layer's neuron recombination: what it merges at selection, the weights again when the writer asks. */
+async function recombination(x: PruneRun, layer: number, kept: number[], be: Backend) {
+  const r = await recombineLayer(
+    x.reader,
+    x.arch,
+    layer,
+    kept,
+    x.stats.frequency(layer),
+    recombineThreshold(x.opts),
+    be,
+  );
+  const changed = r.experts.map((e, i) => (e ? i : -1)).filter((i) => i >= 0);
+  return { segments: r.segments, merged: r.recombined, experts_changed: changed };
+}
+
+/**
+ * A layer's plan: copies of the kept experts, and with recombination the changed ones computed (recombined again
+ * when the writer reaches the layer, so only one layer's experts are held at a time; the result is deterministic).
+ */
+function layerPlan(x: PruneRun, l: PrunedLayer): LayerReduction {
+  const changed = l.recombined?.experts_changed ?? [];
+  if (changed.length === 0) return { copyOf: l.kept };
+  const { reader, arch, opts } = x;
+  let made: Promise<RecombinedLayer> | undefined;
+  const recombined = () =>
+    (made ??= recombineLayer(
+      reader,
+      arch,
+      l.layer,
+      l.kept,
+      x.stats.frequency(l.layer),
+      recombineThreshold(opts),
+      x.be!,
+    ));
+  return {
+    copyOf: l.kept,
+    computed: new Set(changed),
+    compute: async (i) => {
+      const e = (await recombined()).experts[i];
+      if (!e) throw new InternalError(`recombination of layer ${l.layer} changed expert ${i} once but not again`);
+      const cast = (src: Float32Array, key: string) => fromFloat32(src, reader.dtype(key));
+      const key = (p: Proj) => arch.expertKey(l.layer, l.kept[i], p);
+      const out: ComputedExpert = {
+        gate: cast(e.gate, key('gate')),
+        up: cast(e.up, key('up')),
+        down: cast(e.down, key('down')),
+      };
+      if (e.bias) {
+        const b = e.bias;
+        const bkey = (p: Proj) => arch.expertBiasKey(l.layer, l.kept[i], p)!;
+        out.bias = { gate: cast(b.gate, bkey('gate')), up: cast(b.up, bkey('up')), down: cast(b.down, bkey('down')) };
+      }
+      return out;
+    },
+  };
+}
+
 /** The checkpoint with only the kept experts, and its moe-compression.json record; the bytes written. */
 async function writePruned(x: PruneRun, layers: PrunedLayer[]): Promise<number> {
   const { opts, method, ckpt, arch, K, ctx } = x;
   const mode = opts.recalibrateRouter ?? 'off';
-  const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, { copyOf: l.kept }]));
+  const plan = new Map<number, LayerReduction>(layers.map((l) => [l.layer, layerPlan(x, l)]));
   const written = await writeReducedOutput(
     ckpt,
     arch,
@@ -168,6 +238,8 @@ async function writePruned(x: PruneRun, layers: PrunedLayer[]): Promise<number> 
         seed: opts.seed ?? 0,
         naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
         recalibrate_router: mode,
+        recombine: x.recombine,
+        recombine_threshold: x.recombine ? recombineThreshold(opts) : null,
       },
       experts_before: arch.numExperts,
       experts_after: K,
@@ -208,14 +280,16 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   // The predicted loss is part of every dry-run plan; writing runs compute it only when asked (it runs every expert).
   const needProblem = method.name === 'naee' || !!opts.loss || !!opts.dryRun;
   // Work in source bytes: choosing from the stats alone is quick; running every expert costs about a full read.
-  const selectWeight = sourceBytes(ckpt) * (needProblem ? 1 : SELECT_SHARE);
   const recalibrate = !opts.dryRun && (opts.recalibrateRouter ?? 'off') !== 'off';
-  const run: PruneRun = { opts, method, ckpt, arch, K, stats, reader, needProblem, ctx };
+  const recombine = !!method.recombines || !!opts.recombine;
+  const selectWeight = sourceBytes(ckpt) * (needProblem || recombine ? 1 : SELECT_SHARE);
+  const run: PruneRun = { opts, method, ckpt, arch, K, stats, reader, needProblem, ctx, recombine };
   let task: Task | undefined;
   try {
     stats.checkModel(ckpt);
     task = ctx.task(`prune ${path.basename(ckpt.dir)}`, selectWeight + (opts.dryRun ? 0 : sourceBytes(ckpt)));
-    if (needProblem || recalibrate) be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
+    if (needProblem || recalibrate || recombine)
+      be = await createBackend(opts.backend ?? 'onnx', { threads: opts.threads });
     run.be = be;
     const layers = await selectLayers(run, be, selectWeight);
     if (layers.some((l) => l.search === 'greedy'))
@@ -258,9 +332,13 @@ export function formatPrune(r: PruneReport): string {
   for (const l of r.layers) {
     const loss = l.reconstruction_loss !== undefined ? `  loss ${l.reconstruction_loss.toExponential(3)}` : '';
     const supers = l.super_experts.length ? `  super ${l.super_experts.join(',')}` : '';
+    const rc = l.recombined;
+    const merged = rc
+      ? `  recombined ${rc.merged}/${rc.segments} neurons into ${rc.experts_changed.length} experts`
+      : '';
     const scores = l.scores ? `  scores ${l.scores.map((x) => x.toPrecision(3)).join(' ')}` : '';
     lines.push(
-      `  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${l.search === 'greedy' ? '  (greedy)' : ''}${scores}`,
+      `  layer ${String(l.layer).padStart(3)}  keep ${l.kept.join(',')}${loss}${supers}${merged}${l.search === 'greedy' ? '  (greedy)' : ''}${scores}`,
     );
   }
   if (r.router_recalibration) lines.push(formatRecalibration(r.router_recalibration));
@@ -298,6 +376,19 @@ export const pruneSpec: CommandSpec<PruneReport> = {
     },
     { flag: '--loss', type: 'bool', description: "report every layer's NAEE reconstruction loss for any method" },
     { flag: '--seed <n>', type: 'int', default: '0', description: 'seed (random method)' },
+    {
+      flag: '--recombine',
+      type: 'bool',
+      description:
+        "after any selection, merge the dropped experts' neurons into the kept experts (DERN; dern does this)",
+    },
+    {
+      flag: '--recombine-threshold <t>',
+      type: 'number',
+      default: String(DEFAULT_RECOMBINE_THRESHOLD),
+      description:
+        'DERN: a dropped neuron is merged only when its compatibility with a kept neuron reaches T (-1 to 1)',
+    },
     RECALIBRATE_OPTION,
     ...reductionOptions("print each layer's plan and write nothing"),
   ],
@@ -305,6 +396,7 @@ export const pruneSpec: CommandSpec<PruneReport> = {
     'moe prune ./model --stats ./stats --method reap --ratio 0.5 -o ./model-reap50',
     'moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run',
     'moe prune ./model --stats ./stats --method reap --keep 4 --recalibrate-router ls -o ./model-reap4-recal',
+    'moe prune ./model --stats ./stats --method dern --ratio 0.5 -o ./model-dern50',
   ],
   run: ([model], o, ctx) => prune({ ...(o as Omit<PruneOptions, 'model'>), model }, ctx),
   format: formatPrune,

@@ -8,6 +8,8 @@
  *    S_j = mean over tokens routed to j of g_j(x)·‖f_j(x)‖₂.
  *  - naee: NAEE (Lu et al., 2024, "Not All Experts are Equal"): the subset with the least reconstruction loss,
  *    by enumeration when there are few subsets, else greedily.
+ *  - dern: DERN (Zhou et al., EMNLP 2025): REAP's selection, then the dropped experts' neurons recombined into the
+ *    kept experts (dern.ts; any method does this with --recombine).
  *  - random: a seeded baseline.
  */
 import type { CalibrationStats } from '../calib/stats';
@@ -37,6 +39,8 @@ export interface PruneMethod {
   name: string;
   title: string;
   paper?: string;
+  /** The method recombines the dropped experts' neurons into the kept ones (src/prune/dern.ts) after selecting. */
+  recombines?: boolean;
   select(layer: number, c: KeepConstraints, ctx: PruneContext): Promise<LayerChoice>;
 }
 
@@ -57,10 +61,16 @@ function byScore(
   };
 }
 
+const DERN_PAPER = 'Zhou et al., EMNLP 2025, "Dropping Experts, Recombining Neurons"';
+
 const BUILT_IN: PruneMethod[] = [
   byScore('frequency', 'routing frequency', undefined, (s, l) => s.vector(l, 'count')),
   byScore('soft-frequency', 'mean router probability', undefined, (s, l) => s.vector(l, 'soft_freq')),
   byScore('reap', 'REAP saliency', 'Lasby et al., 2025, "REAP the Experts"', (s, l) => s.vector(l, 'reap')),
+  {
+    ...byScore('dern', 'REAP selection, then DERN neuron recombination', DERN_PAPER, (s, l) => s.vector(l, 'reap')),
+    recombines: true,
+  },
   {
     name: 'naee',
     title: 'NAEE reconstruction-loss search',
