@@ -24,7 +24,8 @@
  *
  * f the experts' routed-token shares from the calibration stats (segments of never-routed experts weigh 0); gate and
  * up biases (gpt-oss) merge alike, the down bias stays the kept expert's. A kept expert that receives nothing (every
- * one when τ is above any reachable c) is left bit-exact, so with nothing recombined the output is the selection's prune.
+ * one when τ is above any reachable c) is left bit-exact: with nothing recombined the output is the selection's
+ * prune.
  */
 import type { Backend } from '../backend/backend';
 import type { TensorReader } from '../io/checkpoint';
