@@ -40,7 +40,12 @@ function variants(has) {
     ['prune reap', 'prune', ['--method', 'reap']],
     ['prune naee', 'prune', ['--method', 'naee']],
   ];
-  if (has.dern) v.push(['prune dern', 'prune', ['--method', 'dern']]);
+  // REAP and NAEE selections with DERN's recombination (dern is REAP's).
+  if (has.dern)
+    v.push(
+      ['prune dern', 'prune', ['--method', 'dern']],
+      ['prune naee --recombine', 'prune', ['--method', 'naee', '--recombine']],
+    );
   v.push(
     ['merge msmoe', 'merge', ['--method', 'msmoe']],
     ['merge hcsmoe', 'merge', ['--method', 'hcsmoe']],
@@ -55,8 +60,11 @@ withWorkDir('moe-reduce-table-', (work) => {
   const has = offered();
   const recalModes = !has.recal ? [false] : { on: [true], off: [false] }[option('--recal')] || [false, true];
   const lines = [];
+  // Written line by line, so a run cut short keeps what it measured.
+  if (option('--out')) fs.writeFileSync(option('--out'), '');
   const log = (s) => {
     lines.push(s);
+    if (option('--out')) fs.appendFileSync(option('--out'), s + '\n');
     console.log(s);
   };
   log(
@@ -103,7 +111,7 @@ withWorkDir('moe-reduce-table-', (work) => {
     for (const keep of KEEPS) {
       const run = (kind, args, recal) => {
         const out = path.join(work, 'out');
-        const extra = recal ? ['--recalibrate-router'] : [];
+        const extra = recal ? ['--recalibrate-router', 'ls'] : [];
         moe([kind, model, '--stats', stats, ...args, ...extra, '--keep', String(keep), '-o', out, '--force']);
         const r = measure(out);
         fs.rmSync(out, { recursive: true, force: true });
@@ -121,5 +129,4 @@ withWorkDir('moe-reduce-table-', (work) => {
       }
     }
   }
-  if (option('--out')) fs.writeFileSync(option('--out'), lines.join('\n') + '\n');
 });
