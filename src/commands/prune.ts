@@ -14,6 +14,7 @@ import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { ComputedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
+import { withTopK } from '../model/top-k';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
 import { LayerChoice, pruneMethod, pruneMethodNames } from '../prune/methods';
 import { ReconstructionProblem } from '../prune/reconstruct';
@@ -52,6 +53,8 @@ export interface PruneOptions {
   recombine?: boolean;
   /** DERN's compatibility threshold τ in chance spreads (default DEFAULT_RECOMBINE_THRESHOLD). */
   recombineThreshold?: number;
+  /** Experts each token routes to in the output (num_experts_per_tok; default the model's own). */
+  topK?: number;
   /** Refit the kept routers toward the original's routing after writing (src/prune/router-recal.ts). */
   recalibrateRouter?: RecalibrationMode;
 }
@@ -76,7 +79,9 @@ export interface PruneReport {
   method: string;
   experts_before: number;
   experts_after: number;
+  /** Experts per token in the output, and in the model. */
   top_k: number;
+  top_k_before: number;
   dry_run: boolean;
   protect_super_experts: boolean;
   layers: PrunedLayer[];
@@ -238,6 +243,7 @@ async function writePruned(x: PruneRun, layers: PrunedLayer[]): Promise<number> 
         seed: opts.seed ?? 0,
         naee_limit: opts.naeeLimit ?? DEFAULT_NAEE_LIMIT,
         recalibrate_router: mode,
+        top_k: arch.topK,
         recombine: x.recombine,
         recombine_threshold: x.recombine ? recombineThreshold(opts) : null,
       },
@@ -270,7 +276,9 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
     { flag: '--stats', path: opts.stats },
   ]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
-  const arch = loadArchitecture(ckpt);
+  const source = loadArchitecture(ckpt);
+  // The output's routing: the model's own top-k or --top-k (written as num_experts_per_tok; K must allow it).
+  const arch = withTopK(source, opts.topK);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   if (K === arch.numExperts)
     ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'pruned'));
@@ -303,6 +311,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
       experts_before: arch.numExperts,
       experts_after: K,
       top_k: arch.topK,
+      top_k_before: source.topK,
       dry_run: !!opts.dryRun,
       protect_super_experts: !!opts.protectSuperExperts,
       layers,
@@ -327,7 +336,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
 
 export function formatPrune(r: PruneReport): string {
   const lines = [
-    `${r.dry_run ? 'dry run: would prune' : `wrote ${r.output}: pruned`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method}${r.dry_run ? '' : ` (${formatMB(r.size_bytes)}, ${r.seconds.toFixed(1)} s)`}`,
+    `${r.dry_run ? 'dry run: would prune' : `wrote ${r.output}: pruned`} ${r.experts_before} → ${r.experts_after} experts per MoE layer by ${r.method}${r.top_k !== r.top_k_before ? `, top-k ${r.top_k_before} → ${r.top_k}` : ''}${r.dry_run ? '' : ` (${formatMB(r.size_bytes)}, ${r.seconds.toFixed(1)} s)`}`,
   ];
   for (const l of r.layers) {
     const loss = l.reconstruction_loss !== undefined ? `  loss ${l.reconstruction_loss.toExponential(3)}` : '';
@@ -389,6 +398,12 @@ export const pruneSpec: CommandSpec<PruneReport> = {
       description:
         'DERN: a dropped neuron is merged only when its compatibility with a kept neuron reaches T (-1 to 1)',
     },
+    {
+      flag: '--top-k <k>',
+      type: 'int',
+      min: 1,
+      description: "experts each token routes to in the output (num_experts_per_tok; default the model's own)",
+    },
     RECALIBRATE_OPTION,
     ...reductionOptions("print each layer's plan and write nothing"),
   ],
@@ -397,6 +412,7 @@ export const pruneSpec: CommandSpec<PruneReport> = {
     'moe prune ./model --stats ./stats --method naee --keep 6 --protect-super-experts --dry-run',
     'moe prune ./model --stats ./stats --method reap --keep 4 --recalibrate-router ls -o ./model-reap4-recal',
     'moe prune ./model --stats ./stats --method dern --ratio 0.5 -o ./model-dern50',
+    'moe prune ./model --stats ./stats --method reap --keep 6 --top-k 1 -o ./model-reap6-top1',
   ],
   run: ([model], o, ctx) => prune({ ...(o as Omit<PruneOptions, 'model'>), model }, ctx),
   format: formatPrune,

@@ -311,9 +311,18 @@ export abstract class Architecture {
     }
   }
 
-  /** The config with `n` routed experts per MoE layer; every other key untouched. */
+  /**
+   * The config with `n` routed experts per MoE layer, and this object's top-k when it is not the config's (a view
+   * made by withTopK: `moe prune --top-k`); every other key untouched.
+   */
   rewriteConfig(n: number): Config {
-    return withExpertCount(this.config, n, this.expertCountKey);
+    const out = withExpertCount(this.config, n, this.expertCountKey);
+    if (this.topK !== this.cfg.int('num_experts_per_tok')) {
+      out.num_experts_per_tok = this.topK;
+      // gpt-oss's original config repeats it under its own name
+      if (out.experts_per_token !== undefined) out.experts_per_token = this.topK;
+    }
+    return out;
   }
 }
 
