@@ -20,7 +20,8 @@ import { checkNotInput, createEmptyFile, registerPending, unregisterPending } fr
 import { encodeHeader } from '../io/writer';
 import { formatMB } from '../io/size';
 import { ForwardPass } from '../model/forward/model';
-import { withTopK } from '../model/top-k';
+import { withDynamicRouting, withTopK } from '../model/top-k';
+import { paramCounts } from '../model/params';
 import { COMPRESSION_FILE } from '../model/reduce';
 import { announceTokenizing, Context } from '../ui/progress';
 import { openModel as open, SizeReport } from './open-model';
@@ -49,6 +50,10 @@ export interface EvalCommandOptions {
   batchTokens?: number;
   /** Routed experts per token in place of the model's own (src/model/top-k.ts). */
   topK?: number;
+  /** Per token, the fewest of them whose probability mass reaches P (src/model/top-k.ts withDynamicRouting). */
+  topP?: number;
+  /** Per token, drop an expert whose weight is below β × the largest (NAEE's dynamic skipping). */
+  skipRatio?: number;
 }
 
 export interface EvalReport {
@@ -57,6 +62,12 @@ export interface EvalReport {
   seq_len: number;
   loss: number;
   perplexity: number;
+  /**
+   * With --top-k, --top-p or --skip-ratio: routed experts active per token (mean over MoE layers and tokens; a
+   * dropped slot does not count) and the parameters active per token as `moe inspect` counts them.
+   */
+  active_experts_per_token?: number;
+  active_params_per_token?: number;
   /** Tokens run through the model and positions predicted (seq_len − 1 per window). */
   tokens: number;
   positions: number;
@@ -131,10 +142,45 @@ function validateTasks(opts: TaskOptions): void {
 }
 
 type Opened = ReturnType<typeof open>;
-/** The evaluated model, run with --top-k experts per token when given (the baseline keeps its own). */
-function openWithTopK(dir: string, topK: number | undefined): Opened {
+/**
+ * The evaluated model, run with --top-k experts per token and --top-p / --skip-ratio dropping some of them token by
+ * token when given (the baseline keeps its own routing); `count` receives the tokens routed and the experts kept.
+ */
+function openWithTopK(
+  dir: string,
+  o: Pick<EvalCommandOptions, 'topK' | 'topP' | 'skipRatio'>,
+  count?: { tokens: number; experts: number },
+): Opened {
   const m = open(dir);
-  return topK === undefined ? m : { ...m, arch: withTopK(m.arch, topK) };
+  if (o.topK === undefined && o.topP === undefined && o.skipRatio === undefined) return m;
+  return { ...m, arch: withDynamicRouting(withTopK(m.arch, o.topK), o, count) };
+}
+
+/**
+ * Routed experts active per token (mean over MoE layers and the perplexity tokens) and the parameters that makes
+ * active per token, counted as `moe inspect` counts them (everything but the routed experts, plus the active share
+ * of them); only when the routing was changed.
+ */
+function activeParams(
+  opts: EvalCommandOptions,
+  m: Opened,
+  count: { tokens: number; experts: number },
+): Pick<EvalReport, 'active_experts_per_token' | 'active_params_per_token'> {
+  if (opts.topK === undefined && opts.topP === undefined && opts.skipRatio === undefined) return {};
+  const experts = count.tokens ? count.experts / count.tokens : m.arch.topK;
+  const p = paramCounts(m.ckpt, m.arch);
+  return {
+    active_experts_per_token: experts,
+    active_params_per_token: Math.round(p.total - p.experts + (experts * p.experts) / m.arch.numExperts),
+  };
+}
+/** The baseline must share the model's vocabulary. */
+function checkVocab(baseline: string | undefined, m: Opened, b: Opened | undefined): void {
+  if (b && b.arch.vocab !== m.arch.vocab)
+    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, {
+      file: baseline,
+      hint: 'compare models that share a tokenizer',
+    });
 }
 /** Multiple-choice and generative tasks' results. */
 type TaskRun = { reports: Record<string, TaskReport | GenTaskReport>; samples: Record<string, object[]> };
@@ -205,14 +251,10 @@ export async function evalTasksCommand(opts: TaskOptions, ctx: Context): Promise
     });
   validateTasks(opts);
   const started = Date.now();
-  const m = openWithTopK(opts.model, opts.topK);
+  const m = openWithTopK(opts.model, opts);
   const b = opts.baseline ? open(opts.baseline) : undefined;
   checkLogSamples(opts, m, b);
-  if (b && b.arch.vocab !== m.arch.vocab)
-    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, {
-      file: opts.baseline,
-      hint: 'compare models that share a tokenizer',
-    });
+  checkVocab(opts.baseline, m, b);
   const be = await createBackend(opts.backend ?? 'onnx', { device: opts.device, threads: opts.threads });
   let run: TaskRun;
   try {
@@ -236,7 +278,8 @@ export async function evalTasksCommand(opts: TaskOptions, ctx: Context): Promise
 export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promise<EvalReport> {
   validate(opts);
   const started = Date.now();
-  const m = openWithTopK(opts.model, opts.topK);
+  const count = { tokens: 0, experts: 0 };
+  const m = openWithTopK(opts.model, opts, count);
   const b = opts.baseline ? open(opts.baseline) : undefined;
   checkNotInput(
     opts.dumpLogits,
@@ -248,12 +291,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     '--dump-logits',
   );
   checkLogSamples(opts, m, b);
-  if (b && b.arch.vocab !== m.arch.vocab) {
-    throw new UsageError(`the baseline's vocabulary (${b.arch.vocab}) differs from the model's (${m.arch.vocab})`, {
-      file: opts.baseline,
-      hint: 'compare models that share a tokenizer',
-    });
-  }
+  checkVocab(opts.baseline, m, b);
   const set = loadWindows(opts.data, announceTokenizing(ctx, opts.data, m.tokenizer), m.arch.vocab, {
     seqLen: opts.seqLen,
     maxTokens: opts.maxTokens,
@@ -269,6 +307,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
   let totals: EvalTotals;
   let run: TaskRun | undefined;
   let forwardSeconds: number;
+  const active: Pick<EvalReport, 'active_experts_per_token' | 'active_params_per_token'> = {};
   try {
     const forwardStart = Date.now();
     totals = await evaluate(new ForwardPass(m.reader, m.arch, be), set.windows, {
@@ -279,6 +318,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
       progress,
     });
     forwardSeconds = (Date.now() - forwardStart) / 1000;
+    Object.assign(active, activeParams(opts, m, count)); // the perplexity tokens' routing, before any task adds to it
     dump?.finish();
     progress.done();
     run = await scoreTasks(opts, m, b, be, ctx);
@@ -297,6 +337,7 @@ export async function evalCommand(opts: EvalCommandOptions, ctx: Context): Promi
     seq_len: set.kind === 'text' ? opts.seqLen : Math.max(...set.windows.map((w) => w.length)),
     loss,
     perplexity: Math.exp(loss),
+    ...active,
     tokens: totals.tokens,
     positions: totals.positions,
     windows: totals.windows,
@@ -433,6 +474,11 @@ export function formatEval(out: EvalReport | TaskEvalReport): string {
   const lines = [
     `perplexity     ${r.perplexity.toFixed(4)} (loss ${r.loss.toFixed(5)}) over ${r.positions} predicted positions in ${r.windows} windows of ${r.seq_len}`,
     `size           ${(r.size.params / 1e6).toFixed(2)} M params, ${formatMB(r.size.bytes)}, ${r.size.bits_per_param.toFixed(2)} bits/param${r.size.quantized_average_bits !== undefined ? ` (quantized weights: ${r.size.quantized_average_bits.toFixed(3)} bits)` : ''}`,
+    ...(r.active_experts_per_token !== undefined
+      ? [
+          `active         ${r.active_experts_per_token.toFixed(3)} routed experts per token, ${(r.active_params_per_token! / 1e6).toFixed(2)} M params per token`,
+        ]
+      : []),
     `speed          ${r.tokens_per_second.toFixed(0)} tokens/s (${r.seconds.toFixed(1)} s, ${r.backend} backend); the forward pass alone ${r.forward_tokens_per_second.toFixed(0)} tokens/s (${r.forward_seconds.toFixed(2)} s)`,
   ];
   if (r.baseline) {
@@ -509,6 +555,16 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
       description:
         "route each token to K experts instead of the model's num_experts_per_tok (the baseline keeps its own)",
     },
+    {
+      flag: '--top-p <p>',
+      type: 'number',
+      description: 'per token, keep the fewest selected experts whose probability mass reaches P (Harder Tasks)',
+    },
+    {
+      flag: '--skip-ratio <b>',
+      type: 'number',
+      description: "per token, drop an expert whose weight is below B × the largest (NAEE's dynamic skipping)",
+    },
     { flag: '--dump-logits <file>', type: 'file', description: "write every position's logits to a safetensors file" },
     BACKEND,
     { flag: '--device <device>', type: { choices: () => ['cpu', 'cuda'] }, default: 'cpu', description: 'onnx device' },
@@ -527,6 +583,7 @@ export const evalSpec: CommandSpec<EvalReport | TaskEvalReport> = {
     'moe eval ./pruned --baseline ./model --data eval.txt --max-ppl-increase 5 --json',
     'moe eval ./pruned --baseline ./model --task fixtures/tasks/moby-cloze.jsonl --max-acc-drop 5',
     'moe eval ./model --top-k 1 --baseline ./model --data eval.txt',
+    'moe eval ./model --top-p 0.7 --baseline ./model --data eval.txt --json | jq .active_params_per_token',
   ],
   run: ([model], o, ctx) => {
     const opts = { ...(o as Omit<EvalCommandOptions, 'model'>), model };

@@ -58,6 +58,21 @@ export interface RoutingRule {
    * sliced with the router rows): the bias is part of the logits, which the router's linear returns.
    */
   logitBias: boolean;
+  /** Fewer experts per token, token by token (`moe eval --top-p` / `--skip-ratio`; src/model/top-k.ts). */
+  dynamic?: DynamicRouting;
+}
+
+/**
+ * Dynamic expert counts, applied after the model's own selection and weighting of its top-k: a dropped slot's weight
+ * becomes exactly 0 and the others stay as the model computed them (no renormalisation).
+ */
+export interface DynamicRouting {
+  /** "Harder Tasks Need More Experts" (Huang et al., ACL 2024): the fewest selected experts whose mass reaches P. */
+  topP?: number;
+  /** NAEE's dynamic skipping (Lu et al., ACL 2024): drop an expert whose weight is below β × the largest. */
+  skipRatio?: number;
+  /** When given, counts the tokens routed and the experts they keep (for the active-parameter report). */
+  count?: { tokens: number; experts: number };
 }
 
 /**

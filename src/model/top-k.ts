@@ -8,7 +8,7 @@
  * group-limited routing only topk_group × (E / n_group) experts are candidates, which bounds K.
  */
 import { UsageError } from '../errors';
-import type { Architecture } from './arch';
+import type { Architecture, DynamicRouting, RoutingRule } from './arch';
 
 /** The largest K the routing can select: every expert, or the experts of the kept groups. */
 export function maxTopK(arch: Architecture): number {
@@ -31,4 +31,28 @@ export function withTopK<A extends Architecture>(arch: A, k: number | undefined,
     });
   }
   return Object.create(arch, { topK: { value: k, enumerable: true } }) as A;
+}
+
+/**
+ * A view of `arch` whose routing drops experts token by token after its own top-k (RoutingRule.dynamic: --top-p and
+ * --skip-ratio); the same object when neither is given. `count` receives the tokens routed and the experts kept.
+ */
+export function withDynamicRouting<A extends Architecture>(
+  arch: A,
+  d: { topP?: number; skipRatio?: number },
+  count?: DynamicRouting['count'],
+): A {
+  if (d.topP === undefined && d.skipRatio === undefined) return arch;
+  if (d.topP !== undefined && !(d.topP > 0 && d.topP <= 1))
+    throw new UsageError(`--top-p ${d.topP} must be in (0, 1]`, { hint: 'e.g. --top-p 0.7' });
+  if (d.skipRatio !== undefined && !(d.skipRatio >= 0 && d.skipRatio <= 1))
+    throw new UsageError(`--skip-ratio ${d.skipRatio} must be in [0, 1]`, { hint: 'e.g. --skip-ratio 0.3' });
+  const dynamic: DynamicRouting = { topP: d.topP, skipRatio: d.skipRatio, count };
+  return Object.create(arch, {
+    routing: {
+      get(this: A): RoutingRule {
+        return { ...(Reflect.get(arch, 'routing', this) as RoutingRule), dynamic };
+      },
+    },
+  }) as A;
 }

@@ -74,15 +74,19 @@ describe('compressed checkpoints: moe eval equals transformers', () => {
     let dir = MODEL;
     if (c.args.length > 0) {
       dir = path.join(tmpDir(), 'out');
+      const recal = flag(c.args, '--recalibrate-router') as 'ls' | 'kl' | undefined;
+      const topK = flag(c.args, '--top-k');
       const common = {
         model: MODEL,
         stats,
         method: flag(c.args, '--method')!,
         ratio: Number(flag(c.args, '--ratio')),
         output: dir,
+        recalibrateRouter: recal,
       };
-      if (c.args[0] === 'prune') await prune(common, quiet);
-      else if (c.args[0] === 'merge') await merge(common, quiet);
+      if (c.args[0] === 'prune') await prune({ ...common, topK: topK ? Number(topK) : undefined }, quiet);
+      else if (c.args[0] === 'merge')
+        await merge({ ...common, refit: flag(c.args, '--refit') === 'on' ? true : undefined }, quiet);
       else {
         // transformers evaluated the dequantized format; moe evaluates the packed one made with the same arguments.
         expect(flag(c.args, '--format')).toBe('dequantized');

@@ -92,8 +92,49 @@ export function route(
     }
     const norm = rule.normTopK ? 1 / (sum + (rule.scoring === 'sigmoid' ? 1e-20 : 0)) : 1;
     for (let j = 0; j < k; j++) weights[n * k + j] = weights[n * k + j] * norm * rule.scalingFactor;
+    if (rule.dynamic) dropSlots(rule.dynamic, experts, weights, probs, n, k, E);
   }
   return { logits, experts, weights, probs };
+}
+
+/**
+ * Token n's dynamic expert count (RoutingRule.dynamic): top-p keeps the fewest selected experts, most probable first,
+ * whose share of the probability mass of all E experts (sigmoid scores normalised to sum 1) reaches P; skip-ratio
+ * keeps the largest weight and drops each other below β × it. Dropped slots get weight 0; the rest are unchanged.
+ */
+function dropSlots(
+  d: NonNullable<RoutingRule['dynamic']>,
+  experts: Int32Array,
+  weights: Float32Array,
+  probs: Float32Array,
+  n: number,
+  k: number,
+  E: number,
+): void {
+  const o = n * k;
+  const order = [...Array(k).keys()].sort((a, b) => weights[o + b] - weights[o + a] || a - b);
+  if (d.topP !== undefined) {
+    let total = 0;
+    for (let e = 0; e < E; e++) total += probs[n * E + e];
+    const byProb = [...Array(k).keys()].sort(
+      (a, b) => probs[n * E + experts[o + b]] - probs[n * E + experts[o + a]] || a - b,
+    );
+    let mass = 0;
+    let reached = false;
+    for (const j of byProb) {
+      if (reached) weights[o + j] = 0;
+      mass += probs[n * E + experts[o + j]] / total;
+      if (mass >= d.topP) reached = true;
+    }
+  }
+  if (d.skipRatio !== undefined) {
+    const top = weights[o + order[0]];
+    for (const j of order.slice(1)) if (weights[o + j] < d.skipRatio * top) weights[o + j] = 0;
+  }
+  if (d.count) {
+    d.count.tokens++;
+    for (let j = 0; j < k; j++) if (weights[o + j] !== 0) d.count.experts++;
+  }
 }
 
 /** Token lists per expert from a routing: for expert e, the token indices and the slot (0..k-1) they chose it in. */
