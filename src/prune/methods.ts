@@ -68,10 +68,6 @@ const BUILT_IN: PruneMethod[] = [
   byScore('soft-frequency', 'mean router probability', undefined, (s, l) => s.vector(l, 'soft_freq')),
   byScore('reap', 'REAP saliency', 'Lasby et al., 2025, "REAP the Experts"', (s, l) => s.vector(l, 'reap')),
   {
-    ...byScore('dern', 'REAP selection, then DERN neuron recombination', DERN_PAPER, (s, l) => s.vector(l, 'reap')),
-    recombines: true,
-  },
-  {
     name: 'naee',
     title: 'NAEE reconstruction-loss search',
     paper: 'Lu et al., ACL 2024, "Not All Experts are Equal"',
@@ -89,6 +85,10 @@ const BUILT_IN: PruneMethod[] = [
       const g = greedyKeep(c, (kept) => problem.loss(kept));
       return { kept: g.kept.sort((a, b) => a - b), search: 'greedy', evaluated: g.evaluated };
     },
+  },
+  {
+    ...byScore('dern', 'REAP selection, then DERN neuron recombination', DERN_PAPER, (s, l) => s.vector(l, 'reap')),
+    recombines: true,
   },
   {
     name: 'random',

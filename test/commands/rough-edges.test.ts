@@ -189,7 +189,7 @@ describe('the command line', () => {
     [['--bogus'], "moe: unknown option '--bogus'; run moe --help"],
     [
       ['prune', MODEL, '--stats', 's', '-o', 'o', '--method', 'best'],
-      "moe: option '--method <name>' argument 'best' is invalid. Allowed choices are frequency, soft-frequency, reap, naee, random; run moe prune --help",
+      "moe: option '--method <name>' argument 'best' is invalid. Allowed choices are frequency, soft-frequency, reap, naee, dern, random; run moe prune --help",
     ],
     [
       ['prune', MODEL, '--stats', 's', '-o', 'o'],
