@@ -38,10 +38,14 @@ const routerBytes = (dir: string, names: string[]) => {
 };
 
 describe.each(MODELS)('%s: nothing pruned, nothing changes', (name) => {
+  const model = path.join(GOLDEN, name);
+  let stats: string;
+  beforeAll(async () => {
+    stats = await calibrated(model);
+  });
+
   test.each(['ls', 'kl'] as const)('--recalibrate-router %s keeps every router and every top-k', async (mode) => {
-    const model = path.join(GOLDEN, name);
     const arch = loadArchitecture(openCheckpoint(model));
-    const stats = await calibrated(model);
     const output = path.join(tmpDir(), 'all');
     const r = await prune(
       { model, stats, method: 'reap', keep: arch.numExperts, output, recalibrateRouter: mode, backend: 'ref' },
