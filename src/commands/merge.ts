@@ -177,6 +177,10 @@ async function writeMerged(x: MergeWrite, report: MergeReport): Promise<void> {
   const maxShardBytes = opts.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES;
   const write = { output: opts.output, force: opts.force, command: 'merge', maxShardBytes };
   const mode = opts.recalibrateRouter ?? 'off';
+  if (mode !== 'off' && params.refit === true)
+    ctx.warn(
+      '--recalibrate-router after --refit on moves the routing the refit fitted the experts to; measured on both trained fixtures it undoes most of the refit (README)',
+    );
   const recalibrate =
     mode === 'off'
       ? undefined
