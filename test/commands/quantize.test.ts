@@ -52,6 +52,10 @@ describe('moe quantize', () => {
   /** 3-bit LP allocation with RTN, written: shared by the LP-vs-uniform and the budget-scope tests. */
   let lpRtn: ReturnType<typeof run> | undefined;
   const lp3Rtn = () => (lpRtn ??= run({ bits: 3, stats, method: 'rtn', allocate: 'lp', output: out('lp3-rtn') }));
+  /** Uniform 3-bit RTN and GPTQ, written once each: shared by the LP-vs-uniform and the GPTQ-vs-RTN tests. */
+  const uniform3: Partial<Record<'rtn' | 'gptq', ReturnType<typeof run>>> = {};
+  const u3 = (method: 'rtn' | 'gptq') =>
+    (uniform3[method] ??= run({ bits: 3, stats, method, output: out(`u3-${method}`) }));
 
   beforeAll(async () => {
     // The suite's shared calibration of the fixture (with Hessians: GPTQ and the full-H error weighting use them), and
@@ -129,7 +133,7 @@ describe('moe quantize', () => {
   test.each(['rtn', 'gptq'] as const)(
     'at 3 bits on average, LP allocation beats uniform 3-bit (%s)',
     async (method) => {
-      const uniform = await run({ bits: 3, stats, method, output: out(`u3-${method}`) });
+      const uniform = await u3(method);
       const lp = await (method === 'rtn'
         ? lp3Rtn()
         : run({ bits: 3, stats, method, allocate: 'lp', output: out(`lp3-${method}`) }));
@@ -145,8 +149,7 @@ describe('moe quantize', () => {
   );
 
   test('GPTQ at 3 bits beats RTN at 3 bits on the same calibration', async () => {
-    const rtn = await run({ bits: 3, stats, method: 'rtn', output: out('r3') });
-    const g = await run({ bits: 3, stats, method: 'gptq', output: out('g3') });
+    const [rtn, g] = [await u3('rtn'), await u3('gptq')];
     expect(g.method).toBe('gptq');
     expect(g.gptq_fallbacks).toEqual([]);
     expect(g.predicted_cost!).toBeLessThan(rtn.predicted_cost!);
