@@ -396,7 +396,7 @@ export const pruneSpec: CommandSpec<PruneReport> = {
       type: 'number',
       default: String(DEFAULT_RECOMBINE_THRESHOLD),
       description:
-        'DERN: a dropped neuron is merged only when its compatibility with a kept neuron reaches T (-1 to 1)',
+        'DERN: merge a dropped neuron only when its compatibility with a kept neuron reaches T (in chance spreads)',
     },
     {
       flag: '--top-k <k>',
