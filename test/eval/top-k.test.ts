@@ -4,16 +4,18 @@
  * config path and the override path must route alike); DeepSeek-style group limiting bounds K with a clear error;
  * `moe prune --top-k` writes the count into config.json and the GGUF, and its model evaluates as --top-k does;
  * --top-p and --skip-ratio drop experts token by token (exact weights on hand-made logits; P = 1 and β = 0 change
- * nothing; the active-expert count).
+ * nothing; the active-expert count; --top-k caps them; active parameters agree with inspect's; sigmoid scores,
+ * DeepSeek-style scaling and a correction bias that selects a less probable expert first).
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
 import { exportGguf } from '../../src/commands/gguf';
+import { inspect } from '../../src/commands/inspect';
 import { prune } from '../../src/commands/prune';
 import { readGguf } from '../../src/io/gguf-reader';
-import { softmaxTopK } from '../../src/model/arch';
+import { softmaxTopK, type RoutingRule } from '../../src/model/arch';
 import { route } from '../../src/model/forward/moe';
 import { UsageError } from '../../src/errors';
 import { quiet, ROOT, tmpDir } from '../helpers';
@@ -125,6 +127,58 @@ describe('--top-p and --skip-ratio (dynamic experts per token)', () => {
     expect(Array.from(r2.weights).map((x) => x > 0)).toEqual([true, true]);
   });
 
+  /** route()'s weights for `rule` with `dynamic`, and the model's own weights with the slots not in `keep` zeroed. */
+  function dropped(l: number[], rule: RoutingRule, dynamic: object, keep: number[], bias?: number[]) {
+    const b = bias && Float32Array.from(bias);
+    const own = route(Float32Array.from(l), 1, l.length, rule, b).weights;
+    const dyn = route(Float32Array.from(l), 1, l.length, { ...rule, dynamic }, b).weights;
+    return [Array.from(dyn), Array.from(own, (w, j) => (keep.includes(j) ? w : 0))];
+  }
+
+  test('route() with sigmoid scores: exact weights for both rules, renormalised and scaled (DeepSeek-style)', () => {
+    // σ(2, 1, 0, −1) = 0.8808, 0.7311, 0.5, 0.2689: shares of their sum 0.3700, 0.3071, 0.2100, 0.1130
+    const l = [2, 1, 0, -1];
+    const sig = l.map((x) => 1 / (1 + Math.exp(-x)));
+    const plain = { ...softmaxTopK(3, false), scoring: 'sigmoid' as const };
+    const scaled = { ...plain, normTopK: true, scalingFactor: 2.5 };
+    const top3 = sig.slice(0, 3).reduce((a, b) => a + b, 0);
+    route(Float32Array.from(l), 1, 4, scaled).weights.forEach((w, j) =>
+      expect(w).toBeCloseTo((2.5 * sig[j]) / top3, 6),
+    );
+    for (const rule of [plain, scaled]) {
+      const cases: [object, number[]][] = [
+        [{ topP: 0.3 }, [0]], // 0.37 ≥ 0.3
+        [{ topP: 0.5 }, [0, 1]], // 0.37 + 0.31 = 0.68
+        [{ topP: 0.8 }, [0, 1, 2]], // 0.89
+        [{ topP: 1 }, [0, 1, 2]],
+        [{ skipRatio: 0.5 }, [0, 1, 2]], // 0.5 / 0.8808 = 0.568
+        [{ skipRatio: 0.6 }, [0, 1]], // 0.7311 / 0.8808 = 0.830
+        [{ skipRatio: 0.85 }, [0]],
+        [{ topP: 0.8, skipRatio: 0.6 }, [0, 1]],
+        [{ skipRatio: 0 }, [0, 1, 2]],
+      ];
+      for (const [d, keep] of cases) {
+        const [got, want] = dropped(l, rule, d, keep);
+        expect(got).toEqual(want);
+      }
+    }
+  });
+
+  test('route(): the mass is taken most probable first and skip-ratio compares with the largest weight, not slot 0', () => {
+    // DeepSeek-V3's correction bias selects expert 3 first (0.2689 + 1), though expert 0 is the more probable
+    const rule = { ...softmaxTopK(2, false), scoring: 'sigmoid' as const, correctionBias: true };
+    const l = [2, 1, 0, -1];
+    const bias = [0, 0, 0, 1];
+    expect(Array.from(route(Float32Array.from(l), 1, 4, rule, Float32Array.from(bias)).experts)).toEqual([3, 0]);
+    for (const d of [{ topP: 0.3 }, { skipRatio: 0.5 }]) {
+      const [got, want] = dropped(l, rule, d, [1], bias);
+      expect(got).toEqual(want);
+    }
+    // softmax: exact as well (the case above is checked to 6 places)
+    const [got, want] = dropped(Array.from(logits), softmaxTopK(3, true), { topP: 0.6 }, [0, 1]);
+    expect(got).toEqual(want);
+  });
+
   test('eval: P = 1 and β = 0 are plain eval exactly; P → 0 leaves one expert per token; bad values refused', async () => {
     const { name, data } = CASES[0];
     const model = path.join(ROOT, 'fixtures', name);
@@ -145,5 +199,35 @@ describe('--top-p and --skip-ratio (dynamic experts per token)', () => {
       '--top-p 0 must be in (0, 1]',
     );
     await expect(evalCommand({ model, data, seqLen: 64, skipRatio: 2 }, quiet)).rejects.toThrow(UsageError);
+    for (const o of [{ topP: 1.5 }, { topP: NaN }, { topP: -0.1 }, { skipRatio: -0.1 }, { skipRatio: NaN }]) {
+      const err = await evalCommand({ model, data, seqLen: 64, ...o }, quiet).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UsageError);
+      expect((err as UsageError).message).not.toContain('\n');
+      expect((err as UsageError).hint).toMatch(/^e\.g\. --(top-p|skip-ratio) /);
+    }
+  });
+
+  test('eval: --top-k caps the count; active parameters as inspect counts them', async () => {
+    const { name, data } = CASES[0];
+    const model = path.join(ROOT, 'fixtures', name);
+    const info = inspect({ model });
+    const ev = (o: object) => evalCommand({ model, data, seqLen: 64, maxTokens: 256, ...o }, quiet);
+    const three = await ev({ topK: 3 });
+    const threeP1 = await ev({ topK: 3, topP: 1 });
+    expect(threeP1.loss).toBe(three.loss);
+    expect([three.active_experts_per_token, threeP1.active_experts_per_token]).toEqual([3, 3]);
+    const capped = await ev({ topK: 3, skipRatio: 0.3 });
+    expect(capped.active_experts_per_token).toBeLessThan(3);
+    expect((await ev({ topK: 1, skipRatio: 0 })).active_experts_per_token).toBe(1);
+    // the model's own k: inspect's params_active; one expert: everything else plus one expert's share
+    expect((await ev({ topP: 1 })).active_params_per_token).toBe(info.params_active);
+    const perExpert = info.params_experts / info.experts_per_layer[0];
+    const one = await ev({ topP: 1e-6 });
+    expect(one.active_params_per_token).toBe(info.params_total - info.params_experts + perExpert);
+    // one expert per token either way, but --top-p keeps its weight as the model computed it (p₁ / (p₁ + p₂) under
+    // norm_topk_prob) where --top-k 1 renormalises it to 1: same active parameters, different outputs
+    const top1 = await ev({ topK: 1 });
+    expect(one.active_params_per_token).toBe(top1.active_params_per_token);
+    expect(one.loss).not.toBe(top1.loss);
   });
 });
