@@ -39,6 +39,8 @@ function topk(v: Float64Array | Float32Array, k: number, from = 0, len = v.lengt
 /**
  * Applies the routing rule to router logits [tokens, E]. With `allowed`, the other experts are masked out as if
  * their logits were −∞ (NAEE's re-routing after dropping experts): they get probability 0 and are never selected.
+ * With `rule.dynamic` (`moe eval --top-p` / `--skip-ratio`), some of each token's k slots then get weight 0 (dropSlots;
+ * the slots stay in `experts`); without it the result is the model's own routing, bit for bit.
  */
 export function route(
   logits: Float32Array,
