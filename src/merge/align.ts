@@ -71,7 +71,8 @@ async function features(
   return out;
 }
 
-function normalizeRows(f: Float32Array, rows: number, cols: number): Float32Array {
+/** Rows scaled to unit length (zero rows stay zero). */
+export function normalizeRows(f: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(f.length);
   for (let r = 0; r < rows; r++) {
     let ss = 0;

@@ -31,6 +31,7 @@ import type { Backend } from '../backend/backend';
 import type { TensorReader } from '../io/checkpoint';
 import type { Architecture } from '../model/arch';
 import { ExpertWeights, loadExpert } from '../model/experts';
+import { normalizeRows } from '../merge/align';
 
 /** Kept experts searched for each dropped expert's segments, the nearest by router row, when more are kept. */
 export const RECOMBINE_CANDIDATES = 8;
@@ -49,18 +50,6 @@ export interface RecombinedLayer {
   segments: number;
 }
 
-/** Rows normalised to unit length (zero rows stay zero). */
-function unitRows(x: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(x.length);
-  for (let r = 0; r < rows; r++) {
-    let s = 0;
-    for (let c = 0; c < cols; c++) s += x[r * cols + c] ** 2;
-    const inv = s > 0 ? 1 / Math.sqrt(s) : 0;
-    for (let c = 0; c < cols; c++) out[r * cols + c] = x[r * cols + c] * inv;
-  }
-  return out;
-}
-
 /** Per neuron: the gate row [w, h] and the up row with the down column [w, 2h], each normalised. */
 function neuronVectors(e: ExpertWeights, w: number, h: number): { gate: Float32Array; ud: Float32Array } {
   const ud = new Float32Array(w * 2 * h);
@@ -68,7 +57,7 @@ function neuronVectors(e: ExpertWeights, w: number, h: number): { gate: Float32A
     ud.set(e.up.subarray(j * h, (j + 1) * h), j * 2 * h);
     for (let r = 0; r < h; r++) ud[j * 2 * h + h + r] = e.down[r * w + j];
   }
-  return { gate: unitRows(e.gate, w, h), ud: unitRows(ud, w, 2 * h) };
+  return { gate: normalizeRows(e.gate, w, h), ud: normalizeRows(ud, w, 2 * h) };
 }
 
 function cosine(a: Float32Array, b: Float32Array): number {

@@ -30,8 +30,8 @@ import type { TensorReader } from '../io/checkpoint';
 import type { Architecture } from '../model/arch';
 import { ForwardPass } from '../model/forward/model';
 import { route } from '../model/forward/moe';
-import { choleskyWithInverse, matmulT, transpose } from '../quant/linalg';
-import { topkOverlap } from '../quant/router-align';
+import { transpose } from '../quant/linalg';
+import { dampedInverseFactor, solveWithFactor, topkOverlap } from '../quant/router-align';
 import { Context, layerLabel } from '../ui/progress';
 
 export const RECALIBRATION_MODES = ['off', 'ls', 'kl'] as const;
@@ -156,21 +156,8 @@ class RidgeSystem {
 
   /** L⁻¹ of X̃ᵀX̃ + λI, for Δ = B·L⁻ᵀ·L⁻¹. */
   async inverseFactor(damp: number, be: Backend): Promise<Float32Array> {
-    const h = this.h;
-    let mean = 0;
-    for (let i = 0; i < h; i++) mean += this.xx[i * h + i];
-    mean /= h;
-    const a = Float32Array.from(this.xx);
-    const lambda = damp * (mean > 0 ? mean : 1);
-    for (let i = 0; i < h; i++) a[i * h + i] += lambda;
-    return (await choleskyWithInverse(a, h, be)).Li;
+    return (await dampedInverseFactor(this.xx, this.h, damp, be)).Li;
   }
-}
-
-/** B [E, h] · (X̃ᵀX̃ + λI)⁻¹ from the inverse Cholesky factor. */
-async function solve(b: Float32Array, Li: Float32Array, E: number, h: number, be: Backend): Promise<Float32Array> {
-  const t1 = await matmulT(b, Li, E, h, h, be);
-  return matmulT(t1, transpose(Li, h, h), E, h, h, be);
 }
 
 interface Batch {
@@ -290,7 +277,7 @@ export async function recalibrateRouters(
       if (!moe) continue;
       const w0 = reduced.f32(key);
       const Li = await sys!.inverseFactor(damp, be);
-      const delta = await solve(Float32Array.from(sys!.rx), Li, En, h, be);
+      const delta = await solveWithFactor(Float32Array.from(sys!.rx), Li, En, h, be);
       let fitted: Float32Array<ArrayBufferLike> = Float32Array.from(w0, (v, i) => v + delta[i]);
       let kl: LayerRecalibration['kl'];
       if (inputs)
@@ -366,7 +353,7 @@ async function lowerDivergence(
   const start = kl;
   let step = scoring === 'softmax' ? 2 : 4;
   for (let s = 0; s < (opts.klSteps ?? 20) && step > 1e-3; s++) {
-    const dir = await solve(Float32Array.from(gx!), Li, E, h, be);
+    const dir = await solveWithFactor(Float32Array.from(gx!), Li, E, h, be);
     const cand = Float32Array.from(w, (v, i) => v - step * dir[i]);
     const next = await evaluate(cand, true);
     if (next.kl < kl) {

@@ -56,6 +56,34 @@ export function topkOverlap(a: Int32Array, b: Int32Array, k: number): number {
   return hits / (tokens * k);
 }
 
+/** L⁻¹ of the Cholesky factor of G + λI, and λ = damp × the mean diagonal of the Gram G [h, h] (1 when it is 0). */
+export async function dampedInverseFactor(
+  gram: Float64Array,
+  h: number,
+  damp: number,
+  be?: Backend,
+): Promise<{ Li: Float32Array; lambda: number }> {
+  let mean = 0;
+  for (let i = 0; i < h; i++) mean += gram[i * h + i];
+  mean /= h;
+  const lambda = damp * (mean > 0 ? mean : 1);
+  const a = Float32Array.from(gram);
+  for (let i = 0; i < h; i++) a[i * h + i] += lambda;
+  return { Li: (await choleskyWithInverse(a, h, be)).Li, lambda };
+}
+
+/** B [E, h] · (G + λI)⁻¹ from the inverse factor Li (A⁻¹ = L⁻ᵀ·L⁻¹). */
+export async function solveWithFactor(
+  b: Float32Array,
+  Li: Float32Array,
+  E: number,
+  h: number,
+  be?: Backend,
+): Promise<Float32Array> {
+  const t1 = await matmulT(b, Li, E, h, h, be); // B·L⁻ᵀ
+  return matmulT(t1, transpose(Li, h, h), E, h, h, be); // ·L⁻¹
+}
+
 /** W̃ [E, h] from the Grams (see the header): w the original router, w0 the quantized model's. */
 export async function fitRouter(
   w: Float32Array,
@@ -67,19 +95,11 @@ export async function fitRouter(
   damp: number,
   be?: Backend,
 ): Promise<Float32Array> {
-  let mean = 0;
-  for (let i = 0; i < h; i++) mean += qq[i * h + i];
-  mean /= h;
-  const lambda = damp * (mean > 0 ? mean : 1);
-  const a = Float32Array.from(qq);
-  for (let i = 0; i < h; i++) a[i * h + i] += lambda;
+  const { Li, lambda } = await dampedInverseFactor(qq, h, damp, be);
   // Bᵀ = W·(X̃ᵀX)ᵀ + λW₀  [E, h]
   const bt = await matmulT(w, Float32Array.from(qo), E, h, h, be);
   for (let i = 0; i < bt.length; i++) bt[i] += lambda * w0[i];
-  // W̃ = Bᵀ·A⁻¹ with A⁻¹ = L⁻ᵀ·L⁻¹
-  const { Li } = await choleskyWithInverse(a, h, be);
-  const t1 = await matmulT(bt, Li, E, h, h, be); // Bᵀ·L⁻ᵀ
-  return matmulT(t1, transpose(Li, h, h), E, h, h, be); // ·L⁻¹
+  return solveWithFactor(bt, Li, E, h, be);
 }
 
 /**
