@@ -7,15 +7,14 @@ import * as path from 'node:path';
 import { createBackend } from '../backend/index';
 import type { Backend, BackendName } from '../backend/backend';
 import { CalibrationStats, fingerprint } from '../calib/stats';
-import { InternalError, UsageError } from '../errors';
+import { UsageError } from '../errors';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
 import { fromFloat32 } from '../io/dtype';
-import type { Proj } from '../model/arch';
-import { ComputedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
-import { ExpertWeights, expertsHaveBias, loadExpert } from '../model/experts';
+import { computedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
+import { ExpertWeights, loadExpert } from '../model/experts';
 import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
 import type { Linkage } from '../merge/grouping';
@@ -288,14 +287,7 @@ function layerReduction(
     compute: async (i) => {
       const g = groups[i];
       const expert = refines ? (await refined())[i] : await mergeOne(g);
-      const cast = (p: Proj) => fromFloat32(expert[p], reader.dtype(arch.expertKey(layer, g.dominant, p)));
-      const out: ComputedExpert = { gate: cast('gate'), up: cast('up'), down: cast('down') };
-      if (!expertsHaveBias(reader, arch, layer)) return out;
-      const bias = expert.bias;
-      if (!bias) throw new InternalError(`merge method ${method.name} returned no expert biases for layer ${layer}`);
-      const castBias = (p: Proj) => fromFloat32(bias[p], reader.dtype(arch.expertBiasKey(layer, g.dominant, p)!));
-      out.bias = { gate: castBias('gate'), up: castBias('up'), down: castBias('down') };
-      return out;
+      return computedExpert(reader, arch, layer, g.dominant, expert, `merge method ${method.name}`);
     },
   };
   if (routerWeights.every((w) => w === undefined)) return r;

@@ -11,7 +11,7 @@ import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import { formatMB, weightBytes } from '../io/size';
 import { checkNotInput, checkOutputFolder } from '../io/output';
 import { DEFAULT_MAX_SHARD_BYTES } from '../io/writer';
-import { ComputedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
+import { computedExpert, LayerReduction, SELECT_SHARE, sourceBytes, writeReducedOutput } from '../model/reduce';
 import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
 import { withTopK } from '../model/top-k';
@@ -24,8 +24,6 @@ import type { Context, Task } from '../ui/progress';
 import type { RecalibrationMode } from '../prune/router-recal';
 import { DEFAULT_RECOMBINE_THRESHOLD, recombineLayer, RecombinedLayer } from '../prune/dern';
 import { InternalError, UsageError } from '../errors';
-import { fromFloat32 } from '../io/dtype';
-import type { Proj } from '../model/arch';
 import { formatRecalibration, RECALIBRATE_OPTION, recalibrateWritten, RouterRecalibrationReport } from './reduce-recal';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
@@ -197,19 +195,7 @@ function layerPlan(x: PruneRun, l: PrunedLayer): LayerReduction {
     compute: async (i) => {
       const e = (await recombined()).experts[i];
       if (!e) throw new InternalError(`recombination of layer ${l.layer} changed expert ${i} once but not again`);
-      const cast = (src: Float32Array, key: string) => fromFloat32(src, reader.dtype(key));
-      const key = (p: Proj) => arch.expertKey(l.layer, l.kept[i], p);
-      const out: ComputedExpert = {
-        gate: cast(e.gate, key('gate')),
-        up: cast(e.up, key('up')),
-        down: cast(e.down, key('down')),
-      };
-      if (e.bias) {
-        const b = e.bias;
-        const bkey = (p: Proj) => arch.expertBiasKey(l.layer, l.kept[i], p)!;
-        out.bias = { gate: cast(b.gate, bkey('gate')), up: cast(b.up, bkey('up')), down: cast(b.down, bkey('down')) };
-      }
-      return out;
+      return computedExpert(reader, arch, l.layer, l.kept[i], e, 'DERN recombination');
     },
   };
 }

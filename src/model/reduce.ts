@@ -19,10 +19,34 @@ import { FusedOut, fuseOutput, LogicalOut } from './fused';
 import type { Architecture, Proj } from './arch';
 import { PROJS } from './arch';
 import { verifyWritten } from './verify';
+import { ExpertWeights, expertsHaveBias } from './experts';
+import { InternalError } from '../errors';
 import { writeConfig } from '../io/config-text';
 
 /** A computed expert: raw bytes in the source dtype per projection, and per bias when the experts have biases. */
 export type ComputedExpert = Record<Proj, Uint8Array> & { bias?: Record<Proj, Uint8Array> };
+
+/**
+ * A computed expert's float32 weights (and biases, which it must have when the layer's experts do) as the raw bytes
+ * of the source expert `like`'s dtypes.
+ */
+export function computedExpert(
+  reader: TensorReader,
+  arch: Architecture,
+  layer: number,
+  like: number,
+  e: ExpertWeights,
+  by: string,
+): ComputedExpert {
+  const cast = (p: Proj) => fromFloat32(e[p], reader.dtype(arch.expertKey(layer, like, p)));
+  const out: ComputedExpert = { gate: cast('gate'), up: cast('up'), down: cast('down') };
+  if (!expertsHaveBias(reader, arch, layer)) return out;
+  const bias = e.bias;
+  if (!bias) throw new InternalError(`${by} returned no expert biases for layer ${layer}`);
+  const castBias = (p: Proj) => fromFloat32(bias[p], reader.dtype(arch.expertBiasKey(layer, like, p)!));
+  out.bias = { gate: castBias('gate'), up: castBias('up'), down: castBias('down') };
+  return out;
+}
 
 /** Per MoE layer, what each new expert is made of. */
 export interface LayerReduction {
