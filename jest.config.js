@@ -13,6 +13,8 @@ module.exports = {
   // CLI tests spawn the built entry point; build once before the suite.
   globalSetup: '<rootDir>/test/global-setup.js',
   globalTeardown: '<rootDir>/test/global-teardown.js',
+  // The slowest files first, so that none of them runs alone at the end (test/sequencer.js).
+  testSequencer: '<rootDir>/test/sequencer.js',
   testTimeout: 60000,
   // At least two test files at a time. jest's default is one worker fewer than the cores, so one on a 2-core machine;
   // measured there (full suite, npx jest --ci): about 650 s with one worker, 500 s with two. onnxruntime's pools do
