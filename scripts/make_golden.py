@@ -1554,6 +1554,151 @@ EXTRA_CASES[GLM4_MOE_FP8_CASE] = make_glm4_moe_fp8
 
 
 # --------------------------------------------------------------------------------------
+# llama4_text (issue 26): Llama 4's text model (Scout / Maverick language model)
+# --------------------------------------------------------------------------------------
+
+LLAMA4_TEXT_CASE = "llama4_text"
+LLAMA4_TEXT = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=16,  # routed and shared expert width
+    intermediate_size_mlp=24,  # the dense layers' MLP
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,  # heads x head_dim = 64 != hidden 32
+    num_local_experts=8,
+    num_experts_per_tok=1,
+    interleave_moe_layer_step=2,  # Maverick's layout: MoE on layers 1 and 3, dense MLP on 0 and 2
+    no_rope_layer_interval=4,  # layer 3 is a NoPE layer (no rotary, full attention, temperature tuning)
+    attention_chunk_size=8,  # the rope layers attend within chunks of 8 positions (SEQ 16: two chunks)
+    attn_temperature_tuning=True,
+    floor_scale=4,  # the NoPE layer's query scale changes every 4 positions (8192 in the released models)
+    attn_scale=0.1,
+    use_qk_norm=True,  # Scout: L2 norm of q and k per head after the rotary, on rope layers only
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+)
+LLAMA4_STD = {"feed_forward.router.weight": 0.5}
+
+
+def llama4_router(model, ids: torch.Tensor) -> tuple[dict[int, torch.Tensor], float]:
+    """Llama4Router on every MoE layer: the chosen experts by logit, highest first [tokens, k], and the smallest gap
+    at the top-k boundary of the logits."""
+    got: dict[int, torch.Tensor] = {}
+    hooks = []
+    for L, layer in enumerate(model.model.layers):
+        if not layer.is_moe_layer:
+            continue
+
+        def hook(_m, _inp, out, L=L):
+            got[L] = out[1].detach().double()
+
+        hooks.append(layer.feed_forward.router.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    k = model.config.num_experts_per_tok
+    topk, margin = {}, float("inf")
+    for L, logits in sorted(got.items()):
+        topk[L] = logits.topk(k, -1).indices
+        margin = min(margin, topk_margin(logits, k))
+    return topk, margin
+
+
+@torch.no_grad()
+def make_llama4_text() -> dict:
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    d = OUT / LLAMA4_TEXT_CASE
+    cfg = Llama4TextConfig(**LLAMA4_TEXT)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 20600 + attempt
+        torch.manual_seed(seed)
+        model = Llama4ForCausalLM(cfg).eval()
+        reinit(model, seed, LLAMA4_STD)
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = Llama4ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        topk, margin = llama4_router(hf, ids)
+        print(f"[{LLAMA4_TEXT_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("llama4_text: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = Llama4ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    # the rules the golden exercises change the logits: chunking, the NoPE layer's temperature, the input scaling
+    sensitivity = {}
+    for key, value in (("attention_chunk_size", 64), ("attn_temperature_tuning", False)):
+        alt = Llama4ForCausalLM.from_pretrained(
+            str(d), dtype=torch.float32, attn_implementation="eager", **{key: value}
+        ).eval()
+        sensitivity[f"max_abs_logit_change_with_{key}_{value}"] = float(
+            (alt(input_ids=ids, use_cache=False).logits - logits).abs().max()
+        )
+    save_minimax_golden(d, LLAMA4_TEXT_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    info = minimax_info(
+        LLAMA4_TEXT_CASE,
+        d,
+        {**cfg_json, "num_hidden_layers": cfg_json["num_hidden_layers"]},
+        ids,
+        logits,
+        hf_loss,
+        seed,
+        "bfloat16",
+        sum(t.numel() for t in tensors.values()),
+        {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin, **sensitivity},
+        [
+            "Llama4ForCausalLM (model_type llama4_text) saved in bfloat16 by save_pretrained; golden logits from "
+            "from_pretrained(dir, dtype=torch.float32), eager attention.",
+            "MoE on layers 1 and 3 (interleave_moe_layer_step 2): feed_forward.router [8, 32]; top-1 of the logits; "
+            "the chosen expert's weight sigmoid(logit) multiplies the expert's INPUT (experts.gate_up_proj "
+            "[8, 32, 2 x 16] gate then up on the last axis, experts.down_proj [8, 16, 32], both [in, out]); "
+            "plus feed_forward.shared_expert (width 16). Layers 0 and 2: dense feed_forward.gate/up/down_proj "
+            "(intermediate_size_mlp 24).",
+            "Attention: 4 heads, 2 kv heads, head_dim 16; rope layers (0, 1, 2): interleaved-pair rotary (llama3 "
+            "rope_type), then an L2 norm (no weight, eps rms_norm_eps) of each head of q and k, chunked causal "
+            "attention (attention_chunk_size 8: a position sees its own chunk only); layer 3 (NoPE, "
+            "no_rope_layer_interval 4): no rotary, no q/k norm, full causal attention, q scaled by "
+            "1 + attn_scale x log1p(floor((pos + 1) / floor_scale)) (floor_scale 4).",
+            "router_topk [moe layers, tokens, 1]: the chosen expert of every token.",
+        ],
+    )
+    info["moe_layers"] = [L for L in range(cfg_json["num_hidden_layers"]) if L in cfg_json["moe_layers"]]
+    info["dense_layers"] = [L for L in range(cfg_json["num_hidden_layers"]) if L not in cfg_json["moe_layers"]]
+    info["experts_per_layer"] = {str(L): cfg_json["num_local_experts"] for L in info["moe_layers"]}
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[LLAMA4_TEXT_CASE] = make_llama4_text
+
+
+
+# --------------------------------------------------------------------------------------
 # deepseek_v32 (issue 20): DeepSeek-V3.2 = DeepSeek-V3 (MLA, sigmoid group routing with correction bias, routed
 # scaling, shared expert, first dense layer) plus the DSA lightning indexer (self_attn.indexer.wq_b, wk,
 # k_norm (LayerNorm with bias), weights_proj). The indexer keeps each query's index_topk best earlier tokens; with

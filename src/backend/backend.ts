@@ -55,10 +55,22 @@ export interface AttentionOptions {
   /** Sliding window: position t attends to positions max(0, t − window + 1)..t (transformers' sliding_window). */
   window?: number;
   /**
+   * Chunked attention (Llama 4's rope layers, transformers' attention_chunk_size): position t attends only to positions
+   * of its own chunk, ⌊t / chunk⌋ · chunk..t.
+   */
+  chunk?: number;
+  /**
    * Per-head sink logits [heads]: one more logit in each row's softmax, with no value (gpt-oss `self_attn.sinks`):
    * p_s = exp(a_s − m) / (Σ_s' exp(a_s' − m) + exp(sink − m)), m the max over the row's scores and the sink.
    */
   sinks?: Float32Array;
+}
+
+/** The first position that position t attends to under opts' sliding window and chunking (0 without either). */
+export function firstAttended(t: number, opts: AttentionOptions): number {
+  let first = opts.window ? Math.max(0, t - opts.window + 1) : 0;
+  if (opts.chunk) first = Math.max(first, Math.floor(t / opts.chunk) * opts.chunk);
+  return first;
 }
 
 /** What some gated MLPs add to silu(gate) · up (gpt-oss's experts). */

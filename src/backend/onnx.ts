@@ -296,7 +296,7 @@ export class OnnxBackend implements Backend {
       K: this.tensor(k, [heads, T, dk]),
       V: this.tensor(v, [heads, T, dv]),
       Scale: this.tensor(Float32Array.of(scale), []),
-      Mask: this.tensor(this.masks.get(T, opts.window), [T, T]),
+      Mask: this.tensor(this.masks.get(T, opts.window, opts.chunk), [T, T]),
     };
     if (!opts.sinks) return this.run('attention', feeds, 'O', heads * T * dv); // [H, T, dv]
     feeds.Sinks = this.tensor(opts.sinks, [heads, 1, 1]);
@@ -328,7 +328,7 @@ export class OnnxBackend implements Backend {
       K: this.tensor(k, [T, kvHeads, dk]),
       V: this.tensor(v, [T, kvHeads, dv]),
       Scale: this.tensor(Float32Array.of(scale), []),
-      Mask: this.tensor(this.masks.get(T, opts.window), [T, T]),
+      Mask: this.tensor(this.masks.get(T, opts.window, opts.chunk), [T, T]),
       QShape: int64([kvHeads, G * T, dk]),
       SShape: int64([kvHeads, G, T, T]),
       PShape: int64([kvHeads, G * T, T]),

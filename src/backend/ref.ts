@@ -4,6 +4,7 @@
  * a native call. Also home of the shape checks every backend runs before touching data.
  */
 import { InternalError } from '../errors';
+import { firstAttended } from './backend';
 import type { AttentionOptions, Backend, GluOptions, LogitStats } from './backend';
 
 /**
@@ -82,6 +83,8 @@ export function checkAttention(
   if (opts.sinks) checkLength('attention', 'sinks', opts.sinks, heads, `[${heads}]`);
   if (opts.window !== undefined && !(Number.isSafeInteger(opts.window) && opts.window > 0))
     throw new InternalError(`attention: window must be a positive integer, got ${opts.window}`);
+  if (opts.chunk !== undefined && !(Number.isSafeInteger(opts.chunk) && opts.chunk > 0))
+    throw new InternalError(`attention: chunk must be a positive integer, got ${opts.chunk}`);
 }
 
 /** Throws an InternalError (a caller bug) unless the arrays match the dimensions of a `swiglu` call. */
@@ -207,7 +210,6 @@ export function attentionRef(
   const out = new Float32Array(heads * T * dv);
   const p = new Float64Array(T); // scores, then probabilities, of one query row
   const acc = new Float64Array(dv); // one output row
-  const window = opts.window ?? T;
   for (let h = 0; h < heads; h++) {
     const base = h * T;
     const sink = opts.sinks ? opts.sinks[h] : -Infinity;
@@ -219,7 +221,7 @@ export function attentionRef(
         rows,
         dk,
         dv,
-        math.max(0, t - window + 1),
+        firstAttended(t, opts),
         t,
         scale,
         sink,
@@ -279,7 +281,6 @@ export function attentionTokensRef(
   const out = new Float32Array(T * heads * dv);
   const p = new Float64Array(T);
   const acc = new Float64Array(dv);
-  const window = opts.window ?? T;
   const group = heads / kvHeads;
   for (let h = 0; h < heads; h++) {
     const j = math.floor(h / group);
@@ -287,7 +288,7 @@ export function attentionTokensRef(
     const sink = opts.sinks ? opts.sinks[h] : -Infinity;
     for (let t = 0; t < T; t++) {
       const at = (t * heads + h) * dk;
-      attendRow(q, at, rows, dk, dv, math.max(0, t - window + 1), t, scale, sink, opts.sinks !== undefined, p, acc);
+      attendRow(q, at, rows, dk, dv, firstAttended(t, opts), t, scale, sink, opts.sinks !== undefined, p, acc);
       out.set(acc, (t * heads + h) * dv);
     }
   }
@@ -477,14 +478,14 @@ export function logitStatsRef(
 
 /**
  * The additive causal mask [T, T] that the onnx and tfjs backends add to the scaled scores before their softmax:
- * 0 where a query may look (s ≤ t, and t − s < window when given), −∞ elsewhere. exp(−∞ − max) is exactly 0, and
- * the diagonal keeps every row's max finite.
+ * 0 where a query may look (firstAttended(t) ≤ s ≤ t: the sliding window and chunk when given), −∞ elsewhere.
+ * exp(−∞ − max) is exactly 0, and the diagonal keeps every row's max finite.
  */
-export function causalMask(T: number, window?: number): Float32Array {
+export function causalMask(T: number, window?: number, chunk?: number): Float32Array {
   const mask = new Float32Array(T * T);
   for (let t = 0; t < T; t++) {
     mask.fill(-Infinity, t * T + t + 1, (t + 1) * T);
-    if (window !== undefined && t - window + 1 > 0) mask.fill(-Infinity, t * T, t * T + t - window + 1);
+    mask.fill(-Infinity, t * T, t * T + firstAttended(t, { window, chunk }));
   }
   return mask;
 }
@@ -500,12 +501,12 @@ const MASK_CACHE_SIZE = 8;
 export class CausalMasks {
   private readonly masks = new Map<string, Float32Array>();
 
-  get(T: number, window?: number): Float32Array {
-    const key = `${T}:${window ?? ''}`;
+  get(T: number, window?: number, chunk?: number): Float32Array {
+    const key = `${T}:${window ?? ''}:${chunk ?? ''}`;
     let m = this.masks.get(key);
     if (!m) {
       if (this.masks.size >= MASK_CACHE_SIZE) this.masks.clear();
-      m = causalMask(T, window);
+      m = causalMask(T, window, chunk);
       this.masks.set(key, m);
     }
     return m;

@@ -280,7 +280,7 @@ export class TfjsBackend implements Backend {
     // nothing to multiply
     if (heads * T * dk * dv === 0) return attentionRef(q, k, v, heads, T, dk, dv, scale, opts);
     const tf = this.tf;
-    const mask = this.masks.get(T, opts.window);
+    const mask = this.masks.get(T, opts.window, opts.chunk);
     const sinks = opts.sinks;
     const [o] = await download([
       tf.tidy(() => {

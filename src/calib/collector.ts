@@ -148,8 +148,10 @@ export class LayerCollector {
     const h = this.h;
     const k = r.experts.length / (r.logits.length / this.E);
     let absMax = this.outAbsMax[e];
+    // REAP: the routing weight times the output norm; an input-scaled expert's output already carries its weight
+    const scaled = !!this.arch.routing.inputScaled;
     for (let i = 0; i < tokens.length; i++) {
-      const g = r.weights[tokens[i] * k + slots[i]];
+      const g = scaled ? 1 : r.weights[tokens[i] * k + slots[i]];
       let sq = 0;
       let abs = 0;
       for (let j = 0; j < h; j++) {

@@ -97,6 +97,13 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   ]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
+  if (arch.routing.inputScaled && method.refineLayer && (method.refines?.(params) ?? true))
+    throw new UsageError(
+      `${arch.modelType}: --refit is not defined for experts that take the routing weight on their input`,
+      {
+        hint: 'merge without --refit (the refit fits output-weighted experts)',
+      },
+    );
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   if (K === arch.numExperts)
     ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'merged'));

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import type { Checkpoint, Config } from '../io/checkpoint';
 import { ConfigReader, expertCount, withExpertCount } from './config';
-import type { AttentionSpec, GqaSpec } from './forward/attention';
+import type { AttentionSpec, GqaSpec, LayerAttention } from './forward/attention';
 import type { DeltaNetSpec } from './forward/deltanet';
 import type { GgufAttentionTensor, GgufMapping, GgufReader } from './gguf-map';
 
@@ -58,6 +58,11 @@ export interface RoutingRule {
    * sliced with the router rows): the bias is part of the logits, which the router's linear returns.
    */
   logitBias: boolean;
+  /**
+   * Llama 4: the expert is chosen on the raw logits (torch.topk of them) and its weight multiplies the expert's input,
+   * not its output: y = E(g · x); the outputs are summed unweighted.
+   */
+  inputScaled?: boolean;
   /** Fewer experts per token, token by token (`moe eval --top-p` / `--skip-ratio`; src/model/top-k.ts). */
   dynamic?: DynamicRouting;
 }
@@ -238,6 +243,16 @@ export abstract class Architecture {
   /** The sliding window of a layer's attention (a token sees itself and the window − 1 before it); undefined: all. */
   slidingWindow(_layer: number): number | undefined {
     return undefined;
+  }
+
+  /** How layer l's self-attention differs from plain causal rotary attention (NoPE, sliding window, chunks). */
+  layerAttention(layer: number): LayerAttention {
+    return { rope: true, window: this.slidingWindow(layer) };
+  }
+
+  /** Prefix of a dense layer's gate/up/down MLP (Llama 4: `feed_forward`). */
+  denseMlpPrefix(layer: number): string {
+    return `model.layers.${layer}.mlp`;
   }
 
   /** Refuses a window of `tokens` tokens that the forward pass would not run as the model does; default: any. */

@@ -2,6 +2,7 @@
 import type { Backend, GluOptions } from '../backend/backend';
 import { TensorReader } from '../io/checkpoint';
 import type { Architecture, Proj } from './arch';
+import { scaleRows } from './forward/moe';
 import { concatRows } from './forward/ops';
 
 export interface ExpertWeights {
@@ -57,7 +58,10 @@ export function expertGluOptions(
   return { clamp, gateUpBias, downBias: down ? f32(down) : undefined };
 }
 
-/** Every routed expert of `layer` applied to x [n, hidden]: one [n, hidden] output per expert (unweighted). */
+/**
+ * Every routed expert of `layer` applied to x [n, hidden]: one [n, hidden] output per expert (unweighted). With
+ * `scales` [n, E], expert e sees row t of x times scales[t·E + e] (Llama 4's input-scaled experts).
+ */
 export async function expertOutputs(
   be: Backend,
   reader: TensorReader,
@@ -65,14 +69,25 @@ export async function expertOutputs(
   layer: number,
   x: Float32Array,
   n: number,
+  scales?: Float32Array,
 ): Promise<Float32Array[]> {
   const h = arch.hidden;
   const w = arch.expertWidth;
+  const E = arch.numExperts;
   const out: Float32Array[] = [];
-  for (let e = 0; e < arch.numExperts; e++) {
+  for (let e = 0; e < E; e++) {
     const ex = loadExpert(reader, arch, layer, e);
     const opts = expertGluOptions(arch, layer, e, (name) => reader.f32(name));
-    out.push((await be.swiglu(x, concatRows(ex.gate, ex.up), ex.down, n, h, w, false, opts)).out);
+    let xe = x;
+    if (scales) {
+      xe = x.slice(0, n * h);
+      scaleRows(
+        xe,
+        h,
+        Float32Array.from({ length: n }, (_, t) => scales[t * E + e]),
+      );
+    }
+    out.push((await be.swiglu(xe, concatRows(ex.gate, ex.up), ex.down, n, h, w, false, opts)).out);
   }
   return out;
 }

@@ -12,6 +12,7 @@ import { applyFusedViews } from './fused';
 import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
+import { llama4Text } from './llama4';
 import { minimaxM2 } from './minimax-m2';
 import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
@@ -35,6 +36,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   qwen3_5MoeText,
   minimaxM2,
   glm4Moe,
+  llama4Text,
 ];
 
 export class ArchitectureRegistry {

@@ -8,7 +8,7 @@
 import type { Backend } from '../backend/backend';
 import { TensorReader } from '../io/checkpoint';
 import type { Architecture } from '../model/arch';
-import { route } from '../model/forward/moe';
+import { outputWeights, route } from '../model/forward/moe';
 import { expertOutputs } from '../model/experts';
 
 export class ReconstructionProblem {
@@ -33,17 +33,18 @@ export class ReconstructionProblem {
     this.gram = Float64Array.from(gram);
     // The reference output z: the routed output with every expert available.
     const full = route(logits, n, E, arch.routing, bias);
+    const fullWeights = outputWeights(full, arch.routing);
     const k = arch.topK;
     this.cross = new Float64Array(n * E);
     this.zz = new Float64Array(n);
     for (let t = 0; t < n; t++) {
       for (let e = 0; e < E; e++) {
         let c = 0;
-        for (let j = 0; j < k; j++) c += full.weights[t * k + j] * this.gram[(t * E + e) * E + full.experts[t * k + j]];
+        for (let j = 0; j < k; j++) c += fullWeights[t * k + j] * this.gram[(t * E + e) * E + full.experts[t * k + j]];
         this.cross[t * E + e] = c;
       }
       let zz = 0;
-      for (let j = 0; j < k; j++) zz += full.weights[t * k + j] * this.cross[t * E + full.experts[t * k + j]];
+      for (let j = 0; j < k; j++) zz += fullWeights[t * k + j] * this.cross[t * E + full.experts[t * k + j]];
       this.zz[t] = zz;
     }
   }
@@ -63,7 +64,10 @@ export class ReconstructionProblem {
     // gpt-oss's router bias is part of its logits; DeepSeek-V3's is added to the scores by route().
     const logitBias = arch.routing.logitBias ? bias : undefined;
     const logits = await be.linear(x, reader.f32(arch.routerKey(layer)), n, h, arch.numExperts, logitBias);
-    const outputs = await expertOutputs(be, reader, arch, layer, x, n);
+    // Llama 4's experts take their routing weight on the input: expert e's output as it would enter z is E_e(σ_e · x),
+    // σ_e = sigmoid(logit_e), the same whichever other experts are kept (no renormalisation), added with weight 1.
+    const scales = arch.routing.inputScaled ? route(logits, n, arch.numExperts, arch.routing).probs : undefined;
+    const outputs = await expertOutputs(be, reader, arch, layer, x, n, scales);
     // Stack the outputs per sample, [n, E, h], and take every sample's E×E Gram matrix in one batched product.
     const E = arch.numExperts;
     const stacked = new Float32Array(n * E * h);
@@ -80,16 +84,16 @@ export class ReconstructionProblem {
     const allowed = new Uint8Array(E);
     for (const e of keep) allowed[e] = 1;
     const r = route(this.logits, this.n, E, this.arch.routing, this.bias, allowed);
+    const weights = outputWeights(r, this.arch.routing);
     let total = 0;
     for (let t = 0; t < this.n; t++) {
       let ww = 0;
       let wz = 0;
       for (let i = 0; i < k; i++) {
         const ei = r.experts[t * k + i];
-        const wi = r.weights[t * k + i];
+        const wi = weights[t * k + i];
         wz += wi * this.cross[t * E + ei];
-        for (let j = 0; j < k; j++)
-          ww += wi * r.weights[t * k + j] * this.gram[(t * E + ei) * E + r.experts[t * k + j]];
+        for (let j = 0; j < k; j++) ww += wi * weights[t * k + j] * this.gram[(t * E + ei) * E + r.experts[t * k + j]];
       }
       total += Math.max(0, ww - 2 * wz + this.zz[t]);
     }

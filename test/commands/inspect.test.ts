@@ -28,8 +28,8 @@ function independent(dir: string) {
         if (!experts.has(Number(m[1]))) experts.set(Number(m[1]), new Set());
         experts.get(Number(m[1]))!.add(Number(m[2]));
       }
-      // experts stored fused (gpt-oss): the first axis of gate_up_proj [E, H, 2I]
-      const f = /^model\.layers\.(\d+)\.mlp\.experts\.gate_up_proj$/.exec(name);
+      // experts stored fused (gpt-oss, Llama 4): the first axis of gate_up_proj [E, H, 2I]
+      const f = /^model\.layers\.(\d+)\.(?:mlp|feed_forward)\.experts\.gate_up_proj$/.exec(name);
       if (f) experts.set(Number(f[1]), new Set([...Array(t.shape[0]).keys()]));
     }
   }

@@ -115,6 +115,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'qwen3_5_moe_text',
       'minimax_m2',
       'glm4_moe',
+      'llama4_text',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');

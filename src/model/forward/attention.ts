@@ -33,8 +33,25 @@ export interface GqaSpec {
    * otherwise head_dim × partial_rotary_factor (default 1).
    */
   ropeDim?: number;
+  /** Llama 4: rotate (2i, 2i+1) pairs (the complex-number form) instead of rotate-half. */
+  interleaved?: boolean;
+  /** Llama 4 (use_qk_norm): each head of q and k RMS-normalised without a weight after the rotary, on rope layers. */
+  l2QkNorm?: boolean;
+  /**
+   * Llama 4's attention temperature tuning on its NoPE layers: q × (1 + attnScale · log1p(⌊(pos + 1) / floorScale⌋)).
+   */
+  temperature?: { floorScale: number; attnScale: number };
   scale: number;
   eps: number;
+}
+
+/** What differs between the attention layers of one model (Llama 4: NoPE layers, chunked rope layers). */
+export interface LayerAttention {
+  /** The rotary embedding is applied (false: a NoPE layer). */
+  rope: boolean;
+  /** AttentionOptions.window / .chunk of the layer. */
+  window?: number;
+  chunk?: number;
 }
 
 export interface MlaSpec {
@@ -133,6 +150,7 @@ export async function gqaProject(
   w: Weights,
   rope: RopeTables,
   pos: (n: number) => number,
+  layer: LayerAttention = { rope: true },
 ): Promise<{ q: Float32Array; k: Float32Array; v: Float32Array; gate?: Float32Array }> {
   const { heads: H, kvHeads: KV, headDim: d } = spec;
   let q = await lin('q_proj', x, N, hidden, (spec.outputGate ? 2 : 1) * H * d);
@@ -151,9 +169,35 @@ export async function gqaProject(
     rmsNormStrided(q, N * H, d, 0, d, need(w, 'q_norm.weight'), spec.eps);
     rmsNormStrided(k, N * KV, d, 0, d, need(w, 'k_norm.weight'), spec.eps);
   }
-  applyRope(q, N, H, d, 0, rope, pos, false);
-  applyRope(k, N, KV, d, 0, rope, pos, false);
+  if (layer.rope) {
+    applyRope(q, N, H, d, 0, rope, pos, !!spec.interleaved);
+    applyRope(k, N, KV, d, 0, rope, pos, !!spec.interleaved);
+    if (spec.l2QkNorm) {
+      rmsNormStrided(q, N * H, d, 0, d, undefined, spec.eps);
+      rmsNormStrided(k, N * KV, d, 0, d, undefined, spec.eps);
+    }
+  } else if (spec.temperature) {
+    temperatureTune(q, N, H * d, spec.temperature, pos);
+  }
   return { q, k, v, gate };
+}
+
+/**
+ * Llama 4's query scale on NoPE layers, in float32 as transformers computes it:
+ * 1 + attnScale · log1p(⌊(pos + 1) / floorScale⌋), row n of q [N, cols] at position pos(n).
+ */
+function temperatureTune(
+  q: Float32Array,
+  N: number,
+  cols: number,
+  t: { floorScale: number; attnScale: number },
+  pos: (n: number) => number,
+): void {
+  const f = math.fround;
+  for (let n = 0; n < N; n++) {
+    const s = f(f(f(math.log1p(math.floor(f(f(pos(n) + 1) / t.floorScale)))) * f(t.attnScale)) + 1);
+    for (let i = n * cols; i < (n + 1) * cols; i++) q[i] = f(q[i] * s);
+  }
 }
 
 /** Qwen3-Next's output gate (out × sigmoid(gate), in place) and o_proj. */
@@ -179,13 +223,14 @@ export async function gqa(
   spec: GqaSpec,
   w: Weights,
   rope: RopeTables,
-  slidingWindow?: number,
+  layer: LayerAttention = { rope: true },
 ): Promise<Float32Array> {
   const N = windows * T;
   const { heads: H, kvHeads: KV, headDim: d } = spec;
-  const { q, k, v, gate } = await gqaProject(lin, x, hidden, N, spec, w, rope, (n) => n % T);
+  const { q, k, v, gate } = await gqaProject(lin, x, hidden, N, spec, w, rope, (n) => n % T, layer);
   const out = await causalAttention(be, q, k, v, windows, T, H, KV, d, d, spec.scale, {
-    window: slidingWindow,
+    window: layer.window,
+    chunk: layer.chunk,
     sinks: spec.sinks ? need(w, 'sinks') : undefined,
   });
   return gqaOutput(lin, out, gate, N, spec, hidden);

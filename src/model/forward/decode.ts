@@ -12,6 +12,7 @@
  * they are read again at every step, so memory stays bounded. DeepSeek-V3.2 runs dense attention, exact while the
  * total length is at most index_topk (arch.checkWindow refuses more).
  */
+import { firstAttended } from '../../backend/backend';
 import type { AttentionOptions, Backend } from '../../backend/backend';
 import { attendRow } from '../../backend/ref';
 import { InternalError } from '../../errors';
@@ -69,7 +70,7 @@ export function attendCached(
   const acc = new Float64Array(dv);
   for (let n = 0; n < N; n++) {
     const t = past + n;
-    const first = opts.window ? math.max(0, t - opts.window + 1) : 0;
+    const first = firstAttended(t, opts);
     for (let h = 0; h < H; h++) {
       const kh = math.floor(h / group);
       const rows = { k: c.k, kBase: kh * dk, kStep: KV * dk, v: c.v, vBase: kh * dv, vStep: KV * dv };
@@ -231,9 +232,10 @@ export class Decoder extends ForwardPass {
     let p: { q: Float32Array; k: Float32Array; v: Float32Array; gate?: Float32Array };
     let opts: AttentionOptions = {};
     if (a.kind === 'gqa') {
-      p = await gqaProject(lin, x, hidden, N, a, w, rope, pos);
+      const layer = this.arch.layerAttention(l);
+      p = await gqaProject(lin, x, hidden, N, a, w, rope, pos, layer);
       [heads, kvHeads, dk, dv] = [a.heads, a.kvHeads, a.headDim, a.headDim];
-      opts = { window: this.arch.slidingWindow(l), sinks: a.sinks ? need(w, 'sinks') : undefined };
+      opts = { window: layer.window, chunk: layer.chunk, sinks: a.sinks ? need(w, 'sinks') : undefined };
     } else {
       p = await mlaProject(lin, x, hidden, N, a, w, rope, pos);
       [heads, kvHeads, dk, dv] = [a.heads, a.heads, a.nopeDim + a.ropeDim, a.vDim];

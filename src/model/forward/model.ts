@@ -12,7 +12,7 @@ import type { Architecture } from '../arch';
 import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla, Weights } from './attention';
 import { gatedDeltaNet } from './deltanet';
-import { gatherRows, route, Routing, scatterAdd, tokensPerExpert } from './moe';
+import { gatherRows, outputWeights, route, Routing, scaleRows, scatterAdd, tokensPerExpert } from './moe';
 import { addInPlace, rmsNorm, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
@@ -333,7 +333,7 @@ export class ForwardPass {
     const x = rmsNorm(hidden, this.normWeight(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps, normBuf);
     const out = this.arch.isMoeLayer(l)
       ? await this.moeBlock(l, x, N, observer)
-      : await this.mlp(`${p}.mlp`, l, x, N, observer);
+      : await this.mlp(this.arch.denseMlpPrefix(l), l, x, N, observer);
     addInPlace(hidden, out);
     this.recycle();
     observer?.layer?.(l, hidden, N);
@@ -354,7 +354,7 @@ export class ForwardPass {
     const a = this.spec.attention;
     const rope = this.ropeFor(T);
     return a.kind === 'gqa'
-      ? gqa(this.be, lin, x, h, windows, T, a, w, rope, this.arch.slidingWindow(l))
+      ? gqa(this.be, lin, x, h, windows, T, a, w, rope, this.arch.layerAttention(l))
       : mla(this.be, lin, x, h, windows, T, a, w, rope);
   }
 
@@ -419,8 +419,8 @@ export class ForwardPass {
 
   /**
    * --all-experts: expert e on the tokens the router did not send it, for the linear observers only (their rows
-   * weighted by the router probability); the output is dropped, so the forward and the routed statistics are those
-   * of a plain pass.
+   * weighted by the router probability, or scaled by it for input-scaled experts); the output is dropped, so the
+   * forward and the routed statistics are those of a plain pass.
    */
   private async observeUnrouted(
     weights: MlpWeights,
@@ -438,7 +438,10 @@ export class ForwardPass {
     if (others.length === 0) return;
     const rows = others.length;
     const xo = gatherRows(x, h, others, this.scratch('expertIn', rows * h));
-    const p = { routed: false, weights: Float32Array.from(others, (t) => probs[t * E + e]) };
+    const g = Float32Array.from(others, (t) => probs[t * E + e]);
+    // input-scaled experts (Llama 4) would see g · x had the router chosen them
+    if (this.arch.routing.inputScaled) scaleRows(xo, h, g);
+    const p = { routed: false, weights: this.arch.routing.inputScaled ? g.fill(1) : g };
     await this.runMlp(weights, names, xo, rows, observer, this.scratch('expertOut', rows * h), p);
   }
 
@@ -453,6 +456,8 @@ export class ForwardPass {
     observer?.router?.(l, routing, x, N);
     const out = this.scratch('moe', N * h).fill(0);
     const lists = tokensPerExpert(routing, N, k, E);
+    const scaled = !!a.routing.inputScaled;
+    const applied = outputWeights(routing, a.routing);
     const allExperts = !!observer?.linear && !!observer.allExperts;
     for (let e = 0; e < E; e++) {
       const { tokens, slots } = lists[e];
@@ -464,12 +469,18 @@ export class ForwardPass {
       if (rows > 0) {
         // ye includes the down bias (gpt-oss): the routing weight scales it too, and observers see it (REAP).
         const xe = gatherRows(x, h, tokens, this.scratch('expertIn', rows * h));
+        if (scaled)
+          scaleRows(
+            xe,
+            h,
+            Float32Array.from(tokens, (t, i) => routing.weights[t * k + slots[i]]),
+          );
         const gates = observer?.linear
-          ? { routed: true, weights: Float32Array.from(tokens, (t, i) => routing.weights[t * k + slots[i]]) }
+          ? { routed: true, weights: Float32Array.from(tokens, (t, i) => applied[t * k + slots[i]]) }
           : undefined;
         const ye = await this.runMlp(weights, names, xe, rows, observer, this.scratch('expertOut', rows * h), gates);
         observer?.expert?.(l, e, ye, tokens, slots);
-        scatterAdd(out, ye, h, tokens, slots, routing.weights, k);
+        scatterAdd(out, ye, h, tokens, slots, applied, k);
       }
       if (allExperts) await this.observeUnrouted(weights, names, x, N, tokens, routing.probs, e, observer!);
       this.recycle();

@@ -71,7 +71,9 @@ export function route(
       choice[e] =
         allowed && !allowed[e]
           ? -Infinity
-          : probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
+          : rule.inputScaled
+            ? logits[row + e] // Llama 4 selects on the logits (the same order, without sigmoid's float32 ties)
+            : probs[row + e] + (rule.correctionBias && correctionBias ? correctionBias[e] : 0);
     if (rule.nGroup > 1) {
       // Keep the best topkGroup groups; the others' experts score 0 (V2) or −∞ (V3), as transformers masks them.
       const groupScores = new Float64Array(rule.nGroup);
@@ -157,6 +159,19 @@ export function tokensPerExpert(
     }
   }
   return lists.map(({ tokens: t, slots }) => ({ tokens: t, slots }));
+}
+
+/**
+ * The weight each slot's expert output is added with: the routing weight, or for experts that take it on their
+ * input (RoutingRule.inputScaled, Llama 4) 1 — 0 for a slot dropped by dynamic routing either way.
+ */
+export function outputWeights(r: Routing, rule: RoutingRule): Float32Array {
+  return rule.inputScaled ? r.weights.map((w) => (w === 0 ? 0 : 1)) : r.weights;
+}
+
+/** x [rows, cols] row i × g[i], in place (Llama 4's routing weight on the expert's input). */
+export function scaleRows(x: Float32Array, cols: number, g: Float32Array): void {
+  for (let i = 0; i < g.length; i++) for (let j = i * cols; j < (i + 1) * cols; j++) x[j] *= g[i];
 }
 
 /** Rows `rows` of x [?, cols], into `into` when given (rows.length × cols values). */

@@ -34,7 +34,7 @@ export function rmsNormStrided(
   stride: number,
   offset: number,
   dim: number,
-  weight: Float32Array,
+  weight: Float32Array | undefined,
   eps: number,
 ): void {
   for (let r = 0; r < rows; r++) {
@@ -42,7 +42,9 @@ export function rmsNormStrided(
     let ss = 0;
     for (let i = 0; i < dim; i++) ss += x[o + i] * x[o + i];
     const inv = 1 / math.sqrt(ss / dim + eps);
-    for (let i = 0; i < dim; i++) x[o + i] = math.fround(x[o + i] * inv) * weight[i];
+    // without a weight: Llama 4's weightless L2 norm of q and k
+    if (!weight) for (let i = 0; i < dim; i++) x[o + i] = x[o + i] * inv;
+    else for (let i = 0; i < dim; i++) x[o + i] = math.fround(x[o + i] * inv) * weight[i];
   }
 }
 
