@@ -101,6 +101,8 @@ CASES += [
 # gpt_oss stores its experts fused: moe writes them linearized, one Linear module per expert and projection, as
 # llm-compressor does (transformers cannot load that layout into its fused GptOssExperts: decompression only).
 CASES.append(("gpt_oss-4", "fixtures/golden/gpt_oss", ["--bits", "4", "--group-size", "16"], False, True))
+# llama4_text: fused experts too (halves, not interleaved), linearized the same way; its dense MLP has 24 inputs.
+CASES.append(("llama4_text-4", "fixtures/golden/llama4_text", ["--bits", "4", "--group-size", "8"], False, True))
 SEQ_LEN = 64
 WINDOWS = 8
 
@@ -169,7 +171,15 @@ def linearized(sd: dict) -> dict:
                 out[f"{p}{e}.gate_proj.weight"], out[f"{p}{e}.gate_proj.bias"] = v[e][:, 0::2].T, gub[e][0::2]
                 out[f"{p}{e}.up_proj.weight"], out[f"{p}{e}.up_proj.bias"] = v[e][:, 1::2].T, gub[e][1::2]
                 out[f"{p}{e}.down_proj.weight"], out[f"{p}{e}.down_proj.bias"] = dn[e].T, dnb[e]
-        elif not any(k.endswith(f"mlp.experts.{n}") for n in ("gate_up_proj_bias", "down_proj", "down_proj_bias")):
+        elif k.endswith("feed_forward.experts.gate_up_proj"):
+            # Llama 4: [E, H, 2I], gate the first half of the last axis, no biases
+            p = k[: -len("gate_up_proj")]
+            dn, half = sd[p + "down_proj"], v.shape[-1] // 2
+            for e in range(v.shape[0]):
+                out[f"{p}{e}.gate_proj.weight"], out[f"{p}{e}.up_proj.weight"] = v[e][:, :half].T, v[e][:, half:].T
+                out[f"{p}{e}.down_proj.weight"] = dn[e].T
+        elif not any(k.endswith(f"{m}.experts.{n}") for m in ("mlp", "feed_forward")
+                     for n in ("gate_up_proj_bias", "down_proj", "down_proj_bias")):
             out[k] = v
     return out
 
