@@ -103,6 +103,7 @@ CASES += [
 CASES.append(("gpt_oss-4", "fixtures/golden/gpt_oss", ["--bits", "4", "--group-size", "16"], False, True))
 # llama4_text: fused experts too (halves, not interleaved), linearized the same way; its dense MLP has 24 inputs.
 CASES.append(("llama4_text-4", "fixtures/golden/llama4_text", ["--bits", "4", "--group-size", "8"], False, True))
+CASES.append(("llama4-4", "fixtures/golden/llama4", ["--bits", "4", "--group-size", "8"], False, True))
 SEQ_LEN = 64
 WINDOWS = 8
 

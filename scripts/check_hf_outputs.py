@@ -9,6 +9,7 @@ compares moe eval's perplexity with these numbers.
 The second part does the same for every checkpoint in fixtures/golden (saved by transformers 5.18 itself: mixtral,
 qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, gpt_oss, qwen3_next, qwen3_5_moe_text, qwen3_5_moe (loaded as
 Qwen3_5MoeForConditionalGeneration, its vision tower included), minimax_m2, glm4_moe (each also block-scaled FP8),
+llama4_text, llama4 (loaded as Llama4ForConditionalGeneration with its vision tower),
 plus the bf16 sharded Mixtral and the tied YaRN Qwen3): a pruned (REAP), a merged (M-SMoE) and a 4-bit GPTQ
 dequantized output of each, loaded strictly (no missing, unexpected
 or mismatched tensor), with eager attention. These random models have no tokenizer, so calibration and evaluation
@@ -193,9 +194,11 @@ def strict_load(model_dir):
         cfg = json.load(open(os.path.join(model_dir, "config.json")))
         dtype = getattr(torch, cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16")
     cls = AutoModelForCausalLM
-    if json.load(open(os.path.join(model_dir, "config.json")))["model_type"] == "qwen3_5_moe":
+    outer_type = json.load(open(os.path.join(model_dir, "config.json")))["model_type"]
+    if outer_type in ("qwen3_5_moe", "llama4"):
         # the text model beside its vision tower: the whole model, so the tower's tensors are checked too
-        cls = transformers.Qwen3_5MoeForConditionalGeneration
+        cls = {"qwen3_5_moe": transformers.Qwen3_5MoeForConditionalGeneration,
+               "llama4": transformers.Llama4ForConditionalGeneration}[outer_type]
     model, info = cls.from_pretrained(
         model_dir, dtype=dtype, attn_implementation="eager", output_loading_info=True, **extra
     )

@@ -1620,50 +1620,80 @@ def llama4_router(model, ids: torch.Tensor) -> tuple[dict[int, torch.Tensor], fl
     return topk, margin
 
 
-@torch.no_grad()
-def make_llama4_text() -> dict:
-    from transformers import Llama4ForCausalLM, Llama4TextConfig
+LLAMA4_CASE = "llama4"
+# A 1-layer vision tower for the nested case (Llama4ForConditionalGeneration): not run on text input
+LLAMA4_VISION = dict(
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    image_size=28,
+    patch_size=14,
+    vision_output_dim=32,
+    projector_input_dim=32,
+    projector_output_dim=32,
+    pixel_shuffle_ratio=0.5,
+)
 
-    d = OUT / LLAMA4_TEXT_CASE
-    cfg = Llama4TextConfig(**LLAMA4_TEXT)
+
+@torch.no_grad()
+def make_llama4_text(nested: bool = False) -> dict:
+    from transformers import Llama4Config, Llama4ForCausalLM, Llama4ForConditionalGeneration, Llama4TextConfig
+
+    case = LLAMA4_CASE if nested else LLAMA4_TEXT_CASE
+    d = OUT / case
+    if nested:
+        cls = Llama4ForConditionalGeneration
+        top = Llama4Config(
+            text_config=dict(LLAMA4_TEXT),
+            vision_config=LLAMA4_VISION,
+            boi_token_index=VOCAB - 3,
+            eoi_token_index=VOCAB - 2,
+            image_token_index=VOCAB - 1,
+        )
+    else:
+        cls = Llama4ForCausalLM
+        top = Llama4TextConfig(**LLAMA4_TEXT)
+    text_of = (lambda m: m.language_model) if nested else (lambda m: m)
     for attempt in range(MAX_SEED_TRIES):
-        seed = 20600 + attempt
+        seed = (20700 if nested else 20600) + attempt
         torch.manual_seed(seed)
-        model = Llama4ForCausalLM(cfg).eval()
+        model = cls(top).eval()
         reinit(model, seed, LLAMA4_STD)
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
         model.to(torch.bfloat16).save_pretrained(str(d))
         gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = Llama4ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        # the nested model's last three ids are its image tokens: text only below them
+        ids = torch.randint(0, VOCAB - 3 if nested else VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
         logits = hf(input_ids=ids, use_cache=False).logits.float()
-        topk, margin = llama4_router(hf, ids)
-        print(f"[{LLAMA4_TEXT_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        topk, margin = llama4_router(text_of(hf), ids)
+        print(f"[{case}] seed {seed}: min routing margin {margin:.3g}")
         if margin >= MIN_MARGIN:
             break
     else:
-        raise SystemExit("llama4_text: no seed with clean routing margins")
+        raise SystemExit(f"{case}: no seed with clean routing margins")
     hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = Llama4ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
     sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
-    # the rules the golden exercises change the logits: chunking, the NoPE layer's temperature, the input scaling
+    # the rules the golden exercises change the logits: chunking, the NoPE layer's temperature
     sensitivity = {}
-    for key, value in (("attention_chunk_size", 64), ("attn_temperature_tuning", False)):
-        alt = Llama4ForCausalLM.from_pretrained(
-            str(d), dtype=torch.float32, attn_implementation="eager", **{key: value}
-        ).eval()
-        sensitivity[f"max_abs_logit_change_with_{key}_{value}"] = float(
-            (alt(input_ids=ids, use_cache=False).logits - logits).abs().max()
-        )
-    save_minimax_golden(d, LLAMA4_TEXT_CASE, ids, logits, topk)
-    cfg_json = json.loads((d / "config.json").read_text())
+    if not nested:
+        for key, value in (("attention_chunk_size", 64), ("attn_temperature_tuning", False)):
+            alt = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager", **{key: value}).eval()
+            sensitivity[f"max_abs_logit_change_with_{key}_{value}"] = float(
+                (alt(input_ids=ids, use_cache=False).logits - logits).abs().max()
+            )
+    save_minimax_golden(d, case, ids, logits, topk)
+    top_json = json.loads((d / "config.json").read_text())
+    cfg_json = top_json.get("text_config", top_json)
     tensors, _ = load_saved_tensors(d)
     info = minimax_info(
-        LLAMA4_TEXT_CASE,
+        case,
         d,
-        {**cfg_json, "num_hidden_layers": cfg_json["num_hidden_layers"]},
+        {**cfg_json, "architectures": top_json["architectures"]},
         ids,
         logits,
         hf_loss,
@@ -1671,7 +1701,16 @@ def make_llama4_text() -> dict:
         "bfloat16",
         sum(t.numel() for t in tensors.values()),
         {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin, **sensitivity},
-        [
+        (
+            [
+                "Llama4ForConditionalGeneration: the text model below under text_config (tensors "
+                "language_model.model.*, language_model.lm_head.weight) beside a 1-layer vision tower "
+                "(vision_model.*) and multi_modal_projector.*, not run on text input (ids below the image tokens)."
+            ]
+            if nested
+            else []
+        )
+        + [
             "Llama4ForCausalLM (model_type llama4_text) saved in bfloat16 by save_pretrained; golden logits from "
             "from_pretrained(dir, dtype=torch.float32), eager attention.",
             "MoE on layers 1 and 3 (interleave_moe_layer_step 2): feed_forward.router [8, 32]; top-1 of the logits; "
@@ -1687,6 +1726,7 @@ def make_llama4_text() -> dict:
             "router_topk [moe layers, tokens, 1]: the chosen expert of every token.",
         ],
     )
+    info["model_type"] = top_json["model_type"]
     info["moe_layers"] = [L for L in range(cfg_json["num_hidden_layers"]) if L in cfg_json["moe_layers"]]
     info["dense_layers"] = [L for L in range(cfg_json["num_hidden_layers"]) if L not in cfg_json["moe_layers"]]
     info["experts_per_layer"] = {str(L): cfg_json["num_local_experts"] for L in info["moe_layers"]}
@@ -1695,6 +1735,7 @@ def make_llama4_text() -> dict:
 
 
 EXTRA_CASES[LLAMA4_TEXT_CASE] = make_llama4_text
+EXTRA_CASES[LLAMA4_CASE] = lambda: make_llama4_text(nested=True)
 
 
 

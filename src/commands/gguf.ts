@@ -99,6 +99,14 @@ function checkLpOptions(o: GgufOptions, mode: 'uniform' | 'lp', stats: Calibrati
     });
 }
 
+/** The modules beside a nested language model: under model. (Qwen3.5's visual) or at the top (Llama 4's). */
+function towerModules(ckpt: Checkpoint): string[] {
+  const beside = ckpt.nesting!.beside;
+  const parts = [...ckpt.tensors.keys()].map((n) => n.split('.'));
+  const tower = parts.filter((p) => (p[0] === 'model' ? beside.has(p[1]) : p[0] !== 'lm_head'));
+  return [...new Set(tower.map((p) => (p[0] === 'model' ? `model.${p[1]}.*` : `${p[0]}.*`)))];
+}
+
 /** --allocate lp: every weight's error measured at each type of the menu, then the type of each by the LP. */
 async function lpTypes(
   weights: GgufModel['tensors'],
@@ -169,7 +177,7 @@ export async function exportGguf(o: GgufOptions, ctx: Context): Promise<GgufRepo
   for (const w of model.warnings) ctx.warn(w);
   if (ckpt.nesting)
     ctx.warn(
-      `the vision tower (${[...ckpt.nesting.beside].map((m) => `model.${m}.*`).join(', ')}) is not written: ` +
+      `the vision tower (${towerModules(ckpt).join(', ')}) is not written: ` +
         'the GGUF file holds the text model (llama.cpp reads a vision tower from a separate mmproj file)',
     );
   const mode = o.allocate ?? 'uniform';

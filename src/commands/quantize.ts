@@ -624,7 +624,7 @@ function writeRecords(
       report: summary(report),
     };
     const n = ckpt.nesting;
-    if (n) part.nesting = { outer: n.outer, prefix: n.prefix, beside: [...n.beside] };
+    if (n) part.nesting = { outer: n.outer, prefix: n.prefix, head: n.head, beside: [...n.beside] };
     out.writeRecord(PART_RECORD, part);
     return;
   }

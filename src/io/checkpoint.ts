@@ -46,22 +46,30 @@ export interface Checkpoint {
 }
 
 /**
- * A multimodal checkpoint (Qwen3.5-MoE with its vision tower) keeps its language model's config under
- * `text_config` and its tensors under `model.language_model.` (lm_head.weight stays at the top). moe shows it as a
- * plain text model: `config` is the text config, those tensors are named `model.…`; every other tensor
- * (`model.visual.…`) keeps its name, is outside any schema and is copied as it is. Outputs store the names and the
- * config back (`storedName`, `nestedConfig`), with only the text config rewritten.
+ * A multimodal checkpoint keeps its language model's config under `text_config` and its tensors under a prefix:
+ * Qwen3.5-MoE `model.language_model.` (lm_head.weight at the top, the vision tower under `model.visual.`), Llama 4
+ * `language_model.model.` (and `language_model.lm_head.weight`; the tower under `vision_model.` and
+ * `multi_modal_projector.`). moe shows it as a plain text model: `config` is the text config, the language model's
+ * tensors are named `model.…` and `lm_head.weight`; every other tensor keeps its name, is outside any schema and is
+ * copied as it is. Outputs store the names and the config back (`storedName`, `nestedConfig`), with only the text
+ * config rewritten.
  */
 export interface Nesting {
   /** config.json as stored. */
   outer: Config;
   /** The stored prefix of the language model's tensors, shown as `model.`. */
   prefix: string;
+  /** The stored name of lm_head.weight when it is not at the top (Llama 4: `language_model.lm_head.weight`). */
+  head?: string;
   /** The modules stored under `model.` beside the language model (`visual`): their names are kept. */
   beside: Set<string>;
 }
 
-const TEXT_PREFIX = 'model.language_model.';
+/** The nested layouts: the language model's stored prefix, and where its lm_head is stored. */
+const LAYOUTS: readonly { prefix: string; head?: string }[] = [
+  { prefix: 'model.language_model.' },
+  { prefix: 'language_model.model.', head: 'language_model.lm_head.weight' },
+];
 
 /** `visual` of `model.visual.blocks.0…`. */
 function module(name: string): string {
@@ -71,23 +79,25 @@ function module(name: string): string {
 function unnest(config: Config, tensors: Map<string, TensorRef>, file: string) {
   const text = config.text_config;
   if (typeof text !== 'object' || text === null || Array.isArray(text)) return { config, tensors };
-  if (![...tensors.keys()].some((n) => n.startsWith(TEXT_PREFIX))) return { config, tensors };
+  const layout = LAYOUTS.find((l) => [...tensors.keys()].some((n) => n.startsWith(l.prefix)));
+  if (!layout) return { config, tensors };
+  const { prefix, head } = layout;
   const flat: Config = { ...(text as Config) };
   if (config.quantization_config !== undefined) flat.quantization_config = config.quantization_config;
   const shown = new Map<string, TensorRef>();
   for (const [name, t] of tensors) {
-    const as = name.startsWith(TEXT_PREFIX) ? `model.${name.slice(TEXT_PREFIX.length)}` : name;
+    const as = name.startsWith(prefix) ? `model.${name.slice(prefix.length)}` : name === head ? 'lm_head.weight' : name;
     if (shown.has(as))
-      throw new CheckpointError(`tensor "${name}" is stored both inside and outside ${TEXT_PREFIX}`, {
+      throw new CheckpointError(`tensor "${name}" is stored both inside and outside ${prefix}`, {
         file,
         hint: 'the checkpoint mixes two layouts; re-save it with transformers',
       });
     shown.set(as, as === name ? t : { ...t, name: as });
   }
   const beside = new Set(
-    [...tensors.keys()].filter((n) => n.startsWith('model.') && !n.startsWith(TEXT_PREFIX)).map(module),
+    [...tensors.keys()].filter((n) => n.startsWith('model.') && !n.startsWith(prefix)).map(module),
   );
-  return { config: flat, tensors: shown, nesting: { outer: config, prefix: TEXT_PREFIX, beside } };
+  return { config: flat, tensors: shown, nesting: { outer: config, prefix, head, beside } };
 }
 
 /** Where the nesting of an output comes from: the source checkpoint, or a part record of `moe quantize --layers`. */
@@ -99,7 +109,10 @@ export interface Nested {
 export function storedName(ckpt: Nested): ((name: string) => string) | undefined {
   const n = ckpt.nesting;
   if (!n) return undefined;
-  return (name) => (name.startsWith('model.') && !n.beside.has(module(name)) ? n.prefix + name.slice(6) : name);
+  return (name) => {
+    if (name === 'lm_head.weight' && n.head) return n.head;
+    return name.startsWith('model.') && !n.beside.has(module(name)) ? n.prefix + name.slice(6) : name;
+  };
 }
 
 /** Per-tensor `__metadata__` entries (a packed weight's `moe.quant.<name>`) under the stored names. */

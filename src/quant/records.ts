@@ -34,7 +34,7 @@ export interface PartRecord {
    * A language model nested beside other towers (io/checkpoint.ts Nesting, `beside` as a list): the names and config
    * the assembled checkpoint stores. Absent for a plain checkpoint.
    */
-  nesting?: { outer: Record<string, unknown>; prefix: string; beside: string[] };
+  nesting?: { outer: Record<string, unknown>; prefix: string; head?: string; beside: string[] };
   /** Bits of every weight this part quantized. */
   bits: Record<string, number>;
   report: object;

@@ -21,7 +21,8 @@ function independent(dir: string) {
       if (name.endsWith('.weight_scale_inv')) continue; // an FP8 weight's block scales: bytes, not parameters
       const perElement = /_blocks$/.test(name) && config.quantization_config?.quant_method === 'mxfp4' ? 2 : 1;
       params += perElement * t.shape.reduce((a, b) => a * b, 1);
-      if (name.startsWith('model.visual.')) visual++; // a vision tower beside the language model (qwen3_5_moe)
+      // a vision tower beside the language model (qwen3_5_moe: model.visual; llama4: vision_model and the projector)
+      if (/^(model\.visual|vision_model|multi_modal_projector)\./.test(name)) visual++;
       // a nested language model (qwen3_5_moe) stores its layers under model.language_model.
       const m = /^model\.(?:language_model\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\./.exec(name);
       if (m) {
@@ -29,7 +30,8 @@ function independent(dir: string) {
         experts.get(Number(m[1]))!.add(Number(m[2]));
       }
       // experts stored fused (gpt-oss, Llama 4): the first axis of gate_up_proj [E, H, 2I]
-      const f = /^model\.layers\.(\d+)\.(?:mlp|feed_forward)\.experts\.gate_up_proj$/.exec(name);
+      const fused = /^(?:language_model\.)?model\.layers\.(\d+)\.(?:mlp|feed_forward)\.experts\.gate_up_proj$/;
+      const f = fused.exec(name);
       if (f) experts.set(Number(f[1]), new Set([...Array(t.shape[0]).keys()]));
     }
   }

@@ -30,7 +30,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { concatRows, sigmoid } from '../../src/model/forward/ops';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { ReconstructionProblem } from '../../src/prune/reconstruct';
-import { GOLDEN, quiet, tmpDir } from '../helpers';
+import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'llama4_text');
@@ -286,5 +286,68 @@ describe('commands on the llama4_text golden', () => {
     const q = path.join(work, 'q8');
     await quantize({ model: DIR, stats, output: q, bits: 8, method: 'rtn', format: 'dequantized' }, quiet);
     expect(Math.abs((await evalOf(q)) / base - 1)).toBeLessThan(5e-3);
+  });
+});
+
+describe('Llama 4 with its vision tower (fixtures/golden/llama4: Llama4ForConditionalGeneration)', () => {
+  const NESTED = path.join(GOLDEN, 'llama4');
+  const work = tmpDir('moe-llama4-nested-');
+  const names = (dir: string) =>
+    Object.keys(rawHeader(path.join(dir, 'model.safetensors')).json).filter((n) => n !== '__metadata__');
+
+  test("the text model read from language_model.*: router top-1 and logits equal transformers'", async () => {
+    const r = new TensorReader(openTensorFile(path.join(NESTED, 'golden.safetensors')));
+    const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
+    const want = r.f32('logits');
+    const topk = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
+    const [B, T, V] = r.ref('logits').shape;
+    r.close();
+    const ckpt = openCheckpoint(NESTED);
+    expect(ckpt.config.model_type).toBe('llama4_text');
+    expect(ckpt.tensors.has('lm_head.weight')).toBe(true);
+    expect(ckpt.tensors.has('model.layers.1.feed_forward.experts.gate_up_proj')).toBe(true);
+    const arch = loadArchitecture(ckpt);
+    const reader = new TensorReader(ckpt);
+    const { sink, logits } = fullLogits(B * T, V);
+    const experts: Int32Array[] = [];
+    await new ForwardPass(reader, arch, new RefBackend()).run(ids, B, T, sink, {
+      router: (_l, rt) => experts.push(rt.experts.slice()),
+    });
+    reader.close();
+    expect(experts.map((e) => Array.from(e))).toEqual(
+      [0, 1].map((i) => Array.from(topk.subarray(i * 32, i * 32 + 32))),
+    );
+    expect(maxDiff(logits, want)).toBeLessThanOrEqual(1e-3);
+  });
+
+  test('prune stores the names and config back: the tower copied, only text_config rewritten', async () => {
+    const stats = path.join(work, 'stats');
+    const data = path.join(work, 'ids.json');
+    fs.writeFileSync(data, JSON.stringify([[...Array(16).keys()].map((i) => (i * 37) % 250)]));
+    await calibrate({ model: NESTED, output: stats, data, seqLen: 16, backend: 'ref' }, quiet);
+    const out = path.join(work, 'pruned');
+    await prune({ model: NESTED, stats, method: 'reap', keep: 6, output: out, backend: 'ref' }, quiet);
+    const before = names(NESTED);
+    const after = names(out);
+    expect(after.sort()).toEqual(before.sort());
+    expect(after).toContain('language_model.lm_head.weight');
+    const src = rawHeader(path.join(NESTED, 'model.safetensors')).json;
+    const got = rawHeader(path.join(out, 'model.safetensors')).json;
+    expect(got['language_model.model.layers.1.feed_forward.experts.gate_up_proj'].shape).toEqual([6, 32, 32]);
+    const tower = before.filter((n) => !n.startsWith('language_model.'));
+    expect(tower.length).toBeGreaterThan(5);
+    const a = new TensorReader(openTensorFile(path.join(NESTED, 'model.safetensors')));
+    const b = new TensorReader(openTensorFile(path.join(out, 'model.safetensors')));
+    for (const n of tower) {
+      expect(got[n].shape).toEqual(src[n].shape);
+      expect(Buffer.from(b.bytes(n)).equals(Buffer.from(a.bytes(n)))).toBe(true);
+    }
+    a.close();
+    b.close();
+    const inCfg = JSON.parse(fs.readFileSync(path.join(NESTED, 'config.json'), 'utf8'));
+    const outCfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect(outCfg.text_config.num_local_experts).toBe(6);
+    expect({ ...outCfg, text_config: undefined }).toEqual({ ...inCfg, text_config: undefined });
+    expect({ ...outCfg.text_config, num_local_experts: 8 }).toEqual(inCfg.text_config);
   });
 });

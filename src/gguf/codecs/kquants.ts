@@ -23,6 +23,8 @@ export const GROUP_MAX_EPS = f(1e-15);
 export const F01 = f(0.1);
 /** Scratch codes of makeQkx's trial scales (sub-blocks of at most 32); module scope: no allocation per call. */
 const AUX = new Uint8Array(32);
+/** makeQkx's x − min of the current sub-block (float32). */
+const XM = new Float32Array(32);
 
 /** nearest_int as ggml computes it: adding 1.5·2²³ in float32 rounds half to even (|x| < 2²², as ggml asserts). */
 export const nearestInt = (x: number) => f(x + 12582912) - 12582912;
@@ -180,13 +182,21 @@ export function makeQkx(
   }
   if (nstep < 1) return [scale, -min];
   const aux = AUX;
+  const xm = XM; // x − min in float32, recomputed when the search improves min
+  let xmOf = NaN;
   for (let is = 0; is <= nstep; is++) {
     iscale = f(f(f(rmin + f(rdelta * is)) + nmax) / f(max - min)); // min as improved so far, as in C
+    if (xmOf !== min) {
+      for (let i = 0; i < n; i++) xm[i] = x[xo + i] - min; // a Float32Array store rounds as f() does
+      xmOf = min;
+    }
     let sumL = 0;
     let sumL2 = 0;
     let sumXL = 0;
     for (let i = 0; i < n; i++) {
-      const l = clamp(nearestInt(f(iscale * f(x[xo + i] - min))), 0, nmax);
+      const v = f(iscale * xm[i]) + 12582912; // nearestInt, inlined
+      const r = f(v) - 12582912;
+      const l = r < 0 ? 0 : r > nmax ? nmax : r;
       aux[i] = l;
       const wl = f(w[i] * l);
       sumL = f(sumL + wl);
@@ -206,6 +216,9 @@ export function makeQkx(
         let diff = f(f(f(s * aux[i]) + m) - x[xo + i]);
         diff = mad ? math.abs(diff) : f(diff * diff);
         e = f(e + f(w[i] * diff));
+        // the terms are ≥ 0 (weights are squares or importances) and float32 rounding is monotone: once e reaches
+        // best it cannot fall below it, so the trial is lost whatever the remaining terms are
+        if (e >= best) break;
       }
       if (e < best) {
         for (let i = 0; i < n; i++) L[lo + i] = aux[i];
