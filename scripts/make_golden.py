@@ -1738,6 +1738,120 @@ EXTRA_CASES[LLAMA4_TEXT_CASE] = make_llama4_text
 EXTRA_CASES[LLAMA4_CASE] = lambda: make_llama4_text(nested=True)
 
 
+# --------------------------------------------------------------------------------------
+# dots1 (issue 26): rednote-hilab dots.llm1, DeepSeek-V3's MoE under Qwen3's attention
+# --------------------------------------------------------------------------------------
+
+DOTS1_CASE = "dots1"
+DOTS1 = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=48,  # the leading dense layer
+    moe_intermediate_size=16,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,  # heads x head_dim = 64 != hidden 32
+    n_routed_experts=8,
+    n_shared_experts=2,  # dots.llm1: 2 shared experts, fused into one MLP of width 2 x 16
+    n_group=2,
+    topk_group=1,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+    norm_topk_prob=True,
+    routed_scaling_factor=2.5,
+    sliding_window=8,  # dots.llm1 ships sliding_window with max_window_layers = all layers (no sliding layer);
+    max_window_layers=2,  # here layer 2 slides over 8 positions, so the rule is exercised
+    rms_norm_eps=1e-5,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    attention_bias=False,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+@torch.no_grad()
+def make_dots1() -> dict:
+    from transformers import Dots1Config, Dots1ForCausalLM
+
+    d = OUT / DOTS1_CASE
+    cfg = Dots1Config(**DOTS1)
+    moe_layers = [1, 2]
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 20800 + attempt
+        torch.manual_seed(seed)
+        model = Dots1ForCausalLM(cfg).eval()
+        reinit(model, seed)
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = Dots1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        # the routing margins: selection scores (sigmoid + bias) at the top-k boundary, and the group scores
+        margin = float("inf")
+        for L in moe_layers:
+            gate = hf.model.layers[L].mlp.gate
+            h = {}
+
+            def grab(_m, _i, o, h=h):
+                h["logits"] = o[0].detach().double()
+
+            hook = gate.register_forward_hook(grab)
+            hf(input_ids=ids, use_cache=False)
+            hook.remove()
+            choice = h["logits"].sigmoid() + gate.e_score_correction_bias.double()
+            groups = choice.view(-1, 2, 4).topk(2, -1).values.sum(-1)
+            margin = min(margin, topk_margin(groups, 1))
+            best = groups.argmax(-1)
+            inside = choice.view(-1, 2, 4)[torch.arange(choice.shape[0]), best]
+            margin = min(margin, topk_margin(inside, 2))
+        print(f"[{DOTS1_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("dots1: no seed with clean routing margins")
+    topk = glm_hf_topk(hf, ids, moe_layers)
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = Dots1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    full = Dots1ForCausalLM.from_pretrained(
+        str(d), dtype=torch.float32, attn_implementation="eager", layer_types=["full_attention"] * 3
+    ).eval()
+    window_change = float((full(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    glm_save_golden(d, DOTS1_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    checks = {
+        "max_abs_diff_sdpa_vs_eager": sdpa_diff,
+        "min_routing_margin": margin,
+        "max_abs_logit_change_without_the_sliding_layer": window_change,
+    }
+    notes = [
+        "Dots1ForCausalLM saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, "
+        "dtype=torch.float32), eager attention.",
+        "Attention as Qwen3: 4 heads, 2 kv heads, head_dim 16 (!= hidden/heads 8), per-head q_norm/k_norm [16] "
+        "before a full rotate-half RoPE; layer 2 is a sliding_attention layer (sliding_window 8, max_window_layers "
+        "2): a position sees itself and the 7 before it.",
+        "Layer 0 dense (first_k_dense_replace 1, intermediate_size 48); layers 1-2: DeepSeek-V3's MoE: 8 routed "
+        "experts of width 16 in n_group 2 groups (scored by their best two), topk_group 1, top-2 of sigmoid(logits) + "
+        "e_score_correction_bias, weights sigmoid(logits) renormalised (+1e-20) x routed_scaling_factor 2.5, plus "
+        "the shared experts (n_shared_experts 2: one MLP mlp.shared_experts of width 32), added.",
+        "router_topk [layers 1-2, tokens, 2]: transformers' selected experts ordered by selection score.",
+    ]
+    info = glm_info(DOTS1_CASE, d, cfg_json, seed, logits, ids, hf_loss, checks, notes, tensors)
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[DOTS1_CASE] = make_dots1
+
+
+
 
 # --------------------------------------------------------------------------------------
 # deepseek_v32 (issue 20): DeepSeek-V3.2 = DeepSeek-V3 (MLA, sigmoid group routing with correction bias, routed

@@ -8,6 +8,7 @@ import type { Checkpoint, Config } from '../io/checkpoint';
 import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
 import { deepseekV32 } from './deepseek-v32';
+import { dots1 } from './dots1';
 import { applyFusedViews } from './fused';
 import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
@@ -37,6 +38,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   minimaxM2,
   glm4Moe,
   llama4Text,
+  dots1,
 ];
 
 export class ArchitectureRegistry {

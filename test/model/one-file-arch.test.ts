@@ -116,6 +116,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'minimax_m2',
       'glm4_moe',
       'llama4_text',
+      'dots1',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');
