@@ -152,7 +152,8 @@ def golden_cases(config):
     """Per checkpoint: experts kept by prune and merge. Keep ≥ top-k, and (DeepSeek) a multiple of n_group that
     leaves topk_group groups holding at least top-k experts."""
     config = config.get("text_config", config)  # a nested language model (qwen3_5_moe): its text config
-    e = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
+    e = (config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
+         or config.get("moe_num_experts"))
     prune_keep = e - 1 if e <= 4 else e - 2
     merge_keep = e - 1 if e <= 4 else e // 2
     return [

@@ -1851,6 +1851,139 @@ def make_dots1() -> dict:
 EXTRA_CASES[DOTS1_CASE] = make_dots1
 
 
+# --------------------------------------------------------------------------------------
+# ernie4_5_moe (issue 26): Baidu ERNIE 4.5 MoE (21B-A3B, 300B-A47B)
+# --------------------------------------------------------------------------------------
+
+ERNIE_CASE = "ernie4_5_moe"
+ERNIE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=48,  # the dense layer
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,  # heads x head_dim = 64 != hidden 32
+    moe_intermediate_size=16,
+    moe_k=2,
+    moe_num_experts=8,
+    moe_num_shared_experts=2,  # fused into one MLP of width 2 x 16
+    moe_layer_start_index=1,  # layer 0 dense
+    moe_layer_end_index=-1,
+    moe_layer_interval=1,
+    use_bias=False,
+    tie_word_embeddings=True,  # as ERNIE-4.5-21B-A3B
+    rms_norm_eps=1e-5,
+    max_position_embeddings=256,
+    rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def ernie_router(model, ids: torch.Tensor, moe_layers: list[int]):
+    """The router of every MoE layer: its experts ordered by selection score (softmax + e_score_correction_bias,
+    highest first) [layers, tokens, k], the smallest gap at the top-k boundary of that score, and how many tokens
+    the correction bias changed the choice of."""
+    got: dict[int, tuple] = {}
+    hooks = []
+    for L in moe_layers:
+        gate = model.model.layers[L].mlp.gate
+
+        def hook(m, _i, out, L=L):
+            got[L] = (out[0].detach().double(), out[2].detach(), m.moe_statics.e_score_correction_bias.detach().double())
+
+        hooks.append(gate.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    k = model.config.moe_k
+    topk, margin, changed = [], float("inf"), 0
+    for L in moe_layers:
+        logits, idx, bias = got[L]
+        score = logits.softmax(-1) + bias.squeeze(0)
+        ordered = score.topk(k, -1).indices
+        assert torch.equal(ordered.sort(-1).values, idx.sort(-1).values), f"layer {L}: top-k differs from the router"
+        topk.append(ordered)
+        margin = min(margin, topk_margin(score, k))
+        plain = logits.softmax(-1).topk(k, -1).indices
+        changed += int((plain.sort(-1).values != ordered.sort(-1).values).any(-1).sum())
+    return torch.stack(topk).to(torch.int64).contiguous(), margin, changed
+
+
+@torch.no_grad()
+def make_ernie4_5_moe() -> dict:
+    from transformers import Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM
+
+    d = OUT / ERNIE_CASE
+    cfg = Ernie4_5_MoeConfig(**ERNIE)
+    moe_layers = [1, 2]
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 20900 + attempt
+        torch.manual_seed(seed)
+        model = Ernie4_5_MoeForCausalLM(cfg).eval()
+        reinit(model, seed, {"mlp.gate.weight": 0.5, "e_score_correction_bias": 0.05})
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = Ernie4_5_MoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        topk, margin, changed = ernie_router(hf, ids, moe_layers)
+        print(f"[{ERNIE_CASE}] seed {seed}: min routing margin {margin:.3g}, bias changed {changed} choices")
+        if margin >= MIN_MARGIN and changed > 0:
+            break
+    else:
+        raise SystemExit("ernie4_5_moe: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = Ernie4_5_MoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    glm_save_golden(d, ERNIE_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    info = minimax_info(
+        ERNIE_CASE,
+        d,
+        {**cfg_json, "num_local_experts": cfg_json["moe_num_experts"], "num_experts_per_tok": cfg_json["moe_k"]},
+        ids,
+        logits,
+        hf_loss,
+        seed,
+        "bfloat16",
+        sum(t.numel() for t in tensors.values()),
+        {
+            "max_abs_diff_sdpa_vs_eager": sdpa_diff,
+            "min_routing_margin": margin,
+            "tokens_where_the_selection_bias_changed_the_choice": changed,
+        },
+        [
+            "Ernie4_5_MoeForCausalLM saved in bfloat16 by save_pretrained (the router and moe_statics kept float32); "
+            "golden logits from from_pretrained(dir, dtype=torch.float32), eager attention; tied embeddings.",
+            "Attention: 4 heads, 2 kv heads, head_dim 16, no biases (use_bias false); rotary on interleaved pairs "
+            "(2i, 2i + 1) with frequency i (cos/sin repeat_interleave'd), full head.",
+            "Layer 0 dense (moe_layer_start_index 1, intermediate_size 48); layers 1-2: softmax over 8 experts (float32); "
+            "top-2 chosen on softmax + mlp.moe_statics.e_score_correction_bias [1, 8]; weights the unbiased softmax "
+            "of the chosen two divided by max(their sum, moe_norm_min); plus the shared experts "
+            "(moe_num_shared_experts 2: one MLP mlp.shared_experts of width 32), added.",
+            "router_topk [layers 1-2, tokens, 2]: the chosen experts by selection score, highest first.",
+        ],
+    )
+    info["moe_layers"] = moe_layers
+    info["dense_layers"] = [0]
+    info["experts_per_layer"] = {str(L): 8 for L in moe_layers}
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[ERNIE_CASE] = make_ernie4_5_moe
+
+
+
 
 
 # --------------------------------------------------------------------------------------

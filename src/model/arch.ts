@@ -12,6 +12,8 @@ import type { DeltaNetSpec } from './forward/deltanet';
 import type { GgufAttentionTensor, GgufMapping, GgufReader } from './gguf-map';
 
 export type Proj = 'gate' | 'up' | 'down';
+/** The top-k's config key and its aliases (ERNIE 4.5: moe_k). */
+const TOP_K_KEYS = ['num_experts_per_tok', 'moe_k'];
 export const PROJS: readonly Proj[] = ['gate', 'up', 'down'];
 
 export type TensorRole =
@@ -143,11 +145,16 @@ export abstract class Architecture {
     this.hidden = this.cfg.int('hidden_size');
     this.vocab = this.cfg.int('vocab_size');
     this.numExperts = expertCount(this.cfg);
-    this.topK = this.cfg.int('num_experts_per_tok');
-    this.tieEmbeddings = this.cfg.bool('tie_word_embeddings', false);
+    this.topK = this.cfg.int(TOP_K_KEYS);
+    this.tieEmbeddings = this.cfg.bool('tie_word_embeddings', this.tiedByDefault);
     if (this.numExperts < 1) throw this.cfg.error('the routed expert count is 0: this is a dense model');
     if (this.topK < 1 || this.topK > this.numExperts)
       throw this.cfg.error(`num_experts_per_tok ${this.topK} is not between 1 and the expert count ${this.numExperts}`);
+  }
+
+  /** transformers' default of tie_word_embeddings for this family (ERNIE 4.5: true); read in the constructor. */
+  protected get tiedByDefault(): boolean {
+    return false;
   }
 
   abstract isMoeLayer(layer: number): boolean;
@@ -347,8 +354,8 @@ export abstract class Architecture {
    */
   rewriteConfig(n: number): Config {
     const out = withExpertCount(this.config, n, this.expertCountKey);
-    if (this.topK !== this.cfg.int('num_experts_per_tok')) {
-      out.num_experts_per_tok = this.topK;
+    if (this.topK !== this.cfg.int(TOP_K_KEYS)) {
+      for (const k of TOP_K_KEYS) if (out[k] !== undefined) out[k] = this.topK; // the config holds one of them
       // gpt-oss's original config repeats it under its own name
       if (out.experts_per_token !== undefined) out.experts_per_token = this.topK;
     }

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
 
-export const EXPERT_COUNT_KEYS = ['num_experts', 'num_local_experts', 'n_routed_experts'] as const;
+export const EXPERT_COUNT_KEYS = ['num_experts', 'num_local_experts', 'n_routed_experts', 'moe_num_experts'] as const;
 
 export class ConfigReader {
   readonly file: string;

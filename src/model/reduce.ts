@@ -204,12 +204,13 @@ function reducedItems(
     } else if (role.kind === 'router' || role.kind === 'router_bias') {
       const isRouter = role.kind === 'router';
       const given = isRouter ? layerPlan.router : layerPlan.correctionBias;
-      const rowBytes = (t.shape.length === 2 ? t.shape[1] : 1) * dtypeBytes(t.dtype);
+      // a router's rows [E, H]; a selection bias's entries, [E] or (ERNIE 4.5's moe_statics) [1, E]
+      const rowBytes = (isRouter ? t.shape[1] : 1) * dtypeBytes(t.dtype);
       items.push({
         name: t.name,
         bytes: () => given ?? sliceRows(reader.bytes(t.name), rowBytes, layerPlan.copyOf),
         dtype: t.dtype,
-        shape: isRouter ? [keep, t.shape[1]] : [keep],
+        shape: isRouter ? [keep, t.shape[1]] : t.shape.length === 2 ? [1, keep] : [keep],
       });
     } else {
       items.push(copy(t));

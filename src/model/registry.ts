@@ -9,6 +9,7 @@ import type { Architecture, ArchitectureFamily } from './arch';
 import { deepseekV2, deepseekV3 } from './deepseek';
 import { deepseekV32 } from './deepseek-v32';
 import { dots1 } from './dots1';
+import { ernie4_5Moe } from './ernie4-5-moe';
 import { applyFusedViews } from './fused';
 import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
@@ -39,6 +40,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   glm4Moe,
   llama4Text,
   dots1,
+  ernie4_5Moe,
 ];
 
 export class ArchitectureRegistry {

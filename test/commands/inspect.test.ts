@@ -40,7 +40,8 @@ function independent(dir: string) {
     params_total: params,
     moe_layers: layers,
     experts_per_layer: layers.map((l) => experts.get(l)!.size),
-    top_k: (config.text_config ?? config).num_experts_per_tok,
+    // ERNIE 4.5 names the top-k moe_k
+    top_k: (config.text_config ?? config).num_experts_per_tok ?? config.moe_k,
     extra_tensors: visual,
   };
 }

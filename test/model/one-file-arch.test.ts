@@ -117,6 +117,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'glm4_moe',
       'llama4_text',
       'dots1',
+      'ernie4_5_moe',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');
