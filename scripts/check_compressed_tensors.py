@@ -92,7 +92,7 @@ CASES = [
 # checkpoint and its config name them model.language_model.…, as the multimodal class that vLLM loads does) and
 # ernie4_5_moe (tied embeddings: transformers 5.18's CompressedTensorsConfig(dequantize=True) load fails in
 # mark_tied_weights_as_initialized, "Linear has no attribute weight"); the library's decompression is still checked.
-ARCH_GOLDENS = ["deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1", "ernie4_5_moe", "glm4_moe", "minimax_m2", "olmoe", "qwen2_moe",
+ARCH_GOLDENS = ["deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1", "ernie4_5_moe", "glm4_moe", "hunyuan_v1_moe", "minimax_m2", "olmoe", "qwen2_moe",
                 "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next"]
 LOADABLE_ARCH = set(ARCH_GOLDENS) - {"qwen3_5_moe", "ernie4_5_moe"}
 CASES += [

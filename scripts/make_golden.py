@@ -1983,6 +1983,128 @@ def make_ernie4_5_moe() -> dict:
 EXTRA_CASES[ERNIE_CASE] = make_ernie4_5_moe
 
 
+# --------------------------------------------------------------------------------------
+# hunyuan_v1_moe (issue 26): Tencent Hunyuan-A13B
+# --------------------------------------------------------------------------------------
+
+HUNYUAN_CASE = "hunyuan_v1_moe"
+HUNYUAN = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=16,  # the routed experts' and the shared MLP's width
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,  # heads x head_dim = 64 != hidden 32
+    num_experts=8,
+    moe_topk=2,
+    attention_bias=False,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=256,
+    # Hunyuan-A13B's NTK-alpha rotary: base = rope_theta x alpha^(head_dim / (head_dim - 2))
+    rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0},
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def hunyuan_router(model, ids: torch.Tensor):
+    got: dict[int, tuple] = {}
+    hooks = []
+    for L, layer in enumerate(model.model.layers):
+
+        def hook(_m, _i, out, L=L):
+            got[L] = (out[0].detach().double(), out[2].detach())
+
+        hooks.append(layer.mlp.gate.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    k = model.config.moe_topk
+    topk, margin = [], float("inf")
+    for L in sorted(got):
+        logits, idx = got[L]
+        ordered = logits.topk(k, -1).indices
+        assert torch.equal(ordered.sort(-1).values, idx.sort(-1).values), f"layer {L}: top-k differs from the router"
+        topk.append(ordered)
+        margin = min(margin, topk_margin(logits.softmax(-1), k))
+    return torch.stack(topk).to(torch.int64).contiguous(), margin
+
+
+@torch.no_grad()
+def make_hunyuan_v1_moe() -> dict:
+    from transformers import HunYuanMoEV1Config, HunYuanMoEV1ForCausalLM
+
+    d = OUT / HUNYUAN_CASE
+    cfg = HunYuanMoEV1Config(**HUNYUAN)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 21000 + attempt
+        torch.manual_seed(seed)
+        model = HunYuanMoEV1ForCausalLM(cfg).eval()
+        reinit(model, seed, {"mlp.gate.wg.weight": 0.5})
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = HunYuanMoEV1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        topk, margin = hunyuan_router(hf, ids)
+        print(f"[{HUNYUAN_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("hunyuan_v1_moe: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = HunYuanMoEV1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    plain = HunYuanMoEV1ForCausalLM.from_pretrained(
+        str(d), dtype=torch.float32, attn_implementation="eager",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ).eval()
+    alpha_change = float((plain(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    glm_save_golden(d, HUNYUAN_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    info = minimax_info(
+        HUNYUAN_CASE,
+        d,
+        {**cfg_json, "num_local_experts": cfg_json["num_experts"], "num_experts_per_tok": cfg_json["moe_topk"]},
+        ids,
+        logits,
+        hf_loss,
+        seed,
+        "bfloat16",
+        sum(t.numel() for t in tensors.values()),
+        {
+            "max_abs_diff_sdpa_vs_eager": sdpa_diff,
+            "min_routing_margin": margin,
+            "max_abs_logit_change_without_the_alpha_rotary": alpha_change,
+        },
+        [
+            "HunYuanMoEV1ForCausalLM saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, "
+            "dtype=torch.float32), eager attention.",
+            "Attention: 4 heads, 2 kv heads, head_dim 16; rotate-half RoPE with the NTK-alpha base rope_theta x "
+            "alpha^(16 / 14) (rope_type dynamic, alpha 1000), THEN per-head RMSNorms self_attn.query_layernorm / "
+            "key_layernorm [16].",
+            "Every layer MoE: router mlp.gate.wg [8, 32] (no bias), softmax, top-2 renormalised; experts of width "
+            "intermediate_size 16; plus mlp.shared_mlp (the same width), added.",
+            "router_topk [layers, tokens, 2]: the chosen experts by logit, highest first.",
+        ],
+    )
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[HUNYUAN_CASE] = make_hunyuan_v1_moe
+
+
+
 
 
 

@@ -12,8 +12,8 @@ import type { DeltaNetSpec } from './forward/deltanet';
 import type { GgufAttentionTensor, GgufMapping, GgufReader } from './gguf-map';
 
 export type Proj = 'gate' | 'up' | 'down';
-/** The top-k's config key and its aliases (ERNIE 4.5: moe_k). */
-const TOP_K_KEYS = ['num_experts_per_tok', 'moe_k'];
+/** The top-k's config key and its aliases (ERNIE 4.5: moe_k; HunYuan: moe_topk). */
+const TOP_K_KEYS = ['num_experts_per_tok', 'moe_k', 'moe_topk'];
 export const PROJS: readonly Proj[] = ['gate', 'up', 'down'];
 
 export type TensorRole =

@@ -14,6 +14,7 @@ import { applyFusedViews } from './fused';
 import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
+import { hunyuanV1Moe } from './hunyuan-v1-moe';
 import { llama4Text } from './llama4';
 import { minimaxM2 } from './minimax-m2';
 import { mixtral } from './mixtral';
@@ -41,6 +42,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   llama4Text,
   dots1,
   ernie4_5Moe,
+  hunyuanV1Moe,
 ];
 
 export class ArchitectureRegistry {

@@ -40,8 +40,8 @@ function independent(dir: string) {
     params_total: params,
     moe_layers: layers,
     experts_per_layer: layers.map((l) => experts.get(l)!.size),
-    // ERNIE 4.5 names the top-k moe_k
-    top_k: (config.text_config ?? config).num_experts_per_tok ?? config.moe_k,
+    // ERNIE 4.5 names the top-k moe_k, HunYuan moe_topk
+    top_k: (config.text_config ?? config).num_experts_per_tok ?? config.moe_k ?? config.moe_topk,
     extra_tensors: visual,
   };
 }

@@ -118,6 +118,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'llama4_text',
       'dots1',
       'ernie4_5_moe',
+      'hunyuan_v1_moe',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');

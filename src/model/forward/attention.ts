@@ -33,6 +33,11 @@ export interface GqaSpec {
    * otherwise head_dim × partial_rotary_factor (default 1).
    */
   ropeDim?: number;
+  /**
+   * HunYuan: the per-head q/k norms come after the rotary (qkNorm 'head'), stored as self_attn.query_layernorm /
+   * key_layernorm.
+   */
+  qkNormAfterRope?: boolean;
   /** Llama 4: rotate (2i, 2i+1) pairs (the complex-number form) instead of rotate-half. */
   interleaved?: boolean;
   /** Llama 4 (use_qk_norm): each head of q and k RMS-normalised without a weight after the rotary, on rope layers. */
@@ -165,13 +170,17 @@ export async function gqaProject(
   if (spec.qkNorm === 'full') {
     rmsNorm(q, need(w, 'q_norm.weight'), H * d, spec.eps, q);
     rmsNorm(k, need(w, 'k_norm.weight'), KV * d, spec.eps, k);
-  } else if (spec.qkNorm === 'head') {
+  } else if (spec.qkNorm === 'head' && !spec.qkNormAfterRope) {
     rmsNormStrided(q, N * H, d, 0, d, need(w, 'q_norm.weight'), spec.eps);
     rmsNormStrided(k, N * KV, d, 0, d, need(w, 'k_norm.weight'), spec.eps);
   }
   if (layer.rope) {
     applyRope(q, N, H, d, 0, rope, pos, !!spec.interleaved);
     applyRope(k, N, KV, d, 0, rope, pos, !!spec.interleaved);
+    if (spec.qkNorm === 'head' && spec.qkNormAfterRope) {
+      rmsNormStrided(q, N * H, d, 0, d, need(w, 'query_layernorm.weight'), spec.eps);
+      rmsNormStrided(k, N * KV, d, 0, d, need(w, 'key_layernorm.weight'), spec.eps);
+    }
     if (spec.l2QkNorm) {
       rmsNormStrided(q, N * H, d, 0, d, undefined, spec.eps);
       rmsNormStrided(k, N * KV, d, 0, d, undefined, spec.eps);

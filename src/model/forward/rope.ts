@@ -40,7 +40,9 @@ export function inverseFrequencies(
   dim: number,
   maxPositions: number,
 ): { invFreq: Float64Array; attentionFactor: number } {
-  const base = Number(p.rope_theta);
+  let base = Number(p.rope_theta);
+  // HunYuan's NTK-alpha rotary (rope_type dynamic with alpha): the base raised once, base · alpha^(dim / (dim − 2))
+  if (p.rope_type === 'dynamic' && typeof p.alpha === 'number') base *= math.pow(p.alpha, dim / (dim - 2));
   const half = dim / 2;
   const invFreq = new Float64Array(half);
   // transformers computes base ** (arange/dim) in float32; do the same so long contexts agree.

@@ -1,0 +1,110 @@
+/**
+ * Hunyuan-A13B (Tencent; transformers models/hunyuan_v1_moe, HunYuanMoEV1ForCausalLM).
+ * - Config keys of its own: num_experts and moe_topk (transformers also accepts a list per layer; moe refuses one
+ *   that is not the same on every layer), intermediate_size is the width of every routed expert and of the shared MLP.
+ * - Every layer MoE: router `mlp.gate.wg` [E, H] without bias (float32 in the released checkpoints), softmax over all
+ *   experts, top-k renormalised; plus `mlp.shared_mlp` added unweighted.
+ * - Attention: grouped-query with head_dim, q/k/v/o biases with attention_bias; rotate-half RoPE, THEN per-head
+ *   RMSNorms `self_attn.query_layernorm` / `key_layernorm` [head_dim]. The rotary is rope_type "dynamic" with an
+ *   NTK alpha (Hunyuan-A13B: 1000): base = rope_theta · alpha^(head_dim / (head_dim − 2)) (forward/rope.ts).
+ */
+import type { Config } from '../io/checkpoint';
+import {
+  Architecture,
+  ArchitectureFamily,
+  gqaAttention,
+  linear,
+  mlp,
+  RoutingRule,
+  SYNTH_COMMON,
+  TensorSpec,
+  vector,
+  softmaxTopK,
+} from './arch';
+import type { AttentionSpec } from './forward/attention';
+
+export class HunyuanV1Moe extends Architecture {
+  readonly modelType: string = 'hunyuan_v1_moe';
+  protected readonly expertCountKey: string = 'num_experts';
+
+  constructor(config: Config, dir: string) {
+    super(config, dir);
+    if (this.cfg.str('hidden_act', 'silu') !== 'silu')
+      throw this.cfg.error(`hidden_act "${this.cfg.str('hidden_act', '')}" is not silu`);
+  }
+
+  isMoeLayer(): boolean {
+    return true;
+  }
+
+  get expertWidth(): number {
+    return this.cfg.int('intermediate_size');
+  }
+
+  get sharedExperts(): number {
+    return 1;
+  }
+
+  override get sharedMode(): 'none' | 'gated' | 'plain' {
+    return 'plain';
+  }
+
+  override sharedExpertPrefix(layer: number): string {
+    return `${this.moePrefix(layer)}.shared_mlp`;
+  }
+
+  get routing(): RoutingRule {
+    return softmaxTopK(this.topK, true);
+  }
+
+  override routerKey(layer: number): string {
+    return `${this.moePrefix(layer)}.gate.wg.weight`;
+  }
+
+  headDim(): number {
+    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+  }
+
+  protected attentionSpecs(layer: number): TensorSpec[] {
+    const heads = this.cfg.int('num_attention_heads');
+    const kv = this.cfg.int('num_key_value_heads', heads);
+    const bias = this.cfg.bool('attention_bias', false);
+    const hd = this.headDim();
+    const p = `model.layers.${layer}.self_attn`;
+    return [
+      ...gqaAttention(layer, this.hidden, heads, kv, hd, { qkv: bias, o: bias }),
+      vector(`${p}.query_layernorm.weight`, hd, { kind: 'norm', layer, name: 'query_layernorm' }),
+      vector(`${p}.key_layernorm.weight`, hd, { kind: 'norm', layer, name: 'key_layernorm' }),
+    ];
+  }
+
+  protected mlpSpecs(layer: number): TensorSpec[] {
+    const h = this.hidden;
+    return [
+      linear(this.routerKey(layer), this.numExperts, h, { kind: 'router', layer }),
+      ...mlp(this.sharedExpertPrefix(layer), h, this.expertWidth, (proj) => ({ kind: 'shared', layer, proj })),
+    ];
+  }
+
+  attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
+    return { ...this.gqaSpec(this.headDim(), 'head', eps), qkNormAfterRope: true };
+  }
+}
+
+const { num_experts_per_tok: _k, ...COMMON } = SYNTH_COMMON;
+
+export const hunyuanV1Moe: ArchitectureFamily = {
+  modelType: 'hunyuan_v1_moe',
+  create: (c, d) => new HunyuanV1Moe(c, d),
+  preset: {
+    ...COMMON,
+    model_type: 'hunyuan_v1_moe',
+    architectures: ['HunYuanMoEV1ForCausalLM'],
+    head_dim: 32,
+    intermediate_size: 32,
+    num_experts: 8,
+    moe_topk: 2,
+    attention_bias: false,
+    rope_parameters: { rope_type: 'dynamic', alpha: 1000, factor: 1, rope_theta: 10000 },
+  },
+};

@@ -1,0 +1,111 @@
+/**
+ * @jest-environment ./test/backend/ort-environment.js
+ */
+/**
+ * Hunyuan-A13B against transformers 5.18 (fixtures/golden/hunyuan_v1_moe; scripts/make_golden.py --only
+ * hunyuan_v1_moe): router top-k on every token, logits and loss on the ref and onnx backends (the q/k norms after
+ * the rotary, with their weights, are only right in that order), the NTK-alpha rotary and the q/k norms move the
+ * logits, the config keys (num_experts, moe_topk), and prune rewriting them. transformers' perplexity of the
+ * pruned / merged / GPTQ outputs: test/reference/architectures.test.ts.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Backend } from '../../src/backend/backend';
+import { OnnxBackend } from '../../src/backend/onnx';
+import { RefBackend } from '../../src/backend/ref';
+import { calibrate } from '../../src/commands/calibrate';
+import { prune } from '../../src/commands/prune';
+import { CheckpointError } from '../../src/errors';
+import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
+import type { Architecture } from '../../src/model/arch';
+import type { GqaSpec } from '../../src/model/forward/attention';
+import { ForwardPass, fullLogits } from '../../src/model/forward/model';
+import { architectureFor, loadArchitecture } from '../../src/model/registry';
+import { GOLDEN, quiet, tmpDir } from '../helpers';
+import { lossOf, maxDiff } from '../golden-math';
+
+const DIR = path.join(GOLDEN, 'hunyuan_v1_moe');
+
+function golden() {
+  const r = new TensorReader(openTensorFile(path.join(DIR, 'golden.safetensors')));
+  const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
+  const [B, T, V] = r.ref('logits').shape;
+  const [L, N, k] = r.ref('router_topk').shape;
+  const topk = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
+  const logits = r.f32('logits');
+  r.close();
+  const info = JSON.parse(fs.readFileSync(path.join(DIR, 'golden.json'), 'utf8'));
+  return { ids, logits, B, T, V, L, N, k, topk, loss: info.loss as number, info };
+}
+
+async function run(be: Backend, patch?: (a: Architecture) => void, config?: Record<string, unknown>) {
+  const g = golden();
+  const ckpt = openCheckpoint(DIR);
+  if (config) ckpt.config = config;
+  const arch = loadArchitecture(ckpt);
+  patch?.(arch);
+  const reader = new TensorReader(ckpt);
+  const { sink, logits } = fullLogits(g.B * g.T, g.V);
+  const experts = new Map<number, Int32Array>();
+  await new ForwardPass(reader, arch, be).run(g.ids, g.B, g.T, sink, {
+    router: (l, r) => experts.set(l, r.experts.slice()),
+  });
+  reader.close();
+  return { logits, experts, g };
+}
+
+describe('the golden hunyuan_v1_moe checkpoint', () => {
+  test("router top-2 equals transformers' on every token of every layer; logits within 1e-3, loss within 2e-4", async () => {
+    const { logits, experts, g } = await run(new RefBackend());
+    expect([g.L, g.N, g.k]).toEqual([2, 32, 2]);
+    for (let l = 0; l < 2; l++)
+      expect(Array.from(experts.get(l)!)).toEqual(Array.from(g.topk.subarray(l * g.N * 2, (l + 1) * g.N * 2)));
+    expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
+    expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.loss)).toBeLessThanOrEqual(2e-4);
+  });
+
+  test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
+    const onnx = await OnnxBackend.create({ threads: 2 });
+    try {
+      const { logits, g } = await run(onnx);
+      expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
+      expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.loss)).toBeLessThanOrEqual(2e-4);
+    } finally {
+      await onnx.dispose();
+    }
+  });
+
+  test('the alpha rotary moves the logits as much as transformers measured; so do the q/k norms', async () => {
+    const g = golden();
+    const config = JSON.parse(fs.readFileSync(path.join(DIR, 'config.json'), 'utf8'));
+    const plain = { ...config, rope_parameters: { rope_type: 'default', rope_theta: 10000 } };
+    const moved = maxDiff((await run(new RefBackend(), undefined, plain)).logits, g.logits);
+    expect(moved).toBeCloseTo(g.info.checks.max_abs_logit_change_without_the_alpha_rotary, 2);
+    const noNorms = (a: Architecture) => {
+      const own = a.attentionSpec.bind(a);
+      a.attentionSpec = (rope, eps) => ({ ...(own(rope, eps) as GqaSpec), qkNorm: 'none' });
+    };
+    expect(maxDiff((await run(new RefBackend(), noNorms)).logits, g.logits)).toBeGreaterThan(1e-2);
+  });
+
+  test('config: num_experts and moe_topk; prune rewrites num_experts', async () => {
+    const base = JSON.parse(fs.readFileSync(path.join(DIR, 'config.json'), 'utf8'));
+    const a = architectureFor(base, DIR);
+    expect([a.numExperts, a.topK, a.expertWidth, a.moeLayers]).toEqual([8, 2, 16, [0, 1]]);
+    const list = () => architectureFor({ ...base, moe_topk: [2, 2] }, DIR);
+    expect(list).toThrow(CheckpointError);
+    const work = tmpDir('moe-hunyuan-');
+    const data = path.join(work, 'ids.json');
+    const { ids, B, T } = golden();
+    fs.writeFileSync(
+      data,
+      JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))),
+    );
+    const stats = path.join(work, 'stats');
+    await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref' }, quiet);
+    const out = path.join(work, 'pruned');
+    await prune({ model: DIR, stats, method: 'reap', keep: 6, output: out, backend: 'ref' }, quiet);
+    const config = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect([config.num_experts, config.moe_topk, config.num_local_experts]).toEqual([6, 2, undefined]);
+  });
+});
