@@ -107,7 +107,10 @@ describe('golden checkpoints: moe eval of its outputs equals transformers', () =
           const want =
             keep === undefined
               ? text
-              : text.replace(/("(?:num_experts|num_local_experts|n_routed_experts|moe_num_experts)": )\d+/, `$1${keep}`);
+              : text.replace(
+                  /("(?:num_experts|num_local_experts|n_routed_experts|moe_num_experts)": )\d+/,
+                  `$1${keep}`,
+                );
           expect(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')).toBe(want);
         }
       }
