@@ -106,6 +106,8 @@ CASES.append(("gpt_oss-4", "fixtures/golden/gpt_oss", ["--bits", "4", "--group-s
 # llama4_text: fused experts too (halves, not interleaved), linearized the same way; its dense MLP has 24 inputs.
 CASES.append(("llama4_text-4", "fixtures/golden/llama4_text", ["--bits", "4", "--group-size", "8"], False, True))
 CASES.append(("llama4-4", "fixtures/golden/llama4", ["--bits", "4", "--group-size", "8"], False, True))
+# granitemoe: fused in nn.Linear orientation (input_linear [E, 2I, H], output_linear [E, H, I]), linearized likewise
+CASES.append(("granitemoe-4", "fixtures/golden/granitemoe", ["--bits", "4", "--group-size", "8"], False, True))
 SEQ_LEN = 64
 WINDOWS = 8
 
@@ -174,6 +176,15 @@ def linearized(sd: dict) -> dict:
                 out[f"{p}{e}.gate_proj.weight"], out[f"{p}{e}.gate_proj.bias"] = v[e][:, 0::2].T, gub[e][0::2]
                 out[f"{p}{e}.up_proj.weight"], out[f"{p}{e}.up_proj.bias"] = v[e][:, 1::2].T, gub[e][1::2]
                 out[f"{p}{e}.down_proj.weight"], out[f"{p}{e}.down_proj.bias"] = dn[e].T, dnb[e]
+        elif k.endswith("block_sparse_moe.input_linear.weight"):
+            # GraniteMoE: [E, 2I, H] (gate rows then up rows) and output_linear [E, H, I], nn.Linear orientation
+            p = k[: -len("input_linear.weight")]
+            dn, half = sd[p + "output_linear.weight"], v.shape[1] // 2
+            for e in range(v.shape[0]):
+                out[f"{p}experts.{e}.gate_proj.weight"], out[f"{p}experts.{e}.up_proj.weight"] = v[e][:half], v[e][half:]
+                out[f"{p}experts.{e}.down_proj.weight"] = dn[e]
+        elif k.endswith("block_sparse_moe.output_linear.weight"):
+            pass
         elif k.endswith("feed_forward.experts.gate_up_proj"):
             # Llama 4: [E, H, 2I], gate the first half of the last axis, no biases
             p = k[: -len("gate_up_proj")]

@@ -2104,6 +2104,128 @@ def make_hunyuan_v1_moe() -> dict:
 EXTRA_CASES[HUNYUAN_CASE] = make_hunyuan_v1_moe
 
 
+# --------------------------------------------------------------------------------------
+# granitemoe (issue 26): IBM Granite 3.0/3.1 MoE (granite-3.x-1b-a400m, -3b-a800m)
+# --------------------------------------------------------------------------------------
+
+GRANITE_CASE = "granitemoe"
+GRANITE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=16,  # the experts' width
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    # granite-3.1-1b-a400m's multipliers (logits_scaling 6.0 there)
+    embedding_multiplier=12.0,
+    residual_multiplier=0.22,
+    attention_multiplier=0.015625,
+    logits_scaling=8.0,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=256,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def granite_router(model, ids: torch.Tensor):
+    got: dict[int, tuple] = {}
+    hooks = []
+    for L, layer in enumerate(model.model.layers):
+
+        def hook(_m, _i, out, L=L):
+            got[L] = (out[2].detach().double(), out[0].detach())
+
+        hooks.append(layer.block_sparse_moe.router.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    k = model.config.num_experts_per_tok
+    topk, margin = [], float("inf")
+    for L in sorted(got):
+        logits, idx = got[L]
+        ordered = logits.topk(k, -1).indices
+        assert torch.equal(ordered.sort(-1).values, idx.sort(-1).values), f"layer {L}: top-k differs from the router"
+        topk.append(ordered)
+        margin = min(margin, topk_margin(logits.softmax(-1), k))
+    return torch.stack(topk).to(torch.int64).contiguous(), margin
+
+
+@torch.no_grad()
+def make_granitemoe() -> dict:
+    from transformers import GraniteMoeConfig, GraniteMoeForCausalLM
+
+    d = OUT / GRANITE_CASE
+    cfg = GraniteMoeConfig(**GRANITE)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 21100 + attempt
+        torch.manual_seed(seed)
+        model = GraniteMoeForCausalLM(cfg).eval()
+        reinit(model, seed, {"router.weight": 0.5})
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = GraniteMoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        topk, margin = granite_router(hf, ids)
+        print(f"[{GRANITE_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("granitemoe: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = GraniteMoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    checks = {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin}
+    for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"):
+        alt = GraniteMoeForCausalLM.from_pretrained(
+            str(d), dtype=torch.float32, attn_implementation="eager", **{key: 1.0}
+        ).eval()
+        checks[f"max_abs_logit_change_with_{key}_1"] = float((alt(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    glm_save_golden(d, GRANITE_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    info = minimax_info(
+        GRANITE_CASE,
+        d,
+        cfg_json,
+        ids,
+        logits,
+        hf_loss,
+        seed,
+        "bfloat16",
+        sum(t.numel() for t in tensors.values()),
+        checks,
+        [
+            "GraniteMoeForCausalLM saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, "
+            "dtype=torch.float32), eager attention; tied embeddings.",
+            "Multipliers: embeddings x embedding_multiplier 12; each sub-layer's output x residual_multiplier 0.22 "
+            "before the residual add; attention scores x attention_multiplier 0.015625 (instead of head_dim^-0.5); "
+            "logits / logits_scaling 8.",
+            "Every layer MoE: router block_sparse_moe.router.layer [8, 32], top-2 of the logits, softmax over the two; "
+            "experts fused block_sparse_moe.input_linear [8, 2 x 16, 32] (gate rows then up rows, [out, in]) and "
+            "output_linear [8, 32, 16]; no shared expert.",
+            "router_topk [layers, tokens, 2]: the chosen experts by logit, highest first.",
+        ],
+    )
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[GRANITE_CASE] = make_granitemoe
+
+
+
 
 
 

@@ -571,6 +571,7 @@ export class TensorReader {
     const rest = v.source.shape.slice(1);
     const b = rest[rest.length - 1];
     const a = rest.length === 1 ? 1 : rest[0];
+    if (v.rows) return this.sliceOf(v.source, v.index).slice(v.rows.start * b, (v.rows.start + v.rows.count) * b);
     const { start, step, count: n } = v.cols ?? { start: 0, step: 1, count: b };
     if (v.source.mxfp4 && v.transpose) return this.mxfp4Rows(v.source, v.index, start, step, n);
     // BF16 is widened while it is picked (its bits are a float32's high half): only the view's values are touched.

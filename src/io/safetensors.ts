@@ -42,6 +42,8 @@ export interface SliceView {
   source: TensorRef;
   index: number;
   cols?: { start: number; step: number; count: number };
+  /** Rows start..start+count of the slice, whole (a [out, in] slice holding gate rows then up rows). */
+  rows?: { start: number; count: number };
   transpose: boolean;
 }
 

@@ -119,6 +119,11 @@ export interface FusedExpertLayout {
   downBias?(layer: number): string;
   /** Gate and up alternate on the last axis (gpt-oss); otherwise gate is the first half. */
   interleaved: boolean;
+  /**
+   * Stored in nn.Linear's orientation, each expert [out, in]: gateUp [E, 2I, H] (gate rows, then up rows), down
+   * [E, H, I] (GraniteMoE's input_linear / output_linear); otherwise transposed as described above.
+   */
+  outIn?: boolean;
 }
 
 export abstract class Architecture {
@@ -255,6 +260,14 @@ export abstract class Architecture {
   /** How layer l's self-attention differs from plain causal rotary attention (NoPE, sliding window, chunks). */
   layerAttention(layer: number): LayerAttention {
     return { rope: true, window: this.slidingWindow(layer) };
+  }
+
+  /**
+   * GraniteMoE's scalars: the embeddings are multiplied by `embedding`, each sub-layer's output by `residual` before
+   * it is added to the residual stream, and the logits divided by `logits`; 1 for every other family.
+   */
+  get multipliers(): { embedding: number; residual: number; logits: number } {
+    return { embedding: 1, residual: 1, logits: 1 };
   }
 
   /** Prefix of a dense layer's gate/up/down MLP (Llama 4: `feed_forward`). */

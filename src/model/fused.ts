@@ -60,9 +60,10 @@ function expectShape(t: TensorRef, want: number[], ckpt: Checkpoint): void {
 }
 
 /** The views of expert e inside stored tensor t. */
-function viewsOf(arch: Architecture, f: FusedTensor, t: TensorRef, e: number, interleaved: boolean): TensorRef[] {
+function viewsOf(arch: Architecture, f: FusedTensor, t: TensorRef, e: number, layout: FusedExpertLayout): TensorRef[] {
   const I = arch.expertWidth;
   const names = membersOf(arch, f, e);
+  const interleaved = layout.interleaved;
   return names.map((name, k) => {
     const cols =
       f.kind === 'gateUp' || f.kind === 'gateUpBias'
@@ -70,7 +71,11 @@ function viewsOf(arch: Architecture, f: FusedTensor, t: TensorRef, e: number, in
           ? { start: k, step: 2, count: I }
           : { start: k * I, step: 1, count: I }
         : undefined;
-    const view: SliceView = { source: t, index: e, cols, transpose: f.kind === 'gateUp' || f.kind === 'down' };
+    const transpose = f.kind === 'gateUp' || f.kind === 'down';
+    // [out, in] slices: a gate or up view is a block of rows, down the whole slice
+    const view: SliceView = layout.outIn
+      ? { source: t, index: e, rows: f.kind === 'gateUp' ? { start: k * I, count: I } : undefined, transpose: false }
+      : { source: t, index: e, cols, transpose };
     const shape =
       f.kind === 'gateUp'
         ? [I, arch.hidden]
@@ -102,8 +107,6 @@ export function applyFusedViews(ckpt: Checkpoint, arch: Architecture): void {
   )
     return;
   const E = arch.numExperts;
-  const H = arch.hidden;
-  const I = arch.expertWidth;
   const replaced = new Map<string, TensorRef[]>();
   const stored = new Map<string, TensorRef>();
   for (const layer of arch.moeLayers) {
@@ -114,10 +117,9 @@ export function applyFusedViews(ckpt: Checkpoint, arch: Architecture): void {
           file: ckpt.dir,
           hint: 'the checkpoint is incomplete or its config does not match the weights',
         });
-      const shape = { gateUp: [E, H, 2 * I], gateUpBias: [E, 2 * I], down: [E, I, H], downBias: [E, H] }[f.kind];
-      expectShape(t, shape, ckpt);
+      expectShape(t, [E, ...sliceShape(arch, f)], ckpt);
       const views: TensorRef[] = [];
-      for (let e = 0; e < E; e++) views.push(...viewsOf(arch, f, t, e, layout.interleaved));
+      for (let e = 0; e < E; e++) views.push(...viewsOf(arch, f, t, e, layout));
       replaced.set(f.name, views);
       stored.set(f.name, t);
     }
@@ -166,11 +168,19 @@ export function fuseSlice(
   H: number,
   I: number,
   interleaved: boolean,
+  outIn = false,
 ): Uint8Array {
   const want = { gateUp: I * H, gateUpBias: I, down: H * I, downBias: H }[f.kind] * size;
   if (members.some((m) => m.byteLength !== want))
     throw new Error(`fuseSlice: ${f.name} members of ${members.map((m) => m.byteLength)} bytes, expected ${want}`);
   if (f.kind === 'downBias') return members[0];
+  if (outIn && (f.kind === 'down' || f.kind === 'gateUp')) {
+    // nn.Linear orientation: down as it is, gate rows then up rows
+    if (f.kind === 'down') return members[0];
+    const out = new Uint8Array(2 * want);
+    members.forEach((m, k) => out.set(m, k * want));
+    return out;
+  }
   if (f.kind === 'down') {
     const out = new Uint8Array(members[0].byteLength);
     for (let r = 0; r < H; r++) for (let c = 0; c < I; c++) copyElem(out, c * H + r, members[0], r * I + c, size);
@@ -248,7 +258,7 @@ export function fuseOutput(
             continue;
           }
           const members = await Promise.all(slice(e).map((m) => m.bytes()));
-          yield fuseSlice(f, members, size, arch.hidden, arch.expertWidth, layout.interleaved);
+          yield fuseSlice(f, members, size, arch.hidden, arch.expertWidth, layout.interleaved, layout.outIn);
         }
       },
     });
@@ -408,7 +418,7 @@ export class FusingWriter implements TensorSink {
       if (![...Array(this.experts).keys()].every((e) => members(e).every((m) => this.staged.has(m)))) return;
       const size = dtypeBytes(next.dtype);
       const { hidden, expertWidth } = this.arch;
-      const interleaved = this.arch.fusedExperts!.interleaved;
+      const { interleaved, outIn } = this.arch.fusedExperts!;
       const read = (m: string) => {
         const s = this.staged.get(m)!;
         const buf = new Uint8Array(s.bytes);
@@ -422,7 +432,10 @@ export class FusingWriter implements TensorSink {
           return {
             next: () =>
               e < this.experts
-                ? { done: false, value: fuseSlice(f, members(e++).map(read), size, hidden, expertWidth, interleaved) }
+                ? {
+                    done: false,
+                    value: fuseSlice(f, members(e++).map(read), size, hidden, expertWidth, interleaved, outIn),
+                  }
                 : { done: true, value: undefined },
           };
         },
@@ -449,6 +462,7 @@ export class FusingWriter implements TensorSink {
 /** One expert's slice shape of a stored fused tensor. */
 function sliceShape(arch: Architecture, f: FusedTensor): number[] {
   const [H, I] = [arch.hidden, arch.expertWidth];
+  if (arch.fusedExperts?.outIn) return { gateUp: [2 * I, H], gateUpBias: [2 * I], down: [H, I], downBias: [H] }[f.kind];
   return { gateUp: [H, 2 * I], gateUpBias: [2 * I], down: [I, H], downBias: [H] }[f.kind];
 }
 

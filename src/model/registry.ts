@@ -14,6 +14,7 @@ import { applyFusedViews } from './fused';
 import { glm4Moe } from './glm4-moe';
 import type { GgufReader } from './gguf-map';
 import { gptOss } from './gpt-oss';
+import { granitemoe } from './granitemoe';
 import { hunyuanV1Moe } from './hunyuan-v1-moe';
 import { llama4Text } from './llama4';
 import { minimaxM2 } from './minimax-m2';
@@ -43,6 +44,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   dots1,
   ernie4_5Moe,
   hunyuanV1Moe,
+  granitemoe,
 ];
 
 export class ArchitectureRegistry {

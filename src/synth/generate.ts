@@ -71,9 +71,10 @@ function storedSpecs(arch: Architecture): { name: string; shape: number[]; role?
     if (r.kind !== 'expert' && r.kind !== 'expert_bias') out.push(s);
     else if (r.kind === 'expert' && r.expert === 0 && r.proj === 'gate') {
       const l = r.layer;
-      out.push({ name: layout.gateUp(l), shape: [E, H, 2 * I] });
+      // transposed [in, out] slices (gpt-oss, Llama 4), or nn.Linear's [out, in] (GraniteMoE)
+      out.push({ name: layout.gateUp(l), shape: layout.outIn ? [E, 2 * I, H] : [E, H, 2 * I] });
       if (layout.gateUpBias) out.push({ name: layout.gateUpBias(l), shape: [E, 2 * I] });
-      out.push({ name: layout.down(l), shape: [E, I, H] });
+      out.push({ name: layout.down(l), shape: layout.outIn ? [E, H, I] : [E, I, H] });
       if (layout.downBias) out.push({ name: layout.downBias(l), shape: [E, H] });
     }
   }

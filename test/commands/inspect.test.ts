@@ -30,7 +30,9 @@ function independent(dir: string) {
         experts.get(Number(m[1]))!.add(Number(m[2]));
       }
       // experts stored fused (gpt-oss, Llama 4): the first axis of gate_up_proj [E, H, 2I]
-      const fused = /^(?:language_model\.)?model\.layers\.(\d+)\.(?:mlp|feed_forward)\.experts\.gate_up_proj$/;
+      // (GraniteMoE: block_sparse_moe.input_linear.weight [E, 2I, H])
+      const fused =
+        /^(?:language_model\.)?model\.layers\.(\d+)\.(?:(?:mlp|feed_forward)\.experts\.gate_up_proj|block_sparse_moe\.input_linear\.weight)$/;
       const f = fused.exec(name);
       if (f) experts.set(Number(f[1]), new Set([...Array(t.shape[0]).keys()]));
     }

@@ -119,6 +119,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'dots1',
       'ernie4_5_moe',
       'hunyuan_v1_moe',
+      'granitemoe',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');

@@ -21,7 +21,7 @@ import type { Architecture } from '../arch';
 import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, Weights } from './attention';
 import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, recurrenceFrom } from './deltanet';
 import { ForwardObserver, ForwardOptions, ForwardPass, fullLogits } from './model';
-import { rmsNorm } from './ops';
+import { rmsNorm, scaleInPlace } from './ops';
 
 /**
  * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
@@ -281,7 +281,7 @@ export class Decoder extends ForwardPass {
     const norm = this.load('model.norm.weight', -1);
     const off = a.normOffset;
     const final = off === 0 ? norm : norm.map((v) => v + off);
-    const normed = rmsNorm(x, final, a.hidden, this.spec.eps);
+    const normed = scaleInPlace(rmsNorm(x, final, a.hidden, this.spec.eps), 1 / a.multipliers.logits);
     return this.be.linear(normed, this.load(name, -1), rows, a.hidden, a.vocab);
   }
 }

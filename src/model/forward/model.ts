@@ -13,7 +13,7 @@ import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla, Weights } from './attention';
 import { gatedDeltaNet } from './deltanet';
 import { gatherRows, outputWeights, route, Routing, scaleRows, scatterAdd, tokensPerExpert } from './moe';
-import { addInPlace, rmsNorm, sigmoid } from './ops';
+import { addInPlace, rmsNorm, scaleInPlace, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
 
@@ -266,7 +266,7 @@ export class ForwardPass {
 
   /** Embeds windows of token ids: [tokens, hidden]. */
   embed(ids: Int32Array): Float32Array {
-    return this.reader.gatherF32('model.embed_tokens.weight', ids);
+    return scaleInPlace(this.reader.gatherF32('model.embed_tokens.weight', ids), this.arch.multipliers.embedding);
   }
 
   /** Runs all layers over the hidden states of `windows` windows of length T, in place. */
@@ -328,13 +328,14 @@ export class ForwardPass {
     };
     const lin: Linear = (proj, x, rows, inDim, outDim) =>
       this.linear(`${p}.${mixer}.${proj}.weight`, l, x, rows, inDim, outDim, observer, true);
-    addInPlace(hidden, await this.mixer(l, normed, windows, T, lin, w));
+    const residual = this.arch.multipliers.residual;
+    addInPlace(hidden, await this.mixer(l, normed, windows, T, lin, w), residual);
     this.recycle();
     const x = rmsNorm(hidden, this.normWeight(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps, normBuf);
     const out = this.arch.isMoeLayer(l)
       ? await this.moeBlock(l, x, N, observer)
       : await this.mlp(this.arch.denseMlpPrefix(l), l, x, N, observer);
-    addInPlace(hidden, out);
+    addInPlace(hidden, out, residual);
     this.recycle();
     observer?.layer?.(l, hidden, N);
   }
@@ -516,7 +517,8 @@ export class ForwardPass {
     const a = this.arch;
     const off = a.normOffset;
     const final = this.reader.f32('model.norm.weight').map((v) => v + off);
-    const x = rmsNorm(hidden, final, a.hidden, this.spec.eps);
+    // GraniteMoE's logits / logits_scaling, applied to the normed states the lm_head multiplies
+    const x = scaleInPlace(rmsNorm(hidden, final, a.hidden, this.spec.eps), 1 / a.multipliers.logits);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     const block = vocabBlock(N, a.vocab);
     const reader = this.reader;

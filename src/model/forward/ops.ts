@@ -69,9 +69,16 @@ export function swiglu(gateUp: Float32Array, rows: number, width: number): Float
   return out;
 }
 
-/** a += b, element-wise. */
-export function addInPlace(a: Float32Array, b: Float32Array): void {
-  for (let i = 0; i < a.length; i++) a[i] += b[i];
+/** a += b, element-wise; with a scale, a += float32(b · scale) (GraniteMoE's residual_multiplier). */
+export function addInPlace(a: Float32Array, b: Float32Array, scale = 1): void {
+  if (scale === 1) for (let i = 0; i < a.length; i++) a[i] += b[i];
+  else for (let i = 0; i < a.length; i++) a[i] += math.fround(b[i] * scale);
+}
+
+/** x × s in place (float32), unless s is 1. */
+export function scaleInPlace(x: Float32Array, s: number): Float32Array {
+  if (s !== 1) for (let i = 0; i < x.length; i++) x[i] *= s;
+  return x;
 }
 
 /** Concatenates [rowsA, cols] and [rowsB, cols] row blocks: the fused gate|up weight. */
