@@ -18,7 +18,10 @@ export interface EvalTotals {
   baseNllSum?: number;
   klSum?: number;
   top1Agree?: number;
-  /** Per MoE layer: summed overlap of selected experts (|A∩B| / k per token) and token count. */
+  /**
+   * Per MoE layer: summed overlap of selected experts and token count; a token's overlap is |A∩B| / min(|A|, |B|),
+   * its sets the experts each model routes it to with a nonzero weight (k of them without dynamic routing).
+   */
   routing?: Map<number, { overlap: number; tokens: number }>;
 }
 
@@ -65,8 +68,18 @@ function targetsOf(ids: Int32Array, windows: number, T: number): Int32Array {
   return t;
 }
 
+/**
+ * Records each layer's selected experts; a slot dynamic routing dropped (`moe eval --top-p` / `--skip-ratio`: weight
+ * exactly 0) is recorded as −1, since that expert does not take part in the token's output.
+ */
 function routingRecorder(store: Map<number, Int32Array>): ForwardObserver {
-  return { router: (layer: number, r: Routing) => store.set(layer, r.experts.slice()) };
+  return {
+    router: (layer: number, r: Routing) =>
+      store.set(
+        layer,
+        r.experts.map((e, i) => (r.weights[i] === 0 ? -1 : e)),
+      ),
+  };
 }
 
 /** The observer with a tick after every layer (progress moves layer by layer, not only batch by batch). */
@@ -137,7 +150,8 @@ export async function evaluate(model: ForwardPass, windows: Int32Array[], opts: 
   return totals;
 }
 
-function compareRouting(
+/** Adds each layer's routing overlap of `model` against `base` (see EvalTotals.routing) into `into`. */
+export function compareRouting(
   into: Map<number, { overlap: number; tokens: number }>,
   base: Map<number, Int32Array>,
   model: Map<number, Int32Array>,
@@ -150,13 +164,18 @@ function compareRouting(
     const b = model.get(layer);
     if (!b) continue;
     const acc = into.get(layer) ?? { overlap: 0, tokens: 0 };
-    const k = Math.min(kBase, kModel);
     for (let n = 0; n < N; n++) {
       const set = new Set<number>();
-      for (let j = 0; j < kBase; j++) set.add(a[n * kBase + j]);
+      for (let j = 0; j < kBase; j++) if (a[n * kBase + j] >= 0) set.add(a[n * kBase + j]);
       let hit = 0;
-      for (let j = 0; j < kModel; j++) if (set.has(map ? map(layer, b[n * kModel + j]) : b[n * kModel + j])) hit++;
-      acc.overlap += hit / k;
+      let kept = 0;
+      for (let j = 0; j < kModel; j++) {
+        const e = b[n * kModel + j];
+        if (e < 0) continue; // dropped by dynamic routing
+        kept++;
+        if (set.has(map ? map(layer, e) : e)) hit++;
+      }
+      acc.overlap += hit / Math.min(set.size, kept);
     }
     acc.tokens += N;
     into.set(layer, acc);

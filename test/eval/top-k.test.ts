@@ -11,6 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
+import { compareRouting } from '../../src/eval/perplexity';
 import { exportGguf } from '../../src/commands/gguf';
 import { inspect } from '../../src/commands/inspect';
 import { prune } from '../../src/commands/prune';
@@ -230,4 +231,18 @@ describe('--top-p and --skip-ratio (dynamic experts per token)', () => {
     expect(one.active_params_per_token).toBe(top1.active_params_per_token);
     expect(one.loss).not.toBe(top1.loss);
   });
+});
+
+test('routing agreement counts only the experts each model keeps: a dropped slot is no match', () => {
+  // token 0: base {2, 3}, model keeps 1 and dropped 3 (−1): 0 of the 1 kept expert is in base's set;
+  // token 1: base {0, 1}, model {1, 0}: 2 of 2; token 2: base {4, 5}, model keeps 5, dropped 4: 1 of 1
+  const into = new Map<number, { overlap: number; tokens: number }>();
+  const base = new Map([[1, Int32Array.from([2, 3, 0, 1, 4, 5])]]);
+  const model = new Map([[1, Int32Array.from([1, -1, 1, 0, 5, -1])]]);
+  compareRouting(into, base, model, 2, 2, 3);
+  expect(into.get(1)).toEqual({ overlap: 0 + 1 + 1, tokens: 3 });
+  // a model with a larger k: |A∩B| / min(|A|, |B|)
+  const wide = new Map<number, { overlap: number; tokens: number }>();
+  compareRouting(wide, new Map([[0, Int32Array.from([0])]]), new Map([[0, Int32Array.from([3, 0])]]), 1, 2, 1);
+  expect(wide.get(0)).toEqual({ overlap: 1, tokens: 1 });
 });
