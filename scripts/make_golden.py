@@ -2225,6 +2225,137 @@ def make_granitemoe() -> dict:
 EXTRA_CASES[GRANITE_CASE] = make_granitemoe
 
 
+# --------------------------------------------------------------------------------------
+# phimoe (issue 26): Microsoft Phi-3.5-MoE
+# --------------------------------------------------------------------------------------
+
+PHIMOE_CASE = "phimoe"
+PHIMOE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_local_experts=8,
+    num_experts_per_tok=2,
+    # Phi-3.5-MoE's router_jitter_noise is 0.01; larger here so sparsemixer's masks keep some experts besides the best
+    router_jitter_noise=0.3,
+    attention_bias=True,  # as Phi-3.5-MoE
+    lm_head_bias=True,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,  # the LayerNorms' eps
+    max_position_embeddings=256,
+    # Phi-3.5-MoE's longrope (short factors within original_max_position_embeddings, scaled cos/sin)
+    rope_parameters={
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "short_factor": [1.0, 1.05, 1.1, 1.2],
+        "long_factor": [1.0, 2.0, 4.0, 8.0],
+        "short_mscale": 1.243,
+        "long_mscale": 1.243,
+        "original_max_position_embeddings": 64,
+    },
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def phimoe_router(model, ids: torch.Tensor):
+    got: dict[int, tuple] = {}
+    hooks = []
+    for L, layer in enumerate(model.model.layers):
+
+        def hook(_m, _i, out, L=L):
+            got[L] = (out[0].detach().double(), out[2].detach())
+
+        hooks.append(layer.mlp.router.register_forward_hook(hook))
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    eps = model.config.router_jitter_noise
+    topk, margin = [], float("inf")
+    for L in sorted(got):
+        logits, idx = got[L]
+        topk.append(idx.to(torch.int64))
+        # margins: the best two logits apart, and every logit away from sparsemixer's mask thresholds (2 eps)
+        s = logits.sort(-1, descending=True).values
+        margin = min(margin, float((s[:, 0] - s[:, 1]).min()), float((s[:, 1] - s[:, 2]).min()))
+        for j in range(2):
+            top = logits.gather(1, idx[:, j : j + 1])
+            rel = (top - logits) / logits.abs().clamp(min=top)
+            gap = (rel - 2 * eps).abs()
+            margin = min(margin, float(gap.min()))
+    return torch.stack(topk).contiguous(), margin
+
+
+@torch.no_grad()
+def make_phimoe() -> dict:
+    from transformers import PhimoeConfig, PhimoeForCausalLM
+
+    d = OUT / PHIMOE_CASE
+    cfg = PhimoeConfig(**PHIMOE)
+    for attempt in range(MAX_SEED_TRIES):
+        seed = 21200 + attempt
+        torch.manual_seed(seed)
+        model = PhimoeForCausalLM(cfg).eval()
+        reinit(model, seed, {"router.weight": 0.5})
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        model.to(torch.bfloat16).save_pretrained(str(d))
+        gen = torch.Generator().manual_seed(seed + 12345)
+        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+        hf = PhimoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        logits = hf(input_ids=ids, use_cache=False).logits.float()
+        topk, margin = phimoe_router(hf, ids)
+        print(f"[{PHIMOE_CASE}] seed {seed}: min routing margin {margin:.3g}")
+        if margin >= MIN_MARGIN:
+            break
+    else:
+        raise SystemExit("phimoe: no seed with clean routing margins")
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = PhimoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
+    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    glm_save_golden(d, PHIMOE_CASE, ids, logits, topk)
+    cfg_json = json.loads((d / "config.json").read_text())
+    tensors, _ = load_saved_tensors(d)
+    info = minimax_info(
+        PHIMOE_CASE,
+        d,
+        cfg_json,
+        ids,
+        logits,
+        hf_loss,
+        seed,
+        "bfloat16",
+        sum(t.numel() for t in tensors.values()),
+        {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin},
+        [
+            "PhimoeForCausalLM saved in bfloat16 by save_pretrained; golden logits from from_pretrained(dir, "
+            "dtype=torch.float32), eager attention.",
+            "Norms: LayerNorm with weight and bias (input_layernorm, post_attention_layernorm, model.norm; eps "
+            "rms_norm_eps); q/k/v/o biases; lm_head with a bias.",
+            "Rotary: longrope; PhimoeRotaryEmbedding computes the inverse frequencies with the short factors "
+            "(1 / (short_factor_i x theta^(2i/d))) and scales cos/sin by short_mscale (long_mscale past "
+            "original_max_position_embeddings 64; windows here are 16).",
+            "Routing: sparsemixer (eval): e1 = argmax of the logits, its weight the softmax over the experts whose "
+            "(max - s) / max(|s|, max) <= 2 x router_jitter_noise (0.3); e2 = argmax with e1 removed, its weight the "
+            "softmax over the others within the same threshold of it (e1 excluded). router_topk [layers, tokens, 2] "
+            "= [e1, e2].",
+        ],
+    )
+    (d / "golden.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+EXTRA_CASES[PHIMOE_CASE] = make_phimoe
+
+
+
 
 
 

@@ -39,8 +39,13 @@ export interface TensorSpec {
 }
 
 export interface RoutingRule {
-  /** How router logits become scores. */
-  scoring: 'softmax' | 'sigmoid';
+  /**
+   * How router logits become scores: softmax or sigmoid, then top-k; or PhiMoE's sparsemixer (top-1 or top-2, each
+   * weighted by a softmax over the experts within `jitterEps` of it; see forward/moe.ts sparsemixer).
+   */
+  scoring: 'softmax' | 'sigmoid' | 'sparsemixer';
+  /** sparsemixer: router_jitter_noise, the relative distance (×2) within which experts share a slot's softmax. */
+  jitterEps?: number;
   topK: number;
   /** Renormalise the selected weights to sum to 1. */
   normTopK: boolean;
@@ -268,6 +273,16 @@ export abstract class Architecture {
    */
   get multipliers(): { embedding: number; residual: number; logits: number } {
     return { embedding: 1, residual: 1, logits: 1 };
+  }
+
+  /** PhiMoE: the layer and final norms are LayerNorms with a bias (`<norm>.bias`); RMSNorm for the others. */
+  get layerNorms(): boolean {
+    return false;
+  }
+
+  /** The lm_head's bias (PhiMoE with lm_head_bias), added to the logits; undefined: none. */
+  get headBias(): string | undefined {
+    return undefined;
   }
 
   /** Prefix of a dense layer's gate/up/down MLP (Llama 4: `feed_forward`). */

@@ -20,6 +20,7 @@ import { llama4Text } from './llama4';
 import { minimaxM2 } from './minimax-m2';
 import { mixtral } from './mixtral';
 import { olmoe } from './olmoe';
+import { phimoe } from './phimoe';
 import { qwen2Moe } from './qwen2-moe';
 import { qwen3Moe } from './qwen3-moe';
 import { qwen3_5MoeText } from './qwen3-5-moe';
@@ -45,6 +46,7 @@ const BUILT_IN: readonly ArchitectureFamily[] = [
   ernie4_5Moe,
   hunyuanV1Moe,
   granitemoe,
+  phimoe,
 ];
 
 export class ArchitectureRegistry {

@@ -28,6 +28,7 @@ import { HiddenStore } from '../calib/hidden-store';
 import { batches, concat } from '../eval/perplexity';
 import type { TensorReader } from '../io/checkpoint';
 import type { Architecture } from '../model/arch';
+import { UsageError } from '../errors';
 import { ForwardPass } from '../model/forward/model';
 import { route } from '../model/forward/moe';
 import { transpose } from '../quant/linalg';
@@ -205,6 +206,16 @@ async function measure(
   };
 }
 
+/** The score the refit's targets are built on: softmax or sigmoid (PhiMoE's sparsemixer is refused). */
+function recalScoring(arch: Architecture): 'softmax' | 'sigmoid' {
+  const s = arch.routing.scoring;
+  if (s === 'sparsemixer')
+    throw new UsageError(`${arch.modelType}: --recalibrate-router is not defined for sparsemixer routing`, {
+      hint: 'leave out --recalibrate-router',
+    });
+  return s;
+}
+
 /**
  * Refits every MoE layer's router of the reduced model (read by `reduced`, its architecture `archR`) toward the
  * original's routing on `windows`, in layer order. `members.get(layer)[i]` lists the original experts new expert i
@@ -225,7 +236,7 @@ export async function recalibrateRouters(
   const E = arch.numExperts;
   const En = archR.numExperts;
   const k = archR.topK;
-  const scoring = arch.routing.scoring;
+  const scoring = recalScoring(arch);
   const damp = opts.damp ?? 0.01;
   const groups = batches(windows, opts.batchTokens ?? 4096);
   const sizes = groups.map((g) => g.reduce((s, w) => s + w.length, 0) * h);
@@ -327,7 +338,7 @@ async function lowerDivergence(
 ): Promise<{ fitted: Float32Array<ArrayBufferLike>; kl: { before: number; after: number } }> {
   const h = archR.hidden;
   const E = archR.numExperts;
-  const scoring = archR.routing.scoring;
+  const scoring = recalScoring(archR);
   const biasKey = archR.correctionBiasKey(layer);
   const logitBias = archR.routing.logitBias && biasKey ? reduced.f32(biasKey) : undefined;
   // Σ over tokens of the divergence and, when asked, Σ X̃ᵀG as [E, h].

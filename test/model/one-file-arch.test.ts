@@ -120,6 +120,7 @@ describe('an architecture defined in test/ and registered with one call', () => 
       'ernie4_5_moe',
       'hunyuan_v1_moe',
       'granitemoe',
+      'phimoe',
     ];
     expect(modelTypes()).toEqual([...builtIn, 'toy_moe']);
     expect(Object.keys(PRESETS)).toContain('toy_moe');

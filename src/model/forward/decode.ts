@@ -21,7 +21,7 @@ import type { Architecture } from '../arch';
 import { causalAttention, gqaOutput, gqaProject, Linear, mlaProject, Weights } from './attention';
 import { deltaGates, deltaInputs, deltaOutput, DeltaNetSpec, deltaSilu, recurrenceFrom } from './deltanet';
 import { ForwardObserver, ForwardOptions, ForwardPass, fullLogits } from './model';
-import { rmsNorm, scaleInPlace } from './ops';
+import { scaleInPlace } from './ops';
 
 /**
  * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
@@ -278,10 +278,7 @@ export class Decoder extends ForwardPass {
       await this.head(x, rows, sink);
       return logits;
     }
-    const norm = this.load('model.norm.weight', -1);
-    const off = a.normOffset;
-    const final = off === 0 ? norm : norm.map((v) => v + off);
-    const normed = scaleInPlace(rmsNorm(x, final, a.hidden, this.spec.eps), 1 / a.multipliers.logits);
-    return this.be.linear(normed, this.load(name, -1), rows, a.hidden, a.vocab);
+    const normed = scaleInPlace(this.finalNorm(x), 1 / a.multipliers.logits);
+    return this.be.linear(normed, this.load(name, -1), rows, a.hidden, a.vocab, this.headBiasOf(0, a.vocab));
   }
 }

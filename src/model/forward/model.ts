@@ -13,7 +13,7 @@ import { expertGluOptions } from '../experts';
 import { gqa, Linear, mla, Weights } from './attention';
 import { gatedDeltaNet } from './deltanet';
 import { gatherRows, outputWeights, route, Routing, scaleRows, scatterAdd, tokensPerExpert } from './moe';
-import { addInPlace, rmsNorm, scaleInPlace, sigmoid } from './ops';
+import { addInPlace, layerNorm, rmsNorm, scaleInPlace, sigmoid } from './ops';
 import { ropeTables, RopeTables } from './rope';
 import { forwardSpec, ForwardSpec } from './spec';
 
@@ -317,7 +317,7 @@ export class ForwardPass {
     if (!this.allLayers && l !== this.cacheLayer) this.release(l);
     // the norm's output is dead once the mixer returns: the MLP's input reuses its buffer
     const normBuf = this.scratch('norm', N * h);
-    const normed = rmsNorm(hidden, this.normWeight(`${p}.input_layernorm.weight`, l), h, this.spec.eps, normBuf);
+    const normed = this.norm(hidden, `${p}.input_layernorm.weight`, l, normBuf);
     const linear = this.arch.linearAttention(l);
     const mixer = linear ? 'linear_attn' : 'self_attn';
     const w = (name: string) => {
@@ -331,7 +331,7 @@ export class ForwardPass {
     const residual = this.arch.multipliers.residual;
     addInPlace(hidden, await this.mixer(l, normed, windows, T, lin, w), residual);
     this.recycle();
-    const x = rmsNorm(hidden, this.normWeight(`${p}.post_attention_layernorm.weight`, l), h, this.spec.eps, normBuf);
+    const x = this.norm(hidden, `${p}.post_attention_layernorm.weight`, l, normBuf);
     const out = this.arch.isMoeLayer(l)
       ? await this.moeBlock(l, x, N, observer)
       : await this.mlp(this.arch.denseMlpPrefix(l), l, x, N, observer);
@@ -357,6 +357,14 @@ export class ForwardPass {
     return a.kind === 'gqa'
       ? gqa(this.be, lin, x, h, windows, T, a, w, rope, this.arch.layerAttention(l))
       : mla(this.be, lin, x, h, windows, T, a, w, rope);
+  }
+
+  /** The norm `weight` names (an RMSNorm, or PhiMoE's LayerNorm with its bias) of x [rows, hidden]. */
+  norm(x: Float32Array, weight: string, layer: number, out?: Float32Array): Float32Array {
+    const h = this.arch.hidden;
+    if (!this.arch.layerNorms) return rmsNorm(x, this.normWeight(weight, layer), h, this.spec.eps, out);
+    const bias = this.load(weight.replace(/\.weight$/, '.bias'), layer);
+    return layerNorm(x, this.load(weight, layer), bias, h, this.spec.eps, out);
   }
 
   /** An RMSNorm weight plus the architecture's offset (Qwen3-Next's zero-centred norms apply 1 + weight). */
@@ -506,19 +514,39 @@ export class ForwardPass {
     const { x, blocks } = this.headInput(hidden, N);
     for (const { start, count, w } of blocks()) {
       const wb = w();
-      const logits = await this.be.linear(x, wb, N, this.arch.hidden, count);
+      const logits = await this.be.linear(x, wb, N, this.arch.hidden, count, this.headBiasOf(start, count));
       this.pool.give(wb);
       yield { logits, rows: N, start, count };
     }
   }
 
+  /** The final norm of hidden [rows, hidden] (model.norm, read here: it is outside every layer's cache). */
+  protected finalNorm(hidden: Float32Array): Float32Array {
+    const a = this.arch;
+    if (a.layerNorms)
+      return layerNorm(
+        hidden,
+        this.reader.f32('model.norm.weight'),
+        this.reader.f32('model.norm.bias'),
+        a.hidden,
+        this.spec.eps,
+      );
+    const off = a.normOffset;
+    const final = this.reader.f32('model.norm.weight').map((v) => v + off);
+    return rmsNorm(hidden, final, a.hidden, this.spec.eps);
+  }
+
+  /** The lm_head bias of vocabulary entries start..start+count (PhiMoE), if the model has one. */
+  protected headBiasOf(start: number, count: number): Float32Array | undefined {
+    const name = this.arch.headBias;
+    return name ? this.reader.rowsF32(name, start, count) : undefined;
+  }
+
   /** The final-normed hidden states and the lm_head's vocabulary blocks (rows loaded when asked). */
   private headInput(hidden: Float32Array, N: number) {
     const a = this.arch;
-    const off = a.normOffset;
-    const final = this.reader.f32('model.norm.weight').map((v) => v + off);
     // GraniteMoE's logits / logits_scaling, applied to the normed states the lm_head multiplies
-    const x = scaleInPlace(rmsNorm(hidden, final, a.hidden, this.spec.eps), 1 / a.multipliers.logits);
+    const x = scaleInPlace(this.finalNorm(hidden), 1 / a.multipliers.logits);
     const name = a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     const block = vocabBlock(N, a.vocab);
     const reader = this.reader;
@@ -543,9 +571,15 @@ export class ForwardPass {
     into: { merge(b: LogitStats, start: number): void },
   ): Promise<void> {
     const { x, blocks } = this.headInput(hidden, N);
+    const h = this.arch.hidden;
+    // an lm_head bias (PhiMoE) rides along as one more input column: [x | 1] · [W | b]ᵀ = x·Wᵀ + b
+    const withBias = !!this.arch.headBias;
+    const xb = withBias ? appendColumn(x, N, h, () => 1) : x;
     for (const { start, count, w } of blocks()) {
       const wb = w();
-      into.merge(await this.be.logitStats(x, wb, N, this.arch.hidden, count, targets, start), start);
+      const bias = this.headBiasOf(start, count);
+      const wt = bias ? appendColumn(wb, count, h, (r) => bias[r]) : wb;
+      into.merge(await this.be.logitStats(xb, wt, N, withBias ? h + 1 : h, count, targets, start), start);
       this.pool.give(wb);
     }
   }
@@ -560,6 +594,16 @@ export class ForwardPass {
     await this.layers(hidden, windows, T, observer);
     await this.head(hidden, windows * T, sink);
   }
+}
+
+/** [rows, cols] with one more column, value(r) in row r. */
+function appendColumn(x: Float32Array, rows: number, cols: number, value: (r: number) => number): Float32Array {
+  const out = new Float32Array(rows * (cols + 1));
+  for (let r = 0; r < rows; r++) {
+    out.set(x.subarray(r * cols, (r + 1) * cols), r * (cols + 1));
+    out[r * (cols + 1) + cols] = value(r);
+  }
+  return out;
 }
 
 /** A sink that keeps the full logits [rows, vocab] (small models and tests only). */

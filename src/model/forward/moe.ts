@@ -58,6 +58,12 @@ export function route(
   const perGroup = E / rule.nGroup;
   for (let n = 0; n < tokens; n++) {
     const row = n * E;
+    if (rule.scoring === 'sparsemixer') {
+      sparsemixer(logits, row, E, k, rule.jitterEps ?? 0, allowed, experts, weights, n * k);
+      softmaxRow(logits, row, E, allowed, probs);
+      if (rule.dynamic) dropSlots(rule.dynamic, experts, weights, probs, n, k, E);
+      continue;
+    }
     if (rule.scoring === 'softmax') {
       let max = -Infinity;
       for (let e = 0; e < E; e++) if (!allowed || allowed[e]) max = math.max(max, logits[row + e]);
@@ -99,6 +105,59 @@ export function route(
     if (rule.dynamic) dropSlots(rule.dynamic, experts, weights, probs, n, k, E);
   }
   return { logits, experts, weights, probs };
+}
+
+/** probs[row..row+E) = softmax of the allowed logits of the row (0 for the others). */
+function softmaxRow(
+  logits: Float32Array,
+  row: number,
+  E: number,
+  allowed: Uint8Array | undefined,
+  probs: Float32Array,
+) {
+  let max = -Infinity;
+  for (let e = 0; e < E; e++) if (!allowed || allowed[e]) max = math.max(max, logits[row + e]);
+  let sum = 0;
+  for (let e = 0; e < E; e++) if (!allowed || allowed[e]) sum += math.exp(logits[row + e] - max);
+  for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? math.exp(logits[row + e] - max) / sum : 0;
+}
+
+/**
+ * PhiMoE's sparsemixer as transformers runs it in eval (modeling_phimoe.py sparsemixer, training false), for k ≤ 2:
+ * slot 1 is the largest logit m; its weight is the softmax of m over the experts j with
+ * (m − s_j) / max(|s_j|, m) ≤ 2·eps (the others masked); slot 2 is the largest logit without slot 1's expert, weighted
+ * the same way around it (slot 1's expert excluded). Comparisons in float32, as torch does.
+ */
+function sparsemixer(
+  s: Float32Array,
+  row: number,
+  E: number,
+  k: number,
+  eps: number,
+  allowed: Uint8Array | undefined,
+  experts: Int32Array,
+  weights: Float32Array,
+  at: number,
+): void {
+  const f = math.fround;
+  const limit = f(2 * eps);
+  let first = -1;
+  for (let slot = 0; slot < k; slot++) {
+    let best = -1;
+    for (let e = 0; e < E; e++)
+      if ((!allowed || allowed[e]) && e !== first && (best < 0 || s[row + e] > s[row + best])) best = e;
+    const top = s[row + best];
+    let sum = 0;
+    for (let e = 0; e < E; e++) {
+      if ((allowed && !allowed[e]) || e === first) continue;
+      const factor = math.max(math.abs(s[row + e]), top);
+      if (f(f(top - s[row + e]) / factor) > limit) continue;
+      sum += math.exp(s[row + e] - top);
+    }
+    experts[at + slot] = best;
+    weights[at + slot] = 1 / sum;
+    first = best;
+  }
 }
 
 /**

@@ -28,6 +28,32 @@ export function rmsNorm(
  * Math as a module constant: per-element code then never looks up a global (slow inside vm contexts such as jest's).
  */
 const math = Math;
+/**
+ * nn.LayerNorm of each row of x [rows, dim] (biased variance, float64 sums, the result rounded to float32):
+ * (x − mean) / √(var + eps) · weight + bias (PhiMoE's norms).
+ */
+export function layerNorm(
+  x: Float32Array,
+  weight: Float32Array,
+  bias: Float32Array,
+  dim: number,
+  eps: number,
+  out: Float32Array = new Float32Array(x.length),
+): Float32Array {
+  const rows = x.length / dim;
+  for (let r = 0; r < rows; r++) {
+    const o = r * dim;
+    let mean = 0;
+    for (let i = 0; i < dim; i++) mean += x[o + i];
+    mean /= dim;
+    let v = 0;
+    for (let i = 0; i < dim; i++) v += (x[o + i] - mean) ** 2;
+    const inv = 1 / math.sqrt(v / dim + eps);
+    for (let i = 0; i < dim; i++) out[o + i] = math.fround((x[o + i] - mean) * inv) * weight[i] + bias[i];
+  }
+  return out;
+}
+
 export function rmsNormStrided(
   x: Float32Array,
   rows: number,

@@ -59,9 +59,31 @@ export function inverseFrequencies(
       return { invFreq: llama3(invFreq, p), attentionFactor: 1 };
     case 'yarn':
       return yarn(invFreq, p, dim, base, maxPositions);
+    case 'longrope':
+      return longrope(p, dim, base);
     default:
       throw new Error(`rope type "${type}" is not supported`);
   }
+}
+
+/**
+ * PhiMoE's longrope as PhimoeRotaryEmbedding runs it: the inverse frequencies always from the short factors,
+ * 1 / (short_factor_i · base^(2i/d)) in float32, and cos/sin × short_mscale. (Past original_max_position_embeddings
+ * transformers switches cos/sin to long_mscale for every position: the architecture refuses such windows.)
+ */
+function longrope(
+  p: Record<string, unknown>,
+  dim: number,
+  base: number,
+): { invFreq: Float64Array; attentionFactor: number } {
+  const short = p.short_factor;
+  if (!Array.isArray(short) || short.length !== dim / 2 || short.some((v) => typeof v !== 'number'))
+    throw new Error(`longrope short_factor must be ${dim / 2} numbers`);
+  const f = math.fround;
+  const invFreq = Float64Array.from({ length: dim / 2 }, (_, i) =>
+    f(1 / f(f(short[i] as number) * f(math.pow(base, f((2 * i) / dim))))),
+  );
+  return { invFreq, attentionFactor: Number(p.short_mscale ?? 1) };
 }
 
 function llama3(invFreq: Float64Array, p: Record<string, unknown>): Float64Array {
