@@ -113,7 +113,9 @@ describe('the golden phimoe checkpoint', () => {
     const { ids } = golden();
     const long = Array.from({ length: 80 }, (_, i) => ids[i % ids.length]);
     fs.writeFileSync(data, JSON.stringify([long]));
-    await expect(evalCommand({ model: DIR, data, seqLen: 80 }, quiet)).rejects.toThrow('rescales every position past 64 tokens');
+    await expect(evalCommand({ model: DIR, data, seqLen: 80 }, quiet)).rejects.toThrow(
+      'rescales every position past 64 tokens',
+    );
     const stats = path.join(work, 'stats');
     const short = path.join(work, 'short.json');
     fs.writeFileSync(short, JSON.stringify([long.slice(0, 40), long.slice(40)]));
