@@ -11,48 +11,24 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
-import { OnnxBackend } from '../../src/backend/onnx';
 import { RefBackend } from '../../src/backend/ref';
 import { calibrate } from '../../src/commands/calibrate';
 import { formatInspect, inspect } from '../../src/commands/inspect';
 import { prune } from '../../src/commands/prune';
 import { CheckpointError } from '../../src/errors';
-import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
+import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
-import { ForwardPass, fullLogits } from '../../src/model/forward/model';
-import { architectureFor, loadArchitecture } from '../../src/model/registry';
+import { architectureFor } from '../../src/model/registry';
+import { readGolden, runGolden, withOnnx } from './golden-case';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'dots1');
 
-function golden() {
-  const r = new TensorReader(openTensorFile(path.join(DIR, 'golden.safetensors')));
-  const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
-  const [B, T, V] = r.ref('logits').shape;
-  const [L, N, k] = r.ref('router_topk').shape;
-  const topk = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
-  const logits = r.f32('logits');
-  r.close();
-  const info = JSON.parse(fs.readFileSync(path.join(DIR, 'golden.json'), 'utf8'));
-  return { ids, logits, B, T, V, L, N, k, topk, loss: info.loss as number, info };
-}
+const golden = () => readGolden(DIR);
 
-async function run(be: Backend, patch?: (a: Architecture) => void) {
-  const g = golden();
-  const ckpt = openCheckpoint(DIR);
-  const arch = loadArchitecture(ckpt);
-  patch?.(arch);
-  const reader = new TensorReader(ckpt);
-  const { sink, logits } = fullLogits(g.B * g.T, g.V);
-  const experts = new Map<number, Int32Array>();
-  await new ForwardPass(reader, arch, be).run(g.ids, g.B, g.T, sink, {
-    router: (l, r) => experts.set(l, r.experts.slice()),
-  });
-  reader.close();
-  return { logits, experts, g };
-}
+const run = (be: Backend, patch?: (a: Architecture) => void) => runGolden(DIR, be, { patch });
 
 describe('the golden dots1 checkpoint', () => {
   test("router top-2 equals transformers' on every token of both MoE layers; logits within 1e-3, loss within 2e-4", async () => {
@@ -67,14 +43,11 @@ describe('the golden dots1 checkpoint', () => {
   });
 
   test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    const onnx = await OnnxBackend.create({ threads: 2 });
-    try {
+    await withOnnx(async (onnx) => {
       const { logits, g } = await run(onnx);
       expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
       expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.loss)).toBeLessThanOrEqual(2e-4);
-    } finally {
-      await onnx.dispose();
-    }
+    });
   });
 
   test('the sliding layer, the q/k norms and the renormalisation each move the logits', async () => {

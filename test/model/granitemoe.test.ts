@@ -11,7 +11,6 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
-import { OnnxBackend } from '../../src/backend/onnx';
 import { RefBackend } from '../../src/backend/ref';
 import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
@@ -19,40 +18,17 @@ import { merge } from '../../src/commands/merge';
 import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
-import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
+import { readGolden, runGolden, withOnnx } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'granitemoe');
 const CONFIG = JSON.parse(fs.readFileSync(path.join(DIR, 'config.json'), 'utf8'));
 
-function golden() {
-  const r = new TensorReader(openTensorFile(path.join(DIR, 'golden.safetensors')));
-  const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
-  const [B, T, V] = r.ref('logits').shape;
-  const [L, N, k] = r.ref('router_topk').shape;
-  const topk = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
-  const logits = r.f32('logits');
-  r.close();
-  const info = JSON.parse(fs.readFileSync(path.join(DIR, 'golden.json'), 'utf8'));
-  return { ids, logits, B, T, V, L, N, k, topk, loss: info.loss as number, info };
-}
+const golden = () => readGolden(DIR);
 
-async function run(be: Backend, config: Record<string, unknown> = CONFIG) {
-  const g = golden();
-  const ckpt = openCheckpoint(DIR);
-  ckpt.config = config;
-  const arch = loadArchitecture(ckpt);
-  const reader = new TensorReader(ckpt);
-  const { sink, logits } = fullLogits(g.B * g.T, g.V);
-  const experts = new Map<number, Int32Array>();
-  await new ForwardPass(reader, arch, be).run(g.ids, g.B, g.T, sink, {
-    router: (l, r) => experts.set(l, r.experts.slice()),
-  });
-  reader.close();
-  return { logits, experts, g };
-}
+const run = (be: Backend, config?: Record<string, unknown>) => runGolden(DIR, be, { config });
 
 describe('the golden granitemoe checkpoint', () => {
   test("router top-2 equals transformers' on every token of every layer; logits within 1e-3, loss within 2e-4", async () => {
@@ -65,14 +41,11 @@ describe('the golden granitemoe checkpoint', () => {
   });
 
   test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    const onnx = await OnnxBackend.create({ threads: 2 });
-    try {
+    await withOnnx(async (onnx) => {
       const { logits, g } = await run(onnx);
       expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
       expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.loss)).toBeLessThanOrEqual(2e-4);
-    } finally {
-      await onnx.dispose();
-    }
+    });
   });
 
   test.each(['embedding_multiplier', 'residual_multiplier', 'attention_multiplier', 'logits_scaling'])(

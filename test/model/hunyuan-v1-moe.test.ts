@@ -11,48 +11,23 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
-import { OnnxBackend } from '../../src/backend/onnx';
 import { RefBackend } from '../../src/backend/ref';
 import { calibrate } from '../../src/commands/calibrate';
 import { prune } from '../../src/commands/prune';
 import { CheckpointError } from '../../src/errors';
-import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
-import { ForwardPass, fullLogits } from '../../src/model/forward/model';
-import { architectureFor, loadArchitecture } from '../../src/model/registry';
+import { architectureFor } from '../../src/model/registry';
+import { readGolden, runGolden, withOnnx } from './golden-case';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'hunyuan_v1_moe');
 
-function golden() {
-  const r = new TensorReader(openTensorFile(path.join(DIR, 'golden.safetensors')));
-  const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
-  const [B, T, V] = r.ref('logits').shape;
-  const [L, N, k] = r.ref('router_topk').shape;
-  const topk = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
-  const logits = r.f32('logits');
-  r.close();
-  const info = JSON.parse(fs.readFileSync(path.join(DIR, 'golden.json'), 'utf8'));
-  return { ids, logits, B, T, V, L, N, k, topk, loss: info.loss as number, info };
-}
+const golden = () => readGolden(DIR);
 
-async function run(be: Backend, patch?: (a: Architecture) => void, config?: Record<string, unknown>) {
-  const g = golden();
-  const ckpt = openCheckpoint(DIR);
-  if (config) ckpt.config = config;
-  const arch = loadArchitecture(ckpt);
-  patch?.(arch);
-  const reader = new TensorReader(ckpt);
-  const { sink, logits } = fullLogits(g.B * g.T, g.V);
-  const experts = new Map<number, Int32Array>();
-  await new ForwardPass(reader, arch, be).run(g.ids, g.B, g.T, sink, {
-    router: (l, r) => experts.set(l, r.experts.slice()),
-  });
-  reader.close();
-  return { logits, experts, g };
-}
+const run = (be: Backend, patch?: (a: Architecture) => void, config?: Record<string, unknown>) =>
+  runGolden(DIR, be, { patch, config });
 
 describe('the golden hunyuan_v1_moe checkpoint', () => {
   test("router top-2 equals transformers' on every token of every layer; logits within 1e-3, loss within 2e-4", async () => {
@@ -65,14 +40,11 @@ describe('the golden hunyuan_v1_moe checkpoint', () => {
   });
 
   test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    const onnx = await OnnxBackend.create({ threads: 2 });
-    try {
+    await withOnnx(async (onnx) => {
       const { logits, g } = await run(onnx);
       expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
       expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.loss)).toBeLessThanOrEqual(2e-4);
-    } finally {
-      await onnx.dispose();
-    }
+    });
   });
 
   test('the alpha rotary moves the logits as much as transformers measured; so do the q/k norms', async () => {

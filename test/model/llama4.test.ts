@@ -30,37 +30,15 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { concatRows, sigmoid } from '../../src/model/forward/ops';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { ReconstructionProblem } from '../../src/prune/reconstruct';
+import { readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
 
 const DIR = path.join(GOLDEN, 'llama4_text');
 
-function golden() {
-  const r = new TensorReader(openTensorFile(path.join(DIR, 'golden.safetensors')));
-  const ids = Int32Array.from(new BigInt64Array(r.bytes('input_ids').slice().buffer), Number);
-  const [B, T, V] = r.ref('logits').shape;
-  const [L, N, k] = r.ref('router_topk').shape;
-  const topk = Int32Array.from(new BigInt64Array(r.bytes('router_topk').slice().buffer), Number);
-  const logits = r.f32('logits');
-  r.close();
-  const info = JSON.parse(fs.readFileSync(path.join(DIR, 'golden.json'), 'utf8'));
-  return { ids, logits, B, T, V, L, N, k, topk, loss: info.loss as number, info };
-}
+const golden = () => readGolden(DIR);
 
-async function run(be: Backend, patch?: (a: Architecture) => void, dir = DIR) {
-  const g = golden();
-  const ckpt = openCheckpoint(dir);
-  const arch = loadArchitecture(ckpt);
-  patch?.(arch);
-  const reader = new TensorReader(ckpt);
-  const { sink, logits } = fullLogits(g.B * g.T, g.V);
-  const experts = new Map<number, Int32Array>();
-  await new ForwardPass(reader, arch, be).run(g.ids, g.B, g.T, sink, {
-    router: (l, r) => experts.set(l, r.experts.slice()),
-  });
-  reader.close();
-  return { logits, experts, g };
-}
+const run = (be: Backend, patch?: (a: Architecture) => void) => runGolden(DIR, be, { patch });
 
 describe('the golden llama4_text checkpoint', () => {
   let onnx: OnnxBackend;
