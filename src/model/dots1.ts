@@ -9,10 +9,23 @@
  *   + 1e-20), × routed_scaling_factor; the n_shared_experts shared experts fused into one MLP `mlp.shared_experts` of
  *   width moe_intermediate_size × n_shared_experts, added; layers below first_k_dense_replace (default 0) dense.
  */
+import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import { ArchitectureFamily, gqaAttention, RoutingRule, SYNTH_COMMON, TensorSpec, vector } from './arch';
+import {
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  RoutingRule,
+  SYNTH_COMMON,
+  TensorSpec,
+  vector,
+} from './arch';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { ropeParameters } from './forward/rope';
 import { Glm4Moe } from './glm4-moe';
+import { f32, GgufHparams, GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
+
+const GGUF_ARCH = 'dots1';
 
 export class Dots1 extends Glm4Moe {
   override readonly modelType: string = 'dots1';
@@ -74,6 +87,43 @@ export class Dots1 extends Glm4Moe {
     return this.layerTypes()[layer] === 'sliding_attention' ? this.cfg.int('sliding_window') : undefined;
   }
 
+  /**
+   * llama.cpp's "dots1" (convert_hf_to_gguf.py Dots1Model): NEOX rotary over the whole head (q/k not permuted), q/k
+   * norms, leading dense layers, sigmoid routing with exp_probs_b, shared experts; it has no sliding-window layers.
+   */
+  override ggufMapping(spec: AttentionSpec): GgufMapping {
+    const att = spec as GqaSpec;
+    // llama.cpp's dots1 sizes k_proj and v_proj by the query heads (dots.llm1 has 32 of each)
+    if (att.kvHeads !== att.heads)
+      throw new CheckpointError(
+        `llama.cpp's dots1 loads as many key/value heads as query heads; this model has ${att.kvHeads} of ${att.heads}`,
+        { file: this.dir, hint: 'write --format packed or dequantized instead (transformers and vLLM load those)' },
+      );
+    const r = this.routing;
+    const keys: [string, GgufScalar][] = [
+      ['attention.head_count_kv', u32(att.kvHeads)],
+      ...headLengthKeys(att.headDim),
+      ['rope.dimension_count', u32(att.headDim)],
+      ['leading_dense_block_count', u32(this.cfg.int('first_k_dense_replace', 0))],
+      ['expert_feed_forward_length', u32(this.expertWidth)],
+      ['expert_shared_count', u32(this.sharedExperts)],
+      ['expert_weights_scale', f32(r.scalingFactor)],
+      ['expert_weights_norm', { type: 'bool', value: r.normTopK }],
+      ['expert_gating_func', u32(2)], // sigmoid
+    ];
+    if (r.nGroup > 1) keys.push(['expert_group_count', u32(r.nGroup)], ['expert_group_used_count', u32(r.topkGroup)]);
+    const sliding = [...Array(this.numLayers).keys()].filter((l) => this.slidingWindow(l) !== undefined);
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: this.cfg.int('intermediate_size', this.expertWidth),
+      keys,
+      warnings: sliding.length
+        ? [`llama.cpp's dots1 has no sliding-window layers; layers ${sliding.join(', ')} will attend to every position`]
+        : [],
+      attentionTensors: (l, blk) => gqaGgufTensors(l, blk),
+    };
+  }
+
   protected override attentionSpecs(layer: number): TensorSpec[] {
     const heads = this.cfg.int('num_attention_heads');
     const bias = this.cfg.bool('attention_bias', false);
@@ -90,9 +140,31 @@ export class Dots1 extends Glm4Moe {
   }
 }
 
+/** A dots1 GGUF back to a config, as llama.cpp runs it (no sliding layers; renormalised with expert_weights_norm). */
+function dots1FromGguf(h: GgufHparams, c: Config, experts: number): void {
+  const headDim = h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads));
+  Object.assign(c, {
+    model_type: 'dots1',
+    architectures: ['Dots1ForCausalLM'],
+    head_dim: headDim,
+    n_routed_experts: experts,
+    n_shared_experts: h.num('expert_shared_count', 0),
+    first_k_dense_replace: h.num('leading_dense_block_count', 0),
+    intermediate_size: h.num('feed_forward_length'),
+    moe_intermediate_size: h.num('expert_feed_forward_length'),
+    routed_scaling_factor: h.num('expert_weights_scale', 1) || 1, // llama.cpp: 0 means no scaling
+    norm_topk_prob: h.bool('expert_weights_norm', false),
+    n_group: h.num('expert_group_count', 1) || 1,
+    topk_group: h.num('expert_group_used_count', 1) || 1,
+    sliding_window: null,
+    attention_bias: h.hasTensor('blk.0.attn_q.bias'),
+  });
+}
+
 export const dots1: ArchitectureFamily = {
   modelType: 'dots1',
   create: (c, d) => new Dots1(c, d),
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: false, complete: dots1FromGguf },
   preset: {
     ...SYNTH_COMMON,
     model_type: 'dots1',
