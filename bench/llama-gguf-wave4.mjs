@@ -20,7 +20,10 @@ const WINDOWS = Number(opt('--windows', '8'));
 const T = Number(opt('--seq-len', '64'));
 
 /** The families and the config keys that give llama.cpp's shapes (dots.llm1: as many k/v heads as query heads). */
-const FAMILIES = [{ arch: 'dots1', set: { num_key_value_heads: 4, sliding_window: null, max_window_layers: 3 } }];
+const FAMILIES = [
+  { arch: 'dots1', set: { num_key_value_heads: 4, sliding_window: null, max_window_layers: 3 } },
+  { arch: 'hunyuan_v1_moe', set: {} },
+];
 
 function moe(argv) {
   const r = spawnSync(process.execPath, [MOE, ...argv], { encoding: 'utf8', maxBuffer: 1 << 28 });

@@ -21,7 +21,11 @@ import {
   vector,
   softmaxTopK,
 } from './arch';
-import type { AttentionSpec } from './forward/attention';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
+import { GgufHparams, GgufMapping, headLengthKeys, u32 } from './gguf-map';
+import { gqaGgufTensors } from './arch';
+
+const GGUF_ARCH = 'hunyuan-moe';
 
 export class HunyuanV1Moe extends Architecture {
   readonly modelType: string = 'hunyuan_v1_moe';
@@ -89,6 +93,44 @@ export class HunyuanV1Moe extends Architecture {
   attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
     return { ...this.gqaSpec(this.headDim(), 'head', eps), qkNormAfterRope: true };
   }
+
+  /**
+   * llama.cpp's "hunyuan-moe" (convert_hf_to_gguf.py HunYuanMoEModel, src/models/hunyuan-moe.cpp): NEOX rotary with
+   * the alpha-raised base as rope.freq_base (src/gguf/arch.ts), q/k norms after it, softmax top-k renormalised, the
+   * routed experts sized by feed_forward_length, the shared MLP by expert_shared_feed_forward_length.
+   */
+  override ggufMapping(spec: AttentionSpec): GgufMapping {
+    const att = spec as GqaSpec;
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: this.expertWidth,
+      keys: [
+        ['attention.head_count_kv', u32(att.kvHeads)],
+        ...headLengthKeys(att.headDim),
+        ['rope.dimension_count', u32(att.headDim)],
+        ['expert_feed_forward_length', u32(this.expertWidth)],
+        ['expert_shared_feed_forward_length', u32(this.expertWidth)],
+      ],
+      warnings: [],
+      attentionTensors: (l, blk) => [
+        ...gqaGgufTensors(l, blk),
+        { name: `${blk}.attn_q_norm.weight`, from: `model.layers.${l}.self_attn.query_layernorm.weight`, kind: 'norm' },
+        { name: `${blk}.attn_k_norm.weight`, from: `model.layers.${l}.self_attn.key_layernorm.weight`, kind: 'norm' },
+      ],
+    };
+  }
+}
+
+/** A hunyuan-moe GGUF back to a config (the rotary base as written: the alpha is already in it). */
+function hunyuanFromGguf(h: GgufHparams, c: Config, experts: number): void {
+  Object.assign(c, {
+    model_type: 'hunyuan_v1_moe',
+    architectures: ['HunYuanMoEV1ForCausalLM'],
+    num_experts: experts,
+    head_dim: h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads)),
+    intermediate_size: h.num('feed_forward_length'),
+    attention_bias: h.hasTensor('blk.0.attn_q.bias'),
+  });
 }
 
 const { num_experts_per_tok: _k, ...COMMON } = SYNTH_COMMON;
@@ -96,6 +138,7 @@ const { num_experts_per_tok: _k, ...COMMON } = SYNTH_COMMON;
 export const hunyuanV1Moe: ArchitectureFamily = {
   modelType: 'hunyuan_v1_moe',
   create: (c, d) => new HunyuanV1Moe(c, d),
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: true, complete: hunyuanFromGguf },
   preset: {
     ...COMMON,
     model_type: 'hunyuan_v1_moe',

@@ -1,4 +1,6 @@
 /**
+ * Issue 26's families as GGUF. llama.cpp's own perplexity of such files against moe eval: bench/llama-gguf-wave4.mjs.
+ *
  * dots.llm1 (dots1) as GGUF: the keys and tensors llama.cpp's "dots1" loads (convert_hf_to_gguf.py Dots1Model,
  * src/models/dots1.cpp: NEOX rotary over the whole head so q/k rows are not permuted, q/k norms, the leading dense
  * layers, sigmoid routing with exp_probs_b and the expert_group_* keys, shared experts), the file read back by moe
@@ -11,8 +13,8 @@ import { evalCommand } from '../../src/commands/eval';
 import { exportGguf } from '../../src/commands/gguf';
 import { CheckpointError } from '../../src/errors';
 import { readGguf } from '../../src/io/gguf-reader';
-import { makeSynth, quiet, tmpDir } from '../helpers';
-import { byteTokenizer } from '../model/byte-tokenizer';
+import { GOLDEN, makeSynth, quiet, tmpDir } from '../helpers';
+import { byteTokenizer, withByteTokenizer } from '../model/byte-tokenizer';
 
 describe('dots1 to GGUF F32', () => {
   const work = tmpDir('moe-dots1-gguf-');
@@ -62,5 +64,28 @@ describe('dots1 to GGUF F32', () => {
     await expect(run).rejects.toThrow(CheckpointError);
     await expect(run).rejects.toThrow('as many key/value heads as query heads; this model has 2 of 4');
     expect(fs.existsSync(out)).toBe(false);
+  });
+});
+
+describe("hunyuan_v1_moe to GGUF F32 (Hunyuan-A13B as llama.cpp's hunyuan-moe)", () => {
+  test('the alpha-raised rotary base, the q/k norms after it, the experts sized by feed_forward_length; read back equal', async () => {
+    const model = withByteTokenizer(path.join(GOLDEN, 'hunyuan_v1_moe'));
+    const file = (await exportGguf({ model, output: path.join(tmpDir(), 'h.gguf'), type: 'F32' }, quiet)).output;
+    const g = readGguf(file);
+    const m = g.metadata;
+    expect(m.get('general.architecture')).toBe('hunyuan-moe');
+    // rope_theta 10000, alpha 1000, head_dim 16: 10000 · 1000^(16/14), stored as float32
+    expect(m.get('hunyuan-moe.rope.freq_base')).toBeCloseTo(Math.fround(10000 * 1000 ** (16 / 14)), 0);
+    expect([m.get('hunyuan-moe.feed_forward_length'), m.get('hunyuan-moe.expert_shared_feed_forward_length')]).toEqual([
+      16, 16,
+    ]);
+    const names = new Set(g.tensors.map((t) => t.name));
+    for (const n of ['blk.0.attn_q_norm.weight', 'blk.1.attn_k_norm.weight', 'blk.1.ffn_up_shexp.weight'])
+      expect(names.has(n)).toBe(true);
+    const data = path.join(tmpDir(), 'ids.json');
+    fs.writeFileSync(data, fs.readFileSync(path.join(GOLDEN, '..', 'reference', 'golden-data', 'eval.json')));
+    const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
+    // the base goes through float32 in the file: the rotary differs by float32 rounding only
+    expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-5);
   });
 });
