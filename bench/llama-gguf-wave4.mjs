@@ -23,6 +23,7 @@ const T = Number(opt('--seq-len', '64'));
 const FAMILIES = [
   { arch: 'dots1', set: { num_key_value_heads: 4, sliding_window: null, max_window_layers: 3 } },
   { arch: 'hunyuan_v1_moe', set: {} },
+  { arch: 'ernie4_5_moe', set: {} },
 ];
 
 function moe(argv) {

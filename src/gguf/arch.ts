@@ -143,7 +143,8 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMa
             layer: l,
           });
       }
-      if (bias && !a.routing.logitBias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l });
+      // ({n_expert} in llama.cpp; ERNIE 4.5 stores it [1, E])
+      if (bias && !a.routing.logitBias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l, shape: [a.numExperts] });
       const shexp = { gate: 'gate_shexp', up: 'up_shexp', down: 'down_shexp' };
       ffn(b, l, 'ffn_', shexp, (proj) => `${a.sharedExpertPrefix(l)}.${proj}_proj.weight`);
       one(`${b}.ffn_gate_inp_shexp.weight`, a.sharedGateKey(l), 'router', { layer: l });

@@ -24,7 +24,12 @@ import {
   SYNTH_COMMON,
   TensorSpec,
 } from './arch';
-import type { AttentionSpec } from './forward/attention';
+import { CheckpointError } from '../errors';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
+import { GgufHparams, GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
+import { gqaGgufTensors } from './arch';
+
+const GGUF_ARCH = 'ernie4_5-moe';
 
 export class Ernie4_5Moe extends Architecture {
   readonly modelType: string = 'ernie4_5_moe';
@@ -117,6 +122,58 @@ export class Ernie4_5Moe extends Architecture {
   attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
     return { ...this.gqaSpec(this.headDim(), 'none', eps), interleaved: true };
   }
+
+  /**
+   * llama.cpp's "ernie4_5-moe" (convert_hf_to_gguf.py Ernie4_5MoeModel, src/models/ernie4-5-moe.cpp): rotary on
+   * adjacent pairs as the checkpoint stores them (q/k not permuted), MoE on layer l ≥ leading_dense_block_count with
+   * (l + 1) % interleave_moe_layer_step == 0 up to the last layer, softmax routing with exp_probs_b, renormalised.
+   */
+  override ggufMapping(spec: AttentionSpec): GgufMapping {
+    const att = spec as GqaSpec;
+    const start = this.cfg.int('moe_layer_start_index', 1);
+    const step = this.cfg.int('moe_layer_interval', 1);
+    const cpp = [...Array(this.numLayers).keys()].filter((l) => l >= start && (l + 1) % step === 0);
+    if (cpp.join() !== this.moeLayers.join())
+      throw new CheckpointError(
+        `llama.cpp runs ERNIE 4.5's MoE layers from moe_layer_start_index to the last layer; this model's are ${this.moeLayers.join(', ')}`,
+        { file: this.dir, hint: 'write --format packed or dequantized instead' },
+      );
+    const keys: [string, GgufScalar][] = [
+      ['attention.head_count_kv', u32(att.kvHeads)],
+      ...headLengthKeys(att.headDim),
+      ['rope.dimension_count', u32(att.headDim)],
+      ['expert_feed_forward_length', u32(this.expertWidth)],
+      ['leading_dense_block_count', u32(start)],
+      ['interleave_moe_layer_step', u32(step)],
+    ];
+    if (this.sharedExperts > 0)
+      keys.push(['expert_shared_feed_forward_length', u32(this.expertWidth * this.sharedExperts)]);
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: this.cfg.int('intermediate_size'),
+      keys,
+      warnings: [],
+      attentionTensors: (l, blk) => gqaGgufTensors(l, blk),
+    };
+  }
+}
+
+/** An ernie4_5-moe GGUF back to a config (MoE layers as llama.cpp runs them: up to the last layer). */
+function ernieFromGguf(h: GgufHparams, c: Config, experts: number): void {
+  const width = h.num('expert_feed_forward_length');
+  Object.assign(c, {
+    model_type: 'ernie4_5_moe',
+    architectures: ['Ernie4_5_MoeForCausalLM'],
+    moe_num_experts: experts,
+    head_dim: h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads)),
+    intermediate_size: h.num('feed_forward_length'),
+    moe_intermediate_size: width,
+    moe_num_shared_experts: h.num('expert_shared_feed_forward_length', 0) / width,
+    moe_layer_start_index: h.num('leading_dense_block_count', 0),
+    moe_layer_interval: h.num('interleave_moe_layer_step', 1),
+    moe_layer_end_index: -1,
+    use_bias: false,
+  });
 }
 
 /** SYNTH_COMMON without num_experts_per_tok: ERNIE's config names the top-k moe_k. */
@@ -125,6 +182,7 @@ const { num_experts_per_tok: _k, ...COMMON } = SYNTH_COMMON;
 export const ernie4_5Moe: ArchitectureFamily = {
   modelType: 'ernie4_5_moe',
   create: (c, d) => new Ernie4_5Moe(c, d),
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: true, complete: ernieFromGguf },
   preset: {
     ...COMMON,
     model_type: 'ernie4_5_moe',

@@ -89,3 +89,33 @@ describe("hunyuan_v1_moe to GGUF F32 (Hunyuan-A13B as llama.cpp's hunyuan-moe)",
     expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-5);
   });
 });
+
+describe("ernie4_5_moe to GGUF F32 (ERNIE 4.5 as llama.cpp's ernie4_5-moe)", () => {
+  test('the MoE layer keys, the [1, E] selection bias as exp_probs_b {E}; read back equal', async () => {
+    const model = withByteTokenizer(path.join(GOLDEN, 'ernie4_5_moe'));
+    const file = (await exportGguf({ model, output: path.join(tmpDir(), 'e.gguf'), type: 'F32' }, quiet)).output;
+    const g = readGguf(file);
+    const m = g.metadata;
+    expect([
+      m.get('general.architecture'),
+      m.get('ernie4_5-moe.leading_dense_block_count'),
+      m.get('ernie4_5-moe.interleave_moe_layer_step'),
+      m.get('ernie4_5-moe.expert_shared_feed_forward_length'),
+    ]).toEqual(['ernie4_5-moe', 1, 1, 32]);
+    const byName = new Map(g.tensors.map((t) => [t.name, t]));
+    expect(byName.get('blk.1.exp_probs_b.bias')!.shape).toEqual([8]);
+    const data = path.join(tmpDir(), 'ids.json');
+    fs.writeFileSync(data, fs.readFileSync(path.join(GOLDEN, '..', 'reference', 'golden-data', 'eval.json')));
+    const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
+    expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-6);
+  });
+
+  test('MoE layers that stop before the last layer are refused', async () => {
+    const set = { vocab_size: 256, moe_layer_end_index: 1 }; // layers 0 and 2 dense, 1 MoE
+    const model = await makeSynth('ernie4_5_moe', path.join(tmpDir(), 'm'), { set });
+    fs.writeFileSync(path.join(model, 'tokenizer.json'), JSON.stringify(byteTokenizer()));
+    const out = path.join(tmpDir(), 'e.gguf');
+    await expect(exportGguf({ model, output: out, type: 'F32' }, quiet)).rejects.toThrow("this model's are 1");
+    expect(fs.existsSync(out)).toBe(false);
+  });
+});
