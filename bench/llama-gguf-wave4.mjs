@@ -24,6 +24,8 @@ const FAMILIES = [
   { arch: 'dots1', set: { num_key_value_heads: 4, sliding_window: null, max_window_layers: 3 } },
   { arch: 'hunyuan_v1_moe', set: {} },
   { arch: 'ernie4_5_moe', set: {} },
+  // logits_scaling below 1 (the logits × 2): random weights' logits are otherwise nearly uniform over 256 ids
+  { arch: 'granitemoe', set: { logits_scaling: 0.5, embedding_multiplier: 2, residual_multiplier: 0.5 } },
 ];
 
 function moe(argv) {

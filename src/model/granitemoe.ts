@@ -21,7 +21,11 @@ import {
   SYNTH_COMMON,
   TensorSpec,
 } from './arch';
-import type { AttentionSpec } from './forward/attention';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
+import { f32, GgufHparams, GgufMapping, u32 } from './gguf-map';
+import { gqaGgufTensors } from './arch';
+
+const GGUF_ARCH = 'granitemoe';
 
 export class GraniteMoe extends Architecture {
   readonly modelType: string = 'granitemoe';
@@ -93,11 +97,51 @@ export class GraniteMoe extends Architecture {
   attentionSpec(_rope: Record<string, unknown>, eps: number): AttentionSpec {
     return { ...this.gqaSpec(this.headDim(), 'none', eps), scale: this.cfg.num('attention_multiplier', 1) };
   }
+
+  /**
+   * llama.cpp's "granitemoe" (convert_hf_to_gguf.py GraniteMoeModel): Llama's layout (q/k rows permuted to its
+   * adjacent-pair rotary), input_linear split into ffn_gate_exps / ffn_up_exps, and the four scalars as
+   * embedding_scale, residual_scale, attention.scale and logit_scale.
+   */
+  override ggufMapping(spec: AttentionSpec): GgufMapping {
+    const att = spec as GqaSpec;
+    const m = this.multipliers;
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: this.expertWidth,
+      keys: [
+        ['attention.head_count_kv', u32(att.kvHeads)],
+        ['rope.dimension_count', u32(att.headDim)],
+        ['embedding_scale', f32(m.embedding)],
+        ['residual_scale', f32(m.residual)],
+        ['attention.scale', f32(att.scale)],
+        ['logit_scale', f32(m.logits)],
+      ],
+      warnings: [],
+      attentionTensors: (l, blk) => gqaGgufTensors(l, blk, { q: att.heads, k: att.kvHeads }),
+    };
+  }
+}
+
+/** A granitemoe GGUF back to a config: the four scalars from their keys. */
+function graniteFromGguf(h: GgufHparams, c: Config, experts: number): void {
+  Object.assign(c, {
+    model_type: 'granitemoe',
+    architectures: ['GraniteMoeForCausalLM'],
+    num_local_experts: experts,
+    intermediate_size: h.num('feed_forward_length'),
+    embedding_multiplier: h.num('embedding_scale', 1),
+    residual_multiplier: h.num('residual_scale', 1),
+    attention_multiplier: h.num('attention.scale', 1),
+    logits_scaling: h.num('logit_scale', 1),
+    attention_bias: h.hasTensor('blk.0.attn_q.bias'),
+  });
 }
 
 export const granitemoe: ArchitectureFamily = {
   modelType: 'granitemoe',
   create: (c, d) => new GraniteMoe(c, d),
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: true, complete: graniteFromGguf },
   preset: {
     ...SYNTH_COMMON,
     model_type: 'granitemoe',

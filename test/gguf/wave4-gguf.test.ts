@@ -119,3 +119,24 @@ describe("ernie4_5_moe to GGUF F32 (ERNIE 4.5 as llama.cpp's ernie4_5-moe)", () 
     expect(fs.existsSync(out)).toBe(false);
   });
 });
+
+describe("granitemoe to GGUF F32 (Granite 3.x MoE as llama.cpp's granitemoe)", () => {
+  test('the four scalars as llama.cpp keys, input_linear split into gate and up experts; read back equal', async () => {
+    const model = withByteTokenizer(path.join(GOLDEN, 'granitemoe'));
+    const file = (await exportGguf({ model, output: path.join(tmpDir(), 'g.gguf'), type: 'F32' }, quiet)).output;
+    const g = readGguf(file);
+    const m = g.metadata;
+    const key = (k: string) => m.get(`granitemoe.${k}`) as number;
+    expect(['embedding_scale', 'residual_scale', 'attention.scale', 'logit_scale'].map(key)).toEqual(
+      [12, 0.22, 0.015625, 8].map(Math.fround),
+    );
+    const byName = new Map(g.tensors.map((t) => [t.name, t]));
+    expect(byName.get('blk.0.ffn_gate_exps.weight')!.shape).toEqual([8, 16, 32]);
+    expect(byName.get('blk.0.ffn_down_exps.weight')!.shape).toEqual([8, 32, 16]);
+    const data = path.join(tmpDir(), 'ids.json');
+    fs.writeFileSync(data, fs.readFileSync(path.join(GOLDEN, '..', 'reference', 'golden-data', 'eval.json')));
+    const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
+    // the scalars go through float32 in the file (0.22 is not a float32 value)
+    expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-5);
+  });
+});
