@@ -31,7 +31,13 @@ import { LINKAGES, mergeMethod, mergeMethodNames, ROUTER_MODES, RouterMode, Simi
 import type { Context, Task } from '../ui/progress';
 import { keepAllWarning, resolveKeep } from '../prune/keep';
 import type { RecalibrationMode } from '../prune/router-recal';
-import { formatRecalibration, RECALIBRATE_OPTION, recalibrateWritten, RouterRecalibrationReport } from './reduce-recal';
+import {
+  checkRecalibration,
+  formatRecalibration,
+  RECALIBRATE_OPTION,
+  recalibrateWritten,
+  RouterRecalibrationReport,
+} from './reduce-recal';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export type { MergedGroup } from '../merge/method';
@@ -97,6 +103,7 @@ export async function merge(opts: MergeOptions, ctx: Context): Promise<MergeRepo
   ]);
   if (!opts.dryRun) checkOutputFolder(opts.output, opts.force);
   const arch = loadArchitecture(ckpt);
+  checkRecalibration(arch, opts.recalibrateRouter);
   if (arch.routing.inputScaled && method.refineLayer && (method.refines?.(params) ?? true))
     throw new UsageError(
       `${arch.modelType}: --refit is not defined for experts that take the routing weight on their input`,

@@ -24,7 +24,13 @@ import type { Context, Task } from '../ui/progress';
 import type { RecalibrationMode } from '../prune/router-recal';
 import { DEFAULT_RECOMBINE_THRESHOLD, recombineLayer, RecombinedLayer } from '../prune/dern';
 import { InternalError, UsageError } from '../errors';
-import { formatRecalibration, RECALIBRATE_OPTION, recalibrateWritten, RouterRecalibrationReport } from './reduce-recal';
+import {
+  checkRecalibration,
+  formatRecalibration,
+  RECALIBRATE_OPTION,
+  recalibrateWritten,
+  RouterRecalibrationReport,
+} from './reduce-recal';
 import { CommandSpec, MODEL_ARG, reductionOptions } from './spec';
 
 export const DEFAULT_NAEE_LIMIT = 20000;
@@ -265,6 +271,7 @@ export async function prune(opts: PruneOptions, ctx: Context): Promise<PruneRepo
   const source = loadArchitecture(ckpt);
   // The output's routing: the model's own top-k or --top-k (written as num_experts_per_tok; K must allow it).
   const arch = withTopK(source, opts.topK);
+  checkRecalibration(arch, opts.recalibrateRouter);
   const K = resolveKeep(arch, opts.keep, opts.ratio);
   if (K === arch.numExperts)
     ctx.warn(keepAllWarning(K, opts.keep === undefined ? `--ratio ${opts.ratio}` : `--keep ${K}`, 'pruned'));

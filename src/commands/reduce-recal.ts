@@ -8,7 +8,7 @@ import type { CalibrationStats } from '../calib/stats';
 import { Checkpoint, openCheckpoint, TensorReader } from '../io/checkpoint';
 import type { Architecture } from '../model/arch';
 import { loadArchitecture } from '../model/registry';
-import { LayerRecalibration, recalibrateRouters, RecalibrationMode } from '../prune/router-recal';
+import { LayerRecalibration, recalibrateRouters, RecalibrationMode, recalScoring } from '../prune/router-recal';
 import type { Context } from '../ui/progress';
 import { calibrationWindows, overwrite } from './quantize-align';
 import type { OptionSpec } from './spec';
@@ -71,4 +71,9 @@ export async function recalibrateWritten(
 
 export function formatRecalibration(r: RouterRecalibrationReport): string {
   return `  routers recalibrated (${r.mode}, ${r.tokens} tokens): agreement with the original's routing ${(100 * r.before).toFixed(1)}% → ${(100 * r.after).toFixed(1)}%`;
+}
+
+/** Refuses --recalibrate-router where it is not defined (PhiMoE's sparsemixer), before anything is read or written. */
+export function checkRecalibration(arch: Architecture, mode: RecalibrationMode | 'off' | undefined): void {
+  if (mode && mode !== 'off') recalScoring(arch);
 }

@@ -207,7 +207,7 @@ async function measure(
 }
 
 /** The score the refit's targets are built on: softmax or sigmoid (PhiMoE's sparsemixer is refused). */
-function recalScoring(arch: Architecture): 'softmax' | 'sigmoid' {
+export function recalScoring(arch: Architecture): 'softmax' | 'sigmoid' {
   const s = arch.routing.scoring;
   if (s === 'sparsemixer')
     throw new UsageError(`${arch.modelType}: --recalibrate-router is not defined for sparsemixer routing`, {
