@@ -24,7 +24,7 @@ function moe(argv) {
 }
 
 /** Perplexity of llama.cpp on `windows` (each evaluated on its own, from an empty context). */
-async function llamaPerplexity(llama, file, windows, T) {
+export async function llamaPerplexity(llama, file, windows, T) {
   const model = await llama.loadModel({ modelPath: file });
   const ctx = await model.createContext({ contextSize: T, batchSize: T, sequences: 1 });
   let nll = 0;

@@ -14,6 +14,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import lib from './lib.js';
+import { llamaPerplexity } from './llama-family.mjs';
 
 const { flag, LLAMA, MOE, option: opt, ROOT } = lib;
 const WINDOWS = Number(opt('--windows', '8'));
@@ -45,31 +46,6 @@ function byteTokenizer() {
   return { model: { type: 'BPE', vocab, merges: [] }, pre_tokenizer: byteLevel, decoder: byteLevel, added_tokens: [] };
 }
 
-/** Perplexity of llama.cpp on `windows` (each evaluated on its own, from an empty context). */
-async function llamaPerplexity(llama, file, windows) {
-  const model = await llama.loadModel({ modelPath: file });
-  const ctx = await model.createContext({ contextSize: T, batchSize: T, sequences: 1 });
-  const seq = ctx.getSequence();
-  let nll = 0;
-  let count = 0;
-  for (const w of windows) {
-    await seq.clearHistory();
-    const res = await seq.controlledEvaluate(w.map((t) => [t, { generateNext: { logits: true } }]));
-    for (let i = 0; i + 1 < w.length; i++) {
-      const m = res[i].next.logits;
-      let max = -Infinity;
-      for (const v of m.values()) if (v > max) max = v;
-      let s = 0;
-      for (const v of m.values()) s += Math.exp(v - max);
-      nll += max + Math.log(s) - m.get(w[i + 1]);
-      count++;
-    }
-  }
-  await ctx.dispose();
-  await model.dispose();
-  return Math.exp(nll / count);
-}
-
 if (!fs.existsSync(LLAMA)) {
   console.error('node-llama-cpp is not installed in .cache/llama; see the header of bench/llama-gguf.mjs');
   process.exit(2);
@@ -95,7 +71,7 @@ try {
     for (const type of ['f32', 'q8_0']) {
       const file = path.join(work, `${f.arch}-${type}.gguf`);
       const q = moe(['quantize', dir, '--format', 'gguf', '--type', type, '-o', file, '--json']);
-      const llamaPpl = await llamaPerplexity(llama, file, windows);
+      const llamaPpl = await llamaPerplexity(llama, file, windows, T);
       const gguf = moe(['eval', file, ...evalArgs]).perplexity;
       rows.push({
         family: f.arch,
