@@ -278,7 +278,10 @@ export class Decoder extends ForwardPass {
       await this.head(x, rows, sink);
       return logits;
     }
-    const normed = scaleInPlace(this.finalNorm(x), 1 / a.multipliers.logits);
-    return this.be.linear(normed, this.load(name, -1), rows, a.hidden, a.vocab, this.headBiasOf(0, a.vocab));
+    // norm, head and its bias kept with the lm_head (layer −1), not read again at every step
+    const cached = (n: string) => this.load(n, -1);
+    const normed = scaleInPlace(this.finalNorm(x, cached), 1 / a.multipliers.logits);
+    const bias = a.headBias ? cached(a.headBias) : undefined;
+    return this.be.linear(normed, cached(name), rows, a.hidden, a.vocab, bias);
   }
 }

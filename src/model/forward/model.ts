@@ -520,20 +520,19 @@ export class ForwardPass {
     }
   }
 
-  /** The final norm of hidden [rows, hidden] (model.norm, read here: it is outside every layer's cache). */
-  protected finalNorm(hidden: Float32Array): Float32Array {
+  /**
+   * The final norm of hidden [rows, hidden]; its weights come from `weight` (by default read here: model.norm is
+   * outside every layer's cache; the decoder passes its cached loader).
+   */
+  protected finalNorm(
+    hidden: Float32Array,
+    weight: (name: string) => Float32Array = (name) => this.reader.f32(name),
+  ): Float32Array {
     const a = this.arch;
-    if (a.layerNorms)
-      return layerNorm(
-        hidden,
-        this.reader.f32('model.norm.weight'),
-        this.reader.f32('model.norm.bias'),
-        a.hidden,
-        this.spec.eps,
-      );
+    const w = weight('model.norm.weight');
+    if (a.layerNorms) return layerNorm(hidden, w, weight('model.norm.bias'), a.hidden, this.spec.eps);
     const off = a.normOffset;
-    const final = this.reader.f32('model.norm.weight').map((v) => v + off);
-    return rmsNorm(hidden, final, a.hidden, this.spec.eps);
+    return rmsNorm(hidden, off === 0 ? w : w.map((v) => v + off), a.hidden, this.spec.eps);
   }
 
   /** The lm_head bias of vocabulary entries start..start+count (PhiMoE), if the model has one. */
