@@ -11,6 +11,7 @@
  */
 import { CheckpointError } from '../errors';
 import type { Architecture, Proj } from '../model/arch';
+import { ropeBase } from '../model/forward/rope';
 import { forwardSpec } from '../model/forward/spec';
 import type { GgufMapping, GgufSource } from '../model/gguf-map';
 import { architectures } from '../model/registry';
@@ -47,10 +48,9 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
   // HunYuan's NTK-alpha rotary is a plain one with a raised base (convert_hf_to_gguf.py writes that base)
   const att = spec.attention;
   const rotary = att.kind === 'gqa' ? (att.ropeDim ?? att.headDim) : att.ropeDim;
-  const alpha = rope.rope_type === 'dynamic' && typeof rope.alpha === 'number' ? rope.alpha : undefined;
-  const base = Number(rope.rope_theta ?? 10000) * (alpha === undefined ? 1 : Math.pow(alpha, rotary / (rotary - 2)));
+  const alpha = rope.rope_type === 'dynamic' && typeof rope.alpha === 'number';
   const plain = ['default', 'yarn', 'linear'].includes(String(rope.rope_type ?? 'default'));
-  if (!plain && alpha === undefined) {
+  if (!plain && !alpha) {
     throw new CheckpointError(`GGUF output with rope_type ${JSON.stringify(rope.rope_type)} is not supported yet`, {
       file: a.dir,
       hint: 'default, linear and yarn RoPE are written to GGUF',
@@ -68,7 +68,7 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
     [k('block_count'), u32(a.numLayers)],
     [k('feed_forward_length'), u32(map.feedForwardLength)],
     [k('attention.head_count'), u32(spec.attention.heads)],
-    [k('rope.freq_base'), f32(base)],
+    [k('rope.freq_base'), f32(ropeBase(rope, rotary))],
     [k('attention.layer_norm_rms_epsilon'), f32(spec.eps)],
     [k('expert_count'), u32(a.numExperts)],
     [k('expert_used_count'), u32(a.topK)],

@@ -21,6 +21,7 @@ import {
   linear,
   mlp,
   RoutingRule,
+  softmaxTopK,
   SYNTH_COMMON,
   TensorSpec,
 } from './arch';
@@ -74,18 +75,7 @@ export class Ernie4_5Moe extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return {
-      scoring: 'softmax',
-      topK: this.topK,
-      normTopK: true,
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'zero',
-      scalingFactor: 1,
-      correctionBias: true,
-      logitBias: false,
-    };
+    return { ...softmaxTopK(this.topK, true), correctionBias: true };
   }
 
   override correctionBiasKey(layer: number): string {

@@ -32,6 +32,7 @@ import {
   linear,
   mlp,
   RoutingRule,
+  softmaxTopK,
   SYNTH_COMMON,
   TensorSpec,
 } from './arch';
@@ -93,19 +94,7 @@ export class Llama4Text extends Architecture {
   }
 
   get routing(): RoutingRule {
-    return {
-      scoring: 'sigmoid',
-      topK: this.topK,
-      normTopK: false,
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'neg_inf',
-      scalingFactor: 1,
-      correctionBias: false,
-      logitBias: false,
-      inputScaled: true,
-    };
+    return { ...softmaxTopK(this.topK, false), scoring: 'sigmoid', groupMask: 'neg_inf', inputScaled: true };
   }
 
   override moePrefix(layer: number): string {

@@ -12,7 +12,7 @@
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import { ArchitectureFamily, gqaAttention, RoutingRule, SYNTH_COMMON, TensorSpec, vector } from './arch';
+import { ArchitectureFamily, gqaAttention, RoutingRule, softmaxTopK, SYNTH_COMMON, TensorSpec, vector } from './arch';
 import { ropeParameters } from './forward/rope';
 import { Mixtral } from './mixtral';
 
@@ -36,19 +36,8 @@ export class Phimoe extends Mixtral {
   }
 
   override get routing(): RoutingRule {
-    return {
-      scoring: 'sparsemixer',
-      jitterEps: this.cfg.num('router_jitter_noise', 0.01),
-      topK: this.topK,
-      normTopK: false,
-      nGroup: 1,
-      topkGroup: 1,
-      groupScore: 'max',
-      groupMask: 'zero',
-      scalingFactor: 1,
-      correctionBias: false,
-      logitBias: false,
-    };
+    const jitterEps = this.cfg.num('router_jitter_noise', 0.01);
+    return { ...softmaxTopK(this.topK, false), scoring: 'sparsemixer', jitterEps };
   }
 
   override get layerNorms(): boolean {

@@ -167,24 +167,23 @@ export async function gqaProject(
     const c = spec.clipQkv;
     for (const a of [q, k, v]) for (let i = 0; i < a.length; i++) a[i] = math.min(c, math.max(-c, a[i]));
   }
+  /** Each head of q and k RMS-normalised, with these weights (none: Llama 4's L2 norm). */
+  const perHead = (qw?: Float32Array, kw?: Float32Array) => {
+    rmsNormStrided(q, N * H, d, 0, d, qw, spec.eps);
+    rmsNormStrided(k, N * KV, d, 0, d, kw, spec.eps);
+  };
   if (spec.qkNorm === 'full') {
     rmsNorm(q, need(w, 'q_norm.weight'), H * d, spec.eps, q);
     rmsNorm(k, need(w, 'k_norm.weight'), KV * d, spec.eps, k);
   } else if (spec.qkNorm === 'head' && !spec.qkNormAfterRope) {
-    rmsNormStrided(q, N * H, d, 0, d, need(w, 'q_norm.weight'), spec.eps);
-    rmsNormStrided(k, N * KV, d, 0, d, need(w, 'k_norm.weight'), spec.eps);
+    perHead(need(w, 'q_norm.weight'), need(w, 'k_norm.weight'));
   }
   if (layer.rope) {
     applyRope(q, N, H, d, 0, rope, pos, !!spec.interleaved);
     applyRope(k, N, KV, d, 0, rope, pos, !!spec.interleaved);
-    if (spec.qkNorm === 'head' && spec.qkNormAfterRope) {
-      rmsNormStrided(q, N * H, d, 0, d, need(w, 'query_layernorm.weight'), spec.eps);
-      rmsNormStrided(k, N * KV, d, 0, d, need(w, 'key_layernorm.weight'), spec.eps);
-    }
-    if (spec.l2QkNorm) {
-      rmsNormStrided(q, N * H, d, 0, d, undefined, spec.eps);
-      rmsNormStrided(k, N * KV, d, 0, d, undefined, spec.eps);
-    }
+    if (spec.qkNorm === 'head' && spec.qkNormAfterRope)
+      perHead(need(w, 'query_layernorm.weight'), need(w, 'key_layernorm.weight'));
+    if (spec.l2QkNorm) perHead();
   } else if (spec.temperature) {
     temperatureTune(q, N, H * d, spec.temperature, pos);
   }

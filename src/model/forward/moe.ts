@@ -64,15 +64,8 @@ export function route(
       if (rule.dynamic) dropSlots(rule.dynamic, experts, weights, probs, n, k, E);
       continue;
     }
-    if (rule.scoring === 'softmax') {
-      let max = -Infinity;
-      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) max = math.max(max, logits[row + e]);
-      let sum = 0;
-      for (let e = 0; e < E; e++) if (!allowed || allowed[e]) sum += math.exp(logits[row + e] - max);
-      for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? math.exp(logits[row + e] - max) / sum : 0;
-    } else {
-      for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? sigmoid(logits[row + e]) : 0;
-    }
+    if (rule.scoring === 'softmax') softmaxRow(logits, row, E, allowed, probs);
+    else for (let e = 0; e < E; e++) probs[row + e] = !allowed || allowed[e] ? sigmoid(logits[row + e]) : 0;
     for (let e = 0; e < E; e++)
       choice[e] =
         allowed && !allowed[e]

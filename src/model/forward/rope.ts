@@ -34,15 +34,22 @@ function yarnMscale(scale: number, mscale = 1): number {
   return scale <= 1 ? 1 : 0.1 * mscale * math.log(scale) + 1;
 }
 
+/**
+ * The rotary base of `dim` rotated dimensions: rope_theta, raised once for HunYuan's NTK-alpha rotary (rope_type
+ * dynamic with alpha) to rope_theta · alpha^(dim / (dim − 2)) — also what GGUF stores as its freq_base.
+ */
+export function ropeBase(p: Record<string, unknown>, dim: number): number {
+  const base = Number(p.rope_theta ?? 10000);
+  return p.rope_type === 'dynamic' && typeof p.alpha === 'number' ? base * math.pow(p.alpha, dim / (dim - 2)) : base;
+}
+
 /** Inverse frequencies (float64) and the factor applied to cos/sin. */
 export function inverseFrequencies(
   p: Record<string, unknown>,
   dim: number,
   maxPositions: number,
 ): { invFreq: Float64Array; attentionFactor: number } {
-  let base = Number(p.rope_theta);
-  // HunYuan's NTK-alpha rotary (rope_type dynamic with alpha): the base raised once, base · alpha^(dim / (dim − 2))
-  if (p.rope_type === 'dynamic' && typeof p.alpha === 'number') base *= math.pow(p.alpha, dim / (dim - 2));
+  const base = ropeBase(p, dim);
   const half = dim / 2;
   const invFreq = new Float64Array(half);
   // transformers computes base ** (arange/dim) in float32; do the same so long contexts agree.
