@@ -455,6 +455,15 @@ export function mlp(prefix: string, hidden: number, width: number, role: (p: Pro
   );
 }
 
+/** Per-head RMSNorms of q and k, `self_attn.q_norm` / `k_norm` [width] (Qwen3, GLM-4.5, dots.llm1). */
+export function qkNormSpecs(layer: number, width: number): TensorSpec[] {
+  const p = `model.layers.${layer}.self_attn`;
+  return [
+    vector(`${p}.q_norm.weight`, width, { kind: 'norm', layer, name: 'q_norm' }),
+    vector(`${p}.k_norm.weight`, width, { kind: 'norm', layer, name: 'k_norm' }),
+  ];
+}
+
 /** Standard multi-head / grouped-query attention projections (Mixtral, Qwen, OLMoE). */
 export function gqaAttention(
   layer: number,

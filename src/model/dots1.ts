@@ -18,7 +18,7 @@ import {
   RoutingRule,
   SYNTH_COMMON,
   TensorSpec,
-  vector,
+  qkNormSpecs,
 } from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { ropeParameters } from './forward/rope';
@@ -128,14 +128,12 @@ export class Dots1 extends Glm4Moe {
     const heads = this.cfg.int('num_attention_heads');
     const bias = this.cfg.bool('attention_bias', false);
     const hd = this.headDim();
-    const p = `model.layers.${layer}.self_attn`;
     return [
       ...gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), hd, {
         qkv: bias,
         o: bias,
       }),
-      vector(`${p}.q_norm.weight`, hd, { kind: 'norm', layer, name: 'q_norm' }),
-      vector(`${p}.k_norm.weight`, hd, { kind: 'norm', layer, name: 'k_norm' }),
+      ...qkNormSpecs(layer, hd),
     ];
   }
 }

@@ -18,7 +18,7 @@
  * GGUF: llama.cpp's "glm4moe" (convert_hf_to_gguf.py Glm4MoeModel): NEOX rotary, so q/k rows are not permuted;
  * rope.dimension_count is the rotary part; post_attention_layernorm is post_attention_norm.
  */
-import { ArchitectureFamily, gqaAttention, gqaGgufTensors, SYNTH_COMMON, TensorSpec, vector } from './arch';
+import { ArchitectureFamily, gqaAttention, gqaGgufTensors, qkNormSpecs, SYNTH_COMMON, TensorSpec } from './arch';
 import { DeepseekV3 } from './deepseek';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { ropeParameters } from './forward/rope';
@@ -60,15 +60,11 @@ export class Glm4Moe extends DeepseekV3 {
     const heads = this.cfg.int('num_attention_heads');
     const bias = this.cfg.bool('attention_bias', false);
     const hd = this.headDim();
-    const p = `model.layers.${layer}.self_attn`;
     const out = gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), hd, {
       qkv: bias,
       o: false,
     });
-    if (this.qkNorm) {
-      out.push(vector(`${p}.q_norm.weight`, hd, { kind: 'norm', layer, name: 'q_norm' }));
-      out.push(vector(`${p}.k_norm.weight`, hd, { kind: 'norm', layer, name: 'k_norm' }));
-    }
+    if (this.qkNorm) out.push(...qkNormSpecs(layer, hd));
     return out;
   }
 

@@ -11,6 +11,7 @@ import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/check
 import type { Architecture } from '../../src/model/arch';
 import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { loadArchitecture } from '../../src/model/registry';
+import { lossOf, maxDiff } from '../golden-math';
 
 export interface Golden {
   ids: Int32Array;
@@ -72,4 +73,22 @@ export async function withOnnx<T>(fn: (be: Backend) => Promise<T>): Promise<T> {
   } finally {
     await onnx.dispose();
   }
+}
+
+/** moe's logits within 1e-3 of transformers' and its loss within 2e-4 of the golden's. */
+export function expectLogitsMatch({ logits, g }: { logits: Float32Array; g: Golden }): void {
+  expect(maxDiff(logits, g.logits)).toBeLessThanOrEqual(1e-3);
+  expect(Math.abs(lossOf(logits, g.ids, g.B, g.T, g.V) - g.loss)).toBeLessThanOrEqual(2e-4);
+}
+
+/** The MoE layers moe routed are `layers`, each selecting transformers' router_topk on every token, in order. */
+export function expectRouterMatch(
+  { experts, g }: { experts: Map<number, Int32Array>; g: Golden },
+  layers: number[],
+): void {
+  expect([...experts.keys()]).toEqual(layers);
+  const n = g.N * g.k;
+  layers.forEach((l, i) =>
+    expect(Array.from(experts.get(l)!)).toEqual(Array.from(g.topk.subarray(i * n, (i + 1) * n))),
+  );
 }
