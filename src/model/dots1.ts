@@ -11,19 +11,11 @@
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import {
-  ArchitectureFamily,
-  gqaAttention,
-  gqaGgufTensors,
-  RoutingRule,
-  SYNTH_COMMON,
-  TensorSpec,
-  qkNormSpecs,
-} from './arch';
+import { ArchitectureFamily, gqaAttention, RoutingRule, SYNTH_COMMON, TensorSpec, qkNormSpecs } from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { ropeParameters } from './forward/rope';
 import { Glm4Moe } from './glm4-moe';
-import { f32, GgufHparams, GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
+import type { GgufHparams, GgufMapping } from './gguf-map';
 
 const GGUF_ARCH = 'dots1';
 
@@ -99,28 +91,15 @@ export class Dots1 extends Glm4Moe {
         `llama.cpp's dots1 loads as many key/value heads as query heads; this model has ${att.kvHeads} of ${att.heads}`,
         { file: this.dir, hint: 'write --format packed or dequantized instead (transformers and vLLM load those)' },
       );
-    const r = this.routing;
-    const keys: [string, GgufScalar][] = [
-      ['attention.head_count_kv', u32(att.kvHeads)],
-      ...headLengthKeys(att.headDim),
-      ['rope.dimension_count', u32(att.headDim)],
-      ['leading_dense_block_count', u32(this.cfg.int('first_k_dense_replace', 0))],
-      ['expert_feed_forward_length', u32(this.expertWidth)],
-      ['expert_shared_count', u32(this.sharedExperts)],
-      ['expert_weights_scale', f32(r.scalingFactor)],
-      ['expert_weights_norm', { type: 'bool', value: r.normTopK }],
-      ['expert_gating_func', u32(2)], // sigmoid
-    ];
-    if (r.nGroup > 1) keys.push(['expert_group_count', u32(r.nGroup)], ['expert_group_used_count', u32(r.topkGroup)]);
+    // glm4moe's keys (the rotary over the whole head here), without its post_attention_norm name
     const sliding = [...Array(this.numLayers).keys()].filter((l) => this.slidingWindow(l) !== undefined);
     return {
+      ...super.ggufMapping(spec),
       arch: GGUF_ARCH,
-      feedForwardLength: this.cfg.int('intermediate_size', this.expertWidth),
-      keys,
+      postAttentionNorm: undefined,
       warnings: sliding.length
         ? [`llama.cpp's dots1 has no sliding-window layers; layers ${sliding.join(', ')} will attend to every position`]
         : [],
-      attentionTensors: (l, blk) => gqaGgufTensors(l, blk),
     };
   }
 

@@ -82,7 +82,7 @@ export class Glm4Moe extends DeepseekV3 {
       ['attention.head_count_kv', u32(att.kvHeads)],
       ...headLengthKeys(att.headDim),
       ['rope.dimension_count', u32(this.ropeDim())],
-      ['leading_dense_block_count', u32(this.cfg.int('first_k_dense_replace', 1))],
+      ['leading_dense_block_count', u32(this.moeLayers[0] ?? this.numLayers)],
       ['expert_feed_forward_length', u32(this.expertWidth)],
       ['expert_shared_count', u32(this.sharedExperts)],
       ['expert_weights_scale', f32(r.scalingFactor)],
