@@ -45,19 +45,19 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
     });
   };
   if (!architectures.get(a.modelType)?.ggufReader) throw unsupported();
+  const map = a.ggufMapping(spec.attention, rope);
+  if (!map) throw unsupported();
   // HunYuan's NTK-alpha rotary is a plain one with a raised base (convert_hf_to_gguf.py writes that base)
   const att = spec.attention;
   const rotary = att.kind === 'gqa' ? (att.ropeDim ?? att.headDim) : att.ropeDim;
   const alpha = rope.rope_type === 'dynamic' && typeof rope.alpha === 'number';
   const plain = ['default', 'yarn', 'linear'].includes(String(rope.rope_type ?? 'default'));
-  if (!plain && !alpha) {
+  if (!plain && !alpha && !map.ownRope) {
     throw new CheckpointError(`GGUF output with rope_type ${JSON.stringify(rope.rope_type)} is not supported yet`, {
       file: a.dir,
       hint: 'default, linear and yarn RoPE are written to GGUF',
     });
   }
-  const map = a.ggufMapping(spec.attention, rope);
-  if (!map) throw unsupported();
   const arch = map.arch;
   const k = (name: string) => `${arch}.${name}`;
   const metadata: [string, GgufValue][] = [
@@ -87,38 +87,52 @@ export function ggufModel(a: Architecture, shapes: Map<string, number[]>): GgufM
 
 /** The GGUF tensors, in llama.cpp's order: routed experts stacked per projection, absent tensors left out. */
 function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMapping): GgufSource[] {
-  const tensors: GgufSource[] = [];
+  const tensors: GgufSource[] = (map.computed ?? []).map(({ name, values }) => ({
+    name,
+    shape: [values.length],
+    from: [],
+    kind: 'norm',
+    values,
+  }));
   const one = (name: string, from: string, kind: GgufSource['kind'], extra: Partial<GgufSource> = {}) => {
     if (!shapes.has(from)) return;
     let shape = shapes.get(from)!;
     if (kind !== 'norm' && shape.length === 2 && shape[0] === 1 && name.includes('shexp')) shape = [shape[1]]; // shared_expert_gate [1, h] → {h}
     tensors.push({ name, shape, from: [from], kind, ...extra });
   };
-  const ffn = (b: string, l: number, prefix: string, names: Record<Proj, string>, key: (proj: Proj) => string) => {
+  // PhiMoE: what writes into the residual stream has its mean removed (GgufTransform.center); a tied embedding
+  // is also the output head, so it keeps its values.
+  const centered = (along: 'rows' | 'cols'): Partial<GgufSource> =>
+    map.centerResidual ? { transform: { center: along } } : {};
+  const embed = a.tieEmbeddings ? {} : centered('cols');
+  const ffn = (b: string, l: number, names: Record<Proj, string>, key: (proj: Proj) => string) => {
     for (const proj of ['gate', 'up', 'down'] as Proj[]) {
-      one(`${b}.${prefix}${names[proj]}.weight`, key(proj), 'weight', { layer: l, proj });
+      const down = proj === 'down' ? centered('rows') : {};
+      one(`${b}.ffn_${names[proj]}.weight`, key(proj), 'weight', { layer: l, proj, ...down });
     }
   };
-  one('token_embd.weight', 'model.embed_tokens.weight', 'weight', { proj: 'embed' });
+  one('token_embd.weight', 'model.embed_tokens.weight', 'weight', { proj: 'embed', ...embed });
   // Zero-centred RMSNorms (Qwen3-Next: x · (1 + w)) are stored as 1 + w: llama.cpp multiplies by the weight.
   const norm: Partial<GgufSource> = a.normOffset ? { transform: { add: a.normOffset } } : {};
   for (let l = 0; l < a.numLayers; l++) {
     const p = `model.layers.${l}`;
     const b = `blk.${l}`;
     one(`${b}.attn_norm.weight`, `${p}.input_layernorm.weight`, 'norm', { layer: l, ...norm });
+    one(`${b}.attn_norm.bias`, `${p}.input_layernorm.bias`, 'norm', { layer: l }); // LayerNorms (PhiMoE)
     for (const t of map.attentionTensors(l, b)) {
       const proj = t.kind === 'weight' ? { proj: 'attn' as const } : {};
-      const { permuteHeads, splitKvB, transform } = t;
+      const { permuteHeads, splitKvB } = t;
+      const out = t.name.startsWith(`${b}.attn_output.`);
+      const transform = t.transform ?? (out ? centered('rows').transform : undefined);
       const extra: Partial<GgufSource> = { layer: l, ...proj, permuteHeads, splitKvB, transform };
       if (t.shape) tensors.push({ name: t.name, shape: t.shape, from: [t.from], kind: t.kind, ...extra });
       else one(t.name, t.from, t.kind, extra);
     }
     one(`${b}.attn_q_norm.weight`, `${p}.self_attn.q_norm.weight`, 'norm', { layer: l, ...norm });
     one(`${b}.attn_k_norm.weight`, `${p}.self_attn.k_norm.weight`, 'norm', { layer: l, ...norm });
-    one(`${b}.${map.postAttentionNorm ?? 'ffn_norm'}.weight`, `${p}.post_attention_layernorm.weight`, 'norm', {
-      layer: l,
-      ...norm,
-    });
+    const ffnNorm = `${b}.${map.postAttentionNorm ?? 'ffn_norm'}`;
+    one(`${ffnNorm}.weight`, `${p}.post_attention_layernorm.weight`, 'norm', { layer: l, ...norm });
+    one(`${ffnNorm}.bias`, `${p}.post_attention_layernorm.bias`, 'norm', { layer: l });
     if (a.isMoeLayer(l)) {
       one(`${b}.ffn_gate_inp.weight`, a.routerKey(l), 'router', { layer: l });
       // A router with a bias in its logits (gpt-oss) has ffn_gate_inp.bias; a selection-only bias is exp_probs_b.
@@ -131,7 +145,8 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMa
       ] as [Proj, string][]) {
         const from = [...Array(a.numExperts).keys()].map((e) => a.expertKey(l, e, proj));
         const shape = [a.numExperts, ...shapes.get(from[0])!];
-        tensors.push({ name: `${b}.${gg}.weight`, shape, from, kind: 'weight', layer: l, proj });
+        const down = proj === 'down' ? centered('rows') : {};
+        tensors.push({ name: `${b}.${gg}.weight`, shape, from, kind: 'weight', layer: l, proj, ...down });
         // Expert biases (gpt-oss): [E, out], F32, stacked like the weights.
         const biases = [...Array(a.numExperts).keys()].map((e) => a.expertBiasKey(l, e, proj));
         if (biases.every((k): k is string => k !== undefined && shapes.has(k)))
@@ -146,14 +161,17 @@ function ggufTensors(a: Architecture, shapes: Map<string, number[]>, map: GgufMa
       // ({n_expert} in llama.cpp; ERNIE 4.5 stores it [1, E])
       if (bias && !a.routing.logitBias) one(`${b}.exp_probs_b.bias`, bias, 'norm', { layer: l, shape: [a.numExperts] });
       const shexp = { gate: 'gate_shexp', up: 'up_shexp', down: 'down_shexp' };
-      ffn(b, l, 'ffn_', shexp, (proj) => `${a.sharedExpertPrefix(l)}.${proj}_proj.weight`);
+      ffn(b, l, shexp, (proj) => `${a.sharedExpertPrefix(l)}.${proj}_proj.weight`);
       one(`${b}.ffn_gate_inp_shexp.weight`, a.sharedGateKey(l), 'router', { layer: l });
     } else {
-      ffn(b, l, 'ffn_', { gate: 'gate', up: 'up', down: 'down' }, (proj) => `${p}.mlp.${proj}_proj.weight`);
+      const dense = a.denseMlpPrefix(l);
+      ffn(b, l, { gate: 'gate', up: 'up', down: 'down' }, (proj) => `${dense}.${proj}_proj.weight`);
     }
   }
   one('output_norm.weight', 'model.norm.weight', 'norm', norm);
+  one('output_norm.bias', 'model.norm.bias', 'norm');
   one('output.weight', a.tieEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight', 'weight', { proj: 'output' });
+  if (a.headBias) one('output.bias', a.headBias, 'norm');
   return tensors;
 }
 

@@ -5,11 +5,13 @@
  * absent, llama.cpp's own default for that architecture applies (e.g. whether the top-k weights are
  * renormalised), since llama.cpp defines what the file means.
  */
+import * as fs from 'node:fs';
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import type { GgufFile } from '../io/gguf-reader';
+import { GgufFile, readRange } from '../io/gguf-reader';
 import type { GgufHparams } from '../model/gguf-map';
 import { architectures } from '../model/registry';
+import { GGML_TYPE_ID } from './quants';
 
 /** The `<arch>.*` metadata and the tensor list, read with CheckpointErrors that name the key. */
 function hparams(g: GgufFile, arch: string): GgufHparams {
@@ -54,6 +56,23 @@ function hparams(g: GgufFile, arch: string): GgufHparams {
     hasTensor: (name) => g.tensors.some((t) => t.name === name),
     tensorShape: (name) => g.tensors.find((t) => t.name === name)?.shape,
     tensorNames: () => g.tensors.map((t) => t.name),
+    tensorF32: (name) => {
+      const t = g.tensors.find((x) => x.name === name);
+      if (!t) return undefined;
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      if (t.type !== GGML_TYPE_ID.F32 || t.offset + 4 * n > g.fileSize)
+        throw new CheckpointError(`GGUF tensor "${name}" is not ${n} F32 values within the file`, {
+          file,
+          hint: 'llama.cpp stores rope factors as F32; the file is corrupt or was not written for llama.cpp',
+        });
+      const fd = fs.openSync(file, 'r');
+      try {
+        const bytes = readRange(fd, file, t.offset, 4 * n);
+        return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + 4 * n));
+      } finally {
+        fs.closeSync(fd);
+      }
+    },
   };
 }
 

@@ -10,6 +10,7 @@ import { GgufSource, permuteRows } from './arch';
 import { toGguf } from './transform';
 
 export function loadPart(ckpt: Checkpoint, reader: TensorReader, t: GgufSource, i: number): Float32Array {
+  if (t.values) return t.values;
   const w = reader.f32(t.from[i]);
   requireFinite(w, t.from[i], ckpt.dir);
   if (t.splitKvB) {

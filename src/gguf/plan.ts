@@ -160,7 +160,7 @@ export function buildGgufPlan(model: GgufModel, types: Map<string, GgmlType>, co
 export function encodeTensor(t: GgufSource, type: GgmlType, load: PartLoader, weighting: Weighting): Uint8Array {
   const cols = colsOf(t.shape);
   const parts: Uint8Array[] = [];
-  for (let j = 0; j < t.from.length; j++) {
+  for (let j = 0; j < (t.values ? 1 : t.from.length); j++) {
     const w = load(t, j);
     parts.push(
       type === 'F32'

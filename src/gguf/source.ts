@@ -250,7 +250,7 @@ export class GgufTensorReader extends TensorReader {
     if (start < 0 || start + count > ref.shape[0])
       throw new RangeError(`rowsF32: rows ${start}..${start + count} outside ${name} [${ref.shape}]`);
     if (p.of > 1 || p.src.splitKvB || p.src.permuteHeads || p.src.transform || ref.shape.length !== 2) {
-      const cols = ref.shape[1];
+      const cols = ref.shape.length === 1 ? 1 : ref.shape[ref.shape.length - 1];
       return this.f32(name).slice(start * cols, (start + count) * cols);
     }
     return this.read(p.tensor, p.tensor.offset + start * rowBytes(p.tensor.ggml, ref.shape[1]), count);

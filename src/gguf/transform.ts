@@ -24,10 +24,31 @@ export function toGguf(w: Float32Array, shape: number[], t: GgufTransform): Floa
   }
   if (t.add) for (let k = 0; k < out.length; k++) out[k] += t.add;
   if (t.negExp) for (let k = 0; k < out.length; k++) out[k] = -Math.exp(out[k]);
+  if (t.center) center(out, rows.length, nc, t.center);
   return out;
 }
 
-/** The inverse of toGguf: the GGUF values `g` put back into their places in `out`, the HF tensor (of `shape`). */
+/** GgufTransform.center: each column's mean over the rows ('rows') or each row's mean ('cols') removed, in float64. */
+function center(w: Float32Array, rows: number, cols: number, along: 'rows' | 'cols'): void {
+  if (along === 'cols') {
+    for (let i = 0; i < rows; i++) {
+      let s = 0;
+      for (let j = 0; j < cols; j++) s += w[i * cols + j];
+      const m = s / cols;
+      for (let j = 0; j < cols; j++) w[i * cols + j] -= m;
+    }
+    return;
+  }
+  const mean = new Float64Array(cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) mean[j] += w[i * cols + j];
+  for (let j = 0; j < cols; j++) mean[j] /= rows;
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) w[i * cols + j] -= mean[j];
+}
+
+/**
+ * The inverse of toGguf: the GGUF values `g` put back into their places in `out`, the HF tensor (of `shape`).
+ * A centred tensor stays centred (an equivalent model, GgufTransform.center).
+ */
 export function fromGguf(g: Float32Array, out: Float32Array, shape: number[], t: GgufTransform): void {
   const cols = transformCols(shape);
   const rows = t.rows ?? identity(out.length / cols);

@@ -36,6 +36,14 @@ export interface GgufTransform {
   add?: number;
   /** −exp(value): Gated DeltaNet's A_log stored as llama.cpp's ssm_a. */
   negExp?: boolean;
+  /**
+   * Mean removed along the hidden axis of what the tensor writes into the residual stream: 'rows' subtracts from
+   * each column its mean over the rows (o_proj, down_proj [hidden, in] and their biases), 'cols' from each row its
+   * mean (an embedding row). Under LayerNorms the residual's mean is never read, so the model is unchanged and
+   * llama.cpp's RMSNorm then equals the LayerNorm (PhiMoE). Not undone when read back: the values are an
+   * equivalent model.
+   */
+  center?: 'rows' | 'cols';
 }
 
 /** How a GGUF tensor is made from the checkpoint. */
@@ -54,6 +62,8 @@ export interface GgufSource {
   transform?: GgufTransform;
   layer?: number;
   proj?: GgufProj;
+  /** A tensor computed from the config, not read (llama.cpp's rope_freqs); `from` is empty, kind 'norm'. */
+  values?: Float32Array;
 }
 
 /**
@@ -84,6 +94,15 @@ export interface GgufMapping {
   attentionTensors(layer: number, blk: string): GgufAttentionTensor[];
   /** llama.cpp's name of post_attention_layernorm (`ffn_norm` unless given; gpt-oss: `post_attention_norm`). */
   postAttentionNorm?: string;
+  /**
+   * The rotary's scaling is written by the mapping itself (keys and `computed` tensors: Llama 4's llama3 factors,
+   * PhiMoE's longrope), so the common writer accepts its rope_type.
+   */
+  ownRope?: boolean;
+  /** F32 tensors computed from the config, written before the others (rope_freqs, rope_factors_short/long). */
+  computed?: { name: string; values: Float32Array }[];
+  /** Remove the residual stream's mean from every tensor that writes into it (GgufTransform.center; PhiMoE). */
+  centerResidual?: boolean;
 }
 
 /** A GGUF file's `<arch>.*` metadata as the reverse mapping reads it (src/gguf/config.ts supplies it). */
@@ -100,6 +119,8 @@ export interface GgufHparams {
   hasTensor(name: string): boolean;
   tensorShape(name: string): number[] | undefined;
   tensorNames(): string[];
+  /** The values of a small F32 tensor (rope factors), or undefined when absent; another type: CheckpointError. */
+  tensorF32(name: string): Float32Array | undefined;
 }
 
 /** Reading a GGUF file of one llama.cpp architecture back into a config.json. */

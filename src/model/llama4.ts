@@ -23,12 +23,14 @@
  * group's router row, so it too receives σ · x. Methods that combine unscaled expert outputs with routing weights
  * (NAEE's reconstruction search, merge --refit) are refused for these models.
  */
+import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
 import {
   Architecture,
   ArchitectureFamily,
   FusedExpertLayout,
   gqaAttention,
+  gqaGgufTensors,
   linear,
   mlp,
   RoutingRule,
@@ -36,7 +38,13 @@ import {
   SYNTH_COMMON,
   TensorSpec,
 } from './arch';
-import type { AttentionSpec, LayerAttention } from './forward/attention';
+import type { AttentionSpec, GqaSpec, LayerAttention } from './forward/attention';
+import { ropeFreqFactors } from './forward/rope';
+import { GgufHparams, GgufMapping, GgufScalar, headLengthKeys, u32 } from './gguf-map';
+
+const GGUF_ARCH = 'llama4';
+/** What llama.cpp's llama4 fixes rather than reads (src/models/llama4.cpp): chunk, temperature floor and scale. */
+const CPP = { chunk: 8192, floorScale: 8192, attnScale: 0.1, noRopeStep: 4 };
 
 export class Llama4Text extends Architecture {
   readonly modelType: string = 'llama4_text';
@@ -154,11 +162,128 @@ export class Llama4Text extends Architecture {
           : undefined,
     };
   }
+
+  /**
+   * llama.cpp's "llama4" (convert_hf_to_gguf.py Llama4Model, src/models/llama4.cpp): q/k rows as stored (its rotary
+   * takes adjacent pairs, as Llama 4's does), MoE on every layer with (l + 1) % interleave_moe_layer_step == 0,
+   * gate_up_proj split into ffn_gate_exps / ffn_up_exps, feed_forward_length the dense layers' intermediate_size_mlp,
+   * llama3 scaling as the rope_freqs tensor, the chunked layers as attention.sliding_window_pattern. What llama.cpp
+   * fixes (CPP) and this model sets otherwise is warned about; MoE layers llama.cpp would not load are refused.
+   */
+  override ggufMapping(spec: AttentionSpec, rope: Record<string, unknown>): GgufMapping {
+    const att = spec as GqaSpec;
+    const c = this.cfg;
+    const L = this.numLayers;
+    const step = c.int('interleave_moe_layer_step', 1);
+    const moe = [...this.moe].sort((a, b) => a - b);
+    const cpp = [...Array(L).keys()].filter((l) => (l + 1) % step === 0);
+    if (cpp.join() !== moe.join())
+      throw new CheckpointError(
+        `llama.cpp runs Llama 4's MoE on layers ${cpp.join(', ')} (interleave_moe_layer_step ${step}); this model's are ${moe.join(', ')}`,
+        { file: this.dir, hint: 'write --format packed or dequantized instead' },
+      );
+    const type = String(rope.rope_type ?? 'default');
+    if (!['default', 'llama3', 'freq_factors'].includes(type))
+      throw new CheckpointError(`GGUF output of Llama 4 with rope_type "${type}" is not supported`, {
+        file: this.dir,
+        hint: 'default and llama3 RoPE are written to GGUF',
+      });
+    const factors = ropeFreqFactors(rope, att.headDim);
+    const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)]];
+    if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
+    const chunked = [...Array(L).keys()].map((l) => this.chunked[l]);
+    keys.push(
+      ['rope.dimension_count', u32(att.headDim)],
+      ['interleave_moe_layer_step', u32(step)],
+      ['expert_feed_forward_length', u32(this.expertWidth)],
+      ['attention.sliding_window_pattern', { type: 'array', of: 'bool', value: chunked }],
+    );
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: c.int('intermediate_size_mlp'),
+      keys,
+      warnings: this.llamaCppWarnings(att),
+      attentionTensors: (l, blk) => gqaGgufTensors(l, blk),
+      ownRope: true,
+      computed: factors ? [{ name: 'rope_freqs.weight', values: Float32Array.from(factors) }] : [],
+    };
+  }
+
+  /** Where llama.cpp's fixed Llama 4 constants (CPP) differ from this model's config. */
+  private llamaCppWarnings(att: GqaSpec): string[] {
+    const L = this.numLayers;
+    const out: string[] = [];
+    const chunk = [...Array(L).keys()].map((l) => this.layerAttention(l).chunk).find((x) => x !== undefined);
+    if (chunk !== undefined && chunk !== CPP.chunk)
+      out.push(
+        `llama.cpp attends within chunks of ${CPP.chunk} positions; this model's are ${chunk}: contexts longer than ${chunk} differ`,
+      );
+    const nope = [...Array(L).keys()].filter((l) => !this.ropeLayers[l]);
+    const cppNope = [...Array(L).keys()].filter((l) => (l + 1) % CPP.noRopeStep === 0);
+    if (nope.join() !== cppNope.join())
+      out.push(
+        `llama.cpp leaves the rotary out of layers ${cppNope.join(', ') || 'none'}; this model's NoPE layers are ${nope.join(', ') || 'none'}`,
+      );
+    const t = att.temperature;
+    if (nope.length && (!t || t.floorScale !== CPP.floorScale || t.attnScale !== CPP.attnScale))
+      out.push(
+        `llama.cpp scales the NoPE layers' queries with floor_scale ${CPP.floorScale} and attn_scale ${CPP.attnScale}; ` +
+          (t
+            ? `this model's are ${t.floorScale} and ${t.attnScale}`
+            : 'this model does not (attn_temperature_tuning false)'),
+      );
+    const cppNorm = this.numExperts !== 128;
+    if (Boolean(att.l2QkNorm) !== cppNorm)
+      out.push(
+        `llama.cpp ${cppNorm ? 'applies' : 'skips'} the q/k L2 norm for a Llama 4 with ${this.numExperts} experts ` +
+          `(it applies it unless there are 128); this model has use_qk_norm ${Boolean(att.l2QkNorm)}`,
+      );
+    return out;
+  }
+}
+
+/**
+ * A llama4 GGUF back to a config, as llama.cpp runs it: NoPE every 4th layer, chunks of 8192, temperature floor
+ * 8192 and scale 0.1, the q/k L2 norm unless the model has 128 experts, the chunked layers from
+ * attention.sliding_window_pattern (default: 3 chunked, 1 full), llama3 scaling from rope_freqs.
+ */
+function llama4FromGguf(h: GgufHparams, c: Config, experts: number): void {
+  const L = Number(c.num_hidden_layers);
+  if (h.opt('attention.sliding_window') === 0)
+    throw new CheckpointError('a llama4 GGUF without chunked attention (sliding_window 0) is not read by moe', {
+      file: h.file,
+      hint: 'moe reads the Llama 4 MoE files it writes',
+    });
+  const pattern = h.array('attention.sliding_window_pattern');
+  const chunked = [...Array(L).keys()].map((l) => (pattern ? Boolean(pattern[l]) : l % CPP.noRopeStep < 3));
+  const rope = c.rope_parameters as Record<string, unknown>;
+  const factors = h.tensorF32('rope_freqs.weight');
+  Object.assign(c, {
+    model_type: 'llama4_text',
+    architectures: ['Llama4ForCausalLM'],
+    num_local_experts: experts,
+    head_dim: h.opt('attention.key_length') ?? Math.floor(Number(c.hidden_size) / Number(c.num_attention_heads)),
+    intermediate_size: h.num('expert_feed_forward_length'),
+    intermediate_size_mlp: h.num('feed_forward_length'),
+    interleave_moe_layer_step: h.num('interleave_moe_layer_step', 1),
+    no_rope_layer_interval: CPP.noRopeStep,
+    layer_types: chunked.map((x) => (x ? 'chunked_attention' : 'full_attention')),
+    attention_chunk_size: CPP.chunk,
+    attn_temperature_tuning: true,
+    floor_scale: CPP.floorScale,
+    attn_scale: CPP.attnScale,
+    use_qk_norm: experts !== 128,
+    attention_bias: h.hasTensor('blk.0.attn_q.bias'),
+    rope_parameters: factors
+      ? { rope_type: 'freq_factors', rope_theta: rope.rope_theta, factors: [...factors] }
+      : { rope_type: 'default', rope_theta: rope.rope_theta },
+  });
 }
 
 export const llama4Text: ArchitectureFamily = {
   modelType: 'llama4_text',
   create: (c, d) => new Llama4Text(c, d),
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: false, complete: llama4FromGguf },
   preset: {
     ...SYNTH_COMMON,
     model_type: 'llama4_text',

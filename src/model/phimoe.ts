@@ -12,9 +12,22 @@
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import { ArchitectureFamily, gqaAttention, RoutingRule, softmaxTopK, SYNTH_COMMON, TensorSpec, vector } from './arch';
+import {
+  ArchitectureFamily,
+  gqaAttention,
+  gqaGgufTensors,
+  RoutingRule,
+  softmaxTopK,
+  SYNTH_COMMON,
+  TensorSpec,
+  vector,
+} from './arch';
+import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { ropeParameters } from './forward/rope';
+import { f32, GgufHparams, GgufMapping, GgufScalar, u32 } from './gguf-map';
 import { Mixtral } from './mixtral';
+
+const GGUF_ARCH = 'phimoe';
 
 export class Phimoe extends Mixtral {
   override readonly modelType: string = 'phimoe';
@@ -80,11 +93,110 @@ export class Phimoe extends Mixtral {
     this.withBiases = out;
     return out;
   }
+
+  /**
+   * llama.cpp's "phimoe" (convert_hf_to_gguf.py PhiMoeModel, src/models/phi3.cpp): rotate-half rotary as stored,
+   * biases for the norms, attention and output, longrope as rope_factors_short/long with short_mscale as
+   * rope.scaling.attn_factor. llama.cpp normalises with RMSNorm plus bias where PhiMoE has LayerNorms: every tensor
+   * that writes into the residual stream is written with its mean removed (GgufMapping.centerResidual), which leaves
+   * the model unchanged and makes the two norms equal. Its routing is a softmax top-2, renormalised, not sparsemixer:
+   * warned.
+   */
+  override ggufMapping(spec: AttentionSpec): GgufMapping {
+    const att = spec as GqaSpec;
+    const rope = ropeParameters(this.cfg);
+    if (att.headDim * att.heads !== this.hidden)
+      throw new CheckpointError(
+        `llama.cpp's phimoe needs head_dim = hidden_size / heads; this model's is ${att.headDim}`,
+        {
+          file: this.dir,
+          hint: 'write --format packed or dequantized instead',
+        },
+      );
+    const keys: [string, GgufScalar][] = [
+      ['attention.head_count_kv', u32(att.kvHeads)],
+      ['rope.dimension_count', u32(att.headDim)],
+      // not a llama.cpp key (it ignores it): sparsemixer's threshold, for moe reading the file back
+      ['router_jitter_noise', f32(this.cfg.num('router_jitter_noise', 0.01))],
+    ];
+    const warnings = [
+      "llama.cpp routes phimoe with a softmax over all experts, top-2, renormalised; this model's sparsemixer " +
+        'weighs the two experts differently (the same experts are chosen), so llama.cpp computes a different model',
+    ];
+    const computed: { name: string; values: Float32Array }[] = [];
+    const type = String(rope.rope_type ?? 'default');
+    if (type === 'longrope') {
+      const factors = (k: string) => Float32Array.from(rope[k] as number[]);
+      const original = Number(rope.original_max_position_embeddings ?? this.config.original_max_position_embeddings);
+      keys.push(
+        ['rope.scaling.original_context_length', u32(original)],
+        ['rope.scaling.attn_factor', f32(Number(rope.short_mscale))],
+      );
+      if (JSON.stringify(rope.long_factor) !== JSON.stringify(rope.short_factor))
+        warnings.push(
+          `llama.cpp takes the long rope factors whenever its context size exceeds ${original} tokens (transformers ` +
+            `only for sequences that long): run it with a context of ${original} or less`,
+        );
+      computed.push(
+        { name: 'rope_factors_long.weight', values: factors('long_factor') },
+        { name: 'rope_factors_short.weight', values: factors('short_factor') },
+      );
+    } else if (type !== 'default')
+      throw new CheckpointError(`GGUF output of PhiMoE with rope_type "${type}" is not supported`, {
+        file: this.dir,
+        hint: 'default and longrope RoPE are written to GGUF',
+      });
+    if (this.tieEmbeddings)
+      warnings.push("a tied embedding is not centred: llama.cpp's RMSNorm differs from the model's LayerNorms");
+    return {
+      arch: GGUF_ARCH,
+      feedForwardLength: this.expertWidth,
+      keys,
+      warnings,
+      attentionTensors: (l, blk) => gqaGgufTensors(l, blk),
+      ownRope: true,
+      computed,
+      centerResidual: true,
+    };
+  }
+}
+
+/**
+ * A phimoe GGUF back to a PhiMoE config: LayerNorms and sparsemixer routing (router_jitter_noise from moe's own key,
+ * else transformers' default 0.01, the released model's), longrope from rope_factors_short/long.
+ */
+function phimoeFromGguf(h: GgufHparams, c: Config, experts: number): void {
+  const rope = c.rope_parameters as Record<string, unknown>;
+  const short = h.tensorF32('rope_factors_short.weight');
+  const long = h.tensorF32('rope_factors_long.weight');
+  const mscale = h.num('rope.scaling.attn_factor', 1);
+  Object.assign(c, {
+    model_type: 'phimoe',
+    architectures: ['PhimoeForCausalLM'],
+    num_local_experts: experts,
+    intermediate_size: h.num('feed_forward_length'),
+    router_jitter_noise: h.num('router_jitter_noise', 0.01),
+    attention_bias: h.hasTensor('blk.0.attn_q.bias'),
+    lm_head_bias: h.hasTensor('output.bias'),
+    rope_parameters:
+      short && long
+        ? {
+            rope_type: 'longrope',
+            rope_theta: rope.rope_theta,
+            short_factor: [...short],
+            long_factor: [...long],
+            short_mscale: mscale,
+            long_mscale: mscale,
+            original_max_position_embeddings: h.num('rope.scaling.original_context_length'),
+          }
+        : { rope_type: 'default', rope_theta: rope.rope_theta },
+  });
 }
 
 export const phimoe: ArchitectureFamily = {
   modelType: 'phimoe',
   create: (c, d) => new Phimoe(c, d),
+  ggufReader: { arch: GGUF_ARCH, normTopKDefault: true, complete: phimoeFromGguf },
   preset: {
     ...SYNTH_COMMON,
     model_type: 'phimoe',

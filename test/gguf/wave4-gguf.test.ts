@@ -13,6 +13,7 @@ import { evalCommand } from '../../src/commands/eval';
 import { exportGguf } from '../../src/commands/gguf';
 import { CheckpointError } from '../../src/errors';
 import { readGguf } from '../../src/io/gguf-reader';
+import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, tmpDir } from '../helpers';
 import { byteTokenizer, withByteTokenizer } from '../model/byte-tokenizer';
 
@@ -138,5 +139,130 @@ describe("granitemoe to GGUF F32 (Granite 3.x MoE as llama.cpp's granitemoe)", (
     const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
     // the scalars go through float32 in the file (0.22 is not a float32 value)
     expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-5);
+  });
+});
+
+/** transformers' _compute_llama3_parameters as divisors of base^(−2i/d), as convert_hf_to_gguf.py writes rope_freqs. */
+function llama3Divisors(rope: Record<string, number>, dim: number): number[] {
+  const { rope_theta: base, factor, low_freq_factor: low, high_freq_factor: high } = rope;
+  const old = rope.original_max_position_embeddings;
+  return [...Array(dim / 2).keys()].map((i) => {
+    const wavelen = 2 * Math.PI * base ** ((2 * i) / dim);
+    if (wavelen < old / high) return 1;
+    if (wavelen > old / low) return factor;
+    const smooth = (old / wavelen - low) / (high - low);
+    return 1 / ((1 - smooth) / factor + smooth);
+  });
+}
+
+describe("Llama 4 to GGUF F32 (llama.cpp's llama4)", () => {
+  const work = tmpDir('moe-llama4-gguf-');
+  const data = path.join(work, 'ids.json');
+  beforeAll(() => {
+    fs.writeFileSync(data, fs.readFileSync(path.join(GOLDEN, '..', 'reference', 'golden-data', 'eval.json')));
+  });
+  const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
+
+  test('llama3 scaling as rope_freqs, the chunked layers as a pattern, the widths; read back equal', async () => {
+    // llama.cpp's fixed constants: chunks and temperature floor of 8192
+    const set = { vocab_size: 256, attention_chunk_size: 8192, floor_scale: 8192 };
+    const model = await makeSynth('llama4_text', path.join(work, 'model'), { set });
+    fs.writeFileSync(path.join(model, 'tokenizer.json'), JSON.stringify(byteTokenizer()));
+    const warnings: string[] = [];
+    const ctx = { ...quiet, warn: (w: string) => warnings.push(w) } as typeof quiet;
+    const file = (await exportGguf({ model, output: path.join(work, 'l.gguf'), type: 'F32' }, ctx)).output;
+    expect(warnings).toEqual([]);
+    const g = readGguf(file);
+    const m = g.metadata;
+    const key = (k: string) => m.get(`llama4.${k}`);
+    expect([
+      m.get('general.architecture'),
+      key('interleave_moe_layer_step'),
+      key('expert_feed_forward_length'),
+      key('feed_forward_length'),
+      key('attention.sliding_window_pattern'),
+    ]).toEqual(['llama4', 2, 32, 48, [true, true, true, false]]);
+    const freqs = g.tensors.find((t) => t.name === 'rope_freqs.weight')!;
+    expect(freqs.shape).toEqual([16]);
+    const values = new Float32Array(fs.readFileSync(file).buffer.slice(freqs.offset, freqs.offset + 64));
+    const want = llama3Divisors(PRESETS.llama4_text.rope_parameters as Record<string, number>, 32);
+    expect(want.some((f) => f > 1 && f < 8)).toBe(true); // the blend between 1 and the factor is exercised
+    values.forEach((v, i) => expect(v).toBeCloseTo(want[i], 5));
+    expect(g.tensors.some((t) => t.name === 'blk.0.ffn_gate.weight' && t.shape.join() === '48,64')).toBe(true);
+    expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-6);
+  });
+
+  test('the nested checkpoint: warned where llama.cpp fixes what this model sets; MoE layers it cannot load refused', async () => {
+    const model = withByteTokenizer(path.join(GOLDEN, 'llama4'));
+    const warnings: string[] = [];
+    const ctx = { ...quiet, warn: (w: string) => warnings.push(w) } as typeof quiet;
+    const file = (await exportGguf({ model, output: path.join(work, 'n.gguf'), type: 'F32' }, ctx)).output;
+    const text = warnings.join('\n');
+    expect(text).toMatch(/chunks of 8192 positions; this model's are 8/);
+    expect(text).toMatch(/floor_scale 8192 and attn_scale 0.1; this model's are 4 and 0.1/);
+    expect(text).toMatch(/vision tower .* is not written/);
+    expect(readGguf(file).tensors.some((t) => t.name.startsWith('v.') || t.name.includes('vision'))).toBe(false);
+
+    const cfg = JSON.parse(fs.readFileSync(path.join(GOLDEN, 'llama4_text', 'config.json'), 'utf8'));
+    const bad = path.join(work, 'bad');
+    fs.mkdirSync(bad);
+    for (const f of fs.readdirSync(path.join(GOLDEN, 'llama4_text')))
+      fs.copyFileSync(path.join(GOLDEN, 'llama4_text', f), path.join(bad, f));
+    fs.writeFileSync(path.join(bad, 'config.json'), JSON.stringify({ ...cfg, interleave_moe_layer_step: 1 }));
+    fs.writeFileSync(path.join(bad, 'tokenizer.json'), JSON.stringify(byteTokenizer()));
+    const out = path.join(work, 'bad.gguf');
+    const run = exportGguf({ model: bad, output: out, type: 'F32' }, quiet);
+    await expect(run).rejects.toThrow(
+      "llama.cpp runs Llama 4's MoE on layers 0, 1, 2, 3 (interleave_moe_layer_step 1); this model's are 1, 3",
+    );
+    expect(fs.existsSync(out)).toBe(false);
+  });
+});
+
+describe("PhiMoE to GGUF F32 (llama.cpp's phimoe)", () => {
+  test('LayerNorm biases, longrope factors and mscale, the residual writes centred; read back equal; routing warned', async () => {
+    const model = withByteTokenizer(path.join(GOLDEN, 'phimoe'));
+    const warnings: string[] = [];
+    const ctx = { ...quiet, warn: (w: string) => warnings.push(w) } as typeof quiet;
+    const file = (await exportGguf({ model, output: path.join(tmpDir(), 'p.gguf'), type: 'F32' }, ctx)).output;
+    expect(warnings.join('\n')).toMatch(/softmax over all experts, top-2, renormalised/);
+    expect(warnings.join('\n')).toMatch(/long rope factors whenever its context size exceeds 64 tokens/);
+    const g = readGguf(file);
+    const m = g.metadata;
+    expect([m.get('phimoe.rope.scaling.attn_factor'), m.get('phimoe.rope.scaling.original_context_length')]).toEqual([
+      Math.fround(1.243),
+      64,
+    ]);
+    const bytes = fs.readFileSync(file);
+    const f32 = (name: string) => {
+      const t = g.tensors.find((x) => x.name === name)!;
+      expect(t.type).toBe(0);
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      return new Float32Array(bytes.buffer.slice(bytes.byteOffset + t.offset, bytes.byteOffset + t.offset + 4 * n));
+    };
+    expect([...f32('rope_factors_short.weight')]).toEqual([1, 1.05, 1.1, 1.2].map(Math.fround));
+    expect([...f32('rope_factors_long.weight')]).toEqual([1, 2, 4, 8]);
+    for (const n of [
+      'blk.0.attn_norm.bias',
+      'blk.1.ffn_norm.bias',
+      'output_norm.bias',
+      'output.bias',
+      'blk.0.attn_q.bias',
+    ])
+      expect(g.tensors.some((t) => t.name === n)).toBe(true);
+    // centred: every embedding row, and every column of an expert's down projection, sums to 0
+    const embd = f32('token_embd.weight');
+    for (let r = 0; r < 256; r += 37)
+      expect(Math.abs(embd.subarray(r * 32, r * 32 + 32).reduce((a, b) => a + b))).toBeLessThan(1e-5);
+    const down = f32('blk.1.ffn_down_exps.weight'); // [8, 32, 16]
+    for (let c = 0; c < 16; c += 5) {
+      let s = 0;
+      for (let r = 0; r < 32; r++) s += down[7 * 512 + r * 16 + c];
+      expect(Math.abs(s)).toBeLessThan(1e-5);
+    }
+    const data = path.join(tmpDir(), 'ids.json');
+    fs.writeFileSync(data, fs.readFileSync(path.join(GOLDEN, '..', 'reference', 'golden-data', 'eval.json')));
+    const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
+    expect(Math.abs((await ppl(file)) / (await ppl(model)) - 1)).toBeLessThan(1e-6);
   });
 });

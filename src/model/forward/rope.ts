@@ -43,6 +43,27 @@ export function ropeBase(p: Record<string, unknown>, dim: number): number {
   return p.rope_type === 'dynamic' && typeof p.alpha === 'number' ? base * math.pow(p.alpha, dim / (dim - 2)) : base;
 }
 
+/** base^(−2i/dim), computed in float32 as transformers does (so long contexts agree). */
+function plainInverseFrequencies(base: number, dim: number): Float64Array {
+  const invFreq = new Float64Array(dim / 2);
+  for (let i = 0; i < dim / 2; i++)
+    invFreq[i] = math.fround(1 / math.fround(math.pow(base, math.fround((2 * i) / dim))));
+  return invFreq;
+}
+
+/**
+ * The per-frequency divisors of a llama3 or freq_factors rotary (llama.cpp's rope_freqs tensor); undefined for an
+ * unscaled one. Other types: Error.
+ */
+export function ropeFreqFactors(p: Record<string, unknown>, dim: number): Float64Array | undefined {
+  const type = String(p.rope_type ?? 'default');
+  if (type === 'default') return undefined;
+  const invFreq = plainInverseFrequencies(ropeBase(p, dim), dim);
+  if (type === 'llama3') return llama3Factors(invFreq, p);
+  if (type === 'freq_factors') return Float64Array.from(givenFactors(p, dim / 2));
+  throw new Error(`rope type "${type}" has no frequency factors`);
+}
+
 /** Inverse frequencies (float64) and the factor applied to cos/sin. */
 export function inverseFrequencies(
   p: Record<string, unknown>,
@@ -50,10 +71,7 @@ export function inverseFrequencies(
   maxPositions: number,
 ): { invFreq: Float64Array; attentionFactor: number } {
   const base = ropeBase(p, dim);
-  const half = dim / 2;
-  const invFreq = new Float64Array(half);
-  // transformers computes base ** (arange/dim) in float32; do the same so long contexts agree.
-  for (let i = 0; i < half; i++) invFreq[i] = math.fround(1 / math.fround(math.pow(base, math.fround((2 * i) / dim))));
+  const invFreq = plainInverseFrequencies(base, dim);
   const type = String(p.rope_type);
   const factor = Number(p.factor ?? 1);
   switch (type) {
@@ -62,8 +80,14 @@ export function inverseFrequencies(
       return { invFreq, attentionFactor: 1 };
     case 'linear':
       return { invFreq: invFreq.map((f) => f / factor), attentionFactor: 1 };
-    case 'llama3':
-      return { invFreq: llama3(invFreq, p), attentionFactor: 1 };
+    case 'llama3': {
+      const factors = llama3Factors(invFreq, p);
+      return { invFreq: invFreq.map((f, i) => f / factors[i]), attentionFactor: 1 };
+    }
+    case 'freq_factors': {
+      const factors = givenFactors(p, invFreq.length);
+      return { invFreq: invFreq.map((f, i) => f / factors[i]), attentionFactor: 1 };
+    }
     case 'yarn':
       return yarn(invFreq, p, dim, base, maxPositions);
     case 'longrope':
@@ -93,18 +117,34 @@ function longrope(
   return { invFreq, attentionFactor: Number(p.short_mscale ?? 1) };
 }
 
-function llama3(invFreq: Float64Array, p: Record<string, unknown>): Float64Array {
+/**
+ * Llama 3's per-frequency divisors (1 for short wavelengths, `factor` for long ones, a smooth blend between): the
+ * inverse frequencies are invFreq_i / factor_i, as transformers' _compute_llama3_parameters and llama.cpp's
+ * rope_freqs tensor (convert_hf_to_gguf.py) define them.
+ */
+export function llama3Factors(invFreq: Float64Array, p: Record<string, unknown>): Float64Array {
   const factor = Number(p.factor);
   const low = Number(p.low_freq_factor);
   const high = Number(p.high_freq_factor);
   const old = Number(p.original_max_position_embeddings);
   return invFreq.map((f) => {
     const wavelen = (2 * math.PI) / f;
-    if (wavelen < old / high) return f;
-    if (wavelen > old / low) return f / factor;
+    if (wavelen < old / high) return 1;
+    if (wavelen > old / low) return factor;
     const smooth = (old / wavelen - low) / (high - low);
-    return (1 - smooth) * (f / factor) + smooth * f;
+    return 1 / ((1 - smooth) / factor + smooth);
   });
+}
+
+/**
+ * Per-frequency divisors given explicitly (rope_type 'freq_factors': what moe reads from a GGUF file's rope_freqs
+ * tensor, llama.cpp's form of Llama 3's scaling; not a transformers rope type).
+ */
+function givenFactors(p: Record<string, unknown>, n: number): number[] {
+  const factors = p.factors;
+  if (!Array.isArray(factors) || factors.length !== n || factors.some((v) => typeof v !== 'number'))
+    throw new Error(`rope freq_factors must be ${n} numbers`);
+  return factors as number[];
 }
 
 function yarn(
