@@ -33,7 +33,8 @@ const FAMILIES = [
   { arch: 'llama4_text', set: { attention_chunk_size: 8192, floor_scale: 8192 } },
   // longrope with short factors ≠ 1 and short_mscale ≠ 1; llama.cpp takes the long factors when its context (padded
   // to 256) exceeds original_max_position_embeddings, so the original is the released model's 4096. llama.cpp routes
-  // phimoe by softmax top-2, not sparsemixer: its row differs by design and is not checked (README).
+  // phimoe by softmax top-2, not sparsemixer: it differs from the source by design (not checked); moe eval of the file
+  // runs llama.cpp's routing and is checked against it (README).
   {
     arch: 'phimoe',
     routingDiffers: true,
@@ -124,7 +125,7 @@ try {
       console.log(
         `| ${r.family} | ${r.arch} | ${r.type} | ${r.source_perplexity.toFixed(3)} | ${r.perplexity.toFixed(3)} | ` +
           `${pct(r.vs_moe_pct)} | ${r.moe_gguf_perplexity.toFixed(3)} | ${pct(r.moe_gguf_vs_llama_pct)} |` +
-          (r.routing_differs ? ' (llama.cpp: softmax top-2 routing; not checked)' : ''),
+          (r.routing_differs ? ' (llama.cpp routes by softmax top-2: vs the source not checked)' : ''),
       );
     console.log(ok ? 'checks passed' : 'CHECK FAILED');
   }

@@ -9,6 +9,8 @@
  *   longer than original_max_position_embeddings are refused (transformers then rescales every position by
  *   long_mscale, which a cached decoder cannot follow).
  * `--recalibrate-router` is refused (its targets are defined for softmax and sigmoid routing).
+ * `llama_cpp_routing: true` (set by the GGUF reader only) routes as llama.cpp's phimoe does: softmax top-2,
+ * renormalised.
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
@@ -49,6 +51,8 @@ export class Phimoe extends Mixtral {
   }
 
   override get routing(): RoutingRule {
+    // a phimoe GGUF file means what llama.cpp runs: softmax top-2, renormalised (phimoeFromGguf)
+    if (this.cfg.bool('llama_cpp_routing', false)) return softmaxTopK(this.topK, true);
     const jitterEps = this.cfg.num('router_jitter_noise', 0.01);
     return { ...softmaxTopK(this.topK, false), scoring: 'sparsemixer', jitterEps };
   }
@@ -116,13 +120,13 @@ export class Phimoe extends Mixtral {
     const keys: [string, GgufScalar][] = [
       ['attention.head_count_kv', u32(att.kvHeads)],
       ['rope.dimension_count', u32(att.headDim)],
-      // not a llama.cpp key (it ignores it): sparsemixer's threshold, for moe reading the file back
-      ['router_jitter_noise', f32(this.cfg.num('router_jitter_noise', 0.01))],
     ];
-    const warnings = [
-      "llama.cpp routes phimoe with a softmax over all experts, top-2, renormalised; this model's sparsemixer " +
-        'weighs the two experts differently (the same experts are chosen), so llama.cpp computes a different model',
-    ];
+    const warnings = this.cfg.bool('llama_cpp_routing', false)
+      ? []
+      : [
+          "llama.cpp routes phimoe with a softmax over all experts, top-2, renormalised; this model's sparsemixer " +
+            'weighs the two experts differently (the same experts are chosen), so llama.cpp computes a different model',
+        ];
     const computed: { name: string; values: Float32Array }[] = [];
     const type = String(rope.rope_type ?? 'default');
     if (type === 'longrope') {
@@ -162,8 +166,9 @@ export class Phimoe extends Mixtral {
 }
 
 /**
- * A phimoe GGUF back to a PhiMoE config: LayerNorms and sparsemixer routing (router_jitter_noise from moe's own key,
- * else transformers' default 0.01, the released model's), longrope from rope_factors_short/long.
+ * A phimoe GGUF back to a config of the model llama.cpp runs: PhiMoE with softmax top-2 routing, renormalised
+ * (llama_cpp_routing, a key only this reader sets), LayerNorms (equal to llama.cpp's RMSNorm on the centred files moe
+ * writes), longrope from rope_factors_short/long.
  */
 function phimoeFromGguf(h: GgufHparams, c: Config, experts: number): void {
   const rope = c.rope_parameters as Record<string, unknown>;
@@ -175,7 +180,7 @@ function phimoeFromGguf(h: GgufHparams, c: Config, experts: number): void {
     architectures: ['PhimoeForCausalLM'],
     num_local_experts: experts,
     intermediate_size: h.num('feed_forward_length'),
-    router_jitter_noise: h.num('router_jitter_noise', 0.01),
+    llama_cpp_routing: true,
     attention_bias: h.hasTensor('blk.0.attn_q.bias'),
     lm_head_bias: h.hasTensor('output.bias'),
     rope_parameters:
