@@ -19,12 +19,84 @@ import { observedLinears } from './stats';
  */
 const math = Math;
 
-interface LinearAcc {
+export interface LinearAcc {
   rows: number;
   sumsq: Float64Array;
   xtx?: Float64Array;
   inDim: number;
 }
+
+/**
+ * A layer's statistics as sums over tokens (and maxima), before any mean is taken: what calibrate accumulates, a data
+ * shard stores (src/calib/shards.ts) and --combine adds up. `statsTensors` turns them into the stats file's tensors.
+ */
+export interface LayerSums {
+  tokens: number;
+  count: Float64Array;
+  /** Σ router probabilities. */
+  softFreq: Float64Array;
+  weightSum: Float64Array;
+  reapSum: Float64Array;
+  /** [E, hidden] Σ expert outputs. */
+  outSum: Float64Array;
+  outAbsSum: Float64Array;
+  outAbsMax: Float64Array;
+  actAbsMax: Float64Array;
+  /** [E, E] Σ router-logit products. */
+  gram: Float64Array;
+  coact: Float64Array;
+  naeeIn: Float32Array;
+  naeeOut: Float32Array;
+  /** Hessians may be left out (xtx undefined): --combine streams them one at a time. */
+  linears: Map<string, LinearAcc>;
+}
+
+const f64Bytes = (a: Float64Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/**
+ * The stats file's tensors of one layer (stats.layerPlan's names) from its sums: means per routed token (reap,
+ * out_abs_mean, out_mean), per token (soft_freq), router-logit cosines from the Gram matrix.
+ */
+export function statsTensors(layer: number, s: LayerSums): Map<string, Uint8Array> {
+  const out = new Map<string, Uint8Array>();
+  const p = `layers.${layer}.moe`;
+  const E = s.count.length;
+  const h = E ? s.outSum.length / E : 0;
+  const perRouted = (sum: Float64Array) => sum.map((v, e) => (s.count[e] > 0 ? v / s.count[e] : 0));
+  if (E > 0) {
+    out.set(`${p}.count`, f64Bytes(s.count));
+    out.set(`${p}.soft_freq`, f64Bytes(s.softFreq.map((v) => v / s.tokens)));
+    out.set(`${p}.weight_sum`, f64Bytes(s.weightSum));
+    out.set(`${p}.reap`, f64Bytes(perRouted(s.reapSum)));
+    out.set(`${p}.out_abs_mean`, f64Bytes(perRouted(s.outAbsSum)));
+    out.set(`${p}.out_abs_max`, f64Bytes(s.outAbsMax));
+    out.set(`${p}.act_abs_max`, f64Bytes(s.actAbsMax));
+    const mean = new Float32Array(E * h);
+    for (let e = 0; e < E; e++)
+      for (let j = 0; j < h; j++) mean[e * h + j] = s.count[e] > 0 ? s.outSum[e * h + j] / s.count[e] : 0;
+    out.set(`${p}.out_mean`, fromFloat32(mean, 'F32'));
+    const cos = new Float64Array(E * E);
+    for (let a = 0; a < E; a++) {
+      for (let b = 0; b < E; b++) {
+        const d = math.sqrt(s.gram[a * E + a] * s.gram[b * E + b]);
+        cos[a * E + b] = d > 0 ? s.gram[a * E + b] / d : 0;
+      }
+    }
+    out.set(`${p}.router_cos`, f64Bytes(cos));
+    out.set(`${p}.coact`, f64Bytes(s.coact));
+    out.set(`${p}.naee_in`, fromFloat32(s.naeeIn, 'F32'));
+    out.set(`${p}.naee_out`, fromFloat32(s.naeeOut, 'F32'));
+  }
+  for (const [w, acc] of s.linears) {
+    out.set(`rows/${w}`, f64Bytes(Float64Array.of(acc.rows)));
+    out.set(`imatrix/${w}`, f64Bytes(acc.sumsq));
+    if (acc.xtx) out.set(`hessian/${w}`, hessianBytes(acc.xtx));
+  }
+  return out;
+}
+
+/** A Hessian as the stats file stores it: the float64 sum rounded to F32. */
+export const hessianBytes = (xtx: Float64Array): Uint8Array => fromFloat32(Float32Array.from(xtx), 'F32');
 
 export class LayerCollector {
   private readonly E: number;
@@ -177,43 +249,29 @@ export class LayerCollector {
     }
   }
 
+  /** The layer's sums (the collector's own arrays, not copies). */
+  sums(): LayerSums {
+    return {
+      tokens: this.tokens,
+      count: this.count,
+      softFreq: this.softFreq,
+      weightSum: this.weightSum,
+      reapSum: this.reapSum,
+      outSum: this.outSum,
+      outAbsSum: this.outAbsSum,
+      outAbsMax: this.outAbsMax,
+      actAbsMax: this.actAbsMax,
+      gram: this.gram,
+      coact: this.coact,
+      naeeIn: this.naeeIn,
+      naeeOut: this.naeeOut,
+      linears: this.linears,
+    };
+  }
+
   /** The layer's tensors, in the order of stats.layerPlan. */
   tensors(plan: PlannedTensor[]): Map<string, Uint8Array> {
-    const out = new Map<string, Uint8Array>();
-    const f64 = (a: Float64Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-    const p = `layers.${this.layer}.moe`;
-    const E = this.E;
-    const perRouted = (sum: Float64Array) => sum.map((s, e) => (this.count[e] > 0 ? s / this.count[e] : 0));
-    if (this.arch.isMoeLayer(this.layer)) {
-      out.set(`${p}.count`, f64(this.count));
-      out.set(`${p}.soft_freq`, f64(this.softFreq.map((s) => s / this.tokens)));
-      out.set(`${p}.weight_sum`, f64(this.weightSum));
-      out.set(`${p}.reap`, f64(perRouted(this.reapSum)));
-      out.set(`${p}.out_abs_mean`, f64(perRouted(this.outAbsSum)));
-      out.set(`${p}.out_abs_max`, f64(this.outAbsMax));
-      out.set(`${p}.act_abs_max`, f64(this.actAbsMax));
-      const mean = new Float32Array(E * this.h);
-      for (let e = 0; e < E; e++)
-        for (let j = 0; j < this.h; j++)
-          mean[e * this.h + j] = this.count[e] > 0 ? this.outSum[e * this.h + j] / this.count[e] : 0;
-      out.set(`${p}.out_mean`, fromFloat32(mean, 'F32'));
-      const cos = new Float64Array(E * E);
-      for (let a = 0; a < E; a++) {
-        for (let b = 0; b < E; b++) {
-          const d = math.sqrt(this.gram[a * E + a] * this.gram[b * E + b]);
-          cos[a * E + b] = d > 0 ? this.gram[a * E + b] / d : 0;
-        }
-      }
-      out.set(`${p}.router_cos`, f64(cos));
-      out.set(`${p}.coact`, f64(this.coact));
-      out.set(`${p}.naee_in`, fromFloat32(this.naeeIn, 'F32'));
-      out.set(`${p}.naee_out`, fromFloat32(this.naeeOut, 'F32'));
-    }
-    for (const [w, acc] of this.linears) {
-      out.set(`rows/${w}`, f64(Float64Array.of(acc.rows)));
-      out.set(`imatrix/${w}`, f64(acc.sumsq));
-      if (acc.xtx) out.set(`hessian/${w}`, fromFloat32(Float32Array.from(acc.xtx), 'F32'));
-    }
+    const out = statsTensors(this.layer, this.sums());
     for (const t of plan) if (!out.has(t.name)) throw new Error(`stats tensor ${t.name} was not collected`);
     return out;
   }

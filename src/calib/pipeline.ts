@@ -22,6 +22,8 @@ export interface PipelineOptions {
   /** Global token indices sampled for NAEE (sorted). */
   naeeTokens: number[];
   spillDir?: string;
+  /** --data-shard: only the batches [first, end) of the single run's batches (shards.ts). */
+  batchRange?: [number, number];
 }
 
 export interface LayerDone {
@@ -39,7 +41,11 @@ export async function calibrateLayers(
   ctx: Context,
   onLayer: (done: LayerDone) => void | Promise<void>,
 ): Promise<{ spilled: boolean }> {
-  const groups = batches(windows, opts.batchTokens);
+  const all = batches(windows, opts.batchTokens);
+  const [first, end] = opts.batchRange ?? [0, all.length];
+  const groups = all.slice(first, end);
+  // the global index of the shard's first token: NAEE's sample is drawn over the whole run's tokens
+  const offset = all.slice(0, first).reduce((s, g) => s + g.length * g[0].length, 0);
   const h = fp.arch.hidden;
   const store = new HiddenStore(
     groups.map((g) => g.reduce((s, w) => s + w.length, 0) * h),
@@ -65,7 +71,7 @@ export async function calibrateLayers(
       );
       const observer = collector.observer();
       const progress = ctx.progress(layerLabel(l, fp.arch.numLayers), tokens, 'tokens');
-      let start = 0;
+      let start = offset;
       for (let b = 0; b < groups.length; b++) {
         const T = groups[b][0].length;
         const hidden = store.get(b);

@@ -23,6 +23,8 @@ import type { HessianWeighting } from './affinity';
 export const STATS_TENSORS = 'stats.safetensors';
 export const STATS_JSON = 'stats.json';
 export const STATS_FORMAT = 'moe-calibration-stats/1';
+/** A data shard's part (src/calib/shards.ts): sums, not statistics, until combined. */
+export const PART_FORMAT = 'moe-calibration-part/1';
 
 export const EXPERT_VECTORS = [
   'count',
@@ -172,6 +174,11 @@ export class CalibrationStats {
         hint: 're-run moe calibrate',
       });
     }
+    if (this.json.format === PART_FORMAT)
+      throw new CheckpointError('a data-shard part of a calibration, not a stats folder', {
+        file: jsonFile,
+        hint: 'combine all the parts first: moe calibrate --combine PART... -o STATS',
+      });
     if (this.json.format !== STATS_FORMAT)
       throw new CheckpointError(`stats format ${JSON.stringify(this.json.format)} is not ${STATS_FORMAT}`, {
         file: jsonFile,

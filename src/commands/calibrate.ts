@@ -10,9 +10,22 @@ import type { Backend, BackendName } from '../backend/backend';
 import { HESSIAN_WEIGHTINGS, HessianWeighting } from '../calib/affinity';
 import type { LayerCollector } from '../calib/collector';
 import { calibrateLayers } from '../calib/pipeline';
+import {
+  combineParts,
+  CombineReport,
+  DataShard,
+  naeeSample,
+  parseDataShard,
+  PART_FORMAT,
+  PartJson,
+  partPlan,
+  partTensors,
+  shardBatches,
+} from '../calib/shards';
 import { fingerprint, layerPlan, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from '../calib/stats';
 import { UsageError } from '../errors';
 import { loadWindows, positionsWarning, sampleWindows } from '../eval/data';
+import { batches } from '../eval/perplexity';
 import { loadTokenizer, TextTokenizer } from '../eval/tokenizer';
 import { imbalance, SelfSample, selfSample } from '../calib/ebss';
 import { Decoder } from '../model/forward/decode';
@@ -22,7 +35,6 @@ import { PlannedTensor, ShardedWriter } from '../io/writer';
 import type { Architecture } from '../model/arch';
 import { ForwardPass } from '../model/forward/model';
 import { loadArchitecture } from '../model/registry';
-import { mulberry32 } from '../util/random';
 import { announceTokenizing, Context } from '../ui/progress';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MODEL_ARG, output } from './spec';
 
@@ -51,6 +63,10 @@ export interface CalibrateOptions {
   activationBudgetBytes?: number;
   force?: boolean;
   dryRun?: boolean;
+  /** --data-shard I/N: write the part of the I-th of N slices of the batches (src/calib/shards.ts). */
+  dataShard?: DataShard;
+  /** --data-shards N: run the N shards one after another here and combine them. */
+  dataShards?: number;
 }
 
 export interface LayerSummary {
@@ -81,6 +97,8 @@ export interface CalibrateReport {
   model: string;
   output: string;
   data: string;
+  /** --data-shard: this part's shard, its batches [first, end) of `of` (windows and tokens are the shard's). */
+  data_shard?: { index: number; count: number; batches: [number, number]; of: number };
   self_sample?: SelfSampleReport;
   windows: number;
   tokens: number;
@@ -97,14 +115,6 @@ export interface CalibrateReport {
   dry_run: boolean;
   layers: LayerSummary[];
   seconds: number;
-}
-
-function naeeSample(tokens: number, n: number, seed: number): number[] {
-  const rand = mulberry32(seed ^ 0x5eed);
-  const picked = new Set<number>();
-  if (n >= tokens) return [...Array(tokens).keys()];
-  while (picked.size < n) picked.add(Math.floor(rand() * tokens));
-  return [...picked].sort((a, b) => a - b);
 }
 
 /** What the write step needs: the options, the model, the sampled windows and the stats plan of every layer. */
@@ -129,6 +139,8 @@ interface CalibrateRun {
   plans: PlannedTensor[][];
   report: CalibrateReport;
   ctx: Context;
+  /** --data-shard: the part's batches and the global token indices [first, end) they hold. */
+  shard?: { of: DataShard; batches: [number, number]; total: number; tokens: [number, number] };
 }
 
 interface SelfSampleSpec {
@@ -187,11 +199,11 @@ async function generateWindows(out: OutputFolder, r: CalibrateRun, spec: SelfSam
 /** Runs the layers over the windows, writing each layer's stats as it is done, then the stats record. */
 async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): Promise<void> {
   if (r.selfSample) await generateWindows(out, r, r.selfSample);
-  const { opts, plans, report, tokens } = r;
+  const { opts, plans, report, shard } = r;
   const writer = new ShardedWriter(out.tmp, plans.flat(), {
     maxShardBytes: Number.MAX_SAFE_INTEGER,
     singleFileName: STATS_TENSORS,
-    metadata: { format: STATS_FORMAT },
+    metadata: { format: shard ? PART_FORMAT : STATS_FORMAT },
   });
   const fp = new ForwardPass(r.reader, r.arch, r.be);
   const { spilled } = await calibrateLayers(
@@ -206,12 +218,14 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
       allExperts: report.all_experts,
       weighting: report.hessian_weighting,
       naeeTokens: r.naee,
+      batchRange: shard?.batches,
     },
     r.ctx,
     ({ layer, collector, seconds }) => {
-      const tensors = collector.tensors(plans[layer]);
+      // a part stores the sums; the stats file the means made from them
+      const tensors = shard ? partTensors(layer, collector.sums()) : collector.tensors(plans[layer]);
       for (const t of plans[layer]) writer.write(t.name, tensors.get(t.name)!);
-      report.layers.push({ layer, seconds, ...usage(collector, r.arch, tokens) });
+      report.layers.push({ layer, seconds, ...usage(collector, r.arch, report.tokens) });
     },
   );
   writer.finish();
@@ -221,7 +235,22 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
     : null;
   report.spilled = spilled;
   report.seconds = (Date.now() - started) / 1000;
-  out.writeRecord(STATS_JSON, statsJson(r));
+  const json = statsJson(r);
+  if (!shard) return out.writeRecord(STATS_JSON, json);
+  const part: PartJson = {
+    ...json,
+    format: PART_FORMAT,
+    data_shard: {
+      index: shard.of.index,
+      count: shard.of.count,
+      batches: shard.batches,
+      of: shard.total,
+      tokens: shard.tokens,
+      batch_tokens: opts.batchTokens ?? 4096,
+      samples: opts.samples ?? null,
+    },
+  };
+  out.writeRecord(STATS_JSON, part);
 }
 
 /** The stats file's record: where the stats come from (model, text, sampling) and what they hold. */
@@ -262,8 +291,19 @@ function statsJson(r: CalibrateRun): StatsJson {
   };
 }
 
-/** The --self-sample options, checked against the data options they replace. */
+/** The --self-sample options, checked against the data options they replace (and the other option conflicts). */
 function selfSampleOptions(opts: CalibrateOptions): { width: number; tau: number; noRepeat: number } | undefined {
+  if (opts.samples !== undefined && opts.maxTokens !== undefined)
+    throw new UsageError('give --max-tokens or --samples, not both');
+  const weighting = opts.hessianWeighting ?? 'none';
+  if (weighting !== 'none' && !opts.hessians)
+    throw new UsageError(`--hessian-weighting ${weighting} weighs the Hessians: it needs --hessians`, {
+      hint: 'add --hessians, or drop --hessian-weighting',
+    });
+  if (opts.dataShard && opts.selfSample !== undefined)
+    throw new UsageError('--data-shard splits the windows of --data; --self-sample generates its own', {
+      hint: 'calibrate on --data to shard, or self-sample on one machine',
+    });
   if (opts.selfSample === undefined) {
     const given = { '--sample-width': opts.sampleWidth, '--sample-tau': opts.sampleTau };
     const tuned = Object.entries({ ...given, '--sample-no-repeat': opts.sampleNoRepeat }).find(
@@ -329,10 +369,83 @@ function calibrationSource(
   return { windows: sampleWindows(set.windows, opts.samples, seed) };
 }
 
+/** --data-shard I/N: the part's batches of the single run's (refused when there are fewer than N). */
+function shardOf(windows: Int32Array[], batchTokens: number, of: DataShard) {
+  const all = batches(windows, batchTokens);
+  if (all.length < of.count)
+    throw new UsageError(
+      `--data-shard ${of.index}/${of.count}: the data makes ${all.length} batch${all.length === 1 ? '' : 'es'} of --batch-tokens ${batchTokens}, fewer than ${of.count} shards`,
+      { hint: `use at most ${all.length} shards, or a smaller --batch-tokens` },
+    );
+  const [first, end] = shardBatches(all.length, of);
+  const count = (gs: Int32Array[][]) => gs.reduce((s, g) => s + g.length * g[0].length, 0);
+  const t0 = count(all.slice(0, first));
+  const mine = all.slice(first, end);
+  return {
+    of,
+    batches: [first, end] as [number, number],
+    total: all.length,
+    tokens: [t0, t0 + count(mine)] as [number, number],
+    windows: mine.reduce((s, g) => s + g.length, 0),
+  };
+}
+
+/**
+ * --data-shards N: the N parts written one after another to a folder beside the output, combined into it, removed.
+ * The report adds up the parts' (each layer's routed counts are exact sums).
+ */
+async function calibrateShards(opts: CalibrateOptions, n: number, ctx: Context): Promise<CalibrateReport> {
+  if (opts.dataShard) throw new UsageError('give --data-shard or --data-shards, not both');
+  if (opts.dryRun) return calibrate({ ...opts, dataShards: undefined }, ctx);
+  checkOutputFolder(opts.output, opts.force);
+  const out = path.resolve(opts.output);
+  const tmp = fs.mkdtempSync(path.join(path.dirname(out), `.${path.basename(out)}.parts-`));
+  try {
+    const reports: CalibrateReport[] = [];
+    for (let index = 0; index < n; index++) {
+      const part = path.join(tmp, `part-${index}`);
+      reports.push(
+        await calibrate({ ...opts, dataShards: undefined, dataShard: { index, count: n }, output: part }, ctx),
+      );
+    }
+    await combineParts(
+      reports.map((r) => r.output),
+      { output: opts.output, force: opts.force },
+      ctx,
+    );
+    const layers = reports[0].layers.map((l, i) => {
+      const sum = (k: 'routed_tokens' | 'observed_tokens') =>
+        l[k] && l[k]!.map((_, e) => reports.reduce((s, r) => s + r.layers[i][k]![e], 0));
+      const routed = sum('routed_tokens');
+      const tokens = reports.reduce((s, r) => s + r.tokens, 0);
+      return {
+        layer: l.layer,
+        seconds: reports.reduce((s, r) => s + r.layers[i].seconds, 0),
+        ...(routed && { ...ranked(routed, tokens), routed_tokens: routed, observed_tokens: sum('observed_tokens') }),
+      };
+    });
+    const moe = layers.filter((l) => l.routed_tokens);
+    const { data_shard: _s, ...first } = reports[0];
+    return {
+      ...first,
+      output: out,
+      windows: reports.reduce((s, r) => s + r.windows, 0),
+      tokens: reports.reduce((s, r) => s + r.tokens, 0),
+      imbalance: moe.length
+        ? imbalance(Float64Array.from(moe.flatMap((l) => l.routed_tokens!)), moe.length, moe[0].routed_tokens!.length)
+        : null,
+      spilled: reports.some((r) => r.spilled),
+      layers,
+      seconds: reports.reduce((s, r) => s + r.seconds, 0),
+    };
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
 export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<CalibrateReport> {
+  if (opts.dataShards !== undefined && opts.dataShards > 1) return calibrateShards(opts, opts.dataShards, ctx);
   const started = Date.now();
-  if (opts.samples !== undefined && opts.maxTokens !== undefined)
-    throw new UsageError('give --max-tokens or --samples, not both');
   const sampling = selfSampleOptions(opts);
   const ckpt = openCheckpoint(opts.model);
   const arch = loadArchitecture(ckpt);
@@ -349,23 +462,25 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const seed = opts.seed ?? 0;
   const { windows, sampler } = calibrationSource(opts, ckpt, arch, data, sampling, seed, ctx);
   const tokens = sampler ? sampler.sequences * opts.seqLen : windows.reduce((s, w) => s + w.length, 0);
+  const shard = opts.dataShard && shardOf(windows, opts.batchTokens ?? 4096, opts.dataShard);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
   const hessians = !!opts.hessians;
   const weighting = opts.hessianWeighting ?? 'none';
-  if (weighting !== 'none' && !hessians)
-    throw new UsageError(`--hessian-weighting ${weighting} weighs the Hessians: it needs --hessians`, {
-      hint: 'add --hessians, or drop --hessian-weighting',
-    });
   const inDims = new Map(
     [...ckpt.tensors.values()].filter((t) => t.shape.length === 2).map((t) => [t.name, t.shape[1]]),
   );
-  const plans = [...Array(arch.numLayers).keys()].map((l) => layerPlan(arch, l, naee.length, hessians, inDims));
+  const plans = [...Array(arch.numLayers).keys()].map((l) =>
+    (shard ? partPlan : layerPlan)(arch, l, naee.length, hessians, inDims),
+  );
   const report: CalibrateReport = {
     model: ckpt.dir,
     output: path.resolve(opts.output),
     data: path.resolve(data),
-    windows: sampler ? sampler.sequences : windows.length,
-    tokens,
+    ...(shard && {
+      data_shard: { index: shard.of.index, count: shard.of.count, batches: shard.batches, of: shard.total },
+    }),
+    windows: sampler ? sampler.sequences : shard ? shard.windows : windows.length,
+    tokens: shard ? shard.tokens[1] - shard.tokens[0] : tokens,
     imbalance: null,
     hessians,
     all_experts: !!opts.allExperts,
@@ -393,7 +508,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   // Every token through every layer: the pipeline's phases are the layers, counted in tokens. Self-sampling runs
   // every token of every beam through every layer, one at a time.
   const sampleWeight = sampler ? arch.numLayers * tokens * sampler.width : 0;
-  const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * tokens + sampleWeight);
+  const task = ctx.task(`calibrate ${path.basename(ckpt.dir)}`, arch.numLayers * report.tokens + sampleWeight);
   try {
     await withOutput(opts.output, { force: opts.force, command: 'calibrate' }, (out) =>
       writeStats(
@@ -415,6 +530,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
           plans,
           report,
           ctx,
+          shard,
         },
         started,
       ),
@@ -430,19 +546,19 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
 function usage(collector: LayerCollector, arch: Architecture, tokens: number): Omit<LayerSummary, 'layer' | 'seconds'> {
   const count = collector.count;
   if (count.length === 0) return {};
-  const ranked = [...count]
-    .map((c, expert) => ({ expert, frequency: c / tokens }))
-    .sort((a, b) => b.frequency - a.frequency || a.expert - b.expert);
   // the rows gate_proj's input statistics saw (up_proj shares them)
   const observed = [...count].map(
     (_, e) => collector.linears.get(arch.expertKey(collector.layer, e, 'gate'))?.rows ?? 0,
   );
-  return {
-    most_used: ranked.slice(0, 3),
-    least_used: ranked.slice(-3).reverse(),
-    routed_tokens: [...count],
-    observed_tokens: observed,
-  };
+  return { ...ranked([...count], tokens), routed_tokens: [...count], observed_tokens: observed };
+}
+
+/** The three most and least used experts of a layer, by their share of the tokens. */
+function ranked(count: number[], tokens: number): Pick<LayerSummary, 'most_used' | 'least_used'> {
+  const order = count
+    .map((c, expert) => ({ expert, frequency: c / tokens }))
+    .sort((a, b) => b.frequency - a.frequency || a.expert - b.expert);
+  return { most_used: order.slice(0, 3), least_used: order.slice(-3).reverse() };
 }
 
 export function formatCalibrate(r: CalibrateReport): string {
@@ -468,10 +584,10 @@ export function formatCalibrate(r: CalibrateReport): string {
   return lines.join('\n');
 }
 
-export const calibrateSpec: CommandSpec<CalibrateReport> = {
+export const calibrateSpec: CommandSpec<CalibrateReport | CombineReport> = {
   name: 'calibrate',
   summary: 'run the model once over calibration text and record the statistics prune, merge and quantize use',
-  args: [MODEL_ARG],
+  args: [{ name: '[model]', description: `${MODEL_ARG.description} (not with --combine)` }],
   options: [
     output('stats folder to write (stats.safetensors + stats.json)'),
     {
@@ -556,6 +672,26 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
       default: '2GB',
       description: 'hidden states kept in memory between layers; beyond this they spill to a temporary file',
     },
+    {
+      flag: '--data-shard <I/N>',
+      type: 'string',
+      parse: (text, name) => parseDataShard(text, name),
+      description:
+        'calibrate only the I-th (from 0) of N contiguous slices of the batches and write a part for --combine (docs/layer-sharding.md)',
+    },
+    {
+      flag: '--data-shards <n>',
+      type: 'int',
+      min: 1,
+      description: 'run N data shards one after another and combine them (what N machines compute, on this one)',
+    },
+    {
+      flag: '--combine <parts...>',
+      type: 'list',
+      listOf: 'path',
+      parse: (text) => text.split(','),
+      description: 'combine the parts written by --data-shard I/N (every I once) into the stats folder -o; no MODEL',
+    },
     { ...FORCE, description: 'replace an existing stats folder' },
     dryRun('print what would be done and write nothing'),
     JSON_OUTPUT,
@@ -565,7 +701,22 @@ export const calibrateSpec: CommandSpec<CalibrateReport> = {
     'moe calibrate ./model --data calib.jsonl --samples 128 --hessians -o ./stats-gptq',
     'moe calibrate ./model --data calib.txt --hessians --all-experts --hessian-weighting gate -o ./stats-agq',
     'moe calibrate ./model --self-sample 128 --seq-len 512 --hessians -o ./stats-ebss',
+    'moe calibrate ./model --data calib.txt --hessians --data-shard 0/4 -o ./part-0   # … 3/4 on other machines',
+    'moe calibrate --combine ./part-0 ./part-1 ./part-2 ./part-3 -o ./stats',
   ],
-  run: ([model], o, ctx) => calibrate({ ...(o as Omit<CalibrateOptions, 'model'>), model }, ctx),
-  format: formatCalibrate,
+  run: ([model], o, ctx) => {
+    const parts = o.combine as string[] | undefined;
+    if (parts) {
+      if (model) throw new UsageError('--combine takes the part folders, not a MODEL', { hint: 'drop MODEL' });
+      return combineParts(parts, { output: o.output as string, force: !!o.force, dryRun: !!o.dryRun }, ctx);
+    }
+    if (!model) throw new UsageError('missing MODEL', { hint: 'moe calibrate MODEL -o STATS (or --combine PART...)' });
+    return calibrate({ ...(o as Omit<CalibrateOptions, 'model'>), model }, ctx);
+  },
+  format: (r) => ('parts' in r ? formatCombine(r) : formatCalibrate(r)),
 };
+
+function formatCombine(r: CombineReport): string {
+  if (r.dry_run) return `dry run: would combine ${r.parts} parts (${r.tokens} tokens) into ${r.output}`;
+  return `wrote ${r.output}: ${r.parts} parts combined, ${r.windows} windows, ${r.tokens} tokens, ${r.seconds.toFixed(1)} s`;
+}

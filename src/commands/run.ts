@@ -19,7 +19,7 @@ import { loadRecipe, Recipe, recipeInputs, Step, stepValues } from './recipe';
 import { fingerprint } from '../calib/stats';
 import { finalModelStep, headlineLines, RunSize, StepTaskResult, stepTasks, taskDetail } from '../report/summary';
 import type { Context } from '../ui/progress';
-import { calibrateSpec } from './calibrate';
+import { CalibrateReport, calibrateSpec } from './calibrate';
 import { EvalReport, evalSpec } from './eval';
 import { mergeSpec } from './merge';
 import { pruneSpec } from './prune';
@@ -103,7 +103,7 @@ async function runStep(
   const values = { ...stepValues(s), ...input, force: true, dryRun: false };
   switch (s.kind) {
     case 'calibrate': {
-      const r = await calibrateSpec.run([input.model], values, ctx);
+      const r = (await calibrateSpec.run([input.model], values, ctx)) as CalibrateReport;
       report.detail = `${r.tokens} tokens${r.hessians ? ', with Hessians' : ''}`;
       return;
     }
