@@ -676,6 +676,7 @@ export const calibrateSpec: CommandSpec<CalibrateReport | CombineReport> = {
       flag: '--data-shard <I/N>',
       type: 'string',
       parse: (text, name) => parseDataShard(text, name),
+      cliOnly: true,
       description:
         'calibrate only the I-th (from 0) of N contiguous slices of the batches and write a part for --combine (docs/layer-sharding.md)',
     },
@@ -683,13 +684,15 @@ export const calibrateSpec: CommandSpec<CalibrateReport | CombineReport> = {
       flag: '--data-shards <n>',
       type: 'int',
       min: 1,
-      description: 'run N data shards one after another and combine them (what N machines compute, on this one)',
+      description:
+        'run N data shards one after another and combine them (what N machines compute, on this one; a recipe step: data_shards: N)',
     },
     {
       flag: '--combine <parts...>',
       type: 'list',
       listOf: 'path',
       parse: (text) => text.split(','),
+      cliOnly: true,
       description: 'combine the parts written by --data-shard I/N (every I once) into the stats folder -o; no MODEL',
     },
     { ...FORCE, description: 'replace an existing stats folder' },

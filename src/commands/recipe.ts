@@ -76,7 +76,7 @@ const RECIPE_REQUIRED: Partial<Record<StepKind, string[]>> = { calibrate: ['data
 
 /** The options a step runs its command with, in the command's order. */
 export function stepOptionSpecs(kind: StepKind): OptionSpec[] {
-  return STEP_SPECS[kind].options.filter((o) => !o.runner);
+  return STEP_SPECS[kind].options.filter((o) => !o.runner && !o.cliOnly);
 }
 
 /** Every recipe key of a step and its option. */

@@ -42,6 +42,8 @@ export interface OptionSpec {
   required?: true;
   /** Supplied by `moe run` itself (output, stats, force, json, dry-run, backend, threads): not a recipe key. */
   runner?: true;
+  /** A command line's own (calibrate --data-shard, --combine: one machine's part of a run): not a recipe key. */
+  cliOnly?: true;
   /** The recipe key when it is not the long flag in snake_case (eval's --task FILE... is `tasks: [FILE, ...]`). */
   recipeName?: string;
   /** list: its items are input paths (in recipes: resolved against the recipe's folder, and must exist). */

@@ -4,6 +4,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CalibrationStats } from '../../src/calib/stats';
+import { calibrate } from '../../src/commands/calibrate';
 import { evalCommand } from '../../src/commands/eval';
 import { formatRun, run, RunReport } from '../../src/commands/run';
 import { loadRecipe } from '../../src/commands/recipe';
@@ -54,6 +56,7 @@ describe('recipes', () => {
       /comes after a GGUF output \(line 5\)/,
     ],
     ['steps: [\n', 4, /not valid YAML/],
+    [`steps:\n${CALIB}      data_shard: 0/2\n`, 8, /"calibrate" has no option "data_shard"/],
   ])('%#: a line-numbered message, exit 2, nothing run', async (body, line, re) => {
     const dir = tmpDir();
     const file = recipe(dir, body as string);
@@ -132,4 +135,34 @@ describe('recipes', () => {
     ).toBe(true);
     expect(third.steps[3].eval!.perplexity).toBeLessThan(ev.perplexity);
   }, 120_000);
+
+  test("a calibrate step with data_shards: N runs the shards here and combines them into the single run's stats", async () => {
+    const dir = tmpDir();
+    const file = recipe(
+      dir,
+      `steps:\n${CALIB}      batch_tokens: 256\n      data_shards: 3\n  - prune: { method: frequency, keep: 6 }\n`,
+    );
+    const r = await run(file, quiet);
+    expect(r.steps.map((s) => s.skipped)).toEqual([false, false]);
+    const stats = path.join(dir, 'out', '01-calibrate');
+    expect(JSON.parse(fs.readFileSync(path.join(stats, 'stats.json'), 'utf8')).data_shards).toBe(3);
+    const single = path.join(dir, 'single');
+    await calibrate(
+      {
+        model: MODEL,
+        data: path.join(TEXT, 'calib.txt'),
+        seqLen: 128,
+        maxTokens: 2048,
+        batchTokens: 256,
+        output: single,
+      },
+      quiet,
+    );
+    const [a, b] = [new CalibrationStats(stats), new CalibrationStats(single)];
+    for (const l of [0, 1, 2]) expect(a.vector(l, 'count')).toEqual(b.vector(l, 'count'));
+    a.close();
+    b.close();
+    // no part is left beside the stats
+    expect(fs.readdirSync(path.join(dir, 'out')).filter((f) => f.includes('parts'))).toEqual([]);
+  }, 60_000);
 });
