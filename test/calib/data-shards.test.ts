@@ -158,6 +158,13 @@ describe('calibrate --combine refuses what does not make one run', () => {
     await expect(combine([a, b, a])).rejects.toThrow(`shard 0/2 is given twice: ${a} and ${a}`);
     await expect(combine([a, b, c])).rejects.toThrow(CheckpointError);
     await expect(combine([a, await part(1, 2, { seed: 5 })])).rejects.toThrow('a part of another calibration');
+    const other = path.join(work, 'other-model');
+    const dsv3 = path.join(ROOT, 'fixtures', 'tiny-dsv3');
+    await calibrate(
+      { model: dsv3, ...small, output: other, dataShard: { index: 1, count: 2 } } as CalibrateOptions,
+      quiet,
+    );
+    await expect(combine([a, other])).rejects.toThrow('a part of another calibration');
     expect(fs.existsSync(path.join(work, 'out'))).toBe(false);
     // a part is sums, not statistics: refused by the commands that read stats
     await expect(
