@@ -23,7 +23,7 @@ import type { Architecture } from '../model/arch';
 import type { Context } from '../ui/progress';
 import { mulberry32 } from '../util/random';
 import { hessianBytes, LayerSums, statsTensors } from './collector';
-import { observedLinears, PART_FORMAT, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from './stats';
+import { layerPlan, PART_FORMAT, STATS_FORMAT, STATS_JSON, STATS_TENSORS, StatsJson } from './stats';
 
 export { PART_FORMAT };
 
@@ -72,8 +72,7 @@ export interface PartJson extends StatsJson {
   };
 }
 
-const MOE_SUMS = ['count', 'soft_freq_sum', 'weight_sum', 'reap_sum', 'out_abs_sum', 'out_abs_max', 'act_abs_max'];
-/** The part's name of each summed vector, and the stats file's name of the statistic made from it. */
+/** The part's name of each summed statistic, and the stats file's name of the statistic made from it. */
 const FINAL_NAME: Record<string, string> = {
   soft_freq_sum: 'soft_freq',
   reap_sum: 'reap',
@@ -81,8 +80,18 @@ const FINAL_NAME: Record<string, string> = {
   out_sum: 'out_mean',
   router_gram: 'router_cos',
 };
+const PART_NAME = Object.fromEntries(Object.entries(FINAL_NAME).map(([part, final]) => [final, part]));
 
-/** Every tensor of a part for one layer, in write order (stats.layerPlan's order, by the final names). */
+/** A stats tensor as a part holds it (toPart) or back: renamed, float64 where the part keeps a sum of F32 ones. */
+function asPart(t: PlannedTensor, toPart: boolean): PlannedTensor {
+  const m = /^(layers\.\d+\.moe\.)(\w+)$/.exec(t.name);
+  const renamed = m && (toPart ? PART_NAME : FINAL_NAME)[m[2]];
+  const name = renamed ? m![1] + renamed : t.name;
+  const summed = t.name.startsWith('hessian/') || ['out_mean', 'out_sum'].includes(m?.[2] ?? '');
+  return { name, dtype: summed ? (toPart ? 'F64' : 'F32') : t.dtype, shape: t.shape };
+}
+
+/** Every tensor of a part for one layer, in the stats file's order (stats.layerPlan), as the part names it. */
 export function partPlan(
   arch: Architecture,
   layer: number,
@@ -90,24 +99,7 @@ export function partPlan(
   hessians: boolean,
   inDims: Map<string, number>,
 ): PlannedTensor[] {
-  const plan: PlannedTensor[] = [];
-  if (arch.isMoeLayer(layer)) {
-    const E = arch.numExperts;
-    const p = `layers.${layer}.moe`;
-    for (const v of MOE_SUMS) plan.push({ name: `${p}.${v}`, dtype: 'F64', shape: [E] });
-    plan.push({ name: `${p}.out_sum`, dtype: 'F64', shape: [E, arch.hidden] });
-    plan.push({ name: `${p}.router_gram`, dtype: 'F64', shape: [E, E] });
-    plan.push({ name: `${p}.coact`, dtype: 'F64', shape: [E, E] });
-    plan.push({ name: `${p}.naee_in`, dtype: 'F32', shape: [naee, arch.hidden] });
-    plan.push({ name: `${p}.naee_out`, dtype: 'F32', shape: [naee, arch.hidden] });
-  }
-  for (const w of observedLinears(arch, layer)) {
-    const d = inDims.get(w)!;
-    plan.push({ name: `rows/${w}`, dtype: 'F64', shape: [1] });
-    plan.push({ name: `imatrix/${w}`, dtype: 'F64', shape: [d] });
-    if (hessians) plan.push({ name: `hessian/${w}`, dtype: 'F64', shape: [d, d] });
-  }
-  return plan;
+  return layerPlan(arch, layer, naee, hessians, inDims).map((t) => asPart(t, true));
 }
 
 const bytesOf = (a: Float64Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
@@ -314,12 +306,7 @@ export async function combineParts(
     const j = parts[0].json;
     const naee = naeeSample(j.data.tokens, j.naee_tokens, j.seed);
     const layout = parts[0].layout;
-    const plan: PlannedTensor[] = layout.map((t) => {
-      const m = /^(layers\.\d+\.moe\.)(\w+)$/.exec(t.name);
-      const name = m && FINAL_NAME[m[2]] ? m[1] + FINAL_NAME[m[2]] : t.name;
-      const f32 = t.name.startsWith('hessian/') || m?.[2] === 'out_sum' || t.dtype === 'F32';
-      return { name, dtype: f32 ? 'F32' : 'F64', shape: t.shape };
-    });
+    const plan = layout.map((t) => asPart(t, false));
     const report: CombineReport = {
       output: path.resolve(o.output),
       parts: parts.length,

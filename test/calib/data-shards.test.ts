@@ -15,19 +15,23 @@ import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { combineParts } from '../../src/calib/shards';
 import { CheckpointError, UsageError } from '../../src/errors';
+import { loadTokenizer } from '../../src/eval/tokenizer';
 import { openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import { quiet, ROOT, tmpDir } from '../helpers';
 
 const TEXT = path.join(ROOT, 'fixtures', 'text');
-// 16 windows of 128 in batches of 2: shards of 8, 4 + 4 and 2 + 3 + 3 batches
-const OPTS = {
-  data: path.join(TEXT, 'calib.txt'),
-  seqLen: 128,
-  maxTokens: 2048,
-  batchTokens: 256,
-  hessians: true,
-  naeeTokens: 200,
-};
+// 16 windows of 128 of calib.txt, pre-tokenized once per model (tokenizing the text would be most of each run), in
+// batches of 2: shards of 8, 4 + 4 and 2 + 3 + 3 batches
+const OPTS = { seqLen: 128, batchTokens: 256, hessians: true, naeeTokens: 200 };
+
+/** The model's first 2,048 tokens of calib.txt as a pre-tokenized --data file of 16 windows. */
+function windowsFile(model: string, dir: string): string {
+  const text = fs.readFileSync(path.join(TEXT, 'calib.txt'), 'utf8').slice(0, 30_000);
+  const ids = loadTokenizer(model).encode(text).slice(0, 2048);
+  const file = path.join(dir, 'calib-ids.json');
+  fs.writeFileSync(file, JSON.stringify([...Array(16).keys()].map((i) => ids.slice(i * 128, (i + 1) * 128))));
+  return file;
+}
 
 /** Every tensor of a stats folder by name, in file order, as float64 (F32 ones widened), with its bytes. */
 function tensors(dir: string): Map<string, { v: Float64Array; bytes: Buffer; dtype: string }> {
@@ -59,11 +63,11 @@ const relMax = (a: Float64Array, b: Float64Array) => {
   return m ? d / m : d;
 };
 
-async function parts(model: string, work: string, n: number): Promise<string[]> {
+async function parts(model: string, data: string, work: string, n: number): Promise<string[]> {
   const dirs: string[] = [];
   for (let index = 0; index < n; index++) {
     const output = path.join(work, `n${n}-part${index}`);
-    await calibrate({ model, ...OPTS, output, dataShard: { index, count: n } } as CalibrateOptions, quiet);
+    await calibrate({ model, data, ...OPTS, output, dataShard: { index, count: n } }, quiet);
     dirs.push(output);
   }
   return dirs;
@@ -80,10 +84,11 @@ describe.each(['tiny-moe', 'tiny-dsv3'])('calibrate --data-shard / --combine on 
   const partsOf = new Map<number, string[]>();
 
   beforeAll(async () => {
-    await calibrate({ model, ...OPTS, output: single } as CalibrateOptions, quiet);
+    const data = windowsFile(model, work);
+    await calibrate({ model, data, ...OPTS, output: single }, quiet);
     want = tensors(single);
     for (const n of [1, 2, 3]) {
-      partsOf.set(n, await parts(model, work, n));
+      partsOf.set(n, await parts(model, data, work, n));
       await combineParts(partsOf.get(n)!, { output: combined(n) }, quiet);
     }
   }, 120_000);
@@ -144,10 +149,13 @@ describe.each(['tiny-moe', 'tiny-dsv3'])('calibrate --data-shard / --combine on 
 describe('calibrate --combine refuses what does not make one run', () => {
   const model = path.join(ROOT, 'fixtures', 'tiny-moe');
   const work = tmpDir('moe-shards-bad-');
-  const small = { ...OPTS, maxTokens: 1024, hessians: false };
+  const small = { ...OPTS, maxTokens: 1024, hessians: false, data: '' };
+  beforeAll(() => {
+    small.data = windowsFile(model, work);
+  });
   const part = async (index: number, count: number, extra: Partial<CalibrateOptions> = {}) => {
     const output = path.join(work, `p${index}-${count}-${Object.keys(extra).join('-')}`);
-    await calibrate({ model, ...small, ...extra, output, dataShard: { index, count } } as CalibrateOptions, quiet);
+    await calibrate({ model, ...small, ...extra, output, dataShard: { index, count } }, quiet);
     return output;
   };
   const combine = (dirs: string[]) => combineParts(dirs, { output: path.join(work, 'out') }, quiet);
@@ -160,10 +168,8 @@ describe('calibrate --combine refuses what does not make one run', () => {
     await expect(combine([a, await part(1, 2, { seed: 5 })])).rejects.toThrow('a part of another calibration');
     const other = path.join(work, 'other-model');
     const dsv3 = path.join(ROOT, 'fixtures', 'tiny-dsv3');
-    await calibrate(
-      { model: dsv3, ...small, output: other, dataShard: { index: 1, count: 2 } } as CalibrateOptions,
-      quiet,
-    );
+    // the same data file and options: only the model differs
+    await calibrate({ model: dsv3, ...small, output: other, dataShard: { index: 1, count: 2 } }, quiet);
     await expect(combine([a, other])).rejects.toThrow('a part of another calibration');
     expect(fs.existsSync(path.join(work, 'out'))).toBe(false);
     // a part is sums, not statistics: refused by the commands that read stats
