@@ -280,6 +280,11 @@ export abstract class Architecture {
     return false;
   }
 
+  /** With layerNorms: RMSNorm plus the bias instead, the mean kept (PhiMoE as llama.cpp runs it, read from GGUF). */
+  get biasedRmsNorms(): boolean {
+    return false;
+  }
+
   /** The lm_head's bias (PhiMoE with lm_head_bias), added to the logits; undefined: none. */
   get headBias(): string | undefined {
     return undefined;

@@ -9,8 +9,8 @@
  *   longer than original_max_position_embeddings are refused (transformers then rescales every position by
  *   long_mscale, which a cached decoder cannot follow).
  * `--recalibrate-router` is refused (its targets are defined for softmax and sigmoid routing).
- * `llama_cpp_routing: true` (set by the GGUF reader only) routes as llama.cpp's phimoe does: softmax top-2,
- * renormalised.
+ * `llama_cpp_phimoe: true` (set by the GGUF reader only) is the model llama.cpp's phimoe runs: softmax top-2 routing,
+ * renormalised, and RMSNorms plus bias.
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
@@ -52,13 +52,17 @@ export class Phimoe extends Mixtral {
 
   override get routing(): RoutingRule {
     // a phimoe GGUF file means what llama.cpp runs: softmax top-2, renormalised (phimoeFromGguf)
-    if (this.cfg.bool('llama_cpp_routing', false)) return softmaxTopK(this.topK, true);
+    if (this.cfg.bool('llama_cpp_phimoe', false)) return softmaxTopK(this.topK, true);
     const jitterEps = this.cfg.num('router_jitter_noise', 0.01);
     return { ...softmaxTopK(this.topK, false), scoring: 'sparsemixer', jitterEps };
   }
 
   override get layerNorms(): boolean {
     return true;
+  }
+
+  override get biasedRmsNorms(): boolean {
+    return this.cfg.bool('llama_cpp_phimoe', false);
   }
 
   override get headBias(): string | undefined {
@@ -121,7 +125,7 @@ export class Phimoe extends Mixtral {
       ['attention.head_count_kv', u32(att.kvHeads)],
       ['rope.dimension_count', u32(att.headDim)],
     ];
-    const warnings = this.cfg.bool('llama_cpp_routing', false)
+    const warnings = this.cfg.bool('llama_cpp_phimoe', false)
       ? []
       : [
           "llama.cpp routes phimoe with a softmax over all experts, top-2, renormalised; this model's sparsemixer " +
@@ -166,9 +170,9 @@ export class Phimoe extends Mixtral {
 }
 
 /**
- * A phimoe GGUF back to a config of the model llama.cpp runs: PhiMoE with softmax top-2 routing, renormalised
- * (llama_cpp_routing, a key only this reader sets), LayerNorms (equal to llama.cpp's RMSNorm on the centred files moe
- * writes), longrope from rope_factors_short/long.
+ * A phimoe GGUF back to a config of the model llama.cpp runs (llama_cpp_phimoe, a key only this reader sets): PhiMoE
+ * with softmax top-2 routing, renormalised, and RMSNorms plus bias (on the centred files moe writes, equal to the
+ * LayerNorms), longrope from rope_factors_short/long.
  */
 function phimoeFromGguf(h: GgufHparams, c: Config, experts: number): void {
   const rope = c.rope_parameters as Record<string, unknown>;
@@ -180,7 +184,7 @@ function phimoeFromGguf(h: GgufHparams, c: Config, experts: number): void {
     architectures: ['PhimoeForCausalLM'],
     num_local_experts: experts,
     intermediate_size: h.num('feed_forward_length'),
-    llama_cpp_routing: true,
+    llama_cpp_phimoe: true,
     attention_bias: h.hasTensor('blk.0.attn_q.bias'),
     lm_head_bias: h.hasTensor('output.bias'),
     rope_parameters:

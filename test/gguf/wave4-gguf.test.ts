@@ -14,7 +14,8 @@ import { exportGguf } from '../../src/commands/gguf';
 import { CheckpointError } from '../../src/errors';
 import { readGguf } from '../../src/io/gguf-reader';
 import { PRESETS } from '../../src/synth/presets';
-import { GOLDEN, makeSynth, quiet, tmpDir } from '../helpers';
+import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
+import { GOLDEN, makeSynth, quiet, tmpDir, writeRaw } from '../helpers';
 import { byteTokenizer, withByteTokenizer } from '../model/byte-tokenizer';
 
 describe('dots1 to GGUF F32', () => {
@@ -220,7 +221,7 @@ describe("Llama 4 to GGUF F32 (llama.cpp's llama4)", () => {
 });
 
 describe("PhiMoE to GGUF F32 (llama.cpp's phimoe)", () => {
-  test('LayerNorm biases, longrope factors and mscale, the residual writes centred; read back as llama.cpp routes; warned', async () => {
+  test('LayerNorm biases, longrope factors and mscale, the residual writes centred; read back as llama.cpp runs it; warned', async () => {
     const model = withByteTokenizer(path.join(GOLDEN, 'phimoe'));
     const warnings: string[] = [];
     const ctx = { ...quiet, warn: (w: string) => warnings.push(w) } as typeof quiet;
@@ -263,13 +264,60 @@ describe("PhiMoE to GGUF F32 (llama.cpp's phimoe)", () => {
     const data = path.join(tmpDir(), 'ids.json');
     fs.writeFileSync(data, fs.readFileSync(path.join(GOLDEN, '..', 'reference', 'golden-data', 'eval.json')));
     const ppl = async (x: string) => (await evalCommand({ model: x, data, seqLen: 32 }, quiet)).perplexity;
-    // the file means what llama.cpp runs: the same model with softmax top-2 routing
-    const asCpp = path.join(tmpDir(), 'cpp');
-    fs.cpSync(model, asCpp, { recursive: true });
+    // The same model with the residual writes centred here (an F32 copy): under its LayerNorms it is the source; run
+    // as llama.cpp runs phimoe (llama_cpp_phimoe: softmax top-2, RMSNorm + bias) it is the file.
+    const centred = centredCopy(model, tmpDir());
     const config = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8'));
-    fs.writeFileSync(path.join(asCpp, 'config.json'), JSON.stringify({ ...config, llama_cpp_routing: true }));
-    const [file_, cpp, source] = [await ppl(file), await ppl(asCpp), await ppl(model)];
-    expect(Math.abs(file_ / cpp - 1)).toBeLessThan(1e-6);
-    expect(Math.abs(cpp / source - 1)).toBeGreaterThan(1e-3); // sparsemixer is not softmax top-2
+    const variant = (dir: string, cpp: boolean) => {
+      const out = fs.mkdtempSync(path.join(tmpDir(), 'v-'));
+      fs.cpSync(dir, out, { recursive: true });
+      fs.writeFileSync(path.join(out, 'config.json'), JSON.stringify({ ...config, llama_cpp_phimoe: cpp }));
+      return out;
+    };
+    const [source, centredLn, centredCpp, sourceCpp] = [
+      await ppl(model),
+      await ppl(variant(centred, false)),
+      await ppl(variant(centred, true)),
+      await ppl(variant(model, true)),
+    ];
+    expect(Math.abs(centredLn / source - 1)).toBeLessThan(1e-6); // centring leaves the model unchanged
+    expect(Math.abs((await ppl(file)) / centredCpp - 1)).toBeLessThan(1e-6);
+    expect(Math.abs(centredCpp / centredLn - 1)).toBeGreaterThan(1e-3); // sparsemixer is not softmax top-2
+    expect(Math.abs(sourceCpp / centredCpp - 1)).toBeGreaterThan(1e-5); // uncentred, RMSNorm is not LayerNorm
   });
 });
+
+/** An F32 copy of a PhiMoE checkpoint whose writes into the residual stream have their hidden-axis mean removed. */
+function centredCopy(model: string, dir: string): string {
+  const ckpt = openCheckpoint(model);
+  const reader = new TensorReader(ckpt);
+  const header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> = {};
+  const parts: Buffer[] = [];
+  let at = 0;
+  for (const [name, ref] of ckpt.tensors) {
+    const w = reader.f32(name).slice();
+    const [rows, cols] = ref.shape.length === 2 ? ref.shape : [ref.shape[0], 1];
+    if (name === 'model.embed_tokens.weight')
+      for (let r = 0; r < rows; r++) {
+        const row = w.subarray(r * cols, (r + 1) * cols);
+        const m = row.reduce((a, b) => a + b, 0) / cols;
+        for (let c = 0; c < cols; c++) row[c] -= m;
+      }
+    else if (/(o_proj\.(weight|bias)|w2\.weight)$/.test(name))
+      for (let c = 0; c < cols; c++) {
+        let m = 0;
+        for (let r = 0; r < rows; r++) m += w[r * cols + c];
+        for (let r = 0; r < rows; r++) w[r * cols + c] -= m / rows;
+      }
+    header[name] = { dtype: 'F32', shape: ref.shape, data_offsets: [at, at + w.byteLength] };
+    parts.push(Buffer.from(w.buffer));
+    at += w.byteLength;
+  }
+  reader.close();
+  const out = path.join(dir, 'centred');
+  fs.cpSync(model, out, { recursive: true });
+  for (const f of fs.readdirSync(out))
+    if (f.endsWith('.safetensors') || f.endsWith('.index.json')) fs.rmSync(path.join(out, f));
+  writeRaw(path.join(out, 'model.safetensors'), header, Buffer.concat(parts));
+  return out;
+}

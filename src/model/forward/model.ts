@@ -364,7 +364,7 @@ export class ForwardPass {
     const h = this.arch.hidden;
     if (!this.arch.layerNorms) return rmsNorm(x, this.normWeight(weight, layer), h, this.spec.eps, out);
     const bias = this.load(weight.replace(/\.weight$/, '.bias'), layer);
-    return layerNorm(x, this.load(weight, layer), bias, h, this.spec.eps, out);
+    return layerNorm(x, this.load(weight, layer), bias, h, this.spec.eps, out, this.arch.biasedRmsNorms);
   }
 
   /** An RMSNorm weight plus the architecture's offset (Qwen3-Next's zero-centred norms apply 1 + weight). */
@@ -530,7 +530,8 @@ export class ForwardPass {
   ): Float32Array {
     const a = this.arch;
     const w = weight('model.norm.weight');
-    if (a.layerNorms) return layerNorm(hidden, w, weight('model.norm.bias'), a.hidden, this.spec.eps);
+    if (a.layerNorms)
+      return layerNorm(hidden, w, weight('model.norm.bias'), a.hidden, this.spec.eps, undefined, a.biasedRmsNorms);
     const off = a.normOffset;
     return rmsNorm(hidden, off === 0 ? w : w.map((v) => v + off), a.hidden, this.spec.eps);
   }

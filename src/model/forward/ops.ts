@@ -30,7 +30,8 @@ export function rmsNorm(
 const math = Math;
 /**
  * nn.LayerNorm of each row of x [rows, dim] (biased variance, float64 sums, the result rounded to float32):
- * (x − mean) / √(var + eps) · weight + bias (PhiMoE's norms).
+ * (x − mean) / √(var + eps) · weight + bias (PhiMoE's norms); with `keepMean`, RMSNorm plus the bias
+ * (x / √(mean(x²) + eps) · weight + bias: llama.cpp's phimoe).
  */
 export function layerNorm(
   x: Float32Array,
@@ -39,12 +40,13 @@ export function layerNorm(
   dim: number,
   eps: number,
   out: Float32Array = new Float32Array(x.length),
+  keepMean = false,
 ): Float32Array {
   const rows = x.length / dim;
   for (let r = 0; r < rows; r++) {
     const o = r * dim;
     let mean = 0;
-    for (let i = 0; i < dim; i++) mean += x[o + i];
+    if (!keepMean) for (let i = 0; i < dim; i++) mean += x[o + i];
     mean /= dim;
     let v = 0;
     for (let i = 0; i < dim; i++) v += (x[o + i] - mean) ** 2;
