@@ -21,12 +21,14 @@ const GGUF_ARCH = 'dots1';
 
 export class Dots1 extends Glm4Moe {
   override readonly modelType: string = 'dots1';
+  /** Each layer's attention type, checked before any tensor is read. */
+  private readonly types: string[];
 
   constructor(config: Config, dir: string) {
     super(config, dir);
     // transformers multiplies moe_intermediate_size by it: a config without it does not build
     this.cfg.int('n_shared_experts');
-    this.layerTypes(); // checked before any tensor is read
+    this.types = this.layerTypes();
   }
 
   override isMoeLayer(layer: number): boolean {
@@ -76,7 +78,7 @@ export class Dots1 extends Glm4Moe {
   }
 
   override slidingWindow(layer: number): number | undefined {
-    return this.layerTypes()[layer] === 'sliding_attention' ? this.cfg.int('sliding_window') : undefined;
+    return this.types[layer] === 'sliding_attention' ? this.cfg.int('sliding_window') : undefined;
   }
 
   /**
