@@ -65,19 +65,7 @@ async function main() {
     if (!model) {
       model = path.join(work, 'model');
       const set = setArgs({ ...QWEN3_BENCH, max_position_embeddings: Math.max(512, SEQ) });
-      lib.timed(process.execPath, [
-        MOE,
-        'synth',
-        '--arch',
-        'qwen3_moe',
-        '--dtype',
-        'bf16',
-        '-o',
-        model,
-        '--json',
-        '--set',
-        ...set,
-      ]);
+      lib.moe(['synth', '--arch', 'qwen3_moe', '--dtype', 'bf16', '-o', model, '--set', ...set]);
     }
     const config = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8'));
     const ids = path.join(work, 'ids.json');
