@@ -721,14 +721,10 @@ def make_qwen3_next() -> dict:
             # Qwen3NextRMSNorm applies (1 + weight): zero-centred weights; the gated norm applies weight itself
             if name.endswith("norm.weight") and "linear_attn.norm" not in name:
                 t.copy_(0.1 * torch.randn(t.shape, generator=g))
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
+        save_bf16(model, d)
         model.float()
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = Qwen3NextForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        ids = seeded_ids(seed)
+        hf = load_f32(Qwen3NextForCausalLM, d)
         out = hf(input_ids=ids, use_cache=False, output_router_logits=True)
         logits = out.logits.float()
         k = cfg.num_experts_per_tok
@@ -739,9 +735,7 @@ def make_qwen3_next() -> dict:
             break
     else:
         raise SystemExit("qwen3_next: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = Qwen3NextForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(Qwen3NextForCausalLM, d, hf, ids, logits)
     topk = torch.stack([r.reshape(ids.numel(), -1).topk(k, -1).indices for r in out.router_logits])
     save_file(
         {"input_ids": ids.contiguous(), "logits": logits.contiguous(), "router_topk": topk.to(torch.int64).contiguous()},
@@ -872,13 +866,9 @@ def make_qwen3_5_moe_text(nested: bool = False) -> dict:
             # (1 + weight) norms zero-centred; the gated norm applies weight itself
             if name.endswith("norm.weight") and "linear_attn.norm" not in name:
                 t.copy_(0.1 * torch.randn(t.shape, generator=g))
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(cls, d)
         out = hf(input_ids=ids, use_cache=False, output_router_logits=True)
         logits = out.logits.float()
         k = cfg.num_experts_per_tok
@@ -888,9 +878,7 @@ def make_qwen3_5_moe_text(nested: bool = False) -> dict:
             break
     else:
         raise SystemExit("qwen3_5_moe_text: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(cls, d, hf, ids, logits)
     topk = torch.stack([r.reshape(ids.numel(), -1).topk(k, -1).indices for r in out.router_logits])
     save_file(
         {"input_ids": ids.contiguous(), "logits": logits.contiguous(), "router_topk": topk.to(torch.int64).contiguous()},
@@ -1006,19 +994,8 @@ def minimax_router(model, ids: torch.Tensor) -> tuple[dict[int, torch.Tensor], f
     """transformers' MiniMaxM2TopKRouter on every token of every layer: the chosen experts ordered by their biased
     score (sigmoid + e_score_correction_bias, highest first; torch.topk there is unsorted) [tokens, k], and the
     smallest gap at the top-k boundary of the biased scores."""
-    got: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = []
-    for L, layer in enumerate(model.model.layers):
-
-        def hook(_m, inp, out, L=L):
-            got[L] = (out[0].detach().double(), out[2].detach(), inp[1].detach().double())
-
-        hooks.append(layer.mlp.gate.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    gates = {L: layer.mlp.gate for L, layer in enumerate(model.model.layers)}
+    got = hooked(model, ids, gates, lambda _m, inp, out: (out[0].detach().double(), out[2].detach(), inp[1].detach().double()))
     k = model.config.num_experts_per_tok
     topk, margin = {}, float("inf")
     for L, (logits, idx, bias) in sorted(got.items()):
@@ -1089,13 +1066,9 @@ def make_minimax_m2() -> dict:
         torch.manual_seed(seed)
         model = MiniMaxM2ForCausalLM(cfg).eval()
         reinit(model, seed, MINIMAX_M2_STD)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = MiniMaxM2ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(MiniMaxM2ForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         topk, margin = minimax_router(hf, ids)
         print(f"[{MINIMAX_M2_CASE}] seed {seed}: min routing margin {margin:.3g}")
@@ -1103,9 +1076,7 @@ def make_minimax_m2() -> dict:
             break
     else:
         raise SystemExit("minimax_m2: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = MiniMaxM2ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(MiniMaxM2ForCausalLM, d, hf, ids, logits)
     # the selection bias matters: without it some tokens choose other experts
     plain = 0
     for L, layer in enumerate(hf.model.layers):
@@ -1343,23 +1314,13 @@ def glm_ref_forward(cfg: dict, W: dict, ids: torch.Tensor) -> tuple[torch.Tensor
 def glm_hf_topk(model, ids: torch.Tensor, moe_layers: list[int]) -> torch.Tensor:
     """transformers' selected experts per MoE layer [layers, tokens, k] (the router's topk_indices, which it takes
     unsorted), ordered by the router's own selection score (sigmoid + correction bias), highest first."""
-    got: dict[int, torch.Tensor] = {}
-    hooks = []
-    for L in moe_layers:
-        gate = model.model.layers[L].mlp.gate
 
-        def hook(m, inp, out, L=L):
-            logits, _, idx = out
-            choice = logits.sigmoid() + m.e_score_correction_bias
-            order = choice.gather(1, idx).argsort(-1, descending=True)
-            got[L] = idx.gather(1, order).to(torch.int64)
+    def ordered(m, _inp, out):
+        logits, _, idx = out
+        choice = logits.sigmoid() + m.e_score_correction_bias
+        return idx.gather(1, choice.gather(1, idx).argsort(-1, descending=True)).to(torch.int64)
 
-        hooks.append(gate.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    got = hooked(model, ids, {L: model.model.layers[L].mlp.gate for L in moe_layers}, ordered)
     return torch.stack([got[L] for L in moe_layers]).contiguous()
 
 
@@ -1412,13 +1373,9 @@ def make_glm4_moe() -> dict:
         torch.manual_seed(seed)
         model = Glm4MoeForCausalLM(cfg).eval()
         reinit(model, seed)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = Glm4MoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(Glm4MoeForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         cfg_json = json.loads((d / "config.json").read_text())
         tensors, _ = load_saved_tensors(d)
@@ -1434,9 +1391,7 @@ def make_glm4_moe() -> dict:
     moe_layers = [1, 2]
     topk = glm_hf_topk(hf, ids, moe_layers)
     assert torch.equal(topk, torch.stack(ref_topk)), "glm4_moe: transformers' experts differ from the reference's"
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = Glm4MoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(Glm4MoeForCausalLM, d, hf, ids, logits)
     glm_save_golden(d, GLM4_MOE_CASE, ids, logits, topk)
     checks = {
         "max_abs_diff_ref_float64_vs_golden": ref_diff,
@@ -1597,21 +1552,8 @@ LLAMA4_STD = {"feed_forward.router.weight": 0.5}
 def llama4_router(model, ids: torch.Tensor) -> tuple[dict[int, torch.Tensor], float]:
     """Llama4Router on every MoE layer: the chosen experts by logit, highest first [tokens, k], and the smallest gap
     at the top-k boundary of the logits."""
-    got: dict[int, torch.Tensor] = {}
-    hooks = []
-    for L, layer in enumerate(model.model.layers):
-        if not layer.is_moe_layer:
-            continue
-
-        def hook(_m, _inp, out, L=L):
-            got[L] = out[1].detach().double()
-
-        hooks.append(layer.feed_forward.router.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    routers = {L: layer.feed_forward.router for L, layer in enumerate(model.model.layers) if layer.is_moe_layer}
+    got = hooked(model, ids, routers, lambda _m, _inp, out: out[1].detach().double())
     k = model.config.num_experts_per_tok
     topk, margin = {}, float("inf")
     for L, logits in sorted(got.items()):
@@ -1660,14 +1602,10 @@ def make_llama4_text(nested: bool = False) -> dict:
         torch.manual_seed(seed)
         model = cls(top).eval()
         reinit(model, seed, LLAMA4_STD)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
+        save_bf16(model, d)
         # the nested model's last three ids are its image tokens: text only below them
-        ids = torch.randint(0, VOCAB - 3 if nested else VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        ids = seeded_ids(seed, VOCAB - 3 if nested else VOCAB)
+        hf = load_f32(cls, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         topk, margin = llama4_router(text_of(hf), ids)
         print(f"[{case}] seed {seed}: min routing margin {margin:.3g}")
@@ -1675,9 +1613,7 @@ def make_llama4_text(nested: bool = False) -> dict:
             break
     else:
         raise SystemExit(f"{case}: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(cls, d, hf, ids, logits)
     # the rules the golden exercises change the logits: chunking, the NoPE layer's temperature
     sensitivity = {}
     if not nested:
@@ -1784,27 +1720,16 @@ def make_dots1() -> dict:
         torch.manual_seed(seed)
         model = Dots1ForCausalLM(cfg).eval()
         reinit(model, seed)
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = Dots1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(Dots1ForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         # the routing margins: selection scores (sigmoid + bias) at the top-k boundary, and the group scores
+        gates = {L: hf.model.layers[L].mlp.gate for L in moe_layers}
+        got = hooked(hf, ids, gates, lambda _m, _i, o: o[0].detach().double())
         margin = float("inf")
-        for L in moe_layers:
-            gate = hf.model.layers[L].mlp.gate
-            h = {}
-
-            def grab(_m, _i, o, h=h):
-                h["logits"] = o[0].detach().double()
-
-            hook = gate.register_forward_hook(grab)
-            hf(input_ids=ids, use_cache=False)
-            hook.remove()
-            choice = h["logits"].sigmoid() + gate.e_score_correction_bias.double()
+        for L, gate in gates.items():
+            choice = got[L].sigmoid() + gate.e_score_correction_bias.double()
             groups = choice.view(-1, 2, 4).topk(2, -1).values.sum(-1)
             margin = min(margin, topk_margin(groups, 1))
             best = groups.argmax(-1)
@@ -1816,9 +1741,7 @@ def make_dots1() -> dict:
     else:
         raise SystemExit("dots1: no seed with clean routing margins")
     topk = glm_hf_topk(hf, ids, moe_layers)
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = Dots1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(Dots1ForCausalLM, d, hf, ids, logits)
     full = Dots1ForCausalLM.from_pretrained(
         str(d), dtype=torch.float32, attn_implementation="eager", layer_types=["full_attention"] * 3
     ).eval()
@@ -1886,20 +1809,13 @@ def ernie_router(model, ids: torch.Tensor, moe_layers: list[int]):
     """The router of every MoE layer: its experts ordered by selection score (softmax + e_score_correction_bias,
     highest first) [layers, tokens, k], the smallest gap at the top-k boundary of that score, and how many tokens
     the correction bias changed the choice of."""
-    got: dict[int, tuple] = {}
-    hooks = []
-    for L in moe_layers:
-        gate = model.model.layers[L].mlp.gate
-
-        def hook(m, _i, out, L=L):
-            got[L] = (out[0].detach().double(), out[2].detach(), m.moe_statics.e_score_correction_bias.detach().double())
-
-        hooks.append(gate.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    gates = {L: model.model.layers[L].mlp.gate for L in moe_layers}
+    got = hooked(
+        model,
+        ids,
+        gates,
+        lambda m, _i, out: (out[0].detach().double(), out[2].detach(), m.moe_statics.e_score_correction_bias.detach().double()),
+    )
     k = model.config.moe_k
     topk, margin, changed = [], float("inf"), 0
     for L in moe_layers:
@@ -1926,13 +1842,9 @@ def make_ernie4_5_moe() -> dict:
         torch.manual_seed(seed)
         model = Ernie4_5_MoeForCausalLM(cfg).eval()
         reinit(model, seed, {"mlp.gate.weight": 0.5, "e_score_correction_bias": 0.05})
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = Ernie4_5_MoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(Ernie4_5_MoeForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         topk, margin, changed = ernie_router(hf, ids, moe_layers)
         print(f"[{ERNIE_CASE}] seed {seed}: min routing margin {margin:.3g}, bias changed {changed} choices")
@@ -1940,9 +1852,7 @@ def make_ernie4_5_moe() -> dict:
             break
     else:
         raise SystemExit("ernie4_5_moe: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = Ernie4_5_MoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(Ernie4_5_MoeForCausalLM, d, hf, ids, logits)
     glm_save_golden(d, ERNIE_CASE, ids, logits, topk)
     cfg_json = json.loads((d / "config.json").read_text())
     tensors, _ = load_saved_tensors(d)
@@ -2010,21 +1920,11 @@ HUNYUAN = dict(
 )
 
 
-def hunyuan_router(model, ids: torch.Tensor):
-    got: dict[int, tuple] = {}
-    hooks = []
-    for L, layer in enumerate(model.model.layers):
-
-        def hook(_m, _i, out, L=L):
-            got[L] = (out[0].detach().double(), out[2].detach())
-
-        hooks.append(layer.mlp.gate.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    k = model.config.moe_topk
+def softmax_router(model, ids: torch.Tensor, routers: dict, pick, k: int):
+    """The experts each router (layer -> module) chose, ordered by logit, highest first [layers, tokens, k], checked
+    against the router's own choice, and the smallest gap at the top-k boundary of the softmax.
+    pick(module, inputs, output) -> (logits, chosen experts)."""
+    got = hooked(model, ids, routers, pick)
     topk, margin = [], float("inf")
     for L in sorted(got):
         logits, idx = got[L]
@@ -2046,23 +1946,19 @@ def make_hunyuan_v1_moe() -> dict:
         torch.manual_seed(seed)
         model = HunYuanMoEV1ForCausalLM(cfg).eval()
         reinit(model, seed, {"mlp.gate.wg.weight": 0.5})
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = HunYuanMoEV1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(HunYuanMoEV1ForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
-        topk, margin = hunyuan_router(hf, ids)
+        gates = {L: layer.mlp.gate for L, layer in enumerate(hf.model.layers)}
+        pick = lambda _m, _i, out: (out[0].detach().double(), out[2].detach())  # noqa: E731
+        topk, margin = softmax_router(hf, ids, gates, pick, cfg.moe_topk)
         print(f"[{HUNYUAN_CASE}] seed {seed}: min routing margin {margin:.3g}")
         if margin >= MIN_MARGIN:
             break
     else:
         raise SystemExit("hunyuan_v1_moe: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = HunYuanMoEV1ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(HunYuanMoEV1ForCausalLM, d, hf, ids, logits)
     plain = HunYuanMoEV1ForCausalLM.from_pretrained(
         str(d), dtype=torch.float32, attn_implementation="eager",
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
@@ -2133,31 +2029,6 @@ GRANITE = dict(
 )
 
 
-def granite_router(model, ids: torch.Tensor):
-    got: dict[int, tuple] = {}
-    hooks = []
-    for L, layer in enumerate(model.model.layers):
-
-        def hook(_m, _i, out, L=L):
-            got[L] = (out[2].detach().double(), out[0].detach())
-
-        hooks.append(layer.block_sparse_moe.router.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    k = model.config.num_experts_per_tok
-    topk, margin = [], float("inf")
-    for L in sorted(got):
-        logits, idx = got[L]
-        ordered = logits.topk(k, -1).indices
-        assert torch.equal(ordered.sort(-1).values, idx.sort(-1).values), f"layer {L}: top-k differs from the router"
-        topk.append(ordered)
-        margin = min(margin, topk_margin(logits.softmax(-1), k))
-    return torch.stack(topk).to(torch.int64).contiguous(), margin
-
-
 @torch.no_grad()
 def make_granitemoe() -> dict:
     from transformers import GraniteMoeConfig, GraniteMoeForCausalLM
@@ -2169,23 +2040,19 @@ def make_granitemoe() -> dict:
         torch.manual_seed(seed)
         model = GraniteMoeForCausalLM(cfg).eval()
         reinit(model, seed, {"router.weight": 0.5})
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = GraniteMoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(GraniteMoeForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
-        topk, margin = granite_router(hf, ids)
+        routers = {L: layer.block_sparse_moe.router for L, layer in enumerate(hf.model.layers)}
+        pick = lambda _m, _i, out: (out[2].detach().double(), out[0].detach())  # noqa: E731
+        topk, margin = softmax_router(hf, ids, routers, pick, cfg.num_experts_per_tok)
         print(f"[{GRANITE_CASE}] seed {seed}: min routing margin {margin:.3g}")
         if margin >= MIN_MARGIN:
             break
     else:
         raise SystemExit("granitemoe: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = GraniteMoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(GraniteMoeForCausalLM, d, hf, ids, logits)
     checks = {"max_abs_diff_sdpa_vs_eager": sdpa_diff, "min_routing_margin": margin}
     for key in ("embedding_multiplier", "residual_multiplier", "attention_multiplier", "logits_scaling"):
         alt = GraniteMoeForCausalLM.from_pretrained(
@@ -2263,19 +2130,8 @@ PHIMOE = dict(
 
 
 def phimoe_router(model, ids: torch.Tensor):
-    got: dict[int, tuple] = {}
-    hooks = []
-    for L, layer in enumerate(model.model.layers):
-
-        def hook(_m, _i, out, L=L):
-            got[L] = (out[0].detach().double(), out[2].detach())
-
-        hooks.append(layer.mlp.router.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    routers = {L: layer.mlp.router for L, layer in enumerate(model.model.layers)}
+    got = hooked(model, ids, routers, lambda _m, _i, out: (out[0].detach().double(), out[2].detach()))
     eps = model.config.router_jitter_noise
     topk, margin = [], float("inf")
     for L in sorted(got):
@@ -2303,13 +2159,9 @@ def make_phimoe() -> dict:
         torch.manual_seed(seed)
         model = PhimoeForCausalLM(cfg).eval()
         reinit(model, seed, {"router.weight": 0.5})
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = PhimoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(PhimoeForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         topk, margin = phimoe_router(hf, ids)
         print(f"[{PHIMOE_CASE}] seed {seed}: min routing margin {margin:.3g}")
@@ -2317,9 +2169,7 @@ def make_phimoe() -> dict:
             break
     else:
         raise SystemExit("phimoe: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = PhimoeForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(PhimoeForCausalLM, d, hf, ids, logits)
     glm_save_golden(d, PHIMOE_CASE, ids, logits, topk)
     cfg_json = json.loads((d / "config.json").read_text())
     tensors, _ = load_saved_tensors(d)
@@ -2405,32 +2255,20 @@ def dsv32_gate_margin(model, ids: torch.Tensor) -> tuple[float, dict[str, torch.
     """Top-k / top-group margins of every MoE layer's selection scores (sigmoid + correction bias), and the experts
     the gate selects on every token (router.L I64 [tokens, k], the gate's topk_indices)."""
     cfg = model.config
-    got: dict[str, torch.Tensor] = {}
-    margins: list[float] = []
-    hooks = []
-    for L, layer in enumerate(model.model.layers):
-        if cfg.mlp_layer_types[L] != "sparse":
-            continue
-        gate = layer.mlp.gate
 
-        def hook(m, inp, out, L=L):
-            logits = out[0].float()
-            s = logits.sigmoid() + m.e_score_correction_bias
-            g = s.view(-1, m.num_group, m.num_experts // m.num_group).topk(2, -1).values.sum(-1)
-            margins.append(topk_margin(g, m.topk_group))
-            keep = g.topk(m.topk_group, -1).indices
-            mask = torch.zeros_like(g).scatter(1, keep, 1).bool()
-            mask = mask.unsqueeze(-1).expand(-1, m.num_group, m.num_experts // m.num_group).reshape(s.shape)
-            margins.append(topk_margin(s.masked_fill(~mask, float("-inf")), m.top_k))
-            got[f"router.{L}"] = out[-1].detach().to(torch.int64).contiguous()
+    def pick(m, _inp, out):
+        logits = out[0].float()
+        s = logits.sigmoid() + m.e_score_correction_bias
+        g = s.view(-1, m.num_group, m.num_experts // m.num_group).topk(2, -1).values.sum(-1)
+        keep = g.topk(m.topk_group, -1).indices
+        mask = torch.zeros_like(g).scatter(1, keep, 1).bool()
+        mask = mask.unsqueeze(-1).expand(-1, m.num_group, m.num_experts // m.num_group).reshape(s.shape)
+        margin = min(topk_margin(g, m.topk_group), topk_margin(s.masked_fill(~mask, float("-inf")), m.top_k))
+        return margin, out[-1].detach().to(torch.int64).contiguous()
 
-        hooks.append(gate.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return min(margins), got
+    gates = {L: layer.mlp.gate for L, layer in enumerate(model.model.layers) if cfg.mlp_layer_types[L] == "sparse"}
+    got = hooked(model, ids, gates, pick)
+    return min(m for m, _ in got.values()), {f"router.{L}": idx for L, (_, idx) in got.items()}
 
 
 def dsv32_sparse_diff(d: Path, ids: torch.Tensor) -> float:
@@ -2438,7 +2276,7 @@ def dsv32_sparse_diff(d: Path, ids: torch.Tensor) -> float:
     index_topk: the indexer then drops tokens, so moe refuses such windows."""
     from transformers import DeepseekV32ForCausalLM
 
-    model = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+    model = load_f32(DeepseekV32ForCausalLM, d)
     topk = model.config.index_topk
     long = ids.repeat(1, -(-3 * topk // ids.shape[1]))[:, : 3 * topk]
     sparse = model(input_ids=long, use_cache=False).logits
@@ -2534,13 +2372,9 @@ def make_deepseek_v32() -> dict:
         for name, t in model.named_parameters():
             if name.endswith("indexer.k_norm.bias"):
                 t.copy_(0.1 * torch.randn(t.shape, generator=g))
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
-        model.to(torch.bfloat16).save_pretrained(str(d))
-        gen = torch.Generator().manual_seed(seed + 12345)
-        ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=gen, dtype=torch.int64)
-        hf = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        save_bf16(model, d)
+        ids = seeded_ids(seed)
+        hf = load_f32(DeepseekV32ForCausalLM, d)
         logits = hf(input_ids=ids, use_cache=False).logits.float()
         margin, routers = dsv32_gate_margin(hf, ids)
         # the FP8 variant (made from these weights) must route with a margin too
@@ -2555,9 +2389,7 @@ def make_deepseek_v32() -> dict:
             break
     else:
         raise SystemExit("deepseek_v32: no seed with clean routing margins")
-    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
-    sdpa = DeepseekV32ForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="sdpa").eval()
-    sdpa_diff = float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+    hf_loss, sdpa_diff = loss_and_sdpa_diff(DeepseekV32ForCausalLM, d, hf, ids, logits)
     sparse_diff = dsv32_sparse_diff(d, ids)
     print(f"[{DSV32_CASE}] |sdpa - eager| {sdpa_diff:.3g}, sparse vs dense at 3 x index_topk {sparse_diff:.3g}")
     save_file(
@@ -2685,6 +2517,47 @@ def init_std(name: str, tied: bool) -> float:
     if name.endswith("mlp.gate.weight") or name.endswith("block_sparse_moe.gate.weight"):
         return 0.3  # router
     return 0.1
+
+
+def save_bf16(model: torch.nn.Module, d: Path) -> None:
+    """The model saved in bfloat16 by save_pretrained into d (replaced)."""
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    model.to(torch.bfloat16).save_pretrained(str(d))
+
+
+def seeded_ids(seed: int, vocab: int = VOCAB) -> torch.Tensor:
+    """The golden's input ids [BATCH, SEQ] below `vocab`, from the case's seed."""
+    gen = torch.Generator().manual_seed(seed + 12345)
+    return torch.randint(0, vocab, (BATCH, SEQ), generator=gen, dtype=torch.int64)
+
+
+def load_f32(cls, d: Path, attn: str = "eager"):
+    """The saved model read back by transformers in float32, with this attention implementation."""
+    return cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation=attn).eval()
+
+
+def loss_and_sdpa_diff(cls, d: Path, hf, ids: torch.Tensor, logits: torch.Tensor) -> tuple[float, float]:
+    """transformers' own loss on ids, and the largest |logit| difference of its sdpa attention from eager."""
+    hf_loss = float(hf(input_ids=ids, labels=ids, use_cache=False).loss)
+    sdpa = load_f32(cls, d, "sdpa")
+    return hf_loss, float((sdpa(input_ids=ids, use_cache=False).logits - logits).abs().max())
+
+
+def hooked(model, ids: torch.Tensor, modules: dict, pick) -> dict:
+    """Runs the model on ids with a forward hook on each module (key -> module): {key: pick(module, inputs, output)}."""
+    got: dict = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, key=key: got.__setitem__(key, pick(mod, inp, out)))
+        for key, m in modules.items()
+    ]
+    try:
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return got
 
 
 @torch.no_grad()
@@ -3157,7 +3030,7 @@ def make_case(case: Case) -> dict:
         g = torch.Generator().manual_seed(seed + 12345)
         ids = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g, dtype=torch.int64)
 
-        model = case.model_cls.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager").eval()
+        model = load_f32(case.model_cls, d)
         out = model(input_ids=ids, use_cache=False)
         logits = out.logits.float()
         hf_loss = float(model(input_ids=ids, labels=ids, use_cache=False).loss)
@@ -3416,21 +3289,9 @@ def fp8_targets(tensors: dict[str, torch.Tensor], keep: list[str]) -> list[str]:
 
 def router_topk(model, ids: torch.Tensor, moe_layers: list[int]) -> dict[str, torch.Tensor]:
     """The experts transformers' router selects on every token: router.L I64 [tokens, k] (the gate's last output)."""
-    got: dict[str, torch.Tensor] = {}
-    hooks = []
-    for L in moe_layers:
-        gate = model.model.layers[L].mlp.gate
-
-        def hook(_m, _inp, out, L=L):
-            got[f"router.{L}"] = out[-1].detach().to(torch.int64).reshape(-1, out[-1].shape[-1]).contiguous()
-
-        hooks.append(gate.register_forward_hook(hook))
-    try:
-        model(input_ids=ids, use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
-    return got
+    gates = {f"router.{L}": model.model.layers[L].mlp.gate for L in moe_layers}
+    pick = lambda _m, _inp, out: out[-1].detach().to(torch.int64).reshape(-1, out[-1].shape[-1]).contiguous()  # noqa: E731
+    return hooked(model, ids, gates, pick)
 
 
 @torch.no_grad()
