@@ -216,8 +216,7 @@ export abstract class Architecture {
 
   /** Grouped-query attention with these head sizes and q/k norm (Mixtral, Qwen, OLMoE). */
   protected gqaSpec(headDim: number, qkNorm: GqaSpec['qkNorm'], eps: number, clipQkv?: number): GqaSpec {
-    const heads = this.cfg.int('num_attention_heads');
-    const kvHeads = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads } = this.cfg.heads();
     return { kind: 'gqa', heads, kvHeads, headDim, qkNorm, clipQkv, scale: headDim ** -0.5, eps };
   }
 

@@ -63,6 +63,23 @@ export class ConfigReader {
     return v;
   }
 
+  /** num_attention_heads, and num_key_value_heads (default: as many). */
+  heads(): { heads: number; kvHeads: number } {
+    const heads = this.int('num_attention_heads');
+    return { heads, kvHeads: this.int('num_key_value_heads', heads) };
+  }
+
+  /** head_dim, else hidden / num_attention_heads. */
+  headDim(hidden: number): number {
+    return this.int('head_dim', Math.floor(hidden / this.int('num_attention_heads')));
+  }
+
+  /** Refuses a `hidden_act` other than SiLU, the gate activation moe's MLPs and experts compute. */
+  requireSilu(): void {
+    const act = this.str('hidden_act', 'silu');
+    if (act !== 'silu') throw this.error(`hidden_act "${act}" is not silu`);
+  }
+
   intList(key: string): number[] {
     const v = this.config[key];
     if (v === undefined || v === null) return [];

@@ -106,11 +106,11 @@ export class Dots1 extends Glm4Moe {
   }
 
   protected override attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
+    const { heads, kvHeads } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', false);
     const hd = this.headDim();
     return [
-      ...gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), hd, {
+      ...gqaAttention(layer, this.hidden, heads, kvHeads, hd, {
         qkv: bias,
         o: bias,
       }),

@@ -41,7 +41,7 @@ export class Ernie4_5Moe extends Architecture {
     const c = this.cfg;
     if (c.bool('use_bias', false))
       throw c.error('use_bias: ERNIE 4.5 with biases on every linear (lm_head too) is not supported');
-    if (c.str('hidden_act', 'silu') !== 'silu') throw c.error(`hidden_act "${c.str('hidden_act', '')}" is not silu`);
+    c.requireSilu();
     if (c.int('moe_layer_interval', 1) < 1) throw c.error('moe_layer_interval must be at least 1');
   }
 
@@ -83,13 +83,12 @@ export class Ernie4_5Moe extends Architecture {
   }
 
   headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
-    return gqaAttention(layer, this.hidden, heads, kv, this.headDim(), { qkv: false, o: false });
+    const { heads, kvHeads } = this.cfg.heads();
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), { qkv: false, o: false });
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {

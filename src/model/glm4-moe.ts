@@ -40,7 +40,7 @@ export class Glm4Moe extends DeepseekV3 {
   }
 
   headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   /** Rotary dimensions of each head: int(head_dim × partial_rotary_factor), as Glm4MoeRotaryEmbedding. */
@@ -57,10 +57,10 @@ export class Glm4Moe extends DeepseekV3 {
   }
 
   protected override attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
+    const { heads, kvHeads } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', false);
     const hd = this.headDim();
-    const out = gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), hd, {
+    const out = gqaAttention(layer, this.hidden, heads, kvHeads, hd, {
       qkv: bias,
       o: false,
     });

@@ -97,12 +97,11 @@ export class GptOss extends Architecture {
   }
 
   private headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kvHeads = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', true);
     return [
       ...gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), { qkv: bias, o: bias }),

@@ -40,8 +40,7 @@ export class GraniteMoe extends Architecture {
 
   constructor(config: Config, dir: string) {
     super(config, dir);
-    if (this.cfg.str('hidden_act', 'silu') !== 'silu')
-      throw this.cfg.error(`hidden_act "${this.cfg.str('hidden_act', '')}" is not silu`);
+    this.cfg.requireSilu();
     for (const k of ['embedding_multiplier', 'residual_multiplier', 'attention_multiplier', 'logits_scaling'])
       if (!(this.cfg.num(k, 1) > 0)) throw this.cfg.error(`${k} must be a positive number`);
   }
@@ -84,10 +83,9 @@ export class GraniteMoe extends Architecture {
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', false);
-    return gqaAttention(layer, this.hidden, heads, kv, this.headDim(), { qkv: bias, o: bias });
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), { qkv: bias, o: bias });
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {

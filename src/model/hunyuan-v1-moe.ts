@@ -33,8 +33,7 @@ export class HunyuanV1Moe extends Architecture {
 
   constructor(config: Config, dir: string) {
     super(config, dir);
-    if (this.cfg.str('hidden_act', 'silu') !== 'silu')
-      throw this.cfg.error(`hidden_act "${this.cfg.str('hidden_act', '')}" is not silu`);
+    this.cfg.requireSilu();
   }
 
   isMoeLayer(): boolean {
@@ -66,12 +65,11 @@ export class HunyuanV1Moe extends Architecture {
   }
 
   headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads: kv } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', false);
     const hd = this.headDim();
     const p = `model.layers.${layer}.self_attn`;

@@ -63,7 +63,7 @@ export class Llama4Text extends Architecture {
     super(config, dir);
     const c = this.cfg;
     const L = this.numLayers;
-    if (c.str('hidden_act', 'silu') !== 'silu') throw c.error(`hidden_act "${c.str('hidden_act', '')}" is not silu`);
+    c.requireSilu();
     const step = c.int('interleave_moe_layer_step', 1);
     this.moe = new Set(
       Array.isArray(config.moe_layers)
@@ -126,14 +126,13 @@ export class Llama4Text extends Architecture {
   }
 
   headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', false);
-    return gqaAttention(layer, this.hidden, heads, kv, this.headDim(), { qkv: bias, o: bias });
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), { qkv: bias, o: bias });
   }
 
   protected mlpSpecs(layer: number): TensorSpec[] {

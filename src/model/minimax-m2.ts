@@ -93,7 +93,7 @@ export class MinimaxM2 extends Architecture {
   }
 
   headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   /** Rotated dims per head, by transformers 5.18's precedence (see the header). */
@@ -112,8 +112,7 @@ export class MinimaxM2 extends Architecture {
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads: kv } = this.cfg.heads();
     const hd = this.headDim();
     const p = `model.layers.${layer}.self_attn`;
     return [

@@ -39,8 +39,7 @@ export class Olmoe extends Architecture {
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads: kv } = this.cfg.heads();
     const hd = Math.floor(this.hidden / heads);
     const bias = this.cfg.bool('attention_bias', false);
     const p = `model.layers.${layer}.self_attn`;

@@ -39,7 +39,7 @@ export class Phimoe extends Mixtral {
     super(config, dir);
     const c = this.cfg;
     if (this.topK !== 2) throw c.error(`num_experts_per_tok ${this.topK}: PhiMoE's sparsemixer routes to 2 experts`);
-    if (c.str('hidden_act', 'silu') !== 'silu') throw c.error(`hidden_act "${c.str('hidden_act', '')}" is not silu`);
+    c.requireSilu();
     const rope = ropeParameters(c);
     if (rope.rope_type === 'longrope') {
       const half = this.headDim() / 2;
@@ -80,10 +80,9 @@ export class Phimoe extends Mixtral {
   }
 
   protected override attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads } = this.cfg.heads();
     const bias = this.cfg.bool('attention_bias', false);
-    return gqaAttention(layer, this.hidden, heads, kv, this.headDim(), { qkv: bias, o: bias });
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), { qkv: bias, o: bias });
   }
 
   /** Mixtral's tensors plus the LayerNorm biases and the lm_head bias, each after its weight. */

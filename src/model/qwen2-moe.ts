@@ -47,12 +47,12 @@ export class Qwen2Moe extends Architecture {
   }
 
   protected headDim(): number {
-    return this.cfg.int('head_dim', Math.floor(this.hidden / this.cfg.int('num_attention_heads')));
+    return this.cfg.headDim(this.hidden);
   }
 
   protected attentionSpecs(layer: number): TensorSpec[] {
-    const heads = this.cfg.int('num_attention_heads');
-    return gqaAttention(layer, this.hidden, heads, this.cfg.int('num_key_value_heads', heads), this.headDim(), {
+    const { heads, kvHeads } = this.cfg.heads();
+    return gqaAttention(layer, this.hidden, heads, kvHeads, this.headDim(), {
       qkv: this.cfg.bool('qkv_bias', true),
       o: false,
     });

@@ -93,8 +93,7 @@ export class Qwen3Next extends Qwen2Moe {
       ];
     }
     const p = `model.layers.${layer}.self_attn`;
-    const heads = this.cfg.int('num_attention_heads');
-    const kv = this.cfg.int('num_key_value_heads', heads);
+    const { heads, kvHeads: kv } = this.cfg.heads();
     const d = this.headDim();
     const bias = this.cfg.bool('attention_bias', false);
     const out: TensorSpec[] = [];
