@@ -19,7 +19,7 @@ import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
 import { architectureFor } from '../../src/model/registry';
-import { expectLogitsMatch, expectRouterMatch, readGolden, runGolden, withOnnx } from './golden-case';
+import { goldenMatchTests, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -43,16 +43,7 @@ function changedTokens(experts: Map<number, Int32Array>, topk: Int32Array, N: nu
 }
 
 describe('the golden ernie4_5_moe checkpoint', () => {
-  test("router top-2 equals transformers' on every token of both MoE layers; logits within 1e-3, loss within 2e-4", async () => {
-    const r = await run(new RefBackend());
-    expect([r.g.L, r.g.N, r.g.k]).toEqual([2, 32, 2]);
-    expectRouterMatch(r, [1, 2]);
-    expectLogitsMatch(r);
-  });
-
-  test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    await withOnnx(async (onnx) => expectLogitsMatch(await run(onnx)));
-  });
+  goldenMatchTests(DIR, [2, 32, 2], [1, 2], "router top-2 equals transformers' on every token of both MoE layers");
 
   test('the selection bias changes the tokens transformers says it changes; rotate-half instead of pairs moves the logits', async () => {
     const g = golden();

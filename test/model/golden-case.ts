@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Backend } from '../../src/backend/backend';
+import { RefBackend } from '../../src/backend/ref';
 import { OnnxBackend } from '../../src/backend/onnx';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
@@ -91,4 +92,22 @@ export function expectRouterMatch(
   layers.forEach((l, i) =>
     expect(Array.from(experts.get(l)!)).toEqual(Array.from(g.topk.subarray(i * n, (i + 1) * n))),
   );
+}
+
+/**
+ * The two tests every family's golden passes: on the reference backend, the golden's shape [L, N, k], the MoE
+ * layers `layers` routed to transformers' experts on every token, logits within 1e-3 and loss within 2e-4
+ * (`routerTitle` names what the router picks); on onnx, the same logits and loss.
+ */
+export function goldenMatchTests(dir: string, shape: [number, number, number], layers: number[], routerTitle: string) {
+  test(`${routerTitle}; logits within 1e-3, loss within 2e-4`, async () => {
+    const r = await runGolden(dir, new RefBackend());
+    expect([r.g.L, r.g.N, r.g.k]).toEqual(shape);
+    expectRouterMatch(r, layers);
+    expectLogitsMatch(r);
+  });
+
+  test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
+    await withOnnx(async (onnx) => expectLogitsMatch(await runGolden(dir, onnx)));
+  });
 }

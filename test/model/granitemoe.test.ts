@@ -19,7 +19,7 @@ import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import { loadArchitecture } from '../../src/model/registry';
-import { expectLogitsMatch, expectRouterMatch, readGolden, runGolden, withOnnx } from './golden-case';
+import { goldenMatchTests, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -31,16 +31,7 @@ const golden = () => readGolden(DIR);
 const run = (be: Backend, config?: Record<string, unknown>) => runGolden(DIR, be, { config });
 
 describe('the golden granitemoe checkpoint', () => {
-  test("router top-2 equals transformers' on every token of every layer; logits within 1e-3, loss within 2e-4", async () => {
-    const r = await run(new RefBackend());
-    expect([r.g.L, r.g.N, r.g.k]).toEqual([2, 32, 2]);
-    expectRouterMatch(r, [0, 1]);
-    expectLogitsMatch(r);
-  });
-
-  test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    await withOnnx(async (onnx) => expectLogitsMatch(await run(onnx)));
-  });
+  goldenMatchTests(DIR, [2, 32, 2], [0, 1], "router top-2 equals transformers' on every token of every layer");
 
   test.each(['embedding_multiplier', 'residual_multiplier', 'attention_multiplier', 'logits_scaling'])(
     'with %s 1 the logits move as they do in transformers',

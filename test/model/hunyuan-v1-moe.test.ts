@@ -18,7 +18,7 @@ import { CheckpointError } from '../../src/errors';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
 import { architectureFor } from '../../src/model/registry';
-import { expectLogitsMatch, expectRouterMatch, readGolden, runGolden, withOnnx } from './golden-case';
+import { goldenMatchTests, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -30,16 +30,7 @@ const run = (be: Backend, patch?: (a: Architecture) => void, config?: Record<str
   runGolden(DIR, be, { patch, config });
 
 describe('the golden hunyuan_v1_moe checkpoint', () => {
-  test("router top-2 equals transformers' on every token of every layer; logits within 1e-3, loss within 2e-4", async () => {
-    const r = await run(new RefBackend());
-    expect([r.g.L, r.g.N, r.g.k]).toEqual([2, 32, 2]);
-    expectRouterMatch(r, [0, 1]);
-    expectLogitsMatch(r);
-  });
-
-  test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    await withOnnx(async (onnx) => expectLogitsMatch(await run(onnx)));
-  });
+  goldenMatchTests(DIR, [2, 32, 2], [0, 1], "router top-2 equals transformers' on every token of every layer");
 
   test('the alpha rotary moves the logits as much as transformers measured; so do the q/k norms', async () => {
     const g = golden();

@@ -19,7 +19,7 @@ import { CheckpointError, UsageError } from '../../src/errors';
 import type { Architecture } from '../../src/model/arch';
 import { route } from '../../src/model/forward/moe';
 import { architectureFor } from '../../src/model/registry';
-import { expectLogitsMatch, expectRouterMatch, readGolden, runGolden, withOnnx } from './golden-case';
+import { goldenMatchTests, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -32,16 +32,12 @@ const run = (be: Backend, patch?: (a: Architecture) => void, config?: Record<str
   runGolden(DIR, be, { patch, config });
 
 describe('the golden phimoe checkpoint', () => {
-  test("sparsemixer's two experts equal transformers' on every token of every layer; logits within 1e-3, loss within 2e-4", async () => {
-    const r = await run(new RefBackend());
-    expect([r.g.L, r.g.N, r.g.k]).toEqual([2, 32, 2]);
-    expectRouterMatch(r, [0, 1]);
-    expectLogitsMatch(r);
-  });
-
-  test('onnx backend: logits within 1e-3, loss within 2e-4', async () => {
-    await withOnnx(async (onnx) => expectLogitsMatch(await run(onnx)));
-  });
+  goldenMatchTests(
+    DIR,
+    [2, 32, 2],
+    [0, 1],
+    "sparsemixer's two experts equal transformers' on every token of every layer",
+  );
 
   test('the lm_head bias, sparsemixer (against softmax top-2) and the longrope scale each move the logits', async () => {
     const g = golden();
