@@ -190,12 +190,11 @@ export class Llama4Text extends Architecture {
     const factors = ropeFreqFactors(rope, att.headDim);
     const keys: [string, GgufScalar][] = [['attention.head_count_kv', u32(att.kvHeads)]];
     if (att.headDim * att.heads !== this.hidden) keys.push(...headLengthKeys(att.headDim));
-    const chunked = [...Array(L).keys()].map((l) => this.chunked[l]);
     keys.push(
       ['rope.dimension_count', u32(att.headDim)],
       ['interleave_moe_layer_step', u32(step)],
       ['expert_feed_forward_length', u32(this.expertWidth)],
-      ['attention.sliding_window_pattern', { type: 'array', of: 'bool', value: chunked }],
+      ['attention.sliding_window_pattern', { type: 'array', of: 'bool', value: this.chunked }],
     );
     return {
       arch: GGUF_ARCH,
