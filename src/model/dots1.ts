@@ -11,11 +11,12 @@
  */
 import { CheckpointError } from '../errors';
 import type { Config } from '../io/checkpoint';
-import { ArchitectureFamily, gqaAttention, RoutingRule, SYNTH_COMMON, TensorSpec, qkNormSpecs } from './arch';
+import { ArchitectureFamily, RoutingRule, SYNTH_COMMON, TensorSpec } from './arch';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { ropeParameters } from './forward/rope';
 import { Glm4Moe } from './glm4-moe';
 import type { GgufHparams, GgufMapping } from './gguf-map';
+import { qwen3Attention } from './qwen3-moe';
 
 const GGUF_ARCH = 'dots1';
 
@@ -106,16 +107,7 @@ export class Dots1 extends Glm4Moe {
   }
 
   protected override attentionSpecs(layer: number): TensorSpec[] {
-    const { heads, kvHeads } = this.cfg.heads();
-    const bias = this.cfg.bool('attention_bias', false);
-    const hd = this.headDim();
-    return [
-      ...gqaAttention(layer, this.hidden, heads, kvHeads, hd, {
-        qkv: bias,
-        o: bias,
-      }),
-      ...qkNormSpecs(layer, hd),
-    ];
+    return qwen3Attention(this.cfg, layer, this.hidden, this.headDim());
   }
 }
 

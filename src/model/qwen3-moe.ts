@@ -13,6 +13,7 @@ import {
   TensorSpec,
   qkNormSpecs,
 } from './arch';
+import type { ConfigReader } from './config';
 import type { AttentionSpec, GqaSpec } from './forward/attention';
 import { GgufMapping, headLengthKeys, u32 } from './gguf-map';
 import { Qwen2Moe, qwenFromGguf } from './qwen2-moe';
@@ -26,16 +27,7 @@ export class Qwen3Moe extends Qwen2Moe {
   }
 
   protected override attentionSpecs(layer: number): TensorSpec[] {
-    const { heads, kvHeads } = this.cfg.heads();
-    const bias = this.cfg.bool('attention_bias', false);
-    const hd = this.headDim();
-    return [
-      ...gqaAttention(layer, this.hidden, heads, kvHeads, hd, {
-        qkv: bias,
-        o: bias,
-      }),
-      ...qkNormSpecs(layer, hd),
-    ];
+    return qwen3Attention(this.cfg, layer, this.hidden, this.headDim());
   }
 
   protected override mlpSpecs(layer: number): TensorSpec[] {
@@ -84,3 +76,13 @@ export const qwen3Moe: ArchitectureFamily = {
   ggufPreTokenizer: 'qwen2',
   ggufReader: { arch: 'qwen3moe', normTopKDefault: true, complete: qwenFromGguf },
 };
+
+/** Qwen3's attention tensors (dots.llm1's too): q/k/v/o with attention_bias on all four, per-head q/k norms. */
+export function qwen3Attention(cfg: ConfigReader, layer: number, hidden: number, headDim: number): TensorSpec[] {
+  const { heads, kvHeads } = cfg.heads();
+  const bias = cfg.bool('attention_bias', false);
+  return [
+    ...gqaAttention(layer, hidden, heads, kvHeads, headDim, { qkv: bias, o: bias }),
+    ...qkNormSpecs(layer, headDim),
+  ];
+}
