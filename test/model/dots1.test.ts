@@ -20,7 +20,7 @@ import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
 import { architectureFor } from '../../src/model/registry';
-import { goldenMatchTests, readGolden, runGolden } from './golden-case';
+import { goldenMatchTests, goldenWindows, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -93,10 +93,7 @@ describe('the golden dots1 checkpoint', () => {
     const work = tmpDir('moe-dots1-');
     const data = path.join(work, 'ids.json');
     const { ids, B, T } = golden();
-    fs.writeFileSync(
-      data,
-      JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))),
-    );
+    fs.writeFileSync(data, JSON.stringify(goldenWindows({ ids, B, T })));
     const stats = path.join(work, 'stats');
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref' }, quiet);
     const out = path.join(work, 'pruned');

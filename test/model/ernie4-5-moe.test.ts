@@ -19,7 +19,7 @@ import { openCheckpoint, TensorReader } from '../../src/io/checkpoint';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
 import { architectureFor } from '../../src/model/registry';
-import { goldenMatchTests, readGolden, runGolden } from './golden-case';
+import { goldenMatchTests, goldenWindows, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -85,7 +85,7 @@ describe('the golden ernie4_5_moe checkpoint', () => {
     const work = tmpDir('moe-ernie-');
     const data = path.join(work, 'ids.json');
     const { ids, B, T } = golden();
-    const rows = [...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)));
+    const rows = goldenWindows({ ids, B, T });
     fs.writeFileSync(data, JSON.stringify(rows));
     const stats = path.join(work, 'stats');
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref' }, quiet);

@@ -42,6 +42,11 @@ export function readGolden(dir: string): Golden {
   return { ids, logits, B, T, V, L, N, k, topk, loss: info.loss as number, info };
 }
 
+/** The golden's token ids as B windows of T (a --data file's rows). */
+export function goldenWindows({ ids, B, T }: Pick<Golden, 'ids' | 'B' | 'T'>): number[][] {
+  return [...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)));
+}
+
 /**
  * moe's forward pass over the golden's ids: the logits and every MoE layer's selected experts. `config` replaces
  * config.json, `patch` changes the architecture before the run.

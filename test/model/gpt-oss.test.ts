@@ -26,6 +26,7 @@ import { ReconstructionProblem } from '../../src/prune/reconstruct';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, rawHeader, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
+import { goldenWindows } from './golden-case';
 
 const DIR = path.join(GOLDEN, 'gpt_oss');
 const info = require(path.join(DIR, 'golden.json'));
@@ -175,7 +176,7 @@ test("calibrate: REAP's score is g · ‖expert output‖ with the output's down
   const work = tmpDir();
   const data = path.join(work, 'ids.json');
   const { ids, B, T } = golden;
-  fs.writeFileSync(data, JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))));
+  fs.writeFileSync(data, JSON.stringify(goldenWindows({ ids, B, T })));
   await calibrate({ model: DIR, output: path.join(work, 'stats'), data, seqLen: T }, quiet);
   const stats = new CalibrationStats(path.join(work, 'stats'));
   expect(stats.reader.has('imatrix/model.layers.0.self_attn.q_proj.weight')).toBe(true);

@@ -19,7 +19,7 @@ import { prune } from '../../src/commands/prune';
 import { quantize } from '../../src/commands/quantize';
 import { openCheckpoint, openTensorFile, TensorReader } from '../../src/io/checkpoint';
 import { loadArchitecture } from '../../src/model/registry';
-import { goldenMatchTests, readGolden, runGolden } from './golden-case';
+import { goldenMatchTests, goldenWindows, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -52,10 +52,7 @@ describe('commands on the fused [out, in] experts', () => {
   const stored = (dir: string) => rawHeader(path.join(dir, 'model.safetensors')).json;
   beforeAll(async () => {
     const { ids, B, T } = golden();
-    fs.writeFileSync(
-      data,
-      JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))),
-    );
+    fs.writeFileSync(data, JSON.stringify(goldenWindows({ ids, B, T })));
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref' }, quiet);
   });
 

@@ -18,7 +18,7 @@ import { CheckpointError } from '../../src/errors';
 import type { Architecture } from '../../src/model/arch';
 import type { GqaSpec } from '../../src/model/forward/attention';
 import { architectureFor } from '../../src/model/registry';
-import { goldenMatchTests, readGolden, runGolden } from './golden-case';
+import { goldenMatchTests, goldenWindows, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -54,10 +54,7 @@ describe('the golden hunyuan_v1_moe checkpoint', () => {
     const work = tmpDir('moe-hunyuan-');
     const data = path.join(work, 'ids.json');
     const { ids, B, T } = golden();
-    fs.writeFileSync(
-      data,
-      JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))),
-    );
+    fs.writeFileSync(data, JSON.stringify(goldenWindows({ ids, B, T })));
     const stats = path.join(work, 'stats');
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref' }, quiet);
     const out = path.join(work, 'pruned');

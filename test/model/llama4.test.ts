@@ -30,7 +30,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { concatRows, sigmoid } from '../../src/model/forward/ops';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { ReconstructionProblem } from '../../src/prune/reconstruct';
-import { expectLogitsMatch, expectRouterMatch, readGolden, runGolden } from './golden-case';
+import { expectLogitsMatch, expectRouterMatch, goldenWindows, readGolden, runGolden } from './golden-case';
 import { GOLDEN, quiet, rawHeader, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
 
@@ -147,7 +147,7 @@ describe('commands on the llama4_text golden', () => {
   const stats = path.join(work, 'stats');
   beforeAll(async () => {
     const { ids, B, T } = golden();
-    const rows = [...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)));
+    const rows = goldenWindows({ ids, B, T });
     fs.writeFileSync(data, JSON.stringify([...rows, rows[0].slice().reverse(), rows[1].slice().reverse()]));
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref', naeeTokens: 64 }, quiet);
   });

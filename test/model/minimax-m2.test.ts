@@ -33,6 +33,7 @@ import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, quiet, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
 import { withByteTokenizer } from './byte-tokenizer';
+import { goldenWindows } from './golden-case';
 
 const CASES = ['minimax_m2', 'minimax_m2-fp8'];
 
@@ -171,7 +172,7 @@ describe('commands on the goldens', () => {
   const stats: Record<string, string> = {};
   beforeAll(async () => {
     const { ids, B, T } = golden('minimax_m2');
-    const rows = [...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)));
+    const rows = goldenWindows({ ids, B, T });
     fs.writeFileSync(data, JSON.stringify([...rows, rows[0].slice().reverse(), rows[1].slice().reverse()]));
     for (const c of CASES) {
       stats[c] = path.join(work, `${c}-stats`);

@@ -22,6 +22,7 @@ import { ForwardPass, fullLogits } from '../../src/model/forward/model';
 import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { GOLDEN, makeSynth, quiet, rawHeader, tmpDir } from '../helpers';
 import { maxDiff } from '../golden-math';
+import { goldenWindows } from './golden-case';
 
 const DIR = path.join(GOLDEN, 'qwen3_5_moe_text');
 const info = require(path.join(DIR, 'golden.json'));
@@ -130,7 +131,7 @@ describe('commands on the golden', () => {
   const data = path.join(work, 'ids.json');
   beforeAll(async () => {
     const { ids, B, T } = golden;
-    const rows = [...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)));
+    const rows = goldenWindows({ ids, B, T });
     fs.writeFileSync(data, JSON.stringify(rows));
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref', hessians: true }, quiet);
   });
@@ -173,10 +174,7 @@ describe('qwen3_5_moe: the text model under text_config beside a vision tower', 
   beforeAll(async () => {
     const data = path.join(work, 'ids.json');
     const { ids, B, T } = golden;
-    fs.writeFileSync(
-      data,
-      JSON.stringify([...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)))),
-    );
+    fs.writeFileSync(data, JSON.stringify(goldenWindows({ ids, B, T })));
     await calibrate({ model: NESTED, output: stats, data, seqLen: T, backend: 'ref' }, quiet);
   });
 

@@ -28,6 +28,7 @@ import { architectureFor, loadArchitecture } from '../../src/model/registry';
 import { PRESETS } from '../../src/synth/presets';
 import { GOLDEN, makeSynth, quiet, rawHeader, tmpDir } from '../helpers';
 import { lossOf, maxDiff } from '../golden-math';
+import { goldenWindows } from './golden-case';
 
 const DIR = path.join(GOLDEN, 'qwen3_next');
 const info = require(path.join(DIR, 'golden.json'));
@@ -167,7 +168,7 @@ describe('commands on the golden', () => {
   const data = path.join(work, 'ids.json');
   beforeAll(async () => {
     const { ids, B, T } = golden;
-    const rows = [...Array(B).keys()].map((b) => Array.from(ids.subarray(b * T, (b + 1) * T)));
+    const rows = goldenWindows({ ids, B, T });
     fs.writeFileSync(data, JSON.stringify(rows));
     await calibrate({ model: DIR, output: stats, data, seqLen: T, backend: 'ref', hessians: true }, quiet);
   });
