@@ -38,6 +38,9 @@ import { loadArchitecture } from '../model/registry';
 import { announceTokenizing, Context } from '../ui/progress';
 import { CommandSpec, COMPUTE, dryRun, FORCE, JSON_OUTPUT, MODEL_ARG, output } from './spec';
 
+/** --batch-tokens' default: tokens run through a layer at once (and the unit --data-shard slices). */
+const BATCH_TOKENS = 4096;
+
 export const DEFAULT_CALIB_TEXT = path.join(__dirname, '..', '..', 'fixtures', 'text', 'calib.txt');
 
 export interface CalibrateOptions {
@@ -212,7 +215,7 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
     r.windows,
     r.inDims,
     {
-      batchTokens: opts.batchTokens ?? 4096,
+      batchTokens: opts.batchTokens ?? BATCH_TOKENS,
       activationBudgetBytes: opts.activationBudgetBytes ?? 2e9,
       hessians: report.hessians,
       allExperts: report.all_experts,
@@ -229,10 +232,7 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
     },
   );
   writer.finish();
-  const moe = report.layers.filter((l) => l.routed_tokens);
-  report.imbalance = moe.length
-    ? imbalance(Float64Array.from(moe.flatMap((l) => l.routed_tokens!)), moe.length, r.arch.numExperts)
-    : null;
+  report.imbalance = layersImbalance(report.layers);
   report.spilled = spilled;
   report.seconds = (Date.now() - started) / 1000;
   const json = statsJson(r);
@@ -246,7 +246,7 @@ async function writeStats(out: OutputFolder, r: CalibrateRun, started: number): 
       batches: shard.batches,
       of: shard.total,
       tokens: shard.tokens,
-      batch_tokens: opts.batchTokens ?? 4096,
+      batch_tokens: opts.batchTokens ?? BATCH_TOKENS,
       samples: opts.samples ?? null,
     },
   };
@@ -413,27 +413,24 @@ async function calibrateShards(opts: CalibrateOptions, n: number, ctx: Context):
       { output: opts.output, force: opts.force },
       ctx,
     );
+    const tokens = reports.reduce((s, r) => s + r.tokens, 0);
     const layers = reports[0].layers.map((l, i) => {
       const sum = (k: 'routed_tokens' | 'observed_tokens') =>
         l[k] && l[k]!.map((_, e) => reports.reduce((s, r) => s + r.layers[i][k]![e], 0));
       const routed = sum('routed_tokens');
-      const tokens = reports.reduce((s, r) => s + r.tokens, 0);
       return {
         layer: l.layer,
         seconds: reports.reduce((s, r) => s + r.layers[i].seconds, 0),
         ...(routed && { ...ranked(routed, tokens), routed_tokens: routed, observed_tokens: sum('observed_tokens') }),
       };
     });
-    const moe = layers.filter((l) => l.routed_tokens);
     const { data_shard: _s, ...first } = reports[0];
     return {
       ...first,
       output: out,
       windows: reports.reduce((s, r) => s + r.windows, 0),
-      tokens: reports.reduce((s, r) => s + r.tokens, 0),
-      imbalance: moe.length
-        ? imbalance(Float64Array.from(moe.flatMap((l) => l.routed_tokens!)), moe.length, moe[0].routed_tokens!.length)
-        : null,
+      tokens,
+      imbalance: layersImbalance(layers),
       spilled: reports.some((r) => r.spilled),
       layers,
       seconds: reports.reduce((s, r) => s + r.seconds, 0),
@@ -462,7 +459,7 @@ export async function calibrate(opts: CalibrateOptions, ctx: Context): Promise<C
   const seed = opts.seed ?? 0;
   const { windows, sampler } = calibrationSource(opts, ckpt, arch, data, sampling, seed, ctx);
   const tokens = sampler ? sampler.sequences * opts.seqLen : windows.reduce((s, w) => s + w.length, 0);
-  const shard = opts.dataShard && shardOf(windows, opts.batchTokens ?? 4096, opts.dataShard);
+  const shard = opts.dataShard && shardOf(windows, opts.batchTokens ?? BATCH_TOKENS, opts.dataShard);
   const naee = naeeSample(tokens, opts.naeeTokens ?? 1024, seed);
   const hessians = !!opts.hessians;
   const weighting = opts.hessianWeighting ?? 'none';
@@ -551,6 +548,13 @@ function usage(collector: LayerCollector, arch: Architecture, tokens: number): O
     (_, e) => collector.linears.get(arch.expertKey(collector.layer, e, 'gate'))?.rows ?? 0,
   );
   return { ...ranked([...count], tokens), routed_tokens: [...count], observed_tokens: observed };
+}
+
+/** The report's imbalance: over the MoE layers' routed counts (src/calib/ebss.ts); null without MoE layers. */
+function layersImbalance(layers: LayerSummary[]): number | null {
+  const moe = layers.filter((l) => l.routed_tokens);
+  if (!moe.length) return null;
+  return imbalance(Float64Array.from(moe.flatMap((l) => l.routed_tokens!)), moe.length, moe[0].routed_tokens!.length);
 }
 
 /** The three most and least used experts of a layer, by their share of the tokens. */
@@ -662,7 +666,7 @@ export const calibrateSpec: CommandSpec<CalibrateReport | CombineReport> = {
       flag: '--batch-tokens <n>',
       type: 'int',
       min: 1,
-      default: '4096',
+      default: String(BATCH_TOKENS),
       description: 'tokens run through a layer at once',
     },
     {
